@@ -1,0 +1,204 @@
+import { z } from 'zod';
+
+/**
+ * The one typed configuration object. Every setting comes from the
+ * environment, is validated once at boot, and a bad or missing value stops the
+ * process with a message that names the variable.
+ */
+
+const bool = (name: string, fallback: boolean) =>
+  z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      if (value === undefined || value === '') return fallback;
+      const v = value.trim().toLowerCase();
+      if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+      if (['0', 'false', 'no', 'off'].includes(v)) return false;
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${name} must be true or false, got "${value}"` });
+      return z.NEVER;
+    });
+
+const int = (fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      if (value === undefined || value === '') return fallback;
+      if (!/^\d+$/.test(value.trim())) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must be a whole number, got "${value}"` });
+        return z.NEVER;
+      }
+      const n = Number(value);
+      if (n < min || n > max) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must be between ${min} and ${max}, got ${n}` });
+        return z.NEVER;
+      }
+      return n;
+    });
+
+const url = (protocols: string[]) =>
+  z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      if (value === undefined || value.trim() === '') return undefined;
+      try {
+        const parsed = new URL(value);
+        if (!protocols.includes(parsed.protocol)) throw new Error('protocol');
+        return value.trim();
+      } catch {
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          message: `must be a ${protocols.join(' or ')}// URL, got "${redact(value)}"`,
+        });
+        return z.NEVER;
+      }
+    });
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+const uuidList = z
+  .string()
+  .optional()
+  .transform((value, ctx) => {
+    const ids = (value ?? '')
+      .split(',')
+      .map((s) => s.trim().toLowerCase())
+      .filter(Boolean);
+    const bad = ids.filter((id) => !UUID_RE.test(id));
+    if (bad.length) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must be comma-separated project UUIDs; not a UUID: ${bad.join(', ')}` });
+      return z.NEVER;
+    }
+    return ids;
+  });
+
+const envSchema = z.object({
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  PORT: int(3000, 0, 65535),
+  HOST: z.string().default('0.0.0.0'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  BODY_LIMIT: z
+    .string()
+    .regex(/^\d+(b|kb|mb)$/i, 'must look like 512kb or 10mb')
+    .default('10mb'),
+  MAX_BATCH_ITEMS: int(1000, 1, 100_000),
+  SHUTDOWN_TIMEOUT_MS: int(15_000, 0),
+
+  DATABASE_URL: url(['postgres:', 'postgresql:']),
+  DB_POOL_MAX: int(10, 1, 1000),
+  EMBEDDED_POSTGRES_PORT: int(54329, 1, 65535),
+  EMBEDDED_DATA_DIR: z.string().default('.data'),
+
+  USE_CLICKHOUSE: bool('USE_CLICKHOUSE', false),
+  CLICKHOUSE_URL: url(['http:', 'https:']),
+  CLICKHOUSE_USER: z.string().default('default'),
+  CLICKHOUSE_PASSWORD: z.string().default(''),
+  CLICKHOUSE_DATABASE: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier').default('tracing'),
+  CLICKHOUSE_PROJECT_IDS: uuidList,
+  CLICKHOUSE_TTL_DAYS: int(0, 0, 36_500),
+  EMBEDDED_CLICKHOUSE_PORT: int(18123, 1, 65535),
+  CLICKHOUSE_REQUEST_TIMEOUT_MS: int(10_000, 100),
+
+  MIRROR_FLUSH_ROWS: int(10_000, 1),
+  MIRROR_FLUSH_BYTES: int(16 * 1024 * 1024, 1024),
+  MIRROR_FLUSH_INTERVAL_MS: int(1000, 10),
+  MIRROR_QUEUE_MAX_BYTES: int(256 * 1024 * 1024, 1024),
+  MIRROR_SHUTDOWN_DEADLINE_MS: int(10_000, 0),
+  MIRROR_MAX_ATTEMPTS: int(5, 1, 100),
+});
+
+export interface AppConfig {
+  env: 'development' | 'production' | 'test';
+  http: { host: string; port: number; bodyLimit: string; maxBatchItems: number; shutdownTimeoutMs: number };
+  logLevel: string;
+  postgres: {
+    /** Set when DATABASE_URL is given; otherwise the embedded server is used. */
+    url?: string;
+    poolMax: number;
+    embedded: { port: number; dataDir: string };
+  };
+  clickhouse: {
+    enabled: boolean;
+    /** Set when CLICKHOUSE_URL is given; otherwise the local chdb endpoint is used. */
+    url?: string;
+    user: string;
+    password: string;
+    database: string;
+    /** Empty means every project is mirrored. */
+    projectIds: string[];
+    ttlDays: number;
+    requestTimeoutMs: number;
+    embedded: { port: number; dataDir: string };
+  };
+  mirror: {
+    flushRows: number;
+    flushBytes: number;
+    flushIntervalMs: number;
+    queueMaxBytes: number;
+    shutdownDeadlineMs: number;
+    maxAttempts: number;
+  };
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function redact(value: string): string {
+  return value.replace(/\/\/([^:@/]+):([^@/]+)@/, '//$1:***@');
+}
+
+export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
+  const result = envSchema.safeParse(env);
+  if (!result.success) {
+    throw new ConfigError(
+      result.error.issues.map((issue) => {
+        const name = issue.path.join('.');
+        const message = issue.message.startsWith(name) ? issue.message : `${name} ${issue.message}`;
+        return message;
+      }),
+    );
+  }
+  const e = result.data;
+  const dataDir = e.EMBEDDED_DATA_DIR;
+  return {
+    env: e.NODE_ENV,
+    http: {
+      host: e.HOST,
+      port: e.PORT,
+      bodyLimit: e.BODY_LIMIT,
+      maxBatchItems: e.MAX_BATCH_ITEMS,
+      shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    },
+    logLevel: e.LOG_LEVEL,
+    postgres: {
+      url: e.DATABASE_URL,
+      poolMax: e.DB_POOL_MAX,
+      embedded: { port: e.EMBEDDED_POSTGRES_PORT, dataDir: `${dataDir}/postgres` },
+    },
+    clickhouse: {
+      enabled: e.USE_CLICKHOUSE,
+      url: e.CLICKHOUSE_URL,
+      user: e.CLICKHOUSE_USER,
+      password: e.CLICKHOUSE_PASSWORD,
+      database: e.CLICKHOUSE_DATABASE,
+      projectIds: e.CLICKHOUSE_PROJECT_IDS,
+      ttlDays: e.CLICKHOUSE_TTL_DAYS,
+      requestTimeoutMs: e.CLICKHOUSE_REQUEST_TIMEOUT_MS,
+      embedded: { port: e.EMBEDDED_CLICKHOUSE_PORT, dataDir: `${dataDir}/clickhouse` },
+    },
+    mirror: {
+      flushRows: e.MIRROR_FLUSH_ROWS,
+      flushBytes: e.MIRROR_FLUSH_BYTES,
+      flushIntervalMs: e.MIRROR_FLUSH_INTERVAL_MS,
+      queueMaxBytes: e.MIRROR_QUEUE_MAX_BYTES,
+      shutdownDeadlineMs: e.MIRROR_SHUTDOWN_DEADLINE_MS,
+      maxAttempts: e.MIRROR_MAX_ATTEMPTS,
+    },
+  };
+}
