@@ -1,0 +1,43 @@
+import { randomBytes } from 'node:crypto';
+import { Kysely } from 'kysely';
+import { Client } from 'pg';
+import { DB } from '../../src/dbs/postgres/database';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
+import { withDatabase } from './global-setup';
+
+export interface TestDatabase {
+  url: string;
+  name: string;
+  db: Kysely<DB>;
+  /** Closes this spec's pool and drops its database. */
+  drop(): Promise<void>;
+}
+
+/** A fresh, migrated database for one spec, cloned from the run's template. */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const adminUrl = process.env.TEST_PG_ADMIN_URL;
+  const template = process.env.TEST_PG_TEMPLATE;
+  if (!adminUrl || !template) throw new Error('test Postgres is not set up: run specs through jest (globalSetup)');
+  const name = `test_${randomBytes(6).toString('hex')}`;
+  const admin = new Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    await admin.query(`create database ${name} template ${template}`);
+  } finally {
+    await admin.end();
+  }
+  const url = withDatabase(adminUrl, name);
+  const db = createKysely(createPool(url, 5));
+  return {
+    url,
+    name,
+    db,
+    drop: async () => {
+      await db.destroy();
+      const client = new Client({ connectionString: adminUrl });
+      await client.connect();
+      await client.query(`drop database if exists ${name} with (force)`);
+      await client.end();
+    },
+  };
+}
