@@ -88,6 +88,7 @@ const envSchema = z.object({
 
   DATABASE_URL: url(['postgres:', 'postgresql:']),
   DB_POOL_MAX: int(10, 1, 1000),
+  MIGRATE_ON_START: bool('MIGRATE_ON_START', true),
   EMBEDDED_POSTGRES_PORT: int(54329, 1, 65535),
   EMBEDDED_DATA_DIR: z.string().default('.data'),
 
@@ -117,6 +118,7 @@ export interface AppConfig {
     /** Set when DATABASE_URL is given; otherwise the embedded server is used. */
     url?: string;
     poolMax: number;
+    migrateOnStart: boolean;
     embedded: { port: number; dataDir: string };
   };
   clickhouse: {
@@ -179,6 +181,7 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
     postgres: {
       url: e.DATABASE_URL,
       poolMax: e.DB_POOL_MAX,
+      migrateOnStart: e.MIGRATE_ON_START,
       embedded: { port: e.EMBEDDED_POSTGRES_PORT, dataDir: `${dataDir}/postgres` },
     },
     clickhouse: {

@@ -1,0 +1,30 @@
+import { parseConfig } from '../src/config/app-config';
+import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
+import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
+import { migrateDown, migrateToLatest } from '../src/dbs/postgres/postgres-migrator';
+import { runCli, UsageError } from './cli/run-cli';
+
+const USAGE = `usage: npm run migrate -- [latest | down | down --all]
+
+  latest      apply every pending migration (default)
+  down        undo the most recent migration
+  down --all  undo every migration`;
+
+runCli(USAGE, async (args, log) => {
+  const [command = 'latest', ...rest] = args;
+  if (!['latest', 'down'].includes(command) || rest.some((a) => a !== '--all') || (command === 'latest' && rest.length)) {
+    throw new UsageError(`unknown arguments: ${args.join(' ')}`);
+  }
+  const config = parseConfig();
+  const server = await resolvePostgres(config.postgres, log);
+  const db = createKysely(createPool(server.url, 1));
+  try {
+    const result = command === 'latest' ? await migrateToLatest(db) : await migrateDown(db, rest.includes('--all'));
+    const done = result.results ?? [];
+    if (done.length === 0) log('nothing to do: already at the requested version');
+    for (const r of done) log(`${r.direction === 'Up' ? 'applied' : 'reverted'} ${r.migrationName}`);
+  } finally {
+    await db.destroy();
+    await server.stop?.();
+  }
+});

@@ -1,0 +1,47 @@
+import { DynamicModule, Module } from '@nestjs/common';
+import { APP_FILTER } from '@nestjs/core';
+import { LoggerModule } from 'nestjs-pino';
+import { AuthModule } from './auth/auth.module';
+import { AppConfig } from './config/app-config';
+import { APP_CONFIG, AppConfigModule } from './config/config.module';
+import { StorageModule } from './dbs/storage.module';
+import { HealthModule } from './health/health.module';
+import { HttpExceptionFilter } from './http/http-exception.filter';
+import { MetricsModule } from './metrics/metrics.module';
+import { ObservabilityModule } from './observability/observability.module';
+import { OtlpModule } from './otlp/otlp.module';
+import { TracingModule } from './tracing/tracing.module';
+
+@Module({})
+export class AppModule {
+  /** `env` overrides process.env for this instance (tests, scripts). */
+  static forRoot(env: Record<string, string | undefined> = {}): DynamicModule {
+    return {
+      module: AppModule,
+      imports: [
+        AppConfigModule.forRoot(env),
+        LoggerModule.forRootAsync({
+          inject: [APP_CONFIG],
+          useFactory: (config: AppConfig) => ({
+            pinoHttp: {
+              level: config.logLevel,
+              // Keys are secrets: never log them.
+              redact: ['req.headers.authorization', 'req.headers.cookie'],
+              customLogLevel: (_req, res, error) => (error || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
+              customProps: (req) => ({ projectId: (req as { projectId?: string }).projectId }),
+              autoLogging: { ignore: (req) => req.url === '/health' || req.url === '/metrics' },
+            },
+          }),
+        }),
+        MetricsModule,
+        StorageModule,
+        AuthModule,
+        TracingModule,
+        ObservabilityModule,
+        OtlpModule,
+        HealthModule,
+      ],
+      providers: [{ provide: APP_FILTER, useClass: HttpExceptionFilter }],
+    };
+  }
+}

@@ -1,0 +1,46 @@
+import { Injectable } from '@nestjs/common';
+import { displayPrefix, generateApiKey, hashApiKey } from './api-key';
+import { ApiKeysRepository } from './api-keys.repository';
+
+/** How long a verified key is trusted without asking Postgres again (revocation delay). */
+const CACHE_TTL_MS = 30_000;
+const CACHE_MAX = 10_000;
+
+@Injectable()
+export class ApiKeyService {
+  private readonly cache = new Map<string, { projectId: string; until: number }>();
+
+  constructor(private readonly keys: ApiKeysRepository) {}
+
+  /** Creates a key for a project; the plain key is returned once and never stored. */
+  async create(projectId: string): Promise<{ id: string; key: string; projectId: string; prefix: string }> {
+    const key = generateApiKey();
+    const row = await this.keys.insert(projectId, hashApiKey(key), displayPrefix(key));
+    return { id: row.id, key, projectId: row.project_id, prefix: row.prefix };
+  }
+
+  /** The project a key belongs to, or null for an unknown or revoked key. */
+  async projectOf(key: string): Promise<string | null> {
+    const hash = hashApiKey(key);
+    const cached = this.cache.get(hash);
+    if (cached && cached.until > Date.now()) return cached.projectId;
+    const row = await this.keys.findActiveByHash(hash);
+    if (!row) {
+      this.cache.delete(hash);
+      return null;
+    }
+    if (this.cache.size >= CACHE_MAX) this.cache.clear();
+    this.cache.set(hash, { projectId: row.project_id, until: Date.now() + CACHE_TTL_MS });
+    return row.project_id;
+  }
+
+  async revoke(id: string): Promise<boolean> {
+    const result = await this.keys.revoke(id);
+    this.cache.clear();
+    return Number(result.numUpdatedRows) > 0;
+  }
+
+  list(projectId?: string) {
+    return this.keys.list(projectId);
+  }
+}

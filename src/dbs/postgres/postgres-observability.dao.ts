@@ -1,0 +1,94 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { Kysely, sql } from 'kysely';
+import { DeletedNode, NodeInput, ObservabilityNode } from '../../observability/node';
+import { NodeQuery, ObservabilityDao } from '../../observability/observability.dao';
+import { DB, NodeRow } from './database';
+import { KYSELY } from './postgres.tokens';
+import { nodeFromRow, nodeToRow } from './node-row.mapper';
+
+/** A node row binds 18 values; stay well under Postgres's 65535 parameters. */
+const INSERT_CHUNK = 1000;
+
+/** See PostgresTracingDao: versions must grow with every write to a row. */
+const nextVersion = sql<string>`greatest(clock_timestamp(), nodes.updated_at + interval '1 microsecond')`;
+
+@Injectable()
+export class PostgresObservabilityDao implements ObservabilityDao {
+  constructor(@Inject(KYSELY) private readonly db: Kysely<DB>) {}
+
+  async ingestNodes(projectId: string, nodes: NodeInput[]): Promise<ObservabilityNode[]> {
+    if (nodes.length === 0) return [];
+    return this.db.transaction().execute(async (trx) => {
+      const stored: NodeRow[] = [];
+      for (let i = 0; i < nodes.length; i += INSERT_CHUNK) {
+        const rows = await trx
+          .insertInto('nodes')
+          .values(nodes.slice(i, i + INSERT_CHUNK).map((n) => nodeToRow(projectId, n)))
+          .onConflict((oc) =>
+            oc.columns(['project_id', 'node_id']).doUpdateSet((eb) => ({
+              tree_id: eb.ref('excluded.tree_id'),
+              root_id: eb.ref('excluded.root_id'),
+              parent_id: eb.ref('excluded.parent_id'),
+              node_name: eb.ref('excluded.node_name'),
+              node_type: eb.ref('excluded.node_type'),
+              time_start: eb.ref('excluded.time_start'),
+              time_end: eb.ref('excluded.time_end'),
+              status_code: eb.ref('excluded.status_code'),
+              status_message: eb.ref('excluded.status_message'),
+              data: eb.ref('excluded.data'),
+              metrics: eb.ref('excluded.metrics'),
+              meta: eb.ref('excluded.meta'),
+              refs: eb.ref('excluded.refs'),
+              exception: eb.ref('excluded.exception'),
+              links: eb.ref('excluded.links'),
+              otel: eb.ref('excluded.otel'),
+              updated_at: nextVersion,
+            })),
+          )
+          .returningAll()
+          .execute();
+        stored.push(...rows);
+      }
+      return stored.map(nodeFromRow);
+    });
+  }
+
+  async readTree(projectId: string, treeId: string): Promise<ObservabilityNode[]> {
+    const rows = await this.db
+      .selectFrom('nodes')
+      .selectAll()
+      .where('project_id', '=', projectId)
+      .where('tree_id', '=', treeId)
+      .orderBy('time_start')
+      .orderBy('node_id')
+      .execute();
+    return rows.map(nodeFromRow);
+  }
+
+  async queryNodes(projectId: string, query: NodeQuery): Promise<ObservabilityNode[]> {
+    let q = this.db.selectFrom('nodes').selectAll().where('project_id', '=', projectId);
+    if (query.tree_id) q = q.where('tree_id', '=', query.tree_id);
+    if (query.node_type) q = q.where('node_type', '=', query.node_type);
+    if (query.node_name) q = q.where('node_name', '=', query.node_name);
+    if (query.oldest) q = q.where('time_start', '>=', query.oldest);
+    if (query.newest) q = q.where('time_start', '<', query.newest);
+    const rows = await q
+      .orderBy('time_start', 'desc')
+      .orderBy('node_id')
+      .limit(query.limit ?? 100)
+      .execute();
+    return rows.map(nodeFromRow);
+  }
+
+  async deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]> {
+    if (treeIds.length === 0) return [];
+    const rows = await this.db
+      .deleteFrom('nodes')
+      .where('project_id', '=', projectId)
+      .where('tree_id', 'in', treeIds)
+      .returningAll()
+      .returning(nextVersion.as('deleted_at'))
+      .execute();
+    return rows.map((row) => ({ ...nodeFromRow(row), deleted_at: row.deleted_at }));
+  }
+}

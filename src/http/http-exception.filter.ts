@@ -1,0 +1,69 @@
+import { ArgumentsHost, Catch, ExceptionFilter, HttpException, HttpStatus, Logger } from '@nestjs/common';
+import type { Request, Response } from 'express';
+import { InvalidQueryError } from '../tracing/span-query';
+import { SpansConflictError, SpansNotFoundError } from '../tracing/tracing.dao';
+
+/** Postgres is unreachable or going away: the caller should retry, not fix its request. */
+const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', '57P01', '57P02', '57P03', '53300']);
+const UNAVAILABLE_MESSAGES = [/Connection terminated/i, /timeout exceeded when trying to connect/i, /Client has encountered a connection error/i, /connection.*closed/i];
+
+export function isDatabaseUnavailable(error: unknown): boolean {
+  const e = error as { code?: string; message?: string; errors?: unknown[] };
+  if (e?.code && UNAVAILABLE_CODES.has(e.code)) return true;
+  if (Array.isArray(e?.errors) && e.errors.some(isDatabaseUnavailable)) return true; // AggregateError from dual-stack connects
+  return typeof e?.message === 'string' && UNAVAILABLE_MESSAGES.some((re) => re.test(e.message!));
+}
+
+/**
+ * Turns every error into a JSON answer a client can act on: domain errors get
+ * their 4xx, body-parser errors keep theirs, a lost database is a 503, and
+ * anything else is a logged 500 that leaks no internals.
+ */
+@Catch()
+export class HttpExceptionFilter implements ExceptionFilter {
+  private readonly logger = new Logger('HTTP');
+
+  catch(error: unknown, host: ArgumentsHost): void {
+    const ctx = host.switchToHttp();
+    const response = ctx.getResponse<Response>();
+    const request = ctx.getRequest<Request>();
+    const [status, body] = this.toResponse(error);
+    if (status >= 500 && status !== HttpStatus.SERVICE_UNAVAILABLE) {
+      this.logger.error({ err: error, method: request.method, url: request.url }, 'unhandled error');
+    } else if (status === HttpStatus.SERVICE_UNAVAILABLE) {
+      this.logger.warn({ method: request.method, url: request.url, reason: (error as Error)?.message }, 'database unavailable');
+    }
+    if (response.headersSent) return;
+    response.status(status).json(body);
+  }
+
+  private toResponse(error: unknown): [number, Record<string, unknown>] {
+    if (error instanceof HttpException) {
+      const payload = error.getResponse();
+      const body = typeof payload === 'string' ? { statusCode: error.getStatus(), message: payload } : (payload as Record<string, unknown>);
+      return [error.getStatus(), body];
+    }
+    if (error instanceof InvalidQueryError) {
+      return [400, { statusCode: 400, error: 'Bad Request', message: error.message, errors: [{ field: error.field, message: error.reason }] }];
+    }
+    if (error instanceof SpansConflictError) return [409, { statusCode: 409, error: 'Conflict', message: error.message }];
+    if (error instanceof SpansNotFoundError) return [404, { statusCode: 404, error: 'Not Found', message: error.message }];
+    const bodyError = error as { type?: string; status?: number; statusCode?: number; message?: string };
+    if (typeof bodyError?.type === 'string' && bodyError.type.startsWith('entity.') || bodyError?.type === 'encoding.unsupported' || bodyError?.type === 'charset.unsupported') {
+      const status = bodyError.status ?? bodyError.statusCode ?? 400;
+      const message =
+        bodyError.type === 'entity.parse.failed' ? `malformed JSON body: ${bodyError.message}` :
+        bodyError.type === 'entity.too.large' ? 'request body is larger than the limit' : bodyError.message;
+      return [status, { statusCode: status, error: status === 413 ? 'Payload Too Large' : 'Bad Request', message }];
+    }
+    if (isDatabaseUnavailable(error)) {
+      return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is unavailable; retry later' }];
+    }
+    // Postgres data exceptions (class 22) mean the request carried a value it cannot store.
+    const pgCode = (error as { code?: string })?.code;
+    if (typeof pgCode === 'string' && pgCode.startsWith('22')) {
+      return [400, { statusCode: 400, error: 'Bad Request', message: `invalid value: ${(error as Error).message}` }];
+    }
+    return [500, { statusCode: 500, error: 'Internal Server Error', message: 'internal error' }];
+  }
+}

@@ -1,0 +1,54 @@
+import { z } from 'zod';
+import { Json } from '../tracing/span';
+
+/**
+ * JSON payloads (attributes, events, ...) are stored as Postgres jsonb and
+ * ClickHouse strings. jsonb rejects U+0000 and unpaired surrogates, so those
+ * are refused here with a clear message instead of failing the write later.
+ */
+const MAX_DEPTH = 32;
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function stringProblem(s: string): string | null {
+  if (s.includes('\u0000')) return 'must not contain the NUL character (U+0000)';
+  if (LONE_SURROGATE.test(s)) return 'must be valid UTF-16 text (unpaired surrogate)';
+  return null;
+}
+
+/** The first problem in a JSON value, as [path, reason], or null when it is fine. */
+export function jsonProblem(value: unknown, path: (string | number)[] = [], depth = 0): [(string | number)[], string] | null {
+  if (depth > MAX_DEPTH) return [path, `is nested deeper than ${MAX_DEPTH} levels`];
+  if (value === null || typeof value === 'boolean') return null;
+  if (typeof value === 'number') return Number.isFinite(value) ? null : [path, 'must be a finite number'];
+  if (typeof value === 'string') {
+    const problem = stringProblem(value);
+    return problem ? [path, problem] : null;
+  }
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const p = jsonProblem(value[i], [...path, i], depth + 1);
+      if (p) return p;
+    }
+    return null;
+  }
+  if (typeof value === 'object') {
+    for (const [key, child] of Object.entries(value as object)) {
+      const keyProblem = stringProblem(key);
+      if (keyProblem) return [[...path, key], `key ${keyProblem}`];
+      const p = jsonProblem(child, [...path, key], depth + 1);
+      if (p) return p;
+    }
+    return null;
+  }
+  return [path, 'must be JSON'];
+}
+
+function checked<T extends z.ZodTypeAny>(schema: T) {
+  return schema.superRefine((value, ctx) => {
+    const problem = jsonProblem(value);
+    if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: problem[0], message: problem[1] });
+  }) as unknown as z.ZodType<z.infer<T>, z.ZodTypeDef, z.input<T>>;
+}
+
+export const jsonObjectSchema = checked(z.record(z.string(), z.unknown())) as z.ZodType<{ [key: string]: Json }>;
+export const jsonArraySchema = checked(z.array(z.unknown())) as z.ZodType<Json[]>;

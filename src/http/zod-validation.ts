@@ -1,0 +1,49 @@
+import { BadRequestException } from '@nestjs/common';
+import { z } from 'zod';
+import { zodToJsonSchema } from 'zod-to-json-schema';
+
+export interface FieldError {
+  field: string;
+  message: string;
+}
+
+/** spans[3].attributes.a — the path a user can find in their own request. */
+export function formatPath(path: (string | number)[]): string {
+  return path.reduce<string>((acc, part) => (typeof part === 'number' ? `${acc}[${part}]` : acc ? `${acc}.${part}` : part), '');
+}
+
+export function fieldErrors(error: z.ZodError): FieldError[] {
+  return error.issues.map((issue) => ({ field: formatPath(issue.path) || '(body)', message: issueMessage(issue) }));
+}
+
+function issueMessage(issue: z.ZodIssue): string {
+  if (issue.code === z.ZodIssueCode.invalid_type) {
+    return issue.received === 'undefined' ? 'is required' : `must be ${issue.expected}, got ${issue.received}`;
+  }
+  if (issue.code === z.ZodIssueCode.unrecognized_keys) return `unknown field(s): ${issue.keys.join(', ')}`;
+  if (issue.code === z.ZodIssueCode.invalid_enum_value) return `must be one of ${issue.options.join(', ')}, got "${String(issue.received)}"`;
+  return issue.message;
+}
+
+/** Parses a request body, or answers 400 naming each field and why. */
+export function parseBody<T extends z.ZodTypeAny>(schema: T, body: unknown): z.output<T> {
+  const result = schema.safeParse(body);
+  if (result.success) return result.data;
+  const errors = fieldErrors(result.error);
+  throw new BadRequestException({
+    statusCode: 400,
+    error: 'Bad Request',
+    message: errors
+      .slice(0, 5)
+      .map((e) => `${e.field}: ${e.message}`)
+      .join('; '),
+    errors,
+  });
+}
+
+/** The same schema, as OpenAPI for @ApiBody: one definition of each body. */
+export function openApiSchema(schema: z.ZodTypeAny): Record<string, unknown> {
+  const json = zodToJsonSchema(schema as never, { target: 'openApi3', $refStrategy: 'none' }) as Record<string, unknown>;
+  delete json.$schema;
+  return json;
+}

@@ -1,0 +1,45 @@
+import 'reflect-metadata';
+import type { Server } from 'node:http';
+import { Logger } from 'nestjs-pino';
+import { createApp } from './bootstrap';
+import { AppConfig, ConfigError } from './config/app-config';
+import { APP_CONFIG } from './config/config.module';
+
+/**
+ * Graceful shutdown: on SIGTERM/SIGINT stop accepting connections, let
+ * in-flight requests finish (up to SHUTDOWN_TIMEOUT_MS), then close the app,
+ * which flushes the mirror and closes the pools in Nest's shutdown hooks.
+ */
+async function main(): Promise<void> {
+  const app = await createApp();
+  const config = app.get<AppConfig>(APP_CONFIG);
+  const logger = app.get(Logger);
+  await app.listen(config.http.port, config.http.host);
+  logger.log(`tracing-api listening on http://${config.http.host}:${config.http.port} (docs at /docs, clickhouse mirror ${config.clickhouse.enabled ? 'on' : 'off'})`, 'Main');
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.log(`${signal} received: draining in-flight requests`, 'Main');
+    const server = app.getHttpServer() as Server;
+    const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+    const timeout = new Promise<void>((resolve) => setTimeout(resolve, config.http.shutdownTimeoutMs).unref());
+    await Promise.race([drained, timeout]);
+    server.closeAllConnections();
+    await app.close();
+    logger.log('shut down cleanly', 'Main');
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+main().catch((error: unknown) => {
+  if (error instanceof ConfigError) {
+    process.stderr.write(`${error.message}\n`);
+  } else {
+    process.stderr.write(`tracing-api failed to start: ${(error as Error)?.stack ?? String(error)}\n`);
+  }
+  process.exit(1);
+});

@@ -1,0 +1,29 @@
+import { Inject, Injectable, NestMiddleware } from '@nestjs/common';
+import type { NextFunction, Request, Response } from 'express';
+import { Histogram, Registry } from 'prom-client';
+import { METRICS_REGISTRY } from './metrics.tokens';
+
+/** Request duration by method, matched route (not raw URL: ids would explode the labels) and status. */
+@Injectable()
+export class HttpMetricsMiddleware implements NestMiddleware {
+  private readonly duration: Histogram<'method' | 'route' | 'status'>;
+
+  constructor(@Inject(METRICS_REGISTRY) registry: Registry) {
+    this.duration = new Histogram({
+      name: 'http_request_duration_seconds',
+      help: 'HTTP request duration by method, route and status',
+      labelNames: ['method', 'route', 'status'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry],
+    });
+  }
+
+  use(req: Request, res: Response, next: NextFunction): void {
+    const end = this.duration.startTimer();
+    res.on('finish', () => {
+      const route = req.route?.path ? `${req.baseUrl ?? ''}${req.route.path}` : 'unmatched';
+      end({ method: req.method, route, status: String(res.statusCode) });
+    });
+    next();
+  }
+}

@@ -1,0 +1,58 @@
+import { z } from 'zod';
+import { jsonArraySchema, jsonObjectSchema } from '../../http/json-value';
+import { timestampSchema } from '../../tracing/dto/span.schema';
+
+export const uuidSchema = z
+  .string()
+  .regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'must be a UUID')
+  .transform((s) => s.toLowerCase());
+
+export const nodeInputSchema = z
+  .object({
+    node_id: uuidSchema,
+    tree_id: uuidSchema,
+    root_id: uuidSchema.nullable().default(null),
+    parent_id: uuidSchema.nullable().default(null),
+    node_name: z.string().min(1, 'must not be empty').max(1024),
+    node_type: z.string().min(1).max(64).default('unknown'),
+    time_start: timestampSchema,
+    time_end: timestampSchema,
+    status: z
+      .object({ code: z.string().min(1).max(64), message: z.string().max(10_000).nullable().default(null) })
+      .strict()
+      .default({ code: 'UNSET', message: null }),
+    data: jsonObjectSchema.nullable().default(null),
+    metrics: jsonObjectSchema.nullable().default(null),
+    meta: jsonObjectSchema.nullable().default(null),
+    refs: jsonObjectSchema.nullable().default(null),
+    exception: jsonObjectSchema.nullable().default(null),
+    links: jsonArraySchema.nullable().default(null),
+    otel: jsonObjectSchema.nullable().default(null),
+  })
+  .strict()
+  .superRefine((node, ctx) => {
+    if (node.time_end < node.time_start) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['time_end'], message: 'must not be before time_start' });
+  });
+
+export const nodesBodySchema = z
+  .object({ nodes: z.array(nodeInputSchema).min(1, 'must hold at least one node') })
+  .strict()
+  .superRefine((body, ctx) => {
+    const seen = new Map<string, number>();
+    body.nodes.forEach((node, i) => {
+      const first = seen.get(node.node_id);
+      if (first !== undefined) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['nodes', i, 'node_id'], message: `duplicates nodes[${first}]` });
+      else seen.set(node.node_id, i);
+    });
+  });
+
+export const nodeQuerySchema = z
+  .object({
+    tree_id: uuidSchema.optional(),
+    node_type: z.string().max(64).optional(),
+    node_name: z.string().max(1024).optional(),
+    oldest: timestampSchema.optional(),
+    newest: timestampSchema.optional(),
+    limit: z.coerce.number().int().min(1).max(1000).optional(),
+  })
+  .strict();

@@ -1,0 +1,56 @@
+import { Body, Controller, Delete, Get, HttpCode, Inject, NotFoundException, Param, Post } from '@nestjs/common';
+import { ApiBody, ApiOperation, ApiSecurity, ApiTags } from '@nestjs/swagger';
+import { ProjectId } from '../auth/project-id.decorator';
+import { AppConfig } from '../config/app-config';
+import { APP_CONFIG } from '../config/config.module';
+import { assertBatchSize } from '../http/batch-limit';
+import { openApiSchema, parseBody } from '../http/zod-validation';
+import { nodeQuerySchema, nodesBodySchema, uuidSchema } from './dto/node.schema';
+import { ObservabilityService } from './observability.service';
+
+@ApiTags('observability')
+@ApiSecurity('ApiKey')
+@Controller('observability')
+export class ObservabilityController {
+  constructor(
+    private readonly observability: ObservabilityService,
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
+  ) {}
+
+  @Post('nodes')
+  @ApiOperation({ summary: 'Ingest nodes (atomic; an existing node_id is replaced)' })
+  @ApiBody({ schema: openApiSchema(nodesBodySchema) })
+  async ingestNodes(@ProjectId() projectId: string, @Body() body: unknown) {
+    assertBatchSize(body, 'nodes', this.config.http.maxBatchItems);
+    const { nodes } = parseBody(nodesBodySchema, body);
+    const stored = await this.observability.ingestNodes(projectId, nodes);
+    return { count: stored.length, nodes: stored };
+  }
+
+  @Post('nodes/query')
+  @HttpCode(200)
+  @ApiOperation({ summary: 'Query nodes by tree, type, name and time window' })
+  @ApiBody({ schema: openApiSchema(nodeQuerySchema) })
+  async queryNodes(@ProjectId() projectId: string, @Body() body: unknown) {
+    const nodes = await this.observability.queryNodes(projectId, parseBody(nodeQuerySchema, body ?? {}));
+    return { count: nodes.length, nodes };
+  }
+
+  @Get('trees/:treeId')
+  @ApiOperation({ summary: 'Read every node of a tree' })
+  async readTree(@ProjectId() projectId: string, @Param('treeId') treeId: string) {
+    const id = parseBody(uuidSchema, treeId);
+    const nodes = await this.observability.readTree(projectId, id);
+    if (nodes.length === 0) throw new NotFoundException(`tree ${id} not found`);
+    return { nodes };
+  }
+
+  @Delete('trees/:treeId')
+  @ApiOperation({ summary: 'Delete every node of a tree' })
+  async deleteTree(@ProjectId() projectId: string, @Param('treeId') treeId: string) {
+    const id = parseBody(uuidSchema, treeId);
+    const count = await this.observability.deleteTrees(projectId, [id]);
+    if (count === 0) throw new NotFoundException(`tree ${id} not found`);
+    return { count };
+  }
+}

@@ -1,0 +1,27 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { NodeInput, ObservabilityNode } from './node';
+import { NodeQuery, OBSERVABILITY_DAO, ObservabilityDao } from './observability.dao';
+
+/** What callers use for nodes; like TracingService, it never sees the mirror. */
+@Injectable()
+export class ObservabilityService {
+  constructor(@Inject(OBSERVABILITY_DAO) private readonly dao: ObservabilityDao) {}
+
+  ingestNodes(projectId: string, nodes: NodeInput[]): Promise<ObservabilityNode[]> {
+    if (nodes.length === 0) return Promise.resolve([]);
+    return this.dao.ingestNodes(projectId, nodes);
+  }
+
+  readTree(projectId: string, treeId: string): Promise<ObservabilityNode[]> {
+    return this.dao.readTree(projectId, treeId);
+  }
+
+  queryNodes(projectId: string, query: NodeQuery): Promise<ObservabilityNode[]> {
+    return this.dao.queryNodes(projectId, query);
+  }
+
+  /** Returns how many nodes were deleted. */
+  async deleteTrees(projectId: string, treeIds: string[]): Promise<number> {
+    return (await this.dao.deleteTrees(projectId, treeIds)).length;
+  }
+}

@@ -1,0 +1,77 @@
+import { z } from 'zod';
+import { jsonArraySchema, jsonObjectSchema } from '../../http/json-value';
+import { SPAN_KINDS, SPAN_TYPES, STATUS_CODES, TRACE_TYPES } from '../span';
+import { normalizeTimestamp } from '../timestamp';
+
+const hexId = (length: number) =>
+  z
+    .string()
+    .regex(new RegExp(`^[0-9a-fA-F]{${length}}$`), `must be ${length} hex characters`)
+    .refine((s) => !/^0+$/.test(s), 'must not be all zeros')
+    .transform((s) => s.toLowerCase());
+
+export const traceIdSchema = hexId(32);
+export const spanIdSchema = hexId(16);
+
+export const timestampSchema = z
+  .string()
+  .max(64)
+  .transform((value, ctx) => {
+    const normalized = normalizeTimestamp(value);
+    if (normalized === null) {
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        message: `must be an ISO-8601 time with a zone between years 1900 and 2299, got "${value.slice(0, 40)}"`,
+      });
+      return z.NEVER;
+    }
+    return normalized;
+  });
+
+export const spanInputSchema = z
+  .object({
+    trace_id: traceIdSchema,
+    span_id: spanIdSchema,
+    parent_id: spanIdSchema.nullable().default(null),
+    trace_type: z.enum(TRACE_TYPES).default('invocation'),
+    span_type: z.enum(SPAN_TYPES).default('unknown'),
+    span_kind: z.enum(SPAN_KINDS).default('SPAN_KIND_INTERNAL'),
+    span_name: z.string().min(1, 'must not be empty').max(1024),
+    start_time: timestampSchema,
+    end_time: timestampSchema,
+    status_code: z.enum(STATUS_CODES).default('STATUS_CODE_UNSET'),
+    status_message: z.string().max(10_000).nullable().default(null),
+    attributes: jsonObjectSchema.default({}),
+    references: jsonArraySchema.nullable().default(null),
+    links: jsonArraySchema.nullable().default(null),
+    hashes: jsonArraySchema.nullable().default(null),
+    events: jsonArraySchema.nullable().default(null),
+    exception: jsonObjectSchema.nullable().default(null),
+  })
+  .strict()
+  .superRefine((span, ctx) => {
+    if (span.end_time < span.start_time) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['end_time'], message: 'must not be before start_time' });
+    }
+    if (span.parent_id === span.span_id) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['parent_id'], message: 'must differ from span_id' });
+    }
+  });
+
+/** A batch is atomic; the same span twice in one batch is a caller error. */
+export const spansBodySchema = z
+  .object({ spans: z.array(spanInputSchema).min(1, 'must hold at least one span') })
+  .strict()
+  .superRefine((body, ctx) => {
+    const seen = new Map<string, number>();
+    body.spans.forEach((span, i) => {
+      const key = `${span.trace_id}/${span.span_id}`;
+      const first = seen.get(key);
+      if (first !== undefined) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['spans', i, 'span_id'], message: `duplicates spans[${first}] (same trace_id and span_id)` });
+      } else seen.set(key, i);
+    });
+  });
+
+export const spanKeySchema = z.object({ trace_id: traceIdSchema, span_id: spanIdSchema }).strict();
+export const spanKeysBodySchema = z.object({ spans: z.array(spanKeySchema).min(1) }).strict();

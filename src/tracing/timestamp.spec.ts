@@ -1,0 +1,23 @@
+import { isoToMicros, microsToIso, normalizeTimestamp } from './timestamp';
+
+describe('timestamps with microseconds', () => {
+  it('normalizes zones and precision to UTC with six digits', () => {
+    expect(normalizeTimestamp('2026-11-22T10:00:00Z')).toBe('2026-11-22T10:00:00.000000Z');
+    expect(normalizeTimestamp('2026-11-22T10:00:00.1234567Z')).toBe('2026-11-22T10:00:00.123456Z');
+    expect(normalizeTimestamp('2026-11-22T12:30:00.000001+02:30')).toBe('2026-11-22T10:00:00.000001Z');
+    expect(normalizeTimestamp('2026-11-22T00:00:00.5-01:00')).toBe('2026-11-22T01:00:00.500000Z');
+  });
+
+  it('rejects what is not a zoned ISO-8601 time or is out of range', () => {
+    for (const bad of ['2026-11-22', '2026-11-22T10:00:00', 'yesterday', '2026-02-30T00:00:00Z', '2026-13-01T00:00:00Z', '1800-01-01T00:00:00Z', '2300-01-01T00:00:00Z', '']) {
+      expect(normalizeTimestamp(bad)).toBeNull();
+    }
+  });
+
+  it('round-trips through bigint microseconds exactly', () => {
+    const iso = '2026-11-22T10:00:00.999999Z';
+    expect(isoToMicros(iso)).toBe(1795341600999999n);
+    expect(microsToIso(isoToMicros(iso))).toBe(iso);
+    expect(microsToIso(isoToMicros('1950-06-01T00:00:00.000001Z'))).toBe('1950-06-01T00:00:00.000001Z');
+  });
+});

@@ -1,0 +1,92 @@
+import { Body, Controller, Delete, Get, HttpCode, Inject, NotFoundException, Param, Post, Put } from '@nestjs/common';
+import { ApiBody, ApiOperation, ApiSecurity, ApiTags } from '@nestjs/swagger';
+import { ProjectId } from '../auth/project-id.decorator';
+import { AppConfig } from '../config/app-config';
+import { APP_CONFIG } from '../config/config.module';
+import { assertBatchSize } from '../http/batch-limit';
+import { openApiSchema, parseBody } from '../http/zod-validation';
+import { spanIdSchema, spanKeysBodySchema, spansBodySchema, traceIdSchema } from './dto/span.schema';
+import { parseAnalyticsQuery, parseSpanQuery } from './span-query.parser';
+import { TracingService } from './tracing.service';
+
+@ApiTags('tracing')
+@ApiSecurity('ApiKey')
+@Controller('tracing')
+export class TracingController {
+  constructor(
+    private readonly tracing: TracingService,
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
+  ) {}
+
+  @Post('spans')
+  @ApiOperation({ summary: 'Create spans (atomic: all or none; 409 if any already exists)' })
+  @ApiBody({ schema: openApiSchema(spansBodySchema) })
+  async createSpans(@ProjectId() projectId: string, @Body() body: unknown) {
+    assertBatchSize(body, 'spans', this.config.http.maxBatchItems);
+    const { spans } = parseBody(spansBodySchema, body);
+    const stored = await this.tracing.createSpans(projectId, spans);
+    return { count: stored.length, spans: stored };
+  }
+
+  @Put('spans')
+  @ApiOperation({ summary: 'Replace existing spans (atomic; 404 if any is missing)' })
+  @ApiBody({ schema: openApiSchema(spansBodySchema) })
+  async updateSpans(@ProjectId() projectId: string, @Body() body: unknown) {
+    assertBatchSize(body, 'spans', this.config.http.maxBatchItems);
+    const { spans } = parseBody(spansBodySchema, body);
+    const stored = await this.tracing.updateSpans(projectId, spans);
+    return { count: stored.length, spans: stored };
+  }
+
+  @Delete('spans')
+  @ApiOperation({ summary: 'Delete spans by key' })
+  @ApiBody({ schema: openApiSchema(spanKeysBodySchema) })
+  async deleteSpans(@ProjectId() projectId: string, @Body() body: unknown) {
+    assertBatchSize(body, 'spans', this.config.http.maxBatchItems);
+    const { spans } = parseBody(spanKeysBodySchema, body);
+    return { count: await this.tracing.deleteSpans(projectId, spans) };
+  }
+
+  @Get('spans/:traceId/:spanId')
+  @ApiOperation({ summary: 'Read one span' })
+  async readSpan(@ProjectId() projectId: string, @Param('traceId') traceId: string, @Param('spanId') spanId: string) {
+    const key = { trace_id: parseBody(traceIdSchema, traceId), span_id: parseBody(spanIdSchema, spanId) };
+    const [span] = await this.tracing.readSpans(projectId, [key]);
+    if (!span) throw new NotFoundException(`span ${key.trace_id}/${key.span_id} not found`);
+    return { span };
+  }
+
+  @Get('traces/:traceId')
+  @ApiOperation({ summary: 'Read every span of a trace' })
+  async readTrace(@ProjectId() projectId: string, @Param('traceId') traceId: string) {
+    const id = parseBody(traceIdSchema, traceId);
+    const spans = await this.tracing.readTraces(projectId, [id]);
+    if (spans.length === 0) throw new NotFoundException(`trace ${id} not found`);
+    return { spans };
+  }
+
+  @Delete('traces/:traceId')
+  @ApiOperation({ summary: 'Delete every span of a trace' })
+  async deleteTrace(@ProjectId() projectId: string, @Param('traceId') traceId: string) {
+    const id = parseBody(traceIdSchema, traceId);
+    const count = await this.tracing.deleteTraces(projectId, [id]);
+    if (count === 0) throw new NotFoundException(`trace ${id} not found`);
+    return { count };
+  }
+
+  @Post('spans/query')
+  @HttpCode(200)
+  @ApiOperation({ summary: 'Query spans: filtering tree, windowing with a cursor, focus trace or span' })
+  async query(@ProjectId() projectId: string, @Body() body: unknown) {
+    const page = await this.tracing.query(projectId, parseSpanQuery(body ?? {}));
+    return { count: page.spans.length, spans: page.spans, next: page.next };
+  }
+
+  @Post('analytics/query')
+  @HttpCode(200)
+  @ApiOperation({ summary: 'Time buckets of count, errors, duration, tokens and costs' })
+  async analytics(@ProjectId() projectId: string, @Body() body: unknown) {
+    const buckets = await this.tracing.analytics(projectId, parseAnalyticsQuery(body ?? {}));
+    return { count: buckets.length, buckets };
+  }
+}

@@ -1,0 +1,210 @@
+import request from 'supertest';
+import { makeNode, makeSpan, makeTrace, traceId, uuid } from '../support/fixtures';
+import { createTestApp, TestApp } from '../support/app';
+
+describe('REST: /tracing and /observability', () => {
+  let t: TestApp;
+  let auth: { Authorization: string };
+  beforeAll(async () => {
+    t = await createTestApp({ MAX_BATCH_ITEMS: '50', BODY_LIMIT: '256kb' });
+    auth = { Authorization: `ApiKey ${t.apiKey}` };
+  });
+  afterAll(async () => t.close());
+
+  const http = () => request(t.url);
+  const countSpans = async () => Number((await t.database.db.selectFrom('spans').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+
+  describe('spans', () => {
+    it('creates a trace and reads it back exactly, with microsecond times', async () => {
+      const spans = makeTrace(2);
+      const created = await http().post('/tracing/spans').set(auth).send({ spans }).expect(201);
+      expect(created.body.count).toBe(3);
+
+      const read = await http().get(`/tracing/traces/${spans[0].trace_id}`).set(auth).expect(200);
+      expect(read.body.spans).toHaveLength(3);
+      const byId = new Map(read.body.spans.map((s: { span_id: string }) => [s.span_id, s]));
+      for (const input of spans) {
+        expect(byId.get(input.span_id)).toMatchObject({ ...input, project_id: t.projectId });
+      }
+      const one = await http().get(`/tracing/spans/${spans[1].trace_id}/${spans[1].span_id}`).set(auth).expect(200);
+      expect(one.body.span.start_time).toBe('2026-11-20T10:00:00.123456Z');
+      expect(one.body.span.parent_id).toBe(spans[0].span_id);
+      expect(one.body.span.created_at).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/);
+    });
+
+    it('normalizes ids to lowercase and times to UTC microseconds', async () => {
+      const span = makeSpan({ start_time: '2026-11-20T12:00:00.5+02:00', end_time: '2026-11-20T10:00:01Z' });
+      const body = { spans: [{ ...span, trace_id: span.trace_id.toUpperCase() }] };
+      const res = await http().post('/tracing/spans').set(auth).send(body).expect(201);
+      expect(res.body.spans[0]).toMatchObject({ trace_id: span.trace_id, start_time: '2026-11-20T10:00:00.500000Z', end_time: '2026-11-20T10:00:01.000000Z' });
+    });
+
+    it('answers 409 and writes nothing when one span of a batch already exists', async () => {
+      const [existing] = makeTrace(0);
+      await http().post('/tracing/spans').set(auth).send({ spans: [existing] }).expect(201);
+      const before = await countSpans();
+      const res = await http().post('/tracing/spans').set(auth).send({ spans: [makeSpan(), existing] }).expect(409);
+      expect(res.body.message).toContain(existing.span_id);
+      expect(await countSpans()).toBe(before);
+    });
+
+    it('updates spans with PUT, bumping updated_at and keeping created_at', async () => {
+      const [span] = makeTrace(0);
+      const created = (await http().post('/tracing/spans').set(auth).send({ spans: [span] }).expect(201)).body.spans[0];
+      const res = await http().put('/tracing/spans').set(auth).send({ spans: [{ ...span, span_name: 'renamed', attributes: { x: 1 } }] }).expect(200);
+      expect(res.body.spans[0]).toMatchObject({ span_name: 'renamed', attributes: { x: 1 }, created_at: created.created_at });
+      expect(res.body.spans[0].updated_at > created.updated_at).toBe(true);
+    });
+
+    it('answers 404 and changes nothing when a PUT names a missing span', async () => {
+      const [span] = makeTrace(0);
+      await http().post('/tracing/spans').set(auth).send({ spans: [span] }).expect(201);
+      await http().put('/tracing/spans').set(auth).send({ spans: [{ ...span, span_name: 'changed' }, makeSpan()] }).expect(404);
+      const read = await http().get(`/tracing/spans/${span.trace_id}/${span.span_id}`).set(auth).expect(200);
+      expect(read.body.span.span_name).toBe(span.span_name);
+    });
+
+    it('deletes a trace, then answers 404 for it', async () => {
+      const spans = makeTrace(3);
+      await http().post('/tracing/spans').set(auth).send({ spans }).expect(201);
+      const res = await http().delete(`/tracing/traces/${spans[0].trace_id}`).set(auth).expect(200);
+      expect(res.body.count).toBe(4);
+      await http().get(`/tracing/traces/${spans[0].trace_id}`).set(auth).expect(404);
+      await http().delete(`/tracing/traces/${spans[0].trace_id}`).set(auth).expect(404);
+    });
+
+    it('deletes single spans by key', async () => {
+      const spans = makeTrace(1);
+      await http().post('/tracing/spans').set(auth).send({ spans }).expect(201);
+      const res = await http().delete('/tracing/spans').set(auth).send({ spans: [{ trace_id: spans[1].trace_id, span_id: spans[1].span_id }] }).expect(200);
+      expect(res.body.count).toBe(1);
+      expect((await http().get(`/tracing/traces/${spans[0].trace_id}`).set(auth).expect(200)).body.spans).toHaveLength(1);
+    });
+  });
+
+  describe('bad input gets a 4xx naming the field, and writes nothing', () => {
+    const cases: Array<[string, unknown, RegExp]> = [
+      ['a bad trace id in the third span', { spans: [makeSpan(), makeSpan(), { ...makeSpan(), trace_id: 'xyz' }] }, /spans\[2\]\.trace_id: must be 32 hex characters/],
+      ['a wrong type', { spans: [{ ...makeSpan(), span_name: 42 }] }, /spans\[0\]\.span_name: must be string, got number/],
+      ['a missing field', { spans: [{ ...makeSpan(), start_time: undefined }] }, /spans\[0\]\.start_time: is required/],
+      ['an unknown field', { spans: [{ ...makeSpan(), colour: 'red' }] }, /spans\[0\]: unknown field\(s\): colour/],
+      ['an unknown enum value', { spans: [{ ...makeSpan(), span_kind: 'SPAN_KIND_WEIRD' }] }, /spans\[0\]\.span_kind: must be one of/],
+      ['end before start', { spans: [{ ...makeSpan(), end_time: '2000-01-01T00:00:00Z' }] }, /spans\[0\]\.end_time: must not be before start_time/],
+      ['a time without zone', { spans: [{ ...makeSpan(), start_time: '2026-11-20T10:00:00' }] }, /spans\[0\]\.start_time: must be an ISO-8601 time/],
+      ['a NUL character in attributes', { spans: [{ ...makeSpan(), attributes: { a: 'x\u0000y' } }] }, /spans\[0\]\.attributes\.a: must not contain the NUL/],
+      ['the same span twice', (() => { const s = makeSpan(); return { spans: [s, s] }; })(), /spans\[1\]\.span_id: duplicates spans\[0\]/],
+      ['an empty batch', { spans: [] }, /spans: must hold at least one span/],
+      ['no body fields', {}, /spans: is required/],
+    ];
+    it.each(cases)('%s', async (_, body, message) => {
+      const before = await countSpans();
+      const res = await http().post('/tracing/spans').set(auth).send(body as object).expect(400);
+      expect(res.body.message).toMatch(message);
+      expect(await countSpans()).toBe(before);
+    });
+
+    it('malformed JSON is a 400', async () => {
+      const res = await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send('{"spans": [').expect(400);
+      expect(res.body.message).toMatch(/malformed JSON/);
+    });
+
+    it('a bad id in the path is a 400', async () => {
+      const res = await http().get('/tracing/traces/not-hex').set(auth).expect(400);
+      expect(res.body.message).toMatch(/must be 32 hex characters/);
+      await http().get(`/tracing/spans/${traceId()}/zz`).set(auth).expect(400);
+    });
+
+    it('too many spans in one batch is a 413', async () => {
+      const spans = Array.from({ length: 51 }, () => makeSpan());
+      const res = await http().post('/tracing/spans').set(auth).send({ spans }).expect(413);
+      expect(res.body.message).toMatch(/spans: at most 50 per request/);
+    });
+
+    it('an oversize body is a 413', async () => {
+      const res = await http().post('/tracing/spans').set(auth).send({ spans: [makeSpan({ attributes: { big: 'x'.repeat(300_000) } })] }).expect(413);
+      expect(res.body.message).toMatch(/larger than the limit/);
+    });
+  });
+
+  describe('auth', () => {
+    it('refuses requests without a key, with a malformed key, or an unknown key', async () => {
+      await http().get(`/tracing/traces/${traceId()}`).expect(401);
+      await http().get(`/tracing/traces/${traceId()}`).set({ Authorization: 'Bearer abc' }).expect(401);
+      await http().get(`/tracing/traces/${traceId()}`).set({ Authorization: 'ApiKey tk_nope' }).expect(401);
+    });
+
+    it('scopes everything to the key’s project', async () => {
+      const other = await t.createApiKey();
+      const spans = makeTrace(1);
+      await http().post('/tracing/spans').set(auth).send({ spans }).expect(201);
+      const otherAuth = { Authorization: `ApiKey ${other.key}` };
+      await http().get(`/tracing/traces/${spans[0].trace_id}`).set(otherAuth).expect(404);
+      await http().delete(`/tracing/traces/${spans[0].trace_id}`).set(otherAuth).expect(404);
+      // The same ids in another project are another span, not a conflict.
+      await http().post('/tracing/spans').set(otherAuth).send({ spans }).expect(201);
+      await http().get(`/tracing/traces/${spans[0].trace_id}`).set(auth).expect(200);
+    });
+
+    it('stores keys hashed', async () => {
+      const rows = await t.database.db.selectFrom('api_keys').select(['key_hash', 'prefix']).execute();
+      expect(rows.length).toBeGreaterThan(0);
+      expect(rows.some((r) => r.key_hash.includes(t.apiKey) || t.apiKey === r.key_hash)).toBe(false);
+      expect(rows.every((r) => /^[0-9a-f]{64}$/.test(r.key_hash))).toBe(true);
+    });
+  });
+
+  describe('nodes', () => {
+    it('ingests a tree, reads it, replaces a node, deletes the tree', async () => {
+      const tree = uuid();
+      const root = makeNode({ tree_id: tree });
+      const child = makeNode({ tree_id: tree, parent_id: root.node_id, root_id: root.node_id });
+      await http().post('/observability/nodes').set(auth).send({ nodes: [root, child] }).expect(201);
+      const read = await http().get(`/observability/trees/${tree}`).set(auth).expect(200);
+      expect(read.body.nodes).toHaveLength(2);
+      expect(read.body.nodes[0]).toMatchObject({ ...root, project_id: t.projectId });
+
+      await http().post('/observability/nodes').set(auth).send({ nodes: [{ ...child, node_name: 'renamed' }] }).expect(201);
+      const again = await http().get(`/observability/trees/${tree}`).set(auth).expect(200);
+      expect(again.body.nodes.map((n: { node_name: string }) => n.node_name).sort()).toEqual(['renamed', 'retrieve']);
+
+      const query = await http().post('/observability/nodes/query').set(auth).send({ tree_id: tree }).expect(200);
+      expect(query.body.count).toBe(2);
+
+      expect((await http().delete(`/observability/trees/${tree}`).set(auth).expect(200)).body.count).toBe(2);
+      await http().get(`/observability/trees/${tree}`).set(auth).expect(404);
+    });
+
+    it('rejects a bad node with the field named', async () => {
+      const res = await http().post('/observability/nodes').set(auth).send({ nodes: [{ ...makeNode(), tree_id: 'nope' }] }).expect(400);
+      expect(res.body.message).toMatch(/nodes\[0\]\.tree_id: must be a UUID/);
+    });
+  });
+
+  describe('operations', () => {
+    it('GET /health reports Postgres up and the mirror off', async () => {
+      const res = await http().get('/health').expect(200);
+      expect(res.body.status).toBe('ok');
+      expect(res.body.info.postgres.status).toBe('up');
+      expect(res.body.info.mirror).toMatchObject({ status: 'up', enabled: false });
+    });
+
+    it('GET /metrics serves Prometheus text with HTTP metrics', async () => {
+      const res = await http().get('/metrics').expect(200);
+      expect(res.headers['content-type']).toMatch(/text\/plain/);
+      expect(res.text).toMatch(/http_request_duration_seconds_count\{method="POST",route="\/tracing\/spans",status="201"\} \d+/);
+      expect(res.text).toMatch(/process_cpu_seconds_total/);
+    });
+
+    it('GET /docs serves the OpenAPI UI and document', async () => {
+      await http().get('/docs').redirects(1).expect(200);
+      const doc = await http().get('/docs/openapi.json').expect(200);
+      expect(Object.keys(doc.body.paths)).toEqual(expect.arrayContaining(['/tracing/spans', '/tracing/traces/{traceId}', '/observability/nodes', '/otlp/v1/traces']));
+      expect(doc.body.paths['/tracing/spans'].post.requestBody.content['application/json'].schema.properties.spans).toBeDefined();
+    });
+  });
+
+  it('span ids that are all zeros are refused', async () => {
+    const res = await http().post('/tracing/spans').set(auth).send({ spans: [makeSpan({ span_id: '0'.repeat(16) })] }).expect(400);
+    expect(res.body.message).toMatch(/must not be all zeros/);
+  });
+});

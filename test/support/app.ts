@@ -1,0 +1,51 @@
+import { INestApplication } from '@nestjs/common';
+import { randomUUID } from 'node:crypto';
+import { AddressInfo } from 'node:net';
+import { ApiKeyService } from '../../src/auth/api-key.service';
+import { createApp } from '../../src/bootstrap';
+import { createTestDatabase, TestDatabase } from './postgres';
+
+export interface TestApp {
+  app: INestApplication;
+  url: string;
+  database: TestDatabase;
+  apiKey: string;
+  projectId: string;
+  createApiKey(projectId?: string): Promise<{ key: string; projectId: string }>;
+  close(): Promise<void>;
+}
+
+/**
+ * The real app, built as production builds it, on a fresh Postgres database
+ * and a free port, with one project and its API key ready.
+ */
+export async function createTestApp(env: Record<string, string> = {}): Promise<TestApp> {
+  const database = await createTestDatabase();
+  const app = await createApp({
+    DATABASE_URL: database.url,
+    LOG_LEVEL: 'silent',
+    USE_CLICKHOUSE: 'false',
+    MIGRATE_ON_START: 'false',
+    ...env,
+  });
+  await app.listen(0, '127.0.0.1');
+  const { port } = (app.getHttpServer().address() as AddressInfo);
+  const apiKeys = app.get(ApiKeyService);
+  const createApiKey = async (projectId: string = randomUUID()) => {
+    const created = await apiKeys.create(projectId);
+    return { key: created.key, projectId };
+  };
+  const first = await createApiKey();
+  return {
+    app,
+    url: `http://127.0.0.1:${port}`,
+    database,
+    apiKey: first.key,
+    projectId: first.projectId,
+    createApiKey,
+    close: async () => {
+      await app.close();
+      await database.drop();
+    },
+  };
+}
