@@ -1,0 +1,302 @@
+import { OtlpDecodeError, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+
+const { ExportTraceServiceRequest } = otlpTraceService;
+
+const TRACE = '5b8efff798038103d269b633813fc60c';
+const SPAN = 'eee19b7ec3c1b174';
+const PARENT = '0102030405060708';
+const LINKED_TRACE = 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa';
+const LINKED_SPAN = 'bbbbbbbbbbbbbbbb';
+
+/** An OTLP/JSON span; `overrides` replace fields (undefined deletes one). */
+function jsonSpan(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  const span: Record<string, unknown> = {
+    traceId: TRACE.toUpperCase(),
+    spanId: SPAN,
+    parentSpanId: PARENT,
+    name: 'llm call',
+    kind: 3,
+    startTimeUnixNano: '1700000000123456789',
+    endTimeUnixNano: '1700000001000000000',
+    attributes: [{ key: 'gen_ai.operation.name', value: { stringValue: 'chat' } }],
+    events: [
+      {
+        name: 'exception',
+        timeUnixNano: '1700000000500000000',
+        attributes: [{ key: 'exception.type', value: { stringValue: 'TypeError' } }],
+      },
+    ],
+    links: [{ traceId: LINKED_TRACE, spanId: LINKED_SPAN, attributes: [{ key: 'why', value: { stringValue: 'retry' } }] }],
+    status: { code: 2, message: 'boom' },
+    ...overrides,
+  };
+  for (const [key, value] of Object.entries(overrides)) if (value === undefined) delete span[key];
+  return span;
+}
+
+function jsonRequest(spans: Record<string, unknown>[]): Record<string, unknown> {
+  return {
+    resourceSpans: [
+      {
+        resource: { attributes: [{ key: 'service.name', value: { stringValue: 'checkout' } }] },
+        scopeSpans: [{ scope: { name: 'my-lib', version: '1.2.3' }, spans }],
+      },
+    ],
+  };
+}
+
+const ID_FIELDS = new Set(['traceId', 'spanId', 'parentSpanId']);
+
+/**
+ * The protobuf encoding of an OTLP/JSON request, built by the generated code:
+ * fromObject reads proto3 JSON except that OTLP ids are hex rather than base64.
+ */
+function toProtobuf(json: unknown): Buffer {
+  const convert = (value: unknown): unknown => {
+    if (Array.isArray(value)) return value.map(convert);
+    if (typeof value !== 'object' || value === null) return value;
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, ID_FIELDS.has(k) && typeof v === 'string' ? Buffer.from(v, 'hex') : convert(v)]),
+    );
+  };
+  const codec = ExportTraceServiceRequest as unknown as { fromObject(o: unknown): object; encode(m: object): { finish(): Uint8Array } };
+  return Buffer.from(codec.encode(codec.fromObject(convert(json))).finish());
+}
+
+function decodeError(decode: () => unknown): string {
+  try {
+    decode();
+  } catch (error) {
+    expect(error).toBeInstanceOf(OtlpDecodeError);
+    return (error as Error).message;
+  }
+  throw new Error('expected an OtlpDecodeError');
+}
+
+const jsonError = (span: Record<string, unknown>) => decodeError(() => decodeOtlpJson(jsonRequest([span])));
+const protobufError = (span: Record<string, unknown>) => decodeError(() => decodeOtlpProtobuf(toProtobuf(jsonRequest([span]))));
+const P = 'resourceSpans[0].scopeSpans[0].spans[0]';
+
+describe('decodeOtlpJson', () => {
+  it('normalizes a span: lowercase hex ids, bigint nanoseconds, enum numbers', () => {
+    const expected: OtlpSpan = {
+      resource: { attributes: [{ key: 'service.name', value: 'checkout' }] },
+      scope: { name: 'my-lib', version: '1.2.3' },
+      traceId: TRACE,
+      spanId: SPAN,
+      parentSpanId: PARENT,
+      name: 'llm call',
+      kind: 3,
+      startTimeUnixNano: 1700000000123456789n,
+      endTimeUnixNano: 1700000001000000000n,
+      attributes: [{ key: 'gen_ai.operation.name', value: 'chat' }],
+      events: [{ name: 'exception', timeUnixNano: 1700000000500000000n, attributes: [{ key: 'exception.type', value: 'TypeError' }] }],
+      links: [{ traceId: LINKED_TRACE, spanId: LINKED_SPAN, attributes: [{ key: 'why', value: 'retry' }] }],
+      status: { code: 2, message: 'boom' },
+    };
+    expect(decodeOtlpJson(jsonRequest([jsonSpan()]))).toEqual([expected]);
+  });
+
+  it('accepts enum names, numeric times, an empty parent id and absent optional fields', () => {
+    const [span] = decodeOtlpJson(
+      jsonRequest([
+        jsonSpan({
+          kind: 'SPAN_KIND_SERVER',
+          status: { code: 'STATUS_CODE_OK' },
+          startTimeUnixNano: 1700000000000000000,
+          endTimeUnixNano: 1700000000000001000,
+          parentSpanId: '',
+          attributes: null,
+          events: undefined,
+          links: undefined,
+          name: undefined,
+        }),
+      ]),
+    );
+    expect(span).toMatchObject({
+      kind: 2,
+      status: { code: 1, message: '' },
+      startTimeUnixNano: 1700000000000000000n,
+      endTimeUnixNano: 1700000000000001024n, // the nearest double: JSON numbers past 2^53 are approximate
+      parentSpanId: null,
+      attributes: [],
+      events: [],
+      links: [],
+      name: '',
+    });
+  });
+
+  it('answers an empty request with no spans', () => {
+    expect(decodeOtlpJson({})).toEqual([]);
+    expect(decodeOtlpJson({ resourceSpans: [] })).toEqual([]);
+    expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ spans: [] }] }] })).toEqual([]);
+  });
+
+  it('ignores unknown fields, as OTLP/JSON receivers must', () => {
+    expect(decodeOtlpJson(jsonRequest([jsonSpan({ somethingNew: { x: 1 } })]))).toHaveLength(1);
+  });
+
+  it('names the offending field with its full path', () => {
+    const request = {
+      resourceSpans: [
+        {
+          scopeSpans: [
+            { spans: [jsonSpan()] },
+            { spans: [jsonSpan(), jsonSpan(), jsonSpan(), jsonSpan({ traceId: 'abc' })] },
+          ],
+        },
+      ],
+    };
+    expect(decodeError(() => decodeOtlpJson(request))).toBe(
+      'resourceSpans[0].scopeSpans[1].spans[3].traceId: must be 32 hex characters',
+    );
+  });
+
+  it.each([
+    [{ traceId: null }, `${P}.traceId: is required`],
+    [{ traceId: 'zz8efff798038103d269b633813fc60c' }, `${P}.traceId: must be 32 hex characters`],
+    [{ traceId: 'W47/95gDgQPSabYzgT/GDA==' }, `${P}.traceId: must be 32 hex characters`],
+    [{ traceId: '00000000000000000000000000000000' }, `${P}.traceId: must not be all zeros`],
+    [{ spanId: '0000000000000000' }, `${P}.spanId: must not be all zeros`],
+    [{ spanId: 42 }, `${P}.spanId: must be 16 hex characters`],
+    [{ parentSpanId: '01020304' }, `${P}.parentSpanId: must be 16 hex characters`],
+    [{ links: [{ traceId: TRACE, spanId: '' }] }, `${P}.links[0].spanId: is required`],
+    [{ parentSpanId: SPAN }, `${P}.parentSpanId: must differ from spanId`],
+    [{ name: 7 }, `${P}.name: must be a string`],
+    [{ name: 'a\u0000b' }, `${P}.name: must not contain the NUL character (U+0000)`],
+    [{ status: { message: '\ud800' } }, `${P}.status.message: must be valid UTF-16 text (unpaired surrogate)`],
+    [{ attributes: [{ key: 'k\u0000', value: {} }] }, `${P}.attributes[0].key: must not contain the NUL character (U+0000)`],
+    [{ attributes: [{ key: 'k', value: { stringValue: '\u0000' } }] }, `${P}.attributes[0].value.stringValue: must not contain the NUL character (U+0000)`],
+    [{ kind: 9 }, `${P}.kind: must be an integer from 0 to 5 or one of SPAN_KIND_UNSPECIFIED, SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, SPAN_KIND_CLIENT, SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER`],
+    [{ kind: 'SERVER' }, `${P}.kind: must be an integer from 0 to 5 or one of SPAN_KIND_UNSPECIFIED, SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, SPAN_KIND_CLIENT, SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER`],
+    [{ status: { code: 3 } }, `${P}.status.code: must be an integer from 0 to 2 or one of STATUS_CODE_UNSET, STATUS_CODE_OK, STATUS_CODE_ERROR`],
+    [{ status: 'ok' }, `${P}.status: must be an object`],
+    [{ startTimeUnixNano: null }, `${P}.startTimeUnixNano: is required`],
+    [{ startTimeUnixNano: '0' }, `${P}.startTimeUnixNano: is required`],
+    [{ startTimeUnixNano: 'soon' }, `${P}.startTimeUnixNano: must be an unsigned 64-bit integer`],
+    [{ startTimeUnixNano: '-5' }, `${P}.startTimeUnixNano: must be an unsigned 64-bit integer`],
+    [{ startTimeUnixNano: 1.5 }, `${P}.startTimeUnixNano: must be an unsigned 64-bit integer`],
+    [{ startTimeUnixNano: '18446744073709551616' }, `${P}.startTimeUnixNano: must be an unsigned 64-bit integer`],
+    [{ endTimeUnixNano: '10413792000000000000' }, `${P}.endTimeUnixNano: must be before 2300-01-01T00:00:00Z`],
+    [{ endTimeUnixNano: '1700000000123456788' }, `${P}.endTimeUnixNano: must not be before startTimeUnixNano`],
+    [{ events: {} }, `${P}.events: must be an array`],
+    [{ events: [{ name: 'e', timeUnixNano: 'x' }] }, `${P}.events[0].timeUnixNano: must be an unsigned 64-bit integer`],
+    [{ attributes: [7] }, `${P}.attributes[0]: must be an object`],
+    [{ attributes: [{ key: 1, value: { stringValue: 'x' } }] }, `${P}.attributes[0].key: must be a string`],
+    [{ attributes: [{ key: 'k', value: { stringValue: 1 } }] }, `${P}.attributes[0].value.stringValue: must be a string`],
+    [{ attributes: [{ key: 'k', value: { boolValue: 'true' } }] }, `${P}.attributes[0].value.boolValue: must be a boolean`],
+    [{ attributes: [{ key: 'k', value: { intValue: '1.5' } }] }, `${P}.attributes[0].value.intValue: must be a signed 64-bit integer`],
+    [{ attributes: [{ key: 'k', value: { intValue: 1.5 } }] }, `${P}.attributes[0].value.intValue: must be a signed 64-bit integer`],
+    [{ attributes: [{ key: 'k', value: { intValue: '9223372036854775808' } }] }, `${P}.attributes[0].value.intValue: must be a signed 64-bit integer`],
+    [{ attributes: [{ key: 'k', value: { doubleValue: 'many' } }] }, `${P}.attributes[0].value.doubleValue: must be a number`],
+    [{ attributes: [{ key: 'k', value: { bytesValue: 'not base64!' } }] }, `${P}.attributes[0].value.bytesValue: must be base64`],
+    [{ attributes: [{ key: 'k', value: { stringValue: 'a', intValue: 1 } }] }, `${P}.attributes[0].value: must set only one of stringValue, intValue`],
+    [{ attributes: [{ key: 'k', value: { arrayValue: { values: [{ kvlistValue: { values: [{ key: 'x', value: { boolValue: 1 } }] } }] } } }] },
+      `${P}.attributes[0].value.arrayValue.values[0].kvlistValue.values[0].value.boolValue: must be a boolean`],
+    [{ attributes: [{ key: 'k', value: { arrayValue: [] } }] }, `${P}.attributes[0].value.arrayValue: must be an object`],
+  ])('%j is rejected', (overrides, message) => {
+    expect(jsonError(jsonSpan(overrides))).toBe(message);
+  });
+
+  it('rejects values nested deeper than 32 levels', () => {
+    let value: Record<string, unknown> = { stringValue: 'leaf' };
+    for (let i = 0; i < 33; i++) value = { arrayValue: { values: [value] } };
+    const message = jsonError(jsonSpan({ attributes: [{ key: 'deep', value }] }));
+    expect(message).toBe(`${P}.attributes[0].value${'.arrayValue.values[0]'.repeat(32)}.arrayValue: must not nest deeper than 32 levels`);
+  });
+
+  it.each([
+    [[], 'body: must be a JSON object'],
+    ['text', 'body: must be a JSON object'],
+    [{ resourceSpans: {} }, 'resourceSpans: must be an array'],
+    [{ resourceSpans: [{ scopeSpans: [{ scope: { name: 3 } }] }] }, 'resourceSpans[0].scopeSpans[0].scope.name: must be a string'],
+    [{ resourceSpans: [{ resource: { attributes: [{ key: 'k', value: 'v' }] } }] }, 'resourceSpans[0].resource.attributes[0].value: must be an object'],
+  ])('rejects the request %j', (body, message) => {
+    expect(decodeError(() => decodeOtlpJson(body))).toBe(message);
+  });
+});
+
+describe('decodeOtlpProtobuf', () => {
+  it('decodes exactly what the same request in OTLP/JSON decodes to', () => {
+    const request = jsonRequest([jsonSpan(), jsonSpan({ spanId: 'ffffffffffffffff', parentSpanId: '', kind: 1, events: [], links: [] })]);
+    const fromJson = decodeOtlpJson(request);
+    expect(fromJson).toHaveLength(2);
+    expect(decodeOtlpProtobuf(toProtobuf(request))).toEqual(fromJson);
+  });
+
+  it('normalizes every attribute type the same way as OTLP/JSON', () => {
+    const attributes = [
+      { key: 'str', value: { stringValue: 'text' } },
+      { key: 'empty.str', value: { stringValue: '' } },
+      { key: 'bool', value: { boolValue: false } },
+      { key: 'int', value: { intValue: '-42' } },
+      { key: 'int.big', value: { intValue: '9007199254740993' } },
+      { key: 'int.min', value: { intValue: '-9223372036854775808' } },
+      { key: 'double', value: { doubleValue: 0.25 } },
+      { key: 'double.nan', value: { doubleValue: 'NaN' } },
+      { key: 'double.inf', value: { doubleValue: '-Infinity' } },
+      { key: 'bytes', value: { bytesValue: 'AAEC/w==' } },
+      { key: 'array', value: { arrayValue: { values: [{ stringValue: 'a' }, { intValue: '1' }, {}] } } },
+      { key: 'kvlist', value: { kvlistValue: { values: [{ key: 'x.y', value: { doubleValue: 1.5 } }, { key: 'z' }] } } },
+      { key: 'none', value: {} },
+    ];
+    const request = jsonRequest([jsonSpan({ attributes })]);
+    const expected = [
+      { key: 'str', value: 'text' },
+      { key: 'empty.str', value: '' },
+      { key: 'bool', value: false },
+      { key: 'int', value: -42 },
+      { key: 'int.big', value: '9007199254740993' },
+      { key: 'int.min', value: '-9223372036854775808' },
+      { key: 'double', value: 0.25 },
+      { key: 'double.nan', value: 'NaN' },
+      { key: 'double.inf', value: '-Infinity' },
+      { key: 'bytes', value: 'AAEC/w==' },
+      { key: 'array', value: ['a', 1, null] },
+      { key: 'kvlist', value: { 'x.y': 1.5, z: null } },
+      { key: 'none', value: null },
+    ];
+    expect(decodeOtlpJson(request)[0].attributes).toEqual(expected);
+    expect(decodeOtlpProtobuf(toProtobuf(request))[0].attributes).toEqual(expected);
+  });
+
+  it('reads URL-safe and unpadded base64 in OTLP/JSON bytes', () => {
+    const [span] = decodeOtlpJson(jsonRequest([jsonSpan({ attributes: [{ key: 'b', value: { bytesValue: 'AAEC_w' } }] })]));
+    expect(span.attributes).toEqual([{ key: 'b', value: 'AAEC/w==' }]);
+  });
+
+  it('answers an empty body with no spans', () => {
+    expect(decodeOtlpProtobuf(Buffer.alloc(0))).toEqual([]);
+  });
+
+  it.each([
+    [{ traceId: '5b8efff798038103d269b633813fc6' }, `${P}.traceId: must be 16 bytes`],
+    [{ traceId: null }, `${P}.traceId: is required`],
+    [{ spanId: '00000000000000000000' }, `${P}.spanId: must be 8 bytes`],
+    [{ spanId: '0000000000000000' }, `${P}.spanId: must not be all zeros`],
+    [{ parentSpanId: '000102' }, `${P}.parentSpanId: must be 8 bytes`],
+    [{ links: [{ traceId: '00000000000000000000000000000000', spanId: SPAN }] }, `${P}.links[0].traceId: must not be all zeros`],
+    [{ kind: 9 }, `${P}.kind: must be an integer from 0 to 5 or one of SPAN_KIND_UNSPECIFIED, SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, SPAN_KIND_CLIENT, SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER`],
+    [{ startTimeUnixNano: null }, `${P}.startTimeUnixNano: is required`],
+    [{ endTimeUnixNano: '18446744073709551615' }, `${P}.endTimeUnixNano: must be before 2300-01-01T00:00:00Z`],
+  ])('%j is rejected', (overrides, message) => {
+    expect(protobufError(jsonSpan(overrides))).toBe(message);
+  });
+
+  it('answers garbage and truncated bodies with a decode error, not a crash', () => {
+    expect(decodeError(() => decodeOtlpProtobuf(Buffer.from('garbage garbage garbage')))).toBe(
+      'body: not a valid protobuf ExportTraceServiceRequest (invalid wire type 7 at offset 1)',
+    );
+    const truncated = toProtobuf(jsonRequest([jsonSpan()])).subarray(0, -5);
+    expect(decodeError(() => decodeOtlpProtobuf(truncated))).toBe(
+      `body: not a valid protobuf ExportTraceServiceRequest (index out of range: ${truncated.length} + 1 > ${truncated.length})`,
+    );
+  });
+
+  it('answers a JSON body sent as protobuf with a decode error', () => {
+    const json = Buffer.from(JSON.stringify({ resourceSpans: [{ scopeSpans: [] }] }));
+    expect(decodeError(() => decodeOtlpProtobuf(json))).toBe(
+      'body: not a valid protobuf ExportTraceServiceRequest (index out of range: 3 + 114 > 37)',
+    );
+  });
+});

@@ -1,0 +1,388 @@
+import generatedRoot = require('@opentelemetry/otlp-transformer/build/src/generated/root');
+import { jsonProblem } from '../http/json-value';
+import { Json, SPAN_KINDS, STATUS_CODES } from '../tracing/span';
+import { MAX_YEAR } from '../tracing/timestamp';
+
+/**
+ * Decodes OTLP/HTTP trace export requests (binary protobuf and OTLP/JSON) into
+ * one normalized, fully validated list of spans. Protobuf is decoded only by
+ * the OpenTelemetry project's generated definitions; both formats then go
+ * through the same walk, so they validate and normalize identically.
+ */
+
+export class OtlpDecodeError extends Error {
+  constructor(readonly path: string, readonly reason: string) {
+    super(`${path}: ${reason}`);
+    this.name = 'OtlpDecodeError';
+  }
+}
+
+export interface OtlpKeyValue {
+  key: string;
+  /**
+   * int64 is a number when it is a safe integer, else its decimal string;
+   * bytes are standard base64; non-finite doubles are "NaN", "Infinity", "-Infinity".
+   */
+  value: Json;
+}
+
+export interface OtlpEvent {
+  name: string;
+  timeUnixNano: bigint;
+  attributes: OtlpKeyValue[];
+}
+
+export interface OtlpLink {
+  traceId: string;
+  spanId: string;
+  attributes: OtlpKeyValue[];
+}
+
+/** Span kind and status code keep their OTLP enum numbers. */
+export interface OtlpSpan {
+  resource: { attributes: OtlpKeyValue[] };
+  scope: { name: string; version: string };
+  /** Lowercase hex; never all zeros. */
+  traceId: string;
+  spanId: string;
+  parentSpanId: string | null;
+  name: string;
+  kind: number;
+  startTimeUnixNano: bigint;
+  endTimeUnixNano: bigint;
+  attributes: OtlpKeyValue[];
+  events: OtlpEvent[];
+  links: OtlpLink[];
+  status: { code: number; message: string };
+}
+
+interface LongBits {
+  low: number;
+  high: number;
+}
+
+/** The decoded protobuf message, as the generated code builds it (unset fields are null). */
+interface ProtoAnyValue {
+  stringValue?: string | null;
+  boolValue?: boolean | null;
+  intValue?: LongBits | number | null;
+  doubleValue?: number | null;
+  arrayValue?: { values?: ProtoAnyValue[] | null } | null;
+  kvlistValue?: { values?: ProtoKeyValue[] | null } | null;
+  bytesValue?: Uint8Array | null;
+}
+interface ProtoKeyValue {
+  key?: string | null;
+  value?: ProtoAnyValue | null;
+}
+interface ProtoSpan {
+  traceId?: Uint8Array | null;
+  spanId?: Uint8Array | null;
+  parentSpanId?: Uint8Array | null;
+  name?: string | null;
+  kind?: number | null;
+  startTimeUnixNano?: LongBits | number | null;
+  endTimeUnixNano?: LongBits | number | null;
+  attributes?: ProtoKeyValue[] | null;
+  events?: Array<{ name?: string | null; timeUnixNano?: LongBits | number | null; attributes?: ProtoKeyValue[] | null }> | null;
+  links?: Array<{ traceId?: Uint8Array | null; spanId?: Uint8Array | null; attributes?: ProtoKeyValue[] | null }> | null;
+  status?: { code?: number | null; message?: string | null } | null;
+}
+export interface ProtoExportTraceServiceRequest {
+  resourceSpans?: Array<{
+    resource?: { attributes?: ProtoKeyValue[] | null } | null;
+    scopeSpans?: Array<{
+      scope?: { name?: string | null; version?: string | null } | null;
+      spans?: ProtoSpan[] | null;
+    }> | null;
+  }> | null;
+}
+
+interface GeneratedMessage<T> {
+  encode(message: T): { finish(): Uint8Array };
+  decode(buffer: Uint8Array): T;
+}
+
+interface TraceServiceMessages {
+  ExportTraceServiceRequest: GeneratedMessage<ProtoExportTraceServiceRequest>;
+  ExportTraceServiceResponse: GeneratedMessage<{ partialSuccess?: { rejectedSpans?: number; errorMessage?: string } }>;
+}
+
+/** The collector trace service messages from @opentelemetry/otlp-transformer's generated protobufjs root. */
+export const otlpTraceService = (
+  generatedRoot as unknown as { opentelemetry: { proto: { collector: { trace: { v1: TraceServiceMessages } } } } }
+).opentelemetry.proto.collector.trace.v1;
+
+/** Times must stay inside the years both Postgres and ClickHouse DateTime64(6) hold. */
+const TIME_LIMIT = `${MAX_YEAR + 1}-01-01T00:00:00Z`;
+const MAX_TIME_NANOS = BigInt(Date.parse(TIME_LIMIT)) * 1_000_000n;
+const MAX_VALUE_DEPTH = 32;
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+const ANY_VALUE_FIELDS = ['stringValue', 'boolValue', 'intValue', 'doubleValue', 'arrayValue', 'kvlistValue', 'bytesValue'] as const;
+
+type Format = 'json' | 'protobuf';
+
+export function decodeOtlpJson(body: unknown): OtlpSpan[] {
+  if (!isObject(body)) throw new OtlpDecodeError('body', 'must be a JSON object');
+  return walkRequest(body, 'json');
+}
+
+export function decodeOtlpProtobuf(buf: Buffer): OtlpSpan[] {
+  let message: ProtoExportTraceServiceRequest;
+  try {
+    message = otlpTraceService.ExportTraceServiceRequest.decode(buf);
+  } catch (error) {
+    throw new OtlpDecodeError('body', `not a valid protobuf ExportTraceServiceRequest (${(error as Error).message})`);
+  }
+  return walkRequest(message as Record<string, unknown>, 'protobuf');
+}
+
+function walkRequest(request: Record<string, unknown>, format: Format): OtlpSpan[] {
+  const spans: OtlpSpan[] = [];
+  list(request.resourceSpans, 'resourceSpans').forEach((resourceSpans, r) => {
+    const rPath = `resourceSpans[${r}]`;
+    const rs = object(resourceSpans, rPath);
+    const resourceMessage = optionalObject(rs.resource, `${rPath}.resource`);
+    const resource = { attributes: keyValues(resourceMessage?.attributes, `${rPath}.resource.attributes`, format) };
+    list(rs.scopeSpans, `${rPath}.scopeSpans`).forEach((scopeSpans, s) => {
+      const sPath = `${rPath}.scopeSpans[${s}]`;
+      const ss = object(scopeSpans, sPath);
+      const scopeMessage = optionalObject(ss.scope, `${sPath}.scope`);
+      const scope = {
+        name: string(scopeMessage?.name, `${sPath}.scope.name`),
+        version: string(scopeMessage?.version, `${sPath}.scope.version`),
+      };
+      list(ss.spans, `${sPath}.spans`).forEach((span, i) => {
+        spans.push(walkSpan(object(span, `${sPath}.spans[${i}]`), `${sPath}.spans[${i}]`, format, resource, scope));
+      });
+    });
+  });
+  return spans;
+}
+
+function walkSpan(
+  span: Record<string, unknown>,
+  path: string,
+  format: Format,
+  resource: OtlpSpan['resource'],
+  scope: OtlpSpan['scope'],
+): OtlpSpan {
+  const traceId = id(span.traceId, `${path}.traceId`, format, 16) as string;
+  const spanId = id(span.spanId, `${path}.spanId`, format, 8) as string;
+  const parentSpanId = id(span.parentSpanId, `${path}.parentSpanId`, format, 8, true);
+  if (parentSpanId === spanId) throw new OtlpDecodeError(`${path}.parentSpanId`, 'must differ from spanId');
+  const startTimeUnixNano = time(span.startTimeUnixNano, `${path}.startTimeUnixNano`, format, true);
+  const endTimeUnixNano = time(span.endTimeUnixNano, `${path}.endTimeUnixNano`, format, true);
+  if (endTimeUnixNano < startTimeUnixNano) {
+    throw new OtlpDecodeError(`${path}.endTimeUnixNano`, 'must not be before startTimeUnixNano');
+  }
+  const status = optionalObject(span.status, `${path}.status`);
+  return {
+    resource,
+    scope,
+    traceId,
+    spanId,
+    parentSpanId,
+    name: string(span.name, `${path}.name`),
+    kind: enumValue(span.kind, `${path}.kind`, SPAN_KINDS),
+    startTimeUnixNano,
+    endTimeUnixNano,
+    attributes: keyValues(span.attributes, `${path}.attributes`, format),
+    events: list(span.events, `${path}.events`).map((event, e) => {
+      const ePath = `${path}.events[${e}]`;
+      const ev = object(event, ePath);
+      return {
+        name: string(ev.name, `${ePath}.name`),
+        timeUnixNano: time(ev.timeUnixNano, `${ePath}.timeUnixNano`, format, false),
+        attributes: keyValues(ev.attributes, `${ePath}.attributes`, format),
+      };
+    }),
+    links: list(span.links, `${path}.links`).map((link, l) => {
+      const lPath = `${path}.links[${l}]`;
+      const ln = object(link, lPath);
+      return {
+        traceId: id(ln.traceId, `${lPath}.traceId`, format, 16) as string,
+        spanId: id(ln.spanId, `${lPath}.spanId`, format, 8) as string,
+        attributes: keyValues(ln.attributes, `${lPath}.attributes`, format),
+      };
+    }),
+    status: {
+      code: enumValue(status?.code, `${path}.status.code`, STATUS_CODES),
+      message: string(status?.message, `${path}.status.message`),
+    },
+  };
+}
+
+/** Proto3 JSON treats null like an absent field; the generated decoder leaves absent fields null. */
+function isAbsent(value: unknown): value is null | undefined {
+  return value === null || value === undefined;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
+}
+
+function object(value: unknown, path: string): Record<string, unknown> {
+  if (!isObject(value)) throw new OtlpDecodeError(path, 'must be an object');
+  return value;
+}
+
+function optionalObject(value: unknown, path: string): Record<string, unknown> | null {
+  return isAbsent(value) ? null : object(value, path);
+}
+
+function list(value: unknown, path: string): unknown[] {
+  if (isAbsent(value)) return [];
+  if (!Array.isArray(value)) throw new OtlpDecodeError(path, 'must be an array');
+  return value;
+}
+
+function string(value: unknown, path: string): string {
+  if (isAbsent(value)) return '';
+  if (typeof value !== 'string') throw new OtlpDecodeError(path, 'must be a string');
+  // Strings end up in jsonb, which refuses NUL and unpaired surrogates: refuse them here, by path.
+  const problem = jsonProblem(value);
+  if (problem) throw new OtlpDecodeError(path, problem[1]);
+  return value;
+}
+
+/** The domain's span kinds and status codes are the OTLP enum names, in enum order. */
+function enumValue(value: unknown, path: string, names: readonly string[]): number {
+  if (isAbsent(value)) return 0;
+  if (typeof value === 'string' && names.includes(value)) return names.indexOf(value);
+  if (typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < names.length) return value;
+  throw new OtlpDecodeError(path, `must be an integer from 0 to ${names.length - 1} or one of ${names.join(', ')}`);
+}
+
+/** Trace and span ids: hex strings in OTLP/JSON, raw bytes in protobuf. An empty optional id means "none". */
+function id(value: unknown, path: string, format: Format, bytes: number, optional = false): string | null {
+  let hex: string;
+  if (format === 'json') {
+    if (isAbsent(value) || value === '') {
+      if (optional) return null;
+      throw new OtlpDecodeError(path, 'is required');
+    }
+    if (typeof value !== 'string' || value.length !== bytes * 2 || !/^[0-9a-fA-F]+$/.test(value)) {
+      throw new OtlpDecodeError(path, `must be ${bytes * 2} hex characters`);
+    }
+    hex = value.toLowerCase();
+  } else {
+    if (isAbsent(value) || (value instanceof Uint8Array && value.length === 0)) {
+      if (optional) return null;
+      throw new OtlpDecodeError(path, 'is required');
+    }
+    if (!(value instanceof Uint8Array) || value.length !== bytes) {
+      throw new OtlpDecodeError(path, `must be ${bytes} bytes`);
+    }
+    hex = Buffer.from(value.buffer, value.byteOffset, value.length).toString('hex');
+  }
+  if (/^0+$/.test(hex)) throw new OtlpDecodeError(path, 'must not be all zeros');
+  return hex;
+}
+
+/** fixed64 nanoseconds: a Long from protobuf; a decimal string or a number in OTLP/JSON. */
+function time(value: unknown, path: string, format: Format, required: boolean): bigint {
+  if (isAbsent(value)) {
+    if (required) throw new OtlpDecodeError(path, 'is required');
+    return 0n;
+  }
+  const nanos = integer(value, path, format, 'an unsigned 64-bit integer', false);
+  if (nanos < 0n) throw new OtlpDecodeError(path, 'must be an unsigned 64-bit integer');
+  if (required && nanos === 0n) throw new OtlpDecodeError(path, 'is required');
+  if (nanos >= MAX_TIME_NANOS) throw new OtlpDecodeError(path, `must be before ${TIME_LIMIT}`);
+  return nanos;
+}
+
+function integer(value: unknown, path: string, format: Format, what: string, signed: boolean): bigint {
+  if (format === 'protobuf' && isLongBits(value)) {
+    const bits = (BigInt(value.high >>> 0) << 32n) | BigInt(value.low >>> 0);
+    return signed ? BigInt.asIntN(64, bits) : bits;
+  }
+  if (typeof value === 'number' && Number.isInteger(value)) return BigInt(value);
+  if (format === 'json' && typeof value === 'string' && /^-?\d{1,20}$/.test(value)) {
+    const parsed = BigInt(value);
+    const [min, max] = signed ? [INT64_MIN, INT64_MAX] : [0n, 2n ** 64n - 1n];
+    if (parsed >= min && parsed <= max) return parsed;
+  }
+  throw new OtlpDecodeError(path, `must be ${what}`);
+}
+
+function isLongBits(value: unknown): value is LongBits {
+  return typeof value === 'object' && value !== null && typeof (value as LongBits).low === 'number' && typeof (value as LongBits).high === 'number';
+}
+
+function keyValues(value: unknown, path: string, format: Format, depth = 0): OtlpKeyValue[] {
+  return list(value, path).map((item, i) => {
+    const kv = object(item, `${path}[${i}]`);
+    return {
+      key: string(kv.key, `${path}[${i}].key`),
+      value: anyValue(kv.value, `${path}[${i}].value`, format, depth),
+    };
+  });
+}
+
+function anyValue(value: unknown, path: string, format: Format, depth: number): Json {
+  if (isAbsent(value)) return null;
+  const av = object(value, path);
+  const set = ANY_VALUE_FIELDS.filter((field) => !isAbsent(av[field]));
+  if (set.length === 0) return null;
+  if (set.length > 1) throw new OtlpDecodeError(path, `must set only one of ${set.join(', ')}`);
+  const field = set[0];
+  const v = av[field];
+  const fieldPath = `${path}.${field}`;
+  switch (field) {
+    case 'stringValue':
+      return string(v, fieldPath);
+    case 'boolValue':
+      if (typeof v !== 'boolean') throw new OtlpDecodeError(fieldPath, 'must be a boolean');
+      return v;
+    case 'intValue': {
+      const n = integer(v, fieldPath, format, 'a signed 64-bit integer', true);
+      if (n < INT64_MIN || n > INT64_MAX) throw new OtlpDecodeError(fieldPath, 'must be a signed 64-bit integer');
+      // JSON numbers lose precision past 2^53, so larger values keep their exact decimal text.
+      return n >= BigInt(Number.MIN_SAFE_INTEGER) && n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n.toString();
+    }
+    case 'doubleValue':
+      return double(v, fieldPath);
+    case 'bytesValue':
+      return bytes(v, fieldPath, format);
+    case 'arrayValue':
+    case 'kvlistValue': {
+      if (depth >= MAX_VALUE_DEPTH) throw new OtlpDecodeError(fieldPath, `must not nest deeper than ${MAX_VALUE_DEPTH} levels`);
+      const container = object(v, fieldPath);
+      if (field === 'arrayValue') {
+        return list(container.values, `${fieldPath}.values`).map((item, i) =>
+          anyValue(item, `${fieldPath}.values[${i}]`, format, depth + 1),
+        );
+      }
+      // Later duplicates win; own data properties keep keys like "__proto__" inert.
+      return Object.fromEntries(
+        keyValues(container.values, `${fieldPath}.values`, format, depth + 1).map((kv) => [kv.key, kv.value]),
+      );
+    }
+  }
+}
+
+/** JSON cannot carry NaN or the infinities, so they keep the proto3 JSON names. */
+function double(value: unknown, path: string): Json {
+  let n: number;
+  if (typeof value === 'number') n = value;
+  else if (typeof value === 'string' && ['NaN', 'Infinity', '-Infinity'].includes(value)) return value;
+  else if (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value))) n = Number(value);
+  else throw new OtlpDecodeError(path, 'must be a number');
+  if (Number.isNaN(n)) return 'NaN';
+  if (!Number.isFinite(n)) return n > 0 ? 'Infinity' : '-Infinity';
+  return n;
+}
+
+function bytes(value: unknown, path: string, format: Format): string {
+  if (format === 'protobuf' && value instanceof Uint8Array) {
+    return Buffer.from(value.buffer, value.byteOffset, value.length).toString('base64');
+  }
+  // Proto3 JSON writes standard base64 and accepts the URL-safe alphabet too.
+  if (format === 'json' && typeof value === 'string' && /^[A-Za-z0-9+/_-]*={0,2}$/.test(value) && value.replace(/=+$/, '').length % 4 !== 1) {
+    return Buffer.from(value, 'base64').toString('base64');
+  }
+  throw new OtlpDecodeError(path, 'must be base64');
+}

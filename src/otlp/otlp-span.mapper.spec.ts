@@ -1,0 +1,328 @@
+import { OtlpKeyValue, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import {
+  mapOtlpSpans, nanosToIso, spanIdToNodeId, toNodeInput, toSpanInput, traceIdToTreeId, unflattenAttributes,
+} from './otlp-span.mapper';
+
+const TRACE = '5b8efff798038103d269b633813fc60c';
+const ROOT = 'eee19b7ec3c1b174';
+const CHILD = '0102030405060708';
+
+const kv = (key: string, value: OtlpKeyValue['value']): OtlpKeyValue => ({ key, value });
+
+function otlpSpan(overrides: Partial<OtlpSpan> = {}): OtlpSpan {
+  return {
+    resource: { attributes: [kv('service.name', 'checkout'), kv('service.version', '2.0')] },
+    scope: { name: 'my-lib', version: '' },
+    traceId: TRACE,
+    spanId: CHILD,
+    parentSpanId: ROOT,
+    name: 'chat gpt-4o',
+    kind: 3,
+    startTimeUnixNano: 1700000000123456789n,
+    endTimeUnixNano: 1700000001000000999n,
+    attributes: [
+      kv('gen_ai.operation.name', 'chat'),
+      kv('gen_ai.usage.input_tokens', 3),
+      kv('gen_ai.usage.output_tokens', 5),
+      kv('http.status_code', 200),
+    ],
+    events: [
+      { name: 'retry', timeUnixNano: 1700000000200000000n, attributes: [kv('attempt', 1)] },
+      {
+        name: 'exception',
+        timeUnixNano: 1700000000300000000n,
+        attributes: [kv('exception.type', 'RateLimitError'), kv('exception.message', 'slow down'), kv('exception.stacktrace', 'at x')],
+      },
+    ],
+    links: [{ traceId: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', spanId: 'bbbbbbbbbbbbbbbb', attributes: [kv('link.kind', 'follows')] }],
+    status: { code: 2, message: 'rate limited' },
+    ...overrides,
+  };
+}
+
+describe('nanosToIso', () => {
+  it.each([
+    [1700000000123456789n, '2023-11-14T22:13:20.123456Z'],
+    [1700000000123456000n, '2023-11-14T22:13:20.123456Z'],
+    [1700000000000000999n, '2023-11-14T22:13:20.000000Z'],
+    [1700000000000001000n, '2023-11-14T22:13:20.000001Z'],
+    [1n, '1970-01-01T00:00:00.000000Z'],
+    [10413791999999999999n, '2299-12-31T23:59:59.999999Z'],
+  ])('%s ns -> %s (truncating below the microsecond)', (nanos, iso) => {
+    expect(nanosToIso(nanos)).toBe(iso);
+  });
+});
+
+describe('ids', () => {
+  it('turns a span id into a node uuid and a trace id into a tree uuid', () => {
+    expect(spanIdToNodeId('eee19b7ec3c1b174')).toBe('00000000-0000-0000-eee1-9b7ec3c1b174');
+    expect(traceIdToTreeId(TRACE)).toBe('5b8efff7-9803-8103-d269-b633813fc60c');
+  });
+});
+
+describe('unflattenAttributes', () => {
+  it('nests dotted keys', () => {
+    expect(
+      unflattenAttributes([kv('gen_ai.usage.input_tokens', 3), kv('gen_ai.usage.output_tokens', 4), kv('gen_ai.system', 'openai'), kv('plain', true)]),
+    ).toEqual({ gen_ai: { usage: { input_tokens: 3, output_tokens: 4 }, system: 'openai' }, plain: true });
+  });
+
+  it('keeps the rest of a key literal when its path runs into a value, whatever the input order', () => {
+    const expected = { a: 1, 'a.b': 2, x: { y: 'v', 'y.z': [1] } };
+    expect(unflattenAttributes([kv('a', 1), kv('a.b', 2), kv('x.y', 'v'), kv('x.y.z', [1])])).toEqual(expected);
+    expect(unflattenAttributes([kv('x.y.z', [1]), kv('a.b', 2), kv('x.y', 'v'), kv('a', 1)])).toEqual(expected);
+  });
+
+  it('lets the last of duplicate keys win', () => {
+    expect(unflattenAttributes([kv('k', 1), kv('other', 0), kv('k', 2)])).toEqual({ k: 2, other: 0 });
+  });
+
+  it('never splits keys with an empty segment', () => {
+    expect(unflattenAttributes([kv('a..b', 1), kv('.c', 2), kv('d.', 3), kv('', 4)])).toEqual({ 'a..b': 1, '.c': 2, 'd.': 3, '': 4 });
+  });
+
+  it('adds dotted keys to a copy of a kvlist value, leaving the decoded value untouched', () => {
+    const kvlist = { x: 1 };
+    const attributes = [kv('a', kvlist), kv('a.y', 2)];
+    expect(unflattenAttributes(attributes)).toEqual({ a: { x: 1, y: 2 } });
+    expect(kvlist).toEqual({ x: 1 });
+  });
+
+  it('stores "__proto__" as a plain key', () => {
+    const result = unflattenAttributes([kv('__proto__.polluted', 1), kv('x.__proto__', 2)]);
+    expect(Object.getPrototypeOf(result)).toBe(Object.prototype);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(JSON.parse(JSON.stringify(result))).toEqual(JSON.parse('{"__proto__":{"polluted":1},"x":{"__proto__":2}}'));
+  });
+});
+
+describe('toSpanInput', () => {
+  it('maps every field', () => {
+    expect(toSpanInput(otlpSpan())).toEqual({
+      trace_id: TRACE,
+      span_id: CHILD,
+      parent_id: ROOT,
+      trace_type: 'invocation',
+      span_type: 'chat',
+      span_kind: 'SPAN_KIND_CLIENT',
+      span_name: 'chat gpt-4o',
+      start_time: '2023-11-14T22:13:20.123456Z',
+      end_time: '2023-11-14T22:13:21.000000Z',
+      status_code: 'STATUS_CODE_ERROR',
+      status_message: 'rate limited',
+      attributes: {
+        gen_ai: { operation: { name: 'chat' }, usage: { input_tokens: 3, output_tokens: 5 } },
+        http: { status_code: 200 },
+        otel: {
+          resource: { service: { name: 'checkout', version: '2.0' } },
+          scope: { name: 'my-lib', version: null },
+        },
+      },
+      references: null,
+      links: [{ trace_id: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', span_id: 'bbbbbbbbbbbbbbbb', attributes: { link: { kind: 'follows' } } }],
+      hashes: null,
+      events: [
+        { name: 'retry', timestamp: '2023-11-14T22:13:20.200000Z', attributes: { attempt: 1 } },
+        {
+          name: 'exception',
+          timestamp: '2023-11-14T22:13:20.300000Z',
+          attributes: { exception: { type: 'RateLimitError', message: 'slow down', stacktrace: 'at x' } },
+        },
+      ],
+      exception: { type: 'RateLimitError', message: 'slow down', stacktrace: 'at x', timestamp: '2023-11-14T22:13:20.300000Z' },
+    });
+  });
+
+  it('maps a bare root span with nulls, not empty lists', () => {
+    const span = toSpanInput(
+      otlpSpan({ spanId: ROOT, parentSpanId: null, kind: 0, attributes: [], events: [], links: [], status: { code: 0, message: '' } }),
+    );
+    expect(span).toMatchObject({
+      parent_id: null,
+      span_type: 'unknown',
+      span_kind: 'SPAN_KIND_UNSPECIFIED',
+      status_code: 'STATUS_CODE_UNSET',
+      status_message: null,
+      links: null,
+      events: null,
+      exception: null,
+    });
+    expect(span.attributes).toEqual({ otel: { resource: { service: { name: 'checkout', version: '2.0' } }, scope: { name: 'my-lib', version: null } } });
+  });
+
+  it('takes the exception from the last "exception" event', () => {
+    const event = (message: string, at: bigint) => ({ name: 'exception', timeUnixNano: at, attributes: [kv('exception.message', message)] });
+    const span = toSpanInput(otlpSpan({ events: [event('first', 1n), event('last', 2000n)] }));
+    expect(span.exception).toEqual({ type: null, message: 'last', stacktrace: null, timestamp: '1970-01-01T00:00:00.000002Z' });
+  });
+
+  it('lets the receiver keys otel.resource and otel.scope replace span attributes with those keys', () => {
+    const span = toSpanInput(otlpSpan({ attributes: [kv('otel.scope', 'mine'), kv('otel.status_code', 'ERROR')] }));
+    expect(span.attributes.otel).toEqual({
+      resource: { service: { name: 'checkout', version: '2.0' } },
+      scope: { name: 'my-lib', version: null },
+      status_code: 'ERROR',
+    });
+  });
+
+  it.each([
+    [[kv('ag.type.node', 'workflow'), kv('gen_ai.operation.name', 'chat')], 'workflow'],
+    [[kv('ag.type.node', 'nonsense'), kv('gen_ai.operation.name', 'embeddings')], 'embedding'],
+    [[kv('gen_ai.operation.name', 'text_completion')], 'completion'],
+    [[kv('gen_ai.operation.name', 'execute_tool')], 'tool'],
+    [[kv('gen_ai.operation.name', 'invoke_agent')], 'agent'],
+    [[kv('gen_ai.operation.name', 'constructor')], 'unknown'],
+    [[kv('gen_ai.operation.name', 1)], 'unknown'],
+    [[], 'unknown'],
+  ])('span_type from %j is %s', (attributes, expected) => {
+    expect(toSpanInput(otlpSpan({ attributes })).span_type).toBe(expected);
+    expect(toNodeInput(otlpSpan({ attributes })).node_type).toBe(expected);
+  });
+
+  it('takes trace_type from ag.type.trace when it names one', () => {
+    expect(toSpanInput(otlpSpan({ attributes: [kv('ag.type.trace', 'annotation')] })).trace_type).toBe('annotation');
+    expect(toSpanInput(otlpSpan({ attributes: [kv('ag.type.trace', 'other')] })).trace_type).toBe('invocation');
+  });
+});
+
+describe('toNodeInput', () => {
+  it('maps a child span', () => {
+    const attributes = {
+      gen_ai: { operation: { name: 'chat' }, usage: { input_tokens: 3, output_tokens: 5 } },
+      http: { status_code: 200 },
+    };
+    expect(toNodeInput(otlpSpan())).toEqual({
+      node_id: '00000000-0000-0000-0102-030405060708',
+      tree_id: '5b8efff7-9803-8103-d269-b633813fc60c',
+      root_id: null,
+      parent_id: '00000000-0000-0000-eee1-9b7ec3c1b174',
+      node_name: 'chat gpt-4o',
+      node_type: 'chat',
+      time_start: '2023-11-14T22:13:20.123456Z',
+      time_end: '2023-11-14T22:13:21.000000Z',
+      status: { code: 'ERROR', message: 'rate limited' },
+      data: null,
+      metrics: { unit: { tokens: { prompt: 3, completion: 5, total: 8 } } },
+      meta: { gen_ai: { operation: { name: 'chat' } }, http: { status_code: 200 } },
+      refs: null,
+      exception: { type: 'RateLimitError', message: 'slow down', stacktrace: 'at x', timestamp: '2023-11-14T22:13:20.300000Z' },
+      links: [{ trace_id: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', span_id: 'bbbbbbbbbbbbbbbb', attributes: { link: { kind: 'follows' } } }],
+      otel: {
+        kind: 'SPAN_KIND_CLIENT',
+        attributes,
+        resource: { service: { name: 'checkout', version: '2.0' } },
+        scope: { name: 'my-lib', version: null },
+        events: [
+          { name: 'retry', timestamp: '2023-11-14T22:13:20.200000Z', attributes: { attempt: 1 } },
+          {
+            name: 'exception',
+            timestamp: '2023-11-14T22:13:20.300000Z',
+            attributes: { exception: { type: 'RateLimitError', message: 'slow down', stacktrace: 'at x' } },
+          },
+        ],
+      },
+    });
+  });
+
+  it('makes a root span its own root', () => {
+    const node = toNodeInput(otlpSpan({ spanId: ROOT, parentSpanId: null }));
+    expect(node.root_id).toBe('00000000-0000-0000-eee1-9b7ec3c1b174');
+    expect(node.parent_id).toBeNull();
+  });
+
+  it('takes data from ag.data and metrics from ag.metrics, leaving the rest as meta', () => {
+    const node = toNodeInput(
+      otlpSpan({
+        attributes: [
+          kv('ag.data.inputs', { q: 'hi' }),
+          kv('ag.data.outputs', 'hello'),
+          kv('ag.metrics.costs.total', 0.5),
+          kv('ag.type.node', 'llm'),
+          kv('gen_ai.usage.input_tokens', 3),
+        ],
+      }),
+    );
+    expect(node.data).toEqual({ inputs: { q: 'hi' }, outputs: 'hello' });
+    expect(node.metrics).toEqual({ costs: { total: 0.5 } });
+    expect(node.meta).toEqual({ ag: { type: { node: 'llm' } }, gen_ai: { usage: { input_tokens: 3 } } });
+    expect(node.node_type).toBe('llm');
+  });
+
+  it('leaves data, metrics and meta null without attributes', () => {
+    const node = toNodeInput(otlpSpan({ attributes: [] }));
+    expect([node.data, node.metrics, node.meta]).toEqual([null, null, null]);
+  });
+});
+
+describe('mapOtlpSpans', () => {
+  it('keeps the last copy of a repeated span and of a repeated node id', () => {
+    const first = otlpSpan({ name: 'first' });
+    const other = otlpSpan({ spanId: ROOT, parentSpanId: null, name: 'root' });
+    const again = otlpSpan({ name: 'again' });
+    const otherTrace = otlpSpan({ traceId: 'cccccccccccccccccccccccccccccccc', name: 'other trace' });
+    const { spans, nodes } = mapOtlpSpans([first, other, again, otherTrace]);
+    expect(spans.map((s) => s.span_name)).toEqual(['root', 'again', 'other trace']);
+    expect(nodes.map((n) => n.node_name)).toEqual(['root', 'other trace']);
+  });
+
+  it('maps a request to the same spans and nodes from OTLP/JSON and from protobuf', () => {
+    const attributes = [
+      { key: 'gen_ai.operation.name', value: { stringValue: 'chat' } },
+      { key: 'gen_ai.usage.input_tokens', value: { intValue: '12' } },
+      { key: 'big', value: { intValue: '9223372036854775807' } },
+      { key: 'ratio', value: { doubleValue: 0.5 } },
+      { key: 'flag', value: { boolValue: true } },
+      { key: 'raw', value: { bytesValue: '3q2+7w==' } },
+      { key: 'tags', value: { arrayValue: { values: [{ stringValue: 'a' }, { doubleValue: 'Infinity' }] } } },
+      { key: 'ag.data', value: { kvlistValue: { values: [{ key: 'inputs', value: { stringValue: 'q' } }] } } },
+    ];
+    const request = {
+      resourceSpans: [
+        {
+          resource: { attributes: [{ key: 'service.name', value: { stringValue: 'svc' } }] },
+          scopeSpans: [
+            {
+              scope: { name: 'lib', version: '1' },
+              spans: [
+                {
+                  traceId: TRACE, spanId: ROOT, name: 'root', kind: 2,
+                  startTimeUnixNano: '1700000000000000001', endTimeUnixNano: '1700000009999999999',
+                  status: {},
+                },
+                {
+                  traceId: TRACE, spanId: CHILD, parentSpanId: ROOT, name: 'child', kind: 3,
+                  startTimeUnixNano: '1700000000123456789', endTimeUnixNano: '1700000001123456789',
+                  attributes,
+                  events: [{ name: 'exception', timeUnixNano: '1700000000500000000', attributes: [{ key: 'exception.type', value: { stringValue: 'E' } }] }],
+                  links: [{ traceId: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', spanId: 'bbbbbbbbbbbbbbbb' }],
+                  status: { code: 2, message: 'failed' },
+                },
+              ],
+            },
+          ],
+        },
+      ],
+    };
+    const codec = otlpTraceService.ExportTraceServiceRequest as unknown as {
+      fromObject(o: unknown): object;
+      encode(m: object): { finish(): Uint8Array };
+    };
+    const protoRequest = JSON.parse(JSON.stringify(request), (key, value) =>
+      ['traceId', 'spanId', 'parentSpanId'].includes(key) ? Buffer.from(value, 'hex') : value,
+    );
+    const protobuf = Buffer.from(codec.encode(codec.fromObject(protoRequest)).finish());
+
+    const fromJson = mapOtlpSpans(decodeOtlpJson(request));
+    const fromProtobuf = mapOtlpSpans(decodeOtlpProtobuf(protobuf));
+    expect(fromProtobuf).toEqual(fromJson);
+    expect(fromJson.spans).toHaveLength(2);
+    expect(fromJson.spans[1].attributes).toMatchObject({
+      big: '9223372036854775807',
+      ratio: 0.5,
+      flag: true,
+      raw: '3q2+7w==',
+      tags: ['a', 'Infinity'],
+    });
+    expect(fromJson.nodes[1].data).toEqual({ inputs: 'q' });
+  });
+});

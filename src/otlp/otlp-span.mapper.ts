@@ -1,0 +1,271 @@
+import { NodeInput } from '../observability/node';
+import {
+  Json, JsonObject, SPAN_KINDS, SPAN_TYPES, STATUS_CODES, SpanInput, SpanType, TRACE_TYPES, TraceType,
+} from '../tracing/span';
+import { OtlpEvent, OtlpKeyValue, OtlpLink, OtlpSpan } from './otlp-decoder';
+
+/**
+ * Maps a decoded OTLP span to the span and the legacy node the receiver
+ * stores. Everything here is a pure function of the OTLP span, so an exporter
+ * retry maps to exactly the same rows.
+ *
+ * Attributes: dotted keys are unflattened ("gen_ai.usage.input_tokens": 3 ->
+ * {gen_ai: {usage: {input_tokens: 3}}}). Keys are placed in sorted order, so a
+ * key is placed before every key it prefixes; when a path runs into a value
+ * that is not an object ("a": 1 then "a.b": 2), the rest of the key stays one
+ * literal dotted key at that level ({a: 1, "a.b": 2}), so flattening the
+ * result gives back the original keys. Keys with an empty segment ("a..b",
+ * ".a") are never split. Duplicate keys: the last one sent wins.
+ *
+ * Span attributes are the top level of `attributes`; the receiver adds the
+ * keys `otel.resource` (resource attributes, unflattened) and `otel.scope`
+ * ({name, version}) after the span's own, so they replace a span attribute
+ * with exactly those keys.
+ */
+
+const SPAN_TYPE_BY_GEN_AI_OPERATION = new Map<string, SpanType>([
+  ['chat', 'chat'],
+  ['text_completion', 'completion'],
+  ['generate_content', 'llm'],
+  ['embeddings', 'embedding'],
+  ['execute_tool', 'tool'],
+  ['invoke_agent', 'agent'],
+  ['create_agent', 'agent'],
+]);
+
+/** Legacy node statuses use the short names (UNSET, OK, ERROR). */
+const NODE_STATUS_CODES = ['UNSET', 'OK', 'ERROR'];
+
+export function nanosToIso(nanos: bigint): string {
+  // Truncates below the microsecond; the fraction never goes through Date.
+  const micros = nanos / 1000n;
+  const seconds = micros / 1_000_000n;
+  const fraction = (micros % 1_000_000n).toString().padStart(6, '0');
+  return `${new Date(Number(seconds) * 1000).toISOString().slice(0, 19)}.${fraction}Z`;
+}
+
+/** A span id as a node uuid: sixteen zeros, then the span id (00000000-0000-0000-xxxx-xxxxxxxxxxxx). */
+export function spanIdToNodeId(spanId: string): string {
+  return `00000000-0000-0000-${spanId.slice(0, 4)}-${spanId.slice(4)}`;
+}
+
+/** A trace id as a tree uuid: the 32 hex digits grouped 8-4-4-4-12. */
+export function traceIdToTreeId(traceId: string): string {
+  return `${traceId.slice(0, 8)}-${traceId.slice(8, 12)}-${traceId.slice(12, 16)}-${traceId.slice(16, 20)}-${traceId.slice(20)}`;
+}
+
+export function unflattenAttributes(keyValues: OtlpKeyValue[]): JsonObject {
+  const target: JsonObject = {};
+  const owned = new WeakSet<JsonObject>([target]);
+  const sorted = keyValues
+    .map((kv, index) => ({ ...kv, index }))
+    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.index - b.index));
+  for (const { key, value } of sorted) placeAt(target, key, value, owned);
+  return target;
+}
+
+/** Objects that came in as values (kvlists) are copied before a dotted key adds to them, never mutated. */
+function placeAt(target: JsonObject, key: string, value: Json, owned: WeakSet<JsonObject>): void {
+  const segments = key.split('.');
+  if (segments.some((segment) => segment === '')) {
+    setOwn(target, key, value);
+    return;
+  }
+  let level = target;
+  for (let i = 0; i < segments.length - 1; i++) {
+    const existing = Object.prototype.hasOwnProperty.call(level, segments[i]) ? level[segments[i]] : undefined;
+    if (existing === undefined || isJsonObject(existing)) {
+      const child: JsonObject = existing === undefined ? {} : owned.has(existing) ? existing : { ...existing };
+      owned.add(child);
+      setOwn(level, segments[i], child);
+      level = child;
+    } else {
+      setOwn(level, segments.slice(i).join('.'), value);
+      return;
+    }
+  }
+  setOwn(level, segments[segments.length - 1], value);
+}
+
+/** A data property even for keys like "__proto__", which plain assignment would turn into a prototype change. */
+function setOwn(target: JsonObject, key: string, value: Json): void {
+  Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
+function isJsonObject(value: Json | undefined): value is JsonObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function pick(object: JsonObject, path: string): Json | undefined {
+  let current: Json | undefined = object;
+  for (const segment of path.split('.')) {
+    if (!isJsonObject(current) || !Object.prototype.hasOwnProperty.call(current, segment)) return undefined;
+    current = current[segment];
+  }
+  return current;
+}
+
+/** A deep copy without `path`; parents left empty by the removal go too. */
+function omit(object: JsonObject, path: string[]): JsonObject {
+  const [head, ...rest] = path;
+  const copy: JsonObject = {};
+  for (const [key, value] of Object.entries(object)) {
+    if (key !== head) setOwn(copy, key, value);
+    else if (rest.length > 0 && isJsonObject(value)) {
+      const inner = omit(value, rest);
+      if (Object.keys(inner).length > 0) setOwn(copy, key, inner);
+    }
+  }
+  return copy;
+}
+
+function mapEvent(event: OtlpEvent): JsonObject {
+  return { name: event.name, timestamp: nanosToIso(event.timeUnixNano), attributes: unflattenAttributes(event.attributes) };
+}
+
+function mapLink(link: OtlpLink): JsonObject {
+  return { trace_id: link.traceId, span_id: link.spanId, attributes: unflattenAttributes(link.attributes) };
+}
+
+function stringOrNull(value: Json | undefined): string | null {
+  return typeof value === 'string' ? value : null;
+}
+
+/**
+ * The last event named "exception" (the one most likely to have ended the
+ * span), read from its flat semantic-convention keys; null without one.
+ */
+function mapException(span: OtlpSpan): JsonObject | null {
+  const event = [...span.events].reverse().find((e) => e.name === 'exception');
+  if (!event) return null;
+  const attribute = (key: string) => stringOrNull(event.attributes.filter((kv) => kv.key === key).pop()?.value);
+  return {
+    type: attribute('exception.type'),
+    message: attribute('exception.message'),
+    stacktrace: attribute('exception.stacktrace'),
+    timestamp: nanosToIso(event.timeUnixNano),
+  };
+}
+
+/** `ag.type.node` when it names a span type, else the gen_ai operation, else unknown. */
+function spanType(attributes: JsonObject): SpanType {
+  const declared = pick(attributes, 'ag.type.node');
+  if (typeof declared === 'string' && (SPAN_TYPES as readonly string[]).includes(declared)) return declared as SpanType;
+  const operation = pick(attributes, 'gen_ai.operation.name');
+  return (typeof operation === 'string' && SPAN_TYPE_BY_GEN_AI_OPERATION.get(operation)) || 'unknown';
+}
+
+/** `ag.type.trace` when it names a trace type (annotations arrive this way), else invocation. */
+function traceType(attributes: JsonObject): TraceType {
+  const declared = pick(attributes, 'ag.type.trace');
+  return typeof declared === 'string' && (TRACE_TYPES as readonly string[]).includes(declared) ? (declared as TraceType) : 'invocation';
+}
+
+function scopeJson(span: OtlpSpan): JsonObject {
+  return { name: span.scope.name, version: span.scope.version === '' ? null : span.scope.version };
+}
+
+export function toSpanInput(span: OtlpSpan): SpanInput {
+  const attributes = unflattenAttributes([
+    ...span.attributes,
+    { key: 'otel.resource', value: unflattenAttributes(span.resource.attributes) },
+    { key: 'otel.scope', value: scopeJson(span) },
+  ]);
+  return {
+    trace_id: span.traceId,
+    span_id: span.spanId,
+    parent_id: span.parentSpanId,
+    trace_type: traceType(attributes),
+    span_type: spanType(attributes),
+    span_kind: SPAN_KINDS[span.kind],
+    span_name: span.name,
+    start_time: nanosToIso(span.startTimeUnixNano),
+    end_time: nanosToIso(span.endTimeUnixNano),
+    status_code: STATUS_CODES[span.status.code],
+    status_message: span.status.message === '' ? null : span.status.message,
+    attributes,
+    references: null,
+    links: span.links.length > 0 ? span.links.map(mapLink) : null,
+    hashes: null,
+    events: span.events.length > 0 ? span.events.map(mapEvent) : null,
+    exception: mapException(span),
+  };
+}
+
+/**
+ * node.data is `ag.data`; node.metrics is `ag.metrics`, else token counts from
+ * `gen_ai.usage` as {unit: {tokens: {prompt, completion, total}}}; meta is the
+ * span's attributes without what data and metrics took. root_id is the node's
+ * own id for a root span and null otherwise: a span cannot know its root
+ * before the whole trace has arrived, and the value must not depend on how an
+ * exporter batched the trace.
+ */
+export function toNodeInput(span: OtlpSpan): NodeInput {
+  const attributes = unflattenAttributes(span.attributes);
+  const nodeId = spanIdToNodeId(span.spanId);
+  let meta = attributes;
+
+  const agData = pick(attributes, 'ag.data');
+  const data = isJsonObject(agData) ? agData : null;
+  if (data) meta = omit(meta, ['ag', 'data']);
+
+  let metrics: JsonObject | null = null;
+  const agMetrics = pick(attributes, 'ag.metrics');
+  const usage = pick(attributes, 'gen_ai.usage');
+  if (isJsonObject(agMetrics)) {
+    metrics = agMetrics;
+    meta = omit(meta, ['ag', 'metrics']);
+  } else if (isJsonObject(usage)) {
+    const prompt = typeof usage.input_tokens === 'number' ? usage.input_tokens : null;
+    const completion = typeof usage.output_tokens === 'number' ? usage.output_tokens : null;
+    if (prompt !== null || completion !== null) {
+      const total = (prompt ?? 0) + (completion ?? 0);
+      metrics = { unit: { tokens: { prompt, completion, total } } };
+      meta = omit(meta, ['gen_ai', 'usage']);
+    }
+  }
+
+  return {
+    node_id: nodeId,
+    tree_id: traceIdToTreeId(span.traceId),
+    root_id: span.parentSpanId === null ? nodeId : null,
+    parent_id: span.parentSpanId === null ? null : spanIdToNodeId(span.parentSpanId),
+    node_name: span.name,
+    node_type: spanType(attributes),
+    time_start: nanosToIso(span.startTimeUnixNano),
+    time_end: nanosToIso(span.endTimeUnixNano),
+    status: { code: NODE_STATUS_CODES[span.status.code], message: span.status.message === '' ? null : span.status.message },
+    data,
+    metrics,
+    meta: Object.keys(meta).length > 0 ? meta : null,
+    refs: null,
+    exception: mapException(span),
+    links: span.links.length > 0 ? span.links.map(mapLink) : null,
+    otel: {
+      kind: SPAN_KINDS[span.kind],
+      attributes,
+      resource: unflattenAttributes(span.resource.attributes),
+      scope: scopeJson(span),
+      events: span.events.map(mapEvent),
+    },
+  };
+}
+
+/**
+ * Spans and nodes for one request. A request may repeat a span (or, rarely,
+ * a span id across traces, which share a node id); the last one wins, since a
+ * single upsert statement cannot write the same key twice.
+ */
+export function mapOtlpSpans(spans: OtlpSpan[]): { spans: SpanInput[]; nodes: NodeInput[] } {
+  const spanInputs = new Map<string, SpanInput>();
+  const nodeInputs = new Map<string, NodeInput>();
+  for (const span of spans) {
+    const key = `${span.traceId}/${span.spanId}`;
+    spanInputs.delete(key);
+    spanInputs.set(key, toSpanInput(span));
+    const node = toNodeInput(span);
+    nodeInputs.delete(node.node_id);
+    nodeInputs.set(node.node_id, node);
+  }
+  return { spans: [...spanInputs.values()], nodes: [...nodeInputs.values()] };
+}

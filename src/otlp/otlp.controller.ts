@@ -1,0 +1,80 @@
+import {
+  BadRequestException, Controller, HttpCode, Logger, Post, Req, StreamableFile, UnsupportedMediaTypeException,
+} from '@nestjs/common';
+import { ApiBody, ApiConsumes, ApiOperation, ApiResponse, ApiSecurity, ApiTags } from '@nestjs/swagger';
+import type { Request } from 'express';
+import { ProjectId } from '../auth/project-id.decorator';
+import { ObservabilityService } from '../observability/observability.service';
+import { TracingService } from '../tracing/tracing.service';
+import { OtlpDecodeError, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { mapOtlpSpans } from './otlp-span.mapper';
+
+const PROTOBUF = 'application/x-protobuf';
+const JSON_TYPE = 'application/json';
+
+/**
+ * OTLP/HTTP trace receiver: any OpenTelemetry SDK or collector can export to
+ * POST /otlp/v1/traces with `Authorization: ApiKey <key>`. The response uses
+ * the request's encoding, as the OTLP specification requires.
+ */
+@ApiTags('otlp')
+@ApiSecurity('ApiKey')
+@Controller('otlp/v1')
+export class OtlpController {
+  private readonly logger = new Logger(OtlpController.name);
+
+  constructor(
+    private readonly tracing: TracingService,
+    private readonly observability: ObservabilityService,
+  ) {}
+
+  @Post('traces')
+  @HttpCode(200)
+  @ApiOperation({
+    summary: 'Receive an OTLP/HTTP trace export (binary protobuf or OTLP/JSON)',
+    description:
+      'Body: an ExportTraceServiceRequest. Every span is stored as a span and as an observability node; ' +
+      'a retried export replaces what it wrote before. A request with any invalid span writes nothing (400).',
+  })
+  @ApiConsumes(PROTOBUF, JSON_TYPE)
+  @ApiBody({ schema: { type: 'object', properties: { resourceSpans: { type: 'array', items: { type: 'object' } } } } })
+  @ApiResponse({ status: 200, description: 'Accepted: an ExportTraceServiceResponse in the request encoding' })
+  @ApiResponse({ status: 400, description: 'Undecodable or invalid; names the first bad field by path' })
+  @ApiResponse({ status: 415, description: 'Content-Type is neither application/x-protobuf nor application/json' })
+  async exportTraces(@ProjectId() projectId: string, @Req() request: Request): Promise<StreamableFile | { partialSuccess: object }> {
+    const contentType = (request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+    if (contentType !== PROTOBUF && contentType !== JSON_TYPE) {
+      throw new UnsupportedMediaTypeException(`Content-Type must be ${PROTOBUF} or ${JSON_TYPE}, got "${contentType.slice(0, 100)}"`);
+    }
+    // Without a body the parsers leave request.body unset: an empty export.
+    const otlpSpans = decode(() =>
+      contentType === PROTOBUF
+        ? decodeOtlpProtobuf(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0))
+        : decodeOtlpJson(request.body ?? {}),
+    );
+    const { spans, nodes } = mapOtlpSpans(otlpSpans);
+    // Spans, then nodes; both are upserts keyed by id, so if the second write
+    // fails the exporter's retry rewrites both and the two converge.
+    await this.tracing.createSpans(projectId, spans, { userId: null, upsert: true });
+    await this.observability.ingestNodes(projectId, nodes);
+    this.logger.debug({ projectId, spans: spans.length, traces: new Set(spans.map((s) => s.trace_id)).size, contentType }, 'otlp export stored');
+
+    if (contentType === JSON_TYPE) return { partialSuccess: {} };
+    const response = otlpTraceService.ExportTraceServiceResponse.encode({}).finish();
+    return new StreamableFile(Buffer.from(response), { type: PROTOBUF, length: response.length });
+  }
+}
+
+function decode(run: () => OtlpSpan[]): OtlpSpan[] {
+  try {
+    return run();
+  } catch (error) {
+    if (!(error instanceof OtlpDecodeError)) throw error;
+    throw new BadRequestException({
+      statusCode: 400,
+      error: 'Bad Request',
+      message: error.message,
+      errors: [{ field: error.path, message: error.reason }],
+    });
+  }
+}

@@ -1,0 +1,365 @@
+import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { ExportResult, ExportResultCode } from '@opentelemetry/core';
+import { ISerializer, JsonTraceSerializer, ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import { IExportTraceServiceResponse } from '@opentelemetry/otlp-transformer';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  BasicTracerProvider, BatchSpanProcessor, ReadableSpan, SimpleSpanProcessor, SpanExporter, SpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import { gzipSync } from 'node:zlib';
+import request from 'supertest';
+import { otlpTraceService } from '../../src/otlp/otlp-decoder';
+import { createTestApp, TestApp } from '../support/app';
+import { spanId, traceId } from '../support/fixtures';
+
+/**
+ * An OTLP/HTTP span exporter built from the OpenTelemetry JS SDK's own
+ * serializers (the ones @opentelemetry/exporter-trace-otlp-proto and -http
+ * wrap), so the receiver sees exactly the bytes an SDK sends.
+ */
+class OtlpHttpExporter implements SpanExporter {
+  readonly responses: IExportTraceServiceResponse[] = [];
+  readonly failures: unknown[] = [];
+
+  constructor(
+    private readonly url: string,
+    private readonly apiKey: string,
+    private readonly serializer: ISerializer<ReadableSpan[], IExportTraceServiceResponse>,
+    private readonly contentType: string,
+  ) {}
+
+  export(spans: ReadableSpan[], done: (result: ExportResult) => void): void {
+    const body = this.serializer.serializeRequest(spans);
+    fetch(`${this.url}/otlp/v1/traces`, {
+      method: 'POST',
+      headers: { 'Content-Type': this.contentType, Authorization: `ApiKey ${this.apiKey}` },
+      body,
+    })
+      .then(async (res) => {
+        const payload = new Uint8Array(await res.arrayBuffer());
+        if (res.status !== 200) throw new Error(`${res.status}: ${Buffer.from(payload).toString()}`);
+        if (res.headers.get('content-type')?.split(';')[0] !== this.contentType) throw new Error(`answered ${res.headers.get('content-type')}`);
+        this.responses.push(this.serializer.deserializeResponse(payload) as IExportTraceServiceResponse);
+        done({ code: ExportResultCode.SUCCESS });
+      })
+      .catch((error: unknown) => {
+        this.failures.push(error);
+        done({ code: ExportResultCode.FAILED, error: error as Error });
+      });
+  }
+
+  shutdown(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+/** Seconds and nanoseconds, the SDK's HrTime: explicit times make the stored microseconds checkable. */
+const at = (nanosAfter: number): [number, number] => [1700000000, nanosAfter];
+
+/**
+ * A root workflow with a failing chat child (an event, an exception, error
+ * status, gen_ai attributes) and a successful tool child.
+ */
+async function exportTrace(processorFor: (exporter: SpanExporter) => SpanProcessor, exporter: OtlpHttpExporter) {
+  const provider = new BasicTracerProvider({
+    resource: resourceFromAttributes({ 'service.name': 'checkout', 'deployment.environment': 'test' }),
+    spanProcessors: [processorFor(exporter)],
+  });
+  const tracer = provider.getTracer('otlp-e2e', '1.0.0');
+  const root = tracer.startSpan('workflow', { kind: SpanKind.SERVER, startTime: at(123_456_789), attributes: { 'ag.type.node': 'workflow' } });
+  const parent = trace.setSpan(context.active(), root);
+
+  const chat = tracer.startSpan(
+    'chat gpt-4o',
+    {
+      kind: SpanKind.CLIENT,
+      startTime: at(200_000_999),
+      attributes: {
+        'gen_ai.operation.name': 'chat',
+        'gen_ai.request.model': 'gpt-4o',
+        'gen_ai.usage.input_tokens': 3,
+        'gen_ai.usage.output_tokens': 5,
+        'llm.temperature': 0.5,
+        'llm.stream': false,
+        tags: ['a', 'b'],
+      },
+    },
+    parent,
+  );
+  chat.addEvent('first token', { index: 0 }, at(300_000_000));
+  chat.recordException(new TypeError('bad input'), at(400_000_000));
+  chat.setStatus({ code: SpanStatusCode.ERROR, message: 'bad input' });
+  chat.end(at(500_000_000));
+
+  const tool = tracer.startSpan('lookup', { kind: SpanKind.INTERNAL, startTime: at(600_000_000), attributes: { 'gen_ai.operation.name': 'execute_tool' } }, parent);
+  tool.setStatus({ code: SpanStatusCode.OK });
+  tool.end(at(700_000_001));
+  root.end([1700000001, 0]);
+
+  await provider.forceFlush();
+  await provider.shutdown();
+  expect(exporter.failures).toEqual([]);
+  return { root: root.spanContext(), chat: chat.spanContext(), tool: tool.spanContext() };
+}
+
+const nodeId = (span: string) => `00000000-0000-0000-${span.slice(0, 4)}-${span.slice(4)}`;
+const treeId = (id: string) => `${id.slice(0, 8)}-${id.slice(8, 12)}-${id.slice(12, 16)}-${id.slice(16, 20)}-${id.slice(20)}`;
+
+describe('OTLP/HTTP receiver', () => {
+  let t: TestApp;
+  let auth: { Authorization: string };
+  beforeAll(async () => {
+    t = await createTestApp({ BODY_LIMIT: '256kb' });
+    auth = { Authorization: `ApiKey ${t.apiKey}` };
+  });
+  afterAll(async () => t.close());
+
+  const http = () => request(t.url);
+  const count = async (table: 'spans' | 'nodes') =>
+    Number((await t.database.db.selectFrom(table).select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+
+  describe.each([
+    ['protobuf, one request per span', ProtobufTraceSerializer, 'application/x-protobuf', (e: SpanExporter) => new SimpleSpanProcessor(e)],
+    ['OTLP/JSON, the whole trace in one batch', JsonTraceSerializer, 'application/json', (e: SpanExporter) => new BatchSpanProcessor(e)],
+  ])('the OpenTelemetry JS SDK exporting %s', (_, serializer, contentType, processorFor) => {
+    it('stores spans and nodes with their ids, parents, kinds, statuses, attributes, events, exception and microsecond times', async () => {
+      const exporter = new OtlpHttpExporter(t.url, t.apiKey, serializer, contentType);
+      const ids = await exportTrace(processorFor, exporter);
+      expect(exporter.responses.length).toBeGreaterThan(0);
+      // Full success leaves partial_success unset in protobuf; in OTLP/JSON it is empty.
+      for (const response of exporter.responses) expect(response.partialSuccess ?? {}).toEqual({});
+
+      const { body } = await http().get(`/tracing/traces/${ids.root.traceId}`).set(auth).expect(200);
+      const spans = new Map<string, Record<string, unknown>>(body.spans.map((s: { span_id: string }) => [s.span_id, s]));
+      expect(spans.size).toBe(3);
+      const otel = {
+        resource: { service: { name: 'checkout' }, deployment: { environment: 'test' } },
+        scope: { name: 'otlp-e2e', version: '1.0.0' },
+      };
+      expect(spans.get(ids.root.spanId)).toMatchObject({
+        project_id: t.projectId,
+        trace_id: ids.root.traceId,
+        parent_id: null,
+        trace_type: 'invocation',
+        span_type: 'workflow',
+        span_kind: 'SPAN_KIND_SERVER',
+        span_name: 'workflow',
+        start_time: '2023-11-14T22:13:20.123456Z',
+        end_time: '2023-11-14T22:13:21.000000Z',
+        status_code: 'STATUS_CODE_UNSET',
+        status_message: null,
+        attributes: { ag: { type: { node: 'workflow' } }, otel },
+        events: null,
+        links: null,
+        exception: null,
+      });
+      expect(spans.get(ids.chat.spanId)).toMatchObject({
+        parent_id: ids.root.spanId,
+        span_type: 'chat',
+        span_kind: 'SPAN_KIND_CLIENT',
+        span_name: 'chat gpt-4o',
+        start_time: '2023-11-14T22:13:20.200000Z',
+        end_time: '2023-11-14T22:13:20.500000Z',
+        status_code: 'STATUS_CODE_ERROR',
+        status_message: 'bad input',
+        attributes: {
+          gen_ai: { operation: { name: 'chat' }, request: { model: 'gpt-4o' }, usage: { input_tokens: 3, output_tokens: 5 } },
+          llm: { temperature: 0.5, stream: false },
+          tags: ['a', 'b'],
+          otel,
+        },
+        events: [
+          { name: 'first token', timestamp: '2023-11-14T22:13:20.300000Z', attributes: { index: 0 } },
+          {
+            name: 'exception',
+            timestamp: '2023-11-14T22:13:20.400000Z',
+            attributes: { exception: { type: 'TypeError', message: 'bad input', stacktrace: expect.stringContaining('TypeError: bad input') } },
+          },
+        ],
+        exception: {
+          type: 'TypeError',
+          message: 'bad input',
+          stacktrace: expect.stringContaining('TypeError: bad input'),
+          timestamp: '2023-11-14T22:13:20.400000Z',
+        },
+      });
+      expect(spans.get(ids.tool.spanId)).toMatchObject({
+        parent_id: ids.root.spanId,
+        span_type: 'tool',
+        span_kind: 'SPAN_KIND_INTERNAL',
+        status_code: 'STATUS_CODE_OK',
+        start_time: '2023-11-14T22:13:20.600000Z',
+        end_time: '2023-11-14T22:13:20.700000Z',
+      });
+
+      const tree = await http().get(`/observability/trees/${treeId(ids.root.traceId)}`).set(auth).expect(200);
+      const nodes = new Map<string, Record<string, unknown>>(tree.body.nodes.map((n: { node_id: string }) => [n.node_id, n]));
+      expect(nodes.size).toBe(3);
+      expect(nodes.get(nodeId(ids.root.spanId))).toMatchObject({
+        tree_id: treeId(ids.root.traceId),
+        root_id: nodeId(ids.root.spanId),
+        parent_id: null,
+        node_name: 'workflow',
+        node_type: 'workflow',
+        time_start: '2023-11-14T22:13:20.123456Z',
+        time_end: '2023-11-14T22:13:21.000000Z',
+        status: { code: 'UNSET', message: null },
+        otel: { kind: 'SPAN_KIND_SERVER', scope: otel.scope },
+      });
+      expect(nodes.get(nodeId(ids.chat.spanId))).toMatchObject({
+        root_id: null,
+        parent_id: nodeId(ids.root.spanId),
+        node_type: 'chat',
+        status: { code: 'ERROR', message: 'bad input' },
+        metrics: { unit: { tokens: { prompt: 3, completion: 5, total: 8 } } },
+        meta: { gen_ai: { operation: { name: 'chat' }, request: { model: 'gpt-4o' } }, tags: ['a', 'b'] },
+        exception: { type: 'TypeError', message: 'bad input' },
+        time_start: '2023-11-14T22:13:20.200000Z',
+      });
+      expect(nodes.get(nodeId(ids.tool.spanId))).toMatchObject({ node_type: 'tool', status: { code: 'OK', message: null } });
+    });
+  });
+
+  describe('HTTP', () => {
+    const { ExportTraceServiceRequest, ExportTraceServiceResponse } = otlpTraceService;
+    const bufferBody = (res: request.Response, callback: (error: Error | null, body: Buffer) => void) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => callback(null, Buffer.concat(chunks)));
+    };
+
+    function jsonRequest(spans: Record<string, unknown>[]) {
+      return { resourceSpans: [{ scopeSpans: [{ scope: { name: 'raw' }, spans }] }] };
+    }
+    function jsonSpan(trace: string, span: string, overrides: Record<string, unknown> = {}) {
+      return {
+        traceId: trace, spanId: span, name: 'op', kind: 1,
+        startTimeUnixNano: '1700000000000000000', endTimeUnixNano: '1700000000001000000',
+        ...overrides,
+      };
+    }
+    function protobufRequest(trace: string, span: string): Buffer {
+      const message = {
+        resourceSpans: [{
+          scopeSpans: [{
+            spans: [{
+              traceId: Buffer.from(trace, 'hex'), spanId: Buffer.from(span, 'hex'), name: 'gzipped', kind: 2,
+              startTimeUnixNano: '1700000000000000000', endTimeUnixNano: '1700000000001000000',
+              attributes: [{ key: 'big', value: { intValue: '9223372036854775807' } }],
+            }],
+          }],
+        }],
+      };
+      return Buffer.from(ExportTraceServiceRequest.encode(message as never).finish());
+    }
+
+    it('answers OTLP/JSON with {"partialSuccess":{}} as application/json', async () => {
+      const trace = traceId();
+      const res = await http().post('/otlp/v1/traces').set(auth).send(jsonRequest([jsonSpan(trace, spanId())])).expect(200);
+      expect(res.headers['content-type']).toMatch(/^application\/json/);
+      expect(res.text).toBe('{"partialSuccess":{}}');
+      await http().get(`/tracing/traces/${trace}`).set(auth).expect(200);
+    });
+
+    it('accepts gzip protobuf and answers with an encoded ExportTraceServiceResponse', async () => {
+      const trace = traceId();
+      const span = spanId();
+      const res = await http()
+        .post('/otlp/v1/traces')
+        .set(auth)
+        .set('Content-Type', 'application/x-protobuf')
+        .set('Content-Encoding', 'gzip')
+        .send(gzipSync(protobufRequest(trace, span)))
+        .buffer(true)
+        .parse(bufferBody)
+        .expect(200);
+      expect(res.headers['content-type']).toBe('application/x-protobuf');
+      expect(ExportTraceServiceResponse.decode(res.body as Buffer)).toEqual(ExportTraceServiceResponse.decode(new Uint8Array()));
+      const read = await http().get(`/tracing/spans/${trace}/${span}`).set(auth).expect(200);
+      expect(read.body.span).toMatchObject({ span_name: 'gzipped', span_kind: 'SPAN_KIND_SERVER', attributes: { big: '9223372036854775807' } });
+    });
+
+    it('stores a retried export once, with the same content', async () => {
+      const trace = traceId();
+      const body = jsonRequest([jsonSpan(trace, spanId()), jsonSpan(trace, spanId())]);
+      await http().post('/otlp/v1/traces').set(auth).send(body).expect(200);
+      const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
+      const first = (await http().get(`/tracing/traces/${trace}`).set(auth).expect(200)).body.spans;
+      await http().post('/otlp/v1/traces').set(auth).send(body).expect(200);
+      expect([await count('spans'), await count('nodes')]).toEqual([spansBefore, nodesBefore]);
+      const again = (await http().get(`/tracing/traces/${trace}`).set(auth).expect(200)).body.spans;
+      const content = (spans: Record<string, unknown>[]) => spans.map(({ updated_at: _u, ...rest }) => rest);
+      expect(content(again)).toEqual(content(first));
+    });
+
+    it('answers 400 with the path of the bad field and writes nothing of the request', async () => {
+      const trace = traceId();
+      const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
+      const body = jsonRequest([jsonSpan(trace, spanId()), jsonSpan(trace, spanId(), { endTimeUnixNano: '1' })]);
+      const res = await http().post('/otlp/v1/traces').set(auth).send(body).expect(400);
+      expect(res.body).toMatchObject({
+        message: 'resourceSpans[0].scopeSpans[0].spans[1].endTimeUnixNano: must not be before startTimeUnixNano',
+        errors: [{ field: 'resourceSpans[0].scopeSpans[0].spans[1].endTimeUnixNano', message: 'must not be before startTimeUnixNano' }],
+      });
+      expect([await count('spans'), await count('nodes')]).toEqual([spansBefore, nodesBefore]);
+      await http().get(`/tracing/traces/${trace}`).set(auth).expect(404);
+      await http().get(`/observability/trees/${treeId(trace)}`).set(auth).expect(404);
+    });
+
+    it('answers 400 for garbage protobuf and for malformed JSON', async () => {
+      const garbage = await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/x-protobuf').send(Buffer.from('garbage garbage')).expect(400);
+      expect(garbage.body.message).toBe('body: not a valid protobuf ExportTraceServiceRequest (invalid wire type 7 at offset 1)');
+      await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/json').send('{"resourceSpans": [').expect(400);
+    });
+
+    it('answers an empty export with success and writes nothing', async () => {
+      const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
+      await http().post('/otlp/v1/traces').set(auth).send({}).expect(200, { partialSuccess: {} });
+      await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/x-protobuf').send(Buffer.alloc(0)).expect(200);
+      expect([await count('spans'), await count('nodes')]).toEqual([spansBefore, nodesBefore]);
+    });
+
+    it('answers 415 for other content types', async () => {
+      const res = await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'text/plain').send('hello').expect(415);
+      expect(res.body.message).toBe('Content-Type must be application/x-protobuf or application/json, got "text/plain"');
+    });
+
+    it('answers 413 when the protobuf body, once inflated, exceeds the limit', async () => {
+      const res = await http()
+        .post('/otlp/v1/traces')
+        .set(auth)
+        .set('Content-Type', 'application/x-protobuf')
+        .set('Content-Encoding', 'gzip')
+        .send(gzipSync(Buffer.alloc(300 * 1024)))
+        .expect(413);
+      expect(res.body.message).toMatch(/larger than the limit/);
+    });
+
+    it('answers 401 without a valid API key and writes nothing', async () => {
+      const trace = traceId();
+      await http().post('/otlp/v1/traces').send(jsonRequest([jsonSpan(trace, spanId())])).expect(401);
+      await http()
+        .post('/otlp/v1/traces')
+        .set('Authorization', 'ApiKey not-a-key')
+        .set('Content-Type', 'application/x-protobuf')
+        .send(protobufRequest(trace, spanId()))
+        .expect(401);
+      await http().get(`/tracing/traces/${trace}`).set(auth).expect(404);
+    });
+
+    it('keeps projects apart', async () => {
+      const other = await t.createApiKey();
+      const trace = traceId();
+      await http().post('/otlp/v1/traces').set('Authorization', `ApiKey ${other.key}`).send(jsonRequest([jsonSpan(trace, spanId())])).expect(200);
+      await http().get(`/tracing/traces/${trace}`).set(auth).expect(404);
+      await http().get(`/tracing/traces/${trace}`).set('Authorization', `ApiKey ${other.key}`).expect(200);
+    });
+
+    it('is listed in the OpenAPI document', async () => {
+      const doc = await http().get('/docs/openapi.json').expect(200);
+      const operation = doc.body.paths['/otlp/v1/traces'].post;
+      expect(operation.tags).toEqual(['otlp']);
+      expect(Object.keys(operation.requestBody.content)).toEqual(['application/x-protobuf', 'application/json']);
+    });
+  });
+});
