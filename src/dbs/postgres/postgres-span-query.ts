@@ -1,0 +1,236 @@
+import { Kysely, sql, SqlBool } from 'kysely';
+import {
+  AnalyticsBucket, AnalyticsQuery, Filter, Focus, InvalidQueryError, SpanPage, SpanQuery, Windowing,
+} from '../../tracing/span-query';
+import { parseTimestampMicros } from '../../tracing/timestamp';
+import { DB } from './database';
+import { spanFilter } from './span-filter';
+import { spanFromRow, spanIdToBytes, traceIdToUuid, uuidToTraceId } from './span-row.mapper';
+
+/**
+ * The span query language and analytics on Postgres. Queries take parsed
+ * input (span-query.parser.ts) and are always scoped to one project.
+ */
+
+const DEFAULT_LIMIT = 100;
+type Order = NonNullable<Windowing['order']>;
+
+export async function querySpans(db: Kysely<DB>, projectId: string, query: SpanQuery): Promise<SpanPage> {
+  const windowing = query.windowing ?? {};
+  const order: Order = windowing.order ?? 'descending';
+  const limit = windowing.limit ?? DEFAULT_LIMIT;
+  const after = windowing.next === undefined ? null : decodeCursor(windowing.next, query.focus, order);
+  const page = { projectId, filter: query.filter, windowing, order, limit, after };
+  return query.focus === 'trace' ? pageOfTraces(db, page) : pageOfSpans(db, page);
+}
+
+interface PageRequest {
+  projectId: string;
+  filter: Filter | undefined;
+  windowing: Windowing;
+  order: Order;
+  limit: number;
+  after: CursorPosition | null;
+}
+
+/** Keyset on (start_time, trace_id, span_id): unique per project, so spans sharing a start time are neither skipped nor repeated. */
+async function pageOfSpans(db: Kysely<DB>, page: PageRequest): Promise<SpanPage> {
+  const { projectId, filter, windowing, order, limit, after } = page;
+  const direction = order === 'ascending' ? 'asc' : 'desc';
+  let select = db.selectFrom('spans').selectAll().where('project_id', '=', projectId);
+  if (filter) select = select.where(spanFilter(filter));
+  if (windowing.oldest !== undefined) select = select.where('start_time', '>=', windowing.oldest);
+  if (windowing.newest !== undefined) select = select.where('start_time', '<', windowing.newest);
+  if (after) {
+    const position = after;
+    select = select.where((eb) =>
+      eb(eb.refTuple('start_time', 'trace_id', 'span_id'), order === 'ascending' ? '>' : '<', eb.tuple(
+        position.startTime, traceIdToUuid(position.traceId), spanIdToBytes(position.spanId ?? ''),
+      )),
+    );
+  }
+  const rows = await select
+    .orderBy('start_time', direction)
+    .orderBy('trace_id', direction)
+    .orderBy('span_id', direction)
+    .limit(limit + 1)
+    .execute();
+  const spans = rows.slice(0, limit).map(spanFromRow);
+  const last = spans[spans.length - 1];
+  const next = rows.length > limit
+    ? encodeCursor('span', order, { startTime: last.start_time, traceId: last.trace_id, spanId: last.span_id })
+    : null;
+  return { spans, next };
+}
+
+/**
+ * A trace is selected when any of its spans matches the filter. Traces are
+ * windowed, ordered and cursored by their start (the earliest start_time of
+ * all their spans) then trace_id; the page holds every span of each trace.
+ */
+async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage> {
+  const { projectId, filter, windowing, order, limit, after } = page;
+  const direction = order === 'ascending' ? 'asc' : 'desc';
+  let select = db
+    .with('matched', (qb) => {
+      let matched = qb.selectFrom('spans').select('trace_id').distinct().where('project_id', '=', projectId);
+      if (filter) matched = matched.where(spanFilter(filter));
+      // Every span of a trace starts at or after the trace's start, so this only prunes.
+      if (windowing.oldest !== undefined) matched = matched.where('start_time', '>=', windowing.oldest);
+      return matched;
+    })
+    .with('trace_starts', (qb) =>
+      qb
+        .selectFrom('spans')
+        .innerJoin('matched', 'matched.trace_id', 'spans.trace_id')
+        .where('spans.project_id', '=', projectId)
+        .groupBy('spans.trace_id')
+        .select((eb) => ['spans.trace_id', eb.fn.min('spans.start_time').as('trace_start')]),
+    )
+    .selectFrom('trace_starts')
+    .select(['trace_id', 'trace_start']);
+  if (windowing.oldest !== undefined) select = select.where('trace_start', '>=', windowing.oldest);
+  if (windowing.newest !== undefined) select = select.where('trace_start', '<', windowing.newest);
+  if (after) {
+    const position = after;
+    select = select.where((eb) =>
+      eb(eb.refTuple('trace_start', 'trace_id'), order === 'ascending' ? '>' : '<', eb.tuple(
+        position.startTime, traceIdToUuid(position.traceId),
+      )),
+    );
+  }
+  const traces = await select.orderBy('trace_start', direction).orderBy('trace_id', direction).limit(limit + 1).execute();
+  const pageTraces = traces.slice(0, limit);
+  if (pageTraces.length === 0) return { spans: [], next: null };
+
+  const traceIds = pageTraces.map((t) => t.trace_id);
+  const rows = await db
+    .selectFrom('spans')
+    .selectAll()
+    .where('project_id', '=', projectId)
+    .where(sql<SqlBool>`trace_id = any(${traceIds}::uuid[])`)
+    .orderBy(sql`array_position(${traceIds}::uuid[], trace_id)`)
+    .orderBy('start_time', 'asc')
+    .orderBy('span_id', 'asc')
+    .execute();
+  const last = pageTraces[pageTraces.length - 1];
+  const next = traces.length > limit
+    ? encodeCursor('trace', order, { startTime: last.trace_start, traceId: uuidToTraceId(last.trace_id), spanId: null })
+    : null;
+  return { spans: rows.map(spanFromRow), next };
+}
+
+/**
+ * Cursor: base64url of JSON [1, "<focus>:<order>", start_time, trace_id, span_id|null].
+ * The start time is the microsecond text Postgres returned, never a JS Date;
+ * focus and order ride along so a cursor cannot be replayed under another order.
+ */
+interface CursorPosition {
+  startTime: string;
+  traceId: string;
+  spanId: string | null;
+}
+
+const CURSOR_VERSION = 1;
+const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
+
+function encodeCursor(focus: Focus, order: Order, position: CursorPosition): string {
+  const payload = [CURSOR_VERSION, `${focus}:${order}`, position.startTime, position.traceId, position.spanId];
+  return Buffer.from(JSON.stringify(payload), 'utf8').toString('base64url');
+}
+
+function decodeCursor(next: string, focus: Focus, order: Order): CursorPosition {
+  const invalid = () => new InvalidQueryError('windowing.next', 'not a cursor returned by this API');
+  let payload: unknown;
+  try {
+    payload = JSON.parse(Buffer.from(next, 'base64url').toString('utf8'));
+  } catch {
+    throw invalid();
+  }
+  if (!Array.isArray(payload) || payload.length !== 5 || payload[0] !== CURSOR_VERSION) throw invalid();
+  const [, issuedFor, startTime, traceId, spanId] = payload as unknown[];
+  if (typeof issuedFor !== 'string') throw invalid();
+  if (issuedFor !== `${focus}:${order}`) {
+    throw new InvalidQueryError('windowing.next', `the cursor belongs to a query with another focus or order (${issuedFor.slice(0, 40)}); start again without it`);
+  }
+  if (typeof startTime !== 'string' || !CURSOR_TIME.test(startTime) || parseTimestampMicros(startTime) === null) throw invalid();
+  if (typeof traceId !== 'string' || !/^[0-9a-f]{32}$/.test(traceId)) throw invalid();
+  if (focus === 'span' ? typeof spanId !== 'string' || !/^[0-9a-f]{16}$/.test(spanId) : spanId !== null) throw invalid();
+  return { startTime, traceId, spanId: spanId as string | null };
+}
+
+const COSTS_PATH = ['ag', 'metrics', 'costs', 'cumulative', 'total'];
+const TOKENS_PATH = ['ag', 'metrics', 'tokens', 'cumulative', 'total'];
+const INPUT_TOKENS_PATH = ['gen_ai', 'usage', 'input_tokens'];
+const OUTPUT_TOKENS_PATH = ['gen_ai', 'usage', 'output_tokens'];
+
+/** A number in attributes, or NULL when the path is missing or holds something else. */
+function attributeNumber(path: string[]) {
+  return sql<number>`(case when jsonb_typeof(attributes #> ${path}::text[]) = 'number' then (attributes #> ${path}::text[])::numeric end)`;
+}
+
+interface BucketRow {
+  timestamp: string;
+  total_count: number;
+  total_duration: number;
+  total_costs: number;
+  total_tokens: number;
+  error_count: number;
+  error_duration: number;
+  error_costs: number;
+  error_tokens: number;
+}
+
+/**
+ * Buckets of `interval` minutes from oldest, every one present (zeros where
+ * empty), spans assigned by start_time. Focus span measures every matching
+ * span; focus trace measures root spans (parent_id is null) of traces with
+ * at least one matching span, so each trace counts once with its cumulative
+ * metrics.
+ */
+export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: AnalyticsQuery): Promise<AnalyticsBucket[]> {
+  const { oldest, newest, interval } = query.windowing;
+  const width = sql`make_interval(mins => ${interval}::int)`;
+  const filter = query.filter ? spanFilter(query.filter) : sql<SqlBool>`true`;
+  const selection = query.focus === 'trace'
+    ? sql<SqlBool>`parent_id is null and exists (
+        select 1 from spans as member
+        where member.project_id = spans.project_id and member.trace_id = spans.trace_id and ${filter})`
+    : filter;
+  const tokens = sql`coalesce(${attributeNumber(TOKENS_PATH)}, coalesce(${attributeNumber(INPUT_TOKENS_PATH)}, 0) + coalesce(${attributeNumber(OUTPUT_TOKENS_PATH)}, 0))`;
+
+  const { rows } = await sql<BucketRow>`
+    with buckets as (
+      select generate_series(${oldest}::timestamptz, ${newest}::timestamptz - interval '1 microsecond', ${width}) as bucket_start
+    ),
+    measured as (
+      select date_bin(${width}, start_time, ${oldest}::timestamptz) as bucket_start,
+             status_code = 'STATUS_CODE_ERROR' as failed,
+             extract(epoch from (end_time - start_time)) * 1000 as duration,
+             coalesce(${attributeNumber(COSTS_PATH)}, 0) as costs,
+             ${tokens} as tokens
+      from spans
+      where project_id = ${projectId}
+        and start_time >= ${oldest}::timestamptz and start_time < ${newest}::timestamptz
+        and ${selection}
+    )
+    select b.bucket_start as timestamp,
+           count(m.bucket_start)::int as total_count,
+           coalesce(sum(m.duration), 0)::float8 as total_duration,
+           coalesce(sum(m.costs), 0)::float8 as total_costs,
+           coalesce(sum(m.tokens), 0)::float8 as total_tokens,
+           (count(m.bucket_start) filter (where m.failed))::int as error_count,
+           coalesce(sum(m.duration) filter (where m.failed), 0)::float8 as error_duration,
+           coalesce(sum(m.costs) filter (where m.failed), 0)::float8 as error_costs,
+           coalesce(sum(m.tokens) filter (where m.failed), 0)::float8 as error_tokens
+    from buckets b left join measured m on m.bucket_start = b.bucket_start
+    group by b.bucket_start
+    order by b.bucket_start`.execute(db);
+
+  return rows.map((r) => ({
+    timestamp: r.timestamp,
+    interval,
+    total: { count: r.total_count, duration: r.total_duration, costs: r.total_costs, tokens: r.total_tokens },
+    errors: { count: r.error_count, duration: r.error_duration, costs: r.error_costs, tokens: r.error_tokens },
+  }));
+}
