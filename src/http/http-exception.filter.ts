@@ -51,9 +51,8 @@ export class HttpExceptionFilter implements ExceptionFilter {
     const bodyError = error as { type?: string; status?: number; statusCode?: number; message?: string };
     if (typeof bodyError?.type === 'string' && bodyError.type.startsWith('entity.') || bodyError?.type === 'encoding.unsupported' || bodyError?.type === 'charset.unsupported') {
       const status = bodyError.status ?? bodyError.statusCode ?? 400;
-      const message =
-        bodyError.type === 'entity.parse.failed' ? `malformed JSON body: ${bodyError.message}` :
-        bodyError.type === 'entity.too.large' ? 'request body is larger than the limit' : bodyError.message;
+      // Malformed JSON never gets here: Nest turns body-parser's SyntaxError into a 400 itself.
+      const message = bodyError.type === 'entity.too.large' ? 'request body is larger than the limit' : bodyError.message;
       return [status, { statusCode: status, error: status === 413 ? 'Payload Too Large' : 'Bad Request', message }];
     }
     if (isDatabaseUnavailable(error)) {

@@ -17,11 +17,11 @@ import { METRICS_REGISTRY } from './metrics.tokens';
         return registry;
       },
     },
-    HttpMetricsMiddleware,
   ],
   exports: [METRICS_REGISTRY],
 })
 export class MetricsModule implements NestModule {
+  // Applied here only (not also listed as a provider): a second instance would register the histogram twice.
   configure(consumer: MiddlewareConsumer): void {
     consumer.apply(HttpMetricsMiddleware).forRoutes('*');
   }

