@@ -1,7 +1,8 @@
 import { execFile } from 'node:child_process';
-import { chmod, mkdtemp } from 'node:fs/promises';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { startLocalClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
 import { startLocalPostgres } from '../../src/dbs/postgres/local-postgres';
 
 /**
@@ -37,4 +38,29 @@ export async function providePostgres(): Promise<ProvidedServer> {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const server = await startLocalPostgres({ port, dataDir: join(dataDir, 'data'), database: 'postgres' });
   return { url: server.url, how: 'embedded', stop: async () => server.stop?.() };
+}
+
+export async function provideClickHouse(): Promise<ProvidedServer> {
+  const fromEnv = process.env.TEST_CLICKHOUSE_URL;
+  if (fromEnv) return { url: fromEnv, how: 'env', stop: async () => undefined };
+  if (await dockerAnswers()) {
+    const { ClickHouseContainer } = await import('@testcontainers/clickhouse');
+    const container = await new ClickHouseContainer('clickhouse/clickhouse-server:25.8').start();
+    const url = new URL(container.getHttpUrl());
+    url.username = container.getUsername();
+    url.password = container.getPassword();
+    // No path: each spec picks its own database (see clickhouse.ts).
+    const withCredentials = url.toString().replace(/\/$/, '');
+    return { url: withCredentials, how: 'testcontainers', stop: async () => void (await container.stop()) };
+  }
+  const dataDir = await mkdtemp(join(tmpdir(), 'tracing-test-ch-'));
+  const server = await startLocalClickHouse({ port: 0, dataDir });
+  return {
+    url: server.url,
+    how: 'embedded',
+    stop: async () => {
+      await server.stop?.();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
 }

@@ -1,0 +1,58 @@
+import { ClickHouseClient, ClickHouseClientConfigOptions, ClickHouseSettings, createClient } from '@clickhouse/client';
+import { AppConfig } from '../../config/app-config';
+
+/**
+ * The mirror's connections to ClickHouse. Inserts and queries get separate
+ * clients, as @clickhouse/client advises: a slow analytics query or DDL never
+ * holds the sockets the batch writer needs, and only inserts compress their
+ * bodies. Constructed only when USE_CLICKHOUSE is on.
+ */
+export interface ClickHouseClients {
+  insert: ClickHouseClient;
+  query: ClickHouseClient;
+  close(): Promise<void>;
+}
+
+/**
+ * Formats the row mappers depend on, pinned here so a server profile with
+ * other defaults cannot change what they read or write.
+ */
+export const PINNED_SETTINGS: ClickHouseSettings = {
+  // 'YYYY-MM-DD hh:mm:ss.ffffff', which the mappers convert to and from ISO-8601.
+  date_time_input_format: 'basic',
+  date_time_output_format: 'simple',
+  // UInt64 ids and versions as JSON strings: a JS number cannot hold them exactly.
+  output_format_json_quote_64bit_integers: 1,
+  // A misspelled column in a mapper fails the insert instead of silently dropping the value.
+  input_format_skip_unknown_fields: 0,
+};
+
+export function clickHouseClientOptions(
+  config: AppConfig['clickhouse'],
+  url: string,
+  database: string = config.database,
+): ClickHouseClientConfigOptions {
+  return {
+    url,
+    username: config.user,
+    password: config.password,
+    database,
+    request_timeout: config.requestTimeoutMs,
+    keep_alive: { enabled: true },
+    application: 'tracing-api',
+    clickhouse_settings: PINNED_SETTINGS,
+  };
+}
+
+export function createClickHouseClients(config: AppConfig['clickhouse'], url: string): ClickHouseClients {
+  const base = clickHouseClientOptions(config, url);
+  const insert = createClient({ ...base, compression: { request: true, response: false } });
+  const query = createClient({ ...base, compression: { request: false, response: false } });
+  return {
+    insert,
+    query,
+    close: async () => {
+      await Promise.allSettled([insert.close(), query.close()]);
+    },
+  };
+}

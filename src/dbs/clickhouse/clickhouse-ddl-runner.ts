@@ -1,0 +1,257 @@
+import { createHash } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import * as path from 'node:path';
+import { ClickHouseClient, ClickHouseClientConfigOptions, ClickHouseLogLevel, createClient } from '@clickhouse/client';
+import { AppConfig } from '../../config/app-config';
+import { clickHouseClientOptions } from './clickhouse-clients';
+
+/**
+ * Applies migrations/clickhouse/NNNN_name.sql in order and records each in
+ * `<database>.schema_migrations` (name, checksum, applied_at), then sets the
+ * mirror tables' TTL from CLICKHOUSE_TTL_DAYS. The database comes from config:
+ * the runner creates it and runs every file with it as the default database,
+ * so the files never name it. ClickHouse has no transactional DDL, so the
+ * files use IF NOT EXISTS and a file that failed half-way can be run again.
+ */
+
+export const CLICKHOUSE_MIGRATIONS_DIR = path.resolve(__dirname, '../../../migrations/clickhouse');
+
+/** The tables whose rows expire after CLICKHOUSE_TTL_DAYS. */
+export const MIRROR_TABLES = ['spans', 'nodes'] as const;
+
+const FILE_NAME = /^(\d{4})_([a-z0-9_]+)\.sql$/;
+
+/** DDL and TTL changes can rewrite parts; they get longer than the request timeout for ordinary queries. */
+const DDL_TIMEOUT_MS = 300_000;
+
+export interface ClickHouseMigration {
+  version: number;
+  /** The file name without .sql, e.g. 0001_spans. */
+  name: string;
+  checksum: string;
+  statements: string[];
+}
+
+export interface ClickHouseMigrationResult {
+  /** Names of the migrations this run applied, in order; empty when already up to date. */
+  applied: string[];
+  /** TTL changes this run made: days per table, 0 for removed. */
+  ttl: Array<{ table: string; days: number }>;
+}
+
+export interface ClickHouseMigrationOptions {
+  dir?: string;
+  log?: (message: string) => void;
+}
+
+export class ClickHouseMigrationError extends Error {
+  override name = 'ClickHouseMigrationError';
+}
+
+/**
+ * Splits a file into statements at semicolons outside string literals,
+ * quoted identifiers and comments. Statements that are only comments are dropped.
+ */
+export function splitStatements(sql: string): string[] {
+  const statements: string[] = [];
+  let start = 0;
+  let hasCode = false;
+  let i = 0;
+  const n = sql.length;
+  const flush = (end: number) => {
+    const text = sql.slice(start, end).trim();
+    if (hasCode && text) statements.push(text);
+    hasCode = false;
+  };
+  while (i < n) {
+    const c = sql[i];
+    if (c === '-' && sql[i + 1] === '-') {
+      const eol = sql.indexOf('\n', i);
+      i = eol === -1 ? n : eol + 1;
+    } else if (c === '/' && sql[i + 1] === '*') {
+      const close = sql.indexOf('*/', i + 2);
+      if (close === -1) throw new ClickHouseMigrationError('unterminated /* comment');
+      i = close + 2;
+    } else if (c === "'" || c === '"' || c === '`') {
+      hasCode = true;
+      i++;
+      for (;;) {
+        if (i >= n) throw new ClickHouseMigrationError(`unterminated ${c} quote`);
+        if (sql[i] === '\\') i += 2;
+        else if (sql[i] === c && sql[i + 1] === c) i += 2;
+        else if (sql[i] === c) break;
+        else i++;
+      }
+      i++;
+    } else if (c === ';') {
+      flush(i);
+      start = ++i;
+    } else {
+      if (!/\s/.test(c)) hasCode = true;
+      i++;
+    }
+  }
+  flush(n);
+  return statements;
+}
+
+export async function readClickHouseMigrations(dir = CLICKHOUSE_MIGRATIONS_DIR): Promise<ClickHouseMigration[]> {
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.sql')).sort();
+  const migrations: ClickHouseMigration[] = [];
+  for (const file of files) {
+    const match = FILE_NAME.exec(file);
+    if (!match) throw new ClickHouseMigrationError(`${file}: ClickHouse migrations are named NNNN_name.sql (lower case)`);
+    // Line endings from a Windows checkout must not look like an edit.
+    const text = (await readFile(path.join(dir, file), 'utf8')).replace(/\r\n/g, '\n');
+    const version = Number(match[1]);
+    if (migrations.some((m) => m.version === version)) {
+      throw new ClickHouseMigrationError(`${file}: two migrations have version ${match[1]}`);
+    }
+    const statements = splitStatements(text);
+    if (statements.length === 0) throw new ClickHouseMigrationError(`${file} has no statements`);
+    migrations.push({
+      version,
+      name: file.slice(0, -'.sql'.length),
+      checksum: createHash('sha256').update(text).digest('hex'),
+      statements,
+    });
+  }
+  return migrations;
+}
+
+/**
+ * Creates the database if needed and brings it to the latest migration and
+ * the configured TTL. Running it again changes nothing. Throws when the
+ * server does not answer, or when an applied file has since been edited.
+ */
+export async function migrateClickHouse(
+  config: AppConfig['clickhouse'],
+  url: string,
+  options: ClickHouseMigrationOptions = {},
+): Promise<ClickHouseMigrationResult> {
+  const log = options.log ?? (() => undefined);
+  const migrations = await readClickHouseMigrations(options.dir);
+  // The configured database may not exist yet, and a request naming it would fail; `default` always exists.
+  const admin = createClient(ddlClientOptions(config, url, 'default'));
+  const ddl = createClient(ddlClientOptions(config, url, config.database));
+  try {
+    const ping = await admin.ping();
+    if (!ping.success) {
+      throw new ClickHouseMigrationError(`ClickHouse at ${redact(url)} does not answer: ${ping.error.message}`);
+    }
+    await command(admin, `CREATE DATABASE IF NOT EXISTS ${identifier(config.database)}`);
+    await command(
+      ddl,
+      `CREATE TABLE IF NOT EXISTS schema_migrations
+       (version UInt32, name String, checksum String, applied_at DateTime64(6, 'UTC'))
+       ENGINE = ReplacingMergeTree ORDER BY version`,
+    );
+
+    const applied = await appliedMigrations(ddl);
+    for (const [version, row] of applied) {
+      const file = migrations.find((m) => m.version === version);
+      if (!file) {
+        throw new ClickHouseMigrationError(
+          `ClickHouse database ${config.database} has migration ${row.name} applied, which is not in the migrations folder: is this an older build?`,
+        );
+      }
+      if (file.checksum !== row.checksum) {
+        throw new ClickHouseMigrationError(
+          `migrations/clickhouse/${file.name}.sql was changed after it was applied to ${config.database} ` +
+            `(checksum ${row.checksum.slice(0, 12)} applied, ${file.checksum.slice(0, 12)} now): ` +
+            'add a new migration instead of editing an applied one',
+        );
+      }
+    }
+
+    const done: string[] = [];
+    for (const migration of migrations.filter((m) => !applied.has(m.version))) {
+      for (const statement of migration.statements) {
+        try {
+          await command(ddl, statement);
+        } catch (error) {
+          throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name} failed: ${(error as Error).message}`);
+        }
+      }
+      await command(
+        ddl,
+        'INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ({version:UInt32}, {name:String}, {checksum:String}, now64(6))',
+        { version: migration.version, name: migration.name, checksum: migration.checksum },
+      );
+      log(`applied ClickHouse migration ${migration.name}`);
+      done.push(migration.name);
+    }
+
+    const ttl = await applyTtl(ddl, config.database, config.ttlDays);
+    for (const change of ttl) {
+      log(change.days ? `set TTL on ${change.table}: ${change.days} days after created_at` : `removed TTL from ${change.table}`);
+    }
+    return { applied: done, ttl };
+  } finally {
+    await Promise.allSettled([admin.close(), ddl.close()]);
+  }
+}
+
+function ddlClientOptions(config: AppConfig['clickhouse'], url: string, database: string): ClickHouseClientConfigOptions {
+  const base = clickHouseClientOptions(config, url, database);
+  return {
+    ...base,
+    request_timeout: DDL_TIMEOUT_MS,
+    // Every failure is thrown with the migration it belongs to; the client's own log would say it twice.
+    log: { level: ClickHouseLogLevel.OFF },
+    // Progress headers keep a long ALTER's idle connection alive through load balancers.
+    clickhouse_settings: { ...base.clickhouse_settings, send_progress_in_http_headers: 1, http_headers_progress_interval_ms: '10000' },
+  };
+}
+
+async function command(client: ClickHouseClient, query: string, params?: Record<string, unknown>): Promise<void> {
+  // wait_end_of_query: the answer comes only when the DDL has finished, so the next statement can rely on it.
+  await client.command({ query, query_params: params, clickhouse_settings: { wait_end_of_query: 1 } });
+}
+
+async function appliedMigrations(client: ClickHouseClient): Promise<Map<number, { name: string; checksum: string }>> {
+  const result = await client.query({
+    query: 'SELECT version, name, checksum FROM schema_migrations FINAL ORDER BY version',
+    format: 'JSONEachRow',
+  });
+  const rows = await result.json<{ version: number; name: string; checksum: string }>();
+  return new Map(rows.map((r) => [Number(r.version), { name: r.name, checksum: r.checksum }]));
+}
+
+/** Brings each mirror table's TTL to `days` (0: none), touching only tables that differ. */
+async function applyTtl(client: ClickHouseClient, database: string, days: number): Promise<Array<{ table: string; days: number }>> {
+  const result = await client.query({
+    query: 'SELECT name, engine_full FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
+    query_params: { database, tables: [...MIRROR_TABLES] },
+    format: 'JSONEachRow',
+  });
+  const tables = await result.json<{ name: string; engine_full: string }>();
+  const changes: Array<{ table: string; days: number }> = [];
+  for (const { name, engine_full } of tables) {
+    const current = currentTtlDays(engine_full);
+    if (current === days) continue;
+    if (days === 0) {
+      await command(client, `ALTER TABLE ${identifier(name)} REMOVE TTL`);
+    } else {
+      // created_at never changes, so a row's expiry is fixed when it is first written.
+      await command(client, `ALTER TABLE ${identifier(name)} MODIFY TTL toDateTime(created_at) + INTERVAL ${days} DAY`);
+    }
+    changes.push({ table: name, days });
+  }
+  return changes;
+}
+
+/** The table's TTL in days as this runner writes it, 0 for none, -1 for a TTL of another shape. */
+export function currentTtlDays(engineFull: string): number {
+  if (!/\sTTL\s/.test(engineFull)) return 0;
+  const ours = /\sTTL toDateTime\(created_at\) \+ toIntervalDay\((\d+)\)(?:\s|$)/.exec(engineFull);
+  return ours ? Number(ours[1]) : -1;
+}
+
+function identifier(name: string): string {
+  return `\`${name.replace(/\\/g, '\\\\').replace(/`/g, '\\`')}\``;
+}
+
+function redact(url: string): string {
+  return url.replace(/\/\/([^:@/]+):([^@/]+)@/, '//$1:***@');
+}

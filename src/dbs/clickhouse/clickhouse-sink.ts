@@ -1,0 +1,53 @@
+import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { ClickHouseClient } from '@clickhouse/client';
+import { MirrorSink } from './batch-writer';
+
+const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * The batch writer's ClickHouse side. Rows arrive already serialized as
+ * JSONEachRow lines, so they are streamed as the request body unchanged.
+ * client.insert() would re-encode them (it wants objects for JSON formats),
+ * so this uses exec() with the INSERT in the query, the client's documented
+ * route for pre-encoded bodies; the insert client gzips it. Each request is
+ * bounded by the client's request_timeout.
+ */
+export class ClickHouseSink implements MirrorSink {
+  constructor(private readonly client: ClickHouseClient) {}
+
+  async insert(table: string, lines: string[], dedupToken: string): Promise<void> {
+    if (lines.length === 0) return;
+    // A table name cannot be a bound parameter; it comes from our mappers, and is checked.
+    if (!TABLE_NAME.test(table)) throw new Error(`not a table name: "${table}"`);
+    const result = await this.client.exec({
+      query: `INSERT INTO ${table} FORMAT JSONEachRow`,
+      values: Readable.from(bodyOf(lines), { objectMode: false }),
+      clickhouse_settings: {
+        // The batch writer reuses the token on every retry of a batch; with the
+        // tables' non_replicated_deduplication_window, a retry of an insert that
+        // did land is dropped instead of stored twice.
+        insert_deduplicate: 1,
+        insert_deduplication_token: dedupToken,
+        // The writer already batches; async inserts would regroup the rows and deduplicate by their own rules, not the token.
+        async_insert: 0,
+        wait_end_of_query: 1,
+      },
+    });
+    // Read the (empty) answer to its end so the keep-alive socket goes back to the pool.
+    result.stream.resume();
+    await finished(result.stream);
+  }
+
+  async ping(): Promise<boolean> {
+    try {
+      return (await this.client.ping()).success;
+    } catch {
+      return false;
+    }
+  }
+}
+
+function* bodyOf(lines: string[]): Generator<string> {
+  for (const line of lines) yield `${line}\n`;
+}

@@ -1,0 +1,150 @@
+import { ClickHouseClient } from '@clickhouse/client';
+import { SpanKey } from '../../tracing/span';
+import {
+  fromSpanClickHouseRow,
+  isoToClickHouseTime,
+  MirroredSpan,
+  SPAN_COLUMNS,
+  SpanClickHouseRow,
+  spanIdToUInt64,
+  traceIdToUuid,
+} from './span-clickhouse-row.mapper';
+
+/** Rows of one project and created_at day (UTC), as the verifier compares them with Postgres. */
+export interface ProjectDayCount {
+  project_id: string;
+  /** YYYY-MM-DD, UTC. */
+  day: string;
+  rows: number;
+  /** Sum of the live rows' versions: any missed update or delete changes it. */
+  version_sum: bigint;
+}
+
+export interface ProjectDayFilter {
+  projectId?: string;
+  /** Inclusive lower bound on created_at (ISO-8601). */
+  since?: string;
+  /** Exclusive upper bound on created_at (ISO-8601). */
+  until?: string;
+}
+
+/** Keys per query: bound parameters travel in the URL, which servers cap (1 MiB by default). */
+const KEYS_PER_QUERY = 1000;
+
+const COLUMNS = SPAN_COLUMNS.map((c) => `\`${c}\``).join(', ');
+
+/**
+ * Reads of the span mirror for the verifier, tests and analytics. Every read
+ * uses FINAL, so only the newest version of each span counts, and skips
+ * tombstones. Every value is a bound parameter.
+ */
+export class ClickHouseSpansDao {
+  constructor(private readonly client: ClickHouseClient) {}
+
+  async readSpans(projectId: string, keys: SpanKey[]): Promise<MirroredSpan[]> {
+    const spans: MirroredSpan[] = [];
+    for (let i = 0; i < keys.length; i += KEYS_PER_QUERY) {
+      const chunk = keys.slice(i, i + KEYS_PER_QUERY);
+      const page = await this.select(
+        [
+          'project_id = {projectId:UUID}',
+          // The plain IN reaches the bloom filter; the tuple IN picks the exact keys.
+          'trace_id IN {traceIds:Array(UUID)}',
+          '(trace_id, span_id) IN (SELECT arrayJoin(arrayZip({traceIds:Array(UUID)}, {spanIds:Array(UInt64)})))',
+        ],
+        'ORDER BY trace_id, span_id',
+        {
+          projectId,
+          traceIds: chunk.map((k) => traceIdToUuid(k.trace_id)),
+          // bigint: the client writes it bare, as Array(UInt64) needs (a string would be quoted).
+          spanIds: chunk.map((k) => BigInt(spanIdToUInt64(k.span_id))),
+        },
+      );
+      spans.push(...page);
+    }
+    return spans;
+  }
+
+  async readTrace(projectId: string, traceId: string): Promise<MirroredSpan[]> {
+    return this.select(['project_id = {projectId:UUID}', 'trace_id = {traceId:UUID}'], 'ORDER BY start_time, span_id', {
+      projectId,
+      traceId: traceIdToUuid(traceId),
+    });
+  }
+
+  async countByProjectDay(filter: ProjectDayFilter = {}): Promise<ProjectDayCount[]> {
+    return countByProjectDay(this.client, 'spans', filter);
+  }
+
+  /**
+   * Every live span of one project created on one UTC day (YYYY-MM-DD), in
+   * key order, a page at a time: keyset pagination on the sort key, so each
+   * page is a range read however deep the bucket.
+   */
+  async *readBucket(projectId: string, day: string, pageSize = 1000): AsyncGenerator<MirroredSpan[]> {
+    const where = ['project_id = {projectId:UUID}', 'toDate(created_at) = {day:Date}'];
+    let after: MirroredSpan | undefined;
+    for (;;) {
+      const page = await this.select(
+        after ? [...where, '(trace_id, span_id) > ({afterTraceId:UUID}, {afterSpanId:UInt64})'] : where,
+        'ORDER BY trace_id, span_id LIMIT {pageSize:UInt32}',
+        {
+          projectId,
+          day,
+          pageSize,
+          ...(after && { afterTraceId: traceIdToUuid(after.trace_id), afterSpanId: BigInt(spanIdToUInt64(after.span_id)) }),
+        },
+      );
+      if (page.length > 0) yield page;
+      if (page.length < pageSize) return;
+      after = page[page.length - 1];
+    }
+  }
+
+  private async select(where: string[], tail: string, params: Record<string, unknown>): Promise<MirroredSpan[]> {
+    const result = await this.client.query({
+      // FINAL merges versions at read time (and drops tombstoned keys); is_deleted = 0 states it outright.
+      query: `SELECT ${COLUMNS} FROM spans FINAL WHERE is_deleted = 0 AND ${where.join(' AND ')} ${tail}`,
+      query_params: params,
+      format: 'JSONEachRow',
+    });
+    const rows = await result.json<SpanClickHouseRow>();
+    return rows.map(fromSpanClickHouseRow);
+  }
+}
+
+/** Live rows per project and created_at day of a mirror table, read with FINAL. */
+export async function countByProjectDay(
+  client: ClickHouseClient,
+  table: 'spans' | 'nodes',
+  filter: ProjectDayFilter,
+): Promise<ProjectDayCount[]> {
+  const where = ['is_deleted = 0'];
+  const params: Record<string, unknown> = {};
+  if (filter.projectId !== undefined) {
+    where.push('project_id = {projectId:UUID}');
+    params.projectId = filter.projectId;
+  }
+  if (filter.since !== undefined) {
+    where.push(`created_at >= {since:DateTime64(6, 'UTC')}`);
+    params.since = isoToClickHouseTime(filter.since);
+  }
+  if (filter.until !== undefined) {
+    where.push(`created_at < {until:DateTime64(6, 'UTC')}`);
+    params.until = isoToClickHouseTime(filter.until);
+  }
+  const result = await client.query({
+    // UInt128 so the sum of thousands of 16-digit versions cannot wrap.
+    query: `SELECT project_id, toString(toDate(created_at)) AS day, count() AS rows,
+                   toString(sum(toUInt128(version))) AS version_sum
+            FROM ${table} FINAL
+            WHERE ${where.join(' AND ')}
+            GROUP BY project_id, day
+            -- Text order, as Postgres sorts uuids; ClickHouse compares UUIDs by their halves.
+            ORDER BY toString(project_id), day`,
+    query_params: params,
+    format: 'JSONEachRow',
+  });
+  const rows = await result.json<{ project_id: string; day: string; rows: string; version_sum: string }>();
+  return rows.map((r) => ({ project_id: r.project_id, day: r.day, rows: Number(r.rows), version_sum: BigInt(r.version_sum) }));
+}

@@ -1,0 +1,121 @@
+import { Json, JsonObject } from '../../tracing/span';
+import { ObservabilityNode } from '../../observability/node';
+import { MirrorRow } from './batch-writer';
+import { clickHouseTimeToIso, isoToClickHouseTime, jsonText, parseJson } from './span-clickhouse-row.mapper';
+
+/**
+ * The one mapping between the observability node and its ClickHouse row
+ * (JSONEachRow). Node ids are UUIDs in both stores; times are DateTime64(6)
+ * text; JSON payloads are their JSON text; status is split into two columns.
+ */
+
+/** A node as the mirror stores it: the row plus its version and whether it is a tombstone. */
+export interface MirroredNode extends ObservabilityNode {
+  /** Microseconds of the Postgres clock at this write (updated_at, or deleted_at for a tombstone). */
+  version: bigint;
+  deleted: boolean;
+}
+
+export interface NodeClickHouseRow {
+  project_id: string;
+  node_id: string;
+  tree_id: string;
+  root_id: string | null;
+  parent_id: string | null;
+  node_name: string;
+  node_type: string;
+  time_start: string;
+  time_end: string;
+  status_code: string;
+  status_message: string | null;
+  data: string | null;
+  metrics: string | null;
+  meta: string | null;
+  refs: string | null;
+  exception: string | null;
+  links: string | null;
+  otel: string | null;
+  created_at: string;
+  updated_at: string;
+  version: string;
+  is_deleted: number;
+}
+
+export const NODE_TABLE = 'nodes';
+
+/** The columns, in table order, for SELECT lists. */
+export const NODE_COLUMNS = [
+  'project_id', 'node_id', 'tree_id', 'root_id', 'parent_id', 'node_name', 'node_type', 'time_start', 'time_end',
+  'status_code', 'status_message', 'data', 'metrics', 'meta', 'refs', 'exception', 'links', 'otel',
+  'created_at', 'updated_at', 'version', 'is_deleted',
+] as const;
+
+export function toNodeClickHouseRow(node: MirroredNode): NodeClickHouseRow {
+  return {
+    project_id: node.project_id,
+    node_id: node.node_id,
+    tree_id: node.tree_id,
+    root_id: node.root_id,
+    parent_id: node.parent_id,
+    node_name: node.node_name,
+    node_type: node.node_type,
+    time_start: isoToClickHouseTime(node.time_start),
+    time_end: isoToClickHouseTime(node.time_end),
+    status_code: node.status.code,
+    status_message: node.status.message,
+    data: jsonText(node.data),
+    metrics: jsonText(node.metrics),
+    meta: jsonText(node.meta),
+    refs: jsonText(node.refs),
+    exception: jsonText(node.exception),
+    links: jsonText(node.links),
+    otel: jsonText(node.otel),
+    created_at: isoToClickHouseTime(node.created_at),
+    updated_at: isoToClickHouseTime(node.updated_at),
+    version: node.version.toString(10),
+    is_deleted: node.deleted ? 1 : 0,
+  };
+}
+
+/** The node as one JSONEachRow line, no trailing newline. */
+export function toNodeClickHouseLine(node: MirroredNode): string {
+  return JSON.stringify(toNodeClickHouseRow(node));
+}
+
+/** What the batch writer queues for this node. */
+export function toNodeMirrorRow(node: MirroredNode): MirrorRow {
+  return {
+    table: NODE_TABLE,
+    entity: 'nodes',
+    projectId: node.project_id,
+    key: [node.node_id],
+    createdAt: node.created_at,
+    line: toNodeClickHouseLine(node),
+  };
+}
+
+export function fromNodeClickHouseRow(row: NodeClickHouseRow): MirroredNode {
+  return {
+    project_id: row.project_id,
+    node_id: row.node_id,
+    tree_id: row.tree_id,
+    root_id: row.root_id,
+    parent_id: row.parent_id,
+    node_name: row.node_name,
+    node_type: row.node_type,
+    time_start: clickHouseTimeToIso(row.time_start),
+    time_end: clickHouseTimeToIso(row.time_end),
+    status: { code: row.status_code, message: row.status_message },
+    data: parseJson<JsonObject>(row.data),
+    metrics: parseJson<JsonObject>(row.metrics),
+    meta: parseJson<JsonObject>(row.meta),
+    refs: parseJson<JsonObject>(row.refs),
+    exception: parseJson<JsonObject>(row.exception),
+    links: parseJson<Json[]>(row.links),
+    otel: parseJson<JsonObject>(row.otel),
+    created_at: clickHouseTimeToIso(row.created_at),
+    updated_at: clickHouseTimeToIso(row.updated_at),
+    version: BigInt(row.version),
+    deleted: Number(row.is_deleted) === 1,
+  };
+}

@@ -1,0 +1,169 @@
+import { Json, JsonObject, Span, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
+import { isoToMicros, microsToIso } from '../../tracing/timestamp';
+import { MirrorRow } from './batch-writer';
+
+/**
+ * The one mapping between the span and its ClickHouse row (JSONEachRow, as
+ * written and as read back by SELECT ... FINAL). Ids are compact: the trace id
+ * as a UUID, span ids as UInt64 (sent and read as decimal strings). Times are
+ * DateTime64(6) text. JSON payloads are their JSON text.
+ */
+
+/** A span as the mirror stores it: the row plus its version and whether it is a tombstone. */
+export interface MirroredSpan extends Span {
+  /** Microseconds of the Postgres clock at this write (updated_at, or deleted_at for a tombstone). */
+  version: bigint;
+  deleted: boolean;
+}
+
+export interface SpanClickHouseRow {
+  project_id: string;
+  trace_id: string;
+  span_id: string;
+  parent_id: string | null;
+  trace_type: string;
+  span_type: string;
+  span_kind: string;
+  span_name: string;
+  start_time: string;
+  end_time: string;
+  status_code: string;
+  status_message: string | null;
+  attributes: string;
+  references: string | null;
+  links: string | null;
+  hashes: string | null;
+  events: string | null;
+  exception: string | null;
+  created_at: string;
+  updated_at: string;
+  created_by_id: string | null;
+  updated_by_id: string | null;
+  version: string;
+  is_deleted: number;
+}
+
+export const SPAN_TABLE = 'spans';
+
+/** The columns, in table order, for SELECT lists (never `*`, so new columns cannot break reads). */
+export const SPAN_COLUMNS = [
+  'project_id', 'trace_id', 'span_id', 'parent_id', 'trace_type', 'span_type', 'span_kind', 'span_name',
+  'start_time', 'end_time', 'status_code', 'status_message', 'attributes', 'references', 'links', 'hashes',
+  'events', 'exception', 'created_at', 'updated_at', 'created_by_id', 'updated_by_id', 'version', 'is_deleted',
+] as const;
+
+const HEX_TRACE_ID = /^[0-9a-f]{32}$/i;
+const HEX_SPAN_ID = /^[0-9a-f]{16}$/i;
+const UINT64 = /^\d{1,20}$/;
+const CLICKHOUSE_TIME = /^(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2})\.(\d{6})$/;
+
+export function traceIdToUuid(traceId: string): string {
+  if (!HEX_TRACE_ID.test(traceId)) throw new Error(`trace id must be 32 hex characters, got "${traceId}"`);
+  const h = traceId.toLowerCase();
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+export function uuidToTraceId(uuid: string): string {
+  return uuid.replace(/-/g, '').toLowerCase();
+}
+
+/** 16 hex characters to the unsigned 64-bit integer they spell, as a decimal string. */
+export function spanIdToUInt64(spanId: string): string {
+  if (!HEX_SPAN_ID.test(spanId)) throw new Error(`span id must be 16 hex characters, got "${spanId}"`);
+  return BigInt(`0x${spanId}`).toString(10);
+}
+
+export function uint64ToSpanId(value: string): string {
+  if (!UINT64.test(value)) throw new Error(`expected a UInt64 as a decimal string, got "${value}"`);
+  return BigInt(value).toString(16).padStart(16, '0');
+}
+
+/** ISO-8601 (any zone) to DateTime64(6, 'UTC') text, without going through a JS Date. */
+export function isoToClickHouseTime(iso: string): string {
+  const utc = microsToIso(isoToMicros(iso));
+  return `${utc.slice(0, 10)} ${utc.slice(11, 26)}`;
+}
+
+export function clickHouseTimeToIso(text: string): string {
+  const m = CLICKHOUSE_TIME.exec(text);
+  if (!m) throw new Error(`expected DateTime64(6) text "YYYY-MM-DD hh:mm:ss.ffffff", got "${text}"`);
+  return `${m[1]}T${m[2]}.${m[3]}Z`;
+}
+
+export const jsonText = (value: Json | null): string | null => (value === null ? null : JSON.stringify(value));
+export const parseJson = <T>(text: string | null): T | null => (text === null ? null : (JSON.parse(text) as T));
+
+export function toSpanClickHouseRow(span: MirroredSpan): SpanClickHouseRow {
+  return {
+    project_id: span.project_id,
+    trace_id: traceIdToUuid(span.trace_id),
+    span_id: spanIdToUInt64(span.span_id),
+    parent_id: span.parent_id === null ? null : spanIdToUInt64(span.parent_id),
+    trace_type: span.trace_type,
+    span_type: span.span_type,
+    span_kind: span.span_kind,
+    span_name: span.span_name,
+    start_time: isoToClickHouseTime(span.start_time),
+    end_time: isoToClickHouseTime(span.end_time),
+    status_code: span.status_code,
+    status_message: span.status_message,
+    attributes: JSON.stringify(span.attributes),
+    references: jsonText(span.references),
+    links: jsonText(span.links),
+    hashes: jsonText(span.hashes),
+    events: jsonText(span.events),
+    exception: jsonText(span.exception),
+    created_at: isoToClickHouseTime(span.created_at),
+    updated_at: isoToClickHouseTime(span.updated_at),
+    created_by_id: span.created_by_id,
+    updated_by_id: span.updated_by_id,
+    version: span.version.toString(10),
+    is_deleted: span.deleted ? 1 : 0,
+  };
+}
+
+/** The span as one JSONEachRow line, no trailing newline. */
+export function toSpanClickHouseLine(span: MirroredSpan): string {
+  return JSON.stringify(toSpanClickHouseRow(span));
+}
+
+/** What the batch writer queues for this span. */
+export function toSpanMirrorRow(span: MirroredSpan): MirrorRow {
+  return {
+    table: SPAN_TABLE,
+    entity: 'spans',
+    projectId: span.project_id,
+    key: [span.trace_id, span.span_id],
+    createdAt: span.created_at,
+    line: toSpanClickHouseLine(span),
+  };
+}
+
+export function fromSpanClickHouseRow(row: SpanClickHouseRow): MirroredSpan {
+  return {
+    project_id: row.project_id,
+    trace_id: uuidToTraceId(row.trace_id),
+    span_id: uint64ToSpanId(row.span_id),
+    parent_id: row.parent_id === null ? null : uint64ToSpanId(row.parent_id),
+    trace_type: row.trace_type as TraceType,
+    span_type: row.span_type as SpanType,
+    span_kind: row.span_kind as SpanKind,
+    span_name: row.span_name,
+    start_time: clickHouseTimeToIso(row.start_time),
+    end_time: clickHouseTimeToIso(row.end_time),
+    status_code: row.status_code as StatusCode,
+    status_message: row.status_message,
+    attributes: JSON.parse(row.attributes) as JsonObject,
+    references: parseJson<Json[]>(row.references),
+    links: parseJson<Json[]>(row.links),
+    hashes: parseJson<Json[]>(row.hashes),
+    events: parseJson<Json[]>(row.events),
+    exception: parseJson<JsonObject>(row.exception),
+    created_at: clickHouseTimeToIso(row.created_at),
+    updated_at: clickHouseTimeToIso(row.updated_at),
+    created_by_id: row.created_by_id,
+    updated_by_id: row.updated_by_id,
+    version: BigInt(row.version),
+    deleted: Number(row.is_deleted) === 1,
+  };
+}

@@ -1,0 +1,199 @@
+import { randomBytes } from 'node:crypto';
+import { copyFile, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ClickHouseClient, createClient } from '@clickhouse/client';
+import { AppConfig } from '../../src/config/app-config';
+import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
+import {
+  CLICKHOUSE_MIGRATIONS_DIR,
+  migrateClickHouse,
+  readClickHouseMigrations,
+  splitStatements,
+} from '../../src/dbs/clickhouse/clickhouse-ddl-runner';
+import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
+
+describe('ClickHouse DDL runner', () => {
+  const databases: Array<{ config: AppConfig['clickhouse']; url: string }> = [];
+  const clients: ClickHouseClient[] = [];
+
+  /** A database name nobody has used, and a client that reads system tables. */
+  function freshDatabase(overrides: Partial<AppConfig['clickhouse']> = {}) {
+    const target = testClickHouseConfig(`test_ddl_${randomBytes(5).toString('hex')}`, overrides);
+    databases.push(target);
+    const client = createClient(clickHouseClientOptions(target.config, target.url, 'default'));
+    clients.push(client);
+    return { ...target, client };
+  }
+
+  async function rows<T>(client: ClickHouseClient, query: string, params: Record<string, unknown> = {}): Promise<T[]> {
+    const result = await client.query({ query, query_params: params, format: 'JSONEachRow' });
+    return result.json<T>();
+  }
+
+  const tableOf = (client: ClickHouseClient, database: string, name: string) =>
+    rows<{ engine: string; engine_full: string; sorting_key: string; primary_key: string; partition_key: string }>(
+      client,
+      'SELECT engine, engine_full, sorting_key, primary_key, partition_key FROM system.tables WHERE database = {database:String} AND name = {name:String}',
+      { database, name },
+    ).then((r) => r[0]);
+
+  afterAll(async () => {
+    await Promise.allSettled(clients.map((c) => c.close()));
+    await Promise.allSettled(databases.map((d) => dropClickHouseDatabase(d.config, d.url)));
+  });
+
+  it('splits statements at semicolons outside strings, quoted names and comments', () => {
+    const sql = [
+      "-- a comment; not a statement",
+      "CREATE TABLE a (s String DEFAULT 'x;y', `we;ird` UInt8) ENGINE = Memory;",
+      "/* block; comment */",
+      "SELECT 'it''s; fine', \"col;name\", 'back\\\\slash\\'; still' ; ",
+      "-- trailing comment only",
+    ].join('\n');
+    expect(splitStatements(sql)).toEqual([
+      "-- a comment; not a statement\nCREATE TABLE a (s String DEFAULT 'x;y', `we;ird` UInt8) ENGINE = Memory",
+      "/* block; comment */\nSELECT 'it''s; fine', \"col;name\", 'back\\\\slash\\'; still'",
+    ]);
+  });
+
+  it('applies every migration to a fresh database, then does nothing on a second run', async () => {
+    const { config, url, client } = freshDatabase();
+    const files = await readClickHouseMigrations();
+    expect(files.map((m) => m.name)).toEqual(['0001_spans', '0002_nodes']);
+
+    const first = await migrateClickHouse(config, url);
+    expect(first).toEqual({ applied: ['0001_spans', '0002_nodes'], ttl: [] });
+
+    const recorded = await rows<{ version: number; name: string; checksum: string }>(
+      client,
+      `SELECT version, name, checksum FROM \`${config.database}\`.schema_migrations FINAL ORDER BY version`,
+    );
+    expect(recorded).toEqual(files.map((m) => ({ version: m.version, name: m.name, checksum: m.checksum })));
+
+    const second = await migrateClickHouse(config, url);
+    expect(second).toEqual({ applied: [], ttl: [] });
+    const count = await rows<{ n: string }>(client, `SELECT count() AS n FROM \`${config.database}\`.schema_migrations`);
+    expect(Number(count[0].n)).toBe(2);
+  });
+
+  it('creates the tables with the intended engine, sort key, primary key and partition key', async () => {
+    const { config, url, client } = freshDatabase();
+    await migrateClickHouse(config, url);
+
+    const spans = await tableOf(client, config.database, 'spans');
+    expect(spans.engine).toBe('ReplacingMergeTree');
+    expect(spans.engine_full).toMatch(/^ReplacingMergeTree\(version, is_deleted\)/);
+    expect(spans.sorting_key).toBe('project_id, toDate(created_at), trace_id, span_id');
+    expect(spans.primary_key).toBe('project_id, toDate(created_at), trace_id, span_id');
+    expect(spans.partition_key).toBe('toYYYYMM(created_at)');
+    expect(spans.engine_full).toContain('non_replicated_deduplication_window = 1000');
+    expect(spans.engine_full).not.toMatch(/\sTTL\s/);
+
+    const nodes = await tableOf(client, config.database, 'nodes');
+    expect(nodes.engine).toBe('ReplacingMergeTree');
+    expect(nodes.engine_full).toMatch(/^ReplacingMergeTree\(version, is_deleted\)/);
+    expect(nodes.sorting_key).toBe('project_id, toDate(created_at), node_id');
+    expect(nodes.primary_key).toBe('project_id, toDate(created_at), node_id');
+    expect(nodes.partition_key).toBe('toYYYYMM(created_at)');
+    expect(nodes.engine_full).toContain('non_replicated_deduplication_window = 1000');
+
+    const columns = await rows<{ table: string; name: string; type: string; compression_codec: string }>(
+      client,
+      `SELECT table, name, type, compression_codec FROM system.columns
+       WHERE database = {database:String} AND table IN ('spans', 'nodes') ORDER BY table, position`,
+      { database: config.database },
+    );
+    const type = (table: string, name: string) => columns.find((c) => c.table === table && c.name === name)?.type;
+    expect(type('spans', 'trace_id')).toBe('UUID');
+    expect(type('spans', 'span_id')).toBe('UInt64');
+    expect(type('spans', 'parent_id')).toBe('Nullable(UInt64)');
+    expect(type('spans', 'start_time')).toBe("DateTime64(6, 'UTC')");
+    expect(type('spans', 'span_name')).toBe('LowCardinality(String)');
+    expect(type('spans', 'attributes')).toBe('String');
+    expect(type('spans', 'version')).toBe('UInt64');
+    expect(type('spans', 'is_deleted')).toBe('UInt8');
+    expect(type('nodes', 'node_id')).toBe('UUID');
+    expect(type('nodes', 'root_id')).toBe('Nullable(UUID)');
+    expect(columns.find((c) => c.table === 'spans' && c.name === 'attributes')?.compression_codec).toBe('CODEC(ZSTD(3))');
+
+    const indexes = await rows<{ table: string; name: string; type: string }>(
+      client,
+      'SELECT table, name, type FROM system.data_skipping_indices WHERE database = {database:String} ORDER BY table, name',
+      { database: config.database },
+    );
+    expect(indexes).toEqual([
+      { table: 'nodes', name: 'time_start_minmax', type: 'minmax' },
+      { table: 'nodes', name: 'tree_id_bf', type: 'bloom_filter' },
+      { table: 'spans', name: 'start_time_minmax', type: 'minmax' },
+      { table: 'spans', name: 'trace_id_bf', type: 'bloom_filter' },
+    ]);
+  });
+
+  it('sets the TTL from config, changes it, and removes it again at 0', async () => {
+    const { config, url, client } = freshDatabase({ ttlDays: 30 });
+    const first = await migrateClickHouse(config, url);
+    expect(first.ttl).toEqual([
+      { table: 'nodes', days: 30 },
+      { table: 'spans', days: 30 },
+    ]);
+    for (const table of ['spans', 'nodes']) {
+      expect((await tableOf(client, config.database, table)).engine_full).toContain('TTL toDateTime(created_at) + toIntervalDay(30)');
+    }
+
+    expect((await migrateClickHouse(config, url)).ttl).toEqual([]);
+
+    const longer = await migrateClickHouse({ ...config, ttlDays: 90 }, url);
+    expect(longer.ttl.map((t) => t.days)).toEqual([90, 90]);
+    expect((await tableOf(client, config.database, 'spans')).engine_full).toContain('TTL toDateTime(created_at) + toIntervalDay(90)');
+
+    const none = await migrateClickHouse({ ...config, ttlDays: 0 }, url);
+    expect(none.ttl.map((t) => t.days)).toEqual([0, 0]);
+    for (const table of ['spans', 'nodes']) {
+      expect((await tableOf(client, config.database, table)).engine_full).not.toMatch(/\sTTL\s/);
+    }
+  });
+
+  describe('with a migrations folder of its own', () => {
+    let dir: string;
+    beforeEach(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'ch-migrations-'));
+      for (const file of await readdir(CLICKHOUSE_MIGRATIONS_DIR)) await copyFile(join(CLICKHOUSE_MIGRATIONS_DIR, file), join(dir, file));
+    });
+    afterEach(async () => rm(dir, { recursive: true, force: true }));
+
+    it('applies only a newly added migration', async () => {
+      const { config, url, client } = freshDatabase();
+      await migrateClickHouse(config, url, { dir });
+      await writeFile(join(dir, '0003_span_names.sql'), "ALTER TABLE spans ADD COLUMN IF NOT EXISTS note String DEFAULT ';'; -- why: a test\n");
+      const result = await migrateClickHouse(config, url, { dir });
+      expect(result.applied).toEqual(['0003_span_names']);
+      const note = await rows<{ name: string }>(
+        client,
+        "SELECT name FROM system.columns WHERE database = {database:String} AND table = 'spans' AND name = 'note'",
+        { database: config.database },
+      );
+      expect(note).toHaveLength(1);
+    });
+
+    it('refuses to run when an applied file was edited', async () => {
+      const { config, url } = freshDatabase();
+      await migrateClickHouse(config, url, { dir });
+      await writeFile(join(dir, '0002_nodes.sql'), '-- edited\nCREATE TABLE IF NOT EXISTS nodes (x UInt8) ENGINE = Memory;\n');
+      await expect(migrateClickHouse(config, url, { dir })).rejects.toThrow(/0002_nodes\.sql was changed after it was applied/);
+    });
+
+    it('names a file that does not follow NNNN_name.sql', async () => {
+      const { config, url } = freshDatabase();
+      await writeFile(join(dir, 'extra.sql'), 'SELECT 1;');
+      await expect(migrateClickHouse(config, url, { dir })).rejects.toThrow(/extra\.sql: ClickHouse migrations are named NNNN_name\.sql/);
+    });
+  });
+
+  it('says clearly when the server does not answer', async () => {
+    const { config } = freshDatabase();
+    await expect(migrateClickHouse({ ...config, requestTimeoutMs: 1000 }, 'http://127.0.0.1:9')).rejects.toThrow(
+      /ClickHouse at http:\/\/127\.0\.0\.1:9 does not answer/,
+    );
+  });
+});

@@ -1,0 +1,315 @@
+import { randomUUID } from 'node:crypto';
+import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
+import { ClickHouseSink } from '../../src/dbs/clickhouse/clickhouse-sink';
+import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
+import { MirroredNode, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
+import { MirroredSpan, toSpanClickHouseRow, toSpanMirrorRow } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
+import { isoToMicros, microsToIso } from '../../src/tracing/timestamp';
+import { Json, SpanInput } from '../../src/tracing/span';
+import { NodeInput } from '../../src/observability/node';
+import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
+import { makeNode, makeSpan, uuid } from '../support/fixtures';
+
+const CREATED = '2026-11-20T10:00:00.000001Z';
+
+/** A stored span as Postgres would hand it to the mirror, versioned by its updated_at. */
+function mirroredSpan(projectId: string, input: Partial<SpanInput> = {}, stored: Partial<MirroredSpan> = {}): MirroredSpan {
+  const updated_at = stored.updated_at ?? CREATED;
+  return {
+    ...makeSpan(input),
+    project_id: projectId,
+    created_at: CREATED,
+    updated_at,
+    created_by_id: null,
+    updated_by_id: null,
+    version: isoToMicros(updated_at),
+    deleted: false,
+    ...stored,
+  };
+}
+
+function mirroredNode(projectId: string, input: Partial<NodeInput> = {}, stored: Partial<MirroredNode> = {}): MirroredNode {
+  const updated_at = stored.updated_at ?? CREATED;
+  return {
+    ...makeNode(input),
+    project_id: projectId,
+    created_at: CREATED,
+    updated_at,
+    version: isoToMicros(updated_at),
+    deleted: false,
+    ...stored,
+  };
+}
+
+/** About 1 MB of JSON with every kind of value and plenty of non-ASCII text. */
+function largeJson(): { [key: string]: Json } {
+  const items = Array.from({ length: 6000 }, (_, i) => ({
+    i,
+    text: `ünïcødé ✓ 日本語 🚀 "quoted" \\ back\nslash ${i}`,
+    ratio: i / 7,
+    flag: i % 2 === 0,
+    none: null,
+    nested: { deep: [1, 2.5, -3e-7, 'x'] },
+  }));
+  return { items, big: 'é'.repeat(200_000), max_safe: Number.MAX_SAFE_INTEGER };
+}
+
+/** Later than `iso` by `micros` microseconds. */
+const later = (iso: string, micros: bigint) => microsToIso(isoToMicros(iso) + micros);
+
+describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
+  let ch: TestClickHouse;
+  let sink: ClickHouseSink;
+  let spans: ClickHouseSpansDao;
+  let nodes: ClickHouseNodesDao;
+
+  beforeAll(async () => {
+    ch = await createTestClickHouse();
+    sink = new ClickHouseSink(ch.clients.insert);
+    spans = new ClickHouseSpansDao(ch.clients.query);
+    nodes = new ClickHouseNodesDao(ch.clients.query);
+  });
+  afterAll(async () => ch?.drop());
+
+  const insertSpans = (rows: MirroredSpan[], token: string = randomUUID()) =>
+    sink.insert('spans', rows.map((s) => toSpanMirrorRow(s).line), token);
+  const insertNodes = (rows: MirroredNode[], token: string = randomUUID()) =>
+    sink.insert('nodes', rows.map((n) => toNodeMirrorRow(n).line), token);
+
+  /** Physical rows, before FINAL collapses versions. */
+  async function storedRows(table: 'spans' | 'nodes', projectId: string): Promise<number> {
+    const result = await ch.clients.query.query({
+      query: `SELECT count() AS n FROM ${table} WHERE project_id = {projectId:UUID}`,
+      query_params: { projectId },
+      format: 'JSONEachRow',
+    });
+    return Number((await result.json<{ n: string }>())[0].n);
+  }
+
+  it('answers ping', async () => {
+    expect(await sink.ping()).toBe(true);
+  });
+
+  it('round-trips every span column exactly: unicode, 1 MB JSON, nulls, microseconds, 64-bit ids', async () => {
+    const projectId = uuid();
+    const traceId = '00000000000000000000000000000001';
+    const originals = [
+      mirroredSpan(
+        projectId,
+        {
+          trace_id: traceId,
+          span_id: 'ffffffffffffffff',
+          parent_id: null,
+          span_name: 'ünïcødé ✓ 日本語 🚀 עברית "q" \\ \t\n',
+          start_time: '1900-01-01T00:00:00.000000Z',
+          end_time: '2299-12-31T23:59:59.999999Z',
+          status_code: 'STATUS_CODE_ERROR',
+          status_message: 'boom — 💥',
+          attributes: largeJson(),
+          references: [{ id: uuid(), type: 'testset' }],
+          links: [{ trace_id: 'ab'.repeat(16), span_id: 'cd'.repeat(8), attributes: {} }],
+          hashes: [{ id: 'h1' }],
+          events: [{ name: 'exception', timestamp: '2026-11-20T10:00:00.500001Z', attributes: { msg: 'ünïcødé' } }],
+          exception: { type: 'ValueError', message: 'bad', stacktrace: 'line 1\nline 2' },
+        },
+        { created_by_id: randomUUID(), updated_by_id: randomUUID(), updated_at: later(CREATED, 5n) },
+      ),
+      mirroredSpan(projectId, {
+        trace_id: traceId,
+        span_id: '0000000000000001',
+        parent_id: 'ffffffffffffffff',
+        start_time: '2026-11-20T10:00:00.000001Z',
+        end_time: '2026-11-20T10:00:00.999999Z',
+        attributes: {},
+        references: null,
+        links: null,
+        hashes: null,
+        events: null,
+        exception: null,
+        status_message: null,
+      }),
+      mirroredSpan(projectId, { trace_id: traceId, span_id: '8000000000000000', parent_id: '7fffffffffffffff' }),
+    ];
+    expect(toSpanClickHouseRow(originals[0])).toMatchObject({
+      trace_id: '00000000-0000-0000-0000-000000000001',
+      span_id: '18446744073709551615',
+      start_time: '1900-01-01 00:00:00.000000',
+    });
+    await insertSpans(originals);
+
+    const keys = originals.map((s) => ({ trace_id: s.trace_id, span_id: s.span_id }));
+    const byKey = (list: MirroredSpan[]) => [...list].sort((a, b) => a.span_id.localeCompare(b.span_id));
+    expect(byKey(await spans.readSpans(projectId, keys))).toEqual(byKey(originals));
+    expect(byKey(await spans.readTrace(projectId, traceId))).toEqual(byKey(originals));
+    expect(await spans.readSpans(projectId, [{ trace_id: traceId, span_id: '0000000000000002' }])).toEqual([]);
+    expect(await spans.readSpans(uuid(), keys)).toEqual([]);
+  });
+
+  it('round-trips every node column exactly', async () => {
+    const projectId = uuid();
+    const treeId = uuid();
+    const originals = [
+      mirroredNode(
+        projectId,
+        {
+          tree_id: treeId,
+          node_name: 'ünïcødé ✓ 日本語 🚀',
+          time_start: '2026-11-20T10:00:00.000001Z',
+          time_end: '2299-12-31T23:59:59.999999Z',
+          status: { code: 'ERROR', message: 'boom — 💥' },
+          data: largeJson(),
+          refs: { app: uuid() },
+          exception: { type: 'E', message: 'm' },
+          links: [{ tree_id: uuid() }],
+          otel: { kind: 'SPAN_KIND_SERVER', events: [] },
+        },
+        { updated_at: later(CREATED, 1n) },
+      ),
+      mirroredNode(projectId, {
+        tree_id: treeId,
+        root_id: uuid(),
+        parent_id: uuid(),
+        time_start: '2026-11-20T10:00:00.000002Z',
+        data: null,
+        metrics: null,
+        meta: null,
+        refs: null,
+        exception: null,
+        links: null,
+        otel: null,
+        status: { code: 'OK', message: null },
+      }),
+    ];
+    await insertNodes(originals);
+    const byId = (list: MirroredNode[]) => [...list].sort((a, b) => a.node_id.localeCompare(b.node_id));
+    expect(byId(await nodes.readNodes(projectId, originals.map((n) => n.node_id)))).toEqual(byId(originals));
+    expect(await nodes.readTree(projectId, treeId)).toEqual(originals);
+  });
+
+  it('an update with a higher version replaces the span; an older version arriving later does not', async () => {
+    const projectId = uuid();
+    const first = mirroredSpan(projectId, { span_name: 'v1' });
+    const second = { ...first, span_name: 'v2', updated_at: later(CREATED, 10n), version: isoToMicros(CREATED) + 10n };
+    const stale = { ...first, span_name: 'stale', updated_at: later(CREATED, 5n), version: isoToMicros(CREATED) + 5n };
+    const key = [{ trace_id: first.trace_id, span_id: first.span_id }];
+
+    await insertSpans([first]);
+    await insertSpans([second]);
+    expect(await spans.readSpans(projectId, key)).toEqual([second]);
+    await insertSpans([stale]);
+    expect(await spans.readSpans(projectId, key)).toEqual([second]);
+    expect(await storedRows('spans', projectId)).toBe(3);
+  });
+
+  it('a tombstone with a higher version hides the span everywhere; an older live row cannot revive it', async () => {
+    const projectId = uuid();
+    const kept = mirroredSpan(projectId);
+    const gone = mirroredSpan(projectId, { trace_id: kept.trace_id });
+    const deletedAt = later(CREATED, 20n);
+    await insertSpans([kept, gone]);
+    await insertSpans([{ ...gone, version: isoToMicros(deletedAt), deleted: true }]);
+    await insertSpans([{ ...gone, span_name: 'late update', updated_at: later(CREATED, 7n), version: isoToMicros(CREATED) + 7n }]);
+
+    const keys = [kept, gone].map((s) => ({ trace_id: s.trace_id, span_id: s.span_id }));
+    expect(await spans.readSpans(projectId, keys)).toEqual([kept]);
+    expect(await spans.readTrace(projectId, kept.trace_id)).toEqual([kept]);
+    expect(await spans.countByProjectDay({ projectId })).toEqual([
+      { project_id: projectId, day: '2026-11-20', rows: 1, version_sum: kept.version },
+    ]);
+  });
+
+  it('updates and tombstones work the same way for nodes', async () => {
+    const projectId = uuid();
+    const node = mirroredNode(projectId, { node_name: 'v1' });
+    const other = mirroredNode(projectId, { tree_id: node.tree_id });
+    const updated = { ...node, node_name: 'v2', updated_at: later(CREATED, 3n), version: isoToMicros(CREATED) + 3n };
+    await insertNodes([node, other]);
+    await insertNodes([updated]);
+    await insertNodes([{ ...node, node_name: 'stale', version: isoToMicros(CREATED) + 1n }]);
+    expect(await nodes.readNodes(projectId, [node.node_id])).toEqual([updated]);
+
+    await insertNodes([{ ...other, version: isoToMicros(CREATED) + 9n, deleted: true }]);
+    expect(await nodes.readTree(projectId, node.tree_id)).toEqual([updated]);
+    expect(await nodes.countByProjectDay({ projectId })).toEqual([
+      { project_id: projectId, day: '2026-11-20', rows: 1, version_sum: updated.version },
+    ]);
+  });
+
+  it('stores a batch once when it is sent again with the same dedup token', async () => {
+    const projectId = uuid();
+    const batch = [mirroredSpan(projectId), mirroredSpan(projectId), mirroredSpan(projectId)];
+    await insertSpans(batch, 'batch-token-1');
+    await insertSpans(batch, 'batch-token-1');
+    expect(await storedRows('spans', projectId)).toBe(3);
+
+    // The token, not the content, decides: a new token stores the rows again (FINAL still shows each once).
+    await insertSpans(batch, 'batch-token-2');
+    expect(await storedRows('spans', projectId)).toBe(6);
+    expect(await spans.readSpans(projectId, batch.map((s) => ({ trace_id: s.trace_id, span_id: s.span_id })))).toHaveLength(3);
+
+    const nodeProject = uuid();
+    const nodeBatch = [mirroredNode(nodeProject), mirroredNode(nodeProject)];
+    await insertNodes(nodeBatch, 'node-token');
+    await insertNodes(nodeBatch, 'node-token');
+    expect(await storedRows('nodes', nodeProject)).toBe(2);
+  });
+
+  it('counts live rows and sums versions per project and created_at day, within a time range', async () => {
+    const a = uuid();
+    const b = uuid();
+    const day1 = '2026-11-18T23:59:59.999999Z';
+    const day2 = '2026-11-19T00:00:00.000000Z';
+    const rows = [
+      mirroredSpan(a, {}, { created_at: day1, updated_at: day1, version: isoToMicros(day1) }),
+      mirroredSpan(a, {}, { created_at: day1, updated_at: later(day1, 100n), version: isoToMicros(day1) + 100n }),
+      mirroredSpan(a, {}, { created_at: day2, updated_at: day2, version: isoToMicros(day2) }),
+      mirroredSpan(b, {}, { created_at: day2, updated_at: day2, version: isoToMicros(day2) }),
+    ];
+    await insertSpans(rows);
+    // An update of a row adds no net row: the count stays, the version sum moves.
+    const bumped = { ...rows[0], span_name: 'bumped', version: rows[0].version + 1_000n };
+    await insertSpans([bumped]);
+
+    const counts = (await spans.countByProjectDay({ since: '2026-11-18T00:00:00Z', until: '2026-11-20T00:00:00Z' })).filter(
+      (c) => c.project_id === a || c.project_id === b,
+    );
+    const expected = [
+      { project_id: a, day: '2026-11-18', rows: 2, version_sum: bumped.version + rows[1].version },
+      { project_id: a, day: '2026-11-19', rows: 1, version_sum: rows[2].version },
+      { project_id: b, day: '2026-11-19', rows: 1, version_sum: rows[3].version },
+    ].sort((x, y) => (x.project_id + x.day).localeCompare(y.project_id + y.day));
+    expect(counts).toEqual(expected);
+
+    expect(await spans.countByProjectDay({ projectId: a, since: day2 })).toEqual([expected.find((e) => e.project_id === a && e.day === '2026-11-19')]);
+    expect(await spans.countByProjectDay({ projectId: a, until: day2 })).toEqual([expected.find((e) => e.day === '2026-11-18')]);
+  });
+
+  it('reads a project-day bucket page by page (keyset), without tombstones', async () => {
+    const projectId = uuid();
+    const day = '2026-11-17T12:00:00.000000Z';
+    const rows = Array.from({ length: 7 }, () => mirroredSpan(projectId, {}, { created_at: day, updated_at: day, version: isoToMicros(day) }));
+    const elsewhere = mirroredSpan(projectId, {}, { created_at: '2026-11-16T12:00:00.000000Z' });
+    await insertSpans([...rows, elsewhere]);
+    await insertSpans([{ ...rows[3], version: rows[3].version + 1n, deleted: true }]);
+
+    const pages: MirroredSpan[][] = [];
+    for await (const page of spans.readBucket(projectId, '2026-11-17', 2)) pages.push(page);
+    expect(pages.map((p) => p.length)).toEqual([2, 2, 2]);
+    const live = rows.filter((_, i) => i !== 3);
+    const read = pages.flat();
+    expect(new Set(read.map((s) => s.span_id))).toEqual(new Set(live.map((s) => s.span_id)));
+    expect(read).toHaveLength(live.length);
+
+    const nodeRows = Array.from({ length: 5 }, () => mirroredNode(projectId, {}, { created_at: day }));
+    await insertNodes(nodeRows);
+    const nodePages: MirroredNode[][] = [];
+    for await (const page of nodes.readBucket(projectId, '2026-11-17', 2)) nodePages.push(page);
+    expect(nodePages.map((p) => p.length)).toEqual([2, 2, 1]);
+    expect(nodePages.flat().map((n) => n.node_id).sort()).toEqual(nodeRows.map((n) => n.node_id).sort());
+  });
+
+  it('rejects a row the table does not accept instead of dropping a field', async () => {
+    const line = JSON.stringify({ ...toSpanClickHouseRow(mirroredSpan(uuid())), unexpected: 1 });
+    await expect(sink.insert('spans', [line], randomUUID())).rejects.toThrow(/Unknown field found while parsing JSONEachRow format: unexpected/);
+  });
+});
