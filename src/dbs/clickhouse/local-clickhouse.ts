@@ -1,0 +1,171 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { request } from 'node:http';
+import type { Socket } from 'node:net';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+/**
+ * The embedded default: a local ClickHouse endpoint (the real engine via chdb,
+ * behind scripts/clickhouse-local) at a well-known local address with its
+ * data under the project. Every command that needs ClickHouse calls
+ * resolveClickHouse(); the first one to find nothing answering starts the
+ * server as its child process, the others connect to it, so they all see the
+ * same data. chdb allows one data directory per process, which is why the
+ * server is a process of its own.
+ */
+
+export interface LocalClickHouseOptions {
+  /** 0 lets the server pick a free port (tests); the ready line reports it. */
+  port: number;
+  dataDir: string;
+  log?: (message: string) => void;
+}
+
+export interface ResolvedClickHouse {
+  url: string;
+  /** Present when this process started the server; stops it again. */
+  stop?: () => Promise<void>;
+}
+
+const READY_TIMEOUT_MS = 30_000;
+const STOP_GRACE_MS = 5_000;
+const READY_LINE = /^CLICKHOUSE_LOCAL_READY (\S+)/m;
+
+export function localClickHouseUrl(port: number): string {
+  return `http://127.0.0.1:${port}`;
+}
+
+/** Whether a ClickHouse HTTP endpoint answers /ping at this URL. */
+export function clickHouseAnswers(url: string, timeoutMs = 2_000): Promise<boolean> {
+  return new Promise((done) => {
+    const req = request(new URL('/ping', url), { method: 'GET', timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => done(res.statusCode === 200 && body.startsWith('Ok.')));
+      res.on('error', () => done(false));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => done(false));
+    req.end();
+  });
+}
+
+async function answersWithin(url: string, deadline: number): Promise<boolean> {
+  while (Date.now() < deadline) {
+    if (await clickHouseAnswers(url, Math.max(100, deadline - Date.now()))) return true;
+    await new Promise((done) => setTimeout(done, 200));
+  }
+  return false;
+}
+
+/** From sources, run the .ts entry through tsx; once compiled, the .js beside this build. */
+function serverCommand(): { command: string; args: string[] } {
+  const fromSources = __filename.endsWith('.ts');
+  const entry = resolve(__dirname, '../../../scripts/clickhouse-local', fromSources ? 'main.ts' : 'main.js');
+  const loader = fromSources ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [];
+  return { command: process.execPath, args: [...loader, entry] };
+}
+
+class ServerStartError extends Error {
+  constructor(
+    message: string,
+    readonly portTaken: boolean,
+  ) {
+    super(message);
+  }
+}
+
+function launch(options: LocalClickHouseOptions): Promise<{ url: string; child: ChildProcess }> {
+  const log = options.log ?? (() => undefined);
+  const { command, args } = serverCommand();
+  // stdin stays an open pipe: the server exits when it closes, i.e. when this process dies.
+  const child = spawn(command, [...args, '--port', String(options.port), '--data-dir', resolve(options.dataDir), '--exit-with-parent'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8');
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (chunk: string) => (stderr = (stderr + chunk).slice(-4_000)));
+
+  return new Promise((done, fail) => {
+    const failWith = (why: string) => {
+      cleanup();
+      child.kill('SIGKILL');
+      const tail = stderr.trim() ? `\n--- server stderr (tail) ---\n${stderr.trim()}` : '';
+      fail(new ServerStartError(`local ClickHouse (${command} ${args.join(' ')}) ${why}${tail}`, /EADDRINUSE/.test(stderr)));
+    };
+    const onStdout = (chunk: string) => {
+      stdout += chunk;
+      const ready = READY_LINE.exec(stdout);
+      if (!ready) return;
+      cleanup();
+      // After the ready line, keep draining the pipes (a full pipe would block the server) and pass its logs on.
+      child.stdout!.resume();
+      child.stderr!.on('data', (text: string) => text.split('\n').forEach((line) => line.trim() && log(line.trim())));
+      done({ url: ready[1], child });
+    };
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => failWith(`exited before it was ready (${signal ?? `code ${code}`})`);
+    const onError = (error: Error) => failWith(`could not be started: ${error.message}`);
+    const timer = setTimeout(() => failWith(`was not ready within ${READY_TIMEOUT_MS / 1000} s`), READY_TIMEOUT_MS);
+    const cleanup = () => {
+      clearTimeout(timer);
+      child.stdout!.off('data', onStdout);
+      child.off('exit', onExit);
+      child.off('error', onError);
+    };
+    child.stdout!.on('data', onStdout);
+    child.once('exit', onExit);
+    child.once('error', onError);
+  });
+}
+
+function stopper(child: ChildProcess): () => Promise<void> {
+  let stopping: Promise<void> | undefined;
+  return () =>
+    (stopping ??= new Promise<void>((done) => {
+      if (child.exitCode !== null || child.signalCode !== null) return done();
+      const killer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
+      child.once('exit', () => {
+        clearTimeout(killer);
+        done();
+      });
+      child.kill('SIGTERM');
+    }));
+}
+
+/**
+ * Starts the local ClickHouse server as a child process, unless one already
+ * answers on the port; with port 0 it always starts one, on a free port.
+ */
+export async function startLocalClickHouse(options: LocalClickHouseOptions): Promise<ResolvedClickHouse> {
+  const log = options.log ?? (() => undefined);
+  const url = localClickHouseUrl(options.port);
+  if (options.port !== 0 && (await clickHouseAnswers(url))) return { url };
+
+  try {
+    const { url: started, child } = await launch(options);
+    // Let this process exit on its own; the server follows when our end of its stdin closes.
+    child.unref();
+    for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as Socket | null)?.unref();
+    log(`local ClickHouse listening on ${started}, data in ${resolve(options.dataDir)}`);
+    return { url: started, stop: stopper(child) };
+  } catch (error) {
+    // Lost a race with another command starting the same server: use theirs once its engine is open.
+    if (options.port !== 0 && error instanceof ServerStartError) {
+      const deadline = Date.now() + (error.portTaken ? READY_TIMEOUT_MS : 0);
+      if ((await clickHouseAnswers(url)) || (await answersWithin(url, deadline))) return { url };
+    }
+    throw error;
+  }
+}
+
+/** CLICKHOUSE_URL when set, otherwise the local server (started if needed). */
+export async function resolveClickHouse(
+  config: { url?: string; embedded: { port: number; dataDir: string } },
+  log?: (message: string) => void,
+): Promise<ResolvedClickHouse> {
+  if (config.url) return { url: config.url };
+  return startLocalClickHouse({ port: config.embedded.port, dataDir: config.embedded.dataDir, log });
+}
