@@ -18,7 +18,7 @@ export class HealthController {
     @Optional() @Inject(MIRROR_HEALTH) private readonly mirror?: MirrorHealth,
   ) {}
 
-  /** 200 when Postgres answers. The mirror is reported but never makes the API unhealthy. */
+  /** 200 when Postgres answers. The mirror is reported (always "up") but never makes the API unhealthy. */
   @Public()
   @Get()
   @HealthCheck()
@@ -44,7 +44,7 @@ export class HealthController {
   }
 
   private async mirrorStatus() {
-    const status = this.mirror ? this.mirror.status() : { enabled: false };
+    const status = this.mirror ? await this.mirror.status() : { enabled: false };
     return this.indicators.check('mirror').up(status);
   }
 }

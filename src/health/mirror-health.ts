@@ -2,5 +2,5 @@
 export const MIRROR_HEALTH = Symbol('MIRROR_HEALTH');
 
 export interface MirrorHealth {
-  status(): Record<string, unknown>;
+  status(): Promise<Record<string, unknown>>;
 }

@@ -1,7 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { Counter, Registry } from 'prom-client';
 import { BatchWriter, MirrorRow } from '../clickhouse/batch-writer';
-import { MirrorPlan, MirrorRecord, MirrorTarget } from './mirrored-dao';
+import { MirrorPlan, MirrorTarget } from './mirrored-dao';
 
 /**
  * Where the decorator hands committed rows: keeps only the projects being
@@ -32,12 +32,12 @@ export class Mirror implements MirrorTarget {
     return this.projects === null || this.projects.has(projectId);
   }
 
-  accept<Row>(plan: MirrorPlan<unknown, Row>, records: MirrorRecord<Row>[]): void {
+  accept<Mirrored>(plan: MirrorPlan<unknown, Mirrored>, records: Mirrored[]): void {
     const rows: MirrorRow[] = [];
     for (const record of records) {
       try {
-        const row = plan.toClickHouse(record);
-        if (this.mirrors(row.projectId)) rows.push({ ...row, entity: plan.entity });
+        const row = plan.toMirrorRow(record);
+        if (this.mirrors(row.projectId)) rows.push(row);
       } catch (error) {
         this.failed(plan.entity, error);
       }

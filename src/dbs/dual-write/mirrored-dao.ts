@@ -1,3 +1,5 @@
+import { MirrorRow } from '../clickhouse/batch-writer';
+
 /**
  * The dual-write decorator: one generic mechanism for every DAO port. It
  * forwards each call to the Postgres DAO unchanged and returns its result.
@@ -7,53 +9,39 @@
  * enqueues, and any fault there is logged and counted, not propagated.
  */
 
-/** A committed row as the mirror sees it: the row, its version, and whether it is a tombstone. */
-export interface MirrorRecord<Row> {
-  row: Row;
-  /** Microseconds of the row's Postgres clock at this write. */
-  version: bigint;
-  deleted: boolean;
-}
-
 type AsyncMethods<T> = { [K in keyof T]: T[K] extends (...args: never[]) => Promise<unknown> ? K : never }[keyof T];
-
-/** The ClickHouse side of one mirrored row, ready for the batch writer. */
-export interface MirroredRow {
-  table: string;
-  projectId: string;
-  key: string[];
-  createdAt: string;
-  line: string;
-}
+type Resolved<F> = F extends (...args: never[]) => Promise<infer R> ? R : never;
 
 /**
- * Which methods of a DAO write, how their results become mirror records, and
- * how a record becomes a ClickHouse row (through that table's row mapper).
+ * Which methods of a DAO write, how their results become mirrored rows (each
+ * with its version and tombstone flag), and how one becomes a ClickHouse row
+ * through that table's row mapper.
  */
-export interface MirrorPlan<Dao, Row> {
+export interface MirrorPlan<Dao, Mirrored> {
   entity: 'spans' | 'nodes';
-  writes: { [K in AsyncMethods<Dao>]?: (result: Awaited<ReturnType<Extract<Dao[K], (...args: never[]) => unknown>>>) => MirrorRecord<Row>[] };
-  toClickHouse(record: MirrorRecord<Row>): MirroredRow;
+  writes: { [K in AsyncMethods<Dao>]?: (result: Resolved<Dao[K]>) => Mirrored[] };
+  toMirrorRow(record: Mirrored): MirrorRow;
 }
 
 /** Receives committed rows; must return at once. */
 export interface MirrorTarget {
-  accept<Row>(plan: MirrorPlan<unknown, Row>, records: MirrorRecord<Row>[]): void;
+  accept<Mirrored>(plan: MirrorPlan<unknown, Mirrored>, records: Mirrored[]): void;
   /** A write whose records could not even be built; logged and counted, never thrown. */
   failed(entity: string, error: unknown): void;
 }
 
-export function mirrorWrites<Dao extends object, Row>(dao: Dao, plan: MirrorPlan<Dao, Row>, mirror: MirrorTarget): Dao {
+export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: MirrorPlan<Dao, Mirrored>, mirror: MirrorTarget): Dao {
+  const writes = plan.writes as Record<PropertyKey, ((result: unknown) => Mirrored[]) | undefined>;
   return new Proxy(dao, {
     get(target, property, receiver) {
       const member = Reflect.get(target, property, receiver);
       if (typeof member !== 'function') return member;
-      const toRecords = (plan.writes as Record<PropertyKey, ((result: unknown) => MirrorRecord<Row>[]) | undefined>)[property];
+      const toRecords = writes[property];
       if (!toRecords) return member.bind(target);
       return async (...args: unknown[]) => {
         const result = await member.apply(target, args);
         try {
-          mirror.accept(plan as MirrorPlan<unknown, Row>, toRecords(result));
+          mirror.accept(plan as MirrorPlan<unknown, Mirrored>, toRecords(result));
         } catch (error) {
           // The caller's write has committed and stands; the verifier finds what the mirror missed.
           mirror.failed(plan.entity, error);

@@ -1,0 +1,44 @@
+import { DeletedNode, ObservabilityNode } from '../../observability/node';
+import { ObservabilityDao } from '../../observability/observability.dao';
+import { DeletedSpan, Span } from '../../tracing/span';
+import { isoToMicros } from '../../tracing/timestamp';
+import { TracingDao } from '../../tracing/tracing.dao';
+import { MirroredNode, toNodeMirrorRow } from '../clickhouse/node-clickhouse-row.mapper';
+import { MirroredSpan, toSpanMirrorRow } from '../clickhouse/span-clickhouse-row.mapper';
+import { MirrorPlan } from './mirrored-dao';
+
+/**
+ * Every write method of each port, and what it mirrors. Creates and updates
+ * mirror the full committed row at version updated_at; deletes mirror a
+ * tombstone at version deleted_at (both microseconds of Postgres's clock,
+ * which the Postgres DAOs make strictly increasing per row).
+ */
+
+function upserted<Row extends { updated_at: string }>(row: Row): Row & { version: bigint; deleted: false } {
+  return { ...row, version: isoToMicros(row.updated_at), deleted: false };
+}
+
+function tombstone<Row extends { deleted_at: string }>(deleted: Row): Omit<Row, 'deleted_at'> & { version: bigint; deleted: true } {
+  const { deleted_at, ...row } = deleted;
+  return { ...row, version: isoToMicros(deleted_at), deleted: true };
+}
+
+export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
+  entity: 'spans',
+  writes: {
+    createSpans: (spans: Span[]) => spans.map(upserted),
+    updateSpans: (spans: Span[]) => spans.map(upserted),
+    deleteSpans: (spans: DeletedSpan[]) => spans.map(tombstone),
+    deleteTraces: (spans: DeletedSpan[]) => spans.map(tombstone),
+  },
+  toMirrorRow: toSpanMirrorRow,
+};
+
+export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
+  entity: 'nodes',
+  writes: {
+    ingestNodes: (nodes: ObservabilityNode[]) => nodes.map(upserted),
+    deleteTrees: (nodes: DeletedNode[]) => nodes.map(tombstone),
+  },
+  toMirrorRow: toNodeMirrorRow,
+};

@@ -1,0 +1,143 @@
+import { BeforeApplicationShutdown, Global, Inject, Logger, Module, OnApplicationShutdown } from '@nestjs/common';
+import { Kysely } from 'kysely';
+import { Registry } from 'prom-client';
+import { AppConfig } from '../../config/app-config';
+import { APP_CONFIG } from '../../config/config.module';
+import { MIRROR_HEALTH, MirrorHealth } from '../../health/mirror-health';
+import { METRICS_REGISTRY } from '../../metrics/metrics.tokens';
+import { BatchWriter, MirrorLogger } from '../clickhouse/batch-writer';
+import { ClickHouseClients, createClickHouseClients } from '../clickhouse/clickhouse-clients';
+import { migrateClickHouse } from '../clickhouse/clickhouse-ddl-runner';
+import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
+import { localClickHouseUrl, resolveClickHouse } from '../clickhouse/local-clickhouse';
+import { createMirrorMetrics } from '../clickhouse/mirror-metrics';
+import { DB } from '../postgres/database';
+import { KYSELY } from '../postgres/postgres.tokens';
+import { PostgresMirrorGapsRepository } from '../postgres/postgres-mirror-gaps.repository';
+import { Mirror } from './mirror';
+
+export const MIRROR = Symbol('MIRROR');
+
+/** How often to retry the ClickHouse DDL when ClickHouse was down at startup. */
+const DDL_RETRY_MS = 5_000;
+/** Startup waits this long for the DDL, then goes on serving while it keeps retrying. */
+const DDL_STARTUP_WAIT_MS = 15_000;
+
+/** Everything the mirror owns, created together and closed together; null when USE_CLICKHOUSE is off. */
+export interface MirrorRuntime {
+  mirror: Mirror;
+  writer: BatchWriter;
+  gaps: PostgresMirrorGapsRepository;
+  clickhouse: ClickHouseClients;
+  close(): Promise<void>;
+}
+
+function mirrorLogger(logger: Logger): MirrorLogger {
+  return {
+    info: (obj, msg) => logger.log({ msg, ...obj }),
+    warn: (obj, msg) => logger.warn({ msg, ...obj }),
+    error: (obj, msg) => logger.error({ msg, ...obj }),
+  };
+}
+
+/**
+ * With USE_CLICKHOUSE off this creates nothing: no client, no connection, no
+ * timer. With it on: resolves ClickHouse (CLICKHOUSE_URL or the local
+ * endpoint), applies the ClickHouse DDL, and builds the batch writer that
+ * the decorator feeds. ClickHouse being down never stops the API from
+ * starting: the writer queues, retries and records gaps.
+ */
+async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: Registry): Promise<MirrorRuntime | null> {
+  if (!config.clickhouse.enabled) return null;
+  const logger = new Logger('Mirror');
+  let url = config.clickhouse.url;
+  let stopLocal: (() => Promise<void>) | undefined;
+  try {
+    const resolved = await resolveClickHouse(config.clickhouse, (m) => logger.log(m));
+    url = resolved.url;
+    stopLocal = resolved.stop;
+  } catch (error) {
+    url = localClickHouseUrl(config.clickhouse.embedded.port);
+    logger.error({ msg: 'could not start the local ClickHouse endpoint; mirrored rows will queue and become gaps', err: error });
+  }
+  const clients = createClickHouseClients(config.clickhouse, url!);
+  const gaps = new PostgresMirrorGapsRepository(db);
+  const writer = new BatchWriter(
+    { ...config.mirror },
+    { sink: new ClickHouseSink(clients.insert), gapRecorder: gaps, logger: mirrorLogger(logger), metrics: createMirrorMetrics(registry) },
+  );
+  const mirror = new Mirror(writer, config.clickhouse.projectIds, registry);
+
+  let stopped = false;
+  let retry: NodeJS.Timeout | undefined;
+  const applyDdl = async (): Promise<void> => {
+    try {
+      const result = await migrateClickHouse(config.clickhouse, url!);
+      if (result.applied.length) logger.log(`applied ClickHouse migrations: ${result.applied.join(', ')}`);
+    } catch (error) {
+      logger.error({ msg: `ClickHouse DDL failed; retrying every ${DDL_RETRY_MS / 1000} s`, err: (error as Error).message });
+      if (!stopped) retry = setTimeout(() => void applyDdl(), DDL_RETRY_MS);
+    }
+  };
+  await Promise.race([applyDdl(), new Promise((resolve) => setTimeout(resolve, DDL_STARTUP_WAIT_MS).unref())]);
+  logger.log(`mirroring ${config.clickhouse.projectIds.length ? `projects ${config.clickhouse.projectIds.join(', ')}` : 'all projects'} to ClickHouse`);
+
+  return {
+    mirror,
+    writer,
+    gaps,
+    clickhouse: clients,
+    close: async () => {
+      stopped = true;
+      clearTimeout(retry);
+      await clients.close();
+      await stopLocal?.();
+    },
+  };
+}
+
+@Global()
+@Module({
+  providers: [
+    {
+      provide: MIRROR,
+      inject: [APP_CONFIG, KYSELY, METRICS_REGISTRY],
+      useFactory: createMirrorRuntime,
+    },
+    {
+      provide: MIRROR_HEALTH,
+      inject: [MIRROR],
+      useFactory: (runtime: MirrorRuntime | null): MirrorHealth => ({
+        status: async () => {
+          if (!runtime) return { enabled: false };
+          const stats = runtime.writer.stats();
+          const openGaps = await runtime.gaps.countOpen().catch(() => null);
+          return {
+            enabled: true,
+            breaker: stats.breaker,
+            queuedRows: stats.queuedRows,
+            queuedBytes: stats.queuedBytes,
+            lagMs: stats.lagMs,
+            rowsSent: stats.rowsSent,
+            gapsRecorded: stats.gapsRecorded,
+            openGaps,
+            lastError: stats.lastError,
+          };
+        },
+      }),
+    },
+  ],
+  exports: [MIRROR, MIRROR_HEALTH],
+})
+export class MirrorModule implements BeforeApplicationShutdown, OnApplicationShutdown {
+  constructor(@Inject(MIRROR) private readonly runtime: MirrorRuntime | null) {}
+
+  /** Before the pools close: flush what is queued within the deadline; the rest becomes gaps in Postgres. */
+  async beforeApplicationShutdown(): Promise<void> {
+    await this.runtime?.writer.shutdown();
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.runtime?.close();
+  }
+}
