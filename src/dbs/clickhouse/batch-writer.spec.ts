@@ -1,0 +1,747 @@
+import { ClickHouseError } from '@clickhouse/client';
+import { Registry } from 'prom-client';
+import {
+  BatchWriter,
+  BatchWriterSettings,
+  Clock,
+  DEFAULT_BATCH_WRITER_OPTIONS,
+  GapRecorder,
+  MirrorGap,
+  MirrorLogger,
+  MirrorRow,
+  MirrorSink,
+} from './batch-writer';
+import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
+
+/** Timers that only fire when the test advances time. */
+class ManualClock implements Clock {
+  private time = 1_000_000;
+  private nextId = 1;
+  private readonly timers = new Map<number, { at: number; fn: () => void }>();
+
+  now(): number {
+    return this.time;
+  }
+
+  setTimeout(fn: () => void, ms: number): unknown {
+    const id = this.nextId++;
+    this.timers.set(id, { at: this.time + Math.max(0, ms), fn });
+    return id;
+  }
+
+  clearTimeout(handle: unknown): void {
+    this.timers.delete(handle as number);
+  }
+
+  get pendingTimers(): number {
+    return this.timers.size;
+  }
+
+  /** Move time forward, firing due timers in order and letting promises settle after each. */
+  async advance(ms: number): Promise<void> {
+    const target = this.time + ms;
+    for (;;) {
+      await settle();
+      let next: [number, { at: number; fn: () => void }] | undefined;
+      for (const entry of this.timers) {
+        if (entry[1].at <= target && (!next || entry[1].at < next[1].at)) next = entry;
+      }
+      if (!next) break;
+      this.timers.delete(next[0]);
+      this.time = next[1].at;
+      next[1].fn();
+    }
+    this.time = target;
+    await settle();
+  }
+}
+
+/** Let queued microtasks and promise chains run. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
+}
+
+type Behaviour = 'ok' | 'hang' | { reject: unknown } | { throwSync: unknown };
+
+interface InsertCall {
+  table: string;
+  lines: string[];
+  dedupToken: string;
+  at: number;
+}
+
+/** Records every insert attempt; behaviours are consumed one per attempt, then `fallback` applies. */
+class FakeSink implements MirrorSink {
+  readonly attempts: InsertCall[] = [];
+  readonly accepted: InsertCall[] = [];
+  readonly behaviours: Behaviour[] = [];
+  fallback: Behaviour = 'ok';
+  pingResults: boolean[] = [];
+  pings = 0;
+  private hung: Array<{ call: InsertCall; resolve: () => void; reject: (e: unknown) => void }> = [];
+
+  constructor(private readonly clock: ManualClock) {}
+
+  insert(table: string, lines: string[], dedupToken: string): Promise<void> {
+    const call = { table, lines: [...lines], dedupToken, at: this.clock.now() };
+    this.attempts.push(call);
+    const behaviour = this.behaviours.shift() ?? this.fallback;
+    if (behaviour === 'ok') {
+      this.accepted.push(call);
+      return Promise.resolve();
+    }
+    if (behaviour === 'hang') {
+      return new Promise((resolve, reject) => this.hung.push({ call, resolve, reject }));
+    }
+    if ('throwSync' in behaviour) throw behaviour.throwSync;
+    return Promise.reject(behaviour.reject);
+  }
+
+  async ping(): Promise<boolean> {
+    this.pings += 1;
+    return this.pingResults.shift() ?? true;
+  }
+
+  /** Answer every hung insert with success. */
+  releaseHung(): void {
+    const hung = this.hung;
+    this.hung = [];
+    for (const { call, resolve } of hung) {
+      this.accepted.push(call);
+      resolve();
+    }
+  }
+
+  sentLines(): string[] {
+    return this.accepted.flatMap((call) => call.lines);
+  }
+}
+
+class FakeGapRecorder implements GapRecorder {
+  readonly recorded: MirrorGap[] = [];
+  calls = 0;
+  failures = 0;
+  /** While set, record() waits until release() is called, like a slow Postgres. */
+  held: Array<() => void> | null = null;
+
+  async record(gaps: MirrorGap[]): Promise<void> {
+    this.calls += 1;
+    if (this.held) await new Promise<void>((resolve) => this.held!.push(resolve));
+    if (this.failures > 0) {
+      this.failures -= 1;
+      throw new Error('connect ECONNREFUSED 127.0.0.1:5432');
+    }
+    this.recorded.push(...gaps);
+  }
+
+  release(): void {
+    const held = this.held ?? [];
+    this.held = null;
+    for (const resolve of held) resolve();
+  }
+
+  rows(): number {
+    return this.recorded.reduce((sum, gap) => sum + gap.rowCount, 0);
+  }
+}
+
+class FakeLogger implements MirrorLogger {
+  readonly entries: Array<{ level: string; obj: object; msg: string }> = [];
+  info(obj: object, msg: string): void {
+    this.entries.push({ level: 'info', obj, msg });
+  }
+  warn(obj: object, msg: string): void {
+    this.entries.push({ level: 'warn', obj, msg });
+  }
+  error(obj: object, msg: string): void {
+    this.entries.push({ level: 'error', obj, msg });
+  }
+  errors(): Array<{ obj: object; msg: string }> {
+    return this.entries.filter((entry) => entry.level === 'error');
+  }
+}
+
+const PROJECT_A = '11111111-1111-4111-8111-111111111111';
+const PROJECT_B = '22222222-2222-4222-8222-222222222222';
+
+/** A span row whose JSONEachRow line is exactly `bytes` long and names the row. */
+function spanRow(n: number, options: { bytes?: number; projectId?: string; table?: string } = {}): MirrorRow {
+  const projectId = options.projectId ?? PROJECT_A;
+  const bytes = options.bytes ?? 10;
+  const label = `r${n}`;
+  return {
+    table: options.table ?? 'spans',
+    entity: options.table ?? 'spans',
+    projectId,
+    key: [projectId, 'a'.repeat(32), n.toString(16).padStart(16, '0')],
+    createdAt: `2026-03-01T12:00:00.${String(n).padStart(6, '0')}Z`,
+    line: label.padEnd(bytes, '.'),
+  };
+}
+
+function rows(from: number, count: number, options: Parameters<typeof spanRow>[1] = {}): MirrorRow[] {
+  return Array.from({ length: count }, (_, i) => spanRow(from + i, options));
+}
+
+function networkError(code = 'ECONNRESET'): Error {
+  return Object.assign(new Error(`read ${code}`), { code });
+}
+
+function clickHouseError(code: string, type: string): ClickHouseError {
+  return new ClickHouseError({ code, type, message: `${type} happened. ` });
+}
+
+interface Sample {
+  value: number;
+  labels: Record<string, string | number>;
+  metricName?: string;
+}
+
+async function samples(registry: Registry, name: string): Promise<Sample[]> {
+  const metric = (await registry.getMetricsAsJSON()).find((m) => m.name === name);
+  if (!metric) throw new Error(`metric ${name} not registered`);
+  return metric.values as unknown as Sample[];
+}
+
+/** A counter's or gauge's value for the labels given; 0 when the series has not been touched. */
+async function metricValue(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const match = (await samples(registry, name)).find((sample) =>
+    Object.entries(labels).every(([key, value]) => String(sample.labels[key]) === value),
+  );
+  return match?.value ?? 0;
+}
+
+/** A histogram's _count or _sum. */
+async function histogramValue(registry: Registry, name: string, part: 'count' | 'sum'): Promise<number> {
+  const match = (await samples(registry, name)).find((sample) => sample.metricName === `${name}_${part}`);
+  return match?.value ?? 0;
+}
+
+/** Small limits so each trigger can be reached with a handful of rows. */
+const TEST_SETTINGS: BatchWriterSettings = {
+  flushRows: 100,
+  flushBytes: 10_000,
+  flushIntervalMs: 1000,
+  queueMaxBytes: 100_000,
+  shutdownDeadlineMs: 10_000,
+  maxAttempts: 5,
+  baseBackoffMs: 200,
+  maxBackoffMs: 10_000,
+  breaker: { failureThreshold: 5, openMs: 5000 },
+};
+
+function setup(settings: BatchWriterSettings = {}, random: () => number = () => 0.5) {
+  const clock = new ManualClock();
+  const sink = new FakeSink(clock);
+  const gaps = new FakeGapRecorder();
+  const logger = new FakeLogger();
+  const registry = new Registry();
+  const metrics: MirrorMetrics = createMirrorMetrics(registry);
+  const writer = new BatchWriter(
+    { ...TEST_SETTINGS, ...settings, breaker: { ...TEST_SETTINGS.breaker!, ...settings.breaker } },
+    { sink, gapRecorder: gaps, logger, clock, metrics, random },
+  );
+  return { clock, sink, gaps, logger, registry, writer };
+}
+
+describe('BatchWriter', () => {
+  describe('when batches are sent', () => {
+    it('flushes as soon as a table holds flushRows rows', async () => {
+      const { sink, writer } = setup({ flushRows: 3 });
+      writer.write(rows(1, 2));
+      await settle();
+      expect(sink.attempts).toHaveLength(0);
+
+      writer.write(rows(3, 1));
+      await settle();
+      expect(sink.attempts).toHaveLength(1);
+      expect(sink.attempts[0].table).toBe('spans');
+      expect(sink.attempts[0].lines).toEqual(rows(1, 3).map((r) => r.line));
+    });
+
+    it('flushes when flushBytes is reached, cutting the batch at the byte limit', async () => {
+      const { sink, writer, clock } = setup({ flushBytes: 25 });
+      writer.write(rows(1, 2, { bytes: 10 }));
+      await settle();
+      expect(sink.attempts).toHaveLength(0);
+
+      writer.write(rows(3, 1, { bytes: 10 }));
+      await settle();
+      expect(sink.attempts).toHaveLength(1);
+      // 30 bytes queued, 25 allowed per batch: two rows go, the third waits for the interval.
+      expect(sink.attempts[0].lines).toHaveLength(2);
+      expect(writer.stats().queuedRows).toBe(1);
+
+      await clock.advance(1000);
+      expect(sink.attempts).toHaveLength(2);
+      expect(sink.attempts[1].lines).toEqual([spanRow(3).line]);
+    });
+
+    it('sends a single row larger than flushBytes alone rather than holding it forever', async () => {
+      const { sink, writer } = setup({ flushBytes: 20 });
+      writer.write([spanRow(1, { bytes: 50 }), spanRow(2, { bytes: 5 })]);
+      await settle();
+      expect(sink.attempts.map((a) => a.lines.length)).toEqual([1]);
+      expect(sink.attempts[0].lines[0]).toHaveLength(50);
+    });
+
+    it('waits flushIntervalMs from the oldest row, not the newest, before an interval flush', async () => {
+      const { sink, writer, clock } = setup();
+      writer.write(rows(1, 1));
+      await clock.advance(600);
+      writer.write(rows(2, 1));
+      await clock.advance(399);
+      expect(sink.attempts).toHaveLength(0);
+
+      await clock.advance(1);
+      expect(sink.attempts).toHaveLength(1);
+      expect(sink.attempts[0].lines).toEqual([spanRow(1).line, spanRow(2).line]);
+    });
+
+    it('keeps one insert in flight per table; rows arriving meanwhile go in the next batches, cut at flushRows', async () => {
+      const { sink, writer } = setup({ flushRows: 2 });
+      sink.behaviours.push('hang');
+      writer.write(rows(1, 2));
+      await settle();
+      writer.write(rows(3, 5));
+      await settle();
+      expect(sink.attempts).toHaveLength(1);
+      expect(writer.stats().inFlightBatches).toBe(1);
+
+      // Another table is not held up by the stuck one.
+      writer.write(rows(100, 2, { table: 'nodes' }));
+      await settle();
+      expect(sink.attempts.map((a) => a.table)).toEqual(['spans', 'nodes']);
+
+      sink.releaseHung();
+      await settle();
+      const spanBatches = sink.accepted.filter((a) => a.table === 'spans').map((a) => a.lines.length);
+      expect(spanBatches).toEqual([2, 2, 2]);
+      expect(writer.stats().queuedRows).toBe(1);
+    });
+
+    it('gives each batch its own deduplication token', async () => {
+      const { sink, writer } = setup({ flushRows: 1 });
+      writer.write(rows(1, 2));
+      await settle();
+      await settle();
+      const tokens = sink.attempts.map((a) => a.dedupToken);
+      expect(tokens).toHaveLength(2);
+      expect(tokens[0]).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      expect(tokens[0]).not.toBe(tokens[1]);
+    });
+
+    it('does not call the sink inside write()', () => {
+      const { sink, writer } = setup({ flushRows: 1 });
+      writer.write(rows(1, 1));
+      expect(sink.attempts).toHaveLength(0);
+    });
+  });
+
+  describe('when ClickHouse fails', () => {
+    it('retries a transient failure with the same dedup token until it succeeds', async () => {
+      const { sink, writer, clock, gaps } = setup({ flushRows: 2 });
+      sink.behaviours.push({ reject: networkError('ECONNRESET') }, { reject: clickHouseError('252', 'TOO_MANY_PARTS') });
+      writer.write(rows(1, 2));
+      await clock.advance(60_000);
+
+      expect(sink.attempts).toHaveLength(3);
+      expect(new Set(sink.attempts.map((a) => a.dedupToken)).size).toBe(1);
+      expect(sink.attempts.every((a) => a.lines.length === 2)).toBe(true);
+      expect(writer.stats().rowsSent).toBe(2);
+      expect(gaps.recorded).toHaveLength(0);
+    });
+
+    it('backs off exponentially with full jitter, capped at maxBackoffMs', async () => {
+      const draws = [0.5, 0.25, 0.999, 0.999, 0.999];
+      const { sink, writer, clock } = setup(
+        { flushRows: 1, maxAttempts: 6, baseBackoffMs: 100, maxBackoffMs: 1000, breaker: { failureThreshold: 100, openMs: 5000 } },
+        () => draws.shift() ?? 0,
+      );
+      sink.fallback = { reject: networkError('ETIMEDOUT') };
+      writer.write(rows(1, 1));
+      await clock.advance(60_000);
+
+      const waits = sink.attempts.slice(1).map((a, i) => a.at - sink.attempts[i].at);
+      // Ceilings 100, 200, 400, 800, 1000 (capped); each wait is the draw times its ceiling.
+      expect(waits).toEqual([50, 50, 399, 799, 999]);
+    });
+
+    it('records a batch as a gap without retrying when ClickHouse rejects it permanently', async () => {
+      // A threshold of 1: a rejection is an answer from a live server and must not open the breaker.
+      const { sink, writer, clock, gaps, registry } = setup({ flushRows: 3, breaker: { failureThreshold: 1, openMs: 5000 } });
+      sink.behaviours.push({ reject: clickHouseError('60', 'UNKNOWN_TABLE') });
+      writer.write(rows(1, 3));
+      await clock.advance(60_000);
+
+      expect(sink.attempts).toHaveLength(1);
+      expect(gaps.recorded).toHaveLength(1);
+      expect(gaps.recorded[0].rowCount).toBe(3);
+      expect(gaps.recorded[0].reason).toMatch(/^send_failed: ClickHouse code 60 UNKNOWN_TABLE/);
+      expect(await metricValue(registry, 'mirror_send_failures_total', { kind: 'permanent' })).toBe(1);
+      expect(await metricValue(registry, 'mirror_rows_dropped_total', { reason: 'send_failed' })).toBe(3);
+      expect(writer.stats().breaker).toBe('closed');
+    });
+
+    it('records a batch as a gap once transient failures exhaust maxAttempts', async () => {
+      const { sink, writer, clock, gaps } = setup({ flushRows: 2, maxAttempts: 3, breaker: { failureThreshold: 100, openMs: 5000 } });
+      sink.fallback = { reject: Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:8123'), { code: 'ECONNREFUSED' }) };
+      writer.write(rows(1, 2));
+      await clock.advance(60_000);
+
+      expect(sink.attempts).toHaveLength(3);
+      expect(gaps.recorded).toHaveLength(1);
+      expect(gaps.recorded[0].reason).toBe('send_failed: connect ECONNREFUSED 127.0.0.1:8123');
+      expect(writer.stats()).toMatchObject({ rowsDropped: 2, rowsSent: 0, queuedRows: 0, lastError: 'connect ECONNREFUSED 127.0.0.1:8123' });
+    });
+
+    it('never lets a failure reach the caller, even a sink that throws synchronously or a malformed row', async () => {
+      const { sink, writer, clock, gaps, logger } = setup({ flushRows: 1, maxAttempts: 2 });
+      sink.fallback = { throwSync: new Error('sink exploded') };
+
+      expect(() => writer.write(rows(1, 1))).not.toThrow();
+      expect(() => writer.write([{ ...spanRow(2), line: undefined as unknown as string }])).not.toThrow();
+      expect(() => writer.write(null as unknown as MirrorRow[])).not.toThrow();
+      await clock.advance(60_000);
+
+      expect(sink.attempts.length).toBe(2);
+      expect(gaps.recorded.map((g) => g.reason)).toEqual(
+        expect.arrayContaining([expect.stringMatching(/^send_failed: sink exploded/), expect.stringMatching(/^internal_error/)]),
+      );
+      expect(gaps.rows()).toBe(2);
+      expect(logger.errors().some((e) => e.msg.includes('mirror write failed internally'))).toBe(true);
+    });
+  });
+
+  describe('circuit breaker', () => {
+    it('opens after failureThreshold failed attempts, holds rows while open, and closes after a successful probe', async () => {
+      const { sink, writer, clock, gaps, registry } = setup({
+        flushRows: 2,
+        maxAttempts: 100,
+        baseBackoffMs: 10,
+        maxBackoffMs: 10,
+        breaker: { failureThreshold: 3, openMs: 5000 },
+      });
+      sink.behaviours.push(...Array.from({ length: 3 }, () => ({ reject: networkError() })));
+      writer.write(rows(1, 2));
+      await clock.advance(100);
+
+      expect(sink.attempts).toHaveLength(3);
+      expect(writer.stats().breaker).toBe('open');
+      expect(await metricValue(registry, 'mirror_breaker_state')).toBe(2);
+
+      // While open: no inserts, no pings, and new rows queue instead of being dropped,
+      // still merging into full batches even after their interval has passed.
+      writer.write(rows(3, 2));
+      writer.write([spanRow(10, { table: 'nodes' })]);
+      await clock.advance(2000);
+      writer.write([spanRow(11, { table: 'nodes' })]);
+      await clock.advance(2800);
+      expect(sink.attempts).toHaveLength(3);
+      expect(sink.pings).toBe(0);
+      expect(writer.stats().queuedRows).toBe(6);
+
+      await clock.advance(200);
+      expect(sink.pings).toBe(1);
+      expect(writer.stats().breaker).toBe('closed');
+      expect(await metricValue(registry, 'mirror_breaker_state')).toBe(0);
+      await clock.advance(100);
+      expect(sink.accepted.filter((a) => a.table === 'spans').flatMap((a) => a.lines)).toEqual(rows(1, 4).map((r) => r.line));
+      expect(sink.accepted.filter((a) => a.table === 'nodes').map((a) => a.lines.length)).toEqual([2]);
+      expect(gaps.recorded).toHaveLength(0);
+    });
+
+    it('re-opens when the half-open probe fails, and probes again after openMs', async () => {
+      const { sink, writer, clock } = setup({
+        flushRows: 1,
+        maxAttempts: 100,
+        baseBackoffMs: 10,
+        maxBackoffMs: 10,
+        breaker: { failureThreshold: 2, openMs: 1000 },
+      });
+      sink.behaviours.push({ reject: networkError() }, { reject: networkError() });
+      sink.pingResults = [false];
+      writer.write(rows(1, 1));
+      await clock.advance(50);
+      expect(writer.stats().breaker).toBe('open');
+
+      await clock.advance(1000);
+      expect(sink.pings).toBe(1);
+      expect(writer.stats().breaker).toBe('open');
+      expect(sink.attempts).toHaveLength(2);
+
+      await clock.advance(1000);
+      expect(sink.pings).toBe(2);
+      expect(writer.stats().breaker).toBe('closed');
+      expect(sink.accepted).toHaveLength(1);
+    });
+  });
+
+  describe('memory bound', () => {
+    it('turns rows beyond queueMaxBytes into gap records, and every written row is either sent or in a gap', async () => {
+      const { sink, writer, gaps, registry, logger } = setup({ queueMaxBytes: 40 });
+      const written = [
+        spanRow(1, { projectId: PROJECT_A }),
+        spanRow(2, { projectId: PROJECT_B }),
+        spanRow(3, { projectId: PROJECT_A }),
+        spanRow(4, { projectId: PROJECT_B }),
+        // Out of created_at order, as concurrent requests deliver them.
+        spanRow(7, { projectId: PROJECT_A }),
+        spanRow(6, { projectId: PROJECT_B }),
+        spanRow(5, { projectId: PROJECT_A }),
+      ];
+      writer.write(written);
+      await settle();
+
+      expect(writer.stats()).toMatchObject({ queuedRows: 4, queuedBytes: 40, rowsDropped: 3 });
+      const byProject = new Map(gaps.recorded.map((g) => [g.projectId, g]));
+      expect(byProject.get(PROJECT_A)).toEqual({
+        entity: 'spans',
+        projectId: PROJECT_A,
+        keys: [spanRow(7).key, spanRow(5).key],
+        minCreatedAt: '2026-03-01T12:00:00.000005Z',
+        maxCreatedAt: '2026-03-01T12:00:00.000007Z',
+        rowCount: 2,
+        reason: 'queue_full',
+      });
+      expect(byProject.get(PROJECT_B)).toMatchObject({ keys: [spanRow(6, { projectId: PROJECT_B }).key], rowCount: 1 });
+      expect(await metricValue(registry, 'mirror_rows_dropped_total', { reason: 'queue_full' })).toBe(3);
+      expect(logger.entries.filter((e) => e.msg.includes('queue is full'))).toHaveLength(1);
+
+      await writer.drain();
+      const sentRows = sink.sentLines().map((line) => Number(line.replace(/\.+$/, '').slice(1)));
+      const gappedRows = gaps.recorded.flatMap((g) => g.keys.map((key) => parseInt(key[2], 16)));
+      expect(sentRows).toEqual([1, 2, 3, 4]);
+      expect([...sentRows, ...gappedRows].sort()).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    });
+
+    it('counts in-flight batches against the bound', async () => {
+      const { sink, writer, gaps } = setup({ queueMaxBytes: 30, flushRows: 3 });
+      sink.behaviours.push('hang');
+      writer.write(rows(1, 3));
+      await settle();
+      expect(writer.stats().inFlightBatches).toBe(1);
+
+      writer.write(rows(4, 1));
+      await settle();
+      expect(gaps.rows()).toBe(1);
+      expect(writer.stats().queuedBytes).toBe(30);
+    });
+  });
+
+  describe('gap recording', () => {
+    it('retries a failed gap record and succeeds without losing rows', async () => {
+      const { writer, clock, gaps, registry } = setup({ queueMaxBytes: 10 });
+      gaps.failures = 2;
+      writer.write(rows(1, 2));
+      await clock.advance(60_000);
+      expect(gaps.calls).toBe(3);
+      expect(gaps.rows()).toBe(1);
+      expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(0);
+      expect(writer.stats().gapsRecorded).toBe(1);
+    });
+
+    it('counts rows as lost and logs their time range when Postgres cannot record the gap either', async () => {
+      const { writer, clock, gaps, registry, logger } = setup({ queueMaxBytes: 10 });
+      gaps.failures = 100;
+      writer.write(rows(1, 3));
+      await clock.advance(60_000);
+
+      expect(gaps.calls).toBe(3);
+      expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(2);
+      expect(await metricValue(registry, 'mirror_gaps_recorded_total')).toBe(0);
+      const lastResort = logger.errors().find((e) => e.msg.includes('gap could not be recorded'));
+      expect(lastResort?.obj).toMatchObject({
+        lostRows: 2,
+        gaps: [
+          {
+            entity: 'spans',
+            projectId: PROJECT_A,
+            rowCount: 2,
+            minCreatedAt: '2026-03-01T12:00:00.000002Z',
+            maxCreatedAt: '2026-03-01T12:00:00.000003Z',
+            reason: 'queue_full',
+          },
+        ],
+      });
+    });
+  });
+
+  describe('shutdown', () => {
+    it('flushes everything still queued, in batches no larger than flushRows', async () => {
+      const { sink, writer, gaps, clock } = setup({ flushRows: 2 });
+      writer.write(rows(1, 5));
+      await settle();
+      expect(sink.attempts).toHaveLength(2);
+
+      await writer.shutdown();
+      expect(sink.accepted.map((a) => a.lines.length)).toEqual([2, 2, 1]);
+      expect(gaps.recorded).toHaveLength(0);
+      expect(writer.stats()).toMatchObject({ queuedRows: 0, rowsSent: 5 });
+      expect(clock.pendingTimers).toBe(0);
+    });
+
+    it('records rows not confirmed by the deadline as gaps, in flight and queued alike', async () => {
+      const { sink, writer, gaps, clock } = setup({ flushRows: 2, shutdownDeadlineMs: 3000 });
+      sink.fallback = 'hang';
+      writer.write(rows(1, 5));
+      await settle();
+
+      let finished = false;
+      const done = writer.shutdown().then(() => (finished = true));
+      await clock.advance(2999);
+      expect(finished).toBe(false);
+      expect(gaps.recorded).toHaveLength(0);
+
+      // Shutdown returns only once the gaps are in Postgres.
+      gaps.held = [];
+      await clock.advance(1);
+      expect(finished).toBe(false);
+      gaps.release();
+      await done;
+      expect(gaps.rows()).toBe(5);
+      expect(gaps.recorded.every((g) => g.reason === 'shutdown_deadline')).toBe(true);
+      expect(gaps.recorded.flatMap((g) => g.keys)).toEqual(rows(1, 5).map((r) => r.key));
+      expect(writer.stats()).toMatchObject({ queuedRows: 0, queuedBytes: 0, inFlightBatches: 0 });
+
+      // A late answer from the hung insert does not count the rows twice.
+      sink.releaseHung();
+      await settle();
+      expect(writer.stats().rowsSent + writer.stats().rowsDropped).toBe(5);
+      expect(clock.pendingTimers).toBe(0);
+    });
+
+    it('ends at the deadline while the breaker is open, leaving no timers behind', async () => {
+      const { sink, writer, gaps, clock } = setup({ shutdownDeadlineMs: 1000, breaker: { failureThreshold: 1, openMs: 60_000 } });
+      sink.fallback = { reject: networkError('ECONNREFUSED') };
+      writer.write(rows(1, 3));
+      await clock.advance(1000);
+      expect(writer.stats().breaker).toBe('open');
+
+      const done = writer.shutdown();
+      await clock.advance(1000);
+      await done;
+      expect(gaps.recorded).toEqual([expect.objectContaining({ rowCount: 3, reason: 'shutdown_deadline' })]);
+      expect(sink.attempts).toHaveLength(1);
+      expect(clock.pendingTimers).toBe(0);
+    });
+
+    it('turns writes after shutdown into gaps', async () => {
+      const { sink, writer, gaps } = setup();
+      await writer.shutdown();
+      writer.write(rows(1, 2));
+      await settle();
+      expect(sink.attempts).toHaveLength(0);
+      expect(gaps.recorded).toEqual([expect.objectContaining({ rowCount: 2, reason: 'writer_closed' })]);
+    });
+  });
+
+  describe('drain and stats', () => {
+    it('drain() sends what is queued without waiting for the interval', async () => {
+      const { sink, writer, registry } = setup();
+      writer.write(rows(1, 3));
+      await writer.drain();
+      expect(sink.sentLines()).toHaveLength(3);
+      expect(writer.stats().queuedRows).toBe(0);
+      expect(await metricValue(registry, 'mirror_queue_rows', { table: 'spans' })).toBe(0);
+      expect(await metricValue(registry, 'mirror_queue_bytes', { table: 'spans' })).toBe(0);
+      expect(await metricValue(registry, 'mirror_rows_sent_total', { table: 'spans' })).toBe(3);
+    });
+
+    it('reports queue, in-flight, breaker, counters, last success/error and lag', async () => {
+      const { sink, writer, clock, registry } = setup({ flushRows: 2, maxAttempts: 1 });
+      const start = clock.now();
+      expect(writer.stats()).toEqual({
+        queuedRows: 0,
+        queuedBytes: 0,
+        inFlightBatches: 0,
+        breaker: 'closed',
+        gapsRecorded: 0,
+        rowsSent: 0,
+        rowsDropped: 0,
+        lastSuccessAt: null,
+        lastErrorAt: null,
+        lastError: null,
+        lagMs: 0,
+      });
+
+      sink.behaviours.push('ok', { reject: clickHouseError('62', 'SYNTAX_ERROR') }, 'hang');
+      writer.write(rows(1, 2));
+      await clock.advance(250);
+      writer.write(rows(3, 2));
+      await clock.advance(250);
+      writer.write(rows(5, 3, { bytes: 20 }));
+      await settle();
+
+      expect(writer.stats()).toEqual({
+        queuedRows: 3,
+        queuedBytes: 60,
+        inFlightBatches: 1,
+        breaker: 'closed',
+        gapsRecorded: 1,
+        rowsSent: 2,
+        rowsDropped: 2,
+        lastSuccessAt: start,
+        lastErrorAt: start + 250,
+        lastError: 'ClickHouse code 62 SYNTAX_ERROR: SYNTAX_ERROR happened.',
+        lagMs: 0,
+      });
+      expect(await metricValue(registry, 'mirror_queue_rows', { table: 'spans' })).toBe(3);
+      expect(await metricValue(registry, 'mirror_queue_bytes', { table: 'spans' })).toBe(60);
+      expect(await metricValue(registry, 'mirror_rows_sent_total', { table: 'spans' })).toBe(2);
+
+      await clock.advance(700);
+      expect(writer.stats().lagMs).toBe(700);
+    });
+
+    it('observes flush size and lag from enqueue to confirmed insert', async () => {
+      const { sink, writer, clock, registry } = setup({ flushRows: 4 });
+      sink.behaviours.push('hang');
+      writer.write(rows(1, 4));
+      await clock.advance(1500);
+      sink.releaseHung();
+      await settle();
+
+      expect(await histogramValue(registry, 'mirror_lag_seconds', 'count')).toBe(4);
+      expect(await histogramValue(registry, 'mirror_lag_seconds', 'sum')).toBeCloseTo(6);
+      expect(await histogramValue(registry, 'mirror_flush_rows', 'sum')).toBe(4);
+      expect(await histogramValue(registry, 'mirror_flush_duration_seconds', 'sum')).toBeCloseTo(1.5);
+    });
+  });
+
+  it('flushes on the real clock when none is injected', async () => {
+    const sink = new FakeSink(new ManualClock());
+    const gaps = new FakeGapRecorder();
+    const writer = new BatchWriter({ flushIntervalMs: 20 }, { sink, gapRecorder: gaps, logger: new FakeLogger() });
+    writer.write(rows(1, 2));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(sink.accepted.map((a) => a.lines.length)).toEqual([2]);
+    await writer.shutdown();
+    expect(gaps.recorded).toHaveLength(0);
+  });
+
+  it('ships defaults that follow the ClickHouse guidance', () => {
+    expect(DEFAULT_BATCH_WRITER_OPTIONS).toEqual({
+      flushRows: 10_000,
+      flushBytes: 16 * 1024 * 1024,
+      flushIntervalMs: 1000,
+      queueMaxBytes: 256 * 1024 * 1024,
+      shutdownDeadlineMs: 10_000,
+      maxAttempts: 5,
+      baseBackoffMs: 200,
+      maxBackoffMs: 10_000,
+      breaker: { failureThreshold: 5, openMs: 5000 },
+    });
+  });
+
+  it('rejects a nonsensical option at construction, naming it', () => {
+    const clock = new ManualClock();
+    expect(
+      () =>
+        new BatchWriter(
+          { flushRows: 0 },
+          { sink: new FakeSink(clock), gapRecorder: new FakeGapRecorder(), logger: new FakeLogger(), clock },
+        ),
+    ).toThrow(/flushRows/);
+  });
+});

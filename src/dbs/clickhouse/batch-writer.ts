@@ -1,0 +1,809 @@
+import { randomUUID } from 'node:crypto';
+import { MirrorMetrics } from './mirror-metrics';
+import {
+  BreakerOptions,
+  BreakerState,
+  CircuitBreaker,
+  classifySendError,
+  describeSendError,
+  fullJitterBackoff,
+} from './retry-policy';
+
+/** One row to mirror. The writer is generic: it knows tables and keys, not spans or nodes. */
+export interface MirrorRow {
+  /** ClickHouse table, e.g. 'spans'. */
+  table: string;
+  /** 'spans' | 'nodes': written into gap records so `backfill --gaps` knows what to replay. */
+  entity: string;
+  projectId: string;
+  /** The row's primary key values as strings, for gap records. */
+  key: string[];
+  /** ISO-8601 with microseconds, for gap time ranges. */
+  createdAt: string;
+  /** The row serialized as one JSONEachRow line, no trailing newline; its UTF-8 length is what the limits count. */
+  line: string;
+}
+
+/** The ClickHouse side. The implementation must bound each request with a timeout: the writer has no timeout of its own. */
+export interface MirrorSink {
+  insert(table: string, lines: string[], dedupToken: string): Promise<void>;
+  ping(): Promise<boolean>;
+}
+
+/** The Postgres side: durable records of rows the mirror did not send. */
+export interface GapRecorder {
+  record(gaps: MirrorGap[]): Promise<void>;
+}
+
+export interface MirrorGap {
+  entity: string;
+  projectId: string;
+  keys: string[][];
+  minCreatedAt: string;
+  maxCreatedAt: string;
+  rowCount: number;
+  reason: string;
+}
+
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+/** The slice of pino the writer uses. */
+export interface MirrorLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export interface BatchWriterOptions {
+  flushRows: number;
+  flushBytes: number;
+  flushIntervalMs: number;
+  queueMaxBytes: number;
+  shutdownDeadlineMs: number;
+  maxAttempts: number;
+  baseBackoffMs: number;
+  maxBackoffMs: number;
+  breaker: BreakerOptions;
+}
+
+export type BatchWriterSettings = Partial<Omit<BatchWriterOptions, 'breaker'>> & { breaker?: Partial<BreakerOptions> };
+
+export const DEFAULT_BATCH_WRITER_OPTIONS: BatchWriterOptions = {
+  // ClickHouse asks for inserts of at least 1,000 rows; 10,000 keeps parts few without huge requests.
+  flushRows: 10_000,
+  // Caps one request body well under ClickHouse's and proxies' limits while still amortizing the per-insert cost.
+  flushBytes: 16 * 1024 * 1024,
+  // About one insert per second per table is ClickHouse's guidance for a steady trickle.
+  flushIntervalMs: 1000,
+  // Enough to ride out a ClickHouse restart at high ingest without letting the API's heap grow unbounded.
+  queueMaxBytes: 256 * 1024 * 1024,
+  // Fits inside the orchestrator's grace period (Kubernetes: 30 s) next to the HTTP server's own drain.
+  shutdownDeadlineMs: 10_000,
+  // With 200 ms doubling to 10 s, five attempts span a few seconds: a blip, not an outage (the breaker handles those).
+  maxAttempts: 5,
+  // Long enough for a dropped connection to be re-established, short enough not to add visible lag.
+  baseBackoffMs: 200,
+  // Keeps the worst single wait comparable to the breaker's open period.
+  maxBackoffMs: 10_000,
+  // Five consecutive failures is an outage, not noise; 5 s open spares a restarting server without delaying recovery.
+  breaker: { failureThreshold: 5, openMs: 5000 },
+};
+
+export interface BatchWriterStats {
+  queuedRows: number;
+  queuedBytes: number;
+  inFlightBatches: number;
+  breaker: BreakerState;
+  gapsRecorded: number;
+  rowsSent: number;
+  rowsDropped: number;
+  lastSuccessAt: number | null;
+  lastErrorAt: number | null;
+  lastError: string | null;
+  /** Age of the oldest row not yet confirmed by ClickHouse; 0 when nothing is queued. */
+  lagMs: number;
+}
+
+export interface BatchWriterDeps {
+  sink: MirrorSink;
+  gapRecorder: GapRecorder;
+  logger: MirrorLogger;
+  clock?: Clock;
+  metrics?: MirrorMetrics;
+  /** Source of jitter for backoff; [0, 1). */
+  random?: () => number;
+}
+
+/** Why rows became a gap; the Prometheus label, and the start of the gap record's reason. */
+export type DropReason = 'queue_full' | 'send_failed' | 'shutdown_deadline' | 'writer_closed' | 'internal_error';
+
+/** Writing a gap record is retried this many times before the rows are declared lost (error log only). */
+const GAP_RECORD_ATTEMPTS = 3;
+
+const realClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+interface QueuedRow {
+  row: MirrorRow;
+  bytes: number;
+  enqueuedAt: number;
+  /** Write order across all tables; drain() waits for the rows up to a given sequence. */
+  seq: number;
+}
+
+interface Batch {
+  table: string;
+  rows: QueuedRow[];
+  lines: string[];
+  bytes: number;
+  /** Fixed when the batch is cut and reused on every retry, so ClickHouse drops a repeated insert. */
+  dedupToken: string;
+  attempts: number;
+  /** Sent or turned into a gap; whichever happens first counts, exactly once. */
+  settled: boolean;
+}
+
+interface DrainWaiter {
+  through: number;
+  resolve: () => void;
+}
+
+interface TableQueue {
+  table: string;
+  pending: QueuedRow[];
+  pendingBytes: number;
+  inFlight: Batch | null;
+  intervalTimer: unknown | null;
+}
+
+/**
+ * Mirrors rows to ClickHouse in batches without ever making the caller wait
+ * or fail. Per table: rows queue up, a batch is cut when the queue reaches
+ * `flushRows` or `flushBytes` or its oldest row is `flushIntervalMs` old, and
+ * at most one insert is in flight. Transient failures are retried with
+ * backoff under one shared circuit breaker. Whatever cannot be sent (queue
+ * full, permanent error, retries exhausted, shutdown deadline) becomes a gap
+ * record in Postgres, which `backfill --gaps` replays.
+ */
+export class BatchWriter {
+  private readonly options: BatchWriterOptions;
+  private readonly sink: MirrorSink;
+  private readonly gapRecorder: GapRecorder;
+  private readonly logger: MirrorLogger;
+  private readonly clock: Clock;
+  private readonly metrics?: MirrorMetrics;
+  private readonly random: () => number;
+  private readonly breaker: CircuitBreaker;
+
+  private readonly tables = new Map<string, TableQueue>();
+  private queuedRows = 0;
+  private queuedBytes = 0;
+  private lastSeq = 0;
+  /** Rows up to this sequence are flushed without waiting for the interval (drain and shutdown). */
+  private forceFlushThrough = 0;
+
+  /** shutdown() has begun: new writes become gaps. */
+  private closed = false;
+  /** Nothing more is sent and no new timers are set. */
+  private stopped = false;
+  private shutdownPromise: Promise<void> | null = null;
+
+  private breakerTimer: unknown | null = null;
+  private breakerWaiters: Array<() => void> = [];
+  private readonly sleeps = new Set<{ handle: unknown; wake: () => void }>();
+  private readonly gapRecordings = new Set<Promise<void>>();
+  private drainWaiters: DrainWaiter[] = [];
+  /** Rows turned away in the current overflow episode; 0 when the queue has room. */
+  private overflowRows = 0;
+
+  private rowsSent = 0;
+  private rowsDropped = 0;
+  private gapsRecorded = 0;
+  private lastSuccessAt: number | null = null;
+  private lastErrorAt: number | null = null;
+  private lastError: string | null = null;
+
+  constructor(settings: BatchWriterSettings, deps: BatchWriterDeps) {
+    this.options = resolveOptions(settings);
+    this.sink = deps.sink;
+    this.gapRecorder = deps.gapRecorder;
+    this.logger = deps.logger;
+    this.clock = deps.clock ?? realClock;
+    this.metrics = deps.metrics;
+    this.random = deps.random ?? Math.random;
+    this.breaker = new CircuitBreaker(this.options.breaker, () => this.clock.now());
+    this.metrics?.breakerState.set(0);
+  }
+
+  /**
+   * Queue rows for ClickHouse and return at once. Never throws and never
+   * waits: the caller has already committed to Postgres and must not notice
+   * the mirror. Rows past the memory bound become gap records (newest
+   * dropped: the queue keeps the rows that arrived first, in order, and the
+   * gap covers one contiguous tail of this call).
+   */
+  write(rows: MirrorRow[]): void {
+    // Rows before this index are queued or already handed to a gap; the rest are what an internal failure must account for.
+    let accounted = 0;
+    const touched = new Set<TableQueue>();
+    try {
+      if (this.closed) {
+        accounted = rows.length;
+        this.logger.warn({ rows: rows.length }, 'mirror write after shutdown; recording the rows as gaps');
+        this.dropIntoGaps(rows, 'writer_closed');
+        return;
+      }
+      for (; accounted < rows.length; accounted++) {
+        const row = rows[accounted];
+        const bytes = Buffer.byteLength(row.line, 'utf8');
+        if (this.queuedBytes + bytes > this.options.queueMaxBytes) break;
+        const queue = this.queueFor(row.table);
+        queue.pending.push({ row, bytes, enqueuedAt: this.clock.now(), seq: ++this.lastSeq });
+        queue.pendingBytes += bytes;
+        this.queuedRows += 1;
+        this.queuedBytes += bytes;
+        touched.add(queue);
+      }
+      const overflow = rows.slice(accounted);
+      accounted = rows.length;
+      this.noteOverflow(overflow.length);
+      this.dropIntoGaps(overflow, 'queue_full');
+    } catch (error) {
+      this.failSafe(error, 'mirror write failed internally', () =>
+        this.dropIntoGaps(Array.isArray(rows) ? rows.slice(accounted) : [], 'internal_error', describeSendError(error)),
+      );
+    } finally {
+      for (const queue of touched) {
+        this.guarded('mirror flush failed to start', () => {
+          this.updateQueueGauges(queue);
+          this.maybeFlush(queue);
+        });
+      }
+    }
+  }
+
+  /**
+   * Flush everything queued so far and resolve once each of those rows is sent
+   * or recorded as a gap. While ClickHouse is unreachable this waits for it;
+   * shutdown() is the bounded wait.
+   */
+  async drain(): Promise<void> {
+    const through = this.lastSeq;
+    this.forceFlushThrough = Math.max(this.forceFlushThrough, through);
+    for (const queue of this.tables.values()) this.maybeFlush(queue);
+    await new Promise<void>((resolve) => {
+      this.drainWaiters.push({ through, resolve });
+      this.resolveDrainWaiters();
+    });
+    await this.gapRecordingsSettled();
+  }
+
+  /**
+   * Stop accepting rows, flush what remains (batch limits still apply, the
+   * interval does not) and wait up to `shutdownDeadlineMs`. Rows not confirmed
+   * by then become gaps. Resolves once those gaps are recorded.
+   */
+  shutdown(): Promise<void> {
+    this.shutdownPromise ??= this.runShutdown();
+    return this.shutdownPromise;
+  }
+
+  stats(): BatchWriterStats {
+    let inFlightBatches = 0;
+    let oldest = Infinity;
+    for (const queue of this.tables.values()) {
+      if (queue.inFlight) {
+        inFlightBatches += 1;
+        oldest = Math.min(oldest, queue.inFlight.rows[0].enqueuedAt);
+      }
+      if (queue.pending.length > 0) oldest = Math.min(oldest, queue.pending[0].enqueuedAt);
+    }
+    return {
+      queuedRows: this.queuedRows,
+      queuedBytes: this.queuedBytes,
+      inFlightBatches,
+      breaker: this.breaker.state,
+      gapsRecorded: this.gapsRecorded,
+      rowsSent: this.rowsSent,
+      rowsDropped: this.rowsDropped,
+      lastSuccessAt: this.lastSuccessAt,
+      lastErrorAt: this.lastErrorAt,
+      lastError: this.lastError,
+      lagMs: oldest === Infinity ? 0 : this.clock.now() - oldest,
+    };
+  }
+
+  private queueFor(table: string): TableQueue {
+    let queue = this.tables.get(table);
+    if (!queue) {
+      queue = { table, pending: [], pendingBytes: 0, inFlight: null, intervalTimer: null };
+      this.tables.set(table, queue);
+    }
+    return queue;
+  }
+
+  /** Start the table's next insert if one is due and allowed; otherwise make sure something will look again. */
+  private maybeFlush(queue: TableQueue): void {
+    if (this.stopped || queue.inFlight || queue.pending.length === 0) return;
+    if (!this.isDue(queue)) {
+      this.armIntervalTimer(queue);
+      return;
+    }
+    // An open breaker (or a probe already out) keeps rows in the queue; the breaker's change restarts every table.
+    if (this.breaker.state === 'open' || this.breaker.probing) return;
+
+    const batch = this.cutBatch(queue);
+    queue.inFlight = batch;
+    // A microtask later, so no part of sending runs inside the caller's write().
+    queueMicrotask(() => void this.send(queue, batch));
+  }
+
+  private isDue(queue: TableQueue): boolean {
+    const oldest = queue.pending[0];
+    return (
+      queue.pending.length >= this.options.flushRows ||
+      queue.pendingBytes >= this.options.flushBytes ||
+      oldest.seq <= this.forceFlushThrough ||
+      this.clock.now() - oldest.enqueuedAt >= this.options.flushIntervalMs
+    );
+  }
+
+  private armIntervalTimer(queue: TableQueue): void {
+    if (queue.intervalTimer !== null || this.stopped) return;
+    const delay = Math.max(0, queue.pending[0].enqueuedAt + this.options.flushIntervalMs - this.clock.now());
+    queue.intervalTimer = this.clock.setTimeout(() => {
+      queue.intervalTimer = null;
+      this.guarded('mirror flush timer failed', () => this.maybeFlush(queue));
+    }, delay);
+  }
+
+  private clearIntervalTimer(queue: TableQueue): void {
+    if (queue.intervalTimer === null) return;
+    this.clock.clearTimeout(queue.intervalTimer);
+    queue.intervalTimer = null;
+  }
+
+  /** Take rows from the front up to the batch limits; a single row larger than a limit still goes alone. */
+  private cutBatch(queue: TableQueue): Batch {
+    let count = 0;
+    let bytes = 0;
+    while (count < queue.pending.length && count < this.options.flushRows) {
+      const next = queue.pending[count].bytes;
+      if (count > 0 && bytes + next > this.options.flushBytes) break;
+      bytes += next;
+      count += 1;
+    }
+    const rows = queue.pending.splice(0, count);
+    queue.pendingBytes -= bytes;
+    // The timer was set for the row that just left; the rest get a fresh one once this batch settles.
+    this.clearIntervalTimer(queue);
+    return {
+      table: queue.table,
+      rows,
+      lines: rows.map((queued) => queued.row.line),
+      bytes,
+      dedupToken: randomUUID(),
+      attempts: 0,
+      settled: false,
+    };
+  }
+
+  private async send(queue: TableQueue, batch: Batch): Promise<void> {
+    try {
+      await this.deliver(batch);
+    } catch (error) {
+      this.failSafe(error, 'mirror batch failed internally', () =>
+        this.settleAsGap(batch, 'internal_error', describeSendError(error)),
+      );
+    } finally {
+      if (queue.inFlight === batch) queue.inFlight = null;
+      this.guarded('mirror flush follow-up failed', () => {
+        this.updateQueueGauges(queue);
+        this.maybeFlush(queue);
+        this.resolveDrainWaiters();
+      });
+    }
+  }
+
+  /** Try the batch until it is sent, fails permanently, runs out of attempts, or the writer stops. */
+  private async deliver(batch: Batch): Promise<void> {
+    while (!batch.settled) {
+      const admission = await this.waitForBreaker();
+      if (admission === 'stopped' || batch.settled) return;
+      if (admission === 'probe' && !(await this.probeServer())) continue;
+
+      batch.attempts += 1;
+      const error = await this.attemptInsert(batch);
+      if (error === null) {
+        this.changeBreaker(() => this.breaker.recordSuccess());
+        this.settleAsSent(batch);
+        return;
+      }
+
+      const kind = classifySendError(error);
+      const description = describeSendError(error);
+      this.noteError(description);
+      this.metrics?.sendFailures.inc({ kind });
+      const context = { table: batch.table, rows: batch.rows.length, attempt: batch.attempts, dedupToken: batch.dedupToken, kind, error: description };
+
+      if (kind === 'permanent') {
+        // The server is up and said no: that is not an outage, so the breaker counts it as an answer.
+        this.changeBreaker(() => this.breaker.recordSuccess());
+        this.logger.error(context, 'ClickHouse rejected a mirror batch; recording it as a gap');
+        this.settleAsGap(batch, 'send_failed', description);
+        return;
+      }
+
+      this.changeBreaker(() => this.breaker.recordFailure());
+      if (batch.attempts >= this.options.maxAttempts) {
+        this.logger.error(context, 'mirror batch failed on every attempt; recording it as a gap');
+        this.settleAsGap(batch, 'send_failed', description);
+        return;
+      }
+      this.logger.warn(context, 'mirror insert failed; retrying');
+      await this.sleep(fullJitterBackoff(batch.attempts, this.options, this.random));
+    }
+  }
+
+  /** Resolves 'send' when the breaker is closed, 'probe' when this caller is the half-open probe, 'stopped' on shutdown. */
+  private async waitForBreaker(): Promise<'send' | 'probe' | 'stopped'> {
+    for (;;) {
+      if (this.stopped) return 'stopped';
+      const admission = this.breaker.admit();
+      if (admission !== 'wait') return admission;
+      await new Promise<void>((wake) => this.breakerWaiters.push(wake));
+    }
+  }
+
+  /** The half-open probe starts with a ping, so a dead server costs a ping rather than a batch upload. */
+  private async probeServer(): Promise<boolean> {
+    let failure: string | null = null;
+    try {
+      if ((await this.sink.ping()) !== true) failure = 'ClickHouse ping answered not ok';
+    } catch (error) {
+      failure = `ClickHouse ping failed: ${describeSendError(error)}`;
+    }
+    if (failure === null) return true;
+    this.noteError(failure);
+    this.changeBreaker(() => this.breaker.recordFailure());
+    return false;
+  }
+
+  /** One insert; resolves to the error or null, never rejects (a sink that throws synchronously included). */
+  private async attemptInsert(batch: Batch): Promise<unknown> {
+    const started = this.clock.now();
+    try {
+      await this.sink.insert(batch.table, batch.lines, batch.dedupToken);
+      return null;
+    } catch (error) {
+      return error ?? new Error('insert failed without an error');
+    } finally {
+      this.metrics?.flushDuration.observe({ table: batch.table }, (this.clock.now() - started) / 1000);
+    }
+  }
+
+  /** Apply a breaker change and react to a new state: update the gauge, log, and wake or schedule the waiting senders. */
+  private changeBreaker(change: () => void): void {
+    const before = this.breaker.state;
+    change();
+    const after = this.breaker.state;
+    if (after === 'open') this.scheduleHalfOpen();
+    if (before === after) return;
+    this.metrics?.breakerState.set(BREAKER_GAUGE[after]);
+    if (after === 'open') {
+      this.logger.warn({ openMs: this.options.breaker.openMs, lastError: this.lastError }, 'ClickHouse circuit breaker opened');
+    } else {
+      this.logger.info({ state: after }, 'ClickHouse circuit breaker changed state');
+      this.wakeBreakerWaiters();
+    }
+  }
+
+  /** (Re)start the open period's timer; when it fires, one sender gets to probe. */
+  private scheduleHalfOpen(): void {
+    if (this.stopped) return;
+    if (this.breakerTimer !== null) this.clock.clearTimeout(this.breakerTimer);
+    this.breakerTimer = this.clock.setTimeout(() => {
+      this.breakerTimer = null;
+      this.guarded('mirror breaker timer failed', () => {
+        this.metrics?.breakerState.set(BREAKER_GAUGE[this.breaker.state]);
+        this.wakeBreakerWaiters();
+      });
+    }, this.breaker.msUntilHalfOpen());
+  }
+
+  /** Batches waiting on the breaker re-check it, and tables that held back start a flush if they may. */
+  private wakeBreakerWaiters(): void {
+    const waiters = this.breakerWaiters;
+    this.breakerWaiters = [];
+    for (const wake of waiters) wake();
+    for (const queue of this.tables.values()) this.maybeFlush(queue);
+  }
+
+  private settleAsSent(batch: Batch): void {
+    if (batch.settled) return;
+    batch.settled = true;
+    this.releaseQueued(batch);
+    const now = this.clock.now();
+    this.rowsSent += batch.rows.length;
+    this.lastSuccessAt = now;
+    if (this.metrics) {
+      this.metrics.rowsSent.inc({ table: batch.table }, batch.rows.length);
+      this.metrics.flushRows.observe({ table: batch.table }, batch.rows.length);
+      for (const queued of batch.rows) this.metrics.lag.observe((now - queued.enqueuedAt) / 1000);
+    }
+  }
+
+  private settleAsGap(batch: Batch, reason: DropReason, detail?: string): void {
+    if (batch.settled) return;
+    batch.settled = true;
+    this.releaseQueued(batch);
+    this.dropIntoGaps(
+      batch.rows.map((queued) => queued.row),
+      reason,
+      detail,
+    );
+  }
+
+  private releaseQueued(batch: Batch): void {
+    this.queuedRows -= batch.rows.length;
+    this.queuedBytes -= batch.bytes;
+  }
+
+  /** Rows that will not be sent: count them and record their keys and time range in Postgres, in the background. */
+  private dropIntoGaps(rows: MirrorRow[], reason: DropReason, detail?: string): void {
+    if (rows.length === 0) return;
+    this.rowsDropped += rows.length;
+    this.metrics?.rowsDropped.inc({ reason }, rows.length);
+    const gaps = groupIntoGaps(rows, detail ? `${reason}: ${detail}` : reason);
+    const recording = this.recordGaps(gaps);
+    this.gapRecordings.add(recording);
+    void recording.finally(() => this.gapRecordings.delete(recording));
+  }
+
+  /** Postgres may be down too: retry a few times, then the error log is the last record of these rows. */
+  private async recordGaps(gaps: MirrorGap[]): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.gapRecorder.record(gaps);
+        this.gapsRecorded += gaps.length;
+        this.metrics?.gapsRecorded.inc(gaps.length);
+        return;
+      } catch (error) {
+        if (attempt < GAP_RECORD_ATTEMPTS) {
+          await this.sleep(fullJitterBackoff(attempt, this.options, this.random));
+          continue;
+        }
+        const lostRows = gaps.reduce((sum, gap) => sum + gap.rowCount, 0);
+        this.metrics?.rowsLost.inc(lostRows);
+        this.logger.error(
+          {
+            error: describeSendError(error),
+            lostRows,
+            gaps: gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }) => ({
+              entity,
+              projectId,
+              rowCount,
+              minCreatedAt,
+              maxCreatedAt,
+              reason,
+            })),
+          },
+          'mirror gap could not be recorded: these rows are missing from ClickHouse and only this log knows; repair with verify --repair over this range',
+        );
+        return;
+      }
+    }
+  }
+
+  private async runShutdown(): Promise<void> {
+    this.closed = true;
+    const { shutdownDeadlineMs } = this.options;
+    let deadlineTimer: unknown = null;
+    const deadline = new Promise<'deadline'>((resolve) => {
+      deadlineTimer = this.clock.setTimeout(() => resolve('deadline'), shutdownDeadlineMs);
+    });
+    const outcome = await Promise.race([this.drain().then(() => 'flushed' as const), deadline]);
+    this.clock.clearTimeout(deadlineTimer);
+
+    if (outcome === 'deadline') this.abandonUnsent();
+    this.stop();
+    await this.gapRecordingsSettled();
+    this.logger.info(
+      { outcome, rowsSent: this.rowsSent, rowsDropped: this.rowsDropped, gapsRecorded: this.gapsRecorded },
+      'mirror batch writer shut down',
+    );
+  }
+
+  /** At the shutdown deadline: nothing unconfirmed may stay unaccounted for. */
+  private abandonUnsent(): void {
+    this.logger.warn(
+      { queuedRows: this.queuedRows, deadlineMs: this.options.shutdownDeadlineMs },
+      'mirror shutdown deadline reached; recording unsent rows as gaps',
+    );
+    for (const queue of this.tables.values()) {
+      if (queue.inFlight) {
+        this.settleAsGap(queue.inFlight, 'shutdown_deadline');
+        queue.inFlight = null;
+      }
+      const rows = queue.pending.splice(0).map((queued) => queued.row);
+      this.queuedRows -= rows.length;
+      this.queuedBytes -= queue.pendingBytes;
+      queue.pendingBytes = 0;
+      this.dropIntoGaps(rows, 'shutdown_deadline');
+      this.updateQueueGauges(queue);
+    }
+    this.resolveDrainWaiters();
+  }
+
+  /** No more sends or timers: pending sleeps and breaker waits end now so every loop can finish. */
+  private stop(): void {
+    this.stopped = true;
+    for (const queue of this.tables.values()) this.clearIntervalTimer(queue);
+    if (this.breakerTimer !== null) this.clock.clearTimeout(this.breakerTimer);
+    this.breakerTimer = null;
+    for (const sleep of [...this.sleeps]) {
+      this.clock.clearTimeout(sleep.handle);
+      sleep.wake();
+    }
+    const waiters = this.breakerWaiters;
+    this.breakerWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /** A wait on the writer's clock that stop() cuts short. */
+  private sleep(ms: number): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    return new Promise((resolve) => {
+      const sleep = {
+        handle: null as unknown,
+        wake: () => {
+          this.sleeps.delete(sleep);
+          resolve();
+        },
+      };
+      sleep.handle = this.clock.setTimeout(sleep.wake, ms);
+      this.sleeps.add(sleep);
+    });
+  }
+
+  private resolveDrainWaiters(): void {
+    if (this.drainWaiters.length === 0) return;
+    const remaining: DrainWaiter[] = [];
+    for (const waiter of this.drainWaiters) {
+      if (this.settledThrough(waiter.through)) waiter.resolve();
+      else remaining.push(waiter);
+    }
+    this.drainWaiters = remaining;
+  }
+
+  /** True when every row up to `seq` is sent or a gap: queues are FIFO, so each table's first row tells. */
+  private settledThrough(seq: number): boolean {
+    for (const queue of this.tables.values()) {
+      if (queue.pending.length > 0 && queue.pending[0].seq <= seq) return false;
+      if (queue.inFlight && !queue.inFlight.settled && queue.inFlight.rows[0].seq <= seq) return false;
+    }
+    return true;
+  }
+
+  private async gapRecordingsSettled(): Promise<void> {
+    while (this.gapRecordings.size > 0) await Promise.all([...this.gapRecordings]);
+  }
+
+  private updateQueueGauges(queue: TableQueue): void {
+    if (!this.metrics) return;
+    const inFlight = queue.inFlight && !queue.inFlight.settled ? queue.inFlight : null;
+    this.metrics.queueRows.set({ table: queue.table }, queue.pending.length + (inFlight?.rows.length ?? 0));
+    this.metrics.queueBytes.set({ table: queue.table }, queue.pendingBytes + (inFlight?.bytes ?? 0));
+  }
+
+  /** Logs the start and end of an overflow episode rather than every write during it. */
+  private noteOverflow(droppedRows: number): void {
+    if (droppedRows > 0) {
+      this.overflowRows += droppedRows;
+      if (this.overflowRows === droppedRows) {
+        this.logger.warn(
+          { queuedBytes: this.queuedBytes, queueMaxBytes: this.options.queueMaxBytes },
+          'mirror queue is full; further rows are recorded as gaps until it drains',
+        );
+      }
+    } else if (this.overflowRows > 0) {
+      this.logger.info({ rowsRecordedAsGaps: this.overflowRows }, 'mirror queue has room again');
+      this.overflowRows = 0;
+    }
+  }
+
+  private noteError(description: string): void {
+    this.lastError = description;
+    this.lastErrorAt = this.clock.now();
+  }
+
+  /** Runs work that must not throw into a timer or a caller; a failure is logged. */
+  private guarded(message: string, work: () => void): void {
+    try {
+      work();
+    } catch (error) {
+      this.failSafe(error, message);
+    }
+  }
+
+  /** Last line of defence: log the internal failure, then account for the rows involved; never rethrow. */
+  private failSafe(error: unknown, message: string, recover?: () => void): void {
+    try {
+      this.noteError(describeSendError(error));
+      this.logger.error({ error: describeSendError(error) }, message);
+      recover?.();
+    } catch (secondError) {
+      try {
+        this.logger.error({ error: describeSendError(secondError) }, 'mirror could not account for rows after an internal failure');
+      } catch {
+        // The logger itself is failing; there is nowhere left to report to.
+      }
+    }
+  }
+}
+
+const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, half_open: 1, open: 2 };
+
+/** One gap per entity and project: the rows' keys, their created_at range and count. */
+export function groupIntoGaps(rows: MirrorRow[], reason: string): MirrorGap[] {
+  const gaps = new Map<string, MirrorGap>();
+  for (const row of rows) {
+    const id = `${row.entity}\u0000${row.projectId}`;
+    const gap = gaps.get(id);
+    if (!gap) {
+      gaps.set(id, {
+        entity: row.entity,
+        projectId: row.projectId,
+        keys: [row.key],
+        minCreatedAt: row.createdAt,
+        maxCreatedAt: row.createdAt,
+        rowCount: 1,
+        reason,
+      });
+      continue;
+    }
+    gap.keys.push(row.key);
+    gap.rowCount += 1;
+    // Same-format ISO-8601 UTC strings order lexically, and comparing them keeps the microseconds a Date would drop.
+    if (row.createdAt < gap.minCreatedAt) gap.minCreatedAt = row.createdAt;
+    if (row.createdAt > gap.maxCreatedAt) gap.maxCreatedAt = row.createdAt;
+  }
+  return [...gaps.values()];
+}
+
+function resolveOptions(settings: BatchWriterSettings): BatchWriterOptions {
+  const options: BatchWriterOptions = {
+    ...DEFAULT_BATCH_WRITER_OPTIONS,
+    ...withoutUndefined(settings),
+    breaker: { ...DEFAULT_BATCH_WRITER_OPTIONS.breaker, ...withoutUndefined(settings.breaker ?? {}) },
+  };
+  const positive: Array<[string, number]> = [
+    ['flushRows', options.flushRows],
+    ['flushBytes', options.flushBytes],
+    ['flushIntervalMs', options.flushIntervalMs],
+    ['queueMaxBytes', options.queueMaxBytes],
+    ['maxAttempts', options.maxAttempts],
+    ['baseBackoffMs', options.baseBackoffMs],
+    ['maxBackoffMs', options.maxBackoffMs],
+    ['breaker.failureThreshold', options.breaker.failureThreshold],
+    ['breaker.openMs', options.breaker.openMs],
+  ];
+  for (const [name, value] of positive) {
+    if (!Number.isFinite(value) || value <= 0) throw new Error(`BatchWriter option ${name} must be a positive number, got ${value}`);
+  }
+  if (!Number.isFinite(options.shutdownDeadlineMs) || options.shutdownDeadlineMs < 0) {
+    throw new Error(`BatchWriter option shutdownDeadlineMs must be zero or more, got ${options.shutdownDeadlineMs}`);
+  }
+  return options;
+}
+
+function withoutUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

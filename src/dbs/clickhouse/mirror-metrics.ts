@@ -1,0 +1,103 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/**
+ * The mirror's Prometheus metrics. Names are part of the dashboards' and
+ * alerts' contract: keep them stable.
+ *
+ *   mirror_queue_rows{table}              gauge: rows waiting or in flight
+ *   mirror_queue_bytes{table}             gauge: their JSONEachRow bytes (bounded by queueMaxBytes in total)
+ *   mirror_flush_duration_seconds{table}  histogram: one insert attempt, request to answer
+ *   mirror_flush_rows{table}              histogram: rows per batch sent
+ *   mirror_rows_sent_total{table}         counter: rows ClickHouse confirmed
+ *   mirror_send_failures_total{kind}      counter: failed insert attempts, kind transient|permanent
+ *   mirror_rows_dropped_total{reason}     counter: rows turned into gap records (not lost: backfill --gaps replays them)
+ *   mirror_gaps_recorded_total            counter: gap records written to Postgres
+ *   mirror_rows_lost_total                counter: rows whose gap record could not be written either (only in the error log)
+ *   mirror_breaker_state                  gauge: 0 closed, 1 half-open, 2 open
+ *   mirror_lag_seconds                    histogram: from write() to confirmed insert, per row
+ */
+export interface MirrorMetrics {
+  queueRows: Gauge<'table'>;
+  queueBytes: Gauge<'table'>;
+  flushDuration: Histogram<'table'>;
+  flushRows: Histogram<'table'>;
+  rowsSent: Counter<'table'>;
+  sendFailures: Counter<'kind'>;
+  rowsDropped: Counter<'reason'>;
+  gapsRecorded: Counter;
+  rowsLost: Counter;
+  breakerState: Gauge;
+  lag: Histogram;
+}
+
+/** Registered on the registry given, so the app and each test keep their own. */
+export function createMirrorMetrics(registry: Registry): MirrorMetrics {
+  const registers = [registry];
+  return {
+    queueRows: new Gauge({
+      name: 'mirror_queue_rows',
+      help: 'Rows queued for the ClickHouse mirror, including in-flight batches',
+      labelNames: ['table'],
+      registers,
+    }),
+    queueBytes: new Gauge({
+      name: 'mirror_queue_bytes',
+      help: 'Bytes queued for the ClickHouse mirror, including in-flight batches',
+      labelNames: ['table'],
+      registers,
+    }),
+    flushDuration: new Histogram({
+      name: 'mirror_flush_duration_seconds',
+      help: 'Duration of one ClickHouse insert attempt',
+      labelNames: ['table'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    }),
+    flushRows: new Histogram({
+      name: 'mirror_flush_rows',
+      help: 'Rows per batch sent to ClickHouse',
+      labelNames: ['table'],
+      buckets: [1, 10, 100, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000],
+      registers,
+    }),
+    rowsSent: new Counter({
+      name: 'mirror_rows_sent_total',
+      help: 'Rows ClickHouse confirmed',
+      labelNames: ['table'],
+      registers,
+    }),
+    sendFailures: new Counter({
+      name: 'mirror_send_failures_total',
+      help: 'Failed ClickHouse insert attempts by kind (transient errors are retried)',
+      labelNames: ['kind'],
+      registers,
+    }),
+    rowsDropped: new Counter({
+      name: 'mirror_rows_dropped_total',
+      help: 'Rows the mirror did not send and turned into gap records, by reason',
+      labelNames: ['reason'],
+      registers,
+    }),
+    gapsRecorded: new Counter({
+      name: 'mirror_gaps_recorded_total',
+      help: 'Gap records written to Postgres for later replay',
+      registers,
+    }),
+    rowsLost: new Counter({
+      name: 'mirror_rows_lost_total',
+      help: 'Rows neither sent nor recorded as a gap (Postgres was unreachable too); see the error log',
+      registers,
+    }),
+    breakerState: new Gauge({
+      name: 'mirror_breaker_state',
+      help: 'ClickHouse circuit breaker: 0 closed, 1 half-open, 2 open',
+      registers,
+    }),
+    lag: new Histogram({
+      name: 'mirror_lag_seconds',
+      help: 'Time from enqueue to confirmed ClickHouse insert, per row',
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300],
+      registers,
+    }),
+  };
+}
