@@ -1,21 +1,12 @@
 import { Kysely } from 'kysely';
+import type { GapRecorder, MirrorGap } from '../clickhouse/batch-writer';
 import { DB, MirrorGapRow } from './database';
 
 /** The durable record of mirror rows that never reached ClickHouse; replayed by `backfill --gaps`. */
-export interface RecordedGap {
-  entity: string;
-  projectId: string;
-  keys: string[][];
-  minCreatedAt: string;
-  maxCreatedAt: string;
-  rowCount: number;
-  reason: string;
-}
-
-export class PostgresMirrorGapsRepository {
+export class PostgresMirrorGapsRepository implements GapRecorder {
   constructor(private readonly db: Kysely<DB>) {}
 
-  async record(gaps: RecordedGap[]): Promise<void> {
+  async record(gaps: MirrorGap[]): Promise<void> {
     if (gaps.length === 0) return;
     await this.db
       .insertInto('mirror_gaps')
