@@ -108,6 +108,10 @@ const envSchema = z.object({
   MIRROR_QUEUE_MAX_BYTES: int(256 * 1024 * 1024, 1024),
   MIRROR_SHUTDOWN_DEADLINE_MS: int(10_000, 0),
   MIRROR_MAX_ATTEMPTS: int(5, 1, 100),
+  MIRROR_BASE_BACKOFF_MS: int(200, 1),
+  MIRROR_MAX_BACKOFF_MS: int(10_000, 1),
+  MIRROR_BREAKER_FAILURES: int(5, 1),
+  MIRROR_BREAKER_OPEN_MS: int(5000, 1),
 });
 
 export interface AppConfig {
@@ -141,6 +145,9 @@ export interface AppConfig {
     queueMaxBytes: number;
     shutdownDeadlineMs: number;
     maxAttempts: number;
+    baseBackoffMs: number;
+    maxBackoffMs: number;
+    breaker: { failureThreshold: number; openMs: number };
   };
 }
 
@@ -202,6 +209,9 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
       queueMaxBytes: e.MIRROR_QUEUE_MAX_BYTES,
       shutdownDeadlineMs: e.MIRROR_SHUTDOWN_DEADLINE_MS,
       maxAttempts: e.MIRROR_MAX_ATTEMPTS,
+      baseBackoffMs: e.MIRROR_BASE_BACKOFF_MS,
+      maxBackoffMs: e.MIRROR_MAX_BACKOFF_MS,
+      breaker: { failureThreshold: e.MIRROR_BREAKER_FAILURES, openMs: e.MIRROR_BREAKER_OPEN_MS },
     },
   };
 }
