@@ -1,4 +1,4 @@
-import { ClickHouseClient, ClickHouseClientConfigOptions, ClickHouseSettings, createClient } from '@clickhouse/client';
+import { ClickHouseClient, ClickHouseClientConfigOptions, ClickHouseLogLevel, ClickHouseSettings, createClient } from '@clickhouse/client';
 import { AppConfig } from '../../config/app-config';
 
 /**
@@ -41,6 +41,9 @@ export function clickHouseClientOptions(
     keep_alive: { enabled: true },
     application: 'tracing-api',
     clickhouse_settings: PINNED_SETTINGS,
+    // Failures are thrown to the caller, which logs them with context through the app's logger. The
+    // client's own logger writes to the console, ignoring LOG_LEVEL, and during an outage repeats every retry.
+    log: { level: ClickHouseLogLevel.OFF },
   };
 }
 

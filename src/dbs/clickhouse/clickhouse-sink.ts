@@ -39,12 +39,11 @@ export class ClickHouseSink implements MirrorSink {
     await finished(result.stream);
   }
 
+  /** Throws why ClickHouse did not answer (refused, timed out, ...), so the writer's lastError and /health name the cause. */
   async ping(): Promise<boolean> {
-    try {
-      return (await this.client.ping()).success;
-    } catch {
-      return false;
-    }
+    const result = await this.client.ping();
+    if (!result.success) throw result.error;
+    return true;
   }
 }
 

@@ -5,7 +5,7 @@ import { AppConfig } from '../../config/app-config';
 import { APP_CONFIG } from '../../config/config.module';
 import { MIRROR_HEALTH, MirrorHealth } from '../../health/mirror-health';
 import { METRICS_REGISTRY } from '../../metrics/metrics.tokens';
-import { BatchWriter, MirrorLogger } from '../clickhouse/batch-writer';
+import { BatchWriter, MirrorLogger, MirrorSink } from '../clickhouse/batch-writer';
 import { ClickHouseClients, createClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { migrateClickHouse } from '../clickhouse/clickhouse-ddl-runner';
 import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
@@ -61,25 +61,46 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
     logger.error({ msg: 'could not start the local ClickHouse endpoint; mirrored rows will queue and become gaps', err: error });
   }
   const clients = createClickHouseClients(config.clickhouse, url!);
-  const gaps = new PostgresMirrorGapsRepository(db);
-  const writer = new BatchWriter(
-    { ...config.mirror },
-    { sink: new ClickHouseSink(clients.insert), gapRecorder: gaps, logger: mirrorLogger(logger), metrics: createMirrorMetrics(registry) },
-  );
-  const mirror = new Mirror(writer, config.clickhouse.projectIds, registry);
 
   let stopped = false;
   let retry: NodeJS.Timeout | undefined;
-  const applyDdl = async (): Promise<void> => {
+  let schemaApplied = false;
+  let applying: Promise<boolean> | null = null;
+  const applyDdl = async (): Promise<boolean> => {
     try {
       const result = await migrateClickHouse(config.clickhouse, url!);
       if (result.applied.length) logger.log(`applied ClickHouse migrations: ${result.applied.join(', ')}`);
+      schemaApplied = true;
     } catch (error) {
       logger.error({ msg: `ClickHouse DDL failed; retrying every ${DDL_RETRY_MS / 1000} s`, err: (error as Error).message });
-      if (!stopped) retry = setTimeout(() => void applyDdl(), DDL_RETRY_MS);
+      if (!stopped && !retry) {
+        retry = setTimeout(() => {
+          retry = undefined;
+          void ensureSchema();
+        }, DDL_RETRY_MS);
+      }
     }
+    return schemaApplied;
   };
-  await Promise.race([applyDdl(), new Promise((resolve) => setTimeout(resolve, DDL_STARTUP_WAIT_MS).unref())]);
+  /** One DDL run at a time, shared by the startup, the retry timer and inserts waiting for the schema. */
+  const ensureSchema = (): Promise<boolean> => {
+    if (schemaApplied) return Promise.resolve(true);
+    applying ??= applyDdl().finally(() => {
+      applying = null;
+    });
+    return applying;
+  };
+
+  const gaps = new PostgresMirrorGapsRepository(db);
+  const writer = new BatchWriter(config.mirror, {
+    sink: afterSchema(new ClickHouseSink(clients.insert), ensureSchema, config.clickhouse.requestTimeoutMs),
+    gapRecorder: gaps,
+    logger: mirrorLogger(logger),
+    metrics: createMirrorMetrics(registry),
+  });
+  const mirror = new Mirror(writer, config.clickhouse.projectIds, registry);
+
+  await Promise.race([ensureSchema(), new Promise((resolve) => setTimeout(resolve, DDL_STARTUP_WAIT_MS).unref())]);
   logger.log(`mirroring ${config.clickhouse.projectIds.length ? `projects ${config.clickhouse.projectIds.join(', ')}` : 'all projects'} to ClickHouse`);
 
   return {
@@ -93,6 +114,27 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
       await clients.close();
       await stopLocal?.();
     },
+  };
+}
+
+/**
+ * Inserts wait for the schema. When ClickHouse was unreachable at startup its
+ * tables may not exist yet, and an insert would then be rejected as
+ * UNKNOWN_DATABASE, a permanent error that turns the rows into gaps. Instead
+ * the insert first applies the DDL (ClickHouse just answered, so it likely
+ * works) and, if it still cannot, fails transiently and is retried. The wait
+ * is bounded like any request, as the batch writer requires.
+ */
+function afterSchema(sink: MirrorSink, ensureSchema: () => Promise<boolean>, timeoutMs: number): MirrorSink {
+  return {
+    insert: async (table, lines, dedupToken) => {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+      const ready = await Promise.race([ensureSchema(), timeout]).finally(() => clearTimeout(timer));
+      if (!ready) throw new Error('ClickHouse schema is not applied yet; will retry');
+      await sink.insert(table, lines, dedupToken);
+    },
+    ping: () => sink.ping(),
   };
 }
 
