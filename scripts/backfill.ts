@@ -1,0 +1,101 @@
+import { parseConfig } from '../src/config/app-config';
+import { Backfill, BackfillResult, DEFAULT_BACKFILL_OPTIONS, planBackfill } from '../src/dbs/backfill/backfill';
+import { GapReplay } from '../src/dbs/backfill/gap-replay';
+import { createProgress } from '../src/dbs/backfill/progress';
+import { PostgresMirrorGapsRepository } from '../src/dbs/postgres/postgres-mirror-gaps.repository';
+import { connectClickHouse, connectPostgres, formatRate, formatSeconds, parseFlags, positiveInt, scopesFrom } from './cli/history-cli';
+import { runCli, UsageError } from './cli/run-cli';
+
+const USAGE = `usage: npm run backfill -- [options]
+
+Copies Postgres history into the ClickHouse mirror, at the versions live writes
+use, so it is safe while the mirror runs and re-running adds nothing. A run
+resumes from its checkpoint by default (the same options are the same run).
+
+  --entity spans|nodes|all   what to copy (default all)
+  --project <uuid>           one project (default: all, or CLICKHOUSE_PROJECT_IDS)
+  --since <time>             created_at at or after this ISO-8601 time
+  --until <time>             created_at before this ISO-8601 time
+  --batch-rows <n>           rows per ClickHouse insert (default ${DEFAULT_BACKFILL_OPTIONS.batchRows})
+  --batch-bytes <n>          bytes of JSON lines per insert (default ${DEFAULT_BACKFILL_OPTIONS.batchBytes})
+  --dry-run                  count what would be copied; write nothing
+  --restart                  start the run over (new upper bound) instead of resuming
+  --gaps                     replay the mirror's open gap records instead of copying history
+
+Connects to DATABASE_URL and CLICKHOUSE_URL, or to the embedded servers.`;
+
+runCli(USAGE, async (args, log) => {
+  const flags = parseFlags(
+    args,
+    ['--entity', '--project', '--since', '--until', '--batch-rows', '--batch-bytes'],
+    ['--dry-run', '--restart', '--gaps'],
+  );
+  const config = parseConfig();
+  const scopes = scopesFrom(flags, config);
+  const options = {
+    batchRows: positiveInt(flags, '--batch-rows', DEFAULT_BACKFILL_OPTIONS.batchRows),
+    batchBytes: positiveInt(flags, '--batch-bytes', DEFAULT_BACKFILL_OPTIONS.batchBytes),
+    restart: flags.switches.has('--restart'),
+  };
+  const gaps = flags.switches.has('--gaps');
+  const dryRun = flags.switches.has('--dry-run');
+  if (gaps && (flags.values.has('--since') || flags.values.has('--until') || options.restart)) {
+    throw new UsageError('--gaps replays whole gap records: it takes --entity and --project only');
+  }
+  if (!config.clickhouse.enabled) log('note: USE_CLICKHOUSE is off in this environment; the API must run with it on, or rows written after they are copied will not reach ClickHouse');
+
+  const postgres = await connectPostgres(config, log);
+  try {
+    if (dryRun && gaps) {
+      const open = await new PostgresMirrorGapsRepository(postgres.db).open();
+      const mine = open.filter((g) => scopes.some((s) => s.entity === g.entity && (!s.projectIds || s.projectIds.includes(g.project_id))));
+      process.stdout.write(`dry run: ${mine.length} open gap record(s), ${mine.reduce((n, g) => n + g.row_count, 0)} rows to replay; nothing written\n`);
+      return;
+    }
+    if (dryRun) {
+      // Counting needs only Postgres; ClickHouse is not touched.
+      for (const scope of scopes) {
+        const plan = await planBackfill(postgres.db, scope, options);
+        process.stdout.write(`dry run: ${plan.entity}: ${plan.rows} rows would be copied (${plan.checkpoint}; run "${plan.runKey}"); nothing written\n`);
+      }
+      return;
+    }
+
+    const clickhouse = await connectClickHouse(config, log);
+    const interrupted = () => {
+      log('interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume');
+      process.exit(130);
+    };
+    process.once('SIGINT', interrupted).once('SIGTERM', interrupted);
+    try {
+      if (gaps) {
+        const replay = new GapReplay(postgres.db, clickhouse.history, log);
+        const done = await replay.run({ entities: scopes.map((s) => s.entity), projectIds: scopes[0].projectIds });
+        process.stdout.write(
+          `gaps: replayed ${done.gaps} gap record(s): ${done.upserted} rows upserted, ${done.tombstoned} tombstoned, ${done.reset} reset, ` +
+            `in ${formatSeconds(done.durationMs)}\n`,
+        );
+        return;
+      }
+      const backfill = new Backfill(postgres.db, clickhouse.history, log);
+      for (const scope of scopes) {
+        process.stdout.write(`${summary(await backfill.run(scope, options, createProgress(process.stderr, log)))}\n`);
+      }
+    } finally {
+      await clickhouse.close();
+    }
+  } finally {
+    await postgres.close();
+  }
+});
+
+function summary(r: BackfillResult): string {
+  if (r.outcome === 'already-complete') {
+    return `backfill ${r.entity}: already complete (${r.totalRowsCopied} rows); nothing to do. Use --restart to copy again.`;
+  }
+  const resumed = r.resumed ? `; resumed from ${r.resumedFrom ? r.resumedFrom.join('/') : 'its start'}` : '';
+  return (
+    `backfill ${r.entity}: complete: ${r.rowsCopied} rows copied in ${r.batches} batches, ${formatSeconds(r.durationMs)}, ` +
+    `${formatRate(r.rowsPerSecond)} rows/s${resumed} (run total ${r.totalRowsCopied} rows, upper bound ${r.upperBound})`
+  );
+}

@@ -1,0 +1,131 @@
+import { Kysely, sql } from 'kysely';
+import { AppConfig } from '../../src/config/app-config';
+import { ClickHouseHistory, redactUrl } from '../../src/dbs/backfill/clickhouse-history';
+import { HistoryScope, parseScopes, ScopeError, ScopeOptions } from '../../src/dbs/backfill/history-scope';
+import { ClickHouseLogLevel, createClient } from '@clickhouse/client';
+import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
+import { resolveClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
+import { DB } from '../../src/dbs/postgres/database';
+import { resolvePostgres } from '../../src/dbs/postgres/local-postgres';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
+import { UsageError } from './run-cli';
+
+/** What `backfill` and `verify` share: their flags, their scope options and their two servers. */
+
+export interface ParsedFlags {
+  values: Map<string, string>;
+  switches: Set<string>;
+}
+
+export function parseFlags(args: string[], valueFlags: string[], switchFlags: string[]): ParsedFlags {
+  const values = new Map<string, string>();
+  const switches = new Set<string>();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    const eq = arg.indexOf('=');
+    const [name, inline] = arg.startsWith('--') && eq > 0 ? [arg.slice(0, eq), arg.slice(eq + 1)] : [arg, undefined];
+    if (switchFlags.includes(name) && inline === undefined) {
+      switches.add(name);
+    } else if (valueFlags.includes(name)) {
+      const value = inline ?? args[++i];
+      if (value === undefined || value === '' || (inline === undefined && value.startsWith('--'))) throw new UsageError(`${name} needs a value`);
+      if (values.has(name)) throw new UsageError(`${name} given twice`);
+      values.set(name, value);
+    } else {
+      throw new UsageError(`unknown option "${arg}"`);
+    }
+  }
+  return { values, switches };
+}
+
+export function scopesFrom(flags: ParsedFlags, config: AppConfig): HistoryScope[] {
+  const options: ScopeOptions = {
+    entity: flags.values.get('--entity'),
+    project: flags.values.get('--project'),
+    since: flags.values.get('--since'),
+    until: flags.values.get('--until'),
+    mirroredProjects: config.clickhouse.projectIds,
+  };
+  try {
+    return parseScopes(options);
+  } catch (error) {
+    if (error instanceof ScopeError) throw new UsageError(error.message);
+    throw error;
+  }
+}
+
+export function positiveInt(flags: ParsedFlags, name: string, fallback: number): number {
+  const text = flags.values.get(name);
+  if (text === undefined) return fallback;
+  if (!/^\d+$/.test(text) || Number(text) < 1 || !Number.isSafeInteger(Number(text))) {
+    throw new UsageError(`${name} must be a positive whole number, got "${text}"`);
+  }
+  return Number(text);
+}
+
+export interface PostgresConnection {
+  db: Kysely<DB>;
+  close(): Promise<void>;
+}
+
+/** DATABASE_URL or the embedded server; fails with the (password-free) URL and what to do. */
+export async function connectPostgres(config: AppConfig, log: (line: string) => void): Promise<PostgresConnection> {
+  const server = await resolvePostgres(config.postgres, log);
+  // One connection holds the run's advisory lock; the others read pages and write checkpoints.
+  const db = createKysely(createPool(server.url, 4));
+  const close = async () => {
+    await db.destroy();
+    await server.stop?.();
+  };
+  try {
+    const { rows } = await sql<{ table: string | null }>`select to_regclass('backfill_checkpoints')::text as table`.execute(db);
+    if (rows[0].table === null) throw new Error(`Postgres at ${redactUrl(server.url)} is not migrated (no table backfill_checkpoints): run \`npm run migrate\``);
+  } catch (error) {
+    await close();
+    const message = (error as Error).message;
+    if (message.includes('is not migrated')) throw error;
+    throw new Error(`Postgres at ${redactUrl(server.url)} does not answer: ${message || (error as { code?: string }).code}`);
+  }
+  return { db, close };
+}
+
+export interface ClickHouseConnection {
+  history: ClickHouseHistory;
+  close(): Promise<void>;
+}
+
+/** CLICKHOUSE_URL or the local server; fails when it does not answer or the mirror tables are missing. */
+export async function connectClickHouse(config: AppConfig, log: (line: string) => void): Promise<ClickHouseConnection> {
+  const server = await resolveClickHouse(config.clickhouse, log);
+  const options = {
+    ...clickHouseClientOptions(config.clickhouse, server.url),
+    // Big batches, mutations and streamed FINAL reads of a whole scope outlast the API's per-request budget.
+    request_timeout: Math.max(config.clickhouse.requestTimeoutMs, 120_000),
+    // Failures reach the operator once, as this command's error, not also as the client's log lines.
+    log: { level: ClickHouseLogLevel.OFF },
+  };
+  // Gzip pays off over a network; to a server on this machine it only burns the CPU the copy needs.
+  const compress = !isLoopback(server.url);
+  const insert = createClient({ ...options, compression: { request: compress, response: false } });
+  const query = createClient({ ...options, compression: { request: false, response: false } });
+  const history = new ClickHouseHistory({ insert, query }, { url: server.url, database: config.clickhouse.database });
+  const close = async () => {
+    await Promise.allSettled([insert.close(), query.close()]);
+    await server.stop?.();
+  };
+  try {
+    await history.checkReady();
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  return { history, close };
+}
+
+function isLoopback(url: string): boolean {
+  const host = new URL(url).hostname;
+  return host === 'localhost' || host === '[::1]' || host.startsWith('127.');
+}
+
+export const formatRate = (n: number): string => n.toLocaleString('en-US');
+export const formatSeconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;

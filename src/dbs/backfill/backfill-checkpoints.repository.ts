@@ -1,0 +1,116 @@
+import { Kysely, sql } from 'kysely';
+import { DB } from '../postgres/database';
+import { HistoryScope } from './history-scope';
+
+export type CheckpointStatus = 'running' | 'complete';
+
+/** What a run records in its checkpoint's scope: the filters and the bound fixed at its start. */
+export interface CheckpointScope extends HistoryScope {
+  /** Postgres now() when the run started: rows created later are the live mirror's. */
+  upperBound: string;
+}
+
+/** Another process is running the same scope right now. */
+export class RunInProgressError extends Error {
+  override name = 'RunInProgressError';
+}
+
+export interface Checkpoint {
+  runKey: string;
+  scope: CheckpointScope;
+  /** The keyset tuple of the last row ClickHouse accepted, or null before the first batch. */
+  cursor: string[] | null;
+  rowsCopied: number;
+  status: CheckpointStatus;
+  startedAt: string;
+  updatedAt: string;
+  finishedAt: string | null;
+}
+
+/**
+ * One row per backfill run in `backfill_checkpoints`. Every write is a single
+ * autocommitted statement on one row, so no lock outlives it, and the copier
+ * never waits on a lock it holds itself.
+ */
+export class BackfillCheckpointsRepository {
+  constructor(private readonly db: Kysely<DB>) {}
+
+  async find(runKey: string): Promise<Checkpoint | undefined> {
+    const row = await this.db.selectFrom('backfill_checkpoints').selectAll().where('run_key', '=', runKey).executeTakeFirst();
+    if (!row) return undefined;
+    return {
+      runKey: row.run_key,
+      scope: row.scope as CheckpointScope,
+      cursor: (row.cursor as string[] | null) ?? null,
+      rowsCopied: Number(row.rows_copied),
+      status: row.status as CheckpointStatus,
+      startedAt: row.started_at,
+      updatedAt: row.updated_at,
+      finishedAt: row.finished_at,
+    };
+  }
+
+  /** Starts (or restarts) a run from the beginning with a new upper bound, Postgres's now(). */
+  async start(runKey: string, scope: HistoryScope): Promise<Checkpoint> {
+    const { rows } = await sql<{ now: string }>`select now() as now`.execute(this.db);
+    const full: CheckpointScope = { ...scope, upperBound: rows[0].now };
+    await this.db
+      .insertInto('backfill_checkpoints')
+      .values({ run_key: runKey, entity: scope.entity, scope: JSON.stringify(full), cursor: null, rows_copied: 0, status: 'running' })
+      .onConflict((oc) =>
+        oc.column('run_key').doUpdateSet({
+          scope: JSON.stringify(full),
+          cursor: null,
+          rows_copied: 0,
+          status: 'running',
+          started_at: sql<string>`now()`,
+          updated_at: sql<string>`now()`,
+          finished_at: null,
+        }),
+      )
+      .execute();
+    return (await this.find(runKey))!;
+  }
+
+  /** After ClickHouse accepted a batch: its last key becomes the resume point. */
+  async advance(runKey: string, cursor: string[], rows: number): Promise<void> {
+    await this.db
+      .updateTable('backfill_checkpoints')
+      .set({
+        cursor: JSON.stringify(cursor),
+        rows_copied: sql<string>`rows_copied + ${rows}`,
+        updated_at: sql<string>`now()`,
+      })
+      .where('run_key', '=', runKey)
+      .execute();
+  }
+
+  async finish(runKey: string): Promise<void> {
+    await this.db
+      .updateTable('backfill_checkpoints')
+      .set({ status: 'complete', updated_at: sql<string>`now()`, finished_at: sql<string>`now()` })
+      .where('run_key', '=', runKey)
+      .execute();
+  }
+
+  /**
+   * Runs `work` while holding a session advisory lock named after the run, on
+   * a connection of its own that does nothing else: a second process with the
+   * same run key fails at once, and a killed process's lock goes with its
+   * session. The lock guards no table, so nothing the copier does waits on it.
+   */
+  async withRunLock<T>(runKey: string, work: () => Promise<T>): Promise<T> {
+    const name = `backfill ${runKey}`;
+    return this.db.connection().execute(async (session) => {
+      const { rows } = await sql<{ locked: boolean }>`select pg_try_advisory_lock(hashtextextended(${name}, 0)) as locked`.execute(session);
+      if (!rows[0].locked) {
+        throw new RunInProgressError(`another backfill of the same scope is running (run key "${runKey}"); wait for it to finish or stop it first`);
+      }
+      try {
+        return await work();
+      } finally {
+        await sql`select pg_advisory_unlock(hashtextextended(${name}, 0))`.execute(session).catch(() => undefined);
+      }
+    });
+  }
+}

@@ -1,0 +1,176 @@
+import { ClickHouseClient, ClickHouseError } from '@clickhouse/client';
+import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
+import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
+import { countByProjectDay, ProjectDayCount } from '../clickhouse/clickhouse-spans.dao';
+import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
+import { HistoryEntity, MirroredRecord } from './history-entities';
+import { ENTITIES, Entity, HistoryScope } from './history-scope';
+
+/** The server cannot take the work now but may soon: worth another try with the same dedup token. */
+const TRANSIENT_CODES = new Set(['3', '159', '164', '202', '203', '209', '210', '241', '242', '252', '319', '425', '999']);
+const INSERT_ATTEMPTS = 4;
+const FIRST_BACKOFF_MS = 500;
+
+/** Per key of a bucket: the newest version ClickHouse holds in any row, and whether that row is a tombstone. */
+export interface StoredKeyVersion {
+  key: string[];
+  version: bigint;
+  deleted: boolean;
+}
+
+export class ClickHouseNotReadyError extends Error {
+  override name = 'ClickHouseNotReadyError';
+}
+
+export function redactUrl(url: string): string {
+  return url.replace(/\/\/([^:@/]+):([^@/]+)@/, '//$1:***@');
+}
+
+/**
+ * The ClickHouse side of backfill and verify: inserts through the mirror's
+ * sink (retried with the same deduplication token), the FINAL counts the
+ * verifier compares, a stream of live rows for content checksums, and the
+ * per-key reads and mutation that repair needs. Every value is bound.
+ */
+export class ClickHouseHistory {
+  private readonly sink: ClickHouseSink;
+  private readonly query: ClickHouseClient;
+
+  constructor(
+    clients: Pick<ClickHouseClients, 'insert' | 'query'>,
+    private readonly where: { url: string; database: string },
+    private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((done) => setTimeout(done, ms)),
+  ) {
+    this.sink = new ClickHouseSink(clients.insert);
+    this.query = clients.query;
+  }
+
+  /** Fails with what an operator should do when the server does not answer or the tables are missing. */
+  async checkReady(entities: readonly Entity[] = ENTITIES): Promise<void> {
+    const at = `ClickHouse at ${redactUrl(this.where.url)}`;
+    const ping = await this.query.ping();
+    if (!ping.success) throw new ClickHouseNotReadyError(`${at} does not answer: ${ping.error.message}`);
+    const migrate = 'run `npm run migrate:clickhouse`';
+    let found: string[];
+    try {
+      const result = await this.query.query({
+        query: 'SELECT name FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)}',
+        query_params: { database: this.where.database, tables: [...entities] },
+        format: 'JSONEachRow',
+      });
+      found = (await result.json<{ name: string }>()).map((r) => r.name);
+    } catch (error) {
+      if (error instanceof ClickHouseError && error.code === '81') {
+        throw new ClickHouseNotReadyError(`${at} has no database ${this.where.database}: ${migrate}`);
+      }
+      throw new ClickHouseNotReadyError(`${at} failed: ${(error as Error).message}`);
+    }
+    const missing = entities.filter((e) => !found.includes(e));
+    if (missing.length) {
+      throw new ClickHouseNotReadyError(`${at}: database ${this.where.database} has no table ${missing.join(', ')}: ${migrate}`);
+    }
+  }
+
+  /**
+   * Inserts JSONEachRow text, as lines or as pieces of several lines each
+   * (see JsonLinesBody). A transient failure is retried with the same token,
+   * so an attempt that landed before its answer was lost is dropped by
+   * ClickHouse rather than stored twice.
+   */
+  async insert(table: Entity, pieces: string[], dedupToken: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.sink.insert(table, pieces, dedupToken);
+      } catch (error) {
+        const transient = !(error instanceof ClickHouseError) || TRANSIENT_CODES.has(error.code);
+        if (!transient || attempt >= INSERT_ATTEMPTS) {
+          throw new Error(`ClickHouse insert into ${table} failed after ${attempt} attempt(s): ${(error as Error).message}`);
+        }
+        await this.sleep(FIRST_BACKOFF_MS * 2 ** (attempt - 1));
+      }
+    }
+  }
+
+  /** Live rows per project and created_at day (FINAL), for the scope's projects. */
+  async countByProjectDay(scope: HistoryScope): Promise<ProjectDayCount[]> {
+    const projectId = scope.projectIds?.length === 1 ? scope.projectIds[0] : undefined;
+    const counts = await countByProjectDay(this.query, scope.entity, { projectId, since: scope.since, until: scope.until });
+    const projects = scope.projectIds && new Set(scope.projectIds);
+    return projects ? counts.filter((c) => projects.has(c.project_id)) : counts;
+  }
+
+  /** Every live row of the scope (FINAL), in no particular order, a block at a time. */
+  async *streamLive<Mirrored extends MirroredRecord>(entity: HistoryEntity<unknown, Mirrored>, scope: HistoryScope): AsyncGenerator<Mirrored[]> {
+    const { conditions, params } = scopeConditions(scope);
+    const columns = entity.clickHouseColumns.map((c) => `\`${c}\``).join(', ');
+    const result = await this.query.query({
+      query: `SELECT ${columns} FROM ${entity.table} FINAL WHERE ${['is_deleted = 0', ...conditions].join(' AND ')}`,
+      query_params: params,
+      format: 'JSONEachRow',
+    });
+    for await (const rows of result.stream()) {
+      yield rows.map((row: { json(): unknown }) => entity.fromClickHouse(row.json()));
+    }
+  }
+
+  /**
+   * Every key ClickHouse holds in one bucket, live or not, with its newest
+   * version read from all rows (no FINAL): a tombstone or row newer than
+   * Postgres hides the Postgres row from FINAL, and only this sees it.
+   */
+  async keyVersions(entity: HistoryEntity, bucket: HistoryScope): Promise<StoredKeyVersion[]> {
+    const { conditions, params } = scopeConditions(bucket);
+    const keys = entity.clickHouseKeyColumns.map((expr, i) => `${expr} AS k${i}`).join(', ');
+    const groups = entity.clickHouseKeyColumns.map((_, i) => `k${i}`).join(', ');
+    const result = await this.query.query({
+      query: `SELECT ${keys}, toString(max(version)) AS version, argMax(is_deleted, version) AS deleted
+              FROM ${entity.table} WHERE ${conditions.join(' AND ') || '1'} GROUP BY ${groups}`,
+      query_params: params,
+      format: 'JSONEachRow',
+    });
+    const rows = await result.json<Record<string, string | number>>();
+    return rows.map((row) => ({
+      key: entity.clickHouseKeyOf(entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]))),
+      version: BigInt(row.version),
+      deleted: Number(row.deleted) === 1,
+    }));
+  }
+
+  /** Live rows (FINAL) of one project with these keys. */
+  readLive<Mirrored extends MirroredRecord>(entity: HistoryEntity<unknown, Mirrored>, projectId: string, keys: string[][]): Promise<Mirrored[]> {
+    return entity.readLive(this.query, projectId, keys);
+  }
+
+  /**
+   * Removes every stored version of these keys (a synchronous mutation).
+   * Only for rows ClickHouse holds at a version newer than Postgres's, which
+   * no insert can outrank; the caller re-inserts Postgres's rows afterwards.
+   */
+  async removeKeys(entity: HistoryEntity, projectId: string, keys: string[][]): Promise<void> {
+    if (keys.length === 0) return;
+    const { condition, params } = entity.clickHouseKeysCondition(keys);
+    await this.query.command({
+      query: `ALTER TABLE ${entity.table} DELETE WHERE project_id = {projectId:UUID} AND ${condition}`,
+      query_params: { projectId, ...params },
+      clickhouse_settings: { mutations_sync: '2', wait_end_of_query: 1 },
+    });
+  }
+}
+
+function scopeConditions(scope: HistoryScope): { conditions: string[]; params: Record<string, unknown> } {
+  const conditions: string[] = [];
+  const params: Record<string, unknown> = {};
+  if (scope.projectIds) {
+    conditions.push('project_id IN {projectIds:Array(UUID)}');
+    params.projectIds = scope.projectIds;
+  }
+  if (scope.since) {
+    conditions.push(`created_at >= {since:DateTime64(6, 'UTC')}`);
+    params.since = isoToClickHouseTime(scope.since);
+  }
+  if (scope.until) {
+    conditions.push(`created_at < {until:DateTime64(6, 'UTC')}`);
+    params.until = isoToClickHouseTime(scope.until);
+  }
+  return { conditions, params };
+}

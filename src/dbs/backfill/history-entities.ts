@@ -1,0 +1,178 @@
+import { ClickHouseClient } from '@clickhouse/client';
+import { RawBuilder, sql } from 'kysely';
+import { isoToMicros } from '../../tracing/timestamp';
+import { ClickHouseNodesDao } from '../clickhouse/clickhouse-nodes.dao';
+import { ClickHouseSpansDao } from '../clickhouse/clickhouse-spans.dao';
+import {
+  fromNodeClickHouseRow,
+  MirroredNode,
+  NODE_COLUMNS,
+  NodeClickHouseRow,
+  toNodeClickHouseLine,
+} from '../clickhouse/node-clickhouse-row.mapper';
+import {
+  fromSpanClickHouseRow,
+  MirroredSpan,
+  SPAN_COLUMNS,
+  SpanClickHouseRow,
+  spanIdToUInt64,
+  toSpanClickHouseLine,
+  traceIdToUuid,
+  uint64ToSpanId,
+  uuidToTraceId,
+} from '../clickhouse/span-clickhouse-row.mapper';
+import { NodeRow, SpanRow } from '../postgres/database';
+import { nodeFromRow } from '../postgres/node-row.mapper';
+import { spanFromRow } from '../postgres/span-row.mapper';
+import { Entity } from './history-scope';
+
+/** What both mirrored records (MirroredSpan, MirroredNode) share. */
+export interface MirroredRecord {
+  project_id: string;
+  created_at: string;
+  version: bigint;
+  deleted: boolean;
+}
+
+/**
+ * What backfill and verify need to know about one mirrored table, on both
+ * sides. Rows become ClickHouse lines only through the tables' row mappers,
+ * at the version a live write gives them (µs of updated_at), so a copied row
+ * and a mirrored one are the same line.
+ *
+ * Keys travel as the mirror's gap records write them: spans as
+ * [trace id hex, span id hex], nodes as [node id]. Row is the table's
+ * Postgres row type (SpanRow, NodeRow).
+ */
+export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = MirroredRecord> {
+  name: Entity;
+  /** The table, named alike in Postgres and ClickHouse. */
+  table: Entity;
+  /** Postgres: the keyset tuple, matching the table's (created_at, project_id, ...) index. */
+  keyset: ReadonlyArray<{ column: string; bind(value: string): RawBuilder<unknown> }>;
+  /** Postgres: every column a ClickHouse line needs. */
+  columns: readonly string[];
+  /**
+   * Postgres: a row's stored size without detoasting it (pg_column_size of
+   * the big columns; compressed values count compressed), to bound a page's
+   * memory before the rows are fetched.
+   */
+  storedSize: RawBuilder<number>;
+  /** Postgres: keys as a condition, for reads by key. */
+  keysCondition(keys: string[][]): RawBuilder<boolean>;
+  cursorOf(row: Row): string[];
+  keyOf(row: Row): string[];
+  /** The row as a live write mirrors it: version = µs of updated_at, not deleted. */
+  mirrored(row: Row): Mirrored;
+
+  /** ClickHouse side. */
+  line(record: Mirrored): string;
+  mirroredKeyOf(record: Mirrored): string[];
+  tombstone(record: Mirrored, version: bigint): Mirrored;
+  clickHouseColumns: readonly string[];
+  fromClickHouse(row: unknown): Mirrored;
+  /** SELECT expressions that give a key as text, in gap-key order, and the mapping back. */
+  clickHouseKeyColumns: string[];
+  clickHouseKeyOf(texts: string[]): string[];
+  /** A bound condition matching these keys (for a mutation), with its parameters. */
+  clickHouseKeysCondition(keys: string[][]): { condition: string; params: Record<string, unknown> };
+  readLive(client: ClickHouseClient, projectId: string, keys: string[][]): Promise<Mirrored[]>;
+}
+
+export const keyText = (key: string[]): string => key.join('/');
+
+const size = (column: string) => `coalesce(pg_column_size(${column}), 0)`;
+/** Fixed columns (ids, times, names) as a flat allowance per row. */
+const FIXED_ROW_BYTES = 400;
+
+export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
+  name: 'spans',
+  table: 'spans',
+  keyset: [
+    { column: 'created_at', bind: (v) => sql`${v}::timestamptz` },
+    { column: 'project_id', bind: (v) => sql`${v}::uuid` },
+    { column: 'trace_id', bind: (v) => sql`${v}::uuid` },
+    { column: 'span_id', bind: (v) => sql`decode(${v}, 'hex')` },
+  ],
+  columns: [
+    'project_id', 'trace_id', 'span_id', 'parent_id', 'trace_type', 'span_type', 'span_kind', 'span_name',
+    'start_time', 'end_time', 'status_code', 'status_message', 'attributes', 'references', 'links', 'hashes',
+    'events', 'exception', 'created_at', 'updated_at', 'created_by_id', 'updated_by_id',
+  ],
+  storedSize: sql.raw<number>(
+    [size('attributes'), size('"references"'), size('links'), size('hashes'), size('events'), size('exception'), size('status_message'), FIXED_ROW_BYTES].join(' + '),
+  ),
+  keysCondition: (keys) =>
+    sql<boolean>`(trace_id, span_id) in (${sql.join(keys.map(([t, s]) => sql`(${traceIdToUuid(t)}::uuid, decode(${s}, 'hex'))`))})`,
+  cursorOf: (row) => [row.created_at, row.project_id, row.trace_id, row.span_id.toString('hex')],
+  keyOf: (row) => [uuidToTraceId(row.trace_id), row.span_id.toString('hex')],
+  mirrored: (row) => {
+    const span = spanFromRow(row) as MirroredSpan;
+    span.version = isoToMicros(row.updated_at);
+    span.deleted = false;
+    return span;
+  },
+
+  line: toSpanClickHouseLine,
+  mirroredKeyOf: (span) => [span.trace_id, span.span_id],
+  tombstone: (span, version) => ({ ...span, version, deleted: true }),
+  clickHouseColumns: SPAN_COLUMNS,
+  fromClickHouse: (row) => fromSpanClickHouseRow(row as SpanClickHouseRow),
+  clickHouseKeyColumns: ['toString(trace_id)', 'toString(span_id)'],
+  clickHouseKeyOf: ([trace, span]) => [uuidToTraceId(trace), uint64ToSpanId(span)],
+  clickHouseKeysCondition: (keys) => ({
+    condition: 'has(arrayZip({keyTraceIds:Array(UUID)}, {keySpanIds:Array(UInt64)}), (trace_id, span_id))',
+    // bigint: the client writes it bare, as Array(UInt64) needs.
+    params: { keyTraceIds: keys.map(([t]) => traceIdToUuid(t)), keySpanIds: keys.map(([, s]) => BigInt(spanIdToUInt64(s))) },
+  }),
+  readLive: (client, projectId, keys) =>
+    new ClickHouseSpansDao(client).readSpans(
+      projectId,
+      keys.map(([trace_id, span_id]) => ({ trace_id, span_id })),
+    ),
+};
+
+export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
+  name: 'nodes',
+  table: 'nodes',
+  keyset: [
+    { column: 'created_at', bind: (v) => sql`${v}::timestamptz` },
+    { column: 'project_id', bind: (v) => sql`${v}::uuid` },
+    { column: 'node_id', bind: (v) => sql`${v}::uuid` },
+  ],
+  columns: [
+    'project_id', 'node_id', 'tree_id', 'root_id', 'parent_id', 'node_name', 'node_type', 'time_start', 'time_end',
+    'status_code', 'status_message', 'data', 'metrics', 'meta', 'refs', 'exception', 'links', 'otel',
+    'created_at', 'updated_at',
+  ],
+  storedSize: sql.raw<number>(
+    [size('data'), size('metrics'), size('meta'), size('refs'), size('exception'), size('links'), size('otel'), size('status_message'), FIXED_ROW_BYTES].join(' + '),
+  ),
+  keysCondition: (keys) => sql<boolean>`node_id in (${sql.join(keys.map(([id]) => sql`${id}::uuid`))})`,
+  cursorOf: (row) => [row.created_at, row.project_id, row.node_id],
+  keyOf: (row) => [row.node_id],
+  mirrored: (row) => {
+    const node = nodeFromRow(row) as MirroredNode;
+    node.version = isoToMicros(row.updated_at);
+    node.deleted = false;
+    return node;
+  },
+
+  line: toNodeClickHouseLine,
+  mirroredKeyOf: (node) => [node.node_id],
+  tombstone: (node, version) => ({ ...node, version, deleted: true }),
+  clickHouseColumns: NODE_COLUMNS,
+  fromClickHouse: (row) => fromNodeClickHouseRow(row as NodeClickHouseRow),
+  clickHouseKeyColumns: ['toString(node_id)'],
+  clickHouseKeyOf: ([id]) => [id],
+  clickHouseKeysCondition: (keys) => ({ condition: 'node_id IN {keyNodeIds:Array(UUID)}', params: { keyNodeIds: keys.map(([id]) => id) } }),
+  readLive: (client, projectId, keys) =>
+    new ClickHouseNodesDao(client).readNodes(
+      projectId,
+      keys.map(([id]) => id),
+    ),
+};
+
+export function historyOf(entity: Entity): HistoryEntity {
+  return (entity === 'spans' ? spanHistory : nodeHistory) as HistoryEntity;
+}

@@ -1,0 +1,108 @@
+import { Kysely, sql } from 'kysely';
+import { isoToMicros } from '../../tracing/timestamp';
+import { DB } from '../postgres/database';
+import { ClickHouseHistory } from './clickhouse-history';
+import { HistoryEntity, keyText, MirroredRecord } from './history-entities';
+import { KEYS_PER_READ, KeysetReader } from './keyset-reader';
+
+export interface ReplayResult {
+  /** Postgres rows written at their current version. */
+  upserted: number;
+  /** Keys ClickHouse held live that Postgres no longer has, now tombstoned. */
+  tombstoned: number;
+  /** Keys whose ClickHouse rows were newer than Postgres's and were replaced by mutation. */
+  reset: number;
+}
+
+export const emptyReplay = (): ReplayResult => ({ upserted: 0, tombstoned: 0, reset: 0 });
+
+export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult {
+  total.upserted += more.upserted;
+  total.tombstoned += more.tombstoned;
+  total.reset += more.reset;
+  return total;
+}
+
+/**
+ * Brings named keys of one project in ClickHouse to what Postgres holds now:
+ * the one mechanism behind `backfill --gaps` and `verify --repair`.
+ *
+ * Keys present in Postgres are re-inserted at their version (µs of
+ * updated_at). Keys absent from Postgres get a tombstone at Postgres's
+ * clock_timestamp(), read after we saw them absent. That is safe: they are
+ * absent because a delete committed before our read, and every version ever
+ * written for them (each write's updated_at, the delete's deleted_at) came
+ * from Postgres's clock before that commit, so the tombstone outranks all
+ * the mirror holds or still has queued. A key re-created while we worked
+ * would be hidden by it, so tombstoned keys are read again afterwards.
+ */
+export class KeyReplay<Row, Mirrored extends MirroredRecord> {
+  private readonly reader: KeysetReader<Row>;
+
+  constructor(
+    private readonly db: Kysely<DB>,
+    private readonly clickhouse: ClickHouseHistory,
+    private readonly entity: HistoryEntity<Row, Mirrored>,
+  ) {
+    this.reader = new KeysetReader(db, entity);
+  }
+
+  /** `token` must be unique to this attempt; inserts derive their deduplication tokens from it. */
+  async replay(projectId: string, keys: string[][], token: string): Promise<ReplayResult> {
+    const result = emptyReplay();
+    for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
+      const chunk = keys.slice(i, i + KEYS_PER_READ);
+      const rows = await this.reader.byKeys(projectId, chunk);
+      await this.upsert(rows, `${token}:upsert:${i}`);
+      result.upserted += rows.length;
+
+      const present = new Set(rows.map((r) => keyText(this.entity.keyOf(r))));
+      const absent = chunk.filter((k) => !present.has(keyText(k)));
+      if (absent.length === 0) continue;
+      const version = await this.postgresClock();
+      const live = await this.clickhouse.readLive(this.entity, projectId, absent);
+      // A stored version at or past Postgres's clock cannot be outranked by a tombstone.
+      const ahead = live.filter((m) => m.version >= version).map((m) => this.entity.mirroredKeyOf(m));
+      const stale = live.filter((m) => m.version < version);
+      await this.clickhouse.insert(
+        this.entity.table,
+        stale.map((m) => this.entity.line(this.entity.tombstone(m, version))),
+        `${token}:tombstone:${i}`,
+      );
+      result.tombstoned += stale.length;
+
+      const recreated = (await this.reader.byKeys(projectId, stale.map((m) => this.entity.mirroredKeyOf(m)))).map((r) => this.entity.keyOf(r));
+      result.reset += await this.reset(projectId, [...ahead, ...recreated], `${token}:reset:${i}`);
+      result.tombstoned -= recreated.length;
+    }
+    return result;
+  }
+
+  /**
+   * Keys whose ClickHouse rows outrank Postgres's: removes all their stored
+   * versions by mutation, then writes Postgres's rows as they are after it,
+   * so a write that commits meanwhile is either read here or mirrored later.
+   */
+  async reset(projectId: string, keys: string[][], token: string): Promise<number> {
+    if (keys.length === 0) return 0;
+    for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
+      const chunk = keys.slice(i, i + KEYS_PER_READ);
+      await this.clickhouse.removeKeys(this.entity, projectId, chunk);
+      await this.upsert(await this.reader.byKeys(projectId, chunk), `${token}:${i}`);
+    }
+    return keys.length;
+  }
+
+  async upsert(rows: Row[], token: string): Promise<void> {
+    await this.clickhouse.insert(
+      this.entity.table,
+      rows.map((r) => this.entity.line(this.entity.mirrored(r))),
+      token,
+    );
+  }
+
+  private async postgresClock(): Promise<bigint> {
+    const { rows } = await sql<{ now: string }>`select clock_timestamp() as now`.execute(this.db);
+    return isoToMicros(rows[0].now);
+  }
+}

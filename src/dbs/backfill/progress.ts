@@ -1,0 +1,76 @@
+import { SingleBar } from 'cli-progress';
+import { Entity } from './history-scope';
+
+/** What the copier reports while it runs. */
+export interface BackfillProgress {
+  start(entity: Entity, total: number): void;
+  advance(rows: number, cursor: string[]): void;
+  stop(): void;
+}
+
+export const silentProgress: BackfillProgress = { start: () => undefined, advance: () => undefined, stop: () => undefined };
+
+const LOG_EVERY_MS = 5_000;
+
+/** A bar with percent, rows/s and ETA on a terminal; a logfmt line every few seconds otherwise (CI, files, pipes). */
+export function createProgress(stream: NodeJS.WriteStream, log: (line: string) => void): BackfillProgress {
+  return stream.isTTY ? new BarProgress(stream) : new LogProgress(log);
+}
+
+class BarProgress implements BackfillProgress {
+  private bar?: SingleBar;
+  private startedAt = 0;
+  private done = 0;
+
+  constructor(private readonly stream: NodeJS.WriteStream) {}
+
+  start(entity: Entity, total: number): void {
+    this.startedAt = Date.now();
+    this.done = 0;
+    this.bar = new SingleBar({
+      stream: this.stream,
+      format: `${entity.padEnd(5)} |{bar}| {percentage}% | {value}/{total} rows | {speed} rows/s | ETA {eta_formatted}`,
+      etaBuffer: 50,
+      hideCursor: true,
+    });
+    this.bar.start(Math.max(total, 1), 0, { speed: 0 });
+  }
+
+  advance(rows: number): void {
+    this.done += rows;
+    const seconds = (Date.now() - this.startedAt) / 1000;
+    // A resumed run's total was counted after its cursor, but live inserts may still land inside the range.
+    if (this.done > this.bar!.getTotal()) this.bar!.setTotal(this.done);
+    this.bar!.update(this.done, { speed: seconds > 0 ? Math.round(this.done / seconds) : 0 });
+  }
+
+  stop(): void {
+    this.bar?.stop();
+  }
+}
+
+class LogProgress implements BackfillProgress {
+  private entity: Entity = 'spans';
+  private total = 0;
+  private done = 0;
+  private startedAt = 0;
+  private loggedAt = 0;
+
+  constructor(private readonly log: (line: string) => void) {}
+
+  start(entity: Entity, total: number): void {
+    Object.assign(this, { entity, total, done: 0, startedAt: Date.now(), loggedAt: Date.now() });
+  }
+
+  advance(rows: number, cursor: string[]): void {
+    this.done += rows;
+    const now = Date.now();
+    if (now - this.loggedAt < LOG_EVERY_MS) return;
+    this.loggedAt = now;
+    const rate = Math.round(this.done / ((now - this.startedAt) / 1000));
+    const percent = this.total ? ((100 * this.done) / this.total).toFixed(1) : '100.0';
+    this.log(`backfill progress entity=${this.entity} rows=${this.done} total=${this.total} percent=${percent} rows_per_s=${rate} cursor=${cursor.join('/')}`);
+  }
+
+  stop(): void {}
+}

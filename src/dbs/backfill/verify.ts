@@ -1,0 +1,223 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { Kysely, sql } from 'kysely';
+import { DB } from '../postgres/database';
+import { ClickHouseHistory } from './clickhouse-history';
+import { historyOf, keyText } from './history-entities';
+import { bucketScope, dayOf, Entity, HistoryScope } from './history-scope';
+import { addReplay, emptyReplay, KeyReplay, ReplayResult } from './key-replay';
+import { KeysetReader, PageLimits } from './keyset-reader';
+
+export type Difference = 'rows' | 'versions' | 'content';
+
+export interface BucketSide {
+  rows: number;
+  /** Sum of the rows' versions (µs of updated_at): a missed update or delete changes it. */
+  versionSum: bigint;
+  /** Sum mod 2^64 of a 64-bit hash of each row's ClickHouse line; null when not computed. */
+  checksum: bigint | null;
+}
+
+/** One entity's rows of one project and UTC created_at day, on both sides. */
+export interface BucketComparison {
+  entity: Entity;
+  projectId: string;
+  day: string;
+  /** The bucket as a scope (the run's filters, narrowed to this project and day). */
+  scope: HistoryScope;
+  postgres: BucketSide;
+  clickhouse: BucketSide;
+  /** Empty when the bucket agrees. */
+  differs: Difference[];
+}
+
+export interface VerifyReport {
+  buckets: BucketComparison[];
+  differing: BucketComparison[];
+  rows: { postgres: number; clickhouse: number };
+  /** Buckets whose content was compared row by row (those whose counts and versions agreed). */
+  contentChecked: number;
+  durationMs: number;
+}
+
+export interface RepairReport extends ReplayResult {
+  buckets: number;
+  /** Verification of the repaired buckets afterwards. */
+  after: VerifyReport;
+  durationMs: number;
+}
+
+const PAGE: PageLimits = { rows: 5_000, bytes: 16 * 1024 * 1024 };
+const UINT64 = (1n << 64n) - 1n;
+
+const rowHash = (line: string): bigint => createHash('md5').update(line).digest().readBigUInt64LE(0);
+
+/**
+ * Proves the mirror holds what Postgres holds, per entity, project and
+ * created_at day. The first pass is two GROUP BYs (rows and version sums),
+ * cheap on both sides and enough to catch missing rows and missed updates or
+ * deletes. The second pass hashes every row's canonical ClickHouse line,
+ * built through the same row mapper from each side, for every bucket the
+ * first pass found equal: that is the only way to see a row changed in place
+ * at the same version, and it reads each side once in one stream, so it
+ * costs about as much as a backfill of the scope.
+ */
+export class Verifier {
+  constructor(
+    private readonly db: Kysely<DB>,
+    private readonly clickhouse: ClickHouseHistory,
+  ) {}
+
+  async verify(scopes: HistoryScope[]): Promise<VerifyReport> {
+    const startedAt = Date.now();
+    const buckets: BucketComparison[] = [];
+    let contentChecked = 0;
+    for (const scope of scopes) {
+      const compared = await this.compareCounts(scope);
+      const agreed = compared.filter((b) => b.differs.length === 0);
+      await this.compareContent(scope, agreed);
+      contentChecked += agreed.length;
+      buckets.push(...compared);
+    }
+    return {
+      buckets,
+      differing: buckets.filter((b) => b.differs.length > 0),
+      rows: {
+        postgres: buckets.reduce((n, b) => n + b.postgres.rows, 0),
+        clickhouse: buckets.reduce((n, b) => n + b.clickhouse.rows, 0),
+      },
+      contentChecked,
+      durationMs: Date.now() - startedAt,
+    };
+  }
+
+  /**
+   * Re-copies exactly the differing buckets: every Postgres row at its
+   * version, a tombstone for each key ClickHouse holds live that Postgres
+   * lacks, and a reset for keys ClickHouse holds at a newer version than
+   * Postgres (which no insert could outrank). Then verifies those buckets again.
+   */
+  async repair(differing: BucketComparison[]): Promise<RepairReport> {
+    const startedAt = Date.now();
+    const attempt = randomUUID();
+    const total = emptyReplay();
+    for (const [i, bucket] of differing.entries()) {
+      addReplay(total, await this.repairBucket(bucket, `repair:${attempt}:${i}`));
+    }
+    const after = await this.verify(differing.map((b) => b.scope));
+    return { buckets: differing.length, ...total, after, durationMs: Date.now() - startedAt };
+  }
+
+  private async compareCounts(scope: HistoryScope): Promise<BucketComparison[]> {
+    const reader = new KeysetReader(this.db, historyOf(scope.entity));
+    const [postgres, clickhouse] = await Promise.all([
+      sql<{ project_id: string; day: string; rows: string; version_sum: string }>`
+        select project_id, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day, count(*) as rows,
+               sum((extract(epoch from updated_at) * 1000000)::bigint)::text as version_sum
+        from ${sql.table(scope.entity)}
+        where ${reader.conditions(scope)}
+        group by 1, 2`.execute(this.db),
+      this.clickhouse.countByProjectDay(scope),
+    ]);
+    const buckets = new Map<string, BucketComparison>();
+    const bucket = (projectId: string, day: string) => {
+      const id = `${projectId} ${day}`;
+      let found = buckets.get(id);
+      if (!found) {
+        const empty = (): BucketSide => ({ rows: 0, versionSum: 0n, checksum: null });
+        found = { entity: scope.entity, projectId, day, scope: bucketScope(scope, projectId, day), postgres: empty(), clickhouse: empty(), differs: [] };
+        buckets.set(id, found);
+      }
+      return found;
+    };
+    for (const r of postgres.rows) Object.assign(bucket(r.project_id, r.day).postgres, { rows: Number(r.rows), versionSum: BigInt(r.version_sum) });
+    for (const r of clickhouse) Object.assign(bucket(r.project_id, r.day).clickhouse, { rows: r.rows, versionSum: r.version_sum });
+    const all = [...buckets.values()].sort((a, b) => (a.projectId + a.day < b.projectId + b.day ? -1 : 1));
+    for (const b of all) {
+      if (b.postgres.rows !== b.clickhouse.rows) b.differs.push('rows');
+      if (b.postgres.versionSum !== b.clickhouse.versionSum) b.differs.push('versions');
+    }
+    return all;
+  }
+
+  /** Fills in both checksums of these buckets, reading each side's rows in the buckets' span once. */
+  private async compareContent(scope: HistoryScope, buckets: BucketComparison[]): Promise<void> {
+    if (buckets.length === 0) return;
+    const entity = historyOf(scope.entity);
+    const byId = new Map(buckets.map((b) => [`${b.projectId} ${b.day}`, b]));
+    for (const b of buckets) {
+      b.postgres.checksum = 0n;
+      b.clickhouse.checksum = 0n;
+    }
+    const days = buckets.map((b) => b.day).sort();
+    const span = bucketScope(scope, '', days[0]);
+    const last = bucketScope(scope, '', days[days.length - 1]);
+    const narrowed: HistoryScope = {
+      entity: scope.entity,
+      projectIds: [...new Set(buckets.map((b) => b.projectId))].sort(),
+      since: span.since,
+      until: last.until,
+    };
+    const add = (side: 'postgres' | 'clickhouse', projectId: string, createdAt: string, line: string) => {
+      const b = byId.get(`${projectId} ${dayOf(createdAt)}`);
+      if (b) b[side].checksum = (b[side].checksum! + rowHash(line)) & UINT64;
+    };
+
+    const readPostgres = async () => {
+      const reader = new KeysetReader(this.db, entity);
+      let after: string[] | null = null;
+      for (;;) {
+        const page = await reader.page(narrowed, after, PAGE);
+        if (page.rows.length === 0) return;
+        for (const row of page.rows) {
+          const m = entity.mirrored(row);
+          add('postgres', m.project_id, m.created_at, entity.line(m));
+        }
+        after = page.last;
+      }
+    };
+    const readClickHouse = async () => {
+      for await (const rows of this.clickhouse.streamLive(entity, narrowed)) {
+        for (const m of rows) add('clickhouse', m.project_id, m.created_at, entity.line(m));
+      }
+    };
+    await Promise.all([readPostgres(), readClickHouse()]);
+    for (const b of buckets) if (b.postgres.checksum !== b.clickhouse.checksum) b.differs.push('content');
+  }
+
+  private async repairBucket(bucket: BucketComparison, token: string): Promise<ReplayResult> {
+    const entity = historyOf(bucket.entity);
+    const reader = new KeysetReader(this.db, entity);
+    const replay = new KeyReplay(this.db, this.clickhouse, entity);
+    const result = emptyReplay();
+
+    // Every Postgres row of the bucket at its version; remember the versions to compare below.
+    const versions = new Map<string, bigint>();
+    let after: string[] | null = null;
+    for (let page = 0; ; page++) {
+      const { rows, last } = await reader.page(bucket.scope, after, PAGE);
+      if (rows.length === 0) break;
+      const lines: string[] = [];
+      for (const row of rows) {
+        const m = entity.mirrored(row);
+        versions.set(keyText(entity.keyOf(row)), m.version);
+        lines.push(entity.line(m));
+      }
+      await this.clickhouse.insert(entity.table, lines, `${token}:page:${page}`);
+      result.upserted += rows.length;
+      after = last;
+    }
+
+    const stored = await this.clickhouse.keyVersions(entity, bucket.scope);
+    const absent = stored.filter((s) => !s.deleted && !versions.has(keyText(s.key))).map((s) => s.key);
+    // Equal versions: which of two rows FINAL keeps is not ours to rely on when one is a tombstone.
+    const ahead = stored
+      .filter((s) => {
+        const version = versions.get(keyText(s.key));
+        return version !== undefined && (s.version > version || (s.version === version && s.deleted));
+      })
+      .map((s) => s.key);
+    addReplay(result, await replay.replay(bucket.projectId, absent, `${token}:absent`));
+    result.reset += await replay.reset(bucket.projectId, ahead, `${token}:ahead`);
+    return result;
+  }
+}
