@@ -1,9 +1,11 @@
+import { Kysely } from 'kysely';
 import request from 'supertest';
 import { ClickHouseClients, createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
-import { MirrorGapRow } from '../../src/dbs/postgres/database';
+import { DB, MirrorGapRow } from '../../src/dbs/postgres/database';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { createTestApp, TestApp } from '../support/app';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
-import { eventually, FakeClickHouse } from '../support/fake-clickhouse';
+import { eventually, FakeClickHouse, FakeClickHouseMode } from '../support/fake-clickhouse';
 import { makeNode, makeSpan, spanId, traceId } from '../support/fixtures';
 import { snapshotBothSides } from '../support/mirror';
 
@@ -126,29 +128,36 @@ async function runScript(t: TestApp, afterEach: () => void = () => undefined): P
   return { steps, createdAt };
 }
 
-/** The app with its ClickHouse behind a fake, plus a direct client to the real server to look at what arrived. */
+/** The app with its ClickHouse behind a fake, plus direct connections to the real servers to look at what arrived. */
 interface Rig {
   t: TestApp;
   proxy: FakeClickHouse;
+  /** The app's Postgres database. */
+  pg: Kysely<DB>;
+  /** The app's ClickHouse database, not through the proxy. */
   direct: ClickHouseClients;
   health(): Promise<request.Response>;
   gaps(): Promise<MirrorGapRow[]>;
-  /** Closes the app (flushing the mirror into the hanging/refusing proxy as it would), then reads the gaps, then drops the databases. */
+  /** Closes the app (flushing the mirror into whatever the proxy does), then reads the gaps, then drops the databases. */
   closeAndReadGaps(): Promise<MirrorGapRow[]>;
   close(): Promise<void>;
 }
 
-async function startRig(env: Record<string, string> = {}): Promise<Rig> {
-  const server = testClickHouseConfig('default');
-  // Starts forwarding so the app's startup DDL reaches the real server; each test then picks the fault.
-  const proxy = await FakeClickHouse.start(server.url);
+/** `mode` is where the proxy starts: `forward` lets the startup DDL reach the real server; each test then picks the fault. */
+async function startRig(env: Record<string, string> = {}, mode: FakeClickHouseMode = 'forward'): Promise<Rig> {
+  const proxy = await FakeClickHouse.start(testClickHouseConfig('default').url, mode);
   const t = await createTestApp({ ...FAST, CLICKHOUSE_URL: proxy.url, ...env }, { clickhouse: true });
   const { url, config } = testClickHouseConfig(t.database.name);
   const direct = createClickHouseClients(config, url);
-  const gaps = () => t.database.db.selectFrom('mirror_gaps').selectAll().orderBy('id').execute();
+  const pool = createPool(t.database.url, 2);
+  // The forced DROP DATABASE at the end can hit a connection the pool is still closing; that is expected.
+  pool.on('error', () => undefined);
+  const pg = createKysely(pool);
+  const gaps = () => pg.selectFrom('mirror_gaps').selectAll().orderBy('id').execute();
   let closed = false;
   const dropAll = async () => {
     closed = true;
+    await pg.destroy();
     await t.database.drop();
     await direct.close();
     await dropClickHouseDatabase(config, url);
@@ -157,6 +166,7 @@ async function startRig(env: Record<string, string> = {}): Promise<Rig> {
   return {
     t,
     proxy,
+    pg,
     direct,
     health: () => request(t.url).get('/health'),
     gaps,
@@ -175,7 +185,7 @@ async function startRig(env: Record<string, string> = {}): Promise<Rig> {
 }
 
 async function expectClickHouseMatchesPostgres(rig: Rig): Promise<void> {
-  const both = await snapshotBothSides(rig.t.database.db, rig.direct.query, rig.t.projectId);
+  const both = await snapshotBothSides(rig.pg, rig.direct.query, rig.t.projectId);
   expect(both.pgSpans).toHaveLength(4);
   expect(both.pgNodes).toHaveLength(2);
   expect(both.chSpans).toEqual(both.pgSpans);
@@ -329,7 +339,7 @@ describe('the API is isolated from ClickHouse faults', () => {
       expect(keysOf('spans')).toEqual(
         [1, 2, 3, 4, 5, 2, 3, 4, 5].map((n) => `${n <= 3 ? T1 : T2}/${id(n)}`).concat([`${T3}/${id(6)}`, `${T3}/${id(7)}`]).sort(),
       );
-      const otlpNodes = (await rig.t.database.db.selectFrom('nodes').select('node_id').where('tree_id', '!=', TREE).execute()).map((n) => n.node_id);
+      const otlpNodes = (await rig.pg.selectFrom('nodes').select('node_id').where('tree_id', '!=', TREE).execute()).map((n) => n.node_id);
       expect(keysOf('nodes')).toEqual([N1, N2, N2, N1, N2, ...otlpNodes].sort());
 
       for (const gap of gaps) {
@@ -342,7 +352,7 @@ describe('the API is isolated from ClickHouse faults', () => {
         expect([gap.min_created_at, gap.max_created_at]).toEqual([times[0], times[times.length - 1]]);
       }
 
-      const both = await snapshotBothSides(rig.t.database.db, rig.direct.query, rig.t.projectId);
+      const both = await snapshotBothSides(rig.pg, rig.direct.query, rig.t.projectId);
       expect(both.pgSpans).toHaveLength(4);
       expect(both.chSpans).toEqual([]);
       expect(both.chNodes).toEqual([]);
@@ -353,27 +363,18 @@ describe('the API is isolated from ClickHouse faults', () => {
   });
 
   it('ClickHouse down at startup: the API starts and answers as usual; once ClickHouse is up, its schema is applied and the rows arrive', async () => {
-    const server = testClickHouseConfig('default');
-    const proxy = await FakeClickHouse.start(server.url, 'refuse');
-    const t = await createTestApp({ ...FAST, CLICKHOUSE_URL: proxy.url }, { clickhouse: true });
-    const { url, config } = testClickHouseConfig(t.database.name);
-    const direct = createClickHouseClients(config, url);
+    const rig = await startRig({}, 'refuse');
     try {
-      const { steps } = await runScript(t);
+      const { steps } = await runScript(rig.t);
       expect(steps).toEqual(baseline);
 
-      await proxy.setMode('forward');
-      await t.mirror!.writer.drain();
+      await rig.proxy.setMode('forward');
+      await rig.t.mirror!.writer.drain();
       // Inserts sent before the tables existed would have been rejected (UNKNOWN_DATABASE) and become gaps.
-      expect(await t.database.db.selectFrom('mirror_gaps').selectAll().execute()).toEqual([]);
-      const both = await snapshotBothSides(t.database.db, direct.query, t.projectId);
-      expect(both.pgSpans).toHaveLength(4);
-      expect(both.chSpans).toEqual(both.pgSpans);
-      expect(both.chNodes).toEqual(both.pgNodes);
+      expect(await rig.gaps()).toEqual([]);
+      await expectClickHouseMatchesPostgres(rig);
     } finally {
-      await t.close();
-      await direct.close();
-      await proxy.close();
+      await rig.close();
     }
   });
 
@@ -400,7 +401,7 @@ describe('the API is isolated from ClickHouse faults', () => {
       const gaps = await rig.gaps();
       for (const gap of gaps) expect(gap.reason).toBe('queue_full');
       const inGaps = gaps.flatMap((gap) => gap.keys as string[][]).map((key) => key.join('/'));
-      const both = await snapshotBothSides(rig.t.database.db, rig.direct.query, rig.t.projectId);
+      const both = await snapshotBothSides(rig.pg, rig.direct.query, rig.t.projectId);
       const inClickHouse = both.chSpans.map((s) => `${s.trace_id}/${s.span_id}`);
       expect(inClickHouse.length).toBe(held.queuedRows);
       expect(rig.t.mirror!.writer.stats().rowsSent + rowsIn(gaps)).toBe(written.length);

@@ -1,5 +1,8 @@
 import { createClient } from '@clickhouse/client';
+import { Kysely } from 'kysely';
 import request from 'supertest';
+import { DB } from '../../src/dbs/postgres/database';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { createTestApp, TestApp } from '../support/app';
 import { testClickHouseConfig } from '../support/clickhouse';
 import { eventually, FakeClickHouse } from '../support/fake-clickhouse';
@@ -114,6 +117,14 @@ function expectEveryPathMirrored(both: Awaited<ReturnType<typeof snapshotBothSid
 
 const get = (t: TestApp, path: string) => request(t.url).get(path);
 
+/** The app's Postgres database, for comparing with ClickHouse; destroy it before t.close(). */
+function openPostgres(t: TestApp): Kysely<DB> {
+  const pool = createPool(t.database.url, 2);
+  // The forced DROP DATABASE at the end can hit a connection the pool is still closing; that is expected.
+  pool.on('error', () => undefined);
+  return createKysely(pool);
+}
+
 describe('USE_CLICKHOUSE off', () => {
   let fake: FakeClickHouse;
   let t: TestApp;
@@ -148,25 +159,30 @@ describe('USE_CLICKHOUSE off', () => {
 
 describe('USE_CLICKHOUSE on', () => {
   let t: TestApp;
+  let pg: Kysely<DB>;
   let written: Written;
   beforeAll(async () => {
     // The default flush interval (1 s): rows must get there without anyone calling drain().
     t = await createTestApp({}, { clickhouse: true });
+    pg = openPostgres(t);
   });
-  afterAll(async () => t?.close());
+  afterAll(async () => {
+    await pg?.destroy();
+    await t?.close();
+  });
 
   it('mirrors every write path, and the rows arrive by themselves within the flush interval', async () => {
     written = await writeThroughEveryPath(t.url, t.apiKey);
     const mirror = t.mirror!;
     const both = await eventually('ClickHouse to match Postgres without a drain', async () => {
-      const snapshot = await snapshotBothSides(t.database.db, mirror.clickhouse.query, t.projectId);
+      const snapshot = await snapshotBothSides(pg, mirror.clickhouse.query, t.projectId);
       const same = JSON.stringify([snapshot.chSpans, snapshot.chNodes]) === JSON.stringify([snapshot.pgSpans, snapshot.pgNodes]);
       return same ? snapshot : null;
     }, 15_000, 200);
     expectEveryPathMirrored(both, written);
 
     await mirror.writer.drain();
-    expectEveryPathMirrored(await snapshotBothSides(t.database.db, mirror.clickhouse.query, t.projectId), written);
+    expectEveryPathMirrored(await snapshotBothSides(pg, mirror.clickhouse.query, t.projectId), written);
     expect(mirror.writer.stats()).toMatchObject({ rowsSent: written.spanRows + written.nodeRows, gapsRecorded: 0, rowsDropped: 0 });
   });
 
@@ -199,10 +215,15 @@ describe('CLICKHOUSE_PROJECT_IDS (gradual rollout)', () => {
   const projectA = uuid();
   const projectB = uuid();
   let t: TestApp;
+  let pg: Kysely<DB>;
   beforeAll(async () => {
     t = await createTestApp({ CLICKHOUSE_PROJECT_IDS: projectA, MIRROR_FLUSH_INTERVAL_MS: '50' }, { clickhouse: true });
+    pg = openPostgres(t);
   });
-  afterAll(async () => t?.close());
+  afterAll(async () => {
+    await pg?.destroy();
+    await t?.close();
+  });
 
   it("mirrors the listed project's writes and none of the others', whose API results are unchanged", async () => {
     const a = await t.createApiKey(projectA);
@@ -213,10 +234,10 @@ describe('CLICKHOUSE_PROJECT_IDS (gradual rollout)', () => {
     const writtenB = await writeThroughEveryPath(t.url, b.key, ids);
     await t.mirror!.writer.drain();
 
-    const bothA = await snapshotBothSides(t.database.db, t.mirror!.clickhouse.query, projectA);
+    const bothA = await snapshotBothSides(pg, t.mirror!.clickhouse.query, projectA);
     expectEveryPathMirrored(bothA, writtenA);
 
-    const bothB = await snapshotBothSides(t.database.db, t.mirror!.clickhouse.query, projectB);
+    const bothB = await snapshotBothSides(pg, t.mirror!.clickhouse.query, projectB);
     expect(bothB.pgSpans).toHaveLength(3);
     expect(bothB.pgNodes).toHaveLength(2);
     expect(bothB.chSpans).toEqual([]);
