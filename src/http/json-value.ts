@@ -50,5 +50,17 @@ function checked<T extends z.ZodTypeAny>(schema: T) {
   }) as unknown as z.ZodType<z.infer<T>, z.ZodTypeDef, z.input<T>>;
 }
 
+/**
+ * Text fields (names, messages, codes) follow the same rules as strings inside
+ * JSON: Postgres text refuses U+0000, and node-postgres would silently turn an
+ * unpaired surrogate into U+FFFD, storing something other than what was sent.
+ */
+export function textSchema(schema: z.ZodString) {
+  return schema.superRefine((value, ctx) => {
+    const problem = stringProblem(value);
+    if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, message: problem });
+  });
+}
+
 export const jsonObjectSchema = checked(z.record(z.string(), z.unknown())) as z.ZodType<{ [key: string]: Json }>;
 export const jsonArraySchema = checked(z.array(z.unknown())) as z.ZodType<Json[]>;

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { jsonArraySchema, jsonObjectSchema } from '../../http/json-value';
+import { jsonArraySchema, jsonObjectSchema, textSchema } from '../../http/json-value';
 import { timestampSchema } from '../../tracing/dto/span.schema';
 
 export const uuidSchema = z
@@ -13,12 +13,12 @@ export const nodeInputSchema = z
     tree_id: uuidSchema,
     root_id: uuidSchema.nullable().default(null),
     parent_id: uuidSchema.nullable().default(null),
-    node_name: z.string().min(1, 'must not be empty').max(1024),
-    node_type: z.string().min(1).max(64).default('unknown'),
+    node_name: textSchema(z.string().min(1, 'must not be empty').max(1024)),
+    node_type: textSchema(z.string().min(1).max(64)).default('unknown'),
     time_start: timestampSchema,
     time_end: timestampSchema,
     status: z
-      .object({ code: z.string().min(1).max(64), message: z.string().max(10_000).nullable().default(null) })
+      .object({ code: textSchema(z.string().min(1).max(64)), message: textSchema(z.string().max(10_000)).nullable().default(null) })
       .strict()
       .default({ code: 'UNSET', message: null }),
     data: jsonObjectSchema.nullable().default(null),
@@ -49,8 +49,8 @@ export const nodesBodySchema = z
 export const nodeQuerySchema = z
   .object({
     tree_id: uuidSchema.optional(),
-    node_type: z.string().max(64).optional(),
-    node_name: z.string().max(1024).optional(),
+    node_type: textSchema(z.string().max(64)).optional(),
+    node_name: textSchema(z.string().max(1024)).optional(),
     oldest: timestampSchema.optional(),
     newest: timestampSchema.optional(),
     limit: z.coerce.number().int().min(1).max(1000).optional(),

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { jsonArraySchema, jsonObjectSchema } from '../../http/json-value';
+import { jsonArraySchema, jsonObjectSchema, textSchema } from '../../http/json-value';
 import { SPAN_KINDS, SPAN_TYPES, STATUS_CODES, TRACE_TYPES } from '../span';
 import { normalizeTimestamp } from '../timestamp';
 
@@ -36,11 +36,11 @@ export const spanInputSchema = z
     trace_type: z.enum(TRACE_TYPES).default('invocation'),
     span_type: z.enum(SPAN_TYPES).default('unknown'),
     span_kind: z.enum(SPAN_KINDS).default('SPAN_KIND_INTERNAL'),
-    span_name: z.string().min(1, 'must not be empty').max(1024),
+    span_name: textSchema(z.string().min(1, 'must not be empty').max(1024)),
     start_time: timestampSchema,
     end_time: timestampSchema,
     status_code: z.enum(STATUS_CODES).default('STATUS_CODE_UNSET'),
-    status_message: z.string().max(10_000).nullable().default(null),
+    status_message: textSchema(z.string().max(10_000)).nullable().default(null),
     attributes: jsonObjectSchema.default({}),
     references: jsonArraySchema.nullable().default(null),
     links: jsonArraySchema.nullable().default(null),
