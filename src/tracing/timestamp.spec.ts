@@ -14,6 +14,14 @@ describe('timestamps with microseconds', () => {
     }
   });
 
+  it('rejects years 0-99 instead of reading them as 1900-1999 (Date.UTC does)', () => {
+    for (const bad of ['0050-01-01T00:00:00Z', '0099-12-31T23:59:59Z', '0001-01-01T00:00:00.000000Z', '0000-01-01T00:00:00Z']) {
+      expect(normalizeTimestamp(bad)).toBeNull();
+    }
+    expect(normalizeTimestamp('1900-01-01T00:00:00Z')).toBe('1900-01-01T00:00:00.000000Z');
+    expect(normalizeTimestamp('2299-12-31T23:59:59Z')).toBe('2299-12-31T23:59:59.000000Z');
+  });
+
   it('round-trips through bigint microseconds exactly', () => {
     const iso = '2026-11-22T10:00:00.999999Z';
     expect(isoToMicros(iso)).toBe(1795341600999999n);

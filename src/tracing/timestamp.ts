@@ -24,6 +24,8 @@ export function parseTimestampMicros(text: string): bigint | null {
   const month = Number(mo);
   const day = Number(d);
   if (month < 1 || month > 12 || day < 1 || Number(h) > 23 || Number(mi) > 59 || Number(s) > 59) return null;
+  // Date.UTC reads years 0-99 as 1900-1999; a zone offset moves the year by one at most.
+  if (year < MIN_YEAR - 1 || year > MAX_YEAR + 1) return null;
   const ms = Date.UTC(year, month - 1, day, Number(h), Number(mi), Number(s));
   const check = new Date(ms);
   if (check.getUTCDate() !== day || check.getUTCMonth() !== month - 1) return null; // e.g. Feb 30
