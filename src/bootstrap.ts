@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { INestApplication } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
@@ -15,10 +16,20 @@ export async function createApp(env: Record<string, string | undefined> = {}): P
   const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot(env), { bufferLogs: true, bodyParser: false });
   app.useLogger(app.get(Logger));
   const config = app.get<AppConfig>(APP_CONFIG);
-  app.useBodyParser('json', { limit: config.http.bodyLimit });
+  app.useBodyParser('json', { limit: config.http.bodyLimit, verify: refuseInvalidUtf8 });
   app.disable('x-powered-by');
   setUpOpenApi(app);
   return app;
+}
+
+/**
+ * body-parser would decode invalid UTF-8 to U+FFFD and store that instead of
+ * what was sent: refuse it with a 400 (type entity.* so the filter keeps the status).
+ */
+function refuseInvalidUtf8(_req: unknown, _res: unknown, body: Buffer, encoding: string): void {
+  if (/^utf-?8$/i.test(encoding) && !isUtf8(body)) {
+    throw Object.assign(new Error('request body is not valid UTF-8'), { status: 400, type: 'entity.verify.failed' });
+  }
 }
 
 function setUpOpenApi(app: INestApplication): void {

@@ -288,9 +288,17 @@ describe('decodeOtlpProtobuf', () => {
       'body: not a valid protobuf ExportTraceServiceRequest (invalid wire type 7 at offset 1)',
     );
     const truncated = toProtobuf(jsonRequest([jsonSpan()])).subarray(0, -5);
-    expect(decodeError(() => decodeOtlpProtobuf(truncated))).toBe(
-      `body: not a valid protobuf ExportTraceServiceRequest (index out of range: ${truncated.length} + 1 > ${truncated.length})`,
+    expect(decodeError(() => decodeOtlpProtobuf(truncated))).toMatch(
+      new RegExp(`^body: not a valid protobuf ExportTraceServiceRequest \\(index out of range: \\d+ \\+ \\d+ > ${truncated.length}\\)$`),
     );
+  });
+
+  it('refuses invalid UTF-8 in a string field instead of storing U+FFFD', () => {
+    const encoded = Buffer.from(toProtobuf(jsonRequest([jsonSpan({ name: 'name-XY' })])));
+    const at = encoded.indexOf('XY');
+    encoded[at] = 0xff;
+    encoded[at + 1] = 0xc3;
+    expect(decodeError(() => decodeOtlpProtobuf(encoded))).toBe('body: not a valid protobuf ExportTraceServiceRequest (a string field is not valid UTF-8)');
   });
 
   it('answers a JSON body sent as protobuf with a decode error', () => {

@@ -1,4 +1,6 @@
 import generatedRoot = require('@opentelemetry/otlp-transformer/build/src/generated/root');
+import { isUtf8 } from 'node:buffer';
+import { BufferReader } from 'protobufjs/minimal';
 import { jsonProblem } from '../http/json-value';
 import { Json, SPAN_KINDS, STATUS_CODES } from '../tracing/span';
 import { MAX_YEAR } from '../tracing/timestamp';
@@ -128,10 +130,23 @@ export function decodeOtlpJson(body: unknown): OtlpSpan[] {
   return walkRequest(body, 'json');
 }
 
+/**
+ * protobufjs decodes invalid UTF-8 in a string field to U+FFFD, so the stored
+ * text would differ from what was sent; protobuf requires valid UTF-8 there.
+ */
+class StrictUtf8Reader extends BufferReader {
+  override string(): string {
+    const bytes = this.bytes();
+    if (!isUtf8(bytes)) throw new Error('a string field is not valid UTF-8');
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('utf8');
+  }
+}
+
 export function decodeOtlpProtobuf(buf: Buffer): OtlpSpan[] {
   let message: ProtoExportTraceServiceRequest;
   try {
-    message = otlpTraceService.ExportTraceServiceRequest.decode(buf);
+    // The generated decoder keeps using a reader it is handed, nested messages included.
+    message = otlpTraceService.ExportTraceServiceRequest.decode(new StrictUtf8Reader(buf) as unknown as Uint8Array);
   } catch (error) {
     throw new OtlpDecodeError('body', `not a valid protobuf ExportTraceServiceRequest (${(error as Error).message})`);
   }
