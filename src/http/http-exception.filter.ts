@@ -48,12 +48,17 @@ export class HttpExceptionFilter implements ExceptionFilter {
     }
     if (error instanceof SpansConflictError) return [409, { statusCode: 409, error: 'Conflict', message: error.message }];
     if (error instanceof SpansNotFoundError) return [404, { statusCode: 404, error: 'Not Found', message: error.message }];
-    const bodyError = error as { type?: string; status?: number; statusCode?: number; message?: string };
-    if (typeof bodyError?.type === 'string' && bodyError.type.startsWith('entity.') || bodyError?.type === 'encoding.unsupported' || bodyError?.type === 'charset.unsupported') {
-      const status = bodyError.status ?? bodyError.statusCode ?? 400;
+    const bodyError = error as { type?: string; status?: number; statusCode?: number; message?: string; expose?: boolean; code?: string };
+    const bodyStatus = bodyError?.status ?? bodyError?.statusCode;
+    // body-parser reports a body it cannot read as an http-error: typed ones, and (untyped) a body that does not decompress.
+    const unreadableBody = bodyError?.expose === true && typeof bodyStatus === 'number' && bodyStatus >= 400 && bodyStatus < 500;
+    if (typeof bodyError?.type === 'string' && bodyError.type.startsWith('entity.') || bodyError?.type === 'encoding.unsupported' || bodyError?.type === 'charset.unsupported' || unreadableBody) {
+      const status = bodyStatus ?? 400;
       // Malformed JSON never gets here: Nest turns body-parser's SyntaxError into a 400 itself.
-      const message = bodyError.type === 'entity.too.large' ? 'request body is larger than the limit' : bodyError.message;
-      return [status, { statusCode: status, error: status === 413 ? 'Payload Too Large' : 'Bad Request', message }];
+      const message = bodyError.type === 'entity.too.large'
+        ? 'request body is larger than the limit'
+        : bodyError.type === undefined ? `request body could not be read; does it match its Content-Encoding? (${bodyError.code ?? bodyError.message})` : bodyError.message;
+      return [status, { statusCode: status, error: status === 413 ? 'Payload Too Large' : status === 415 ? 'Unsupported Media Type' : 'Bad Request', message }];
     }
     if (isDatabaseUnavailable(error)) {
       return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is unavailable; retry later' }];
