@@ -1,9 +1,11 @@
 import {
-  BadRequestException, Controller, HttpCode, Logger, Post, Req, StreamableFile, UnsupportedMediaTypeException,
+  BadRequestException, Controller, HttpCode, Inject, Logger, PayloadTooLargeException, Post, Req, StreamableFile, UnsupportedMediaTypeException,
 } from '@nestjs/common';
 import { ApiBody, ApiConsumes, ApiOperation, ApiResponse, ApiSecurity, ApiTags } from '@nestjs/swagger';
 import type { Request } from 'express';
 import { ProjectId } from '../auth/project-id.decorator';
+import { AppConfig } from '../config/app-config';
+import { APP_CONFIG } from '../config/config.module';
 import { ObservabilityService } from '../observability/observability.service';
 import { TracingService } from '../tracing/tracing.service';
 import { OtlpDecodeError, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
@@ -26,6 +28,7 @@ export class OtlpController {
   constructor(
     private readonly tracing: TracingService,
     private readonly observability: ObservabilityService,
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
   ) {}
 
   @Post('traces')
@@ -41,6 +44,7 @@ export class OtlpController {
   @ApiResponse({ status: 200, description: 'Accepted: an ExportTraceServiceResponse in the request encoding' })
   @ApiResponse({ status: 400, description: 'Undecodable or invalid; names the first bad field by path' })
   @ApiResponse({ status: 415, description: 'Content-Type is neither application/x-protobuf nor application/json' })
+  @ApiResponse({ status: 413, description: 'Body larger than BODY_LIMIT, or more spans than MAX_BATCH_ITEMS' })
   async exportTraces(@ProjectId() projectId: string, @Req() request: Request): Promise<StreamableFile | { partialSuccess: object }> {
     const contentType = (request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
     if (contentType !== PROTOBUF && contentType !== JSON_TYPE) {
@@ -52,6 +56,9 @@ export class OtlpController {
         ? decodeOtlpProtobuf(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0))
         : decodeOtlpJson(request.body ?? {}),
     );
+    // The same per-request bound as the REST batches (MAX_BATCH_ITEMS).
+    const max = this.config.http.maxBatchItems;
+    if (otlpSpans.length > max) throw new PayloadTooLargeException(`spans: at most ${max} per request, got ${otlpSpans.length}`);
     const { spans, nodes } = mapOtlpSpans(otlpSpans);
     // Spans, then nodes; both are upserts keyed by id, so if the second write
     // fails the exporter's retry rewrites both and the two converge.
