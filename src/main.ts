@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import type { Server } from 'node:http';
 import { Logger } from 'nestjs-pino';
 import { createApp } from './bootstrap';
-import { AppConfig, ConfigError } from './config/app-config';
+import { AppConfig, ConfigError, parseConfig } from './config/app-config';
 import { APP_CONFIG } from './config/config.module';
 
 /**
@@ -11,6 +11,8 @@ import { APP_CONFIG } from './config/config.module';
  * which flushes the mirror and closes the pools in Nest's shutdown hooks.
  */
 async function main(): Promise<void> {
+  // Fail fast with a readable message before Nest starts (it would wrap the error in a DI stack trace).
+  parseConfig();
   const app = await createApp();
   const config = app.get<AppConfig>(APP_CONFIG);
   const logger = app.get(Logger);
