@@ -1,0 +1,186 @@
+import { createClient } from '@clickhouse/client';
+import { randomUUID } from 'node:crypto';
+import { Agent, request } from 'node:http';
+import { ApiKeyService } from '../../src/auth/api-key.service';
+import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
+import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
+import { ApiProcess, ensureApiBuild, startApiProcess } from '../support/api-process';
+import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
+import { makeTrace } from '../support/fixtures';
+import { snapshotBothSides } from '../support/mirror';
+import { createTestDatabase, TestDatabase } from '../support/postgres';
+
+/**
+ * SIGTERM to the real API process (compiled build, mirror on) while clients
+ * keep writing. Every request the server had accepted must complete with
+ * success, including one whose body is still uploading; the process must exit
+ * 0 within SHUTDOWN_TIMEOUT_MS + MIRROR_SHUTDOWN_DEADLINE_MS; and every span
+ * it acknowledged must be in Postgres and in ClickHouse (or a recorded gap:
+ * with ClickHouse up, there must be none).
+ */
+
+const SHUTDOWN_TIMEOUT_MS = 8_000;
+const MIRROR_SHUTDOWN_DEADLINE_MS = 8_000;
+/** Process start-up of teardown work outside both deadlines (closing pools, exit). */
+const EXIT_SLACK_MS = 5_000;
+const CLIENTS = 12;
+const SPANS_PER_REQUEST = 10;
+/** A request counts as accepted when its last byte was written this long before SIGTERM. */
+const ACCEPTED_MARGIN_MS = 25;
+
+interface Outcome {
+  writtenAt: number;
+  status: number | null;
+  error: string | null;
+  spans: number;
+}
+
+describe('graceful shutdown under load (SIGTERM, mirror on)', () => {
+  let database: TestDatabase;
+  let clickhouse: ReturnType<typeof testClickHouseConfig>;
+  let api: ApiProcess;
+  let key: string;
+  const projectId = randomUUID();
+
+  beforeAll(async () => {
+    [database] = await Promise.all([createTestDatabase(), ensureApiBuild()]);
+    clickhouse = testClickHouseConfig(database.name);
+    key = (await new ApiKeyService(new ApiKeysRepository(database.db)).create(projectId)).key;
+    api = await startApiProcess({
+      DATABASE_URL: database.url,
+      MIGRATE_ON_START: 'false',
+      USE_CLICKHOUSE: 'true',
+      CLICKHOUSE_URL: clickhouse.url,
+      CLICKHOUSE_USER: clickhouse.config.user,
+      CLICKHOUSE_PASSWORD: clickhouse.config.password,
+      CLICKHOUSE_DATABASE: database.name,
+      SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
+      MIRROR_SHUTDOWN_DEADLINE_MS: String(MIRROR_SHUTDOWN_DEADLINE_MS),
+      // Long enough that rows are sitting in the writer's buffer when SIGTERM comes.
+      MIRROR_FLUSH_INTERVAL_MS: '3000',
+      LOG_LEVEL: 'info',
+    });
+  }, 180_000);
+
+  afterAll(async () => {
+    await api?.stop(5_000);
+    await database?.drop();
+    if (clickhouse) await dropClickHouseDatabase(clickhouse.config, clickhouse.url);
+  }, 60_000);
+
+  it('finishes accepted requests, exits 0 within its deadlines, and loses no span', async () => {
+    const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS + 1 });
+    const outcomes: Outcome[] = [];
+    let sigtermAt = Infinity;
+    let stopping = false;
+
+    const post = (body: string, spans: number) =>
+      new Promise<void>((done) => {
+        const outcome: Outcome = { writtenAt: Infinity, status: null, error: null, spans };
+        outcomes.push(outcome);
+        const req = request(`${api.url}/tracing/spans`, {
+          method: 'POST',
+          agent,
+          headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) },
+        }, (res) => {
+          res.resume();
+          res.on('end', () => {
+            outcome.status = res.statusCode ?? null;
+            done();
+          });
+          res.on('error', (error) => {
+            outcome.error = error.message;
+            done();
+          });
+        });
+        req.on('finish', () => (outcome.writtenAt = Date.now()));
+        req.on('error', (error) => {
+          outcome.error = `${(error as NodeJS.ErrnoException).code ?? ''} ${error.message}`;
+          done();
+        });
+        req.end(body);
+      });
+
+    const client = async () => {
+      while (!stopping) {
+        const spans = makeTrace(SPANS_PER_REQUEST - 1);
+        await post(JSON.stringify({ spans }), spans.length);
+        if (outcomes[outcomes.length - 1]?.error) await new Promise((done) => setTimeout(done, 20));
+        // After SIGTERM, keep going briefly: late requests may be refused, never answered 5xx.
+        if (Date.now() > sigtermAt + 1_000) stopping = true;
+      }
+    };
+
+    /** A request whose body is half-uploaded when SIGTERM comes and finished afterwards. */
+    const slowUpload = () =>
+      new Promise<Outcome>((done) => {
+        const body = JSON.stringify({ spans: makeTrace(4) });
+        const outcome: Outcome = { writtenAt: Infinity, status: null, error: null, spans: 5 };
+        const req = request(`${api.url}/tracing/spans`, {
+          method: 'POST',
+          headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) },
+        }, (res) => {
+          res.resume();
+          res.on('end', () => {
+            outcome.status = res.statusCode ?? null;
+            done(outcome);
+          });
+        });
+        req.on('error', (error) => {
+          outcome.error = error.message;
+          done(outcome);
+        });
+        req.flushHeaders();
+        req.write(body.slice(0, 100));
+        const finish = setInterval(() => {
+          if (Date.now() < sigtermAt + 500) return;
+          clearInterval(finish);
+          req.end(body.slice(100));
+        }, 50);
+      });
+
+    const clients = Array.from({ length: CLIENTS }, client);
+    const slow = slowUpload();
+    // Let the load settle in, then stop the process while requests are in flight.
+    await new Promise((done) => setTimeout(done, 3_000));
+    const inFlightAtSigterm = outcomes.filter((o) => o.status === null && o.error === null).length;
+    sigtermAt = Date.now();
+    api.child.kill('SIGTERM');
+    const exit = await api.exited;
+    const exitedAfterMs = Date.now() - sigtermAt;
+    stopping = true;
+    await Promise.all(clients);
+    const slowOutcome = await slow;
+    agent.destroy();
+
+    const diagnostics = () => `exit ${JSON.stringify(exit)} after ${exitedAfterMs} ms\n${api.logs().slice(-3_000)}`;
+    expect({ exit, diagnostics: exit.code === 0 ? '' : diagnostics() }).toEqual({ exit: { code: 0, signal: null }, diagnostics: '' });
+    expect(exitedAfterMs).toBeLessThan(SHUTDOWN_TIMEOUT_MS + MIRROR_SHUTDOWN_DEADLINE_MS + EXIT_SLACK_MS);
+    expect(inFlightAtSigterm).toBeGreaterThan(0);
+
+    // Every request written before SIGTERM was answered 201; none at any time got a 5xx.
+    const accepted = outcomes.filter((o) => o.writtenAt < sigtermAt - ACCEPTED_MARGIN_MS);
+    const failedAccepted = accepted.filter((o) => o.status !== 201);
+    expect(failedAccepted).toEqual([]);
+    expect(outcomes.filter((o) => o.status !== null && o.status >= 500)).toEqual([]);
+    expect(slowOutcome).toMatchObject({ status: 201, error: null });
+    expect(accepted.length).toBeGreaterThan(CLIENTS);
+
+    // Nothing lost: every acknowledged span is in Postgres, and Postgres and ClickHouse agree row for row.
+    const acknowledged = [...outcomes, slowOutcome].filter((o) => o.status === 201).reduce((n, o) => n + o.spans, 0);
+    const ch = createClient(clickHouseClientOptions(clickhouse.config, clickhouse.url));
+    try {
+      const both = await snapshotBothSides(database.db, ch, projectId);
+      expect(both.pgSpans.length).toBe(acknowledged);
+      const gaps = await database.db.selectFrom('mirror_gaps').selectAll().execute();
+      expect(gaps).toEqual([]);
+      expect(both.chSpans.length).toBe(both.pgSpans.length);
+      expect(both.chSpans).toEqual(both.pgSpans);
+    } finally {
+      await ch.close();
+    }
+    // The log says the mirror flushed rather than hit its deadline.
+    expect(api.logs()).toMatch(/"outcome":"flushed"/);
+    process.stdout.write(`graceful shutdown: ${acknowledged} spans acknowledged in ${outcomes.length + 1} requests, ${inFlightAtSigterm} in flight at SIGTERM, exit after ${exitedAfterMs} ms\n`);
+  }, 120_000);
+});
