@@ -145,16 +145,17 @@ export class Backfill {
         next.catch(() => undefined);
 
         let batch: Batch = newBatch(cursor);
-        for (const row of page.rows) {
-          const line = entity.line(entity.mirrored(row));
+        for (let i = 0; i < page.rows.length; i++) {
+          const line = entity.line(entity.mirrored(page.rows[i]));
           const bytes = Buffer.byteLength(line) + 1;
           if (batch.body.rows > 0 && (batch.body.rows >= limits.rows || batch.body.bytes + bytes > limits.bytes)) {
+            batch.to = entity.cursorOf(page.rows[i - 1]);
             await send(batch);
             batch = newBatch(batch.to);
           }
           batch.body.add(line, bytes);
-          batch.to = entity.cursorOf(row);
         }
+        batch.to = page.last!;
         await send(batch);
         cursor = batch.to;
       }

@@ -18,6 +18,14 @@ export interface StoredKeyVersion {
   deleted: boolean;
 }
 
+/** A row as ClickHouse returns it in JSONEachRow: the fields of its line. */
+export interface StoredRow {
+  project_id: string;
+  /** DateTime64(6) text, 'YYYY-MM-DD hh:mm:ss.ffffff'. */
+  created_at: string;
+  [column: string]: unknown;
+}
+
 export class ClickHouseNotReadyError extends Error {
   override name = 'ClickHouseNotReadyError';
 }
@@ -99,8 +107,12 @@ export class ClickHouseHistory {
     return projects ? counts.filter((c) => projects.has(c.project_id)) : counts;
   }
 
-  /** Every live row of the scope (FINAL), in no particular order, a block at a time. */
-  async *streamLive<Mirrored extends MirroredRecord>(entity: HistoryEntity<unknown, Mirrored>, scope: HistoryScope): AsyncGenerator<Mirrored[]> {
+  /**
+   * Every live row of the scope (FINAL) as ClickHouse returns it, in no
+   * particular order, a block at a time: the mapper's columns in the
+   * mapper's order and pinned formats, i.e. the stored line's fields.
+   */
+  async *streamStored(entity: HistoryEntity, scope: HistoryScope): AsyncGenerator<StoredRow[]> {
     const { conditions, params } = scopeConditions(scope);
     const columns = entity.clickHouseColumns.map((c) => `\`${c}\``).join(', ');
     const result = await this.query.query({
@@ -109,7 +121,7 @@ export class ClickHouseHistory {
       format: 'JSONEachRow',
     });
     for await (const rows of result.stream()) {
-      yield rows.map((row: { json(): unknown }) => entity.fromClickHouse(row.json()));
+      yield rows.map((row: { json(): unknown }) => row.json() as StoredRow);
     }
   }
 
@@ -123,7 +135,7 @@ export class ClickHouseHistory {
     const keys = entity.clickHouseKeyColumns.map((expr, i) => `${expr} AS k${i}`).join(', ');
     const groups = entity.clickHouseKeyColumns.map((_, i) => `k${i}`).join(', ');
     const result = await this.query.query({
-      query: `SELECT ${keys}, toString(max(version)) AS version, argMax(is_deleted, version) AS deleted
+      query: `SELECT ${keys}, toString(max(version)) AS top_version, argMax(is_deleted, version) AS top_deleted
               FROM ${entity.table} WHERE ${conditions.join(' AND ') || '1'} GROUP BY ${groups}`,
       query_params: params,
       format: 'JSONEachRow',
@@ -131,8 +143,8 @@ export class ClickHouseHistory {
     const rows = await result.json<Record<string, string | number>>();
     return rows.map((row) => ({
       key: entity.clickHouseKeyOf(entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]))),
-      version: BigInt(row.version),
-      deleted: Number(row.deleted) === 1,
+      version: BigInt(row.top_version),
+      deleted: Number(row.top_deleted) === 1,
     }));
   }
 

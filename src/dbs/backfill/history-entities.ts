@@ -3,18 +3,10 @@ import { RawBuilder, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
 import { ClickHouseNodesDao } from '../clickhouse/clickhouse-nodes.dao';
 import { ClickHouseSpansDao } from '../clickhouse/clickhouse-spans.dao';
+import { MirroredNode, NODE_COLUMNS, toNodeClickHouseLine } from '../clickhouse/node-clickhouse-row.mapper';
 import {
-  fromNodeClickHouseRow,
-  MirroredNode,
-  NODE_COLUMNS,
-  NodeClickHouseRow,
-  toNodeClickHouseLine,
-} from '../clickhouse/node-clickhouse-row.mapper';
-import {
-  fromSpanClickHouseRow,
   MirroredSpan,
   SPAN_COLUMNS,
-  SpanClickHouseRow,
   spanIdToUInt64,
   toSpanClickHouseLine,
   traceIdToUuid,
@@ -69,8 +61,8 @@ export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = Mirr
   line(record: Mirrored): string;
   mirroredKeyOf(record: Mirrored): string[];
   tombstone(record: Mirrored, version: bigint): Mirrored;
+  /** The table's columns in the mapper's order: selected in it, a stored row serializes to its line. */
   clickHouseColumns: readonly string[];
-  fromClickHouse(row: unknown): Mirrored;
   /** SELECT expressions that give a key as text, in gap-key order, and the mapping back. */
   clickHouseKeyColumns: string[];
   clickHouseKeyOf(texts: string[]): string[];
@@ -117,7 +109,6 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
   mirroredKeyOf: (span) => [span.trace_id, span.span_id],
   tombstone: (span, version) => ({ ...span, version, deleted: true }),
   clickHouseColumns: SPAN_COLUMNS,
-  fromClickHouse: (row) => fromSpanClickHouseRow(row as SpanClickHouseRow),
   clickHouseKeyColumns: ['toString(trace_id)', 'toString(span_id)'],
   clickHouseKeyOf: ([trace, span]) => [uuidToTraceId(trace), uint64ToSpanId(span)],
   clickHouseKeysCondition: (keys) => ({
@@ -162,7 +153,6 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
   mirroredKeyOf: (node) => [node.node_id],
   tombstone: (node, version) => ({ ...node, version, deleted: true }),
   clickHouseColumns: NODE_COLUMNS,
-  fromClickHouse: (row) => fromNodeClickHouseRow(row as NodeClickHouseRow),
   clickHouseKeyColumns: ['toString(node_id)'],
   clickHouseKeyOf: ([id]) => [id],
   clickHouseKeysCondition: (keys) => ({ condition: 'node_id IN {keyNodeIds:Array(UUID)}', params: { keyNodeIds: keys.map(([id]) => id) } }),
