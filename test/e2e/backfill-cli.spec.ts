@@ -1,0 +1,169 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+import { sql } from 'kysely';
+import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
+import { seedNodes, seedSpans } from '../support/history';
+import { createTestDatabase, TestDatabase } from '../support/postgres';
+
+/**
+ * The operator commands as an operator runs them: real processes against
+ * per-spec databases, killed, resumed, and checked by `verify`.
+ */
+
+const ROOT = resolve(__dirname, '../..');
+const PROJECTS = [1, 2, 3, 4, 5].map((n) => `0c000000-0000-4000-8000-00000000000${n}`);
+const SPANS = 200_000;
+const NODES = 20_000;
+
+interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+function start(script: 'backfill' | 'verify', args: string[], env: Record<string, string>): { child: ChildProcess; done: Promise<Run> } {
+  // jest's NODE_OPTIONS (vm modules) is not the commands' business.
+  const { NODE_OPTIONS: _jest, ...inherited } = process.env;
+  const child = spawn(process.execPath, ['--import', 'tsx', `scripts/${script}.ts`, ...args], { cwd: ROOT, env: { ...inherited, ...env } });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const done = new Promise<Run>((resolveRun) => child.on('close', (code, signal) => resolveRun({ code, signal, stdout, stderr })));
+  return { child, done };
+}
+
+const run = (script: 'backfill' | 'verify', args: string[], env: Record<string, string>) => start(script, args, env).done;
+
+describe('npm run backfill / verify', () => {
+  let pg: TestDatabase;
+  let ch: TestClickHouse;
+  let env: Record<string, string>;
+
+  beforeAll(async () => {
+    [pg, ch] = await Promise.all([createTestDatabase(), createTestClickHouse()]);
+    env = {
+      DATABASE_URL: pg.url,
+      CLICKHOUSE_URL: ch.url,
+      CLICKHOUSE_USER: ch.config.user,
+      CLICKHOUSE_PASSWORD: ch.config.password,
+      CLICKHOUSE_DATABASE: ch.database,
+      USE_CLICKHOUSE: 'true',
+    };
+    await seedSpans(pg.db, { projects: PROJECTS, days: 10, rows: SPANS });
+    await seedNodes(pg.db, { projects: PROJECTS, days: 10, rows: NODES });
+  }, 120_000);
+  afterAll(async () => Promise.all([pg?.drop(), ch?.drop()]));
+
+  const spansCheckpoint = () => pg.db.selectFrom('backfill_checkpoints').selectAll().where('entity', '=', 'spans').executeTakeFirst();
+  const count = async (query: string) => Number((await (await ch.clients.query.query({ query, format: 'JSONEachRow' })).json<{ n: string }>())[0].n);
+
+  it('survives SIGKILL half-way: the next run resumes from its checkpoint, and verify finds no difference', async () => {
+    const first = start('backfill', ['--entity', 'spans', '--batch-rows', '2000'], env);
+    for (;;) {
+      const checkpoint = await spansCheckpoint();
+      if (Number(checkpoint?.rows_copied ?? 0) >= SPANS / 4) break;
+      const exited = await Promise.race([first.done, new Promise((r) => setTimeout(r, 50))]);
+      if (exited) throw new Error(`backfill ended before it could be killed: ${JSON.stringify(exited)}`);
+    }
+    first.child.kill('SIGKILL');
+    expect((await first.done).signal).toBe('SIGKILL');
+    const killed = (await spansCheckpoint())!;
+    const copiedBefore = Number(killed.rows_copied);
+    expect(killed.status).toBe('running');
+    expect(copiedBefore).toBeGreaterThanOrEqual(SPANS / 4);
+    expect(copiedBefore).toBeLessThan(SPANS);
+
+    const second = await run('backfill', [], env);
+    expect(second.code).toBe(0);
+    expect(second.stderr).toContain('backfill spans: resumed run "spans project=* since=- until=-" from cursor');
+    const spans = /backfill spans: complete: (\d+) rows copied in (\d+) batches, [\d.]+ s, [\d,]+ rows\/s; resumed from (\S+) \(run total (\d+) rows/.exec(second.stdout);
+    expect(spans).not.toBeNull();
+    expect(Number(spans![1])).toBe(SPANS - copiedBefore);
+    expect(spans![3]).toBe((killed.cursor as string[]).join('/'));
+    expect(Number(spans![4])).toBe(SPANS);
+    expect(second.stdout).toMatch(new RegExp(`backfill nodes: complete: ${NODES} rows copied in \\d+ batches`));
+
+    const verified = await run('verify', [], env);
+    expect(verified.stdout).toContain(`${SPANS + NODES} rows in Postgres, ${SPANS + NODES} in ClickHouse, 0 differ`);
+    expect(verified.stdout).toContain('no differences');
+    expect(verified.code).toBe(0);
+
+    // No net duplicates: FINAL sees each row once, and so do raw counts once merges have run.
+    expect(await count('SELECT count() AS n FROM spans FINAL WHERE is_deleted = 0')).toBe(SPANS);
+    await ch.clients.query.command({ query: 'OPTIMIZE TABLE spans FINAL', clickhouse_settings: { wait_end_of_query: 1 } });
+    expect(await count('SELECT count() AS n FROM spans')).toBe(SPANS);
+
+    const again = await run('backfill', ['--entity', 'spans'], env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain(`backfill spans: already complete (${SPANS} rows); nothing to do. Use --restart to copy again.`);
+    const dry = await run('backfill', ['--dry-run', '--restart'], env);
+    expect(dry.stdout).toContain(`dry run: spans: ${SPANS} rows would be copied (restart;`);
+    expect(dry.stdout).toContain(`dry run: nodes: ${NODES} rows would be copied (restart;`);
+    expect((await spansCheckpoint())!.status).toBe('complete');
+  }, 240_000);
+
+  it('verify exits 1 and names the bucket when ClickHouse lost rows; --repair re-copies it and exits 0', async () => {
+    const { rows } = await sql<{ day: string }>`select to_char(min(created_at) at time zone 'UTC', 'YYYY-MM-DD') as day from spans where project_id = ${PROJECTS[2]}`.execute(pg.db);
+    const day = rows[0].day;
+    await ch.clients.query.command({
+      query: 'ALTER TABLE spans DELETE WHERE project_id = {p:UUID} AND toDate(created_at) = {d:Date} AND span_id % 10 = 0',
+      query_params: { p: PROJECTS[2], d: day },
+      clickhouse_settings: { mutations_sync: '2', wait_end_of_query: 1 },
+    });
+
+    const next = new Date(Date.parse(`${day}T00:00:00Z`) + 86_400_000).toISOString().slice(0, 10);
+    const scope = ['--entity', 'spans', '--project', PROJECTS[2], '--since', `${day}T00:00:00Z`, '--until', `${next}T00:00:00Z`];
+    const found = await run('verify', scope, env);
+    expect(found.code).toBe(1);
+    expect(found.stdout).toMatch(new RegExp(`entity\\s+project\\s+day\\s+pg rows\\s+ch rows\\s+differs\\nspans\\s+${PROJECTS[2]}\\s+${day}\\s+\\d+\\s+\\d+\\s+rows, versions\\n`));
+    expect(found.stdout).toContain('1 differ');
+    expect(found.stderr).toContain('error: 1 bucket(s) differ; run with --repair to re-copy them');
+
+    const repaired = await run('verify', [...scope, '--repair'], env);
+    expect(repaired.stdout).toMatch(/repair: 1 bucket\(s\) re-copied in [\d.]+ s: \d+ rows upserted, 0 tombstoned, 0 reset/);
+    expect(repaired.stdout).toMatch(/after repair: verify: 1 bucket\(s\) compared \(1 by content\), \d+ rows in Postgres, \d+ in ClickHouse, 0 differ, in [\d.]+ s: no differences/);
+    expect(repaired.code).toBe(0);
+    expect((await run('verify', scope, env)).code).toBe(0);
+  }, 120_000);
+
+  it('rejects bad options with usage and exit 2, before connecting to anything', async () => {
+    const nowhere = { DATABASE_URL: 'postgres://nobody:secret@127.0.0.1:1/none', CLICKHOUSE_URL: 'http://127.0.0.1:1' };
+    const cases: Array<[string, string[], string]> = [
+      ['backfill', ['--bogus'], 'unknown option "--bogus"'],
+      ['backfill', ['--project', 'not-a-uuid'], '--project must be a UUID, got "not-a-uuid"'],
+      ['backfill', ['--since', 'yesterday'], '--since must be an ISO-8601 time'],
+      ['backfill', ['--since', '2026-02-01T00:00:00Z', '--until', '2026-01-01T00:00:00Z'], '--since (2026-02-01T00:00:00.000000Z) must be earlier than --until'],
+      ['backfill', ['--batch-rows', '0'], '--batch-rows must be a positive whole number, got "0"'],
+      ['backfill', ['--batch-bytes', '-5'], '--batch-bytes must be a positive whole number'],
+      ['backfill', ['--entity', 'traces'], '--entity must be spans, nodes or all, got "traces"'],
+      ['backfill', ['--gaps', '--since', '2026-01-01T00:00:00Z'], '--gaps replays whole gap records'],
+      ['verify', ['--until'], '--until needs a value'],
+    ];
+    const results = await Promise.all(cases.map(([script, args]) => run(script as 'backfill' | 'verify', args, nowhere)));
+    results.forEach((result, i) => {
+      expect({ args: cases[i][1], code: result.code }).toEqual({ args: cases[i][1], code: 2 });
+      expect(result.stderr).toContain(`error: ${cases[i][2]}`);
+      expect(result.stderr).toContain(`usage: npm run ${cases[i][0]} -- [options]`);
+    });
+  }, 60_000);
+
+  it('says which server is unreachable (without its password) or that the tables are missing, and exits 1', async () => {
+    const [postgresDown, clickhouseDown, noTables, verifyNoTables] = await Promise.all([
+      run('backfill', [], { ...env, DATABASE_URL: 'postgres://nobody:secret@127.0.0.1:1/none' }),
+      run('backfill', [], { ...env, CLICKHOUSE_URL: 'http://127.0.0.1:1' }),
+      run('backfill', [], { ...env, CLICKHOUSE_DATABASE: 'never_migrated' }),
+      run('verify', [], { ...env, CLICKHOUSE_DATABASE: 'never_migrated' }),
+    ]);
+    expect(postgresDown.code).toBe(1);
+    expect(postgresDown.stderr).toContain('error: Postgres at postgres://nobody:***@127.0.0.1:1/none does not answer');
+    expect(postgresDown.stderr).not.toContain('secret');
+    expect(clickhouseDown.code).toBe(1);
+    expect(clickhouseDown.stderr).toContain('error: ClickHouse at http://127.0.0.1:1 does not answer');
+    for (const result of [noTables, verifyNoTables]) {
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/error: ClickHouse at \S+ .*never_migrated.*: run `npm run migrate:clickhouse`/);
+    }
+  }, 60_000);
+});

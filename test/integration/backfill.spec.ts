@@ -1,0 +1,238 @@
+import { ClickHouseClient } from '@clickhouse/client';
+import { Kysely, sql } from 'kysely';
+import { Client } from 'pg';
+import { Backfill, planBackfill } from '../../src/dbs/backfill/backfill';
+import { RunInProgressError } from '../../src/dbs/backfill/backfill-checkpoints.repository';
+import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
+import { GapReplay } from '../../src/dbs/backfill/gap-replay';
+import { HistoryScope, runKeyOf } from '../../src/dbs/backfill/history-scope';
+import { Verifier } from '../../src/dbs/backfill/verify';
+import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
+import { DB } from '../../src/dbs/postgres/database';
+import { PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
+import { ObservabilityService } from '../../src/observability/observability.service';
+import { TracingService } from '../../src/tracing/tracing.service';
+import { createTestApp, TestApp } from '../support/app';
+import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
+import { makeNode, makeSpan, uuid } from '../support/fixtures';
+import { seedNodes, seedSpans } from '../support/history';
+import { createTestDatabase, TestDatabase } from '../support/postgres';
+
+const P1 = '0a000000-0000-4000-8000-000000000001';
+const P2 = '0a000000-0000-4000-8000-000000000002';
+const P3 = '0a000000-0000-4000-8000-000000000003';
+const ALL_SPANS: HistoryScope = { entity: 'spans', projectIds: null };
+const ALL_NODES: HistoryScope = { entity: 'nodes', projectIds: null };
+
+async function liveCount(client: ClickHouseClient, table: string, final = true): Promise<number> {
+  const result = await client.query({
+    query: final ? `SELECT count() AS n FROM ${table} FINAL WHERE is_deleted = 0` : `SELECT count() AS n FROM ${table}`,
+    format: 'JSONEachRow',
+  });
+  return Number((await result.json<{ n: string }>())[0].n);
+}
+
+async function pgCount(db: Kysely<DB>, table: 'spans' | 'nodes'): Promise<number> {
+  const { rows } = await sql<{ n: string }>`select count(*) as n from ${sql.table(table)}`.execute(db);
+  return Number(rows[0].n);
+}
+
+describe('backfill (real Postgres and ClickHouse)', () => {
+  let pg: TestDatabase;
+  let ch: TestClickHouse;
+  let history: ClickHouseHistory;
+
+  beforeEach(async () => {
+    [pg, ch] = await Promise.all([createTestDatabase(), createTestClickHouse()]);
+    history = new ClickHouseHistory(ch.clients, { url: ch.url, database: ch.database });
+  });
+  afterEach(async () => Promise.all([pg?.drop(), ch?.drop()]));
+
+  it('copies every row at its live version; a re-run reports already complete; --restart adds no net rows', async () => {
+    await seedSpans(pg.db, { projects: [P1, P2, P3], days: 4, rows: 12_000 });
+    await seedNodes(pg.db, { projects: [P1, P2], days: 3, rows: 3_000 });
+    const backfill = new Backfill(pg.db, history);
+
+    const spans = await backfill.run(ALL_SPANS, { batchRows: 2_000, batchBytes: 16 << 20 });
+    const nodes = await backfill.run(ALL_NODES);
+    expect(spans).toMatchObject({ outcome: 'complete', rowsCopied: 12_000, totalRowsCopied: 12_000, batches: 6, resumed: false });
+    expect(nodes).toMatchObject({ outcome: 'complete', rowsCopied: 3_000, batches: 1 });
+
+    const report = await new Verifier(pg.db, history).verify([ALL_SPANS, ALL_NODES]);
+    expect(report.differing).toEqual([]);
+    expect(report.rows).toEqual({ postgres: 15_000, clickhouse: 15_000 });
+    expect(report.contentChecked).toBe(report.buckets.length);
+
+    const again = await backfill.run(ALL_SPANS);
+    expect(again).toMatchObject({ outcome: 'already-complete', rowsCopied: 0, totalRowsCopied: 12_000 });
+
+    const restarted = await backfill.run(ALL_SPANS, { batchRows: 5_000, batchBytes: 16 << 20, restart: true });
+    expect(restarted).toMatchObject({ outcome: 'complete', rowsCopied: 12_000, totalRowsCopied: 12_000 });
+    expect(restarted.upperBound > spans.upperBound).toBe(true);
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(12_000);
+    await ch.clients.query.command({ query: 'OPTIMIZE TABLE spans FINAL', clickhouse_settings: { wait_end_of_query: 1 } });
+    expect(await liveCount(ch.clients.query, 'spans', false)).toBe(12_000);
+  });
+
+  it('ends and copies everything when more rows than a batch share one created_at', async () => {
+    await seedSpans(pg.db, { projects: [P1, P2], days: 1, rows: 5_000, createdAt: '2026-10-01T12:00:00.000001Z' });
+    const result = await new Backfill(pg.db, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
+    expect(result).toMatchObject({ rowsCopied: 5_000, batches: 5 });
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(5_000);
+  });
+
+  it('bounds batches by bytes as well as rows', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 2, rows: 2_000 });
+    // ~1.4 KB lines: 128 KiB holds under a hundred of them, far fewer than the row limit.
+    const result = await new Backfill(pg.db, history).run(ALL_SPANS, { batchRows: 5_000, batchBytes: 128 * 1024 });
+    expect(result.rowsCopied).toBe(2_000);
+    expect(result.batches).toBeGreaterThanOrEqual(20);
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(2_000);
+  });
+
+  it('copies only the chosen project and time range, as a run of its own', async () => {
+    await seedSpans(pg.db, { projects: [P1, P2], days: 10, rows: 4_000 });
+    const { rows } = await sql<{ since: string; until: string }>`
+      select min(created_at) + interval '3 days' as since, min(created_at) + interval '6 days' as until from spans`.execute(pg.db);
+    const scope: HistoryScope = { entity: 'spans', projectIds: [P2], since: rows[0].since, until: rows[0].until };
+    const expected = await sql<{ n: string }>`select count(*) as n from spans
+      where project_id = ${P2} and created_at >= ${rows[0].since} and created_at < ${rows[0].until}`.execute(pg.db);
+
+    const result = await new Backfill(pg.db, history).run(scope);
+    expect(result.rowsCopied).toBe(Number(expected.rows[0].n));
+    expect(result.runKey).toBe(runKeyOf(scope));
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(Number(expected.rows[0].n));
+    expect((await new Verifier(pg.db, history).verify([scope])).differing).toEqual([]);
+    // The whole table is another run, which copies the rest.
+    expect((await new Backfill(pg.db, history).run(ALL_SPANS)).rowsCopied).toBe(4_000);
+  });
+
+  it('a dry run counts per entity and writes nothing, not even a checkpoint', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 2, rows: 700 });
+    await seedNodes(pg.db, { projects: [P1], days: 2, rows: 300 });
+    expect(await planBackfill(pg.db, ALL_SPANS)).toMatchObject({ rows: 700, checkpoint: 'new' });
+    expect(await planBackfill(pg.db, ALL_NODES)).toMatchObject({ rows: 300, checkpoint: 'new' });
+    expect(await pg.db.selectFrom('backfill_checkpoints').selectAll().execute()).toEqual([]);
+    expect(await liveCount(ch.clients.query, 'spans', false)).toBe(0);
+  });
+
+  it('resumes from the last accepted batch after a failure, and refuses a second concurrent run of the same scope', async () => {
+    await seedSpans(pg.db, { projects: [P1, P2], days: 3, rows: 6_000 });
+    // ClickHouse accepts three batches, then goes away.
+    let inserts = 0;
+    const failing = Object.create(history) as ClickHouseHistory;
+    failing.insert = async (...args) => {
+      if (++inserts > 3) throw new Error('connection reset');
+      return history.insert(...args);
+    };
+    await expect(new Backfill(pg.db, failing).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).rejects.toThrow('connection reset');
+    const checkpoint = await pg.db.selectFrom('backfill_checkpoints').selectAll().executeTakeFirstOrThrow();
+    expect(checkpoint).toMatchObject({ status: 'running', rows_copied: '3000' });
+
+    // Another process holds the run's lock: a second run fails at once and says why.
+    const other = new Client({ connectionString: pg.url });
+    await other.connect();
+    await other.query('select pg_advisory_lock(hashtextextended($1, 0))', [`backfill ${runKeyOf(ALL_SPANS)}`]);
+    await expect(new Backfill(pg.db, history).run(ALL_SPANS)).rejects.toThrow(RunInProgressError);
+    await other.end();
+
+    const resumed = await new Backfill(pg.db, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
+    expect(resumed).toMatchObject({ outcome: 'complete', resumed: true, rowsCopied: 3_000, totalRowsCopied: 6_000 });
+    expect(resumed.resumedFrom).toEqual(checkpoint.cursor);
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(6_000);
+  });
+
+  it('--gaps replays gap records: current versions for keys Postgres has, tombstones for keys it lost', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 2, rows: 40 });
+    await seedNodes(pg.db, { projects: [P1], days: 2, rows: 10 });
+    const backfill = new Backfill(pg.db, history);
+    await backfill.run(ALL_SPANS);
+    await backfill.run(ALL_NODES);
+
+    // Writes the mirror never sent (as when its queue overflowed): an update, a delete, a create; a node update.
+    const keyOf = (r: { trace_id: string; span_id: Buffer }) => [r.trace_id.replace(/-/g, ''), r.span_id.toString('hex')];
+    const spans = await pg.db.selectFrom('spans').select(['trace_id', 'span_id', 'created_at']).orderBy('created_at').limit(2).execute();
+    const [updated, deleted] = spans;
+    await sql`update spans set span_name = 'renamed', updated_at = clock_timestamp() where trace_id = ${updated.trace_id} and span_id = ${updated.span_id}`.execute(pg.db);
+    await sql`delete from spans where trace_id = ${deleted.trace_id} and span_id = ${deleted.span_id}`.execute(pg.db);
+    const created = makeSpan();
+    await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code, attributes)
+              values (${P1}, ${created.trace_id}::uuid, decode(${created.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'late',
+                      ${created.start_time}, ${created.end_time}, 'STATUS_CODE_OK', '{"late": true}')`.execute(pg.db);
+    const node = await pg.db.selectFrom('nodes').select(['node_id']).limit(1).executeTakeFirstOrThrow();
+    await sql`update nodes set node_name = 'renamed', updated_at = clock_timestamp() where node_id = ${node.node_id}`.execute(pg.db);
+
+    const gaps = new PostgresMirrorGapsRepository(pg.db);
+    const range = { minCreatedAt: spans[0].created_at, maxCreatedAt: spans[1].created_at, reason: 'queue full' };
+    await gaps.record([
+      { entity: 'spans', projectId: P1, keys: [keyOf(updated), keyOf(deleted), [created.trace_id, created.span_id]], rowCount: 3, ...range },
+      { entity: 'nodes', projectId: P1, keys: [[node.node_id]], rowCount: 1, ...range },
+    ]);
+    const verifier = new Verifier(pg.db, history);
+    expect((await verifier.verify([ALL_SPANS, ALL_NODES])).differing.length).toBeGreaterThan(0);
+
+    const result = await new GapReplay(pg.db, history).run({ entities: ['spans', 'nodes'], projectIds: null });
+    expect(result).toMatchObject({ gaps: 2, upserted: 3, tombstoned: 1, reset: 0 });
+    expect(await gaps.countOpen()).toBe(0);
+    expect((await verifier.verify([ALL_SPANS, ALL_NODES])).differing).toEqual([]);
+    const dao = new ClickHouseSpansDao(ch.clients.query);
+    expect(await dao.readSpans(P1, [{ trace_id: keyOf(deleted)[0], span_id: keyOf(deleted)[1] }])).toEqual([]);
+    expect((await dao.readSpans(P1, [{ trace_id: keyOf(updated)[0], span_id: keyOf(updated)[1] }]))[0].span_name).toBe('renamed');
+
+    // Replayed gaps are closed: a second run has nothing to do.
+    expect(await new GapReplay(pg.db, history).run({ entities: ['spans', 'nodes'], projectIds: null })).toMatchObject({ gaps: 0, upserted: 0 });
+  });
+});
+
+describe('backfill while the mirror is on and the API keeps writing', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await createTestApp({ MIRROR_FLUSH_INTERVAL_MS: '50' }, { clickhouse: true });
+  });
+  afterAll(async () => t?.close());
+
+  it('converges: zero differences once the writer drains', async () => {
+    const db = t.database.db;
+    const other = uuid();
+    // History written before the mirror was on: only the backfill can copy it.
+    await seedSpans(db, { projects: [t.projectId, other], days: 5, rows: 8_000 });
+    await seedNodes(db, { projects: [t.projectId], days: 5, rows: 1_000 });
+    const clickhouse = t.mirror!.clickhouse;
+    const history = new ClickHouseHistory(clickhouse, { url: 'test', database: t.database.name });
+    const tracing = t.app.get(TracingService);
+    const observability = t.app.get(ObservabilityService);
+
+    // Oldest history first, so the backfill meets rows the writer below has already changed.
+    const old = await db.selectFrom('spans').selectAll().where('project_id', '=', t.projectId).orderBy('created_at').limit(300).execute();
+    const keys = old.map((r) => ({ trace_id: r.trace_id.replace(/-/g, ''), span_id: r.span_id.toString('hex') }));
+    let writing = true;
+    const writer = (async () => {
+      let round = 0;
+      while (writing || round < 5) {
+        const batch = keys.slice((round * 20) % 280, ((round * 20) % 280) + 20);
+        const current = await tracing.readSpans(t.projectId, batch.slice(0, 10));
+        await tracing.updateSpans(t.projectId, current.map(({ project_id: _p, created_at: _c, updated_at: _u, created_by_id: _cb, updated_by_id: _ub, ...s }) => ({ ...s, span_name: `updated-${round}` })));
+        await tracing.deleteSpans(t.projectId, batch.slice(10, 12));
+        await tracing.createSpans(t.projectId, [makeSpan(), makeSpan()]);
+        await observability.ingestNodes(t.projectId, [makeNode()]);
+        round++;
+      }
+      return round;
+    })();
+
+    const backfill = new Backfill(db, history);
+    const spans = await backfill.run({ entity: 'spans', projectIds: null }, { batchRows: 500, batchBytes: 16 << 20 });
+    const nodes = await backfill.run({ entity: 'nodes', projectIds: null }, { batchRows: 200, batchBytes: 16 << 20 });
+    writing = false;
+    const rounds = await writer;
+    await t.mirror!.writer.drain();
+
+    expect(rounds).toBeGreaterThanOrEqual(5);
+    expect(spans.rowsCopied).toBeGreaterThan(7_000);
+    expect(nodes.rowsCopied).toBeGreaterThanOrEqual(1_000);
+    const report = await new Verifier(db, history).verify([{ entity: 'spans', projectIds: null }, { entity: 'nodes', projectIds: null }]);
+    expect(report.differing).toEqual([]);
+    expect(report.rows.postgres).toBe((await pgCount(db, 'spans')) + (await pgCount(db, 'nodes')));
+    expect(t.mirror!.writer.stats().gapsRecorded).toBe(0);
+  });
+});

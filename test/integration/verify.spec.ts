@@ -1,0 +1,134 @@
+import { sql } from 'kysely';
+import { Backfill } from '../../src/dbs/backfill/backfill';
+import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
+import { HistoryScope } from '../../src/dbs/backfill/history-scope';
+import { Verifier } from '../../src/dbs/backfill/verify';
+import { toNodeClickHouseLine } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
+import { spanIdToUInt64, toSpanClickHouseLine } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
+import { spanFromRow } from '../../src/dbs/postgres/span-row.mapper';
+import { isoToMicros } from '../../src/tracing/timestamp';
+import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
+import { makeNode } from '../support/fixtures';
+import { seedNodes, seedSpans } from '../support/history';
+import { createTestDatabase, TestDatabase } from '../support/postgres';
+
+const P1 = '0b000000-0000-4000-8000-000000000001';
+const P2 = '0b000000-0000-4000-8000-000000000002';
+const P3 = '0b000000-0000-4000-8000-000000000003';
+const SCOPES: HistoryScope[] = [
+  { entity: 'spans', projectIds: null },
+  { entity: 'nodes', projectIds: null },
+];
+
+describe('verify and --repair (real Postgres and ClickHouse)', () => {
+  let pg: TestDatabase;
+  let ch: TestClickHouse;
+  let verifier: Verifier;
+
+  beforeAll(async () => {
+    [pg, ch] = await Promise.all([createTestDatabase(), createTestClickHouse()]);
+    const history = new ClickHouseHistory(ch.clients, { url: ch.url, database: ch.database });
+    verifier = new Verifier(pg.db, history);
+    await seedSpans(pg.db, { projects: [P1, P2, P3], days: 5, rows: 9_000 });
+    await seedNodes(pg.db, { projects: [P1, P2, P3], days: 5, rows: 1_500 });
+    const backfill = new Backfill(pg.db, history);
+    for (const scope of SCOPES) await backfill.run(scope);
+  });
+  afterAll(async () => Promise.all([pg?.drop(), ch?.drop()]));
+
+  /** One span of a project created on the given day (the n-th in key order). */
+  async function spanOn(projectId: string, day: string, n = 0) {
+    const row = await pg.db
+      .selectFrom('spans')
+      .selectAll()
+      .where('project_id', '=', projectId)
+      .where(sql<boolean>`to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') = ${day}`)
+      .orderBy('created_at')
+      .offset(n)
+      .limit(1)
+      .executeTakeFirstOrThrow();
+    return spanFromRow(row);
+  }
+
+  const spanCondition = 'project_id = {p:UUID} AND trace_id = {t:UUID} AND span_id = {s:UInt64}';
+  const spanParams = (span: { project_id: string; trace_id: string; span_id: string }) => ({
+    p: span.project_id,
+    t: span.trace_id.replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5'),
+    s: BigInt(spanIdToUInt64(span.span_id)),
+  });
+
+  it('names each bucket that was changed behind its back, and --repair heals exactly those', async () => {
+    expect((await verifier.verify(SCOPES)).differing).toEqual([]);
+    const { rows } = await sql<{ day: string }>`select distinct to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day from spans order by 1`.execute(pg.db);
+    const days = rows.map((r) => r.day);
+    const mutate = (query: string, params: Record<string, unknown>) =>
+      ch.clients.query.command({ query, query_params: params, clickhouse_settings: { mutations_sync: '2', wait_end_of_query: 1 } });
+
+    // Rows deleted from ClickHouse by hand.
+    for (const n of [0, 1, 2]) await mutate(`ALTER TABLE spans DELETE WHERE ${spanCondition}`, spanParams(await spanOn(P1, days[0], n)));
+    // A tombstone from elsewhere, newer than anything Postgres wrote: no insert at Postgres's version can outrank it.
+    const hidden = await spanOn(P2, days[1]);
+    await ch.clients.insert.insert({
+      table: 'spans',
+      values: [JSON.parse(toSpanClickHouseLine({ ...hidden, version: isoToMicros(new Date().toISOString()) + 1_000_000n, deleted: true }))],
+      format: 'JSONEachRow',
+    });
+    // A row changed in place, at the same version: only the content checksum sees it.
+    await mutate(`ALTER TABLE spans UPDATE span_name = 'tampered' WHERE ${spanCondition}`, spanParams(await spanOn(P3, days[2])));
+    // An update in Postgres that never reached the mirror.
+    const missed = await spanOn(P1, days[3]);
+    await sql`update spans set status_code = 'STATUS_CODE_ERROR', updated_at = clock_timestamp()
+              where project_id = ${P1} and trace_id = ${missed.trace_id}::uuid and span_id = decode(${missed.span_id}, 'hex')`.execute(pg.db);
+    // A node only ClickHouse has, on a day Postgres has none for that project.
+    const strayDay = '2026-01-15';
+    await ch.clients.insert.insert({
+      table: 'nodes',
+      values: [
+        JSON.parse(
+          toNodeClickHouseLine({
+            ...makeNode(),
+            project_id: P2,
+            created_at: `${strayDay}T08:00:00.000001Z`,
+            updated_at: `${strayDay}T08:00:00.000001Z`,
+            version: isoToMicros(`${strayDay}T08:00:00.000001Z`),
+            deleted: false,
+          }),
+        ),
+      ],
+      format: 'JSONEachRow',
+    });
+
+    const report = await verifier.verify(SCOPES);
+    const named = report.differing.map((b) => ({ entity: b.entity, project: b.projectId, day: b.day, differs: b.differs }));
+    expect(named).toEqual(
+      expect.arrayContaining([
+        { entity: 'spans', project: P1, day: days[0], differs: ['rows', 'versions'] },
+        { entity: 'spans', project: P2, day: days[1], differs: ['rows', 'versions'] },
+        { entity: 'spans', project: P3, day: days[2], differs: ['content'] },
+        { entity: 'spans', project: P1, day: days[3], differs: ['versions'] },
+        { entity: 'nodes', project: P2, day: strayDay, differs: ['rows', 'versions'] },
+      ]),
+    );
+    expect(named).toHaveLength(5);
+    const p1 = report.differing.find((b) => b.projectId === P1 && b.day === days[0])!;
+    expect(p1.postgres.rows - p1.clickhouse.rows).toBe(3);
+    expect(report.differing.find((b) => b.day === strayDay)).toMatchObject({ postgres: { rows: 0 }, clickhouse: { rows: 1 } });
+
+    const repair = await verifier.repair(report.differing);
+    expect(repair.after.differing).toEqual([]);
+    // The stray node's bucket is gone from both sides now; the other four agree.
+    expect(repair.after.buckets.map((b) => b.day).sort()).toEqual([days[0], days[1], days[2], days[3]].sort());
+    expect(repair).toMatchObject({ buckets: 5, tombstoned: 1, reset: 1 });
+    expect((await verifier.verify(SCOPES)).differing).toEqual([]);
+  });
+
+  it('compares only the projects and times asked for', async () => {
+    const { rows } = await sql<{ since: string }>`select min(created_at) + interval '2 days' as since from spans`.execute(pg.db);
+    const report = await verifier.verify([{ entity: 'spans', projectIds: [P3], since: rows[0].since }]);
+    expect(report.buckets.length).toBeGreaterThan(0);
+    expect(new Set(report.buckets.map((b) => b.projectId))).toEqual(new Set([P3]));
+    expect(report.buckets.every((b) => b.day >= rows[0].since.slice(0, 10))).toBe(true);
+    const { rows: expected } = await sql<{ n: string }>`select count(*) as n from spans where project_id = ${P3} and created_at >= ${rows[0].since}`.execute(pg.db);
+    expect(report.rows).toEqual({ postgres: Number(expected[0].n), clickhouse: Number(expected[0].n) });
+  });
+});
