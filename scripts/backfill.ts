@@ -22,7 +22,9 @@ resumes from its checkpoint by default (the same options are the same run).
   --restart                  start the run over (new upper bound) instead of resuming
   --gaps                     replay the mirror's open gap records instead of copying history
 
-Connects to DATABASE_URL and CLICKHOUSE_URL, or to the embedded servers.`;
+Connects to DATABASE_URL and CLICKHOUSE_URL, or to the embedded servers.
+Exits 0 when done, 1 when it failed (the message names the server and what to
+do; the checkpoint keeps what was copied), 2 for bad options.`;
 
 runCli(USAGE, async (args, log) => {
   const flags = parseFlags(
@@ -42,8 +44,6 @@ runCli(USAGE, async (args, log) => {
   if (gaps && (flags.values.has('--since') || flags.values.has('--until') || options.restart)) {
     throw new UsageError('--gaps replays whole gap records: it takes --entity and --project only');
   }
-  if (!config.clickhouse.enabled) log('note: USE_CLICKHOUSE is off in this environment; the API must run with it on, or rows written after they are copied will not reach ClickHouse');
-
   const postgres = await connectPostgres(config, log);
   try {
     if (dryRun && gaps) {
@@ -61,6 +61,7 @@ runCli(USAGE, async (args, log) => {
       return;
     }
 
+    if (!config.clickhouse.enabled) log('note: USE_CLICKHOUSE is off in this environment; the API must run with it on, or rows written after they are copied will not reach ClickHouse');
     const clickhouse = await connectClickHouse(config, log);
     const interrupted = () => {
       log('interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume');

@@ -16,7 +16,9 @@ anything differs.
   --until <time>             created_at before this ISO-8601 time
   --repair                   re-copy exactly the differing buckets, then verify them again
 
-Connects to DATABASE_URL and CLICKHOUSE_URL, or to the embedded servers.`;
+Connects to DATABASE_URL and CLICKHOUSE_URL, or to the embedded servers.
+Exits 0 when everything agrees (after --repair: when the repaired buckets
+agree), 1 when anything differs or a server fails, 2 for bad options.`;
 
 runCli(USAGE, async (args, log) => {
   const flags = parseFlags(args, ['--entity', '--project', '--since', '--until'], ['--repair']);

@@ -1,8 +1,8 @@
+import { ClickHouseLogLevel, createClient } from '@clickhouse/client';
 import { Kysely, sql } from 'kysely';
 import { AppConfig } from '../../src/config/app-config';
 import { ClickHouseHistory, redactUrl } from '../../src/dbs/backfill/clickhouse-history';
 import { HistoryScope, parseScopes, ScopeError, ScopeOptions } from '../../src/dbs/backfill/history-scope';
-import { ClickHouseLogLevel, createClient } from '@clickhouse/client';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { resolveClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
 import { DB } from '../../src/dbs/postgres/database';
@@ -77,14 +77,18 @@ export async function connectPostgres(config: AppConfig, log: (line: string) => 
     await db.destroy();
     await server.stop?.();
   };
+  const at = `Postgres at ${redactUrl(server.url)}`;
+  let migrated: boolean;
   try {
     const { rows } = await sql<{ table: string | null }>`select to_regclass('backfill_checkpoints')::text as table`.execute(db);
-    if (rows[0].table === null) throw new Error(`Postgres at ${redactUrl(server.url)} is not migrated (no table backfill_checkpoints): run \`npm run migrate\``);
+    migrated = rows[0].table !== null;
   } catch (error) {
     await close();
-    const message = (error as Error).message;
-    if (message.includes('is not migrated')) throw error;
-    throw new Error(`Postgres at ${redactUrl(server.url)} does not answer: ${message || (error as { code?: string }).code}`);
+    throw new Error(`${at} does not answer: ${(error as Error).message || (error as { code?: string }).code}`);
+  }
+  if (!migrated) {
+    await close();
+    throw new Error(`${at} is not migrated (no table backfill_checkpoints): run \`npm run migrate\``);
   }
   return { db, close };
 }
