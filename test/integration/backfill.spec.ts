@@ -90,6 +90,25 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(await liveCount(ch.clients.query, 'spans')).toBe(2_000);
   });
 
+  it('splits pages of multi-megabyte rows into inserts under the byte limit', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 50 });
+    // Compresses to almost nothing in Postgres, so only the serialized lines show how big these rows are.
+    await sql`update spans set attributes = jsonb_build_object('blob', repeat('ünïcødé ', 250000)) where span_name in ('span-1', 'span-2', 'span-3')`.execute(pg.db);
+    const sizes: number[] = [];
+    const measuring = Object.create(history) as ClickHouseHistory;
+    measuring.insert = async (table, pieces, token) => {
+      sizes.push(pieces.reduce((n, p) => n + Buffer.byteLength(p) + 1, 0));
+      return history.insert(table, pieces, token);
+    };
+    const result = await new Backfill(pg.db, measuring).run(ALL_SPANS, { batchRows: 5_000, batchBytes: 4 << 20 });
+    expect(result.rowsCopied).toBe(50);
+    // Each 2.75 MB row fits under 4 MiB alone, never with another: one insert per big row.
+    expect(result.batches).toBeGreaterThanOrEqual(3);
+    expect(sizes.filter((size) => size > 2_750_000)).toHaveLength(3);
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(4 << 20);
+    expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
+  });
+
   it('copies only the chosen project and time range, as a run of its own', async () => {
     await seedSpans(pg.db, { projects: [P1, P2], days: 10, rows: 4_000 });
     const { rows } = await sql<{ since: string; until: string }>`
