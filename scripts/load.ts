@@ -1,0 +1,448 @@
+import { createClient } from '@clickhouse/client';
+import { spawn } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Kysely, sql } from 'kysely';
+import { ApiKeyService } from '../src/auth/api-key.service';
+import { ApiKeysRepository } from '../src/auth/api-keys.repository';
+import { AppConfig, parseConfig } from '../src/config/app-config';
+import { clickHouseClientOptions } from '../src/dbs/clickhouse/clickhouse-clients';
+import { resolveClickHouse } from '../src/dbs/clickhouse/local-clickhouse';
+import { DB } from '../src/dbs/postgres/database';
+import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
+import { migrateToLatest } from '../src/dbs/postgres/postgres-migrator';
+import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
+import { ApiProcess, ensureApiBuild, ROOT, startApiProcess } from '../test/support/api-process';
+import { runCli, UsageError } from './cli/run-cli';
+
+/**
+ * A bounded load run on loopback with the mirror on: a steady rate of span
+ * writes (plus some OTLP exports and reads) for a fixed time, the API's RSS
+ * sampled throughout, then Postgres and ClickHouse compared once the mirror
+ * has drained. Exits non-zero on any failed request, memory growth past the
+ * bound, or any difference between the two stores.
+ */
+
+const USAGE = `usage: npm run load -- [options]
+
+  --duration <s>            seconds of load (default 180)
+  --rate <n>                requests per second, all kinds together (default 200)
+  --spans-per-request <n>   spans in each POST /tracing/spans (default 10)
+  --connections <n>         concurrent connections (default 16)
+  --url <url> --key <key>   load an API that is already running (default: start one, mirror on)
+
+Without --url, the API is started from a compiled build against DATABASE_URL
+and CLICKHOUSE_URL, or the embedded servers, with USE_CLICKHOUSE=true.`;
+
+export interface LoadOptions {
+  durationSec: number;
+  /** Requests per second over all kinds of request. */
+  rate: number;
+  spansPerRequest: number;
+  connections: number;
+  /** An API that is already running, and a key of the project to load; otherwise one is started. */
+  target?: { url: string; key: string };
+  /** Environment for the servers (DATABASE_URL, CLICKHOUSE_*); defaults to process.env. */
+  env?: Record<string, string | undefined>;
+  /** How often to sample the API's RSS. */
+  sampleEveryMs?: number;
+  /** Fail on memory growth; by default only runs of a minute or more, shorter ones are mostly warm-up. */
+  checkMemory?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface RssSample {
+  atMs: number;
+  rssBytes: number;
+}
+
+export interface LoadSummary {
+  projectId: string;
+  durationSec: number;
+  requests: number;
+  /** Non-2xx answers plus socket errors and timeouts. */
+  errors: number;
+  statusCodes: Record<string, number>;
+  latencyMs: { p50: number; p99: number; max: number };
+  spansAcknowledged: number;
+  /** Spans in every request sent; requests still in flight when the run's time is up are sent but not acknowledged. */
+  spansSent: number;
+  /** Whether memory growth was a failure condition for this run (see LoadOptions.checkMemory). */
+  memoryChecked: boolean;
+  rss: { samples: number; minMb: number; maxMb: number; slopeMbPerMin: number; firstThirdMb: number; lastThirdMb: number } | null;
+  postgres: { spans: number; nodes: number };
+  clickhouse: { spans: number; nodes: number };
+  gaps: number;
+  verify: { exitCode: number | null; output: string } | null;
+  apiExit: { code: number | null; signal: string | null } | null;
+  failures: string[];
+}
+
+/** Memory may grow by this much from the first third of the run to the last before it counts as a leak. */
+export const RSS_GROWTH_FACTOR = 1.3;
+export const RSS_GROWTH_SLACK_BYTES = 20 * 1024 * 1024;
+
+interface Autocannon {
+  (options: Record<string, unknown>): Promise<AutocannonResult> & { stop(): void; on(event: string, fn: (...args: unknown[]) => void): void };
+}
+interface AutocannonResult {
+  requests: { total: number };
+  latency: { p50: number; p99: number; max: number };
+  errors: number;
+  timeouts: number;
+  non2xx: number;
+  statusCodeStats: Record<string, { count: number }>;
+}
+// autocannon ships no types; this is the slice used here.
+const autocannon: Autocannon = require('autocannon');
+
+const hex = (bytes: number) => randomBytes(bytes).toString('hex');
+
+function spansBody(count: number): { body: string; traceId: string } {
+  const traceId = hex(16);
+  const root = hex(8);
+  const now = Date.now();
+  const iso = (ms: number) => new Date(ms).toISOString().replace('Z', '123Z');
+  const spans = Array.from({ length: count }, (_, i) => ({
+    trace_id: traceId,
+    span_id: i === 0 ? root : hex(8),
+    parent_id: i === 0 ? null : root,
+    span_type: i === 0 ? 'workflow' : 'llm',
+    span_kind: 'SPAN_KIND_CLIENT',
+    span_name: i === 0 ? 'load root' : `load child ${i}`,
+    start_time: iso(now - 1_000 + i),
+    end_time: iso(now + i),
+    status_code: i % 17 === 0 ? 'STATUS_CODE_ERROR' : 'STATUS_CODE_OK',
+    attributes: { ag: { metrics: { tokens: { cumulative: { total: 100 + i } }, costs: { cumulative: { total: 0.001 * i } } } }, gen_ai: { request: { model: 'gpt-4o' } }, load: true },
+    events: [{ name: 'token', timestamp: iso(now - 500), attributes: { n: i } }],
+  }));
+  return { body: JSON.stringify({ spans }), traceId };
+}
+
+function otlpBody(count: number): string {
+  const traceId = hex(16);
+  const start = BigInt(Date.now()) * 1_000_000n;
+  const spans = Array.from({ length: count }, (_, i) => ({
+    traceId,
+    spanId: hex(8),
+    name: `otlp ${i}`,
+    kind: 3,
+    startTimeUnixNano: String(start + BigInt(i)),
+    endTimeUnixNano: String(start + 1_000_000n + BigInt(i)),
+    attributes: [{ key: 'gen_ai.usage.input_tokens', value: { intValue: String(10 + i) } }],
+    status: { code: 1 },
+  }));
+  return JSON.stringify({ resourceSpans: [{ resource: { attributes: [{ key: 'service.name', value: { stringValue: 'load' } }] }, scopeSpans: [{ scope: { name: 'load' }, spans }] }] });
+}
+
+async function rssOf(pid: number): Promise<number | null> {
+  try {
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    const kb = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+    return kb ? Number(kb[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+const mb = (bytes: number) => Math.round((bytes / 1024 / 1024) * 10) / 10;
+const average = (values: number[]) => values.reduce((a, b) => a + b, 0) / Math.max(values.length, 1);
+
+function rssSummary(samples: RssSample[]): LoadSummary['rss'] {
+  if (samples.length < 3) return null;
+  const xs = samples.map((s) => s.atMs / 60_000);
+  const ys = samples.map((s) => s.rssBytes / 1024 / 1024);
+  const mx = average(xs);
+  const my = average(ys);
+  const slope = xs.reduce((acc, x, i) => acc + (x - mx) * (ys[i] - my), 0) / Math.max(xs.reduce((acc, x) => acc + (x - mx) ** 2, 0), 1e-9);
+  const third = Math.max(1, Math.floor(samples.length / 3));
+  return {
+    samples: samples.length,
+    minMb: mb(Math.min(...samples.map((s) => s.rssBytes))),
+    maxMb: mb(Math.max(...samples.map((s) => s.rssBytes))),
+    slopeMbPerMin: Math.round(slope * 10) / 10,
+    firstThirdMb: mb(average(samples.slice(0, third).map((s) => s.rssBytes))),
+    lastThirdMb: mb(average(samples.slice(-third).map((s) => s.rssBytes))),
+  };
+}
+
+interface Stores {
+  db: Kysely<DB>;
+  clickhouse: { url: string; config: AppConfig['clickhouse'] };
+  env: Record<string, string>;
+  close(): Promise<void>;
+}
+
+/** Postgres and ClickHouse as every command resolves them (env URLs, else the embedded servers). */
+async function openStores(source: Record<string, string | undefined>, log: (line: string) => void): Promise<Stores> {
+  const config = parseConfig({ ...source, USE_CLICKHOUSE: 'true' });
+  const postgres = await resolvePostgres(config.postgres, log);
+  const clickhouse = await resolveClickHouse(config.clickhouse, log);
+  const db = createKysely(createPool(postgres.url, 2));
+  await migrateToLatest(db);
+  const env: Record<string, string> = {
+    DATABASE_URL: postgres.url,
+    USE_CLICKHOUSE: 'true',
+    CLICKHOUSE_URL: clickhouse.url,
+    CLICKHOUSE_USER: config.clickhouse.user,
+    CLICKHOUSE_PASSWORD: config.clickhouse.password,
+    CLICKHOUSE_DATABASE: config.clickhouse.database,
+  };
+  return {
+    db,
+    clickhouse: { url: clickhouse.url, config: config.clickhouse },
+    env,
+    close: async () => {
+      await db.destroy();
+      await clickhouse.stop?.();
+      await postgres.stop?.();
+    },
+  };
+}
+
+async function countBoth(stores: Stores, projectId: string) {
+  const pg = async (table: 'spans' | 'nodes') =>
+    Number((await sql<{ n: string }>`select count(*)::text as n from ${sql.table(table)} where project_id = ${projectId}`.execute(stores.db)).rows[0].n);
+  const ch = createClient(clickHouseClientOptions(stores.clickhouse.config, stores.clickhouse.url));
+  try {
+    const count = async (table: 'spans' | 'nodes') => {
+      const result = await ch.query({
+        query: `SELECT count() AS n FROM ${table} FINAL WHERE project_id = {project:UUID} AND is_deleted = 0`,
+        query_params: { project: projectId },
+        format: 'JSONEachRow',
+      });
+      return Number((await result.json<{ n: string }>())[0]?.n ?? 0);
+    };
+    const [pgSpans, pgNodes, chSpans, chNodes] = await Promise.all([pg('spans'), pg('nodes'), count('spans'), count('nodes')]);
+    const gaps = Number((await sql<{ n: string }>`select count(*)::text as n from mirror_gaps where project_id = ${projectId} and replayed_at is null`.execute(stores.db)).rows[0].n);
+    return { postgres: { spans: pgSpans, nodes: pgNodes }, clickhouse: { spans: chSpans, nodes: chNodes }, gaps };
+  } finally {
+    await ch.close();
+  }
+}
+
+/** `npm run verify` for one project, as an operator runs it; its exit code is the verdict. */
+function runVerify(env: Record<string, string>, projectId: string): Promise<{ exitCode: number | null; output: string }> {
+  const { NODE_OPTIONS: _jest, ...inherited } = process.env;
+  return new Promise((done) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join('scripts', 'verify.ts'), '--project', projectId], {
+      cwd: ROOT,
+      env: { ...inherited, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.on('close', (code) => done({ exitCode: code, output: output.trim() }));
+  });
+}
+
+export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const failures: string[] = [];
+  const stores = await openStores(options.env ?? process.env, log);
+  let api: ApiProcess | null = null;
+  try {
+    let url: string;
+    let key: string;
+    let projectId: string;
+    const keys = new ApiKeyService(new ApiKeysRepository(stores.db));
+    if (options.target) {
+      url = options.target.url;
+      key = options.target.key;
+      const project = await keys.projectOf(key);
+      if (!project) throw new UsageError('--key is not a live API key in this DATABASE_URL');
+      projectId = project;
+    } else {
+      const main = await ensureApiBuild(log);
+      api = await startApiProcess({ ...stores.env, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn' }, { main });
+      url = api.url;
+      projectId = randomUUID();
+      key = (await keys.create(projectId)).key;
+      log(`API pid ${api.child.pid} on ${url}, project ${projectId}`);
+    }
+
+    const headers = { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' };
+    let spansAcknowledged = 0;
+    let spansSent = 0;
+    // Per connection: four span batches, an OTLP export, a trace read and a query, in that order.
+    const postSpans = {
+      method: 'POST',
+      path: '/tracing/spans',
+      headers,
+      setupRequest: (request: Record<string, unknown>, context: Record<string, unknown>) => {
+        const { body, traceId } = spansBody(options.spansPerRequest);
+        context.traceId = traceId;
+        spansSent += options.spansPerRequest;
+        return { ...request, body };
+      },
+      onResponse: (status: number) => {
+        if (status === 201) spansAcknowledged += options.spansPerRequest;
+      },
+    };
+    const requests = [
+      postSpans, postSpans, postSpans, postSpans,
+      {
+        method: 'POST',
+        path: '/otlp/v1/traces',
+        headers,
+        setupRequest: (request: Record<string, unknown>) => {
+          spansSent += options.spansPerRequest;
+          return { ...request, body: otlpBody(options.spansPerRequest) };
+        },
+        onResponse: (status: number) => {
+          if (status === 200) spansAcknowledged += options.spansPerRequest;
+        },
+      },
+      {
+        method: 'GET',
+        headers: { Authorization: headers.Authorization },
+        setupRequest: (request: Record<string, unknown>, context: Record<string, unknown>) => ({ ...request, path: `/tracing/traces/${context.traceId}` }),
+      },
+      { method: 'POST', path: '/tracing/spans/query', headers, body: JSON.stringify({ focus: 'trace', windowing: { limit: 5 } }) },
+    ];
+
+    const samples: RssSample[] = [];
+    const started = Date.now();
+    // The first seconds are JIT and pool warm-up, not a trend.
+    const warmupMs = Math.min(10_000, (options.durationSec * 1000) / 5);
+    const sampleEveryMs = options.sampleEveryMs ?? (options.durationSec > 60 ? 5_000 : 1_000);
+    const sampler = setInterval(() => {
+      if (!api?.child.pid) return;
+      void rssOf(api.child.pid).then((rss) => {
+        const atMs = Date.now() - started;
+        if (rss !== null && atMs >= warmupMs) samples.push({ atMs, rssBytes: rss });
+      });
+    }, sampleEveryMs);
+    const progress = setInterval(() => {
+      const last = samples[samples.length - 1];
+      log(`load: ${Math.round((Date.now() - started) / 1000)} s, ${spansAcknowledged} spans acknowledged${last ? `, API RSS ${mb(last.rssBytes)} MB` : ''}`);
+    }, 10_000);
+
+    log(`load: ${options.rate} requests/s for ${options.durationSec} s over ${options.connections} connections, ${options.spansPerRequest} spans per write`);
+    let result: AutocannonResult;
+    try {
+      result = await autocannon({
+        url,
+        connections: options.connections,
+        duration: options.durationSec,
+        overallRate: options.rate,
+        timeout: 10,
+        requests,
+      });
+    } finally {
+      clearInterval(sampler);
+      clearInterval(progress);
+    }
+
+    const errors = result.non2xx + result.errors;
+    if (errors > 0) failures.push(`${errors} failed requests (${result.non2xx} non-2xx, ${result.errors} socket errors, ${result.timeouts} timeouts)`);
+    const rss = rssSummary(samples);
+    const checkMemory = options.checkMemory ?? options.durationSec >= 60;
+    if (checkMemory && rss && rss.lastThirdMb * 1024 * 1024 > rss.firstThirdMb * 1024 * 1024 * RSS_GROWTH_FACTOR + RSS_GROWTH_SLACK_BYTES) {
+      failures.push(`API memory grew from ${rss.firstThirdMb} MB (first third) to ${rss.lastThirdMb} MB (last third)`);
+    }
+
+    // The mirror flushes on its interval: wait until ClickHouse holds what Postgres holds, or time out.
+    const drainDeadline = Date.now() + 60_000;
+    let counts = await countBoth(stores, projectId);
+    while ((counts.postgres.spans !== counts.clickhouse.spans || counts.postgres.nodes !== counts.clickhouse.nodes) && Date.now() < drainDeadline) {
+      await new Promise((done) => setTimeout(done, 500));
+      counts = await countBoth(stores, projectId);
+    }
+    // Every acknowledged span is stored; requests cut off by the end of the run may be stored too.
+    if (counts.postgres.spans < spansAcknowledged || counts.postgres.spans > spansSent) {
+      failures.push(`Postgres holds ${counts.postgres.spans} spans; the API acknowledged ${spansAcknowledged} of ${spansSent} sent`);
+    }
+    if (counts.postgres.spans !== counts.clickhouse.spans) failures.push(`spans: ${counts.postgres.spans} in Postgres, ${counts.clickhouse.spans} in ClickHouse`);
+    if (counts.postgres.nodes !== counts.clickhouse.nodes) failures.push(`nodes: ${counts.postgres.nodes} in Postgres, ${counts.clickhouse.nodes} in ClickHouse`);
+    if (counts.gaps > 0) failures.push(`${counts.gaps} open mirror gaps`);
+
+    let apiExit: LoadSummary['apiExit'] = null;
+    if (api) {
+      await api.stop();
+      apiExit = await api.exited;
+      if (apiExit.code !== 0) failures.push(`the API exited with ${JSON.stringify(apiExit)} on SIGTERM`);
+      api = null;
+    }
+
+    let verify: LoadSummary['verify'] = null;
+    if (existsSync(join(ROOT, 'scripts', 'verify.ts'))) {
+      verify = await runVerify(stores.env, projectId);
+      if (verify.exitCode !== 0) failures.push(`verify exited ${verify.exitCode}: ${verify.output.split('\n').slice(-5).join(' | ')}`);
+    }
+
+    return {
+      projectId,
+      durationSec: options.durationSec,
+      requests: result.requests.total,
+      errors,
+      statusCodes: Object.fromEntries(Object.entries(result.statusCodeStats ?? {}).map(([code, { count }]) => [code, Number(count)])),
+      latencyMs: { p50: result.latency.p50, p99: result.latency.p99, max: result.latency.max },
+      spansAcknowledged,
+      spansSent,
+      memoryChecked: checkMemory,
+      rss,
+      ...counts,
+      verify,
+      apiExit,
+      failures,
+    };
+  } finally {
+    await api?.stop();
+    await stores.close();
+  }
+}
+
+export function formatSummary(s: LoadSummary): string {
+  const rss = s.rss
+    ? `RSS ${s.rss.minMb}-${s.rss.maxMb} MB (first third ${s.rss.firstThirdMb} MB, last third ${s.rss.lastThirdMb} MB, slope ${s.rss.slopeMbPerMin} MB/min, ${s.rss.samples} samples)`
+    : 'RSS not sampled (API not started by this run)';
+  return [
+    `load summary (project ${s.projectId})`,
+    `  requests   ${s.requests} in ${s.durationSec} s (${Math.round(s.requests / s.durationSec)}/s), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
+    `  latency    p50 ${s.latencyMs.p50} ms, p99 ${s.latencyMs.p99} ms, max ${s.latencyMs.max} ms`,
+    `  memory     ${rss}${s.memoryChecked ? '' : ' (not checked: run shorter than a minute)'}`,
+    `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent; Postgres ${s.postgres.spans} spans / ${s.postgres.nodes} nodes; ClickHouse ${s.clickhouse.spans} spans / ${s.clickhouse.nodes} nodes; open gaps ${s.gaps}`,
+    `  verify     ${s.verify ? `exit ${s.verify.exitCode}: ${s.verify.output.split('\n').pop()}` : 'not available'}`,
+    `  api exit   ${s.apiExit ? JSON.stringify(s.apiExit) : '-'}`,
+    s.failures.length ? `FAILED:\n${s.failures.map((f) => `  - ${f}`).join('\n')}` : 'OK',
+  ].join('\n');
+}
+
+function option(args: string[], name: string, fallback: number): number {
+  const i = args.indexOf(name);
+  if (i === -1) return fallback;
+  const value = Number(args[i + 1]);
+  if (!Number.isInteger(value) || value < 1) throw new UsageError(`${name} must be a positive whole number, got "${args[i + 1] ?? ''}"`);
+  return value;
+}
+
+function text(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  if (i === -1) return undefined;
+  const value = args[i + 1];
+  if (!value || value.startsWith('--')) throw new UsageError(`${name} needs a value`);
+  return value;
+}
+
+if (require.main === module) {
+  runCli(USAGE, async (args, log) => {
+    const url = text(args, '--url');
+    const key = text(args, '--key');
+    if (Boolean(url) !== Boolean(key)) throw new UsageError('--url and --key go together');
+    if (url && !/^http:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url)) throw new UsageError('--url must be a loopback address (load stays on this machine)');
+    const summary = await runLoad({
+      durationSec: option(args, '--duration', 180),
+      rate: option(args, '--rate', 200),
+      spansPerRequest: option(args, '--spans-per-request', 10),
+      connections: option(args, '--connections', 16),
+      target: url && key ? { url: url.replace(/\/$/, ''), key } : undefined,
+      log,
+    });
+    process.stdout.write(`${formatSummary(summary)}\n`);
+    if (summary.failures.length) throw new Error(`${summary.failures.length} check(s) failed`);
+  });
+}
