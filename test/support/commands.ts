@@ -1,0 +1,36 @@
+import { spawn } from 'node:child_process';
+import { ROOT } from './api-process';
+
+export interface CommandRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** `npm run <script> -- <args>` as an operator runs it (tsx over scripts/<script>.ts), with `env` on top. */
+export function runCommand(script: 'verify' | 'backfill', args: string[], env: Record<string, string>): Promise<CommandRun> {
+  // jest's NODE_OPTIONS (vm modules) is not the commands' business.
+  const { NODE_OPTIONS: _jest, ...inherited } = process.env;
+  return new Promise((done) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', `scripts/${script}.ts`, ...args], { cwd: ROOT, env: { ...inherited, ...env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('close', (code) => done({ code, stdout, stderr }));
+  });
+}
+
+export interface DifferingBucket {
+  entity: string;
+  projectId: string;
+  day: string;
+  postgresRows: number;
+  clickhouseRows: number;
+}
+
+/** The table of differing buckets `npm run verify` prints. */
+export function differingBuckets(stdout: string): DifferingBucket[] {
+  const rows = [...stdout.matchAll(/^(spans|nodes)\s+([0-9a-f-]{36})\s+(\d{4}-\d{2}-\d{2})\s+(\d+)\s+(\d+)/gm)];
+  return rows.map(([, entity, projectId, day, pg, ch]) => ({ entity, projectId, day, postgresRows: Number(pg), clickhouseRows: Number(ch) }));
+}
