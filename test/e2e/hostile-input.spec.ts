@@ -19,7 +19,7 @@ import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';
  */
 
 const SEED = process.env.FC_SEED ? Number(process.env.FC_SEED) : Date.now() % 2 ** 31;
-const RUNS = Number(process.env.FC_RUNS ?? 200);
+const RUNS = Number(process.env.FC_RUNS ?? 150);
 const MAX_BATCH = 20;
 const BODY_LIMIT_BYTES = 64 * 1024;
 const PARAMS = { seed: SEED, numRuns: RUNS, endOnFailure: false };
