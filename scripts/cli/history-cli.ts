@@ -72,7 +72,12 @@ export interface PostgresConnection {
 export async function connectPostgres(config: AppConfig, log: (line: string) => void): Promise<PostgresConnection> {
   const server = await resolvePostgres(config.postgres, log);
   // One connection holds the run's advisory lock; the others read pages and write checkpoints.
-  const db = createKysely(createPool(server.url, 4));
+  const pool = createPool(server.url, 4);
+  // A connection that drops between queries (server restart, idle timeout) must fail the next
+  // query that needs it, with a message, not crash the process with an unhandled 'error' event.
+  pool.on('connect', (client) => client.on('error', (error) => log(`Postgres connection lost: ${error.message}`)));
+  pool.on('error', () => undefined);
+  const db = createKysely(pool);
   const close = async () => {
     await db.destroy();
     await server.stop?.();

@@ -10,6 +10,7 @@ import { Verifier } from '../../src/dbs/backfill/verify';
 import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
 import { DB } from '../../src/dbs/postgres/database';
 import { PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { ObservabilityService } from '../../src/observability/observability.service';
 import { TracingService } from '../../src/tracing/tracing.service';
 import { createTestApp, TestApp } from '../support/app';
@@ -159,6 +160,30 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(resumed).toMatchObject({ outcome: 'complete', resumed: true, rowsCopied: 3_000, totalRowsCopied: 6_000 });
     expect(resumed.resumedFrom).toEqual(checkpoint.cursor);
     expect(await liveCount(ch.clients.query, 'spans')).toBe(6_000);
+  });
+
+  it('stops when its lock session is gone (another run may have started), and the next run resumes', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 2, rows: 4_000 });
+    const pool = createPool(pg.url, 4);
+    pool.on('connect', (client) => client.on('error', () => undefined));
+    const db = createKysely(pool);
+    const admin = new Client({ connectionString: pg.url });
+    await admin.connect();
+    // After the first batch, end the session that holds the run's advisory lock (as an idle timeout would).
+    let inserts = 0;
+    const dropping = Object.create(history) as ClickHouseHistory;
+    dropping.insert = async (...args) => {
+      if (++inserts === 2) await admin.query(`select pg_terminate_backend(pid) from pg_locks where locktype = 'advisory' and database = (select oid from pg_database where datname = current_database())`);
+      return history.insert(...args);
+    };
+    try {
+      await expect(new Backfill(db, dropping).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).rejects.toThrow('lost its lock');
+      expect(await pg.db.selectFrom('backfill_checkpoints').select('rows_copied').executeTakeFirstOrThrow()).toEqual({ rows_copied: '1000' });
+    } finally {
+      await admin.end();
+      await db.destroy();
+    }
+    expect(await new Backfill(pg.db, history).run(ALL_SPANS)).toMatchObject({ resumed: true, rowsCopied: 3_000, totalRowsCopied: 4_000 });
   });
 
   it('--gaps replays gap records: current versions for keys Postgres has, tombstones for keys it lost', async () => {

@@ -15,6 +15,11 @@ export class RunInProgressError extends Error {
   override name = 'RunInProgressError';
 }
 
+/** The session holding a run's lock. */
+export interface RunLock {
+  pid: number;
+}
+
 export interface Checkpoint {
   runKey: string;
   scope: CheckpointScope;
@@ -72,9 +77,14 @@ export class BackfillCheckpointsRepository {
     return (await this.find(runKey))!;
   }
 
-  /** After ClickHouse accepted a batch: its last key becomes the resume point. */
-  async advance(runKey: string, cursor: string[], rows: number): Promise<void> {
-    await this.db
+  /**
+   * After ClickHouse accepted a batch: its last key becomes the resume point.
+   * Only while the run's lock session still holds the lock: a session that
+   * was dropped (idle timeout, network) released it, and another run may
+   * have started since.
+   */
+  async advance(runKey: string, cursor: string[], rows: number, lock: RunLock): Promise<void> {
+    const result = await this.db
       .updateTable('backfill_checkpoints')
       .set({
         cursor: JSON.stringify(cursor),
@@ -82,7 +92,11 @@ export class BackfillCheckpointsRepository {
         updated_at: sql<string>`now()`,
       })
       .where('run_key', '=', runKey)
-      .execute();
+      .where(sql<boolean>`exists (select 1 from pg_locks where locktype = 'advisory' and granted and pid = ${lock.pid})`)
+      .executeTakeFirst();
+    if (result.numUpdatedRows === 0n) {
+      throw new RunInProgressError(`backfill run "${runKey}" lost its lock (its Postgres session ended); run the same command again to resume`);
+    }
   }
 
   async finish(runKey: string): Promise<void> {
@@ -99,15 +113,16 @@ export class BackfillCheckpointsRepository {
    * same run key fails at once, and a killed process's lock goes with its
    * session. The lock guards no table, so nothing the copier does waits on it.
    */
-  async withRunLock<T>(runKey: string, work: () => Promise<T>): Promise<T> {
+  async withRunLock<T>(runKey: string, work: (lock: RunLock) => Promise<T>): Promise<T> {
     const name = `backfill ${runKey}`;
     return this.db.connection().execute(async (session) => {
-      const { rows } = await sql<{ locked: boolean }>`select pg_try_advisory_lock(hashtextextended(${name}, 0)) as locked`.execute(session);
+      const { rows } = await sql<{ locked: boolean; pid: number }>`
+        select pg_try_advisory_lock(hashtextextended(${name}, 0)) as locked, pg_backend_pid() as pid`.execute(session);
       if (!rows[0].locked) {
         throw new RunInProgressError(`another backfill of the same scope is running (run key "${runKey}"); wait for it to finish or stop it first`);
       }
       try {
-        return await work();
+        return await work({ pid: rows[0].pid });
       } finally {
         await sql`select pg_advisory_unlock(hashtextextended(${name}, 0))`.execute(session).catch(() => undefined);
       }

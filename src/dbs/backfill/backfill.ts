@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Kysely } from 'kysely';
 import { DB } from '../postgres/database';
-import { BackfillCheckpointsRepository, Checkpoint } from './backfill-checkpoints.repository';
+import { BackfillCheckpointsRepository, Checkpoint, RunLock } from './backfill-checkpoints.repository';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf } from './history-entities';
 import { Entity, HistoryScope, runKeyOf } from './history-scope';
@@ -79,7 +79,7 @@ export class Backfill {
 
   async run(scope: HistoryScope, options: BackfillOptions = DEFAULT_BACKFILL_OPTIONS, progress: BackfillProgress = silentProgress): Promise<BackfillResult> {
     const runKey = runKeyOf(scope);
-    return this.checkpoints.withRunLock(runKey, async () => {
+    return this.checkpoints.withRunLock(runKey, async (lock) => {
       const startedAt = Date.now();
       const existing = await this.checkpoints.find(runKey);
       if (existing?.status === 'complete' && !options.restart) {
@@ -96,14 +96,20 @@ export class Backfill {
       } else {
         this.log(`backfill ${scope.entity}: started run "${runKey}" (rows created before ${checkpoint.scope.upperBound})`);
       }
-      const copied = await this.copy(runKey, checkpoint, options, progress);
+      const copied = await this.copy(runKey, checkpoint, lock, options, progress);
       await this.checkpoints.finish(runKey);
       const finished = (await this.checkpoints.find(runKey))!;
       return this.result(finished, 'complete', { ...copied, startedAt, resumed, resumedFrom: resumed ? checkpoint.cursor : null });
     });
   }
 
-  private async copy(runKey: string, checkpoint: Checkpoint, options: BackfillOptions, progress: BackfillProgress): Promise<{ rows: number; batches: number }> {
+  private async copy(
+    runKey: string,
+    checkpoint: Checkpoint,
+    lock: RunLock,
+    options: BackfillOptions,
+    progress: BackfillProgress,
+  ): Promise<{ rows: number; batches: number }> {
     const { scope } = checkpoint;
     const entity = historyOf(scope.entity);
     const reader = new KeysetReader(this.db, entity);
@@ -121,7 +127,7 @@ export class Backfill {
         .update(JSON.stringify([runKey, upperBound, batch.from, batch.to, batch.body.rows]))
         .digest('hex');
       await this.clickhouse.insert(entity.table, batch.body.finish(), token);
-      await this.checkpoints.advance(runKey, batch.to, batch.body.rows);
+      await this.checkpoints.advance(runKey, batch.to, batch.body.rows, lock);
       rows += batch.body.rows;
       batches += 1;
       progress.advance(batch.body.rows, batch.to);
