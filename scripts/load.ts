@@ -61,6 +61,8 @@ export interface RssSample {
 export interface LoadSummary {
   projectId: string;
   durationSec: number;
+  /** The rate asked for; `requests / durationSec` is the rate held. */
+  targetRate: number;
   requests: number;
   /** Non-2xx answers plus socket errors and timeouts. */
   errors: number;
@@ -377,6 +379,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
     return {
       projectId,
       durationSec: options.durationSec,
+      targetRate: options.rate,
       requests: result.requests.total,
       errors,
       statusCodes: Object.fromEntries(Object.entries(result.statusCodeStats ?? {}).map(([code, { count }]) => [code, Number(count)])),
@@ -402,7 +405,7 @@ export function formatSummary(s: LoadSummary): string {
     : 'RSS not sampled (API not started by this run)';
   return [
     `load summary (project ${s.projectId})`,
-    `  requests   ${s.requests} in ${s.durationSec} s (${Math.round(s.requests / s.durationSec)}/s), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
+    `  requests   ${s.requests} in ${s.durationSec} s (${Math.round(s.requests / s.durationSec)}/s held, ${s.targetRate}/s asked), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
     `  latency    p50 ${s.latencyMs.p50} ms, p99 ${s.latencyMs.p99} ms, max ${s.latencyMs.max} ms`,
     `  memory     ${rss}${s.memoryChecked ? '' : ' (not checked: run shorter than a minute)'}`,
     `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent; Postgres ${s.postgres.spans} spans / ${s.postgres.nodes} nodes; ClickHouse ${s.clickhouse.spans} spans / ${s.clickhouse.nodes} nodes; open gaps ${s.gaps}`,
