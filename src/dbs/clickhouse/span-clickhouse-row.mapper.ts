@@ -78,8 +78,12 @@ export function uint64ToSpanId(value: string): string {
   return BigInt(value).toString(16).padStart(16, '0');
 }
 
+const NORMALIZED_ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
+
 /** ISO-8601 (any zone) to DateTime64(6, 'UTC') text, without going through a JS Date. */
 export function isoToClickHouseTime(iso: string): string {
+  // Every stored time is already normalized (UTC, six digits): a slice is enough, and this runs four times per row.
+  if (NORMALIZED_ISO.test(iso)) return `${iso.slice(0, 10)} ${iso.slice(11, 26)}`;
   const utc = microsToIso(isoToMicros(iso));
   return `${utc.slice(0, 10)} ${utc.slice(11, 26)}`;
 }
