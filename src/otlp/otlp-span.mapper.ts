@@ -2,6 +2,7 @@ import { NodeInput } from '../observability/node';
 import {
   Json, JsonObject, SPAN_KINDS, SPAN_TYPES, STATUS_CODES, SpanInput, SpanType, TRACE_TYPES, TraceType,
 } from '../tracing/span';
+import { traceIdToUuid } from '../tracing/trace-id';
 import { OtlpEvent, OtlpKeyValue, OtlpLink, OtlpSpan } from './otlp-decoder';
 
 /**
@@ -50,8 +51,9 @@ export function spanIdToNodeId(spanId: string): string {
 }
 
 /** A trace id as a tree uuid: the 32 hex digits grouped 8-4-4-4-12. */
+/** A trace's node tree is keyed by the trace id in its UUID form. */
 export function traceIdToTreeId(traceId: string): string {
-  return `${traceId.slice(0, 8)}-${traceId.slice(8, 12)}-${traceId.slice(12, 16)}-${traceId.slice(16, 20)}-${traceId.slice(20)}`;
+  return traceIdToUuid(traceId);
 }
 
 export function unflattenAttributes(keyValues: OtlpKeyValue[]): JsonObject {

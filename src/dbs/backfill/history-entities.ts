@@ -9,10 +9,9 @@ import {
   SPAN_COLUMNS,
   spanIdToUInt64,
   toSpanClickHouseLine,
-  traceIdToUuid,
   uint64ToSpanId,
-  uuidToTraceId,
 } from '../clickhouse/span-clickhouse-row.mapper';
+import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { NodeRow, SpanRow } from '../postgres/database';
 import { nodeFromRow } from '../postgres/node-row.mapper';
 import { spanFromRow } from '../postgres/span-row.mapper';

@@ -7,8 +7,8 @@ import {
   SPAN_COLUMNS,
   SpanClickHouseRow,
   spanIdToUInt64,
-  traceIdToUuid,
 } from './span-clickhouse-row.mapper';
+import { traceIdToUuid } from '../../tracing/trace-id';
 
 /** Rows of one project and created_at day (UTC), as the verifier compares them with Postgres. */
 export interface ProjectDayCount {

@@ -1,5 +1,6 @@
 import { Json, JsonObject, Span, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
 import { isoToMicros, microsToIso } from '../../tracing/timestamp';
+import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { MirrorRow } from './batch-writer';
 
 /**
@@ -52,20 +53,9 @@ export const SPAN_COLUMNS = [
   'events', 'exception', 'created_at', 'updated_at', 'created_by_id', 'updated_by_id', 'version', 'is_deleted',
 ] as const;
 
-const HEX_TRACE_ID = /^[0-9a-f]{32}$/i;
 const HEX_SPAN_ID = /^[0-9a-f]{16}$/i;
 const UINT64 = /^\d{1,20}$/;
 const CLICKHOUSE_TIME = /^(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2})\.(\d{6})$/;
-
-export function traceIdToUuid(traceId: string): string {
-  if (!HEX_TRACE_ID.test(traceId)) throw new Error(`trace id must be 32 hex characters, got "${traceId}"`);
-  const h = traceId.toLowerCase();
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-}
-
-export function uuidToTraceId(uuid: string): string {
-  return uuid.replace(/-/g, '').toLowerCase();
-}
 
 /** 16 hex characters to the unsigned 64-bit integer they spell, as a decimal string. */
 export function spanIdToUInt64(spanId: string): string {

@@ -5,7 +5,8 @@ import {
 import { parseTimestampMicros } from '../../tracing/timestamp';
 import { DB } from './database';
 import { spanFilter } from './span-filter';
-import { spanFromRow, spanIdToBytes, traceIdToUuid, uuidToTraceId } from './span-row.mapper';
+import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
+import { spanFromRow, spanIdToBytes } from './span-row.mapper';
 
 /**
  * The span query language and analytics on Postgres. Queries take parsed

@@ -6,7 +6,8 @@ import { SpansConflictError, SpansNotFoundError, TracingDao } from '../../tracin
 import { DB, SpanRow } from './database';
 import { KYSELY } from './postgres.tokens';
 import { querySpans, spanAnalytics } from './postgres-span-query';
-import { spanFromRow, spanIdToBytes, spanToRow, traceIdToUuid } from './span-row.mapper';
+import { traceIdToUuid } from '../../tracing/trace-id';
+import { spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
 
 /** Postgres's parameter limit is 65535; a span row binds 20 values. */
 const INSERT_CHUNK = 1000;

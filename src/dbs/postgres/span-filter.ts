@@ -1,7 +1,8 @@
 import { Expression, RawBuilder, sql, SqlBool } from 'kysely';
 import { Condition, Filter, InvalidQueryError } from '../../tracing/span-query';
 import { FieldKind, spanQueryField } from '../../tracing/span-query.parser';
-import { spanIdToBytes, traceIdToUuid } from './span-row.mapper';
+import { traceIdToUuid } from '../../tracing/trace-id';
+import { spanIdToBytes } from './span-row.mapper';
 
 /**
  * Compiles a parsed filter (see span-query.parser.ts for the semantics) into

@@ -1,4 +1,5 @@
 import { Json, JsonObject, Span, SpanInput, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
+import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { NewSpanRow, SpanRow } from './database';
 
 /**
@@ -6,15 +7,6 @@ import { NewSpanRow, SpanRow } from './database';
  * on the wire and compactly in Postgres: trace_id as uuid, span ids as 8-byte
  * bytea.
  */
-
-export function traceIdToUuid(traceId: string): string {
-  const h = traceId.toLowerCase();
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-}
-
-export function uuidToTraceId(uuid: string): string {
-  return uuid.replace(/-/g, '').toLowerCase();
-}
 
 export function spanIdToBytes(spanId: string): Buffer {
   return Buffer.from(spanId, 'hex');
