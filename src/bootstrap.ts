@@ -7,6 +7,7 @@ import { Logger } from 'nestjs-pino';
 import { AppModule } from './app.module';
 import { AppConfig } from './config/app-config';
 import { APP_CONFIG } from './config/config.module';
+import { requireJsonBodies } from './http/json-content-type';
 
 /**
  * Builds the HTTP app exactly as production runs it; main.ts and the tests
@@ -16,6 +17,7 @@ export async function createApp(env: Record<string, string | undefined> = {}): P
   const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot(env), { bufferLogs: true, bodyParser: false });
   app.useLogger(app.get(Logger));
   const config = app.get<AppConfig>(APP_CONFIG);
+  app.use(requireJsonBodies);
   app.useBodyParser('json', { limit: config.http.bodyLimit, verify: refuseInvalidUtf8 });
   app.disable('x-powered-by');
   setUpOpenApi(app);

@@ -25,6 +25,8 @@ async function main(): Promise<void> {
     stopping = true;
     logger.log(`${signal} received: draining in-flight requests`, 'Main');
     const server = app.getHttpServer() as Server;
+    // Keep-alive clients would otherwise hold their sockets open until the idle timeout.
+    server.on('request', (_req, res) => res.setHeader('Connection', 'close'));
     const drained = new Promise<void>((resolve) => server.close(() => resolve()));
     const timeout = new Promise<void>((resolve) => setTimeout(resolve, config.http.shutdownTimeoutMs).unref());
     await Promise.race([drained, timeout]);

@@ -108,6 +108,14 @@ describe('REST: /tracing and /observability', () => {
       expect(res.body.message).toMatch(/JSON/);
     });
 
+    it('a body that is not JSON is a 415, on write and on query routes', async () => {
+      const before = await countSpans();
+      const res = await http().post('/tracing/spans').set(auth).set('Content-Type', 'text/plain').send(JSON.stringify({ spans: [makeSpan()] })).expect(415);
+      expect(res.body.message).toMatch(/must be application\/json, got "text\/plain"/);
+      await http().post('/tracing/spans/query').set(auth).set('Content-Type', 'application/x-www-form-urlencoded').send('filter=x').expect(415);
+      expect(await countSpans()).toBe(before);
+    });
+
     it('a bad id in the path is a 400', async () => {
       const res = await http().get('/tracing/traces/not-hex').set(auth).expect(400);
       expect(res.body.message).toMatch(/must be 32 hex characters/);
