@@ -89,6 +89,7 @@ const envSchema = z.object({
   DATABASE_URL: url(['postgres:', 'postgresql:']),
   DB_POOL_MAX: int(10, 1, 1000),
   MIGRATE_ON_START: bool('MIGRATE_ON_START', true),
+  DB_STATEMENT_TIMEOUT_MS: int(30_000, 0),
   EMBEDDED_POSTGRES_PORT: int(54329, 1, 65535),
   EMBEDDED_DATA_DIR: z.string().default('.data'),
 
@@ -123,6 +124,8 @@ export interface AppConfig {
     url?: string;
     poolMax: number;
     migrateOnStart: boolean;
+    /** Server-side bound on every API statement; 0 = none. */
+    statementTimeoutMs: number;
     embedded: { port: number; dataDir: string };
   };
   clickhouse: {
@@ -189,6 +192,7 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
       url: e.DATABASE_URL,
       poolMax: e.DB_POOL_MAX,
       migrateOnStart: e.MIGRATE_ON_START,
+      statementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
       embedded: { port: e.EMBEDDED_POSTGRES_PORT, dataDir: `${dataDir}/postgres` },
     },
     clickhouse: {

@@ -4,7 +4,8 @@ import { InvalidQueryError } from '../tracing/span-query';
 import { SpansConflictError, SpansNotFoundError } from '../tracing/tracing.dao';
 
 /** Postgres is unreachable or going away: the caller should retry, not fix its request. */
-const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', '57P01', '57P02', '57P03', '53300']);
+// 57014: statement_timeout fired (a lock or an overloaded server), so the write rolled back.
+const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', '57P01', '57P02', '57P03', '53300', '57014']);
 const UNAVAILABLE_MESSAGES = [/Connection terminated/i, /timeout exceeded when trying to connect/i, /Client has encountered a connection error/i, /connection.*closed/i];
 
 export function isDatabaseUnavailable(error: unknown): boolean {

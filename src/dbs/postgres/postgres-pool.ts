@@ -15,12 +15,21 @@ export function timestamptzToIso(text: string): string {
   return `${m[1]}T${m[2]}.${(m[3] ?? '').padEnd(6, '0')}Z`;
 }
 
-export function createPool(url: string, max: number): Pool {
+/**
+ * `statementTimeoutMs` bounds every statement on the server side, where
+ * cancelling is safe (the statement and its transaction roll back); a
+ * client-side timeout could give up on a write that later commits. The API
+ * sets it; operator commands leave it off (0) for their long scans.
+ */
+export function createPool(url: string, max: number, options: { statementTimeoutMs?: number } = {}): Pool {
+  const timeout = options.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(options.statementTimeoutMs)}` : '';
   return new Pool({
     connectionString: url,
     max,
-    options: '-c TimeZone=UTC',
+    options: `-c TimeZone=UTC${timeout}`,
     connectionTimeoutMillis: 5_000,
+    // Notice a peer that vanished without closing the connection.
+    keepAlive: true,
     types: {
       getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
         oid === TIMESTAMPTZ_OID ? timestamptzToIso : types.getTypeParser(oid, format as 'text')) as typeof types.getTypeParser,
