@@ -1,0 +1,234 @@
+import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { createClient } from '@clickhouse/client';
+import { sql } from 'kysely';
+import { parseConfig } from '../../src/config/app-config';
+import { Backfill } from '../../src/dbs/backfill/backfill';
+import { spanHistory } from '../../src/dbs/backfill/history-entities';
+import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
+import { SpanRow } from '../../src/dbs/postgres/database';
+import { connectClickHouse, connectPostgres } from '../cli/history-cli';
+import { BenchFlags } from './support/cli';
+import { cpuSecondsOf, treeCpuSecondsOf } from './support/proc';
+import { BenchReport, runBench } from './support/report';
+import { startBenchClickHouse, startBenchPostgres } from './support/servers';
+import { num, rotated, showSpread, spread, table } from './support/stats';
+
+const USAGE = `usage: npm run bench:backfill -- [options]
+
+Backfill throughput: spans with ~1 KB of realistic attributes, generated in
+Postgres (INSERT ... SELECT generate_series), copied into ClickHouse by the
+backfill (src/dbs/backfill, connected as \`npm run backfill\` connects),
+against two ceilings measured in the same run, interleaved:
+  - Postgres read: a keyset SELECT of the same columns streaming every row,
+    page after page (same page size), parsed by node-postgres;
+  - ClickHouse insert: the same rows' JSONEachRow lines, prepared in memory
+    beforehand, inserted with @clickhouse/client (same batch size and client
+    settings as the backfill) into an empty table.
+Goals: >= 50,000 spans/s, and >= 1/2 of the slower ceiling.
+
+  --rows N          spans to generate and copy (default 1000000)
+  --rounds N        rounds (default 3)
+  --ceiling-rows N  rows held in memory for the ClickHouse insert ceiling (default 200000)
+  --quick           50000 rows, 2 rounds: a smoke run`;
+
+type Path = 'backfill' | 'postgres read' | 'clickhouse insert';
+
+interface Run {
+  round: number;
+  path: Path;
+  rows: number;
+  seconds: number;
+  rowsPerSecond: number;
+  /** CPU µs per row: this process, the Postgres server, the ClickHouse server. */
+  cpu: { node: number; postgres: number | null; clickhouse: number | null };
+}
+
+/** ~18 words each; the attributes draw from these plus an md5, so rows differ and compress like text. */
+function sentences(): string[] {
+  const words = 'the of to and in that is for it as with was on be by this are or from at which retrieval context answer question summary document model token prompt user assistant system tool call result error latency cost invoice customer order refund policy account search embedding vector index query chunk page section citation source evidence step'.split(' ');
+  return Array.from({ length: 64 }, () => Array.from({ length: 18 }, () => words[Math.floor(Math.random() * words.length)]).join(' '));
+}
+
+async function main(): Promise<void> {
+  const flags = new BenchFlags(process.argv.slice(2), USAGE);
+  const quick = flags.has('quick');
+  const options = {
+    rows: flags.int('rows', quick ? 50_000 : 1_000_000),
+    rounds: flags.int('rounds', quick ? 2 : 3),
+    ceilingRows: flags.int('ceiling-rows', quick ? 20_000 : 200_000),
+  };
+  const report = new BenchReport('backfill', options);
+  const log = (line: string) => report.print(line);
+
+  const postgres = await startBenchPostgres(log);
+  const clickhouse = await startBenchClickHouse(log);
+  try {
+    const database = await postgres.createDatabase('backfill');
+    const projectId = randomUUID();
+    const generateStarted = performance.now();
+    const chunk = 100_000;
+    const text = sentences();
+    await sql`set synchronous_commit = off`.execute(database.db);
+    for (let from = 1; from <= options.rows; from += chunk) {
+      const to = Math.min(options.rows, from + chunk - 1);
+      // 10 spans per trace over ~10 days of created_at, microseconds included; status, names and sizes vary by row.
+      await sql`
+        insert into spans (project_id, trace_id, span_id, parent_id, trace_type, span_type, span_kind, span_name,
+                           start_time, end_time, status_code, status_message, attributes, events, created_at, updated_at)
+        select ${projectId}::uuid, md5('trace' || (i / 10))::uuid, decode(lpad(to_hex(i), 16, '0'), 'hex'),
+               case when i % 10 = 0 then null else decode(lpad(to_hex(i - i % 10), 16, '0'), 'hex') end,
+               'invocation', (array['workflow','llm','tool','embedding','chain','task'])[1 + i % 6], 'SPAN_KIND_CLIENT', 'llm call ' || (i % 8),
+               t - interval '2 seconds', t - interval '1 second',
+               case when i % 50 = 0 then 'STATUS_CODE_ERROR' else 'STATUS_CODE_OK' end,
+               case when i % 50 = 0 then 'upstream timed out after 30 s' end,
+               jsonb_build_object(
+                 'ag', jsonb_build_object(
+                   'data', jsonb_build_object(
+                     'inputs', jsonb_build_object('prompt', jsonb_build_array(
+                       jsonb_build_object('role', 'system', 'content', (${text}::text[])[1 + i % 64]),
+                       jsonb_build_object('role', 'user', 'content', (${text}::text[])[1 + (i * 7) % 64] || ' ' || md5(i::text)))),
+                     'outputs', jsonb_build_object('completion', jsonb_build_array(
+                       jsonb_build_object('role', 'assistant', 'content', (${text}::text[])[1 + (i * 13) % 64] || ' ' || md5((-i)::text))))),
+                   'metrics', jsonb_build_object(
+                     'tokens', jsonb_build_object('prompt', 200 + i % 400, 'completion', 50 + i % 300, 'total', 250 + i % 400 + i % 300),
+                     'costs', jsonb_build_object('total', (i % 1000) * 0.00001)),
+                   'meta', jsonb_build_object('environment', 'production', 'session_id', md5('session' || (i / 100))::uuid::text)),
+                 'gen_ai', jsonb_build_object(
+                   'system', 'openai',
+                   'request', jsonb_build_object('model', 'gpt-4o-2024-08-06', 'temperature', 0.2, 'max_tokens', 1024),
+                   'usage', jsonb_build_object('input_tokens', 200 + i % 400, 'output_tokens', 50 + i % 300))),
+               jsonb_build_array(jsonb_build_object('name', 'first_token', 'attributes', jsonb_build_object('n', i % 10))),
+               t, t
+        from generate_series(${from}::bigint, ${to}::bigint) as i,
+             lateral (select timestamptz '2026-11-01 00:00:00+00' + i * interval '864 milliseconds' + (i % 997) * interval '1 microsecond' as t) times`.execute(database.db);
+    }
+    await sql`analyze spans`.execute(database.db);
+    const { rows: sizes } = await sql<{ bytes: string; avg: string }>`select pg_total_relation_size('spans')::text as bytes, avg(length(attributes::text))::int::text as avg from spans`.execute(database.db);
+    log(`generated ${num(options.rows, 0)} spans in ${num((performance.now() - generateStarted) / 1000, 1)} s; table with indexes ${num(Number(sizes[0].bytes) / 2 ** 20, 0)} MiB, attributes ${sizes[0].avg} characters of JSON per row`);
+
+    const env = { ...process.env, DATABASE_URL: database.url, USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: clickhouse.url, LOG_LEVEL: 'warn' };
+    const pg = await connectPostgres(parseConfig(env), () => undefined);
+    const scope = { entity: 'spans' as const, projectIds: null };
+
+    // The insert ceiling's rows: the backfill's own lines for the first rows, held in memory.
+    const ceilingLines: string[] = [];
+    for (let cursor: string[] | null = null; ceilingLines.length < Math.min(options.ceilingRows, options.rows); ) {
+      const { rows } = await sql<SpanRow>`select ${sql.join(spanHistory.columns.map((c) => sql.ref(c)))} from spans
+        where ${cursor ? sql`(created_at, project_id, trace_id, span_id) > (${cursor[0]}::timestamptz, ${cursor[1]}::uuid, ${cursor[2]}::uuid, decode(${cursor[3]}, 'hex'))` : sql`true`}
+        order by created_at, project_id, trace_id, span_id limit 5000`.execute(pg.db);
+      for (const row of rows) ceilingLines.push(spanHistory.line(spanHistory.mirrored(row)));
+      cursor = spanHistory.cursorOf(rows[rows.length - 1]);
+    }
+    const lineBytes = ceilingLines.reduce((n, l) => n + Buffer.byteLength(l) + 1, 0) / ceilingLines.length;
+    log(`ClickHouse lines average ${num(lineBytes, 0)} bytes`);
+
+    const batchRows = 5_000;
+    const paths: Record<Path, (round: number) => Promise<number>> = {
+      backfill: async (round) => {
+        const config = await clickhouse.createDatabase(`backfill_r${round}`);
+        const ch = await connectClickHouse(parseConfig({ ...env, CLICKHOUSE_DATABASE: config.database }), () => undefined);
+        try {
+          const result = await new Backfill(pg.db, ch.history).run(scope, { batchRows, batchBytes: 16 * 2 ** 20, restart: true });
+          return result.rowsCopied;
+        } finally {
+          await ch.close();
+        }
+      },
+      'postgres read': async () => {
+        let read = 0;
+        for (let cursor: string[] | null = null; ; ) {
+          const { rows } = await sql<SpanRow>`select ${sql.join(spanHistory.columns.map((c) => sql.ref(c)))} from spans
+            where ${cursor ? sql`(created_at, project_id, trace_id, span_id) > (${cursor[0]}::timestamptz, ${cursor[1]}::uuid, ${cursor[2]}::uuid, decode(${cursor[3]}, 'hex'))` : sql`true`}
+            order by created_at, project_id, trace_id, span_id limit ${batchRows}`.execute(pg.db);
+          if (rows.length === 0) return read;
+          read += rows.length;
+          cursor = spanHistory.cursorOf(rows[rows.length - 1]);
+        }
+      },
+      'clickhouse insert': async (round) => {
+        const config = await clickhouse.createDatabase(`ceiling_r${round}`);
+        // As the backfill's client: no gzip to a server on this machine.
+        const client = createClient({ ...clickHouseClientOptions(config, clickhouse.url), request_timeout: 120_000, compression: { request: false, response: false } });
+        try {
+          let inFlight: Promise<void> = Promise.resolve();
+          for (let i = 0; i < ceilingLines.length; i += batchRows) {
+            const body = `${ceilingLines.slice(i, i + batchRows).join('\n')}\n`;
+            await inFlight;
+            inFlight = (async () => {
+              const result = await client.exec({
+                query: 'INSERT INTO spans FORMAT JSONEachRow',
+                values: Readable.from([body]),
+                clickhouse_settings: { async_insert: 0, wait_end_of_query: 1 },
+              });
+              result.stream.resume();
+              await finished(result.stream);
+            })();
+          }
+          await inFlight;
+          return ceilingLines.length;
+        } finally {
+          await client.close();
+        }
+      },
+    };
+
+    const runs: Run[] = [];
+    for (let round = 0; round < options.rounds; round++) {
+      for (const path of rotated(Object.keys(paths) as Path[], round)) {
+        const cpu = process.cpuUsage();
+        const pgCpu = postgres.pid ? treeCpuSecondsOf(postgres.pid) : 0;
+        const chCpu = clickhouse.pid ? cpuSecondsOf(clickhouse.pid) : 0;
+        const started = performance.now();
+        const rows = await paths[path](round);
+        const seconds = (performance.now() - started) / 1000;
+        const used = process.cpuUsage(cpu);
+        const run: Run = {
+          round,
+          path,
+          rows,
+          seconds,
+          rowsPerSecond: rows / seconds,
+          cpu: {
+            node: (used.user + used.system) / rows,
+            postgres: postgres.pid ? ((treeCpuSecondsOf(postgres.pid) - pgCpu) * 1e6) / rows : null,
+            clickhouse: clickhouse.pid ? ((cpuSecondsOf(clickhouse.pid) - chCpu) * 1e6) / rows : null,
+          },
+        };
+        runs.push(run);
+        const cpuText = `CPU µs/row: node ${num(run.cpu.node, 1)}, postgres ${run.cpu.postgres === null ? '?' : num(run.cpu.postgres, 1)}, clickhouse ${run.cpu.clickhouse === null ? '?' : num(run.cpu.clickhouse, 1)}`;
+        log(`round ${round + 1} ${path.padEnd(17)} ${num(rows, 0)} rows in ${num(seconds, 1)} s = ${num(run.rowsPerSecond, 0)} rows/s; ${cpuText}`);
+      }
+    }
+    await pg.close();
+
+    const of = (path: Path) => runs.filter((r) => r.path === path).sort((a, b) => a.round - b.round);
+    const slower = of('backfill').map((_, i) => Math.min(of('postgres read')[i].rowsPerSecond, of('clickhouse insert')[i].rowsPerSecond));
+    const ratio = spread(of('backfill').map((b, i) => b.rowsPerSecond / slower[i]));
+    const rate = spread(of('backfill').map((b) => b.rowsPerSecond));
+    log(`\nrows/s and CPU µs per row, median of rounds (min–max); ${num(options.rows, 0)} spans, ~${num(lineBytes, 0)} bytes per ClickHouse line`);
+    log(
+      table([
+        ['path', 'rows/s', 'node µs/row', 'postgres µs/row', 'clickhouse µs/row'],
+        ...(Object.keys(paths) as Path[]).map((path) => [
+          path === 'backfill' ? 'backfill' : `${path} (ceiling)`,
+          showSpread(spread(of(path).map((r) => r.rowsPerSecond)), 0),
+          showSpread(spread(of(path).map((r) => r.cpu.node)), 1),
+          postgres.pid ? showSpread(spread(of(path).map((r) => r.cpu.postgres!)), 1) : 'n/a',
+          clickhouse.pid ? showSpread(spread(of(path).map((r) => r.cpu.clickhouse!)), 1) : 'n/a',
+        ]),
+      ]),
+    );
+    log(`backfill / slower ceiling: ${showSpread(ratio, 3)}`);
+    report.goal({ name: 'backfill spans/s', target: '>= 50,000', spread: rate, met: rate.median >= 50_000 });
+    report.goal({ name: 'backfill / slower ceiling (Postgres read, ClickHouse insert)', target: '>= 0.50', spread: ratio, met: ratio.median >= 0.5 });
+    report.finish({ runs, lineBytes });
+  } finally {
+    await clickhouse.stop();
+    await postgres.stop();
+  }
+}
+
+runBench(main);

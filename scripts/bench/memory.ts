@@ -1,0 +1,181 @@
+import { performance } from 'node:perf_hooks';
+import { BenchFlags } from './support/cli';
+import { ApiClient, postOk, sleep } from './support/http-load';
+import { closedPort, MiB, rssOf } from './support/proc';
+import { startApiProcess } from './support/processes';
+import { BenchReport, runBench } from './support/report';
+import { createApiKey, startBenchPostgres } from './support/servers';
+import { spansBody } from './support/spans';
+import { num, quantile, showSpread, spread, table } from './support/stats';
+
+const USAGE = `usage: npm run bench:memory -- [options]
+
+Peak RSS of the API (the compiled main.js, a child process) under sustained
+load while ClickHouse is down (CLICKHOUSE_URL is a closed loopback port), so
+the mirror queues up to MIRROR_QUEUE_MAX_BYTES and records the rest as gaps.
+Baselines, per round: the same process's RSS idle after start-up and a short
+warm-up, before the load; and the peak RSS of a control API (USE_CLICKHOUSE
+off) under the same load, which is what the load costs without any mirror.
+Goal (the brief's): peak <= idle baseline + MIRROR_QUEUE_MAX_BYTES. Shown
+beside it: peak - control peak, the part the mirror adds.
+
+  --down-seconds N     load with ClickHouse down, per round (default 60)
+  --control-seconds N  load on the flag-off control, per round (default 30)
+  --rounds N           rounds, each with fresh API processes (default 3)
+  --queue-mib N        MIRROR_QUEUE_MAX_BYTES in MiB (default 64)
+  --concurrency N      requests in flight (default 8)
+  --spans N            spans per request (default 50)
+  --quick              1 round, 20 s down and 10 s control: a smoke run`;
+
+interface Sample {
+  second: number;
+  rssMiB: number;
+  queuedMiB: number | null;
+}
+
+type Flag = 'off (control)' | 'on, ClickHouse down';
+
+interface Run {
+  round: number;
+  flag: Flag;
+  idleBytes: number;
+  peakBytes: number;
+  spansPerSecond: number;
+  mirrorAtEnd: unknown;
+  heapAtEnd: Record<string, number>;
+  timeline: Sample[];
+}
+
+/** The V8 heap as prom-client's default metrics report it, in bytes. */
+function heapOf(metrics: string): Record<string, number> {
+  const read = (name: string) => Number(new RegExp(`^${name} (\\S+)`, 'm').exec(metrics)?.[1] ?? NaN);
+  return { heapUsed: read('nodejs_heap_size_used_bytes'), heapTotal: read('nodejs_heap_size_total_bytes'), external: read('nodejs_external_memory_bytes') };
+}
+
+async function main(): Promise<void> {
+  const flags = new BenchFlags(process.argv.slice(2), USAGE);
+  const quick = flags.has('quick');
+  const options = {
+    downSeconds: flags.int('down-seconds', quick ? 20 : 60),
+    controlSeconds: flags.int('control-seconds', quick ? 10 : 30),
+    rounds: flags.int('rounds', quick ? 1 : 3),
+    queueMiB: flags.int('queue-mib', 64),
+    concurrency: flags.int('concurrency', 8),
+    spans: flags.int('spans', 50),
+  };
+  const report = new BenchReport('memory', options);
+  const log = (line: string) => report.print(line);
+  const bound = options.queueMiB * MiB;
+
+  const postgres = await startBenchPostgres(log);
+  const runs: Run[] = [];
+  try {
+    const downPort = await closedPort();
+    const measure = async (round: number, flag: Flag, seconds: number): Promise<Run> => {
+      const database = await postgres.createDatabase('memory');
+      const env: Record<string, string> = { DATABASE_URL: database.url, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn', USE_CLICKHOUSE: 'false' };
+      if (flag === 'on, ClickHouse down') {
+        Object.assign(env, { USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: `http://127.0.0.1:${downPort}`, MIRROR_QUEUE_MAX_BYTES: String(bound) });
+      }
+      const api = await startApiProcess(env, await closedPort(), log);
+      try {
+        const { key } = await createApiKey(database.db);
+        const client = new ApiClient(api.url, key, options.concurrency);
+        // Warm-up: JIT, the pg pool, the key cache.
+        for (let i = 0; i < 50; i++) await postOk(client, '/tracing/spans', spansBody(1));
+        await sleep(2000);
+        const idle: number[] = [];
+        for (let i = 0; i < 10; i++) {
+          idle.push(rssOf(api.pid)!);
+          await sleep(100);
+        }
+
+        let peak = 0;
+        let sampling = true;
+        const timeline: Sample[] = [];
+        const started = performance.now();
+        const sampler = (async () => {
+          let nextSecond = 0;
+          while (sampling) {
+            const rss = rssOf(api.pid) ?? 0;
+            peak = Math.max(peak, rss);
+            const second = Math.floor((performance.now() - started) / 1000);
+            if (second >= nextSecond) {
+              nextSecond = second + 1;
+              const health = (await fetch(`${api.url}/health`).then((r) => r.json(), () => null)) as { info?: { mirror?: { queuedBytes?: number } } } | null;
+              const queued = health?.info?.mirror?.queuedBytes;
+              timeline.push({ second, rssMiB: Number((rss / MiB).toFixed(1)), queuedMiB: queued === undefined ? null : Number((queued / MiB).toFixed(1)) });
+            }
+            await sleep(100);
+          }
+        })();
+        let spans = 0;
+        const until = performance.now() + seconds * 1000;
+        await Promise.all(
+          Array.from({ length: options.concurrency }, async () => {
+            while (performance.now() < until) {
+              await postOk(client, '/tracing/spans', spansBody(options.spans));
+              spans += options.spans;
+            }
+          }),
+        );
+        sampling = false;
+        await sampler;
+        peak = Math.max(peak, rssOf(api.pid) ?? 0);
+        const health = (await (await fetch(`${api.url}/health`)).json()) as { info?: { mirror?: unknown } };
+        const heap = heapOf(await (await fetch(`${api.url}/metrics`)).text());
+        client.close();
+        const run: Run = {
+          round,
+          flag,
+          idleBytes: quantile(idle, 0.5),
+          peakBytes: peak,
+          spansPerSecond: spans / seconds,
+          mirrorAtEnd: health.info?.mirror ?? null,
+          heapAtEnd: heap,
+          timeline,
+        };
+        log(
+          `round ${round + 1}, flag ${flag}: RSS idle ${num(run.idleBytes / MiB, 1)} MiB, peak ${num(peak / MiB, 1)} MiB over ${seconds} s of load (${num(run.spansPerSecond, 0)} spans/s);` +
+            ` V8 heap at end: used ${num(heap.heapUsed / MiB, 1)} MiB, total ${num(heap.heapTotal / MiB, 1)} MiB, external ${num(heap.external / MiB, 1)} MiB; mirror ${JSON.stringify(run.mirrorAtEnd)}`,
+        );
+        log(`  RSS/queued MiB every 5 s: ${timeline.filter((s) => s.second % 5 === 0).map((s) => `${s.second}s ${Math.round(s.rssMiB)}/${s.queuedMiB ?? '-'}`).join(', ')}`);
+        return run;
+      } finally {
+        await api.stop();
+      }
+    };
+
+    for (let round = 0; round < options.rounds; round++) {
+      runs.push(await measure(round, 'off (control)', options.controlSeconds));
+      runs.push(await measure(round, 'on, ClickHouse down', options.downSeconds));
+    }
+
+    const control = runs.filter((r) => r.flag === 'off (control)');
+    const down = runs.filter((r) => r.flag === 'on, ClickHouse down');
+    const overIdle = spread(down.map((r) => (r.peakBytes - r.idleBytes) / bound));
+    const overControl = spread(down.map((r, i) => (r.peakBytes - control[i].peakBytes) / bound));
+    const controlGrowth = spread(control.map((r) => (r.peakBytes - r.idleBytes) / bound));
+    log(`\nRSS in MiB, median of rounds (min–max); MIRROR_QUEUE_MAX_BYTES = ${options.queueMiB} MiB`);
+    log(
+      table([
+        ['flag', 'idle', 'peak under load', '(peak - idle) / bound', '(peak - control peak) / bound', 'spans/s'],
+        ...[control, down].map((of) => [
+          of[0].flag,
+          showSpread(spread(of.map((r) => r.idleBytes / MiB)), 1),
+          showSpread(spread(of.map((r) => r.peakBytes / MiB)), 1),
+          showSpread(of === down ? overIdle : controlGrowth, 2),
+          of === down ? showSpread(overControl, 2) : '',
+          showSpread(spread(of.map((r) => r.spansPerSecond)), 0),
+        ]),
+      ]),
+    );
+    report.goal({ name: 'peak RSS, ClickHouse down: (peak - idle baseline) / MIRROR_QUEUE_MAX_BYTES', target: '<= 1.00 in every round', spread: overIdle, met: overIdle.max <= 1 });
+    report.goal({ name: 'what the mirror adds: (peak - flag-off peak, same load) / MIRROR_QUEUE_MAX_BYTES', target: '<= 1.00 in every round', spread: overControl, met: overControl.max <= 1 });
+    report.finish({ runs, queueMaxBytes: bound });
+  } finally {
+    await postgres.stop();
+  }
+}
+
+runBench(main);

@@ -1,0 +1,179 @@
+import { performance } from 'node:perf_hooks';
+import { parseConfig } from '../../src/config/app-config';
+import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
+import { SPAN_TABLE, toSpanClickHouseRow } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
+import { traceIdToUuid } from '../../src/tracing/trace-id';
+import { BenchFlags } from './support/cli';
+import { ApiClient, openLoop, postOk, sleep } from './support/http-load';
+import { closedPort } from './support/proc';
+import { startApiProcess } from './support/processes';
+import { BenchReport, runBench } from './support/report';
+import { createApiKey, startBenchClickHouse, startBenchPostgres } from './support/servers';
+import { benchTrace, committedSpans } from './support/spans';
+import { num, quantile, rotated, showSpread, spread, table } from './support/stats';
+
+const USAGE = `usage: npm run bench:mirror-lag -- [options]
+
+Mirror lag: from the API's answer to POST /tracing/spans (Postgres has
+committed) until all of that request's spans are readable in ClickHouse
+(SELECT ... FINAL by trace, polled), at a steady request rate. The floor,
+measured the same way in the same run: the same rows inserted straight into
+ClickHouse with @clickhouse/client, timed from the start of the insert.
+Goal: p99 <= MIRROR_FLUSH_INTERVAL_MS + 1 s.
+
+  --rate N          requests per second (default 50)
+  --spans N         spans per request (default 10)
+  --seconds N       length of each phase (default 15)
+  --rounds N        rounds; each runs a mirror phase and a floor phase (default 3)
+  --poll-ms N       pause between polls (default 25)
+  --flush-interval-ms N   the API's MIRROR_FLUSH_INTERVAL_MS (default: the product default)
+  --quick           2 rounds of 5 s: a smoke run`;
+
+type Path = 'mirror' | 'floor';
+
+async function main(): Promise<void> {
+  const flags = new BenchFlags(process.argv.slice(2), USAGE);
+  const quick = flags.has('quick');
+  const defaults = parseConfig({}).mirror;
+  const options = {
+    rate: flags.int('rate', 50),
+    spans: flags.int('spans', 10),
+    seconds: flags.int('seconds', quick ? 5 : 15),
+    rounds: flags.int('rounds', quick ? 2 : 3),
+    pollMs: flags.int('poll-ms', 25, 0),
+    flushIntervalMs: flags.int('flush-interval-ms', defaults.flushIntervalMs, 10),
+  };
+  const report = new BenchReport('mirror-lag', options);
+  const log = (line: string) => report.print(line);
+
+  const postgres = await startBenchPostgres(log);
+  const clickhouse = await startBenchClickHouse(log);
+  let stopApi: () => Promise<void> = async () => undefined;
+  try {
+    const database = await postgres.createDatabase('lag');
+    const config = await clickhouse.createDatabase('lag');
+    const api = await startApiProcess(
+      {
+        DATABASE_URL: database.url,
+        MIGRATE_ON_START: 'false',
+        LOG_LEVEL: 'warn',
+        USE_CLICKHOUSE: 'true',
+        CLICKHOUSE_URL: clickhouse.url,
+        CLICKHOUSE_DATABASE: config.database,
+        MIRROR_FLUSH_INTERVAL_MS: String(options.flushIntervalMs),
+      },
+      await closedPort(),
+      log,
+    );
+    stopApi = api.stop;
+    const { key, projectId } = await createApiKey(database.db);
+    const client = new ApiClient(api.url, key, 64);
+    const clients = createClickHouseClients(config, clickhouse.url);
+
+    // Trace (as ClickHouse's UUID) -> when its request was committed (or its direct insert started).
+    const pending = new Map<string, number>();
+    let polling = true;
+    const lags = new Map<string, number>();
+    const poller = (async () => {
+      while (polling) {
+        if (pending.size > 0) {
+          const ids = [...pending.keys()];
+          const result = await clients.query.query({
+            query: `SELECT toString(trace_id) AS t FROM ${SPAN_TABLE} FINAL WHERE project_id = {p:UUID} AND trace_id IN {ids:Array(UUID)} GROUP BY trace_id HAVING count() = {n:UInt32}`,
+            query_params: { p: projectId, ids, n: options.spans },
+            format: 'JSONEachRow',
+          });
+          const seen = await result.json<{ t: string }>();
+          const now = performance.now();
+          for (const { t } of seen) {
+            const since = pending.get(t);
+            if (since === undefined) continue;
+            pending.delete(t);
+            lags.set(t, now - since);
+          }
+        }
+        await sleep(options.pollMs);
+      }
+    })();
+
+    const phase = async (path: Path): Promise<{ lags: number[]; missing: number; commitMs: number[] }> => {
+      lags.clear();
+      const total = Math.floor(options.seconds * options.rate);
+      const traces = Array.from({ length: total }, () => benchTrace(options.spans));
+      const direct = path === 'floor' ? committedSpans(total * options.spans, projectId) : [];
+      const commitMs: number[] = [];
+      await openLoop(options.rate, options.seconds * 1000, async (i) => {
+        if (path === 'mirror') {
+          const body = Buffer.from(JSON.stringify({ spans: traces[i] }));
+          commitMs.push(await postOk(client, '/tracing/spans', body));
+          pending.set(traceIdToUuid(traces[i][0].trace_id), performance.now());
+        } else {
+          const rows = direct.slice(i * options.spans, (i + 1) * options.spans);
+          // Every row of one insert shares the trace, like one request's spans.
+          for (const row of rows) row.trace_id = rows[0].trace_id;
+          const started = performance.now();
+          pending.set(traceIdToUuid(rows[0].trace_id), started);
+          await clients.insert.insert({ table: SPAN_TABLE, values: rows.map(toSpanClickHouseRow), format: 'JSONEachRow', clickhouse_settings: { async_insert: 0, wait_end_of_query: 1 } });
+        }
+      });
+      const deadline = Date.now() + options.flushIntervalMs + 30_000;
+      while (pending.size > 0 && Date.now() < deadline) await sleep(50);
+      const missing = pending.size;
+      pending.clear();
+      return { lags: [...lags.values()], missing, commitMs };
+    };
+
+    log('warming up (not measured)');
+    await phase('mirror');
+    const runs: Array<{ round: number; path: Path; p50: number; p99: number; max: number; samples: number; missing: number; commitP50: number; commitP99: number }> = [];
+    for (let round = 0; round < options.rounds; round++) {
+      for (const path of rotated<Path>(['mirror', 'floor'], round)) {
+        const result = await phase(path);
+        const run = {
+          round,
+          path,
+          p50: quantile(result.lags, 0.5),
+          p99: quantile(result.lags, 0.99),
+          max: Math.max(...result.lags),
+          samples: result.lags.length,
+          missing: result.missing,
+          commitP50: quantile(result.commitMs, 0.5),
+          commitP99: quantile(result.commitMs, 0.99),
+        };
+        runs.push(run);
+        log(`round ${round + 1} ${path.padEnd(6)} lag p50 ${num(run.p50, 0)} ms, p99 ${num(run.p99, 0)} ms, max ${num(run.max, 0)} ms over ${run.samples} requests${run.missing ? `, ${run.missing} never readable` : ''}`);
+      }
+    }
+    polling = false;
+    await poller;
+
+    const of = (path: Path) => runs.filter((r) => r.path === path).sort((a, b) => a.round - b.round);
+    log(`\nlag in ms (median of rounds, min–max); ${options.rate} req/s x ${options.spans} spans; flush interval ${options.flushIntervalMs} ms; poll every ${options.pollMs} ms`);
+    log(
+      table([
+        ['path', 'p50', 'p99', 'max', 'never readable'],
+        ...(['mirror', 'floor'] as Path[]).map((path) => [
+          path === 'mirror' ? 'API -> mirror -> ClickHouse' : 'direct insert (floor)',
+          showSpread(spread(of(path).map((r) => r.p50)), 0),
+          showSpread(spread(of(path).map((r) => r.p99)), 0),
+          showSpread(spread(of(path).map((r) => r.max)), 0),
+          String(of(path).reduce((n, r) => n + r.missing, 0)),
+        ]),
+      ]),
+    );
+    const excess = spread(of('mirror').map((m, i) => m.p99 - of('floor')[i].p99));
+    log(`mirror p99 minus floor p99: ${showSpread(excess, 0, ' ms')}; API answer p50/p99 during the mirror phases: ${showSpread(spread(of('mirror').map((r) => r.commitP50)))} / ${showSpread(spread(of('mirror').map((r) => r.commitP99)))} ms`);
+    const p99 = spread(of('mirror').map((r) => r.p99));
+    const target = options.flushIntervalMs + 1000;
+    report.goal({ name: 'mirror lag p99', target: `<= ${target} ms (flush interval + 1 s)`, spread: p99, unit: ' ms', met: p99.median <= target && of('mirror').every((r) => r.missing === 0) });
+    client.close();
+    await clients.close();
+    report.finish({ runs, excessP99Ms: excess });
+  } finally {
+    await stopApi();
+    await clickhouse.stop();
+    await postgres.stop();
+  }
+}
+
+runBench(main);

@@ -1,0 +1,58 @@
+import { spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+import { BenchFlags } from './support/cli';
+
+const BENCHES = ['write-path', 'mirror-throughput', 'mirror-lag', 'memory', 'backfill'] as const;
+
+const USAGE = `usage: npm run bench -- [--quick] [--only a,b]
+
+Runs every benchmark, one after another, each in its own process (so none
+inherits another's heap or servers), then repeats every goal line. Each
+benchmark prints its figures and writes bench-results/<name>-<time>.json.
+Run one alone, with its own flags, as npm run bench:<name> -- --help.
+
+  --quick       each benchmark's smoke run (a few seconds to a minute each)
+  --only LIST   comma-separated subset of: ${BENCHES.join(', ')}`;
+
+async function run(name: string, args: string[]): Promise<{ code: number; goals: string[] }> {
+  const goals: string[] = [];
+  const child = spawn(process.execPath, ['--expose-gc', resolve(__dirname, `${name}.js`), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let partial = '';
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (chunk: string) => {
+    process.stdout.write(chunk);
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop()!;
+    goals.push(...lines.filter((line) => line.startsWith('goal ')));
+  });
+  const code = await new Promise<number>((done) => child.on('exit', (c) => done(c ?? 1)));
+  return { code, goals };
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  const flags = new BenchFlags(argv, USAGE);
+  const onlyIndex = argv.findIndex((a) => a === '--only' || a.startsWith('--only='));
+  const only = onlyIndex === -1 ? [...BENCHES] : (argv[onlyIndex].includes('=') ? argv[onlyIndex].split('=')[1] : argv[onlyIndex + 1]).split(',');
+  const unknown = only.filter((name) => !(BENCHES as readonly string[]).includes(name));
+  if (unknown.length) {
+    process.stderr.write(`unknown benchmark ${unknown.join(', ')}\n\n${USAGE}\n`);
+    process.exit(2);
+  }
+  const args = flags.has('quick') ? ['--quick'] : [];
+  const summary: string[] = [];
+  let failed = 0;
+  for (const name of BENCHES.filter((b) => only.includes(b))) {
+    process.stdout.write(`\n######## ${name}\n`);
+    const { code, goals } = await run(name, args);
+    if (code !== 0) {
+      failed += 1;
+      summary.push(`${name}: FAILED (exit ${code})`);
+    }
+    summary.push(...goals.map((goal) => `${name}: ${goal}`));
+  }
+  process.stdout.write(`\n######## summary\n${summary.join('\n')}\n`);
+  process.exit(failed ? 1 : 0);
+}
+
+void main();

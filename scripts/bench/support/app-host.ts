@@ -1,0 +1,86 @@
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import { AddressInfo } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { ApiKeyService } from '../../../src/auth/api-key.service';
+import { createApp } from '../../../src/bootstrap';
+import { MIRROR, MirrorRuntime } from '../../../src/dbs/dual-write/mirror.module';
+import { TracingService } from '../../../src/tracing/tracing.service';
+import { closedLoop } from './http-load';
+import { benchTrace } from './spans';
+
+/**
+ * One API instance in its own process, built by createApp() exactly as
+ * main.ts builds it, with the env in BENCH_APP_ENV. It listens on a free
+ * loopback port and, over IPC, also runs TracingService.createSpans
+ * in-process, drains the mirror and reports its stats. Started by the
+ * write-path benchmark once per mode (flag off / on with ClickHouse up / down).
+ */
+
+export type HostRequest =
+  | { id: number; cmd: 'inproc'; spans: number; calls: number; concurrency: number }
+  | { id: number; cmd: 'drain'; timeoutMs: number }
+  | { id: number; cmd: 'stats' }
+  | { id: number; cmd: 'close' };
+
+export interface HostReady {
+  ready: true;
+  url: string;
+  apiKey: string;
+  projectId: string;
+  pid: number;
+}
+
+async function main(): Promise<void> {
+  const env = JSON.parse(process.env.BENCH_APP_ENV ?? '{}') as Record<string, string>;
+  const app = await createApp(env);
+  await app.listen(0, '127.0.0.1');
+  const { port } = app.getHttpServer().address() as AddressInfo;
+  const projectId = randomUUID();
+  const { key } = await app.get(ApiKeyService).create(projectId);
+  const tracing = app.get(TracingService);
+  const runtime = app.get<MirrorRuntime | null>(MIRROR);
+
+  const answer = async (request: HostRequest): Promise<unknown> => {
+    switch (request.cmd) {
+      case 'inproc': {
+        const traces = Array.from({ length: request.calls }, () => benchTrace(request.spans));
+        const calls = traces.map((spans) => async () => {
+          const started = performance.now();
+          await tracing.createSpans(projectId, spans);
+          return performance.now() - started;
+        });
+        return { latencies: await closedLoop(calls, request.concurrency) };
+      }
+      case 'drain': {
+        if (runtime) {
+          let timer: NodeJS.Timeout | undefined;
+          const timeout = new Promise((resolve) => (timer = setTimeout(resolve, request.timeoutMs)));
+          await Promise.race([runtime.writer.drain(), timeout]).finally(() => clearTimeout(timer));
+        }
+        return { stats: runtime?.writer.stats() ?? null };
+      }
+      case 'stats':
+        return { stats: runtime?.writer.stats() ?? null, rss: process.memoryUsage().rss };
+      case 'close':
+        await app.close();
+        setImmediate(() => process.exit(0));
+        return {};
+    }
+  };
+
+  process.on('message', (request: HostRequest) => {
+    answer(request).then(
+      (result) => process.send!({ id: request.id, ...(result as object) }),
+      (error: unknown) => process.send!({ id: request.id, error: (error as Error)?.stack ?? String(error) }),
+    );
+  });
+  process.on('disconnect', () => process.exit(0));
+  const ready: HostReady = { ready: true, url: `http://127.0.0.1:${port}`, apiKey: key, projectId, pid: process.pid };
+  process.send!(ready);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`app host failed: ${(error as Error)?.stack ?? String(error)}\n`);
+  process.exit(1);
+});

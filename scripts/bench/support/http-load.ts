@@ -1,0 +1,101 @@
+import { Agent, request } from 'node:http';
+import { performance } from 'node:perf_hooks';
+
+/**
+ * A minimal keep-alive HTTP client for load: bodies are built before the
+ * clock starts, and each latency runs from the request's start to the last
+ * byte of its answer.
+ */
+
+export interface Answer {
+  status: number;
+  ms: number;
+  body: string;
+}
+
+export class ApiClient {
+  private readonly agent: Agent;
+  private readonly base: URL;
+
+  constructor(
+    url: string,
+    private readonly apiKey: string,
+    concurrency = 16,
+  ) {
+    this.base = new URL(url);
+    this.agent = new Agent({ keepAlive: true, maxSockets: concurrency });
+  }
+
+  send(method: string, path: string, body?: Buffer): Promise<Answer> {
+    return new Promise((resolve, reject) => {
+      const started = performance.now();
+      const req = request(
+        {
+          host: this.base.hostname,
+          port: this.base.port,
+          method,
+          path,
+          agent: this.agent,
+          headers: {
+            authorization: `ApiKey ${this.apiKey}`,
+            ...(body && { 'content-type': 'application/json', 'content-length': body.length }),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (chunk: Buffer) => chunks.push(chunk));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, ms: performance.now() - started, body: Buffer.concat(chunks).toString('utf8') }));
+          res.on('error', reject);
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}
+
+/** Runs `calls` with at most `concurrency` in flight; returns each call's latency in ms, in completion order. */
+export async function closedLoop(calls: Array<() => Promise<number>>, concurrency: number): Promise<number[]> {
+  const latencies: number[] = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < calls.length) {
+      const call = calls[next++];
+      latencies.push(await call());
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, calls.length) }, worker));
+  return latencies;
+}
+
+/** A POST that must succeed; its latency in ms. */
+export async function postOk(client: ApiClient, path: string, body: Buffer): Promise<number> {
+  const answer = await client.send('POST', path, body);
+  if (answer.status < 200 || answer.status >= 300) throw new Error(`POST ${path} answered ${answer.status}: ${answer.body.slice(0, 300)}`);
+  return answer.ms;
+}
+
+/**
+ * Open loop at a fixed rate: starts `fire(i)` every 1/rate seconds for
+ * `durationMs` whether or not earlier calls have finished (as independent
+ * clients would), correcting timer drift; resolves when all have settled.
+ */
+export async function openLoop(ratePerSecond: number, durationMs: number, fire: (i: number) => Promise<void>): Promise<void> {
+  const interval = 1000 / ratePerSecond;
+  const total = Math.floor((durationMs / 1000) * ratePerSecond);
+  const started = performance.now();
+  const inFlight: Array<Promise<void>> = [];
+  for (let i = 0; i < total; i++) {
+    const due = started + i * interval;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    inFlight.push(fire(i));
+  }
+  await Promise.all(inFlight);
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

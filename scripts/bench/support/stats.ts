@@ -1,0 +1,47 @@
+/** Small statistics for benchmark samples: nearest-rank quantiles and min/median/max across rounds. */
+
+export interface Spread {
+  min: number;
+  median: number;
+  max: number;
+}
+
+/** Nearest-rank quantile (q in [0, 1]) of unsorted samples; NaN when there are none. */
+export function quantile(samples: readonly number[], q: number): number {
+  if (samples.length === 0) return NaN;
+  const sorted = [...samples].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length, Math.max(1, Math.ceil(q * sorted.length)));
+  return sorted[rank - 1];
+}
+
+export function spread(values: readonly number[]): Spread {
+  return { min: Math.min(...values), median: quantile(values, 0.5), max: Math.max(...values) };
+}
+
+export function mean(values: readonly number[]): number {
+  return values.reduce((sum, v) => sum + v, 0) / values.length;
+}
+
+/** A number with a sensible number of digits for a table cell. */
+export function num(value: number, digits = 2): string {
+  if (!Number.isFinite(value)) return String(value);
+  if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString('en-US');
+  return value.toFixed(digits);
+}
+
+export function showSpread(s: Spread, digits = 2, unit = ''): string {
+  return `${num(s.median, digits)}${unit} (${num(s.min, digits)}–${num(s.max, digits)})`;
+}
+
+/** Fixed-width text table; the first row is the header. */
+export function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
+  const line = (r: string[]) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');
+  return [line(rows[0]), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(1).map(line)].join('\n');
+}
+
+/** Round r's order of the modes: rotated each round, so no mode always runs first or last. */
+export function rotated<T>(items: readonly T[], round: number): T[] {
+  const k = round % items.length;
+  return [...items.slice(k), ...items.slice(0, k)];
+}
