@@ -215,6 +215,8 @@ export class BatchWriter {
   private readonly sleeps = new Set<{ handle: unknown; wake: () => void }>();
   private readonly gapRecordings = new Set<Promise<void>>();
   private drainWaiters: DrainWaiter[] = [];
+  /** Callers holding rows they will write() shortly; drain() and shutdown() have them write those first. */
+  private readonly producers: Array<() => void> = [];
   /** Rows turned away in the current overflow episode; 0 when the queue has room. */
   private overflowRows = 0;
 
@@ -291,6 +293,7 @@ export class BatchWriter {
    * shutdown() is the bounded wait.
    */
   async drain(): Promise<void> {
+    this.flushProducers();
     const through = this.lastSeq;
     this.forceFlushThrough = Math.max(this.forceFlushThrough, through);
     for (const queue of this.tables.values()) this.maybeFlush(queue);
@@ -307,8 +310,22 @@ export class BatchWriter {
    * by then become gaps. Resolves once those gaps are recorded.
    */
   shutdown(): Promise<void> {
+    if (!this.shutdownPromise) this.flushProducers();
     this.shutdownPromise ??= this.runShutdown();
     return this.shutdownPromise;
+  }
+
+  /**
+   * Registers a producer that accepts rows before it writes them (the mirror
+   * maps committed records after the caller's request has moved on): drain()
+   * and shutdown() call `flush`, which must write() everything it holds.
+   */
+  addProducer(flush: () => void): void {
+    this.producers.push(flush);
+  }
+
+  private flushProducers(): void {
+    for (const flush of this.producers) this.guarded('mirror producer failed to flush', flush);
   }
 
   stats(): BatchWriterStats {
