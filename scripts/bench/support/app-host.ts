@@ -1,12 +1,11 @@
 import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import { AddressInfo } from 'node:net';
-import { performance } from 'node:perf_hooks';
 import { ApiKeyService } from '../../../src/auth/api-key.service';
 import { createApp } from '../../../src/bootstrap';
 import { MIRROR, MirrorRuntime } from '../../../src/dbs/dual-write/mirror.module';
 import { TracingService } from '../../../src/tracing/tracing.service';
-import { closedLoop } from './http-load';
+import { timedLoop } from './http-load';
 import { benchTrace } from './spans';
 
 /**
@@ -18,7 +17,7 @@ import { benchTrace } from './spans';
  */
 
 export type HostRequest =
-  | { id: number; cmd: 'inproc'; spans: number; calls: number; concurrency: number }
+  | { id: number; cmd: 'inproc'; spans: number; durationMs: number; concurrency: number }
   | { id: number; cmd: 'drain'; timeoutMs: number }
   | { id: number; cmd: 'stats' }
   | { id: number; cmd: 'close' };
@@ -44,13 +43,11 @@ async function main(): Promise<void> {
   const answer = async (request: HostRequest): Promise<unknown> => {
     switch (request.cmd) {
       case 'inproc': {
-        const traces = Array.from({ length: request.calls }, () => benchTrace(request.spans));
-        const calls = traces.map((spans) => async () => {
-          const started = performance.now();
-          await tracing.createSpans(projectId, spans);
-          return performance.now() - started;
+        const latencies = await timedLoop(request.durationMs, request.concurrency, () => {
+          const spans = benchTrace(request.spans);
+          return async () => void (await tracing.createSpans(projectId, spans));
         });
-        return { latencies: await closedLoop(calls, request.concurrency) };
+        return { latencies };
       }
       case 'drain': {
         if (runtime) {

@@ -72,6 +72,26 @@ export async function closedLoop(calls: Array<() => Promise<number>>, concurrenc
   return latencies;
 }
 
+/**
+ * `concurrency` workers call `next()` for a call to make (built outside the
+ * clock) and time it, until `durationMs` has passed; returns the latencies.
+ */
+export async function timedLoop(durationMs: number, concurrency: number, next: () => () => Promise<void>): Promise<number[]> {
+  const latencies: number[] = [];
+  const until = performance.now() + durationMs;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < until) {
+        const call = next();
+        const started = performance.now();
+        await call();
+        latencies.push(performance.now() - started);
+      }
+    }),
+  );
+  return latencies;
+}
+
 /** A POST that must succeed; its latency in ms. */
 export async function postOk(client: ApiClient, path: string, body: Buffer): Promise<number> {
   const answer = await client.send('POST', path, body);

@@ -7,6 +7,12 @@ import { sleep } from './http-load';
 
 const BUILD_ROOT = resolve(__dirname, '../../..');
 
+/** BENCH_CPU_PROF=<dir>: the API processes write a V8 CPU profile there when they exit (node --cpu-prof). */
+function profileFlags(): string[] {
+  const dir = process.env.BENCH_CPU_PROF;
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${resolve(dir)}`] : [];
+}
+
 /** Distributive Omit, so each request variant keeps its own fields. */
 type WithoutId<T> = T extends unknown ? Omit<T, 'id'> : never;
 
@@ -17,6 +23,7 @@ export interface AppHost extends HostReady {
 
 export async function startAppHost(env: Record<string, string>, log: (line: string) => void): Promise<AppHost> {
   const child = fork(resolve(__dirname, 'app-host.js'), [], {
+    execArgv: profileFlags(),
     env: { ...process.env, BENCH_APP_ENV: JSON.stringify(env) },
     stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
   });
@@ -72,7 +79,7 @@ export interface ApiProcess {
 
 /** The compiled API (src/main.js) as production runs it, on `port`; resolves once GET /health answers 200. */
 export async function startApiProcess(env: Record<string, string>, port: number, log: (line: string) => void): Promise<ApiProcess> {
-  const child = spawn(process.execPath, [resolve(BUILD_ROOT, 'src/main.js')], {
+  const child = spawn(process.execPath, [...profileFlags(), resolve(BUILD_ROOT, 'src/main.js')], {
     env: { ...process.env, ...env, PORT: String(port), HOST: '127.0.0.1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
