@@ -5,10 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { createApp } from '../../src/bootstrap';
-import { ResolvedPostgres, startLocalPostgres } from '../../src/dbs/postgres/local-postgres';
 import { eventually } from '../support/fake-clickhouse';
 import { makeSpan, makeNode } from '../support/fixtures';
 import { freePort } from '../support/free-port';
+import { PostgresProcess, startPostgresProcess } from '../support/postgres-process';
 import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';
 
 /**
@@ -26,13 +26,13 @@ const ANSWER_BOUND_MS = 5_000 + 5_000;
 describe('Postgres outage', () => {
   let dataDir: string;
   let port: number;
-  let postgres: ResolvedPostgres;
+  let postgres: PostgresProcess;
   let app: INestApplication;
   let url: string;
   let auth: Record<string, string>;
   let unknownKey: string;
 
-  const startPostgres = () => startLocalPostgres({ port, dataDir: join(dataDir, 'data'), database: 'tracing' });
+  const startPostgres = () => startPostgresProcess(port, join(dataDir, 'data'));
   const send = (method: string, path: string, body?: unknown, headers = auth) =>
     rawRequest(url, method, path, body === undefined ? undefined : JSON.stringify(body), headers, ANSWER_BOUND_MS + 5_000);
 
@@ -64,7 +64,7 @@ describe('Postgres outage', () => {
   afterAll(async () => {
     closeRawAgent();
     await app?.close();
-    await postgres?.stop?.();
+    await postgres?.stop();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
   }, 60_000);
 
@@ -73,7 +73,7 @@ describe('Postgres outage', () => {
     expect((await send('POST', '/tracing/spans', { spans: [before] })).status).toBe(201);
     expect((await send('GET', '/health', undefined, {})).status).toBe(200);
 
-    await postgres.stop!();
+    await postgres.stop();
 
     const during = makeSpan();
     await expectUnavailable(() => send('POST', '/tracing/spans', { spans: [during] }));
