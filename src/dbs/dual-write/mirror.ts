@@ -21,10 +21,10 @@ interface Accepted {
  * span), which the write-path benchmark saw add a third to a 50-span create.
  * It runs after the call has returned, a slice per event-loop turn, so most
  * of it falls while requests wait for Postgres; a backlog gets bigger slices
- * so it cannot outgrow the loop, and the writer's drain() and shutdown() map
- * what is left first. The records are built from RETURNING for this call and
- * callers only serialize them, so mapping a moment later sees the same values.
- * Never throws.
+ * so it cannot outgrow the loop, and the writer's drain(), shutdown() and
+ * stats() map what is left first. The records are built from RETURNING for
+ * this call and callers only serialize them, so mapping a moment later sees
+ * the same values. Never throws.
  */
 export class Mirror implements MirrorTarget {
   private readonly logger = new Logger('Mirror');
