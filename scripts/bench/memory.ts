@@ -25,6 +25,8 @@ beside it: peak - control peak, the part the mirror adds.
   --queue-mib N        MIRROR_QUEUE_MAX_BYTES in MiB (default 64)
   --concurrency N      requests in flight (default 8)
   --spans N            spans per request (default 50)
+  --max-old-space-mib N  run both APIs with node --max-old-space-size=N: how RSS behaves
+                       when V8 is told the heap's limit, as a container deployment would
   --quick              1 round, 20 s down and 10 s control: a smoke run`;
 
 interface Sample {
@@ -62,6 +64,7 @@ async function main(): Promise<void> {
     queueMiB: flags.int('queue-mib', 64),
     concurrency: flags.int('concurrency', 8),
     spans: flags.int('spans', 50),
+    maxOldSpaceMiB: flags.has('max-old-space-mib') ? flags.int('max-old-space-mib', 256) : null,
   };
   const report = new BenchReport('memory', options);
   const log = (line: string) => report.print(line);
@@ -74,6 +77,7 @@ async function main(): Promise<void> {
     const measure = async (round: number, flag: Flag, seconds: number): Promise<Run> => {
       const database = await postgres.createDatabase('memory');
       const env: Record<string, string> = { DATABASE_URL: database.url, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn', USE_CLICKHOUSE: 'false' };
+      if (options.maxOldSpaceMiB !== null) env.NODE_OPTIONS = `--max-old-space-size=${options.maxOldSpaceMiB}`;
       if (flag === 'on, ClickHouse down') {
         Object.assign(env, { USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: `http://127.0.0.1:${downPort}`, MIRROR_QUEUE_MAX_BYTES: String(bound) });
       }

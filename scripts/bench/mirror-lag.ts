@@ -67,29 +67,35 @@ async function main(): Promise<void> {
     );
     stopApi = api.stop;
     const { key, projectId } = await createApiKey(database.db);
-    const client = new ApiClient(api.url, key, 64);
     const clients = createClickHouseClients(config, clickhouse.url);
 
     // Trace (as ClickHouse's UUID) -> when its request was committed (or its direct insert started).
     const pending = new Map<string, number>();
     let polling = true;
+    let pollErrors = 0;
     const lags = new Map<string, number>();
     const poller = (async () => {
       while (polling) {
         if (pending.size > 0) {
-          const ids = [...pending.keys()];
-          const result = await clients.query.query({
-            query: `SELECT toString(trace_id) AS t FROM ${SPAN_TABLE} FINAL WHERE project_id = {p:UUID} AND trace_id IN {ids:Array(UUID)} GROUP BY trace_id HAVING count() = {n:UInt32}`,
-            query_params: { p: projectId, ids, n: options.spans },
-            format: 'JSONEachRow',
-          });
-          const seen = await result.json<{ t: string }>();
-          const now = performance.now();
-          for (const { t } of seen) {
-            const since = pending.get(t);
-            if (since === undefined) continue;
-            pending.delete(t);
-            lags.set(t, now - since);
+          try {
+            const ids = [...pending.keys()];
+            const result = await clients.query.query({
+              query: `SELECT toString(trace_id) AS t FROM ${SPAN_TABLE} FINAL WHERE project_id = {p:UUID} AND trace_id IN {ids:Array(UUID)} GROUP BY trace_id HAVING count() = {n:UInt32}`,
+              query_params: { p: projectId, ids, n: options.spans },
+              format: 'JSONEachRow',
+            });
+            const seen = await result.json<{ t: string }>();
+            const now = performance.now();
+            for (const { t } of seen) {
+              const since = pending.get(t);
+              if (since === undefined) continue;
+              pending.delete(t);
+              lags.set(t, now - since);
+            }
+          } catch (error) {
+            // A failed poll only delays the sample; the next one looks again.
+            pollErrors += 1;
+            if (pollErrors <= 3) log(`poll failed: ${(error as Error).message}`);
           }
         }
         await sleep(options.pollMs);
@@ -102,6 +108,8 @@ async function main(): Promise<void> {
       const traces = Array.from({ length: total }, () => benchTrace(options.spans));
       const direct = path === 'floor' ? committedSpans(total * options.spans, projectId) : [];
       const commitMs: number[] = [];
+      // A fresh agent per phase: sockets idle through the floor phase may be closed by the server just as they are reused.
+      const client = new ApiClient(api.url, key, 64);
       await openLoop(options.rate, options.seconds * 1000, async (i) => {
         if (path === 'mirror') {
           const body = Buffer.from(JSON.stringify({ spans: traces[i] }));
@@ -115,7 +123,7 @@ async function main(): Promise<void> {
           pending.set(traceIdToUuid(rows[0].trace_id), started);
           await clients.insert.insert({ table: SPAN_TABLE, values: rows.map(toSpanClickHouseRow), format: 'JSONEachRow', clickhouse_settings: { async_insert: 0, wait_end_of_query: 1 } });
         }
-      });
+      }).finally(() => client.close());
       const deadline = Date.now() + options.flushIntervalMs + 30_000;
       while (pending.size > 0 && Date.now() < deadline) await sleep(50);
       const missing = pending.size;
@@ -166,7 +174,6 @@ async function main(): Promise<void> {
     const p99 = spread(of('mirror').map((r) => r.p99));
     const target = options.flushIntervalMs + 1000;
     report.goal({ name: 'mirror lag p99', target: `<= ${target} ms (flush interval + 1 s)`, spread: p99, unit: ' ms', met: p99.median <= target && of('mirror').every((r) => r.missing === 0) });
-    client.close();
     await clients.close();
     report.finish({ runs, excessP99Ms: excess });
   } finally {

@@ -25,6 +25,8 @@ two cores (in production it runs elsewhere).
   --sizes A,B       spans per request (default 1,50)
   --concurrency N   in-flight requests of the concurrent HTTP scenarios (default 8)
   --no-null         leave out the null-ClickHouse mode
+  --down-queue-mib N   MIRROR_QUEUE_MAX_BYTES of the ClickHouse-down API (default: the product's);
+                    a small one puts it in the long-outage regime at once (queue full, rows become gaps)
   --quick           3 rounds of 1 s: a smoke run, not a measurement`;
 
 type Mode = 'off' | 'up' | 'down' | 'null';
@@ -71,6 +73,7 @@ async function main(): Promise<void> {
     seconds: flags.int('seconds', quick ? 1 : 2),
     sizes: flags.list('sizes', [1, 50]),
     concurrency: flags.int('concurrency', 8),
+    downQueueMiB: flags.has('down-queue-mib') ? flags.int('down-queue-mib', 1) : null,
   };
   const MODES: Mode[] = flags.has('no-null') ? ['off', 'up', 'down'] : ['off', 'up', 'down', 'null'];
   const report = new BenchReport('write-path', { ...options, modes: MODES });
@@ -94,6 +97,7 @@ async function main(): Promise<void> {
       }
       if (mode === 'down') {
         Object.assign(env, { USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: `http://127.0.0.1:${downPort}`, CLICKHOUSE_DATABASE: 'bench_down' });
+        if (options.downQueueMiB !== null) env.MIRROR_QUEUE_MAX_BYTES = String(options.downQueueMiB * 2 ** 20);
       }
       hosts.set(mode, await startAppHost(env, log));
     }

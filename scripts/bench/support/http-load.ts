@@ -109,13 +109,16 @@ export async function openLoop(ratePerSecond: number, durationMs: number, fire: 
   const total = Math.floor((durationMs / 1000) * ratePerSecond);
   const started = performance.now();
   const inFlight: Array<Promise<void>> = [];
-  for (let i = 0; i < total; i++) {
+  let failure: { error: unknown } | null = null;
+  for (let i = 0; i < total && !failure; i++) {
     const due = started + i * interval;
     const wait = due - performance.now();
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-    inFlight.push(fire(i));
+    // Caught at once: a call failing while later ones are still being started must not be an unhandled rejection.
+    inFlight.push(fire(i).catch((error: unknown) => void (failure ??= { error })));
   }
   await Promise.all(inFlight);
+  if (failure) throw (failure as { error: unknown }).error;
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
