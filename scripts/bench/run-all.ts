@@ -25,7 +25,9 @@ async function run(name: string, args: string[]): Promise<{ code: number; goals:
     partial = lines.pop()!;
     goals.push(...lines.filter((line) => line.startsWith('goal ')));
   });
-  const code = await new Promise<number>((done) => child.on('exit', (c) => done(c ?? 1)));
+  // 'close', not 'exit': the last lines (the goals) may still be in the pipe when the process exits.
+  const code = await new Promise<number>((done) => child.on('close', (c) => done(c ?? 1)));
+  if (partial.startsWith('goal ')) goals.push(partial);
   return { code, goals };
 }
 
