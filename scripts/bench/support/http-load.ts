@@ -58,20 +58,6 @@ export class ApiClient {
   }
 }
 
-/** Runs `calls` with at most `concurrency` in flight; returns each call's latency in ms, in completion order. */
-export async function closedLoop(calls: Array<() => Promise<number>>, concurrency: number): Promise<number[]> {
-  const latencies: number[] = [];
-  let next = 0;
-  const worker = async () => {
-    while (next < calls.length) {
-      const call = calls[next++];
-      latencies.push(await call());
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, calls.length) }, worker));
-  return latencies;
-}
-
 /**
  * `concurrency` workers call `next()` for a call to make (built outside the
  * clock) and time it, until `durationMs` has passed; returns the latencies.

@@ -18,10 +18,6 @@ export function spread(values: readonly number[]): Spread {
   return { min: Math.min(...values), median: quantile(values, 0.5), max: Math.max(...values) };
 }
 
-export function mean(values: readonly number[]): number {
-  return values.reduce((sum, v) => sum + v, 0) / values.length;
-}
-
 /** A number with a sensible number of digits for a table cell. */
 export function num(value: number, digits = 2): string {
   if (!Number.isFinite(value)) return String(value);
