@@ -4,6 +4,7 @@ import { TracingService } from '../../src/tracing/tracing.service';
 import { createTestApp, TestApp } from '../support/app';
 import { makeNode, makeSpan } from '../support/fixtures';
 import { snapshotBothSides } from '../support/mirror';
+import { normalize } from '../support/normalize';
 
 /**
  * One contract over the REST routes and the services, run with the mirror
@@ -18,17 +19,6 @@ const TREE = '44444444-4444-4444-8444-444444444444';
 const id = (n: number) => n.toString(16).padStart(16, 'a');
 
 type Step = { step: string; status: number; body: unknown };
-
-/** Server clocks differ between runs; everything else must be equal. */
-function normalize(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(normalize);
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, ['created_at', 'updated_at', 'project_id'].includes(k) ? '<server>' : normalize(v)]),
-    );
-  }
-  return value;
-}
 
 async function runContract(t: TestApp): Promise<Step[]> {
   const auth = { Authorization: `ApiKey ${t.apiKey}` };

@@ -8,6 +8,7 @@ import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickho
 import { eventually, FakeClickHouse, FakeClickHouseMode } from '../support/fake-clickhouse';
 import { makeNode, makeSpan, spanId, traceId } from '../support/fixtures';
 import { snapshotBothSides } from '../support/mirror';
+import { normalize } from '../support/normalize';
 
 /**
  * Fault isolation of the ClickHouse mirror, end to end: the real app and
@@ -44,17 +45,6 @@ interface ScriptRun {
   steps: Step[];
   /** created_at of every span ("spans:<trace>/<span>") and node ("nodes:<node>") the responses showed. */
   createdAt: Map<string, string>;
-}
-
-/** Server clocks and project ids differ between apps; everything else must be equal. */
-function normalize(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(normalize);
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, ['created_at', 'updated_at', 'project_id'].includes(k) ? '<server>' : normalize(v)]),
-    );
-  }
-  return value;
 }
 
 function collectCreatedAt(value: unknown, into: Map<string, string>): void {

@@ -8,6 +8,7 @@ import { testClickHouseConfig } from '../support/clickhouse';
 import { eventually, FakeClickHouse } from '../support/fake-clickhouse';
 import { makeNode, makeSpan, spanId, traceId, uuid } from '../support/fixtures';
 import { snapshotBothSides } from '../support/mirror';
+import { normalize } from '../support/normalize';
 
 /**
  * USE_CLICKHOUSE and CLICKHOUSE_PROJECT_IDS as an operator sees them: off
@@ -30,16 +31,6 @@ interface Written {
   otlpTrace: string;
   keptTree: string;
   deletedTree: string;
-}
-
-function normalize(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(normalize);
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, ['created_at', 'updated_at', 'project_id'].includes(k) ? '<server>' : normalize(v)]),
-    );
-  }
-  return value;
 }
 
 const newIds = () => ({ t1: traceId(), t2: traceId(), t3: traceId(), spans: [spanId(), spanId(), spanId(), spanId(), spanId()], trees: [uuid(), uuid()], nodes: [uuid(), uuid(), uuid()] });
