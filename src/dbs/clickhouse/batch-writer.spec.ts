@@ -515,6 +515,45 @@ describe('BatchWriter', () => {
       expect([...sentRows, ...gappedRows].sort()).toEqual([1, 2, 3, 4, 5, 6, 7]);
     });
 
+    it('once a row does not fit, turns every row away, even one that would, until rows leave the queue', async () => {
+      const { sink, writer, gaps, logger } = setup({ queueMaxBytes: 30, flushRows: 2 });
+      sink.behaviours.push('hang');
+      writer.write(rows(1, 2));
+      await settle();
+      expect(writer.full).toBe(false);
+      writer.write([spanRow(3, { bytes: 20 }), spanRow(4, { bytes: 5 })]);
+      writer.write([spanRow(5, { bytes: 5 })]);
+      expect(writer.full).toBe(true);
+      expect(writer.stats()).toMatchObject({ queuedRows: 2, queuedBytes: 20, rowsDropped: 3 });
+
+      sink.releaseHung();
+      await settle();
+      expect(writer.full).toBe(false);
+      writer.write([spanRow(6, { bytes: 5 })]);
+      expect(writer.stats()).toMatchObject({ queuedRows: 1, queuedBytes: 5, rowsDropped: 3 });
+      await writer.drain();
+      expect(gaps.recorded.flatMap((g) => g.keys)).toEqual([3, 4, 5].map((n) => spanRow(n).key));
+      expect(logger.entries.filter((e) => e.msg.includes('queue is full'))).toHaveLength(1);
+      expect(logger.entries.filter((e) => e.msg.includes('has room again'))).toEqual([expect.objectContaining({ obj: { rowsRecordedAsGaps: 3 } })]);
+    });
+
+    it('records rows a producer hands over without lines (writeOverflow) as queue_full gaps, never queueing them', async () => {
+      const { writer, gaps, registry } = setup({ queueMaxBytes: 10 });
+      writer.write(rows(1, 2));
+      const { line: _line, ...keysOnly } = spanRow(3);
+      writer.writeOverflow([keysOnly]);
+      await writer.drain();
+      expect(writer.stats()).toMatchObject({ rowsSent: 1, rowsDropped: 2 });
+      expect(gaps.recorded.flatMap((g) => g.keys)).toEqual([spanRow(2).key, spanRow(3).key]);
+      expect(gaps.recorded.every((g) => g.reason === 'queue_full')).toBe(true);
+      expect(await metricValue(registry, 'mirror_rows_dropped_total', { reason: 'queue_full' })).toBe(2);
+
+      await writer.shutdown();
+      writer.writeOverflow([keysOnly]);
+      await settle();
+      expect(gaps.recorded.at(-1)).toMatchObject({ keys: [spanRow(3).key], reason: 'writer_closed' });
+    });
+
     it('counts in-flight batches against the bound', async () => {
       const { sink, writer, gaps } = setup({ queueMaxBytes: 30, flushRows: 3 });
       sink.behaviours.push('hang');

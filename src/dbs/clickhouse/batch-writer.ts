@@ -217,7 +217,14 @@ export class BatchWriter {
   private drainWaiters: DrainWaiter[] = [];
   /** Callers holding rows they will write() shortly; drain() and shutdown() have them write those first. */
   private readonly producers: Array<() => void> = [];
-  /** Rows turned away in the current overflow episode; 0 when the queue has room. */
+  /**
+   * Set when a row does not fit, cleared when rows leave the queue (sent or
+   * turned into gaps). While set, every row is turned away without trying to
+   * fit it: a smaller row could squeeze in, but it would be a gap a moment
+   * later anyway, and a stable state lets producers skip building lines.
+   */
+  private queueFull = false;
+  /** Rows turned away in the current overflow episode, for its closing log line. */
   private overflowRows = 0;
 
   private rowsSent = 0;
@@ -257,10 +264,13 @@ export class BatchWriter {
         this.dropIntoGaps(rows, 'writer_closed');
         return;
       }
-      for (; accounted < rows.length; accounted++) {
+      for (; accounted < rows.length && !this.queueFull; accounted++) {
         const row = rows[accounted];
         const bytes = Buffer.byteLength(row.line, 'utf8');
-        if (this.queuedBytes + bytes > this.options.queueMaxBytes) break;
+        if (this.queuedBytes + bytes > this.options.queueMaxBytes) {
+          this.queueFull = true;
+          break;
+        }
         const queue = this.queueFor(row.table);
         const { line, ...gapRow } = row;
         queue.pending.push({ row: gapRow, data: this.storeLine(queue, line, bytes), bytes, enqueuedAt: this.clock.now(), seq: ++this.lastSeq });
@@ -271,8 +281,7 @@ export class BatchWriter {
       }
       const overflow = rows.slice(accounted);
       accounted = rows.length;
-      this.noteOverflow(overflow.length);
-      this.dropIntoGaps(overflow, 'queue_full');
+      this.turnAway(overflow);
     } catch (error) {
       this.failSafe(error, 'mirror write failed internally', () =>
         this.dropIntoGaps(Array.isArray(rows) ? rows.slice(accounted) : [], 'internal_error', describeSendError(error)),
@@ -284,6 +293,29 @@ export class BatchWriter {
           this.maybeFlush(queue);
         });
       }
+    }
+  }
+
+  /**
+   * True while the queue is full: a producer may then hand over rows without
+   * their lines (writeOverflow), since write() would only drop the lines. With
+   * ClickHouse down for long, that is every write, and mapping a span to its
+   * line is the mirror's largest cost in CPU and garbage.
+   */
+  get full(): boolean {
+    return this.queueFull;
+  }
+
+  /** Rows a producer did not map because the queue was full: recorded as gaps, as write() records its overflow. */
+  writeOverflow(rows: GapRow[]): void {
+    try {
+      if (this.closed) {
+        this.dropIntoGaps(rows, 'writer_closed');
+        return;
+      }
+      this.turnAway(rows);
+    } catch (error) {
+      this.failSafe(error, 'mirror overflow write failed internally');
     }
   }
 
@@ -604,6 +636,7 @@ export class BatchWriter {
   private releaseQueued(batch: Batch): void {
     this.queuedRows -= batch.rows.length;
     this.queuedBytes -= batch.bytes;
+    this.noteRoom();
   }
 
   /** Rows that will not be sent: count them and record their keys and time range in Postgres, in the background. */
@@ -686,6 +719,7 @@ export class BatchWriter {
       this.queuedRows -= rows.length;
       this.queuedBytes -= queue.pendingBytes;
       queue.pendingBytes = 0;
+      this.noteRoom();
       this.dropIntoGaps(rows, 'shutdown_deadline');
       this.updateQueueGauges(queue);
     }
@@ -753,20 +787,25 @@ export class BatchWriter {
     this.metrics.queueBytes.set({ table: queue.table }, queue.pendingBytes + (inFlight?.bytes ?? 0));
   }
 
-  /** Logs the start and end of an overflow episode rather than every write during it. */
-  private noteOverflow(droppedRows: number): void {
-    if (droppedRows > 0) {
-      this.overflowRows += droppedRows;
-      if (this.overflowRows === droppedRows) {
-        this.logger.warn(
-          { queuedBytes: this.queuedBytes, queueMaxBytes: this.options.queueMaxBytes },
-          'mirror queue is full; further rows are recorded as gaps until it drains',
-        );
-      }
-    } else if (this.overflowRows > 0) {
-      this.logger.info({ rowsRecordedAsGaps: this.overflowRows }, 'mirror queue has room again');
-      this.overflowRows = 0;
+  /** Rows past the bound become queue_full gaps; the first of an overflow episode is logged, not every write. */
+  private turnAway(rows: GapRow[]): void {
+    if (rows.length === 0) return;
+    if (this.overflowRows === 0) {
+      this.logger.warn(
+        { queuedBytes: this.queuedBytes, queueMaxBytes: this.options.queueMaxBytes },
+        'mirror queue is full; further rows are recorded as gaps until it drains',
+      );
     }
+    this.overflowRows += rows.length;
+    this.dropIntoGaps(rows, 'queue_full');
+  }
+
+  /** Rows left the queue: the next row gets a chance to fit, and an overflow episode ends. */
+  private noteRoom(): void {
+    this.queueFull = false;
+    if (this.overflowRows === 0) return;
+    this.logger.info({ rowsRecordedAsGaps: this.overflowRows }, 'mirror queue has room again');
+    this.overflowRows = 0;
   }
 
   private noteError(description: string): void {

@@ -1,6 +1,6 @@
 import { Json, JsonObject } from '../../tracing/span';
 import { ObservabilityNode } from '../../observability/node';
-import { MirrorRow } from './batch-writer';
+import { GapRow, MirrorRow } from './batch-writer';
 import { clickHouseTimeToIso, isoToClickHouseTime, jsonText, parseJson } from './span-clickhouse-row.mapper';
 
 /**
@@ -82,16 +82,14 @@ export function toNodeClickHouseLine(node: MirroredNode): string {
   return JSON.stringify(toNodeClickHouseRow(node));
 }
 
+/** What a gap record needs of this node: everything the batch writer queues but the line. */
+export function toNodeGapRow(node: MirroredNode): GapRow {
+  return { table: NODE_TABLE, entity: 'nodes', projectId: node.project_id, key: [node.node_id], createdAt: node.created_at };
+}
+
 /** What the batch writer queues for this node. */
 export function toNodeMirrorRow(node: MirroredNode): MirrorRow {
-  return {
-    table: NODE_TABLE,
-    entity: 'nodes',
-    projectId: node.project_id,
-    key: [node.node_id],
-    createdAt: node.created_at,
-    line: toNodeClickHouseLine(node),
-  };
+  return { ...toNodeGapRow(node), line: toNodeClickHouseLine(node) };
 }
 
 export function fromNodeClickHouseRow(row: NodeClickHouseRow): MirroredNode {

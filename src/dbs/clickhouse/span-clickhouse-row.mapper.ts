@@ -1,7 +1,7 @@
 import { Json, JsonObject, Span, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
 import { isoToMicros, microsToIso } from '../../tracing/timestamp';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
-import { MirrorRow } from './batch-writer';
+import { GapRow, MirrorRow } from './batch-writer';
 
 /**
  * The one mapping between the span and its ClickHouse row (JSONEachRow, as
@@ -121,16 +121,14 @@ export function toSpanClickHouseLine(span: MirroredSpan): string {
   return JSON.stringify(toSpanClickHouseRow(span));
 }
 
+/** What a gap record needs of this span: everything the batch writer queues but the line. */
+export function toSpanGapRow(span: MirroredSpan): GapRow {
+  return { table: SPAN_TABLE, entity: 'spans', projectId: span.project_id, key: [span.trace_id, span.span_id], createdAt: span.created_at };
+}
+
 /** What the batch writer queues for this span. */
 export function toSpanMirrorRow(span: MirroredSpan): MirrorRow {
-  return {
-    table: SPAN_TABLE,
-    entity: 'spans',
-    projectId: span.project_id,
-    key: [span.trace_id, span.span_id],
-    createdAt: span.created_at,
-    line: toSpanClickHouseLine(span),
-  };
+  return { ...toSpanGapRow(span), line: toSpanClickHouseLine(span) };
 }
 
 export function fromSpanClickHouseRow(row: SpanClickHouseRow): MirroredSpan {

@@ -3,8 +3,8 @@ import { ObservabilityDao } from '../../observability/observability.dao';
 import { DeletedSpan, Span } from '../../tracing/span';
 import { isoToMicros } from '../../tracing/timestamp';
 import { TracingDao } from '../../tracing/tracing.dao';
-import { MirroredNode, toNodeMirrorRow } from '../clickhouse/node-clickhouse-row.mapper';
-import { MirroredSpan, toSpanMirrorRow } from '../clickhouse/span-clickhouse-row.mapper';
+import { MirroredNode, toNodeGapRow, toNodeMirrorRow } from '../clickhouse/node-clickhouse-row.mapper';
+import { MirroredSpan, toSpanGapRow, toSpanMirrorRow } from '../clickhouse/span-clickhouse-row.mapper';
 import { MirrorPlan } from './mirrored-dao';
 
 /**
@@ -32,6 +32,7 @@ export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
     deleteTraces: (spans: DeletedSpan[]) => spans.map(tombstone),
   },
   toMirrorRow: toSpanMirrorRow,
+  toGapRow: toSpanGapRow,
 };
 
 export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
@@ -41,4 +42,5 @@ export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
     deleteTrees: (nodes: DeletedNode[]) => nodes.map(tombstone),
   },
   toMirrorRow: toNodeMirrorRow,
+  toGapRow: toNodeGapRow,
 };

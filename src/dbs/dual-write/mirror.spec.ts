@@ -1,6 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { Registry } from 'prom-client';
-import { BatchWriter, MirrorGap, MirrorRow } from '../clickhouse/batch-writer';
+import { BatchWriter, BatchWriterSettings, MirrorGap, MirrorRow } from '../clickhouse/batch-writer';
 import { Mirror } from './mirror';
 import { MirrorPlan } from './mirrored-dao';
 
@@ -12,26 +12,40 @@ interface Item {
 const A = '00000000-0000-4000-8000-00000000000a';
 const B = '00000000-0000-4000-8000-00000000000b';
 
+/** Records mapped to lines, by id: the keys-only path must not add to it. */
+const mappedIds: number[] = [];
+
 const plan: MirrorPlan<unknown, Item> = {
   entity: 'spans',
   writes: {},
   toMirrorRow: (record) => {
     if (record.id < 0) throw new Error(`record ${record.id} cannot be mapped`);
-    return { table: 'spans', entity: 'spans', projectId: record.projectId, key: [String(record.id)], createdAt: '2026-11-22T10:00:00.000000Z', line: `{"id":${record.id}}` };
+    mappedIds.push(record.id);
+    return { ...plan.toGapRow(record), line: `{"id":${record.id}}` };
   },
+  toGapRow: (record) => ({ table: 'spans', entity: 'spans', projectId: record.projectId, key: [String(record.id)], createdAt: '2026-11-22T10:00:00.000000Z' }),
 };
 
 const records = (from: number, to: number, projectId = A): Item[] => Array.from({ length: to - from + 1 }, (_, i) => ({ id: from + i, projectId }));
 const turn = () => new Promise((resolve) => setImmediate(resolve));
 
-function rig(projectIds: string[] = []) {
+function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}) {
   const sent: string[] = [];
   const writes: number[] = [];
+  const gaps: MirrorGap[] = [];
+  // While ClickHouse hangs, inserts wait here until it answers.
+  let hanging: Array<() => void> | null = null;
   const writer = new BatchWriter(
-    { flushIntervalMs: 60_000 },
+    { flushIntervalMs: 60_000, ...settings },
     {
-      sink: { insert: async (_table, lines) => void sent.push(...lines), ping: async () => true },
-      gapRecorder: { record: async (_gaps: MirrorGap[]) => undefined },
+      sink: {
+        insert: async (_table, lines) => {
+          if (hanging) await new Promise<void>((answer) => hanging!.push(answer));
+          sent.push(...lines);
+        },
+        ping: async () => true,
+      },
+      gapRecorder: { record: async (recorded: MirrorGap[]) => void gaps.push(...recorded) },
       logger: { info: () => undefined, warn: () => undefined, error: () => undefined },
     },
   );
@@ -42,7 +56,15 @@ function rig(projectIds: string[] = []) {
   };
   const registry = new Registry();
   const mirror = new Mirror(writer, projectIds, registry);
-  return { mirror, writer, sent, writes, registry };
+  const clickHouse = {
+    hang: () => (hanging = []),
+    answer: () => {
+      const waiting = hanging ?? [];
+      hanging = null;
+      for (const answer of waiting) answer();
+    },
+  };
+  return { mirror, writer, sent, writes, gaps, registry, clickHouse };
 }
 
 describe('Mirror', () => {
@@ -85,5 +107,30 @@ describe('Mirror', () => {
     await writer.drain();
     expect(sent).toEqual(['{"id":1}', '{"id":2}', '{"id":3}', '{"id":6}', '{"id":7}']);
     expect(await registry.getSingleMetricAsString('mirror_record_failures_total')).toMatch(/entity="spans"} 1/);
+  });
+
+  it('while the writer\'s queue is full, hands over keys without mapping lines, and maps again once there is room', async () => {
+    // The lines of ids 1–10 (9 × 8 bytes + 9) fill the queue; ClickHouse hangs, so they stay there.
+    const { mirror, writer, sent, gaps, clickHouse } = rig([], { queueMaxBytes: 81, flushRows: 10 });
+    clickHouse.hang();
+    mirror.accept(plan, records(1, 15));
+    expect(writer.stats()).toMatchObject({ queuedRows: 10, rowsDropped: 5 });
+    expect(writer.full).toBe(true);
+
+    mappedIds.length = 0;
+    mirror.accept(plan, records(16, 30));
+    expect(writer.stats()).toMatchObject({ queuedRows: 10, rowsDropped: 20 });
+    expect(mappedIds).toEqual([]);
+
+    // ClickHouse answers: the batch leaves the queue, and lines are mapped again.
+    clickHouse.answer();
+    await writer.drain();
+    expect(writer.full).toBe(false);
+    mirror.accept(plan, records(31, 35));
+    await writer.drain();
+    expect(mappedIds).toEqual([31, 32, 33, 34, 35]);
+    expect(sent).toEqual([...records(1, 10), ...records(31, 35)].map((r) => `{"id":${r.id}}`));
+    expect(gaps.every((gap) => gap.reason === 'queue_full')).toBe(true);
+    expect(gaps.flatMap((gap) => gap.keys.map((key) => Number(key[0])))).toEqual(records(11, 30).map((r) => r.id));
   });
 });

@@ -1,6 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { Counter, Registry } from 'prom-client';
-import { BatchWriter, MirrorRow } from '../clickhouse/batch-writer';
+import { BatchWriter, GapRow, MirrorRow } from '../clickhouse/batch-writer';
 import { MirrorPlan, MirrorTarget } from './mirrored-dao';
 
 /** Records mapped per event-loop turn while the backlog is small (about half a millisecond of spans). */
@@ -24,7 +24,9 @@ interface Accepted {
  * so it cannot outgrow the loop, and the writer's drain(), shutdown() and
  * stats() map what is left first. The records are built from RETURNING for
  * this call and callers only serialize them, so mapping a moment later sees
- * the same values. Never throws.
+ * the same values. While the writer's queue is full (ClickHouse down for a
+ * while), a line would only be dropped: records then become gap rows (their
+ * keys) without being mapped. Never throws.
  */
 export class Mirror implements MirrorTarget {
   private readonly logger = new Logger('Mirror');
@@ -76,14 +78,17 @@ export class Mirror implements MirrorTarget {
 
   /** Maps up to `limit` records, oldest first, hands them to the writer, and schedules the rest. */
   private mapBacklog(limit: number): void {
-    const rows: MirrorRow[] = [];
+    // Nothing below changes the writer's state before it is handed the rows, so one look serves the whole slice.
+    const keysOnly = this.writer.full;
+    const rows: Array<MirrorRow | GapRow> = [];
     let mapped = 0;
     while (mapped < limit && this.backlog.length > 0) {
       const accepted = this.backlog[0];
       const end = Math.min(accepted.records.length, accepted.next + (limit - mapped));
       for (; accepted.next < end; accepted.next++, mapped++) {
         try {
-          const row = accepted.plan.toMirrorRow(accepted.records[accepted.next]);
+          const record = accepted.records[accepted.next];
+          const row = keysOnly ? accepted.plan.toGapRow(record) : accepted.plan.toMirrorRow(record);
           if (this.mirrors(row.projectId)) rows.push(row);
         } catch (error) {
           this.failed(accepted.plan.entity, error);
@@ -92,7 +97,8 @@ export class Mirror implements MirrorTarget {
       if (accepted.next === accepted.records.length) this.backlog.shift();
     }
     this.backlogRecords -= mapped;
-    if (rows.length) this.writer.write(rows);
+    if (rows.length && keysOnly) this.writer.writeOverflow(rows);
+    else if (rows.length) this.writer.write(rows as MirrorRow[]);
     if (this.backlog.length > 0) this.scheduleSlice();
   }
 

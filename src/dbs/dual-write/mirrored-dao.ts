@@ -1,4 +1,4 @@
-import { MirrorRow } from '../clickhouse/batch-writer';
+import { GapRow, MirrorRow } from '../clickhouse/batch-writer';
 
 /**
  * The dual-write decorator: one generic mechanism for every DAO port. It
@@ -15,12 +15,14 @@ type Resolved<F> = F extends (...args: never[]) => Promise<infer R> ? R : never;
 /**
  * Which methods of a DAO write, how their results become mirrored rows (each
  * with its version and tombstone flag), and how one becomes a ClickHouse row
- * through that table's row mapper.
+ * through that table's row mapper, or only a gap row (its keys) when the
+ * writer's queue is full and the line would be dropped anyway.
  */
 export interface MirrorPlan<Dao, Mirrored> {
   entity: 'spans' | 'nodes';
   writes: { [K in AsyncMethods<Dao>]?: (result: Resolved<Dao[K]>) => Mirrored[] };
   toMirrorRow(record: Mirrored): MirrorRow;
+  toGapRow(record: Mirrored): GapRow;
 }
 
 /** Receives committed rows; must return at once. */
