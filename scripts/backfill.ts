@@ -16,8 +16,8 @@ resumes from its checkpoint by default (the same options are the same run).
   --project <uuid>           one project (default: all, or CLICKHOUSE_PROJECT_IDS)
   --since <time>             created_at at or after this ISO-8601 time
   --until <time>             created_at before this ISO-8601 time
-  --batch-rows <n>           rows per ClickHouse insert (default ${DEFAULT_BACKFILL_OPTIONS.batchRows})
-  --batch-bytes <n>          bytes of JSON lines per insert (default ${DEFAULT_BACKFILL_OPTIONS.batchBytes})
+  --batch-rows <n>           rows per batch: one COPY, one ClickHouse insert, one checkpoint (default ${DEFAULT_BACKFILL_OPTIONS.batchRows})
+  --batch-bytes <n>          bytes per batch, as Postgres stores the rows (default ${DEFAULT_BACKFILL_OPTIONS.batchBytes})
   --dry-run                  count what would be copied; write nothing
   --restart                  start the run over (new upper bound) instead of resuming
   --gaps                     replay the mirror's open gap records instead of copying history
@@ -78,7 +78,7 @@ runCli(USAGE, async (args, log) => {
         );
         return;
       }
-      const backfill = new Backfill(postgres.db, clickhouse.history, log);
+      const backfill = new Backfill(postgres, clickhouse.history, log);
       for (const scope of scopes) {
         process.stdout.write(`${summary(await backfill.run(scope, options, createProgress(process.stderr, log)))}\n`);
       }

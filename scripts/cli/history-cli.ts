@@ -1,5 +1,6 @@
 import { ClickHouseLogLevel, createClient } from '@clickhouse/client';
 import { Kysely, sql } from 'kysely';
+import { Pool } from 'pg';
 import { AppConfig } from '../../src/config/app-config';
 import { ClickHouseHistory, redactUrl } from '../../src/dbs/backfill/clickhouse-history';
 import { HistoryScope, parseScopes, ScopeError, ScopeOptions } from '../../src/dbs/backfill/history-scope';
@@ -65,6 +66,8 @@ export function positiveInt(flags: ParsedFlags, name: string, fallback: number):
 
 export interface PostgresConnection {
   db: Kysely<DB>;
+  /** The pool under db, for COPY (the backfill's bulk copy). */
+  pool: Pool;
   close(): Promise<void>;
 }
 
@@ -95,7 +98,7 @@ export async function connectPostgres(config: AppConfig, log: (line: string) => 
     await close();
     throw new Error(`${at} is not migrated (no table backfill_checkpoints): run \`npm run migrate\``);
   }
-  return { db, close };
+  return { db, pool, close };
 }
 
 export interface ClickHouseConnection {

@@ -1,3 +1,4 @@
+import { Transform } from 'node:stream';
 import { ClickHouseClient } from '@clickhouse/client';
 import { Kysely, sql } from 'kysely';
 import { Client } from 'pg';
@@ -52,7 +53,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
   it('copies every row at its live version; a re-run reports already complete; --restart adds no net rows', async () => {
     await seedSpans(pg.db, { projects: [P1, P2, P3], days: 4, rows: 12_000 });
     await seedNodes(pg.db, { projects: [P1, P2], days: 3, rows: 3_000 });
-    const backfill = new Backfill(pg.db, history);
+    const backfill = new Backfill(pg, history);
 
     const spans = await backfill.run(ALL_SPANS, { batchRows: 2_000, batchBytes: 16 << 20 });
     const nodes = await backfill.run(ALL_NODES);
@@ -77,7 +78,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
 
   it('ends and copies everything when more rows than a batch share one created_at', async () => {
     await seedSpans(pg.db, { projects: [P1, P2], days: 1, rows: 5_000, createdAt: '2026-10-01T12:00:00.000001Z' });
-    const result = await new Backfill(pg.db, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
+    const result = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
     expect(result).toMatchObject({ rowsCopied: 5_000, batches: 5 });
     expect(await liveCount(ch.clients.query, 'spans')).toBe(5_000);
   });
@@ -85,28 +86,48 @@ describe('backfill (real Postgres and ClickHouse)', () => {
   it('bounds batches by bytes as well as rows', async () => {
     await seedSpans(pg.db, { projects: [P1], days: 2, rows: 2_000 });
     // ~1.4 KB lines: 128 KiB holds under a hundred of them, far fewer than the row limit.
-    const result = await new Backfill(pg.db, history).run(ALL_SPANS, { batchRows: 5_000, batchBytes: 128 * 1024 });
+    const result = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 5_000, batchBytes: 128 * 1024 });
     expect(result.rowsCopied).toBe(2_000);
     expect(result.batches).toBeGreaterThanOrEqual(20);
     expect(await liveCount(ch.clients.query, 'spans')).toBe(2_000);
   });
 
-  it('splits pages of multi-megabyte rows into inserts under the byte limit', async () => {
+  it('ends batches at the byte limit, counted as Postgres stores the rows', async () => {
     await seedSpans(pg.db, { projects: [P1], days: 1, rows: 50 });
-    // Compresses to almost nothing in Postgres, so only the serialized lines show how big these rows are.
-    await sql`update spans set attributes = jsonb_build_object('blob', repeat('ünïcødé ', 250000)) where span_name in ('span-1', 'span-2', 'span-3')`.execute(pg.db);
-    const sizes: number[] = [];
-    const measuring = Object.create(history) as ClickHouseHistory;
-    measuring.insert = async (table, pieces, token) => {
-      sizes.push(pieces.reduce((n, p) => n + Buffer.byteLength(p) + 1, 0));
-      return history.insert(table, pieces, token);
-    };
-    const result = await new Backfill(pg.db, measuring).run(ALL_SPANS, { batchRows: 5_000, batchBytes: 4 << 20 });
+    // ~1.3 MB of hex that does not compress: each of these rows is about that big as stored.
+    await sql`update spans set attributes = jsonb_build_object('blob', (select string_agg(md5(random()::text || g::text), '') from generate_series(1, 40000) g))
+      where span_name in ('span-1', 'span-2', 'span-3')`.execute(pg.db);
+    const { rows: big } = await sql<{ bytes: number }>`select max(pg_column_size(attributes)) as bytes from spans`.execute(pg.db);
+    const batchBytes = Math.floor(big[0].bytes * 0.9);
+    const rowsPerInsert: number[] = [];
+    const counting = Object.create(history) as ClickHouseHistory;
+    counting.insertTabSeparated = async (table, columns, rows, token) =>
+      history.insertTabSeparated(
+        table,
+        columns,
+        async () => {
+          let lines = 0;
+          // A pipe, not a 'data' listener: that would start the flow before ClickHouse reads it.
+          const counter = new Transform({
+            transform(chunk: Buffer, _encoding, done) {
+              for (let i = chunk.indexOf(10); i >= 0; i = chunk.indexOf(10, i + 1)) lines++;
+              done(null, chunk);
+            },
+            flush(done) {
+              rowsPerInsert.push(lines);
+              done();
+            },
+          });
+          return (await rows()).pipe(counter);
+        },
+        token,
+      );
+    const result = await new Backfill(pg, counting).run(ALL_SPANS, { batchRows: 5_000, batchBytes });
     expect(result.rowsCopied).toBe(50);
-    // Each 2.75 MB row fits under 4 MiB alone, never with another: one insert per big row.
+    // A batch ends with the row that takes it to the limit: each big row ends one.
     expect(result.batches).toBeGreaterThanOrEqual(3);
-    expect(sizes.filter((size) => size > 2_750_000)).toHaveLength(3);
-    expect(Math.max(...sizes)).toBeLessThanOrEqual(4 << 20);
+    expect(rowsPerInsert.reduce((a, b) => a + b, 0)).toBe(50);
+    expect(rowsPerInsert).toHaveLength(result.batches);
     expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
   });
 
@@ -118,13 +139,13 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     const expected = await sql<{ n: string }>`select count(*) as n from spans
       where project_id = ${P2} and created_at >= ${rows[0].since} and created_at < ${rows[0].until}`.execute(pg.db);
 
-    const result = await new Backfill(pg.db, history).run(scope);
+    const result = await new Backfill(pg, history).run(scope);
     expect(result.rowsCopied).toBe(Number(expected.rows[0].n));
     expect(result.runKey).toBe(runKeyOf(scope));
     expect(await liveCount(ch.clients.query, 'spans')).toBe(Number(expected.rows[0].n));
     expect((await new Verifier(pg.db, history).verify([scope])).differing).toEqual([]);
     // The whole table is another run, which copies the rest.
-    expect((await new Backfill(pg.db, history).run(ALL_SPANS)).rowsCopied).toBe(4_000);
+    expect((await new Backfill(pg, history).run(ALL_SPANS)).rowsCopied).toBe(4_000);
   });
 
   it('a dry run counts per entity and writes nothing, not even a checkpoint', async () => {
@@ -141,11 +162,11 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     // ClickHouse accepts three batches, then goes away.
     let inserts = 0;
     const failing = Object.create(history) as ClickHouseHistory;
-    failing.insert = async (...args) => {
+    failing.insertTabSeparated = async (...args) => {
       if (++inserts > 3) throw new Error('connection reset');
-      return history.insert(...args);
+      return history.insertTabSeparated(...args);
     };
-    await expect(new Backfill(pg.db, failing).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).rejects.toThrow('connection reset');
+    await expect(new Backfill(pg, failing).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).rejects.toThrow('connection reset');
     const checkpoint = await pg.db.selectFrom('backfill_checkpoints').selectAll().executeTakeFirstOrThrow();
     expect(checkpoint).toMatchObject({ status: 'running', rows_copied: '3000' });
 
@@ -153,10 +174,10 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     const other = new Client({ connectionString: pg.url });
     await other.connect();
     await other.query('select pg_advisory_lock(hashtextextended($1, 0))', [`backfill ${runKeyOf(ALL_SPANS)}`]);
-    await expect(new Backfill(pg.db, history).run(ALL_SPANS)).rejects.toThrow(RunInProgressError);
+    await expect(new Backfill(pg, history).run(ALL_SPANS)).rejects.toThrow(RunInProgressError);
     await other.end();
 
-    const resumed = await new Backfill(pg.db, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
+    const resumed = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
     expect(resumed).toMatchObject({ outcome: 'complete', resumed: true, rowsCopied: 3_000, totalRowsCopied: 6_000 });
     expect(resumed.resumedFrom).toEqual(checkpoint.cursor);
     expect(await liveCount(ch.clients.query, 'spans')).toBe(6_000);
@@ -172,24 +193,28 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     // After the first batch, end the session that holds the run's advisory lock (as an idle timeout would).
     let inserts = 0;
     const dropping = Object.create(history) as ClickHouseHistory;
-    dropping.insert = async (...args) => {
-      if (++inserts === 2) await admin.query(`select pg_terminate_backend(pid) from pg_locks where locktype = 'advisory' and database = (select oid from pg_database where datname = current_database())`);
-      return history.insert(...args);
+    dropping.insertTabSeparated = async (...args) => {
+      if (++inserts === 2) {
+        // The first batch's checkpoint lands while this one is sent; wait for it, then end the session.
+        while ((await admin.query(`select rows_copied from backfill_checkpoints`)).rows[0]?.rows_copied !== '1000') await new Promise((r) => setTimeout(r, 10));
+        await admin.query(`select pg_terminate_backend(pid) from pg_locks where locktype = 'advisory' and database = (select oid from pg_database where datname = current_database())`);
+      }
+      return history.insertTabSeparated(...args);
     };
     try {
-      await expect(new Backfill(db, dropping).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).rejects.toThrow('lost its lock');
+      await expect(new Backfill({ db, pool }, dropping).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).rejects.toThrow('lost its lock');
       expect(await pg.db.selectFrom('backfill_checkpoints').select('rows_copied').executeTakeFirstOrThrow()).toEqual({ rows_copied: '1000' });
     } finally {
       await admin.end();
       await db.destroy();
     }
-    expect(await new Backfill(pg.db, history).run(ALL_SPANS)).toMatchObject({ resumed: true, rowsCopied: 3_000, totalRowsCopied: 4_000 });
+    expect(await new Backfill(pg, history).run(ALL_SPANS)).toMatchObject({ resumed: true, rowsCopied: 3_000, totalRowsCopied: 4_000 });
   });
 
   it('--gaps replays gap records: current versions for keys Postgres has, tombstones for keys it lost', async () => {
     await seedSpans(pg.db, { projects: [P1], days: 2, rows: 40 });
     await seedNodes(pg.db, { projects: [P1], days: 2, rows: 10 });
-    const backfill = new Backfill(pg.db, history);
+    const backfill = new Backfill(pg, history);
     await backfill.run(ALL_SPANS);
     await backfill.run(ALL_NODES);
 
@@ -264,7 +289,7 @@ describe('backfill while the mirror is on and the API keeps writing', () => {
       return round;
     })();
 
-    const backfill = new Backfill(db, history);
+    const backfill = new Backfill(t.database, history);
     const spans = await backfill.run({ entity: 'spans', projectIds: null }, { batchRows: 500, batchBytes: 16 << 20 });
     const nodes = await backfill.run({ entity: 'nodes', projectIds: null }, { batchRows: 200, batchBytes: 16 << 20 });
     writing = false;

@@ -31,7 +31,7 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     verifier = new Verifier(pg.db, history);
     await seedSpans(pg.db, { projects: [P1, P2, P3], days: 5, rows: 9_000 });
     await seedNodes(pg.db, { projects: [P1, P2, P3], days: 5, rows: 1_500 });
-    const backfill = new Backfill(pg.db, history);
+    const backfill = new Backfill(pg, history);
     for (const scope of SCOPES) await backfill.run(scope);
   });
   afterAll(async () => Promise.all([pg?.drop(), ch?.drop()]));

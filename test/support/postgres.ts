@@ -1,11 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { Kysely } from 'kysely';
-import { Client } from 'pg';
+import { Client, Pool } from 'pg';
 import { DB } from '../../src/dbs/postgres/database';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { withDatabase } from './global-setup';
 
 export interface TestDatabase {
+  /** The pool under db (COPY needs a connection of its own). */
+  pool: Pool;
   url: string;
   name: string;
   db: Kysely<DB>;
@@ -35,6 +37,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     url,
     name,
     db,
+    pool,
     drop: async () => {
       await db.destroy();
       const client = new Client({ connectionString: adminUrl });

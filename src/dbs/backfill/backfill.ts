@@ -1,27 +1,36 @@
 import { createHash } from 'node:crypto';
 import { Kysely } from 'kysely';
+import { Pool } from 'pg';
 import { DB } from '../postgres/database';
 import { BackfillCheckpointsRepository, Checkpoint, RunLock } from './backfill-checkpoints.repository';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf } from './history-entities';
 import { Entity, HistoryScope, runKeyOf } from './history-scope';
-import { KeysetPage, KeysetReader } from './keyset-reader';
-import { JsonLinesBody } from './json-lines-body';
+import { CompactJsonbColumns } from './copy/compact-jsonb-columns';
+import { copyOut } from './copy/postgres-copy-out';
+import { KeysetReader } from './keyset-reader';
 import { BackfillProgress, silentProgress } from './progress';
 
+/** Postgres as the backfill reads it: queries through Kysely, COPY on the pool's connections. */
+export interface HistoryDatabase {
+  db: Kysely<DB>;
+  pool: Pool;
+}
+
 export interface BackfillOptions {
-  /** Most rows per ClickHouse insert (and per Postgres page). */
+  /** Most rows per batch: one COPY out of Postgres, one insert into ClickHouse, one checkpoint. */
   batchRows: number;
-  /** Most bytes of JSONEachRow lines per insert; also bounds a page's stored size. */
+  /** Most bytes per batch, as Postgres stores the rows (pg_column_size; compressed values count compressed). */
   batchBytes: number;
   /** Start over with a new upper bound instead of resuming. */
   restart?: boolean;
 }
 
 export const DEFAULT_BACKFILL_OPTIONS: BackfillOptions = {
-  // ClickHouse wants inserts of thousands of rows; 5,000 ~1 KB rows is a few MB per request.
-  batchRows: 5_000,
-  batchBytes: 16 * 1024 * 1024,
+  // Each insert is a part in ClickHouse (merged later, at a CPU cost) and a checkpoint here: 50,000
+  // ~1 KB rows stream through in about a second, and a resume re-copies at most that.
+  batchRows: 50_000,
+  batchBytes: 64 * 1024 * 1024,
 };
 
 export interface BackfillResult {
@@ -51,30 +60,32 @@ export interface DryRunResult {
   checkpoint: 'new' | 'resume' | 'restart' | 'already-complete';
 }
 
-interface Batch {
-  body: JsonLinesBody;
-  from: string[] | null;
-  to: string[];
-}
-
 /**
- * Copies Postgres history into the ClickHouse mirror. Each row goes through
- * the table's row mapper at the version a live write gives it, so copying
- * while the mirror runs is safe: ClickHouse keeps the highest version of
- * each row, and a later update or delete always has a higher one. Pages are
- * read in keyset order up to an upper bound fixed at the run's start (rows
- * created later are the live mirror's), the next page is read while the
- * current one is inserted, and a checkpoint records each accepted batch.
+ * Copies Postgres history into the ClickHouse mirror, in batches in keyset
+ * order up to an upper bound fixed at the run's start (rows created later
+ * are the live mirror's). Each row is copied at the version a live write
+ * gives it, so copying while the mirror runs is safe: ClickHouse keeps the
+ * highest version of each row, and a later update or delete always has a
+ * higher one. A checkpoint records each batch ClickHouse accepted.
+ *
+ * The rows never become JavaScript objects: Postgres prints each batch in
+ * the ClickHouse columns (COPY ... TO STDOUT, see HistoryEntity.copy) and it
+ * streams into a TabSeparated insert, with only the jsonb fields made
+ * compact on the way. Mapping each row in this process cost more CPU than
+ * Postgres and ClickHouse together (BENCHMARKS.md, backfill). The next batch
+ * starts once Postgres has sent this one, while ClickHouse still writes it.
  */
 export class Backfill {
   private readonly checkpoints: BackfillCheckpointsRepository;
+  private readonly db: Kysely<DB>;
 
   constructor(
-    private readonly db: Kysely<DB>,
+    private readonly postgres: HistoryDatabase,
     private readonly clickhouse: ClickHouseHistory,
     private readonly log: (line: string) => void = () => undefined,
   ) {
-    this.checkpoints = new BackfillCheckpointsRepository(db);
+    this.db = postgres.db;
+    this.checkpoints = new BackfillCheckpointsRepository(postgres.db);
   }
 
   async run(scope: HistoryScope, options: BackfillOptions = DEFAULT_BACKFILL_OPTIONS, progress: BackfillProgress = silentProgress): Promise<BackfillResult> {
@@ -120,53 +131,51 @@ export class Backfill {
     let rows = 0;
     let batches = 0;
     let cursor = checkpoint.cursor;
-    const insert = async (batch: Batch) => {
-      // Names this batch of this run: a retry, or a resume re-sending a batch that landed just before
-      // the process died, is dropped by ClickHouse; --restart has a new bound, so new tokens.
-      const token = createHash('sha256')
-        .update(JSON.stringify([runKey, upperBound, batch.from, batch.to, batch.body.rows]))
-        .digest('hex');
-      await this.clickhouse.insert(entity.table, batch.body.finish(), token);
-      await this.checkpoints.advance(runKey, batch.to, batch.body.rows, lock);
-      rows += batch.body.rows;
-      batches += 1;
-      progress.advance(batch.body.rows, batch.to);
-    };
-    // One insert in flight while the next batch is mapped; each starts after the previous
-    // one (and its checkpoint) finished, so the checkpoint only ever moves forward.
-    let inFlight: Promise<void> = Promise.resolve();
-    const send = async (batch: Batch) => {
-      await inFlight;
-      inFlight = insert(batch);
-      inFlight.catch(() => undefined);
-    };
-
+    // The previous batch's insert and checkpoint; each batch's checkpoint waits for it, so checkpoints
+    // only ever move forward, and at most two inserts are in flight.
+    let landed: Promise<void> = Promise.resolve();
     try {
-      let next: Promise<KeysetPage<unknown>> = reader.page(scope, cursor, limits, upperBound);
       for (;;) {
-        const page = await next;
-        if (page.rows.length === 0) break;
-        // Read ahead: Postgres prepares the next page while this one is mapped and inserted.
-        next = reader.page(scope, page.last, limits, upperBound);
-        next.catch(() => undefined);
-
-        let batch: Batch = newBatch(cursor);
-        for (let i = 0; i < page.rows.length; i++) {
-          const line = entity.line(entity.mirrored(page.rows[i]));
-          const bytes = Buffer.byteLength(line) + 1;
-          if (batch.body.rows > 0 && (batch.body.rows >= limits.rows || batch.body.bytes + bytes > limits.bytes)) {
-            batch.to = entity.cursorOf(page.rows[i - 1]);
-            await send(batch);
-            batch = newBatch(batch.to);
-          }
-          batch.body.add(line, bytes);
-        }
-        batch.to = page.last!;
-        await send(batch);
-        cursor = batch.to;
+        const end = await reader.bound(scope, cursor, limits, upperBound);
+        if (!end) break;
+        const from = cursor;
+        const statement = reader.copyStatement(scope, from, end, upperBound);
+        // Names this batch of this run: a retry, or a resume re-sending a batch that landed just before
+        // the process died, is dropped by ClickHouse; --restart has a new bound, so new tokens.
+        const token = createHash('sha256').update(JSON.stringify([runKey, upperBound, from, end.last, end.rows])).digest('hex');
+        let sent!: () => void;
+        const streamed = new Promise<void>((resolve) => (sent = resolve));
+        const insert = this.clickhouse.insertTabSeparated(
+          entity.table,
+          entity.copy.columns,
+          async () => {
+            const out = await copyOut(this.postgres.pool, statement);
+            out.once('end', sent);
+            return out.pipe(new CompactJsonbColumns(entity.copy.columns.length, entity.copy.jsonColumns));
+          },
+          token,
+        );
+        const previous = landed;
+        landed = (async () => {
+          // Even when this insert fails, the batches before it settle (and check in) first.
+          const [inserted, before] = await Promise.allSettled([insert, previous]);
+          if (before.status === 'rejected') throw before.reason;
+          if (inserted.status === 'rejected') throw inserted.reason;
+          await this.checkpoints.advance(runKey, end.last, end.rows, lock);
+          rows += end.rows;
+          batches += 1;
+          progress.advance(end.rows, end.last);
+        })();
+        landed.catch(() => undefined);
+        // Postgres has sent this batch (or the insert failed); once the one before has landed, go on.
+        await Promise.race([streamed, landed]);
+        await previous;
+        cursor = end.last;
       }
-      await inFlight;
+      await landed;
     } finally {
+      // Nothing is left writing after a failure: the error is the caller's, the checkpoint stays where it was.
+      await landed.catch(() => undefined);
       progress.stop();
     }
     return { rows, batches };
@@ -208,6 +217,3 @@ export async function planBackfill(db: Kysely<DB>, scope: HistoryScope, options:
   return { entity: scope.entity, runKey, rows: await reader.count(scope, null), checkpoint: existing ? 'restart' : 'new' };
 }
 
-function newBatch(from: string[] | null): Batch {
-  return { body: new JsonLinesBody(), from, to: from ?? [] };
-}

@@ -1,6 +1,8 @@
+import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { ClickHouseClient, ClickHouseError } from '@clickhouse/client';
 import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
-import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
+import { ClickHouseSink, INSERT_SETTINGS } from '../clickhouse/clickhouse-sink';
 import { countByProjectDay, ProjectDayCount } from '../clickhouse/clickhouse-spans.dao';
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { HistoryEntity, MirroredRecord } from './history-entities';
@@ -42,6 +44,7 @@ export function redactUrl(url: string): string {
  */
 export class ClickHouseHistory {
   private readonly sink: ClickHouseSink;
+  private readonly insertClient: ClickHouseClient;
   private readonly query: ClickHouseClient;
 
   constructor(
@@ -50,6 +53,7 @@ export class ClickHouseHistory {
     private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((done) => setTimeout(done, ms)),
   ) {
     this.sink = new ClickHouseSink(clients.insert);
+    this.insertClient = clients.insert;
     this.query = clients.query;
   }
 
@@ -80,15 +84,38 @@ export class ClickHouseHistory {
   }
 
   /**
-   * Inserts JSONEachRow text, as lines or as pieces of several lines each
-   * (see JsonLinesBody). A transient failure is retried with the same token,
+   * Inserts JSONEachRow lines (verify's repairs, gap replays). A transient
+   * failure is retried with the same token,
    * so an attempt that landed before its answer was lost is dropped by
    * ClickHouse rather than stored twice.
    */
   async insert(table: Entity, pieces: string[], dedupToken: string): Promise<void> {
+    await this.retried(table, () => this.sink.insert(table, pieces, dedupToken));
+  }
+
+  /**
+   * Inserts TabSeparated rows of these columns, streamed as they come (the
+   * bulk copy's COPY output). `rows` opens the stream: a retry (same token,
+   * as above) reads the rows again.
+   */
+  async insertTabSeparated(table: Entity, columns: readonly string[], rows: () => Promise<Readable>, dedupToken: string): Promise<void> {
+    const list = columns.map((c) => `\`${c}\``).join(', ');
+    await this.retried(table, async () => {
+      const result = await this.insertClient.exec({
+        query: `INSERT INTO ${table} (${list}) FORMAT TabSeparated`,
+        values: await rows(),
+        clickhouse_settings: { ...INSERT_SETTINGS, insert_deduplication_token: dedupToken },
+      });
+      // Read the (empty) answer to its end so the keep-alive socket goes back to the pool.
+      result.stream.resume();
+      await finished(result.stream);
+    });
+  }
+
+  private async retried(table: Entity, insert: () => Promise<void>): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.sink.insert(table, pieces, dedupToken);
+        return await insert();
       } catch (error) {
         const transient = !(error instanceof ClickHouseError) || TRANSIENT_CODES.has(error.code);
         if (!transient || attempt >= INSERT_ATTEMPTS) {

@@ -40,7 +40,7 @@ export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = Mirr
   /** The table, named alike in Postgres and ClickHouse. */
   table: Entity;
   /** Postgres: the keyset tuple, matching the table's (created_at, project_id, ...) index. */
-  keyset: ReadonlyArray<{ column: string; bind(value: string): RawBuilder<unknown> }>;
+  keyset: ReadonlyArray<{ column: string; bind(value: unknown): RawBuilder<unknown> }>;
   /** Postgres: every column a ClickHouse line needs. */
   columns: readonly string[];
   /**
@@ -55,6 +55,17 @@ export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = Mirr
   keyOf(row: Row): string[];
   /** The row as a live write mirrors it: version = µs of updated_at, not deleted. */
   mirrored(row: Row): Mirrored;
+
+  /**
+   * Postgres computes the ClickHouse columns itself for the bulk copy: COPY
+   * ... TO STDOUT prints them in its text format, which ClickHouse reads as
+   * TabSeparated, so rows never become JavaScript objects. The values are
+   * the row mapper's (version = µs of updated_at, not deleted); the jsonb
+   * columns come last, as Postgres prints them, and are made compact on the
+   * way (copy/jsonb-text.ts). test/integration/bulk-copy.spec.ts holds this
+   * to line() for hostile rows, column by column.
+   */
+  copy: { columns: readonly string[]; select: RawBuilder<unknown>; jsonColumns: number };
 
   /** ClickHouse side. */
   line(record: Mirrored): string;
@@ -75,6 +86,19 @@ export const keyText = (key: string[]): string => key.join('/');
 const size = (column: string) => `coalesce(pg_column_size(${column}), 0)`;
 /** Fixed columns (ids, times, names) as a flat allowance per row. */
 const FIXED_ROW_BYTES = 400;
+
+/** DateTime64(6) text: the session prints timestamps as ISO 'YYYY-MM-DD hh:mm:ss[.ffffff]' (see postgres-pool). */
+const utcTime = (column: string) => `(${column} at time zone 'UTC')`;
+/** 8 bytes as the unsigned 64-bit integer they spell (bigint is signed, so the high half is added back). */
+const uint64 = (column: string) =>
+  `(('x' || encode(${column}, 'hex'))::bit(64)::bigint::numeric + case when get_byte(${column}, 0) >= 128 then 18446744073709551616 else 0 end)`;
+/** The live write's version: µs of updated_at (extract gives exact numeric seconds). */
+const VERSION = `(extract(epoch from updated_at) * 1000000)::bigint`;
+
+function copyOf(columns: Array<[clickhouse: string, postgres: string]>, jsonColumns: string[]): HistoryEntity['copy'] {
+  const all = [...columns, ...jsonColumns.map((c): [string, string] => [c, `"${c}"`])];
+  return { columns: all.map(([c]) => c), select: sql.raw(all.map(([, expr]) => expr).join(', ')), jsonColumns: jsonColumns.length };
+}
 
 export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
   name: 'spans',
@@ -104,6 +128,16 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
     return span;
   },
 
+  copy: copyOf(
+    [
+      ['project_id', 'project_id'], ['trace_id', 'trace_id'], ['span_id', uint64('span_id')], ['parent_id', uint64('parent_id')],
+      ['trace_type', 'trace_type'], ['span_type', 'span_type'], ['span_kind', 'span_kind'], ['span_name', 'span_name'],
+      ['start_time', utcTime('start_time')], ['end_time', utcTime('end_time')], ['status_code', 'status_code'], ['status_message', 'status_message'],
+      ['created_at', utcTime('created_at')], ['updated_at', utcTime('updated_at')], ['created_by_id', 'created_by_id'], ['updated_by_id', 'updated_by_id'],
+      ['version', VERSION], ['is_deleted', '0'],
+    ],
+    ['attributes', 'references', 'links', 'hashes', 'events', 'exception'],
+  ),
   line: toSpanClickHouseLine,
   mirroredKeyOf: (span) => [span.trace_id, span.span_id],
   tombstone: (span, version) => ({ ...span, version, deleted: true }),
@@ -148,6 +182,15 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
     return node;
   },
 
+  copy: copyOf(
+    [
+      ['project_id', 'project_id'], ['node_id', 'node_id'], ['tree_id', 'tree_id'], ['root_id', 'root_id'], ['parent_id', 'parent_id'],
+      ['node_name', 'node_name'], ['node_type', 'node_type'], ['time_start', utcTime('time_start')], ['time_end', utcTime('time_end')],
+      ['status_code', 'status_code'], ['status_message', 'status_message'], ['created_at', utcTime('created_at')], ['updated_at', utcTime('updated_at')],
+      ['version', VERSION], ['is_deleted', '0'],
+    ],
+    ['data', 'metrics', 'meta', 'refs', 'exception', 'links', 'otel'],
+  ),
   line: toNodeClickHouseLine,
   mirroredKeyOf: (node) => [node.node_id],
   tombstone: (node, version) => ({ ...node, version, deleted: true }),

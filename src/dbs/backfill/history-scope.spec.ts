@@ -1,5 +1,4 @@
 import { bucketScope, parseScopes, runKeyOf, ScopeError } from './history-scope';
-import { JsonLinesBody } from './json-lines-body';
 
 const P = '7d1e0e3c-0000-4000-8000-000000000001';
 
@@ -35,18 +34,5 @@ describe('backfill and verify scopes', () => {
     const scope = { entity: 'spans' as const, projectIds: null, since: '2026-11-01T12:00:00.000000Z' };
     expect(bucketScope(scope, P, '2026-11-01')).toEqual({ entity: 'spans', projectIds: [P], since: '2026-11-01T12:00:00.000000Z', until: '2026-11-02T00:00:00.000000Z' });
     expect(bucketScope(scope, P, '2026-12-31')).toEqual({ entity: 'spans', projectIds: [P], since: '2026-12-31T00:00:00.000000Z', until: '2027-01-01T00:00:00.000000Z' });
-  });
-});
-
-describe('JsonLinesBody', () => {
-  it('joins lines into pieces that stream as the same JSONEachRow bytes, and counts UTF-8 bytes', () => {
-    const body = new JsonLinesBody();
-    const lines = Array.from({ length: 3000 }, (_, i) => JSON.stringify({ i, text: 'ünïcødé '.repeat(20 + (i % 50)) }));
-    for (const line of lines) body.add(line);
-    const pieces = body.finish();
-    expect(pieces.length).toBeGreaterThan(1);
-    expect(pieces.map((p) => `${p}\n`).join('')).toBe(lines.map((l) => `${l}\n`).join(''));
-    expect(body.rows).toBe(3000);
-    expect(body.bytes).toBe(Buffer.byteLength(lines.join('\n')) + 1);
   });
 });

@@ -1,4 +1,4 @@
-import { Kysely, RawBuilder, sql } from 'kysely';
+import { CompiledQuery, Kysely, RawBuilder, sql } from 'kysely';
 import { DB } from '../postgres/database';
 import { HistoryEntity } from './history-entities';
 import { HistoryScope } from './history-scope';
@@ -11,6 +11,26 @@ export interface PageLimits {
   /** Stops a page once the rows' stored size reaches this; a page always has at least one row. */
   bytes: number;
 }
+
+/** Where a batch ends: its last row's keyset tuple and how many rows it holds. */
+export interface KeysetBound {
+  last: string[];
+  rows: number;
+}
+
+/** How a value reaches the SQL: bound (a parameter), or inlined (COPY takes no parameters). */
+type ValueOf = (value: string) => unknown;
+const bound: ValueOf = (value) => value;
+/**
+ * Only what keysets and scopes hold can be inlined: timestamps, UUIDs and
+ * hex, all from our own rows, checkpoints and validated options. Anything
+ * else is refused rather than escaped, so no text can reach the SQL.
+ */
+const SAFE_LITERAL = /^[0-9A-Za-z:.+\- ]{1,64}$/;
+const inlined: ValueOf = (value) => {
+  if (!SAFE_LITERAL.test(value)) throw new Error(`refusing to inline "${value}" into a COPY statement`);
+  return sql.lit(value);
+};
 
 export interface KeysetPage<Row> {
   rows: Row[];
@@ -51,6 +71,48 @@ export class KeysetReader<Row> {
     return { rows, last: rows.length ? this.entity.cursorOf(rows[rows.length - 1]) : null };
   }
 
+  /**
+   * The end of the next batch after the cursor, by the same row and byte
+   * limits as page(), without fetching the rows: the keyset columns only,
+   * so Postgres walks the index (and reads row sizes). Null: nothing left.
+   */
+  async bound(scope: HistoryScope, after: string[] | null, limits: PageLimits, upperBound?: string): Promise<KeysetBound | null> {
+    const key = this.keyColumns();
+    const result = await sql<Record<string, unknown> & { n: string }>`
+      select ${key}, n from (
+        select ${key}, row_number() over (order by ${key}) as n, ${this.entity.storedSize} as row_bytes,
+               sum(${this.entity.storedSize}) over (order by ${key} rows between unbounded preceding and current row) as running_bytes
+        from ${sql.table(this.entity.table)}
+        where ${this.conditions(scope, after, upperBound)}
+        order by ${key}
+        limit ${limits.rows}
+      ) page
+      where page.running_bytes - page.row_bytes < ${limits.bytes}
+      order by n desc
+      limit 1`.execute(this.db);
+    const row = result.rows[0];
+    return row ? { last: this.entity.cursorOf(row as Row), rows: Number(row.n) } : null;
+  }
+
+  /**
+   * A COPY ... TO STDOUT of exactly the rows a bound() ends: after the
+   * cursor, up to and including its last row, as the entity's ClickHouse
+   * columns (entity.copy). The LIMIT is redundant for the result but not for
+   * the planner, which otherwise prefers a sequential scan and a sort to the
+   * index for a range between two row comparisons.
+   */
+  copyStatement(scope: HistoryScope, after: string[] | null, end: KeysetBound, upperBound?: string): string {
+    const key = this.keyColumns();
+    const last = sql.join(this.entity.keyset.map((k, i) => k.bind(inlined(end.last[i]))));
+    const query = sql`copy (
+        select ${this.entity.copy.select} from ${sql.table(this.entity.table)}
+        where ${this.conditions(scope, after, upperBound, inlined)} and (${key}) <= (${last})
+        order by ${key}
+        limit ${sql.lit(end.rows)}
+      ) to stdout`.compile(this.db);
+    return withoutParameters(query);
+  }
+
   /** Rows of the scope after the cursor: the progress total. */
   async count(scope: HistoryScope, after: string[] | null, upperBound?: string): Promise<number> {
     const result = await sql<{ n: string }>`select count(*) as n from ${sql.table(this.entity.table)} where ${this.conditions(scope, after, upperBound)}`.execute(this.db);
@@ -75,16 +137,25 @@ export class KeysetReader<Row> {
   }
 
   /** The scope (and cursor and bound) as a bound SQL condition. */
-  conditions(scope: HistoryScope, after: string[] | null = null, upperBound?: string): RawBuilder<unknown> {
+  conditions(scope: HistoryScope, after: string[] | null = null, upperBound?: string, value: ValueOf = bound): RawBuilder<unknown> {
     const conditions: RawBuilder<unknown>[] = [];
     if (after) {
-      const values = sql.join(this.entity.keyset.map((k, i) => k.bind(after[i])));
+      const values = sql.join(this.entity.keyset.map((k, i) => k.bind(value(after[i]))));
       conditions.push(sql`(${this.keyColumns()}) > (${values})`);
     }
-    if (scope.since) conditions.push(sql`created_at >= ${scope.since}::timestamptz`);
-    if (scope.until) conditions.push(sql`created_at < ${scope.until}::timestamptz`);
-    if (upperBound) conditions.push(sql`created_at < ${upperBound}::timestamptz`);
-    if (scope.projectIds) conditions.push(sql`project_id = any(${scope.projectIds}::uuid[])`);
+    if (scope.since) conditions.push(sql`created_at >= ${value(scope.since)}::timestamptz`);
+    if (scope.until) conditions.push(sql`created_at < ${value(scope.until)}::timestamptz`);
+    if (upperBound) conditions.push(sql`created_at < ${value(upperBound)}::timestamptz`);
+    if (scope.projectIds) {
+      const ids = value === bound ? sql`${scope.projectIds}` : sql`array[${sql.join(scope.projectIds.map(value))}]`;
+      conditions.push(sql`project_id = any(${ids}::uuid[])`);
+    }
     return conditions.length ? sql.join(conditions, sql` and `) : sql`true`;
   }
+}
+
+/** The statement's text; it must have no parameters, as COPY cannot take any. */
+function withoutParameters(query: CompiledQuery): string {
+  if (query.parameters.length > 0) throw new Error(`a COPY statement cannot take parameters (${query.parameters.length} given)`);
+  return query.sql;
 }

@@ -1,9 +1,20 @@
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { ClickHouseClient } from '@clickhouse/client';
+import { ClickHouseClient, ClickHouseSettings } from '@clickhouse/client';
 import { MirrorSink } from './batch-writer';
 
 const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Every insert of mirrored rows: batched by us, named by a deduplication token. */
+export const INSERT_SETTINGS: ClickHouseSettings = {
+  // Callers reuse the token on every retry of a batch; with the tables'
+  // non_replicated_deduplication_window, a retry of an insert that did land
+  // is dropped instead of stored twice.
+  insert_deduplicate: 1,
+  // Rows arrive batched already; async inserts would regroup them and deduplicate by their own rules, not the token.
+  async_insert: 0,
+  wait_end_of_query: 1,
+};
 
 /**
  * The batch writer's ClickHouse side. Rows arrive already serialized as
@@ -23,16 +34,7 @@ export class ClickHouseSink implements MirrorSink {
     const result = await this.client.exec({
       query: `INSERT INTO ${table} FORMAT JSONEachRow`,
       values: Readable.from(bodyOf(lines), { objectMode: false }),
-      clickhouse_settings: {
-        // The batch writer reuses the token on every retry of a batch; with the
-        // tables' non_replicated_deduplication_window, a retry of an insert that
-        // did land is dropped instead of stored twice.
-        insert_deduplicate: 1,
-        insert_deduplication_token: dedupToken,
-        // The writer already batches; async inserts would regroup the rows and deduplicate by their own rules, not the token.
-        async_insert: 0,
-        wait_end_of_query: 1,
-      },
+      clickhouse_settings: { ...INSERT_SETTINGS, insert_deduplication_token: dedupToken },
     });
     // Read the (empty) answer to its end so the keep-alive socket goes back to the pool.
     result.stream.resume();

@@ -26,7 +26,8 @@ export function createPool(url: string, max: number, options: { statementTimeout
   return new Pool({
     connectionString: url,
     max,
-    options: `-c TimeZone=UTC${timeout}`,
+    // ISO dates are what timestamptzToIso and the backfill's COPY (ClickHouse DateTime64 text) read.
+    options: `-c TimeZone=UTC -c DateStyle=ISO${timeout}`,
     connectionTimeoutMillis: 5_000,
     // Notice a peer that vanished without closing the connection.
     keepAlive: true,
