@@ -479,7 +479,7 @@ describe('BatchWriter', () => {
 
   describe('memory bound', () => {
     it('turns rows beyond queueMaxBytes into gap records, and every written row is either sent or in a gap', async () => {
-      const { sink, writer, gaps, registry, logger } = setup({ queueMaxBytes: 40 });
+      const { sink, writer, gaps, registry, logger, clock } = setup({ queueMaxBytes: 40 });
       const written = [
         spanRow(1, { projectId: PROJECT_A }),
         spanRow(2, { projectId: PROJECT_B }),
@@ -494,6 +494,8 @@ describe('BatchWriter', () => {
       await settle();
 
       expect(writer.stats()).toMatchObject({ queuedRows: 4, queuedBytes: 40, rowsDropped: 3 });
+      // Overflow gaps are recorded once per flush interval (see 'records the gaps of rows turned away ... together').
+      await clock.advance(TEST_SETTINGS.flushIntervalMs!);
       const byProject = new Map(gaps.recorded.map((g) => [g.projectId, g]));
       expect(byProject.get(PROJECT_A)).toEqual({
         entity: 'spans',
@@ -555,20 +557,75 @@ describe('BatchWriter', () => {
     });
 
     it('counts in-flight batches against the bound', async () => {
-      const { sink, writer, gaps } = setup({ queueMaxBytes: 30, flushRows: 3 });
+      const { sink, writer, gaps, clock } = setup({ queueMaxBytes: 30, flushRows: 3 });
       sink.behaviours.push('hang');
       writer.write(rows(1, 3));
       await settle();
       expect(writer.stats().inFlightBatches).toBe(1);
 
       writer.write(rows(4, 1));
-      await settle();
+      await clock.advance(TEST_SETTINGS.flushIntervalMs!);
       expect(gaps.rows()).toBe(1);
       expect(writer.stats().queuedBytes).toBe(30);
     });
   });
 
   describe('gap recording', () => {
+    it('records the gaps of rows turned away at the bound together, once per flush interval, one per entity and project', async () => {
+      const { writer, clock, gaps, registry, sink } = setup({ queueMaxBytes: 10 });
+      // ClickHouse hangs, so the one row that fits stays queued throughout.
+      sink.fallback = 'hang';
+      writer.write(rows(1, 1));
+      writer.write([spanRow(2, { projectId: PROJECT_A })]);
+      writer.write([spanRow(3, { projectId: PROJECT_B })]);
+      const { line: _line, ...keysOnly } = spanRow(4, { projectId: PROJECT_A });
+      writer.writeOverflow([keysOnly]);
+      // Counted as dropped at once, recorded one interval later.
+      expect(writer.stats().rowsDropped).toBe(3);
+      await clock.advance(999);
+      expect(gaps.calls).toBe(0);
+      await clock.advance(1);
+      expect(gaps.calls).toBe(1);
+      expect(gaps.recorded).toEqual([
+        expect.objectContaining({ projectId: PROJECT_A, keys: [spanRow(2).key, spanRow(4).key], rowCount: 2, reason: 'queue_full' }),
+        expect.objectContaining({ projectId: PROJECT_B, keys: [spanRow(3, { projectId: PROJECT_B }).key], rowCount: 1, reason: 'queue_full' }),
+      ]);
+      expect(await metricValue(registry, 'mirror_gaps_recorded_total')).toBe(2);
+
+      // The next overflow starts the next interval.
+      writer.write([spanRow(5)]);
+      await clock.advance(999);
+      expect(gaps.calls).toBe(1);
+      await clock.advance(1);
+      expect(gaps.calls).toBe(2);
+      expect(gaps.rows()).toBe(4);
+    });
+
+    it('records held overflow gaps at once when they reach flushRows keys', async () => {
+      const { writer, gaps } = setup({ queueMaxBytes: 10, flushRows: 3 });
+      writer.write(rows(1, 3));
+      await settle();
+      expect(gaps.calls).toBe(0);
+      writer.write(rows(4, 1));
+      await settle();
+      expect(gaps.calls).toBe(1);
+      expect(gaps.recorded).toEqual([expect.objectContaining({ keys: [2, 3, 4].map((n) => spanRow(n).key), rowCount: 3 })]);
+    });
+
+    it('drain() and shutdown() record held overflow gaps without waiting for the interval', async () => {
+      const drained = setup({ queueMaxBytes: 10 });
+      drained.writer.write(rows(1, 3));
+      await drained.writer.drain();
+      expect(drained.gaps.rows()).toBe(2);
+
+      const shut = setup({ queueMaxBytes: 10 });
+      shut.writer.write(rows(1, 3));
+      await shut.writer.shutdown();
+      expect(shut.gaps.rows()).toBe(2);
+      expect(shut.writer.stats()).toMatchObject({ rowsSent: 1, rowsDropped: 2, gapsRecorded: 1 });
+      expect(shut.clock.pendingTimers).toBe(0);
+    });
+
     it('retries a failed gap record and succeeds without losing rows', async () => {
       const { writer, clock, gaps, registry } = setup({ queueMaxBytes: 10 });
       gaps.failures = 2;

@@ -226,6 +226,19 @@ export class BatchWriter {
   private queueFull = false;
   /** Rows turned away in the current overflow episode, for its closing log line. */
   private overflowRows = 0;
+  /**
+   * Gaps of rows turned away at the bound, not recorded yet: one per entity
+   * and project. Once the queue is full every write overflows, and recording
+   * each write's gap at once meant a second Postgres transaction per API
+   * write, competing with the API's own for the pool and the CPU. They are
+   * recorded together once per flush interval, or sooner at flushRows keys,
+   * and by drain() and shutdown(). The price: a gap record is durable up to an
+   * interval after its rows were turned away, so a crash in between loses it,
+   * as it loses the queue itself (verify --repair finds both).
+   */
+  private heldGaps = new Map<string, MirrorGap>();
+  private heldGapRows = 0;
+  private heldGapsTimer: unknown | null = null;
 
   private rowsSent = 0;
   private rowsDropped = 0;
@@ -333,6 +346,7 @@ export class BatchWriter {
       this.drainWaiters.push({ through, resolve });
       this.resolveDrainWaiters();
     });
+    this.recordHeldGaps();
     await this.gapRecordingsSettled();
   }
 
@@ -642,12 +656,30 @@ export class BatchWriter {
   /** Rows that will not be sent: count them and record their keys and time range in Postgres, in the background. */
   private dropIntoGaps(rows: GapRow[], reason: DropReason, detail?: string): void {
     if (rows.length === 0) return;
-    this.rowsDropped += rows.length;
-    this.metrics?.rowsDropped.inc({ reason }, rows.length);
-    const gaps = groupIntoGaps(rows, detail ? `${reason}: ${detail}` : reason);
+    this.countDropped(rows.length, reason);
+    this.startRecording(groupIntoGaps(rows, detail ? `${reason}: ${detail}` : reason));
+  }
+
+  private countDropped(rows: number, reason: DropReason): void {
+    this.rowsDropped += rows;
+    this.metrics?.rowsDropped.inc({ reason }, rows);
+  }
+
+  private startRecording(gaps: MirrorGap[]): void {
     const recording = this.recordGaps(gaps);
     this.gapRecordings.add(recording);
     void recording.finally(() => this.gapRecordings.delete(recording));
+  }
+
+  /** Records the held overflow gaps now (see heldGaps). */
+  private recordHeldGaps(): void {
+    if (this.heldGapsTimer !== null) this.clock.clearTimeout(this.heldGapsTimer);
+    this.heldGapsTimer = null;
+    if (this.heldGaps.size === 0) return;
+    const gaps = [...this.heldGaps.values()];
+    this.heldGaps = new Map();
+    this.heldGapRows = 0;
+    this.startRecording(gaps);
   }
 
   /** Postgres may be down too: retry a few times, then the error log is the last record of these rows. */
@@ -697,6 +729,7 @@ export class BatchWriter {
 
     if (outcome === 'deadline') this.abandonUnsent();
     this.stop();
+    this.recordHeldGaps();
     await this.gapRecordingsSettled();
     this.logger.info(
       { outcome, rowsSent: this.rowsSent, rowsDropped: this.rowsDropped, gapsRecorded: this.gapsRecorded },
@@ -787,7 +820,10 @@ export class BatchWriter {
     this.metrics.queueBytes.set({ table: queue.table }, queue.pendingBytes + (inFlight?.bytes ?? 0));
   }
 
-  /** Rows past the bound become queue_full gaps; the first of an overflow episode is logged, not every write. */
+  /**
+   * Rows past the bound become queue_full gaps, held and recorded together
+   * (see heldGaps). The first of an overflow episode is logged, not every write.
+   */
   private turnAway(rows: GapRow[]): void {
     if (rows.length === 0) return;
     if (this.overflowRows === 0) {
@@ -797,7 +833,17 @@ export class BatchWriter {
       );
     }
     this.overflowRows += rows.length;
-    this.dropIntoGaps(rows, 'queue_full');
+    this.countDropped(rows.length, 'queue_full');
+    addToGaps(this.heldGaps, rows, 'queue_full');
+    this.heldGapRows += rows.length;
+    if (this.heldGapRows >= this.options.flushRows) {
+      this.recordHeldGaps();
+    } else if (this.heldGapsTimer === null) {
+      this.heldGapsTimer = this.clock.setTimeout(() => {
+        this.heldGapsTimer = null;
+        this.guarded('mirror gap recording failed to start', () => this.recordHeldGaps());
+      }, this.options.flushIntervalMs);
+    }
   }
 
   /** Rows left the queue: the next row gets a chance to fit, and an overflow episode ends. */
@@ -843,6 +889,12 @@ const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, half_open: 1, o
 /** One gap per entity and project: the rows' keys, their created_at range and count. */
 export function groupIntoGaps(rows: GapRow[], reason: string): MirrorGap[] {
   const gaps = new Map<string, MirrorGap>();
+  addToGaps(gaps, rows, reason);
+  return [...gaps.values()];
+}
+
+/** Adds rows to the gaps of their entity and project, keyed by both. */
+function addToGaps(gaps: Map<string, MirrorGap>, rows: GapRow[], reason: string): void {
   for (const row of rows) {
     const id = `${row.entity}\u0000${row.projectId}`;
     const gap = gaps.get(id);
@@ -864,7 +916,6 @@ export function groupIntoGaps(rows: GapRow[], reason: string): MirrorGap[] {
     if (row.createdAt < gap.minCreatedAt) gap.minCreatedAt = row.createdAt;
     if (row.createdAt > gap.maxCreatedAt) gap.maxCreatedAt = row.createdAt;
   }
-  return [...gaps.values()];
 }
 
 function resolveOptions(settings: BatchWriterSettings): BatchWriterOptions {
