@@ -5,7 +5,7 @@ import { finished } from 'node:stream/promises';
 import { createClient } from '@clickhouse/client';
 import { sql } from 'kysely';
 import { parseConfig } from '../../src/config/app-config';
-import { Backfill } from '../../src/dbs/backfill/backfill';
+import { Backfill, DEFAULT_BACKFILL_OPTIONS } from '../../src/dbs/backfill/backfill';
 import { spanHistory } from '../../src/dbs/backfill/history-entities';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { SpanRow } from '../../src/dbs/postgres/database';
@@ -20,13 +20,14 @@ const USAGE = `usage: npm run bench:backfill -- [options]
 
 Backfill throughput: spans with ~1 KB of realistic attributes, generated in
 Postgres (INSERT ... SELECT generate_series), copied into ClickHouse by the
-backfill (src/dbs/backfill, connected as \`npm run backfill\` connects),
-against two ceilings measured in the same run, interleaved:
+backfill (src/dbs/backfill with its default batches, connected as
+\`npm run backfill\` connects), against two ceilings measured in the same
+run, interleaved:
   - Postgres read: a keyset SELECT of the same columns streaming every row,
-    page after page (same page size), parsed by node-postgres;
-  - ClickHouse insert: the same rows' JSONEachRow lines, prepared in memory
-    beforehand, inserted with @clickhouse/client (same batch size and client
-    settings as the backfill) into an empty table.
+    page after page (the backfill's batch size), parsed by node-postgres;
+  - ClickHouse insert: the same rows' JSONEachRow lines (the row mapper's),
+    prepared in memory beforehand, inserted with @clickhouse/client (the
+    backfill's batch size and client settings) into an empty table.
 Goals: >= 50,000 spans/s, and >= 1/2 of the slower ceiling.
 
   --rows N          spans to generate and copy (default 1000000)
@@ -125,13 +126,13 @@ async function main(): Promise<void> {
     const lineBytes = ceilingLines.reduce((n, l) => n + Buffer.byteLength(l) + 1, 0) / ceilingLines.length;
     log(`ClickHouse lines average ${num(lineBytes, 0)} bytes`);
 
-    const batchRows = 5_000;
+    const { batchRows, batchBytes } = DEFAULT_BACKFILL_OPTIONS;
     const paths: Record<Path, (round: number) => Promise<number>> = {
       backfill: async (round) => {
         const config = await clickhouse.createDatabase(`backfill_r${round}`);
         const ch = await connectClickHouse(parseConfig({ ...env, CLICKHOUSE_DATABASE: config.database }), () => undefined);
         try {
-          const result = await new Backfill(pg.db, ch.history).run(scope, { batchRows, batchBytes: 16 * 2 ** 20, restart: true });
+          const result = await new Backfill(pg, ch.history).run(scope, { batchRows, batchBytes, restart: true });
           return result.rowsCopied;
         } finally {
           await ch.close();

@@ -28,6 +28,7 @@ const HOSTILE_JSON = [
   '{"nested": {"x": [1, [2, [3, {"y": null}]], true, false], "spaces: , ": "  ,  :  "}, "empty": {}, "list": []}',
   '{"literal": "\\\\N", "tab key\\t": "\\\\t", "backslash at end\\\\": "\\\\"}',
   '[1, 2.0, "three", null]',
+  `{"past a double": 1${'0'.repeat(400)}, "below one": 0.${'0'.repeat(400)}1, "trailing zeros": [0.00100, 2.000]}`,
 ];
 
 const STRINGS = ['plain', 'tab\there', 'newline\nthere', 'carriage\rreturn', 'back\\slash', '\\N', '', 'ünïcødé 😀', 'form\ffeed\vvertical\bback'];

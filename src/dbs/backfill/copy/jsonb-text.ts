@@ -5,11 +5,11 @@
  * jsonb value, as COPY's text format prints it (backslashes doubled), into
  * the text JSON.stringify(JSON.parse(value)) gives, escaped the same way.
  *
- * The fast path only drops the spaces between tokens. It is taken only when
- * that is provably all JSON.stringify would change; otherwise (a number
- * Postgres prints differently from JavaScript, such as 1.50, -0 or 1e21 in
- * full; a key JavaScript would reorder, such as "10") the value goes through
- * JSON.parse and JSON.stringify, exactly as the mapper does.
+ * The fast path drops the spaces between tokens and reprints each number
+ * as JavaScript does (1.50 -> 1.5, -0 -> 0, 1000000000000000000000 ->
+ * 1e+21). Where JSON.stringify would change more than that (a key
+ * JavaScript orders first, such as "10") the value goes through JSON.parse
+ * and JSON.stringify, exactly as the mapper does.
  *
  * Why spaces are the only difference otherwise: jsonb's output escapes
  * exactly what JSON.stringify escapes (", \, and control characters, with
@@ -34,7 +34,7 @@ export function compactJsonbField(field: string): string {
   return compactFast(field) ?? viaJavaScript(field);
 }
 
-/** The value without inter-token spaces, or null when JSON.stringify would change more than that. */
+/** The value without inter-token spaces and with JavaScript's numbers, or null when JSON.stringify would change more than that. */
 function compactFast(text: string): string | null {
   let out = '';
   let from = 0;
@@ -71,7 +71,13 @@ function compactFast(text: string): string | null {
       const start = i;
       while (i < n && isNumberChar(text.charCodeAt(i))) i++;
       const token = text.slice(start, i);
-      if (String(Number(token)) !== token) return null;
+      const value = Number(token);
+      const printed = Number.isFinite(value) ? String(value) : 'null';
+      if (printed !== token) {
+        // JSON.parse reads the token as Number() does; JSON.stringify prints String(value), or null past a double's range.
+        out += text.slice(from, start) + printed;
+        from = i;
+      }
     } else {
       i += 1;
     }
