@@ -8,6 +8,7 @@ import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { GapReplay } from '../../src/dbs/backfill/gap-replay';
 import { HistoryScope, runKeyOf } from '../../src/dbs/backfill/history-scope';
 import { Verifier } from '../../src/dbs/backfill/verify';
+import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
 import { DB } from '../../src/dbs/postgres/database';
 import { PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
@@ -181,6 +182,23 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(resumed).toMatchObject({ outcome: 'complete', resumed: true, rowsCopied: 3_000, totalRowsCopied: 6_000 });
     expect(resumed.resumedFrom).toEqual(checkpoint.cursor);
     expect(await liveCount(ch.clients.query, 'spans')).toBe(6_000);
+  });
+
+  it('fails when ClickHouse refuses the inserts without holding Postgres connections, and the next run copies everything', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 2, rows: 3_000 });
+    const refused = createClickHouseClients(ch.config, 'http://127.0.0.1:1');
+    const noWait = async () => undefined;
+    const refusing = new ClickHouseHistory({ insert: refused.insert, query: ch.clients.query }, { url: ch.url, database: ch.database }, noWait);
+    try {
+      await expect(new Backfill(pg, refusing).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).rejects.toThrow(/failed after 4 attempt/);
+    } finally {
+      await refused.close();
+    }
+    // Each attempt opened a COPY; none may be left paused on a checked-out connection.
+    expect({ total: pg.pool.totalCount - pg.pool.idleCount, waiting: pg.pool.waitingCount }).toEqual({ total: 0, waiting: 0 });
+    const result = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
+    expect(result).toMatchObject({ rowsCopied: 3_000, resumed: true });
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(3_000);
   });
 
   it('stops when its lock session is gone (another run may have started), and the next run resumes', async () => {

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { pipeline } from 'node:stream';
 import { Kysely } from 'kysely';
 import { Pool } from 'pg';
 import { DB } from '../postgres/database';
@@ -151,7 +152,11 @@ export class Backfill {
           async () => {
             const out = await copyOut(this.postgres.pool, statement);
             out.once('end', sent);
-            return out.pipe(new CompactJsonbColumns(entity.copy.columns.length, entity.copy.jsonColumns));
+            const rows = new CompactJsonbColumns(entity.copy.columns.length, entity.copy.jsonColumns);
+            // pipeline, not pipe: a failure on either side (a Postgres error, a bad line, ClickHouse
+            // hanging up) destroys both, so the insert fails at once and the COPY's connection is discarded.
+            pipeline(out, rows, () => undefined);
+            return rows;
           },
           token,
         );

@@ -101,14 +101,22 @@ export class ClickHouseHistory {
   async insertTabSeparated(table: Entity, columns: readonly string[], rows: () => Promise<Readable>, dedupToken: string): Promise<void> {
     const list = columns.map((c) => `\`${c}\``).join(', ');
     await this.retried(table, async () => {
-      const result = await this.insertClient.exec({
-        query: `INSERT INTO ${table} (${list}) FORMAT TabSeparated`,
-        values: await rows(),
-        clickhouse_settings: { ...INSERT_SETTINGS, insert_deduplication_token: dedupToken },
-      });
-      // Read the (empty) answer to its end so the keep-alive socket goes back to the pool.
-      result.stream.resume();
-      await finished(result.stream);
+      const body = await rows();
+      try {
+        const result = await this.insertClient.exec({
+          query: `INSERT INTO ${table} (${list}) FORMAT TabSeparated`,
+          values: body,
+          clickhouse_settings: { ...INSERT_SETTINGS, insert_deduplication_token: dedupToken },
+        });
+        // Read the (empty) answer to its end so the keep-alive socket goes back to the pool.
+        result.stream.resume();
+        await finished(result.stream);
+      } catch (error) {
+        // A request that failed before reading the rows (refused, timed out) leaves their source
+        // paused mid-stream, holding what feeds it (a Postgres connection inside a COPY).
+        body.destroy();
+        throw error;
+      }
     });
   }
 
