@@ -10,6 +10,8 @@ import {
   MirrorLogger,
   MirrorRow,
   MirrorSink,
+  QUEUED_ROW_HEAP_BYTES,
+  queuedRowBytes,
 } from './batch-writer';
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
 
@@ -182,6 +184,9 @@ function spanRow(n: number, options: { bytes?: number; projectId?: string; table
 function rows(from: number, count: number, options: Parameters<typeof spanRow>[1] = {}): MirrorRow[] {
   return Array.from({ length: count }, (_, i) => spanRow(from + i, options));
 }
+
+/** What one spanRow with a 10-byte line costs the queue's bound (every spanRow's gap fields have the same length). */
+const ROW = queuedRowBytes(spanRow(1));
 
 function networkError(code = 'ECONNRESET'): Error {
   return Object.assign(new Error(`read ${code}`), { code });
@@ -479,7 +484,7 @@ describe('BatchWriter', () => {
 
   describe('memory bound', () => {
     it('turns rows beyond queueMaxBytes into gap records, and every written row is either sent or in a gap', async () => {
-      const { sink, writer, gaps, registry, logger, clock } = setup({ queueMaxBytes: 40 });
+      const { sink, writer, gaps, registry, logger, clock } = setup({ queueMaxBytes: 4 * ROW });
       const written = [
         spanRow(1, { projectId: PROJECT_A }),
         spanRow(2, { projectId: PROJECT_B }),
@@ -493,7 +498,7 @@ describe('BatchWriter', () => {
       writer.write(written);
       await settle();
 
-      expect(writer.stats()).toMatchObject({ queuedRows: 4, queuedBytes: 40, rowsDropped: 3 });
+      expect(writer.stats()).toMatchObject({ queuedRows: 4, queuedBytes: 4 * ROW, rowsDropped: 3 });
       // Overflow gaps are recorded once per flush interval (see 'records the gaps of rows turned away ... together').
       await clock.advance(TEST_SETTINGS.flushIntervalMs!);
       const byProject = new Map(gaps.recorded.map((g) => [g.projectId, g]));
@@ -518,7 +523,8 @@ describe('BatchWriter', () => {
     });
 
     it('once a row does not fit, turns every row away, even one that would, until rows leave the queue', async () => {
-      const { sink, writer, gaps, logger } = setup({ queueMaxBytes: 30, flushRows: 2 });
+      // Rows 1 and 2 take 2 ROW; row 3 (10 bytes more) does not fit in the third, row 4 (5 bytes less) would.
+      const { sink, writer, gaps, logger } = setup({ queueMaxBytes: 3 * ROW, flushRows: 2 });
       sink.behaviours.push('hang');
       writer.write(rows(1, 2));
       await settle();
@@ -526,13 +532,13 @@ describe('BatchWriter', () => {
       writer.write([spanRow(3, { bytes: 20 }), spanRow(4, { bytes: 5 })]);
       writer.write([spanRow(5, { bytes: 5 })]);
       expect(writer.full).toBe(true);
-      expect(writer.stats()).toMatchObject({ queuedRows: 2, queuedBytes: 20, rowsDropped: 3 });
+      expect(writer.stats()).toMatchObject({ queuedRows: 2, queuedBytes: 2 * ROW, rowsDropped: 3 });
 
       sink.releaseHung();
       await settle();
       expect(writer.full).toBe(false);
       writer.write([spanRow(6, { bytes: 5 })]);
-      expect(writer.stats()).toMatchObject({ queuedRows: 1, queuedBytes: 5, rowsDropped: 3 });
+      expect(writer.stats()).toMatchObject({ queuedRows: 1, queuedBytes: ROW - 5, rowsDropped: 3 });
       await writer.drain();
       expect(gaps.recorded.flatMap((g) => g.keys)).toEqual([3, 4, 5].map((n) => spanRow(n).key));
       expect(logger.entries.filter((e) => e.msg.includes('queue is full'))).toHaveLength(1);
@@ -540,7 +546,7 @@ describe('BatchWriter', () => {
     });
 
     it('records rows a producer hands over without lines (writeOverflow) as queue_full gaps, never queueing them', async () => {
-      const { writer, gaps, registry } = setup({ queueMaxBytes: 10 });
+      const { writer, gaps, registry } = setup({ queueMaxBytes: ROW });
       writer.write(rows(1, 2));
       const { line: _line, ...keysOnly } = spanRow(3);
       writer.writeOverflow([keysOnly]);
@@ -556,8 +562,27 @@ describe('BatchWriter', () => {
       expect(gaps.recorded.at(-1)).toMatchObject({ keys: [spanRow(3).key], reason: 'writer_closed' });
     });
 
+    it('counts what a row costs in memory: its line and gap fields in UTF-8, and its heap object', async () => {
+      const row: MirrorRow = { table: 'spans', entity: 'spans', projectId: PROJECT_A, key: ['trace-é', 'span-✓'], createdAt: '2026-03-01T12:00:00.000001Z', line: '{"name":"café"}' };
+      const fields = JSON.stringify(['spans', PROJECT_A, row.createdAt, 'trace-é', 'span-✓']);
+      expect(queuedRowBytes(row)).toBe(Buffer.byteLength(fields) + Buffer.byteLength(row.line) + QUEUED_ROW_HEAP_BYTES);
+
+      // Exactly one such row fits; its gap fields come back from the store intact when it cannot be sent.
+      const { sink, writer, gaps } = setup({ queueMaxBytes: queuedRowBytes(row), maxAttempts: 1 });
+      sink.fallback = { reject: clickHouseError('60', 'UNKNOWN_TABLE') };
+      writer.write([row, { ...row, key: ['trace-é', 'another'] }]);
+      expect(writer.stats()).toMatchObject({ queuedRows: 1, queuedBytes: queuedRowBytes(row) });
+      await writer.drain();
+      expect(gaps.recorded).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({ entity: 'spans', projectId: PROJECT_A, keys: [row.key], minCreatedAt: row.createdAt, maxCreatedAt: row.createdAt }),
+        ]),
+      );
+      expect(sink.attempts.map((a) => a.lines)).toEqual([[row.line]]);
+    });
+
     it('counts in-flight batches against the bound', async () => {
-      const { sink, writer, gaps, clock } = setup({ queueMaxBytes: 30, flushRows: 3 });
+      const { sink, writer, gaps, clock } = setup({ queueMaxBytes: 3 * ROW, flushRows: 3 });
       sink.behaviours.push('hang');
       writer.write(rows(1, 3));
       await settle();
@@ -566,13 +591,13 @@ describe('BatchWriter', () => {
       writer.write(rows(4, 1));
       await clock.advance(TEST_SETTINGS.flushIntervalMs!);
       expect(gaps.rows()).toBe(1);
-      expect(writer.stats().queuedBytes).toBe(30);
+      expect(writer.stats().queuedBytes).toBe(3 * ROW);
     });
   });
 
   describe('gap recording', () => {
     it('records the gaps of rows turned away at the bound together, once per flush interval, one per entity and project', async () => {
-      const { writer, clock, gaps, registry, sink } = setup({ queueMaxBytes: 10 });
+      const { writer, clock, gaps, registry, sink } = setup({ queueMaxBytes: ROW });
       // ClickHouse hangs, so the one row that fits stays queued throughout.
       sink.fallback = 'hang';
       writer.write(rows(1, 1));
@@ -602,7 +627,7 @@ describe('BatchWriter', () => {
     });
 
     it('records held overflow gaps at once when they reach flushRows keys', async () => {
-      const { writer, gaps } = setup({ queueMaxBytes: 10, flushRows: 3 });
+      const { writer, gaps } = setup({ queueMaxBytes: ROW, flushRows: 3 });
       writer.write(rows(1, 3));
       await settle();
       expect(gaps.calls).toBe(0);
@@ -613,12 +638,12 @@ describe('BatchWriter', () => {
     });
 
     it('drain() and shutdown() record held overflow gaps without waiting for the interval', async () => {
-      const drained = setup({ queueMaxBytes: 10 });
+      const drained = setup({ queueMaxBytes: ROW });
       drained.writer.write(rows(1, 3));
       await drained.writer.drain();
       expect(drained.gaps.rows()).toBe(2);
 
-      const shut = setup({ queueMaxBytes: 10 });
+      const shut = setup({ queueMaxBytes: ROW });
       shut.writer.write(rows(1, 3));
       await shut.writer.shutdown();
       expect(shut.gaps.rows()).toBe(2);
@@ -627,7 +652,7 @@ describe('BatchWriter', () => {
     });
 
     it('retries a failed gap record and succeeds without losing rows', async () => {
-      const { writer, clock, gaps, registry } = setup({ queueMaxBytes: 10 });
+      const { writer, clock, gaps, registry } = setup({ queueMaxBytes: ROW });
       gaps.failures = 2;
       writer.write(rows(1, 2));
       await clock.advance(60_000);
@@ -638,7 +663,7 @@ describe('BatchWriter', () => {
     });
 
     it('counts rows as lost and logs their time range when Postgres cannot record the gap either', async () => {
-      const { writer, clock, gaps, registry, logger } = setup({ queueMaxBytes: 10 });
+      const { writer, clock, gaps, registry, logger } = setup({ queueMaxBytes: ROW });
       gaps.failures = 100;
       writer.write(rows(1, 3));
       await clock.advance(60_000);
@@ -771,7 +796,7 @@ describe('BatchWriter', () => {
 
       expect(writer.stats()).toEqual({
         queuedRows: 3,
-        queuedBytes: 60,
+        queuedBytes: 3 * (ROW + 10),
         inFlightBatches: 1,
         breaker: 'closed',
         gapsRecorded: 1,
@@ -783,7 +808,7 @@ describe('BatchWriter', () => {
         lagMs: 0,
       });
       expect(await metricValue(registry, 'mirror_queue_rows', { table: 'spans' })).toBe(3);
-      expect(await metricValue(registry, 'mirror_queue_bytes', { table: 'spans' })).toBe(60);
+      expect(await metricValue(registry, 'mirror_queue_bytes', { table: 'spans' })).toBe(3 * (ROW + 10));
       expect(await metricValue(registry, 'mirror_rows_sent_total', { table: 'spans' })).toBe(2);
 
       await clock.advance(700);

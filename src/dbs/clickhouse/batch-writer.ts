@@ -20,7 +20,7 @@ export interface MirrorRow {
   key: string[];
   /** ISO-8601 with microseconds, for gap time ranges. */
   createdAt: string;
-  /** The row serialized as one JSONEachRow line, no trailing newline; its UTF-8 length is what the limits count. */
+  /** The row serialized as one JSONEachRow line, no trailing newline; its UTF-8 length is what flushBytes counts. */
   line: string;
 }
 
@@ -98,6 +98,7 @@ export const DEFAULT_BATCH_WRITER_OPTIONS: BatchWriterOptions = {
 
 export interface BatchWriterStats {
   queuedRows: number;
+  /** What the queued rows hold in memory (queuedRowBytes each), bounded by queueMaxBytes. */
   queuedBytes: number;
   inFlightBatches: number;
   breaker: BreakerState;
@@ -133,24 +134,63 @@ const realClock: Clock = {
   clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
 };
 
+/**
+ * A queued row is one small fixed-shape object; everything else about it is
+ * UTF-8 off the V8 heap, in its table's current store: first its gap fields
+ * (JSON [entity, projectId, createdAt, ...key]), then its line. Held on the
+ * heap (the line as a string, the gap fields as strings, arrays and objects),
+ * a full queue made the old generation that much bigger, and V8 lets garbage
+ * grow in proportion to the old generation before collecting: with ClickHouse
+ * down the process grew by several times the queue's bound.
+ */
 interface QueuedRow {
-  row: GapRow;
-  /**
-   * The line's UTF-8 bytes, off the V8 heap, in its table's current line
-   * store. Held as strings, a full queue made the old generation that much
-   * bigger, and V8 lets garbage grow in proportion to it before collecting:
-   * with ClickHouse down the process grew by several times the queue's bound.
-   */
-  data: Buffer;
-  bytes: number;
+  store: Buffer;
+  start: number;
+  fieldBytes: number;
+  lineBytes: number;
   enqueuedAt: number;
   /** Write order across all tables; drain() waits for the rows up to a given sequence. */
   seq: number;
 }
 
+/**
+ * What a queued row costs on the V8 heap besides its store bytes: the
+ * QueuedRow (6 fields, 72 bytes), its enqueuedAt (a heap number, 16 bytes) and
+ * its slots in the pending and batch arrays, as a heap snapshot of a full
+ * queue measures it (bench:memory, ClickHouse down). The bound counts it, so
+ * MIRROR_QUEUE_MAX_BYTES is what the queue holds in memory, not only its lines.
+ */
+export const QUEUED_ROW_HEAP_BYTES = 100;
+
+/** What a row costs the queue, as its bound counts it: its gap fields and line in the store, and its heap object. */
+export function queuedRowBytes(row: MirrorRow): number {
+  return rowBytes(Buffer.byteLength(gapFieldsOf(row), 'utf8'), Buffer.byteLength(row.line, 'utf8'));
+}
+
+function rowBytes(fieldBytes: number, lineBytes: number): number {
+  return fieldBytes + lineBytes + QUEUED_ROW_HEAP_BYTES;
+}
+
+function gapFieldsOf(row: GapRow): string {
+  return JSON.stringify([row.entity, row.projectId, row.createdAt, ...row.key]);
+}
+
+/** A queued row's gap fields, read back from its store when it becomes a gap. */
+function gapRowOf(table: string, queued: QueuedRow): GapRow {
+  const fields = JSON.parse(queued.store.toString('utf8', queued.start, queued.start + queued.fieldBytes)) as string[];
+  const [entity, projectId, createdAt, ...key] = fields;
+  return { table, entity, projectId, key, createdAt };
+}
+
+function lineOf(queued: QueuedRow): string {
+  const start = queued.start + queued.fieldBytes;
+  return queued.store.toString('utf8', start, start + queued.lineBytes);
+}
+
 interface Batch {
   table: string;
   rows: QueuedRow[];
+  /** What the rows cost the queue (queuedRowBytes each): what queueMaxBytes limits. */
   bytes: number;
   /** Fixed when the batch is cut and reused on every retry, so ClickHouse drops a repeated insert. */
   dedupToken: string;
@@ -167,16 +207,19 @@ interface DrainWaiter {
 interface TableQueue {
   table: string;
   pending: QueuedRow[];
+  /** Bytes of the pending rows' lines, for flushBytes. */
+  pendingLineBytes: number;
+  /** What the pending rows cost the queue, for the bound and the gauge. */
   pendingBytes: number;
   inFlight: Batch | null;
   intervalTimer: unknown | null;
-  /** Where new lines are copied; a fresh one when full. Rows leave in order, so a store is freed once its last row is settled. */
+  /** Where new rows are copied; a fresh one when full. Rows leave in order, so a store is freed once its last row is settled. */
   store: Buffer | null;
   storeUsed: number;
 }
 
-/** One allocation per this many bytes of lines instead of one per line, with little left unused at a store's end. */
-const LINE_STORE_BYTES = 256 * 1024;
+/** One allocation per this many bytes of rows instead of one per row, with little left unused at a store's end. */
+const ROW_STORE_BYTES = 256 * 1024;
 
 /**
  * Mirrors rows to ClickHouse in batches without ever making the caller wait
@@ -279,14 +322,17 @@ export class BatchWriter {
       }
       for (; accounted < rows.length && !this.queueFull; accounted++) {
         const row = rows[accounted];
-        const bytes = Buffer.byteLength(row.line, 'utf8');
+        const fields = gapFieldsOf(row);
+        const fieldBytes = Buffer.byteLength(fields, 'utf8');
+        const lineBytes = Buffer.byteLength(row.line, 'utf8');
+        const bytes = rowBytes(fieldBytes, lineBytes);
         if (this.queuedBytes + bytes > this.options.queueMaxBytes) {
           this.queueFull = true;
           break;
         }
         const queue = this.queueFor(row.table);
-        const { line, ...gapRow } = row;
-        queue.pending.push({ row: gapRow, data: this.storeLine(queue, line, bytes), bytes, enqueuedAt: this.clock.now(), seq: ++this.lastSeq });
+        this.enqueue(queue, fields, fieldBytes, row.line, lineBytes);
+        queue.pendingLineBytes += lineBytes;
         queue.pendingBytes += bytes;
         this.queuedRows += 1;
         this.queuedBytes += bytes;
@@ -404,21 +450,24 @@ export class BatchWriter {
   private queueFor(table: string): TableQueue {
     let queue = this.tables.get(table);
     if (!queue) {
-      queue = { table, pending: [], pendingBytes: 0, inFlight: null, intervalTimer: null, store: null, storeUsed: 0 };
+      queue = { table, pending: [], pendingLineBytes: 0, pendingBytes: 0, inFlight: null, intervalTimer: null, store: null, storeUsed: 0 };
       this.tables.set(table, queue);
     }
     return queue;
   }
 
-  /** Copies a line into the table's line store and returns a view of its bytes. */
-  private storeLine(queue: TableQueue, line: string, bytes: number): Buffer {
+  /** Copies the row's gap fields and line into the table's store and queues it. */
+  private enqueue(queue: TableQueue, fields: string, fieldBytes: number, line: string, lineBytes: number): void {
+    const bytes = fieldBytes + lineBytes;
     if (queue.store === null || queue.storeUsed + bytes > queue.store.length) {
-      queue.store = Buffer.allocUnsafeSlow(Math.max(LINE_STORE_BYTES, bytes));
+      queue.store = Buffer.allocUnsafeSlow(Math.max(ROW_STORE_BYTES, bytes));
       queue.storeUsed = 0;
     }
     const start = queue.storeUsed;
-    queue.storeUsed += queue.store.write(line, start, 'utf8');
-    return queue.store.subarray(start, queue.storeUsed);
+    queue.store.write(fields, start, fieldBytes, 'utf8');
+    queue.store.write(line, start + fieldBytes, lineBytes, 'utf8');
+    queue.storeUsed += bytes;
+    queue.pending.push({ store: queue.store, start, fieldBytes, lineBytes, enqueuedAt: this.clock.now(), seq: ++this.lastSeq });
   }
 
   /** Start the table's next insert if one is due and allowed; otherwise make sure something will look again. */
@@ -441,7 +490,7 @@ export class BatchWriter {
     const oldest = queue.pending[0];
     return (
       queue.pending.length >= this.options.flushRows ||
-      queue.pendingBytes >= this.options.flushBytes ||
+      queue.pendingLineBytes >= this.options.flushBytes ||
       oldest.seq <= this.forceFlushThrough ||
       this.clock.now() - oldest.enqueuedAt >= this.options.flushIntervalMs
     );
@@ -465,14 +514,17 @@ export class BatchWriter {
   /** Take rows from the front up to the batch limits; a single row larger than a limit still goes alone. */
   private cutBatch(queue: TableQueue): Batch {
     let count = 0;
+    let lineBytes = 0;
     let bytes = 0;
     while (count < queue.pending.length && count < this.options.flushRows) {
-      const next = queue.pending[count].bytes;
-      if (count > 0 && bytes + next > this.options.flushBytes) break;
-      bytes += next;
+      const next = queue.pending[count];
+      if (count > 0 && lineBytes + next.lineBytes > this.options.flushBytes) break;
+      lineBytes += next.lineBytes;
+      bytes += rowBytes(next.fieldBytes, next.lineBytes);
       count += 1;
     }
     const rows = queue.pending.splice(0, count);
+    queue.pendingLineBytes -= lineBytes;
     queue.pendingBytes -= bytes;
     // The timer was set for the row that just left; the rest get a fresh one once this batch settles.
     this.clearIntervalTimer(queue);
@@ -574,7 +626,7 @@ export class BatchWriter {
       // Decoded per attempt, so a batch waiting out an outage stays off the heap.
       await this.sink.insert(
         batch.table,
-        batch.rows.map((queued) => queued.data.toString('utf8')),
+        batch.rows.map(lineOf),
         batch.dedupToken,
       );
       return null;
@@ -641,7 +693,7 @@ export class BatchWriter {
     batch.settled = true;
     this.releaseQueued(batch);
     this.dropIntoGaps(
-      batch.rows.map((queued) => queued.row),
+      batch.rows.map((queued) => gapRowOf(batch.table, queued)),
       reason,
       detail,
     );
@@ -748,9 +800,10 @@ export class BatchWriter {
         this.settleAsGap(queue.inFlight, 'shutdown_deadline');
         queue.inFlight = null;
       }
-      const rows = queue.pending.splice(0).map((queued) => queued.row);
+      const rows = queue.pending.splice(0).map((queued) => gapRowOf(queue.table, queued));
       this.queuedRows -= rows.length;
       this.queuedBytes -= queue.pendingBytes;
+      queue.pendingLineBytes = 0;
       queue.pendingBytes = 0;
       this.noteRoom();
       this.dropIntoGaps(rows, 'shutdown_deadline');

@@ -5,7 +5,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
  * alerts' contract: keep them stable.
  *
  *   mirror_queue_rows{table}              gauge: rows waiting or in flight
- *   mirror_queue_bytes{table}             gauge: their JSONEachRow bytes (bounded by queueMaxBytes in total)
+ *   mirror_queue_bytes{table}             gauge: the memory they hold: lines, gap fields, per-row heap (bounded by queueMaxBytes in total)
  *   mirror_flush_duration_seconds{table}  histogram: one insert attempt, request to answer
  *   mirror_flush_rows{table}              histogram: rows per batch sent
  *   mirror_rows_sent_total{table}         counter: rows ClickHouse confirmed
@@ -42,7 +42,7 @@ export function createMirrorMetrics(registry: Registry): MirrorMetrics {
     }),
     queueBytes: new Gauge({
       name: 'mirror_queue_bytes',
-      help: 'Bytes queued for the ClickHouse mirror, including in-flight batches',
+      help: 'Memory held by rows queued for the ClickHouse mirror (lines, gap keys, per-row heap), including in-flight batches',
       labelNames: ['table'],
       registers,
     }),

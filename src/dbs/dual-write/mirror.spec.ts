@@ -1,6 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { Registry } from 'prom-client';
-import { BatchWriter, BatchWriterSettings, MirrorGap, MirrorRow } from '../clickhouse/batch-writer';
+import { BatchWriter, BatchWriterSettings, MirrorGap, MirrorRow, queuedRowBytes } from '../clickhouse/batch-writer';
 import { Mirror } from './mirror';
 import { MirrorPlan } from './mirrored-dao';
 
@@ -110,8 +110,9 @@ describe('Mirror', () => {
   });
 
   it('while the writer\'s queue is full, hands over keys without mapping lines, and maps again once there is room', async () => {
-    // The lines of ids 1–10 (9 × 8 bytes + 9) fill the queue; ClickHouse hangs, so they stay there.
-    const { mirror, writer, sent, gaps, clickHouse } = rig([], { queueMaxBytes: 81, flushRows: 10 });
+    // Records 1–10 fill the queue; ClickHouse hangs, so they stay there.
+    const queueMaxBytes = records(1, 10).reduce((sum, r) => sum + queuedRowBytes({ ...plan.toGapRow(r), line: `{"id":${r.id}}` }), 0);
+    const { mirror, writer, sent, gaps, clickHouse } = rig([], { queueMaxBytes, flushRows: 10 });
     clickHouse.hang();
     mirror.accept(plan, records(1, 15));
     expect(writer.stats()).toMatchObject({ queuedRows: 10, rowsDropped: 5 });
