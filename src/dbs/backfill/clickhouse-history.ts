@@ -90,6 +90,7 @@ export class ClickHouseHistory {
    * ClickHouse rather than stored twice.
    */
   async insert(table: Entity, pieces: string[], dedupToken: string): Promise<void> {
+    if (pieces.length === 0) return;
     await this.retried(table, () => this.sink.insert(table, pieces, dedupToken));
   }
 

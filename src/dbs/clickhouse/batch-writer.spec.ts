@@ -1,6 +1,7 @@
 import { ClickHouseError } from '@clickhouse/client';
 import { Registry } from 'prom-client';
 import {
+  InsertLines,
   BatchWriter,
   BatchWriterSettings,
   Clock,
@@ -14,6 +15,9 @@ import {
   queuedRowBytes,
 } from './batch-writer';
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
+
+/** A line the writer handed over (bytes from its stores) as text. */
+const lineText = (line: string | Uint8Array): string => (typeof line === 'string' ? line : Buffer.from(line).toString('utf8'));
 
 /** Timers that only fire when the test advances time. */
 class ManualClock implements Clock {
@@ -84,8 +88,8 @@ class FakeSink implements MirrorSink {
 
   constructor(private readonly clock: ManualClock) {}
 
-  insert(table: string, lines: string[], dedupToken: string): Promise<void> {
-    const call = { table, lines: [...lines], dedupToken, at: this.clock.now() };
+  insert(table: string, lines: InsertLines, dedupToken: string): Promise<void> {
+    const call = { table, lines: [...lines].map(lineText), dedupToken, at: this.clock.now() };
     this.attempts.push(call);
     const behaviour = this.behaviours.shift() ?? this.fallback;
     if (behaviour === 'ok') {

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { ClickHouseClient, ClickHouseSettings } from '@clickhouse/client';
-import { MirrorSink } from './batch-writer';
+import { InsertLines, MirrorSink } from './batch-writer';
 
 const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
@@ -27,8 +27,7 @@ export const INSERT_SETTINGS: ClickHouseSettings = {
 export class ClickHouseSink implements MirrorSink {
   constructor(private readonly client: ClickHouseClient) {}
 
-  async insert(table: string, lines: string[], dedupToken: string): Promise<void> {
-    if (lines.length === 0) return;
+  async insert(table: string, lines: InsertLines, dedupToken: string): Promise<void> {
     // A table name cannot be a bound parameter; it comes from our mappers, and is checked.
     if (!TABLE_NAME.test(table)) throw new Error(`not a table name: "${table}"`);
     const result = await this.client.exec({
@@ -52,21 +51,25 @@ export class ClickHouseSink implements MirrorSink {
 /**
  * About 1 MiB of lines per chunk: every chunk is one write into the gzip
  * stream, a round trip to libuv's thread pool, so a chunk per line (10,000
- * per batch) spent more CPU on those hand-offs than on compressing.
+ * per batch) spent more CPU on those hand-offs than on compressing. Chunks
+ * are built as the request reads them, one per pull, so a batch's body is
+ * never materialized at once on the event loop.
  */
-const BODY_CHUNK_CHARS = 1 << 20;
+const BODY_CHUNK_BYTES = 1 << 20;
+const NEWLINE = Buffer.from('\n');
 
-function* bodyOf(lines: string[]): Generator<string> {
-  let chunk: string[] = [];
-  let chars = 0;
+function* bodyOf(lines: InsertLines): Generator<Buffer> {
+  let parts: Uint8Array[] = [];
+  let bytes = 0;
   for (const line of lines) {
-    chunk.push(line);
-    chars += line.length + 1;
-    if (chars >= BODY_CHUNK_CHARS) {
-      yield `${chunk.join('\n')}\n`;
-      chunk = [];
-      chars = 0;
+    const data = typeof line === 'string' ? Buffer.from(line, 'utf8') : line;
+    parts.push(data, NEWLINE);
+    bytes += data.length + 1;
+    if (bytes >= BODY_CHUNK_BYTES) {
+      yield Buffer.concat(parts, bytes);
+      parts = [];
+      bytes = 0;
     }
   }
-  if (chunk.length > 0) yield `${chunk.join('\n')}\n`;
+  if (bytes > 0) yield Buffer.concat(parts, bytes);
 }

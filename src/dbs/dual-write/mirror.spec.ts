@@ -41,7 +41,7 @@ function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}) {
       sink: {
         insert: async (_table, lines) => {
           if (hanging) await new Promise<void>((answer) => hanging!.push(answer));
-          sent.push(...lines);
+          for (const line of lines) sent.push(typeof line === 'string' ? line : Buffer.from(line).toString('utf8'));
         },
         ping: async () => true,
       },
