@@ -32,15 +32,8 @@ async function run(name: string, args: string[]): Promise<{ code: number; goals:
 }
 
 async function main(): Promise<void> {
-  const argv = process.argv.slice(2);
-  const flags = new BenchFlags(argv, USAGE);
-  const onlyIndex = argv.findIndex((a) => a === '--only' || a.startsWith('--only='));
-  const only = onlyIndex === -1 ? [...BENCHES] : (argv[onlyIndex].includes('=') ? argv[onlyIndex].split('=')[1] : argv[onlyIndex + 1]).split(',');
-  const unknown = only.filter((name) => !(BENCHES as readonly string[]).includes(name));
-  if (unknown.length) {
-    process.stderr.write(`unknown benchmark ${unknown.join(', ')}\n\n${USAGE}\n`);
-    process.exit(2);
-  }
+  const flags = new BenchFlags(process.argv.slice(2), USAGE);
+  const only = flags.names('only', BENCHES, [...BENCHES]);
   const args = flags.has('quick') ? ['--quick'] : [];
   const summary: string[] = [];
   let failed = 0;

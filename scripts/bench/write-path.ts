@@ -24,6 +24,7 @@ two cores (in production it runs elsewhere).
   --seconds N       length of each mode's phase per scenario per round (default 2)
   --sizes A,B       spans per request (default 1,50)
   --concurrency N   in-flight requests of the concurrent HTTP scenarios (default 8)
+  --modes A,B       the modes to run, of off,up,down,null (default all; off, the baseline, is always run)
   --no-null         leave out the null-ClickHouse mode
   --down-queue-mib N   MIRROR_QUEUE_MAX_BYTES of the ClickHouse-down API (default: the product's);
                     a small one puts it in the long-outage regime at once (queue full, rows become gaps)
@@ -75,7 +76,9 @@ async function main(): Promise<void> {
     concurrency: flags.int('concurrency', 8),
     downQueueMiB: flags.has('down-queue-mib') ? flags.int('down-queue-mib', 1) : null,
   };
-  const MODES: Mode[] = flags.has('no-null') ? ['off', 'up', 'down'] : ['off', 'up', 'down', 'null'];
+  const chosen = flags.names<Mode>('modes', ['off', 'up', 'down', 'null'], flags.has('no-null') ? ['off', 'up', 'down'] : ['off', 'up', 'down', 'null']);
+  // Every ratio is against off in the same round, so off always runs.
+  const MODES: Mode[] = (['off', 'up', 'down', 'null'] as const).filter((m) => m === 'off' || chosen.includes(m));
   const report = new BenchReport('write-path', { ...options, modes: MODES });
   const log = (line: string) => report.print(line);
 

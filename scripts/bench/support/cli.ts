@@ -19,6 +19,11 @@ export class BenchFlags {
       else if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) this.values.set(name, argv[++i]);
       else this.switches.add(name);
     }
+    // The usage text is the list of flags: a misspelt or unsupported one must not be silently ignored.
+    const known = new Set((usage.match(/--[a-z][a-z0-9-]*/g) ?? []).map((flag) => flag.slice(2)));
+    for (const name of [...this.values.keys(), ...this.switches]) {
+      if (!known.has(name)) this.fail(`unknown flag --${name}`);
+    }
   }
 
   has(name: string): boolean {
@@ -42,6 +47,16 @@ export class BenchFlags {
     if (raw === undefined) return undefined;
     if (!choices.includes(raw as T)) this.fail(`--${name} must be one of ${choices.join(', ')}, got "${raw}"`);
     return raw as T;
+  }
+
+  /** Comma-separated names, each one of `choices`; `fallback` when the flag is absent. */
+  names<T extends string>(name: string, choices: readonly T[], fallback: T[]): T[] {
+    const raw = this.values.get(name);
+    if (raw === undefined) return fallback;
+    const values = raw.split(',').map((s) => s.trim());
+    const wrong = values.filter((v) => !choices.includes(v as T));
+    if (wrong.length || values.length === 0) this.fail(`--${name} takes a comma-separated list of ${choices.join(', ')}, got "${raw}"`);
+    return values as T[];
   }
 
   list(name: string, fallback: number[]): number[] {
