@@ -257,6 +257,11 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       const project = await keys.projectOf(key);
       if (!project) throw new UsageError('--key is not a live API key in this DATABASE_URL');
       projectId = project;
+      // The run ends by comparing Postgres with the mirror: say now, not after the load, that there is none.
+      const health = (await fetch(`${url.replace(/\/$/, '')}/health`).then((r) => r.json()).catch(() => null)) as { details?: { mirror?: { enabled?: boolean } } } | null;
+      if (health?.details?.mirror?.enabled === false) {
+        throw new UsageError(`the API at ${url} runs with USE_CLICKHOUSE off; npm run load checks the mirror, so start it with USE_CLICKHOUSE=true`);
+      }
     } else {
       const main = await ensureApiBuild(log);
       api = await startApiProcess({ ...stores.env, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn' }, { main });
