@@ -55,17 +55,20 @@ export class KeysetReader<Row> {
     const key = this.keyColumns();
     const columns = sql.join(this.entity.columns.map((c) => sql.ref(c)));
     // The running size is a window over the same ordered index scan, cut off by LIMIT, so
-    // Postgres stops reading at the row limit and we drop the rows past the byte limit.
+    // Postgres stops reading at the row limit and we drop the rows past the byte limit;
+    // each row's size is computed once, in the innermost query (as in bound()).
     const result = await sql<Row>`
       select ${columns} from (
-        select ${columns}, ${this.entity.storedSize} as row_bytes,
-               sum(${this.entity.storedSize}) over (order by ${key} rows between unbounded preceding and current row) as running_bytes
-        from ${sql.table(this.entity.table)}
-        where ${this.conditions(scope, after, upperBound)}
-        order by ${key}
-        limit ${limits.rows}
-      ) page
-      where page.running_bytes - page.row_bytes < ${limits.bytes}
+        select ${columns}, sum(row_bytes) over (order by ${key} rows between unbounded preceding and current row) - row_bytes as bytes_before
+        from (
+          select ${columns}, ${this.entity.storedSize} as row_bytes
+          from ${sql.table(this.entity.table)}
+          where ${this.conditions(scope, after, upperBound)}
+          order by ${key}
+          limit ${limits.rows}
+        ) page
+      ) sized
+      where bytes_before < ${limits.bytes}
       order by ${key}`.execute(this.db);
     const rows = result.rows;
     return { rows, last: rows.length ? this.entity.cursorOf(rows[rows.length - 1]) : null };
