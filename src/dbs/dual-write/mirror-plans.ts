@@ -3,8 +3,8 @@ import { ObservabilityDao } from '../../observability/observability.dao';
 import { DeletedSpan, Span } from '../../tracing/span';
 import { isoToMicros } from '../../tracing/timestamp';
 import { TracingDao } from '../../tracing/tracing.dao';
-import { MirroredNode, toNodeGapRow, toNodeMirrorRow } from '../clickhouse/node-clickhouse-row.mapper';
-import { MirroredSpan, toSpanGapRow, toSpanMirrorRow } from '../clickhouse/span-clickhouse-row.mapper';
+import { MirroredNode, toNodeClickHouseLine, toNodeGapRow } from '../clickhouse/node-clickhouse-row.mapper';
+import { MirroredSpan, toSpanClickHouseLine, toSpanGapRow } from '../clickhouse/span-clickhouse-row.mapper';
 import { MirrorPlan } from './mirrored-dao';
 
 /**
@@ -31,8 +31,8 @@ export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
     deleteSpans: (spans: DeletedSpan[]) => spans.map(tombstone),
     deleteTraces: (spans: DeletedSpan[]) => spans.map(tombstone),
   },
-  toMirrorRow: toSpanMirrorRow,
   toGapRow: toSpanGapRow,
+  toLine: toSpanClickHouseLine,
 };
 
 export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
@@ -41,6 +41,6 @@ export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
     ingestNodes: (nodes: ObservabilityNode[]) => nodes.map(upserted),
     deleteTrees: (nodes: DeletedNode[]) => nodes.map(tombstone),
   },
-  toMirrorRow: toNodeMirrorRow,
   toGapRow: toNodeGapRow,
+  toLine: toNodeClickHouseLine,
 };

@@ -18,12 +18,12 @@ const mappedIds: number[] = [];
 const plan: MirrorPlan<unknown, Item> = {
   entity: 'spans',
   writes: {},
-  toMirrorRow: (record) => {
+  toGapRow: (record) => ({ table: 'spans', entity: 'spans', projectId: record.projectId, key: [String(record.id)], createdAt: '2026-11-22T10:00:00.000000Z' }),
+  toLine: (record) => {
     if (record.id < 0) throw new Error(`record ${record.id} cannot be mapped`);
     mappedIds.push(record.id);
-    return { ...plan.toGapRow(record), line: `{"id":${record.id}}` };
+    return `{"id":${record.id}}`;
   },
-  toGapRow: (record) => ({ table: 'spans', entity: 'spans', projectId: record.projectId, key: [String(record.id)], createdAt: '2026-11-22T10:00:00.000000Z' }),
 };
 
 const records = (from: number, to: number, projectId = A): Item[] => Array.from({ length: to - from + 1 }, (_, i) => ({ id: from + i, projectId }));
@@ -103,9 +103,12 @@ describe('Mirror', () => {
 
   it('keeps only the rolled-out projects, and counts records that cannot be mapped without losing the rest', async () => {
     const { mirror, writer, sent, registry } = rig([A]);
+    mappedIds.length = 0;
     mirror.accept(plan, [...records(1, 3, A), { id: -1, projectId: A }, ...records(4, 5, B), ...records(6, 7, A)]);
     await writer.drain();
     expect(sent).toEqual(['{"id":1}', '{"id":2}', '{"id":3}', '{"id":6}', '{"id":7}']);
+    // Project B's records were never serialized.
+    expect(mappedIds).toEqual([1, 2, 3, 6, 7]);
     expect(await registry.getSingleMetricAsString('mirror_record_failures_total')).toMatch(/entity="spans"} 1/);
   });
 

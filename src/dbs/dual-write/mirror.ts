@@ -88,8 +88,10 @@ export class Mirror implements MirrorTarget {
       for (; accepted.next < end; accepted.next++, mapped++) {
         try {
           const record = accepted.records[accepted.next];
-          const row = keysOnly ? accepted.plan.toGapRow(record) : accepted.plan.toMirrorRow(record);
-          if (this.mirrors(row.projectId)) rows.push(row);
+          const keys = accepted.plan.toGapRow(record);
+          // Projects not rolled out are skipped before their line is built: it is most of the cost.
+          if (!this.mirrors(keys.projectId)) continue;
+          rows.push(keysOnly ? keys : { ...keys, line: accepted.plan.toLine(record) });
         } catch (error) {
           this.failed(accepted.plan.entity, error);
         }

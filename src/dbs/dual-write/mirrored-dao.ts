@@ -1,4 +1,4 @@
-import { GapRow, MirrorRow } from '../clickhouse/batch-writer';
+import { GapRow } from '../clickhouse/batch-writer';
 
 /**
  * The dual-write decorator: one generic mechanism for every DAO port. It
@@ -14,15 +14,16 @@ type Resolved<F> = F extends (...args: never[]) => Promise<infer R> ? R : never;
 
 /**
  * Which methods of a DAO write, how their results become mirrored rows (each
- * with its version and tombstone flag), and how one becomes a ClickHouse row
- * through that table's row mapper, or only a gap row (its keys) when the
- * writer's queue is full and the line would be dropped anyway.
+ * with its version and tombstone flag), and, through that table's row
+ * mapper, what the batch writer needs of one: its table, project and keys
+ * (a gap row), and its ClickHouse line. The line is the expensive part, so
+ * the mirror asks for it only for rows it sends (see Mirror).
  */
 export interface MirrorPlan<Dao, Mirrored> {
   entity: 'spans' | 'nodes';
   writes: { [K in AsyncMethods<Dao>]?: (result: Resolved<Dao[K]>) => Mirrored[] };
-  toMirrorRow(record: Mirrored): MirrorRow;
   toGapRow(record: Mirrored): GapRow;
+  toLine(record: Mirrored): string;
 }
 
 /** Receives committed rows; must return at once. */
