@@ -52,24 +52,10 @@ export class KeysetReader<Row> {
   ) {}
 
   async page(scope: HistoryScope, after: string[] | null, limits: PageLimits, upperBound?: string): Promise<KeysetPage<Row>> {
-    const key = this.keyColumns();
     const columns = sql.join(this.entity.columns.map((c) => sql.ref(c)));
-    // The running size is a window over the same ordered index scan, cut off by LIMIT, so
-    // Postgres stops reading at the row limit and we drop the rows past the byte limit;
-    // each row's size is computed once, in the innermost query (as in bound()).
     const result = await sql<Row>`
-      select ${columns} from (
-        select ${columns}, sum(row_bytes) over (order by ${key} rows between unbounded preceding and current row) - row_bytes as bytes_before
-        from (
-          select ${columns}, ${this.entity.storedSize} as row_bytes
-          from ${sql.table(this.entity.table)}
-          where ${this.conditions(scope, after, upperBound)}
-          order by ${key}
-          limit ${limits.rows}
-        ) page
-      ) sized
-      where bytes_before < ${limits.bytes}
-      order by ${key}`.execute(this.db);
+      select ${columns} from ${this.withinLimits(columns, scope, after, limits, upperBound)}
+      order by ${this.keyColumns()}`.execute(this.db);
     const rows = result.rows;
     return { rows, last: rows.length ? this.entity.cursorOf(rows[rows.length - 1]) : null };
   }
@@ -81,13 +67,36 @@ export class KeysetReader<Row> {
    */
   async bound(scope: HistoryScope, after: string[] | null, limits: PageLimits, upperBound?: string): Promise<KeysetBound | null> {
     const key = this.keyColumns();
-    // Each row's size is computed once, in the innermost query (it was a third of this query's CPU when
-    // computed again inside the running sum); the window then walks the page in the index's order.
     const result = await sql<Record<string, unknown> & { n: string }>`
-      select ${key}, n from (
-        select ${key}, row_number() over w as n, sum(row_bytes) over w - row_bytes as bytes_before
+      select ${key}, n from ${this.withinLimits(key, scope, after, limits, upperBound)}
+      order by n desc
+      limit 1`.execute(this.db);
+    const row = result.rows[0];
+    return row ? { last: this.entity.cursorOf(row as Row), rows: Number(row.n) } : null;
+  }
+
+  /**
+   * The next page after the cursor as a subquery of these columns plus n,
+   * each row's position: the one place the limits are applied, so page() and
+   * bound() end batches alike. The running size is a window over the same
+   * ordered index scan, cut off by LIMIT, so Postgres stops reading at the
+   * row limit and the rows past the byte limit are dropped; each row's size
+   * is computed once, in the innermost query (computing it again inside the
+   * running sum was a third of bound()'s CPU).
+   */
+  private withinLimits(
+    columns: RawBuilder<unknown>,
+    scope: HistoryScope,
+    after: string[] | null,
+    limits: PageLimits,
+    upperBound?: string,
+  ): RawBuilder<unknown> {
+    const key = this.keyColumns();
+    return sql`(
+      select * from (
+        select ${columns}, row_number() over w as n, sum(row_bytes) over w - row_bytes as bytes_before
         from (
-          select ${key}, ${this.entity.storedSize} as row_bytes
+          select ${columns}, ${this.entity.storedSize} as row_bytes
           from ${sql.table(this.entity.table)}
           where ${this.conditions(scope, after, upperBound)}
           order by ${key}
@@ -96,10 +105,7 @@ export class KeysetReader<Row> {
         window w as (order by ${key} rows between unbounded preceding and current row)
       ) sized
       where bytes_before < ${limits.bytes}
-      order by n desc
-      limit 1`.execute(this.db);
-    const row = result.rows[0];
-    return row ? { last: this.entity.cursorOf(row as Row), rows: Number(row.n) } : null;
+    ) within_limits`;
   }
 
   /**
