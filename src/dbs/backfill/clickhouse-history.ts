@@ -1,8 +1,7 @@
 import { Readable } from 'node:stream';
-import { finished } from 'node:stream/promises';
 import { ClickHouseClient, ClickHouseError } from '@clickhouse/client';
 import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
-import { ClickHouseSink, INSERT_SETTINGS } from '../clickhouse/clickhouse-sink';
+import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
 import { countByProjectDay, ProjectDayCount } from '../clickhouse/clickhouse-spans.dao';
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { HistoryEntity, MirroredRecord } from './history-entities';
@@ -44,7 +43,6 @@ export function redactUrl(url: string): string {
  */
 export class ClickHouseHistory {
   private readonly sink: ClickHouseSink;
-  private readonly insertClient: ClickHouseClient;
   private readonly query: ClickHouseClient;
 
   constructor(
@@ -53,7 +51,6 @@ export class ClickHouseHistory {
     private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((done) => setTimeout(done, ms)),
   ) {
     this.sink = new ClickHouseSink(clients.insert);
-    this.insertClient = clients.insert;
     this.query = clients.query;
   }
 
@@ -85,13 +82,12 @@ export class ClickHouseHistory {
 
   /**
    * Inserts JSONEachRow lines (verify's repairs, gap replays). A transient
-   * failure is retried with the same token,
-   * so an attempt that landed before its answer was lost is dropped by
-   * ClickHouse rather than stored twice.
+   * failure is retried with the same token, so an attempt that landed before
+   * its answer was lost is dropped by ClickHouse rather than stored twice.
    */
-  async insert(table: Entity, pieces: string[], dedupToken: string): Promise<void> {
-    if (pieces.length === 0) return;
-    await this.retried(table, () => this.sink.insert(table, pieces, dedupToken));
+  async insert(table: Entity, lines: string[], dedupToken: string): Promise<void> {
+    if (lines.length === 0) return;
+    await this.retried(table, () => this.sink.insert(table, lines, dedupToken));
   }
 
   /**
@@ -100,18 +96,10 @@ export class ClickHouseHistory {
    * as above) reads the rows again.
    */
   async insertTabSeparated(table: Entity, columns: readonly string[], rows: () => Promise<Readable>, dedupToken: string): Promise<void> {
-    const list = columns.map((c) => `\`${c}\``).join(', ');
     await this.retried(table, async () => {
       const body = await rows();
       try {
-        const result = await this.insertClient.exec({
-          query: `INSERT INTO ${table} (${list}) FORMAT TabSeparated`,
-          values: body,
-          clickhouse_settings: { ...INSERT_SETTINGS, insert_deduplication_token: dedupToken },
-        });
-        // Read the (empty) answer to its end so the keep-alive socket goes back to the pool.
-        result.stream.resume();
-        await finished(result.stream);
+        await this.sink.insertTabSeparated(table, columns, body, dedupToken);
       } catch (error) {
         // A request that failed before reading the rows (refused, timed out) leaves their source
         // paused mid-stream, holding what feeds it (a Postgres connection inside a COPY).

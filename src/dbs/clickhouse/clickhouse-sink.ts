@@ -3,10 +3,16 @@ import { finished } from 'node:stream/promises';
 import { ClickHouseClient, ClickHouseSettings } from '@clickhouse/client';
 import { InsertLines, MirrorSink } from './batch-writer';
 
-const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Table and column names cannot be bound parameters; they come from our mappers, and are checked. */
+function checkedName(name: string): string {
+  if (!NAME.test(name)) throw new Error(`not a table or column name: "${name}"`);
+  return name;
+}
 
 /** Every insert of mirrored rows: batched by us, named by a deduplication token. */
-export const INSERT_SETTINGS: ClickHouseSettings = {
+const INSERT_SETTINGS: ClickHouseSettings = {
   // Callers reuse the token on every retry of a batch; with the tables'
   // non_replicated_deduplication_window, a retry of an insert that did land
   // is dropped instead of stored twice.
@@ -28,11 +34,23 @@ export class ClickHouseSink implements MirrorSink {
   constructor(private readonly client: ClickHouseClient) {}
 
   async insert(table: string, lines: InsertLines, dedupToken: string): Promise<void> {
-    // A table name cannot be a bound parameter; it comes from our mappers, and is checked.
-    if (!TABLE_NAME.test(table)) throw new Error(`not a table name: "${table}"`);
+    await this.send(`INSERT INTO ${checkedName(table)} FORMAT JSONEachRow`, Readable.from(bodyOf(lines), { objectMode: false }), dedupToken);
+  }
+
+  /**
+   * Inserts TabSeparated rows of these columns, streamed as they come (the
+   * backfill's COPY output). The caller owns `rows`: on a failure it is left
+   * as the request left it.
+   */
+  async insertTabSeparated(table: string, columns: readonly string[], rows: Readable, dedupToken: string): Promise<void> {
+    const list = columns.map((c) => `\`${checkedName(c)}\``).join(', ');
+    await this.send(`INSERT INTO ${checkedName(table)} (${list}) FORMAT TabSeparated`, rows, dedupToken);
+  }
+
+  private async send(query: string, body: Readable, dedupToken: string): Promise<void> {
     const result = await this.client.exec({
-      query: `INSERT INTO ${table} FORMAT JSONEachRow`,
-      values: Readable.from(bodyOf(lines), { objectMode: false }),
+      query,
+      values: body,
       clickhouse_settings: { ...INSERT_SETTINGS, insert_deduplication_token: dedupToken },
     });
     // Read the (empty) answer to its end so the keep-alive socket goes back to the pool.
