@@ -3,7 +3,8 @@ import { Backfill, BackfillResult, DEFAULT_BACKFILL_OPTIONS, planBackfill } from
 import { GapReplay } from '../src/dbs/backfill/gap-replay';
 import { createProgress } from '../src/dbs/backfill/progress';
 import { PostgresMirrorGapsRepository } from '../src/dbs/postgres/postgres-mirror-gaps.repository';
-import { connectClickHouse, connectPostgres, formatRate, formatSeconds, parseFlags, positiveInt, scopesFrom } from './cli/history-cli';
+import { parseFlags, positiveInt } from './cli/flags';
+import { connectClickHouse, connectPostgres, formatRate, formatSeconds, scopesFrom } from './cli/history-cli';
 import { runCli, UsageError } from './cli/run-cli';
 
 const USAGE = `usage: npm run backfill -- [options]

@@ -15,6 +15,7 @@ import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
 import { migrateToLatest } from '../src/dbs/postgres/postgres-migrator';
 import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
 import { ApiProcess, ensureApiBuild, ROOT, startApiProcess } from '../test/support/api-process';
+import { parseFlags, positiveInt } from './cli/flags';
 import { runCli, UsageError } from './cli/run-cli';
 
 /**
@@ -420,33 +421,18 @@ export function formatSummary(s: LoadSummary): string {
   ].join('\n');
 }
 
-function option(args: string[], name: string, fallback: number): number {
-  const i = args.indexOf(name);
-  if (i === -1) return fallback;
-  const value = Number(args[i + 1]);
-  if (!Number.isInteger(value) || value < 1) throw new UsageError(`${name} must be a positive whole number, got "${args[i + 1] ?? ''}"`);
-  return value;
-}
-
-function text(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  if (i === -1) return undefined;
-  const value = args[i + 1];
-  if (!value || value.startsWith('--')) throw new UsageError(`${name} needs a value`);
-  return value;
-}
-
 if (require.main === module) {
   runCli(USAGE, async (args, log) => {
-    const url = text(args, '--url');
-    const key = text(args, '--key');
+    const flags = parseFlags(args, ['--duration', '--rate', '--spans-per-request', '--connections', '--url', '--key'], []);
+    const url = flags.values.get('--url');
+    const key = flags.values.get('--key');
     if (Boolean(url) !== Boolean(key)) throw new UsageError('--url and --key go together');
     if (url && !/^http:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url)) throw new UsageError('--url must be a loopback address (load stays on this machine)');
     const summary = await runLoad({
-      durationSec: option(args, '--duration', 180),
-      rate: option(args, '--rate', 200),
-      spansPerRequest: option(args, '--spans-per-request', 10),
-      connections: option(args, '--connections', 16),
+      durationSec: positiveInt(flags, '--duration', 180),
+      rate: positiveInt(flags, '--rate', 200),
+      spansPerRequest: positiveInt(flags, '--spans-per-request', 10),
+      connections: positiveInt(flags, '--connections', 16),
       target: url && key ? { url: url.replace(/\/$/, ''), key } : undefined,
       log,
     });

@@ -1,6 +1,7 @@
 import { parseConfig } from '../src/config/app-config';
 import { BucketComparison, Verifier, VerifyReport } from '../src/dbs/backfill/verify';
-import { connectClickHouse, connectPostgres, formatSeconds, parseFlags, scopesFrom } from './cli/history-cli';
+import { parseFlags } from './cli/flags';
+import { connectClickHouse, connectPostgres, formatSeconds, scopesFrom } from './cli/history-cli';
 import { runCli } from './cli/run-cli';
 
 const USAGE = `usage: npm run verify -- [options]

@@ -9,35 +9,10 @@ import { resolveClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
 import { DB } from '../../src/dbs/postgres/database';
 import { resolvePostgres } from '../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
+import { ParsedFlags } from './flags';
 import { UsageError } from './run-cli';
 
-/** What `backfill` and `verify` share: their flags, their scope options and their two servers. */
-
-export interface ParsedFlags {
-  values: Map<string, string>;
-  switches: Set<string>;
-}
-
-export function parseFlags(args: string[], valueFlags: string[], switchFlags: string[]): ParsedFlags {
-  const values = new Map<string, string>();
-  const switches = new Set<string>();
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    const eq = arg.indexOf('=');
-    const [name, inline] = arg.startsWith('--') && eq > 0 ? [arg.slice(0, eq), arg.slice(eq + 1)] : [arg, undefined];
-    if (switchFlags.includes(name) && inline === undefined) {
-      switches.add(name);
-    } else if (valueFlags.includes(name)) {
-      const value = inline ?? args[++i];
-      if (value === undefined || value === '' || (inline === undefined && value.startsWith('--'))) throw new UsageError(`${name} needs a value`);
-      if (values.has(name)) throw new UsageError(`${name} given twice`);
-      values.set(name, value);
-    } else {
-      throw new UsageError(`unknown option "${arg}"`);
-    }
-  }
-  return { values, switches };
-}
+/** What `backfill` and `verify` share: their scope options and their two servers. */
 
 export function scopesFrom(flags: ParsedFlags, config: AppConfig): HistoryScope[] {
   const options: ScopeOptions = {
@@ -55,14 +30,6 @@ export function scopesFrom(flags: ParsedFlags, config: AppConfig): HistoryScope[
   }
 }
 
-export function positiveInt(flags: ParsedFlags, name: string, fallback: number): number {
-  const text = flags.values.get(name);
-  if (text === undefined) return fallback;
-  if (!/^\d+$/.test(text) || Number(text) < 1 || !Number.isSafeInteger(Number(text))) {
-    throw new UsageError(`${name} must be a positive whole number, got "${text}"`);
-  }
-  return Number(text);
-}
 
 export interface PostgresConnection {
   db: Kysely<DB>;
