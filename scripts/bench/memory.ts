@@ -1,7 +1,8 @@
 import { performance } from 'node:perf_hooks';
 import { BenchFlags } from './support/cli';
 import { ApiClient, postOk, sleep } from './support/http-load';
-import { closedPort, MiB, rssOf } from './support/proc';
+import { freePort } from '../../test/support/free-port';
+import { MiB, rssOf } from './support/proc';
 import { startApiProcess } from './support/processes';
 import { BenchReport, runBench } from './support/report';
 import { createApiKey, startBenchPostgres } from './support/servers';
@@ -76,7 +77,7 @@ async function main(): Promise<void> {
   const postgres = await startBenchPostgres(log);
   const runs: Run[] = [];
   try {
-    const downPort = await closedPort();
+    const downPort = await freePort();
     const measure = async (round: number, flag: Flag, seconds: number): Promise<Run> => {
       const database = await postgres.createDatabase('memory');
       const env: Record<string, string> = { DATABASE_URL: database.url, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn', USE_CLICKHOUSE: 'false' };
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
       if (flag === 'on, ClickHouse down') {
         Object.assign(env, { USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: `http://127.0.0.1:${downPort}`, MIRROR_QUEUE_MAX_BYTES: String(bound) });
       }
-      const api = await startApiProcess(env, await closedPort(), log);
+      const api = await startApiProcess(env, await freePort(), log);
       try {
         const { key } = await createApiKey(database.db);
         const client = new ApiClient(api.url, key, options.concurrency);

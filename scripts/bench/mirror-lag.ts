@@ -5,7 +5,7 @@ import { SPAN_TABLE, toSpanClickHouseRow } from '../../src/dbs/clickhouse/span-c
 import { traceIdToUuid } from '../../src/tracing/trace-id';
 import { BenchFlags } from './support/cli';
 import { ApiClient, openLoop, postOk, sleep } from './support/http-load';
-import { closedPort } from './support/proc';
+import { freePort } from '../../test/support/free-port';
 import { startApiProcess } from './support/processes';
 import { BenchReport, runBench } from './support/report';
 import { createApiKey, startBenchClickHouse, startBenchPostgres } from './support/servers';
@@ -62,7 +62,7 @@ async function main(): Promise<void> {
         CLICKHOUSE_DATABASE: config.database,
         MIRROR_FLUSH_INTERVAL_MS: String(options.flushIntervalMs),
       },
-      await closedPort(),
+      await freePort(),
       log,
     );
     stopApi = api.stop;

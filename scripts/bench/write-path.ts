@@ -1,6 +1,6 @@
 import { ApiClient, postOk, timedLoop } from './support/http-load';
 import { BenchFlags } from './support/cli';
-import { closedPort } from './support/proc';
+import { freePort } from '../../test/support/free-port';
 import { startNullClickHouse } from './support/null-clickhouse';
 import { AppHost, startAppHost } from './support/processes';
 import { BenchReport, runBench } from './support/report';
@@ -87,7 +87,7 @@ async function main(): Promise<void> {
   const hosts = new Map<Mode, AppHost>();
   const nullClickHouse = await startNullClickHouse();
   try {
-    const downPort = await closedPort();
+    const downPort = await freePort();
     for (const mode of MODES) {
       const database = await postgres.createDatabase(`write_${mode}`);
       const env: Record<string, string> = { DATABASE_URL: database.url, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn', USE_CLICKHOUSE: 'false' };

@@ -1,12 +1,12 @@
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { ClickHouseError, ClickHouseLogLevel, createClient as createClickHouseClient, type ClickHouseClient } from '@clickhouse/client';
 import { clickHouseAnswers, startLocalClickHouse, type ResolvedClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
+import { freePort } from '../support/free-port';
 
 /**
  * The local ClickHouse endpoint (chdb behind scripts/clickhouse-local), driven
@@ -31,16 +31,6 @@ async function expectClickHouseError(work: Promise<unknown>, code: string, type:
   return error as ClickHouseError;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const probe = createServer();
-    probe.once('error', fail);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => done(port));
-    });
-  });
-}
 
 async function until(condition: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;

@@ -1,5 +1,4 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 
 /** Linux /proc readings for processes the benchmark does not run in-process (the API, the local ClickHouse). */
 
@@ -44,18 +43,6 @@ export function childPids(needle: string, parent = process.pid): number[] {
     }
   }
   return pids;
-}
-
-/** A loopback port nothing listens on (bound, then released). */
-export function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 export const MiB = 1024 * 1024;
