@@ -94,7 +94,10 @@ function viaJavaScript(field: string): string {
   return escapeCopyText(JSON.stringify(JSON.parse(unescapeCopyText(field))));
 }
 
+/** COPY's text format escapes, by the letter after the backslash: what Postgres writes for text. */
 const COPY_ESCAPES: Record<string, string> = { b: '\b', f: '\f', n: '\n', r: '\r', t: '\t', v: '\v', '\\': '\\' };
+/** The same escapes the other way: character to its two-character escape. */
+const ESCAPED: Record<string, string> = Object.fromEntries(Object.entries(COPY_ESCAPES).map(([letter, c]) => [c, `\\${letter}`]));
 
 /** COPY's text format to the value: backslash escapes (Postgres writes only these for text). */
 export function unescapeCopyText(field: string): string {
@@ -109,5 +112,3 @@ export function unescapeCopyText(field: string): string {
 export function escapeCopyText(value: string): string {
   return value.replace(/[\\\t\n\r\b\f\v]/g, (c) => ESCAPED[c]);
 }
-
-const ESCAPED: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r', '\b': '\\b', '\f': '\\f', '\v': '\\v' };
