@@ -114,12 +114,18 @@ async function main(): Promise<void> {
     const pg = await connectPostgres(parseConfig(env), () => undefined);
     const scope = { entity: 'spans' as const, projectIds: null };
 
-    // The insert ceiling's rows: the backfill's own lines for the first rows, held in memory.
+    /** A plain keyset SELECT of the columns the row mapper needs, parsed by node-postgres: the read ceiling's query. */
+    const keysetPage = async (cursor: string[] | null, limit: number): Promise<SpanRow[]> =>
+      (
+        await sql<SpanRow>`select ${sql.join(spanHistory.columns.map((c) => sql.ref(c)))} from spans
+          where ${cursor ? sql`(created_at, project_id, trace_id, span_id) > (${cursor[0]}::timestamptz, ${cursor[1]}::uuid, ${cursor[2]}::uuid, decode(${cursor[3]}, 'hex'))` : sql`true`}
+          order by created_at, project_id, trace_id, span_id limit ${limit}`.execute(pg.db)
+      ).rows;
+
+    // The insert ceiling's rows: the row mapper's lines for the first rows, held in memory.
     const ceilingLines: string[] = [];
     for (let cursor: string[] | null = null; ceilingLines.length < Math.min(options.ceilingRows, options.rows); ) {
-      const { rows } = await sql<SpanRow>`select ${sql.join(spanHistory.columns.map((c) => sql.ref(c)))} from spans
-        where ${cursor ? sql`(created_at, project_id, trace_id, span_id) > (${cursor[0]}::timestamptz, ${cursor[1]}::uuid, ${cursor[2]}::uuid, decode(${cursor[3]}, 'hex'))` : sql`true`}
-        order by created_at, project_id, trace_id, span_id limit 5000`.execute(pg.db);
+      const rows = await keysetPage(cursor, 5000);
       for (const row of rows) ceilingLines.push(spanHistory.line(spanHistory.mirrored(row)));
       cursor = spanHistory.cursorOf(rows[rows.length - 1]);
     }
@@ -141,9 +147,7 @@ async function main(): Promise<void> {
       'postgres read': async () => {
         let read = 0;
         for (let cursor: string[] | null = null; ; ) {
-          const { rows } = await sql<SpanRow>`select ${sql.join(spanHistory.columns.map((c) => sql.ref(c)))} from spans
-            where ${cursor ? sql`(created_at, project_id, trace_id, span_id) > (${cursor[0]}::timestamptz, ${cursor[1]}::uuid, ${cursor[2]}::uuid, decode(${cursor[3]}, 'hex'))` : sql`true`}
-            order by created_at, project_id, trace_id, span_id limit ${batchRows}`.execute(pg.db);
+          const rows = await keysetPage(cursor, batchRows);
           if (rows.length === 0) return read;
           read += rows.length;
           cursor = spanHistory.cursorOf(rows[rows.length - 1]);
