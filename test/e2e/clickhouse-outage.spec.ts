@@ -89,7 +89,17 @@ describe('ClickHouse stopped under load, then restarted', () => {
 
     // The writer recovers by itself: everything queued is sent or recorded as a gap.
     const writer = t.mirror!.writer;
-    await eventually('the mirror to drain after ClickHouse is back', () => writer.stats().queuedRows === 0 && writer.stats().inFlightBatches === 0, 30_000, 100);
+    await eventually(
+      'the mirror to drain after ClickHouse is back',
+      () => {
+        // Not drained yet: the writer's stats become the failure's "last", to say where it stuck.
+        const stats = writer.stats();
+        if (stats.queuedRows !== 0 || stats.inFlightBatches !== 0) throw new Error(JSON.stringify(stats));
+        return true;
+      },
+      30_000,
+      100,
+    );
     const gapsRecorded = writer.stats().gapsRecorded;
 
     if (gapsRecorded > 0) {
