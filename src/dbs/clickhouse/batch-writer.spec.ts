@@ -11,10 +11,10 @@ import {
   MirrorLogger,
   MirrorRow,
   MirrorSink,
-  QUEUED_ROW_HEAP_BYTES,
   queuedRowBytes,
 } from './batch-writer';
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
+import { ROW_HEADER_BYTES } from './row-log';
 
 /** A line the writer handed over (bytes from its stores) as text. */
 const lineText = (line: string | Uint8Array): string => (typeof line === 'string' ? line : Buffer.from(line).toString('utf8'));
@@ -566,10 +566,10 @@ describe('BatchWriter', () => {
       expect(gaps.recorded.at(-1)).toMatchObject({ keys: [spanRow(3).key], reason: 'writer_closed' });
     });
 
-    it('counts what a row costs in memory: its line and gap fields in UTF-8, and its heap object', async () => {
+    it('counts what a row costs in memory: its record header, gap fields and line in UTF-8', async () => {
       const row: MirrorRow = { table: 'spans', entity: 'spans', projectId: PROJECT_A, key: ['trace-é', 'span-✓'], createdAt: '2026-03-01T12:00:00.000001Z', line: '{"name":"café"}' };
       const fields = JSON.stringify(['spans', PROJECT_A, row.createdAt, 'trace-é', 'span-✓']);
-      expect(queuedRowBytes(row)).toBe(Buffer.byteLength(fields) + Buffer.byteLength(row.line) + QUEUED_ROW_HEAP_BYTES);
+      expect(queuedRowBytes(row)).toBe(ROW_HEADER_BYTES + Buffer.byteLength(fields) + Buffer.byteLength(row.line));
 
       // Exactly one such row fits; its gap fields come back from the store intact when it cannot be sent.
       const { sink, writer, gaps } = setup({ queueMaxBytes: queuedRowBytes(row), maxAttempts: 1 });

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { MirrorMetrics } from './mirror-metrics';
+import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, RowLog, RowSpan } from './row-log';
 import {
   BreakerOptions,
   BreakerState,
@@ -143,67 +144,19 @@ const realClock: Clock = {
   clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
 };
 
-/**
- * A queued row is one small fixed-shape object; everything else about it is
- * UTF-8 off the V8 heap, in its table's current store: first its gap fields
- * (JSON [entity, projectId, createdAt, ...key]), then its line. Held on the
- * heap (the line as a string, the gap fields as strings, arrays and objects),
- * a full queue made the old generation that much bigger, and V8 lets garbage
- * grow in proportion to the old generation before collecting: with ClickHouse
- * down the process grew by several times the queue's bound.
- */
-interface QueuedRow {
-  store: Buffer;
-  start: number;
-  fieldBytes: number;
-  lineBytes: number;
-  enqueuedAt: number;
-  /** Write order across all tables; drain() waits for the rows up to a given sequence. */
-  seq: number;
-}
-
-/**
- * What a queued row costs on the V8 heap besides its store bytes: the
- * QueuedRow (6 fields, 72 bytes), its enqueuedAt (a heap number, 16 bytes) and
- * its slots in the pending and batch arrays, as a heap snapshot of a full
- * queue measures it (bench:memory, ClickHouse down). The bound counts it, so
- * MIRROR_QUEUE_MAX_BYTES is what the queue holds in memory, not only its lines.
- */
-export const QUEUED_ROW_HEAP_BYTES = 100;
-
-/** What a row costs the queue, as its bound counts it: its gap fields and line in the store, and its heap object. */
+/** What a row costs the queue, as its bound counts it: its record in the table's log (see RowLog). */
 export function queuedRowBytes(row: MirrorRow): number {
-  return rowBytes(Buffer.byteLength(gapFieldsOf(row), 'utf8'), Buffer.byteLength(row.line, 'utf8'));
-}
-
-function rowBytes(fieldBytes: number, lineBytes: number): number {
-  return fieldBytes + lineBytes + QUEUED_ROW_HEAP_BYTES;
+  return recordBytes(Buffer.byteLength(gapFieldsOf(row), 'utf8'), Buffer.byteLength(row.line, 'utf8'));
 }
 
 function gapFieldsOf(row: GapRow): string {
   return JSON.stringify([row.entity, row.projectId, row.createdAt, ...row.key]);
 }
 
-/** A queued row's gap fields, read back from its store when it becomes a gap. */
-function gapRowOf(table: string, queued: QueuedRow): GapRow {
-  const fields = JSON.parse(queued.store.toString('utf8', queued.start, queued.start + queued.fieldBytes)) as string[];
-  const [entity, projectId, createdAt, ...key] = fields;
-  return { table, entity, projectId, key, createdAt };
-}
-
-/** The rows' lines as views of their stores: nothing is copied or decoded until the sink reads them. */
-function* linesOf(rows: QueuedRow[]): Generator<Uint8Array> {
-  for (const queued of rows) {
-    const start = queued.start + queued.fieldBytes;
-    yield queued.store.subarray(start, start + queued.lineBytes);
-  }
-}
-
 interface Batch {
   table: string;
-  rows: QueuedRow[];
-  /** What the rows cost the queue (queuedRowBytes each): what queueMaxBytes limits. */
-  bytes: number;
+  /** The rows, off-heap; read per attempt, so a batch waiting out an outage stays off the heap. */
+  rows: RowSpan;
   /** Fixed when the batch is cut and reused on every retry, so ClickHouse drops a repeated insert. */
   dedupToken: string;
   attempts: number;
@@ -218,20 +171,11 @@ interface DrainWaiter {
 
 interface TableQueue {
   table: string;
-  pending: QueuedRow[];
-  /** Bytes of the pending rows' lines, for flushBytes. */
-  pendingLineBytes: number;
-  /** What the pending rows cost the queue, for the bound and the gauge. */
-  pendingBytes: number;
+  /** Rows not yet cut into a batch, oldest first. */
+  pending: RowLog;
   inFlight: Batch | null;
   intervalTimer: unknown | null;
-  /** Where new rows are copied; a fresh one when full. Rows leave in order, so a store is freed once its last row is settled. */
-  store: Buffer | null;
-  storeUsed: number;
 }
-
-/** One allocation per this many bytes of rows instead of one per row, with little left unused at a store's end. */
-const ROW_STORE_BYTES = 256 * 1024;
 
 /**
  * Mirrors rows to ClickHouse in batches without ever making the caller wait
@@ -337,15 +281,13 @@ export class BatchWriter {
         const fields = gapFieldsOf(row);
         const fieldBytes = Buffer.byteLength(fields, 'utf8');
         const lineBytes = Buffer.byteLength(row.line, 'utf8');
-        const bytes = rowBytes(fieldBytes, lineBytes);
+        const bytes = recordBytes(fieldBytes, lineBytes);
         if (this.queuedBytes + bytes > this.options.queueMaxBytes) {
           this.queueFull = true;
           break;
         }
         const queue = this.queueFor(row.table);
-        this.enqueue(queue, fields, fieldBytes, row.line, lineBytes);
-        queue.pendingLineBytes += lineBytes;
-        queue.pendingBytes += bytes;
+        queue.pending.append(fields, fieldBytes, row.line, lineBytes, this.clock.now(), ++this.lastSeq);
         this.queuedRows += 1;
         this.queuedBytes += bytes;
         touched.add(queue);
@@ -440,9 +382,9 @@ export class BatchWriter {
     for (const queue of this.tables.values()) {
       if (queue.inFlight) {
         inFlightBatches += 1;
-        oldest = Math.min(oldest, queue.inFlight.rows[0].enqueuedAt);
+        oldest = Math.min(oldest, queue.inFlight.rows.firstEnqueuedAt);
       }
-      if (queue.pending.length > 0) oldest = Math.min(oldest, queue.pending[0].enqueuedAt);
+      if (queue.pending.count > 0) oldest = Math.min(oldest, queue.pending.firstEnqueuedAt);
     }
     return {
       queuedRows: this.queuedRows,
@@ -462,29 +404,15 @@ export class BatchWriter {
   private queueFor(table: string): TableQueue {
     let queue = this.tables.get(table);
     if (!queue) {
-      queue = { table, pending: [], pendingLineBytes: 0, pendingBytes: 0, inFlight: null, intervalTimer: null, store: null, storeUsed: 0 };
+      queue = { table, pending: new RowLog(), inFlight: null, intervalTimer: null };
       this.tables.set(table, queue);
     }
     return queue;
   }
 
-  /** Copies the row's gap fields and line into the table's store and queues it. */
-  private enqueue(queue: TableQueue, fields: string, fieldBytes: number, line: string, lineBytes: number): void {
-    const bytes = fieldBytes + lineBytes;
-    if (queue.store === null || queue.storeUsed + bytes > queue.store.length) {
-      queue.store = Buffer.allocUnsafeSlow(Math.max(ROW_STORE_BYTES, bytes));
-      queue.storeUsed = 0;
-    }
-    const start = queue.storeUsed;
-    queue.store.write(fields, start, fieldBytes, 'utf8');
-    queue.store.write(line, start + fieldBytes, lineBytes, 'utf8');
-    queue.storeUsed += bytes;
-    queue.pending.push({ store: queue.store, start, fieldBytes, lineBytes, enqueuedAt: this.clock.now(), seq: ++this.lastSeq });
-  }
-
   /** Start the table's next insert if one is due and allowed; otherwise make sure something will look again. */
   private maybeFlush(queue: TableQueue): void {
-    if (this.stopped || queue.inFlight || queue.pending.length === 0) return;
+    if (this.stopped || queue.inFlight || queue.pending.count === 0) return;
     if (!this.isDue(queue)) {
       this.armIntervalTimer(queue);
       return;
@@ -499,18 +427,18 @@ export class BatchWriter {
   }
 
   private isDue(queue: TableQueue): boolean {
-    const oldest = queue.pending[0];
+    const { pending } = queue;
     return (
-      queue.pending.length >= this.options.flushRows ||
-      queue.pendingLineBytes >= this.options.flushBytes ||
-      oldest.seq <= this.forceFlushThrough ||
-      this.clock.now() - oldest.enqueuedAt >= this.options.flushIntervalMs
+      pending.count >= this.options.flushRows ||
+      pending.lineBytes >= this.options.flushBytes ||
+      pending.firstSeq <= this.forceFlushThrough ||
+      this.clock.now() - pending.firstEnqueuedAt >= this.options.flushIntervalMs
     );
   }
 
   private armIntervalTimer(queue: TableQueue): void {
     if (queue.intervalTimer !== null || this.stopped) return;
-    const delay = Math.max(0, queue.pending[0].enqueuedAt + this.options.flushIntervalMs - this.clock.now());
+    const delay = Math.max(0, queue.pending.firstEnqueuedAt + this.options.flushIntervalMs - this.clock.now());
     queue.intervalTimer = this.clock.setTimeout(() => {
       queue.intervalTimer = null;
       this.guarded('mirror flush timer failed', () => this.maybeFlush(queue));
@@ -525,25 +453,13 @@ export class BatchWriter {
 
   /** Take rows from the front up to the batch limits; a single row larger than a limit still goes alone. */
   private cutBatch(queue: TableQueue): Batch {
-    let count = 0;
-    let lineBytes = 0;
-    let bytes = 0;
-    while (count < queue.pending.length && count < this.options.flushRows) {
-      const next = queue.pending[count];
-      if (count > 0 && lineBytes + next.lineBytes > this.options.flushBytes) break;
-      lineBytes += next.lineBytes;
-      bytes += rowBytes(next.fieldBytes, next.lineBytes);
-      count += 1;
-    }
-    const rows = queue.pending.splice(0, count);
-    queue.pendingLineBytes -= lineBytes;
-    queue.pendingBytes -= bytes;
+    // maybeFlush only cuts a batch from a non-empty queue.
+    const rows = queue.pending.take(this.options.flushRows, this.options.flushBytes)!;
     // The timer was set for the row that just left; the rest get a fresh one once this batch settles.
     this.clearIntervalTimer(queue);
     return {
       table: queue.table,
       rows,
-      bytes,
       dedupToken: randomUUID(),
       attempts: 0,
       settled: false,
@@ -586,7 +502,7 @@ export class BatchWriter {
       const description = describeSendError(error);
       this.noteError(description);
       this.metrics?.sendFailures.inc({ kind });
-      const context = { table: batch.table, rows: batch.rows.length, attempt: batch.attempts, dedupToken: batch.dedupToken, kind, error: description };
+      const context = { table: batch.table, rows: batch.rows.count, attempt: batch.attempts, dedupToken: batch.dedupToken, kind, error: description };
 
       if (kind === 'permanent') {
         // The server is up and said no: that is not an outage, so the breaker counts it as an answer.
@@ -635,7 +551,6 @@ export class BatchWriter {
   private async attemptInsert(batch: Batch): Promise<unknown> {
     const started = this.clock.now();
     try {
-      // Read from the stores per attempt, so a batch waiting out an outage stays off the heap.
       await this.sink.insert(batch.table, linesOf(batch.rows), batch.dedupToken);
       return null;
     } catch (error) {
@@ -687,12 +602,13 @@ export class BatchWriter {
     batch.settled = true;
     this.releaseQueued(batch);
     const now = this.clock.now();
-    this.rowsSent += batch.rows.length;
+    this.rowsSent += batch.rows.count;
     this.lastSuccessAt = now;
-    if (this.metrics) {
-      this.metrics.rowsSent.inc({ table: batch.table }, batch.rows.length);
-      this.metrics.flushRows.observe({ table: batch.table }, batch.rows.length);
-      for (const queued of batch.rows) this.metrics.lag.observe((now - queued.enqueuedAt) / 1000);
+    const { metrics } = this;
+    if (metrics) {
+      metrics.rowsSent.inc({ table: batch.table }, batch.rows.count);
+      metrics.flushRows.observe({ table: batch.table }, batch.rows.count);
+      forEachEnqueueTime(batch.rows, (enqueuedAt) => metrics.lag.observe((now - enqueuedAt) / 1000));
     }
   }
 
@@ -700,16 +616,12 @@ export class BatchWriter {
     if (batch.settled) return;
     batch.settled = true;
     this.releaseQueued(batch);
-    this.dropIntoGaps(
-      batch.rows.map((queued) => gapRowOf(batch.table, queued)),
-      reason,
-      detail,
-    );
+    this.dropIntoGaps(gapRowsOf(batch.table, batch.rows), reason, detail);
   }
 
   private releaseQueued(batch: Batch): void {
-    this.queuedRows -= batch.rows.length;
-    this.queuedBytes -= batch.bytes;
+    this.queuedRows -= batch.rows.count;
+    this.queuedBytes -= batch.rows.bytes;
     this.noteRoom();
   }
 
@@ -808,13 +720,13 @@ export class BatchWriter {
         this.settleAsGap(queue.inFlight, 'shutdown_deadline');
         queue.inFlight = null;
       }
-      const rows = queue.pending.splice(0).map((queued) => gapRowOf(queue.table, queued));
-      this.queuedRows -= rows.length;
-      this.queuedBytes -= queue.pendingBytes;
-      queue.pendingLineBytes = 0;
-      queue.pendingBytes = 0;
-      this.noteRoom();
-      this.dropIntoGaps(rows, 'shutdown_deadline');
+      const unsent = queue.pending.take();
+      if (unsent !== null) {
+        this.queuedRows -= unsent.count;
+        this.queuedBytes -= unsent.bytes;
+        this.noteRoom();
+        this.dropIntoGaps(gapRowsOf(queue.table, unsent), 'shutdown_deadline');
+      }
       this.updateQueueGauges(queue);
     }
     this.resolveDrainWaiters();
@@ -864,8 +776,8 @@ export class BatchWriter {
   /** True when every row up to `seq` is sent or a gap: queues are FIFO, so each table's first row tells. */
   private settledThrough(seq: number): boolean {
     for (const queue of this.tables.values()) {
-      if (queue.pending.length > 0 && queue.pending[0].seq <= seq) return false;
-      if (queue.inFlight && !queue.inFlight.settled && queue.inFlight.rows[0].seq <= seq) return false;
+      if (queue.pending.count > 0 && queue.pending.firstSeq <= seq) return false;
+      if (queue.inFlight && !queue.inFlight.settled && queue.inFlight.rows.firstSeq <= seq) return false;
     }
     return true;
   }
@@ -877,8 +789,8 @@ export class BatchWriter {
   private updateQueueGauges(queue: TableQueue): void {
     if (!this.metrics) return;
     const inFlight = queue.inFlight && !queue.inFlight.settled ? queue.inFlight : null;
-    this.metrics.queueRows.set({ table: queue.table }, queue.pending.length + (inFlight?.rows.length ?? 0));
-    this.metrics.queueBytes.set({ table: queue.table }, queue.pendingBytes + (inFlight?.bytes ?? 0));
+    this.metrics.queueRows.set({ table: queue.table }, queue.pending.count + (inFlight?.rows.count ?? 0));
+    this.metrics.queueBytes.set({ table: queue.table }, queue.pending.bytes + (inFlight?.rows.bytes ?? 0));
   }
 
   /**
