@@ -1,9 +1,16 @@
 import { randomUUID } from 'node:crypto';
+import fc from 'fast-check';
 import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
 import { ClickHouseSink } from '../../src/dbs/clickhouse/clickhouse-sink';
 import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
-import { MirroredNode, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
-import { MirroredSpan, toSpanClickHouseRow, toSpanMirrorRow } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
+import { MirroredNode, NODE_COLUMNS, toNodeClickHouseLine, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
+import {
+  MirroredSpan,
+  SPAN_COLUMNS,
+  toSpanClickHouseLine,
+  toSpanClickHouseRow,
+  toSpanMirrorRow,
+} from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
 import { isoToMicros, microsToIso } from '../../src/tracing/timestamp';
 import { Json, SpanInput } from '../../src/tracing/span';
 import { NodeInput } from '../../src/observability/node';
@@ -53,6 +60,13 @@ function largeJson(): { [key: string]: Json } {
   }));
   return { items, big: 'é'.repeat(200_000), max_safe: Number.MAX_SAFE_INTEGER };
 }
+
+/** fast-check's JSON with any unicode text; a fixed seed, so a failure reproduces. */
+const jsonObjects = (count: number, seed: number) =>
+  fc.sample(fc.dictionary(fc.string({ unit: 'grapheme' }), fc.jsonValue({ stringUnit: 'grapheme' }), { maxKeys: 6 }), { numRuns: count, seed }) as {
+    [key: string]: Json;
+  }[];
+const jsonArrays = (count: number, seed: number) => fc.sample(fc.array(fc.jsonValue({ stringUnit: 'grapheme' }), { maxLength: 4 }), { numRuns: count, seed }) as Json[][];
 
 /** Later than `iso` by `micros` microseconds. */
 const later = (iso: string, micros: bigint) => microsToIso(isoToMicros(iso) + micros);
@@ -306,6 +320,53 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
     for await (const page of nodes.readBucket(projectId, '2026-11-17', 2)) nodePages.push(page);
     expect(nodePages.map((p) => p.length)).toEqual([2, 2, 1]);
     expect(nodePages.flat().map((n) => n.node_id).sort()).toEqual(nodeRows.map((n) => n.node_id).sort());
+  });
+
+  /** The rows of a project as ClickHouse gives them back, each serialized as the stored row's line, by key. */
+  async function storedLines(table: 'spans' | 'nodes', columns: readonly string[], projectId: string, keyOf: (row: Record<string, string>) => string) {
+    const result = await ch.clients.query.query({
+      query: `SELECT ${columns.map((c) => `\`${c}\``).join(', ')} FROM ${table} WHERE project_id = {projectId:UUID}`,
+      query_params: { projectId },
+      format: 'JSONEachRow',
+    });
+    const rows = await result.json<Record<string, string>>();
+    return new Map(rows.map((row) => [keyOf(row), JSON.stringify(row)]));
+  }
+
+  it("stores the mirror's insert line as exactly the stored row's line: any JSON, any unicode, scalars too", async () => {
+    // The insert line carries payloads as JSON values, the stored line as their text; verify's
+    // checksums compare the stored line, so the two must agree byte for byte, not just parse alike.
+    const projectId = uuid();
+    const objects = jsonObjects(60, 4242);
+    const arrays = jsonArrays(60, 4243);
+    const scalars: Json[] = ['a "string" payload', 0, -1.5e-7, 1e21, true, false];
+    const spanRows = objects.map((attributes, i) =>
+      mirroredSpan(projectId, {
+        attributes,
+        references: i % 3 === 0 ? null : arrays[i],
+        links: arrays[(i + 1) % arrays.length],
+        events: i % 2 === 0 ? null : arrays[(i + 2) % arrays.length],
+        hashes: [objects[(i + 1) % objects.length]],
+        // Not a shape the API accepts, but Json allows it: the scalar path must store its JSON text too.
+        exception: (i < scalars.length ? scalars[i] : objects[(i + 2) % objects.length]) as MirroredSpan['exception'],
+      }),
+    );
+    await insertSpans(spanRows);
+    const storedSpans = await storedLines('spans', SPAN_COLUMNS, projectId, (row) => row.span_id);
+    expect(storedSpans.size).toBe(spanRows.length);
+    for (const span of spanRows) {
+      const row = toSpanClickHouseRow(span);
+      expect({ span_id: row.span_id, line: storedSpans.get(row.span_id) }).toEqual({ span_id: row.span_id, line: toSpanClickHouseLine(span) });
+    }
+
+    const nodeRows = objects.map((data, i) =>
+      mirroredNode(projectId, { data, meta: objects[(i + 3) % objects.length], links: i % 2 ? null : arrays[i], otel: null }),
+    );
+    await insertNodes(nodeRows);
+    const storedNodes = await storedLines('nodes', NODE_COLUMNS, projectId, (row) => row.node_id);
+    for (const node of nodeRows) {
+      expect({ node_id: node.node_id, line: storedNodes.get(node.node_id) }).toEqual({ node_id: node.node_id, line: toNodeClickHouseLine(node) });
+    }
   });
 
   it('rejects a row the table does not accept instead of dropping a field', async () => {

@@ -20,6 +20,11 @@ const INSERT_SETTINGS: ClickHouseSettings = {
   // Rows arrive batched already; async inserts would regroup them and deduplicate by their own rules, not the token.
   async_insert: 0,
   wait_end_of_query: 1,
+  // The mirror's lines carry JSON payloads as objects and arrays, and String
+  // columns store their text as it stands (see insertJson). Lines with the
+  // payloads as strings, as verify and gap replays write, read the same.
+  input_format_json_read_objects_as_strings: 1,
+  input_format_json_read_arrays_as_strings: 1,
 };
 
 /**

@@ -1,12 +1,13 @@
 import { Json, JsonObject } from '../../tracing/span';
 import { ObservabilityNode } from '../../observability/node';
 import { GapRow, MirrorRow } from './batch-writer';
-import { clickHouseTimeToIso, isoToClickHouseTime, jsonText, parseJson } from './span-clickhouse-row.mapper';
+import { clickHouseTimeToIso, insertJson, isoToClickHouseTime, jsonText, parseJson } from './span-clickhouse-row.mapper';
 
 /**
  * The one mapping between the observability node and its ClickHouse row
  * (JSONEachRow). Node ids are UUIDs in both stores; times are DateTime64(6)
- * text; JSON payloads are their JSON text; status is split into two columns.
+ * text; JSON payloads are their JSON text (in the insert line, themselves:
+ * see insertJson); status is split into two columns.
  */
 
 /** A node as the mirror stores it: the row plus its version and whether it is a tombstone. */
@@ -50,7 +51,8 @@ export const NODE_COLUMNS = [
   'created_at', 'updated_at', 'version', 'is_deleted',
 ] as const;
 
-export function toNodeClickHouseRow(node: MirroredNode): NodeClickHouseRow {
+/** The node's columns, its JSON payloads encoded by `json`: as text (the stored row) or as themselves (the insert line). */
+function nodeColumns<J>(node: MirroredNode, json: (value: Json | null) => J) {
   return {
     project_id: node.project_id,
     node_id: node.node_id,
@@ -63,13 +65,13 @@ export function toNodeClickHouseRow(node: MirroredNode): NodeClickHouseRow {
     time_end: isoToClickHouseTime(node.time_end),
     status_code: node.status.code,
     status_message: node.status.message,
-    data: jsonText(node.data),
-    metrics: jsonText(node.metrics),
-    meta: jsonText(node.meta),
-    refs: jsonText(node.refs),
-    exception: jsonText(node.exception),
-    links: jsonText(node.links),
-    otel: jsonText(node.otel),
+    data: json(node.data),
+    metrics: json(node.metrics),
+    meta: json(node.meta),
+    refs: json(node.refs),
+    exception: json(node.exception),
+    links: json(node.links),
+    otel: json(node.otel),
     created_at: isoToClickHouseTime(node.created_at),
     updated_at: isoToClickHouseTime(node.updated_at),
     version: node.version.toString(10),
@@ -77,9 +79,19 @@ export function toNodeClickHouseRow(node: MirroredNode): NodeClickHouseRow {
   };
 }
 
-/** The node as one JSONEachRow line, no trailing newline. */
+/** The node's row as ClickHouse stores it and gives it back. */
+export function toNodeClickHouseRow(node: MirroredNode): NodeClickHouseRow {
+  return nodeColumns(node, jsonText);
+}
+
+/** The stored row as one JSONEachRow line, no trailing newline: what ClickHouse gives back for this node. */
 export function toNodeClickHouseLine(node: MirroredNode): string {
   return JSON.stringify(toNodeClickHouseRow(node));
+}
+
+/** The JSONEachRow line the mirror inserts (no trailing newline): ClickHouseSink stores it as toNodeClickHouseLine's row. */
+export function toNodeInsertLine(node: MirroredNode): string {
+  return JSON.stringify(nodeColumns(node, insertJson));
 }
 
 /** What a gap record needs of this node: everything the batch writer queues but the line. */
@@ -89,7 +101,7 @@ export function toNodeGapRow(node: MirroredNode): GapRow {
 
 /** What the batch writer queues for this node. */
 export function toNodeMirrorRow(node: MirroredNode): MirrorRow {
-  return { ...toNodeGapRow(node), line: toNodeClickHouseLine(node) };
+  return { ...toNodeGapRow(node), line: toNodeInsertLine(node) };
 }
 
 export function fromNodeClickHouseRow(row: NodeClickHouseRow): MirroredNode {

@@ -3,8 +3,8 @@ import { ObservabilityDao } from '../../observability/observability.dao';
 import { DeletedSpan, Span } from '../../tracing/span';
 import { isoToMicros } from '../../tracing/timestamp';
 import { TracingDao } from '../../tracing/tracing.dao';
-import { MirroredNode, toNodeClickHouseLine, toNodeGapRow } from '../clickhouse/node-clickhouse-row.mapper';
-import { MirroredSpan, toSpanClickHouseLine, toSpanGapRow } from '../clickhouse/span-clickhouse-row.mapper';
+import { MirroredNode, toNodeGapRow, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
+import { MirroredSpan, toSpanGapRow, toSpanInsertLine } from '../clickhouse/span-clickhouse-row.mapper';
 import { MirrorPlan } from './mirrored-dao';
 
 /**
@@ -32,7 +32,7 @@ export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
     deleteTraces: (spans: DeletedSpan[]) => spans.map(tombstone),
   },
   toGapRow: toSpanGapRow,
-  toLine: toSpanClickHouseLine,
+  toLine: toSpanInsertLine,
 };
 
 export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
@@ -42,5 +42,5 @@ export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
     deleteTrees: (nodes: DeletedNode[]) => nodes.map(tombstone),
   },
   toGapRow: toNodeGapRow,
-  toLine: toNodeClickHouseLine,
+  toLine: toNodeInsertLine,
 };

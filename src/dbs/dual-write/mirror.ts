@@ -17,7 +17,7 @@ interface Accepted {
  * Where the decorator hands committed rows: keeps only the projects being
  * rolled out (CLICKHOUSE_PROJECT_IDS, empty = all), maps each record through
  * its table's row mapper and enqueues it on the batch writer. On the caller's
- * path it only takes the records: mapping is JSON serialization (~25 µs a
+ * path it only takes the records: mapping is JSON serialization (~12 µs a
  * span), which the write-path benchmark saw add a third to a 50-span create.
  * It runs after the call has returned, a slice per event-loop turn, so most
  * of it falls while requests wait for Postgres; a backlog gets bigger slices
