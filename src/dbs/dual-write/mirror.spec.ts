@@ -29,6 +29,9 @@ const plan: MirrorPlan<unknown, Item> = {
 const records = (from: number, to: number, projectId = A): Item[] => Array.from({ length: to - from + 1 }, (_, i) => ({ id: from + i, projectId }));
 const turn = () => new Promise((resolve) => setImmediate(resolve));
 
+/** Every rig's writer, shut down after each test: a writer left with queued rows keeps its 60 s flush timer. */
+const writers: BatchWriter[] = [];
+
 function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}) {
   const sent: string[] = [];
   const writes: number[] = [];
@@ -49,6 +52,7 @@ function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}) {
       logger: { info: () => undefined, warn: () => undefined, error: () => undefined },
     },
   );
+  writers.push(writer);
   const write = writer.write.bind(writer);
   writer.write = (rows: MirrorRow[]) => {
     writes.push(rows.length);
@@ -70,6 +74,9 @@ function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}) {
 describe('Mirror', () => {
   beforeAll(() => Logger.overrideLogger(false));
   afterAll(() => Logger.overrideLogger(['log', 'error', 'warn', 'debug', 'verbose']));
+  afterEach(async () => {
+    for (const writer of writers.splice(0)) await writer.shutdown();
+  });
 
   it('maps nothing on the caller’s path: rows reach the writer on later turns, in order', async () => {
     const { mirror, writer, sent, writes } = rig();
