@@ -18,20 +18,33 @@ fixed time (long enough for the mirror's interval flushes to happen inside
 it), in a rotated order. Goal: p99 on/off <= 1.05, up and down. A fourth mode, flag on
 with a null ClickHouse (answers, stores nothing), separates the API's own
 mirroring cost from the local ClickHouse's CPU, which here shares the API's
-two cores (in production it runs elsewhere).
+two cores (in production it runs elsewhere). A fifth, off again (off2), is a
+second API configured exactly like off: its p99 / off per round is what the
+same configuration measures against itself, the noise floor to read the
+goals by (a note line, not a goal).
 
   --rounds N        rounds (default 5)
   --seconds N       length of each mode's phase per scenario per round (default 2)
   --sizes A,B       spans per request (default 1,50)
   --concurrency N   in-flight requests of the concurrent HTTP scenarios (default 8)
-  --modes A,B       the modes to run, of off,up,down,null (default all; off, the baseline, is always run)
+  --modes A,B       the modes to run, of off,off2,up,down,null (default all; off, the baseline, is always run)
   --no-null         leave out the null-ClickHouse mode
   --down-queue-mib N   MIRROR_QUEUE_MAX_BYTES of the ClickHouse-down API (default: the product's);
                     a small one puts it in the long-outage regime at once (queue full, rows become gaps)
   --quick           3 rounds of 1 s: a smoke run, not a measurement`;
 
-type Mode = 'off' | 'up' | 'down' | 'null';
-const MODE_NAMES: Record<Mode, string> = { off: 'off', up: 'ClickHouse up', down: 'ClickHouse down', null: 'null ClickHouse' };
+type Mode = 'off' | 'off2' | 'up' | 'down' | 'null';
+const MODE_NAMES: Record<Mode, string> = { off: 'off', off2: 'off again', up: 'ClickHouse up', down: 'ClickHouse down', null: 'null ClickHouse' };
+/** The order the tables, the options and the JSON list the modes in. */
+const SHOWN: readonly Mode[] = ['off', 'off2', 'up', 'down', 'null'];
+/**
+ * The order each round rotates: off again sits two places after off and down
+ * three, so across rounds off again is as far from off in time as down (two
+ * places one round, three the next), not always next to it.
+ */
+const ROTATION: readonly Mode[] = ['off', 'up', 'off2', 'down', 'null'];
+/** The modes with the flag on: the ones with a mirror to drain and report. */
+const mirrored = (mode: Mode) => mode === 'up' || mode === 'down' || mode === 'null';
 
 interface Scenario {
   name: string;
@@ -76,10 +89,11 @@ async function main(): Promise<void> {
     concurrency: flags.int('concurrency', 8),
     downQueueMiB: flags.has('down-queue-mib') ? flags.int('down-queue-mib', 1) : null,
   };
-  const chosen = flags.names<Mode>('modes', ['off', 'up', 'down', 'null'], flags.has('no-null') ? ['off', 'up', 'down'] : ['off', 'up', 'down', 'null']);
+  const chosen = flags.names<Mode>('modes', SHOWN, SHOWN.filter((m) => m !== 'null' || !flags.has('no-null')));
   // Every ratio is against off in the same round, so off always runs.
-  const MODES: Mode[] = (['off', 'up', 'down', 'null'] as const).filter((m) => m === 'off' || chosen.includes(m));
-  const report = new BenchReport('write-path', { ...options, modes: MODES });
+  const MODES: Mode[] = ROTATION.filter((m) => m === 'off' || chosen.includes(m));
+  const shown = SHOWN.filter((m) => MODES.includes(m));
+  const report = new BenchReport('write-path', { ...options, modes: shown });
   const log = (line: string) => report.print(line);
 
   const postgres = await startBenchPostgres(log);
@@ -121,7 +135,14 @@ async function main(): Promise<void> {
       await hosts.get(mode)!.call({ cmd: 'drain', timeoutMs: mode === 'up' || mode === 'null' ? 60_000 : 0 });
     }
 
-    const results: Array<{ scenario: Scenario; phases: Array<Omit<Phase, 'latencies'>>; ratios: Record<string, Spread>; pooled: Record<Mode, { p50: number; p99: number }> }> = [];
+    const results: Array<{
+      scenario: Scenario;
+      phases: Array<Omit<Phase, 'latencies'>>;
+      ratios: Record<string, Spread>;
+      pooled: Record<Mode, { p50: number; p99: number }>;
+      /** p99 off again / off per round, median (min–max): the A/A noise floor; null when off2 did not run. */
+      noiseFloorP99: Spread | null;
+    }> = [];
     for (const [s, scenario] of scenarios.entries()) {
       const phases: Phase[] = [];
       for (let round = 0; round < options.rounds; round++) {
@@ -135,13 +156,13 @@ async function main(): Promise<void> {
       const of = (mode: Mode) => phases.filter((p) => p.mode === mode).sort((a, b) => a.round - b.round);
       const ratio = (mode: Mode, q: 'p50' | 'p99') => spread(of(mode).map((p, i) => p[q] / of('off')[i][q]));
       const pooled = Object.fromEntries(
-        MODES.map((mode) => {
+        shown.map((mode) => {
           const all = of(mode).flatMap((p) => p.latencies);
           return [mode, { p50: quantile(all, 0.5), p99: quantile(all, 0.99) }];
         }),
       ) as Record<Mode, { p50: number; p99: number }>;
       const ratios = Object.fromEntries(
-        MODES.filter((m) => m !== 'off').flatMap((mode) => [
+        shown.filter((m) => m !== 'off').flatMap((mode) => [
           [`${mode}_p50`, ratio(mode, 'p50')],
           [`${mode}_p99`, ratio(mode, 'p99')],
         ]),
@@ -152,7 +173,7 @@ async function main(): Promise<void> {
       log(
         table([
           ['mode', 'p50 ms', 'p99 ms', 'p50 / off', 'p99 / off', 'pooled p99', 'pooled p99 / off'],
-          ...MODES.map((mode) => [
+          ...shown.map((mode) => [
             MODE_NAMES[mode],
             showSpread(spread(of(mode).map((p) => p.p50))),
             showSpread(spread(of(mode).map((p) => p.p99))),
@@ -163,18 +184,21 @@ async function main(): Promise<void> {
           ]),
         ]),
       );
-      for (const mode of MODES.filter((m) => m !== 'off')) {
+      for (const mode of shown.filter(mirrored)) {
         const r = ratios[`${mode}_p99`];
         const name = `${scenario.name}: p99 flag on (${MODE_NAMES[mode]}) / off`;
         // The null-ClickHouse mode is a diagnosis, not one of the brief's goals.
         if (mode === 'null') report.print(`note: ${name}: ${showSpread(r, 3)}`);
         else report.goal({ name, target: '<= 1.05', spread: r, met: r.median <= 1.05 });
       }
-      results.push({ scenario, phases: phases.map(({ latencies: _l, ...p }) => p), ratios, pooled });
+      // The A/A check, printed right after this scenario's goal lines: how far off's p99 moves against itself.
+      const noiseFloorP99 = MODES.includes('off2') ? ratios.off2_p99 : null;
+      if (noiseFloorP99) report.note(`noise floor: p99 ${MODE_NAMES.off2} / off: median ${showSpread(noiseFloorP99, 2)} (min–max)`);
+      results.push({ scenario, phases: phases.map(({ latencies: _l, ...p }) => p), ratios, pooled, noiseFloorP99 });
     }
 
     const mirrorStats: Record<string, unknown> = {};
-    for (const mode of MODES.filter((m) => m !== 'off')) {
+    for (const mode of shown.filter(mirrored)) {
       mirrorStats[mode] = (await hosts.get(mode)!.call<{ stats: unknown }>({ cmd: 'drain', timeoutMs: mode === 'down' ? 0 : 60_000 })).stats;
     }
     log(`\nmirror at the end: ${JSON.stringify(mirrorStats)}`);

@@ -50,6 +50,8 @@ export function describeMachine(): Machine {
 export class BenchReport {
   private readonly machine = describeMachine();
   private readonly goals: Goal[] = [];
+  /** What finish() prints, in order: the goals and the notes placed among them. */
+  private readonly summary: Array<{ goal: Goal } | { note: string }> = [];
   private readonly started = Date.now();
 
   constructor(
@@ -67,12 +69,23 @@ export class BenchReport {
 
   goal(goal: Goal): void {
     this.goals.push(goal);
+    this.summary.push({ goal });
+  }
+
+  /** A `note:` line printed among the goal lines, after the goals given before it; a figure to read them by, not a goal. */
+  note(text: string): void {
+    this.summary.push({ note: text });
   }
 
   /** Prints the goals and writes bench-results/<bench>-<time>.json; returns whether every goal was met. */
   finish(results: unknown): boolean {
     this.print('');
-    for (const g of this.goals) {
+    for (const entry of this.summary) {
+      if ('note' in entry) {
+        this.print(`note: ${entry.note}`);
+        continue;
+      }
+      const g = entry.goal;
       this.print(`goal ${g.met ? 'MET   ' : 'MISSED'} ${g.name} ${g.target}: median ${showSpread(g.spread, 2, g.unit ?? '')} (min–max)`);
     }
     const finishedAt = new Date();
