@@ -35,6 +35,13 @@ export function redactUrl(url: string): string {
   return url.replace(/\/\/([^:@/]+):([^@/]+)@/, '//$1:***@');
 }
 
+/** True for a server on this machine; a URL that does not parse is not. */
+function isLoopback(url: string): boolean {
+  if (!URL.canParse(url)) return false;
+  const host = new URL(url).hostname;
+  return host === 'localhost' || host === '[::1]' || host.startsWith('127.');
+}
+
 /**
  * The ClickHouse side of backfill and verify: inserts through the mirror's
  * sink (retried with the same deduplication token), the FINAL counts the
@@ -50,7 +57,8 @@ export class ClickHouseHistory {
     private readonly where: { url: string; database: string },
     private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((done) => setTimeout(done, ms)),
   ) {
-    this.sink = new ClickHouseSink(clients.insert);
+    // Gzip pays off over a network; to a server on this machine it only burns the CPU the copy needs.
+    this.sink = new ClickHouseSink(clients.insert, { gzip: !isLoopback(where.url) });
     this.query = clients.query;
   }
 
