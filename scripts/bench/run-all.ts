@@ -7,12 +7,15 @@ const BENCHES = ['write-path', 'mirror-throughput', 'mirror-lag', 'memory', 'bac
 const USAGE = `usage: npm run bench -- [--quick] [--only a,b]
 
 Runs every benchmark, one after another, each in its own process (so none
-inherits another's heap or servers), then repeats every goal line. Each
+inherits another's heap or servers), then repeats every goal line (and write-path's noise-floor notes). Each
 benchmark prints its figures and writes bench-results/<name>-<time>.json.
 Run one alone, with its own flags, as npm run bench:<name> -- --help.
 
   --quick       each benchmark's smoke run (a few seconds to a minute each)
   --only LIST   comma-separated subset of: ${BENCHES.join(', ')}`;
+
+/** What the summary repeats: every goal, and write-path's A/A noise floor next to the goals it qualifies. */
+const summarized = (line: string) => line.startsWith('goal ') || line.startsWith('note: noise floor');
 
 async function run(name: string, args: string[]): Promise<{ code: number; goals: string[] }> {
   const goals: string[] = [];
@@ -23,11 +26,11 @@ async function run(name: string, args: string[]): Promise<{ code: number; goals:
     process.stdout.write(chunk);
     const lines = (partial + chunk).split('\n');
     partial = lines.pop()!;
-    goals.push(...lines.filter((line) => line.startsWith('goal ')));
+    goals.push(...lines.filter(summarized));
   });
   // 'close', not 'exit': the last lines (the goals) may still be in the pipe when the process exits.
   const code = await new Promise<number>((done) => child.on('close', (c) => done(c ?? 1)));
-  if (partial.startsWith('goal ')) goals.push(partial);
+  if (summarized(partial)) goals.push(partial);
   return { code, goals };
 }
 
