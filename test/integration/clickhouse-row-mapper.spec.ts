@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import fc from 'fast-check';
 import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
-import { ClickHouseSink } from '../../src/dbs/clickhouse/clickhouse-sink';
+import { ClickHouseSink, linesBody } from '../../src/dbs/clickhouse/clickhouse-sink';
 import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
 import { MirroredNode, NODE_COLUMNS, toNodeClickHouseLine, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import {
@@ -86,9 +86,9 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
   afterAll(async () => ch?.drop());
 
   const insertSpans = (rows: MirroredSpan[], token: string = randomUUID()) =>
-    sink.insert('spans', rows.map((s) => toSpanMirrorRow(s).line), token);
+    sink.insert('spans', linesBody(rows.map((s) => toSpanMirrorRow(s).line)), token);
   const insertNodes = (rows: MirroredNode[], token: string = randomUUID()) =>
-    sink.insert('nodes', rows.map((n) => toNodeMirrorRow(n).line), token);
+    sink.insert('nodes', linesBody(rows.map((n) => toNodeMirrorRow(n).line)), token);
 
   /** Physical rows, before FINAL collapses versions. */
   async function storedRows(table: 'spans' | 'nodes', projectId: string): Promise<number> {
@@ -371,6 +371,6 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
 
   it('rejects a row the table does not accept instead of dropping a field', async () => {
     const line = JSON.stringify({ ...toSpanClickHouseRow(mirroredSpan(uuid())), unexpected: 1 });
-    await expect(sink.insert('spans', [line], randomUUID())).rejects.toThrow(/Unknown field found while parsing JSONEachRow format: unexpected/);
+    await expect(sink.insert('spans', linesBody([line]), randomUUID())).rejects.toThrow(/Unknown field found while parsing JSONEachRow format: unexpected/);
   });
 });

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { ClickHouseClient, ClickHouseError } from '@clickhouse/client';
 import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
-import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
+import { ClickHouseSink, linesBody } from '../clickhouse/clickhouse-sink';
 import { countByProjectDay, ProjectDayCount } from '../clickhouse/clickhouse-spans.dao';
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { HistoryEntity, MirroredRecord } from './history-entities';
@@ -95,7 +95,7 @@ export class ClickHouseHistory {
    */
   async insert(table: Entity, lines: string[], dedupToken: string): Promise<void> {
     if (lines.length === 0) return;
-    await this.retried(table, () => this.sink.insert(table, lines, dedupToken));
+    await this.retried(table, () => this.sink.insert(table, linesBody(lines), dedupToken));
   }
 
   /**

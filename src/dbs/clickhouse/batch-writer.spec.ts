@@ -1,7 +1,8 @@
 import { ClickHouseError } from '@clickhouse/client';
 import { Registry } from 'prom-client';
+import { linesOfBody } from '../../../test/support/insert-body';
 import {
-  InsertLines,
+  InsertBody,
   BatchWriter,
   BatchWriterSettings,
   Clock,
@@ -16,8 +17,6 @@ import {
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
 import { ROW_HEADER_BYTES } from './row-log';
 
-/** A line the writer handed over (bytes from its stores) as text. */
-const lineText = (line: string | Uint8Array): string => (typeof line === 'string' ? line : Buffer.from(line).toString('utf8'));
 
 /** Timers that only fire when the test advances time. */
 class ManualClock implements Clock {
@@ -88,8 +87,8 @@ class FakeSink implements MirrorSink {
 
   constructor(private readonly clock: ManualClock) {}
 
-  insert(table: string, lines: InsertLines, dedupToken: string): Promise<void> {
-    const call = { table, lines: [...lines].map(lineText), dedupToken, at: this.clock.now() };
+  insert(table: string, body: InsertBody, dedupToken: string): Promise<void> {
+    const call = { table, lines: linesOfBody(body), dedupToken, at: this.clock.now() };
     this.attempts.push(call);
     const behaviour = this.behaviours.shift() ?? this.fallback;
     if (behaviour === 'ok') {
@@ -566,10 +565,10 @@ describe('BatchWriter', () => {
       expect(gaps.recorded.at(-1)).toMatchObject({ keys: [spanRow(3).key], reason: 'writer_closed' });
     });
 
-    it('counts what a row costs in memory: its record header, gap fields and line in UTF-8', async () => {
+    it('counts what a row costs in memory: its record header, gap fields, and line with its newline, in UTF-8', async () => {
       const row: MirrorRow = { table: 'spans', entity: 'spans', projectId: PROJECT_A, key: ['trace-é', 'span-✓'], createdAt: '2026-03-01T12:00:00.000001Z', line: '{"name":"café"}' };
       const fields = JSON.stringify(['spans', PROJECT_A, row.createdAt, 'trace-é', 'span-✓']);
-      expect(queuedRowBytes(row)).toBe(ROW_HEADER_BYTES + Buffer.byteLength(fields) + Buffer.byteLength(row.line));
+      expect(queuedRowBytes(row)).toBe(ROW_HEADER_BYTES + Buffer.byteLength(fields) + Buffer.byteLength(row.line) + 1);
 
       // Exactly one such row fits; its gap fields come back from the store intact when it cannot be sent.
       const { sink, writer, gaps } = setup({ queueMaxBytes: queuedRowBytes(row), maxAttempts: 1 });

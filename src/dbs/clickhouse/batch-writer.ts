@@ -29,17 +29,17 @@ export interface MirrorRow {
 export type GapRow = Omit<MirrorRow, 'line'>;
 
 /**
- * JSONEachRow lines, each without its newline, as text or as UTF-8 bytes.
- * The writer hands over bytes straight from its off-heap stores, produced
- * as the sink reads them: decoding a whole batch to strings at flush time
- * held the event loop for milliseconds once per interval (write-path p99).
- * Iterate it at most once per insert call.
+ * A JSONEachRow insert body: UTF-8 text in pieces, whole lines each ending
+ * in '\n'. The writer hands over slices of its off-heap stores, a few per
+ * batch, as the sink reads them: nothing is copied or decoded at flush time
+ * (decoding a batch to strings held the event loop for milliseconds once per
+ * interval: write-path p99). Iterate it at most once per insert call.
  */
-export type InsertLines = Iterable<string | Uint8Array>;
+export type InsertBody = Iterable<Uint8Array>;
 
 /** The ClickHouse side. The implementation must bound each request with a timeout: the writer has no timeout of its own. */
 export interface MirrorSink {
-  insert(table: string, lines: InsertLines, dedupToken: string): Promise<void>;
+  insert(table: string, body: InsertBody, dedupToken: string): Promise<void>;
   ping(): Promise<boolean>;
 }
 
@@ -600,7 +600,6 @@ export class BatchWriter {
   private settleAsSent(batch: Batch): void {
     if (batch.settled) return;
     batch.settled = true;
-    this.releaseQueued(batch);
     const now = this.clock.now();
     this.rowsSent += batch.rows.count;
     this.lastSuccessAt = now;
@@ -610,16 +609,20 @@ export class BatchWriter {
       metrics.flushRows.observe({ table: batch.table }, batch.rows.count);
       forEachEnqueueTime(batch.rows, (enqueuedAt) => metrics.lag.observe((now - enqueuedAt) / 1000));
     }
+    this.releaseQueued(batch);
   }
 
   private settleAsGap(batch: Batch, reason: DropReason, detail?: string): void {
     if (batch.settled) return;
     batch.settled = true;
+    const rows = gapRowsOf(batch.table, batch.rows);
     this.releaseQueued(batch);
-    this.dropIntoGaps(gapRowsOf(batch.table, batch.rows), reason, detail);
+    this.dropIntoGaps(rows, reason, detail);
   }
 
+  /** The batch is settled: its rows leave the count, and its stores may take new rows. */
   private releaseQueued(batch: Batch): void {
+    this.tables.get(batch.table)?.pending.release(batch.rows);
     this.queuedRows -= batch.rows.count;
     this.queuedBytes -= batch.rows.bytes;
     this.noteRoom();
@@ -725,7 +728,9 @@ export class BatchWriter {
         this.queuedRows -= unsent.count;
         this.queuedBytes -= unsent.bytes;
         this.noteRoom();
-        this.dropIntoGaps(gapRowsOf(queue.table, unsent), 'shutdown_deadline');
+        const rows = gapRowsOf(queue.table, unsent);
+        queue.pending.release(unsent);
+        this.dropIntoGaps(rows, 'shutdown_deadline');
       }
       this.updateQueueGauges(queue);
     }

@@ -3,7 +3,7 @@ import { createServer, IncomingHttpHeaders, Server } from 'node:http';
 import { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
-import { ClickHouseSink } from './clickhouse-sink';
+import { ClickHouseSink, linesBody } from './clickhouse-sink';
 
 interface Received {
   url: string;
@@ -48,9 +48,9 @@ describe('ClickHouseSink on the wire', () => {
   it('sends the lines gzipped, one per line, with the deduplication token and the insert settings', async () => {
     const { received, sink, close } = await endpoint();
     try {
-      // ~3 MB: several 1 MiB gzip chunks; lines as strings and as bytes, as the writer and the replays send them.
+      // ~3 MB: several 1 MiB chunks of lines, as verify and the gap replays send them.
       const lines = Array.from({ length: 3000 }, (_, i) => JSON.stringify({ i, text: `ünïcødé ${'x'.repeat(1000)} ${i}` }));
-      await sink.insert('spans', lines.map((line, i) => (i % 2 ? Buffer.from(line) : line)), 'token-1');
+      await sink.insert('spans', linesBody(lines), 'token-1');
 
       expect(received).toHaveLength(1);
       const [request] = received;
@@ -81,9 +81,10 @@ describe('ClickHouseSink on the wire', () => {
   it('sends the body as it is when told not to gzip (a server on the same machine)', async () => {
     const { received, sink, close } = await endpoint('answer', false);
     try {
-      await sink.insert('spans', ['{"a":1}', Buffer.from('{"a":2}')], 'token-4');
+      // Pieces as the batch writer hands them over: slices holding whole lines.
+      await sink.insert('spans', [Buffer.from('{"a":1}\n{"a":2}\n'), Buffer.from('{"a":3}\n')], 'token-4');
       expect(received[0].headers['content-encoding']).toBeUndefined();
-      expect(received[0].body.toString('utf8')).toBe('{"a":1}\n{"a":2}\n');
+      expect(received[0].body.toString('utf8')).toBe('{"a":1}\n{"a":2}\n{"a":3}\n');
     } finally {
       await close();
     }

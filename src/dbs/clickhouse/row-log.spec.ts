@@ -1,3 +1,4 @@
+import { linesOfBody } from '../../../test/support/insert-body';
 import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, ROW_HEADER_BYTES, RowLog, RowSpan } from './row-log';
 
 /** Appends a row the way the writer does: gap fields as JSON, byte lengths measured once. */
@@ -7,8 +8,11 @@ function append(log: RowLog, id: number, line = `{"id":${id}}`, enqueuedAt = 1_0
 }
 
 function lines(span: RowSpan): string[] {
-  return [...linesOf(span)].map((bytes) => Buffer.from(bytes).toString('utf8'));
+  return linesOfBody(linesOf(span));
 }
+
+/** The stores a span's lines are in. */
+const storesOf = (span: RowSpan) => new Set([...linesOf(span)].map((slice) => slice.buffer));
 
 describe('RowLog', () => {
   it('is empty until a row is appended', () => {
@@ -66,7 +70,9 @@ describe('RowLog', () => {
     // ~3 KB rows: a 256 KiB store holds ~85, so 400 rows cross several stores.
     for (let id = 1; id <= 400; id++) append(log, id, line(id));
     const first = log.take(250)!;
-    expect(first.parts.length).toBeGreaterThan(2);
+    // A few slices however many rows: the body is sent without copying.
+    expect(first.lines.length).toBeGreaterThan(2);
+    expect(first.lines.length).toBeLessThan(10);
     for (let id = 401; id <= 900; id++) append(log, id, line(id));
     const rest = log.take()!;
 
@@ -85,7 +91,29 @@ describe('RowLog', () => {
     expect(lines(log.take()!)).toEqual(['{"id":1}', huge, '{"id":3}']);
   });
 
-  it('counts the header, the gap fields and the line of every row against the bound', () => {
-    expect(recordBytes(40, 2000)).toBe(ROW_HEADER_BYTES + 40 + 2000);
+  it('counts the header, the gap fields and the line with its newline of every row against the bound', () => {
+    expect(recordBytes(40, 2000)).toBe(ROW_HEADER_BYTES + 40 + 2000 + 1);
+  });
+
+  it('reuses the stores of released spans, and never those of a span still held', () => {
+    const log = new RowLog();
+    const line = (id: number) => JSON.stringify({ id, pad: 'q'.repeat(4000) });
+    for (let id = 1; id <= 300; id++) append(log, id, line(id));
+    const held = log.take(100)!;
+    const released = log.take(100)!;
+    const releasedStores = storesOf(released);
+    log.release(released);
+    // Enough new rows to need every pooled store and more.
+    for (let id = 301; id <= 900; id++) append(log, id, line(id));
+    const later = log.take()!;
+
+    expect(lines(held)).toEqual(Array.from({ length: 100 }, (_, i) => line(i + 1)));
+    expect(lines(later)).toEqual(Array.from({ length: 700 }, (_, i) => line(i + 201)));
+    const laterStores = storesOf(later);
+    // The released span's stores that the log had let go of came back for new rows; the held span's did not.
+    expect([...releasedStores].filter((store) => laterStores.has(store)).length).toBeGreaterThan(0);
+    for (const store of storesOf(held)) {
+      if (!releasedStores.has(store)) expect(laterStores.has(store)).toBe(false);
+    }
   });
 });

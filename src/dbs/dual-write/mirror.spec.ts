@@ -1,6 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { Registry } from 'prom-client';
 import { BatchWriter, BatchWriterSettings, MirrorGap, MirrorRow, queuedRowBytes } from '../clickhouse/batch-writer';
+import { linesOfBody } from '../../../test/support/insert-body';
 import { Mirror } from './mirror';
 import { MirrorPlan } from './mirrored-dao';
 
@@ -42,9 +43,9 @@ function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}) {
     { flushIntervalMs: 60_000, ...settings },
     {
       sink: {
-        insert: async (_table, lines) => {
+        insert: async (_table, body) => {
           if (hanging) await new Promise<void>((answer) => hanging!.push(answer));
-          for (const line of lines) sent.push(typeof line === 'string' ? line : Buffer.from(line).toString('utf8'));
+          sent.push(...linesOfBody(body));
         },
         ping: async () => true,
       },
