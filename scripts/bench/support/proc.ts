@@ -83,3 +83,21 @@ export function treeCpuSecondsOf(root: number): number {
   }
   return total;
 }
+
+/**
+ * Waits until a process has been nearly idle (under `busyMs` of CPU per
+ * `windowMs`) or `maxMs` have passed; how long it waited, in ms. After a
+ * benchmark phase inserts into the local ClickHouse, its background merges
+ * go on for seconds, and the next phase would pay for them.
+ */
+export async function waitUntilQuiet(pid: number, { windowMs = 250, busyMs = 15, maxMs = 10_000 } = {}): Promise<number> {
+  const started = Date.now();
+  let before = cpuSecondsOf(pid);
+  while (Date.now() - started < maxMs) {
+    await new Promise((resolve) => setTimeout(resolve, windowMs));
+    const now = cpuSecondsOf(pid);
+    if ((now - before) * 1000 < busyMs) break;
+    before = now;
+  }
+  return Date.now() - started;
+}
