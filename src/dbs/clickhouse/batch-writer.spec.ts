@@ -17,7 +17,6 @@ import {
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
 import { ROW_HEADER_BYTES } from './row-log';
 
-
 /** Timers that only fire when the test advances time. */
 class ManualClock implements Clock {
   private time = 1_000_000;

@@ -609,22 +609,22 @@ export class BatchWriter {
       metrics.flushRows.observe({ table: batch.table }, batch.rows.count);
       forEachEnqueueTime(batch.rows, (enqueuedAt) => metrics.lag.observe((now - enqueuedAt) / 1000));
     }
-    this.releaseQueued(batch);
+    this.releaseQueued(batch.table, batch.rows);
   }
 
   private settleAsGap(batch: Batch, reason: DropReason, detail?: string): void {
     if (batch.settled) return;
     batch.settled = true;
     const rows = gapRowsOf(batch.table, batch.rows);
-    this.releaseQueued(batch);
+    this.releaseQueued(batch.table, batch.rows);
     this.dropIntoGaps(rows, reason, detail);
   }
 
-  /** The batch is settled: its rows leave the count, and its stores may take new rows. */
-  private releaseQueued(batch: Batch): void {
-    this.tables.get(batch.table)?.pending.release(batch.rows);
-    this.queuedRows -= batch.rows.count;
-    this.queuedBytes -= batch.rows.bytes;
+  /** The rows are settled (sent, or read into gaps): they leave the count, and their stores may take new rows. */
+  private releaseQueued(table: string, rows: RowSpan): void {
+    this.tables.get(table)?.pending.release(rows);
+    this.queuedRows -= rows.count;
+    this.queuedBytes -= rows.bytes;
     this.noteRoom();
   }
 
@@ -725,11 +725,8 @@ export class BatchWriter {
       }
       const unsent = queue.pending.take();
       if (unsent !== null) {
-        this.queuedRows -= unsent.count;
-        this.queuedBytes -= unsent.bytes;
-        this.noteRoom();
         const rows = gapRowsOf(queue.table, unsent);
-        queue.pending.release(unsent);
+        this.releaseQueued(queue.table, unsent);
         this.dropIntoGaps(rows, 'shutdown_deadline');
       }
       this.updateQueueGauges(queue);
