@@ -155,7 +155,7 @@ async function main(): Promise<void> {
       },
       'clickhouse insert': async (round) => {
         const config = await clickhouse.createDatabase(`ceiling_r${round}`);
-        // As the backfill's client: no gzip to a server on this machine.
+        // As the backfill's client: no compression to a server on this machine.
         const client = createClient({ ...clickHouseClientOptions(config, clickhouse.url), request_timeout: 120_000, compression: { request: false, response: false } });
         try {
           let inFlight: Promise<void> = Promise.resolve();

@@ -22,8 +22,8 @@ Spans per second the mirror sustains: committed spans through the row mapper,
 BatchWriter (the product's settings: MIRROR_FLUSH_ROWS etc. from the
 environment, defaults otherwise) and ClickHouseSink into ClickHouse, against
 the ceiling: the same spans mapped and inserted with @clickhouse/client's
-insert() (JSONEachRow, the same client options and batch size, gzip level 1
-by the client as the sink gzips), one insert in flight while the next batch
+insert() (JSONEachRow, the same client options and batch size, brotli
+quality 0 by the client as the sink compresses), one insert in flight while the next batch
 is mapped, as the writer does. CPU time per span for this process and, for the local
 endpoint, the ClickHouse process. Goal: writer >= 80% of the ceiling.
 
@@ -63,8 +63,8 @@ async function main(): Promise<void> {
   try {
     const config = await clickhouse.createDatabase('throughput');
     const clients = createClickHouseClients(config, clickhouse.url);
-    // The client compressing as the API's sink does (level 1), as a user of the client would have it.
-    const ceilingClient = createClient({ ...clickHouseClientOptions(config, clickhouse.url), compression: { request: { codec: 'gzip', level: 1 }, response: false } });
+    // The client compressing as the API's sink does (brotli quality 0), as a user of the client would have it.
+    const ceilingClient = createClient({ ...clickHouseClientOptions(config, clickhouse.url), compression: { request: { codec: 'br', quality: 0 }, response: false } });
     const projectId = randomUUID();
 
     const next = committedSpanSource(projectId);
@@ -94,7 +94,7 @@ async function main(): Promise<void> {
     let gapRows = 0;
     const writer = async (count: number) => {
       const batchWriter = new BatchWriter(settings, {
-        sink: new ClickHouseSink(clients.insert, { gzip: true }),
+        sink: new ClickHouseSink(clients.insert, { compress: true }),
         gapRecorder: { record: async (gaps: MirrorGap[]) => void (gapRows += gaps.reduce((n, g) => n + g.rowCount, 0)) },
         logger: { info: () => undefined, warn: (o, m) => log(`writer: ${m} ${JSON.stringify(o)}`), error: (o, m) => log(`writer: ${m} ${JSON.stringify(o)}`) },
         metrics: createMirrorMetrics(new Registry()),

@@ -79,7 +79,7 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
 
   beforeAll(async () => {
     ch = await createTestClickHouse();
-    sink = new ClickHouseSink(ch.clients.insert, { gzip: true });
+    sink = new ClickHouseSink(ch.clients.insert, { compress: true });
     spans = new ClickHouseSpansDao(ch.clients.query);
     nodes = new ClickHouseNodesDao(ch.clients.query);
   });

@@ -6,7 +6,7 @@ import { AddressInfo } from 'node:net';
  * /ping says Ok., every query succeeds with an empty result (so the DDL
  * runner finds no applied migrations, applies them and is done), every
  * insert body is read and dropped. With it, the flag-on write path pays only
- * the API's own mirroring work (mapping, queueing, gzip, HTTP), not a local
+ * the API's own mirroring work (mapping, queueing, compression, HTTP), not a local
  * ClickHouse competing for the same two cores.
  */
 export async function startNullClickHouse(): Promise<{ url: string; bytesReceived(): number; stop(): Promise<void> }> {

@@ -57,8 +57,8 @@ export class ClickHouseHistory {
     private readonly where: { url: string; database: string },
     private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((done) => setTimeout(done, ms)),
   ) {
-    // Gzip pays off over a network; to a server on this machine it only burns the CPU the copy needs.
-    this.sink = new ClickHouseSink(clients.insert, { gzip: !isLoopback(where.url) });
+    // Compression pays off over a network; to a server on this machine it only burns the CPU the copy needs.
+    this.sink = new ClickHouseSink(clients.insert, { compress: !isLoopback(where.url) });
     this.query = clients.query;
   }
 

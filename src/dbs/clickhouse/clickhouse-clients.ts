@@ -5,7 +5,7 @@ import { AppConfig } from '../../config/app-config';
  * The mirror's connections to ClickHouse. Inserts and queries get separate
  * clients, as @clickhouse/client advises: a slow analytics query or DDL never
  * holds the sockets the batch writer needs. Neither compresses: ClickHouseSink
- * gzips insert bodies itself where that pays (the client cannot be told
+ * compresses insert bodies itself where that pays (the client cannot be told
  * zlib's chunk size), and answers are small. Constructed only when
  * USE_CLICKHOUSE is on.
  */

@@ -2,7 +2,7 @@ import { ClickHouseLogLevel, createClient } from '@clickhouse/client';
 import { createServer, IncomingHttpHeaders, Server } from 'node:http';
 import { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
-import { gunzipSync } from 'node:zlib';
+import { brotliDecompressSync } from 'node:zlib';
 import { ClickHouseSink, linesBody } from './clickhouse-sink';
 
 interface Received {
@@ -17,7 +17,7 @@ interface Received {
  * What the real engine makes of these bodies is the integration specs'
  * business; this one checks what goes on the wire.
  */
-async function endpoint(behaviour: 'answer' | 'drop' = 'answer', gzip = true) {
+async function endpoint(behaviour: 'answer' | 'drop' = 'answer', compress = true) {
   const received: Received[] = [];
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -35,7 +35,7 @@ async function endpoint(behaviour: 'answer' | 'drop' = 'answer', gzip = true) {
   const client = createClient({ url, compression: { request: false, response: false }, request_timeout: 5000, log: { level: ClickHouseLogLevel.OFF } });
   return {
     received,
-    sink: new ClickHouseSink(client, { gzip }),
+    sink: new ClickHouseSink(client, { compress }),
     close: async () => {
       await client.close();
       server.closeAllConnections();
@@ -45,7 +45,7 @@ async function endpoint(behaviour: 'answer' | 'drop' = 'answer', gzip = true) {
 }
 
 describe('ClickHouseSink on the wire', () => {
-  it('sends the lines gzipped, one per line, with the deduplication token and the insert settings', async () => {
+  it('sends the lines brotli-compressed, one per line, with the deduplication token and the insert settings', async () => {
     const { received, sink, close } = await endpoint();
     try {
       // ~3 MB: several 1 MiB chunks of lines, as verify and the gap replays send them.
@@ -54,8 +54,8 @@ describe('ClickHouseSink on the wire', () => {
 
       expect(received).toHaveLength(1);
       const [request] = received;
-      expect(request.headers['content-encoding']).toBe('gzip');
-      expect(gunzipSync(request.body).toString('utf8')).toBe(lines.map((line) => `${line}\n`).join(''));
+      expect(request.headers['content-encoding']).toBe('br');
+      expect(brotliDecompressSync(request.body).toString('utf8')).toBe(lines.map((line) => `${line}\n`).join(''));
       const params = new URL(request.url, 'http://x').searchParams;
       expect(params.get('query')).toBe('INSERT INTO spans FORMAT JSONEachRow');
       expect(params.get('insert_deduplication_token')).toBe('token-1');
@@ -66,19 +66,19 @@ describe('ClickHouseSink on the wire', () => {
     }
   });
 
-  it('streams TabSeparated rows gzipped as they come', async () => {
+  it('streams TabSeparated rows compressed as they come', async () => {
     const { received, sink, close } = await endpoint();
     try {
       const rows = ['a\t1\n', 'b\t2\n', 'c\t3\n'];
       await sink.insertTabSeparated('nodes', ['node_id', 'version'], Readable.from(rows.map((r) => Buffer.from(r))), 'token-2');
-      expect(gunzipSync(received[0].body).toString('utf8')).toBe(rows.join(''));
+      expect(brotliDecompressSync(received[0].body).toString('utf8')).toBe(rows.join(''));
       expect(new URL(received[0].url, 'http://x').searchParams.get('query')).toBe('INSERT INTO nodes (`node_id`, `version`) FORMAT TabSeparated');
     } finally {
       await close();
     }
   });
 
-  it('sends the body as it is when told not to gzip (a server on the same machine)', async () => {
+  it('sends the body as it is when told not to compress (a server on the same machine)', async () => {
     const { received, sink, close } = await endpoint('answer', false);
     try {
       // Pieces as the batch writer hands them over: slices holding whole lines.
