@@ -6,7 +6,7 @@ import { AppHost, startAppHost } from './support/processes';
 import { BenchReport, runBench } from './support/report';
 import { startBenchClickHouse, startBenchPostgres } from './support/servers';
 import { benchTrace, spansBody } from './support/spans';
-import { waitUntilQuiet } from './support/proc';
+import { cpuSecondsOf, waitUntilQuiet } from './support/proc';
 import { num, quantile, showSpread, shuffled, Spread, spread, table } from './support/stats';
 
 const USAGE = `usage: npm run bench:write-path -- [options]
@@ -25,7 +25,10 @@ mirroring cost from the local ClickHouse's CPU, which here shares the API's
 two cores (in production it runs elsewhere). A fifth, off again (off2), is a
 second API configured exactly like off: its p99 / off per round is what the
 same configuration measures against itself, the noise floor to read the
-goals by (a note line, not a goal).
+goals by (a note line, not a goal). Beside latency, each phase's API CPU time
+per request (the API process, all its threads, including the mirror's flush
+of the phase's tail): what mirroring costs in work, which is what latency
+pays for once the cores are saturated (a note line per mode).
 
   --rounds N        rounds (default 5)
   --seconds N       length of each mode's phase per scenario per round (default 2)
@@ -60,6 +63,8 @@ interface Phase {
   p50: number;
   p99: number;
   samples: number;
+  /** CPU ms of the API process per request: the phase and, for modes that send, the drain of its tail. */
+  cpuMs: number;
   latencies: number[];
 }
 
@@ -151,15 +156,18 @@ async function main(): Promise<void> {
         // A fixed rotation kept every mode after the same neighbour: off again always followed
         // ClickHouse up, and paid for its merges (the A/A ratio came out at 1.04-1.33).
         for (const [position, mode] of shuffled(MODES, 1 + s * 1000 + round).entries()) {
-          const latencies = await runPhase(hosts.get(mode)!, scenario, options.seconds * 1000);
-          phases.push({ round, position, mode, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99), samples: latencies.length, latencies });
+          const host = hosts.get(mode)!;
+          const cpuBefore = cpuSecondsOf(host.pid);
+          const latencies = await runPhase(host, scenario, options.seconds * 1000);
           // The mirror's flush of this phase's tail happens here, not during the next mode's phase.
-          if (mode === 'up' || mode === 'null') await hosts.get(mode)!.call({ cmd: 'drain', timeoutMs: 60_000 });
+          if (mode === 'up' || mode === 'null') await host.call({ cmd: 'drain', timeoutMs: 60_000 });
+          const cpuMs = ((cpuSecondsOf(host.pid) - cpuBefore) * 1000) / latencies.length;
+          phases.push({ round, position, mode, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99), samples: latencies.length, cpuMs, latencies });
           if (mode === 'up' && clickhouse.pid !== null) await waitUntilQuiet(clickhouse.pid);
         }
       }
       const of = (mode: Mode) => phases.filter((p) => p.mode === mode).sort((a, b) => a.round - b.round);
-      const ratio = (mode: Mode, q: 'p50' | 'p99') => spread(of(mode).map((p, i) => p[q] / of('off')[i][q]));
+      const ratio = (mode: Mode, q: 'p50' | 'p99' | 'cpuMs') => spread(of(mode).map((p, i) => p[q] / of('off')[i][q]));
       const pooled = Object.fromEntries(
         shown.map((mode) => {
           const all = of(mode).flatMap((p) => p.latencies);
@@ -170,6 +178,7 @@ async function main(): Promise<void> {
         shown.filter((m) => m !== 'off').flatMap((mode) => [
           [`${mode}_p50`, ratio(mode, 'p50')],
           [`${mode}_p99`, ratio(mode, 'p99')],
+          [`${mode}_cpu`, ratio(mode, 'cpuMs')],
         ]),
       ) as Record<string, Spread>;
 
@@ -177,7 +186,7 @@ async function main(): Promise<void> {
       log(`\n${scenario.name}: ${options.rounds} rounds x ${options.seconds} s per mode (~${samples} requests each); latency ms, median of rounds (min–max); ratio = mode/off per round`);
       log(
         table([
-          ['mode', 'p50 ms', 'p99 ms', 'p50 / off', 'p99 / off', 'pooled p99', 'pooled p99 / off'],
+          ['mode', 'p50 ms', 'p99 ms', 'p50 / off', 'p99 / off', 'pooled p99', 'pooled p99 / off', 'CPU ms/req', 'CPU / off'],
           ...shown.map((mode) => [
             MODE_NAMES[mode],
             showSpread(spread(of(mode).map((p) => p.p50))),
@@ -186,6 +195,8 @@ async function main(): Promise<void> {
             mode === 'off' ? '' : showSpread(ratios[`${mode}_p99`], 3),
             num(pooled[mode].p99),
             mode === 'off' ? '' : num(pooled[mode].p99 / pooled.off.p99, 3),
+            showSpread(spread(of(mode).map((p) => p.cpuMs)), 3),
+            mode === 'off' ? '' : showSpread(ratios[`${mode}_cpu`], 3),
           ]),
         ]),
       );
@@ -196,6 +207,9 @@ async function main(): Promise<void> {
         if (mode === 'null') report.print(`note: ${name}: ${showSpread(r, 3)}`);
         else report.goal({ name, target: '<= 1.05', spread: r, met: r.median <= 1.05 });
       }
+      // What the mirror costs in work, with the A/A ratio beside it to read it by.
+      const cpu = shown.filter((m) => m !== 'off').map((mode) => `${MODE_NAMES[mode]} ${showSpread(ratios[`${mode}_cpu`], 3)}`);
+      report.note(`${scenario.name}: API CPU per request / off: ${cpu.join(', ')}`);
       // The A/A check, printed right after this scenario's goal lines: how far off's p99 moves against itself.
       const noiseFloorP99 = MODES.includes('off2') ? ratios.off2_p99 : null;
       if (noiseFloorP99) report.note(`noise floor: p99 ${MODE_NAMES.off2} / off: median ${showSpread(noiseFloorP99, 2)} (min–max)`);
