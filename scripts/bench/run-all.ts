@@ -7,15 +7,15 @@ const BENCHES = ['write-path', 'mirror-throughput', 'mirror-lag', 'memory', 'bac
 const USAGE = `usage: npm run bench -- [--quick] [--only a,b]
 
 Runs every benchmark, one after another, each in its own process (so none
-inherits another's heap or servers), then repeats every goal line (and write-path's noise-floor notes). Each
+inherits another's heap or servers), then repeats every goal line (and write-path's noise-floor and CPU notes). Each
 benchmark prints its figures and writes bench-results/<name>-<time>.json.
 Run one alone, with its own flags, as npm run bench:<name> -- --help.
 
   --quick       each benchmark's smoke run (a few seconds to a minute each)
   --only LIST   comma-separated subset of: ${BENCHES.join(', ')}`;
 
-/** What the summary repeats: every goal, and write-path's A/A noise floor next to the goals it qualifies. */
-const summarized = (line: string) => line.startsWith('goal ') || line.startsWith('note: noise floor');
+/** What the summary repeats: every goal, and beside write-path's goals the A/A noise floor and the API CPU per request they are read by. */
+const summarized = (line: string) => line.startsWith('goal ') || line.startsWith('note: noise floor') || (line.startsWith('note: ') && line.includes('API CPU per request'));
 
 async function run(name: string, args: string[]): Promise<{ code: number; goals: string[] }> {
   const goals: string[] = [];
