@@ -26,10 +26,10 @@ function tombstone<Row extends { deleted_at: string }>(deleted: Row): Omit<Row, 
 export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
   entity: 'spans',
   writes: {
-    createSpans: (spans: Span[]) => spans.map(upserted),
-    updateSpans: (spans: Span[]) => spans.map(upserted),
-    deleteSpans: (spans: DeletedSpan[]) => spans.map(tombstone),
-    deleteTraces: (spans: DeletedSpan[]) => spans.map(tombstone),
+    createSpans: (span: Span) => upserted(span),
+    updateSpans: (span: Span) => upserted(span),
+    deleteSpans: (span: DeletedSpan) => tombstone(span),
+    deleteTraces: (span: DeletedSpan) => tombstone(span),
   },
   toGapRow: toSpanGapRow,
   toLine: toSpanInsertLine,
@@ -38,8 +38,8 @@ export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
 export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
   entity: 'nodes',
   writes: {
-    ingestNodes: (nodes: ObservabilityNode[]) => nodes.map(upserted),
-    deleteTrees: (nodes: DeletedNode[]) => nodes.map(tombstone),
+    ingestNodes: (node: ObservabilityNode) => upserted(node),
+    deleteTrees: (node: DeletedNode) => tombstone(node),
   },
   toGapRow: toNodeGapRow,
   toLine: toNodeInsertLine,

@@ -27,6 +27,16 @@ const plan: MirrorPlan<unknown, Item> = {
   },
 };
 
+/** Rows whose records were built, by id: none may be built on the caller's path. */
+const builtIds: number[] = [];
+
+/** How a committed row becomes its record (the plans add its version); id -2 cannot be built. */
+const toRecord = (row: Item): Item => {
+  if (row.id === -2) throw new Error('row -2 has no record');
+  builtIds.push(row.id);
+  return { ...row };
+};
+
 const records = (from: number, to: number, projectId = A): Item[] => Array.from({ length: to - from + 1 }, (_, i) => ({ id: from + i, projectId }));
 const turn = () => new Promise((resolve) => setImmediate(resolve));
 
@@ -79,11 +89,13 @@ describe('Mirror', () => {
     for (const writer of writers.splice(0)) await writer.shutdown();
   });
 
-  it('maps nothing on the caller’s path: rows reach the writer on later turns, in order', async () => {
+  it('builds and maps nothing on the caller’s path: rows reach the writer on later turns, in order', async () => {
     const { mirror, writer, sent, writes } = rig();
-    mirror.accept(plan, records(1, 50));
-    mirror.accept(plan, records(51, 60));
+    builtIds.length = 0;
+    mirror.accept(plan, records(1, 50), toRecord);
+    mirror.accept(plan, records(51, 60), toRecord);
     expect(writes).toEqual([]);
+    expect(builtIds).toEqual([]);
     const written = () => writes.reduce((n, w) => n + w, 0);
     for (let i = 0; i < 10 && written() < 60; i++) await turn();
     expect(written()).toBe(60);
@@ -94,30 +106,31 @@ describe('Mirror', () => {
 
   it('drain(), shutdown() and stats() include records accepted but not mapped yet', async () => {
     const counted = rig();
-    counted.mirror.accept(plan, records(1, 200));
+    counted.mirror.accept(plan, records(1, 200), toRecord);
     expect(counted.writer.stats().queuedRows).toBe(200);
 
     const first = rig();
-    first.mirror.accept(plan, records(1, 500));
+    first.mirror.accept(plan, records(1, 500), toRecord);
     await first.writer.drain();
     expect(first.sent).toHaveLength(500);
 
     const second = rig();
-    second.mirror.accept(plan, records(1, 300));
+    second.mirror.accept(plan, records(1, 300), toRecord);
     await second.writer.shutdown();
     expect(second.sent).toHaveLength(300);
     expect(second.writer.stats().rowsDropped).toBe(0);
   });
 
-  it('keeps only the rolled-out projects, and counts records that cannot be mapped without losing the rest', async () => {
+  it('keeps only the rolled-out projects, and counts rows that cannot be built or mapped without losing the rest', async () => {
     const { mirror, writer, sent, registry } = rig([A]);
     mappedIds.length = 0;
-    mirror.accept(plan, [...records(1, 3, A), { id: -1, projectId: A }, ...records(4, 5, B), ...records(6, 7, A)]);
+    const rows = [...records(1, 3, A), { id: -1, projectId: A }, ...records(4, 5, B), { id: -2, projectId: A }, ...records(6, 7, A)];
+    mirror.accept(plan, rows, toRecord);
     await writer.drain();
     expect(sent).toEqual(['{"id":1}', '{"id":2}', '{"id":3}', '{"id":6}', '{"id":7}']);
     // Project B's records were never serialized.
     expect(mappedIds).toEqual([1, 2, 3, 6, 7]);
-    expect(await registry.getSingleMetricAsString('mirror_record_failures_total')).toMatch(/entity="spans"} 1/);
+    expect(await registry.getSingleMetricAsString('mirror_record_failures_total')).toMatch(/entity="spans"} 2/);
   });
 
   it('while the writer\'s queue is full, hands over keys without mapping lines, and maps again once there is room', async () => {
@@ -125,12 +138,12 @@ describe('Mirror', () => {
     const queueMaxBytes = records(1, 10).reduce((sum, r) => sum + queuedRowBytes({ ...plan.toGapRow(r), line: `{"id":${r.id}}` }), 0);
     const { mirror, writer, sent, gaps, clickHouse } = rig([], { queueMaxBytes, flushRows: 10 });
     clickHouse.hang();
-    mirror.accept(plan, records(1, 15));
+    mirror.accept(plan, records(1, 15), toRecord);
     expect(writer.stats()).toMatchObject({ queuedRows: 10, rowsDropped: 5 });
     expect(writer.full).toBe(true);
 
     mappedIds.length = 0;
-    mirror.accept(plan, records(16, 30));
+    mirror.accept(plan, records(16, 30), toRecord);
     expect(writer.stats()).toMatchObject({ queuedRows: 10, rowsDropped: 20 });
     expect(mappedIds).toEqual([]);
 
@@ -138,7 +151,7 @@ describe('Mirror', () => {
     clickHouse.answer();
     await writer.drain();
     expect(writer.full).toBe(false);
-    mirror.accept(plan, records(31, 35));
+    mirror.accept(plan, records(31, 35), toRecord);
     await writer.drain();
     expect(mappedIds).toEqual([31, 32, 33, 34, 35]);
     expect(sent).toEqual([...records(1, 10), ...records(31, 35)].map((r) => `{"id":${r.id}}`));

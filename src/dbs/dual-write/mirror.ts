@@ -8,25 +8,30 @@ const SLICE_RECORDS = 16;
 
 interface Accepted {
   plan: MirrorPlan<unknown, unknown>;
-  records: unknown[];
-  /** Index of the next record to map. */
+  /** One write's committed rows, as the DAO returned them. */
+  rows: readonly unknown[];
+  toRecord: (row: unknown) => unknown;
+  /** Index of the next row to map. */
   next: number;
 }
 
 /**
- * Where the decorator hands committed rows: keeps only the projects being
- * rolled out (CLICKHOUSE_PROJECT_IDS, empty = all), maps each record through
- * its table's row mapper and enqueues it on the batch writer. On the caller's
- * path it only takes the records: mapping is JSON serialization (~12 µs a
- * span), which the write-path benchmark saw add a third to a 50-span create.
- * It runs after the call has returned, a slice per event-loop turn, so most
- * of it falls while requests wait for Postgres; a backlog gets bigger slices
- * so it cannot outgrow the loop, and the writer's drain(), shutdown() and
- * stats() map what is left first. The records are built from RETURNING for
- * this call and callers only serialize them, so mapping a moment later sees
- * the same values. While the writer's queue is full (ClickHouse down for a
- * while), a line would only be dropped: records then become gap rows (their
- * keys) without being mapped. Never throws.
+ * Where the decorator hands committed rows: builds each row's record (its
+ * version and tombstone flag), keeps only the projects being rolled out
+ * (CLICKHOUSE_PROJECT_IDS, empty = all), maps the record through its
+ * table's row mapper and enqueues it on the batch writer. On the caller's
+ * path it only takes the rows: mapping is JSON serialization (~12 µs a
+ * span), which the write-path benchmark saw add a third to a 50-span create,
+ * and building the record another ~3 µs. Both run after the call has
+ * returned, a slice per event-loop turn, so most of it falls while requests
+ * wait for Postgres; a backlog gets bigger slices so it cannot outgrow the
+ * loop, and the writer's drain(), shutdown() and stats() map what is left
+ * first. The rows come from RETURNING for this call and callers only
+ * serialize them, so building and mapping a moment later sees the same
+ * values. While the writer's queue is full (ClickHouse down for a while), a
+ * line would only be dropped: records then become gap rows (their keys)
+ * without being mapped. A row that cannot be built or mapped is counted and
+ * logged, and the rest of its write still goes. Never throws.
  */
 export class Mirror implements MirrorTarget {
   private readonly logger = new Logger('Mirror');
@@ -55,10 +60,10 @@ export class Mirror implements MirrorTarget {
     return this.projects === null || this.projects.has(projectId);
   }
 
-  accept<Mirrored>(plan: MirrorPlan<unknown, Mirrored>, records: Mirrored[]): void {
-    if (records.length === 0) return;
-    this.backlog.push({ plan: plan as MirrorPlan<unknown, unknown>, records, next: 0 });
-    this.backlogRecords += records.length;
+  accept<Row, Mirrored>(plan: MirrorPlan<unknown, Mirrored>, rows: readonly Row[], toRecord: (row: Row) => Mirrored): void {
+    if (rows.length === 0) return;
+    this.backlog.push({ plan: plan as MirrorPlan<unknown, unknown>, rows, toRecord: toRecord as (row: unknown) => unknown, next: 0 });
+    this.backlogRecords += rows.length;
     this.scheduleSlice();
   }
 
@@ -84,10 +89,10 @@ export class Mirror implements MirrorTarget {
     let mapped = 0;
     while (mapped < limit && this.backlog.length > 0) {
       const accepted = this.backlog[0];
-      const end = Math.min(accepted.records.length, accepted.next + (limit - mapped));
+      const end = Math.min(accepted.rows.length, accepted.next + (limit - mapped));
       for (; accepted.next < end; accepted.next++, mapped++) {
         try {
-          const record = accepted.records[accepted.next];
+          const record = accepted.toRecord(accepted.rows[accepted.next]);
           const keys = accepted.plan.toGapRow(record);
           // Projects not rolled out are skipped before their line is built: it is most of the cost.
           if (!this.mirrors(keys.projectId)) continue;
@@ -96,7 +101,7 @@ export class Mirror implements MirrorTarget {
           this.failed(accepted.plan.entity, error);
         }
       }
-      if (accepted.next === accepted.records.length) this.backlog.shift();
+      if (accepted.next === accepted.rows.length) this.backlog.shift();
     }
     this.backlogRecords -= mapped;
     if (rows.length && keysOnly) this.writer.writeOverflow(rows);
