@@ -1,6 +1,4 @@
-import { DeletedNode, ObservabilityNode } from '../../observability/node';
 import { ObservabilityDao } from '../../observability/observability.dao';
-import { DeletedSpan, Span } from '../../tracing/span';
 import { isoToMicros } from '../../tracing/timestamp';
 import { TracingDao } from '../../tracing/tracing.dao';
 import { MirroredNode, toNodeGapRow, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
@@ -26,10 +24,10 @@ function tombstone<Row extends { deleted_at: string }>(deleted: Row): Omit<Row, 
 export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
   entity: 'spans',
   writes: {
-    createSpans: (span: Span) => upserted(span),
-    updateSpans: (span: Span) => upserted(span),
-    deleteSpans: (span: DeletedSpan) => tombstone(span),
-    deleteTraces: (span: DeletedSpan) => tombstone(span),
+    createSpans: upserted,
+    updateSpans: upserted,
+    deleteSpans: tombstone,
+    deleteTraces: tombstone,
   },
   toGapRow: toSpanGapRow,
   toLine: toSpanInsertLine,
@@ -38,8 +36,8 @@ export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
 export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
   entity: 'nodes',
   writes: {
-    ingestNodes: (node: ObservabilityNode) => upserted(node),
-    deleteTrees: (node: DeletedNode) => tombstone(node),
+    ingestNodes: upserted,
+    deleteTrees: tombstone,
   },
   toGapRow: toNodeGapRow,
   toLine: toNodeInsertLine,
