@@ -49,7 +49,7 @@ export class Mirror implements MirrorTarget {
     this.projects = projectIds.length ? new Set(projectIds) : null;
     this.failures = new Counter({
       name: 'mirror_record_failures_total',
-      help: 'Committed writes whose mirror records could not be built (found later by verify)',
+      help: 'Committed rows (or whole writes) the mirror could not build or map into records (found later by verify)',
       labelNames: ['entity'],
       registers: [registry],
     });
