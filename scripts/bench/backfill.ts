@@ -20,9 +20,9 @@ const USAGE = `usage: npm run bench:backfill -- [options]
 
 Backfill throughput: spans with ~1 KB of realistic attributes, generated in
 Postgres (INSERT ... SELECT generate_series), copied into ClickHouse by the
-backfill (src/dbs/backfill with its default batches, connected as
-\`npm run backfill\` connects), against two ceilings measured in the same
-run, interleaved:
+backfill (src/dbs/backfill, with its default batches unless --batch-rows or
+--batch-bytes say otherwise, connected as \`npm run backfill\` connects),
+against two ceilings measured in the same run, interleaved:
   - Postgres read: a keyset SELECT of the same columns streaming every row,
     page after page (the backfill's batch size), parsed by node-postgres;
   - ClickHouse insert: the same rows' JSONEachRow lines (the row mapper's),
@@ -33,6 +33,8 @@ Goals: >= 50,000 spans/s, and >= 1/2 of the slower ceiling.
   --rows N          spans to generate and copy (default 1000000)
   --rounds N        rounds (default 3)
   --ceiling-rows N  rows held in memory for the ClickHouse insert ceiling (default 200000)
+  --batch-rows N    rows per batch, for the backfill and both ceilings (default: the backfill's, ${DEFAULT_BACKFILL_OPTIONS.batchRows})
+  --batch-bytes N   bytes per backfill batch, as Postgres stores the rows (default: the backfill's, ${DEFAULT_BACKFILL_OPTIONS.batchBytes})
   --quick           50000 rows, 2 rounds: a smoke run`;
 
 type Path = 'backfill' | 'postgres read' | 'clickhouse insert';
@@ -60,6 +62,8 @@ async function main(): Promise<void> {
     rows: flags.int('rows', quick ? 50_000 : 1_000_000),
     rounds: flags.int('rounds', quick ? 2 : 3),
     ceilingRows: flags.int('ceiling-rows', quick ? 20_000 : 200_000),
+    batchRows: flags.int('batch-rows', DEFAULT_BACKFILL_OPTIONS.batchRows),
+    batchBytes: flags.int('batch-bytes', DEFAULT_BACKFILL_OPTIONS.batchBytes),
   };
   const report = new BenchReport('backfill', options);
   const log = (line: string) => report.print(line);
@@ -132,7 +136,7 @@ async function main(): Promise<void> {
     const lineBytes = ceilingLines.reduce((n, l) => n + Buffer.byteLength(l) + 1, 0) / ceilingLines.length;
     log(`ClickHouse lines average ${num(lineBytes, 0)} bytes`);
 
-    const { batchRows, batchBytes } = DEFAULT_BACKFILL_OPTIONS;
+    const { batchRows, batchBytes } = options;
     const paths: Record<Path, (round: number) => Promise<number>> = {
       backfill: async (round) => {
         const config = await clickhouse.createDatabase(`backfill_r${round}`);
