@@ -583,6 +583,10 @@ export class BatchWriter {
     this.breakerTimer = this.clock.setTimeout(() => {
       this.breakerTimer = null;
       this.guarded('mirror breaker timer failed', () => {
+        // Node runs timers on libuv's clock, which can be a millisecond ahead of Date.now(), so the
+        // breaker may still read open here. Woken now, the senders would wait again with no timer
+        // left to wake them, and the mirror would stop sending for good: look again instead.
+        if (this.breaker.state === 'open') return this.scheduleHalfOpen();
         this.metrics?.breakerState.set(BREAKER_GAUGE[this.breaker.state]);
         this.wakeBreakerWaiters();
       });
