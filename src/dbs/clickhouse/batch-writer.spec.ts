@@ -465,19 +465,26 @@ describe('BatchWriter', () => {
       expect(gaps.recorded).toHaveLength(0);
     });
 
-    it('re-opens when the half-open probe fails, and probes again after openMs', async () => {
-      const { sink, writer, clock } = setup({
+    /** One row whose first two attempts fail: the breaker (2 failures, open 1 s) opens holding it. */
+    async function openedOnOneRow(options: { pingResults?: boolean[]; timersEarlyMs?: number } = {}) {
+      const opened = setup({
         flushRows: 1,
         maxAttempts: 100,
         baseBackoffMs: 10,
         maxBackoffMs: 10,
         breaker: { failureThreshold: 2, openMs: 1000 },
       });
-      sink.behaviours.push({ reject: networkError() }, { reject: networkError() });
-      sink.pingResults = [false];
-      writer.write(rows(1, 1));
-      await clock.advance(50);
-      expect(writer.stats().breaker).toBe('open');
+      opened.clock.earlyMs = options.timersEarlyMs ?? 0;
+      opened.sink.pingResults = options.pingResults ?? [];
+      opened.sink.behaviours.push({ reject: networkError() }, { reject: networkError() });
+      opened.writer.write(rows(1, 1));
+      await opened.clock.advance(50);
+      expect(opened.writer.stats().breaker).toBe('open');
+      return opened;
+    }
+
+    it('re-opens when the half-open probe fails, and probes again after openMs', async () => {
+      const { sink, writer, clock } = await openedOnOneRow({ pingResults: [false] });
 
       await clock.advance(1000);
       expect(sink.pings).toBe(1);
@@ -493,18 +500,7 @@ describe('BatchWriter', () => {
     it('probes even when its timer fires a moment before the clock says the open period is over', async () => {
       // Woken while the breaker still reads open, the senders would wait again with no timer left to wake
       // them, and the mirror would stop sending for good (seen once in the ClickHouse outage e2e spec).
-      const { sink, writer, clock } = setup({
-        flushRows: 1,
-        maxAttempts: 100,
-        baseBackoffMs: 10,
-        maxBackoffMs: 10,
-        breaker: { failureThreshold: 2, openMs: 1000 },
-      });
-      clock.earlyMs = 1;
-      sink.behaviours.push({ reject: networkError() }, { reject: networkError() });
-      writer.write(rows(1, 1));
-      await clock.advance(50);
-      expect(writer.stats().breaker).toBe('open');
+      const { sink, writer, clock } = await openedOnOneRow({ timersEarlyMs: 1 });
 
       await clock.advance(1000);
       expect(sink.pings).toBe(1);
