@@ -16,4 +16,11 @@ module.exports = {
   globalTeardown: '<rootDir>/test/support/global-teardown.ts',
   testTimeout: 60_000,
   maxWorkers: 2,
+  // Each worker keeps hundreds of MB of heap live across the test files it runs
+  // (measured: 550-820 MB RSS per worker at the end of a run). Tearing that down
+  // natively takes jest's workers 1.3-2.2 s, past jest's 500 ms grace, which
+  // prints "A worker process has failed to exit gracefully" though no handle is
+  // open. Recycling a worker once it idles above 512 MB keeps the heaps small:
+  // no message in measured runs, and the suite ran faster (119 s vs 137 s).
+  workerIdleMemoryLimit: '512MB',
 };
