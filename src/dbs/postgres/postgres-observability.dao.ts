@@ -82,13 +82,16 @@ export class PostgresObservabilityDao implements ObservabilityDao {
 
   async deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]> {
     if (treeIds.length === 0) return [];
-    const rows = await this.db
-      .deleteFrom('nodes')
-      .where('project_id', '=', projectId)
-      .where('tree_id', 'in', treeIds)
-      .returningAll()
-      .returning(nextVersion.as('deleted_at'))
-      .execute();
+    // In a transaction, like every write: a delete the client gives up on is then never committed (see createPool).
+    const rows = await this.db.transaction().execute((trx) =>
+      trx
+        .deleteFrom('nodes')
+        .where('project_id', '=', projectId)
+        .where('tree_id', 'in', treeIds)
+        .returningAll()
+        .returning(nextVersion.as('deleted_at'))
+        .execute(),
+    );
     return rows.map((row) => ({ ...nodeFromRow(row), deleted_at: row.deleted_at }));
   }
 }

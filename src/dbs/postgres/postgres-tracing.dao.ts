@@ -65,13 +65,16 @@ export class PostgresTracingDao implements TracingDao {
 
   async deleteSpans(projectId: string, keys: SpanKey[]): Promise<DeletedSpan[]> {
     if (keys.length === 0) return [];
-    const rows = await this.db
-      .deleteFrom('spans')
-      .where('project_id', '=', projectId)
-      .where((eb) => eb(eb.refTuple('trace_id', 'span_id'), 'in', keys.map((k) => eb.tuple(traceIdToUuid(k.trace_id), spanIdToBytes(k.span_id)))))
-      .returningAll()
-      .returning(nextVersion.as('deleted_at'))
-      .execute();
+    // In a transaction, like every write: a delete the client gives up on is then never committed (see createPool).
+    const rows = await this.db.transaction().execute((trx) =>
+      trx
+        .deleteFrom('spans')
+        .where('project_id', '=', projectId)
+        .where((eb) => eb(eb.refTuple('trace_id', 'span_id'), 'in', keys.map((k) => eb.tuple(traceIdToUuid(k.trace_id), spanIdToBytes(k.span_id)))))
+        .returningAll()
+        .returning(nextVersion.as('deleted_at'))
+        .execute(),
+    );
     return rows.map((row) => ({ ...spanFromRow(row), deleted_at: row.deleted_at }));
   }
 
@@ -91,13 +94,15 @@ export class PostgresTracingDao implements TracingDao {
 
   async deleteTraces(projectId: string, traceIds: string[]): Promise<DeletedSpan[]> {
     if (traceIds.length === 0) return [];
-    const rows = await this.db
-      .deleteFrom('spans')
-      .where('project_id', '=', projectId)
-      .where('trace_id', 'in', traceIds.map(traceIdToUuid))
-      .returningAll()
-      .returning(nextVersion.as('deleted_at'))
-      .execute();
+    const rows = await this.db.transaction().execute((trx) =>
+      trx
+        .deleteFrom('spans')
+        .where('project_id', '=', projectId)
+        .where('trace_id', 'in', traceIds.map(traceIdToUuid))
+        .returningAll()
+        .returning(nextVersion.as('deleted_at'))
+        .execute(),
+    );
     return rows.map((row) => ({ ...spanFromRow(row), deleted_at: row.deleted_at }));
   }
 
