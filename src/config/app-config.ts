@@ -37,6 +37,9 @@ const int = (fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
       return n;
     });
 
+/** A whole number that may be left unset, for a setting whose default depends on another. */
+const optionalInt = (min: number, max?: number) => int(Number.NaN, min, max).transform((n) => (Number.isNaN(n) ? undefined : n));
+
 const url = (protocols: string[]) =>
   z
     .string()
@@ -90,6 +93,7 @@ const envSchema = z.object({
   DB_POOL_MAX: int(10, 1, 1000),
   MIGRATE_ON_START: bool('MIGRATE_ON_START', true),
   DB_STATEMENT_TIMEOUT_MS: int(30_000, 0),
+  DB_CLIENT_TIMEOUT_MS: optionalInt(0),
   EMBEDDED_POSTGRES_PORT: int(54329, 1, 65535),
   EMBEDDED_DATA_DIR: z.string().default('.data'),
 
@@ -126,6 +130,8 @@ export interface AppConfig {
     migrateOnStart: boolean;
     /** Server-side bound on every API statement; 0 = none. */
     statementTimeoutMs: number;
+    /** Client-side bound on waiting for any answer (a server that stopped answering); 0 = none. */
+    clientTimeoutMs: number;
     embedded: { port: number; dataDir: string };
   };
   clickhouse: {
@@ -154,6 +160,12 @@ export interface AppConfig {
   };
 }
 
+/**
+ * DB_CLIENT_TIMEOUT_MS's default is the statement timeout plus this: long
+ * enough that a statement the server cancels reports as such first.
+ */
+const CLIENT_TIMEOUT_MARGIN_MS = 5_000;
+
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
@@ -177,6 +189,13 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
     );
   }
   const e = result.data;
+  const clientTimeoutMs = e.DB_CLIENT_TIMEOUT_MS ?? (e.DB_STATEMENT_TIMEOUT_MS ? e.DB_STATEMENT_TIMEOUT_MS + CLIENT_TIMEOUT_MARGIN_MS : 0);
+  if (clientTimeoutMs && e.DB_STATEMENT_TIMEOUT_MS && clientTimeoutMs <= e.DB_STATEMENT_TIMEOUT_MS) {
+    throw new ConfigError([
+      `DB_CLIENT_TIMEOUT_MS (${clientTimeoutMs}) must be greater than DB_STATEMENT_TIMEOUT_MS (${e.DB_STATEMENT_TIMEOUT_MS}): ` +
+        "the server's own timeout rolls a slow statement back cleanly; the client's is for a server that no longer answers",
+    ]);
+  }
   const dataDir = e.EMBEDDED_DATA_DIR;
   return {
     env: e.NODE_ENV,
@@ -193,6 +212,7 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
       poolMax: e.DB_POOL_MAX,
       migrateOnStart: e.MIGRATE_ON_START,
       statementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
+      clientTimeoutMs,
       embedded: { port: e.EMBEDDED_POSTGRES_PORT, dataDir: `${dataDir}/postgres` },
     },
     clickhouse: {

@@ -6,7 +6,16 @@ import { SpansConflictError, SpansNotFoundError } from '../tracing/tracing.dao';
 /** Postgres is unreachable or going away: the caller should retry, not fix its request. */
 // 57014: statement_timeout fired (a lock or an overloaded server), so the write rolled back.
 const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', '57P01', '57P02', '57P03', '53300', '57014']);
-const UNAVAILABLE_MESSAGES = [/Connection terminated/i, /timeout exceeded when trying to connect/i, /Client has encountered a connection error/i, /connection.*closed/i];
+// "Query read timeout": the server stopped answering and the client gave up (the pool's query_timeout);
+// "Client was closed": a rollback tried on the connection given up a moment before.
+const UNAVAILABLE_MESSAGES = [
+  /Connection terminated/i,
+  /timeout exceeded when trying to connect/i,
+  /Client has encountered a connection error/i,
+  /connection.*closed/i,
+  /Query read timeout/i,
+  /Client was closed and is not queryable/i,
+];
 
 export function isDatabaseUnavailable(error: unknown): boolean {
   const e = error as { code?: string; message?: string; errors?: unknown[] };

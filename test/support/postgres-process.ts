@@ -1,10 +1,54 @@
 import { ChildProcess, spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export interface PostgresProcess {
   url: string;
-  /** Stops the server (fast shutdown) and waits for its process to exit. */
+  /** Stops the server (fast shutdown; a frozen one is thawed first) and waits for its process to exit. */
   stop(): Promise<void>;
+  /**
+   * Stops every PostgreSQL process (SIGSTOP) without closing a socket: the
+   * server that no longer answers, which a crash or a refused connect is not.
+   */
+  freeze(): void;
+  /** Lets the frozen server run again (SIGCONT). */
+  thaw(): void;
+}
+
+/** The processes below `pid` (Linux /proc): the postmaster and its backends, for the helper process. */
+function descendantsOf(pid: number): number[] {
+  const parentOf = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so read after the last ')'.
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      parentOf.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // The process exited while we looked.
+    }
+  }
+  const found: number[] = [];
+  const walk = (parent: number) => {
+    for (const [child, ppid] of parentOf) {
+      if (ppid !== parent) continue;
+      found.push(child);
+      walk(child);
+    }
+  };
+  walk(pid);
+  return found;
+}
+
+function signalAll(pids: number[], signal: NodeJS.Signals): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, signal);
+    } catch (error) {
+      // A backend may exit between listing and signalling.
+      if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+    }
+  }
 }
 
 /** An embedded PostgreSQL in a child process, on `port`, with its data in `dataDir`. */
@@ -24,9 +68,16 @@ export function startPostgresProcess(port: number, dataDir: string): Promise<Pos
       resolve({
         url: m[1],
         stop: async () => {
+          signalAll(descendantsOf(child.pid!), 'SIGCONT');
           child.kill('SIGTERM');
           await exited;
         },
+        freeze: () => {
+          const server = descendantsOf(child.pid!);
+          if (server.length === 0) throw new Error('no PostgreSQL process found to freeze');
+          signalAll(server, 'SIGSTOP');
+        },
+        thaw: () => signalAll(descendantsOf(child.pid!), 'SIGCONT'),
       });
     };
     child.stdout!.on('data', onData);

@@ -1,5 +1,5 @@
 import { Kysely, PostgresDialect } from 'kysely';
-import { Pool, types } from 'pg';
+import { Client, Pool, types } from 'pg';
 import { DB } from './database';
 
 const TIMESTAMPTZ_OID = 1184;
@@ -16,18 +16,68 @@ export function timestamptzToIso(text: string): string {
 }
 
 /**
- * `statementTimeoutMs` bounds every statement on the server side, where
- * cancelling is safe (the statement and its transaction roll back); a
- * client-side timeout could give up on a write that later commits. The API
- * sets it; operator commands leave it off (0) for their long scans.
+ * pg's message when `query_timeout` gave up waiting for the server's answer.
+ * pg keeps the connection when that happens, with the unanswered statement
+ * (and perhaps an open transaction) still on it.
  */
-export function createPool(url: string, max: number, options: { statementTimeoutMs?: number } = {}): Pool {
-  const timeout = options.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(options.statementTimeoutMs)}` : '';
+const QUERY_TIMEOUT_MESSAGE = 'Query read timeout';
+
+/**
+ * A server that stops answering (a stopped process, a hung disk, a path that
+ * drops packets) never reaches its own statement_timeout, and its kernel keeps
+ * the TCP connection alive, so keepalive does not notice either. When the
+ * client-side timeout fails a query, this client closes its socket at once:
+ * whatever was sent and not committed is rolled back by Postgres once it
+ * notices, the caller's rollback fails fast instead of waiting behind the
+ * unanswered statement, and the pool drops the client instead of lending a
+ * connection in an unknown state to the next request.
+ *
+ * Promise-style queries (Kysely's) need this; pg-pool's own `pool.query()`
+ * (the health check's) already releases a failed client with its error, which
+ * ends it. The API streams no cursors, the one form this does not cover.
+ */
+export class AbandonOnTimeoutClient extends Client {
+  // pg's overloads return a promise, a submittable or nothing; each passes through unchanged.
+  override query(...args: unknown[]): any {
+    const result: unknown = (Client.prototype.query as (...a: unknown[]) => unknown).apply(this, args);
+    if (result instanceof Promise) {
+      result.catch((error: unknown) => {
+        if ((error as Error)?.message === QUERY_TIMEOUT_MESSAGE) this.end().catch(() => undefined);
+      });
+    }
+    return result;
+  }
+}
+
+export interface PoolTimeouts {
+  /**
+   * Bounds every statement on the server side, where cancelling is safe (the
+   * statement and its transaction roll back). 0 or unset: none.
+   */
+  statementTimeoutMs?: number;
+  /**
+   * How long the client waits for any answer before it gives the connection
+   * up; for a server that no longer answers at all, so it must be longer than
+   * the statement timeout. 0 or unset: wait for ever.
+   */
+  clientTimeoutMs?: number;
+}
+
+/**
+ * The API sets both timeouts; operator commands leave them off for their long
+ * scans. A write the client gave up on is not committed unless the give-up
+ * came while its COMMIT was in flight (the one window no client can close):
+ * every API write runs in an explicit transaction for that reason.
+ */
+export function createPool(url: string, max: number, timeouts: PoolTimeouts = {}): Pool {
+  const statementTimeout = timeouts.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(timeouts.statementTimeoutMs)}` : '';
   return new Pool({
     connectionString: url,
     max,
     // ISO dates are what timestamptzToIso and the backfill's COPY (ClickHouse DateTime64 text) read.
-    options: `-c TimeZone=UTC -c DateStyle=ISO${timeout}`,
+    options: `-c TimeZone=UTC -c DateStyle=ISO${statementTimeout}`,
+    query_timeout: timeouts.clientTimeoutMs || undefined,
+    Client: AbandonOnTimeoutClient,
     connectionTimeoutMillis: 5_000,
     // Notice a peer that vanished without closing the connection.
     keepAlive: true,

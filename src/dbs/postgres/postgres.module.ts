@@ -30,7 +30,10 @@ const RESOLVED_POSTGRES = Symbol('RESOLVED_POSTGRES');
       provide: PG_POOL,
       inject: [APP_CONFIG, RESOLVED_POSTGRES],
       useFactory: (config: AppConfig, server: ResolvedPostgres) => {
-        const pool = createPool(server.url, config.postgres.poolMax, { statementTimeoutMs: config.postgres.statementTimeoutMs });
+        const pool = createPool(server.url, config.postgres.poolMax, {
+          statementTimeoutMs: config.postgres.statementTimeoutMs,
+          clientTimeoutMs: config.postgres.clientTimeoutMs,
+        });
         // An idle client's connection can drop (server restart); without a listener that would crash the process.
         pool.on('error', (error) => new Logger('Postgres').warn(`idle connection error: ${error.message}`));
         return pool;

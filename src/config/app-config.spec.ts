@@ -1,0 +1,26 @@
+import { ConfigError, parseConfig } from './app-config';
+
+describe('parseConfig: Postgres timeouts', () => {
+  const postgres = (env: NodeJS.ProcessEnv) => parseConfig(env).postgres;
+
+  it('gives up on an unanswering server 5 s after the statement timeout by default', () => {
+    expect(postgres({})).toMatchObject({ statementTimeoutMs: 30_000, clientTimeoutMs: 35_000 });
+    expect(postgres({ DB_STATEMENT_TIMEOUT_MS: '300' })).toMatchObject({ statementTimeoutMs: 300, clientTimeoutMs: 5_300 });
+  });
+
+  it('takes DB_CLIENT_TIMEOUT_MS as given, and waits for ever without either timeout', () => {
+    expect(postgres({ DB_STATEMENT_TIMEOUT_MS: '300', DB_CLIENT_TIMEOUT_MS: '1500' })).toMatchObject({ clientTimeoutMs: 1_500 });
+    expect(postgres({ DB_STATEMENT_TIMEOUT_MS: '0' })).toMatchObject({ statementTimeoutMs: 0, clientTimeoutMs: 0 });
+    expect(postgres({ DB_STATEMENT_TIMEOUT_MS: '0', DB_CLIENT_TIMEOUT_MS: '2000' })).toMatchObject({ clientTimeoutMs: 2_000 });
+  });
+
+  it('refuses a client timeout that would fire before the server could cancel the statement itself', () => {
+    for (const client of ['300', '100']) {
+      expect(() => parseConfig({ DB_STATEMENT_TIMEOUT_MS: '300', DB_CLIENT_TIMEOUT_MS: client })).toThrow(ConfigError);
+      expect(() => parseConfig({ DB_STATEMENT_TIMEOUT_MS: '300', DB_CLIENT_TIMEOUT_MS: client })).toThrow(
+        /DB_CLIENT_TIMEOUT_MS \(\d+\) must be greater than DB_STATEMENT_TIMEOUT_MS \(300\)/,
+      );
+    }
+    expect(() => parseConfig({ DB_CLIENT_TIMEOUT_MS: 'soon' })).toThrow(/DB_CLIENT_TIMEOUT_MS must be a whole number, got "soon"/);
+  });
+});

@@ -1,0 +1,164 @@
+import { INestApplication } from '@nestjs/common';
+import { sql } from 'kysely';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ApiKeyService } from '../../src/auth/api-key.service';
+import { createApp } from '../../src/bootstrap';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
+import { eventually } from '../support/fake-clickhouse';
+import { makeNode, makeSpan } from '../support/fixtures';
+import { freePort } from '../support/free-port';
+import { PostgresProcess, startPostgresProcess } from '../support/postgres-process';
+import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';
+
+/**
+ * Postgres stops answering under a running API (its processes stopped, as a
+ * hung host or a path that drops packets would leave it) and later goes on.
+ * No connection is refused and no statement timeout can fire, so only the
+ * API's client timeout stands between callers and a hang. Every request must
+ * answer 503 within it (or within the connect timeout, for a request that
+ * needs a new connection), /health must say Postgres is down, nothing the
+ * API refused may be committed once the server goes on, and the same process
+ * must serve again.
+ *
+ * This spec owns its Postgres server (the run's shared one cannot be frozen).
+ */
+
+const STATEMENT_TIMEOUT_MS = 300;
+const CLIENT_TIMEOUT_MS = 1_500;
+/** The pool's connectionTimeoutMillis (src/dbs/postgres/postgres-pool.ts). */
+const CONNECT_TIMEOUT_MS = 5_000;
+/** A request may wait for a client to be given up, then for a connect that cannot complete; plus slack for a loaded machine. */
+const ANSWER_BOUND_MS = CLIENT_TIMEOUT_MS + CONNECT_TIMEOUT_MS + 3_000;
+
+describe('Postgres that stops answering', () => {
+  let dataDir: string;
+  let postgres: PostgresProcess;
+  let app: INestApplication;
+  let url: string;
+  let auth: Record<string, string>;
+
+  const send = (method: string, path: string, body?: unknown, headers = auth) =>
+    rawRequest(url, method, path, body === undefined ? undefined : JSON.stringify(body), headers, ANSWER_BOUND_MS + 10_000);
+
+  async function timed(request: () => Promise<RawResponse>): Promise<{ res: RawResponse; took: number }> {
+    const started = Date.now();
+    const res = await request();
+    return { res, took: Date.now() - started };
+  }
+
+  function expectUnavailable({ res, took }: { res: RawResponse; took: number }): void {
+    expect({ status: res.status, body: res.json }).toMatchObject({ status: 503, body: { message: expect.stringMatching(/database is unavailable/) } });
+    expect(took).toBeLessThan(ANSWER_BOUND_MS);
+  }
+
+  beforeAll(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'tracing-frozen-pg-'));
+    // mkdtemp makes it 0700; PostgreSQL runs as the `postgres` user when we are root.
+    await chmod(dataDir, 0o755);
+    postgres = await startPostgresProcess(await freePort(), join(dataDir, 'data'));
+    app = await createApp({
+      DATABASE_URL: postgres.url,
+      LOG_LEVEL: 'silent',
+      USE_CLICKHOUSE: 'false',
+      MIGRATE_ON_START: 'true',
+      DB_POOL_MAX: '4',
+      DB_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
+      DB_CLIENT_TIMEOUT_MS: String(CLIENT_TIMEOUT_MS),
+    });
+    await app.listen(0, '127.0.0.1');
+    url = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
+    auth = { Authorization: `ApiKey ${(await app.get(ApiKeyService).create('7d1e0e3c-0000-4000-8000-0000000000cc')).key}`, 'Content-Type': 'application/json' };
+  }, 120_000);
+
+  afterAll(async () => {
+    closeRawAgent();
+    postgres?.thaw();
+    await app?.close();
+    await postgres?.stop();
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  }, 60_000);
+
+  it('answers 503 within its client timeout, commits nothing it refused, and serves again once Postgres goes on', async () => {
+    const kept = makeSpan();
+    const renamed = makeSpan();
+    expect((await send('POST', '/tracing/spans', { spans: [kept, renamed] })).status).toBe(201);
+    // The pool now holds an idle connection, so the first request below sends its statement to the frozen server.
+    expect((await send('GET', `/tracing/traces/${kept.trace_id}`)).status).toBe(200);
+
+    postgres.freeze();
+    try {
+      // On a connection the pool already had: only the client timeout can answer it.
+      const deleted = await timed(() => send('DELETE', `/tracing/traces/${kept.trace_id}`));
+      expectUnavailable(deleted);
+      expect(deleted.took).toBeGreaterThanOrEqual(CLIENT_TIMEOUT_MS - 50);
+
+      const during = makeSpan();
+      const answers = await Promise.all([
+        timed(() => send('PUT', '/tracing/spans', { spans: [{ ...renamed, span_name: 'renamed while frozen' }] })),
+        timed(() => send('POST', '/tracing/spans', { spans: [during] })),
+        timed(() => send('POST', '/observability/nodes', { nodes: [makeNode()] })),
+        timed(() => send('GET', `/tracing/traces/${renamed.trace_id}`)),
+        timed(() => send('POST', '/tracing/spans/query', {})),
+      ]);
+      answers.forEach(expectUnavailable);
+
+      const health = await timed(() => send('GET', '/health', undefined, {}));
+      expect(health.took).toBeLessThan(ANSWER_BOUND_MS);
+      expect(health.res.status).toBe(503);
+      expect((health.res.json as { error: { postgres: { message: string } } }).error.postgres.message).toMatch(/^Postgres is unavailable: /);
+
+      postgres.thaw();
+
+      // The same process: once the server answers again, given-up connections are gone from the pool.
+      const after = makeSpan();
+      await eventually('a write to succeed once Postgres answers again', async () => (await send('POST', '/tracing/spans', { spans: [after] })).status === 201, 30_000, 250);
+      expect((await send('GET', '/health', undefined, {})).status).toBe(200);
+
+      // What the refused requests had sent was waiting in the server's socket buffers when it went on: none of it was committed.
+      const trace = await send('GET', `/tracing/traces/${kept.trace_id}`);
+      expect(trace.status).toBe(200);
+      expect((await send('GET', `/tracing/traces/${during.trace_id}`)).status).toBe(404);
+      const read = await send('GET', `/tracing/spans/${renamed.trace_id}/${renamed.span_id}`);
+      expect((read.json as { span: { span_name: string } }).span.span_name).toBe(renamed.span_name);
+    } finally {
+      postgres.thaw();
+    }
+  }, 120_000);
+
+  it('never lends out again a connection it gave up on in the middle of a transaction', async () => {
+    // One connection, so the next transaction would run on the given-up one if the pool kept it.
+    const pool = createPool(postgres.url, 1, { statementTimeoutMs: STATEMENT_TIMEOUT_MS, clientTimeoutMs: CLIENT_TIMEOUT_MS });
+    const db = createKysely(pool);
+    try {
+      await sql`create table frozen_probe (id int primary key, label text not null)`.execute(db);
+      await sql`insert into frozen_probe values (1, 'before')`.execute(db);
+
+      const refused = db.transaction().execute(async (trx) => {
+        await sql`select 1`.execute(trx);
+        postgres.freeze();
+        await sql`update frozen_probe set label = 'refused' where id = 1`.execute(trx);
+      });
+      await expect(refused).rejects.toThrow(/Query read timeout|Client was closed/);
+      postgres.thaw();
+
+      // A later transaction commits. Had the pool lent out the given-up connection, the refused UPDATE
+      // (run once the server went on) would sit in its open transaction and be committed with this one.
+      await eventually('a transaction to commit once Postgres answers again', async () => {
+        try {
+          await db.transaction().execute((trx) => sql`select 1`.execute(trx));
+          return true;
+        } catch {
+          return false;
+        }
+      }, 30_000, 250);
+      const { rows } = await sql<{ label: string }>`select label from frozen_probe where id = 1`.execute(db);
+      expect(rows).toEqual([{ label: 'before' }]);
+    } finally {
+      postgres.thaw();
+      await db.destroy();
+    }
+  }, 60_000);
+});
