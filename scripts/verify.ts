@@ -15,14 +15,17 @@ anything differs.
   --project <uuid>           one project (default: all, or CLICKHOUSE_PROJECT_IDS)
   --since <time>             created_at at or after this ISO-8601 time
   --until <time>             created_at before this ISO-8601 time
+  --counts-only              compare row counts and version sums only: quick on any
+                             size, but blind to a row changed in place at the same version
   --repair                   re-copy exactly the differing buckets, then verify them again
+                             (content included)
 
 Connects to DATABASE_URL and CLICKHOUSE_URL, or to the embedded servers.
 Exits 0 when everything agrees (after --repair: when the repaired buckets
 agree), 1 when anything differs or a server fails, 2 for bad options.`;
 
 runCli(USAGE, async (args, log) => {
-  const flags = parseFlags(args, ['--entity', '--project', '--since', '--until'], ['--repair']);
+  const flags = parseFlags(args, ['--entity', '--project', '--since', '--until'], ['--repair', '--counts-only']);
   const config = parseConfig();
   const scopes = scopesFrom(flags, config);
   const postgres = await connectPostgres(config, log);
@@ -30,7 +33,7 @@ runCli(USAGE, async (args, log) => {
     const clickhouse = await connectClickHouse(config, log);
     try {
       const verifier = new Verifier(postgres.db, clickhouse.history);
-      const report = await verifier.verify(scopes);
+      const report = await verifier.verify(scopes, { content: !flags.switches.has('--counts-only') });
       write(describe(report));
       if (report.differing.length === 0) return;
       if (!flags.switches.has('--repair')) throw new Error(`${report.differing.length} bucket(s) differ; run with --repair to re-copy them`);

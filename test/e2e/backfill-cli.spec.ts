@@ -120,6 +120,10 @@ describe('npm run backfill / verify', () => {
     expect(found.stdout).toMatch(new RegExp(`entity\\s+project\\s+day\\s+pg rows\\s+ch rows\\s+differs\\nspans\\s+${PROJECTS[2]}\\s+${day}\\s+\\d+\\s+\\d+\\s+rows, versions\\n`));
     expect(found.stdout).toContain('1 differ');
     expect(found.stderr).toContain('error: 1 bucket(s) differ; run with --repair to re-copy them');
+    // Counts alone see lost rows too, without hashing any.
+    const counted = await run('verify', [...scope, '--counts-only'], env);
+    expect(counted.code).toBe(1);
+    expect(counted.stdout).toMatch(/verify: 1 bucket\(s\) compared \(0 by content\), \d+ rows in Postgres, \d+ in ClickHouse, 1 differ/);
 
     const repaired = await run('verify', [...scope, '--repair'], env);
     expect(repaired.stdout).toMatch(/repair: 1 bucket\(s\) re-copied in [\d.]+ s: \d+ rows upserted, 0 tombstoned, 0 reset/);

@@ -114,6 +114,15 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     expect(p1.postgres.rows - p1.clickhouse.rows).toBe(3);
     expect(report.differing.find((b) => b.day === strayDay)).toMatchObject({ postgres: { rows: 0 }, clickhouse: { rows: 1 } });
 
+    // Counts only: the same buckets but the one changed in place, and no row hashed.
+    const counted = await verifier.verify(SCOPES, { content: false });
+    expect(counted.contentChecked).toBe(0);
+    expect(counted.differing.map((b) => ({ entity: b.entity, project: b.projectId, day: b.day, differs: b.differs }))).toEqual(
+      expect.arrayContaining(named.filter((b) => !b.differs.includes('content'))),
+    );
+    expect(counted.differing).toHaveLength(4);
+    expect(counted.buckets.every((b) => b.postgres.checksum === null && b.clickhouse.checksum === null)).toBe(true);
+
     const repair = await verifier.repair(report.differing);
     expect(repair.after.differing).toEqual([]);
     // The stray node's bucket is gone from both sides now; the other four agree.
