@@ -161,4 +161,25 @@ describe('Postgres that stops answering', () => {
       await db.destroy();
     }
   }, 60_000);
+
+  it('lets the pool close while Postgres is frozen, so shutdown waits at most the client timeout', async () => {
+    // What the API's shutdown does last (PostgresModule: db.destroy()), with a request's statement stuck.
+    const pool = createPool(postgres.url, 2, { statementTimeoutMs: STATEMENT_TIMEOUT_MS, clientTimeoutMs: CLIENT_TIMEOUT_MS });
+    const db = createKysely(pool);
+    await sql`select 1`.execute(db);
+    postgres.freeze();
+    try {
+      const stuck = sql`select 1`.execute(db).then(
+        () => 'answered',
+        (error: Error) => error.message,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const started = Date.now();
+      await db.destroy();
+      expect(Date.now() - started).toBeLessThan(CLIENT_TIMEOUT_MS + 2_000);
+      expect(await stuck).toBe('Query read timeout');
+    } finally {
+      postgres.thaw();
+    }
+  }, 60_000);
 });
