@@ -67,7 +67,9 @@ export interface PoolTimeouts {
  * The API sets both timeouts; operator commands leave them off for their long
  * scans. A write the client gave up on is not committed unless the give-up
  * came while its COMMIT was in flight (the one window no client can close):
- * every API write runs in an explicit transaction for that reason.
+ * every span and node write runs in an explicit transaction for that reason.
+ * (The mirror's gap records are single inserts; one committed after a
+ * give-up is replayed like any other, which is harmless.)
  */
 export function createPool(url: string, max: number, timeouts: PoolTimeouts = {}): Pool {
   const statementTimeout = timeouts.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(timeouts.statementTimeoutMs)}` : '';
