@@ -1,4 +1,6 @@
 import { sql } from 'kysely';
+import { Client } from 'pg';
+import { createApp } from '../../src/bootstrap';
 import { migrateDown, migrateToLatest } from '../../src/dbs/postgres/postgres-migrator';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
@@ -27,5 +29,23 @@ describe('Postgres migrations', () => {
   it('reads timestamptz back as ISO-8601 with microseconds', async () => {
     const { rows } = await sql<{ t: string }>`select '2026-01-02 03:04:05.000007+00'::timestamptz as t`.execute(test.db);
     expect(rows[0].t).toBe('2026-01-02T03:04:05.000007Z');
+  });
+
+  it("migrates at startup on its own connection, waiting out another migrator's lock past the API's statement timeout", async () => {
+    await migrateDown(test.db, true);
+    // What a second replica meets while the first migrates: Kysely's migration lock (a session advisory lock), held.
+    const otherMigrator = new Client({ connectionString: test.url });
+    await otherMigrator.connect();
+    await otherMigrator.query('select pg_advisory_lock(3853314791062309107)');
+    const starting = createApp({ DATABASE_URL: test.url, MIGRATE_ON_START: 'true', DB_STATEMENT_TIMEOUT_MS: '300', USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent' });
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      await otherMigrator.query('select pg_advisory_unlock(3853314791062309107)');
+      const app = await starting;
+      await app.close();
+    } finally {
+      await otherMigrator.end();
+    }
+    expect(await tables()).toHaveLength(5);
   });
 });

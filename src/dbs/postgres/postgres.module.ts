@@ -14,6 +14,24 @@ import { PostgresTracingDao } from './postgres-tracing.dao';
 const RESOLVED_POSTGRES = Symbol('RESOLVED_POSTGRES');
 
 /**
+ * Migrations are schema work, not requests: they run on a connection of their
+ * own without the API's statement and client timeouts. A migration may take
+ * longer than a request may (an index on a large table), and a second replica
+ * starting beside the first waits on Kysely's migration lock until the first
+ * has finished, however long that takes.
+ */
+async function migrateOnStart(url: string): Promise<void> {
+  const db = createKysely(createPool(url, 1));
+  try {
+    const result = await migrateToLatest(db);
+    const applied = result.results?.map((r) => r.migrationName) ?? [];
+    if (applied.length) new Logger('Postgres').log(`applied migrations: ${applied.join(', ')}`);
+  } finally {
+    await db.destroy();
+  }
+}
+
+/**
  * The system of record. Resolves the server (DATABASE_URL or the embedded
  * default), migrates it to latest when MIGRATE_ON_START is on, and owns the
  * pool's lifetime.
@@ -41,15 +59,10 @@ const RESOLVED_POSTGRES = Symbol('RESOLVED_POSTGRES');
     },
     {
       provide: KYSELY,
-      inject: [APP_CONFIG, PG_POOL],
-      useFactory: async (config: AppConfig, pool: Pool) => {
-        const db = createKysely(pool);
-        if (config.postgres.migrateOnStart) {
-          const result = await migrateToLatest(db);
-          const applied = result.results?.map((r) => r.migrationName) ?? [];
-          if (applied.length) new Logger('Postgres').log(`applied migrations: ${applied.join(', ')}`);
-        }
-        return db;
+      inject: [APP_CONFIG, RESOLVED_POSTGRES, PG_POOL],
+      useFactory: async (config: AppConfig, server: ResolvedPostgres, pool: Pool) => {
+        if (config.postgres.migrateOnStart) await migrateOnStart(server.url);
+        return createKysely(pool);
       },
     },
     PostgresTracingDao,
