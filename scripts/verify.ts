@@ -1,4 +1,5 @@
 import { parseConfig } from '../src/config/app-config';
+import { createProgress } from '../src/dbs/backfill/progress';
 import { BucketComparison, Verifier, VerifyReport } from '../src/dbs/backfill/verify';
 import { parseFlags } from './cli/flags';
 import { connectClickHouse, connectPostgres, formatSeconds, scopesFrom } from './cli/history-cli';
@@ -33,7 +34,10 @@ runCli(USAGE, async (args, log) => {
     const clickhouse = await connectClickHouse(config, log);
     try {
       const verifier = new Verifier(postgres.db, clickhouse.history);
-      const report = await verifier.verify(scopes, { content: !flags.switches.has('--counts-only') });
+      const report = await verifier.verify(scopes, {
+        content: !flags.switches.has('--counts-only'),
+        progress: createProgress(process.stderr, log, 'verify'),
+      });
       write(describe(report));
       if (report.differing.length === 0) return;
       if (!flags.switches.has('--repair')) throw new Error(`${report.differing.length} bucket(s) differ; run with --repair to re-copy them`);

@@ -1,7 +1,8 @@
 import { sql } from 'kysely';
 import { Backfill } from '../../src/dbs/backfill/backfill';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
-import { HistoryScope } from '../../src/dbs/backfill/history-scope';
+import { Entity, HistoryScope } from '../../src/dbs/backfill/history-scope';
+import { HistoryProgress } from '../../src/dbs/backfill/progress';
 import { Verifier } from '../../src/dbs/backfill/verify';
 import { toNodeClickHouseLine } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import { spanIdToUInt64, toSpanClickHouseLine } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
@@ -139,5 +140,24 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     expect(report.buckets.every((b) => b.day >= rows[0].since.slice(0, 10))).toBe(true);
     const { rows: expected } = await sql<{ n: string }>`select count(*) as n from spans where project_id = ${P3} and created_at >= ${rows[0].since}`.execute(pg.db);
     expect(report.rows).toEqual({ postgres: Number(expected[0].n), clickhouse: Number(expected[0].n) });
+  });
+
+  it('reports its content pass as it goes: every Postgres row it hashes, once', async () => {
+    const seen = { events: [] as string[], total: 0, advanced: 0 };
+    const progress: HistoryProgress = {
+      start: (entity: Entity, total: number) => (seen.events.push(`start ${entity}`), (seen.total += total)),
+      advance: (rows: number) => (seen.advanced += rows),
+      stop: () => seen.events.push('stop'),
+    };
+    const report = await verifier.verify(SCOPES, { progress });
+    expect(report.differing).toEqual([]);
+    expect(seen.events).toEqual(['start spans', 'stop', 'start nodes', 'stop']);
+    expect(seen.total).toBe(report.rows.postgres);
+    expect(seen.advanced).toBe(report.rows.postgres);
+
+    // Counts only: nothing hashed, nothing to report.
+    seen.events.length = 0;
+    await verifier.verify(SCOPES, { content: false, progress });
+    expect(seen.events).toEqual([]);
   });
 });

@@ -10,7 +10,7 @@ import { Entity, HistoryScope, runKeyOf } from './history-scope';
 import { CompactJsonbColumns } from './copy/compact-jsonb-columns';
 import { copyOut } from './copy/postgres-copy-out';
 import { KeysetReader } from './keyset-reader';
-import { BackfillProgress, silentProgress } from './progress';
+import { HistoryProgress, silentProgress } from './progress';
 
 /** Postgres as the backfill reads it: queries through Kysely, COPY on the pool's connections. */
 export interface HistoryDatabase {
@@ -89,7 +89,7 @@ export class Backfill {
     this.checkpoints = new BackfillCheckpointsRepository(postgres.db);
   }
 
-  async run(scope: HistoryScope, options: BackfillOptions = DEFAULT_BACKFILL_OPTIONS, progress: BackfillProgress = silentProgress): Promise<BackfillResult> {
+  async run(scope: HistoryScope, options: BackfillOptions = DEFAULT_BACKFILL_OPTIONS, progress: HistoryProgress = silentProgress): Promise<BackfillResult> {
     const runKey = runKeyOf(scope);
     return this.checkpoints.withRunLock(runKey, async (lock) => {
       const startedAt = Date.now();
@@ -120,7 +120,7 @@ export class Backfill {
     checkpoint: Checkpoint,
     lock: RunLock,
     options: BackfillOptions,
-    progress: BackfillProgress,
+    progress: HistoryProgress,
   ): Promise<{ rows: number; batches: number }> {
     const { scope } = checkpoint;
     const entity = historyOf(scope.entity);

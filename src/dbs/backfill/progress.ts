@@ -1,35 +1,41 @@
 import { SingleBar } from 'cli-progress';
 import { Entity } from './history-scope';
 
-/** What the copier reports while it runs. */
-export interface BackfillProgress {
+/** What a long history command (the backfill's copy, verify's content pass) reports while it runs. */
+export interface HistoryProgress {
   start(entity: Entity, total: number): void;
   advance(rows: number, cursor: string[]): void;
   stop(): void;
 }
 
-export const silentProgress: BackfillProgress = { start: () => undefined, advance: () => undefined, stop: () => undefined };
+export const silentProgress: HistoryProgress = { start: () => undefined, advance: () => undefined, stop: () => undefined };
 
 const LOG_EVERY_MS = 5_000;
 
-/** A bar with percent, rows/s and ETA on a terminal; a logfmt line every few seconds otherwise (CI, files, pipes). */
-export function createProgress(stream: NodeJS.WriteStream, log: (line: string) => void): BackfillProgress {
-  return stream.isTTY ? new BarProgress(stream) : new LogProgress(log);
+/**
+ * A bar with percent, rows/s and ETA on a terminal; a logfmt line every few
+ * seconds otherwise (CI, files, pipes), starting with the task's name.
+ */
+export function createProgress(stream: NodeJS.WriteStream, log: (line: string) => void, task: 'backfill' | 'verify' = 'backfill'): HistoryProgress {
+  return stream.isTTY ? new BarProgress(stream, task) : new LogProgress(log, task);
 }
 
-class BarProgress implements BackfillProgress {
+class BarProgress implements HistoryProgress {
   private bar?: SingleBar;
   private startedAt = 0;
   private done = 0;
 
-  constructor(private readonly stream: NodeJS.WriteStream) {}
+  constructor(
+    private readonly stream: NodeJS.WriteStream,
+    private readonly task: string,
+  ) {}
 
   start(entity: Entity, total: number): void {
     this.startedAt = Date.now();
     this.done = 0;
     this.bar = new SingleBar({
       stream: this.stream,
-      format: `${entity.padEnd(5)} |{bar}| {percentage}% | {value}/{total} rows | {speed} rows/s | ETA {eta_formatted}`,
+      format: `${this.task} ${entity.padEnd(5)} |{bar}| {percentage}% | {value}/{total} rows | {speed} rows/s | ETA {eta_formatted}`,
       etaBuffer: 50,
       hideCursor: true,
     });
@@ -49,14 +55,17 @@ class BarProgress implements BackfillProgress {
   }
 }
 
-class LogProgress implements BackfillProgress {
+class LogProgress implements HistoryProgress {
   private entity: Entity = 'spans';
   private total = 0;
   private done = 0;
   private startedAt = 0;
   private loggedAt = 0;
 
-  constructor(private readonly log: (line: string) => void) {}
+  constructor(
+    private readonly log: (line: string) => void,
+    private readonly task: string,
+  ) {}
 
   start(entity: Entity, total: number): void {
     Object.assign(this, { entity, total, done: 0, startedAt: Date.now(), loggedAt: Date.now() });
@@ -69,7 +78,7 @@ class LogProgress implements BackfillProgress {
     this.loggedAt = now;
     const rate = Math.round(this.done / ((now - this.startedAt) / 1000));
     const percent = this.total ? ((100 * this.done) / this.total).toFixed(1) : '100.0';
-    this.log(`backfill progress entity=${this.entity} rows=${this.done} total=${this.total} percent=${percent} rows_per_s=${rate} cursor=${cursor.join('/')}`);
+    this.log(`${this.task} progress entity=${this.entity} rows=${this.done} total=${this.total} percent=${percent} rows_per_s=${rate} cursor=${cursor.join('/')}`);
   }
 
   stop(): void {}

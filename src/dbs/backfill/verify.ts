@@ -6,6 +6,7 @@ import { historyOf, keyText } from './history-entities';
 import { bucketScope, dayOf, Entity, HistoryScope } from './history-scope';
 import { addReplay, emptyReplay, KeyReplay, ReplayResult } from './key-replay';
 import { KeysetReader, PageLimits } from './keyset-reader';
+import { HistoryProgress, silentProgress } from './progress';
 
 export type Difference = 'rows' | 'versions' | 'content';
 
@@ -46,6 +47,8 @@ export interface VerifyOptions {
    * row changed in place at the same version.
    */
   content?: boolean;
+  /** Told of the content pass's Postgres rows as they are hashed (the counts pass is two queries). */
+  progress?: HistoryProgress;
 }
 
 export interface RepairReport extends ReplayResult {
@@ -85,7 +88,7 @@ export class Verifier {
       const compared = await this.compareCounts(scope);
       if (options.content !== false) {
         const agreed = compared.filter((b) => b.differs.length === 0);
-        await this.compareContent(scope, agreed);
+        await this.compareContent(scope, agreed, compared, options.progress ?? silentProgress);
         contentChecked += agreed.length;
       }
       buckets.push(...compared);
@@ -152,8 +155,12 @@ export class Verifier {
     return all;
   }
 
-  /** Fills in both checksums of these buckets, reading each side's rows in the buckets' span once. */
-  private async compareContent(scope: HistoryScope, buckets: BucketComparison[]): Promise<void> {
+  /**
+   * Fills in both checksums of these buckets, reading each side's rows in the
+   * buckets' span once. `all` is every bucket of the scope: the span read can
+   * hold rows of differing buckets too, and progress counts them all.
+   */
+  private async compareContent(scope: HistoryScope, buckets: BucketComparison[], all: BucketComparison[], progress: HistoryProgress): Promise<void> {
     if (buckets.length === 0) return;
     const entity = historyOf(scope.entity);
     const byId = new Map(buckets.map((b) => [`${b.projectId} ${b.day}`, b]));
@@ -172,6 +179,8 @@ export class Verifier {
       since: span.since,
       until: last.until,
     };
+    const projectSet = new Set(projects);
+    const read = all.filter((b) => projectSet.has(b.projectId) && b.day >= days[0] && b.day <= days[days.length - 1]);
     const add = (side: 'postgres' | 'clickhouse', projectId: string, day: string, line: string) => {
       const b = byId.get(`${projectId} ${day}`);
       if (b) b[side].checksum = (b[side].checksum! + rowHash(line)) & UINT64;
@@ -189,6 +198,7 @@ export class Verifier {
           const m = entity.mirrored(row);
           add('postgres', m.project_id, dayOf(m.created_at), entity.line(m));
         }
+        progress.advance(page.rows.length, page.last ?? []);
       }
     };
     const readClickHouse = async () => {
@@ -198,7 +208,12 @@ export class Verifier {
         for (const row of rows) add('clickhouse', row.project_id, dayOf(row.created_at), JSON.stringify(row));
       }
     };
-    await Promise.all([readPostgres(), readClickHouse()]);
+    progress.start(scope.entity, read.reduce((n, b) => n + b.postgres.rows, 0));
+    try {
+      await Promise.all([readPostgres(), readClickHouse()]);
+    } finally {
+      progress.stop();
+    }
     for (const b of buckets) if (b.postgres.checksum !== b.clickhouse.checksum) b.differs.push('content');
   }
 
