@@ -8,6 +8,7 @@ import { AppModule } from './app.module';
 import { AppConfig } from './config/app-config';
 import { APP_CONFIG } from './config/config.module';
 import { requireJsonBodies } from './http/json-content-type';
+import { documentErrorAnswers } from './http/openapi-errors';
 
 /**
  * Builds the HTTP app exactly as production runs it; main.ts and the tests
@@ -35,14 +36,12 @@ function refuseInvalidUtf8(_req: unknown, _res: unknown, body: Buffer, encoding:
 }
 
 function setUpOpenApi(app: INestApplication): void {
-  const document = SwaggerModule.createDocument(
-    app,
-    new DocumentBuilder()
-      .setTitle('tracing-api')
-      .setDescription('Spans and observability nodes on PostgreSQL, optionally mirrored to ClickHouse. Authenticate with `Authorization: ApiKey <key>`.')
-      .setVersion('0.1.0')
-      .addSecurity('ApiKey', { type: 'apiKey', in: 'header', name: 'Authorization', description: 'ApiKey <key>' })
-      .build(),
-  );
+  const description = new DocumentBuilder()
+    .setTitle('tracing-api')
+    .setDescription('Spans and observability nodes on PostgreSQL, optionally mirrored to ClickHouse. Authenticate with `Authorization: ApiKey <key>`.')
+    .setVersion('0.1.0')
+    .addSecurity('ApiKey', { type: 'apiKey', in: 'header', name: 'Authorization', description: 'ApiKey <key>' })
+    .build();
+  const document = documentErrorAnswers(SwaggerModule.createDocument(app, description));
   SwaggerModule.setup('docs', app, document, { jsonDocumentUrl: 'docs/openapi.json' });
 }

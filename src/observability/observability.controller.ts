@@ -1,5 +1,5 @@
 import { Body, Controller, Delete, Get, HttpCode, Inject, NotFoundException, Param, Post } from '@nestjs/common';
-import { ApiBody, ApiOperation, ApiSecurity, ApiTags } from '@nestjs/swagger';
+import { ApiBody, ApiOperation, ApiResponse, ApiSecurity, ApiTags } from '@nestjs/swagger';
 import { ProjectId } from '../auth/project-id.decorator';
 import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
@@ -38,6 +38,8 @@ export class ObservabilityController {
 
   @Get('trees/:treeId')
   @ApiOperation({ summary: 'Read every node of a tree' })
+  @ApiResponse({ status: 200, description: 'The tree\'s `nodes`' })
+  @ApiResponse({ status: 404, description: 'No node of this tree in this project' })
   async readTree(@ProjectId() projectId: string, @Param('treeId') treeId: string) {
     const id = parseBody(uuidSchema, treeId);
     const nodes = await this.observability.readTree(projectId, id);
@@ -47,6 +49,8 @@ export class ObservabilityController {
 
   @Delete('trees/:treeId')
   @ApiOperation({ summary: 'Delete every node of a tree' })
+  @ApiResponse({ status: 200, description: '`count` of nodes deleted' })
+  @ApiResponse({ status: 404, description: 'No node of this tree in this project' })
   async deleteTree(@ProjectId() projectId: string, @Param('treeId') treeId: string) {
     const id = parseBody(uuidSchema, treeId);
     const count = await this.observability.deleteTrees(projectId, [id]);

@@ -1,5 +1,5 @@
 import { Body, Controller, Delete, Get, HttpCode, Inject, NotFoundException, Param, Post, Put } from '@nestjs/common';
-import { ApiBody, ApiOperation, ApiSecurity, ApiTags } from '@nestjs/swagger';
+import { ApiBody, ApiOperation, ApiResponse, ApiSecurity, ApiTags } from '@nestjs/swagger';
 import { ProjectId } from '../auth/project-id.decorator';
 import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
@@ -20,6 +20,8 @@ export class TracingController {
 
   @Post('spans')
   @ApiOperation({ summary: 'Create spans (atomic: all or none; 409 if any already exists)' })
+  @ApiResponse({ status: 201, description: 'Created: `count` and the stored `spans`' })
+  @ApiResponse({ status: 409, description: 'A span with the same trace_id and span_id exists; the message names them and nothing is written' })
   @ApiBody({ schema: openApiSchema(spansBodySchema) })
   async createSpans(@ProjectId() projectId: string, @Body() body: unknown) {
     assertBatchSize(body, 'spans', this.config.http.maxBatchItems);
@@ -30,6 +32,8 @@ export class TracingController {
 
   @Put('spans')
   @ApiOperation({ summary: 'Replace existing spans (atomic; 404 if any is missing)' })
+  @ApiResponse({ status: 200, description: 'Replaced: `count` and the stored `spans`' })
+  @ApiResponse({ status: 404, description: 'A span does not exist; the message names it and nothing is written' })
   @ApiBody({ schema: openApiSchema(spansBodySchema) })
   async updateSpans(@ProjectId() projectId: string, @Body() body: unknown) {
     assertBatchSize(body, 'spans', this.config.http.maxBatchItems);
@@ -49,6 +53,8 @@ export class TracingController {
 
   @Get('spans/:traceId/:spanId')
   @ApiOperation({ summary: 'Read one span' })
+  @ApiResponse({ status: 200, description: 'The `span`' })
+  @ApiResponse({ status: 404, description: 'No such span in this project' })
   async readSpan(@ProjectId() projectId: string, @Param('traceId') traceId: string, @Param('spanId') spanId: string) {
     const key = { trace_id: parseBody(traceIdSchema, traceId), span_id: parseBody(spanIdSchema, spanId) };
     const [span] = await this.tracing.readSpans(projectId, [key]);
@@ -58,6 +64,8 @@ export class TracingController {
 
   @Get('traces/:traceId')
   @ApiOperation({ summary: 'Read every span of a trace' })
+  @ApiResponse({ status: 200, description: 'The trace\'s `spans`, by start time' })
+  @ApiResponse({ status: 404, description: 'No span of this trace in this project' })
   async readTrace(@ProjectId() projectId: string, @Param('traceId') traceId: string) {
     const id = parseBody(traceIdSchema, traceId);
     const spans = await this.tracing.readTraces(projectId, [id]);
@@ -67,6 +75,8 @@ export class TracingController {
 
   @Delete('traces/:traceId')
   @ApiOperation({ summary: 'Delete every span of a trace' })
+  @ApiResponse({ status: 200, description: '`count` of spans deleted' })
+  @ApiResponse({ status: 404, description: 'No span of this trace in this project' })
   async deleteTrace(@ProjectId() projectId: string, @Param('traceId') traceId: string) {
     const id = parseBody(traceIdSchema, traceId);
     const count = await this.tracing.deleteTraces(projectId, [id]);

@@ -210,6 +210,27 @@ describe('REST: /tracing and /observability', () => {
       expect(Object.keys(doc.body.paths)).toEqual(expect.arrayContaining(['/tracing/spans', '/tracing/traces/{traceId}', '/observability/nodes', '/otlp/v1/traces']));
       expect(doc.body.paths['/tracing/spans'].post.requestBody.content['application/json'].schema.properties.spans).toBeDefined();
     });
+
+    it('documents the error answers each route can give, with the body they carry', async () => {
+      const doc = (await http().get('/docs/openapi.json').expect(200)).body;
+      const statuses = (path: string, method: string) => Object.keys(doc.paths[path][method].responses).sort();
+      expect(statuses('/tracing/spans', 'post')).toEqual(['201', '400', '401', '409', '413', '500', '503']);
+      expect(statuses('/tracing/spans', 'put')).toEqual(['200', '400', '401', '404', '413', '500', '503']);
+      expect(statuses('/tracing/traces/{traceId}', 'get')).toEqual(['200', '400', '401', '404', '500', '503']);
+      expect(statuses('/observability/trees/{treeId}', 'delete')).toEqual(['200', '400', '401', '404', '500', '503']);
+      // Public routes answer for themselves: no API key, no 401.
+      expect(statuses('/health', 'get')).not.toContain('401');
+      // OTLP's own descriptions are kept.
+      expect(doc.paths['/otlp/v1/traces'].post.responses['415'].description).toMatch(/Content-Type/);
+
+      // The documented body is the one a real error answer carries.
+      const schema = doc.components.schemas.Error;
+      expect(doc.paths['/tracing/spans'].post.responses['409'].content['application/json'].schema).toEqual({ $ref: '#/components/schemas/Error' });
+      const bad = await http().post('/tracing/spans').set(auth).send({ spans: [makeSpan({ span_id: 'xyz' })] }).expect(400);
+      expect(Object.keys(bad.body).sort()).toEqual(Object.keys(schema.properties).sort());
+      for (const field of schema.required) expect(bad.body[field]).toBeDefined();
+      expect(bad.body.errors[0]).toEqual({ field: expect.any(String), message: expect.any(String) });
+    });
   });
 
   it('span ids that are all zeros are refused', async () => {
