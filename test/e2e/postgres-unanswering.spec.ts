@@ -105,6 +105,11 @@ describe('Postgres that stops answering', () => {
       ]);
       answers.forEach(expectUnavailable);
 
+      // Operators see it: each given-up connection is counted.
+      const metrics = await send('GET', '/metrics', undefined, {});
+      const abandoned = Number(/^postgres_connections_abandoned_total (\d+)$/m.exec(metrics.text)?.[1]);
+      expect(abandoned).toBeGreaterThanOrEqual(1);
+
       const health = await timed(() => send('GET', '/health', undefined, {}));
       expect(health.took).toBeLessThan(ANSWER_BOUND_MS);
       expect(health.res.status).toBe(503);

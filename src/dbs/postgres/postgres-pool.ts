@@ -37,12 +37,17 @@ const QUERY_TIMEOUT_MESSAGE = 'Query read timeout';
  * ends it. The API streams no cursors, the one form this does not cover.
  */
 export class AbandonOnTimeoutClient extends Client {
+  /** Emitted when the client gives its connection up (counted by postgres_connections_abandoned_total). */
+  static readonly ABANDONED = 'abandoned';
+
   // pg's overloads return a promise, a submittable or nothing; each passes through unchanged.
   override query(...args: unknown[]): any {
     const result: unknown = (Client.prototype.query as (...a: unknown[]) => unknown).apply(this, args);
     if (result instanceof Promise) {
       result.catch((error: unknown) => {
-        if ((error as Error)?.message === QUERY_TIMEOUT_MESSAGE) this.end().catch(() => undefined);
+        if ((error as Error)?.message !== QUERY_TIMEOUT_MESSAGE) return;
+        this.end().catch(() => undefined);
+        this.emit(AbandonOnTimeoutClient.ABANDONED);
       });
     }
     return result;

@@ -1,12 +1,15 @@
 import { Global, Inject, Logger, Module, OnApplicationShutdown } from '@nestjs/common';
 import { Kysely } from 'kysely';
 import { Pool } from 'pg';
+import { Registry } from 'prom-client';
 import { AppConfig } from '../../config/app-config';
 import { APP_CONFIG } from '../../config/config.module';
+import { METRICS_REGISTRY } from '../../metrics/metrics.tokens';
 import { DB } from './database';
 import { resolvePostgres, ResolvedPostgres } from './local-postgres';
 import { PG_POOL, KYSELY } from './postgres.tokens';
 import { createKysely, createPool } from './postgres-pool';
+import { registerPoolMetrics } from './postgres-metrics';
 import { migrateToLatest } from './postgres-migrator';
 import { PostgresObservabilityDao } from './postgres-observability.dao';
 import { PostgresTracingDao } from './postgres-tracing.dao';
@@ -46,14 +49,15 @@ async function migrateOnStart(url: string): Promise<void> {
     },
     {
       provide: PG_POOL,
-      inject: [APP_CONFIG, RESOLVED_POSTGRES],
-      useFactory: (config: AppConfig, server: ResolvedPostgres) => {
+      inject: [APP_CONFIG, RESOLVED_POSTGRES, METRICS_REGISTRY],
+      useFactory: (config: AppConfig, server: ResolvedPostgres, registry: Registry) => {
         const pool = createPool(server.url, config.postgres.poolMax, {
           statementTimeoutMs: config.postgres.statementTimeoutMs,
           clientTimeoutMs: config.postgres.clientTimeoutMs,
         });
         // An idle client's connection can drop (server restart); without a listener that would crash the process.
         pool.on('error', (error) => new Logger('Postgres').warn(`idle connection error: ${error.message}`));
+        registerPoolMetrics(pool, registry);
         return pool;
       },
     },
