@@ -78,7 +78,7 @@ export interface PoolTimeouts {
  */
 export function createPool(url: string, max: number, timeouts: PoolTimeouts = {}): Pool {
   const statementTimeout = timeouts.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(timeouts.statementTimeoutMs)}` : '';
-  return new Pool({
+  const pool = new Pool({
     connectionString: url,
     max,
     // ISO dates are what timestamptzToIso and the backfill's COPY (ClickHouse DateTime64 text) read.
@@ -93,6 +93,12 @@ export function createPool(url: string, max: number, timeouts: PoolTimeouts = {}
         oid === TIMESTAMPTZ_OID ? timestamptzToIso : types.getTypeParser(oid, format as 'text')) as typeof types.getTypeParser,
     },
   });
+  // When the server ends a connection a caller holds (a restart, a failover, pg_terminate_backend),
+  // pg emits 'error' on the client, and pg-pool listens only while the client is idle: unheard, that
+  // event would crash the process. The caller's query fails with the same error (the API answers
+  // 503) and the pool drops the client when it comes back, so there is nothing more to do here.
+  pool.on('connect', (client) => client.on('error', () => undefined));
+  return pool;
 }
 
 export function createKysely(pool: Pool): Kysely<DB> {
