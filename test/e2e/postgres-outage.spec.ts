@@ -1,14 +1,10 @@
 import { INestApplication } from '@nestjs/common';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { createApp } from '../../src/bootstrap';
 import { eventually } from '../support/fake-clickhouse';
 import { makeSpan, makeNode } from '../support/fixtures';
-import { freePort } from '../support/free-port';
-import { PostgresProcess, startPostgresProcess } from '../support/postgres-process';
+import { OwnedPostgres, ownPostgres, PostgresProcess } from '../support/postgres-process';
 import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';
 
 /**
@@ -24,15 +20,13 @@ import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';
 const ANSWER_BOUND_MS = 5_000 + 5_000;
 
 describe('Postgres outage', () => {
-  let dataDir: string;
-  let port: number;
+  let owned: OwnedPostgres;
   let postgres: PostgresProcess;
   let app: INestApplication;
   let url: string;
   let auth: Record<string, string>;
   let unknownKey: string;
 
-  const startPostgres = () => startPostgresProcess(port, join(dataDir, 'data'));
   const send = (method: string, path: string, body?: unknown, headers = auth) =>
     rawRequest(url, method, path, body === undefined ? undefined : JSON.stringify(body), headers, ANSWER_BOUND_MS + 5_000);
 
@@ -47,11 +41,8 @@ describe('Postgres outage', () => {
   }
 
   beforeAll(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), 'tracing-outage-pg-'));
-    // mkdtemp makes it 0700; PostgreSQL runs as the `postgres` user when we are root.
-    await chmod(dataDir, 0o755);
-    port = await freePort();
-    postgres = await startPostgres();
+    owned = await ownPostgres('tracing-outage-pg-');
+    postgres = await owned.start();
     app = await createApp({ DATABASE_URL: postgres.url, LOG_LEVEL: 'silent', USE_CLICKHOUSE: 'false', MIGRATE_ON_START: 'true' });
     await app.listen(0, '127.0.0.1');
     url = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
@@ -65,7 +56,7 @@ describe('Postgres outage', () => {
     closeRawAgent();
     await app?.close();
     await postgres?.stop();
-    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+    await owned?.remove();
   }, 60_000);
 
   it('answers 503 while Postgres is down, says why on /health, writes nothing, and recovers by itself', async () => {
@@ -100,7 +91,7 @@ describe('Postgres outage', () => {
     expect(postgresHealth.status).toBe('down');
     expect(postgresHealth.message).toMatch(/^Postgres is unavailable: .*(ECONNREFUSED|connect|terminat|timeout)/i);
 
-    postgres = await startPostgres();
+    postgres = await owned.start();
 
     // The same process, the same pool: writes succeed again once connections can be made.
     const after = makeSpan();

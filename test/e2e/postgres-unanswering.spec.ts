@@ -1,16 +1,12 @@
 import { INestApplication } from '@nestjs/common';
 import { sql } from 'kysely';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { createApp } from '../../src/bootstrap';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { eventually } from '../support/fake-clickhouse';
 import { makeNode, makeSpan } from '../support/fixtures';
-import { freePort } from '../support/free-port';
-import { PostgresProcess, startPostgresProcess } from '../support/postgres-process';
+import { OwnedPostgres, ownPostgres, PostgresProcess } from '../support/postgres-process';
 import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';
 
 /**
@@ -34,7 +30,7 @@ const CONNECT_TIMEOUT_MS = 5_000;
 const ANSWER_BOUND_MS = CLIENT_TIMEOUT_MS + CONNECT_TIMEOUT_MS + 3_000;
 
 describe('Postgres that stops answering', () => {
-  let dataDir: string;
+  let owned: OwnedPostgres;
   let postgres: PostgresProcess;
   let app: INestApplication;
   let url: string;
@@ -55,10 +51,8 @@ describe('Postgres that stops answering', () => {
   }
 
   beforeAll(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), 'tracing-frozen-pg-'));
-    // mkdtemp makes it 0700; PostgreSQL runs as the `postgres` user when we are root.
-    await chmod(dataDir, 0o755);
-    postgres = await startPostgresProcess(await freePort(), join(dataDir, 'data'));
+    owned = await ownPostgres('tracing-frozen-pg-');
+    postgres = await owned.start();
     app = await createApp({
       DATABASE_URL: postgres.url,
       LOG_LEVEL: 'silent',
@@ -78,7 +72,7 @@ describe('Postgres that stops answering', () => {
     postgres?.thaw();
     await app?.close();
     await postgres?.stop();
-    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+    await owned?.remove();
   }, 60_000);
 
   it('answers 503 within its client timeout, commits nothing it refused, and serves again once Postgres goes on', async () => {

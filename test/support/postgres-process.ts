@@ -1,6 +1,9 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from './free-port';
 
 export interface PostgresProcess {
   url: string;
@@ -52,7 +55,7 @@ function signalAll(pids: number[], signal: NodeJS.Signals): void {
 }
 
 /** An embedded PostgreSQL in a child process, on `port`, with its data in `dataDir`. */
-export function startPostgresProcess(port: number, dataDir: string): Promise<PostgresProcess> {
+function startPostgresProcess(port: number, dataDir: string): Promise<PostgresProcess> {
   const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', join(__dirname, 'postgres-process.main.ts'), String(port), dataDir], {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
@@ -87,4 +90,26 @@ export function startPostgresProcess(port: number, dataDir: string): Promise<Pos
       reject(new Error(`embedded Postgres exited with ${code}:\n${output}`));
     });
   });
+}
+
+export interface OwnedPostgres {
+  /** Starts the server on its port and data directory; after a stop, again (a restart keeps the data). */
+  start(): Promise<PostgresProcess>;
+  /** Deletes the data directory; stop the server first. */
+  remove(): Promise<void>;
+}
+
+/**
+ * A PostgreSQL server for a spec that stops or freezes it, which the run's
+ * shared server must never be: a free port and a data directory of its own.
+ */
+export async function ownPostgres(prefix: string): Promise<OwnedPostgres> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  // mkdtemp makes it 0700; PostgreSQL runs as the `postgres` user when we are root.
+  await chmod(dir, 0o755);
+  const port = await freePort();
+  return {
+    start: () => startPostgresProcess(port, join(dir, 'data')),
+    remove: () => rm(dir, { recursive: true, force: true }),
+  };
 }
