@@ -179,8 +179,9 @@ export class Verifier {
       since: span.since,
       until: last.until,
     };
-    const projectSet = new Set(projects);
-    const read = all.filter((b) => projectSet.has(b.projectId) && b.day >= days[0] && b.day <= days[days.length - 1]);
+    // The buckets whose rows the Postgres read below goes through: the narrowed span's projects and days.
+    const readProjects = narrowed.projectIds && new Set(narrowed.projectIds);
+    const read = all.filter((b) => (!readProjects || readProjects.has(b.projectId)) && b.day >= days[0] && b.day <= days[days.length - 1]);
     const add = (side: 'postgres' | 'clickhouse', projectId: string, day: string, line: string) => {
       const b = byId.get(`${projectId} ${day}`);
       if (b) b[side].checksum = (b[side].checksum! + rowHash(line)) & UINT64;
