@@ -42,11 +42,7 @@ export interface PostgresConnection {
 export async function connectPostgres(config: AppConfig, log: (line: string) => void): Promise<PostgresConnection> {
   const server = await resolvePostgres(config.postgres, log);
   // One connection holds the run's advisory lock; the others read pages and write checkpoints.
-  const pool = createPool(server.url, 4);
-  // A connection that drops between queries (server restart, idle timeout) must fail the next
-  // query that needs it, with a message, not crash the process with an unhandled 'error' event.
-  pool.on('connect', (client) => client.on('error', (error) => log(`Postgres connection lost: ${error.message}`)));
-  pool.on('error', () => undefined);
+  const pool = createPool(server.url, 4, { onConnectionLost: (error) => log(`Postgres connection lost: ${error.message}`) });
   const db = createKysely(pool);
   const close = async () => {
     await db.destroy();

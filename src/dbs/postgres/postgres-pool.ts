@@ -54,7 +54,7 @@ export class AbandonOnTimeoutClient extends Client {
   }
 }
 
-export interface PoolTimeouts {
+export interface PoolOptions {
   /**
    * Bounds every statement on the server side, where cancelling is safe (the
    * statement and its transaction roll back). 0 or unset: none.
@@ -66,6 +66,8 @@ export interface PoolTimeouts {
    * the statement timeout. 0 or unset: wait for ever.
    */
   clientTimeoutMs?: number;
+  /** Told of the errors pg reports when the server ends a connection, idle or lent out (one loss can bring two); the default says nothing. */
+  onConnectionLost?: (error: Error) => void;
 }
 
 /**
@@ -76,14 +78,14 @@ export interface PoolTimeouts {
  * (The mirror's gap records are single inserts; one committed after a
  * give-up is replayed like any other, which is harmless.)
  */
-export function createPool(url: string, max: number, timeouts: PoolTimeouts = {}): Pool {
-  const statementTimeout = timeouts.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(timeouts.statementTimeoutMs)}` : '';
+export function createPool(url: string, max: number, options: PoolOptions = {}): Pool {
+  const statementTimeout = options.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(options.statementTimeoutMs)}` : '';
   const pool = new Pool({
     connectionString: url,
     max,
     // ISO dates are what timestamptzToIso and the backfill's COPY (ClickHouse DateTime64 text) read.
     options: `-c TimeZone=UTC -c DateStyle=ISO${statementTimeout}`,
-    query_timeout: timeouts.clientTimeoutMs || undefined,
+    query_timeout: options.clientTimeoutMs || undefined,
     Client: AbandonOnTimeoutClient,
     connectionTimeoutMillis: 5_000,
     // Notice a peer that vanished without closing the connection.
@@ -93,11 +95,14 @@ export function createPool(url: string, max: number, timeouts: PoolTimeouts = {}
         oid === TIMESTAMPTZ_OID ? timestamptzToIso : types.getTypeParser(oid, format as 'text')) as typeof types.getTypeParser,
     },
   });
-  // When the server ends a connection a caller holds (a restart, a failover, pg_terminate_backend),
-  // pg emits 'error' on the client, and pg-pool listens only while the client is idle: unheard, that
-  // event would crash the process. The caller's query fails with the same error (the API answers
-  // 503) and the pool drops the client when it comes back, so there is nothing more to do here.
-  pool.on('connect', (client) => client.on('error', () => undefined));
+  // When the server ends a connection (a restart, a failover, pg_terminate_backend), pg emits 'error'
+  // on the client, and an unheard 'error' event crashes the process. pg-pool listens only while the
+  // client is idle, and then re-emits it on the pool, so both get a listener: the client's own, for
+  // its whole life, is the one that reports. A lent-out client's query fails with the same error
+  // (the API answers 503) and the pool drops the client when it comes back.
+  const onConnectionLost = options.onConnectionLost ?? (() => undefined);
+  pool.on('connect', (client) => client.on('error', onConnectionLost));
+  pool.on('error', () => undefined);
   return pool;
 }
 

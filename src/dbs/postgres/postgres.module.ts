@@ -51,12 +51,12 @@ async function migrateOnStart(url: string): Promise<void> {
       provide: PG_POOL,
       inject: [APP_CONFIG, RESOLVED_POSTGRES, METRICS_REGISTRY],
       useFactory: (config: AppConfig, server: ResolvedPostgres, registry: Registry) => {
+        const logger = new Logger('Postgres');
         const pool = createPool(server.url, config.postgres.poolMax, {
           statementTimeoutMs: config.postgres.statementTimeoutMs,
           clientTimeoutMs: config.postgres.clientTimeoutMs,
+          onConnectionLost: (error) => logger.warn(`connection lost: ${error.message}`),
         });
-        // An idle client's connection can drop (server restart); without a listener that would crash the process.
-        pool.on('error', (error) => new Logger('Postgres').warn(`idle connection error: ${error.message}`));
         registerPoolMetrics(pool, registry);
         return pool;
       },
