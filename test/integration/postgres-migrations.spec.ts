@@ -4,6 +4,9 @@ import { createApp } from '../../src/bootstrap';
 import { migrateDown, migrateToLatest } from '../../src/dbs/postgres/postgres-migrator';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
+/** Kysely's migration lock on Postgres: a session advisory lock on this id (its PostgresAdapter's LOCK_ID). */
+const KYSELY_MIGRATION_LOCK = '3853314791062309107';
+
 describe('Postgres migrations', () => {
   let test: TestDatabase;
   beforeAll(async () => (test = await createTestDatabase()));
@@ -33,14 +36,14 @@ describe('Postgres migrations', () => {
 
   it("migrates at startup on its own connection, waiting out another migrator's lock past the API's statement timeout", async () => {
     await migrateDown(test.db, true);
-    // What a second replica meets while the first migrates: Kysely's migration lock (a session advisory lock), held.
+    // What a second replica meets while the first migrates: Kysely's migration lock, held.
     const otherMigrator = new Client({ connectionString: test.url });
     await otherMigrator.connect();
-    await otherMigrator.query('select pg_advisory_lock(3853314791062309107)');
+    await otherMigrator.query('select pg_advisory_lock($1)', [KYSELY_MIGRATION_LOCK]);
     const starting = createApp({ DATABASE_URL: test.url, MIGRATE_ON_START: 'true', DB_STATEMENT_TIMEOUT_MS: '300', USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent' });
     try {
       await new Promise((resolve) => setTimeout(resolve, 1_500));
-      await otherMigrator.query('select pg_advisory_unlock(3853314791062309107)');
+      await otherMigrator.query('select pg_advisory_unlock($1)', [KYSELY_MIGRATION_LOCK]);
       const app = await starting;
       await app.close();
     } finally {

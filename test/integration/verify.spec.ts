@@ -145,7 +145,10 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
   it('reports its content pass as it goes: every Postgres row it hashes, once', async () => {
     const seen = { events: [] as string[], total: 0, advanced: 0 };
     const progress: HistoryProgress = {
-      start: (entity: Entity, total: number) => (seen.events.push(`start ${entity}`), (seen.total += total)),
+      start: (entity: Entity, total: number) => {
+        seen.events.push(`start ${entity}`);
+        seen.total += total;
+      },
       advance: (rows: number) => (seen.advanced += rows),
       stop: () => seen.events.push('stop'),
     };
