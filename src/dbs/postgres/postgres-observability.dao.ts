@@ -5,6 +5,7 @@ import { NodeQuery, ObservabilityDao } from '../../observability/observability.d
 import { DB, NodeRow } from './database';
 import { KYSELY } from './postgres.tokens';
 import { nodeFromRow, nodeToRow } from './node-row.mapper';
+import { inCallersOrder, inLockOrder } from './lock-order';
 
 /** A node row binds 18 values; stay well under Postgres's 65535 parameters. */
 const INSERT_CHUNK = 1000;
@@ -18,12 +19,14 @@ export class PostgresObservabilityDao implements ObservabilityDao {
 
   async ingestNodes(projectId: string, nodes: NodeInput[]): Promise<ObservabilityNode[]> {
     if (nodes.length === 0) return [];
+    // In the primary key's order, so concurrent ingests of the same nodes queue instead of deadlocking (lock-order.ts).
+    const ordered = inLockOrder(nodes, nodeKey);
     return this.db.transaction().execute(async (trx) => {
       const stored: NodeRow[] = [];
-      for (let i = 0; i < nodes.length; i += INSERT_CHUNK) {
+      for (let i = 0; i < ordered.length; i += INSERT_CHUNK) {
         const rows = await trx
           .insertInto('nodes')
-          .values(nodes.slice(i, i + INSERT_CHUNK).map((n) => nodeToRow(projectId, n)))
+          .values(ordered.slice(i, i + INSERT_CHUNK).map((n) => nodeToRow(projectId, n)))
           .onConflict((oc) =>
             oc.columns(['project_id', 'node_id']).doUpdateSet((eb) => ({
               tree_id: eb.ref('excluded.tree_id'),
@@ -49,7 +52,7 @@ export class PostgresObservabilityDao implements ObservabilityDao {
           .execute();
         stored.push(...rows);
       }
-      return stored.map(nodeFromRow);
+      return inCallersOrder(nodes, stored.map(nodeFromRow), nodeKey);
     });
   }
 
@@ -95,3 +98,5 @@ export class PostgresObservabilityDao implements ObservabilityDao {
     return rows.map((row) => ({ ...nodeFromRow(row), deleted_at: row.deleted_at }));
   }
 }
+
+const nodeKey = (node: { node_id: string }) => node.node_id;

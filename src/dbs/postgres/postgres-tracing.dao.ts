@@ -8,6 +8,7 @@ import { KYSELY } from './postgres.tokens';
 import { querySpans, spanAnalytics } from './postgres-span-query';
 import { traceIdToUuid } from '../../tracing/trace-id';
 import { spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
+import { inCallersOrder, inLockOrder } from './lock-order';
 
 /** Postgres's parameter limit is 65535; a span row binds 20 values. */
 const INSERT_CHUNK = 1000;
@@ -24,15 +25,12 @@ export class PostgresTracingDao implements TracingDao {
 
   async createSpans(projectId: string, spans: SpanInput[], options: { userId: string | null; upsert: boolean }): Promise<Span[]> {
     return this.db.transaction().execute(async (trx) => {
-      const stored: SpanRow[] = [];
-      for (let i = 0; i < spans.length; i += INSERT_CHUNK) {
-        stored.push(...(await this.insertChunk(trx, projectId, spans.slice(i, i + INSERT_CHUNK), options)));
-      }
+      const stored = await this.insertInLockOrder(trx, projectId, spans, options);
       if (!options.upsert && stored.length < spans.length) {
-        const created = new Set(stored.map((r) => keyOf(spanFromRow(r))));
+        const created = new Set(stored.map(keyOf));
         throw new SpansConflictError(spans.filter((s) => !created.has(keyOf(s))).map(({ trace_id, span_id }) => ({ trace_id, span_id })));
       }
-      return stored.map(spanFromRow);
+      return stored;
     });
   }
 
@@ -42,11 +40,7 @@ export class PostgresTracingDao implements TracingDao {
       const existing = await this.lockKeys(trx, projectId, spans);
       const missing = spans.filter((s) => !existing.has(keyOf(s)));
       if (missing.length) throw new SpansNotFoundError(missing.map(({ trace_id, span_id }) => ({ trace_id, span_id })));
-      const stored: SpanRow[] = [];
-      for (let i = 0; i < spans.length; i += INSERT_CHUNK) {
-        stored.push(...(await this.insertChunk(trx, projectId, spans.slice(i, i + INSERT_CHUNK), { ...options, upsert: true })));
-      }
-      return stored.map(spanFromRow);
+      return this.insertInLockOrder(trx, projectId, spans, { ...options, upsert: true });
     });
   }
 
@@ -114,6 +108,21 @@ export class PostgresTracingDao implements TracingDao {
     return spanAnalytics(this.db, projectId, query);
   }
 
+  /** Writes the spans in the primary key's order (see lock-order.ts) and returns the stored ones in the caller's. */
+  private async insertInLockOrder(
+    trx: Transaction<DB>,
+    projectId: string,
+    spans: SpanInput[],
+    options: { userId: string | null; upsert: boolean },
+  ): Promise<Span[]> {
+    const ordered = inLockOrder(spans, keyOf);
+    const stored: SpanRow[] = [];
+    for (let i = 0; i < ordered.length; i += INSERT_CHUNK) {
+      stored.push(...(await this.insertChunk(trx, projectId, ordered.slice(i, i + INSERT_CHUNK), options)));
+    }
+    return inCallersOrder(spans, stored.map(spanFromRow), keyOf);
+  }
+
   private async insertChunk(
     trx: Transaction<DB>,
     projectId: string,
@@ -154,6 +163,8 @@ export class PostgresTracingDao implements TracingDao {
       .select(['trace_id', 'span_id'])
       .where('project_id', '=', projectId)
       .where((eb) => eb(eb.refTuple('trace_id', 'span_id'), 'in', spans.map((k) => eb.tuple(traceIdToUuid(k.trace_id), spanIdToBytes(k.span_id)))))
+      .orderBy('trace_id')
+      .orderBy('span_id') // locks are taken in this order: the writes' (lock-order.ts)
       .forUpdate()
       .execute();
     return new Set(rows.map((r) => `${r.trace_id.replace(/-/g, '')}/${r.span_id.toString('hex')}`));
