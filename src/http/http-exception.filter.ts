@@ -25,6 +25,19 @@ export function isDatabaseUnavailable(error: unknown): boolean {
 }
 
 /**
+ * Postgres rolled the whole transaction back to resolve a conflict with
+ * another one (class 40: a deadlock, a serialization failure). Nothing was
+ * written and the same request can succeed, so it is the caller's to retry.
+ * Writes lock rows in key order (lock-order.ts), which keeps them from
+ * deadlocking with each other; this answers what is left (another client's
+ * transaction, an operator's).
+ */
+function isRolledBackInConflict(error: unknown): boolean {
+  const code = (error as { code?: string })?.code;
+  return code === '40P01' || code === '40001';
+}
+
+/**
  * Turns every error into a JSON answer a client can act on: domain errors get
  * their 4xx, body-parser errors keep theirs, a lost database is a 503, and
  * anything else is a logged 500 that leaks no internals.
@@ -41,7 +54,7 @@ export class HttpExceptionFilter implements ExceptionFilter {
     if (status >= 500 && status !== HttpStatus.SERVICE_UNAVAILABLE) {
       this.logger.error({ err: error, method: request.method, url: request.url }, 'unhandled error');
     } else if (status === HttpStatus.SERVICE_UNAVAILABLE) {
-      this.logger.warn({ method: request.method, url: request.url, reason: (error as Error)?.message }, 'database unavailable');
+      this.logger.warn({ method: request.method, url: request.url, reason: (error as Error)?.message }, 'database could not serve the request; answered 503');
     }
     if (response.headersSent) return;
     response.status(status).json(body);
@@ -69,6 +82,9 @@ export class HttpExceptionFilter implements ExceptionFilter {
         ? 'request body is larger than the limit'
         : bodyError.type === undefined ? `request body could not be read; does it match its Content-Encoding? (${bodyError.code ?? bodyError.message})` : bodyError.message;
       return [status, { statusCode: status, error: status === 413 ? 'Payload Too Large' : status === 415 ? 'Unsupported Media Type' : 'Bad Request', message }];
+    }
+    if (isRolledBackInConflict(error)) {
+      return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the write was rolled back in a conflict with a concurrent one; retry it' }];
     }
     if (isDatabaseUnavailable(error)) {
       return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is unavailable; retry later' }];

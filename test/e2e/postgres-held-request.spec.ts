@@ -4,11 +4,11 @@ import { createTestApp, TestApp } from '../support/app';
 import { makeSpan } from '../support/fixtures';
 
 /**
- * A request whose statement Postgres holds (here: behind a table lock) and
- * then fails: the server cancels it (statement_timeout), or ends its
- * connection (a restart, a failover, pg_terminate_backend). Either way the
- * caller gets a 503, nothing the request started is committed, and the API
- * goes on serving.
+ * A request whose statement Postgres holds (here: behind a lock) and then
+ * fails: the server cancels it (statement_timeout), ends its connection (a
+ * restart, a failover, pg_terminate_backend), or rolls it back to break a
+ * deadlock. Each way the caller gets a 503, nothing the request started is
+ * committed, and the API goes on serving.
  */
 
 /** Locks the spans table from a connection of its own until `release`; the API's writes to it wait. */
@@ -86,5 +86,46 @@ describe('Postgres ending the connection under a request', () => {
     expect(res.status).toBe(503);
     expect(res.body.message).toMatch(/database is unavailable/);
     expect(storedName).toBe(originalName);
+  });
+});
+
+describe('Postgres breaking a deadlock by rolling the request back', () => {
+  let t: TestApp;
+  beforeAll(async () => (t = await createTestApp()));
+  afterAll(async () => t.close());
+
+  // Writes lock in key order, so two requests cannot deadlock each other; another client still can.
+  it('answers 503 naming the conflict, commits none of it, and the retry succeeds', async () => {
+    const auth = { Authorization: `ApiKey ${t.apiKey}` };
+    const traceId = '5'.repeat(32);
+    const [first, second] = [makeSpan({ trace_id: traceId, span_id: '1'.repeat(16) }), makeSpan({ trace_id: traceId, span_id: '2'.repeat(16) })];
+    await request(t.url).post('/tracing/spans').set(auth).send({ spans: [first, second] }).expect(201);
+
+    const other = new Client({ connectionString: t.database.url });
+    await other.connect();
+    let res: request.Response;
+    try {
+      // The API's backend waits 1 s (the default deadlock_timeout) before it looks for a cycle, this one 10 s:
+      // the API's transaction is the one Postgres rolls back.
+      await other.query(`set deadlock_timeout = '10s'`);
+      await other.query('begin');
+      const lockRow = (spanId: string) =>
+        other.query(`select 1 from spans where trace_id = $1 and span_id = decode($2, 'hex') for update`, [traceId, spanId]);
+      await lockRow(second.span_id);
+      // The PUT locks the first span, then waits for the second; locking the first here closes the cycle.
+      const rename = request(t.url).put('/tracing/spans').set(auth).send({ spans: [second, first].map((s) => ({ ...s, span_name: 'changed' })) }).then((r) => r);
+      await untilWaitingOnLock(other);
+      const closeCycle = lockRow(first.span_id);
+      res = await rename;
+      await closeCycle;
+    } finally {
+      await other.query('rollback').catch(() => undefined);
+      await other.end();
+    }
+    expect(res.status).toBe(503);
+    expect(res.body.message).toMatch(/rolled back in a conflict with a concurrent one; retry/);
+    const stored = await request(t.url).get(`/tracing/traces/${traceId}`).set(auth).expect(200);
+    expect(stored.body.spans.map((s: { span_name: string }) => s.span_name)).toEqual([first.span_name, second.span_name]);
+    await request(t.url).put('/tracing/spans').set(auth).send({ spans: [second, first].map((s) => ({ ...s, span_name: 'changed' })) }).expect(200);
   });
 });
