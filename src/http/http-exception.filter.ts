@@ -3,9 +3,12 @@ import type { Request, Response } from 'express';
 import { InvalidQueryError } from '../tracing/span-query';
 import { SpansConflictError, SpansNotFoundError } from '../tracing/tracing.dao';
 
-/** Postgres is unreachable or going away: the caller should retry, not fix its request. */
-// 57014: statement_timeout fired (a lock or an overloaded server), so the write rolled back.
-const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', '57P01', '57P02', '57P03', '53300', '57014']);
+/** Postgres is unreachable, going away or short of something: the caller should retry, not fix its request. */
+const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND']);
+// SQLSTATE classes: 08 connection exception (but 08P01, a protocol violation, is our bug: a 500); 53 insufficient resources (disk full, out of memory,
+// too many connections); 57 operator intervention (57014: statement_timeout fired behind a lock or on an
+// overloaded server, so the write rolled back; 57P01-03: shutting down, starting up).
+const UNAVAILABLE_SQLSTATE_CLASSES = ['08', '53', '57'];
 // "Query read timeout": the server stopped answering and the client gave up (the pool's query_timeout);
 // "Client was closed": a rollback tried on the connection given up a moment before.
 const UNAVAILABLE_MESSAGES = [
@@ -17,12 +20,21 @@ const UNAVAILABLE_MESSAGES = [
   /Client was closed and is not queryable/i,
 ];
 
-export function isDatabaseUnavailable(error: unknown): boolean {
+const isUnavailableSqlState = (code: string) => /^[0-9A-Z]{5}$/.test(code) && code !== '08P01' && UNAVAILABLE_SQLSTATE_CLASSES.includes(code.slice(0, 2));
+
+function isDatabaseUnavailable(error: unknown): boolean {
   const e = error as { code?: string; message?: string; errors?: unknown[] };
-  if (e?.code && UNAVAILABLE_CODES.has(e.code)) return true;
+  if (e?.code && (UNAVAILABLE_CODES.has(e.code) || isUnavailableSqlState(e.code))) return true;
   if (Array.isArray(e?.errors) && e.errors.some(isDatabaseUnavailable)) return true; // AggregateError from dual-stack connects
   return typeof e?.message === 'string' && UNAVAILABLE_MESSAGES.some((re) => re.test(e.message!));
 }
+
+/**
+ * 25006: the server takes reads but no writes: a standby the API reached
+ * after a failover (before DNS moved), or a database an operator made
+ * read-only. Nothing was written; the write succeeds once the primary does.
+ */
+const isReadOnly = (error: unknown) => (error as { code?: string })?.code === '25006';
 
 /**
  * Postgres rolled the whole transaction back to resolve a conflict with
@@ -85,6 +97,9 @@ export class HttpExceptionFilter implements ExceptionFilter {
     }
     if (isRolledBackInConflict(error)) {
       return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the write was rolled back in a conflict with a concurrent one; retry it' }];
+    }
+    if (isReadOnly(error)) {
+      return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is read-only and took no write; retry later' }];
     }
     if (isDatabaseUnavailable(error)) {
       return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is unavailable; retry later' }];

@@ -1,0 +1,55 @@
+import { Client } from 'pg';
+import request from 'supertest';
+import { createTestApp, TestApp } from '../support/app';
+import { makeNode, makeSpan } from '../support/fixtures';
+
+/**
+ * A Postgres that serves reads but refuses writes: the API landed on a standby
+ * after a failover (before DNS moved), or an operator made the database
+ * read-only for maintenance. Writes are 503s that write nothing (retry later,
+ * not a fault of the request), reads go on, and writes work again once the
+ * database takes them.
+ */
+describe('Postgres refusing writes (read-only)', () => {
+  let t: TestApp;
+  beforeAll(async () => (t = await createTestApp()));
+  afterAll(async () => t.close());
+
+  /** Sets the database's default for new sessions, then ends the API's sessions so its pool opens new ones. */
+  async function setReadOnly(readOnly: boolean): Promise<void> {
+    const admin = new Client({ connectionString: t.database.url });
+    await admin.connect();
+    try {
+      await admin.query('set default_transaction_read_only = off'); // this session must write, to turn it back off
+      await admin.query(`alter database ${t.database.name} set default_transaction_read_only = ${readOnly ? 'on' : 'off'}`);
+      await admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`);
+    } finally {
+      await admin.end();
+    }
+  }
+
+  it('answers writes 503 and writes nothing, serves reads, and takes writes again afterwards', async () => {
+    const auth = { Authorization: `ApiKey ${t.apiKey}` };
+    const stored = makeSpan();
+    await request(t.url).post('/tracing/spans').set(auth).send({ spans: [stored] }).expect(201);
+    await setReadOnly(true);
+    try {
+      const refused = makeSpan();
+      const writes = [
+        await request(t.url).post('/tracing/spans').set(auth).send({ spans: [refused] }),
+        await request(t.url).put('/tracing/spans').set(auth).send({ spans: [{ ...stored, span_name: 'changed' }] }),
+        await request(t.url).delete(`/tracing/traces/${stored.trace_id}`).set(auth),
+        await request(t.url).post('/observability/nodes').set(auth).send({ nodes: [makeNode()] }),
+      ];
+      for (const res of writes) {
+        expect({ status: res.status, message: res.body.message }).toEqual({ status: 503, message: expect.stringMatching(/database is read-only and took no write; retry later/) });
+      }
+      const read = await request(t.url).get(`/tracing/spans/${stored.trace_id}/${stored.span_id}`).set(auth).expect(200);
+      expect(read.body.span.span_name).toBe(stored.span_name);
+      await request(t.url).get(`/tracing/traces/${refused.trace_id}`).set(auth).expect(404);
+    } finally {
+      await setReadOnly(false);
+    }
+    await request(t.url).put('/tracing/spans').set(auth).send({ spans: [{ ...stored, span_name: 'changed' }] }).expect(200);
+  });
+});
