@@ -15,8 +15,17 @@ import { documentErrorAnswers } from './http/openapi-errors';
  * both start it through here.
  */
 export async function createApp(env: Record<string, string | undefined> = {}): Promise<NestExpressApplication> {
-  const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot(env), { bufferLogs: true, bodyParser: false });
+  // A provider that fails (a schema behind the build, a migration that fails) rejects here, for the caller
+  // to report, rather than Nest printing a DI stack and exiting the process itself. The logs buffered until
+  // the JSON logger is attached are flushed to it, and dropped if the start fails.
+  const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot(env), {
+    bufferLogs: true,
+    autoFlushLogs: false,
+    abortOnError: false,
+    bodyParser: false,
+  });
   app.useLogger(app.get(Logger));
+  app.flushLogs();
   const config = app.get<AppConfig>(APP_CONFIG);
   app.use(requireJsonBodies);
   app.useBodyParser('json', { limit: config.http.bodyLimit, verify: refuseInvalidUtf8 });

@@ -2,7 +2,8 @@ import 'reflect-metadata';
 import type { Server } from 'node:http';
 import { Logger } from 'nestjs-pino';
 import { createApp } from './bootstrap';
-import { AppConfig, ConfigError, parseConfig } from './config/app-config';
+import { AppConfig, parseConfig } from './config/app-config';
+import { OperatorError } from './config/operator-error';
 import { APP_CONFIG } from './config/config.module';
 
 /**
@@ -16,7 +17,10 @@ async function main(): Promise<void> {
   const app = await createApp();
   const config = app.get<AppConfig>(APP_CONFIG);
   const logger = app.get(Logger);
-  await app.listen(config.http.port, config.http.host);
+  await app.listen(config.http.port, config.http.host).catch((error: NodeJS.ErrnoException) => {
+    if (error?.code !== 'EADDRINUSE') throw error;
+    throw new OperatorError(`${config.http.host}:${config.http.port} is already in use: stop what listens there, or set PORT (or HOST)`);
+  });
   logger.log(`tracing-api listening on http://${config.http.host}:${config.http.port} (docs at /docs, clickhouse mirror ${config.clickhouse.enabled ? 'on' : 'off'})`, 'Main');
 
   let stopping = false;
@@ -40,8 +44,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  if (error instanceof ConfigError) {
-    process.stderr.write(`${error.message}\n`);
+  if (error instanceof OperatorError) {
+    process.stderr.write(`tracing-api did not start: ${error.message}\n`);
   } else {
     process.stderr.write(`tracing-api failed to start: ${(error as Error)?.stack ?? String(error)}\n`);
   }

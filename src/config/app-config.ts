@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { OperatorError } from './operator-error';
 
 /**
  * The one typed configuration object. Every setting comes from the
@@ -166,7 +167,7 @@ export interface AppConfig {
  */
 const CLIENT_TIMEOUT_MARGIN_MS = 5_000;
 
-export class ConfigError extends Error {
+export class ConfigError extends OperatorError {
   constructor(readonly problems: string[]) {
     super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
     this.name = 'ConfigError';

@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import { Client } from 'pg';
 import { createApp } from '../../src/bootstrap';
-import { migrateDown, migrateToLatest } from '../../src/dbs/postgres/postgres-migrator';
+import { migrateDown, migrateToLatest, SchemaBehindError } from '../../src/dbs/postgres/postgres-migrator';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
 /** Kysely's migration lock on Postgres: a session advisory lock on this id (its PostgresAdapter's LOCK_ID). */
@@ -50,5 +50,28 @@ describe('Postgres migrations', () => {
       await otherMigrator.end();
     }
     expect(await tables()).toHaveLength(5);
+  });
+
+  const startApp = (env: Record<string, string>) => createApp({ DATABASE_URL: test.url, USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent', ...env });
+
+  it('refuses to start on a schema behind the build when it may not migrate, naming what is pending, and changes nothing', async () => {
+    await migrateDown(test.db, true);
+    const refused = startApp({ MIGRATE_ON_START: 'false' });
+    await expect(refused).rejects.toThrow(SchemaBehindError);
+    await expect(refused).rejects.toThrow('pending migrations 0001_initial. Run `npm run migrate`');
+    expect(await tables()).toEqual([]);
+    await migrateToLatest(test.db);
+  });
+
+  it('starts on a schema a newer build migrated (a rolled-back deploy), whether it may migrate or not', async () => {
+    await sql`insert into kysely_migration (name, timestamp) values ('9999_from_a_newer_build', ${new Date().toISOString()})`.execute(test.db);
+    try {
+      for (const migrateOnStart of ['true', 'false']) {
+        const app = await startApp({ MIGRATE_ON_START: migrateOnStart });
+        await app.close();
+      }
+    } finally {
+      await sql`delete from kysely_migration where name = '9999_from_a_newer_build'`.execute(test.db);
+    }
   });
 });

@@ -131,6 +131,26 @@ function answers(url: string): Promise<boolean> {
   });
 }
 
+/** Runs `node main.js` with `env` (as startApiProcess does) until it exits by itself: for starts that must fail. */
+export async function runApiUntilExit(env: Record<string, string>, timeoutMs = 60_000): Promise<{ code: number | null; stderr: string; stdout: string }> {
+  const main = await ensureApiBuild();
+  const port = await freePort();
+  const { NODE_OPTIONS: _jest, DATABASE_URL: _db, ...inherited } = process.env;
+  const child = spawn(process.execPath, [main], {
+    cwd: ROOT,
+    env: { ...inherited, LOG_LEVEL: 'warn', ...env, HOST: '127.0.0.1', PORT: String(port) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString('utf8')));
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
+  const killer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const code = await new Promise<number | null>((done) => child.once('exit', (exitCode) => done(exitCode)));
+  clearTimeout(killer);
+  return { code, stderr, stdout };
+}
+
 /**
  * Starts `node main.js` on a free loopback port with `env` on top of this
  * process's environment (minus jest's NODE_OPTIONS), and waits until it

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { FileMigrationProvider, Kysely, MigrationResultSet, Migrator, NO_MIGRATIONS } from 'kysely';
+import { OperatorError } from '../../config/operator-error';
+import { DEFAULT_MIGRATION_TABLE, FileMigrationProvider, Kysely, MigrationResultSet, Migrator, NO_MIGRATIONS, sql } from 'kysely';
 
 /** Kysely's Migrator over migrations/postgres (compiled .js or source .ts). */
 export const POSTGRES_MIGRATIONS_DIR = path.resolve(__dirname, '../../../migrations/postgres');
@@ -25,4 +26,37 @@ export async function migrateToLatest(db: Kysely<any>): Promise<MigrationResultS
 export async function migrateDown(db: Kysely<any>, all = false): Promise<MigrationResultSet> {
   const migrator = createMigrator(db);
   return raise(all ? await migrator.migrateTo(NO_MIGRATIONS) : await migrator.migrateDown());
+}
+
+/** Where a database's schema stands against this build's migrations. */
+export interface SchemaState {
+  /** This build's migrations, in order, with when the database ran each (undefined: not yet). */
+  migrations: Array<{ name: string; executedAt?: Date }>;
+  /** This build's migrations the database has not run, in order. */
+  pending: string[];
+  /** Migrations the database has run that this build does not know: a newer build migrated it. */
+  unknown: string[];
+}
+
+/** The database has not run migrations this build needs, and this process may not run them. */
+export class SchemaBehindError extends OperatorError {
+  constructor(readonly pending: string[]) {
+    super(
+      `the Postgres schema is behind this build: pending migrations ${pending.join(', ')}. ` +
+        'Run `npm run migrate` (or start with MIGRATE_ON_START=true), then start again.',
+    );
+    this.name = 'SchemaBehindError';
+  }
+}
+
+export async function schemaState(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_DIR): Promise<SchemaState> {
+  const migrations = await createMigrator(db, folder).getMigrations();
+  const known = new Set(migrations.map((m) => m.name));
+  const { rows } = await sql<{ exists: boolean }>`select to_regclass(${DEFAULT_MIGRATION_TABLE}) is not null as exists`.execute(db);
+  const executed = rows[0].exists ? (await db.selectFrom(DEFAULT_MIGRATION_TABLE).select('name').orderBy('name').execute()).map((r) => r.name as string) : [];
+  return {
+    migrations: migrations.map(({ name, executedAt }) => ({ name, executedAt })),
+    pending: migrations.filter((m) => !m.executedAt).map((m) => m.name),
+    unknown: executed.filter((name) => !known.has(name)),
+  };
 }

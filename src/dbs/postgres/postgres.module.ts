@@ -10,25 +10,37 @@ import { resolvePostgres, ResolvedPostgres } from './local-postgres';
 import { PG_POOL, KYSELY } from './postgres.tokens';
 import { createKysely, createPool } from './postgres-pool';
 import { registerPoolMetrics } from './postgres-metrics';
-import { migrateToLatest } from './postgres-migrator';
+import { migrateToLatest, SchemaBehindError, schemaState } from './postgres-migrator';
 import { PostgresObservabilityDao } from './postgres-observability.dao';
 import { PostgresTracingDao } from './postgres-tracing.dao';
 
 const RESOLVED_POSTGRES = Symbol('RESOLVED_POSTGRES');
 
 /**
+ * The API starts only on a schema this build can use. With MIGRATE_ON_START
+ * it applies pending migrations; without (migrations run as a deploy step of
+ * their own), pending ones refuse the start with the command to run, instead
+ * of an API whose every request fails on a missing table or column. A
+ * database migrated by a newer build (a rolled-back deploy) is used as it is:
+ * migrations only add, so the older build still finds what it needs.
+ *
  * Migrations are schema work, not requests: they run on a connection of their
  * own without the API's statement and client timeouts. A migration may take
  * longer than a request may (an index on a large table), and a second replica
  * starting beside the first waits on Kysely's migration lock until the first
  * has finished, however long that takes.
  */
-async function migrateOnStart(url: string): Promise<void> {
+async function prepareSchema(url: string, migrateOnStart: boolean): Promise<void> {
+  const logger = new Logger('Postgres');
   const db = createKysely(createPool(url, 1));
   try {
+    const { pending, unknown } = await schemaState(db);
+    if (unknown.length) logger.warn(`the database has migrations this build does not know (${unknown.join(', ')}): a newer build migrated it`);
+    if (pending.length === 0) return;
+    if (!migrateOnStart) throw new SchemaBehindError(pending);
     const result = await migrateToLatest(db);
     const applied = result.results?.map((r) => r.migrationName) ?? [];
-    if (applied.length) new Logger('Postgres').log(`applied migrations: ${applied.join(', ')}`);
+    if (applied.length) logger.log(`applied migrations: ${applied.join(', ')}`);
   } finally {
     await db.destroy();
   }
@@ -36,8 +48,8 @@ async function migrateOnStart(url: string): Promise<void> {
 
 /**
  * The system of record. Resolves the server (DATABASE_URL or the embedded
- * default), migrates it to latest when MIGRATE_ON_START is on, and owns the
- * pool's lifetime.
+ * default), makes sure its schema is this build's (prepareSchema), and owns
+ * the pool's lifetime.
  */
 @Global()
 @Module({
@@ -65,7 +77,7 @@ async function migrateOnStart(url: string): Promise<void> {
       provide: KYSELY,
       inject: [APP_CONFIG, RESOLVED_POSTGRES, PG_POOL],
       useFactory: async (config: AppConfig, server: ResolvedPostgres, pool: Pool) => {
-        if (config.postgres.migrateOnStart) await migrateOnStart(server.url);
+        await prepareSchema(server.url, config.postgres.migrateOnStart);
         return createKysely(pool);
       },
     },

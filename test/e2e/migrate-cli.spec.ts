@@ -1,0 +1,45 @@
+import { sql } from 'kysely';
+import { runCommand } from '../support/commands';
+import { createTestDatabase, TestDatabase } from '../support/postgres';
+
+/** `npm run migrate` as an operator runs it against a database: status, down, latest, and bad arguments. */
+describe('npm run migrate', () => {
+  let test: TestDatabase;
+  beforeAll(async () => (test = await createTestDatabase()));
+  afterAll(async () => test.drop());
+
+  const migrate = (...args: string[]) => runCommand('migrate', args, { DATABASE_URL: test.url });
+
+  it('status lists what is applied and what is pending; down and latest move between them', async () => {
+    const current = await migrate('status');
+    expect(current).toMatchObject({ code: 0, stderr: 'the schema is current for this build\n' });
+    expect(current.stdout).toMatch(/^0001_initial {2}applied \d{4}-\d\d-\d\dT[\d:.]+Z\n$/);
+
+    expect(await migrate('down', '--all')).toMatchObject({ code: 0, stderr: 'reverted 0001_initial\n' });
+    expect(await migrate('status')).toMatchObject({ code: 0, stdout: '0001_initial  pending\n', stderr: '1 pending: run `npm run migrate`\n' });
+
+    expect(await migrate()).toMatchObject({ code: 0, stderr: 'applied 0001_initial\n' });
+    expect(await migrate('latest')).toMatchObject({ code: 0, stderr: 'nothing to do: already at the requested version\n' });
+  });
+
+  it('status names a migration a newer build ran', async () => {
+    await sql`insert into kysely_migration (name, timestamp) values ('9999_from_a_newer_build', ${new Date().toISOString()})`.execute(test.db);
+    try {
+      const status = await migrate('status');
+      expect(status.code).toBe(0);
+      expect(status.stdout).toContain('9999_from_a_newer_build  applied by a newer build (this build does not know it)\n');
+    } finally {
+      await sql`delete from kysely_migration where name = '9999_from_a_newer_build'`.execute(test.db);
+    }
+  });
+
+  it('unknown arguments exit 2 with the usage, and change nothing', async () => {
+    for (const args of [['sideways'], ['status', '--all'], ['latest', '--all']]) {
+      const run = await migrate(...args);
+      expect(run.code).toBe(2);
+      expect(run.stderr).toContain(`error: unknown arguments: ${args.join(' ')}`);
+      expect(run.stderr).toContain('usage: npm run migrate -- [latest | status | down | down --all]');
+    }
+    expect((await migrate('status')).stderr).toBe('the schema is current for this build\n');
+  });
+});

