@@ -62,7 +62,10 @@ runCli(USAGE, async (args, log) => {
       return;
     }
 
-    if (!config.clickhouse.enabled) log('note: USE_CLICKHOUSE is off in this environment; the API must run with it on, or rows written after they are copied will not reach ClickHouse');
+    // This process cannot see the API's setting, only its own environment's: say what matters, not a verdict.
+    if (!config.clickhouse.enabled) {
+      log('note: rows written after the backfill copies them reach ClickHouse only through an API running with USE_CLICKHOUSE=true (unset in this shell, which is fine when the API has it)');
+    }
     const clickhouse = await connectClickHouse(config, log);
     const interrupted = () => {
       log('interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume');
