@@ -7,7 +7,7 @@ import { Logger } from 'nestjs-pino';
 import { AppModule } from './app.module';
 import { AppConfig } from './config/app-config';
 import { APP_CONFIG } from './config/config.module';
-import { requireJsonBodies } from './http/json-content-type';
+import { describeUnparsableJson, requireJsonBodies } from './http/json-content-type';
 import { documentErrorAnswers } from './http/openapi-errors';
 
 /**
@@ -29,6 +29,7 @@ export async function createApp(env: Record<string, string | undefined> = {}): P
   const config = app.get<AppConfig>(APP_CONFIG);
   app.use(requireJsonBodies);
   app.useBodyParser('json', { limit: config.http.bodyLimit, verify: refuseInvalidUtf8 });
+  app.use(describeUnparsableJson);
   app.disable('x-powered-by');
   setUpOpenApi(app);
   return app;

@@ -1,3 +1,4 @@
+import { BadRequestException } from '@nestjs/common';
 import type { NextFunction, Request, Response } from 'express';
 
 /**
@@ -14,4 +15,16 @@ export function requireJsonBodies(req: Request, res: Response, next: NextFunctio
     error: 'Unsupported Media Type',
     message: `request bodies must be application/json, got "${req.headers['content-type'] ?? 'none'}"`,
   });
+}
+
+/**
+ * A body that is not JSON at all gets the answer every other bad body gets:
+ * a 400 whose `errors` name the field, here the body itself. (Left alone,
+ * Nest would answer body-parser's SyntaxError with a bare message.)
+ */
+export function describeUnparsableJson(error: unknown, _req: Request, _res: Response, next: NextFunction): void {
+  const parseError = error as { type?: string; message?: string };
+  if (parseError?.type !== 'entity.parse.failed') return next(error);
+  const message = `is not valid JSON: ${parseError.message}`;
+  next(new BadRequestException({ statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] }));
 }

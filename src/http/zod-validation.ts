@@ -12,8 +12,9 @@ export function formatPath(path: (string | number)[]): string {
   return path.reduce<string>((acc, part) => (typeof part === 'number' ? `${acc}[${part}]` : acc ? `${acc}.${part}` : part), '');
 }
 
-export function fieldErrors(error: z.ZodError): FieldError[] {
-  return error.issues.map((issue) => ({ field: formatPath(issue.path) || '(body)', message: issueMessage(issue) }));
+/** Each issue with the field it concerns; `whole` names the value itself (the body, a path parameter). */
+export function fieldErrors(error: z.ZodError, whole = '(body)'): FieldError[] {
+  return error.issues.map((issue) => ({ field: formatPath(issue.path) || whole, message: issueMessage(issue) }));
 }
 
 function issueMessage(issue: z.ZodIssue): string {
@@ -27,9 +28,18 @@ function issueMessage(issue: z.ZodIssue): string {
 
 /** Parses a request body, or answers 400 naming each field and why. */
 export function parseBody<T extends z.ZodTypeAny>(schema: T, body: unknown): z.output<T> {
-  const result = schema.safeParse(body);
+  return parseOrRefuse(schema, body, '(body)');
+}
+
+/** Parses a path parameter, or answers 400 naming it (`traceId: must be 32 hex characters`). */
+export function parseParam<T extends z.ZodTypeAny>(schema: T, value: string, name: string): z.output<T> {
+  return parseOrRefuse(schema, value, name);
+}
+
+function parseOrRefuse<T extends z.ZodTypeAny>(schema: T, value: unknown, whole: string): z.output<T> {
+  const result = schema.safeParse(value);
   if (result.success) return result.data;
-  const errors = fieldErrors(result.error);
+  const errors = fieldErrors(result.error, whole);
   throw new BadRequestException({
     statusCode: 400,
     error: 'Bad Request',

@@ -4,7 +4,7 @@ import { ProjectId } from '../auth/project-id.decorator';
 import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
 import { assertBatchSize } from '../http/batch-limit';
-import { openApiSchema, parseBody } from '../http/zod-validation';
+import { openApiSchema, parseBody, parseParam } from '../http/zod-validation';
 import { nodeQuerySchema, nodesBodySchema, uuidSchema } from './dto/node.schema';
 import { ObservabilityService } from './observability.service';
 
@@ -41,7 +41,7 @@ export class ObservabilityController {
   @ApiResponse({ status: 200, description: 'The tree\'s `nodes`' })
   @ApiResponse({ status: 404, description: 'No node of this tree in this project' })
   async readTree(@ProjectId() projectId: string, @Param('treeId') treeId: string) {
-    const id = parseBody(uuidSchema, treeId);
+    const id = parseParam(uuidSchema, treeId, 'treeId');
     const nodes = await this.observability.readTree(projectId, id);
     if (nodes.length === 0) throw new NotFoundException(`tree ${id} not found`);
     return { nodes };
@@ -52,7 +52,7 @@ export class ObservabilityController {
   @ApiResponse({ status: 200, description: '`count` of nodes deleted' })
   @ApiResponse({ status: 404, description: 'No node of this tree in this project' })
   async deleteTree(@ProjectId() projectId: string, @Param('treeId') treeId: string) {
-    const id = parseBody(uuidSchema, treeId);
+    const id = parseParam(uuidSchema, treeId, 'treeId');
     const count = await this.observability.deleteTrees(projectId, [id]);
     if (count === 0) throw new NotFoundException(`tree ${id} not found`);
     return { count };

@@ -4,7 +4,7 @@ import { ProjectId } from '../auth/project-id.decorator';
 import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
 import { assertBatchSize } from '../http/batch-limit';
-import { openApiSchema, parseBody } from '../http/zod-validation';
+import { openApiSchema, parseBody, parseParam } from '../http/zod-validation';
 import { spanIdSchema, spanKeysBodySchema, spansBodySchema, traceIdSchema } from './dto/span.schema';
 import { parseAnalyticsQuery, parseSpanQuery } from './span-query.parser';
 import { TracingService } from './tracing.service';
@@ -56,7 +56,7 @@ export class TracingController {
   @ApiResponse({ status: 200, description: 'The `span`' })
   @ApiResponse({ status: 404, description: 'No such span in this project' })
   async readSpan(@ProjectId() projectId: string, @Param('traceId') traceId: string, @Param('spanId') spanId: string) {
-    const key = { trace_id: parseBody(traceIdSchema, traceId), span_id: parseBody(spanIdSchema, spanId) };
+    const key = { trace_id: parseParam(traceIdSchema, traceId, 'traceId'), span_id: parseParam(spanIdSchema, spanId, 'spanId') };
     const [span] = await this.tracing.readSpans(projectId, [key]);
     if (!span) throw new NotFoundException(`span ${key.trace_id}/${key.span_id} not found`);
     return { span };
@@ -67,7 +67,7 @@ export class TracingController {
   @ApiResponse({ status: 200, description: 'The trace\'s `spans`, by start time' })
   @ApiResponse({ status: 404, description: 'No span of this trace in this project' })
   async readTrace(@ProjectId() projectId: string, @Param('traceId') traceId: string) {
-    const id = parseBody(traceIdSchema, traceId);
+    const id = parseParam(traceIdSchema, traceId, 'traceId');
     const spans = await this.tracing.readTraces(projectId, [id]);
     if (spans.length === 0) throw new NotFoundException(`trace ${id} not found`);
     return { spans };
@@ -78,7 +78,7 @@ export class TracingController {
   @ApiResponse({ status: 200, description: '`count` of spans deleted' })
   @ApiResponse({ status: 404, description: 'No span of this trace in this project' })
   async deleteTrace(@ProjectId() projectId: string, @Param('traceId') traceId: string) {
-    const id = parseBody(traceIdSchema, traceId);
+    const id = parseParam(traceIdSchema, traceId, 'traceId');
     const count = await this.tracing.deleteTraces(projectId, [id]);
     if (count === 0) throw new NotFoundException(`trace ${id} not found`);
     return { count };

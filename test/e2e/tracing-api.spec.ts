@@ -103,9 +103,14 @@ describe('REST: /tracing and /observability', () => {
       expect(await countSpans()).toBe(before);
     });
 
-    it('malformed JSON is a 400', async () => {
+    it('malformed JSON is a 400 shaped like every other: errors name the body', async () => {
       const res = await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send('{"spans": [').expect(400);
-      expect(res.body.message).toMatch(/JSON/);
+      expect(res.body).toEqual({
+        statusCode: 400,
+        error: 'Bad Request',
+        message: expect.stringMatching(/^\(body\): is not valid JSON: /),
+        errors: [{ field: '(body)', message: expect.stringMatching(/^is not valid JSON: /) }],
+      });
     });
 
     it('a body that is not JSON is a 415, on write and on query routes', async () => {
@@ -116,10 +121,13 @@ describe('REST: /tracing and /observability', () => {
       expect(await countSpans()).toBe(before);
     });
 
-    it('a bad id in the path is a 400', async () => {
+    it('a bad id in the path is a 400 naming the parameter', async () => {
       const res = await http().get('/tracing/traces/not-hex').set(auth).expect(400);
-      expect(res.body.message).toMatch(/must be 32 hex characters/);
-      await http().get(`/tracing/spans/${traceId()}/zz`).set(auth).expect(400);
+      expect(res.body.errors).toEqual([{ field: 'traceId', message: 'must be 32 hex characters' }]);
+      expect(res.body.message).toBe('traceId: must be 32 hex characters');
+      expect((await http().get(`/tracing/spans/${traceId()}/zz`).set(auth).expect(400)).body.errors).toEqual([{ field: 'spanId', message: 'must be 16 hex characters' }]);
+      expect((await http().delete('/tracing/traces/zz').set(auth).expect(400)).body.errors).toEqual([{ field: 'traceId', message: 'must be 32 hex characters' }]);
+      expect((await http().get('/observability/trees/zz').set(auth).expect(400)).body.errors).toEqual([{ field: 'treeId', message: 'must be a UUID' }]);
     });
 
     it('too many spans in one batch is a 413', async () => {
