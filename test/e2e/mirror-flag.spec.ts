@@ -199,6 +199,19 @@ describe('USE_CLICKHOUSE on', () => {
     expect(metrics).toMatch(/^mirror_gaps_recorded_total 0$/m);
     expect(metrics).toMatch(/^mirror_flush_duration_seconds_count\{table="spans"\} [1-9]/m);
     expect(metrics).toMatch(/^mirror_lag_seconds_count [1-9]/m);
+    // Nothing failed, and each failure counter says so for every label value an alert may watch.
+    for (const series of [
+      'mirror_send_failures_total{kind="transient"}',
+      'mirror_send_failures_total{kind="permanent"}',
+      'mirror_rows_dropped_total{reason="queue_full"}',
+      'mirror_rows_dropped_total{reason="send_failed"}',
+      'mirror_rows_dropped_total{reason="shutdown_deadline"}',
+      'mirror_record_failures_total{entity="spans"}',
+      'mirror_record_failures_total{entity="nodes"}',
+      'mirror_rows_lost_total',
+    ]) {
+      expect(metrics).toContain(`\n${series} 0\n`);
+    }
   });
 });
 

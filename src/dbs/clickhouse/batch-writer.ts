@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { MirrorMetrics } from './mirror-metrics';
+import { DropReason, MirrorMetrics } from './mirror-metrics';
 import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, RowLog, RowSpan } from './row-log';
 import {
   BreakerOptions,
@@ -133,7 +133,7 @@ export interface BatchWriterDeps {
 }
 
 /** Why rows became a gap; the Prometheus label, and the start of the gap record's reason. */
-export type DropReason = 'queue_full' | 'send_failed' | 'shutdown_deadline' | 'writer_closed' | 'internal_error';
+export type { DropReason } from './mirror-metrics';
 
 /** Writing a gap record is retried this many times before the rows are declared lost (error log only). */
 const GAP_RECORD_ATTEMPTS = 3;

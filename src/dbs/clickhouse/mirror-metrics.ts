@@ -1,4 +1,9 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { SEND_ERROR_KINDS } from './retry-policy';
+
+/** Why rows became gap records instead of being sent (mirror_rows_dropped_total's reason). */
+export const DROP_REASONS = ['queue_full', 'send_failed', 'shutdown_deadline', 'writer_closed', 'internal_error'] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
 
 /**
  * The mirror's Prometheus metrics. Names are part of the dashboards' and
@@ -15,6 +20,9 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
  *   mirror_rows_lost_total                counter: rows whose gap record could not be written either (only in the error log)
  *   mirror_breaker_state                  gauge: 0 closed, 1 half-open, 2 open
  *   mirror_lag_seconds                    histogram: from write() to confirmed insert, per row
+ *
+ * Counters start at 0 for every label value they can take: an alert on
+ * increase() needs a series before the first event, not one that appears with it.
  */
 export interface MirrorMetrics {
   queueRows: Gauge<'table'>;
@@ -33,7 +41,7 @@ export interface MirrorMetrics {
 /** Registered on the registry given, so the app and each test keep their own. */
 export function createMirrorMetrics(registry: Registry): MirrorMetrics {
   const registers = [registry];
-  return {
+  const metrics: MirrorMetrics = {
     queueRows: new Gauge({
       name: 'mirror_queue_rows',
       help: 'Rows queued for the ClickHouse mirror, including in-flight batches',
@@ -100,4 +108,7 @@ export function createMirrorMetrics(registry: Registry): MirrorMetrics {
       registers,
     }),
   };
+  for (const kind of SEND_ERROR_KINDS) metrics.sendFailures.inc({ kind }, 0);
+  for (const reason of DROP_REASONS) metrics.rowsDropped.inc({ reason }, 0);
+  return metrics;
 }

@@ -21,7 +21,8 @@ export function fullJitterBackoff(attempt: number, options: BackoffOptions, rand
   return Math.floor(draw * ceiling);
 }
 
-export type SendErrorKind = 'transient' | 'permanent';
+export const SEND_ERROR_KINDS = ['transient', 'permanent'] as const;
+export type SendErrorKind = (typeof SEND_ERROR_KINDS)[number];
 
 /**
  * ClickHouse error codes worth retrying: the server is overloaded, restarting,

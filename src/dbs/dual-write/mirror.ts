@@ -1,7 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { Counter, Registry } from 'prom-client';
 import { BatchWriter, GapRow, MirrorRow } from '../clickhouse/batch-writer';
-import { MirrorPlan, MirrorTarget } from './mirrored-dao';
+import { MIRRORED_ENTITIES, MirrorPlan, MirrorTarget } from './mirrored-dao';
 
 /** Records mapped per event-loop turn while the backlog is small (about half a millisecond of spans). */
 const SLICE_RECORDS = 16;
@@ -53,6 +53,7 @@ export class Mirror implements MirrorTarget {
       labelNames: ['entity'],
       registers: [registry],
     });
+    for (const entity of MIRRORED_ENTITIES) this.failures.inc({ entity }, 0); // a series to alert on before the first failure
     writer.addProducer(() => this.mapBacklog(Infinity));
   }
 

@@ -21,8 +21,11 @@ type CommittedRow<F> = F extends (...args: never[]) => Promise<readonly (infer R
  * lines are built after the call has returned (see Mirror); the line only
  * for rows the mirror sends.
  */
+/** What the mirror copies: one plan each. */
+export const MIRRORED_ENTITIES = ['spans', 'nodes'] as const;
+
 export interface MirrorPlan<Dao, Mirrored> {
-  entity: 'spans' | 'nodes';
+  entity: (typeof MIRRORED_ENTITIES)[number];
   writes: { [K in RowWriters<Dao>]?: (row: CommittedRow<Dao[K]>) => Mirrored };
   toGapRow(record: Mirrored): GapRow;
   toLine(record: Mirrored): string;
