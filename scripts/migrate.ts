@@ -1,24 +1,32 @@
 import { parseConfig } from '../src/config/app-config';
 import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
-import { migrateDown, migrateToLatest } from '../src/dbs/postgres/postgres-migrator';
+import { migrateDown, migrateToLatest, schemaState } from '../src/dbs/postgres/postgres-migrator';
 import { runCli, UsageError } from './cli/run-cli';
 
-const USAGE = `usage: npm run migrate -- [latest | down | down --all]
+const USAGE = `usage: npm run migrate -- [latest | status | down | down --all]
 
   latest      apply every pending migration (default)
+  status      list this build's migrations, applied or pending, and any the database ran that this build does not know
   down        undo the most recent migration
   down --all  undo every migration`;
 
 runCli(USAGE, async (args, log) => {
   const [command = 'latest', ...rest] = args;
-  if (!['latest', 'down'].includes(command) || rest.some((a) => a !== '--all') || (command === 'latest' && rest.length)) {
+  if (!['latest', 'status', 'down'].includes(command) || rest.some((a) => a !== '--all') || (command !== 'down' && rest.length)) {
     throw new UsageError(`unknown arguments: ${args.join(' ')}`);
   }
   const config = parseConfig();
   const server = await resolvePostgres(config.postgres, log);
   const db = createKysely(createPool(server.url, 1));
   try {
+    if (command === 'status') {
+      const { migrations, pending, unknown } = await schemaState(db);
+      for (const m of migrations) process.stdout.write(`${m.name}  ${m.executedAt ? `applied ${m.executedAt.toISOString()}` : 'pending'}\n`);
+      for (const name of unknown) process.stdout.write(`${name}  applied by a newer build (this build does not know it)\n`);
+      log(pending.length ? `${pending.length} pending: run \`npm run migrate\`` : 'the schema is current for this build');
+      return;
+    }
     const result = command === 'latest' ? await migrateToLatest(db) : await migrateDown(db, rest.includes('--all'));
     const done = result.results ?? [];
     if (done.length === 0) log('nothing to do: already at the requested version');

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { OperatorError } from './operator-error';
+import { redactUrl } from './redact-url';
 
 /**
  * The one typed configuration object. Every setting comes from the
@@ -54,7 +55,7 @@ const url = (protocols: string[]) =>
       } catch {
         ctx.addIssue({
           code: z.ZodIssueCode.custom,
-          message: `must be a ${protocols.join(' or ')}// URL, got "${redact(value)}"`,
+          message: `must be a ${protocols.join(' or ')}// URL, got "${redactUrl(value)}"`,
         });
         return z.NEVER;
       }
@@ -172,10 +173,6 @@ export class ConfigError extends OperatorError {
     super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
     this.name = 'ConfigError';
   }
-}
-
-function redact(value: string): string {
-  return value.replace(/\/\/([^:@/]+):([^@/]+)@/, '//$1:***@');
 }
 
 export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {

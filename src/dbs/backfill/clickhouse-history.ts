@@ -6,6 +6,7 @@ import { countByProjectDay, ProjectDayCount } from '../clickhouse/clickhouse-spa
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { HistoryEntity, MirroredRecord } from './history-entities';
 import { ENTITIES, Entity, HistoryScope } from './history-scope';
+import { redactUrl } from '../../config/redact-url';
 
 /** The server cannot take the work now but may soon: worth another try with the same dedup token. */
 const TRANSIENT_CODES = new Set(['3', '159', '164', '202', '203', '209', '210', '241', '242', '252', '319', '425', '999']);
@@ -29,10 +30,6 @@ export interface StoredRow {
 
 export class ClickHouseNotReadyError extends Error {
   override name = 'ClickHouseNotReadyError';
-}
-
-export function redactUrl(url: string): string {
-  return url.replace(/\/\/([^:@/]+):([^@/]+)@/, '//$1:***@');
 }
 
 /** True for a server on this machine; a URL that does not parse is not. */

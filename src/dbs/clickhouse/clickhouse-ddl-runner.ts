@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { ClickHouseClient, ClickHouseClientConfigOptions, ClickHouseLogLevel, createClient } from '@clickhouse/client';
 import { AppConfig } from '../../config/app-config';
 import { clickHouseClientOptions } from './clickhouse-clients';
+import { redactUrl } from '../../config/redact-url';
 
 /**
  * Applies migrations/clickhouse/NNNN_name.sql in order and records each in
@@ -137,7 +138,7 @@ export async function migrateClickHouse(
   try {
     const ping = await admin.ping();
     if (!ping.success) {
-      throw new ClickHouseMigrationError(`ClickHouse at ${redact(url)} does not answer: ${ping.error.message}`);
+      throw new ClickHouseMigrationError(`ClickHouse at ${redactUrl(url)} does not answer: ${ping.error.message}`);
     }
     await command(admin, `CREATE DATABASE IF NOT EXISTS ${identifier(config.database)}`);
     await command(
@@ -250,8 +251,4 @@ export function currentTtlDays(engineFull: string): number {
 
 function identifier(name: string): string {
   return `\`${name.replace(/\\/g, '\\\\').replace(/`/g, '\\`')}\``;
-}
-
-function redact(url: string): string {
-  return url.replace(/\/\/([^:@/]+):([^@/]+)@/, '//$1:***@');
 }

@@ -15,6 +15,7 @@ import { DB } from '../postgres/database';
 import { KYSELY } from '../postgres/postgres.tokens';
 import { PostgresMirrorGapsRepository } from '../postgres/postgres-mirror-gaps.repository';
 import { Mirror } from './mirror';
+import { redactUrl } from '../../config/redact-url';
 
 export const MIRROR = Symbol('MIRROR');
 
@@ -102,7 +103,8 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
   const mirror = new Mirror(writer, config.clickhouse.projectIds, registry);
 
   await Promise.race([ensureSchema(), new Promise((resolve) => setTimeout(resolve, DDL_STARTUP_WAIT_MS).unref())]);
-  logger.log(`mirroring ${config.clickhouse.projectIds.length ? `projects ${config.clickhouse.projectIds.join(', ')}` : 'all projects'} to ClickHouse`);
+  const projects = config.clickhouse.projectIds.length ? `projects ${config.clickhouse.projectIds.join(', ')}` : 'all projects';
+  logger.log(`mirroring ${projects} to ClickHouse at ${redactUrl(url!)} (database ${config.clickhouse.database})`);
 
   return {
     mirror,

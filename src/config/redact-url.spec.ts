@@ -1,0 +1,13 @@
+import { redactUrl } from './redact-url';
+
+describe('redactUrl', () => {
+  it('hides the password and keeps the rest', () => {
+    expect(redactUrl('postgres://tracing:s3cr:et@db.internal:5432/tracing')).toBe('postgres://tracing:***@db.internal:5432/tracing');
+    expect(redactUrl('https://default:pw@ch.example.com:8443')).toBe('https://default:***@ch.example.com:8443');
+  });
+
+  it('leaves a URL without a password as it is', () => {
+    expect(redactUrl('http://127.0.0.1:18123')).toBe('http://127.0.0.1:18123');
+    expect(redactUrl('postgres://tracing@db:5432/tracing')).toBe('postgres://tracing@db:5432/tracing');
+  });
+});
