@@ -57,7 +57,8 @@ runCli(USAGE, async (args, log) => {
       // Counting needs only Postgres; ClickHouse is not touched.
       for (const scope of scopes) {
         const plan = await planBackfill(postgres.db, scope, options);
-        process.stdout.write(`dry run: ${plan.entity}: ${plan.rows} rows would be copied (${plan.checkpoint}; run "${plan.runKey}"); nothing written\n`);
+        const onRestart = plan.rowsOnRestart === undefined ? '' : `; --restart would copy ${plan.rowsOnRestart}`;
+        process.stdout.write(`dry run: ${plan.entity}: ${plan.rows} rows would be copied (${plan.checkpoint}; run "${plan.runKey}"${onRestart}); nothing written\n`);
       }
       return;
     }
@@ -96,7 +97,7 @@ runCli(USAGE, async (args, log) => {
 
 function summary(r: BackfillResult): string {
   if (r.outcome === 'already-complete') {
-    return `backfill ${r.entity}: already complete (${r.totalRowsCopied} rows); nothing to do. Use --restart to copy again.`;
+    return `backfill ${r.entity}: already complete (${r.totalRowsCopied} rows, run "${r.runKey}"); nothing to do. Use --restart to copy again.`;
   }
   const resumed = r.resumed ? `; resumed from ${r.resumedFrom ? r.resumedFrom.join('/') : 'its start'}` : '';
   return (

@@ -97,7 +97,10 @@ describe('npm run backfill / verify', () => {
 
     const again = await run('backfill', ['--entity', 'spans'], env);
     expect(again.code).toBe(0);
-    expect(again.stdout).toContain(`backfill spans: already complete (${SPANS} rows); nothing to do. Use --restart to copy again.`);
+    expect(again.stdout).toMatch(new RegExp(`backfill spans: already complete \\(${SPANS} rows, run "spans project=\\* [^"]*"\\); nothing to do. Use --restart to copy again.`));
+    expect(again.stderr).not.toContain('already complete'); // said once
+    const dryFinished = await run('backfill', ['--dry-run'], env);
+    expect(dryFinished.stdout).toContain(`dry run: spans: 0 rows would be copied (already-complete; run "spans project=* since=- until=-"; --restart would copy ${SPANS}); nothing written`);
     const dry = await run('backfill', ['--dry-run', '--restart'], env);
     expect(dry.stdout).toContain(`dry run: spans: ${SPANS} rows would be copied (restart;`);
     expect(dry.stdout).toContain(`dry run: nodes: ${NODES} rows would be copied (restart;`);

@@ -59,6 +59,8 @@ export interface DryRunResult {
   rows: number;
   /** What that run would do with its checkpoint. */
   checkpoint: 'new' | 'resume' | 'restart' | 'already-complete';
+  /** For a finished run: the rows `--restart` would copy now. */
+  rowsOnRestart?: number;
 }
 
 /**
@@ -95,7 +97,6 @@ export class Backfill {
       const startedAt = Date.now();
       const existing = await this.checkpoints.find(runKey);
       if (existing?.status === 'complete' && !options.restart) {
-        this.log(`backfill ${scope.entity}: already complete (run "${runKey}" finished ${existing.finishedAt}, ${existing.rowsCopied} rows); use --restart to copy again`);
         return this.result(existing, 'already-complete', { rows: 0, batches: 0, startedAt, resumed: false, resumedFrom: null });
       }
       const resumed = existing?.status === 'running' && !options.restart;
@@ -214,7 +215,9 @@ export async function planBackfill(db: Kysely<DB>, scope: HistoryScope, options:
   const reader = new KeysetReader(db, historyOf(scope.entity));
   const existing = await new BackfillCheckpointsRepository(db).find(runKey);
   if (existing && !options.restart) {
-    if (existing.status === 'complete') return { entity: scope.entity, runKey, rows: 0, checkpoint: 'already-complete' };
+    if (existing.status === 'complete') {
+      return { entity: scope.entity, runKey, rows: 0, checkpoint: 'already-complete', rowsOnRestart: await reader.count(scope, null) };
+    }
     const rows = await reader.count(scope, existing.cursor, existing.scope.upperBound);
     return { entity: scope.entity, runKey, rows, checkpoint: 'resume' };
   }
