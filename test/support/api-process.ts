@@ -79,7 +79,7 @@ export async function ensureApiBuild(log: (message: string) => void = () => unde
 
   await mkdir(BUILDS, { recursive: true });
   const tmp = join(BUILDS, `.tmp-${hash}-${process.pid}-${randomBytes(4).toString('hex')}`);
-  log(`building the API for tests into ${dir}`);
+  log(`building the API into ${dir} (a build of its own, reused while the sources are unchanged)`);
   const { code, output } = await tsc(tmp);
   // tsc emits even with type errors (elsewhere in scripts/, say); `npm test` type-checks separately.
   if (!existsSync(join(tmp, 'src', 'main.js'))) {
