@@ -59,7 +59,7 @@ export interface SpanKey {
   span_id: string;
 }
 
-/** A span as it was when deleted, with the Postgres time of the delete. */
+/** A span as it was when deleted, with the delete's row version (just past the span's last; see PostgresTracingDao). */
 export interface DeletedSpan extends Span {
   deleted_at: string;
 }

@@ -9,6 +9,12 @@ import { snapshotBothSides } from '../support/mirror';
  * the same rows. None of them may fail for it (a deadlock was a 500), the
  * result must be one request's whole batch, never a mix, and the mirror must
  * hold what Postgres holds.
+ *
+ * Where a statement finds its rows through the heap rather than the primary
+ * key (a delete over many traces, the rows of a tree), it would lock them in
+ * the order they sit on disk; rows written one request at a time in
+ * descending key order (`storedOutOfKeyOrder`) make that order the opposite
+ * of the key's.
  */
 
 const ROUNDS = 12;
@@ -55,6 +61,22 @@ describe('concurrent writes over the same rows', () => {
     return { resourceSpans: [{ resource: { attributes: [] }, scopeSpans: [{ scope: { name: 'race' }, spans }] }] };
   }
 
+  /** One OTLP export carrying these spans (of any traces), all named `name`. */
+  function otlpExports(spans: Array<{ trace_id: string; span_id: string }>, name: string) {
+    const otlp = otlpExport('', name, []);
+    otlp.resourceSpans[0].scopeSpans[0].spans = spans.map((s) => ({ ...otlpExport(s.trace_id, name, [s.span_id]).resourceSpans[0].scopeSpans[0].spans[0] }));
+    return otlp;
+  }
+
+  const spanKey = (s: { trace_id: string; span_id: string }) => `${s.trace_id}/${s.span_id}`;
+
+  /** Spans in traces of their own, written one request each in descending key order: on disk, the reverse of the key's. */
+  async function storedOutOfKeyOrder(count: number) {
+    const spans = Array.from({ length: count }, () => makeSpan()).sort((a, b) => (spanKey(a) < spanKey(b) ? 1 : -1));
+    for (const span of spans) expect((await send('POST', '/tracing/spans', { spans: [span] })).status).toBe(201);
+    return spans;
+  }
+
   it('OTLP exports of the same spans in opposite orders all succeed, each leaving one whole batch', async () => {
     const traceId = hex(16);
     const spanIds = Array.from({ length: BATCH }, () => hex(8));
@@ -70,12 +92,15 @@ describe('concurrent writes over the same rows', () => {
     expect(names.size).toBe(1); // the last committed request's batch, whole
   });
 
-  it('PUTs of the same spans in opposite orders all succeed, each leaving one whole batch', async () => {
-    const spans = Array.from({ length: BATCH }, () => makeSpan({ trace_id: hex(16) }));
-    expect((await send('POST', '/tracing/spans', { spans })).status).toBe(201);
+  it('PUTs racing OTLP exports of the same spans, stored out of key order, all succeed, each leaving one whole batch', async () => {
+    const spans = await storedOutOfKeyOrder(BATCH);
     const statuses = await race(
       Array.from({ length: ROUNDS }, (_, round) =>
-        inBothOrders(spans).map((batch, i) => ({ method: 'PUT', path: '/tracing/spans', body: { spans: batch.map((s) => ({ ...s, span_name: `put round ${round} request ${i}` })) } })),
+        inBothOrders(spans).map((batch, i) =>
+          i < 2
+            ? { method: 'PUT', path: '/tracing/spans', body: { spans: batch.map((s) => ({ ...s, span_name: `put round ${round} request ${i}` })) } }
+            : { method: 'POST', path: '/otlp/v1/traces', body: otlpExports(batch, `put round ${round} request ${i}`) },
+        ),
       ),
     );
     expect(statuses).toEqual(Array(ROUNDS * REQUESTS_PER_ROUND).fill(200));
@@ -112,17 +137,71 @@ describe('concurrent writes over the same rows', () => {
     expect(new Set(statuses)).toEqual(new Set([201]));
   });
 
-  it('deletes racing replacements of the same spans: every answer is a 200 or a 404, never a 5xx', async () => {
+  it('deleting a tree while its nodes, stored out of key order, are ingested again: every answer is a 201, 200 or 404', async () => {
+    const statuses: number[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      const treeId = uuid();
+      const nodes = Array.from({ length: BATCH }, () => makeNode({ tree_id: treeId })).sort((a, b) => (a.node_id < b.node_id ? 1 : -1));
+      for (const node of nodes) expect((await send('POST', '/observability/nodes', { nodes: [node] })).status).toBe(201);
+      statuses.push(
+        ...(await race([
+          [
+            { method: 'POST', path: '/observability/nodes', body: { nodes } },
+            { method: 'DELETE', path: `/observability/trees/${treeId}`, body: undefined },
+          ],
+        ])),
+      );
+    }
+    expect(statuses.every((s) => s === 201 || s === 200 || s === 404)).toBe(true);
+  });
+
+  it('deletes racing replacements of the same spans, stored out of key order: every answer is a 200 or a 404, never a 5xx', async () => {
+    const statuses: number[] = [];
+    for (let round = 0; round < ROUNDS / 2; round++) {
+      const spans = await storedOutOfKeyOrder(BATCH);
+      const keys = spans.map(({ trace_id, span_id }) => ({ trace_id, span_id }));
+      statuses.push(
+        ...(await race([
+          [
+            { method: 'PUT', path: '/tracing/spans', body: { spans: spans.map((s) => ({ ...s, span_name: 'replaced' })) } },
+            { method: 'DELETE', path: '/tracing/spans', body: { spans: keys } },
+            { method: 'PUT', path: '/tracing/spans', body: { spans: [...spans].reverse().map((s) => ({ ...s, span_name: 'replaced again' })) } },
+            { method: 'DELETE', path: '/tracing/spans', body: { spans: [...keys].reverse() } },
+          ],
+        ])),
+      );
+    }
+    expect(statuses.every((s) => s === 200 || s === 404)).toBe(true);
+  });
+
+  // An exporter re-sending spans a user deletes: the span re-created while its delete was in flight must
+  // not hide behind the delete's tombstone in ClickHouse (the tombstone's version was the delete's clock).
+  it('deletes racing re-exports of the same spans: all succeed, and ClickHouse shows every span Postgres has', async () => {
+    for (let round = 0; round < ROUNDS; round++) {
+      const spans = await storedOutOfKeyOrder(BATCH);
+      const keys = spans.map(({ trace_id, span_id }) => ({ trace_id, span_id }));
+      const statuses = await race([
+        [
+          { method: 'DELETE', path: '/tracing/spans', body: { spans: keys } },
+          { method: 'POST', path: '/otlp/v1/traces', body: otlpExports(spans, 'exported again') },
+        ],
+      ]);
+      expect(new Set(statuses)).toEqual(new Set([200]));
+    }
+    await t.mirror!.writer.drain();
+    const both = await snapshotBothSides(t.database.db, t.mirror!.clickhouse.query, t.projectId);
+    expect(both.chSpans).toEqual(both.pgSpans);
+  });
+
+  it('deleting traces racing replacements of their spans: every answer is a 200 or a 404', async () => {
     const statuses: number[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       const trace = makeTrace(BATCH - 1);
       expect((await send('POST', '/tracing/spans', { spans: trace })).status).toBe(201);
-      const keys = trace.map(({ trace_id, span_id }) => ({ trace_id, span_id }));
       statuses.push(
         ...(await race([
           [
             { method: 'PUT', path: '/tracing/spans', body: { spans: trace.map((s) => ({ ...s, span_name: 'replaced' })) } },
-            { method: 'DELETE', path: '/tracing/spans', body: { spans: [...keys].reverse() } },
             { method: 'DELETE', path: `/tracing/traces/${trace[0].trace_id}`, body: undefined },
             { method: 'PUT', path: '/tracing/spans', body: { spans: [...trace].reverse().map((s) => ({ ...s, span_name: 'replaced again' })) } },
           ],

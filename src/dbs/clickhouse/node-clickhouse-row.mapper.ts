@@ -12,7 +12,7 @@ import { clickHouseTimeToIso, insertJson, isoToClickHouseTime, jsonText, parseJs
 
 /** A node as the mirror stores it: the row plus its version and whether it is a tombstone. */
 export interface MirroredNode extends ObservabilityNode {
-  /** Microseconds of the Postgres clock at this write (updated_at, or deleted_at for a tombstone). */
+  /** Microseconds: updated_at (the Postgres clock at this write), or deleted_at for a tombstone (just past the deleted row's). */
   version: bigint;
   deleted: boolean;
 }

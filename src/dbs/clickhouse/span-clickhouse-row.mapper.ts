@@ -15,7 +15,7 @@ import { GapRow, MirrorRow } from './batch-writer';
 
 /** A span as the mirror stores it: the row plus its version and whether it is a tombstone. */
 export interface MirroredSpan extends Span {
-  /** Microseconds of the Postgres clock at this write (updated_at, or deleted_at for a tombstone). */
+  /** Microseconds: updated_at (the Postgres clock at this write), or deleted_at for a tombstone (just past the deleted row's). */
   version: bigint;
   deleted: boolean;
 }

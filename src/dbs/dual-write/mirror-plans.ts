@@ -8,8 +8,9 @@ import { MirrorPlan } from './mirrored-dao';
 /**
  * Every write method of each port, and what it mirrors. Creates and updates
  * mirror the full committed row at version updated_at; deletes mirror a
- * tombstone at version deleted_at (both microseconds of Postgres's clock,
- * which the Postgres DAOs make strictly increasing per row).
+ * tombstone at version deleted_at (microseconds; the Postgres DAOs make a
+ * row's versions strictly increasing, and put a delete's just past the
+ * deleted row's so a row re-created meanwhile outranks it).
  */
 
 function upserted<Row extends { updated_at: string }>(row: Row): Row & { version: bigint; deleted: false } {

@@ -12,6 +12,8 @@ const INSERT_CHUNK = 1000;
 
 /** See PostgresTracingDao: versions must grow with every write to a row. */
 const nextVersion = sql<string>`greatest(clock_timestamp(), nodes.updated_at + interval '1 microsecond')`;
+/** See PostgresTracingDao: a delete's version is just past the deleted row's. */
+const tombstoneVersion = sql<string>`nodes.updated_at + interval '1 microsecond'`;
 
 @Injectable()
 export class PostgresObservabilityDao implements ObservabilityDao {
@@ -86,16 +88,18 @@ export class PostgresObservabilityDao implements ObservabilityDao {
   async deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]> {
     if (treeIds.length === 0) return [];
     // In a transaction, like every write: a delete the client gives up on is then never committed (see createPool).
-    const rows = await this.db.transaction().execute((trx) =>
-      trx
+    return this.db.transaction().execute(async (trx) => {
+      // The tree's index finds its nodes in the order they sit on disk: lock them in key order first (lock-order.ts).
+      await trx.selectFrom('nodes').select('node_id').where('project_id', '=', projectId).where('tree_id', 'in', treeIds).orderBy('node_id').forUpdate().execute();
+      const rows = await trx
         .deleteFrom('nodes')
         .where('project_id', '=', projectId)
         .where('tree_id', 'in', treeIds)
         .returningAll()
-        .returning(nextVersion.as('deleted_at'))
-        .execute(),
-    );
-    return rows.map((row) => ({ ...nodeFromRow(row), deleted_at: row.deleted_at }));
+        .returning(tombstoneVersion.as('deleted_at'))
+        .execute();
+      return rows.map((row) => ({ ...nodeFromRow(row), deleted_at: row.deleted_at }));
+    });
   }
 }
 
