@@ -5,10 +5,13 @@ import { SpansConflictError, SpansNotFoundError } from '../tracing/tracing.dao';
 
 /** Postgres is unreachable, going away or short of something: the caller should retry, not fix its request. */
 const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND']);
-// SQLSTATE classes: 08 connection exception (but 08P01, a protocol violation, is our bug: a 500); 53 insufficient resources (disk full, out of memory,
-// too many connections); 57 operator intervention (57014: statement_timeout fired behind a lock or on an
-// overloaded server, so the write rolled back; 57P01-03: shutting down, starting up).
+// SQLSTATE classes: 08 connection exception; 53 insufficient resources (disk full, out of memory, too many
+// connections); 57 operator intervention (57014: statement_timeout fired behind a lock or on an overloaded
+// server, so the write rolled back; 57P01-03: shutting down, starting up).
 const UNAVAILABLE_SQLSTATE_CLASSES = ['08', '53', '57'];
+// Codes in those classes a retry would only repeat: a logged 500. 08P01: a protocol violation (our bug);
+// 53400: a configured limit (temp_file_limit) the same request exceeds again; 57P04: the database was dropped.
+const NOT_TRANSIENT_SQLSTATES = new Set(['08P01', '53400', '57P04']);
 // "Query read timeout": the server stopped answering and the client gave up (the pool's query_timeout);
 // "Client was closed": a rollback tried on the connection given up a moment before.
 const UNAVAILABLE_MESSAGES = [
@@ -20,7 +23,8 @@ const UNAVAILABLE_MESSAGES = [
   /Client was closed and is not queryable/i,
 ];
 
-const isUnavailableSqlState = (code: string) => /^[0-9A-Z]{5}$/.test(code) && code !== '08P01' && UNAVAILABLE_SQLSTATE_CLASSES.includes(code.slice(0, 2));
+const isUnavailableSqlState = (code: string) =>
+  /^[0-9A-Z]{5}$/.test(code) && !NOT_TRANSIENT_SQLSTATES.has(code) && UNAVAILABLE_SQLSTATE_CLASSES.includes(code.slice(0, 2));
 
 function isDatabaseUnavailable(error: unknown): boolean {
   const e = error as { code?: string; message?: string; errors?: unknown[] };
@@ -62,7 +66,7 @@ export class HttpExceptionFilter implements ExceptionFilter {
     const ctx = host.switchToHttp();
     const response = ctx.getResponse<Response>();
     const request = ctx.getRequest<Request>();
-    const [status, body] = this.toResponse(error);
+    const [status, body] = answerTo(error);
     if (status >= 500 && status !== HttpStatus.SERVICE_UNAVAILABLE) {
       this.logger.error({ err: error, method: request.method, url: request.url }, 'unhandled error');
     } else if (status === HttpStatus.SERVICE_UNAVAILABLE) {
@@ -71,44 +75,45 @@ export class HttpExceptionFilter implements ExceptionFilter {
     if (response.headersSent) return;
     response.status(status).json(body);
   }
+}
 
-  private toResponse(error: unknown): [number, Record<string, unknown>] {
-    if (error instanceof HttpException) {
-      const payload = error.getResponse();
-      const body = typeof payload === 'string' ? { statusCode: error.getStatus(), message: payload } : (payload as Record<string, unknown>);
-      return [error.getStatus(), body];
-    }
-    if (error instanceof InvalidQueryError) {
-      return [400, { statusCode: 400, error: 'Bad Request', message: error.message, errors: [{ field: error.field, message: error.reason }] }];
-    }
-    if (error instanceof SpansConflictError) return [409, { statusCode: 409, error: 'Conflict', message: error.message }];
-    if (error instanceof SpansNotFoundError) return [404, { statusCode: 404, error: 'Not Found', message: error.message }];
-    const bodyError = error as { type?: string; status?: number; statusCode?: number; message?: string; expose?: boolean; code?: string };
-    const bodyStatus = bodyError?.status ?? bodyError?.statusCode;
-    // body-parser reports a body it cannot read as an http-error: typed ones, and (untyped) a body that does not decompress.
-    const unreadableBody = bodyError?.expose === true && typeof bodyStatus === 'number' && bodyStatus >= 400 && bodyStatus < 500;
-    if (typeof bodyError?.type === 'string' && bodyError.type.startsWith('entity.') || bodyError?.type === 'encoding.unsupported' || bodyError?.type === 'charset.unsupported' || unreadableBody) {
-      const status = bodyStatus ?? 400;
-      // Malformed JSON never gets here: Nest turns body-parser's SyntaxError into a 400 itself.
-      const message = bodyError.type === 'entity.too.large'
-        ? 'request body is larger than the limit'
-        : bodyError.type === undefined ? `request body could not be read; does it match its Content-Encoding? (${bodyError.code ?? bodyError.message})` : bodyError.message;
-      return [status, { statusCode: status, error: status === 413 ? 'Payload Too Large' : status === 415 ? 'Unsupported Media Type' : 'Bad Request', message }];
-    }
-    if (isRolledBackInConflict(error)) {
-      return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the write was rolled back in a conflict with a concurrent one; retry it' }];
-    }
-    if (isReadOnly(error)) {
-      return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is read-only and took no write; retry later' }];
-    }
-    if (isDatabaseUnavailable(error)) {
-      return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is unavailable; retry later' }];
-    }
-    // Postgres data exceptions (class 22) mean the request carried a value it cannot store.
-    const pgCode = (error as { code?: string })?.code;
-    if (typeof pgCode === 'string' && pgCode.startsWith('22')) {
-      return [400, { statusCode: 400, error: 'Bad Request', message: `invalid value: ${(error as Error).message}` }];
-    }
-    return [500, { statusCode: 500, error: 'Internal Server Error', message: 'internal error' }];
+/** The status and JSON body that answer `error` (the filter's whole decision, apart from logging). */
+export function answerTo(error: unknown): [number, Record<string, unknown>] {
+  if (error instanceof HttpException) {
+    const payload = error.getResponse();
+    const body = typeof payload === 'string' ? { statusCode: error.getStatus(), message: payload } : (payload as Record<string, unknown>);
+    return [error.getStatus(), body];
   }
+  if (error instanceof InvalidQueryError) {
+    return [400, { statusCode: 400, error: 'Bad Request', message: error.message, errors: [{ field: error.field, message: error.reason }] }];
+  }
+  if (error instanceof SpansConflictError) return [409, { statusCode: 409, error: 'Conflict', message: error.message }];
+  if (error instanceof SpansNotFoundError) return [404, { statusCode: 404, error: 'Not Found', message: error.message }];
+  const bodyError = error as { type?: string; status?: number; statusCode?: number; message?: string; expose?: boolean; code?: string };
+  const bodyStatus = bodyError?.status ?? bodyError?.statusCode;
+  // body-parser reports a body it cannot read as an http-error: typed ones, and (untyped) a body that does not decompress.
+  const unreadableBody = bodyError?.expose === true && typeof bodyStatus === 'number' && bodyStatus >= 400 && bodyStatus < 500;
+  if (typeof bodyError?.type === 'string' && bodyError.type.startsWith('entity.') || bodyError?.type === 'encoding.unsupported' || bodyError?.type === 'charset.unsupported' || unreadableBody) {
+    const status = bodyStatus ?? 400;
+    // Malformed JSON never gets here: describeUnparsableJson (json-content-type.ts) answers it.
+    const message = bodyError.type === 'entity.too.large'
+      ? 'request body is larger than the limit'
+      : bodyError.type === undefined ? `request body could not be read; does it match its Content-Encoding? (${bodyError.code ?? bodyError.message})` : bodyError.message;
+    return [status, { statusCode: status, error: status === 413 ? 'Payload Too Large' : status === 415 ? 'Unsupported Media Type' : 'Bad Request', message }];
+  }
+  if (isRolledBackInConflict(error)) {
+    return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the request was rolled back in a conflict with a concurrent one; retry it' }];
+  }
+  if (isReadOnly(error)) {
+    return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is read-only and took no write; retry later' }];
+  }
+  if (isDatabaseUnavailable(error)) {
+    return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is unavailable; retry later' }];
+  }
+  // Postgres data exceptions (class 22) mean the request carried a value it cannot store.
+  const pgCode = (error as { code?: string })?.code;
+  if (typeof pgCode === 'string' && pgCode.startsWith('22')) {
+    return [400, { statusCode: 400, error: 'Bad Request', message: `invalid value: ${(error as Error).message}` }];
+  }
+  return [500, { statusCode: 500, error: 'Internal Server Error', message: 'internal error' }];
 }

@@ -1,7 +1,9 @@
-import { Client } from 'pg';
+import { Client, Pool } from 'pg';
 import request from 'supertest';
+import { PG_POOL } from '../../src/dbs/postgres/postgres.tokens';
 import { createTestApp, TestApp } from '../support/app';
 import { makeSpan } from '../support/fixtures';
+import { setAppSessionDefaults } from '../support/postgres';
 
 /**
  * A request whose statement Postgres holds (here: behind a lock) and then
@@ -91,7 +93,13 @@ describe('Postgres ending the connection under a request', () => {
 
 describe('Postgres breaking a deadlock by rolling the request back', () => {
   let t: TestApp;
-  beforeAll(async () => (t = await createTestApp()));
+  beforeAll(async () => {
+    t = await createTestApp();
+    // Postgres looks for a cycle once, deadlock_timeout after a session starts waiting. The API's sessions
+    // look after 3 s, the other session here after 60 s: the test closes the cycle well within the first,
+    // so the API's transaction is the one rolled back however slow the machine.
+    await setAppSessionDefaults(t.database, t.app.get<Pool>(PG_POOL), { deadlock_timeout: '3s' });
+  });
   afterAll(async () => t.close());
 
   // Writes lock in key order, so two requests cannot deadlock each other; another client still can.
@@ -105,9 +113,7 @@ describe('Postgres breaking a deadlock by rolling the request back', () => {
     await other.connect();
     let res: request.Response;
     try {
-      // The API's backend waits 1 s (the default deadlock_timeout) before it looks for a cycle, this one 10 s:
-      // the API's transaction is the one Postgres rolls back.
-      await other.query(`set deadlock_timeout = '10s'`);
+      await other.query(`set deadlock_timeout = '60s'`);
       await other.query('begin');
       const lockRow = (spanId: string) =>
         other.query(`select 1 from spans where trace_id = $1 and span_id = decode($2, 'hex') for update`, [traceId, spanId]);

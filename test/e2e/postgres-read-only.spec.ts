@@ -1,7 +1,9 @@
-import { Client } from 'pg';
+import { Pool } from 'pg';
 import request from 'supertest';
+import { PG_POOL } from '../../src/dbs/postgres/postgres.tokens';
 import { createTestApp, TestApp } from '../support/app';
 import { makeNode, makeSpan } from '../support/fixtures';
+import { setAppSessionDefaults } from '../support/postgres';
 
 /**
  * A Postgres that serves reads but refuses writes: the API landed on a standby
@@ -15,18 +17,8 @@ describe('Postgres refusing writes (read-only)', () => {
   beforeAll(async () => (t = await createTestApp()));
   afterAll(async () => t.close());
 
-  /** Sets the database's default for new sessions, then ends the API's sessions so its pool opens new ones. */
-  async function setReadOnly(readOnly: boolean): Promise<void> {
-    const admin = new Client({ connectionString: t.database.url });
-    await admin.connect();
-    try {
-      await admin.query('set default_transaction_read_only = off'); // this session must write, to turn it back off
-      await admin.query(`alter database ${t.database.name} set default_transaction_read_only = ${readOnly ? 'on' : 'off'}`);
-      await admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`);
-    } finally {
-      await admin.end();
-    }
-  }
+  const setReadOnly = (readOnly: boolean) =>
+    setAppSessionDefaults(t.database, t.app.get<Pool>(PG_POOL), { default_transaction_read_only: readOnly ? 'on' : 'off' });
 
   it('answers writes 503 and writes nothing, serves reads, and takes writes again afterwards', async () => {
     const auth = { Authorization: `ApiKey ${t.apiKey}` };

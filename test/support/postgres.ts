@@ -46,3 +46,26 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     },
   };
 }
+
+/**
+ * Gives the app's future sessions on `database` these settings (ALTER
+ * DATABASE ... SET), then ends the sessions its `pool` holds and waits until
+ * the pool has let them all go, so its next query opens a session with them.
+ */
+export async function setAppSessionDefaults(database: TestDatabase, pool: Pool, settings: Record<string, string>): Promise<void> {
+  const admin = new Client({ connectionString: database.url });
+  await admin.connect();
+  try {
+    await admin.query('set default_transaction_read_only = off'); // this session writes even when the database is made read-only
+    for (const [name, value] of Object.entries(settings)) {
+      await admin.query(`alter database ${database.name} set ${name} = '${value.replace(/'/g, "''")}'`);
+    }
+    await admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`);
+  } finally {
+    await admin.end();
+  }
+  for (let i = 0; pool.totalCount > 0; i++) {
+    if (i > 200) throw new Error(`the pool still holds ${pool.totalCount} connection(s) after their sessions were ended`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
