@@ -74,4 +74,23 @@ describe('Postgres migrations', () => {
       await sql`delete from kysely_migration where name = '9999_from_a_newer_build'`.execute(test.db);
     }
   });
+
+  it("keeps to its own schema's migration table when another schema of the database has one", async () => {
+    // Another app migrated with Kysely in schema `other`; ours has not run yet (no table in public).
+    await migrateDown(test.db, true);
+    await sql`drop table kysely_migration, kysely_migration_lock`.execute(test.db);
+    await sql`create schema other`.execute(test.db);
+    await sql`create table other.kysely_migration (name varchar(255) primary key, timestamp varchar(255) not null)`.execute(test.db);
+    await sql`insert into other.kysely_migration values ('0001_theirs', '2026-01-01T00:00:00.000Z')`.execute(test.db);
+    try {
+      await expect(startApp({ MIGRATE_ON_START: 'false' })).rejects.toThrow('pending migrations 0001_initial');
+      const app = await startApp({ MIGRATE_ON_START: 'true' });
+      await app.close();
+      expect(await tables()).toHaveLength(5);
+      const theirs = await sql<{ name: string }>`select name from other.kysely_migration`.execute(test.db);
+      expect(theirs.rows).toEqual([{ name: '0001_theirs' }]);
+    } finally {
+      await sql`drop schema other cascade`.execute(test.db);
+    }
+  });
 });

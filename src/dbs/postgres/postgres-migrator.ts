@@ -6,8 +6,23 @@ import { DEFAULT_MIGRATION_TABLE, FileMigrationProvider, Kysely, MigrationResult
 /** Kysely's Migrator over migrations/postgres (compiled .js or source .ts). */
 export const POSTGRES_MIGRATIONS_DIR = path.resolve(__dirname, '../../../migrations/postgres');
 
-export function createMigrator(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_DIR): Migrator {
-  return new Migrator({ db, provider: new FileMigrationProvider({ fs, path, migrationFolder: folder }) });
+/**
+ * The schema Kysely keeps its bookkeeping tables in: the connection's current
+ * one, named outright. Left unnamed, Kysely takes a kysely_migration table in
+ * any schema for its own and then reads the one search_path finds, so another
+ * app's migrations in another schema of the same database would break ours.
+ */
+async function migrationSchema(db: Kysely<any>): Promise<string | undefined> {
+  const { rows } = await sql<{ schema: string | null }>`select current_schema() as schema`.execute(db);
+  return rows[0].schema ?? undefined;
+}
+
+export async function createMigrator(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_DIR): Promise<Migrator> {
+  return new Migrator({
+    db,
+    provider: new FileMigrationProvider({ fs, path, migrationFolder: folder }),
+    migrationTableSchema: await migrationSchema(db),
+  });
 }
 
 function raise(result: MigrationResultSet): MigrationResultSet {
@@ -20,11 +35,11 @@ function raise(result: MigrationResultSet): MigrationResultSet {
 }
 
 export async function migrateToLatest(db: Kysely<any>): Promise<MigrationResultSet> {
-  return raise(await createMigrator(db).migrateToLatest());
+  return raise(await (await createMigrator(db)).migrateToLatest());
 }
 
 export async function migrateDown(db: Kysely<any>, all = false): Promise<MigrationResultSet> {
-  const migrator = createMigrator(db);
+  const migrator = await createMigrator(db);
   return raise(all ? await migrator.migrateTo(NO_MIGRATIONS) : await migrator.migrateDown());
 }
 
@@ -50,10 +65,14 @@ export class SchemaBehindError extends OperatorError {
 }
 
 export async function schemaState(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_DIR): Promise<SchemaState> {
-  const migrations = await createMigrator(db, folder).getMigrations();
+  const schema = await migrationSchema(db);
+  const migrations = await (await createMigrator(db, folder)).getMigrations();
   const known = new Set(migrations.map((m) => m.name));
-  const { rows } = await sql<{ exists: boolean }>`select to_regclass(${DEFAULT_MIGRATION_TABLE}) is not null as exists`.execute(db);
-  const executed = rows[0].exists ? (await db.selectFrom(DEFAULT_MIGRATION_TABLE).select('name').orderBy('name').execute()).map((r) => r.name as string) : [];
+  const { rows } = await sql<{ exists: boolean }>`
+    select exists (select 1 from information_schema.tables where table_schema = ${schema ?? null} and table_name = ${DEFAULT_MIGRATION_TABLE}) as exists`.execute(db);
+  const executed = rows[0].exists
+    ? (await db.withSchema(schema!).selectFrom(DEFAULT_MIGRATION_TABLE).select('name').orderBy('name').execute()).map((r) => r.name as string)
+    : [];
   return {
     migrations: migrations.map(({ name, executedAt }) => ({ name, executedAt })),
     pending: migrations.filter((m) => !m.executedAt).map((m) => m.name),
