@@ -1,11 +1,12 @@
 import { isUtf8 } from 'node:buffer';
-import { INestApplication } from '@nestjs/common';
+import { ConsoleLogger, INestApplication, Logger as NestLogger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import { Logger } from 'nestjs-pino';
 import { AppModule } from './app.module';
 import { AppConfig } from './config/app-config';
+import { OperatorError } from './config/operator-error';
 import { APP_CONFIG } from './config/config.module';
 import { describeUnparsableJson, requireJsonBodies } from './http/json-content-type';
 import { documentErrorAnswers } from './http/openapi-errors';
@@ -17,13 +18,19 @@ import { documentErrorAnswers } from './http/openapi-errors';
 export async function createApp(env: Record<string, string | undefined> = {}): Promise<NestExpressApplication> {
   // A provider that fails (a schema behind the build, a migration that fails) rejects here, for the caller
   // to report, rather than Nest printing a DI stack and exiting the process itself. The logs buffered until
-  // the JSON logger is attached are flushed to it, and dropped if the start fails.
-  const app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot(env), {
-    bufferLogs: true,
-    autoFlushLogs: false,
-    abortOnError: false,
-    bodyParser: false,
-  });
+  // the JSON logger is attached are flushed to it once it is.
+  let app: NestExpressApplication;
+  try {
+    app = await NestFactory.create<NestExpressApplication>(AppModule.forRoot(env), {
+      bufferLogs: true,
+      autoFlushLogs: false,
+      abortOnError: false,
+      bodyParser: false,
+    });
+  } catch (error) {
+    releaseStartupLogs(error);
+    throw error;
+  }
   app.useLogger(app.get(Logger));
   app.flushLogs();
   const config = app.get<AppConfig>(APP_CONFIG);
@@ -33,6 +40,19 @@ export async function createApp(env: Record<string, string | undefined> = {}): P
   app.disable('x-powered-by');
   setUpOpenApi(app);
   return app;
+}
+
+/**
+ * A start that failed never attached the JSON logger, so what Nest buffered
+ * until then is still held. For an operator error the message main prints
+ * says all there is, and the buffer is dropped; for anything else it is the
+ * context of the failure, printed to the console. Either way nothing stays
+ * buffered for the rest of the process.
+ */
+function releaseStartupLogs(error: unknown): void {
+  if (error instanceof OperatorError) NestLogger.overrideLogger(false);
+  NestLogger.flush();
+  NestLogger.overrideLogger(new ConsoleLogger());
 }
 
 /**

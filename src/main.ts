@@ -18,8 +18,11 @@ async function main(): Promise<void> {
   const config = app.get<AppConfig>(APP_CONFIG);
   const logger = app.get(Logger);
   await app.listen(config.http.port, config.http.host).catch((error: NodeJS.ErrnoException) => {
-    if (error?.code !== 'EADDRINUSE') throw error;
-    throw new OperatorError(`${config.http.host}:${config.http.port} is already in use: stop what listens there, or set PORT (or HOST)`);
+    const where = `${config.http.host}:${config.http.port}`;
+    if (error?.code === 'EADDRINUSE') throw new OperatorError(`${where} is already in use: stop what listens there, or set PORT (or HOST)`);
+    if (error?.code === 'EACCES') throw new OperatorError(`${where} needs privileges this process lacks (a port below 1024?): set PORT`);
+    if (error?.code === 'EADDRNOTAVAIL') throw new OperatorError(`${where}: HOST is not an address of this machine: set HOST`);
+    throw error;
   });
   logger.log(`tracing-api listening on http://${config.http.host}:${config.http.port} (docs at /docs, clickhouse mirror ${config.clickhouse.enabled ? 'on' : 'off'})`, 'Main');
 

@@ -2,9 +2,11 @@ import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { AddressInfo, createServer } from 'node:net';
 import { Client } from 'pg';
 import { runApiUntilExit } from '../support/api-process';
 import { freePort } from '../support/free-port';
+import { createTestDatabase } from '../support/postgres';
 
 /**
  * A start the API must refuse, as an operator meets it: `node main.js` on the
@@ -38,5 +40,28 @@ describe('the API refusing to start', () => {
     }
     const client = new Client({ host: '127.0.0.1', port, user: 'postgres', password: 'postgres', database: 'postgres', connectionTimeoutMillis: 2_000 });
     await expect(client.connect()).rejects.toThrow(/ECONNREFUSED/);
+  });
+
+  const refusal = (run: { stderr: string }) => run.stderr.trim();
+
+  it('on a Postgres it cannot reach: one line naming the server, without its password', async () => {
+    const port = await freePort(); // nothing listens there
+    const run = await runApiUntilExit({ DATABASE_URL: `postgres://tracing:s3cret@127.0.0.1:${port}/tracing` });
+    expect(run.code).toBe(1);
+    expect(refusal(run)).toBe(`tracing-api did not start: could not use Postgres at postgres://tracing:***@127.0.0.1:${port}/tracing: connect ECONNREFUSED 127.0.0.1:${port}`);
+  });
+
+  it('on a port another process holds: one line naming it', async () => {
+    const held = createServer();
+    const port = await new Promise<number>((resolve) => held.listen(0, '127.0.0.1', () => resolve((held.address() as AddressInfo).port)));
+    const database = await createTestDatabase();
+    try {
+      const run = await runApiUntilExit({ DATABASE_URL: database.url, PORT: String(port) });
+      expect(run.code).toBe(1);
+      expect(refusal(run)).toBe(`tracing-api did not start: 127.0.0.1:${port} is already in use: stop what listens there, or set PORT (or HOST)`);
+    } finally {
+      held.close();
+      await database.drop();
+    }
   });
 });

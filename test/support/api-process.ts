@@ -131,14 +131,14 @@ function answers(url: string): Promise<boolean> {
   });
 }
 
-/** Runs `node main.js` with `env` (as startApiProcess does) until it exits by itself: for starts that must fail. */
+/** Runs `node main.js` with `env` (on a free loopback port unless `env` says otherwise) until it exits by itself: for starts that must fail. */
 export async function runApiUntilExit(env: Record<string, string>, timeoutMs = 60_000): Promise<{ code: number | null; stderr: string; stdout: string }> {
   const main = await ensureApiBuild();
   const port = await freePort();
   const { NODE_OPTIONS: _jest, DATABASE_URL: _db, ...inherited } = process.env;
   const child = spawn(process.execPath, [main], {
     cwd: ROOT,
-    env: { ...inherited, LOG_LEVEL: 'warn', ...env, HOST: '127.0.0.1', PORT: String(port) },
+    env: { ...inherited, LOG_LEVEL: 'warn', HOST: '127.0.0.1', PORT: String(port), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';

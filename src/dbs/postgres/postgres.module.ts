@@ -13,6 +13,8 @@ import { registerPoolMetrics } from './postgres-metrics';
 import { migrateToLatest, SchemaBehindError, schemaState } from './postgres-migrator';
 import { PostgresObservabilityDao } from './postgres-observability.dao';
 import { PostgresTracingDao } from './postgres-tracing.dao';
+import { OperatorError } from '../../config/operator-error';
+import { redactUrl } from '../../config/redact-url';
 
 const RESOLVED_POSTGRES = Symbol('RESOLVED_POSTGRES');
 
@@ -34,7 +36,10 @@ async function prepareSchema(url: string, migrateOnStart: boolean): Promise<void
   const logger = new Logger('Postgres');
   const db = createKysely(createPool(url, 1));
   try {
-    const { pending, unknown } = await schemaState(db);
+    const { pending, unknown } = await schemaState(db).catch((error: Error) => {
+      // The first query of the start: a wrong DATABASE_URL, a server that is down, a refused password.
+      throw new OperatorError(`could not use Postgres at ${redactUrl(url)}: ${error.message}`);
+    });
     if (unknown.length) logger.warn(`the database has migrations this build does not know (${unknown.join(', ')}): a newer build migrated it`);
     if (pending.length === 0) return;
     if (!migrateOnStart) throw new SchemaBehindError(pending);
