@@ -6,6 +6,11 @@ describe('redactUrl', () => {
     expect(redactUrl('https://default:pw@ch.example.com:8443')).toBe('https://default:***@ch.example.com:8443');
   });
 
+  it('hides a password without a user name, and one given as a parameter', () => {
+    expect(redactUrl('postgres://:secret@db:5432/tracing')).toBe('postgres://:***@db:5432/tracing');
+    expect(redactUrl('postgres://db:5432/tracing?user=tracing&password=secret&sslmode=require')).toBe('postgres://db:5432/tracing?user=tracing&password=***&sslmode=require');
+  });
+
   it('leaves a URL without a password as it is', () => {
     expect(redactUrl('http://127.0.0.1:18123')).toBe('http://127.0.0.1:18123');
     expect(redactUrl('postgres://tracing@db:5432/tracing')).toBe('postgres://tracing@db:5432/tracing');

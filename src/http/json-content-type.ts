@@ -25,6 +25,6 @@ export function requireJsonBodies(req: Request, res: Response, next: NextFunctio
 export function describeUnparsableJson(error: unknown, _req: Request, _res: Response, next: NextFunction): void {
   const parseError = error as { type?: string; message?: string };
   if (parseError?.type !== 'entity.parse.failed') return next(error);
-  const message = `is not valid JSON: ${parseError.message}`;
+  const message = `could not be parsed as JSON: ${parseError.message}`;
   next(new BadRequestException({ statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] }));
 }

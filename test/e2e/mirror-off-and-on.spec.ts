@@ -14,7 +14,7 @@ import { createTestDatabase, TestDatabase } from '../support/postgres';
  * deletes rows written before (which no time range of creation finds), then
  * the README's recovery. ClickHouse must end up holding what Postgres holds.
  */
-describe('USE_CLICKHOUSE turned off, then on again', () => {
+describe('writes made while USE_CLICKHOUSE was off, then the recovery', () => {
   let pg: TestDatabase;
   let ch: TestClickHouse;
   let env: Record<string, string>;

@@ -108,8 +108,8 @@ describe('REST: /tracing and /observability', () => {
       expect(res.body).toEqual({
         statusCode: 400,
         error: 'Bad Request',
-        message: expect.stringMatching(/^\(body\): is not valid JSON: /),
-        errors: [{ field: '(body)', message: expect.stringMatching(/^is not valid JSON: /) }],
+        message: expect.stringMatching(/^\(body\): could not be parsed as JSON: /),
+        errors: [{ field: '(body)', message: expect.stringMatching(/^could not be parsed as JSON: /) }],
       });
     });
 

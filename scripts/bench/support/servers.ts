@@ -16,6 +16,7 @@ import { startLocalPostgres } from '../../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../../../src/dbs/postgres/postgres-pool';
 import { migrateToLatest } from '../../../src/dbs/postgres/postgres-migrator';
 import { childPids } from './proc';
+import { redactUrl } from '../../../src/config/redact-url';
 
 /**
  * The servers a benchmark runs against: BENCH_DATABASE_URL /
@@ -58,7 +59,7 @@ export async function startBenchPostgres(log: (line: string) => void): Promise<B
   let stopServer: () => Promise<void> = async () => undefined;
   let pid: number | null = null;
   if (adminUrl) {
-    log(`postgres: ${adminUrl.replace(/\/\/([^:@/]+):([^@/]+)@/, '//$1:***@')} (BENCH_DATABASE_URL)`);
+    log(`postgres: ${redactUrl(adminUrl)} (BENCH_DATABASE_URL)`);
   } else {
     const dir = await mkdtemp(join(tmpdir(), 'tracing-bench-pg-'));
     // mkdtemp makes it 0700; as root, PostgreSQL runs as the `postgres` user.
@@ -112,7 +113,7 @@ export async function startBenchClickHouse(log: (line: string) => void): Promise
   let pid: number | null = null;
   let stopServer: () => Promise<void> = async () => undefined;
   if (url) {
-    log(`clickhouse: ${url.replace(/\/\/([^:@/]+):([^@/]+)@/, '//$1:***@')} (BENCH_CLICKHOUSE_URL)`);
+    log(`clickhouse: ${redactUrl(url)} (BENCH_CLICKHOUSE_URL)`);
   } else {
     const dir = await mkdtemp(join(tmpdir(), 'tracing-bench-ch-'));
     const server = await startLocalClickHouse({ port: 0, dataDir: dir });

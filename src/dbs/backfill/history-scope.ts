@@ -1,8 +1,10 @@
 import { normalizeTimestamp } from '../../tracing/timestamp';
+import { MIRRORED_ENTITIES, MirroredEntity } from '../dual-write/mirrored-dao';
 
 /** The mirrored tables; each has the same name in Postgres and ClickHouse. */
-export const ENTITIES = ['spans', 'nodes'] as const;
-export type Entity = (typeof ENTITIES)[number];
+/** The history to copy and compare is the mirror's: the same entities. */
+export const ENTITIES = MIRRORED_ENTITIES;
+export type Entity = MirroredEntity;
 
 /** Which part of history a backfill or verify run covers. */
 export interface HistoryScope {

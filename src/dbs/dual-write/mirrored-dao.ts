@@ -13,6 +13,10 @@ import { GapRow } from '../clickhouse/batch-writer';
 type RowWriters<T> = { [K in keyof T]: T[K] extends (...args: never[]) => Promise<readonly unknown[]> ? K : never }[keyof T];
 type CommittedRow<F> = F extends (...args: never[]) => Promise<readonly (infer R)[]> ? R : never;
 
+/** What the mirror copies, one plan each; the backfill and verify work over the same list. */
+export const MIRRORED_ENTITIES = ['spans', 'nodes'] as const;
+export type MirroredEntity = (typeof MIRRORED_ENTITIES)[number];
+
 /**
  * Which methods of a DAO write, how each committed row they return becomes
  * a mirrored record (with its version and tombstone flag), and, through
@@ -21,11 +25,8 @@ type CommittedRow<F> = F extends (...args: never[]) => Promise<readonly (infer R
  * lines are built after the call has returned (see Mirror); the line only
  * for rows the mirror sends.
  */
-/** What the mirror copies: one plan each. */
-export const MIRRORED_ENTITIES = ['spans', 'nodes'] as const;
-
 export interface MirrorPlan<Dao, Mirrored> {
-  entity: (typeof MIRRORED_ENTITIES)[number];
+  entity: MirroredEntity;
   writes: { [K in RowWriters<Dao>]?: (row: CommittedRow<Dao[K]>) => Mirrored };
   toGapRow(record: Mirrored): GapRow;
   toLine(record: Mirrored): string;

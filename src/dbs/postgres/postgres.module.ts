@@ -23,8 +23,9 @@ const RESOLVED_POSTGRES = Symbol('RESOLVED_POSTGRES');
  * it applies pending migrations; without (migrations run as a deploy step of
  * their own), pending ones refuse the start with the command to run, instead
  * of an API whose every request fails on a missing table or column. A
- * database migrated by a newer build (a rolled-back deploy) is used as it is:
- * migrations only add, so the older build still finds what it needs.
+ * database migrated by a newer build (a rolled-back deploy) is used as it is,
+ * which holds as long as migrations keep to the rule in README "Migrations":
+ * a release's migration only adds what the release before it can ignore.
  *
  * Migrations are schema work, not requests: they run on a connection of their
  * own without the API's statement and client timeouts. A migration may take
