@@ -1,5 +1,6 @@
 import { ArgumentsHost, Catch, ExceptionFilter, HttpException, HttpStatus, Logger } from '@nestjs/common';
 import type { Request, Response } from 'express';
+import { OTLP_PROTOBUF, otlpProtobufErrorBody } from '../otlp/otlp-error-body';
 import { InvalidQueryError } from '../tracing/span-query';
 import { SpansConflictError, SpansNotFoundError } from '../tracing/tracing.dao';
 
@@ -73,6 +74,11 @@ export class HttpExceptionFilter implements ExceptionFilter {
       this.logger.warn({ method: request.method, url: request.url, reason: (error as Error)?.message }, 'database could not serve the request; answered 503');
     }
     if (response.headersSent) return;
+    const otlpBody = otlpProtobufErrorBody(request, String(body.message ?? body.error ?? status));
+    if (otlpBody) {
+      response.status(status).type(OTLP_PROTOBUF).send(otlpBody);
+      return;
+    }
     response.status(status).json(body);
   }
 }

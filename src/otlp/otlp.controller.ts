@@ -10,8 +10,8 @@ import { ObservabilityService } from '../observability/observability.service';
 import { TracingService } from '../tracing/tracing.service';
 import { OtlpDecodeError, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 import { mapOtlpSpans } from './otlp-span.mapper';
+import { OTLP_PROTOBUF } from './otlp-error-body';
 
-const PROTOBUF = 'application/x-protobuf';
 const JSON_TYPE = 'application/json';
 
 /**
@@ -37,9 +37,10 @@ export class OtlpController {
     summary: 'Receive an OTLP/HTTP trace export (binary protobuf or OTLP/JSON)',
     description:
       'Body: an ExportTraceServiceRequest. Every span is stored as a span and as an observability node; ' +
-      'a retried export replaces what it wrote before. A request with any invalid span writes nothing (400).',
+      'a retried export replaces what it wrote before. A request with any invalid span writes nothing (400). ' +
+      'Error answers to a binary export are a protobuf google.rpc.Status (its message), as OTLP/HTTP prescribes; to OTLP/JSON, the JSON Error.',
   })
-  @ApiConsumes(PROTOBUF, JSON_TYPE)
+  @ApiConsumes(OTLP_PROTOBUF, JSON_TYPE)
   @ApiBody({ schema: { type: 'object', properties: { resourceSpans: { type: 'array', items: { type: 'object' } } } } })
   @ApiResponse({ status: 200, description: 'Accepted: an ExportTraceServiceResponse in the request encoding' })
   @ApiResponse({ status: 400, description: 'Undecodable or invalid; names the first bad field by path' })
@@ -47,12 +48,12 @@ export class OtlpController {
   @ApiResponse({ status: 413, description: 'Body larger than BODY_LIMIT, or more spans than MAX_BATCH_ITEMS' })
   async exportTraces(@ProjectId() projectId: string, @Req() request: Request): Promise<StreamableFile | { partialSuccess: object }> {
     const contentType = (request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-    if (contentType !== PROTOBUF && contentType !== JSON_TYPE) {
-      throw new UnsupportedMediaTypeException(`Content-Type must be ${PROTOBUF} or ${JSON_TYPE}, got "${contentType.slice(0, 100)}"`);
+    if (contentType !== OTLP_PROTOBUF && contentType !== JSON_TYPE) {
+      throw new UnsupportedMediaTypeException(`Content-Type must be ${OTLP_PROTOBUF} or ${JSON_TYPE}, got "${contentType.slice(0, 100)}"`);
     }
     // Without a body the parsers leave request.body unset: an empty export.
     const otlpSpans = decode(() =>
-      contentType === PROTOBUF
+      contentType === OTLP_PROTOBUF
         ? decodeOtlpProtobuf(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0))
         : decodeOtlpJson(request.body ?? {}),
     );
@@ -68,7 +69,7 @@ export class OtlpController {
 
     if (contentType === JSON_TYPE) return { partialSuccess: {} };
     const response = otlpTraceService.ExportTraceServiceResponse.encode({}).finish();
-    return new StreamableFile(Buffer.from(response), { type: PROTOBUF, length: response.length });
+    return new StreamableFile(Buffer.from(response), { type: OTLP_PROTOBUF, length: response.length });
   }
 }
 

@@ -8,6 +8,7 @@ import { QUERYABLE_FIELDS } from '../../src/tracing/span-query.parser';
 import { createTestApp, TestApp } from '../support/app';
 import { makeNode, makeSpan } from '../support/fixtures';
 import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';
+import { errorMessageOf } from '../support/rpc-status';
 
 /**
  * Property-based hostile input over every write and query route and the OTLP
@@ -334,13 +335,16 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
 
   const send = (method: string, path: string, body?: Buffer | string, headers: Record<string, string> = json) => rawRequest(t.url, method, path, body, headers);
 
-  /** The answer is a 4xx JSON error with a message, and nothing changed in Postgres. */
+  /**
+   * The answer is a 4xx error with a message (JSON, or for a binary OTLP export the protobuf
+   * google.rpc.Status OTLP/HTTP prescribes), and nothing changed in Postgres.
+   */
   async function expectRefused(res: RawResponse, before: Awaited<ReturnType<typeof snapshot>>, allowed: number[] = []): Promise<void> {
     const summary = `${res.status} ${res.text.slice(0, 300)}`;
     if (!allowed.includes(res.status)) {
       expect({ status: res.status >= 400 && res.status < 500, summary }).toEqual({ status: true, summary });
-      expect(res.contentType).toMatch(/^application\/json/);
-      const message = (res.json as { message?: unknown } | undefined)?.message;
+      expect(res.contentType).toMatch(/^application\/(json|x-protobuf)/);
+      const message = errorMessageOf(res);
       expect({ message: typeof message === 'string' && message.length > 0, summary }).toEqual({ message: true, summary });
     }
     expect(await snapshot()).toEqual(before);
@@ -653,7 +657,7 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
       const text = body(MAX_BATCH + 1);
       const res = await send(method, path, type === 'application/json' ? text : Buffer.from(text, 'latin1'), { ...auth, 'Content-Type': type });
       expect(res.status).toBe(413);
-      expect((res.json as { message: string }).message).toMatch(new RegExp(`at most ${MAX_BATCH}`));
+      expect(errorMessageOf(res)).toMatch(new RegExp(`at most ${MAX_BATCH}`));
       await expectRefused(res, before);
       // Exactly at the limit is fine (PUT of new spans is a 404, DELETE of unknown keys deletes none).
       const atLimit = await send(method, path, type === 'application/json' ? body(MAX_BATCH) : Buffer.from(body(MAX_BATCH), 'latin1'), { ...auth, 'Content-Type': type });

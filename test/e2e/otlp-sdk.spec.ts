@@ -11,6 +11,15 @@ import request from 'supertest';
 import { otlpTraceService } from '../../src/otlp/otlp-decoder';
 import { createTestApp, TestApp } from '../support/app';
 import { spanId, traceId } from '../support/fixtures';
+import { decodeRpcStatus } from '../support/rpc-status';
+
+/** supertest: keep the answer's bytes (a protobuf body) instead of parsing it. */
+const binary = (res: request.Response, done: (error: Error | null, body: Buffer) => void) => {
+  const stream = res as unknown as NodeJS.ReadableStream;
+  const chunks: Buffer[] = [];
+  stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+  stream.on('end', () => done(null, Buffer.concat(chunks)));
+};
 
 /**
  * The SDK's own OTLP/HTTP exporter, unchanged; this wrapper only records
@@ -297,8 +306,10 @@ describe('OTLP/HTTP receiver', () => {
     });
 
     it('answers 400 for garbage protobuf and for malformed JSON', async () => {
-      const garbage = await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/x-protobuf').send(Buffer.from('garbage garbage')).expect(400);
-      expect(garbage.body.message).toBe('body: not a valid protobuf ExportTraceServiceRequest (invalid wire type 7 at offset 1)');
+      // A binary export's error is a protobuf google.rpc.Status, as OTLP/HTTP prescribes.
+      const garbage = await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/x-protobuf').send(Buffer.from('garbage garbage')).buffer(true).parse(binary).expect(400);
+      expect(garbage.headers['content-type']).toMatch(/^application\/x-protobuf/);
+      expect(decodeRpcStatus(garbage.body)).toEqual({ code: 0, message: 'body: not a valid protobuf ExportTraceServiceRequest (invalid wire type 7 at offset 1)' });
       await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/json').send('{"resourceSpans": [').expect(400);
     });
 
@@ -321,8 +332,10 @@ describe('OTLP/HTTP receiver', () => {
         .set('Content-Type', 'application/x-protobuf')
         .set('Content-Encoding', 'gzip')
         .send(gzipSync(Buffer.alloc(300 * 1024)))
+        .buffer(true)
+        .parse(binary)
         .expect(413);
-      expect(res.body.message).toMatch(/larger than the limit/);
+      expect(decodeRpcStatus(res.body).message).toMatch(/larger than the limit/);
     });
 
     it('answers 401 without a valid API key and writes nothing', async () => {
