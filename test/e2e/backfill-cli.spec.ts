@@ -4,6 +4,7 @@ import { sql } from 'kysely';
 import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
 import { seedNodes, seedSpans } from '../support/history';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
+import { storesEnv } from '../support/commands';
 
 /**
  * The operator commands as an operator runs them: real processes against
@@ -43,14 +44,7 @@ describe('npm run backfill / verify', () => {
 
   beforeAll(async () => {
     [pg, ch] = await Promise.all([createTestDatabase(), createTestClickHouse()]);
-    env = {
-      DATABASE_URL: pg.url,
-      CLICKHOUSE_URL: ch.url,
-      CLICKHOUSE_USER: ch.config.user,
-      CLICKHOUSE_PASSWORD: ch.config.password,
-      CLICKHOUSE_DATABASE: ch.database,
-      USE_CLICKHOUSE: 'true',
-    };
+    env = { ...storesEnv(pg, ch), USE_CLICKHOUSE: 'true' };
     await seedSpans(pg.db, { projects: PROJECTS, days: 10, rows: SPANS });
     await seedNodes(pg.db, { projects: PROJECTS, days: 10, rows: NODES });
   }, 120_000);

@@ -3,7 +3,7 @@ import { ApiKeyService } from '../../src/auth/api-key.service';
 import { createApp } from '../../src/bootstrap';
 import { MIRROR, MirrorRuntime } from '../../src/dbs/dual-write/mirror.module';
 import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
-import { runCommand } from '../support/commands';
+import { runCommand, storesEnv } from '../support/commands';
 import { makeNode, makeTrace, uuid } from '../support/fixtures';
 import { snapshotBothSides } from '../support/mirror';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
@@ -20,14 +20,7 @@ describe('writes made while USE_CLICKHOUSE was off, then the recovery', () => {
   let env: Record<string, string>;
   beforeAll(async () => {
     [pg, ch] = await Promise.all([createTestDatabase(), createTestClickHouse()]);
-    env = {
-      DATABASE_URL: pg.url,
-      CLICKHOUSE_URL: ch.url,
-      CLICKHOUSE_USER: ch.config.user,
-      CLICKHOUSE_PASSWORD: ch.config.password,
-      CLICKHOUSE_DATABASE: ch.database,
-      MIGRATE_ON_START: 'false',
-    };
+    env = { ...storesEnv(pg, ch), MIGRATE_ON_START: 'false' };
   });
   afterAll(async () => Promise.all([pg?.drop(), ch?.drop()]));
 

@@ -34,3 +34,14 @@ export function differingBuckets(stdout: string): DifferingBucket[] {
   const rows = [...stdout.matchAll(/^(spans|nodes)\s+([0-9a-f-]{36})\s+(\d{4}-\d{2}-\d{2})\s+(\d+)\s+(\d+)/gm)];
   return rows.map(([, entity, projectId, day, pg, ch]) => ({ entity, projectId, day, postgresRows: Number(pg), clickhouseRows: Number(ch) }));
 }
+
+/** The environment that points the API and the commands at a spec's own Postgres database and ClickHouse database. */
+export function storesEnv(pg: { url: string }, ch: { url: string; database: string; config: { user: string; password: string } }): Record<string, string> {
+  return {
+    DATABASE_URL: pg.url,
+    CLICKHOUSE_URL: ch.url,
+    CLICKHOUSE_USER: ch.config.user,
+    CLICKHOUSE_PASSWORD: ch.config.password,
+    CLICKHOUSE_DATABASE: ch.database,
+  };
+}
