@@ -74,7 +74,7 @@ export class HttpExceptionFilter implements ExceptionFilter {
       this.logger.warn({ method: request.method, url: request.url, reason: (error as Error)?.message }, 'database could not serve the request; answered 503');
     }
     if (response.headersSent) return;
-    const otlpBody = otlpProtobufErrorBody(request, String(body.message ?? body.error ?? status));
+    const otlpBody = otlpProtobufErrorBody(request, status, String(body.message ?? body.error ?? status));
     if (otlpBody) {
       response.status(status).type(OTLP_PROTOBUF).send(otlpBody);
       return;

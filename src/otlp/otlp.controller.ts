@@ -38,7 +38,7 @@ export class OtlpController {
     description:
       'Body: an ExportTraceServiceRequest. Every span is stored as a span and as an observability node; ' +
       'a retried export replaces what it wrote before. A request with any invalid span writes nothing (400). ' +
-      'Error answers to a binary export are a protobuf google.rpc.Status (its message), as OTLP/HTTP prescribes; to OTLP/JSON, the JSON Error.',
+      'Error answers to a binary export are a protobuf google.rpc.Status (code and message), as OTLP/HTTP prescribes; to OTLP/JSON, the JSON Error.',
   })
   @ApiConsumes(OTLP_PROTOBUF, JSON_TYPE)
   @ApiBody({ schema: { type: 'object', properties: { resourceSpans: { type: 'array', items: { type: 'object' } } } } })

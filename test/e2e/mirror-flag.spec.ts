@@ -213,6 +213,18 @@ describe('USE_CLICKHOUSE on', () => {
       expect(metrics).toContain(`\n${series} 0\n`);
     }
   });
+
+  it('before any write, /metrics already has every table’s series at 0', async () => {
+    const fresh = await createTestApp({}, { clickhouse: true });
+    try {
+      const metrics = (await get(fresh, '/metrics').expect(200)).text;
+      for (const table of ['spans', 'nodes']) {
+        for (const series of ['mirror_rows_sent_total', 'mirror_queue_rows', 'mirror_queue_bytes']) expect(metrics).toContain(`\n${series}{table="${table}"} 0\n`);
+      }
+    } finally {
+      await fresh.close();
+    }
+  });
 });
 
 describe('CLICKHOUSE_PROJECT_IDS (gradual rollout)', () => {

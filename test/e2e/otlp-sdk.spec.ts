@@ -309,7 +309,7 @@ describe('OTLP/HTTP receiver', () => {
       // A binary export's error is a protobuf google.rpc.Status, as OTLP/HTTP prescribes.
       const garbage = await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/x-protobuf').send(Buffer.from('garbage garbage')).buffer(true).parse(binary).expect(400);
       expect(garbage.headers['content-type']).toMatch(/^application\/x-protobuf/);
-      expect(decodeRpcStatus(garbage.body)).toEqual({ code: 0, message: 'body: not a valid protobuf ExportTraceServiceRequest (invalid wire type 7 at offset 1)' });
+      expect(decodeRpcStatus(garbage.body)).toEqual({ code: 3, message: 'body: not a valid protobuf ExportTraceServiceRequest (invalid wire type 7 at offset 1)' }); // 3: INVALID_ARGUMENT
       await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/json').send('{"resourceSpans": [').expect(400);
     });
 
@@ -336,6 +336,18 @@ describe('OTLP/HTTP receiver', () => {
         .parse(binary)
         .expect(413);
       expect(decodeRpcStatus(res.body).message).toMatch(/larger than the limit/);
+    });
+
+    it('answers a binary export without a valid key with a Status saying UNAUTHENTICATED', async () => {
+      const res = await http()
+        .post('/otlp/v1/traces')
+        .set('Authorization', 'ApiKey not-a-key')
+        .set('Content-Type', 'application/x-protobuf')
+        .send(protobufRequest(traceId(), spanId()))
+        .buffer(true)
+        .parse(binary)
+        .expect(401);
+      expect(decodeRpcStatus(res.body).code).toBe(16);
     });
 
     it('answers 401 without a valid API key and writes nothing', async () => {

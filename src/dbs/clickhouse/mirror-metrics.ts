@@ -1,5 +1,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { NODE_TABLE } from './node-clickhouse-row.mapper';
 import { SEND_ERROR_KINDS } from './retry-policy';
+import { SPAN_TABLE } from './span-clickhouse-row.mapper';
 
 /** Why rows became gap records instead of being sent (mirror_rows_dropped_total's reason). */
 export const DROP_REASONS = ['queue_full', 'send_failed', 'shutdown_deadline', 'writer_closed', 'internal_error'] as const;
@@ -21,8 +23,9 @@ export type DropReason = (typeof DROP_REASONS)[number];
  *   mirror_breaker_state                  gauge: 0 closed, 1 half-open, 2 open
  *   mirror_lag_seconds                    histogram: from write() to confirmed insert, per row
  *
- * Counters start at 0 for every label value they can take: an alert on
- * increase() needs a series before the first event, not one that appears with it.
+ * Counters and the queue gauges start at 0 for every label value they can
+ * take: an alert on increase() needs a series before the first event, not
+ * one that appears with it.
  */
 export interface MirrorMetrics {
   queueRows: Gauge<'table'>;
@@ -110,5 +113,10 @@ export function createMirrorMetrics(registry: Registry): MirrorMetrics {
   };
   for (const kind of SEND_ERROR_KINDS) metrics.sendFailures.inc({ kind }, 0);
   for (const reason of DROP_REASONS) metrics.rowsDropped.inc({ reason }, 0);
+  for (const table of [SPAN_TABLE, NODE_TABLE]) {
+    metrics.rowsSent.inc({ table }, 0);
+    metrics.queueRows.set({ table }, 0);
+    metrics.queueBytes.set({ table }, 0);
+  }
   return metrics;
 }
