@@ -31,8 +31,8 @@ export function parseBody<T extends z.ZodTypeAny>(schema: T, body: unknown): z.o
   return parseOrRefuse(schema, body, '(body)');
 }
 
-/** Parses a path parameter, or answers 400 naming it (`traceId: must be 32 hex characters`). */
-export function parseParam<T extends z.ZodTypeAny>(schema: T, value: string, name: string): z.output<T> {
+/** Parses a path parameter (or an object of them), or answers 400 naming each bad one (`traceId: must be 32 hex characters`). */
+export function parseParam<T extends z.ZodTypeAny>(schema: T, value: unknown, name: string): z.output<T> {
   return parseOrRefuse(schema, value, name);
 }
 

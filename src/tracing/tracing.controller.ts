@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import { Body, Controller, Delete, Get, HttpCode, Inject, NotFoundException, Param, Post, Put } from '@nestjs/common';
 import { ApiBody, ApiOperation, ApiResponse, ApiSecurity, ApiTags } from '@nestjs/swagger';
 import { ProjectId } from '../auth/project-id.decorator';
@@ -8,6 +9,9 @@ import { openApiSchema, parseBody, parseParam } from '../http/zod-validation';
 import { spanIdSchema, spanKeysBodySchema, spansBodySchema, traceIdSchema } from './dto/span.schema';
 import { parseAnalyticsQuery, parseSpanQuery } from './span-query.parser';
 import { TracingService } from './tracing.service';
+
+/** Both ids of GET /tracing/spans/:traceId/:spanId, checked together so a 400 names each bad one. */
+const spanPathSchema = z.object({ traceId: traceIdSchema, spanId: spanIdSchema });
 
 @ApiTags('tracing')
 @ApiSecurity('ApiKey')
@@ -56,7 +60,8 @@ export class TracingController {
   @ApiResponse({ status: 200, description: 'The `span`' })
   @ApiResponse({ status: 404, description: 'No such span in this project' })
   async readSpan(@ProjectId() projectId: string, @Param('traceId') traceId: string, @Param('spanId') spanId: string) {
-    const key = { trace_id: parseParam(traceIdSchema, traceId, 'traceId'), span_id: parseParam(spanIdSchema, spanId, 'spanId') };
+    const { traceId: trace_id, spanId: span_id } = parseParam(spanPathSchema, { traceId, spanId }, '(path)');
+    const key = { trace_id, span_id };
     const [span] = await this.tracing.readSpans(projectId, [key]);
     if (!span) throw new NotFoundException(`span ${key.trace_id}/${key.span_id} not found`);
     return { span };

@@ -126,6 +126,10 @@ describe('REST: /tracing and /observability', () => {
       expect(res.body.errors).toEqual([{ field: 'traceId', message: 'must be 32 hex characters' }]);
       expect(res.body.message).toBe('traceId: must be 32 hex characters');
       expect((await http().get(`/tracing/spans/${traceId()}/zz`).set(auth).expect(400)).body.errors).toEqual([{ field: 'spanId', message: 'must be 16 hex characters' }]);
+      expect((await http().get('/tracing/spans/xyz/abc').set(auth).expect(400)).body.errors).toEqual([
+        { field: 'traceId', message: 'must be 32 hex characters' },
+        { field: 'spanId', message: 'must be 16 hex characters' },
+      ]);
       expect((await http().delete('/tracing/traces/zz').set(auth).expect(400)).body.errors).toEqual([{ field: 'traceId', message: 'must be 32 hex characters' }]);
       expect((await http().get('/observability/trees/zz').set(auth).expect(400)).body.errors).toEqual([{ field: 'treeId', message: 'must be a UUID' }]);
     });
