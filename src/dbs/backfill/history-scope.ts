@@ -1,8 +1,7 @@
 import { normalizeTimestamp } from '../../tracing/timestamp';
 import { MIRRORED_ENTITIES, MirroredEntity } from '../dual-write/mirrored-dao';
 
-/** The mirrored tables; each has the same name in Postgres and ClickHouse. */
-/** The history to copy and compare is the mirror's: the same entities. */
+/** The history to copy and compare is the mirror's: its tables, each named the same in Postgres and ClickHouse. */
 export const ENTITIES = MIRRORED_ENTITIES;
 export type Entity = MirroredEntity;
 

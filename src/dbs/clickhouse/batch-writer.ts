@@ -132,9 +132,6 @@ export interface BatchWriterDeps {
   random?: () => number;
 }
 
-/** Why rows became a gap; the Prometheus label, and the start of the gap record's reason. */
-export type { DropReason } from './mirror-metrics';
-
 /** Writing a gap record is retried this many times before the rows are declared lost (error log only). */
 const GAP_RECORD_ATTEMPTS = 3;
 

@@ -3,7 +3,7 @@ import { NODE_TABLE } from './node-clickhouse-row.mapper';
 import { SEND_ERROR_KINDS } from './retry-policy';
 import { SPAN_TABLE } from './span-clickhouse-row.mapper';
 
-/** Why rows became gap records instead of being sent (mirror_rows_dropped_total's reason). */
+/** Why rows became gap records instead of being sent: mirror_rows_dropped_total's reason, and the start of the gap record's. */
 export const DROP_REASONS = ['queue_full', 'send_failed', 'shutdown_deadline', 'writer_closed', 'internal_error'] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 

@@ -18,11 +18,11 @@ async function migrationSchema(db: Kysely<any>): Promise<string | undefined> {
 }
 
 export async function createMigrator(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_DIR): Promise<Migrator> {
-  return new Migrator({
-    db,
-    provider: new FileMigrationProvider({ fs, path, migrationFolder: folder }),
-    migrationTableSchema: await migrationSchema(db),
-  });
+  return migratorIn(db, await migrationSchema(db), folder);
+}
+
+function migratorIn(db: Kysely<any>, schema: string | undefined, folder: string): Migrator {
+  return new Migrator({ db, provider: new FileMigrationProvider({ fs, path, migrationFolder: folder }), migrationTableSchema: schema });
 }
 
 function raise(result: MigrationResultSet): MigrationResultSet {
@@ -66,7 +66,7 @@ export class SchemaBehindError extends OperatorError {
 
 export async function schemaState(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_DIR): Promise<SchemaState> {
   const schema = await migrationSchema(db);
-  const migrations = await (await createMigrator(db, folder)).getMigrations();
+  const migrations = await migratorIn(db, schema, folder).getMigrations();
   const known = new Set(migrations.map((m) => m.name));
   const { rows } = await sql<{ exists: boolean }>`
     select exists (select 1 from information_schema.tables where table_schema = ${schema ?? null} and table_name = ${DEFAULT_MIGRATION_TABLE}) as exists`.execute(db);

@@ -6,8 +6,8 @@ import { SpansConflictError, SpansNotFoundError, TracingDao } from '../../tracin
 import { DB, SpanRow } from './database';
 import { KYSELY } from './postgres.tokens';
 import { querySpans, spanAnalytics } from './postgres-span-query';
-import { traceIdToUuid } from '../../tracing/trace-id';
-import { spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
+import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
+import { bytesToSpanId, spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
 import { inCallersOrder, inLockOrder } from './lock-order';
 
 /** Postgres's parameter limit is 65535; a span row binds 20 values. */
@@ -189,7 +189,7 @@ export class PostgresTracingDao implements TracingDao {
         join spans s on s.project_id = ${projectId} and s.trace_id = k.trace_id and s.span_id = k.span_id
         order by s.trace_id, s.span_id
         for update of s`.execute(trx);
-      for (const r of rows) existing.add(`${r.trace_id.replace(/-/g, '')}/${r.span_id.toString('hex')}`);
+      for (const r of rows) existing.add(keyOf({ trace_id: uuidToTraceId(r.trace_id), span_id: bytesToSpanId(r.span_id) }));
     }
     return existing;
   }
