@@ -6,38 +6,39 @@ import { DB } from '../src/dbs/postgres/database';
 import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
 import { migrateToLatest } from '../src/dbs/postgres/postgres-migrator';
+import { parseFlags } from './cli/flags';
 import { runCli, UsageError } from './cli/run-cli';
 
 const USAGE = `usage: npm run apikey -- <command>
 
   create --project <uuid>   create a key for a project; the key is printed alone on the last line
   list [--project <uuid>]   list keys (prefixes only; keys are stored hashed)
-  revoke --id <key id>      revoke a key`;
+  revoke --id <key id>      revoke a key; running APIs refuse it within ${ApiKeyService.TRUST_SECONDS} s`;
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-function option(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  if (i === -1) return undefined;
-  const value = args[i + 1];
-  if (!value || value.startsWith('--')) throw new UsageError(`${name} needs a value`);
-  return value;
-}
+/** Each command's flags, and whether it needs them: anything else is refused before Postgres is touched. */
+const COMMANDS: Record<string, { flag: '--project' | '--id'; required: boolean }> = {
+  create: { flag: '--project', required: true },
+  list: { flag: '--project', required: false },
+  revoke: { flag: '--id', required: true },
+};
 
-function uuidOption(args: string[], name: string): string | undefined {
-  const value = option(args, name);
-  if (value !== undefined && !UUID_RE.test(value)) throw new UsageError(`${name} must be a UUID, got "${value}"`);
-  return value?.toLowerCase();
+function parseArgs(args: string[]): { command: string; projectId?: string; id?: string } {
+  const [command, ...rest] = args;
+  const shape = COMMANDS[command ?? ''];
+  if (!shape) throw new UsageError(command ? `unknown command "${command}"` : 'missing command');
+  const value = parseFlags(rest, [shape.flag], []).values.get(shape.flag);
+  if (value === undefined) {
+    if (shape.required) throw new UsageError(`${command} needs ${shape.flag} <${shape.flag === '--id' ? 'key id' : 'uuid'}>`);
+    return { command };
+  }
+  if (!UUID_RE.test(value)) throw new UsageError(`${shape.flag} must be a UUID, got "${value}"`);
+  return { command, [shape.flag === '--id' ? 'id' : 'projectId']: value.toLowerCase() };
 }
 
 runCli(USAGE, async (args, log) => {
-  const [command] = args;
-  if (!['create', 'list', 'revoke'].includes(command ?? '')) throw new UsageError(command ? `unknown command "${command}"` : 'missing command');
-  const projectId = uuidOption(args, '--project');
-  const id = uuidOption(args, '--id');
-  if (command === 'create' && !projectId) throw new UsageError('create needs --project <uuid>');
-  if (command === 'revoke' && !id) throw new UsageError('revoke needs --id <key id>');
-
+  const { command, projectId, id } = parseArgs(args);
   const config = parseConfig();
   const server = await resolvePostgres(config.postgres, log);
   const db: Kysely<DB> = createKysely(createPool(server.url, 1));
@@ -54,7 +55,7 @@ runCli(USAGE, async (args, log) => {
       }
     } else {
       if (!(await keys.revoke(id!))) throw new Error(`no active key with id ${id}`);
-      log(`revoked key ${id}`);
+      log(`revoked key ${id}; running APIs refuse it within ${ApiKeyService.TRUST_SECONDS} s (they trust a key they checked for that long)`);
     }
   } finally {
     await db.destroy();

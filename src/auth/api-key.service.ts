@@ -2,12 +2,17 @@ import { Injectable } from '@nestjs/common';
 import { displayPrefix, generateApiKey, hashApiKey } from './api-key';
 import { ApiKeysRepository } from './api-keys.repository';
 
-/** How long a verified key is trusted without asking Postgres again (revocation delay). */
-const CACHE_TTL_MS = 30_000;
 const CACHE_MAX = 10_000;
 
 @Injectable()
 export class ApiKeyService {
+  /**
+   * How long a verified key is trusted without asking Postgres again: every
+   * request would otherwise cost a query. A key revoked from another process
+   * (`npm run apikey -- revoke`) is refused by a running API within this time.
+   */
+  static readonly TRUST_SECONDS = 30;
+
   private readonly cache = new Map<string, { projectId: string; until: number }>();
 
   constructor(private readonly keys: ApiKeysRepository) {}
@@ -30,7 +35,7 @@ export class ApiKeyService {
       return null;
     }
     if (this.cache.size >= CACHE_MAX) this.cache.clear();
-    this.cache.set(hash, { projectId: row.project_id, until: Date.now() + CACHE_TTL_MS });
+    this.cache.set(hash, { projectId: row.project_id, until: Date.now() + ApiKeyService.TRUST_SECONDS * 1000 });
     return row.project_id;
   }
 

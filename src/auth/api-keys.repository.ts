@@ -1,5 +1,5 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { Kysely } from 'kysely';
+import { Kysely, sql } from 'kysely';
 import { DB } from '../dbs/postgres/database';
 import { KYSELY } from '../dbs/postgres/postgres.tokens';
 
@@ -25,7 +25,7 @@ export class ApiKeysRepository {
   }
 
   revoke(id: string) {
-    return this.db.updateTable('api_keys').set({ revoked_at: new Date().toISOString() }).where('id', '=', id).where('revoked_at', 'is', null).executeTakeFirst();
+    return this.db.updateTable('api_keys').set({ revoked_at: sql`now()` }).where('id', '=', id).where('revoked_at', 'is', null).executeTakeFirst();
   }
 
   list(projectId?: string) {

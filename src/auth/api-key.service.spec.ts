@@ -1,0 +1,65 @@
+import { ApiKeyService } from './api-key.service';
+import { ApiKeysRepository } from './api-keys.repository';
+
+/** The api_keys table as the service sees it: rows by hash, revocable from "another process" (the test). */
+class FakeKeys {
+  readonly rows: Array<{ id: string; project_id: string; key_hash: string; prefix: string; revoked: boolean }> = [];
+  lookups = 0;
+
+  async insert(projectId: string, keyHash: string, prefix: string) {
+    const row = { id: `id-${this.rows.length}`, project_id: projectId, key_hash: keyHash, prefix, revoked: false };
+    this.rows.push(row);
+    return { id: row.id, project_id: projectId, prefix, created_at: new Date() };
+  }
+
+  async findActiveByHash(keyHash: string) {
+    this.lookups++;
+    const row = this.rows.find((r) => r.key_hash === keyHash && !r.revoked);
+    return row && { id: row.id, project_id: row.project_id };
+  }
+
+  async revoke(id: string) {
+    const row = this.rows.find((r) => r.id === id && !r.revoked);
+    if (row) row.revoked = true;
+    return { numUpdatedRows: BigInt(row ? 1 : 0) };
+  }
+}
+
+describe('ApiKeyService', () => {
+  const project = '7d1e0e3c-0000-4000-8000-000000000001';
+  let keys: FakeKeys;
+  let service: ApiKeyService;
+
+  beforeEach(() => {
+    jest.useFakeTimers({ now: new Date('2026-12-03T12:00:00Z') });
+    keys = new FakeKeys();
+    service = new ApiKeyService(keys as unknown as ApiKeysRepository);
+  });
+  afterEach(() => jest.useRealTimers());
+
+  it('asks Postgres once per key within the trust window', async () => {
+    const { key } = await service.create(project);
+    for (let i = 0; i < 5; i++) expect(await service.projectOf(key)).toBe(project);
+    expect(keys.lookups).toBe(1);
+    expect(await service.projectOf('tk_not-a-key')).toBeNull();
+  });
+
+  it('refuses a key revoked elsewhere once the trust window has passed, and not before', async () => {
+    const { id, key } = await service.create(project);
+    expect(await service.projectOf(key)).toBe(project);
+    await keys.revoke(id); // `npm run apikey -- revoke`: another process, this service's cache is untouched
+
+    jest.setSystemTime(Date.now() + ApiKeyService.TRUST_SECONDS * 1000 - 1);
+    expect(await service.projectOf(key)).toBe(project);
+    jest.setSystemTime(Date.now() + 1);
+    expect(await service.projectOf(key)).toBeNull();
+  });
+
+  it('refuses a key it revoked itself at once', async () => {
+    const { id, key } = await service.create(project);
+    expect(await service.projectOf(key)).toBe(project);
+    expect(await service.revoke(id)).toBe(true);
+    expect(await service.projectOf(key)).toBeNull();
+    expect(await service.revoke(id)).toBe(false);
+  });
+});
