@@ -5,7 +5,7 @@ import { parseConfig } from '../src/config/app-config';
 import { DB } from '../src/dbs/postgres/database';
 import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
-import { migrateToLatest } from '../src/dbs/postgres/postgres-migrator';
+import { prepareSchema } from '../src/dbs/postgres/postgres-migrator';
 import { parseFlags } from './cli/flags';
 import { runCli, UsageError } from './cli/run-cli';
 
@@ -43,7 +43,7 @@ runCli(USAGE, async (args, log) => {
   const server = await resolvePostgres(config.postgres, log);
   const db: Kysely<DB> = createKysely(createPool(server.url, 1));
   try {
-    if (config.postgres.migrateOnStart) await migrateToLatest(db);
+    await prepareSchema(db, config.postgres.migrateOnStart);
     const keys = new ApiKeyService(new ApiKeysRepository(db));
     if (command === 'create') {
       const created = await keys.create(projectId!);

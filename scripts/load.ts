@@ -12,7 +12,7 @@ import { clickHouseClientOptions } from '../src/dbs/clickhouse/clickhouse-client
 import { resolveClickHouse } from '../src/dbs/clickhouse/local-clickhouse';
 import { DB } from '../src/dbs/postgres/database';
 import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
-import { migrateToLatest } from '../src/dbs/postgres/postgres-migrator';
+import { prepareSchema } from '../src/dbs/postgres/postgres-migrator';
 import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
 import { ApiProcess, ensureApiBuild, ROOT, startApiProcess } from '../test/support/api-process';
 import { parseFlags, positiveInt } from './cli/flags';
@@ -184,7 +184,7 @@ async function openStores(source: Record<string, string | undefined>, log: (line
   const postgres = await resolvePostgres(config.postgres, log);
   const clickhouse = await resolveClickHouse(config.clickhouse, log);
   const db = createKysely(createPool(postgres.url, 2));
-  await migrateToLatest(db);
+  await prepareSchema(db, config.postgres.migrateOnStart);
   const env: Record<string, string> = {
     DATABASE_URL: postgres.url,
     USE_CLICKHOUSE: 'true',

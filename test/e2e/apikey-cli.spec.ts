@@ -1,6 +1,9 @@
 import request from 'supertest';
 import { createTestApp, TestApp } from '../support/app';
+import { sql } from 'kysely';
+import { migrateDown } from '../../src/dbs/postgres/postgres-migrator';
 import { runCommand } from '../support/commands';
+import { createTestDatabase, TestDatabase } from '../support/postgres';
 
 /** `npm run apikey` as an operator runs it, against the database a running API serves from. */
 describe('npm run apikey', () => {
@@ -73,5 +76,40 @@ describe('npm run apikey', () => {
       expect(run.stderr).toContain('usage: npm run apikey -- <command>\n');
     }
     expect(await keyCount()).toBe(before);
+  });
+});
+
+/** The command on a schema that is not this build's, as the API treats it (postgres-migrations.spec). */
+describe('npm run apikey on a schema that is not this build\'s', () => {
+  let test: TestDatabase;
+  beforeAll(async () => (test = await createTestDatabase()));
+  afterAll(async () => test.drop());
+
+  const projectId = '7d1e0e3c-0000-4000-8000-0000000000a2';
+  const create = (env: Record<string, string> = {}) => runCommand('apikey', ['create', '--project', projectId], { DATABASE_URL: test.url, ...env });
+
+  it('uses a database a newer build migrated (Kysely alone calls it corrupted)', async () => {
+    await sql`insert into kysely_migration (name, timestamp) values ('9999_from_a_newer_build', ${new Date().toISOString()})`.execute(test.db);
+    try {
+      const run = await create();
+      expect(run.code).toBe(0);
+      expect(run.stdout.trim()).toMatch(/^tk_/);
+    } finally {
+      await sql`delete from kysely_migration where name = '9999_from_a_newer_build'`.execute(test.db);
+    }
+  });
+
+  it('with MIGRATE_ON_START=false and a migration pending, says what to run and writes nothing; with it on, migrates', async () => {
+    await migrateDown(test.db, true);
+    const refused = await create({ MIGRATE_ON_START: 'false' });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(
+      'error: the Postgres schema is behind this build: pending migrations 0001_initial. Run `npm run migrate` (or set MIGRATE_ON_START=true), then try again.\n',
+    );
+    const { rows } = await sql<{ table: string | null }>`select to_regclass('api_keys')::text as table`.execute(test.db);
+    expect(rows[0].table).toBeNull();
+
+    expect((await create({ MIGRATE_ON_START: 'true' })).code).toBe(0);
+    expect(await test.db.selectFrom('api_keys').select('project_id').execute()).toEqual([{ project_id: projectId }]);
   });
 });

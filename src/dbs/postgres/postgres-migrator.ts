@@ -58,7 +58,7 @@ export class SchemaBehindError extends OperatorError {
   constructor(readonly pending: string[]) {
     super(
       `the Postgres schema is behind this build: pending migrations ${pending.join(', ')}. ` +
-        'Run `npm run migrate` (or start with MIGRATE_ON_START=true), then start again.',
+        'Run `npm run migrate` (or set MIGRATE_ON_START=true), then try again.',
     );
     this.name = 'SchemaBehindError';
   }
@@ -78,4 +78,21 @@ export async function schemaState(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_
     pending: migrations.filter((m) => !m.executedAt).map((m) => m.name),
     unknown: executed.filter((name) => !known.has(name)),
   };
+}
+
+/**
+ * Makes a database's schema this build's before a process uses it: applies
+ * pending migrations when `migrate` (MIGRATE_ON_START), else refuses with
+ * SchemaBehindError, instead of failing later on a missing table. A database
+ * a newer build migrated is used as it is (README "Migrations": a release's
+ * migration only adds what the release before can ignore); Kysely's
+ * migrateToLatest would call it corrupted, so it runs only when something of
+ * this build's is pending.
+ */
+export async function prepareSchema(db: Kysely<any>, migrate: boolean): Promise<{ applied: string[]; unknown: string[] }> {
+  const { pending, unknown } = await schemaState(db);
+  if (pending.length === 0) return { applied: [], unknown };
+  if (!migrate) throw new SchemaBehindError(pending);
+  const result = await migrateToLatest(db);
+  return { applied: result.results?.map((r) => r.migrationName) ?? [], unknown };
 }

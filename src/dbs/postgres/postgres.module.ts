@@ -1,5 +1,5 @@
 import { Global, Inject, Logger, Module, OnApplicationShutdown } from '@nestjs/common';
-import { Kysely } from 'kysely';
+import { Kysely, sql } from 'kysely';
 import { Pool } from 'pg';
 import { Registry } from 'prom-client';
 import { AppConfig } from '../../config/app-config';
@@ -10,7 +10,7 @@ import { resolvePostgres, ResolvedPostgres } from './local-postgres';
 import { PG_POOL, KYSELY } from './postgres.tokens';
 import { createKysely, createPool } from './postgres-pool';
 import { registerPoolMetrics } from './postgres-metrics';
-import { migrateToLatest, SchemaBehindError, schemaState } from './postgres-migrator';
+import { prepareSchema } from './postgres-migrator';
 import { PostgresObservabilityDao } from './postgres-observability.dao';
 import { PostgresTracingDao } from './postgres-tracing.dao';
 import { OperatorError } from '../../config/operator-error';
@@ -33,19 +33,16 @@ const RESOLVED_POSTGRES = Symbol('RESOLVED_POSTGRES');
  * starting beside the first waits on Kysely's migration lock until the first
  * has finished, however long that takes.
  */
-async function prepareSchema(url: string, migrateOnStart: boolean): Promise<void> {
+async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promise<void> {
   const logger = new Logger('Postgres');
   const db = createKysely(createPool(url, 1));
   try {
-    const { pending, unknown } = await schemaState(db).catch((error: Error) => {
+    await sql`select 1`.execute(db).catch((error: Error) => {
       // The first query of the start: a wrong DATABASE_URL, a server that is down, a refused password.
       throw new OperatorError(`could not use Postgres at ${redactUrl(url)}: ${error.message}`);
     });
+    const { applied, unknown } = await prepareSchema(db, migrateOnStart);
     if (unknown.length) logger.warn(`the database has migrations this build does not know (${unknown.join(', ')}): a newer build migrated it`);
-    if (pending.length === 0) return;
-    if (!migrateOnStart) throw new SchemaBehindError(pending);
-    const result = await migrateToLatest(db);
-    const applied = result.results?.map((r) => r.migrationName) ?? [];
     if (applied.length) logger.log(`applied migrations: ${applied.join(', ')}`);
   } finally {
     await db.destroy();
@@ -54,7 +51,7 @@ async function prepareSchema(url: string, migrateOnStart: boolean): Promise<void
 
 /**
  * The system of record. Resolves the server (DATABASE_URL or the embedded
- * default), makes sure its schema is this build's (prepareSchema), and owns
+ * default), makes sure its schema is this build's (prepareSchemaAtStart), and owns
  * the pool's lifetime.
  */
 @Global()
@@ -83,7 +80,7 @@ async function prepareSchema(url: string, migrateOnStart: boolean): Promise<void
       provide: KYSELY,
       inject: [APP_CONFIG, RESOLVED_POSTGRES, PG_POOL],
       useFactory: async (config: AppConfig, server: ResolvedPostgres, pool: Pool) => {
-        await prepareSchema(server.url, config.postgres.migrateOnStart);
+        await prepareSchemaAtStart(server.url, config.postgres.migrateOnStart);
         return createKysely(pool);
       },
     },
