@@ -573,6 +573,17 @@ describe('BatchWriter', () => {
       expect(logger.entries.filter((e) => e.msg.includes('has room again'))).toEqual([expect.objectContaining({ obj: { rowsRecordedAsGaps: 3 } })]);
     });
 
+    it('turns away a row bigger than the whole bound alone, and goes on queueing the rows after it', async () => {
+      const { sink, writer, gaps, logger } = setup({ queueMaxBytes: 3 * ROW });
+      writer.write([spanRow(1, { bytes: 5 * ROW }), ...rows(2, 2)]);
+      expect(writer.full).toBe(false);
+      writer.write(rows(4, 1));
+      await writer.drain();
+      expect(sink.sentLines().map((line) => line.replace(/\.+$/, ''))).toEqual(['r2', 'r3', 'r4']);
+      expect(gaps.recorded).toEqual([expect.objectContaining({ keys: [spanRow(1).key], reason: 'queue_full' })]);
+      expect(logger.entries.filter((e) => e.msg.includes('larger than the whole queue bound'))).toHaveLength(1);
+    });
+
     it('records rows a producer hands over without lines (writeOverflow) as queue_full gaps, never queueing them', async () => {
       const { writer, gaps, registry } = setup({ queueMaxBytes: ROW });
       writer.write(rows(1, 2));

@@ -260,7 +260,8 @@ export class BatchWriter {
    * waits: the caller has already committed to Postgres and must not notice
    * the mirror. Rows past the memory bound become gap records (newest
    * dropped: the queue keeps the rows that arrived first, in order, and the
-   * gap covers one contiguous tail of this call).
+   * gap covers one contiguous tail of this call). A row bigger than the
+   * whole bound is turned away by itself.
    */
   write(rows: MirrorRow[]): void {
     // Rows before this index are queued or already handed to a gap; the rest are what an internal failure must account for.
@@ -280,6 +281,13 @@ export class BatchWriter {
         const lineBytes = Buffer.byteLength(row.line, 'utf8');
         const bytes = recordBytes(fieldBytes, lineBytes);
         if (this.queuedBytes + bytes > this.options.queueMaxBytes) {
+          if (this.queuedRows === 0) {
+            // A row bigger than the whole bound never fits. With nothing queued or in flight no row would
+            // ever leave to clear a "full" flag, so it is turned away alone and the rows after it still fit.
+            this.logger.warn({ bytes, queueMaxBytes: this.options.queueMaxBytes }, 'mirror row is larger than the whole queue bound; recording it as a gap');
+            this.dropIntoGaps([row], 'queue_full');
+            continue;
+          }
           this.queueFull = true;
           break;
         }
