@@ -2,11 +2,12 @@ import { Transform } from 'node:stream';
 import { ClickHouseClient } from '@clickhouse/client';
 import { Kysely, sql } from 'kysely';
 import { Client } from 'pg';
-import { Backfill, planBackfill } from '../../src/dbs/backfill/backfill';
+import { Backfill, BatchGrewError, planBackfill } from '../../src/dbs/backfill/backfill';
 import { RunInProgressError } from '../../src/dbs/backfill/backfill-checkpoints.repository';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { GapReplay } from '../../src/dbs/backfill/gap-replay';
 import { HistoryScope, runKeyOf } from '../../src/dbs/backfill/history-scope';
+import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
 import { Verifier } from '../../src/dbs/backfill/verify';
 import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
@@ -156,6 +157,56 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(await planBackfill(pg.db, ALL_NODES)).toMatchObject({ rows: 300, checkpoint: 'new' });
     expect(await pg.db.selectFrom('backfill_checkpoints').selectAll().execute()).toEqual([]);
     expect(await liveCount(ch.clients.query, 'spans', false)).toBe(0);
+  });
+
+  describe('when writes commit into a batch\'s range after its bound was taken', () => {
+    /**
+     * Rows whose INSERT read the clock before the run's bound and commit only now, just after the
+     * first row: they land inside the first batch, after bound() counted it and before its COPY.
+     */
+    function commitIntoFirstBatch(rows: number) {
+      const original = KeysetReader.prototype.bound;
+      let done = false;
+      return jest.spyOn(KeysetReader.prototype, 'bound').mockImplementation(async function (this: KeysetReader<unknown>, ...args) {
+        const end = await original.apply(this, args);
+        if (end && !done) {
+          done = true;
+          await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code, created_at, updated_at)
+            select first.project_id, gen_random_uuid(), decode(lpad(to_hex(g), 16, '0'), 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'late',
+                   first.start_time, first.end_time, 'STATUS_CODE_OK', first.created_at + g * interval '1 microsecond', first.created_at + g * interval '1 microsecond'
+            from (select * from spans order by created_at limit 1) first, generate_series(1, ${rows}) g`.execute(pg.db);
+        }
+        return end;
+      });
+    }
+
+    afterEach(() => jest.restoreAllMocks());
+
+    it('copies the whole range, the rows that came in and the batch\'s last rows alike', async () => {
+      await seedSpans(pg.db, { projects: [P1], days: 1, rows: 30 });
+      commitIntoFirstBatch(3);
+      const result = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 10, batchBytes: 16 << 20 });
+      expect(result).toMatchObject({ outcome: 'complete', rowsCopied: 33, batches: 3 });
+      const report = await new Verifier(pg.db, history).verify([ALL_SPANS]);
+      expect(report.differing).toEqual([]);
+      expect(report.rows).toEqual({ postgres: 33, clickhouse: 33 });
+    });
+
+    it('stops before the checkpoint when a batch doubled (its COPY may be cut short), and a rerun copies it', async () => {
+      await seedSpans(pg.db, { projects: [P1], days: 1, rows: 30 });
+      commitIntoFirstBatch(10);
+      await expect(new Backfill(pg, history).run(ALL_SPANS, { batchRows: 10, batchBytes: 16 << 20 })).rejects.toThrow(BatchGrewError);
+      expect(await pg.db.selectFrom('backfill_checkpoints').select(['status', 'rows_copied', 'cursor']).executeTakeFirstOrThrow()).toEqual({
+        status: 'running',
+        rows_copied: '0',
+        cursor: null,
+      });
+      jest.restoreAllMocks();
+
+      const resumed = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 10, batchBytes: 16 << 20 });
+      expect(resumed).toMatchObject({ outcome: 'complete', resumed: true, totalRowsCopied: 40 });
+      expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
+    });
   });
 
   it('resumes from the last accepted batch after a failure, and refuses a second concurrent run of the same scope', async () => {

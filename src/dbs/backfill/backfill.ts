@@ -12,6 +12,17 @@ import { copyOut } from './copy/postgres-copy-out';
 import { KeysetReader } from './keyset-reader';
 import { HistoryProgress, silentProgress } from './progress';
 
+/** A batch's range gained as many rows as it had while it was copied; the copy stops before it. */
+export class BatchGrewError extends Error {
+  override name = 'BatchGrewError';
+  constructor(entity: string, counted: number, streamed: number) {
+    super(
+      `a batch of ${entity} grew from ${counted} to at least ${streamed} rows while it was copied (writes committing into ` +
+        'the history being copied); nothing after the last checkpoint is skipped: run the same command again to resume',
+    );
+  }
+}
+
 /** Postgres as the backfill reads it: queries through Kysely, COPY on the pool's connections. */
 export interface HistoryDatabase {
   db: Kysely<DB>;
@@ -141,23 +152,24 @@ export class Backfill {
         const end = await reader.bound(scope, cursor, limits, upperBound);
         if (!end) break;
         const from = cursor;
-        const statement = reader.copyStatement(scope, from, end, upperBound);
+        const copy = reader.copyStatement(scope, from, end, upperBound);
         // Names this batch of this run: a retry, or a resume re-sending a batch that landed just before
         // the process died, is dropped by ClickHouse; --restart has a new bound, so new tokens.
         const token = createHash('sha256').update(JSON.stringify([runKey, upperBound, from, end.last, end.rows])).digest('hex');
         let sent!: () => void;
         const streamed = new Promise<void>((resolve) => (sent = resolve));
+        let compacted!: CompactJsonbColumns;
         const insert = this.clickhouse.insertTabSeparated(
           entity.table,
           entity.copy.columns,
           async () => {
-            const out = await copyOut(this.postgres.pool, statement);
+            const out = await copyOut(this.postgres.pool, copy.statement);
             out.once('end', sent);
-            const rows = new CompactJsonbColumns(entity.copy.columns.length, entity.copy.jsonColumns);
+            compacted = new CompactJsonbColumns(entity.copy.columns.length, entity.copy.jsonColumns);
             // pipeline, not pipe: a failure on either side (a Postgres error, a bad line, ClickHouse
             // hanging up) destroys both, so the insert fails at once and the COPY's connection is discarded.
-            pipeline(out, rows, () => undefined);
-            return rows;
+            pipeline(out, compacted, () => undefined);
+            return compacted;
           },
           token,
         );
@@ -167,10 +179,14 @@ export class Backfill {
           const [inserted, before] = await Promise.allSettled([insert, previous]);
           if (before.status === 'rejected') throw before.reason;
           if (inserted.status === 'rejected') throw inserted.reason;
-          await this.checkpoints.advance(runKey, end.last, end.rows, lock);
-          rows += end.rows;
+          // The COPY filled its limit: rows may have been left out before the batch's end (copyStatement),
+          // so the checkpoint stays before the batch and a rerun copies it again, as it then stands.
+          const copied = compacted.lines;
+          if (copied >= copy.limit) throw new BatchGrewError(scope.entity, end.rows, copied);
+          await this.checkpoints.advance(runKey, end.last, copied, lock);
+          rows += copied;
           batches += 1;
-          progress.advance(end.rows, end.last);
+          progress.advance(copied, end.last);
         })();
         landed.catch(() => undefined);
         // Postgres has sent this batch (or the insert failed); once the one before has landed, go on.

@@ -109,22 +109,29 @@ export class KeysetReader<Row> {
   }
 
   /**
-   * A COPY ... TO STDOUT of exactly the rows a bound() ends: after the
-   * cursor, up to and including its last row, as the entity's ClickHouse
-   * columns (entity.copy). The LIMIT is redundant for the result but not for
+   * A COPY ... TO STDOUT of the rows a bound() ends: after the cursor, up to
+   * and including its last row, as the entity's ClickHouse columns
+   * (entity.copy), and `limit`, the most rows it may stream.
+   *
+   * The range, not the limit, is the batch: a write whose INSERT read the
+   * clock before the run's bound can commit into the range after bound()
+   * counted it, and a limit of bound()'s count would then push the batch's
+   * last rows out, behind a checkpoint past them. The limit is there for
    * the planner, which otherwise prefers a sequential scan and a sort to the
-   * index for a range between two row comparisons.
+   * index for a range between two row comparisons; it is twice the count,
+   * and a COPY that fills it may have been cut short (see Backfill).
    */
-  copyStatement(scope: HistoryScope, after: string[] | null, end: KeysetBound, upperBound?: string): string {
+  copyStatement(scope: HistoryScope, after: string[] | null, end: KeysetBound, upperBound?: string): { statement: string; limit: number } {
     const key = this.keyColumns();
     const last = sql.join(this.entity.keyset.map((k, i) => k.bind(inlined(end.last[i]))));
+    const limit = 2 * end.rows;
     const query = sql`copy (
         select ${this.entity.copy.select} from ${sql.table(this.entity.table)}
         where ${this.conditions(scope, after, upperBound, inlined)} and (${key}) <= (${last})
         order by ${key}
-        limit ${sql.lit(end.rows)}
+        limit ${sql.lit(limit)}
       ) to stdout`.compile(this.db);
-    return withoutParameters(query);
+    return { statement: withoutParameters(query), limit };
   }
 
   /** Rows of the scope after the cursor: the progress total. */

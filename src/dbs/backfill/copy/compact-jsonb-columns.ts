@@ -17,6 +17,8 @@ export class CompactJsonbColumns extends Transform {
   private readonly decoder = new StringDecoder('utf8');
   private partial = '';
   private readonly plainColumns: number;
+  /** Lines passed through so far. */
+  lines = 0;
 
   constructor(
     private readonly columns: number,
@@ -51,6 +53,7 @@ export class CompactJsonbColumns extends Transform {
       for (let start = 0; start < end; ) {
         const newline = text.indexOf(NEWLINE, start);
         out += this.line(text, start, newline);
+        this.lines++;
         start = newline + 1;
       }
     } catch (error) {
