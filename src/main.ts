@@ -5,11 +5,18 @@ import { createApp } from './bootstrap';
 import { AppConfig, parseConfig } from './config/app-config';
 import { OperatorError } from './config/operator-error';
 import { APP_CONFIG } from './config/config.module';
+import { InFlightSessions } from './dbs/postgres/in-flight-sessions';
+
+/** After ending the sessions of requests it gave up on, how long shutdown lets those requests answer (503). */
+const ANSWER_GRACE_MS = 1_000;
 
 /**
  * Graceful shutdown: on SIGTERM/SIGINT stop accepting connections, let
- * in-flight requests finish (up to SHUTDOWN_TIMEOUT_MS), then close the app,
- * which flushes the mirror and closes the pools in Nest's shutdown hooks.
+ * in-flight requests finish (up to SHUTDOWN_TIMEOUT_MS), end the Postgres
+ * sessions of any still running (their transactions roll back and they
+ * answer 503; see InFlightSessions), close the connections, then close the
+ * app, which waits for mirrored writes to settle, flushes the mirror and
+ * closes the pools in Nest's shutdown hooks.
  */
 async function main(): Promise<void> {
   // Fail fast with a readable message before Nest starts (it would wrap the error in a DI stack trace).
@@ -34,9 +41,19 @@ async function main(): Promise<void> {
     const server = app.getHttpServer() as Server;
     // Keep-alive clients would otherwise hold their sockets open until the idle timeout.
     server.on('request', (_req, res) => res.setHeader('Connection', 'close'));
-    const drained = new Promise<void>((resolve) => server.close(() => resolve()));
-    const timeout = new Promise<void>((resolve) => setTimeout(resolve, config.http.shutdownTimeoutMs).unref());
-    await Promise.race([drained, timeout]);
+    const drained = new Promise<boolean>((resolve) => server.close(() => resolve(true)));
+    const timedOut = (ms: number) => new Promise<boolean>((resolve) => setTimeout(() => resolve(false), ms).unref());
+    const finished = await Promise.race([drained, timedOut(config.http.shutdownTimeoutMs)]);
+    // Sessions still lent out belong to requests given up on, or to requests whose clients hung up
+    // (the server counts connections, not handlers): nothing they write now would reach anyone.
+    const ended = await app
+      .get(InFlightSessions)
+      .end()
+      .catch((error: Error) => (logger.warn(`could not end in-flight Postgres sessions: ${error.message}`, 'Main'), 0));
+    if (ended > 0) {
+      logger.warn(`${finished ? 'requests whose clients hung up' : `requests still running after ${config.http.shutdownTimeoutMs} ms`}: ended their ${ended} Postgres sessions (their transactions roll back)`, 'Main');
+      if (!finished) await Promise.race([drained, timedOut(ANSWER_GRACE_MS)]);
+    }
     server.closeAllConnections();
     await app.close();
     logger.log('shut down cleanly', 'Main');

@@ -175,11 +175,23 @@ function afterSchema(sink: MirrorSink, ensureSchema: () => Promise<boolean>, tim
   exports: [MIRROR, MIRROR_HEALTH],
 })
 export class MirrorModule implements BeforeApplicationShutdown, OnApplicationShutdown {
-  constructor(@Inject(MIRROR) private readonly runtime: MirrorRuntime | null) {}
+  constructor(
+    @Inject(MIRROR) private readonly runtime: MirrorRuntime | null,
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
+  ) {}
 
-  /** Before the pools close: flush what is queued within the deadline; the rest becomes gaps in Postgres. */
+  /**
+   * Before the pools close: wait for writes still on their way to Postgres
+   * (main.ts has ended their sessions if it gave up on their requests), then
+   * flush what is queued within the deadline; the rest becomes gaps in Postgres.
+   */
   async beforeApplicationShutdown(): Promise<void> {
-    await this.runtime?.writer.shutdown();
+    if (!this.runtime) return;
+    const unsettled = await this.runtime.mirror.writesSettled(this.config.mirror.shutdownDeadlineMs);
+    if (unsettled > 0) {
+      new Logger('Mirror').warn(`${unsettled} writes were still waiting on Postgres at shutdown; if they commit, run \`npm run verify -- --repair\``);
+    }
+    await this.runtime.writer.shutdown();
   }
 
   async onApplicationShutdown(): Promise<void> {

@@ -40,6 +40,9 @@ export class Mirror implements MirrorTarget {
   private readonly backlog: Accepted[] = [];
   private backlogRecords = 0;
   private scheduled = false;
+  /** Mirrored writes on their way to Postgres, and who waits for there to be none. */
+  private writesInFlight = 0;
+  private readonly onNoWritesInFlight: Array<() => void> = [];
 
   constructor(
     private readonly writer: BatchWriter,
@@ -59,6 +62,35 @@ export class Mirror implements MirrorTarget {
 
   mirrors(projectId: string): boolean {
     return this.projects === null || this.projects.has(projectId);
+  }
+
+  started(): () => void {
+    this.writesInFlight++;
+    let settled = false;
+    return () => {
+      if (settled) return;
+      settled = true;
+      if (--this.writesInFlight === 0) for (const wake of this.onNoWritesInFlight.splice(0)) wake();
+    };
+  }
+
+  /**
+   * Waits until no mirrored write is still on its way to Postgres, or for
+   * `timeoutMs`; resolves to how many still are. Shutdown calls it before
+   * closing the writer: a write that commits after that would find the
+   * writer closed and its gap record racing the pool's end.
+   */
+  async writesSettled(timeoutMs: number): Promise<number> {
+    if (this.writesInFlight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs);
+        this.onNoWritesInFlight.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    return this.writesInFlight;
   }
 
   accept<Row, Mirrored>(plan: MirrorPlan<unknown, Mirrored>, rows: readonly Row[], toRecord: (row: Row) => Mirrored): void {

@@ -34,6 +34,12 @@ export interface MirrorPlan<Dao, Mirrored> {
 
 /** Receives committed rows; must return at once. */
 export interface MirrorTarget {
+  /**
+   * A write is on its way to Postgres; call the function returned once it
+   * has settled (its rows handed over, or failed). Shutdown waits for these
+   * before it closes the mirror, so a write that commits late is not lost.
+   */
+  started(): () => void;
   /** One write's committed rows, and how each becomes its record: built later, off the caller's path. */
   accept<Row, Mirrored>(plan: MirrorPlan<unknown, Mirrored>, rows: readonly Row[], toRecord: (row: Row) => Mirrored): void;
   /** A write whose records could not be built; logged and counted, never thrown. */
@@ -49,15 +55,20 @@ export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: Mirro
       const toRecord = writes[property];
       if (!toRecord) return member.bind(target);
       return async (...args: unknown[]) => {
-        const result: unknown = await member.apply(target, args);
+        const settled = mirror.started();
         try {
-          if (!Array.isArray(result)) throw new Error(`${String(property)} resolved to ${typeof result}, not the rows it committed`);
-          mirror.accept(plan as MirrorPlan<unknown, Mirrored>, result, toRecord);
-        } catch (error) {
-          // The caller's write has committed and stands; the verifier finds what the mirror missed.
-          mirror.failed(plan.entity, error);
+          const result: unknown = await member.apply(target, args);
+          try {
+            if (!Array.isArray(result)) throw new Error(`${String(property)} resolved to ${typeof result}, not the rows it committed`);
+            mirror.accept(plan as MirrorPlan<unknown, Mirrored>, result, toRecord);
+          } catch (error) {
+            // The caller's write has committed and stands; the verifier finds what the mirror missed.
+            mirror.failed(plan.entity, error);
+          }
+          return result;
+        } finally {
+          settled();
         }
-        return result;
       };
     },
   });

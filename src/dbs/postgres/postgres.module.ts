@@ -13,6 +13,7 @@ import { registerPoolMetrics } from './postgres-metrics';
 import { prepareSchema } from './postgres-migrator';
 import { PostgresObservabilityDao } from './postgres-observability.dao';
 import { PostgresTracingDao } from './postgres-tracing.dao';
+import { InFlightSessions } from './in-flight-sessions';
 import { OperatorError } from '../../config/operator-error';
 import { redactUrl } from '../../config/redact-url';
 
@@ -84,10 +85,15 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
         return createKysely(pool);
       },
     },
+    {
+      provide: InFlightSessions,
+      inject: [PG_POOL, RESOLVED_POSTGRES],
+      useFactory: (pool: Pool, server: ResolvedPostgres) => new InFlightSessions(pool, server.url),
+    },
     PostgresTracingDao,
     PostgresObservabilityDao,
   ],
-  exports: [KYSELY, PG_POOL, PostgresTracingDao, PostgresObservabilityDao],
+  exports: [KYSELY, PG_POOL, InFlightSessions, PostgresTracingDao, PostgresObservabilityDao],
 })
 export class PostgresModule implements OnApplicationShutdown {
   constructor(

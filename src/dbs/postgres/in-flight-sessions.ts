@@ -1,0 +1,43 @@
+import { Client, Pool } from 'pg';
+
+/**
+ * The API pool's connections lent out to requests right now, and the means
+ * to end them. A shutdown that has stopped waiting for requests
+ * (SHUTDOWN_TIMEOUT_MS), or whose requests' clients have hung up, ends
+ * their Postgres sessions before it closes anything else: their open
+ * transactions roll back, so no write commits after its client was told
+ * nothing (or, for a request still able to answer, told 503 "retry"), and
+ * shutdown is not held up by a statement waiting on a lock. A COMMIT already
+ * on the wire may still land; that one window no client can close (see
+ * createPool), and verify finds a row the mirror missed there.
+ */
+export class InFlightSessions {
+  private readonly lent = new Set<Client>();
+
+  constructor(
+    pool: Pool,
+    private readonly url: string,
+  ) {
+    pool.on('acquire', (client) => this.lent.add(client));
+    pool.on('release', (_error, client) => this.lent.delete(client));
+    pool.on('remove', (client) => this.lent.delete(client));
+  }
+
+  get count(): number {
+    return this.lent.size;
+  }
+
+  /** Ends every lent-out session (pg_terminate_backend, from a session of its own); resolves to how many ended. */
+  async end(): Promise<number> {
+    const pids = [...this.lent].map((client) => (client as Client & { processID: number | null }).processID).filter((pid): pid is number => typeof pid === 'number');
+    if (pids.length === 0) return 0;
+    const admin = new Client({ connectionString: this.url, connectionTimeoutMillis: 5_000 });
+    await admin.connect();
+    try {
+      const { rows } = await admin.query<{ ended: string }>('select count(*) filter (where pg_terminate_backend(pid)) as ended from unnest($1::int[]) as pid', [pids]);
+      return Number(rows[0].ended);
+    } finally {
+      await admin.end().catch(() => undefined);
+    }
+  }
+}
