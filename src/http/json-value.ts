@@ -62,5 +62,23 @@ export function textSchema(schema: z.ZodString) {
   });
 }
 
-export const jsonObjectSchema = checked(z.record(z.string(), z.unknown())) as z.ZodType<{ [key: string]: Json }>;
+/** How the OpenAPI document shows a JSON object field (see openApiSchema). */
+export const JSON_OBJECT_DESCRIPTION = 'any JSON object';
+const recordCheck = z.record(z.string(), z.unknown());
+
+/**
+ * A JSON object, checked as a record but passed on as it was sent: zod
+ * builds a record's output by assignment and leaves out a "__proto__" key,
+ * which in JSON is a key like any other (JSON.parse makes it an own
+ * property). A span's attributes would otherwise lose it without a word.
+ */
+const jsonObject = z
+  .custom<{ [key: string]: unknown }>()
+  .superRefine((value, ctx) => {
+    const result = recordCheck.safeParse(value);
+    if (!result.success) for (const issue of result.error.issues) ctx.addIssue(issue);
+  })
+  .describe(JSON_OBJECT_DESCRIPTION);
+
+export const jsonObjectSchema = checked(jsonObject) as z.ZodType<{ [key: string]: Json }>;
 export const jsonArraySchema = checked(z.array(z.unknown())) as z.ZodType<Json[]>;

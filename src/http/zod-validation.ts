@@ -1,6 +1,7 @@
 import { BadRequestException } from '@nestjs/common';
 import { z } from 'zod';
-import { zodToJsonSchema } from 'zod-to-json-schema';
+import { ignoreOverride, zodToJsonSchema } from 'zod-to-json-schema';
+import { JSON_OBJECT_DESCRIPTION } from './json-value';
 
 export interface FieldError {
   field: string;
@@ -53,7 +54,12 @@ function parseOrRefuse<T extends z.ZodTypeAny>(schema: T, value: unknown, whole:
 
 /** The same schema, as OpenAPI for @ApiBody: one definition of each body. */
 export function openApiSchema(schema: z.ZodTypeAny): Record<string, unknown> {
-  const json = zodToJsonSchema(schema as never, { target: 'openApi3', $refStrategy: 'none' }) as Record<string, unknown>;
+  const json = zodToJsonSchema(schema as never, {
+    target: 'openApi3',
+    $refStrategy: 'none',
+    // A JSON object field is checked by hand (json-value.ts), which the converter cannot see through.
+    override: (def) => ((def as { description?: string }).description === JSON_OBJECT_DESCRIPTION ? { type: 'object', additionalProperties: {}, description: JSON_OBJECT_DESCRIPTION } : ignoreOverride),
+  }) as Record<string, unknown>;
   delete json.$schema;
   return json;
 }

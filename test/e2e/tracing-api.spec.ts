@@ -15,6 +15,30 @@ describe('REST: /tracing and /observability', () => {
   const countSpans = async () => Number((await t.database.db.selectFrom('spans').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
 
   describe('spans', () => {
+    it('keeps a "__proto__" key in JSON fields as the ordinary key it is in JSON', async () => {
+      const span = makeSpan();
+      // Written as text: in a JavaScript object literal __proto__ would set the prototype instead.
+      const payload = '{"__proto__":{"polluted":1},"ok":1}';
+      const body = JSON.stringify({ spans: [{ ...span, exception: { type: 'x' } }] }).replace('"exception":{"type":"x"}', `"attributes":${payload},"exception":{"__proto__":"s"}`);
+      await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send(body).expect(201);
+      const node = makeNode();
+      const nodeBody = JSON.stringify({ nodes: [{ ...node, data: { type: 'x' } }] }).replace('"data":{"type":"x"}', `"data":${payload}`);
+      await http().post('/observability/nodes').set(auth).set('Content-Type', 'application/json').send(nodeBody).expect(201);
+
+      const read = await http().get(`/tracing/spans/${span.trace_id}/${span.span_id}`).set(auth).buffer(true).parse((res, done) => {
+        let text = '';
+        res.on('data', (chunk: Buffer) => (text += chunk.toString()));
+        res.on('end', () => done(null, text));
+      });
+      const returned = JSON.parse(read.body).span;
+      expect(Object.keys(returned.attributes).sort()).toEqual(['__proto__', 'ok']);
+      expect(JSON.stringify(returned.attributes.__proto__)).toBe('{"polluted":1}');
+      expect(Object.keys(returned.exception)).toEqual(['__proto__']);
+      const stored = await t.database.db.selectFrom('nodes').select((eb) => eb.cast<string>('data', 'text').as('data')).where('node_id', '=', node.node_id).executeTakeFirstOrThrow();
+      expect(stored.data).toBe('{"ok": 1, "__proto__": {"polluted": 1}}');
+      expect(({} as { polluted?: number }).polluted).toBeUndefined();
+    });
+
     it('creates a trace and reads it back exactly, with microsecond times', async () => {
       const spans = makeTrace(2);
       const created = await http().post('/tracing/spans').set(auth).send({ spans }).expect(201);
