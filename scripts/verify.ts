@@ -37,7 +37,11 @@ runCli(USAGE, async (args, log) => {
       const report = await verifier.verify(scopes, {
         content: !flags.switches.has('--counts-only'),
         progress: createProgress(process.stderr, log, 'verify'),
+        ttlDays: config.clickhouse.ttlDays,
       });
+      if (report.retainedFrom) {
+        log(`CLICKHOUSE_TTL_DAYS=${config.clickhouse.ttlDays}: rows created before ${report.retainedFrom.slice(0, 10)} expire in ClickHouse by design and are not compared`);
+      }
       write(describe(report));
       if (report.differing.length === 0) return;
       if (!flags.switches.has('--repair')) throw new Error(`${report.differing.length} bucket(s) differ; run with --repair to re-copy them`);

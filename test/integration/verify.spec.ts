@@ -3,7 +3,7 @@ import { Backfill } from '../../src/dbs/backfill/backfill';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { Entity, HistoryScope } from '../../src/dbs/backfill/history-scope';
 import { HistoryProgress } from '../../src/dbs/backfill/progress';
-import { Verifier } from '../../src/dbs/backfill/verify';
+import { retainedFrom, Verifier } from '../../src/dbs/backfill/verify';
 import { toNodeClickHouseLine } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import { spanIdToUInt64, toSpanClickHouseLine } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
 import { spanFromRow } from '../../src/dbs/postgres/span-row.mapper';
@@ -162,5 +162,51 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     seen.events.length = 0;
     await verifier.verify(SCOPES, { content: false, progress });
     expect(seen.events).toEqual([]);
+  });
+});
+
+describe('verify with CLICKHOUSE_TTL_DAYS (real Postgres and ClickHouse)', () => {
+  it('compares from the oldest day the TTL keeps whole', () => {
+    const now = new Date('2026-12-03T16:45:00Z');
+    // Rows of 2026-11-25 before 16:45 are 8 days old: that day is no longer whole, the next one is.
+    expect(retainedFrom(8, now)).toBe('2026-11-26T00:00:00.000000Z');
+    expect(retainedFrom(8, new Date('2026-12-03T00:00:00Z'))).toBe('2026-11-26T00:00:00.000000Z');
+  });
+
+  it('leaves out the days ClickHouse has expired, and finds differences in the days it keeps', async () => {
+    // The seeded history is 40 to 36 days old; a 38-day TTL expires its first two days and part of the third.
+    const [pg, ch] = await Promise.all([createTestDatabase(), createTestClickHouse({ ttlDays: 38 })]);
+    try {
+      const history = new ClickHouseHistory(ch.clients, { url: ch.url, database: ch.database });
+      await seedSpans(pg.db, { projects: [P1], days: 5, rows: 2_000 });
+      await new Backfill(pg, history).run(SCOPES[0]);
+      // TTL removes rows at merges; a final merge applies it now.
+      await ch.clients.query.command({ query: 'OPTIMIZE TABLE spans FINAL', clickhouse_settings: { wait_end_of_query: 1 } });
+      const verifier = new Verifier(pg.db, history);
+
+      const blind = await verifier.verify([SCOPES[0]], { content: false });
+      expect(blind.differing.length).toBeGreaterThanOrEqual(2);
+      expect(blind.retainedFrom).toBeNull();
+
+      const report = await verifier.verify([SCOPES[0]], { ttlDays: 38 });
+      expect(report.retainedFrom).toBe(retainedFrom(38, new Date()));
+      expect(report.buckets.map((b) => b.day)).toEqual(blind.buckets.map((b) => b.day).filter((day) => day >= report.retainedFrom!.slice(0, 10)));
+      expect(report.buckets.length).toBeGreaterThanOrEqual(2);
+      expect(report.differing).toEqual([]);
+
+      // A scope entirely older than the TTL compares nothing.
+      expect((await verifier.verify([{ ...SCOPES[0], until: blind.buckets[0].scope.until }], { ttlDays: 38 })).buckets).toEqual([]);
+
+      // A day the TTL keeps is still checked: a row missing there is found.
+      const kept = report.buckets[report.buckets.length - 1];
+      await ch.clients.query.command({
+        query: 'ALTER TABLE spans DELETE WHERE project_id = {p:UUID} AND toDate(created_at) = {d:Date}',
+        query_params: { p: P1, d: kept.day },
+        clickhouse_settings: { mutations_sync: '1' },
+      });
+      expect((await verifier.verify([SCOPES[0]], { ttlDays: 38, content: false })).differing.map((b) => b.day)).toEqual([kept.day]);
+    } finally {
+      await Promise.all([pg.drop(), ch.drop()]);
+    }
   });
 });

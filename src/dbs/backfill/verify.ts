@@ -37,6 +37,8 @@ export interface VerifyReport {
   rows: { postgres: number; clickhouse: number };
   /** Buckets whose content was compared row by row (those whose counts and versions agreed). */
   contentChecked: number;
+  /** With a TTL: the start of the oldest day compared, as older rows expire in ClickHouse by design; else null. */
+  retainedFrom: string | null;
   durationMs: number;
 }
 
@@ -49,6 +51,32 @@ export interface VerifyOptions {
   content?: boolean;
   /** Told of the content pass's Postgres rows as they are hashed (the counts pass is two queries). */
   progress?: HistoryProgress;
+  /**
+   * CLICKHOUSE_TTL_DAYS: ClickHouse drops rows this many days after their
+   * created_at, so only the days it still holds whole are compared. 0 or
+   * unset: all of history.
+   */
+  ttlDays?: number;
+  /** The clock the TTL is read against (tests); default now. */
+  now?: Date;
+}
+
+/**
+ * The start of the oldest UTC day whose rows are all younger than the TTL:
+ * rows of older days may be gone from ClickHouse (its TTL removes them at
+ * its next merge), so those days cannot be compared.
+ */
+export function retainedFrom(ttlDays: number, now: Date): string {
+  const DAY = 86_400_000;
+  const oldestKept = now.getTime() - ttlDays * DAY;
+  return `${new Date((Math.floor(oldestKept / DAY) + 1) * DAY).toISOString().slice(0, 10)}T00:00:00.000000Z`;
+}
+
+/** The scope without the days the TTL has expired; null when nothing of it is left. */
+function withinRetention(scope: HistoryScope, from: string | null): HistoryScope | null {
+  if (from === null || (scope.since && scope.since >= from)) return scope;
+  if (scope.until && scope.until <= from) return null;
+  return { ...scope, since: from };
 }
 
 export interface RepairReport extends ReplayResult {
@@ -84,7 +112,10 @@ export class Verifier {
     const startedAt = Date.now();
     const buckets: BucketComparison[] = [];
     let contentChecked = 0;
-    for (const scope of scopes) {
+    const from = options.ttlDays ? retainedFrom(options.ttlDays, options.now ?? new Date()) : null;
+    for (const requested of scopes) {
+      const scope = withinRetention(requested, from);
+      if (!scope) continue;
       const compared = await this.compareCounts(scope);
       if (options.content !== false) {
         const agreed = compared.filter((b) => b.differs.length === 0);
@@ -101,6 +132,7 @@ export class Verifier {
         clickhouse: buckets.reduce((n, b) => n + b.clickhouse.rows, 0),
       },
       contentChecked,
+      retainedFrom: from,
       durationMs: Date.now() - startedAt,
     };
   }
