@@ -1,11 +1,14 @@
 import { sql } from 'kysely';
 import { Backfill } from '../../src/dbs/backfill/backfill';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
+import { GapReplay } from '../../src/dbs/backfill/gap-replay';
+import { spanHistory } from '../../src/dbs/backfill/history-entities';
 import { Entity, HistoryScope } from '../../src/dbs/backfill/history-scope';
 import { HistoryProgress } from '../../src/dbs/backfill/progress';
 import { retainedFrom, Verifier } from '../../src/dbs/backfill/verify';
 import { toNodeClickHouseLine } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import { spanIdToUInt64, toSpanClickHouseLine } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
+import { PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { spanFromRow } from '../../src/dbs/postgres/span-row.mapper';
 import { isoToMicros } from '../../src/tracing/timestamp';
 import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
@@ -208,5 +211,59 @@ describe('verify with CLICKHOUSE_TTL_DAYS (real Postgres and ClickHouse)', () =>
     } finally {
       await Promise.all([pg.drop(), ch.drop()]);
     }
+  });
+});
+
+describe('a span deleted on one day and created again on another, unmirrored (real Postgres and ClickHouse)', () => {
+  const ALL_SPANS: HistoryScope = { entity: 'spans', projectIds: null };
+  let pg: TestDatabase;
+  let ch: TestClickHouse;
+  let history: ClickHouseHistory;
+  beforeEach(async () => {
+    [pg, ch] = await Promise.all([createTestDatabase(), createTestClickHouse()]);
+    history = new ClickHouseHistory(ch.clients, { url: ch.url, database: ch.database });
+  });
+  afterEach(async () => Promise.all([pg?.drop(), ch?.drop()]));
+
+  const liveInClickHouse = async () =>
+    (
+      await ch.clients.query.query({
+        query: 'SELECT toString(toDate(created_at)) AS day, span_name FROM spans FINAL WHERE is_deleted = 0 ORDER BY day',
+        format: 'JSONEachRow',
+      })
+    ).json<{ day: string; span_name: string }>();
+
+  /** Copied while it was 40 days old; then deleted and written again today while nothing mirrored (the flag off, or the tombstone lost). */
+  async function deleteAndCreateAgainToday() {
+    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1 });
+    await new Backfill(pg, history).run(ALL_SPANS);
+    const old = await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow();
+    await pg.db.deleteFrom('spans').execute();
+    await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
+      values (${P1}, ${old.trace_id}, ${old.span_id}, 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
+    return old;
+  }
+
+  it('--repair tombstones the old day\'s row, which the new one does not replace in ClickHouse', async () => {
+    await deleteAndCreateAgainToday();
+    const verifier = new Verifier(pg.db, history);
+    const before = await verifier.verify([ALL_SPANS]);
+    expect(before.differing).toHaveLength(2);
+    const repaired = await verifier.repair(before.differing);
+    expect(repaired).toMatchObject({ tombstoned: 1 });
+    expect(repaired.after.differing).toEqual([]);
+    expect((await verifier.verify([ALL_SPANS])).differing).toEqual([]);
+    expect((await liveInClickHouse()).map((r) => r.span_name)).toEqual(['created again']);
+  });
+
+  it('backfill --gaps (a gap of the lost delete) does the same', async () => {
+    const old = await deleteAndCreateAgainToday();
+    await new PostgresMirrorGapsRepository(pg.db).record([
+      { entity: 'spans', projectId: P1, keys: [spanHistory.keyOf(old)], minCreatedAt: old.created_at, maxCreatedAt: old.created_at, rowCount: 1, reason: 'send_failed' },
+    ]);
+    const replay = await new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null });
+    expect(replay).toMatchObject({ upserted: 1, tombstoned: 1 });
+    expect((await liveInClickHouse()).map((r) => r.span_name)).toEqual(['created again']);
+    expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
   });
 });

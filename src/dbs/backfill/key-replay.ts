@@ -8,7 +8,7 @@ import { KEYS_PER_READ, KeysetReader } from './keyset-reader';
 export interface ReplayResult {
   /** Postgres rows written at their current version. */
   upserted: number;
-  /** Keys ClickHouse held live that Postgres no longer has, now tombstoned. */
+  /** Live ClickHouse rows Postgres no longer has (its key deleted, or created again another day), now tombstoned. */
   tombstoned: number;
   /** Keys whose ClickHouse rows were newer than Postgres's and were replaced by mutation. */
   reset: number;
@@ -28,10 +28,14 @@ export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult
  * the one mechanism behind `backfill --gaps` and `verify --repair`.
  *
  * Keys present in Postgres are re-inserted at their version (µs of
- * updated_at). Keys absent from Postgres get a tombstone at Postgres's
- * clock_timestamp(), read after we saw them absent. That is safe: they are
- * absent because a delete committed before our read, and every version ever
- * written for them (each write's updated_at, the delete's deleted_at) came
+ * updated_at). Live ClickHouse rows Postgres does not hold get a tombstone
+ * at Postgres's clock_timestamp(), read after we saw them missing: rows of
+ * keys Postgres no longer has, and rows of a key under another created_at
+ * (deleted, then created again on another day: ClickHouse sorts rows by
+ * creation day, so the new row has a sort key of its own and does not
+ * replace the old one). That is safe: such a row's key or creation is gone
+ * because a delete committed before our read, and every version ever
+ * written for it (each write's updated_at, the delete's deleted_at) came
  * from Postgres's clock before that commit, so the tombstone outranks all
  * the mirror holds or still has queued. A key re-created while we worked
  * would be hidden by it, so tombstoned keys are read again afterwards.
@@ -56,14 +60,15 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       await this.upsert(rows, `${token}:upsert:${i}`);
       result.upserted += rows.length;
 
-      const present = new Set(rows.map((r) => keyText(this.entity.keyOf(r))));
-      const absent = chunk.filter((k) => !present.has(keyText(k)));
-      if (absent.length === 0) continue;
+      // Each key's creation as Postgres holds it (µs): a live ClickHouse row under any other is an orphan.
+      const createdAt = new Map(rows.map((r) => [keyText(this.entity.keyOf(r)), isoToMicros(this.entity.mirrored(r).created_at)]));
       const version = await this.postgresClock();
-      const live = await this.clickhouse.readLive(this.entity, projectId, absent);
+      const live = await this.clickhouse.readLive(this.entity, projectId, chunk);
+      const orphans = live.filter((m) => createdAt.get(keyText(this.entity.mirroredKeyOf(m))) !== isoToMicros(m.created_at));
+      if (orphans.length === 0) continue;
       // A stored version at or past Postgres's clock cannot be outranked by a tombstone.
-      const ahead = live.filter((m) => m.version >= version).map((m) => this.entity.mirroredKeyOf(m));
-      const stale = live.filter((m) => m.version < version);
+      const ahead = orphans.filter((m) => m.version >= version).map((m) => this.entity.mirroredKeyOf(m));
+      const stale = orphans.filter((m) => m.version < version);
       await this.clickhouse.insert(
         this.entity.table,
         stale.map((m) => this.entity.line(this.entity.tombstone(m, version))),
@@ -71,7 +76,9 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       );
       result.tombstoned += stale.length;
 
-      const recreated = (await this.reader.byKeys(projectId, stale.map((m) => this.entity.mirroredKeyOf(m)))).map((r) => this.entity.keyOf(r));
+      // Only a key Postgres did not have can have been created again under the tombstone's sort key.
+      const gone = stale.map((m) => this.entity.mirroredKeyOf(m)).filter((k) => !createdAt.has(keyText(k)));
+      const recreated = (await this.reader.byKeys(projectId, gone)).map((r) => this.entity.keyOf(r));
       result.reset += await this.reset(projectId, [...ahead, ...recreated], `${token}:reset:${i}`);
       result.tombstoned -= recreated.length;
     }
