@@ -6,7 +6,7 @@
  * So every batch write touches its rows in one order, the primary key's, and
  * concurrent writers of the same rows queue behind each other instead.
  *
- * Keys are compared as text: lowercase hex ids and UUIDs sort as text exactly
+ * Keys are compared as lower-case text: hex ids and UUIDs sort as such text exactly
  * as Postgres sorts them as uuid and bytea, so the order is also the index's.
  */
 export function inLockOrder<T>(rows: readonly T[], key: (row: T) => string): T[] {

@@ -103,4 +103,5 @@ export class PostgresObservabilityDao implements ObservabilityDao {
   }
 }
 
-const nodeKey = (node: { node_id: string }) => node.node_id;
+/** Lower case, as Postgres gives uuids back: a caller's upper-case id must still find its stored row. */
+const nodeKey = (node: { node_id: string }) => node.node_id.toLowerCase();

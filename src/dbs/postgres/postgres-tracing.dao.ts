@@ -195,6 +195,7 @@ export class PostgresTracingDao implements TracingDao {
   }
 }
 
+/** Lower case, as stored rows come back: a caller's upper-case hex must still find its stored row. */
 function keyOf(span: SpanKey): string {
-  return `${span.trace_id}/${span.span_id}`;
+  return `${span.trace_id}/${span.span_id}`.toLowerCase();
 }
