@@ -21,7 +21,7 @@ const METHODS = ['get', 'put', 'post', 'delete', 'patch'] as const;
 /**
  * Adds to every operation the error answers that come from outside its
  * handler: the API-key guard (401), validation of ids and bodies (400), the
- * body and batch limits (413), a database that is unavailable (503) and the
+ * body and batch limits (413), a body of another media type (415), a database that is unavailable (503) and the
  * filter's last resort (500). Routes declare only their own answers (404,
  * 409, ...) with @ApiResponse; a description a route gives is kept, and
  * every error answer of a guarded route gets the filter's body.
@@ -40,7 +40,10 @@ export function documentErrorAnswers(document: OpenAPIObject): OpenAPIObject {
       add(400, 'Invalid id, body or query; `errors` names each field and why');
       add(401, 'Missing or malformed Authorization header, or an unknown or revoked API key');
       add(503, 'The database is unavailable (down, refusing connections or not answering); retry later');
-      if (operation.requestBody || method === 'post' || method === 'put') add(413, 'Body larger than BODY_LIMIT, or more items than MAX_BATCH_ITEMS');
+      if (operation.requestBody || method === 'post' || method === 'put') {
+        add(413, 'Body larger than BODY_LIMIT, or more items than MAX_BATCH_ITEMS');
+        add(415, 'A body that is not application/json (see requireJsonBodies)');
+      }
       for (const [status, response] of Object.entries(operation.responses)) {
         if (Number(status) >= 400 && response && 'description' in response) response.content ??= errorBody;
       }

@@ -6,6 +6,7 @@ import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
 import { assertBatchSize } from '../http/batch-limit';
 import { openApiSchema, parseBody, parseParam } from '../http/zod-validation';
+import { ANALYTICS_QUERY_BODY, SPAN_QUERY_BODY } from './span-query.openapi';
 import { spanIdSchema, spanKeysBodySchema, spansBodySchema, traceIdSchema } from './dto/span.schema';
 import { parseAnalyticsQuery, parseSpanQuery } from './span-query.parser';
 import { TracingService } from './tracing.service';
@@ -92,6 +93,8 @@ export class TracingController {
   @Post('spans/query')
   @HttpCode(200)
   @ApiOperation({ summary: 'Query spans: filtering tree, windowing with a cursor, focus trace or span' })
+  @ApiResponse({ status: 200, description: '`count`, the page\'s `spans`, and `next` (a cursor for the following page, or null)' })
+  @ApiBody({ schema: SPAN_QUERY_BODY, required: false })
   async query(@ProjectId() projectId: string, @Body() body: unknown) {
     const page = await this.tracing.query(projectId, parseSpanQuery(body ?? {}));
     return { count: page.spans.length, spans: page.spans, next: page.next };
@@ -100,6 +103,8 @@ export class TracingController {
   @Post('analytics/query')
   @HttpCode(200)
   @ApiOperation({ summary: 'Time buckets of count, errors, duration, tokens and costs' })
+  @ApiResponse({ status: 200, description: '`count` and the `buckets`, one per interval (empty ones included)' })
+  @ApiBody({ schema: ANALYTICS_QUERY_BODY })
   async analytics(@ProjectId() projectId: string, @Body() body: unknown) {
     const buckets = await this.tracing.analytics(projectId, parseAnalyticsQuery(body ?? {}));
     return { count: buckets.length, buckets };

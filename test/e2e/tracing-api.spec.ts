@@ -253,8 +253,8 @@ describe('REST: /tracing and /observability', () => {
     it('documents the error answers each route can give, with the body they carry', async () => {
       const doc = (await http().get('/docs/openapi.json').expect(200)).body;
       const statuses = (path: string, method: string) => Object.keys(doc.paths[path][method].responses).sort();
-      expect(statuses('/tracing/spans', 'post')).toEqual(['201', '400', '401', '409', '413', '500', '503']);
-      expect(statuses('/tracing/spans', 'put')).toEqual(['200', '400', '401', '404', '413', '500', '503']);
+      expect(statuses('/tracing/spans', 'post')).toEqual(['201', '400', '401', '409', '413', '415', '500', '503']);
+      expect(statuses('/tracing/spans', 'put')).toEqual(['200', '400', '401', '404', '413', '415', '500', '503']);
       expect(statuses('/tracing/traces/{traceId}', 'get')).toEqual(['200', '400', '401', '404', '500', '503']);
       expect(statuses('/observability/trees/{treeId}', 'delete')).toEqual(['200', '400', '401', '404', '500', '503']);
       // Public routes answer for themselves: no API key, no 401.
@@ -270,6 +270,20 @@ describe('REST: /tracing and /observability', () => {
       for (const field of schema.required) expect(bad.body[field]).toBeDefined();
       expect(bad.body.errors[0]).toEqual({ field: expect.any(String), message: expect.any(String) });
     });
+  });
+
+  it('documents the query bodies, and their examples are queries the server answers', async () => {
+    const doc = (await http().get('/docs/openapi.json').expect(200)).body;
+    for (const path of ['/tracing/spans/query', '/tracing/analytics/query']) {
+      const body = doc.paths[path].post.requestBody;
+      const schema = body.content['application/json'].schema;
+      expect(schema.properties.filter.properties.conditions.items.oneOf[0].properties.operator.enum).toContain('btwn');
+      await http().post(path).set(auth).send(schema.example).expect(200);
+    }
+    expect(doc.paths['/tracing/spans/query'].post.requestBody.required).toBe(false);
+    // A JSON object field is documented as one.
+    const span = doc.paths['/tracing/spans'].post.requestBody.content['application/json'].schema.properties.spans.items;
+    expect(span.properties.attributes).toMatchObject({ type: 'object', additionalProperties: {} });
   });
 
   it('span ids that are all zeros are refused', async () => {

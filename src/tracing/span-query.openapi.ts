@@ -1,0 +1,85 @@
+import { CONDITION_OPERATORS, FOCUSES, LOGICAL_OPERATORS } from './span-query';
+import { DEFAULT_INTERVAL_MINUTES, MAX_BUCKETS, MAX_CONDITIONS, MAX_FILTER_DEPTH, MAX_INTERVAL_MINUTES, MAX_LIMIT, QUERYABLE_FIELDS } from './span-query.parser';
+
+/**
+ * The query bodies as OpenAPI, for /docs. The parser (span-query.parser.ts)
+ * is hand-written, strict and the authority; this states its shape from the
+ * same constants so the two cannot drift in the values they name. A filter
+ * nests filters, which the schema shows one level deep and describes.
+ */
+
+const TIME = { type: 'string', format: 'date-time', description: 'ISO-8601 with a zone (Z or ±hh:mm), years 1900–2299, microsecond precision' };
+
+const CONDITION = {
+  type: 'object',
+  required: ['field', 'operator'],
+  additionalProperties: false,
+  properties: {
+    field: { type: 'string', enum: QUERYABLE_FIELDS },
+    key: { type: 'string', description: 'A dotted path inside a JSON field (attributes, events, ...): "ag.metrics.costs"' },
+    operator: { type: 'string', enum: [...CONDITION_OPERATORS] },
+    value: { description: 'What the operator compares with: a value, [a, b] for btwn, a list for in / not_in; none for exists / not_exists' },
+  },
+};
+
+const FILTER = {
+  type: 'object',
+  required: ['operator', 'conditions'],
+  additionalProperties: false,
+  description: `and / or / not over conditions and nested filters (at most ${MAX_FILTER_DEPTH} levels, ${MAX_CONDITIONS} conditions in all)`,
+  properties: {
+    operator: { type: 'string', enum: [...LOGICAL_OPERATORS] },
+    conditions: {
+      type: 'array',
+      items: { oneOf: [CONDITION, { type: 'object', description: 'A nested filter: { operator, conditions }' }] },
+    },
+  },
+};
+
+const FOCUS = { type: 'string', enum: [...FOCUSES], default: 'span', description: 'span: matching spans; trace: every span of the traces with a matching span' };
+
+export const SPAN_QUERY_BODY = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    focus: FOCUS,
+    filter: FILTER,
+    windowing: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        oldest: { ...TIME, description: `Inclusive lower bound on start_time. ${TIME.description}` },
+        newest: { ...TIME, description: `Exclusive upper bound on start_time. ${TIME.description}` },
+        limit: { type: 'integer', minimum: 1, maximum: MAX_LIMIT, description: 'Spans per page (focus span) or traces per page (focus trace)' },
+        order: { type: 'string', enum: ['ascending', 'descending'] },
+        next: { type: 'string', description: 'The previous page\'s `next`, with the same query' },
+      },
+    },
+  },
+  example: {
+    focus: 'span',
+    filter: { operator: 'and', conditions: [{ field: 'status_code', operator: 'eq', value: 'STATUS_CODE_ERROR' }, { field: 'attributes', key: 'gen_ai.request.model', operator: 'eq', value: 'gpt-4o' }] },
+    windowing: { oldest: '2026-11-01T00:00:00Z', newest: '2026-12-01T00:00:00Z', limit: 100, order: 'descending' },
+  },
+};
+
+export const ANALYTICS_QUERY_BODY = {
+  type: 'object',
+  required: ['windowing'],
+  additionalProperties: false,
+  properties: {
+    focus: FOCUS,
+    filter: FILTER,
+    windowing: {
+      type: 'object',
+      required: ['oldest', 'newest'],
+      additionalProperties: false,
+      properties: {
+        oldest: { ...TIME, description: `Start of the first bucket. ${TIME.description}` },
+        newest: { ...TIME, description: `End of the last bucket (exclusive). ${TIME.description}` },
+        interval: { type: 'integer', minimum: 1, maximum: MAX_INTERVAL_MINUTES, default: DEFAULT_INTERVAL_MINUTES, description: `Bucket width in minutes; at most ${MAX_BUCKETS} buckets` },
+      },
+    },
+  },
+  example: { windowing: { oldest: '2026-11-01T00:00:00Z', newest: '2026-11-02T00:00:00Z', interval: 60 } },
+};
