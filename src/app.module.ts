@@ -1,4 +1,4 @@
-import { DynamicModule, Module } from '@nestjs/common';
+import { DynamicModule, Inject, MiddlewareConsumer, Module, NestModule } from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { LoggerModule } from 'nestjs-pino';
 import { AuthModule } from './auth/auth.module';
@@ -7,13 +7,26 @@ import { APP_CONFIG, AppConfigModule } from './config/config.module';
 import { StorageModule } from './dbs/storage.module';
 import { HealthModule } from './health/health.module';
 import { HttpExceptionFilter } from './http/http-exception.filter';
+import { jsonBodies } from './http/json-bodies';
 import { MetricsModule } from './metrics/metrics.module';
 import { ObservabilityModule } from './observability/observability.module';
 import { OtlpModule } from './otlp/otlp.module';
 import { TracingModule } from './tracing/tracing.module';
 
 @Module({})
-export class AppModule {
+export class AppModule implements NestModule {
+  constructor(@Inject(APP_CONFIG) private readonly config: AppConfig) {}
+
+  /**
+   * Bodies are read here, in the root module's middleware: after the global
+   * modules' request logging and metrics (Nest applies those first), so a body
+   * refused before any route (415, 413, unparsable) is logged and counted like
+   * every other answer.
+   */
+  configure(consumer: MiddlewareConsumer): void {
+    consumer.apply(...jsonBodies(this.config.http.bodyLimit)).forRoutes('*');
+  }
+
   /** `env` overrides process.env for this instance (tests, scripts). */
   static forRoot(env: Record<string, string | undefined> = {}): DynamicModule {
     return {

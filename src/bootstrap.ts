@@ -1,14 +1,10 @@
-import { isUtf8 } from 'node:buffer';
 import { ConsoleLogger, INestApplication, Logger as NestLogger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import { Logger } from 'nestjs-pino';
 import { AppModule } from './app.module';
-import { AppConfig } from './config/app-config';
 import { OperatorError } from './config/operator-error';
-import { APP_CONFIG } from './config/config.module';
-import { describeUnparsableJson, requireJsonBodies } from './http/json-content-type';
 import { documentErrorAnswers } from './http/openapi-errors';
 
 /**
@@ -33,10 +29,6 @@ export async function createApp(env: Record<string, string | undefined> = {}): P
   }
   app.useLogger(app.get(Logger));
   app.flushLogs();
-  const config = app.get<AppConfig>(APP_CONFIG);
-  app.use(requireJsonBodies);
-  app.useBodyParser('json', { limit: config.http.bodyLimit, verify: refuseInvalidUtf8 });
-  app.use(describeUnparsableJson);
   app.disable('x-powered-by');
   setUpOpenApi(app);
   return app;
@@ -53,16 +45,6 @@ function releaseStartupLogs(error: unknown): void {
   if (error instanceof OperatorError) NestLogger.overrideLogger(false);
   NestLogger.flush();
   NestLogger.overrideLogger(new ConsoleLogger());
-}
-
-/**
- * body-parser would decode invalid UTF-8 to U+FFFD and store that instead of
- * what was sent: refuse it with a 400 (type entity.* so the filter keeps the status).
- */
-function refuseInvalidUtf8(_req: unknown, _res: unknown, body: Buffer, encoding: string): void {
-  if (/^utf-?8$/i.test(encoding) && !isUtf8(body)) {
-    throw Object.assign(new Error('request body is not valid UTF-8'), { status: 400, type: 'entity.verify.failed' });
-  }
 }
 
 function setUpOpenApi(app: INestApplication): void {

@@ -9,7 +9,8 @@ import type { NextFunction, Request, Response } from 'express';
  */
 export function requireJsonBodies(req: Request, res: Response, next: NextFunction): void {
   const hasBody = req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
-  if (!hasBody || req.path.startsWith('/otlp/') || req.is('application/json')) return next();
+  // originalUrl: under Nest's middleware mount, req.path is what is left after the mount's match.
+  if (!hasBody || req.originalUrl.startsWith('/otlp/') || req.is('application/json')) return next();
   res.status(415).json({
     statusCode: 415,
     error: 'Unsupported Media Type',

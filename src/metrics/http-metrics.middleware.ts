@@ -1,9 +1,10 @@
 import { Inject, Injectable, NestMiddleware } from '@nestjs/common';
 import type { NextFunction, Request, Response } from 'express';
 import { Histogram, Registry } from 'prom-client';
+import { wasAnsweredBeforeRouting } from '../http/json-bodies';
 import { METRICS_REGISTRY } from './metrics.tokens';
 
-/** Request duration by method, matched route (not raw URL: ids would explode the labels) and status. */
+/** Request duration by method, matched route (not raw URL: ids would explode the labels; "unmatched" when no route answered) and status. */
 @Injectable()
 export class HttpMetricsMiddleware implements NestMiddleware {
   private readonly duration: Histogram<'method' | 'route' | 'status'>;
@@ -21,7 +22,7 @@ export class HttpMetricsMiddleware implements NestMiddleware {
   use(req: Request, res: Response, next: NextFunction): void {
     const end = this.duration.startTimer();
     res.on('finish', () => {
-      const route = req.route?.path ? `${req.baseUrl ?? ''}${req.route.path}` : 'unmatched';
+      const route = req.route?.path && !wasAnsweredBeforeRouting(res) ? `${req.baseUrl ?? ''}${req.route.path}` : 'unmatched';
       end({ method: req.method, route, status: String(res.statusCode) });
     });
     next();

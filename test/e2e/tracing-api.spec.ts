@@ -233,6 +233,19 @@ describe('REST: /tracing and /observability', () => {
       expect(res.body.info.mirror).toMatchObject({ status: 'up', enabled: false });
     });
 
+    it('counts bodies refused before any route (415, 400, 413) in the HTTP metrics', async () => {
+      const count = async (status: string) => {
+        const text = (await http().get('/metrics').expect(200)).text;
+        const match = new RegExp(`^http_request_duration_seconds_count\\{method="POST",route="unmatched",status="${status}"\\} (\\d+)$`, 'm').exec(text);
+        return Number(match?.[1] ?? 0);
+      };
+      const before = { 415: await count('415'), 400: await count('400'), 413: await count('413') };
+      await http().post('/tracing/spans').set(auth).set('Content-Type', 'text/plain').send('x').expect(415);
+      await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send('{x').expect(400);
+      await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send(`{"spans":"${'x'.repeat(300_000)}"}`).expect(413);
+      expect({ 415: await count('415'), 400: await count('400'), 413: await count('413') }).toEqual({ 415: before[415] + 1, 400: before[400] + 1, 413: before[413] + 1 });
+    });
+
     it('GET /metrics serves Prometheus text with HTTP metrics', async () => {
       const res = await http().get('/metrics').expect(200);
       expect(res.headers['content-type']).toMatch(/text\/plain/);
