@@ -39,6 +39,10 @@ export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult
  * from Postgres's clock before that commit, so the tombstone outranks all
  * the mirror holds or still has queued. A key re-created while we worked
  * would be hidden by it, so tombstoned keys are read again afterwards.
+ * Left: a re-creation on the same day whose transaction is still open when
+ * we read again is not seen, and its row (versioned before our tombstone)
+ * stays hidden; the next verify finds it and --repair mends it. Closing that
+ * would mean waiting out every transaction open at the first read.
  */
 export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   private readonly reader: KeysetReader<Row>;
