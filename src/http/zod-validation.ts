@@ -20,7 +20,10 @@ export function fieldErrors(error: z.ZodError, whole = '(body)'): FieldError[] {
 
 function issueMessage(issue: z.ZodIssue): string {
   if (issue.code === z.ZodIssueCode.invalid_type) {
-    return issue.received === 'undefined' ? 'is required' : `must be ${issue.expected}, got ${issue.received}`;
+    if (issue.received === 'undefined') return 'is required';
+    // A schema that words its own refusal (invalid_type_error) keeps it: a limit says what it must be, as span queries do.
+    if (issue.message !== z.defaultErrorMap(issue, { defaultError: issue.message, data: undefined }).message) return issue.message;
+    return `must be ${issue.expected}, got ${issue.received}`;
   }
   if (issue.code === z.ZodIssueCode.unrecognized_keys) return `unknown field(s): ${issue.keys.join(', ')}`;
   if (issue.code === z.ZodIssueCode.invalid_enum_value) return `must be one of ${issue.options.join(', ')}, got "${String(issue.received)}"`;

@@ -378,9 +378,14 @@ function timeAt(value: unknown, path: string): { iso: string; micros: bigint } {
   return { iso: microsToIso(micros), micros };
 }
 
+/** How a bounded integer (a limit, an interval) is refused, here and in node queries (node.schema.ts). */
+export function integerRangeMessage(min: number, max: number): string {
+  return `expected an integer from ${min} to ${max}`;
+}
+
 function integerAt(value: unknown, path: string, min: number, max: number): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw new InvalidQueryError(path, `expected an integer from ${min} to ${max}`);
+    throw new InvalidQueryError(path, integerRangeMessage(min, max));
   }
   return value;
 }

@@ -219,6 +219,19 @@ describe('REST: /tracing and /observability', () => {
       await http().get(`/observability/trees/${tree}`).set(auth).expect(404);
     });
 
+    it.each([['a string', '5'], ['a boolean', true], ['an array', [3]], ['a fraction', 2.5]])('nodes/query refuses %s as limit, as spans/query does (was coerced)', async (_, limit) => {
+      const spans = await http().post('/tracing/spans/query').set(auth).send({ windowing: { limit } }).expect(400);
+      expect(spans.body.errors).toEqual([{ field: 'windowing.limit', message: 'expected an integer from 1 to 1000' }]);
+      const nodes = await http().post('/observability/nodes/query').set(auth).send({ limit }).expect(400);
+      expect(nodes.body).toEqual({
+        statusCode: 400,
+        error: 'Bad Request',
+        message: 'limit: expected an integer from 1 to 1000',
+        errors: [{ field: 'limit', message: 'expected an integer from 1 to 1000' }],
+      });
+      expect((await http().post('/observability/nodes/query').set(auth).send({ limit: 3 }).expect(200)).body.count).toBeLessThanOrEqual(3);
+    });
+
     it('rejects a bad node with the field named', async () => {
       const res = await http().post('/observability/nodes').set(auth).send({ nodes: [{ ...makeNode(), tree_id: 'nope' }] }).expect(400);
       expect(res.body.message).toMatch(/nodes\[0\]\.tree_id: must be a UUID/);

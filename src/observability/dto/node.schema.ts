@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { jsonArraySchema, jsonObjectSchema, textSchema } from '../../http/json-value';
 import { timestampSchema } from '../../tracing/dto/span.schema';
+import { integerRangeMessage, MAX_LIMIT } from '../../tracing/span-query.parser';
 
 export const uuidSchema = z
   .string()
@@ -46,6 +47,8 @@ export const nodesBodySchema = z
     });
   });
 
+const LIMIT_MESSAGE = integerRangeMessage(1, MAX_LIMIT);
+
 export const nodeQuerySchema = z
   .object({
     tree_id: uuidSchema.optional(),
@@ -53,6 +56,12 @@ export const nodeQuerySchema = z
     node_name: textSchema(z.string().max(1024)).optional(),
     oldest: timestampSchema.optional(),
     newest: timestampSchema.optional(),
-    limit: z.coerce.number().int().min(1).max(1000).optional(),
+    // A JSON number only, as windowing.limit in span queries: coercion took "5", true and [3] as limits.
+    limit: z
+      .number({ invalid_type_error: LIMIT_MESSAGE })
+      .int(LIMIT_MESSAGE)
+      .min(1, LIMIT_MESSAGE)
+      .max(MAX_LIMIT, LIMIT_MESSAGE)
+      .optional(),
   })
   .strict();
