@@ -171,6 +171,7 @@ const nodeEdit: fc.Arbitrary<Edit> = fc.oneof(
   unknownField(NODE_FIELDS),
   fc.constantFrom('node_id', 'tree_id', 'node_name', 'time_start', 'time_end').map((field): Edit => ({ op: 'delete', field })),
   fc.constant<Edit>({ op: 'swapTimes' }),
+  fc.constant<Edit>({ op: 'selfParent' }),
 );
 
 const validSpan = fc.record({ trace_id: hexBytes(16), span_id: hexBytes(8) }).map(({ trace_id, span_id }) => makeSpan({ trace_id, span_id }) as unknown as Record<string, unknown>);
@@ -272,7 +273,8 @@ const badNodeQuery = fc.oneof(
   fc.oneof(unstorableString, hugeString(1024), notAString).map((node_name) => ({ node_name })),
   fc.oneof(unstorableString, hugeString(64), notAString).map((node_type) => ({ node_type })),
   badTime.map((oldest) => ({ oldest })),
-  fc.constantFrom(0, -1, 1001, 1.5, 'ten', '1e9', {}).map((limit) => ({ limit })),
+  fc.constantFrom({ oldest: WINDOW.newest, newest: WINDOW.oldest }, { oldest: WINDOW.oldest, newest: WINDOW.oldest }),
+  fc.constantFrom(0, -1, 1001, 1.5, 'ten', '1e9', {}, '5', true, [3]).map((limit) => ({ limit })),
 );
 
 // ---------- OTLP generators ----------
@@ -424,7 +426,7 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
 
     it('POST /observability/nodes: a batch with one bad node, or a broken envelope, writes nothing', async () => {
       await refusesAll(
-        fc.oneof(batchWithOneBad(validNode, nodeEdit, ['time_start', 'time_end'], 'node_id').map(({ items }) => ({ nodes: items })), badEnvelope('nodes', validNode)),
+        fc.oneof(batchWithOneBad(validNode, nodeEdit, ['time_start', 'time_end'], 'node_id', 'parent_id').map(({ items }) => ({ nodes: items })), badEnvelope('nodes', validNode)),
         (body) => send('POST', '/observability/nodes', bodyText(body)),
       );
     });

@@ -232,6 +232,26 @@ describe('REST: /tracing and /observability', () => {
       expect((await http().post('/observability/nodes/query').set(auth).send({ limit: 3 }).expect(200)).body.count).toBeLessThanOrEqual(3);
     });
 
+    it.each([
+      ['newest before oldest', { oldest: '2026-11-21T00:00:00Z', newest: '2026-11-20T00:00:00Z' }],
+      ['newest equal to oldest', { oldest: '2026-11-20T00:00:00Z', newest: '2026-11-20T00:00:00.000000+00:00' }],
+    ])('nodes/query refuses a window with %s, as spans/query does (was 200, count 0)', async (_, window) => {
+      const spans = await http().post('/tracing/spans/query').set(auth).send({ windowing: window }).expect(400);
+      expect(spans.body.errors).toEqual([{ field: 'windowing.newest', message: 'must be later than windowing.oldest' }]);
+      const nodes = await http().post('/observability/nodes/query').set(auth).send(window).expect(400);
+      expect(nodes.body.errors).toEqual([{ field: 'newest', message: 'must be later than oldest' }]);
+    });
+
+    it('refuses a node that is its own parent, as a span that is (was 201)', async () => {
+      const span = makeSpan();
+      const spanRes = await http().post('/tracing/spans').set(auth).send({ spans: [{ ...span, parent_id: span.span_id }] }).expect(400);
+      expect(spanRes.body.errors).toEqual([{ field: 'spans[0].parent_id', message: 'must differ from span_id' }]);
+      const node = makeNode();
+      const nodeRes = await http().post('/observability/nodes').set(auth).send({ nodes: [{ ...node, parent_id: node.node_id.toUpperCase() }] }).expect(400);
+      expect(nodeRes.body.errors).toEqual([{ field: 'nodes[0].parent_id', message: 'must differ from node_id' }]);
+      await http().get(`/observability/trees/${node.tree_id}`).set(auth).expect(404);
+    });
+
     it('rejects a bad node with the field named', async () => {
       const res = await http().post('/observability/nodes').set(auth).send({ nodes: [{ ...makeNode(), tree_id: 'nope' }] }).expect(400);
       expect(res.body.message).toMatch(/nodes\[0\]\.tree_id: must be a UUID/);

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { jsonArraySchema, jsonObjectSchema, textSchema } from '../../http/json-value';
-import { timestampSchema } from '../../tracing/dto/span.schema';
+import { orderRules, timestampSchema } from '../../tracing/dto/span.schema';
 import { integerRangeMessage, MAX_LIMIT } from '../../tracing/span-query.parser';
 
 export const uuidSchema = z
@@ -32,7 +32,8 @@ export const nodeInputSchema = z
   })
   .strict()
   .superRefine((node, ctx) => {
-    if (node.time_end < node.time_start) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['time_end'], message: 'must not be before time_start' });
+    orderRules.endNotBeforeStart(node, ctx, 'time_start', 'time_end');
+    orderRules.notOwnParent(node, ctx, 'node_id', 'parent_id');
   });
 
 export const nodesBodySchema = z
@@ -64,4 +65,5 @@ export const nodeQuerySchema = z
       .max(MAX_LIMIT, LIMIT_MESSAGE)
       .optional(),
   })
-  .strict();
+  .strict()
+  .superRefine(orderRules.newestAfterOldest);

@@ -28,6 +28,31 @@ export const timestampSchema = z
     return normalized;
   });
 
+/**
+ * Rules spans and nodes share, each written once over the fields' names, so
+ * the two APIs refuse the same things in the same words.
+ */
+export const orderRules = {
+  /** An item may take no time, but cannot end before it starts. */
+  endNotBeforeStart<K extends string>(item: Record<K, string>, ctx: z.RefinementCtx, start: K, end: K): void {
+    if (item[end] < item[start]) ctx.addIssue({ code: z.ZodIssueCode.custom, path: [end], message: `must not be before ${start}` });
+  },
+  /** An item is not its own parent: a tree would loop there. */
+  notOwnParent<K extends string>(item: Record<K, string | null>, ctx: z.RefinementCtx, id: K, parent: K): void {
+    if (item[parent] === item[id]) ctx.addIssue({ code: z.ZodIssueCode.custom, path: [parent], message: `must differ from ${id}` });
+  },
+  /**
+   * A query window is [oldest, newest): newest at or before oldest can match
+   * nothing, so it is a mistake to name, not an empty answer (span queries
+   * answer windowing the same way, span-query.parser.ts).
+   */
+  newestAfterOldest(window: { oldest?: string; newest?: string }, ctx: z.RefinementCtx): void {
+    if (window.oldest !== undefined && window.newest !== undefined && window.newest <= window.oldest) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['newest'], message: 'must be later than oldest' });
+    }
+  },
+};
+
 export const spanInputSchema = z
   .object({
     trace_id: traceIdSchema,
@@ -50,12 +75,8 @@ export const spanInputSchema = z
   })
   .strict()
   .superRefine((span, ctx) => {
-    if (span.end_time < span.start_time) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['end_time'], message: 'must not be before start_time' });
-    }
-    if (span.parent_id === span.span_id) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['parent_id'], message: 'must differ from span_id' });
-    }
+    orderRules.endNotBeforeStart(span, ctx, 'start_time', 'end_time');
+    orderRules.notOwnParent(span, ctx, 'span_id', 'parent_id');
   });
 
 /** A batch is atomic; the same span twice in one batch is a caller error. */
