@@ -127,6 +127,19 @@ describe('REST: /tracing and /observability', () => {
       expect(await countSpans()).toBe(before);
     });
 
+    it('an invalid start time is the one error, not also "end before start" (spans, nodes and node queries)', async () => {
+      const timeError = (field: string) => ({ field, message: 'must be an ISO-8601 time with a zone between years 1900 and 2299, got "garbage"' });
+      const span = await http().post('/tracing/spans').set(auth).send({ spans: [{ ...makeSpan(), start_time: 'garbage' }] }).expect(400);
+      expect(span.body.errors).toEqual([timeError('spans[0].start_time')]);
+      const node = await http().post('/observability/nodes').set(auth).send({ nodes: [{ ...makeNode(), time_start: 'garbage' }] }).expect(400);
+      expect(node.body.errors).toEqual([timeError('nodes[0].time_start')]);
+      const query = await http().post('/observability/nodes/query').set(auth).send({ oldest: 'garbage', newest: '2026-11-20T00:00:00Z' }).expect(400);
+      expect(query.body.errors).toEqual([timeError('oldest')]);
+      // Other fields of the same item are still reported beside it.
+      const both = await http().post('/tracing/spans').set(auth).send({ spans: [{ ...makeSpan(), start_time: 'garbage', span_name: '' }] }).expect(400);
+      expect(both.body.errors).toEqual([{ field: 'spans[0].span_name', message: 'must not be empty' }, timeError('spans[0].start_time')]);
+    });
+
     it('malformed JSON is a 400 shaped like every other: errors name the body', async () => {
       const res = await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send('{"spans": [').expect(400);
       expect(res.body).toEqual({

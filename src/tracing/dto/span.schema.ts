@@ -19,9 +19,12 @@ export const timestampSchema = z
   .transform((value, ctx) => {
     const normalized = normalizeTimestamp(value);
     if (normalized === null) {
+      // Fatal, as a failed type or format check is: a plain issue leaves z.NEVER in place of the time and the
+      // rules comparing it (end not before start) would still run and report a second, false error.
       ctx.addIssue({
         code: z.ZodIssueCode.custom,
         message: `must be an ISO-8601 time with a zone between years 1900 and 2299, got "${value.slice(0, 40)}"`,
+        fatal: true,
       });
       return z.NEVER;
     }
