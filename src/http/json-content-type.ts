@@ -24,8 +24,24 @@ export function requireJsonBodies(req: Request, res: Response, next: NextFunctio
  * Nest would answer body-parser's SyntaxError with a bare message.)
  */
 export function describeUnparsableJson(error: unknown, _req: Request, _res: Response, next: NextFunction): void {
-  const parseError = error as { type?: string; message?: string };
+  const parseError = error as { type?: string; message?: string; body?: unknown };
   if (parseError?.type !== 'entity.parse.failed') return next(error);
-  const message = `could not be parsed as JSON: ${parseError.message}`;
+  const scalar = typeof parseError.body === 'string' ? jsonScalar(parseError.body) : undefined;
+  const message = scalar !== undefined ? `must be a JSON object, got ${scalar}` : `could not be parsed as JSON: ${parseError.message}`;
   next(new BadRequestException({ statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] }));
+}
+
+/**
+ * body-parser's strict mode refuses a body that is valid JSON but neither an
+ * object nor an array (null, "x", 1) with a SyntaxError that calls it invalid
+ * JSON ("null" is not valid JSON). It is valid; it is not an object, and that
+ * is what the answer says. The kind of a valid scalar body, else undefined.
+ */
+function jsonScalar(body: string): string | undefined {
+  try {
+    const value: unknown = JSON.parse(body);
+    return value === null ? 'null' : typeof value === 'object' ? undefined : typeof value;
+  } catch {
+    return undefined;
+  }
 }

@@ -150,6 +150,14 @@ describe('REST: /tracing and /observability', () => {
       });
     });
 
+    it.each([['null', 'null'], ['"x"', 'string'], ['1', 'number'], [' true ', 'boolean']])('a JSON body of %s is a 400 saying it must be an object (was "could not be parsed as JSON")', async (body, kind) => {
+      const message = `must be a JSON object, got ${kind}`;
+      for (const path of ['/tracing/spans', '/tracing/spans/query', '/observability/nodes/query', '/otlp/v1/traces']) {
+        const res = await http().post(path).set(auth).set('Content-Type', 'application/json').send(body).expect(400);
+        expect(res.body).toEqual({ statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] });
+      }
+    });
+
     it('a body that is not JSON is a 415, on write and on query routes', async () => {
       const before = await countSpans();
       const res = await http().post('/tracing/spans').set(auth).set('Content-Type', 'text/plain').send(JSON.stringify({ spans: [makeSpan()] })).expect(415);
