@@ -45,6 +45,8 @@ function jsonRequest(spans: Record<string, unknown>[]): Record<string, unknown> 
   };
 }
 
+const UNSAFE = 'a JSON number past 2^53 loses precision, so send int64 values as decimal strings, as OTLP/JSON encodes them';
+
 const ID_FIELDS = new Set(['traceId', 'spanId', 'parentSpanId']);
 
 /**
@@ -103,8 +105,8 @@ describe('decodeOtlpJson', () => {
         jsonSpan({
           kind: 'SPAN_KIND_SERVER',
           status: { code: 'STATUS_CODE_OK' },
-          startTimeUnixNano: 1700000000000000000,
-          endTimeUnixNano: 1700000000000001000,
+          startTimeUnixNano: 1_000_000_000,
+          endTimeUnixNano: Number.MAX_SAFE_INTEGER,
           parentSpanId: '',
           attributes: null,
           events: undefined,
@@ -116,8 +118,8 @@ describe('decodeOtlpJson', () => {
     expect(span).toMatchObject({
       kind: 2,
       status: { code: 1, message: '' },
-      startTimeUnixNano: 1700000000000000000n,
-      endTimeUnixNano: 1700000000000001024n, // the nearest double: JSON numbers past 2^53 are approximate
+      startTimeUnixNano: 1_000_000_000n,
+      endTimeUnixNano: BigInt(Number.MAX_SAFE_INTEGER),
       parentSpanId: null,
       attributes: [],
       events: [],
@@ -177,6 +179,12 @@ describe('decodeOtlpJson', () => {
     [{ startTimeUnixNano: '-5' }, `${P}.startTimeUnixNano: must be an unsigned 64-bit integer`],
     [{ startTimeUnixNano: 1.5 }, `${P}.startTimeUnixNano: must be an unsigned 64-bit integer`],
     [{ startTimeUnixNano: '18446744073709551616' }, `${P}.startTimeUnixNano: must be an unsigned 64-bit integer`],
+    // JSON numbers past 2^53 arrive rounded (1795000000000000999 parses as ...1024): refused, never stored changed.
+    [{ startTimeUnixNano: 1795000000000000999 }, `${P}.startTimeUnixNano: must be an unsigned 64-bit integer; ${UNSAFE}`],
+    [{ endTimeUnixNano: 2 ** 53 }, `${P}.endTimeUnixNano: must be an unsigned 64-bit integer; ${UNSAFE}`],
+    [{ events: [{ name: 'e', timeUnixNano: 1700000000500000000 }] }, `${P}.events[0].timeUnixNano: must be an unsigned 64-bit integer; ${UNSAFE}`],
+    [{ attributes: [{ key: 'k', value: { intValue: 1795000000000000999 } }] }, `${P}.attributes[0].value.intValue: must be a signed 64-bit integer; ${UNSAFE}`],
+    [{ attributes: [{ key: 'k', value: { intValue: -(2 ** 53) } }] }, `${P}.attributes[0].value.intValue: must be a signed 64-bit integer; ${UNSAFE}`],
     [{ endTimeUnixNano: '10413792000000000000' }, `${P}.endTimeUnixNano: must be before 2300-01-01T00:00:00Z`],
     [{ endTimeUnixNano: '1700000000123456788' }, `${P}.endTimeUnixNano: must not be before startTimeUnixNano`],
     [{ events: {} }, `${P}.events: must be an array`],

@@ -296,7 +296,7 @@ function id(value: unknown, path: string, format: Format, bytes: number, optiona
   return hex;
 }
 
-/** fixed64 nanoseconds: a Long from protobuf; a decimal string or a number in OTLP/JSON. */
+/** fixed64 nanoseconds: a Long from protobuf; a decimal string (or a number up to 2^53) in OTLP/JSON. */
 function time(value: unknown, path: string, format: Format, required: boolean): bigint {
   if (isAbsent(value)) {
     if (required) throw new OtlpDecodeError(path, 'is required');
@@ -314,7 +314,14 @@ function integer(value: unknown, path: string, format: Format, what: string, sig
     const bits = (BigInt(value.high >>> 0) << 32n) | BigInt(value.low >>> 0);
     return signed ? BigInt.asIntN(64, bits) : bits;
   }
-  if (typeof value === 'number' && Number.isInteger(value)) return BigInt(value);
+  if (typeof value === 'number' && Number.isInteger(value)) {
+    // JSON.parse has already rounded a number past 2^53 to the nearest double (…999 became …1024), and
+    // nothing tells an exact one apart: storing it would store another value than the one sent.
+    if (format === 'json' && !Number.isSafeInteger(value)) {
+      throw new OtlpDecodeError(path, `must be ${what}; a JSON number past 2^53 loses precision, so send int64 values as decimal strings, as OTLP/JSON encodes them`);
+    }
+    return BigInt(value);
+  }
   if (format === 'json' && typeof value === 'string' && /^-?\d{1,20}$/.test(value)) {
     const parsed = BigInt(value);
     const [min, max] = signed ? [INT64_MIN, INT64_MAX] : [0n, 2n ** 64n - 1n];

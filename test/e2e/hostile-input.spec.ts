@@ -291,7 +291,7 @@ const validOtlpSpan = fc.record({ traceId: hexBytes(16), spanId: hexBytes(8) }).
   status: { code: 1, message: '' },
 }) as Record<string, unknown>);
 const badAnyValue = fc.oneof(
-  fc.record({ intValue: fc.oneof(fc.constantFrom('1.5', '99999999999999999999', '-9223372036854775809', 'x', ''), fc.double({ noInteger: true, noNaN: true, noDefaultInfinity: true }), fc.boolean()) }),
+  fc.record({ intValue: fc.oneof(fc.constantFrom('1.5', '99999999999999999999', '-9223372036854775809', 'x', '', 2 ** 53, -(2 ** 53), 1795000000000000999), fc.double({ noInteger: true, noNaN: true, noDefaultInfinity: true }), fc.boolean()) }),
   fc.record({ stringValue: fc.oneof(unstorableString, notAString) }),
   fc.record({ boolValue: fc.oneof(hostileString, fc.integer()) }),
   fc.record({ arrayValue: notAnObject }),

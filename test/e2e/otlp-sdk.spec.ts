@@ -305,6 +305,32 @@ describe('OTLP/HTTP receiver', () => {
       await http().get(`/observability/trees/${treeId(trace)}`).set(auth).expect(404);
     });
 
+    it('refuses OTLP/JSON integers sent as numbers past 2^53 (they arrive rounded) and keeps them exact as strings', async () => {
+      const P = 'resourceSpans[0].scopeSpans[0].spans[0]';
+      const UNSAFE = 'a JSON number past 2^53 loses precision, so send int64 values as decimal strings, as OTLP/JSON encodes them';
+      const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
+      // Written as text: a JavaScript number literal would already be rounded.
+      const asText = (overrides: Record<string, unknown>, number: string) =>
+        JSON.stringify(jsonRequest([jsonSpan(traceId(), spanId(), overrides)])).replace('"@NUMBER@"', number);
+      const send = (text: string) => http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/json').send(text);
+      const cases: Array<[Record<string, unknown>, string, string]> = [
+        [{ startTimeUnixNano: '@NUMBER@', endTimeUnixNano: '1795000000000001999' }, '1795000000000000999', `${P}.startTimeUnixNano: must be an unsigned 64-bit integer; ${UNSAFE}`],
+        [{ attributes: [{ key: 'n', value: { intValue: '@NUMBER@' } }] }, '1795000000000000999', `${P}.attributes[0].value.intValue: must be a signed 64-bit integer; ${UNSAFE}`],
+      ];
+      for (const [overrides, number, message] of cases) {
+        const res = await send(asText(overrides, number)).expect(400);
+        expect(res.body).toMatchObject({ message, errors: [{ field: message.split(': ')[0], message: message.split(': ').slice(1).join(': ') }] });
+      }
+      expect([await count('spans'), await count('nodes')]).toEqual([spansBefore, nodesBefore]);
+
+      const [trace, span] = [traceId(), spanId()];
+      await http().post('/otlp/v1/traces').set(auth).send(jsonRequest([jsonSpan(trace, span, {
+        startTimeUnixNano: '1795000000000000999', endTimeUnixNano: '1795000000000001999', attributes: [{ key: 'n', value: { intValue: '1795000000000000999' } }],
+      })])).expect(200);
+      const read = await http().get(`/tracing/spans/${trace}/${span}`).set(auth).expect(200);
+      expect(read.body.span).toMatchObject({ start_time: '2026-11-18T11:06:40.000000Z', end_time: '2026-11-18T11:06:40.000001Z', attributes: { n: '1795000000000000999' } });
+    });
+
     it('answers 400 for garbage protobuf and for malformed JSON', async () => {
       // A binary export's error is a protobuf google.rpc.Status, as OTLP/HTTP prescribes.
       const garbage = await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/x-protobuf').send(Buffer.from('garbage garbage')).buffer(true).parse(binary).expect(400);
