@@ -6,7 +6,7 @@ import { Json } from '../tracing/span';
  * ClickHouse strings. jsonb rejects U+0000 and unpaired surrogates, so those
  * are refused here with a clear message instead of failing the write later.
  */
-const MAX_DEPTH = 32;
+export const MAX_JSON_DEPTH = 32;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 function stringProblem(s: string): string | null {
@@ -17,7 +17,7 @@ function stringProblem(s: string): string | null {
 
 /** The first problem in a JSON value, as [path, reason], or null when it is fine. */
 export function jsonProblem(value: unknown, path: (string | number)[] = [], depth = 0): [(string | number)[], string] | null {
-  if (depth > MAX_DEPTH) return [path, `is nested deeper than ${MAX_DEPTH} levels`];
+  if (depth > MAX_JSON_DEPTH) return [path, `is nested deeper than ${MAX_JSON_DEPTH} levels`];
   if (value === null || typeof value === 'boolean') return null;
   if (typeof value === 'number') return Number.isFinite(value) ? null : [path, 'must be a finite number'];
   if (typeof value === 'string') {

@@ -82,6 +82,7 @@ const P = 'resourceSpans[0].scopeSpans[0].spans[0]';
 describe('decodeOtlpJson', () => {
   it('normalizes a span: lowercase hex ids, bigint nanoseconds, enum numbers', () => {
     const expected: OtlpSpan = {
+      path: 'resourceSpans[0].scopeSpans[0].spans[0]',
       resource: { attributes: [{ key: 'service.name', value: 'checkout' }] },
       scope: { name: 'my-lib', version: '1.2.3' },
       traceId: TRACE,

@@ -1,7 +1,7 @@
 import generatedRoot = require('@opentelemetry/otlp-transformer/build/src/generated/root');
 import { isUtf8 } from 'node:buffer';
 import { BufferReader } from 'protobufjs/minimal';
-import { jsonProblem } from '../http/json-value';
+import { jsonProblem, MAX_JSON_DEPTH } from '../http/json-value';
 import { Json, SPAN_KINDS, STATUS_CODES } from '../tracing/span';
 import { MAX_YEAR } from '../tracing/timestamp';
 
@@ -42,6 +42,8 @@ export interface OtlpLink {
 
 /** Span kind and status code keep their OTLP enum numbers. */
 export interface OtlpSpan {
+  /** Where the span is in the request (resourceSpans[0].scopeSpans[0].spans[0]), for refusals that come after decoding. */
+  path: string;
   resource: { attributes: OtlpKeyValue[] };
   scope: { name: string; version: string };
   /** Lowercase hex; never all zeros. */
@@ -118,7 +120,8 @@ export const otlpTraceService = (
 /** Times must stay inside the years both Postgres and ClickHouse DateTime64(6) hold. */
 const TIME_LIMIT = `${MAX_YEAR + 1}-01-01T00:00:00Z`;
 const MAX_TIME_NANOS = BigInt(Date.parse(TIME_LIMIT)) * 1_000_000n;
-const MAX_VALUE_DEPTH = 32;
+// Bounds the walk's recursion early; what is stored is held to the REST rules after mapping (assertStorable).
+const MAX_VALUE_DEPTH = MAX_JSON_DEPTH;
 const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;
 const ANY_VALUE_FIELDS = ['stringValue', 'boolValue', 'intValue', 'doubleValue', 'arrayValue', 'kvlistValue', 'bytesValue'] as const;
@@ -194,6 +197,7 @@ function walkSpan(
   }
   const status = optionalObject(span.status, `${path}.status`);
   return {
+    path,
     resource,
     scope,
     traceId,

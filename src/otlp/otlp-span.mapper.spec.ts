@@ -1,4 +1,4 @@
-import { OtlpKeyValue, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { OtlpDecodeError, OtlpKeyValue, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 import {
   mapOtlpSpans, nanosToIso, spanIdToNodeId, toNodeInput, toSpanInput, traceIdToTreeId, unflattenAttributes,
 } from './otlp-span.mapper';
@@ -11,6 +11,7 @@ const kv = (key: string, value: OtlpKeyValue['value']): OtlpKeyValue => ({ key, 
 
 function otlpSpan(overrides: Partial<OtlpSpan> = {}): OtlpSpan {
   return {
+    path: 'resourceSpans[0].scopeSpans[0].spans[0]',
     resource: { attributes: [kv('service.name', 'checkout'), kv('service.version', '2.0')] },
     scope: { name: 'my-lib', version: '' },
     traceId: TRACE,
@@ -255,6 +256,23 @@ describe('toNodeInput', () => {
 });
 
 describe('mapOtlpSpans', () => {
+  const deep = (segments: number) => Array.from({ length: segments }, () => 'k').join('.');
+  it.each([
+    ['an empty name', { name: '' }, 'resourceSpans[0].scopeSpans[0].spans[0].name: must not be empty'],
+    ['a name over 1024 characters', { name: 'n'.repeat(1025) }, 'resourceSpans[0].scopeSpans[0].spans[0].name: String must contain at most 1024 character(s)'],
+    ['a status message over 10,000 characters', { status: { code: 2, message: 'm'.repeat(10_001) } }, 'resourceSpans[0].scopeSpans[0].spans[0].status.message: String must contain at most 10000 character(s)'],
+    ['a span attribute 32 deep in the node', { attributes: [kv(deep(32), 1)] }, /^resourceSpans\[0\]\.scopeSpans\[0\]\.spans\[0\]\.attributes: is nested deeper than 32 levels \(as stored in the node: otel\.attributes\.k/],
+    ['a resource attribute', { resource: { attributes: [kv(deep(31), 1)] } }, /^resourceSpans\[0\]\.resource\.attributes: is nested deeper than 32 levels/],
+    ['an event attribute', { events: [{ name: 'e', timeUnixNano: 1n, attributes: [kv(deep(30), 1)] }] }, /^resourceSpans\[0\]\.scopeSpans\[0\]\.spans\[0\]\.events\[0\]: is nested deeper/],
+  ])('refuses what REST would refuse: %s, naming the OTLP field', (_, overrides, message) => {
+    expect(() => mapOtlpSpans([otlpSpan(), otlpSpan(overrides as Partial<OtlpSpan>)])).toThrow(message as string | RegExp);
+    expect(() => mapOtlpSpans([otlpSpan(overrides as Partial<OtlpSpan>)])).toThrow(OtlpDecodeError);
+  });
+
+  it('takes a span at the REST limits', () => {
+    expect(() => mapOtlpSpans([otlpSpan({ name: 'n'.repeat(1024), status: { code: 2, message: 'm'.repeat(10_000) }, attributes: [kv(deep(31), 1)] })])).not.toThrow();
+  });
+
   it('keeps the last copy of a repeated span and of a repeated node id', () => {
     const first = otlpSpan({ name: 'first' });
     const other = otlpSpan({ spanId: ROOT, parentSpanId: null, name: 'root' });

@@ -1,9 +1,13 @@
+import { z } from 'zod';
+import { fieldErrors, formatPath } from '../http/zod-validation';
+import { nodeInputSchema } from '../observability/dto/node.schema';
 import { NodeInput } from '../observability/node';
+import { spanInputSchema } from '../tracing/dto/span.schema';
 import {
   Json, JsonObject, SPAN_KINDS, SPAN_TYPES, STATUS_CODES, SpanInput, SpanType, TRACE_TYPES, TraceType,
 } from '../tracing/span';
 import { traceIdToUuid } from '../tracing/trace-id';
-import { OtlpEvent, OtlpKeyValue, OtlpLink, OtlpSpan } from './otlp-decoder';
+import { OtlpDecodeError, OtlpEvent, OtlpKeyValue, OtlpLink, OtlpSpan } from './otlp-decoder';
 
 /**
  * Maps a decoded OTLP span to the span and the legacy node the receiver
@@ -256,18 +260,78 @@ export function toNodeInput(span: OtlpSpan): NodeInput {
 /**
  * Spans and nodes for one request. A request may repeat a span (or, rarely,
  * a span id across traces, which share a node id); the last one wins, since a
- * single upsert statement cannot write the same key twice.
+ * single upsert statement cannot write the same key twice. Every span and
+ * node must pass the REST schemas (assertStorable), or nothing is written.
  */
 export function mapOtlpSpans(spans: OtlpSpan[]): { spans: SpanInput[]; nodes: NodeInput[] } {
   const spanInputs = new Map<string, SpanInput>();
   const nodeInputs = new Map<string, NodeInput>();
-  for (const span of spans) {
-    const key = `${span.traceId}/${span.spanId}`;
+  for (const otlp of spans) {
+    const span = toSpanInput(otlp);
+    const node = toNodeInput(otlp);
+    assertStorable(otlp, span, node);
+    const key = `${span.trace_id}/${span.span_id}`;
     spanInputs.delete(key);
-    spanInputs.set(key, toSpanInput(span));
-    const node = toNodeInput(span);
+    spanInputs.set(key, span);
     nodeInputs.delete(node.node_id);
     nodeInputs.set(node.node_id, node);
   }
   return { spans: [...spanInputs.values()], nodes: [...nodeInputs.values()] };
+}
+
+/**
+ * What OTLP stores must be what the REST API would take, or a span read back
+ * with GET could not be PUT back: so the span and node a span maps to are
+ * checked by the REST schemas themselves, which hold every limit once (a
+ * non-empty name of at most 1024 characters, a status message of at most
+ * 10,000, JSON at most 32 levels deep, which unflattened dotted keys and the
+ * node's otel wrapper deepen). An empty name is refused too: OTLP calls the
+ * name required and "semantically required to be set to non-empty string",
+ * and REST refuses it. The refusal names the OTLP field the value came from.
+ */
+export function assertStorable(otlp: OtlpSpan, span: SpanInput, node: NodeInput): void {
+  for (const [what, schema, row] of [['span', spanInputSchema, span], ['node', nodeInputSchema, node]] as const) {
+    const result = (schema as z.ZodTypeAny).safeParse(row);
+    if (result.success) continue;
+    const issue = result.error.issues[0];
+    const [field, isJson] = otlpFieldOf(otlp.path, issue.path);
+    const reason = fieldErrors(new z.ZodError([issue]))[0].message;
+    const stored = formatPath(issue.path);
+    throw new OtlpDecodeError(field, isJson ? `${reason} (as stored in the ${what}: ${stored.length > 80 ? `${stored.slice(0, 80)}…` : stored}; dotted keys are unflattened)` : reason);
+  }
+}
+
+/** The OTLP field a stored span's or node's value comes from (see toSpanInput, toNodeInput), and whether it is JSON there. */
+function otlpFieldOf(spanPath: string, stored: (string | number)[]): [string, boolean] {
+  const resource = `${spanPath.slice(0, spanPath.indexOf('.scopeSpans['))}.resource.attributes`;
+  const scope = `${spanPath.slice(0, spanPath.lastIndexOf('.spans['))}.scope`;
+  const [field, second, third] = stored;
+  const indexed = (name: string, index: unknown) => (typeof index === 'number' ? `${spanPath}.${name}[${index}]` : `${spanPath}.${name}`);
+  switch (field) {
+    case 'span_name':
+    case 'node_name':
+      return [`${spanPath}.name`, false];
+    case 'status_message':
+      return [`${spanPath}.status.message`, false];
+    case 'status':
+      return [`${spanPath}.status${second === 'message' ? '.message' : ''}`, false];
+    case 'attributes':
+      return [second === 'otel' && third === 'resource' ? resource : second === 'otel' && third === 'scope' ? scope : `${spanPath}.attributes`, true];
+    case 'data':
+    case 'metrics':
+    case 'meta':
+      return [`${spanPath}.attributes`, true];
+    case 'otel':
+      if (second === 'resource') return [resource, true];
+      if (second === 'scope') return [scope, true];
+      if (second === 'events') return [indexed('events', third), true];
+      return [`${spanPath}.attributes`, true];
+    case 'events':
+    case 'links':
+      return [indexed(field, second), true];
+    case 'exception':
+      return [`${spanPath}.events`, true];
+    default:
+      return [spanPath, false];
+  }
 }

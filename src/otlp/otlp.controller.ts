@@ -8,7 +8,7 @@ import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
 import { ObservabilityService } from '../observability/observability.service';
 import { TracingService } from '../tracing/tracing.service';
-import { OtlpDecodeError, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { OtlpDecodeError, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 import { mapOtlpSpans } from './otlp-span.mapper';
 import { OTLP_PROTOBUF } from './otlp-error-body';
 
@@ -60,7 +60,7 @@ export class OtlpController {
     // The same per-request bound as the REST batches (MAX_BATCH_ITEMS).
     const max = this.config.http.maxBatchItems;
     if (otlpSpans.length > max) throw new PayloadTooLargeException(`spans: at most ${max} per request, got ${otlpSpans.length}`);
-    const { spans, nodes } = mapOtlpSpans(otlpSpans);
+    const { spans, nodes } = decode(() => mapOtlpSpans(otlpSpans));
     // Spans, then nodes; both are upserts keyed by id, so if the second write
     // fails the exporter's retry rewrites both and the two converge.
     await this.tracing.createSpans(projectId, spans, { userId: null, upsert: true });
@@ -73,7 +73,8 @@ export class OtlpController {
   }
 }
 
-function decode(run: () => OtlpSpan[]): OtlpSpan[] {
+/** Decoding and mapping refuse a request by throwing an OtlpDecodeError: a 400 naming the OTLP field. */
+function decode<T>(run: () => T): T {
   try {
     return run();
   } catch (error) {

@@ -331,6 +331,38 @@ describe('OTLP/HTTP receiver', () => {
       expect(read.body.span).toMatchObject({ start_time: '2026-11-18T11:06:40.000000Z', end_time: '2026-11-18T11:06:40.000001Z', attributes: { n: '1795000000000000999' } });
     });
 
+    it('refuses what the REST API would refuse (name, status message, JSON depth), naming the OTLP field and writing nothing', async () => {
+      const P = 'resourceSpans[0].scopeSpans[0].spans[1]';
+      const deepKey = (segments: number) => Array.from({ length: segments }, () => 'k').join('.');
+      const cases: Array<[Record<string, unknown>, string, RegExp]> = [
+        [{ name: undefined }, `${P}.name`, /^must not be empty$/],
+        [{ name: '' }, `${P}.name`, /^must not be empty$/],
+        [{ name: 'n'.repeat(5000) }, `${P}.name`, /at most 1024 character/],
+        [{ status: { code: 2, message: 'm'.repeat(20_000) } }, `${P}.status.message`, /at most 10000 character/],
+        [{ attributes: [{ key: deepKey(60), value: { stringValue: 'v' } }] }, `${P}.attributes`, /^is nested deeper than 32 levels \(as stored in the span: attributes\.k\.k/],
+      ];
+      const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
+      for (const [overrides, field, message] of cases) {
+        const trace = traceId();
+        const res = await http().post('/otlp/v1/traces').set(auth).send(jsonRequest([jsonSpan(trace, spanId()), jsonSpan(trace, spanId(), overrides)])).expect(400);
+        expect(res.body.errors).toEqual([{ field, message: expect.stringMatching(message) }]);
+        expect(res.body.message).toBe(`${field}: ${res.body.errors[0].message}`);
+      }
+      expect([await count('spans'), await count('nodes')]).toEqual([spansBefore, nodesBefore]);
+
+      // At the limits a span is stored, and what GET returns the REST API takes back.
+      const [trace, span] = [traceId(), spanId()];
+      await http().post('/otlp/v1/traces').set(auth).send(jsonRequest([jsonSpan(trace, span, {
+        name: 'n'.repeat(1024), status: { code: 2, message: 'm'.repeat(10_000) }, attributes: [{ key: deepKey(31), value: { stringValue: 'v' } }],
+      })])).expect(200);
+      const stored = (await http().get(`/tracing/spans/${trace}/${span}`).set(auth).expect(200)).body.span;
+      const { project_id: _p, created_at: _c, updated_at: _u, created_by_id: _cb, updated_by_id: _ub, ...input } = stored;
+      await http().put('/tracing/spans').set(auth).send({ spans: [input] }).expect(200);
+      const tree = (await http().get(`/observability/trees/${treeId(trace)}`).set(auth).expect(200)).body.nodes;
+      const { project_id: _np, created_at: _nc, updated_at: _nu, ...node } = tree[0];
+      await http().post('/observability/nodes').set(auth).send({ nodes: [node] }).expect(201);
+    });
+
     it('answers 400 for garbage protobuf and for malformed JSON', async () => {
       // A binary export's error is a protobuf google.rpc.Status, as OTLP/HTTP prescribes.
       const garbage = await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/x-protobuf').send(Buffer.from('garbage garbage')).buffer(true).parse(binary).expect(400);
