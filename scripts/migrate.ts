@@ -1,7 +1,7 @@
 import { parseConfig } from '../src/config/app-config';
 import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
-import { migrateDown, migrateToLatest, schemaState } from '../src/dbs/postgres/postgres-migrator';
+import { migrateDown, prepareSchema, schemaState } from '../src/dbs/postgres/postgres-migrator';
 import { runCli, UsageError } from './cli/run-cli';
 
 const USAGE = `usage: npm run migrate -- [latest | status | down | down --all]
@@ -27,10 +27,24 @@ runCli(USAGE, async (args, log) => {
       log(pending.length ? `${pending.length} pending: run \`npm run migrate\`` : 'the schema is current for this build');
       return;
     }
-    const result = command === 'latest' ? await migrateToLatest(db) : await migrateDown(db, rest.includes('--all'));
-    const done = result.results ?? [];
+    if (command === 'latest') {
+      // Kysely's migrateToLatest calls a database a newer build migrated corrupted; prepareSchema uses it as it is (README "Migrations").
+      const { applied, unknown } = await prepareSchema(db, true);
+      if (applied.length === 0) log('nothing to do: already at the requested version');
+      for (const name of applied) log(`applied ${name}`);
+      if (unknown.length) log(`the database also ran ${unknown.join(', ')}, applied by a newer build (this build does not know them); it is used as it is`);
+      return;
+    }
+    const { unknown } = await schemaState(db);
+    if (unknown.length) {
+      // Only the build that wrote a migration can undo it; undoing ours beneath it would pull the schema out from under its changes.
+      throw new Error(
+        `the database has migrations this build does not know (${unknown.join(', ')}): migrate down with the build that applied them first`,
+      );
+    }
+    const done = (await migrateDown(db, rest.includes('--all'))).results ?? [];
     if (done.length === 0) log('nothing to do: already at the requested version');
-    for (const r of done) log(`${r.direction === 'Up' ? 'applied' : 'reverted'} ${r.migrationName}`);
+    for (const r of done) log(`reverted ${r.migrationName}`);
   } finally {
     await db.destroy();
     await server.stop?.();

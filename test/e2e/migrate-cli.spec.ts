@@ -33,6 +33,29 @@ describe('npm run migrate', () => {
     }
   });
 
+  it('latest uses a database a newer build migrated as it is; down refuses to undo under a migration it does not know', async () => {
+    await sql`insert into kysely_migration (name, timestamp) values ('9999_from_a_newer_build', ${new Date().toISOString()})`.execute(test.db);
+    try {
+      expect(await migrate('latest')).toMatchObject({
+        code: 0,
+        stderr:
+          'nothing to do: already at the requested version\n' +
+          'the database also ran 9999_from_a_newer_build, applied by a newer build (this build does not know them); it is used as it is\n',
+      });
+      for (const args of [['down'], ['down', '--all']]) {
+        expect(await migrate(...args)).toMatchObject({
+          code: 1,
+          stderr:
+            'error: the database has migrations this build does not know (9999_from_a_newer_build): ' +
+            'migrate down with the build that applied them first\n',
+        });
+      }
+      expect((await migrate('status')).stdout).toMatch(/^0001_initial {2}applied /);
+    } finally {
+      await sql`delete from kysely_migration where name = '9999_from_a_newer_build'`.execute(test.db);
+    }
+  });
+
   it('unknown arguments exit 2 with the usage, and change nothing', async () => {
     for (const args of [['sideways'], ['status', '--all'], ['latest', '--all']]) {
       const run = await migrate(...args);

@@ -75,6 +75,17 @@ describe('Postgres migrations', () => {
     }
   });
 
+  it('a run Kysely refuses before any migration starts says why, with no empty migration name', async () => {
+    await sql`insert into kysely_migration (name, timestamp) values ('9999_from_a_newer_build', ${new Date().toISOString()})`.execute(test.db);
+    try {
+      await expect(migrateToLatest(test.db)).rejects.toThrow(
+        /^Postgres migrations could not run: corrupted migrations: previously executed migration 9999_from_a_newer_build is missing$/,
+      );
+    } finally {
+      await sql`delete from kysely_migration where name = '9999_from_a_newer_build'`.execute(test.db);
+    }
+  });
+
   it("keeps to its own schema's migration table when another schema of the database has one", async () => {
     // Another app migrated with Kysely in schema `other`; ours has not run yet (no table in public).
     await migrateDown(test.db, true);

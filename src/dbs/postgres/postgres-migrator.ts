@@ -29,7 +29,8 @@ function raise(result: MigrationResultSet): MigrationResultSet {
   if (result.error) {
     const failed = result.results?.find((r) => r.status === 'Error');
     const cause = result.error instanceof Error ? result.error.message : String(result.error);
-    throw new Error(`Postgres migration ${failed?.migrationName ?? ''} failed: ${cause}`);
+    // Kysely refuses some runs (a corrupted history, a lock) before any migration starts: there is no migration to name then.
+    throw new Error(failed ? `Postgres migration ${failed.migrationName} failed: ${cause}` : `Postgres migrations could not run: ${cause}`);
   }
   return result;
 }
