@@ -22,6 +22,7 @@ resumes from its checkpoint by default (the same options are the same run).
   --dry-run                  count what would be copied; write nothing
   --restart                  start the run over (new upper bound) instead of resuming
   --gaps                     replay the mirror's open gap records instead of copying history
+                             (with --entity, --project and --dry-run only)
 
 Connects to DATABASE_URL and CLICKHOUSE_URL, or to the embedded servers.
 Exits 0 when done, 1 when it failed (the message names the server and what to
@@ -42,8 +43,9 @@ runCli(USAGE, async (args, log) => {
   };
   const gaps = flags.switches.has('--gaps');
   const dryRun = flags.switches.has('--dry-run');
-  if (gaps && (flags.values.has('--since') || flags.values.has('--until') || options.restart)) {
-    throw new UsageError('--gaps replays whole gap records: it takes --entity and --project only');
+  const notForGaps = ['--since', '--until', '--batch-rows', '--batch-bytes'];
+  if (gaps && (notForGaps.some((name) => flags.values.has(name)) || options.restart)) {
+    throw new UsageError('--gaps replays whole gap records: it takes --entity, --project and --dry-run only');
   }
   const postgres = await connectPostgres(config, log);
   try {

@@ -140,6 +140,8 @@ describe('npm run backfill / verify', () => {
       ['backfill', ['--batch-bytes', '-5'], '--batch-bytes must be a positive whole number'],
       ['backfill', ['--entity', 'traces'], '--entity must be spans, nodes or all, got "traces"'],
       ['backfill', ['--gaps', '--since', '2026-01-01T00:00:00Z'], '--gaps replays whole gap records'],
+      ['backfill', ['--gaps', '--batch-rows', '10'], '--gaps replays whole gap records: it takes --entity, --project and --dry-run only'],
+      ['backfill', ['--gaps', '--dry-run', '--batch-bytes', '1000'], '--gaps replays whole gap records: it takes --entity, --project and --dry-run only'],
       ['verify', ['--until'], '--until needs a value'],
     ];
     const results = await Promise.all(cases.map(([script, args]) => run(script as 'backfill' | 'verify', args, nowhere)));
