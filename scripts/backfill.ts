@@ -5,7 +5,7 @@ import { createProgress } from '../src/dbs/backfill/progress';
 import { PostgresMirrorGapsRepository } from '../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { parseFlags, positiveInt } from './cli/flags';
 import { connectClickHouse, connectPostgres, formatRate, formatSeconds, scopesFrom } from './cli/history-cli';
-import { runCli, UsageError } from './cli/run-cli';
+import { exitOnSignal, runCli, UsageError } from './cli/run-cli';
 
 const USAGE = `usage: npm run backfill -- [options]
 
@@ -70,11 +70,8 @@ runCli(USAGE, async (args, log) => {
       log('note: rows written after the backfill copies them reach ClickHouse only through an API running with USE_CLICKHOUSE=true (unset in this shell, which is fine when the API has it)');
     }
     const clickhouse = await connectClickHouse(config, log);
-    const interrupted = () => {
-      log('interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume');
-      process.exit(130);
-    };
-    process.once('SIGINT', interrupted).once('SIGTERM', interrupted);
+    const progress = createProgress(process.stderr, log);
+    exitOnSignal('interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume', () => progress.stop());
     try {
       if (gaps) {
         const replay = new GapReplay(postgres.db, clickhouse.history, log);
@@ -87,7 +84,7 @@ runCli(USAGE, async (args, log) => {
       }
       const backfill = new Backfill(postgres, clickhouse.history, log);
       for (const scope of scopes) {
-        process.stdout.write(`${summary(await backfill.run(scope, options, createProgress(process.stderr, log)))}\n`);
+        process.stdout.write(`${summary(await backfill.run(scope, options, progress))}\n`);
       }
     } finally {
       await clickhouse.close();

@@ -3,7 +3,7 @@ import { createProgress } from '../src/dbs/backfill/progress';
 import { BucketComparison, Verifier, VerifyReport } from '../src/dbs/backfill/verify';
 import { parseFlags } from './cli/flags';
 import { connectClickHouse, connectPostgres, formatSeconds, scopesFrom } from './cli/history-cli';
-import { runCli } from './cli/run-cli';
+import { exitOnSignal, runCli } from './cli/run-cli';
 
 const USAGE = `usage: npm run verify -- [options]
 
@@ -33,12 +33,10 @@ runCli(USAGE, async (args, log) => {
   try {
     const clickhouse = await connectClickHouse(config, log);
     try {
+      const progress = createProgress(process.stderr, log, 'verify');
+      exitOnSignal('interrupted: verify did not finish; run the same command again (a --repair cut short is safe to repeat)', () => progress.stop());
       const verifier = new Verifier(postgres.db, clickhouse.history);
-      const report = await verifier.verify(scopes, {
-        content: !flags.switches.has('--counts-only'),
-        progress: createProgress(process.stderr, log, 'verify'),
-        ttlDays: config.clickhouse.ttlDays,
-      });
+      const report = await verifier.verify(scopes, { content: !flags.switches.has('--counts-only'), progress, ttlDays: config.clickhouse.ttlDays });
       if (report.retainedFrom) {
         log(`CLICKHOUSE_TTL_DAYS=${config.clickhouse.ttlDays}: rows created before ${report.retainedFrom.slice(0, 10)} expire in ClickHouse by design and are not compared`);
       }

@@ -30,3 +30,22 @@ export function runCli(usage: string, run: (args: string[], log: (message: strin
     },
   );
 }
+
+/** What a shell reports for a process these signals end (128 + the signal's number), so callers can tell which it was. */
+const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
+
+/**
+ * Ends a long command on Ctrl-C or SIGTERM with `message` on a line of its
+ * own. `stop` runs first: a progress bar keeps the terminal's cursor hidden
+ * and its line wrap off until it is stopped, and exiting skips every finally.
+ */
+export function exitOnSignal(message: string, stop: () => void): void {
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      stop();
+      // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
+      process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${message}\n`);
+      process.exit(SIGNAL_EXIT_CODES[signal]);
+    });
+  }
+}

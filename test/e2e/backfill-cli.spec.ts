@@ -23,7 +23,7 @@ interface Run {
   stderr: string;
 }
 
-function start(script: 'backfill' | 'verify', args: string[], env: Record<string, string>): { child: ChildProcess; done: Promise<Run> } {
+function start(script: 'backfill' | 'verify', args: string[], env: Record<string, string>): { child: ChildProcess; done: Promise<Run>; stderr: () => string } {
   // jest's NODE_OPTIONS (vm modules) is not the commands' business.
   const { NODE_OPTIONS: _jest, ...inherited } = process.env;
   const child = spawn(process.execPath, ['--import', 'tsx', `scripts/${script}.ts`, ...args], { cwd: ROOT, env: { ...inherited, ...env } });
@@ -32,10 +32,53 @@ function start(script: 'backfill' | 'verify', args: string[], env: Record<string
   child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const done = new Promise<Run>((resolveRun) => child.on('close', (code, signal) => resolveRun({ code, signal, stdout, stderr })));
-  return { child, done };
+  return { child, done, stderr: () => stderr };
 }
 
 const run = (script: 'backfill' | 'verify', args: string[], env: Record<string, string>) => start(script, args, env).done;
+
+interface TerminalRun {
+  code: number | null;
+  /** Everything the terminal showed, escape sequences included. */
+  output: string;
+}
+
+/**
+ * A command on a terminal of its own (util-linux `script` gives it a pty), as
+ * an operator watching its progress bar runs it. Bytes written to `keys` are
+ * typed at that terminal, so "\x03" is a real Ctrl-C.
+ */
+function onTerminal(script: 'backfill' | 'verify', args: string[], env: Record<string, string>) {
+  const { NODE_OPTIONS: _jest, ...inherited } = process.env;
+  // exec: the shell's pid becomes the command's, for signals sent to it alone.
+  const command = `echo pid=$$; exec ${process.execPath} --import tsx scripts/${script}.ts ${args.join(' ')}`;
+  const child = spawn('script', ['-qefc', command, '/dev/null'], { cwd: ROOT, env: { ...inherited, ...env } });
+  let output = '';
+  let ended = false;
+  child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const done = new Promise<TerminalRun>((resolveRun) =>
+    child.on('close', (code) => {
+      ended = true;
+      resolveRun({ code, output });
+    }),
+  );
+  const waitFor = async (pattern: RegExp): Promise<RegExpExecArray> => {
+    for (;;) {
+      const match = pattern.exec(output);
+      if (match) return match;
+      if (ended) throw new Error(`the command ended before ${pattern}: ${JSON.stringify(output)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  return { keys: child.stdin!, done, waitFor };
+}
+
+/** A progress bar hides the cursor and turns line wrap off; whatever ends the command must turn both back. */
+function expectTerminalRestored(output: string): void {
+  expect(output).toContain('\x1b[?25l');
+  expect(output.slice(output.lastIndexOf('\x1b[?25l'))).toContain('\x1b[?25h');
+  expect(output.slice(output.lastIndexOf('\x1b[?7l'))).toContain('\x1b[?7h');
+}
 
 describe('npm run backfill / verify', () => {
   let pg: TestDatabase;
@@ -151,6 +194,44 @@ describe('npm run backfill / verify', () => {
       expect(result.stderr).toContain(`usage: npm run ${cases[i][0]} -- [options]`);
     });
   }, 60_000);
+
+  // After the tests above: ClickHouse holds every row, so verify's content pass (the one with a bar) reads them all.
+  it('Ctrl-C or SIGTERM on a terminal stops the bar, restores the terminal, says so on a line of its own, and exits 130 or 143', async () => {
+    const backfill = onTerminal('backfill', ['--entity', 'spans', '--restart', '--batch-rows', '2000'], env);
+    await backfill.waitFor(/backfill spans \|/);
+    backfill.keys.write('\x03');
+    const interruptedBackfill = await backfill.done;
+    expect(interruptedBackfill.code).toBe(130);
+    expectTerminalRestored(interruptedBackfill.output);
+    expect(interruptedBackfill.output).toMatch(/\n(\r\x1b\[2K)?interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume\r\n$/);
+
+    const verify = onTerminal('verify', ['--entity', 'spans'], env);
+    const pid = Number((await verify.waitFor(/pid=(\d+)/))[1]);
+    await verify.waitFor(/verify spans \|/);
+    process.kill(pid, 'SIGTERM');
+    const terminated = await verify.done;
+    expect(terminated.code).toBe(143);
+    expectTerminalRestored(terminated.output);
+    expect(terminated.output).toMatch(/\n(\r\x1b\[2K)?interrupted: verify did not finish; run the same command again \(a --repair cut short is safe to repeat\)\r\n$/);
+  }, 120_000);
+
+  it('without a terminal, SIGINT exits 130 and SIGTERM 143, each with its interrupted line', async () => {
+    for (const [script, signal, code, line] of [
+      ['verify', 'SIGINT', 130, 'interrupted: verify did not finish; run the same command again (a --repair cut short is safe to repeat)'],
+      ['backfill', 'SIGTERM', 143, 'interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume'],
+    ] as const) {
+      const started = start(script, script === 'verify' ? ['--entity', 'spans'] : ['--entity', 'spans', '--restart', '--batch-rows', '2000'], env);
+      // The line-per-5-s progress says the command is under way.
+      while (!started.stderr().includes(`${script} progress`)) {
+        const exited = await Promise.race([started.done, new Promise((r) => setTimeout(r, 50))]);
+        if (exited) throw new Error(`${script} ended before it could be interrupted: ${JSON.stringify(exited)}`);
+      }
+      started.child.kill(signal);
+      const result = await started.done;
+      expect({ script, code: result.code }).toEqual({ script, code });
+      expect(result.stderr).toMatch(new RegExp(`(^|\\n)${line.replace(/[()]/g, '\\$&')}\\n$`));
+    }
+  }, 120_000);
 
   it('says which server is unreachable (without its password) or that the tables are missing, and exits 1', async () => {
     const [postgresDown, clickhouseDown, noTables, verifyNoTables] = await Promise.all([
