@@ -69,7 +69,7 @@ runCli(USAGE, async (args, log) => {
     if (!config.clickhouse.enabled) {
       log('note: rows written after the backfill copies them reach ClickHouse only through an API running with USE_CLICKHOUSE=true (unset in this shell, which is fine when the API has it)');
     }
-    const clickhouse = await connectClickHouse(config, log);
+    const clickhouse = await connectClickHouse(config, log, 'backfill');
     const progress = createProgress(process.stderr, log);
     exitOnSignal('interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume', () => progress.stop());
     try {

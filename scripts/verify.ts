@@ -31,7 +31,7 @@ runCli(USAGE, async (args, log) => {
   const scopes = scopesFrom(flags, config);
   const postgres = await connectPostgres(config, log);
   try {
-    const clickhouse = await connectClickHouse(config, log);
+    const clickhouse = await connectClickHouse(config, log, 'verify');
     try {
       const progress = createProgress(process.stderr, log, 'verify');
       exitOnSignal('interrupted: verify did not finish; run the same command again (a --repair cut short is safe to repeat)', () => progress.stop());

@@ -140,7 +140,7 @@ async function main(): Promise<void> {
     const paths: Record<Path, (round: number) => Promise<number>> = {
       backfill: async (round) => {
         const config = await clickhouse.createDatabase(`backfill_r${round}`);
-        const ch = await connectClickHouse(parseConfig({ ...env, CLICKHOUSE_DATABASE: config.database }), () => undefined);
+        const ch = await connectClickHouse(parseConfig({ ...env, CLICKHOUSE_DATABASE: config.database }), () => undefined, 'backfill');
         try {
           const result = await new Backfill(pg, ch.history).run(scope, { batchRows, batchBytes, restart: true });
           return result.rowsCopied;

@@ -71,7 +71,7 @@ export interface ClickHouseConnection {
 }
 
 /** CLICKHOUSE_URL or the local server; fails when it does not answer or the mirror tables are missing. */
-export async function connectClickHouse(config: AppConfig, log: (line: string) => void): Promise<ClickHouseConnection> {
+export async function connectClickHouse(config: AppConfig, log: (line: string) => void, task: 'backfill' | 'verify'): Promise<ClickHouseConnection> {
   const server = await resolveClickHouse(config.clickhouse, log);
   const options = {
     ...clickHouseClientOptions(config.clickhouse, server.url),
@@ -83,7 +83,7 @@ export async function connectClickHouse(config: AppConfig, log: (line: string) =
   // ClickHouseHistory's sink compresses bodies itself, where it pays.
   const insert = createClient({ ...options, compression: { request: false, response: false } });
   const query = createClient({ ...options, compression: { request: false, response: false } });
-  const history = new ClickHouseHistory({ insert, query }, { url: server.url, database: config.clickhouse.database });
+  const history = new ClickHouseHistory({ insert, query }, { url: server.url, database: config.clickhouse.database, task });
   const close = async () => {
     await Promise.allSettled([insert.close(), query.close()]);
     await server.stop?.();

@@ -2,6 +2,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import { sql } from 'kysely';
 import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
+import { FakeClickHouse } from '../support/fake-clickhouse';
 import { seedNodes, seedSpans } from '../support/history';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 import { storesEnv } from '../support/commands';
@@ -232,6 +233,25 @@ describe('npm run backfill / verify', () => {
       expect(result.stderr).toMatch(new RegExp(`(^|\\n)${line.replace(/[()]/g, '\\$&')}\\n$`));
     }
   }, 120_000);
+
+  it('names the server and what to do when ClickHouse stops answering part-way through verify', async () => {
+    const proxy = await FakeClickHouse.start(ch.url);
+    try {
+      const verify = start('verify', ['--entity', 'spans'], { ...env, CLICKHOUSE_URL: proxy.url });
+      while (!verify.stderr().includes('verify progress')) {
+        const exited = await Promise.race([verify.done, new Promise((r) => setTimeout(r, 50))]);
+        if (exited) throw new Error(`verify ended before ClickHouse could stop: ${JSON.stringify(exited)}`);
+      }
+      await proxy.setMode('refuse');
+      const result = await verify.done;
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(
+        new RegExp(`\\nerror: ClickHouse at ${proxy.url} stopped answering during verify: [^\\n]+; run it again once it is back\\n$`),
+      );
+    } finally {
+      await proxy.close();
+    }
+  }, 60_000);
 
   it('says which server is unreachable (without its password) or that the tables are missing, and exits 1', async () => {
     const [postgresDown, clickhouseDown, noTables, verifyNoTables] = await Promise.all([

@@ -11,7 +11,9 @@ import { spanIdToUInt64, toSpanClickHouseLine } from '../../src/dbs/clickhouse/s
 import { PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { spanFromRow } from '../../src/dbs/postgres/span-row.mapper';
 import { isoToMicros } from '../../src/tracing/timestamp';
+import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
+import { FakeClickHouse } from '../support/fake-clickhouse';
 import { makeNode } from '../support/fixtures';
 import { seedNodes, seedSpans } from '../support/history';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
@@ -165,6 +167,37 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     seen.events.length = 0;
     await verifier.verify(SCOPES, { content: false, progress });
     expect(seen.events).toEqual([]);
+  });
+
+  it('names the server and what to do when ClickHouse stops answering after it was found ready, for every read and write', async () => {
+    const proxy = await FakeClickHouse.start(ch.url);
+    const clients = createClickHouseClients(ch.config, proxy.url);
+    const history = new ClickHouseHistory(clients, { url: proxy.url, database: ch.database, task: 'verify' }, async () => undefined);
+    try {
+      await history.checkReady();
+      await proxy.setMode('refuse');
+      const stopped = new RegExp(`^ClickHouse at ${proxy.url} stopped answering during verify: [^\\n]+; run it again once it is back$`);
+      const scope: HistoryScope = { entity: 'spans', projectIds: [P1] };
+      const key = ['0123456789abcdef0123456789abcdef', '0123456789abcdef'];
+      const calls: Array<[string, () => Promise<unknown>]> = [
+        ['countByProjectDay', () => history.countByProjectDay(scope)],
+        ['streamStored', async () => history.streamStored(spanHistory, scope).next()],
+        ['keyVersions', () => history.keyVersions(spanHistory, scope)],
+        ['readLive', () => history.readLive(spanHistory, P1, [key])],
+        ['removeKeys', () => history.removeKeys(spanHistory, P1, [key])],
+        ['insert', () => history.insert('spans', ['{}'], 'token')],
+      ];
+      for (const [name, call] of calls) {
+        const error = await call().then(
+          () => new Error('answered'),
+          (e: Error) => e,
+        );
+        expect({ name, message: error.message }).toEqual({ name, message: expect.stringMatching(stopped) });
+      }
+    } finally {
+      await clients.close();
+      await proxy.close();
+    }
   });
 });
 

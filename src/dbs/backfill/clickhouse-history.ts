@@ -32,6 +32,11 @@ export class ClickHouseNotReadyError extends Error {
   override name = 'ClickHouseNotReadyError';
 }
 
+/** ClickHouse failed a read or write after checkReady passed: the message names the server and what to do. */
+export class ClickHouseFailedError extends Error {
+  override name = 'ClickHouseFailedError';
+}
+
 /** True for a server on this machine; a URL that does not parse is not. */
 function isLoopback(url: string): boolean {
   if (!URL.canParse(url)) return false;
@@ -51,7 +56,8 @@ export class ClickHouseHistory {
 
   constructor(
     clients: Pick<ClickHouseClients, 'insert' | 'query'>,
-    private readonly where: { url: string; database: string },
+    /** `task` names the run in errors ("during verify"). */
+    private readonly where: { url: string; database: string; task?: string },
     private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((done) => setTimeout(done, ms)),
   ) {
     // Compression pays off over a network; to a server on this machine it only burns the CPU the copy needs.
@@ -59,9 +65,36 @@ export class ClickHouseHistory {
     this.query = clients.query;
   }
 
+  private get at(): string {
+    return `ClickHouse at ${redactUrl(this.where.url)}`;
+  }
+
+  /**
+   * An error of a request made after checkReady, as an operator can act on
+   * it: the client's own is a bare socket message ("connect ECONNREFUSED
+   * 127.0.0.1:18123") that names neither the server nor what to do.
+   */
+  private failed(error: unknown, what?: string): Error {
+    if (error instanceof ClickHouseFailedError) return error;
+    const during = `during ${this.where.task ?? 'the run'}`;
+    const message = (error as Error)?.message || (error as { code?: string })?.code || String(error);
+    const cause = what ? `${what}: ${message}` : message;
+    if (error instanceof ClickHouseError) return new ClickHouseFailedError(`${this.at} failed a query ${during}: ${cause}`);
+    // No answer at all (refused, reset, timed out): the server stopped or the path to it broke.
+    return new ClickHouseFailedError(`${this.at} stopped answering ${during}: ${cause}; run it again once it is back`);
+  }
+
+  private async answered<T>(request: () => Promise<T>): Promise<T> {
+    try {
+      return await request();
+    } catch (error) {
+      throw this.failed(error);
+    }
+  }
+
   /** Fails with what an operator should do when the server does not answer or the tables are missing. */
   async checkReady(entities: readonly Entity[] = ENTITIES): Promise<void> {
-    const at = `ClickHouse at ${redactUrl(this.where.url)}`;
+    const at = this.at;
     const ping = await this.query.ping();
     if (!ping.success) throw new ClickHouseNotReadyError(`${at} does not answer: ${ping.error.message}`);
     const migrate = 'run `npm run migrate:clickhouse`';
@@ -121,7 +154,7 @@ export class ClickHouseHistory {
       } catch (error) {
         const transient = !(error instanceof ClickHouseError) || TRANSIENT_CODES.has(error.code);
         if (!transient || attempt >= INSERT_ATTEMPTS) {
-          throw new Error(`ClickHouse insert into ${table} failed after ${attempt} attempt(s): ${(error as Error).message}`);
+          throw this.failed(error, `insert into ${table} failed after ${attempt} attempt(s)`);
         }
         await this.sleep(FIRST_BACKOFF_MS * 2 ** (attempt - 1));
       }
@@ -131,7 +164,7 @@ export class ClickHouseHistory {
   /** Live rows per project and created_at day (FINAL), for the scope's projects. */
   async countByProjectDay(scope: HistoryScope): Promise<ProjectDayCount[]> {
     const projectId = scope.projectIds?.length === 1 ? scope.projectIds[0] : undefined;
-    const counts = await countByProjectDay(this.query, scope.entity, { projectId, since: scope.since, until: scope.until });
+    const counts = await this.answered(() => countByProjectDay(this.query, scope.entity, { projectId, since: scope.since, until: scope.until }));
     const projects = scope.projectIds && new Set(scope.projectIds);
     return projects ? counts.filter((c) => projects.has(c.project_id)) : counts;
   }
@@ -144,13 +177,19 @@ export class ClickHouseHistory {
   async *streamStored(entity: HistoryEntity, scope: HistoryScope): AsyncGenerator<StoredRow[]> {
     const { conditions, params } = scopeConditions(scope);
     const columns = entity.clickHouseColumns.map((c) => `\`${c}\``).join(', ');
-    const result = await this.query.query({
-      query: `SELECT ${columns} FROM ${entity.table} FINAL WHERE ${['is_deleted = 0', ...conditions].join(' AND ')}`,
-      query_params: params,
-      format: 'JSONEachRow',
-    });
-    for await (const rows of result.stream()) {
-      yield rows.map((row: { json(): unknown }) => row.json() as StoredRow);
+    const result = await this.answered(() =>
+      this.query.query({
+        query: `SELECT ${columns} FROM ${entity.table} FINAL WHERE ${['is_deleted = 0', ...conditions].join(' AND ')}`,
+        query_params: params,
+        format: 'JSONEachRow',
+      }),
+    );
+    // The answer streams: the server can go away between its blocks too.
+    const blocks = result.stream()[Symbol.asyncIterator]();
+    for (;;) {
+      const next = await this.answered(() => blocks.next());
+      if (next.done) return;
+      yield next.value.map((row: { json(): unknown }) => row.json() as StoredRow);
     }
   }
 
@@ -163,13 +202,15 @@ export class ClickHouseHistory {
     const { conditions, params } = scopeConditions(bucket);
     const keys = entity.clickHouseKeyColumns.map((expr, i) => `${expr} AS k${i}`).join(', ');
     const groups = entity.clickHouseKeyColumns.map((_, i) => `k${i}`).join(', ');
-    const result = await this.query.query({
-      query: `SELECT ${keys}, toString(max(version)) AS top_version, argMax(is_deleted, version) AS top_deleted
-              FROM ${entity.table} WHERE ${conditions.join(' AND ') || '1'} GROUP BY ${groups}`,
-      query_params: params,
-      format: 'JSONEachRow',
+    const rows = await this.answered(async () => {
+      const result = await this.query.query({
+        query: `SELECT ${keys}, toString(max(version)) AS top_version, argMax(is_deleted, version) AS top_deleted
+                FROM ${entity.table} WHERE ${conditions.join(' AND ') || '1'} GROUP BY ${groups}`,
+        query_params: params,
+        format: 'JSONEachRow',
+      });
+      return result.json<Record<string, string | number>>();
     });
-    const rows = await result.json<Record<string, string | number>>();
     return rows.map((row) => ({
       key: entity.clickHouseKeyOf(entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]))),
       version: BigInt(row.top_version),
@@ -179,7 +220,7 @@ export class ClickHouseHistory {
 
   /** Live rows (FINAL) of one project with these keys. */
   readLive<Mirrored extends MirroredRecord>(entity: HistoryEntity<unknown, Mirrored>, projectId: string, keys: string[][]): Promise<Mirrored[]> {
-    return entity.readLive(this.query, projectId, keys);
+    return this.answered(() => entity.readLive(this.query, projectId, keys));
   }
 
   /**
@@ -190,11 +231,13 @@ export class ClickHouseHistory {
   async removeKeys(entity: HistoryEntity, projectId: string, keys: string[][]): Promise<void> {
     if (keys.length === 0) return;
     const { condition, params } = entity.clickHouseKeysCondition(keys);
-    await this.query.command({
-      query: `ALTER TABLE ${entity.table} DELETE WHERE project_id = {projectId:UUID} AND ${condition}`,
-      query_params: { projectId, ...params },
-      clickhouse_settings: { mutations_sync: '2', wait_end_of_query: 1 },
-    });
+    await this.answered(() =>
+      this.query.command({
+        query: `ALTER TABLE ${entity.table} DELETE WHERE project_id = {projectId:UUID} AND ${condition}`,
+        query_params: { projectId, ...params },
+        clickhouse_settings: { mutations_sync: '2', wait_end_of_query: 1 },
+      }),
+    );
   }
 }
 
