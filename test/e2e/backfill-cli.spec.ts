@@ -253,6 +253,16 @@ describe('npm run backfill / verify', () => {
     }
   }, 60_000);
 
+  it('takes credentials written into CLICKHOUSE_URL without the client warning about them', async () => {
+    const url = new URL(ch.url);
+    url.username = ch.config.user;
+    url.password = ch.config.password;
+    const { CLICKHOUSE_USER: _user, CLICKHOUSE_PASSWORD: _password, ...rest } = env;
+    const verified = await run('verify', ['--counts-only', '--entity', 'nodes'], { ...rest, CLICKHOUSE_URL: url.toString() });
+    expect(verified.stderr).not.toContain('@clickhouse/client');
+    expect(verified.code).toBe(0);
+  }, 60_000);
+
   it('says which server is unreachable (without its password) or that the tables are missing, and exits 1', async () => {
     const [postgresDown, clickhouseDown, noTables, verifyNoTables] = await Promise.all([
       run('backfill', [], { ...env, DATABASE_URL: 'postgres://nobody:secret@127.0.0.1:1/none' }),

@@ -34,10 +34,13 @@ export function clickHouseClientOptions(
   url: string,
   database: string = config.database,
 ): ClickHouseClientConfigOptions {
+  // Credentials in the URL win in the client, which also prints a warning to the console for each
+  // setting a URL overrides, whatever the log level: give it CLICKHOUSE_USER/PASSWORD only where the URL has none.
+  const inUrl = URL.canParse(url) ? new URL(url) : undefined;
   return {
     url,
-    username: config.user,
-    password: config.password,
+    ...(inUrl?.username ? {} : { username: config.user }),
+    ...(inUrl?.password ? {} : { password: config.password }),
     database,
     request_timeout: config.requestTimeoutMs,
     keep_alive: { enabled: true },
