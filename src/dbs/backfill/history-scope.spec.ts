@@ -24,6 +24,8 @@ describe('backfill and verify scopes', () => {
     [{ project: 'p1' }, '--project must be a UUID'],
     [{ since: '2026-11-01' }, '--since must be an ISO-8601 time with a zone'],
     [{ until: '2026-02-30T00:00:00Z' }, '--until must be an ISO-8601 time'],
+    [{ since: '2400-01-01T00:00:00Z' }, '--since must be an ISO-8601 time with a zone between years 1900 and 2299 (e.g. 2026-11-01T00:00:00Z), got "2400-01-01T00:00:00Z"'],
+    [{ until: '1899-12-31T23:59:59Z' }, '--until must be an ISO-8601 time with a zone between years 1900 and 2299'],
     [{ since: '2026-11-01T00:00:00Z', until: '2026-11-01T00:00:00Z' }, 'must be earlier than --until'],
   ])('rejects %j', (options, message) => {
     expect(() => parseScopes(options)).toThrow(ScopeError);

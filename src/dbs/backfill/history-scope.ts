@@ -1,4 +1,4 @@
-import { normalizeTimestamp } from '../../tracing/timestamp';
+import { MAX_YEAR, MIN_YEAR, normalizeTimestamp } from '../../tracing/timestamp';
 import { MIRRORED_ENTITIES, MirroredEntity } from '../dual-write/mirrored-dao';
 
 /** The history to copy and compare is the mirror's: its tables, each named the same in Postgres and ClickHouse. */
@@ -63,7 +63,10 @@ export function parseScopes(options: ScopeOptions): HistoryScope[] {
 function time(name: string, text: string | undefined): string | undefined {
   if (text === undefined) return undefined;
   const normalized = normalizeTimestamp(text);
-  if (normalized === null) throw new ScopeError(`${name} must be an ISO-8601 time with a zone (e.g. 2026-11-01T00:00:00Z), got "${text}"`);
+  if (normalized === null) {
+    // A well-formed time past the range is refused too: Postgres and ClickHouse's DateTime64(6) cannot both hold it.
+    throw new ScopeError(`${name} must be an ISO-8601 time with a zone between years ${MIN_YEAR} and ${MAX_YEAR} (e.g. 2026-11-01T00:00:00Z), got "${text}"`);
+  }
   return normalized;
 }
 
