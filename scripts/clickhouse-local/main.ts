@@ -1,4 +1,7 @@
 import { resolve } from 'node:path';
+import { parseConfig } from '../../src/config/app-config';
+import { parseFlags } from '../cli/flags';
+import { runCli, UsageError } from '../cli/run-cli';
 import { startChdbHttpServer } from './chdb-http-server';
 
 /**
@@ -12,6 +15,16 @@ import { startChdbHttpServer } from './chdb-http-server';
 // The official server image runs in UTC whatever the host's zone; the engine reads TZ when it starts.
 process.env.TZ = 'UTC';
 
+const USAGE = `usage: npm run clickhouse:local -- [--port N] [--host H] [--data-dir DIR] [--exit-with-parent]
+
+  --port N            listen on this port, 0 for any free one (default EMBEDDED_CLICKHOUSE_PORT, 18123)
+  --host H            listen on this address (default 127.0.0.1)
+  --data-dir DIR      keep the data here (default \${EMBEDDED_DATA_DIR:-.data}/clickhouse)
+  --exit-with-parent  stop when the process that started this one exits
+
+Prints "CLICKHOUSE_LOCAL_READY <url>" on stdout once it answers, and runs
+until SIGINT or SIGTERM.`;
+
 interface CliOptions {
   port: number;
   host: string;
@@ -19,66 +32,53 @@ interface CliOptions {
   exitWithParent: boolean;
 }
 
-function parseCli(argv: string[]): CliOptions {
-  const options: CliOptions = {
-    port: Number(process.env.EMBEDDED_CLICKHOUSE_PORT || 18123),
-    host: '127.0.0.1',
-    dataDir: `${process.env.EMBEDDED_DATA_DIR || '.data'}/clickhouse`,
-    exitWithParent: false,
+function parseCli(args: string[]): CliOptions {
+  const flags = parseFlags(args, ['--port', '--host', '--data-dir'], ['--exit-with-parent']);
+  const port = flags.values.get('--port');
+  if (port !== undefined && (!/^\d+$/.test(port) || Number(port) > 65535)) {
+    throw new UsageError(`--port must be a whole number from 0 to 65535, got "${port}"`);
+  }
+  // The defaults come from the validated environment only when needed: the server resolver passes both.
+  const embedded = () => parseConfig().clickhouse.embedded;
+  return {
+    port: port !== undefined ? Number(port) : embedded().port,
+    host: flags.values.get('--host') ?? '127.0.0.1',
+    dataDir: flags.values.get('--data-dir') ?? embedded().dataDir,
+    exitWithParent: flags.switches.has('--exit-with-parent'),
   };
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].split(/=(.*)/s, 2);
-    const value = () => inline ?? argv[++i];
-    if (flag === '--port') options.port = Number(value());
-    else if (flag === '--host') options.host = value();
-    else if (flag === '--data-dir') options.dataDir = value();
-    else if (flag === '--exit-with-parent') options.exitWithParent = true;
-    else throw new Error(`unknown argument ${argv[i]}; expected --port N, --host H, --data-dir DIR, --exit-with-parent`);
-  }
-  if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
-    throw new Error(`the port must be a whole number from 0 to 65535, got ${options.port}`);
-  }
-  return options;
 }
 
-async function main(): Promise<void> {
-  const options = parseCli(process.argv.slice(2));
+/** Runs until a signal or the parent's exit stops the server; runCli then exits 0 (1 if it did not stop cleanly). */
+runCli(USAGE, async (args, log) => {
+  const options = parseCli(args);
   const dataDir = resolve(options.dataDir);
-  const server = await startChdbHttpServer({
-    port: options.port,
-    host: options.host,
-    dataDir,
-    log: (message) => process.stderr.write(`local ClickHouse: ${message}\n`),
-  });
+  let server: Awaited<ReturnType<typeof startChdbHttpServer>>;
+  try {
+    server = await startChdbHttpServer({ port: options.port, host: options.host, dataDir, log: (message) => log(`local ClickHouse: ${message}`) });
+  } catch (error) {
+    // The server resolver tells a taken port from other failures by the code (EADDRINUSE) in this line.
+    const code = (error as { code?: unknown }).code;
+    throw new Error(`local ClickHouse failed to start${typeof code === 'string' ? ` (${code})` : ''}: ${error instanceof Error ? error.message : String(error)}`);
+  }
   process.stdout.write(`CLICKHOUSE_LOCAL_READY ${server.url} (ClickHouse ${server.version} via chdb, data in ${dataDir})\n`);
 
-  let stopping = false;
-  const stop = (why: string) => {
-    if (stopping) return;
-    stopping = true;
-    process.stderr.write(`local ClickHouse stopping (${why})\n`);
-    server.close().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        process.stderr.write(`local ClickHouse did not stop cleanly: ${String(error)}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  if (options.exitWithParent) {
-    // The parent holds our stdin pipe open; it closes when the parent dies, however it dies.
-    process.stdin.on('end', () => stop('parent exited'));
-    process.stdin.on('error', () => stop('parent exited'));
-    process.stdin.resume();
-    const parent = process.ppid;
-    setInterval(() => process.ppid !== parent && stop('parent exited'), 1_000).unref();
-  }
-}
-
-main().catch((error: unknown) => {
-  const code = (error as { code?: unknown }).code;
-  process.stderr.write(`local ClickHouse failed to start${typeof code === 'string' ? ` (${code})` : ''}: ${error instanceof Error ? error.message : String(error)}\n`);
-  process.exit(1);
+  await new Promise<void>((stopped, failed) => {
+    let stopping = false;
+    const stop = (why: string) => {
+      if (stopping) return;
+      stopping = true;
+      log(`local ClickHouse stopping (${why})`);
+      server.close().then(stopped, (error: unknown) => failed(new Error(`local ClickHouse did not stop cleanly: ${String(error)}`)));
+    };
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    if (options.exitWithParent) {
+      // The parent holds our stdin pipe open; it closes when the parent dies, however it dies.
+      process.stdin.on('end', () => stop('parent exited'));
+      process.stdin.on('error', () => stop('parent exited'));
+      process.stdin.resume();
+      const parent = process.ppid;
+      setInterval(() => process.ppid !== parent && stop('parent exited'), 1_000).unref();
+    }
+  });
 });
