@@ -75,8 +75,13 @@ export interface LoadSummary {
   /** Whether memory growth was a failure condition for this run (see LoadOptions.checkMemory). */
   memoryChecked: boolean;
   rss: { samples: number; minMb: number; maxMb: number; slopeMbPerMin: number; firstThirdMb: number; lastThirdMb: number } | null;
+  /** RSS samples taken after the warm-up (rss needs 3); 0 when the run did not start the API. */
+  rssSamples: number;
+  /** The project's counts after the run (a --key project may hold rows from before it). */
   postgres: { spans: number; nodes: number };
   clickhouse: { spans: number; nodes: number };
+  /** Spans Postgres gained during the run: what the acknowledged and sent counts are held to. */
+  postgresSpansAdded: number;
   gaps: number;
   verify: { exitCode: number | null; output: string } | null;
   apiExit: { code: number | null; signal: string | null } | null;
@@ -178,13 +183,30 @@ interface Stores {
   close(): Promise<void>;
 }
 
-/** Postgres and ClickHouse as every command resolves them (env URLs, else the embedded servers). */
-async function openStores(source: Record<string, string | undefined>, log: (line: string) => void): Promise<Stores> {
+/**
+ * Postgres and ClickHouse as every command resolves them (env URLs, else the
+ * embedded servers). `check` runs once Postgres answers, before anything is
+ * migrated or ClickHouse is started, so a refusal changes nothing.
+ */
+async function openStores(
+  source: Record<string, string | undefined>,
+  log: (line: string) => void,
+  check: (db: Kysely<DB>) => Promise<void> = async () => undefined,
+): Promise<Stores> {
   const config = parseConfig({ ...source, USE_CLICKHOUSE: 'true' });
   const postgres = await resolvePostgres(config.postgres, log);
-  const clickhouse = await resolveClickHouse(config.clickhouse, log);
   const db = createKysely(createPool(postgres.url, 2));
-  await prepareSchema(db, config.postgres.migrateOnStart);
+  let clickhouse: Awaited<ReturnType<typeof resolveClickHouse>> | undefined;
+  try {
+    await check(db);
+    clickhouse = await resolveClickHouse(config.clickhouse, log);
+    await prepareSchema(db, config.postgres.migrateOnStart);
+  } catch (error) {
+    await db.destroy();
+    await clickhouse?.stop?.();
+    await postgres.stop?.();
+    throw error;
+  }
   const env: Record<string, string> = {
     DATABASE_URL: postgres.url,
     USE_CLICKHOUSE: 'true',
@@ -242,27 +264,53 @@ function runVerify(env: Record<string, string>, projectId: string): Promise<{ ex
   });
 }
 
+/** GET /health of an API that should be running: its answer, or an error saying in one line that nothing answers there. */
+async function healthOf(url: string): Promise<{ details?: { mirror?: { enabled?: boolean } } } | null> {
+  let response: Response;
+  try {
+    response = await fetch(`${url}/health`, { signal: AbortSignal.timeout(10_000) });
+  } catch (error) {
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    throw new Error(`the API at ${url} does not answer (GET /health: ${cause?.code ?? cause?.message ?? (error as Error).message}): start it, or leave out --url and --key to have npm run load start one`);
+  }
+  // A 503 still has a body naming what is down; anything not JSON says nothing about the mirror.
+  return (await response.json().catch(() => null)) as { details?: { mirror?: { enabled?: boolean } } } | null;
+}
+
 export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const failures: string[] = [];
-  const stores = await openStores(options.env ?? process.env, log);
+  const source = options.env ?? process.env;
+  // MAX_BATCH_ITEMS of the environment the API is started in (or, with --url, presumably runs in).
+  const maxBatch = parseConfig(source).http.maxBatchItems;
+  if (options.spansPerRequest > maxBatch) {
+    throw new UsageError(`--spans-per-request must be at most MAX_BATCH_ITEMS (${maxBatch}), got ${options.spansPerRequest}: the API answers bigger batches 413`);
+  }
+  let url: string;
+  let key: string;
+  let projectId = '';
+  if (options.target) {
+    url = options.target.url;
+    key = options.target.key;
+    // The run ends by comparing Postgres with the mirror: say now, not after the load, that there is none.
+    const health = await healthOf(url);
+    if (health?.details?.mirror?.enabled === false) {
+      throw new UsageError(`the API at ${url} runs with USE_CLICKHOUSE off; npm run load checks the mirror, so start it with USE_CLICKHOUSE=true`);
+    }
+  }
+  const stores = await openStores(source, log, async (db) => {
+    if (!options.target) return;
+    // Before anything is migrated or started: a key this database does not hold (or a database with no keys at all) ends the run here.
+    const project = await new ApiKeyService(new ApiKeysRepository(db)).projectOf(options.target.key).catch(() => null);
+    if (!project) throw new UsageError('--key is not a live API key in this DATABASE_URL');
+    projectId = project;
+  });
   let api: ApiProcess | null = null;
   try {
-    let url: string;
-    let key: string;
-    let projectId: string;
     const keys = new ApiKeyService(new ApiKeysRepository(stores.db));
     if (options.target) {
       url = options.target.url;
       key = options.target.key;
-      const project = await keys.projectOf(key);
-      if (!project) throw new UsageError('--key is not a live API key in this DATABASE_URL');
-      projectId = project;
-      // The run ends by comparing Postgres with the mirror: say now, not after the load, that there is none.
-      const health = (await fetch(`${url.replace(/\/$/, '')}/health`).then((r) => r.json()).catch(() => null)) as { details?: { mirror?: { enabled?: boolean } } } | null;
-      if (health?.details?.mirror?.enabled === false) {
-        throw new UsageError(`the API at ${url} runs with USE_CLICKHOUSE off; npm run load checks the mirror, so start it with USE_CLICKHOUSE=true`);
-      }
     } else {
       const main = await ensureApiBuild(log);
       api = await startApiProcess({ ...stores.env, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn' }, { main });
@@ -312,6 +360,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       { method: 'POST', path: '/tracing/spans/query', headers, body: JSON.stringify({ focus: 'trace', windowing: { limit: 5 } }) },
     ];
 
+    const before = await countBoth(stores, projectId);
     const samples: RssSample[] = [];
     const started = Date.now();
     // The first seconds are JIT and pool warm-up, not a trend.
@@ -360,9 +409,11 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       await new Promise((done) => setTimeout(done, 500));
       counts = await countBoth(stores, projectId);
     }
-    // Every acknowledged span is stored; requests cut off by the end of the run may be stored too.
-    if (counts.postgres.spans < spansAcknowledged || counts.postgres.spans > spansSent) {
-      failures.push(`Postgres holds ${counts.postgres.spans} spans; the API acknowledged ${spansAcknowledged} of ${spansSent} sent`);
+    // Every acknowledged span is stored; requests cut off by the end of the run may be stored too. A --key
+    // project may hold spans from before the run: what is held to this run's counts is what Postgres gained.
+    const postgresSpansAdded = counts.postgres.spans - before.postgres.spans;
+    if (postgresSpansAdded < spansAcknowledged || postgresSpansAdded > spansSent) {
+      failures.push(`Postgres gained ${postgresSpansAdded} spans during the run; the API acknowledged ${spansAcknowledged} of ${spansSent} sent`);
     }
     if (counts.postgres.spans !== counts.clickhouse.spans) failures.push(`spans: ${counts.postgres.spans} in Postgres, ${counts.clickhouse.spans} in ClickHouse`);
     if (counts.postgres.nodes !== counts.clickhouse.nodes) failures.push(`nodes: ${counts.postgres.nodes} in Postgres, ${counts.clickhouse.nodes} in ClickHouse`);
@@ -394,7 +445,9 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       spansSent,
       memoryChecked: checkMemory,
       rss,
+      rssSamples: samples.length,
       ...counts,
+      postgresSpansAdded,
       verify,
       apiExit,
       failures,
@@ -408,13 +461,15 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
 export function formatSummary(s: LoadSummary): string {
   const rss = s.rss
     ? `RSS ${s.rss.minMb}-${s.rss.maxMb} MB (first third ${s.rss.firstThirdMb} MB, last third ${s.rss.lastThirdMb} MB, slope ${s.rss.slopeMbPerMin} MB/min, ${s.rss.samples} samples)`
-    : 'RSS not sampled (API not started by this run)';
+    : s.apiExit
+      ? `RSS not summarised: ${s.rssSamples} sample(s) after the warm-up, 3 needed (run longer)`
+      : 'RSS not sampled (API not started by this run)';
   return [
     `load summary (project ${s.projectId})`,
     `  requests   ${s.requests} in ${s.durationSec} s (${Math.round(s.requests / s.durationSec)}/s held, ${s.targetRate}/s asked), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
     `  latency    p50 ${s.latencyMs.p50} ms, p99 ${s.latencyMs.p99} ms, max ${s.latencyMs.max} ms`,
     `  memory     ${rss}${s.memoryChecked ? '' : ' (not checked: run shorter than a minute)'}`,
-    `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent; Postgres ${s.postgres.spans} spans / ${s.postgres.nodes} nodes; ClickHouse ${s.clickhouse.spans} spans / ${s.clickhouse.nodes} nodes; open gaps ${s.gaps}`,
+    `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent; Postgres ${s.postgres.spans} spans (${s.postgresSpansAdded} added by the run) / ${s.postgres.nodes} nodes; ClickHouse ${s.clickhouse.spans} spans / ${s.clickhouse.nodes} nodes; open gaps ${s.gaps}`,
     `  verify     ${s.verify ? `exit ${s.verify.exitCode}: ${s.verify.output.split('\n').pop()}` : 'not available'}`,
     `  api exit   ${s.apiExit ? JSON.stringify(s.apiExit) : '-'}`,
     s.failures.length ? `FAILED:\n${s.failures.map((f) => `  - ${f}`).join('\n')}` : 'OK',
@@ -428,10 +483,11 @@ if (require.main === module) {
     const key = flags.values.get('--key');
     if (Boolean(url) !== Boolean(key)) throw new UsageError('--url and --key go together');
     if (url && !/^http:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url)) throw new UsageError('--url must be a loopback address (load stays on this machine)');
+    const spansPerRequest = positiveInt(flags, '--spans-per-request', 10);
     const summary = await runLoad({
       durationSec: positiveInt(flags, '--duration', 180),
       rate: positiveInt(flags, '--rate', 200),
-      spansPerRequest: positiveInt(flags, '--spans-per-request', 10),
+      spansPerRequest,
       connections: positiveInt(flags, '--connections', 16),
       target: url && key ? { url: url.replace(/\/$/, ''), key } : undefined,
       log,

@@ -1,6 +1,15 @@
+import { createServer } from 'node:http';
+import { AddressInfo } from 'node:net';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
 import { formatSummary, LoadSummary, runLoad } from '../../scripts/load';
-import { ensureApiBuild } from '../support/api-process';
+import { ApiKeyService } from '../../src/auth/api-key.service';
+import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
+import { migrateDown } from '../../src/dbs/postgres/postgres-migrator';
+import { ensureApiBuild, startApiProcess } from '../support/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
+import { runCommand } from '../support/commands';
+import { freePort } from '../support/free-port';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
 /**
@@ -31,6 +40,14 @@ describe('load (short run of scripts/load.ts)', () => {
     await database?.drop();
     if (clickhouse) await dropClickHouseDatabase(clickhouse.config, clickhouse.url);
   }, 60_000);
+
+  const storesEnv = () => ({
+    DATABASE_URL: database.url,
+    CLICKHOUSE_URL: clickhouse.url,
+    CLICKHOUSE_USER: clickhouse.config.user,
+    CLICKHOUSE_PASSWORD: clickhouse.config.password,
+    CLICKHOUSE_DATABASE: database.name,
+  });
 
   it('holds a steady rate with zero errors, and the mirror matches Postgres afterwards', async () => {
     const lines: string[] = [];
@@ -70,4 +87,85 @@ describe('load (short run of scripts/load.ts)', () => {
     expect(summary.verify!.output).toMatch(/no differences/);
     expect(summary.apiExit).toEqual({ code: 0, signal: null });
   }, 150_000);
+
+  it('against a running API (--url, --key), judges what the run added, not what the project held before', async () => {
+    const api = await startApiProcess({ ...storesEnv(), USE_CLICKHOUSE: 'true', MIGRATE_ON_START: 'false' });
+    try {
+      const { key } = await new ApiKeyService(new ApiKeysRepository(database.db)).create(randomUUID());
+      // The project already holds more spans than the run will send, mirrored like any others.
+      for (let batch = 0; batch < 3; batch++) {
+        const trace = randomBytes(16).toString('hex');
+        const spans = Array.from({ length: 1000 }, () => ({
+          trace_id: trace,
+          span_id: randomBytes(8).toString('hex'),
+          span_name: 'held before the run',
+          start_time: '2026-11-22T10:00:00.000001Z',
+          end_time: '2026-11-22T10:00:01Z',
+        }));
+        const response = await fetch(`${api.url}/tracing/spans`, {
+          method: 'POST',
+          headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' },
+          body: JSON.stringify({ spans }),
+        });
+        expect(response.status).toBe(201);
+      }
+      const summary = await runLoad({ durationSec: 4, rate: 20, spansPerRequest: 10, connections: 4, target: { url: api.url, key }, env: storesEnv(), log: () => undefined });
+      expect(summary.failures).toEqual([]);
+      expect(summary.postgresSpansAdded).toBeGreaterThanOrEqual(summary.spansAcknowledged);
+      expect(summary.postgresSpansAdded).toBeLessThanOrEqual(summary.spansSent);
+      expect(summary.postgres.spans).toBe(3000 + summary.postgresSpansAdded);
+      expect(summary.clickhouse).toEqual(summary.postgres);
+      expect(formatSummary(summary)).toContain('memory     RSS not sampled (API not started by this run)');
+    } finally {
+      await api.stop();
+    }
+  }, 120_000);
+
+  it('says why memory was not summarised when it started the API but took too few samples', () => {
+    const summary = {
+      projectId: randomUUID(), durationSec: 2, targetRate: 10, requests: 20, errors: 0, statusCodes: { 201: 20 },
+      latencyMs: { p50: 1, p99: 2, max: 3 }, spansAcknowledged: 200, spansSent: 200, memoryChecked: false, rss: null, rssSamples: 1,
+      postgres: { spans: 200, nodes: 200 }, clickhouse: { spans: 200, nodes: 200 }, postgresSpansAdded: 200, gaps: 0, verify: null,
+      apiExit: { code: 0, signal: null }, failures: [],
+    } satisfies LoadSummary;
+    expect(formatSummary(summary)).toContain('memory     RSS not summarised: 1 sample(s) after the warm-up, 3 needed (run longer)');
+  });
+
+  describe('refuses before it loads anything', () => {
+    const nowhere = { DATABASE_URL: 'postgres://nobody:secret@127.0.0.1:1/none', CLICKHOUSE_URL: 'http://127.0.0.1:1' };
+
+    it('--spans-per-request above MAX_BATCH_ITEMS: exit 2, nothing touched', async () => {
+      const run = await runCommand('load', ['--spans-per-request', '1001'], nowhere);
+      expect(run.code).toBe(2);
+      expect(run.stderr).toContain('error: --spans-per-request must be at most MAX_BATCH_ITEMS (1000), got 1001: the API answers bigger batches 413\n');
+      expect(run.stderr).toContain('usage: npm run load -- [options]');
+    });
+
+    it('a --url where nothing answers: one line, exit 1, before any server is looked for', async () => {
+      const url = `http://127.0.0.1:${await freePort()}`;
+      const run = await runCommand('load', ['--url', url, '--key', 'whatever', '--duration', '600'], nowhere);
+      expect(run).toMatchObject({ code: 1, stdout: '' });
+      expect(run.stderr).toBe(
+        `error: the API at ${url} does not answer (GET /health: ECONNREFUSED): start it, or leave out --url and --key to have npm run load start one\n`,
+      );
+    });
+
+    it('a --key the database does not hold: exit 2, before migrating or starting anything', async () => {
+      const unmigrated = await createTestDatabase();
+      const health = createServer((_req, res) => res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"status":"ok","details":{}}'));
+      await new Promise<void>((listening) => health.listen(0, '127.0.0.1', listening));
+      try {
+        await migrateDown(unmigrated.db, true);
+        const url = `http://127.0.0.1:${(health.address() as AddressInfo).port}`;
+        const run = await runCommand('load', ['--url', url, '--key', 'bogus'], { DATABASE_URL: unmigrated.url, CLICKHOUSE_URL: 'http://127.0.0.1:1' });
+        expect(run.code).toBe(2);
+        expect(run.stderr).toContain('error: --key is not a live API key in this DATABASE_URL\n');
+        const tables = await sql<{ n: number }>`select count(*)::int as n from pg_tables where schemaname = 'public' and tablename not like 'kysely_%'`.execute(unmigrated.db);
+        expect(tables.rows[0].n).toBe(0);
+      } finally {
+        await new Promise((closed) => health.close(closed));
+        await unmigrated.drop();
+      }
+    });
+  });
 });
