@@ -222,8 +222,10 @@ describe('npm run backfill / verify', () => {
       ['backfill', 'SIGTERM', 143, 'interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume'],
     ] as const) {
       const started = start(script, script === 'verify' ? ['--entity', 'spans'] : ['--entity', 'spans', '--restart', '--batch-rows', '2000'], env);
-      // The line-per-5-s progress says the command is under way.
-      while (!started.stderr().includes(`${script} progress`)) {
+      // Under way: verify's line-per-5-s progress, or the backfill's first checkpoint (soon, and little for ClickHouse to merge and drop).
+      const underWay = async () =>
+        script === 'verify' ? started.stderr().includes('verify progress') : Number((await spansCheckpoint())?.rows_copied ?? 0) > 0;
+      while (!(await underWay())) {
         const exited = await Promise.race([started.done, new Promise((r) => setTimeout(r, 50))]);
         if (exited) throw new Error(`${script} ended before it could be interrupted: ${JSON.stringify(exited)}`);
       }
