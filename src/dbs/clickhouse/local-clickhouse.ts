@@ -126,6 +126,11 @@ function stopper(child: ChildProcess): () => Promise<void> {
   return () =>
     (stopping ??= new Promise<void>((done) => {
       if (child.exitCode !== null || child.signalCode !== null) return done();
+      // The child was unref'd so a process can end without stopping it; one that waits for it to stop
+      // must keep its event loop alive until it has. Otherwise, once the SIGKILL timer had fired, the
+      // loop could run dry first: the process ended with exit code 0 mid-await (a jest run with failed
+      // tests exited 0 when the server was slow to stop).
+      child.ref();
       const killer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
       child.once('exit', () => {
         clearTimeout(killer);
