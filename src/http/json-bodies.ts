@@ -1,7 +1,7 @@
 import { isUtf8 } from 'node:buffer';
 import { json } from 'body-parser';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import { describeUnparsableJson, requireJsonBodies } from './json-content-type';
+import { answeredBeforeRouting, describeUnparsableJson, requireJsonBodies } from './json-content-type';
 
 /**
  * body-parser would decode invalid UTF-8 to U+FFFD and store that instead of
@@ -21,32 +21,12 @@ function refuseInvalidUtf8(_req: unknown, _res: unknown, body: Buffer, encoding:
  */
 export function jsonBodies(limit: string): RequestHandler[] {
   const parse = json({ limit, verify: refuseInvalidUtf8 });
-  const onlyJson = (req: Request, res: Response, next: NextFunction) => {
-    let passed = false;
-    requireJsonBodies(req, res, () => {
-      passed = true;
-      next();
-    });
-    if (!passed) answeredBeforeRouting(res);
-  };
   const parseDescribed = (req: Request, res: Response, next: NextFunction) =>
     parse(req, res, (error?: unknown) => {
       if (!error) return next();
       answeredBeforeRouting(res);
       describeUnparsableJson(error, req, res, next);
     });
-  return [onlyJson, parseDescribed];
+  return [requireJsonBodies, parseDescribed];
 }
 
-/**
- * Marks an answer given before any route ran: Nest mounts middleware as a
- * route of its own, so req.route would name the mount ("/{*path}"), which
- * the HTTP metrics must not take for the request's route.
- */
-function answeredBeforeRouting(res: Response): void {
-  res.locals.answeredBeforeRouting = true;
-}
-
-export function wasAnsweredBeforeRouting(res: Response): boolean {
-  return res.locals.answeredBeforeRouting === true;
-}

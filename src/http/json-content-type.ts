@@ -11,6 +11,7 @@ export function requireJsonBodies(req: Request, res: Response, next: NextFunctio
   const hasBody = req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
   // originalUrl: under Nest's middleware mount, req.path is what is left after the mount's match.
   if (!hasBody || req.originalUrl.startsWith('/otlp/') || req.is('application/json')) return next();
+  answeredBeforeRouting(res);
   res.status(415).json({
     statusCode: 415,
     error: 'Unsupported Media Type',
@@ -44,4 +45,17 @@ function jsonScalar(body: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Marks an answer given before any route ran: Nest mounts middleware as a
+ * route of its own, so req.route would name the mount ("/{*path}"), which
+ * the HTTP metrics must not take for the request's route.
+ */
+export function answeredBeforeRouting(res: Response): void {
+  res.locals.answeredBeforeRouting = true;
+}
+
+export function wasAnsweredBeforeRouting(res: Response): boolean {
+  return res.locals.answeredBeforeRouting === true;
 }

@@ -1,7 +1,7 @@
 import { Inject, Injectable, NestMiddleware } from '@nestjs/common';
 import type { NextFunction, Request, Response } from 'express';
 import { Histogram, Registry } from 'prom-client';
-import { wasAnsweredBeforeRouting } from '../http/json-bodies';
+import { wasAnsweredBeforeRouting } from '../http/json-content-type';
 import { METRICS_REGISTRY } from './metrics.tokens';
 
 /** Request duration by method, matched route (not raw URL: ids would explode the labels; "unmatched" when no route answered) and status. */

@@ -23,10 +23,6 @@ export class InFlightSessions {
     pool.on('remove', (client) => this.lent.delete(client));
   }
 
-  get count(): number {
-    return this.lent.size;
-  }
-
   /** Ends every lent-out session (pg_terminate_backend, from a session of its own); resolves to how many ended. */
   async end(): Promise<number> {
     const pids = [...this.lent].map((client) => (client as Client & { processID: number | null }).processID).filter((pid): pid is number => typeof pid === 'number');
