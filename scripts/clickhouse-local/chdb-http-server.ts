@@ -483,7 +483,6 @@ function responseCodec(req: IncomingMessage, url: URL): ResponseCodec | undefine
 /** Writes a response body with backpressure, compressed when the client asked for it. */
 class ResponseBody {
   private readonly sink: Writable;
-  private closed = false;
 
   constructor(
     private readonly res: ServerResponse,
@@ -491,7 +490,6 @@ class ResponseBody {
     level: number,
   ) {
     res.on('close', () => {
-      this.closed = true;
       if (this.gone && this.sink !== res) this.sink.destroy();
     });
     if (codec === undefined) {
@@ -510,9 +508,14 @@ class ResponseBody {
     this.sink = compressor;
   }
 
-  /** The client went away; nothing more will be read. */
+  /**
+   * The client went away; nothing more will be read. Read from the response
+   * itself, not from its 'close' event: a client can leave before this body
+   * exists (while the engine computes the first rows), and a write to a
+   * closed response returns false with no 'drain' or 'close' to follow.
+   */
   get gone(): boolean {
-    return this.closed && !this.res.writableFinished;
+    return this.res.closed && !this.res.writableFinished;
   }
 
   async write(chunk: Uint8Array): Promise<void> {
