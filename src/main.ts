@@ -1,5 +1,7 @@
 import 'reflect-metadata';
 import type { Server } from 'node:http';
+import { Logger as NestLogger } from '@nestjs/common';
+import type { NestExpressApplication } from '@nestjs/platform-express';
 import { Logger } from 'nestjs-pino';
 import { createApp } from './bootstrap';
 import { AppConfig, parseConfig } from './config/app-config';
@@ -24,13 +26,13 @@ async function main(): Promise<void> {
   const app = await createApp();
   const config = app.get<AppConfig>(APP_CONFIG);
   const logger = app.get(Logger);
-  await app.listen(config.http.port, config.http.host).catch((error: NodeJS.ErrnoException) => {
-    const where = `${config.http.host}:${config.http.port}`;
-    if (error?.code === 'EADDRINUSE') throw new OperatorError(`${where} is already in use: stop what listens there, or set PORT (or HOST)`);
-    if (error?.code === 'EACCES') throw new OperatorError(`${where} needs privileges this process lacks (a port below 1024?): set PORT`);
-    if (error?.code === 'EADDRNOTAVAIL') throw new OperatorError(`${where}: HOST is not an address of this machine: set HOST`);
+  try {
+    await listen(app, config, logger);
+  } catch (error) {
+    // process.exit would only signal the embedded Postgres to stop; closing waits for it, ends the pools and the mirror.
+    await app.close().catch((closeError: Error) => logger.warn(`could not close the app after the failed start: ${closeError.message}`, 'Main'));
     throw error;
-  });
+  }
   logger.log(`tracing-api listening on http://${config.http.host}:${config.http.port} (docs at /docs, clickhouse mirror ${config.clickhouse.enabled ? 'on' : 'off'})`, 'Main');
 
   let stopping = false;
@@ -61,6 +63,35 @@ async function main(): Promise<void> {
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+/**
+ * Nest logs "Nest application successfully started" once the app is
+ * initialised, before the port is bound, and logs a failed bind as a raw
+ * error line of its own, beside the one-line refusal main prints. So its lines
+ * are held until the port is bound: printed then, dropped if binding fails.
+ * A failure before binding (a lifecycle hook) keeps them, as its context.
+ */
+async function listen(app: NestExpressApplication, config: AppConfig, logger: Logger): Promise<void> {
+  NestLogger.attachBuffer();
+  try {
+    await app.listen(config.http.port, config.http.host);
+  } catch (error) {
+    const bind = error as NodeJS.ErrnoException;
+    if (bind?.syscall === 'listen') {
+      // With no logger to write to, flushing empties the buffer without printing it.
+      NestLogger.overrideLogger(false);
+      NestLogger.flush();
+      app.useLogger(logger);
+    }
+    const where = `${config.http.host}:${config.http.port}`;
+    if (bind?.code === 'EADDRINUSE') throw new OperatorError(`${where} is already in use: stop what listens there, or set PORT (or HOST)`);
+    if (bind?.code === 'EACCES') throw new OperatorError(`${where} needs privileges this process lacks (a port below 1024?): set PORT`);
+    if (bind?.code === 'EADDRNOTAVAIL') throw new OperatorError(`${where}: HOST is not an address of this machine: set HOST`);
+    throw error;
+  } finally {
+    app.flushLogs();
+  }
 }
 
 main().catch((error: unknown) => {

