@@ -1,5 +1,5 @@
 import { Kysely, PostgresDialect } from 'kysely';
-import { Client, Pool, types } from 'pg';
+import { Client, Pool, PoolClient, types } from 'pg';
 import { DB } from './database';
 
 const TIMESTAMPTZ_OID = 1184;
@@ -103,7 +103,38 @@ export function createPool(url: string, max: number, options: PoolOptions = {}):
   const onConnectionLost = options.onConnectionLost ?? (() => undefined);
   pool.on('connect', (client) => client.on('error', onConnectionLost));
   pool.on('error', () => undefined);
+  const connected = new Set<PoolClient>();
+  pool.on('connect', (client) => connected.add(client));
+  pool.on('remove', (client) => connected.delete(client));
+  connectedClients.set(pool, connected);
   return pool;
+}
+
+/** Each pool's connected clients; a client leaves with the pool's 'remove', once its connection has closed. */
+const connectedClients = new WeakMap<Pool, Set<PoolClient>>();
+
+/** How long endPool waits for connections to close: a server that no longer answers never closes its end. */
+const END_POOL_WAIT_MS = 2_000;
+
+/**
+ * Ends a pool from createPool and resolves once its connections have closed.
+ * The pool, not a Kysely over it, owns them: Kysely's destroy() ends the pool
+ * only if a query went through Kysely (the health check queries the pool
+ * itself), and pg-pool's end() resolves once it has asked its idle clients to
+ * close, not once they have. A server stopped right after (the embedded one)
+ * would end the sessions left and each would be reported as a lost connection.
+ */
+export async function endPool(pool: Pool): Promise<void> {
+  const connected = connectedClients.get(pool) ?? new Set();
+  const closed = new Promise<void>((done) => {
+    const check = () => connected.size === 0 && (pool.off('remove', check), done());
+    pool.on('remove', check);
+    check();
+  });
+  await pool.end();
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([closed, new Promise((done) => (timer = setTimeout(done, END_POOL_WAIT_MS).unref()))]);
+  clearTimeout(timer);
 }
 
 export function createKysely(pool: Pool): Kysely<DB> {

@@ -1,14 +1,13 @@
 import { Global, Inject, Logger, Module, OnApplicationShutdown } from '@nestjs/common';
-import { Kysely, sql } from 'kysely';
+import { sql } from 'kysely';
 import { Pool } from 'pg';
 import { Registry } from 'prom-client';
 import { AppConfig } from '../../config/app-config';
 import { APP_CONFIG } from '../../config/config.module';
 import { METRICS_REGISTRY } from '../../metrics/metrics.tokens';
-import { DB } from './database';
 import { resolvePostgres, ResolvedPostgres } from './local-postgres';
 import { PG_POOL, KYSELY } from './postgres.tokens';
-import { createKysely, createPool } from './postgres-pool';
+import { createKysely, createPool, endPool } from './postgres-pool';
 import { registerPoolMetrics } from './postgres-metrics';
 import { prepareSchema } from './postgres-migrator';
 import { PostgresObservabilityDao } from './postgres-observability.dao';
@@ -97,12 +96,13 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
 })
 export class PostgresModule implements OnApplicationShutdown {
   constructor(
-    @Inject(KYSELY) private readonly db: Kysely<DB>,
+    @Inject(PG_POOL) private readonly pool: Pool,
     @Inject(RESOLVED_POSTGRES) private readonly server: ResolvedPostgres,
   ) {}
 
   async onApplicationShutdown(): Promise<void> {
-    await this.db.destroy();
+    // The pool, not Kysely: see endPool for why its sessions must be closed before the server stops.
+    await endPool(this.pool);
     await this.server.stop?.();
   }
 }

@@ -1,0 +1,84 @@
+import { sql } from 'kysely';
+import { Client, Pool } from 'pg';
+import { createKysely, createPool, endPool } from '../../src/dbs/postgres/postgres-pool';
+import { createTestDatabase, TestDatabase } from '../support/postgres';
+
+/**
+ * Ending the API's pool before the embedded Postgres is stopped: every
+ * session must be gone by then, or the server ends it and the API logs a
+ * false "connection lost: terminating connection due to administrator
+ * command" (it did at every shutdown after a /health).
+ */
+describe('endPool', () => {
+  let database: TestDatabase;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+
+  afterAll(async () => {
+    await database?.drop();
+  });
+
+  async function liveSessions(pids: number[]): Promise<number[]> {
+    const admin = new Client({ connectionString: database.url });
+    await admin.connect();
+    try {
+      const { rows } = await admin.query<{ pid: number }>('select pid from pg_stat_activity where pid = any($1::int[])', [pids]);
+      return rows.map((row) => row.pid);
+    } finally {
+      await admin.end();
+    }
+  }
+
+  function sessionsOf(pool: Pool): number[] {
+    const pids: number[] = [];
+    pool.on('connect', (client) => pids.push((client as unknown as { processID: number }).processID));
+    return pids;
+  }
+
+  it('ends sessions opened on the pool itself, as /health does, not only through Kysely', async () => {
+    const lost: Error[] = [];
+    const pool = createPool(database.url, 4, { onConnectionLost: (error) => lost.push(error) });
+    const pids = sessionsOf(pool);
+    await Promise.all([1, 2, 3].map(() => pool.query('select pg_sleep(0.05)')));
+    expect(pids).toHaveLength(3);
+
+    await endPool(pool);
+
+    expect(await liveSessions(pids)).toEqual([]);
+    expect(lost).toEqual([]);
+  });
+
+  it('ends sessions opened through Kysely', async () => {
+    const pool = createPool(database.url, 4);
+    const pids = sessionsOf(pool);
+    const db = createKysely(pool);
+    await Promise.all([1, 2].map(() => sql`select pg_sleep(0.05)`.execute(db)));
+
+    await endPool(pool);
+
+    expect(pids).toHaveLength(2);
+    expect(await liveSessions(pids)).toEqual([]);
+  });
+
+  it('waits for a session lent out when it was called, until it is released and closed', async () => {
+    const pool = createPool(database.url, 2);
+    const pids = sessionsOf(pool);
+    const running = pool.query('select pg_sleep(0.3)');
+    await new Promise((done) => setTimeout(done, 100));
+
+    const ended = endPool(pool).then(() => liveSessions(pids));
+    await running;
+
+    expect(pids).toHaveLength(1);
+    expect(await ended).toEqual([]);
+  });
+
+  it('resolves at once for a pool that never connected', async () => {
+    const pool = createPool(database.url, 2);
+    const started = Date.now();
+    await endPool(pool);
+    expect(Date.now() - started).toBeLessThan(500);
+  });
+});
