@@ -660,6 +660,10 @@ class ChdbHttpHandler {
   }
 
   private async execute(connection: unknown, request: ParsedRequest, res: ServerResponse, body: () => ResponseBody): Promise<void> {
+    // A client that left while this request waited for its session's earlier ones (a request timeout) gets
+    // nothing from it: running it anyway holds up the session's later requests, and applies a write nobody waits
+    // for. chdb's own API skips queued queries whose caller gave up too.
+    if (res.closed) return;
     const setup: string[] = [];
     if (request.database !== undefined) setup.push(`USE ${quoteIdentifier(request.database)}`);
     if (request.settings.length > 0) setup.push(`SET ${request.settings.map(([k, v]) => `${k} = ${quoteString(v)}`).join(', ')}`);
@@ -692,6 +696,9 @@ class ChdbHttpHandler {
       released = true;
     };
     try {
+      // Likewise for a client that left while this query waited for the turn, which it would otherwise hold from
+      // every later parameterised query.
+      if (res.closed) return;
       if (!request.buffered && (await this.stream(connection, sql, request.format, bound, format, res, body, releaseTurn))) return;
       const result = bound
         ? await this.native.QueryAsyncConnection(connection, sql, request.format, bound)

@@ -33,6 +33,31 @@ describe('npm run clickhouse:local', () => {
     expect(help.stdout.startsWith(USAGE)).toBe(true);
   });
 
+  interface Answer {
+    status?: number;
+    body?: string;
+    error?: string;
+  }
+
+  /** A raw POST, as a client sends it; with `leaveAfter`, the client hangs up that many ms in, as one that gave up. */
+  function post(port: number, path: string, body: string, leaveAfter?: number): Promise<Answer> {
+    return new Promise((done) => {
+      let timer: NodeJS.Timeout | undefined;
+      const settle = (answer: Answer) => (clearTimeout(timer), done(answer));
+      const query = request({ host: '127.0.0.1', port, method: 'POST', path, agent: false }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => settle({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
+        res.on('error', (error) => settle({ error: String(error) }));
+      });
+      query.on('error', (error) => settle({ error: String(error) }));
+      query.end(body);
+      if (leaveAfter !== undefined) timer = setTimeout(() => query.destroy(), leaveAfter);
+    });
+  }
+
+  const delay = (ms: number) => new Promise((done) => setTimeout(done, ms));
+
   /** Starts the server as the resolver does and waits for its ready line. */
   async function startServer() {
     const dataDir = mkdtempSync(join(tmpdir(), 'clickhouse-local-'));
@@ -97,6 +122,49 @@ describe('npm run clickhouse:local', () => {
       clearTimeout(timer);
       expect(code).toBe(0);
       expect(Date.now() - asked).toBeLessThan(3_000);
+    } finally {
+      server.cleanUp();
+    }
+  }, 60_000);
+  it('skips a parameterised query whose client left while it waited for its turn: later ones do not wait for it', async () => {
+    // Bound-parameter queries take one process-wide turn. A client that gave up in the queue (a request timeout)
+    // used to have its query run anyway when its turn came, so every later parameterised query waited for it too.
+    const server = await startServer();
+    try {
+      const port = Number(new URL(server.url).port);
+      // About a second before its first block of rows, all that while holding the turn.
+      const slow = 'SELECT number, sleepEachRow(0.001) FROM numbers(3000) WHERE number >= {p:UInt32} SETTINGS max_block_size = 1000, max_threads = 1 FORMAT TSV';
+      const first = post(port, '/?param_p=0', slow);
+      await delay(100);
+      const abandoned = [1, 2, 3].map(() => post(port, '/?param_p=0', slow, 200));
+      await delay(300);
+      const asked = Date.now();
+      expect(await post(port, '/?param_p=7', 'SELECT {p:UInt32}')).toEqual({ status: 200, body: '7\n' });
+      // The first query's first block (about 1 s), not three more of them for clients that have gone.
+      expect(Date.now() - asked).toBeLessThan(3_000);
+      expect((await first).body?.split('\n')).toHaveLength(3001);
+      expect((await Promise.all(abandoned)).every((answer) => answer.error !== undefined)).toBe(true);
+    } finally {
+      server.cleanUp();
+    }
+  }, 60_000);
+  it("skips a session's query whose client left while it waited for the session's earlier one: the session's next query does not wait for it", async () => {
+    // A session runs its requests one at a time; a request whose client gave up in that queue used to run anyway.
+    const server = await startServer();
+    try {
+      const port = Number(new URL(server.url).port);
+      // One block, about a second; the session is busy all that while.
+      const slow = 'SELECT number, sleepEachRow(0.001) FROM numbers(1000) SETTINGS max_block_size = 1000, max_threads = 1 FORMAT TSV';
+      const first = post(port, '/?session_id=queued', slow);
+      await delay(100);
+      const abandoned = [1, 2, 3].map(() => post(port, '/?session_id=queued', slow, 200));
+      await delay(300);
+      const asked = Date.now();
+      expect(await post(port, '/?session_id=queued', 'SELECT 7')).toEqual({ status: 200, body: '7\n' });
+      // The first query (about 1 s), not three more of them for clients that have gone.
+      expect(Date.now() - asked).toBeLessThan(2_000);
+      expect((await first).body?.split('\n')).toHaveLength(1001);
+      expect((await Promise.all(abandoned)).every((answer) => answer.error !== undefined)).toBe(true);
     } finally {
       server.cleanUp();
     }
