@@ -480,6 +480,9 @@ function responseCodec(req: IncomingMessage, url: URL): ResponseCodec | undefine
   return accepted.find((e): e is ResponseCodec => e === 'gzip' || e === 'deflate' || e === 'br');
 }
 
+/** The most a response body writes before waiting for the client to take it; the send timeout bounds each such wait. */
+const SEND_PIECE_BYTES = 1 << 16;
+
 /** Writes a response body with backpressure, compressed when the client asked for it. */
 class ResponseBody {
   private readonly sink: Writable;
@@ -488,6 +491,7 @@ class ResponseBody {
     private readonly res: ServerResponse,
     codec: ResponseCodec | undefined,
     level: number,
+    private readonly sendTimeoutMs: number,
   ) {
     res.on('close', () => {
       if (this.gone && this.sink !== res) this.sink.destroy();
@@ -519,10 +523,16 @@ class ResponseBody {
   }
 
   async write(chunk: Uint8Array): Promise<void> {
-    if (this.gone || chunk.length === 0) return;
+    // In pieces, so the send timeout measures a client that stopped reading, not one slowly reading a block of many MB.
+    for (let at = 0; at < chunk.length && !this.gone; at += SEND_PIECE_BYTES) await this.writePiece(chunk.subarray(at, at + SEND_PIECE_BYTES));
+  }
+
+  private async writePiece(chunk: Uint8Array): Promise<void> {
     if (!this.sink.write(chunk)) {
       await new Promise<void>((done) => {
+        const timer = this.giveUpAfterSendTimeout();
         const finish = () => {
+          clearTimeout(timer);
           this.sink.off('drain', finish);
           this.res.off('close', finish);
           done();
@@ -536,10 +546,24 @@ class ResponseBody {
   async end(): Promise<void> {
     if (this.gone) return;
     await new Promise<void>((done) => {
-      this.res.once('finish', done);
-      this.res.once('close', done);
+      const timer = this.giveUpAfterSendTimeout();
+      const finish = () => {
+        clearTimeout(timer);
+        done();
+      };
+      this.res.once('finish', finish);
+      this.res.once('close', finish);
       this.sink.end();
     });
+  }
+
+  /**
+   * A client that stays connected but reads nothing would otherwise be waited
+   * for for ever, holding the query's engine stream; like ClickHouse's
+   * http_send_timeout, drop its connection once a send waits that long.
+   */
+  private giveUpAfterSendTimeout(): NodeJS.Timeout {
+    return setTimeout(() => this.res.destroy(), this.sendTimeoutMs);
   }
 }
 
@@ -652,7 +676,10 @@ class ChdbHttpHandler {
       }
       const request = parseRequest(url, await readBody(req), req.headers);
       const level = Number(url.searchParams.get('http_zlib_compression_level') ?? 3);
-      const body = () => new ResponseBody(res, responseCodec(req, url), Number.isInteger(level) && level >= 1 && level <= 9 ? level : 3);
+      // Seconds, as ClickHouse reads it; an invalid or non-positive value keeps its default.
+      const sendTimeout = Number(url.searchParams.get('http_send_timeout') ?? 30);
+      const body = () =>
+        new ResponseBody(res, responseCodec(req, url), Number.isInteger(level) && level >= 1 && level <= 9 ? level : 3, (sendTimeout > 0 ? sendTimeout : 30) * 1000);
       await this.connections.run(request, (connection) => this.execute(connection, request, res, body));
     } catch (error) {
       this.sendError(res, error);

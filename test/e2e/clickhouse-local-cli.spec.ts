@@ -169,4 +169,28 @@ describe('npm run clickhouse:local', () => {
       server.cleanUp();
     }
   }, 60_000);
+  it('gives up on a client that stops reading after http_send_timeout, letting go of its query', async () => {
+    // The server used to wait for such a client for ever, holding the engine's stream (and a DROP ... SYNC
+    // behind it) for as long as the client kept its connection; ClickHouse fails the send after http_send_timeout.
+    const server = await startServer();
+    const port = Number(new URL(server.url).port);
+    const query = request({ host: '127.0.0.1', port, method: 'POST', path: '/?http_send_timeout=1', agent: false }, (res) => res.pause());
+    try {
+      query.on('error', () => undefined);
+      // Reads nothing, but stays connected.
+      query.end("SELECT number, repeat('x', 1000) FROM numbers(10000000) FORMAT TSV");
+      const running = async () => (await post(port, '/', "SELECT count() FROM system.processes WHERE query LIKE '%repeat(%' AND query NOT LIKE '%system.processes%'")).body;
+      await delay(500);
+      expect(await running()).toBe('1\n');
+      let held = '1\n';
+      for (let waited = 0; held === '1\n' && waited < 5_000; waited += 250) {
+        await delay(250);
+        held = (await running()) ?? '';
+      }
+      expect(held).toBe('0\n');
+    } finally {
+      query.destroy();
+      server.cleanUp();
+    }
+  }, 60_000);
 });
