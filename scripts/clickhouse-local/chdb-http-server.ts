@@ -894,7 +894,14 @@ export async function startChdbHttpServer(options: ChdbHttpServerOptions): Promi
     await Promise.race([settled(), new Promise((done) => setTimeout(done, 5_000).unref())]);
     server.closeAllConnections();
     await closed;
-    // Native calls cannot be interrupted; their connections close once they return.
+    // Native calls cannot be interrupted, and a query computing its first rows may run for hours; as ClickHouse
+    // does when its grace period ends, cancel what is left, so those calls fail at the engine's next block.
+    if (inflight.size > 0) {
+      await native.QueryAsyncConnection(opened.connection, 'KILL QUERY WHERE query_id != queryID() ASYNC', 'TabSeparated').catch((error: unknown) => {
+        log(`could not cancel the queries left at stop: ${error instanceof Error ? error.message : String(error)}`);
+      });
+    }
+    // Their connections close once they return.
     while (inflight.size > 0) await settled();
     connections.closeAll();
     opened.close();

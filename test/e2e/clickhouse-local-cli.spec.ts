@@ -193,4 +193,25 @@ describe('npm run clickhouse:local', () => {
       server.cleanUp();
     }
   }, 60_000);
+  it('stops on SIGTERM after its grace period even while a query runs that would take a minute more', async () => {
+    // A query still computing its first rows cannot be interrupted from outside the engine, so the stop used to wait
+    // for it to finish however long it took (ClickHouse cancels the queries left when its own grace period ends).
+    const server = await startServer();
+    try {
+      const port = Number(new URL(server.url).port);
+      // A minute's work before its one row is ready; its client gives up.
+      const long = 'SELECT sum(sleepEachRow(0.001)) FROM numbers(60000) SETTINGS max_block_size = 1000, max_threads = 1 FORMAT TSV';
+      expect((await post(port, '/', long, 200)).error).toBeDefined();
+      const asked = Date.now();
+      server.child.kill('SIGTERM');
+      let timer: NodeJS.Timeout | undefined;
+      const code = await Promise.race([server.exited, new Promise((done) => (timer = setTimeout(() => done('still running after 9 s'), 9_000)))]);
+      clearTimeout(timer);
+      expect(code).toBe(0);
+      // The 5 s grace, then about a second for the engine to stop at its next block.
+      expect(Date.now() - asked).toBeLessThan(9_000);
+    } finally {
+      server.cleanUp();
+    }
+  }, 60_000);
 });
