@@ -463,8 +463,9 @@ async function readBody(req: IncomingMessage): Promise<Buffer> {
   try {
     for await (const chunk of source) chunks.push(chunk);
   } catch (error) {
-    if (source === req || error === connectionError) throw error;
     const detail = error instanceof Error ? error.message : String(error);
+    // The client left mid-body: its own doing, not a server failure to log (and there is nobody left to answer).
+    if (source === req || error === connectionError) throw new ClickHouseException(210, 'NETWORK_ERROR', `The client closed the connection before sending the whole request: ${detail}`);
     throw new ClickHouseException(271, 'CANNOT_DECOMPRESS', `Cannot decompress the request body (${encoding}): ${detail}`);
   }
   return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
