@@ -24,3 +24,13 @@ describe('parseConfig: Postgres timeouts', () => {
     expect(() => parseConfig({ DB_CLIENT_TIMEOUT_MS: 'soon' })).toThrow(/DB_CLIENT_TIMEOUT_MS must be a whole number, got "soon"/);
   });
 });
+
+describe('parseConfig: variables that are not its business', () => {
+  it('starts whatever NODE_ENV says: the API reads no setting from it, so it cannot be wrong', () => {
+    // NODE_ENV=staging, common in deployments, used to stop the API and every command with
+    // "NODE_ENV Invalid enum value", for a variable no setting depended on and the README did not name.
+    for (const NODE_ENV of ['staging', 'production', 'development', 'test', '']) {
+      expect(() => parseConfig({ NODE_ENV })).not.toThrow();
+    }
+  });
+});

@@ -80,7 +80,6 @@ const uuidList = z
   });
 
 const envSchema = z.object({
-  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   PORT: int(3000, 0, 65535),
   HOST: z.string().default('0.0.0.0'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -122,7 +121,6 @@ const envSchema = z.object({
 });
 
 export interface AppConfig {
-  env: 'development' | 'production' | 'test';
   http: { host: string; port: number; bodyLimit: string; maxBatchItems: number; shutdownTimeoutMs: number };
   logLevel: string;
   postgres: {
@@ -196,7 +194,6 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
   }
   const dataDir = e.EMBEDDED_DATA_DIR;
   return {
-    env: e.NODE_ENV,
     http: {
       host: e.HOST,
       port: e.PORT,
