@@ -21,8 +21,13 @@ export class HttpMetricsMiddleware implements NestMiddleware {
 
   use(req: Request, res: Response, next: NextFunction): void {
     const end = this.duration.startTimer();
+    // Nest mounts middleware as a route of its own (forRoutes('*') is app.all('/{*path}')), so here req.route is
+    // that mount. A request no controller route took (a 404) finishes with req.route still naming a mount of that path.
+    const mountPath: unknown = req.route?.path;
     res.on('finish', () => {
-      const route = req.route?.path && !wasAnsweredBeforeRouting(res) ? `${req.baseUrl ?? ''}${req.route.path}` : 'unmatched';
+      const path: unknown = req.route?.path;
+      const routed = typeof path === 'string' && path !== '' && path !== mountPath && !wasAnsweredBeforeRouting(res);
+      const route = routed ? `${req.baseUrl ?? ''}${path}` : 'unmatched';
       end({ method: req.method, route, status: String(res.statusCode) });
     });
     next();

@@ -300,6 +300,20 @@ describe('REST: /tracing and /observability', () => {
       expect({ 415: await count('415'), 400: await count('400'), 413: await count('413') }).toEqual({ 415: before[415] + 1, 400: before[400] + 1, 413: before[413] + 1 });
     });
 
+    it('counts a path or method no route serves (404) as route="unmatched", not as the middleware mount', async () => {
+      // Was route="/{*path}": req.route named the forRoutes('*') mount the request last went through.
+      const counts = async () => {
+        const text = (await http().get('/metrics').expect(200)).text;
+        const of = (method: string, route: string) =>
+          Number(new RegExp(`^http_request_duration_seconds_count\\{method="${method}",route="${route.replace(/[{}*/]/g, '\\$&')}",status="404"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+        return { getUnmatched: of('GET', 'unmatched'), deleteUnmatched: of('DELETE', 'unmatched'), mount: of('GET', '/{*path}') + of('DELETE', '/{*path}') };
+      };
+      const before = await counts();
+      await http().get('/no-such-path/42').expect(404);
+      await http().delete('/metrics').expect(404);
+      expect(await counts()).toEqual({ getUnmatched: before.getUnmatched + 1, deleteUnmatched: before.deleteUnmatched + 1, mount: 0 });
+    });
+
     it('GET /metrics serves Prometheus text with HTTP metrics', async () => {
       const res = await http().get('/metrics').expect(200);
       expect(res.headers['content-type']).toMatch(/text\/plain/);
