@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from '../support/api-process';
-import { runCommand } from '../support/commands';
+import { clickHouseReadyUrl, runCommand } from '../support/commands';
 
 /** `npm run clickhouse:local` as an operator runs it, and as the server resolver starts it (a child waiting for its ready line). */
 describe('npm run clickhouse:local', () => {
@@ -63,7 +63,6 @@ describe('npm run clickhouse:local', () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'clickhouse-local-'));
     const { NODE_OPTIONS: _jest, ...env } = process.env;
     const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/clickhouse-local/main.ts', '--port', '0', '--data-dir', dataDir], { cwd: ROOT, env });
-    let stdout = '';
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     const exited = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
@@ -72,14 +71,7 @@ describe('npm run clickhouse:local', () => {
       rmSync(dataDir, { recursive: true, force: true });
     };
     try {
-      const url = await new Promise<string>((ready, failed) => {
-        child.stdout.on('data', (chunk: Buffer) => {
-          stdout += chunk.toString();
-          const line = /^CLICKHOUSE_LOCAL_READY (\S+)/m.exec(stdout);
-          if (line) ready(line[1]);
-        });
-        void exited.then((code) => failed(new Error(`exited ${code} before it was ready: ${stderr}`)));
-      });
+      const url = await clickHouseReadyUrl(child.stdout, exited, () => `exited ${child.exitCode ?? child.signalCode} before it was ready: ${stderr}`);
       return { child, url, exited, stderr: () => stderr, cleanUp };
     } catch (error) {
       cleanUp();
@@ -114,7 +106,7 @@ describe('npm run clickhouse:local', () => {
         setTimeout(() => (query.destroy(), done()), 200);
       });
       await left;
-      await new Promise((done) => setTimeout(done, 1_500)); // the first block is out by now
+      await delay(1_500); // the first block is out by now
       const asked = Date.now();
       server.child.kill('SIGTERM');
       let timer: NodeJS.Timeout | undefined;

@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { ROOT } from '../support/api-process';
+import { clickHouseReadyUrl } from '../support/commands';
 
 /**
  * A signal to `npm run <script>` (a process manager's SIGTERM, `kill` of the
@@ -53,21 +54,13 @@ describe('npm scripts that run one long-lived program', () => {
     // The npm beside this node, as an operator's PATH finds it.
     env.PATH = `${dirname(process.execPath)}:${env.PATH ?? ''}`;
     const npm = spawn('npm', ['run', '-s', 'clickhouse:local', '--', '--port', '0', '--data-dir', dataDir], { cwd: ROOT, env });
-    let stdout = '';
     let stderr = '';
     npm.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     // 'exit', not 'close': an orphan would hold npm's pipes open.
     const exited = new Promise<void>((done) => npm.on('exit', () => done()));
     let below: number[] = [];
     try {
-      const url = await new Promise<string>((ready, failed) => {
-        npm.stdout.on('data', (chunk: Buffer) => {
-          stdout += chunk.toString();
-          const line = /^CLICKHOUSE_LOCAL_READY (\S+)/m.exec(stdout);
-          if (line) ready(line[1]);
-        });
-        void exited.then(() => failed(new Error(`npm exited before the server was ready: ${stderr}`)));
-      });
+      const url = await clickHouseReadyUrl(npm.stdout, exited, () => `npm exited before the server was ready: ${stderr}`);
       below = descendants(npm.pid!);
       expect(below.length).toBeGreaterThan(0);
       npm.kill('SIGTERM');

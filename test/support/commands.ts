@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import type { Readable } from 'node:stream';
 import { ROOT } from './api-process';
 
 export interface CommandRun {
@@ -18,6 +19,22 @@ export function runCommand(script: 'verify' | 'backfill' | 'migrate' | 'apikey' 
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     child.on('close', (code) => done({ code, stdout, stderr }));
+  });
+}
+
+/**
+ * The URL from the local ClickHouse server's "CLICKHOUSE_LOCAL_READY <url>"
+ * line on `stdout`; fails with `why()` if `exited` settles first.
+ */
+export function clickHouseReadyUrl(stdout: Readable, exited: Promise<unknown>, why: () => string): Promise<string> {
+  let seen = '';
+  return new Promise((ready, failed) => {
+    stdout.on('data', (chunk: Buffer) => {
+      seen += chunk.toString();
+      const line = /^CLICKHOUSE_LOCAL_READY (\S+)/m.exec(seen);
+      if (line) ready(line[1]);
+    });
+    void exited.then(() => failed(new Error(why())));
   });
 }
 
