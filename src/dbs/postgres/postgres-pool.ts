@@ -101,11 +101,13 @@ export function createPool(url: string, max: number, options: PoolOptions = {}):
   // its whole life, is the one that reports. A lent-out client's query fails with the same error
   // (the API answers 503) and the pool drops the client when it comes back.
   const onConnectionLost = options.onConnectionLost ?? (() => undefined);
-  pool.on('connect', (client) => client.on('error', onConnectionLost));
-  pool.on('error', () => undefined);
   const connected = new Set<PoolClient>();
-  pool.on('connect', (client) => connected.add(client));
+  pool.on('connect', (client) => {
+    client.on('error', onConnectionLost);
+    connected.add(client);
+  });
   pool.on('remove', (client) => connected.delete(client));
+  pool.on('error', () => undefined);
   connectedClients.set(pool, connected);
   return pool;
 }
