@@ -30,9 +30,12 @@ const SCRIPT_SPAN_ROWS = 11;
 const SCRIPT_NODE_ROWS = 7;
 
 /** Small intervals and backoffs so faults and recoveries play out within a test. */
+/**
+ * Shorter intervals, so each fault plays out within a test. MIRROR_MAX_ATTEMPTS keeps its default:
+ * an outage must not turn the batch it caught into a gap however few tries that batch has.
+ */
 const FAST = {
   MIRROR_FLUSH_INTERVAL_MS: '50',
-  MIRROR_MAX_ATTEMPTS: '100',
   MIRROR_BASE_BACKOFF_MS: '10',
   MIRROR_MAX_BACKOFF_MS: '100',
   MIRROR_BREAKER_OPEN_MS: '100',
@@ -293,7 +296,9 @@ describe('the API is isolated from ClickHouse faults', () => {
   });
 
   it('ClickHouse answering a transient error (241): the API is unchanged and the rows arrive once it recovers', async () => {
-    const rig = await startRig();
+    // The server answers pings and fails inserts, so every probe lets the batch try again and uses one of its
+    // attempts (with the defaults and 100 ms open periods, about a second's worth): enough for the whole fault.
+    const rig = await startRig({ MIRROR_MAX_ATTEMPTS: '100' });
     try {
       await rig.proxy.setMode('error', { code: 241 });
       const { steps } = await runScript(rig.t);
@@ -363,6 +368,32 @@ describe('the API is isolated from ClickHouse faults', () => {
       // Inserts sent before the tables existed would have been rejected (UNKNOWN_DATABASE) and become gaps.
       expect(await rig.gaps()).toEqual([]);
       await expectClickHouseMatchesPostgres(rig);
+    } finally {
+      await rig.close();
+    }
+  });
+
+  it('ClickHouse stopped for longer than a batch\'s retries, with one table written: the batch waits for it and arrives, no gap', async () => {
+    // With spans only, each failure is the one batch's, so its last attempt is the one that opens the breaker.
+    const rig = await startRig();
+    try {
+      await rig.proxy.setMode('refuse');
+      const auth = { Authorization: `ApiKey ${rig.t.apiKey}` };
+      const trace = traceId();
+      const spans = Array.from({ length: 10 }, () => makeSpan({ trace_id: trace, span_id: spanId() }));
+      await request(rig.t.url).post('/tracing/spans').set(auth).send({ spans }).expect(201);
+
+      await eventually('the breaker to open', () => rig.t.mirror!.writer.stats().breaker === 'open');
+      // Five open periods (100 ms here) of a server still down: its probes fail, nothing is given up.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(rig.t.mirror!.writer.stats()).toMatchObject({ queuedRows: 10, rowsDropped: 0 });
+
+      await rig.proxy.setMode('forward');
+      await rig.t.mirror!.writer.drain();
+      expect(await rig.gaps()).toEqual([]);
+      const both = await snapshotBothSides(rig.pg, rig.direct.query, rig.t.projectId);
+      expect(both.chSpans).toHaveLength(10);
+      expect(both.chSpans).toEqual(both.pgSpans);
     } finally {
       await rig.close();
     }

@@ -465,6 +465,69 @@ describe('BatchWriter', () => {
       expect(gaps.recorded).toHaveLength(0);
     });
 
+    it('holds a batch whose attempts ran out as the breaker opened, and sends it once ClickHouse is back: an outage is no gap', async () => {
+      // The defaults' shape: the batch's last attempt is the failure that opens the breaker.
+      const { sink, writer, clock, gaps, logger } = setup({
+        flushRows: 2,
+        maxAttempts: 3,
+        baseBackoffMs: 10,
+        maxBackoffMs: 10,
+        breaker: { failureThreshold: 3, openMs: 1000 },
+      });
+      sink.fallback = { reject: networkError('ECONNREFUSED') };
+      sink.pingResults = [false, false];
+      writer.write(rows(1, 2));
+      await clock.advance(100);
+      expect(sink.attempts).toHaveLength(3);
+      expect(writer.stats()).toMatchObject({ breaker: 'open', queuedRows: 2, rowsDropped: 0 });
+
+      // Down for two more open periods: pings only, no uploads, and still no gap.
+      await clock.advance(2000);
+      expect(sink.pings).toBe(2);
+      expect(sink.attempts).toHaveLength(3);
+      expect(writer.stats()).toMatchObject({ breaker: 'open', queuedRows: 2, inFlightBatches: 1 });
+
+      sink.fallback = 'ok';
+      await clock.advance(1000);
+      expect(sink.accepted.map((call) => call.dedupToken)).toEqual([sink.attempts[0].dedupToken]);
+      expect(sink.sentLines()).toEqual(rows(1, 2).map((r) => r.line));
+      expect(writer.stats()).toMatchObject({ breaker: 'closed', queuedRows: 0, rowsSent: 2, rowsDropped: 0 });
+      expect(gaps.recorded).toHaveLength(0);
+      expect(logger.errors()).toHaveLength(0);
+    });
+
+    it('records a held batch as a gap once it has failed maxAttempts more times after probes ClickHouse answered', async () => {
+      const { sink, writer, clock, gaps } = setup({
+        flushRows: 2,
+        maxAttempts: 3,
+        baseBackoffMs: 10,
+        maxBackoffMs: 10,
+        breaker: { failureThreshold: 3, openMs: 1000 },
+      });
+      // Pings answer, inserts of this batch time out: the server is up, and the batch must not hold the queue for ever.
+      sink.fallback = { reject: networkError('ETIMEDOUT') };
+      writer.write(rows(1, 2));
+      await clock.advance(100);
+      expect(writer.stats().breaker).toBe('open');
+
+      await clock.advance(2050);
+      expect(sink.pings).toBe(2);
+      expect(sink.attempts).toHaveLength(5);
+      expect(gaps.recorded).toHaveLength(0);
+
+      await clock.advance(1000);
+      expect(sink.pings).toBe(3);
+      expect(sink.attempts).toHaveLength(6);
+      expect(gaps.recorded).toHaveLength(1);
+      expect(gaps.recorded[0]).toMatchObject({ rowCount: 2, reason: expect.stringMatching(/^send_failed: /) });
+
+      // The rows behind it go on as usual once the server takes inserts again.
+      sink.fallback = 'ok';
+      writer.write(rows(3, 2));
+      await clock.advance(2000);
+      expect(sink.sentLines()).toEqual(rows(3, 2).map((r) => r.line));
+    });
+
     /** One row whose first two attempts fail: the breaker (2 failures, open 1 s) opens holding it. */
     async function openedOnOneRow(options: { pingResults?: boolean[]; timersEarlyMs?: number } = {}) {
       const opened = setup({
