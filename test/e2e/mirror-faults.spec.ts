@@ -222,6 +222,8 @@ describe('the API is isolated from ClickHouse faults', () => {
       // Nothing is lost or given up yet: every row waits in the queue.
       expect(health.body.info.mirror).toMatchObject({ enabled: true, queuedRows: SCRIPT_SPAN_ROWS + SCRIPT_NODE_ROWS, openGaps: 0 });
       expect(health.body.info.mirror.lastError).toMatch(/ECONNREFUSED/);
+      expect(health.body.info.mirror.lastErrorAt).toEqual(expect.stringMatching(/^\d{4}-\d\d-\d\dT.*Z$/));
+      expect(health.body.info.mirror.lastSuccessAt).toBeNull();
     });
 
     it('once ClickHouse is back, what was queued arrives and no gap is recorded', async () => {
@@ -231,6 +233,9 @@ describe('the API is isolated from ClickHouse faults', () => {
       expect(await rig.gaps()).toEqual([]);
       const mirror = (await rig.health()).body.info.mirror;
       expect(mirror).toMatchObject({ breaker: 'closed', queuedRows: 0, rowsSent: SCRIPT_SPAN_ROWS + SCRIPT_NODE_ROWS, openGaps: 0 });
+      // The outage's error stays on record, and the times show recovery came after it.
+      expect(mirror.lastError).toMatch(/ECONNREFUSED/);
+      expect(Date.parse(mirror.lastSuccessAt)).toBeGreaterThan(Date.parse(mirror.lastErrorAt));
     });
   });
 

@@ -141,6 +141,8 @@ function afterSchema(sink: MirrorSink, ensureSchema: () => Promise<boolean>, tim
   };
 }
 
+const isoOrNull = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+
 @Global()
 @Module({
   providers: [
@@ -166,7 +168,10 @@ function afterSchema(sink: MirrorSink, ensureSchema: () => Promise<boolean>, tim
             rowsSent: stats.rowsSent,
             gapsRecorded: stats.gapsRecorded,
             openGaps,
+            // With both times an error that recovery has since followed reads as history, not as the present.
             lastError: stats.lastError,
+            lastErrorAt: isoOrNull(stats.lastErrorAt),
+            lastSuccessAt: isoOrNull(stats.lastSuccessAt),
           };
         },
       }),
