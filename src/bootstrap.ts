@@ -1,4 +1,4 @@
-import { ConsoleLogger, INestApplication, Logger as NestLogger } from '@nestjs/common';
+import { ConsoleLogger, INestApplication, Logger as NestLogger, LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
@@ -42,9 +42,16 @@ export async function createApp(env: Record<string, string | undefined> = {}): P
  * buffered for the rest of the process.
  */
 function releaseStartupLogs(error: unknown): void {
-  if (error instanceof OperatorError) NestLogger.overrideLogger(false);
+  if (error instanceof OperatorError) return discardBufferedLogs(new ConsoleLogger());
   NestLogger.flush();
   NestLogger.overrideLogger(new ConsoleLogger());
+}
+
+/** Empties Nest's log buffer without printing it (with no logger to write to, a flush only empties it); `next` logs from then on. */
+export function discardBufferedLogs(next: LoggerService): void {
+  NestLogger.overrideLogger(false);
+  NestLogger.flush();
+  NestLogger.overrideLogger(next);
 }
 
 function setUpOpenApi(app: INestApplication): void {

@@ -3,7 +3,7 @@ import type { Server } from 'node:http';
 import { Logger as NestLogger } from '@nestjs/common';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import { Logger } from 'nestjs-pino';
-import { createApp } from './bootstrap';
+import { createApp, discardBufferedLogs } from './bootstrap';
 import { AppConfig, parseConfig } from './config/app-config';
 import { OperatorError } from './config/operator-error';
 import { APP_CONFIG } from './config/config.module';
@@ -78,12 +78,7 @@ async function listen(app: NestExpressApplication, config: AppConfig, logger: Lo
     await app.listen(config.http.port, config.http.host);
   } catch (error) {
     const bind = error as NodeJS.ErrnoException;
-    if (bind?.syscall === 'listen') {
-      // With no logger to write to, flushing empties the buffer without printing it.
-      NestLogger.overrideLogger(false);
-      NestLogger.flush();
-      app.useLogger(logger);
-    }
+    if (bind?.syscall === 'listen') discardBufferedLogs(logger);
     const where = `${config.http.host}:${config.http.port}`;
     if (bind?.code === 'EADDRINUSE') throw new OperatorError(`${where} is already in use: stop what listens there, or set PORT (or HOST)`);
     if (bind?.code === 'EACCES') throw new OperatorError(`${where} needs privileges this process lacks (a port below 1024?): set PORT`);
