@@ -297,6 +297,8 @@ const HTTP_ONLY_PARAMS = new Set([
 
 const SETTING_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const FORMAT_NAME = /^[A-Za-z0-9_]+$/;
+/** ClickHouse's default max_session_timeout. */
+const MAX_SESSION_TIMEOUT_SECONDS = 3600;
 /** Enough of a body to find where an INSERT's inline data begins. */
 const INSERT_HEAD_BYTES = 1 << 20;
 
@@ -373,6 +375,10 @@ function parseRequest(url: URL, body: Buffer, headers: IncomingMessage['headers'
   if (fields.get('decompress') === '1') throw new ClickHouseException(48, 'NOT_IMPLEMENTED', 'decompress=1 (ClickHouse native compression) is not supported by the local server');
   const timeoutSeconds = Number(fields.get('session_timeout') ?? 60);
   if (!Number.isFinite(timeoutSeconds) || timeoutSeconds < 0) throw new ClickHouseException(374, 'INVALID_SESSION_TIMEOUT', `Invalid session timeout: '${fields.get('session_timeout')}'`);
+  // ClickHouse's own limit (max_session_timeout); past about 24.8 days setTimeout would also overflow and fire at once.
+  if (timeoutSeconds > MAX_SESSION_TIMEOUT_SECONDS) {
+    throw new ClickHouseException(374, 'INVALID_SESSION_TIMEOUT', `Session timeout exceeds the maximum (max_session_timeout = ${MAX_SESSION_TIMEOUT_SECONDS} s): ${timeoutSeconds}`);
+  }
 
   const request: ParsedRequest = {
     params,

@@ -345,6 +345,16 @@ describe('local ClickHouse endpoint through @clickhouse/client', () => {
     }
   });
 
+  it('refuses a session timeout past max_session_timeout (3600 s), as ClickHouse does', async () => {
+    const session = createClient({ url: server.url, session_id: `conformance-long-${Date.now()}` });
+    try {
+      await expectClickHouseError(session.command({ query: 'SELECT 1', clickhouse_settings: { session_timeout: '3601' } }), '374', 'INVALID_SESSION_TIMEOUT');
+      await session.command({ query: 'SELECT 1', clickhouse_settings: { session_timeout: '3600' } });
+    } finally {
+      await session.close();
+    }
+  });
+
   it('takes query parameters from a multipart body', async () => {
     const multipart = createClient({ url: server.url, use_multipart_params: true });
     try {
