@@ -8,6 +8,7 @@ import { StorageModule } from './dbs/storage.module';
 import { HealthModule } from './health/health.module';
 import { HttpExceptionFilter } from './http/http-exception.filter';
 import { jsonBodies } from './http/json-bodies';
+import { assignRequestId } from './http/request-id';
 import { MetricsModule } from './metrics/metrics.module';
 import { ObservabilityModule } from './observability/observability.module';
 import { OtlpModule } from './otlp/otlp.module';
@@ -38,6 +39,7 @@ export class AppModule implements NestModule {
           useFactory: (config: AppConfig) => ({
             pinoHttp: {
               level: config.logLevel,
+              genReqId: assignRequestId,
               // Keys are secrets: never log them.
               redact: ['req.headers.authorization', 'req.headers.cookie'],
               customLogLevel: (_req, res, error) => (error || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),

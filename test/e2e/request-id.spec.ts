@@ -1,0 +1,58 @@
+import { ApiProcess, startApiProcess } from '../support/api-process';
+import { createTestDatabase, TestDatabase } from '../support/postgres';
+
+/**
+ * Every answer carries X-Request-Id, and the compiled API's JSON log line
+ * for that request carries the same id: a caller's own id when it sent a
+ * plausible one, else a fresh UUID. Answers given before any route (415, 404)
+ * and errors included.
+ */
+describe('request ids in answers and logs (compiled API)', () => {
+  let database: TestDatabase;
+  let api: ApiProcess;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    api = await startApiProcess({ DATABASE_URL: database.url, MIGRATE_ON_START: 'false', LOG_LEVEL: 'info' });
+  }, 180_000);
+
+  afterAll(async () => {
+    await api?.stop(5_000);
+    await database?.drop();
+  }, 60_000);
+
+  /** The request's completion line, found by the id the answer carried. */
+  async function logLineOf(id: string): Promise<{ req: { id: string; url: string }; res: { statusCode: number } }> {
+    for (let waited = 0; waited < 5_000; waited += 50) {
+      const line = api
+        .logs()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { req?: { id?: string; url: string }; res?: { statusCode: number } })
+        .find((entry) => entry.req?.id === id && entry.res);
+      if (line) return line as never;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    throw new Error(`no log line for request ${id}\n${api.logs().slice(-2_000)}`);
+  }
+
+  it('echoes the caller\'s id and logs the request under it', async () => {
+    const res = await fetch(`${api.url}/tracing/traces/4bf92f3577b34da6a3ce929d0e0e4736`, { headers: { 'X-Request-Id': 'caller-7f3a.1' } });
+    expect(res.status).toBe(401);
+    expect(res.headers.get('x-request-id')).toBe('caller-7f3a.1');
+    expect(await logLineOf('caller-7f3a.1')).toMatchObject({ req: { url: '/tracing/traces/4bf92f3577b34da6a3ce929d0e0e4736' }, res: { statusCode: 401 } });
+  });
+
+  it('gives requests without one, or with one that could break a log line, a fresh UUID, answers before any route included', async () => {
+    const answers = [
+      await fetch(`${api.url}/no/such/path`),
+      await fetch(`${api.url}/tracing/spans`, { method: 'POST', body: 'x', headers: { 'Content-Type': 'text/plain', 'X-Request-Id': 'two words' } }),
+    ];
+    expect(answers.map((a) => a.status)).toEqual([404, 415]);
+    const ids = answers.map((a) => a.headers.get('x-request-id') ?? '');
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(ids[0]).not.toBe(ids[1]);
+    expect((await logLineOf(ids[0])).res.statusCode).toBe(404);
+    expect((await logLineOf(ids[1])).res.statusCode).toBe(415);
+  });
+});
