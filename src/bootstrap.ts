@@ -6,6 +6,7 @@ import { Logger } from 'nestjs-pino';
 import { AppModule } from './app.module';
 import { OperatorError } from './config/operator-error';
 import { documentErrorAnswers } from './http/openapi-errors';
+import { documentRequestIds } from './http/request-id';
 
 /**
  * Builds the HTTP app exactly as production runs it; main.ts and the tests
@@ -61,6 +62,6 @@ function setUpOpenApi(app: INestApplication): void {
     .setVersion('0.1.0')
     .addSecurity('ApiKey', { type: 'apiKey', in: 'header', name: 'Authorization', description: 'ApiKey <key>' })
     .build();
-  const document = documentErrorAnswers(SwaggerModule.createDocument(app, description));
+  const document = documentRequestIds(documentErrorAnswers(SwaggerModule.createDocument(app, description)));
   SwaggerModule.setup('docs', app, document, { jsonDocumentUrl: 'docs/openapi.json' });
 }

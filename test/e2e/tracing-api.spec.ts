@@ -351,6 +351,15 @@ describe('REST: /tracing and /observability', () => {
       for (const field of schema.required) expect(bad.body[field]).toBeDefined();
       expect(bad.body.errors[0]).toEqual({ field: expect.any(String), message: expect.any(String) });
     });
+
+    it('documents X-Request-Id on every answer of every route, and sends it', async () => {
+      const doc = (await http().get('/docs/openapi.json').expect(200)).body;
+      const answers = Object.values(doc.paths).flatMap((path) => Object.values(path as Record<string, { responses: Record<string, { headers?: object }> }>)).flatMap((op) => Object.values(op.responses));
+      expect(answers.length).toBeGreaterThan(50);
+      for (const answer of answers) expect(answer.headers).toEqual({ 'X-Request-Id': expect.objectContaining({ schema: { type: 'string' } }) });
+      const res = await http().get('/health').expect(200);
+      expect(res.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    });
   });
 
   it('documents the query bodies, and their examples are queries the server answers', async () => {
