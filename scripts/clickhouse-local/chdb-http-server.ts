@@ -301,6 +301,8 @@ const FORMAT_NAME = /^[A-Za-z0-9_]+$/;
 const MAX_SESSION_TIMEOUT_SECONDS = 3600;
 /** Enough of a body to find where an INSERT's inline data begins. */
 const INSERT_HEAD_BYTES = 1 << 20;
+/** ClickHouse's http_max_uri_size (1 MiB), plus room for the headers after the request line. */
+const MAX_REQUEST_HEAD_BYTES = (1 << 20) + (64 << 10);
 
 interface InsertData {
   prefix: string;
@@ -849,7 +851,9 @@ export async function startChdbHttpServer(options: ChdbHttpServerOptions): Promi
   const engine = new Promise<ChdbHttpHandler>((done, fail) => ((ready = done), (failed = fail)));
   engine.catch(() => undefined);
 
-  const server = createServer();
+  // ClickHouse takes a URI up to http_max_uri_size (1 MiB) and the client binds query parameters in it;
+  // Node's default 16 KiB refused a 1000-key lookup (backfill --gaps, verify --repair) with a bare 431.
+  const server = createServer({ maxHeaderSize: MAX_REQUEST_HEAD_BYTES });
   server.requestTimeout = 0;
   const inflight = new Set<Promise<void>>();
   // Requests that arrive while the engine opens (a concurrent resolver pinging) wait for it.

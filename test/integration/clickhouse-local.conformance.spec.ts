@@ -167,6 +167,19 @@ describe('local ClickHouse endpoint through @clickhouse/client', () => {
     expect(await raw.json()).toEqual([{ n: 4 }]);
   });
 
+  it('takes query parameters as long as a 1000-key lookup binds (a URL far past 16 KiB)', async () => {
+    // backfill --gaps and verify --repair read a gap's spans 1000 keys at a time, their ids bound in the
+    // URL (~75 KiB); ClickHouse takes a URI up to http_max_uri_size, 1 MiB by default.
+    const traceIds = Array.from({ length: 1000 }, (_, i) => `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`);
+    const spanIds = Array.from({ length: 1000 }, (_, i) => 18446744073709551615n - BigInt(i));
+    const result = await plain.query({
+      query: 'SELECT length({traceIds:Array(UUID)}) AS traces, length({spanIds:Array(UInt64)}) AS spans',
+      query_params: { traceIds, spanIds },
+      format: 'JSONEachRow',
+    });
+    expect(await result.json()).toEqual([{ traces: 1000, spans: 1000 }]);
+  });
+
   it('round-trips DateTime64(6) microseconds exactly', async () => {
     const values = ['2026-01-02 03:04:05.000007', '1999-12-31 23:59:59.999999', '2026-06-30 12:00:00.123456'];
     await plain.insert({ table: `${DB}.events`, values: values.map((at, i) => ({ id: 1_000_000 + i, name: 'micro', at })), format: 'JSONEachRow' });
