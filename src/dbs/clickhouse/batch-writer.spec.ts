@@ -427,6 +427,26 @@ describe('BatchWriter', () => {
     });
   });
 
+  it("logs and sends outside the caller's async context: a request that wrote a row is not named in the mirror's lines", async () => {
+    // The API's logger adds the request of the async context it is called in (nestjs-pino): a failure of
+    // a batch several requests filled read as one request's own.
+    const { AsyncLocalStorage } = await import('node:async_hooks');
+    const request = new AsyncLocalStorage<string>();
+    const { sink, writer, clock } = setup({ flushRows: 1 });
+    const seen: Array<string | undefined> = [];
+    const logger = (writer as unknown as { logger: MirrorLogger }).logger;
+    const warn = logger.warn.bind(logger);
+    logger.warn = (obj, msg) => {
+      seen.push(request.getStore());
+      warn(obj, msg);
+    };
+    sink.behaviours.push({ reject: networkError() });
+    request.run('request 4343', () => writer.write(rows(1, 1)));
+    await clock.advance(1000);
+    expect(sink.accepted).toHaveLength(1);
+    expect(seen).toEqual([undefined]);
+  });
+
   describe('circuit breaker', () => {
     it('opens after failureThreshold failed attempts, holds rows while open, and closes after a successful probe', async () => {
       const { sink, writer, clock, gaps, registry } = setup({

@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
 import { DropReason, MirrorMetrics } from './mirror-metrics';
 import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, RowLog, RowSpan } from './row-log';
@@ -192,6 +193,12 @@ export class BatchWriter {
   private readonly metrics?: MirrorMetrics;
   private readonly random: () => number;
   private readonly breaker: CircuitBreaker;
+  /**
+   * The writer's own async context, taken when it is built. Sends, retries and timers start in it, not in
+   * the context of the write() that filled the batch: the API's logger names the request of the context
+   * it runs in, so an outage's lines read as one unrelated request's (and its timers would keep that alive).
+   */
+  private readonly scope = new AsyncResource('MirrorBatchWriter');
 
   private readonly tables = new Map<string, TableQueue>();
   private queuedRows = 0;
@@ -264,6 +271,10 @@ export class BatchWriter {
    * whole bound is turned away by itself.
    */
   write(rows: MirrorRow[]): void {
+    this.scope.runInAsyncScope(() => this.queueRows(rows));
+  }
+
+  private queueRows(rows: MirrorRow[]): void {
     // Rows before this index are queued or already handed to a gap; the rest are what an internal failure must account for.
     let accounted = 0;
     const touched = new Set<TableQueue>();
@@ -326,6 +337,10 @@ export class BatchWriter {
 
   /** Rows a producer did not map because the queue was full: recorded as gaps, as write() records its overflow. */
   writeOverflow(rows: GapRow[]): void {
+    this.scope.runInAsyncScope(() => this.turnAwayOverflow(rows));
+  }
+
+  private turnAwayOverflow(rows: GapRow[]): void {
     try {
       if (this.closed) {
         this.dropIntoGaps(rows, 'writer_closed');
