@@ -580,6 +580,31 @@ describe('BatchWriter', () => {
       expect(sink.accepted).toHaveLength(1);
     });
 
+    it('logs an outage once when it opens, at most once a minute while probes fail, and once when it closes', async () => {
+      const { sink, writer, clock, logger } = await openedOnOneRow({ pingResults: Array.from({ length: 130 }, () => false) });
+      const breakerLines = () => logger.entries.filter((e) => e.msg.startsWith('ClickHouse circuit breaker'));
+
+      await clock.advance(130_000);
+      expect(writer.stats().breaker).toBe('open');
+      expect(breakerLines().map((e) => e.msg)).toEqual([
+        'ClickHouse circuit breaker opened',
+        'ClickHouse circuit breaker still open: probes keep failing',
+        'ClickHouse circuit breaker still open: probes keep failing',
+      ]);
+      expect(breakerLines()[1].obj).toMatchObject({ openForMs: 60_000, failedProbes: 60, queuedRows: 1 });
+
+      await clock.advance(1000);
+      expect(writer.stats().breaker).toBe('closed');
+      const closed = breakerLines().at(-1)!;
+      expect(closed).toMatchObject({ level: 'info', msg: 'ClickHouse circuit breaker closed: inserts go through again', obj: { openForMs: 131_000, failedProbes: 130 } });
+
+      // The next outage is a new one, logged as such.
+      sink.fallback = { reject: networkError() };
+      writer.write(rows(2, 1));
+      await clock.advance(50);
+      expect(breakerLines().slice(4).map((e) => e.msg)).toEqual(['ClickHouse circuit breaker opened']);
+    });
+
     it('probes even when its timer fires a moment before the clock says the open period is over', async () => {
       // Woken while the breaker still reads open, the senders would wait again with no timer left to wake
       // them, and the mirror would stop sending for good (seen once in the ClickHouse outage e2e spec).

@@ -214,6 +214,8 @@ export class BatchWriter {
   private shutdownPromise: Promise<void> | null = null;
 
   private breakerTimer: unknown | null = null;
+  /** The outage the breaker is open for, from its first opening until it closes (see noteOutage). */
+  private outage: { since: number; failedProbes: number; remindedAt: number } | null = null;
   private breakerWaiters: Array<() => void> = [];
   private readonly sleeps = new Set<{ handle: unknown; wake: () => void }>();
   private readonly gapRecordings = new Set<Promise<void>>();
@@ -602,11 +604,38 @@ export class BatchWriter {
     if (before === after) return;
     this.metrics?.breakerState.set(BREAKER_GAUGE[after]);
     if (after === 'open') {
-      this.logger.warn({ openMs: this.options.breaker.openMs, lastError: this.lastError }, 'ClickHouse circuit breaker opened');
+      this.noteOutage();
+      return;
+    }
+    if (after === 'closed' && this.outage) {
+      const { since, failedProbes } = this.outage;
+      this.outage = null;
+      this.logger.info({ openForMs: this.clock.now() - since, failedProbes }, 'ClickHouse circuit breaker closed: inserts go through again');
     } else {
       this.logger.info({ state: after }, 'ClickHouse circuit breaker changed state');
-      this.wakeBreakerWaiters();
     }
+    this.wakeBreakerWaiters();
+  }
+
+  /**
+   * The breaker (re)opened. An outage is logged when it starts and then at
+   * most once a minute while its probes keep failing, not at every failed
+   * probe (every openMs: 720 lines an hour at the default 5 s).
+   */
+  private noteOutage(): void {
+    const now = this.clock.now();
+    if (!this.outage) {
+      this.outage = { since: now, failedProbes: 0, remindedAt: now };
+      this.logger.warn({ openMs: this.options.breaker.openMs, lastError: this.lastError }, 'ClickHouse circuit breaker opened');
+      return;
+    }
+    this.outage.failedProbes += 1;
+    if (now - this.outage.remindedAt < OUTAGE_REMINDER_MS) return;
+    this.outage.remindedAt = now;
+    this.logger.warn(
+      { openForMs: now - this.outage.since, failedProbes: this.outage.failedProbes, queuedRows: this.queuedRows, lastError: this.lastError },
+      'ClickHouse circuit breaker still open: probes keep failing',
+    );
   }
 
   /** (Re)start the open period's timer; when it fires, one sender gets to probe. */
@@ -897,6 +926,9 @@ export class BatchWriter {
 }
 
 const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, half_open: 1, open: 2 };
+
+/** While an outage lasts, how often the log says it still does. */
+const OUTAGE_REMINDER_MS = 60_000;
 
 /** One gap per entity and project: the rows' keys, their created_at range and count. */
 export function groupIntoGaps(rows: GapRow[], reason: string): MirrorGap[] {
