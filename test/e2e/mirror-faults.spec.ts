@@ -367,9 +367,11 @@ describe('the API is isolated from ClickHouse faults', () => {
     try {
       const { steps } = await runScript(rig.t);
       expect(steps).toEqual(baseline);
+      expect((await rig.health()).body.info.mirror).toMatchObject({ status: 'up', schemaApplied: false });
 
       await rig.proxy.setMode('forward');
       await rig.t.mirror!.writer.drain();
+      expect((await rig.health()).body.info.mirror).toMatchObject({ schemaApplied: true, breaker: 'closed', queuedRows: 0 });
       // Inserts sent before the tables existed would have been rejected (UNKNOWN_DATABASE) and become gaps.
       expect(await rig.gaps()).toEqual([]);
       await expectClickHouseMatchesPostgres(rig);

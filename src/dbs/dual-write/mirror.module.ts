@@ -8,6 +8,7 @@ import { METRICS_REGISTRY } from '../../metrics/metrics.tokens';
 import { BatchWriter, MirrorLogger, MirrorSink } from '../clickhouse/batch-writer';
 import { ClickHouseClients, createClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { migrateClickHouse } from '../clickhouse/clickhouse-ddl-runner';
+import { ClickHouseSchema } from '../clickhouse/clickhouse-schema';
 import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
 import { localClickHouseUrl, resolveClickHouse } from '../clickhouse/local-clickhouse';
 import { createMirrorMetrics } from '../clickhouse/mirror-metrics';
@@ -19,8 +20,6 @@ import { redactUrl } from '../../config/redact-url';
 
 export const MIRROR = Symbol('MIRROR');
 
-/** How often to retry the ClickHouse DDL when ClickHouse was down at startup. */
-const DDL_RETRY_MS = 5_000;
 /** Startup waits this long for the DDL, then goes on serving while it keeps retrying. */
 const DDL_STARTUP_WAIT_MS = 15_000;
 
@@ -30,6 +29,7 @@ export interface MirrorRuntime {
   writer: BatchWriter;
   gaps: PostgresMirrorGapsRepository;
   clickhouse: ClickHouseClients;
+  schema: ClickHouseSchema;
   close(): Promise<void>;
 }
 
@@ -63,46 +63,19 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
   }
   const clients = createClickHouseClients(config.clickhouse, url!);
 
-  let stopped = false;
-  let retry: NodeJS.Timeout | undefined;
-  let schemaApplied = false;
-  let applying: Promise<boolean> | null = null;
-  const applyDdl = async (): Promise<boolean> => {
-    try {
-      const result = await migrateClickHouse(config.clickhouse, url!);
-      if (result.applied.length) logger.log(`applied ClickHouse migrations: ${result.applied.join(', ')}`);
-      schemaApplied = true;
-    } catch (error) {
-      logger.error({ msg: `ClickHouse DDL failed; retrying every ${DDL_RETRY_MS / 1000} s`, err: (error as Error).message });
-      if (!stopped && !retry) {
-        retry = setTimeout(() => {
-          retry = undefined;
-          void ensureSchema();
-        }, DDL_RETRY_MS);
-      }
-    }
-    return schemaApplied;
-  };
-  /** One DDL run at a time, shared by the startup, the retry timer and inserts waiting for the schema. */
-  const ensureSchema = (): Promise<boolean> => {
-    if (schemaApplied) return Promise.resolve(true);
-    applying ??= applyDdl().finally(() => {
-      applying = null;
-    });
-    return applying;
-  };
+  const schema = new ClickHouseSchema(async () => (await migrateClickHouse(config.clickhouse, url!)).applied, mirrorLogger(logger));
 
   const gaps = new PostgresMirrorGapsRepository(db);
   const writer = new BatchWriter(config.mirror, {
     // Always compress: in production ClickHouse is across a network, and the benchmarks measure that cost.
-    sink: afterSchema(new ClickHouseSink(clients.insert, { compress: true }), ensureSchema, config.clickhouse.requestTimeoutMs),
+    sink: afterSchema(new ClickHouseSink(clients.insert, { compress: true }), () => schema.ensure(), config.clickhouse.requestTimeoutMs),
     gapRecorder: gaps,
     logger: mirrorLogger(logger),
     metrics: createMirrorMetrics(registry),
   });
   const mirror = new Mirror(writer, config.clickhouse.projectIds, registry);
 
-  await Promise.race([ensureSchema(), new Promise((resolve) => setTimeout(resolve, DDL_STARTUP_WAIT_MS).unref())]);
+  await Promise.race([schema.ensure(), new Promise((resolve) => setTimeout(resolve, DDL_STARTUP_WAIT_MS).unref())]);
   const projects = config.clickhouse.projectIds.length ? `projects ${config.clickhouse.projectIds.join(', ')}` : 'all projects';
   logger.log(`mirroring ${projects} to ClickHouse at ${redactUrl(url!)} (database ${config.clickhouse.database})`);
 
@@ -111,9 +84,9 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
     writer,
     gaps,
     clickhouse: clients,
+    schema,
     close: async () => {
-      stopped = true;
-      clearTimeout(retry);
+      schema.stop();
       await clients.close();
       await stopLocal?.();
     },
@@ -161,6 +134,8 @@ const isoOrNull = (ms: number | null): string | null => (ms === null ? null : ne
           const openGaps = await runtime.gaps.countOpen().catch(() => null);
           return {
             enabled: true,
+            // False while ClickHouse has not taken the DDL (down since startup): rows queue until it does.
+            schemaApplied: runtime.schema.isApplied,
             breaker: stats.breaker,
             queuedRows: stats.queuedRows,
             queuedBytes: stats.queuedBytes,

@@ -1,0 +1,109 @@
+import { MirrorLogger } from './batch-writer';
+import { ClickHouseSchema, SCHEMA_RETRY_MS, SchemaClock } from './clickhouse-schema';
+
+class ManualClock implements SchemaClock {
+  private time = 0;
+  private readonly timers = new Map<number, { at: number; fn: () => void }>();
+  private nextId = 1;
+  now = () => this.time;
+  setTimeout(fn: () => void, ms: number): unknown {
+    this.timers.set(this.nextId, { at: this.time + ms, fn });
+    return this.nextId++;
+  }
+  clearTimeout(handle: unknown): void {
+    this.timers.delete(handle as number);
+  }
+  get pending(): number {
+    return this.timers.size;
+  }
+  async advance(ms: number): Promise<void> {
+    const target = this.time + ms;
+    for (;;) {
+      await flush();
+      const due = [...this.timers].filter(([, t]) => t.at <= target).sort((a, b) => a[1].at - b[1].at)[0];
+      if (!due) break;
+      this.timers.delete(due[0]);
+      this.time = due[1].at;
+      due[1].fn();
+    }
+    this.time = target;
+    await flush();
+  }
+}
+
+const flush = async () => {
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
+};
+
+function recordingLogger() {
+  const lines: Array<{ level: string; msg: string; obj: Record<string, unknown> }> = [];
+  const logger: MirrorLogger = {
+    info: (obj, msg) => lines.push({ level: 'info', msg, obj: obj as Record<string, unknown> }),
+    warn: (obj, msg) => lines.push({ level: 'warn', msg, obj: obj as Record<string, unknown> }),
+    error: (obj, msg) => lines.push({ level: 'error', msg, obj: obj as Record<string, unknown> }),
+  };
+  return { logger, lines };
+}
+
+describe('ClickHouseSchema', () => {
+  it('applies the DDL once and answers from then on without running it again', async () => {
+    const apply = jest.fn(async () => ['0001_spans', '0002_nodes']);
+    const { logger, lines } = recordingLogger();
+    const schema = new ClickHouseSchema(apply, logger, new ManualClock());
+    expect(schema.isApplied).toBe(false);
+    expect(await Promise.all([schema.ensure(), schema.ensure()])).toEqual([true, true]);
+    expect(await schema.ensure()).toBe(true);
+    expect(apply).toHaveBeenCalledTimes(1);
+    expect(schema.isApplied).toBe(true);
+    expect(lines).toEqual([{ level: 'info', msg: 'applied ClickHouse migrations', obj: { migrations: ['0001_spans', '0002_nodes'] } }]);
+  });
+
+  it('retries a failing DDL every SCHEMA_RETRY_MS, logging it when it starts, once a minute while it lasts and when it goes through', async () => {
+    const clock = new ClockWithFailures();
+    const { logger, lines } = recordingLogger();
+    const schema = new ClickHouseSchema(clock.apply, logger, clock);
+
+    expect(await schema.ensure()).toBe(false);
+    await clock.advance(125_000);
+    // The first try and one every 5 s: 26 in 125 s, besides any an insert asks for.
+    expect(clock.tries).toBe(26);
+    expect(schema.isApplied).toBe(false);
+    expect(lines.map((l) => `${l.level} ${l.msg}`)).toEqual([
+      'error ClickHouse DDL failed; mirrored rows queue until it is applied, retrying',
+      'warn ClickHouse DDL still failing',
+      'warn ClickHouse DDL still failing',
+    ]);
+    expect(lines[1].obj).toMatchObject({ err: 'connect ECONNREFUSED 127.0.0.1:8123', failingForMs: 60_000, tries: 13 });
+
+    clock.up = true;
+    await clock.advance(SCHEMA_RETRY_MS);
+    expect(schema.isApplied).toBe(true);
+    expect(lines.slice(3)).toEqual([
+      { level: 'info', msg: 'applied ClickHouse migrations', obj: { migrations: ['0001_spans'] } },
+      { level: 'info', msg: 'ClickHouse schema applied after failing', obj: { failingForMs: 130_000, tries: 27 } },
+    ]);
+    expect(clock.pending).toBe(0);
+  });
+
+  it('stops retrying on stop()', async () => {
+    const clock = new ClockWithFailures();
+    const schema = new ClickHouseSchema(clock.apply, recordingLogger().logger, clock);
+    await schema.ensure();
+    expect(clock.pending).toBe(1);
+    schema.stop();
+    expect(clock.pending).toBe(0);
+    await clock.advance(60_000);
+    expect(clock.tries).toBe(1);
+  });
+});
+
+/** A clock whose ClickHouse refuses the DDL until `up`. */
+class ClockWithFailures extends ManualClock {
+  up = false;
+  tries = 0;
+  apply = async (): Promise<string[]> => {
+    this.tries += 1;
+    if (!this.up) throw new Error('connect ECONNREFUSED 127.0.0.1:8123');
+    return ['0001_spans'];
+  };
+}

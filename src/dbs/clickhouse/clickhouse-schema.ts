@@ -1,0 +1,94 @@
+import { MirrorLogger } from './batch-writer';
+
+/** How often to retry the ClickHouse DDL while it fails (ClickHouse down at startup). */
+export const SCHEMA_RETRY_MS = 5_000;
+/** While the DDL keeps failing, how often the log says it still does. */
+const SCHEMA_REMINDER_MS = 60_000;
+
+export interface SchemaClock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+const realClock: SchemaClock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+/**
+ * The mirror's ClickHouse tables: applies the DDL at startup and, while
+ * ClickHouse cannot take it, every SCHEMA_RETRY_MS and whenever an insert
+ * asks (ensure()), one run at a time, until it has gone through once. A
+ * failing DDL is logged when it first fails, at most once a minute while it
+ * goes on failing, and once when it goes through; /health shows `applied`.
+ */
+export class ClickHouseSchema {
+  private applied = false;
+  private running: Promise<boolean> | null = null;
+  private retry: unknown = null;
+  private stopped = false;
+  private failing: { since: number; tries: number; remindedAt: number } | null = null;
+
+  constructor(
+    /** Applies the migrations; resolves to the names of those it applied. */
+    private readonly apply: () => Promise<string[]>,
+    private readonly logger: MirrorLogger,
+    private readonly clock: SchemaClock = realClock,
+  ) {}
+
+  get isApplied(): boolean {
+    return this.applied;
+  }
+
+  /** Resolves true once the schema is applied, false if this run failed (a retry is then scheduled). */
+  ensure(): Promise<boolean> {
+    if (this.applied) return Promise.resolve(true);
+    this.running ??= this.run().finally(() => {
+      this.running = null;
+    });
+    return this.running;
+  }
+
+  /** No more retries (shutdown). */
+  stop(): void {
+    this.stopped = true;
+    if (this.retry !== null) this.clock.clearTimeout(this.retry);
+    this.retry = null;
+  }
+
+  private async run(): Promise<boolean> {
+    try {
+      const migrations = await this.apply();
+      this.applied = true;
+      if (migrations.length) this.logger.info({ migrations }, 'applied ClickHouse migrations');
+      if (this.failing) {
+        this.logger.info({ failingForMs: this.clock.now() - this.failing.since, tries: this.failing.tries + 1 }, 'ClickHouse schema applied after failing');
+        this.failing = null;
+      }
+    } catch (error) {
+      this.noteFailure((error as Error)?.message ?? String(error));
+      if (!this.stopped && this.retry === null) {
+        this.retry = this.clock.setTimeout(() => {
+          this.retry = null;
+          void this.ensure();
+        }, SCHEMA_RETRY_MS);
+      }
+    }
+    return this.applied;
+  }
+
+  private noteFailure(message: string): void {
+    const now = this.clock.now();
+    if (!this.failing) {
+      this.failing = { since: now, tries: 1, remindedAt: now };
+      this.logger.error({ err: message, retryMs: SCHEMA_RETRY_MS }, 'ClickHouse DDL failed; mirrored rows queue until it is applied, retrying');
+      return;
+    }
+    this.failing.tries += 1;
+    if (now - this.failing.remindedAt < SCHEMA_REMINDER_MS) return;
+    this.failing.remindedAt = now;
+    this.logger.warn({ err: message, failingForMs: now - this.failing.since, tries: this.failing.tries }, 'ClickHouse DDL still failing');
+  }
+}
