@@ -169,6 +169,23 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     expect(seen.events).toEqual([]);
   });
 
+  it('says so when an empty error answer comes back (a proxy\'s 502), rather than that ClickHouse stopped answering', async () => {
+    const proxy = await FakeClickHouse.start(ch.url);
+    const clients = createClickHouseClients(ch.config, proxy.url);
+    const history = new ClickHouseHistory(clients, { url: proxy.url, database: ch.database, task: 'backfill' }, async () => undefined);
+    try {
+      await history.checkReady();
+      await proxy.setMode('gateway');
+      const foreign = (what: string) =>
+        `ClickHouse at ${proxy.url} answered during backfill with ${what}an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)`;
+      await expect(history.countByProjectDay({ entity: 'spans', projectIds: [P1] })).rejects.toThrow(foreign(''));
+      await expect(history.insert('spans', ['{}'], 'token')).rejects.toThrow(foreign('insert into spans failed after 4 attempt(s): '));
+    } finally {
+      await clients.close();
+      await proxy.close();
+    }
+  });
+
   it('names the server and what to do when ClickHouse stops answering after it was found ready, for every read and write', async () => {
     const proxy = await FakeClickHouse.start(ch.url);
     const clients = createClickHouseClients(ch.config, proxy.url);

@@ -13,11 +13,14 @@ import { AddressInfo, Socket } from 'node:net';
  *            ClickHouse-shaped body (241 MEMORY_LIMIT_EXCEEDED by default, a
  *            transient error; or e.g. 60 UNKNOWN_TABLE, a permanent one), while
  *            /ping still answers: the server is up, the query fails
+ *   gateway  queries are answered 502 with an empty body, as a proxy in front
+ *            of ClickHouse would (or a request refused before it is read);
+ *            /ping still answers
  *
  * and counts TCP connections and HTTP requests (inserts, pings, pending).
  */
 
-export type FakeClickHouseMode = 'forward' | 'refuse' | 'hang' | 'error';
+export type FakeClickHouseMode = 'forward' | 'refuse' | 'hang' | 'error' | 'gateway';
 
 export interface FakeClickHouseCounts {
   /** TCP connections accepted since start. */
@@ -139,6 +142,14 @@ export class FakeClickHouse {
       case 'error':
         if (isPing) return this.forwardOrAnswerPing(req, res);
         return this.answerError(req, res);
+      case 'gateway':
+        if (isPing) return this.forwardOrAnswerPing(req, res);
+        req.resume();
+        req.on('end', () => {
+          this.counts.errors += 1;
+          res.writeHead(502).end();
+        });
+        return;
       case 'forward':
         return this.forward(req, res);
       case 'refuse':

@@ -2,6 +2,7 @@ import { Readable } from 'node:stream';
 import { ClickHouseClient, ClickHouseError } from '@clickhouse/client';
 import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { ClickHouseSink, linesBody } from '../clickhouse/clickhouse-sink';
+import { EMPTY_ERROR_ANSWER, isEmptyErrorAnswer } from '../clickhouse/retry-policy';
 import { countByProjectDay, ProjectDayCount } from '../clickhouse/clickhouse-spans.dao';
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { HistoryEntity, MirroredRecord } from './history-entities';
@@ -80,6 +81,9 @@ export class ClickHouseHistory {
     const message = (error as Error)?.message || (error as { code?: string })?.code || String(error);
     const cause = what ? `${what}: ${message}` : message;
     if (error instanceof ClickHouseError) return new ClickHouseFailedError(`${this.at} failed a query ${during}: ${cause}`);
+    if (isEmptyErrorAnswer(error)) {
+      return new ClickHouseFailedError(`${this.at} answered ${during} with ${what ? `${what}: ` : ''}${EMPTY_ERROR_ANSWER}`);
+    }
     // No answer at all (refused, reset, timed out): the server stopped or the path to it broke.
     return new ClickHouseFailedError(`${this.at} stopped answering ${during}: ${cause}; run it again once it is back`);
   }

@@ -90,6 +90,15 @@ describe('describeSendError', () => {
     expect(description).not.toContain('\n');
     expect(description).toHaveLength(500);
   });
+
+  it('names an error answer with an empty body as not ClickHouse\'s, where the client\'s own error says nothing', () => {
+    expect(describeSendError(parseError(''))).toBe("an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)");
+    // Everything else keeps its own words: a proxy's page, socket failures, timeouts, our own errors.
+    expect(describeSendError(parseError('<html><body>502 Bad Gateway</body></html>'))).toBe('<html><body>502 Bad Gateway</body></html>');
+    expect(describeSendError(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:8123'), { code: 'ECONNREFUSED' }))).toBe('connect ECONNREFUSED 127.0.0.1:8123');
+    expect(describeSendError(new Error('Timeout error.'))).toBe('Timeout error.');
+    expect(describeSendError(new Error('sink exploded'))).toBe('sink exploded');
+  });
 });
 
 describe('CircuitBreaker', () => {

@@ -123,6 +123,21 @@ export function classifySendError(error: unknown): SendErrorKind {
 
 const MAX_DESCRIPTION_LENGTH = 500;
 
+/** How logs, /health and gap reasons name an empty error answer (see isEmptyErrorAnswer). */
+export const EMPTY_ERROR_ANSWER = "an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)";
+
+/**
+ * An HTTP error answer with an empty body, which ClickHouse itself never
+ * gives (its errors say what failed): a bare 431 for a request refused
+ * before it was read, or a proxy's 502. @clickhouse/client turns it into a
+ * plain Error with an empty message and no code, where a failure to get any
+ * answer has a socket code (ECONNREFUSED, ...) or says "Timeout error.".
+ * (A proxy's page that has a body reaches us as that body, and reads as such.)
+ */
+export function isEmptyErrorAnswer(error: unknown): boolean {
+  return error instanceof Error && Object.getPrototypeOf(error) === Error.prototype && error.message === '' && (error as ErrorFields).code === undefined;
+}
+
 /** A one-line description for logs and gap reasons; capped so a proxy's HTML error page does not end up in Postgres. */
 export function describeSendError(error: unknown): string {
   const fields = (error ?? {}) as ErrorFields;
@@ -134,6 +149,8 @@ export function describeSendError(error: unknown): string {
     description = `ClickHouse code ${code}${type ? ` ${type}` : ''}: ${message}`;
   } else if (typeof fields.code === 'string' && !message.includes(fields.code)) {
     description = `${fields.code}: ${message}`;
+  } else if (isEmptyErrorAnswer(error)) {
+    description = EMPTY_ERROR_ANSWER;
   } else {
     description = message;
   }
