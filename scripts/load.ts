@@ -1,4 +1,4 @@
-import { createClient } from '@clickhouse/client';
+import { ClickHouseLogLevel, createClient } from '@clickhouse/client';
 import { spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -8,6 +8,7 @@ import { Kysely, sql } from 'kysely';
 import { ApiKeyService } from '../src/auth/api-key.service';
 import { ApiKeysRepository } from '../src/auth/api-keys.repository';
 import { AppConfig, parseConfig } from '../src/config/app-config';
+import { redactUrl } from '../src/config/redact-url';
 import { clickHouseClientOptions } from '../src/dbs/clickhouse/clickhouse-clients';
 import { resolveClickHouse } from '../src/dbs/clickhouse/local-clickhouse';
 import { DB } from '../src/dbs/postgres/database';
@@ -200,6 +201,7 @@ async function openStores(
   try {
     await check(db);
     clickhouse = await resolveClickHouse(config.clickhouse, log);
+    await checkClickHouseAnswers(clickhouse.url, config.clickhouse);
     await prepareSchema(db, config.postgres.migrateOnStart);
   } catch (error) {
     await db.destroy();
@@ -225,6 +227,26 @@ async function openStores(
       await postgres.stop?.();
     },
   };
+}
+
+/**
+ * The run ends by comparing Postgres with ClickHouse: a CLICKHOUSE_URL where
+ * nothing answers ends it here, in one line naming ClickHouse, before anything
+ * is migrated or loaded (not as a bare ECONNREFUSED from the first count).
+ */
+async function checkClickHouseAnswers(url: string, config: AppConfig['clickhouse']): Promise<void> {
+  const client = createClient({ ...clickHouseClientOptions(config, url), log: { level: ClickHouseLogLevel.OFF } });
+  try {
+    const ping = await client.ping();
+    if (!ping.success) {
+      const error = ping.error as Error & { code?: string };
+      throw new Error(
+        `ClickHouse at ${redactUrl(url)} does not answer (${error.code ?? error.message}): npm run load compares what the API mirrored with Postgres, so start it, or leave out CLICKHOUSE_URL to use the local server`,
+      );
+    }
+  } finally {
+    await client.close();
+  }
 }
 
 async function countBoth(stores: Stores, projectId: string) {
@@ -281,9 +303,10 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const failures: string[] = [];
   const source = options.env ?? process.env;
-  // MAX_BATCH_ITEMS of the environment the API is started in (or, with --url, presumably runs in).
+  // MAX_BATCH_ITEMS of the environment the API is started in. An API given by --url runs with its own
+  // environment, not this one: its limit shows as 413 answers, which the summary names.
   const maxBatch = parseConfig(source).http.maxBatchItems;
-  if (options.spansPerRequest > maxBatch) {
+  if (!options.target && options.spansPerRequest > maxBatch) {
     throw new UsageError(`--spans-per-request must be at most MAX_BATCH_ITEMS (${maxBatch}), got ${options.spansPerRequest}: the API answers bigger batches 413`);
   }
   let url: string;
@@ -396,6 +419,10 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
 
     const errors = result.non2xx + result.errors;
     if (errors > 0) failures.push(`${errors} failed requests (${result.non2xx} non-2xx, ${result.errors} socket errors, ${result.timeouts} timeouts)`);
+    const tooLarge = Number(result.statusCodeStats?.['413']?.count ?? 0);
+    if (tooLarge > 0) {
+      failures.push(`${tooLarge} writes answered 413: the API's MAX_BATCH_ITEMS (or BODY_LIMIT) is below --spans-per-request ${options.spansPerRequest}`);
+    }
     const rss = rssSummary(samples);
     const checkMemory = options.checkMemory ?? options.durationSec >= 60;
     if (checkMemory && rss && rss.lastThirdMb * 1024 * 1024 > rss.firstThirdMb * 1024 * 1024 * RSS_GROWTH_FACTOR + RSS_GROWTH_SLACK_BYTES) {

@@ -5,6 +5,7 @@ import { sql } from 'kysely';
 import { formatSummary, LoadSummary, runLoad } from '../../scripts/load';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
+import { migrateClickHouse } from '../../src/dbs/clickhouse/clickhouse-ddl-runner';
 import { migrateDown } from '../../src/dbs/postgres/postgres-migrator';
 import { ensureApiBuild, startApiProcess } from '../support/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
@@ -36,6 +37,8 @@ describe('load (short run of scripts/load.ts)', () => {
   beforeAll(async () => {
     [database] = await Promise.all([createTestDatabase(), ensureApiBuild()]);
     clickhouse = testClickHouseConfig(database.name);
+    // The APIs started here would make the mirror tables too; the --url cases that fake the API need them before.
+    await migrateClickHouse(clickhouse.config, clickhouse.url);
   }, 180_000);
 
   afterAll(async () => {
@@ -127,6 +130,28 @@ describe('load (short run of scripts/load.ts)', () => {
     }
   }, 120_000);
 
+  it('against an API whose MAX_BATCH_ITEMS is not this environment\'s (--url): sends the asked batches and names the 413s', async () => {
+    // Answers /health as an API with the mirror on and every other request 413, as one with a lower limit would.
+    const api = createServer((req, res) => {
+      req.resume();
+      if (req.url === '/health') return res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"status":"ok","details":{"mirror":{"enabled":true}}}');
+      res.writeHead(413, { 'Content-Type': 'application/json' }).end('{"statusCode":413}');
+    });
+    await new Promise<void>((listening) => api.listen(0, '127.0.0.1', listening));
+    try {
+      const { key } = await new ApiKeyService(new ApiKeysRepository(database.db)).create(randomUUID());
+      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
+      // 1001 is above this environment's MAX_BATCH_ITEMS (1000): not refused, the API given by --url decides.
+      const summary = await runLoad({ durationSec: 2, rate: 10, spansPerRequest: 1001, connections: 2, target: { url, key }, env: storesEnv(), log: () => undefined });
+      const writes = summary.statusCodes[413] ?? 0;
+      expect(writes).toBeGreaterThan(0);
+      expect(summary.failures).toContain(`${writes} writes answered 413: the API's MAX_BATCH_ITEMS (or BODY_LIMIT) is below --spans-per-request 1001`);
+      expect(summary.spansAcknowledged).toBe(0);
+    } finally {
+      await new Promise((closed) => api.close(closed));
+    }
+  }, 120_000);
+
   it('says why memory was not summarised when it started the API but took too few samples', () => {
     const summary = {
       projectId: randomUUID(), durationSec: 2, targetRate: 10, requests: 20, errors: 0, statusCodes: { 201: 20 },
@@ -154,6 +179,23 @@ describe('load (short run of scripts/load.ts)', () => {
       expect(run.stderr).toBe(
         `error: the API at ${url} does not answer (GET /health: ECONNREFUSED): start it, or leave out --url and --key to have npm run load start one\n`,
       );
+    });
+
+    it('a CLICKHOUSE_URL where nothing answers: one line naming ClickHouse, exit 1, before migrating or starting anything', async () => {
+      const unmigrated = await createTestDatabase();
+      try {
+        await migrateDown(unmigrated.db, true);
+        const clickhouseUrl = `http://127.0.0.1:${await freePort()}`;
+        const run = await runCommand('load', ['--duration', '600'], { DATABASE_URL: unmigrated.url, CLICKHOUSE_URL: clickhouseUrl });
+        expect(run).toMatchObject({ code: 1, stdout: '' });
+        expect(run.stderr).toBe(
+          `error: ClickHouse at ${clickhouseUrl} does not answer (ECONNREFUSED): npm run load compares what the API mirrored with Postgres, so start it, or leave out CLICKHOUSE_URL to use the local server\n`,
+        );
+        const tables = await sql<{ n: number }>`select count(*)::int as n from pg_tables where schemaname = 'public' and tablename not like 'kysely_%'`.execute(unmigrated.db);
+        expect(tables.rows[0].n).toBe(0);
+      } finally {
+        await unmigrated.drop();
+      }
     });
 
     it('a --key the database does not hold: exit 2, before migrating or starting anything', async () => {
