@@ -12,6 +12,7 @@ import {
   splitStatements,
 } from '../../src/dbs/clickhouse/clickhouse-ddl-runner';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
+import { FakeClickHouse } from '../support/fake-clickhouse';
 
 describe('ClickHouse DDL runner', () => {
   const databases: Array<{ config: AppConfig['clickhouse']; url: string }> = [];
@@ -195,5 +196,17 @@ describe('ClickHouse DDL runner', () => {
     await expect(migrateClickHouse({ ...config, requestTimeoutMs: 1000 }, 'http://127.0.0.1:9')).rejects.toThrow(
       /ClickHouse at http:\/\/127\.0\.0\.1:9 does not answer/,
     );
+  });
+
+  it('names an empty error answer to its ping (a proxy whose ClickHouse is gone), not an empty reason', async () => {
+    const { config } = freshDatabase();
+    const proxy = await FakeClickHouse.start(null, 'gateway', { pings: true });
+    try {
+      await expect(migrateClickHouse(config, proxy.url)).rejects.toThrow(
+        `ClickHouse at ${proxy.url} does not answer: an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)`,
+      );
+    } finally {
+      await proxy.close();
+    }
   });
 });

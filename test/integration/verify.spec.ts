@@ -12,6 +12,7 @@ import { PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mi
 import { spanFromRow } from '../../src/dbs/postgres/span-row.mapper';
 import { isoToMicros } from '../../src/tracing/timestamp';
 import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
+import { classifySendError } from '../../src/dbs/clickhouse/retry-policy';
 import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
 import { FakeClickHouse } from '../support/fake-clickhouse';
 import { makeNode } from '../support/fixtures';
@@ -180,6 +181,49 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
         `ClickHouse at ${proxy.url} answered during backfill with ${what}an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)`;
       await expect(history.countByProjectDay({ entity: 'spans', projectIds: [P1] })).rejects.toThrow(foreign(''));
       await expect(history.insert('spans', ['{}'], 'token')).rejects.toThrow(foreign('insert into spans failed after 4 attempt(s): '));
+    } finally {
+      await clients.close();
+      await proxy.close();
+    }
+  });
+
+  it('names an empty error answer to the readiness ping too (a proxy whose ClickHouse is gone), not an empty reason', async () => {
+    const proxy = await FakeClickHouse.start(null, 'gateway', { pings: true });
+    const clients = createClickHouseClients(ch.config, proxy.url);
+    try {
+      await expect(new ClickHouseHistory(clients, { url: proxy.url, database: ch.database }).checkReady()).rejects.toThrow(
+        `ClickHouse at ${proxy.url} does not answer: an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)`,
+      );
+    } finally {
+      await clients.close();
+      await proxy.close();
+    }
+  });
+
+  it('retries an insert on exactly the errors the mirror retries (one classification for both)', async () => {
+    const proxy = await FakeClickHouse.start(ch.url);
+    const clients = createClickHouseClients(ch.config, proxy.url);
+    const history = new ClickHouseHistory(clients, { url: proxy.url, database: ch.database }, async () => undefined);
+    const attempts = async (code: number) => {
+      await proxy.setMode('error', { code });
+      const before = proxy.stats().errors;
+      const error = await history.insert('spans', ['{}'], `token-${code}`).then(
+        () => new Error('answered'),
+        (e: Error) => e,
+      );
+      return { code, kind: classifySendError(Object.assign(new Error(), { code: String(code) })), tries: proxy.stats().errors - before, error: error.message };
+    };
+    try {
+      // 394 QUERY_WAS_CANCELLED and 236 ABORTED are transient to the mirror; 164 READONLY and 60 UNKNOWN_TABLE are not.
+      const expected: Array<[number, 'transient' | 'permanent', number]> = [
+        [394, 'transient', 4],
+        [236, 'transient', 4],
+        [164, 'permanent', 1],
+        [60, 'permanent', 1],
+      ];
+      for (const [code, kind, tries] of expected) {
+        expect(await attempts(code)).toEqual({ code, kind, tries, error: expect.stringContaining(`insert into spans failed after ${tries} attempt(s)`) });
+      }
     } finally {
       await clients.close();
       await proxy.close();

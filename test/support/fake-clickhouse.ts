@@ -15,12 +15,20 @@ import { AddressInfo, Socket } from 'node:net';
  *            /ping still answers: the server is up, the query fails
  *   gateway  queries are answered 502 with an empty body, as a proxy in front
  *            of ClickHouse would (or a request refused before it is read);
- *            /ping still answers
+ *            /ping still answers, unless `{ pings: true }` (a proxy whose
+ *            ClickHouse is gone answers its pings the same way)
  *
  * and counts TCP connections and HTTP requests (inserts, pings, pending).
  */
 
 export type FakeClickHouseMode = 'forward' | 'refuse' | 'hang' | 'error' | 'gateway';
+
+export interface ModeOptions {
+  /** `error` mode: the ClickHouse code of the answers (241 unless given). */
+  code?: number;
+  /** `gateway` mode: answer /ping with the empty 502 as well. */
+  pings?: boolean;
+}
 
 export interface FakeClickHouseCounts {
   /** TCP connections accepted since start. */
@@ -59,6 +67,7 @@ export class FakeClickHouse {
   private readonly agent = new Agent({ keepAlive: true });
   private currentMode: FakeClickHouseMode = 'forward';
   private errorCode = 241;
+  private gatewayPings = false;
   private port = 0;
   private readonly counts: Omit<FakeClickHouseCounts, 'pending'> = { connections: 0, requests: 0, inserts: 0, pings: 0, errors: 0 };
 
@@ -72,10 +81,15 @@ export class FakeClickHouse {
   }
 
   /** Starts listening on 127.0.0.1; `upstream` is the real ClickHouse (needed for `forward`). */
-  static async start(upstream: string | null, mode: FakeClickHouseMode = 'forward'): Promise<FakeClickHouse> {
+  static async start(upstream: string | null, mode: FakeClickHouseMode = 'forward', options: ModeOptions = {}): Promise<FakeClickHouse> {
     const fake = new FakeClickHouse(upstream ? new URL(upstream) : null);
     await fake.listen();
-    await fake.setMode(mode);
+    try {
+      await fake.setMode(mode, options);
+    } catch (error) {
+      await fake.close();
+      throw error;
+    }
     return fake;
   }
 
@@ -91,9 +105,10 @@ export class FakeClickHouse {
     return { ...this.counts, pending: this.open.size };
   }
 
-  async setMode(mode: FakeClickHouseMode, options: { code?: number } = {}): Promise<void> {
+  async setMode(mode: FakeClickHouseMode, options: ModeOptions = {}): Promise<void> {
     if (mode === 'forward' && !this.upstream) throw new Error('FakeClickHouse: forward needs an upstream server');
     if (mode === 'error') this.errorCode = options.code ?? 241;
+    this.gatewayPings = mode === 'gateway' && options.pings === true;
     const wasRefusing = this.currentMode === 'refuse';
     this.currentMode = mode;
     if (mode === 'refuse' && !wasRefusing) {
@@ -143,7 +158,7 @@ export class FakeClickHouse {
         if (isPing) return this.forwardOrAnswerPing(req, res);
         return this.answerError(req, res);
       case 'gateway':
-        if (isPing) return this.forwardOrAnswerPing(req, res);
+        if (isPing && !this.gatewayPings) return this.forwardOrAnswerPing(req, res);
         req.resume();
         req.on('end', () => {
           this.counts.errors += 1;

@@ -2,15 +2,13 @@ import { Readable } from 'node:stream';
 import { ClickHouseClient, ClickHouseError } from '@clickhouse/client';
 import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { ClickHouseSink, linesBody } from '../clickhouse/clickhouse-sink';
-import { EMPTY_ERROR_ANSWER, isEmptyErrorAnswer } from '../clickhouse/retry-policy';
+import { classifySendError, describeSendError, EMPTY_ERROR_ANSWER, isEmptyErrorAnswer } from '../clickhouse/retry-policy';
 import { countByProjectDay, ProjectDayCount } from '../clickhouse/clickhouse-spans.dao';
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { HistoryEntity, MirroredRecord } from './history-entities';
 import { ENTITIES, Entity, HistoryScope } from './history-scope';
 import { redactUrl } from '../../config/redact-url';
 
-/** The server cannot take the work now but may soon: worth another try with the same dedup token. */
-const TRANSIENT_CODES = new Set(['3', '159', '164', '202', '203', '209', '210', '241', '242', '252', '319', '425', '999']);
 const INSERT_ATTEMPTS = 4;
 const FIRST_BACKOFF_MS = 500;
 
@@ -100,7 +98,7 @@ export class ClickHouseHistory {
   async checkReady(entities: readonly Entity[] = ENTITIES): Promise<void> {
     const at = this.at;
     const ping = await this.query.ping();
-    if (!ping.success) throw new ClickHouseNotReadyError(`${at} does not answer: ${ping.error.message}`);
+    if (!ping.success) throw new ClickHouseNotReadyError(`${at} does not answer: ${describeSendError(ping.error)}`);
     const migrate = 'run `npm run migrate:clickhouse`';
     let found: string[];
     try {
@@ -156,8 +154,8 @@ export class ClickHouseHistory {
       try {
         return await insert();
       } catch (error) {
-        const transient = !(error instanceof ClickHouseError) || TRANSIENT_CODES.has(error.code);
-        if (!transient || attempt >= INSERT_ATTEMPTS) {
+        // The mirror's classification: an error it would retry is retried here, and no other.
+        if (classifySendError(error) === 'permanent' || attempt >= INSERT_ATTEMPTS) {
           throw this.failed(error, `insert into ${table} failed after ${attempt} attempt(s)`);
         }
         await this.sleep(FIRST_BACKOFF_MS * 2 ** (attempt - 1));

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { ClickHouseClient, ClickHouseClientConfigOptions, ClickHouseLogLevel, createClient } from '@clickhouse/client';
 import { AppConfig } from '../../config/app-config';
 import { clickHouseClientOptions } from './clickhouse-clients';
+import { describeSendError } from './retry-policy';
 import { redactUrl } from '../../config/redact-url';
 
 /**
@@ -138,7 +139,7 @@ export async function migrateClickHouse(
   try {
     const ping = await admin.ping();
     if (!ping.success) {
-      throw new ClickHouseMigrationError(`ClickHouse at ${redactUrl(url)} does not answer: ${ping.error.message}`);
+      throw new ClickHouseMigrationError(`ClickHouse at ${redactUrl(url)} does not answer: ${describeSendError(ping.error)}`);
     }
     await command(admin, `CREATE DATABASE IF NOT EXISTS ${identifier(config.database)}`);
     await command(
