@@ -102,8 +102,9 @@ function httpStatus(error: unknown): number | undefined {
  * the same bytes would be rejected again. Anything without a ClickHouse code
  * (a dropped socket, "socket hang up", the client's "Timeout error.", a
  * proxy's 502 page) is transient unless it carries an HTTP 4xx status other
- * than 408/429 or is a JavaScript TypeError/RangeError: retries are bounded and deduplicated, so guessing wrong costs
- * a few requests, while a wrong "permanent" would cost a gap.
+ * than 408/429 or is a JavaScript TypeError, RangeError or ReferenceError:
+ * retries are bounded and deduplicated, so guessing wrong costs a few
+ * requests, while a wrong "permanent" would cost a gap.
  */
 export function classifySendError(error: unknown): SendErrorKind {
   const code = clickHouseCode(error);
