@@ -27,6 +27,7 @@ export interface StoredRow {
   [column: string]: unknown;
 }
 
+/** checkReady found ClickHouse unable to take the run (no answer, no database, a missing table): the message says what to do. */
 export class ClickHouseNotReadyError extends Error {
   override name = 'ClickHouseNotReadyError';
 }
