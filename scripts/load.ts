@@ -73,6 +73,8 @@ export interface LoadSummary {
   spansAcknowledged: number;
   /** Spans in every request sent; requests still in flight when the run's time is up are sent but not acknowledged. */
   spansSent: number;
+  /** Spans of requests answered with an error status; sent minus acknowledged minus these were never answered. */
+  spansRefused: number;
   /** Whether memory growth was a failure condition for this run (see LoadOptions.checkMemory). */
   memoryChecked: boolean;
   rss: { samples: number; minMb: number; maxMb: number; slopeMbPerMin: number; firstThirdMb: number; lastThirdMb: number } | null;
@@ -346,6 +348,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
     const headers = { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' };
     let spansAcknowledged = 0;
     let spansSent = 0;
+    let spansRefused = 0;
     // Per connection: four span batches, an OTLP export, a trace read and a query, in that order.
     const postSpans = {
       method: 'POST',
@@ -359,6 +362,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       },
       onResponse: (status: number) => {
         if (status === 201) spansAcknowledged += options.spansPerRequest;
+        else spansRefused += options.spansPerRequest;
       },
     };
     const requests = [
@@ -373,6 +377,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
         },
         onResponse: (status: number) => {
           if (status === 200) spansAcknowledged += options.spansPerRequest;
+          else spansRefused += options.spansPerRequest;
         },
       },
       {
@@ -470,6 +475,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       latencyMs: { p50: result.latency.p50, p99: result.latency.p99, max: result.latency.max },
       spansAcknowledged,
       spansSent,
+      spansRefused,
       memoryChecked: checkMemory,
       rss,
       rssSamples: samples.length,
@@ -485,6 +491,16 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
   }
 }
 
+/** Why sent and acknowledged differ: the load stops on time, so the last requests of each connection are cut off unanswered. */
+function unacknowledged(s: LoadSummary): string {
+  const unanswered = s.spansSent - s.spansAcknowledged - s.spansRefused;
+  const parts = [
+    ...(s.spansRefused ? [`${s.spansRefused} in error answers`] : []),
+    ...(unanswered ? [`${unanswered} unanswered: in flight when the run ended, or timed out`] : []),
+  ];
+  return parts.length ? ` (${parts.join('; ')})` : '';
+}
+
 export function formatSummary(s: LoadSummary): string {
   const rss = s.rss
     ? `RSS ${s.rss.minMb}-${s.rss.maxMb} MB (first third ${s.rss.firstThirdMb} MB, last third ${s.rss.lastThirdMb} MB, slope ${s.rss.slopeMbPerMin} MB/min, ${s.rss.samples} samples)`
@@ -496,7 +512,7 @@ export function formatSummary(s: LoadSummary): string {
     `  requests   ${s.requests} in ${s.durationSec} s (${Math.round(s.requests / s.durationSec)}/s held, ${s.targetRate}/s asked), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
     `  latency    p50 ${s.latencyMs.p50} ms, p99 ${s.latencyMs.p99} ms, max ${s.latencyMs.max} ms`,
     `  memory     ${rss}${s.memoryChecked ? '' : ' (not checked: run shorter than a minute)'}`,
-    `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent; Postgres ${s.postgres.spans} spans (${s.postgresSpansAdded} added by the run) / ${s.postgres.nodes} nodes; ClickHouse ${s.clickhouse.spans} spans / ${s.clickhouse.nodes} nodes; open gaps ${s.gaps}`,
+    `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent${unacknowledged(s)}; Postgres ${s.postgres.spans} spans (${s.postgresSpansAdded} added by the run) / ${s.postgres.nodes} nodes; ClickHouse ${s.clickhouse.spans} spans / ${s.clickhouse.nodes} nodes; open gaps ${s.gaps}`,
     `  verify     ${s.verify ? `exit ${s.verify.exitCode}: ${s.verify.output.split('\n').pop()}` : 'not available'}`,
     `  api exit   ${s.apiExit ? JSON.stringify(s.apiExit) : '-'}`,
     s.failures.length ? `FAILED:\n${s.failures.map((f) => `  - ${f}`).join('\n')}` : 'OK',

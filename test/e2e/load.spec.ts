@@ -90,6 +90,7 @@ describe('load (short run of scripts/load.ts)', () => {
     expect(summary.postgres.spans).toBeGreaterThanOrEqual(summary.spansAcknowledged);
     expect(summary.postgres.spans).toBeLessThanOrEqual(summary.spansSent);
     expect(summary.spansSent - summary.spansAcknowledged).toBeLessThanOrEqual(CONNECTIONS * SPANS_PER_REQUEST);
+    expect(summary.spansRefused).toBe(0);
     expect(summary.clickhouse).toEqual(summary.postgres);
     expect(summary.gaps).toBe(0);
     expect(summary.verify).toMatchObject({ exitCode: 0 });
@@ -155,11 +156,24 @@ describe('load (short run of scripts/load.ts)', () => {
   it('says why memory was not summarised when it started the API but took too few samples', () => {
     const summary = {
       projectId: randomUUID(), durationSec: 2, targetRate: 10, requests: 20, errors: 0, statusCodes: { 201: 20 },
-      latencyMs: { p50: 1, p99: 2, max: 3 }, spansAcknowledged: 200, spansSent: 200, memoryChecked: false, rss: null, rssSamples: 1,
+      latencyMs: { p50: 1, p99: 2, max: 3 }, spansAcknowledged: 200, spansSent: 200, spansRefused: 0, memoryChecked: false, rss: null, rssSamples: 1,
       postgres: { spans: 200, nodes: 200 }, clickhouse: { spans: 200, nodes: 200 }, postgresSpansAdded: 200, gaps: 0, verify: null,
       apiExit: { code: 0, signal: null }, failures: [],
     } satisfies LoadSummary;
     expect(formatSummary(summary)).toContain('memory     RSS not summarised: 1 sample(s) after the warm-up, 3 needed (run longer)');
+    expect(formatSummary(summary)).toContain('spans      200 acknowledged of 200 sent; Postgres');
+  });
+
+  it('says why fewer spans were acknowledged than sent: error answers, and requests the end of the run cut off', () => {
+    const summary = {
+      projectId: randomUUID(), durationSec: 2, targetRate: 10, requests: 20, errors: 2, statusCodes: { 201: 17, 503: 1 },
+      latencyMs: { p50: 1, p99: 2, max: 3 }, spansAcknowledged: 170, spansSent: 200, spansRefused: 10, memoryChecked: false, rss: null, rssSamples: 0,
+      postgres: { spans: 180, nodes: 180 }, clickhouse: { spans: 180, nodes: 180 }, postgresSpansAdded: 180, gaps: 0, verify: null,
+      apiExit: null, failures: [],
+    } satisfies LoadSummary;
+    expect(formatSummary(summary)).toContain(
+      'spans      170 acknowledged of 200 sent (10 in error answers; 20 unanswered: in flight when the run ended, or timed out); Postgres',
+    );
   });
 
   describe('refuses before it loads anything', () => {
