@@ -1,4 +1,5 @@
 import { ConfigError, parseConfig } from './app-config';
+import { DEFAULT_BATCH_WRITER_OPTIONS } from '../dbs/clickhouse/batch-writer-options';
 
 describe('parseConfig: Postgres timeouts', () => {
   const postgres = (env: NodeJS.ProcessEnv) => parseConfig(env).postgres;
@@ -32,5 +33,21 @@ describe('parseConfig: variables that are not its business', () => {
     for (const NODE_ENV of ['staging', 'production', 'development', 'test', '']) {
       expect(() => parseConfig({ NODE_ENV })).not.toThrow();
     }
+  });
+});
+
+describe('parseConfig: the mirror', () => {
+  it("gives the batch writer its own defaults when no MIRROR_* is set, and each variable's value when it is", () => {
+    expect(parseConfig({}).mirror).toEqual(DEFAULT_BATCH_WRITER_OPTIONS);
+    expect(parseConfig({ MIRROR_FLUSH_ROWS: '500', MIRROR_BREAKER_OPEN_MS: '750' }).mirror).toEqual({
+      ...DEFAULT_BATCH_WRITER_OPTIONS,
+      flushRows: 500,
+      breaker: { ...DEFAULT_BATCH_WRITER_OPTIONS.breaker, openMs: 750 },
+    });
+  });
+
+  it('refuses a value the writer cannot work with, naming the variable', () => {
+    expect(() => parseConfig({ MIRROR_FLUSH_INTERVAL_MS: '5' })).toThrow(/MIRROR_FLUSH_INTERVAL_MS/);
+    expect(() => parseConfig({ MIRROR_MAX_ATTEMPTS: '0' })).toThrow(/MIRROR_MAX_ATTEMPTS/);
   });
 });

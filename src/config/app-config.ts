@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { BatchWriterOptions, DEFAULT_BATCH_WRITER_OPTIONS as MIRROR_DEFAULTS } from '../dbs/clickhouse/batch-writer-options';
 import { OperatorError } from './operator-error';
 import { redactUrl } from './redact-url';
 
@@ -108,16 +109,17 @@ const envSchema = z.object({
   EMBEDDED_CLICKHOUSE_PORT: int(18123, 1, 65535),
   CLICKHOUSE_REQUEST_TIMEOUT_MS: int(10_000, 100),
 
-  MIRROR_FLUSH_ROWS: int(10_000, 1),
-  MIRROR_FLUSH_BYTES: int(16 * 1024 * 1024, 1024),
-  MIRROR_FLUSH_INTERVAL_MS: int(1000, 10),
-  MIRROR_QUEUE_MAX_BYTES: int(256 * 1024 * 1024, 1024),
-  MIRROR_SHUTDOWN_DEADLINE_MS: int(10_000, 0),
-  MIRROR_MAX_ATTEMPTS: int(5, 1, 100),
-  MIRROR_BASE_BACKOFF_MS: int(200, 1),
-  MIRROR_MAX_BACKOFF_MS: int(10_000, 1),
-  MIRROR_BREAKER_FAILURES: int(5, 1),
-  MIRROR_BREAKER_OPEN_MS: int(5000, 1),
+  // The writer's defaults, with their reasons, are in batch-writer-options.ts; the bounds here are what the writer can work with.
+  MIRROR_FLUSH_ROWS: int(MIRROR_DEFAULTS.flushRows, 1),
+  MIRROR_FLUSH_BYTES: int(MIRROR_DEFAULTS.flushBytes, 1024),
+  MIRROR_FLUSH_INTERVAL_MS: int(MIRROR_DEFAULTS.flushIntervalMs, 10),
+  MIRROR_QUEUE_MAX_BYTES: int(MIRROR_DEFAULTS.queueMaxBytes, 1024),
+  MIRROR_SHUTDOWN_DEADLINE_MS: int(MIRROR_DEFAULTS.shutdownDeadlineMs, 0),
+  MIRROR_MAX_ATTEMPTS: int(MIRROR_DEFAULTS.maxAttempts, 1, 100),
+  MIRROR_BASE_BACKOFF_MS: int(MIRROR_DEFAULTS.baseBackoffMs, 1),
+  MIRROR_MAX_BACKOFF_MS: int(MIRROR_DEFAULTS.maxBackoffMs, 1),
+  MIRROR_BREAKER_FAILURES: int(MIRROR_DEFAULTS.breaker.failureThreshold, 1),
+  MIRROR_BREAKER_OPEN_MS: int(MIRROR_DEFAULTS.breaker.openMs, 1),
 });
 
 export interface AppConfig {
@@ -147,17 +149,7 @@ export interface AppConfig {
     requestTimeoutMs: number;
     embedded: { port: number; dataDir: string };
   };
-  mirror: {
-    flushRows: number;
-    flushBytes: number;
-    flushIntervalMs: number;
-    queueMaxBytes: number;
-    shutdownDeadlineMs: number;
-    maxAttempts: number;
-    baseBackoffMs: number;
-    maxBackoffMs: number;
-    breaker: { failureThreshold: number; openMs: number };
-  };
+  mirror: BatchWriterOptions;
 }
 
 /**

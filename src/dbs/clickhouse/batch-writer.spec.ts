@@ -4,9 +4,7 @@ import { linesOfBody } from '../../../test/support/insert-body';
 import {
   InsertBody,
   BatchWriter,
-  BatchWriterSettings,
   Clock,
-  DEFAULT_BATCH_WRITER_OPTIONS,
   GapRecorder,
   MirrorGap,
   MirrorLogger,
@@ -14,6 +12,7 @@ import {
   MirrorSink,
   queuedRowBytes,
 } from './batch-writer';
+import { BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
 import { ROW_HEADER_BYTES } from './row-log';
 

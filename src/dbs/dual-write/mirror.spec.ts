@@ -1,6 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { Registry } from 'prom-client';
-import { BatchWriter, BatchWriterSettings, MirrorGap, MirrorRow, queuedRowBytes } from '../clickhouse/batch-writer';
+import { BatchWriter, MirrorGap, MirrorRow, queuedRowBytes } from '../clickhouse/batch-writer';
+import { BatchWriterSettings } from '../clickhouse/batch-writer-options';
 import { linesOfBody } from '../../../test/support/insert-body';
 import { Mirror } from './mirror';
 import { MirrorPlan } from './mirrored-dao';

@@ -1,0 +1,42 @@
+import type { BreakerOptions } from './retry-policy';
+
+/**
+ * How the batch writer batches, bounds, retries and gives up. Its own module,
+ * free of the writer's dependencies, because the API's configuration
+ * (src/config/app-config.ts) takes its MIRROR_* defaults and type from here:
+ * one place for each default and the reason for it.
+ */
+export interface BatchWriterOptions {
+  flushRows: number;
+  flushBytes: number;
+  flushIntervalMs: number;
+  queueMaxBytes: number;
+  shutdownDeadlineMs: number;
+  maxAttempts: number;
+  baseBackoffMs: number;
+  maxBackoffMs: number;
+  breaker: BreakerOptions;
+}
+
+export type BatchWriterSettings = Partial<Omit<BatchWriterOptions, 'breaker'>> & { breaker?: Partial<BreakerOptions> };
+
+export const DEFAULT_BATCH_WRITER_OPTIONS: BatchWriterOptions = {
+  // ClickHouse asks for inserts of at least 1,000 rows; 10,000 keeps parts few without huge requests.
+  flushRows: 10_000,
+  // Caps one request body well under ClickHouse's and proxies' limits while still amortizing the per-insert cost.
+  flushBytes: 16 * 1024 * 1024,
+  // About one insert per second per table is ClickHouse's guidance for a steady trickle.
+  flushIntervalMs: 1000,
+  // Enough to ride out a ClickHouse restart at high ingest without letting the API's heap grow unbounded.
+  queueMaxBytes: 256 * 1024 * 1024,
+  // Fits inside the orchestrator's grace period (Kubernetes: 30 s) next to the HTTP server's own drain.
+  shutdownDeadlineMs: 10_000,
+  // With 200 ms doubling to 10 s, five attempts span a few seconds: a blip, not an outage (the breaker handles those).
+  maxAttempts: 5,
+  // Long enough for a dropped connection to be re-established, short enough not to add visible lag.
+  baseBackoffMs: 200,
+  // Keeps the worst single wait comparable to the breaker's open period.
+  maxBackoffMs: 10_000,
+  // Five consecutive failures is an outage, not noise; 5 s open spares a restarting server without delaying recovery.
+  breaker: { failureThreshold: 5, openMs: 5000 },
+};
