@@ -1,4 +1,6 @@
-import { ConfigError, parseConfig } from './app-config';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ConfigError, envSchema, parseConfig } from './app-config';
 import { DEFAULT_BATCH_WRITER_OPTIONS } from '../dbs/clickhouse/batch-writer-options';
 
 describe('parseConfig: Postgres timeouts', () => {
@@ -49,5 +51,43 @@ describe('parseConfig: the mirror', () => {
   it('refuses a value the writer cannot work with, naming the variable', () => {
     expect(() => parseConfig({ MIRROR_FLUSH_INTERVAL_MS: '5' })).toThrow(/MIRROR_FLUSH_INTERVAL_MS/);
     expect(() => parseConfig({ MIRROR_MAX_ATTEMPTS: '0' })).toThrow(/MIRROR_MAX_ATTEMPTS/);
+  });
+});
+
+describe('README "Configuration"', () => {
+  /** The table's rows: the variables a row names, and the defaults it gives when they are plain values. */
+  function readmeRows(): Array<{ names: string[]; defaults: string[] | null }> {
+    const readme = readFileSync(join(__dirname, '..', '..', 'README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('\n## ', readme.indexOf('## Configuration') + 1));
+    return section
+      .split('\n')
+      .filter((line) => line.startsWith('| `'))
+      .map((line) => {
+        const [names, defaults] = line.split(' | ').map((cell) => cell.replace(/^\| /, ''));
+        const ticked = (cell: string) => [...cell.matchAll(/`([^`]*)`/g)].map((m) => m[1]);
+        // Only a cell of nothing but values (`200`, `10000`, or `0` (none)) states the defaults themselves.
+        const plain = /^`[^`]*`( \([^)]*\))?(, `[^`]*`)*$/.test(defaults);
+        return { names: ticked(names), defaults: plain ? ticked(defaults) : null };
+      });
+  }
+
+  it('names every variable the API reads, and nothing it does not', () => {
+    const documented = readmeRows().flatMap((row) => row.names);
+    expect([...documented].sort()).toEqual(Object.keys(envSchema.shape).sort());
+  });
+
+  it('gives each default the API applies when the variable is unset', () => {
+    const shape = envSchema.shape as Record<string, { parse(value: unknown): unknown }>;
+    const compared: string[] = [];
+    for (const { names, defaults } of readmeRows()) {
+      if (!defaults || defaults.length !== names.length) continue;
+      names.forEach((name, i) => {
+        expect({ name, default: String(shape[name].parse(undefined)) }).toEqual({ name, default: defaults[i] });
+        compared.push(name);
+      });
+    }
+    // The table's plain cells: most variables, the mirror's among them.
+    expect(compared).toEqual(expect.arrayContaining(['PORT', 'HOST', 'MIRROR_FLUSH_ROWS', 'MIRROR_QUEUE_MAX_BYTES', 'MIRROR_MAX_BACKOFF_MS']));
+    expect(compared.length).toBeGreaterThanOrEqual(25);
   });
 });

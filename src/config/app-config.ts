@@ -80,7 +80,8 @@ const uuidList = z
     return ids;
   });
 
-const envSchema = z.object({
+/** Every variable the API reads, with its validation and default (README "Configuration" lists each one). */
+export const envSchema = z.object({
   PORT: int(3000, 0, 65535),
   HOST: z.string().default('0.0.0.0'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
