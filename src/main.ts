@@ -37,7 +37,10 @@ async function main(): Promise<void> {
 
   let stopping = false;
   const stop = async (signal: string) => {
-    if (stopping) return;
+    // One Ctrl-C under `npm start` arrives twice (from the terminal, and forwarded by npm); a signal during the
+    // drain must not cut it short (the default action would exit at once, the mirror's last rows unflushed).
+    // The drain is bounded by SHUTDOWN_TIMEOUT_MS and MIRROR_SHUTDOWN_DEADLINE_MS; SIGKILL is the way to stop sooner.
+    if (stopping) return logger.log(`${signal} received again: already shutting down`, 'Main');
     stopping = true;
     logger.log(`${signal} received: draining in-flight requests`, 'Main');
     const server = app.getHttpServer() as Server;
@@ -61,8 +64,8 @@ async function main(): Promise<void> {
     logger.log('shut down cleanly', 'Main');
     process.exit(0);
   };
-  process.once('SIGTERM', () => void stop('SIGTERM'));
-  process.once('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
 }
 
 /**

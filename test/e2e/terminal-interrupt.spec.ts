@@ -1,0 +1,114 @@
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createClient } from '@clickhouse/client';
+import { ApiKeyService } from '../../src/auth/api-key.service';
+import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
+import { clickHouseAnswers, startLocalClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
+import { localPostgresUrl, startLocalPostgres } from '../../src/dbs/postgres/local-postgres';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
+import { ensureApiBuild, ROOT } from '../support/api-process';
+import { makeTrace } from '../support/fixtures';
+import { freePort } from '../support/free-port';
+
+/**
+ * Ctrl-C in the terminal that runs `npm start`: the terminal sends SIGINT to
+ * its whole foreground process group, and npm forwards one more to the API.
+ * The embedded Postgres and local ClickHouse the API started were in that
+ * group and stopped at once: the drain's requests got 503s, the mirror's
+ * last flush failed and its gap could not be recorded, so rows were lost
+ * from ClickHouse. The second SIGINT hit the default handler and exited
+ * mid-drain. Here the API runs as a terminal's job would (its own group,
+ * every process of it signalled), with rows waiting in the mirror's buffer.
+ */
+describe('Ctrl-C in a terminal (SIGINT to the process group, then npm forwarding one more)', () => {
+  it('drains, flushes the mirror into the servers it started, stops them, exits 0, and loses nothing', async () => {
+    const main = await ensureApiBuild();
+    const dataDir = mkdtempSync(join(tmpdir(), 'terminal-interrupt-'));
+    // As root, PostgreSQL runs as the `postgres` user, which must reach its data directory below this one.
+    chmodSync(dataDir, 0o755);
+    const [port, postgresPort, clickhousePort] = [await freePort(), await freePort(), await freePort()];
+    const { NODE_OPTIONS: _jest, DATABASE_URL: _pg, CLICKHOUSE_URL: _ch, ...inherited } = process.env;
+    const api = spawn(process.execPath, [main], {
+      cwd: ROOT,
+      // Its own process group, as a terminal's foreground job: -pid signals all of it.
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: {
+        ...inherited,
+        LOG_LEVEL: 'info',
+        HOST: '127.0.0.1',
+        PORT: String(port),
+        USE_CLICKHOUSE: 'true',
+        EMBEDDED_DATA_DIR: dataDir,
+        EMBEDDED_POSTGRES_PORT: String(postgresPort),
+        EMBEDDED_CLICKHOUSE_PORT: String(clickhousePort),
+        // The rows are still in the buffer when the signal comes: only the shutdown flush sends them.
+        MIRROR_FLUSH_INTERVAL_MS: '60000',
+      },
+    });
+    let logs = '';
+    api.stdout!.on('data', (chunk: Buffer) => (logs += chunk.toString()));
+    api.stderr!.on('data', (chunk: Buffer) => (logs += chunk.toString()));
+    const exited = new Promise<{ code: number | null; signal: string | null }>((done) => api.once('exit', (code, signal) => done({ code, signal })));
+    const url = `http://127.0.0.1:${port}`;
+    const projectId = randomUUID();
+    const spans = makeTrace(4);
+    try {
+      const deadline = Date.now() + 90_000;
+      while (!(await fetch(`${url}/health`).then((r) => r.ok, () => false))) {
+        if (api.exitCode !== null || Date.now() > deadline) throw new Error(`the API did not come up:\n${logs.slice(-4_000)}`);
+        await new Promise((done) => setTimeout(done, 200));
+      }
+      const pool = createPool(localPostgresUrl(postgresPort, 'tracing'), 1);
+      const db = createKysely(pool);
+      const { key } = await new ApiKeyService(new ApiKeysRepository(db)).create(projectId);
+      await db.destroy();
+      const written = await fetch(`${url}/tracing/spans`, {
+        method: 'POST',
+        headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ spans }),
+      });
+      expect(written.status).toBe(201);
+
+      process.kill(-api.pid!, 'SIGINT');
+      await new Promise((done) => setTimeout(done, 50));
+      api.kill('SIGINT');
+      expect(await exited).toEqual({ code: 0, signal: null });
+      expect(logs).toContain('received again: already shutting down');
+      expect(logs).toContain('shut down cleanly');
+      expect(logs).not.toMatch(/could not be recorded|ECONNREFUSED/);
+      // It stopped what it started.
+      expect(await clickHouseAnswers(`http://127.0.0.1:${clickhousePort}`)).toBe(false);
+    } finally {
+      if (api.exitCode === null) process.kill(-api.pid!, 'SIGKILL');
+      await exited;
+    }
+
+    // Both stores, started again on the same data: every span in Postgres and in ClickHouse.
+    const postgres = await startLocalPostgres({ port: postgresPort, dataDir: join(dataDir, 'postgres'), database: 'tracing' });
+    const clickhouse = await startLocalClickHouse({ port: clickhousePort, dataDir: join(dataDir, 'clickhouse') });
+    const pool = createPool(postgres.url, 1);
+    const query = createClient({ url: clickhouse.url, database: 'tracing' });
+    try {
+      const inPostgres = await pool.query('select count(*)::int as n from spans where project_id = $1', [projectId]);
+      const inClickHouse = await query.query({
+        query: 'SELECT count() AS n FROM spans FINAL WHERE project_id = {p:UUID} AND is_deleted = 0',
+        query_params: { p: projectId },
+        format: 'JSONEachRow',
+      });
+      expect({ postgres: inPostgres.rows[0].n, clickhouse: Number((await inClickHouse.json<{ n: string }>())[0].n) }).toEqual({
+        postgres: spans.length,
+        clickhouse: spans.length,
+      });
+    } finally {
+      await query.close();
+      await pool.end();
+      await clickhouse.stop?.();
+      await postgres.stop?.();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 240_000);
+});
