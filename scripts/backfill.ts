@@ -71,7 +71,9 @@ runCli(USAGE, async (args, log) => {
     }
     const clickhouse = await connectClickHouse(config, log, 'backfill');
     const progress = createProgress(process.stderr, log);
-    exitOnSignal('interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume', () => progress.stop());
+    // With --restart, the same command would start over from the first row: resuming is the command without it.
+    const resume = options.restart ? 'run it again without --restart to resume' : 'run the same command to resume';
+    exitOnSignal(`interrupted: every batch ClickHouse accepted is checkpointed; ${resume}`, () => progress.stop());
     try {
       if (gaps) {
         const replay = new GapReplay(postgres.db, clickhouse.history, log);

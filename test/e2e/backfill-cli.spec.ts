@@ -204,7 +204,7 @@ describe('npm run backfill / verify', () => {
     const interruptedBackfill = await backfill.done;
     expect(interruptedBackfill.code).toBe(130);
     expectTerminalRestored(interruptedBackfill.output);
-    expect(interruptedBackfill.output).toMatch(/\n(\r\x1b\[2K)?interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume\r\n$/);
+    expect(interruptedBackfill.output).toMatch(/\n(\r\x1b\[2K)?interrupted: every batch ClickHouse accepted is checkpointed; run it again without --restart to resume\r\n$/);
 
     const verify = onTerminal('verify', ['--entity', 'spans'], env);
     const pid = Number((await verify.waitFor(/pid=(\d+)/))[1]);
@@ -219,7 +219,7 @@ describe('npm run backfill / verify', () => {
   it('without a terminal, SIGINT exits 130 and SIGTERM 143, each with its interrupted line', async () => {
     for (const [script, signal, code, line] of [
       ['verify', 'SIGINT', 130, 'interrupted: verify did not finish; run the same command again (a --repair cut short is safe to repeat)'],
-      ['backfill', 'SIGTERM', 143, 'interrupted: every batch ClickHouse accepted is checkpointed; run the same command to resume'],
+      ['backfill', 'SIGTERM', 143, 'interrupted: every batch ClickHouse accepted is checkpointed; run it again without --restart to resume'],
     ] as const) {
       const started = start(script, script === 'verify' ? ['--entity', 'spans'] : ['--entity', 'spans', '--restart', '--batch-rows', '2000'], env);
       // Under way: verify's line-per-5-s progress, or the backfill's first checkpoint (soon, and little for ClickHouse to merge and drop).
