@@ -4,6 +4,7 @@ import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createClient } from '@clickhouse/client';
+import { Client } from 'pg';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { clickHouseAnswers, startLocalClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
@@ -80,8 +81,12 @@ describe('Ctrl-C in a terminal (SIGINT to the process group, then npm forwarding
       expect(logs).toContain('received again: already shutting down');
       expect(logs).toContain('shut down cleanly');
       expect(logs).not.toMatch(/could not be recorded|ECONNREFUSED/);
-      // It stopped what it started.
+      // It stopped what it started (its own sessions ended first: none of another process kept Postgres running).
       expect(await clickHouseAnswers(`http://127.0.0.1:${clickhousePort}`)).toBe(false);
+      expect(logs).not.toContain('left running');
+      const probe = new Client({ connectionString: localPostgresUrl(postgresPort, 'postgres'), connectionTimeoutMillis: 2_000 });
+      expect(await probe.connect().then(() => true, () => false)).toBe(false);
+      await probe.end().catch(() => undefined);
     } finally {
       if (api.exitCode === null) process.kill(-api.pid!, 'SIGKILL');
       await exited;

@@ -1,6 +1,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { arch, platform, userInfo } from 'node:os';
 import { resolve } from 'node:path';
 import { Client } from 'pg';
@@ -111,6 +112,15 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   process.once('exit', stopOnExit);
   const stop = async () => {
     process.removeListener('exit', stopOnExit);
+    // Another process may have joined the server since (the API, started while a backfill ran): stopping it
+    // would fail that process's every request. Leave it to them; the next command that finds it uses it.
+    const others = await otherSessions(adminUrl).catch(() => 0);
+    if (others > 0) {
+      log(`embedded PostgreSQL left running on 127.0.0.1:${options.port}: ${others} session(s) of other processes use it`);
+      postmaster.unref();
+      (postmaster.stderr as Socket | null)?.unref();
+      return;
+    }
     await stopPostmaster(postmaster);
   };
   try {
@@ -171,6 +181,20 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean): 
   // The server goes on logging to the pipe: drain it, or a full pipe would block the server.
   child.stderr!.resume();
   return child;
+}
+
+/** Client sessions other than this query's own: this process has ended its pools by the time it stops the server. */
+async function otherSessions(adminUrl: string): Promise<number> {
+  const client = new Client({ connectionString: adminUrl, connectionTimeoutMillis: 2_000 });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ n: number }>(
+      "select count(*)::int as n from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
+    );
+    return rows[0].n;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
 }
 
 /** SIGINT (fast shutdown: sessions end, their transactions roll back), then wait for the exit; a server already gone is done. */

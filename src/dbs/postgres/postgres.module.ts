@@ -60,7 +60,15 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
     {
       provide: RESOLVED_POSTGRES,
       inject: [APP_CONFIG],
-      useFactory: (config: AppConfig) => resolvePostgres(config.postgres, (m) => new Logger('Postgres').log(m)),
+      useFactory: async (config: AppConfig) => {
+        const logger = new Logger('Postgres');
+        const server = await resolvePostgres(config.postgres, (m) => logger.log(m));
+        if (!config.postgres.url && !server.stop) {
+          // Its owner (a command, another API) stops it when it ends, unless this API still has sessions on it.
+          logger.log(`using the embedded PostgreSQL on 127.0.0.1:${config.postgres.embedded.port} that another process started`);
+        }
+        return server;
+      },
     },
     {
       provide: PG_POOL,
