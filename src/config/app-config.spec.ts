@@ -91,3 +91,21 @@ describe('README "Configuration"', () => {
     expect(compared.length).toBeGreaterThanOrEqual(25);
   });
 });
+
+describe('parseConfig: what a bad value is told', () => {
+  it('names the variable, what it takes and what it got', () => {
+    const problems = (env: NodeJS.ProcessEnv) => {
+      try {
+        parseConfig(env);
+        return [];
+      } catch (error) {
+        return (error as ConfigError).problems;
+      }
+    };
+    // -5 is a whole number; its range is what is wrong (was: 'must be a whole number, got "-5"').
+    expect(problems({ MIRROR_FLUSH_ROWS: '-5' })).toEqual([`MIRROR_FLUSH_ROWS must be between 1 and ${Number.MAX_SAFE_INTEGER}, got -5`]);
+    expect(problems({ MIRROR_FLUSH_ROWS: '1.5' })).toEqual(['MIRROR_FLUSH_ROWS must be a whole number, got "1.5"']);
+    // Was zod's "Invalid enum value. Expected 'fatal' | ..., received 'verbose'".
+    expect(problems({ LOG_LEVEL: 'verbose' })).toEqual(['LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "verbose"']);
+  });
+});

@@ -28,10 +28,11 @@ const int = (fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
     .optional()
     .transform((value, ctx) => {
       if (value === undefined || value === '') return fallback;
-      if (!/^\d+$/.test(value.trim())) {
+      if (!/^-?\d+$/.test(value.trim())) {
         ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must be a whole number, got "${value}"` });
         return z.NEVER;
       }
+      // A negative number is a whole number too: what is wrong with it is the range.
       const n = Number(value);
       if (n < min || n > max) {
         ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must be between ${min} and ${max}, got ${n}` });
@@ -80,11 +81,15 @@ const uuidList = z
     return ids;
   });
 
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
 /** Every variable the API reads, with its validation and default (README "Configuration" lists each one). */
 export const envSchema = z.object({
   PORT: int(3000, 0, 65535),
   HOST: z.string().default('0.0.0.0'),
-  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  LOG_LEVEL: z
+    .enum(LOG_LEVELS, { errorMap: (_issue, ctx) => ({ message: `must be one of ${LOG_LEVELS.join(', ')}, got "${String(ctx.data)}"` }) })
+    .default('info'),
   BODY_LIMIT: z
     .string()
     .regex(/^\d+(b|kb|mb)$/i, 'must look like 512kb or 10mb')
