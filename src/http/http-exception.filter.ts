@@ -83,6 +83,12 @@ export class HttpExceptionFilter implements ExceptionFilter {
   }
 }
 
+/** body-parser's entity.too.large carries the body's declared length and the limit (BODY_LIMIT), in bytes. */
+function tooLarge({ length, limit }: { length?: unknown; limit?: unknown }): string {
+  if (typeof limit !== 'number') return 'request body is larger than the limit';
+  return `request body${typeof length === 'number' ? ` of ${length} bytes` : ''} is larger than the limit of ${limit} bytes`;
+}
+
 /** The status and JSON body that answer `error` (the filter's whole decision, apart from logging). */
 export function answerTo(error: unknown): [number, Record<string, unknown>] {
   if (error instanceof HttpException) {
@@ -103,7 +109,7 @@ export function answerTo(error: unknown): [number, Record<string, unknown>] {
     const status = bodyStatus ?? 400;
     // Malformed JSON never gets here: describeUnparsableJson (json-content-type.ts) answers it.
     const message = bodyError.type === 'entity.too.large'
-      ? 'request body is larger than the limit'
+      ? tooLarge(error as { length?: unknown; limit?: unknown })
       : bodyError.type === undefined ? `request body could not be read; does it match its Content-Encoding? (${bodyError.code ?? bodyError.message})` : bodyError.message;
     return [status, { statusCode: status, error: status === 413 ? 'Payload Too Large' : status === 415 ? 'Unsupported Media Type' : 'Bad Request', message }];
   }
