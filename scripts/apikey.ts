@@ -43,7 +43,8 @@ runCli(USAGE, async (args, log) => {
   const server = await resolvePostgres(config.postgres, log);
   const db: Kysely<DB> = createKysely(createPool(server.url, 1));
   try {
-    await prepareSchema(db, config.postgres.migrateOnStart);
+    const { applied } = await prepareSchema(db, config.postgres.migrateOnStart);
+    if (applied.length) log(`applied migrations: ${applied.join(', ')}`);
     const keys = new ApiKeyService(new ApiKeysRepository(db));
     if (command === 'create') {
       const created = await keys.create(projectId!);

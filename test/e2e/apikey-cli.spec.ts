@@ -109,7 +109,10 @@ describe('npm run apikey on a schema that is not this build\'s', () => {
     const { rows } = await sql<{ table: string | null }>`select to_regclass('api_keys')::text as table`.execute(test.db);
     expect(rows[0].table).toBeNull();
 
-    expect((await create({ MIGRATE_ON_START: 'true' })).code).toBe(0);
+    const migrated = await create({ MIGRATE_ON_START: 'true' });
+    expect(migrated.code).toBe(0);
+    // Said, not silent: a `npm run migrate -- down` undone by an apikey run should not surprise anyone.
+    expect(migrated.stderr).toContain('applied migrations: 0001_initial\n');
     expect(await test.db.selectFrom('api_keys').select('project_id').execute()).toEqual([{ project_id: projectId }]);
   });
 });
