@@ -10,7 +10,7 @@ async function main(): Promise<void> {
   const server = await startLocalPostgres({ port: Number(port), dataDir, database: 'tracing' });
   process.stdout.write(`POSTGRES_READY ${server.url}\n`);
   const stop = async () => {
-    await server.stop?.();
+    await server.stop?.({ evenIfInUse: true });
     process.exit(0);
   };
   process.once('SIGTERM', () => void stop());

@@ -37,7 +37,7 @@ export async function providePostgres(): Promise<ProvidedServer> {
   await chmod(dataDir, 0o755);
   const port = 20000 + Math.floor(Math.random() * 20000);
   const server = await startLocalPostgres({ port, dataDir: join(dataDir, 'data'), database: 'postgres' });
-  return { url: server.url, how: 'embedded', stop: async () => server.stop?.() };
+  return { url: server.url, how: 'embedded', stop: async () => server.stop?.({ evenIfInUse: true }) };
 }
 
 export async function provideClickHouse(): Promise<ProvidedServer> {

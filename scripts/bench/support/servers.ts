@@ -68,7 +68,7 @@ export async function startBenchPostgres(log: (line: string) => void): Promise<B
     const server = await startLocalPostgres({ port, dataDir: join(dir, 'data'), database: 'postgres' });
     adminUrl = server.url;
     stopServer = async () => {
-      await server.stop?.();
+      await server.stop?.({ evenIfInUse: true });
       await rm(dir, { recursive: true, force: true });
     };
     pid = childPids(join(dir, 'data'))[0] ?? null;

@@ -23,8 +23,13 @@ export interface LocalPostgresOptions {
 
 export interface ResolvedPostgres {
   url: string;
-  /** Present when this process started the server; stops it again. */
-  stop?: () => Promise<void>;
+  /**
+   * Present when this process started the server; stops it again, unless
+   * another process still has sessions on it (then it is left running for
+   * them). `evenIfInUse`: stop it regardless (a test's or benchmark's own
+   * server, an outage it makes on purpose).
+   */
+  stop?: (options?: { evenIfInUse?: boolean }) => Promise<void>;
 }
 
 const USER = 'postgres';
@@ -110,11 +115,11 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   // A process that exits without stopping the server (a refused start, a crash) must not leave it running.
   const stopOnExit = () => void postmaster.kill('SIGINT');
   process.once('exit', stopOnExit);
-  const stop = async () => {
+  const stop = async ({ evenIfInUse = false } = {}) => {
     process.removeListener('exit', stopOnExit);
     // Another process may have joined the server since (the API, started while a backfill ran): stopping it
     // would fail that process's every request. Leave it to them; the next command that finds it uses it.
-    const others = await otherSessions(adminUrl).catch(() => 0);
+    const others = evenIfInUse ? 0 : await otherSessions(adminUrl).catch(() => 0);
     if (others > 0) {
       log(`embedded PostgreSQL left running on 127.0.0.1:${options.port}: ${others} session(s) of other processes use it`);
       postmaster.unref();
