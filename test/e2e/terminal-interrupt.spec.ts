@@ -7,8 +7,8 @@ import { createClient } from '@clickhouse/client';
 import { Client } from 'pg';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
-import { clickHouseAnswers, startLocalClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
-import { localPostgresUrl, startLocalPostgres } from '../../src/dbs/postgres/local-postgres';
+import { clickHouseAnswers } from '../../src/dbs/clickhouse/local-clickhouse';
+import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { ensureApiBuild, ROOT } from '../support/api-process';
 import { makeTrace } from '../support/fixtures';
@@ -32,87 +32,104 @@ describe('Ctrl-C in a terminal (SIGINT to the process group, then npm forwarding
     chmodSync(dataDir, 0o755);
     const [port, postgresPort, clickhousePort] = [await freePort(), await freePort(), await freePort()];
     const { NODE_OPTIONS: _jest, DATABASE_URL: _pg, CLICKHOUSE_URL: _ch, ...inherited } = process.env;
-    const api = spawn(process.execPath, [main], {
-      cwd: ROOT,
-      // Its own process group, as a terminal's foreground job: -pid signals all of it.
-      detached: true,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: {
-        ...inherited,
-        LOG_LEVEL: 'info',
-        HOST: '127.0.0.1',
-        PORT: String(port),
-        USE_CLICKHOUSE: 'true',
-        EMBEDDED_DATA_DIR: dataDir,
-        EMBEDDED_POSTGRES_PORT: String(postgresPort),
-        EMBEDDED_CLICKHOUSE_PORT: String(clickhousePort),
-        // The rows are still in the buffer when the signal comes: only the shutdown flush sends them.
-        MIRROR_FLUSH_INTERVAL_MS: '60000',
-      },
-    });
-    let logs = '';
-    api.stdout!.on('data', (chunk: Buffer) => (logs += chunk.toString()));
-    api.stderr!.on('data', (chunk: Buffer) => (logs += chunk.toString()));
-    const exited = new Promise<{ code: number | null; signal: string | null }>((done) => api.once('exit', (code, signal) => done({ code, signal })));
     const url = `http://127.0.0.1:${port}`;
+
+    /** The compiled API with its own embedded Postgres and local ClickHouse, as `npm start` runs it from a terminal. */
+    const launch = async (env: Record<string, string> = {}) => {
+      const child = spawn(process.execPath, [main], {
+        cwd: ROOT,
+        // Its own process group, as a terminal's foreground job: -pid signals all of it.
+        detached: true,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: {
+          ...inherited,
+          LOG_LEVEL: 'info',
+          HOST: '127.0.0.1',
+          PORT: String(port),
+          USE_CLICKHOUSE: 'true',
+          EMBEDDED_DATA_DIR: dataDir,
+          EMBEDDED_POSTGRES_PORT: String(postgresPort),
+          EMBEDDED_CLICKHOUSE_PORT: String(clickhousePort),
+          ...env,
+        },
+      });
+      let logs = '';
+      child.stdout!.on('data', (chunk: Buffer) => (logs += chunk.toString()));
+      child.stderr!.on('data', (chunk: Buffer) => (logs += chunk.toString()));
+      const exited = new Promise<{ code: number | null; signal: string | null }>((done) => child.once('exit', (code, signal) => done({ code, signal })));
+      const deadline = Date.now() + 90_000;
+      while (!(await fetch(`${url}/health`).then((r) => r.ok, () => false))) {
+        if (child.exitCode !== null || Date.now() > deadline) {
+          if (child.exitCode === null) process.kill(-child.pid!, 'SIGKILL');
+          throw new Error(`the API did not come up:\n${logs.slice(-4_000)}`);
+        }
+        await new Promise((done) => setTimeout(done, 200));
+      }
+      const kill = async () => {
+        if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGKILL');
+        await exited;
+      };
+      return { child, exited, logs: () => logs, kill };
+    };
+
     const projectId = randomUUID();
     const spans = makeTrace(4);
     try {
-      const deadline = Date.now() + 90_000;
-      while (!(await fetch(`${url}/health`).then((r) => r.ok, () => false))) {
-        if (api.exitCode !== null || Date.now() > deadline) throw new Error(`the API did not come up:\n${logs.slice(-4_000)}`);
-        await new Promise((done) => setTimeout(done, 200));
+      // The rows are still in the buffer when the signal comes: only the shutdown flush sends them.
+      const api = await launch({ MIRROR_FLUSH_INTERVAL_MS: '60000' });
+      try {
+        const pool = createPool(localPostgresUrl(postgresPort, 'tracing'), 1);
+        const db = createKysely(pool);
+        const { key } = await new ApiKeyService(new ApiKeysRepository(db)).create(projectId);
+        await db.destroy();
+        const written = await fetch(`${url}/tracing/spans`, {
+          method: 'POST',
+          headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' },
+          body: JSON.stringify({ spans }),
+        });
+        expect(written.status).toBe(201);
+
+        process.kill(-api.child.pid!, 'SIGINT');
+        await new Promise((done) => setTimeout(done, 50));
+        api.child.kill('SIGINT');
+        expect(await api.exited).toEqual({ code: 0, signal: null });
+        const logs = api.logs();
+        expect(logs).toContain('received again: already shutting down');
+        expect(logs).toContain('shut down cleanly');
+        expect(logs).not.toMatch(/could not be recorded|ECONNREFUSED/);
+        // It stopped what it started (its own sessions ended first: none of another process kept Postgres running).
+        expect(logs).not.toContain('left running');
+        expect(await clickHouseAnswers(`http://127.0.0.1:${clickhousePort}`)).toBe(false);
+        const probe = new Client({ connectionString: localPostgresUrl(postgresPort, 'postgres'), connectionTimeoutMillis: 2_000 });
+        expect(await probe.connect().then(() => true, () => false)).toBe(false);
+        await probe.end().catch(() => undefined);
+      } finally {
+        await api.kill();
       }
+
+      // Both stores, started again on the same data by the API: every span in Postgres and in ClickHouse.
+      const again = await launch();
       const pool = createPool(localPostgresUrl(postgresPort, 'tracing'), 1);
-      const db = createKysely(pool);
-      const { key } = await new ApiKeyService(new ApiKeysRepository(db)).create(projectId);
-      await db.destroy();
-      const written = await fetch(`${url}/tracing/spans`, {
-        method: 'POST',
-        headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' },
-        body: JSON.stringify({ spans }),
-      });
-      expect(written.status).toBe(201);
-
-      process.kill(-api.pid!, 'SIGINT');
-      await new Promise((done) => setTimeout(done, 50));
-      api.kill('SIGINT');
-      expect(await exited).toEqual({ code: 0, signal: null });
-      expect(logs).toContain('received again: already shutting down');
-      expect(logs).toContain('shut down cleanly');
-      expect(logs).not.toMatch(/could not be recorded|ECONNREFUSED/);
-      // It stopped what it started (its own sessions ended first: none of another process kept Postgres running).
-      expect(await clickHouseAnswers(`http://127.0.0.1:${clickhousePort}`)).toBe(false);
-      expect(logs).not.toContain('left running');
-      const probe = new Client({ connectionString: localPostgresUrl(postgresPort, 'postgres'), connectionTimeoutMillis: 2_000 });
-      expect(await probe.connect().then(() => true, () => false)).toBe(false);
-      await probe.end().catch(() => undefined);
+      const query = createClient({ url: `http://127.0.0.1:${clickhousePort}`, database: 'tracing' });
+      try {
+        const inPostgres = await pool.query('select count(*)::int as n from spans where project_id = $1', [projectId]);
+        const inClickHouse = await query.query({
+          query: 'SELECT count() AS n FROM spans FINAL WHERE project_id = {p:UUID} AND is_deleted = 0',
+          query_params: { p: projectId },
+          format: 'JSONEachRow',
+        });
+        expect({ postgres: inPostgres.rows[0].n, clickhouse: Number((await inClickHouse.json<{ n: string }>())[0].n) }).toEqual({
+          postgres: spans.length,
+          clickhouse: spans.length,
+        });
+      } finally {
+        await query.close();
+        await pool.end();
+        again.child.kill('SIGTERM');
+        const stopped = await Promise.race([again.exited, new Promise((done) => setTimeout(done, 30_000))]);
+        if (!stopped) await again.kill();
+      }
     } finally {
-      if (api.exitCode === null) process.kill(-api.pid!, 'SIGKILL');
-      await exited;
-    }
-
-    // Both stores, started again on the same data: every span in Postgres and in ClickHouse.
-    const postgres = await startLocalPostgres({ port: postgresPort, dataDir: join(dataDir, 'postgres'), database: 'tracing' });
-    const clickhouse = await startLocalClickHouse({ port: clickhousePort, dataDir: join(dataDir, 'clickhouse') });
-    const pool = createPool(postgres.url, 1);
-    const query = createClient({ url: clickhouse.url, database: 'tracing' });
-    try {
-      const inPostgres = await pool.query('select count(*)::int as n from spans where project_id = $1', [projectId]);
-      const inClickHouse = await query.query({
-        query: 'SELECT count() AS n FROM spans FINAL WHERE project_id = {p:UUID} AND is_deleted = 0',
-        query_params: { p: projectId },
-        format: 'JSONEachRow',
-      });
-      expect({ postgres: inPostgres.rows[0].n, clickhouse: Number((await inClickHouse.json<{ n: string }>())[0].n) }).toEqual({
-        postgres: spans.length,
-        clickhouse: spans.length,
-      });
-    } finally {
-      await query.close();
-      await pool.end();
-      await clickhouse.stop?.();
-      await postgres.stop?.();
       rmSync(dataDir, { recursive: true, force: true });
     }
   }, 240_000);
