@@ -66,7 +66,8 @@ runCli(USAGE, async (args, log) => {
     }
 
     // This process cannot see the API's setting, only its own environment's: say what matters, not a verdict.
-    if (!config.clickhouse.enabled) {
+    // A gap replay is about rows the mirror missed, not about rows written after it: the note has nothing to add there.
+    if (!config.clickhouse.enabled && !gaps) {
       log('note: rows written after the backfill copies them reach ClickHouse only through an API running with USE_CLICKHOUSE=true (unset in this shell, which is fine when the API has it)');
     }
     const clickhouse = await connectClickHouse(config, log, 'backfill');

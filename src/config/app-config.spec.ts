@@ -106,6 +106,9 @@ describe('parseConfig: what a bad value is told', () => {
     expect(problems({ MIRROR_FLUSH_ROWS: '-5' })).toEqual([`MIRROR_FLUSH_ROWS must be between 1 and ${Number.MAX_SAFE_INTEGER}, got -5`]);
     expect(problems({ MIRROR_FLUSH_ROWS: '1.5' })).toEqual(['MIRROR_FLUSH_ROWS must be a whole number, got "1.5"']);
     // Was zod's "Invalid enum value. Expected 'fatal' | ..., received 'verbose'".
+    // It takes more than the two words it named: the message says which.
+    expect(problems({ USE_CLICKHOUSE: 'maybe' })).toEqual(['USE_CLICKHOUSE must be true or false (or 1/0, yes/no, on/off), got "maybe"']);
+    expect(['1', 'YES', 'on'].map((v) => parseConfig({ USE_CLICKHOUSE: v }).clickhouse.enabled)).toEqual([true, true, true]);
     expect(problems({ LOG_LEVEL: 'verbose' })).toEqual(['LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "verbose"']);
   });
 });

@@ -18,7 +18,7 @@ const bool = (name: string, fallback: boolean) =>
       const v = value.trim().toLowerCase();
       if (['1', 'true', 'yes', 'on'].includes(v)) return true;
       if (['0', 'false', 'no', 'off'].includes(v)) return false;
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${name} must be true or false, got "${value}"` });
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${name} must be true or false (or 1/0, yes/no, on/off), got "${value}"` });
       return z.NEVER;
     });
 
