@@ -170,50 +170,57 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     expect(seen.events).toEqual([]);
   });
 
+  /**
+   * A ClickHouseHistory that reaches ClickHouse through `proxy` (retrying
+   * without waiting), for `use`; the clients and the proxy are closed after.
+   */
+  async function throughProxy(proxy: FakeClickHouse, task: string | undefined, use: (history: ClickHouseHistory) => Promise<void>): Promise<void> {
+    const clients = createClickHouseClients(ch.config, proxy.url);
+    try {
+      await use(new ClickHouseHistory(clients, { url: proxy.url, database: ch.database, task }, async () => undefined));
+    } finally {
+      await clients.close();
+      await proxy.close();
+    }
+  }
+
+  /** The error a call failed with; an Error saying 'answered' when it did not fail. */
+  const failure = (call: Promise<unknown>): Promise<Error> =>
+    call.then(
+      () => new Error('answered'),
+      (e: Error) => e,
+    );
+
   it('says so when an empty error answer comes back (a proxy\'s 502), rather than that ClickHouse stopped answering', async () => {
     const proxy = await FakeClickHouse.start(ch.url);
-    const clients = createClickHouseClients(ch.config, proxy.url);
-    const history = new ClickHouseHistory(clients, { url: proxy.url, database: ch.database, task: 'backfill' }, async () => undefined);
-    try {
+    await throughProxy(proxy, 'backfill', async (history) => {
       await history.checkReady();
       await proxy.setMode('gateway');
       const foreign = (what: string) =>
         `ClickHouse at ${proxy.url} answered during backfill with ${what}an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)`;
       await expect(history.countByProjectDay({ entity: 'spans', projectIds: [P1] })).rejects.toThrow(foreign(''));
       await expect(history.insert('spans', ['{}'], 'token')).rejects.toThrow(foreign('insert into spans failed after 4 attempt(s): '));
-    } finally {
-      await clients.close();
-      await proxy.close();
-    }
+    });
   });
 
   it('names an empty error answer to the readiness ping too (a proxy whose ClickHouse is gone), not an empty reason', async () => {
     const proxy = await FakeClickHouse.start(null, 'gateway', { pings: true });
-    const clients = createClickHouseClients(ch.config, proxy.url);
-    try {
-      await expect(new ClickHouseHistory(clients, { url: proxy.url, database: ch.database }).checkReady()).rejects.toThrow(
+    await throughProxy(proxy, undefined, async (history) => {
+      await expect(history.checkReady()).rejects.toThrow(
         `ClickHouse at ${proxy.url} does not answer: an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)`,
       );
-    } finally {
-      await clients.close();
-      await proxy.close();
-    }
+    });
   });
 
   it('retries an insert on exactly the errors the mirror retries (one classification for both)', async () => {
     const proxy = await FakeClickHouse.start(ch.url);
-    const clients = createClickHouseClients(ch.config, proxy.url);
-    const history = new ClickHouseHistory(clients, { url: proxy.url, database: ch.database }, async () => undefined);
-    const attempts = async (code: number) => {
-      await proxy.setMode('error', { code });
-      const before = proxy.stats().errors;
-      const error = await history.insert('spans', ['{}'], `token-${code}`).then(
-        () => new Error('answered'),
-        (e: Error) => e,
-      );
-      return { code, kind: classifySendError(Object.assign(new Error(), { code: String(code) })), tries: proxy.stats().errors - before, error: error.message };
-    };
-    try {
+    await throughProxy(proxy, undefined, async (history) => {
+      const attempts = async (code: number) => {
+        await proxy.setMode('error', { code });
+        const before = proxy.stats().errors;
+        const error = await failure(history.insert('spans', ['{}'], `token-${code}`));
+        return { code, kind: classifySendError(Object.assign(new Error(), { code: String(code) })), tries: proxy.stats().errors - before, error: error.message };
+      };
       // 394 QUERY_WAS_CANCELLED and 236 ABORTED are transient to the mirror; 164 READONLY and 60 UNKNOWN_TABLE are not.
       const expected: Array<[number, 'transient' | 'permanent', number]> = [
         [394, 'transient', 4],
@@ -224,17 +231,12 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
       for (const [code, kind, tries] of expected) {
         expect(await attempts(code)).toEqual({ code, kind, tries, error: expect.stringContaining(`insert into spans failed after ${tries} attempt(s)`) });
       }
-    } finally {
-      await clients.close();
-      await proxy.close();
-    }
+    });
   });
 
   it('names the server and what to do when ClickHouse stops answering after it was found ready, for every read and write', async () => {
     const proxy = await FakeClickHouse.start(ch.url);
-    const clients = createClickHouseClients(ch.config, proxy.url);
-    const history = new ClickHouseHistory(clients, { url: proxy.url, database: ch.database, task: 'verify' }, async () => undefined);
-    try {
+    await throughProxy(proxy, 'verify', async (history) => {
       await history.checkReady();
       await proxy.setMode('refuse');
       const stopped = new RegExp(`^ClickHouse at ${proxy.url} stopped answering during verify: [^\\n]+; run it again once it is back$`);
@@ -249,16 +251,10 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
         ['insert', () => history.insert('spans', ['{}'], 'token')],
       ];
       for (const [name, call] of calls) {
-        const error = await call().then(
-          () => new Error('answered'),
-          (e: Error) => e,
-        );
+        const error = await failure(call());
         expect({ name, message: error.message }).toEqual({ name, message: expect.stringMatching(stopped) });
       }
-    } finally {
-      await clients.close();
-      await proxy.close();
-    }
+    });
   });
 });
 
