@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,7 +9,7 @@ import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { clickHouseAnswers } from '../../src/dbs/clickhouse/local-clickhouse';
 import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
-import { ensureApiBuild, ROOT } from '../support/api-process';
+import { ApiProcess, startApiProcess } from '../support/api-process';
 import { makeTrace } from '../support/fixtures';
 import { freePort } from '../support/free-port';
 
@@ -26,50 +25,30 @@ import { freePort } from '../support/free-port';
  */
 describe('Ctrl-C in a terminal (SIGINT to the process group, then npm forwarding one more)', () => {
   it('drains, flushes the mirror into the servers it started, stops them, exits 0, and loses nothing', async () => {
-    const main = await ensureApiBuild();
     const dataDir = mkdtempSync(join(tmpdir(), 'terminal-interrupt-'));
     // As root, PostgreSQL runs as the `postgres` user, which must reach its data directory below this one.
     chmodSync(dataDir, 0o755);
-    const [port, postgresPort, clickhousePort] = [await freePort(), await freePort(), await freePort()];
-    const { NODE_OPTIONS: _jest, DATABASE_URL: _pg, CLICKHOUSE_URL: _ch, ...inherited } = process.env;
-    const url = `http://127.0.0.1:${port}`;
+    const [postgresPort, clickhousePort] = [await freePort(), await freePort()];
 
     /** The compiled API with its own embedded Postgres and local ClickHouse, as `npm start` runs it from a terminal. */
-    const launch = async (env: Record<string, string> = {}) => {
-      const child = spawn(process.execPath, [main], {
-        cwd: ROOT,
-        // Its own process group, as a terminal's foreground job: -pid signals all of it.
-        detached: true,
-        stdio: ['ignore', 'pipe', 'pipe'],
-        env: {
-          ...inherited,
+    const launch = (env: Record<string, string> = {}) =>
+      startApiProcess(
+        {
           LOG_LEVEL: 'info',
-          HOST: '127.0.0.1',
-          PORT: String(port),
+          // Empty is unset: the embedded servers, whatever the test run's environment says.
+          DATABASE_URL: '',
+          CLICKHOUSE_URL: '',
           USE_CLICKHOUSE: 'true',
           EMBEDDED_DATA_DIR: dataDir,
           EMBEDDED_POSTGRES_PORT: String(postgresPort),
           EMBEDDED_CLICKHOUSE_PORT: String(clickhousePort),
           ...env,
         },
-      });
-      let logs = '';
-      child.stdout!.on('data', (chunk: Buffer) => (logs += chunk.toString()));
-      child.stderr!.on('data', (chunk: Buffer) => (logs += chunk.toString()));
-      const exited = new Promise<{ code: number | null; signal: string | null }>((done) => child.once('exit', (code, signal) => done({ code, signal })));
-      const deadline = Date.now() + 90_000;
-      while (!(await fetch(`${url}/health`).then((r) => r.ok, () => false))) {
-        if (child.exitCode !== null || Date.now() > deadline) {
-          if (child.exitCode === null) process.kill(-child.pid!, 'SIGKILL');
-          throw new Error(`the API did not come up:\n${logs.slice(-4_000)}`);
-        }
-        await new Promise((done) => setTimeout(done, 200));
-      }
-      const kill = async () => {
-        if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGKILL');
-        await exited;
-      };
-      return { child, exited, logs: () => logs, kill };
+        { detached: true, readyTimeoutMs: 90_000 },
+      );
+    const killGroup = async (api: ApiProcess) => {
+      if (api.child.exitCode === null && api.child.signalCode === null) process.kill(-api.child.pid!, 'SIGKILL');
+      await api.exited;
     };
 
     const projectId = randomUUID();
@@ -82,7 +61,7 @@ describe('Ctrl-C in a terminal (SIGINT to the process group, then npm forwarding
         const db = createKysely(pool);
         const { key } = await new ApiKeyService(new ApiKeysRepository(db)).create(projectId);
         await db.destroy();
-        const written = await fetch(`${url}/tracing/spans`, {
+        const written = await fetch(`${api.url}/tracing/spans`, {
           method: 'POST',
           headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' },
           body: JSON.stringify({ spans }),
@@ -104,7 +83,7 @@ describe('Ctrl-C in a terminal (SIGINT to the process group, then npm forwarding
         expect(await probe.connect().then(() => true, () => false)).toBe(false);
         await probe.end().catch(() => undefined);
       } finally {
-        await api.kill();
+        await killGroup(api);
       }
 
       // Both stores, started again on the same data by the API: every span in Postgres and in ClickHouse.
@@ -125,9 +104,8 @@ describe('Ctrl-C in a terminal (SIGINT to the process group, then npm forwarding
       } finally {
         await query.close();
         await pool.end();
-        again.child.kill('SIGTERM');
-        const stopped = await Promise.race([again.exited, new Promise((done) => setTimeout(done, 30_000))]);
-        if (!stopped) await again.kill();
+        await again.stop();
+        await killGroup(again);
       }
     } finally {
       rmSync(dataDir, { recursive: true, force: true });

@@ -156,7 +156,11 @@ export async function runApiUntilExit(env: Record<string, string>, timeoutMs = 6
  * process's environment (minus jest's NODE_OPTIONS), and waits until it
  * answers HTTP. Fails with the process's log if it exits or does not answer.
  */
-export async function startApiProcess(env: Record<string, string>, options: { main?: string; readyTimeoutMs?: number } = {}): Promise<ApiProcess> {
+export async function startApiProcess(
+  env: Record<string, string>,
+  /** `detached`: in a process group of its own, as a terminal's job, so `process.kill(-child.pid, signal)` reaches all of it. */
+  options: { main?: string; readyTimeoutMs?: number; detached?: boolean } = {},
+): Promise<ApiProcess> {
   const main = options.main ?? (await ensureApiBuild());
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
@@ -165,6 +169,7 @@ export async function startApiProcess(env: Record<string, string>, options: { ma
     cwd: ROOT,
     env: { ...inherited, LOG_LEVEL: 'warn', ...env, HOST: '127.0.0.1', PORT: String(port) },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: options.detached ?? false,
   });
   let tail = '';
   const keep = (chunk: Buffer) => {

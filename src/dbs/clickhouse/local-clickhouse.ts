@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { untilReady } from '../server-ready';
 import { request } from 'node:http';
 import type { Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { untilReady } from '../server-ready';
 
 /**
  * The embedded default: a local ClickHouse endpoint (the real engine via chdb,
