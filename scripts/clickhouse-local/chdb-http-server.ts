@@ -23,7 +23,15 @@ export interface ChdbHttpServerOptions {
   dataDir: string;
   /** Problems that are the server's, not the query's (those go to the client). */
   log?: (message: string) => void;
+  /**
+   * Paths this local server answers itself, beside ClickHouse's HTTP
+   * interface (which gives any path but / and /ping a 404), e.g. the holders
+   * of scripts/clickhouse-local/server-holders.ts.
+   */
+  ownPaths?: Record<string, OwnPathHandler>;
 }
+
+export type OwnPathHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void;
 
 export interface ChdbHttpServer {
   port: number;
@@ -662,6 +670,7 @@ class ChdbHttpHandler {
     private readonly version: string,
     private readonly timezone: string,
     private readonly log: (message: string) => void,
+    private readonly ownPaths: Record<string, OwnPathHandler>,
   ) {}
 
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -673,6 +682,10 @@ class ChdbHttpHandler {
       if (url.pathname === '/ping' || (url.pathname === '/' && req.method !== 'POST' && !url.searchParams.has('query'))) {
         req.resume();
         res.writeHead(200, { 'Content-Type': 'text/html; charset=UTF-8' }).end('Ok.\n');
+        return;
+      }
+      if (Object.hasOwn(this.ownPaths, url.pathname)) {
+        this.ownPaths[url.pathname](req, res, url);
         return;
       }
       if (url.pathname !== '/') {
@@ -885,7 +898,7 @@ export async function startChdbHttpServer(options: ChdbHttpServerOptions): Promi
     const info = await native.QueryAsyncConnection(root.connection, 'SELECT version(), timezone()', 'TabSeparated');
     const [engineVersion, timezone] = Buffer.from(info.bytes).toString('utf8').trim().split('\t');
     version = engineVersion;
-    ready(new ChdbHttpHandler(native, connections, version, timezone, log));
+    ready(new ChdbHttpHandler(native, connections, version, timezone, log, options.ownPaths ?? {}));
   } catch (error) {
     failed(error);
     server.closeAllConnections();

@@ -2,7 +2,9 @@ import { resolve } from 'node:path';
 import { parseConfig } from '../../src/config/app-config';
 import { parseFlags } from '../cli/flags';
 import { runCli, UsageError } from '../cli/run-cli';
+import { LOCAL_HOLDERS_PATH } from '../../src/dbs/clickhouse/local-clickhouse';
 import { startChdbHttpServer } from './chdb-http-server';
+import { ServerHolders } from './server-holders';
 
 /**
  * `npm run clickhouse:local`: a local ClickHouse HTTP endpoint over chdb, on
@@ -20,7 +22,8 @@ const USAGE = `usage: npm run clickhouse:local -- [--port N] [--host H] [--data-
   --port N            listen on this port, 0 for any free one (default EMBEDDED_CLICKHOUSE_PORT, 18123)
   --host H            listen on this address (default 127.0.0.1)
   --data-dir DIR      keep the data here (default \${EMBEDDED_DATA_DIR:-.data}/clickhouse)
-  --exit-with-parent  stop when the process that started this one exits
+  --exit-with-parent  stop when the process that started this one exits, and
+                      every process that joined the server since has ended
 
 Prints "CLICKHOUSE_LOCAL_READY <url>" on stdout once it answers, and runs
 until SIGINT or SIGTERM.`;
@@ -52,9 +55,16 @@ function parseCli(args: string[]): CliOptions {
 runCli(USAGE, async (args, log) => {
   const options = parseCli(args);
   const dataDir = resolve(options.dataDir);
+  const holders = new ServerHolders();
   let server: Awaited<ReturnType<typeof startChdbHttpServer>>;
   try {
-    server = await startChdbHttpServer({ port: options.port, host: options.host, dataDir, log: (message) => log(`local ClickHouse: ${message}`) });
+    server = await startChdbHttpServer({
+      port: options.port,
+      host: options.host,
+      dataDir,
+      log: (message) => log(`local ClickHouse: ${message}`),
+      ownPaths: { [LOCAL_HOLDERS_PATH]: holders.handle },
+    });
   } catch (error) {
     // The server resolver tells a taken port from other failures by the code (EADDRINUSE) in this line.
     const code = (error as { code?: unknown }).code;
@@ -73,12 +83,23 @@ runCli(USAGE, async (args, log) => {
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
     if (options.exitWithParent) {
-      // The parent holds our stdin pipe open; it closes when the parent dies, however it dies.
-      process.stdin.on('end', () => stop('parent exited'));
-      process.stdin.on('error', () => stop('parent exited'));
+      let parentGone = false;
+      const parentExited = () => {
+        if (parentGone) return;
+        parentGone = true;
+        // Our stdout and stderr are the parent's pipes: with it gone, a log line would fail with EPIPE. (The
+        // parent says itself when it leaves the server running for others.)
+        for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
+        const joined = holders.pids().length > 0;
+        void holders.none().then(() => stop(joined ? 'the processes that joined it have ended' : 'parent exited'));
+      };
+      // The parent holds our stdin pipe open; it closes when the parent dies, however it dies, or when it
+      // stops using the server while others still do (see LOCAL_HOLDERS_PATH).
+      process.stdin.on('end', parentExited);
+      process.stdin.on('error', parentExited);
       process.stdin.resume();
       const parent = process.ppid;
-      setInterval(() => process.ppid !== parent && stop('parent exited'), 1_000).unref();
+      setInterval(() => process.ppid !== parent && parentExited(), 1_000).unref();
     }
   });
 });

@@ -92,6 +92,31 @@ describe('npm run clickhouse:local', () => {
     }
   }, 60_000);
 
+  it('answers who holds it on its own path: a hold lasts as long as its connection, a bad pid is refused', async () => {
+    const server = await startServer();
+    const holders = async () => (await (await fetch(`${server.url}/local/holders`)).json()) as { pids: number[] };
+    try {
+      expect(await holders()).toEqual({ pids: [] });
+      const refused = await fetch(`${server.url}/local/holders?hold=abc`);
+      expect({ status: refused.status, body: await refused.text() }).toEqual({ status: 400, body: 'hold must be a process id, got "abc"\n' });
+      const hold = await new Promise<{ first: string; leave: () => void }>((done, fail) => {
+        const req = request(`${server.url}/local/holders?hold=4242`, { agent: false }, (res) => {
+          res.setEncoding('utf8');
+          res.once('data', (first: string) => done({ first, leave: () => req.destroy() }));
+        });
+        req.on('error', fail);
+        req.end();
+      });
+      expect(hold.first).toBe('held for process 4242\n');
+      expect(await holders()).toEqual({ pids: [4242] });
+      hold.leave();
+      await delay(200);
+      expect(await holders()).toEqual({ pids: [] });
+    } finally {
+      server.cleanUp();
+    }
+  }, 60_000);
+
   it('lets go of a streamed query whose client left before the first rows were ready: it stops at once on SIGTERM', async () => {
     // What an interrupted `verify` does. The server used to miss the hang-up and wait forever to write those
     // rows, holding the engine's stream: its stop ran into the resolver's 5 s SIGKILL.

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -426,8 +426,9 @@ describe('local ClickHouse server resolver', () => {
     try {
       expect(started.map((s) => s.url)).toEqual([`http://127.0.0.1:${port}`, `http://127.0.0.1:${port}`]);
       expect(started.filter((s) => s.stop !== undefined)).toHaveLength(1);
+      // A joiner in the process that started the server does not keep its stop() from stopping it.
       const again = await startLocalClickHouse({ port, dataDir });
-      expect(again).toEqual({ url: `http://127.0.0.1:${port}` });
+      expect(again).toEqual({ url: `http://127.0.0.1:${port}`, release: expect.any(Function) });
       const client = createClient({ url: again.url });
       expect(await client.ping()).toEqual({ success: true });
       await client.close();
@@ -438,27 +439,78 @@ describe('local ClickHouse server resolver', () => {
     expect(await clickHouseAnswers(`http://127.0.0.1:${port}`)).toBe(false);
   });
 
+  /** A process of its own that resolves the local server on `port` (0: starts one) and runs until killed. */
+  async function resolverProcess(port: number, dataDir: string): Promise<{ process: ChildProcess; url: string; started: boolean }> {
+    const resolver = resolve(__dirname, '../../src/dbs/clickhouse/local-clickhouse.ts');
+    const code = `require(${JSON.stringify(resolver)}).startLocalClickHouse({ port: ${port}, dataDir: ${JSON.stringify(dataDir)} })
+      .then((s) => { console.log('URL ' + s.url + ' ' + (s.stop ? 'started' : 'joined')); setInterval(() => undefined, 1000); })`;
+    const child = spawn(process.execPath, ['--import', pathToFileURL(require.resolve('tsx')).href, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      return await new Promise((done, fail) => {
+        let out = '';
+        child.stdout!.on('data', (chunk: Buffer) => {
+          out += chunk.toString();
+          const match = /URL (\S+) (\w+)/.exec(out);
+          if (match) done({ process: child, url: match[1], started: match[2] === 'started' });
+        });
+        child.once('exit', (exitCode) => fail(new Error(`resolver process exited early (${exitCode})`)));
+      });
+    } catch (error) {
+      child.kill('SIGKILL');
+      throw error;
+    }
+  }
+
   it('stops the server when the process that started it dies', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'tracing-test-ch-orphan-'));
-    const resolver = resolve(__dirname, '../../src/dbs/clickhouse/local-clickhouse.ts');
-    const code = `require(${JSON.stringify(resolver)}).startLocalClickHouse({ port: 0, dataDir: ${JSON.stringify(dataDir)} })
-      .then((s) => { console.log('URL ' + s.url); setInterval(() => undefined, 1000); })`;
-    const parent = spawn(process.execPath, ['--import', pathToFileURL(require.resolve('tsx')).href, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const parent = await resolverProcess(0, dataDir);
     try {
-      const url = await new Promise<string>((done, fail) => {
-        let out = '';
-        parent.stdout!.on('data', (chunk: Buffer) => {
-          out += chunk.toString();
-          const match = /URL (\S+)/.exec(out);
-          if (match) done(match[1]);
-        });
-        parent.once('exit', (exitCode) => fail(new Error(`parent exited early (${exitCode})`)));
-      });
-      expect(await clickHouseAnswers(url)).toBe(true);
-      parent.kill('SIGKILL');
-      expect(await until(async () => !(await clickHouseAnswers(url, 500)), 15_000)).toBe(true);
+      expect(await clickHouseAnswers(parent.url)).toBe(true);
+      parent.process.kill('SIGKILL');
+      expect(await until(async () => !(await clickHouseAnswers(parent.url, 500)), 15_000)).toBe(true);
     } finally {
-      parent.kill('SIGKILL');
+      parent.process.kill('SIGKILL');
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  // A backfill starts the server and an API joins it; the backfill ending must not take ClickHouse from the API.
+  it('outlives the process that started it while one that joined it runs, and stops once that one lets go', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'tracing-test-ch-joined-'));
+    const port = await freePort();
+    const starter = await resolverProcess(port, dataDir);
+    try {
+      expect(starter.started).toBe(true);
+      const joiner = await startLocalClickHouse({ port, dataDir });
+      expect(joiner).toEqual({ url: starter.url, release: expect.any(Function) });
+      starter.process.kill('SIGKILL');
+      await new Promise((done) => setTimeout(done, 3_000));
+      const client = createClient({ url: joiner.url });
+      expect(await client.query({ query: 'SELECT 1 AS one', format: 'JSONEachRow' }).then((r) => r.json())).toEqual([{ one: 1 }]);
+      await client.close();
+      joiner.release!();
+      expect(await until(async () => !(await clickHouseAnswers(starter.url, 500)), 15_000)).toBe(true);
+    } finally {
+      starter.process.kill('SIGKILL');
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it("is left running by its starter's stop() while another process uses it, and stops when that process dies", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'tracing-test-ch-left-'));
+    const port = await freePort();
+    const logs: string[] = [];
+    const starter = await startLocalClickHouse({ port, dataDir, log: (line) => logs.push(line) });
+    const joiner = await resolverProcess(port, dataDir);
+    try {
+      expect(joiner.started).toBe(false);
+      await starter.stop!();
+      expect(logs).toContain(`local ClickHouse left running on ${starter.url}: process(es) ${joiner.process.pid} use it; it stops once they have ended`);
+      expect(await clickHouseAnswers(starter.url)).toBe(true);
+      joiner.process.kill('SIGKILL');
+      expect(await until(async () => !(await clickHouseAnswers(starter.url, 500)), 15_000)).toBe(true);
+    } finally {
+      joiner.process.kill('SIGKILL');
       await rm(dataDir, { recursive: true, force: true });
     }
   });

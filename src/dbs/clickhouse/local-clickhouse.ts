@@ -10,8 +10,9 @@ import { untilReady } from '../server-ready';
  * behind scripts/clickhouse-local) at a well-known local address with its
  * data under the project. Every command that needs ClickHouse calls
  * resolveClickHouse(); the first one to find nothing answering starts the
- * server as its child process, the others connect to it, so they all see the
- * same data. chdb allows one data directory per process, which is why the
+ * server as its child process, the others join it, so they all see the same
+ * data. The server runs while the process that started it, or any that joined
+ * it, still does. chdb allows one data directory per process, which is why the
  * server is a process of its own.
  */
 
@@ -24,9 +25,23 @@ export interface LocalClickHouseOptions {
 
 export interface ResolvedClickHouse {
   url: string;
-  /** Present when this process started the server; stops it again. */
+  /**
+   * Present when this process started the server; stops it again, unless a
+   * process that joined it still runs. Then it is left running for them and
+   * stops itself once they have ended.
+   */
   stop?: () => Promise<void>;
+  /** Present when this process joined a server another one started: lets go of it (ending this process does too). */
+  release?: () => void;
 }
+
+/**
+ * The local server's own path for the processes that joined it (see
+ * scripts/clickhouse-local/server-holders.ts). A joiner holds the server up
+ * while it runs by keeping a request open on it; the process that started the
+ * server asks it who holds it before stopping it.
+ */
+export const LOCAL_HOLDERS_PATH = '/local/holders';
 
 const READY_TIMEOUT_MS = 30_000;
 const STOP_GRACE_MS = 5_000;
@@ -103,23 +118,88 @@ async function launch(options: LocalClickHouseOptions): Promise<{ url: string; c
   }
 }
 
-function stopper(child: ChildProcess): () => Promise<void> {
+/**
+ * Holds the local server up for as long as this process runs, or until the
+ * returned release is called: one request on LOCAL_HOLDERS_PATH that the
+ * server never ends. Its connection closes when this process ends, however it
+ * ends. A ClickHouse that is not ours has no such path: nothing to hold.
+ */
+function holdServer(url: string): Promise<(() => void) | undefined> {
+  return new Promise((done) => {
+    const hold = request(new URL(`${LOCAL_HOLDERS_PATH}?hold=${process.pid}`, url), { agent: false, timeout: 2_000 }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        return done(undefined);
+      }
+      hold.setTimeout(0);
+      res.on('error', () => undefined);
+      res.resume();
+      // The hold must not keep this process alive: it lasts as long as the process does, no longer.
+      res.socket.unref();
+      done(() => hold.destroy());
+    });
+    hold.on('timeout', () => hold.destroy());
+    hold.on('error', () => done(undefined));
+    hold.end();
+  });
+}
+
+/** Process ids holding the server (see holdServer); none when it is not ours or does not answer. */
+function holdersOf(url: string): Promise<number[]> {
+  return new Promise((done) => {
+    const ask = request(new URL(LOCAL_HOLDERS_PATH, url), { agent: false, timeout: 2_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => {
+        try {
+          const { pids } = JSON.parse(body) as { pids?: unknown };
+          done(res.statusCode === 200 && Array.isArray(pids) ? pids.filter((pid): pid is number => typeof pid === 'number') : []);
+        } catch {
+          done([]);
+        }
+      });
+      res.on('error', () => done([]));
+    });
+    ask.on('timeout', () => ask.destroy());
+    ask.on('error', () => done([]));
+    ask.end();
+  });
+}
+
+function stopper(child: ChildProcess, url: string, log: (message: string) => void): () => Promise<void> {
   let stopping: Promise<void> | undefined;
   return () =>
-    (stopping ??= new Promise<void>((done) => {
-      if (child.exitCode !== null || child.signalCode !== null) return done();
-      // The child was unref'd so a process can end without stopping it; one that waits for it to stop
-      // must keep its event loop alive until it has. Otherwise, once the SIGKILL timer had fired, the
-      // loop could run dry first: the process ended with exit code 0 mid-await (a jest run with failed
-      // tests exited 0 when the server was slow to stop).
-      child.ref();
-      const killer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
-      child.once('exit', () => {
-        clearTimeout(killer);
-        done();
-      });
-      child.kill('SIGTERM');
-    }));
+    (stopping ??= (async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      // Another process may have joined the server since (the API, started while a backfill ran): stopping it
+      // would turn that process's mirror into an outage. Leave it to them; closing our end of its stdin tells
+      // the server to stop once they have ended.
+      const others = (await holdersOf(url)).filter((pid) => pid !== process.pid);
+      if (others.length > 0) {
+        log(`local ClickHouse left running on ${url}: process(es) ${others.join(', ')} use it; it stops once they have ended`);
+        child.stdin?.end();
+        return;
+      }
+      await terminate(child);
+    })());
+}
+
+function terminate(child: ChildProcess): Promise<void> {
+  return new Promise<void>((done) => {
+    if (child.exitCode !== null || child.signalCode !== null) return done();
+    // The child was unref'd so a process can end without stopping it; one that waits for it to stop
+    // must keep its event loop alive until it has. Otherwise, once the SIGKILL timer had fired, the
+    // loop could run dry first: the process ended with exit code 0 mid-await (a jest run with failed
+    // tests exited 0 when the server was slow to stop).
+    child.ref();
+    const killer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
+    child.once('exit', () => {
+      clearTimeout(killer);
+      done();
+    });
+    child.kill('SIGTERM');
+  });
 }
 
 /**
@@ -129,7 +209,7 @@ function stopper(child: ChildProcess): () => Promise<void> {
 export async function startLocalClickHouse(options: LocalClickHouseOptions): Promise<ResolvedClickHouse> {
   const log = options.log ?? (() => undefined);
   const url = localClickHouseUrl(options.port);
-  if (options.port !== 0 && (await clickHouseAnswers(url))) return { url };
+  if (options.port !== 0 && (await clickHouseAnswers(url))) return joined(url);
 
   try {
     const { url: started, child } = await launch(options);
@@ -137,15 +217,21 @@ export async function startLocalClickHouse(options: LocalClickHouseOptions): Pro
     child.unref();
     for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as Socket | null)?.unref();
     log(`local ClickHouse listening on ${started}, data in ${resolve(options.dataDir)}`);
-    return { url: started, stop: stopper(child) };
+    return { url: started, stop: stopper(child, started, log) };
   } catch (error) {
     // Lost a race with another command starting the same server: use theirs once its engine is open.
     if (options.port !== 0 && error instanceof ServerStartError) {
       const deadline = Date.now() + (error.portTaken ? READY_TIMEOUT_MS : 0);
-      if ((await clickHouseAnswers(url)) || (await answersWithin(url, deadline))) return { url };
+      if ((await clickHouseAnswers(url)) || (await answersWithin(url, deadline))) return joined(url);
     }
     throw error;
   }
+}
+
+/** A server another process started, held up for this one while it runs. */
+async function joined(url: string): Promise<ResolvedClickHouse> {
+  const release = await holdServer(url);
+  return release ? { url, release } : { url };
 }
 
 /** CLICKHOUSE_URL when set, otherwise the local server (started if needed). */

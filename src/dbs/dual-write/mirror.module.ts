@@ -10,7 +10,7 @@ import { ClickHouseClients, createClickHouseClients } from '../clickhouse/clickh
 import { migrateClickHouse } from '../clickhouse/clickhouse-ddl-runner';
 import { ClickHouseSchema } from '../clickhouse/clickhouse-schema';
 import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
-import { localClickHouseUrl, resolveClickHouse } from '../clickhouse/local-clickhouse';
+import { localClickHouseUrl, resolveClickHouse, type ResolvedClickHouse } from '../clickhouse/local-clickhouse';
 import { createMirrorMetrics } from '../clickhouse/mirror-metrics';
 import { DB } from '../postgres/database';
 import { KYSELY } from '../postgres/postgres.tokens';
@@ -52,11 +52,10 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
   if (!config.clickhouse.enabled) return null;
   const logger = new Logger('Mirror');
   let url = config.clickhouse.url;
-  let stopLocal: (() => Promise<void>) | undefined;
+  let local: ResolvedClickHouse | undefined;
   try {
-    const resolved = await resolveClickHouse(config.clickhouse, (m) => logger.log(m));
-    url = resolved.url;
-    stopLocal = resolved.stop;
+    local = await resolveClickHouse(config.clickhouse, (m) => logger.log(m));
+    url = local.url;
   } catch (error) {
     url = localClickHouseUrl(config.clickhouse.embedded.port);
     logger.error({ msg: 'could not start the local ClickHouse endpoint; mirrored rows will queue and become gaps', err: error });
@@ -88,7 +87,9 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
     close: async () => {
       schema.stop();
       await clients.close();
-      await stopLocal?.();
+      // The local server: stopped if this API started it (unless others joined it), let go of if it joined it.
+      await local?.stop?.();
+      local?.release?.();
     },
   };
 }
