@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -29,13 +29,30 @@ describe('embedded Postgres', () => {
     }
   }, 60_000);
 
-  it('is left running when another process still has sessions on it (an API that joined it), and stopped when none has', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'tracing-local-pg-'));
-    await chmod(dir, 0o755);
-    const dataDir = join(dir, 'data');
-    const { NODE_OPTIONS: _jest, ...env } = process.env;
-    const run = async (holdSession: boolean) => {
+  describe('shared between processes', () => {
+    let dir: string;
+    let dataDir: string;
+    let port: number;
+    const probes: ChildProcess[] = [];
+
+    beforeEach(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'tracing-local-pg-'));
+      await chmod(dir, 0o755);
+      dataDir = join(dir, 'data');
+      port = await freePort();
+    });
+
+    afterEach(async () => {
+      probes.splice(0).forEach((child) => child.kill('SIGKILL'));
+      await stopPostmaster(dataDir);
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    /** A process resolving the server as a command does (test/support/local-postgres-shared.main.ts); stop() ends it. */
+    async function probe() {
+      const { NODE_OPTIONS: _jest, ...env } = process.env;
       const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-shared.main.ts'), String(port), dataDir], { env });
+      probes.push(child);
       let stdout = '';
       let stderr = '';
       child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -45,32 +62,60 @@ describe('embedded Postgres', () => {
         if (child.exitCode !== null) throw new Error(`the probe exited: ${stderr}`);
         await new Promise((done) => setTimeout(done, 50));
       }
-      const { url } = JSON.parse(stdout.split('\n')[0]) as { url: string };
-      const session = holdSession ? new Client({ connectionString: url }) : null;
-      await session?.connect();
-      child.stdin.write('stop\n');
-      expect(await closed).toBe(0);
-      const { logs } = JSON.parse(stdout.split('\n')[1]) as { logs: string[] };
-      await session?.end();
-      return { logs, answering: await answers(url) };
-    };
-    const port = await freePort();
-    try {
-      const shared = await run(true);
-      expect(shared.answering).toBe(true);
-      expect(shared.logs).toContain(`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session(s) of other processes use it`);
-      // The next one finds it running and uses it; it did not start it, so it does not stop it.
-      expect((await run(false)).answering).toBe(true);
-      // Started afresh by a process alone on it: stopped by it.
-      await stopPostmaster(dataDir);
-      const alone = await run(false);
-      expect(alone.logs.filter((line) => line.includes('left running'))).toEqual([]);
-      expect(await answers(localPostgresUrl(port, 'postgres'))).toBe(false);
-    } finally {
-      await stopPostmaster(dataDir);
-      await rm(dir, { recursive: true, force: true });
+      const { url, started } = JSON.parse(stdout.split('\n')[0]) as { url: string; started: boolean };
+      const stop = async () => {
+        child.stdin.write('stop\n');
+        const code = await closed;
+        return { code, logs: (JSON.parse(stdout.split('\n')[1]) as { logs: string[] }).logs };
+      };
+      return { child, url, started, stop };
     }
-  }, 90_000);
+
+    const stopsWithin = async (url: string, ms: number) => {
+      for (const deadline = Date.now() + ms; Date.now() < deadline; await new Promise((done) => setTimeout(done, 200))) {
+        if (!(await answers(url))) return true;
+      }
+      return false;
+    };
+
+    it('is left running while another process has a session on it, and its keeper stops it once none has', async () => {
+      const starter = await probe();
+      expect(starter.started).toBe(true);
+      const session = new Client({ connectionString: starter.url });
+      await session.connect();
+      try {
+        expect(await starter.stop()).toEqual({
+          code: 0,
+          logs: expect.arrayContaining([`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session(s) of other processes use it; it stops once none does`]),
+        });
+        await new Promise((done) => setTimeout(done, 2_500));
+        expect(await answers(starter.url)).toBe(true);
+      } finally {
+        await session.end();
+      }
+      expect(await stopsWithin(starter.url, 10_000)).toBe(true);
+    }, 90_000);
+
+    // pg's pools close idle connections after 10 s: an idle API that had joined looked unused, and the server was stopped under it.
+    it('is held by a process that joined it for as long as that process runs, idle or not, however it ends', async () => {
+      const starter = await probe();
+      const joiner = await probe();
+      expect([starter.started, joiner.started]).toEqual([true, false]);
+      expect((await starter.stop()).logs).toContain(`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session(s) of other processes use it; it stops once none does`);
+      await new Promise((done) => setTimeout(done, 2_500));
+      expect(await answers(joiner.url)).toBe(true);
+      joiner.child.kill('SIGKILL');
+      expect(await stopsWithin(joiner.url, 10_000)).toBe(true);
+    }, 90_000);
+
+    it('is stopped by the process that started it when no other process uses it', async () => {
+      const alone = await probe();
+      const { code, logs } = await alone.stop();
+      expect(code).toBe(0);
+      expect(logs.filter((line) => line.includes('left running'))).toEqual([]);
+      expect(await answers(localPostgresUrl(port, 'postgres'))).toBe(false);
+    }, 90_000);
+  });
 });
 
 async function answers(url: string): Promise<boolean> {

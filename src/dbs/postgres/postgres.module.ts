@@ -64,7 +64,7 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
         const logger = new Logger('Postgres');
         const server = await resolvePostgres(config.postgres, (m) => logger.log(m));
         if (!config.postgres.url && !server.stop) {
-          // Its owner (a command, another API) stops it when it ends, unless this API still has sessions on it.
+          // Held for this API while it runs: its owner (a command, another API) leaves it running for it.
           logger.log(`using the embedded PostgreSQL on 127.0.0.1:${config.postgres.embedded.port} that another process started`);
         }
         return server;
@@ -111,6 +111,8 @@ export class PostgresModule implements OnApplicationShutdown {
   async onApplicationShutdown(): Promise<void> {
     // The pool, not Kysely: see endPool for why its sessions must be closed before the server stops.
     await endPool(this.pool);
+    // The embedded server: stopped if this API started it (unless others use it), let go of if it joined it.
     await this.server.stop?.();
+    this.server.release?.();
   }
 }
