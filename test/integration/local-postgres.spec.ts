@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { freePort } from '../support/free-port';
+import { stopPostmasterOf } from '../support/postgres-process';
 
 /** The embedded server in a process of its own (test/support/local-postgres-probe.main.ts), as the API and the commands run it. */
 describe('embedded Postgres', () => {
@@ -44,7 +44,7 @@ describe('embedded Postgres', () => {
 
     afterEach(async () => {
       probes.splice(0).forEach((child) => child.kill('SIGKILL'));
-      await stopPostmaster(dataDir);
+      await stopPostmasterOf(dataDir);
       await rm(dir, { recursive: true, force: true });
     });
 
@@ -128,24 +128,4 @@ async function answers(url: string): Promise<boolean> {
   } finally {
     await client.end().catch(() => undefined);
   }
-}
-
-/** Stops the server of this data directory, whoever started it (postmaster.pid names it), and waits for it to go. */
-async function stopPostmaster(dataDir: string): Promise<void> {
-  let pid: number;
-  try {
-    pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-  } catch {
-    return;
-  }
-  const alive = () => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (alive()) process.kill(pid, 'SIGINT');
-  for (let i = 0; i < 200 && alive(); i++) await new Promise((done) => setTimeout(done, 50));
 }

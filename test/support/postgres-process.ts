@@ -113,3 +113,27 @@ export async function ownPostgres(prefix: string): Promise<OwnedPostgres> {
     remove: () => rm(dir, { recursive: true, force: true }),
   };
 }
+
+/**
+ * Stops the server of this data directory, whoever started it (postmaster.pid
+ * names it), and waits for it to go: a leftover of a failed run, or one that
+ * another process left running.
+ */
+export async function stopPostmasterOf(dataDir: string): Promise<void> {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return;
+  }
+  const alive = () => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (alive()) process.kill(pid, 'SIGINT');
+  for (let i = 0; i < 200 && alive(); i++) await new Promise((done) => setTimeout(done, 50));
+}
