@@ -11,6 +11,7 @@ import { AppConfig, parseConfig } from '../src/config/app-config';
 import { redactUrl } from '../src/config/redact-url';
 import { clickHouseClientOptions } from '../src/dbs/clickhouse/clickhouse-clients';
 import { resolveClickHouse } from '../src/dbs/clickhouse/local-clickhouse';
+import { describeSendError } from '../src/dbs/clickhouse/retry-policy';
 import { DB } from '../src/dbs/postgres/database';
 import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
 import { prepareSchema } from '../src/dbs/postgres/postgres-migrator';
@@ -80,15 +81,20 @@ export interface LoadSummary {
   rss: { samples: number; minMb: number; maxMb: number; slopeMbPerMin: number; firstThirdMb: number; lastThirdMb: number } | null;
   /** RSS samples taken after the warm-up (rss needs 3); 0 when the run did not start the API. */
   rssSamples: number;
-  /** The project's counts after the run (a --key project may hold rows from before it). */
+  /** The stores after the run; null when one did not answer the counts (`failures` says which, and why). */
+  stores: StoresAfterRun | null;
+  verify: { exitCode: number | null; output: string } | null;
+  apiExit: { code: number | null; signal: string | null } | null;
+  failures: string[];
+}
+
+export interface StoresAfterRun {
+  /** The project's counts (a --key project may hold rows from before the run). */
   postgres: { spans: number; nodes: number };
   clickhouse: { spans: number; nodes: number };
   /** Spans Postgres gained during the run: what the acknowledged and sent counts are held to. */
   postgresSpansAdded: number;
   gaps: number;
-  verify: { exitCode: number | null; output: string } | null;
-  apiExit: { code: number | null; signal: string | null } | null;
-  failures: string[];
 }
 
 /** Memory may grow by this much from the first third of the run to the last before it counts as a leak. */
@@ -251,21 +257,30 @@ async function checkClickHouseAnswers(url: string, config: AppConfig['clickhouse
   }
 }
 
+/** The project's rows in both stores and its open gaps; a store that does not answer is named in the error. */
 async function countBoth(stores: Stores, projectId: string) {
-  const pg = async (table: 'spans' | 'nodes') =>
-    Number((await sql<{ n: string }>`select count(*)::text as n from ${sql.table(table)} where project_id = ${projectId}`.execute(stores.db)).rows[0].n);
-  const ch = createClient(clickHouseClientOptions(stores.clickhouse.config, stores.clickhouse.url));
+  const named = (store: string, describe: (error: unknown) => string) => (error: unknown) => {
+    throw new Error(`${store} did not answer: ${describe(error)}`);
+  };
+  // A refused connection is an AggregateError with an empty message and the code.
+  const postgresError = (error: unknown) => (error as Error).message || String((error as { code?: string }).code);
+  const inPostgres = async (query: ReturnType<typeof sql<{ n: string }>>) =>
+    Number((await query.execute(stores.db).catch(named(`Postgres at ${redactUrl(stores.env.DATABASE_URL)}`, postgresError))).rows[0].n);
+  const ch = createClient({ ...clickHouseClientOptions(stores.clickhouse.config, stores.clickhouse.url), log: { level: ClickHouseLogLevel.OFF } });
   try {
-    const count = async (table: 'spans' | 'nodes') => {
-      const result = await ch.query({
-        query: `SELECT count() AS n FROM ${table} FINAL WHERE project_id = {project:UUID} AND is_deleted = 0`,
-        query_params: { project: projectId },
-        format: 'JSONEachRow',
-      });
+    const inClickHouse = async (table: 'spans' | 'nodes') => {
+      const result = await ch
+        .query({
+          query: `SELECT count() AS n FROM ${table} FINAL WHERE project_id = {project:UUID} AND is_deleted = 0`,
+          query_params: { project: projectId },
+          format: 'JSONEachRow',
+        })
+        .catch(named(`ClickHouse at ${redactUrl(stores.clickhouse.url)}`, describeSendError));
       return Number((await result.json<{ n: string }>())[0]?.n ?? 0);
     };
-    const [pgSpans, pgNodes, chSpans, chNodes] = await Promise.all([pg('spans'), pg('nodes'), count('spans'), count('nodes')]);
-    const gaps = Number((await sql<{ n: string }>`select count(*)::text as n from mirror_gaps where project_id = ${projectId} and replayed_at is null`.execute(stores.db)).rows[0].n);
+    const rows = (table: 'spans' | 'nodes') => sql<{ n: string }>`select count(*)::text as n from ${sql.table(table)} where project_id = ${projectId}`;
+    const [pgSpans, pgNodes, chSpans, chNodes] = await Promise.all([inPostgres(rows('spans')), inPostgres(rows('nodes')), inClickHouse('spans'), inClickHouse('nodes')]);
+    const gaps = await inPostgres(sql<{ n: string }>`select count(*)::text as n from mirror_gaps where project_id = ${projectId} and replayed_at is null`);
     return { postgres: { spans: pgSpans, nodes: pgNodes }, clickhouse: { spans: chSpans, nodes: chNodes }, gaps };
   } finally {
     await ch.close();
@@ -434,22 +449,32 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       failures.push(`API memory grew from ${rss.firstThirdMb} MB (first third) to ${rss.lastThirdMb} MB (last third)`);
     }
 
-    // The mirror flushes on its interval: wait until ClickHouse holds what Postgres holds, or time out.
-    const drainDeadline = Date.now() + 60_000;
-    let counts = await countBoth(stores, projectId);
-    while ((counts.postgres.spans !== counts.clickhouse.spans || counts.postgres.nodes !== counts.clickhouse.nodes) && Date.now() < drainDeadline) {
-      await new Promise((done) => setTimeout(done, 500));
-      counts = await countBoth(stores, projectId);
+    // A store that stopped answering during the run (a server stopped under it) fails the run, named, after
+    // the traffic's figures: a bare ECONNREFUSED from the count threw them away.
+    let afterRun: StoresAfterRun | null = null;
+    try {
+      // The mirror flushes on its interval: wait until ClickHouse holds what Postgres holds, or time out.
+      const drainDeadline = Date.now() + 60_000;
+      let counts = await countBoth(stores, projectId);
+      while ((counts.postgres.spans !== counts.clickhouse.spans || counts.postgres.nodes !== counts.clickhouse.nodes) && Date.now() < drainDeadline) {
+        await new Promise((done) => setTimeout(done, 500));
+        counts = await countBoth(stores, projectId);
+      }
+      afterRun = { ...counts, postgresSpansAdded: counts.postgres.spans - before.postgres.spans };
+    } catch (error) {
+      failures.push(`the stores could not be counted after the run: ${(error as Error).message}`);
     }
-    // Every acknowledged span is stored; requests cut off by the end of the run may be stored too. A --key
-    // project may hold spans from before the run: what is held to this run's counts is what Postgres gained.
-    const postgresSpansAdded = counts.postgres.spans - before.postgres.spans;
-    if (postgresSpansAdded < spansAcknowledged || postgresSpansAdded > spansSent) {
-      failures.push(`Postgres gained ${postgresSpansAdded} spans during the run; the API acknowledged ${spansAcknowledged} of ${spansSent} sent`);
+    if (afterRun) {
+      // Every acknowledged span is stored; requests cut off by the end of the run may be stored too. A --key
+      // project may hold spans from before the run: what is held to this run's counts is what Postgres gained.
+      const { postgres, clickhouse, postgresSpansAdded, gaps } = afterRun;
+      if (postgresSpansAdded < spansAcknowledged || postgresSpansAdded > spansSent) {
+        failures.push(`Postgres gained ${postgresSpansAdded} spans during the run; the API acknowledged ${spansAcknowledged} of ${spansSent} sent`);
+      }
+      if (postgres.spans !== clickhouse.spans) failures.push(`spans: ${postgres.spans} in Postgres, ${clickhouse.spans} in ClickHouse`);
+      if (postgres.nodes !== clickhouse.nodes) failures.push(`nodes: ${postgres.nodes} in Postgres, ${clickhouse.nodes} in ClickHouse`);
+      if (gaps > 0) failures.push(`${gaps} open mirror gaps`);
     }
-    if (counts.postgres.spans !== counts.clickhouse.spans) failures.push(`spans: ${counts.postgres.spans} in Postgres, ${counts.clickhouse.spans} in ClickHouse`);
-    if (counts.postgres.nodes !== counts.clickhouse.nodes) failures.push(`nodes: ${counts.postgres.nodes} in Postgres, ${counts.clickhouse.nodes} in ClickHouse`);
-    if (counts.gaps > 0) failures.push(`${counts.gaps} open mirror gaps`);
 
     let apiExit: LoadSummary['apiExit'] = null;
     if (api) {
@@ -479,8 +504,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       memoryChecked: checkMemory,
       rss,
       rssSamples: samples.length,
-      ...counts,
-      postgresSpansAdded,
+      stores: afterRun,
       verify,
       apiExit,
       failures,
@@ -501,6 +525,12 @@ function unacknowledged(s: LoadSummary): string {
   return parts.length ? ` (${parts.join('; ')})` : '';
 }
 
+function stored(stores: StoresAfterRun | null): string {
+  if (!stores) return 'the stores were not counted (see FAILED)';
+  const { postgres, clickhouse, postgresSpansAdded, gaps } = stores;
+  return `Postgres ${postgres.spans} spans (${postgresSpansAdded} added by the run) / ${postgres.nodes} nodes; ClickHouse ${clickhouse.spans} spans / ${clickhouse.nodes} nodes; open gaps ${gaps}`;
+}
+
 export function formatSummary(s: LoadSummary): string {
   const rss = s.rss
     ? `RSS ${s.rss.minMb}-${s.rss.maxMb} MB (first third ${s.rss.firstThirdMb} MB, last third ${s.rss.lastThirdMb} MB, slope ${s.rss.slopeMbPerMin} MB/min, ${s.rss.samples} samples)`
@@ -512,7 +542,7 @@ export function formatSummary(s: LoadSummary): string {
     `  requests   ${s.requests} in ${s.durationSec} s (${Math.round(s.requests / s.durationSec)}/s held, ${s.targetRate}/s asked), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
     `  latency    p50 ${s.latencyMs.p50} ms, p99 ${s.latencyMs.p99} ms, max ${s.latencyMs.max} ms`,
     `  memory     ${rss}${s.memoryChecked ? '' : ' (not checked: run shorter than a minute)'}`,
-    `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent${unacknowledged(s)}; Postgres ${s.postgres.spans} spans (${s.postgresSpansAdded} added by the run) / ${s.postgres.nodes} nodes; ClickHouse ${s.clickhouse.spans} spans / ${s.clickhouse.nodes} nodes; open gaps ${s.gaps}`,
+    `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent${unacknowledged(s)}; ${stored(s.stores)}`,
     `  verify     ${s.verify ? `exit ${s.verify.exitCode}: ${s.verify.output.split('\n').pop()}` : 'not available'}`,
     `  api exit   ${s.apiExit ? JSON.stringify(s.apiExit) : '-'}`,
     s.failures.length ? `FAILED:\n${s.failures.map((f) => `  - ${f}`).join('\n')}` : 'OK',

@@ -10,6 +10,7 @@ import { migrateDown } from '../../src/dbs/postgres/postgres-migrator';
 import { ensureApiBuild, startApiProcess } from '../support/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
 import { runCommand } from '../support/commands';
+import { FakeClickHouse } from '../support/fake-clickhouse';
 import { freePort } from '../support/free-port';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
@@ -87,12 +88,12 @@ describe('load (short run of scripts/load.ts)', () => {
     expect(summary.requests).toBeGreaterThan(RATE * DURATION_SEC * 0.4);
     expect(summary.spansAcknowledged).toBeGreaterThan(0);
     // Nothing acknowledged is lost; only requests still in flight when the time ran out may be unacknowledged.
-    expect(summary.postgres.spans).toBeGreaterThanOrEqual(summary.spansAcknowledged);
-    expect(summary.postgres.spans).toBeLessThanOrEqual(summary.spansSent);
+    expect(summary.stores!.postgres.spans).toBeGreaterThanOrEqual(summary.spansAcknowledged);
+    expect(summary.stores!.postgres.spans).toBeLessThanOrEqual(summary.spansSent);
     expect(summary.spansSent - summary.spansAcknowledged).toBeLessThanOrEqual(CONNECTIONS * SPANS_PER_REQUEST);
     expect(summary.spansRefused).toBe(0);
-    expect(summary.clickhouse).toEqual(summary.postgres);
-    expect(summary.gaps).toBe(0);
+    expect(summary.stores!.clickhouse).toEqual(summary.stores!.postgres);
+    expect(summary.stores!.gaps).toBe(0);
     expect(summary.verify).toMatchObject({ exitCode: 0 });
     expect(summary.verify!.output).toMatch(/no differences/);
     expect(summary.apiExit).toEqual({ code: 0, signal: null });
@@ -121,10 +122,10 @@ describe('load (short run of scripts/load.ts)', () => {
       }
       const summary = await runLoad({ durationSec: 4, rate: 20, spansPerRequest: 10, connections: 4, target: { url: api.url, key }, env: storesEnv(), log: () => undefined });
       expect(summary.failures).toEqual([]);
-      expect(summary.postgresSpansAdded).toBeGreaterThanOrEqual(summary.spansAcknowledged);
-      expect(summary.postgresSpansAdded).toBeLessThanOrEqual(summary.spansSent);
-      expect(summary.postgres.spans).toBe(3000 + summary.postgresSpansAdded);
-      expect(summary.clickhouse).toEqual(summary.postgres);
+      expect(summary.stores!.postgresSpansAdded).toBeGreaterThanOrEqual(summary.spansAcknowledged);
+      expect(summary.stores!.postgresSpansAdded).toBeLessThanOrEqual(summary.spansSent);
+      expect(summary.stores!.postgres.spans).toBe(3000 + summary.stores!.postgresSpansAdded);
+      expect(summary.stores!.clickhouse).toEqual(summary.stores!.postgres);
       expect(formatSummary(summary)).toContain('memory     RSS not sampled (API not started by this run)');
     } finally {
       await api.stop();
@@ -153,11 +154,41 @@ describe('load (short run of scripts/load.ts)', () => {
     }
   }, 120_000);
 
+  it('names a store that stopped answering during the run, and still gives the run\'s figures', async () => {
+    // An API that takes every request, as one whose stores went away under it might have until then.
+    const api = createServer((req, res) => {
+      req.resume();
+      if (req.url === '/health') return res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"status":"ok","details":{"mirror":{"enabled":true}}}');
+      res.writeHead(req.method === 'POST' && req.url === '/tracing/spans' ? 201 : 200, { 'Content-Type': 'application/json' }).end('{}');
+    });
+    await new Promise<void>((listening) => api.listen(0, '127.0.0.1', listening));
+    const proxy = await FakeClickHouse.start(clickhouse.url);
+    try {
+      const { key } = await new ApiKeyService(new ApiKeysRepository(database.db)).create(randomUUID());
+      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
+      const goesAway = setTimeout(() => void proxy.setMode('refuse'), 1_000);
+      const summary = await runLoad({
+        durationSec: 2, rate: 10, spansPerRequest: 1, connections: 2, target: { url, key },
+        env: { ...storesEnv(), CLICKHOUSE_URL: proxy.url }, log: () => undefined,
+      });
+      clearTimeout(goesAway);
+      expect(summary.stores).toBeNull();
+      expect(summary.failures).toContainEqual(expect.stringMatching(new RegExp(`^the stores could not be counted after the run: ClickHouse at ${proxy.url} did not answer: connect ECONNREFUSED`)));
+      expect(summary.requests).toBeGreaterThan(0);
+      const printed = formatSummary(summary);
+      expect(printed).toMatch(/^  requests   \d+ in 2 s/m);
+      expect(printed).toMatch(/^  spans      \d+ acknowledged of \d+ sent.*; the stores were not counted \(see FAILED\)$/m);
+    } finally {
+      await proxy.close();
+      await new Promise((closed) => api.close(closed));
+    }
+  }, 120_000);
+
   it('says why memory was not summarised when it started the API but took too few samples', () => {
     const summary = {
       projectId: randomUUID(), durationSec: 2, targetRate: 10, requests: 20, errors: 0, statusCodes: { 201: 20 },
       latencyMs: { p50: 1, p99: 2, max: 3 }, spansAcknowledged: 200, spansSent: 200, spansRefused: 0, memoryChecked: false, rss: null, rssSamples: 1,
-      postgres: { spans: 200, nodes: 200 }, clickhouse: { spans: 200, nodes: 200 }, postgresSpansAdded: 200, gaps: 0, verify: null,
+      stores: { postgres: { spans: 200, nodes: 200 }, clickhouse: { spans: 200, nodes: 200 }, postgresSpansAdded: 200, gaps: 0 }, verify: null,
       apiExit: { code: 0, signal: null }, failures: [],
     } satisfies LoadSummary;
     expect(formatSummary(summary)).toContain('memory     RSS not summarised: 1 sample(s) after the warm-up, 3 needed (run longer)');
@@ -168,7 +199,7 @@ describe('load (short run of scripts/load.ts)', () => {
     const summary = {
       projectId: randomUUID(), durationSec: 2, targetRate: 10, requests: 20, errors: 2, statusCodes: { 201: 17, 503: 1 },
       latencyMs: { p50: 1, p99: 2, max: 3 }, spansAcknowledged: 170, spansSent: 200, spansRefused: 10, memoryChecked: false, rss: null, rssSamples: 0,
-      postgres: { spans: 180, nodes: 180 }, clickhouse: { spans: 180, nodes: 180 }, postgresSpansAdded: 180, gaps: 0, verify: null,
+      stores: { postgres: { spans: 180, nodes: 180 }, clickhouse: { spans: 180, nodes: 180 }, postgresSpansAdded: 180, gaps: 0 }, verify: null,
       apiExit: null, failures: [],
     } satisfies LoadSummary;
     expect(formatSummary(summary)).toContain(
