@@ -40,7 +40,9 @@ async function main(): Promise<void> {
     // One Ctrl-C under `npm start` arrives twice (from the terminal, and forwarded by npm); a signal during the
     // drain must not cut it short (the default action would exit at once, the mirror's last rows unflushed).
     // The drain is bounded by SHUTDOWN_TIMEOUT_MS and MIRROR_SHUTDOWN_DEADLINE_MS; SIGKILL is the way to stop sooner.
-    if (stopping) return logger.log(`${signal} received again: already shutting down`, 'Main');
+    if (stopping) {
+      return logger.log(`${signal} received again (one Ctrl-C under npm arrives twice: from the terminal and forwarded by npm): already shutting down`, 'Main');
+    }
     stopping = true;
     logger.log(`${signal} received: draining in-flight requests`, 'Main');
     const server = app.getHttpServer() as Server;

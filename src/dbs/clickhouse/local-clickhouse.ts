@@ -201,7 +201,7 @@ function terminate(child: ChildProcess): Promise<void> {
 export async function startLocalClickHouse(options: LocalClickHouseOptions): Promise<ResolvedClickHouse> {
   const log = options.log ?? (() => undefined);
   const url = localClickHouseUrl(options.port);
-  if (options.port !== 0 && (await clickHouseAnswers(url))) return joined(url);
+  if (options.port !== 0 && (await clickHouseAnswers(url))) return joined(url, log);
 
   try {
     const { url: started, child } = await launch(options);
@@ -214,16 +214,22 @@ export async function startLocalClickHouse(options: LocalClickHouseOptions): Pro
     // Lost a race with another command starting the same server: use theirs once its engine is open.
     if (options.port !== 0 && error instanceof ServerStartError) {
       const deadline = Date.now() + (error.portTaken ? READY_TIMEOUT_MS : 0);
-      if ((await clickHouseAnswers(url)) || (await answersWithin(url, deadline))) return joined(url);
+      if ((await clickHouseAnswers(url)) || (await answersWithin(url, deadline))) return joined(url, log);
     }
     throw error;
   }
 }
 
 /** A server another process started, held up for this one while it runs. */
-async function joined(url: string): Promise<ResolvedClickHouse> {
+async function joined(url: string, log: (message: string) => void): Promise<ResolvedClickHouse> {
   const release = await holdServer(url);
-  return release ? { url, release } : { url };
+  if (!release) {
+    // Not one of ours (a ClickHouse of its own on the port): nothing to hold, and nobody here stops it.
+    log(`using the ClickHouse that already answers at ${url}`);
+    return { url };
+  }
+  log(`using the local ClickHouse at ${url} that another process started`);
+  return { url, release };
 }
 
 /** CLICKHOUSE_URL when set, otherwise the local server (started if needed). */

@@ -81,6 +81,8 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
       release();
       throw error;
     }
+    // Its starter (a command, another API) leaves it running for this process while it holds it.
+    log(`using the embedded PostgreSQL on 127.0.0.1:${options.port} that another process started`);
     return { url, release };
   };
   const held = await holdServer(adminUrl);
@@ -114,22 +116,21 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     throw error;
   }
   log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
-  // A process that exits without stopping the server (a refused start, a crash) must not leave it running.
-  const stopOnExit = () => void postmaster.kill('SIGINT');
-  process.once('exit', stopOnExit);
+  // However this process ends without stopping the server (an interrupted command's process.exit, a crash,
+  // kill -9), the keeper stops it once no other process uses it.
+  startKeeper(options.port, postmaster.pid!, log);
   const stop = async ({ evenIfInUse = false } = {}) => {
-    process.removeListener('exit', stopOnExit);
     // Another process may have joined the server since (the API, started while a backfill ran): stopping it
-    // would fail that process's every request. Leave it to them, with a keeper that stops it once they are done.
+    // would fail that process's every request. Leave it to them; the keeper stops it once they are done.
     const others = evenIfInUse ? 0 : await otherSessions(adminUrl).catch(() => 0);
     if (others > 0 && postmaster.exitCode === null && postmaster.signalCode === null) {
-      startKeeper(options.port, postmaster.pid!);
       log(`embedded PostgreSQL left running on 127.0.0.1:${options.port}: ${others} session(s) of other processes use it; it stops once none does`);
       postmaster.unref();
       (postmaster.stderr as Socket | null)?.unref();
       return;
     }
     await stopPostmaster(postmaster);
+    log(`embedded PostgreSQL on 127.0.0.1:${options.port} stopped`);
   };
   try {
     await ensureDatabase(options.port, options.database);
@@ -224,10 +225,16 @@ async function otherSessions(adminUrl: string): Promise<number> {
   }
 }
 
-/** The keeper (postgres-keeper.main.ts): a process of its own, outliving this one, that stops the server once it is unused. */
-function startKeeper(port: number, postmasterPid: number): void {
+/**
+ * The keeper (postgres-keeper.main.ts): a process of its own that outlives
+ * this one and stops the server once this process has ended and no other
+ * process has a session on it.
+ */
+function startKeeper(port: number, postmasterPid: number, log: (message: string) => void): void {
   const { command, args } = nodeCommand(resolve(__dirname, 'postgres-keeper.main'));
-  spawn(command, [...args, String(port), String(postmasterPid)], { detached: true, stdio: 'ignore' }).unref();
+  const keeper = spawn(command, [...args, String(port), String(postmasterPid), String(process.pid)], { detached: true, stdio: 'ignore' });
+  keeper.on('error', (error) => log(`embedded PostgreSQL keeper could not be started (the server then outlives this process): ${error.message}`));
+  keeper.unref();
 }
 
 /** SIGINT (fast shutdown: sessions end, their transactions roll back), then wait for the exit; a server already gone is done. */

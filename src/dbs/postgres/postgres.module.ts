@@ -62,12 +62,7 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
       inject: [APP_CONFIG],
       useFactory: async (config: AppConfig) => {
         const logger = new Logger('Postgres');
-        const server = await resolvePostgres(config.postgres, (m) => logger.log(m));
-        if (!config.postgres.url && !server.stop) {
-          // Held for this API while it runs: its owner (a command, another API) leaves it running for it.
-          logger.log(`using the embedded PostgreSQL on 127.0.0.1:${config.postgres.embedded.port} that another process started`);
-        }
-        return server;
+        return resolvePostgres(config.postgres, (m) => logger.log(m));
       },
     },
     {
