@@ -18,7 +18,7 @@ import { prepareSchema } from '../src/dbs/postgres/postgres-migrator';
 import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
 import { ApiProcess, ensureApiBuild, ROOT, startApiProcess } from '../test/support/api-process';
 import { parseFlags, positiveInt } from './cli/flags';
-import { runCli, UsageError } from './cli/run-cli';
+import { runCli, SIGNAL_EXIT_CODES, UsageError } from './cli/run-cli';
 
 /**
  * A bounded load run on loopback with the mirror on: a steady rate of span
@@ -53,6 +53,8 @@ export interface LoadOptions {
   sampleEveryMs?: number;
   /** Fail on memory growth; by default only runs of a minute or more, shorter ones are mostly warm-up. */
   checkMemory?: boolean;
+  /** Cuts the load short (the command's Ctrl-C): the run then ends as if its time were up, and the summary fails it. */
+  interrupt?: AbortSignal;
   log?: (line: string) => void;
 }
 
@@ -64,7 +66,9 @@ export interface RssSample {
 export interface LoadSummary {
   projectId: string;
   durationSec: number;
-  /** The rate asked for; `requests / durationSec` is the rate held. */
+  /** Seconds the load ran: durationSec, unless it was cut short. */
+  ranSec: number;
+  /** The rate asked for; `requests / ranSec` is the rate held. */
   targetRate: number;
   requests: number;
   /** Non-2xx answers plus socket errors and timeouts. */
@@ -423,22 +427,43 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
 
     log(`load: ${options.rate} requests/s for ${options.durationSec} s over ${options.connections} connections, ${options.spansPerRequest} spans per write`);
     let result: AutocannonResult;
+    const load = autocannon({
+      url,
+      connections: options.connections,
+      duration: options.durationSec,
+      overallRate: options.rate,
+      timeout: 10,
+      requests,
+    });
+    const cutShort = () => load.stop();
+    options.interrupt?.addEventListener('abort', cutShort, { once: true });
+    // The load stops at its next one-second sample. A terminal's Ctrl-C reaches the API this run started as
+    // well (same process group), so the requests of that last second fail while it shuts down: not the API's errors.
+    const afterCut = { errors: 0, non2xx: 0 };
+    load.on('reqError', () => {
+      if (options.interrupt?.aborted) afterCut.errors++;
+    });
+    load.on('response', (...[, status]: unknown[]) => {
+      if (options.interrupt?.aborted && (status as number) >= 300) afterCut.non2xx++;
+    });
     try {
-      result = await autocannon({
-        url,
-        connections: options.connections,
-        duration: options.durationSec,
-        overallRate: options.rate,
-        timeout: 10,
-        requests,
-      });
+      result = await load;
     } finally {
+      options.interrupt?.removeEventListener('abort', cutShort);
       clearInterval(sampler);
       clearInterval(progress);
     }
+    const ranSec = Math.max(1, Math.round((Date.now() - started) / 1000));
+    const failedAfterCut = afterCut.errors + afterCut.non2xx;
+    if (options.interrupt?.aborted) {
+      const after = failedAfterCut ? ` (${failedAfterCut} requests failed after the cut, while the run stopped; not counted as errors)` : '';
+      failures.push(`cut short by ${String(options.interrupt.reason)} after ${ranSec} s of ${options.durationSec} s${after}`);
+    }
 
-    const errors = result.non2xx + result.errors;
-    if (errors > 0) failures.push(`${errors} failed requests (${result.non2xx} non-2xx, ${result.errors} socket errors, ${result.timeouts} timeouts)`);
+    const non2xx = result.non2xx - afterCut.non2xx;
+    const socketErrors = result.errors - afterCut.errors;
+    const errors = non2xx + socketErrors;
+    if (errors > 0) failures.push(`${errors} failed requests (${non2xx} non-2xx, ${socketErrors} socket errors, ${result.timeouts} timeouts)`);
     const tooLarge = Number(result.statusCodeStats?.['413']?.count ?? 0);
     if (tooLarge > 0) {
       failures.push(`${tooLarge} writes answered 413: the API's MAX_BATCH_ITEMS (or BODY_LIMIT) is below --spans-per-request ${options.spansPerRequest}`);
@@ -493,6 +518,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
     return {
       projectId,
       durationSec: options.durationSec,
+      ranSec,
       targetRate: options.rate,
       requests: result.requests.total,
       errors,
@@ -539,7 +565,7 @@ export function formatSummary(s: LoadSummary): string {
       : 'RSS not sampled (API not started by this run)';
   return [
     `load summary (project ${s.projectId})`,
-    `  requests   ${s.requests} in ${s.durationSec} s (${Math.round(s.requests / s.durationSec)}/s held, ${s.targetRate}/s asked), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
+    `  requests   ${s.requests} in ${s.ranSec} s${s.ranSec < s.durationSec ? ` of ${s.durationSec}` : ''} (${Math.round(s.requests / s.ranSec)}/s held, ${s.targetRate}/s asked), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
     `  latency    p50 ${s.latencyMs.p50} ms, p99 ${s.latencyMs.p99} ms, max ${s.latencyMs.max} ms`,
     `  memory     ${rss}${s.memoryChecked ? '' : ' (not checked: run shorter than a minute)'}`,
     `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent${unacknowledged(s)}; ${stored(s.stores)}`,
@@ -557,15 +583,32 @@ if (require.main === module) {
     if (Boolean(url) !== Boolean(key)) throw new UsageError('--url and --key go together');
     if (url && !/^http:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url)) throw new UsageError('--url must be a loopback address (load stays on this machine)');
     const spansPerRequest = positiveInt(flags, '--spans-per-request', 10);
+    // Ctrl-C ends the load early and still counts, verifies and prints the summary; another one stops at once.
+    // One Ctrl-C under npm arrives twice (from the terminal, and forwarded by npm): a repeat within a second is it.
+    const interrupt = new AbortController();
+    let interruptedAt = 0;
+    const onSignal = (signal: 'SIGINT' | 'SIGTERM') => {
+      if (!interrupt.signal.aborted) {
+        interruptedAt = Date.now();
+        log(`load: ${signal} received: ending the load early, then the summary (${signal} again stops at once)`);
+        interrupt.abort(signal);
+      } else if (Date.now() - interruptedAt > 1_000) {
+        process.exit(SIGNAL_EXIT_CODES[signal]);
+      }
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     const summary = await runLoad({
       durationSec: positiveInt(flags, '--duration', 180),
       rate: positiveInt(flags, '--rate', 200),
       spansPerRequest,
       connections: positiveInt(flags, '--connections', 16),
       target: url && key ? { url: url.replace(/\/$/, ''), key } : undefined,
+      interrupt: interrupt.signal,
       log,
     });
     process.stdout.write(`${formatSummary(summary)}\n`);
+    if (interrupt.signal.aborted) process.exit(SIGNAL_EXIT_CODES[interrupt.signal.reason as keyof typeof SIGNAL_EXIT_CODES]);
     if (summary.failures.length) throw new Error(`${summary.failures.length} check(s) failed`);
   });
 }

@@ -32,7 +32,7 @@ export function runCli(usage: string, run: (args: string[], log: (message: strin
 }
 
 /** What a shell reports for a process these signals end (128 + the signal's number), so callers can tell which it was. */
-const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
+export const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
 
 /**
  * Ends a long command on Ctrl-C or SIGTERM with `message` on a line of its

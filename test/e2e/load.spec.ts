@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { AddressInfo } from 'node:net';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -7,10 +8,10 @@ import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { migrateClickHouse } from '../../src/dbs/clickhouse/clickhouse-ddl-runner';
 import { migrateDown } from '../../src/dbs/postgres/postgres-migrator';
-import { ensureApiBuild, startApiProcess } from '../support/api-process';
+import { ensureApiBuild, ROOT, startApiProcess } from '../support/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
 import { runCommand } from '../support/commands';
-import { FakeClickHouse } from '../support/fake-clickhouse';
+import { eventually, FakeClickHouse } from '../support/fake-clickhouse';
 import { freePort } from '../support/free-port';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
@@ -184,9 +185,41 @@ describe('load (short run of scripts/load.ts)', () => {
     }
   }, 120_000);
 
+  it('on Ctrl-C ends the load early, still counts and prints the summary, names the cut, and exits 130', async () => {
+    const api = createServer((req, res) => {
+      req.resume();
+      if (req.url === '/health') return res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"status":"ok","details":{"mirror":{"enabled":true}}}');
+      res.writeHead(req.method === 'POST' && req.url === '/tracing/spans' ? 201 : 200, { 'Content-Type': 'application/json' }).end('{}');
+    });
+    await new Promise<void>((listening) => api.listen(0, '127.0.0.1', listening));
+    try {
+      const { key } = await new ApiKeyService(new ApiKeysRepository(database.db)).create(randomUUID());
+      const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
+      const { NODE_OPTIONS: _jest, ...inherited } = process.env;
+      const load = spawn(process.execPath, ['--import', 'tsx', 'scripts/load.ts', '--url', url, '--key', key, '--duration', '120', '--rate', '10'], {
+        cwd: ROOT,
+        env: { ...inherited, ...storesEnv() },
+      });
+      let stdout = '';
+      let stderr = '';
+      load.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      load.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const exited = new Promise<number | null>((done) => load.on('close', done));
+      await eventually('the load to start', () => stderr.includes('load: 10 requests/s for 120 s') || undefined, 30_000, 100);
+      await new Promise((done) => setTimeout(done, 2_000));
+      load.kill('SIGINT');
+      expect(await exited).toBe(130);
+      expect(stderr).toContain('load: SIGINT received: ending the load early, then the summary (SIGINT again stops at once)');
+      expect(stdout).toMatch(/^  requests   \d+ in \d+ s of 120 \(/m);
+      expect(stdout).toMatch(/^  - cut short by SIGINT after \d+ s of 120 s$/m);
+    } finally {
+      await new Promise((closed) => api.close(closed));
+    }
+  }, 120_000);
+
   it('says why memory was not summarised when it started the API but took too few samples', () => {
     const summary = {
-      projectId: randomUUID(), durationSec: 2, targetRate: 10, requests: 20, errors: 0, statusCodes: { 201: 20 },
+      projectId: randomUUID(), durationSec: 2, ranSec: 2, targetRate: 10, requests: 20, errors: 0, statusCodes: { 201: 20 },
       latencyMs: { p50: 1, p99: 2, max: 3 }, spansAcknowledged: 200, spansSent: 200, spansRefused: 0, memoryChecked: false, rss: null, rssSamples: 1,
       stores: { postgres: { spans: 200, nodes: 200 }, clickhouse: { spans: 200, nodes: 200 }, postgresSpansAdded: 200, gaps: 0 }, verify: null,
       apiExit: { code: 0, signal: null }, failures: [],
@@ -197,7 +230,7 @@ describe('load (short run of scripts/load.ts)', () => {
 
   it('says why fewer spans were acknowledged than sent: error answers, and requests the end of the run cut off', () => {
     const summary = {
-      projectId: randomUUID(), durationSec: 2, targetRate: 10, requests: 20, errors: 2, statusCodes: { 201: 17, 503: 1 },
+      projectId: randomUUID(), durationSec: 2, ranSec: 2, targetRate: 10, requests: 20, errors: 2, statusCodes: { 201: 17, 503: 1 },
       latencyMs: { p50: 1, p99: 2, max: 3 }, spansAcknowledged: 170, spansSent: 200, spansRefused: 10, memoryChecked: false, rss: null, rssSamples: 0,
       stores: { postgres: { spans: 180, nodes: 180 }, clickhouse: { spans: 180, nodes: 180 }, postgresSpansAdded: 180, gaps: 0 }, verify: null,
       apiExit: null, failures: [],
