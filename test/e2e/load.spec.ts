@@ -56,6 +56,17 @@ describe('load (short run of scripts/load.ts)', () => {
     CLICKHOUSE_DATABASE: database.name,
   });
 
+  /** A stand-in for an API given by --url: mirror on in /health, and every other request answered as a success, storing nothing. */
+  async function acceptingApi() {
+    const api = createServer((req, res) => {
+      req.resume();
+      if (req.url === '/health') return res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"status":"ok","details":{"mirror":{"enabled":true}}}');
+      res.writeHead(req.method === 'POST' && req.url === '/tracing/spans' ? 201 : 200, { 'Content-Type': 'application/json' }).end('{}');
+    });
+    await new Promise<void>((listening) => api.listen(0, '127.0.0.1', listening));
+    return api;
+  }
+
   it('holds a steady rate with zero errors, and the mirror matches Postgres afterwards', async () => {
     const lines: string[] = [];
     let summary: LoadSummary;
@@ -157,12 +168,7 @@ describe('load (short run of scripts/load.ts)', () => {
 
   it('names a store that stopped answering during the run, and still gives the run\'s figures', async () => {
     // An API that takes every request, as one whose stores went away under it might have until then.
-    const api = createServer((req, res) => {
-      req.resume();
-      if (req.url === '/health') return res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"status":"ok","details":{"mirror":{"enabled":true}}}');
-      res.writeHead(req.method === 'POST' && req.url === '/tracing/spans' ? 201 : 200, { 'Content-Type': 'application/json' }).end('{}');
-    });
-    await new Promise<void>((listening) => api.listen(0, '127.0.0.1', listening));
+    const api = await acceptingApi();
     const proxy = await FakeClickHouse.start(clickhouse.url);
     try {
       const { key } = await new ApiKeyService(new ApiKeysRepository(database.db)).create(randomUUID());
@@ -186,12 +192,7 @@ describe('load (short run of scripts/load.ts)', () => {
   }, 120_000);
 
   it('on Ctrl-C ends the load early, still counts and prints the summary, names the cut, and exits 130', async () => {
-    const api = createServer((req, res) => {
-      req.resume();
-      if (req.url === '/health') return res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"status":"ok","details":{"mirror":{"enabled":true}}}');
-      res.writeHead(req.method === 'POST' && req.url === '/tracing/spans' ? 201 : 200, { 'Content-Type': 'application/json' }).end('{}');
-    });
-    await new Promise<void>((listening) => api.listen(0, '127.0.0.1', listening));
+    const api = await acceptingApi();
     try {
       const { key } = await new ApiKeyService(new ApiKeysRepository(database.db)).create(randomUUID());
       const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
