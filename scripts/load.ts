@@ -456,7 +456,8 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
     const ranSec = Math.max(1, Math.round((Date.now() - started) / 1000));
     const failedAfterCut = afterCut.errors + afterCut.non2xx;
     if (options.interrupt?.aborted) {
-      const after = failedAfterCut ? ` (${failedAfterCut} requests failed after the cut, while the run stopped; not counted as errors)` : '';
+      // Not how many: against an API that has already stopped, the load's connections retry in a tight loop.
+      const after = failedAfterCut ? ' (requests that failed after the cut, while the run stopped, are not counted as errors)' : '';
       failures.push(`cut short by ${String(options.interrupt.reason)} after ${ranSec} s of ${options.durationSec} s${after}`);
     }
 

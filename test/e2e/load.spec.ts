@@ -218,6 +218,30 @@ describe('load (short run of scripts/load.ts)', () => {
     }
   }, 120_000);
 
+  it('killed with -9, does not leave the API it started running', async () => {
+    const { NODE_OPTIONS: _jest, ...inherited } = process.env;
+    const load = spawn(process.execPath, ['--import', 'tsx', 'scripts/load.ts', '--duration', '120', '--rate', '5'], { cwd: ROOT, env: { ...inherited, ...storesEnv() } });
+    let stderr = '';
+    load.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = new Promise((done) => load.on('close', done));
+    try {
+      const apiPid = Number((await eventually('the API to start', () => /^API pid (\d+) /m.exec(stderr)?.[1], 90_000, 100)));
+      load.kill('SIGKILL');
+      await exited;
+      const alive = () => {
+        try {
+          process.kill(apiPid, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      await eventually('the API to stop', () => !alive() || undefined, 20_000, 200);
+    } finally {
+      load.kill('SIGKILL');
+    }
+  }, 150_000);
+
   it('says why memory was not summarised when it started the API but took too few samples', () => {
     const summary = {
       projectId: randomUUID(), durationSec: 2, ranSec: 2, targetRate: 10, requests: 20, errors: 0, statusCodes: { 201: 20 },

@@ -19,6 +19,7 @@ export const ROOT = resolve(__dirname, '../..');
 const BUILDS = join(ROOT, '.data', 'api-build');
 const SOURCES = ['src', 'migrations', 'scripts', 'tsconfig.json', 'tsconfig.build.json'];
 const LOG_TAIL_BYTES = 256 * 1024;
+const EXIT_WITH_PARENT = join(ROOT, 'test', 'support', 'exit-with-parent.cjs');
 
 export interface ApiProcess {
   url: string;
@@ -165,10 +166,11 @@ export async function startApiProcess(
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const { NODE_OPTIONS: _jest, ...inherited } = process.env;
-  const child = spawn(process.execPath, [main], {
+  // Its stdin is a pipe from this process: exit-with-parent.cjs stops the API when this process dies.
+  const child = spawn(process.execPath, ['--require', EXIT_WITH_PARENT, main], {
     cwd: ROOT,
     env: { ...inherited, LOG_LEVEL: 'warn', ...env, HOST: '127.0.0.1', PORT: String(port) },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['pipe', 'pipe', 'pipe'],
     detached: options.detached ?? false,
   });
   let tail = '';
