@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { request } from 'node:http';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from '../support/api-process';
@@ -87,6 +87,22 @@ describe('npm run clickhouse:local', () => {
       server.child.kill('SIGTERM');
       expect(await server.exited).toBe(0);
       expect(server.stderr()).toContain('local ClickHouse stopping (SIGTERM)');
+    } finally {
+      server.cleanUp();
+    }
+  }, 60_000);
+
+  it('on a port where a ClickHouse already answers: exit 1, saying so, without touching its own data directory', async () => {
+    const server = await startServer();
+    const dataDir = join(tmpdir(), `clickhouse-local-unused-${process.pid}`);
+    try {
+      const port = new URL(server.url).port;
+      const run = await local('--port', port, '--data-dir', dataDir);
+      expect({ code: run.code, stdout: run.stdout }).toEqual({ code: 1, stdout: '' });
+      expect(run.stderr).toContain(
+        `error: local ClickHouse failed to start (EADDRINUSE): a ClickHouse already answers at http://127.0.0.1:${port} (one that another process started?); use it, or give another --port\n`,
+      );
+      expect(existsSync(dataDir)).toBe(false);
     } finally {
       server.cleanUp();
     }
