@@ -684,11 +684,8 @@ class ChdbHttpHandler {
         res.writeHead(200, { 'Content-Type': 'text/html; charset=UTF-8' }).end('Ok.\n');
         return;
       }
-      if (Object.hasOwn(this.ownPaths, url.pathname)) {
-        this.ownPaths[url.pathname](req, res, url);
-        return;
-      }
       if (url.pathname !== '/') {
+        if (Object.hasOwn(this.ownPaths, url.pathname)) return this.ownPaths[url.pathname](req, res, url);
         req.resume();
         res.writeHead(404, { 'Content-Type': 'text/plain; charset=UTF-8' }).end(`There is no handle ${url.pathname}\n`);
         return;
@@ -851,6 +848,11 @@ class ChdbHttpHandler {
   }
 }
 
+/** Where a client reaches a server listening on `host` and `port` (an IPv6 address in brackets; 'any address' as loopback). */
+export function serverUrl(host: string, port: number): string {
+  return `http://${host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
+}
+
 export async function startChdbHttpServer(options: ChdbHttpServerOptions): Promise<ChdbHttpServer> {
   const host = options.host ?? '127.0.0.1';
   const dataDir = resolve(options.dataDir);
@@ -908,7 +910,6 @@ export async function startChdbHttpServer(options: ChdbHttpServerOptions): Promi
   }
 
   const port = (server.address() as AddressInfo).port;
-  const urlHost = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
   const opened = root;
   let closing: Promise<void> | undefined;
   const close = async (): Promise<void> => {
@@ -933,7 +934,7 @@ export async function startChdbHttpServer(options: ChdbHttpServerOptions): Promi
 
   return {
     port,
-    url: `http://${urlHost}:${port}`,
+    url: serverUrl(host, port),
     version,
     close: () => (closing ??= close()),
   };

@@ -3,7 +3,7 @@ import { parseConfig } from '../../src/config/app-config';
 import { parseFlags } from '../cli/flags';
 import { runCli, UsageError } from '../cli/run-cli';
 import { clickHouseAnswers, LOCAL_HOLDERS_PATH } from '../../src/dbs/clickhouse/local-clickhouse';
-import { startChdbHttpServer } from './chdb-http-server';
+import { serverUrl, startChdbHttpServer } from './chdb-http-server';
 import { ServerHolders } from './server-holders';
 
 /**
@@ -68,7 +68,7 @@ runCli(USAGE, async (args, log) => {
   } catch (error) {
     // The server resolver tells a taken port from other failures by the code (EADDRINUSE) in this line.
     const code = (error as { code?: unknown }).code;
-    const url = `http://${options.host.includes(':') ? `[${options.host}]` : options.host}:${options.port}`;
+    const url = serverUrl(options.host, options.port);
     if (code === 'EADDRINUSE' && (await clickHouseAnswers(url))) {
       throw new Error(`local ClickHouse failed to start (EADDRINUSE): a ClickHouse already answers at ${url} (one that another process started?); use it, or give another --port`);
     }

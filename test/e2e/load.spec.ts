@@ -8,6 +8,7 @@ import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { migrateClickHouse } from '../../src/dbs/clickhouse/clickhouse-ddl-runner';
 import { migrateDown } from '../../src/dbs/postgres/postgres-migrator';
+import { processAlive } from '../../src/dbs/process-alive';
 import { ensureApiBuild, ROOT, startApiProcess } from '../support/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
 import { runCommand } from '../support/commands';
@@ -228,15 +229,7 @@ describe('load (short run of scripts/load.ts)', () => {
       const apiPid = Number((await eventually('the API to start', () => /^API pid (\d+) /m.exec(stderr)?.[1], 90_000, 100)));
       load.kill('SIGKILL');
       await exited;
-      const alive = () => {
-        try {
-          process.kill(apiPid, 0);
-          return true;
-        } catch {
-          return false;
-        }
-      };
-      await eventually('the API to stop', () => !alive() || undefined, 20_000, 200);
+      await eventually('the API to stop', () => !processAlive(apiPid) || undefined, 20_000, 200);
     } finally {
       load.kill('SIGKILL');
     }

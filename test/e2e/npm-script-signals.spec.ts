@@ -2,6 +2,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { processAlive } from '../../src/dbs/process-alive';
 import { ROOT } from '../support/api-process';
 import { clickHouseReadyUrl } from '../support/commands';
 
@@ -39,15 +40,6 @@ describe('npm scripts that run one long-lived program', () => {
     return found;
   }
 
-  const alive = (pid: number) => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-
   it('npm run clickhouse:local stops, server included, on a SIGTERM to npm', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'clickhouse-local-npm-'));
     const { NODE_OPTIONS: _jest, ...env } = process.env;
@@ -66,12 +58,12 @@ describe('npm scripts that run one long-lived program', () => {
       npm.kill('SIGTERM');
       await exited;
       const deadline = Date.now() + 10_000;
-      while (below.some(alive) && Date.now() < deadline) await new Promise((done) => setTimeout(done, 100));
-      expect(below.filter(alive)).toEqual([]);
+      while (below.some(processAlive) && Date.now() < deadline) await new Promise((done) => setTimeout(done, 100));
+      expect(below.filter(processAlive)).toEqual([]);
       await expect(fetch(`${url}/?query=SELECT%201`)).rejects.toThrow();
       expect(stderr).toContain('local ClickHouse stopping (SIGTERM)');
     } finally {
-      for (const pid of [npm.pid!, ...below].filter(alive)) process.kill(pid, 'SIGKILL');
+      for (const pid of [npm.pid!, ...below].filter(processAlive)) process.kill(pid, 'SIGKILL');
       rmSync(dataDir, { recursive: true, force: true });
     }
   }, 60_000);

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startLocalPostgres } from '../../src/dbs/postgres/local-postgres';
+import { processAlive } from '../../src/dbs/process-alive';
 
 /**
  * Starts an embedded PostgreSQL in this process, kills its postmaster as a
@@ -13,20 +14,11 @@ async function main(): Promise<void> {
   const server = await startLocalPostgres({ port: Number(port), dataDir, database: 'tracing' });
   const postmaster = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
   process.kill(postmaster, 'SIGQUIT');
-  for (let i = 0; i < 200 && alive(postmaster); i++) await new Promise((done) => setTimeout(done, 50));
+  for (let i = 0; i < 200 && processAlive(postmaster); i++) await new Promise((done) => setTimeout(done, 50));
   const startedAt = Date.now();
   await server.stop?.();
   process.stdout.write(`${JSON.stringify({ stopMs: Date.now() - startedAt })}\n`);
   process.exitCode = 3;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 main().catch((error: unknown) => {

@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { processAlive } from '../../src/dbs/process-alive';
 import { freePort } from './free-port';
 
 export interface PostgresProcess {
@@ -126,14 +127,6 @@ export async function stopPostmasterOf(dataDir: string): Promise<void> {
   } catch {
     return;
   }
-  const alive = () => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (alive()) process.kill(pid, 'SIGINT');
-  for (let i = 0; i < 200 && alive(); i++) await new Promise((done) => setTimeout(done, 50));
+  if (processAlive(pid)) process.kill(pid, 'SIGINT');
+  for (let i = 0; i < 200 && processAlive(pid); i++) await new Promise((done) => setTimeout(done, 50));
 }

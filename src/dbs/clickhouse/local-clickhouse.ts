@@ -51,20 +51,26 @@ export function localClickHouseUrl(port: number): string {
   return `http://127.0.0.1:${port}`;
 }
 
-/** Whether a ClickHouse HTTP endpoint answers /ping at this URL. */
-export function clickHouseAnswers(url: string, timeoutMs = 2_000): Promise<boolean> {
+/** A GET of `path` at `url`: its status and body, or undefined when nothing answers in time. */
+function get(url: string, path: string, timeoutMs: number): Promise<{ status?: number; body: string } | undefined> {
   return new Promise((done) => {
-    const req = request(new URL('/ping', url), { method: 'GET', timeout: timeoutMs }, (res) => {
+    const req = request(new URL(path, url), { method: 'GET', agent: false, timeout: timeoutMs }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => done(res.statusCode === 200 && body.startsWith('Ok.')));
-      res.on('error', () => done(false));
+      res.on('end', () => done({ status: res.statusCode, body }));
+      res.on('error', () => done(undefined));
     });
     req.on('timeout', () => req.destroy());
-    req.on('error', () => done(false));
+    req.on('error', () => done(undefined));
     req.end();
   });
+}
+
+/** Whether a ClickHouse HTTP endpoint answers /ping at this URL. */
+export async function clickHouseAnswers(url: string, timeoutMs = 2_000): Promise<boolean> {
+  const answer = await get(url, '/ping', timeoutMs);
+  return answer?.status === 200 && answer.body.startsWith('Ok.');
 }
 
 async function answersWithin(url: string, deadline: number): Promise<boolean> {
@@ -137,26 +143,15 @@ function holdServer(url: string): Promise<(() => void) | undefined> {
 }
 
 /** Process ids holding the server (see holdServer); none when it is not ours or does not answer. */
-function holdersOf(url: string): Promise<number[]> {
-  return new Promise((done) => {
-    const ask = request(new URL(LOCAL_HOLDERS_PATH, url), { agent: false, timeout: 2_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => {
-        try {
-          const { pids } = JSON.parse(body) as { pids?: unknown };
-          done(res.statusCode === 200 && Array.isArray(pids) ? pids.filter((pid): pid is number => typeof pid === 'number') : []);
-        } catch {
-          done([]);
-        }
-      });
-      res.on('error', () => done([]));
-    });
-    ask.on('timeout', () => ask.destroy());
-    ask.on('error', () => done([]));
-    ask.end();
-  });
+async function holdersOf(url: string): Promise<number[]> {
+  const answer = await get(url, LOCAL_HOLDERS_PATH, 2_000);
+  if (answer?.status !== 200) return [];
+  try {
+    const { pids } = JSON.parse(answer.body) as { pids?: unknown };
+    return Array.isArray(pids) ? pids.filter((pid): pid is number => typeof pid === 'number') : [];
+  } catch {
+    return [];
+  }
 }
 
 function stopper(child: ChildProcess, url: string, log: (message: string) => void): () => Promise<void> {

@@ -1,4 +1,5 @@
 import { Client } from 'pg';
+import { processAlive } from '../process-alive';
 import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } from './local-postgres';
 
 /**
@@ -15,24 +16,14 @@ import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } f
 
 const POLL_MS = 1_000;
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it exists, owned by another user (the postgres user, when we run as root).
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 async function main(): Promise<void> {
   const [port, postmaster, starter] = process.argv.slice(2).map(Number);
   let client: Client | undefined;
   for (;;) {
     await new Promise((done) => setTimeout(done, POLL_MS));
     // Stopped (by its starter, or anyone): nothing left to keep.
-    if (!alive(postmaster)) return;
-    if (alive(starter)) continue;
+    if (!processAlive(postmaster)) return;
+    if (processAlive(starter)) continue;
     if (!client) {
       client = new Client({ connectionString: localPostgresUrl(port, 'postgres'), application_name: KEEPER_APPLICATION_NAME, connectionTimeoutMillis: 5_000 });
       // The server gone (stopped, or killed and started anew by another command): nothing left to keep.

@@ -1,0 +1,13 @@
+/**
+ * Whether a process with this id exists: signal 0 checks without sending
+ * anything. EPERM means it exists but belongs to another user (the postgres
+ * user, when we run as root).
+ */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
