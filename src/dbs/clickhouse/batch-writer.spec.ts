@@ -878,6 +878,27 @@ describe('BatchWriter', () => {
       expect(clock.pendingTimers).toBe(0);
     });
 
+    it('takes a shorter deadline from its caller (who spent part of the budget already)', async () => {
+      const { sink, writer, gaps, clock } = setup({ shutdownDeadlineMs: 3000 });
+      sink.fallback = 'hang';
+      writer.write(rows(1, 2));
+      await settle();
+
+      let finished = false;
+      const done = writer.shutdown(500).then(() => (finished = true));
+      // A second call (another shutdown hook) joins the first rather than starting a longer wait.
+      const again = writer.shutdown();
+      await clock.advance(499);
+      expect(gaps.recorded).toHaveLength(0);
+      await clock.advance(1);
+      await Promise.all([done, again]);
+      expect(finished).toBe(true);
+      expect(gaps.recorded).toEqual([expect.objectContaining({ rowCount: 2, reason: 'shutdown_deadline' })]);
+      sink.releaseHung();
+      await settle();
+      expect(clock.pendingTimers).toBe(0);
+    });
+
     it('ends at the deadline while the breaker is open, leaving no timers behind', async () => {
       const { sink, writer, gaps, clock } = setup({ shutdownDeadlineMs: 1000, breaker: { failureThreshold: 1, openMs: 60_000 } });
       sink.fallback = { reject: networkError('ECONNREFUSED') };

@@ -339,12 +339,14 @@ export class BatchWriter {
 
   /**
    * Stop accepting rows, flush what remains (batch limits still apply, the
-   * interval does not) and wait up to `shutdownDeadlineMs`. Rows not confirmed
-   * by then become gaps. Resolves once those gaps are recorded.
+   * interval does not) and wait up to `deadlineMs` (`shutdownDeadlineMs`
+   * unless the caller has spent part of that budget already). Rows not
+   * confirmed by then become gaps. Resolves once those gaps are recorded.
+   * Later calls return the first call's promise.
    */
-  shutdown(): Promise<void> {
+  shutdown(deadlineMs = this.options.shutdownDeadlineMs): Promise<void> {
     if (!this.shutdownPromise) this.flushProducers();
-    this.shutdownPromise ??= this.runShutdown();
+    this.shutdownPromise ??= this.runShutdown(deadlineMs);
     return this.shutdownPromise;
   }
 
@@ -723,17 +725,16 @@ export class BatchWriter {
     }
   }
 
-  private async runShutdown(): Promise<void> {
+  private async runShutdown(deadlineMs: number): Promise<void> {
     this.closed = true;
-    const { shutdownDeadlineMs } = this.options;
     let deadlineTimer: unknown = null;
     const deadline = new Promise<'deadline'>((resolve) => {
-      deadlineTimer = this.clock.setTimeout(() => resolve('deadline'), shutdownDeadlineMs);
+      deadlineTimer = this.clock.setTimeout(() => resolve('deadline'), deadlineMs);
     });
     const outcome = await Promise.race([this.drain().then(() => 'flushed' as const), deadline]);
     this.clock.clearTimeout(deadlineTimer);
 
-    if (outcome === 'deadline') this.abandonUnsent();
+    if (outcome === 'deadline') this.abandonUnsent(deadlineMs);
     this.stop();
     this.recordHeldGaps();
     await this.gapRecordingsSettled();
@@ -744,9 +745,9 @@ export class BatchWriter {
   }
 
   /** At the shutdown deadline: nothing unconfirmed may stay unaccounted for. */
-  private abandonUnsent(): void {
+  private abandonUnsent(deadlineMs: number): void {
     this.logger.warn(
-      { queuedRows: this.queuedRows, deadlineMs: this.options.shutdownDeadlineMs },
+      { queuedRows: this.queuedRows, deadlineMs },
       'mirror shutdown deadline reached; recording unsent rows as gaps',
     );
     for (const queue of this.tables.values()) {

@@ -117,6 +117,27 @@ function afterSchema(sink: MirrorSink, ensureSchema: () => Promise<boolean>, tim
 
 const isoOrNull = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
+/**
+ * Waits for writes still on their way to Postgres (main.ts has ended their
+ * sessions if it gave up on their requests), then flushes what is queued;
+ * the rest becomes gaps. Both steps share one budget, `deadlineMs`
+ * (MIRROR_SHUTDOWN_DEADLINE_MS): shutdown as a whole has to fit the
+ * orchestrator's grace period beside the HTTP drain.
+ */
+export async function shutDownMirror(
+  runtime: { mirror: Pick<Mirror, 'writesSettled'>; writer: Pick<BatchWriter, 'shutdown'> },
+  deadlineMs: number,
+  warn: (message: string) => void,
+  now: () => number = () => performance.now(),
+): Promise<void> {
+  const started = now();
+  const unsettled = await runtime.mirror.writesSettled(deadlineMs);
+  if (unsettled > 0) {
+    warn(`${unsettled} writes were still waiting on Postgres at shutdown; if they commit, run \`npm run verify -- --repair\``);
+  }
+  await runtime.writer.shutdown(Math.max(0, deadlineMs - (now() - started)));
+}
+
 @Global()
 @Module({
   providers: [
@@ -161,18 +182,10 @@ export class MirrorModule implements BeforeApplicationShutdown, OnApplicationShu
     @Inject(APP_CONFIG) private readonly config: AppConfig,
   ) {}
 
-  /**
-   * Before the pools close: wait for writes still on their way to Postgres
-   * (main.ts has ended their sessions if it gave up on their requests), then
-   * flush what is queued within the deadline; the rest becomes gaps in Postgres.
-   */
+  /** Before the pools close: the mirror's last rows go to ClickHouse or become gap records in Postgres. */
   async beforeApplicationShutdown(): Promise<void> {
     if (!this.runtime) return;
-    const unsettled = await this.runtime.mirror.writesSettled(this.config.mirror.shutdownDeadlineMs);
-    if (unsettled > 0) {
-      new Logger('Mirror').warn(`${unsettled} writes were still waiting on Postgres at shutdown; if they commit, run \`npm run verify -- --repair\``);
-    }
-    await this.runtime.writer.shutdown();
+    await shutDownMirror(this.runtime, this.config.mirror.shutdownDeadlineMs, (message) => new Logger('Mirror').warn(message));
   }
 
   async onApplicationShutdown(): Promise<void> {
