@@ -130,12 +130,17 @@ class FakeSink implements MirrorSink {
 class FakeGapRecorder implements GapRecorder {
   readonly recorded: MirrorGap[] = [];
   calls = 0;
+  /** The clock's time at each call. */
+  readonly callTimes: number[] = [];
   failures = 0;
   /** While set, record() waits until release() is called, like a slow Postgres. */
   held: Array<() => void> | null = null;
 
+  constructor(private readonly clock: Pick<Clock, 'now'> = { now: () => Date.now() }) {}
+
   async record(gaps: MirrorGap[]): Promise<void> {
     this.calls += 1;
+    this.callTimes.push(this.clock.now());
     if (this.held) await new Promise<void>((resolve) => this.held!.push(resolve));
     if (this.failures > 0) {
       this.failures -= 1;
@@ -246,7 +251,7 @@ const TEST_SETTINGS: BatchWriterSettings = {
 function setup(settings: BatchWriterSettings = {}, random: () => number = () => 0.5) {
   const clock = new ManualClock();
   const sink = new FakeSink(clock);
-  const gaps = new FakeGapRecorder();
+  const gaps = new FakeGapRecorder(clock);
   const logger = new FakeLogger();
   const registry = new Registry();
   const metrics: MirrorMetrics = createMirrorMetrics(registry);
@@ -806,6 +811,29 @@ describe('BatchWriter', () => {
       expect(gaps.rows()).toBe(1);
       expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(0);
       expect(writer.stats().gapsRecorded).toBe(1);
+    });
+
+    it('backs off between gap record attempts at shutdown too, so a short Postgres blip loses nothing', async () => {
+      const { sink, writer, clock, gaps, registry } = setup({ shutdownDeadlineMs: 1000 }, () => 0.99);
+      sink.fallback = 'hang';
+      writer.write(rows(1, 2));
+      await settle();
+      gaps.failures = 2;
+
+      let finished = false;
+      const done = writer.shutdown().then(() => (finished = true));
+      await clock.advance(1000);
+      expect(gaps.calls).toBe(1);
+      expect(finished).toBe(false);
+      await clock.advance(1000);
+      await done;
+      // Full-jitter backoff with draws of 0.99: 198 ms, then 396 ms.
+      expect(gaps.callTimes.map((t) => t - gaps.callTimes[0])).toEqual([0, 198, 594]);
+      expect(gaps.rows()).toBe(2);
+      expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(0);
+      sink.releaseHung();
+      await settle();
+      expect(clock.pendingTimers).toBe(0);
     });
 
     it('counts rows as lost and logs their time range when Postgres cannot record the gap either', async () => {

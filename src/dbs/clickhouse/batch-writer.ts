@@ -700,7 +700,7 @@ export class BatchWriter {
         return;
       } catch (error) {
         if (attempt < GAP_RECORD_ATTEMPTS) {
-          await this.sleep(fullJitterBackoff(attempt, this.options, this.random));
+          await this.gapRetryPause(fullJitterBackoff(attempt, this.options, this.random));
           continue;
         }
         const lostRows = gaps.reduce((sum, gap) => sum + gap.rowCount, 0);
@@ -795,6 +795,16 @@ export class BatchWriter {
       sleep.handle = this.clock.setTimeout(sleep.wake, ms);
       this.sleeps.add(sleep);
     });
+  }
+
+  /**
+   * Between a gap record's attempts. Unlike sleep(), stop() does not cut it
+   * short: shutdown is when most gaps are recorded (what the deadline left,
+   * the held overflow), and back-to-back attempts would all fall inside one
+   * Postgres blip. It is bounded: GAP_RECORD_ATTEMPTS − 1 backoffs.
+   */
+  private gapRetryPause(ms: number): Promise<void> {
+    return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
   }
 
   private resolveDrainWaiters(): void {
