@@ -307,6 +307,21 @@ export class BatchWriter {
     this.scope.runInAsyncScope(() => this.turnAwayOverflow(rows));
   }
 
+  /**
+   * Rows a producer could not build a line for (a mapper's bug, or a row it
+   * cannot take): their keys are all the mirror has, so they become gap
+   * records at once, for `backfill --gaps` to replay from Postgres.
+   */
+  writeUnmapped(rows: GapRow[], error: unknown): void {
+    this.scope.runInAsyncScope(() => {
+      try {
+        this.dropIntoGaps(rows, 'internal_error', describeSendError(error));
+      } catch (failure) {
+        this.failSafe(failure, 'mirror could not record unmapped rows as gaps');
+      }
+    });
+  }
+
   private turnAwayOverflow(rows: GapRow[]): void {
     try {
       if (this.closed) {

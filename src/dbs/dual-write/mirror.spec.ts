@@ -123,7 +123,7 @@ describe('Mirror', () => {
   });
 
   it('keeps only the rolled-out projects, and counts rows that cannot be built or mapped without losing the rest', async () => {
-    const { mirror, writer, sent, registry } = rig([A]);
+    const { mirror, writer, sent, gaps, registry } = rig([A]);
     mappedIds.length = 0;
     const rows = [...records(1, 3, A), { id: -1, projectId: A }, ...records(4, 5, B), { id: -2, projectId: A }, ...records(6, 7, A)];
     mirror.accept(plan, rows, toRecord);
@@ -132,6 +132,11 @@ describe('Mirror', () => {
     // Project B's records were never serialized.
     expect(mappedIds).toEqual([1, 2, 3, 6, 7]);
     expect(await registry.getSingleMetricAsString('mirror_record_failures_total')).toMatch(/entity="spans"} 2/);
+    // A row whose keys are known but whose line failed is a gap record, for `backfill --gaps` to replay;
+    // a row whose record could not be built has no keys, and only the counter and the error log know it.
+    expect(gaps).toEqual([
+      expect.objectContaining({ projectId: A, keys: [['-1']], rowCount: 1, reason: 'internal_error: record -1 cannot be mapped' }),
+    ]);
   });
 
   it('while the writer\'s queue is full, hands over keys without mapping lines, and maps again once there is room', async () => {

@@ -119,24 +119,33 @@ export class Mirror implements MirrorTarget {
     // Nothing below changes the writer's state before it is handed the rows, so one look serves the whole slice.
     const keysOnly = this.writer.full;
     const rows: Array<MirrorRow | GapRow> = [];
+    // Rows whose keys are known but whose line could not be built: gaps, so nothing is missed silently.
+    const unmapped: GapRow[] = [];
+    let unmappedError: unknown;
     let mapped = 0;
     while (mapped < limit && this.backlog.length > 0) {
       const accepted = this.backlog[0];
       const end = Math.min(accepted.rows.length, accepted.next + (limit - mapped));
       for (; accepted.next < end; accepted.next++, mapped++) {
+        let keys: GapRow | undefined;
         try {
           const record = accepted.toRecord(accepted.rows[accepted.next]);
-          const keys = accepted.plan.toGapRow(record);
+          keys = accepted.plan.toGapRow(record);
           // Projects not rolled out are skipped before their line is built: it is most of the cost.
           if (!this.mirrors(keys.projectId)) continue;
           rows.push(keysOnly ? keys : { ...keys, line: accepted.plan.toLine(record) });
         } catch (error) {
           this.failed(accepted.plan.entity, error);
+          if (keys && this.mirrors(keys.projectId)) {
+            unmapped.push(keys);
+            unmappedError ??= error;
+          }
         }
       }
       if (accepted.next === accepted.rows.length) this.backlog.shift();
     }
     this.backlogRecords -= mapped;
+    if (unmapped.length) this.writer.writeUnmapped(unmapped, unmappedError);
     if (rows.length && keysOnly) this.writer.writeOverflow(rows);
     else if (rows.length) this.writer.write(rows as MirrorRow[]);
     if (this.backlog.length > 0) this.scheduleSlice();
