@@ -10,6 +10,7 @@ import { HistoryScope, runKeyOf } from '../../src/dbs/backfill/history-scope';
 import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
 import { Verifier } from '../../src/dbs/backfill/verify';
 import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
+import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
 import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
 import { DB } from '../../src/dbs/postgres/database';
 import { PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
@@ -319,6 +320,30 @@ describe('backfill (real Postgres and ClickHouse)', () => {
 
     // Replayed gaps are closed: a second run has nothing to do.
     expect(await new GapReplay(pg.db, history).run({ entities: ['spans', 'nodes'], projectIds: null })).toMatchObject({ gaps: 0, upserted: 0 });
+  });
+
+  it('--gaps goes past a gap it cannot replay, leaves it open and fails naming it', async () => {
+    await seedNodes(pg.db, { projects: [P1], days: 1, rows: 3 });
+    await new Backfill(pg, history).run(ALL_NODES);
+    const node = await pg.db.selectFrom('nodes').select(['node_id', 'created_at']).limit(1).executeTakeFirstOrThrow();
+    await sql`update nodes set node_name = 'renamed', updated_at = clock_timestamp() where node_id = ${node.node_id}`.execute(pg.db);
+
+    const gaps = new PostgresMirrorGapsRepository(pg.db);
+    const range = { minCreatedAt: node.created_at, maxCreatedAt: node.created_at, reason: 'internal_error' };
+    // The first gap's key is not a node id Postgres accepts (as a mapper's bug might have recorded it).
+    await gaps.record([{ entity: 'nodes', projectId: P1, keys: [['not-a-uuid']], rowCount: 1, ...range }]);
+    await gaps.record([{ entity: 'nodes', projectId: P1, keys: [[node.node_id]], rowCount: 1, ...range }]);
+    const [bad, good] = await gaps.open();
+    expect(bad.keys).toEqual([['not-a-uuid']]);
+
+    const lines: string[] = [];
+    const replay = new GapReplay(pg.db, history, (line) => lines.push(line));
+    const failure = replay.run({ entities: ['nodes'], projectIds: null });
+    await expect(failure).rejects.toThrow(new RegExp(`^1 gap record\\(s\\) could not be replayed and stay open \\(gap ${bad.id}: .*not-a-uuid.*\\); 1 replayed \\(1 rows upserted, 0 tombstoned\\)`));
+    expect(lines).toEqual([expect.stringContaining(`could not replay gap ${bad.id} (nodes`), expect.stringContaining(`replayed gap ${good.id} (nodes`)]);
+    expect((await gaps.open()).map((g) => g.id)).toEqual([bad.id]);
+    const dao = new ClickHouseNodesDao(ch.clients.query);
+    expect((await dao.readNodes(P1, [node.node_id]))[0].node_name).toBe('renamed');
   });
 });
 

@@ -19,11 +19,15 @@ export interface GapReplayResult extends ReplayResult {
   durationMs: number;
 }
 
+/** A replay gives up after this many gaps failed one after another: a server is failing, not a gap. */
+const FAILURES_IN_A_ROW_TO_STOP = 3;
+
 /**
  * Replays the mirror's open gap records (`mirror_gaps`): the keys of rows the
  * batch writer could not send. Each key is brought to what Postgres holds now
  * (see KeyReplay), and a gap is marked replayed only after ClickHouse accepted
- * all of its rows, so a failure leaves it open for the next run.
+ * all of its rows, so a failure leaves it open for the next run. A gap that
+ * fails does not stop the ones after it; the run then fails, naming it.
  */
 export class GapReplay {
   private readonly gaps: PostgresMirrorGapsRepository;
@@ -48,15 +52,35 @@ export class GapReplay {
         (g) => filter.entities.includes(g.entity as Entity) && (!projects || projects.has(g.project_id)),
       );
       const total = emptyReplay();
+      let replayed = 0;
+      const failed: string[] = [];
+      let failedInARow = 0;
       for (const gap of open) {
-        const replay = new KeyReplay(this.db, this.clickhouse, historyOf(gap.entity as Entity));
-        const keys = gap.keys as string[][];
-        const done = await replay.replay(gap.project_id, keys, `gap:${gap.id}:${attempt}`);
-        await this.gaps.markReplayed([gap.id]);
-        addReplay(total, done);
-        this.log(
-          `replayed gap ${gap.id} (${gap.entity}, project ${gap.project_id}, ${keys.length} keys, recorded ${gap.recorded_at}: ${gap.reason}): ` +
-            `${done.upserted} upserted, ${done.tombstoned} tombstoned${done.reset ? `, ${done.reset} reset` : ''}`,
+        const about = `gap ${gap.id} (${gap.entity}, project ${gap.project_id}, ${(gap.keys as string[][]).length} keys, recorded ${gap.recorded_at}: ${gap.reason})`;
+        try {
+          const replay = new KeyReplay(this.db, this.clickhouse, historyOf(gap.entity as Entity));
+          const done = await replay.replay(gap.project_id, gap.keys as string[][], `gap:${gap.id}:${attempt}`);
+          await this.gaps.markReplayed([gap.id]);
+          addReplay(total, done);
+          replayed += 1;
+          failedInARow = 0;
+          this.log(`replayed ${about}: ${done.upserted} upserted, ${done.tombstoned} tombstoned${done.reset ? `, ${done.reset} reset` : ''}`);
+        } catch (error) {
+          // One gap that cannot be replayed (a key Postgres rejects) must not keep every later one open;
+          // several in a row mean a server is failing, and the rest would only fail the same way.
+          const message = (error as Error)?.message ?? String(error);
+          failed.push(`gap ${gap.id}: ${message}`);
+          this.log(`could not replay ${about}; it stays open: ${message}`);
+          if (++failedInARow === FAILURES_IN_A_ROW_TO_STOP) break;
+        }
+      }
+      if (failed.length > 0) {
+        const untried = open.length - replayed - failed.length;
+        throw new Error(
+          `${failed.length} gap record(s) could not be replayed and stay open (${failed.join('; ')})` +
+            (untried > 0 ? `; stopped after ${FAILURES_IN_A_ROW_TO_STOP} failures in a row, ${untried} not tried` : '') +
+            `; ${replayed} replayed (${total.upserted} rows upserted, ${total.tombstoned} tombstoned). ` +
+            'Fix the cause and run `npm run backfill -- --gaps` again',
         );
       }
       return { gaps: open.length, ...total, durationMs: Date.now() - startedAt };
