@@ -11,7 +11,7 @@ inherits another's heap or servers), then repeats every goal line (and write-pat
 benchmark prints its figures and writes bench-results/<name>-<time>.json.
 Run one alone, with its own flags, as npm run bench:<name> -- --help.
 
-  --quick       each benchmark's smoke run (a few seconds to a minute each)
+  --quick       each benchmark's smoke run (under a minute each, write-path's a few)
   --only LIST   comma-separated subset of: ${BENCHES.join(', ')}`;
 
 /** What the summary repeats: every goal, and beside write-path's goals the A/A noise floor and the API CPU per request they are read by. */

@@ -264,8 +264,8 @@ function postgresUserIds(): { uid: number; gid: number } {
  * calls process.exit(0), throwing away the process's exitCode; on 'exit' it
  * calls its async hook without the callback it then invokes ("done is not a
  * function" printed at the end of every process). Our own code stops the
- * server, in order, and sends it SIGINT itself when the process exits
- * without having stopped it (see startLocalPostgres).
+ * server, in order, and the keeper stops it when this process ends without
+ * having done so (see startKeeper).
  */
 const TAKEN_OUT = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'exit'] as const;
 
