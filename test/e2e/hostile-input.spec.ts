@@ -270,8 +270,8 @@ const badAnalytics = fc.oneof(
 const badNodeQuery = fc.oneof(
   fc.record({ key: hostileString.filter((k) => !['tree_id', 'node_type', 'node_name', 'oldest', 'newest', 'limit'].includes(k)), value: anyJson }).map(({ key, value }) => ({ [key]: value })),
   badUuid.map((tree_id) => ({ tree_id })),
-  fc.oneof(unstorableString, hugeString(1024), notAString).map((node_name) => ({ node_name })),
-  fc.oneof(unstorableString, hugeString(64), notAString).map((node_type) => ({ node_type })),
+  fc.oneof(unstorableString, hugeString(1024), notAString, fc.constant('')).map((node_name) => ({ node_name })),
+  fc.oneof(unstorableString, hugeString(64), notAString, fc.constant('')).map((node_type) => ({ node_type })),
   badTime.map((oldest) => ({ oldest })),
   fc.constantFrom({ oldest: WINDOW.newest, newest: WINDOW.oldest }, { oldest: WINDOW.oldest, newest: WINDOW.oldest }),
   fc.constantFrom(0, -1, 1001, 1.5, 'ten', '1e9', {}, '5', true, [3]).map((limit) => ({ limit })),

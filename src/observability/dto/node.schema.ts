@@ -53,8 +53,9 @@ const LIMIT_MESSAGE = integerRangeMessage(1, MAX_LIMIT);
 export const nodeQuerySchema = z
   .object({
     tree_id: uuidSchema.optional(),
-    node_type: textSchema(z.string().max(64)).optional(),
-    node_name: textSchema(z.string().max(1024)).optional(),
+    // Empty would read as "no filter" below; no node has an empty name or type (ingest refuses them).
+    node_type: textSchema(z.string().min(1, 'must not be empty').max(64)).optional(),
+    node_name: textSchema(z.string().min(1, 'must not be empty').max(1024)).optional(),
     oldest: timestampSchema.optional(),
     newest: timestampSchema.optional(),
     // A JSON number only, as windowing.limit in span queries: coercion took "5", true and [3] as limits.
