@@ -26,7 +26,7 @@ const FILTER = {
   type: 'object',
   required: ['operator', 'conditions'],
   additionalProperties: false,
-  description: `and / or / not over conditions and nested filters (at most ${MAX_FILTER_DEPTH} levels, ${MAX_CONDITIONS} conditions in all)`,
+  description: `and / or / not over conditions and nested filters (at most ${MAX_FILTER_DEPTH} levels, ${MAX_CONDITIONS} conditions and nested filters in all)`,
   properties: {
     operator: { type: 'string', enum: [...LOGICAL_OPERATORS] },
     conditions: {

@@ -191,12 +191,17 @@ describe('conditions', () => {
     expect(rejection(() => parseSpanQuery({ filter: nest(11) }))).toEqual([path, 'filters nest deeper than 10 levels']);
   });
 
-  it('allows 100 conditions in all, not 101', () => {
+  it('allows 100 conditions and nested filters in all, not 101', () => {
     const condition = { field: 'span_name', operator: 'exists' };
-    const hundred = { conditions: [{ conditions: Array(50).fill(condition) }, { conditions: Array(50).fill(condition) }] };
+    const hundred = { conditions: [{ conditions: Array(49).fill(condition) }, { conditions: Array(49).fill(condition) }] };
     expect(() => parseSpanQuery({ filter: hundred })).not.toThrow();
     const more = { conditions: [...hundred.conditions, condition] };
-    expect(rejection(() => parseSpanQuery({ filter: more }))).toEqual(['filter.conditions[2]', 'more than 100 conditions in the filter']);
+    expect(rejection(() => parseSpanQuery({ filter: more }))).toEqual(['filter.conditions[2]', 'more than 100 conditions and filters in the filter']);
+  });
+
+  it('counts empty nested filters too: each is a term of the query', () => {
+    const empties = { conditions: Array(101).fill({ conditions: [] }) };
+    expect(rejection(() => parseSpanQuery({ filter: empties }))).toEqual(['filter.conditions[100]', 'more than 100 conditions and filters in the filter']);
   });
 });
 

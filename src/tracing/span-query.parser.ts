@@ -178,12 +178,13 @@ function parseFilter(value: unknown, path: string, depth: number, budget: { cond
   }
   const conditions = fields.conditions.map((item: unknown, i): Condition | Filter => {
     const itemPath = `${path}.conditions[${i}]`;
+    // Nested filters count too: each is a term of the SQL, even an empty one.
+    budget.conditions += 1;
+    if (budget.conditions > MAX_CONDITIONS) throw new InvalidQueryError(itemPath, `more than ${MAX_CONDITIONS} conditions and filters in the filter`);
     if (isObject(item) && Object.hasOwn(item, 'conditions')) {
       if (depth + 1 > MAX_FILTER_DEPTH) throw new InvalidQueryError(itemPath, `filters nest deeper than ${MAX_FILTER_DEPTH} levels`);
       return parseFilter(item, itemPath, depth + 1, budget);
     }
-    budget.conditions += 1;
-    if (budget.conditions > MAX_CONDITIONS) throw new InvalidQueryError(itemPath, `more than ${MAX_CONDITIONS} conditions in the filter`);
     return parseCondition(item, itemPath);
   });
   return { operator, conditions };
