@@ -479,6 +479,21 @@ describe('span queries on Postgres', () => {
       ]);
     });
 
+    it('reads a sum past the largest double as the largest double, rather than failing the query', async () => {
+      const Q = projectId('analytics-huge');
+      const huge = { ag: { metrics: { ...costs(1e308), tokens: { cumulative: { total: -1e308 } } } } };
+      await insert(Q, [
+        { span_name: 'h0', start_time: '2026-11-22T10:01:00.000000Z', status_code: 'STATUS_CODE_ERROR', attributes: huge },
+        { span_name: 'h1', start_time: '2026-11-22T10:02:00.000000Z', status_code: 'STATUS_CODE_ERROR', attributes: huge },
+        { span_name: 'h2', start_time: '2026-11-22T10:11:00.000000Z', attributes: { ag: { metrics: costs(1e308) } } },
+      ]);
+      const buckets = await spanAnalytics(test.db, Q, parseAnalyticsQuery({ windowing: { oldest: '2026-11-22T10:00:00Z', newest: '2026-11-22T10:20:00Z', interval: 10 } }));
+      expect(buckets.map((b) => [b.total.costs, b.total.tokens, b.errors.costs, b.errors.tokens])).toEqual([
+        [Number.MAX_VALUE, -Number.MAX_VALUE, Number.MAX_VALUE, -Number.MAX_VALUE],
+        [1e308, 0, 0, 0],
+      ]);
+    });
+
     it('ends the last bucket at newest when the interval does not divide the window (z0 at 10:29:59.999999 is out)', async () => {
       const buckets = await spanAnalytics(test.db, P, parseAnalyticsQuery({ windowing: { oldest: '2026-11-22T10:00:00Z', newest: '2026-11-22T10:25:00Z', interval: 20 } }));
       expect(buckets.map((b) => [b.timestamp, b.total.count])).toEqual([['2026-11-22T10:00:00.000000Z', 4], ['2026-11-22T10:20:00.000000Z', 0]]);

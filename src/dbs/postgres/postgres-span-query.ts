@@ -1,4 +1,4 @@
-import { Kysely, sql, SqlBool } from 'kysely';
+import { Kysely, RawBuilder, sql, SqlBool } from 'kysely';
 import {
   AnalyticsBucket, AnalyticsQuery, Filter, Focus, InvalidQueryError, SpanPage, SpanQuery, Windowing,
 } from '../../tracing/span-query';
@@ -166,6 +166,17 @@ const INPUT_TOKENS_PATH = ['gen_ai', 'usage', 'input_tokens'];
 const OUTPUT_TOKENS_PATH = ['gen_ai', 'usage', 'output_tokens'];
 
 /** A number in attributes, or NULL when the path is missing or holds something else. */
+/**
+ * A numeric sum as a JSON number. Callers store any finite double, so a sum
+ * can pass the largest one; its float8 cast would then fail the whole query,
+ * for every later request over that window. Such a sum reads as the largest
+ * double (of its sign) instead.
+ */
+function asDouble(sum: RawBuilder<unknown>) {
+  return sql<number>`least(greatest(${sum}, -${sql.raw(LARGEST_DOUBLE)}::numeric), ${sql.raw(LARGEST_DOUBLE)}::numeric)::float8`;
+}
+const LARGEST_DOUBLE = String(Number.MAX_VALUE);
+
 function attributeNumber(path: string[]) {
   return sql<number>`(case when jsonb_typeof(attributes #> ${path}::text[]) = 'number' then (attributes #> ${path}::text[])::numeric end)`;
 }
@@ -218,12 +229,12 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
     select b.bucket_start as timestamp,
            count(m.bucket_start)::int as total_count,
            coalesce(sum(m.duration), 0)::float8 as total_duration,
-           coalesce(sum(m.costs), 0)::float8 as total_costs,
-           coalesce(sum(m.tokens), 0)::float8 as total_tokens,
+           ${asDouble(sql`coalesce(sum(m.costs), 0)`)} as total_costs,
+           ${asDouble(sql`coalesce(sum(m.tokens), 0)`)} as total_tokens,
            (count(m.bucket_start) filter (where m.failed))::int as error_count,
            coalesce(sum(m.duration) filter (where m.failed), 0)::float8 as error_duration,
-           coalesce(sum(m.costs) filter (where m.failed), 0)::float8 as error_costs,
-           coalesce(sum(m.tokens) filter (where m.failed), 0)::float8 as error_tokens
+           ${asDouble(sql`coalesce(sum(m.costs) filter (where m.failed), 0)`)} as error_costs,
+           ${asDouble(sql`coalesce(sum(m.tokens) filter (where m.failed), 0)`)} as error_tokens
     from buckets b left join measured m on m.bucket_start = b.bucket_start
     group by b.bucket_start
     order by b.bucket_start`.execute(db);
