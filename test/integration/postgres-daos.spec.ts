@@ -1,3 +1,4 @@
+import { randomBytes, randomUUID } from 'node:crypto';
 import { PostgresObservabilityDao } from '../../src/dbs/postgres/postgres-observability.dao';
 import { PostgresTracingDao } from '../../src/dbs/postgres/postgres-tracing.dao';
 import { makeNode, makeSpan } from '../support/fixtures';
@@ -28,5 +29,41 @@ describe('Postgres DAOs with upper-case ids', () => {
     const nodes = [makeNode(), makeNode()].map((n) => ({ ...n, node_id: n.node_id.toUpperCase() }));
     const stored = await new PostgresObservabilityDao(pg.db).ingestNodes(project, nodes);
     expect(stored.map((n) => n.node_id)).toEqual(nodes.map((n) => n.node_id.toLowerCase()));
+  });
+});
+
+/**
+ * Postgres binds at most 65,535 parameters a statement, and MAX_BATCH_ITEMS
+ * allows batches of 100,000 keys: reads and deletes by key bind them as arrays.
+ */
+describe('Postgres DAOs with batches past 65,535 parameters', () => {
+  const project = '0c000000-0000-4000-8000-000000000002';
+  const hex = (bytes: number) => randomBytes(bytes).toString('hex');
+  let pg: TestDatabase;
+  beforeAll(async () => (pg = await createTestDatabase()));
+  afterAll(async () => pg.drop());
+
+  it('reads and deletes spans by 40,000 keys and traces by 70,000 ids', async () => {
+    const dao = new PostgresTracingDao(pg.db);
+    const stored = [makeSpan(), makeSpan(), makeSpan()];
+    await dao.createSpans(project, stored, { userId: null, upsert: false });
+    const absent = Array.from({ length: 40_000 }, () => ({ trace_id: hex(16), span_id: hex(8) }));
+    const keys = [...absent, ...stored.map(({ trace_id, span_id }) => ({ trace_id, span_id }))];
+    expect((await dao.readSpans(project, keys)).map((s) => s.span_id).sort()).toEqual(stored.map((s) => s.span_id).sort());
+    const traces = [...Array.from({ length: 70_000 }, () => hex(16)), stored[0].trace_id];
+    expect((await dao.readTraces(project, traces)).map((s) => s.span_id)).toEqual([stored[0].span_id]);
+
+    expect((await dao.deleteSpans(project, keys.slice(0, -1))).map((s) => s.span_id).sort()).toEqual(stored.slice(0, 2).map((s) => s.span_id).sort());
+    // stored[0]'s trace is among them, its span deleted above.
+    expect(await dao.deleteTraces(project, traces)).toEqual([]);
+    expect((await dao.deleteTraces(project, [...traces.slice(0, -1), stored[2].trace_id])).map((s) => s.span_id)).toEqual([stored[2].span_id]);
+  });
+
+  it('deletes the nodes of 70,000 tree ids', async () => {
+    const dao = new PostgresObservabilityDao(pg.db);
+    const node = makeNode();
+    await dao.ingestNodes(project, [node]);
+    const trees = [...Array.from({ length: 70_000 }, () => randomUUID()), node.tree_id];
+    expect((await dao.deleteTrees(project, trees)).map((n) => n.node_id)).toEqual([node.node_id]);
   });
 });

@@ -1,5 +1,5 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { Kysely, sql } from 'kysely';
+import { Kysely, sql, SqlBool } from 'kysely';
 import { DeletedNode, NodeInput, ObservabilityNode } from '../../observability/node';
 import { NodeQuery, ObservabilityDao } from '../../observability/observability.dao';
 import { DB, NodeRow } from './database';
@@ -90,11 +90,13 @@ export class PostgresObservabilityDao implements ObservabilityDao {
     // In a transaction, like every write: a delete the client gives up on is then never committed (see createPool).
     return this.db.transaction().execute(async (trx) => {
       // The tree's index finds its nodes in the order they sit on disk: lock them in key order first (lock-order.ts).
-      await trx.selectFrom('nodes').select('node_id').where('project_id', '=', projectId).where('tree_id', 'in', treeIds).orderBy('node_id').forUpdate().execute();
+      // The ids as one array: an IN list binds one parameter per id, and Postgres takes at most 65,535.
+      const ofTrees = sql<SqlBool>`tree_id = any(${treeIds}::uuid[])`;
+      await trx.selectFrom('nodes').select('node_id').where('project_id', '=', projectId).where(ofTrees).orderBy('node_id').forUpdate().execute();
       const rows = await trx
         .deleteFrom('nodes')
         .where('project_id', '=', projectId)
-        .where('tree_id', 'in', treeIds)
+        .where(ofTrees)
         .returningAll()
         .returning(tombstoneVersion.as('deleted_at'))
         .execute();

@@ -1,5 +1,5 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { Expression, ExpressionBuilder, Kysely, sql, SqlBool, Transaction } from 'kysely';
+import { Expression, Kysely, sql, SqlBool, Transaction } from 'kysely';
 import { DeletedSpan, Span, SpanInput, SpanKey } from '../../tracing/span';
 import { AnalyticsBucket, AnalyticsQuery, SpanPage, SpanQuery } from '../../tracing/span-query';
 import { SpansConflictError, SpansNotFoundError, TracingDao } from '../../tracing/tracing.dao';
@@ -66,7 +66,7 @@ export class PostgresTracingDao implements TracingDao {
       .selectFrom('spans')
       .selectAll()
       .where('project_id', '=', projectId)
-      .where((eb) => eb(eb.refTuple('trace_id', 'span_id'), 'in', keys.map((k) => eb.tuple(traceIdToUuid(k.trace_id), spanIdToBytes(k.span_id)))))
+      .where(amongKeys(keys))
       .orderBy('start_time')
       .orderBy('span_id')
       .execute();
@@ -75,7 +75,7 @@ export class PostgresTracingDao implements TracingDao {
 
   async deleteSpans(projectId: string, keys: SpanKey[]): Promise<DeletedSpan[]> {
     if (keys.length === 0) return [];
-    return this.deleteInLockOrder(projectId, (eb) => eb(eb.refTuple('trace_id', 'span_id'), 'in', keys.map((k) => eb.tuple(traceIdToUuid(k.trace_id), spanIdToBytes(k.span_id)))));
+    return this.deleteInLockOrder(projectId, amongKeys(keys));
   }
 
   async readTraces(projectId: string, traceIds: string[]): Promise<Span[]> {
@@ -84,7 +84,7 @@ export class PostgresTracingDao implements TracingDao {
       .selectFrom('spans')
       .selectAll()
       .where('project_id', '=', projectId)
-      .where('trace_id', 'in', traceIds.map(traceIdToUuid))
+      .where(amongTraces(traceIds))
       .orderBy('trace_id')
       .orderBy('start_time')
       .orderBy('span_id')
@@ -94,7 +94,7 @@ export class PostgresTracingDao implements TracingDao {
 
   async deleteTraces(projectId: string, traceIds: string[]): Promise<DeletedSpan[]> {
     if (traceIds.length === 0) return [];
-    return this.deleteInLockOrder(projectId, (eb) => eb('trace_id', 'in', traceIds.map(traceIdToUuid)));
+    return this.deleteInLockOrder(projectId, amongTraces(traceIds));
   }
 
   /**
@@ -104,7 +104,7 @@ export class PostgresTracingDao implements TracingDao {
    * (lock-order.ts). In a transaction, like every write: a delete the client
    * gives up on is then never committed (see createPool).
    */
-  private deleteInLockOrder(projectId: string, which: (eb: ExpressionBuilder<DB, 'spans'>) => Expression<SqlBool>): Promise<DeletedSpan[]> {
+  private deleteInLockOrder(projectId: string, which: Expression<SqlBool>): Promise<DeletedSpan[]> {
     return this.db.transaction().execute(async (trx) => {
       await trx.selectFrom('spans').select('span_id').where('project_id', '=', projectId).where(which).orderBy('trace_id').orderBy('span_id').forUpdate().execute();
       const rows = await trx
@@ -196,6 +196,21 @@ export class PostgresTracingDao implements TracingDao {
 }
 
 /** Lower case, as stored rows come back: a caller's upper-case hex must still find its stored row. */
+/**
+ * The spans among `keys`, bound as two arrays: two parameters however many
+ * keys there are. An IN list of row tuples binds two per key, and Postgres
+ * takes at most 65,535, so a batch of more than 32,767 keys (MAX_BATCH_ITEMS
+ * allows 100,000) failed as a protocol error.
+ */
+function amongKeys(keys: SpanKey[]): Expression<SqlBool> {
+  return sql<SqlBool>`(trace_id, span_id) in (select * from unnest(${keys.map((k) => traceIdToUuid(k.trace_id))}::uuid[], ${keys.map((k) => spanIdToBytes(k.span_id))}::bytea[]))`;
+}
+
+/** The spans of `traceIds`, bound as one array, for the same reason. */
+function amongTraces(traceIds: string[]): Expression<SqlBool> {
+  return sql<SqlBool>`trace_id = any(${traceIds.map(traceIdToUuid)}::uuid[])`;
+}
+
 function keyOf(span: SpanKey): string {
   return `${span.trace_id}/${span.span_id}`.toLowerCase();
 }
