@@ -1,4 +1,4 @@
-import { OtlpDecodeError, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { MAX_RESOURCE_ATTRIBUTE_BYTES, OtlpDecodeError, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 
 const { ExportTraceServiceRequest } = otlpTraceService;
 
@@ -212,6 +212,18 @@ describe('decodeOtlpJson', () => {
     for (let i = 0; i < 33; i++) value = { arrayValue: { values: [value] } };
     const message = jsonError(jsonSpan({ attributes: [{ key: 'deep', value }] }));
     expect(message).toBe(`${P}.attributes[0].value${'.arrayValue.values[0]'.repeat(32)}.arrayValue: must not nest deeper than 32 levels`);
+  });
+
+  it('bounds a resource\'s attributes, which every span of the resource stores a copy of', () => {
+    const resourceOf = (length: number) => ({
+      resourceSpans: [{ resource: { attributes: [{ key: 'blob', value: { stringValue: 'a'.repeat(length) } }] }, scopeSpans: [{ spans: [jsonSpan()] }] }],
+    });
+    // The attributes' JSON: [{"key":"blob","value":"aaa…"}] is 27 bytes besides the string.
+    expect(decodeOtlpJson(resourceOf(MAX_RESOURCE_ATTRIBUTE_BYTES - 27))).toHaveLength(1);
+    expect(decodeError(() => decodeOtlpJson(resourceOf(MAX_RESOURCE_ATTRIBUTE_BYTES - 26)))).toBe(
+      'resourceSpans[0].resource.attributes: at most 65,536 bytes (they are stored with every span of the resource), got 65,537',
+    );
+    expect(decodeError(() => decodeOtlpProtobuf(toProtobuf(resourceOf(100_000))))).toMatch(/^resourceSpans\[0\]\.resource\.attributes: at most 65,536 bytes .*, got 100,027$/);
   });
 
   it.each([

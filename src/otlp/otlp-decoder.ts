@@ -12,6 +12,14 @@ import { MAX_YEAR } from '../tracing/timestamp';
  * through the same walk, so they validate and normalize identically.
  */
 
+/**
+ * The most a resource's attributes may take, as JSON. A resource (service,
+ * host, container, cloud) typically takes a few hundred bytes to a few KiB;
+ * each of its spans stores a copy, so a 1,000-span export of the largest
+ * stores 64 MiB of them three times over (span, node attributes, node otel).
+ */
+export const MAX_RESOURCE_ATTRIBUTE_BYTES = 64 * 1024;
+
 export class OtlpDecodeError extends Error {
   constructor(readonly path: string, readonly reason: string) {
     super(`${path}: ${reason}`);
@@ -163,6 +171,14 @@ function walkRequest(request: Record<string, unknown>, format: Format): OtlpSpan
     const rs = object(resourceSpans, rPath);
     const resourceMessage = optionalObject(rs.resource, `${rPath}.resource`);
     const resource = { attributes: keyValues(resourceMessage?.attributes, `${rPath}.resource.attributes`, format) };
+    // Stored with every span of the resource (and its node): bounded, so an export cannot multiply its own size by its span count.
+    const resourceBytes = Buffer.byteLength(JSON.stringify(resource.attributes));
+    if (resourceBytes > MAX_RESOURCE_ATTRIBUTE_BYTES) {
+      throw new OtlpDecodeError(
+        `${rPath}.resource.attributes`,
+        `at most ${MAX_RESOURCE_ATTRIBUTE_BYTES.toLocaleString('en-US')} bytes (they are stored with every span of the resource), got ${resourceBytes.toLocaleString('en-US')}`,
+      );
+    }
     list(rs.scopeSpans, `${rPath}.scopeSpans`).forEach((scopeSpans, s) => {
       const sPath = `${rPath}.scopeSpans[${s}]`;
       const ss = object(scopeSpans, sPath);

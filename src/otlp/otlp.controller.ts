@@ -8,7 +8,7 @@ import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
 import { ObservabilityService } from '../observability/observability.service';
 import { TracingService } from '../tracing/tracing.service';
-import { OtlpDecodeError, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { MAX_RESOURCE_ATTRIBUTE_BYTES, OtlpDecodeError, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 import { mapOtlpSpans } from './otlp-span.mapper';
 import { OTLP_PROTOBUF } from './otlp-error-body';
 
@@ -38,6 +38,7 @@ export class OtlpController {
     description:
       'Body: an ExportTraceServiceRequest. Every span is stored as a span and as an observability node; ' +
       'a retried export replaces what it wrote before. A request with any invalid span writes nothing (400). ' +
+      `Each span stores its resource's attributes, so a resource may have at most ${MAX_RESOURCE_ATTRIBUTE_BYTES} bytes of them, as JSON (400). ` +
       'Error answers to a binary export are a protobuf google.rpc.Status (code and message), as OTLP/HTTP prescribes; to OTLP/JSON, the JSON Error.',
   })
   @ApiConsumes(OTLP_PROTOBUF, JSON_TYPE)
