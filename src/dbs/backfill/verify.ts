@@ -39,6 +39,10 @@ export interface VerifyReport {
   contentChecked: number;
   /** With a TTL: the start of the oldest day compared, as older rows expire in ClickHouse by design; else null. */
   retainedFrom: string | null;
+  /** Rows created at or after this (Postgres's clock when verify started) are not compared: writes go on meanwhile. */
+  asOf: string;
+  /** Buckets that differed at first and agreed once the mirror's writes in flight had landed (see settleMs). */
+  settled: number;
   durationMs: number;
 }
 
@@ -59,6 +63,15 @@ export interface VerifyOptions {
   ttlDays?: number;
   /** The clock the TTL is read against (tests); default now. */
   now?: Date;
+  /**
+   * On a live system the mirror runs up to a flush interval and a send behind
+   * Postgres, so a bucket can differ only because a write is on its way.
+   * Buckets that differ are compared once more after this many ms, and only
+   * those that still differ are reported. 0 (default): reported at once.
+   */
+  settleMs?: number;
+  /** Told when verify waits to compare buckets again. */
+  log?: (line: string) => void;
 }
 
 /**
@@ -70,6 +83,11 @@ export function retainedFrom(ttlDays: number, now: Date): string {
   const DAY = 86_400_000;
   const oldestKept = now.getTime() - ttlDays * DAY;
   return `${new Date((Math.floor(oldestKept / DAY) + 1) * DAY).toISOString().slice(0, 10)}T00:00:00.000000Z`;
+}
+
+/** The scope up to `asOf` (exclusive), or to its own --until when that is earlier. */
+function before(scope: HistoryScope, asOf: string): HistoryScope {
+  return scope.until && scope.until <= asOf ? scope : { ...scope, until: asOf };
 }
 
 /** The scope without the days the TTL has expired; null when nothing of it is left. */
@@ -110,19 +128,25 @@ export class Verifier {
 
   async verify(scopes: HistoryScope[], options: VerifyOptions = {}): Promise<VerifyReport> {
     const startedAt = Date.now();
-    const buckets: BucketComparison[] = [];
-    let contentChecked = 0;
+    // Rows created from now on are not compared: on a live system they are still arriving on both sides.
+    const asOf = await this.postgresNow();
     const from = options.ttlDays ? retainedFrom(options.ttlDays, options.now ?? new Date()) : null;
-    for (const requested of scopes) {
-      const scope = withinRetention(requested, from);
-      if (!scope) continue;
-      const compared = await this.compareCounts(scope);
-      if (options.content !== false) {
-        const agreed = compared.filter((b) => b.differs.length === 0);
-        await this.compareContent(scope, agreed, compared, options.progress ?? silentProgress);
-        contentChecked += agreed.length;
-      }
-      buckets.push(...compared);
+    const retained = scopes.map((s) => withinRetention(before(s, asOf), from)).filter((s): s is HistoryScope => s !== null);
+    let { buckets, contentChecked } = await this.compare(retained, options);
+
+    let settled = 0;
+    const differing = buckets.filter((b) => b.differs.length > 0);
+    if (differing.length > 0 && options.settleMs) {
+      options.log?.(
+        `${differing.length} bucket(s) differ; comparing them again in ${(options.settleMs / 1000).toFixed(1)} s, once writes the mirror has in flight have landed`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, options.settleMs));
+      // Each bucket's scope is already bounded by asOf and the retention.
+      const again = await this.compare(differing.map((b) => b.scope), options);
+      const stillDiffering = new Set(again.buckets.filter((b) => b.differs.length > 0).map((b) => `${b.entity} ${b.projectId} ${b.day}`));
+      settled = differing.filter((b) => !stillDiffering.has(`${b.entity} ${b.projectId} ${b.day}`)).length;
+      buckets = [...buckets.filter((b) => b.differs.length === 0), ...again.buckets];
+      contentChecked += again.contentChecked;
     }
     return {
       buckets,
@@ -133,8 +157,32 @@ export class Verifier {
       },
       contentChecked,
       retainedFrom: from,
+      asOf,
+      settled,
       durationMs: Date.now() - startedAt,
     };
+  }
+
+  /** Both passes over these scopes: counts for every bucket, then content for those whose counts agree. */
+  private async compare(scopes: HistoryScope[], options: VerifyOptions): Promise<{ buckets: BucketComparison[]; contentChecked: number }> {
+    const buckets: BucketComparison[] = [];
+    let contentChecked = 0;
+    for (const scope of scopes) {
+      const compared = await this.compareCounts(scope);
+      if (options.content !== false) {
+        const agreed = compared.filter((b) => b.differs.length === 0);
+        await this.compareContent(scope, agreed, compared, options.progress ?? silentProgress);
+        contentChecked += agreed.length;
+      }
+      buckets.push(...compared);
+    }
+    return { buckets, contentChecked };
+  }
+
+  /** Postgres's clock, in the scopes' format: created_at comes from it, not from this machine's. */
+  private async postgresNow(): Promise<string> {
+    const { rows } = await sql<{ now: string }>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as now`.execute(this.db);
+    return rows[0].now;
   }
 
   /**
@@ -144,14 +192,14 @@ export class Verifier {
    * Postgres (which no insert could outrank). Then verifies those buckets
    * again, content included: they are few, and a repair must be proven whole.
    */
-  async repair(differing: BucketComparison[]): Promise<RepairReport> {
+  async repair(differing: BucketComparison[], options: Pick<VerifyOptions, 'settleMs' | 'log'> = {}): Promise<RepairReport> {
     const startedAt = Date.now();
     const attempt = randomUUID();
     const total = emptyReplay();
     for (const [i, bucket] of differing.entries()) {
       addReplay(total, await this.repairBucket(bucket, `repair:${attempt}:${i}`));
     }
-    const after = await this.verify(differing.map((b) => b.scope));
+    const after = await this.verify(differing.map((b) => b.scope), options);
     return { buckets: differing.length, ...total, after, durationMs: Date.now() - startedAt };
   }
 
