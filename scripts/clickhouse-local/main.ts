@@ -82,7 +82,13 @@ runCli(USAGE, async (args, log) => {
       if (stopping) return;
       stopping = true;
       log(`local ClickHouse stopping (${why})`);
-      server.close().then(stopped, (error: unknown) => failed(new Error(`local ClickHouse did not stop cleanly: ${String(error)}`)));
+      server.close().then(
+        () => {
+          log('local ClickHouse stopped');
+          stopped();
+        },
+        (error: unknown) => failed(new Error(`local ClickHouse did not stop cleanly: ${String(error)}`)),
+      );
     };
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));

@@ -86,7 +86,7 @@ describe('npm run clickhouse:local', () => {
       expect(await (await fetch(`${server.url}/?query=SELECT%201`)).text()).toBe('1\n');
       server.child.kill('SIGTERM');
       expect(await server.exited).toBe(0);
-      expect(server.stderr()).toContain('local ClickHouse stopping (SIGTERM)');
+      expect(server.stderr()).toMatch(/local ClickHouse stopping \(SIGTERM\)\n(.*\n)*local ClickHouse stopped\n/);
     } finally {
       server.cleanUp();
     }
