@@ -224,10 +224,18 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(checkpoint).toMatchObject({ status: 'running', rows_copied: '3000' });
 
     // Another process holds the run's lock: a second run fails at once and says why.
-    const other = new Client({ connectionString: pg.url });
+    const other = new Client({ connectionString: pg.url, application_name: 'a stuck backfill' });
     await other.connect();
     await other.query('select pg_advisory_lock(hashtextextended($1, 0))', [`backfill ${runKeyOf(ALL_SPANS)}`]);
-    await expect(new Backfill(pg, history).run(ALL_SPANS)).rejects.toThrow(RunInProgressError);
+    const { rows: holder } = await other.query<{ pid: number }>('select pg_backend_pid() as pid');
+    const refused = new Backfill(pg, history).run(ALL_SPANS);
+    await expect(refused).rejects.toThrow(RunInProgressError);
+    await expect(refused).rejects.toThrow(
+      new RegExp(
+        `^another backfill of the same scope is running \\(run key "${runKeyOf(ALL_SPANS).replace(/[*]/g, '\\*')}"\\): its Postgres session \\(pid ${holder[0].pid}; ` +
+          `application "a stuck backfill", (from [^,]+|over a local socket), connected since \\d{4}-\\d\\d-\\d\\dT[\\d:]+Z\\) holds the run's lock\\. .*select pg_terminate_backend\\(${holder[0].pid}\\)$`,
+      ),
+    );
     await other.end();
 
     const resumed = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });

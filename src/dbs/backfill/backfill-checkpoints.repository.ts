@@ -119,7 +119,8 @@ export class BackfillCheckpointsRepository {
       const { rows } = await sql<{ locked: boolean; pid: number }>`
         select pg_try_advisory_lock(hashtextextended(${name}, 0)) as locked, pg_backend_pid() as pid`.execute(session);
       if (!rows[0].locked) {
-        throw new RunInProgressError(`another backfill of the same scope is running (run key "${runKey}"); wait for it to finish or stop it first`);
+        const run = runKey === 'gaps' ? 'another backfill --gaps is running' : `another backfill of the same scope is running (run key "${runKey}")`;
+        throw new RunInProgressError(`${run}: ${await describeHolder(session, name)}`);
       }
       try {
         return await work({ pid: rows[0].pid });
@@ -128,4 +129,30 @@ export class BackfillCheckpointsRepository {
       }
     });
   }
+}
+
+/**
+ * Who holds a run's lock, and what to do: a run whose process died with its
+ * host keeps the lock until Postgres notices the session is gone (TCP
+ * keepalive, possibly hours), and only the session's pid says which to end.
+ */
+async function describeHolder(session: Kysely<DB>, name: string): Promise<string> {
+  // pg_locks splits a bigint advisory key into classid (high 32 bits) and objid (low 32 bits).
+  const { rows } = await sql<{ pid: number; application_name: string; client: string | null; since: string }>`
+    select a.pid, a.application_name, host(a.client_addr) as client, to_char(a.backend_start at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as since
+    from pg_locks l join pg_stat_activity a on a.pid = l.pid
+    where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+      and l.classid = ((hashtextextended(${name}, 0) >> 32) & 4294967295)::oid
+      and l.objid = (hashtextextended(${name}, 0) & 4294967295)::oid`
+    .execute(session)
+    .catch(() => ({ rows: [] }));
+  const holder = rows[0];
+  if (!holder) return 'wait for it to finish or stop it first';
+  const who = [holder.application_name && `application "${holder.application_name}"`, holder.client ? `from ${holder.client}` : 'over a local socket', `connected since ${holder.since}`]
+    .filter(Boolean)
+    .join(', ');
+  return (
+    `its Postgres session (pid ${holder.pid}; ${who}) holds the run's lock. Wait for it to finish, or stop it; ` +
+    `if its process is gone (its host died), end the session: select pg_terminate_backend(${holder.pid})`
+  );
 }
