@@ -42,7 +42,12 @@ export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult
  * Left: a re-creation on the same day whose transaction is still open when
  * we read again is not seen, and its row (versioned before our tombstone)
  * stays hidden; the next verify finds it and --repair mends it. Closing that
- * would mean waiting out every transaction open at the first read.
+ * would mean waiting out every transaction open at the first read. Also left:
+ * reset() removes every stored version of a key, a tombstone included, so a
+ * key deleted in Postgres while it runs is left with no row in ClickHouse,
+ * which is right, but with nothing to outrank a copy of an older version
+ * written after it (a backfill that read the key before the delete). The
+ * next verify finds that row too.
  */
 export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   private readonly reader: KeysetReader<Row>;
