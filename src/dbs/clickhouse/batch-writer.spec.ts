@@ -520,6 +520,29 @@ describe('BatchWriter', () => {
       expect(logger.errors()).toHaveLength(0);
     });
 
+    it('gives a batch its full attempts after the outage, however many it had used when the breaker opened', async () => {
+      // The breaker opens on the batch's second failure, one short of its attempts.
+      const { sink, writer, clock, gaps } = setup({
+        flushRows: 2,
+        maxAttempts: 3,
+        baseBackoffMs: 10,
+        maxBackoffMs: 10,
+        breaker: { failureThreshold: 2, openMs: 1000 },
+      });
+      // Pings answer from then on, and the server takes the batch on its third attempt after the outage.
+      sink.behaviours.push(...Array(4).fill({ reject: networkError('ETIMEDOUT') }));
+      writer.write(rows(1, 2));
+      await clock.advance(100);
+      expect(sink.attempts).toHaveLength(2);
+      expect(writer.stats().breaker).toBe('open');
+
+      await clock.advance(5000);
+      expect(sink.attempts).toHaveLength(5);
+      expect(sink.sentLines()).toEqual(rows(1, 2).map((r) => r.line));
+      expect(gaps.recorded).toHaveLength(0);
+      expect(writer.stats()).toMatchObject({ breaker: 'closed', rowsSent: 2, rowsDropped: 0 });
+    });
+
     it('records a held batch as a gap once it has failed maxAttempts more times after probes ClickHouse answered', async () => {
       const { sink, writer, clock, gaps } = setup({
         flushRows: 2,

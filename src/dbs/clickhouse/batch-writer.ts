@@ -517,14 +517,15 @@ export class BatchWriter {
       }
 
       this.changeBreaker(() => this.breaker.recordFailure());
-      if (batch.attempts >= this.options.maxAttempts && this.breaker.state === 'open' && admission !== 'probe') {
-        // The breaker opened: ClickHouse is down, and the outage, not this batch, used up its attempts.
-        // It waits with the rest of the queue (an in-flight batch counts against queueMaxBytes) and
-        // starts its attempts afresh once a probe's ping finds ClickHouse answering, so an outage
-        // longer than the retries (about 1.5 s by default) ends with the queue drained rather than
-        // with a gap for `backfill --gaps` to replay. Only attempts made while ClickHouse answers
-        // can use up the fresh count, which bounds how long a batch the server never takes is held.
-        this.logger.warn(context, 'mirror insert failed on every attempt and ClickHouse looks down; the batch waits for the breaker');
+      if (this.breaker.state === 'open' && admission !== 'probe') {
+        // The breaker is open: ClickHouse is down, and the outage, not this batch, used up its attempts
+        // so far (however many: another table's failures may have opened it). It waits with the rest of
+        // the queue (an in-flight batch counts against queueMaxBytes) and starts its attempts afresh once
+        // a probe's ping finds ClickHouse answering, so an outage longer than the retries (about 1.5 s by
+        // default) ends with the queue drained rather than with a gap for `backfill --gaps` to replay.
+        // Only attempts made while ClickHouse answers can use up the fresh count, which bounds how long
+        // a batch the server never takes is held.
+        this.logger.warn(context, 'mirror insert failed and ClickHouse looks down; the batch waits for the breaker');
         batch.attempts = 0;
         continue;
       }
