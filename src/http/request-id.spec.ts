@@ -23,6 +23,7 @@ describe('assignRequestId', () => {
     const second = assign();
     expect(first.id).toMatch(UUID);
     expect(first.header).toBe(first.id);
+    expect(second.id).toMatch(UUID);
     expect(second.id).not.toBe(first.id);
   });
 

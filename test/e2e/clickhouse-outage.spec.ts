@@ -25,8 +25,10 @@ describe('ClickHouse stopped under load, then restarted', () => {
       {
         CLICKHOUSE_URL: proxy.url,
         MIRROR_FLUSH_INTERVAL_MS: '200',
-        // Give up on a batch quickly, so the outage turns rows into gap records to replay.
+        // Give up on a batch quickly, and never open the breaker (an open breaker holds a batch until
+        // ClickHouse is back: no gap), so the outage surely turns rows into gap records to replay.
         MIRROR_MAX_ATTEMPTS: '3',
+        MIRROR_BREAKER_FAILURES: '100000',
         MIRROR_BASE_BACKOFF_MS: '100',
         MIRROR_MAX_BACKOFF_MS: '500',
         MIRROR_BREAKER_OPEN_MS: '500',
@@ -101,11 +103,11 @@ describe('ClickHouse stopped under load, then restarted', () => {
       100,
     );
     const gapsRecorded = writer.stats().gapsRecorded;
+    expect(gapsRecorded).toBeGreaterThan(0);
 
-    if (gapsRecorded > 0) {
-      const replay = await runCommand('backfill', ['--gaps'], env);
-      expect({ code: replay.code, stderr: replay.stderr.slice(-2_000) }).toMatchObject({ code: 0 });
-    }
+    const replay = await runCommand('backfill', ['--gaps'], env);
+    expect({ code: replay.code, stderr: replay.stderr.slice(-2_000) }).toMatchObject({ code: 0 });
+    expect(replay.stdout).toMatch(new RegExp(`^gaps: replayed ${gapsRecorded} gap record\\(s\\): [1-9]\\d* rows upserted`, 'm'));
     const open = await t.database.db.selectFrom('mirror_gaps').select('id').where('replayed_at', 'is', null).execute();
     expect(open).toEqual([]);
 

@@ -341,10 +341,10 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
    * The answer is a 4xx error with a message (JSON, or for a binary OTLP export the protobuf
    * google.rpc.Status OTLP/HTTP prescribes), and nothing changed in Postgres.
    */
-  async function expectRefused(res: RawResponse, before: Awaited<ReturnType<typeof snapshot>>, allowed: number[] = []): Promise<void> {
+  async function expectRefused(res: RawResponse, before: Awaited<ReturnType<typeof snapshot>>, allowed: number[] = [], status?: number): Promise<void> {
     const summary = `${res.status} ${res.text.slice(0, 300)}`;
     if (!allowed.includes(res.status)) {
-      expect({ status: res.status >= 400 && res.status < 500, summary }).toEqual({ status: true, summary });
+      expect({ status: status === undefined ? res.status >= 400 && res.status < 500 : res.status === status, summary }).toEqual({ status: true, summary });
       expect(res.contentType).toMatch(/^application\/(json|x-protobuf)/);
       const message = errorMessageOf(res);
       expect({ message: typeof message === 'string' && message.length > 0, summary }).toEqual({ message: true, summary });
@@ -352,12 +352,12 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
     expect(await snapshot()).toEqual(before);
   }
 
-  /** Runs one property: every generated request is refused and changes nothing. */
-  async function refusesAll<T>(arbitrary: fc.Arbitrary<T>, request: (value: T) => Promise<RawResponse>, allowed: number[] = []): Promise<void> {
+  /** Runs one property: every generated request is refused (with `status`, when given) and changes nothing. */
+  async function refusesAll<T>(arbitrary: fc.Arbitrary<T>, request: (value: T) => Promise<RawResponse>, allowed: number[] = [], status?: number): Promise<void> {
     await fc.assert(
       fc.asyncProperty(arbitrary, async (value) => {
         const before = await snapshot();
-        await expectRefused(await request(value), before, allowed);
+        await expectRefused(await request(value), before, allowed, status);
       }),
       PARAMS,
     );
@@ -608,7 +608,7 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
         const [method, path, text] = route('@@MARK@@');
         const [head, tail] = text.split('@@MARK@@');
         return send(method, path, Buffer.concat([Buffer.from(head + prefix), Buffer.from(bytes), Buffer.from(tail)]));
-      });
+      }, [], 400);
     });
 
     it('invalid UTF-8 in a protobuf string field is a 400', async () => {
@@ -624,12 +624,12 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
         encoded[i] = bytes[0];
         encoded[i + 1] = bytes[1];
         return send('POST', '/otlp/v1/traces', encoded, { ...auth, 'Content-Type': 'application/x-protobuf' });
-      });
+      }, [], 400);
     });
 
     it('random bytes as JSON are a 400', async () => {
       const path = fc.constantFrom('/tracing/spans', '/observability/nodes', '/tracing/spans/query', '/otlp/v1/traces');
-      await refusesAll(fc.tuple(path, fc.uint8Array({ minLength: 1, maxLength: 1_000 })), ([to, bytes]) => send('POST', to, Buffer.from(bytes)));
+      await refusesAll(fc.tuple(path, fc.uint8Array({ minLength: 1, maxLength: 1_000 })), ([to, bytes]) => send('POST', to, Buffer.from(bytes)), [], 400);
     });
 
     it('any Authorization header but a live key is a 401 that reads and writes nothing', async () => {
@@ -640,7 +640,7 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
         fc.constant(`Bearer ${'a'.repeat(43)}`),
         fc.constant(`ApiKey tk_${'A'.repeat(5000)}`),
       );
-      await refusesAll(header, (authorization) => send('POST', '/tracing/spans', JSON.stringify({ spans: [existing[0]] }), { 'Content-Type': 'application/json', Authorization: authorization }));
+      await refusesAll(header, (authorization) => send('POST', '/tracing/spans', JSON.stringify({ spans: [existing[0]] }), { 'Content-Type': 'application/json', Authorization: authorization }), [], 401);
     });
   });
 

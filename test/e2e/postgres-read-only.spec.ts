@@ -27,18 +27,21 @@ describe('Postgres refusing writes (read-only)', () => {
     await setReadOnly(true);
     try {
       const refused = makeSpan();
+      const refusedNode = makeNode();
       const writes = [
         await request(t.url).post('/tracing/spans').set(auth).send({ spans: [refused] }),
         await request(t.url).put('/tracing/spans').set(auth).send({ spans: [{ ...stored, span_name: 'changed' }] }),
         await request(t.url).delete(`/tracing/traces/${stored.trace_id}`).set(auth),
-        await request(t.url).post('/observability/nodes').set(auth).send({ nodes: [makeNode()] }),
+        await request(t.url).post('/observability/nodes').set(auth).send({ nodes: [refusedNode] }),
       ];
       for (const res of writes) {
         expect({ status: res.status, message: res.body.message }).toEqual({ status: 503, message: expect.stringMatching(/database is read-only and took no write; retry later/) });
       }
       const read = await request(t.url).get(`/tracing/spans/${stored.trace_id}/${stored.span_id}`).set(auth).expect(200);
       expect(read.body.span.span_name).toBe(stored.span_name);
+      // Nothing written: the refused span and node are not there, the stored span neither changed nor deleted.
       await request(t.url).get(`/tracing/traces/${refused.trace_id}`).set(auth).expect(404);
+      await request(t.url).get(`/observability/trees/${refusedNode.tree_id}`).set(auth).expect(404);
     } finally {
       await setReadOnly(false);
     }

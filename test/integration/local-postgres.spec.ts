@@ -117,6 +117,7 @@ describe('embedded Postgres', () => {
     it('is left running by a starter that leaves without stopping it while another process holds it, and stopped once that one ends', async () => {
       const starter = await probe();
       const joiner = await probe();
+      expect([starter.started, joiner.started]).toEqual([true, false]);
       expect(await starter.exit()).toBe(130);
       await new Promise((done) => setTimeout(done, 2_500));
       expect(await answers(joiner.url)).toBe(true);
@@ -126,6 +127,8 @@ describe('embedded Postgres', () => {
 
     it('is stopped by its keeper when the process that started it is killed and no other process uses it', async () => {
       const starter = await probe();
+      expect(starter.started).toBe(true);
+      expect(await answers(starter.url)).toBe(true);
       starter.child.kill('SIGKILL');
       expect(await stopsWithin(starter.url, 10_000)).toBe(true);
     }, 90_000);

@@ -72,7 +72,7 @@ describe('classifySendError', () => {
     expect(classifySendError(Object.assign(new Error('Service Unavailable'), { statusCode: 503 }))).toBe('transient');
   });
 
-  it('does not retry an HTTP 4xx or a bug in our own code', () => {
+  it('does not retry an HTTP 4xx other than 429 (Too Many Requests), nor a bug in our own code', () => {
     expect(classifySendError(Object.assign(new Error('Forbidden'), { statusCode: 403 }))).toBe('permanent');
     expect(classifySendError(Object.assign(new Error('Too Many Requests'), { statusCode: 429 }))).toBe('transient');
     expect(classifySendError(new TypeError("Cannot read properties of undefined (reading 'map')"))).toBe('permanent');
