@@ -233,7 +233,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     await expect(refused).rejects.toThrow(
       new RegExp(
         `^another backfill of the same scope is running \\(run key "${runKeyOf(ALL_SPANS).replace(/[*]/g, '\\*')}"\\): its Postgres session \\(pid ${holder[0].pid}; ` +
-          `application "a stuck backfill", (from [^,]+|over a local socket), connected since \\d{4}-\\d\\d-\\d\\dT[\\d:]+Z\\) holds the run's lock\\. .*select pg_terminate_backend\\(${holder[0].pid}\\)$`,
+          `application "a stuck backfill", (from [^,]+|over a local socket), connected since \\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{6}Z\\) holds the run's lock\\. .*select pg_terminate_backend\\(${holder[0].pid}\\)$`,
       ),
     );
     await other.end();

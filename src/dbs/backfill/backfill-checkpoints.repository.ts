@@ -139,7 +139,7 @@ export class BackfillCheckpointsRepository {
 async function describeHolder(session: Kysely<DB>, name: string): Promise<string> {
   // pg_locks splits a bigint advisory key into classid (high 32 bits) and objid (low 32 bits).
   const { rows } = await sql<{ pid: number; application_name: string; client: string | null; since: string }>`
-    select a.pid, a.application_name, host(a.client_addr) as client, to_char(a.backend_start at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as since
+    select a.pid, a.application_name, host(a.client_addr) as client, a.backend_start as since
     from pg_locks l join pg_stat_activity a on a.pid = l.pid
     where l.locktype = 'advisory' and l.granted and l.objsubid = 1
       and l.classid = ((hashtextextended(${name}, 0) >> 32) & 4294967295)::oid

@@ -85,6 +85,8 @@ export function retainedFrom(ttlDays: number, now: Date): string {
   return `${new Date((Math.floor(oldestKept / DAY) + 1) * DAY).toISOString().slice(0, 10)}T00:00:00.000000Z`;
 }
 
+const bucketId = (b: BucketComparison): string => `${b.entity} ${b.projectId} ${b.day}`;
+
 /** The scope up to `asOf` (exclusive), or to its own --until when that is earlier. */
 function before(scope: HistoryScope, asOf: string): HistoryScope {
   return scope.until && scope.until <= asOf ? scope : { ...scope, until: asOf };
@@ -143,8 +145,8 @@ export class Verifier {
       await new Promise((resolve) => setTimeout(resolve, options.settleMs));
       // Each bucket's scope is already bounded by asOf and the retention.
       const again = await this.compare(differing.map((b) => b.scope), options);
-      const stillDiffering = new Set(again.buckets.filter((b) => b.differs.length > 0).map((b) => `${b.entity} ${b.projectId} ${b.day}`));
-      settled = differing.filter((b) => !stillDiffering.has(`${b.entity} ${b.projectId} ${b.day}`)).length;
+      const stillDiffering = new Set(again.buckets.filter((b) => b.differs.length > 0).map(bucketId));
+      settled = differing.filter((b) => !stillDiffering.has(bucketId(b))).length;
       buckets = [...buckets.filter((b) => b.differs.length === 0), ...again.buckets];
       contentChecked += again.contentChecked;
     }
@@ -179,9 +181,9 @@ export class Verifier {
     return { buckets, contentChecked };
   }
 
-  /** Postgres's clock, in the scopes' format: created_at comes from it, not from this machine's. */
+  /** Postgres's clock (the pool reads timestamptz in the scopes' format): created_at comes from it, not from this machine's. */
   private async postgresNow(): Promise<string> {
-    const { rows } = await sql<{ now: string }>`select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as now`.execute(this.db);
+    const { rows } = await sql<{ now: string }>`select clock_timestamp() as now`.execute(this.db);
     return rows[0].now;
   }
 

@@ -452,6 +452,15 @@ describe('BatchWriter', () => {
   });
 
   describe('circuit breaker', () => {
+    /** Batches of two rows, three quick attempts each, and a breaker open for 1 s after `failureThreshold` failures. */
+    const heldByBreaker = (failureThreshold: number): BatchWriterSettings => ({
+      flushRows: 2,
+      maxAttempts: 3,
+      baseBackoffMs: 10,
+      maxBackoffMs: 10,
+      breaker: { failureThreshold, openMs: 1000 },
+    });
+
     it('opens after failureThreshold failed attempts, holds rows while open, and closes after a successful probe', async () => {
       const { sink, writer, clock, gaps, registry } = setup({
         flushRows: 2,
@@ -491,13 +500,7 @@ describe('BatchWriter', () => {
 
     it('holds a batch whose attempts ran out as the breaker opened, and sends it once ClickHouse is back: an outage is no gap', async () => {
       // The defaults' shape: the batch's last attempt is the failure that opens the breaker.
-      const { sink, writer, clock, gaps, logger } = setup({
-        flushRows: 2,
-        maxAttempts: 3,
-        baseBackoffMs: 10,
-        maxBackoffMs: 10,
-        breaker: { failureThreshold: 3, openMs: 1000 },
-      });
+      const { sink, writer, clock, gaps, logger } = setup(heldByBreaker(3));
       sink.fallback = { reject: networkError('ECONNREFUSED') };
       sink.pingResults = [false, false];
       writer.write(rows(1, 2));
@@ -522,13 +525,7 @@ describe('BatchWriter', () => {
 
     it('gives a batch its full attempts after the outage, however many it had used when the breaker opened', async () => {
       // The breaker opens on the batch's second failure, one short of its attempts.
-      const { sink, writer, clock, gaps } = setup({
-        flushRows: 2,
-        maxAttempts: 3,
-        baseBackoffMs: 10,
-        maxBackoffMs: 10,
-        breaker: { failureThreshold: 2, openMs: 1000 },
-      });
+      const { sink, writer, clock, gaps } = setup(heldByBreaker(2));
       // Pings answer from then on, and the server takes the batch on its third attempt after the outage.
       sink.behaviours.push(...Array(4).fill({ reject: networkError('ETIMEDOUT') }));
       writer.write(rows(1, 2));
@@ -544,13 +541,7 @@ describe('BatchWriter', () => {
     });
 
     it('records a held batch as a gap once it has failed maxAttempts more times after probes ClickHouse answered', async () => {
-      const { sink, writer, clock, gaps } = setup({
-        flushRows: 2,
-        maxAttempts: 3,
-        baseBackoffMs: 10,
-        maxBackoffMs: 10,
-        breaker: { failureThreshold: 3, openMs: 1000 },
-      });
+      const { sink, writer, clock, gaps } = setup(heldByBreaker(3));
       // Pings answer, inserts of this batch time out: the server is up, and the batch must not hold the queue for ever.
       sink.fallback = { reject: networkError('ETIMEDOUT') };
       writer.write(rows(1, 2));
