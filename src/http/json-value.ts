@@ -5,9 +5,9 @@ import { Json } from '../tracing/span';
  * JSON payloads (attributes, events, ...) are stored as Postgres jsonb and
  * ClickHouse strings. jsonb rejects U+0000 and unpaired surrogates, so those
  * are refused here with a clear message instead of failing the write later.
- * Numbers arrive parsed by JSON.parse: an integer past 2^53 is already the
- * nearest double here and is stored as that, which nothing here can see (the
- * OTLP decoder, whose int64 values arrive as decimal strings, refuses them).
+ * Numbers arrive parsed by JSON.parse: an integer it would round was refused
+ * in the body's text before (exact-integers.ts), since here it is already
+ * the nearest double.
  */
 export const MAX_JSON_DEPTH = 32;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;

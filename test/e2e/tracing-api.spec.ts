@@ -39,6 +39,40 @@ describe('REST: /tracing and /observability', () => {
       expect(({} as { polluted?: number }).polluted).toBeUndefined();
     });
 
+    it('refuses an integer JSON would round (400, nothing written) and stores one sent as a string, or printed from a double, as sent', async () => {
+      const countNodes = async () => Number((await t.database.db.selectFrom('nodes').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+      // Written as text: a JavaScript number literal would already be rounded.
+      const withNumber = (body: object, number: string) => JSON.stringify(body).replace('"@N@"', number);
+      const send = (method: 'post' | 'put', path: string, text: string) => http()[method](path).set(auth).set('Content-Type', 'application/json').send(text);
+      const existing = makeSpan({ attributes: { id: 1 } });
+      await http().post('/tracing/spans').set(auth).send({ spans: [existing] }).expect(201);
+      const message = 'the integer 12345678901234567891 would be stored as 12345678901234567000: a JSON number keeps every integer exactly only up to 2^53 (9007199254740992); send it as a string';
+      const [spansBefore, nodesBefore] = [await countSpans(), await countNodes()];
+      for (const [method, path, body] of [
+        ['post', '/tracing/spans', { spans: [makeSpan(), makeSpan({ attributes: { id: '@N@' } })] }],
+        ['put', '/tracing/spans', { spans: [{ ...existing, attributes: { id: '@N@' } }] }],
+        ['post', '/observability/nodes', { nodes: [makeNode({ metrics: { ids: [1, '@N@'] } })] }],
+        ['post', '/tracing/spans/query', { filter: { operator: 'and', conditions: [{ field: 'attributes', key: 'id', operator: 'eq', value: '@N@' }] } }],
+      ] as const) {
+        const res = await send(method, path, withNumber(body, '12345678901234567891')).expect(400);
+        expect({ path, body: res.body }).toEqual({ path, body: { statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] } });
+      }
+      expect([await countSpans(), await countNodes()]).toEqual([spansBefore, nodesBefore]);
+      const read = async (span: { trace_id: string; span_id: string }) =>
+        (await http().get(`/tracing/spans/${span.trace_id}/${span.span_id}`).set(auth).buffer(true).parse((res, done) => {
+          let text = '';
+          res.on('data', (chunk: Buffer) => (text += chunk.toString()));
+          res.on('end', () => done(null, text));
+        })).body as string;
+      expect(await read(existing)).toContain('"attributes":{"id":1}');
+
+      const asText = makeSpan({ attributes: { id: '12345678901234567891' } });
+      const printed = makeSpan({ attributes: { id: '@N@' } });
+      await send('post', '/tracing/spans', withNumber({ spans: [asText, printed] }, JSON.stringify(-882642929372611300))).expect(201);
+      expect(await read(asText)).toContain('"attributes":{"id":"12345678901234567891"}');
+      expect(await read(printed)).toContain('"attributes":{"id":-882642929372611300}');
+    });
+
     it('creates a trace and reads it back exactly, with microsecond times', async () => {
       const spans = makeTrace(2);
       const created = await http().post('/tracing/spans').set(auth).send({ spans }).expect(201);

@@ -1,0 +1,79 @@
+import fc from 'fast-check';
+import { firstInexactInteger, inexactIntegerMessage } from './exact-integers';
+
+const first = (text: string) => firstInexactInteger(Buffer.from(text));
+
+/** The reference: JSON.parse then JSON.stringify gives back the same integer (compared as numbers: 1e+21 is 1000000000000000000000). */
+function storedAsSent(literal: string): boolean {
+  const printed = JSON.stringify(JSON.parse(literal));
+  const [mantissa, power = '0'] = printed.split('e');
+  const [whole, fraction = ''] = mantissa.split('.');
+  return BigInt(whole + fraction) * 10n ** BigInt(Number(power) - fraction.length) === BigInt(literal);
+}
+
+describe('firstInexactInteger', () => {
+  it('finds an integer literal JSON.parse would round, with its sign', () => {
+    expect(first('{"n":9007199254740993}')).toBe('9007199254740993');
+    expect(first('{"a":[1,2,{"b":-12345678901234567891}]}')).toBe('-12345678901234567891');
+    expect(first('[12345678901234567891,9007199254740993]')).toBe('12345678901234567891');
+    // A double's exact value is not what is stored either: its shortest digits are (…300, not …328).
+    expect(first('[-882642929372611328]')).toBe('-882642929372611328');
+    expect(first('[18446744073709551616]')).toBe('18446744073709551616'); // 2^64 exactly, stored as 18446744073709552000
+    expect(first('{"n":' + '9'.repeat(400) + '}')).toBe('9'.repeat(400));
+  });
+
+  it('passes integers stored as sent: below 2^53, and past it the digits a client prints for a double', () => {
+    const printed = [2 ** 60, -882642929372611300, 1e20, 2 ** 64].map((n) => JSON.stringify(n));
+    expect(printed).toEqual(['1152921504606847000', '-882642929372611300', '100000000000000000000', '18446744073709552000']);
+    for (const exact of ['9007199254740991', '9007199254740992', '-9007199254740992', '1000000000000000000000', '1234567890123456800000', '0', '-0', ...printed]) {
+      expect(first(`{"n":${exact}}`)).toBeNull();
+    }
+  });
+
+  it('leaves fractions and exponents alone: the sender wrote a double', () => {
+    expect(first('[0.30000000000000004, 12345678901234567891.5, 12345678901234567891e0, 1.5e12345678901234567891, 1E-12345678901234567891, 1e+12345678901234567891]')).toBeNull();
+  });
+
+  it('reads digits in strings and keys as text, across escaped quotes and backslashes', () => {
+    expect(first('{"12345678901234567891":"12345678901234567891"}')).toBeNull();
+    expect(first('{"a":"x\\"12345678901234567891\\"","b":"\\\\"}')).toBeNull();
+    expect(first('{"a":"\\\\","b":12345678901234567891}')).toBe('12345678901234567891');
+    expect(first('{"a":"\\u0022 12345678901234567891"}')).toBeNull();
+  });
+
+  it('skips a long string of escapes without running out of stack (a regex that skips strings would not)', () => {
+    const text = JSON.stringify({ a: '\\"'.repeat(2_000_000) }).replace(/}$/, ',"b":12345678901234567891}');
+    expect(first(text)).toBe('12345678901234567891');
+  });
+
+  it('agrees with a JSON.parse and JSON.stringify round trip on generated documents: null exactly when every integer literal survives it', () => {
+    // Integers of every size around 2^53 and beyond, placed as numbers or inside strings among arbitrary JSON.
+    const integer = fc.bigInt({ min: -(10n ** 25n), max: 10n ** 25n }).chain((n) => fc.constantFrom(n, 2n ** 53n + n % 1000n, -(2n ** 53n) + n % 1000n));
+    const piece = fc.oneof(
+      integer.map((n) => ({ text: n.toString(), literal: n.toString() })),
+      integer.map((n) => ({ text: JSON.stringify(`${n}`), literal: null })),
+      fc.jsonValue().map((v) => ({ text: JSON.stringify(v), literal: null })),
+      fc.string().map((s) => ({ text: JSON.stringify({ [s]: s }), literal: null })),
+    );
+    let refused = 0;
+    fc.assert(
+      fc.property(fc.array(piece, { maxLength: 12 }), (pieces) => {
+        const text = `[${pieces.map((p) => p.text).join(',')}]`;
+        const expected = pieces.find((p) => p.literal !== null && !storedAsSent(p.literal))?.literal ?? null;
+        expect(first(text)).toBe(expected);
+        if (expected !== null) refused++;
+      }),
+      { numRuns: 500 },
+    );
+    expect(refused).toBeGreaterThan(100); // both answers were put to the test
+  });
+});
+
+describe('inexactIntegerMessage', () => {
+  it('says what the integer would become and what to send instead', () => {
+    expect(inexactIntegerMessage('12345678901234567891')).toBe(
+      'the integer 12345678901234567891 would be stored as 12345678901234567000: a JSON number keeps every integer exactly only up to 2^53 (9007199254740992); send it as a string',
+    );
+    expect(inexactIntegerMessage('9'.repeat(400))).toMatch(/^the integer 9{40}… would be stored as Infinity: /);
+  });
+});
