@@ -95,6 +95,7 @@ export const envSchema = z.object({
     .regex(/^\d+(b|kb|mb)$/i, 'must look like 512kb or 10mb')
     .default('10mb'),
   MAX_BATCH_ITEMS: int(1000, 1, 100_000),
+  MAX_RESPONSE_ITEMS: int(10_000, 1, 1_000_000),
   SHUTDOWN_TIMEOUT_MS: int(15_000, 0),
 
   DATABASE_URL: url(['postgres:', 'postgresql:']),
@@ -129,7 +130,15 @@ export const envSchema = z.object({
 });
 
 export interface AppConfig {
-  http: { host: string; port: number; bodyLimit: string; maxBatchItems: number; shutdownTimeoutMs: number };
+  http: {
+    host: string;
+    port: number;
+    bodyLimit: string;
+    maxBatchItems: number;
+    /** The most spans or nodes one answer carries: a whole trace or tree, or a page of traces. */
+    maxResponseItems: number;
+    shutdownTimeoutMs: number;
+  };
   logLevel: string;
   postgres: {
     /** Set when DATABASE_URL is given; otherwise the embedded server is used. */
@@ -197,6 +206,7 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
       port: e.PORT,
       bodyLimit: e.BODY_LIMIT,
       maxBatchItems: e.MAX_BATCH_ITEMS,
+      maxResponseItems: e.MAX_RESPONSE_ITEMS,
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     },
     logLevel: e.LOG_LEVEL,

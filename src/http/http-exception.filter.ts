@@ -2,7 +2,8 @@ import { ArgumentsHost, Catch, ExceptionFilter, HttpException, HttpStatus, Logge
 import type { Request, Response } from 'express';
 import { OTLP_PROTOBUF, otlpProtobufErrorBody } from '../otlp/otlp-error-body';
 import { InvalidQueryError } from '../tracing/span-query';
-import { SpansConflictError, SpansNotFoundError } from '../tracing/tracing.dao';
+import { TreeTooLargeError } from '../observability/observability.dao';
+import { SpansConflictError, SpansNotFoundError, TraceTooLargeError } from '../tracing/tracing.dao';
 
 /** Postgres is unreachable, going away or short of something: the caller should retry, not fix its request. */
 const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND']);
@@ -89,6 +90,15 @@ function tooLarge({ length, limit }: { length?: unknown; limit?: unknown }): str
   return `request body${typeof length === 'number' ? ` of ${length} bytes` : ''} is larger than the limit of ${limit} bytes`;
 }
 
+/** Where a caller finds the rest of a trace or tree too large for one answer: the query routes, which page. */
+function howToReadInParts(error: TraceTooLargeError | TreeTooLargeError): string {
+  if (error instanceof TreeTooLargeError) {
+    return `read it in parts with POST /observability/nodes/query, {"tree_id":"${error.treeId}"} and time windows (oldest, newest)`;
+  }
+  const [traceId] = error.traceIds;
+  return `read it in pages with POST /tracing/spans/query, {"focus":"span","filter":{"operator":"and","conditions":[{"field":"trace_id","operator":"is","value":"${traceId}"}]}} and windowing.next`;
+}
+
 /** The status and JSON body that answer `error` (the filter's whole decision, apart from logging). */
 export function answerTo(error: unknown): [number, Record<string, unknown>] {
   if (error instanceof HttpException) {
@@ -101,6 +111,9 @@ export function answerTo(error: unknown): [number, Record<string, unknown>] {
   }
   if (error instanceof SpansConflictError) return [409, { statusCode: 409, error: 'Conflict', message: error.message }];
   if (error instanceof SpansNotFoundError) return [404, { statusCode: 404, error: 'Not Found', message: error.message }];
+  if (error instanceof TraceTooLargeError || error instanceof TreeTooLargeError) {
+    return [422, { statusCode: 422, error: 'Unprocessable Entity', message: `${error.message}, more than one answer carries (MAX_RESPONSE_ITEMS); ${howToReadInParts(error)}` }];
+  }
   const bodyError = error as { type?: string; status?: number; statusCode?: number; message?: string; expose?: boolean; code?: string };
   const bodyStatus = bodyError?.status ?? bodyError?.statusCode;
   // body-parser reports a body it cannot read as an http-error: typed ones, and (untyped) a body that does not decompress.

@@ -40,9 +40,10 @@ export class ObservabilityController {
   @ApiOperation({ summary: 'Read every node of a tree' })
   @ApiResponse({ status: 200, description: 'The tree\'s `nodes`' })
   @ApiResponse({ status: 404, description: 'No node of this tree in this project' })
+  @ApiResponse({ status: 422, description: 'The tree has more nodes than MAX_RESPONSE_ITEMS; the message says how to read it in parts' })
   async readTree(@ProjectId() projectId: string, @Param('treeId') treeId: string) {
     const id = parseParam(uuidSchema, treeId, 'treeId');
-    const nodes = await this.observability.readTree(projectId, id);
+    const nodes = await this.observability.readTree(projectId, id, { maxNodes: this.config.http.maxResponseItems });
     if (nodes.length === 0) throw new NotFoundException(`tree ${id} not found`);
     return { nodes };
   }

@@ -15,7 +15,16 @@ export interface NodeQuery {
 export interface ObservabilityDao {
   /** Inserts nodes, replacing existing ones with the same node_id (idempotent ingest). */
   ingestNodes(projectId: string, nodes: NodeInput[]): Promise<ObservabilityNode[]>;
-  readTree(projectId: string, treeId: string): Promise<ObservabilityNode[]>;
+  /** Every node of the tree; with `maxNodes`, more than that many is a TreeTooLargeError and nothing is returned. */
+  readTree(projectId: string, treeId: string, options?: { maxNodes?: number }): Promise<ObservabilityNode[]>;
   queryNodes(projectId: string, query: NodeQuery): Promise<ObservabilityNode[]>;
   deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]>;
+}
+
+/** A read asked for a whole tree that has more nodes than the bound allows (MAX_RESPONSE_ITEMS). */
+export class TreeTooLargeError extends Error {
+  constructor(readonly treeId: string, readonly maxNodes: number) {
+    super(`tree ${treeId} has more than ${maxNodes} nodes`);
+    this.name = 'TreeTooLargeError';
+  }
 }

@@ -12,8 +12,9 @@ export class ObservabilityService {
     return this.dao.ingestNodes(projectId, nodes);
   }
 
-  readTree(projectId: string, treeId: string): Promise<ObservabilityNode[]> {
-    return this.dao.readTree(projectId, treeId);
+  /** With `maxNodes`, a tree with more nodes than that is a TreeTooLargeError (see ObservabilityDao). */
+  readTree(projectId: string, treeId: string, options: { maxNodes?: number } = {}): Promise<ObservabilityNode[]> {
+    return this.dao.readTree(projectId, treeId, options);
   }
 
   queryNodes(projectId: string, query: NodeQuery): Promise<ObservabilityNode[]> {

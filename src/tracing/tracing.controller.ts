@@ -72,9 +72,10 @@ export class TracingController {
   @ApiOperation({ summary: 'Read every span of a trace' })
   @ApiResponse({ status: 200, description: 'The trace\'s `spans`, by start time' })
   @ApiResponse({ status: 404, description: 'No span of this trace in this project' })
+  @ApiResponse({ status: 422, description: 'The trace has more spans than MAX_RESPONSE_ITEMS; the message says how to read it in pages' })
   async readTrace(@ProjectId() projectId: string, @Param('traceId') traceId: string) {
     const id = parseParam(traceIdSchema, traceId, 'traceId');
-    const spans = await this.tracing.readTraces(projectId, [id]);
+    const spans = await this.tracing.readTraces(projectId, [id], { maxSpans: this.config.http.maxResponseItems });
     if (spans.length === 0) throw new NotFoundException(`trace ${id} not found`);
     return { spans };
   }
@@ -93,10 +94,11 @@ export class TracingController {
   @Post('spans/query')
   @HttpCode(200)
   @ApiOperation({ summary: 'Query spans: filtering tree, windowing with a cursor, focus trace or span' })
-  @ApiResponse({ status: 200, description: '`count`, the page\'s `spans`, and `next` (a cursor for the following page, or null)' })
+  @ApiResponse({ status: 200, description: '`count`, the page\'s `spans`, and `next` (a cursor for the following page, or null). Focus trace: whole traces, at most MAX_RESPONSE_ITEMS spans in all (a page may hold fewer traces than `limit`)' })
+  @ApiResponse({ status: 422, description: 'Focus trace: the page\'s first trace alone has more spans than MAX_RESPONSE_ITEMS; the message says how to read it in pages' })
   @ApiBody({ schema: SPAN_QUERY_BODY, required: false })
   async query(@ProjectId() projectId: string, @Body() body: unknown) {
-    const page = await this.tracing.query(projectId, parseSpanQuery(body ?? {}));
+    const page = await this.tracing.query(projectId, parseSpanQuery(body ?? {}), { maxSpans: this.config.http.maxResponseItems });
     return { count: page.spans.length, spans: page.spans, next: page.next };
   }
 

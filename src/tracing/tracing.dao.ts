@@ -16,10 +16,27 @@ export interface TracingDao {
   updateSpans(projectId: string, spans: SpanInput[], options: { userId: string | null }): Promise<Span[]>;
   readSpans(projectId: string, keys: SpanKey[]): Promise<Span[]>;
   deleteSpans(projectId: string, keys: SpanKey[]): Promise<DeletedSpan[]>;
-  readTraces(projectId: string, traceIds: string[]): Promise<Span[]>;
+  /** Every span of the traces; with `maxSpans`, more than that many is a TraceTooLargeError and nothing is returned. */
+  readTraces(projectId: string, traceIds: string[], options?: SpanBound): Promise<Span[]>;
   deleteTraces(projectId: string, traceIds: string[]): Promise<DeletedSpan[]>;
-  query(projectId: string, query: SpanQuery): Promise<SpanPage>;
+  /** With `maxSpans`, a focus-trace page ends before the trace that would take it past that many spans (see TraceTooLargeError). */
+  query(projectId: string, query: SpanQuery, options?: SpanBound): Promise<SpanPage>;
   analytics(projectId: string, query: AnalyticsQuery): Promise<AnalyticsBucket[]>;
+}
+
+/** How many spans one read may return: what one HTTP answer carries (MAX_RESPONSE_ITEMS). None when absent. */
+export interface SpanBound {
+  maxSpans?: number;
+}
+
+/** A read asked for whole traces, and one (or, read together, several) has more spans than the bound allows. */
+export class TraceTooLargeError extends Error {
+  constructor(readonly traceIds: string[], readonly maxSpans: number) {
+    super(traceIds.length === 1
+      ? `trace ${traceIds[0]} has more than ${maxSpans} spans`
+      : `the ${traceIds.length} traces have more than ${maxSpans} spans together`);
+    this.name = 'TraceTooLargeError';
+  }
 }
 
 export class SpansConflictError extends Error {

@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { Span, SpanInput, SpanKey } from './span';
 import { AnalyticsBucket, AnalyticsQuery, SpanPage, SpanQuery } from './span-query';
-import { TRACING_DAO, TracingDao } from './tracing.dao';
+import { SpanBound, TRACING_DAO, TracingDao } from './tracing.dao';
 
 /**
  * What callers use to read and write spans. It knows only the TracingDao
@@ -30,8 +30,9 @@ export class TracingService {
     return (await this.dao.deleteSpans(projectId, keys)).length;
   }
 
-  readTraces(projectId: string, traceIds: string[]): Promise<Span[]> {
-    return this.dao.readTraces(projectId, traceIds);
+  /** With `maxSpans`, traces with more spans than that are a TraceTooLargeError (see TracingDao). */
+  readTraces(projectId: string, traceIds: string[], options: SpanBound = {}): Promise<Span[]> {
+    return this.dao.readTraces(projectId, traceIds, options);
   }
 
   /** Returns how many spans were deleted. */
@@ -39,8 +40,8 @@ export class TracingService {
     return (await this.dao.deleteTraces(projectId, traceIds)).length;
   }
 
-  query(projectId: string, query: SpanQuery): Promise<SpanPage> {
-    return this.dao.query(projectId, query);
+  query(projectId: string, query: SpanQuery, options: SpanBound = {}): Promise<SpanPage> {
+    return this.dao.query(projectId, query, options);
   }
 
   analytics(projectId: string, query: AnalyticsQuery): Promise<AnalyticsBucket[]> {

@@ -6,7 +6,7 @@ describe('REST: /tracing and /observability', () => {
   let t: TestApp;
   let auth: { Authorization: string };
   beforeAll(async () => {
-    t = await createTestApp({ MAX_BATCH_ITEMS: '50', BODY_LIMIT: '256kb' });
+    t = await createTestApp({ MAX_BATCH_ITEMS: '50', MAX_RESPONSE_ITEMS: '40', BODY_LIMIT: '256kb' });
     auth = { Authorization: `ApiKey ${t.apiKey}` };
   });
   afterAll(async () => t.close());
@@ -275,6 +275,46 @@ describe('REST: /tracing and /observability', () => {
       await http().get(`/observability/trees/${tree}`).set(auth).expect(404);
     });
 
+    it('a trace or tree larger than MAX_RESPONSE_ITEMS (40) is a 422 saying how to read it in parts; the parts read it whole', async () => {
+      const big = makeTrace(40); // 41 spans
+      await http().post('/tracing/spans').set(auth).send({ spans: big.slice(0, 40) }).expect(201);
+      expect((await http().get(`/tracing/traces/${big[0].trace_id}`).set(auth).expect(200)).body.spans).toHaveLength(40);
+      await http().post('/tracing/spans').set(auth).send({ spans: big.slice(40) }).expect(201);
+      const refused = await http().get(`/tracing/traces/${big[0].trace_id}`).set(auth).expect(422);
+      const trace = big[0].trace_id;
+      const pageQuery = { focus: 'span', filter: { operator: 'and', conditions: [{ field: 'trace_id', operator: 'is', value: trace }] } };
+      expect(refused.body).toEqual({
+        statusCode: 422,
+        error: 'Unprocessable Entity',
+        message: `trace ${trace} has more than 40 spans, more than one answer carries (MAX_RESPONSE_ITEMS); read it in pages with POST /tracing/spans/query, ${JSON.stringify(pageQuery)} and windowing.next`,
+      });
+      // What the message says works: the pages hold the whole trace.
+      const read: string[] = [];
+      let next: string | undefined;
+      do {
+        const page = await http().post('/tracing/spans/query').set(auth).send({ ...pageQuery, windowing: { limit: 30, ...(next ? { next } : {}) } }).expect(200);
+        read.push(...page.body.spans.map((s: { span_id: string }) => s.span_id));
+        next = page.body.next ?? undefined;
+      } while (next);
+      expect(read.sort()).toEqual(big.map((s) => s.span_id).sort());
+      // A focus-trace page that would pass the bound ends before that trace; alone, it is the same 422.
+      const focusTrace = { focus: 'trace', filter: { operator: 'and', conditions: [{ field: 'trace_id', operator: 'in', value: [trace] }] } };
+      expect((await http().post('/tracing/spans/query').set(auth).send(focusTrace).expect(422)).body.message).toBe(refused.body.message);
+
+      const tree = uuid();
+      const nodes = Array.from({ length: 41 }, () => makeNode({ tree_id: tree }));
+      await http().post('/observability/nodes').set(auth).send({ nodes: nodes.slice(0, 40) }).expect(201);
+      await http().get(`/observability/trees/${tree}`).set(auth).expect(200);
+      await http().post('/observability/nodes').set(auth).send({ nodes: nodes.slice(40) }).expect(201);
+      expect((await http().get(`/observability/trees/${tree}`).set(auth).expect(422)).body.message).toBe(
+        `tree ${tree} has more than 40 nodes, more than one answer carries (MAX_RESPONSE_ITEMS); read it in parts with POST /observability/nodes/query, {"tree_id":"${tree}"} and time windows (oldest, newest)`,
+      );
+      expect((await http().post('/observability/nodes/query').set(auth).send({ tree_id: tree }).expect(200)).body.count).toBe(41);
+      // Deleting takes the whole trace and tree: the answer is a count.
+      expect((await http().delete(`/tracing/traces/${trace}`).set(auth).expect(200)).body.count).toBe(41);
+      expect((await http().delete(`/observability/trees/${tree}`).set(auth).expect(200)).body.count).toBe(41);
+    });
+
     it.each([['a string', '5'], ['a boolean', true], ['an array', [3]], ['a fraction', 2.5]])('nodes/query refuses %s as limit, as spans/query does (was coerced)', async (_, limit) => {
       const spans = await http().post('/tracing/spans/query').set(auth).send({ windowing: { limit } }).expect(400);
       expect(spans.body.errors).toEqual([{ field: 'windowing.limit', message: 'expected an integer from 1 to 1000' }]);
@@ -371,7 +411,9 @@ describe('REST: /tracing and /observability', () => {
       const statuses = (path: string, method: string) => Object.keys(doc.paths[path][method].responses).sort();
       expect(statuses('/tracing/spans', 'post')).toEqual(['201', '400', '401', '409', '413', '415', '500', '503']);
       expect(statuses('/tracing/spans', 'put')).toEqual(['200', '400', '401', '404', '413', '415', '500', '503']);
-      expect(statuses('/tracing/traces/{traceId}', 'get')).toEqual(['200', '400', '401', '404', '500', '503']);
+      expect(statuses('/tracing/traces/{traceId}', 'get')).toEqual(['200', '400', '401', '404', '422', '500', '503']);
+      expect(statuses('/observability/trees/{treeId}', 'get')).toEqual(['200', '400', '401', '404', '422', '500', '503']);
+      expect(statuses('/tracing/spans/query', 'post')).toEqual(['200', '400', '401', '413', '415', '422', '500', '503']);
       expect(statuses('/observability/trees/{treeId}', 'delete')).toEqual(['200', '400', '401', '404', '500', '503']);
       // Public routes answer for themselves: no API key, no 401.
       expect(statuses('/health', 'get')).not.toContain('401');

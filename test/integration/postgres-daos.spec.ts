@@ -1,7 +1,9 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { PostgresObservabilityDao } from '../../src/dbs/postgres/postgres-observability.dao';
 import { PostgresTracingDao } from '../../src/dbs/postgres/postgres-tracing.dao';
-import { makeNode, makeSpan } from '../support/fixtures';
+import { TreeTooLargeError } from '../../src/observability/observability.dao';
+import { TraceTooLargeError } from '../../src/tracing/tracing.dao';
+import { makeNode, makeSpan, makeTrace } from '../support/fixtures';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
 /**
@@ -65,5 +67,35 @@ describe('Postgres DAOs with batches past 65,535 parameters', () => {
     await dao.ingestNodes(project, [node]);
     const trees = [...Array.from({ length: 70_000 }, () => randomUUID()), node.tree_id];
     expect((await dao.deleteTrees(project, trees)).map((n) => n.node_id)).toEqual([node.node_id]);
+  });
+});
+
+/** MAX_RESPONSE_ITEMS: a whole trace or tree is read only if it fits, and reading one that does not stops one row past the bound. */
+describe('Postgres DAOs reading a whole trace or tree within a bound', () => {
+  const project = '0c000000-0000-4000-8000-000000000003';
+  let pg: TestDatabase;
+  beforeAll(async () => (pg = await createTestDatabase()));
+  afterAll(async () => pg.drop());
+
+  it('reads a trace of exactly maxSpans spans, and refuses one more with TraceTooLargeError', async () => {
+    const dao = new PostgresTracingDao(pg.db);
+    const trace = makeTrace(4); // 5 spans
+    await dao.createSpans(project, trace, { userId: null, upsert: false });
+    expect(await dao.readTraces(project, [trace[0].trace_id], { maxSpans: 5 })).toHaveLength(5);
+    await expect(dao.readTraces(project, [trace[0].trace_id], { maxSpans: 4 })).rejects.toThrow(new TraceTooLargeError([trace[0].trace_id], 4));
+    // Several traces read together share the bound.
+    const other = makeTrace(0);
+    await dao.createSpans(project, other, { userId: null, upsert: false });
+    await expect(dao.readTraces(project, [trace[0].trace_id, other[0].trace_id], { maxSpans: 5 })).rejects.toThrow('the 2 traces have more than 5 spans together');
+    expect(await dao.readTraces(project, [trace[0].trace_id, other[0].trace_id])).toHaveLength(6);
+  });
+
+  it('reads a tree of exactly maxNodes nodes, and refuses one more with TreeTooLargeError', async () => {
+    const dao = new PostgresObservabilityDao(pg.db);
+    const tree = randomUUID();
+    await dao.ingestNodes(project, Array.from({ length: 3 }, () => makeNode({ tree_id: tree })));
+    expect(await dao.readTree(project, tree, { maxNodes: 3 })).toHaveLength(3);
+    await expect(dao.readTree(project, tree, { maxNodes: 2 })).rejects.toThrow(new TreeTooLargeError(tree, 2));
+    expect(await dao.readTree(project, tree)).toHaveLength(3);
   });
 });

@@ -5,6 +5,7 @@ import { spanToRow } from '../../src/dbs/postgres/span-row.mapper';
 import { Json, SpanInput } from '../../src/tracing/span';
 import { InvalidQueryError, SpanQuery } from '../../src/tracing/span-query';
 import { parseAnalyticsQuery, parseSpanQuery } from '../../src/tracing/span-query.parser';
+import { TraceTooLargeError } from '../../src/tracing/tracing.dao';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
 const hex = (seed: string, length: number) => createHash('sha256').update(seed).digest('hex').slice(0, length);
@@ -401,6 +402,28 @@ describe('span queries on Postgres', () => {
 
     it('returns an empty page when nothing matches', async () => {
       expect(await query(P, { focus: 'trace', filter: { conditions: [{ field: 'span_name', operator: 'eq', value: 'nope' }] } })).toEqual({ spans: [], next: null });
+    });
+
+    it.each([[6, 2], [7, 2], [8, 2], [9, 3], [3, 1], [100, 5]])('with maxSpans %i, a page holds the whole traces that fit (%i of 3 spans each) and the cursor goes on from there', async (maxSpans, perPage) => {
+      const pages: string[][] = [];
+      let next: string | null = null;
+      do {
+        const page = await querySpans(test.db, P, parseSpanQuery({ focus: 'trace', windowing: { limit: 5, order: 'ascending', ...(next ? { next } : {}) } }), { maxSpans });
+        pages.push(page.spans.map((s) => s.span_name));
+        next = page.next;
+      } while (next && pages.length < 20);
+      const all = ordered(starts.map((_, i) => i + 1), 'ascending');
+      const expected: string[][] = [];
+      // limit (5 traces) still caps a page when the spans would allow more.
+      for (let i = 0; i < all.length; i += Math.min(perPage, 5)) expected.push(all.slice(i, i + Math.min(perPage, 5)).flatMap(wholeTrace));
+      expect(pages).toEqual(expected);
+    });
+
+    it('a first trace with more spans than maxSpans is a TraceTooLargeError naming it; nothing is returned', async () => {
+      const first = ordered(starts.map((_, i) => i + 1), 'ascending')[0];
+      const run = querySpans(test.db, P, parseSpanQuery({ focus: 'trace', windowing: { order: 'ascending' } }), { maxSpans: 2 });
+      await expect(run).rejects.toThrow(new TraceTooLargeError([traceId(`focus-${first}`)], 2));
+      await expect(run).rejects.toBeInstanceOf(TraceTooLargeError);
     });
   });
 

@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { Kysely, sql, SqlBool } from 'kysely';
 import { DeletedNode, NodeInput, ObservabilityNode } from '../../observability/node';
-import { NodeQuery, ObservabilityDao } from '../../observability/observability.dao';
+import { NodeQuery, ObservabilityDao, TreeTooLargeError } from '../../observability/observability.dao';
 import { DB, NodeRow } from './database';
 import { KYSELY } from './postgres.tokens';
 import { nodeFromRow, nodeToRow } from './node-row.mapper';
@@ -58,15 +58,18 @@ export class PostgresObservabilityDao implements ObservabilityDao {
     });
   }
 
-  async readTree(projectId: string, treeId: string): Promise<ObservabilityNode[]> {
-    const rows = await this.db
+  async readTree(projectId: string, treeId: string, options: { maxNodes?: number } = {}): Promise<ObservabilityNode[]> {
+    let select = this.db
       .selectFrom('nodes')
       .selectAll()
       .where('project_id', '=', projectId)
       .where('tree_id', '=', treeId)
       .orderBy('time_start')
-      .orderBy('node_id')
-      .execute();
+      .orderBy('node_id');
+    // One row past the bound tells a tree that is too large from one that fits exactly, without reading it all.
+    if (options.maxNodes !== undefined) select = select.limit(options.maxNodes + 1);
+    const rows = await select.execute();
+    if (options.maxNodes !== undefined && rows.length > options.maxNodes) throw new TreeTooLargeError(treeId, options.maxNodes);
     return rows.map(nodeFromRow);
   }
 

@@ -3,6 +3,7 @@ import {
   AnalyticsBucket, AnalyticsQuery, Filter, Focus, InvalidQueryError, SpanPage, SpanQuery, Windowing,
 } from '../../tracing/span-query';
 import { parseTimestampMicros } from '../../tracing/timestamp';
+import { SpanBound, TraceTooLargeError } from '../../tracing/tracing.dao';
 import { DB } from './database';
 import { spanFilter } from './span-filter';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
@@ -16,12 +17,12 @@ import { spanFromRow, spanIdToBytes } from './span-row.mapper';
 const DEFAULT_LIMIT = 100;
 type Order = NonNullable<Windowing['order']>;
 
-export async function querySpans(db: Kysely<DB>, projectId: string, query: SpanQuery): Promise<SpanPage> {
+export async function querySpans(db: Kysely<DB>, projectId: string, query: SpanQuery, bound: SpanBound = {}): Promise<SpanPage> {
   const windowing = query.windowing ?? {};
   const order: Order = windowing.order ?? 'descending';
   const limit = windowing.limit ?? DEFAULT_LIMIT;
   const after = windowing.next === undefined ? null : decodeCursor(windowing.next, query.focus, order);
-  const page = { projectId, filter: query.filter, windowing, order, limit, after };
+  const page = { projectId, filter: query.filter, windowing, order, limit, after, maxSpans: bound.maxSpans };
   return query.focus === 'trace' ? pageOfTraces(db, page) : pageOfSpans(db, page);
 }
 
@@ -32,6 +33,8 @@ interface PageRequest {
   order: Order;
   limit: number;
   after: CursorPosition | null;
+  /** Focus trace: the most spans a page holds (whole traces only); none when undefined. */
+  maxSpans: number | undefined;
 }
 
 /** Keyset on (start_time, trace_id, span_id): unique per project, so spans sharing a start time are neither skipped nor repeated. */
@@ -68,9 +71,14 @@ async function pageOfSpans(db: Kysely<DB>, page: PageRequest): Promise<SpanPage>
  * A trace is selected when any of its spans matches the filter. Traces are
  * windowed, ordered and cursored by their start (the earliest start_time of
  * all their spans) then trace_id; the page holds every span of each trace.
+ * With maxSpans, the page ends before the trace that would take it past that
+ * many spans (the cursor resumes there), and a first trace that alone has
+ * more is a TraceTooLargeError: a page never holds part of a trace. The
+ * counts are taken with the traces; spans written before the page's spans
+ * are read come too.
  */
 async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage> {
-  const { projectId, filter, windowing, order, limit, after } = page;
+  const { projectId, filter, windowing, order, limit, after, maxSpans } = page;
   const direction = order === 'ascending' ? 'asc' : 'desc';
   let select = db
     .with('matched', (qb) => {
@@ -86,10 +94,10 @@ async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage
         .innerJoin('matched', 'matched.trace_id', 'spans.trace_id')
         .where('spans.project_id', '=', projectId)
         .groupBy('spans.trace_id')
-        .select((eb) => ['spans.trace_id', eb.fn.min('spans.start_time').as('trace_start')]),
+        .select((eb) => ['spans.trace_id', eb.fn.min('spans.start_time').as('trace_start'), eb.fn.countAll<string>().as('span_count')]),
     )
     .selectFrom('trace_starts')
-    .select(['trace_id', 'trace_start']);
+    .select(['trace_id', 'trace_start', 'span_count']);
   if (windowing.oldest !== undefined) select = select.where('trace_start', '>=', windowing.oldest);
   if (windowing.newest !== undefined) select = select.where('trace_start', '<', windowing.newest);
   if (after) {
@@ -101,7 +109,7 @@ async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage
     );
   }
   const traces = await select.orderBy('trace_start', direction).orderBy('trace_id', direction).limit(limit + 1).execute();
-  const pageTraces = traces.slice(0, limit);
+  const pageTraces = withinSpanBound(traces.slice(0, limit), maxSpans);
   if (pageTraces.length === 0) return { spans: [], next: null };
 
   const traceIds = pageTraces.map((t) => t.trace_id);
@@ -115,10 +123,19 @@ async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage
     .orderBy('span_id', 'asc')
     .execute();
   const last = pageTraces[pageTraces.length - 1];
-  const next = traces.length > limit
+  const next = traces.length > pageTraces.length
     ? encodeCursor('trace', order, { startTime: last.trace_start, traceId: uuidToTraceId(last.trace_id), spanId: null })
     : null;
   return { spans: rows.map(spanFromRow), next };
+}
+
+/** The leading traces whose spans add up to at most maxSpans; throws when the first alone has more. */
+function withinSpanBound<T extends { trace_id: string; span_count: string }>(traces: T[], maxSpans: number | undefined): T[] {
+  if (maxSpans === undefined) return traces;
+  let spans = 0;
+  const fitting = traces.findIndex((trace) => (spans += Number(trace.span_count)) > maxSpans);
+  if (fitting === 0) throw new TraceTooLargeError([uuidToTraceId(traces[0].trace_id)], maxSpans);
+  return fitting === -1 ? traces : traces.slice(0, fitting);
 }
 
 /**

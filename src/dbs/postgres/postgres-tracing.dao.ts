@@ -2,7 +2,7 @@ import { Inject, Injectable } from '@nestjs/common';
 import { Expression, Kysely, sql, SqlBool, Transaction } from 'kysely';
 import { DeletedSpan, Span, SpanInput, SpanKey } from '../../tracing/span';
 import { AnalyticsBucket, AnalyticsQuery, SpanPage, SpanQuery } from '../../tracing/span-query';
-import { SpansConflictError, SpansNotFoundError, TracingDao } from '../../tracing/tracing.dao';
+import { SpanBound, SpansConflictError, SpansNotFoundError, TraceTooLargeError, TracingDao } from '../../tracing/tracing.dao';
 import { DB, SpanRow } from './database';
 import { KYSELY } from './postgres.tokens';
 import { querySpans, spanAnalytics } from './postgres-span-query';
@@ -78,17 +78,20 @@ export class PostgresTracingDao implements TracingDao {
     return this.deleteInLockOrder(projectId, amongKeys(keys));
   }
 
-  async readTraces(projectId: string, traceIds: string[]): Promise<Span[]> {
+  async readTraces(projectId: string, traceIds: string[], options: SpanBound = {}): Promise<Span[]> {
     if (traceIds.length === 0) return [];
-    const rows = await this.db
+    let select = this.db
       .selectFrom('spans')
       .selectAll()
       .where('project_id', '=', projectId)
       .where(amongTraces(traceIds))
       .orderBy('trace_id')
       .orderBy('start_time')
-      .orderBy('span_id')
-      .execute();
+      .orderBy('span_id');
+    // One row past the bound tells a trace that is too large from one that fits exactly, without reading it all.
+    if (options.maxSpans !== undefined) select = select.limit(options.maxSpans + 1);
+    const rows = await select.execute();
+    if (options.maxSpans !== undefined && rows.length > options.maxSpans) throw new TraceTooLargeError(traceIds, options.maxSpans);
     return rows.map(spanFromRow);
   }
 
@@ -118,8 +121,8 @@ export class PostgresTracingDao implements TracingDao {
     });
   }
 
-  query(projectId: string, query: SpanQuery): Promise<SpanPage> {
-    return querySpans(this.db, projectId, query);
+  query(projectId: string, query: SpanQuery, options: SpanBound = {}): Promise<SpanPage> {
+    return querySpans(this.db, projectId, query, options);
   }
 
   analytics(projectId: string, query: AnalyticsQuery): Promise<AnalyticsBucket[]> {
