@@ -1,5 +1,5 @@
-import { DynamicModule, Inject, MiddlewareConsumer, Module, NestModule } from '@nestjs/common';
-import { APP_FILTER } from '@nestjs/core';
+import { DynamicModule, Module } from '@nestjs/common';
+import { APP_FILTER, APP_INTERCEPTOR, Reflector } from '@nestjs/core';
 import { LoggerModule } from 'nestjs-pino';
 import { AuthModule } from './auth/auth.module';
 import { AppConfig } from './config/app-config';
@@ -7,7 +7,7 @@ import { APP_CONFIG, AppConfigModule } from './config/config.module';
 import { StorageModule } from './dbs/storage.module';
 import { HealthModule } from './health/health.module';
 import { HttpExceptionFilter } from './http/http-exception.filter';
-import { jsonBodies } from './http/json-bodies';
+import { RequestBodies } from './http/request-bodies';
 import { assignRequestId } from './http/request-id';
 import { MetricsModule } from './metrics/metrics.module';
 import { ObservabilityModule } from './observability/observability.module';
@@ -15,19 +15,7 @@ import { OtlpModule } from './otlp/otlp.module';
 import { TracingModule } from './tracing/tracing.module';
 
 @Module({})
-export class AppModule implements NestModule {
-  constructor(@Inject(APP_CONFIG) private readonly config: AppConfig) {}
-
-  /**
-   * Bodies are read here, in the root module's middleware: after the global
-   * modules' request logging and metrics (Nest applies those first), so a body
-   * refused before any route (415, 413, unparsable) is logged and counted like
-   * every other answer.
-   */
-  configure(consumer: MiddlewareConsumer): void {
-    consumer.apply(...jsonBodies(this.config.http.bodyLimit)).forRoutes('*');
-  }
-
+export class AppModule {
   /** `env` overrides process.env for this instance (tests, scripts). */
   static forRoot(env: Record<string, string | undefined> = {}): DynamicModule {
     return {
@@ -56,7 +44,11 @@ export class AppModule implements NestModule {
         OtlpModule,
         HealthModule,
       ],
-      providers: [{ provide: APP_FILTER, useClass: HttpExceptionFilter }],
+      providers: [
+        { provide: APP_FILTER, useClass: HttpExceptionFilter },
+        // Bodies are read after the API-key guard (see RequestBodies).
+        { provide: APP_INTERCEPTOR, inject: [Reflector, APP_CONFIG], useFactory: (reflector: Reflector, config: AppConfig) => new RequestBodies(reflector, config.http.bodyLimit) },
+      ],
     };
   }
 }

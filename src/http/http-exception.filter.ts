@@ -120,7 +120,7 @@ export function answerTo(error: unknown): [number, Record<string, unknown>] {
   const unreadableBody = bodyError?.expose === true && typeof bodyStatus === 'number' && bodyStatus >= 400 && bodyStatus < 500;
   if (typeof bodyError?.type === 'string' && bodyError.type.startsWith('entity.') || bodyError?.type === 'encoding.unsupported' || bodyError?.type === 'charset.unsupported' || unreadableBody) {
     const status = bodyStatus ?? 400;
-    // Malformed JSON never gets here: describeUnparsableJson (json-content-type.ts) answers it.
+    // Malformed JSON never gets here: RequestBodies (request-bodies.ts) makes it a 400 naming the body.
     const message = bodyError.type === 'entity.too.large'
       ? tooLarge(error as { length?: unknown; limit?: unknown })
       : bodyError.type === undefined ? `request body could not be read; does it match its Content-Encoding? (${bodyError.code ?? bodyError.message})` : bodyError.message;

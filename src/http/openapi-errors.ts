@@ -42,7 +42,7 @@ export function documentErrorAnswers(document: OpenAPIObject): OpenAPIObject {
       add(503, 'The database is unavailable (down, refusing connections or not answering); retry later');
       if (operation.requestBody || method === 'post' || method === 'put') {
         add(413, 'Body larger than BODY_LIMIT, or more items than MAX_BATCH_ITEMS');
-        add(415, 'A body that is not application/json (see requireJsonBodies)');
+        add(415, 'A body that is not application/json (see RequestBodies)');
       }
       for (const [status, response] of Object.entries(operation.responses)) {
         if (Number(status) >= 400 && response && 'description' in response) response.content ??= errorBody;

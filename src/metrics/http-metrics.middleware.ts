@@ -1,7 +1,6 @@
 import { Inject, Injectable, NestMiddleware } from '@nestjs/common';
 import type { NextFunction, Request, Response } from 'express';
 import { Histogram, Registry } from 'prom-client';
-import { wasAnsweredBeforeRouting } from '../http/json-content-type';
 import { METRICS_REGISTRY } from './metrics.tokens';
 
 /** Request duration by method, matched route (not raw URL: ids would explode the labels; "unmatched" when no route answered) and status. */
@@ -26,7 +25,7 @@ export class HttpMetricsMiddleware implements NestMiddleware {
     const mountPath: unknown = req.route?.path;
     res.on('finish', () => {
       const path: unknown = req.route?.path;
-      const routed = typeof path === 'string' && path !== '' && path !== mountPath && !wasAnsweredBeforeRouting(res);
+      const routed = typeof path === 'string' && path !== '' && path !== mountPath;
       const route = routed ? `${req.baseUrl ?? ''}${path}` : 'unmatched';
       end({ method: req.method, route, status: String(res.statusCode) });
     });

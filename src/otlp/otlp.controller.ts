@@ -4,6 +4,7 @@ import {
 import { ApiBody, ApiConsumes, ApiOperation, ApiResponse, ApiSecurity, ApiTags } from '@nestjs/swagger';
 import type { Request } from 'express';
 import { ProjectId } from '../auth/project-id.decorator';
+import { TakesOtlp } from '../http/request-bodies';
 import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
 import { ObservabilityService } from '../observability/observability.service';
@@ -32,6 +33,7 @@ export class OtlpController {
   ) {}
 
   @Post('traces')
+  @TakesOtlp()
   @HttpCode(200)
   @ApiOperation({
     summary: 'Receive an OTLP/HTTP trace export (binary protobuf or OTLP/JSON)',

@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import request from 'supertest';
 import { makeNode, makeSpan, makeTrace, traceId, uuid } from '../support/fixtures';
 import { createTestApp, TestApp } from '../support/app';
@@ -233,6 +234,27 @@ describe('REST: /tracing and /observability', () => {
       await http().get(`/tracing/traces/${traceId()}`).set({ Authorization: 'ApiKey tk_nope' }).expect(401);
     });
 
+    it('answers a request without a live key, or to a path no route serves, without reading its body', async () => {
+      // Declares a 5 MB body and sends 20 bytes of it: an API that read bodies first would wait for the rest.
+      const answerTo = (head: string) => new Promise<string>((resolve, reject) => {
+        const socket = connect(Number(new URL(t.url).port), '127.0.0.1', () => socket.write(`${head}\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n{"spans":[{"trace_id`));
+        let text = '';
+        socket.on('data', (chunk) => {
+          text += chunk.toString();
+          if (text.includes('\r\n\r\n')) { socket.destroy(); resolve(text.split('\r\n')[0]); }
+        });
+        socket.on('error', reject);
+        setTimeout(() => { socket.destroy(); reject(new Error(`no answer to ${head} in 3 s`)); }, 3000);
+      });
+      expect(await answerTo('POST /tracing/spans HTTP/1.1')).toBe('HTTP/1.1 401 Unauthorized');
+      expect(await answerTo('POST /tracing/spans HTTP/1.1\r\nAuthorization: ApiKey tk_nope')).toBe('HTTP/1.1 401 Unauthorized');
+      expect(await answerTo('POST /no/such/route HTTP/1.1')).toBe('HTTP/1.1 404 Not Found');
+      // So a body that would be refused is not even looked at.
+      await http().post('/tracing/spans').set('Content-Type', 'application/json').send('{x').expect(401);
+      await http().post('/tracing/spans').set('Content-Type', 'application/json').send(`{"spans":"${'x'.repeat(300_000)}"}`).expect(401);
+      await http().post('/tracing/spans').set('Content-Type', 'text/plain').send('x').expect(401);
+    });
+
     it('scopes everything to the key’s project', async () => {
       const other = await t.createApiKey();
       const spans = makeTrace(1);
@@ -362,10 +384,10 @@ describe('REST: /tracing and /observability', () => {
       expect(res.body.info.mirror).toMatchObject({ status: 'up', enabled: false });
     });
 
-    it('counts bodies refused before any route (415, 400, 413) in the HTTP metrics', async () => {
+    it('counts refused bodies (415, 400, 413) under their route in the HTTP metrics: bodies are read once a route has the request', async () => {
       const count = async (status: string) => {
         const text = (await http().get('/metrics').expect(200)).text;
-        const match = new RegExp(`^http_request_duration_seconds_count\\{method="POST",route="unmatched",status="${status}"\\} (\\d+)$`, 'm').exec(text);
+        const match = new RegExp(`^http_request_duration_seconds_count\\{method="POST",route="/tracing/spans",status="${status}"\\} (\\d+)$`, 'm').exec(text);
         return Number(match?.[1] ?? 0);
       };
       const before = { 415: await count('415'), 400: await count('400'), 413: await count('413') };

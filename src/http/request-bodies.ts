@@ -1,0 +1,134 @@
+import { BadRequestException, CallHandler, ExecutionContext, NestInterceptor, SetMetadata, UnsupportedMediaTypeException } from '@nestjs/common';
+import { Reflector } from '@nestjs/core';
+import { isUtf8 } from 'node:buffer';
+import { json, raw } from 'body-parser';
+import type { Request, RequestHandler, Response } from 'express';
+import type { Observable } from 'rxjs';
+import { OTLP_PROTOBUF } from '../otlp/otlp-error-body';
+import { firstInexactInteger, inexactIntegerMessage } from './exact-integers';
+
+const TAKES_OTLP = Symbol('takesOtlp');
+
+/**
+ * Marks the OTLP/HTTP route: its body may also be binary protobuf (a Buffer
+ * in req.body), and its JSON's int64 values are checked by its decoder,
+ * which names the OTLP field.
+ */
+export const TakesOtlp = () => SetMetadata(TAKES_OTLP, true);
+
+/**
+ * Reads every request body, once a route has taken the request and the
+ * API-key guard has let it through, so a caller without a key, or a path no
+ * route serves, never has its body read or parsed (Node discards it). In
+ * order: only JSON (415 otherwise; protobuf too on the OTLP route), within
+ * BODY_LIMIT (413), as valid UTF-8 without an integer JSON would round, and
+ * parsed; a body that is not JSON is a 400 like any bad body. Errors are
+ * thrown, so the exception filter answers them, and logs and metrics carry
+ * the route.
+ */
+export class RequestBodies implements NestInterceptor {
+  private readonly parseJson: RequestHandler;
+  private readonly parseOtlpJson: RequestHandler;
+  private readonly parseProtobuf: RequestHandler;
+
+  constructor(
+    private readonly reflector: Reflector,
+    limit: string,
+  ) {
+    this.parseJson = json({ limit, verify: (_req, _res, body, encoding) => checkBytes(body, encoding, { exactIntegers: true }) });
+    this.parseOtlpJson = json({ limit, verify: (_req, _res, body, encoding) => checkBytes(body, encoding, { exactIntegers: false }) });
+    this.parseProtobuf = raw({ type: OTLP_PROTOBUF, limit });
+  }
+
+  async intercept(context: ExecutionContext, next: CallHandler): Promise<Observable<unknown>> {
+    if (context.getType() === 'http') {
+      const otlp = this.reflector.getAllAndOverride<boolean>(TAKES_OTLP, [context.getHandler(), context.getClass()]) === true;
+      const http = context.switchToHttp();
+      await this.read(http.getRequest<Request>(), http.getResponse<Response>(), otlp);
+    }
+    return next.handle();
+  }
+
+  private async read(req: Request, res: Response, otlp: boolean): Promise<void> {
+    const hasBody = req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
+    if (!hasBody) return;
+    if (req.is('application/json')) {
+      await run(otlp ? this.parseOtlpJson : this.parseJson, req, res).catch((error: unknown) => {
+        throw describeUnparsableJson(error);
+      });
+    } else if (otlp && req.is(OTLP_PROTOBUF)) {
+      await run(this.parseProtobuf, req, res);
+    } else if (!otlp) {
+      // Any other body would reach the route as "no body" and, on a query route, silently mean "no filter".
+      throw new UnsupportedMediaTypeException(`request bodies must be application/json, got "${req.headers['content-type'] ?? 'none'}"`);
+    }
+    // OTLP answers another Content-Type itself, in the encoding OTLP/HTTP prescribes (see OtlpController).
+  }
+}
+
+/** A body-parser middleware as a promise: resolves once the body is read, rejects with its error. */
+function run(parse: RequestHandler, req: Request, res: Response): Promise<void> {
+  return new Promise((resolve, reject) => parse(req, res, (error?: unknown) => (error ? reject(error) : resolve())));
+}
+
+/**
+ * What body-parser is asked to check in the raw bytes, before it parses
+ * them (a thrown error keeps its status; the filter answers it):
+ * - valid UTF-8: body-parser would decode invalid UTF-8 to U+FFFD and store
+ *   that instead of what was sent;
+ * - no integer JSON.parse would round (exact-integers.ts).
+ */
+function checkBytes(body: Buffer, encoding: string, checks: { exactIntegers: boolean }): void {
+  const utf8 = /^utf-?8$/i.test(encoding);
+  if (utf8 && !isUtf8(body)) refuse(400, 'request body is not valid UTF-8');
+  if (!checks.exactIntegers) return;
+  const inexact = firstInexactInteger(utf8 ? body : Buffer.from(decoded(body, encoding)));
+  if (inexact !== null) {
+    // A BadRequestException passes through body-parser untouched, and carries `errors` like every other bad body.
+    const message = inexactIntegerMessage(inexact);
+    throw new BadRequestException({ statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] });
+  }
+}
+
+/** A body in another Unicode encoding body-parser accepts (UTF-16), as text; one it cannot read is a 415. */
+function decoded(body: Buffer, encoding: string): string {
+  try {
+    return new TextDecoder(encoding).decode(body);
+  } catch {
+    return refuse(415, `charset "${encoding}" is not supported; send JSON as UTF-8`);
+  }
+}
+
+/** An error body-parser passes on as it is: its type (entity.*) tells the filter it is about the body. */
+function refuse(status: number, message: string): never {
+  throw Object.assign(new Error(message), { status, type: 'entity.verify.failed' });
+}
+
+/**
+ * A body that is not JSON at all gets the answer every other bad body gets:
+ * a 400 whose `errors` name the field, here the body itself. (Left alone,
+ * the filter would answer body-parser's SyntaxError with a bare message.)
+ * Any other error is returned as it is.
+ */
+function describeUnparsableJson(error: unknown): unknown {
+  const parseError = error as { type?: string; message?: string; body?: unknown };
+  if (parseError?.type !== 'entity.parse.failed') return error;
+  const scalar = typeof parseError.body === 'string' ? jsonScalar(parseError.body) : undefined;
+  const message = scalar !== undefined ? `must be a JSON object, got ${scalar}` : `could not be parsed as JSON: ${parseError.message}`;
+  return new BadRequestException({ statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] });
+}
+
+/**
+ * body-parser's strict mode refuses a body that is valid JSON but neither an
+ * object nor an array (null, "x", 1) with a SyntaxError that calls it invalid
+ * JSON ("null" is not valid JSON). It is valid; it is not an object, and that
+ * is what the answer says. The kind of a valid scalar body, else undefined.
+ */
+function jsonScalar(body: string): string | undefined {
+  try {
+    const value: unknown = JSON.parse(body);
+    return value === null ? 'null' : typeof value === 'object' ? undefined : typeof value;
+  } catch {
+    return undefined;
+  }
+}
