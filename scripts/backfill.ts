@@ -4,7 +4,7 @@ import { GapReplay } from '../src/dbs/backfill/gap-replay';
 import { createProgress } from '../src/dbs/backfill/progress';
 import { PostgresMirrorGapsRepository } from '../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { parseFlags, positiveInt } from './cli/flags';
-import { connectClickHouse, connectPostgres, formatRate, formatSeconds, scopesFrom } from './cli/history-cli';
+import { connectClickHouse, connectPostgres, counted, formatRate, formatSeconds, scopesFrom } from './cli/history-cli';
 import { exitOnSignal, runCli, UsageError } from './cli/run-cli';
 
 const USAGE = `usage: npm run backfill -- [options]
@@ -52,7 +52,7 @@ runCli(USAGE, async (args, log) => {
     if (dryRun && gaps) {
       const open = await new PostgresMirrorGapsRepository(postgres.db).open();
       const mine = open.filter((g) => scopes.some((s) => s.entity === g.entity && (!s.projectIds || s.projectIds.includes(g.project_id))));
-      process.stdout.write(`dry run: ${mine.length} open gap record(s), ${mine.reduce((n, g) => n + g.row_count, 0)} rows to replay; nothing written\n`);
+      process.stdout.write(`dry run: ${counted(mine.length, 'open gap record')}, ${counted(mine.reduce((n, g) => n + g.row_count, 0), 'row')} to replay; nothing written\n`);
       return;
     }
     if (dryRun) {
@@ -60,7 +60,7 @@ runCli(USAGE, async (args, log) => {
       for (const scope of scopes) {
         const plan = await planBackfill(postgres.db, scope, options);
         const onRestart = plan.rowsOnRestart === undefined ? '' : `; --restart would copy ${plan.rowsOnRestart}`;
-        process.stdout.write(`dry run: ${plan.entity}: ${plan.rows} rows would be copied (${plan.checkpoint}; run "${plan.runKey}"${onRestart}); nothing written\n`);
+        process.stdout.write(`dry run: ${plan.entity}: ${counted(plan.rows, 'row')} would be copied (${plan.checkpoint}; run "${plan.runKey}"${onRestart}); nothing written\n`);
       }
       return;
     }
@@ -80,7 +80,7 @@ runCli(USAGE, async (args, log) => {
         const replay = new GapReplay(postgres.db, clickhouse.history, log);
         const done = await replay.run({ entities: scopes.map((s) => s.entity), projectIds: scopes[0].projectIds });
         process.stdout.write(
-          `gaps: replayed ${done.gaps} gap record(s): ${done.upserted} rows upserted, ${done.tombstoned} tombstoned, ${done.reset} reset, ` +
+          `gaps: replayed ${counted(done.gaps, 'gap record')}: ${counted(done.upserted, 'row')} upserted, ${done.tombstoned} tombstoned, ${done.reset} reset, ` +
             `in ${formatSeconds(done.durationMs)}\n`,
         );
         return;
@@ -99,11 +99,11 @@ runCli(USAGE, async (args, log) => {
 
 function summary(r: BackfillResult): string {
   if (r.outcome === 'already-complete') {
-    return `backfill ${r.entity}: already complete (${r.totalRowsCopied} rows, run "${r.runKey}"); nothing to do. Use --restart to copy again.`;
+    return `backfill ${r.entity}: already complete (${counted(r.totalRowsCopied, 'row')}, run "${r.runKey}"); nothing to do. Use --restart to copy again.`;
   }
   const resumed = r.resumed ? `; resumed from ${r.resumedFrom ? r.resumedFrom.join('/') : 'its start'}` : '';
   return (
-    `backfill ${r.entity}: complete: ${r.rowsCopied} rows copied in ${r.batches} batches, ${formatSeconds(r.durationMs)}, ` +
-    `${formatRate(r.rowsPerSecond)} rows/s${resumed} (run total ${r.totalRowsCopied} rows, upper bound ${r.upperBound})`
+    `backfill ${r.entity}: complete: ${counted(r.rowsCopied, 'row')} copied in ${counted(r.batches, 'batch', 'batches')}, ${formatSeconds(r.durationMs)}, ` +
+    `${formatRate(r.rowsPerSecond)} rows/s${resumed} (run total ${counted(r.totalRowsCopied, 'row')}, upper bound ${r.upperBound})`
   );
 }

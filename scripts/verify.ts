@@ -2,7 +2,7 @@ import { parseConfig } from '../src/config/app-config';
 import { createProgress } from '../src/dbs/backfill/progress';
 import { BucketComparison, Verifier, VerifyReport } from '../src/dbs/backfill/verify';
 import { parseFlags } from './cli/flags';
-import { connectClickHouse, connectPostgres, formatSeconds, scopesFrom } from './cli/history-cli';
+import { connectClickHouse, connectPostgres, counted, formatSeconds, scopesFrom } from './cli/history-cli';
 import { exitOnSignal, runCli } from './cli/run-cli';
 
 const USAGE = `usage: npm run verify -- [options]
@@ -56,7 +56,7 @@ runCli(USAGE, async (args, log) => {
 
       const repair = await verifier.repair(report.differing, settle);
       write(
-        `repair: ${repair.buckets} bucket(s) re-copied in ${formatSeconds(repair.durationMs)}: ${repair.upserted} rows upserted, ` +
+        `repair: ${counted(repair.buckets, 'bucket')} re-copied in ${formatSeconds(repair.durationMs)}: ${counted(repair.upserted, 'row')} upserted, ` +
           `${repair.tombstoned} tombstoned, ${repair.reset} reset`,
       );
       write(`after repair: ${describe(repair.after)}`);
@@ -80,8 +80,8 @@ function write(text: string): void {
 
 function describe(report: VerifyReport): string {
   const summary =
-    `verify: ${report.buckets.length} bucket(s) compared (${report.contentChecked} by content), ` +
-    `${report.rows.postgres} rows in Postgres, ${report.rows.clickhouse} in ClickHouse, ` +
+    `verify: ${counted(report.buckets.length, 'bucket')} compared (${report.contentChecked} by content), ` +
+    `${counted(report.rows.postgres, 'row')} in Postgres, ${report.rows.clickhouse} in ClickHouse, ` +
     `${report.differing.length} differ, in ${formatSeconds(report.durationMs)}`;
   if (report.differing.length === 0) return `${summary}: no differences`;
   return `${table(report.differing)}\n${summary}`;
