@@ -177,20 +177,28 @@ describe('concurrent writes over the same rows', () => {
   // An exporter re-sending spans a user deletes: the span re-created while its delete was in flight must
   // not hide behind the delete's tombstone in ClickHouse (the tombstone's version was the delete's clock).
   it('deletes racing re-exports of the same spans: all succeed, and ClickHouse shows every span Postgres has', async () => {
+    // How each round ended in Postgres: the re-export re-created the spans after the delete, or the delete came last.
+    const endings = { recreated: 0, deleted: 0 };
     for (let round = 0; round < ROUNDS; round++) {
       const spans = await storedOutOfKeyOrder(BATCH);
       const keys = spans.map(({ trace_id, span_id }) => ({ trace_id, span_id }));
-      const statuses = await race([
-        [
-          { method: 'DELETE', path: '/tracing/spans', body: { spans: keys } },
-          { method: 'POST', path: '/otlp/v1/traces', body: otlpExports(spans, 'exported again') },
-        ],
-      ]);
+      const deleteFirst = { method: 'DELETE', path: '/tracing/spans', body: { spans: keys } };
+      const exportFirst = { method: 'POST', path: '/otlp/v1/traces', body: otlpExports(spans, 'exported again') };
+      // Sent at once, in turns: the delete then usually holds the rows when the re-export arrives, or the other way round.
+      const statuses = await race([round % 2 === 0 ? [deleteFirst, exportFirst] : [exportFirst, deleteFirst]]);
       expect(new Set(statuses)).toEqual(new Set([200]));
+      const left = await t.database.db.selectFrom('spans').select((eb) => eb.fn.countAll<string>().as('n'))
+        .where('project_id', '=', t.projectId).where('span_name', '=', 'exported again').where('trace_id', 'in', spans.map((s) => s.trace_id)).executeTakeFirstOrThrow();
+      // One request's whole batch, never a mix.
+      expect([0, BATCH]).toContain(Number(left.n));
+      endings[Number(left.n) === BATCH ? 'recreated' : 'deleted']++;
     }
+    // The case this test is for occurred: the re-export re-created spans the racing delete had deleted.
+    expect(endings.recreated).toBeGreaterThan(0);
     await t.mirror!.writer.drain();
     const both = await snapshotBothSides(t.database.db, t.mirror!.clickhouse.query, t.projectId);
     expect(both.chSpans).toEqual(both.pgSpans);
+    process.stdout.write(`concurrent-writes: delete vs re-export, ${ROUNDS} rounds: ${endings.recreated} re-created after the delete, ${endings.deleted} deleted last\n`);
   });
 
   it('deleting traces racing replacements of their spans: every answer is a 200 or a 404', async () => {
