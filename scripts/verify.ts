@@ -46,13 +46,13 @@ runCli(USAGE, async (args, log) => {
       const settle = { settleMs: config.mirror.flushIntervalMs + SEND_ALLOWANCE_MS, log };
       const report = await verifier.verify(scopes, { content: !flags.switches.has('--counts-only'), progress, ttlDays: config.clickhouse.ttlDays, ...settle });
       log(`compared rows created before ${report.asOf} (Postgres's clock as verify started; later ones are still arriving)`);
-      if (report.settled > 0) log(`${report.settled} bucket(s) that differed at first agreed once the writes in flight had landed`);
+      if (report.settled > 0) log(`${counted(report.settled, 'bucket')} that differed at first agreed once the writes in flight had landed`);
       if (report.retainedFrom) {
         log(`CLICKHOUSE_TTL_DAYS=${config.clickhouse.ttlDays}: rows created before ${report.retainedFrom.slice(0, 10)} expire in ClickHouse by design and are not compared`);
       }
       write(describe(report));
       if (report.differing.length === 0) return;
-      if (!flags.switches.has('--repair')) throw new Error(`${report.differing.length} bucket(s) differ; run with --repair to re-copy them`);
+      if (!flags.switches.has('--repair')) throw new Error(`${counted(report.differing.length, 'bucket')} differ${report.differing.length === 1 ? 's' : ''}; run with --repair to re-copy them`);
 
       const repair = await verifier.repair(report.differing, settle);
       write(
@@ -62,7 +62,7 @@ runCli(USAGE, async (args, log) => {
       write(`after repair: ${describe(repair.after)}`);
       if (repair.after.differing.length > 0) {
         throw new Error(
-          `${repair.after.differing.length} bucket(s) still differ after repair: rows in them changed while it ran (run verify again), or ` +
+          `${counted(repair.after.differing.length, 'bucket')} still differ${repair.after.differing.length === 1 ? 's' : ''} after repair: rows in them changed while it ran (run verify again), or ` +
             'ClickHouse does not keep what it is sent (see its logs)',
         );
       }

@@ -4,6 +4,7 @@ import { isUtf8 } from 'node:buffer';
 import { json, raw } from 'body-parser';
 import type { Request, RequestHandler, Response } from 'express';
 import type { Observable } from 'rxjs';
+import { IS_PUBLIC } from '../auth/public.decorator';
 import { OTLP_PROTOBUF } from '../otlp/otlp-error-body';
 import { firstInexactInteger, inexactIntegerMessage } from './exact-integers';
 
@@ -17,12 +18,13 @@ const TAKES_OTLP = Symbol('takesOtlp');
 export const TakesOtlp = () => SetMetadata(TAKES_OTLP, true);
 
 /**
- * Reads every request body, once a route has taken the request and the
- * API-key guard has let it through, so a caller without a key, or a path no
- * route serves, never has its body read or parsed (Node discards it). In
- * order: only JSON (415 otherwise; protobuf too on the OTLP route), within
- * BODY_LIMIT (413), as valid UTF-8 without an integer JSON would round, and
- * parsed; a body that is not JSON is a 400 like any bad body. Errors are
+ * Reads request bodies, once a route has taken the request and the API-key
+ * guard has let it through, so a caller without a key, a path no route
+ * serves, or a public route never has its body read or parsed (Node
+ * discards it). In order: only JSON (415 otherwise; protobuf too on the
+ * OTLP route), within BODY_LIMIT (413), as valid UTF-8 (415 for another
+ * charset) without an integer JSON would round, and parsed; a body that is
+ * not JSON is a 400 like any bad body. Errors are
  * thrown, so the exception filter answers them, and logs and metrics carry
  * the route.
  */
@@ -41,8 +43,10 @@ export class RequestBodies implements NestInterceptor {
   }
 
   async intercept(context: ExecutionContext, next: CallHandler): Promise<Observable<unknown>> {
-    if (context.getType() === 'http') {
-      const otlp = this.reflector.getAllAndOverride<boolean>(TAKES_OTLP, [context.getHandler(), context.getClass()]) === true;
+    const marked = (key: string | symbol) => this.reflector.getAllAndOverride<boolean>(key, [context.getHandler(), context.getClass()]) === true;
+    // Public routes (health, metrics) take no body, and their callers have no key: a body sent there is never read.
+    if (context.getType() === 'http' && !marked(IS_PUBLIC)) {
+      const otlp = marked(TAKES_OTLP);
       const http = context.switchToHttp();
       await this.read(http.getRequest<Request>(), http.getResponse<Response>(), otlp);
     }
@@ -74,28 +78,22 @@ function run(parse: RequestHandler, req: Request, res: Response): Promise<void> 
 /**
  * What body-parser is asked to check in the raw bytes, before it parses
  * them (a thrown error keeps its status; the filter answers it):
+ * - UTF-8 (RFC 8259 requires it between systems): body-parser would also
+ *   take UTF-16 and UTF-32, which the checks below would have to decode as
+ *   it does, byte-order guesses included;
  * - valid UTF-8: body-parser would decode invalid UTF-8 to U+FFFD and store
  *   that instead of what was sent;
  * - no integer JSON.parse would round (exact-integers.ts).
  */
 function checkBytes(body: Buffer, encoding: string, checks: { exactIntegers: boolean }): void {
-  const utf8 = /^utf-?8$/i.test(encoding);
-  if (utf8 && !isUtf8(body)) refuse(400, 'request body is not valid UTF-8');
+  if (!/^utf-?8$/i.test(encoding)) refuse(415, `JSON bodies must be UTF-8, got charset "${encoding}"`);
+  if (!isUtf8(body)) refuse(400, 'request body is not valid UTF-8');
   if (!checks.exactIntegers) return;
-  const inexact = firstInexactInteger(utf8 ? body : Buffer.from(decoded(body, encoding)));
+  const inexact = firstInexactInteger(body);
   if (inexact !== null) {
     // A BadRequestException passes through body-parser untouched, and carries `errors` like every other bad body.
     const message = inexactIntegerMessage(inexact);
     throw new BadRequestException({ statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] });
-  }
-}
-
-/** A body in another Unicode encoding body-parser accepts (UTF-16), as text; one it cannot read is a 415. */
-function decoded(body: Buffer, encoding: string): string {
-  try {
-    return new TextDecoder(encoding).decode(body);
-  } catch {
-    return refuse(415, `charset "${encoding}" is not supported; send JSON as UTF-8`);
   }
 }
 

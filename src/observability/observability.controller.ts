@@ -29,18 +29,19 @@ export class ObservabilityController {
 
   @Post('nodes/query')
   @HttpCode(200)
-  @ApiOperation({ summary: 'Query nodes by tree, type, name and time window' })
+  @ApiOperation({ summary: 'Query nodes by tree, type, name and time window, newest first, with a cursor' })
+  @ApiResponse({ status: 200, description: '`count`, the page\'s `nodes`, and `next` (pass it as `next` for the following page; null on the last)' })
   @ApiBody({ schema: openApiSchema(nodeQuerySchema) })
   async queryNodes(@ProjectId() projectId: string, @Body() body: unknown) {
-    const nodes = await this.observability.queryNodes(projectId, parseBody(nodeQuerySchema, body ?? {}));
-    return { count: nodes.length, nodes };
+    const page = await this.observability.queryNodePage(projectId, parseBody(nodeQuerySchema, body ?? {}));
+    return { count: page.nodes.length, nodes: page.nodes, next: page.next };
   }
 
   @Get('trees/:treeId')
   @ApiOperation({ summary: 'Read every node of a tree' })
   @ApiResponse({ status: 200, description: 'The tree\'s `nodes`' })
   @ApiResponse({ status: 404, description: 'No node of this tree in this project' })
-  @ApiResponse({ status: 422, description: 'The tree has more nodes than MAX_RESPONSE_ITEMS; the message says how to read it in parts' })
+  @ApiResponse({ status: 422, description: 'The tree has more nodes than MAX_RESPONSE_ITEMS; the message says how to read it in pages' })
   async readTree(@ProjectId() projectId: string, @Param('treeId') treeId: string) {
     const id = parseParam(uuidSchema, treeId, 'treeId');
     const nodes = await this.observability.readTree(projectId, id, { maxNodes: this.config.http.maxResponseItems });

@@ -9,6 +9,15 @@ export interface NodeQuery {
   oldest?: string;
   newest?: string;
   limit?: number;
+  /** Opaque cursor from the previous page's `next`. */
+  next?: string;
+}
+
+/** A page of a node query, newest time_start first. */
+export interface NodePage {
+  nodes: ObservabilityNode[];
+  /** Pass as the query's `next` to get the following page; null on the last page. */
+  next: string | null;
 }
 
 /** The port ObservabilityService talks to; same rules as TracingDao. */
@@ -17,7 +26,7 @@ export interface ObservabilityDao {
   ingestNodes(projectId: string, nodes: NodeInput[]): Promise<ObservabilityNode[]>;
   /** Every node of the tree; with `maxNodes`, more than that many is a TreeTooLargeError and nothing is returned. */
   readTree(projectId: string, treeId: string, options?: { maxNodes?: number }): Promise<ObservabilityNode[]>;
-  queryNodes(projectId: string, query: NodeQuery): Promise<ObservabilityNode[]>;
+  queryNodes(projectId: string, query: NodeQuery): Promise<NodePage>;
   deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]>;
 }
 

@@ -1,6 +1,6 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { NodeInput, ObservabilityNode } from './node';
-import { NodeQuery, OBSERVABILITY_DAO, ObservabilityDao } from './observability.dao';
+import { NodePage, NodeQuery, OBSERVABILITY_DAO, ObservabilityDao } from './observability.dao';
 
 /** What callers use for nodes; like TracingService, it never sees the mirror. */
 @Injectable()
@@ -17,7 +17,12 @@ export class ObservabilityService {
     return this.dao.readTree(projectId, treeId, options);
   }
 
-  queryNodes(projectId: string, query: NodeQuery): Promise<ObservabilityNode[]> {
+  /** One page of nodes; queryNodePage also gives the cursor to the next. */
+  async queryNodes(projectId: string, query: NodeQuery): Promise<ObservabilityNode[]> {
+    return (await this.dao.queryNodes(projectId, query)).nodes;
+  }
+
+  queryNodePage(projectId: string, query: NodeQuery): Promise<NodePage> {
     return this.dao.queryNodes(projectId, query);
   }
 

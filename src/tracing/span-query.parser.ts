@@ -80,7 +80,7 @@ export const MAX_KEY_SEGMENTS = 20;
 export const MAX_INTERVAL_MINUTES = 10_080;
 export const DEFAULT_INTERVAL_MINUTES = 60;
 export const MAX_BUCKETS = 10_000;
-const MAX_CURSOR_LENGTH = 2048;
+export const MAX_CURSOR_LENGTH = 2048;
 const MAX_JSON_DEPTH = 10;
 const MAX_JSON_NODES = 10_000;
 

@@ -95,7 +95,7 @@ export class TracingController {
   @HttpCode(200)
   @ApiOperation({ summary: 'Query spans: filtering tree, windowing with a cursor, focus trace or span' })
   @ApiResponse({ status: 200, description: '`count`, the page\'s `spans`, and `next` (a cursor for the following page, or null). Focus trace: whole traces, at most MAX_RESPONSE_ITEMS spans in all (a page may hold fewer traces than `limit`)' })
-  @ApiResponse({ status: 422, description: 'Focus trace: the page\'s first trace alone has more spans than MAX_RESPONSE_ITEMS; the message says how to read it in pages' })
+  @ApiResponse({ status: 422, description: 'Focus trace: the page\'s first trace alone has more spans than MAX_RESPONSE_ITEMS; the message says how to read it in pages, and `next` is the cursor past it' })
   @ApiBody({ schema: SPAN_QUERY_BODY, required: false })
   async query(@ProjectId() projectId: string, @Body() body: unknown) {
     const page = await this.tracing.query(projectId, parseSpanQuery(body ?? {}), { maxSpans: this.config.http.maxResponseItems });

@@ -29,9 +29,13 @@ export interface SpanBound {
   maxSpans?: number;
 }
 
-/** A read asked for whole traces, and one (or, read together, several) has more spans than the bound allows. */
+/**
+ * A read asked for whole traces, and one (or, read together, several) has
+ * more spans than the bound allows. From a focus-trace query, `next` is the
+ * cursor of the page after that trace, so paging can go on past it.
+ */
 export class TraceTooLargeError extends Error {
-  constructor(readonly traceIds: string[], readonly maxSpans: number) {
+  constructor(readonly traceIds: string[], readonly maxSpans: number, readonly next?: string) {
     super(traceIds.length === 1
       ? `trace ${traceIds[0]} has more than ${maxSpans} spans`
       : `the ${traceIds.length} traces have more than ${maxSpans} spans together`);

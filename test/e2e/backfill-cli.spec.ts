@@ -169,7 +169,7 @@ describe('npm run backfill / verify', () => {
     expect(found.code).toBe(1);
     expect(found.stdout).toMatch(new RegExp(`entity\\s+project\\s+day\\s+pg rows\\s+ch rows\\s+differs\\nspans\\s+${PROJECTS[2]}\\s+${day}\\s+\\d+\\s+\\d+\\s+rows, versions\\n`));
     expect(found.stdout).toContain('1 differ');
-    expect(found.stderr).toContain('error: 1 bucket(s) differ; run with --repair to re-copy them');
+    expect(found.stderr).toContain('error: 1 bucket differs; run with --repair to re-copy them');
     // Counts alone see lost rows too, without hashing any.
     const counted = await run('verify', [...scope, '--counts-only'], env);
     expect(counted.code).toBe(1);

@@ -40,6 +40,17 @@ describe('REST: /tracing and /observability', () => {
       expect(({} as { polluted?: number }).polluted).toBeUndefined();
     });
 
+    it('refuses a JSON body in another charset than UTF-8 with a 415, writing nothing (UTF-16 is what body-parser would guess the byte order of)', async () => {
+      const before = await countSpans();
+      const text = JSON.stringify({ spans: [makeSpan()] });
+      for (const [charset, bytes] of [['utf-16', Buffer.from(text, 'utf16le')], ['utf-16le', Buffer.from(text, 'utf16le')], ['utf-32', Buffer.alloc(8)]] as const) {
+        const res = await http().post('/tracing/spans').set(auth).set('Content-Type', `application/json; charset=${charset}`).send(bytes).expect(415);
+        expect(res.body.message).toBe(`JSON bodies must be UTF-8, got charset "${charset}"`);
+      }
+      await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json; charset=UTF-8').send(text).expect(201);
+      expect(await countSpans()).toBe(before + 1);
+    });
+
     it('refuses an integer JSON would round (400, nothing written) and stores one sent as a string, or printed from a double, as sent', async () => {
       const countNodes = async () => Number((await t.database.db.selectFrom('nodes').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
       // Written as text: a JavaScript number literal would already be rounded.
@@ -234,7 +245,7 @@ describe('REST: /tracing and /observability', () => {
       await http().get(`/tracing/traces/${traceId()}`).set({ Authorization: 'ApiKey tk_nope' }).expect(401);
     });
 
-    it('answers a request without a live key, or to a path no route serves, without reading its body', async () => {
+    it('answers a request without a live key, to a path no route serves, or to a public route, without reading its body', async () => {
       // Declares a 5 MB body and sends 20 bytes of it: an API that read bodies first would wait for the rest.
       const answerTo = (head: string) => new Promise<string>((resolve, reject) => {
         const socket = connect(Number(new URL(t.url).port), '127.0.0.1', () => socket.write(`${head}\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n{"spans":[{"trace_id`));
@@ -249,6 +260,8 @@ describe('REST: /tracing and /observability', () => {
       expect(await answerTo('POST /tracing/spans HTTP/1.1')).toBe('HTTP/1.1 401 Unauthorized');
       expect(await answerTo('POST /tracing/spans HTTP/1.1\r\nAuthorization: ApiKey tk_nope')).toBe('HTTP/1.1 401 Unauthorized');
       expect(await answerTo('POST /no/such/route HTTP/1.1')).toBe('HTTP/1.1 404 Not Found');
+      expect(await answerTo('GET /health HTTP/1.1')).toBe('HTTP/1.1 200 OK');
+      expect(await answerTo('GET /metrics HTTP/1.1')).toBe('HTTP/1.1 200 OK');
       // So a body that would be refused is not even looked at.
       await http().post('/tracing/spans').set('Content-Type', 'application/json').send('{x').expect(401);
       await http().post('/tracing/spans').set('Content-Type', 'application/json').send(`{"spans":"${'x'.repeat(300_000)}"}`).expect(401);
@@ -297,7 +310,7 @@ describe('REST: /tracing and /observability', () => {
       await http().get(`/observability/trees/${tree}`).set(auth).expect(404);
     });
 
-    it('a trace or tree larger than MAX_RESPONSE_ITEMS (40) is a 422 saying how to read it in parts; the parts read it whole', async () => {
+    it('a trace or tree larger than MAX_RESPONSE_ITEMS (40) is a 422 saying how to read it in pages; the pages read it whole', async () => {
       const big = makeTrace(40); // 41 spans
       await http().post('/tracing/spans').set(auth).send({ spans: big.slice(0, 40) }).expect(201);
       expect((await http().get(`/tracing/traces/${big[0].trace_id}`).set(auth).expect(200)).body.spans).toHaveLength(40);
@@ -321,7 +334,10 @@ describe('REST: /tracing and /observability', () => {
       expect(read.sort()).toEqual(big.map((s) => s.span_id).sort());
       // A focus-trace page that would pass the bound ends before that trace; alone, it is the same 422.
       const focusTrace = { focus: 'trace', filter: { operator: 'and', conditions: [{ field: 'trace_id', operator: 'in', value: [trace] }] } };
-      expect((await http().post('/tracing/spans/query').set(auth).send(focusTrace).expect(422)).body.message).toBe(refused.body.message);
+      const tooLarge = await http().post('/tracing/spans/query').set(auth).send(focusTrace).expect(422);
+      expect(tooLarge.body).toEqual({ ...refused.body, message: `${refused.body.message}; to page on past it, pass this answer's \`next\` as windowing.next`, next: expect.any(String) });
+      const pastIt = await http().post('/tracing/spans/query').set(auth).send({ ...focusTrace, windowing: { next: tooLarge.body.next } }).expect(200);
+      expect(pastIt.body).toEqual({ count: 0, spans: [], next: null });
 
       const tree = uuid();
       const nodes = Array.from({ length: 41 }, () => makeNode({ tree_id: tree }));
@@ -329,12 +345,51 @@ describe('REST: /tracing and /observability', () => {
       await http().get(`/observability/trees/${tree}`).set(auth).expect(200);
       await http().post('/observability/nodes').set(auth).send({ nodes: nodes.slice(40) }).expect(201);
       expect((await http().get(`/observability/trees/${tree}`).set(auth).expect(422)).body.message).toBe(
-        `tree ${tree} has more than 40 nodes, more than one answer carries (MAX_RESPONSE_ITEMS); read it in parts with POST /observability/nodes/query, {"tree_id":"${tree}"} and time windows (oldest, newest)`,
+        `tree ${tree} has more than 40 nodes, more than one answer carries (MAX_RESPONSE_ITEMS); read it in pages with POST /observability/nodes/query, {"tree_id":"${tree}"} and next`,
       );
-      expect((await http().post('/observability/nodes/query').set(auth).send({ tree_id: tree }).expect(200)).body.count).toBe(41);
+      // Its 41 nodes share one time_start: pages of 15 go by node_id within it, none skipped or repeated.
+      const nodeIds: string[] = [];
+      let nodesNext: string | undefined;
+      do {
+        const page = await http().post('/observability/nodes/query').set(auth).send({ tree_id: tree, limit: 15, ...(nodesNext ? { next: nodesNext } : {}) }).expect(200);
+        expect(page.body.count).toBe(page.body.nodes.length);
+        nodeIds.push(...page.body.nodes.map((n: { node_id: string }) => n.node_id));
+        nodesNext = page.body.next ?? undefined;
+      } while (nodesNext);
+      expect(nodeIds).toHaveLength(41);
+      expect([...nodeIds].sort()).toEqual(nodes.map((n) => n.node_id).sort());
       // Deleting takes the whole trace and tree: the answer is a count.
       expect((await http().delete(`/tracing/traces/${trace}`).set(auth).expect(200)).body.count).toBe(41);
       expect((await http().delete(`/observability/trees/${tree}`).set(auth).expect(200)).body.count).toBe(41);
+    });
+
+    it('nodes/query pages newest first with a cursor, and refuses a cursor it did not issue', async () => {
+      const tree = uuid();
+      const times = ['10:00:00.000001', '10:00:00.000002', '10:00:00.000002', '10:00:00.000002', '10:00:03', '10:00:04', '10:00:04'];
+      const nodes = times.map((time) => makeNode({ tree_id: tree, time_start: `2026-11-21T${time}Z`, time_end: '2026-11-21T11:00:00Z' }));
+      await http().post('/observability/nodes').set(auth).send({ nodes }).expect(201);
+      const whole = (await http().post('/observability/nodes/query').set(auth).send({ tree_id: tree }).expect(200)).body;
+      expect(whole).toMatchObject({ count: 7, next: null });
+      const paged: Array<{ node_id: string }> = [];
+      let next: string | undefined;
+      do {
+        const page = (await http().post('/observability/nodes/query').set(auth).send({ tree_id: tree, limit: 2, ...(next ? { next } : {}) }).expect(200)).body;
+        paged.push(...page.nodes);
+        next = page.next ?? undefined;
+      } while (next);
+      expect(paged.map((n) => n.node_id)).toEqual(whole.nodes.map((n: { node_id: string }) => n.node_id));
+
+      await http().post('/tracing/spans').set(auth).send({ spans: makeTrace(1) }).expect(201);
+      const spanCursor = (await http().post('/tracing/spans/query').set(auth).send({ windowing: { limit: 1 } }).expect(200)).body.next;
+      expect(typeof spanCursor).toBe('string');
+      for (const [cursor, message] of [
+        [spanCursor, /^the cursor belongs to another kind of query, focus or order \(span:descending\)/],
+        ['bm90LWEtY3Vyc29y', /^not a cursor returned by this API$/],
+        ['not a cursor!', /^expected a cursor returned as "next" by a previous page$/],
+      ]) {
+        const res = await http().post('/observability/nodes/query').set(auth).send({ tree_id: tree, next: cursor }).expect(400);
+        expect(res.body.errors).toEqual([{ field: 'next', message: expect.stringMatching(message) }]);
+      }
     });
 
     it.each([['a string', '5'], ['a boolean', true], ['an array', [3]], ['a fraction', 2.5]])('nodes/query refuses %s as limit, as spans/query does (was coerced)', async (_, limit) => {

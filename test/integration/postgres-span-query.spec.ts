@@ -419,11 +419,14 @@ describe('span queries on Postgres', () => {
       expect(pages).toEqual(expected);
     });
 
-    it('a first trace with more spans than maxSpans is a TraceTooLargeError naming it; nothing is returned', async () => {
-      const first = ordered(starts.map((_, i) => i + 1), 'ascending')[0];
-      const run = querySpans(test.db, P, parseSpanQuery({ focus: 'trace', windowing: { order: 'ascending' } }), { maxSpans: 2 });
-      await expect(run).rejects.toThrow(new TraceTooLargeError([traceId(`focus-${first}`)], 2));
-      await expect(run).rejects.toBeInstanceOf(TraceTooLargeError);
+    it.each(['ascending', 'descending'] as const)('a first trace with more spans than maxSpans is a TraceTooLargeError naming it, whose cursor pages on past it (%s)', async (order) => {
+      const [first, second] = ordered(starts.map((_, i) => i + 1), order);
+      const error = await querySpans(test.db, P, parseSpanQuery({ focus: 'trace', windowing: { order } }), { maxSpans: 2 }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(TraceTooLargeError);
+      expect(error).toEqual(new TraceTooLargeError([traceId(`focus-${first}`)], 2));
+      const next = (error as TraceTooLargeError).next!;
+      const after = await querySpans(test.db, P, parseSpanQuery({ focus: 'trace', windowing: { order, next, limit: 1 } }), { maxSpans: 3 });
+      expect(after.spans.map((s) => s.span_name)).toEqual(wholeTrace(second));
     });
   });
 

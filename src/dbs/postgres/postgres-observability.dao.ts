@@ -1,8 +1,10 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { Kysely, sql, SqlBool } from 'kysely';
 import { DeletedNode, NodeInput, ObservabilityNode } from '../../observability/node';
-import { NodeQuery, ObservabilityDao, TreeTooLargeError } from '../../observability/observability.dao';
+import { NodePage, NodeQuery, ObservabilityDao, TreeTooLargeError } from '../../observability/observability.dao';
+import { InvalidQueryError } from '../../tracing/span-query';
 import { DB, NodeRow } from './database';
+import { decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
 import { KYSELY } from './postgres.tokens';
 import { nodeFromRow, nodeToRow } from './node-row.mapper';
 import { inCallersOrder, inLockOrder } from './lock-order';
@@ -14,6 +16,18 @@ const INSERT_CHUNK = 1000;
 const nextVersion = sql<string>`greatest(clock_timestamp(), nodes.updated_at + interval '1 microsecond')`;
 /** See PostgresTracingDao: a delete's version is just past the deleted row's. */
 const tombstoneVersion = sql<string>`nodes.updated_at + interval '1 microsecond'`;
+
+const DEFAULT_NODE_LIMIT = 100;
+/** What a node page's cursor is issued for (keyset-cursor.ts): its position is [time_start, node_id]. */
+const NODE_CURSOR = 'nodes:descending';
+
+function decodeNodeCursor(next: string): { timeStart: string; nodeId: string } {
+  const [timeStart, nodeId] = decodeCursor(next, 'next', NODE_CURSOR, 2);
+  if (!isCursorTime(timeStart) || typeof nodeId !== 'string' || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(nodeId)) {
+    throw new InvalidQueryError('next', 'not a cursor returned by this API');
+  }
+  return { timeStart, nodeId };
+}
 
 @Injectable()
 export class PostgresObservabilityDao implements ObservabilityDao {
@@ -73,19 +87,33 @@ export class PostgresObservabilityDao implements ObservabilityDao {
     return rows.map(nodeFromRow);
   }
 
-  async queryNodes(projectId: string, query: NodeQuery): Promise<ObservabilityNode[]> {
+  /**
+   * Newest time_start first, then node_id: a keyset on the two, so nodes
+   * sharing a time_start are neither skipped nor repeated across pages.
+   */
+  async queryNodes(projectId: string, query: NodeQuery): Promise<NodePage> {
+    const limit = query.limit ?? DEFAULT_NODE_LIMIT;
     let q = this.db.selectFrom('nodes').selectAll().where('project_id', '=', projectId);
     if (query.tree_id) q = q.where('tree_id', '=', query.tree_id);
     if (query.node_type) q = q.where('node_type', '=', query.node_type);
     if (query.node_name) q = q.where('node_name', '=', query.node_name);
     if (query.oldest) q = q.where('time_start', '>=', query.oldest);
     if (query.newest) q = q.where('time_start', '<', query.newest);
+    if (query.next !== undefined) {
+      const after = decodeNodeCursor(query.next);
+      q = q.where((eb) => eb.or([
+        eb('time_start', '<', after.timeStart),
+        eb.and([eb('time_start', '=', after.timeStart), eb('node_id', '>', after.nodeId)]),
+      ]));
+    }
     const rows = await q
       .orderBy('time_start', 'desc')
       .orderBy('node_id')
-      .limit(query.limit ?? 100)
+      .limit(limit + 1)
       .execute();
-    return rows.map(nodeFromRow);
+    const nodes = rows.slice(0, limit).map(nodeFromRow);
+    const last = nodes[nodes.length - 1];
+    return { nodes, next: rows.length > limit ? encodeCursor(NODE_CURSOR, [last.time_start, last.node_id]) : null };
   }
 
   async deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]> {

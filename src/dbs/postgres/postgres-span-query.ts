@@ -2,9 +2,9 @@ import { Kysely, RawBuilder, sql, SqlBool } from 'kysely';
 import {
   AnalyticsBucket, AnalyticsQuery, Filter, Focus, InvalidQueryError, SpanPage, SpanQuery, Windowing,
 } from '../../tracing/span-query';
-import { parseTimestampMicros } from '../../tracing/timestamp';
 import { SpanBound, TraceTooLargeError } from '../../tracing/tracing.dao';
 import { DB } from './database';
+import { decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
 import { spanFilter } from './span-filter';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { spanFromRow, spanIdToBytes } from './span-row.mapper';
@@ -21,7 +21,7 @@ export async function querySpans(db: Kysely<DB>, projectId: string, query: SpanQ
   const windowing = query.windowing ?? {};
   const order: Order = windowing.order ?? 'descending';
   const limit = windowing.limit ?? DEFAULT_LIMIT;
-  const after = windowing.next === undefined ? null : decodeCursor(windowing.next, query.focus, order);
+  const after = windowing.next === undefined ? null : decodeSpanCursor(windowing.next, query.focus, order);
   const page = { projectId, filter: query.filter, windowing, order, limit, after, maxSpans: bound.maxSpans };
   return query.focus === 'trace' ? pageOfTraces(db, page) : pageOfSpans(db, page);
 }
@@ -62,7 +62,7 @@ async function pageOfSpans(db: Kysely<DB>, page: PageRequest): Promise<SpanPage>
   const spans = rows.slice(0, limit).map(spanFromRow);
   const last = spans[spans.length - 1];
   const next = rows.length > limit
-    ? encodeCursor('span', order, { startTime: last.start_time, traceId: last.trace_id, spanId: last.span_id })
+    ? encodeSpanCursor('span', order, { startTime: last.start_time, traceId: last.trace_id, spanId: last.span_id })
     : null;
   return { spans, next };
 }
@@ -109,7 +109,9 @@ async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage
     );
   }
   const traces = await select.orderBy('trace_start', direction).orderBy('trace_id', direction).limit(limit + 1).execute();
-  const pageTraces = withinSpanBound(traces.slice(0, limit), maxSpans);
+  const cursorAfter = (trace: { trace_start: string; trace_id: string }) =>
+    encodeSpanCursor('trace', order, { startTime: trace.trace_start, traceId: uuidToTraceId(trace.trace_id), spanId: null });
+  const pageTraces = withinSpanBound(traces.slice(0, limit), maxSpans, cursorAfter);
   if (pageTraces.length === 0) return { spans: [], next: null };
 
   const traceIds = pageTraces.map((t) => t.trace_id);
@@ -122,56 +124,38 @@ async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage
     .orderBy('start_time', 'asc')
     .orderBy('span_id', 'asc')
     .execute();
-  const last = pageTraces[pageTraces.length - 1];
-  const next = traces.length > pageTraces.length
-    ? encodeCursor('trace', order, { startTime: last.trace_start, traceId: uuidToTraceId(last.trace_id), spanId: null })
-    : null;
+  const next = traces.length > pageTraces.length ? cursorAfter(pageTraces[pageTraces.length - 1]) : null;
   return { spans: rows.map(spanFromRow), next };
 }
 
-/** The leading traces whose spans add up to at most maxSpans; throws when the first alone has more. */
-function withinSpanBound<T extends { trace_id: string; span_count: string }>(traces: T[], maxSpans: number | undefined): T[] {
+/**
+ * The leading traces whose spans add up to at most maxSpans. When the first
+ * alone has more, a TraceTooLargeError carrying the cursor past it: paging
+ * can skip it, where the previous page's cursor would only lead to it again.
+ */
+function withinSpanBound<T extends { trace_id: string; span_count: string }>(traces: T[], maxSpans: number | undefined, cursorAfter: (trace: T) => string): T[] {
   if (maxSpans === undefined) return traces;
   let spans = 0;
   const fitting = traces.findIndex((trace) => (spans += Number(trace.span_count)) > maxSpans);
-  if (fitting === 0) throw new TraceTooLargeError([uuidToTraceId(traces[0].trace_id)], maxSpans);
+  if (fitting === 0) throw new TraceTooLargeError([uuidToTraceId(traces[0].trace_id)], maxSpans, cursorAfter(traces[0]));
   return fitting === -1 ? traces : traces.slice(0, fitting);
 }
 
-/**
- * Cursor: base64url of JSON [1, "<focus>:<order>", start_time, trace_id, span_id|null].
- * The start time is the microsecond text Postgres returned, never a JS Date;
- * focus and order ride along so a cursor cannot be replayed under another order.
- */
+/** A span page's cursor (keyset-cursor.ts), issued for "<focus>:<order>": start_time, trace_id, span_id (null for focus trace). */
 interface CursorPosition {
   startTime: string;
   traceId: string;
   spanId: string | null;
 }
 
-const CURSOR_VERSION = 1;
-const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
-
-function encodeCursor(focus: Focus, order: Order, position: CursorPosition): string {
-  const payload = [CURSOR_VERSION, `${focus}:${order}`, position.startTime, position.traceId, position.spanId];
-  return Buffer.from(JSON.stringify(payload), 'utf8').toString('base64url');
+function encodeSpanCursor(focus: Focus, order: Order, position: CursorPosition): string {
+  return encodeCursor(`${focus}:${order}`, [position.startTime, position.traceId, position.spanId]);
 }
 
-function decodeCursor(next: string, focus: Focus, order: Order): CursorPosition {
+function decodeSpanCursor(next: string, focus: Focus, order: Order): CursorPosition {
+  const [startTime, traceId, spanId] = decodeCursor(next, 'windowing.next', `${focus}:${order}`, 3);
   const invalid = () => new InvalidQueryError('windowing.next', 'not a cursor returned by this API');
-  let payload: unknown;
-  try {
-    payload = JSON.parse(Buffer.from(next, 'base64url').toString('utf8'));
-  } catch {
-    throw invalid();
-  }
-  if (!Array.isArray(payload) || payload.length !== 5 || payload[0] !== CURSOR_VERSION) throw invalid();
-  const [, issuedFor, startTime, traceId, spanId] = payload as unknown[];
-  if (typeof issuedFor !== 'string') throw invalid();
-  if (issuedFor !== `${focus}:${order}`) {
-    throw new InvalidQueryError('windowing.next', `the cursor belongs to a query with another focus or order (${issuedFor.slice(0, 40)}); start again without it`);
-  }
-  if (typeof startTime !== 'string' || !CURSOR_TIME.test(startTime) || parseTimestampMicros(startTime) === null) throw invalid();
+  if (!isCursorTime(startTime)) throw invalid();
   if (typeof traceId !== 'string' || !/^[0-9a-f]{32}$/.test(traceId)) throw invalid();
   if (focus === 'span' ? typeof spanId !== 'string' || !/^[0-9a-f]{16}$/.test(spanId) : spanId !== null) throw invalid();
   return { startTime, traceId, spanId: spanId as string | null };

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { jsonArraySchema, jsonObjectSchema, textSchema } from '../../http/json-value';
 import { orderRules, timestampSchema } from '../../tracing/dto/span.schema';
-import { integerRangeMessage, MAX_LIMIT } from '../../tracing/span-query.parser';
+import { integerRangeMessage, MAX_CURSOR_LENGTH, MAX_LIMIT } from '../../tracing/span-query.parser';
 
 export const uuidSchema = z
   .string()
@@ -49,6 +49,7 @@ export const nodesBodySchema = z
   });
 
 const LIMIT_MESSAGE = integerRangeMessage(1, MAX_LIMIT);
+const CURSOR_MESSAGE = 'expected a cursor returned as "next" by a previous page';
 
 export const nodeQuerySchema = z
   .object({
@@ -64,6 +65,11 @@ export const nodeQuerySchema = z
       .int(LIMIT_MESSAGE)
       .min(1, LIMIT_MESSAGE)
       .max(MAX_LIMIT, LIMIT_MESSAGE)
+      .optional(),
+    next: z
+      .string({ invalid_type_error: CURSOR_MESSAGE })
+      .regex(/^[A-Za-z0-9_-]+$/, CURSOR_MESSAGE)
+      .max(MAX_CURSOR_LENGTH, CURSOR_MESSAGE)
       .optional(),
   })
   .strict()

@@ -1,0 +1,43 @@
+import { InvalidQueryError } from '../../tracing/span-query';
+import { parseTimestampMicros } from '../../tracing/timestamp';
+
+/**
+ * The opaque cursor of a keyset page (span queries, node queries):
+ * base64url of JSON [1, issuedFor, ...position]. `issuedFor` names the query
+ * kind (and order) the cursor was issued under, so it cannot be replayed
+ * under another; the position holds the last row's keys, times as the
+ * microsecond text Postgres returned, never a JS Date.
+ */
+const CURSOR_VERSION = 1;
+const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
+
+export function encodeCursor(issuedFor: string, position: Array<string | null>): string {
+  return Buffer.from(JSON.stringify([CURSOR_VERSION, issuedFor, ...position]), 'utf8').toString('base64url');
+}
+
+/**
+ * The position a cursor holds, `length` values long, or an InvalidQueryError
+ * naming `field`: for text that is not a cursor this API issued, and for one
+ * issued under another query kind or order.
+ */
+export function decodeCursor(next: string, field: string, issuedFor: string, length: number): unknown[] {
+  const invalid = () => new InvalidQueryError(field, 'not a cursor returned by this API');
+  let payload: unknown;
+  try {
+    payload = JSON.parse(Buffer.from(next, 'base64url').toString('utf8'));
+  } catch {
+    throw invalid();
+  }
+  if (!Array.isArray(payload) || payload[0] !== CURSOR_VERSION || typeof payload[1] !== 'string') throw invalid();
+  const [, issued, ...position] = payload as unknown[];
+  if (issued !== issuedFor) {
+    throw new InvalidQueryError(field, `the cursor belongs to another kind of query, focus or order (${(issued as string).slice(0, 40)}); start again without it`);
+  }
+  if (position.length !== length) throw invalid();
+  return position;
+}
+
+/** Whether a cursor's time is the microsecond text a cursor is written with. */
+export function isCursorTime(value: unknown): value is string {
+  return typeof value === 'string' && CURSOR_TIME.test(value) && parseTimestampMicros(value) !== null;
+}
