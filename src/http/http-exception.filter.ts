@@ -91,7 +91,7 @@ function tooLarge({ length, limit }: { length?: unknown; limit?: unknown }): str
 }
 
 /** Where a caller finds the rest of a trace or tree too large for one answer: the query routes, which page. */
-function howToReadInParts(error: TraceTooLargeError | TreeTooLargeError): string {
+function howToReadInPages(error: TraceTooLargeError | TreeTooLargeError): string {
   if (error instanceof TreeTooLargeError) {
     return `read it in pages with POST /observability/nodes/query, {"tree_id":"${error.treeId}"} and next`;
   }
@@ -112,12 +112,11 @@ export function answerTo(error: unknown): [number, Record<string, unknown>] {
   if (error instanceof SpansConflictError) return [409, { statusCode: 409, error: 'Conflict', message: error.message }];
   if (error instanceof SpansNotFoundError) return [404, { statusCode: 404, error: 'Not Found', message: error.message }];
   if (error instanceof TraceTooLargeError || error instanceof TreeTooLargeError) {
-    const message = `${error.message}, more than one answer carries (MAX_RESPONSE_ITEMS); ${howToReadInParts(error)}`;
+    const message = `${error.message}, more than one answer carries (MAX_RESPONSE_ITEMS); ${howToReadInPages(error)}`;
     // From a focus-trace query: the cursor past the trace, so the caller can page on without it.
-    if (error instanceof TraceTooLargeError && error.next !== undefined) {
-      return [422, { statusCode: 422, error: 'Unprocessable Entity', message: `${message}; to page on past it, pass this answer's \`next\` as windowing.next`, next: error.next }];
-    }
-    return [422, { statusCode: 422, error: 'Unprocessable Entity', message }];
+    const next = error instanceof TraceTooLargeError ? error.next : undefined;
+    if (next === undefined) return [422, { statusCode: 422, error: 'Unprocessable Entity', message }];
+    return [422, { statusCode: 422, error: 'Unprocessable Entity', message: `${message}; to page on past it, pass this answer's \`next\` as windowing.next`, next }];
   }
   const bodyError = error as { type?: string; status?: number; statusCode?: number; message?: string; expose?: boolean; code?: string };
   const bodyStatus = bodyError?.status ?? bodyError?.statusCode;

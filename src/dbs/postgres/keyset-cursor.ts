@@ -16,11 +16,16 @@ export function encodeCursor(issuedFor: string, position: Array<string | null>):
 }
 
 /**
- * The position a cursor holds, `length` values long, or an InvalidQueryError
- * naming `field`: for text that is not a cursor this API issued, and for one
- * issued under another query kind or order.
+ * The position a cursor holds, or an InvalidQueryError naming `field`: for
+ * text that is not a cursor this API issued (its position fails
+ * `isPosition`), and for one issued under another query kind or order.
  */
-export function decodeCursor(next: string, field: string, issuedFor: string, length: number): unknown[] {
+export function decodeCursor<Position extends unknown[]>(
+  next: string,
+  field: string,
+  issuedFor: string,
+  isPosition: (position: unknown[]) => position is Position,
+): Position {
   const invalid = () => new InvalidQueryError(field, 'not a cursor returned by this API');
   let payload: unknown;
   try {
@@ -33,7 +38,7 @@ export function decodeCursor(next: string, field: string, issuedFor: string, len
   if (issued !== issuedFor) {
     throw new InvalidQueryError(field, `the cursor belongs to another kind of query, focus or order (${(issued as string).slice(0, 40)}); start again without it`);
   }
-  if (position.length !== length) throw invalid();
+  if (!isPosition(position)) throw invalid();
   return position;
 }
 

@@ -2,8 +2,8 @@ import { Inject, Injectable } from '@nestjs/common';
 import { Kysely, sql, SqlBool } from 'kysely';
 import { DeletedNode, NodeInput, ObservabilityNode } from '../../observability/node';
 import { NodePage, NodeQuery, ObservabilityDao, TreeTooLargeError } from '../../observability/observability.dao';
-import { InvalidQueryError } from '../../tracing/span-query';
 import { DB, NodeRow } from './database';
+import { selectAtMost } from './bounded-read';
 import { decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
 import { KYSELY } from './postgres.tokens';
 import { nodeFromRow, nodeToRow } from './node-row.mapper';
@@ -22,10 +22,9 @@ const DEFAULT_NODE_LIMIT = 100;
 const NODE_CURSOR = 'nodes:descending';
 
 function decodeNodeCursor(next: string): { timeStart: string; nodeId: string } {
-  const [timeStart, nodeId] = decodeCursor(next, 'next', NODE_CURSOR, 2);
-  if (!isCursorTime(timeStart) || typeof nodeId !== 'string' || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(nodeId)) {
-    throw new InvalidQueryError('next', 'not a cursor returned by this API');
-  }
+  const isPosition = (p: unknown[]): p is [string, string] =>
+    p.length === 2 && isCursorTime(p[0]) && typeof p[1] === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(p[1]);
+  const [timeStart, nodeId] = decodeCursor(next, 'next', NODE_CURSOR, isPosition);
   return { timeStart, nodeId };
 }
 
@@ -73,17 +72,14 @@ export class PostgresObservabilityDao implements ObservabilityDao {
   }
 
   async readTree(projectId: string, treeId: string, options: { maxNodes?: number } = {}): Promise<ObservabilityNode[]> {
-    let select = this.db
+    const select = this.db
       .selectFrom('nodes')
       .selectAll()
       .where('project_id', '=', projectId)
       .where('tree_id', '=', treeId)
       .orderBy('time_start')
       .orderBy('node_id');
-    // One row past the bound tells a tree that is too large from one that fits exactly, without reading it all.
-    if (options.maxNodes !== undefined) select = select.limit(options.maxNodes + 1);
-    const rows = await select.execute();
-    if (options.maxNodes !== undefined && rows.length > options.maxNodes) throw new TreeTooLargeError(treeId, options.maxNodes);
+    const rows = await selectAtMost(select, options.maxNodes, (max) => new TreeTooLargeError(treeId, max));
     return rows.map(nodeFromRow);
   }
 

@@ -153,12 +153,11 @@ function encodeSpanCursor(focus: Focus, order: Order, position: CursorPosition):
 }
 
 function decodeSpanCursor(next: string, focus: Focus, order: Order): CursorPosition {
-  const [startTime, traceId, spanId] = decodeCursor(next, 'windowing.next', `${focus}:${order}`, 3);
-  const invalid = () => new InvalidQueryError('windowing.next', 'not a cursor returned by this API');
-  if (!isCursorTime(startTime)) throw invalid();
-  if (typeof traceId !== 'string' || !/^[0-9a-f]{32}$/.test(traceId)) throw invalid();
-  if (focus === 'span' ? typeof spanId !== 'string' || !/^[0-9a-f]{16}$/.test(spanId) : spanId !== null) throw invalid();
-  return { startTime, traceId, spanId: spanId as string | null };
+  const isPosition = (p: unknown[]): p is [string, string, string | null] =>
+    p.length === 3 && isCursorTime(p[0]) && typeof p[1] === 'string' && /^[0-9a-f]{32}$/.test(p[1]) &&
+    (focus === 'span' ? typeof p[2] === 'string' && /^[0-9a-f]{16}$/.test(p[2]) : p[2] === null);
+  const [startTime, traceId, spanId] = decodeCursor(next, 'windowing.next', `${focus}:${order}`, isPosition);
+  return { startTime, traceId, spanId };
 }
 
 const COSTS_PATH = ['ag', 'metrics', 'costs', 'cumulative', 'total'];

@@ -4,6 +4,7 @@ import { DeletedSpan, Span, SpanInput, SpanKey } from '../../tracing/span';
 import { AnalyticsBucket, AnalyticsQuery, SpanPage, SpanQuery } from '../../tracing/span-query';
 import { SpanBound, SpansConflictError, SpansNotFoundError, TraceTooLargeError, TracingDao } from '../../tracing/tracing.dao';
 import { DB, SpanRow } from './database';
+import { selectAtMost } from './bounded-read';
 import { KYSELY } from './postgres.tokens';
 import { querySpans, spanAnalytics } from './postgres-span-query';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
@@ -80,7 +81,7 @@ export class PostgresTracingDao implements TracingDao {
 
   async readTraces(projectId: string, traceIds: string[], options: SpanBound = {}): Promise<Span[]> {
     if (traceIds.length === 0) return [];
-    let select = this.db
+    const select = this.db
       .selectFrom('spans')
       .selectAll()
       .where('project_id', '=', projectId)
@@ -88,10 +89,7 @@ export class PostgresTracingDao implements TracingDao {
       .orderBy('trace_id')
       .orderBy('start_time')
       .orderBy('span_id');
-    // One row past the bound tells a trace that is too large from one that fits exactly, without reading it all.
-    if (options.maxSpans !== undefined) select = select.limit(options.maxSpans + 1);
-    const rows = await select.execute();
-    if (options.maxSpans !== undefined && rows.length > options.maxSpans) throw new TraceTooLargeError(traceIds, options.maxSpans);
+    const rows = await selectAtMost(select, options.maxSpans, (max) => new TraceTooLargeError(traceIds, max));
     return rows.map(spanFromRow);
   }
 
@@ -198,7 +196,6 @@ export class PostgresTracingDao implements TracingDao {
   }
 }
 
-/** Lower case, as stored rows come back: a caller's upper-case hex must still find its stored row. */
 /**
  * The spans among `keys`, bound as two arrays: two parameters however many
  * keys there are. An IN list of row tuples binds two per key, and Postgres
@@ -214,6 +211,7 @@ function amongTraces(traceIds: string[]): Expression<SqlBool> {
   return sql<SqlBool>`trace_id = any(${traceIds.map(traceIdToUuid)}::uuid[])`;
 }
 
+/** Lower case, as stored rows come back: a caller's upper-case hex must still find its stored row. */
 function keyOf(span: SpanKey): string {
   return `${span.trace_id}/${span.span_id}`.toLowerCase();
 }
