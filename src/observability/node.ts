@@ -34,6 +34,12 @@ export interface ObservabilityNode extends NodeInput {
   updated_at: string;
 }
 
-export interface DeletedNode extends ObservabilityNode {
+/** What a delete reports of each node it removed: what its tombstone must carry (see NodeTombstone), never its payload. */
+export interface DeletedNode {
+  project_id: string;
+  node_id: string;
+  created_at: string;
+  tree_id: string;
+  time_start: string;
   deleted_at: string;
 }

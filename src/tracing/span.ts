@@ -59,7 +59,16 @@ export interface SpanKey {
   span_id: string;
 }
 
-/** A span as it was when deleted, with the delete's row version (just past the span's last; see PostgresTracingDao). */
-export interface DeletedSpan extends Span {
+/**
+ * What a delete reports of each span it removed: what its ClickHouse
+ * tombstone must carry (see SpanTombstone) and the delete's row version
+ * (just past the span's last; see PostgresTracingDao). Never the payload:
+ * deleting a trace of a million spans holds a million of these, not a
+ * million rows of attributes.
+ */
+export interface DeletedSpan extends SpanKey {
+  project_id: string;
+  created_at: string;
+  start_time: string;
   deleted_at: string;
 }

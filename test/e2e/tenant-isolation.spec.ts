@@ -1,5 +1,7 @@
 import request from 'supertest';
+import { spanIdToUInt64 } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
 import { SpanInput } from '../../src/tracing/span';
+import { traceIdToUuid } from '../../src/tracing/trace-id';
 import { NodeInput } from '../../src/observability/node';
 import { createTestApp, TestApp } from '../support/app';
 import { makeNode, makeSpan, spanId, traceId, uuid } from '../support/fixtures';
@@ -250,11 +252,20 @@ describe('tenant isolation: a key of project A never reaches project B', () => {
       const clickhouse = t.mirror!.clickhouse.query;
       const all = async (query: string) => (await clickhouse.query({ query, format: 'JSONEachRow' })).json<Record<string, string>>();
 
-      // Raw rows, no FINAL: inserts, updates and tombstones alike carry the owner's project.
-      const spanRows = await all(`SELECT toString(project_id) AS project, JSONExtractString(attributes, 'owner') AS owner, is_deleted FROM spans`);
-      const nodeRows = await all(`SELECT toString(project_id) AS project, JSONExtractString(meta, 'owner') AS owner, is_deleted FROM nodes`);
-      expect(spanRows.some((r) => Number(r.is_deleted) === 1)).toBe(true);
-      for (const row of [...spanRows, ...nodeRows]) expect(row.owner).toBe(row.project);
+      // Raw rows, no FINAL: inserts and updates carry the owner's project. A tombstone holds keys, not attributes: it must be
+      // filed under the project that deleted the row, and only A deleted (its copy of B's span, the shared trace, its copy of B's
+      // node). Merges may already have replaced some (A wrote B's span again over OTLP), so: among those, and at least one.
+      const spanRows = await all(
+        `SELECT toString(project_id) AS project, toString(trace_id) || '/' || toString(span_id) AS key, JSONExtractString(attributes, 'owner') AS owner, is_deleted FROM spans`,
+      );
+      const nodeRows = await all(`SELECT toString(project_id) AS project, toString(node_id) AS key, JSONExtractString(meta, 'owner') AS owner, is_deleted FROM nodes`);
+      for (const row of [...spanRows, ...nodeRows].filter((r) => Number(r.is_deleted) === 0)) expect(row.owner).toBe(row.project);
+      const tombstones = (rows: Record<string, string>[]) => rows.filter((r) => Number(r.is_deleted) === 1).map((r) => `${r.project} ${r.key}`).sort();
+      const spanKey = (trace: string, span: string) => `${projectA} ${traceIdToUuid(trace)}/${spanIdToUInt64(span)}`;
+      const deletedByA = [spanKey(B_ONLY_TRACE, B_ONLY_SPAN), spanKey(SHARED_TRACE, SHARED_ROOT), spanKey(SHARED_TRACE, SHARED_CHILD), `${projectA} ${B_ONLY_NODE}`];
+      const filed = [...tombstones(spanRows), ...tombstones(nodeRows)];
+      expect(filed.length).toBeGreaterThan(0);
+      for (const tombstone of filed) expect(deletedByA).toContain(tombstone);
       expect(new Set(spanRows.map((r) => r.project))).toEqual(new Set([projectA, projectB]));
 
       // Per project, the mirror holds exactly what Postgres holds.

@@ -3,12 +3,15 @@ import fc from 'fast-check';
 import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
 import { ClickHouseSink, linesBody } from '../../src/dbs/clickhouse/clickhouse-sink';
 import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
-import { MirroredNode, NODE_COLUMNS, toNodeClickHouseLine, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
+import { MirroredNode, NODE_COLUMNS, NodeRecord, NodeTombstone, toNodeClickHouseLine, toNodeInsertLine, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import {
   MirroredSpan,
   SPAN_COLUMNS,
+  SpanRecord,
+  SpanTombstone,
   toSpanClickHouseLine,
   toSpanClickHouseRow,
+  toSpanInsertLine,
   toSpanMirrorRow,
 } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
 import { isoToMicros, microsToIso } from '../../src/tracing/timestamp';
@@ -48,6 +51,14 @@ function mirroredNode(projectId: string, input: Partial<NodeInput> = {}, stored:
   };
 }
 
+/** The tombstone a delete of this span mirrors: its key, at the delete's version. */
+const spanTombstone = ({ project_id, trace_id, span_id, created_at, start_time }: MirroredSpan, version: bigint): SpanTombstone => ({
+  project_id, trace_id, span_id, created_at, start_time, version, deleted: true,
+});
+const nodeTombstone = ({ project_id, node_id, created_at, tree_id, time_start }: MirroredNode, version: bigint): NodeTombstone => ({
+  project_id, node_id, created_at, tree_id, time_start, version, deleted: true,
+});
+
 /** About 1 MB of JSON with every kind of value and plenty of non-ASCII text. */
 function largeJson(): { [key: string]: Json } {
   const items = Array.from({ length: 6000 }, (_, i) => ({
@@ -85,9 +96,9 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
   });
   afterAll(async () => ch?.drop());
 
-  const insertSpans = (rows: MirroredSpan[], token: string = randomUUID()) =>
+  const insertSpans = (rows: SpanRecord[], token: string = randomUUID()) =>
     sink.insert('spans', linesBody(rows.map((s) => toSpanMirrorRow(s).line)), token);
-  const insertNodes = (rows: MirroredNode[], token: string = randomUUID()) =>
+  const insertNodes = (rows: NodeRecord[], token: string = randomUUID()) =>
     sink.insert('nodes', linesBody(rows.map((n) => toNodeMirrorRow(n).line)), token);
 
   /** Physical rows, before FINAL collapses versions. */
@@ -221,7 +232,7 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
     const gone = mirroredSpan(projectId, { trace_id: kept.trace_id });
     const deletedAt = later(CREATED, 20n);
     await insertSpans([kept, gone]);
-    await insertSpans([{ ...gone, version: isoToMicros(deletedAt), deleted: true }]);
+    await insertSpans([spanTombstone(gone, isoToMicros(deletedAt))]);
     await insertSpans([{ ...gone, span_name: 'late update', updated_at: later(CREATED, 7n), version: isoToMicros(CREATED) + 7n }]);
 
     const keys = [kept, gone].map((s) => ({ trace_id: s.trace_id, span_id: s.span_id }));
@@ -242,11 +253,66 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
     await insertNodes([{ ...node, node_name: 'stale', version: isoToMicros(CREATED) + 1n }]);
     expect(await nodes.readNodes(projectId, [node.node_id])).toEqual([updated]);
 
-    await insertNodes([{ ...other, version: isoToMicros(CREATED) + 9n, deleted: true }]);
+    await insertNodes([nodeTombstone(other, isoToMicros(CREATED) + 9n)]);
     expect(await nodes.readTree(projectId, node.tree_id)).toEqual([updated]);
     expect(await nodes.countByProjectDay({ projectId })).toEqual([
       { project_id: projectId, day: '2026-11-20', rows: 1, version_sum: updated.version },
     ]);
+  });
+
+  it('a tombstone carries its key and skip-indexed columns only, and hides only its own key, whatever the skip-index settings', async () => {
+    const projectId = uuid();
+    const span = mirroredSpan(projectId, { attributes: largeJson() });
+    const node = mirroredNode(projectId, { data: largeJson() });
+    const tombstone = spanTombstone(span, span.version + 1n);
+    expect(JSON.parse(toSpanInsertLine(tombstone))).toEqual({
+      project_id: projectId,
+      trace_id: toSpanClickHouseRow(span).trace_id,
+      span_id: toSpanClickHouseRow(span).span_id,
+      start_time: toSpanClickHouseRow(span).start_time,
+      created_at: '2026-11-20 10:00:00.000001',
+      version: String(span.version + 1n),
+      is_deleted: 1,
+    });
+    expect(Object.keys(JSON.parse(toNodeInsertLine(nodeTombstone(node, node.version + 1n))))).toEqual([
+      'project_id', 'node_id', 'tree_id', 'time_start', 'created_at', 'version', 'is_deleted',
+    ]);
+
+    // The same trace and span created on another day is another row: a tombstone of one leaves the other.
+    const otherDay = { ...span, created_at: '2026-11-21T10:00:00.000001Z' };
+    await insertSpans([span, otherDay]);
+    await insertNodes([node]);
+    await insertSpans([tombstone]);
+    await insertNodes([nodeTombstone(node, node.version + 1n)]);
+    expect(await spans.readSpans(projectId, [{ trace_id: span.trace_id, span_id: span.span_id }])).toEqual([otherDay]);
+    expect(await nodes.readTree(projectId, node.tree_id)).toEqual([]);
+
+    // Filters on the skip-indexed columns (start_time; tree_id, time_start) with the indexes applied before FINAL,
+    // exact mode or not: the tombstone falls in the same granules as its row, so the deleted row does not come back.
+    const count = async (query: string, params: Record<string, unknown>, exactMode: 0 | 1) => {
+      const result = await ch.clients.query.query({
+        query: `${query} SETTINGS use_skip_indexes_if_final = 1, use_skip_indexes_if_final_exact_mode = ${exactMode}`,
+        query_params: { projectId, ...params },
+        format: 'JSONEachRow',
+      });
+      return Number((await result.json<{ n: string }>())[0].n);
+    };
+    for (const exactMode of [0, 1] as const) {
+      const spanQuery = `SELECT count() AS n FROM spans FINAL WHERE project_id = {projectId:UUID} AND is_deleted = 0
+                         AND start_time >= {since:DateTime64(6)} AND created_at < {nextDay:DateTime64(6)}`;
+      expect(await count(spanQuery, { since: '2026-01-01 00:00:00.000000', nextDay: '2026-11-21 00:00:00.000000' }, exactMode)).toBe(0);
+      const nodeQuery = `SELECT count() AS n FROM nodes FINAL WHERE project_id = {projectId:UUID} AND is_deleted = 0
+                         AND tree_id = {tree:UUID} AND time_start >= {since:DateTime64(6)}`;
+      expect(await count(nodeQuery, { tree: node.tree_id, since: '2026-01-01 00:00:00.000000' }, exactMode)).toBe(0);
+    }
+
+    // Stored as is, the tombstone's other columns hold the table's defaults.
+    const raw = await ch.clients.query.query({
+      query: 'SELECT span_name, attributes, parent_id FROM spans WHERE project_id = {projectId:UUID} AND is_deleted = 1',
+      query_params: { projectId },
+      format: 'JSONEachRow',
+    });
+    expect(await raw.json()).toEqual([{ span_name: '', attributes: '', parent_id: null }]);
   });
 
   it('stores a batch once when it is sent again with the same dedup token', async () => {
@@ -304,7 +370,7 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
     const rows = Array.from({ length: 7 }, () => mirroredSpan(projectId, {}, { created_at: day, updated_at: day, version: isoToMicros(day) }));
     const elsewhere = mirroredSpan(projectId, {}, { created_at: '2026-11-16T12:00:00.000000Z' });
     await insertSpans([...rows, elsewhere]);
-    await insertSpans([{ ...rows[3], version: rows[3].version + 1n, deleted: true }]);
+    await insertSpans([spanTombstone(rows[3], rows[3].version + 1n)]);
 
     const pages: MirroredSpan[][] = [];
     for await (const page of spans.readBucket(projectId, '2026-11-17', 2)) pages.push(page);

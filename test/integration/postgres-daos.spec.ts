@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { PostgresObservabilityDao } from '../../src/dbs/postgres/postgres-observability.dao';
 import { PostgresTracingDao } from '../../src/dbs/postgres/postgres-tracing.dao';
 import { TreeTooLargeError } from '../../src/observability/observability.dao';
+import { isoToMicros, microsToIso } from '../../src/tracing/timestamp';
 import { TraceTooLargeError } from '../../src/tracing/tracing.dao';
 import { makeNode, makeSpan, makeTrace } from '../support/fixtures';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
@@ -48,7 +49,7 @@ describe('Postgres DAOs with batches past 65,535 parameters', () => {
   it('reads and deletes spans by 40,000 keys and traces by 70,000 ids', async () => {
     const dao = new PostgresTracingDao(pg.db);
     const stored = [makeSpan(), makeSpan(), makeSpan()];
-    await dao.createSpans(project, stored, { userId: null, upsert: false });
+    const created = await dao.createSpans(project, stored, { userId: null, upsert: false });
     const absent = Array.from({ length: 40_000 }, () => ({ trace_id: hex(16), span_id: hex(8) }));
     const keys = [...absent, ...stored.map(({ trace_id, span_id }) => ({ trace_id, span_id }))];
     expect((await dao.readSpans(project, keys)).map((s) => s.span_id).sort()).toEqual(stored.map((s) => s.span_id).sort());
@@ -58,15 +59,21 @@ describe('Postgres DAOs with batches past 65,535 parameters', () => {
     expect((await dao.deleteSpans(project, keys.slice(0, -1))).map((s) => s.span_id).sort()).toEqual(stored.slice(0, 2).map((s) => s.span_id).sort());
     // stored[0]'s trace is among them, its span deleted above.
     expect(await dao.deleteTraces(project, traces)).toEqual([]);
-    expect((await dao.deleteTraces(project, [...traces.slice(0, -1), stored[2].trace_id])).map((s) => s.span_id)).toEqual([stored[2].span_id]);
+    // A delete reports each span's key and its tombstone's version (one microsecond past the row's), never the payload.
+    const last = created[2];
+    expect(await dao.deleteTraces(project, [...traces.slice(0, -1), last.trace_id])).toEqual([
+      { project_id: project, trace_id: last.trace_id, span_id: last.span_id, created_at: last.created_at, start_time: last.start_time, deleted_at: microsToIso(isoToMicros(last.updated_at) + 1n) },
+    ]);
   });
 
   it('deletes the nodes of 70,000 tree ids', async () => {
     const dao = new PostgresObservabilityDao(pg.db);
     const node = makeNode();
-    await dao.ingestNodes(project, [node]);
+    const [stored] = await dao.ingestNodes(project, [node]);
     const trees = [...Array.from({ length: 70_000 }, () => randomUUID()), node.tree_id];
-    expect((await dao.deleteTrees(project, trees)).map((n) => n.node_id)).toEqual([node.node_id]);
+    expect(await dao.deleteTrees(project, trees)).toEqual([
+      { project_id: project, node_id: node.node_id, created_at: stored.created_at, tree_id: node.tree_id, time_start: stored.time_start, deleted_at: microsToIso(isoToMicros(stored.updated_at) + 1n) },
+    ]);
   });
 });
 

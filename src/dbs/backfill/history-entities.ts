@@ -3,12 +3,13 @@ import { RawBuilder, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
 import { ClickHouseNodesDao } from '../clickhouse/clickhouse-nodes.dao';
 import { ClickHouseSpansDao } from '../clickhouse/clickhouse-spans.dao';
-import { MirroredNode, NODE_COLUMNS, toNodeClickHouseLine } from '../clickhouse/node-clickhouse-row.mapper';
+import { MirroredNode, NODE_COLUMNS, toNodeClickHouseLine, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
 import {
   MirroredSpan,
   SPAN_COLUMNS,
   spanIdToUInt64,
   toSpanClickHouseLine,
+  toSpanInsertLine,
   uint64ToSpanId,
 } from '../clickhouse/span-clickhouse-row.mapper';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
@@ -70,7 +71,8 @@ export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = Mirr
   /** ClickHouse side. */
   line(record: Mirrored): string;
   mirroredKeyOf(record: Mirrored): string[];
-  tombstone(record: Mirrored, version: bigint): Mirrored;
+  /** The line of a tombstone for this record's key at `version`: the mirror's own (its insert-line mapper). */
+  tombstoneLine(record: Mirrored, version: bigint): string;
   /** The table's columns in the mapper's order: selected in it, a stored row serializes to its line. */
   clickHouseColumns: readonly string[];
   /** SELECT expressions that give a key as text, in gap-key order, and the mapping back. */
@@ -140,7 +142,8 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
   ),
   line: toSpanClickHouseLine,
   mirroredKeyOf: (span) => [span.trace_id, span.span_id],
-  tombstone: (span, version) => ({ ...span, version, deleted: true }),
+  tombstoneLine: ({ project_id, trace_id, span_id, created_at, start_time }, version) =>
+    toSpanInsertLine({ project_id, trace_id, span_id, created_at, start_time, version, deleted: true }),
   clickHouseColumns: SPAN_COLUMNS,
   clickHouseKeyColumns: ['toString(trace_id)', 'toString(span_id)'],
   clickHouseKeyOf: ([trace, span]) => [uuidToTraceId(trace), uint64ToSpanId(span)],
@@ -193,7 +196,8 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
   ),
   line: toNodeClickHouseLine,
   mirroredKeyOf: (node) => [node.node_id],
-  tombstone: (node, version) => ({ ...node, version, deleted: true }),
+  tombstoneLine: ({ project_id, node_id, created_at, tree_id, time_start }, version) =>
+    toNodeInsertLine({ project_id, node_id, created_at, tree_id, time_start, version, deleted: true }),
   clickHouseColumns: NODE_COLUMNS,
   clickHouseKeyColumns: ['toString(node_id)'],
   clickHouseKeyOf: ([id]) => [id],

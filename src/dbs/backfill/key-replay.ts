@@ -80,7 +80,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       const stale = orphans.filter((m) => m.version < version);
       await this.clickhouse.insert(
         this.entity.table,
-        stale.map((m) => this.entity.line(this.entity.tombstone(m, version))),
+        stale.map((m) => this.entity.tombstoneLine(m, version)),
         `${token}:tombstone:${i}`,
       );
       result.tombstoned += stale.length;

@@ -10,12 +10,27 @@ import { clickHouseTimeToIso, insertJson, isoToClickHouseTime, jsonText, parseJs
  * see insertJson); status is split into two columns.
  */
 
-/** A node as the mirror stores it: the row plus its version and whether it is a tombstone. */
+/** A live node as the mirror stores it: the row plus its version. */
 export interface MirroredNode extends ObservabilityNode {
-  /** Microseconds: updated_at (the Postgres clock at this write), or deleted_at for a tombstone (just past the deleted row's). */
+  /** Microseconds of updated_at: the Postgres clock at this write. */
   version: bigint;
-  deleted: boolean;
+  deleted: false;
 }
+
+/** A deleted node as the mirror stores it: the sort key's columns and the skip-indexed tree_id and time_start, at the delete's version (see SpanTombstone). */
+export interface NodeTombstone {
+  project_id: string;
+  node_id: string;
+  created_at: string;
+  tree_id: string;
+  time_start: string;
+  /** Microseconds of deleted_at: just past the deleted row's version. */
+  version: bigint;
+  deleted: true;
+}
+
+/** What the mirror writes for a node: its row, or its tombstone. */
+export type NodeRecord = MirroredNode | NodeTombstone;
 
 export interface NodeClickHouseRow {
   project_id: string;
@@ -75,7 +90,20 @@ function nodeColumns<J>(node: MirroredNode, json: (value: Json | null) => J) {
     created_at: isoToClickHouseTime(node.created_at),
     updated_at: isoToClickHouseTime(node.updated_at),
     version: node.version.toString(10),
-    is_deleted: node.deleted ? 1 : 0,
+    is_deleted: 0,
+  };
+}
+
+/** A tombstone's columns: the sort key, the skip-indexed columns and the version (the rest take the table's defaults). */
+function tombstoneColumns(tombstone: NodeTombstone) {
+  return {
+    project_id: tombstone.project_id,
+    node_id: tombstone.node_id,
+    tree_id: tombstone.tree_id,
+    time_start: isoToClickHouseTime(tombstone.time_start),
+    created_at: isoToClickHouseTime(tombstone.created_at),
+    version: tombstone.version.toString(10),
+    is_deleted: 1,
   };
 }
 
@@ -89,22 +117,28 @@ export function toNodeClickHouseLine(node: MirroredNode): string {
   return JSON.stringify(toNodeClickHouseRow(node));
 }
 
-/** The JSONEachRow line the mirror inserts (no trailing newline): ClickHouseSink stores it as toNodeClickHouseLine's row. */
-export function toNodeInsertLine(node: MirroredNode): string {
-  return JSON.stringify(nodeColumns(node, insertJson));
+/**
+ * The JSONEachRow line the mirror inserts (no trailing newline): for a live
+ * node, ClickHouseSink stores it as toNodeClickHouseLine's row; for a
+ * tombstone, the columns NodeTombstone holds.
+ */
+export function toNodeInsertLine(node: NodeRecord): string {
+  return JSON.stringify(node.deleted ? tombstoneColumns(node) : nodeColumns(node, insertJson));
 }
 
 /** What a gap record needs of this node: everything the batch writer queues but the line. */
-export function toNodeGapRow(node: MirroredNode): GapRow {
+export function toNodeGapRow(node: NodeRecord): GapRow {
   return { table: NODE_TABLE, entity: 'nodes', projectId: node.project_id, key: [node.node_id], createdAt: node.created_at };
 }
 
 /** What the batch writer queues for this node. */
-export function toNodeMirrorRow(node: MirroredNode): MirrorRow {
+export function toNodeMirrorRow(node: NodeRecord): MirrorRow {
   return { ...toNodeGapRow(node), line: toNodeInsertLine(node) };
 }
 
+/** A live row as read back (every read is FINAL with is_deleted = 0: a tombstone here is a bug in the query). */
 export function fromNodeClickHouseRow(row: NodeClickHouseRow): MirroredNode {
+  if (Number(row.is_deleted) !== 0) throw new Error(`expected a live node row, got a tombstone of ${row.node_id}`);
   return {
     project_id: row.project_id,
     node_id: row.node_id,
@@ -126,6 +160,6 @@ export function fromNodeClickHouseRow(row: NodeClickHouseRow): MirroredNode {
     created_at: clickHouseTimeToIso(row.created_at),
     updated_at: clickHouseTimeToIso(row.updated_at),
     version: BigInt(row.version),
-    deleted: Number(row.is_deleted) === 1,
+    deleted: false,
   };
 }

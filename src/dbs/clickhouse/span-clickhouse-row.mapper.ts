@@ -1,4 +1,4 @@
-import { Json, JsonObject, Span, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
+import { Json, JsonObject, Span, SpanKey, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
 import { isoToMicros, microsToIso } from '../../tracing/timestamp';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { GapRow, MirrorRow } from './batch-writer';
@@ -13,12 +13,34 @@ import { GapRow, MirrorRow } from './batch-writer';
  * (toSpanInsertLine) is written so that ClickHouse stores exactly it.
  */
 
-/** A span as the mirror stores it: the row plus its version and whether it is a tombstone. */
+/** A live span as the mirror stores it: the row plus its version. */
 export interface MirroredSpan extends Span {
-  /** Microseconds: updated_at (the Postgres clock at this write), or deleted_at for a tombstone (just past the deleted row's). */
+  /** Microseconds of updated_at: the Postgres clock at this write. */
   version: bigint;
-  deleted: boolean;
+  deleted: false;
 }
+
+/**
+ * A deleted span as the mirror stores it, at the delete's version: the
+ * columns of the sort key (the row's identity for replacement; created_at
+ * also picks its partition) and those a skip index covers (start_time), so
+ * that whatever granules a query's filter lets through, the tombstone is
+ * among them even where ClickHouse applies skip indexes before FINAL
+ * without widening them (use_skip_indexes_if_final_exact_mode = 0). Its
+ * other columns take the table's defaults, which no read sees: FINAL hides
+ * a key whose newest row is a tombstone.
+ */
+export interface SpanTombstone extends SpanKey {
+  project_id: string;
+  created_at: string;
+  start_time: string;
+  /** Microseconds of deleted_at: just past the deleted row's version. */
+  version: bigint;
+  deleted: true;
+}
+
+/** What the mirror writes for a span: its row, or its tombstone. */
+export type SpanRecord = MirroredSpan | SpanTombstone;
 
 export interface SpanClickHouseRow {
   project_id: string;
@@ -128,7 +150,20 @@ function spanColumns<J>(span: MirroredSpan, json: (value: Json | null) => J) {
     created_by_id: span.created_by_id,
     updated_by_id: span.updated_by_id,
     version: span.version.toString(10),
-    is_deleted: span.deleted ? 1 : 0,
+    is_deleted: 0,
+  };
+}
+
+/** A tombstone's columns: the sort key, the skip-indexed start_time and the version (the rest take the table's defaults). */
+function tombstoneColumns(tombstone: SpanTombstone) {
+  return {
+    project_id: tombstone.project_id,
+    trace_id: traceIdToUuid(tombstone.trace_id),
+    span_id: spanIdToUInt64(tombstone.span_id),
+    start_time: isoToClickHouseTime(tombstone.start_time),
+    created_at: isoToClickHouseTime(tombstone.created_at),
+    version: tombstone.version.toString(10),
+    is_deleted: 1,
   };
 }
 
@@ -143,22 +178,28 @@ export function toSpanClickHouseLine(span: MirroredSpan): string {
   return JSON.stringify(toSpanClickHouseRow(span));
 }
 
-/** The JSONEachRow line the mirror inserts (no trailing newline): ClickHouseSink stores it as toSpanClickHouseLine's row. */
-export function toSpanInsertLine(span: MirroredSpan): string {
-  return JSON.stringify(spanColumns(span, insertJson));
+/**
+ * The JSONEachRow line the mirror inserts (no trailing newline): for a live
+ * span, ClickHouseSink stores it as toSpanClickHouseLine's row; for a
+ * tombstone, the columns SpanTombstone holds.
+ */
+export function toSpanInsertLine(span: SpanRecord): string {
+  return JSON.stringify(span.deleted ? tombstoneColumns(span) : spanColumns(span, insertJson));
 }
 
 /** What a gap record needs of this span: everything the batch writer queues but the line. */
-export function toSpanGapRow(span: MirroredSpan): GapRow {
+export function toSpanGapRow(span: SpanRecord): GapRow {
   return { table: SPAN_TABLE, entity: 'spans', projectId: span.project_id, key: [span.trace_id, span.span_id], createdAt: span.created_at };
 }
 
 /** What the batch writer queues for this span. */
-export function toSpanMirrorRow(span: MirroredSpan): MirrorRow {
+export function toSpanMirrorRow(span: SpanRecord): MirrorRow {
   return { ...toSpanGapRow(span), line: toSpanInsertLine(span) };
 }
 
+/** A live row as read back (every read is FINAL with is_deleted = 0: a tombstone here is a bug in the query). */
 export function fromSpanClickHouseRow(row: SpanClickHouseRow): MirroredSpan {
+  if (Number(row.is_deleted) !== 0) throw new Error(`expected a live span row, got a tombstone of ${row.trace_id}/${row.span_id}`);
   return {
     project_id: row.project_id,
     trace_id: uuidToTraceId(row.trace_id),
@@ -183,6 +224,6 @@ export function fromSpanClickHouseRow(row: SpanClickHouseRow): MirroredSpan {
     created_by_id: row.created_by_id,
     updated_by_id: row.updated_by_id,
     version: BigInt(row.version),
-    deleted: Number(row.is_deleted) === 1,
+    deleted: false,
   };
 }

@@ -1,8 +1,8 @@
 import { ObservabilityDao } from '../../observability/observability.dao';
 import { isoToMicros } from '../../tracing/timestamp';
 import { TracingDao } from '../../tracing/tracing.dao';
-import { MirroredNode, toNodeGapRow, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
-import { MirroredSpan, toSpanGapRow, toSpanInsertLine } from '../clickhouse/span-clickhouse-row.mapper';
+import { NodeRecord, toNodeGapRow, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
+import { SpanRecord, toSpanGapRow, toSpanInsertLine } from '../clickhouse/span-clickhouse-row.mapper';
 import { MirrorPlan } from './mirrored-dao';
 
 /**
@@ -17,12 +17,13 @@ function upserted<Row extends { updated_at: string }>(row: Row): Row & { version
   return { ...row, version: isoToMicros(row.updated_at), deleted: false };
 }
 
-function tombstone<Row extends { deleted_at: string }>(deleted: Row): Omit<Row, 'deleted_at'> & { version: bigint; deleted: true } {
-  const { deleted_at, ...row } = deleted;
-  return { ...row, version: isoToMicros(deleted_at), deleted: true };
+/** A delete reports keys only (DeletedSpan, DeletedNode), which is all a tombstone holds. */
+function tombstone<Key extends { deleted_at: string }>(deleted: Key): Omit<Key, 'deleted_at'> & { version: bigint; deleted: true } {
+  const { deleted_at, ...key } = deleted;
+  return { ...key, version: isoToMicros(deleted_at), deleted: true };
 }
 
-export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
+export const spanMirrorPlan: MirrorPlan<TracingDao, SpanRecord> = {
   entity: 'spans',
   writes: {
     createSpans: upserted,
@@ -34,7 +35,7 @@ export const spanMirrorPlan: MirrorPlan<TracingDao, MirroredSpan> = {
   toLine: toSpanInsertLine,
 };
 
-export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, MirroredNode> = {
+export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, NodeRecord> = {
   entity: 'nodes',
   writes: {
     ingestNodes: upserted,

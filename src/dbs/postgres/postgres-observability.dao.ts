@@ -120,14 +120,12 @@ export class PostgresObservabilityDao implements ObservabilityDao {
       // The ids as one array: an IN list binds one parameter per id, and Postgres takes at most 65,535.
       const ofTrees = sql<SqlBool>`tree_id = any(${treeIds}::uuid[])`;
       await trx.selectFrom('nodes').select('node_id').where('project_id', '=', projectId).where(ofTrees).orderBy('node_id').forUpdate().execute();
-      const rows = await trx
+      return trx
         .deleteFrom('nodes')
         .where('project_id', '=', projectId)
         .where(ofTrees)
-        .returningAll()
-        .returning(tombstoneVersion.as('deleted_at'))
+        .returning(['project_id', 'node_id', 'created_at', 'tree_id', 'time_start', tombstoneVersion.as('deleted_at')])
         .execute();
-      return rows.map((row) => ({ ...nodeFromRow(row), deleted_at: row.deleted_at }));
     });
   }
 }

@@ -112,10 +112,16 @@ export class PostgresTracingDao implements TracingDao {
         .deleteFrom('spans')
         .where('project_id', '=', projectId)
         .where(which)
-        .returningAll()
-        .returning(tombstoneVersion.as('deleted_at'))
+        .returning(['project_id', 'trace_id', 'span_id', 'created_at', 'start_time', tombstoneVersion.as('deleted_at')])
         .execute();
-      return rows.map((row) => ({ ...spanFromRow(row), deleted_at: row.deleted_at }));
+      return rows.map((row) => ({
+        project_id: row.project_id,
+        trace_id: uuidToTraceId(row.trace_id),
+        span_id: bytesToSpanId(row.span_id),
+        created_at: row.created_at,
+        start_time: row.start_time,
+        deleted_at: row.deleted_at,
+      }));
     });
   }
 
