@@ -184,7 +184,8 @@ describe('load (short run of scripts/load.ts)', () => {
       expect(summary.failures).toContainEqual(expect.stringMatching(new RegExp(`^the stores could not be counted after the run: ClickHouse at ${proxy.url} did not answer: connect ECONNREFUSED`)));
       expect(summary.requests).toBeGreaterThan(0);
       const printed = formatSummary(summary);
-      expect(printed).toMatch(/^  requests   \d+ in 2 s/m);
+      // In 2 s or a little more: the wall time counts the wait for requests still in flight at the end (here 3 s once, under a full suite).
+      expect(printed).toMatch(/^  requests   \d+ in [2-5] s \(/m);
       expect(printed).toMatch(/^  spans      \d+ acknowledged of \d+ sent.*; the stores were not counted \(see FAILED\)$/m);
     } finally {
       await proxy.close();
