@@ -1,6 +1,6 @@
 import { Kysely, RawBuilder, sql, SqlBool } from 'kysely';
 import {
-  AnalyticsBucket, AnalyticsQuery, Filter, Focus, InvalidQueryError, SpanPage, SpanQuery, Windowing,
+  AnalyticsBucket, AnalyticsQuery, Filter, Focus, SpanPage, SpanQuery, Windowing,
 } from '../../tracing/span-query';
 import { SpanBound, TraceTooLargeError } from '../../tracing/tracing.dao';
 import { DB } from './database';
