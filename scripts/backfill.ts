@@ -4,7 +4,8 @@ import { GapReplay } from '../src/dbs/backfill/gap-replay';
 import { createProgress } from '../src/dbs/backfill/progress';
 import { PostgresMirrorGapsRepository } from '../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { parseFlags, positiveInt } from './cli/flags';
-import { connectClickHouse, connectPostgres, counted, formatRate, formatSeconds, scopesFrom } from './cli/history-cli';
+import { counted } from '../src/counted';
+import { connectClickHouse, connectPostgres, formatRate, formatSeconds, scopesFrom } from './cli/history-cli';
 import { exitOnSignal, runCli, UsageError } from './cli/run-cli';
 
 const USAGE = `usage: npm run backfill -- [options]

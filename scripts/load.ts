@@ -9,6 +9,7 @@ import { ApiKeyService } from '../src/auth/api-key.service';
 import { ApiKeysRepository } from '../src/auth/api-keys.repository';
 import { AppConfig, parseConfig } from '../src/config/app-config';
 import { redactUrl } from '../src/config/redact-url';
+import { counted } from '../src/counted';
 import { clickHouseClientOptions } from '../src/dbs/clickhouse/clickhouse-clients';
 import { resolveClickHouse } from '../src/dbs/clickhouse/local-clickhouse';
 import { describeSendError } from '../src/dbs/clickhouse/retry-policy';
@@ -562,7 +563,7 @@ export function formatSummary(s: LoadSummary): string {
   const rss = s.rss
     ? `RSS ${s.rss.minMb}-${s.rss.maxMb} MB (first third ${s.rss.firstThirdMb} MB, last third ${s.rss.lastThirdMb} MB, slope ${s.rss.slopeMbPerMin} MB/min, ${s.rss.samples} samples)`
     : s.apiExit
-      ? `RSS not summarised: ${s.rssSamples} sample(s) after the warm-up, 3 needed (run longer)`
+      ? `RSS not summarised: ${counted(s.rssSamples, 'sample')} after the warm-up, 3 needed (run longer)`
       : 'RSS not sampled (API not started by this run)';
   return [
     `load summary (project ${s.projectId})`,
@@ -610,6 +611,6 @@ if (require.main === module) {
     });
     process.stdout.write(`${formatSummary(summary)}\n`);
     if (interrupt.signal.aborted) process.exit(SIGNAL_EXIT_CODES[interrupt.signal.reason as keyof typeof SIGNAL_EXIT_CODES]);
-    if (summary.failures.length) throw new Error(`${summary.failures.length} check(s) failed`);
+    if (summary.failures.length) throw new Error(`${counted(summary.failures.length, 'check')} failed`);
   });
 }

@@ -2,7 +2,8 @@ import { parseConfig } from '../src/config/app-config';
 import { createProgress } from '../src/dbs/backfill/progress';
 import { BucketComparison, Verifier, VerifyReport } from '../src/dbs/backfill/verify';
 import { parseFlags } from './cli/flags';
-import { connectClickHouse, connectPostgres, counted, formatSeconds, scopesFrom } from './cli/history-cli';
+import { counted } from '../src/counted';
+import { connectClickHouse, connectPostgres, formatSeconds, scopesFrom } from './cli/history-cli';
 import { exitOnSignal, runCli } from './cli/run-cli';
 
 const USAGE = `usage: npm run verify -- [options]

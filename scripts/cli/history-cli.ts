@@ -99,5 +99,3 @@ export async function connectClickHouse(config: AppConfig, log: (line: string) =
 
 export const formatRate = (n: number): string => n.toLocaleString('en-US');
 export const formatSeconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
-/** `n` and the noun, plural unless n is 1: "1 row", "0 rows". */
-export const counted = (n: number, noun: string, plural = `${noun}s`): string => `${n} ${n === 1 ? noun : plural}`;

@@ -243,7 +243,7 @@ describe('load (short run of scripts/load.ts)', () => {
       stores: { postgres: { spans: 200, nodes: 200 }, clickhouse: { spans: 200, nodes: 200 }, postgresSpansAdded: 200, gaps: 0 }, verify: null,
       apiExit: { code: 0, signal: null }, failures: [],
     } satisfies LoadSummary;
-    expect(formatSummary(summary)).toContain('memory     RSS not summarised: 1 sample(s) after the warm-up, 3 needed (run longer)');
+    expect(formatSummary(summary)).toContain('memory     RSS not summarised: 1 sample after the warm-up, 3 needed (run longer)');
     expect(formatSummary(summary)).toContain('spans      200 acknowledged of 200 sent; Postgres');
   });
 

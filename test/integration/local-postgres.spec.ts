@@ -91,7 +91,7 @@ describe('embedded Postgres', () => {
       try {
         expect(await starter.stop()).toEqual({
           code: 0,
-          logs: expect.arrayContaining([`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session(s) of other processes use it; it stops once none does`]),
+          logs: expect.arrayContaining([`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session of other processes uses it; it stops once none does`]),
         });
         await new Promise((done) => setTimeout(done, 2_500));
         expect(await answers(starter.url)).toBe(true);
@@ -106,7 +106,7 @@ describe('embedded Postgres', () => {
       const starter = await probe();
       const joiner = await probe();
       expect([starter.started, joiner.started]).toEqual([true, false]);
-      expect((await starter.stop()).logs).toContain(`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session(s) of other processes use it; it stops once none does`);
+      expect((await starter.stop()).logs).toContain(`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session of other processes uses it; it stops once none does`);
       await new Promise((done) => setTimeout(done, 2_500));
       expect(await answers(joiner.url)).toBe(true);
       joiner.child.kill('SIGKILL');

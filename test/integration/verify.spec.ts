@@ -1,4 +1,5 @@
 import { sql } from 'kysely';
+import { counted } from '../../src/counted';
 import { Backfill } from '../../src/dbs/backfill/backfill';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { GapReplay } from '../../src/dbs/backfill/gap-replay';
@@ -199,7 +200,7 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
       const foreign = (what: string) =>
         `ClickHouse at ${proxy.url} answered during backfill with ${what}an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)`;
       await expect(history.countByProjectDay({ entity: 'spans', projectIds: [P1] })).rejects.toThrow(foreign(''));
-      await expect(history.insert('spans', ['{}'], 'token')).rejects.toThrow(foreign('insert into spans failed after 4 attempt(s): '));
+      await expect(history.insert('spans', ['{}'], 'token')).rejects.toThrow(foreign('insert into spans failed after 4 attempts: '));
     });
   });
 
@@ -229,7 +230,7 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
         [60, 'permanent', 1],
       ];
       for (const [code, kind, tries] of expected) {
-        expect(await attempts(code)).toEqual({ code, kind, tries, error: expect.stringContaining(`insert into spans failed after ${tries} attempt(s)`) });
+        expect(await attempts(code)).toEqual({ code, kind, tries, error: expect.stringContaining(`insert into spans failed after ${counted(tries, 'attempt')}`) });
       }
     });
   });
@@ -291,7 +292,7 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
       },
     });
     await landing;
-    expect(lines).toEqual(['2 bucket(s) differ; comparing them again in 1.5 s, once writes the mirror has in flight have landed']);
+    expect(lines).toEqual(['2 buckets differ; comparing them again in 1.5 s, once writes the mirror has in flight have landed']);
     expect(report.asOf < later.rows[0].created_at).toBe(true);
     expect(report.settled).toBe(1);
     expect(report.differing.map((b) => [b.projectId, b.differs, b.postgres.rows, b.clickhouse.rows])).toEqual([[P5, ['rows', 'versions'], 1, 0]]);

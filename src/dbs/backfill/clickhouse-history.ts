@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream';
 import { ClickHouseClient, ClickHouseError } from '@clickhouse/client';
+import { counted } from '../../counted';
 import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { ClickHouseSink, linesBody } from '../clickhouse/clickhouse-sink';
 import { classifySendError, describeSendError, EMPTY_ERROR_ANSWER, isEmptyErrorAnswer } from '../clickhouse/retry-policy';
@@ -157,7 +158,7 @@ export class ClickHouseHistory {
       } catch (error) {
         // The mirror's classification: an error it would retry is retried here, and no other.
         if (classifySendError(error) === 'permanent' || attempt >= INSERT_ATTEMPTS) {
-          throw this.failed(error, `insert into ${table} failed after ${attempt} attempt(s)`);
+          throw this.failed(error, `insert into ${table} failed after ${counted(attempt, 'attempt')}`);
         }
         await this.sleep(FIRST_BACKOFF_MS * 2 ** (attempt - 1));
       }

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Kysely } from 'kysely';
+import { counted } from '../../counted';
 import { DB } from '../postgres/database';
 import { PostgresMirrorGapsRepository } from '../postgres/postgres-mirror-gaps.repository';
 import { BackfillCheckpointsRepository } from './backfill-checkpoints.repository';
@@ -64,7 +65,7 @@ export class GapReplay {
           addReplay(total, done);
           replayed += 1;
           failedInARow = 0;
-          this.log(`replayed ${about}: ${done.upserted} upserted, ${done.tombstoned} tombstoned${done.reset ? `, ${done.reset} reset` : ''}`);
+          this.log(`replayed ${about}: ${counted(done.upserted, 'row')} upserted, ${done.tombstoned} tombstoned${done.reset ? `, ${done.reset} reset` : ''}`);
         } catch (error) {
           // One gap that cannot be replayed (a key Postgres rejects) must not keep every later one open;
           // several in a row mean a server is failing, and the rest would only fail the same way.
@@ -77,9 +78,9 @@ export class GapReplay {
       if (failed.length > 0) {
         const untried = open.length - replayed - failed.length;
         throw new Error(
-          `${failed.length} gap record(s) could not be replayed and stay open (${failed.join('; ')})` +
+          `${counted(failed.length, 'gap record')} could not be replayed and stay${failed.length === 1 ? 's' : ''} open (${failed.join('; ')})` +
             (untried > 0 ? `; stopped after ${FAILURES_IN_A_ROW_TO_STOP} failures in a row, ${untried} not tried` : '') +
-            `; ${replayed} replayed (${total.upserted} rows upserted, ${total.tombstoned} tombstoned). ` +
+            `; ${replayed} replayed (${counted(total.upserted, 'row')} upserted, ${total.tombstoned} tombstoned). ` +
             'Fix the cause and run `npm run backfill -- --gaps` again',
         );
       }

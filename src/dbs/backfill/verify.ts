@@ -1,5 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Kysely, sql } from 'kysely';
+import { counted } from '../../counted';
 import { DB } from '../postgres/database';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf, keyText } from './history-entities';
@@ -140,7 +141,7 @@ export class Verifier {
     const differing = buckets.filter((b) => b.differs.length > 0);
     if (differing.length > 0 && options.settleMs) {
       options.log?.(
-        `${differing.length} bucket(s) differ; comparing them again in ${(options.settleMs / 1000).toFixed(1)} s, once writes the mirror has in flight have landed`,
+        `${counted(differing.length, 'bucket')} differ${differing.length === 1 ? 's' : ''}; comparing them again in ${(options.settleMs / 1000).toFixed(1)} s, once writes the mirror has in flight have landed`,
       );
       await new Promise((resolve) => setTimeout(resolve, options.settleMs));
       // Each bucket's scope is already bounded by asOf and the retention.

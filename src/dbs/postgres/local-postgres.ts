@@ -5,6 +5,7 @@ import { Socket } from 'node:net';
 import { arch, platform, userInfo } from 'node:os';
 import { resolve } from 'node:path';
 import { Client } from 'pg';
+import { counted } from '../../counted';
 import { nodeCommand } from '../node-command';
 import { untilReady } from '../server-ready';
 
@@ -124,7 +125,7 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     // would fail that process's every request. Leave it to them; the keeper stops it once they are done.
     const others = evenIfInUse ? 0 : await otherSessions(adminUrl).catch(() => 0);
     if (others > 0 && postmaster.exitCode === null && postmaster.signalCode === null) {
-      log(`embedded PostgreSQL left running on 127.0.0.1:${options.port}: ${others} session(s) of other processes use it; it stops once none does`);
+      log(`embedded PostgreSQL left running on 127.0.0.1:${options.port}: ${counted(others, 'session')} of other processes use${others === 1 ? 's' : ''} it; it stops once none does`);
       postmaster.unref();
       (postmaster.stderr as Socket | null)?.unref();
       return;
