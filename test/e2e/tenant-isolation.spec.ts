@@ -264,7 +264,7 @@ describe('tenant isolation: a key of project A never reaches project B', () => {
       const spanKey = (trace: string, span: string) => `${projectA} ${traceIdToUuid(trace)}/${spanIdToUInt64(span)}`;
       const deletedByA = [spanKey(B_ONLY_TRACE, B_ONLY_SPAN), spanKey(SHARED_TRACE, SHARED_ROOT), spanKey(SHARED_TRACE, SHARED_CHILD), `${projectA} ${B_ONLY_NODE}`];
       const filed = [...tombstones(spanRows), ...tombstones(nodeRows)];
-      expect(filed.length).toBeGreaterThan(0);
+      expect(tombstones(spanRows).length).toBeGreaterThan(0);
       for (const tombstone of filed) expect(deletedByA).toContain(tombstone);
       expect(new Set(spanRows.map((r) => r.project))).toEqual(new Set([projectA, projectB]));
 

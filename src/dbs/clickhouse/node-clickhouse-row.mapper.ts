@@ -17,7 +17,7 @@ export interface MirroredNode extends ObservabilityNode {
   deleted: false;
 }
 
-/** A deleted node as the mirror stores it: the sort key's columns and the skip-indexed tree_id and time_start, at the delete's version (see SpanTombstone). */
+/** A deleted node as the mirror stores it: the sort key's columns and the skip-indexed tree_id and time_start (as the node last had them), at the delete's version (see SpanTombstone). */
 export interface NodeTombstone {
   project_id: string;
   node_id: string;

@@ -23,12 +23,15 @@ export interface MirroredSpan extends Span {
 /**
  * A deleted span as the mirror stores it, at the delete's version: the
  * columns of the sort key (the row's identity for replacement; created_at
- * also picks its partition) and those a skip index covers (start_time), so
- * that whatever granules a query's filter lets through, the tombstone is
- * among them even where ClickHouse applies skip indexes before FINAL
- * without widening them (use_skip_indexes_if_final_exact_mode = 0). Its
- * other columns take the table's defaults, which no read sees: FINAL hides
- * a key whose newest row is a tombstone.
+ * also picks its partition) and the one a skip index covers (start_time, as
+ * the row last had it), so the granules a filter on it keeps hold the
+ * tombstone wherever they hold the row's last version, as a full-row
+ * tombstone would. Its other columns take the table's defaults: FINAL hides
+ * a key whose newest row is a tombstone, and a filter written in WHERE runs
+ * after FINAL. A filter on those columns before the versions are merged
+ * (an explicit PREWHERE, or a GROUP BY key without FINAL filtered in its
+ * WHERE) drops the tombstone and finds the deleted row (README, "Reading
+ * the mirror").
  */
 export interface SpanTombstone extends SpanKey {
   project_id: string;
