@@ -505,7 +505,7 @@ describe('local ClickHouse server resolver', () => {
     try {
       expect(joiner.started).toBe(false);
       await starter.stop!();
-      expect(logs).toContain(`local ClickHouse left running on ${starter.url}: process(es) ${joiner.process.pid} use it; it stops once they have ended`);
+      expect(logs).toContain(`local ClickHouse left running on ${starter.url}: process ${joiner.process.pid} uses it; it stops once it has ended`);
       expect(await clickHouseAnswers(starter.url)).toBe(true);
       joiner.process.kill('SIGKILL');
       expect(await until(async () => !(await clickHouseAnswers(starter.url, 500)), 15_000)).toBe(true);

@@ -164,7 +164,8 @@ function stopper(child: ChildProcess, url: string, log: (message: string) => voi
       // the server to stop once they have ended.
       const others = (await holdersOf(url)).filter((pid) => pid !== process.pid);
       if (others.length > 0) {
-        log(`local ClickHouse left running on ${url}: process(es) ${others.join(', ')} use it; it stops once they have ended`);
+        const one = others.length === 1;
+        log(`local ClickHouse left running on ${url}: ${one ? 'process' : 'processes'} ${others.join(', ')} use${one ? 's' : ''} it; it stops once ${one ? 'it has' : 'they have'} ended`);
         child.stdin?.end();
         return;
       }
