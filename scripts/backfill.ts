@@ -87,8 +87,10 @@ runCli(USAGE, async (args, log) => {
         return;
       }
       const backfill = new Backfill(postgres, clickhouse.history, log);
+      // Every entity starts over before any is copied, so the resume hint above holds for all of them.
+      if (options.restart) for (const scope of scopes) await backfill.restart(scope);
       for (const scope of scopes) {
-        process.stdout.write(`${summary(await backfill.run(scope, options, progress))}\n`);
+        process.stdout.write(`${summary(await backfill.run(scope, { ...options, restart: false }, progress))}\n`);
       }
     } finally {
       await clickhouse.close();
@@ -102,7 +104,7 @@ function summary(r: BackfillResult): string {
   if (r.outcome === 'already-complete') {
     return `backfill ${r.entity}: already complete (${counted(r.totalRowsCopied, 'row')}, run "${r.runKey}"); nothing to do. Use --restart to copy again.`;
   }
-  const resumed = r.resumed ? `; resumed from ${r.resumedFrom ? r.resumedFrom.join('/') : 'its start'}` : '';
+  const resumed = r.resumedFrom ? `; resumed from ${r.resumedFrom.join('/')}` : '';
   return (
     `backfill ${r.entity}: complete: ${counted(r.rowsCopied, 'row')} copied in ${counted(r.batches, 'batch', 'batches')}, ${formatSeconds(r.durationMs)}, ` +
     `${formatRate(r.rowsPerSecond)} rows/s${resumed} (run total ${counted(r.totalRowsCopied, 'row')}, upper bound ${r.upperBound})`

@@ -230,7 +230,8 @@ describe('npm run backfill / verify', () => {
       ['verify', 'SIGINT', 130, 'interrupted: verify did not finish; run the same command again (a --repair cut short is safe to repeat)'],
       ['backfill', 'SIGTERM', 143, 'interrupted: every batch ClickHouse accepted is checkpointed; run it again without --restart to resume'],
     ] as const) {
-      const started = start(script, script === 'verify' ? ['--entity', 'spans'] : ['--entity', 'spans', '--restart', '--batch-rows', '2000'], env);
+      // The backfill restarts every entity: cut short in spans, it must resume nodes too (below).
+      const started = start(script, script === 'verify' ? ['--entity', 'spans'] : ['--restart', '--batch-rows', '2000'], env);
       // Under way: verify's line-per-5-s progress, or the backfill's first checkpoint (soon, and little for ClickHouse to merge and drop).
       const underWay = async () =>
         script === 'verify' ? started.stderr().includes('verify progress') : Number((await spansCheckpoint())?.rows_copied ?? 0) > 0;
@@ -243,6 +244,12 @@ describe('npm run backfill / verify', () => {
       expect({ script, code: result.code }).toEqual({ script, code });
       expect(result.stderr).toMatch(new RegExp(`(^|\\n)${line.replace(/[()]/g, '\\$&')}\\n$`));
     }
+    // As the line says, without --restart: spans resume, and nodes, which the cut came before, are copied again
+    // (before every entity was started over first, nodes read "already complete" from the earlier run).
+    const resumed = await run('backfill', [], env);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toMatch(/^backfill spans: complete: \d+ rows? copied .*; resumed from /m);
+    expect(resumed.stdout).toMatch(new RegExp(`^backfill nodes: complete: ${NODES} rows copied .*\\(run total ${NODES} rows,`, 'm'));
   }, 120_000);
 
   it('names the server and what to do when ClickHouse stops answering part-way through verify', async () => {

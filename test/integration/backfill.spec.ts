@@ -77,6 +77,13 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(await liveCount(ch.clients.query, 'spans')).toBe(12_000);
     await ch.clients.query.command({ query: 'OPTIMIZE TABLE spans FINAL', clickhouse_settings: { wait_end_of_query: 1 } });
     expect(await liveCount(ch.clients.query, 'spans', false)).toBe(12_000);
+
+    // restart() starts a finished run over without copying: the run after it copies everything again (not
+    // "already complete"), from its start, under a new bound.
+    await backfill.restart(ALL_NODES);
+    const nodesAgain = await backfill.run(ALL_NODES);
+    expect(nodesAgain).toMatchObject({ outcome: 'complete', rowsCopied: 3_000, totalRowsCopied: 3_000, resumedFrom: null });
+    expect(nodesAgain.upperBound > nodes.upperBound).toBe(true);
   });
 
   it('ends and copies everything when more rows than a batch share one created_at', async () => {

@@ -102,6 +102,18 @@ export class Backfill {
     this.checkpoints = new BackfillCheckpointsRepository(postgres.db);
   }
 
+  /**
+   * Starts the scope's run over (a new upper bound, no cursor, nothing
+   * copied yet) without copying. `backfill --restart` does this for every
+   * entity before it copies any, so a restart cut short resumes as one run
+   * (the command without --restart) whichever entity it had reached; else
+   * the entities after it would still read as complete from before.
+   */
+  async restart(scope: HistoryScope): Promise<void> {
+    const runKey = runKeyOf(scope);
+    await this.checkpoints.withRunLock(runKey, async () => void (await this.checkpoints.start(runKey, scope)));
+  }
+
   async run(scope: HistoryScope, options: BackfillOptions = DEFAULT_BACKFILL_OPTIONS, progress: HistoryProgress = silentProgress): Promise<BackfillResult> {
     const runKey = runKeyOf(scope);
     return this.checkpoints.withRunLock(runKey, async (lock) => {
@@ -112,9 +124,10 @@ export class Backfill {
       }
       const resumed = existing?.status === 'running' && !options.restart;
       const checkpoint = resumed ? existing : await this.checkpoints.start(runKey, scope);
-      if (resumed) {
+      // Without a cursor (just started over by restart(), or cut short before its first checkpoint) it begins at the first row.
+      if (checkpoint.cursor) {
         this.log(
-          `backfill ${scope.entity}: resumed run "${runKey}" from ${checkpoint.cursor ? `cursor ${checkpoint.cursor.join('/')}` : 'its start'} ` +
+          `backfill ${scope.entity}: resumed run "${runKey}" from cursor ${checkpoint.cursor.join('/')} ` +
             `(${checkpoint.rowsCopied} rows copied before; upper bound ${checkpoint.scope.upperBound})`,
         );
       } else {
