@@ -230,6 +230,13 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     const checkpoint = await pg.db.selectFrom('backfill_checkpoints').selectAll().executeTakeFirstOrThrow();
     expect(checkpoint).toMatchObject({ status: 'running', rows_copied: '3000' });
 
+    // The same run key locked in another database on this server is another run: it neither blocks this one
+    // nor is named as its holder (it is locked first, so a description that ignored databases would name it).
+    const elsewhere = await createTestDatabase();
+    const otherDatabase = new Client({ connectionString: elsewhere.url, application_name: 'another database' });
+    await otherDatabase.connect();
+    await otherDatabase.query('select pg_advisory_lock(hashtextextended($1, 0))', [`backfill ${runKeyOf(ALL_SPANS)}`]);
+
     // Another process holds the run's lock: a second run fails at once and says why.
     const other = new Client({ connectionString: pg.url, application_name: 'a stuck backfill' });
     await other.connect();
@@ -246,6 +253,8 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     await other.end();
 
     const resumed = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
+    await otherDatabase.end();
+    await elsewhere.drop();
     expect(resumed).toMatchObject({ outcome: 'complete', resumed: true, rowsCopied: 3_000, totalRowsCopied: 6_000 });
     expect(resumed.resumedFrom).toEqual(checkpoint.cursor);
     expect(await liveCount(ch.clients.query, 'spans')).toBe(6_000);

@@ -137,11 +137,13 @@ export class BackfillCheckpointsRepository {
  * keepalive, possibly hours), and only the session's pid says which to end.
  */
 async function describeHolder(session: Kysely<DB>, name: string): Promise<string> {
-  // pg_locks splits a bigint advisory key into classid (high 32 bits) and objid (low 32 bits).
+  // pg_locks splits a bigint advisory key into classid (high 32 bits) and objid (low 32 bits). Advisory locks
+  // belong to a database: the same run key locked in another database on this server is another run.
   const { rows } = await sql<{ pid: number; application_name: string; client: string | null; since: string }>`
     select a.pid, a.application_name, host(a.client_addr) as client, a.backend_start as since
     from pg_locks l join pg_stat_activity a on a.pid = l.pid
     where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+      and l.database = (select oid from pg_database where datname = current_database())
       and l.classid = ((hashtextextended(${name}, 0) >> 32) & 4294967295)::oid
       and l.objid = (hashtextextended(${name}, 0) & 4294967295)::oid`
     .execute(session)
