@@ -3,12 +3,12 @@ import fc from 'fast-check';
 import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
 import { ClickHouseSink, linesBody } from '../../src/dbs/clickhouse/clickhouse-sink';
 import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
-import { MirroredNode, NODE_COLUMNS, NodeRecord, NodeTombstone, toNodeClickHouseLine, toNodeInsertLine, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
+import { MirroredNode, NODE_COLUMNS, NodeRecord, nodeTombstone, toNodeClickHouseLine, toNodeInsertLine, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import {
   MirroredSpan,
   SPAN_COLUMNS,
   SpanRecord,
-  SpanTombstone,
+  spanTombstone,
   toSpanClickHouseLine,
   toSpanClickHouseRow,
   toSpanInsertLine,
@@ -50,14 +50,6 @@ function mirroredNode(projectId: string, input: Partial<NodeInput> = {}, stored:
     ...stored,
   };
 }
-
-/** The tombstone a delete of this span mirrors: its key, at the delete's version. */
-const spanTombstone = ({ project_id, trace_id, span_id, created_at, start_time }: MirroredSpan, version: bigint): SpanTombstone => ({
-  project_id, trace_id, span_id, created_at, start_time, version, deleted: true,
-});
-const nodeTombstone = ({ project_id, node_id, created_at, tree_id, time_start }: MirroredNode, version: bigint): NodeTombstone => ({
-  project_id, node_id, created_at, tree_id, time_start, version, deleted: true,
-});
 
 /** About 1 MB of JSON with every kind of value and plenty of non-ASCII text. */
 function largeJson(): { [key: string]: Json } {

@@ -3,11 +3,12 @@ import { RawBuilder, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
 import { ClickHouseNodesDao } from '../clickhouse/clickhouse-nodes.dao';
 import { ClickHouseSpansDao } from '../clickhouse/clickhouse-spans.dao';
-import { MirroredNode, NODE_COLUMNS, toNodeClickHouseLine, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
+import { MirroredNode, NODE_COLUMNS, nodeTombstone, toNodeClickHouseLine, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
 import {
   MirroredSpan,
   SPAN_COLUMNS,
   spanIdToUInt64,
+  spanTombstone,
   toSpanClickHouseLine,
   toSpanInsertLine,
   uint64ToSpanId,
@@ -142,8 +143,7 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
   ),
   line: toSpanClickHouseLine,
   mirroredKeyOf: (span) => [span.trace_id, span.span_id],
-  tombstoneLine: ({ project_id, trace_id, span_id, created_at, start_time }, version) =>
-    toSpanInsertLine({ project_id, trace_id, span_id, created_at, start_time, version, deleted: true }),
+  tombstoneLine: (span, version) => toSpanInsertLine(spanTombstone(span, version)),
   clickHouseColumns: SPAN_COLUMNS,
   clickHouseKeyColumns: ['toString(trace_id)', 'toString(span_id)'],
   clickHouseKeyOf: ([trace, span]) => [uuidToTraceId(trace), uint64ToSpanId(span)],
@@ -196,8 +196,7 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
   ),
   line: toNodeClickHouseLine,
   mirroredKeyOf: (node) => [node.node_id],
-  tombstoneLine: ({ project_id, node_id, created_at, tree_id, time_start }, version) =>
-    toNodeInsertLine({ project_id, node_id, created_at, tree_id, time_start, version, deleted: true }),
+  tombstoneLine: (node, version) => toNodeInsertLine(nodeTombstone(node, version)),
   clickHouseColumns: NODE_COLUMNS,
   clickHouseKeyColumns: ['toString(node_id)'],
   clickHouseKeyOf: ([id]) => [id],

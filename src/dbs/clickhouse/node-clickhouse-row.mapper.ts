@@ -32,6 +32,12 @@ export interface NodeTombstone {
 /** What the mirror writes for a node: its row, or its tombstone. */
 export type NodeRecord = MirroredNode | NodeTombstone;
 
+/** The tombstone of this node at `version`: the columns NodeTombstone holds, whatever else `node` carries. */
+export function nodeTombstone(node: Omit<NodeTombstone, 'version' | 'deleted'>, version: bigint): NodeTombstone {
+  const { project_id, node_id, created_at, tree_id, time_start } = node;
+  return { project_id, node_id, created_at, tree_id, time_start, version, deleted: true };
+}
+
 export interface NodeClickHouseRow {
   project_id: string;
   node_id: string;

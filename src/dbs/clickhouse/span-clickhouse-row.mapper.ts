@@ -45,6 +45,12 @@ export interface SpanTombstone extends SpanKey {
 /** What the mirror writes for a span: its row, or its tombstone. */
 export type SpanRecord = MirroredSpan | SpanTombstone;
 
+/** The tombstone of this span at `version`: the columns SpanTombstone holds, whatever else `span` carries. */
+export function spanTombstone(span: Omit<SpanTombstone, 'version' | 'deleted'>, version: bigint): SpanTombstone {
+  const { project_id, trace_id, span_id, created_at, start_time } = span;
+  return { project_id, trace_id, span_id, created_at, start_time, version, deleted: true };
+}
+
 export interface SpanClickHouseRow {
   project_id: string;
   trace_id: string;

@@ -1,8 +1,10 @@
 import { ObservabilityDao } from '../../observability/observability.dao';
 import { isoToMicros } from '../../tracing/timestamp';
 import { TracingDao } from '../../tracing/tracing.dao';
-import { NodeRecord, toNodeGapRow, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
-import { SpanRecord, toSpanGapRow, toSpanInsertLine } from '../clickhouse/span-clickhouse-row.mapper';
+import { DeletedNode } from '../../observability/node';
+import { DeletedSpan } from '../../tracing/span';
+import { nodeTombstone, NodeRecord, NodeTombstone, toNodeGapRow, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
+import { SpanRecord, spanTombstone, SpanTombstone, toSpanGapRow, toSpanInsertLine } from '../clickhouse/span-clickhouse-row.mapper';
 import { MirrorPlan } from './mirrored-dao';
 
 /**
@@ -18,18 +20,16 @@ function upserted<Row extends { updated_at: string }>(row: Row): Row & { version
 }
 
 /** A delete reports keys only (DeletedSpan, DeletedNode), which is all a tombstone holds. */
-function tombstone<Key extends { deleted_at: string }>(deleted: Key): Omit<Key, 'deleted_at'> & { version: bigint; deleted: true } {
-  const { deleted_at, ...key } = deleted;
-  return { ...key, version: isoToMicros(deleted_at), deleted: true };
-}
+const spanDeleted = (deleted: DeletedSpan): SpanTombstone => spanTombstone(deleted, isoToMicros(deleted.deleted_at));
+const nodeDeleted = (deleted: DeletedNode): NodeTombstone => nodeTombstone(deleted, isoToMicros(deleted.deleted_at));
 
 export const spanMirrorPlan: MirrorPlan<TracingDao, SpanRecord> = {
   entity: 'spans',
   writes: {
     createSpans: upserted,
     updateSpans: upserted,
-    deleteSpans: tombstone,
-    deleteTraces: tombstone,
+    deleteSpans: spanDeleted,
+    deleteTraces: spanDeleted,
   },
   toGapRow: toSpanGapRow,
   toLine: toSpanInsertLine,
@@ -39,7 +39,7 @@ export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, NodeRecord> = {
   entity: 'nodes',
   writes: {
     ingestNodes: upserted,
-    deleteTrees: tombstone,
+    deleteTrees: nodeDeleted,
   },
   toGapRow: toNodeGapRow,
   toLine: toNodeInsertLine,

@@ -8,7 +8,7 @@ import { selectAtMost } from './bounded-read';
 import { KYSELY } from './postgres.tokens';
 import { querySpans, spanAnalytics } from './postgres-span-query';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
-import { bytesToSpanId, spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
+import { bytesToSpanId, DELETED_SPAN_COLUMNS, deletedSpanFromRow, spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
 import { inCallersOrder, inLockOrder } from './lock-order';
 
 /** Postgres's parameter limit is 65535; a span row binds 20 values. */
@@ -112,16 +112,9 @@ export class PostgresTracingDao implements TracingDao {
         .deleteFrom('spans')
         .where('project_id', '=', projectId)
         .where(which)
-        .returning(['project_id', 'trace_id', 'span_id', 'created_at', 'start_time', tombstoneVersion.as('deleted_at')])
+        .returning([...DELETED_SPAN_COLUMNS, tombstoneVersion.as('deleted_at')])
         .execute();
-      return rows.map((row) => ({
-        project_id: row.project_id,
-        trace_id: uuidToTraceId(row.trace_id),
-        span_id: bytesToSpanId(row.span_id),
-        created_at: row.created_at,
-        start_time: row.start_time,
-        deleted_at: row.deleted_at,
-      }));
+      return rows.map(deletedSpanFromRow);
     });
   }
 

@@ -1,4 +1,4 @@
-import { Json, JsonObject, Span, SpanInput, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
+import { DeletedSpan, Json, JsonObject, Span, SpanInput, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { NewSpanRow, SpanRow } from './database';
 
@@ -71,5 +71,19 @@ export function spanFromRow(row: SpanRow): Span {
     updated_at: row.updated_at,
     created_by_id: row.created_by_id,
     updated_by_id: row.updated_by_id,
+  };
+}
+
+/** The columns a delete returns: what DeletedSpan reports (its deleted_at is computed by the DAO). */
+export const DELETED_SPAN_COLUMNS = ['project_id', 'trace_id', 'span_id', 'created_at', 'start_time'] as const;
+
+export function deletedSpanFromRow(row: Pick<SpanRow, (typeof DELETED_SPAN_COLUMNS)[number]> & { deleted_at: string }): DeletedSpan {
+  return {
+    project_id: row.project_id,
+    trace_id: uuidToTraceId(row.trace_id),
+    span_id: bytesToSpanId(row.span_id),
+    created_at: row.created_at,
+    start_time: row.start_time,
+    deleted_at: row.deleted_at,
   };
 }
