@@ -308,22 +308,32 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
   });
 
   it('stores a batch once when it is sent again with the same dedup token', async () => {
-    const projectId = uuid();
-    const batch = [mirroredSpan(projectId), mirroredSpan(projectId), mirroredSpan(projectId)];
-    await insertSpans(batch, 'batch-token-1');
-    await insertSpans(batch, 'batch-token-1');
-    expect(await storedRows('spans', projectId)).toBe(3);
+    // These counts are of stored inserts. A background merge collapses same-key rows, so one between the
+    // inserts and a count would read 3 for 6 here (seen under load) or, worse, 3 for a repeat that was not
+    // dropped: merges wait until the counts are taken.
+    await ch.clients.query.command({ query: 'SYSTEM STOP MERGES spans' });
+    await ch.clients.query.command({ query: 'SYSTEM STOP MERGES nodes' });
+    try {
+      const projectId = uuid();
+      const batch = [mirroredSpan(projectId), mirroredSpan(projectId), mirroredSpan(projectId)];
+      await insertSpans(batch, 'batch-token-1');
+      await insertSpans(batch, 'batch-token-1');
+      expect(await storedRows('spans', projectId)).toBe(3);
 
-    // The token, not the content, decides: a new token stores the rows again (FINAL still shows each once).
-    await insertSpans(batch, 'batch-token-2');
-    expect(await storedRows('spans', projectId)).toBe(6);
-    expect(await spans.readSpans(projectId, batch.map((s) => ({ trace_id: s.trace_id, span_id: s.span_id })))).toHaveLength(3);
+      // The token, not the content, decides: a new token stores the rows again (FINAL still shows each once).
+      await insertSpans(batch, 'batch-token-2');
+      expect(await storedRows('spans', projectId)).toBe(6);
+      expect(await spans.readSpans(projectId, batch.map((s) => ({ trace_id: s.trace_id, span_id: s.span_id })))).toHaveLength(3);
 
-    const nodeProject = uuid();
-    const nodeBatch = [mirroredNode(nodeProject), mirroredNode(nodeProject)];
-    await insertNodes(nodeBatch, 'node-token');
-    await insertNodes(nodeBatch, 'node-token');
-    expect(await storedRows('nodes', nodeProject)).toBe(2);
+      const nodeProject = uuid();
+      const nodeBatch = [mirroredNode(nodeProject), mirroredNode(nodeProject)];
+      await insertNodes(nodeBatch, 'node-token');
+      await insertNodes(nodeBatch, 'node-token');
+      expect(await storedRows('nodes', nodeProject)).toBe(2);
+    } finally {
+      await ch.clients.query.command({ query: 'SYSTEM START MERGES spans' });
+      await ch.clients.query.command({ query: 'SYSTEM START MERGES nodes' });
+    }
   });
 
   it('counts live rows and sums versions per project and created_at day, within a time range', async () => {
