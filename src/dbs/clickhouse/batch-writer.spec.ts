@@ -5,13 +5,12 @@ import {
   InsertBody,
   BatchWriter,
   Clock,
-  GapRecorder,
-  MirrorGap,
   MirrorLogger,
   MirrorRow,
   MirrorSink,
   queuedRowBytes,
 } from './batch-writer';
+import { GapRecorder, MirrorGap } from './gap-ledger';
 import { BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
 import { ROW_HEADER_BYTES } from './row-log';

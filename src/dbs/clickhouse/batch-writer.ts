@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { DropReason, MirrorMetrics } from './mirror-metrics';
 import { BatchWriterOptions, BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
 import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, RowLog, RowSpan } from './row-log';
+import { GapLedger, GapRecorder, GapRow } from './gap-ledger';
 import {
   BreakerState,
   CircuitBreaker,
@@ -11,23 +12,14 @@ import {
   fullJitterBackoff,
 } from './retry-policy';
 
-/** One row to mirror. The writer is generic: it knows tables and keys, not spans or nodes. */
-export interface MirrorRow {
-  /** ClickHouse table, e.g. 'spans'. */
-  table: string;
-  /** 'spans' | 'nodes': written into gap records so `backfill --gaps` knows what to replay. */
-  entity: string;
-  projectId: string;
-  /** The row's primary key values as strings, for gap records. */
-  key: string[];
-  /** ISO-8601 with microseconds, for gap time ranges. */
-  createdAt: string;
+/**
+ * One row to mirror: what a gap record needs of it, and its line. The writer
+ * is generic: it knows tables and keys, not spans or nodes.
+ */
+export interface MirrorRow extends GapRow {
   /** The row serialized as one JSONEachRow line, no trailing newline; its UTF-8 length is what flushBytes counts. */
   line: string;
 }
-
-/** What a gap record needs of a row: all of it but its line. */
-export type GapRow = Omit<MirrorRow, 'line'>;
 
 /**
  * A JSONEachRow insert body: UTF-8 text in pieces, whole lines each ending
@@ -42,21 +34,6 @@ export type InsertBody = Iterable<Uint8Array>;
 export interface MirrorSink {
   insert(table: string, body: InsertBody, dedupToken: string): Promise<void>;
   ping(): Promise<boolean>;
-}
-
-/** The Postgres side: durable records of rows the mirror did not send. */
-export interface GapRecorder {
-  record(gaps: MirrorGap[]): Promise<void>;
-}
-
-export interface MirrorGap {
-  entity: string;
-  projectId: string;
-  keys: string[][];
-  minCreatedAt: string;
-  maxCreatedAt: string;
-  rowCount: number;
-  reason: string;
 }
 
 export interface Clock {
@@ -97,9 +74,6 @@ export interface BatchWriterDeps {
   /** Source of jitter for backoff; [0, 1). */
   random?: () => number;
 }
-
-/** Writing a gap record is retried this many times before the rows are declared lost (error log only). */
-const GAP_RECORD_ATTEMPTS = 3;
 
 const realClock: Clock = {
   now: () => Date.now(),
@@ -152,7 +126,8 @@ interface TableQueue {
 export class BatchWriter {
   private readonly options: BatchWriterOptions;
   private readonly sink: MirrorSink;
-  private readonly gapRecorder: GapRecorder;
+  /** Where rows that will not be sent go: gap records in Postgres. */
+  private readonly gaps: GapLedger;
   private readonly logger: MirrorLogger;
   private readonly clock: Clock;
   private readonly metrics?: MirrorMetrics;
@@ -183,7 +158,6 @@ export class BatchWriter {
   private outage: { since: number; failedProbes: number; remindedAt: number } | null = null;
   private breakerWaiters: Array<() => void> = [];
   private readonly sleeps = new Set<{ handle: unknown; wake: () => void }>();
-  private readonly gapRecordings = new Set<Promise<void>>();
   private drainWaiters: DrainWaiter[] = [];
   /** Callers holding rows they will write() shortly; drain() and shutdown() have them write those first. */
   private readonly producers: Array<() => void> = [];
@@ -196,23 +170,9 @@ export class BatchWriter {
   private queueFull = false;
   /** Rows turned away in the current overflow episode, for its closing log line. */
   private overflowRows = 0;
-  /**
-   * Gaps of rows turned away at the bound, not recorded yet: one per entity
-   * and project. Once the queue is full every write overflows, and recording
-   * each write's gap at once meant a second Postgres transaction per API
-   * write, competing with the API's own for the pool and the CPU. They are
-   * recorded together once per flush interval, or sooner at flushRows keys,
-   * and by drain() and shutdown(). The price: a gap record is durable up to an
-   * interval after its rows were turned away, so a crash in between loses it,
-   * as it loses the queue itself (verify --repair finds both).
-   */
-  private heldGaps = new Map<string, MirrorGap>();
-  private heldGapRows = 0;
-  private heldGapsTimer: unknown | null = null;
 
   private rowsSent = 0;
   private rowsDropped = 0;
-  private gapsRecorded = 0;
   private lastSuccessAt: number | null = null;
   private lastErrorAt: number | null = null;
   private lastError: string | null = null;
@@ -220,11 +180,22 @@ export class BatchWriter {
   constructor(settings: BatchWriterSettings, deps: BatchWriterDeps) {
     this.options = resolveOptions(settings);
     this.sink = deps.sink;
-    this.gapRecorder = deps.gapRecorder;
     this.logger = deps.logger;
     this.clock = deps.clock ?? realClock;
     this.metrics = deps.metrics;
     this.random = deps.random ?? Math.random;
+    // Turned-away rows are held for a flush interval or a batch's worth of keys, like rows waiting to be sent.
+    this.gaps = new GapLedger(
+      { ...this.options, holdRows: this.options.flushRows, holdMs: this.options.flushIntervalMs },
+      {
+        recorder: deps.gapRecorder,
+        logger: this.logger,
+        timers: this.clock,
+        metrics: this.metrics,
+        random: this.random,
+        guarded: (message, work) => this.guarded(message, work),
+      },
+    );
     this.breaker = new CircuitBreaker(this.options.breaker, () => this.clock.now());
     this.metrics?.breakerState.set(0);
   }
@@ -348,8 +319,8 @@ export class BatchWriter {
       this.drainWaiters.push({ through, resolve });
       this.resolveDrainWaiters();
     });
-    this.recordHeldGaps();
-    await this.gapRecordingsSettled();
+    this.gaps.recordHeld();
+    await this.gaps.settled();
   }
 
   /**
@@ -395,7 +366,7 @@ export class BatchWriter {
       queuedBytes: this.queuedBytes,
       inFlightBatches,
       breaker: this.breaker.state,
-      gapsRecorded: this.gapsRecorded,
+      gapsRecorded: this.gaps.recorded,
       rowsSent: this.rowsSent,
       rowsDropped: this.rowsDropped,
       lastSuccessAt: this.lastSuccessAt,
@@ -681,64 +652,12 @@ export class BatchWriter {
   private dropIntoGaps(rows: GapRow[], reason: DropReason, detail?: string): void {
     if (rows.length === 0) return;
     this.countDropped(rows.length, reason);
-    this.startRecording(groupIntoGaps(rows, detail ? `${reason}: ${detail}` : reason));
+    this.gaps.record(rows, detail ? `${reason}: ${detail}` : reason);
   }
 
   private countDropped(rows: number, reason: DropReason): void {
     this.rowsDropped += rows;
     this.metrics?.rowsDropped.inc({ reason }, rows);
-  }
-
-  private startRecording(gaps: MirrorGap[]): void {
-    const recording = this.recordGaps(gaps);
-    this.gapRecordings.add(recording);
-    void recording.finally(() => this.gapRecordings.delete(recording));
-  }
-
-  /** Records the held overflow gaps now (see heldGaps). */
-  private recordHeldGaps(): void {
-    if (this.heldGapsTimer !== null) this.clock.clearTimeout(this.heldGapsTimer);
-    this.heldGapsTimer = null;
-    if (this.heldGaps.size === 0) return;
-    const gaps = [...this.heldGaps.values()];
-    this.heldGaps = new Map();
-    this.heldGapRows = 0;
-    this.startRecording(gaps);
-  }
-
-  /** Postgres may be down too: retry a few times, then the error log is the last record of these rows. */
-  private async recordGaps(gaps: MirrorGap[]): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.gapRecorder.record(gaps);
-        this.gapsRecorded += gaps.length;
-        this.metrics?.gapsRecorded.inc(gaps.length);
-        return;
-      } catch (error) {
-        if (attempt < GAP_RECORD_ATTEMPTS) {
-          await this.gapRetryPause(fullJitterBackoff(attempt, this.options, this.random));
-          continue;
-        }
-        const lostRows = gaps.reduce((sum, gap) => sum + gap.rowCount, 0);
-        this.metrics?.rowsLost.inc(lostRows);
-        this.logger.error(
-          {
-            error: describeSendError(error),
-            lostRows,
-            gaps: gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }) => ({
-              entity,
-              projectId,
-              rowCount,
-              minCreatedAt,
-              maxCreatedAt,
-              reason,
-            })),
-          },
-          'mirror gap could not be recorded: these rows are missing from ClickHouse and only this log knows; repair with verify --repair over this range',
-        );
-        return;
-      }
-    }
   }
 
   private async runShutdown(deadlineMs: number): Promise<void> {
@@ -752,10 +671,10 @@ export class BatchWriter {
 
     if (outcome === 'deadline') this.abandonUnsent(deadlineMs);
     this.stop();
-    this.recordHeldGaps();
-    await this.gapRecordingsSettled();
+    this.gaps.recordHeld();
+    await this.gaps.settled();
     this.logger.info(
-      { outcome, rowsSent: this.rowsSent, rowsDropped: this.rowsDropped, gapsRecorded: this.gapsRecorded },
+      { outcome, rowsSent: this.rowsSent, rowsDropped: this.rowsDropped, gapsRecorded: this.gaps.recorded },
       'mirror batch writer shut down',
     );
   }
@@ -813,16 +732,6 @@ export class BatchWriter {
     });
   }
 
-  /**
-   * Between a gap record's attempts. Unlike sleep(), stop() does not cut it
-   * short: shutdown is when most gaps are recorded (what the deadline left,
-   * the held overflow), and back-to-back attempts would all fall inside one
-   * Postgres blip. It is bounded: GAP_RECORD_ATTEMPTS − 1 backoffs.
-   */
-  private gapRetryPause(ms: number): Promise<void> {
-    return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
-  }
-
   private resolveDrainWaiters(): void {
     if (this.drainWaiters.length === 0) return;
     const remaining: DrainWaiter[] = [];
@@ -842,10 +751,6 @@ export class BatchWriter {
     return true;
   }
 
-  private async gapRecordingsSettled(): Promise<void> {
-    while (this.gapRecordings.size > 0) await Promise.all([...this.gapRecordings]);
-  }
-
   private updateQueueGauges(queue: TableQueue): void {
     if (!this.metrics) return;
     const inFlight = queue.inFlight && !queue.inFlight.settled ? queue.inFlight : null;
@@ -855,7 +760,7 @@ export class BatchWriter {
 
   /**
    * Rows past the bound become queue_full gaps, held and recorded together
-   * (see heldGaps). The first of an overflow episode is logged, not every write.
+   * (see GapLedger.hold). The first of an overflow episode is logged, not every write.
    */
   private turnAway(rows: GapRow[]): void {
     if (rows.length === 0) return;
@@ -867,16 +772,7 @@ export class BatchWriter {
     }
     this.overflowRows += rows.length;
     this.countDropped(rows.length, 'queue_full');
-    addToGaps(this.heldGaps, rows, 'queue_full');
-    this.heldGapRows += rows.length;
-    if (this.heldGapRows >= this.options.flushRows) {
-      this.recordHeldGaps();
-    } else if (this.heldGapsTimer === null) {
-      this.heldGapsTimer = this.clock.setTimeout(() => {
-        this.heldGapsTimer = null;
-        this.guarded('mirror gap recording failed to start', () => this.recordHeldGaps());
-      }, this.options.flushIntervalMs);
-    }
+    this.gaps.hold(rows, 'queue_full');
   }
 
   /** Rows left the queue: the next row gets a chance to fit, and an overflow episode ends. */
@@ -921,38 +817,6 @@ const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, half_open: 1, o
 
 /** While an outage lasts, how often the log says it still does. */
 const OUTAGE_REMINDER_MS = 60_000;
-
-/** One gap per entity and project: the rows' keys, their created_at range and count. */
-export function groupIntoGaps(rows: GapRow[], reason: string): MirrorGap[] {
-  const gaps = new Map<string, MirrorGap>();
-  addToGaps(gaps, rows, reason);
-  return [...gaps.values()];
-}
-
-/** Adds rows to the gaps of their entity and project, keyed by both. */
-function addToGaps(gaps: Map<string, MirrorGap>, rows: GapRow[], reason: string): void {
-  for (const row of rows) {
-    const id = `${row.entity}\u0000${row.projectId}`;
-    const gap = gaps.get(id);
-    if (!gap) {
-      gaps.set(id, {
-        entity: row.entity,
-        projectId: row.projectId,
-        keys: [row.key],
-        minCreatedAt: row.createdAt,
-        maxCreatedAt: row.createdAt,
-        rowCount: 1,
-        reason,
-      });
-      continue;
-    }
-    gap.keys.push(row.key);
-    gap.rowCount += 1;
-    // Same-format ISO-8601 UTC strings order lexically, and comparing them keeps the microseconds a Date would drop.
-    if (row.createdAt < gap.minCreatedAt) gap.minCreatedAt = row.createdAt;
-    if (row.createdAt > gap.maxCreatedAt) gap.maxCreatedAt = row.createdAt;
-  }
-}
 
 function resolveOptions(settings: BatchWriterSettings): BatchWriterOptions {
   const options: BatchWriterOptions = {

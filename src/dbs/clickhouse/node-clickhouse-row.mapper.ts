@@ -1,6 +1,7 @@
 import { Json, JsonObject } from '../../tracing/span';
 import { ObservabilityNode } from '../../observability/node';
-import { GapRow, MirrorRow } from './batch-writer';
+import { MirrorRow } from './batch-writer';
+import { GapRow } from './gap-ledger';
 import { clickHouseTimeToIso, insertJson, isoToClickHouseTime, jsonText, parseJson } from './span-clickhouse-row.mapper';
 
 /**

@@ -1,4 +1,4 @@
-import type { GapRow } from './batch-writer';
+import type { GapRow } from './gap-ledger';
 
 /**
  * Per row, in the records chain: fieldBytes (u32), lineBytes (u32),

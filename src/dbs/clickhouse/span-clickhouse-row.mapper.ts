@@ -1,7 +1,8 @@
 import { Json, JsonObject, Span, SpanKey, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
 import { isoToMicros, microsToIso } from '../../tracing/timestamp';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
-import { GapRow, MirrorRow } from './batch-writer';
+import { MirrorRow } from './batch-writer';
+import { GapRow } from './gap-ledger';
 
 /**
  * The one mapping between the span and its ClickHouse row (JSONEachRow, as

@@ -1,6 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { Registry } from 'prom-client';
-import { BatchWriter, MirrorGap, MirrorRow, queuedRowBytes } from '../clickhouse/batch-writer';
+import { BatchWriter, MirrorRow, queuedRowBytes } from '../clickhouse/batch-writer';
+import { MirrorGap } from '../clickhouse/gap-ledger';
 import { BatchWriterSettings } from '../clickhouse/batch-writer-options';
 import { linesOfBody } from '../../../test/support/insert-body';
 import { Mirror } from './mirror';

@@ -1,6 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { Counter, Registry } from 'prom-client';
-import { BatchWriter, GapRow, MirrorRow } from '../clickhouse/batch-writer';
+import { BatchWriter, MirrorRow } from '../clickhouse/batch-writer';
+import { GapRow } from '../clickhouse/gap-ledger';
 import { MIRRORED_ENTITIES, MirrorPlan, MirrorTarget } from './mirrored-dao';
 
 /** Records mapped per event-loop turn while the backlog is small (about half a millisecond of spans). */

@@ -1,4 +1,4 @@
-import { GapRow } from '../clickhouse/batch-writer';
+import { GapRow } from '../clickhouse/gap-ledger';
 
 /**
  * The dual-write decorator: one generic mechanism for every DAO port. It

@@ -1,5 +1,5 @@
 import { Kysely } from 'kysely';
-import type { GapRecorder, MirrorGap } from '../clickhouse/batch-writer';
+import type { GapRecorder, MirrorGap } from '../clickhouse/gap-ledger';
 import { DB, MirrorGapRow } from './database';
 
 /** The durable record of mirror rows that never reached ClickHouse; replayed by `backfill --gaps`. */

@@ -1,0 +1,213 @@
+import type { MirrorMetrics } from './mirror-metrics';
+import { BackoffOptions, describeSendError, fullJitterBackoff } from './retry-policy';
+
+/** What a gap record needs of a mirrored row: which entity and project, its key and its created_at. */
+export interface GapRow {
+  /** ClickHouse table, e.g. 'spans'. */
+  table: string;
+  /** 'spans' | 'nodes': written into gap records so `backfill --gaps` knows what to replay. */
+  entity: string;
+  projectId: string;
+  /** The row's primary key values as strings, for gap records. */
+  key: string[];
+  /** ISO-8601 with microseconds, for gap time ranges. */
+  createdAt: string;
+}
+
+/** A durable note, in Postgres, of rows the mirror did not send: what `backfill --gaps` replays. */
+export interface MirrorGap {
+  entity: string;
+  projectId: string;
+  keys: string[][];
+  minCreatedAt: string;
+  maxCreatedAt: string;
+  rowCount: number;
+  reason: string;
+}
+
+/** The Postgres side: writes gap records. */
+export interface GapRecorder {
+  record(gaps: MirrorGap[]): Promise<void>;
+}
+
+/** The timers the ledger sets; the batch writer's clock, so tests drive both with one fake. */
+export interface GapTimers {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export interface GapLedgerDeps {
+  recorder: GapRecorder;
+  logger: { error(obj: object, msg: string): void };
+  timers: GapTimers;
+  metrics?: MirrorMetrics;
+  /** Source of jitter for the retry backoff; [0, 1). */
+  random: () => number;
+  /** Runs a timer's work so that a throw is logged, not raised into the event loop. */
+  guarded: (message: string, work: () => void) => void;
+}
+
+export interface GapLedgerOptions extends BackoffOptions {
+  /** Held rows are recorded once this many have gathered... */
+  holdRows: number;
+  /** ...or this long after the first of them, whichever comes first. */
+  holdMs: number;
+}
+
+/** Writing a gap record is retried this many times before the rows are declared lost (error log only). */
+const GAP_RECORD_ATTEMPTS = 3;
+
+/**
+ * Where the batch writer's unsent rows go: it groups them into gap records
+ * (one per entity and project) and writes those to Postgres in the
+ * background, retrying a few times, for `backfill --gaps` to replay. If
+ * Postgres refuses every attempt, the error log is the last record of the
+ * rows, with the ranges `verify --repair` needs.
+ *
+ * Rows are recorded at once (record) or held and recorded together (hold):
+ * once the writer's queue is full every write overflows, and recording each
+ * write's gap at once meant a second Postgres transaction per API write,
+ * competing with the API's own for the pool and the CPU. Held rows are
+ * recorded after `holdMs`, or sooner at `holdRows` keys, and by
+ * recordHeld(). The price: a held gap is durable up to `holdMs` after its
+ * rows were turned away, so a crash in between loses it, as it loses the
+ * queue itself (verify --repair finds both).
+ */
+export class GapLedger {
+  private readonly recordings = new Set<Promise<void>>();
+  private held = new Map<string, MirrorGap>();
+  private heldRows = 0;
+  private heldTimer: unknown | null = null;
+  private recordedGaps = 0;
+
+  constructor(
+    private readonly options: GapLedgerOptions,
+    private readonly deps: GapLedgerDeps,
+  ) {}
+
+  /** Gap records written so far. */
+  get recorded(): number {
+    return this.recordedGaps;
+  }
+
+  /** Records the rows' gaps now, in the background. */
+  record(rows: GapRow[], reason: string): void {
+    if (rows.length === 0) return;
+    this.startRecording(groupIntoGaps(rows, reason));
+  }
+
+  /** Adds the rows to the held gaps, to be recorded with the rest (see the class comment). */
+  hold(rows: GapRow[], reason: string): void {
+    if (rows.length === 0) return;
+    addToGaps(this.held, rows, reason);
+    this.heldRows += rows.length;
+    if (this.heldRows >= this.options.holdRows) {
+      this.recordHeld();
+    } else if (this.heldTimer === null) {
+      this.heldTimer = this.deps.timers.setTimeout(() => {
+        this.heldTimer = null;
+        this.deps.guarded('mirror gap recording failed to start', () => this.recordHeld());
+      }, this.options.holdMs);
+    }
+  }
+
+  /** Records the held gaps now (drain and shutdown). */
+  recordHeld(): void {
+    if (this.heldTimer !== null) this.deps.timers.clearTimeout(this.heldTimer);
+    this.heldTimer = null;
+    if (this.held.size === 0) return;
+    const gaps = [...this.held.values()];
+    this.held = new Map();
+    this.heldRows = 0;
+    this.startRecording(gaps);
+  }
+
+  /** Resolves once every recording started so far, and any started meanwhile, has ended (written or logged as lost). */
+  async settled(): Promise<void> {
+    while (this.recordings.size > 0) await Promise.all([...this.recordings]);
+  }
+
+  private startRecording(gaps: MirrorGap[]): void {
+    const recording = this.recordGaps(gaps);
+    this.recordings.add(recording);
+    void recording.finally(() => this.recordings.delete(recording));
+  }
+
+  /** Postgres may be down too: retry a few times, then the error log is the last record of these rows. */
+  private async recordGaps(gaps: MirrorGap[]): Promise<void> {
+    const { recorder, metrics, logger } = this.deps;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await recorder.record(gaps);
+        this.recordedGaps += gaps.length;
+        metrics?.gapsRecorded.inc(gaps.length);
+        return;
+      } catch (error) {
+        if (attempt < GAP_RECORD_ATTEMPTS) {
+          await this.retryPause(fullJitterBackoff(attempt, this.options, this.deps.random));
+          continue;
+        }
+        const lostRows = gaps.reduce((sum, gap) => sum + gap.rowCount, 0);
+        metrics?.rowsLost.inc(lostRows);
+        logger.error(
+          {
+            error: describeSendError(error),
+            lostRows,
+            gaps: gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }) => ({
+              entity,
+              projectId,
+              rowCount,
+              minCreatedAt,
+              maxCreatedAt,
+              reason,
+            })),
+          },
+          'mirror gap could not be recorded: these rows are missing from ClickHouse and only this log knows; repair with verify --repair over this range',
+        );
+        return;
+      }
+    }
+  }
+
+  /**
+   * Between a gap record's attempts. Not cut short when the writer stops:
+   * shutdown is when most gaps are recorded (what the deadline left, the held
+   * overflow), and back-to-back attempts would all fall inside one Postgres
+   * blip. It is bounded: GAP_RECORD_ATTEMPTS − 1 backoffs.
+   */
+  private retryPause(ms: number): Promise<void> {
+    return new Promise((resolve) => this.deps.timers.setTimeout(resolve, ms));
+  }
+}
+
+/** One gap per entity and project: the rows' keys, their created_at range and count. */
+export function groupIntoGaps(rows: GapRow[], reason: string): MirrorGap[] {
+  const gaps = new Map<string, MirrorGap>();
+  addToGaps(gaps, rows, reason);
+  return [...gaps.values()];
+}
+
+/** Adds rows to the gaps of their entity and project, keyed by both. */
+function addToGaps(gaps: Map<string, MirrorGap>, rows: GapRow[], reason: string): void {
+  for (const row of rows) {
+    const id = `${row.entity}\u0000${row.projectId}`;
+    const gap = gaps.get(id);
+    if (!gap) {
+      gaps.set(id, {
+        entity: row.entity,
+        projectId: row.projectId,
+        keys: [row.key],
+        minCreatedAt: row.createdAt,
+        maxCreatedAt: row.createdAt,
+        rowCount: 1,
+        reason,
+      });
+      continue;
+    }
+    gap.keys.push(row.key);
+    gap.rowCount += 1;
+    // Same-format ISO-8601 UTC strings order lexically, and comparing them keeps the microseconds a Date would drop.
+    if (row.createdAt < gap.minCreatedAt) gap.minCreatedAt = row.createdAt;
+    if (row.createdAt > gap.maxCreatedAt) gap.maxCreatedAt = row.createdAt;
+  }
+}
