@@ -1,3 +1,4 @@
+import type { Clock, MirrorLogger } from './batch-writer';
 import type { MirrorMetrics } from './mirror-metrics';
 import { BackoffOptions, describeSendError, fullJitterBackoff } from './retry-policy';
 
@@ -30,16 +31,11 @@ export interface GapRecorder {
   record(gaps: MirrorGap[]): Promise<void>;
 }
 
-/** The timers the ledger sets; the batch writer's clock, so tests drive both with one fake. */
-export interface GapTimers {
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
 export interface GapLedgerDeps {
   recorder: GapRecorder;
-  logger: { error(obj: object, msg: string): void };
-  timers: GapTimers;
+  logger: Pick<MirrorLogger, 'error'>;
+  /** The batch writer's clock, so tests drive both with one fake. */
+  timers: Pick<Clock, 'setTimeout' | 'clearTimeout'>;
   metrics?: MirrorMetrics;
   /** Source of jitter for the retry backoff; [0, 1). */
   random: () => number;
@@ -181,7 +177,7 @@ export class GapLedger {
 }
 
 /** One gap per entity and project: the rows' keys, their created_at range and count. */
-export function groupIntoGaps(rows: GapRow[], reason: string): MirrorGap[] {
+function groupIntoGaps(rows: GapRow[], reason: string): MirrorGap[] {
   const gaps = new Map<string, MirrorGap>();
   addToGaps(gaps, rows, reason);
   return [...gaps.values()];
