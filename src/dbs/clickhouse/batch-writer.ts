@@ -4,13 +4,8 @@ import { DropReason, MirrorMetrics } from './mirror-metrics';
 import { BatchWriterOptions, BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
 import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, RowLog, RowSpan } from './row-log';
 import { GapLedger, GapRecorder, GapRow } from './gap-ledger';
-import {
-  BreakerState,
-  CircuitBreaker,
-  classifySendError,
-  describeSendError,
-  fullJitterBackoff,
-} from './retry-policy';
+import { BreakerState, classifySendError, describeSendError, fullJitterBackoff } from './retry-policy';
+import { BreakerGate } from './breaker-gate';
 
 /**
  * One row to mirror: what a gap record needs of it, and its line. The writer
@@ -119,7 +114,7 @@ interface TableQueue {
  * or fail. Per table: rows queue up, a batch is cut when the queue reaches
  * `flushRows` or `flushBytes` or its oldest row is `flushIntervalMs` old, and
  * at most one insert is in flight. Transient failures are retried with
- * backoff under one shared circuit breaker. Whatever cannot be sent (queue
+ * backoff under one shared circuit breaker (BreakerGate). Whatever cannot be sent (queue
  * full, permanent error, retries exhausted, shutdown deadline) becomes a gap
  * record in Postgres, which `backfill --gaps` replays.
  */
@@ -132,7 +127,8 @@ export class BatchWriter {
   private readonly clock: Clock;
   private readonly metrics?: MirrorMetrics;
   private readonly random: () => number;
-  private readonly breaker: CircuitBreaker;
+  /** The shared circuit breaker, with its waiting senders, timer, gauge and outage log. */
+  private readonly gate: BreakerGate;
   /**
    * The writer's own async context, taken when it is built. Sends, retries and timers start in it, not in
    * the context of the write() that filled the batch: the API's logger names the request of the context
@@ -153,10 +149,7 @@ export class BatchWriter {
   private stopped = false;
   private shutdownPromise: Promise<void> | null = null;
 
-  private breakerTimer: unknown | null = null;
-  /** The outage the breaker is open for, from its first opening until it closes (see noteOutage). */
-  private outage: { since: number; failedProbes: number; remindedAt: number } | null = null;
-  private breakerWaiters: Array<() => void> = [];
+  /** Backoff waits between attempts; stop() cuts them short. */
   private readonly sleeps = new Set<{ handle: unknown; wake: () => void }>();
   private drainWaiters: DrainWaiter[] = [];
   /** Callers holding rows they will write() shortly; drain() and shutdown() have them write those first. */
@@ -196,8 +189,16 @@ export class BatchWriter {
         guarded: (message, work) => this.guarded(message, work),
       },
     );
-    this.breaker = new CircuitBreaker(this.options.breaker, () => this.clock.now());
-    this.metrics?.breakerState.set(0);
+    this.gate = new BreakerGate(this.options.breaker, {
+      clock: this.clock,
+      logger: this.logger,
+      metrics: this.metrics,
+      guarded: (message, work) => this.guarded(message, work),
+      onReopen: () => {
+        for (const queue of this.tables.values()) this.maybeFlush(queue);
+      },
+      outageContext: () => ({ queuedRows: this.queuedRows, lastError: this.lastError }),
+    });
   }
 
   /**
@@ -365,7 +366,7 @@ export class BatchWriter {
       queuedRows: this.queuedRows,
       queuedBytes: this.queuedBytes,
       inFlightBatches,
-      breaker: this.breaker.state,
+      breaker: this.gate.state,
       gapsRecorded: this.gaps.recorded,
       rowsSent: this.rowsSent,
       rowsDropped: this.rowsDropped,
@@ -393,7 +394,7 @@ export class BatchWriter {
       return;
     }
     // An open breaker (or a probe already out) keeps rows in the queue; the breaker's change restarts every table.
-    if (this.breaker.state === 'open' || this.breaker.probing) return;
+    if (this.gate.holding) return;
 
     const batch = this.cutBatch(queue);
     queue.inFlight = batch;
@@ -461,14 +462,14 @@ export class BatchWriter {
   /** Try the batch until it is sent, fails permanently, runs out of attempts, or the writer stops. */
   private async deliver(batch: Batch): Promise<void> {
     while (!batch.settled) {
-      const admission = await this.waitForBreaker();
+      const admission = await this.gate.admit();
       if (admission === 'stopped' || batch.settled) return;
       if (admission === 'probe' && !(await this.probeServer())) continue;
 
       batch.attempts += 1;
       const error = await this.attemptInsert(batch);
       if (error === null) {
-        this.changeBreaker(() => this.breaker.recordSuccess());
+        this.gate.recordAnswer();
         this.settleAsSent(batch);
         return;
       }
@@ -481,14 +482,14 @@ export class BatchWriter {
 
       if (kind === 'permanent') {
         // The server is up and said no: that is not an outage, so the breaker counts it as an answer.
-        this.changeBreaker(() => this.breaker.recordSuccess());
+        this.gate.recordAnswer();
         this.logger.error(context, 'ClickHouse rejected a mirror batch; recording it as a gap');
         this.settleAsGap(batch, 'send_failed', description);
         return;
       }
 
-      this.changeBreaker(() => this.breaker.recordFailure());
-      if (this.breaker.state === 'open' && admission !== 'probe') {
+      this.gate.recordFailure();
+      if (this.gate.state === 'open' && admission !== 'probe') {
         // The breaker is open: ClickHouse is down, and the outage, not this batch, used up its attempts
         // so far (however many: another table's failures may have opened it). It waits with the rest of
         // the queue (an in-flight batch counts against queueMaxBytes) and starts its attempts afresh once
@@ -512,16 +513,6 @@ export class BatchWriter {
     }
   }
 
-  /** Resolves 'send' when the breaker is closed, 'probe' when this caller is the half-open probe, 'stopped' on shutdown. */
-  private async waitForBreaker(): Promise<'send' | 'probe' | 'stopped'> {
-    for (;;) {
-      if (this.stopped) return 'stopped';
-      const admission = this.breaker.admit();
-      if (admission !== 'wait') return admission;
-      await new Promise<void>((wake) => this.breakerWaiters.push(wake));
-    }
-  }
-
   /** The half-open probe starts with a ping, so a dead server costs a ping rather than a batch upload. */
   private async probeServer(): Promise<boolean> {
     let failure: string | null = null;
@@ -532,7 +523,7 @@ export class BatchWriter {
     }
     if (failure === null) return true;
     this.noteError(failure);
-    this.changeBreaker(() => this.breaker.recordFailure());
+    this.gate.recordFailure();
     return false;
   }
 
@@ -547,74 +538,6 @@ export class BatchWriter {
     } finally {
       this.metrics?.flushDuration.observe({ table: batch.table }, (this.clock.now() - started) / 1000);
     }
-  }
-
-  /** Apply a breaker change and react to a new state: update the gauge, log, and wake or schedule the waiting senders. */
-  private changeBreaker(change: () => void): void {
-    const before = this.breaker.state;
-    change();
-    const after = this.breaker.state;
-    if (after === 'open') this.scheduleHalfOpen();
-    if (before === after) return;
-    this.metrics?.breakerState.set(BREAKER_GAUGE[after]);
-    if (after === 'open') {
-      this.noteOutage();
-      return;
-    }
-    if (after === 'closed' && this.outage) {
-      const { since, failedProbes } = this.outage;
-      this.outage = null;
-      this.logger.info({ openForMs: this.clock.now() - since, failedProbes }, 'ClickHouse circuit breaker closed: inserts go through again');
-    } else {
-      this.logger.info({ state: after }, 'ClickHouse circuit breaker changed state');
-    }
-    this.wakeBreakerWaiters();
-  }
-
-  /**
-   * The breaker (re)opened. An outage is logged when it starts and then at
-   * most once a minute while its probes keep failing, not at every failed
-   * probe (every openMs: 720 lines an hour at the default 5 s).
-   */
-  private noteOutage(): void {
-    const now = this.clock.now();
-    if (!this.outage) {
-      this.outage = { since: now, failedProbes: 0, remindedAt: now };
-      this.logger.warn({ openMs: this.options.breaker.openMs, lastError: this.lastError }, 'ClickHouse circuit breaker opened');
-      return;
-    }
-    this.outage.failedProbes += 1;
-    if (now - this.outage.remindedAt < OUTAGE_REMINDER_MS) return;
-    this.outage.remindedAt = now;
-    this.logger.warn(
-      { openForMs: now - this.outage.since, failedProbes: this.outage.failedProbes, queuedRows: this.queuedRows, lastError: this.lastError },
-      'ClickHouse circuit breaker still open: probes keep failing',
-    );
-  }
-
-  /** (Re)start the open period's timer; when it fires, one sender gets to probe. */
-  private scheduleHalfOpen(): void {
-    if (this.stopped) return;
-    if (this.breakerTimer !== null) this.clock.clearTimeout(this.breakerTimer);
-    this.breakerTimer = this.clock.setTimeout(() => {
-      this.breakerTimer = null;
-      this.guarded('mirror breaker timer failed', () => {
-        // Node runs timers on libuv's clock, which can be a millisecond ahead of Date.now(), so the
-        // breaker may still read open here. Woken now, the senders would wait again with no timer
-        // left to wake them, and the mirror would stop sending for good: look again instead.
-        if (this.breaker.state === 'open') return this.scheduleHalfOpen();
-        this.metrics?.breakerState.set(BREAKER_GAUGE[this.breaker.state]);
-        this.wakeBreakerWaiters();
-      });
-    }, this.breaker.msUntilHalfOpen());
-  }
-
-  /** Batches waiting on the breaker re-check it, and tables that held back start a flush if they may. */
-  private wakeBreakerWaiters(): void {
-    const waiters = this.breakerWaiters;
-    this.breakerWaiters = [];
-    for (const wake of waiters) wake();
-    for (const queue of this.tables.values()) this.maybeFlush(queue);
   }
 
   private settleAsSent(batch: Batch): void {
@@ -705,15 +628,11 @@ export class BatchWriter {
   private stop(): void {
     this.stopped = true;
     for (const queue of this.tables.values()) this.clearIntervalTimer(queue);
-    if (this.breakerTimer !== null) this.clock.clearTimeout(this.breakerTimer);
-    this.breakerTimer = null;
     for (const sleep of [...this.sleeps]) {
       this.clock.clearTimeout(sleep.handle);
       sleep.wake();
     }
-    const waiters = this.breakerWaiters;
-    this.breakerWaiters = [];
-    for (const wake of waiters) wake();
+    this.gate.stop();
   }
 
   /** A wait on the writer's clock that stop() cuts short. */
@@ -812,11 +731,6 @@ export class BatchWriter {
     }
   }
 }
-
-const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, half_open: 1, open: 2 };
-
-/** While an outage lasts, how often the log says it still does. */
-const OUTAGE_REMINDER_MS = 60_000;
 
 function resolveOptions(settings: BatchWriterSettings): BatchWriterOptions {
   const options: BatchWriterOptions = {

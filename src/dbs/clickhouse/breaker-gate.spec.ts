@@ -1,0 +1,171 @@
+import { Registry } from 'prom-client';
+import { BreakerGate, GateAdmission } from './breaker-gate';
+import { createMirrorMetrics } from './mirror-metrics';
+
+/** A clock whose timers fire only when the test says so, at whatever time the test has set. */
+class ManualClock {
+  time = 0;
+  private nextHandle = 1;
+  readonly timers = new Map<number, { fn: () => void; at: number }>();
+
+  now(): number {
+    return this.time;
+  }
+  setTimeout(fn: () => void, ms: number): unknown {
+    const handle = this.nextHandle++;
+    this.timers.set(handle, { fn, at: this.time + ms });
+    return handle;
+  }
+  clearTimeout(handle: unknown): void {
+    this.timers.delete(handle as number);
+  }
+  /** Fire every timer due by `time` (and set the clock there). */
+  advanceTo(time: number): void {
+    this.time = time;
+    for (const [handle, timer] of [...this.timers]) {
+      if (timer.at > time) continue;
+      this.timers.delete(handle);
+      timer.fn();
+    }
+  }
+}
+
+function setup(failureThreshold = 2, openMs = 1000) {
+  const clock = new ManualClock();
+  const lines: Array<{ level: string; obj: Record<string, unknown>; msg: string }> = [];
+  const logger = {
+    info: (obj: object, msg: string) => lines.push({ level: 'info', obj: obj as Record<string, unknown>, msg }),
+    warn: (obj: object, msg: string) => lines.push({ level: 'warn', obj: obj as Record<string, unknown>, msg }),
+  };
+  const registry = new Registry();
+  const metrics = createMirrorMetrics(registry);
+  let reopened = 0;
+  const gate = new BreakerGate(
+    { failureThreshold, openMs },
+    {
+      clock,
+      logger,
+      metrics,
+      guarded: (_message, work) => work(),
+      onReopen: () => {
+        reopened += 1;
+      },
+      outageContext: () => ({ queuedRows: 7, lastError: 'connect ECONNREFUSED' }),
+    },
+  );
+  const gauge = async () => (await registry.getSingleMetric('mirror_breaker_state')!.get()).values[0].value;
+  return { clock, lines, gate, gauge, reopened: () => reopened };
+}
+
+/** Start waiting for admission; `result` is filled in when the gate lets the sender go. */
+function waitFor(gate: BreakerGate) {
+  const sender: { result: GateAdmission | null } = { result: null };
+  void gate.admit().then((admission) => (sender.result = admission));
+  return sender;
+}
+
+/** Let resolved admissions run their continuations. */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+describe('BreakerGate', () => {
+  it('admits senders at once while closed', async () => {
+    const { gate, gauge } = setup();
+    await expect(gate.admit()).resolves.toBe('send');
+    expect(gate.holding).toBe(false);
+    expect(await gauge()).toBe(0);
+  });
+
+  it('holds senders while open, lets one through as the probe when the open period ends, and the rest once it answers', async () => {
+    const { clock, gate, gauge, reopened, lines } = setup(2, 1000);
+    gate.recordFailure();
+    expect(gate.state).toBe('closed');
+    gate.recordFailure();
+    expect(gate.state).toBe('open');
+    expect(gate.holding).toBe(true);
+    expect(await gauge()).toBe(2);
+    expect(lines).toEqual([{ level: 'warn', obj: { openMs: 1000, lastError: 'connect ECONNREFUSED' }, msg: 'ClickHouse circuit breaker opened' }]);
+
+    const first = waitFor(gate);
+    const second = waitFor(gate);
+    await settle();
+    expect([first.result, second.result]).toEqual([null, null]);
+
+    clock.advanceTo(1000);
+    await settle();
+    expect([first.result, second.result]).toEqual(['probe', null]);
+    expect(gate.holding).toBe(true);
+    expect(await gauge()).toBe(1);
+    expect(reopened()).toBe(1);
+
+    clock.advanceTo(1200);
+    gate.recordAnswer();
+    await settle();
+    expect(second.result).toBe('send');
+    expect(gate.state).toBe('closed');
+    expect(await gauge()).toBe(0);
+    expect(lines.at(-1)).toEqual({ level: 'info', obj: { openForMs: 1200, failedProbes: 0 }, msg: 'ClickHouse circuit breaker closed: inserts go through again' });
+  });
+
+  it('a failed probe reopens it for another open period and counts the probe, without a new outage line', async () => {
+    const { clock, gate, lines } = setup(1, 1000);
+    gate.recordFailure();
+    clock.advanceTo(1000);
+    await expect(gate.admit()).resolves.toBe('probe');
+    gate.recordFailure();
+    expect(gate.state).toBe('open');
+    expect([...clock.timers.values()].map((timer) => timer.at)).toEqual([2000]);
+    expect(lines.filter((line) => line.msg.startsWith('ClickHouse circuit breaker opened'))).toHaveLength(1);
+
+    clock.advanceTo(2000);
+    await expect(gate.admit()).resolves.toBe('probe');
+    gate.recordAnswer();
+    expect(lines.at(-1)!.obj).toEqual({ openForMs: 2000, failedProbes: 1 });
+  });
+
+  it('reminds at most once a minute while probes keep failing, with what the writer holds', async () => {
+    const { clock, gate, lines } = setup(1, 1000);
+    gate.recordFailure();
+    for (let t = 1000; t <= 130_000; t += 1000) {
+      clock.advanceTo(t);
+      await expect(gate.admit()).resolves.toBe('probe');
+      gate.recordFailure();
+    }
+    const reminders = lines.filter((line) => line.msg === 'ClickHouse circuit breaker still open: probes keep failing');
+    expect(reminders.map((line) => line.obj)).toEqual([
+      { openForMs: 60_000, failedProbes: 60, queuedRows: 7, lastError: 'connect ECONNREFUSED' },
+      { openForMs: 120_000, failedProbes: 120, queuedRows: 7, lastError: 'connect ECONNREFUSED' },
+    ]);
+  });
+
+  it('looks again when its timer fires while the breaker still reads open (the event loop clock ran ahead of Date.now)', async () => {
+    const { clock, gate, reopened } = setup(1, 1000);
+    gate.recordFailure();
+    const sender = waitFor(gate);
+    const [[handle, timer]] = [...clock.timers];
+    clock.timers.delete(handle);
+    clock.time = 999;
+    timer.fn();
+    await settle();
+    expect(sender.result).toBeNull();
+    expect(reopened()).toBe(0);
+    // Woken now, the sender would wait again with no timer left: the gate must have set a new one.
+    expect([...clock.timers.values()].map((next) => next.at)).toEqual([1000]);
+
+    clock.advanceTo(1000);
+    await settle();
+    expect(sender.result).toBe('probe');
+  });
+
+  it('stop lets every waiting sender go with stopped, clears its timer and admits nobody after', async () => {
+    const { clock, gate } = setup(1, 1000);
+    gate.recordFailure();
+    const senders = [waitFor(gate), waitFor(gate)];
+    gate.stop();
+    await settle();
+    expect(senders.map((sender) => sender.result)).toEqual(['stopped', 'stopped']);
+    expect(clock.timers.size).toBe(0);
+    await expect(gate.admit()).resolves.toBe('stopped');
+    gate.recordFailure();
+    expect(clock.timers.size).toBe(0);
+  });
+});
