@@ -87,6 +87,9 @@ class FakeSink implements MirrorSink {
   fallback: Behaviour = 'ok';
   pingResults: boolean[] = [];
   pings = 0;
+  /** While set, ping() waits until answerHungPings() is called, like a server slow to answer. */
+  hangPings = false;
+  private hungPings: Array<(ok: boolean) => void> = [];
   private hung: Array<{ call: InsertCall; resolve: () => void; reject: (e: unknown) => void }> = [];
 
   constructor(private readonly clock: ManualClock) {}
@@ -108,7 +111,14 @@ class FakeSink implements MirrorSink {
 
   async ping(): Promise<boolean> {
     this.pings += 1;
+    if (this.hangPings) return new Promise((resolve) => this.hungPings.push(resolve));
     return this.pingResults.shift() ?? true;
+  }
+
+  answerHungPings(ok: boolean): void {
+    const hung = this.hungPings;
+    this.hungPings = [];
+    for (const answer of hung) answer(ok);
   }
 
   /** Answer every hung insert with success. */
@@ -952,6 +962,30 @@ describe('BatchWriter', () => {
       await done;
       expect(gaps.recorded).toEqual([expect.objectContaining({ rowCount: 3, reason: 'shutdown_deadline' })]);
       expect(sink.attempts).toHaveLength(1);
+      expect(clock.pendingTimers).toBe(0);
+    });
+
+    it('sends nothing when a probe answers after the deadline turned its batch into a gap', async () => {
+      const { sink, writer, gaps, clock } = setup({ shutdownDeadlineMs: 1000, breaker: { failureThreshold: 1, openMs: 500 } });
+      sink.fallback = { reject: networkError('ECONNREFUSED') };
+      writer.write(rows(1, 3));
+      await clock.advance(1000);
+      expect(sink.attempts).toHaveLength(1);
+
+      // The open period ends and the batch goes out as the probe, whose ping hangs past the deadline.
+      sink.hangPings = true;
+      const done = writer.shutdown();
+      await clock.advance(1000);
+      await done;
+      expect(sink.pings).toBe(1);
+      expect(gaps.recorded).toEqual([expect.objectContaining({ rowCount: 3, reason: 'shutdown_deadline' })]);
+
+      // ClickHouse answers the ping now: the writer has stopped and the rows are a gap, so no insert follows.
+      sink.fallback = 'ok';
+      sink.answerHungPings(true);
+      await settle();
+      expect(sink.attempts).toHaveLength(1);
+      expect(writer.stats()).toMatchObject({ rowsSent: 0, rowsDropped: 3 });
       expect(clock.pendingTimers).toBe(0);
     });
 

@@ -465,6 +465,8 @@ export class BatchWriter {
       const admission = await this.gate.admit();
       if (admission === 'stopped' || batch.settled) return;
       if (admission === 'probe' && !(await this.probeServer())) continue;
+      // The ping may answer after the shutdown deadline turned this batch into a gap and released its rows.
+      if (this.stopped || batch.settled) return;
 
       batch.attempts += 1;
       const error = await this.attemptInsert(batch);
@@ -610,6 +612,8 @@ export class BatchWriter {
     );
     for (const queue of this.tables.values()) {
       if (queue.inFlight) {
+        // Its insert may still be reading the rows this releases. That is safe only because the writer is
+        // closed: no row is appended again, so no released segment is reused under that read.
         this.settleAsGap(queue.inFlight, 'shutdown_deadline');
         queue.inFlight = null;
       }
