@@ -12,7 +12,7 @@ export type DropReason = (typeof DROP_REASONS)[number];
  * alerts' contract: keep them stable.
  *
  *   mirror_queue_rows{table}              gauge: rows waiting or in flight
- *   mirror_queue_bytes{table}             gauge: the memory they hold: lines, gap fields, per-row heap (bounded by queueMaxBytes in total)
+ *   mirror_queue_bytes{table}             gauge: the memory they hold, off the V8 heap: lines, gap fields and a 24-byte header per row (bounded by queueMaxBytes in total)
  *   mirror_flush_duration_seconds{table}  histogram: one insert attempt, request to answer
  *   mirror_flush_rows{table}              histogram: rows per batch sent
  *   mirror_rows_sent_total{table}         counter: rows ClickHouse confirmed
@@ -53,7 +53,7 @@ export function createMirrorMetrics(registry: Registry): MirrorMetrics {
     }),
     queueBytes: new Gauge({
       name: 'mirror_queue_bytes',
-      help: 'Memory held by rows queued for the ClickHouse mirror (lines, gap keys, per-row heap), including in-flight batches',
+      help: 'Memory held by rows queued for the ClickHouse mirror (lines, gap fields and a 24-byte header per row, off the V8 heap), including in-flight batches',
       labelNames: ['table'],
       registers,
     }),
