@@ -73,9 +73,15 @@ runCli(USAGE, async (args, log) => {
     }
     const clickhouse = await connectClickHouse(config, log, 'backfill');
     const progress = createProgress(process.stderr, log);
-    // With --restart, the same command would start over from the first row: resuming is the command without it.
-    const resume = options.restart ? 'run it again without --restart to resume' : 'run the same command to resume';
-    exitOnSignal(`interrupted: every batch ClickHouse accepted is checkpointed; ${resume}`, () => progress.stop());
+    // With --restart, the same command would start over from the first row: resuming is the command without it,
+    // but only once every entity has started over. Cut short before that, an entity not reset yet would still
+    // read "complete" from the old run and be skipped, so the hint is to start over again.
+    let restarting = options.restart;
+    const hint = () =>
+      restarting
+        ? 'interrupted while starting over, before any row was copied; run the same command (with --restart) again'
+        : `interrupted: every batch ClickHouse accepted is checkpointed; ${options.restart ? 'run it again without --restart to resume' : 'run the same command to resume'}`;
+    exitOnSignal(hint, () => progress.stop());
     try {
       if (gaps) {
         const replay = new GapReplay(postgres.db, clickhouse.history, log);
@@ -89,6 +95,7 @@ runCli(USAGE, async (args, log) => {
       const backfill = new Backfill(postgres, clickhouse.history, log);
       // Every entity starts over before any is copied, so the resume hint above holds for all of them.
       if (options.restart) for (const scope of scopes) await backfill.restart(scope);
+      restarting = false;
       for (const scope of scopes) {
         process.stdout.write(`${summary(await backfill.run(scope, { ...options, restart: false }, progress))}\n`);
       }

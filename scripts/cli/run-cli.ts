@@ -36,15 +36,16 @@ export const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
 
 /**
  * Ends a long command on Ctrl-C or SIGTERM with `message` on a line of its
- * own. `stop` runs first: a progress bar keeps the terminal's cursor hidden
+ * own (a function is asked at the signal, for a hint that depends on how far the command got). `stop` runs first: a progress bar keeps the terminal's cursor hidden
  * and its line wrap off until it is stopped, and exiting skips every finally.
  */
-export function exitOnSignal(message: string, stop: () => void): void {
+export function exitOnSignal(message: string | (() => string), stop: () => void): void {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => {
       stop();
       // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
-      process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${message}\n`);
+      const text = typeof message === 'function' ? message() : message;
+      process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${text}\n`);
       process.exit(SIGNAL_EXIT_CODES[signal]);
     });
   }
