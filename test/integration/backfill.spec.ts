@@ -3,7 +3,7 @@ import { ClickHouseClient } from '@clickhouse/client';
 import { Kysely, sql } from 'kysely';
 import { Client } from 'pg';
 import { Backfill, BatchGrewError, planBackfill } from '../../src/dbs/backfill/backfill';
-import { RunInProgressError } from '../../src/dbs/backfill/backfill-checkpoints.repository';
+import { BackfillCheckpointsRepository, RunInProgressError } from '../../src/dbs/backfill/backfill-checkpoints.repository';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { GapReplay } from '../../src/dbs/backfill/gap-replay';
 import { HistoryScope, runKeyOf } from '../../src/dbs/backfill/history-scope';
@@ -303,6 +303,27 @@ describe('backfill (real Postgres and ClickHouse)', () => {
       await db.destroy();
     }
     expect(await new Backfill(pg, history).run(ALL_SPANS)).toMatchObject({ resumed: true, rowsCopied: 3_000, totalRowsCopied: 4_000 });
+  });
+
+  it('moves a checkpoint only for the session holding that run\'s lock, not any advisory lock of the same pid', async () => {
+    const checkpoints = new BackfillCheckpointsRepository(pg.db);
+    const runKey = runKeyOf(ALL_SPANS);
+    await checkpoints.start(runKey, ALL_SPANS);
+    const other = new Client({ connectionString: pg.url });
+    await other.connect();
+    try {
+      // A session whose pid holds some advisory lock, but not the run's (as a new session that reused a dropped one's pid might).
+      const { rows } = await other.query<{ pid: number }>(`select pg_backend_pid() as pid, pg_advisory_lock(42)`);
+      const name = `backfill ${runKey}`;
+      await expect(checkpoints.advance(runKey, ['a'], 5, { name, pid: rows[0].pid })).rejects.toThrow('lost its lock');
+      expect(await checkpoints.find(runKey)).toMatchObject({ rowsCopied: 0 });
+
+      await other.query(`select pg_advisory_lock(hashtextextended($1, 0))`, [name]);
+      await checkpoints.advance(runKey, ['a'], 5, { name, pid: rows[0].pid });
+      expect(await checkpoints.find(runKey)).toMatchObject({ rowsCopied: 5 });
+    } finally {
+      await other.end();
+    }
   });
 
   it('--gaps replays gap records: current versions for keys Postgres has, tombstones for keys it lost', async () => {

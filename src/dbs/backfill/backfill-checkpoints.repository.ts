@@ -17,6 +17,9 @@ export class RunInProgressError extends Error {
 
 /** The session holding a run's lock. */
 export interface RunLock {
+  /** The advisory lock's name (see withRunLock). */
+  name: string;
+  /** The Postgres session that holds it. */
   pid: number;
 }
 
@@ -79,7 +82,8 @@ export class BackfillCheckpointsRepository {
 
   /**
    * After ClickHouse accepted a batch: its last key becomes the resume point.
-   * Only while the run's lock session still holds the lock: a session that
+   * Only while the run's lock session still holds that lock (its own, not any advisory lock the pid,
+   * perhaps reused by a new session, may hold): a session that
    * was dropped (idle timeout, network) released it, and another run may
    * have started since.
    */
@@ -92,7 +96,7 @@ export class BackfillCheckpointsRepository {
         updated_at: sql<string>`now()`,
       })
       .where('run_key', '=', runKey)
-      .where(sql<boolean>`exists (select 1 from pg_locks where locktype = 'advisory' and granted and pid = ${lock.pid})`)
+      .where(sql<boolean>`exists (select 1 from pg_locks l where ${isRunLock(lock.name)} and l.pid = ${lock.pid})`)
       .executeTakeFirst();
     if (result.numUpdatedRows === 0n) {
       throw new RunInProgressError(`backfill run "${runKey}" lost its lock (its Postgres session ended); run the same command again to resume`);
@@ -123,7 +127,7 @@ export class BackfillCheckpointsRepository {
         throw new RunInProgressError(`${run}: ${await describeHolder(session, name)}`);
       }
       try {
-        return await work({ pid: rows[0].pid });
+        return await work({ name, pid: rows[0].pid });
       } finally {
         await sql`select pg_advisory_unlock(hashtextextended(${name}, 0))`.execute(session).catch(() => undefined);
       }
@@ -132,20 +136,29 @@ export class BackfillCheckpointsRepository {
 }
 
 /**
+ * A condition on `pg_locks l`: the row is the granted advisory lock named `name`
+ * (withRunLock's key), not just any advisory lock. pg_locks splits a bigint
+ * advisory key into classid (high 32 bits) and objid (low 32 bits). Advisory
+ * locks belong to a database: the same run key locked in another database on
+ * this server is another run.
+ */
+function isRunLock(name: string) {
+  return sql<boolean>`l.locktype = 'advisory' and l.granted and l.objsubid = 1
+      and l.database = (select oid from pg_database where datname = current_database())
+      and l.classid = ((hashtextextended(${name}, 0) >> 32) & 4294967295)::oid
+      and l.objid = (hashtextextended(${name}, 0) & 4294967295)::oid`;
+}
+
+/**
  * Who holds a run's lock, and what to do: a run whose process died with its
  * host keeps the lock until Postgres notices the session is gone (TCP
  * keepalive, possibly hours), and only the session's pid says which to end.
  */
 async function describeHolder(session: Kysely<DB>, name: string): Promise<string> {
-  // pg_locks splits a bigint advisory key into classid (high 32 bits) and objid (low 32 bits). Advisory locks
-  // belong to a database: the same run key locked in another database on this server is another run.
   const { rows } = await sql<{ pid: number; application_name: string; client: string | null; since: string }>`
     select a.pid, a.application_name, host(a.client_addr) as client, a.backend_start as since
     from pg_locks l join pg_stat_activity a on a.pid = l.pid
-    where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-      and l.database = (select oid from pg_database where datname = current_database())
-      and l.classid = ((hashtextextended(${name}, 0) >> 32) & 4294967295)::oid
-      and l.objid = (hashtextextended(${name}, 0) & 4294967295)::oid`
+    where ${isRunLock(name)}`
     .execute(session)
     .catch(() => ({ rows: [] }));
   const holder = rows[0];
