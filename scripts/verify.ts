@@ -45,11 +45,16 @@ runCli(USAGE, async (args, log) => {
       // A running API's mirror is up to its flush interval (and a send) behind Postgres: a bucket that differs is
       // compared again after that long (this shell's MIRROR_FLUSH_INTERVAL_MS, the API's when both read one .env).
       const settle = { settleMs: config.mirror.flushIntervalMs + SEND_ALLOWANCE_MS, log };
-      const report = await verifier.verify(scopes, { content: !flags.switches.has('--counts-only'), progress, ttlDays: config.clickhouse.ttlDays, ...settle });
+      // The tables' TTL, not this shell's CLICKHOUSE_TTL_DAYS, decides which days ClickHouse still keeps whole.
+      const ttlDays = await clickhouse.history.ttlDays([...new Set(scopes.map((scope) => scope.entity))]);
+      if (ttlDays !== config.clickhouse.ttlDays) {
+        log(`note: the ClickHouse tables' TTL is ${ttlDays || 'none'}${ttlDays ? ' days' : ''}, CLICKHOUSE_TTL_DAYS here ${config.clickhouse.ttlDays || 'unset'}; comparing by the tables'`);
+      }
+      const report = await verifier.verify(scopes, { content: !flags.switches.has('--counts-only'), progress, ttlDays, ...settle });
       log(`compared rows created before ${report.asOf} (Postgres's clock as verify started; later ones are still arriving)`);
       if (report.settled > 0) log(`${counted(report.settled, 'bucket')} that differed at first agreed once the writes in flight had landed`);
       if (report.retainedFrom) {
-        log(`CLICKHOUSE_TTL_DAYS=${config.clickhouse.ttlDays}: rows created before ${report.retainedFrom.slice(0, 10)} expire in ClickHouse by design and are not compared`);
+        log(`TTL of ${ttlDays} days: rows created before ${report.retainedFrom.slice(0, 10)} expire in ClickHouse by design and are not compared`);
       }
       write(describe(report));
       if (report.differing.length === 0) return;

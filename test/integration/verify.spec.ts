@@ -347,6 +347,13 @@ describe('verify with CLICKHOUSE_TTL_DAYS (real Postgres and ClickHouse)', () =>
         clickhouse_settings: { mutations_sync: '1' },
       });
       expect((await verifier.verify([SCOPES[0]], { ttlDays: 38, content: false })).differing.map((b) => b.day)).toEqual([kept.day]);
+
+      // verify takes the TTL from the tables, not from its shell; tables that disagree leave it no age to compare from.
+      expect(await history.ttlDays(['spans', 'nodes'])).toBe(38);
+      await ch.clients.query.command({ query: 'ALTER TABLE nodes REMOVE TTL', clickhouse_settings: { wait_end_of_query: 1 } });
+      expect(await history.ttlDays(['spans'])).toBe(38);
+      expect(await history.ttlDays(['nodes'])).toBe(0);
+      await expect(history.ttlDays(['spans', 'nodes'])).rejects.toThrow(/TTLs differ .*\(spans: 38 days, nodes: none\); run `npm run migrate:clickhouse`/);
     } finally {
       await Promise.all([pg.drop(), ch.drop()]);
     }

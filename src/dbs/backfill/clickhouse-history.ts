@@ -6,6 +6,7 @@ import { ClickHouseSink, linesBody } from '../clickhouse/clickhouse-sink';
 import { classifySendError, describeSendError, EMPTY_ERROR_ANSWER, isEmptyErrorAnswer } from '../clickhouse/retry-policy';
 import { countByProjectDay, ProjectDayCount } from '../clickhouse/clickhouse-spans.dao';
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
+import { readTtlDays } from '../clickhouse/clickhouse-ddl-runner';
 import { HistoryEntity, MirroredRecord } from './history-entities';
 import { ENTITIES, Entity, HistoryScope } from './history-scope';
 import { redactUrl } from '../../config/redact-url';
@@ -120,6 +121,24 @@ export class ClickHouseHistory {
     if (missing.length) {
       throw new ClickHouseNotReadyError(`${at}: database ${this.where.database} has no table ${missing.join(', ')}: ${migrate}`);
     }
+  }
+
+  /**
+   * The TTL in days (0: none) the tables of `entities` have, which is what
+   * expires rows in ClickHouse, whatever CLICKHOUSE_TTL_DAYS says in the
+   * shell that runs verify. Tables that disagree, or a TTL that
+   * `migrate:clickhouse` did not write, leave verify no one age to compare
+   * from: the error says to bring them in line.
+   */
+  async ttlDays(entities: readonly Entity[]): Promise<number> {
+    const ttls = await this.answered(() => readTtlDays(this.query, this.where.database, entities));
+    const values = [...new Set(entities.map((entity) => ttls.get(entity)))];
+    if (values.length === 1 && values[0] !== undefined && values[0] >= 0) return values[0];
+    const described = entities.map((entity) => `${entity}: ${describeTtl(ttls.get(entity))}`).join(', ');
+    throw new ClickHouseNotReadyError(
+      `${this.at}: the tables' TTLs differ or are not ones migrate:clickhouse writes (${described}); ` +
+        'run `npm run migrate:clickhouse` with the CLICKHOUSE_TTL_DAYS the API uses',
+    );
   }
 
   /**
@@ -261,4 +280,10 @@ function scopeConditions(scope: HistoryScope): { conditions: string[]; params: R
     params.until = isoToClickHouseTime(scope.until);
   }
   return { conditions, params };
+}
+
+function describeTtl(days: number | undefined): string {
+  if (days === undefined) return 'no table';
+  if (days < 0) return 'a TTL of another shape';
+  return days === 0 ? 'none' : `${days} days`;
 }

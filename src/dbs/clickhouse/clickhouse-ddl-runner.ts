@@ -222,15 +222,8 @@ async function appliedMigrations(client: ClickHouseClient): Promise<Map<number, 
 
 /** Brings each mirror table's TTL to `days` (0: none), touching only tables that differ. */
 async function applyTtl(client: ClickHouseClient, database: string, days: number): Promise<Array<{ table: string; days: number }>> {
-  const result = await client.query({
-    query: 'SELECT name, engine_full FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
-    query_params: { database, tables: [...MIRROR_TABLES] },
-    format: 'JSONEachRow',
-  });
-  const tables = await result.json<{ name: string; engine_full: string }>();
   const changes: Array<{ table: string; days: number }> = [];
-  for (const { name, engine_full } of tables) {
-    const current = currentTtlDays(engine_full);
+  for (const [name, current] of await readTtlDays(client, database, MIRROR_TABLES)) {
     if (current === days) continue;
     if (days === 0) {
       await command(client, `ALTER TABLE ${identifier(name)} REMOVE TTL`);
@@ -241,6 +234,17 @@ async function applyTtl(client: ClickHouseClient, database: string, days: number
     changes.push({ table: name, days });
   }
   return changes;
+}
+
+/** Each existing table's TTL in days (see currentTtlDays), by name. */
+export async function readTtlDays(client: ClickHouseClient, database: string, tables: readonly string[]): Promise<Map<string, number>> {
+  const result = await client.query({
+    query: 'SELECT name, engine_full FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
+    query_params: { database, tables: [...tables] },
+    format: 'JSONEachRow',
+  });
+  const found = await result.json<{ name: string; engine_full: string }>();
+  return new Map(found.map(({ name, engine_full }) => [name, currentTtlDays(engine_full)]));
 }
 
 /** The table's TTL in days as this runner writes it, 0 for none, -1 for a TTL of another shape. */
