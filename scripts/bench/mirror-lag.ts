@@ -49,6 +49,7 @@ async function main(): Promise<void> {
   const postgres = await startBenchPostgres(log);
   const clickhouse = await startBenchClickHouse(log);
   let stopApi: () => Promise<void> = async () => undefined;
+  let describeApi: (() => Promise<string>) | null = null;
   try {
     const database = await postgres.createDatabase('lag');
     const config = await clickhouse.createDatabase('lag');
@@ -66,6 +67,7 @@ async function main(): Promise<void> {
       log,
     );
     stopApi = api.stop;
+    describeApi = api.describe;
     const { key, projectId } = await createApiKey(database.db);
     const clients = createClickHouseClients(config, clickhouse.url);
 
@@ -176,6 +178,10 @@ async function main(): Promise<void> {
     report.goal({ name: 'mirror lag p99', target: `<= ${target} ms (flush interval + 1 s)`, spread: p99, unit: ' ms', met: p99.median <= target && of('mirror').every((r) => r.missing === 0) });
     await clients.close();
     report.finish({ runs, excessP99Ms: excess });
+  } catch (error) {
+    // A failed request alone does not say whether the API failed or the connection did: show what the API said.
+    if (describeApi) log(await describeApi());
+    throw error;
   } finally {
     await stopApi();
     await clickhouse.stop();

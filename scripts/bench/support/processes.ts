@@ -73,6 +73,12 @@ export interface ApiProcess {
   url: string;
   pid: number;
   child: ChildProcess;
+  /**
+   * Whether it still runs, and the last of what it printed: for a benchmark's
+   * failure message. Waits up to a second for an exit to be reported, since a
+   * dead API's sockets fail before its exit event arrives.
+   */
+  describe(): Promise<string>;
   /** SIGTERM (graceful: drains requests, flushes the mirror within its deadline), then waits. */
   stop(): Promise<void>;
 }
@@ -104,6 +110,11 @@ export async function startApiProcess(env: Record<string, string>, port: number,
     url,
     pid: child.pid!,
     child,
+    describe: async () => {
+      if (child.exitCode === null && child.signalCode === null) await Promise.race([new Promise((done) => child.once('exit', done)), sleep(1000)]);
+      const state = child.exitCode === null && child.signalCode === null ? 'still running' : `exited (${child.exitCode ?? child.signalCode})`;
+      return `API pid ${child.pid} ${state}; its last output:\n${output.trimEnd() || '(none)'}`;
+    },
     stop: async () => {
       if (child.exitCode !== null) return;
       const exited = new Promise((done) => child.once('exit', done));
