@@ -1,34 +1,7 @@
 import { Registry } from 'prom-client';
 import { BreakerGate, GateAdmission } from './breaker-gate';
 import { createMirrorMetrics } from './mirror-metrics';
-
-/** A clock whose timers fire only when the test says so, at whatever time the test has set. */
-class ManualClock {
-  time = 0;
-  private nextHandle = 1;
-  readonly timers = new Map<number, { fn: () => void; at: number }>();
-
-  now(): number {
-    return this.time;
-  }
-  setTimeout(fn: () => void, ms: number): unknown {
-    const handle = this.nextHandle++;
-    this.timers.set(handle, { fn, at: this.time + ms });
-    return handle;
-  }
-  clearTimeout(handle: unknown): void {
-    this.timers.delete(handle as number);
-  }
-  /** Fire every timer due by `time` (and set the clock there). */
-  advanceTo(time: number): void {
-    this.time = time;
-    for (const [handle, timer] of [...this.timers]) {
-      if (timer.at > time) continue;
-      this.timers.delete(handle);
-      timer.fn();
-    }
-  }
-}
+import { ManualClock, settle } from '../../../test/support/manual-clock';
 
 function setup(failureThreshold = 2, openMs = 1000) {
   const clock = new ManualClock();
@@ -64,9 +37,6 @@ function waitFor(gate: BreakerGate) {
   return sender;
 }
 
-/** Let resolved admissions run their continuations. */
-const settle = () => new Promise((resolve) => setImmediate(resolve));
-
 describe('BreakerGate', () => {
   it('admits senders at once while closed', async () => {
     const { gate, gauge } = setup();
@@ -90,14 +60,13 @@ describe('BreakerGate', () => {
     await settle();
     expect([first.result, second.result]).toEqual([null, null]);
 
-    clock.advanceTo(1000);
-    await settle();
+    await clock.advance(1000);
     expect([first.result, second.result]).toEqual(['probe', null]);
     expect(gate.holding).toBe(true);
     expect(await gauge()).toBe(1);
     expect(reopened()).toBe(1);
 
-    clock.advanceTo(1200);
+    await clock.advance(200);
     gate.recordAnswer();
     await settle();
     expect(second.result).toBe('send');
@@ -109,15 +78,18 @@ describe('BreakerGate', () => {
   it('a failed probe reopens it for another open period and counts the probe, without a new outage line', async () => {
     const { clock, gate, lines } = setup(1, 1000);
     gate.recordFailure();
-    clock.advanceTo(1000);
+    await clock.advance(1000);
     await expect(gate.admit()).resolves.toBe('probe');
     gate.recordFailure();
     expect(gate.state).toBe('open');
-    expect([...clock.timers.values()].map((timer) => timer.at)).toEqual([2000]);
     expect(lines.filter((line) => line.msg.startsWith('ClickHouse circuit breaker opened'))).toHaveLength(1);
 
-    clock.advanceTo(2000);
-    await expect(gate.admit()).resolves.toBe('probe');
+    // The next probe goes a whole open period after the failed one.
+    const next = waitFor(gate);
+    await clock.advance(999);
+    expect(next.result).toBeNull();
+    await clock.advance(1);
+    expect(next.result).toBe('probe');
     gate.recordAnswer();
     expect(lines.at(-1)!.obj).toEqual({ openForMs: 2000, failedProbes: 1 });
   });
@@ -125,8 +97,8 @@ describe('BreakerGate', () => {
   it('reminds at most once a minute while probes keep failing, with what the writer holds', async () => {
     const { clock, gate, lines } = setup(1, 1000);
     gate.recordFailure();
-    for (let t = 1000; t <= 130_000; t += 1000) {
-      clock.advanceTo(t);
+    for (let probe = 1; probe <= 130; probe++) {
+      await clock.advance(1000);
       await expect(gate.admit()).resolves.toBe('probe');
       gate.recordFailure();
     }
@@ -139,20 +111,17 @@ describe('BreakerGate', () => {
 
   it('looks again when its timer fires while the breaker still reads open (the event loop clock ran ahead of Date.now)', async () => {
     const { clock, gate, reopened } = setup(1, 1000);
+    clock.earlyMs = 1;
     gate.recordFailure();
     const sender = waitFor(gate);
-    const [[handle, timer]] = [...clock.timers];
-    clock.timers.delete(handle);
-    clock.time = 999;
-    timer.fn();
-    await settle();
+    // The open period's timer fires at 999 ms, as now() reads.
+    await clock.advance(999);
     expect(sender.result).toBeNull();
     expect(reopened()).toBe(0);
     // Woken now, the sender would wait again with no timer left: the gate must have set a new one.
-    expect([...clock.timers.values()].map((next) => next.at)).toEqual([1000]);
+    expect(clock.pendingTimers).toBe(1);
 
-    clock.advanceTo(1000);
-    await settle();
+    await clock.advance(1);
     expect(sender.result).toBe('probe');
   });
 
@@ -163,9 +132,9 @@ describe('BreakerGate', () => {
     gate.stop();
     await settle();
     expect(senders.map((sender) => sender.result)).toEqual(['stopped', 'stopped']);
-    expect(clock.timers.size).toBe(0);
+    expect(clock.pendingTimers).toBe(0);
     await expect(gate.admit()).resolves.toBe('stopped');
     gate.recordFailure();
-    expect(clock.timers.size).toBe(0);
+    expect(clock.pendingTimers).toBe(0);
   });
 });
