@@ -1,39 +1,6 @@
 import { MirrorLogger } from './batch-writer';
-import { ClickHouseSchema, SCHEMA_RETRY_MS, SchemaClock } from './clickhouse-schema';
-
-class ManualClock implements SchemaClock {
-  private time = 0;
-  private readonly timers = new Map<number, { at: number; fn: () => void }>();
-  private nextId = 1;
-  now = () => this.time;
-  setTimeout(fn: () => void, ms: number): unknown {
-    this.timers.set(this.nextId, { at: this.time + ms, fn });
-    return this.nextId++;
-  }
-  clearTimeout(handle: unknown): void {
-    this.timers.delete(handle as number);
-  }
-  get pending(): number {
-    return this.timers.size;
-  }
-  async advance(ms: number): Promise<void> {
-    const target = this.time + ms;
-    for (;;) {
-      await flush();
-      const due = [...this.timers].filter(([, t]) => t.at <= target).sort((a, b) => a[1].at - b[1].at)[0];
-      if (!due) break;
-      this.timers.delete(due[0]);
-      this.time = due[1].at;
-      due[1].fn();
-    }
-    this.time = target;
-    await flush();
-  }
-}
-
-const flush = async () => {
-  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
-};
+import { ClickHouseSchema, SCHEMA_RETRY_MS } from './clickhouse-schema';
+import { ManualClock } from '../../../test/support/manual-clock';
 
 function recordingLogger() {
   const lines: Array<{ level: string; msg: string; obj: Record<string, unknown> }> = [];
@@ -82,16 +49,16 @@ describe('ClickHouseSchema', () => {
       { level: 'info', msg: 'applied ClickHouse migrations', obj: { migrations: ['0001_spans'] } },
       { level: 'info', msg: 'ClickHouse schema applied after failing', obj: { failingForMs: 130_000, tries: 27 } },
     ]);
-    expect(clock.pending).toBe(0);
+    expect(clock.pendingTimers).toBe(0);
   });
 
   it('stops retrying on stop()', async () => {
     const clock = new ClockWithFailures();
     const schema = new ClickHouseSchema(clock.apply, recordingLogger().logger, clock);
     await schema.ensure();
-    expect(clock.pending).toBe(1);
+    expect(clock.pendingTimers).toBe(1);
     schema.stop();
-    expect(clock.pending).toBe(0);
+    expect(clock.pendingTimers).toBe(0);
     await clock.advance(60_000);
     expect(clock.tries).toBe(1);
   });
