@@ -70,6 +70,7 @@ async function main(): Promise<void> {
     describeApi = api.describe;
     const { key, projectId } = await createApiKey(database.db);
     const clients = createClickHouseClients(config, clickhouse.url);
+    const client = new ApiClient(api.url, key, 64);
 
     // Trace (as ClickHouse's UUID) -> when its request was committed (or its direct insert started).
     const pending = new Map<string, number>();
@@ -110,8 +111,6 @@ async function main(): Promise<void> {
       const traces = Array.from({ length: total }, () => benchTrace(options.spans));
       const direct = path === 'floor' ? committedSpans(total * options.spans, projectId) : [];
       const commitMs: number[] = [];
-      // A fresh agent per phase: sockets idle through the floor phase may be closed by the server just as they are reused.
-      const client = new ApiClient(api.url, key, 64);
       await openLoop(options.rate, options.seconds * 1000, async (i) => {
         if (path === 'mirror') {
           const body = Buffer.from(JSON.stringify({ spans: traces[i] }));
@@ -125,7 +124,7 @@ async function main(): Promise<void> {
           pending.set(traceIdToUuid(rows[0].trace_id), started);
           await clients.insert.insert({ table: SPAN_TABLE, values: rows.map(toSpanClickHouseRow), format: 'JSONEachRow', clickhouse_settings: { async_insert: 0, wait_end_of_query: 1 } });
         }
-      }).finally(() => client.close());
+      });
       const deadline = Date.now() + options.flushIntervalMs + 30_000;
       while (pending.size > 0 && Date.now() < deadline) await sleep(50);
       const missing = pending.size;
@@ -176,6 +175,7 @@ async function main(): Promise<void> {
     const p99 = spread(of('mirror').map((r) => r.p99));
     const target = options.flushIntervalMs + 1000;
     report.goal({ name: 'mirror lag p99', target: `<= ${target} ms (flush interval + 1 s)`, spread: p99, unit: ' ms', met: p99.median <= target && of('mirror').every((r) => r.missing === 0) });
+    client.close();
     await clients.close();
     report.finish({ runs, excessP99Ms: excess });
   } catch (error) {

@@ -13,6 +13,9 @@ export interface Answer {
   body: string;
 }
 
+/** An idle socket's lifetime when the server announces none; announced ones (Node's 5 s) are shorter. */
+const IDLE_SOCKET_MS = 30_000;
+
 export class ApiClient {
   private readonly agent: Agent;
   private readonly base: URL;
@@ -23,7 +26,10 @@ export class ApiClient {
     concurrency = 16,
   ) {
     this.base = new URL(url);
-    this.agent = new Agent({ keepAlive: true, maxSockets: concurrency });
+    // Node 20's agent closes an idle socket a second before the server's announced keep-alive timeout only
+    // when it has a timeout of its own; without one it keeps the socket until the server closes it, and a
+    // request written just as the server does fails with ECONNRESET (likely what failed mirror-lag once, 12 s into its open loop).
+    this.agent = new Agent({ keepAlive: true, maxSockets: concurrency, timeout: IDLE_SOCKET_MS });
   }
 
   send(method: string, path: string, body?: Buffer): Promise<Answer> {
