@@ -10,6 +10,7 @@ import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { clickHouseAnswers } from '../../src/dbs/clickhouse/local-clickhouse';
 import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
+import { childRunning } from '../../src/dbs/process-alive';
 import { ROOT, startApiProcess } from '../support/api-process';
 import { makeTrace } from '../support/fixtures';
 import { freePort } from '../support/free-port';
@@ -64,7 +65,7 @@ describe('embedded servers shared by a command and an API that joined them', () 
     const commandExited = new Promise<number | null>((done) => command.on('close', done));
     const lines = async (n: number) => {
       while (said.split('\n').length <= n) {
-        if (command.exitCode !== null) throw new Error(`the command exited: ${stderr}`);
+        if (!childRunning(command)) throw new Error(`the command exited: ${stderr}`);
         await delay(50);
       }
       return said.split('\n').slice(0, n).map((line) => JSON.parse(line) as Record<string, unknown>);
@@ -121,7 +122,7 @@ describe('embedded servers shared by a command and an API that joined them', () 
       expect(await within(15_000, async () => !(await postgresAnswers(postgresPort)))).toBe(true);
     } finally {
       command.kill('SIGKILL');
-      if (api && api.child.exitCode === null && api.child.signalCode === null) api.child.kill('SIGKILL');
+      if (api && childRunning(api.child)) api.child.kill('SIGKILL');
       await api?.exited;
       await stopPostmasterOf(join(dataDir, 'postgres'));
       rmSync(dataDir, { recursive: true, force: true });

@@ -9,6 +9,7 @@ import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { clickHouseAnswers } from '../../src/dbs/clickhouse/local-clickhouse';
 import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
+import { childRunning } from '../../src/dbs/process-alive';
 import { ApiProcess, startApiProcess } from '../support/api-process';
 import { makeTrace } from '../support/fixtures';
 import { freePort } from '../support/free-port';
@@ -47,7 +48,7 @@ describe('Ctrl-C in a terminal (SIGINT to the process group, then npm forwarding
         { detached: true, readyTimeoutMs: 90_000 },
       );
     const killGroup = async (api: ApiProcess) => {
-      if (api.child.exitCode === null && api.child.signalCode === null) process.kill(-api.child.pid!, 'SIGKILL');
+      if (childRunning(api.child)) process.kill(-api.child.pid!, 'SIGKILL');
       await api.exited;
     };
 

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
+import { childRunning } from '../../src/dbs/process-alive';
 import { freePort } from '../support/free-port';
 import { stopPostmasterOf } from '../support/postgres-process';
 
@@ -59,7 +60,7 @@ describe('embedded Postgres', () => {
       child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
       const closed = new Promise<number | null>((done) => child.on('close', done));
       while (!stdout.includes('\n')) {
-        if (child.exitCode !== null) throw new Error(`the probe exited: ${stderr}`);
+        if (!childRunning(child)) throw new Error(`the probe exited: ${stderr}`);
         await new Promise((done) => setTimeout(done, 50));
       }
       const { url, started } = JSON.parse(stdout.split('\n')[0]) as { url: string; started: boolean };

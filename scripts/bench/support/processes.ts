@@ -1,6 +1,7 @@
 import { ChildProcess, fork, spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import type { HostReady, HostRequest } from './app-host';
+import { childRunning } from '../../../src/dbs/process-alive';
 import { sleep } from './http-load';
 
 /** The API under test as a child process: either the compiled main.js, or the app host (createApp + IPC). */
@@ -59,12 +60,12 @@ export async function startAppHost(env: Record<string, string>, log: (line: stri
         child.send({ ...request, id });
       }),
     close: async () => {
-      if (child.exitCode !== null) return;
+      if (!childRunning(child)) return;
       const exited = new Promise((done) => child.once('exit', done));
       const id = nextId++;
       child.send({ id, cmd: 'close' });
       await Promise.race([exited, sleep(20_000)]);
-      if (child.exitCode === null) child.kill('SIGKILL');
+      if (childRunning(child)) child.kill('SIGKILL');
     },
   };
 }
@@ -96,7 +97,7 @@ export async function startApiProcess(env: Record<string, string>, port: number,
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`API exited (${child.exitCode}) before it was ready:\n${output}`);
+    if (!childRunning(child)) throw new Error(`API exited (${child.exitCode ?? child.signalCode}) before it was ready:\n${output}`);
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
       throw new Error(`API was not ready within 60 s:\n${output}`);
@@ -111,16 +112,16 @@ export async function startApiProcess(env: Record<string, string>, port: number,
     pid: child.pid!,
     child,
     describe: async () => {
-      if (child.exitCode === null && child.signalCode === null) await Promise.race([new Promise((done) => child.once('exit', done)), sleep(1000)]);
-      const state = child.exitCode === null && child.signalCode === null ? 'still running' : `exited (${child.exitCode ?? child.signalCode})`;
+      if (childRunning(child)) await Promise.race([new Promise((done) => child.once('exit', done)), sleep(1000)]);
+      const state = childRunning(child) ? 'still running' : `exited (${child.exitCode ?? child.signalCode})`;
       return `API pid ${child.pid} ${state}; its last output:\n${output.trimEnd() || '(none)'}`;
     },
     stop: async () => {
-      if (child.exitCode !== null) return;
+      if (!childRunning(child)) return;
       const exited = new Promise((done) => child.once('exit', done));
       child.kill('SIGTERM');
       await Promise.race([exited, sleep(30_000)]);
-      if (child.exitCode === null) child.kill('SIGKILL');
+      if (childRunning(child)) child.kill('SIGKILL');
     },
   };
 }

@@ -3,6 +3,7 @@ import { request } from 'node:http';
 import type { Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { nodeCommand } from '../node-command';
+import { childRunning } from '../process-alive';
 import { untilReady } from '../server-ready';
 
 /**
@@ -158,7 +159,7 @@ function stopper(child: ChildProcess, url: string, log: (message: string) => voi
   let stopping: Promise<void> | undefined;
   return () =>
     (stopping ??= (async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
+      if (!childRunning(child)) return;
       // Another process may have joined the server since (the API, started while a backfill ran): stopping it
       // would turn that process's mirror into an outage. Leave it to them; closing our end of its stdin tells
       // the server to stop once they have ended.
@@ -175,7 +176,7 @@ function stopper(child: ChildProcess, url: string, log: (message: string) => voi
 
 function terminate(child: ChildProcess): Promise<void> {
   return new Promise<void>((done) => {
-    if (child.exitCode !== null || child.signalCode !== null) return done();
+    if (!childRunning(child)) return done();
     // The child was unref'd so a process can end without stopping it; one that waits for it to stop
     // must keep its event loop alive until it has. Otherwise, once the SIGKILL timer had fired, the
     // loop could run dry first: the process ended with exit code 0 mid-await (a jest run with failed

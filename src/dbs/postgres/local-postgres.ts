@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { Client } from 'pg';
 import { counted } from '../../counted';
 import { nodeCommand } from '../node-command';
+import { childRunning } from '../process-alive';
 import { untilReady } from '../server-ready';
 
 /**
@@ -124,7 +125,7 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     // Another process may have joined the server since (the API, started while a backfill ran): stopping it
     // would fail that process's every request. Leave it to them; the keeper stops it once they are done.
     const others = evenIfInUse ? 0 : await otherSessions(adminUrl).catch(() => 0);
-    if (others > 0 && postmaster.exitCode === null && postmaster.signalCode === null) {
+    if (others > 0 && childRunning(postmaster)) {
       log(`embedded PostgreSQL left running on 127.0.0.1:${options.port}: ${counted(others, 'session')} of other processes use${others === 1 ? 's' : ''} it; it stops once none does`);
       postmaster.unref();
       (postmaster.stderr as Socket | null)?.unref();
@@ -240,7 +241,7 @@ function startKeeper(port: number, postmasterPid: number, log: (message: string)
 
 /** SIGINT (fast shutdown: sessions end, their transactions roll back), then wait for the exit; a server already gone is done. */
 async function stopPostmaster(postmaster: ChildProcess): Promise<void> {
-  if (postmaster.exitCode !== null || postmaster.signalCode !== null) return;
+  if (!childRunning(postmaster)) return;
   const exited = new Promise<void>((done) => postmaster.once('exit', () => done()));
   postmaster.kill('SIGINT');
   await exited;
