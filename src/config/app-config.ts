@@ -95,6 +95,9 @@ export const envSchema = z.object({
     .regex(/^\d+(b|kb|mb)$/i, 'must look like 512kb or 10mb')
     .default('10mb'),
   MAX_BATCH_ITEMS: int(1000, 1, 100_000),
+  // The OpenTelemetry Collector's batch processor sends 8,192 spans a batch by default, and exporters drop a
+  // batch answered 413 (they retry only 429, 502, 503, 504): an OTLP export needs a bound of its own.
+  MAX_OTLP_SPANS: int(10_000, 1, 100_000),
   MAX_RESPONSE_ITEMS: int(10_000, 1, 1_000_000),
   SHUTDOWN_TIMEOUT_MS: int(15_000, 0),
 
@@ -135,6 +138,8 @@ export interface AppConfig {
     port: number;
     bodyLimit: string;
     maxBatchItems: number;
+    /** The most spans one OTLP export may carry (its own bound: collectors batch more than REST callers). */
+    maxOtlpSpans: number;
     /** The most spans or nodes one answer carries: a whole trace or tree, or a page of traces. */
     maxResponseItems: number;
     shutdownTimeoutMs: number;
@@ -206,6 +211,7 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
       port: e.PORT,
       bodyLimit: e.BODY_LIMIT,
       maxBatchItems: e.MAX_BATCH_ITEMS,
+      maxOtlpSpans: e.MAX_OTLP_SPANS,
       maxResponseItems: e.MAX_RESPONSE_ITEMS,
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     },

@@ -48,7 +48,7 @@ export class OtlpController {
   @ApiResponse({ status: 200, description: 'Accepted: an ExportTraceServiceResponse in the request encoding' })
   @ApiResponse({ status: 400, description: 'Undecodable or invalid; names the first bad field by path' })
   @ApiResponse({ status: 415, description: 'Content-Type is neither application/x-protobuf nor application/json' })
-  @ApiResponse({ status: 413, description: 'Body larger than BODY_LIMIT, or more spans than MAX_BATCH_ITEMS' })
+  @ApiResponse({ status: 413, description: 'Body larger than BODY_LIMIT, or more spans than MAX_OTLP_SPANS' })
   async exportTraces(@ProjectId() projectId: string, @Req() request: Request): Promise<StreamableFile | { partialSuccess: object }> {
     const contentType = (request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
     if (contentType !== OTLP_PROTOBUF && contentType !== JSON_TYPE) {
@@ -60,9 +60,9 @@ export class OtlpController {
         ? decodeOtlpProtobuf(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0))
         : decodeOtlpJson(request.body ?? {}),
     );
-    // The same per-request bound as the REST batches (MAX_BATCH_ITEMS).
-    const max = this.config.http.maxBatchItems;
-    if (otlpSpans.length > max) throw new PayloadTooLargeException(`spans: at most ${max} per request, got ${otlpSpans.length}`);
+    // Not MAX_BATCH_ITEMS: a collector's batches are larger than REST callers' (see MAX_OTLP_SPANS).
+    const max = this.config.http.maxOtlpSpans;
+    if (otlpSpans.length > max) throw new PayloadTooLargeException(`spans: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${otlpSpans.length}`);
     const { spans, nodes } = decode(() => mapOtlpSpans(otlpSpans));
     // Spans, then nodes; both are upserts keyed by id, so if the second write
     // fails the exporter's retry rewrites both and the two converge.

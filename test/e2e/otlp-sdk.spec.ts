@@ -109,7 +109,8 @@ describe('OTLP/HTTP receiver', () => {
   let t: TestApp;
   let auth: { Authorization: string };
   beforeAll(async () => {
-    t = await createTestApp({ BODY_LIMIT: '256kb' });
+    // OTLP exports have their own bound, larger than REST's (a collector batches thousands): small ones here.
+    t = await createTestApp({ BODY_LIMIT: '256kb', MAX_BATCH_ITEMS: '20', MAX_OTLP_SPANS: '30' });
     auth = { Authorization: `ApiKey ${t.apiKey}` };
   });
   afterAll(async () => t.close());
@@ -381,6 +382,18 @@ describe('OTLP/HTTP receiver', () => {
     it('answers 415 for other content types', async () => {
       const res = await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'text/plain').send('hello').expect(415);
       expect(res.body.message).toBe('Content-Type must be application/x-protobuf or application/json, got "text/plain"');
+    });
+
+    it('takes exports larger than a REST batch up to MAX_OTLP_SPANS, and refuses a larger one with 413, writing nothing', async () => {
+      const trace = traceId();
+      const spans = (n: number) => Array.from({ length: n }, () => jsonSpan(trace, spanId()));
+      await http().post('/otlp/v1/traces').set(auth).send(jsonRequest(spans(30))).expect(200);
+      expect((await http().get(`/tracing/traces/${trace}`).set(auth).expect(200)).body.spans).toHaveLength(30);
+
+      const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
+      const res = await http().post('/otlp/v1/traces').set(auth).send(jsonRequest(spans(31))).expect(413);
+      expect(res.body.message).toBe('spans: at most 30 per OTLP export (MAX_OTLP_SPANS), got 31');
+      expect([await count('spans'), await count('nodes')]).toEqual([spansBefore, nodesBefore]);
     });
 
     it('answers 413 when the protobuf body, once inflated, exceeds the limit', async () => {
