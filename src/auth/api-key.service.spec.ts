@@ -41,7 +41,19 @@ describe('ApiKeyService', () => {
     const { key } = await service.create(project);
     for (let i = 0; i < 5; i++) expect(await service.projectOf(key)).toBe(project);
     expect(keys.lookups).toBe(1);
-    expect(await service.projectOf('tk_not-a-key')).toBeNull();
+    // Shaped like a key but unknown: looked up, and not remembered.
+    const unknown = `tk_${'A'.repeat(43)}`;
+    expect(await service.projectOf(unknown)).toBeNull();
+    expect(await service.projectOf(unknown)).toBeNull();
+    expect(keys.lookups).toBe(3);
+  });
+
+  it('refuses what no generated key looks like without asking Postgres', async () => {
+    const { key } = await service.create(project);
+    for (const junk of ['tk_not-a-key', `${key}x`, key.slice(0, -1), key.replace('tk_', 'tx_'), `tk_${'A'.repeat(42)}=`]) {
+      expect(await service.projectOf(junk)).toBeNull();
+    }
+    expect(keys.lookups).toBe(0);
   });
 
   it('refuses a key revoked elsewhere once the trust window has passed, and not before', async () => {

@@ -1,5 +1,5 @@
 import { Injectable } from '@nestjs/common';
-import { displayPrefix, generateApiKey, hashApiKey } from './api-key';
+import { couldBeApiKey, displayPrefix, generateApiKey, hashApiKey } from './api-key';
 import { ApiKeysRepository } from './api-keys.repository';
 
 const CACHE_MAX = 10_000;
@@ -26,6 +26,7 @@ export class ApiKeyService {
 
   /** The project a key belongs to, or null for an unknown or revoked key. */
   async projectOf(key: string): Promise<string | null> {
+    if (!couldBeApiKey(key)) return null;
     const hash = hashApiKey(key);
     const cached = this.cache.get(hash);
     if (cached && cached.until > Date.now()) return cached.projectId;

@@ -6,9 +6,20 @@ import { createHash, randomBytes } from 'node:crypto';
  * a fast one keeps the per-request check cheap.
  */
 const KEY_PREFIX = 'tk_';
+/** What generateApiKey makes: the prefix and 32 bytes as 43 base64url characters. */
+const KEY_SHAPE = /^tk_[A-Za-z0-9_-]{43}$/;
 
 export function generateApiKey(): string {
   return `${KEY_PREFIX}${randomBytes(32).toString('base64url')}`;
+}
+
+/**
+ * Whether `key` could be one generateApiKey made. Anything else is refused
+ * without a lookup: unknown keys are not cached, so junk keys would
+ * otherwise cost a Postgres query each, from the pool requests need.
+ */
+export function couldBeApiKey(key: string): boolean {
+  return KEY_SHAPE.test(key);
 }
 
 export function hashApiKey(key: string): string {
