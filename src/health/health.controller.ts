@@ -1,12 +1,9 @@
 import { Controller, Get, Inject, Optional } from '@nestjs/common';
 import { ApiOperation, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckService, HealthIndicatorService } from '@nestjs/terminus';
-import { Pool } from 'pg';
 import { Public } from '../auth/public.decorator';
-import { PG_POOL } from '../dbs/postgres/postgres.tokens';
+import { PostgresProbe } from '../dbs/postgres/postgres-probe';
 import { MIRROR_HEALTH, MirrorHealth } from './mirror-health';
-
-const POSTGRES_CHECK_TIMEOUT_MS = 2_000;
 
 @ApiTags('health')
 @Controller('health')
@@ -14,11 +11,14 @@ export class HealthController {
   constructor(
     private readonly health: HealthCheckService,
     private readonly indicators: HealthIndicatorService,
-    @Inject(PG_POOL) private readonly pool: Pool,
+    private readonly probe: PostgresProbe,
     @Optional() @Inject(MIRROR_HEALTH) private readonly mirror?: MirrorHealth,
   ) {}
 
-  /** 200 when Postgres answers. The mirror is reported (always "up") but never makes the API unhealthy. */
+  /**
+   * 200 when Postgres answers (on the probe's own connection: a busy request pool is reported, not "down").
+   * The mirror is reported (always "up") but never makes the API unhealthy.
+   */
   @Public()
   @Get()
   @HealthCheck()
@@ -29,18 +29,8 @@ export class HealthController {
 
   private async postgres() {
     const indicator = this.indicators.check('postgres');
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        this.pool.query('select 1'),
-        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${POSTGRES_CHECK_TIMEOUT_MS} ms`)), POSTGRES_CHECK_TIMEOUT_MS))),
-      ]);
-      return indicator.up();
-    } catch (error) {
-      return indicator.down({ message: `Postgres is unavailable: ${(error as Error).message}` });
-    } finally {
-      clearTimeout(timer);
-    }
+    const [result, requestPool] = [await this.probe.check(), this.probe.requestPoolUse()];
+    return result.up ? indicator.up({ requestPool }) : indicator.down({ message: `Postgres is unavailable: ${result.reason}`, requestPool });
   }
 
   private async mirrorStatus() {

@@ -13,10 +13,12 @@ import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
 import { localClickHouseUrl, resolveClickHouse, type ResolvedClickHouse } from '../clickhouse/local-clickhouse';
 import { createMirrorMetrics } from '../clickhouse/mirror-metrics';
 import { DB } from '../postgres/database';
-import { KYSELY } from '../postgres/postgres.tokens';
+import { MIRROR_KYSELY } from '../postgres/postgres.tokens';
 import { PostgresMirrorGapsRepository } from '../postgres/postgres-mirror-gaps.repository';
 import { Mirror } from './mirror';
 import { redactUrl } from '../../config/redact-url';
+import { within } from '../../within';
+import { PROBE_TIMEOUT_MS } from '../postgres/postgres-probe';
 
 export const MIRROR = Symbol('MIRROR');
 
@@ -74,7 +76,7 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
   });
   const mirror = new Mirror(writer, config.clickhouse.projectIds, registry);
 
-  await Promise.race([schema.ensure(), new Promise((resolve) => setTimeout(resolve, DDL_STARTUP_WAIT_MS).unref())]);
+  await within(schema.ensure(), DDL_STARTUP_WAIT_MS, () => false);
   const projects = config.clickhouse.projectIds.length ? `projects ${config.clickhouse.projectIds.join(', ')}` : 'all projects';
   logger.log(`mirroring ${projects} to ClickHouse at ${redactUrl(url!)} (database ${config.clickhouse.database})`);
 
@@ -105,9 +107,7 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
 function afterSchema(sink: MirrorSink, ensureSchema: () => Promise<boolean>, timeoutMs: number): MirrorSink {
   return {
     insert: async (table, lines, dedupToken) => {
-      let timer: NodeJS.Timeout | undefined;
-      const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
-      const ready = await Promise.race([ensureSchema(), timeout]).finally(() => clearTimeout(timer));
+      const ready = await within(ensureSchema(), timeoutMs, () => false);
       if (!ready) throw new Error('ClickHouse schema is not applied yet; will retry');
       await sink.insert(table, lines, dedupToken);
     },
@@ -143,7 +143,7 @@ export async function shutDownMirror(
   providers: [
     {
       provide: MIRROR,
-      inject: [APP_CONFIG, KYSELY, METRICS_REGISTRY],
+      inject: [APP_CONFIG, MIRROR_KYSELY, METRICS_REGISTRY],
       useFactory: createMirrorRuntime,
     },
     {
@@ -153,7 +153,8 @@ export async function shutDownMirror(
         status: async () => {
           if (!runtime) return { enabled: false };
           const stats = runtime.writer.stats();
-          const openGaps = await runtime.gaps.countOpen().catch(() => null);
+          // From the request pool: bounded like the Postgres probe, so a busy pool cannot hold /health up (null: unknown now).
+          const openGaps = await within(runtime.gaps.countOpen().catch(() => null), PROBE_TIMEOUT_MS, () => null);
           return {
             enabled: true,
             // False while ClickHouse has not taken the DDL (down since startup): rows queue until it does.

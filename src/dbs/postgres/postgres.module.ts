@@ -6,17 +6,22 @@ import { AppConfig } from '../../config/app-config';
 import { APP_CONFIG } from '../../config/config.module';
 import { METRICS_REGISTRY } from '../../metrics/metrics.tokens';
 import { resolvePostgres, ResolvedPostgres } from './local-postgres';
-import { PG_POOL, KYSELY } from './postgres.tokens';
+import { PG_POOL, KYSELY, MIRROR_KYSELY } from './postgres.tokens';
 import { createKysely, createPool, endPool } from './postgres-pool';
 import { registerPoolMetrics } from './postgres-metrics';
 import { prepareSchema } from './postgres-migrator';
 import { PostgresObservabilityDao } from './postgres-observability.dao';
 import { PostgresTracingDao } from './postgres-tracing.dao';
 import { InFlightSessions } from './in-flight-sessions';
+import { PostgresProbe } from './postgres-probe';
 import { OperatorError } from '../../config/operator-error';
 import { redactUrl } from '../../config/redact-url';
 
 const RESOLVED_POSTGRES = Symbol('RESOLVED_POSTGRES');
+/** The pool under MIRROR_KYSELY (see there why the mirror has its own). */
+const MIRROR_POOL = Symbol('MIRROR_POOL');
+/** The mirror writes its gap records in the background, a few at a time (GapLedger), and /health counts the open ones. */
+const MIRROR_POOL_MAX = 3;
 
 /**
  * The API starts only on a schema this build can use. With MIGRATE_ON_START
@@ -88,24 +93,50 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
       },
     },
     {
+      provide: MIRROR_POOL,
+      inject: [APP_CONFIG, RESOLVED_POSTGRES],
+      // pg opens connections when first used: none with the mirror off.
+      useFactory: (config: AppConfig, server: ResolvedPostgres) => {
+        const logger = new Logger('Postgres');
+        return createPool(server.url, MIRROR_POOL_MAX, {
+          statementTimeoutMs: config.postgres.statementTimeoutMs,
+          clientTimeoutMs: config.postgres.clientTimeoutMs,
+          onConnectionLost: (error) => logger.warn(`mirror connection lost: ${error.message}`),
+        });
+      },
+    },
+    {
+      provide: MIRROR_KYSELY,
+      // After KYSELY, whose factory has made sure of the schema.
+      inject: [MIRROR_POOL, KYSELY],
+      useFactory: (pool: Pool) => createKysely(pool),
+    },
+    {
       provide: InFlightSessions,
       inject: [PG_POOL, RESOLVED_POSTGRES],
       useFactory: (pool: Pool, server: ResolvedPostgres) => new InFlightSessions(pool, server.url),
     },
+    {
+      provide: PostgresProbe,
+      inject: [PG_POOL, RESOLVED_POSTGRES],
+      useFactory: (pool: Pool, server: ResolvedPostgres) => new PostgresProbe(server.url, pool),
+    },
     PostgresTracingDao,
     PostgresObservabilityDao,
   ],
-  exports: [KYSELY, PG_POOL, InFlightSessions, PostgresTracingDao, PostgresObservabilityDao],
+  exports: [KYSELY, MIRROR_KYSELY, PG_POOL, InFlightSessions, PostgresProbe, PostgresTracingDao, PostgresObservabilityDao],
 })
 export class PostgresModule implements OnApplicationShutdown {
   constructor(
     @Inject(PG_POOL) private readonly pool: Pool,
+    @Inject(MIRROR_POOL) private readonly mirrorPool: Pool,
     @Inject(RESOLVED_POSTGRES) private readonly server: ResolvedPostgres,
+    private readonly probe: PostgresProbe,
   ) {}
 
   async onApplicationShutdown(): Promise<void> {
-    // The pool, not Kysely: see endPool for why its sessions must be closed before the server stops.
-    await endPool(this.pool);
+    // The pools, not Kysely: see endPool for why their sessions must be closed before the server stops.
+    await Promise.all([endPool(this.pool), endPool(this.mirrorPool), this.probe.close()]);
     // The embedded server: stopped if this API started it (unless others use it), let go of if it joined it.
     await this.server.stop?.();
     this.server.release?.();

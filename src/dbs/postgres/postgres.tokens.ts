@@ -2,3 +2,10 @@
 export const KYSELY = Symbol('KYSELY');
 /** The pg Pool itself (health checks, shutdown). */
 export const PG_POOL = Symbol('PG_POOL');
+/**
+ * A Kysely over the mirror's own small pool, for its gap records: a
+ * ClickHouse outage's records never wait behind requests for a connection,
+ * and a shutdown that has given up on requests (InFlightSessions) still lets
+ * the mirror record what it could not send.
+ */
+export const MIRROR_KYSELY = Symbol('MIRROR_KYSELY');

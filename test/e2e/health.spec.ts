@@ -1,0 +1,45 @@
+import { Pool, PoolClient } from 'pg';
+import request from 'supertest';
+import { PG_POOL } from '../../src/dbs/postgres/postgres.tokens';
+import { PROBE_TIMEOUT_MS } from '../../src/dbs/postgres/postgres-probe';
+import { createTestApp, TestApp } from '../support/app';
+
+/**
+ * /health is what a liveness probe restarts the API by: it must say Postgres
+ * is up while the database answers, however busy the API's own request pool
+ * is, and answer within its probe timeout while that pool is exhausted.
+ */
+describe('GET /health with every request connection in use', () => {
+  let t: TestApp;
+  let held: PoolClient[] = [];
+
+  beforeAll(async () => {
+    t = await createTestApp({ DB_POOL_MAX: '2' }, { clickhouse: true });
+  });
+  afterAll(async () => {
+    for (const client of held.splice(0)) client.release();
+    await t.close();
+  });
+
+  it('reports Postgres up, with the request pool saturated, within the probe timeout', async () => {
+    const pool = t.app.get<Pool>(PG_POOL);
+    held = [await pool.connect(), await pool.connect()];
+    // A request waiting for a connection, as one would behind long queries.
+    const waiting = pool.connect().then((client) => held.push(client), () => undefined);
+
+    const started = Date.now();
+    const res = await request(t.url).get('/health').expect(200);
+    const took = Date.now() - started;
+
+    expect(res.body.info.postgres).toEqual({ status: 'up', requestPool: { connections: 2, idle: 0, waiting: 1 } });
+    // The mirror's open-gap count comes from the mirror's own pool, which requests cannot exhaust.
+    expect(res.body.info.mirror).toMatchObject({ status: 'up', enabled: true, openGaps: 0 });
+    expect(took).toBeLessThan(PROBE_TIMEOUT_MS + 1_500);
+
+    for (const client of held.splice(0)) client.release();
+    await waiting; // it was lent one of them: give that back too
+    for (const client of held.splice(0)) client.release();
+    const after = await request(t.url).get('/health').expect(200);
+    expect(after.body.info.postgres.requestPool).toMatchObject({ idle: 2, waiting: 0 });
+  });
+});
