@@ -75,6 +75,17 @@ describe('endPool', () => {
     expect(await ended).toEqual([]);
   });
 
+  it('stops waiting for a session that is never given back (a request stuck on a lock) after its bound', async () => {
+    const pool = createPool(database.url, 2);
+    const held = await pool.connect();
+    const started = Date.now();
+    await endPool(pool);
+    const waited = Date.now() - started;
+    expect(waited).toBeGreaterThanOrEqual(1_900);
+    expect(waited).toBeLessThan(4_000);
+    held.release();
+  });
+
   it('resolves at once for a pool that never connected', async () => {
     const pool = createPool(database.url, 2);
     const started = Date.now();

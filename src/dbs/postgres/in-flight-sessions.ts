@@ -13,18 +13,29 @@ import { Client, Pool } from 'pg';
  */
 export class InFlightSessions {
   private readonly lent = new Set<Client>();
+  private ended = false;
 
   constructor(
     pool: Pool,
     private readonly url: string,
   ) {
-    pool.on('acquire', (client) => this.lent.add(client));
+    pool.on('acquire', (client) => {
+      // A request that was waiting for a connection gets the one an ended session freed. Closed before it is
+      // handed over, it fails its first statement (a 503) without sending it: nothing it would write can commit.
+      if (this.ended) return void client.end().catch(() => undefined);
+      this.lent.add(client);
+    });
     pool.on('release', (_error, client) => this.lent.delete(client));
     pool.on('remove', (client) => this.lent.delete(client));
   }
 
-  /** Ends every lent-out session (pg_terminate_backend, from a session of its own); resolves to how many ended. */
+  /**
+   * Ends every lent-out session (pg_terminate_backend, from a session of its
+   * own), and closes every session lent from now on; resolves to how many
+   * ended. The mirror's gap records have a pool of their own (MIRROR_KYSELY).
+   */
   async end(): Promise<number> {
+    this.ended = true;
     const pids = [...this.lent].map((client) => (client as Client & { processID: number | null }).processID).filter((pid): pid is number => typeof pid === 'number');
     if (pids.length === 0) return 0;
     const admin = new Client({ connectionString: this.url, connectionTimeoutMillis: 5_000 });

@@ -1,5 +1,6 @@
 import { Kysely, PostgresDialect } from 'kysely';
 import { Client, Pool, PoolClient, types } from 'pg';
+import { within } from '../../within';
 import { DB } from './database';
 
 const TIMESTAMPTZ_OID = 1184;
@@ -120,14 +121,19 @@ export function createPool(url: string, max: number, options: PoolOptions = {}):
 /** Each pool's connected clients; a client leaves with the pool's 'remove', once its connection has closed. */
 const connectedClients = new WeakMap<Pool, Set<PoolClient>>();
 
-/** How long endPool waits for connections to close: a server that no longer answers never closes its end. */
+/**
+ * How long endPool waits: for sessions still lent out to come back (one stuck
+ * on a lock, of a request shutdown gave up on, would hold it until its
+ * statement timeout), then for connections to close (a server that no longer
+ * answers never closes its end). What is left ends with the process.
+ */
 const END_POOL_WAIT_MS = 2_000;
 
 /**
- * Ends a pool from createPool and resolves once its connections have closed.
- * The pool, not a Kysely over it, owns them: Kysely's destroy() ends the pool
- * only if a query went through Kysely (the health check queries the pool
- * itself), and pg-pool's end() resolves once it has asked its idle clients to
+ * Ends a pool from createPool and resolves once its connections have closed,
+ * or after END_POOL_WAIT_MS. The pool, not a Kysely over it, owns them:
+ * Kysely's destroy() ends the pool only if a query went through Kysely, and
+ * pg-pool's end() resolves once its clients have come back and been asked to
  * close, not once they have. A server stopped right after (the embedded one)
  * would end the sessions left and each would be reported as a lost connection.
  */
@@ -138,10 +144,7 @@ export async function endPool(pool: Pool): Promise<void> {
     pool.on('remove', check);
     check();
   });
-  await pool.end();
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([closed, new Promise((done) => (timer = setTimeout(done, END_POOL_WAIT_MS).unref()))]);
-  clearTimeout(timer);
+  await within(Promise.all([pool.end(), closed]), END_POOL_WAIT_MS, () => undefined);
 }
 
 export function createKysely(pool: Pool): Kysely<DB> {

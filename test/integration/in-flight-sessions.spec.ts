@@ -1,0 +1,62 @@
+import { Client, PoolClient } from 'pg';
+import { InFlightSessions } from '../../src/dbs/postgres/in-flight-sessions';
+import { createPool, endPool } from '../../src/dbs/postgres/postgres-pool';
+import { createTestDatabase, TestDatabase } from '../support/postgres';
+
+/**
+ * A shutdown that has given up on its requests ends their sessions, so that
+ * nothing they write commits after their clients were told nothing. A
+ * request waiting for a connection then gets the one an ended session
+ * freed: it must not be able to write either.
+ */
+describe('InFlightSessions', () => {
+  let database: TestDatabase;
+  let admin: Client;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    admin = new Client({ connectionString: database.url });
+    await admin.connect();
+    await admin.query('create table shutdown_probe (note text)');
+  });
+
+  afterAll(async () => {
+    await admin?.end();
+    await database?.drop();
+  });
+
+  const notes = async () => (await admin.query<{ note: string }>('select note from shutdown_probe order by note')).rows.map((r) => r.note);
+
+  it('ends the sessions lent out, and closes one lent afterwards before it can send a statement', async () => {
+    const pool = createPool(database.url, 1);
+    const sessions = new InFlightSessions(pool, database.url);
+    const lent = await pool.connect();
+    await lent.query('begin');
+    await lent.query("insert into shutdown_probe values ('lent')");
+    // A request queued behind the only connection, as requests queue behind slow ones.
+    const queued = pool.connect();
+
+    expect(await sessions.end()).toBe(1);
+
+    const lentError = await lent.query('commit').then(() => null, (error: Error) => error);
+    expect(lentError?.message).toMatch(/terminat|not queryable/);
+    lent.release(lentError!);
+
+    const late: PoolClient = await queued;
+    const lateError = await late.query("insert into shutdown_probe values ('late')").then(() => null, (error: Error) => error);
+    expect(lateError?.message).toBe('Client was closed and is not queryable');
+    late.release(lateError!);
+
+    expect(await notes()).toEqual([]);
+    await endPool(pool);
+  });
+
+  it('leaves sessions alone until it is told to end them', async () => {
+    const pool = createPool(database.url, 1);
+    new InFlightSessions(pool, database.url);
+    await pool.query("insert into shutdown_probe values ('before')");
+    expect(await notes()).toEqual(['before']);
+    await admin.query('truncate shutdown_probe');
+    await endPool(pool);
+  });
+});
