@@ -153,7 +153,7 @@ export async function shutDownMirror(
         status: async () => {
           if (!runtime) return { enabled: false };
           const stats = runtime.writer.stats();
-          // From the request pool: bounded like the Postgres probe, so a busy pool cannot hold /health up (null: unknown now).
+          // Bounded like the Postgres probe, so a busy or slow Postgres cannot hold /health up (null: unknown now).
           const openGaps = await within(runtime.gaps.countOpen().catch(() => null), PROBE_TIMEOUT_MS, () => null);
           return {
             enabled: true,

@@ -74,6 +74,8 @@ export interface PoolOptions {
   clientTimeoutMs?: number;
   /** Told of the errors pg reports when the server ends a connection, idle or lent out (one loss can bring two); the default says nothing. */
   onConnectionLost?: (error: Error) => void;
+  /** How long an idle connection is kept; 0 keeps it for good. Unset: pg-pool's 10 s. */
+  idleTimeoutMs?: number;
 }
 
 /**
@@ -94,6 +96,7 @@ export function createPool(url: string, max: number, options: PoolOptions = {}):
     query_timeout: options.clientTimeoutMs || undefined,
     Client: AbandonOnTimeoutClient,
     connectionTimeoutMillis: 5_000,
+    ...(options.idleTimeoutMs !== undefined && { idleTimeoutMillis: options.idleTimeoutMs }),
     // Notice a peer that vanished without closing the connection.
     keepAlive: true,
     types: {

@@ -24,17 +24,26 @@ export interface PoolUse {
  */
 export class PostgresProbe {
   private readonly own: Pool;
+  private running: Promise<ProbeResult> | undefined;
 
   constructor(
     url: string,
     private readonly requests: Pool,
     private readonly timeoutMs = PROBE_TIMEOUT_MS,
   ) {
-    // The server's statement timeout ends a `select 1` stuck behind something; the client timeout gives up a server that does not answer.
-    this.own = createPool(url, 1, { statementTimeoutMs: timeoutMs, clientTimeoutMs: timeoutMs + 500 });
+    // The server's statement timeout ends a `select 1` stuck behind something; the client timeout gives up a
+    // server that does not answer. The connection is kept between probes (pg-pool would close it after 10 s
+    // idle): a probe that had to reconnect would report a server out of connection slots as down.
+    this.own = createPool(url, 1, { statementTimeoutMs: timeoutMs, clientTimeoutMs: timeoutMs + 500, idleTimeoutMs: 0 });
   }
 
-  async check(): Promise<ProbeResult> {
+  /** Concurrent callers (a liveness and a readiness probe) share one `select 1`, rather than queueing on the one connection. */
+  check(): Promise<ProbeResult> {
+    this.running ??= this.probe().finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  private async probe(): Promise<ProbeResult> {
     try {
       await within(this.own.query('select 1'), this.timeoutMs, () => {
         throw new Error(`no answer within ${this.timeoutMs} ms`);

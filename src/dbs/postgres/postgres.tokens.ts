@@ -1,6 +1,6 @@
 /** The Kysely<DB> instance over the app's pg Pool. */
 export const KYSELY = Symbol('KYSELY');
-/** The pg Pool itself (health checks, shutdown). */
+/** The requests' pg Pool itself (its use on /health, ending sessions at shutdown, its metrics). */
 export const PG_POOL = Symbol('PG_POOL');
 /**
  * A Kysely over the mirror's own small pool, for its gap records: a
