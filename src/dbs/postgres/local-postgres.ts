@@ -8,6 +8,7 @@ import { Client } from 'pg';
 import { counted } from '../../counted';
 import { nodeCommand } from '../node-command';
 import { childRunning } from '../process-alive';
+import { POOL_APPLICATION_NAME } from './postgres-pool';
 import { untilReady } from '../server-ready';
 
 /**
@@ -206,13 +207,15 @@ async function holdServer(adminUrl: string): Promise<(() => void) | undefined> {
 
 /**
  * Client sessions of other processes: all but the asking session and this
- * process's own holds. Its pools are ended by the time it stops the server.
+ * process's own, its hold and its pools' sessions. Its pools are ended by
+ * the time it stops the server, but endPool stops waiting for a session that
+ * is not given back (after 2 s), and that one is not another process's.
  */
 export async function sessionsOfOtherProcesses(client: Client): Promise<number> {
   const { rows } = await client.query<{ n: number }>(
     `select count(*)::int as n from pg_stat_activity
-      where backend_type = 'client backend' and pid <> pg_backend_pid() and application_name is distinct from $1`,
-    [`${HOLD_APPLICATION_NAME}${process.pid}`],
+      where backend_type = 'client backend' and pid <> pg_backend_pid() and not coalesce(application_name, '') = any($1::text[])`,
+    [[`${HOLD_APPLICATION_NAME}${process.pid}`, POOL_APPLICATION_NAME]],
   );
   return rows[0].n;
 }

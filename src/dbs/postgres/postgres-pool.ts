@@ -86,11 +86,20 @@ export interface PoolOptions {
  * (The mirror's gap records are single inserts; one committed after a
  * give-up is replayed like any other, which is harmless.)
  */
+/**
+ * Every pool's sessions carry this process's id: pg_stat_activity then says
+ * whose a session is (a backfill's "lock held by" message names it), and a
+ * process stopping the embedded server does not count a session of its own
+ * that has not closed yet as another process's (sessionsOfOtherProcesses).
+ */
+export const POOL_APPLICATION_NAME = `tracing-api pid ${process.pid}`;
+
 export function createPool(url: string, max: number, options: PoolOptions = {}): Pool {
   const statementTimeout = options.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(options.statementTimeoutMs)}` : '';
   const pool = new Pool({
     connectionString: url,
     max,
+    application_name: POOL_APPLICATION_NAME,
     // ISO dates are what timestamptzToIso and the backfill's COPY (ClickHouse DateTime64 text) read.
     options: `-c TimeZone=UTC -c DateStyle=ISO${statementTimeout}`,
     query_timeout: options.clientTimeoutMs || undefined,
