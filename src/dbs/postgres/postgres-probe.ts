@@ -1,9 +1,12 @@
+import type { LoggerService } from '@nestjs/common';
 import { Pool } from 'pg';
 import { within } from '../../within';
 import { createPool, endPool } from './postgres-pool';
 
 /** How long /health waits for Postgres to answer `select 1`. */
 export const PROBE_TIMEOUT_MS = 2_000;
+
+class ProbeTimeout extends Error {}
 
 export type ProbeResult = { up: true } | { up: false; reason: string };
 
@@ -26,9 +29,13 @@ export class PostgresProbe {
   private readonly own: Pool;
   private running: Promise<ProbeResult> | undefined;
 
+  /** Whether the last probe failed: its whole error is logged when it starts failing, and the recovery once. */
+  private failing = false;
+
   constructor(
     url: string,
     private readonly requests: Pool,
+    private readonly log: Pick<LoggerService, 'log' | 'warn'>,
     private readonly timeoutMs = PROBE_TIMEOUT_MS,
   ) {
     // The server's statement timeout ends a `select 1` stuck behind something; the client timeout gives up a
@@ -46,11 +53,15 @@ export class PostgresProbe {
   private async probe(): Promise<ProbeResult> {
     try {
       await within(this.own.query('select 1'), this.timeoutMs, () => {
-        throw new Error(`no answer within ${this.timeoutMs} ms`);
+        throw new ProbeTimeout(`no answer within ${this.timeoutMs} ms`);
       });
+      if (this.failing) this.log.log('Postgres answers /health again');
+      this.failing = false;
       return { up: true };
     } catch (error) {
-      return { up: false, reason: (error as Error).message };
+      if (!this.failing) this.log.warn(`/health: Postgres is unavailable: ${(error as Error).message}`);
+      this.failing = true;
+      return { up: false, reason: publicReason(error) };
     }
   }
 
@@ -61,4 +72,30 @@ export class PostgresProbe {
   close(): Promise<void> {
     return endPool(this.own);
   }
+}
+
+/**
+ * What /health, a public route, says of a failure: a kind and the error's
+ * code (ECONNREFUSED, a SQLSTATE), never the driver's message, which can
+ * name hosts, ports and users. The message goes to the log.
+ */
+function publicReason(error: unknown): string {
+  if (error instanceof ProbeTimeout) return error.message;
+  const e = error as { code?: unknown; message?: unknown; errors?: Array<{ code?: unknown }> };
+  // A dual-stack connect fails with an AggregateError whose parts carry the code.
+  const code = [e?.code, ...(e?.errors ?? []).map((part) => part?.code)].find((c): c is string => typeof c === 'string' && /^[0-9A-Z_]{2,32}$/.test(c));
+  if (code) return `${kindOf(code)} (${code})`;
+  return typeof e?.message === 'string' && /terminated|closed/i.test(e.message) ? 'connection lost' : 'connection error';
+}
+
+function kindOf(code: string): string {
+  if (code.startsWith('E')) return 'could not connect';
+  const byClass: Record<string, string> = {
+    '08': 'connection failure',
+    '28': 'authentication failed',
+    '3D': 'no such database',
+    '53': 'insufficient resources',
+    '57': 'server shutting down, starting up or cancelling',
+  };
+  return byClass[code.slice(0, 2)] ?? 'error';
 }

@@ -119,7 +119,7 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
     {
       provide: PostgresProbe,
       inject: [PG_POOL, RESOLVED_POSTGRES],
-      useFactory: (pool: Pool, server: ResolvedPostgres) => new PostgresProbe(server.url, pool),
+      useFactory: (pool: Pool, server: ResolvedPostgres) => new PostgresProbe(server.url, pool, new Logger('Postgres')),
     },
     PostgresTracingDao,
     PostgresObservabilityDao,
