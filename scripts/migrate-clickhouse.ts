@@ -16,6 +16,7 @@ runCli(USAGE, async (args, log) => {
   const server = await resolveClickHouse(config.clickhouse, log);
   try {
     const result = await migrateClickHouse(config.clickhouse, server.url, { log });
+    if (result.unknown.length) log(`note: the database has migrations this build does not know (${result.unknown.join(', ')}): a newer build applied them; left as they are`);
     if (result.applied.length === 0 && result.ttl.length === 0) {
       log(`nothing to do: ClickHouse database ${config.clickhouse.database} is up to date`);
     }

@@ -64,7 +64,7 @@ describe('ClickHouse DDL runner', () => {
     expect(files.map((m) => m.name)).toEqual(['0001_spans', '0002_nodes']);
 
     const first = await migrateClickHouse(config, url);
-    expect(first).toEqual({ applied: ['0001_spans', '0002_nodes'], ttl: [] });
+    expect(first).toEqual({ applied: ['0001_spans', '0002_nodes'], ttl: [], unknown: [], ttlDiffers: [] });
 
     const recorded = await rows<{ version: number; name: string; checksum: string }>(
       client,
@@ -73,7 +73,7 @@ describe('ClickHouse DDL runner', () => {
     expect(recorded).toEqual(files.map((m) => ({ version: m.version, name: m.name, checksum: m.checksum })));
 
     const second = await migrateClickHouse(config, url);
-    expect(second).toEqual({ applied: [], ttl: [] });
+    expect(second).toEqual({ applied: [], ttl: [], unknown: [], ttlDiffers: [] });
     const count = await rows<{ n: string }>(client, `SELECT count() AS n FROM \`${config.database}\`.schema_migrations`);
     expect(Number(count[0].n)).toBe(2);
   });
@@ -155,6 +155,21 @@ describe('ClickHouse DDL runner', () => {
     }
   });
 
+  it("at the API's start ('new-tables') sets the TTL only on tables it creates, and reports the others' instead of changing them", async () => {
+    const { config, url, client } = freshDatabase({ ttlDays: 30 });
+    const created = await migrateClickHouse(config, url, { ttl: 'new-tables' });
+    expect(created.ttl.map((t) => t.days)).toEqual([30, 30]);
+
+    // A replica, or a restart, whose environment says otherwise: the tables keep what they have.
+    const other = await migrateClickHouse({ ...config, ttlDays: 0 }, url, { ttl: 'new-tables' });
+    expect(other).toMatchObject({ ttl: [], ttlDiffers: [{ table: 'nodes', days: 30 }, { table: 'spans', days: 30 }] });
+    for (const table of ['spans', 'nodes']) {
+      expect((await tableOf(client, config.database, table)).engine_full).toContain('TTL toDateTime(created_at) + toIntervalDay(30)');
+    }
+    // migrate:clickhouse is the one that changes it.
+    expect((await migrateClickHouse({ ...config, ttlDays: 0 }, url)).ttl.map((t) => t.days)).toEqual([0, 0]);
+  });
+
   describe('with a migrations folder of its own', () => {
     let dir: string;
     beforeEach(async () => {
@@ -175,6 +190,28 @@ describe('ClickHouse DDL runner', () => {
         { database: config.database },
       );
       expect(note).toHaveLength(1);
+    });
+
+    it("uses a database a newer build migrated as it is (a rolled-back deploy), naming the migrations it does not know", async () => {
+      const { config, url } = freshDatabase();
+      await writeFile(join(dir, '0003_span_names.sql'), "ALTER TABLE spans ADD COLUMN IF NOT EXISTS note String DEFAULT '';\n");
+      await migrateClickHouse(config, url, { dir });
+      await rm(join(dir, '0003_span_names.sql'));
+      expect(await migrateClickHouse(config, url, { dir })).toEqual({ applied: [], ttl: [], unknown: ['0003_span_names'], ttlDiffers: [] });
+    });
+
+    it("refuses a database missing this build's migrations under a newer build's, and an applied file missing between others", async () => {
+      const { config, url } = freshDatabase();
+      await migrateClickHouse(config, url, { dir });
+      await writeFile(join(dir, '0004_later.sql'), "ALTER TABLE spans ADD COLUMN IF NOT EXISTS later String DEFAULT '';\n");
+      await migrateClickHouse(config, url, { dir });
+      await rm(join(dir, '0004_later.sql'));
+      await writeFile(join(dir, '0003_between.sql'), 'SELECT 1;\n');
+      await expect(migrateClickHouse(config, url, { dir })).rejects.toThrow(/has a newer build's migrations \(0004_later\) but not this build's 0003_between: migrate it with the newer build/);
+
+      await rm(join(dir, '0003_between.sql'));
+      await writeFile(join(dir, '0005_last.sql'), 'SELECT 1;\n');
+      await expect(migrateClickHouse(config, url, { dir })).rejects.toThrow(/has migration 0004_later applied, which is not in the migrations folder though a later one is/);
     });
 
     it('refuses to run when an applied file was edited', async () => {

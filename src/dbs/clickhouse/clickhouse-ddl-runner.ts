@@ -39,11 +39,23 @@ export interface ClickHouseMigrationResult {
   applied: string[];
   /** TTL changes this run made: days per table, 0 for removed. */
   ttl: Array<{ table: string; days: number }>;
+  /** Applied migrations this build does not have, all later than its own: a newer build's (a rolled-back deploy). */
+  unknown: string[];
+  /** With `ttl: 'new-tables'`: tables this run left with a TTL other than the configured one (days, 0 for none). */
+  ttlDiffers: Array<{ table: string; days: number }>;
 }
 
 export interface ClickHouseMigrationOptions {
   dir?: string;
   log?: (message: string) => void;
+  /**
+   * 'set' (migrate:clickhouse, the default): bring every mirror table's TTL to
+   * CLICKHOUSE_TTL_DAYS. 'new-tables' (the API at startup): only on tables this
+   * run created. A TTL change rewrites a table's parts, and replicas started
+   * with different settings would otherwise keep changing it back and forth:
+   * differences are reported in `ttlDiffers` for the caller to log.
+   */
+  ttl?: 'set' | 'new-tables';
 }
 
 export class ClickHouseMigrationError extends Error {
@@ -141,20 +153,34 @@ export async function migrateClickHouse(
     if (!ping.success) {
       throw new ClickHouseMigrationError(`ClickHouse at ${redactUrl(url)} does not answer: ${describeSendError(ping.error)}`);
     }
-    await command(admin, `CREATE DATABASE IF NOT EXISTS ${identifier(config.database)}`);
-    await command(
-      ddl,
-      `CREATE TABLE IF NOT EXISTS schema_migrations
-       (version UInt32, name String, checksum String, applied_at DateTime64(6, 'UTC'))
-       ENGINE = ReplacingMergeTree ORDER BY version`,
-    );
+    // Created only when missing: ClickHouse checks the CREATE grant before IF NOT EXISTS, and a user granted
+    // only the database an administrator made for it must still be able to run this on a current schema.
+    if (!(await exists(admin, 'SELECT 1 FROM system.databases WHERE name = {database:String}', { database: config.database }))) {
+      await command(admin, `CREATE DATABASE IF NOT EXISTS ${identifier(config.database)}`);
+    }
+    const tablesBefore = await readTtlDays(ddl, config.database, MIRROR_TABLES);
+    if (!(await exists(admin, "SELECT 1 FROM system.tables WHERE database = {database:String} AND name = 'schema_migrations'", { database: config.database }))) {
+      await command(
+        ddl,
+        `CREATE TABLE IF NOT EXISTS schema_migrations
+         (version UInt32, name String, checksum String, applied_at DateTime64(6, 'UTC'))
+         ENGINE = ReplacingMergeTree ORDER BY version`,
+      );
+    }
 
     const applied = await appliedMigrations(ddl);
+    const newest = Math.max(0, ...migrations.map((m) => m.version));
+    const unknown: string[] = [];
     for (const [version, row] of applied) {
       const file = migrations.find((m) => m.version === version);
+      // Later than every file here: a newer build's, which (README "Migrations") only adds what this build can ignore.
+      if (!file && version > newest) {
+        unknown.push(row.name);
+        continue;
+      }
       if (!file) {
         throw new ClickHouseMigrationError(
-          `ClickHouse database ${config.database} has migration ${row.name} applied, which is not in the migrations folder: is this an older build?`,
+          `ClickHouse database ${config.database} has migration ${row.name} applied, which is not in the migrations folder though a later one is: was it renamed or deleted?`,
         );
       }
       if (file.checksum !== row.checksum) {
@@ -166,8 +192,15 @@ export async function migrateClickHouse(
       }
     }
 
+    const pending = migrations.filter((m) => !applied.has(m.version));
+    if (unknown.length > 0 && pending.length > 0) {
+      throw new ClickHouseMigrationError(
+        `ClickHouse database ${config.database} has a newer build's migrations (${unknown.join(', ')}) but not this build's ${pending.map((m) => m.name).join(', ')}: ` +
+          'migrate it with the newer build',
+      );
+    }
     const done: string[] = [];
-    for (const migration of migrations.filter((m) => !applied.has(m.version))) {
+    for (const migration of pending) {
       for (const statement of migration.statements) {
         try {
           await command(ddl, statement);
@@ -184,11 +217,12 @@ export async function migrateClickHouse(
       done.push(migration.name);
     }
 
-    const ttl = await applyTtl(ddl, config.database, config.ttlDays);
+    const onlyNew = options.ttl === 'new-tables';
+    const { changed: ttl, differs: ttlDiffers } = await applyTtl(ddl, config.database, config.ttlDays, (table) => !onlyNew || !tablesBefore.has(table));
     for (const change of ttl) {
       log(change.days ? `set TTL on ${change.table}: ${change.days} days after created_at` : `removed TTL from ${change.table}`);
     }
-    return { applied: done, ttl };
+    return { applied: done, ttl, unknown, ttlDiffers };
   } finally {
     await Promise.allSettled([admin.close(), ddl.close()]);
   }
@@ -220,11 +254,25 @@ async function appliedMigrations(client: ClickHouseClient): Promise<Map<number, 
   return new Map(rows.map((r) => [Number(r.version), { name: r.name, checksum: r.checksum }]));
 }
 
-/** Brings each mirror table's TTL to `days` (0: none), touching only tables that differ. */
-async function applyTtl(client: ClickHouseClient, database: string, days: number): Promise<Array<{ table: string; days: number }>> {
+/**
+ * Brings the TTL of each mirror table `mayChange` allows to `days` (0: none),
+ * touching only tables that differ; the others that differ are returned as
+ * they are.
+ */
+async function applyTtl(
+  client: ClickHouseClient,
+  database: string,
+  days: number,
+  mayChange: (table: string) => boolean,
+): Promise<{ changed: Array<{ table: string; days: number }>; differs: Array<{ table: string; days: number }> }> {
   const changes: Array<{ table: string; days: number }> = [];
+  const differs: Array<{ table: string; days: number }> = [];
   for (const [name, current] of await readTtlDays(client, database, MIRROR_TABLES)) {
     if (current === days) continue;
+    if (!mayChange(name)) {
+      differs.push({ table: name, days: current });
+      continue;
+    }
     if (days === 0) {
       await command(client, `ALTER TABLE ${identifier(name)} REMOVE TTL`);
     } else {
@@ -233,7 +281,12 @@ async function applyTtl(client: ClickHouseClient, database: string, days: number
     }
     changes.push({ table: name, days });
   }
-  return changes;
+  return { changed: changes, differs };
+}
+
+async function exists(client: ClickHouseClient, query: string, params: Record<string, unknown>): Promise<boolean> {
+  const result = await client.query({ query, query_params: params, format: 'JSONEachRow' });
+  return (await result.json()).length > 0;
 }
 
 /** Each existing table's TTL in days (see currentTtlDays), by name. */

@@ -64,7 +64,14 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
   }
   const clients = createClickHouseClients(config.clickhouse, url!);
 
-  const schema = new ClickHouseSchema(async () => (await migrateClickHouse(config.clickhouse, url!)).applied, mirrorLogger(logger));
+  const schema = new ClickHouseSchema(async () => {
+    const result = await migrateClickHouse(config.clickhouse, url!, { ttl: 'new-tables' });
+    if (result.unknown.length) logger.warn(`the ClickHouse database has migrations this build does not know (${result.unknown.join(', ')}): a newer build migrated it; used as it is`);
+    for (const { table, days } of result.ttlDiffers) {
+      logger.warn(`ClickHouse table ${table} has ${days ? `a TTL of ${days} days` : 'no TTL'}, CLICKHOUSE_TTL_DAYS here ${config.clickhouse.ttlDays}: left as it is (npm run migrate:clickhouse sets it)`);
+    }
+    return result.applied;
+  }, mirrorLogger(logger));
 
   const gaps = new PostgresMirrorGapsRepository(db);
   const writer = new BatchWriter(config.mirror, {
