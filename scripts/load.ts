@@ -438,6 +438,8 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
     });
     const cutShort = () => load.stop();
     options.interrupt?.addEventListener('abort', cutShort, { once: true });
+    // A signal while the API was being built or started: a listener added to an aborted signal never runs.
+    if (options.interrupt?.aborted) cutShort();
     // The load stops at its next one-second sample. A terminal's Ctrl-C reaches the API this run started as
     // well (same process group), so the requests of that last second fail while it shuts down: not the API's errors.
     const afterCut = { errors: 0, non2xx: 0 };

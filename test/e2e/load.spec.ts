@@ -145,6 +145,21 @@ describe('load (short run of scripts/load.ts)', () => {
     }
   }, 120_000);
 
+  it('interrupted before the load started (while the API was built), does not run the whole duration', async () => {
+    const api = await startApiProcess({ ...storesEnv(), USE_CLICKHOUSE: 'true', MIGRATE_ON_START: 'false' });
+    try {
+      const { key } = await new ApiKeyService(new ApiKeysRepository(database.db)).create(randomUUID());
+      const interrupt = new AbortController();
+      interrupt.abort('SIGTERM');
+      const started = Date.now();
+      const summary = await runLoad({ durationSec: 60, rate: 20, spansPerRequest: 10, connections: 4, target: { url: api.url, key }, env: storesEnv(), interrupt: interrupt.signal, log: () => undefined });
+      expect(Date.now() - started).toBeLessThan(30_000);
+      expect(summary.failures).toEqual([expect.stringMatching(/^cut short by SIGTERM after \d+ s of 60 s/)]);
+    } finally {
+      await api.stop();
+    }
+  }, 120_000);
+
   it('against an API whose MAX_BATCH_ITEMS is not this environment\'s (--url): sends the asked batches and names the 413s', async () => {
     // Answers /health as an API with the mirror on and every other request 413, as one with a lower limit would.
     const api = createServer((req, res) => {
