@@ -3,6 +3,7 @@ import { Client } from 'pg';
 import { createApp } from '../../src/bootstrap';
 import { migrateDown, migrateToLatest, SchemaBehindError } from '../../src/dbs/postgres/postgres-migrator';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
+import * as initial from '../../migrations/postgres/0001_initial';
 
 /** Kysely's migration lock on Postgres: a session advisory lock on this id (its PostgresAdapter's LOCK_ID). */
 const KYSELY_MIGRATION_LOCK = '3853314791062309107';
@@ -73,6 +74,30 @@ describe('Postgres migrations', () => {
     } finally {
       await sql`delete from kysely_migration where name = '9999_from_a_newer_build'`.execute(test.db);
     }
+  });
+
+  it('starts when a newer build migrates between its look at the schema and its turn at the migration lock', async () => {
+    await migrateDown(test.db, true);
+    // The newer build holds the lock while this one starts: this one has seen 0001_initial pending and waits.
+    const newerBuild = new Client({ connectionString: test.url });
+    await newerBuild.connect();
+    await newerBuild.query('select pg_advisory_lock($1)', [KYSELY_MIGRATION_LOCK]);
+    const starting = startApp({ MIGRATE_ON_START: 'true' });
+    starting.catch(() => undefined);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      // ...then migrates: this build's migration, and one of its own.
+      await initial.up(test.db);
+      const now = new Date().toISOString();
+      await sql`insert into kysely_migration (name, timestamp) values ('0001_initial', ${now}), ('9999_from_a_newer_build', ${now})`.execute(test.db);
+      await newerBuild.query('select pg_advisory_unlock($1)', [KYSELY_MIGRATION_LOCK]);
+      const app = await starting;
+      await app.close();
+    } finally {
+      await newerBuild.end();
+      await sql`delete from kysely_migration where name = '9999_from_a_newer_build'`.execute(test.db);
+    }
+    expect(await tables()).toHaveLength(5);
   });
 
   it('a run Kysely refuses before any migration starts says why, with no empty migration name', async () => {
