@@ -1,4 +1,5 @@
-import { answerTo } from './http-exception.filter';
+import { ArgumentsHost, Logger, ServiceUnavailableException } from '@nestjs/common';
+import { answerTo, HttpExceptionFilter } from './http-exception.filter';
 
 /** What Postgres's errors become: the SQLSTATE (or socket error) decides between the caller's fault, "retry", and ours. */
 describe('answerTo: database errors', () => {
@@ -47,5 +48,26 @@ describe('answerTo: database errors', () => {
     for (const message of ['Connection terminated unexpectedly', 'Query read timeout', 'timeout exceeded when trying to connect']) {
       expect(statusOf(new Error(message))).toBe(503);
     }
+  });
+});
+
+describe('HttpExceptionFilter: what it logs of a 503', () => {
+  afterEach(() => jest.restoreAllMocks());
+
+  function answer(error: unknown): number {
+    let status = 0;
+    const response = { headersSent: false, status: (code: number) => ((status = code), response), json: () => response };
+    const request = { method: 'GET', url: '/somewhere', path: '/somewhere', headers: {} };
+    const host = { switchToHttp: () => ({ getResponse: () => response, getRequest: () => request }) } as unknown as ArgumentsHost;
+    new HttpExceptionFilter().catch(error, host);
+    return status;
+  }
+
+  it("logs each database error answered 503, not /health's 503 report (its probe logs when it starts failing)", () => {
+    const warn = jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
+    expect(answer(Object.assign(new Error('connect ECONNREFUSED 10.0.0.5:5432'), { code: 'ECONNREFUSED' }))).toBe(503);
+    expect(warn).toHaveBeenCalledTimes(1);
+    expect(answer(new ServiceUnavailableException({ status: 'error', error: { postgres: { status: 'down' } } }))).toBe(503);
+    expect(warn).toHaveBeenCalledTimes(1);
   });
 });

@@ -71,7 +71,9 @@ export class HttpExceptionFilter implements ExceptionFilter {
     const [status, body] = answerTo(error);
     if (status >= 500 && status !== HttpStatus.SERVICE_UNAVAILABLE) {
       this.logger.error({ err: error, method: request.method, url: request.url }, 'unhandled error');
-    } else if (status === HttpStatus.SERVICE_UNAVAILABLE) {
+    } else if (status === HttpStatus.SERVICE_UNAVAILABLE && !(error instanceof HttpException)) {
+      // Not /health's 503 (terminus's ServiceUnavailableException, the one thrown as such): that is a report,
+      // asked for every few seconds, and the probe logs once when it starts failing and once when it recovers.
       this.logger.warn({ method: request.method, url: request.url, reason: (error as Error)?.message }, 'database could not serve the request; answered 503');
     }
     if (response.headersSent) return;
