@@ -216,7 +216,7 @@ export class RowLog {
    * The span is settled and will not be read again: segments that neither a
    * chain nor another span holds any more are kept for new rows. The caller
    * must not release a span twice, nor while an insert may still read it
- * unless no row will be appended again (the writer's shutdown deadline).
+   * unless no row will be appended again (the writer's shutdown deadline).
    */
   release(span: RowSpan): void {
     for (const { segment } of [...span.records, ...span.lines]) {

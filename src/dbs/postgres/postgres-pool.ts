@@ -79,14 +79,6 @@ export interface PoolOptions {
 }
 
 /**
- * The API sets both timeouts; operator commands leave them off for their long
- * scans. A write the client gave up on is not committed unless the give-up
- * came while its COMMIT was in flight (the one window no client can close):
- * every span and node write runs in an explicit transaction for that reason.
- * (The mirror's gap records are single inserts; one committed after a
- * give-up is replayed like any other, which is harmless.)
- */
-/**
  * Every pool's sessions carry this process's id: pg_stat_activity then says
  * whose a session is (a backfill's "lock held by" message names it), and a
  * process stopping the embedded server does not count a session of its own
@@ -94,6 +86,14 @@ export interface PoolOptions {
  */
 export const POOL_APPLICATION_NAME = `tracing-api pid ${process.pid}`;
 
+/**
+ * The API sets both timeouts; operator commands leave them off for their long
+ * scans. A write the client gave up on is not committed unless the give-up
+ * came while its COMMIT was in flight (the one window no client can close):
+ * every span and node write runs in an explicit transaction for that reason.
+ * (The mirror's gap records are single inserts; one committed after a
+ * give-up is replayed like any other, which is harmless.)
+ */
 export function createPool(url: string, max: number, options: PoolOptions = {}): Pool {
   const statementTimeout = options.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(options.statementTimeoutMs)}` : '';
   const pool = new Pool({
