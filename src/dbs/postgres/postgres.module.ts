@@ -7,7 +7,7 @@ import { APP_CONFIG } from '../../config/config.module';
 import { METRICS_REGISTRY } from '../../metrics/metrics.tokens';
 import { resolvePostgres, ResolvedPostgres } from './local-postgres';
 import { PG_POOL, KYSELY, MIRROR_KYSELY } from './postgres.tokens';
-import { createKysely, createPool, endPool } from './postgres-pool';
+import { createKysely, createPool, endPool, PoolOptions } from './postgres-pool';
 import { registerPoolMetrics } from './postgres-metrics';
 import { prepareSchema } from './postgres-migrator';
 import { PostgresObservabilityDao } from './postgres-observability.dao';
@@ -54,6 +54,16 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
   }
 }
 
+/** The API's request and mirror pools: its statement and client timeouts, and a lost connection logged as `lost`. */
+function apiPoolOptions(config: AppConfig, lost: string): PoolOptions {
+  const logger = new Logger('Postgres');
+  return {
+    statementTimeoutMs: config.postgres.statementTimeoutMs,
+    clientTimeoutMs: config.postgres.clientTimeoutMs,
+    onConnectionLost: (error) => logger.warn(`${lost}: ${error.message}`),
+  };
+}
+
 /**
  * The system of record. Resolves the server (DATABASE_URL or the embedded
  * default), makes sure its schema is this build's (prepareSchemaAtStart), and owns
@@ -74,12 +84,7 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
       provide: PG_POOL,
       inject: [APP_CONFIG, RESOLVED_POSTGRES, METRICS_REGISTRY],
       useFactory: (config: AppConfig, server: ResolvedPostgres, registry: Registry) => {
-        const logger = new Logger('Postgres');
-        const pool = createPool(server.url, config.postgres.poolMax, {
-          statementTimeoutMs: config.postgres.statementTimeoutMs,
-          clientTimeoutMs: config.postgres.clientTimeoutMs,
-          onConnectionLost: (error) => logger.warn(`connection lost: ${error.message}`),
-        });
+        const pool = createPool(server.url, config.postgres.poolMax, apiPoolOptions(config, 'connection lost'));
         registerPoolMetrics(pool, registry);
         return pool;
       },
@@ -96,14 +101,7 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
       provide: MIRROR_POOL,
       inject: [APP_CONFIG, RESOLVED_POSTGRES],
       // pg opens connections when first used: none with the mirror off.
-      useFactory: (config: AppConfig, server: ResolvedPostgres) => {
-        const logger = new Logger('Postgres');
-        return createPool(server.url, MIRROR_POOL_MAX, {
-          statementTimeoutMs: config.postgres.statementTimeoutMs,
-          clientTimeoutMs: config.postgres.clientTimeoutMs,
-          onConnectionLost: (error) => logger.warn(`mirror connection lost: ${error.message}`),
-        });
-      },
+      useFactory: (config: AppConfig, server: ResolvedPostgres) => createPool(server.url, MIRROR_POOL_MAX, apiPoolOptions(config, 'mirror connection lost')),
     },
     {
       provide: MIRROR_KYSELY,
