@@ -8,6 +8,7 @@ import { AppConfig, parseConfig } from './config/app-config';
 import { OperatorError } from './config/operator-error';
 import { APP_CONFIG } from './config/config.module';
 import { InFlightSessions } from './dbs/postgres/in-flight-sessions';
+import { within } from './within';
 
 /** After ending the sessions of requests it gave up on, how long shutdown lets those requests answer (503). */
 const ANSWER_GRACE_MS = 1_000;
@@ -49,8 +50,7 @@ async function main(): Promise<void> {
     // Keep-alive clients would otherwise hold their sockets open until the idle timeout.
     server.on('request', (_req, res) => res.setHeader('Connection', 'close'));
     const drained = new Promise<boolean>((resolve) => server.close(() => resolve(true)));
-    const timedOut = (ms: number) => new Promise<boolean>((resolve) => setTimeout(() => resolve(false), ms).unref());
-    const finished = await Promise.race([drained, timedOut(config.http.shutdownTimeoutMs)]);
+    const finished = await within(drained, config.http.shutdownTimeoutMs, () => false);
     // Sessions still lent out belong to requests given up on, or to requests whose clients hung up
     // (the server counts connections, not handlers): nothing they write now would reach anyone.
     const ended = await app
@@ -59,7 +59,7 @@ async function main(): Promise<void> {
       .catch((error: Error) => (logger.warn(`could not end in-flight Postgres sessions: ${error.message}`, 'Main'), 0));
     if (ended > 0) {
       logger.warn(`${finished ? 'requests whose clients hung up' : `requests still running after ${config.http.shutdownTimeoutMs} ms`}: ended their ${ended} Postgres sessions (their transactions roll back)`, 'Main');
-      if (!finished) await Promise.race([drained, timedOut(ANSWER_GRACE_MS)]);
+      if (!finished) await within(drained, ANSWER_GRACE_MS, () => false);
     }
     server.closeAllConnections();
     await app.close();
