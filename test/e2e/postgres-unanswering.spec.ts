@@ -101,7 +101,7 @@ describe('Postgres that stops answering', () => {
 
       // Operators see it: each given-up connection is counted.
       const metrics = await send('GET', '/metrics', undefined, {});
-      const abandoned = Number(/^postgres_connections_abandoned_total (\d+)$/m.exec(metrics.text)?.[1]);
+      const abandoned = Number(/^postgres_connections_abandoned_total\{pool="request"\} (\d+)$/m.exec(metrics.text)?.[1]);
       expect(abandoned).toBeGreaterThanOrEqual(1);
 
       const health = await timed(() => send('GET', '/health', undefined, {}));

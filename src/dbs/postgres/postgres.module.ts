@@ -82,12 +82,8 @@ function apiPoolOptions(config: AppConfig, lost: string): PoolOptions {
     },
     {
       provide: PG_POOL,
-      inject: [APP_CONFIG, RESOLVED_POSTGRES, METRICS_REGISTRY],
-      useFactory: (config: AppConfig, server: ResolvedPostgres, registry: Registry) => {
-        const pool = createPool(server.url, config.postgres.poolMax, apiPoolOptions(config, 'connection lost'));
-        registerPoolMetrics(pool, registry);
-        return pool;
-      },
+      inject: [APP_CONFIG, RESOLVED_POSTGRES],
+      useFactory: (config: AppConfig, server: ResolvedPostgres) => createPool(server.url, config.postgres.poolMax, apiPoolOptions(config, 'connection lost')),
     },
     {
       provide: KYSELY,
@@ -99,9 +95,13 @@ function apiPoolOptions(config: AppConfig, lost: string): PoolOptions {
     },
     {
       provide: MIRROR_POOL,
-      inject: [APP_CONFIG, RESOLVED_POSTGRES],
+      inject: [APP_CONFIG, RESOLVED_POSTGRES, PG_POOL, METRICS_REGISTRY],
       // pg opens connections when first used: none with the mirror off.
-      useFactory: (config: AppConfig, server: ResolvedPostgres) => createPool(server.url, MIRROR_POOL_MAX, apiPoolOptions(config, 'mirror connection lost')),
+      useFactory: (config: AppConfig, server: ResolvedPostgres, requestPool: Pool, registry: Registry) => {
+        const mirrorPool = createPool(server.url, MIRROR_POOL_MAX, apiPoolOptions(config, 'mirror connection lost'));
+        registerPoolMetrics({ request: requestPool, mirror: mirrorPool }, registry);
+        return mirrorPool;
+      },
     },
     {
       provide: MIRROR_KYSELY,
