@@ -1,7 +1,8 @@
 import { Client, PoolClient } from 'pg';
-import { InFlightSessions } from '../../src/dbs/postgres/in-flight-sessions';
+import { END_SESSIONS_TIMEOUT_MS, InFlightSessions } from '../../src/dbs/postgres/in-flight-sessions';
 import { createPool, endPool } from '../../src/dbs/postgres/postgres-pool';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
+import { OwnedPostgres, ownPostgres, PostgresProcess } from '../support/postgres-process';
 
 /**
  * A shutdown that has given up on its requests ends their sessions, so that
@@ -59,4 +60,38 @@ describe('InFlightSessions', () => {
     await admin.query('truncate shutdown_probe');
     await endPool(pool);
   });
+});
+
+describe('InFlightSessions with a server that stops answering', () => {
+  let owned: OwnedPostgres;
+  let server: PostgresProcess;
+
+  beforeAll(async () => {
+    owned = await ownPostgres('tracing-in-flight-pg-');
+    server = await owned.start();
+  }, 90_000);
+
+  afterAll(async () => {
+    await server?.stop();
+    await owned?.remove();
+  });
+
+  it(`gives up after ${END_SESSIONS_TIMEOUT_MS} ms instead of holding shutdown`, async () => {
+    const pool = createPool(server.url, 1);
+    const sessions = new InFlightSessions(pool, server.url);
+    const lent = await pool.connect();
+    server.freeze();
+    try {
+      const started = Date.now();
+      const outcome = await sessions.end().then((n) => `ended ${n}`, (error: Error) => error.message);
+      const took = Date.now() - started;
+      expect(outcome).toMatch(/did not answer|timeout/i);
+      expect(took).toBeGreaterThanOrEqual(END_SESSIONS_TIMEOUT_MS - 100);
+      expect(took).toBeLessThan(END_SESSIONS_TIMEOUT_MS + 2_000);
+    } finally {
+      server.thaw();
+    }
+    lent.release(true);
+    await endPool(pool);
+  }, 30_000);
 });

@@ -1,4 +1,8 @@
 import { Client, Pool } from 'pg';
+import { within } from '../../within';
+
+/** How long ending the sessions may take, connect included: shutdown goes on without it after that. */
+export const END_SESSIONS_TIMEOUT_MS = 5_000;
 
 /**
  * The API pool's connections lent out to requests right now, and the means
@@ -33,18 +37,27 @@ export class InFlightSessions {
    * Ends every lent-out session (pg_terminate_backend, from a session of its
    * own), and closes every session lent from now on; resolves to how many
    * ended. The mirror's gap records have a pool of their own (MIRROR_KYSELY).
+   * Rejects after END_SESSIONS_TIMEOUT_MS when Postgres does not answer (a
+   * hung server would otherwise hold shutdown on a query with no timeout).
    */
   async end(): Promise<number> {
     this.ended = true;
     const pids = [...this.lent].map((client) => (client as Client & { processID: number | null }).processID).filter((pid): pid is number => typeof pid === 'number');
     if (pids.length === 0) return 0;
-    const admin = new Client({ connectionString: this.url, connectionTimeoutMillis: 5_000 });
-    await admin.connect();
-    try {
+    const admin = new Client({ connectionString: this.url, connectionTimeoutMillis: END_SESSIONS_TIMEOUT_MS });
+    const terminated = (async () => {
+      await admin.connect();
       const { rows } = await admin.query<{ ended: string }>('select count(*) filter (where pg_terminate_backend(pid)) as ended from unnest($1::int[]) as pid', [pids]);
       return Number(rows[0].ended);
+    })();
+    try {
+      return await within(terminated, END_SESSIONS_TIMEOUT_MS, () => {
+        throw new Error(`Postgres did not answer within ${END_SESSIONS_TIMEOUT_MS} ms`);
+      });
     } finally {
-      await admin.end().catch(() => undefined);
+      terminated.catch(() => undefined);
+      // Not awaited: a hung server never answers the goodbye either.
+      void admin.end().catch(() => undefined);
     }
   }
 }
