@@ -165,4 +165,24 @@ describe('Mirror', () => {
     expect(gaps.every((gap) => gap.reason === 'queue_full')).toBe(true);
     expect(gaps.flatMap((gap) => gap.keys.map((key) => Number(key[0])))).toEqual(records(11, 30).map((r) => r.id));
   });
+
+  it('writesSettled() waits for the writes still on their way to Postgres, up to its timeout, and says how many are left', async () => {
+    const { mirror } = rig();
+    expect(await mirror.writesSettled(5_000)).toBe(0);
+
+    const first = mirror.started();
+    const second = mirror.started();
+    let started = Date.now();
+    expect(await mirror.writesSettled(50)).toBe(2);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(45);
+
+    first();
+    first(); // settling twice counts once
+    expect(await mirror.writesSettled(10)).toBe(1);
+    started = Date.now();
+    const waiting = mirror.writesSettled(30_000);
+    setTimeout(second, 20);
+    expect(await waiting).toBe(0);
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
 });

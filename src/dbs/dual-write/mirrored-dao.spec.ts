@@ -1,0 +1,101 @@
+import { MirrorPlan, MirrorTarget, mirrorWrites } from './mirrored-dao';
+
+interface Row {
+  id: number;
+}
+
+/** A DAO port in miniature: two writes, a read, and a field. */
+class FakeDao {
+  readonly name = 'fake';
+  constructor(private readonly stored: Row[] = []) {}
+  async create(rows: Row[]): Promise<Row[]> {
+    this.stored.push(...rows);
+    return rows;
+  }
+  async broken(): Promise<Row[]> {
+    throw new Error('Postgres refused the write');
+  }
+  async read(): Promise<Row[]> {
+    return this.stored;
+  }
+}
+
+const plan: MirrorPlan<FakeDao, Row> = {
+  entity: 'spans',
+  writes: { create: (row) => ({ ...row }), broken: (row) => ({ ...row }) },
+  toGapRow: () => {
+    throw new Error('not used here');
+  },
+  toLine: () => {
+    throw new Error('not used here');
+  },
+};
+
+/** A mirror that only records what the decorator tells it. */
+function recordingMirror(acceptThrows = false) {
+  const events: string[] = [];
+  let inFlight = 0;
+  const mirror: MirrorTarget = {
+    started: () => {
+      inFlight++;
+      events.push('started');
+      return () => {
+        inFlight--;
+        events.push('settled');
+      };
+    },
+    accept: (_plan, rows) => {
+      events.push(`accept ${rows.length}`);
+      if (acceptThrows) throw new Error('mirror fault');
+    },
+    failed: (entity, error) => events.push(`failed ${entity}: ${(error as Error).message}`),
+  };
+  return { mirror, events, inFlight: () => inFlight };
+}
+
+describe('mirrorWrites', () => {
+  it('hands a write’s committed rows to the mirror after Postgres resolved, and returns the DAO’s result itself', async () => {
+    const { mirror, events, inFlight } = recordingMirror();
+    const dao = mirrorWrites(new FakeDao(), plan, mirror);
+    const rows = [{ id: 1 }, { id: 2 }];
+    const pending = dao.create(rows);
+    expect(events).toEqual(['started']);
+    expect(inFlight()).toBe(1);
+    await expect(pending).resolves.toBe(rows);
+    expect(events).toEqual(['started', 'accept 2', 'settled']);
+    expect(inFlight()).toBe(0);
+  });
+
+  it('leaves reads and fields alone: nothing is handed over, methods keep their receiver', async () => {
+    const { mirror, events } = recordingMirror();
+    const dao = mirrorWrites(new FakeDao([{ id: 7 }]), plan, mirror);
+    expect(dao.name).toBe('fake');
+    const read = dao.read;
+    await expect(read()).resolves.toEqual([{ id: 7 }]);
+    expect(events).toEqual([]);
+  });
+
+  it('a write Postgres refused reaches the caller as it is; nothing is handed over and the write still settles', async () => {
+    const { mirror, events, inFlight } = recordingMirror();
+    const dao = mirrorWrites(new FakeDao(), plan, mirror);
+    await expect(dao.broken()).rejects.toThrow('Postgres refused the write');
+    expect(events).toEqual(['started', 'settled']);
+    expect(inFlight()).toBe(0);
+  });
+
+  it('a write that resolves to something other than its rows is counted as failed; the caller gets its result', async () => {
+    const { mirror, events } = recordingMirror();
+    const odd = new FakeDao();
+    (odd as unknown as { create: () => Promise<unknown> }).create = async () => ({ created: 1 });
+    const dao = mirrorWrites(odd, plan, mirror);
+    await expect(dao.create([{ id: 1 }])).resolves.toEqual({ created: 1 });
+    expect(events).toEqual(['started', 'failed spans: create resolved to object, not the rows it committed', 'settled']);
+  });
+
+  it('a fault in the mirror never reaches the caller, whose write has committed', async () => {
+    const { mirror, events } = recordingMirror(true);
+    const dao = mirrorWrites(new FakeDao(), plan, mirror);
+    await expect(dao.create([{ id: 1 }])).resolves.toEqual([{ id: 1 }]);
+    expect(events).toEqual(['started', 'accept 1', 'failed spans: mirror fault', 'settled']);
+  });
+});
