@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from '../support/api-process';
 import { clickHouseReadyUrl, runCommand } from '../support/commands';
+import { eventually } from '../support/fake-clickhouse';
 
 /** `npm run clickhouse:local` as an operator runs it, and as the server resolver starts it (a child waiting for its ready line). */
 describe('npm run clickhouse:local', () => {
@@ -126,8 +127,8 @@ describe('npm run clickhouse:local', () => {
       expect(hold.first).toBe('held for process 4242\n');
       expect(await holders()).toEqual({ pids: [4242] });
       hold.leave();
-      await delay(200);
-      expect(await holders()).toEqual({ pids: [] });
+      // The server notices the closed request when its socket closes: polled, not a fixed wait.
+      await eventually('the holder to be let go', async () => (await holders()).pids.length === 0, 5_000);
     } finally {
       server.cleanUp();
     }
@@ -195,7 +196,7 @@ describe('npm run clickhouse:local', () => {
       const asked = Date.now();
       expect(await post(port, '/?session_id=queued', 'SELECT 7')).toEqual({ status: 200, body: '7\n' });
       // The first query (about 1 s), not three more of them for clients that have gone.
-      expect(Date.now() - asked).toBeLessThan(2_000);
+      expect(Date.now() - asked).toBeLessThan(3_000);
       expect((await first).body?.split('\n')).toHaveLength(1001);
       expect((await Promise.all(abandoned)).every((answer) => answer.error !== undefined)).toBe(true);
     } finally {

@@ -162,7 +162,7 @@ describe('USE_CLICKHOUSE on', () => {
     await t?.close();
   });
 
-  it('mirrors every write path, and the rows arrive by themselves within the flush interval', async () => {
+  it('mirrors every write path, and the rows arrive by themselves, without a drain', async () => {
     written = await writeThroughEveryPath(t.url, t.apiKey);
     const mirror = t.mirror!;
     const both = await eventually('ClickHouse to match Postgres without a drain', async () => {
@@ -188,8 +188,9 @@ describe('USE_CLICKHOUSE on', () => {
       openGaps: 0,
       rowsSent: written.spanRows + written.nodeRows,
       gapsRecorded: 0,
+      // Nothing queued (the test above drained it): no row is waiting.
+      lagMs: 0,
     });
-    expect(health.body.info.mirror).toHaveProperty('lagMs');
 
     const metrics = (await get(t, '/metrics').expect(200)).text;
     expect(metrics).toContain(`mirror_rows_sent_total{table="spans"} ${written.spanRows}`);

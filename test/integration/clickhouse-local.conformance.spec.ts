@@ -235,7 +235,8 @@ describe('local ClickHouse endpoint through @clickhouse/client', () => {
 
   it('keeps answering while a slow query runs', async () => {
     const finished: string[] = [];
-    const slow = plain.command({ query: 'SELECT sleep(1.5)' }).then(() => finished.push('slow'));
+    // sleep()'s longest (3 s), so the ping and the query have room on a busy machine.
+    const slow = plain.command({ query: 'SELECT sleep(3)' }).then(() => finished.push('slow'));
     await new Promise((done) => setTimeout(done, 100));
     await compressed.ping().then(() => finished.push('ping'));
     await compressed.query({ query: 'SELECT 1', format: 'JSONEachRow' }).then(async (r) => finished.push(`query ${JSON.stringify(await r.json())}`));

@@ -1023,7 +1023,8 @@ describe('BatchWriter', () => {
     const gaps = new FakeGapRecorder();
     const writer = new BatchWriter({ flushIntervalMs: 20 }, { sink, gapRecorder: gaps, logger: new FakeLogger() });
     writer.write(rows(1, 2));
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Polled (a busy machine may run the 20 ms timer late), never drain(): the timer alone must send them.
+    for (const deadline = Date.now() + 5_000; sink.accepted.length === 0 && Date.now() < deadline; ) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(sink.accepted.map((a) => a.lines.length)).toEqual([2]);
     await writer.shutdown();
     expect(gaps.recorded).toHaveLength(0);
