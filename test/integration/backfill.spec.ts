@@ -390,6 +390,44 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     const dao = new ClickHouseNodesDao(ch.clients.query);
     expect((await dao.readNodes(P1, [node.node_id]))[0].node_name).toBe('renamed');
   });
+
+  it('--gaps with --project and an entity replays only those gaps; the others stay open', async () => {
+    await seedNodes(pg.db, { projects: [P1, P2], days: 1, rows: 4 });
+    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 4 });
+    const nodeOf = async (projectId: string) =>
+      pg.db.selectFrom('nodes').select(['node_id', 'created_at']).where('project_id', '=', projectId).limit(1).executeTakeFirstOrThrow();
+    const [n1, n2] = [await nodeOf(P1), await nodeOf(P2)];
+    const span = await pg.db.selectFrom('spans').select(['trace_id', 'span_id', 'created_at']).limit(1).executeTakeFirstOrThrow();
+    const gaps = new PostgresMirrorGapsRepository(pg.db);
+    const range = (at: string) => ({ minCreatedAt: at, maxCreatedAt: at, rowCount: 1, reason: 'queue full' });
+    await gaps.record([
+      { entity: 'nodes', projectId: P1, keys: [[n1.node_id]], ...range(n1.created_at) },
+      { entity: 'nodes', projectId: P2, keys: [[n2.node_id]], ...range(n2.created_at) },
+      { entity: 'spans', projectId: P1, keys: [[span.trace_id.replace(/-/g, ''), span.span_id.toString('hex')]], ...range(span.created_at) },
+    ]);
+
+    const result = await new GapReplay(pg.db, history).run({ entities: ['nodes'], projectIds: [P1] });
+    expect(result).toMatchObject({ gaps: 1, upserted: 1 });
+    const open = await gaps.open();
+    expect(open.map((g) => [g.entity, g.project_id]).sort()).toEqual([['nodes', P2], ['spans', P1]]);
+    const dao = new ClickHouseNodesDao(ch.clients.query);
+    expect(await dao.readNodes(P1, [n1.node_id])).toHaveLength(1);
+    expect(await dao.readNodes(P2, [n2.node_id])).toEqual([]);
+  });
+
+  it('--gaps stops after three failures in a row and says how many it did not try', async () => {
+    const gaps = new PostgresMirrorGapsRepository(pg.db);
+    const at = '2026-11-22T10:00:00.000000Z';
+    for (let i = 0; i < 4; i++) {
+      await gaps.record([{ entity: 'nodes', projectId: P1, keys: [[`not-a-uuid-${i}`]], rowCount: 1, minCreatedAt: at, maxCreatedAt: at, reason: 'internal_error' }]);
+    }
+    const lines: string[] = [];
+    await expect(new GapReplay(pg.db, history, (line) => lines.push(line)).run({ entities: ['nodes'], projectIds: null })).rejects.toThrow(
+      /^3 gap records could not be replayed and stay open \(.*\); stopped after 3 failures in a row, 1 not tried; 0 replayed/,
+    );
+    expect(lines).toHaveLength(3);
+    expect(await gaps.countOpen()).toBe(4);
+  });
 });
 
 describe('backfill while the mirror is on and the API keeps writing', () => {
