@@ -399,11 +399,19 @@ describe('BatchWriter', () => {
       seen.push(request.getStore());
       warn(obj, msg);
     };
+    // The sink sees the context too: the client's own logs and spans would otherwise carry the request.
+    const insert = sink.insert.bind(sink);
+    const inserted: Array<string | undefined> = [];
+    sink.insert = (...args) => {
+      inserted.push(request.getStore());
+      return insert(...args);
+    };
     sink.behaviours.push({ reject: networkError() });
     request.run('request 4343', () => writer.write(rows(1, 1)));
     await clock.advance(1000);
     expect(sink.accepted).toHaveLength(1);
     expect(seen).toEqual([undefined]);
+    expect(inserted).toEqual([undefined, undefined]);
   });
 
   describe('circuit breaker', () => {
