@@ -7,9 +7,10 @@ import { createTestApp, TestApp } from '../support/app';
 /**
  * /health is what a liveness probe restarts the API by: it must say Postgres
  * is up while the database answers, however busy the API's own request pool
- * is, and answer within its probe timeout while that pool is exhausted.
+ * is, and answer within its probe timeout while that pool is exhausted or
+ * the mirror's gap count cannot be read.
  */
-describe('GET /health with every request connection in use', () => {
+describe('GET /health while the database is busy', () => {
   let t: TestApp;
   let held: PoolClient[] = [];
 
@@ -41,5 +42,25 @@ describe('GET /health with every request connection in use', () => {
     for (const client of held.splice(0)) client.release();
     const after = await request(t.url).get('/health').expect(200);
     expect(after.body.info.postgres.requestPool).toMatchObject({ idle: 2, waiting: 0 });
+  });
+
+  it('answers within its bound with openGaps null when the gap count cannot be read in time, and stays 200', async () => {
+    // Another session holds the gap table locked, as a long migration or a stuck vacuum might: the count waits.
+    const locker = await t.database.pool.connect();
+    try {
+      await locker.query('begin');
+      await locker.query('lock table mirror_gaps in access exclusive mode');
+      const started = Date.now();
+      const res = await request(t.url).get('/health').expect(200);
+      const took = Date.now() - started;
+      expect(res.body.info.mirror).toMatchObject({ status: 'up', enabled: true, openGaps: null });
+      expect(took).toBeGreaterThanOrEqual(PROBE_TIMEOUT_MS - 100);
+      expect(took).toBeLessThan(PROBE_TIMEOUT_MS + 1_500);
+    } finally {
+      await locker.query('rollback');
+      locker.release();
+    }
+    const after = await request(t.url).get('/health').expect(200);
+    expect(after.body.info.mirror.openGaps).toBe(0);
   });
 });
