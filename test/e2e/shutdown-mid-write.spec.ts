@@ -72,21 +72,40 @@ describe('shutdown with a write still waiting on Postgres', () => {
     }
   }, 60_000);
 
-  describe('SIGTERM to the API process, the write stuck behind a lock past SHUTDOWN_TIMEOUT_MS', () => {
+  describe.each([
+    ['off', false],
+    ['on', true],
+  ])('SIGTERM to the API process with the mirror %s, the write stuck behind a lock past SHUTDOWN_TIMEOUT_MS', (_mode, mirrored) => {
     const SHUTDOWN_TIMEOUT_MS = 1_500;
     let database: TestDatabase;
+    let clickhouse: ReturnType<typeof testClickHouseConfig> | undefined;
     let api: ApiProcess;
     let key: string;
+    const projectId = randomUUID();
 
     beforeAll(async () => {
       [database] = await Promise.all([createTestDatabase(), ensureApiBuild()]);
-      key = (await new ApiKeyService(new ApiKeysRepository(database.db)).create(randomUUID())).key;
-      api = await startApiProcess({ DATABASE_URL: database.url, MIGRATE_ON_START: 'false', SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS), LOG_LEVEL: 'info' });
+      key = (await new ApiKeyService(new ApiKeysRepository(database.db)).create(projectId)).key;
+      clickhouse = mirrored ? testClickHouseConfig(database.name) : undefined;
+      api = await startApiProcess({
+        DATABASE_URL: database.url,
+        MIGRATE_ON_START: 'false',
+        SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
+        LOG_LEVEL: 'info',
+        ...(clickhouse && {
+          USE_CLICKHOUSE: 'true',
+          CLICKHOUSE_URL: clickhouse.url,
+          CLICKHOUSE_USER: clickhouse.config.user,
+          CLICKHOUSE_PASSWORD: clickhouse.config.password,
+          CLICKHOUSE_DATABASE: clickhouse.config.database,
+        }),
+      });
     }, 180_000);
 
     afterAll(async () => {
       await api?.stop(5_000);
       await database?.drop();
+      if (clickhouse) await dropClickHouseDatabase(clickhouse.config, clickhouse.url);
     }, 60_000);
 
     it('answers 503, rolls the write back and exits without waiting for the lock', async () => {
@@ -114,6 +133,19 @@ describe('shutdown with a write still waiting on Postgres', () => {
         released = true;
         const stored = await database.db.selectFrom('spans').select('span_name').execute();
         expect(stored).toEqual([{ span_name: span.span_name }]);
+        if (clickhouse) {
+          // The create was flushed at shutdown; the rolled-back rename never reached the mirror, and nothing became a gap.
+          expect(api.logs()).not.toMatch(/writes were still waiting on Postgres/);
+          const ch = createClient(clickHouseClientOptions(clickhouse.config, clickhouse.url));
+          try {
+            const both = await snapshotBothSides(database.db, ch, projectId);
+            expect(both.pgSpans).toHaveLength(1);
+            expect(both.chSpans).toEqual(both.pgSpans);
+          } finally {
+            await ch.close();
+          }
+          expect(await database.db.selectFrom('mirror_gaps').select('id').execute()).toEqual([]);
+        }
       } finally {
         if (!released) await lock.release();
       }

@@ -275,7 +275,8 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     const lines: string[] = [];
     let landing: Promise<unknown> = Promise.resolve();
     const report = await verifier.verify(scopes, {
-      settleMs: 1_500,
+      // Room for the landing below (a read and an insert) on a busy machine.
+      settleMs: 3_000,
       log: (line) => {
         lines.push(line);
         // The mirror's write lands while verify waits.
@@ -291,7 +292,7 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
       },
     });
     await landing;
-    expect(lines).toEqual(['2 buckets differ; comparing them again in 1.5 s, once writes the mirror has in flight have landed']);
+    expect(lines).toEqual(['2 buckets differ; comparing them again in 3.0 s, once writes the mirror has in flight have landed']);
     expect(report.asOf < later.rows[0].created_at).toBe(true);
     expect(report.settled).toBe(1);
     expect(report.differing.map((b) => [b.projectId, b.differs, b.postgres.rows, b.clickhouse.rows])).toEqual([[P5, ['rows', 'versions'], 1, 0]]);
