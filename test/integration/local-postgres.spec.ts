@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
@@ -141,6 +142,22 @@ describe('embedded Postgres', () => {
       expect(logs.filter((line) => line.includes('left running'))).toEqual([]);
       expect(logs).toContain(`embedded PostgreSQL on 127.0.0.1:${port} stopped`);
       expect(await answers(localPostgresUrl(port, 'postgres'))).toBe(false);
+    }, 90_000);
+
+    it('refuses to start, naming the port and the setting, when another program listens on its port', async () => {
+      const squatter = createServer((socket) => socket.destroy());
+      await new Promise<void>((done) => squatter.listen(port, '127.0.0.1', done));
+      try {
+        const { NODE_OPTIONS: _jest, ...env } = process.env;
+        const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-shared.main.ts'), String(port), dataDir], { env });
+        let stderr = '';
+        child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+        const code = await new Promise<number | null>((done) => child.on('close', done));
+        expect(code).toBe(1);
+        expect(stderr).toContain(`127.0.0.1:${port} is in use by a program other than this project's embedded PostgreSQL: stop it, or set EMBEDDED_POSTGRES_PORT`);
+      } finally {
+        squatter.close();
+      }
     }, 90_000);
   });
 });

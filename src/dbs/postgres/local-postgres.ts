@@ -6,6 +6,7 @@ import { arch, platform, userInfo } from 'node:os';
 import { resolve } from 'node:path';
 import { Client } from 'pg';
 import { counted } from '../../counted';
+import { OperatorError } from '../../config/operator-error';
 import { nodeCommand } from '../node-command';
 import { childRunning } from '../process-alive';
 import { POOL_APPLICATION_NAME } from './postgres-pool';
@@ -113,9 +114,20 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   try {
     postmaster = await startPostmaster(dataDir, options.port, isRoot);
   } catch (error) {
-    // Lost a race with another command starting the same server: use theirs.
-    const heldTheirs = await holdServer(adminUrl);
-    if (heldTheirs) return joined(heldTheirs);
+    // Lost a race with another command starting the same server: use theirs, once it is ready.
+    const deadline = Date.now() + (error instanceof PortTakenError ? PORT_TAKEN_WAIT_MS : 0);
+    for (;;) {
+      const heldTheirs = await holdServer(adminUrl);
+      if (heldTheirs) return joined(heldTheirs);
+      if (Date.now() >= deadline) break;
+      await new Promise((done) => setTimeout(done, 250));
+    }
+    if (error instanceof PortTakenError) {
+      throw new OperatorError(
+        `127.0.0.1:${options.port} is in use by a program other than this project's embedded PostgreSQL: ` +
+          'stop it, or set EMBEDDED_POSTGRES_PORT to a free port (or DATABASE_URL to a server of your own)',
+      );
+    }
     throw error;
   }
   log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
@@ -153,6 +165,12 @@ const READY_TIMEOUT_MS = 60_000;
  * that started it was still draining requests and recording the mirror's
  * gaps in it. That process stops it, last (stopPostmaster).
  */
+/** The postmaster could not bind its port: something else listens there. */
+class PortTakenError extends Error {}
+
+/** How long a start that found its port taken waits for the server there to answer (another command starting the same one). */
+const PORT_TAKEN_WAIT_MS = 10_000;
+
 async function startPostmaster(dataDir: string, port: number, isRoot: boolean): Promise<ChildProcess> {
   const { postgres } = await importEsm(binariesPackage());
   const flags = ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=on'];
@@ -170,7 +188,8 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean): 
     await untilReady(child, child.stderr!, (said) => (said.includes('database system is ready to accept connections') ? true : undefined), READY_TIMEOUT_MS);
   } catch (error) {
     const tail = stderr.trim() ? `:\n${stderr.trim().slice(-2_000)}` : '';
-    throw new Error(`embedded PostgreSQL on port ${port} ${(error as Error).message}${tail}`);
+    const Failure = /could not bind .*Address already in use/.test(stderr) ? PortTakenError : Error;
+    throw new Failure(`embedded PostgreSQL on port ${port} ${(error as Error).message}${tail}`);
   }
   return child;
 }
