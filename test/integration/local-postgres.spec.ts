@@ -153,7 +153,7 @@ describe('embedded Postgres', () => {
         let stderr = '';
         child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
         const code = await new Promise<number | null>((done) => child.on('close', done));
-        expect(code).toBe(1);
+        expect({ code, stderr }).toMatchObject({ code: 1 });
         expect(stderr).toContain(`127.0.0.1:${port} is in use by a program other than this project's embedded PostgreSQL: stop it, or set EMBEDDED_POSTGRES_PORT`);
       } finally {
         squatter.close();

@@ -1,4 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { Socket } from 'node:net';
@@ -115,7 +116,7 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     postmaster = await startPostmaster(dataDir, options.port, isRoot);
   } catch (error) {
     // Lost a race with another command starting the same server: use theirs, once it is ready.
-    const deadline = Date.now() + (error instanceof PortTakenError ? PORT_TAKEN_WAIT_MS : 0);
+    const deadline = Date.now() + (error instanceof DataDirInUseError ? STARTING_ELSEWHERE_WAIT_MS : 0);
     for (;;) {
       const heldTheirs = await holdServer(adminUrl);
       if (heldTheirs) return joined(heldTheirs);
@@ -158,6 +159,15 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
 
 const READY_TIMEOUT_MS = 60_000;
 
+/** The postmaster could not bind its port: something other than a server of this data directory listens there. */
+class PortTakenError extends Error {}
+
+/** Another postmaster holds this data directory's lock: another command is starting (or runs) the same server. */
+class DataDirInUseError extends Error {}
+
+/** How long a start that lost the data directory to another command waits for that server to answer. */
+const STARTING_ELSEWHERE_WAIT_MS = 10_000;
+
 /**
  * Starts the postmaster in a process group of its own, as pg_ctl does. A
  * Ctrl-C in a terminal signals the whole foreground group, and a server in
@@ -165,12 +175,6 @@ const READY_TIMEOUT_MS = 60_000;
  * that started it was still draining requests and recording the mirror's
  * gaps in it. That process stops it, last (stopPostmaster).
  */
-/** The postmaster could not bind its port: something else listens there. */
-class PortTakenError extends Error {}
-
-/** How long a start that found its port taken waits for the server there to answer (another command starting the same one). */
-const PORT_TAKEN_WAIT_MS = 10_000;
-
 async function startPostmaster(dataDir: string, port: number, isRoot: boolean): Promise<ChildProcess> {
   const { postgres } = await importEsm(binariesPackage());
   const flags = ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=on'];
@@ -187,8 +191,16 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean): 
   try {
     await untilReady(child, child.stderr!, (said) => (said.includes('database system is ready to accept connections') ? true : undefined), READY_TIMEOUT_MS);
   } catch (error) {
+    // The exit can be seen before the last of its log is read; that last line says why. (A timer that holds
+    // the process up, unlike within()'s: this start may be all the process is waiting on.)
+    const logRead = child.stderr!.closed ? Promise.resolve() : once(child.stderr!, 'close');
+    await Promise.race([logRead, new Promise((done) => setTimeout(done, 1_000))]);
     const tail = stderr.trim() ? `:\n${stderr.trim().slice(-2_000)}` : '';
-    const Failure = /could not bind .*Address already in use/.test(stderr) ? PortTakenError : Error;
+    const Failure = /could not bind .*Address already in use/.test(stderr)
+      ? PortTakenError
+      : /lock file "postmaster\.pid" already exists/.test(stderr)
+        ? DataDirInUseError
+        : Error;
     throw new Failure(`embedded PostgreSQL on port ${port} ${(error as Error).message}${tail}`);
   }
   return child;
