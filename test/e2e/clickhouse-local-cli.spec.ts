@@ -264,6 +264,10 @@ describe('npm run clickhouse:local', () => {
       await delay(200); // for the server to see it
       expect(await post(port, '/', 'SELECT count() FROM cut')).toEqual({ status: 200, body: '0\n' });
       // Its log is for the server's own problems; it used to report "request failed: ... aborted (STD_EXCEPTION)".
+      // Read once it has stopped, so a line it wrote late is in it too.
+      server.child.kill('SIGTERM');
+      expect(await server.exited).toBe(0);
+      expect(server.stderr()).toContain('local ClickHouse stopped');
       expect(server.stderr()).not.toContain('request failed');
     } finally {
       server.cleanUp();
