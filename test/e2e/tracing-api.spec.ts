@@ -471,7 +471,7 @@ describe('REST: /tracing and /observability', () => {
       expect(res.headers['content-type']).toMatch(/text\/plain/);
       expect(res.text).toMatch(/http_request_duration_seconds_count\{method="POST",route="\/tracing\/spans",status="201"\} \d+/);
       expect(res.text).toMatch(/process_cpu_seconds_total/);
-      for (const pool of ['request', 'mirror']) {
+      for (const pool of ['request', 'mirror', 'probe']) {
         expect(res.text).toMatch(new RegExp(`^postgres_pool_connections\\{pool="${pool}",state="idle"\\} \\d+$`, 'm'));
         expect(res.text).toMatch(new RegExp(`^postgres_pool_waiting_requests\\{pool="${pool}"\\} 0$`, 'm'));
         expect(res.text).toMatch(new RegExp(`^postgres_connections_abandoned_total\\{pool="${pool}"\\} 0$`, 'm'));

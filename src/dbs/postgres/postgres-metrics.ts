@@ -2,14 +2,15 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { Pool } from 'pg';
 import { AbandonOnTimeoutClient } from './postgres-pool';
 
-/** The API's pools by their `pool` label: requests' and the mirror's gap records' (see MIRROR_KYSELY). */
-export type NamedPools = Readonly<Record<'request' | 'mirror', Pool>>;
+/** The API's pools by their `pool` label: requests', the mirror's gap records' (see MIRROR_KYSELY) and /health's (PostgresProbe). */
+export type NamedPools = Readonly<Record<'request' | 'mirror' | 'probe', Pool>>;
 
 /**
  * The API's Postgres pools as Prometheus metrics; names and labels are part
  * of the dashboards' and alerts' contract. `pool` is `request` (the requests'
- * pool, DB_POOL_MAX) or `mirror` (the mirror's gap records, its own small
- * pool, so a busy request pool never holds them up).
+ * pool, DB_POOL_MAX), `mirror` (the mirror's gap records, its own small
+ * pool, so a busy request pool never holds them up) or `probe` (/health's
+ * one connection).
  *
  *   postgres_pool_connections{pool,state}        gauge: open connections, state idle|busy
  *   postgres_pool_waiting_requests{pool}         gauge: queries waiting for a connection

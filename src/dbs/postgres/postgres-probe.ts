@@ -65,6 +65,11 @@ export class PostgresProbe {
     }
   }
 
+  /** Its own pool of one, for the pool metrics. */
+  get pool(): Pool {
+    return this.own;
+  }
+
   requestPoolUse(): PoolUse {
     return { connections: this.requests.totalCount, idle: this.requests.idleCount, waiting: this.requests.waitingCount };
   }

@@ -95,13 +95,9 @@ function apiPoolOptions(config: AppConfig, lost: string): PoolOptions {
     },
     {
       provide: MIRROR_POOL,
-      inject: [APP_CONFIG, RESOLVED_POSTGRES, PG_POOL, METRICS_REGISTRY],
+      inject: [APP_CONFIG, RESOLVED_POSTGRES],
       // pg opens connections when first used: none with the mirror off.
-      useFactory: (config: AppConfig, server: ResolvedPostgres, requestPool: Pool, registry: Registry) => {
-        const mirrorPool = createPool(server.url, MIRROR_POOL_MAX, apiPoolOptions(config, 'mirror connection lost'));
-        registerPoolMetrics({ request: requestPool, mirror: mirrorPool }, registry);
-        return mirrorPool;
-      },
+      useFactory: (config: AppConfig, server: ResolvedPostgres) => createPool(server.url, MIRROR_POOL_MAX, apiPoolOptions(config, 'mirror connection lost')),
     },
     {
       provide: MIRROR_KYSELY,
@@ -116,8 +112,13 @@ function apiPoolOptions(config: AppConfig, lost: string): PoolOptions {
     },
     {
       provide: PostgresProbe,
-      inject: [PG_POOL, RESOLVED_POSTGRES],
-      useFactory: (pool: Pool, server: ResolvedPostgres) => new PostgresProbe(server.url, pool, new Logger('Postgres')),
+      inject: [PG_POOL, MIRROR_POOL, RESOLVED_POSTGRES, METRICS_REGISTRY],
+      useFactory: (pool: Pool, mirrorPool: Pool, server: ResolvedPostgres, registry: Registry) => {
+        const probe = new PostgresProbe(server.url, pool, new Logger('Postgres'));
+        // Registered here, where all three pools exist.
+        registerPoolMetrics({ request: pool, mirror: mirrorPool, probe: probe.pool }, registry);
+        return probe;
+      },
     },
     PostgresTracingDao,
     PostgresObservabilityDao,
