@@ -158,9 +158,8 @@ export async function migrateClickHouse(
     if (!(await exists(admin, 'SELECT 1 FROM system.databases WHERE name = {database:String}', { database: config.database }))) {
       await command(admin, `CREATE DATABASE IF NOT EXISTS ${identifier(config.database)}`);
     }
-    // Only 'new-tables' needs to know which tables this run creates.
-    const onlyNew = options.ttl === 'new-tables';
-    const tablesBefore = onlyNew ? new Set((await readTtlDays(ddl, config.database, MIRROR_TABLES)).keys()) : new Set<string>();
+    // With 'new-tables', the TTL is left alone on tables that exist before this run; 'set' leaves none alone.
+    const leftAlone = options.ttl === 'new-tables' ? new Set((await readTtlDays(ddl, config.database, MIRROR_TABLES)).keys()) : new Set<string>();
     if (!(await exists(admin, "SELECT 1 FROM system.tables WHERE database = {database:String} AND name = 'schema_migrations'", { database: config.database }))) {
       await command(
         ddl,
@@ -219,7 +218,7 @@ export async function migrateClickHouse(
       done.push(migration.name);
     }
 
-    const { changed: ttl, differs: ttlDiffers } = await applyTtl(ddl, config.database, config.ttlDays, (table) => !onlyNew || !tablesBefore.has(table));
+    const { changed: ttl, differs: ttlDiffers } = await applyTtl(ddl, config.database, config.ttlDays, (table) => !leftAlone.has(table));
     for (const change of ttl) {
       log(change.days ? `set TTL on ${change.table}: ${change.days} days after created_at` : `removed TTL from ${change.table}`);
     }

