@@ -9,7 +9,7 @@ export interface CommandRun {
 }
 
 /** `npm run <script> -- <args>` as an operator runs it (tsx over scripts/<script>.ts), with `env` on top. */
-export function runCommand(script: 'verify' | 'backfill' | 'migrate' | 'apikey' | 'load' | 'clickhouse-local/main', args: string[], env: Record<string, string>): Promise<CommandRun> {
+export function runCommand(script: 'verify' | 'backfill' | 'migrate' | 'migrate-clickhouse' | 'apikey' | 'load' | 'clickhouse-local/main', args: string[], env: Record<string, string>): Promise<CommandRun> {
   // jest's NODE_OPTIONS (vm modules) is not the commands' business.
   const { NODE_OPTIONS: _jest, ...inherited } = process.env;
   return new Promise((done) => {

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:http';
 import type { Socket } from 'node:net';
 import { resolve } from 'node:path';
+import { OperatorError } from '../../config/operator-error';
 import { nodeCommand } from '../node-command';
 import { childRunning } from '../process-alive';
 import { untilReady } from '../server-ready';
@@ -52,34 +53,51 @@ export function localClickHouseUrl(port: number): string {
   return `http://127.0.0.1:${port}`;
 }
 
-/** A GET of `path` at `url`: its status and body, or undefined when nothing answers in time. */
-function get(url: string, path: string, timeoutMs: number): Promise<{ status?: number; body: string } | undefined> {
+/**
+ * A GET of `path` at `url`: its status and body; `silent` when nothing
+ * answered in time (no listener, or one that holds the request: a server of
+ * ours holds requests while its engine opens); `garbled` when a program took
+ * the connection but did not answer in HTTP (another protocol, or a hang-up).
+ */
+type Answer = { status?: number; body: string } | 'silent' | 'garbled';
+
+function get(url: string, path: string, timeoutMs: number): Promise<Answer> {
   return new Promise((done) => {
+    let timedOut = false;
     const req = request(new URL(path, url), { method: 'GET', agent: false, timeout: timeoutMs }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => (body += chunk));
       res.on('end', () => done({ status: res.statusCode, body }));
-      res.on('error', () => done(undefined));
+      res.on('error', () => done('garbled'));
     });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => done(undefined));
+    req.on('timeout', () => {
+      timedOut = true;
+      req.destroy();
+    });
+    req.on('error', (error: NodeJS.ErrnoException) => done(timedOut || error.code === 'ECONNREFUSED' ? 'silent' : 'garbled'));
     req.end();
   });
 }
 
+const isClickHouse = (answer: Answer) => typeof answer === 'object' && answer.status === 200 && answer.body.startsWith('Ok.');
+
 /** Whether a ClickHouse HTTP endpoint answers /ping at this URL. */
 export async function clickHouseAnswers(url: string, timeoutMs = 2_000): Promise<boolean> {
-  const answer = await get(url, '/ping', timeoutMs);
-  return answer?.status === 200 && answer.body.startsWith('Ok.');
+  return isClickHouse(await get(url, '/ping', timeoutMs));
 }
 
-async function answersWithin(url: string, deadline: number): Promise<boolean> {
-  while (Date.now() < deadline) {
-    if (await clickHouseAnswers(url, Math.max(100, deadline - Date.now()))) return true;
+/**
+ * Waits until `deadline` for a ClickHouse to answer at `url` (true); false
+ * at the deadline, or at once when a program there answers and is not one.
+ */
+async function clickHouseWithin(url: string, deadline: number): Promise<boolean> {
+  for (;;) {
+    const answer = await get(url, '/ping', Math.max(100, Math.min(2_000, deadline - Date.now())));
+    if (isClickHouse(answer)) return true;
+    if (answer !== 'silent' || Date.now() >= deadline) return false;
     await new Promise((done) => setTimeout(done, 200));
   }
-  return false;
 }
 
 class ServerStartError extends Error {
@@ -146,7 +164,7 @@ function holdServer(url: string): Promise<(() => void) | undefined> {
 /** Process ids holding the server (see holdServer); none when it is not ours or does not answer. */
 async function holdersOf(url: string): Promise<number[]> {
   const answer = await get(url, LOCAL_HOLDERS_PATH, 2_000);
-  if (answer?.status !== 200) return [];
+  if (typeof answer !== 'object' || answer.status !== 200) return [];
   try {
     const { pids } = JSON.parse(answer.body) as { pids?: unknown };
     return Array.isArray(pids) ? pids.filter((pid): pid is number => typeof pid === 'number') : [];
@@ -211,7 +229,13 @@ export async function startLocalClickHouse(options: LocalClickHouseOptions): Pro
     // Lost a race with another command starting the same server: use theirs once its engine is open.
     if (options.port !== 0 && error instanceof ServerStartError) {
       const deadline = Date.now() + (error.portTaken ? READY_TIMEOUT_MS : 0);
-      if ((await clickHouseAnswers(url)) || (await answersWithin(url, deadline))) return joined(url, log);
+      if (await clickHouseWithin(url, deadline)) return joined(url, log);
+      if (error.portTaken) {
+        throw new OperatorError(
+          `127.0.0.1:${options.port} is in use by a program that does not answer as ClickHouse: ` +
+            'stop it, or set EMBEDDED_CLICKHOUSE_PORT to a free port (or CLICKHOUSE_URL to a ClickHouse of your own)',
+        );
+      }
     }
     throw error;
   }
