@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -161,6 +161,20 @@ describe('embedded Postgres', () => {
       } finally {
         squatter.close();
       }
+    }, 90_000);
+
+    it('refuses a data directory that is not empty and holds no cluster, and leaves it as it was', async () => {
+      await mkdir(dataDir);
+      await writeFile(join(dataDir, 'notes.txt'), 'not a cluster');
+      const { NODE_OPTIONS: _jest, ...env } = process.env;
+      const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-shared.main.ts'), String(port), dataDir], { env });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const code = await new Promise<number | null>((done) => child.on('close', done));
+      expect(code).toBe(1);
+      expect(stderr).toContain(`${dataDir} is not empty and holds no PostgreSQL cluster (an initialisation cut short by an earlier version?): remove it, or set EMBEDDED_DATA_DIR`);
+      expect(await readdir(dataDir)).toEqual(['notes.txt']);
+      expect(await readdir(dir)).toEqual(['data']);
     }, 90_000);
   });
 });

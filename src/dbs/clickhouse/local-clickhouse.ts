@@ -160,8 +160,13 @@ function holdServer(url: string): Promise<(() => void) | 'not ours' | 'gone'> {
       res.socket.unref();
       done(() => hold.destroy());
     });
-    hold.on('timeout', () => hold.destroy());
-    hold.on('error', () => done('gone'));
+    // No answer in time: a ClickHouse (not ours) that holds the request; refused or cut: ours, stopping.
+    let timedOut = false;
+    hold.on('timeout', () => {
+      timedOut = true;
+      hold.destroy();
+    });
+    hold.on('error', () => done(timedOut ? 'not ours' : 'gone'));
     hold.end();
   });
 }
@@ -248,11 +253,19 @@ export async function startLocalClickHouse(options: LocalClickHouseOptions): Pro
       return { url: started, stop: stopper(child, started, log) };
     } catch (error) {
       if (options.port === 0 || !(error instanceof ServerStartError)) throw error;
-      // Lost a race with another command starting the same server: use theirs once its engine is open.
+      // Lost a race with another command starting (or stopping) the same server: use theirs once its engine
+      // is open, or start again once the port is free, until the deadline.
       deadline ??= Date.now() + (error.portTaken ? READY_TIMEOUT_MS : 0);
       const there = await whoAnswers(url, deadline);
-      if (there === 'clickhouse' || (there === 'nobody' && Date.now() < deadline)) continue;
-      if (error.portTaken && there !== 'nobody') {
+      if (there === 'clickhouse') {
+        const held = await joined(url, log);
+        if (held) return held;
+      }
+      if ((there === 'clickhouse' || there === 'nobody') && Date.now() < deadline) {
+        await new Promise((done) => setTimeout(done, 250));
+        continue;
+      }
+      if (error.portTaken) {
         throw new OperatorError(
           `127.0.0.1:${options.port} is in use by a program that does not answer as ClickHouse: ` +
             'stop it, or set EMBEDDED_CLICKHOUSE_PORT to a free port (or CLICKHOUSE_URL to a ClickHouse of your own)',

