@@ -272,23 +272,20 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     // Created after verify starts, as far as it can tell (Postgres's clock an hour on): not compared.
     const later = await insertSpan(P4, '6bf92f35-77b3-4da6-a3ce-929d0e0e4736', sql`now() + interval '1 hour'`);
 
+    // The mirror's write of P4's span, built now so that only its insert is left for verify's wait.
+    const row = await pg.db.selectFrom('spans').selectAll().where('project_id', '=', P4).where('span_name', '=', 'live').orderBy('created_at').limit(1).executeTakeFirstOrThrow();
+    const span = spanFromRow(row);
+    const mirrored = JSON.parse(toSpanClickHouseLine({ ...span, version: isoToMicros(span.updated_at), deleted: false })) as Record<string, unknown>;
+
     const lines: string[] = [];
     let landing: Promise<unknown> = Promise.resolve();
     const report = await verifier.verify(scopes, {
-      // Room for the landing below (a read and an insert) on a busy machine.
+      // Room for the landing below (one insert) on a busy machine.
       settleMs: 3_000,
       log: (line) => {
         lines.push(line);
         // The mirror's write lands while verify waits.
-        landing = (async () => {
-          const row = await pg.db.selectFrom('spans').selectAll().where('project_id', '=', P4).where('span_name', '=', 'live').orderBy('created_at').limit(1).executeTakeFirstOrThrow();
-          const span = spanFromRow(row);
-          await ch.clients.insert.insert({
-            table: 'spans',
-            values: [JSON.parse(toSpanClickHouseLine({ ...span, version: isoToMicros(span.updated_at), deleted: false }))],
-            format: 'JSONEachRow',
-          });
-        })();
+        landing = ch.clients.insert.insert({ table: 'spans', values: [mirrored], format: 'JSONEachRow' });
       },
     });
     await landing;
