@@ -3,37 +3,8 @@ import type { Request, Response } from 'express';
 import { OTLP_PROTOBUF, otlpProtobufErrorBody } from '../otlp/otlp-error-body';
 import { InvalidQueryError } from '../tracing/span-query';
 import { TreeTooLargeError } from '../observability/observability.dao';
+import { isDatabaseUnavailable } from '../dbs/postgres/unavailable';
 import { SpansConflictError, SpansNotFoundError, TraceTooLargeError } from '../tracing/tracing.dao';
-
-/** Postgres is unreachable, going away or short of something: the caller should retry, not fix its request. */
-const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND']);
-// SQLSTATE classes: 08 connection exception; 53 insufficient resources (disk full, out of memory, too many
-// connections); 57 operator intervention (57014: statement_timeout fired behind a lock or on an overloaded
-// server, so the write rolled back; 57P01-03: shutting down, starting up).
-const UNAVAILABLE_SQLSTATE_CLASSES = ['08', '53', '57'];
-// Codes in those classes a retry would only repeat: a logged 500. 08P01: a protocol violation (our bug);
-// 53400: a configured limit (temp_file_limit) the same request exceeds again; 57P04: the database was dropped.
-const NOT_TRANSIENT_SQLSTATES = new Set(['08P01', '53400', '57P04']);
-// "Query read timeout": the server stopped answering and the client gave up (the pool's query_timeout);
-// "Client was closed": a rollback tried on the connection given up a moment before.
-const UNAVAILABLE_MESSAGES = [
-  /Connection terminated/i,
-  /timeout exceeded when trying to connect/i,
-  /Client has encountered a connection error/i,
-  /connection.*closed/i,
-  /Query read timeout/i,
-  /Client was closed and is not queryable/i,
-];
-
-const isUnavailableSqlState = (code: string) =>
-  /^[0-9A-Z]{5}$/.test(code) && !NOT_TRANSIENT_SQLSTATES.has(code) && UNAVAILABLE_SQLSTATE_CLASSES.includes(code.slice(0, 2));
-
-function isDatabaseUnavailable(error: unknown): boolean {
-  const e = error as { code?: string; message?: string; errors?: unknown[] };
-  if (e?.code && (UNAVAILABLE_CODES.has(e.code) || isUnavailableSqlState(e.code))) return true;
-  if (Array.isArray(e?.errors) && e.errors.some(isDatabaseUnavailable)) return true; // AggregateError from dual-stack connects
-  return typeof e?.message === 'string' && UNAVAILABLE_MESSAGES.some((re) => re.test(e.message!));
-}
 
 /**
  * 25006: the server takes reads but no writes: a standby the API reached

@@ -12,6 +12,7 @@ import { OperatorError } from '../../config/operator-error';
 import { nodeCommand } from '../node-command';
 import { childRunning } from '../process-alive';
 import { POOL_APPLICATION_NAME } from './postgres-pool';
+import { serverWentAway } from './unavailable';
 import { untilReady } from '../server-ready';
 import { within } from '../../within';
 
@@ -225,12 +226,6 @@ const READY_TIMEOUT_MS = 60_000;
 
 /** The postmaster could not bind its port: something other than a server of this data directory listens there. */
 class PortTakenError extends Error {}
-
-/** The server shut down (or is shutting down) under a session: admin_shutdown, crash_shutdown, cannot_connect_now, or the connection cut. */
-function serverWentAway(error: unknown): boolean {
-  const { code, message } = error as { code?: string; message?: string };
-  return ['57P01', '57P02', '57P03', 'ECONNREFUSED', 'ECONNRESET'].includes(code ?? '') || /Connection terminated/.test(message ?? '');
-}
 
 /** Another postmaster holds this data directory's lock: another command is starting (or runs) the same server. */
 class DataDirInUseError extends Error {}
