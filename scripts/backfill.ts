@@ -50,10 +50,11 @@ runCli(USAGE, async (args, log) => {
   }
   const postgres = await connectPostgres(config, log);
   try {
+    // Every scope has the same projects (--project, or CLICKHOUSE_PROJECT_IDS, or all).
+    const gapScope = { entities: scopes.map((s) => s.entity), projectIds: scopes[0].projectIds };
     if (dryRun && gaps) {
-      const open = await new PostgresMirrorGapsRepository(postgres.db).open();
-      const mine = open.filter((g) => scopes.some((s) => s.entity === g.entity && (!s.projectIds || s.projectIds.includes(g.project_id))));
-      process.stdout.write(`dry run: ${counted(mine.length, 'open gap record')}, ${counted(mine.reduce((n, g) => n + g.row_count, 0), 'row')} to replay; nothing written\n`);
+      const open = await new PostgresMirrorGapsRepository(postgres.db).totals(gapScope);
+      process.stdout.write(`dry run: ${counted(open.gaps, 'open gap record')}, ${counted(open.rows, 'row')} to replay; nothing written\n`);
       return;
     }
     if (dryRun) {
@@ -85,7 +86,7 @@ runCli(USAGE, async (args, log) => {
     try {
       if (gaps) {
         const replay = new GapReplay(postgres.db, clickhouse.history, log);
-        const done = await replay.run({ entities: scopes.map((s) => s.entity), projectIds: scopes[0].projectIds });
+        const done = await replay.run(gapScope);
         process.stdout.write(
           `gaps: replayed ${counted(done.gaps, 'gap record')}: ${counted(done.upserted, 'row')} upserted, ${done.tombstoned} tombstoned, ${done.reset} reset, ` +
             `in ${formatSeconds(done.durationMs)}\n`,

@@ -13,7 +13,7 @@ import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-cli
 import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
 import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
 import { DB } from '../../src/dbs/postgres/database';
-import { PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
+import { OpenGap, PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { ObservabilityService } from '../../src/observability/observability.service';
 import { TracingService } from '../../src/tracing/tracing.service';
@@ -40,6 +40,13 @@ async function liveCount(client: ClickHouseClient, table: string, final = true):
 async function pgCount(db: Kysely<DB>, table: 'spans' | 'nodes'): Promise<number> {
   const { rows } = await sql<{ n: string }>`select count(*) as n from ${sql.table(table)}`.execute(db);
   return Number(rows[0].n);
+}
+
+/** Every open gap of either entity, in any project, as a replay lists them (without their keys). */
+async function openGaps(gaps: PostgresMirrorGapsRepository): Promise<OpenGap[]> {
+  const open: OpenGap[] = [];
+  for await (const gap of gaps.open({ entities: ['spans', 'nodes'], projectIds: null })) open.push(gap);
+  return open;
 }
 
 describe('backfill (real Postgres and ClickHouse)', () => {
@@ -378,15 +385,15 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     // The first gap's key is not a node id Postgres accepts (as a mapper's bug might have recorded it).
     await gaps.record([{ entity: 'nodes', projectId: P1, keys: [['not-a-uuid']], rowCount: 1, ...range }]);
     await gaps.record([{ entity: 'nodes', projectId: P1, keys: [[node.node_id]], rowCount: 1, ...range }]);
-    const [bad, good] = await gaps.open();
-    expect(bad.keys).toEqual([['not-a-uuid']]);
+    const [bad, good] = await openGaps(gaps);
+    expect(await gaps.keysOf(bad.id)).toEqual([['not-a-uuid']]);
 
     const lines: string[] = [];
     const replay = new GapReplay(pg.db, history, (line) => lines.push(line));
     const failure = replay.run({ entities: ['nodes'], projectIds: null });
     await expect(failure).rejects.toThrow(new RegExp(`^1 gap record could not be replayed and stays open \\(gap ${bad.id}: .*not-a-uuid.*\\); 1 replayed \\(1 row upserted, 0 tombstoned\\)`));
     expect(lines).toEqual([expect.stringContaining(`could not replay gap ${bad.id} (nodes`), expect.stringContaining(`replayed gap ${good.id} (nodes`)]);
-    expect((await gaps.open()).map((g) => g.id)).toEqual([bad.id]);
+    expect((await openGaps(gaps)).map((g) => g.id)).toEqual([bad.id]);
     const dao = new ClickHouseNodesDao(ch.clients.query);
     expect((await dao.readNodes(P1, [node.node_id]))[0].node_name).toBe('renamed');
   });
@@ -408,12 +415,48 @@ describe('backfill (real Postgres and ClickHouse)', () => {
 
     const result = await new GapReplay(pg.db, history).run({ entities: ['nodes'], projectIds: [P1] });
     expect(result).toMatchObject({ gaps: 1, upserted: 1 });
-    const open = await gaps.open();
+    const open = await openGaps(gaps);
     expect(open.map((g) => [g.entity, g.project_id]).sort()).toEqual([['nodes', P2], ['spans', P1]]);
     const dao = new ClickHouseNodesDao(ch.clients.query);
     expect(await dao.readNodes(P1, [n1.node_id])).toHaveLength(1);
     expect(await dao.readNodes(P2, [n2.node_id])).toEqual([]);
   });
+
+  it('--gaps lists open gaps a page at a time without their keys, and replays only those open when it started', async () => {
+    const nodes = await seedNodes(pg.db, { projects: [P1], days: 1, rows: 5 }).then(() =>
+      pg.db.selectFrom('nodes').select(['node_id', 'created_at']).orderBy('node_id').execute(),
+    );
+    await new Backfill(pg, history).run(ALL_NODES);
+    const gaps = new PostgresMirrorGapsRepository(pg.db);
+    const gapOf = (i: number) => {
+      const node = nodes[i % nodes.length];
+      return { entity: 'nodes' as const, projectId: P1, keys: [[node.node_id]], rowCount: 1, minCreatedAt: node.created_at, maxCreatedAt: node.created_at, reason: 'queue full' };
+    };
+    // More than a page (100): the listing goes on past the first page, oldest first, each gap once.
+    await gaps.record(Array.from({ length: 130 }, (_, i) => gapOf(i)));
+    const listed = await openGaps(gaps);
+    expect(listed).toHaveLength(130);
+    expect(listed.map((g) => BigInt(g.id))).toEqual([...listed.map((g) => BigInt(g.id))].sort((a, b) => (a < b ? -1 : 1)));
+    expect(new Set(listed.map((g) => g.id)).size).toBe(130);
+    expect(listed[0]).toMatchObject({ key_count: 1 });
+    expect(listed[0]).not.toHaveProperty('keys');
+    expect(await gaps.totals({ entities: ['nodes'], projectIds: [P1] })).toEqual({ gaps: 130, rows: 130, lastId: listed[129].id });
+    expect(await gaps.totals({ entities: ['spans'], projectIds: null })).toEqual({ gaps: 0, rows: 0, lastId: null });
+
+    // A gap the API records while a replay runs is the next run's: the first gap's replay records one more.
+    const lines: string[] = [];
+    let recordedDuring: Promise<void> | undefined;
+    const replay = new GapReplay(pg.db, history, (line) => {
+      lines.push(line);
+      recordedDuring ??= gaps.record([gapOf(0)]);
+    });
+    expect(await replay.run({ entities: ['nodes'], projectIds: null })).toMatchObject({ gaps: 130, upserted: 130 });
+    await recordedDuring;
+    expect(lines).toHaveLength(130);
+    expect(await gaps.countOpen()).toBe(1);
+    expect(await new GapReplay(pg.db, history).run({ entities: ['nodes'], projectIds: null })).toMatchObject({ gaps: 1, upserted: 1 });
+    expect(await gaps.countOpen()).toBe(0);
+  }, 120_000);
 
   it('--gaps stops after three failures in a row and says how many it did not try', async () => {
     const gaps = new PostgresMirrorGapsRepository(pg.db);

@@ -48,19 +48,17 @@ export class GapReplay {
       const startedAt = Date.now();
       // Tokens unique to this attempt: ClickHouse must not drop a replay as a repeat of an earlier one.
       const attempt = randomUUID();
-      const projects = filter.projectIds && new Set(filter.projectIds);
-      const open = (await this.gaps.open()).filter(
-        (g) => filter.entities.includes(g.entity as Entity) && (!projects || projects.has(g.project_id)),
-      );
+      // The gaps open now; ones the API records while this runs are the next run's.
+      const { gaps: listed, lastId } = await this.gaps.totals(filter);
       const total = emptyReplay();
       let replayed = 0;
       const failed: string[] = [];
       let failedInARow = 0;
-      for (const gap of open) {
-        const about = `gap ${gap.id} (${gap.entity}, project ${gap.project_id}, ${(gap.keys as string[][]).length} keys, recorded ${gap.recorded_at}: ${gap.reason})`;
+      for await (const gap of this.gaps.open(filter, lastId)) {
+        const about = `gap ${gap.id} (${gap.entity}, project ${gap.project_id}, ${counted(gap.key_count, 'key')}, recorded ${gap.recorded_at}: ${gap.reason})`;
         try {
           const replay = new KeyReplay(this.db, this.clickhouse, historyOf(gap.entity as Entity));
-          const done = await replay.replay(gap.project_id, gap.keys as string[][], `gap:${gap.id}:${attempt}`);
+          const done = await replay.replay(gap.project_id, await this.gaps.keysOf(gap.id), `gap:${gap.id}:${attempt}`);
           await this.gaps.markReplayed([gap.id]);
           addReplay(total, done);
           replayed += 1;
@@ -76,7 +74,7 @@ export class GapReplay {
         }
       }
       if (failed.length > 0) {
-        const untried = open.length - replayed - failed.length;
+        const untried = listed - replayed - failed.length;
         throw new Error(
           `${counted(failed.length, 'gap record')} could not be replayed and stay${failed.length === 1 ? 's' : ''} open (${failed.join('; ')})` +
             (untried > 0 ? `; stopped after ${FAILURES_IN_A_ROW_TO_STOP} failures in a row, ${untried} not tried` : '') +
@@ -84,7 +82,7 @@ export class GapReplay {
             'Fix the cause and run `npm run backfill -- --gaps` again',
         );
       }
-      return { gaps: open.length, ...total, durationMs: Date.now() - startedAt };
+      return { gaps: replayed, ...total, durationMs: Date.now() - startedAt };
     });
   }
 }

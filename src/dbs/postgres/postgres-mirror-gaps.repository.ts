@@ -1,6 +1,29 @@
-import { Kysely } from 'kysely';
+import { Kysely, SelectQueryBuilder, sql } from 'kysely';
 import type { GapRecorder, MirrorGap } from '../clickhouse/gap-ledger';
 import { DB, MirrorGapRow } from './database';
+
+/** Which open gaps a replay (or its dry run) is about. */
+export interface GapScope {
+  entities: readonly string[];
+  /** null: every project. */
+  projectIds: readonly string[] | null;
+}
+
+/**
+ * An open gap without its keys. A long outage leaves millions of keys in
+ * open gaps; a replay lists the gaps a page at a time and reads one gap's
+ * keys (at most a flush's worth) only when it replays that gap.
+ */
+export type OpenGap = Omit<MirrorGapRow, 'keys' | 'replayed_at'> & { key_count: number };
+
+/** The open gaps in a scope when a replay starts: the replay goes up to lastId, not on to gaps recorded after it began. */
+export interface OpenGapTotals {
+  gaps: number;
+  rows: number;
+  lastId: string | null;
+}
+
+const PAGE_SIZE = 100;
 
 /** The durable record of mirror rows that never reached ClickHouse; replayed by `backfill --gaps`. */
 export class PostgresMirrorGapsRepository implements GapRecorder {
@@ -24,12 +47,38 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
       .execute();
   }
 
-  /** Gaps not yet replayed, oldest first. */
-  open(filter: { entity?: string; projectId?: string } = {}): Promise<MirrorGapRow[]> {
-    let q = this.db.selectFrom('mirror_gaps').selectAll().where('replayed_at', 'is', null);
-    if (filter.entity) q = q.where('entity', '=', filter.entity);
-    if (filter.projectId) q = q.where('project_id', '=', filter.projectId);
-    return q.orderBy('id').execute();
+  async totals(scope: GapScope): Promise<OpenGapTotals> {
+    const row = await this.openIn(scope, this.db.selectFrom('mirror_gaps'))
+      .select((eb) => [
+        eb.fn.countAll<string>().as('gaps'),
+        eb.fn.coalesce(eb.fn.sum<string>('row_count'), sql<string>`0`).as('rows'),
+        eb.fn.max('id').as('last_id'),
+      ])
+      .executeTakeFirstOrThrow();
+    return { gaps: Number(row.gaps), rows: Number(row.rows), lastId: row.last_id };
+  }
+
+  /** Open gaps in the scope, oldest first, up to `upToId` (all when absent); read a page at a time, without their keys. */
+  async *open(scope: GapScope, upToId?: string | null): AsyncGenerator<OpenGap> {
+    if (upToId === null) return;
+    let afterId: string | null = null;
+    for (;;) {
+      let q = this.openIn(scope, this.db.selectFrom('mirror_gaps'))
+        .select(['id', 'entity', 'project_id', 'row_count', 'min_created_at', 'max_created_at', 'reason', 'recorded_at'])
+        .select(sql<number>`jsonb_array_length(keys)`.as('key_count'));
+      if (afterId !== null) q = q.where('id', '>', afterId);
+      if (upToId !== undefined) q = q.where('id', '<=', upToId);
+      const page = await q.orderBy('id').limit(PAGE_SIZE).execute();
+      yield* page;
+      if (page.length < PAGE_SIZE) return;
+      afterId = page[page.length - 1].id;
+    }
+  }
+
+  /** One gap's keys: primary keys as the mirror recorded them (hex/uuid strings). */
+  async keysOf(id: string): Promise<string[][]> {
+    const row = await this.db.selectFrom('mirror_gaps').select('keys').where('id', '=', id).executeTakeFirstOrThrow();
+    return row.keys as string[][];
   }
 
   async countOpen(): Promise<number> {
@@ -44,5 +93,11 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
   async markReplayed(ids: string[]): Promise<void> {
     if (ids.length === 0) return;
     await this.db.updateTable('mirror_gaps').set({ replayed_at: new Date().toISOString() }).where('id', 'in', ids).execute();
+  }
+
+  private openIn<O>(scope: GapScope, q: SelectQueryBuilder<DB, 'mirror_gaps', O>): SelectQueryBuilder<DB, 'mirror_gaps', O> {
+    let scoped = q.where('replayed_at', 'is', null).where('entity', 'in', [...scope.entities]);
+    if (scope.projectIds) scoped = scoped.where('project_id', 'in', [...scope.projectIds]);
+    return scoped;
   }
 }
