@@ -4,7 +4,12 @@ import { AddressInfo } from 'node:net';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { createApp } from '../../src/bootstrap';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
+import { Registry } from 'prom-client';
+import { SHUTDOWN_GAP_RECORDING_MS } from '../../src/dbs/clickhouse/batch-writer';
+import { METRICS_REGISTRY } from '../../src/metrics/metrics.tokens';
+import { TracingService } from '../../src/tracing/tracing.service';
 import { eventually } from '../support/fake-clickhouse';
+import { freePort } from '../support/free-port';
 import { makeNode, makeSpan } from '../support/fixtures';
 import { OwnedPostgres, ownPostgres, PostgresProcess } from '../support/postgres-process';
 import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';
@@ -23,6 +28,7 @@ import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';
  */
 
 const STATEMENT_TIMEOUT_MS = 300;
+const PROJECT = '7d1e0e3c-0000-4000-8000-0000000000cd';
 const CLIENT_TIMEOUT_MS = 1_500;
 /** The pool's connectionTimeoutMillis (src/dbs/postgres/postgres-pool.ts). */
 const CONNECT_TIMEOUT_MS = 5_000;
@@ -158,6 +164,43 @@ describe('Postgres that stops answering', () => {
     } finally {
       postgres.thaw();
       await db.destroy();
+    }
+  }, 60_000);
+
+  it('shuts down within the mirror deadline and its gap recording bound when Postgres stops answering; the rows it could not record are counted lost', async () => {
+    // ClickHouse down, so the writes stay queued and become gap records at the deadline; the mirror's pool
+    // then has a client timeout long enough that waiting it out would show.
+    const mirrorDeadlineMs = 500;
+    const mirrored = await createApp({
+      DATABASE_URL: postgres.url,
+      LOG_LEVEL: 'silent',
+      USE_CLICKHOUSE: 'true',
+      CLICKHOUSE_URL: `http://127.0.0.1:${await freePort()}`,
+      MIGRATE_ON_START: 'false',
+      DB_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
+      DB_CLIENT_TIMEOUT_MS: '30000',
+      MIRROR_SHUTDOWN_DEADLINE_MS: String(mirrorDeadlineMs),
+    });
+    let closed = false;
+    try {
+      const tracing = mirrored.get(TracingService);
+      await tracing.createSpans(PROJECT, [makeSpan(), makeSpan(), makeSpan()]);
+      const registry = mirrored.get<Registry>(METRICS_REGISTRY);
+      const lost = async () => (await registry.getSingleMetric('mirror_rows_lost_total')!.get()).values.reduce((n, v) => n + v.value, 0);
+      expect(await lost()).toBe(0);
+
+      postgres.freeze();
+      const started = Date.now();
+      await mirrored.close();
+      closed = true;
+      const took = Date.now() - started;
+      // Deadline, then the gap records' bound, then the pools' close (END_POOL_WAIT_MS); not the 30 s client timeout.
+      expect(took).toBeGreaterThanOrEqual(mirrorDeadlineMs + SHUTDOWN_GAP_RECORDING_MS - 50);
+      expect(took).toBeLessThan(mirrorDeadlineMs + SHUTDOWN_GAP_RECORDING_MS + 2_000 + 4_000);
+      expect(await lost()).toBe(3);
+    } finally {
+      postgres.thaw();
+      if (!closed) await mirrored.close();
     }
   }, 60_000);
 

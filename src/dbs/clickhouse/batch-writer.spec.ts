@@ -10,6 +10,7 @@ import {
   MirrorRow,
   MirrorSink,
   queuedRowBytes,
+  SHUTDOWN_GAP_RECORDING_MS,
 } from './batch-writer';
 import { GapRecorder, MirrorGap } from './gap-ledger';
 import { BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
@@ -940,6 +941,45 @@ describe('BatchWriter', () => {
       await settle();
       expect(sink.attempts).toHaveLength(1);
       expect(writer.stats()).toMatchObject({ rowsSent: 0, rowsDropped: 3 });
+      expect(clock.pendingTimers).toBe(0);
+    });
+
+    it('waits SHUTDOWN_GAP_RECORDING_MS at most for a Postgres that takes a gap record and never answers, then logs its rows as lost, once', async () => {
+      const { sink, writer, gaps, clock, registry, logger } = setup({ shutdownDeadlineMs: 1000 });
+      sink.fallback = 'hang';
+      writer.write(rows(1, 3));
+      await settle();
+      gaps.held = [];
+
+      let finished = false;
+      const done = writer.shutdown().then(() => (finished = true));
+      await clock.advance(1000);
+      expect(gaps.calls).toBe(1);
+      await clock.advance(SHUTDOWN_GAP_RECORDING_MS - 1);
+      expect(finished).toBe(false);
+      await clock.advance(1);
+      await done;
+      const lastResort = () => logger.errors().filter((e) => e.msg.includes('gap could not be recorded'));
+      expect(lastResort()).toEqual([
+        expect.objectContaining({
+          obj: expect.objectContaining({
+            lostRows: 3,
+            error: `Postgres did not record the gap within the ${SHUTDOWN_GAP_RECORDING_MS} ms shutdown allows it`,
+            gaps: [expect.objectContaining({ rowCount: 3, reason: 'shutdown_deadline' })],
+          }),
+        }),
+      ]);
+      expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(3);
+
+      // Postgres fails the record at last: no retry, and the rows are not reported a second time.
+      gaps.failures = 3;
+      gaps.release();
+      await clock.advance(10_000);
+      expect(gaps.calls).toBe(1);
+      expect(lastResort()).toHaveLength(1);
+      expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(3);
+      sink.releaseHung();
+      await settle();
       expect(clock.pendingTimers).toBe(0);
     });
 

@@ -70,6 +70,15 @@ export interface BatchWriterDeps {
   random?: () => number;
 }
 
+/**
+ * After the shutdown deadline, how long the writer waits for its gap records
+ * to reach Postgres, outside `shutdownDeadlineMs`: a Postgres that answers
+ * writes them in milliseconds, and three tries with their backoff fit with
+ * room to spare. Past it, their rows are declared lost in the error log
+ * (GapLedger.settledWithin) while the process can still write it.
+ */
+export const SHUTDOWN_GAP_RECORDING_MS = 3_000;
+
 const realClock: Clock = {
   now: () => Date.now(),
   setTimeout: (fn, ms) => setTimeout(fn, ms),
@@ -328,7 +337,8 @@ export class BatchWriter {
    * Stop accepting rows, flush what remains (batch limits still apply, the
    * interval does not) and wait up to `deadlineMs` (`shutdownDeadlineMs`
    * unless the caller has spent part of that budget already). Rows not
-   * confirmed by then become gaps. Resolves once those gaps are recorded.
+   * confirmed by then become gaps. Resolves once those gaps are recorded, or
+   * SHUTDOWN_GAP_RECORDING_MS later with the rest logged as lost.
    * Later calls return the first call's promise.
    */
   shutdown(deadlineMs = this.options.shutdownDeadlineMs): Promise<void> {
@@ -597,7 +607,7 @@ export class BatchWriter {
     if (outcome === 'deadline') this.abandonUnsent(deadlineMs);
     this.stop();
     this.gaps.recordHeld();
-    await this.gaps.settled();
+    await this.gaps.settledWithin(SHUTDOWN_GAP_RECORDING_MS);
     this.logger.info(
       { outcome, rowsSent: this.rowsSent, rowsDropped: this.rowsDropped, gapsRecorded: this.gaps.recorded },
       'mirror batch writer shut down',

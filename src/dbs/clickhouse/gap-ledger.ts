@@ -50,8 +50,14 @@ export interface GapLedgerOptions extends BackoffOptions {
   holdMs: number;
 }
 
-/** Writing a gap record is retried this many times before the rows are declared lost (error log only). */
+/** Writing a gap record is tried this many times before the rows are declared lost (error log only). */
 const GAP_RECORD_ATTEMPTS = 3;
+
+/** A gap record on its way to Postgres; given up when shutdown could wait no longer for it. */
+interface Recording {
+  gaps: MirrorGap[];
+  givenUp: boolean;
+}
 
 /**
  * Where the batch writer's unsent rows go: it groups them into gap records
@@ -70,7 +76,7 @@ const GAP_RECORD_ATTEMPTS = 3;
  * queue itself (verify --repair finds both).
  */
 export class GapLedger {
-  private readonly recordings = new Set<Promise<void>>();
+  private readonly recordings = new Map<Recording, Promise<void>>();
   private held = new Map<string, MirrorGap>();
   private heldRows = 0;
   private heldTimer: unknown | null = null;
@@ -120,49 +126,83 @@ export class GapLedger {
 
   /** Resolves once every recording started so far, and any started meanwhile, has ended (written or logged as lost). */
   async settled(): Promise<void> {
-    while (this.recordings.size > 0) await Promise.all([...this.recordings]);
+    while (this.recordings.size > 0) await Promise.all([...this.recordings.values()]);
+  }
+
+  /**
+   * settled(), for shutdown: at most `withinMs`. A Postgres that stops
+   * answering (rather than refusing) holds each attempt for the pool's
+   * client timeout, 35 s by default, three times over: past any grace
+   * period, and the SIGKILL that ends it would take the last-resort log line
+   * with it. So the recordings still running at `withinMs` are declared lost
+   * now, their ranges logged and counted, and their later end, whichever it
+   * is, is not reported again.
+   */
+  async settledWithin(withinMs: number): Promise<void> {
+    let timer: unknown = null;
+    const timedOut = new Promise<'timed out'>((resolve) => {
+      timer = this.deps.timers.setTimeout(() => resolve('timed out'), withinMs);
+    });
+    const outcome = await Promise.race([this.settled().then(() => 'settled' as const), timedOut]);
+    this.deps.timers.clearTimeout(timer);
+    if (outcome === 'settled') return;
+    for (const recording of this.recordings.keys()) {
+      if (recording.givenUp) continue;
+      recording.givenUp = true;
+      this.declareLost(recording.gaps, `Postgres did not record the gap within the ${withinMs} ms shutdown allows it`);
+    }
   }
 
   private startRecording(gaps: MirrorGap[]): void {
-    const recording = this.recordGaps(gaps);
-    this.recordings.add(recording);
-    void recording.finally(() => this.recordings.delete(recording));
+    const recording: Recording = { gaps, givenUp: false };
+    const done = this.recordGaps(recording);
+    this.recordings.set(recording, done);
+    void done.finally(() => this.recordings.delete(recording));
   }
 
   /** Postgres may be down too: retry a few times, then the error log is the last record of these rows. */
-  private async recordGaps(gaps: MirrorGap[]): Promise<void> {
-    const { recorder, metrics, logger } = this.deps;
+  private async recordGaps(recording: Recording): Promise<void> {
+    const { recorder, metrics } = this.deps;
+    const { gaps } = recording;
     for (let attempt = 1; ; attempt++) {
       try {
         await recorder.record(gaps);
+        // Given up at shutdown and written all the same: the log's "lost" overstates it, which repairs nothing twice.
         this.recordedGaps += gaps.length;
         metrics?.gapsRecorded.inc(gaps.length);
         return;
       } catch (error) {
+        if (recording.givenUp) return;
         if (attempt < GAP_RECORD_ATTEMPTS) {
           await this.retryPause(fullJitterBackoff(attempt, this.options, this.deps.random));
+          if (recording.givenUp) return;
           continue;
         }
-        const lostRows = gaps.reduce((sum, gap) => sum + gap.rowCount, 0);
-        metrics?.rowsLost.inc(lostRows);
-        logger.error(
-          {
-            error: describeSendError(error),
-            lostRows,
-            gaps: gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }) => ({
-              entity,
-              projectId,
-              rowCount,
-              minCreatedAt,
-              maxCreatedAt,
-              reason,
-            })),
-          },
-          'mirror gap could not be recorded: these rows are missing from ClickHouse and only this log knows; repair with verify --repair over this range',
-        );
+        this.declareLost(gaps, describeSendError(error));
         return;
       }
     }
+  }
+
+  /** The rows' last record: counted as lost, their ranges in the error log for `verify --repair`. */
+  private declareLost(gaps: MirrorGap[], error: string): void {
+    const lostRows = gaps.reduce((sum, gap) => sum + gap.rowCount, 0);
+    this.deps.metrics?.rowsLost.inc(lostRows);
+    this.deps.logger.error(
+      {
+        error,
+        lostRows,
+        gaps: gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }) => ({
+          entity,
+          projectId,
+          rowCount,
+          minCreatedAt,
+          maxCreatedAt,
+          reason,
+        })),
+      },
+      'mirror gap could not be recorded: these rows are missing from ClickHouse and only this log knows; repair with verify --repair over this range',
+    );
   }
 
   /**
