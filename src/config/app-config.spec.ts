@@ -54,6 +54,19 @@ describe('parseConfig: the mirror', () => {
   });
 });
 
+describe('parseConfig: a variable set to nothing', () => {
+  it('takes its default, for every variable alike', () => {
+    const blank = Object.fromEntries(Object.keys(envSchema.shape).map((name, i) => [name, i % 2 ? '' : '  ']));
+    expect(parseConfig(blank)).toEqual(parseConfig({}));
+    // The ones that were not: a data directory at the filesystem root, an empty host and user, a refusal.
+    const config = parseConfig({ EMBEDDED_DATA_DIR: '', HOST: '', CLICKHOUSE_USER: '', LOG_LEVEL: '', BODY_LIMIT: ' ', CLICKHOUSE_DATABASE: '' });
+    expect(config.postgres.embedded.dataDir).toBe('.data/postgres');
+    expect(config.http.host).toBe('0.0.0.0');
+    expect(config.clickhouse.user).toBe('default');
+    expect(config.logLevel).toBe('info');
+  });
+});
+
 describe('README "Configuration"', () => {
   /** The table's rows: the variables a row names, and the defaults it gives when they are plain values. */
   function readmeRows(): Array<{ names: string[]; defaults: string[] | null }> {

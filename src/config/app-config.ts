@@ -14,7 +14,7 @@ const bool = (name: string, fallback: boolean) =>
     .string()
     .optional()
     .transform((value, ctx) => {
-      if (value === undefined || value === '') return fallback;
+      if (value === undefined) return fallback;
       const v = value.trim().toLowerCase();
       if (['1', 'true', 'yes', 'on'].includes(v)) return true;
       if (['0', 'false', 'no', 'off'].includes(v)) return false;
@@ -27,7 +27,7 @@ const int = (fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
     .string()
     .optional()
     .transform((value, ctx) => {
-      if (value === undefined || value === '') return fallback;
+      if (value === undefined) return fallback;
       if (!/^-?\d+$/.test(value.trim())) {
         ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must be a whole number, got "${value}"` });
         return z.NEVER;
@@ -49,7 +49,7 @@ const url = (protocols: string[]) =>
     .string()
     .optional()
     .transform((value, ctx) => {
-      if (value === undefined || value.trim() === '') return undefined;
+      if (value === undefined) return undefined;
       try {
         const parsed = new URL(value);
         if (!protocols.includes(parsed.protocol)) throw new Error('protocol');
@@ -185,8 +185,18 @@ export class ConfigError extends OperatorError {
   }
 }
 
+/**
+ * A variable set to nothing (`EMBEDDED_DATA_DIR=` in a .env or compose file,
+ * or only spaces) counts as unset, for every variable alike: it takes its
+ * default, rather than becoming a data directory at the filesystem root, an
+ * empty host or user, or a refusal.
+ */
+function withoutBlanks(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([, value]) => value === undefined || value.trim() !== ''));
+}
+
 export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
-  const result = envSchema.safeParse(env);
+  const result = envSchema.safeParse(withoutBlanks(env));
   if (!result.success) {
     throw new ConfigError(
       result.error.issues.map((issue) => {
