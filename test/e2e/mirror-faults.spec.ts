@@ -139,7 +139,8 @@ interface Rig {
 /** `mode` is where the proxy starts: `forward` lets the startup DDL reach the real server; each test then picks the fault. */
 async function startRig(env: Record<string, string> = {}, mode: FakeClickHouseMode = 'forward'): Promise<Rig> {
   const proxy = await FakeClickHouse.start(testClickHouseConfig('default').url, mode);
-  const t = await createTestApp({ ...FAST, CLICKHOUSE_URL: proxy.url, ...env }, { clickhouse: true });
+  // Started healthy, its tables are there before a fault; started in a fault, it is the start that is tested.
+  const t = await createTestApp({ ...FAST, CLICKHOUSE_URL: proxy.url, ...env }, { clickhouse: true, awaitSchema: mode === 'forward' });
   const { url, config } = testClickHouseConfig(t.database.name);
   const direct = createClickHouseClients(config, url);
   const pool = createPool(t.database.url, 2);
@@ -367,7 +368,10 @@ describe('the API is isolated from ClickHouse faults', () => {
     try {
       const { steps } = await runScript(rig.t);
       expect(steps).toEqual(baseline);
-      expect((await rig.health()).body.info.mirror).toMatchObject({ status: 'up', schemaApplied: false });
+      const { mirror } = (await rig.health()).body.info;
+      expect(mirror).toMatchObject({ status: 'up', schemaApplied: false });
+      // What the inserts wait on, with its cause (was: 'ClickHouse schema is not applied yet; will retry').
+      expect(mirror.lastError).toMatch(/^ClickHouse schema is not applied yet \(.*ECONNREFUSED.*\); will retry/);
 
       await rig.proxy.setMode('forward');
       await rig.t.mirror!.writer.drain();
@@ -379,6 +383,26 @@ describe('the API is isolated from ClickHouse faults', () => {
       await rig.close();
     }
   });
+
+  it('ClickHouse not answering at startup: the API starts without waiting for its DDL, which goes through once ClickHouse answers', async () => {
+    const rig = await startRig({ CLICKHOUSE_REQUEST_TIMEOUT_MS: '2000' }, 'hang');
+    try {
+      // Serving while the DDL's first request (its ping) still hangs: the start did not wait for it (it did, up
+      // to 15 s, and would have found it failed here, 2 s on).
+      expect(rig.proxy.stats()).toMatchObject({ pings: 1, pending: 1 });
+      const { steps } = await runScript(rig.t);
+      expect(steps).toEqual(baseline);
+      expect((await rig.health()).body.info.mirror).toMatchObject({ status: 'up', schemaApplied: false });
+
+      await rig.proxy.setMode('forward');
+      await rig.t.mirror!.writer.drain();
+      expect((await rig.health()).body.info.mirror).toMatchObject({ schemaApplied: true, breaker: 'closed', queuedRows: 0 });
+      expect(await rig.gaps()).toEqual([]);
+      await expectClickHouseMatchesPostgres(rig);
+    } finally {
+      await rig.close();
+    }
+  }, 60_000);
 
   it('ClickHouse stopped for longer than a batch\'s retries, with one table written: the batch waits for it and arrives, no gap', async () => {
     // With spans only, each failure is the one batch's, so its last attempt is the one that opens the breaker.

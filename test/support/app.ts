@@ -22,6 +22,14 @@ export interface TestApp {
 export interface TestAppOptions {
   /** Turn the mirror on, against the run's ClickHouse server with a fresh database for this app. */
   clickhouse?: boolean;
+  /**
+   * With the mirror on, the app's ClickHouse DDL has had its first try before
+   * this resolves (default true): the API applies it in the background and
+   * does not wait for it at startup, and a spec that starts healthy and then
+   * injects a fault needs the tables there, as a long-running API has them.
+   * False for a spec about the start itself.
+   */
+  awaitSchema?: boolean;
 }
 
 /**
@@ -46,6 +54,8 @@ export async function createTestApp(env: Record<string, string> = {}, options: T
     ...env,
   });
   await app.listen(0, '127.0.0.1');
+  const mirror = app.get<MirrorRuntime | null>(MIRROR);
+  if (options.awaitSchema !== false) await mirror?.schema.ensure();
   const { port } = (app.getHttpServer().address() as AddressInfo);
   const apiKeys = app.get(ApiKeyService);
   const createApiKey = async (projectId: string = randomUUID()) => {
@@ -60,7 +70,7 @@ export async function createTestApp(env: Record<string, string> = {}, options: T
     apiKey: first.key,
     projectId: first.projectId,
     createApiKey,
-    mirror: app.get<MirrorRuntime | null>(MIRROR),
+    mirror,
     close: async () => {
       await app.close();
       await database.drop();

@@ -146,7 +146,9 @@ export async function migrateClickHouse(
   const log = options.log ?? (() => undefined);
   const migrations = await readClickHouseMigrations(options.dir);
   // The configured database may not exist yet, and a request naming it would fail; `default` always exists.
-  const admin = createClient(ddlClientOptions(config, url, 'default'));
+  // Its ping and reads are ordinary requests: a server that does not answer fails them within
+  // CLICKHOUSE_REQUEST_TIMEOUT_MS (and the API's DDL retries), rather than holding the run for DDL_TIMEOUT_MS.
+  const admin = createClient({ ...ddlClientOptions(config, url, 'default'), request_timeout: config.requestTimeoutMs });
   const ddl = createClient(ddlClientOptions(config, url, config.database));
   try {
     const ping = await admin.ping();

@@ -30,7 +30,9 @@ describe('ClickHouseSchema', () => {
     const { logger, lines } = recordingLogger();
     const schema = new ClickHouseSchema(clock.apply, logger, clock);
 
+    expect(schema.failure).toBeNull();
     expect(await schema.ensure()).toBe(false);
+    expect(schema.failure).toBe('connect ECONNREFUSED 127.0.0.1:8123');
     await clock.advance(125_000);
     // The first try and one every 5 s: 26 in 125 s, besides any an insert asks for.
     expect(clock.tries).toBe(26);
@@ -45,6 +47,7 @@ describe('ClickHouseSchema', () => {
     clock.up = true;
     await clock.advance(SCHEMA_RETRY_MS);
     expect(schema.isApplied).toBe(true);
+    expect(schema.failure).toBeNull();
     expect(lines.slice(3)).toEqual([
       { level: 'info', msg: 'applied ClickHouse migrations', obj: { migrations: ['0001_spans'] } },
       { level: 'info', msg: 'ClickHouse schema applied after failing', obj: { failingForMs: 130_000, tries: 27 } },

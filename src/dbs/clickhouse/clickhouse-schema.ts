@@ -29,7 +29,7 @@ export class ClickHouseSchema {
   private running: Promise<boolean> | null = null;
   private retry: unknown = null;
   private stopped = false;
-  private failing: { since: number; tries: number; remindedAt: number } | null = null;
+  private failing: { since: number; tries: number; remindedAt: number; error: string } | null = null;
 
   constructor(
     /** Applies the migrations; resolves to the names of those it applied. */
@@ -40,6 +40,11 @@ export class ClickHouseSchema {
 
   get isApplied(): boolean {
     return this.applied;
+  }
+
+  /** While the DDL fails: its last error, which is what an insert waiting for the schema waits on. */
+  get failure(): string | null {
+    return this.failing?.error ?? null;
   }
 
   /** Resolves true once the schema is applied, false if this run failed (a retry is then scheduled). */
@@ -82,11 +87,12 @@ export class ClickHouseSchema {
   private noteFailure(message: string): void {
     const now = this.clock.now();
     if (!this.failing) {
-      this.failing = { since: now, tries: 1, remindedAt: now };
+      this.failing = { since: now, tries: 1, remindedAt: now, error: message };
       this.logger.error({ err: message, retryMs: SCHEMA_RETRY_MS }, 'ClickHouse DDL failed; mirrored rows queue until it is applied, retrying');
       return;
     }
     this.failing.tries += 1;
+    this.failing.error = message;
     if (now - this.failing.remindedAt < SCHEMA_REMINDER_MS) return;
     this.failing.remindedAt = now;
     this.logger.warn({ err: message, failingForMs: now - this.failing.since, tries: this.failing.tries }, 'ClickHouse DDL still failing');

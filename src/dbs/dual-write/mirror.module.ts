@@ -22,9 +22,6 @@ import { PROBE_TIMEOUT_MS } from '../postgres/postgres-probe';
 
 export const MIRROR = Symbol('MIRROR');
 
-/** Startup waits this long for the DDL, then goes on serving while it keeps retrying. */
-const DDL_STARTUP_WAIT_MS = 15_000;
-
 /** Everything the mirror owns, created together and closed together; null when USE_CLICKHOUSE is off. */
 export interface MirrorRuntime {
   mirror: Mirror;
@@ -46,9 +43,10 @@ function mirrorLogger(logger: Logger): MirrorLogger {
 /**
  * With USE_CLICKHOUSE off this creates nothing: no client, no connection, no
  * timer. With it on: resolves ClickHouse (CLICKHOUSE_URL or the local
- * endpoint), applies the ClickHouse DDL, and builds the batch writer that
- * the decorator feeds. ClickHouse being down never stops the API from
- * starting: the writer queues, retries and records gaps.
+ * endpoint), starts applying the ClickHouse DDL, and builds the batch
+ * writer that the decorator feeds. ClickHouse being down never stops or
+ * holds the API's start: the DDL retries in the background, and the writer
+ * queues, retries and records gaps.
  */
 async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: Registry): Promise<MirrorRuntime | null> {
   if (!config.clickhouse.enabled) return null;
@@ -76,14 +74,15 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
   const gaps = new PostgresMirrorGapsRepository(db);
   const writer = new BatchWriter(config.mirror, {
     // Always compress: in production ClickHouse is across a network, and the benchmarks measure that cost.
-    sink: afterSchema(new ClickHouseSink(clients.insert, { compress: true }), () => schema.ensure(), config.clickhouse.requestTimeoutMs),
+    sink: afterSchema(new ClickHouseSink(clients.insert, { compress: true }), schema, config.clickhouse.requestTimeoutMs),
     gapRecorder: gaps,
     logger: mirrorLogger(logger),
     metrics: createMirrorMetrics(registry),
   });
   const mirror = new Mirror(writer, config.clickhouse.projectIds, registry);
 
-  await within(schema.ensure(), DDL_STARTUP_WAIT_MS, () => false);
+  // Not awaited: a ClickHouse that does not answer must not hold the API's start (each insert waits for it instead).
+  void schema.ensure();
   const projects = config.clickhouse.projectIds.length ? `projects ${config.clickhouse.projectIds.join(', ')}` : 'all projects';
   logger.log(`mirroring ${projects} to ClickHouse at ${redactUrl(url!)} (database ${config.clickhouse.database})`);
 
@@ -111,11 +110,12 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
  * works) and, if it still cannot, fails transiently and is retried. The wait
  * is bounded like any request, as the batch writer requires.
  */
-function afterSchema(sink: MirrorSink, ensureSchema: () => Promise<boolean>, timeoutMs: number): MirrorSink {
+function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'ensure' | 'failure'>, timeoutMs: number): MirrorSink {
   return {
     insert: async (table, lines, dedupToken) => {
-      const ready = await within(ensureSchema(), timeoutMs, () => false);
-      if (!ready) throw new Error('ClickHouse schema is not applied yet; will retry');
+      const ready = await within(schema.ensure(), timeoutMs, () => false);
+      // Its cause goes with it: this is what /health's lastError and a gap's reason show.
+      if (!ready) throw new Error(`ClickHouse schema is not applied yet (${schema.failure ?? 'its DDL is still running'}); will retry`);
       await sink.insert(table, lines, dedupToken);
     },
     ping: () => sink.ping(),
