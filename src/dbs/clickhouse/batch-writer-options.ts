@@ -31,11 +31,13 @@ export const DEFAULT_BATCH_WRITER_OPTIONS: BatchWriterOptions = {
   queueMaxBytes: 256 * 1024 * 1024,
   // Fits inside the orchestrator's grace period (Kubernetes: 30 s) next to the HTTP server's own drain.
   shutdownDeadlineMs: 10_000,
-  // With 200 ms doubling to 10 s, five attempts span a few seconds: a blip, not an outage (the breaker handles those).
+  // Five attempts wait at most 0.2 + 0.4 + 0.8 + 1.6 s between them (full jitter draws below each): a blip,
+  // not an outage (the breaker handles those).
   maxAttempts: 5,
   // Long enough for a dropped connection to be re-established, short enough not to add visible lag.
   baseBackoffMs: 200,
-  // Keeps the worst single wait comparable to the breaker's open period.
+  // A cap for a larger MIRROR_MAX_ATTEMPTS or base: no wait longer than twice the breaker's open period. At the
+  // defaults the doubling stops at 1.6 s, below it.
   maxBackoffMs: 10_000,
   // Five consecutive failures is an outage, not noise; 5 s open spares a restarting server without delaying recovery.
   breaker: { failureThreshold: 5, openMs: 5000 },
