@@ -5,7 +5,7 @@ import { DeletedNode } from '../../observability/node';
 import { DeletedSpan } from '../../tracing/span';
 import { nodeTombstone, NodeRecord, NodeTombstone, toNodeGapRow, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
 import { SpanRecord, spanTombstone, SpanTombstone, toSpanGapRow, toSpanInsertLine } from '../clickhouse/span-clickhouse-row.mapper';
-import { MirrorPlan } from './mirrored-dao';
+import { MirrorPlan, READS } from './mirrored-dao';
 
 /**
  * Every write method of each port, and what it mirrors. Creates and updates
@@ -25,11 +25,15 @@ const nodeDeleted = (deleted: DeletedNode): NodeTombstone => nodeTombstone(delet
 
 export const spanMirrorPlan: MirrorPlan<TracingDao, SpanRecord> = {
   entity: 'spans',
-  writes: {
+  methods: {
     createSpans: upserted,
     updateSpans: upserted,
     deleteSpans: spanDeleted,
     deleteTraces: spanDeleted,
+    readSpans: READS,
+    readTraces: READS,
+    query: READS,
+    analytics: READS,
   },
   toGapRow: toSpanGapRow,
   toLine: toSpanInsertLine,
@@ -37,9 +41,11 @@ export const spanMirrorPlan: MirrorPlan<TracingDao, SpanRecord> = {
 
 export const nodeMirrorPlan: MirrorPlan<ObservabilityDao, NodeRecord> = {
   entity: 'nodes',
-  writes: {
+  methods: {
     ingestNodes: upserted,
     deleteTrees: nodeDeleted,
+    readTree: READS,
+    queryNodes: READS,
   },
   toGapRow: toNodeGapRow,
   toLine: toNodeInsertLine,

@@ -20,7 +20,7 @@ const mappedIds: number[] = [];
 
 const plan: MirrorPlan<unknown, Item> = {
   entity: 'spans',
-  writes: {},
+  methods: {},
   toGapRow: (record) => ({ table: 'spans', entity: 'spans', projectId: record.projectId, key: [String(record.id)], createdAt: '2026-11-22T10:00:00.000000Z' }),
   toLine: (record) => {
     if (record.id < 0) throw new Error(`record ${record.id} cannot be mapped`);

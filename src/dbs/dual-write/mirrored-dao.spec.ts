@@ -1,4 +1,4 @@
-import { MirrorPlan, MirrorTarget, mirrorWrites } from './mirrored-dao';
+import { MirrorPlan, MirrorTarget, mirrorWrites, READS } from './mirrored-dao';
 
 interface Row {
   id: number;
@@ -20,15 +20,43 @@ class FakeDao {
   }
 }
 
+const notUsedHere = () => {
+  throw new Error('not used here');
+};
+
 const plan: MirrorPlan<FakeDao, Row> = {
   entity: 'spans',
-  writes: { create: (row) => ({ ...row }), broken: (row) => ({ ...row }) },
-  toGapRow: () => {
-    throw new Error('not used here');
+  methods: { create: (row) => ({ ...row }), broken: (row) => ({ ...row }), read: READS },
+  toGapRow: notUsedHere,
+  toLine: notUsedHere,
+};
+
+/** Checked by the compiler (npm test runs tsc): a plan must say of every method whether it writes. */
+export const incompletePlan: MirrorPlan<FakeDao, Row> = {
+  entity: 'spans',
+  // @ts-expect-error `read` is missing: a new port method cannot pass through unmirrored by omission
+  methods: { create: (row) => ({ ...row }), broken: (row) => ({ ...row }) },
+  toGapRow: notUsedHere,
+  toLine: notUsedHere,
+};
+
+/** Nor can a method that does not resolve to rows be planned as a write. */
+class DaoWithACount extends FakeDao {
+  async count(): Promise<number> {
+    return 0;
+  }
+}
+export const countAsWrite: MirrorPlan<DaoWithACount, Row> = {
+  entity: 'spans',
+  methods: {
+    create: (row) => ({ ...row }),
+    broken: (row) => ({ ...row }),
+    read: READS,
+    // @ts-expect-error count resolves to a number, not the rows it committed
+    count: (row: Row) => ({ ...row }),
   },
-  toLine: () => {
-    throw new Error('not used here');
-  },
+  toGapRow: notUsedHere,
+  toLine: notUsedHere,
 };
 
 /** A mirror that only records what the decorator tells it. */

@@ -9,9 +9,13 @@ import { GapRow } from '../clickhouse/gap-ledger';
  * takes the rows, and any fault there is logged and counted, not propagated.
  */
 
+type Methods<T> = { [K in keyof T]: T[K] extends (...args: never[]) => unknown ? K : never }[keyof T];
 /** The async methods that resolve to an array: a write resolves to the rows it committed. */
 type RowWriters<T> = { [K in keyof T]: T[K] extends (...args: never[]) => Promise<readonly unknown[]> ? K : never }[keyof T];
 type CommittedRow<F> = F extends (...args: never[]) => Promise<readonly (infer R)[]> ? R : never;
+
+/** A plan's mark for a method that writes nothing: the decorator passes it straight through. */
+export const READS = 'reads';
 
 /** What the mirror copies, one plan each; the backfill and verify work over the same list. */
 export const MIRRORED_ENTITIES = ['spans', 'nodes'] as const;
@@ -27,7 +31,13 @@ export type MirroredEntity = (typeof MIRRORED_ENTITIES)[number];
  */
 export interface MirrorPlan<Dao, Mirrored> {
   entity: MirroredEntity;
-  writes: { [K in RowWriters<Dao>]?: (row: CommittedRow<Dao[K]>) => Mirrored };
+  /**
+   * Every method of the port, each either a write (how its committed rows
+   * become records) or READS. Complete, so that a method added to the port
+   * does not pass through unmirrored by omission: the compiler asks which it
+   * is. Only a method resolving to rows can be a write.
+   */
+  methods: { [K in Methods<Dao>]: (K extends RowWriters<Dao> ? (row: CommittedRow<Dao[K]>) => Mirrored : never) | typeof READS };
   toGapRow(record: Mirrored): GapRow;
   toLine(record: Mirrored): string;
 }
@@ -47,13 +57,13 @@ export interface MirrorTarget {
 }
 
 export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: MirrorPlan<Dao, Mirrored>, mirror: MirrorTarget): Dao {
-  const writes = plan.writes as Record<PropertyKey, ((row: unknown) => Mirrored) | undefined>;
+  const methods = plan.methods as Record<PropertyKey, ((row: unknown) => Mirrored) | typeof READS | undefined>;
   return new Proxy(dao, {
     get(target, property, receiver) {
       const member = Reflect.get(target, property, receiver);
       if (typeof member !== 'function') return member;
-      const toRecord = writes[property];
-      if (!toRecord) return member.bind(target);
+      const toRecord = methods[property];
+      if (toRecord === undefined || toRecord === READS) return member.bind(target);
       return async (...args: unknown[]) => {
         const settled = mirror.started();
         try {
