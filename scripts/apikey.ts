@@ -8,6 +8,7 @@ import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
 import { prepareSchema } from '../src/dbs/postgres/postgres-migrator';
 import { parseFlags } from './cli/flags';
 import { runCli, UsageError } from './cli/run-cli';
+import { isUuid } from '../src/uuid';
 
 const USAGE = `usage: npm run apikey -- <command>
 
@@ -15,7 +16,6 @@ const USAGE = `usage: npm run apikey -- <command>
   list [--project <uuid>]   list keys (prefixes only; keys are stored hashed)
   revoke --id <key id>      revoke a key; running APIs refuse it within ${ApiKeyService.TRUST_SECONDS} s`;
 
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Each command's flags, and whether it needs them: anything else is refused before Postgres is touched. */
 const COMMANDS: Record<string, { flag: '--project' | '--id'; required: boolean }> = {
@@ -33,7 +33,7 @@ function parseArgs(args: string[]): { command: string; projectId?: string; id?: 
     if (shape.required) throw new UsageError(`${command} needs ${shape.flag} <${shape.flag === '--id' ? 'key id' : 'uuid'}>`);
     return { command };
   }
-  if (!UUID_RE.test(value)) throw new UsageError(`${shape.flag} must be a UUID, got "${value}"`);
+  if (!isUuid(value)) throw new UsageError(`${shape.flag} must be a UUID, got "${value}"`);
   return { command, [shape.flag === '--id' ? 'id' : 'projectId']: value.toLowerCase() };
 }
 

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { BatchWriterOptions, DEFAULT_BATCH_WRITER_OPTIONS as MIRROR_DEFAULTS } from '../dbs/clickhouse/batch-writer-options';
 import { OperatorError } from './operator-error';
 import { redactUrl } from './redact-url';
+import { isUuid } from '../uuid';
 
 /**
  * The one typed configuration object. Every setting comes from the
@@ -63,8 +64,6 @@ const url = (protocols: string[]) =>
       }
     });
 
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 const uuidList = z
   .string()
   .optional()
@@ -73,7 +72,7 @@ const uuidList = z
       .split(',')
       .map((s) => s.trim().toLowerCase())
       .filter(Boolean);
-    const bad = ids.filter((id) => !UUID_RE.test(id));
+    const bad = ids.filter((id) => !isUuid(id));
     if (bad.length) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must be comma-separated project UUIDs; not a UUID: ${bad.join(', ')}` });
       return z.NEVER;

@@ -1,4 +1,4 @@
-import type { Clock } from '../../src/dbs/clickhouse/batch-writer';
+import type { Clock } from '../../src/dbs/clickhouse/clock';
 
 /** Timers that only fire when the test advances time. */
 export class ManualClock implements Clock {

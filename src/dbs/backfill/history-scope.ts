@@ -1,5 +1,6 @@
 import { MAX_YEAR, MIN_YEAR, normalizeTimestamp } from '../../tracing/timestamp';
 import { MIRRORED_ENTITIES, MirroredEntity } from '../dual-write/mirrored-dao';
+import { isUuid } from '../../uuid';
 
 /** The history to copy and compare is the mirror's: its tables, each named the same in Postgres and ClickHouse. */
 export const ENTITIES = MIRRORED_ENTITIES;
@@ -31,7 +32,6 @@ export class ScopeError extends Error {
   override name = 'ScopeError';
 }
 
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** One scope per entity (`all` is both, spans first). */
 export function parseScopes(options: ScopeOptions): HistoryScope[] {
@@ -46,7 +46,7 @@ export function parseScopes(options: ScopeOptions): HistoryScope[] {
   let projectIds: string[] | null = null;
   const mirrored = (options.mirroredProjects ?? []).map((p) => p.toLowerCase());
   if (options.project !== undefined) {
-    if (!UUID_RE.test(options.project)) throw new ScopeError(`--project must be a UUID, got "${options.project}"`);
+    if (!isUuid(options.project)) throw new ScopeError(`--project must be a UUID, got "${options.project}"`);
     const project = options.project.toLowerCase();
     if (mirrored.length && !mirrored.includes(project)) {
       throw new ScopeError(`project ${project} is not in CLICKHOUSE_PROJECT_IDS: the mirror does not keep it up to date, so it is not copied`);

@@ -5,13 +5,13 @@ import { ManualClock, settle } from '../../../test/support/manual-clock';
 import {
   InsertBody,
   BatchWriter,
-  Clock,
   MirrorLogger,
   MirrorRow,
   MirrorSink,
   queuedRowBytes,
   SHUTDOWN_GAP_RECORDING_MS,
 } from './batch-writer';
+import { Clock } from './clock';
 import { GapRecorder, MirrorGap } from './gap-ledger';
 import { BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';

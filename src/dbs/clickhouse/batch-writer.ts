@@ -6,6 +6,7 @@ import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, RowLog, RowSpan } 
 import { GapLedger, GapRecorder, GapRow } from './gap-ledger';
 import { BreakerState, classifySendError, describeSendError, fullJitterBackoff } from './retry-policy';
 import { BreakerGate } from './breaker-gate';
+import { Clock, realClock } from './clock';
 
 /**
  * One row to mirror: what a gap record needs of it, and its line. The writer
@@ -29,12 +30,6 @@ export type InsertBody = Iterable<Uint8Array>;
 export interface MirrorSink {
   insert(table: string, body: InsertBody, dedupToken: string): Promise<void>;
   ping(): Promise<boolean>;
-}
-
-export interface Clock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
 }
 
 /** The slice of pino the writer uses. */
@@ -78,12 +73,6 @@ export interface BatchWriterDeps {
  * (GapLedger.settledWithin) while the process can still write it.
  */
 export const SHUTDOWN_GAP_RECORDING_MS = 3_000;
-
-const realClock: Clock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
-};
 
 /** What a row costs the queue, as its bound counts it: its record in the table's log (see RowLog). */
 export function queuedRowBytes(row: MirrorRow): number {

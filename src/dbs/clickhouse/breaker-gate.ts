@@ -1,4 +1,5 @@
-import type { Clock, MirrorLogger } from './batch-writer';
+import type { MirrorLogger } from './batch-writer';
+import type { Clock } from './clock';
 import type { MirrorMetrics } from './mirror-metrics';
 import { BreakerOptions, BreakerState, CircuitBreaker } from './retry-policy';
 

@@ -1,21 +1,10 @@
 import { MirrorLogger } from './batch-writer';
+import { Clock, realClock } from './clock';
 
 /** How often to retry the ClickHouse DDL while it fails (ClickHouse down at startup). */
 export const SCHEMA_RETRY_MS = 5_000;
 /** While the DDL keeps failing, how often the log says it still does. */
 const SCHEMA_REMINDER_MS = 60_000;
-
-export interface SchemaClock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-const realClock: SchemaClock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
-};
 
 /**
  * The mirror's ClickHouse tables: applies the DDL at startup and, while
@@ -35,7 +24,7 @@ export class ClickHouseSchema {
     /** Applies the migrations; resolves to the names of those it applied. */
     private readonly apply: () => Promise<string[]>,
     private readonly logger: MirrorLogger,
-    private readonly clock: SchemaClock = realClock,
+    private readonly clock: Clock = realClock,
   ) {}
 
   get isApplied(): boolean {

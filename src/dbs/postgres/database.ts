@@ -1,4 +1,4 @@
-import { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
+import { ColumnType, Generated, Insertable, Selectable } from 'kysely';
 
 /**
  * Table types for Kysely. Timestamps are read as ISO-8601 strings with
@@ -109,9 +109,6 @@ export interface DB {
 
 export type SpanRow = Selectable<SpansTable>;
 export type NewSpanRow = Insertable<SpansTable>;
-export type SpanRowUpdate = Updateable<SpansTable>;
 export type NodeRow = Selectable<NodesTable>;
 export type NewNodeRow = Insertable<NodesTable>;
-export type ApiKeyRow = Selectable<ApiKeysTable>;
 export type MirrorGapRow = Selectable<MirrorGapsTable>;
-export type BackfillCheckpointRow = Selectable<BackfillCheckpointsTable>;

@@ -8,6 +8,7 @@ import { decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
 import { KYSELY } from './postgres.tokens';
 import { nodeFromRow, nodeToRow } from './node-row.mapper';
 import { inCallersOrder, inLockOrder } from './lock-order';
+import { isUuid } from '../../uuid';
 
 /** A node row binds 18 values; stay well under Postgres's 65535 parameters. */
 const INSERT_CHUNK = 1000;
@@ -23,7 +24,7 @@ const NODE_CURSOR = 'nodes:descending';
 
 function decodeNodeCursor(next: string): { timeStart: string; nodeId: string } {
   const isPosition = (p: unknown[]): p is [string, string] =>
-    p.length === 2 && isCursorTime(p[0]) && typeof p[1] === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(p[1]);
+    p.length === 2 && isCursorTime(p[0]) && typeof p[1] === 'string' && isUuid(p[1]);
   const [timeStart, nodeId] = decodeCursor(next, 'next', NODE_CURSOR, isPosition);
   return { timeStart, nodeId };
 }
