@@ -10,8 +10,8 @@ import { HistoryScope, runKeyOf } from '../../src/dbs/backfill/history-scope';
 import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
 import { Verifier } from '../../src/dbs/backfill/verify';
 import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
-import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
-import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
+import { NodeMirrorReads } from '../../src/dbs/clickhouse/node-mirror-reads';
+import { SpanMirrorReads } from '../../src/dbs/clickhouse/span-mirror-reads';
 import { DB } from '../../src/dbs/postgres/database';
 import { OpenGap, PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
@@ -366,7 +366,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(result).toMatchObject({ gaps: 2, upserted: 3, tombstoned: 1, reset: 0 });
     expect(await gaps.countOpen()).toBe(0);
     expect((await verifier.verify([ALL_SPANS, ALL_NODES])).differing).toEqual([]);
-    const dao = new ClickHouseSpansDao(ch.clients.query);
+    const dao = new SpanMirrorReads(ch.clients.query);
     expect(await dao.readSpans(P1, [{ trace_id: keyOf(deleted)[0], span_id: keyOf(deleted)[1] }])).toEqual([]);
     expect((await dao.readSpans(P1, [{ trace_id: keyOf(updated)[0], span_id: keyOf(updated)[1] }]))[0].span_name).toBe('renamed');
 
@@ -394,7 +394,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     await expect(failure).rejects.toThrow(new RegExp(`^1 gap record could not be replayed and stays open \\(gap ${bad.id}: .*not-a-uuid.*\\); 1 replayed \\(1 row upserted, 0 tombstoned\\)`));
     expect(lines).toEqual([expect.stringContaining(`could not replay gap ${bad.id} (nodes`), expect.stringContaining(`replayed gap ${good.id} (nodes`)]);
     expect((await openGaps(gaps)).map((g) => g.id)).toEqual([bad.id]);
-    const dao = new ClickHouseNodesDao(ch.clients.query);
+    const dao = new NodeMirrorReads(ch.clients.query);
     expect((await dao.readNodes(P1, [node.node_id]))[0].node_name).toBe('renamed');
   });
 
@@ -417,7 +417,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(result).toMatchObject({ gaps: 1, upserted: 1 });
     const open = await openGaps(gaps);
     expect(open.map((g) => [g.entity, g.project_id]).sort()).toEqual([['nodes', P2], ['spans', P1]]);
-    const dao = new ClickHouseNodesDao(ch.clients.query);
+    const dao = new NodeMirrorReads(ch.clients.query);
     expect(await dao.readNodes(P1, [n1.node_id])).toHaveLength(1);
     expect(await dao.readNodes(P2, [n2.node_id])).toEqual([]);
   });

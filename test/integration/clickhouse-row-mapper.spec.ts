@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import fc from 'fast-check';
-import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
+import { NodeMirrorReads } from '../../src/dbs/clickhouse/node-mirror-reads';
 import { ClickHouseSink, linesBody } from '../../src/dbs/clickhouse/clickhouse-sink';
-import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
+import { SpanMirrorReads } from '../../src/dbs/clickhouse/span-mirror-reads';
 import { MirroredNode, NODE_COLUMNS, NodeRecord, nodeTombstone, toNodeClickHouseLine, toNodeInsertLine, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import {
   MirroredSpan,
@@ -77,14 +77,14 @@ const later = (iso: string, micros: bigint) => microsToIso(isoToMicros(iso) + mi
 describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
   let ch: TestClickHouse;
   let sink: ClickHouseSink;
-  let spans: ClickHouseSpansDao;
-  let nodes: ClickHouseNodesDao;
+  let spans: SpanMirrorReads;
+  let nodes: NodeMirrorReads;
 
   beforeAll(async () => {
     ch = await createTestClickHouse();
     sink = new ClickHouseSink(ch.clients.insert, { compress: true });
-    spans = new ClickHouseSpansDao(ch.clients.query);
-    nodes = new ClickHouseNodesDao(ch.clients.query);
+    spans = new SpanMirrorReads(ch.clients.query);
+    nodes = new NodeMirrorReads(ch.clients.query);
   });
   afterAll(async () => ch?.drop());
 

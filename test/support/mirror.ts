@@ -1,7 +1,7 @@
 import { ClickHouseClient } from '@clickhouse/client';
 import { Kysely } from 'kysely';
-import { ClickHouseNodesDao } from '../../src/dbs/clickhouse/clickhouse-nodes.dao';
-import { ClickHouseSpansDao } from '../../src/dbs/clickhouse/clickhouse-spans.dao';
+import { NodeMirrorReads } from '../../src/dbs/clickhouse/node-mirror-reads';
+import { SpanMirrorReads } from '../../src/dbs/clickhouse/span-mirror-reads';
 import { DB } from '../../src/dbs/postgres/database';
 import { nodeFromRow } from '../../src/dbs/postgres/node-row.mapper';
 import { spanFromRow } from '../../src/dbs/postgres/span-row.mapper';
@@ -17,8 +17,8 @@ export async function snapshotBothSides(db: Kysely<DB>, clickhouse: ClickHouseCl
   const pgSpans = (await db.selectFrom('spans').selectAll().where('project_id', '=', projectId).execute()).map(spanFromRow).sort(byKey(spanKey));
   const pgNodes = (await db.selectFrom('nodes').selectAll().where('project_id', '=', projectId).execute()).map(nodeFromRow).sort(byKey(nodeKey));
 
-  const spansDao = new ClickHouseSpansDao(clickhouse);
-  const nodesDao = new ClickHouseNodesDao(clickhouse);
+  const spansDao = new SpanMirrorReads(clickhouse);
+  const nodesDao = new NodeMirrorReads(clickhouse);
   const chSpans: Span[] = [];
   for (const bucket of await spansDao.countByProjectDay({ projectId })) {
     for await (const page of spansDao.readBucket(projectId, bucket.day)) {

@@ -1,8 +1,8 @@
 import { ClickHouseClient } from '@clickhouse/client';
 import { RawBuilder, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
-import { ClickHouseNodesDao } from '../clickhouse/clickhouse-nodes.dao';
-import { ClickHouseSpansDao } from '../clickhouse/clickhouse-spans.dao';
+import { NodeMirrorReads } from '../clickhouse/node-mirror-reads';
+import { SpanMirrorReads } from '../clickhouse/span-mirror-reads';
 import { MirroredNode, NODE_COLUMNS, nodeTombstone, toNodeClickHouseLine, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
 import {
   MirroredSpan,
@@ -153,7 +153,7 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
     params: { keyTraceIds: keys.map(([t]) => traceIdToUuid(t)), keySpanIds: keys.map(([, s]) => BigInt(spanIdToUInt64(s))) },
   }),
   readLive: (client, projectId, keys) =>
-    new ClickHouseSpansDao(client).readSpans(
+    new SpanMirrorReads(client).readSpans(
       projectId,
       keys.map(([trace_id, span_id]) => ({ trace_id, span_id })),
     ),
@@ -202,7 +202,7 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
   clickHouseKeyOf: ([id]) => [id],
   clickHouseKeysCondition: (keys) => ({ condition: 'node_id IN {keyNodeIds:Array(UUID)}', params: { keyNodeIds: keys.map(([id]) => id) } }),
   readLive: (client, projectId, keys) =>
-    new ClickHouseNodesDao(client).readNodes(
+    new NodeMirrorReads(client).readNodes(
       projectId,
       keys.map(([id]) => id),
     ),

@@ -1,5 +1,5 @@
 import { ClickHouseClient } from '@clickhouse/client';
-import { countByProjectDay, ProjectDayCount, ProjectDayFilter } from './clickhouse-spans.dao';
+import { countByProjectDay, ProjectDayCount, ProjectDayFilter } from './mirror-counts';
 import { fromNodeClickHouseRow, MirroredNode, NODE_COLUMNS, NodeClickHouseRow } from './node-clickhouse-row.mapper';
 
 /** Ids per query: bound parameters travel in the URL, which servers cap (1 MiB by default). */
@@ -8,10 +8,10 @@ const IDS_PER_QUERY = 1000;
 const COLUMNS = NODE_COLUMNS.map((c) => `\`${c}\``).join(', ');
 
 /**
- * Reads of the node mirror for the verifier, tests and analytics: the same
- * rules as ClickHouseSpansDao (FINAL, no tombstones, bound values only).
+ * Reads of the node mirror, for the same callers and by the same rules as
+ * SpanMirrorReads (FINAL, no tombstones, bound values only).
  */
-export class ClickHouseNodesDao {
+export class NodeMirrorReads {
   constructor(private readonly client: ClickHouseClient) {}
 
   async readNodes(projectId: string, nodeIds: string[]): Promise<MirroredNode[]> {

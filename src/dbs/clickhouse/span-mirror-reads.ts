@@ -1,8 +1,8 @@
 import { ClickHouseClient } from '@clickhouse/client';
 import { SpanKey } from '../../tracing/span';
+import { countByProjectDay, ProjectDayCount, ProjectDayFilter } from './mirror-counts';
 import {
   fromSpanClickHouseRow,
-  isoToClickHouseTime,
   MirroredSpan,
   SPAN_COLUMNS,
   SpanClickHouseRow,
@@ -10,35 +10,18 @@ import {
 } from './span-clickhouse-row.mapper';
 import { traceIdToUuid } from '../../tracing/trace-id';
 
-/** Rows of one project and created_at day (UTC), as the verifier compares them with Postgres. */
-export interface ProjectDayCount {
-  project_id: string;
-  /** YYYY-MM-DD, UTC. */
-  day: string;
-  rows: number;
-  /** Sum of the live rows' versions: any missed update or delete changes it. */
-  version_sum: bigint;
-}
-
-export interface ProjectDayFilter {
-  projectId?: string;
-  /** Inclusive lower bound on created_at (ISO-8601). */
-  since?: string;
-  /** Exclusive upper bound on created_at (ISO-8601). */
-  until?: string;
-}
-
 /** Keys per query: bound parameters travel in the URL, which servers cap (1 MiB by default). */
 const KEYS_PER_QUERY = 1000;
 
 const COLUMNS = SPAN_COLUMNS.map((c) => `\`${c}\``).join(', ');
 
 /**
- * Reads of the span mirror for the verifier, tests and analytics. Every read
- * uses FINAL, so only the newest version of each span counts, and skips
- * tombstones. Every value is a bound parameter.
+ * Reads of the span mirror: by key for the backfill's key replay (gaps,
+ * verify --repair), and the rest for specs checking what landed. Nothing in
+ * the API reads ClickHouse. Every read uses FINAL, so only the newest version
+ * of each span counts, and skips tombstones. Every value is a bound parameter.
  */
-export class ClickHouseSpansDao {
+export class SpanMirrorReads {
   constructor(private readonly client: ClickHouseClient) {}
 
   async readSpans(projectId: string, keys: SpanKey[]): Promise<MirroredSpan[]> {
@@ -111,40 +94,4 @@ export class ClickHouseSpansDao {
     const rows = await result.json<SpanClickHouseRow>();
     return rows.map(fromSpanClickHouseRow);
   }
-}
-
-/** Live rows per project and created_at day of a mirror table, read with FINAL. */
-export async function countByProjectDay(
-  client: ClickHouseClient,
-  table: 'spans' | 'nodes',
-  filter: ProjectDayFilter,
-): Promise<ProjectDayCount[]> {
-  const where = ['is_deleted = 0'];
-  const params: Record<string, unknown> = {};
-  if (filter.projectId !== undefined) {
-    where.push('project_id = {projectId:UUID}');
-    params.projectId = filter.projectId;
-  }
-  if (filter.since !== undefined) {
-    where.push(`created_at >= {since:DateTime64(6, 'UTC')}`);
-    params.since = isoToClickHouseTime(filter.since);
-  }
-  if (filter.until !== undefined) {
-    where.push(`created_at < {until:DateTime64(6, 'UTC')}`);
-    params.until = isoToClickHouseTime(filter.until);
-  }
-  const result = await client.query({
-    // UInt128 so the sum of thousands of 16-digit versions cannot wrap.
-    query: `SELECT project_id, toString(toDate(created_at)) AS day, count() AS rows,
-                   toString(sum(toUInt128(version))) AS version_sum
-            FROM ${table} FINAL
-            WHERE ${where.join(' AND ')}
-            GROUP BY project_id, day
-            -- Text order, as Postgres sorts uuids; ClickHouse compares UUIDs by their halves.
-            ORDER BY toString(project_id), day`,
-    query_params: params,
-    format: 'JSONEachRow',
-  });
-  const rows = await result.json<{ project_id: string; day: string; rows: string; version_sum: string }>();
-  return rows.map((r) => ({ project_id: r.project_id, day: r.day, rows: Number(r.rows), version_sum: BigInt(r.version_sum) }));
 }
