@@ -146,23 +146,25 @@ export async function migrateClickHouse(
   const log = options.log ?? (() => undefined);
   const migrations = await readClickHouseMigrations(options.dir);
   // The configured database may not exist yet, and a request naming it would fail; `default` always exists.
-  // Its ping and reads are ordinary requests: a server that does not answer fails them within
-  // CLICKHOUSE_REQUEST_TIMEOUT_MS (and the API's DDL retries), rather than holding the run for DDL_TIMEOUT_MS.
-  const admin = createClient({ ...ddlClientOptions(config, url, 'default'), request_timeout: config.requestTimeoutMs });
+  const admin = createClient(ddlClientOptions(config, url, 'default'));
   const ddl = createClient(ddlClientOptions(config, url, config.database));
+  // The ping and every read are ordinary requests: a server that does not answer fails them within
+  // CLICKHOUSE_REQUEST_TIMEOUT_MS (and the API's DDL retries) rather than holding the run, and every insert
+  // waiting on it, for DDL_TIMEOUT_MS. Only statements that change the schema get that long.
+  const reads = createClient({ ...ddlClientOptions(config, url, 'default'), request_timeout: config.requestTimeoutMs });
   try {
-    const ping = await admin.ping();
+    const ping = await reads.ping();
     if (!ping.success) {
       throw new ClickHouseMigrationError(`ClickHouse at ${redactUrl(url)} does not answer: ${describeSendError(ping.error)}`);
     }
     // Created only when missing: ClickHouse checks the CREATE grant before IF NOT EXISTS, and a user granted
     // only the database an administrator made for it must still be able to run this on a current schema.
-    if (!(await exists(admin, 'SELECT 1 FROM system.databases WHERE name = {database:String}', { database: config.database }))) {
+    if (!(await exists(reads, 'SELECT 1 FROM system.databases WHERE name = {database:String}', { database: config.database }))) {
       await command(admin, `CREATE DATABASE IF NOT EXISTS ${identifier(config.database)}`);
     }
     // With 'new-tables', the TTL is left alone on tables that exist before this run; 'set' leaves none alone.
-    const leftAlone = options.ttl === 'new-tables' ? new Set((await readTtlDays(ddl, config.database, MIRROR_TABLES)).keys()) : new Set<string>();
-    if (!(await exists(admin, "SELECT 1 FROM system.tables WHERE database = {database:String} AND name = 'schema_migrations'", { database: config.database }))) {
+    const leftAlone = options.ttl === 'new-tables' ? new Set((await readTtlDays(reads, config.database, MIRROR_TABLES)).keys()) : new Set<string>();
+    if (!(await exists(reads, "SELECT 1 FROM system.tables WHERE database = {database:String} AND name = 'schema_migrations'", { database: config.database }))) {
       await command(
         ddl,
         `CREATE TABLE IF NOT EXISTS schema_migrations
@@ -171,7 +173,7 @@ export async function migrateClickHouse(
       );
     }
 
-    const applied = await appliedMigrations(ddl);
+    const applied = await appliedMigrations(reads, config.database);
     const newest = Math.max(0, ...migrations.map((m) => m.version));
     const unknown: string[] = [];
     for (const [version, row] of applied) {
@@ -220,13 +222,13 @@ export async function migrateClickHouse(
       done.push(migration.name);
     }
 
-    const { changed: ttl, differs: ttlDiffers } = await applyTtl(ddl, config.database, config.ttlDays, (table) => !leftAlone.has(table));
+    const { changed: ttl, differs: ttlDiffers } = await applyTtl({ reads, ddl }, config.database, config.ttlDays, (table) => !leftAlone.has(table));
     for (const change of ttl) {
       log(change.days ? `set TTL on ${change.table}: ${change.days} days after created_at` : `removed TTL from ${change.table}`);
     }
     return { applied: done, ttl, unknown, ttlDiffers };
   } finally {
-    await Promise.allSettled([admin.close(), ddl.close()]);
+    await Promise.allSettled([admin.close(), ddl.close(), reads.close()]);
   }
 }
 
@@ -247,9 +249,9 @@ async function command(client: ClickHouseClient, query: string, params?: Record<
   await client.command({ query, query_params: params, clickhouse_settings: { wait_end_of_query: 1 } });
 }
 
-async function appliedMigrations(client: ClickHouseClient): Promise<Map<number, { name: string; checksum: string }>> {
+async function appliedMigrations(client: ClickHouseClient, database: string): Promise<Map<number, { name: string; checksum: string }>> {
   const result = await client.query({
-    query: 'SELECT version, name, checksum FROM schema_migrations FINAL ORDER BY version',
+    query: `SELECT version, name, checksum FROM ${identifier(database)}.schema_migrations FINAL ORDER BY version`,
     format: 'JSONEachRow',
   });
   const rows = await result.json<{ version: number; name: string; checksum: string }>();
@@ -262,24 +264,24 @@ async function appliedMigrations(client: ClickHouseClient): Promise<Map<number, 
  * they are.
  */
 async function applyTtl(
-  client: ClickHouseClient,
+  clients: { reads: ClickHouseClient; ddl: ClickHouseClient },
   database: string,
   days: number,
   mayChange: (table: string) => boolean,
 ): Promise<{ changed: Array<{ table: string; days: number }>; differs: Array<{ table: string; days: number }> }> {
   const changes: Array<{ table: string; days: number }> = [];
   const differs: Array<{ table: string; days: number }> = [];
-  for (const [name, current] of await readTtlDays(client, database, MIRROR_TABLES)) {
+  for (const [name, current] of await readTtlDays(clients.reads, database, MIRROR_TABLES)) {
     if (current === days) continue;
     if (!mayChange(name)) {
       differs.push({ table: name, days: current });
       continue;
     }
     if (days === 0) {
-      await command(client, `ALTER TABLE ${identifier(name)} REMOVE TTL`);
+      await command(clients.ddl, `ALTER TABLE ${identifier(name)} REMOVE TTL`);
     } else {
       // created_at never changes, so a row's expiry is fixed when it is first written.
-      await command(client, `ALTER TABLE ${identifier(name)} MODIFY TTL toDateTime(created_at) + INTERVAL ${days} DAY`);
+      await command(clients.ddl, `ALTER TABLE ${identifier(name)} MODIFY TTL toDateTime(created_at) + INTERVAL ${days} DAY`);
     }
     changes.push({ table: name, days });
   }
