@@ -368,10 +368,7 @@ describe('the API is isolated from ClickHouse faults', () => {
     try {
       const { steps } = await runScript(rig.t);
       expect(steps).toEqual(baseline);
-      const { mirror } = (await rig.health()).body.info;
-      expect(mirror).toMatchObject({ status: 'up', schemaApplied: false });
-      // What the inserts wait on, with its cause (was: 'ClickHouse schema is not applied yet; will retry').
-      expect(mirror.lastError).toMatch(/^ClickHouse schema is not applied yet \(.*ECONNREFUSED.*\); will retry/);
+      expect((await rig.health()).body.info.mirror).toMatchObject({ status: 'up', schemaApplied: false });
 
       await rig.proxy.setMode('forward');
       await rig.t.mirror!.writer.drain();
@@ -385,10 +382,10 @@ describe('the API is isolated from ClickHouse faults', () => {
   });
 
   it('ClickHouse not answering at startup: the API starts without waiting for its DDL, which goes through once ClickHouse answers', async () => {
-    const rig = await startRig({ CLICKHOUSE_REQUEST_TIMEOUT_MS: '2000' }, 'hang');
+    const rig = await startRig({ CLICKHOUSE_REQUEST_TIMEOUT_MS: '5000' }, 'hang');
     try {
       // Serving while the DDL's first request (its ping) still hangs: the start did not wait for it (it did, up
-      // to 15 s, and would have found it failed here, 2 s on).
+      // to 15 s, and would have found it failed here, 5 s on).
       expect(rig.proxy.stats()).toMatchObject({ pings: 1, pending: 1 });
       const { steps } = await runScript(rig.t);
       expect(steps).toEqual(baseline);

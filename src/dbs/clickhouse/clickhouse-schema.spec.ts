@@ -65,6 +65,20 @@ describe('ClickHouseSchema', () => {
     await clock.advance(60_000);
     expect(clock.tries).toBe(1);
   });
+
+  it('leaves a run that fails after stop() unreported: the shutdown closed what it ran on', async () => {
+    let fail: (error: Error) => void = () => undefined;
+    const { logger, lines } = recordingLogger();
+    const clock = new ManualClock();
+    const schema = new ClickHouseSchema(() => new Promise((_, reject) => (fail = reject)), logger, clock);
+    const running = schema.ensure();
+    schema.stop();
+    fail(new Error('socket hang up'));
+    expect(await running).toBe(false);
+    expect(lines).toEqual([]);
+    expect(schema.failure).toBeNull();
+    expect(clock.pendingTimers).toBe(0);
+  });
 });
 
 /** A clock whose ClickHouse refuses the DDL until `up`. */

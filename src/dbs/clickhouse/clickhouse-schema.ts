@@ -45,7 +45,7 @@ export class ClickHouseSchema {
     return this.running;
   }
 
-  /** No more retries (shutdown). */
+  /** No more retries (shutdown); a run still going ends unreported, its failure being the shutdown's. */
   stop(): void {
     this.stopped = true;
     if (this.retry !== null) this.clock.clearTimeout(this.retry);
@@ -62,6 +62,7 @@ export class ClickHouseSchema {
         this.failing = null;
       }
     } catch (error) {
+      if (this.stopped) return false;
       this.noteFailure((error as Error)?.message ?? String(error));
       if (!this.stopped && this.retry === null) {
         this.retry = this.clock.setTimeout(() => {

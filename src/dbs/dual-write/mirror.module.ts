@@ -110,7 +110,7 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
  * works) and, if it still cannot, fails transiently and is retried. The wait
  * is bounded like any request, as the batch writer requires.
  */
-function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'ensure' | 'failure'>, timeoutMs: number): MirrorSink {
+export function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'ensure' | 'failure'>, timeoutMs: number): MirrorSink {
   return {
     insert: async (table, lines, dedupToken) => {
       const ready = await within(schema.ensure(), timeoutMs, () => false);
