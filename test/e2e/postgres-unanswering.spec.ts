@@ -168,8 +168,9 @@ describe('Postgres that stops answering', () => {
   }, 60_000);
 
   it('shuts down within the mirror deadline and its gap recording bound when Postgres stops answering; the rows it could not record are counted lost', async () => {
-    // ClickHouse down, so the writes stay queued and become gap records at the deadline; the mirror's pool
-    // then has a client timeout long enough that waiting it out would show.
+    // ClickHouse down, so the writes stay queued and become gap records at the deadline. Each try of a record
+    // then waits out the mirror pool's connect timeout (5 s, a new connection) or, on a connection it holds,
+    // its client timeout (30 s here): three tries took 17.7 s before the bound.
     const mirrorDeadlineMs = 500;
     const mirrored = await createApp({
       DATABASE_URL: postgres.url,

@@ -983,6 +983,28 @@ describe('BatchWriter', () => {
       expect(clock.pendingTimers).toBe(0);
     });
 
+    it('says so when a gap record it gave up on at shutdown lands after all', async () => {
+      const { sink, writer, gaps, clock, logger } = setup({ shutdownDeadlineMs: 1000 });
+      sink.fallback = 'hang';
+      writer.write(rows(1, 2));
+      await settle();
+      gaps.held = [];
+      const done = writer.shutdown();
+      await clock.advance(1000 + SHUTDOWN_GAP_RECORDING_MS);
+      await done;
+      expect(logger.errors().filter((e) => e.msg.includes('gap could not be recorded'))).toHaveLength(1);
+
+      gaps.release();
+      await settle();
+      expect(gaps.rows()).toBe(2);
+      expect(logger.entries.filter((e) => e.level === 'warn' && e.msg.includes('recorded after shutdown had declared its rows lost'))).toEqual([
+        expect.objectContaining({ obj: { gaps: [expect.objectContaining({ rowCount: 2 })] } }),
+      ]);
+      sink.releaseHung();
+      await settle();
+      expect(clock.pendingTimers).toBe(0);
+    });
+
     it('turns writes after shutdown into gaps', async () => {
       const { sink, writer, gaps } = setup();
       await writer.shutdown();

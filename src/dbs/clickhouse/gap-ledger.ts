@@ -34,7 +34,7 @@ export interface GapRecorder {
 
 export interface GapLedgerDeps {
   recorder: GapRecorder;
-  logger: Pick<MirrorLogger, 'error'>;
+  logger: Pick<MirrorLogger, 'error' | 'warn'>;
   /** The batch writer's clock, so tests drive both with one fake. */
   timers: Pick<Clock, 'setTimeout' | 'clearTimeout'>;
   metrics?: MirrorMetrics;
@@ -168,9 +168,15 @@ export class GapLedger {
     for (let attempt = 1; ; attempt++) {
       try {
         await recorder.record(gaps);
-        // Given up at shutdown and written all the same: the log's "lost" overstates it, which repairs nothing twice.
         this.recordedGaps += gaps.length;
         metrics?.gapsRecorded.inc(gaps.length);
+        if (recording.givenUp) {
+          // Declared lost at shutdown, and written all the same. A counter cannot take the rows back; the log can.
+          this.deps.logger.warn(
+            { gaps: gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt }) => ({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt })) },
+            'mirror gap recorded after shutdown had declared its rows lost: backfill --gaps replays them; the lost-rows line before this one overstates',
+          );
+        }
         return;
       } catch (error) {
         if (recording.givenUp) return;
