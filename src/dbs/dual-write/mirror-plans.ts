@@ -8,7 +8,7 @@ import { SpanRecord, spanTombstone, SpanTombstone, toSpanGapRow, toSpanInsertLin
 import { MirrorPlan, READS } from './mirrored-dao';
 
 /**
- * Every write method of each port, and what it mirrors. Creates and updates
+ * Every method of each port: what each write mirrors, and which only read. Creates and updates
  * mirror the full committed row at version updated_at; deletes mirror a
  * tombstone at version deleted_at (microseconds; the Postgres DAOs make a
  * row's versions strictly increasing, and put a delete's just past the

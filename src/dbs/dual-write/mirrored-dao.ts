@@ -62,7 +62,8 @@ export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: Mirro
     get(target, property, receiver) {
       const member = Reflect.get(target, property, receiver);
       if (typeof member !== 'function') return member;
-      const toRecord = methods[property];
+      // Own entries only: `constructor`, `toString` and the rest of Object.prototype are no writes.
+      const toRecord = Object.hasOwn(methods, property) ? methods[property] : undefined;
       if (toRecord === undefined || toRecord === READS) return member.bind(target);
       return async (...args: unknown[]) => {
         const settled = mirror.started();
