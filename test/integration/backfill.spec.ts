@@ -442,6 +442,11 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(listed[0]).not.toHaveProperty('keys');
     expect(await gaps.totals({ entities: ['nodes'], projectIds: [P1] })).toEqual({ gaps: 130, rows: 130, lastId: listed[129].id });
     expect(await gaps.totals({ entities: ['spans'], projectIds: null })).toEqual({ gaps: 0, rows: 0, lastId: null });
+    // An empty scope is nothing in scope (not `in ()`, a syntax error).
+    expect(await gaps.totals({ entities: [], projectIds: null })).toEqual({ gaps: 0, rows: 0, lastId: null });
+    const noProjects: OpenGap[] = [];
+    for await (const gap of gaps.open({ entities: ['nodes'], projectIds: [] })) noProjects.push(gap);
+    expect(noProjects).toEqual([]);
 
     // A gap the API records while a replay runs is the next run's: the first gap's replay records one more.
     const lines: string[] = [];

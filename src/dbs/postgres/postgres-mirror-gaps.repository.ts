@@ -25,6 +25,9 @@ export interface OpenGapTotals {
 
 const PAGE_SIZE = 100;
 
+/** No entity or no project: nothing in scope (and `in ()` is not SQL). */
+const isEmpty = (scope: GapScope) => scope.entities.length === 0 || scope.projectIds?.length === 0;
+
 /** The durable record of mirror rows that never reached ClickHouse; replayed by `backfill --gaps`. */
 export class PostgresMirrorGapsRepository implements GapRecorder {
   constructor(private readonly db: Kysely<DB>) {}
@@ -48,6 +51,7 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
   }
 
   async totals(scope: GapScope): Promise<OpenGapTotals> {
+    if (isEmpty(scope)) return { gaps: 0, rows: 0, lastId: null };
     const row = await this.openIn(scope, this.db.selectFrom('mirror_gaps'))
       .select((eb) => [
         eb.fn.countAll<string>().as('gaps'),
@@ -60,7 +64,7 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
 
   /** Open gaps in the scope, oldest first, up to `upToId` (all when absent); read a page at a time, without their keys. */
   async *open(scope: GapScope, upToId?: string | null): AsyncGenerator<OpenGap> {
-    if (upToId === null) return;
+    if (upToId === null || isEmpty(scope)) return;
     let afterId: string | null = null;
     for (;;) {
       let q = this.openIn(scope, this.db.selectFrom('mirror_gaps'))
