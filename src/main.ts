@@ -47,8 +47,12 @@ async function main(): Promise<void> {
     stopping = true;
     logger.log(`${signal} received: draining in-flight requests`, 'Main');
     const server = app.getHttpServer() as Server;
-    // Keep-alive clients would otherwise hold their sockets open until the idle timeout.
-    server.on('request', (_req, res) => res.setHeader('Connection', 'close'));
+    // Keep-alive clients would otherwise hold their sockets open until the idle timeout. Ahead of Express's own
+    // listener: it answers some requests (a path no route serves, /docs) before returning, and a header set
+    // after that throws ERR_HTTP_HEADERS_SENT, out of any handler: the process would crash mid-drain.
+    server.prependListener('request', (_req, res) => {
+      if (!res.headersSent) res.setHeader('Connection', 'close');
+    });
     const drained = new Promise<boolean>((resolve) => server.close(() => resolve(true)));
     const finished = await within(drained, config.http.shutdownTimeoutMs, () => false);
     // Sessions still lent out belong to requests given up on, or to requests whose clients hung up

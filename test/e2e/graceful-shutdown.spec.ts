@@ -1,6 +1,7 @@
 import { createClient } from '@clickhouse/client';
 import { randomUUID } from 'node:crypto';
 import { Agent, request } from 'node:http';
+import { connect } from 'node:net';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
@@ -183,4 +184,43 @@ describe('graceful shutdown under load (SIGTERM, mirror on)', () => {
     expect(api.logs()).toMatch(/"outcome":"flushed"/);
     process.stdout.write(`graceful shutdown: ${acknowledged} spans acknowledged in ${outcomes.length + 1} requests, ${inFlightAtSigterm} in flight at SIGTERM, exit after ${exitedAfterMs} ms\n`);
   }, 120_000);
+
+  it('answers, and still exits 0, a request that arrives after SIGTERM on a keep-alive connection busy at the signal, whatever route it asks for', async () => {
+    // A path no route serves (and /docs) is answered synchronously inside Express's own 'request' listener,
+    // before a listener shutdown adds; setting a header there threw ERR_HTTP_HEADERS_SENT and crashed the process.
+    const own = await startApiProcess({ DATABASE_URL: database.url, MIGRATE_ON_START: 'false', USE_CLICKHOUSE: 'false', SHUTDOWN_TIMEOUT_MS: '8000', LOG_LEVEL: 'info' });
+    const socket = connect(own.port, '127.0.0.1');
+    let received = '';
+    socket.on('data', (chunk) => (received += chunk.toString()));
+    let isClosed = false;
+    const closed = new Promise<void>((done) => socket.on('close', () => ((isClosed = true), done())));
+    const answered = async (count: number) => {
+      // Not anchored to a line: a response starts right after the previous one's body.
+      while ((received.match(/HTTP\/1\.1 \d{3} /g) ?? []).length < count) {
+        if (isClosed) throw new Error(`the connection closed before answer ${count}; the API's log:\n${own.logs().slice(-2_000)}`);
+        await new Promise((done) => setTimeout(done, 20));
+      }
+    };
+    try {
+      const body = JSON.stringify({ spans: makeTrace(2) });
+      socket.write(`POST /tracing/spans HTTP/1.1\r\nHost: api\r\nAuthorization: ApiKey ${key}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body.slice(0, 50)}`);
+      await new Promise((done) => setTimeout(done, 300));
+      own.child.kill('SIGTERM');
+      await new Promise((done) => setTimeout(done, 300));
+      socket.write(body.slice(50));
+      await answered(1);
+      expect(received).toMatch(/^HTTP\/1\.1 201/);
+      expect(received).toMatch(/^Connection: keep-alive/im);
+
+      socket.write('GET /no-such-route HTTP/1.1\r\nHost: api\r\n\r\n');
+      await answered(2);
+      expect(received.slice(received.lastIndexOf('HTTP/1.1'))).toMatch(/^HTTP\/1\.1 404[^]*\r\nConnection: close\r\n/i);
+      await closed;
+      const exit = await own.exited;
+      expect({ exit, logs: exit.code === 0 ? '' : own.logs().slice(-2_000) }).toEqual({ exit: { code: 0, signal: null }, logs: '' });
+    } finally {
+      socket.destroy();
+      await own.stop(5_000);
+    }
+  }, 60_000);
 });
