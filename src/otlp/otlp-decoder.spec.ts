@@ -238,6 +238,13 @@ describe('decodeOtlpJson', () => {
 });
 
 describe('decodeOtlpProtobuf', () => {
+  it('reads an all-zero parent span id as "no parent", in both encodings (a root span, as several SDKs send it)', () => {
+    const request = jsonRequest([jsonSpan({ parentSpanId: '0000000000000000' })]);
+    const [fromJson] = decodeOtlpJson(request);
+    expect(fromJson.parentSpanId).toBeNull();
+    expect(decodeOtlpProtobuf(toProtobuf(request))).toEqual([fromJson]);
+  });
+
   it('decodes exactly what the same request in OTLP/JSON decodes to', () => {
     const request = jsonRequest([jsonSpan(), jsonSpan({ spanId: 'ffffffffffffffff', parentSpanId: '', kind: 1, events: [], links: [] })]);
     const fromJson = decodeOtlpJson(request);

@@ -290,7 +290,12 @@ function enumValue(value: unknown, path: string, names: readonly string[]): numb
   throw new OtlpDecodeError(path, `must be an integer from 0 to ${names.length - 1} or one of ${names.join(', ')}`);
 }
 
-/** Trace and span ids: hex strings in OTLP/JSON, raw bytes in protobuf. An empty optional id means "none". */
+/**
+ * Trace and span ids: hex strings in OTLP/JSON, raw bytes in protobuf. An
+ * empty optional id means "none", and so does an all-zero one: the invalid
+ * span id, which several SDKs and exporters send as a root span's parent.
+ * Refusing it would refuse their whole export (exporters do not retry a 400).
+ */
 function id(value: unknown, path: string, format: Format, bytes: number, optional = false): string | null {
   let hex: string;
   if (format === 'json') {
@@ -312,7 +317,10 @@ function id(value: unknown, path: string, format: Format, bytes: number, optiona
     }
     hex = Buffer.from(value.buffer, value.byteOffset, value.length).toString('hex');
   }
-  if (/^0+$/.test(hex)) throw new OtlpDecodeError(path, 'must not be all zeros');
+  if (/^0+$/.test(hex)) {
+    if (optional) return null;
+    throw new OtlpDecodeError(path, 'must not be all zeros');
+  }
   return hex;
 }
 
