@@ -309,7 +309,8 @@ const badAnyValue = fc.oneof(
 const otlpSpanEdit: fc.Arbitrary<Edit> = fc.oneof(
   set('traceId', fc.oneof(badHexId(32).filter((v) => v !== ''), fc.constant(null))),
   set('spanId', fc.oneof(badHexId(16).filter((v) => v !== ''), fc.constant(''))),
-  set('parentSpanId', badHexId(16).filter((v) => v !== '' && v !== null)),
+  // Empty, null and all zeros are "no parent" (a root span), not bad ids.
+  set('parentSpanId', badHexId(16).filter((v) => v !== '' && v !== null && v !== '0'.repeat(16))),
   set('startTimeUnixNano', fc.oneof(fc.constantFrom('-1', '1.5', 'x', '0', '18446744073709551616', '9999999999999999999', null), fc.integer({ max: 0 }), fc.double({ noInteger: true, noNaN: true, noDefaultInfinity: true }), fc.boolean())),
   set('endTimeUnixNano', fc.constantFrom('1', '1763632800000000999', '-5', 'soon', null)),
   set('kind', fc.oneof(fc.integer({ min: 6 }), fc.integer({ max: -1 }), fc.constantFrom(1.5, 'SPAN_KIND_BOGUS', 'client', true))),
