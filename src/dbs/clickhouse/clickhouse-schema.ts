@@ -64,7 +64,7 @@ export class ClickHouseSchema {
     } catch (error) {
       if (this.stopped) return false;
       this.noteFailure((error as Error)?.message ?? String(error));
-      if (!this.stopped && this.retry === null) {
+      if (this.retry === null) {
         this.retry = this.clock.setTimeout(() => {
           this.retry = null;
           void this.ensure();

@@ -173,7 +173,7 @@ export class GapLedger {
         if (recording.givenUp) {
           // Declared lost at shutdown, and written all the same. A counter cannot take the rows back; the log can.
           this.deps.logger.warn(
-            { gaps: gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt }) => ({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt })) },
+            { gaps: rangesOf(gaps) },
             'mirror gap recorded after shutdown had declared its rows lost: backfill --gaps replays them; the lost-rows line before this one overstates',
           );
         }
@@ -199,14 +199,7 @@ export class GapLedger {
       {
         error,
         lostRows,
-        gaps: gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }) => ({
-          entity,
-          projectId,
-          rowCount,
-          minCreatedAt,
-          maxCreatedAt,
-          reason,
-        })),
+        gaps: rangesOf(gaps),
       },
       'mirror gap could not be recorded: these rows are missing from ClickHouse and only this log knows; repair with verify --repair over this range',
     );
@@ -221,6 +214,11 @@ export class GapLedger {
   private retryPause(ms: number): Promise<void> {
     return new Promise((resolve) => this.deps.timers.setTimeout(resolve, ms));
   }
+}
+
+/** What a log line says of gaps: everything but their keys, which `verify --repair` does not need. */
+function rangesOf(gaps: MirrorGap[]) {
+  return gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }) => ({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }));
 }
 
 /** One gap per entity and project: the rows' keys, their created_at range and count. */

@@ -1,4 +1,4 @@
-import { Kysely, SelectQueryBuilder, sql } from 'kysely';
+import { Kysely, sql } from 'kysely';
 import type { GapRecorder, MirrorGap } from '../clickhouse/gap-ledger';
 import { DB, MirrorGapRow } from './database';
 
@@ -52,7 +52,7 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
 
   async totals(scope: GapScope): Promise<OpenGapTotals> {
     if (isEmpty(scope)) return { gaps: 0, rows: 0, lastId: null };
-    const row = await this.openIn(scope, this.db.selectFrom('mirror_gaps'))
+    const row = await this.openIn(scope)
       .select((eb) => [
         eb.fn.countAll<string>().as('gaps'),
         eb.fn.coalesce(eb.fn.sum<string>('row_count'), sql<string>`0`).as('rows'),
@@ -67,7 +67,7 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
     if (upToId === null || isEmpty(scope)) return;
     let afterId: string | null = null;
     for (;;) {
-      let q = this.openIn(scope, this.db.selectFrom('mirror_gaps'))
+      let q = this.openIn(scope)
         .select(['id', 'entity', 'project_id', 'row_count', 'min_created_at', 'max_created_at', 'reason', 'recorded_at'])
         .select(sql<number>`jsonb_array_length(keys)`.as('key_count'));
       if (afterId !== null) q = q.where('id', '>', afterId);
@@ -99,9 +99,9 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
     await this.db.updateTable('mirror_gaps').set({ replayed_at: new Date().toISOString() }).where('id', 'in', ids).execute();
   }
 
-  private openIn<O>(scope: GapScope, q: SelectQueryBuilder<DB, 'mirror_gaps', O>): SelectQueryBuilder<DB, 'mirror_gaps', O> {
-    let scoped = q.where('replayed_at', 'is', null).where('entity', 'in', [...scope.entities]);
-    if (scope.projectIds) scoped = scoped.where('project_id', 'in', [...scope.projectIds]);
-    return scoped;
+  /** The open gaps in the scope, nothing selected yet. */
+  private openIn(scope: GapScope) {
+    const open = this.db.selectFrom('mirror_gaps').where('replayed_at', 'is', null).where('entity', 'in', [...scope.entities]);
+    return scope.projectIds ? open.where('project_id', 'in', [...scope.projectIds]) : open;
   }
 }
