@@ -4,7 +4,7 @@ import { counted } from '../../counted';
 import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { ClickHouseSink, linesBody } from '../clickhouse/clickhouse-sink';
 import { classifySendError, describeSendError, EMPTY_ERROR_ANSWER, isEmptyErrorAnswer } from '../clickhouse/retry-policy';
-import { countByProjectDay, ProjectDayCount } from '../clickhouse/mirror-counts';
+import { countByProjectDay, ProjectDayCount } from '../clickhouse/mirror-queries';
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { readTtlDays } from '../clickhouse/clickhouse-ddl-runner';
 import { HistoryEntity, MirroredRecord } from './history-entities';

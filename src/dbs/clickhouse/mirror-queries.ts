@@ -2,9 +2,30 @@ import { ClickHouseClient } from '@clickhouse/client';
 import { isoToClickHouseTime } from './span-clickhouse-row.mapper';
 
 /**
- * What verify compares with Postgres, per mirror table: live rows and the sum
- * of their versions per project and created_at day.
+ * The queries both mirror tables share: their live rows, and what verify
+ * compares with Postgres (live rows and the sum of their versions per
+ * project and created_at day).
  */
+
+/**
+ * Live rows of a mirror table, newest version of each key only. FINAL merges
+ * versions at read time (and drops tombstoned keys); is_deleted = 0 states it
+ * outright. `where` and `tail` bind every value as a parameter.
+ */
+export async function selectLive<Row, Out>(
+  client: ClickHouseClient,
+  table: 'spans' | 'nodes',
+  columns: readonly string[],
+  query: { where: string[]; tail: string; params: Record<string, unknown> },
+  fromRow: (row: Row) => Out,
+): Promise<Out[]> {
+  const result = await client.query({
+    query: `SELECT ${columns.map((c) => `\`${c}\``).join(', ')} FROM ${table} FINAL WHERE is_deleted = 0 AND ${query.where.join(' AND ')} ${query.tail}`,
+    query_params: query.params,
+    format: 'JSONEachRow',
+  });
+  return (await result.json<Row>()).map(fromRow);
+}
 
 /** Rows of one project and created_at day (UTC), as the verifier compares them with Postgres. */
 export interface ProjectDayCount {

@@ -1,11 +1,10 @@
 import { ClickHouseClient } from '@clickhouse/client';
-import { countByProjectDay, ProjectDayCount, ProjectDayFilter } from './mirror-counts';
+import { countByProjectDay, ProjectDayCount, ProjectDayFilter, selectLive } from './mirror-queries';
 import { fromNodeClickHouseRow, MirroredNode, NODE_COLUMNS, NodeClickHouseRow } from './node-clickhouse-row.mapper';
 
 /** Ids per query: bound parameters travel in the URL, which servers cap (1 MiB by default). */
 const IDS_PER_QUERY = 1000;
 
-const COLUMNS = NODE_COLUMNS.map((c) => `\`${c}\``).join(', ');
 
 /**
  * Reads of the node mirror, for the same callers and by the same rules as
@@ -53,14 +52,7 @@ export class NodeMirrorReads {
     }
   }
 
-  private async select(where: string[], tail: string, params: Record<string, unknown>): Promise<MirroredNode[]> {
-    const result = await this.client.query({
-      // FINAL merges versions at read time (and drops tombstoned keys); is_deleted = 0 states it outright.
-      query: `SELECT ${COLUMNS} FROM nodes FINAL WHERE is_deleted = 0 AND ${where.join(' AND ')} ${tail}`,
-      query_params: params,
-      format: 'JSONEachRow',
-    });
-    const rows = await result.json<NodeClickHouseRow>();
-    return rows.map(fromNodeClickHouseRow);
+  private select(where: string[], tail: string, params: Record<string, unknown>): Promise<MirroredNode[]> {
+    return selectLive(this.client, 'nodes', NODE_COLUMNS, { where, tail, params }, (row: NodeClickHouseRow) => fromNodeClickHouseRow(row));
   }
 }

@@ -1,6 +1,6 @@
 import { ClickHouseClient } from '@clickhouse/client';
 import { SpanKey } from '../../tracing/span';
-import { countByProjectDay, ProjectDayCount, ProjectDayFilter } from './mirror-counts';
+import { countByProjectDay, ProjectDayCount, ProjectDayFilter, selectLive } from './mirror-queries';
 import {
   fromSpanClickHouseRow,
   MirroredSpan,
@@ -13,7 +13,6 @@ import { traceIdToUuid } from '../../tracing/trace-id';
 /** Keys per query: bound parameters travel in the URL, which servers cap (1 MiB by default). */
 const KEYS_PER_QUERY = 1000;
 
-const COLUMNS = SPAN_COLUMNS.map((c) => `\`${c}\``).join(', ');
 
 /**
  * Reads of the span mirror: by key for the backfill's key replay (gaps,
@@ -84,14 +83,7 @@ export class SpanMirrorReads {
     }
   }
 
-  private async select(where: string[], tail: string, params: Record<string, unknown>): Promise<MirroredSpan[]> {
-    const result = await this.client.query({
-      // FINAL merges versions at read time (and drops tombstoned keys); is_deleted = 0 states it outright.
-      query: `SELECT ${COLUMNS} FROM spans FINAL WHERE is_deleted = 0 AND ${where.join(' AND ')} ${tail}`,
-      query_params: params,
-      format: 'JSONEachRow',
-    });
-    const rows = await result.json<SpanClickHouseRow>();
-    return rows.map(fromSpanClickHouseRow);
+  private select(where: string[], tail: string, params: Record<string, unknown>): Promise<MirroredSpan[]> {
+    return selectLive(this.client, 'spans', SPAN_COLUMNS, { where, tail, params }, (row: SpanClickHouseRow) => fromSpanClickHouseRow(row));
   }
 }
