@@ -1,4 +1,4 @@
-import { MAX_RESOURCE_ATTRIBUTE_BYTES, OtlpDecodeError, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { MAX_RESOURCE_ATTRIBUTE_BYTES, OtlpDecodeError, OtlpExport, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 
 const { ExportTraceServiceRequest } = otlpTraceService;
 
@@ -65,7 +65,8 @@ function toProtobuf(json: unknown): Buffer {
   return Buffer.from(codec.encode(codec.fromObject(convert(json))).finish());
 }
 
-function decodeError(decode: () => unknown): string {
+/** The error of a body that cannot be read as an export at all. */
+function refusedWhole(decode: () => unknown): string {
   try {
     decode();
   } catch (error) {
@@ -75,8 +76,16 @@ function decodeError(decode: () => unknown): string {
   throw new Error('expected an OtlpDecodeError');
 }
 
-const jsonError = (span: Record<string, unknown>) => decodeError(() => decodeOtlpJson(jsonRequest([span])));
-const protobufError = (span: Record<string, unknown>) => decodeError(() => decodeOtlpProtobuf(toProtobuf(jsonRequest([span]))));
+/** The message of a one-span export's refusal of its span. */
+function spanRefusal(decoded: OtlpExport): string {
+  expect(decoded.spans).toEqual([]);
+  expect(decoded.rejected).toEqual([{ error: expect.any(OtlpDecodeError), spans: 1 }]);
+  return decoded.rejected[0].error.message;
+}
+
+const jsonError = (span: Record<string, unknown>) => spanRefusal(decodeOtlpJson(jsonRequest([span])));
+const protobufError = (span: Record<string, unknown>) => spanRefusal(decodeOtlpProtobuf(toProtobuf(jsonRequest([span]))));
+const messages = (decoded: OtlpExport) => decoded.rejected.map((r) => [r.error.message, r.spans]);
 const P = 'resourceSpans[0].scopeSpans[0].spans[0]';
 
 describe('decodeOtlpJson', () => {
@@ -97,7 +106,7 @@ describe('decodeOtlpJson', () => {
       links: [{ traceId: LINKED_TRACE, spanId: LINKED_SPAN, attributes: [{ key: 'why', value: 'retry' }] }],
       status: { code: 2, message: 'boom' },
     };
-    expect(decodeOtlpJson(jsonRequest([jsonSpan()]))).toEqual([expected]);
+    expect(decodeOtlpJson(jsonRequest([jsonSpan()]))).toEqual({ spans: [expected], rejected: [] });
   });
 
   it('accepts enum names, numeric times, an empty parent id and absent optional fields', () => {
@@ -115,7 +124,7 @@ describe('decodeOtlpJson', () => {
           name: undefined,
         }),
       ]),
-    );
+    ).spans;
     expect(span).toMatchObject({
       kind: 2,
       status: { code: 1, message: '' },
@@ -130,16 +139,17 @@ describe('decodeOtlpJson', () => {
   });
 
   it('answers an empty request with no spans', () => {
-    expect(decodeOtlpJson({})).toEqual([]);
-    expect(decodeOtlpJson({ resourceSpans: [] })).toEqual([]);
-    expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ spans: [] }] }] })).toEqual([]);
+    const none = { spans: [], rejected: [] };
+    expect(decodeOtlpJson({})).toEqual(none);
+    expect(decodeOtlpJson({ resourceSpans: [] })).toEqual(none);
+    expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ spans: [] }] }] })).toEqual(none);
   });
 
   it('ignores unknown fields, as OTLP/JSON receivers must', () => {
-    expect(decodeOtlpJson(jsonRequest([jsonSpan({ somethingNew: { x: 1 } })]))).toHaveLength(1);
+    expect(decodeOtlpJson(jsonRequest([jsonSpan({ somethingNew: { x: 1 } })])).spans).toHaveLength(1);
   });
 
-  it('names the offending field with its full path', () => {
+  it('refuses a bad span alone, naming it by its full path, and decodes the others', () => {
     const request = {
       resourceSpans: [
         {
@@ -150,9 +160,36 @@ describe('decodeOtlpJson', () => {
         },
       ],
     };
-    expect(decodeError(() => decodeOtlpJson(request))).toBe(
-      'resourceSpans[0].scopeSpans[1].spans[3].traceId: must be 32 hex characters',
-    );
+    const decoded = decodeOtlpJson(request);
+    expect(decoded.spans.map((span) => span.path)).toEqual([
+      'resourceSpans[0].scopeSpans[0].spans[0]',
+      'resourceSpans[0].scopeSpans[1].spans[0]',
+      'resourceSpans[0].scopeSpans[1].spans[1]',
+      'resourceSpans[0].scopeSpans[1].spans[2]',
+    ]);
+    expect(messages(decoded)).toEqual([['resourceSpans[0].scopeSpans[1].spans[3].traceId: must be 32 hex characters', 1]]);
+  });
+
+  it('refuses a bad resource or scope with every span under it, and decodes the rest', () => {
+    const badValue = [{ key: 'k', value: 'v' }];
+    const request = {
+      resourceSpans: [
+        { resource: { attributes: badValue }, scopeSpans: [{ spans: [jsonSpan(), jsonSpan()] }, { spans: [jsonSpan()] }, { spans: 'x' }] },
+        { scopeSpans: [{ scope: { name: 3 }, spans: [jsonSpan(), jsonSpan()] }, { spans: [jsonSpan(), 7] }] },
+        7,
+        { scopeSpans: [{ spans: {} }] },
+      ],
+    };
+    const decoded = decodeOtlpJson(request);
+    expect(decoded.spans.map((span) => span.path)).toEqual(['resourceSpans[1].scopeSpans[1].spans[0]']);
+    expect(messages(decoded)).toEqual([
+      ['resourceSpans[0].resource.attributes[0].value: must be an object', 3],
+      ['resourceSpans[1].scopeSpans[0].scope.name: must be a string', 2],
+      ['resourceSpans[1].scopeSpans[1].spans[1]: must be an object', 1],
+      // Spans not in a list cannot be counted.
+      ['resourceSpans[2]: must be an object', 0],
+      ['resourceSpans[3].scopeSpans[0].spans: must be an array', 0],
+    ]);
   });
 
   it.each([
@@ -219,36 +256,34 @@ describe('decodeOtlpJson', () => {
       resourceSpans: [{ resource: { attributes: [{ key: 'blob', value: { stringValue: 'a'.repeat(length) } }] }, scopeSpans: [{ spans: [jsonSpan()] }] }],
     });
     // The attributes' JSON: [{"key":"blob","value":"aaa…"}] is 27 bytes besides the string.
-    expect(decodeOtlpJson(resourceOf(MAX_RESOURCE_ATTRIBUTE_BYTES - 27))).toHaveLength(1);
-    expect(decodeError(() => decodeOtlpJson(resourceOf(MAX_RESOURCE_ATTRIBUTE_BYTES - 26)))).toBe(
+    expect(decodeOtlpJson(resourceOf(MAX_RESOURCE_ATTRIBUTE_BYTES - 27)).spans).toHaveLength(1);
+    expect(spanRefusal(decodeOtlpJson(resourceOf(MAX_RESOURCE_ATTRIBUTE_BYTES - 26)))).toBe(
       'resourceSpans[0].resource.attributes: at most 65,536 bytes (they are stored with every span of the resource), got 65,537',
     );
-    expect(decodeError(() => decodeOtlpProtobuf(toProtobuf(resourceOf(100_000))))).toMatch(/^resourceSpans\[0\]\.resource\.attributes: at most 65,536 bytes .*, got 100,027$/);
+    expect(spanRefusal(decodeOtlpProtobuf(toProtobuf(resourceOf(100_000))))).toMatch(/^resourceSpans\[0\]\.resource\.attributes: at most 65,536 bytes .*, got 100,027$/);
   });
 
   it.each([
     [[], 'body: must be a JSON object'],
     ['text', 'body: must be a JSON object'],
     [{ resourceSpans: {} }, 'resourceSpans: must be an array'],
-    [{ resourceSpans: [{ scopeSpans: [{ scope: { name: 3 } }] }] }, 'resourceSpans[0].scopeSpans[0].scope.name: must be a string'],
-    [{ resourceSpans: [{ resource: { attributes: [{ key: 'k', value: 'v' }] } }] }, 'resourceSpans[0].resource.attributes[0].value: must be an object'],
-  ])('rejects the request %j', (body, message) => {
-    expect(decodeError(() => decodeOtlpJson(body))).toBe(message);
+  ])('refuses the request %j as a whole', (body, message) => {
+    expect(refusedWhole(() => decodeOtlpJson(body))).toBe(message);
   });
 });
 
 describe('decodeOtlpProtobuf', () => {
   it('reads an all-zero parent span id as "no parent", in both encodings (a root span, as several SDKs send it)', () => {
     const request = jsonRequest([jsonSpan({ parentSpanId: '0000000000000000' })]);
-    const [fromJson] = decodeOtlpJson(request);
+    const [fromJson] = decodeOtlpJson(request).spans;
     expect(fromJson.parentSpanId).toBeNull();
-    expect(decodeOtlpProtobuf(toProtobuf(request))).toEqual([fromJson]);
+    expect(decodeOtlpProtobuf(toProtobuf(request)).spans).toEqual([fromJson]);
   });
 
   it('decodes exactly what the same request in OTLP/JSON decodes to', () => {
     const request = jsonRequest([jsonSpan(), jsonSpan({ spanId: 'ffffffffffffffff', parentSpanId: '', kind: 1, events: [], links: [] })]);
     const fromJson = decodeOtlpJson(request);
-    expect(fromJson).toHaveLength(2);
+    expect(fromJson.spans).toHaveLength(2);
     expect(decodeOtlpProtobuf(toProtobuf(request))).toEqual(fromJson);
   });
 
@@ -284,17 +319,17 @@ describe('decodeOtlpProtobuf', () => {
       { key: 'kvlist', value: { 'x.y': 1.5, z: null } },
       { key: 'none', value: null },
     ];
-    expect(decodeOtlpJson(request)[0].attributes).toEqual(expected);
-    expect(decodeOtlpProtobuf(toProtobuf(request))[0].attributes).toEqual(expected);
+    expect(decodeOtlpJson(request).spans[0].attributes).toEqual(expected);
+    expect(decodeOtlpProtobuf(toProtobuf(request)).spans[0].attributes).toEqual(expected);
   });
 
   it('reads URL-safe and unpadded base64 in OTLP/JSON bytes', () => {
-    const [span] = decodeOtlpJson(jsonRequest([jsonSpan({ attributes: [{ key: 'b', value: { bytesValue: 'AAEC_w' } }] })]));
+    const [span] = decodeOtlpJson(jsonRequest([jsonSpan({ attributes: [{ key: 'b', value: { bytesValue: 'AAEC_w' } }] })])).spans;
     expect(span.attributes).toEqual([{ key: 'b', value: 'AAEC/w==' }]);
   });
 
   it('answers an empty body with no spans', () => {
-    expect(decodeOtlpProtobuf(Buffer.alloc(0))).toEqual([]);
+    expect(decodeOtlpProtobuf(Buffer.alloc(0))).toEqual({ spans: [], rejected: [] });
   });
 
   it.each([
@@ -312,11 +347,11 @@ describe('decodeOtlpProtobuf', () => {
   });
 
   it('answers garbage and truncated bodies with a decode error, not a crash', () => {
-    expect(decodeError(() => decodeOtlpProtobuf(Buffer.from('garbage garbage garbage')))).toBe(
+    expect(refusedWhole(() => decodeOtlpProtobuf(Buffer.from('garbage garbage garbage')))).toBe(
       'body: not a valid protobuf ExportTraceServiceRequest (invalid wire type 7 at offset 1)',
     );
     const truncated = toProtobuf(jsonRequest([jsonSpan()])).subarray(0, -5);
-    expect(decodeError(() => decodeOtlpProtobuf(truncated))).toMatch(
+    expect(refusedWhole(() => decodeOtlpProtobuf(truncated))).toMatch(
       new RegExp(`^body: not a valid protobuf ExportTraceServiceRequest \\(index out of range: \\d+ \\+ \\d+ > ${truncated.length}\\)$`),
     );
   });
@@ -326,12 +361,12 @@ describe('decodeOtlpProtobuf', () => {
     const at = encoded.indexOf('XY');
     encoded[at] = 0xff;
     encoded[at + 1] = 0xc3;
-    expect(decodeError(() => decodeOtlpProtobuf(encoded))).toBe('body: not a valid protobuf ExportTraceServiceRequest (a string field is not valid UTF-8)');
+    expect(refusedWhole(() => decodeOtlpProtobuf(encoded))).toBe('body: not a valid protobuf ExportTraceServiceRequest (a string field is not valid UTF-8)');
   });
 
   it('answers a JSON body sent as protobuf with a decode error', () => {
     const json = Buffer.from(JSON.stringify({ resourceSpans: [{ scopeSpans: [] }] }));
-    expect(decodeError(() => decodeOtlpProtobuf(json))).toBe(
+    expect(refusedWhole(() => decodeOtlpProtobuf(json))).toBe(
       'body: not a valid protobuf ExportTraceServiceRequest (index out of range: 3 + 114 > 37)',
     );
   });

@@ -7,7 +7,8 @@ import { MAX_YEAR } from '../tracing/timestamp';
 
 /**
  * Decodes OTLP/HTTP trace export requests (binary protobuf and OTLP/JSON) into
- * one normalized, fully validated list of spans. Protobuf is decoded only by
+ * one normalized, fully validated list of spans, and the refusals of the
+ * spans that were not valid (see OtlpExport). Protobuf is decoded only by
  * the OpenTelemetry project's generated definitions; both formats then go
  * through the same walk, so they validate and normalize identically.
  */
@@ -66,6 +67,22 @@ export interface OtlpSpan {
   events: OtlpEvent[];
   links: OtlpLink[];
   status: { code: number; message: string };
+}
+
+/**
+ * A decoded export: its valid spans, and what it refused. A bad span refuses
+ * itself; a bad resource or scope refuses every span under it (`spans`, 0
+ * when there were none or they were not in a list). Only a body that cannot
+ * be read as an export at all is refused as a whole (decode throws).
+ */
+export interface OtlpExport {
+  spans: OtlpSpan[];
+  rejected: OtlpRejection[];
+}
+
+export interface OtlpRejection {
+  error: OtlpDecodeError;
+  spans: number;
 }
 
 interface LongBits {
@@ -136,7 +153,7 @@ const ANY_VALUE_FIELDS = ['stringValue', 'boolValue', 'intValue', 'doubleValue',
 
 type Format = 'json' | 'protobuf';
 
-export function decodeOtlpJson(body: unknown): OtlpSpan[] {
+export function decodeOtlpJson(body: unknown): OtlpExport {
   if (!isObject(body)) throw new OtlpDecodeError('body', 'must be a JSON object');
   return walkRequest(body, 'json');
 }
@@ -153,7 +170,7 @@ class StrictUtf8Reader extends BufferReader {
   }
 }
 
-export function decodeOtlpProtobuf(buf: Buffer): OtlpSpan[] {
+export function decodeOtlpProtobuf(buf: Buffer): OtlpExport {
   let message: ProtoExportTraceServiceRequest;
   try {
     // The generated decoder keeps using a reader it is handed, nested messages included.
@@ -164,35 +181,70 @@ export function decodeOtlpProtobuf(buf: Buffer): OtlpSpan[] {
   return walkRequest(message as Record<string, unknown>, 'protobuf');
 }
 
-function walkRequest(request: Record<string, unknown>, format: Format): OtlpSpan[] {
-  const spans: OtlpSpan[] = [];
+function walkRequest(request: Record<string, unknown>, format: Format): OtlpExport {
+  const decoded: OtlpExport = { spans: [], rejected: [] };
   list(request.resourceSpans, 'resourceSpans').forEach((resourceSpans, r) => {
     const rPath = `resourceSpans[${r}]`;
-    const rs = object(resourceSpans, rPath);
-    const resourceMessage = optionalObject(rs.resource, `${rPath}.resource`);
-    const resource = { attributes: keyValues(resourceMessage?.attributes, `${rPath}.resource.attributes`, format) };
-    // Stored with every span of the resource (and its node): bounded, so an export cannot multiply its own size by its span count.
-    const resourceBytes = Buffer.byteLength(JSON.stringify(resource.attributes));
-    if (resourceBytes > MAX_RESOURCE_ATTRIBUTE_BYTES) {
-      throw new OtlpDecodeError(
-        `${rPath}.resource.attributes`,
-        `at most ${MAX_RESOURCE_ATTRIBUTE_BYTES.toLocaleString('en-US')} bytes (they are stored with every span of the resource), got ${resourceBytes.toLocaleString('en-US')}`,
-      );
-    }
-    list(rs.scopeSpans, `${rPath}.scopeSpans`).forEach((scopeSpans, s) => {
+    const resource = refusing(decoded, spansUnderResource(resourceSpans), () => walkResource(resourceSpans, rPath, format));
+    if (!resource) return;
+    resource.scopeSpans.forEach((scopeSpans, s) => {
       const sPath = `${rPath}.scopeSpans[${s}]`;
-      const ss = object(scopeSpans, sPath);
-      const scopeMessage = optionalObject(ss.scope, `${sPath}.scope`);
-      const scope = {
-        name: string(scopeMessage?.name, `${sPath}.scope.name`),
-        version: string(scopeMessage?.version, `${sPath}.scope.version`),
-      };
-      list(ss.spans, `${sPath}.spans`).forEach((span, i) => {
-        spans.push(walkSpan(object(span, `${sPath}.spans[${i}]`), `${sPath}.spans[${i}]`, format, resource, scope));
+      const scope = refusing(decoded, spansUnderScope(scopeSpans), () => walkScope(scopeSpans, sPath));
+      if (!scope) return;
+      scope.spans.forEach((span, i) => {
+        const path = `${sPath}.spans[${i}]`;
+        const walked = refusing(decoded, 1, () => walkSpan(object(span, path), path, format, resource.resource, scope.scope));
+        if (walked) decoded.spans.push(walked);
       });
     });
   });
-  return spans;
+  return decoded;
+}
+
+/** Runs one level of the walk; a refusal there is recorded against the spans under that level, and the walk goes on. */
+function refusing<T>(decoded: OtlpExport, spans: number, walk: () => T): T | null {
+  try {
+    return walk();
+  } catch (error) {
+    if (!(error instanceof OtlpDecodeError)) throw error;
+    decoded.rejected.push({ error, spans });
+    return null;
+  }
+}
+
+function walkResource(value: unknown, rPath: string, format: Format): { resource: OtlpSpan['resource']; scopeSpans: unknown[] } {
+  const rs = object(value, rPath);
+  const resourceMessage = optionalObject(rs.resource, `${rPath}.resource`);
+  const resource = { attributes: keyValues(resourceMessage?.attributes, `${rPath}.resource.attributes`, format) };
+  // Stored with every span of the resource (and its node): bounded, so an export cannot multiply its own size by its span count.
+  const resourceBytes = Buffer.byteLength(JSON.stringify(resource.attributes));
+  if (resourceBytes > MAX_RESOURCE_ATTRIBUTE_BYTES) {
+    throw new OtlpDecodeError(
+      `${rPath}.resource.attributes`,
+      `at most ${MAX_RESOURCE_ATTRIBUTE_BYTES.toLocaleString('en-US')} bytes (they are stored with every span of the resource), got ${resourceBytes.toLocaleString('en-US')}`,
+    );
+  }
+  return { resource, scopeSpans: list(rs.scopeSpans, `${rPath}.scopeSpans`) };
+}
+
+function walkScope(value: unknown, sPath: string): { scope: OtlpSpan['scope']; spans: unknown[] } {
+  const ss = object(value, sPath);
+  const scopeMessage = optionalObject(ss.scope, `${sPath}.scope`);
+  const scope = {
+    name: string(scopeMessage?.name, `${sPath}.scope.name`),
+    version: string(scopeMessage?.version, `${sPath}.scope.version`),
+  };
+  return { scope, spans: list(ss.spans, `${sPath}.spans`) };
+}
+
+/** How many spans a refused scope held, as far as its shape says (spans that are not in a list cannot be counted). */
+function spansUnderScope(scopeSpans: unknown): number {
+  return isObject(scopeSpans) && Array.isArray(scopeSpans.spans) ? scopeSpans.spans.length : 0;
+}
+
+function spansUnderResource(resourceSpans: unknown): number {
+  if (!isObject(resourceSpans) || !Array.isArray(resourceSpans.scopeSpans)) return 0;
+  return resourceSpans.scopeSpans.reduce((sum: number, scopeSpans) => sum + spansUnderScope(scopeSpans), 0);
 }
 
 function walkSpan(

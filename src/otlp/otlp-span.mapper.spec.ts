@@ -264,13 +264,24 @@ describe('mapOtlpSpans', () => {
     ['a span attribute 32 deep in the node', { attributes: [kv(deep(32), 1)] }, /^resourceSpans\[0\]\.scopeSpans\[0\]\.spans\[0\]\.attributes: is nested deeper than 32 levels \(as stored in the node: otel\.attributes\.k/],
     ['a resource attribute', { resource: { attributes: [kv(deep(31), 1)] } }, /^resourceSpans\[0\]\.resource\.attributes: is nested deeper than 32 levels/],
     ['an event attribute', { events: [{ name: 'e', timeUnixNano: 1n, attributes: [kv(deep(30), 1)] }] }, /^resourceSpans\[0\]\.scopeSpans\[0\]\.spans\[0\]\.events\[0\]: is nested deeper/],
-  ])('refuses what REST would refuse: %s, naming the OTLP field', (_, overrides, message) => {
-    expect(() => mapOtlpSpans([otlpSpan(), otlpSpan(overrides as Partial<OtlpSpan>)])).toThrow(message as string | RegExp);
-    expect(() => mapOtlpSpans([otlpSpan(overrides as Partial<OtlpSpan>)])).toThrow(OtlpDecodeError);
+  ])('refuses what REST would refuse: %s, naming the OTLP field; that span alone', (_, overrides, message) => {
+    const good = otlpSpan({ spanId: ROOT, parentSpanId: null, name: 'good' });
+    const { spans, nodes, rejected } = mapOtlpSpans([good, otlpSpan(overrides as Partial<OtlpSpan>)]);
+    expect(spans.map((s) => s.span_name)).toEqual(['good']);
+    expect(nodes.map((n) => n.node_name)).toEqual(['good']);
+    expect(rejected).toEqual([{ error: expect.any(OtlpDecodeError), spans: 1 }]);
+    expect(rejected[0].error.message).toMatch(message);
   });
 
   it('takes a span at the REST limits', () => {
-    expect(() => mapOtlpSpans([otlpSpan({ name: 'n'.repeat(1024), status: { code: 2, message: 'm'.repeat(10_000) }, attributes: [kv(deep(31), 1)] })])).not.toThrow();
+    const { spans, rejected } = mapOtlpSpans([otlpSpan({ name: 'n'.repeat(1024), status: { code: 2, message: 'm'.repeat(10_000) }, attributes: [kv(deep(31), 1)] })]);
+    expect([spans.length, rejected]).toEqual([1, []]);
+  });
+
+  it('keeps the earlier copy of a span whose later copy is refused', () => {
+    const { spans, rejected } = mapOtlpSpans([otlpSpan({ name: 'kept' }), otlpSpan({ name: '' })]);
+    expect(spans.map((s) => s.span_name)).toEqual(['kept']);
+    expect(rejected).toHaveLength(1);
   });
 
   it('keeps the last copy of a repeated span and of a repeated node id', () => {
@@ -330,8 +341,8 @@ describe('mapOtlpSpans', () => {
     );
     const protobuf = Buffer.from(codec.encode(codec.fromObject(protoRequest)).finish());
 
-    const fromJson = mapOtlpSpans(decodeOtlpJson(request));
-    const fromProtobuf = mapOtlpSpans(decodeOtlpProtobuf(protobuf));
+    const fromJson = mapOtlpSpans(decodeOtlpJson(request).spans);
+    const fromProtobuf = mapOtlpSpans(decodeOtlpProtobuf(protobuf).spans);
     expect(fromProtobuf).toEqual(fromJson);
     expect(fromJson.spans).toHaveLength(2);
     expect(fromJson.spans[1].attributes).toMatchObject({

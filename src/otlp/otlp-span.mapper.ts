@@ -7,7 +7,7 @@ import {
   Json, JsonObject, SPAN_KINDS, SPAN_TYPES, STATUS_CODES, SpanInput, SpanType, TRACE_TYPES, TraceType,
 } from '../tracing/span';
 import { traceIdToUuid } from '../tracing/trace-id';
-import { OtlpDecodeError, OtlpEvent, OtlpKeyValue, OtlpLink, OtlpSpan } from './otlp-decoder';
+import { OtlpDecodeError, OtlpEvent, OtlpKeyValue, OtlpLink, OtlpRejection, OtlpSpan } from './otlp-decoder';
 
 /**
  * Maps a decoded OTLP span to the span and the legacy node the receiver
@@ -260,23 +260,31 @@ export function toNodeInput(span: OtlpSpan): NodeInput {
 /**
  * Spans and nodes for one request. A request may repeat a span (or, rarely,
  * a span id across traces, which share a node id); the last one wins, since a
- * single upsert statement cannot write the same key twice. Every span and
- * node must pass the REST schemas (assertStorable), or nothing is written.
+ * single upsert statement cannot write the same key twice. A span whose span
+ * or node the REST schemas refuse (assertStorable) is refused, alone: it is
+ * in `rejected`, and neither its span nor its node is written.
  */
-export function mapOtlpSpans(spans: OtlpSpan[]): { spans: SpanInput[]; nodes: NodeInput[] } {
+export function mapOtlpSpans(spans: OtlpSpan[]): { spans: SpanInput[]; nodes: NodeInput[]; rejected: OtlpRejection[] } {
   const spanInputs = new Map<string, SpanInput>();
   const nodeInputs = new Map<string, NodeInput>();
+  const rejected: OtlpRejection[] = [];
   for (const otlp of spans) {
     const span = toSpanInput(otlp);
     const node = toNodeInput(otlp);
-    assertStorable(otlp, span, node);
+    try {
+      assertStorable(otlp, span, node);
+    } catch (error) {
+      if (!(error instanceof OtlpDecodeError)) throw error;
+      rejected.push({ error, spans: 1 });
+      continue;
+    }
     const key = `${span.trace_id}/${span.span_id}`;
     spanInputs.delete(key);
     spanInputs.set(key, span);
     nodeInputs.delete(node.node_id);
     nodeInputs.set(node.node_id, node);
   }
-  return { spans: [...spanInputs.values()], nodes: [...nodeInputs.values()] };
+  return { spans: [...spanInputs.values()], nodes: [...nodeInputs.values()], rejected };
 }
 
 /**

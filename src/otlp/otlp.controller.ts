@@ -3,13 +3,15 @@ import {
 } from '@nestjs/common';
 import { ApiBody, ApiConsumes, ApiOperation, ApiResponse, ApiSecurity, ApiTags } from '@nestjs/swagger';
 import type { Request } from 'express';
+import { Counter, Registry } from 'prom-client';
 import { ProjectId } from '../auth/project-id.decorator';
 import { TakesOtlp } from '../http/request-bodies';
 import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
+import { METRICS_REGISTRY } from '../metrics/metrics.tokens';
 import { ObservabilityService } from '../observability/observability.service';
 import { TracingService } from '../tracing/tracing.service';
-import { MAX_RESOURCE_ATTRIBUTE_BYTES, OtlpDecodeError, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { MAX_RESOURCE_ATTRIBUTE_BYTES, OtlpDecodeError, OtlpRejection, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 import { mapOtlpSpans } from './otlp-span.mapper';
 import { OTLP_PROTOBUF } from './otlp-error-body';
 
@@ -25,12 +27,20 @@ const JSON_TYPE = 'application/json';
 @Controller('otlp/v1')
 export class OtlpController {
   private readonly logger = new Logger(OtlpController.name);
+  private readonly rejectedSpans: Counter;
 
   constructor(
     private readonly tracing: TracingService,
     private readonly observability: ObservabilityService,
     @Inject(APP_CONFIG) private readonly config: AppConfig,
-  ) {}
+    @Inject(METRICS_REGISTRY) registry: Registry,
+  ) {
+    this.rejectedSpans = new Counter({
+      name: 'otlp_spans_rejected_total',
+      help: 'OTLP spans refused as invalid from exports whose other spans were stored (partial success)',
+      registers: [registry],
+    });
+  }
 
   @Post('traces')
   @TakesOtlp()
@@ -39,14 +49,16 @@ export class OtlpController {
     summary: 'Receive an OTLP/HTTP trace export (binary protobuf or OTLP/JSON)',
     description:
       'Body: an ExportTraceServiceRequest. Every span is stored as a span and as an observability node; ' +
-      'a retried export replaces what it wrote before. A request with any invalid span writes nothing (400). ' +
+      'a retried export replaces what it wrote before. Invalid spans are refused and the others stored: the answer\'s ' +
+      'partialSuccess gives how many were refused and why (a bad resource or scope refuses all of its spans). ' +
+      'An export with nothing valid to store, or that cannot be read at all, is refused whole (400). ' +
       `Each span stores its resource's attributes, so a resource may have at most ${MAX_RESOURCE_ATTRIBUTE_BYTES} bytes of them, as JSON (400). ` +
       'Error answers to a binary export are a protobuf google.rpc.Status (code and message), as OTLP/HTTP prescribes; to OTLP/JSON, the JSON Error.',
   })
   @ApiConsumes(OTLP_PROTOBUF, JSON_TYPE)
   @ApiBody({ schema: { type: 'object', properties: { resourceSpans: { type: 'array', items: { type: 'object' } } } } })
-  @ApiResponse({ status: 200, description: 'Accepted: an ExportTraceServiceResponse in the request encoding' })
-  @ApiResponse({ status: 400, description: 'Undecodable or invalid; names the first bad field by path' })
+  @ApiResponse({ status: 200, description: 'Stored: an ExportTraceServiceResponse in the request encoding, its partialSuccess set when some spans were refused' })
+  @ApiResponse({ status: 400, description: 'Undecodable, or no valid span to store; names the bad fields by path' })
   @ApiResponse({ status: 415, description: 'Content-Type is neither application/x-protobuf nor application/json' })
   @ApiResponse({ status: 413, description: 'Body larger than BODY_LIMIT, or more spans than MAX_OTLP_SPANS' })
   async exportTraces(@ProjectId() projectId: string, @Req() request: Request): Promise<StreamableFile | { partialSuccess: object }> {
@@ -55,38 +67,76 @@ export class OtlpController {
       throw new UnsupportedMediaTypeException(`Content-Type must be ${OTLP_PROTOBUF} or ${JSON_TYPE}, got "${contentType.slice(0, 100)}"`);
     }
     // Without a body the parsers leave request.body unset: an empty export.
-    const otlpSpans = decode(() =>
+    const decoded = readable(() =>
       contentType === OTLP_PROTOBUF
         ? decodeOtlpProtobuf(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0))
         : decodeOtlpJson(request.body ?? {}),
     );
+    const sent = decoded.spans.length + spansIn(decoded.rejected);
     // Not MAX_BATCH_ITEMS: a collector's batches are larger than REST callers' (see MAX_OTLP_SPANS).
     const max = this.config.http.maxOtlpSpans;
-    if (otlpSpans.length > max) throw new PayloadTooLargeException(`spans: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${otlpSpans.length}`);
-    const { spans, nodes } = decode(() => mapOtlpSpans(otlpSpans));
+    if (sent > max) throw new PayloadTooLargeException(`spans: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${sent}`);
+    const { spans, nodes, rejected: unstorable } = mapOtlpSpans(decoded.spans);
+    const rejected = [...decoded.rejected, ...unstorable];
+    // Nothing to store and something wrong: the export is refused, so its sender hears of it as an error.
+    if (spans.length === 0 && rejected.length > 0) throw refusal(rejected);
+
     // Spans, then nodes; both are upserts keyed by id, so if the second write
     // fails the exporter's retry rewrites both and the two converge.
     await this.tracing.createSpans(projectId, spans, { userId: null, upsert: true });
     await this.observability.ingestNodes(projectId, nodes);
     this.logger.debug({ projectId, spans: spans.length, traces: new Set(spans.map((s) => s.trace_id)).size, contentType }, 'otlp export stored');
 
-    if (contentType === JSON_TYPE) return { partialSuccess: {} };
-    const response = otlpTraceService.ExportTraceServiceResponse.encode({}).finish();
+    const partialSuccess = rejected.length > 0 ? this.partialSuccess(projectId, rejected, sent) : null;
+    if (contentType === JSON_TYPE) {
+      // Proto3 JSON writes an int64 as a decimal string.
+      return { partialSuccess: partialSuccess ? { ...partialSuccess, rejectedSpans: String(partialSuccess.rejectedSpans) } : {} };
+    }
+    const response = otlpTraceService.ExportTraceServiceResponse.encode(partialSuccess ? { partialSuccess } : {}).finish();
     return new StreamableFile(Buffer.from(response), { type: OTLP_PROTOBUF, length: response.length });
+  }
+
+  /**
+   * OTLP's partial success: the spans refused, and why. Exporters do not retry
+   * it (the rest is stored), but they log it; so does this receiver, and
+   * otlp_spans_rejected_total counts them.
+   */
+  private partialSuccess(projectId: string, rejected: OtlpRejection[], sent: number): { rejectedSpans: number; errorMessage: string } {
+    const rejectedSpans = spansIn(rejected);
+    this.rejectedSpans.inc(rejectedSpans);
+    const shown = rejected.slice(0, SHOWN_REJECTIONS).map((r) => r.error.message);
+    const more = rejected.length - shown.length;
+    const errorMessage = `${rejectedSpans} of ${sent} spans refused: ${shown.join('; ')}${more > 0 ? `; and ${more} more` : ''}`;
+    this.logger.warn({ projectId, rejectedSpans, sent, problems: rejected.length, errorMessage }, 'otlp export partly refused');
+    return { rejectedSpans, errorMessage };
   }
 }
 
-/** Decoding and mapping refuse a request by throwing an OtlpDecodeError: a 400 naming the OTLP field. */
-function decode<T>(run: () => T): T {
+/** How many refusals a partial success or a 400 spells out; the count covers them all. */
+const SHOWN_REJECTIONS = 5;
+
+function spansIn(rejected: OtlpRejection[]): number {
+  return rejected.reduce((sum, r) => sum + r.spans, 0);
+}
+
+/** A 400 naming the refused fields by their OTLP path (the first few; the message says how many in all). */
+function refusal(rejected: OtlpRejection[]): BadRequestException {
+  const [first] = rejected;
+  const more = rejected.length - 1;
+  return new BadRequestException({
+    statusCode: 400,
+    error: 'Bad Request',
+    message: more > 0 ? `${first.error.message} (and ${more} more)` : first.error.message,
+    errors: rejected.slice(0, SHOWN_REJECTIONS).map((r) => ({ field: r.error.path, message: r.error.reason })),
+  });
+}
+
+/** A body that cannot be read as an export at all is refused whole: a 400 naming what is wrong with it. */
+function readable<T>(run: () => T): T {
   try {
     return run();
   } catch (error) {
     if (!(error instanceof OtlpDecodeError)) throw error;
-    throw new BadRequestException({
-      statusCode: 400,
-      error: 'Bad Request',
-      message: error.message,
-      errors: [{ field: error.path, message: error.reason }],
-    });
+    throw refusal([{ error, spans: 0 }]);
   }
 }

@@ -13,7 +13,9 @@ import { errorMessageOf } from '../support/rpc-status';
 /**
  * Property-based hostile input over every write and query route and the OTLP
  * receiver. Each generated request must get a 4xx (never a 5xx) whose JSON
- * body has a non-empty `message`, and must leave Postgres exactly as it was.
+ * body has a non-empty `message`, and must leave Postgres exactly as it was;
+ * but an OTLP export with valid spans besides a bad one is a partial success
+ * that stores exactly the valid ones (OTLP's rule).
  *
  * The seed is printed in the suite's name; rerun a failure with
  * FC_SEED=<seed> (fast-check's own report adds the counterexample's path).
@@ -527,22 +529,42 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
   });
 
   describe('the OTLP receiver', () => {
-    it('OTLP/JSON: a request with one bad span writes no span and no node', async () => {
-      const request = fc
-        .record({ spans: fc.array(validOtlpSpan, { minLength: 1, maxLength: 3 }), at: fc.nat(), edit: otlpSpanEdit })
-        .map(({ spans, at, edit }) => otlpRequest(spans.map((s, i) => (i === at % spans.length ? applyEdit(s, edit, ['startTimeUnixNano', 'endTimeUnixNano'], 'spanId', 'parentSpanId') : s))));
+    it('OTLP/JSON: a bad span is refused alone; the others are stored and the answer counts the refused one', async () => {
+      const requests = fc.record({ spans: fc.array(validOtlpSpan, { minLength: 1, maxLength: 3 }), at: fc.nat(), edit: otlpSpanEdit });
+      await fc.assert(
+        fc.asyncProperty(requests, async ({ spans, at, edit }) => {
+          const bad = at % spans.length;
+          const body = otlpRequest(spans.map((s, i) => (i === bad ? applyEdit(s, edit, ['startTimeUnixNano', 'endTimeUnixNano'], 'spanId', 'parentSpanId') : s)));
+          const before = await snapshot();
+          const res = await send('POST', '/otlp/v1/traces', JSON.stringify(body));
+          // With nothing valid to store the export is refused whole.
+          if (spans.length === 1) return expectRefused(res, before, [], 400);
+          const summary = `${res.status} ${res.text.slice(0, 300)}`;
+          const partialSuccess = res.status === 200 ? JSON.parse(res.text).partialSuccess : undefined;
+          expect({ status: res.status, rejectedSpans: partialSuccess?.rejectedSpans, summary }).toEqual({ status: 200, rejectedSpans: '1', summary });
+          expect(partialSuccess.errorMessage).toContain(`.spans[${bad}]`);
+          const after = await snapshot();
+          const added = (table: 'spans' | 'nodes') => Number(after[table]) - Number(before[table]);
+          expect([added('spans'), added('nodes')]).toEqual([spans.length - 1, spans.length - 1]);
+        }),
+        PARAMS,
+      );
+    });
+
+    it('OTLP/JSON: broken envelopes, resources and scopes are refused and write nothing', async () => {
       const envelope = fc.oneof(
         notAnArray.filter((v) => v !== null).map((resourceSpans) => ({ resourceSpans })),
         fc.array(notAnObject.filter((v) => v !== null), { minLength: 1, maxLength: 2 }).map((resourceSpans) => ({ resourceSpans })),
         notAnArray.filter((v) => v !== null).map((scopeSpans) => ({ resourceSpans: [{ scopeSpans }] })),
         notAnArray.filter((v) => v !== null).map((spans) => ({ resourceSpans: [{ scopeSpans: [{ spans }] }] })),
         fc.array(notAnObject.filter((v) => v !== null), { minLength: 1, maxLength: 2 }).map((spans) => ({ resourceSpans: [{ scopeSpans: [{ spans }] }] })),
-        badAnyValue.map((value) => ({ resourceSpans: [{ resource: { attributes: [otlpKeyValue('r', value)] }, scopeSpans: [] }] })),
-        fc.oneof(notAString.filter((v) => v !== null), unstorableString).map((name) => ({ resourceSpans: [{ scopeSpans: [{ scope: { name }, spans: [] }] }] })),
+        // A bad resource or scope refuses the valid spans under it too.
+        fc.tuple(badAnyValue, validOtlpSpan).map(([value, span]) => otlpRequest([span], [otlpKeyValue('r', value)])),
+        fc.tuple(fc.oneof(notAString.filter((v) => v !== null), unstorableString), validOtlpSpan).map(([name, span]) => ({ resourceSpans: [{ scopeSpans: [{ scope: { name }, spans: [span] }] }] })),
         fc.array(anyJson, { maxLength: 3 }),
         jsonScalar.filter((v) => typeof v !== 'object'),
       );
-      await refusesAll(fc.oneof(request, envelope), (body) => send('POST', '/otlp/v1/traces', JSON.stringify(body)));
+      await refusesAll(envelope, (body) => send('POST', '/otlp/v1/traces', JSON.stringify(body)), [], 400);
     });
 
     it('OTLP/JSON: arbitrary JSON objects never 5xx and never write', async () => {

@@ -118,6 +118,8 @@ describe('OTLP/HTTP receiver', () => {
   const http = () => request(t.url);
   const count = async (table: 'spans' | 'nodes') =>
     Number((await t.database.db.selectFrom(table).select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+  const rejectedTotal = async () =>
+    Number(/^otlp_spans_rejected_total (\d+)$/m.exec((await http().get('/metrics').expect(200)).text)?.[1]);
 
   describe.each([
     ['protobuf, one request per span', 'protobuf' as const, (e: SpanExporter) => new SimpleSpanProcessor(e)],
@@ -292,14 +294,64 @@ describe('OTLP/HTTP receiver', () => {
       expect(content(again)).toEqual(content(first));
     });
 
-    it('answers 400 with the path of the bad field and writes nothing of the request', async () => {
+    it('stores the valid spans of an export and answers how many it refused and why (partial success), in both encodings', async () => {
+      const P = 'resourceSpans[0].scopeSpans[0].spans';
+      const trace = traceId();
+      const [good, late, empty] = [spanId(), spanId(), spanId()];
+      const spans = [
+        jsonSpan(trace, good),
+        jsonSpan(trace, late, { endTimeUnixNano: '1' }),
+        jsonSpan(trace, empty, { name: '' }),
+      ];
+      const errorMessage = `2 of 3 spans refused: ${P}[1].endTimeUnixNano: must not be before startTimeUnixNano; ${P}[2].name: must not be empty`;
+      const rejectedBefore = await rejectedTotal();
+
+      const res = await http().post('/otlp/v1/traces').set(auth).send(jsonRequest(spans)).expect(200);
+      // Proto3 JSON writes the int64 count as a string.
+      expect(res.body).toEqual({ partialSuccess: { rejectedSpans: '2', errorMessage } });
+      const stored = (await http().get(`/tracing/traces/${trace}`).set(auth).expect(200)).body.spans;
+      expect(stored.map((s: { span_id: string }) => s.span_id)).toEqual([good]);
+      const tree = (await http().get(`/observability/trees/${treeId(trace)}`).set(auth).expect(200)).body.nodes;
+      expect(tree.map((n: { node_id: string }) => n.node_id)).toEqual([nodeId(good)]);
+
+      const protobuf = ExportTraceServiceRequest.encode(JSON.parse(JSON.stringify(jsonRequest(spans)), (key, value) =>
+        ['traceId', 'spanId'].includes(key) ? Buffer.from(value, 'hex') : value) as never).finish();
+      const binaryRes = await http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/x-protobuf')
+        .send(Buffer.from(protobuf)).buffer(true).parse(bufferBody).expect(200);
+      const decoded = ExportTraceServiceResponse.decode(binaryRes.body as Buffer) as { partialSuccess?: { rejectedSpans: { toString(): string }; errorMessage: string } };
+      expect([decoded.partialSuccess?.rejectedSpans.toString(), decoded.partialSuccess?.errorMessage]).toEqual(['2', errorMessage]);
+      expect(await rejectedTotal()).toBe(rejectedBefore + 4);
+    });
+
+    it('refuses a bad resource with all of its spans, and says so in a partial success', async () => {
+      const trace = traceId();
+      const [kept, refused] = [spanId(), spanId()];
+      const body = {
+        resourceSpans: [
+          { resource: { attributes: [{ key: 'r', value: 'not an AnyValue' }] }, scopeSpans: [{ spans: [jsonSpan(trace, refused), jsonSpan(trace, spanId())] }] },
+          { scopeSpans: [{ spans: [jsonSpan(trace, kept)] }] },
+        ],
+      };
+      const res = await http().post('/otlp/v1/traces').set(auth).send(body).expect(200);
+      expect(res.body.partialSuccess).toEqual({
+        rejectedSpans: '2',
+        errorMessage: '2 of 3 spans refused: resourceSpans[0].resource.attributes[0].value: must be an object',
+      });
+      const stored = (await http().get(`/tracing/traces/${trace}`).set(auth).expect(200)).body.spans;
+      expect(stored.map((s: { span_id: string }) => s.span_id)).toEqual([kept]);
+    });
+
+    it('answers 400 naming the bad fields when no span is valid, and writes nothing', async () => {
+      const P = 'resourceSpans[0].scopeSpans[0].spans';
       const trace = traceId();
       const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
-      const body = jsonRequest([jsonSpan(trace, spanId()), jsonSpan(trace, spanId(), { endTimeUnixNano: '1' })]);
-      const res = await http().post('/otlp/v1/traces').set(auth).send(body).expect(400);
+      const bad = Array.from({ length: 7 }, (_, i) => jsonSpan(trace, spanId(), { endTimeUnixNano: String(i + 1) }));
+      const res = await http().post('/otlp/v1/traces').set(auth).send(jsonRequest(bad)).expect(400);
+      const reason = 'must not be before startTimeUnixNano';
+      // The first five fields are listed; the message counts the rest.
       expect(res.body).toMatchObject({
-        message: 'resourceSpans[0].scopeSpans[0].spans[1].endTimeUnixNano: must not be before startTimeUnixNano',
-        errors: [{ field: 'resourceSpans[0].scopeSpans[0].spans[1].endTimeUnixNano', message: 'must not be before startTimeUnixNano' }],
+        message: `${P}[0].endTimeUnixNano: ${reason} (and 6 more)`,
+        errors: [0, 1, 2, 3, 4].map((i) => ({ field: `${P}[${i}].endTimeUnixNano`, message: reason })),
       });
       expect([await count('spans'), await count('nodes')]).toEqual([spansBefore, nodesBefore]);
       await http().get(`/tracing/traces/${trace}`).set(auth).expect(404);
@@ -333,7 +385,7 @@ describe('OTLP/HTTP receiver', () => {
     });
 
     it('refuses what the REST API would refuse (name, status message, JSON depth), naming the OTLP field and writing nothing', async () => {
-      const P = 'resourceSpans[0].scopeSpans[0].spans[1]';
+      const P = 'resourceSpans[0].scopeSpans[0].spans[0]';
       const deepKey = (segments: number) => Array.from({ length: segments }, () => 'k').join('.');
       const cases: Array<[Record<string, unknown>, string, RegExp]> = [
         [{ name: undefined }, `${P}.name`, /^must not be empty$/],
@@ -345,7 +397,7 @@ describe('OTLP/HTTP receiver', () => {
       const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
       for (const [overrides, field, message] of cases) {
         const trace = traceId();
-        const res = await http().post('/otlp/v1/traces').set(auth).send(jsonRequest([jsonSpan(trace, spanId()), jsonSpan(trace, spanId(), overrides)])).expect(400);
+        const res = await http().post('/otlp/v1/traces').set(auth).send(jsonRequest([jsonSpan(trace, spanId(), overrides)])).expect(400);
         expect(res.body.errors).toEqual([{ field, message: expect.stringMatching(message) }]);
         expect(res.body.message).toBe(`${field}: ${res.body.errors[0].message}`);
       }
