@@ -222,6 +222,24 @@ describe('OTLP/HTTP receiver', () => {
     });
   });
 
+  it.each(['protobuf' as const, 'json' as const])('the SDK exporter (%s) reports success for a batch with a span the API refuses; the rest is stored', async (kind) => {
+    const exporter = sdkExporter(kind, t.url, t.apiKey);
+    const provider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(exporter)] });
+    const tracer = provider.getTracer('partial');
+    const root = tracer.startSpan('root', { startTime: at(0) });
+    const parent = trace.setSpan(context.active(), root);
+    // An empty name: OTLP calls it required, and the REST routes refuse it.
+    const unnamed = tracer.startSpan('', { startTime: at(1_000) }, parent);
+    unnamed.end(at(2_000));
+    root.end(at(3_000));
+    await provider.forceFlush();
+    await provider.shutdown();
+
+    expect(exporter.results.map((r) => r.code)).toEqual([ExportResultCode.SUCCESS]);
+    const { body } = await http().get(`/tracing/traces/${root.spanContext().traceId}`).set(auth).expect(200);
+    expect(body.spans.map((s: { span_name: string }) => s.span_name)).toEqual(['root']);
+  });
+
   describe('HTTP', () => {
     const { ExportTraceServiceRequest, ExportTraceServiceResponse } = otlpTraceService;
     const bufferBody = (res: request.Response, callback: (error: Error | null, body: Buffer) => void) => {
