@@ -138,6 +138,13 @@ describe('decodeOtlpJson', () => {
     });
   });
 
+  it('reads an event without a time (absent or 0, OTLP\'s "unset") as null, in both encodings', () => {
+    const request = jsonRequest([jsonSpan({ events: [{ name: 'absent' }, { name: 'zero', timeUnixNano: '0' }, { name: 'set', timeUnixNano: '5' }] })]);
+    const [span] = decodeOtlpJson(request).spans;
+    expect(span.events.map((e) => e.timeUnixNano)).toEqual([null, null, 5n]);
+    expect(decodeOtlpProtobuf(toProtobuf(request)).spans).toEqual([span]);
+  });
+
   it('answers an empty request with no spans', () => {
     const none = { spans: [], rejected: [] };
     expect(decodeOtlpJson({})).toEqual(none);

@@ -39,7 +39,8 @@ export interface OtlpKeyValue {
 
 export interface OtlpEvent {
   name: string;
-  timeUnixNano: bigint;
+  /** Null when the event has none (absent or 0, OTLP's "unset"). */
+  timeUnixNano: bigint | null;
   attributes: OtlpKeyValue[];
 }
 
@@ -281,7 +282,7 @@ function walkSpan(
       const ev = object(event, ePath);
       return {
         name: string(ev.name, `${ePath}.name`),
-        timeUnixNano: time(ev.timeUnixNano, `${ePath}.timeUnixNano`, format, false),
+        timeUnixNano: time(ev.timeUnixNano, `${ePath}.timeUnixNano`, format, false) || null,
         attributes: keyValues(ev.attributes, `${ePath}.attributes`, format),
       };
     }),

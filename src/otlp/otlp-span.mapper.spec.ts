@@ -157,6 +157,13 @@ describe('toSpanInput', () => {
     expect(span.exception).toEqual({ type: null, message: 'last', stacktrace: null, timestamp: '1970-01-01T00:00:00.000002Z' });
   });
 
+  it('keeps a null timestamp for an event without a time, in the events and in the exception', () => {
+    const span = toSpanInput(otlpSpan({ events: [{ name: 'exception', timeUnixNano: null, attributes: [kv('exception.type', 'E')] }] }));
+    expect(span.events).toEqual([{ name: 'exception', timestamp: null, attributes: { exception: { type: 'E' } } }]);
+    expect(span.exception).toEqual({ type: 'E', message: null, stacktrace: null, timestamp: null });
+    expect(toNodeInput(otlpSpan({ events: [{ name: 'e', timeUnixNano: null, attributes: [] }] })).otel).toMatchObject({ events: [{ name: 'e', timestamp: null, attributes: {} }] });
+  });
+
   it('lets the receiver keys otel.resource and otel.scope replace span attributes with those keys', () => {
     const span = toSpanInput(otlpSpan({ attributes: [kv('otel.scope', 'mine'), kv('otel.status_code', 'ERROR')] }));
     expect(span.attributes.otel).toEqual({

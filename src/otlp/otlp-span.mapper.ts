@@ -125,8 +125,13 @@ function omit(object: JsonObject, path: string[]): JsonObject {
   return copy;
 }
 
+/** An event without a time keeps a null timestamp rather than a made-up one (1970, or the span's start). */
+function eventTime(event: OtlpEvent): string | null {
+  return event.timeUnixNano === null ? null : nanosToIso(event.timeUnixNano);
+}
+
 function mapEvent(event: OtlpEvent): JsonObject {
-  return { name: event.name, timestamp: nanosToIso(event.timeUnixNano), attributes: unflattenAttributes(event.attributes) };
+  return { name: event.name, timestamp: eventTime(event), attributes: unflattenAttributes(event.attributes) };
 }
 
 function mapLink(link: OtlpLink): JsonObject {
@@ -149,7 +154,7 @@ function mapException(span: OtlpSpan): JsonObject | null {
     type: attribute('exception.type'),
     message: attribute('exception.message'),
     stacktrace: attribute('exception.stacktrace'),
-    timestamp: nanosToIso(event.timeUnixNano),
+    timestamp: eventTime(event),
   };
 }
 
