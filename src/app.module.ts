@@ -14,6 +14,9 @@ import { ObservabilityModule } from './observability/observability.module';
 import { OtlpModule } from './otlp/otlp.module';
 import { TracingModule } from './tracing/tracing.module';
 
+/** Paths whose requests get no completion log line: the health probe and the Prometheus scrape. */
+const UNLOGGED_PATHS = new Set(['/health', '/metrics']);
+
 @Module({})
 export class AppModule {
   /** `env` overrides process.env for this instance (tests, scripts). */
@@ -32,7 +35,8 @@ export class AppModule {
               redact: ['req.headers.authorization', 'req.headers.cookie'],
               customLogLevel: (_req, res, error) => (error || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
               customProps: (req) => ({ projectId: (req as { projectId?: string }).projectId }),
-              autoLogging: { ignore: (req) => req.url === '/health' || req.url === '/metrics' },
+              // Probes and scrapes every few seconds would drown the log; matched by path, so a query string changes nothing.
+              autoLogging: { ignore: (req) => UNLOGGED_PATHS.has((req.url ?? '').split('?')[0]) },
             },
           }),
         }),

@@ -43,6 +43,18 @@ describe('request ids in answers and logs (compiled API)', () => {
     expect(await logLineOf('caller-7f3a.1')).toMatchObject({ req: { url: '/tracing/traces/4bf92f3577b34da6a3ce929d0e0e4736' }, res: { statusCode: 401 } });
   });
 
+  it('logs no line for the health probe and the metrics scrape, with or without a query string', async () => {
+    const probes = ['/health', '/health?verbose=1', '/metrics', '/metrics?name[]=x'];
+    const ids: string[] = [];
+    for (const path of probes) ids.push((await fetch(`${api.url}${path}`)).headers.get('x-request-id') ?? '');
+    // A request logged after the probes: once its line is there, theirs would be too.
+    const after = (await fetch(`${api.url}/no/such/path`)).headers.get('x-request-id') ?? '';
+    await logLineOf(after);
+    const logged = probes.filter((_, i) => api.logs().includes(`"id":"${ids[i]}"`));
+    expect(logged).toEqual([]);
+    expect(ids.every((id) => id.length > 0)).toBe(true);
+  });
+
   it('gives requests without one, or with one that could break a log line, a fresh UUID, answers no handler gave (404, 401 before the body is read) included', async () => {
     const answers = [
       await fetch(`${api.url}/no/such/path`),
