@@ -1,7 +1,7 @@
 import fc from 'fast-check';
-import { firstInexactInteger, inexactIntegerMessage } from './exact-integers';
+import { firstInexactInteger, inexactIntegerMessage, jsonPathAt } from './exact-integers';
 
-const first = (text: string) => firstInexactInteger(Buffer.from(text));
+const first = (text: string) => firstInexactInteger(Buffer.from(text))?.token ?? null;
 
 /** The reference: JSON.parse then JSON.stringify gives back the same integer (compared as numbers: 1e+21 is 1000000000000000000000). */
 function storedAsSent(literal: string): boolean {
@@ -21,6 +21,10 @@ describe('firstInexactInteger', () => {
     expect(first('[18446744073709551616]')).toBe('18446744073709551616'); // 2^64 exactly, stored as 18446744073709552000
     expect(first('{"n":' + '9'.repeat(400) + '}')).toBe('9'.repeat(310)); // cut: past 309 digits any integer overflows
     expect(first('{"n":-' + '1'.repeat(309) + '}')).toBe(`-${'1'.repeat(309)}`);
+  });
+
+  it('gives the byte offset the integer starts at, sign included', () => {
+    expect(firstInexactInteger(Buffer.from('{"é":-12345678901234567891}'))).toEqual({ token: '-12345678901234567891', at: 6 });
   });
 
   it('passes integers stored as sent: below 2^53, and past it the digits a client prints for a double', () => {
@@ -91,5 +95,52 @@ describe('inexactIntegerMessage', () => {
     );
     expect(inexactIntegerMessage('9'.repeat(310))).toBe(`the integer ${'9'.repeat(40)}… is past the largest JSON number (about 1.8e308); send it as a string`);
     expect(inexactIntegerMessage(`-${'9'.repeat(310)}`)).toMatch(/^the integer -9{39}… is past the largest JSON number/);
+  });
+});
+
+describe('jsonPathAt', () => {
+  const at = (text: string, marker = '12345678901234567891') => jsonPathAt(Buffer.from(text), Buffer.byteLength(text.slice(0, text.indexOf(marker))));
+
+  it('names the value at an offset by keys and indexes', () => {
+    expect(at('{"spans":[{"a":1},{"attributes":{"id":12345678901234567891}}]}')).toEqual(['spans', 1, 'attributes', 'id']);
+    expect(at('{"nodes":[{"metrics":{"ids":[1, 12345678901234567891]}}]}')).toEqual(['nodes', 0, 'metrics', 'ids', 1]);
+    expect(at('12345678901234567891')).toEqual([]);
+    // Keys are read as JSON reads them: escapes, and commas, colons and brackets inside strings.
+    expect(at(String.raw`{"a,b:c\\":[[], {"\"}[":{}}, 12345678901234567891]}`)).toEqual(['a,b:c\\', 2]);
+    expect(at(String.raw`{"\u00e9":12345678901234567891}`)).toEqual(['é']);
+  });
+
+  it('gives null where the text before the offset is not JSON enough to say', () => {
+    expect(at(',12345678901234567891')).toBeNull();
+    expect(at('{"a" 12345678901234567891}')).toBeNull();
+  });
+
+  it('finds the path of any value in generated documents, compact or indented', () => {
+    const MARK = 'mark\u0000mark';
+    type Path = (string | number)[];
+    const pathsIn = (value: unknown, path: Path = []): Path[] => [
+      path,
+      ...(Array.isArray(value)
+        ? value.flatMap((item, i) => pathsIn(item, [...path, i]))
+        : typeof value === 'object' && value !== null
+          ? Object.entries(value).flatMap(([key, item]) => pathsIn(item, [...path, key]))
+          : []),
+    ];
+    const replaced = (value: unknown, path: Path): unknown => {
+      if (path.length === 0) return MARK;
+      const [head, ...rest] = path;
+      if (Array.isArray(value)) return value.map((item, i) => (i === head ? replaced(item, rest) : item));
+      return Object.fromEntries(Object.entries(value as object).map(([key, item]) => [key, key === head ? replaced(item, rest) : item]));
+    };
+    fc.assert(
+      fc.property(fc.jsonValue({ maxDepth: 4 }), fc.nat(), fc.constantFrom(0, 2), (document, pick, indent) => {
+        const paths = pathsIn(document);
+        const path = paths[pick % paths.length];
+        const text = JSON.stringify(replaced(document, path), null, indent).replace(JSON.stringify(MARK), '12345678901234567891');
+        fc.pre(text.indexOf('12345678901234567891') === text.lastIndexOf('12345678901234567891'));
+        expect(at(text)).toEqual(path);
+      }),
+      { numRuns: 500 },
+    );
   });
 });

@@ -19,6 +19,12 @@ const isFractionOrExponent = (byte: number) => byte === 0x2e || byte === 0x65 ||
 /** Every integer below 2^53 (9007199254740992, 16 digits) is exact: shorter ones need no look. */
 const SHORTEST_INEXACT_DIGITS = 16;
 
+/** An integer literal JSON.parse would not keep, and the byte offset it starts at (its sign, when it has one). */
+export interface InexactInteger {
+  token: string;
+  at: number;
+}
+
 /**
  * The first integer literal in a UTF-8 JSON text that JSON.parse would not
  * keep exactly (with its sign, as sent; cut after 310 digits), or null. One pass over the bytes that skips
@@ -26,7 +32,7 @@ const SHORTEST_INEXACT_DIGITS = 16;
  * send such a number). A regex would be shorter, but one that skips strings
  * recurses once per escape and overflows the stack on a long string of them.
  */
-export function firstInexactInteger(body: Buffer): string | null {
+export function firstInexactInteger(body: Buffer): InexactInteger | null {
   for (let i = 0; i < body.length; i++) {
     const byte = body[i];
     if (byte === QUOTE) {
@@ -41,9 +47,9 @@ export function firstInexactInteger(body: Buffer): string | null {
     if (integer) {
       const sign = body[i - 1] === MINUS ? 1 : 0;
       // Past 309 digits every integer overflows a double: no need to read (or convert) a long run of digits.
-      if (end - i > MAX_DOUBLE_DIGITS) return body.toString('latin1', i - sign, i + MAX_DOUBLE_DIGITS + 1);
+      if (end - i > MAX_DOUBLE_DIGITS) return { token: body.toString('latin1', i - sign, i + MAX_DOUBLE_DIGITS + 1), at: i - sign };
       const token = body.toString('latin1', i - sign, end);
-      if (storedAs(token) !== token) return token;
+      if (storedAs(token) !== token) return { token, at: i - sign };
     }
     while (end < body.length && isFractionOrExponent(body[end])) end++;
     i = end - 1;
@@ -86,4 +92,55 @@ export function inexactIntegerMessage(token: string): string {
   const stored = storedAs(token);
   if (!/^-?\d+$/.test(stored)) return `the integer ${cut(token)} is past the largest JSON number (about 1.8e308); send it as a string`;
   return `the integer ${cut(token)} would be stored as ${cut(stored)}: a JSON number keeps every integer exactly only up to 2^53 (9007199254740992); send it as a string`;
+}
+
+const OPEN_OBJECT = 0x7b;
+const CLOSE_OBJECT = 0x7d;
+const OPEN_ARRAY = 0x5b;
+const CLOSE_ARRAY = 0x5d;
+const COLON = 0x3a;
+const COMMA = 0x2c;
+
+/**
+ * Where in a JSON text the value starting at byte `at` sits, as keys and
+ * indexes (["spans", 0, "attributes", "n"]), so a refusal can name the field.
+ * Read only once a refusal is certain; the text has not been parsed yet and
+ * may not be valid JSON, so a key that cannot be read gives null (the caller
+ * then names the body).
+ */
+export function jsonPathAt(body: Buffer, at: number): (string | number)[] | null {
+  const levels: Array<{ key: string | null } | { index: number }> = [];
+  let lastString: [number, number] = [0, 0];
+  for (let i = 0; i < at; i++) {
+    const byte = body[i];
+    if (byte === QUOTE) {
+      const end = closingQuote(body, i + 1);
+      lastString = [i, end + 1];
+      i = end;
+    } else if (byte === OPEN_OBJECT) levels.push({ key: null });
+    else if (byte === OPEN_ARRAY) levels.push({ index: 0 });
+    else if (byte === CLOSE_OBJECT || byte === CLOSE_ARRAY) levels.pop();
+    else if (byte === COLON || byte === COMMA) {
+      const level = levels[levels.length - 1];
+      if (level === undefined) return null;
+      if ('index' in level) level.index += byte === COMMA ? 1 : 0;
+      else level.key = byte === COLON ? readKey(body, lastString) : null;
+    }
+  }
+  const path: (string | number)[] = [];
+  for (const level of levels) {
+    if ('index' in level) path.push(level.index);
+    else if (level.key === null) return null;
+    else path.push(level.key);
+  }
+  return path;
+}
+
+function readKey(body: Buffer, [start, end]: [number, number]): string | null {
+  try {
+    const key: unknown = JSON.parse(body.toString('utf8', start, end));
+    return typeof key === 'string' ? key : null;
+  } catch {
+    return null;
+  }
 }

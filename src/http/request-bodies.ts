@@ -6,7 +6,8 @@ import type { Request, RequestHandler, Response } from 'express';
 import type { Observable } from 'rxjs';
 import { IS_PUBLIC } from '../auth/public.decorator';
 import { OTLP_PROTOBUF } from '../otlp/otlp-error-body';
-import { firstInexactInteger, inexactIntegerMessage } from './exact-integers';
+import { firstInexactInteger, inexactIntegerMessage, jsonPathAt } from './exact-integers';
+import { formatPath } from './zod-validation';
 
 const TAKES_OTLP = Symbol('takesOtlp');
 
@@ -92,8 +93,9 @@ function checkBytes(body: Buffer, encoding: string, checks: { exactIntegers: boo
   const inexact = firstInexactInteger(body);
   if (inexact !== null) {
     // A BadRequestException passes through body-parser untouched, and carries `errors` like every other bad body.
-    const message = inexactIntegerMessage(inexact);
-    throw new BadRequestException({ statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] });
+    const message = inexactIntegerMessage(inexact.token);
+    const field = formatPath(jsonPathAt(body, inexact.at) ?? []) || '(body)';
+    throw new BadRequestException({ statusCode: 400, error: 'Bad Request', message: `${field}: ${message}`, errors: [{ field, message }] });
   }
 }
 

@@ -60,14 +60,14 @@ describe('REST: /tracing and /observability', () => {
       await http().post('/tracing/spans').set(auth).send({ spans: [existing] }).expect(201);
       const message = 'the integer 12345678901234567891 would be stored as 12345678901234567000: a JSON number keeps every integer exactly only up to 2^53 (9007199254740992); send it as a string';
       const [spansBefore, nodesBefore] = [await countSpans(), await countNodes()];
-      for (const [method, path, body] of [
-        ['post', '/tracing/spans', { spans: [makeSpan(), makeSpan({ attributes: { id: '@N@' } })] }],
-        ['put', '/tracing/spans', { spans: [{ ...existing, attributes: { id: '@N@' } }] }],
-        ['post', '/observability/nodes', { nodes: [makeNode({ metrics: { ids: [1, '@N@'] } })] }],
-        ['post', '/tracing/spans/query', { filter: { operator: 'and', conditions: [{ field: 'attributes', key: 'id', operator: 'eq', value: '@N@' }] } }],
+      for (const [method, path, body, field] of [
+        ['post', '/tracing/spans', { spans: [makeSpan(), makeSpan({ attributes: { id: '@N@' } })] }, 'spans[1].attributes.id'],
+        ['put', '/tracing/spans', { spans: [{ ...existing, attributes: { id: '@N@' } }] }, 'spans[0].attributes.id'],
+        ['post', '/observability/nodes', { nodes: [makeNode({ metrics: { ids: [1, '@N@'] } })] }, 'nodes[0].metrics.ids[1]'],
+        ['post', '/tracing/spans/query', { filter: { operator: 'and', conditions: [{ field: 'attributes', key: 'id', operator: 'eq', value: '@N@' }] } }, 'filter.conditions[0].value'],
       ] as const) {
         const res = await send(method, path, withNumber(body, '12345678901234567891')).expect(400);
-        expect({ path, body: res.body }).toEqual({ path, body: { statusCode: 400, error: 'Bad Request', message: `(body): ${message}`, errors: [{ field: '(body)', message }] } });
+        expect({ path, body: res.body }).toEqual({ path, body: { statusCode: 400, error: 'Bad Request', message: `${field}: ${message}`, errors: [{ field, message }] } });
       }
       expect([await countSpans(), await countNodes()]).toEqual([spansBefore, nodesBefore]);
       const read = async (span: { trace_id: string; span_id: string }) =>
