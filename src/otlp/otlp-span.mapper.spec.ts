@@ -164,13 +164,18 @@ describe('toSpanInput', () => {
     expect(toNodeInput(otlpSpan({ events: [{ name: 'e', timeUnixNano: null, attributes: [] }] })).otel).toMatchObject({ events: [{ name: 'e', timestamp: null, attributes: {} }] });
   });
 
-  it('lets the receiver keys otel.resource and otel.scope replace span attributes with those keys', () => {
-    const span = toSpanInput(otlpSpan({ attributes: [kv('otel.scope', 'mine'), kv('otel.status_code', 'ERROR')] }));
-    expect(span.attributes.otel).toEqual({
+  it('lets the receiver keys otel.resource and otel.scope replace span attributes with those keys or under them', () => {
+    const expected = {
       resource: { service: { name: 'checkout', version: '2.0' } },
       scope: { name: 'my-lib', version: null },
       status_code: 'ERROR',
-    });
+    };
+    const span = toSpanInput(otlpSpan({ attributes: [kv('otel.scope', 'mine'), kv('otel.status_code', 'ERROR')] }));
+    expect(span.attributes.otel).toEqual(expected);
+    const under = toSpanInput(otlpSpan({
+      attributes: [kv('otel.scope.name', 'other'), kv('otel.scope.extra', 1), kv('otel.resource.service.name', 'x'), kv('otel.status_code', 'ERROR')],
+    }));
+    expect(under.attributes.otel).toEqual(expected);
   });
 
   it.each([

@@ -24,8 +24,10 @@ import { OtlpDecodeError, OtlpEvent, OtlpKeyValue, OtlpLink, OtlpRejection, Otlp
  *
  * Span attributes are the top level of `attributes`; the receiver adds the
  * keys `otel.resource` (resource attributes, unflattened) and `otel.scope`
- * ({name, version}) after the span's own, so they replace a span attribute
- * with exactly those keys.
+ * ({name, version}) after all of the span's own, so they replace a span
+ * attribute with those keys or under them: `otel.scope.name`, which the
+ * semantic conventions define for formats without scopes, cannot mix into
+ * the scope OTLP sent.
  */
 
 const SPAN_TYPE_BY_GEN_AI_OPERATION = new Map<string, SpanType>([
@@ -60,13 +62,14 @@ export function traceIdToTreeId(traceId: string): string {
   return traceIdToUuid(traceId);
 }
 
-export function unflattenAttributes(keyValues: OtlpKeyValue[]): JsonObject {
+/** `placedLast` go in after every other key, in order, so each replaces whatever was at or under its key. */
+export function unflattenAttributes(keyValues: OtlpKeyValue[], placedLast: OtlpKeyValue[] = []): JsonObject {
   const target: JsonObject = {};
   const owned = new WeakSet<JsonObject>([target]);
   const sorted = keyValues
     .map((kv, index) => ({ ...kv, index }))
     .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.index - b.index));
-  for (const { key, value } of sorted) placeAt(target, key, value, owned);
+  for (const { key, value } of [...sorted, ...placedLast]) placeAt(target, key, value, owned);
   return target;
 }
 
@@ -177,8 +180,7 @@ function scopeJson(span: OtlpSpan): JsonObject {
 }
 
 export function toSpanInput(span: OtlpSpan): SpanInput {
-  const attributes = unflattenAttributes([
-    ...span.attributes,
+  const attributes = unflattenAttributes(span.attributes, [
     { key: 'otel.resource', value: unflattenAttributes(span.resource.attributes) },
     { key: 'otel.scope', value: scopeJson(span) },
   ]);
