@@ -105,7 +105,8 @@ export const envSchema = z.object({
   MIGRATE_ON_START: bool('MIGRATE_ON_START', true),
   DB_STATEMENT_TIMEOUT_MS: int(30_000, 0),
   DB_CLIENT_TIMEOUT_MS: optionalInt(0),
-  EMBEDDED_POSTGRES_PORT: int(54329, 1, 65535),
+  // Below 32768, so outside the kernel's ephemeral range (32768-60999): an outgoing connection cannot be holding it.
+  EMBEDDED_POSTGRES_PORT: int(15432, 1, 65535),
   EMBEDDED_DATA_DIR: z.string().default('.data'),
 
   USE_CLICKHOUSE: bool('USE_CLICKHOUSE', false),
