@@ -17,6 +17,11 @@ import { TracingModule } from './tracing/tracing.module';
 /** Paths whose requests get no completion log line: the health probe and the Prometheus scrape. */
 const UNLOGGED_PATHS = new Set(['/health', '/metrics']);
 
+/** A URL's path as Express routes it: without the query, a trailing slash or case (/HEALTH/?x=1 is /health). */
+function routedPath(url: string): string {
+  return url.split('?')[0].replace(/\/+$/, '').toLowerCase();
+}
+
 @Module({})
 export class AppModule {
   /** `env` overrides process.env for this instance (tests, scripts). */
@@ -35,8 +40,8 @@ export class AppModule {
               redact: ['req.headers.authorization', 'req.headers.cookie'],
               customLogLevel: (_req, res, error) => (error || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
               customProps: (req) => ({ projectId: (req as { projectId?: string }).projectId }),
-              // Probes and scrapes every few seconds would drown the log; matched by path, so a query string changes nothing.
-              autoLogging: { ignore: (req) => UNLOGGED_PATHS.has((req.url ?? '').split('?')[0]) },
+              // Probes and scrapes every few seconds would drown the log.
+              autoLogging: { ignore: (req) => UNLOGGED_PATHS.has(routedPath(req.url ?? '')) },
             },
           }),
         }),

@@ -347,7 +347,7 @@ function enumValue(value: unknown, path: string, names: readonly string[]): numb
  * Trace and span ids: hex strings in OTLP/JSON, raw bytes in protobuf. An
  * empty optional id means "none", and so does an all-zero one: the invalid
  * span id, which several SDKs and exporters send as a root span's parent.
- * Refusing it would refuse their whole export (exporters do not retry a 400).
+ * Refusing it would refuse every root span they send.
  */
 function id(value: unknown, path: string, format: Format, bytes: number, optional = false): string | null {
   let hex: string;

@@ -37,7 +37,7 @@ export class OtlpController {
   ) {
     this.rejectedSpans = new Counter({
       name: 'otlp_spans_rejected_total',
-      help: 'OTLP spans refused as invalid from exports whose other spans were stored (partial success)',
+      help: 'OTLP spans refused as invalid: alone (a partial success), or with their export when it had no valid span (400)',
       registers: [registry],
     });
   }
@@ -52,7 +52,7 @@ export class OtlpController {
       'a retried export replaces what it wrote before. Invalid spans are refused and the others stored: the answer\'s ' +
       'partialSuccess gives how many were refused and why (a bad resource or scope refuses all of its spans). ' +
       'An export with nothing valid to store, or that cannot be read at all, is refused whole (400). ' +
-      `Each span stores its resource's attributes, so a resource may have at most ${MAX_RESOURCE_ATTRIBUTE_BYTES} bytes of them, as JSON (400). ` +
+      `Each span stores its resource's attributes, so a resource may have at most ${MAX_RESOURCE_ATTRIBUTE_BYTES} bytes of them, as JSON; a larger one refuses its spans. ` +
       'Error answers to a binary export are a protobuf google.rpc.Status (code and message), as OTLP/HTTP prescribes; to OTLP/JSON, the JSON Error.',
   })
   @ApiConsumes(OTLP_PROTOBUF, JSON_TYPE)
@@ -78,6 +78,7 @@ export class OtlpController {
     if (sent > max) throw new PayloadTooLargeException(`spans: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${sent}`);
     const { spans, nodes, rejected: unstorable } = mapOtlpSpans(decoded.spans);
     const rejected = [...decoded.rejected, ...unstorable];
+    this.rejectedSpans.inc(spansIn(rejected));
     // Nothing to store and something wrong: the export is refused, so its sender hears of it as an error.
     if (spans.length === 0 && rejected.length > 0) throw refusal(rejected);
 
@@ -98,12 +99,10 @@ export class OtlpController {
 
   /**
    * OTLP's partial success: the spans refused, and why. Exporters do not retry
-   * it (the rest is stored), but they log it; so does this receiver, and
-   * otlp_spans_rejected_total counts them.
+   * it (the rest is stored), but they log it; so does this receiver.
    */
   private partialSuccess(projectId: string, rejected: OtlpRejection[], sent: number): { rejectedSpans: number; errorMessage: string } {
     const rejectedSpans = spansIn(rejected);
-    this.rejectedSpans.inc(rejectedSpans);
     const shown = rejected.slice(0, SHOWN_REJECTIONS).map((r) => r.error.message);
     const more = rejected.length - shown.length;
     const errorMessage = `${rejectedSpans} of ${sent} spans refused: ${shown.join('; ')}${more > 0 ? `; and ${more} more` : ''}`;

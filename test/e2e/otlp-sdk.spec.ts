@@ -362,7 +362,7 @@ describe('OTLP/HTTP receiver', () => {
     it('answers 400 naming the bad fields when no span is valid, and writes nothing', async () => {
       const P = 'resourceSpans[0].scopeSpans[0].spans';
       const trace = traceId();
-      const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
+      const [spansBefore, nodesBefore, rejectedBefore] = [await count('spans'), await count('nodes'), await rejectedTotal()];
       const bad = Array.from({ length: 7 }, (_, i) => jsonSpan(trace, spanId(), { endTimeUnixNano: String(i + 1) }));
       const res = await http().post('/otlp/v1/traces').set(auth).send(jsonRequest(bad)).expect(400);
       const reason = 'must not be before startTimeUnixNano';
@@ -374,6 +374,7 @@ describe('OTLP/HTTP receiver', () => {
       expect([await count('spans'), await count('nodes')]).toEqual([spansBefore, nodesBefore]);
       await http().get(`/tracing/traces/${trace}`).set(auth).expect(404);
       await http().get(`/observability/trees/${treeId(trace)}`).set(auth).expect(404);
+      expect(await rejectedTotal()).toBe(rejectedBefore + 7);
     });
 
     it('refuses OTLP/JSON integers sent as numbers past 2^53 (they arrive rounded) and keeps them exact as strings', async () => {
