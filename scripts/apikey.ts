@@ -1,12 +1,9 @@
-import { Kysely } from 'kysely';
 import { ApiKeyService } from '../src/auth/api-key.service';
 import { ApiKeysRepository } from '../src/auth/api-keys.repository';
 import { parseConfig } from '../src/config/app-config';
-import { DB } from '../src/dbs/postgres/database';
-import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
-import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
 import { prepareSchema } from '../src/dbs/postgres/postgres-migrator';
 import { parseFlags } from './cli/flags';
+import { openPostgres } from './cli/postgres-cli';
 import { runCli, UsageError } from './cli/run-cli';
 import { isUuid } from '../src/uuid';
 
@@ -40,8 +37,7 @@ function parseArgs(args: string[]): { command: string; projectId?: string; id?: 
 runCli(USAGE, async (args, log) => {
   const { command, projectId, id } = parseArgs(args);
   const config = parseConfig();
-  const server = await resolvePostgres(config.postgres, log);
-  const db: Kysely<DB> = createKysely(createPool(server.url, 1));
+  const { db, close } = await openPostgres(config, log, 1);
   try {
     const { applied } = await prepareSchema(db, config.postgres.migrateOnStart);
     if (applied.length) log(`applied migrations: ${applied.join(', ')}`);
@@ -59,7 +55,6 @@ runCli(USAGE, async (args, log) => {
       log(`revoked key ${id}; running APIs refuse it within ${ApiKeyService.TRUST_SECONDS} s (they trust a key they checked for that long)`);
     }
   } finally {
-    await db.destroy();
-    await server.stop?.();
+    await close();
   }
 });

@@ -1,24 +1,27 @@
 import { parseConfig } from '../src/config/app-config';
-import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
-import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
 import { migrateDown, prepareSchema, schemaState } from '../src/dbs/postgres/postgres-migrator';
+import { openPostgres } from './cli/postgres-cli';
 import { runCli, UsageError } from './cli/run-cli';
 
-const USAGE = `usage: npm run migrate -- [latest | status | down | down --all]
+const USAGE = `usage: npm run migrate -- [latest | status | down --yes | down --all --yes]
 
   latest      apply every pending migration (default)
   status      list this build's migrations, applied or pending, and any the database ran that this build does not know
   down        undo the most recent migration
-  down --all  undo every migration`;
+  down --all  undo every migration
+  --yes       down drops what the migrations created, rows included
+              (0001_initial: every table, API keys too): say so to run it`;
 
 runCli(USAGE, async (args, log) => {
   const [command = 'latest', ...rest] = args;
-  if (!['latest', 'status', 'down'].includes(command) || rest.some((a) => a !== '--all') || (command !== 'down' && rest.length)) {
+  if (!['latest', 'status', 'down'].includes(command) || rest.some((a) => a !== '--all' && a !== '--yes') || (command !== 'down' && rest.length)) {
     throw new UsageError(`unknown arguments: ${args.join(' ')}`);
   }
+  if (command === 'down' && !rest.includes('--yes')) {
+    throw new UsageError('down drops the tables the migrations created, with their rows: add --yes to run it');
+  }
   const config = parseConfig();
-  const server = await resolvePostgres(config.postgres, log);
-  const db = createKysely(createPool(server.url, 1));
+  const { db, close } = await openPostgres(config, log, 1);
   try {
     if (command === 'status') {
       const { migrations, pending, unknown } = await schemaState(db);
@@ -46,7 +49,6 @@ runCli(USAGE, async (args, log) => {
     if (done.length === 0) log('nothing to do: already at the requested version');
     for (const r of done) log(`reverted ${r.migrationName}`);
   } finally {
-    await db.destroy();
-    await server.stop?.();
+    await close();
   }
 });

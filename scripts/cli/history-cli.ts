@@ -1,16 +1,12 @@
 import { ClickHouseLogLevel, createClient } from '@clickhouse/client';
-import { Kysely, sql } from 'kysely';
-import { Pool } from 'pg';
+import { sql } from 'kysely';
 import { AppConfig } from '../../src/config/app-config';
-import { redactUrl } from '../../src/config/redact-url';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { HistoryScope, parseScopes, ScopeError, ScopeOptions } from '../../src/dbs/backfill/history-scope';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { resolveClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
-import { DB } from '../../src/dbs/postgres/database';
-import { resolvePostgres } from '../../src/dbs/postgres/local-postgres';
-import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { ParsedFlags } from './flags';
+import { openPostgres, PostgresConnection } from './postgres-cli';
 import { UsageError } from './run-cli';
 
 /** What `backfill` and `verify` share: their scope options and their two servers. */
@@ -32,37 +28,18 @@ export function scopesFrom(flags: ParsedFlags, config: AppConfig): HistoryScope[
 }
 
 
-export interface PostgresConnection {
-  db: Kysely<DB>;
-  /** The pool under db, for COPY (the backfill's bulk copy). */
-  pool: Pool;
-  close(): Promise<void>;
-}
-
-/** DATABASE_URL or the embedded server; fails with the (password-free) URL and what to do. */
+/** DATABASE_URL or the embedded server, migrated; fails with the (password-free) URL and what to do. */
 export async function connectPostgres(config: AppConfig, log: (line: string) => void): Promise<PostgresConnection> {
-  const server = await resolvePostgres(config.postgres, log);
   // One connection holds the run's advisory lock; the others read pages and write checkpoints.
-  const pool = createPool(server.url, 4, { onConnectionLost: (error) => log(`Postgres connection lost: ${error.message}`) });
-  const db = createKysely(pool);
-  const close = async () => {
-    await db.destroy();
-    await server.stop?.();
-  };
-  const at = `Postgres at ${redactUrl(server.url)}`;
-  let migrated: boolean;
+  const postgres = await openPostgres(config, log, 4, { onConnectionLost: (error) => log(`Postgres connection lost: ${error.message}`) });
   try {
-    const { rows } = await sql<{ table: string | null }>`select to_regclass('backfill_checkpoints')::text as table`.execute(db);
-    migrated = rows[0].table !== null;
+    const { rows } = await sql<{ table: string | null }>`select to_regclass('backfill_checkpoints')::text as table`.execute(postgres.db);
+    if (rows[0].table === null) throw new Error(`${postgres.at} is not migrated (no table backfill_checkpoints): run \`npm run migrate\``);
   } catch (error) {
-    await close();
-    throw new Error(`${at} does not answer: ${(error as Error).message || (error as { code?: string }).code}`);
+    await postgres.close();
+    throw error;
   }
-  if (!migrated) {
-    await close();
-    throw new Error(`${at} is not migrated (no table backfill_checkpoints): run \`npm run migrate\``);
-  }
-  return { db, pool, close };
+  return postgres;
 }
 
 export interface ClickHouseConnection {

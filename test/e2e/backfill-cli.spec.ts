@@ -322,7 +322,7 @@ describe('npm run backfill / verify', () => {
       run('verify', [], { ...env, CLICKHOUSE_DATABASE: 'never_migrated' }),
     ]);
     expect(postgresDown.code).toBe(1);
-    expect(postgresDown.stderr).toContain('error: Postgres at postgres://nobody:***@127.0.0.1:1/none does not answer');
+    expect(postgresDown.stderr).toContain('error: cannot use Postgres at postgres://nobody:***@127.0.0.1:1/none: connect ECONNREFUSED 127.0.0.1:1');
     expect(postgresDown.stderr).not.toContain('secret');
     expect(clickhouseDown.code).toBe(1);
     expect(clickhouseDown.stderr).toContain('error: ClickHouse at http://127.0.0.1:1 does not answer');

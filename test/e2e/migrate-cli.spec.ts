@@ -15,7 +15,7 @@ describe('npm run migrate', () => {
     expect(current).toMatchObject({ code: 0, stderr: 'the schema is current for this build\n' });
     expect(current.stdout).toMatch(/^0001_initial {2}applied \d{4}-\d\d-\d\dT[\d:.]+Z\n$/);
 
-    expect(await migrate('down', '--all')).toMatchObject({ code: 0, stderr: 'reverted 0001_initial\n' });
+    expect(await migrate('down', '--all', '--yes')).toMatchObject({ code: 0, stderr: 'reverted 0001_initial\n' });
     expect(await migrate('status')).toMatchObject({ code: 0, stdout: '0001_initial  pending\n', stderr: '1 pending: run `npm run migrate`\n' });
 
     expect(await migrate()).toMatchObject({ code: 0, stderr: 'applied 0001_initial\n' });
@@ -42,7 +42,7 @@ describe('npm run migrate', () => {
           'nothing to do: already at the requested version\n' +
           'the database also ran 9999_from_a_newer_build, applied by a newer build (this build does not know them); it is used as it is\n',
       });
-      for (const args of [['down'], ['down', '--all']]) {
+      for (const args of [['down', '--yes'], ['down', '--all', '--yes']]) {
         expect(await migrate(...args)).toMatchObject({
           code: 1,
           stderr:
@@ -57,12 +57,30 @@ describe('npm run migrate', () => {
   });
 
   it('unknown arguments exit 2 with the usage, and change nothing', async () => {
-    for (const args of [['sideways'], ['status', '--all'], ['latest', '--all']]) {
+    for (const args of [['sideways'], ['status', '--all'], ['latest', '--all'], ['latest', '--yes']]) {
       const run = await migrate(...args);
       expect(run.code).toBe(2);
       expect(run.stderr).toContain(`error: unknown arguments: ${args.join(' ')}`);
-      expect(run.stderr).toContain('usage: npm run migrate -- [latest | status | down | down --all]');
+      expect(run.stderr).toContain('usage: npm run migrate -- [latest | status | down --yes | down --all --yes]');
     }
     expect((await migrate('status')).stderr).toBe('the schema is current for this build\n');
+  });
+
+  it('down without --yes exits 2 saying what it would drop, and drops nothing', async () => {
+    for (const args of [['down'], ['down', '--all']]) {
+      const run = await migrate(...args);
+      expect(run.code).toBe(2);
+      expect(run.stderr).toContain('error: down drops the tables the migrations created, with their rows: add --yes to run it');
+    }
+    expect((await migrate('status')).stderr).toBe('the schema is current for this build\n');
+  });
+
+  it('names the server it cannot use, without its password', async () => {
+    for (const [command, args] of [['migrate', ['status']], ['apikey', ['list']]] as const) {
+      const run = await runCommand(command, [...args], { DATABASE_URL: 'postgres://nobody:secret@localhost:1/none' });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/^error: cannot use Postgres at postgres:\/\/nobody:\*\*\*@localhost:1\/none: \S.*\n$/m);
+      expect(run.stderr).not.toContain('secret');
+    }
   });
 });
