@@ -6,7 +6,7 @@ import { PostgresMirrorGapsRepository } from '../src/dbs/postgres/postgres-mirro
 import { parseFlags, positiveInt } from './cli/flags';
 import { counted } from '../src/counted';
 import { connectClickHouse, connectPostgres, formatRate, formatSeconds, scopesFrom } from './cli/history-cli';
-import { exitOnSignal, runCli, UsageError } from './cli/run-cli';
+import { errorText, exitOnSignal, runCli, UsageError } from './cli/run-cli';
 
 const USAGE = `usage: npm run backfill -- [options]
 
@@ -97,8 +97,14 @@ runCli(USAGE, async (args, log) => {
       // Every entity starts over before any is copied, so the resume hint above holds for all of them.
       if (options.restart) for (const scope of scopes) await backfill.restart(scope);
       restarting = false;
-      for (const scope of scopes) {
-        process.stdout.write(`${summary(await backfill.run(scope, { ...options, restart: false }, progress))}\n`);
+      try {
+        for (const scope of scopes) {
+          process.stdout.write(`${summary(await backfill.run(scope, { ...options, restart: false }, progress))}\n`);
+        }
+      } catch (error) {
+        // A failure's own advice is to run the same command again, which with --restart would start over.
+        if (!options.restart) throw error;
+        throw new Error(`${errorText(error)} (to resume, run the command without --restart: with it, the run starts over)`);
       }
     } finally {
       await clickhouse.close();

@@ -304,6 +304,28 @@ describe('npm run backfill / verify', () => {
     }
   }, 60_000);
 
+  it('after a failure part-way through a --restart run, says to resume without --restart, and that resumes', async () => {
+    const proxy = await FakeClickHouse.start(ch.url);
+    try {
+      const backfill = start('backfill', ['--entity', 'spans', '--restart', '--batch-rows', '2000'], { ...env, CLICKHOUSE_URL: proxy.url });
+      while (proxy.stats().inserts < 3) {
+        const exited = await Promise.race([backfill.done, new Promise((r) => setTimeout(r, 20))]);
+        if (exited) throw new Error(`backfill ended before ClickHouse could stop: ${JSON.stringify(exited)}`);
+      }
+      await proxy.setMode('refuse');
+      const result = await backfill.done;
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(
+        /\nerror: ClickHouse at [^\n]+ stopped answering [^\n]+; run it again once it is back \(to resume, run the command without --restart: with it, the run starts over\)\n$/,
+      );
+    } finally {
+      await proxy.close();
+    }
+    const resumed = await run('backfill', ['--entity', 'spans', '--batch-rows', '2000'], env);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toMatch(new RegExp(`^backfill spans: complete: \\d+ rows? copied .*; resumed from .*\\(run total ${SPANS} rows,`, 'm'));
+  }, 120_000);
+
   it('takes credentials written into CLICKHOUSE_URL without the client warning about them', async () => {
     const url = new URL(ch.url);
     url.username = ch.config.user;
