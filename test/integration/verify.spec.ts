@@ -130,6 +130,12 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     expect(counted.differing).toHaveLength(4);
     expect(counted.buckets.every((b) => b.postgres.checksum === null && b.clickhouse.checksum === null)).toBe(true);
 
+    // Compared again after a wait, the bucket changed in place is checked by content twice: it counts once.
+    const settled = await verifier.verify(SCOPES, { settleMs: 1 });
+    expect(settled.differing).toHaveLength(5);
+    expect(settled.contentChecked).toBe(report.contentChecked);
+    expect(report.contentChecked).toBe(report.buckets.filter((b) => !b.differs.some((d) => d !== 'content')).length);
+
     const repair = await verifier.repair(report.differing);
     expect(repair.after.differing).toEqual([]);
     // The stray node's bucket is gone from both sides now; the other four agree.

@@ -149,7 +149,8 @@ export class Verifier {
       const stillDiffering = new Set(again.buckets.filter((b) => b.differs.length > 0).map(bucketId));
       settled = differing.filter((b) => !stillDiffering.has(bucketId(b))).length;
       buckets = [...buckets.filter((b) => b.differs.length === 0), ...again.buckets];
-      contentChecked += again.contentChecked;
+      // A bucket checked by content in both passes is one bucket.
+      contentChecked = new Set([...contentChecked, ...again.contentChecked]);
     }
     return {
       buckets,
@@ -158,7 +159,7 @@ export class Verifier {
         postgres: buckets.reduce((n, b) => n + b.postgres.rows, 0),
         clickhouse: buckets.reduce((n, b) => n + b.clickhouse.rows, 0),
       },
-      contentChecked,
+      contentChecked: contentChecked.size,
       retainedFrom: from,
       asOf,
       settled,
@@ -167,15 +168,15 @@ export class Verifier {
   }
 
   /** Both passes over these scopes: counts for every bucket, then content for those whose counts agree. */
-  private async compare(scopes: HistoryScope[], options: VerifyOptions): Promise<{ buckets: BucketComparison[]; contentChecked: number }> {
+  private async compare(scopes: HistoryScope[], options: VerifyOptions): Promise<{ buckets: BucketComparison[]; contentChecked: Set<string> }> {
     const buckets: BucketComparison[] = [];
-    let contentChecked = 0;
+    const contentChecked = new Set<string>();
     for (const scope of scopes) {
       const compared = await this.compareCounts(scope);
       if (options.content !== false) {
         const agreed = compared.filter((b) => b.differs.length === 0);
         await this.compareContent(scope, agreed, compared, options.progress ?? silentProgress);
-        contentChecked += agreed.length;
+        for (const bucket of agreed) contentChecked.add(bucketId(bucket));
       }
       buckets.push(...compared);
     }
