@@ -40,7 +40,11 @@ runCli(USAGE, async (args, log) => {
     const clickhouse = await connectClickHouse(config, log, 'verify');
     try {
       const progress = createProgress(process.stderr, log, 'verify');
-      exitOnSignal('interrupted: verify did not finish; run the same command again (a --repair cut short is safe to repeat)', () => progress.stop());
+      const repairProgress = createProgress(process.stderr, log, 'repair');
+      exitOnSignal('interrupted: verify did not finish; run the same command again (a --repair cut short is safe to repeat)', () => {
+        progress.stop();
+        repairProgress.stop();
+      });
       const verifier = new Verifier(postgres.db, clickhouse.history);
       // A running API's mirror is up to its flush interval (and a send) behind Postgres: a bucket that differs is
       // compared again after that long (this shell's MIRROR_FLUSH_INTERVAL_MS, the API's when both read one .env).
@@ -60,7 +64,7 @@ runCli(USAGE, async (args, log) => {
       if (report.differing.length === 0) return;
       if (!flags.switches.has('--repair')) throw new Error(`${counted(report.differing.length, 'bucket')} differ${report.differing.length === 1 ? 's' : ''}; run with --repair to re-copy them`);
 
-      const repair = await verifier.repair(report.differing, settle);
+      const repair = await verifier.repair(report.differing, { ...settle, progress, repairProgress });
       write(
         `repair: ${counted(repair.buckets, 'bucket')} re-copied in ${formatSeconds(repair.durationMs)}: ${counted(repair.upserted, 'row')} upserted, ` +
           `${repair.tombstoned} tombstoned, ${repair.reset} reset`,

@@ -64,6 +64,20 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     s: BigInt(spanIdToUInt64(span.span_id)),
   });
 
+  /** A progress that records what it was told: starts and stops in order, the totals and the rows advanced, summed. */
+  function recordingProgress(): { seen: { events: string[]; total: number; advanced: number }; progress: HistoryProgress } {
+    const seen = { events: [] as string[], total: 0, advanced: 0 };
+    const progress: HistoryProgress = {
+      start: (entity: Entity, total: number) => {
+        seen.events.push(`start ${entity}`);
+        seen.total += total;
+      },
+      advance: (rows: number) => (seen.advanced += rows),
+      stop: () => seen.events.push('stop'),
+    };
+    return { seen, progress };
+  }
+
   it('names each bucket that was changed behind its back, and --repair heals exactly those', async () => {
     expect((await verifier.verify(SCOPES)).differing).toEqual([]);
     const { rows } = await sql<{ day: string }>`select distinct to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day from spans order by 1`.execute(pg.db);
@@ -136,8 +150,12 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     expect(settled.contentChecked).toBe(report.contentChecked);
     expect(report.contentChecked).toBe(report.buckets.filter((b) => !b.differs.some((d) => d !== 'content')).length);
 
-    const repair = await verifier.repair(report.differing);
+    const { seen, progress: repairProgress } = recordingProgress();
+    const repair = await verifier.repair(report.differing, { repairProgress });
     expect(repair.after.differing).toEqual([]);
+    // Its re-copy reported as it went: an entity at a time, every Postgres row of the buckets once.
+    const rowsInBuckets = report.differing.reduce((n, b) => n + b.postgres.rows, 0);
+    expect(seen).toEqual({ events: ['start spans', 'stop', 'start nodes', 'stop'], total: rowsInBuckets, advanced: rowsInBuckets });
     // The stray node's bucket is gone from both sides now; the other four agree.
     expect(repair.after.buckets.map((b) => b.day).sort()).toEqual([days[0], days[1], days[2], days[3]].sort());
     expect(repair).toMatchObject({ buckets: 5, tombstoned: 1, reset: 1 });
@@ -155,15 +173,7 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
   });
 
   it('reports its content pass as it goes: every Postgres row it hashes, once', async () => {
-    const seen = { events: [] as string[], total: 0, advanced: 0 };
-    const progress: HistoryProgress = {
-      start: (entity: Entity, total: number) => {
-        seen.events.push(`start ${entity}`);
-        seen.total += total;
-      },
-      advance: (rows: number) => (seen.advanced += rows),
-      stop: () => seen.events.push('stop'),
-    };
+    const { seen, progress } = recordingProgress();
     const report = await verifier.verify(SCOPES, { progress });
     expect(report.differing).toEqual([]);
     expect(seen.events).toEqual(['start spans', 'stop', 'start nodes', 'stop']);

@@ -1,7 +1,7 @@
 import { SingleBar } from 'cli-progress';
 import { Entity } from './history-scope';
 
-/** What a long history command (the backfill's copy, verify's content pass) reports while it runs. */
+/** What a long history command (the backfill's copy, verify's content pass, its repair) reports while it runs. */
 export interface HistoryProgress {
   start(entity: Entity, total: number): void;
   advance(rows: number, cursor: string[]): void;
@@ -16,7 +16,7 @@ const LOG_EVERY_MS = 5_000;
  * A bar with percent, rows/s and ETA on a terminal; a logfmt line every few
  * seconds otherwise (CI, files, pipes), starting with the task's name.
  */
-export function createProgress(stream: NodeJS.WriteStream, log: (line: string) => void, task: 'backfill' | 'verify' = 'backfill'): HistoryProgress {
+export function createProgress(stream: NodeJS.WriteStream, log: (line: string) => void, task: 'backfill' | 'verify' | 'repair' = 'backfill'): HistoryProgress {
   return stream.isTTY ? new BarProgress(stream, task) : new LogProgress(log, task);
 }
 

@@ -4,7 +4,7 @@ import { counted } from '../../counted';
 import { DB } from '../postgres/database';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf, keyText } from './history-entities';
-import { bucketScope, dayOf, Entity, HistoryScope } from './history-scope';
+import { bucketScope, dayOf, ENTITIES, Entity, HistoryScope } from './history-scope';
 import { addReplay, emptyReplay, KeyReplay, ReplayResult } from './key-replay';
 import { KeysetReader, PageLimits } from './keyset-reader';
 import { HistoryProgress, silentProgress } from './progress';
@@ -196,12 +196,26 @@ export class Verifier {
    * Postgres (which no insert could outrank). Then verifies those buckets
    * again, content included: they are few, and a repair must be proven whole.
    */
-  async repair(differing: BucketComparison[], options: Pick<VerifyOptions, 'settleMs' | 'log'> = {}): Promise<RepairReport> {
+  async repair(
+    differing: BucketComparison[],
+    options: Pick<VerifyOptions, 'settleMs' | 'log' | 'progress'> & { repairProgress?: HistoryProgress } = {},
+  ): Promise<RepairReport> {
     const startedAt = Date.now();
     const attempt = randomUUID();
     const total = emptyReplay();
-    for (const [i, bucket] of differing.entries()) {
-      addReplay(total, await this.repairBucket(bucket, `repair:${attempt}:${i}`));
+    // Told of every Postgres row re-copied, an entity at a time: the bar's total is that entity's rows in the buckets.
+    const progress = options.repairProgress ?? silentProgress;
+    for (const entity of ENTITIES) {
+      const buckets = differing.filter((b) => b.entity === entity);
+      if (buckets.length === 0) continue;
+      progress.start(entity, buckets.reduce((n, b) => n + b.postgres.rows, 0));
+      try {
+        for (const bucket of buckets) {
+          addReplay(total, await this.repairBucket(bucket, `repair:${attempt}:${differing.indexOf(bucket)}`, progress));
+        }
+      } finally {
+        progress.stop();
+      }
     }
     const after = await this.verify(differing.map((b) => b.scope), options);
     return { buckets: differing.length, ...total, after, durationMs: Date.now() - startedAt };
@@ -302,7 +316,7 @@ export class Verifier {
     for (const b of buckets) if (b.postgres.checksum !== b.clickhouse.checksum) b.differs.push('content');
   }
 
-  private async repairBucket(bucket: BucketComparison, token: string): Promise<ReplayResult> {
+  private async repairBucket(bucket: BucketComparison, token: string, progress: HistoryProgress): Promise<ReplayResult> {
     const entity = historyOf(bucket.entity);
     const reader = new KeysetReader(this.db, entity);
     const replay = new KeyReplay(this.db, this.clickhouse, entity);
@@ -322,6 +336,7 @@ export class Verifier {
       }
       await this.clickhouse.insert(entity.table, lines, `${token}:page:${page}`);
       result.upserted += rows.length;
+      progress.advance(rows.length, last ?? []);
       after = last;
     }
 
