@@ -7,7 +7,7 @@ const ERROR_SCHEMA = {
   properties: {
     statusCode: { type: 'integer', example: 400 },
     error: { type: 'string', example: 'Bad Request' },
-    message: { type: 'string', example: 'spans.0.span_id: must be 16 hex characters' },
+    message: { type: 'string', example: 'spans[0].span_id: must be 16 hex characters' },
     errors: {
       type: 'array',
       description: 'Validation errors only: each invalid field and why',

@@ -56,8 +56,7 @@ export function spanIdToNodeId(spanId: string): string {
   return `00000000-0000-0000-${spanId.slice(0, 4)}-${spanId.slice(4)}`;
 }
 
-/** A trace id as a tree uuid: the 32 hex digits grouped 8-4-4-4-12. */
-/** A trace's node tree is keyed by the trace id in its UUID form. */
+/** A trace's node tree is keyed by the trace id in its UUID form: the 32 hex digits grouped 8-4-4-4-12. */
 export function traceIdToTreeId(traceId: string): string {
   return traceIdToUuid(traceId);
 }

@@ -16,7 +16,12 @@ const CONDITION = {
   additionalProperties: false,
   properties: {
     field: { type: 'string', enum: QUERYABLE_FIELDS },
-    key: { type: 'string', description: 'A dotted path inside a JSON field (attributes, events, ...): "ag.metrics.costs"' },
+    key: {
+      oneOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' }, minItems: 1, maxItems: 20 }],
+      description:
+        'A path inside a JSON field (attributes, events, ...): dotted, "ag.metrics.costs", or an array of keys, ["gen_ai.request.model"], ' +
+        'for keys that hold dots themselves (REST stores attributes as sent; OTLP nests dotted keys)',
+    },
     operator: { type: 'string', enum: [...CONDITION_OPERATORS] },
     value: { description: 'What the operator compares with: a value, [a, b] for btwn, a list for in / not_in; none for exists / not_exists' },
   },
@@ -24,11 +29,11 @@ const CONDITION = {
 
 const FILTER = {
   type: 'object',
-  required: ['operator', 'conditions'],
+  required: ['conditions'],
   additionalProperties: false,
   description: `and / or / not over conditions and nested filters (at most ${MAX_FILTER_DEPTH} levels, ${MAX_CONDITIONS} conditions and nested filters in all)`,
   properties: {
-    operator: { type: 'string', enum: [...LOGICAL_OPERATORS] },
+    operator: { type: 'string', enum: [...LOGICAL_OPERATORS], default: 'and' },
     conditions: {
       type: 'array',
       items: { oneOf: [CONDITION, { type: 'object', description: 'A nested filter: { operator, conditions }' }] },

@@ -84,10 +84,12 @@ describe('conditions', () => {
     ['attributes key in booleans', { field: 'attributes', key: 'ag.x', operator: 'in', value: [true, false] }, [true, false]],
     ['attributes key is object', { field: 'attributes', key: 'ag', operator: 'is', value: { a: [1, null] } }, { a: [1, null] }],
     ['events key with index and dash', { field: 'events', key: '0.event-name', operator: 'exists' }, undefined],
+    ['attributes key as an array of keys with dots', { field: 'attributes', key: ['gen_ai.request.model'], operator: 'eq', value: 'gpt-4o' }, 'gpt-4o'],
+    ['attributes key as an array of any text', { field: 'attributes', key: ['a b', "it's", 'é.ü', '0'], operator: 'exists' }, undefined],
   ])('accepts %s', (_name, condition, value) => {
     const parsed = parseSpanQuery(withCondition(condition));
     const expected: Record<string, unknown> = { field: condition.field, operator: condition.operator };
-    if (condition.key !== undefined) expected.key = condition.key;
+    if (condition.key !== undefined) expected.key = typeof condition.key === 'string' ? condition.key.split('.') : condition.key;
     if (value !== undefined) expected.value = value;
     expect(parsed.filter).toEqual({ operator: 'and', conditions: [expected] });
   });
@@ -126,10 +128,15 @@ describe('conditions', () => {
     ['an unknown condition key', { field: 'span_name', operator: 'eq', value: 'x', options: {} }, `${c0}.options`, 'unknown field; expected one of field, key, operator, value'],
     ['an unknown operator', { field: 'span_name', operator: 'foo', value: 'x' }, `${c0}.operator`, 'unknown operator "foo"; expected one of is, is_not, eq, neq, gt, lt, gte, lte, btwn, in, not_in, contains, startswith, endswith, like, exists, not_exists, has, has_not'],
     ['a key on a column', { field: 'span_name', key: 'a', operator: 'eq', value: 'x' }, `${c0}.key`, 'a key applies only to JSON fields (attributes, references, links, hashes, events, exception)'],
-    ['a key with a quote', { field: 'attributes', key: "a'b", operator: 'exists' }, `${c0}.key`, 'expected a dotted path of non-empty segments of letters, digits, "_" and "-"'],
-    ['a key with an empty segment', { field: 'attributes', key: 'a..b', operator: 'exists' }, `${c0}.key`, 'expected a dotted path of non-empty segments of letters, digits, "_" and "-"'],
+    ['a key with a quote', { field: 'attributes', key: "a'b", operator: 'exists' }, `${c0}.key`, 'expected a dotted path of non-empty segments of letters, digits, "_" and "-" (an array of keys takes any)'],
+    ['a key with an empty segment', { field: 'attributes', key: 'a..b', operator: 'exists' }, `${c0}.key`, 'expected a dotted path of non-empty segments of letters, digits, "_" and "-" (an array of keys takes any)'],
     ['a key of 21 segments', { field: 'attributes', key: Array(21).fill('a').join('.'), operator: 'exists' }, `${c0}.key`, 'more than 20 segments'],
-    ['a non-string key', { field: 'attributes', key: ['a'], operator: 'exists' }, `${c0}.key`, 'expected a dotted path such as "ag.metrics.costs"'],
+    ['a key of 21 keys', { field: 'attributes', key: Array(21).fill('a'), operator: 'exists' }, `${c0}.key`, 'more than 20 segments'],
+    ['a key that is neither', { field: 'attributes', key: 7, operator: 'exists' }, `${c0}.key`, 'expected a dotted path such as "ag.metrics.costs", or an array of keys such as ["gen_ai.request.model"]'],
+    ['an empty array of keys', { field: 'attributes', key: [], operator: 'exists' }, `${c0}.key`, 'expected at least one key'],
+    ['an empty key in an array', { field: 'attributes', key: ['a', ''], operator: 'exists' }, `${c0}.key[1]`, 'expected a key of 1 to 1000 characters'],
+    ['a non-string key in an array', { field: 'attributes', key: ['a', 1], operator: 'exists' }, `${c0}.key[1]`, 'expected a string'],
+    ['a NUL in a key of an array', { field: 'attributes', key: ['a\u0000'], operator: 'exists' }, `${c0}.key[0]`, 'contains a NUL character'],
     ['gt on an enum', { field: 'span_type', operator: 'gt', value: 'llm' }, `${c0}.operator`, 'operator "gt" does not apply to span_type; expected one of is, is_not, eq, neq, in, not_in, exists, not_exists'],
     ['contains on an id', { field: 'trace_id', operator: 'contains', value: 'ab' }, `${c0}.operator`, 'operator "contains" does not apply to trace_id; expected one of is, is_not, eq, neq, in, not_in, exists, not_exists'],
     ['has on a text column', { field: 'span_name', operator: 'has', value: 'x' }, `${c0}.operator`, 'operator "has" does not apply to span_name; expected one of is, is_not, eq, neq, in, not_in, exists, not_exists, gt, lt, gte, lte, btwn, contains, startswith, endswith, like'],

@@ -77,6 +77,7 @@ export const MAX_FILTER_DEPTH = 10;
 export const MAX_CONDITIONS = 100;
 export const MAX_STRING_LENGTH = 10_000;
 export const MAX_KEY_SEGMENTS = 20;
+const MAX_KEY_LENGTH = 1000;
 export const MAX_INTERVAL_MINUTES = 10_080;
 export const DEFAULT_INTERVAL_MINUTES = 60;
 export const MAX_BUCKETS = 10_000;
@@ -197,7 +198,7 @@ function parseCondition(value: unknown, path: string): Condition {
   const spec = spanQueryField(field);
   if (!spec) throw new InvalidQueryError(`${path}.field`, `unknown field ${quote(field)}; expected one of ${QUERYABLE_FIELDS.join(', ')}`);
 
-  let key: string | undefined;
+  let key: string[] | undefined;
   if (present(fields.key)) {
     if (spec.kind !== 'json') {
       throw new InvalidQueryError(`${path}.key`, `a key applies only to JSON fields (${JSON_FIELDS.join(', ')})`);
@@ -348,16 +349,26 @@ function jsonValueAt(value: unknown, path: string): unknown {
   return value;
 }
 
-function keyAt(value: unknown, path: string): string {
-  if (typeof value !== 'string' || value.length === 0 || value.length > 1000) {
-    throw new InvalidQueryError(path, 'expected a dotted path such as "ag.metrics.costs"');
+/** A dotted path ("ag.metrics.costs"), or an array of keys any of which may hold dots (["gen_ai.request.model"]). */
+function keyAt(value: unknown, path: string): string[] {
+  if (Array.isArray(value)) {
+    if (value.length === 0) throw new InvalidQueryError(path, 'expected at least one key');
+    if (value.length > MAX_KEY_SEGMENTS) throw new InvalidQueryError(path, `more than ${MAX_KEY_SEGMENTS} segments`);
+    return value.map((segment, i) => {
+      const text = textAt(segment, `${path}[${i}]`);
+      if (text.length === 0 || text.length > MAX_KEY_LENGTH) throw new InvalidQueryError(`${path}[${i}]`, `expected a key of 1 to ${MAX_KEY_LENGTH} characters`);
+      return text;
+    });
+  }
+  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_KEY_LENGTH) {
+    throw new InvalidQueryError(path, 'expected a dotted path such as "ag.metrics.costs", or an array of keys such as ["gen_ai.request.model"]');
   }
   const segments = value.split('.');
   if (segments.some((s) => !/^[A-Za-z0-9_-]+$/.test(s))) {
-    throw new InvalidQueryError(path, 'expected a dotted path of non-empty segments of letters, digits, "_" and "-"');
+    throw new InvalidQueryError(path, 'expected a dotted path of non-empty segments of letters, digits, "_" and "-" (an array of keys takes any)');
   }
   if (segments.length > MAX_KEY_SEGMENTS) throw new InvalidQueryError(path, `more than ${MAX_KEY_SEGMENTS} segments`);
-  return value;
+  return segments;
 }
 
 function textAt(value: unknown, path: string): string {

@@ -2,9 +2,11 @@ import { Span } from './span';
 
 /**
  * The query language of POST /tracing/spans/query and /tracing/analytics/query.
- * A filter is a tree of and/or/not over conditions; `key` addresses a dotted
- * path inside a JSON field (attributes.ag.metrics.costs -> field "attributes",
- * key "ag.metrics.costs").
+ * A filter is a tree of and/or/not over conditions; `key` addresses a path
+ * inside a JSON field (attributes.ag.metrics.costs -> field "attributes",
+ * key "ag.metrics.costs"), or, as an array of keys, a path whose keys may hold
+ * dots themselves (["gen_ai.request.model"]: the literal key a REST caller
+ * stored flat, as REST stores attributes as they are sent).
  */
 export const CONDITION_OPERATORS = [
   'is', 'is_not', 'eq', 'neq', 'gt', 'lt', 'gte', 'lte', 'btwn', 'in', 'not_in',
@@ -19,7 +21,8 @@ export type Focus = (typeof FOCUSES)[number];
 
 export interface Condition {
   field: string;
-  key?: string;
+  /** The path's keys (array indexes as digits), outermost first. */
+  key?: string[];
   operator: ConditionOperator;
   value?: unknown;
 }

@@ -104,7 +104,13 @@ export class TracingController {
 
   @Post('analytics/query')
   @HttpCode(200)
-  @ApiOperation({ summary: 'Time buckets of count, errors, duration, tokens and costs' })
+  @ApiOperation({
+    summary: 'Time buckets of count, errors, duration, tokens and costs',
+    description:
+      'Costs are attributes.ag.metrics.costs.cumulative.total; tokens attributes.ag.metrics.tokens.cumulative.total, else ' +
+      'gen_ai.usage.input_tokens plus output_tokens: nested objects, as OTLP stores dotted keys (a REST span whose attributes ' +
+      'hold the flat key "gen_ai.usage.input_tokens" counts no tokens).',
+  })
   @ApiResponse({ status: 200, description: '`count` and the `buckets`, one per interval (empty ones included)' })
   @ApiBody({ schema: ANALYTICS_QUERY_BODY })
   async analytics(@ProjectId() projectId: string, @Body() body: unknown) {

@@ -255,11 +255,23 @@ describe('span queries on Postgres', () => {
       expect(rows[0].n).toBe(5);
     });
 
+    it('addresses a key that holds dots (stored flat by a REST caller) as an array of keys, and the nested path by the dotted form', async () => {
+      const C = projectId('filters-flat-keys');
+      await insert(C, [
+        { span_name: 'flat', trace_id: TA, span_id: S.root, start_time: '2026-11-22T10:00:00.000000Z', attributes: { 'gen_ai.request.model': 'gpt-4o' } },
+        { span_name: 'nested', trace_id: TA, span_id: S.llm, start_time: '2026-11-22T10:00:01.000000Z', attributes: { gen_ai: { request: { model: 'gpt-4o' } } } },
+      ]);
+      const model = (key: unknown) => names(one({ field: 'attributes', key, operator: 'eq', value: 'gpt-4o' }), C);
+      expect(await model(['gen_ai.request.model'])).toEqual(['flat']);
+      expect(await model('gen_ai.request.model')).toEqual(['nested']);
+      expect(await model(['gen_ai', 'request', 'model'])).toEqual(['nested']);
+    });
+
     it('rejects injection in keys and fields as a bad request, and the compiler binds them even unvalidated', async () => {
       expect(() => parseSpanQuery({ filter: one({ field: 'attributes', key: "label') or true --", operator: 'exists' }) })).toThrow(InvalidQueryError);
       expect(() => parseSpanQuery({ filter: one({ field: 'span_name" or true --', operator: 'exists' }) })).toThrow(InvalidQueryError);
       // Straight to the DAO, skipping the parser: the key is a bound text[] and unknown fields never reach SQL.
-      const keyed: SpanQuery = { focus: 'span', filter: { operator: 'and', conditions: [{ field: 'attributes', key: "label') or true --.x\"}", operator: 'exists' }] } };
+      const keyed: SpanQuery = { focus: 'span', filter: { operator: 'and', conditions: [{ field: 'attributes', key: ["label') or true --", 'x"}'], operator: 'exists' }] } };
       expect((await querySpans(test.db, A, keyed)).spans).toEqual([]);
       const fielded: SpanQuery = { focus: 'span', filter: { operator: 'and', conditions: [{ field: 'span_name" is not null or "span_name', operator: 'exists' }] } };
       await expect(querySpans(test.db, A, fielded)).rejects.toThrow(InvalidQueryError);

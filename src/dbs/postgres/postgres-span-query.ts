@@ -165,7 +165,6 @@ const TOKENS_PATH = ['ag', 'metrics', 'tokens', 'cumulative', 'total'];
 const INPUT_TOKENS_PATH = ['gen_ai', 'usage', 'input_tokens'];
 const OUTPUT_TOKENS_PATH = ['gen_ai', 'usage', 'output_tokens'];
 
-/** A number in attributes, or NULL when the path is missing or holds something else. */
 /**
  * A numeric sum as a JSON number. Callers store any finite double, so a sum
  * can pass the largest one; its float8 cast would then fail the whole query,
@@ -177,6 +176,7 @@ function asDouble(sum: RawBuilder<unknown>) {
 }
 const LARGEST_DOUBLE = String(Number.MAX_VALUE);
 
+/** A number in attributes, or NULL when the path is missing or holds something else. */
 function attributeNumber(path: string[]) {
   return sql<number>`(case when jsonb_typeof(attributes #> ${path}::text[]) = 'number' then (attributes #> ${path}::text[])::numeric end)`;
 }

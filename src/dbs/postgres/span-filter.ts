@@ -36,7 +36,7 @@ function compileCondition(condition: Condition): RawBuilder<SqlBool> {
   const column = sql.ref(condition.field);
   if (spec.kind !== 'json') return columnCondition(column, spec.kind, condition);
   if (condition.key === undefined) return wholeJsonCondition(column, condition);
-  return jsonKeyCondition(column, condition.key.split('.'), condition);
+  return jsonKeyCondition(column, condition.key, condition);
 }
 
 /** Conditions are two-valued: a comparison with a missing value is false, not NULL, so `not` is a true complement. */
