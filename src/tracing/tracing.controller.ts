@@ -93,7 +93,13 @@ export class TracingController {
 
   @Post('spans/query')
   @HttpCode(200)
-  @ApiOperation({ summary: 'Query spans: filtering tree, windowing with a cursor, focus trace or span' })
+  @ApiOperation({
+    summary: 'Query spans: filtering tree, windowing with a cursor, focus trace or span',
+    description:
+      'Focus span pages by start_time, trace_id and span_id; focus trace by each trace\'s start (its earliest span), then trace_id. ' +
+      'A trace\'s start moves when an earlier span of it arrives (exporters often send the root last), so while a window\'s ' +
+      'traces are still arriving a later page can repeat a trace (descending) or miss one (ascending); a window of complete traces pages exactly.',
+  })
   @ApiResponse({ status: 200, description: '`count`, the page\'s `spans`, and `next` (a cursor for the following page, or null). Focus trace: whole traces, at most MAX_RESPONSE_ITEMS spans in all (a page may hold fewer traces than `limit`)' })
   @ApiResponse({ status: 422, description: 'Focus trace: the page\'s first trace alone has more spans than MAX_RESPONSE_ITEMS; the message says how to read it in pages, and `next` is the cursor past it' })
   @ApiBody({ schema: SPAN_QUERY_BODY, required: false })

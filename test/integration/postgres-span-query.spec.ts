@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { querySpans, spanAnalytics } from '../../src/dbs/postgres/postgres-span-query';
 import { spanToRow } from '../../src/dbs/postgres/span-row.mapper';
 import { Json, SpanInput } from '../../src/tracing/span';
@@ -429,6 +430,35 @@ describe('span queries on Postgres', () => {
       // limit (5 traces) still caps a page when the spans would allow more.
       for (let i = 0; i < all.length; i += Math.min(perPage, 5)) expected.push(all.slice(i, i + Math.min(perPage, 5)).flatMap(wholeTrace));
       expect(pages).toEqual(expected);
+    });
+
+    it('reads the spans it counted: a span written between counting and reading does not take the page past maxSpans', async () => {
+      const Q = projectId('traces-arriving');
+      const trace = traceId('arriving');
+      await insert(Q, [
+        { span_name: 'arriving-root', trace_id: trace, span_id: spanId('arriving-root'), start_time: '2026-11-22T10:00:00.000000Z' },
+        { span_name: 'arriving-a', trace_id: trace, span_id: spanId('arriving-a'), start_time: '2026-11-22T10:00:01.000000Z' },
+      ]);
+      // A connection whose read of the page's spans first waits for another span of the trace to commit.
+      const pool = createPool(test.url, 1);
+      pool.on('connect', (client) => {
+        const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+        (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+          const text = typeof args[0] === 'string' ? args[0] : '';
+          if (!text.includes('array_position')) return query(...args);
+          return insert(Q, [{ span_name: 'arriving-late', trace_id: trace, span_id: spanId('arriving-late'), start_time: '2026-11-22T10:00:02.000000Z' }]).then(() => query(...args));
+        };
+      });
+      const db = createKysely(pool);
+      try {
+        const page = await querySpans(db, Q, parseSpanQuery({ focus: 'trace' }), { maxSpans: 2 });
+        expect(page.spans.map((s) => s.span_name)).toEqual(['arriving-root', 'arriving-a']);
+      } finally {
+        await db.destroy();
+      }
+      // The next read sees it, with the trace whole.
+      const after = await querySpans(test.db, Q, parseSpanQuery({ focus: 'trace' }), { maxSpans: 3 });
+      expect(after.spans.map((s) => s.span_name)).toEqual(['arriving-root', 'arriving-a', 'arriving-late']);
     });
 
     it.each(['ascending', 'descending'] as const)('a first trace with more spans than maxSpans is a TraceTooLargeError naming it, whose cursor pages on past it (%s)', async (order) => {

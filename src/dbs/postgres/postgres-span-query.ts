@@ -23,7 +23,10 @@ export async function querySpans(db: Kysely<DB>, projectId: string, query: SpanQ
   const limit = windowing.limit ?? DEFAULT_LIMIT;
   const after = windowing.next === undefined ? null : decodeSpanCursor(windowing.next, query.focus, order);
   const page = { projectId, filter: query.filter, windowing, order, limit, after, maxSpans: bound.maxSpans };
-  return query.focus === 'trace' ? pageOfTraces(db, page) : pageOfSpans(db, page);
+  if (query.focus === 'span') return pageOfSpans(db, page);
+  // The traces' span counts and their spans from one snapshot: a span written between the two reads would
+  // take the page past maxSpans (MAX_RESPONSE_ITEMS), and could add a trace's newest span to some pages only.
+  return db.transaction().setIsolationLevel('repeatable read').setAccessMode('read only').execute((trx) => pageOfTraces(trx, page));
 }
 
 interface PageRequest {
@@ -73,9 +76,13 @@ async function pageOfSpans(db: Kysely<DB>, page: PageRequest): Promise<SpanPage>
  * all their spans) then trace_id; the page holds every span of each trace.
  * With maxSpans, the page ends before the trace that would take it past that
  * many spans (the cursor resumes there), and a first trace that alone has
- * more is a TraceTooLargeError: a page never holds part of a trace. The
- * counts are taken with the traces; spans written before the page's spans
- * are read come too.
+ * more is a TraceTooLargeError: a page never holds part of a trace. Run in
+ * one snapshot (querySpans), so the spans read are the spans counted.
+ *
+ * A trace's start moves when an earlier span of it arrives (exporters often
+ * send the root last): paging while its spans still arrive, a page can repeat
+ * a trace an earlier page returned (descending) or a later page miss it
+ * (ascending). Windows whose traces are complete page exactly.
  */
 async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage> {
   const { projectId, filter, windowing, order, limit, after, maxSpans } = page;
