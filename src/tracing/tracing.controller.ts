@@ -97,8 +97,8 @@ export class TracingController {
     summary: 'Query spans: filtering tree, windowing with a cursor, focus trace or span',
     description:
       'Focus span pages by start_time, trace_id and span_id; focus trace by each trace\'s start (its earliest span), then trace_id. ' +
-      'A trace\'s start moves when an earlier span of it arrives (exporters often send the root last), so while a window\'s ' +
-      'traces are still arriving a later page can repeat a trace (descending) or miss one (ascending); a window of complete traces pages exactly.',
+      'A trace\'s start moves when an earlier span of it arrives (exporters often send the root last), or when its earliest span ' +
+      'is deleted or replaced: while that happens to a window\'s traces, a later page can repeat a trace or miss one; a window no one is writing pages exactly.',
   })
   @ApiResponse({ status: 200, description: '`count`, the page\'s `spans`, and `next` (a cursor for the following page, or null). Focus trace: whole traces, at most MAX_RESPONSE_ITEMS spans in all (a page may hold fewer traces than `limit`)' })
   @ApiResponse({ status: 422, description: 'Focus trace: the page\'s first trace alone has more spans than MAX_RESPONSE_ITEMS; the message says how to read it in pages, and `next` is the cursor past it' })

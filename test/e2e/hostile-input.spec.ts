@@ -225,8 +225,15 @@ const badQuery = fc.oneof(
   fc.oneof(hostileString.filter((s) => !(LOGICAL_OPERATORS as readonly string[]).includes(s)), notAString).map((operator) => ({ filter: { operator, conditions: [] } })),
   fc.oneof(hostileString.filter((f) => !QUERYABLE_FIELDS.includes(f)), notAString).map((field) => condition({ field, operator: 'is', value: 'x' })),
   fc.oneof(hostileString.filter((o) => !(CONDITION_OPERATORS as readonly string[]).includes(o)), notAString).map((operator) => condition({ field: 'span_name', operator, value: 'x' })),
-  fc.oneof(fc.constantFrom(...SQL_FRAGMENTS), hostileString, notAString)
-    .filter((k) => typeof k !== 'string' || !/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(k))
+  fc.oneof(
+    fc.constantFrom(...SQL_FRAGMENTS),
+    hostileString,
+    notAString,
+    // An array of keys is a key when it holds 1 to 20 storable, non-empty strings: these break one rule each.
+    fc.constantFrom<unknown[]>([], [1], ['a', ''], ['a', null], Array(21).fill('a'), ['x'.repeat(1001)]),
+    unstorableString.map((k) => ['a', k]),
+  )
+    .filter((k) => !isValidKey(k))
     .map((key) => condition({ field: 'attributes', key, operator: 'eq', value: 1 })),
   fc.constantFrom('span_name', 'trace_id', 'start_time', 'status_code').map((field) => condition({ field, key: 'a', operator: 'eq', value: 'x' })),
   // All-zero ids cannot be stored but may be asked for (they match nothing), so they are left out here.
@@ -258,6 +265,13 @@ const badQuery = fc.oneof(
   fc.constant({ windowing: { oldest: '2026-11-20T10:00:00Z', newest: '2026-11-20T10:00:00Z' } }),
   fc.record({ key: hostileString.filter((k) => !['oldest', 'newest', 'limit', 'order', 'next'].includes(k)), value: anyJson }).map(({ key, value }) => ({ windowing: { [key]: value } })),
 );
+
+/** What the query parser takes as a key: a dotted path of plain segments, or 1 to 20 storable strings of 1 to 1000 characters. */
+function isValidKey(key: unknown): boolean {
+  if (typeof key === 'string') return key.length <= 1000 && /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(key) && key.split('.').length <= 20;
+  const storable = (k: unknown) => typeof k === 'string' && k.length >= 1 && k.length <= 1000 && !/\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(k);
+  return Array.isArray(key) && key.length >= 1 && key.length <= 20 && key.every(storable);
+}
 
 const WINDOW = { oldest: '2026-11-20T00:00:00Z', newest: '2026-11-21T00:00:00Z' };
 const badAnalytics = fc.oneof(

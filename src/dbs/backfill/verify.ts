@@ -149,8 +149,9 @@ export class Verifier {
       const stillDiffering = new Set(again.buckets.filter((b) => b.differs.length > 0).map(bucketId));
       settled = differing.filter((b) => !stillDiffering.has(bucketId(b))).length;
       buckets = [...buckets.filter((b) => b.differs.length === 0), ...again.buckets];
-      // A bucket checked by content in both passes is one bucket.
-      contentChecked = new Set([...contentChecked, ...again.contentChecked]);
+      // The report describes each bucket's last comparison: a re-compared bucket counts as checked by content only if that was.
+      const recompared = new Set(differing.map(bucketId));
+      contentChecked = new Set([...[...contentChecked].filter((id) => !recompared.has(id)), ...again.contentChecked]);
     }
     return {
       buckets,
@@ -205,14 +206,13 @@ export class Verifier {
     const total = emptyReplay();
     // Told of every Postgres row re-copied, an entity at a time: the bar's total is that entity's rows in the buckets.
     const progress = options.repairProgress ?? silentProgress;
+    const numbered = differing.map((bucket, i) => ({ bucket, token: `repair:${attempt}:${i}` }));
     for (const entity of ENTITIES) {
-      const buckets = differing.filter((b) => b.entity === entity);
+      const buckets = numbered.filter(({ bucket }) => bucket.entity === entity);
       if (buckets.length === 0) continue;
-      progress.start(entity, buckets.reduce((n, b) => n + b.postgres.rows, 0));
+      progress.start(entity, buckets.reduce((n, { bucket }) => n + bucket.postgres.rows, 0));
       try {
-        for (const bucket of buckets) {
-          addReplay(total, await this.repairBucket(bucket, `repair:${attempt}:${differing.indexOf(bucket)}`, progress));
-        }
+        for (const { bucket, token } of buckets) addReplay(total, await this.repairBucket(bucket, token, progress));
       } finally {
         progress.stop();
       }

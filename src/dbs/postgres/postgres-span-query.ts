@@ -79,10 +79,11 @@ async function pageOfSpans(db: Kysely<DB>, page: PageRequest): Promise<SpanPage>
  * more is a TraceTooLargeError: a page never holds part of a trace. Run in
  * one snapshot (querySpans), so the spans read are the spans counted.
  *
- * A trace's start moves when an earlier span of it arrives (exporters often
- * send the root last): paging while its spans still arrive, a page can repeat
- * a trace an earlier page returned (descending) or a later page miss it
- * (ascending). Windows whose traces are complete page exactly.
+ * A trace's start moves earlier when an earlier span of it arrives (exporters
+ * often send the root last), and later when its earliest span is deleted or
+ * replaced: paging while that happens, a page can repeat a trace an earlier
+ * page returned or a later page miss it. A window whose traces no one is
+ * writing pages exactly.
  */
 async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage> {
   const { projectId, filter, windowing, order, limit, after, maxSpans } = page;
