@@ -48,6 +48,20 @@ describe('the local ClickHouse port, held by a program that is not ClickHouse', 
     expect(existsSync(join(dir, 'clickhouse'))).toBe(false);
   }, 60_000);
 
+  it('a server that cuts its connections and then frees the port (one of ours, stopping): waits, then starts its own', async () => {
+    // The command's first look is one connection and its lost start's first look another: the third means it asked
+    // again after a cut, as it must while another command stops a server of ours.
+    let connections = 0;
+    const stopping = createTcpServer((socket) => {
+      socket.destroy();
+      if (++connections === 3) stopping.close();
+    });
+    const run = await migrateWith(stopping);
+    expect(connections).toBeGreaterThanOrEqual(3);
+    expect({ code: run.code, error: /^error: .*$/m.exec(run.stderr)?.[0] }).toEqual({ code: 0, error: undefined });
+    expect(existsSync(join(dir, 'clickhouse'))).toBe(true);
+  }, 60_000);
+
   it('a program speaking another protocol: the same', async () => {
     const run = await migrateWith(createTcpServer((socket) => socket.resume().end('SSH-2.0-OpenSSH_9.2\r\n')));
     expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 1, stderr: refusal() });

@@ -56,11 +56,12 @@ export function localClickHouseUrl(port: number): string {
 /**
  * A GET of `path` at `url`: its status and body; `refused` when nothing
  * listens; `held` when a program took the request and did not answer in time
- * (a server of ours holds requests while its engine opens); `garbled` when a
- * program took the connection but did not answer in HTTP (another protocol,
- * or a hang-up).
+ * (a server of ours holds requests while its engine opens); `reset` when the
+ * connection was cut before an answer (a server of ours stopping closes every
+ * connection); `garbled` when a program answered in something other than
+ * HTTP (another protocol).
  */
-type Answer = { status?: number; body: string } | 'refused' | 'held' | 'garbled';
+type Answer = { status?: number; body: string } | 'refused' | 'held' | 'reset' | 'garbled';
 
 function get(url: string, path: string, timeoutMs: number): Promise<Answer> {
   return new Promise((done) => {
@@ -76,7 +77,9 @@ function get(url: string, path: string, timeoutMs: number): Promise<Answer> {
       timedOut = true;
       req.destroy();
     });
-    req.on('error', (error: NodeJS.ErrnoException) => done(timedOut ? 'held' : error.code === 'ECONNREFUSED' ? 'refused' : 'garbled'));
+    req.on('error', (error: NodeJS.ErrnoException) =>
+      done(timedOut ? 'held' : error.code === 'ECONNREFUSED' ? 'refused' : error.code === 'ECONNRESET' ? 'reset' : 'garbled'),
+    );
     req.end();
   });
 }
@@ -91,16 +94,18 @@ export async function clickHouseAnswers(url: string, timeoutMs = 2_000): Promise
 /**
  * Who is on the port at `url`: a ClickHouse; another program; nobody (the
  * port is free again); or, at `deadline`, a program still holding the
- * request. Until then a held request is asked again: a server of ours holds
- * them while its engine opens.
+ * request. Until then a held request is asked again, as a server of ours
+ * holds them while its engine opens, and so is a cut one: a server of ours
+ * that another command is stopping cuts it, then frees the port.
  */
 async function whoAnswers(url: string, deadline: number): Promise<'clickhouse' | 'other' | 'nobody' | 'held'> {
   for (;;) {
     const answer = await get(url, '/ping', Math.max(100, Math.min(2_000, deadline - Date.now())));
     if (isClickHouse(answer)) return 'clickhouse';
     if (answer === 'refused') return 'nobody';
-    if (answer !== 'held') return 'other';
-    if (Date.now() >= deadline) return 'held';
+    if (answer !== 'held' && answer !== 'reset') return 'other';
+    if (Date.now() >= deadline) return answer === 'held' ? 'held' : 'other';
+    if (answer === 'reset') await new Promise((done) => setTimeout(done, 100));
   }
 }
 
