@@ -146,7 +146,7 @@ export const otlpTraceService = (
 /** Times must stay inside the years both Postgres and ClickHouse DateTime64(6) hold. */
 const TIME_LIMIT = `${MAX_YEAR + 1}-01-01T00:00:00Z`;
 const MAX_TIME_NANOS = BigInt(Date.parse(TIME_LIMIT)) * 1_000_000n;
-// Bounds the walk's recursion early; what is stored is held to the REST rules after mapping (assertStorable).
+// Bounds the walk's recursion early; what is stored is held to the REST rules after mapping (storableProblem).
 const MAX_VALUE_DEPTH = MAX_JSON_DEPTH;
 const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;

@@ -265,9 +265,9 @@ export function toNodeInput(span: OtlpSpan): NodeInput {
 
 /**
  * Spans and nodes for one request. A request may repeat a span (or, rarely,
- * a span id across traces, which share a node id); the last one wins, since a
+ * a span id across traces, which share a node id); the last valid one wins, since a
  * single upsert statement cannot write the same key twice. A span whose span
- * or node the REST schemas refuse (assertStorable) is refused, alone: it is
+ * or node the REST schemas refuse (storableProblem) is refused, alone: it is
  * in `rejected`, and neither its span nor its node is written.
  */
 export function mapOtlpSpans(spans: OtlpSpan[]): { spans: SpanInput[]; nodes: NodeInput[]; rejected: OtlpRejection[] } {
@@ -277,11 +277,9 @@ export function mapOtlpSpans(spans: OtlpSpan[]): { spans: SpanInput[]; nodes: No
   for (const otlp of spans) {
     const span = toSpanInput(otlp);
     const node = toNodeInput(otlp);
-    try {
-      assertStorable(otlp, span, node);
-    } catch (error) {
-      if (!(error instanceof OtlpDecodeError)) throw error;
-      rejected.push({ error, spans: 1 });
+    const problem = storableProblem(otlp, span, node);
+    if (problem) {
+      rejected.push({ error: problem, spans: 1 });
       continue;
     }
     const key = `${span.trace_id}/${span.span_id}`;
@@ -301,9 +299,10 @@ export function mapOtlpSpans(spans: OtlpSpan[]): { spans: SpanInput[]; nodes: No
  * 10,000, JSON at most 32 levels deep, which unflattened dotted keys and the
  * node's otel wrapper deepen). An empty name is refused too: OTLP calls the
  * name required and "semantically required to be set to non-empty string",
- * and REST refuses it. The refusal names the OTLP field the value came from.
+ * and REST refuses it. Returns the refusal, naming the OTLP field the value
+ * came from, or null when both are storable.
  */
-export function assertStorable(otlp: OtlpSpan, span: SpanInput, node: NodeInput): void {
+export function storableProblem(otlp: OtlpSpan, span: SpanInput, node: NodeInput): OtlpDecodeError | null {
   for (const [what, schema, row] of [['span', spanInputSchema, span], ['node', nodeInputSchema, node]] as const) {
     const result = (schema as z.ZodTypeAny).safeParse(row);
     if (result.success) continue;
@@ -311,8 +310,9 @@ export function assertStorable(otlp: OtlpSpan, span: SpanInput, node: NodeInput)
     const [field, isJson] = otlpFieldOf(otlp.path, issue.path);
     const reason = fieldErrors(new z.ZodError([issue]))[0].message;
     const stored = formatPath(issue.path);
-    throw new OtlpDecodeError(field, isJson ? `${reason} (as stored in the ${what}: ${stored.length > 80 ? `${stored.slice(0, 80)}…` : stored}; dotted keys are unflattened)` : reason);
+    return new OtlpDecodeError(field, isJson ? `${reason} (as stored in the ${what}: ${stored.length > 80 ? `${stored.slice(0, 80)}…` : stored}; dotted keys are unflattened)` : reason);
   }
+  return null;
 }
 
 /** The OTLP field a stored span's or node's value comes from (see toSpanInput, toNodeInput), and whether it is JSON there. */
