@@ -5,8 +5,9 @@ import { createProgress } from '../src/dbs/backfill/progress';
 import { PostgresMirrorGapsRepository } from '../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { parseFlags, positiveInt } from './cli/flags';
 import { counted } from '../src/counted';
+import { errorText } from '../src/error-text';
 import { connectClickHouse, connectPostgres, formatRate, formatSeconds, scopesFrom } from './cli/history-cli';
-import { errorText, exitOnSignal, runCli, UsageError } from './cli/run-cli';
+import { exitOnSignal, runCli, UsageError } from './cli/run-cli';
 
 const USAGE = `usage: npm run backfill -- [options]
 

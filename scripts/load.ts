@@ -10,6 +10,7 @@ import { ApiKeysRepository } from '../src/auth/api-keys.repository';
 import { AppConfig, parseConfig } from '../src/config/app-config';
 import { redactUrl } from '../src/config/redact-url';
 import { counted } from '../src/counted';
+import { errorText } from '../src/error-text';
 import { clickHouseClientOptions } from '../src/dbs/clickhouse/clickhouse-clients';
 import { resolveClickHouse } from '../src/dbs/clickhouse/local-clickhouse';
 import { describeSendError } from '../src/dbs/clickhouse/retry-policy';
@@ -267,10 +268,8 @@ async function countBoth(stores: Stores, projectId: string) {
   const named = (store: string, describe: (error: unknown) => string) => (error: unknown) => {
     throw new Error(`${store} did not answer: ${describe(error)}`);
   };
-  // A refused connection is an AggregateError with an empty message and the code.
-  const postgresError = (error: unknown) => (error as Error).message || String((error as { code?: string }).code);
   const inPostgres = async (query: ReturnType<typeof sql<{ n: string }>>) =>
-    Number((await query.execute(stores.db).catch(named(`Postgres at ${redactUrl(stores.env.DATABASE_URL)}`, postgresError))).rows[0].n);
+    Number((await query.execute(stores.db).catch(named(`Postgres at ${redactUrl(stores.env.DATABASE_URL)}`, errorText))).rows[0].n);
   const ch = createClient({ ...clickHouseClientOptions(stores.clickhouse.config, stores.clickhouse.url), log: { level: ClickHouseLogLevel.OFF } });
   try {
     const inClickHouse = async (table: 'spans' | 'nodes') => {

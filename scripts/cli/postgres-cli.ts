@@ -5,7 +5,7 @@ import { redactUrl } from '../../src/config/redact-url';
 import { DB } from '../../src/dbs/postgres/database';
 import { resolvePostgres } from '../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool, PoolOptions } from '../../src/dbs/postgres/postgres-pool';
-import { errorText } from './run-cli';
+import { errorText } from '../../src/error-text';
 
 export interface PostgresConnection {
   db: Kysely<DB>;

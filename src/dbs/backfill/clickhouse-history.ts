@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import { ClickHouseClient, ClickHouseError } from '@clickhouse/client';
 import { counted } from '../../counted';
+import { errorText } from '../../error-text';
 import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { ClickHouseSink, linesBody } from '../clickhouse/clickhouse-sink';
 import { classifySendError, describeSendError, EMPTY_ERROR_ANSWER, isEmptyErrorAnswer } from '../clickhouse/retry-policy';
@@ -79,7 +80,7 @@ export class ClickHouseHistory {
   private failed(error: unknown, what?: string): Error {
     if (error instanceof ClickHouseFailedError) return error;
     const during = `during ${this.where.task ?? 'the run'}`;
-    const message = (error as Error)?.message || (error as { code?: string })?.code || String(error);
+    const message = errorText(error);
     const cause = what ? `${what}: ${message}` : message;
     if (error instanceof ClickHouseError) return new ClickHouseFailedError(`${this.at} failed a query ${during}: ${cause}`);
     if (isEmptyErrorAnswer(error)) {

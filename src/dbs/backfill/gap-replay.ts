@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Kysely } from 'kysely';
 import { counted } from '../../counted';
+import { errorText } from '../../error-text';
 import { DB } from '../postgres/database';
 import { PostgresMirrorGapsRepository } from '../postgres/postgres-mirror-gaps.repository';
 import { BackfillCheckpointsRepository } from './backfill-checkpoints.repository';
@@ -67,7 +68,7 @@ export class GapReplay {
         } catch (error) {
           // One gap that cannot be replayed (a key Postgres rejects) must not keep every later one open;
           // several in a row mean a server is failing, and the rest would only fail the same way.
-          const message = (error as Error)?.message ?? String(error);
+          const message = errorText(error);
           failed.push(`gap ${gap.id}: ${message}`);
           this.log(`could not replay ${about}; it stays open: ${message}`);
           if (++failedInARow === FAILURES_IN_A_ROW_TO_STOP) break;

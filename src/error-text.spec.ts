@@ -1,4 +1,4 @@
-import { errorText } from './run-cli';
+import { errorText } from './error-text';
 
 describe('errorText', () => {
   it('is the message when there is one', () => {
