@@ -1,5 +1,7 @@
 import { Kysely } from 'kysely';
 import request from 'supertest';
+import { GapEntry, historyOf } from '../../src/dbs/backfill/history-entities';
+import { Entity } from '../../src/dbs/backfill/history-scope';
 import { ClickHouseClients, createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { DB, MirrorGapRow } from '../../src/dbs/postgres/database';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
@@ -187,6 +189,9 @@ async function expectClickHouseMatchesPostgres(rig: Rig): Promise<void> {
 }
 
 const rowsIn = (gaps: MirrorGapRow[]) => gaps.reduce((sum, gap) => sum + gap.row_count, 0);
+/** A gap's entries, read as `backfill --gaps` reads them. */
+const entriesOf = (gap: MirrorGapRow): GapEntry[] =>
+  (gap.keys as unknown[]).map((entry) => historyOf(gap.entity as Entity).readGapEntry(gap.project_id, entry));
 
 describe('the API is isolated from ClickHouse faults', () => {
   let baseline: Step[];
@@ -334,8 +339,8 @@ describe('the API is isolated from ClickHouse faults', () => {
       const keysOf = (entity: string) =>
         gaps
           .filter((gap) => gap.entity === entity)
-          .flatMap((gap) => gap.keys as string[][])
-          .map((key) => key.join('/'))
+          .flatMap(entriesOf)
+          .map((entry) => entry.key.join('/'))
           .sort();
       expect(keysOf('spans')).toEqual(
         [1, 2, 3, 4, 5, 2, 3, 4, 5].map((n) => `${n <= 3 ? T1 : T2}/${id(n)}`).concat([`${T3}/${id(6)}`, `${T3}/${id(7)}`]).sort(),
@@ -346,10 +351,12 @@ describe('the API is isolated from ClickHouse faults', () => {
       for (const gap of gaps) {
         expect(gap.project_id).toBe(rig.t.projectId);
         expect(gap.reason).toMatch(/^send_failed: ClickHouse code 60 UNKNOWN_TABLE/);
-        expect(gap.row_count).toBe((gap.keys as string[][]).length);
-        // The time range is exactly the rows' created_at range.
-        const times = (gap.keys as string[][]).map((key) => createdAt.get(`${gap.entity}:${key.join('/')}`)).sort();
+        const entries = entriesOf(gap);
+        expect(gap.row_count).toBe(entries.length);
+        // Each entry carries its row's created_at (for its tombstone), and the time range is exactly theirs.
+        const times = entries.map((entry) => createdAt.get(`${gap.entity}:${entry.key.join('/')}`)).sort();
         expect(times).not.toContain(undefined);
+        expect(entries.map((entry) => entry.tombstone?.createdAt).sort()).toEqual(times);
         expect([gap.min_created_at, gap.max_created_at]).toEqual([times[0], times[times.length - 1]]);
       }
 
@@ -449,7 +456,7 @@ describe('the API is isolated from ClickHouse faults', () => {
 
       const gaps = await rig.gaps();
       for (const gap of gaps) expect(gap.reason).toBe('queue_full');
-      const inGaps = gaps.flatMap((gap) => gap.keys as string[][]).map((key) => key.join('/'));
+      const inGaps = gaps.flatMap(entriesOf).map((entry) => entry.key.join('/'));
       const both = await snapshotBothSides(rig.pg, rig.direct.query, rig.t.projectId);
       const inClickHouse = both.chSpans.map((s) => `${s.trace_id}/${s.span_id}`);
       expect(inClickHouse.length).toBe(held.queuedRows);

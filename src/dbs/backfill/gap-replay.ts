@@ -58,8 +58,9 @@ export class GapReplay {
       for await (const gap of this.gaps.open(filter, lastId)) {
         const about = `gap ${gap.id} (${gap.entity}, project ${gap.project_id}, ${counted(gap.key_count, 'key')}, recorded ${gap.recorded_at}: ${gap.reason})`;
         try {
-          const replay = new KeyReplay(this.db, this.clickhouse, historyOf(gap.entity as Entity));
-          const done = await replay.replay(gap.project_id, await this.gaps.keysOf(gap.id), `gap:${gap.id}:${attempt}`);
+          const entity = historyOf(gap.entity as Entity);
+          const entries = (await this.gaps.keysOf(gap.id)).map((entry) => entity.readGapEntry(gap.project_id, entry));
+          const done = await new KeyReplay(this.db, this.clickhouse, entity).replay(gap.project_id, entries, `gap:${gap.id}:${attempt}`);
           await this.gaps.markReplayed([gap.id]);
           addReplay(total, done);
           replayed += 1;

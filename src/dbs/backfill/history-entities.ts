@@ -27,6 +27,13 @@ export interface MirroredRecord {
   deleted: boolean;
 }
 
+/** A gap record's entry read back (gap-ledger's gapEntryOf). */
+export interface GapEntry {
+  key: string[];
+  /** The tombstone the entry describes, at a version of the replay's choosing; null for an entry recorded with its key alone. */
+  tombstone: { createdAt: string; lineAt(version: bigint): string } | null;
+}
+
 /**
  * What backfill and verify need to know about one mirrored table, on both
  * sides. Rows become ClickHouse lines only through the tables' row mappers,
@@ -74,6 +81,8 @@ export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = Mirr
   mirroredKeyOf(record: Mirrored): string[];
   /** The line of a tombstone for this record's key at `version`: the mirror's own (its insert-line mapper). */
   tombstoneLine(record: Mirrored, version: bigint): string;
+  /** A gap record's entry read back; throws, naming it, on one that is not of this table's two shapes. */
+  readGapEntry(projectId: string, entry: unknown): GapEntry;
   /** The table's columns in the mapper's order: selected in it, a stored row serializes to its line. */
   clickHouseColumns: readonly string[];
   /** SELECT expressions that give a key as text, in gap-key order, and the mapping back. */
@@ -85,6 +94,32 @@ export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = Mirr
 }
 
 export const keyText = (key: string[]): string => key.join('/');
+
+/**
+ * Reads a table's gap entries: `keyLength` strings (recorded before entries
+ * carried tombstones), or those, created_at and `fieldCount` tombstone fields.
+ */
+function gapEntryReader(
+  keyLength: number,
+  fieldCount: number,
+  tombstoneLine: (projectId: string, key: string[], createdAt: string, fields: string[], version: bigint) => string,
+): HistoryEntity['readGapEntry'] {
+  const fullLength = keyLength + 1 + fieldCount;
+  return (projectId, entry) => {
+    if (!Array.isArray(entry) || !entry.every((v) => typeof v === 'string') || (entry.length !== keyLength && entry.length !== fullLength)) {
+      throw new Error(
+        `gap entry ${JSON.stringify(entry).slice(0, 200)} is not ${keyLength} strings (a key) or ${fullLength} (a key, its created_at and tombstone fields)`,
+      );
+    }
+    const key = entry.slice(0, keyLength);
+    if (entry.length === keyLength) return { key, tombstone: null };
+    const createdAt = entry[keyLength];
+    const fields = entry.slice(keyLength + 1);
+    // Checked here, not at the insert: a bad time would fail the whole chunk's tombstones there.
+    isoToMicros(createdAt);
+    return { key, tombstone: { createdAt, lineAt: (version) => tombstoneLine(projectId, key, createdAt, fields, version) } };
+  };
+}
 
 const size = (column: string) => `coalesce(pg_column_size(${column}), 0)`;
 /** Fixed columns (ids, times, names) as a flat allowance per row. */
@@ -144,6 +179,9 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
   line: toSpanClickHouseLine,
   mirroredKeyOf: (span) => [span.trace_id, span.span_id],
   tombstoneLine: (span, version) => toSpanInsertLine(spanTombstone(span, version)),
+  readGapEntry: gapEntryReader(2, 1, (project_id, [trace_id, span_id], created_at, [start_time], version) =>
+    toSpanInsertLine(spanTombstone({ project_id, trace_id, span_id, created_at, start_time }, version)),
+  ),
   clickHouseColumns: SPAN_COLUMNS,
   clickHouseKeyColumns: ['toString(trace_id)', 'toString(span_id)'],
   clickHouseKeyOf: ([trace, span]) => [uuidToTraceId(trace), uint64ToSpanId(span)],
@@ -197,6 +235,9 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
   line: toNodeClickHouseLine,
   mirroredKeyOf: (node) => [node.node_id],
   tombstoneLine: (node, version) => toNodeInsertLine(nodeTombstone(node, version)),
+  readGapEntry: gapEntryReader(1, 2, (project_id, [node_id], created_at, [tree_id, time_start], version) =>
+    toNodeInsertLine(nodeTombstone({ project_id, node_id, created_at, tree_id, time_start }, version)),
+  ),
   clickHouseColumns: NODE_COLUMNS,
   clickHouseKeyColumns: ['toString(node_id)'],
   clickHouseKeyOf: ([id]) => [id],

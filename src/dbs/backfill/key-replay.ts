@@ -2,17 +2,33 @@ import { Kysely, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
 import { DB } from '../postgres/database';
 import { ClickHouseHistory } from './clickhouse-history';
-import { HistoryEntity, keyText, MirroredRecord } from './history-entities';
+import { GapEntry, HistoryEntity, keyText, MirroredRecord } from './history-entities';
 import { KEYS_PER_READ, KeysetReader } from './keyset-reader';
 
 export interface ReplayResult {
   /** Postgres rows written at their current version. */
   upserted: number;
-  /** Live ClickHouse rows Postgres no longer has (its key deleted, or created again another day), now tombstoned. */
+  /**
+   * Tombstones written: for live ClickHouse rows Postgres no longer has (its
+   * key deleted, or created again another day), and for gap entries whose
+   * creation neither side holds (see KeyReplay.unseen).
+   */
   tombstoned: number;
   /** Keys whose ClickHouse rows were newer than Postgres's and were replaced by mutation. */
   reset: number;
 }
+
+const MICROS_PER_DAY = 86_400_000_000n;
+/** The creation day ClickHouse sorts a row under: toDate of its created_at, in UTC. */
+const dayOfMicros = (micros: bigint): bigint => (micros >= 0n ? micros : micros - MICROS_PER_DAY + 1n) / MICROS_PER_DAY;
+
+/** Keys without repeats, in their first order. */
+function uniqueKeys(keys: string[][]): string[][] {
+  return [...new Map(keys.map((k) => [keyText(k), k])).values()];
+}
+
+/** Keys alone, as a replay takes them when there is no gap entry to read a tombstone from (verify --repair). */
+export const keysOnly = (keys: string[][]): GapEntry[] => keys.map((key) => ({ key, tombstone: null }));
 
 export const emptyReplay = (): ReplayResult => ({ upserted: 0, tombstoned: 0, reset: 0 });
 
@@ -39,6 +55,11 @@ export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult
  * from Postgres's clock before that commit, so the tombstone outranks all
  * the mirror holds or still has queued. A key re-created while we worked
  * would be hidden by it, so tombstoned keys are read again afterwards.
+ *
+ * A gap entry (recorded since entries carry created_at and the tombstone's
+ * fields) also gets its tombstone when neither side holds its creation: the
+ * delete of a row whose create is still queued in some API, on its way to
+ * land after this replay. Its older version loses to the tombstone.
  * Left: a re-creation on the same day whose transaction is still open when
  * we read again is not seen, and its row (versioned before our tombstone)
  * stays hidden; the next verify finds it and --repair mends it. Closing that
@@ -61,37 +82,66 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   }
 
   /** `token` must be unique to this attempt; inserts derive their deduplication tokens from it. */
-  async replay(projectId: string, keys: string[][], token: string): Promise<ReplayResult> {
+  async replay(projectId: string, keys: GapEntry[], token: string): Promise<ReplayResult> {
     const result = emptyReplay();
     for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
       const chunk = keys.slice(i, i + KEYS_PER_READ);
-      const rows = await this.reader.byKeys(projectId, chunk);
+      const chunkKeys = chunk.map((entry) => entry.key);
+      const rows = await this.reader.byKeys(projectId, chunkKeys);
       await this.upsert(rows, `${token}:upsert:${i}`);
       result.upserted += rows.length;
 
       // Each key's creation as Postgres holds it (µs): a live ClickHouse row under any other is an orphan.
       const createdAt = new Map(rows.map((r) => [keyText(this.entity.keyOf(r)), isoToMicros(this.entity.mirrored(r).created_at)]));
       const version = await this.postgresClock();
-      const live = await this.clickhouse.readLive(this.entity, projectId, chunk);
+      const live = await this.clickhouse.readLive(this.entity, projectId, chunkKeys);
       const orphans = live.filter((m) => createdAt.get(keyText(this.entity.mirroredKeyOf(m))) !== isoToMicros(m.created_at));
-      if (orphans.length === 0) continue;
       // A stored version at or past Postgres's clock cannot be outranked by a tombstone.
       const ahead = orphans.filter((m) => m.version >= version).map((m) => this.entity.mirroredKeyOf(m));
-      const stale = orphans.filter((m) => m.version < version);
+      const tombstones = [
+        ...orphans.filter((m) => m.version < version).map((m) => ({ key: this.entity.mirroredKeyOf(m), line: this.entity.tombstoneLine(m, version) })),
+        ...this.unseen(chunk, createdAt, live).map(({ key, tombstone }) => ({ key, line: tombstone.lineAt(version) })),
+      ];
+      if (tombstones.length === 0 && ahead.length === 0) continue;
       await this.clickhouse.insert(
         this.entity.table,
-        stale.map((m) => this.entity.tombstoneLine(m, version)),
+        tombstones.map((t) => t.line),
         `${token}:tombstone:${i}`,
       );
-      result.tombstoned += stale.length;
 
-      // Only a key Postgres did not have can have been created again under the tombstone's sort key.
-      const gone = stale.map((m) => this.entity.mirroredKeyOf(m)).filter((k) => !createdAt.has(keyText(k)));
+      // Only a key Postgres did not have can have been created again under a tombstone's sort key.
+      const gone = uniqueKeys(tombstones.map((t) => t.key).filter((k) => !createdAt.has(keyText(k))));
       const recreated = (await this.reader.byKeys(projectId, gone)).map((r) => this.entity.keyOf(r));
+      const recreatedKeys = new Set(recreated.map(keyText));
+      result.tombstoned += tombstones.filter((t) => !recreatedKeys.has(keyText(t.key))).length;
       result.reset += await this.reset(projectId, [...ahead, ...recreated], `${token}:reset:${i}`);
-      result.tombstoned -= recreated.length;
     }
     return result;
+  }
+
+  /**
+   * Gap entries whose creation neither side holds: no Postgres row and no
+   * live ClickHouse row of the key on the entry's creation day (the sort
+   * key's), one per key and day. Their tombstone is for a create that may
+   * still be queued in an API whose delete this gap holds: it lands after
+   * the replay at an older version, and stays hidden. When there is no such
+   * create the tombstone hides nothing.
+   */
+  private unseen(
+    chunk: GapEntry[],
+    postgresCreatedAt: ReadonlyMap<string, bigint>,
+    live: Mirrored[],
+  ): Array<GapEntry & { tombstone: NonNullable<GapEntry['tombstone']> }> {
+    const held = new Set<string>();
+    for (const [key, micros] of postgresCreatedAt) held.add(`${key}@${dayOfMicros(micros)}`);
+    for (const m of live) held.add(`${keyText(this.entity.mirroredKeyOf(m))}@${dayOfMicros(isoToMicros(m.created_at))}`);
+    const unseen = new Map<string, GapEntry & { tombstone: NonNullable<GapEntry['tombstone']> }>();
+    for (const entry of chunk) {
+      if (entry.tombstone === null) continue;
+      const at = `${keyText(entry.key)}@${dayOfMicros(isoToMicros(entry.tombstone.createdAt))}`;
+      if (!held.has(at)) unseen.set(at, { key: entry.key, tombstone: entry.tombstone });
+    }
+    return [...unseen.values()];
   }
 
   /**

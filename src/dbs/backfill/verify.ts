@@ -5,7 +5,7 @@ import { DB } from '../postgres/database';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf, keyText } from './history-entities';
 import { bucketScope, dayOf, ENTITIES, Entity, HistoryScope } from './history-scope';
-import { addReplay, emptyReplay, KeyReplay, ReplayResult } from './key-replay';
+import { addReplay, emptyReplay, KeyReplay, keysOnly, ReplayResult } from './key-replay';
 import { KeysetReader, PageLimits } from './keyset-reader';
 import { HistoryProgress, silentProgress } from './progress';
 
@@ -349,7 +349,7 @@ export class Verifier {
         return version !== undefined && (s.version > version || (s.version === version && s.deleted));
       })
       .map((s) => s.key);
-    addReplay(result, await replay.replay(bucket.projectId, absent, `${token}:absent`));
+    addReplay(result, await replay.replay(bucket.projectId, keysOnly(absent), `${token}:absent`));
     result.reset += await replay.reset(bucket.projectId, ahead, `${token}:ahead`);
     return result;
   }

@@ -12,7 +12,7 @@ import {
   SHUTDOWN_GAP_RECORDING_MS,
 } from './batch-writer';
 import { Clock } from './clock';
-import { GapRecorder, MirrorGap } from './gap-ledger';
+import { gapEntryOf, GapRecorder, MirrorGap } from './gap-ledger';
 import { BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
 import { ROW_HEADER_BYTES } from './row-log';
@@ -146,6 +146,7 @@ function spanRow(n: number, options: { bytes?: number; projectId?: string; table
     projectId,
     key: [projectId, 'a'.repeat(32), n.toString(16).padStart(16, '0')],
     createdAt: `2026-03-01T12:00:00.${String(n).padStart(6, '0')}Z`,
+    tombstoneFields: [`2026-03-01T11:59:59.${String(n).padStart(6, '0')}Z`],
     line: label.padEnd(bytes, '.'),
   };
 }
@@ -623,13 +624,13 @@ describe('BatchWriter', () => {
       expect(byProject.get(PROJECT_A)).toEqual({
         entity: 'spans',
         projectId: PROJECT_A,
-        keys: [spanRow(7).key, spanRow(5).key],
+        keys: [gapEntryOf(spanRow(7)), gapEntryOf(spanRow(5))],
         minCreatedAt: '2026-03-01T12:00:00.000005Z',
         maxCreatedAt: '2026-03-01T12:00:00.000007Z',
         rowCount: 2,
         reason: 'queue_full',
       });
-      expect(byProject.get(PROJECT_B)).toMatchObject({ keys: [spanRow(6, { projectId: PROJECT_B }).key], rowCount: 1 });
+      expect(byProject.get(PROJECT_B)).toMatchObject({ keys: [gapEntryOf(spanRow(6, { projectId: PROJECT_B }))], rowCount: 1 });
       expect(await metricValue(registry, 'mirror_rows_dropped_total', { reason: 'queue_full' })).toBe(3);
       expect(logger.entries.filter((e) => e.msg.includes('queue is full'))).toHaveLength(1);
 
@@ -658,7 +659,7 @@ describe('BatchWriter', () => {
       writer.write([spanRow(6, { bytes: 5 })]);
       expect(writer.stats()).toMatchObject({ queuedRows: 1, queuedBytes: ROW - 5, rowsDropped: 3 });
       await writer.drain();
-      expect(gaps.recorded.flatMap((g) => g.keys)).toEqual([3, 4, 5].map((n) => spanRow(n).key));
+      expect(gaps.recorded.flatMap((g) => g.keys)).toEqual([3, 4, 5].map((n) => gapEntryOf(spanRow(n))));
       expect(logger.entries.filter((e) => e.msg.includes('queue is full'))).toHaveLength(1);
       expect(logger.entries.filter((e) => e.msg.includes('has room again'))).toEqual([expect.objectContaining({ obj: { rowsRecordedAsGaps: 3 } })]);
     });
@@ -670,7 +671,7 @@ describe('BatchWriter', () => {
       writer.write(rows(4, 1));
       await writer.drain();
       expect(sink.sentLines().map((line) => line.replace(/\.+$/, ''))).toEqual(['r2', 'r3', 'r4']);
-      expect(gaps.recorded).toEqual([expect.objectContaining({ keys: [spanRow(1).key], reason: 'queue_full' })]);
+      expect(gaps.recorded).toEqual([expect.objectContaining({ keys: [gapEntryOf(spanRow(1))], reason: 'queue_full' })]);
       expect(logger.entries.filter((e) => e.msg.includes('larger than the whole queue bound'))).toHaveLength(1);
     });
 
@@ -681,19 +682,19 @@ describe('BatchWriter', () => {
       writer.writeOverflow([keysOnly]);
       await writer.drain();
       expect(writer.stats()).toMatchObject({ rowsSent: 1, rowsDropped: 2 });
-      expect(gaps.recorded.flatMap((g) => g.keys)).toEqual([spanRow(2).key, spanRow(3).key]);
+      expect(gaps.recorded.flatMap((g) => g.keys)).toEqual([gapEntryOf(spanRow(2)), gapEntryOf(spanRow(3))]);
       expect(gaps.recorded.every((g) => g.reason === 'queue_full')).toBe(true);
       expect(await metricValue(registry, 'mirror_rows_dropped_total', { reason: 'queue_full' })).toBe(2);
 
       await writer.shutdown();
       writer.writeOverflow([keysOnly]);
       await settle();
-      expect(gaps.recorded.at(-1)).toMatchObject({ keys: [spanRow(3).key], reason: 'writer_closed' });
+      expect(gaps.recorded.at(-1)).toMatchObject({ keys: [gapEntryOf(spanRow(3))], reason: 'writer_closed' });
     });
 
     it('counts what a row costs in memory: its record header, gap fields, and line with its newline, in UTF-8', async () => {
-      const row: MirrorRow = { table: 'spans', entity: 'spans', projectId: PROJECT_A, key: ['trace-é', 'span-✓'], createdAt: '2026-03-01T12:00:00.000001Z', line: '{"name":"café"}' };
-      const fields = JSON.stringify(['spans', PROJECT_A, row.createdAt, 'trace-é', 'span-✓']);
+      const row: MirrorRow = { table: 'spans', entity: 'spans', projectId: PROJECT_A, key: ['trace-é', 'span-✓'], createdAt: '2026-03-01T12:00:00.000001Z', tombstoneFields: ['é'], line: '{"name":"café"}' };
+      const fields = JSON.stringify(['spans', PROJECT_A, ['trace-é', 'span-✓'], row.createdAt, ['é']]);
       expect(queuedRowBytes(row)).toBe(ROW_HEADER_BYTES + Buffer.byteLength(fields) + Buffer.byteLength(row.line) + 1);
 
       // Exactly one such row fits; its gap fields come back from the store intact when it cannot be sent.
@@ -704,7 +705,7 @@ describe('BatchWriter', () => {
       await writer.drain();
       expect(gaps.recorded).toEqual(
         expect.arrayContaining([
-          expect.objectContaining({ entity: 'spans', projectId: PROJECT_A, keys: [row.key], minCreatedAt: row.createdAt, maxCreatedAt: row.createdAt }),
+          expect.objectContaining({ entity: 'spans', projectId: PROJECT_A, keys: [gapEntryOf(row)], minCreatedAt: row.createdAt, maxCreatedAt: row.createdAt }),
         ]),
       );
       expect(sink.attempts.map((a) => a.lines)).toEqual([[row.line]]);
@@ -741,8 +742,8 @@ describe('BatchWriter', () => {
       await clock.advance(1);
       expect(gaps.calls).toBe(1);
       expect(gaps.recorded).toEqual([
-        expect.objectContaining({ projectId: PROJECT_A, keys: [spanRow(2).key, spanRow(4).key], rowCount: 2, reason: 'queue_full' }),
-        expect.objectContaining({ projectId: PROJECT_B, keys: [spanRow(3, { projectId: PROJECT_B }).key], rowCount: 1, reason: 'queue_full' }),
+        expect.objectContaining({ projectId: PROJECT_A, keys: [gapEntryOf(spanRow(2)), gapEntryOf(spanRow(4))], rowCount: 2, reason: 'queue_full' }),
+        expect.objectContaining({ projectId: PROJECT_B, keys: [gapEntryOf(spanRow(3, { projectId: PROJECT_B }))], rowCount: 1, reason: 'queue_full' }),
       ]);
       expect(await metricValue(registry, 'mirror_gaps_recorded_total')).toBe(2);
 
@@ -763,7 +764,7 @@ describe('BatchWriter', () => {
       writer.write(rows(4, 1));
       await settle();
       expect(gaps.calls).toBe(1);
-      expect(gaps.recorded).toEqual([expect.objectContaining({ keys: [2, 3, 4].map((n) => spanRow(n).key), rowCount: 3 })]);
+      expect(gaps.recorded).toEqual([expect.objectContaining({ keys: [2, 3, 4].map((n) => gapEntryOf(spanRow(n))), rowCount: 3 })]);
     });
 
     it('drain() and shutdown() record held overflow gaps without waiting for the interval', async () => {
@@ -874,7 +875,7 @@ describe('BatchWriter', () => {
       await done;
       expect(gaps.rows()).toBe(5);
       expect(gaps.recorded.every((g) => g.reason === 'shutdown_deadline')).toBe(true);
-      expect(gaps.recorded.flatMap((g) => g.keys)).toEqual(rows(1, 5).map((r) => r.key));
+      expect(gaps.recorded.flatMap((g) => g.keys)).toEqual(rows(1, 5).map(gapEntryOf));
       expect(writer.stats()).toMatchObject({ queuedRows: 0, queuedBytes: 0, inFlightBatches: 0 });
 
       // A late answer from the hung insert does not count the rows twice.

@@ -82,7 +82,7 @@ export function queuedRowBytes(row: MirrorRow): number {
 }
 
 function gapFieldsOf(row: GapRow): string {
-  return JSON.stringify([row.entity, row.projectId, row.createdAt, ...row.key]);
+  return JSON.stringify([row.entity, row.projectId, row.key, row.createdAt, row.tombstoneFields]);
 }
 
 interface Batch {

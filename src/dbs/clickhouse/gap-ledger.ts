@@ -3,7 +3,7 @@ import type { Clock } from './clock';
 import type { MirrorMetrics } from './mirror-metrics';
 import { BackoffOptions, describeSendError, fullJitterBackoff } from './retry-policy';
 
-/** What a gap record needs of a mirrored row: which entity and project, its key and its created_at. */
+/** What a gap record needs of a mirrored row: which entity and project, its key, its created_at and its tombstone's other fields. */
 export interface GapRow {
   /** ClickHouse table, e.g. 'spans'. */
   table: string;
@@ -14,12 +14,31 @@ export interface GapRow {
   key: string[];
   /** ISO-8601 with microseconds, for gap time ranges. */
   createdAt: string;
+  /**
+   * What a tombstone of this key holds besides its key and created_at, as
+   * the row had them (spans: start_time; nodes: tree_id, time_start). With
+   * them a replay can tombstone a key that neither Postgres nor ClickHouse
+   * holds when it runs: a delete whose gap is replayed while the create
+   * before it still waits in some API's queue, to land afterwards as a live
+   * row unless a tombstone at a later version is already there.
+   */
+  tombstoneFields: string[];
+}
+
+/**
+ * A row's entry in its gap record's `keys`: its key, its created_at, then
+ * its tombstone fields. Records written before entries carried the last two
+ * hold the key alone; HistoryEntity.readGapEntry reads both.
+ */
+export function gapEntryOf(row: GapRow): string[] {
+  return [...row.key, row.createdAt, ...row.tombstoneFields];
 }
 
 /** A durable note, in Postgres, of rows the mirror did not send: what `backfill --gaps` replays. */
 export interface MirrorGap {
   entity: string;
   projectId: string;
+  /** One entry per row (gapEntryOf). */
   keys: string[][];
   minCreatedAt: string;
   maxCreatedAt: string;
@@ -221,8 +240,8 @@ function rangesOf(gaps: MirrorGap[]) {
   return gaps.map(({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }) => ({ entity, projectId, rowCount, minCreatedAt, maxCreatedAt, reason }));
 }
 
-/** One gap per entity and project: the rows' keys, their created_at range and count. */
-function groupIntoGaps(rows: GapRow[], reason: string): MirrorGap[] {
+/** One gap per entity and project: the rows' entries, their created_at range and count. */
+export function groupIntoGaps(rows: GapRow[], reason: string): MirrorGap[] {
   const gaps = new Map<string, MirrorGap>();
   addToGaps(gaps, rows, reason);
   return [...gaps.values()];
@@ -237,7 +256,7 @@ function addToGaps(gaps: Map<string, MirrorGap>, rows: GapRow[], reason: string)
       gaps.set(id, {
         entity: row.entity,
         projectId: row.projectId,
-        keys: [row.key],
+        keys: [gapEntryOf(row)],
         minCreatedAt: row.createdAt,
         maxCreatedAt: row.createdAt,
         rowCount: 1,
@@ -245,7 +264,7 @@ function addToGaps(gaps: Map<string, MirrorGap>, rows: GapRow[], reason: string)
       });
       continue;
     }
-    gap.keys.push(row.key);
+    gap.keys.push(gapEntryOf(row));
     gap.rowCount += 1;
     // Same-format ISO-8601 UTC strings order lexically, and comparing them keeps the microseconds a Date would drop.
     if (row.createdAt < gap.minCreatedAt) gap.minCreatedAt = row.createdAt;

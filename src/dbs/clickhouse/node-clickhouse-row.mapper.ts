@@ -135,7 +135,14 @@ export function toNodeInsertLine(node: NodeRecord): string {
 
 /** What a gap record needs of this node: everything the batch writer queues but the line. */
 export function toNodeGapRow(node: NodeRecord): GapRow {
-  return { table: NODE_TABLE, entity: 'nodes', projectId: node.project_id, key: [node.node_id], createdAt: node.created_at };
+  return {
+    table: NODE_TABLE,
+    entity: 'nodes',
+    projectId: node.project_id,
+    key: [node.node_id],
+    createdAt: node.created_at,
+    tombstoneFields: [node.tree_id, node.time_start],
+  };
 }
 
 /** What the batch writer queues for this node. */

@@ -3,7 +3,7 @@ import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, ROW_HEADER_BYTES, 
 
 /** Appends a row the way the writer does: gap fields as JSON, byte lengths measured once. */
 function append(log: RowLog, id: number, line = `{"id":${id}}`, enqueuedAt = 1_000 + id): void {
-  const fields = JSON.stringify(['spans', 'project-é', `2026-11-22T00:00:00.${String(id).padStart(6, '0')}Z`, 'trace', `span-${id}`]);
+  const fields = JSON.stringify(['spans', 'project-é', ['trace', `span-${id}`], `2026-11-22T00:00:00.${String(id).padStart(6, '0')}Z`, [`start-${id}`]]);
   log.append(fields, Buffer.byteLength(fields), line, Buffer.byteLength(line), enqueuedAt, id);
 }
 
@@ -28,8 +28,8 @@ describe('RowLog', () => {
     const log = new RowLog();
     append(log, 1, '{"name":"ünïcode ✓"}', 50);
     append(log, 2, '{"id":2}', 60);
-    const fields1 = JSON.stringify(['spans', 'project-é', '2026-11-22T00:00:00.000001Z', 'trace', 'span-1']);
-    const fields2 = JSON.stringify(['spans', 'project-é', '2026-11-22T00:00:00.000002Z', 'trace', 'span-2']);
+    const fields1 = JSON.stringify(['spans', 'project-é', ['trace', 'span-1'], '2026-11-22T00:00:00.000001Z', ['start-1']]);
+    const fields2 = JSON.stringify(['spans', 'project-é', ['trace', 'span-2'], '2026-11-22T00:00:00.000002Z', ['start-2']]);
     const expectedBytes = recordBytes(Buffer.byteLength(fields1), Buffer.byteLength('{"name":"ünïcode ✓"}')) + recordBytes(Buffer.byteLength(fields2), 8);
     expect(log).toMatchObject({ count: 2, bytes: expectedBytes, lineBytes: Buffer.byteLength('{"name":"ünïcode ✓"}') + 8, firstSeq: 1, firstEnqueuedAt: 50 });
 
@@ -37,8 +37,8 @@ describe('RowLog', () => {
     expect(span).toMatchObject({ count: 2, bytes: expectedBytes, firstSeq: 1, firstEnqueuedAt: 50 });
     expect(lines(span)).toEqual(['{"name":"ünïcode ✓"}', '{"id":2}']);
     expect(gapRowsOf('spans_table', span)).toEqual([
-      { table: 'spans_table', entity: 'spans', projectId: 'project-é', createdAt: '2026-11-22T00:00:00.000001Z', key: ['trace', 'span-1'] },
-      { table: 'spans_table', entity: 'spans', projectId: 'project-é', createdAt: '2026-11-22T00:00:00.000002Z', key: ['trace', 'span-2'] },
+      { table: 'spans_table', entity: 'spans', projectId: 'project-é', createdAt: '2026-11-22T00:00:00.000001Z', key: ['trace', 'span-1'], tombstoneFields: ['start-1'] },
+      { table: 'spans_table', entity: 'spans', projectId: 'project-é', createdAt: '2026-11-22T00:00:00.000002Z', key: ['trace', 'span-2'], tombstoneFields: ['start-2'] },
     ]);
     const times: number[] = [];
     forEachEnqueueTime(span, (t) => times.push(t));

@@ -276,8 +276,8 @@ export function gapRowsOf(table: string, span: RowSpan): GapRow[] {
   const rows: GapRow[] = [];
   forEachRecord(span, (store, at, fieldBytes) => {
     const fieldsAt = at + ROW_HEADER_BYTES;
-    const [entity, projectId, createdAt, ...key] = JSON.parse(store.toString('utf8', fieldsAt, fieldsAt + fieldBytes)) as string[];
-    rows.push({ table, entity, projectId, key, createdAt });
+    const [entity, projectId, key, createdAt, tombstoneFields] = JSON.parse(store.toString('utf8', fieldsAt, fieldsAt + fieldBytes)) as [string, string, string[], string, string[]];
+    rows.push({ table, entity, projectId, key, createdAt, tombstoneFields });
   });
   return rows;
 }

@@ -199,7 +199,14 @@ export function toSpanInsertLine(span: SpanRecord): string {
 
 /** What a gap record needs of this span: everything the batch writer queues but the line. */
 export function toSpanGapRow(span: SpanRecord): GapRow {
-  return { table: SPAN_TABLE, entity: 'spans', projectId: span.project_id, key: [span.trace_id, span.span_id], createdAt: span.created_at };
+  return {
+    table: SPAN_TABLE,
+    entity: 'spans',
+    projectId: span.project_id,
+    key: [span.trace_id, span.span_id],
+    createdAt: span.created_at,
+    tombstoneFields: [span.start_time],
+  };
 }
 
 /** What the batch writer queues for this span. */

@@ -21,7 +21,7 @@ const mappedIds: number[] = [];
 const plan: MirrorPlan<unknown, Item> = {
   entity: 'spans',
   methods: {},
-  toGapRow: (record) => ({ table: 'spans', entity: 'spans', projectId: record.projectId, key: [String(record.id)], createdAt: '2026-11-22T10:00:00.000000Z' }),
+  toGapRow: (record) => ({ table: 'spans', entity: 'spans', projectId: record.projectId, key: [String(record.id)], createdAt: '2026-11-22T10:00:00.000000Z', tombstoneFields: [] }),
   toLine: (record) => {
     if (record.id < 0) throw new Error(`record ${record.id} cannot be mapped`);
     mappedIds.push(record.id);
@@ -136,7 +136,7 @@ describe('Mirror', () => {
     // A row whose keys are known but whose line failed is a gap record, for `backfill --gaps` to replay;
     // a row whose record could not be built has no keys, and only the counter and the error log know it.
     expect(gaps).toEqual([
-      expect.objectContaining({ projectId: A, keys: [['-1']], rowCount: 1, reason: 'internal_error: record -1 cannot be mapped' }),
+      expect.objectContaining({ projectId: A, keys: [['-1', '2026-11-22T10:00:00.000000Z']], rowCount: 1, reason: 'internal_error: record -1 cannot be mapped' }),
     ]);
   });
 

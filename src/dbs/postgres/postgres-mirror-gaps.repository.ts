@@ -79,10 +79,11 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
     }
   }
 
-  /** One gap's keys: primary keys as the mirror recorded them (hex/uuid strings). */
-  async keysOf(id: string): Promise<string[][]> {
+  /** One gap's entries as the mirror recorded them (gapEntryOf; HistoryEntity.readGapEntry reads one). */
+  async keysOf(id: string): Promise<unknown[]> {
     const row = await this.db.selectFrom('mirror_gaps').select('keys').where('id', '=', id).executeTakeFirstOrThrow();
-    return row.keys as string[][];
+    // jsonb: whatever the column holds, checked entry by entry where it is read.
+    return Array.isArray(row.keys) ? row.keys : [row.keys];
   }
 
   async countOpen(): Promise<number> {

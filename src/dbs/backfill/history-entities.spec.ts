@@ -1,0 +1,55 @@
+import { gapEntryOf } from '../clickhouse/gap-ledger';
+import { nodeTombstone, toNodeGapRow, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
+import { spanTombstone, toSpanGapRow, toSpanInsertLine } from '../clickhouse/span-clickhouse-row.mapper';
+import { nodeHistory, spanHistory } from './history-entities';
+
+const PROJECT = '0a000000-0000-4000-8000-000000000001';
+const deletedSpan = spanTombstone(
+  {
+    project_id: PROJECT,
+    trace_id: 'ab'.repeat(16),
+    span_id: 'cd'.repeat(8),
+    created_at: '2026-11-22T23:59:59.999999Z',
+    start_time: '2026-11-22T23:59:58.000001Z',
+  },
+  1_700_000_000_000_001n,
+);
+const deletedNode = nodeTombstone(
+  {
+    project_id: PROJECT,
+    node_id: '0b000000-0000-4000-8000-000000000002',
+    created_at: '2026-11-22T10:00:00.000001Z',
+    tree_id: '0c000000-0000-4000-8000-000000000003',
+    time_start: '2026-11-22T09:59:59.500000Z',
+  },
+  1_700_000_000_000_001n,
+);
+
+describe('gap entries, as the writer records them and a replay reads them', () => {
+  it('give back the key and the very tombstone the mirror would have written, at the replay\'s version', () => {
+    const version = 1_800_000_000_000_000n;
+    const span = spanHistory.readGapEntry(PROJECT, gapEntryOf(toSpanGapRow(deletedSpan)));
+    expect(span.key).toEqual([deletedSpan.trace_id, deletedSpan.span_id]);
+    expect(span.tombstone?.createdAt).toBe(deletedSpan.created_at);
+    expect(span.tombstone?.lineAt(version)).toBe(toSpanInsertLine({ ...deletedSpan, version }));
+
+    const node = nodeHistory.readGapEntry(PROJECT, gapEntryOf(toNodeGapRow(deletedNode)));
+    expect(node.key).toEqual([deletedNode.node_id]);
+    expect(node.tombstone?.lineAt(version)).toBe(toNodeInsertLine({ ...deletedNode, version }));
+  });
+
+  it('recorded with the key alone (before entries carried tombstones) give the key and no tombstone', () => {
+    expect(spanHistory.readGapEntry(PROJECT, ['ab'.repeat(16), 'cd'.repeat(8)])).toEqual({ key: ['ab'.repeat(16), 'cd'.repeat(8)], tombstone: null });
+    expect(nodeHistory.readGapEntry(PROJECT, [deletedNode.node_id])).toEqual({ key: [deletedNode.node_id], tombstone: null });
+  });
+
+  it.each([
+    ['a span entry of 3 strings', spanHistory, ['a', 'b', '2026-11-22T10:00:00Z'], /is not 2 strings \(a key\) or 4 \(a key, its created_at and tombstone fields\)/],
+    ['a node entry of 2 strings', nodeHistory, [deletedNode.node_id, '2026-11-22T10:00:00Z'], /is not 1 strings \(a key\) or 4/],
+    ['a number in an entry', nodeHistory, [42], /gap entry \[42\] is not/],
+    ['an entry that is not an array', nodeHistory, { node_id: 'x' }, /gap entry \{"node_id":"x"\} is not/],
+    ['a created_at that is not a time', spanHistory, ['a', 'b', 'yesterday', '2026-11-22T10:00:00Z'], /not an ISO-8601 timestamp: "yesterday"/],
+  ])('are refused, naming them: %s', (_, entity, entry, message) => {
+    expect(() => entity.readGapEntry(PROJECT, entry)).toThrow(message);
+  });
+});
