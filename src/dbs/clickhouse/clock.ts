@@ -6,7 +6,10 @@ export interface Clock {
 }
 
 export const realClock: Clock = {
-  now: () => Date.now(),
+  // Monotonic, in epoch milliseconds. The mirror measures durations with it (flush intervals, the
+  // breaker's open period, lag): on Date.now() a wall clock stepped back by H (NTP, a resumed VM)
+  // held the interval flush and kept the breaker open, with no probe, for H.
+  now: () => performance.timeOrigin + performance.now(),
   setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
 };
