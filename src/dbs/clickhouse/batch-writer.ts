@@ -491,7 +491,7 @@ export class BatchWriter {
         return;
       }
 
-      this.gate.recordFailure();
+      this.gate.recordFailure(admission);
       if (this.gate.state === 'open' && admission !== 'probe') {
         // The breaker is open: ClickHouse is down, and the outage, not this batch, used up its attempts
         // so far (however many: another table's failures may have opened it). It waits with the rest of
@@ -526,7 +526,7 @@ export class BatchWriter {
     }
     if (failure === null) return true;
     this.noteError(failure);
-    this.gate.recordFailure();
+    this.gate.recordFailure('probe');
     return false;
   }
 

@@ -47,9 +47,9 @@ describe('BreakerGate', () => {
 
   it('holds senders while open, lets one through as the probe when the open period ends, and the rest once it answers', async () => {
     const { clock, gate, gauge, reopened, lines } = setup(2, 1000);
-    gate.recordFailure();
+    gate.recordFailure('send');
     expect(gate.state).toBe('closed');
-    gate.recordFailure();
+    gate.recordFailure('send');
     expect(gate.state).toBe('open');
     expect(gate.holding).toBe(true);
     expect(await gauge()).toBe(2);
@@ -77,10 +77,10 @@ describe('BreakerGate', () => {
 
   it('a failed probe reopens it for another open period and counts the probe, without a new outage line', async () => {
     const { clock, gate, lines } = setup(1, 1000);
-    gate.recordFailure();
+    gate.recordFailure('send');
     await clock.advance(1000);
     await expect(gate.admit()).resolves.toBe('probe');
-    gate.recordFailure();
+    gate.recordFailure('probe');
     expect(gate.state).toBe('open');
     expect(lines.filter((line) => line.msg.startsWith('ClickHouse circuit breaker opened'))).toHaveLength(1);
 
@@ -96,11 +96,11 @@ describe('BreakerGate', () => {
 
   it('reminds at most once a minute while probes keep failing, with what the writer holds', async () => {
     const { clock, gate, lines } = setup(1, 1000);
-    gate.recordFailure();
+    gate.recordFailure('send');
     for (let probe = 1; probe <= 130; probe++) {
       await clock.advance(1000);
       await expect(gate.admit()).resolves.toBe('probe');
-      gate.recordFailure();
+      gate.recordFailure('probe');
     }
     const reminders = lines.filter((line) => line.msg === 'ClickHouse circuit breaker still open: probes keep failing');
     expect(reminders.map((line) => line.obj)).toEqual([
@@ -112,7 +112,7 @@ describe('BreakerGate', () => {
   it('looks again when its timer fires while the breaker still reads open (the event loop clock ran ahead of Date.now)', async () => {
     const { clock, gate, reopened } = setup(1, 1000);
     clock.earlyMs = 1;
-    gate.recordFailure();
+    gate.recordFailure('send');
     const sender = waitFor(gate);
     // The open period's timer fires at 999 ms, as now() reads.
     await clock.advance(999);
@@ -127,14 +127,14 @@ describe('BreakerGate', () => {
 
   it('stop lets every waiting sender go with stopped, clears its timer and admits nobody after', async () => {
     const { clock, gate } = setup(1, 1000);
-    gate.recordFailure();
+    gate.recordFailure('send');
     const senders = [waitFor(gate), waitFor(gate)];
     gate.stop();
     await settle();
     expect(senders.map((sender) => sender.result)).toEqual(['stopped', 'stopped']);
     expect(clock.pendingTimers).toBe(0);
     await expect(gate.admit()).resolves.toBe('stopped');
-    gate.recordFailure();
+    gate.recordFailure('send');
     expect(clock.pendingTimers).toBe(0);
   });
 });

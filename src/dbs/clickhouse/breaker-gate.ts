@@ -74,9 +74,9 @@ export class BreakerGate {
     this.change(() => this.breaker.recordSuccess());
   }
 
-  /** ClickHouse did not answer: past the threshold the breaker (re)opens. */
-  recordFailure(): void {
-    this.change(() => this.breaker.recordFailure());
+  /** ClickHouse did not answer a send or the probe: past the threshold the breaker (re)opens. */
+  recordFailure(of: 'send' | 'probe'): void {
+    this.change(() => this.breaker.recordFailure(of));
   }
 
   /** No more timers; every waiting sender is let go with 'stopped'. */
@@ -133,7 +133,7 @@ export class BreakerGate {
     this.halfOpenTimer = this.deps.clock.setTimeout(() => {
       this.halfOpenTimer = null;
       this.deps.guarded('mirror breaker timer failed', () => {
-        // Node runs timers on libuv's clock, which can be a millisecond ahead of Date.now(), so the
+        // Node runs timers on libuv's clock, which can be a millisecond ahead of the one it reads, so the
         // breaker may still read open here. Woken now, the senders would wait again with no timer
         // left to wake them, and the mirror would stop sending for good: look again instead.
         if (this.breaker.state === 'open') return this.scheduleHalfOpen();

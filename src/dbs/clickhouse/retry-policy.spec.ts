@@ -109,20 +109,20 @@ describe('CircuitBreaker', () => {
 
   it('opens after failureThreshold consecutive failures; a success in between resets the count', () => {
     const { breaker: b } = breaker(3);
-    b.recordFailure();
-    b.recordFailure();
+    b.recordFailure('send');
+    b.recordFailure('send');
     b.recordSuccess();
-    b.recordFailure();
-    b.recordFailure();
+    b.recordFailure('send');
+    b.recordFailure('send');
     expect(b.state).toBe('closed');
-    b.recordFailure();
+    b.recordFailure('send');
     expect(b.state).toBe('open');
     expect(b.admit()).toBe('wait');
   });
 
   it('lets exactly one probe through once openMs has passed', () => {
     const { clock, breaker: b } = breaker(1, 1000);
-    b.recordFailure();
+    b.recordFailure('send');
     clock.now = 999;
     expect(b.admit()).toBe('wait');
     expect(b.msUntilHalfOpen()).toBe(1);
@@ -133,12 +133,27 @@ describe('CircuitBreaker', () => {
     expect(b.admit()).toBe('wait');
   });
 
-  it('closes when the probe succeeds and re-opens for another openMs when it fails', () => {
-    const { clock, breaker: b } = breaker(5, 1000);
-    for (let i = 0; i < 5; i++) b.recordFailure();
+  it('keeps one probe out: a send made before it opened and failing while the probe is out lets no second probe go', () => {
+    const { clock, breaker: b } = breaker(1, 1000);
+    b.recordFailure('send');
     clock.now = 1000;
     expect(b.admit()).toBe('probe');
-    b.recordFailure();
+    // An insert let through while the breaker was closed times out now.
+    b.recordFailure('send');
+    expect(b.state).toBe('open');
+    clock.now = 2000;
+    expect(b.admit()).toBe('wait');
+    b.recordFailure('probe');
+    clock.now = 3000;
+    expect(b.admit()).toBe('probe');
+  });
+
+  it('closes when the probe succeeds and re-opens for another openMs when it fails', () => {
+    const { clock, breaker: b } = breaker(5, 1000);
+    for (let i = 0; i < 5; i++) b.recordFailure('send');
+    clock.now = 1000;
+    expect(b.admit()).toBe('probe');
+    b.recordFailure('probe');
     expect(b.state).toBe('open');
     expect(b.msUntilHalfOpen()).toBe(1000);
 

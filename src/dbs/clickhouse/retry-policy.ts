@@ -221,12 +221,15 @@ export class CircuitBreaker {
   }
 
   /**
-   * The server did not answer. Only a success resets the count, so once past
-   * the threshold every failure, a failed probe included, restarts the open period.
+   * The server did not answer a send or the probe. Only a success resets the
+   * count, so once past the threshold every failure, a failed probe included,
+   * restarts the open period. Only the probe's own failure lets the next
+   * probe go: an insert sent before the breaker opened can fail while the
+   * probe is still out, and must not let a second one start beside it.
    */
-  recordFailure(): void {
+  recordFailure(of: 'send' | 'probe'): void {
     this.consecutiveFailures += 1;
     if (this.consecutiveFailures >= this.options.failureThreshold) this.openedAt = this.now();
-    this.probeInFlight = false;
+    if (of === 'probe') this.probeInFlight = false;
   }
 }
