@@ -17,9 +17,10 @@ export type DropReason = (typeof DROP_REASONS)[number];
  *   mirror_flush_rows{table}              histogram: rows per batch sent
  *   mirror_rows_sent_total{table}         counter: rows ClickHouse confirmed
  *   mirror_send_failures_total{kind}      counter: failed insert attempts, kind transient|permanent
- *   mirror_rows_dropped_total{reason}     counter: rows turned into gap records (not lost: backfill --gaps replays them)
+ *   mirror_rows_dropped_total{reason}     counter: rows not sent, handed to a gap record (backfill --gaps replays it once written)
  *   mirror_gaps_recorded_total            counter: gap records written to Postgres
- *   mirror_rows_lost_total                counter: rows whose gap record could not be written either (only in the error log)
+ *   mirror_rows_lost_total                counter: of those rows, the ones whose gap record could not be written (only in the error log);
+ *                                         a subset of dropped, so do not add the two
  *   mirror_breaker_state                  gauge: 0 closed, 1 half-open, 2 open
  *   mirror_lag_seconds                    histogram: from write() to confirmed insert, per row
  *
