@@ -261,6 +261,27 @@ describe('toNodeInput', () => {
     expect(node.node_type).toBe('llm');
   });
 
+  it('takes only the token counts it uses from gen_ai.usage: the rest stays in meta', () => {
+    const node = toNodeInput(
+      otlpSpan({
+        attributes: [
+          kv('gen_ai.usage.input_tokens', 10),
+          kv('gen_ai.usage.cache_read_input_tokens', 4),
+          // The decoder gives an int64 past 2^53 as its decimal string.
+          kv('gen_ai.usage.output_tokens', '9007199254740993'),
+        ],
+      }),
+    );
+    expect(node.metrics).toEqual({ unit: { tokens: { prompt: 10, completion: null, total: 10 } } });
+    expect(node.meta).toEqual({ gen_ai: { usage: { cache_read_input_tokens: 4, output_tokens: '9007199254740993' } } });
+  });
+
+  it('gives no total when the sum of the counts is past 2^53', () => {
+    const node = toNodeInput(otlpSpan({ attributes: [kv('gen_ai.usage.input_tokens', 2 ** 52), kv('gen_ai.usage.output_tokens', 2 ** 52)] }));
+    expect(node.metrics).toEqual({ unit: { tokens: { prompt: 2 ** 52, completion: 2 ** 52, total: null } } });
+    expect(node.meta).toBeNull();
+  });
+
   it('leaves data, metrics and meta null without attributes', () => {
     const node = toNodeInput(otlpSpan({ attributes: [] }));
     expect([node.data, node.metrics, node.meta]).toEqual([null, null, null]);

@@ -231,9 +231,14 @@ export function toNodeInput(span: OtlpSpan): NodeInput {
     const prompt = typeof usage.input_tokens === 'number' ? usage.input_tokens : null;
     const completion = typeof usage.output_tokens === 'number' ? usage.output_tokens : null;
     if (prompt !== null || completion !== null) {
-      const total = (prompt ?? 0) + (completion ?? 0);
+      const sum = (prompt ?? 0) + (completion ?? 0);
+      // Past 2^53 the sum is rounded: no total rather than a wrong one.
+      const total = Number.isSafeInteger(sum) || !Number.isInteger(sum) ? sum : null;
       metrics = { unit: { tokens: { prompt, completion, total } } };
-      meta = omit(meta, ['gen_ai', 'usage']);
+      // Only the counts metrics took: the rest of gen_ai.usage (cache_read_input_tokens, a count
+      // past 2^53 that arrived as a string) stays in meta.
+      if (prompt !== null) meta = omit(meta, ['gen_ai', 'usage', 'input_tokens']);
+      if (completion !== null) meta = omit(meta, ['gen_ai', 'usage', 'output_tokens']);
     }
   }
 
