@@ -9,6 +9,7 @@ import {
 import { gzipSync } from 'node:zlib';
 import request from 'supertest';
 import { otlpTraceService } from '../../src/otlp/otlp-decoder';
+import { spanIdToNodeId, traceIdToTreeId } from '../../src/otlp/otlp-span.mapper';
 import { createTestApp, TestApp } from '../support/app';
 import { spanId, traceId } from '../support/fixtures';
 import { decodeRpcStatus } from '../support/rpc-status';
@@ -310,6 +311,23 @@ describe('OTLP/HTTP receiver', () => {
       const again = (await http().get(`/tracing/traces/${trace}`).set(auth).expect(200)).body.spans;
       const content = (spans: Record<string, unknown>[]) => spans.map(({ updated_at: _u, ...rest }) => rest);
       expect(content(again)).toEqual(content(first));
+    });
+
+    it('moves the node of a span id reused in another trace to that tree, and leaves a tree when its trace is deleted', async () => {
+      const [first, second, span] = [traceId(), traceId(), spanId()];
+      await http().post('/otlp/v1/traces').set(auth).send(jsonRequest([jsonSpan(first, span, { name: 'first' })])).expect(200);
+      await http().post('/otlp/v1/traces').set(auth).send(jsonRequest([jsonSpan(second, span, { name: 'second' })])).expect(200);
+
+      // Two spans, one per trace; one node (its id is the span id's), now in the second trace's tree.
+      await http().get(`/tracing/spans/${first}/${span}`).set(auth).expect(200);
+      await http().get(`/tracing/spans/${second}/${span}`).set(auth).expect(200);
+      await http().get(`/observability/trees/${traceIdToTreeId(first)}`).set(auth).expect(404);
+      const tree = await http().get(`/observability/trees/${traceIdToTreeId(second)}`).set(auth).expect(200);
+      expect(tree.body.nodes).toEqual([expect.objectContaining({ node_id: spanIdToNodeId(span), node_name: 'second' })]);
+
+      await http().delete(`/tracing/traces/${second}`).set(auth).expect(200);
+      await http().get(`/tracing/spans/${second}/${span}`).set(auth).expect(404);
+      await http().get(`/observability/trees/${traceIdToTreeId(second)}`).set(auth).expect(200);
     });
 
     it('stores the valid spans of an export and answers how many it refused and why (partial success), in both encodings', async () => {
