@@ -1,4 +1,7 @@
+import { ApiKeyService } from '../../src/auth/api-key.service';
+import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { ApiProcess, startApiProcess } from '../support/api-process';
+import { spanId, traceId, uuid } from '../support/fixtures';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
 /**
@@ -10,9 +13,12 @@ import { createTestDatabase, TestDatabase } from '../support/postgres';
 describe('request ids in answers and logs (compiled API)', () => {
   let database: TestDatabase;
   let api: ApiProcess;
+  const projectId = uuid();
+  let key: string;
 
   beforeAll(async () => {
     database = await createTestDatabase();
+    key = (await new ApiKeyService(new ApiKeysRepository(database.db)).create(projectId)).key;
     api = await startApiProcess({ DATABASE_URL: database.url, MIGRATE_ON_START: 'false', LOG_LEVEL: 'info' });
   }, 180_000);
 
@@ -41,6 +47,24 @@ describe('request ids in answers and logs (compiled API)', () => {
     expect(res.status).toBe(401);
     expect(res.headers.get('x-request-id')).toBe('caller-7f3a.1');
     expect(await logLineOf('caller-7f3a.1')).toMatchObject({ req: { url: '/tracing/traces/4bf92f3577b34da6a3ce929d0e0e4736' }, res: { statusCode: 401 } });
+  });
+
+  it('logs an OTLP export it partly refused as a warn line under the request\'s id, with what it refused', async () => {
+    const span = (name: string) => ({ traceId: traceId(), spanId: spanId(), name, kind: 1, startTimeUnixNano: '1700000000000000000', endTimeUnixNano: '1700000000001000000' });
+    const res = await fetch(`${api.url}/otlp/v1/traces`, {
+      method: 'POST',
+      headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json', 'X-Request-Id': 'otlp-partly-1' },
+      body: JSON.stringify({ resourceSpans: [{ scopeSpans: [{ spans: [span('kept'), span('')] }] }] }),
+    });
+    expect(res.status).toBe(200);
+    await logLineOf('otlp-partly-1');
+    const warning = api
+      .logs()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((entry) => entry.msg === 'otlp export partly refused');
+    expect(warning).toMatchObject({ level: 40, req: { id: 'otlp-partly-1' }, projectId, rejectedSpans: 1, sent: 2, errorMessage: expect.stringMatching(/^1 of 2 spans refused: .*spans\[1\]\.name/) });
   });
 
   it('logs no line for the health probe and the metrics scrape, however Express would route their paths', async () => {
