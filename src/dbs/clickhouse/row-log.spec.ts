@@ -82,6 +82,18 @@ describe('RowLog', () => {
     expect(log).toMatchObject({ count: 0, bytes: 0, lineBytes: 0 });
   });
 
+  it('fills its stores to the end: a line that does not fit the room left runs on into the next store, characters whole', () => {
+    const log = new RowLog();
+    // Lines of ~140 KB (two-byte characters, one byte of padding to put a character across the boundary):
+    // one store held one line before, leaving ~120 KB of it unused, so memory neared twice the bound.
+    const line = (id: number) => JSON.stringify({ id, text: 'é'.repeat(70_000) });
+    for (let id = 1; id <= 4; id++) append(log, id, line(id));
+    const span = log.take()!;
+    expect(lines(span)).toEqual([1, 2, 3, 4].map(line));
+    const lineBytes = [1, 2, 3, 4].reduce((sum, id) => sum + Buffer.byteLength(line(id)) + 1, 0);
+    expect(storesOf(span).size).toBe(Math.ceil(lineBytes / (256 * 1024)));
+  });
+
   it('holds a row bigger than a store in a store of its own', () => {
     const log = new RowLog();
     append(log, 1);

@@ -91,18 +91,43 @@ class Chain {
     return { segment: this.segments[0], at: this.readAt };
   }
 
-  /** Takes the next `size` bytes (after next()), adding them to `parts`. */
+  /**
+   * Room for `size` bytes that may run on into a new segment: the tail's room
+   * first. For lines, only ever read as bytes: a line that did not fit the
+   * tail's room used to start a segment of its own and leave that room
+   * unused, so with lines of 128-256 KiB each segment held one line and the
+   * queue's real memory neared twice what its bound counted.
+   */
+  appendSpanning(size: number, empty: boolean): Array<{ store: Buffer; at: number; length: number }> {
+    const tail = this.segments.at(-1);
+    // Nothing untaken (empty): append() lets the old segments go rather than filling the tail's room.
+    if (tail === undefined || tail.end + size <= tail.store.length || empty) return [{ ...this.append(size, empty), length: size }];
+    const room = tail.store.length - tail.end;
+    const pieces = room > 0 ? [{ store: tail.store, at: tail.end, length: room }] : [];
+    tail.end += room;
+    const next = this.allocate(size - room);
+    next.end = size - room;
+    this.segments.push(next);
+    pieces.push({ store: next.store, at: 0, length: size - room });
+    return pieces;
+  }
+
+  /** Takes the next `size` bytes, which may run on into the next segment, adding them to `parts`. */
   take(size: number, parts: Part[]): void {
-    const { segment, at } = this.next();
-    const last = parts.at(-1);
-    if (last !== undefined && last.segment === segment && last.end === at) last.end = at + size;
-    else {
-      parts.push({ segment, start: at, end: at + size });
-      segment.spans += 1;
+    while (size > 0) {
+      const { segment, at } = this.next();
+      const length = Math.min(size, segment.end - at);
+      const last = parts.at(-1);
+      if (last !== undefined && last.segment === segment && last.end === at) last.end = at + length;
+      else {
+        parts.push({ segment, start: at, end: at + length });
+        segment.spans += 1;
+      }
+      this.readAt = at + length;
+      size -= length;
+      // Used up and not the one being written: it leaves now, so the span that read its last bytes frees it.
+      if (this.readAt === segment.end && this.segments.length > 1) this.shiftUsedUp();
     }
-    this.readAt = at + size;
-    // Used up and not the one being written: it leaves now, so the span that read its last bytes frees it.
-    if (this.readAt === segment.end && this.segments.length > 1) this.shiftUsedUp();
   }
 
   private shiftUsedUp(): void {
@@ -114,9 +139,10 @@ class Chain {
 /**
  * One table's queued rows, oldest first, entirely off the V8 heap, in two
  * chains of 256 KiB segments: records (header and gap fields, JSON
- * [entity, projectId, createdAt, ...key]) and lines (each with its newline,
- * so a batch's insert body is a few slices of segments, sent without
- * copying). A row used to be a small heap object pointing into a store;
+ * [entity, projectId, key, createdAt, tombstoneFields]) and lines (each
+ * with its newline, running on from one segment into the next where it
+ * does not fit, so a batch's insert body is a few slices of segments, sent
+ * without copying, and segments are filled to the end). A row used to be a small heap object pointing into a store;
  * with 30,000 of them queued through an outage, V8 sized its old generation
  * to a multiple of them, memory the queue's bound could only estimate. Now
  * the bound counts every byte a queued row holds, and the heap holds one
@@ -174,9 +200,19 @@ export class RowLog {
     record.store.writeDoubleLE(enqueuedAt, record.at + 8);
     record.store.writeDoubleLE(seq, record.at + 16);
     record.store.write(fields, record.at + ROW_HEADER_BYTES, fieldBytes, 'utf8');
-    const text = this.lineChain.append(lineBytes + 1, empty);
-    text.store.write(line, text.at, lineBytes, 'utf8');
-    text.store[text.at + lineBytes] = NEWLINE;
+    const pieces = this.lineChain.appendSpanning(lineBytes + 1, empty);
+    if (pieces.length === 1) {
+      const [text] = pieces;
+      text.store.write(line, text.at, lineBytes, 'utf8');
+      text.store[text.at + lineBytes] = NEWLINE;
+    } else {
+      // Once per segment at most: encoded whole, then copied, so a character split between the two stays whole.
+      const text = Buffer.allocUnsafe(lineBytes + 1);
+      text.write(line, 0, lineBytes, 'utf8');
+      text[lineBytes] = NEWLINE;
+      let from = 0;
+      for (const piece of pieces) from += text.copy(piece.store, piece.at, from, from + piece.length);
+    }
     this.rowCount += 1;
     this.totalBytes += recordBytes(fieldBytes, lineBytes);
     this.totalLineBytes += lineBytes;
