@@ -189,12 +189,15 @@ describe('load (short run of scripts/load.ts)', () => {
     try {
       const { key } = await new ApiKeyService(new ApiKeysRepository(database.db)).create(randomUUID());
       const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
-      const goesAway = setTimeout(() => void proxy.setMode('refuse'), 1_000);
+      // Refused only once the load is under way: the start pings and counts ClickHouse, which a set time could beat.
+      let goesAway: NodeJS.Timeout | undefined;
+      const log = (line: string) => {
+        if (line.startsWith('load: 10 requests/s for 2 s')) goesAway = setTimeout(() => void proxy.setMode('refuse'), 500);
+      };
       const summary = await runLoad({
         durationSec: 2, rate: 10, spansPerRequest: 1, connections: 2, target: { url, key },
-        env: { ...storesEnv(), CLICKHOUSE_URL: proxy.url }, log: () => undefined,
-      });
-      clearTimeout(goesAway);
+        env: { ...storesEnv(), CLICKHOUSE_URL: proxy.url }, log,
+      }).finally(() => clearTimeout(goesAway));
       expect(summary.stores).toBeNull();
       expect(summary.failures).toContainEqual(expect.stringMatching(new RegExp(`^the stores could not be counted after the run: ClickHouse at ${proxy.url} did not answer: connect ECONNREFUSED`)));
       expect(summary.requests).toBeGreaterThan(0);

@@ -237,7 +237,10 @@ describe('local ClickHouse endpoint through @clickhouse/client', () => {
     const finished: string[] = [];
     // sleep()'s longest (3 s), so the ping and the query have room on a busy machine.
     const slow = plain.command({ query: 'SELECT sleep(3)' }).then(() => finished.push('slow'));
-    await new Promise((done) => setTimeout(done, 100));
+    // Until the server runs it, not a set time: a ping that beat the query there would prove nothing.
+    const sleeping = async () =>
+      Number((await (await compressed.query({ query: "SELECT count() AS n FROM system.processes WHERE query LIKE '%sleep(3)%' AND query NOT LIKE '%system.processes%'", format: 'JSONEachRow' })).json<{ n: string }>())[0]?.n) === 1;
+    expect(await until(sleeping, 10_000)).toBe(true);
     await compressed.ping().then(() => finished.push('ping'));
     await compressed.query({ query: 'SELECT 1', format: 'JSONEachRow' }).then(async (r) => finished.push(`query ${JSON.stringify(await r.json())}`));
     await slow;

@@ -2,6 +2,7 @@ import { sql } from 'kysely';
 import { Client } from 'pg';
 import { createApp } from '../../src/bootstrap';
 import { migrateDown, migrateToLatest, SchemaBehindError } from '../../src/dbs/postgres/postgres-migrator';
+import { eventually } from '../support/fake-clickhouse';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 import * as initial from '../../migrations/postgres/0001_initial';
 
@@ -12,6 +13,49 @@ describe('Postgres migrations', () => {
   let test: TestDatabase;
   beforeAll(async () => (test = await createTestDatabase()));
   afterAll(async () => test.drop());
+
+  /**
+   * Waits until the starting app's session waits for Kysely's migration lock, and has for `forMs`: a fixed sleep
+   * could end before the app asks for the lock, and the test would pass without the app ever waiting. Fails at
+   * once with the app's error if it gives up (or starts) meanwhile.
+   */
+  const waitingOnMigrationLock = async (holder: Client, starting: Promise<{ close(): Promise<void> }>, forMs = 0) => {
+    let waited = false;
+    let stop = false;
+    const gaveUp = starting.then(
+      async (app) => {
+        if (waited) return;
+        await app.close();
+        throw new Error('the app started while another session held the migration lock');
+      },
+      (error: unknown) => {
+        if (!waited) throw error;
+      },
+    );
+    gaveUp.catch(() => (stop = true));
+    const waiting = eventually(
+      `the app waiting ${forMs} ms for the migration lock`,
+      async () => {
+        if (stop) return true; // the race below has already failed
+        // A bigint advisory key is kept as its high (classid) and low (objid) 32 bits, objsubid 1.
+        const { rows } = await holder.query(
+          `select 1 from pg_locks l join pg_stat_activity a on a.pid = l.pid
+           where l.locktype = 'advisory' and not l.granted and l.objsubid = 1 and l.pid <> pg_backend_pid()
+             and ((l.classid::bigint << 32) | l.objid::bigint) = $1::bigint
+             and a.wait_event_type = 'Lock' and a.wait_event = 'advisory' and now() - a.query_start >= $2::int * interval '1 ms'`,
+          [KYSELY_MIGRATION_LOCK, forMs],
+        );
+        return rows.length > 0;
+      },
+      30_000,
+      50,
+    );
+    try {
+      await Promise.race([waiting, gaveUp]);
+    } finally {
+      waited = true;
+    }
+  };
 
   const tables = async () =>
     (
@@ -43,7 +87,8 @@ describe('Postgres migrations', () => {
     await otherMigrator.query('select pg_advisory_lock($1)', [KYSELY_MIGRATION_LOCK]);
     const starting = createApp({ DATABASE_URL: test.url, MIGRATE_ON_START: 'true', DB_STATEMENT_TIMEOUT_MS: '300', USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent' });
     try {
-      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      // Released only once the app has waited on the lock past its statement timeout (300 ms), still waiting.
+      await waitingOnMigrationLock(otherMigrator, starting, 1_000);
       await otherMigrator.query('select pg_advisory_unlock($1)', [KYSELY_MIGRATION_LOCK]);
       const app = await starting;
       await app.close();
@@ -85,7 +130,7 @@ describe('Postgres migrations', () => {
     const starting = startApp({ MIGRATE_ON_START: 'true' });
     starting.catch(() => undefined);
     try {
-      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      await waitingOnMigrationLock(newerBuild, starting);
       // ...then migrates: this build's migration, and one of its own.
       await initial.up(test.db);
       const now = new Date().toISOString();
