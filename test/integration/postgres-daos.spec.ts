@@ -1,4 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { CompiledQuery, Kysely, PostgresDialect, sql } from 'kysely';
+import { DB } from '../../src/dbs/postgres/database';
 import { PostgresObservabilityDao } from '../../src/dbs/postgres/postgres-observability.dao';
 import { PostgresTracingDao } from '../../src/dbs/postgres/postgres-tracing.dao';
 import { TreeTooLargeError } from '../../src/observability/observability.dao';
@@ -104,5 +106,55 @@ describe('Postgres DAOs reading a whole trace or tree within a bound', () => {
     expect(await dao.readTree(project, tree, { maxNodes: 3 })).toHaveLength(3);
     await expect(dao.readTree(project, tree, { maxNodes: 2 })).rejects.toThrow(new TreeTooLargeError(tree, 2));
     expect(await dao.readTree(project, tree)).toHaveLength(3);
+  });
+});
+
+/**
+ * Node query pages start at their cursor: what a page reads from the nodes
+ * table is about its limit, not the size of the tree or project before it.
+ * Checked on the plan Postgres runs for the DAO's own statement.
+ */
+describe('Postgres node query pages (real Postgres, EXPLAIN ANALYZE)', () => {
+  const project = '0c000000-0000-4000-8000-000000000003';
+  const tree = '0d000000-0000-4000-8000-000000000001';
+  let pg: TestDatabase;
+  beforeAll(async () => {
+    pg = await createTestDatabase();
+    // 20,000 nodes in the project: 10,000 in one tree, the rest in others; ties on time_start every 3 nodes.
+    await sql`insert into nodes (project_id, node_id, tree_id, node_name, node_type, time_start, time_end, status_code)
+      select ${project}::uuid, gen_random_uuid(), case when i % 2 = 0 then ${tree}::uuid else gen_random_uuid() end,
+             'n' || i, 'task', timestamptz '2026-11-01' + (i / 3) * interval '1 second', timestamptz '2026-11-01' + (i / 3) * interval '1 second', 'OK'
+      from generate_series(1, 20000) as i`.execute(pg.db);
+    await sql`analyze nodes`.execute(pg.db);
+  });
+  afterAll(async () => pg.drop());
+
+  /** Rows the plan's scans of nodes read: returned by the scan, or read and then filtered out. */
+  function nodeRowsRead(plan: Record<string, unknown>): number {
+    const here = plan['Relation Name'] === 'nodes' ? Number(plan['Actual Rows']) + Number(plan['Rows Removed by Filter'] ?? 0) : 0;
+    return here + ((plan.Plans as Array<Record<string, unknown>> | undefined) ?? []).reduce((sum, child) => sum + nodeRowsRead(child), 0);
+  }
+
+  it.each([
+    ['a tree', { tree_id: tree }],
+    ['the whole project', {}],
+  ])('of %s read about their limit, however deep the page', async (_, filter) => {
+    const statements: CompiledQuery[] = [];
+    const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: pg.pool }), log: (event) => void statements.push(event.query) });
+    const dao = new PostgresObservabilityDao(db);
+    let next: string | undefined;
+    const seen = new Set<string>();
+    // 15 pages of 100: the last sits behind 1,400 newer nodes of the tree (2,900 of the project), thousands more after it.
+    for (let page = 0; page < 15; page++) {
+      const result = await dao.queryNodes(project, { ...filter, limit: 100, next });
+      for (const node of result.nodes) seen.add(node.node_id);
+      next = result.next!;
+    }
+    expect(seen.size).toBe(1_500);
+    const last = statements.at(-1)!;
+    const { rows } = await pg.pool.query(`explain (analyze, format json) ${last.sql}`, [...last.parameters]);
+    const plan = (rows[0]['QUERY PLAN'] as Array<{ Plan: Record<string, unknown> }>)[0].Plan;
+    // The limit (101), the cursor's ties (at most 3) and, for the project, nothing else in its way.
+    expect(nodeRowsRead(plan)).toBeLessThanOrEqual(110);
   });
 });

@@ -5,6 +5,7 @@ import { migrateDown, migrateToLatest, SchemaBehindError } from '../../src/dbs/p
 import { eventually } from '../support/fake-clickhouse';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 import * as initial from '../../migrations/postgres/0001_initial';
+import * as nodePageIndexes from '../../migrations/postgres/0002_node_page_indexes';
 
 /** Kysely's migration lock on Postgres: a session advisory lock on this id (its PostgresAdapter's LOCK_ID). */
 const KYSELY_MIGRATION_LOCK = '3853314791062309107';
@@ -57,6 +58,8 @@ describe('Postgres migrations', () => {
     }
   };
 
+  const nodeIndexes = async () =>
+    (await sql<{ indexname: string }>`select indexname from pg_indexes where tablename = 'nodes' order by 1`.execute(test.db)).rows.map((r) => r.indexname);
   const tables = async () =>
     (
       await sql<{ tablename: string }>`select tablename from pg_tables where schemaname = 'public' and tablename not like 'kysely_%' order by 1`.execute(test.db)
@@ -70,8 +73,14 @@ describe('Postgres migrations', () => {
     await migrateDown(test.db, true);
     expect(await tables()).toEqual([]);
     const result = await migrateToLatest(test.db);
-    expect(result.results?.map((r) => r.status)).toEqual(['Success']);
+    expect(result.results?.map((r) => [r.migrationName, r.status])).toEqual([['0001_initial', 'Success'], ['0002_node_page_indexes', 'Success']]);
     expect(await tables()).toHaveLength(5);
+    expect(await nodeIndexes()).toEqual(['nodes_created_key_idx', 'nodes_pk', 'nodes_project_page_idx', 'nodes_project_tree_page_idx']);
+
+    // One step down undoes only the indexes: the ones they replaced come back.
+    await migrateDown(test.db);
+    expect(await nodeIndexes()).toEqual(['nodes_created_key_idx', 'nodes_pk', 'nodes_project_start_idx', 'nodes_project_tree_idx']);
+    await migrateToLatest(test.db);
   });
 
   it('reads timestamptz back as ISO-8601 with microseconds', async () => {
@@ -104,7 +113,7 @@ describe('Postgres migrations', () => {
     await migrateDown(test.db, true);
     const refused = startApp({ MIGRATE_ON_START: 'false' });
     await expect(refused).rejects.toThrow(SchemaBehindError);
-    await expect(refused).rejects.toThrow('pending migrations 0001_initial. Run `npm run migrate`');
+    await expect(refused).rejects.toThrow('pending migrations 0001_initial, 0002_node_page_indexes. Run `npm run migrate`');
     expect(await tables()).toEqual([]);
     await migrateToLatest(test.db);
   });
@@ -131,10 +140,12 @@ describe('Postgres migrations', () => {
     starting.catch(() => undefined);
     try {
       await waitingOnMigrationLock(newerBuild, starting);
-      // ...then migrates: this build's migration, and one of its own.
+      // ...then migrates: this build's migrations, and one of its own.
       await initial.up(test.db);
+      await nodePageIndexes.up(test.db);
       const now = new Date().toISOString();
-      await sql`insert into kysely_migration (name, timestamp) values ('0001_initial', ${now}), ('9999_from_a_newer_build', ${now})`.execute(test.db);
+      await sql`insert into kysely_migration (name, timestamp)
+                values ('0001_initial', ${now}), ('0002_node_page_indexes', ${now}), ('9999_from_a_newer_build', ${now})`.execute(test.db);
       await newerBuild.query('select pg_advisory_unlock($1)', [KYSELY_MIGRATION_LOCK]);
       const app = await starting;
       await app.close();

@@ -87,6 +87,10 @@ export class PostgresObservabilityDao implements ObservabilityDao {
   /**
    * Newest time_start first, then node_id: a keyset on the two, so nodes
    * sharing a time_start are neither skipped nor repeated across pages.
+   * The two run in opposite directions, so the cursor is an OR rather than
+   * a row comparison; its redundant `time_start <=` bound is what lets the
+   * (project_id[, tree_id], time_start desc, node_id) indexes start a page
+   * at the cursor rather than read every newer node first.
    */
   async queryNodes(projectId: string, query: NodeQuery): Promise<NodePage> {
     const limit = query.limit ?? DEFAULT_NODE_LIMIT;
@@ -98,7 +102,7 @@ export class PostgresObservabilityDao implements ObservabilityDao {
     if (query.newest) q = q.where('time_start', '<', query.newest);
     if (query.next !== undefined) {
       const after = decodeNodeCursor(query.next);
-      q = q.where((eb) => eb.or([
+      q = q.where('time_start', '<=', after.timeStart).where((eb) => eb.or([
         eb('time_start', '<', after.timeStart),
         eb.and([eb('time_start', '=', after.timeStart), eb('node_id', '>', after.nodeId)]),
       ]));

@@ -1,0 +1,25 @@
+import { Kysely } from 'kysely';
+
+/**
+ * Frozen in time (see 0001_initial). Node queries page newest time_start
+ * first, then node_id ascending; indexes in that order, per project and per
+ * tree, let a page start at its cursor and stop after its limit. The
+ * (project_id, tree_id) and (project_id, time_start) indexes they replace
+ * made every page of a tree read and sort the whole tree.
+ *
+ * Built inside the migration's transaction: writes to nodes wait while they
+ * build (seconds per million nodes).
+ */
+export async function up(db: Kysely<any>): Promise<void> {
+  await db.schema.createIndex('nodes_project_tree_page_idx').on('nodes').columns(['project_id', 'tree_id', 'time_start desc', 'node_id']).execute();
+  await db.schema.createIndex('nodes_project_page_idx').on('nodes').columns(['project_id', 'time_start desc', 'node_id']).execute();
+  await db.schema.dropIndex('nodes_project_tree_idx').execute();
+  await db.schema.dropIndex('nodes_project_start_idx').execute();
+}
+
+export async function down(db: Kysely<any>): Promise<void> {
+  await db.schema.createIndex('nodes_project_tree_idx').on('nodes').columns(['project_id', 'tree_id']).execute();
+  await db.schema.createIndex('nodes_project_start_idx').on('nodes').columns(['project_id', 'time_start']).execute();
+  await db.schema.dropIndex('nodes_project_tree_page_idx').execute();
+  await db.schema.dropIndex('nodes_project_page_idx').execute();
+}
