@@ -272,14 +272,16 @@ describe('toNodeInput', () => {
         ],
       }),
     );
-    expect(node.metrics).toEqual({ unit: { tokens: { prompt: 10, completion: null, total: 10 } } });
+    // The total is not known: the output count is there, past what a number holds.
+    expect(node.metrics).toEqual({ unit: { tokens: { prompt: 10, completion: null, total: null } } });
     expect(node.meta).toEqual({ gen_ai: { usage: { cache_read_input_tokens: 4, output_tokens: '9007199254740993' } } });
   });
 
-  it('gives no total when the sum of the counts is past 2^53', () => {
-    const node = toNodeInput(otlpSpan({ attributes: [kv('gen_ai.usage.input_tokens', 2 ** 52), kv('gen_ai.usage.output_tokens', 2 ** 52)] }));
-    expect(node.metrics).toEqual({ unit: { tokens: { prompt: 2 ** 52, completion: 2 ** 52, total: null } } });
+  it('gives no total when the sum of the counts is past 2^53 (rounded), and the sum when only one count is sent', () => {
+    const node = toNodeInput(otlpSpan({ attributes: [kv('gen_ai.usage.input_tokens', 2 ** 53 - 1), kv('gen_ai.usage.output_tokens', 2)] }));
+    expect(node.metrics).toEqual({ unit: { tokens: { prompt: 2 ** 53 - 1, completion: 2, total: null } } });
     expect(node.meta).toBeNull();
+    expect(toNodeInput(otlpSpan({ attributes: [kv('gen_ai.usage.output_tokens', 7)] })).metrics).toEqual({ unit: { tokens: { prompt: null, completion: 7, total: 7 } } });
   });
 
   it('leaves data, metrics and meta null without attributes', () => {

@@ -232,8 +232,10 @@ export function toNodeInput(span: OtlpSpan): NodeInput {
     const completion = typeof usage.output_tokens === 'number' ? usage.output_tokens : null;
     if (prompt !== null || completion !== null) {
       const sum = (prompt ?? 0) + (completion ?? 0);
-      // Past 2^53 the sum is rounded: no total rather than a wrong one.
-      const total = Number.isSafeInteger(sum) || !Number.isInteger(sum) ? sum : null;
+      // No total rather than a wrong one: when a count is there but not a number (one past 2^53
+      // arrives as a string), or the sum itself is past 2^53 and rounded.
+      const unknownCount = (usage.input_tokens !== undefined && prompt === null) || (usage.output_tokens !== undefined && completion === null);
+      const total = unknownCount || (Number.isInteger(sum) && !Number.isSafeInteger(sum)) ? null : sum;
       metrics = { unit: { tokens: { prompt, completion, total } } };
       // Only the counts metrics took: the rest of gen_ai.usage (cache_read_input_tokens, a count
       // past 2^53 that arrived as a string) stays in meta.
