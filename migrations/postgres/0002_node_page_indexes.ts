@@ -1,4 +1,4 @@
-import { Kysely } from 'kysely';
+import { Kysely, sql } from 'kysely';
 
 /**
  * Frozen in time (see 0001_initial). Node queries page newest time_start
@@ -7,12 +7,17 @@ import { Kysely } from 'kysely';
  * (project_id, tree_id) and (project_id, time_start) indexes they replace
  * made every page of a tree read and sort the whole tree.
  *
- * Built inside the migration's transaction: writes to nodes wait while they
- * build (seconds per million nodes).
+ * Inside the migration's transaction: writes to nodes wait while the
+ * indexes build (seconds per million nodes), and the drops need nodes to
+ * themselves until the commit that follows them. A drop waiting behind a
+ * long read (a backfill or verify of nodes) would hold every later read and
+ * write of nodes behind it, so it waits at most 5 s and then fails the
+ * migration, which changes nothing and can be run again.
  */
 export async function up(db: Kysely<any>): Promise<void> {
   await db.schema.createIndex('nodes_project_tree_page_idx').on('nodes').columns(['project_id', 'tree_id', 'time_start desc', 'node_id']).execute();
   await db.schema.createIndex('nodes_project_page_idx').on('nodes').columns(['project_id', 'time_start desc', 'node_id']).execute();
+  await sql`set local lock_timeout = '5s'`.execute(db);
   await db.schema.dropIndex('nodes_project_tree_idx').execute();
   await db.schema.dropIndex('nodes_project_start_idx').execute();
 }
@@ -20,6 +25,7 @@ export async function up(db: Kysely<any>): Promise<void> {
 export async function down(db: Kysely<any>): Promise<void> {
   await db.schema.createIndex('nodes_project_tree_idx').on('nodes').columns(['project_id', 'tree_id']).execute();
   await db.schema.createIndex('nodes_project_start_idx').on('nodes').columns(['project_id', 'time_start']).execute();
+  await sql`set local lock_timeout = '5s'`.execute(db);
   await db.schema.dropIndex('nodes_project_tree_page_idx').execute();
   await db.schema.dropIndex('nodes_project_page_idx').execute();
 }

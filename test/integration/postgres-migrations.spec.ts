@@ -83,6 +83,24 @@ describe('Postgres migrations', () => {
     await migrateToLatest(test.db);
   });
 
+  it('0002 gives up on its drops after 5 s behind a long read of nodes, and changes nothing (reads and writes are not held behind it)', async () => {
+    await migrateDown(test.db);
+    const reader = new Client({ connectionString: test.url });
+    await reader.connect();
+    try {
+      await reader.query('begin');
+      await reader.query('select count(*) from nodes');
+      const started = Date.now();
+      await expect(migrateToLatest(test.db)).rejects.toThrow(/^Postgres migration 0002_node_page_indexes failed: canceling statement due to lock timeout/);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(5_000);
+      expect(await nodeIndexes()).toEqual(['nodes_created_key_idx', 'nodes_pk', 'nodes_project_start_idx', 'nodes_project_tree_idx']);
+    } finally {
+      await reader.end();
+    }
+    await migrateToLatest(test.db);
+    expect(await nodeIndexes()).toEqual(['nodes_created_key_idx', 'nodes_pk', 'nodes_project_page_idx', 'nodes_project_tree_page_idx']);
+  }, 30_000);
+
   it('reads timestamptz back as ISO-8601 with microseconds', async () => {
     const { rows } = await sql<{ t: string }>`select '2026-01-02 03:04:05.000007+00'::timestamptz as t`.execute(test.db);
     expect(rows[0].t).toBe('2026-01-02T03:04:05.000007Z');
