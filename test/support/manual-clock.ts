@@ -16,6 +16,11 @@ export class ManualClock implements Clock {
     return this.time;
   }
 
+  /** The same time: tests step one clock. */
+  wallNow(): number {
+    return this.time;
+  }
+
   setTimeout(fn: () => void, ms: number): unknown {
     const id = this.nextId++;
     const delay = Math.max(0, ms);

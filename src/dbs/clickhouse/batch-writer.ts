@@ -548,7 +548,7 @@ export class BatchWriter {
     batch.settled = true;
     const now = this.clock.now();
     this.rowsSent += batch.rows.count;
-    this.lastSuccessAt = now;
+    this.lastSuccessAt = this.clock.wallNow();
     const { metrics } = this;
     if (metrics) {
       metrics.rowsSent.inc({ table: batch.table }, batch.rows.count);
@@ -709,7 +709,7 @@ export class BatchWriter {
 
   private noteError(description: string): void {
     this.lastError = description;
-    this.lastErrorAt = this.clock.now();
+    this.lastErrorAt = this.clock.wallNow();
   }
 
   /** Runs work that must not throw into a timer or a caller; a failure is logged. */
