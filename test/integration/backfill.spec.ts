@@ -12,6 +12,7 @@ import { nodeHistory, spanHistory } from '../../src/dbs/backfill/history-entitie
 import { groupIntoGaps } from '../../src/dbs/clickhouse/gap-ledger';
 import { nodeTombstone, toNodeGapRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import { spanTombstone, toSpanGapRow } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
+import { traceIdToUuid } from '../../src/tracing/trace-id';
 import { Verifier } from '../../src/dbs/backfill/verify';
 import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { NodeMirrorReads } from '../../src/dbs/clickhouse/node-mirror-reads';
@@ -407,6 +408,37 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     const report = await new Verifier(pg.db, history).verify([ALL_SPANS, ALL_NODES]);
     expect(report.differing).toEqual([]);
     expect(report.rows).toEqual({ postgres: 1, clickhouse: 1 });
+  });
+
+  it('--gaps keeps the tombstone of a key created again on another day while it replays, though it resets that key', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
+    const old = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
+    const queuedCreate = spanHistory.line(old);
+    await pg.db.deleteFrom('spans').execute();
+    await new PostgresMirrorGapsRepository(pg.db).record(groupIntoGaps([toSpanGapRow(spanTombstone(old, old.version + 1n))], 'queue_full'));
+
+    // The span is created again today once the replay has written its tombstone and before it reads the key again.
+    const insert = history.insert.bind(history);
+    const spy = jest.spyOn(history, 'insert').mockImplementation(async (table, lines, token) => {
+      await insert(table, lines, token);
+      if (token.includes(':tombstone:') && lines.length > 0) {
+        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
+          select project_id, trace_id, span_id, 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK'
+          from (values (${P1}::uuid, ${traceIdToUuid(old.trace_id)}::uuid, decode(${old.span_id}, 'hex'))) as k(project_id, trace_id, span_id)`.execute(pg.db);
+      }
+    });
+    try {
+      const result = await new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null });
+      expect(result).toMatchObject({ gaps: 1, upserted: 0, reset: 1, tombstoned: 1 });
+    } finally {
+      spy.mockRestore();
+    }
+
+    // The create queued before the delete lands now, on its own day: hidden.
+    await history.insert('spans', [queuedCreate], 'late-create');
+    const spans = await new SpanMirrorReads(ch.clients.query).readSpans(P1, [{ trace_id: old.trace_id, span_id: old.span_id }]);
+    expect(spans.map((span) => span.span_name)).toEqual(['created again']);
+    expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
   });
 
   it('--gaps goes past a gap it cannot replay, leaves it open and fails naming it', async () => {

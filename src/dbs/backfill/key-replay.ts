@@ -22,6 +22,9 @@ const MICROS_PER_DAY = 86_400_000_000n;
 /** The creation day ClickHouse sorts a row under: toDate of its created_at, in UTC. */
 const dayOfMicros = (micros: bigint): bigint => (micros >= 0n ? micros : micros - MICROS_PER_DAY + 1n) / MICROS_PER_DAY;
 
+/** A key on one creation day: what a row's sort key tells apart. */
+const dayKey = (key: string[], createdAt: string): string => `${keyText(key)}@${dayOfMicros(isoToMicros(createdAt))}`;
+
 /** Keys without repeats, in their first order. */
 function uniqueKeys(keys: string[][]): string[][] {
   return [...new Map(keys.map((k) => [keyText(k), k])).values()];
@@ -99,8 +102,8 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       // A stored version at or past Postgres's clock cannot be outranked by a tombstone.
       const ahead = orphans.filter((m) => m.version >= version).map((m) => this.entity.mirroredKeyOf(m));
       const tombstones = [
-        ...orphans.filter((m) => m.version < version).map((m) => ({ key: this.entity.mirroredKeyOf(m), line: this.entity.tombstoneLine(m, version) })),
-        ...this.unseen(chunk, createdAt, live).map(({ key, tombstone }) => ({ key, line: tombstone.lineAt(version) })),
+        ...orphans.filter((m) => m.version < version).map((m) => ({ key: this.entity.mirroredKeyOf(m), createdAt: m.created_at, line: this.entity.tombstoneLine(m, version) })),
+        ...this.unseen(chunk, createdAt, live).map(({ key, tombstone }) => ({ key, createdAt: tombstone.createdAt, line: tombstone.lineAt(version) })),
       ];
       if (tombstones.length === 0 && ahead.length === 0) continue;
       await this.clickhouse.insert(
@@ -112,9 +115,21 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       // Only a key Postgres did not have can have been created again under a tombstone's sort key.
       const gone = uniqueKeys(tombstones.map((t) => t.key).filter((k) => !createdAt.has(keyText(k))));
       const recreated = (await this.reader.byKeys(projectId, gone)).map((r) => this.entity.keyOf(r));
-      const recreatedKeys = new Set(recreated.map(keyText));
-      result.tombstoned += tombstones.filter((t) => !recreatedKeys.has(keyText(t.key))).length;
-      result.reset += await this.reset(projectId, [...ahead, ...recreated], `${token}:reset:${i}`);
+      const resetKeys = [...ahead, ...recreated];
+      const held = await this.resetKeys(projectId, resetKeys, `${token}:reset:${i}`);
+      result.reset += resetKeys.length;
+      // reset removed every stored row of its keys, the tombstones just written for their other
+      // creation days too: a write still queued for such a day would land live. Written again,
+      // except on the day Postgres now holds the key, whose row reset has just written.
+      const wasReset = new Set(resetKeys.map(keyText));
+      const heldDays = new Set(held.map((r) => dayKey(this.entity.keyOf(r), this.entity.mirrored(r).created_at)));
+      const again = tombstones.filter((t) => wasReset.has(keyText(t.key)) && !heldDays.has(dayKey(t.key, t.createdAt)));
+      await this.clickhouse.insert(
+        this.entity.table,
+        again.map((t) => t.line),
+        `${token}:tombstone-again:${i}`,
+      );
+      result.tombstoned += tombstones.filter((t) => !wasReset.has(keyText(t.key))).length + again.length;
     }
     return result;
   }
@@ -134,11 +149,11 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   ): Array<GapEntry & { tombstone: NonNullable<GapEntry['tombstone']> }> {
     const held = new Set<string>();
     for (const [key, micros] of postgresCreatedAt) held.add(`${key}@${dayOfMicros(micros)}`);
-    for (const m of live) held.add(`${keyText(this.entity.mirroredKeyOf(m))}@${dayOfMicros(isoToMicros(m.created_at))}`);
+    for (const m of live) held.add(dayKey(this.entity.mirroredKeyOf(m), m.created_at));
     const unseen = new Map<string, GapEntry & { tombstone: NonNullable<GapEntry['tombstone']> }>();
     for (const entry of chunk) {
       if (entry.tombstone === null) continue;
-      const at = `${keyText(entry.key)}@${dayOfMicros(isoToMicros(entry.tombstone.createdAt))}`;
+      const at = dayKey(entry.key, entry.tombstone.createdAt);
       if (!held.has(at)) unseen.set(at, { key: entry.key, tombstone: entry.tombstone });
     }
     return [...unseen.values()];
@@ -150,13 +165,21 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
    * so a write that commits meanwhile is either read here or mirrored later.
    */
   async reset(projectId: string, keys: string[][], token: string): Promise<number> {
-    if (keys.length === 0) return 0;
+    await this.resetKeys(projectId, keys, token);
+    return keys.length;
+  }
+
+  /** reset(), giving back the Postgres rows it wrote. */
+  private async resetKeys(projectId: string, keys: string[][], token: string): Promise<Row[]> {
+    const written: Row[] = [];
     for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
       const chunk = keys.slice(i, i + KEYS_PER_READ);
       await this.clickhouse.removeKeys(this.entity, projectId, chunk);
-      await this.upsert(await this.reader.byKeys(projectId, chunk), `${token}:${i}`);
+      const rows = await this.reader.byKeys(projectId, chunk);
+      await this.upsert(rows, `${token}:${i}`);
+      written.push(...rows);
     }
-    return keys.length;
+    return written;
   }
 
   async upsert(rows: Row[], token: string): Promise<void> {
