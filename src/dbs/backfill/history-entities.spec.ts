@@ -48,7 +48,10 @@ describe('gap entries, as the writer records them and a replay reads them', () =
     ['a node entry of 2 strings', nodeHistory, [deletedNode.node_id, '2026-11-22T10:00:00Z'], /is not 1 strings \(a key\) or 4/],
     ['a number in an entry', nodeHistory, [42], /gap entry \[42\] is not/],
     ['an entry that is not an array', nodeHistory, { node_id: 'x' }, /gap entry \{"node_id":"x"\} is not/],
-    ['a created_at that is not a time', spanHistory, ['a', 'b', 'yesterday', '2026-11-22T10:00:00Z'], /not an ISO-8601 timestamp: "yesterday"/],
+    ['a created_at that is not a time', spanHistory, ['ab'.repeat(16), 'cd'.repeat(8), 'yesterday', '2026-11-22T10:00:00Z'], /not an ISO-8601 timestamp: "yesterday"/],
+    ['a start time that is not a time', spanHistory, ['ab'.repeat(16), 'cd'.repeat(8), '2026-11-22T10:00:00Z', 'soon'], /^gap entry .*: not an ISO-8601 timestamp: "soon"/],
+    ['a span id that is not 16 hex digits', spanHistory, ['ab'.repeat(16), 'xyz', '2026-11-22T10:00:00Z', '2026-11-22T10:00:00Z'], /^gap entry \["ab/],
+    ['a tree id that is not a UUID', nodeHistory, [deletedNode.node_id, '2026-11-22T10:00:00Z', 'tree-1', '2026-11-22T10:00:00Z'], /tree id "tree-1" must be UUIDs/],
   ])('are refused, naming them: %s', (_, entity, entry, message) => {
     expect(() => entity.readGapEntry(PROJECT, entry)).toThrow(message);
   });

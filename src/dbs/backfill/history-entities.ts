@@ -1,6 +1,7 @@
 import { ClickHouseClient } from '@clickhouse/client';
 import { RawBuilder, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
+import { isUuid } from '../../uuid';
 import { NodeMirrorReads } from '../clickhouse/node-mirror-reads';
 import { SpanMirrorReads } from '../clickhouse/span-mirror-reads';
 import { MirroredNode, NODE_COLUMNS, nodeTombstone, toNodeClickHouseLine, toNodeInsertLine } from '../clickhouse/node-clickhouse-row.mapper';
@@ -115,8 +116,13 @@ function gapEntryReader(
     if (entry.length === keyLength) return { key, tombstone: null };
     const createdAt = entry[keyLength];
     const fields = entry.slice(keyLength + 1);
-    // Checked here, not at the insert: a bad time would fail the whole chunk's tombstones there.
-    isoToMicros(createdAt);
+    // Built once here, so a bad value fails the gap before the replay writes anything, not midway.
+    try {
+      isoToMicros(createdAt);
+      tombstoneLine(projectId, key, createdAt, fields, 0n);
+    } catch (error) {
+      throw new Error(`gap entry ${JSON.stringify(entry).slice(0, 200)}: ${(error as Error).message}`);
+    }
     return { key, tombstone: { createdAt, lineAt: (version) => tombstoneLine(projectId, key, createdAt, fields, version) } };
   };
 }
@@ -235,9 +241,11 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
   line: toNodeClickHouseLine,
   mirroredKeyOf: (node) => [node.node_id],
   tombstoneLine: (node, version) => toNodeInsertLine(nodeTombstone(node, version)),
-  readGapEntry: gapEntryReader(1, 2, (project_id, [node_id], created_at, [tree_id, time_start], version) =>
-    toNodeInsertLine(nodeTombstone({ project_id, node_id, created_at, tree_id, time_start }, version)),
-  ),
+  readGapEntry: gapEntryReader(1, 2, (project_id, [node_id], created_at, [tree_id, time_start], version) => {
+    // The span mapper checks its ids as it writes them; the node mapper passes uuids through.
+    if (!isUuid(node_id) || !isUuid(tree_id)) throw new Error(`node id "${node_id}" and tree id "${tree_id}" must be UUIDs`);
+    return toNodeInsertLine(nodeTombstone({ project_id, node_id, created_at, tree_id, time_start }, version));
+  }),
   clickHouseColumns: NODE_COLUMNS,
   clickHouseKeyColumns: ['toString(node_id)'],
   clickHouseKeyOf: ([id]) => [id],
