@@ -94,7 +94,7 @@ describe('RowLog', () => {
     expect(storesOf(span).size).toBe(Math.ceil(lineBytes / (256 * 1024)));
   });
 
-  it('holds a row bigger than a store in a store of its own', () => {
+  it('holds a row bigger than a store: from the room left in the last store on into one of its own', () => {
     const log = new RowLog();
     append(log, 1);
     const huge = JSON.stringify({ big: 'b'.repeat(600 * 1024) });
