@@ -9,7 +9,7 @@ import { GapReplay } from '../../src/dbs/backfill/gap-replay';
 import { HistoryScope, runKeyOf } from '../../src/dbs/backfill/history-scope';
 import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
 import { nodeHistory, spanHistory } from '../../src/dbs/backfill/history-entities';
-import { groupIntoGaps } from '../../src/dbs/clickhouse/gap-ledger';
+import { gapEntryOf, groupIntoGaps } from '../../src/dbs/clickhouse/gap-ledger';
 import { nodeTombstone, toNodeGapRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import { spanTombstone, toSpanGapRow } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
 import { traceIdToUuid } from '../../src/tracing/trace-id';
@@ -24,7 +24,7 @@ import { ObservabilityService } from '../../src/observability/observability.serv
 import { TracingService } from '../../src/tracing/tracing.service';
 import { createTestApp, TestApp } from '../support/app';
 import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
-import { makeNode, makeSpan, uuid } from '../support/fixtures';
+import { makeNode, makeSpan, spanId, traceId, uuid } from '../support/fixtures';
 import { seedNodes, seedSpans } from '../support/history';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
@@ -437,6 +437,48 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     // The create queued before the delete lands now, on its own day: hidden.
     await history.insert('spans', [queuedCreate], 'late-create');
     const spans = await new SpanMirrorReads(ch.clients.query).readSpans(P1, [{ trace_id: old.trace_id, span_id: old.span_id }]);
+    expect(spans.map((span) => span.span_name)).toEqual(['created again']);
+    expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
+  });
+
+  it('--gaps replays a key\'s entries together, so resetting it keeps the tombstones of all its days, however far apart they were recorded', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
+    const first = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
+    // The key was created on 10-01 and on 10-02 (deleted in between); both creates are still queued in an API.
+    const second = { ...first, created_at: '2026-10-02T12:00:00.000001Z', version: first.version + 10n };
+    const queuedCreates = [spanHistory.line(first), spanHistory.line(second)];
+    await pg.db.deleteFrom('spans').execute();
+    // Its two deletes a chunk (1,000 entries) apart in one gap, with keys of spans that never were in between.
+    const filler = Array.from({ length: 999 }, () => [traceId(), spanId()]);
+    const entries = [
+      gapEntryOf(toSpanGapRow(spanTombstone(first, first.version + 1n))),
+      ...filler,
+      gapEntryOf(toSpanGapRow(spanTombstone(second, second.version + 1n))),
+    ];
+    const range = { minCreatedAt: first.created_at, maxCreatedAt: second.created_at, reason: 'queue_full' };
+    await new PostgresMirrorGapsRepository(pg.db).record([{ entity: 'spans', projectId: P1, keys: entries, rowCount: entries.length, ...range }]);
+
+    // The span is created again today once the replay has written the tombstone of its second day.
+    const insert = history.insert.bind(history);
+    let created = false;
+    const spy = jest.spyOn(history, 'insert').mockImplementation(async (table, lines, token) => {
+      await insert(table, lines, token);
+      if (token.includes(':tombstone:') && lines.some((line) => line.includes('"2026-10-02 12:00:00.000001"')) && !created) {
+        created = true;
+        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
+          values (${P1}::uuid, ${traceIdToUuid(first.trace_id)}::uuid, decode(${first.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
+      }
+    });
+    try {
+      const result = await new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null });
+      expect(result).toMatchObject({ gaps: 1, upserted: 0, reset: 1, tombstoned: 2 });
+      expect(created).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+
+    await history.insert('spans', queuedCreates, 'late-creates');
+    const spans = await new SpanMirrorReads(ch.clients.query).readSpans(P1, [{ trace_id: first.trace_id, span_id: first.span_id }]);
     expect(spans.map((span) => span.span_name)).toEqual(['created again']);
     expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
   });

@@ -25,6 +25,14 @@ const dayOfMicros = (micros: bigint): bigint => (micros >= 0n ? micros : micros 
 /** A key on one creation day: what a row's sort key tells apart. */
 const dayKey = (key: string[], createdAt: string): string => `${keyText(key)}@${dayOfMicros(isoToMicros(createdAt))}`;
 
+/** Entries sorted by key (stably), so each key's entries are side by side. */
+function byKey(entries: GapEntry[]): GapEntry[] {
+  return entries
+    .map((entry, at) => ({ entry, at, text: keyText(entry.key) }))
+    .sort((a, b) => (a.text < b.text ? -1 : a.text > b.text ? 1 : a.at - b.at))
+    .map(({ entry }) => entry);
+}
+
 /** Keys without repeats, in their first order. */
 function uniqueKeys(keys: string[][]): string[][] {
   return [...new Map(keys.map((k) => [keyText(k), k])).values()];
@@ -87,8 +95,13 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   /** `token` must be unique to this attempt; inserts derive their deduplication tokens from it. */
   async replay(projectId: string, keys: GapEntry[], token: string): Promise<ReplayResult> {
     const result = emptyReplay();
-    for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
-      const chunk = keys.slice(i, i + KEYS_PER_READ);
+    // A key's entries (one per write of it) side by side and in one chunk: a reset removes every
+    // stored row of a key, and writes again only the tombstones of the chunk it runs in.
+    const ordered = byKey(keys);
+    for (let i = 0, end = 0; i < ordered.length; i = end) {
+      end = Math.min(i + KEYS_PER_READ, ordered.length);
+      while (end < ordered.length && keyText(ordered[end].key) === keyText(ordered[end - 1].key)) end++;
+      const chunk = ordered.slice(i, end);
       const chunkKeys = chunk.map((entry) => entry.key);
       const rows = await this.reader.byKeys(projectId, chunkKeys);
       await this.upsert(rows, `${token}:upsert:${i}`);
@@ -115,7 +128,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       // Only a key Postgres did not have can have been created again under a tombstone's sort key.
       const gone = uniqueKeys(tombstones.map((t) => t.key).filter((k) => !createdAt.has(keyText(k))));
       const recreated = (await this.reader.byKeys(projectId, gone)).map((r) => this.entity.keyOf(r));
-      const resetKeys = [...ahead, ...recreated];
+      const resetKeys = uniqueKeys([...ahead, ...recreated]);
       const held = await this.resetKeys(projectId, resetKeys, `${token}:reset:${i}`);
       result.reset += resetKeys.length;
       // reset removed every stored row of its keys, the tombstones just written for their other
