@@ -38,6 +38,16 @@ describe('gap entries, as the writer records them and a replay reads them', () =
     expect(node.tombstone?.lineAt(version)).toBe(toNodeInsertLine({ ...deletedNode, version }));
   });
 
+  it('give their ids in lower case, as Postgres gives them back (replay compares keys as text)', () => {
+    const span = spanHistory.readGapEntry(PROJECT, ['AB'.repeat(16), 'CD'.repeat(8), deletedSpan.created_at, deletedSpan.start_time]);
+    expect(span.key).toEqual(['ab'.repeat(16), 'cd'.repeat(8)]);
+    expect(span.tombstone?.lineAt(1n)).toBe(toSpanInsertLine({ ...deletedSpan, version: 1n }));
+    const upper = [deletedNode.node_id.toUpperCase(), deletedNode.created_at, deletedNode.tree_id.toUpperCase(), deletedNode.time_start];
+    const node = nodeHistory.readGapEntry(PROJECT, upper);
+    expect(node.key).toEqual([deletedNode.node_id]);
+    expect(node.tombstone?.lineAt(1n)).toBe(toNodeInsertLine({ ...deletedNode, version: 1n }));
+  });
+
   it('recorded with the key alone (before entries carried tombstones) give the key and no tombstone', () => {
     expect(spanHistory.readGapEntry(PROJECT, ['ab'.repeat(16), 'cd'.repeat(8)])).toEqual({ key: ['ab'.repeat(16), 'cd'.repeat(8)], tombstone: null });
     expect(nodeHistory.readGapEntry(PROJECT, [deletedNode.node_id])).toEqual({ key: [deletedNode.node_id], tombstone: null });
@@ -51,7 +61,10 @@ describe('gap entries, as the writer records them and a replay reads them', () =
     ['a created_at that is not a time', spanHistory, ['ab'.repeat(16), 'cd'.repeat(8), 'yesterday', '2026-11-22T10:00:00Z'], /not an ISO-8601 timestamp: "yesterday"/],
     ['a start time that is not a time', spanHistory, ['ab'.repeat(16), 'cd'.repeat(8), '2026-11-22T10:00:00Z', 'soon'], /^gap entry .*: not an ISO-8601 timestamp: "soon"/],
     ['a span id that is not 16 hex digits', spanHistory, ['ab'.repeat(16), 'xyz', '2026-11-22T10:00:00Z', '2026-11-22T10:00:00Z'], /^gap entry \["ab/],
-    ['a tree id that is not a UUID', nodeHistory, [deletedNode.node_id, '2026-11-22T10:00:00Z', 'tree-1', '2026-11-22T10:00:00Z'], /tree id "tree-1" must be UUIDs/],
+    ['a start time past its month', spanHistory, ['ab'.repeat(16), 'cd'.repeat(8), '2026-11-22T10:00:00Z', '2026-02-30T10:00:00.000000Z'], /not an ISO-8601 timestamp: "2026-02-30/],
+    ['a key-only span entry whose span id is not hex', spanHistory, ['ab'.repeat(16), 'nothex!!nothex!!'], /must be 32 and 16 hex digits/],
+    ['a key-only node entry whose id is not a UUID', nodeHistory, ['not-a-uuid'], /node id "not-a-uuid" must be a UUID/],
+    ['a tree id that is not a UUID', nodeHistory, [deletedNode.node_id, '2026-11-22T10:00:00Z', 'tree-1', '2026-11-22T10:00:00Z'], /tree id "tree-1" must be a UUID/],
   ])('are refused, naming them: %s', (_, entity, entry, message) => {
     expect(() => entity.readGapEntry(PROJECT, entry)).toThrow(message);
   });

@@ -103,6 +103,7 @@ export const keyText = (key: string[]): string => key.join('/');
 function gapEntryReader(
   keyLength: number,
   fieldCount: number,
+  keyProblem: (key: string[]) => string | null,
   tombstoneLine: (projectId: string, key: string[], createdAt: string, fields: string[], version: bigint) => string,
 ): HistoryEntity['readGapEntry'] {
   const fullLength = keyLength + 1 + fieldCount;
@@ -112,12 +113,16 @@ function gapEntryReader(
         `gap entry ${JSON.stringify(entry).slice(0, 200)} is not ${keyLength} strings (a key) or ${fullLength} (a key, its created_at and tombstone fields)`,
       );
     }
-    const key = entry.slice(0, keyLength);
+    // Lower case, as Postgres gives ids back: replay compares keys as text.
+    const key = entry.slice(0, keyLength).map((id) => id.toLowerCase());
+    const problem = keyProblem(key);
+    if (problem !== null) throw new Error(`gap entry ${JSON.stringify(entry).slice(0, 200)}: ${problem}`);
     if (entry.length === keyLength) return { key, tombstone: null };
     const createdAt = entry[keyLength];
     const fields = entry.slice(keyLength + 1);
     // Built once here, so a bad value fails the gap before the replay writes anything, not midway.
     try {
+      // In full: the line's own conversion checks only a time's shape.
       isoToMicros(createdAt);
       tombstoneLine(projectId, key, createdAt, fields, 0n);
     } catch (error) {
@@ -185,8 +190,14 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
   line: toSpanClickHouseLine,
   mirroredKeyOf: (span) => [span.trace_id, span.span_id],
   tombstoneLine: (span, version) => toSpanInsertLine(spanTombstone(span, version)),
-  readGapEntry: gapEntryReader(2, 1, (project_id, [trace_id, span_id], created_at, [start_time], version) =>
-    toSpanInsertLine(spanTombstone({ project_id, trace_id, span_id, created_at, start_time }, version)),
+  readGapEntry: gapEntryReader(
+    2,
+    1,
+    ([trace, span]) => (/^[0-9a-f]{32}$/.test(trace) && /^[0-9a-f]{16}$/.test(span) ? null : `trace id "${trace}" and span id "${span}" must be 32 and 16 hex digits`),
+    (project_id, [trace_id, span_id], created_at, [start_time], version) => {
+      isoToMicros(start_time);
+      return toSpanInsertLine(spanTombstone({ project_id, trace_id, span_id, created_at, start_time }, version));
+    },
   ),
   clickHouseColumns: SPAN_COLUMNS,
   clickHouseKeyColumns: ['toString(trace_id)', 'toString(span_id)'],
@@ -241,11 +252,17 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
   line: toNodeClickHouseLine,
   mirroredKeyOf: (node) => [node.node_id],
   tombstoneLine: (node, version) => toNodeInsertLine(nodeTombstone(node, version)),
-  readGapEntry: gapEntryReader(1, 2, (project_id, [node_id], created_at, [tree_id, time_start], version) => {
-    // The span mapper checks its ids as it writes them; the node mapper passes uuids through.
-    if (!isUuid(node_id) || !isUuid(tree_id)) throw new Error(`node id "${node_id}" and tree id "${tree_id}" must be UUIDs`);
-    return toNodeInsertLine(nodeTombstone({ project_id, node_id, created_at, tree_id, time_start }, version));
-  }),
+  readGapEntry: gapEntryReader(
+    1,
+    2,
+    ([id]) => (isUuid(id) ? null : `node id "${id}" must be a UUID`),
+    (project_id, [node_id], created_at, [tree_id, time_start], version) => {
+      // The node mapper passes uuids through, and ClickHouse would refuse the whole insert.
+      if (!isUuid(tree_id)) throw new Error(`tree id "${tree_id}" must be a UUID`);
+      isoToMicros(time_start);
+      return toNodeInsertLine(nodeTombstone({ project_id, node_id, created_at, tree_id: tree_id.toLowerCase(), time_start }, version));
+    },
+  ),
   clickHouseColumns: NODE_COLUMNS,
   clickHouseKeyColumns: ['toString(node_id)'],
   clickHouseKeyOf: ([id]) => [id],
