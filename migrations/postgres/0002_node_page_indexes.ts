@@ -20,6 +20,8 @@ export async function up(db: Kysely<any>): Promise<void> {
   await sql`set local lock_timeout = '5s'`.execute(db);
   await db.schema.dropIndex('nodes_project_tree_idx').execute();
   await db.schema.dropIndex('nodes_project_start_idx').execute();
+  // The migrations of one run share a transaction: a later one must not inherit the timeout.
+  await sql`set local lock_timeout to default`.execute(db);
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
@@ -28,4 +30,5 @@ export async function down(db: Kysely<any>): Promise<void> {
   await sql`set local lock_timeout = '5s'`.execute(db);
   await db.schema.dropIndex('nodes_project_tree_page_idx').execute();
   await db.schema.dropIndex('nodes_project_page_idx').execute();
+  await sql`set local lock_timeout to default`.execute(db);
 }
