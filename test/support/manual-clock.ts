@@ -16,9 +16,11 @@ export class ManualClock implements Clock {
     return this.time;
   }
 
-  /** The same time: tests step one clock. */
+  /** How far the wall clock reads from now(): a test steps it to tell the two apart. */
+  wallOffsetMs = 0;
+
   wallNow(): number {
-    return this.time;
+    return this.time + this.wallOffsetMs;
   }
 
   setTimeout(fn: () => void, ms: number): unknown {

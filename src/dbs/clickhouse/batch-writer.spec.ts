@@ -78,6 +78,13 @@ class FakeSink implements MirrorSink {
     }
   }
 
+  /** Answer every hung insert with this error. */
+  failHung(error: unknown): void {
+    const hung = this.hung;
+    this.hung = [];
+    for (const { reject } of hung) reject(error);
+  }
+
   sentLines(): string[] {
     return this.accepted.flatMap((call) => call.lines);
   }
@@ -563,6 +570,34 @@ describe('BatchWriter', () => {
       expect(sink.accepted).toHaveLength(1);
     });
 
+    it('keeps one probe out: an insert sent before the breaker opened, failing while the probe is out, starts no second probe', async () => {
+      const { sink, writer, clock } = setup({ flushRows: 1, maxAttempts: 100, baseBackoffMs: 10, maxBackoffMs: 10, breaker: { failureThreshold: 1, openMs: 1000 } });
+      // A nodes insert goes out while the breaker is closed and hangs; a spans insert fails and opens it.
+      sink.behaviours.push('hang', { reject: networkError() });
+      writer.write([spanRow(1, { table: 'nodes' })]);
+      await settle();
+      writer.write(rows(2, 1));
+      await clock.advance(50);
+      expect(writer.stats().breaker).toBe('open');
+
+      // The spans batch's probe: its ping does not answer yet.
+      sink.hangPings = true;
+      await clock.advance(1000);
+      expect(sink.pings).toBe(1);
+
+      // The nodes insert fails now: the breaker opens again, but the probe is still out.
+      sink.failHung(networkError());
+      await clock.advance(2500);
+      expect(sink.pings).toBe(1);
+
+      // Once the probe's ping answers, both batches go.
+      sink.hangPings = false;
+      sink.answerHungPings(true);
+      await clock.advance(100);
+      expect(writer.stats().breaker).toBe('closed');
+      expect(sink.sentLines().sort()).toEqual([spanRow(1, { table: 'nodes' }).line, spanRow(2).line].sort());
+    });
+
     it('logs an outage once when it opens, at most once a minute while probes fail, and once when it closes', async () => {
       const { sink, writer, clock, logger } = await openedOnOneRow({ pingResults: Array.from({ length: 130 }, () => false) });
       const breakerLines = () => logger.entries.filter((e) => e.msg.startsWith('ClickHouse circuit breaker'));
@@ -1028,9 +1063,11 @@ describe('BatchWriter', () => {
       expect(await metricValue(registry, 'mirror_rows_sent_total', { table: 'spans' })).toBe(3);
     });
 
-    it('reports queue, in-flight, breaker, counters, last success/error and lag', async () => {
+    it('reports queue, in-flight, breaker, counters, last success/error (wall clock) and lag (monotonic)', async () => {
       const { sink, writer, clock, registry } = setup({ flushRows: 2, maxAttempts: 1 });
       const start = clock.now();
+      // The wall clock was stepped back an hour: the times shown follow it, the lag does not.
+      clock.wallOffsetMs = -3_600_000;
       expect(writer.stats()).toEqual({
         queuedRows: 0,
         queuedBytes: 0,
@@ -1061,8 +1098,8 @@ describe('BatchWriter', () => {
         gapsRecorded: 1,
         rowsSent: 2,
         rowsDropped: 2,
-        lastSuccessAt: start,
-        lastErrorAt: start + 250,
+        lastSuccessAt: start - 3_600_000,
+        lastErrorAt: start + 250 - 3_600_000,
         lastError: 'ClickHouse code 62 SYNTAX_ERROR: SYNTAX_ERROR happened.',
         lagMs: 0,
       });
