@@ -1,3 +1,4 @@
+import { Client } from 'pg';
 import { createTestApp, TestApp } from '../support/app';
 import { hex, makeNode, makeSpan, makeTrace, uuid } from '../support/fixtures';
 import { snapshotBothSides } from '../support/mirror';
@@ -174,6 +175,46 @@ describe('concurrent writes over the same rows', () => {
     expect(statuses.every((s) => s === 200 || s === 404)).toBe(true);
   });
 
+  /**
+   * The delete, then the re-export, each queued behind a SHARE lock on spans: it lets the delete's
+   * SELECT ... FOR UPDATE lock the rows but stops its DELETE (and the re-export's INSERT) at the table.
+   * Released, the INSERT waits on the delete's rows, and re-creates them once the delete commits.
+   */
+  async function deleteHoldingRowsThenReExport(del: { method: string; path: string; body: unknown }, reExport: { method: string; path: string; body: unknown }) {
+    const locker = new Client({ connectionString: t.database.url });
+    await locker.connect();
+    try {
+      await locker.query('begin');
+      await locker.query('lock table spans in share mode');
+      /** Sessions queued for spans behind the lock (wanting ROW EXCLUSIVE), and those of them that hold its rows already (ROW SHARE: a SELECT ... FOR UPDATE done). */
+      const queued = async (until: (q: { waiting: number; holdingRows: number }) => boolean) => {
+        for (const deadline = Date.now() + 10_000; ; await new Promise((done) => setTimeout(done, 25))) {
+          const { rows } = await locker.query<{ waiting: number; holdingRows: number }>(
+            `select count(*)::int as waiting, (count(*) filter (where holds))::int as "holdingRows" from (
+               select bool_or(granted and mode = 'RowShareLock') as holds from pg_locks
+               where database = (select oid from pg_database where datname = current_database()) and relation = 'spans'::regclass and pid <> pg_backend_pid()
+               group by pid having bool_or(not granted and mode = 'RowExclusiveLock')) q`,
+          );
+          if (until(rows[0])) return;
+          if (Date.now() > deadline) throw new Error(`the writes did not queue as meant: ${JSON.stringify(rows[0])}`);
+        }
+      };
+      const answers = [send(del.method, del.path, del.body)];
+      // Waiting for its DELETE with its SELECT ... FOR UPDATE done: the delete holds every row.
+      await queued((q) => q.holdingRows === 1);
+      answers.push(send(reExport.method, reExport.path, reExport.body));
+      await queued((q) => q.waiting === 2);
+      await locker.query('rollback');
+      const statuses = (await Promise.all(answers)).map((answer) => {
+        if (answer.status >= 500) throw new Error(`a concurrent write answered ${answer.status}: ${answer.body}`);
+        return answer.status;
+      });
+      return statuses;
+    } finally {
+      await locker.end();
+    }
+  }
+
   // An exporter re-sending spans a user deletes: the span re-created while its delete was in flight must
   // not hide behind the delete's tombstone in ClickHouse (the tombstone's version was the delete's clock).
   it('deletes racing re-exports of the same spans: all succeed, and ClickHouse shows every span Postgres has', async () => {
@@ -184,13 +225,18 @@ describe('concurrent writes over the same rows', () => {
       const keys = spans.map(({ trace_id, span_id }) => ({ trace_id, span_id }));
       const deleteFirst = { method: 'DELETE', path: '/tracing/spans', body: { spans: keys } };
       const exportFirst = { method: 'POST', path: '/otlp/v1/traces', body: otlpExports(spans, 'exported again') };
-      // Sent at once, in turns: the delete then usually holds the rows when the re-export arrives, or the other way round.
-      const statuses = await race([round % 2 === 0 ? [deleteFirst, exportFirst] : [exportFirst, deleteFirst]]);
+      // Round 0 made certain (the rest are left to scheduling): the delete holds the rows when the re-export arrives.
+      const statuses =
+        round === 0
+          ? await deleteHoldingRowsThenReExport(deleteFirst, exportFirst)
+          : // Sent at once, in turns: the delete then usually holds the rows when the re-export arrives, or the other way round.
+            await race([round % 2 === 0 ? [deleteFirst, exportFirst] : [exportFirst, deleteFirst]]);
       expect(new Set(statuses)).toEqual(new Set([200]));
       const left = await t.database.db.selectFrom('spans').select((eb) => eb.fn.countAll<string>().as('n'))
         .where('project_id', '=', t.projectId).where('span_name', '=', 'exported again').where('trace_id', 'in', spans.map((s) => s.trace_id)).executeTakeFirstOrThrow();
       // One request's whole batch, never a mix.
       expect([0, BATCH]).toContain(Number(left.n));
+      if (round === 0) expect(Number(left.n)).toBe(BATCH);
       endings[Number(left.n) === BATCH ? 'recreated' : 'deleted']++;
     }
     // The case this test is for occurred: the re-export re-created spans the racing delete had deleted.

@@ -51,11 +51,20 @@ describe('shutdown with a write still waiting on Postgres', () => {
       const lock = await holdSpansTable(t.database.url);
       const rename = request(t.url).put('/tracing/spans').set(auth).send({ spans: [{ ...span, span_name: 'renamed during shutdown' }] }).then((r) => r.status);
       await lock.writersWaiting();
+      // Observed, not assumed: shutdown has reached the mirror's wait for writes still settling.
+      const settled = jest.spyOn(t.mirror!.mirror, 'writesSettled');
       // As when the rename's client has hung up: the server has no connection left to wait for.
       const closing = t.app.close();
-      await new Promise((done) => setTimeout(done, 300));
+      for (const deadline = Date.now() + 20_000; settled.mock.calls.length === 0; await new Promise((done) => setTimeout(done, 25))) {
+        if (Date.now() > deadline) throw new Error('app.close() never asked the mirror whether its writes had settled');
+      }
+      // While the lock holds the rename, both the mirror's wait and the close must still be pending.
+      const pending = (promise: Promise<unknown>) => Promise.race([promise.then(() => 'done', () => 'done'), new Promise((done) => setTimeout(() => done('pending'), 250))]);
+      expect(await pending(settled.mock.results[0].value as Promise<number>)).toBe('pending');
+      expect(await pending(closing)).toBe('pending');
       await lock.release();
       await closing;
+      expect(await settled.mock.results[0].value).toBe(0); // the rename settled in time, nothing left unsettled
       expect(await rename).toBe(200);
 
       const ch = createClient(clickHouseClientOptions(clickhouse.config, clickhouse.url));

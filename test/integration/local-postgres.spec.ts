@@ -1,10 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Client } from 'pg';
-import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
+import { KEEPER_APPLICATION_NAME, localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { childRunning } from '../../src/dbs/process-alive';
 import { freePort } from '../support/free-port';
 import { stopPostmasterOf } from '../support/postgres-process';
@@ -36,6 +36,7 @@ describe('embedded Postgres', () => {
     let dataDir: string;
     let port: number;
     const probes: ChildProcess[] = [];
+    const watchers: Client[] = [];
 
     beforeEach(async () => {
       dir = await mkdtemp(join(tmpdir(), 'tracing-local-pg-'));
@@ -45,6 +46,7 @@ describe('embedded Postgres', () => {
     });
 
     afterEach(async () => {
+      await Promise.all(watchers.splice(0).map((watcher) => watcher.end().catch(() => undefined)));
       probes.splice(0).forEach((child) => child.kill('SIGKILL'));
       await stopPostmasterOf(dataDir);
       await rm(dir, { recursive: true, force: true });
@@ -78,6 +80,37 @@ describe('embedded Postgres', () => {
       return { child, url, started, stop, exit };
     }
 
+    /**
+     * Watches the keeper of the server on `port` through pg_stat_activity. Its checks are its only trace
+     * (it logs nothing), and it connects only once the starter has ended, so every check seen is one after it.
+     * The watching session is named as the keeper's own pool's (tracing-api pid <keeper's pid>), which it does
+     * not count: it must not hold the server itself. It stays open until the server stops, proving that.
+     * Connect it only once the starter has ended: the starter would count it.
+     */
+    async function watchKeeper() {
+      const keeperPid = await new Promise<number>((done, fail) =>
+        execFile('ps', ['-eo', 'pid=,args='], (error, stdout) => {
+          const found = stdout?.split('\n').map((line) => /^\s*(\d+) .*postgres-keeper\.main\.[jt]s (\d+) /.exec(line)).find((m) => m && Number(m[2]) === port);
+          if (error || !found) fail(error ?? new Error(`no keeper process for port ${port}`));
+          else done(Number(found[1]));
+        }),
+      );
+      const watcher = new Client({ connectionString: localPostgresUrl(port, 'postgres'), application_name: `tracing-api pid ${keeperPid}` });
+      watcher.on('error', () => undefined);
+      watchers.push(watcher);
+      await watcher.connect();
+      /** Resolves once `count` checks have run to their end: a check begun after one means that one left the server running. */
+      const checksLeftItRunning = async (count: number) => {
+        const began = new Set<string>();
+        for (const deadline = Date.now() + 30_000; began.size <= count; await new Promise((done) => setTimeout(done, 100))) {
+          if (Date.now() > deadline) throw new Error(`the keeper ran ${began.size} checks in 30 s`);
+          const { rows } = await watcher.query<{ at: string | null }>('select query_start::text as at from pg_stat_activity where application_name = $1', [KEEPER_APPLICATION_NAME]);
+          rows.forEach(({ at }) => at && began.add(at));
+        }
+      };
+      return { checksLeftItRunning };
+    }
+
     const stopsWithin = async (url: string, ms: number) => {
       for (const deadline = Date.now() + ms; Date.now() < deadline; await new Promise((done) => setTimeout(done, 200))) {
         if (!(await answers(url))) return true;
@@ -98,7 +131,8 @@ describe('embedded Postgres', () => {
           code: 0,
           logs: expect.arrayContaining([`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session of other processes uses it; it stops once none does`]),
         });
-        await new Promise((done) => setTimeout(done, 2_500));
+        // Two of the keeper's checks since the starter ended, not a guess at how long they take.
+        await (await watchKeeper()).checksLeftItRunning(2);
         expect(await answers(starter.url)).toBe(true);
       } finally {
         await session.end();
@@ -112,7 +146,8 @@ describe('embedded Postgres', () => {
       const joiner = await probe();
       expect([starter.started, joiner.started]).toEqual([true, false]);
       expect((await starter.stop()).logs).toContain(`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session of other processes uses it; it stops once none does`);
-      await new Promise((done) => setTimeout(done, 2_500));
+      // Two of the keeper's checks since the starter ended, not a guess at how long they take.
+      await (await watchKeeper()).checksLeftItRunning(2);
       expect(await answers(joiner.url)).toBe(true);
       joiner.child.kill('SIGKILL');
       expect(await stopsWithin(joiner.url, 10_000)).toBe(true);
@@ -124,7 +159,8 @@ describe('embedded Postgres', () => {
       const joiner = await probe();
       expect([starter.started, joiner.started]).toEqual([true, false]);
       expect(await starter.exit()).toBe(130);
-      await new Promise((done) => setTimeout(done, 2_500));
+      // Two of the keeper's checks since the starter ended, not a guess at how long they take.
+      await (await watchKeeper()).checksLeftItRunning(2);
       expect(await answers(joiner.url)).toBe(true);
       joiner.child.kill('SIGKILL');
       expect(await stopsWithin(joiner.url, 10_000)).toBe(true);
