@@ -1,6 +1,7 @@
 import { ClickHouseClient } from '@clickhouse/client';
 import { RawBuilder, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
+import { errorText } from '../../error-text';
 import { isUuid } from '../../uuid';
 import { NodeMirrorReads } from '../clickhouse/node-mirror-reads';
 import { SpanMirrorReads } from '../clickhouse/span-mirror-reads';
@@ -103,32 +104,30 @@ export const keyText = (key: string[]): string => key.join('/');
 function gapEntryReader(
   keyLength: number,
   fieldCount: number,
-  keyProblem: (key: string[]) => string | null,
+  checkKey: (key: string[]) => void,
   tombstoneLine: (projectId: string, key: string[], createdAt: string, fields: string[], version: bigint) => string,
 ): HistoryEntity['readGapEntry'] {
   const fullLength = keyLength + 1 + fieldCount;
   return (projectId, entry) => {
+    const named = `gap entry ${JSON.stringify(entry).slice(0, 200)}`;
     if (!Array.isArray(entry) || !entry.every((v) => typeof v === 'string') || (entry.length !== keyLength && entry.length !== fullLength)) {
-      throw new Error(
-        `gap entry ${JSON.stringify(entry).slice(0, 200)} is not ${keyLength} strings (a key) or ${fullLength} (a key, its created_at and tombstone fields)`,
-      );
+      throw new Error(`${named} is not ${keyLength} strings (a key) or ${fullLength} (a key, its created_at and tombstone fields)`);
     }
     // Lower case, as Postgres gives ids back: replay compares keys as text.
     const key = entry.slice(0, keyLength).map((id) => id.toLowerCase());
-    const problem = keyProblem(key);
-    if (problem !== null) throw new Error(`gap entry ${JSON.stringify(entry).slice(0, 200)}: ${problem}`);
-    if (entry.length === keyLength) return { key, tombstone: null };
-    const createdAt = entry[keyLength];
-    const fields = entry.slice(keyLength + 1);
-    // Built once here, so a bad value fails the gap before the replay writes anything, not midway.
+    // Checked, and the line built once, here: a bad value fails the gap before the replay writes anything, not midway.
     try {
+      checkKey(key);
+      if (entry.length === keyLength) return { key, tombstone: null };
+      const createdAt = entry[keyLength];
+      const fields = entry.slice(keyLength + 1);
       // In full: the line's own conversion checks only a time's shape.
       isoToMicros(createdAt);
       tombstoneLine(projectId, key, createdAt, fields, 0n);
+      return { key, tombstone: { createdAt, lineAt: (version) => tombstoneLine(projectId, key, createdAt, fields, version) } };
     } catch (error) {
-      throw new Error(`gap entry ${JSON.stringify(entry).slice(0, 200)}: ${(error as Error).message}`);
+      throw new Error(`${named}: ${errorText(error)}`);
     }
-    return { key, tombstone: { createdAt, lineAt: (version) => tombstoneLine(projectId, key, createdAt, fields, version) } };
   };
 }
 
@@ -193,7 +192,11 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
   readGapEntry: gapEntryReader(
     2,
     1,
-    ([trace, span]) => (/^[0-9a-f]{32}$/.test(trace) && /^[0-9a-f]{16}$/.test(span) ? null : `trace id "${trace}" and span id "${span}" must be 32 and 16 hex digits`),
+    // The id mappers' own checks (a key-only entry builds no line to check them).
+    ([trace, span]) => {
+      traceIdToUuid(trace);
+      spanIdToUInt64(span);
+    },
     (project_id, [trace_id, span_id], created_at, [start_time], version) => {
       isoToMicros(start_time);
       return toSpanInsertLine(spanTombstone({ project_id, trace_id, span_id, created_at, start_time }, version));
@@ -255,7 +258,9 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
   readGapEntry: gapEntryReader(
     1,
     2,
-    ([id]) => (isUuid(id) ? null : `node id "${id}" must be a UUID`),
+    ([id]) => {
+      if (!isUuid(id)) throw new Error(`node id "${id}" must be a UUID`);
+    },
     (project_id, [node_id], created_at, [tree_id, time_start], version) => {
       // The node mapper passes uuids through, and ClickHouse would refuse the whole insert.
       if (!isUuid(tree_id)) throw new Error(`tree id "${tree_id}" must be a UUID`);
