@@ -22,8 +22,9 @@ const MICROS_PER_DAY = 86_400_000_000n;
 /** The creation day ClickHouse sorts a row under: toDate of its created_at, in UTC. */
 const dayOfMicros = (micros: bigint): bigint => (micros >= 0n ? micros : micros - MICROS_PER_DAY + 1n) / MICROS_PER_DAY;
 
-/** A key on one creation day: what a row's sort key tells apart. */
-const dayKey = (key: string[], createdAt: string): string => `${keyText(key)}@${dayOfMicros(isoToMicros(createdAt))}`;
+/** A key (as keyText) on one creation day (µs): what a row's sort key tells apart. */
+const atDay = (text: string, micros: bigint): string => `${text}@${dayOfMicros(micros)}`;
+const dayKey = (key: string[], createdAt: string): string => atDay(keyText(key), isoToMicros(createdAt));
 
 /** Entries sorted by key (stably), so each key's entries are side by side. */
 function byKey(entries: GapEntry[]): GapEntry[] {
@@ -161,7 +162,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
     live: Mirrored[],
   ): Array<GapEntry & { tombstone: NonNullable<GapEntry['tombstone']> }> {
     const held = new Set<string>();
-    for (const [key, micros] of postgresCreatedAt) held.add(`${key}@${dayOfMicros(micros)}`);
+    for (const [key, micros] of postgresCreatedAt) held.add(atDay(key, micros));
     for (const m of live) held.add(dayKey(this.entity.mirroredKeyOf(m), m.created_at));
     const unseen = new Map<string, GapEntry & { tombstone: NonNullable<GapEntry['tombstone']> }>();
     for (const entry of chunk) {
