@@ -19,8 +19,9 @@ export interface MirrorRow extends GapRow {
 
 /**
  * A JSONEachRow insert body: whole lines of UTF-8 text, each ending in
- * '\n', in pieces that may end mid-line, even mid-character. The writer hands over slices of its off-heap stores, a few per
- * batch, as the sink reads them: nothing is copied or decoded at flush time
+ * '\n', in pieces that may end mid-line, even mid-character. The writer
+ * hands over slices of its off-heap stores, a few per batch, as the sink
+ * reads them: nothing is copied or decoded at flush time
  * (decoding a batch to strings held the event loop for milliseconds once per
  * interval: write-path p99). Iterate it at most once per insert call.
  */

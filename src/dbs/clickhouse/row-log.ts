@@ -142,11 +142,11 @@ class Chain {
  * [entity, projectId, key, createdAt, tombstoneFields]) and lines (each
  * with its newline, running on from one segment into the next where it
  * does not fit, so a batch's insert body is a few slices of segments, sent
- * without copying, and segments are filled to the end). A row used to be a small heap object pointing into a store;
- * with 30,000 of them queued through an outage, V8 sized its old generation
- * to a multiple of them, memory the queue's bound could only estimate. Now
- * the bound counts every byte a queued row holds, and the heap holds one
- * object per segment.
+ * without copying, and segments are filled to the end). A row used to be a
+ * small heap object pointing into a store; with 30,000 of them queued
+ * through an outage, V8 sized its old generation to a multiple of them,
+ * memory the queue's bound could only estimate. Now the bound counts every
+ * byte a queued row holds, and the heap holds one object per segment.
  *
  * Rows leave only from the front (take). Once a span is settled its caller
  * releases it, and segments no chain or span holds any more are reused.
