@@ -38,6 +38,14 @@ function start(script: 'backfill' | 'verify', args: string[], env: Record<string
 
 const run = (script: 'backfill' | 'verify', args: string[], env: Record<string, string>) => start(script, args, env).done;
 
+/** Polls until `reached()`; fails with `endedFirst` (and how it ended) if the command ends before. */
+async function whileRunning(started: { done: Promise<Run> }, reached: () => boolean | Promise<boolean>, endedFirst: string, pollMs = 50): Promise<void> {
+  while (!(await reached())) {
+    const exited = await Promise.race([started.done, new Promise((r) => setTimeout(r, pollMs))]);
+    if (exited) throw new Error(`${endedFirst}: ${JSON.stringify(exited)}`);
+  }
+}
+
 interface TerminalRun {
   code: number | null;
   /** Everything the terminal showed, escape sequences included. */
@@ -108,12 +116,7 @@ describe('npm run backfill / verify', () => {
 
   it('survives SIGKILL half-way: the next run resumes from its checkpoint, and verify finds no difference', async () => {
     const first = start('backfill', ['--entity', 'spans', '--batch-rows', '2000'], env);
-    for (;;) {
-      const checkpoint = await spansCheckpoint();
-      if (Number(checkpoint?.rows_copied ?? 0) >= SPANS / 4) break;
-      const exited = await Promise.race([first.done, new Promise((r) => setTimeout(r, 50))]);
-      if (exited) throw new Error(`backfill ended before it could be killed: ${JSON.stringify(exited)}`);
-    }
+    await whileRunning(first, async () => Number((await spansCheckpoint())?.rows_copied ?? 0) >= SPANS / 4, 'backfill ended before it could be killed');
     first.child.kill('SIGKILL');
     expect((await first.done).signal).toBe('SIGKILL');
     const killed = (await spansCheckpoint())!;
@@ -268,10 +271,7 @@ describe('npm run backfill / verify', () => {
       // Under way: verify's line-per-5-s progress, or the backfill's first checkpoint (soon, and little for ClickHouse to merge and drop).
       const underWay = async () =>
         script === 'verify' ? started.stderr().includes('verify progress') : Number((await spansCheckpoint())?.rows_copied ?? 0) > 0;
-      while (!(await underWay())) {
-        const exited = await Promise.race([started.done, new Promise((r) => setTimeout(r, 50))]);
-        if (exited) throw new Error(`${script} ended before it could be interrupted: ${JSON.stringify(exited)}`);
-      }
+      await whileRunning(started, underWay, `${script} ended before it could be interrupted`);
       started.child.kill(signal);
       const result = await started.done;
       expect({ script, code: result.code }).toEqual({ script, code });
@@ -289,10 +289,7 @@ describe('npm run backfill / verify', () => {
     const proxy = await FakeClickHouse.start(ch.url);
     try {
       const verify = start('verify', ['--entity', 'spans'], { ...env, CLICKHOUSE_URL: proxy.url });
-      while (!verify.stderr().includes('verify progress')) {
-        const exited = await Promise.race([verify.done, new Promise((r) => setTimeout(r, 50))]);
-        if (exited) throw new Error(`verify ended before ClickHouse could stop: ${JSON.stringify(exited)}`);
-      }
+      await whileRunning(verify, () => verify.stderr().includes('verify progress'), 'verify ended before ClickHouse could stop');
       await proxy.setMode('refuse');
       const result = await verify.done;
       expect(result.code).toBe(1);
@@ -308,10 +305,7 @@ describe('npm run backfill / verify', () => {
     const proxy = await FakeClickHouse.start(ch.url);
     try {
       const backfill = start('backfill', ['--entity', 'spans', '--restart', '--batch-rows', '2000'], { ...env, CLICKHOUSE_URL: proxy.url });
-      while (proxy.stats().inserts < 3) {
-        const exited = await Promise.race([backfill.done, new Promise((r) => setTimeout(r, 20))]);
-        if (exited) throw new Error(`backfill ended before ClickHouse could stop: ${JSON.stringify(exited)}`);
-      }
+      await whileRunning(backfill, () => proxy.stats().inserts >= 3, 'backfill ended before ClickHouse could stop', 20);
       await proxy.setMode('refuse');
       const result = await backfill.done;
       expect(result.code).toBe(1);
