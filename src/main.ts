@@ -34,7 +34,10 @@ async function main(): Promise<void> {
     await app.close().catch((closeError: Error) => logger.warn(`could not close the app after the failed start: ${closeError.message}`, 'Main'));
     throw error;
   }
-  logger.log(`tracing-api listening on http://${config.http.host}:${config.http.port} (docs at /docs, clickhouse mirror ${config.clickhouse.enabled ? 'on' : 'off'})`, 'Main');
+  // The bound port, which PORT=0 leaves to the system to choose.
+  const bound = (app.getHttpServer() as Server).address();
+  const port = bound !== null && typeof bound === 'object' ? bound.port : config.http.port;
+  logger.log(`tracing-api listening on http://${config.http.host}:${port} (docs at /docs, clickhouse mirror ${config.clickhouse.enabled ? 'on' : 'off'})`, 'Main');
 
   let stopping = false;
   const stop = async (signal: string) => {

@@ -125,3 +125,44 @@ describe('parseConfig: what a bad value is told', () => {
     expect(problems({ LOG_LEVEL: 'verbose' })).toEqual(['LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "verbose"']);
   });
 });
+
+describe('parseConfig: values that would mean the opposite of what they say', () => {
+  const problems = (env: NodeJS.ProcessEnv) => {
+    try {
+      parseConfig(env);
+      return [];
+    } catch (error) {
+      return (error as ConfigError).problems;
+    }
+  };
+
+  it('refuses a duration past what a timer keeps: Node fires such a timeout after 1 ms', () => {
+    // Each was accepted: SHUTDOWN_TIMEOUT_MS=3000000000 gave up the drain at once, and a client timeout
+    // that long failed every query as "Query read timeout".
+    const durations = ['SHUTDOWN_TIMEOUT_MS', 'DB_CLIENT_TIMEOUT_MS', 'CLICKHOUSE_REQUEST_TIMEOUT_MS', 'MIRROR_FLUSH_INTERVAL_MS', 'MIRROR_SHUTDOWN_DEADLINE_MS', 'MIRROR_BASE_BACKOFF_MS', 'MIRROR_MAX_BACKOFF_MS', 'MIRROR_BREAKER_OPEN_MS'];
+    for (const name of durations) {
+      expect(problems({ [name]: '2147483648' })).toEqual([expect.stringMatching(new RegExp(`^${name} must be between \\d+ and 2147483647, got 2147483648$`))]);
+      expect(problems({ [name]: '2147483647', DB_STATEMENT_TIMEOUT_MS: '0' })).toEqual([]);
+    }
+    // The statement timeout leaves room for the client timeout derived from it.
+    expect(problems({ DB_STATEMENT_TIMEOUT_MS: '2147478648' })).toEqual(['DB_STATEMENT_TIMEOUT_MS must be between 0 and 2147478647, got 2147478648']);
+    expect(parseConfig({ DB_STATEMENT_TIMEOUT_MS: '2147478647' }).postgres.clientTimeoutMs).toBe(2_147_483_647);
+  });
+
+  it('refuses a body limit of zero, which would refuse every request with a body', () => {
+    for (const BODY_LIMIT of ['0kb', '0mb', '0b', '00kb']) {
+      expect(problems({ BODY_LIMIT })).toEqual(['BODY_LIMIT must look like 512kb or 10mb (and not be zero)']);
+    }
+    expect(parseConfig({ BODY_LIMIT: '1b' }).http.bodyLimit).toBe('1b');
+  });
+
+  it('refuses a project list that names no project: empty means every project', () => {
+    for (const CLICKHOUSE_PROJECT_IDS of [',', ' , ,']) {
+      expect(problems({ CLICKHOUSE_PROJECT_IDS })).toEqual([
+        `CLICKHOUSE_PROJECT_IDS names no project, got "${CLICKHOUSE_PROJECT_IDS}": list project UUIDs, or leave it unset to mirror every project`,
+      ]);
+    }
+    const id = '0b6f7c55-6a43-4f3a-9d2e-1c3b5a7e9f01';
+    expect(parseConfig({ CLICKHOUSE_PROJECT_IDS: `${id},` }).clickhouse.projectIds).toEqual([id]);
+  });
+});

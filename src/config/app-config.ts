@@ -45,6 +45,16 @@ const int = (fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
 /** A whole number that may be left unset, for a setting whose default depends on another. */
 const optionalInt = (min: number, max?: number) => int(Number.NaN, min, max).transform((n) => (Number.isNaN(n) ? undefined : n));
 
+/**
+ * The longest delay a Node timer keeps (and Postgres's statement_timeout
+ * takes): setTimeout fires a longer one after 1 ms, so "a very long
+ * timeout" would become none at all; such a value is refused instead.
+ */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/** A duration in milliseconds, at most MAX_TIMER_MS. */
+const ms = (fallback: number, min: number, max = MAX_TIMER_MS) => int(fallback, min, max);
+
 const url = (protocols: string[]) =>
   z
     .string()
@@ -72,6 +82,11 @@ const uuidList = z
       .split(',')
       .map((s) => s.trim().toLowerCase())
       .filter(Boolean);
+    // "," (a template whose values are all unset) would otherwise mean the opposite of what it lists: every project.
+    if (value !== undefined && ids.length === 0) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `names no project, got "${value}": list project UUIDs, or leave it unset to mirror every project` });
+      return z.NEVER;
+    }
     const bad = ids.filter((id) => !isUuid(id));
     if (bad.length) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must be comma-separated project UUIDs; not a UUID: ${bad.join(', ')}` });
@@ -79,6 +94,12 @@ const uuidList = z
     }
     return ids;
   });
+
+/**
+ * DB_CLIENT_TIMEOUT_MS's default is the statement timeout plus this: long
+ * enough that a statement the server cancels reports as such first.
+ */
+const CLIENT_TIMEOUT_MARGIN_MS = 5_000;
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -91,20 +112,22 @@ export const envSchema = z.object({
     .default('info'),
   BODY_LIMIT: z
     .string()
-    .regex(/^\d+(b|kb|mb)$/i, 'must look like 512kb or 10mb')
+    // Not zero: every request with a body would be refused.
+    .regex(/^[1-9]\d*(b|kb|mb)$/i, 'must look like 512kb or 10mb (and not be zero)')
     .default('10mb'),
   MAX_BATCH_ITEMS: int(1000, 1, 100_000),
   // The OpenTelemetry Collector's batch processor sends 8,192 spans a batch by default, and exporters drop a
   // batch answered 413 (they retry only 429, 502, 503, 504): an OTLP export needs a bound of its own.
   MAX_OTLP_SPANS: int(10_000, 1, 100_000),
   MAX_RESPONSE_ITEMS: int(10_000, 1, 1_000_000),
-  SHUTDOWN_TIMEOUT_MS: int(15_000, 0),
+  SHUTDOWN_TIMEOUT_MS: ms(15_000, 0),
 
   DATABASE_URL: url(['postgres:', 'postgresql:']),
   DB_POOL_MAX: int(10, 1, 1000),
   MIGRATE_ON_START: bool('MIGRATE_ON_START', true),
-  DB_STATEMENT_TIMEOUT_MS: int(30_000, 0),
-  DB_CLIENT_TIMEOUT_MS: optionalInt(0),
+  // Below the timer bound by the margin its derived client timeout adds.
+  DB_STATEMENT_TIMEOUT_MS: ms(30_000, 0, MAX_TIMER_MS - CLIENT_TIMEOUT_MARGIN_MS),
+  DB_CLIENT_TIMEOUT_MS: optionalInt(0, MAX_TIMER_MS),
   // Below 32768, so outside the kernel's ephemeral range (32768-60999): an outgoing connection cannot be holding it.
   EMBEDDED_POSTGRES_PORT: int(15432, 1, 65535),
   EMBEDDED_DATA_DIR: z.string().default('.data'),
@@ -117,19 +140,19 @@ export const envSchema = z.object({
   CLICKHOUSE_PROJECT_IDS: uuidList,
   CLICKHOUSE_TTL_DAYS: int(0, 0, 36_500),
   EMBEDDED_CLICKHOUSE_PORT: int(18123, 1, 65535),
-  CLICKHOUSE_REQUEST_TIMEOUT_MS: int(10_000, 100),
+  CLICKHOUSE_REQUEST_TIMEOUT_MS: ms(10_000, 100),
 
   // The writer's defaults, with their reasons, are in batch-writer-options.ts; the bounds here are what the writer can work with.
   MIRROR_FLUSH_ROWS: int(MIRROR_DEFAULTS.flushRows, 1),
   MIRROR_FLUSH_BYTES: int(MIRROR_DEFAULTS.flushBytes, 1024),
-  MIRROR_FLUSH_INTERVAL_MS: int(MIRROR_DEFAULTS.flushIntervalMs, 10),
+  MIRROR_FLUSH_INTERVAL_MS: ms(MIRROR_DEFAULTS.flushIntervalMs, 10),
   MIRROR_QUEUE_MAX_BYTES: int(MIRROR_DEFAULTS.queueMaxBytes, 1024),
-  MIRROR_SHUTDOWN_DEADLINE_MS: int(MIRROR_DEFAULTS.shutdownDeadlineMs, 0),
+  MIRROR_SHUTDOWN_DEADLINE_MS: ms(MIRROR_DEFAULTS.shutdownDeadlineMs, 0),
   MIRROR_MAX_ATTEMPTS: int(MIRROR_DEFAULTS.maxAttempts, 1, 100),
-  MIRROR_BASE_BACKOFF_MS: int(MIRROR_DEFAULTS.baseBackoffMs, 1),
-  MIRROR_MAX_BACKOFF_MS: int(MIRROR_DEFAULTS.maxBackoffMs, 1),
+  MIRROR_BASE_BACKOFF_MS: ms(MIRROR_DEFAULTS.baseBackoffMs, 1),
+  MIRROR_MAX_BACKOFF_MS: ms(MIRROR_DEFAULTS.maxBackoffMs, 1),
   MIRROR_BREAKER_FAILURES: int(MIRROR_DEFAULTS.breaker.failureThreshold, 1),
-  MIRROR_BREAKER_OPEN_MS: int(MIRROR_DEFAULTS.breaker.openMs, 1),
+  MIRROR_BREAKER_OPEN_MS: ms(MIRROR_DEFAULTS.breaker.openMs, 1),
 });
 
 export interface AppConfig {
@@ -171,12 +194,6 @@ export interface AppConfig {
   };
   mirror: BatchWriterOptions;
 }
-
-/**
- * DB_CLIENT_TIMEOUT_MS's default is the statement timeout plus this: long
- * enough that a statement the server cancels reports as such first.
- */
-const CLIENT_TIMEOUT_MARGIN_MS = 5_000;
 
 export class ConfigError extends OperatorError {
   constructor(readonly problems: string[]) {
