@@ -11,8 +11,16 @@ describe('redactUrl', () => {
     expect(redactUrl('postgres://db:5432/tracing?user=tracing&password=secret&sslmode=require')).toBe('postgres://db:5432/tracing?user=tracing&password=***&sslmode=require');
   });
 
+  it('hides all of a password holding @ or /, which drivers accept', () => {
+    // Both printed part of the password: "u:***@ss@ch" and, unmatched, the whole of "Zm9v/YmFy".
+    expect(redactUrl('http://u:p@ss@ch:8123')).toBe('http://u:***@ch:8123');
+    expect(redactUrl('postgres://app:Zm9v/YmFy@db/tracing')).toBe('postgres://app:***@db/tracing');
+    expect(redactUrl('postgres://app:12/34@db/tracing')).toBe('postgres://app:***@db/tracing');
+  });
+
   it('leaves a URL without a password as it is', () => {
     expect(redactUrl('http://127.0.0.1:18123')).toBe('http://127.0.0.1:18123');
     expect(redactUrl('postgres://tracing@db:5432/tracing')).toBe('postgres://tracing@db:5432/tracing');
+    expect(redactUrl('postgres://tracing@db:5432/a@b')).toBe('postgres://tracing@db:5432/a@b');
   });
 });
