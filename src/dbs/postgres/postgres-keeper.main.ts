@@ -24,18 +24,33 @@ async function main(): Promise<void> {
     // Stopped (by its starter, or anyone): nothing left to keep.
     if (!processAlive(postmaster)) return;
     if (processAlive(starter)) continue;
-    if (!client) {
-      client = new Client({ connectionString: localPostgresUrl(port, 'postgres'), application_name: KEEPER_APPLICATION_NAME, connectionTimeoutMillis: 5_000 });
-      // The server gone (stopped, or killed and started anew by another command): nothing left to keep.
-      client.on('error', () => process.exit(0));
-      client.on('end', () => process.exit(0));
-      await client.connect();
+    try {
+      client ??= await connect(port);
+      if ((await sessionsOfOtherProcesses(client)) > 0) continue;
+    } catch {
+      // Not answering yet (its starter died while it started up, or it is recovering), no session free
+      // (too many clients), or this session ended: look again. Giving up here would leave it running for good.
+      await client?.end().catch(() => undefined);
+      client = undefined;
+      continue;
     }
-    if ((await sessionsOfOtherProcesses(client)) > 0) continue;
-    // SIGINT is Postgres's fast shutdown; it ends this session too, and with it this process.
+    // SIGINT is Postgres's fast shutdown; it ends this session too.
     process.kill(postmaster, 'SIGINT');
     return;
   }
+}
+
+async function connect(port: number): Promise<Client> {
+  const client = new Client({ connectionString: localPostgresUrl(port, 'postgres'), application_name: KEEPER_APPLICATION_NAME, connectionTimeoutMillis: 5_000 });
+  // A session the server ends fails the next query, which the loop handles; the event must not crash this process.
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+  } catch (error) {
+    await client.end().catch(() => undefined);
+    throw error;
+  }
+  return client;
 }
 
 main().then(
