@@ -8,7 +8,7 @@ import { DEFAULT_INTERVAL_MINUTES, MAX_BUCKETS, MAX_CONDITIONS, MAX_FILTER_DEPTH
  * nests filters, which the schema shows one level deep and describes.
  */
 
-const TIME = { type: 'string', format: 'date-time', description: 'ISO-8601 with a zone (Z or ±hh:mm), years 1900–2299, microsecond precision' };
+const TIME = { type: 'string', format: 'date-time', description: 'ISO-8601 with a zone (Z, ±hh:mm, ±hhmm or ±hh), years 1900–2299, microsecond precision' };
 
 const CONDITION = {
   type: 'object',

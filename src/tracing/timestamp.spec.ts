@@ -6,10 +6,14 @@ describe('timestamps with microseconds', () => {
     expect(normalizeTimestamp('2026-11-22T10:00:00.1234567Z')).toBe('2026-11-22T10:00:00.123456Z');
     expect(normalizeTimestamp('2026-11-22T12:30:00.000001+02:30')).toBe('2026-11-22T10:00:00.000001Z');
     expect(normalizeTimestamp('2026-11-22T00:00:00.5-01:00')).toBe('2026-11-22T01:00:00.500000Z');
+    // Whole-hour offsets as Postgres prints them outside UTC, and without the colon.
+    expect(normalizeTimestamp('2026-11-22 15:00:00+05')).toBe('2026-11-22T10:00:00.000000Z');
+    expect(normalizeTimestamp('2026-11-22T07:00:00-03')).toBe('2026-11-22T10:00:00.000000Z');
+    expect(normalizeTimestamp('2026-11-22T15:30:00+0530')).toBe('2026-11-22T10:00:00.000000Z');
   });
 
   it('rejects what is not a zoned ISO-8601 time or is out of range', () => {
-    for (const bad of ['2026-11-22', '2026-11-22T10:00:00', 'yesterday', '2026-02-30T00:00:00Z', '2026-13-01T00:00:00Z', '1800-01-01T00:00:00Z', '2300-01-01T00:00:00Z', '']) {
+    for (const bad of ['2026-11-22', '2026-11-22T10:00:00', 'yesterday', '2026-02-30T00:00:00Z', '2026-13-01T00:00:00Z', '1800-01-01T00:00:00Z', '2300-01-01T00:00:00Z', '', '2026-11-22T10:00:00+5', '2026-11-22T10:00:00+053', '2026-11-22T10:00:00+05:', '2026-11-22T10:00:00+24']) {
       expect(normalizeTimestamp(bad)).toBeNull();
     }
   });

@@ -4,7 +4,8 @@
  * these helpers do the microsecond part with string and bigint math.
  */
 
-const ISO_RE = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})$/;
+// The zone: Z, ±hh:mm, ±hhmm or ±hh (Postgres prints whole-hour offsets so: "2026-11-22 10:00:00+05").
+const ISO_RE = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}(?::?\d{2})?)$/;
 
 /** The range both Postgres and ClickHouse's DateTime64(6) can hold. */
 export const MIN_YEAR = 1900;
@@ -34,7 +35,7 @@ export function parseTimestampMicros(text: string): bigint | null {
     const sign = zone.startsWith('-') ? -1 : 1;
     const digits = zone.slice(1).replace(':', '');
     const oh = Number(digits.slice(0, 2));
-    const om = Number(digits.slice(2, 4));
+    const om = Number(digits.slice(2, 4)); // 0 for ±hh
     if (oh > 23 || om > 59) return null;
     offsetMinutes = sign * (oh * 60 + om);
   }
