@@ -12,7 +12,7 @@ const TIME = { type: 'string', format: 'date-time', description: 'ISO-8601 with 
 
 const CONDITION = {
   type: 'object',
-  required: ['field', 'operator'],
+  required: ['field'],
   additionalProperties: false,
   properties: {
     field: { type: 'string', enum: QUERYABLE_FIELDS },
@@ -22,7 +22,7 @@ const CONDITION = {
         'A path inside a JSON field (attributes, events, ...): dotted, "ag.metrics.costs", or an array of keys, ["gen_ai.request.model"], ' +
         'for keys that hold dots themselves (REST stores attributes as sent; OTLP nests dotted keys)',
     },
-    operator: { type: 'string', enum: [...CONDITION_OPERATORS] },
+    operator: { type: 'string', enum: [...CONDITION_OPERATORS], default: 'is' },
     value: { description: 'What the operator compares with: a value, [a, b] for btwn, a list for in / not_in; none for exists / not_exists' },
   },
 };
@@ -36,12 +36,21 @@ const FILTER = {
     operator: { type: 'string', enum: [...LOGICAL_OPERATORS], default: 'and' },
     conditions: {
       type: 'array',
-      items: { oneOf: [CONDITION, { type: 'object', description: 'A nested filter: { operator, conditions }' }] },
+      // anyOf: a condition is an object too, so under oneOf (exactly one branch) no condition would validate.
+      items: { anyOf: [CONDITION, { type: 'object', required: ['conditions'], description: 'A nested filter: { operator, conditions }' }] },
     },
   },
 };
 
 const FOCUS = { type: 'string', enum: [...FOCUSES], default: 'span', description: 'span: matching spans; trace: every span of the traces with a matching span' };
+
+/** Analytics measures a trace once, on its root span: what it counts differs from what a query returns. */
+const ANALYTICS_FOCUS = {
+  ...FOCUS,
+  description:
+    'span: every matching span; trace: each trace with a matching span once, measured on its root span (parent_id null) and bucketed by its ' +
+    'start_time; a trace without a stored root (not arrived yet, or whose local root has a remote parent) is not counted',
+};
 
 export const SPAN_QUERY_BODY = {
   type: 'object',
@@ -73,7 +82,7 @@ export const ANALYTICS_QUERY_BODY = {
   required: ['windowing'],
   additionalProperties: false,
   properties: {
-    focus: FOCUS,
+    focus: ANALYTICS_FOCUS,
     filter: FILTER,
     windowing: {
       type: 'object',

@@ -1,4 +1,5 @@
 import { connect } from 'node:net';
+import Ajv from 'ajv';
 import request from 'supertest';
 import { makeNode, makeSpan, makeTrace, traceId, uuid } from '../support/fixtures';
 import { createTestApp, TestApp } from '../support/app';
@@ -518,14 +519,28 @@ describe('REST: /tracing and /observability', () => {
     });
   });
 
-  it('documents the query bodies, and their examples are queries the server answers', async () => {
+  it('documents the query bodies: the schema takes the queries the server answers, its own examples among them', async () => {
     const doc = (await http().get('/docs/openapi.json').expect(200)).body;
+    // What a schema-driven client or validator does with the document (formats are the parser's to check).
+    const ajv = new Ajv({ strict: false, validateFormats: false });
+    const windowing = { oldest: '2026-11-01T00:00:00Z', newest: '2026-11-02T00:00:00Z' };
+    // A condition without an operator (it defaults to "is"), and a nested filter.
+    const filter = { operator: 'or', conditions: [{ field: 'span_name', value: 'llm' }, { operator: 'not', conditions: [{ field: 'status_code', operator: 'eq', value: 'STATUS_CODE_ERROR' }] }] };
     for (const path of ['/tracing/spans/query', '/tracing/analytics/query']) {
-      const body = doc.paths[path].post.requestBody;
-      const schema = body.content['application/json'].schema;
-      expect(schema.properties.filter.properties.conditions.items.oneOf[0].properties.operator.enum).toContain('btwn');
-      await http().post(path).set(auth).send(schema.example).expect(200);
+      const schema = doc.paths[path].post.requestBody.content['application/json'].schema;
+      expect(schema.properties.filter.properties.conditions.items.anyOf[0].properties.operator.enum).toContain('btwn');
+      const validate = ajv.compile(schema);
+      for (const query of [schema.example, { filter, windowing }]) {
+        // Under oneOf, every condition matched both branches and no filter validated.
+        expect({ query, valid: validate(query), errors: validate.errors ?? null }).toEqual({ query, valid: true, errors: null });
+        await http().post(path).set(auth).send(query).expect(200);
+      }
+      // And refuses what the server refuses.
+      expect(validate({ filter: { conditions: [{ operator: 'eq', value: 1 }] }, windowing })).toBe(false);
+      await http().post(path).set(auth).send({ filter: { conditions: [{ operator: 'eq', value: 1 }] }, windowing }).expect(400);
     }
+    // Analytics measures a trace on its root span, which its focus says.
+    expect(doc.paths['/tracing/analytics/query'].post.requestBody.content['application/json'].schema.properties.focus.description).toMatch(/measured on its root span/);
     expect(doc.paths['/tracing/spans/query'].post.requestBody.required).toBe(false);
     // A JSON object field is documented as one.
     const span = doc.paths['/tracing/spans'].post.requestBody.content['application/json'].schema.properties.spans.items;
