@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { CompiledQuery, Kysely, PostgresDialect, sql } from 'kysely';
 import { DB } from '../../src/dbs/postgres/database';
+import { lockRows } from '../../src/dbs/postgres/lock-order';
 import { PostgresObservabilityDao } from '../../src/dbs/postgres/postgres-observability.dao';
 import { PostgresTracingDao } from '../../src/dbs/postgres/postgres-tracing.dao';
 import { TreeTooLargeError } from '../../src/observability/observability.dao';
@@ -156,5 +157,53 @@ describe('Postgres node query pages (real Postgres, EXPLAIN ANALYZE)', () => {
     const plan = (rows[0]['QUERY PLAN'] as Array<{ Plan: Record<string, unknown> }>)[0].Plan;
     // The limit (101), the cursor's ties (at most 3) and, for the project, nothing else in its way.
     expect(nodeRowsRead(plan)).toBeLessThanOrEqual(110);
+  });
+});
+
+/** A delete locks its rows in key order first (lock-order.ts); a trace or tree of any size must not come back to the API just for that. */
+describe('Postgres DAOs locking the rows a delete removes', () => {
+  const project = '0c000000-0000-4000-8000-000000000004';
+  let pg: TestDatabase;
+  beforeAll(async () => (pg = await createTestDatabase()));
+  afterAll(async () => pg.drop());
+
+  it('lock a trace and a tree without fetching their rows, and delete them whole', async () => {
+    // Each statement's text (the log) and how many rows came back for it (a plugin sees results), in order: one at a time here.
+    const statements: string[] = [];
+    const rowCounts: number[] = [];
+    const db = new Kysely<DB>({
+      dialect: new PostgresDialect({ pool: pg.pool }),
+      // begin and commit are logged too, but pass no plugin.
+      log: (event) => void (/^(begin|commit|rollback)$/.test(event.query.sql) || statements.push(event.query.sql)),
+      plugins: [{ transformQuery: (args) => args.node, transformResult: async (args) => (rowCounts.push(args.result.rows.length), args.result) }],
+    });
+    const answered = () => statements.map((sql, i) => ({ sql, rows: rowCounts[i] }));
+    const trace = makeTrace(499);
+    const tree = '0d000000-0000-4000-8000-000000000002';
+    await new PostgresTracingDao(db).createSpans(project, trace, { userId: null, upsert: false });
+    await new PostgresObservabilityDao(db).ingestNodes(project, Array.from({ length: 500 }, () => ({ ...makeNode(), tree_id: tree })));
+    statements.length = 0;
+    rowCounts.length = 0;
+
+    expect(await new PostgresTracingDao(db).deleteTraces(project, [trace[0].trace_id])).toHaveLength(500);
+    expect(await new PostgresObservabilityDao(db).deleteTrees(project, [tree])).toHaveLength(500);
+    const locking = answered().filter((statement) => /for update/i.test(statement.sql));
+    // Was: every span_id and node_id, 500 rows each.
+    expect(locking.map((statement) => statement.rows)).toEqual([1, 1]);
+  });
+
+  it('still hold the locks it takes until the transaction ends', async () => {
+    const trace = makeTrace(2);
+    await new PostgresTracingDao(pg.db).createSpans(project, trace, { userId: null, upsert: false });
+    const other = await pg.pool.connect();
+    try {
+      await pg.db.transaction().execute(async (trx) => {
+        await lockRows(trx, trx.selectFrom('spans').select('span_id').where('project_id', '=', project).where('trace_id', '=', sql<string>`${trace[0].trace_id}::uuid`).orderBy('span_id'));
+        await expect(other.query(`select 1 from spans where project_id = $1 for update nowait`, [project])).rejects.toMatchObject({ code: '55P03' });
+      });
+      expect((await other.query(`select 1 from spans where project_id = $1 for update nowait`, [project])).rowCount).toBe(3);
+    } finally {
+      other.release();
+    }
   });
 });

@@ -7,7 +7,7 @@ import { selectAtMost } from './bounded-read';
 import { decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
 import { KYSELY } from './postgres.tokens';
 import { nodeFromRow, nodeToRow } from './node-row.mapper';
-import { inCallersOrder, inLockOrder } from './lock-order';
+import { inCallersOrder, inLockOrder, lockRows } from './lock-order';
 import { isUuid } from '../../uuid';
 
 /** A node row binds 18 values; stay well under Postgres's 65535 parameters. */
@@ -124,7 +124,7 @@ export class PostgresObservabilityDao implements ObservabilityDao {
       // The tree's index finds its nodes in the order they sit on disk: lock them in key order first (lock-order.ts).
       // The ids as one array: an IN list binds one parameter per id, and Postgres takes at most 65,535.
       const ofTrees = sql<SqlBool>`tree_id = any(${treeIds}::uuid[])`;
-      await trx.selectFrom('nodes').select('node_id').where('project_id', '=', projectId).where(ofTrees).orderBy('node_id').forUpdate().execute();
+      await lockRows(trx, trx.selectFrom('nodes').select('node_id').where('project_id', '=', projectId).where(ofTrees).orderBy('node_id'));
       return trx
         .deleteFrom('nodes')
         .where('project_id', '=', projectId)

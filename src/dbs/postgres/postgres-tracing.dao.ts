@@ -9,7 +9,7 @@ import { KYSELY } from './postgres.tokens';
 import { querySpans, spanAnalytics } from './postgres-span-query';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { bytesToSpanId, DELETED_SPAN_COLUMNS, deletedSpanFromRow, spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
-import { inCallersOrder, inLockOrder } from './lock-order';
+import { inCallersOrder, inLockOrder, lockRows } from './lock-order';
 
 /** Postgres's parameter limit is 65535; a span row binds 20 values. */
 const INSERT_CHUNK = 1000;
@@ -107,7 +107,7 @@ export class PostgresTracingDao implements TracingDao {
    */
   private deleteInLockOrder(projectId: string, which: Expression<SqlBool>): Promise<DeletedSpan[]> {
     return this.db.transaction().execute(async (trx) => {
-      await trx.selectFrom('spans').select('span_id').where('project_id', '=', projectId).where(which).orderBy('trace_id').orderBy('span_id').forUpdate().execute();
+      await lockRows(trx, trx.selectFrom('spans').select('span_id').where('project_id', '=', projectId).where(which).orderBy('trace_id').orderBy('span_id'));
       const rows = await trx
         .deleteFrom('spans')
         .where('project_id', '=', projectId)
