@@ -1,7 +1,7 @@
 import { Transform } from 'node:stream';
 import { ClickHouseClient } from '@clickhouse/client';
 import { Kysely, sql } from 'kysely';
-import { Client } from 'pg';
+import { Client, Pool } from 'pg';
 import { Backfill, BatchGrewError, planBackfill } from '../../src/dbs/backfill/backfill';
 import { BackfillCheckpointsRepository, RunInProgressError } from '../../src/dbs/backfill/backfill-checkpoints.repository';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
@@ -315,6 +315,49 @@ describe('backfill (real Postgres and ClickHouse)', () => {
       await db.destroy();
     }
     expect(await new Backfill(pg, history).run(ALL_SPANS)).toMatchObject({ resumed: true, rowsCopied: 3_000, totalRowsCopied: 4_000 });
+  });
+
+  it('fails naming Postgres when a batch\'s COPY fails, and the next run resumes', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 2, rows: 3_000 });
+    const admin = new Client({ connectionString: pg.url });
+    await admin.connect();
+    // The second batch's COPY waits behind a lock the test takes once its connection is ready, and is
+    // cancelled there (as a DBA's pg_cancel_backend or a role's statement_timeout would): SQLSTATE 57014,
+    // which the insert read as a ClickHouse code, reporting "ClickHouse ... stopped answering".
+    let copies = 0;
+    const pool = Object.create(pg.pool) as Pool;
+    pool.connect = (async () => {
+      const client = await pg.pool.connect();
+      if (++copies === 2) {
+        await admin.query('begin');
+        await admin.query('lock table spans in access exclusive mode');
+      }
+      return client;
+    }) as Pool['connect'];
+    const cancelled = (async () => {
+      const waiting = `select pid from pg_stat_activity where query ilike 'copy%' and wait_event_type = 'Lock'`;
+      for (const deadline = Date.now() + 30_000; (await admin.query(waiting)).rowCount === 0; await new Promise((done) => setTimeout(done, 10))) {
+        if (Date.now() > deadline) throw new Error('no COPY waited for the lock');
+      }
+      await admin.query(`select pg_cancel_backend(pid) from (${waiting}) as copy`);
+      await admin.query('rollback');
+    })();
+    try {
+      const failed = new Backfill({ db: pg.db, pool }, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
+      await expect(failed).rejects.toThrow(
+        'Postgres failed during the copy of spans: canceling statement due to user request; run it again once it answers (it resumes)',
+      );
+      await expect(failed).rejects.toMatchObject({ name: 'RowSourceError' });
+      await cancelled;
+    } finally {
+      await admin.end();
+    }
+    expect({ copies, checkpoint: await pg.db.selectFrom('backfill_checkpoints').select('rows_copied').executeTakeFirstOrThrow() }).toEqual({
+      copies: 2,
+      checkpoint: { rows_copied: '1000' },
+    });
+    expect(await new Backfill(pg, history).run(ALL_SPANS)).toMatchObject({ resumed: true, rowsCopied: 2_000, totalRowsCopied: 3_000 });
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(3_000);
   });
 
   it('moves a checkpoint only for the session holding that run\'s lock, not any advisory lock of the same pid', async () => {

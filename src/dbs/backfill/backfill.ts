@@ -4,7 +4,8 @@ import { Kysely } from 'kysely';
 import { Pool } from 'pg';
 import { DB } from '../postgres/database';
 import { BackfillCheckpointsRepository, Checkpoint, RunLock } from './backfill-checkpoints.repository';
-import { ClickHouseHistory } from './clickhouse-history';
+import { ClickHouseHistory, RowSourceError } from './clickhouse-history';
+import { errorText } from '../../error-text';
 import { historyOf } from './history-entities';
 import { Entity, HistoryScope, runKeyOf } from './history-scope';
 import { CompactJsonbColumns } from './copy/compact-jsonb-columns';
@@ -179,6 +180,11 @@ export class Backfill {
             const out = await copyOut(this.postgres.pool, copy.statement);
             out.once('end', sent);
             compacted = new CompactJsonbColumns(entity.copy.columns.length, entity.copy.jsonColumns);
+            // Heard before pipeline hears it: the insert then fails naming Postgres, where the client's
+            // rejection with the COPY's own error read as ClickHouse failing (and its code as ClickHouse's).
+            out.once('error', (error) => {
+              compacted.destroy(new RowSourceError(`Postgres failed during the copy of ${entity.table}: ${errorText(error)}; run it again once it answers (it resumes)`));
+            });
             // pipeline, not pipe: a failure on either side (a Postgres error, a bad line, ClickHouse
             // hanging up) destroys both, so the insert fails at once and the COPY's connection is discarded.
             pipeline(out, compacted, () => undefined);

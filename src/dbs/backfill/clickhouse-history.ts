@@ -40,6 +40,15 @@ export class ClickHouseFailedError extends Error {
   override name = 'ClickHouseFailedError';
 }
 
+/**
+ * The rows an insert streams failed where they come from (Postgres's COPY),
+ * not at ClickHouse: passed on as it is, neither retried by ClickHouse's
+ * rules nor reported as ClickHouse stopping. The message names the source.
+ */
+export class RowSourceError extends Error {
+  override name = 'RowSourceError';
+}
+
 /** True for a server on this machine; a URL that does not parse is not. */
 function isLoopback(url: string): boolean {
   if (!URL.canParse(url)) return false;
@@ -155,7 +164,8 @@ export class ClickHouseHistory {
   /**
    * Inserts TabSeparated rows of these columns, streamed as they come (the
    * bulk copy's COPY output). `rows` opens the stream: a retry (same token,
-   * as above) reads the rows again.
+   * as above) reads the rows again. A stream that fails with a RowSourceError
+   * fails the insert with it.
    */
   async insertTabSeparated(table: Entity, columns: readonly string[], rows: () => Promise<Readable>, dedupToken: string): Promise<void> {
     await this.retried(table, async () => {
@@ -176,6 +186,7 @@ export class ClickHouseHistory {
       try {
         return await insert();
       } catch (error) {
+        if (error instanceof RowSourceError) throw error;
         // The mirror's classification: an error it would retry is retried here, and no other.
         if (classifySendError(error) === 'permanent' || attempt >= INSERT_ATTEMPTS) {
           throw this.failed(error, `insert into ${table} failed after ${counted(attempt, 'attempt')}`);
