@@ -228,6 +228,20 @@ export class ClickHouseHistory {
     }
   }
 
+  /** Every stored version of the scope's rows (no FINAL: tombstones and superseded rows too). */
+  async storedRows(entity: HistoryEntity, scope: HistoryScope): Promise<number> {
+    const { conditions, params } = scopeConditions(scope);
+    const rows = await this.answered(async () => {
+      const result = await this.query.query({
+        query: `SELECT count() AS n FROM ${entity.table} WHERE ${conditions.join(' AND ') || '1'}`,
+        query_params: params,
+        format: 'JSONEachRow',
+      });
+      return result.json<{ n: string }>();
+    });
+    return Number(rows[0].n);
+  }
+
   /**
    * Every key ClickHouse holds in one bucket, live or not, with its newest
    * version read from all rows (no FINAL): a tombstone or row newer than

@@ -8,6 +8,7 @@ import { bucketScope, dayOf, ENTITIES, Entity, HistoryScope } from './history-sc
 import { addReplay, emptyReplay, KeyReplay, keysOnly, ReplayResult } from './key-replay';
 import { KeysetReader, PageLimits } from './keyset-reader';
 import { HistoryProgress, silentProgress } from './progress';
+import { isoToMicros, microsToIso } from '../../tracing/timestamp';
 
 export type Difference = 'rows' | 'versions' | 'content';
 
@@ -108,6 +109,15 @@ export interface RepairReport extends ReplayResult {
 }
 
 const PAGE: PageLimits = { rows: 5_000, bytes: 16 * 1024 * 1024 };
+
+/**
+ * Most rows a repair compares at once, on either side: it holds each key's
+ * version of the range (~800 B a row). A bucket is one project's day, and a
+ * busy project's day, the one an API crash leaves differing, runs to
+ * millions; it is repaired a created_at range at a time, halved until each
+ * range fits.
+ */
+export const REPAIR_RANGE_ROWS = 100_000;
 const UINT64 = (1n << 64n) - 1n;
 
 const rowHash = (line: string): bigint => createHash('sha1').update(line).digest().readBigUInt64LE(0);
@@ -127,6 +137,7 @@ export class Verifier {
   constructor(
     private readonly db: Kysely<DB>,
     private readonly clickhouse: ClickHouseHistory,
+    private readonly repairRangeRows = REPAIR_RANGE_ROWS,
   ) {}
 
   async verify(scopes: HistoryScope[], options: VerifyOptions = {}): Promise<VerifyReport> {
@@ -317,16 +328,50 @@ export class Verifier {
   }
 
   private async repairBucket(bucket: BucketComparison, token: string, progress: HistoryProgress): Promise<ReplayResult> {
+    const result = emptyReplay();
+    for await (const range of this.repairRanges(bucket.scope)) {
+      // A range's inserts are named by where it starts: two ranges never share a deduplication token.
+      addReplay(result, await this.repairRange(bucket.projectId, range, `${token}:${range.since}`, progress));
+    }
+    return result;
+  }
+
+  /**
+   * The bucket's created_at range cut in halves until each holds at most
+   * repairRangeRows rows on either side, in time order. Both sides are cut
+   * at the same instants and a key's rows share its created_at, so each
+   * range is repaired as a bucket is. ClickHouse's count is of every stored
+   * version, tombstones included: what keyVersions groups.
+   */
+  private async *repairRanges(bucket: HistoryScope): AsyncGenerator<HistoryScope> {
     const entity = historyOf(bucket.entity);
+    const reader = new KeysetReader(this.db, entity);
+    const pending = [bucket];
+    while (pending.length > 0) {
+      const range = pending.shift()!;
+      const [from, to] = [isoToMicros(range.since!), isoToMicros(range.until!)];
+      const [postgres, clickhouse] = await Promise.all([reader.count(range, null), this.clickhouse.storedRows(entity, range)]);
+      // A range a microsecond wide cannot be cut: its rows share one created_at.
+      if (Math.max(postgres, clickhouse) <= this.repairRangeRows || to - from < 2n) {
+        yield range;
+        continue;
+      }
+      const middle = microsToIso(from + (to - from) / 2n);
+      pending.unshift({ ...range, until: middle }, { ...range, since: middle });
+    }
+  }
+
+  private async repairRange(projectId: string, range: HistoryScope, token: string, progress: HistoryProgress): Promise<ReplayResult> {
+    const entity = historyOf(range.entity);
     const reader = new KeysetReader(this.db, entity);
     const replay = new KeyReplay(this.db, this.clickhouse, entity);
     const result = emptyReplay();
 
-    // Every Postgres row of the bucket at its version; remember the versions to compare below.
+    // Every Postgres row of the range at its version; remember the versions to compare below.
     const versions = new Map<string, bigint>();
     let after: string[] | null = null;
     for (let page = 0; ; page++) {
-      const { rows, last } = await reader.page(bucket.scope, after, PAGE);
+      const { rows, last } = await reader.page(range, after, PAGE);
       if (rows.length === 0) break;
       const lines: string[] = [];
       for (const row of rows) {
@@ -340,7 +385,7 @@ export class Verifier {
       after = last;
     }
 
-    const stored = await this.clickhouse.keyVersions(entity, bucket.scope);
+    const stored = await this.clickhouse.keyVersions(entity, range);
     const absent = stored.filter((s) => !s.deleted && !versions.has(keyText(s.key))).map((s) => s.key);
     // Equal versions: which of two rows FINAL keeps is not ours to rely on when one is a tombstone.
     const ahead = stored
@@ -349,8 +394,8 @@ export class Verifier {
         return version !== undefined && (s.version > version || (s.version === version && s.deleted));
       })
       .map((s) => s.key);
-    addReplay(result, await replay.replay(bucket.projectId, keysOnly(absent), `${token}:absent`));
-    result.reset += await replay.reset(bucket.projectId, ahead, `${token}:ahead`);
+    addReplay(result, await replay.replay(projectId, keysOnly(absent), `${token}:absent`));
+    result.reset += await replay.reset(projectId, ahead, `${token}:ahead`);
     return result;
   }
 }
