@@ -40,7 +40,10 @@ export class HttpExceptionFilter implements ExceptionFilter {
     const response = ctx.getResponse<Response>();
     const request = ctx.getRequest<Request>();
     const [status, body] = answerTo(error);
-    if (status >= 500 && status !== HttpStatus.SERVICE_UNAVAILABLE) {
+    if (isAnswerTooLong(error)) {
+      // The caller's to page, but an operator's to know of: MAX_RESPONSE_ITEMS is too high for these spans.
+      this.logger.warn({ method: request.method, url: request.url }, 'answer too large to serialize; answered 422');
+    } else if (status >= 500 && status !== HttpStatus.SERVICE_UNAVAILABLE) {
       this.logger.error({ err: error, method: request.method, url: request.url }, 'unhandled error');
     } else if (status === HttpStatus.SERVICE_UNAVAILABLE && !(error instanceof HttpException)) {
       // Not /health's 503 (terminus's ServiceUnavailableException, the one thrown as such): that is a report,
@@ -72,6 +75,15 @@ function howToReadInPages(error: TraceTooLargeError | TreeTooLargeError): string
   return `read it in pages with POST /tracing/spans/query, {"focus":"span","filter":{"operator":"and","conditions":[{"field":"trace_id","operator":"is","value":"${traceId}"}]}} and windowing.next`;
 }
 
+/**
+ * JSON.stringify of an answer longer than V8's longest string (2^29 - 24
+ * characters, ~512 MB). MAX_RESPONSE_ITEMS counts spans and nodes, not
+ * bytes: a whole trace of very large spans (whole LLM prompts) can pass it
+ * within the item bound. Only the answer is that long: request bodies stop
+ * at BODY_LIMIT.
+ */
+export const isAnswerTooLong = (error: unknown): boolean => error instanceof RangeError && error.message === 'Invalid string length';
+
 /** The status and JSON body that answer `error` (the filter's whole decision, apart from logging). */
 export function answerTo(error: unknown): [number, Record<string, unknown>] {
   if (error instanceof HttpException) {
@@ -90,6 +102,12 @@ export function answerTo(error: unknown): [number, Record<string, unknown>] {
     const next = error instanceof TraceTooLargeError ? error.next : undefined;
     if (next === undefined) return [422, { statusCode: 422, error: 'Unprocessable Entity', message }];
     return [422, { statusCode: 422, error: 'Unprocessable Entity', message: `${message}; to page on past it, pass this answer's \`next\` as windowing.next`, next }];
+  }
+  if (isAnswerTooLong(error)) {
+    const message =
+      'the answer is larger than one JSON response can hold (about 512 MB): read it in pages with a smaller limit ' +
+      '(POST /tracing/spans/query, POST /observability/nodes/query); an operator can lower MAX_RESPONSE_ITEMS';
+    return [422, { statusCode: 422, error: 'Unprocessable Entity', message }];
   }
   const bodyError = error as { type?: string; status?: number; statusCode?: number; message?: string; expose?: boolean; code?: string };
   const bodyStatus = bodyError?.status ?? bodyError?.statusCode;

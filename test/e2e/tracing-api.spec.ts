@@ -311,6 +311,32 @@ describe('REST: /tracing and /observability', () => {
       await http().get(`/observability/trees/${tree}`).set(auth).expect(404);
     });
 
+    // MAX_RESPONSE_ITEMS counts items: 40 spans of 15 MB each (whole prompts) pass it, and their JSON passes the
+    // longest string V8 builds, which res.json threw as a RangeError: a 500 "internal error". Storing 600 MB here
+    // would take the suite's memory, so JSON.stringify fails as it would, for that answer alone.
+    it('an answer too large to serialize is a 422 saying to read it in pages, not a 500', async () => {
+      const trace = makeTrace(3);
+      await http().post('/tracing/spans').set(auth).send({ spans: trace }).expect(201);
+      const stringify = JSON.stringify;
+      const tooLong = jest.spyOn(JSON, 'stringify').mockImplementation(((value: unknown, ...rest: []) => {
+        if ((value as { spans?: Array<{ trace_id: string }> })?.spans?.[0]?.trace_id === trace[0].trace_id) throw new RangeError('Invalid string length');
+        return stringify(value, ...rest);
+      }) as typeof JSON.stringify);
+      try {
+        const refused = await http().get(`/tracing/traces/${trace[0].trace_id}`).set(auth).expect(422);
+        expect(refused.body).toEqual({
+          statusCode: 422,
+          error: 'Unprocessable Entity',
+          message:
+            'the answer is larger than one JSON response can hold (about 512 MB): read it in pages with a smaller limit ' +
+            '(POST /tracing/spans/query, POST /observability/nodes/query); an operator can lower MAX_RESPONSE_ITEMS',
+        });
+      } finally {
+        tooLong.mockRestore();
+      }
+      expect((await http().get(`/tracing/traces/${trace[0].trace_id}`).set(auth).expect(200)).body.spans).toHaveLength(4);
+    });
+
     it('a trace or tree larger than MAX_RESPONSE_ITEMS (40) is a 422 saying how to read it in pages; the pages read it whole', async () => {
       const big = makeTrace(40); // 41 spans
       await http().post('/tracing/spans').set(auth).send({ spans: big.slice(0, 40) }).expect(201);
