@@ -51,26 +51,23 @@ export const nodesBodySchema = z
 const LIMIT_MESSAGE = integerRangeMessage(1, MAX_LIMIT);
 const CURSOR_MESSAGE = 'expected a cursor returned as "next" by a previous page';
 
+/**
+ * An optional part that null leaves out, as in span queries (span-query.parser.ts): clients often send
+ * explicit nulls for what they do not set, and a page's own `next` is null on the last page.
+ */
+const absentIfNull = <T extends z.ZodTypeAny>(schema: T) => schema.nullish().transform((value): z.output<T> | undefined => value ?? undefined);
+
 export const nodeQuerySchema = z
   .object({
-    tree_id: uuidSchema.optional(),
+    tree_id: absentIfNull(uuidSchema),
     // Empty would read as "no filter" below; no node has an empty name or type (ingest refuses them).
-    node_type: textSchema(z.string().min(1, 'must not be empty').max(64)).optional(),
-    node_name: textSchema(z.string().min(1, 'must not be empty').max(1024)).optional(),
-    oldest: timestampSchema.optional(),
-    newest: timestampSchema.optional(),
+    node_type: absentIfNull(textSchema(z.string().min(1, 'must not be empty').max(64))),
+    node_name: absentIfNull(textSchema(z.string().min(1, 'must not be empty').max(1024))),
+    oldest: absentIfNull(timestampSchema),
+    newest: absentIfNull(timestampSchema),
     // A JSON number only, as windowing.limit in span queries: coercion took "5", true and [3] as limits.
-    limit: z
-      .number({ invalid_type_error: LIMIT_MESSAGE })
-      .int(LIMIT_MESSAGE)
-      .min(1, LIMIT_MESSAGE)
-      .max(MAX_LIMIT, LIMIT_MESSAGE)
-      .optional(),
-    next: z
-      .string({ invalid_type_error: CURSOR_MESSAGE })
-      .regex(/^[A-Za-z0-9_-]+$/, CURSOR_MESSAGE)
-      .max(MAX_CURSOR_LENGTH, CURSOR_MESSAGE)
-      .optional(),
+    limit: absentIfNull(z.number({ invalid_type_error: LIMIT_MESSAGE }).int(LIMIT_MESSAGE).min(1, LIMIT_MESSAGE).max(MAX_LIMIT, LIMIT_MESSAGE)),
+    next: absentIfNull(z.string({ invalid_type_error: CURSOR_MESSAGE }).regex(/^[A-Za-z0-9_-]+$/, CURSOR_MESSAGE).max(MAX_CURSOR_LENGTH, CURSOR_MESSAGE)),
   })
   .strict()
   .superRefine(orderRules.newestAfterOldest);
