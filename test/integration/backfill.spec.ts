@@ -320,7 +320,9 @@ describe('backfill (real Postgres and ClickHouse)', () => {
   it('fails naming Postgres when a batch\'s COPY fails, and the next run resumes', async () => {
     await seedSpans(pg.db, { projects: [P1], days: 2, rows: 3_000 });
     const admin = new Client({ connectionString: pg.url });
-    await admin.connect();
+    // Watches from outside the locking transaction: inside one, pg_stat_activity keeps its first reading.
+    const watcher = new Client({ connectionString: pg.url });
+    await Promise.all([admin.connect(), watcher.connect()]);
     // The second batch's COPY waits behind a lock the test takes once its connection is ready, and is
     // cancelled there (as a DBA's pg_cancel_backend or a role's statement_timeout would): SQLSTATE 57014,
     // which the insert read as a ClickHouse code, reporting "ClickHouse ... stopped answering".
@@ -336,10 +338,10 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     }) as Pool['connect'];
     const cancelled = (async () => {
       const waiting = `select pid from pg_stat_activity where query ilike 'copy%' and wait_event_type = 'Lock'`;
-      for (const deadline = Date.now() + 30_000; (await admin.query(waiting)).rowCount === 0; await new Promise((done) => setTimeout(done, 10))) {
+      for (const deadline = Date.now() + 30_000; (await watcher.query(waiting)).rowCount === 0; await new Promise((done) => setTimeout(done, 10))) {
         if (Date.now() > deadline) throw new Error('no COPY waited for the lock');
       }
-      await admin.query(`select pg_cancel_backend(pid) from (${waiting}) as copy`);
+      await watcher.query(`select pg_cancel_backend(pid) from (${waiting}) as copy`);
       await admin.query('rollback');
     })();
     try {
@@ -350,7 +352,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
       await expect(failed).rejects.toMatchObject({ name: 'RowSourceError' });
       await cancelled;
     } finally {
-      await admin.end();
+      await Promise.all([admin.end(), watcher.end()]);
     }
     expect({ copies, checkpoint: await pg.db.selectFrom('backfill_checkpoints').select('rows_copied').executeTakeFirstOrThrow() }).toEqual({
       copies: 2,

@@ -8,7 +8,7 @@ import { classifySendError, describeSendError, EMPTY_ERROR_ANSWER, isEmptyErrorA
 import { countByProjectDay, ProjectDayCount } from '../clickhouse/mirror-queries';
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { readTtlDays } from '../clickhouse/clickhouse-ddl-runner';
-import { HistoryEntity, MirroredRecord } from './history-entities';
+import { HistoryEntity, historyOf, MirroredRecord } from './history-entities';
 import { ENTITIES, Entity, HistoryScope } from './history-scope';
 import { redactUrl } from '../../config/redact-url';
 
@@ -304,6 +304,11 @@ function scopeConditions(scope: HistoryScope): { conditions: string[]; params: R
   if (scope.until) {
     conditions.push(`created_at < {until:DateTime64(6, 'UTC')}`);
     params.until = isoToClickHouseTime(scope.until);
+  }
+  if (scope.keyShard) {
+    const shard = historyOf(scope.entity).clickHouseShardCondition(scope.keyShard);
+    conditions.push(shard.condition);
+    Object.assign(params, shard.params);
   }
   return { conditions, params };
 }

@@ -171,6 +171,7 @@ export class KeysetReader<Row> {
       const ids = value === bound ? sql`${scope.projectIds}` : sql`array[${sql.join(scope.projectIds.map(value))}]`;
       conditions.push(sql`project_id = any(${ids}::uuid[])`);
     }
+    if (scope.keyShard) conditions.push(this.entity.shardCondition(scope.keyShard));
     return conditions.length ? sql.join(conditions, sql` and `) : sql`true`;
   }
 }

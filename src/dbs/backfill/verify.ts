@@ -4,11 +4,10 @@ import { counted } from '../../counted';
 import { DB } from '../postgres/database';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf, keyText } from './history-entities';
-import { bucketScope, dayOf, ENTITIES, Entity, HistoryScope } from './history-scope';
+import { bucketScope, dayOf, ENTITIES, Entity, HistoryScope, KEY_SHARDS } from './history-scope';
 import { addReplay, emptyReplay, KeyReplay, keysOnly, ReplayResult } from './key-replay';
 import { KeysetReader, PageLimits } from './keyset-reader';
 import { HistoryProgress, silentProgress } from './progress';
-import { isoToMicros, microsToIso } from '../../tracing/timestamp';
 
 export type Difference = 'rows' | 'versions' | 'content';
 
@@ -112,12 +111,12 @@ const PAGE: PageLimits = { rows: 5_000, bytes: 16 * 1024 * 1024 };
 
 /**
  * Most rows a repair compares at once, on either side: it holds each key's
- * version of the range (~800 B a row). A bucket is one project's day, and a
+ * version of the part (~800 B a row). A bucket is one project's day, and a
  * busy project's day, the one an API crash leaves differing, runs to
- * millions; it is repaired a created_at range at a time, halved until each
- * range fits.
+ * millions; it is repaired a part of its keys at a time (KeyShard), halved
+ * until each part fits.
  */
-export const REPAIR_RANGE_ROWS = 100_000;
+export const REPAIR_PART_ROWS = 100_000;
 const UINT64 = (1n << 64n) - 1n;
 
 const rowHash = (line: string): bigint => createHash('sha1').update(line).digest().readBigUInt64LE(0);
@@ -137,7 +136,7 @@ export class Verifier {
   constructor(
     private readonly db: Kysely<DB>,
     private readonly clickhouse: ClickHouseHistory,
-    private readonly repairRangeRows = REPAIR_RANGE_ROWS,
+    private readonly repairPartRows = REPAIR_PART_ROWS,
   ) {}
 
   async verify(scopes: HistoryScope[], options: VerifyOptions = {}): Promise<VerifyReport> {
@@ -329,49 +328,52 @@ export class Verifier {
 
   private async repairBucket(bucket: BucketComparison, token: string, progress: HistoryProgress): Promise<ReplayResult> {
     const result = emptyReplay();
-    for await (const range of this.repairRanges(bucket.scope)) {
-      // A range's inserts are named by where it starts: two ranges never share a deduplication token.
-      addReplay(result, await this.repairRange(bucket.projectId, range, `${token}:${range.since}`, progress));
+    for await (const part of this.repairParts(bucket.scope)) {
+      // A part's inserts are named by its first shard: two parts never share a deduplication token.
+      addReplay(result, await this.repairPart(bucket.projectId, part, `${token}:keys:${part.keyShard!.from}`, progress));
     }
     return result;
   }
 
   /**
-   * The bucket's created_at range cut in halves until each holds at most
-   * repairRangeRows rows on either side, in time order. Both sides are cut
-   * at the same instants and a key's rows share its created_at, so each
-   * range is repaired as a bucket is. ClickHouse's count is of every stored
-   * version, tombstones included: what keyVersions groups.
+   * The bucket cut by key (KeyShard) in halves until each part holds at
+   * most repairPartRows rows on either side; parts with no row on either
+   * side are left out. All of a key's rows fall in one part on both sides,
+   * whatever their created_at (a key deleted and created again the same day
+   * has rows at two), so each part is repaired exactly as a whole bucket is.
+   * ClickHouse's count is of every stored version, tombstones included:
+   * what keyVersions groups.
    */
-  private async *repairRanges(bucket: HistoryScope): AsyncGenerator<HistoryScope> {
+  private async *repairParts(bucket: HistoryScope): AsyncGenerator<HistoryScope> {
     const entity = historyOf(bucket.entity);
     const reader = new KeysetReader(this.db, entity);
-    const pending = [bucket];
+    const pending: HistoryScope[] = [{ ...bucket, keyShard: { from: 0, to: KEY_SHARDS } }];
     while (pending.length > 0) {
-      const range = pending.shift()!;
-      const [from, to] = [isoToMicros(range.since!), isoToMicros(range.until!)];
-      const [postgres, clickhouse] = await Promise.all([reader.count(range, null), this.clickhouse.storedRows(entity, range)]);
-      // A range a microsecond wide cannot be cut: its rows share one created_at.
-      if (Math.max(postgres, clickhouse) <= this.repairRangeRows || to - from < 2n) {
-        yield range;
+      const part = pending.shift()!;
+      const { from, to } = part.keyShard!;
+      const [postgres, clickhouse] = await Promise.all([reader.count(part, null), this.clickhouse.storedRows(entity, part)]);
+      if (postgres === 0 && clickhouse === 0) continue;
+      // One shard cannot be cut: ~1/65,536 of the keys, beyond any bucket's real size.
+      if (Math.max(postgres, clickhouse) <= this.repairPartRows || to - from < 2) {
+        yield part;
         continue;
       }
-      const middle = microsToIso(from + (to - from) / 2n);
-      pending.unshift({ ...range, until: middle }, { ...range, since: middle });
+      const middle = from + Math.floor((to - from) / 2);
+      pending.unshift({ ...part, keyShard: { from, to: middle } }, { ...part, keyShard: { from: middle, to } });
     }
   }
 
-  private async repairRange(projectId: string, range: HistoryScope, token: string, progress: HistoryProgress): Promise<ReplayResult> {
-    const entity = historyOf(range.entity);
+  private async repairPart(projectId: string, part: HistoryScope, token: string, progress: HistoryProgress): Promise<ReplayResult> {
+    const entity = historyOf(part.entity);
     const reader = new KeysetReader(this.db, entity);
     const replay = new KeyReplay(this.db, this.clickhouse, entity);
     const result = emptyReplay();
 
-    // Every Postgres row of the range at its version; remember the versions to compare below.
+    // Every Postgres row of the part at its version; remember the versions to compare below.
     const versions = new Map<string, bigint>();
     let after: string[] | null = null;
     for (let page = 0; ; page++) {
-      const { rows, last } = await reader.page(range, after, PAGE);
+      const { rows, last } = await reader.page(part, after, PAGE);
       if (rows.length === 0) break;
       const lines: string[] = [];
       for (const row of rows) {
@@ -385,7 +387,7 @@ export class Verifier {
       after = last;
     }
 
-    const stored = await this.clickhouse.keyVersions(entity, range);
+    const stored = await this.clickhouse.keyVersions(entity, part);
     const absent = stored.filter((s) => !s.deleted && !versions.has(keyText(s.key))).map((s) => s.key);
     // Equal versions: which of two rows FINAL keeps is not ours to rely on when one is a tombstone.
     const ahead = stored
