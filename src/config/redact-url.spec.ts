@@ -18,6 +18,12 @@ describe('redactUrl', () => {
     expect(redactUrl('postgres://app:12/34@db/tracing')).toBe('postgres://app:***@db/tracing');
   });
 
+  it('hides all of a password holding ? or #, which fails URL parsing and is quoted in the refusal', () => {
+    expect(redactUrl('postgres://app:p?ss@db/x')).toBe('postgres://app:***@db/x');
+    expect(redactUrl('http://default:p#ss@ch:8123')).toBe('http://default:***@ch:8123');
+    expect(redactUrl('postgres://app:a@b?c#d@db/x?sslmode=require')).toBe('postgres://app:***@db/x?sslmode=require');
+  });
+
   it('leaves a URL without a password as it is', () => {
     expect(redactUrl('http://127.0.0.1:18123')).toBe('http://127.0.0.1:18123');
     expect(redactUrl('postgres://tracing@db:5432/tracing')).toBe('postgres://tracing@db:5432/tracing');

@@ -1,10 +1,11 @@
 /**
  * A URL fit for logs and messages: its password, if any (in the userinfo or a
  * password= parameter), replaced by ***. The userinfo's password runs to the
- * last `@` before any query: drivers take a password holding `@` or `/` (a
- * base64 one), and stopping at the first would print the rest of it. A later
- * `@` in the path only hides more than the password.
+ * last `@`: drivers take a password holding `@` or `/` (a base64 one), and
+ * one holding `?` or `#` (unencoded) fails URL parsing, whose error quotes
+ * the URL; stopping at any of them would print the rest. A later `@` (in the
+ * path or a parameter) only hides more than the password.
  */
 export function redactUrl(url: string): string {
-  return url.replace(/\/\/([^:@/]*):[^?#]*@/, '//$1:***@').replace(/([?&]password=)[^&#]*/gi, '$1***');
+  return url.replace(/\/\/([^:@/]*):.*@/, '//$1:***@').replace(/([?&]password=)[^&#]*/gi, '$1***');
 }
