@@ -6,6 +6,8 @@ import { join } from 'node:path';
 import { Client } from 'pg';
 import { KEEPER_APPLICATION_NAME, localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { childRunning, processAlive } from '../../src/dbs/process-alive';
+import { nodeCommand } from '../../src/dbs/node-command';
+import { within } from '../../src/within';
 import { freePort } from '../support/free-port';
 import { signalPostmasterOf, stopPostmasterOf } from '../support/postgres-process';
 
@@ -30,6 +32,28 @@ describe('embedded Postgres', () => {
       await rm(dir, { recursive: true, force: true });
     }
   }, 60_000);
+
+  // A pid alone can be reused by an unrelated process once the server has gone; the keeper then kept polling,
+  // and would signal that process if a server of no one's answered on the port.
+  it("has a keeper that lets go once its data directory's lock file no longer names its server", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'tracing-keeper-'));
+    const stranger = spawn('sleep', ['60']);
+    try {
+      // The lock file names another postmaster; the stranger stands where the keeper's postmaster was.
+      await writeFile(join(dir, 'postmaster.pid'), '1\n');
+      const starterGone = spawn('true');
+      await new Promise((done) => starterGone.once('exit', done));
+      const { command, args } = nodeCommand(join(__dirname, '../../src/dbs/postgres/postgres-keeper.main'));
+      const { NODE_OPTIONS: _jest, ...env } = process.env;
+      const keeper = spawn(command, [...args, String(await freePort()), String(stranger.pid), String(starterGone.pid), dir], { env, stdio: 'ignore' });
+      const exited = await within(new Promise((done) => keeper.once('exit', () => done(true))), 10_000, () => false);
+      if (!exited) keeper.kill('SIGKILL');
+      expect({ exited, strangerRunning: childRunning(stranger) }).toEqual({ exited: true, strangerRunning: true });
+    } finally {
+      stranger.kill('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 
   describe('shared between processes', () => {
     let dir: string;
@@ -88,13 +112,8 @@ describe('embedded Postgres', () => {
      * Connect it only once the starter has ended: the starter would count it.
      */
     async function watchKeeper() {
-      const keeperPid = await new Promise<number>((done, fail) =>
-        execFile('ps', ['-eo', 'pid=,args='], (error, stdout) => {
-          const found = stdout?.split('\n').map((line) => /^\s*(\d+) .*postgres-keeper\.main\.[jt]s (\d+) /.exec(line)).find((m) => m && Number(m[2]) === port);
-          if (error || !found) fail(error ?? new Error(`no keeper process for port ${port}`));
-          else done(Number(found[1]));
-        }),
-      );
+      const keeperPid = await keeperOf(port);
+      if (keeperPid === null) throw new Error(`no keeper process for port ${port}`);
       const watcher = new Client({ connectionString: localPostgresUrl(port, 'postgres'), application_name: `tracing-api pid ${keeperPid}` });
       watcher.on('error', () => undefined);
       watchers.push(watcher);
@@ -180,17 +199,25 @@ describe('embedded Postgres', () => {
       const { NODE_OPTIONS: _jest, ...env } = process.env;
       const starter = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-shared.main.ts'), String(port), dataDir], { env, stdio: 'ignore' });
       probes.push(starter);
-      // The postmaster writes its lock file first thing, well before it accepts connections.
+      // The postmaster writes its lock file first thing, well before it accepts connections; stopped (SIGSTOP)
+      // there, it cannot become ready before its starter is killed, however fast it would start.
       const lockFile = join(dataDir, 'postmaster.pid');
       let postmaster = 0;
       for (const deadline = Date.now() + 60_000; !postmaster; await new Promise((done) => setTimeout(done, 5))) {
         if (Date.now() > deadline || !childRunning(starter)) throw new Error('no postmaster started');
         postmaster = Number((await readFile(lockFile, 'utf8').catch(() => '')).split('\n')[0]);
       }
-      starter.kill('SIGKILL');
-      const killedBeforeReady = !(await answers(localPostgresUrl(port, 'postgres')));
+      signalPostmasterOf(dataDir, 'SIGSTOP');
+      try {
+        // The keeper, if one was started with the postmaster (none was, before it answered, in the old code).
+        for (const deadline = Date.now() + 10_000; !(await keeperOf(port)) && Date.now() < deadline; ) await new Promise((done) => setTimeout(done, 50));
+        starter.kill('SIGKILL');
+        await new Promise((done) => starter.once('exit', done));
+      } finally {
+        signalPostmasterOf(dataDir, 'SIGCONT');
+      }
       for (const deadline = Date.now() + 20_000; processAlive(postmaster) && Date.now() < deadline; ) await new Promise((done) => setTimeout(done, 100));
-      expect({ killedBeforeReady, postmasterRunning: processAlive(postmaster) }).toEqual({ killedBeforeReady: true, postmasterRunning: false });
+      expect(processAlive(postmaster)).toBe(false);
     }, 90_000);
 
     it('is stopped by the process that started it when no other process uses it', async () => {
@@ -258,6 +285,17 @@ describe('embedded Postgres', () => {
     }, 90_000);
   });
 });
+
+/** The pid of the keeper process of the server on `port`, or null. */
+function keeperOf(port: number): Promise<number | null> {
+  return new Promise((done, fail) =>
+    execFile('ps', ['-eo', 'pid=,args='], (error, stdout) => {
+      if (error) return fail(error);
+      const found = stdout.split('\n').map((line) => /^\s*(\d+) .*postgres-keeper\.main\.[jt]s (\d+) /.exec(line)).find((m) => m && Number(m[2]) === port);
+      done(found ? Number(found[1]) : null);
+    }),
+  );
+}
 
 async function answers(url: string): Promise<boolean> {
   const client = new Client({ connectionString: url, connectionTimeoutMillis: 2_000 });

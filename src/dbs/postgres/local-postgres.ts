@@ -249,7 +249,7 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean, l
   // kill -9), the keeper stops it once no other process uses it. Started now, not once the server is ready:
   // a Ctrl-C while it starts (a minute at most, longer after a crash) kills this process by default, and the
   // server, in a group of its own, would have been left running for good.
-  if (child.pid !== undefined) startKeeper(port, child.pid, log);
+  const keeper = child.pid === undefined ? undefined : startKeeper(port, child.pid, dataDir, log);
   child.stderr!.setEncoding('utf8');
   // Its log's tail, for a failed start; reading it for the server's whole life also keeps the pipe from filling and blocking it.
   let stderr = '';
@@ -257,6 +257,8 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean, l
   try {
     await untilReady(child, child.stderr!, (said) => (said.includes('database system is ready to accept connections') ? true : undefined), READY_TIMEOUT_MS);
   } catch (error) {
+    // This start failed (its postmaster exited or was killed): its keeper has nothing to keep.
+    keeper?.kill();
     // The exit can be seen before the last of its log is read; that last line says why. A pipe already
     // closed fires no more 'close' (and within()'s timer alone would not keep the process up to notice).
     if (!child.stderr!.closed) await within(once(child.stderr!, 'close'), 1_000, () => undefined);
@@ -331,11 +333,12 @@ async function otherSessions(adminUrl: string): Promise<number> {
  * this one and stops the server once this process has ended and no other
  * process has a session on it.
  */
-function startKeeper(port: number, postmasterPid: number, log: (message: string) => void): void {
+function startKeeper(port: number, postmasterPid: number, dataDir: string, log: (message: string) => void): ChildProcess {
   const { command, args } = nodeCommand(resolve(__dirname, 'postgres-keeper.main'));
-  const keeper = spawn(command, [...args, String(port), String(postmasterPid), String(process.pid)], { detached: true, stdio: 'ignore' });
+  const keeper = spawn(command, [...args, String(port), String(postmasterPid), String(process.pid), dataDir], { detached: true, stdio: 'ignore' });
   keeper.on('error', (error) => log(`embedded PostgreSQL keeper could not be started (the server then outlives this process): ${error.message}`));
   keeper.unref();
+  return keeper;
 }
 
 /** How long a fast shutdown (its checkpoint included) may take before an immediate one, and how long that may take. */

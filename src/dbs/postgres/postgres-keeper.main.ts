@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Client } from 'pg';
 import { processAlive } from '../process-alive';
 import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } from './local-postgres';
@@ -10,19 +12,33 @@ import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } f
  * it. Every process that joins the server holds a session on it while it runs
  * (see startLocalPostgres), so none left means nobody uses it. While the
  * starter runs, the starter decides (it stops the server when it ends).
- * Started, detached, next to the server. Arguments: <port> <postmaster pid>
- * <starter pid>.
+ * Started, detached, with the server. Arguments: <port> <postmaster pid>
+ * <starter pid> <data directory>.
  */
 
 const POLL_MS = 1_000;
 
 async function main(): Promise<void> {
-  const [port, postmaster, starter] = process.argv.slice(2).map(Number);
+  const [port, postmaster, starter] = process.argv.slice(2, 5).map(Number);
+  const dataDir = process.argv[5];
+  /**
+   * The server is still the one this keeper keeps: its process runs, and its
+   * data directory's lock file names it. A pid alone could be reused by an
+   * unrelated process once the server has gone, and signalled.
+   */
+  const keeps = (): boolean => {
+    if (!processAlive(postmaster)) return false;
+    try {
+      return Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]) === postmaster;
+    } catch {
+      return false;
+    }
+  };
   let client: Client | undefined;
   for (;;) {
     await new Promise((done) => setTimeout(done, POLL_MS));
-    // Stopped (by its starter, or anyone): nothing left to keep.
-    if (!processAlive(postmaster)) return;
+    // Stopped (by its starter, or anyone), or a failed start: nothing left to keep.
+    if (!keeps()) return;
     if (processAlive(starter)) continue;
     try {
       client ??= await connect(port);
@@ -34,6 +50,7 @@ async function main(): Promise<void> {
       client = undefined;
       continue;
     }
+    if (!keeps()) return;
     // SIGINT is Postgres's fast shutdown; it ends this session too.
     process.kill(postmaster, 'SIGINT');
     return;
