@@ -1,5 +1,6 @@
 import { connect } from 'node:net';
 import Ajv from 'ajv';
+import addFormats from 'ajv-formats';
 import request from 'supertest';
 import { makeNode, makeSpan, makeTrace, traceId, uuid } from '../support/fixtures';
 import { createTestApp, TestApp } from '../support/app';
@@ -548,9 +549,10 @@ describe('REST: /tracing and /observability', () => {
 
   it('documents the query bodies: the schema takes the queries the server answers, its own examples among them', async () => {
     const doc = (await http().get('/docs/openapi.json').expect(200)).body;
-    // What a schema-driven client or validator does with the document (formats are the parser's to check).
-    const ajv = new Ajv({ strict: false, validateFormats: false });
-    const windowing = { oldest: '2026-11-01T00:00:00Z', newest: '2026-11-02T00:00:00Z' };
+    // What a schema-driven client or validator does with the document, formats included.
+    const ajv = addFormats(new Ajv({ strict: false }));
+    // Zone offsets in the forms the parser takes besides RFC 3339's, which ajv-formats' date-time takes too.
+    const windowing = { oldest: '2026-11-01 05:00:00+05', newest: '2026-11-02T05:30:00+0530' };
     // A condition without an operator (it defaults to "is"), and a nested filter.
     const filter = { operator: 'or', conditions: [{ field: 'span_name', value: 'llm' }, { operator: 'not', conditions: [{ field: 'status_code', operator: 'eq', value: 'STATUS_CODE_ERROR' }] }] };
     for (const path of ['/tracing/spans/query', '/tracing/analytics/query']) {
