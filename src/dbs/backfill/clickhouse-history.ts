@@ -8,7 +8,7 @@ import { classifySendError, describeSendError, EMPTY_ERROR_ANSWER, isEmptyErrorA
 import { countByProjectDay, ProjectDayCount } from '../clickhouse/mirror-queries';
 import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { readTtlDays } from '../clickhouse/clickhouse-ddl-runner';
-import { HistoryEntity, historyOf, MirroredRecord } from './history-entities';
+import { HistoryEntity, MirroredRecord } from './history-entities';
 import { ENTITIES, Entity, HistoryScope } from './history-scope';
 import { redactUrl } from '../../config/redact-url';
 
@@ -228,43 +228,45 @@ export class ClickHouseHistory {
     }
   }
 
-  /** Every stored version of the scope's rows (no FINAL: tombstones and superseded rows too). */
-  async storedRows(entity: HistoryEntity, scope: HistoryScope): Promise<number> {
-    const { conditions, params } = scopeConditions(scope);
-    const rows = await this.answered(async () => {
-      const result = await this.query.query({
-        query: `SELECT count() AS n FROM ${entity.table} WHERE ${conditions.join(' AND ') || '1'}`,
-        query_params: params,
-        format: 'JSONEachRow',
-      });
-      return result.json<{ n: string }>();
-    });
-    return Number(rows[0].n);
-  }
-
   /**
    * Every key ClickHouse holds in one bucket, live or not, with its newest
    * version read from all rows (no FINAL): a tombstone or row newer than
    * Postgres hides the Postgres row from FINAL, and only this sees it.
+   * `size` keys at a time, as the server streams them: a busy project's day
+   * holds millions, which never sit in memory together.
    */
-  async keyVersions(entity: HistoryEntity, bucket: HistoryScope): Promise<StoredKeyVersion[]> {
+  async *keyVersions(entity: HistoryEntity, bucket: HistoryScope, size: number): AsyncGenerator<StoredKeyVersion[]> {
     const { conditions, params } = scopeConditions(bucket);
     const keys = entity.clickHouseKeyColumns.map((expr, i) => `${expr} AS k${i}`).join(', ');
     const groups = entity.clickHouseKeyColumns.map((_, i) => `k${i}`).join(', ');
-    const rows = await this.answered(async () => {
-      const result = await this.query.query({
+    const result = await this.answered(() =>
+      this.query.query({
         query: `SELECT ${keys}, toString(max(version)) AS top_version, argMax(is_deleted, version) AS top_deleted
                 FROM ${entity.table} WHERE ${conditions.join(' AND ') || '1'} GROUP BY ${groups}`,
         query_params: params,
         format: 'JSONEachRow',
-      });
-      return result.json<Record<string, string | number>>();
-    });
-    return rows.map((row) => ({
-      key: entity.clickHouseKeyOf(entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]))),
-      version: BigInt(row.top_version),
-      deleted: Number(row.top_deleted) === 1,
-    }));
+      }),
+    );
+    // The answer streams: the server can go away between its blocks too.
+    const blocks = result.stream()[Symbol.asyncIterator]();
+    let chunk: StoredKeyVersion[] = [];
+    for (;;) {
+      const next = await this.answered(() => blocks.next());
+      if (next.done) break;
+      for (const block of next.value as Array<{ json(): Record<string, string | number> }>) {
+        const row = block.json();
+        chunk.push({
+          key: entity.clickHouseKeyOf(entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]))),
+          version: BigInt(row.top_version),
+          deleted: Number(row.top_deleted) === 1,
+        });
+        if (chunk.length === size) {
+          yield chunk;
+          chunk = [];
+        }
+      }
+    }
+    if (chunk.length > 0) yield chunk;
   }
 
   /** Live rows (FINAL) of one project with these keys. */
@@ -304,11 +306,6 @@ function scopeConditions(scope: HistoryScope): { conditions: string[]; params: R
   if (scope.until) {
     conditions.push(`created_at < {until:DateTime64(6, 'UTC')}`);
     params.until = isoToClickHouseTime(scope.until);
-  }
-  if (scope.keyShard) {
-    const shard = historyOf(scope.entity).clickHouseShardCondition(scope.keyShard);
-    conditions.push(shard.condition);
-    Object.assign(params, shard.params);
   }
   return { conditions, params };
 }

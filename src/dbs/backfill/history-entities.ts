@@ -19,7 +19,7 @@ import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { NodeRow, SpanRow } from '../postgres/database';
 import { nodeFromRow } from '../postgres/node-row.mapper';
 import { spanFromRow } from '../postgres/span-row.mapper';
-import { Entity, KEY_SHARDS, KeyShard } from './history-scope';
+import { Entity } from './history-scope';
 
 /** What both mirrored records (MirroredSpan, MirroredNode) share. */
 export interface MirroredRecord {
@@ -62,8 +62,6 @@ export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = Mirr
   storedSize: RawBuilder<number>;
   /** Postgres: keys as a condition, for reads by key. */
   keysCondition(keys: string[][]): RawBuilder<boolean>;
-  /** Postgres: the keys of these shards (KeyShard), as a bound condition. */
-  shardCondition(shard: KeyShard): RawBuilder<boolean>;
   cursorOf(row: Row): string[];
   keyOf(row: Row): string[];
   /** The row as a live write mirrors it: version = µs of updated_at, not deleted. */
@@ -94,32 +92,10 @@ export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = Mirr
   clickHouseKeyOf(texts: string[]): string[];
   /** A bound condition matching these keys (for a mutation), with its parameters. */
   clickHouseKeysCondition(keys: string[][]): { condition: string; params: Record<string, unknown> };
-  /** The keys of these shards (KeyShard), as a bound condition with its parameters. */
-  clickHouseShardCondition(shard: KeyShard): { condition: string; params: Record<string, unknown> };
   readLive(client: ClickHouseClient, projectId: string, keys: string[][]): Promise<Mirrored[]>;
 }
 
 export const keyText = (key: string[]): string => key.join('/');
-
-/** A shard number as the four hex digits it begins its keys with. */
-const shardHex = (shard: number): string => shard.toString(16).padStart(4, '0');
-
-/** Postgres: `column` (bytea or uuid, whose order is its bytes') within the shards, the upper bound left out at the last. */
-function shardRange(column: string, shard: KeyShard, bound: (hex: string) => RawBuilder<unknown>): RawBuilder<boolean> {
-  const from = sql<boolean>`${sql.ref(column)} >= ${bound(shardHex(shard.from))}`;
-  return shard.to >= KEY_SHARDS ? from : sql<boolean>`${from} and ${sql.ref(column)} < ${bound(shardHex(shard.to))}`;
-}
-
-/** ClickHouse: `expression` within the shards, each bound a parameter of `type` made from the shard's hex. */
-function clickHouseShardRange(expression: string, type: string, shard: KeyShard, value: (hex: string) => unknown) {
-  const conditions = [`${expression} >= {shardFrom:${type}}`];
-  const params: Record<string, unknown> = { shardFrom: value(shardHex(shard.from)) };
-  if (shard.to < KEY_SHARDS) {
-    conditions.push(`${expression} < {shardTo:${type}}`);
-    params.shardTo = value(shardHex(shard.to));
-  }
-  return { condition: conditions.join(' AND '), params };
-}
 
 /**
  * Reads a table's gap entries: `keyLength` strings (recorded before entries
@@ -191,8 +167,6 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
   ),
   keysCondition: (keys) =>
     sql<boolean>`(trace_id, span_id) in (${sql.join(keys.map(([t, s]) => sql`(${traceIdToUuid(t)}::uuid, decode(${s}, 'hex'))`))})`,
-  // A bytea prefix sorts before every value it begins.
-  shardCondition: (shard) => shardRange('span_id', shard, (hex) => sql`decode(${hex}, 'hex')`),
   cursorOf: (row) => [row.created_at, row.project_id, row.trace_id, row.span_id.toString('hex')],
   keyOf: (row) => [uuidToTraceId(row.trace_id), row.span_id.toString('hex')],
   mirrored: (row) => {
@@ -236,8 +210,6 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
     // bigint: the client writes it bare, as Array(UInt64) needs.
     params: { keyTraceIds: keys.map(([t]) => traceIdToUuid(t)), keySpanIds: keys.map(([, s]) => BigInt(spanIdToUInt64(s))) },
   }),
-  // UInt64 of the span id's bytes big-endian (spanIdToUInt64): its numeric order is Postgres's bytea order.
-  clickHouseShardCondition: (shard) => clickHouseShardRange('span_id', 'UInt64', shard, (hex) => (BigInt(`0x${hex}`) << 48n).toString()),
   readLive: (client, projectId, keys) =>
     new SpanMirrorReads(client).readSpans(
       projectId,
@@ -262,7 +234,6 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
     [size('data'), size('metrics'), size('meta'), size('refs'), size('exception'), size('links'), size('otel'), size('status_message'), FIXED_ROW_BYTES].join(' + '),
   ),
   keysCondition: (keys) => sql<boolean>`node_id in (${sql.join(keys.map(([id]) => sql`${id}::uuid`))})`,
-  shardCondition: (shard) => shardRange('node_id', shard, (hex) => sql`${`${hex}0000-0000-0000-0000-000000000000`}::uuid`),
   cursorOf: (row) => [row.created_at, row.project_id, row.node_id],
   keyOf: (row) => [row.node_id],
   mirrored: (row) => {
@@ -301,8 +272,6 @@ export const nodeHistory: HistoryEntity<NodeRow, MirroredNode> = {
   clickHouseKeyColumns: ['toString(node_id)'],
   clickHouseKeyOf: ([id]) => [id],
   clickHouseKeysCondition: (keys) => ({ condition: 'node_id IN {keyNodeIds:Array(UUID)}', params: { keyNodeIds: keys.map(([id]) => id) } }),
-  // As text: ClickHouse orders UUIDs by their two 64-bit halves, not by their bytes as Postgres does.
-  clickHouseShardCondition: (shard) => clickHouseShardRange('toString(node_id)', 'String', shard, (hex) => hex),
   readLive: (client, projectId, keys) =>
     new NodeMirrorReads(client).readNodes(
       projectId,

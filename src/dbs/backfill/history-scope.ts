@@ -15,22 +15,7 @@ export interface HistoryScope {
   since?: string;
   /** Exclusive upper bound on created_at, ISO-8601 with microseconds (UTC). */
   until?: string;
-  /** verify --repair's part of a bucket too large to repair at once: the keys of these shards (see KeyShard). */
-  keyShard?: KeyShard;
 }
-
-/**
- * Keys by the first two bytes of a key column every row of a key shares and
- * whose values are random (spans: span_id; nodes: node_id): shards `from`
- * up to `to` (exclusive) of KEY_SHARDS. Cutting by key, not by time, keeps
- * all of a key's rows together on both sides, whatever their created_at.
- */
-export interface KeyShard {
-  from: number;
-  to: number;
-}
-
-export const KEY_SHARDS = 0x1_0000;
 
 /** Filters as an operator typed them, before validation. */
 export interface ScopeOptions {

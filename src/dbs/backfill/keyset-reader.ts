@@ -1,6 +1,7 @@
 import { CompiledQuery, Kysely, RawBuilder, sql } from 'kysely';
 import { DB } from '../postgres/database';
-import { HistoryEntity } from './history-entities';
+import { HistoryEntity, keyText } from './history-entities';
+import { isoToMicros } from '../../tracing/timestamp';
 import { HistoryScope } from './history-scope';
 
 /** Rows per read by key: two bound values per span key stay far below Postgres's 65535. */
@@ -140,6 +141,24 @@ export class KeysetReader<Row> {
     return Number(result.rows[0].n);
   }
 
+  /**
+   * The version (µs of updated_at, as entity.mirrored gives it) of each row
+   * of the scope with one of these keys, by keyText; keys the scope has no
+   * row of are missing. Reads the key columns (the keyset's after created_at
+   * and project_id) and updated_at only.
+   */
+  async versionsByKey(scope: HistoryScope, keys: string[][]): Promise<Map<string, bigint>> {
+    const versions = new Map<string, bigint>();
+    const columns = sql.join([...this.entity.keyset.slice(2).map((k) => sql.ref(k.column)), sql.ref('updated_at')]);
+    for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
+      const chunk = keys.slice(i, i + KEYS_PER_READ);
+      const result = await sql<Row & { updated_at: string }>`select ${columns} from ${sql.table(this.entity.table)}
+        where ${this.conditions(scope)} and ${this.entity.keysCondition(chunk)}`.execute(this.db);
+      for (const row of result.rows) versions.set(keyText(this.entity.keyOf(row)), isoToMicros(row.updated_at));
+    }
+    return versions;
+  }
+
   /** The rows of one project with these keys (in any order); absent keys are simply missing. */
   async byKeys(projectId: string, keys: string[][]): Promise<Row[]> {
     const rows: Row[] = [];
@@ -171,7 +190,6 @@ export class KeysetReader<Row> {
       const ids = value === bound ? sql`${scope.projectIds}` : sql`array[${sql.join(scope.projectIds.map(value))}]`;
       conditions.push(sql`project_id = any(${ids}::uuid[])`);
     }
-    if (scope.keyShard) conditions.push(this.entity.shardCondition(scope.keyShard));
     return conditions.length ? sql.join(conditions, sql` and `) : sql`true`;
   }
 }

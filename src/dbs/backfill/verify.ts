@@ -4,7 +4,7 @@ import { counted } from '../../counted';
 import { DB } from '../postgres/database';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf, keyText } from './history-entities';
-import { bucketScope, dayOf, ENTITIES, Entity, HistoryScope, KEY_SHARDS } from './history-scope';
+import { bucketScope, dayOf, ENTITIES, Entity, HistoryScope } from './history-scope';
 import { addReplay, emptyReplay, KeyReplay, keysOnly, ReplayResult } from './key-replay';
 import { KeysetReader, PageLimits } from './keyset-reader';
 import { HistoryProgress, silentProgress } from './progress';
@@ -109,14 +109,8 @@ export interface RepairReport extends ReplayResult {
 
 const PAGE: PageLimits = { rows: 5_000, bytes: 16 * 1024 * 1024 };
 
-/**
- * Most rows a repair compares at once, on either side: it holds each key's
- * version of the part (~800 B a row). A bucket is one project's day, and a
- * busy project's day, the one an API crash leaves differing, runs to
- * millions; it is repaired a part of its keys at a time (KeyShard), halved
- * until each part fits.
- */
-export const REPAIR_PART_ROWS = 100_000;
+/** Keys a repair compares with Postgres at once (see repairBucket). */
+export const REPAIR_CHUNK_KEYS = 5_000;
 const UINT64 = (1n << 64n) - 1n;
 
 const rowHash = (line: string): bigint => createHash('sha1').update(line).digest().readBigUInt64LE(0);
@@ -136,7 +130,7 @@ export class Verifier {
   constructor(
     private readonly db: Kysely<DB>,
     private readonly clickhouse: ClickHouseHistory,
-    private readonly repairPartRows = REPAIR_PART_ROWS,
+    private readonly repairChunkKeys = REPAIR_CHUNK_KEYS,
   ) {}
 
   async verify(scopes: HistoryScope[], options: VerifyOptions = {}): Promise<VerifyReport> {
@@ -327,77 +321,39 @@ export class Verifier {
   }
 
   private async repairBucket(bucket: BucketComparison, token: string, progress: HistoryProgress): Promise<ReplayResult> {
-    const result = emptyReplay();
-    for await (const part of this.repairParts(bucket.scope)) {
-      // A part's inserts are named by its first shard: two parts never share a deduplication token.
-      addReplay(result, await this.repairPart(bucket.projectId, part, `${token}:keys:${part.keyShard!.from}`, progress));
-    }
-    return result;
-  }
-
-  /**
-   * The bucket cut by key (KeyShard) in halves until each part holds at
-   * most repairPartRows rows on either side; parts with no row on either
-   * side are left out. All of a key's rows fall in one part on both sides,
-   * whatever their created_at (a key deleted and created again the same day
-   * has rows at two), so each part is repaired exactly as a whole bucket is.
-   * ClickHouse's count is of every stored version, tombstones included:
-   * what keyVersions groups.
-   */
-  private async *repairParts(bucket: HistoryScope): AsyncGenerator<HistoryScope> {
     const entity = historyOf(bucket.entity);
-    const reader = new KeysetReader(this.db, entity);
-    const pending: HistoryScope[] = [{ ...bucket, keyShard: { from: 0, to: KEY_SHARDS } }];
-    while (pending.length > 0) {
-      const part = pending.shift()!;
-      const { from, to } = part.keyShard!;
-      const [postgres, clickhouse] = await Promise.all([reader.count(part, null), this.clickhouse.storedRows(entity, part)]);
-      if (postgres === 0 && clickhouse === 0) continue;
-      // One shard cannot be cut: ~1/65,536 of the keys, beyond any bucket's real size.
-      if (Math.max(postgres, clickhouse) <= this.repairPartRows || to - from < 2) {
-        yield part;
-        continue;
-      }
-      const middle = from + Math.floor((to - from) / 2);
-      pending.unshift({ ...part, keyShard: { from, to: middle } }, { ...part, keyShard: { from: middle, to } });
-    }
-  }
-
-  private async repairPart(projectId: string, part: HistoryScope, token: string, progress: HistoryProgress): Promise<ReplayResult> {
-    const entity = historyOf(part.entity);
     const reader = new KeysetReader(this.db, entity);
     const replay = new KeyReplay(this.db, this.clickhouse, entity);
     const result = emptyReplay();
 
-    // Every Postgres row of the part at its version; remember the versions to compare below.
-    const versions = new Map<string, bigint>();
+    // Every Postgres row of the bucket at its version, a page at a time.
     let after: string[] | null = null;
     for (let page = 0; ; page++) {
-      const { rows, last } = await reader.page(part, after, PAGE);
+      const { rows, last } = await reader.page(bucket.scope, after, PAGE);
       if (rows.length === 0) break;
-      const lines: string[] = [];
-      for (const row of rows) {
-        const m = entity.mirrored(row);
-        versions.set(keyText(entity.keyOf(row)), m.version);
-        lines.push(entity.line(m));
-      }
-      await this.clickhouse.insert(entity.table, lines, `${token}:page:${page}`);
+      await this.clickhouse.insert(entity.table, rows.map((row) => entity.line(entity.mirrored(row))), `${token}:page:${page}`);
       result.upserted += rows.length;
       progress.advance(rows.length, last ?? []);
       after = last;
     }
 
-    const stored = await this.clickhouse.keyVersions(entity, part);
-    const absent = stored.filter((s) => !s.deleted && !versions.has(keyText(s.key))).map((s) => s.key);
-    // Equal versions: which of two rows FINAL keeps is not ours to rely on when one is a tombstone.
-    const ahead = stored
-      .filter((s) => {
-        const version = versions.get(keyText(s.key));
-        return version !== undefined && (s.version > version || (s.version === version && s.deleted));
-      })
-      .map((s) => s.key);
-    addReplay(result, await replay.replay(projectId, keysOnly(absent), `${token}:absent`));
-    result.reset += await replay.reset(projectId, ahead, `${token}:ahead`);
+    // Then every key ClickHouse holds in the bucket against Postgres's row of it in the bucket, a chunk of keys
+    // at a time: a busy day's keys, millions, never sit in memory together (~800 B each, on both sides).
+    let chunk = 0;
+    for await (const stored of this.clickhouse.keyVersions(entity, bucket.scope, this.repairChunkKeys)) {
+      const versions = await reader.versionsByKey(bucket.scope, stored.map((s) => s.key));
+      const absent = stored.filter((s) => !s.deleted && !versions.has(keyText(s.key))).map((s) => s.key);
+      // Equal versions: which of two rows FINAL keeps is not ours to rely on when one is a tombstone.
+      const ahead = stored
+        .filter((s) => {
+          const version = versions.get(keyText(s.key));
+          return version !== undefined && (s.version > version || (s.version === version && s.deleted));
+        })
+        .map((s) => s.key);
+      addReplay(result, await replay.replay(bucket.projectId, keysOnly(absent), `${token}:absent:${chunk}`));
+      result.reset += await replay.reset(bucket.projectId, ahead, `${token}:ahead:${chunk}`);
+      chunk++;
+    }
     return result;
   }
 }
