@@ -22,6 +22,7 @@ describe('redactUrl', () => {
     expect(redactUrl('postgres://app:p?ss@db/x')).toBe('postgres://app:***@db/x');
     expect(redactUrl('http://default:p#ss@ch:8123')).toBe('http://default:***@ch:8123');
     expect(redactUrl('postgres://app:a@b?c#d@db/x?sslmode=require')).toBe('postgres://app:***@db/x?sslmode=require');
+    expect(redactUrl('postgres://app:pa\nss\u2028@db/x')).toBe('postgres://app:***@db/x');
   });
 
   it('leaves a URL without a password as it is', () => {

@@ -208,6 +208,8 @@ describe('embedded Postgres', () => {
         postmaster = Number((await readFile(lockFile, 'utf8').catch(() => '')).split('\n')[0]);
       }
       signalPostmasterOf(dataDir, 'SIGSTOP');
+      // Stopped while it starts: its lock file's status line (the 8th) is not written yet, or says so.
+      expect(['', 'starting']).toContain(((await readFile(lockFile, 'utf8')).split('\n')[7] ?? '').trim());
       try {
         // The keeper, if one was started with the postmaster (none was, before it answered, in the old code).
         for (const deadline = Date.now() + 10_000; !(await keeperOf(port)) && Date.now() < deadline; ) await new Promise((done) => setTimeout(done, 50));

@@ -30,8 +30,10 @@ async function main(): Promise<void> {
     if (!processAlive(postmaster)) return false;
     try {
       return Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]) === postmaster;
-    } catch {
-      return false;
+    } catch (error) {
+      // Gone: the server shut down. Unreadable (a root without the right to read the postgres user's
+      // directory): the pid is all there is to go by.
+      return (error as NodeJS.ErrnoException).code !== 'ENOENT';
     }
   };
   let client: Client | undefined;
