@@ -219,12 +219,17 @@ export class ClickHouseHistory {
         format: 'JSONEachRow',
       }),
     );
-    // The answer streams: the server can go away between its blocks too.
+    // The answer streams: the server can go away between its blocks too. A reader that stops early
+    // (an error in its loop) closes it, rather than leave the socket and the server's query waiting.
     const blocks = result.stream()[Symbol.asyncIterator]();
-    for (;;) {
-      const next = await this.answered(() => blocks.next());
-      if (next.done) return;
-      yield next.value.map((row: { json(): unknown }) => row.json() as StoredRow);
+    try {
+      for (;;) {
+        const next = await this.answered(() => blocks.next());
+        if (next.done) return;
+        yield next.value.map((row: { json(): unknown }) => row.json() as StoredRow);
+      }
+    } finally {
+      result.close();
     }
   }
 
@@ -233,7 +238,10 @@ export class ClickHouseHistory {
    * version read from all rows (no FINAL): a tombstone or row newer than
    * Postgres hides the Postgres row from FINAL, and only this sees it.
    * `size` keys at a time, as the server streams them: a busy project's day
-   * holds millions, which never sit in memory together.
+   * holds millions, which never sit in memory together. Read it on without
+   * long pauses: ClickHouse gives up on a client that stops reading for
+   * http_send_timeout (30 s), and the client on a socket idle for its
+   * request timeout.
    */
   async *keyVersions(entity: HistoryEntity, bucket: HistoryScope, size: number): AsyncGenerator<StoredKeyVersion[]> {
     const { conditions, params } = scopeConditions(bucket);
@@ -247,26 +255,30 @@ export class ClickHouseHistory {
         format: 'JSONEachRow',
       }),
     );
-    // The answer streams: the server can go away between its blocks too.
+    // The answer streams: the server can go away between its blocks too. A reader that stops early closes it.
     const blocks = result.stream()[Symbol.asyncIterator]();
     let chunk: StoredKeyVersion[] = [];
-    for (;;) {
-      const next = await this.answered(() => blocks.next());
-      if (next.done) break;
-      for (const block of next.value as Array<{ json(): Record<string, string | number> }>) {
-        const row = block.json();
-        chunk.push({
-          key: entity.clickHouseKeyOf(entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]))),
-          version: BigInt(row.top_version),
-          deleted: Number(row.top_deleted) === 1,
-        });
-        if (chunk.length === size) {
-          yield chunk;
-          chunk = [];
+    try {
+      for (;;) {
+        const next = await this.answered(() => blocks.next());
+        if (next.done) break;
+        for (const block of next.value as Array<{ json(): Record<string, string | number> }>) {
+          const row = block.json();
+          chunk.push({
+            key: entity.clickHouseKeyOf(entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]))),
+            version: BigInt(row.top_version),
+            deleted: Number(row.top_deleted) === 1,
+          });
+          if (chunk.length === size) {
+            yield chunk;
+            chunk = [];
+          }
         }
       }
+      if (chunk.length > 0) yield chunk;
+    } finally {
+      result.close();
     }
-    if (chunk.length > 0) yield chunk;
   }
 
   /** Live rows (FINAL) of one project with these keys. */

@@ -338,22 +338,25 @@ export class Verifier {
     }
 
     // Then every key ClickHouse holds in the bucket against Postgres's row of it in the bucket, a chunk of keys
-    // at a time: a busy day's keys, millions, never sit in memory together (~800 B each, on both sides).
-    let chunk = 0;
+    // at a time: a busy day's keys, millions, never sit in memory together (~800 B each, on both sides). Only
+    // the keys to mend are kept, and mended once ClickHouse's answer is read: a reset waits for a mutation,
+    // and a stream left unread that long is dropped by the server.
+    const absent: string[][] = [];
+    const ahead: string[][] = [];
     for await (const stored of this.clickhouse.keyVersions(entity, bucket.scope, this.repairChunkKeys)) {
       const versions = await reader.versionsByKey(bucket.scope, stored.map((s) => s.key));
-      const absent = stored.filter((s) => !s.deleted && !versions.has(keyText(s.key))).map((s) => s.key);
-      // Equal versions: which of two rows FINAL keeps is not ours to rely on when one is a tombstone.
-      const ahead = stored
-        .filter((s) => {
-          const version = versions.get(keyText(s.key));
-          return version !== undefined && (s.version > version || (s.version === version && s.deleted));
-        })
-        .map((s) => s.key);
-      addReplay(result, await replay.replay(bucket.projectId, keysOnly(absent), `${token}:absent:${chunk}`));
-      result.reset += await replay.reset(bucket.projectId, ahead, `${token}:ahead:${chunk}`);
-      chunk++;
+      for (const s of stored) {
+        const version = versions.get(keyText(s.key));
+        if (version === undefined) {
+          if (!s.deleted) absent.push(s.key);
+        } else if (s.version > version || (s.version === version && s.deleted)) {
+          // Equal versions: which of two rows FINAL keeps is not ours to rely on when one is a tombstone.
+          ahead.push(s.key);
+        }
+      }
     }
+    addReplay(result, await replay.replay(bucket.projectId, keysOnly(absent), `${token}:absent`));
+    result.reset += await replay.reset(bucket.projectId, ahead, `${token}:ahead`);
     return result;
   }
 }
