@@ -3,6 +3,16 @@ import { join } from 'node:path';
 import { ConfigError, envSchema, parseConfig } from './app-config';
 import { DEFAULT_BATCH_WRITER_OPTIONS } from '../dbs/clickhouse/batch-writer-options';
 
+/** What parseConfig refuses `env` for: its problems, one line each, or none. */
+function problems(env: NodeJS.ProcessEnv): string[] {
+  try {
+    parseConfig(env);
+    return [];
+  } catch (error) {
+    return (error as ConfigError).problems;
+  }
+}
+
 describe('parseConfig: Postgres timeouts', () => {
   const postgres = (env: NodeJS.ProcessEnv) => parseConfig(env).postgres;
 
@@ -107,14 +117,6 @@ describe('README "Configuration"', () => {
 
 describe('parseConfig: what a bad value is told', () => {
   it('names the variable, what it takes and what it got', () => {
-    const problems = (env: NodeJS.ProcessEnv) => {
-      try {
-        parseConfig(env);
-        return [];
-      } catch (error) {
-        return (error as ConfigError).problems;
-      }
-    };
     // -5 is a whole number; its range is what is wrong (was: 'must be a whole number, got "-5"').
     expect(problems({ MIRROR_FLUSH_ROWS: '-5' })).toEqual([`MIRROR_FLUSH_ROWS must be between 1 and ${Number.MAX_SAFE_INTEGER}, got -5`]);
     expect(problems({ MIRROR_FLUSH_ROWS: '1.5' })).toEqual(['MIRROR_FLUSH_ROWS must be a whole number, got "1.5"']);
@@ -127,14 +129,6 @@ describe('parseConfig: what a bad value is told', () => {
 });
 
 describe('parseConfig: values that would mean the opposite of what they say', () => {
-  const problems = (env: NodeJS.ProcessEnv) => {
-    try {
-      parseConfig(env);
-      return [];
-    } catch (error) {
-      return (error as ConfigError).problems;
-    }
-  };
 
   it('refuses a duration past what a timer keeps: Node fires such a timeout after 1 ms', () => {
     // Each was accepted: SHUTDOWN_TIMEOUT_MS=3000000000 gave up the drain at once, and a client timeout
