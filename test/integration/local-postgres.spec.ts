@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -39,16 +39,21 @@ describe('embedded Postgres', () => {
     const dir = await mkdtemp(join(tmpdir(), 'tracing-keeper-'));
     const stranger = spawn('sleep', ['60']);
     try {
-      // The lock file names another postmaster; the stranger stands where the keeper's postmaster was.
-      await writeFile(join(dir, 'postmaster.pid'), '1\n');
+      // The stranger stands for the keeper's postmaster, named by the lock file, then for a process that took
+      // its pid once it had gone: the lock file then names another postmaster.
+      await writeFile(join(dir, 'postmaster.pid'), `${stranger.pid}\n`);
       const starterGone = spawn('true');
       await new Promise((done) => starterGone.once('exit', done));
       const { command, args } = nodeCommand(join(__dirname, '../../src/dbs/postgres/postgres-keeper.main'));
       const { NODE_OPTIONS: _jest, ...env } = process.env;
       const keeper = spawn(command, [...args, String(await freePort()), String(stranger.pid), String(starterGone.pid), dir], { env, stdio: 'ignore' });
-      const exited = await within(new Promise((done) => keeper.once('exit', () => done(true))), 10_000, () => false);
-      if (!exited) keeper.kill('SIGKILL');
-      expect({ exited, strangerRunning: childRunning(stranger) }).toEqual({ exited: true, strangerRunning: true });
+      // Two of its polls (a second apart) see the file naming its postmaster.
+      await new Promise((done) => setTimeout(done, 2_500));
+      await writeFile(join(dir, 'postmaster.pid'), '1\n');
+      // Its exit code: 0 when it let go, 1 when it failed (a crash would pass for letting go otherwise).
+      const exitCode = await within(new Promise<number | null>((done) => keeper.once('exit', done)), 10_000, () => 'still running');
+      if (exitCode === 'still running') keeper.kill('SIGKILL');
+      expect({ exitCode, strangerRunning: childRunning(stranger) }).toEqual({ exitCode: 0, strangerRunning: true });
     } finally {
       stranger.kill('SIGKILL');
       await rm(dir, { recursive: true, force: true });
@@ -112,8 +117,8 @@ describe('embedded Postgres', () => {
      * Connect it only once the starter has ended: the starter would count it.
      */
     async function watchKeeper() {
-      const keeperPid = await keeperOf(port);
-      if (keeperPid === null) throw new Error(`no keeper process for port ${port}`);
+      const keeperPid = (await keeperOf(port))?.pid;
+      if (keeperPid === undefined) throw new Error(`no keeper process for port ${port}`);
       const watcher = new Client({ connectionString: localPostgresUrl(port, 'postgres'), application_name: `tracing-api pid ${keeperPid}` });
       watcher.on('error', () => undefined);
       watchers.push(watcher);
@@ -196,29 +201,29 @@ describe('embedded Postgres', () => {
     // The keeper was started only once the server answered: a starter killed before that (a Ctrl-C while it
     // starts up, which can take a minute after a crash) left the server, in a process group of its own, for good.
     it('is stopped by its keeper when the process that started it is killed while the server starts up', async () => {
+      // A server run once, then set to start in archive recovery whose restore_command sleeps: it stays
+      // starting (no connection taken, nor "ready to accept connections", which its starter waits for),
+      // however fast the machine.
+      const first = await probe();
+      expect(first.started).toBe(true);
+      expect((await first.stop()).code).toBe(0);
+      await writeFile(join(dataDir, 'recovery.signal'), '');
+      await appendFile(join(dataDir, 'postgresql.auto.conf'), "restore_command = 'sleep 10'\n");
+
       const { NODE_OPTIONS: _jest, ...env } = process.env;
-      const starter = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-shared.main.ts'), String(port), dataDir], { env, stdio: 'ignore' });
+      const starter = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-shared.main.ts'), String(port), dataDir], { env, stdio: ['ignore', 'ignore', 'pipe'] });
       probes.push(starter);
-      // The postmaster writes its lock file first thing, well before it accepts connections; stopped (SIGSTOP)
-      // there, it cannot become ready before its starter is killed, however fast it would start.
-      const lockFile = join(dataDir, 'postmaster.pid');
-      let postmaster = 0;
-      for (const deadline = Date.now() + 60_000; !postmaster; await new Promise((done) => setTimeout(done, 5))) {
-        if (Date.now() > deadline || !childRunning(starter)) throw new Error('no postmaster started');
-        postmaster = Number((await readFile(lockFile, 'utf8').catch(() => '')).split('\n')[0]);
+      let said = '';
+      starter.stderr!.on('data', (chunk: Buffer) => (said += chunk.toString()));
+      // Its keeper starts with the postmaster (it used to start once the server was ready: never, here).
+      let keeper: { postmaster: number } | null = null;
+      for (const deadline = Date.now() + 30_000; !(keeper = await keeperOf(port, starter.pid)); await new Promise((done) => setTimeout(done, 50))) {
+        if (Date.now() > deadline || !childRunning(starter)) throw new Error(`no keeper started with the postmaster: ${said}`);
       }
-      signalPostmasterOf(dataDir, 'SIGSTOP');
-      // Stopped while it starts: its lock file's status line (the 8th) is not written yet, or says so.
-      expect(['', 'starting']).toContain(((await readFile(lockFile, 'utf8')).split('\n')[7] ?? '').trim());
-      try {
-        // The keeper, if one was started with the postmaster (none was, before it answered, in the old code).
-        for (const deadline = Date.now() + 10_000; !(await keeperOf(port)) && Date.now() < deadline; ) await new Promise((done) => setTimeout(done, 50));
-        starter.kill('SIGKILL');
-        await new Promise((done) => starter.once('exit', done));
-      } finally {
-        signalPostmasterOf(dataDir, 'SIGCONT');
-      }
-      for (const deadline = Date.now() + 20_000; processAlive(postmaster) && Date.now() < deadline; ) await new Promise((done) => setTimeout(done, 100));
+      const { postmaster } = keeper;
+      starter.kill('SIGKILL');
+      await new Promise((done) => starter.once('exit', done));
+      for (const deadline = Date.now() + 30_000; processAlive(postmaster) && Date.now() < deadline; ) await new Promise((done) => setTimeout(done, 100));
       expect(processAlive(postmaster)).toBe(false);
     }, 90_000);
 
@@ -288,13 +293,16 @@ describe('embedded Postgres', () => {
   });
 });
 
-/** The pid of the keeper process of the server on `port`, or null. */
-function keeperOf(port: number): Promise<number | null> {
+/** The keeper of the server on `port` (of the one `starter` started, when given): its pid and its postmaster's, or null. */
+function keeperOf(port: number, starter?: number): Promise<{ pid: number; postmaster: number } | null> {
   return new Promise((done, fail) =>
     execFile('ps', ['-eo', 'pid=,args='], (error, stdout) => {
       if (error) return fail(error);
-      const found = stdout.split('\n').map((line) => /^\s*(\d+) .*postgres-keeper\.main\.[jt]s (\d+) /.exec(line)).find((m) => m && Number(m[2]) === port);
-      done(found ? Number(found[1]) : null);
+      const found = stdout
+        .split('\n')
+        .map((line) => /^\s*(\d+) .*postgres-keeper\.main\.[jt]s (\d+) (\d+) (\d+)/.exec(line))
+        .find((m) => m && Number(m[2]) === port && (starter === undefined || Number(m[4]) === starter));
+      done(found ? { pid: Number(found[1]), postmaster: Number(found[3]) } : null);
     }),
   );
 }

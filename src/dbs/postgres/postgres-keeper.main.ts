@@ -17,6 +17,7 @@ import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } f
  */
 
 const POLL_MS = 1_000;
+const CANNOT_CONNECT_NOW = '57P03';
 
 async function main(): Promise<void> {
   const [port, postmaster, starter] = process.argv.slice(2, 5).map(Number);
@@ -24,17 +25,24 @@ async function main(): Promise<void> {
   /**
    * The server is still the one this keeper keeps: its process runs, and its
    * data directory's lock file names it. A pid alone could be reused by an
-   * unrelated process once the server has gone, and signalled.
+   * unrelated process once the server has gone, and signalled. Until the
+   * file has named it, the pid is all there is: the keeper starts with the
+   * postmaster, which may not have written its file yet (a slow start), or
+   * not yet replaced a crashed server's.
    */
+  let named = false;
   const keeps = (): boolean => {
     if (!processAlive(postmaster)) return false;
+    let holder: number;
     try {
-      return Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]) === postmaster;
+      holder = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
     } catch (error) {
-      // Gone: the server shut down. Unreadable (a root without the right to read the postgres user's
-      // directory): the pid is all there is to go by.
-      return (error as NodeJS.ErrnoException).code !== 'ENOENT';
+      // Unreadable (a root without the right to read the postgres user's directory): the pid is all there is.
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') return true;
+      return !named;
     }
+    if (holder === postmaster) named = true;
+    return holder === postmaster || !named;
   };
   let client: Client | undefined;
   for (;;) {
@@ -45,12 +53,16 @@ async function main(): Promise<void> {
     try {
       client ??= await connect(port);
       if ((await sessionsOfOtherProcesses(client)) > 0) continue;
-    } catch {
-      // Not answering yet (its starter died while it started up, or it is recovering), no session free
-      // (too many clients), or this session ended: look again. Giving up here would leave it running for good.
+    } catch (error) {
       await client?.end().catch(() => undefined);
       client = undefined;
-      continue;
+      // Starting up (crash recovery after its starter died mid-start can take long) or shutting down:
+      // it takes no session of anyone's (57P03, cannot connect now), so none to wait for.
+      if ((error as { code?: string }).code !== CANNOT_CONNECT_NOW) {
+        // Not answering at all yet, no session free (too many clients), or this session ended: look again.
+        // Giving up here would leave it running for good.
+        continue;
+      }
     }
     if (!keeps()) return;
     // SIGINT is Postgres's fast shutdown; it ends this session too.
