@@ -337,20 +337,26 @@ describe('backfill (real Postgres and ClickHouse)', () => {
       return client;
     }) as Pool['connect'];
     const cancelled = (async () => {
-      const waiting = `select pid from pg_stat_activity where query ilike 'copy%' and wait_event_type = 'Lock'`;
-      for (const deadline = Date.now() + 30_000; (await watcher.query(waiting)).rowCount === 0; await new Promise((done) => setTimeout(done, 10))) {
-        if (Date.now() > deadline) throw new Error('no COPY waited for the lock');
+      const waiting = `select pid from pg_stat_activity where datname = current_database() and query ilike 'copy%' and wait_event_type = 'Lock'`;
+      try {
+        for (const deadline = Date.now() + 30_000; (await watcher.query(waiting)).rowCount === 0; await new Promise((done) => setTimeout(done, 10))) {
+          if (Date.now() > deadline) throw new Error('no COPY waited for the lock');
+        }
+        await watcher.query(`select pg_cancel_backend(pid) from (${waiting}) as copy`);
+      } finally {
+        // Released whatever happened: held, the run would wait on it for ever instead of failing.
+        await admin.query('rollback');
       }
-      await watcher.query(`select pg_cancel_backend(pid) from (${waiting}) as copy`);
-      await admin.query('rollback');
     })();
     try {
       const failed = new Backfill({ db: pg.db, pool }, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
+      failed.catch(() => undefined);
+      // The watch's own failure first, if it failed: the run's would only follow from it.
+      await cancelled;
       await expect(failed).rejects.toThrow(
         'Postgres failed during the copy of spans: canceling statement due to user request; run it again once it answers (it resumes)',
       );
       await expect(failed).rejects.toMatchObject({ name: 'RowSourceError' });
-      await cancelled;
     } finally {
       await Promise.all([admin.end(), watcher.end()]);
     }

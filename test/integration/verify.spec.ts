@@ -5,6 +5,7 @@ import { GapReplay } from '../../src/dbs/backfill/gap-replay';
 import { spanHistory } from '../../src/dbs/backfill/history-entities';
 import { Entity, HistoryScope } from '../../src/dbs/backfill/history-scope';
 import { HistoryProgress } from '../../src/dbs/backfill/progress';
+import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
 import { retainedFrom, Verifier, VerifyReport } from '../../src/dbs/backfill/verify';
 import { toNodeClickHouseLine } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import { spanIdToUInt64, toSpanClickHouseLine, toSpanInsertLine } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
@@ -498,12 +499,21 @@ describe('--repair of a bucket with more keys than it compares at once (real Pos
       measured.removeKeys = async (...args) => (streaming && whileStreaming.push('removeKeys'), history.removeKeys(...args));
       measured.readLive = async (...args) => (streaming && whileStreaming.push('readLive'), history.readLive(...args));
       measured.insert = async (...args) => (streaming && whileStreaming.push('insert'), history.insert(...args));
+      // And how many keys each Postgres lookup was asked for.
+      const lookedUp: number[] = [];
+      const versionsByKey = KeysetReader.prototype.versionsByKey;
+      const lookups = jest.spyOn(KeysetReader.prototype, 'versionsByKey').mockImplementation(function (this: KeysetReader<unknown>, scope, keys) {
+        lookedUp.push(keys.length);
+        return versionsByKey.call(this, scope, keys);
+      });
       const verifier = new Verifier(pg.db, measured, 100);
       const report = await verifier.verify([SCOPES[0]]);
       expect(report.differing.map((b) => b.differs)).toEqual([['rows', 'versions']]);
-      const repair = await verifier.repair(report.differing);
+      const repair = await verifier.repair(report.differing).finally(() => lookups.mockRestore());
       expect(repair.after.differing).toEqual([]);
       expect(repair).toMatchObject({ buckets: 1, upserted: 1_000, tombstoned: 1, reset: 2 });
+      expect(lookedUp.length).toBeGreaterThanOrEqual(10);
+      expect(Math.max(...lookedUp)).toBeLessThanOrEqual(100);
       // About 1,000 keys in chunks of at most 100: ten or more, none read whole.
       expect(keysRead.length).toBeGreaterThanOrEqual(10);
       expect(Math.max(...keysRead)).toBeLessThanOrEqual(100);
