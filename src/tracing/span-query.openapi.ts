@@ -6,7 +6,15 @@ import { DEFAULT_INTERVAL_MINUTES, MAX_BUCKETS, MAX_CONDITIONS, MAX_FILTER_DEPTH
  * is hand-written, strict and the authority; this states its shape from the
  * same constants so the two cannot drift in the values they name. A filter
  * nests filters, which the schema shows one level deep and describes.
+ * Every optional part is nullable: the parser reads null as absent (a
+ * client looping on a page's `next` sends the last one's null).
  */
+
+/** An optional part, which null leaves out as absence does (an enum lists null too, as OpenAPI 3.0.3 asks). */
+const optional = <T extends object>(schema: T) => {
+  const values = (schema as { enum?: readonly unknown[] }).enum;
+  return { ...schema, nullable: true, ...(values && { enum: [...values, null] }) };
+};
 
 const TIME = { type: 'string', format: 'date-time', description: 'ISO-8601 with a zone (Z, ±hh:mm, ±hhmm or ±hh), years 1900–2299, microsecond precision' };
 
@@ -17,12 +25,13 @@ const CONDITION = {
   properties: {
     field: { type: 'string', enum: QUERYABLE_FIELDS },
     key: {
-      oneOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' }, minItems: 1, maxItems: 20 }],
+      // Null in one branch only: a oneOf matched by two is refused.
+      oneOf: [optional({ type: 'string' }), { type: 'array', items: { type: 'string' }, minItems: 1, maxItems: 20 }],
       description:
         'A path inside a JSON field (attributes, events, ...): dotted, "ag.metrics.costs", or an array of keys, ["gen_ai.request.model"], ' +
         'for keys that hold dots themselves (REST stores attributes as sent; OTLP nests dotted keys)',
     },
-    operator: { type: 'string', enum: [...CONDITION_OPERATORS], default: 'is' },
+    operator: optional({ type: 'string', enum: [...CONDITION_OPERATORS], default: 'is' }),
     value: { description: 'What the operator compares with: a value, [a, b] for btwn, a list for in / not_in; none for exists / not_exists' },
   },
 };
@@ -33,7 +42,7 @@ const FILTER = {
   additionalProperties: false,
   description: `and / or / not over conditions and nested filters (at most ${MAX_FILTER_DEPTH} levels, ${MAX_CONDITIONS} conditions and nested filters in all)`,
   properties: {
-    operator: { type: 'string', enum: [...LOGICAL_OPERATORS], default: 'and' },
+    operator: optional({ type: 'string', enum: [...LOGICAL_OPERATORS], default: 'and' }),
     conditions: {
       type: 'array',
       // anyOf: a condition is an object too, so under oneOf (exactly one branch) no condition would validate.
@@ -42,7 +51,7 @@ const FILTER = {
   },
 };
 
-const FOCUS = { type: 'string', enum: [...FOCUSES], default: 'span', description: 'span: matching spans; trace: every span of the traces with a matching span' };
+const FOCUS = optional({ type: 'string', enum: [...FOCUSES], default: 'span', description: 'span: matching spans; trace: every span of the traces with a matching span' });
 
 /** Analytics measures a trace once, on its root span: what it counts differs from what a query returns. */
 const ANALYTICS_FOCUS = {
@@ -57,18 +66,18 @@ export const SPAN_QUERY_BODY = {
   additionalProperties: false,
   properties: {
     focus: FOCUS,
-    filter: FILTER,
-    windowing: {
+    filter: optional(FILTER),
+    windowing: optional({
       type: 'object',
       additionalProperties: false,
       properties: {
-        oldest: { ...TIME, description: `Inclusive lower bound on start_time. ${TIME.description}` },
-        newest: { ...TIME, description: `Exclusive upper bound on start_time. ${TIME.description}` },
-        limit: { type: 'integer', minimum: 1, maximum: MAX_LIMIT, description: 'Spans per page (focus span) or traces per page (focus trace)' },
-        order: { type: 'string', enum: ['ascending', 'descending'] },
-        next: { type: 'string', description: 'The previous page\'s `next`, with the same query' },
+        oldest: optional({ ...TIME, description: `Inclusive lower bound on start_time. ${TIME.description}` }),
+        newest: optional({ ...TIME, description: `Exclusive upper bound on start_time. ${TIME.description}` }),
+        limit: optional({ type: 'integer', minimum: 1, maximum: MAX_LIMIT, description: 'Spans per page (focus span) or traces per page (focus trace)' }),
+        order: optional({ type: 'string', enum: ['ascending', 'descending'] }),
+        next: optional({ type: 'string', description: 'The previous page\'s `next`, with the same query' }),
       },
-    },
+    }),
   },
   example: {
     focus: 'span',
@@ -83,7 +92,7 @@ export const ANALYTICS_QUERY_BODY = {
   additionalProperties: false,
   properties: {
     focus: ANALYTICS_FOCUS,
-    filter: FILTER,
+    filter: optional(FILTER),
     windowing: {
       type: 'object',
       required: ['oldest', 'newest'],
@@ -91,7 +100,7 @@ export const ANALYTICS_QUERY_BODY = {
       properties: {
         oldest: { ...TIME, description: `Start of the first bucket. ${TIME.description}` },
         newest: { ...TIME, description: `End of the last bucket (exclusive). ${TIME.description}` },
-        interval: { type: 'integer', minimum: 1, maximum: MAX_INTERVAL_MINUTES, default: DEFAULT_INTERVAL_MINUTES, description: `Bucket width in minutes; at most ${MAX_BUCKETS} buckets` },
+        interval: optional({ type: 'integer', minimum: 1, maximum: MAX_INTERVAL_MINUTES, default: DEFAULT_INTERVAL_MINUTES, description: `Bucket width in minutes; at most ${MAX_BUCKETS} buckets` }),
       },
     },
   },
