@@ -82,7 +82,7 @@ function howToReadInPages(error: TraceTooLargeError | TreeTooLargeError): string
  * within the item bound. Only the answer is that long: request bodies stop
  * at BODY_LIMIT.
  */
-export const isAnswerTooLong = (error: unknown): boolean => error instanceof RangeError && error.message === 'Invalid string length';
+const isAnswerTooLong = (error: unknown): boolean => error instanceof RangeError && error.message === 'Invalid string length';
 
 /** The status and JSON body that answer `error` (the filter's whole decision, apart from logging). */
 export function answerTo(error: unknown): [number, Record<string, unknown>] {

@@ -4,7 +4,7 @@ import { HistoryEntity, keyText } from './history-entities';
 import { isoToMicros } from '../../tracing/timestamp';
 import { HistoryScope } from './history-scope';
 
-/** Rows per read by key: two bound values per span key stay far below Postgres's 65535. */
+/** Keys per read by key (bound as arrays: two parameters however many): a read's rows stay a few MB. */
 export const KEYS_PER_READ = 1000;
 
 export interface PageLimits {

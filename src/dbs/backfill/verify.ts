@@ -110,7 +110,7 @@ export interface RepairReport extends ReplayResult {
 const PAGE: PageLimits = { rows: 5_000, bytes: 16 * 1024 * 1024 };
 
 /** Keys a repair compares with Postgres at once (see repairBucket). */
-export const REPAIR_CHUNK_KEYS = 5_000;
+const REPAIR_CHUNK_KEYS = 5_000;
 const UINT64 = (1n << 64n) - 1n;
 
 const rowHash = (line: string): bigint => createHash('sha1').update(line).digest().readBigUInt64LE(0);
