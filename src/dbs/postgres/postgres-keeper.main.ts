@@ -45,6 +45,8 @@ async function main(): Promise<void> {
     return holder === postmaster || !named;
   };
   let client: Client | undefined;
+  /** It has taken this keeper's session: from then on, a refusal is no longer its first start-up. */
+  let answered = false;
   for (;;) {
     await new Promise((done) => setTimeout(done, POLL_MS));
     // Stopped (by its starter, or anyone), or a failed start: nothing left to keep.
@@ -52,23 +54,34 @@ async function main(): Promise<void> {
     if (processAlive(starter)) continue;
     try {
       client ??= await connect(port);
+      answered = true;
       if ((await sessionsOfOtherProcesses(client)) > 0) continue;
     } catch (error) {
       await client?.end().catch(() => undefined);
       client = undefined;
-      // Starting up (crash recovery after its starter died mid-start can take long) or shutting down:
-      // it takes no session of anyone's (57P03, cannot connect now), so none to wait for.
-      if ((error as { code?: string }).code !== CANNOT_CONNECT_NOW) {
-        // Not answering at all yet, no session free (too many clients), or this session ended: look again.
-        // Giving up here would leave it running for good.
-        continue;
-      }
+      // Not answering at all yet, no session free (too many clients), recovering from a backend's crash
+      // while others use it, or this session ended: look again. Giving up would leave it running for good.
+      if (!stillStartingUp(error, answered)) continue;
+      // Its starter died while it started up (crash recovery can take long): it has never taken a session,
+      // of anyone's, so there is none to wait for.
     }
     if (!keeps()) return;
     // SIGINT is Postgres's fast shutdown; it ends this session too.
     process.kill(postmaster, 'SIGINT');
     return;
   }
+}
+
+/**
+ * Refused as "starting up" (57P03) by a server that has never answered:
+ * its first start-up, which takes no connection. After a backend's crash a
+ * server in use refuses with the same code while it recovers ("in recovery
+ * mode"); its users are still there. The server's messages are in English
+ * (LC_MESSAGES=C, see startPostmaster).
+ */
+function stillStartingUp(error: unknown, answered: boolean): boolean {
+  const { code, message } = error as { code?: string; message?: string };
+  return !answered && code === CANNOT_CONNECT_NOW && /starting up/.test(message ?? '');
 }
 
 async function connect(port: number): Promise<Client> {
