@@ -178,6 +178,42 @@ describe('embedded Postgres', () => {
       expect(await stopsWithin(joiner.url, 10_000)).toBe(true);
     }, 90_000);
 
+    // A backend's crash restarts the server and ends every session, the joiner's hold too: untaken again, the
+    // server looked unused to its keeper once the joiner's pool had let its idle connections go.
+    it('is held again by a process that joined it after a crash restart ends every session', async () => {
+      const starter = await probe();
+      const joiner = await probe();
+      expect([starter.started, joiner.started]).toEqual([true, false]);
+      expect((await starter.stop()).logs).toContain(`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session of other processes uses it; it stops once none does`);
+      const holds = async () => {
+        const admin = new Client({ connectionString: joiner.url });
+        admin.on('error', () => undefined);
+        try {
+          await admin.connect();
+          const { rows } = await admin.query<{ pid: number }>('select pid from pg_stat_activity where application_name = $1', [`tracing-api: holds embedded PostgreSQL for pid ${joiner.child.pid}`]);
+          return rows.map((row) => row.pid);
+        } catch {
+          return [];
+        } finally {
+          await admin.end().catch(() => undefined);
+        }
+      };
+      const [hold] = await holds();
+      expect(hold).toEqual(expect.any(Number));
+      // A backend killed with -9: the postmaster ends every other session and recovers.
+      process.kill(hold, 'SIGKILL');
+      let again: number[] = [];
+      for (const deadline = Date.now() + 20_000; !again.length || again[0] === hold; await new Promise((done) => setTimeout(done, 200))) {
+        if (Date.now() > deadline) throw new Error(`the joiner did not hold the server again (held by ${hold}, now ${JSON.stringify(again)}; answers: ${await answers(joiner.url)})`);
+        again = await holds();
+      }
+      // Two of the keeper's checks since, not a guess at how long they take.
+      await (await watchKeeper()).checksLeftItRunning(2);
+      expect(await answers(joiner.url)).toBe(true);
+      joiner.child.kill('SIGKILL');
+      expect(await stopsWithin(joiner.url, 10_000)).toBe(true);
+    }, 90_000);
+
     // An interrupted command leaves by process.exit: it used to stop the server on 'exit', under the API that had joined it.
     it('is left running by a starter that leaves without stopping it while another process holds it, and stopped once that one ends', async () => {
       const starter = await probe();

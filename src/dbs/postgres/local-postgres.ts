@@ -273,34 +273,60 @@ async function startPostmaster(dataDir: string, port: number, isRoot: boolean, l
   return child;
 }
 
+/** How soon a hold the server ended while this process still holds it is taken again. */
+const RETAKE_HOLD_MS = 1_000;
+
 /**
  * Holds a server another process started for as long as this process runs,
  * or until the returned release: one idle session, named for this process.
  * Its connection closes when this process ends, however it ends. Pools close
  * idle connections (pg's after 10 s), so without it an idle API that had
- * joined the server looked unused and was stopped under it. Undefined when
- * nothing answers.
+ * joined the server looked unused and was stopped under it. A hold the
+ * server ends (a backend's crash restarts the server, ending every session)
+ * is taken again, each second until it answers, for the same reason.
+ * Undefined when nothing answers.
  */
 async function holdServer(adminUrl: string): Promise<(() => void) | undefined> {
-  const socket = new Socket();
-  const client = new Client({
-    connectionString: adminUrl,
-    connectionTimeoutMillis: 2_000,
-    application_name: `${HOLD_APPLICATION_NAME}${process.pid}`,
-    stream: () => socket,
-  });
-  // The server stopping ends the hold; there is nothing to do about it here (the pools notice on their own).
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-    await client.query('select 1');
-  } catch {
-    await client.end().catch(() => undefined);
-    return undefined;
-  }
-  // Once held, the hold must not keep this process alive: it lasts as long as the process does, no longer.
-  socket.unref();
-  return () => void client.end().catch(() => undefined);
+  let released = false;
+  let held: Client | undefined;
+  const take = async (): Promise<Client | undefined> => {
+    const socket = new Socket();
+    const client = new Client({
+      connectionString: adminUrl,
+      connectionTimeoutMillis: 2_000,
+      application_name: `${HOLD_APPLICATION_NAME}${process.pid}`,
+      stream: () => socket,
+    });
+    // The server ending the hold is answered by 'end' below; the event must not crash this process.
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      await client.query('select 1');
+    } catch {
+      await client.end().catch(() => undefined);
+      return undefined;
+    }
+    // Once held, the hold must not keep this process alive: it lasts as long as the process does, no longer.
+    socket.unref();
+    client.once('end', () => {
+      if (!released) retake();
+    });
+    return client;
+  };
+  const retake = () => {
+    setTimeout(async () => {
+      if (released) return;
+      held = await take();
+      if (released) void held?.end().catch(() => undefined);
+      else if (!held) retake();
+    }, RETAKE_HOLD_MS).unref();
+  };
+  held = await take();
+  if (!held) return undefined;
+  return () => {
+    released = true;
+    void held?.end().catch(() => undefined);
+  };
 }
 
 /**

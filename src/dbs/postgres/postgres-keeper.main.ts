@@ -17,6 +17,13 @@ import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } f
  */
 
 const POLL_MS = 1_000;
+/**
+ * How long the server must have no other process's session, look after
+ * look, before it is stopped. A server that restarts after a backend's
+ * crash ends every session, holds included, and the processes holding it
+ * take theirs again within a second or two (holdServer).
+ */
+const QUIET_MS = 3_000;
 const CANNOT_CONNECT_NOW = '57P03';
 
 async function main(): Promise<void> {
@@ -47,6 +54,8 @@ async function main(): Promise<void> {
   let client: Client | undefined;
   /** It has taken this keeper's session: from then on, a refusal is no longer its first start-up. */
   let answered = false;
+  /** Since when every look found no other process's session; undefined while one did, or the look failed. */
+  let quietSince: number | undefined;
   for (;;) {
     await new Promise((done) => setTimeout(done, POLL_MS));
     // Stopped (by its starter, or anyone), or a failed start: nothing left to keep.
@@ -55,10 +64,16 @@ async function main(): Promise<void> {
     try {
       client ??= await connect(port);
       answered = true;
-      if ((await sessionsOfOtherProcesses(client)) > 0) continue;
+      if ((await sessionsOfOtherProcesses(client)) > 0) {
+        quietSince = undefined;
+        continue;
+      }
+      quietSince ??= Date.now();
+      if (Date.now() - quietSince < QUIET_MS) continue;
     } catch (error) {
       await client?.end().catch(() => undefined);
       client = undefined;
+      quietSince = undefined;
       // Not answering at all yet, no session free (too many clients), recovering from a backend's crash
       // while others use it, or this session ended: look again. Giving up would leave it running for good.
       if (!stillStartingUp(error, answered)) continue;
