@@ -1,5 +1,5 @@
 import { ClickHouseClient } from '@clickhouse/client';
-import { RawBuilder, sql } from 'kysely';
+import { Expression, RawBuilder, sql, SqlBool } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
 import { errorText } from '../../error-text';
 import { isUuid } from '../../uuid';
@@ -18,7 +18,8 @@ import {
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { NodeRow, SpanRow } from '../postgres/database';
 import { nodeFromRow } from '../postgres/node-row.mapper';
-import { spanFromRow, spanIdToBytes } from '../postgres/span-row.mapper';
+import { spanFromRow } from '../postgres/span-row.mapper';
+import { amongSpanKeys } from '../postgres/span-keys';
 import { Entity } from './history-scope';
 
 /** What both mirrored records (MirroredSpan, MirroredNode) share. */
@@ -60,12 +61,8 @@ export interface HistoryEntity<Row = any, Mirrored extends MirroredRecord = Mirr
    * memory before the rows are fetched.
    */
   storedSize: RawBuilder<number>;
-  /**
-   * Postgres: keys as a condition, for reads by key: bound as arrays, two
-   * parameters however many keys (a list of row tuples cost Postgres a plan
-   * as long as the list: 1,000 span keys a statement read ~3,000 keys/s).
-   */
-  keysCondition(keys: string[][]): RawBuilder<boolean>;
+  /** Postgres: keys as a condition, for reads by key, bound as arrays (as the DAOs bind them). */
+  keysCondition(keys: string[][]): Expression<SqlBool>;
   cursorOf(row: Row): string[];
   keyOf(row: Row): string[];
   /** The row as a live write mirrors it: version = µs of updated_at, not deleted. */
@@ -169,8 +166,7 @@ export const spanHistory: HistoryEntity<SpanRow, MirroredSpan> = {
   storedSize: sql.raw<number>(
     [size('attributes'), size('"references"'), size('links'), size('hashes'), size('events'), size('exception'), size('status_message'), FIXED_ROW_BYTES].join(' + '),
   ),
-  keysCondition: (keys) =>
-    sql<boolean>`(trace_id, span_id) in (select * from unnest(${keys.map(([t]) => traceIdToUuid(t))}::uuid[], ${keys.map(([, s]) => spanIdToBytes(s))}::bytea[]))`,
+  keysCondition: (keys) => amongSpanKeys(keys.map(([trace_id, span_id]) => ({ trace_id, span_id }))),
   cursorOf: (row) => [row.created_at, row.project_id, row.trace_id, row.span_id.toString('hex')],
   keyOf: (row) => [uuidToTraceId(row.trace_id), row.span_id.toString('hex')],
   mirrored: (row) => {

@@ -10,6 +10,7 @@ import { querySpans, spanAnalytics } from './postgres-span-query';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { bytesToSpanId, DELETED_SPAN_COLUMNS, deletedSpanFromRow, spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
 import { inCallersOrder, inLockOrder, lockRows } from './lock-order';
+import { amongSpanKeys } from './span-keys';
 
 /** Postgres's parameter limit is 65535; a span row binds 20 values. */
 const INSERT_CHUNK = 1000;
@@ -67,7 +68,7 @@ export class PostgresTracingDao implements TracingDao {
       .selectFrom('spans')
       .selectAll()
       .where('project_id', '=', projectId)
-      .where(amongKeys(keys))
+      .where(amongSpanKeys(keys))
       .orderBy('start_time')
       .orderBy('span_id')
       .execute();
@@ -76,7 +77,7 @@ export class PostgresTracingDao implements TracingDao {
 
   async deleteSpans(projectId: string, keys: SpanKey[]): Promise<DeletedSpan[]> {
     if (keys.length === 0) return [];
-    return this.deleteInLockOrder(projectId, amongKeys(keys));
+    return this.deleteInLockOrder(projectId, amongSpanKeys(keys));
   }
 
   async readTraces(projectId: string, traceIds: string[], options: SpanBound = {}): Promise<Span[]> {
@@ -195,17 +196,7 @@ export class PostgresTracingDao implements TracingDao {
   }
 }
 
-/**
- * The spans among `keys`, bound as two arrays: two parameters however many
- * keys there are. An IN list of row tuples binds two per key, and Postgres
- * takes at most 65,535, so a batch of more than 32,767 keys (MAX_BATCH_ITEMS
- * allows 100,000) failed as a protocol error.
- */
-function amongKeys(keys: SpanKey[]): Expression<SqlBool> {
-  return sql<SqlBool>`(trace_id, span_id) in (select * from unnest(${keys.map((k) => traceIdToUuid(k.trace_id))}::uuid[], ${keys.map((k) => spanIdToBytes(k.span_id))}::bytea[]))`;
-}
-
-/** The spans of `traceIds`, bound as one array, for the same reason. */
+/** The spans of `traceIds`, bound as one array, as amongSpanKeys binds keys (span-keys.ts). */
 function amongTraces(traceIds: string[]): Expression<SqlBool> {
   return sql<SqlBool>`trace_id = any(${traceIds.map(traceIdToUuid)}::uuid[])`;
 }
