@@ -212,25 +212,7 @@ export class ClickHouseHistory {
   async *streamStored(entity: HistoryEntity, scope: HistoryScope): AsyncGenerator<StoredRow[]> {
     const { conditions, params } = scopeConditions(scope);
     const columns = entity.clickHouseColumns.map((c) => `\`${c}\``).join(', ');
-    const result = await this.answered(() =>
-      this.query.query({
-        query: `SELECT ${columns} FROM ${entity.table} FINAL WHERE ${['is_deleted = 0', ...conditions].join(' AND ')}`,
-        query_params: params,
-        format: 'JSONEachRow',
-      }),
-    );
-    // The answer streams: the server can go away between its blocks too. A reader that stops early
-    // (an error in its loop) closes it, rather than leave the socket and the server's query waiting.
-    const blocks = result.stream()[Symbol.asyncIterator]();
-    try {
-      for (;;) {
-        const next = await this.answered(() => blocks.next());
-        if (next.done) return;
-        yield next.value.map((row: { json(): unknown }) => row.json() as StoredRow);
-      }
-    } finally {
-      result.close();
-    }
+    yield* this.streamed<StoredRow>(`SELECT ${columns} FROM ${entity.table} FINAL WHERE ${['is_deleted = 0', ...conditions].join(' AND ')}`, params);
   }
 
   /**
@@ -247,35 +229,40 @@ export class ClickHouseHistory {
     const { conditions, params } = scopeConditions(bucket);
     const keys = entity.clickHouseKeyColumns.map((expr, i) => `${expr} AS k${i}`).join(', ');
     const groups = entity.clickHouseKeyColumns.map((_, i) => `k${i}`).join(', ');
-    const result = await this.answered(() =>
-      this.query.query({
-        query: `SELECT ${keys}, toString(max(version)) AS top_version, argMax(is_deleted, version) AS top_deleted
-                FROM ${entity.table} WHERE ${conditions.join(' AND ') || '1'} GROUP BY ${groups}`,
-        query_params: params,
-        format: 'JSONEachRow',
-      }),
-    );
-    // The answer streams: the server can go away between its blocks too. A reader that stops early closes it.
-    const blocks = result.stream()[Symbol.asyncIterator]();
+    const query = `SELECT ${keys}, toString(max(version)) AS top_version, argMax(is_deleted, version) AS top_deleted
+                FROM ${entity.table} WHERE ${conditions.join(' AND ') || '1'} GROUP BY ${groups}`;
     let chunk: StoredKeyVersion[] = [];
+    for await (const rows of this.streamed<Record<string, string | number>>(query, params)) {
+      for (const row of rows) {
+        chunk.push({
+          key: entity.clickHouseKeyOf(entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]))),
+          version: BigInt(row.top_version),
+          deleted: Number(row.top_deleted) === 1,
+        });
+        if (chunk.length === size) {
+          yield chunk;
+          chunk = [];
+        }
+      }
+    }
+    if (chunk.length > 0) yield chunk;
+  }
+
+  /**
+   * A JSONEachRow query's rows, a block at a time, as the server streams
+   * them: the server can go away between its blocks too. A reader that
+   * stops early (an error in its loop) closes the answer, rather than leave
+   * the socket and the server's query waiting.
+   */
+  private async *streamed<Row>(query: string, params: Record<string, unknown>): AsyncGenerator<Row[]> {
+    const result = await this.answered(() => this.query.query({ query, query_params: params, format: 'JSONEachRow' }));
+    const blocks = result.stream()[Symbol.asyncIterator]();
     try {
       for (;;) {
         const next = await this.answered(() => blocks.next());
-        if (next.done) break;
-        for (const block of next.value as Array<{ json(): Record<string, string | number> }>) {
-          const row = block.json();
-          chunk.push({
-            key: entity.clickHouseKeyOf(entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]))),
-            version: BigInt(row.top_version),
-            deleted: Number(row.top_deleted) === 1,
-          });
-          if (chunk.length === size) {
-            yield chunk;
-            chunk = [];
-          }
-        }
+        if (next.done) return;
+        yield next.value.map((row: { json(): unknown }) => row.json() as Row);
       }
-      if (chunk.length > 0) yield chunk;
     } finally {
       result.close();
     }
