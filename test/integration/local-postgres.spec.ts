@@ -154,6 +154,24 @@ describe('embedded Postgres', () => {
       return !serverRunning();
     };
 
+    const leftRunning = () => `embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session of other processes uses it; it stops once none does`;
+
+    /** A server one probe started and a second joined. */
+    async function startedAndJoined() {
+      const starter = await probe();
+      const joiner = await probe();
+      expect([starter.started, joiner.started]).toEqual([true, false]);
+      return { starter, joiner };
+    }
+
+    /** The keeper leaves the server running while the joiner runs (two of its checks, not a guess at how long they take), and stops it once the joiner is killed. */
+    async function heldUntilTheJoinerEnds(joiner: { url: string; child: ChildProcess }) {
+      await (await watchKeeper()).checksLeftItRunning(2);
+      expect(await answers(joiner.url)).toBe(true);
+      joiner.child.kill('SIGKILL');
+      expect(await stopsWithin(10_000)).toBe(true);
+    }
+
     it('is left running while another process has a session on it, and its keeper stops it once none has', async () => {
       const starter = await probe();
       expect(starter.started).toBe(true);
@@ -165,7 +183,7 @@ describe('embedded Postgres', () => {
       try {
         expect(await starter.stop()).toEqual({
           code: 0,
-          logs: expect.arrayContaining([`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session of other processes uses it; it stops once none does`]),
+          logs: expect.arrayContaining([leftRunning()]),
         });
         // Two of the keeper's checks since the starter ended, not a guess at how long they take.
         await (await watchKeeper()).checksLeftItRunning(2);
@@ -178,24 +196,16 @@ describe('embedded Postgres', () => {
 
     // pg's pools close idle connections after 10 s: an idle API that had joined looked unused, and the server was stopped under it.
     it('is held by a process that joined it for as long as that process runs, idle or not, however it ends', async () => {
-      const starter = await probe();
-      const joiner = await probe();
-      expect([starter.started, joiner.started]).toEqual([true, false]);
-      expect((await starter.stop()).logs).toContain(`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session of other processes uses it; it stops once none does`);
-      // Two of the keeper's checks since the starter ended, not a guess at how long they take.
-      await (await watchKeeper()).checksLeftItRunning(2);
-      expect(await answers(joiner.url)).toBe(true);
-      joiner.child.kill('SIGKILL');
-      expect(await stopsWithin(10_000)).toBe(true);
+      const { starter, joiner } = await startedAndJoined();
+      expect((await starter.stop()).logs).toContain(leftRunning());
+      await heldUntilTheJoinerEnds(joiner);
     }, 90_000);
 
     // A backend's crash restarts the server and ends every session, the joiner's hold too: untaken again, the
     // server looked unused to its keeper once the joiner's pool had let its idle connections go.
     it('is held again by a process that joined it after a crash restart ends every session', async () => {
-      const starter = await probe();
-      const joiner = await probe();
-      expect([starter.started, joiner.started]).toEqual([true, false]);
-      expect((await starter.stop()).logs).toContain(`embedded PostgreSQL left running on 127.0.0.1:${port}: 1 session of other processes uses it; it stops once none does`);
+      const { starter, joiner } = await startedAndJoined();
+      expect((await starter.stop()).logs).toContain(leftRunning());
       const holds = async () => {
         const admin = new Client({ connectionString: joiner.url });
         admin.on('error', () => undefined);
@@ -218,24 +228,14 @@ describe('embedded Postgres', () => {
         if (Date.now() > deadline) throw new Error(`the joiner did not hold the server again (held by ${hold}, now ${JSON.stringify(again)}; answers: ${await answers(joiner.url)})`);
         again = await holds();
       }
-      // Two of the keeper's checks since, not a guess at how long they take.
-      await (await watchKeeper()).checksLeftItRunning(2);
-      expect(await answers(joiner.url)).toBe(true);
-      joiner.child.kill('SIGKILL');
-      expect(await stopsWithin(10_000)).toBe(true);
+      await heldUntilTheJoinerEnds(joiner);
     }, 90_000);
 
     // An interrupted command leaves by process.exit: it used to stop the server on 'exit', under the API that had joined it.
     it('is left running by a starter that leaves without stopping it while another process holds it, and stopped once that one ends', async () => {
-      const starter = await probe();
-      const joiner = await probe();
-      expect([starter.started, joiner.started]).toEqual([true, false]);
+      const { starter, joiner } = await startedAndJoined();
       expect(await starter.exit()).toBe(130);
-      // Two of the keeper's checks since the starter ended, not a guess at how long they take.
-      await (await watchKeeper()).checksLeftItRunning(2);
-      expect(await answers(joiner.url)).toBe(true);
-      joiner.child.kill('SIGKILL');
-      expect(await stopsWithin(10_000)).toBe(true);
+      await heldUntilTheJoinerEnds(joiner);
     }, 90_000);
 
     it('is stopped by its keeper when the process that started it is killed and no other process uses it', async () => {
