@@ -534,6 +534,44 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
   });
 
+  it('--gaps keeps the tombstones of a key\'s other days when it resets the key in a later gap of the run', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
+    const first = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
+    // The key was created on 10-01 and on 10-02 (deleted in between); both creates are still queued in an API.
+    const second = { ...first, created_at: '2026-10-02T12:00:00.000001Z', version: first.version + 10n };
+    const queuedCreates = [spanHistory.line(first), spanHistory.line(second)];
+    await pg.db.deleteFrom('spans').execute();
+    // Each delete overflowed into a gap record of its own: the first is replayed before the second is read.
+    const gaps = new PostgresMirrorGapsRepository(pg.db);
+    await gaps.record(groupIntoGaps([toSpanGapRow(spanTombstone(first, first.version + 1n))], 'queue_full'));
+    await gaps.record(groupIntoGaps([toSpanGapRow(spanTombstone(second, second.version + 1n))], 'queue_full'));
+
+    // The span is created again today once the replay has written the tombstone of its second day: that gap resets the key.
+    const insert = history.insert.bind(history);
+    let created = false;
+    const spy = jest.spyOn(history, 'insert').mockImplementation(async (table, lines, token) => {
+      await insert(table, lines, token);
+      if (token.includes(':tombstone:') && lines.some((line) => line.includes('"2026-10-02 12:00:00.000001"')) && !created) {
+        created = true;
+        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
+          values (${P1}::uuid, ${traceIdToUuid(first.trace_id)}::uuid, decode(${first.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
+      }
+    });
+    try {
+      const result = await new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null });
+      expect(result).toMatchObject({ gaps: 2, upserted: 0, reset: 1, tombstoned: 2 });
+      expect(created).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+
+    // Both queued creates land now, each on its own day: the first gap's tombstone outlived the second gap's reset.
+    await history.insert('spans', queuedCreates, 'late-creates');
+    const spans = await new SpanMirrorReads(ch.clients.query).readSpans(P1, [{ trace_id: first.trace_id, span_id: first.span_id }]);
+    expect(spans.map((span) => span.span_name)).toEqual(['created again']);
+    expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
+  });
+
   it('--gaps goes past a gap it cannot replay, leaves it open and fails naming it', async () => {
     await seedNodes(pg.db, { projects: [P1], days: 1, rows: 3 });
     await new Backfill(pg, history).run(ALL_NODES);

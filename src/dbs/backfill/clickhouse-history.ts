@@ -6,7 +6,7 @@ import { ClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { ClickHouseSink, linesBody } from '../clickhouse/clickhouse-sink';
 import { classifySendError, describeSendError, EMPTY_ERROR_ANSWER, isEmptyErrorAnswer } from '../clickhouse/retry-policy';
 import { countByProjectDay, ProjectDayCount } from '../clickhouse/mirror-queries';
-import { isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
+import { clickHouseTimeToIso, isoToClickHouseTime } from '../clickhouse/span-clickhouse-row.mapper';
 import { readTtlDays } from '../clickhouse/clickhouse-ddl-runner';
 import { HistoryEntity, MirroredRecord } from './history-entities';
 import { ENTITIES, Entity, HistoryScope } from './history-scope';
@@ -20,6 +20,13 @@ export interface StoredKeyVersion {
   key: string[];
   version: bigint;
   deleted: boolean;
+}
+
+/** A tombstone as ClickHouse stores it: its key, its created_at (ISO) and its line, to write it again as it was. */
+export interface StoredTombstone {
+  key: string[];
+  createdAt: string;
+  line: string;
 }
 
 /** A row as ClickHouse returns it in JSONEachRow: the fields of its line. */
@@ -266,6 +273,35 @@ export class ClickHouseHistory {
     } finally {
       result.close();
     }
+  }
+
+  /**
+   * The newest tombstone ClickHouse stores for each of these keys' creation
+   * days, as its line to write again: read from all rows (FINAL hides
+   * tombstones), newest version first per key and day.
+   */
+  async storedTombstones(entity: HistoryEntity, projectId: string, keys: string[][]): Promise<StoredTombstone[]> {
+    if (keys.length === 0) return [];
+    const { condition, params } = entity.clickHouseKeysCondition(keys);
+    const columns = entity.clickHouseColumns.map((c) => `\`${c}\``).join(', ');
+    const keyColumns = entity.clickHouseKeyColumns.map((expr, i) => `${expr} AS k${i}`).join(', ');
+    const groups = entity.clickHouseKeyColumns.map((_, i) => `k${i}`).join(', ');
+    const rows = await this.answered(async () => {
+      const result = await this.query.query({
+        query: `SELECT ${columns}, ${keyColumns} FROM ${entity.table}
+                WHERE project_id = {projectId:UUID} AND ${condition} AND is_deleted = 1
+                ORDER BY version DESC LIMIT 1 BY ${groups}, toDate(created_at)`,
+        query_params: { projectId, ...params },
+        format: 'JSONEachRow',
+      });
+      return result.json<StoredRow>();
+    });
+    return rows.map((row) => {
+      const texts = entity.clickHouseKeyColumns.map((_, i) => String(row[`k${i}`]));
+      // The key columns come last and leave the row: what remains is the mapper's fields in its order, the line.
+      for (let i = 0; i < texts.length; i++) delete row[`k${i}`];
+      return { key: entity.clickHouseKeyOf(texts), createdAt: clickHouseTimeToIso(row.created_at), line: JSON.stringify(row) };
+    });
   }
 
   /** Live rows (FINAL) of one project with these keys. */

@@ -76,11 +76,11 @@ export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult
  * we read again is not seen, and its row (versioned before our tombstone)
  * stays hidden; the next verify finds it and --repair mends it. Closing that
  * would mean waiting out every transaction open at the first read. Also left:
- * reset() removes every stored version of a key, a tombstone included, so a
- * key deleted in Postgres while it runs is left with no row in ClickHouse,
- * which is right, but with nothing to outrank a copy of an older version
- * written after it (a backfill that read the key before the delete). The
- * next verify finds that row too.
+ * reset() keeps the tombstones it finds (see resetKeys), but one the mirror
+ * writes between that read and the removal is removed with the rest: the key
+ * is then left with no row in ClickHouse, which is right, but with nothing to
+ * outrank a copy of an older version written after it (a backfill that read
+ * the key before the delete). The next verify finds that row too.
  */
 export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   private readonly reader: KeysetReader<Row>;
@@ -132,18 +132,9 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       const resetKeys = uniqueKeys([...ahead, ...recreated]);
       const held = await this.resetKeys(projectId, resetKeys, `${token}:reset:${i}`);
       result.reset += resetKeys.length;
-      // reset removed every stored row of its keys, the tombstones just written for their other
-      // creation days too: a write still queued for such a day would land live. Written again,
-      // except on the day Postgres now holds the key, whose row reset has just written.
-      const wasReset = new Set(resetKeys.map(keyText));
+      // A tombstone on the day Postgres now holds its key was removed by the reset, and stays removed.
       const heldDays = new Set(held.map((r) => dayKey(this.entity.keyOf(r), this.entity.mirrored(r).created_at)));
-      const again = tombstones.filter((t) => wasReset.has(keyText(t.key)) && !heldDays.has(dayKey(t.key, t.createdAt)));
-      await this.clickhouse.insert(
-        this.entity.table,
-        again.map((t) => t.line),
-        `${token}:tombstone-again:${i}`,
-      );
-      result.tombstoned += tombstones.filter((t) => !wasReset.has(keyText(t.key))).length + again.length;
+      result.tombstoned += tombstones.filter((t) => !heldDays.has(dayKey(t.key, t.createdAt))).length;
     }
     return result;
   }
@@ -183,14 +174,29 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
     return keys.length;
   }
 
-  /** reset(), giving back the Postgres rows it wrote. */
+  /**
+   * reset(), giving back the Postgres rows it wrote. The removal takes every
+   * stored row of a key, tombstones included, but a tombstone on a creation
+   * day Postgres does not hold the key (a delete) still has work to do: it
+   * hides a create of that day still queued in some API. So the newest
+   * tombstone of each such day, read just before the removal, is written
+   * again: those this replay wrote and those earlier replays, gap records
+   * or the mirror itself wrote alike.
+   */
   private async resetKeys(projectId: string, keys: string[][], token: string): Promise<Row[]> {
     const written: Row[] = [];
     for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
       const chunk = keys.slice(i, i + KEYS_PER_READ);
+      const tombstones = await this.clickhouse.storedTombstones(this.entity, projectId, chunk);
       await this.clickhouse.removeKeys(this.entity, projectId, chunk);
       const rows = await this.reader.byKeys(projectId, chunk);
       await this.upsert(rows, `${token}:${i}`);
+      const heldDays = new Set(rows.map((r) => dayKey(this.entity.keyOf(r), this.entity.mirrored(r).created_at)));
+      await this.clickhouse.insert(
+        this.entity.table,
+        tombstones.filter((t) => !heldDays.has(dayKey(t.key, t.createdAt))).map((t) => t.line),
+        `${token}:${i}:tombstones`,
+      );
       written.push(...rows);
     }
     return written;
