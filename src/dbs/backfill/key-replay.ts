@@ -96,8 +96,8 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   /** `token` must be unique to this attempt; inserts derive their deduplication tokens from it. */
   async replay(projectId: string, keys: GapEntry[], token: string): Promise<ReplayResult> {
     const result = emptyReplay();
-    // A key's entries (one per write of it) side by side and in one chunk: a reset removes every
-    // stored row of a key, and writes again only the tombstones of the chunk it runs in.
+    // A key's entries (one per write of it) side by side and in one chunk: the key is read, its
+    // tombstones written and, if need be, the key reset once, not once per chunk it turns up in.
     const ordered = byKey(keys);
     for (let i = 0, end = 0; i < ordered.length; i = end) {
       end = Math.min(i + KEYS_PER_READ, ordered.length);
