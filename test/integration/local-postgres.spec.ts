@@ -6,7 +6,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { KEEPER_APPLICATION_NAME, localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
-import { childRunning } from '../../src/dbs/process-alive';
+import { childRunning, processStartTime } from '../../src/dbs/process-alive';
 import { nodeCommand } from '../../src/dbs/node-command';
 import { within } from '../../src/within';
 import { freePort } from '../support/free-port';
@@ -47,11 +47,36 @@ describe('embedded Postgres', () => {
       await new Promise((done) => starterGone.once('exit', done));
       const { command, args } = nodeCommand(join(__dirname, '../../src/dbs/postgres/postgres-keeper.main'));
       const { NODE_OPTIONS: _jest, ...env } = process.env;
-      const keeper = spawn(command, [...args, String(await freePort()), String(stranger.pid), String(starterGone.pid), dir], { env, stdio: 'ignore' });
-      // Two of its polls (a second apart) see the file naming its postmaster.
+      const startTime = processStartTime(stranger.pid!)!;
+      const keeper = spawn(command, [...args, String(await freePort()), String(stranger.pid), String(starterGone.pid), dir, startTime], { env, stdio: 'ignore' });
+      // Two of its polls (a second apart) see the file naming its postmaster, which started when the keeper was told.
       await new Promise((done) => setTimeout(done, 2_500));
+      expect(childRunning(keeper)).toBe(true);
       await writeFile(join(dir, 'postmaster.pid'), '1\n');
       // Its exit code: 0 when it let go, 1 when it failed (a crash would pass for letting go otherwise).
+      const exitCode = await within(new Promise<number | null>((done) => keeper.once('exit', done)), 10_000, () => 'still running');
+      if (exitCode === 'still running') keeper.kill('SIGKILL');
+      expect({ exitCode, strangerRunning: childRunning(stranger) }).toEqual({ exitCode: 0, strangerRunning: true });
+    } finally {
+      stranger.kill('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  // A postmaster killed with -9 leaves its lock file naming it: once its pid was reused, the file still named the
+  // stranger, and the keeper polled for as long as the stranger ran.
+  it('has a keeper that lets go once its postmaster\'s pid belongs to a process that started later', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'tracing-keeper-'));
+    const stranger = spawn('sleep', ['60']);
+    try {
+      await writeFile(join(dir, 'postmaster.pid'), `${stranger.pid}\n`);
+      const starterGone = spawn('true');
+      await new Promise((done) => starterGone.once('exit', done));
+      // The postmaster the keeper was started for had the stranger's pid, and started a tick before it.
+      const postmasterStart = String(BigInt(processStartTime(stranger.pid!)!) - 1n);
+      const { command, args } = nodeCommand(join(__dirname, '../../src/dbs/postgres/postgres-keeper.main'));
+      const { NODE_OPTIONS: _jest, ...env } = process.env;
+      const keeper = spawn(command, [...args, String(await freePort()), String(stranger.pid), String(starterGone.pid), dir, postmasterStart], { env, stdio: 'ignore' });
       const exitCode = await within(new Promise<number | null>((done) => keeper.once('exit', done)), 10_000, () => 'still running');
       if (exitCode === 'still running') keeper.kill('SIGKILL');
       expect({ exitCode, strangerRunning: childRunning(stranger) }).toEqual({ exitCode: 0, strangerRunning: true });

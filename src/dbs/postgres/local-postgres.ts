@@ -10,7 +10,7 @@ import { Client } from 'pg';
 import { counted } from '../../counted';
 import { OperatorError } from '../../config/operator-error';
 import { nodeCommand } from '../node-command';
-import { childRunning } from '../process-alive';
+import { childRunning, processStartTime } from '../process-alive';
 import { POOL_APPLICATION_NAME } from './postgres-pool';
 import { serverWentAway } from './unavailable';
 import { untilReady } from '../server-ready';
@@ -361,7 +361,9 @@ async function otherSessions(adminUrl: string): Promise<number> {
  */
 function startKeeper(port: number, postmasterPid: number, dataDir: string, log: (message: string) => void): ChildProcess {
   const { command, args } = nodeCommand(resolve(__dirname, 'postgres-keeper.main'));
-  const keeper = spawn(command, [...args, String(port), String(postmasterPid), String(process.pid), dataDir], { detached: true, stdio: 'ignore' });
+  // Read now, while the pid is surely the postmaster's: the keeper tells it from a process that reuses the pid later.
+  const startTime = processStartTime(postmasterPid) ?? '';
+  const keeper = spawn(command, [...args, String(port), String(postmasterPid), String(process.pid), dataDir, startTime], { detached: true, stdio: 'ignore' });
   keeper.on('error', (error) => log(`embedded PostgreSQL keeper could not be started (the server then outlives this process): ${error.message}`));
   keeper.unref();
   return keeper;

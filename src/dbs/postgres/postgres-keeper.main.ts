@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Client } from 'pg';
-import { processAlive } from '../process-alive';
+import { processAlive, processStartTime } from '../process-alive';
 import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } from './local-postgres';
 
 /**
@@ -13,7 +13,8 @@ import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } f
  * (see startLocalPostgres), so none left means nobody uses it. While the
  * starter runs, the starter decides (it stops the server when it ends).
  * Started, detached, with the server. Arguments: <port> <postmaster pid>
- * <starter pid> <data directory>.
+ * <starter pid> <data directory> [<postmaster start time>, as
+ * processStartTime gives it; empty where unknown].
  */
 
 const POLL_MS = 1_000;
@@ -29,17 +30,22 @@ const CANNOT_CONNECT_NOW = '57P03';
 async function main(): Promise<void> {
   const [port, postmaster, starter] = process.argv.slice(2, 5).map(Number);
   const dataDir = process.argv[5];
+  const startTime = process.argv[6] || null;
   /**
-   * The server is still the one this keeper keeps: its process runs, and its
-   * data directory's lock file names it. A pid alone could be reused by an
-   * unrelated process once the server has gone, and signalled. Until the
-   * file has named it, the pid is all there is: the keeper starts with the
-   * postmaster, which may not have written its file yet (a slow start), or
-   * not yet replaced a crashed server's.
+   * The server is still the one this keeper keeps: its process runs, started
+   * when the postmaster did, and its data directory's lock file names it. A
+   * pid alone could be reused by an unrelated process once the server has
+   * gone, and signalled. The start time tells them apart where /proc gives
+   * it (Linux). The lock file does so too, but only once the server has
+   * written it, and it stays behind when the server is killed with -9.
+   * Until the file has named it, the pid is all the file check has: the
+   * keeper starts with the postmaster, which may not have written its file
+   * yet (a slow start), or not yet replaced a crashed server's.
    */
   let named = false;
   const keeps = (): boolean => {
     if (!processAlive(postmaster)) return false;
+    if (startTime !== null && processStartTime(postmaster) !== startTime) return false;
     let holder: number;
     try {
       holder = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
