@@ -12,6 +12,7 @@ import { redactUrl } from '../src/config/redact-url';
 import { counted } from '../src/counted';
 import { errorText } from '../src/error-text';
 import { clickHouseClientOptions } from '../src/dbs/clickhouse/clickhouse-clients';
+import { migrateClickHouse } from '../src/dbs/clickhouse/clickhouse-ddl-runner';
 import { resolveClickHouse } from '../src/dbs/clickhouse/local-clickhouse';
 import { describeSendError } from '../src/dbs/clickhouse/retry-policy';
 import { DB } from '../src/dbs/postgres/database';
@@ -217,6 +218,8 @@ async function openStores(
     clickhouse = await resolveClickHouse(config.clickhouse, log);
     await checkClickHouseAnswers(clickhouse.url, config.clickhouse);
     await prepareSchema(db, config.postgres.migrateOnStart);
+    // The API creates the tables too, but in the background: the run counts rows in them as soon as it answers.
+    await migrateClickHouse(config.clickhouse, clickhouse.url, { log });
   } catch (error) {
     await db.destroy();
     await clickhouse?.stop?.();
@@ -347,8 +350,17 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
     // Before anything is migrated or started: a key this database does not hold (or a database with no keys at all) ends the run here.
     const project = await new ApiKeyService(new ApiKeysRepository(db)).projectOf(options.target.key).catch(() => null);
     if (!project) throw new UsageError('--key is not a live API key in this DATABASE_URL');
+    const rollout = parseConfig(source).clickhouse.projectIds;
+    if (rollout.length > 0 && !rollout.includes(project)) {
+      throw new UsageError(
+        `--key's project ${project} is not in CLICKHOUSE_PROJECT_IDS: it is not mirrored, and the run ends comparing its rows in Postgres and ClickHouse; use a key of a listed project, or add it`,
+      );
+    }
     projectId = project;
   });
+  // The run's own API writes into a project made for the run, which no rollout list names: it mirrors every
+  // project, and the run's verify compares it.
+  const runEnv = options.target ? stores.env : { ...stores.env, CLICKHOUSE_PROJECT_IDS: '' };
   let api: ApiProcess | null = null;
   try {
     const keys = new ApiKeyService(new ApiKeysRepository(stores.db));
@@ -357,7 +369,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       key = options.target.key;
     } else {
       const main = await ensureApiBuild(log);
-      api = await startApiProcess({ ...stores.env, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn' }, { main });
+      api = await startApiProcess({ ...runEnv, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn' }, { main });
       url = api.url;
       projectId = randomUUID();
       key = (await keys.create(projectId)).key;
@@ -514,7 +526,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
 
     let verify: LoadSummary['verify'] = null;
     if (existsSync(join(ROOT, 'scripts', 'verify.ts'))) {
-      verify = await runVerify(stores.env, projectId);
+      verify = await runVerify(runEnv, projectId);
       if (verify.exitCode !== 0) failures.push(`verify exited ${verify.exitCode}: ${verify.output.split('\n').slice(-5).join(' | ')}`);
     }
 

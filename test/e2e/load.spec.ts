@@ -71,6 +71,9 @@ describe('load (short run of scripts/load.ts)', () => {
   it('holds a steady rate with zero errors, and the mirror matches Postgres afterwards', async () => {
     const lines: string[] = [];
     let summary: LoadSummary;
+    // A ClickHouse database without tables yet, and a rollout list in the shell, which cannot name the run's new
+    // project: the run makes the tables before it counts rows in them, and its API mirrors every project.
+    const fresh = { ...clickhouse.config, database: `${database.name}_load` };
     try {
       summary = await runLoad({
         durationSec: DURATION_SEC,
@@ -82,12 +85,15 @@ describe('load (short run of scripts/load.ts)', () => {
           CLICKHOUSE_URL: clickhouse.url,
           CLICKHOUSE_USER: clickhouse.config.user,
           CLICKHOUSE_PASSWORD: clickhouse.config.password,
-          CLICKHOUSE_DATABASE: database.name,
+          CLICKHOUSE_DATABASE: fresh.database,
+          CLICKHOUSE_PROJECT_IDS: randomUUID(),
         },
         log: (line) => lines.push(line),
       });
     } catch (error) {
       throw new Error(`${(error as Error).message}\n${lines.join('\n')}`);
+    } finally {
+      await dropClickHouseDatabase(fresh, clickhouse.url);
     }
     process.stdout.write(`${formatSummary(summary)}\n`);
 
@@ -310,6 +316,20 @@ describe('load (short run of scripts/load.ts)', () => {
         expect(tables.rows[0].n).toBe(0);
       } finally {
         await unmigrated.drop();
+      }
+    });
+
+    it('a --key of a project CLICKHOUSE_PROJECT_IDS leaves out: exit 2, naming it, before ClickHouse is looked for', async () => {
+      const project = randomUUID();
+      const { key } = await new ApiKeyService(new ApiKeysRepository(database.db)).create(project);
+      const api = await acceptingApi();
+      try {
+        const url = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
+        const run = await runCommand('load', ['--url', url, '--key', key], { DATABASE_URL: database.url, CLICKHOUSE_URL: 'http://127.0.0.1:1', CLICKHOUSE_PROJECT_IDS: randomUUID() });
+        expect(run).toMatchObject({ code: 2, stdout: '' });
+        expect(run.stderr).toContain(`error: --key's project ${project} is not in CLICKHOUSE_PROJECT_IDS: it is not mirrored`);
+      } finally {
+        await new Promise((closed) => api.close(closed));
       }
     });
 
