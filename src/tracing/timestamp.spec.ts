@@ -26,6 +26,12 @@ describe('timestamps with microseconds', () => {
     expect(normalizeTimestamp('2299-12-31T23:59:59Z')).toBe('2299-12-31T23:59:59.000000Z');
   });
 
+  it('rejects the last millisecond of 1899, which truncation toward zero read as 1900', () => {
+    expect(normalizeTimestamp('1899-12-31T23:59:59.9995Z')).toBeNull();
+    expect(normalizeTimestamp('1899-12-31T23:59:59.999999Z')).toBeNull();
+    expect(normalizeTimestamp('1900-01-01T00:00:00.000001Z')).toBe('1900-01-01T00:00:00.000001Z');
+  });
+
   it('round-trips through bigint microseconds exactly', () => {
     const iso = '2026-11-22T10:00:00.999999Z';
     expect(isoToMicros(iso)).toBe(1795341600999999n);

@@ -40,15 +40,17 @@ export function parseTimestampMicros(text: string): bigint | null {
     offsetMinutes = sign * (oh * 60 + om);
   }
   const micros = BigInt(ms - offsetMinutes * 60_000) * 1000n + BigInt(frac.padEnd(6, '0').slice(0, 6));
-  const utcYear = new Date(Number(micros / 1000n)).getUTCFullYear();
+  // Floored: 1899-12-31T23:59:59.9995Z truncated to milliseconds read as 1900.
+  const utcYear = new Date(Number(floorMillis(micros))).getUTCFullYear();
   if (utcYear < MIN_YEAR || utcYear > MAX_YEAR) return null;
   return micros;
 }
 
+/** Milliseconds of a time in µs, floored: bigint division truncates toward zero, which before 1970 rounds up. */
+const floorMillis = (micros: bigint): bigint => (micros < 0n && micros % 1000n !== 0n ? micros / 1000n - 1n : micros / 1000n);
+
 export function microsToIso(micros: bigint): string {
-  const ms = micros / 1000n;
-  const floorMs = micros < 0n && micros % 1000n !== 0n ? ms - 1n : ms;
-  const base = new Date(Number(floorMs)).toISOString(); // 2026-11-22T10:00:00.123Z
+  const base = new Date(Number(floorMillis(micros))).toISOString(); // 2026-11-22T10:00:00.123Z
   const fracMicros = ((micros % 1_000_000n) + 1_000_000n) % 1_000_000n;
   return `${base.slice(0, 19)}.${fracMicros.toString().padStart(6, '0')}Z`;
 }
