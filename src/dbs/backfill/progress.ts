@@ -39,7 +39,8 @@ class BarProgress implements HistoryProgress {
       etaBuffer: 50,
       hideCursor: true,
     });
-    this.bar.start(Math.max(total, 1), 0, { speed: 0 });
+    // A total of 0 (nothing left to copy) shows as done: cli-progress counts 0 of 0 as 100%.
+    this.bar.start(total, 0, { speed: 0 });
   }
 
   advance(rows: number): void {
@@ -73,6 +74,8 @@ class LogProgress implements HistoryProgress {
 
   advance(rows: number, cursor: string[]): void {
     this.done += rows;
+    // As the bar does: rows that land inside the range after it was counted raise the total, not the percent past 100.
+    this.total = Math.max(this.total, this.done);
     const now = Date.now();
     if (now - this.loggedAt < LOG_EVERY_MS) return;
     this.loggedAt = now;
