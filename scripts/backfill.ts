@@ -96,7 +96,7 @@ runCli(USAGE, async (args, log) => {
       }
       const backfill = new Backfill(postgres, clickhouse.history, log);
       // Every entity starts over before any is copied, so the resume hint above holds for all of them.
-      if (options.restart) for (const scope of scopes) await backfill.restart(scope);
+      if (options.restart) await backfill.restart(scopes);
       restarting = false;
       try {
         for (const scope of scopes) {

@@ -92,7 +92,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
 
     // restart() starts a finished run over without copying: the run after it copies everything again (not
     // "already complete"), from its start, under a new bound.
-    await backfill.restart(ALL_NODES);
+    await backfill.restart([ALL_NODES]);
     const nodesAgain = await backfill.run(ALL_NODES);
     expect(nodesAgain).toMatchObject({ outcome: 'complete', rowsCopied: 3_000, totalRowsCopied: 3_000, resumedFrom: null });
     expect(nodesAgain.upperBound > nodes.upperBound).toBe(true);
@@ -262,6 +262,9 @@ describe('backfill (real Postgres and ClickHouse)', () => {
           `application "a stuck backfill", (from [^,]+|over a local socket), connected since \\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{6}Z\\) holds the run's lock\\. .*select pg_terminate_backend\\(${holder[0].pid}\\)$`,
       ),
     );
+    // A restart of both entities is refused as a whole: nodes, first in line, is not started over either.
+    await expect(new Backfill(pg, history).restart([ALL_NODES, ALL_SPANS])).rejects.toThrow(RunInProgressError);
+    expect(await pg.db.selectFrom('backfill_checkpoints').selectAll().execute()).toEqual([checkpoint]);
     await other.end();
 
     const resumed = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });

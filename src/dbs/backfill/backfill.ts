@@ -110,9 +110,18 @@ export class Backfill {
    * (the command without --restart) whichever entity it had reached; else
    * the entities after it would still read as complete from before.
    */
-  async restart(scope: HistoryScope): Promise<void> {
-    const runKey = runKeyOf(scope);
-    await this.checkpoints.withRunLock(runKey, async () => void (await this.checkpoints.start(runKey, scope)));
+  /**
+   * Starts these scopes' runs over (their next run copies from the first
+   * row, under a new bound), holding every one's run lock before it resets
+   * any: a run in progress for one refuses the whole restart, and no other
+   * scope has lost its resume point to it.
+   */
+  async restart(scopes: HistoryScope[]): Promise<void> {
+    const holding = async (from: number): Promise<void> => {
+      if (from < scopes.length) return this.checkpoints.withRunLock(runKeyOf(scopes[from]), () => holding(from + 1));
+      for (const scope of scopes) await this.checkpoints.start(runKeyOf(scope), scope);
+    };
+    await holding(0);
   }
 
   async run(scope: HistoryScope, options: BackfillOptions = DEFAULT_BACKFILL_OPTIONS, progress: HistoryProgress = silentProgress): Promise<BackfillResult> {
