@@ -71,7 +71,7 @@ runCli(USAGE, async (args, log) => {
     // This process cannot see the API's setting, only its own environment's: say what matters, not a verdict.
     // A gap replay is about rows the mirror missed, not about rows written after it: the note has nothing to add there.
     if (!config.clickhouse.enabled && !gaps) {
-      log('note: rows written after the backfill copies them reach ClickHouse only through an API running with USE_CLICKHOUSE=true (unset in this shell, which is fine when the API has it)');
+      log('note: rows written after the backfill copies them reach ClickHouse only through an API running with USE_CLICKHOUSE=true (off in this shell, which is fine when the API has it on)');
     }
     const clickhouse = await connectClickHouse(config, log, 'backfill');
     const progress = createProgress(process.stderr, log);
@@ -80,9 +80,11 @@ runCli(USAGE, async (args, log) => {
     // read "complete" from the old run and be skipped, so the hint is to start over again.
     let restarting = options.restart;
     const hint = () =>
-      restarting
-        ? 'interrupted while starting over, before any row was copied; run the same command (with --restart) again'
-        : `interrupted: every batch ClickHouse accepted is checkpointed; ${options.restart ? 'run it again without --restart to resume' : 'run the same command to resume'}`;
+      gaps
+        ? 'interrupted: every gap record ClickHouse accepted whole is marked replayed, the rest stay open; run the same command to replay them'
+        : restarting
+          ? 'interrupted while starting over, before any row was copied; run the same command (with --restart) again'
+          : `interrupted: every batch ClickHouse accepted is checkpointed; ${options.restart ? 'run it again without --restart to resume' : 'run the same command to resume'}`;
     exitOnSignal(hint, () => progress.stop());
     try {
       if (gaps) {

@@ -16,7 +16,7 @@ describe('backfill and verify scopes', () => {
   it('copies only the mirrored projects when CLICKHOUSE_PROJECT_IDS is set, and refuses another', () => {
     const other = '7d1e0e3c-0000-4000-8000-000000000002';
     expect(parseScopes({ entity: 'spans', mirroredProjects: [other, P] })[0].projectIds).toEqual([P, other]);
-    expect(() => parseScopes({ project: '7d1e0e3c-0000-4000-8000-000000000003', mirroredProjects: [P] })).toThrow('not in CLICKHOUSE_PROJECT_IDS');
+    expect(() => parseScopes({ project: '7d1e0e3c-0000-4000-8000-000000000003', mirroredProjects: [P] })).toThrow('not in CLICKHOUSE_PROJECT_IDS: the mirror does not keep it up to date, so backfill does not copy it and verify does not compare it');
   });
 
   it.each([

@@ -49,7 +49,7 @@ export function parseScopes(options: ScopeOptions): HistoryScope[] {
     if (!isUuid(options.project)) throw new ScopeError(`--project must be a UUID, got "${options.project}"`);
     const project = options.project.toLowerCase();
     if (mirrored.length && !mirrored.includes(project)) {
-      throw new ScopeError(`project ${project} is not in CLICKHOUSE_PROJECT_IDS: the mirror does not keep it up to date, so it is not copied`);
+      throw new ScopeError(`project ${project} is not in CLICKHOUSE_PROJECT_IDS: the mirror does not keep it up to date, so backfill does not copy it and verify does not compare it`);
     }
     projectIds = [project];
   } else if (mirrored.length) {
