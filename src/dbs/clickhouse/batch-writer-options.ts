@@ -42,3 +42,19 @@ export const DEFAULT_BATCH_WRITER_OPTIONS: BatchWriterOptions = {
   // Five consecutive failures is an outage, not noise; 5 s open spares a restarting server without delaying recovery.
   breaker: { failureThreshold: 5, openMs: 5000 },
 };
+
+/**
+ * What a setting gives up, said once at start: null at the defaults. A
+ * batch waits out an outage only once the breaker has opened; with more
+ * failures to open it than a batch has tries, the first batches of every
+ * outage use up their tries first and become gap records.
+ */
+export function outageGapsWarning(options: Pick<BatchWriterOptions, 'maxAttempts' | 'breaker'>): string | null {
+  const { maxAttempts, breaker } = options;
+  if (breaker.failureThreshold <= maxAttempts) return null;
+  return (
+    `MIRROR_BREAKER_FAILURES (${breaker.failureThreshold}) is above MIRROR_MAX_ATTEMPTS (${maxAttempts}): ` +
+    'each ClickHouse outage turns the batches that use up their tries before the breaker opens into gap records ' +
+    '(npm run backfill -- --gaps replays them) instead of holding them until ClickHouse is back'
+  );
+}

@@ -6,6 +6,7 @@ import { APP_CONFIG } from '../../config/config.module';
 import { MIRROR_HEALTH, MirrorHealth } from '../../health/mirror-health';
 import { METRICS_REGISTRY } from '../../metrics/metrics.tokens';
 import { BatchWriter, MirrorLogger, MirrorSink } from '../clickhouse/batch-writer';
+import { outageGapsWarning } from '../clickhouse/batch-writer-options';
 import { ClickHouseClients, createClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { migrateClickHouse } from '../clickhouse/clickhouse-ddl-runner';
 import { ClickHouseSchema } from '../clickhouse/clickhouse-schema';
@@ -85,6 +86,8 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
   void schema.ensure();
   const projects = config.clickhouse.projectIds.length ? `projects ${config.clickhouse.projectIds.join(', ')}` : 'all projects';
   logger.log(`mirroring ${projects} to ClickHouse at ${redactUrl(url!)} (database ${config.clickhouse.database})`);
+  const gapsWarning = outageGapsWarning(config.mirror);
+  if (gapsWarning) logger.warn(gapsWarning);
 
   return {
     mirror,
