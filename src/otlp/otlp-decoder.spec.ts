@@ -1,4 +1,4 @@
-import { MAX_RESOURCE_ATTRIBUTE_BYTES, OtlpDecodeError, OtlpExport, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { MAX_RESOURCE_ATTRIBUTE_BYTES, MAX_RESOURCE_COPY_BYTES, OtlpDecodeError, OtlpExport, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 
 const { ExportTraceServiceRequest } = otlpTraceService;
 
@@ -268,6 +268,26 @@ describe('decodeOtlpJson', () => {
       'resourceSpans[0].resource.attributes: at most 65,536 bytes (they are stored with every span of the resource), got 65,537',
     );
     expect(spanRefusal(decodeOtlpProtobuf(toProtobuf(resourceOf(100_000))))).toMatch(/^resourceSpans\[0\]\.resource\.attributes: at most 65,536 bytes .*, got 100,027$/);
+  });
+
+  it('bounds what an export\'s resources store with their spans, so a small export cannot write its resource thousands of times', () => {
+    // 65,536 bytes of attributes, stored with each span: 1,024 spans take the 64 MiB an export may store.
+    const resourceSpans = (spans: number) => ({
+      resource: { attributes: [{ key: 'blob', value: { stringValue: 'a'.repeat(MAX_RESOURCE_ATTRIBUTE_BYTES - 27) } }] },
+      scopeSpans: [{ spans: Array.from({ length: spans }, () => jsonSpan()) }],
+    });
+    expect(MAX_RESOURCE_COPY_BYTES).toBe(1024 * MAX_RESOURCE_ATTRIBUTE_BYTES);
+    expect(decodeOtlpJson({ resourceSpans: [resourceSpans(1024)] }).spans).toHaveLength(1024);
+    const over = decodeOtlpJson({ resourceSpans: [resourceSpans(1025)] });
+    expect({ spans: over.spans.length, refused: over.rejected.map((r) => r.spans) }).toEqual({ spans: 0, refused: [1025] });
+    expect(over.rejected[0].error.message).toBe(
+      'resourceSpans[0].resource.attributes: 65,536 bytes stored with each of its 1,025 spans take 67,174,400, and an export\'s resources ' +
+        'may store at most 67,108,864 with their spans: send fewer spans per export, or a smaller resource',
+    );
+    // Summed over the export: the resource that would pass the budget is refused, those before it stored.
+    const split = decodeOtlpProtobuf(toProtobuf({ resourceSpans: [resourceSpans(1000), resourceSpans(25)] }));
+    expect({ spans: split.spans.length, refused: split.rejected.map((r) => r.spans) }).toEqual({ spans: 1000, refused: [25] });
+    expect(split.rejected[0].error.message).toMatch(/^resourceSpans\[1\]\.resource\.attributes: .* \(1,572,864 left after the resources before it\): /);
   });
 
   it.each([

@@ -16,10 +16,19 @@ import { MAX_YEAR } from '../tracing/timestamp';
 /**
  * The most a resource's attributes may take, as JSON. A resource (service,
  * host, container, cloud) typically takes a few hundred bytes to a few KiB;
- * each of its spans stores a copy, so a 1,000-span export of the largest
- * stores 64 MiB of them three times over (span, node attributes, node otel).
+ * each of its spans stores a copy, in the span and in its node, so what
+ * an export stores of them is bounded as a whole too (below).
  */
 export const MAX_RESOURCE_ATTRIBUTE_BYTES = 64 * 1024;
+
+/**
+ * The most one export's resources may store with their spans: each
+ * resource's attribute bytes times its spans, summed. Without it a 0.7 MB
+ * export (one 64 KiB resource over 10,000 tiny spans) stored 640 MiB twice
+ * over, which the API also serialized and read back in one request. Typical
+ * resources of 1-4 KiB over 10,000 spans take 10-40 MiB.
+ */
+export const MAX_RESOURCE_COPY_BYTES = 64 * 1024 * 1024;
 
 export class OtlpDecodeError extends Error {
   constructor(readonly path: string, readonly reason: string) {
@@ -184,10 +193,14 @@ export function decodeOtlpProtobuf(buf: Buffer): OtlpExport {
 
 function walkRequest(request: Record<string, unknown>, format: Format): OtlpExport {
   const decoded: OtlpExport = { spans: [], rejected: [] };
+  /** Resource bytes the resources taken so far store with their spans. */
+  let copied = 0;
   list(request.resourceSpans, 'resourceSpans').forEach((resourceSpans, r) => {
     const rPath = `resourceSpans[${r}]`;
-    const resource = refusing(decoded, spansUnderResource(resourceSpans), () => walkResource(resourceSpans, rPath, format));
+    const spans = spansUnderResource(resourceSpans);
+    const resource = refusing(decoded, spans, () => walkResource(resourceSpans, rPath, format, spans, MAX_RESOURCE_COPY_BYTES - copied));
     if (!resource) return;
+    copied += resource.bytes * spans;
     resource.scopeSpans.forEach((scopeSpans, s) => {
       const sPath = `${rPath}.scopeSpans[${s}]`;
       const scope = refusing(decoded, spansUnderScope(scopeSpans), () => walkScope(scopeSpans, sPath));
@@ -213,7 +226,13 @@ function refusing<T>(decoded: OtlpExport, spans: number, walk: () => T): T | nul
   }
 }
 
-function walkResource(value: unknown, rPath: string, format: Format): { resource: OtlpSpan['resource']; scopeSpans: unknown[] } {
+function walkResource(
+  value: unknown,
+  rPath: string,
+  format: Format,
+  spans: number,
+  copyBytesLeft: number,
+): { resource: OtlpSpan['resource']; bytes: number; scopeSpans: unknown[] } {
   const rs = object(value, rPath);
   const resourceMessage = optionalObject(rs.resource, `${rPath}.resource`);
   const resource = { attributes: keyValues(resourceMessage?.attributes, `${rPath}.resource.attributes`, format) };
@@ -225,7 +244,16 @@ function walkResource(value: unknown, rPath: string, format: Format): { resource
       `at most ${MAX_RESOURCE_ATTRIBUTE_BYTES.toLocaleString('en-US')} bytes (they are stored with every span of the resource), got ${resourceBytes.toLocaleString('en-US')}`,
     );
   }
-  return { resource, scopeSpans: list(rs.scopeSpans, `${rPath}.scopeSpans`) };
+  if (resourceBytes * spans > copyBytesLeft) {
+    const bytes = (n: number) => n.toLocaleString('en-US');
+    throw new OtlpDecodeError(
+      `${rPath}.resource.attributes`,
+      `${bytes(resourceBytes)} bytes stored with each of its ${bytes(spans)} spans take ${bytes(resourceBytes * spans)}, and an export's resources may store ` +
+        `at most ${bytes(MAX_RESOURCE_COPY_BYTES)} with their spans${copyBytesLeft < MAX_RESOURCE_COPY_BYTES ? ` (${bytes(Math.max(copyBytesLeft, 0))} left after the resources before it)` : ''}: ` +
+        'send fewer spans per export, or a smaller resource',
+    );
+  }
+  return { resource, bytes: resourceBytes, scopeSpans: list(rs.scopeSpans, `${rPath}.scopeSpans`) };
 }
 
 function walkScope(value: unknown, sPath: string): { scope: OtlpSpan['scope']; spans: unknown[] } {
