@@ -145,6 +145,23 @@ describe('decodeOtlpJson', () => {
     expect(decodeOtlpProtobuf(toProtobuf(request)).spans).toEqual([span]);
   });
 
+  it('keeps a link to an invalid span context (ids empty or all zeros) with null ids, and its span, in both encodings', () => {
+    const links = [
+      { traceId: '00000000000000000000000000000000', spanId: '0000000000000000', attributes: [{ key: 'messaging.message.id', value: { stringValue: 'm1' } }] },
+      { traceId: '', spanId: '' },
+      { traceId: LINKED_TRACE, spanId: LINKED_SPAN },
+    ];
+    const request = jsonRequest([jsonSpan({ links })]);
+    const decoded = decodeOtlpJson(request);
+    expect(decoded.rejected).toEqual([]);
+    expect(decoded.spans[0].links).toEqual([
+      { traceId: null, spanId: null, attributes: [{ key: 'messaging.message.id', value: 'm1' }] },
+      { traceId: null, spanId: null, attributes: [] },
+      { traceId: LINKED_TRACE, spanId: LINKED_SPAN, attributes: [] },
+    ]);
+    expect(decodeOtlpProtobuf(toProtobuf(request)).spans).toEqual(decoded.spans);
+  });
+
   it('answers an empty request with no spans', () => {
     const none = { spans: [], rejected: [] };
     expect(decodeOtlpJson({})).toEqual(none);
@@ -207,7 +224,7 @@ describe('decodeOtlpJson', () => {
     [{ spanId: '0000000000000000' }, `${P}.spanId: must not be all zeros`],
     [{ spanId: 42 }, `${P}.spanId: must be 16 hex characters`],
     [{ parentSpanId: '01020304' }, `${P}.parentSpanId: must be 16 hex characters`],
-    [{ links: [{ traceId: TRACE, spanId: '' }] }, `${P}.links[0].spanId: is required`],
+    [{ links: [{ traceId: TRACE, spanId: 'abc' }] }, `${P}.links[0].spanId: must be 16 hex characters`],
     [{ parentSpanId: SPAN }, `${P}.parentSpanId: must differ from spanId`],
     [{ name: 7 }, `${P}.name: must be a string`],
     [{ name: 'a\u0000b' }, `${P}.name: must not contain the NUL character (U+0000)`],
@@ -365,7 +382,7 @@ describe('decodeOtlpProtobuf', () => {
     [{ spanId: '00000000000000000000' }, `${P}.spanId: must be 8 bytes`],
     [{ spanId: '0000000000000000' }, `${P}.spanId: must not be all zeros`],
     [{ parentSpanId: '000102' }, `${P}.parentSpanId: must be 8 bytes`],
-    [{ links: [{ traceId: '00000000000000000000000000000000', spanId: SPAN }] }, `${P}.links[0].traceId: must not be all zeros`],
+    [{ links: [{ traceId: '0000', spanId: SPAN }] }, `${P}.links[0].traceId: must be 16 bytes`],
     [{ kind: 9 }, `${P}.kind: must be an integer from 0 to 5 or one of SPAN_KIND_UNSPECIFIED, SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, SPAN_KIND_CLIENT, SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER`],
     [{ startTimeUnixNano: null }, `${P}.startTimeUnixNano: is required`],
     [{ endTimeUnixNano: '18446744073709551615' }, `${P}.endTimeUnixNano: must be before 2300-01-01T00:00:00Z`],

@@ -54,8 +54,9 @@ export interface OtlpEvent {
 }
 
 export interface OtlpLink {
-  traceId: string;
-  spanId: string;
+  /** Null for an invalid span context's (empty or all zeros), as for spanId. */
+  traceId: string | null;
+  spanId: string | null;
   attributes: OtlpKeyValue[];
 }
 
@@ -317,9 +318,11 @@ function walkSpan(
     links: list(span.links, `${path}.links`).map((link, l) => {
       const lPath = `${path}.links[${l}]`;
       const ln = object(link, lPath);
+      // A link to an invalid span context (ids empty or all zeros) is kept, its ids null: OpenTelemetry's SDKs
+      // record one when it carries attributes (messaging does), and it is no reason to refuse its span.
       return {
-        traceId: id(ln.traceId, `${lPath}.traceId`, format, 16) as string,
-        spanId: id(ln.spanId, `${lPath}.spanId`, format, 8) as string,
+        traceId: id(ln.traceId, `${lPath}.traceId`, format, 16, true),
+        spanId: id(ln.spanId, `${lPath}.spanId`, format, 8, true),
         attributes: keyValues(ln.attributes, `${lPath}.attributes`, format),
       };
     }),
