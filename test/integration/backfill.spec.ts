@@ -18,7 +18,7 @@ import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-cli
 import { NodeMirrorReads } from '../../src/dbs/clickhouse/node-mirror-reads';
 import { SpanMirrorReads } from '../../src/dbs/clickhouse/span-mirror-reads';
 import { DB } from '../../src/dbs/postgres/database';
-import { OpenGap, PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
+import { KEYS_PER_RECORD, OpenGap, PostgresMirrorGapsRepository } from '../../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { ObservabilityService } from '../../src/observability/observability.service';
 import { TracingService } from '../../src/tracing/tracing.service';
@@ -622,6 +622,30 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(await dao.readNodes(P1, [n1.node_id])).toHaveLength(1);
     expect(await dao.readNodes(P2, [n2.node_id])).toEqual([]);
   });
+
+  it('records a gap of more keys than a record takes (the shutdown deadline\'s whole queue) as several, all or none', async () => {
+    const gaps = new PostgresMirrorGapsRepository(pg.db);
+    const range = { minCreatedAt: '2026-10-01T00:00:00.000001Z', maxCreatedAt: '2026-10-02T00:00:00.000001Z', reason: 'shutdown_deadline' };
+    const keys = (n: number) => Array.from({ length: n }, () => [uuid()]);
+    // 11 records: more than one statement takes, so they are written in one transaction.
+    const big = { entity: 'nodes' as const, projectId: P1, keys: keys(10 * KEYS_PER_RECORD + 1), rowCount: 10 * KEYS_PER_RECORD + 1, ...range };
+    await gaps.record([big, { entity: 'spans', projectId: P2, keys: [[traceId(), spanId()]], rowCount: 1, ...range }]);
+    const listed = await openGaps(gaps);
+    expect(listed.map((g) => [g.entity, g.key_count, g.row_count, g.min_created_at, g.max_created_at])).toEqual([
+      ...Array.from({ length: 10 }, () => ['nodes', KEYS_PER_RECORD, KEYS_PER_RECORD, range.minCreatedAt, range.maxCreatedAt]),
+      ['nodes', 1, 1, range.minCreatedAt, range.maxCreatedAt],
+      ['spans', 1, 1, range.minCreatedAt, range.maxCreatedAt],
+    ]);
+    // Every key once, in its order.
+    const recorded = (await Promise.all(listed.filter((g) => g.entity === 'nodes').map((g) => gaps.keysOf(g.id)))).flat();
+    expect(recorded).toEqual(big.keys);
+
+    // A part Postgres refuses (a NUL in a key is not jsonb) writes none of the parts before it.
+    await pg.db.deleteFrom('mirror_gaps').execute();
+    const refused = { ...big, keys: [...keys(10 * KEYS_PER_RECORD), ['\u0000']], rowCount: 10 * KEYS_PER_RECORD + 1 };
+    await expect(gaps.record([refused])).rejects.toThrow();
+    expect(await gaps.countOpen()).toBe(0);
+  }, 60_000);
 
   it('--gaps lists open gaps a page at a time without their keys, and replays only those open when it started', async () => {
     const nodes = await seedNodes(pg.db, { projects: [P1], days: 1, rows: 5 }).then(() =>

@@ -25,6 +25,11 @@ export interface OpenGapTotals {
 
 const PAGE_SIZE = 100;
 
+/** Keys in one gap record: a replay reads one record's keys at once. The writer's default flush (10,000 rows). */
+export const KEYS_PER_RECORD = 10_000;
+/** Gap records in one INSERT: about 10 MB of keys. */
+const RECORDS_PER_STATEMENT = 10;
+
 /** No entity or no project: nothing in scope (and `in ()` is not SQL). */
 const isEmpty = (scope: GapScope) => scope.entities.length === 0 || scope.projectIds?.length === 0;
 
@@ -32,22 +37,41 @@ const isEmpty = (scope: GapScope) => scope.entities.length === 0 || scope.projec
 export class PostgresMirrorGapsRepository implements GapRecorder {
   constructor(private readonly db: Kysely<DB>) {}
 
+  /**
+   * Writes the gaps, each as records of at most KEYS_PER_RECORD keys, all or
+   * none (a retry must not write some twice). A gap of the shutdown deadline
+   * holds every row left in the queue, hundreds of thousands of keys: as one
+   * record it was one statement of tens of MB, and a replay read all its keys
+   * at once. Each part keeps the gap's created_at range, which then covers
+   * its own rows and maybe more: a wider range only makes verify read more.
+   */
   async record(gaps: MirrorGap[]): Promise<void> {
-    if (gaps.length === 0) return;
-    await this.db
-      .insertInto('mirror_gaps')
-      .values(
-        gaps.map((g) => ({
+    const records = gaps.flatMap((g) => {
+      const parts = [];
+      for (let at = 0; at < g.keys.length; at += KEYS_PER_RECORD) {
+        const keys = g.keys.slice(at, at + KEYS_PER_RECORD);
+        parts.push({
           entity: g.entity,
           project_id: g.projectId,
-          keys: JSON.stringify(g.keys),
-          row_count: g.rowCount,
+          keys: JSON.stringify(keys),
+          row_count: keys.length,
           min_created_at: g.minCreatedAt,
           max_created_at: g.maxCreatedAt,
           reason: g.reason.slice(0, 1000),
-        })),
-      )
-      .execute();
+        });
+      }
+      return parts;
+    });
+    if (records.length === 0) return;
+    if (records.length <= RECORDS_PER_STATEMENT) {
+      await this.db.insertInto('mirror_gaps').values(records).execute();
+      return;
+    }
+    await this.db.transaction().execute(async (trx) => {
+      for (let at = 0; at < records.length; at += RECORDS_PER_STATEMENT) {
+        await trx.insertInto('mirror_gaps').values(records.slice(at, at + RECORDS_PER_STATEMENT)).execute();
+      }
+    });
   }
 
   async totals(scope: GapScope): Promise<OpenGapTotals> {
