@@ -370,6 +370,22 @@ describe('the API is isolated from ClickHouse faults', () => {
     }
   });
 
+  it('ClickHouse losing its database while the API runs (a wiped disk, a rebuilt replica): the DDL runs again and every row arrives, no gap', async () => {
+    const rig = await startRig();
+    try {
+      const { config, url } = testClickHouseConfig(rig.t.database.name);
+      await dropClickHouseDatabase(config, url);
+      const { steps } = await runScript(rig.t);
+      expect(steps).toEqual(baseline);
+      await rig.t.mirror!.writer.drain();
+      expect(await rig.gaps()).toEqual([]);
+      await expectClickHouseMatchesPostgres(rig);
+      expect((await rig.health()).body.info.mirror).toMatchObject({ schemaApplied: true, queuedRows: 0, openGaps: 0 });
+    } finally {
+      await rig.close();
+    }
+  });
+
   /**
    * An API started while ClickHouse could not take its DDL: it answers as with the mirror off, and once
    * ClickHouse answers, the schema is applied and every row arrives, none as a gap (inserts sent before the

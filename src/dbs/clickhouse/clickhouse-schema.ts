@@ -16,6 +16,8 @@ const SCHEMA_REMINDER_MS = 60_000;
 export class ClickHouseSchema {
   private applied = false;
   private running: Promise<boolean> | null = null;
+  private reapplying: Promise<void> | null = null;
+  private recreations = 0;
   private retry: unknown = null;
   private stopped = false;
   private failing: { since: number; tries: number; remindedAt: number; error: string } | null = null;
@@ -43,6 +45,37 @@ export class ClickHouseSchema {
       this.running = null;
     });
     return this.running;
+  }
+
+  /** How many times reapply() has created the tables again: an insert sent before the latest is worth sending again. */
+  get recreated(): number {
+    return this.recreations;
+  }
+
+  /**
+   * Runs the DDL once more, for an insert that found the mirror's database
+   * or tables gone after the schema was applied: ClickHouse lost its data (a
+   * wiped disk, a rebuilt replica, a dropped database), and with it the
+   * migrations ledger, so the migrations create everything again. A table
+   * dropped by hand stays dropped (the ledger still lists it). Never fails:
+   * `recreated` says whether it created anything.
+   */
+  reapply(): Promise<void> {
+    this.reapplying ??= this.apply()
+      .then(
+        (migrations) => {
+          if (migrations.length === 0) return;
+          this.recreations += 1;
+          this.logger.warn({ migrations }, "ClickHouse had lost the mirror's tables; applied its migrations again");
+        },
+        (error: unknown) => {
+          this.logger.warn({ err: (error as Error)?.message ?? String(error) }, "ClickHouse DDL failed after an insert found the mirror's tables missing");
+        },
+      )
+      .finally(() => {
+        this.reapplying = null;
+      });
+    return this.reapplying;
   }
 
   /** No more retries (shutdown); a run still going ends unreported, its failure being the shutdown's. */

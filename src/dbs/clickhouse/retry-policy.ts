@@ -84,7 +84,7 @@ interface ErrorFields {
 }
 
 /** ClickHouseError carries the server's numeric code as a string, e.g. "60". */
-function clickHouseCode(error: unknown): string | undefined {
+export function clickHouseCodeOf(error: unknown): string | undefined {
   const code = (error as ErrorFields | null)?.code;
   return typeof code === 'string' && /^\d+$/.test(code) ? code : undefined;
 }
@@ -107,7 +107,7 @@ function httpStatus(error: unknown): number | undefined {
  * requests, while a wrong "permanent" would cost a gap.
  */
 export function classifySendError(error: unknown): SendErrorKind {
-  const code = clickHouseCode(error);
+  const code = clickHouseCodeOf(error);
   if (code !== undefined) return TRANSIENT_CLICKHOUSE_CODES.has(code) ? 'transient' : 'permanent';
 
   const networkCode = (error as ErrorFields | null)?.code;
@@ -143,7 +143,7 @@ export function isEmptyErrorAnswer(error: unknown): boolean {
 export function describeSendError(error: unknown): string {
   const fields = (error ?? {}) as ErrorFields;
   const message = typeof fields.message === 'string' ? fields.message.trim() : String(error);
-  const code = clickHouseCode(error);
+  const code = clickHouseCodeOf(error);
   let description: string;
   if (code !== undefined) {
     const type = typeof fields.type === 'string' ? fields.type : TRANSIENT_CLICKHOUSE_CODES.get(code);

@@ -13,6 +13,7 @@ import { ClickHouseSchema } from '../clickhouse/clickhouse-schema';
 import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
 import { localClickHouseUrl, resolveClickHouse, type ResolvedClickHouse } from '../clickhouse/local-clickhouse';
 import { createMirrorMetrics } from '../clickhouse/mirror-metrics';
+import { clickHouseCodeOf, describeSendError } from '../clickhouse/retry-policy';
 import { DB } from '../postgres/database';
 import { MIRROR_KYSELY } from '../postgres/postgres.tokens';
 import { PostgresMirrorGapsRepository } from '../postgres/postgres-mirror-gaps.repository';
@@ -110,20 +111,39 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
  * tables may not exist yet, and an insert would then be rejected as
  * UNKNOWN_DATABASE, a permanent error that turns the rows into gaps. Instead
  * the insert first applies the DDL (ClickHouse just answered, so it likely
- * works) and, if it still cannot, fails transiently and is retried. The wait
- * is bounded like any request, as the batch writer requires.
+ * works) and, if it still cannot, fails transiently and is retried. An insert
+ * that finds the tables gone later (ClickHouse lost its data) has the DDL run
+ * again; when that, or another insert's, has created them since this one was
+ * sent, it fails transiently and the writer sends it again (its body can be
+ * read only once). Otherwise (a table dropped by hand) its error stands.
+ * Each wait is bounded like any request, as the batch writer requires.
  */
-export function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'ensure' | 'failure'>, timeoutMs: number): MirrorSink {
+export function afterSchema(
+  sink: MirrorSink,
+  schema: Pick<ClickHouseSchema, 'ensure' | 'failure' | 'reapply' | 'recreated'>,
+  timeoutMs: number,
+): MirrorSink {
   return {
     insert: async (table, lines, dedupToken) => {
       const ready = await within(schema.ensure(), timeoutMs, () => false);
       // Its cause goes with it: this is what /health's lastError and a gap's reason show.
       if (!ready) throw new Error(`ClickHouse schema is not applied yet (${schema.failure ?? 'its DDL is still running'}); will retry`);
-      await sink.insert(table, lines, dedupToken);
+      const recreated = schema.recreated;
+      try {
+        await sink.insert(table, lines, dedupToken);
+      } catch (error) {
+        if (!MISSING_SCHEMA_CODES.has(clickHouseCodeOf(error) ?? '')) throw error;
+        await within(schema.reapply(), timeoutMs, () => undefined);
+        if (schema.recreated === recreated) throw error;
+        throw new Error(`ClickHouse had lost the mirror's tables (${describeSendError(error)}); they were created again; will retry`);
+      }
     },
     ping: () => sink.ping(),
   };
 }
+
+/** UNKNOWN_TABLE, UNKNOWN_DATABASE: the mirror's tables are not where the schema put them. */
+const MISSING_SCHEMA_CODES = new Set(['60', '81']);
 
 const isoOrNull = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
