@@ -334,7 +334,8 @@ const otlpSpanEdit: fc.Arbitrary<Edit> = fc.oneof(
   set('name', fc.oneof(notAString, unstorableString, fc.constant(''), hugeString(1024))),
   set('attributes', fc.oneof(notAnArray.filter((v) => v !== null), fc.array(notAnObject, { minLength: 1, maxLength: 2 }), badAnyValue.map((value) => [otlpKeyValue('bad', value)]), fc.oneof(notAString, unstorableString).filter((k) => k !== null).map((key) => [otlpKeyValue(key as string, { stringValue: 'v' })]), fc.integer({ min: 32, max: 80 }).map((n) => [otlpKeyValue(Array(n).fill('k').join('.'), { stringValue: 'v' })]))),
   set('events', fc.oneof(notAnArray.filter((v) => v !== null), fc.constant([{ name: 'e', timeUnixNano: 'later' }]), fc.constant([{ name: 5 }]))),
-  set('links', fc.oneof(notAnArray.filter((v) => v !== null), badHexId(32).map((traceId) => [{ traceId, spanId: 'a'.repeat(16) }]))),
+  // Empty, absent and all-zero link ids are an invalid span context, which is kept (null ids), not a bad id.
+  set('links', fc.oneof(notAnArray.filter((v) => v !== null), badHexId(32).filter((v) => v !== '' && v != null && v !== '0'.repeat(32)).map((traceId) => [{ traceId, spanId: 'a'.repeat(16) }]))),
   fc.constant<Edit>({ op: 'selfParent' }),
 );
 
