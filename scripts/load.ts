@@ -219,7 +219,8 @@ async function openStores(
     await checkClickHouseAnswers(clickhouse.url, config.clickhouse);
     await prepareSchema(db, config.postgres.migrateOnStart);
     // The API creates the tables too, but in the background: the run counts rows in them as soon as it answers.
-    await migrateClickHouse(config.clickhouse, clickhouse.url, { log });
+    // As the API does: the TTL of tables that exist is the API's setting, not this shell's.
+    await migrateClickHouse(config.clickhouse, clickhouse.url, { log, ttl: 'new-tables' });
   } catch (error) {
     await db.destroy();
     await clickhouse?.stop?.();

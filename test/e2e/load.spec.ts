@@ -6,7 +6,8 @@ import { sql } from 'kysely';
 import { formatSummary, LoadSummary, runLoad } from '../../scripts/load';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
-import { migrateClickHouse } from '../../src/dbs/clickhouse/clickhouse-ddl-runner';
+import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
+import { migrateClickHouse, readTtlDays } from '../../src/dbs/clickhouse/clickhouse-ddl-runner';
 import { migrateDown } from '../../src/dbs/postgres/postgres-migrator';
 import { processAlive } from '../../src/dbs/process-alive';
 import { ensureApiBuild, ROOT, startApiProcess } from '../support/api-process';
@@ -74,6 +75,9 @@ describe('load (short run of scripts/load.ts)', () => {
     // A ClickHouse database without tables yet, and a rollout list in the shell, which cannot name the run's new
     // project: the run makes the tables before it counts rows in them, and its API mirrors every project.
     const fresh = { ...clickhouse.config, database: `${database.name}_load` };
+    const rollout = randomUUID();
+    // In this process's environment too: the API and verify the run starts inherit it, as from an operator's shell.
+    process.env.CLICKHOUSE_PROJECT_IDS = rollout;
     try {
       summary = await runLoad({
         durationSec: DURATION_SEC,
@@ -86,13 +90,14 @@ describe('load (short run of scripts/load.ts)', () => {
           CLICKHOUSE_USER: clickhouse.config.user,
           CLICKHOUSE_PASSWORD: clickhouse.config.password,
           CLICKHOUSE_DATABASE: fresh.database,
-          CLICKHOUSE_PROJECT_IDS: randomUUID(),
+          CLICKHOUSE_PROJECT_IDS: rollout,
         },
         log: (line) => lines.push(line),
       });
     } catch (error) {
       throw new Error(`${(error as Error).message}\n${lines.join('\n')}`);
     } finally {
+      delete process.env.CLICKHOUSE_PROJECT_IDS;
       await dropClickHouseDatabase(fresh, clickhouse.url);
     }
     process.stdout.write(`${formatSummary(summary)}\n`);
@@ -139,7 +144,16 @@ describe('load (short run of scripts/load.ts)', () => {
         });
         expect(response.status).toBe(201);
       }
+      // The tables' TTL is the API's setting (here 30 days); this shell has none, and the run leaves the TTL as it is.
+      await migrateClickHouse({ ...clickhouse.config, ttlDays: 30 }, clickhouse.url);
       const summary = await runLoad({ durationSec: 4, rate: 20, spansPerRequest: 10, connections: 4, target: { url: api.url, key }, env: storesEnv(), log: () => undefined });
+      const ttl = createClickHouseClients(clickhouse.config, clickhouse.url);
+      try {
+        expect(Object.fromEntries(await readTtlDays(ttl.query, database.name, ['spans', 'nodes']))).toEqual({ nodes: 30, spans: 30 });
+      } finally {
+        await ttl.close();
+        await migrateClickHouse(clickhouse.config, clickhouse.url);
+      }
       expect(summary.failures).toEqual([]);
       expect(summary.stores!.postgresSpansAdded).toBeGreaterThanOrEqual(summary.spansAcknowledged);
       expect(summary.stores!.postgresSpansAdded).toBeLessThanOrEqual(summary.spansSent);
