@@ -25,6 +25,27 @@ describe('ClickHouseSchema', () => {
     expect(lines).toEqual([{ level: 'info', msg: 'applied ClickHouse migrations', obj: { migrations: ['0001_spans', '0002_nodes'] } }]);
   });
 
+  it('reapply(): one DDL run for the inserts that ask together, then whether the table is there, whoever made it', async () => {
+    let runs = 0;
+    const made = new Set<string>();
+    // Another API made the tables already: this run applies nothing, and the table is there all the same.
+    const apply = async () => {
+      runs += 1;
+      made.add('spans');
+      return [];
+    };
+    const { logger, lines } = recordingLogger();
+    const schema = new ClickHouseSchema(apply, logger, new ManualClock(), async (table) => made.has(table));
+    expect(await Promise.all([schema.reapply('spans'), schema.reapply('spans'), schema.reapply('nodes')])).toEqual([true, true, false]);
+    expect(runs).toBe(1);
+    expect(lines).toEqual([]);
+
+    // A DDL that fails is logged, and the answer is still the table's.
+    const failing = new ClickHouseSchema(async () => Promise.reject(new Error('Code: 497. Not enough privileges')), logger, new ManualClock(), async () => false);
+    expect(await failing.reapply('spans')).toBe(false);
+    expect(lines).toEqual([{ level: 'warn', msg: "ClickHouse DDL failed after an insert found the mirror's tables missing", obj: { err: 'Code: 497. Not enough privileges' } }]);
+  });
+
   it('retries a failing DDL every SCHEMA_RETRY_MS, logging it when it starts, once a minute while it lasts and when it goes through', async () => {
     const clock = new ClockWithFailures();
     const { logger, lines } = recordingLogger();

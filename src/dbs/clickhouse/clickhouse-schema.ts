@@ -17,7 +17,6 @@ export class ClickHouseSchema {
   private applied = false;
   private running: Promise<boolean> | null = null;
   private reapplying: Promise<void> | null = null;
-  private recreations = 0;
   private retry: unknown = null;
   private stopped = false;
   private failing: { since: number; tries: number; remindedAt: number; error: string } | null = null;
@@ -27,6 +26,8 @@ export class ClickHouseSchema {
     private readonly apply: () => Promise<string[]>,
     private readonly logger: MirrorLogger,
     private readonly clock: Clock = realClock,
+    /** Whether the mirror's database has this table now (ClickHouse's system.tables). */
+    private readonly tableExists: (table: string) => Promise<boolean> = async () => false,
   ) {}
 
   get isApplied(): boolean {
@@ -47,26 +48,21 @@ export class ClickHouseSchema {
     return this.running;
   }
 
-  /** How many times reapply() has created the tables again: an insert sent before the latest is worth sending again. */
-  get recreated(): number {
-    return this.recreations;
-  }
-
   /**
-   * Runs the DDL once more, for an insert that found the mirror's database
-   * or tables gone after the schema was applied: ClickHouse lost its data (a
-   * wiped disk, a rebuilt replica, a dropped database), and with it the
-   * migrations ledger, so the migrations create everything again. A table
-   * dropped by hand stays dropped (the ledger still lists it). Never fails:
-   * `recreated` says whether it created anything.
+   * For an insert that found the mirror's database or table gone after the
+   * schema was applied: ClickHouse lost its data (a wiped disk, a rebuilt
+   * replica, a dropped database), and with it the migrations ledger, so the
+   * migrations create everything again. Runs the DDL once more (one run for
+   * every insert that asks meanwhile), then resolves whether `table` is
+   * there now, whoever created it: this API, another one, or an operator's
+   * `migrate:clickhouse`. A table dropped by hand stays dropped (the ledger
+   * still lists it). Never fails.
    */
-  reapply(): Promise<void> {
+  async reapply(table: string): Promise<boolean> {
     this.reapplying ??= this.apply()
       .then(
         (migrations) => {
-          if (migrations.length === 0) return;
-          this.recreations += 1;
-          this.logger.warn({ migrations }, "ClickHouse had lost the mirror's tables; applied its migrations again");
+          if (migrations.length) this.logger.warn({ migrations }, "ClickHouse had lost the mirror's tables; applied its migrations again");
         },
         (error: unknown) => {
           this.logger.warn({ err: (error as Error)?.message ?? String(error) }, "ClickHouse DDL failed after an insert found the mirror's tables missing");
@@ -75,7 +71,8 @@ export class ClickHouseSchema {
       .finally(() => {
         this.reapplying = null;
       });
-    return this.reapplying;
+    await this.reapplying;
+    return this.tableExists(table).catch(() => false);
   }
 
   /** No more retries (shutdown); a run still going ends unreported, its failure being the shutdown's. */

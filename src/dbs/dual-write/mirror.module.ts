@@ -10,6 +10,7 @@ import { outageGapsWarning } from '../clickhouse/batch-writer-options';
 import { ClickHouseClients, createClickHouseClients } from '../clickhouse/clickhouse-clients';
 import { migrateClickHouse } from '../clickhouse/clickhouse-ddl-runner';
 import { ClickHouseSchema } from '../clickhouse/clickhouse-schema';
+import { realClock } from '../clickhouse/clock';
 import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
 import { localClickHouseUrl, resolveClickHouse, type ResolvedClickHouse } from '../clickhouse/local-clickhouse';
 import { createMirrorMetrics } from '../clickhouse/mirror-metrics';
@@ -71,7 +72,14 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
       logger.warn(`ClickHouse table ${table} has ${days ? `a TTL of ${days} days` : 'no TTL'}, CLICKHOUSE_TTL_DAYS here ${config.clickhouse.ttlDays}: left as it is (npm run migrate:clickhouse sets it)`);
     }
     return result.applied;
-  }, mirrorLogger(logger));
+  }, mirrorLogger(logger), realClock, async (table) => {
+    const answer = await clients.query.query({
+      query: 'SELECT count() AS n FROM system.tables WHERE database = {database:String} AND name = {table:String}',
+      query_params: { database: config.clickhouse.database, table },
+      format: 'JSONEachRow',
+    });
+    return Number((await answer.json<{ n: string }>())[0]?.n ?? 0) > 0;
+  });
 
   const gaps = new PostgresMirrorGapsRepository(db);
   const writer = new BatchWriter(config.mirror, {
@@ -112,30 +120,24 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
  * UNKNOWN_DATABASE, a permanent error that turns the rows into gaps. Instead
  * the insert first applies the DDL (ClickHouse just answered, so it likely
  * works) and, if it still cannot, fails transiently and is retried. An insert
- * that finds the tables gone later (ClickHouse lost its data) has the DDL run
- * again; when that, or another insert's, has created them since this one was
- * sent, it fails transiently and the writer sends it again (its body can be
- * read only once). Otherwise (a table dropped by hand) its error stands.
- * Each wait is bounded like any request, as the batch writer requires.
+ * that finds its table gone later (ClickHouse lost its data) has the DDL run
+ * again; once the table is there again, it fails transiently and the writer
+ * sends it again (its body can be read only once). Otherwise (a table
+ * dropped by hand) its error stands. Each wait is bounded like any request,
+ * as the batch writer requires.
  */
-export function afterSchema(
-  sink: MirrorSink,
-  schema: Pick<ClickHouseSchema, 'ensure' | 'failure' | 'reapply' | 'recreated'>,
-  timeoutMs: number,
-): MirrorSink {
+export function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'ensure' | 'failure' | 'reapply'>, timeoutMs: number): MirrorSink {
   return {
     insert: async (table, lines, dedupToken) => {
       const ready = await within(schema.ensure(), timeoutMs, () => false);
       // Its cause goes with it: this is what /health's lastError and a gap's reason show.
       if (!ready) throw new Error(`ClickHouse schema is not applied yet (${schema.failure ?? 'its DDL is still running'}); will retry`);
-      const recreated = schema.recreated;
       try {
         await sink.insert(table, lines, dedupToken);
       } catch (error) {
         if (!MISSING_SCHEMA_CODES.has(clickHouseCodeOf(error) ?? '')) throw error;
-        await within(schema.reapply(), timeoutMs, () => undefined);
-        if (schema.recreated === recreated) throw error;
-        throw new Error(`ClickHouse had lost the mirror's tables (${describeSendError(error)}); they were created again; will retry`);
+        if (!(await within(schema.reapply(table), timeoutMs, () => false))) throw error;
+        throw new Error(`ClickHouse had lost the mirror's table ${table} (${describeSendError(error)}); it is there again; will retry`);
       }
     },
     ping: () => sink.ping(),
