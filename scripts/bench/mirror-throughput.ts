@@ -96,7 +96,12 @@ async function main(): Promise<void> {
     const writer = async (count: number) => {
       const batchWriter = new BatchWriter(settings, {
         sink: new ClickHouseSink(clients.insert, { compress: true }),
-        gapRecorder: { record: async (gaps: MirrorGap[]) => void (gapRows += gaps.reduce((n, g) => n + g.rowCount, 0)) },
+        gapRecorder: {
+          record: async (gaps: MirrorGap[]) => {
+            gapRows += gaps.reduce((n, g) => n + g.rowCount, 0);
+            return gaps.length;
+          },
+        },
         logger: { info: () => undefined, warn: (o, m) => log(`writer: ${m} ${JSON.stringify(o)}`), error: (o, m) => log(`writer: ${m} ${JSON.stringify(o)}`) },
         metrics: createMirrorMetrics(new Registry()),
       });

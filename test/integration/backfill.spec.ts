@@ -629,7 +629,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     const keys = (n: number) => Array.from({ length: n }, () => [uuid()]);
     // 11 records: more than one statement takes, so they are written in one transaction.
     const big = { entity: 'nodes' as const, projectId: P1, keys: keys(10 * KEYS_PER_RECORD + 1), rowCount: 10 * KEYS_PER_RECORD + 1, ...range };
-    await gaps.record([big, { entity: 'spans', projectId: P2, keys: [[traceId(), spanId()]], rowCount: 1, ...range }]);
+    expect(await gaps.record([big, { entity: 'spans', projectId: P2, keys: [[traceId(), spanId()]], rowCount: 1, ...range }])).toBe(12);
     const listed = await openGaps(gaps);
     expect(listed.map((g) => [g.entity, g.key_count, g.row_count, g.min_created_at, g.max_created_at])).toEqual([
       ...Array.from({ length: 10 }, () => ['nodes', KEYS_PER_RECORD, KEYS_PER_RECORD, range.minCreatedAt, range.maxCreatedAt]),
@@ -675,7 +675,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
 
     // A gap the API records while a replay runs is the next run's: the first gap's replay records one more.
     const lines: string[] = [];
-    let recordedDuring: Promise<void> | undefined;
+    let recordedDuring: Promise<number> | undefined;
     const replay = new GapReplay(pg.db, history, (line) => {
       lines.push(line);
       recordedDuring ??= gaps.record([gapOf(0)]);

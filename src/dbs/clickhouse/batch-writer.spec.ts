@@ -96,12 +96,14 @@ class FakeGapRecorder implements GapRecorder {
   /** The clock's time at each call. */
   readonly callTimes: number[] = [];
   failures = 0;
+  /** Gap records each gap makes (Postgres splits a gap of more than 10,000 keys). */
+  recordsPerGap = 1;
   /** While set, record() waits until release() is called, like a slow Postgres. */
   held: Array<() => void> | null = null;
 
   constructor(private readonly clock: Pick<Clock, 'now'> = { now: () => Date.now() }) {}
 
-  async record(gaps: MirrorGap[]): Promise<void> {
+  async record(gaps: MirrorGap[]): Promise<number> {
     this.calls += 1;
     this.callTimes.push(this.clock.now());
     if (this.held) await new Promise<void>((resolve) => this.held!.push(resolve));
@@ -110,6 +112,7 @@ class FakeGapRecorder implements GapRecorder {
       throw new Error('connect ECONNREFUSED 127.0.0.1:5432');
     }
     this.recorded.push(...gaps);
+    return gaps.length * this.recordsPerGap;
   }
 
   release(): void {
@@ -825,6 +828,16 @@ describe('BatchWriter', () => {
       expect(gaps.rows()).toBe(1);
       expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(0);
       expect(writer.stats().gapsRecorded).toBe(1);
+    });
+
+    it('counts the gap records the recorder wrote, which one large gap can make several of', async () => {
+      const { writer, clock, gaps, registry } = setup({ queueMaxBytes: ROW });
+      gaps.recordsPerGap = 3;
+      writer.write(rows(1, 2));
+      await clock.advance(60_000);
+      expect(gaps.recorded).toHaveLength(1);
+      expect(writer.stats().gapsRecorded).toBe(3);
+      expect(await metricValue(registry, 'mirror_gaps_recorded_total')).toBe(3);
     });
 
     it('backs off between gap record attempts at shutdown too, so a short Postgres blip loses nothing', async () => {

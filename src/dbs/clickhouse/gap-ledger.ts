@@ -48,7 +48,8 @@ export interface MirrorGap {
 
 /** The Postgres side: writes gap records. */
 export interface GapRecorder {
-  record(gaps: MirrorGap[]): Promise<void>;
+  /** Writes the gaps; resolves how many gap records that made (a large gap may take several). */
+  record(gaps: MirrorGap[]): Promise<number>;
 }
 
 export interface GapLedgerDeps {
@@ -186,9 +187,9 @@ export class GapLedger {
     const { gaps } = recording;
     for (let attempt = 1; ; attempt++) {
       try {
-        await recorder.record(gaps);
-        this.recordedGaps += gaps.length;
-        metrics?.gapsRecorded.inc(gaps.length);
+        const records = await recorder.record(gaps);
+        this.recordedGaps += records;
+        metrics?.gapsRecorded.inc(records);
         if (recording.givenUp) {
           // Declared lost at shutdown, and written all the same. A counter cannot take the rows back; the log can.
           this.deps.logger.warn(

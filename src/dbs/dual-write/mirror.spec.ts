@@ -61,7 +61,12 @@ function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}) {
         },
         ping: async () => true,
       },
-      gapRecorder: { record: async (recorded: MirrorGap[]) => void gaps.push(...recorded) },
+      gapRecorder: {
+        record: async (recorded: MirrorGap[]) => {
+          gaps.push(...recorded);
+          return recorded.length;
+        },
+      },
       logger: { info: () => undefined, warn: () => undefined, error: () => undefined },
     },
   );

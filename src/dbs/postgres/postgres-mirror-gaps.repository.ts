@@ -45,7 +45,7 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
    * at once. Each part keeps the gap's created_at range, which then covers
    * its own rows and maybe more: a wider range only makes verify read more.
    */
-  async record(gaps: MirrorGap[]): Promise<void> {
+  async record(gaps: MirrorGap[]): Promise<number> {
     const records = gaps.flatMap((g) => {
       const parts = [];
       for (let at = 0; at < g.keys.length; at += KEYS_PER_RECORD) {
@@ -62,16 +62,17 @@ export class PostgresMirrorGapsRepository implements GapRecorder {
       }
       return parts;
     });
-    if (records.length === 0) return;
+    if (records.length === 0) return 0;
     if (records.length <= RECORDS_PER_STATEMENT) {
       await this.db.insertInto('mirror_gaps').values(records).execute();
-      return;
+      return records.length;
     }
     await this.db.transaction().execute(async (trx) => {
       for (let at = 0; at < records.length; at += RECORDS_PER_STATEMENT) {
         await trx.insertInto('mirror_gaps').values(records.slice(at, at + RECORDS_PER_STATEMENT)).execute();
       }
     });
+    return records.length;
   }
 
   async totals(scope: GapScope): Promise<OpenGapTotals> {
