@@ -51,7 +51,14 @@ const FILTER = {
   },
 };
 
-const FOCUS = optional({ type: 'string', enum: [...FOCUSES], default: 'span', description: 'span: matching spans; trace: every span of the traces with a matching span' });
+const FOCUS = optional({
+  type: 'string',
+  enum: [...FOCUSES],
+  default: 'span',
+  description:
+    'span: matching spans; trace: every span of the traces with a matching span. A trace page ranks every trace with a matching span ' +
+    'in the window by its start before it is cut: on a large project, bound the window with `oldest` (only a lower bound narrows that read)',
+});
 
 /** Analytics measures a trace once, on its root span: what it counts differs from what a query returns. */
 const ANALYTICS_FOCUS = {

@@ -404,6 +404,10 @@ describe('span queries on Postgres', () => {
     it('windows on the trace start and pages traces sharing a start time by trace id', async () => {
       const pages = await everyPage(P, { focus: 'trace', windowing: { oldest: '2026-11-22T10:01:00Z', newest: '2026-11-22T10:03:00Z', limit: 1, order: 'ascending' } });
       expect(pages.map((p) => p.map((s) => s.span_name))).toEqual(ordered([2, 3, 4], 'ascending').map(wholeTrace));
+      // Matched by their roots alone, which start exactly where the cursor between them stands.
+      const roots = { conditions: [{ field: 'span_type', operator: 'eq', value: 'workflow' }] };
+      const byRoots = await everyPage(P, { focus: 'trace', filter: roots, windowing: { oldest: '2026-11-22T10:01:00Z', newest: '2026-11-22T10:02:00Z', limit: 1, order: 'ascending' } });
+      expect(byRoots.map((p) => p.map((s) => s.span_name))).toEqual(ordered([2, 3], 'ascending').map(wholeTrace));
     });
 
     it('selects a trace by any span, including one that is not its root', async () => {

@@ -92,8 +92,10 @@ async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage
     .with('matched', (qb) => {
       let matched = qb.selectFrom('spans').select('trace_id').distinct().where('project_id', '=', projectId);
       if (filter) matched = matched.where(spanFilter(filter));
-      // Every span of a trace starts at or after the trace's start, so this only prunes.
+      // Every span of a trace starts at or after the trace's start, so these only prune: traces are ranked by
+      // their start over every trace with a matching span, and only a lower bound on that start narrows the read.
       if (windowing.oldest !== undefined) matched = matched.where('start_time', '>=', windowing.oldest);
+      if (after && order === 'ascending') matched = matched.where('start_time', '>=', after.startTime);
       return matched;
     })
     .with('trace_starts', (qb) =>
