@@ -25,14 +25,19 @@ describe('writes made while USE_CLICKHOUSE was off, then the recovery', () => {
   afterAll(async () => Promise.all([pg?.drop(), ch?.drop()]));
 
   let apiKey: string | undefined;
+  let otherKey: string | undefined;
 
   /** Runs `work` against the API started with the flag as given, then stops it (flushing the mirror when on). */
-  async function withApi(useClickHouse: boolean, work: (api: { url: string; auth: { Authorization: string } }) => Promise<void>) {
+  async function withApi(
+    useClickHouse: boolean,
+    work: (api: { url: string; auth: { Authorization: string }; otherAuth: { Authorization: string } }) => Promise<void>,
+  ) {
     const app = await createApp({ ...env, USE_CLICKHOUSE: String(useClickHouse), LOG_LEVEL: 'silent' });
     await app.listen(0, '127.0.0.1');
     try {
       apiKey ??= (await app.get(ApiKeyService).create(projectId)).key;
-      await work({ url: await app.getUrl(), auth: { Authorization: `ApiKey ${apiKey}` } });
+      otherKey ??= (await app.get(ApiKeyService).create(otherProject)).key;
+      await work({ url: await app.getUrl(), auth: { Authorization: `ApiKey ${apiKey}` }, otherAuth: { Authorization: `ApiKey ${otherKey}` } });
       if (useClickHouse) await app.get<MirrorRuntime>(MIRROR).writer.drain();
     } finally {
       await app.close();
@@ -40,17 +45,28 @@ describe('writes made while USE_CLICKHOUSE was off, then the recovery', () => {
   }
 
   const projectId = uuid();
+  /** A project whose only change while off is an update: its bucket's row count stays, only its versions differ. */
+  const otherProject = uuid();
 
   it('the README recovery (verify --counts-only --repair) brings ClickHouse level with what the mirror missed', async () => {
     const trace = makeTrace(3);
     const tree = uuid();
     const nodes = [makeNode({ tree_id: tree }), makeNode({ tree_id: tree })];
 
-    await withApi(true, async ({ url, auth }) => {
+    const otherTrace = makeTrace(2);
+
+    await withApi(true, async ({ url, auth, otherAuth }) => {
       await request(url).post('/tracing/spans').set(auth).send({ spans: trace }).expect(201);
       await request(url).post('/observability/nodes').set(auth).send({ nodes }).expect(201);
+      await request(url).post('/tracing/spans').set(otherAuth).send({ spans: otherTrace }).expect(201);
     });
-    await withApi(false, async ({ url, auth }) => {
+    // The mirror was on: ClickHouse holds what Postgres holds before anything is written with it off.
+    const mirrored = await snapshotBothSides(pg.db, ch.clients.query, projectId);
+    expect({ spans: mirrored.chSpans.length, nodes: mirrored.chNodes.length }).toEqual({ spans: 4, nodes: 2 });
+    expect(mirrored.chSpans).toEqual(mirrored.pgSpans);
+
+    await withApi(false, async ({ url, auth, otherAuth }) => {
+      await request(url).put('/tracing/spans').set(otherAuth).send({ spans: [{ ...otherTrace[1], span_name: 'renamed while off' }] }).expect(200);
       await request(url).put('/tracing/spans').set(auth).send({ spans: [{ ...trace[1], span_name: 'renamed while off' }] }).expect(200);
       await request(url).delete('/tracing/spans').set(auth).send({ spans: [{ trace_id: trace[2].trace_id, span_id: trace[2].span_id }] }).expect(200);
       await request(url).delete(`/observability/trees/${tree}`).set(auth).expect(200);
@@ -59,6 +75,10 @@ describe('writes made while USE_CLICKHOUSE was off, then the recovery', () => {
 
     const before = await runCommand('verify', [], env);
     expect(before.code).toBe(1); // the update, the deletes and the new trace are missing from ClickHouse
+    // Counts alone still find the other project's update: its rows are as many as before, their versions are not.
+    const counted = await runCommand('verify', ['--counts-only', '--project', otherProject], env);
+    expect(counted.code).toBe(1);
+    expect(counted.stdout).toMatch(new RegExp(`^spans +${otherProject} +\\d{4}-\\d\\d-\\d\\d +${otherTrace.length} +${otherTrace.length} +versions$`, 'm'));
 
     const recovery = await runCommand('verify', ['--counts-only', '--repair'], env);
     expect(recovery.code).toBe(0);
@@ -71,5 +91,8 @@ describe('writes made while USE_CLICKHOUSE was off, then the recovery', () => {
     expect(both.pgSpans.find((s) => s.span_id === trace[1].span_id)?.span_name).toBe('renamed while off');
     expect(both.pgSpans).toHaveLength(5); // 4 of the first trace minus the deleted one, plus the new trace's 2
     expect(both.pgNodes).toHaveLength(0);
+    const other = await snapshotBothSides(pg.db, ch.clients.query, otherProject);
+    expect(other.chSpans).toEqual(other.pgSpans);
+    expect(other.pgSpans.map((span) => span.span_name)).toContain('renamed while off');
   });
 });
