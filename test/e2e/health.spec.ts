@@ -56,6 +56,16 @@ describe('GET /health while the database is busy', () => {
       expect(res.body.info.mirror).toMatchObject({ status: 'up', enabled: true, openGaps: null });
       expect(took).toBeGreaterThanOrEqual(PROBE_TIMEOUT_MS - 100);
       expect(took).toBeLessThan(PROBE_TIMEOUT_MS + 1_500);
+
+      // The count /health gave up on still waits, on the mirror's pool of three that gap records need: probes
+      // that come meanwhile, together or after, share it rather than fill the pool.
+      const again = await Promise.all([1, 2, 3].map(() => request(t.url).get('/health').expect(200)));
+      expect(again.map((r) => r.body.info.mirror.openGaps)).toEqual([null, null, null]);
+      // Watched from a session of its own: inside a transaction pg_stat_activity keeps its first reading.
+      const counts = await t.database.pool.query<{ n: number }>(
+        "select count(*)::int as n from pg_stat_activity where state = 'active' and query ilike '%from \"mirror_gaps\"%' and pid <> pg_backend_pid()",
+      );
+      expect(counts.rows[0].n).toBe(1);
     } finally {
       await locker.query('rollback');
       locker.release();

@@ -1092,6 +1092,7 @@ describe('BatchWriter', () => {
         lastSuccessAt: null,
         lastErrorAt: null,
         lastError: null,
+        lastPublicError: null,
         lagMs: 0,
       });
 
@@ -1114,6 +1115,7 @@ describe('BatchWriter', () => {
         lastSuccessAt: start - 3_600_000,
         lastErrorAt: start + 250 - 3_600_000,
         lastError: 'ClickHouse code 62 SYNTAX_ERROR: SYNTAX_ERROR happened.',
+        lastPublicError: 'ClickHouse code 62 SYNTAX_ERROR',
         lagMs: 0,
       });
       expect(await metricValue(registry, 'mirror_queue_rows', { table: 'spans' })).toBe(3);

@@ -4,7 +4,7 @@ import { DropReason, MirrorMetrics } from './mirror-metrics';
 import { BatchWriterOptions, BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
 import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, RowLog, RowSpan } from './row-log';
 import { GapLedger, GapRecorder, GapRow } from './gap-ledger';
-import { BreakerState, classifySendError, describeSendError, fullJitterBackoff } from './retry-policy';
+import { BreakerState, classifySendError, describeSendError, fullJitterBackoff, publicSendError } from './retry-policy';
 import { BreakerGate } from './breaker-gate';
 import { Clock, realClock } from './clock';
 
@@ -51,7 +51,10 @@ export interface BatchWriterStats {
   rowsDropped: number;
   lastSuccessAt: number | null;
   lastErrorAt: number | null;
+  /** The last failure, in full: for logs. */
   lastError: string | null;
+  /** The same, as /health shows it: kind and code, no host, user or server message (publicSendError). */
+  lastPublicError: string | null;
   /** Age of the oldest row not yet confirmed by ClickHouse; 0 when nothing is queued. */
   lagMs: number;
 }
@@ -170,6 +173,7 @@ export class BatchWriter {
   private lastSuccessAt: number | null = null;
   private lastErrorAt: number | null = null;
   private lastError: string | null = null;
+  private lastPublicError: string | null = null;
 
   constructor(settings: BatchWriterSettings, deps: BatchWriterDeps) {
     this.options = resolveOptions(settings);
@@ -375,6 +379,7 @@ export class BatchWriter {
       lastSuccessAt: this.lastSuccessAt,
       lastErrorAt: this.lastErrorAt,
       lastError: this.lastError,
+      lastPublicError: this.lastPublicError,
       lagMs: oldest === Infinity ? 0 : this.clock.now() - oldest,
     };
   }
@@ -480,7 +485,7 @@ export class BatchWriter {
 
       const kind = classifySendError(error);
       const description = describeSendError(error);
-      this.noteError(description);
+      this.noteError(description, publicSendError(error));
       this.metrics?.sendFailures.inc({ kind });
       const context = { table: batch.table, rows: batch.rows.count, attempt: batch.attempts, dedupToken: batch.dedupToken, kind, error: description };
 
@@ -519,14 +524,14 @@ export class BatchWriter {
 
   /** The half-open probe starts with a ping, so a dead server costs a ping rather than a batch upload. */
   private async probeServer(): Promise<boolean> {
-    let failure: string | null = null;
+    let failure: { description: string; publicReason: string } | null = null;
     try {
-      if ((await this.sink.ping()) !== true) failure = 'ClickHouse ping answered not ok';
+      if ((await this.sink.ping()) !== true) failure = { description: 'ClickHouse ping answered not ok', publicReason: 'ClickHouse ping answered not ok' };
     } catch (error) {
-      failure = `ClickHouse ping failed: ${describeSendError(error)}`;
+      failure = { description: `ClickHouse ping failed: ${describeSendError(error)}`, publicReason: `ClickHouse ping failed: ${publicSendError(error)}` };
     }
     if (failure === null) return true;
-    this.noteError(failure);
+    this.noteError(failure.description, failure.publicReason);
     this.gate.recordFailure('probe');
     return false;
   }
@@ -708,8 +713,10 @@ export class BatchWriter {
     this.overflowRows = 0;
   }
 
-  private noteError(description: string): void {
+  /** `publicReason`: what /health may show of it (see publicSendError); the description goes to logs and gap reasons. */
+  private noteError(description: string, publicReason: string): void {
     this.lastError = description;
+    this.lastPublicError = publicReason;
     this.lastErrorAt = this.clock.wallNow();
   }
 
@@ -725,7 +732,7 @@ export class BatchWriter {
   /** Last line of defence: log the internal failure, then account for the rows involved; never rethrow. */
   private failSafe(error: unknown, message: string, recover?: () => void): void {
     try {
-      this.noteError(describeSendError(error));
+      this.noteError(describeSendError(error), 'an internal failure of the mirror (the log says which)');
       this.logger.error({ error: describeSendError(error) }, message);
       recover?.();
     } catch (secondError) {

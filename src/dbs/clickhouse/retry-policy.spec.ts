@@ -1,5 +1,5 @@
 import { ClickHouseError, parseError } from '@clickhouse/client';
-import { CircuitBreaker, classifySendError, describeSendError, fullJitterBackoff } from './retry-policy';
+import { CircuitBreaker, classifySendError, describeSendError, fullJitterBackoff, MirrorSendError, publicSendError } from './retry-policy';
 
 describe('fullJitterBackoff', () => {
   const options = { baseBackoffMs: 200, maxBackoffMs: 10_000 };
@@ -98,6 +98,22 @@ describe('describeSendError', () => {
     expect(describeSendError(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:8123'), { code: 'ECONNREFUSED' }))).toBe('connect ECONNREFUSED 127.0.0.1:8123');
     expect(describeSendError(new Error('Timeout error.'))).toBe('Timeout error.');
     expect(describeSendError(new Error('sink exploded'))).toBe('sink exploded');
+  });
+});
+
+describe('publicSendError: what /health shows of a send failure', () => {
+  it('gives the kind and code, never the message, which names hosts, users and grants', () => {
+    const denied = parseError('Code: 497. DB::Exception: mirror: Not enough privileges. To execute this query, it\'s necessary to have the grant INSERT ON tracing.spans. (ACCESS_DENIED) (version 25.3.1.1)');
+    expect(publicSendError(denied)).toBe('ClickHouse code 497 ACCESS_DENIED');
+    const refused = Object.assign(new Error('connect ECONNREFUSED 10.0.3.7:8123'), { code: 'ECONNREFUSED' });
+    expect(publicSendError(refused)).toBe('no answer (ECONNREFUSED)');
+    expect(publicSendError(new Error('Timeout error.'))).toBe('no answer within the request timeout');
+    expect(publicSendError(parseError(''))).toBe("an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)");
+    expect(publicSendError(Object.assign(new Error('<html>502 at ch.internal</html>'), { statusCode: 502 }))).toBe('HTTP 502');
+    expect(publicSendError(new Error('ClickHouse at http://mirror:***@ch.internal:8123 does not answer'))).toBe('failed (the log says how)');
+    expect(publicSendError(new MirrorSendError('ClickHouse schema is not applied yet (ClickHouse at http://ch.internal:8123 ...)', 'ClickHouse schema is not applied yet'))).toBe(
+      'ClickHouse schema is not applied yet',
+    );
   });
 });
 

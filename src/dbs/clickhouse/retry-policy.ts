@@ -158,6 +158,41 @@ export function describeSendError(error: unknown): string {
   return description.replace(/\s+/g, ' ').slice(0, MAX_DESCRIPTION_LENGTH);
 }
 
+/**
+ * What /health, a public route, may say of an error: its kind and code
+ * (a ClickHouse code and type, a socket code, an HTTP status), never the
+ * message, which can name hosts, ports, users, databases and grants. The
+ * whole description goes to the log. An error made here may carry a
+ * `publicReason` of its own.
+ */
+export function publicSendError(error: unknown): string {
+  const fields = (error ?? {}) as ErrorFields & { publicReason?: unknown };
+  if (typeof fields.publicReason === 'string') return fields.publicReason;
+  const code = clickHouseCodeOf(error);
+  if (code !== undefined) {
+    const type = typeof fields.type === 'string' && /^[A-Z0-9_]{1,64}$/.test(fields.type) ? fields.type : TRANSIENT_CLICKHOUSE_CODES.get(code);
+    return `ClickHouse code ${code}${type ? ` ${type}` : ''}`;
+  }
+  if (typeof fields.code === 'string' && /^[0-9A-Z_]{2,32}$/.test(fields.code)) return `no answer (${fields.code})`;
+  if (isEmptyErrorAnswer(error)) return EMPTY_ERROR_ANSWER;
+  const status = httpStatus(error);
+  if (status !== undefined) return `HTTP ${status}`;
+  // @clickhouse/client's own words for its request_timeout.
+  if (fields.message === 'Timeout error.') return 'no answer within the request timeout';
+  return 'failed (the log says how)';
+}
+
+/** An error of ours whose message names the server: `publicReason` is what /health shows of it (publicSendError). */
+export class MirrorSendError extends Error {
+  constructor(
+    message: string,
+    readonly publicReason: string,
+  ) {
+    super(message);
+    this.name = 'MirrorSendError';
+  }
+}
+
 export interface BreakerOptions {
   /** Consecutive failed attempts (across all tables) that open the breaker. */
   failureThreshold: number;

@@ -14,7 +14,7 @@ import { realClock } from '../clickhouse/clock';
 import { ClickHouseSink } from '../clickhouse/clickhouse-sink';
 import { localClickHouseUrl, resolveClickHouse, type ResolvedClickHouse } from '../clickhouse/local-clickhouse';
 import { createMirrorMetrics } from '../clickhouse/mirror-metrics';
-import { clickHouseCodeOf, describeSendError } from '../clickhouse/retry-policy';
+import { clickHouseCodeOf, describeSendError, MirrorSendError, publicSendError } from '../clickhouse/retry-policy';
 import { DB } from '../postgres/database';
 import { MIRROR_KYSELY } from '../postgres/postgres.tokens';
 import { PostgresMirrorGapsRepository } from '../postgres/postgres-mirror-gaps.repository';
@@ -131,13 +131,18 @@ export function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'en
     insert: async (table, lines, dedupToken) => {
       const ready = await within(schema.ensure(), timeoutMs, () => false);
       // Its cause goes with it: this is what /health's lastError and a gap's reason show.
-      if (!ready) throw new Error(`ClickHouse schema is not applied yet (${schema.failure ?? 'its DDL is still running'}); will retry`);
+      if (!ready) {
+        throw new MirrorSendError(`ClickHouse schema is not applied yet (${schema.failure ?? 'its DDL is still running'}); will retry`, 'ClickHouse schema is not applied yet');
+      }
       try {
         await sink.insert(table, lines, dedupToken);
       } catch (error) {
         if (!MISSING_SCHEMA_CODES.has(clickHouseCodeOf(error) ?? '')) throw error;
         if (!(await within(schema.reapply(table), timeoutMs, () => false))) throw error;
-        throw new Error(`ClickHouse had lost the mirror's table ${table} (${describeSendError(error)}); it is there again; will retry`);
+        throw new MirrorSendError(
+          `ClickHouse had lost the mirror's table ${table} (${describeSendError(error)}); it is there again; will retry`,
+          `ClickHouse had lost the mirror's table ${table} (${publicSendError(error)}); it is there again`,
+        );
       }
     },
     ping: () => sink.ping(),
@@ -181,30 +186,43 @@ export async function shutDownMirror(
     {
       provide: MIRROR_HEALTH,
       inject: [MIRROR],
-      useFactory: (runtime: MirrorRuntime | null): MirrorHealth => ({
-        status: async () => {
-          if (!runtime) return { enabled: false };
-          const stats = runtime.writer.stats();
-          // Bounded like the Postgres probe, so a busy or slow Postgres cannot hold /health up (null: unknown now).
-          const openGaps = await within(runtime.gaps.countOpen().catch(() => null), PROBE_TIMEOUT_MS, () => null);
-          return {
-            enabled: true,
-            // False while ClickHouse has not taken the DDL (down since startup): rows queue until it does.
-            schemaApplied: runtime.schema.isApplied,
-            breaker: stats.breaker,
-            queuedRows: stats.queuedRows,
-            queuedBytes: stats.queuedBytes,
-            lagMs: stats.lagMs,
-            rowsSent: stats.rowsSent,
-            gapsRecorded: stats.gapsRecorded,
-            openGaps,
-            // With both times an error that recovery has since followed reads as history, not as the present.
-            lastError: stats.lastError,
-            lastErrorAt: isoOrNull(stats.lastErrorAt),
-            lastSuccessAt: isoOrNull(stats.lastSuccessAt),
-          };
-        },
-      }),
+      useFactory: (runtime: MirrorRuntime | null): MirrorHealth => {
+        /**
+         * The count of open gaps in progress. Probes that come while it runs share it: /health stops waiting
+         * after PROBE_TIMEOUT_MS, but the query goes on, on the mirror's pool of three that gap records are
+         * written through, and probes every few seconds against a slow Postgres would fill it with counts.
+         */
+        let counting: Promise<number | null> | null = null;
+        return {
+          status: async () => {
+            if (!runtime) return { enabled: false };
+            const stats = runtime.writer.stats();
+            counting ??= runtime.gaps
+              .countOpen()
+              .catch(() => null)
+              .finally(() => (counting = null));
+            // Bounded like the Postgres probe, so a busy or slow Postgres cannot hold /health up (null: unknown now).
+            const openGaps = await within(counting, PROBE_TIMEOUT_MS, () => null);
+            return {
+              enabled: true,
+              // False while ClickHouse has not taken the DDL (down since startup): rows queue until it does.
+              schemaApplied: runtime.schema.isApplied,
+              breaker: stats.breaker,
+              queuedRows: stats.queuedRows,
+              queuedBytes: stats.queuedBytes,
+              lagMs: stats.lagMs,
+              rowsSent: stats.rowsSent,
+              gapsRecorded: stats.gapsRecorded,
+              openGaps,
+              // With both times an error that recovery has since followed reads as history, not as the present.
+              // Its public form: /health needs no key, and the full text names hosts and users (the log has it).
+              lastError: stats.lastPublicError,
+              lastErrorAt: isoOrNull(stats.lastErrorAt),
+              lastSuccessAt: isoOrNull(stats.lastSuccessAt),
+            };
+          },
+        };
+      },
     },
   ],
   exports: [MIRROR, MIRROR_HEALTH],
