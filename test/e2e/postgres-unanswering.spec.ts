@@ -87,6 +87,8 @@ describe('Postgres that stops answering', () => {
     expect((await send('POST', '/tracing/spans', { spans: [kept, renamed] })).status).toBe(201);
     // The pool now holds an idle connection, so the first request below sends its statement to the frozen server.
     expect((await send('GET', `/tracing/traces/${kept.trace_id}`)).status).toBe(200);
+    // So does /health's probe, which keeps its one connection.
+    expect((await send('GET', '/health', undefined, {})).status).toBe(200);
 
     postgres.freeze();
     try {
@@ -114,6 +116,13 @@ describe('Postgres that stops answering', () => {
       expect(health.took).toBeLessThan(ANSWER_BOUND_MS);
       expect(health.res.status).toBe(503);
       expect((health.res.json as { error: { postgres: { message: string } } }).error.postgres.message).toMatch(/^Postgres is unavailable: /);
+      // The probe's own connection is given up too, once its client timeout (half a second after /health's) has passed.
+      await eventually(
+        "the probe's given-up connection to be counted",
+        async () => /^postgres_connections_abandoned_total\{pool="probe"\} [1-9]\d*$/m.test((await send('GET', '/metrics', undefined, {})).text),
+        5_000,
+        100,
+      );
 
       postgres.thaw();
 

@@ -39,8 +39,9 @@ const QUERY_TIMEOUT_MESSAGE = 'Query read timeout';
  * connection in an unknown state to the next request.
  *
  * Promise-style queries (Kysely's) need this; pg-pool's own `pool.query()`
- * (the health check's) already releases a failed client with its error, which
- * ends it. The API streams no cursors, the one form this does not cover.
+ * (the health check's) passes a callback and releases a failed client with
+ * its error, which ends it: there the give-up is only counted. The API
+ * streams no cursors, the one form this does not cover.
  */
 export class AbandonOnTimeoutClient extends Client {
   /** Emitted when the client gives its connection up (counted by postgres_connections_abandoned_total). */
@@ -48,6 +49,13 @@ export class AbandonOnTimeoutClient extends Client {
 
   // pg's overloads return a promise, a submittable or nothing; each passes through unchanged.
   override query(...args: unknown[]): any {
+    const callback = args[args.length - 1];
+    if (typeof callback === 'function') {
+      args[args.length - 1] = (error: unknown, ...rest: unknown[]) => {
+        if ((error as Error)?.message === QUERY_TIMEOUT_MESSAGE) this.emit(AbandonOnTimeoutClient.ABANDONED);
+        return (callback as (...a: unknown[]) => unknown)(error, ...rest);
+      };
+    }
     const result: unknown = (Client.prototype.query as (...a: unknown[]) => unknown).apply(this, args);
     if (result instanceof Promise) {
       result.catch((error: unknown) => {
