@@ -1,6 +1,7 @@
 import { ArgumentsHost, Catch, ExceptionFilter, HttpException, HttpStatus, Logger } from '@nestjs/common';
 import type { Request, Response } from 'express';
 import { OTLP_PROTOBUF, otlpProtobufErrorBody } from '../otlp/otlp-error-body';
+import { assignRequestId, REQUEST_ID_HEADER } from './request-id';
 import { InvalidQueryError } from '../tracing/span-query';
 import { TreeTooLargeError } from '../observability/observability.dao';
 import { isDatabaseUnavailable } from '../dbs/postgres/unavailable';
@@ -51,6 +52,12 @@ export class HttpExceptionFilter implements ExceptionFilter {
       this.logger.warn({ method: request.method, url: request.url, reason: (error as Error)?.message }, 'database could not serve the request; answered 503');
     }
     if (response.headersSent) return;
+    if (response.getHeader(REQUEST_ID_HEADER) === undefined) {
+      // Refused before any route's middleware ran: a path the router cannot decode (`/%E0`) fails Nest's own
+      // middleware mounts, pino-http's included. The answer still carries an id, and the log has the request.
+      const id = assignRequestId(request, response);
+      this.logger.warn({ reqId: id, method: request.method, url: request.url, status }, 'request refused before routing');
+    }
     const otlpBody = otlpProtobufErrorBody(request, status, String(body.message ?? body.error ?? status));
     if (otlpBody) {
       response.status(status).type(OTLP_PROTOBUF).send(otlpBody);

@@ -91,4 +91,21 @@ describe('request ids in answers and logs (compiled API)', () => {
     expect((await logLineOf(ids[0])).res.statusCode).toBe(404);
     expect((await logLineOf(ids[1])).res.statusCode).toBe(401);
   });
+
+  it('gives an id to a path the router cannot decode, refused before any middleware ran, and logs it under that id', async () => {
+    const res = await fetch(`${api.url}/tracing/traces/%E0`, { headers: { 'X-Request-Id': 'undecodable-1' } });
+    expect(res.status).toBe(400);
+    expect(res.headers.get('x-request-id')).toBe('undecodable-1');
+    let line: { reqId?: string; url?: string; status?: number; msg?: string } | undefined;
+    for (let waited = 0; waited < 5_000 && !line; waited += 50) {
+      line = api
+        .logs()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as typeof line)
+        .find((entry) => entry?.reqId === 'undecodable-1');
+      if (!line) await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(line).toMatchObject({ url: '/tracing/traces/%E0', status: 400, msg: 'request refused before routing' });
+  });
 });
