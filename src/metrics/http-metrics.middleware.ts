@@ -3,7 +3,7 @@ import type { NextFunction, Request, Response } from 'express';
 import { Histogram, Registry } from 'prom-client';
 import { METRICS_REGISTRY } from './metrics.tokens';
 
-/** Request duration by method, matched route (not raw URL: ids would explode the labels; "unmatched" when no route answered) and status. */
+/** Request duration by method, matched route (not raw URL: ids would explode the labels; "unmatched" when no route answered) and status ("aborted" when the caller left first). */
 @Injectable()
 export class HttpMetricsMiddleware implements NestMiddleware {
   private readonly duration: Histogram<'method' | 'route' | 'status'>;
@@ -23,12 +23,19 @@ export class HttpMetricsMiddleware implements NestMiddleware {
     // Nest mounts middleware as a route of its own (forRoutes('*') is app.all('/{*path}')), so here req.route is
     // that mount. A request no controller route took (a 404) finishes with req.route still naming a mount of that path.
     const mountPath: unknown = req.route?.path;
-    res.on('finish', () => {
+    let observed = false;
+    const observe = (status: string) => {
+      if (observed) return;
+      observed = true;
       const path: unknown = req.route?.path;
       const routed = typeof path === 'string' && path !== '' && path !== mountPath;
       const route = routed ? `${req.baseUrl ?? ''}${path}` : 'unmatched';
-      end({ method: req.method, route, status: String(res.statusCode) });
-    });
+      end({ method: req.method, route, status });
+    };
+    res.on('finish', () => observe(String(res.statusCode)));
+    // A caller that went away before its answer (an exporter's timeout while Postgres is slow) never sees
+    // 'finish': counted as `aborted`, so an incident's slowest requests are not the ones missing.
+    res.on('close', () => observe(res.writableFinished ? String(res.statusCode) : 'aborted'));
     next();
   }
 }

@@ -4,6 +4,7 @@ import addFormats from 'ajv-formats';
 import request from 'supertest';
 import { makeNode, makeSpan, makeTrace, traceId, uuid } from '../support/fixtures';
 import { createTestApp, TestApp } from '../support/app';
+import { eventually } from '../support/fake-clickhouse';
 
 describe('REST: /tracing and /observability', () => {
   let t: TestApp;
@@ -479,6 +480,22 @@ describe('REST: /tracing and /observability', () => {
       await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send('{x').expect(400);
       await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send(`{"spans":"${'x'.repeat(300_000)}"}`).expect(413);
       expect({ 415: await count('415'), 400: await count('400'), 413: await count('413') }).toEqual({ 415: before[415] + 1, 400: before[400] + 1, 413: before[413] + 1 });
+    });
+
+    it('counts a request whose caller went away before its answer as status="aborted"', async () => {
+      const count = async () => {
+        const text = (await http().get('/metrics').expect(200)).text;
+        return Number(/^http_request_duration_seconds_count\{method="POST",route="\/tracing\/spans",status="aborted"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+      };
+      const before = await count();
+      // A key that is live, and a body that never ends: the route waits for the rest until the caller hangs up.
+      await new Promise<void>((resolve, reject) => {
+        const head = `POST /tracing/spans HTTP/1.1\r\nHost: x\r\nAuthorization: ${auth.Authorization}\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"spans":[`;
+        const socket = connect(Number(new URL(t.url).port), '127.0.0.1', () => socket.write(head, () => setTimeout(() => socket.destroy(), 200)));
+        socket.on('close', () => resolve());
+        socket.on('error', reject);
+      });
+      await eventually('the aborted request to be counted', async () => (await count()) === before + 1, 5_000, 50);
     });
 
     it('counts a path or method no route serves (404) as route="unmatched", not as the middleware mount', async () => {
