@@ -56,7 +56,8 @@ describe('HttpExceptionFilter: what it logs of a 503', () => {
 
   function answer(error: unknown): number {
     let status = 0;
-    const response = { headersSent: false, status: (code: number) => ((status = code), response), json: () => response };
+    // Its id already set, as pino-http sets it on every request a route's middleware saw.
+    const response = { headersSent: false, getHeader: () => 'request-1', status: (code: number) => ((status = code), response), json: () => response };
     const request = { method: 'GET', url: '/somewhere', path: '/somewhere', headers: {} };
     const host = { switchToHttp: () => ({ getResponse: () => response, getRequest: () => request }) } as unknown as ArgumentsHost;
     new HttpExceptionFilter().catch(error, host);

@@ -280,10 +280,11 @@ describe('the API is isolated from ClickHouse faults', () => {
       const unsent = rig.t.mirror!.writer.stats().queuedRows;
       expect(unsent).toBe(1 + SCRIPT_SPAN_ROWS + SCRIPT_NODE_ROWS);
 
-      // Would wait out the 60 s request timeout (and retries) if the deadline were not kept. The mirror's part is
-      // its 300 ms deadline and the gap records' writing; the rest of the app's close takes well under a second.
+      // Would wait out the 60 s request timeout (and retries) if the deadline were not kept, and the default 10 s
+      // deadline passes the jest timeout. The mirror's part is its 300 ms deadline and the gap records' writing;
+      // the bound leaves the rest of the close (its pools, on a loaded machine) seconds to spare.
       const { gaps, closeMs } = await rig.closeAndReadGaps();
-      expect(closeMs).toBeLessThan(3_000);
+      expect(closeMs).toBeLessThan(5_000);
       expect(gaps.length).toBeGreaterThan(0);
       for (const gap of gaps) expect(gap.reason).toBe('shutdown_deadline');
       expect(rowsIn(gaps)).toBe(unsent);

@@ -296,6 +296,14 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     await seedSpans(pg.db, { projects: [P1], days: 2, rows: 4_000 });
     // No merges: ReplacingMergeTree would fold a batch stored twice, and the raw count below would not see it.
     await ch.clients.query.command({ query: 'SYSTEM STOP MERGES spans' });
+    try {
+      await lostLockThenResume();
+    } finally {
+      await ch.clients.query.command({ query: 'SYSTEM START MERGES spans' });
+    }
+  });
+
+  async function lostLockThenResume(): Promise<void> {
     const pool = createPool(pg.url, 4);
     pool.on('connect', (client) => client.on('error', () => undefined));
     const db = createKysely(pool);
@@ -319,16 +327,12 @@ describe('backfill (real Postgres and ClickHouse)', () => {
       await admin.end();
       await db.destroy();
     }
-    try {
-      // The second batch (and the third, when it was in flight too) landed in ClickHouse without its checkpoint:
-      // the resume sends them again, with the same tokens, and ClickHouse drops them.
-      expect([2_000, 3_000]).toContain(await liveCount(ch.clients.query, 'spans', false));
-      expect(await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).toMatchObject({ resumed: true, rowsCopied: 3_000, totalRowsCopied: 4_000 });
-      expect(await liveCount(ch.clients.query, 'spans', false)).toBe(4_000);
-    } finally {
-      await ch.clients.query.command({ query: 'SYSTEM START MERGES spans' });
-    }
-  });
+    // The second batch (and the third, when it was in flight too) landed in ClickHouse without its checkpoint:
+    // the resume sends them again, with the same tokens, and ClickHouse drops them.
+    expect([2_000, 3_000]).toContain(await liveCount(ch.clients.query, 'spans', false));
+    expect(await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).toMatchObject({ resumed: true, rowsCopied: 3_000, totalRowsCopied: 4_000 });
+    expect(await liveCount(ch.clients.query, 'spans', false)).toBe(4_000);
+  }
 
   it('fails naming Postgres when a batch\'s COPY fails, and the next run resumes', async () => {
     await seedSpans(pg.db, { projects: [P1], days: 2, rows: 3_000 });

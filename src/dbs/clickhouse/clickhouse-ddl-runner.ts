@@ -155,7 +155,7 @@ export async function migrateClickHouse(
   try {
     const ping = await reads.ping();
     if (!ping.success) {
-      throw new ClickHouseMigrationError(`ClickHouse at ${redactUrl(url)} does not answer: ${describeSendError(ping.error)}`);
+      throw new ClickHouseMigrationError(`ClickHouse at ${redactUrl(url)} does not answer: ${describeSendError(ping.error)}`, { cause: ping.error });
     }
     // Created only when missing: ClickHouse checks the CREATE grant before IF NOT EXISTS, and a user granted
     // only the database an administrator made for it must still be able to run this on a current schema.
@@ -210,7 +210,7 @@ export async function migrateClickHouse(
         try {
           await command(ddl, statement);
         } catch (error) {
-          throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name} failed: ${(error as Error).message}`);
+          throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name} failed: ${(error as Error).message}`, { cause: error });
         }
       }
       await command(

@@ -40,6 +40,19 @@ describe('ClickHouseSchema', () => {
     expect(runs).toBe(1);
     expect(lines).toEqual([]);
 
+    // A run that created the tables answers so itself; a check without an answer is an unknown (null), and
+    // one ClickHouse refuses (it answered, with an error) a no.
+    const timedOut = () => Promise.reject(new Error('Timeout error.'));
+    const recreating = new ClickHouseSchema(async () => ['0001_spans'], logger, new ManualClock(), timedOut);
+    expect(await recreating.reapply('spans')).toBe(true);
+    const unanswered = new ClickHouseSchema(async () => [], logger, new ManualClock(), timedOut);
+    expect(await unanswered.reapply('spans')).toBeNull();
+    const refused = new ClickHouseSchema(async () => [], logger, new ManualClock(), async () =>
+      Promise.reject(Object.assign(new Error('Not enough privileges'), { code: '497', type: 'ACCESS_DENIED' })),
+    );
+    expect(await refused.reapply('spans')).toBe(false);
+    lines.length = 0;
+
     // A DDL that fails is logged, and the answer is still the table's.
     const failing = new ClickHouseSchema(async () => Promise.reject(new Error('Code: 497. Not enough privileges')), logger, new ManualClock(), async () => false);
     expect(await failing.reapply('spans')).toBe(false);

@@ -111,6 +111,9 @@ describe('publicSendError: what /health shows of a send failure', () => {
     expect(publicSendError(parseError(''))).toBe("an HTTP error answer with an empty body, not ClickHouse's (a proxy in front of it, or a request refused unread)");
     expect(publicSendError(Object.assign(new Error('<html>502 at ch.internal</html>'), { statusCode: 502 }))).toBe('HTTP 502');
     expect(publicSendError(new Error('ClickHouse at http://mirror:***@ch.internal:8123 does not answer'))).toBe('failed (the log says how)');
+    // A wrapper names the server in its message; its cause carries the code.
+    const wrapped = new Error('ClickHouse migration 0001_spans failed: mirror: Not enough privileges on ch.internal', { cause: denied });
+    expect(publicSendError(wrapped)).toBe('ClickHouse code 497 ACCESS_DENIED');
     expect(publicSendError(new MirrorSendError('ClickHouse schema is not applied yet (ClickHouse at http://ch.internal:8123 ...)', 'ClickHouse schema is not applied yet'))).toBe(
       'ClickHouse schema is not applied yet',
     );

@@ -163,11 +163,12 @@ export function describeSendError(error: unknown): string {
  * (a ClickHouse code and type, a socket code, an HTTP status), never the
  * message, which can name hosts, ports, users, databases and grants. The
  * whole description goes to the log. An error made here may carry a
- * `publicReason` of its own.
+ * `publicReason` of its own, or wrap the one it is about as its `cause`.
  */
 export function publicSendError(error: unknown): string {
-  const fields = (error ?? {}) as ErrorFields & { publicReason?: unknown };
+  const fields = (error ?? {}) as ErrorFields & { publicReason?: unknown; cause?: unknown };
   if (typeof fields.publicReason === 'string') return fields.publicReason;
+  if (fields.cause !== undefined && fields.cause !== error) return publicSendError(fields.cause);
   const code = clickHouseCodeOf(error);
   if (code !== undefined) {
     const type = typeof fields.type === 'string' && /^[A-Z0-9_]{1,64}$/.test(fields.type) ? fields.type : TRANSIENT_CLICKHOUSE_CODES.get(code);

@@ -1,5 +1,6 @@
 import { ClickHouseError } from '@clickhouse/client';
 import { MirrorSink } from '../clickhouse/batch-writer';
+import { publicSendError } from '../clickhouse/retry-policy';
 import { afterSchema } from './mirror.module';
 
 describe('afterSchema: inserts wait for the ClickHouse schema', () => {
@@ -12,10 +13,11 @@ describe('afterSchema: inserts wait for the ClickHouse schema', () => {
   };
   const body = [Buffer.from('{}\n')];
   /** A schema applied at start, whose reapply() is not expected. */
-  const applied = (overrides: Partial<{ ensure: () => Promise<boolean>; failure: string | null }> = {}) => ({
+  const applied = (overrides: Partial<{ ensure: () => Promise<boolean>; failure: string | null; publicFailure: string | null }> = {}) => ({
     ensure: async () => true,
     failure: null,
-    reapply: async (): Promise<boolean> => {
+    publicFailure: null,
+    reapply: async (): Promise<boolean | null> => {
       throw new Error('not expected to run the DDL again');
     },
     ...overrides,
@@ -27,11 +29,11 @@ describe('afterSchema: inserts wait for the ClickHouse schema', () => {
     expect(inserted).toEqual(['spans']);
   });
 
-  it("fails with the DDL's own error while it fails, so /health's lastError and a gap's reason say why", async () => {
-    const schema = applied({ ensure: async () => false, failure: 'connect ECONNREFUSED 10.0.0.9:8123' });
-    await expect(afterSchema(sink, schema, 1000).insert('spans', body, 'token')).rejects.toThrow(
-      'ClickHouse schema is not applied yet (connect ECONNREFUSED 10.0.0.9:8123); will retry',
-    );
+  it("fails with the DDL's own error while it fails: whole in a gap's reason, its kind and code in /health's lastError", async () => {
+    const schema = applied({ ensure: async () => false, failure: 'connect ECONNREFUSED 10.0.0.9:8123', publicFailure: 'no answer (ECONNREFUSED)' });
+    const failed = afterSchema(sink, schema, 1000).insert('spans', body, 'token');
+    await expect(failed).rejects.toThrow('ClickHouse schema is not applied yet (connect ECONNREFUSED 10.0.0.9:8123); will retry');
+    expect(publicSendError(await failed.catch((error: unknown) => error))).toBe('ClickHouse schema is not applied yet (no answer (ECONNREFUSED))');
     expect(inserted).toEqual([]);
   });
 
@@ -65,10 +67,14 @@ describe('afterSchema: inserts wait for the ClickHouse schema', () => {
       expect(schema.reapply).toHaveBeenCalledTimes(1);
     });
 
-    it('waits no longer than its timeout for the DDL, and then lets the error stand', async () => {
-      const error = missing('81', 'UNKNOWN_DATABASE');
-      const schema = { ...applied(), reapply: () => new Promise<boolean>(() => undefined) };
-      await expect(afterSchema(rejecting(error), schema, 20).insert('spans', body, 'token')).rejects.toBe(error);
+    it.each([
+      ['the check of system.tables failed', () => Promise.resolve(null)],
+      ['the DDL and check ran past the timeout', () => new Promise<boolean | null>(() => undefined)],
+    ])('fails transiently when it cannot tell whether the table is back (%s): the batch is sent again, within its attempts', async (_, reapply) => {
+      const schema = { ...applied(), reapply };
+      await expect(afterSchema(rejecting(missing('81', 'UNKNOWN_DATABASE')), schema, 20).insert('spans', body, 'token')).rejects.toThrow(
+        /^ClickHouse had lost the mirror's table spans \(.*\); whether it is back could not be read; will retry$/,
+      );
     });
 
     it('leaves any other rejection to the batch writer, without running the DDL', async () => {

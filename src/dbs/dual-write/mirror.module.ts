@@ -126,22 +126,28 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
  * dropped by hand) its error stands. Each wait is bounded like any request,
  * as the batch writer requires.
  */
-export function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'ensure' | 'failure' | 'reapply'>, timeoutMs: number): MirrorSink {
+export function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'ensure' | 'failure' | 'publicFailure' | 'reapply'>, timeoutMs: number): MirrorSink {
   return {
     insert: async (table, lines, dedupToken) => {
       const ready = await within(schema.ensure(), timeoutMs, () => false);
-      // Its cause goes with it: this is what /health's lastError and a gap's reason show.
+      // Its cause goes with it: this is what a gap's reason shows, and in its public form /health's lastError.
       if (!ready) {
-        throw new MirrorSendError(`ClickHouse schema is not applied yet (${schema.failure ?? 'its DDL is still running'}); will retry`, 'ClickHouse schema is not applied yet');
+        throw new MirrorSendError(
+          `ClickHouse schema is not applied yet (${schema.failure ?? 'its DDL is still running'}); will retry`,
+          `ClickHouse schema is not applied yet (${schema.publicFailure ?? 'its DDL is still running'})`,
+        );
       }
       try {
         await sink.insert(table, lines, dedupToken);
       } catch (error) {
         if (!MISSING_SCHEMA_CODES.has(clickHouseCodeOf(error) ?? '')) throw error;
-        if (!(await within(schema.reapply(table), timeoutMs, () => false))) throw error;
+        const there = await within(schema.reapply(table), timeoutMs, () => null);
+        if (there === false) throw error;
+        // Back, or not known (the check failed or ran out of time): sent again, within the batch's attempts.
+        const now = there ? 'it is there again' : 'whether it is back could not be read';
         throw new MirrorSendError(
-          `ClickHouse had lost the mirror's table ${table} (${describeSendError(error)}); it is there again; will retry`,
-          `ClickHouse had lost the mirror's table ${table} (${publicSendError(error)}); it is there again`,
+          `ClickHouse had lost the mirror's table ${table} (${describeSendError(error)}); ${now}; will retry`,
+          `ClickHouse had lost the mirror's table ${table} (${publicSendError(error)}); ${now}`,
         );
       }
     },
