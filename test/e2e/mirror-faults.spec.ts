@@ -423,7 +423,9 @@ describe('the API is isolated from ClickHouse faults', () => {
     const rig = await startRig({ CLICKHOUSE_REQUEST_TIMEOUT_MS: '5000' }, 'hang');
     try {
       // Serving while the DDL's first request (its ping) still hangs: the start did not wait for it (it did, up
-      // to 15 s, and would have found it failed here, 5 s on).
+      // to 15 s, and would have found it failed here, 5 s on). The DDL runs in the background, so its ping may
+      // reach the proxy a moment after the start returns; it must then still be hanging, well within its 5 s.
+      await eventually('the DDL\'s ping to hang', () => rig.proxy.stats().pings >= 1, 2_000);
       expect(rig.proxy.stats()).toMatchObject({ pings: 1, pending: 1 });
       await expectServedThenCaughtUp(rig);
     } finally {
