@@ -131,9 +131,11 @@ export function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'en
     insert: async (table, lines, dedupToken) => {
       const ready = await within(schema.ensure(), timeoutMs, () => false);
       // Its cause goes with it: this is what a gap's reason shows, and in its public form /health's lastError.
+      // Neither says "will retry": whether it is tried again is the writer's to say (its log does), and a
+      // gap's reason is this text after the last attempt.
       if (!ready) {
         throw new MirrorSendError(
-          `ClickHouse schema is not applied yet (${schema.failure ?? 'its DDL is still running'}); will retry`,
+          `ClickHouse schema is not applied yet (${schema.failure ?? 'its DDL is still running'})`,
           `ClickHouse schema is not applied yet (${schema.publicFailure ?? 'its DDL is still running'})`,
         );
       }
@@ -146,7 +148,7 @@ export function afterSchema(sink: MirrorSink, schema: Pick<ClickHouseSchema, 'en
         // Back, or not known (the check failed or ran out of time): sent again, within the batch's attempts.
         const now = there ? 'it is there again' : 'whether it is back could not be read';
         throw new MirrorSendError(
-          `ClickHouse had lost the mirror's table ${table} (${describeSendError(error)}); ${now}; will retry`,
+          `ClickHouse had lost the mirror's table ${table} (${describeSendError(error)}); ${now}`,
           `ClickHouse had lost the mirror's table ${table} (${publicSendError(error)}); ${now}`,
         );
       }
