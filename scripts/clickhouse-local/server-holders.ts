@@ -10,15 +10,30 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
  * A joiner holds the server by keeping one request open on LOCAL_HOLDERS_PATH
  * (?hold=<pid>) for as long as it runs. The hold ends when its connection
  * closes, and that happens however the joiner ends, kill -9 included, as with
- * the parent's stdin pipe. Without ?hold the path answers the pids holding it,
- * for the starter deciding whether to stop the server.
+ * the parent's stdin pipe. Without ?hold the path answers the pids holding it.
+ *
+ * The starter, done with the server, asks `?stop-unless-held=<its pid>`. The
+ * answer and every hold are decided here, one at a time: either someone else
+ * holds the server (it stays, and the starter lets it follow the joiners), or
+ * the server is closing from then on and refuses new holds with 503, which
+ * the joiner reads as a server that stopped (it starts one of its own once
+ * the port is free). Before, the starter read the holders and then sent
+ * SIGTERM, and a hold that came between the two was cut with the server.
  */
 export class ServerHolders {
   private readonly held = new Map<ServerResponse, number>();
   private readonly waiting: Array<() => void> = [];
+  private closing = false;
 
   readonly handle = (req: IncomingMessage, res: ServerResponse, url: URL): void => {
     req.resume();
+    const stopper = url.searchParams.get('stop-unless-held');
+    if (stopper !== null) {
+      const others = this.pids().filter((pid) => String(pid) !== stopper);
+      if (others.length === 0) this.closing = true;
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end(`${JSON.stringify({ stopping: this.closing, pids: others })}\n`);
+      return;
+    }
     const hold = url.searchParams.get('hold');
     if (hold === null) {
       res.writeHead(200, { 'Content-Type': 'application/json' }).end(`${JSON.stringify({ pids: this.pids() })}\n`);
@@ -26,6 +41,10 @@ export class ServerHolders {
     }
     if (!/^\d{1,10}$/.test(hold)) {
       res.writeHead(400, { 'Content-Type': 'text/plain; charset=UTF-8' }).end(`hold must be a process id, got "${hold}"\n`);
+      return;
+    }
+    if (this.closing) {
+      res.writeHead(503, { 'Content-Type': 'text/plain; charset=UTF-8' }).end('this local ClickHouse is stopping\n');
       return;
     }
     // Headers and a first line now, so the joiner knows it holds the server; the body never ends.

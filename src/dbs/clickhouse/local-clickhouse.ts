@@ -41,7 +41,7 @@ export interface ResolvedClickHouse {
  * The local server's own path for the processes that joined it (see
  * scripts/clickhouse-local/server-holders.ts). A joiner holds the server up
  * while it runs by keeping a request open on it; the process that started the
- * server asks it who holds it before stopping it.
+ * server asks it to stop unless someone else holds it.
  */
 export const LOCAL_HOLDERS_PATH = '/local/holders';
 
@@ -63,10 +63,10 @@ export function localClickHouseUrl(port: number): string {
  */
 type Answer = { status?: number; body: string } | 'refused' | 'held' | 'reset' | 'garbled';
 
-function get(url: string, path: string, timeoutMs: number): Promise<Answer> {
+function get(url: string, path: string, timeoutMs: number, method = 'GET'): Promise<Answer> {
   return new Promise((done) => {
     let timedOut = false;
-    const req = request(new URL(path, url), { method: 'GET', agent: false, timeout: timeoutMs }, (res) => {
+    const req = request(new URL(path, url), { method, agent: false, timeout: timeoutMs }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => (body += chunk));
@@ -149,14 +149,15 @@ async function launch(options: LocalClickHouseOptions): Promise<{ url: string; c
  * returned release is called: one request on LOCAL_HOLDERS_PATH that the
  * server never ends. Its connection closes when this process ends, however it
  * ends. A ClickHouse that is not ours has no such path: nothing to hold
- * (`not ours`). `gone`: the server stopped before it could be held.
+ * (`not ours`). `gone`: the server stopped before it could be held, or is
+ * stopping (503: its starter is done with it and nobody held it then).
  */
 function holdServer(url: string): Promise<(() => void) | 'not ours' | 'gone'> {
   return new Promise((done) => {
     const hold = request(new URL(`${LOCAL_HOLDERS_PATH}?hold=${process.pid}`, url), { agent: false, timeout: 2_000 }, (res) => {
       if (res.statusCode !== 200) {
         res.resume();
-        return done('not ours');
+        return done(res.statusCode === 503 ? 'gone' : 'not ours');
       }
       hold.setTimeout(0);
       res.on('error', () => undefined);
@@ -176,15 +177,21 @@ function holdServer(url: string): Promise<(() => void) | 'not ours' | 'gone'> {
   });
 }
 
-/** Process ids holding the server (see holdServer); none when it is not ours or does not answer. */
-async function holdersOf(url: string): Promise<number[]> {
-  const answer = await get(url, LOCAL_HOLDERS_PATH, 2_000);
-  if (typeof answer !== 'object' || answer.status !== 200) return [];
+/**
+ * Asks the server to stop unless another process holds it (see holdServer):
+ * the pids holding it when it stays, `stopping` when it refuses holds from
+ * now on, `no answer` when it could not say (it is stopped anyway). The
+ * server decides, so no hold can come between the look and the stop.
+ */
+async function stopUnlessHeld(url: string): Promise<number[] | 'stopping' | 'no answer'> {
+  const answer = await get(url, `${LOCAL_HOLDERS_PATH}?stop-unless-held=${process.pid}`, 2_000, 'POST');
+  if (typeof answer !== 'object' || answer.status !== 200) return 'no answer';
   try {
-    const { pids } = JSON.parse(answer.body) as { pids?: unknown };
-    return Array.isArray(pids) ? pids.filter((pid): pid is number => typeof pid === 'number') : [];
+    const { stopping, pids } = JSON.parse(answer.body) as { stopping?: unknown; pids?: unknown };
+    if (stopping === true) return 'stopping';
+    return Array.isArray(pids) && pids.every((pid) => typeof pid === 'number') && pids.length > 0 ? pids : 'no answer';
   } catch {
-    return [];
+    return 'no answer';
   }
 }
 
@@ -196,8 +203,8 @@ function stopper(child: ChildProcess, url: string, log: (message: string) => voi
       // Another process may have joined the server since (the API, started while a backfill ran): stopping it
       // would turn that process's mirror into an outage. Leave it to them; closing our end of its stdin tells
       // the server to stop once they have ended.
-      const others = (await holdersOf(url)).filter((pid) => pid !== process.pid);
-      if (others.length > 0) {
+      const others = await stopUnlessHeld(url);
+      if (Array.isArray(others)) {
         const one = others.length === 1;
         log(`local ClickHouse left running on ${url}: ${one ? 'process' : 'processes'} ${others.join(', ')} use${one ? 's' : ''} it; it stops once ${one ? 'it has' : 'they have'} ended`);
         child.stdin?.end();
@@ -233,9 +240,8 @@ function terminate(child: ChildProcess): Promise<void> {
  * directory). So this joins a server that answers, waits while one on the
  * port holds requests (its engine opening), and starts one when the port is
  * free, again if a server it was about to join stopped first: a quick
- * command that started it and saw no one holding it yet. Left: a hold that
- * arrives between that command's look at the holders and its SIGTERM (a
- * window of a request's round trip) is cut when the server stops.
+ * command that started it and was done with it before anyone held it (the
+ * server refuses holds from then on; see ServerHolders).
  */
 export async function startLocalClickHouse(options: LocalClickHouseOptions): Promise<ResolvedClickHouse> {
   const log = options.log ?? (() => undefined);
