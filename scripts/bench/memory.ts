@@ -8,7 +8,7 @@ import { BenchReport, runBench } from './support/report';
 import { startNullClickHouse } from './support/null-clickhouse';
 import { createApiKey, startBenchPostgres } from './support/servers';
 import { spansBody } from './support/spans';
-import { num, quantile, rotated, showSpread, spread, table } from './support/stats';
+import { median, num, rotated, showSpread, spread, table } from './support/stats';
 
 const USAGE = `usage: npm run bench:memory -- [options]
 
@@ -154,7 +154,7 @@ async function main(): Promise<void> {
         const run: Run = {
           round,
           flag,
-          idleBytes: quantile(idle, 0.5),
+          idleBytes: median(idle),
           peakBytes: peak,
           spansPerSecond: spans / seconds,
           mirrorAtEnd: health.info?.mirror ?? null,

@@ -1,4 +1,17 @@
-import { shuffled } from './stats';
+import { median, quantile, shuffled, spread } from './stats';
+
+describe('median', () => {
+  it('is the middle value for an odd count and the mean of the middle two for an even one', () => {
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(spread([0.9, 1.1])).toEqual({ min: 0.9, median: 1, max: 1.1 });
+    expect(median([])).toBeNaN();
+  });
+
+  it('leaves the nearest-rank p50 of latencies as it was: a value that was measured', () => {
+    expect(quantile([4, 1, 3, 2], 0.5)).toBe(2);
+  });
+});
 
 describe('shuffled', () => {
   const modes = ['off', 'off2', 'up', 'down', 'null'] as const;

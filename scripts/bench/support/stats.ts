@@ -1,4 +1,4 @@
-/** Small statistics for benchmark samples: nearest-rank quantiles and min/median/max across rounds. */
+/** Small statistics for benchmark samples: nearest-rank quantiles of latencies, and min/median/max across rounds. */
 
 export interface Spread {
   min: number;
@@ -14,8 +14,20 @@ export function quantile(samples: readonly number[], q: number): number {
   return sorted[rank - 1];
 }
 
+/**
+ * The median of unsorted values: the middle one, or the mean of the middle
+ * two for an even count (a smoke run's two rounds, --rounds 4), which the
+ * nearest-rank quantile would give as the lower one. NaN when there are none.
+ */
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
 export function spread(values: readonly number[]): Spread {
-  return { min: Math.min(...values), median: quantile(values, 0.5), max: Math.max(...values) };
+  return { min: Math.min(...values), median: median(values), max: Math.max(...values) };
 }
 
 /** A number with a sensible number of digits for a table cell. */
