@@ -7,6 +7,7 @@ import { AppModule } from './app.module';
 import { OperatorError } from './config/operator-error';
 import { documentErrorAnswers } from './http/openapi-errors';
 import { documentRequestIds } from './http/request-id';
+import { HttpMetricsMiddleware } from './metrics/http-metrics.middleware';
 
 /**
  * Builds the HTTP app exactly as production runs it; main.ts and the tests
@@ -31,6 +32,9 @@ export async function createApp(env: Record<string, string | undefined> = {}): P
   app.useLogger(app.get(Logger));
   app.flushLogs();
   app.disable('x-powered-by');
+  // Before any route (routes are added at init): every request is timed, those the router refuses included.
+  const httpMetrics = app.get(HttpMetricsMiddleware);
+  app.use(httpMetrics.use.bind(httpMetrics));
   setUpOpenApi(app);
   return app;
 }

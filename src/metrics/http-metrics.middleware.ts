@@ -18,18 +18,20 @@ export class HttpMetricsMiddleware implements NestMiddleware {
     });
   }
 
+  /** Mounted with app.use (see MetricsModule), ahead of every route: req.route is set only once a controller's route takes the request. */
   use(req: Request, res: Response, next: NextFunction): void {
     const end = this.duration.startTimer();
-    // Nest mounts middleware as a route of its own (forRoutes('*') is app.all('/{*path}')), so here req.route is
-    // that mount. A request no controller route took (a 404) finishes with req.route still naming a mount of that path.
-    const mountPath: unknown = req.route?.path;
     let observed = false;
     const observe = (status: string) => {
       if (observed) return;
       observed = true;
-      const path: unknown = req.route?.path;
-      const routed = typeof path === 'string' && path !== '' && path !== mountPath;
-      const route = routed ? `${req.baseUrl ?? ''}${path}` : 'unmatched';
+      // A request no route took (a path the router could not decode) has no req.route, and a 404 has the last
+      // middleware mount it went through: Nest mounts its modules' middleware (pino-http's) with Express's
+      // app.all('/{*path}'), a route registered for every method, where each controller handler is a route of
+      // its one method.
+      const matched = req.route as { path?: unknown; methods?: Record<string, boolean> } | undefined;
+      const routed = typeof matched?.path === 'string' && matched.path !== '' && Object.keys(matched.methods ?? {}).length === 1;
+      const route = routed ? `${req.baseUrl ?? ''}${matched.path}` : 'unmatched';
       end({ method: req.method, route, status });
     };
     res.on('finish', () => observe(String(res.statusCode)));

@@ -1,10 +1,16 @@
-import { Global, MiddlewareConsumer, Module, NestModule } from '@nestjs/common';
+import { Global, Module } from '@nestjs/common';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { HttpMetricsMiddleware } from './http-metrics.middleware';
 import { MetricsController } from './metrics.controller';
 import { METRICS_REGISTRY } from './metrics.tokens';
 
-/** Prometheus metrics at GET /metrics: process, HTTP and (when on) the mirror's. */
+/**
+ * Prometheus metrics at GET /metrics: process, HTTP and (when on) the mirror's.
+ * The HTTP histogram's middleware is mounted by createApp on the Express app
+ * itself, not through Nest's MiddlewareConsumer: Nest mounts middleware as a
+ * route (`/{*path}`), which a path the router cannot decode (`/%E0`) never
+ * reaches, so those requests went uncounted.
+ */
 @Global()
 @Module({
   controllers: [MetricsController],
@@ -17,12 +23,8 @@ import { METRICS_REGISTRY } from './metrics.tokens';
         return registry;
       },
     },
+    HttpMetricsMiddleware,
   ],
   exports: [METRICS_REGISTRY],
 })
-export class MetricsModule implements NestModule {
-  // Applied here only (not also listed as a provider): a second instance would register the histogram twice.
-  configure(consumer: MiddlewareConsumer): void {
-    consumer.apply(HttpMetricsMiddleware).forRoutes('*');
-  }
-}
+export class MetricsModule {}

@@ -512,6 +512,18 @@ describe('REST: /tracing and /observability', () => {
       expect(await counts()).toEqual({ getUnmatched: before.getUnmatched + 1, deleteUnmatched: before.deleteUnmatched + 1, mount: 0 });
     });
 
+    it('counts a path the router cannot decode (400 before any route) as route="unmatched"', async () => {
+      // Was missing: Nest mounted the middleware as a route (`/{*path}`), whose parameter fails to decode.
+      const count = async () => {
+        const text = (await http().get('/metrics').expect(200)).text;
+        return Number(/^http_request_duration_seconds_count\{method="GET",route="unmatched",status="400"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+      };
+      const before = await count();
+      // fetch, not supertest: the path must reach the server as written, its bad escape included.
+      expect((await fetch(`${t.url}/tracing/traces/%E0`)).status).toBe(400);
+      await eventually('the refused request to be counted', async () => (await count()) === before + 1, 5_000, 50);
+    });
+
     it('GET /metrics serves Prometheus text with HTTP metrics', async () => {
       const res = await http().get('/metrics').expect(200);
       expect(res.headers['content-type']).toMatch(/text\/plain/);
