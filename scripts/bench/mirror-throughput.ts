@@ -1,17 +1,17 @@
-import { createClient } from '@clickhouse/client';
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Registry } from 'prom-client';
 import { parseConfig } from '../../src/config/app-config';
 import { BatchWriter } from '../../src/dbs/clickhouse/batch-writer';
 import { MirrorGap } from '../../src/dbs/clickhouse/gap-ledger';
-import { clickHouseClientOptions, createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
+import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { ClickHouseSink } from '../../src/dbs/clickhouse/clickhouse-sink';
 import { createMirrorMetrics } from '../../src/dbs/clickhouse/mirror-metrics';
-import { SPAN_TABLE, SpanClickHouseRow, toSpanClickHouseRow, toSpanMirrorRow } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
+import { SPAN_TABLE, toSpanInsertLine, toSpanMirrorRow } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
 import { BenchFlags } from './support/cli';
 import { sleep } from './support/http-load';
 import { cpuSecondsOf } from './support/proc';
+import { rawInsert } from './support/raw-insert';
 import { BenchReport, runBench } from './support/report';
 import { startBenchClickHouse } from './support/servers';
 import { committedSpanSource } from './support/spans';
@@ -22,11 +22,14 @@ const USAGE = `usage: npm run bench:mirror-throughput -- [options]
 Spans per second the mirror sustains: committed spans through the row mapper,
 BatchWriter (the product's settings: MIRROR_FLUSH_ROWS etc. from the
 environment, defaults otherwise) and ClickHouseSink into ClickHouse, against
-the ceiling: the same spans mapped and inserted with @clickhouse/client's
-insert() (JSONEachRow, the same client options and batch size, brotli
-quality 0 by the client as the sink compresses), one insert in flight while the next batch
-is mapped, as the writer does. CPU time per span for this process and, for the local
-endpoint, the ClickHouse process. Goal: writer >= 80% of the ceiling.
+the ceiling: the same spans' insert lines (toSpanInsertLine, as the writer is
+handed them) written once into a body and sent with @clickhouse/client's exec(),
+in batches cut by the writer's rule (flushRows, or flushBytes of lines), with
+the sink's settings and compression (brotli quality 0, text mode, 1 MiB
+chunks), on a client with the writer's options; one insert in flight while the
+next batch is built, as the writer does. No queue, records or gap fields. CPU
+time per span for this process and, for the local endpoint, the ClickHouse
+process. Goal: writer >= 80% of the ceiling.
 
   --rows N      spans per path per round (default 100000)
   --rounds N    rounds, paths interleaved and rotated (default 5)
@@ -43,6 +46,8 @@ interface Run {
   spansPerSecond: number;
   cpuMicrosPerSpan: number;
   clickhouseCpuMicrosPerSpan: number | null;
+  /** Inserts sent: the ceiling's batches are to be the writer's. */
+  batches: number;
 }
 
 async function main(): Promise<void> {
@@ -64,36 +69,52 @@ async function main(): Promise<void> {
   try {
     const config = await clickhouse.createDatabase('throughput');
     const clients = createClickHouseClients(config, clickhouse.url);
-    // The client compressing as the API's sink does (brotli quality 0), as a user of the client would have it.
-    const ceilingClient = createClient({ ...clickHouseClientOptions(config, clickhouse.url), compression: { request: { codec: 'br', quality: 0 }, response: false } });
+    // The ceiling's own client, with the same options as the writer's.
+    const ceilingClients = createClickHouseClients(config, clickhouse.url);
     const projectId = randomUUID();
 
     const next = committedSpanSource(projectId);
 
-    // The ceiling gets the writer's overlap: the next batch is mapped (in the same
+    // Two bodies, each room for a batch's lines and newlines: one in flight while the next is written.
+    let [body, spare] = [0, 1].map(() => Buffer.allocUnsafe(settings.flushBytes + settings.flushRows));
+    // The ceiling gets the writer's overlap: the next batch is built (in the same
     // write-sized steps, yielding between them) while the previous one is in flight.
-    const raw = async (count: number) => {
-      let inFlight: Promise<unknown> = Promise.resolve();
-      for (let i = 0; i < count; i += settings.flushRows) {
-        const values: SpanClickHouseRow[] = [];
-        const size = Math.min(settings.flushRows, count - i);
-        for (let j = 0; j < size; j += options.write) {
-          for (const span of next(Math.min(options.write, size - j))) values.push(toSpanClickHouseRow(span));
-          await new Promise((resolve) => setImmediate(resolve));
-        }
+    const raw = async (count: number): Promise<number> => {
+      let inFlight: Promise<void> = Promise.resolve();
+      let batches = 0;
+      let rows = 0;
+      let lineBytes = 0;
+      let at = 0;
+      const send = async () => {
+        const batch = body.subarray(0, at);
         await inFlight;
-        inFlight = ceilingClient.insert({
-          table: SPAN_TABLE,
-          values,
-          format: 'JSONEachRow',
-          clickhouse_settings: { async_insert: 0, wait_end_of_query: 1 },
-        });
+        inFlight = rawInsert(ceilingClients.insert, `INSERT INTO ${SPAN_TABLE} FORMAT JSONEachRow`, [batch], { compress: true, dedupToken: randomUUID() });
+        [body, spare] = [spare, body];
+        batches += 1;
+        rows = lineBytes = at = 0;
+      };
+      for (let i = 0; i < count; i += options.write) {
+        for (const span of next(Math.min(options.write, count - i))) {
+          const line = toSpanInsertLine(span);
+          const length = Buffer.byteLength(line, 'utf8');
+          // The writer's cut (RowLog.take): at flushRows, or before the line that would take the batch's lines past flushBytes.
+          if (rows === settings.flushRows || (rows > 0 && lineBytes + length > settings.flushBytes)) await send();
+          if (at + length + 1 > body.length) throw new Error(`a ${length}-byte line is over MIRROR_FLUSH_BYTES; the ceiling cannot send it alone as the writer would`);
+          at += body.write(line, at, 'utf8');
+          body[at++] = 0x0a;
+          rows += 1;
+          lineBytes += length;
+        }
+        await new Promise((resolve) => setImmediate(resolve));
       }
+      if (rows > 0) await send();
       await inFlight;
+      return batches;
     };
 
     let gapRows = 0;
-    const writer = async (count: number) => {
+    const writer = async (count: number): Promise<number> => {
+      const metrics = createMirrorMetrics(new Registry());
       const batchWriter = new BatchWriter(settings, {
         sink: new ClickHouseSink(clients.insert, { compress: true }),
         gapRecorder: {
@@ -103,7 +124,7 @@ async function main(): Promise<void> {
           },
         },
         logger: { info: () => undefined, warn: (o, m) => log(`writer: ${m} ${JSON.stringify(o)}`), error: (o, m) => log(`writer: ${m} ${JSON.stringify(o)}`) },
-        metrics: createMirrorMetrics(new Registry()),
+        metrics,
       });
       // As the API would: one write() per request, with the event loop free between them.
       // Producing only while two batches' worth is queued keeps memory bounded without starving the writer.
@@ -114,6 +135,8 @@ async function main(): Promise<void> {
       }
       await batchWriter.drain();
       await batchWriter.shutdown();
+      const { values } = await metrics.flushRows.get();
+      return values.find((v) => v.metricName === 'mirror_flush_rows_count')?.value ?? 0;
     };
 
     const runs: Run[] = [];
@@ -126,7 +149,7 @@ async function main(): Promise<void> {
         const cpu = process.cpuUsage();
         const chCpu = clickhouse.pid ? cpuSecondsOf(clickhouse.pid) : 0;
         const started = performance.now();
-        await (path === 'raw' ? raw : writer)(options.rows);
+        const batches = await (path === 'raw' ? raw : writer)(options.rows);
         const seconds = (performance.now() - started) / 1000;
         const used = process.cpuUsage(cpu);
         const run: Run = {
@@ -136,13 +159,14 @@ async function main(): Promise<void> {
           spansPerSecond: options.rows / seconds,
           cpuMicrosPerSpan: (used.user + used.system) / options.rows,
           clickhouseCpuMicrosPerSpan: clickhouse.pid ? ((cpuSecondsOf(clickhouse.pid) - chCpu) * 1e6) / options.rows : null,
+          batches,
         };
         runs.push(run);
-        log(`round ${round + 1} ${path.padEnd(6)} ${num(run.spansPerSecond, 0)} spans/s, ${num(run.cpuMicrosPerSpan, 1)} µs CPU/span here, ${run.clickhouseCpuMicrosPerSpan === null ? '?' : num(run.clickhouseCpuMicrosPerSpan, 1)} µs CPU/span in ClickHouse`);
+        log(`round ${round + 1} ${path.padEnd(6)} ${num(run.spansPerSecond, 0)} spans/s, ${num(run.cpuMicrosPerSpan, 1)} µs CPU/span here, ${run.clickhouseCpuMicrosPerSpan === null ? '?' : num(run.clickhouseCpuMicrosPerSpan, 1)} µs CPU/span in ClickHouse, ${batches} inserts of ${num(options.rows / batches, 0)} spans on average`);
       }
     }
     if (only) {
-      await Promise.all([clients.close(), ceilingClient.close()]);
+      await Promise.all([clients.close(), ceilingClients.close()]);
       report.finish({ runs });
       return;
     }
@@ -157,18 +181,19 @@ async function main(): Promise<void> {
     log(`\nrows in ClickHouse: ${n} (expected ${expected})`);
     log(
       table([
-        ['path', 'spans/s', 'µs CPU/span (this process)', 'µs CPU/span (ClickHouse)'],
+        ['path', 'spans/s', 'µs CPU/span (this process)', 'µs CPU/span (ClickHouse)', 'spans per insert'],
         ...(['raw', 'writer'] as Path[]).map((path) => [
           path === 'raw' ? 'raw insert (ceiling)' : 'BatchWriter + sink',
           showSpread(spread(of(path).map((r) => r.spansPerSecond)), 0),
           showSpread(spread(of(path).map((r) => r.cpuMicrosPerSpan)), 1),
           clickhouse.pid ? showSpread(spread(of(path).map((r) => r.clickhouseCpuMicrosPerSpan!)), 1) : 'n/a',
+          showSpread(spread(of(path).map((r) => options.rows / r.batches)), 0),
         ]),
       ]),
     );
     log(`writer / ceiling, spans/s: ${showSpread(ratios, 3)}; CPU per span writer / raw: ${showSpread(cpuRatios, 3)}`);
     report.goal({ name: 'mirror throughput: BatchWriter spans/s / raw insert spans/s', target: '>= 0.80', spread: ratios, met: ratios.median >= 0.8 });
-    await Promise.all([clients.close(), ceilingClient.close()]);
+    await Promise.all([clients.close(), ceilingClients.close()]);
     report.finish({ runs, ratio: ratios, cpuRatio: cpuRatios, rowsInClickHouse: Number(n), expectedRows: expected });
   } finally {
     await clickhouse.stop();
