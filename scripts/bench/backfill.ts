@@ -1,17 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { Readable } from 'node:stream';
-import { finished } from 'node:stream/promises';
+import { pipeline } from 'node:stream';
 import { createClient } from '@clickhouse/client';
 import { sql } from 'kysely';
 import { parseConfig } from '../../src/config/app-config';
 import { Backfill, DEFAULT_BACKFILL_OPTIONS } from '../../src/dbs/backfill/backfill';
+import { CompactJsonbColumns } from '../../src/dbs/backfill/copy/compact-jsonb-columns';
+import { copyOut } from '../../src/dbs/backfill/copy/postgres-copy-out';
 import { spanHistory } from '../../src/dbs/backfill/history-entities';
+import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { SpanRow } from '../../src/dbs/postgres/database';
 import { connectClickHouse, connectPostgres } from '../cli/history-cli';
 import { BenchFlags } from './support/cli';
 import { cpuSecondsOf, treeCpuSecondsOf } from './support/proc';
+import { rawInsert } from './support/raw-insert';
 import { BenchReport, runBench } from './support/report';
 import { startBenchClickHouse, startBenchPostgres } from './support/servers';
 import { num, rotated, showSpread, spread, table } from './support/stats';
@@ -25,9 +28,13 @@ backfill (src/dbs/backfill, with its default batches unless --batch-rows or
 against two ceilings measured in the same run, interleaved:
   - Postgres read: a keyset SELECT of the same columns streaming every row,
     page after page (the backfill's batch size), parsed by node-postgres;
-  - ClickHouse insert: the same rows' JSONEachRow lines (the row mapper's),
-    prepared in memory beforehand, inserted with @clickhouse/client (the
-    backfill's batch size and client settings) into an empty table.
+  - ClickHouse insert: the bytes the backfill sends for the first rows (its
+    batches' COPY output, jsonb fields made compact, TabSeparated), read
+    into memory beforehand and inserted with @clickhouse/client as its sink
+    inserts them (the same settings, client options and compression, at most
+    two inserts in flight) into an empty table.
+Each path's setup (a migrated ClickHouse database, connections) is done
+before its clock starts.
 Goals: >= 50,000 spans/s, and >= 1/2 of the slower ceiling.
 
   --rows N          spans to generate and copy (default 1000000)
@@ -38,6 +45,13 @@ Goals: >= 50,000 spans/s, and >= 1/2 of the slower ceiling.
   --quick           50000 rows, 2 rounds: a smoke run`;
 
 type Path = 'backfill' | 'postgres read' | 'clickhouse insert';
+
+/** A path with its setup done (databases, connections), before its clock starts: the run that is timed, and what to close after. */
+interface Prepared {
+  /** Resolves the rows copied. */
+  run(): Promise<number>;
+  close(): Promise<void>;
+}
 
 interface Run {
   round: number;
@@ -126,89 +140,108 @@ async function main(): Promise<void> {
           order by created_at, project_id, trace_id, span_id limit ${limit}`.execute(pg.db)
       ).rows;
 
-    // The insert ceiling's rows: the row mapper's lines for the first rows, held in memory.
-    const ceilingLines: string[] = [];
-    for (let cursor: string[] | null = null; ceilingLines.length < Math.min(options.ceilingRows, options.rows); ) {
-      const rows = await keysetPage(cursor, 5000);
-      for (const row of rows) ceilingLines.push(spanHistory.line(spanHistory.mirrored(row)));
-      cursor = spanHistory.cursorOf(rows[rows.length - 1]);
-    }
-    const lineBytes = ceilingLines.reduce((n, l) => n + Buffer.byteLength(l) + 1, 0) / ceilingLines.length;
-    log(`ClickHouse lines average ${num(lineBytes, 0)} bytes`);
-
     const { batchRows, batchBytes } = options;
-    const paths: Record<Path, (round: number) => Promise<number>> = {
+    // The insert ceiling's bodies: the backfill's first batches as it sends them (its bounds, Postgres's
+    // COPY of the ClickHouse columns, the jsonb fields made compact), read into memory before any clock starts.
+    const reader = new KeysetReader(pg.db, spanHistory);
+    const ceilingBatches: Buffer[][] = [];
+    let ceilingRows = 0;
+    let ceilingBytes = 0;
+    for (let cursor: string[] | null = null; ceilingRows < options.ceilingRows; ) {
+      const end = await reader.bound(scope, cursor, { rows: Math.min(batchRows, options.ceilingRows - ceilingRows), bytes: batchBytes });
+      if (!end) break;
+      const compacted = new CompactJsonbColumns(spanHistory.copy.columns.length, spanHistory.copy.jsonColumns);
+      // A failure on either side destroys the other, and the loop below throws it.
+      pipeline(await copyOut(pg.pool, reader.copyStatement(scope, cursor, end).statement), compacted, () => undefined);
+      const chunks: Buffer[] = [];
+      for await (const chunk of compacted) chunks.push(chunk as Buffer);
+      ceilingBatches.push(chunks);
+      ceilingRows += compacted.lines;
+      ceilingBytes += chunks.reduce((n, c) => n + c.length, 0);
+      cursor = end.last;
+    }
+    const rowBytes = ceilingBytes / ceilingRows;
+    log(`TabSeparated rows as the backfill sends them average ${num(rowBytes, 0)} bytes`);
+    const ceilingInsert = `INSERT INTO ${spanHistory.table} (${spanHistory.copy.columns.map((c) => `\`${c}\``).join(', ')}) FORMAT TabSeparated`;
+    // As ClickHouseHistory decides: bodies are compressed only for a server on another machine.
+    const host = new URL(clickhouse.url).hostname;
+    const compress = !(host === 'localhost' || host === '[::1]' || host.startsWith('127.'));
+
+    const paths: Record<Path, (round: number) => Promise<Prepared>> = {
       backfill: async (round) => {
         const config = await clickhouse.createDatabase(`backfill_r${round}`);
         const ch = await connectClickHouse(parseConfig({ ...env, CLICKHOUSE_DATABASE: config.database }), () => undefined, 'backfill');
-        try {
-          const result = await new Backfill(pg, ch.history).run(scope, { batchRows, batchBytes, restart: true });
-          return result.rowsCopied;
-        } finally {
-          await ch.close();
-        }
+        return {
+          run: async () => (await new Backfill(pg, ch.history).run(scope, { batchRows, batchBytes, restart: true })).rowsCopied,
+          close: ch.close,
+        };
       },
-      'postgres read': async () => {
-        let read = 0;
-        for (let cursor: string[] | null = null; ; ) {
-          const rows = await keysetPage(cursor, batchRows);
-          if (rows.length === 0) return read;
-          read += rows.length;
-          cursor = spanHistory.cursorOf(rows[rows.length - 1]);
-        }
-      },
+      'postgres read': async () => ({
+        run: async () => {
+          let read = 0;
+          for (let cursor: string[] | null = null; ; ) {
+            const rows = await keysetPage(cursor, batchRows);
+            if (rows.length === 0) return read;
+            read += rows.length;
+            cursor = spanHistory.cursorOf(rows[rows.length - 1]);
+          }
+        },
+        close: async () => undefined,
+      }),
       'clickhouse insert': async (round) => {
         const config = await clickhouse.createDatabase(`ceiling_r${round}`);
-        // As the backfill's client: no compression to a server on this machine.
+        // As the backfill's client (connectClickHouse): its request timeout, no compression by the client.
         const client = createClient({ ...clickHouseClientOptions(config, clickhouse.url), request_timeout: 120_000, compression: { request: false, response: false } });
-        try {
-          let inFlight: Promise<void> = Promise.resolve();
-          for (let i = 0; i < ceilingLines.length; i += batchRows) {
-            const body = `${ceilingLines.slice(i, i + batchRows).join('\n')}\n`;
-            await inFlight;
-            inFlight = (async () => {
-              const result = await client.exec({
-                query: 'INSERT INTO spans FORMAT JSONEachRow',
-                values: Readable.from([body]),
-                clickhouse_settings: { async_insert: 0, wait_end_of_query: 1 },
-              });
-              result.stream.resume();
-              await finished(result.stream);
-            })();
-          }
-          await inFlight;
-          return ceilingLines.length;
-        } finally {
-          await client.close();
-        }
+        return {
+          run: async () => {
+            // As the backfill: a batch's insert starts once the one before the last has landed (and the last's rows
+            // are sent, which from memory is at once), so at most two are in flight.
+            let beforeLast: Promise<void> = Promise.resolve();
+            let last: Promise<void> = Promise.resolve();
+            for (const body of ceilingBatches) {
+              await beforeLast;
+              beforeLast = last;
+              last = rawInsert(client, ceilingInsert, body, { compress, dedupToken: randomUUID() });
+            }
+            await Promise.all([beforeLast, last]);
+            return ceilingRows;
+          },
+          close: () => client.close(),
+        };
       },
     };
 
     const runs: Run[] = [];
     for (let round = 0; round < options.rounds; round++) {
       for (const path of rotated(Object.keys(paths) as Path[], round)) {
-        const cpu = process.cpuUsage();
-        const pgCpu = postgres.pid ? treeCpuSecondsOf(postgres.pid) : 0;
-        const chCpu = clickhouse.pid ? cpuSecondsOf(clickhouse.pid) : 0;
-        const started = performance.now();
-        const rows = await paths[path](round);
-        const seconds = (performance.now() - started) / 1000;
-        const used = process.cpuUsage(cpu);
-        const run: Run = {
-          round,
-          path,
-          rows,
-          seconds,
-          rowsPerSecond: rows / seconds,
-          cpu: {
-            node: (used.user + used.system) / rows,
-            postgres: postgres.pid ? ((treeCpuSecondsOf(postgres.pid) - pgCpu) * 1e6) / rows : null,
-            clickhouse: clickhouse.pid ? ((cpuSecondsOf(clickhouse.pid) - chCpu) * 1e6) / rows : null,
-          },
-        };
+        const prepared = await paths[path](round);
+        let run: Run;
+        try {
+          const cpu = process.cpuUsage();
+          const pgCpu = postgres.pid ? treeCpuSecondsOf(postgres.pid) : 0;
+          const chCpu = clickhouse.pid ? cpuSecondsOf(clickhouse.pid) : 0;
+          const started = performance.now();
+          const rows = await prepared.run();
+          const seconds = (performance.now() - started) / 1000;
+          const used = process.cpuUsage(cpu);
+          run = {
+            round,
+            path,
+            rows,
+            seconds,
+            rowsPerSecond: rows / seconds,
+            cpu: {
+              node: (used.user + used.system) / rows,
+              postgres: postgres.pid ? ((treeCpuSecondsOf(postgres.pid) - pgCpu) * 1e6) / rows : null,
+              clickhouse: clickhouse.pid ? ((cpuSecondsOf(clickhouse.pid) - chCpu) * 1e6) / rows : null,
+            },
+          };
+        } finally {
+          await prepared.close();
+        }
         runs.push(run);
         const cpuText = `CPU µs/row: node ${num(run.cpu.node, 1)}, postgres ${run.cpu.postgres === null ? '?' : num(run.cpu.postgres, 1)}, clickhouse ${run.cpu.clickhouse === null ? '?' : num(run.cpu.clickhouse, 1)}`;
-        log(`round ${round + 1} ${path.padEnd(17)} ${num(rows, 0)} rows in ${num(seconds, 1)} s = ${num(run.rowsPerSecond, 0)} rows/s; ${cpuText}`);
+        log(`round ${round + 1} ${path.padEnd(17)} ${num(run.rows, 0)} rows in ${num(run.seconds, 1)} s = ${num(run.rowsPerSecond, 0)} rows/s; ${cpuText}`);
       }
     }
     await pg.close();
@@ -217,7 +250,7 @@ async function main(): Promise<void> {
     const slower = of('backfill').map((_, i) => Math.min(of('postgres read')[i].rowsPerSecond, of('clickhouse insert')[i].rowsPerSecond));
     const ratio = spread(of('backfill').map((b, i) => b.rowsPerSecond / slower[i]));
     const rate = spread(of('backfill').map((b) => b.rowsPerSecond));
-    log(`\nrows/s and CPU µs per row, median of rounds (min–max); ${num(options.rows, 0)} spans, ~${num(lineBytes, 0)} bytes per ClickHouse line`);
+    log(`\nrows/s and CPU µs per row, median of rounds (min–max); ${num(options.rows, 0)} spans, ~${num(rowBytes, 0)} bytes per TabSeparated row`);
     log(
       table([
         ['path', 'rows/s', 'node µs/row', 'postgres µs/row', 'clickhouse µs/row'],
@@ -233,7 +266,7 @@ async function main(): Promise<void> {
     log(`backfill / slower ceiling: ${showSpread(ratio, 3)}`);
     report.goal({ name: 'backfill spans/s', target: '>= 50,000', spread: rate, met: rate.median >= 50_000 });
     report.goal({ name: 'backfill / slower ceiling (Postgres read, ClickHouse insert)', target: '>= 0.50', spread: ratio, met: ratio.median >= 0.5 });
-    report.finish({ runs, lineBytes });
+    report.finish({ runs, rowBytes });
   } finally {
     await clickhouse.stop();
     await postgres.stop();
