@@ -26,21 +26,24 @@ Three baselines, per round:
            shares these two cores and falls behind under this load), under
            the same load: the mirror without an outage, so what the outage
            adds is the queue.
-Each round runs control, healthy and down in an order rotated between rounds.
+Each round runs control, healthy and down in an order rotated between rounds,
+each for as long as the others unless told otherwise: a peak is the maximum of
+RSS samples every 100 ms, and a maximum over a noisy or growing plateau rises
+with the window's length, so peaks over unequal windows do not compare.
 Goals, each judged in every round:
   the brief's:         peak - idle <= MIRROR_QUEUE_MAX_BYTES (counts the load's own growth too);
   the mirror's share:  peak - control peak <= MIRROR_QUEUE_MAX_BYTES;
   the outage's share:  peak - healthy peak <= MIRROR_QUEUE_MAX_BYTES.
 
   --down-seconds N     load with ClickHouse down, per round (default 60)
-  --control-seconds N  load on the flag-off control, and on the healthy API, per round (default 30)
+  --control-seconds N  load on the flag-off control, and on the healthy API, per round (default: --down-seconds)
   --rounds N           rounds, each with fresh API processes (default 3)
   --queue-mib N        MIRROR_QUEUE_MAX_BYTES in MiB (default 64), of both flag-on APIs
   --concurrency N      requests in flight (default 8)
   --spans N            spans per request (default 50)
   --max-old-space-mib N  run every API with node --max-old-space-size=N: how RSS behaves
                        when V8 is told the heap's limit, as a container deployment would
-  --quick              1 round, 20 s down, 10 s control and 10 s healthy: a smoke run`;
+  --quick              1 round of 20 s per phase: a smoke run`;
 
 interface Sample {
   second: number;
@@ -73,9 +76,10 @@ function heapOf(metrics: string): Record<string, number> {
 async function main(): Promise<void> {
   const flags = new BenchFlags(process.argv.slice(2), USAGE);
   const quick = flags.has('quick');
+  const downSeconds = flags.int('down-seconds', quick ? 20 : 60);
   const options = {
-    downSeconds: flags.int('down-seconds', quick ? 20 : 60),
-    controlSeconds: flags.int('control-seconds', quick ? 10 : 30),
+    downSeconds,
+    controlSeconds: flags.int('control-seconds', downSeconds),
     rounds: flags.int('rounds', quick ? 1 : 3),
     queueMiB: flags.int('queue-mib', 64),
     concurrency: flags.int('concurrency', 8),
@@ -85,6 +89,12 @@ async function main(): Promise<void> {
   const report = new BenchReport('memory', options);
   const log = (line: string) => report.print(line);
   const bound = options.queueMiB * MiB;
+  if (options.controlSeconds !== options.downSeconds) {
+    log(
+      `warning: control and healthy run ${options.controlSeconds} s, down ${options.downSeconds} s: their peaks are maxima over windows of other lengths` +
+        ' (the longer window\'s tends higher), so the mirror\'s and the outage\'s shares lean toward the longer phase',
+    );
+  }
 
   const postgres = await startBenchPostgres(log);
   let stopClickHouse: () => Promise<void> = async () => undefined;
