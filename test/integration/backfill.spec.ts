@@ -385,7 +385,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(await liveCount(ch.clients.query, 'spans')).toBe(3_000);
   });
 
-  it('moves a checkpoint only for the session holding that run\'s lock, not any advisory lock of the same pid', async () => {
+  it('moves a checkpoint, or marks it complete, only for the session holding that run\'s lock, not any advisory lock of the same pid', async () => {
     const checkpoints = new BackfillCheckpointsRepository(pg.db);
     const runKey = runKeyOf(ALL_SPANS);
     await checkpoints.start(runKey, ALL_SPANS);
@@ -398,9 +398,16 @@ describe('backfill (real Postgres and ClickHouse)', () => {
       await expect(checkpoints.advance(runKey, ['a'], 5, { name, pid: rows[0].pid })).rejects.toThrow('lost its lock');
       expect(await checkpoints.find(runKey)).toMatchObject({ rowsCopied: 0 });
 
+      // Nor is it marked complete: a run whose lock session ended may have been started over (--restart) since,
+      // and "complete" would make the next run skip the range the restarted one had not copied.
+      await expect(checkpoints.finish(runKey, { name, pid: rows[0].pid })).rejects.toThrow('lost its lock');
+      expect(await checkpoints.find(runKey)).toMatchObject({ status: 'running', finishedAt: null });
+
       await other.query(`select pg_advisory_lock(hashtextextended($1, 0))`, [name]);
       await checkpoints.advance(runKey, ['a'], 5, { name, pid: rows[0].pid });
       expect(await checkpoints.find(runKey)).toMatchObject({ rowsCopied: 5 });
+      await checkpoints.finish(runKey, { name, pid: rows[0].pid });
+      expect(await checkpoints.find(runKey)).toMatchObject({ status: 'complete' });
     } finally {
       await other.end();
     }

@@ -96,19 +96,24 @@ export class BackfillCheckpointsRepository {
         updated_at: sql<string>`now()`,
       })
       .where('run_key', '=', runKey)
-      .where(sql<boolean>`exists (select 1 from pg_locks l where ${isRunLock(lock.name)} and l.pid = ${lock.pid})`)
+      .where(stillHeld(lock))
       .executeTakeFirst();
-    if (result.numUpdatedRows === 0n) {
-      throw new RunInProgressError(`backfill run "${runKey}" lost its lock (its Postgres session ended); run the same command again to resume`);
-    }
+    if (result.numUpdatedRows === 0n) throw lostLock(runKey);
   }
 
-  async finish(runKey: string): Promise<void> {
-    await this.db
+  /**
+   * The run copied its whole range: marked complete, under the same condition as advance(). A run whose
+   * lock session ended may have been started over since (`--restart`); marking that one complete would
+   * make the next run say "nothing to do" over a range it has not copied.
+   */
+  async finish(runKey: string, lock: RunLock): Promise<void> {
+    const result = await this.db
       .updateTable('backfill_checkpoints')
       .set({ status: 'complete', updated_at: sql<string>`now()`, finished_at: sql<string>`now()` })
       .where('run_key', '=', runKey)
-      .execute();
+      .where(stillHeld(lock))
+      .executeTakeFirst();
+    if (result.numUpdatedRows === 0n) throw lostLock(runKey);
   }
 
   /**
@@ -134,6 +139,12 @@ export class BackfillCheckpointsRepository {
     });
   }
 }
+
+/** The run's lock session still holds its lock: not ended, and so not replaced by another run's. */
+const stillHeld = (lock: RunLock) => sql<boolean>`exists (select 1 from pg_locks l where ${isRunLock(lock.name)} and l.pid = ${lock.pid})`;
+
+const lostLock = (runKey: string) =>
+  new RunInProgressError(`backfill run "${runKey}" lost its lock (its Postgres session ended); run the same command again to resume`);
 
 /**
  * A condition on `pg_locks l`: the row is the granted advisory lock named `name`

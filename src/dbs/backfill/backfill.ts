@@ -144,7 +144,7 @@ export class Backfill {
         this.log(`backfill ${scope.entity}: started run "${runKey}" (rows created before ${checkpoint.scope.upperBound})`);
       }
       const copied = await this.copy(runKey, checkpoint, lock, options, progress);
-      await this.checkpoints.finish(runKey);
+      await this.checkpoints.finish(runKey, lock);
       const finished = (await this.checkpoints.find(runKey))!;
       return this.result(finished, 'complete', { ...copied, startedAt, resumed, resumedFrom: resumed ? checkpoint.cursor : null });
     });
