@@ -5,7 +5,7 @@ import { startNullClickHouse } from './support/null-clickhouse';
 import { AppHost, startAppHost } from './support/processes';
 import { BenchReport, runBench } from './support/report';
 import { startBenchClickHouse, startBenchPostgres } from './support/servers';
-import { benchTrace, spansBody } from './support/spans';
+import { benchTrace, spansBodyPool } from './support/spans';
 import { cpuSecondsOf, waitUntilQuiet } from './support/proc';
 import { num, quantile, showSpread, shuffled, Spread, spread, table } from './support/stats';
 
@@ -19,7 +19,11 @@ fixed time (long enough for the mirror's interval flushes to happen inside
 it), in an order shuffled per round and scenario (seeded: a rerun repeats it),
 so no mode always follows the same one; after a ClickHouse-up phase it waits
 until the local ClickHouse's background merges are done, so the next phase
-does not pay for them. Goal: p99 on/off <= 1.05, up and down. A fourth mode, flag on
+does not pay for them. Request bodies (HTTP) and traces (in-process, in the
+API's process) are built before the rounds and reused under new trace ids,
+so the load generator's work is neither on the client's event loop while
+requests are timed nor in the API's CPU. Goal: p99 on/off <= 1.05, up and
+down. A fourth mode, flag on
 with a null ClickHouse (answers, stores nothing), separates the API's own
 mirroring cost from the local ClickHouse's CPU, which here shares the API's
 two cores (in production it runs elsewhere). A fifth, off again (off2), is a
@@ -68,7 +72,8 @@ interface Phase {
   latencies: number[];
 }
 
-async function runPhase(host: AppHost, scenario: Scenario, durationMs: number): Promise<number[]> {
+/** `nextBody`: the HTTP scenarios' bodies, serialized beforehand (on this one event loop, building them would delay the other workers' timed requests). */
+async function runPhase(host: AppHost, scenario: Scenario, durationMs: number, nextBody: () => Buffer): Promise<number[]> {
   if (scenario.transport === 'inproc') {
     const { latencies } = await host.call<{ latencies: number[] }>({ cmd: 'inproc', spans: scenario.spans, durationMs, concurrency: scenario.concurrency });
     return latencies;
@@ -77,7 +82,7 @@ async function runPhase(host: AppHost, scenario: Scenario, durationMs: number): 
   const client = new ApiClient(host.url, host.apiKey, scenario.concurrency);
   try {
     return await timedLoop(durationMs, scenario.concurrency, () => {
-      const body = spansBody(scenario.spans);
+      const body = nextBody();
       return async () => void (await postOk(client, '/tracing/spans', body));
     });
   } finally {
@@ -122,8 +127,11 @@ async function main(): Promise<void> {
         Object.assign(env, { USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: `http://127.0.0.1:${downPort}`, CLICKHOUSE_DATABASE: 'bench_down' });
         if (options.downQueueMiB !== null) env.MIRROR_QUEUE_MAX_BYTES = String(options.downQueueMiB * 2 ** 20);
       }
-      hosts.set(mode, await startAppHost(env, log));
+      const host = await startAppHost(env, log);
+      hosts.set(mode, host);
+      await host.call({ cmd: 'traces', sizes: options.sizes });
     }
+    const bodies = new Map(options.sizes.map((spans) => [spans, spansBodyPool(spans)]));
 
     const scenarios: Scenario[] = [];
     for (const spans of options.sizes) {
@@ -137,7 +145,7 @@ async function main(): Promise<void> {
 
     log('warming up every mode (not measured)');
     for (const mode of MODES) {
-      for (const scenario of scenarios) await runPhase(hosts.get(mode)!, scenario, 500);
+      for (const scenario of scenarios) await runPhase(hosts.get(mode)!, scenario, 500, bodies.get(scenario.spans)!);
       await hosts.get(mode)!.call({ cmd: 'drain', timeoutMs: mode === 'up' || mode === 'null' ? 60_000 : 0 });
     }
     if (clickhouse.pid !== null) await waitUntilQuiet(clickhouse.pid);
@@ -158,7 +166,7 @@ async function main(): Promise<void> {
         for (const [position, mode] of shuffled(MODES, 1 + s * 1000 + round).entries()) {
           const host = hosts.get(mode)!;
           const cpuBefore = cpuSecondsOf(host.pid);
-          const latencies = await runPhase(host, scenario, options.seconds * 1000);
+          const latencies = await runPhase(host, scenario, options.seconds * 1000, bodies.get(scenario.spans)!);
           // The mirror's flush of this phase's tail happens here, not during the next mode's phase.
           if (mode === 'up' || mode === 'null') await host.call({ cmd: 'drain', timeoutMs: 60_000 });
           const cpuMs = ((cpuSecondsOf(host.pid) - cpuBefore) * 1000) / latencies.length;

@@ -4,19 +4,22 @@ import { AddressInfo } from 'node:net';
 import { ApiKeyService } from '../../../src/auth/api-key.service';
 import { createApp } from '../../../src/bootstrap';
 import { MIRROR, MirrorRuntime } from '../../../src/dbs/dual-write/mirror.module';
+import { SpanInput } from '../../../src/tracing/span';
 import { TracingService } from '../../../src/tracing/tracing.service';
 import { timedLoop } from './http-load';
-import { benchTrace } from './spans';
+import { tracePool } from './spans';
 
 /**
  * One API instance in its own process, built by createApp() exactly as
  * main.ts builds it, with the env in BENCH_APP_ENV. It listens on a free
  * loopback port and, over IPC, also runs TracingService.createSpans
- * in-process, drains the mirror and reports its stats. Started by the
- * write-path benchmark once per mode (flag off / on with ClickHouse up / down).
+ * in-process (on traces built beforehand by `traces`), drains the mirror
+ * and reports its stats. Started by the write-path benchmark once per mode
+ * (flag off / on with ClickHouse up / down).
  */
 
 export type HostRequest =
+  | { id: number; cmd: 'traces'; sizes: number[] }
   | { id: number; cmd: 'inproc'; spans: number; durationMs: number; concurrency: number }
   | { id: number; cmd: 'drain'; timeoutMs: number }
   | { id: number; cmd: 'stats' }
@@ -39,12 +42,19 @@ async function main(): Promise<void> {
   const { key } = await app.get(ApiKeyService).create(projectId);
   const tracing = app.get(TracingService);
   const runtime = app.get<MirrorRuntime | null>(MIRROR);
+  /** Per trace size, the pool createSpans draws from: built before any measurement, not in this process's CPU per call. */
+  const traces = new Map<number, () => SpanInput[]>();
 
   const answer = async (request: HostRequest): Promise<unknown> => {
     switch (request.cmd) {
+      case 'traces':
+        for (const size of request.sizes) if (!traces.has(size)) traces.set(size, tracePool(size));
+        return {};
       case 'inproc': {
+        const next = traces.get(request.spans);
+        if (!next) throw new Error(`no traces of ${request.spans} spans: ask for them with the traces command first`);
         const latencies = await timedLoop(request.durationMs, request.concurrency, () => {
-          const spans = benchTrace(request.spans);
+          const spans = next();
           return async () => void (await tracing.createSpans(projectId, spans));
         });
         return { latencies };

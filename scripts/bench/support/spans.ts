@@ -69,6 +69,68 @@ export function spansBody(size: number): Buffer {
   return Buffer.from(JSON.stringify({ spans: benchTrace(size) }));
 }
 
+/**
+ * Spans in a pool of traces for a timed loop: ~2,000 of them, as in
+ * committedSpanSource, so its content repeats only every few MB of insert
+ * lines, past what the mirror's compression looks back at.
+ */
+const POOL_SPANS = 2_000;
+
+/** Fresh trace ids for one pool: a random prefix of its own, then a counter. */
+function traceIds(): () => string {
+  const prefix = randomBytes(8).toString('hex');
+  let n = 0;
+  return () => `${prefix}${(n++).toString(16).padStart(16, '0')}`;
+}
+
+/**
+ * Traces of `size` spans for a timed loop, built before the clock starts and
+ * handed out in turn, each time under a new trace id: the API refuses a span
+ * it already holds (409), and span ids are unique only within their trace.
+ * Building a trace (random prose, ~1 KB of attributes a span) inside the loop
+ * is the load generator's work: in the API's process it counted as the API's
+ * CPU, and on an HTTP client's event loop it delayed the other workers'
+ * requests while they were timed. What is left per call is a shallow copy of
+ * each span with its new trace id.
+ */
+export function tracePool(size: number): () => SpanInput[] {
+  const traces = Array.from({ length: Math.ceil(POOL_SPANS / size) }, () => benchTrace(size));
+  const nextId = traceIds();
+  let n = 0;
+  return () => {
+    const trace_id = nextId();
+    return traces[n++ % traces.length].map((span) => ({ ...span, trace_id }));
+  };
+}
+
+/**
+ * POST /tracing/spans bodies of one trace of `size` spans, as tracePool's,
+ * serialized before the clock starts: each call copies a prebuilt body and
+ * writes a new trace id over the old one where each span has it.
+ */
+export function spansBodyPool(size: number): () => Buffer {
+  const bodies = Array.from({ length: Math.ceil(POOL_SPANS / size) }, () => {
+    const spans = benchTrace(size);
+    const body = Buffer.from(JSON.stringify({ spans }));
+    const key = '"trace_id":"';
+    const field = Buffer.from(`${key}${spans[0].trace_id}"`);
+    // Where each span's trace id starts.
+    const at: number[] = [];
+    for (let i = body.indexOf(field); i >= 0; i = body.indexOf(field, i + field.length)) at.push(i + key.length);
+    if (at.length !== size) throw new Error(`found the trace id ${at.length} times in a body of ${size} spans`);
+    return { body, at };
+  });
+  const nextId = traceIds();
+  let n = 0;
+  return () => {
+    const { body, at } = bodies[n++ % bodies.length];
+    const copy = Buffer.from(body);
+    const traceId = nextId();
+    for (const offset of at) copy.write(traceId, offset, 'latin1');
+    return copy;
+  };
+}
+
 let clockMicros = BigInt(Date.now()) * 1000n;
 
 /**
