@@ -19,20 +19,21 @@ fixed time (long enough for the mirror's interval flushes to happen inside
 it), in an order shuffled per round and scenario (seeded: a rerun repeats it),
 so no mode always follows the same one; after a ClickHouse-up phase it waits
 until the local ClickHouse's background merges are done, so the next phase
-does not pay for them. Request bodies (HTTP) and traces (in-process, in the
-API's process) are built before the rounds and reused under new trace ids,
-so the load generator's work is neither on the client's event loop while
-requests are timed nor in the API's CPU. Goal: p99 on/off <= 1.05, up and
-down. A fourth mode, flag on
-with a null ClickHouse (answers, stores nothing), separates the API's own
+does not pay for them; after a ClickHouse-down phase it has the gap records
+the mirror holds written, so they do not land in the next phase either.
+Request bodies (HTTP) and traces (in-process, in the API's process) are
+built before the rounds and reused under new trace ids, so the load
+generator's work is neither on the client's event loop while requests are
+timed nor in the API's CPU. Goal: p99 on/off <= 1.05, up and down. A fourth
+mode, flag on with a null ClickHouse (answers, stores nothing), separates the API's own
 mirroring cost from the local ClickHouse's CPU, which here shares the API's
 two cores (in production it runs elsewhere). A fifth, off again (off2), is a
 second API configured exactly like off: its p99 / off per round is what the
 same configuration measures against itself, the noise floor to read the
 goals by (a note line, not a goal). Beside latency, each phase's API CPU time
 per request (the API process, all its threads, including the mirror's flush
-of the phase's tail): what mirroring costs in work, which is what latency
-pays for once the cores are saturated (a note line per mode).
+of the phase's tail, or with ClickHouse down the recording of its held
+gaps): what mirroring costs in work, which is what latency pays for once the cores are saturated (a note line per mode).
 
   --rounds N        rounds (default 5)
   --seconds N       length of each mode's phase per scenario per round (default 2)
@@ -88,6 +89,18 @@ async function runPhase(host: AppHost, scenario: Scenario, durationMs: number, n
   } finally {
     client.close();
   }
+}
+
+/**
+ * What a mode's mirror still owes its phase, done before the next phase
+ * starts (and counted in this one's CPU): for up and null the flush of the
+ * phase's tail; for down the gap records of rows turned away at the queue's
+ * bound, which the writer holds up to a flush interval and would otherwise
+ * write into the shared Postgres during the next mode's phase.
+ */
+async function settle(host: AppHost, mode: Mode): Promise<void> {
+  if (mode === 'up' || mode === 'null') await host.call({ cmd: 'drain', timeoutMs: 60_000 });
+  if (mode === 'down') await host.call({ cmd: 'record-gaps' });
 }
 
 async function main(): Promise<void> {
@@ -146,7 +159,7 @@ async function main(): Promise<void> {
     log('warming up every mode (not measured)');
     for (const mode of MODES) {
       for (const scenario of scenarios) await runPhase(hosts.get(mode)!, scenario, 500, bodies.get(scenario.spans)!);
-      await hosts.get(mode)!.call({ cmd: 'drain', timeoutMs: mode === 'up' || mode === 'null' ? 60_000 : 0 });
+      await settle(hosts.get(mode)!, mode);
     }
     if (clickhouse.pid !== null) await waitUntilQuiet(clickhouse.pid);
 
@@ -167,8 +180,7 @@ async function main(): Promise<void> {
           const host = hosts.get(mode)!;
           const cpuBefore = cpuSecondsOf(host.pid);
           const latencies = await runPhase(host, scenario, options.seconds * 1000, bodies.get(scenario.spans)!);
-          // The mirror's flush of this phase's tail happens here, not during the next mode's phase.
-          if (mode === 'up' || mode === 'null') await host.call({ cmd: 'drain', timeoutMs: 60_000 });
+          await settle(host, mode);
           const cpuMs = ((cpuSecondsOf(host.pid) - cpuBefore) * 1000) / latencies.length;
           phases.push({ round, position, mode, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99), samples: latencies.length, cpuMs, latencies });
           if (mode === 'up' && clickhouse.pid !== null) await waitUntilQuiet(clickhouse.pid);

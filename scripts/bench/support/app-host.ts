@@ -13,15 +13,16 @@ import { tracePool } from './spans';
  * One API instance in its own process, built by createApp() exactly as
  * main.ts builds it, with the env in BENCH_APP_ENV. It listens on a free
  * loopback port and, over IPC, also runs TracingService.createSpans
- * in-process (on traces built beforehand by `traces`), drains the mirror
- * and reports its stats. Started by the write-path benchmark once per mode
- * (flag off / on with ClickHouse up / down).
+ * in-process (on traces built beforehand by `traces`), drains the mirror,
+ * records its held gaps and reports its stats. Started by the write-path
+ * benchmark once per mode (flag off / on with ClickHouse up / down).
  */
 
 export type HostRequest =
   | { id: number; cmd: 'traces'; sizes: number[] }
   | { id: number; cmd: 'inproc'; spans: number; durationMs: number; concurrency: number }
   | { id: number; cmd: 'drain'; timeoutMs: number }
+  | { id: number; cmd: 'record-gaps' }
   | { id: number; cmd: 'stats' }
   | { id: number; cmd: 'close' };
 
@@ -66,6 +67,18 @@ async function main(): Promise<void> {
           await Promise.race([runtime.writer.drain(), timeout]).finally(() => clearTimeout(timer));
         }
         return { stats: runtime?.writer.stats() ?? null };
+      }
+      case 'record-gaps': {
+        // With ClickHouse down, rows turned away at the queue's bound are held up to a flush interval before
+        // their gap record is written to Postgres. Recorded now, and awaited, as drain() would before it
+        // resolves (which, ClickHouse down, it never does); the writer has no public call for this alone.
+        if (runtime) {
+          runtime.writer.stats(); // hands over the rows the mirror has accepted but not yet written
+          const gaps = runtime.writer['gaps'];
+          gaps.recordHeld();
+          await gaps.settled();
+        }
+        return {};
       }
       case 'stats':
         return { stats: runtime?.writer.stats() ?? null, rss: process.memoryUsage().rss };
