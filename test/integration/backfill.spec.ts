@@ -516,6 +516,48 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
   });
 
+  it('--gaps writes the reset key\'s rows and tombstones though the removal failed after ClickHouse took it (timed out while its mutation ran), then fails', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
+    const old = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
+    const queuedCreate = spanHistory.line(old);
+    await pg.db.deleteFrom('spans').execute();
+    await new PostgresMirrorGapsRepository(pg.db).record(groupIntoGaps([toSpanGapRow(spanTombstone(old, old.version + 1n))], 'queue_full'));
+
+    // Created again today once the replay has written its tombstone, so the replay resets the key.
+    const insert = history.insert.bind(history);
+    const inserting = jest.spyOn(history, 'insert').mockImplementation(async (table, lines, token) => {
+      await insert(table, lines, token);
+      if (token.includes(':tombstone:') && lines.length > 0) {
+        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
+          values (${P1}::uuid, ${traceIdToUuid(old.trace_id)}::uuid, decode(${old.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
+      }
+    });
+    // The removal's mutation runs to its end, but its request fails, as one past the client's timeout does.
+    const command = ch.clients.query.command.bind(ch.clients.query);
+    const removing = jest.spyOn(ch.clients.query, 'command').mockImplementation(async (params) => {
+      const done = await command(params);
+      if (params.query.startsWith('ALTER TABLE spans DELETE')) throw new Error('Timeout error.');
+      return done;
+    });
+    try {
+      const failed = new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null });
+      await expect(failed).rejects.toThrow(
+        /gave no answer to the removal of 1 key's rows from spans during the run: Timeout error\.; its mutation may still be running/,
+      );
+      expect(removing.mock.calls.filter(([params]) => params.query.startsWith('ALTER TABLE spans DELETE'))).toHaveLength(1);
+    } finally {
+      inserting.mockRestore();
+      removing.mockRestore();
+    }
+
+    // Written after the mutation, which changes only what was stored before it: Postgres's row is there, and
+    // the create queued before the delete lands hidden.
+    await history.insert('spans', [queuedCreate], 'late-create');
+    const spans = await new SpanMirrorReads(ch.clients.query).readSpans(P1, [{ trace_id: old.trace_id, span_id: old.span_id }]);
+    expect(spans.map((span) => span.span_name)).toEqual(['created again']);
+    expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
+  });
+
   it('--gaps replays a key\'s entries together, so resetting it keeps the tombstones of all its days, however far apart they were recorded', async () => {
     await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
     const first = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());

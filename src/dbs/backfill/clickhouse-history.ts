@@ -317,13 +317,20 @@ export class ClickHouseHistory {
   async removeKeys(entity: HistoryEntity, projectId: string, keys: string[][]): Promise<void> {
     if (keys.length === 0) return;
     const { condition, params } = entity.clickHouseKeysCondition(keys);
-    await this.answered(() =>
-      this.query.command({
+    try {
+      await this.query.command({
         query: `ALTER TABLE ${entity.table} DELETE WHERE project_id = {projectId:UUID} AND ${condition}`,
         query_params: { projectId, ...params },
         clickhouse_settings: { mutations_sync: '2', wait_end_of_query: 1 },
-      }),
-    );
+      });
+    } catch (error) {
+      if (error instanceof ClickHouseError || isEmptyErrorAnswer(error)) throw this.failed(error);
+      // No answer is not proof the server stopped: a mutation over many parts outlasts the request's timeout.
+      throw new ClickHouseFailedError(
+        `${this.at} gave no answer to the removal of ${keys.length === 1 ? "1 key's" : `${keys.length} keys'`} rows from ${entity.table} during ${this.where.task ?? 'the run'}: ` +
+          `${errorText(error)}; its mutation may still be running (system.mutations); run it again once it is done`,
+      );
+    }
   }
 }
 

@@ -188,16 +188,28 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
     for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
       const chunk = keys.slice(i, i + KEYS_PER_READ);
       const tombstones = await this.clickhouse.storedTombstones(this.entity, projectId, chunk);
-      await this.clickhouse.removeKeys(this.entity, projectId, chunk);
-      const rows = await this.reader.byKeys(projectId, chunk);
-      await this.upsert(rows, `${token}:${i}`);
-      const heldDays = new Set(rows.map((r) => dayKey(this.entity.keyOf(r), this.entity.mirrored(r).created_at)));
-      await this.clickhouse.insert(
-        this.entity.table,
-        tombstones.filter((t) => !heldDays.has(dayKey(t.key, t.createdAt))).map((t) => t.line),
-        `${token}:${i}:tombstones`,
+      // A removal can fail after ClickHouse took it (past the request's timeout, its mutation runs on) and
+      // would then take the tombstones read above with it, which only this process holds. A mutation changes
+      // only the parts stored before it, so what is written after it stays: the rows and tombstones are
+      // written whatever the removal's outcome, and its error is the run's.
+      const removal = await this.clickhouse.removeKeys(this.entity, projectId, chunk).then(
+        () => null,
+        (error: unknown) => ({ error }),
       );
-      written.push(...rows);
+      try {
+        const rows = await this.reader.byKeys(projectId, chunk);
+        await this.upsert(rows, `${token}:${i}`);
+        const heldDays = new Set(rows.map((r) => dayKey(this.entity.keyOf(r), this.entity.mirrored(r).created_at)));
+        await this.clickhouse.insert(
+          this.entity.table,
+          tombstones.filter((t) => !heldDays.has(dayKey(t.key, t.createdAt))).map((t) => t.line),
+          `${token}:${i}:tombstones`,
+        );
+        written.push(...rows);
+      } catch (error) {
+        throw removal ? removal.error : error;
+      }
+      if (removal) throw removal.error;
     }
     return written;
   }
