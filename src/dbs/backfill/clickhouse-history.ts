@@ -324,8 +324,10 @@ export class ClickHouseHistory {
         clickhouse_settings: { mutations_sync: '2', wait_end_of_query: 1 },
       });
     } catch (error) {
-      if (error instanceof ClickHouseError || isEmptyErrorAnswer(error)) throw this.failed(error);
-      // No answer is not proof the server stopped: a mutation over many parts outlasts the request's timeout.
+      // Refused: the removal never reached the server. Any other lack of an answer is not proof it stopped:
+      // a mutation over many parts outlasts the request's timeout.
+      const refused = (error as { code?: unknown })?.code === 'ECONNREFUSED' || /ECONNREFUSED/.test(errorText(error));
+      if (error instanceof ClickHouseError || isEmptyErrorAnswer(error) || refused) throw this.failed(error);
       throw new ClickHouseFailedError(
         `${this.at} gave no answer to the removal of ${keys.length === 1 ? "1 key's" : `${keys.length} keys'`} rows from ${entity.table} during ${this.where.task ?? 'the run'}: ` +
           `${errorText(error)}; its mutation may still be running (system.mutations); run it again once it is done`,
