@@ -71,13 +71,8 @@ async function main(): Promise<void> {
       case 'record-gaps': {
         // With ClickHouse down, rows turned away at the queue's bound are held up to a flush interval before
         // their gap record is written to Postgres. Recorded now, and awaited, as drain() would before it
-        // resolves (which, ClickHouse down, it never does); the writer has no public call for this alone.
-        if (runtime) {
-          runtime.writer.stats(); // hands over the rows the mirror has accepted but not yet written
-          const gaps = runtime.writer['gaps'];
-          gaps.recordHeld();
-          await gaps.settled();
-        }
+        // resolves (which, ClickHouse down, it never does).
+        await runtime?.writer.recordHeldGaps();
         return {};
       }
       case 'stats':

@@ -819,6 +819,15 @@ describe('BatchWriter', () => {
       expect(shut.clock.pendingTimers).toBe(0);
     });
 
+    it('recordHeldGaps() records held overflow gaps while ClickHouse hangs, where drain() would wait for it', async () => {
+      const { writer, gaps, sink } = setup({ queueMaxBytes: ROW });
+      sink.fallback = 'hang';
+      writer.write(rows(1, 3));
+      await writer.recordHeldGaps();
+      expect(gaps.rows()).toBe(2);
+      expect(writer.stats()).toMatchObject({ rowsSent: 0, queuedRows: 1, gapsRecorded: 1 });
+    });
+
     it('retries a failed gap record and succeeds without losing rows', async () => {
       const { writer, clock, gaps, registry } = setup({ queueMaxBytes: ROW });
       gaps.failures = 2;

@@ -325,6 +325,17 @@ export class BatchWriter {
       this.drainWaiters.push({ through, resolve });
       this.resolveDrainWaiters();
     });
+    await this.recordHeldGaps();
+  }
+
+  /**
+   * Records now the gaps held for their flush interval (rows turned away at
+   * the queue's bound; see GapLedger) and resolves once every gap record is
+   * written or failed. drain() ends with it; on its own it settles the gaps
+   * while ClickHouse is down, when drain() would wait for ClickHouse.
+   */
+  async recordHeldGaps(): Promise<void> {
+    this.flushProducers();
     this.gaps.recordHeld();
     await this.gaps.settled();
   }
