@@ -12,8 +12,8 @@ function checkedName(name: string): string {
   return name;
 }
 
-/** Every insert of mirrored rows: batched by us, named by a deduplication token. */
-const INSERT_SETTINGS: ClickHouseSettings = {
+/** Every insert of mirrored rows: batched by us, named by a deduplication token. (Exported for the benchmarks' ceilings.) */
+export const INSERT_SETTINGS: ClickHouseSettings = {
   // Callers reuse the token on every retry of a batch; with the tables'
   // non_replicated_deduplication_window, a retry of an insert that did land
   // is dropped instead of stored twice.
@@ -100,9 +100,10 @@ const COMPRESSED_CHUNK_BYTES = 1 << 20;
 
 /**
  * The body, compressed. Should the request fail, the client destroys this
- * stream, and the pipeline destroys the body with it.
+ * stream, and the pipeline destroys the body with it. (Exported for the
+ * benchmarks' ceilings, which must compress as the product does.)
  */
-function compressed(body: Readable): Readable {
+export function compressed(body: Readable): Readable {
   // The callback only absorbs the error: the request fails with it already, and reports it.
   return pipeline(body, createBrotliCompress({ params: BROTLI_PARAMS, chunkSize: COMPRESSED_CHUNK_BYTES }), () => undefined);
 }
