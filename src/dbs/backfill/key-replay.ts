@@ -113,10 +113,18 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       const version = await this.postgresClock();
       const live = await this.clickhouse.readLive(this.entity, projectId, chunkKeys);
       const orphans = live.filter((m) => createdAt.get(keyText(this.entity.mirroredKeyOf(m))) !== isoToMicros(m.created_at));
-      // A stored version at or past Postgres's clock cannot be outranked by a tombstone.
-      const ahead = orphans.filter((m) => m.version >= version).map((m) => this.entity.mirroredKeyOf(m));
+      // A stored version at or past Postgres's clock cannot be outranked by a tombstone. Nor can an orphan on
+      // the creation day Postgres holds the key on be tombstoned: that is Postgres's row's sort key, and the
+      // tombstone would hide the row just upserted there (which lost to the orphan's newer version).
+      const resets = (m: Mirrored) => {
+        const held = createdAt.get(keyText(this.entity.mirroredKeyOf(m)));
+        return m.version >= version || (held !== undefined && atDay(keyText(this.entity.mirroredKeyOf(m)), held) === dayKey(this.entity.mirroredKeyOf(m), m.created_at));
+      };
+      const ahead = orphans.filter(resets).map((m) => this.entity.mirroredKeyOf(m));
       const tombstones = [
-        ...orphans.filter((m) => m.version < version).map((m) => ({ key: this.entity.mirroredKeyOf(m), createdAt: m.created_at, line: this.entity.tombstoneLine(m, version) })),
+        ...orphans
+          .filter((m) => !resets(m))
+          .map((m) => ({ key: this.entity.mirroredKeyOf(m), createdAt: m.created_at, line: this.entity.tombstoneLine(m, version) })),
         ...this.unseen(chunk, createdAt, live).map(({ key, tombstone }) => ({ key, createdAt: tombstone.createdAt, line: tombstone.lineAt(version) })),
       ];
       if (tombstones.length === 0 && ahead.length === 0) continue;
