@@ -574,6 +574,37 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
   });
 
+  it('--gaps names both failures when the writes after a timed-out removal fail too: the saved tombstones may be lost', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
+    const old = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
+    await pg.db.deleteFrom('spans').execute();
+    await new PostgresMirrorGapsRepository(pg.db).record(groupIntoGaps([toSpanGapRow(spanTombstone(old, old.version + 1n))], 'queue_full'));
+
+    const insert = history.insert.bind(history);
+    const inserting = jest.spyOn(history, 'insert').mockImplementation(async (table, lines, token) => {
+      if (token.endsWith(':tombstones')) throw new Error('connect ECONNREFUSED 127.0.0.1:1');
+      await insert(table, lines, token);
+      if (token.includes(':tombstone:') && lines.length > 0) {
+        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
+          values (${P1}::uuid, ${traceIdToUuid(old.trace_id)}::uuid, decode(${old.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
+      }
+    });
+    const command = ch.clients.query.command.bind(ch.clients.query);
+    const removing = jest.spyOn(ch.clients.query, 'command').mockImplementation(async (params) => {
+      const done = await command(params);
+      if (params.query.startsWith('ALTER TABLE spans DELETE')) throw new Error('Timeout error.');
+      return done;
+    });
+    try {
+      await expect(new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null })).rejects.toThrow(
+        /its mutation may still be running .*; writing Postgres's rows and 1 saved tombstone\(s\) after it failed too: connect ECONNREFUSED 127\.0\.0\.1:1 \(tombstones of deleted keys may be missing: run verify/,
+      );
+    } finally {
+      inserting.mockRestore();
+      removing.mockRestore();
+    }
+  });
+
   it('--gaps replays a key\'s entries together, so resetting it keeps the tombstones of all its days, however far apart they were recorded', async () => {
     await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
     const first = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());

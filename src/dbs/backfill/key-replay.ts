@@ -1,7 +1,8 @@
 import { Kysely, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
 import { DB } from '../postgres/database';
-import { ClickHouseHistory } from './clickhouse-history';
+import { errorText } from '../../error-text';
+import { ClickHouseFailedError, ClickHouseHistory } from './clickhouse-history';
 import { GapEntry, HistoryEntity, keyText, MirroredRecord } from './history-entities';
 import { KEYS_PER_READ, KeysetReader } from './keyset-reader';
 
@@ -215,7 +216,12 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
         );
         written.push(...rows);
       } catch (error) {
-        throw removal ? removal.error : error;
+        if (!removal) throw error;
+        // Both failed: the tombstones read above are lost with this process, which only a verify finds out.
+        throw new ClickHouseFailedError(
+          `${errorText(removal.error)}; writing Postgres's rows and ${tombstones.length} saved tombstone(s) after it failed too: ${errorText(error)} ` +
+            '(tombstones of deleted keys may be missing: run verify once ClickHouse answers)',
+        );
       }
       if (removal) throw removal.error;
     }
