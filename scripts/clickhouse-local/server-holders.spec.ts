@@ -1,5 +1,6 @@
 import { createServer, request, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { LOCAL_STOPPING_HEADER } from '../../src/dbs/clickhouse/local-clickhouse';
 import { ServerHolders } from './server-holders';
 
 /** The holders' path on a plain HTTP server, as the local ClickHouse serves it. */
@@ -24,11 +25,13 @@ describe('ServerHolders', () => {
 
   /** A hold as a joiner takes it: the status, and (when 200) the request kept open until the test ends. */
   const hold = (pid: number) =>
-    new Promise<number>((answered, failed) => {
+    new Promise<number | string>((answered, failed) => {
       const req = request(`${base}/local/holders?hold=${pid}`, { agent: false }, (res) => {
         res.resume();
         if (res.statusCode === 200) open.push(() => req.destroy());
-        answered(res.statusCode!);
+        // A refusal shows the header that marks it as this server's (a proxy's 503 lacks it).
+        const marked = res.headers[LOCAL_STOPPING_HEADER];
+        answered(marked ? `${res.statusCode} ${String(marked)}` : res.statusCode!);
       });
       req.on('error', failed);
       req.end();
@@ -45,10 +48,16 @@ describe('ServerHolders', () => {
 
   it('held by nobody: stopping from then on, and a hold that comes after is refused (503), not cut later with the server', async () => {
     expect(await stopUnlessHeld(999)).toEqual({ stopping: true, pids: [] });
-    expect(await hold(111)).toBe(503);
+    expect(await hold(111)).toBe('503 stopping');
     expect(holders.pids()).toEqual([]);
     // Decided once: asking again does not reopen it.
     expect(await stopUnlessHeld(999)).toEqual({ stopping: true, pids: [] });
+  });
+
+  it('takes stop-unless-held as a POST only: a stray GET closes nothing', async () => {
+    const got = await fetch(`${base}/local/holders?stop-unless-held=999`);
+    expect([got.status, got.headers.get('allow')]).toEqual([405, 'POST']);
+    expect(await hold(111)).toBe(200);
   });
 
   it("does not count the asking process's own hold", async () => {

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { LOCAL_STOPPING_HEADER } from '../../src/dbs/clickhouse/local-clickhouse';
 
 /**
  * The processes that joined this local server though another one started it:
@@ -15,8 +16,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
  * The starter, done with the server, asks `?stop-unless-held=<its pid>`. The
  * answer and every hold are decided here, one at a time: either someone else
  * holds the server (it stays, and the starter lets it follow the joiners), or
- * the server is closing from then on and refuses new holds with 503, which
- * the joiner reads as a server that stopped (it starts one of its own once
+ * the server is closing from then on and refuses new holds with 503 (and
+ * LOCAL_STOPPING_HEADER), which the joiner reads as a server that stopped (it starts one of its own once
  * the port is free). Before, the starter read the holders and then sent
  * SIGTERM, and a hold that came between the two was cut with the server.
  */
@@ -29,6 +30,11 @@ export class ServerHolders {
     req.resume();
     const stopper = url.searchParams.get('stop-unless-held');
     if (stopper !== null) {
+      // It cannot be undone: a stray GET (a probe, a browser) must not close the server to joiners.
+      if (req.method !== 'POST') {
+        res.writeHead(405, { Allow: 'POST', 'Content-Type': 'text/plain; charset=UTF-8' }).end('stop-unless-held takes POST\n');
+        return;
+      }
       const others = this.pids().filter((pid) => String(pid) !== stopper);
       if (others.length === 0) this.closing = true;
       res.writeHead(200, { 'Content-Type': 'application/json' }).end(`${JSON.stringify({ stopping: this.closing, pids: others })}\n`);
@@ -44,7 +50,8 @@ export class ServerHolders {
       return;
     }
     if (this.closing) {
-      res.writeHead(503, { 'Content-Type': 'text/plain; charset=UTF-8' }).end('this local ClickHouse is stopping\n');
+      // The header tells it from a 503 of any other server on the port (a proxy under load).
+      res.writeHead(503, { [LOCAL_STOPPING_HEADER]: 'stopping', 'Content-Type': 'text/plain; charset=UTF-8' }).end('this local ClickHouse is stopping\n');
       return;
     }
     // Headers and a first line now, so the joiner knows it holds the server; the body never ends.

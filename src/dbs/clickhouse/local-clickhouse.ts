@@ -45,6 +45,9 @@ export interface ResolvedClickHouse {
  */
 export const LOCAL_HOLDERS_PATH = '/local/holders';
 
+/** On the 503 a stopping local server answers a hold with: ours, not a proxy's 503 (see ServerHolders). */
+export const LOCAL_STOPPING_HEADER = 'x-local-clickhouse';
+
 const READY_TIMEOUT_MS = 30_000;
 const STOP_GRACE_MS = 5_000;
 const READY_LINE = /^CLICKHOUSE_LOCAL_READY (\S+)/m;
@@ -54,7 +57,7 @@ export function localClickHouseUrl(port: number): string {
 }
 
 /**
- * A GET of `path` at `url`: its status and body; `refused` when nothing
+ * A request (GET unless said) of `path` at `url`: its status and body; `refused` when nothing
  * listens; `held` when a program took the request and did not answer in time
  * (a server of ours holds requests while its engine opens); `reset` when the
  * connection was cut before an answer (a server of ours stopping closes every
@@ -157,7 +160,7 @@ function holdServer(url: string): Promise<(() => void) | 'not ours' | 'gone'> {
     const hold = request(new URL(`${LOCAL_HOLDERS_PATH}?hold=${process.pid}`, url), { agent: false, timeout: 2_000 }, (res) => {
       if (res.statusCode !== 200) {
         res.resume();
-        return done(res.statusCode === 503 ? 'gone' : 'not ours');
+        return done(res.statusCode === 503 && res.headers[LOCAL_STOPPING_HEADER] === 'stopping' ? 'gone' : 'not ours');
       }
       hold.setTimeout(0);
       res.on('error', () => undefined);
