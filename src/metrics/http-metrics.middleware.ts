@@ -3,7 +3,7 @@ import type { NextFunction, Request, Response } from 'express';
 import { Histogram, Registry } from 'prom-client';
 import { METRICS_REGISTRY } from './metrics.tokens';
 
-/** Request duration by method, matched route (not raw URL: ids would explode the labels; "unmatched" when no route answered) and status ("aborted" when the caller left first). */
+/** Request duration by method, matched route (not raw URL: ids would explode the labels; "static" for the OpenAPI UI's files, "unmatched" when nothing answered) and status ("aborted" when the caller left first). */
 @Injectable()
 export class HttpMetricsMiddleware implements NestMiddleware {
   private readonly duration: Histogram<'method' | 'route' | 'status'>;
@@ -31,7 +31,8 @@ export class HttpMetricsMiddleware implements NestMiddleware {
       // its one method.
       const matched = req.route as { path?: unknown; methods?: Record<string, boolean> } | undefined;
       const routed = typeof matched?.path === 'string' && matched.path !== '' && Object.keys(matched.methods ?? {}).length === 1;
-      const route = routed ? `${req.baseUrl ?? ''}${matched.path}` : 'unmatched';
+      // Answered well without a route: a file of the OpenAPI UI's, served by express.static under /docs.
+      const route = routed ? `${req.baseUrl ?? ''}${matched.path}` : res.statusCode < 400 && status !== 'aborted' ? 'static' : 'unmatched';
       end({ method: req.method, route, status });
     };
     res.on('finish', () => observe(String(res.statusCode)));

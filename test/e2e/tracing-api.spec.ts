@@ -512,6 +512,16 @@ describe('REST: /tracing and /observability', () => {
       expect(await counts()).toEqual({ getUnmatched: before.getUnmatched + 1, deleteUnmatched: before.deleteUnmatched + 1, mount: 0 });
     });
 
+    it('counts the OpenAPI UI\'s files, served without a route, as route="static"', async () => {
+      const count = async () => {
+        const text = (await http().get('/metrics').expect(200)).text;
+        return Number(/^http_request_duration_seconds_count\{method="GET",route="static",status="200"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+      };
+      const before = await count();
+      await http().get('/docs/swagger-ui.css').expect(200);
+      await eventually('the file to be counted', async () => (await count()) === before + 1, 5_000, 50);
+    });
+
     it('counts a path the router cannot decode (400 before any route) as route="unmatched"', async () => {
       // Was missing: Nest mounted the middleware as a route (`/{*path}`), whose parameter fails to decode.
       const count = async () => {
