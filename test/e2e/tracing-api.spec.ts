@@ -469,12 +469,15 @@ describe('REST: /tracing and /observability', () => {
       expect(res.body.info.mirror).toMatchObject({ status: 'up', enabled: false });
     });
 
+    /** Requests http_request_duration_seconds has counted under these labels, as /metrics says now (0 before the first). */
+    const requestCount = async (method: string, route: string, status: string) => {
+      const text = (await http().get('/metrics').expect(200)).text;
+      const labels = `method="${method}",route="${route}",status="${status}"`.replace(/[{}*/]/g, '\\$&');
+      return Number(new RegExp(`^http_request_duration_seconds_count\\{${labels}\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+    };
+
     it('counts refused bodies (415, 400, 413) under their route in the HTTP metrics: bodies are read once a route has the request', async () => {
-      const count = async (status: string) => {
-        const text = (await http().get('/metrics').expect(200)).text;
-        const match = new RegExp(`^http_request_duration_seconds_count\\{method="POST",route="/tracing/spans",status="${status}"\\} (\\d+)$`, 'm').exec(text);
-        return Number(match?.[1] ?? 0);
-      };
+      const count = (status: string) => requestCount('POST', '/tracing/spans', status);
       const before = { 415: await count('415'), 400: await count('400'), 413: await count('413') };
       await http().post('/tracing/spans').set(auth).set('Content-Type', 'text/plain').send('x').expect(415);
       await http().post('/tracing/spans').set(auth).set('Content-Type', 'application/json').send('{x').expect(400);
@@ -483,10 +486,7 @@ describe('REST: /tracing and /observability', () => {
     });
 
     it('counts a request whose caller went away before its answer as status="aborted"', async () => {
-      const count = async () => {
-        const text = (await http().get('/metrics').expect(200)).text;
-        return Number(/^http_request_duration_seconds_count\{method="POST",route="\/tracing\/spans",status="aborted"\} (\d+)$/m.exec(text)?.[1] ?? 0);
-      };
+      const count = () => requestCount('POST', '/tracing/spans', 'aborted');
       const before = await count();
       // A key that is live, and a body that never ends: the route waits for the rest until the caller hangs up.
       await new Promise<void>((resolve, reject) => {
@@ -500,12 +500,11 @@ describe('REST: /tracing and /observability', () => {
 
     it('counts a path or method no route serves (404) as route="unmatched", not as the middleware mount', async () => {
       // Was route="/{*path}": req.route named the forRoutes('*') mount the request last went through.
-      const counts = async () => {
-        const text = (await http().get('/metrics').expect(200)).text;
-        const of = (method: string, route: string) =>
-          Number(new RegExp(`^http_request_duration_seconds_count\\{method="${method}",route="${route.replace(/[{}*/]/g, '\\$&')}",status="404"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
-        return { getUnmatched: of('GET', 'unmatched'), deleteUnmatched: of('DELETE', 'unmatched'), mount: of('GET', '/{*path}') + of('DELETE', '/{*path}') };
-      };
+      const counts = async () => ({
+        getUnmatched: await requestCount('GET', 'unmatched', '404'),
+        deleteUnmatched: await requestCount('DELETE', 'unmatched', '404'),
+        mount: (await requestCount('GET', '/{*path}', '404')) + (await requestCount('DELETE', '/{*path}', '404')),
+      });
       const before = await counts();
       await http().get('/no-such-path/42').expect(404);
       await http().delete('/metrics').expect(404);
@@ -513,10 +512,7 @@ describe('REST: /tracing and /observability', () => {
     });
 
     it('counts the OpenAPI UI\'s files, served without a route, as route="static"', async () => {
-      const count = async () => {
-        const text = (await http().get('/metrics').expect(200)).text;
-        return Number(/^http_request_duration_seconds_count\{method="GET",route="static",status="200"\} (\d+)$/m.exec(text)?.[1] ?? 0);
-      };
+      const count = () => requestCount('GET', 'static', '200');
       const before = await count();
       await http().get('/docs/swagger-ui.css').expect(200);
       await eventually('the file to be counted', async () => (await count()) === before + 1, 5_000, 50);
@@ -524,10 +520,7 @@ describe('REST: /tracing and /observability', () => {
 
     it('counts a path the router cannot decode (400 before any route) as route="unmatched"', async () => {
       // Was missing: Nest mounted the middleware as a route (`/{*path}`), whose parameter fails to decode.
-      const count = async () => {
-        const text = (await http().get('/metrics').expect(200)).text;
-        return Number(/^http_request_duration_seconds_count\{method="GET",route="unmatched",status="400"\} (\d+)$/m.exec(text)?.[1] ?? 0);
-      };
+      const count = () => requestCount('GET', 'unmatched', '400');
       const before = await count();
       // fetch, not supertest: the path must reach the server as written, its bad escape included.
       expect((await fetch(`${t.url}/tracing/traces/%E0`)).status).toBe(400);

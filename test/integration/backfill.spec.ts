@@ -501,23 +501,47 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(report.rows).toEqual({ postgres: 1, clickhouse: 1 });
   });
 
-  it('--gaps keeps the tombstone of a key created again on another day while it replays, though it resets that key', async () => {
+  /** A span of 2026-10-01 that Postgres deleted, its delete in a gap record: what the reset tests replay. */
+  async function deletedSpanInGap() {
     await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
     const old = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
-    const queuedCreate = spanHistory.line(old);
     await pg.db.deleteFrom('spans').execute();
     await new PostgresMirrorGapsRepository(pg.db).record(groupIntoGaps([toSpanGapRow(spanTombstone(old, old.version + 1n))], 'queue_full'));
+    return old;
+  }
 
-    // The span is created again today once the replay has written its tombstone and before it reads the key again.
+  /** The span's key created again in Postgres, now: a new row under a new creation day. */
+  const createAgain = (span: { trace_id: string; span_id: string }) =>
+    sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
+      values (${P1}::uuid, ${traceIdToUuid(span.trace_id)}::uuid, decode(${span.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
+
+  /**
+   * The span is created again once the replay has written its tombstone and before it reads the key again,
+   * so the replay resets the key. Inserts whose token `refused` picks fail as a ClickHouse gone would.
+   */
+  function createAgainAfterItsTombstone(span: { trace_id: string; span_id: string }, refused: (token: string) => boolean = () => false) {
     const insert = history.insert.bind(history);
-    const spy = jest.spyOn(history, 'insert').mockImplementation(async (table, lines, token) => {
+    return jest.spyOn(history, 'insert').mockImplementation(async (table, lines, token) => {
+      if (refused(token)) throw new Error('connect ECONNREFUSED 127.0.0.1:1');
       await insert(table, lines, token);
-      if (token.includes(':tombstone:') && lines.length > 0) {
-        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
-          select project_id, trace_id, span_id, 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK'
-          from (values (${P1}::uuid, ${traceIdToUuid(old.trace_id)}::uuid, decode(${old.span_id}, 'hex'))) as k(project_id, trace_id, span_id)`.execute(pg.db);
-      }
+      if (token.includes(':tombstone:') && lines.length > 0) await createAgain(span);
     });
+  }
+
+  /** Every key removal's mutation runs to its end, but its request fails, as one past the client's timeout does. */
+  function timeOutRemovals() {
+    const command = ch.clients.query.command.bind(ch.clients.query);
+    return jest.spyOn(ch.clients.query, 'command').mockImplementation(async (params) => {
+      const done = await command(params);
+      if (params.query.startsWith('ALTER TABLE spans DELETE')) throw new Error('Timeout error.');
+      return done;
+    });
+  }
+
+  it('--gaps keeps the tombstone of a key created again on another day while it replays, though it resets that key', async () => {
+    const old = await deletedSpanInGap();
+    const queuedCreate = spanHistory.line(old);
+    const spy = createAgainAfterItsTombstone(old);
     try {
       const result = await new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null });
       expect(result).toMatchObject({ gaps: 1, upserted: 0, reset: 1, tombstoned: 1 });
@@ -533,28 +557,10 @@ describe('backfill (real Postgres and ClickHouse)', () => {
   });
 
   it('--gaps writes the reset key\'s rows and tombstones though the removal failed after ClickHouse took it (timed out while its mutation ran), then fails', async () => {
-    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
-    const old = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
+    const old = await deletedSpanInGap();
     const queuedCreate = spanHistory.line(old);
-    await pg.db.deleteFrom('spans').execute();
-    await new PostgresMirrorGapsRepository(pg.db).record(groupIntoGaps([toSpanGapRow(spanTombstone(old, old.version + 1n))], 'queue_full'));
-
-    // Created again today once the replay has written its tombstone, so the replay resets the key.
-    const insert = history.insert.bind(history);
-    const inserting = jest.spyOn(history, 'insert').mockImplementation(async (table, lines, token) => {
-      await insert(table, lines, token);
-      if (token.includes(':tombstone:') && lines.length > 0) {
-        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
-          values (${P1}::uuid, ${traceIdToUuid(old.trace_id)}::uuid, decode(${old.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
-      }
-    });
-    // The removal's mutation runs to its end, but its request fails, as one past the client's timeout does.
-    const command = ch.clients.query.command.bind(ch.clients.query);
-    const removing = jest.spyOn(ch.clients.query, 'command').mockImplementation(async (params) => {
-      const done = await command(params);
-      if (params.query.startsWith('ALTER TABLE spans DELETE')) throw new Error('Timeout error.');
-      return done;
-    });
+    const inserting = createAgainAfterItsTombstone(old);
+    const removing = timeOutRemovals();
     try {
       const failed = new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null });
       await expect(failed).rejects.toThrow(
@@ -575,26 +581,10 @@ describe('backfill (real Postgres and ClickHouse)', () => {
   });
 
   it('--gaps names both failures when the writes after a timed-out removal fail too: the saved tombstones may be lost', async () => {
-    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
-    const old = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
-    await pg.db.deleteFrom('spans').execute();
-    await new PostgresMirrorGapsRepository(pg.db).record(groupIntoGaps([toSpanGapRow(spanTombstone(old, old.version + 1n))], 'queue_full'));
-
-    const insert = history.insert.bind(history);
-    const inserting = jest.spyOn(history, 'insert').mockImplementation(async (table, lines, token) => {
-      if (token.endsWith(':tombstones')) throw new Error('connect ECONNREFUSED 127.0.0.1:1');
-      await insert(table, lines, token);
-      if (token.includes(':tombstone:') && lines.length > 0) {
-        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
-          values (${P1}::uuid, ${traceIdToUuid(old.trace_id)}::uuid, decode(${old.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
-      }
-    });
-    const command = ch.clients.query.command.bind(ch.clients.query);
-    const removing = jest.spyOn(ch.clients.query, 'command').mockImplementation(async (params) => {
-      const done = await command(params);
-      if (params.query.startsWith('ALTER TABLE spans DELETE')) throw new Error('Timeout error.');
-      return done;
-    });
+    const old = await deletedSpanInGap();
+    // The saved tombstones' rewrite after the removal fails too.
+    const inserting = createAgainAfterItsTombstone(old, (token) => token.endsWith(':tombstones'));
+    const removing = timeOutRemovals();
     try {
       await expect(new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null })).rejects.toThrow(
         /its mutation may still be running .*; writing Postgres's rows and 1 saved tombstone\(s\) after it failed too: connect ECONNREFUSED 127\.0\.0\.1:1 \(tombstones of deleted keys may be missing: run verify/,
@@ -629,8 +619,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
       await insert(table, lines, token);
       if (token.includes(':tombstone:') && lines.some((line) => line.includes('"2026-10-02 12:00:00.000001"')) && !created) {
         created = true;
-        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
-          values (${P1}::uuid, ${traceIdToUuid(first.trace_id)}::uuid, decode(${first.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
+        await createAgain(first);
       }
     });
     try {
@@ -666,8 +655,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
       await insert(table, lines, token);
       if (token.includes(':tombstone:') && lines.some((line) => line.includes('"2026-10-02 12:00:00.000001"')) && !created) {
         created = true;
-        await sql`insert into spans (project_id, trace_id, span_id, trace_type, span_type, span_kind, span_name, start_time, end_time, status_code)
-          values (${P1}::uuid, ${traceIdToUuid(first.trace_id)}::uuid, decode(${first.span_id}, 'hex'), 'invocation', 'llm', 'SPAN_KIND_CLIENT', 'created again', now(), now(), 'STATUS_CODE_OK')`.execute(pg.db);
+        await createAgain(first);
       }
     });
     try {
