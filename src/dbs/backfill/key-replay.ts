@@ -119,7 +119,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       // tombstone would hide the row just upserted there (which lost to the orphan's newer version).
       const resets = (m: Mirrored) => {
         const held = createdAt.get(keyText(this.entity.mirroredKeyOf(m)));
-        return m.version >= version || (held !== undefined && atDay(keyText(this.entity.mirroredKeyOf(m)), held) === dayKey(this.entity.mirroredKeyOf(m), m.created_at));
+        return m.version >= version || (held !== undefined && dayOfMicros(held) === dayOfMicros(isoToMicros(m.created_at)));
       };
       const ahead = orphans.filter(resets).map((m) => this.entity.mirroredKeyOf(m));
       const tombstones = [
