@@ -6,7 +6,8 @@ import { runCli, UsageError } from './cli/run-cli';
 const USAGE = `usage: npm run migrate -- [latest | status | down --yes | down --all --yes]
 
   latest      apply every pending migration (default)
-  status      list this build's migrations, applied or pending, and any the database ran that this build does not know
+  status      list this build's migrations, applied or pending, and any the database ran that this build does not know;
+              exits 1 when any is pending, so a deploy step can check before it starts the API
   down        undo the most recent migration
   down --all  undo every migration
   --yes       down drops what the migrations created, rows included
@@ -27,8 +28,12 @@ runCli(USAGE, async (args, log) => {
       const { migrations, pending, unknown } = await schemaState(db);
       for (const m of migrations) process.stdout.write(`${m.name}  ${m.executedAt ? `applied ${m.executedAt.toISOString()}` : 'pending'}\n`);
       for (const name of unknown) process.stdout.write(`${name}  applied by a newer build (this build does not know it)\n`);
-      log(pending.length ? `${pending.length} pending: run \`npm run migrate\`` : 'the schema is current for this build');
-      return;
+      if (pending.length === 0) {
+        log('the schema is current for this build');
+        return;
+      }
+      log(`${pending.length} pending: run \`npm run migrate\``);
+      return 1;
     }
     if (command === 'latest') {
       // Kysely's migrateToLatest calls a database a newer build migrated corrupted; prepareSchema uses it as it is (README "Migrations").

@@ -6,9 +6,12 @@ export class UsageError extends Error {}
 
 /**
  * The shape every operator command shares: parse, run, print errors in one
- * line an operator can act on, and exit non-zero on failure.
+ * line an operator can act on, and exit non-zero on failure. A command whose
+ * finding is itself a failure for a script (`migrate status` with migrations
+ * pending) resolves to its exit code instead of throwing, so its output stays
+ * a report rather than an error line.
  */
-export function runCli(usage: string, run: (args: string[], log: (message: string) => void) => Promise<void>): void {
+export function runCli(usage: string, run: (args: string[], log: (message: string) => void) => Promise<void | number>): void {
   const args = process.argv.slice(2);
   if (args.includes('--help') || args.includes('-h')) {
     process.stdout.write(`${usage}\n`);
@@ -16,7 +19,7 @@ export function runCli(usage: string, run: (args: string[], log: (message: strin
   }
   const log = (message: string) => process.stderr.write(`${message}\n`);
   run(args, log).then(
-    () => process.exit(0),
+    (code) => process.exit(code ?? 0),
     (error: unknown) => {
       if (error instanceof UsageError) {
         process.stderr.write(`error: ${error.message}\n\n${usage}\n`);
