@@ -186,7 +186,7 @@ function holdServer(url: string): Promise<(() => void) | 'not ours' | 'gone'> {
  * now on, `no answer` when it could not say (it is stopped anyway). The
  * server decides, so no hold can come between the look and the stop.
  */
-async function stopUnlessHeld(url: string): Promise<number[] | 'stopping' | 'no answer'> {
+export async function stopUnlessHeld(url: string): Promise<number[] | 'stopping' | 'no answer'> {
   const answer = await get(url, `${LOCAL_HOLDERS_PATH}?stop-unless-held=${process.pid}`, 2_000, 'POST');
   if (typeof answer !== 'object' || answer.status !== 200) return 'no answer';
   try {
