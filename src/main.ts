@@ -7,7 +7,9 @@ import { createApp, discardBufferedLogs } from './bootstrap';
 import { AppConfig, parseConfig } from './config/app-config';
 import { OperatorError } from './config/operator-error';
 import { APP_CONFIG } from './config/config.module';
+import { MIRROR, MirrorRuntime } from './dbs/dual-write/mirror.module';
 import { InFlightSessions } from './dbs/postgres/in-flight-sessions';
+import { errorText } from './error-text';
 import { within } from './within';
 
 /** After ending the sessions of requests it gave up on, how long shutdown lets those requests answer (503). */
@@ -19,7 +21,9 @@ const ANSWER_GRACE_MS = 1_000;
  * sessions of any still running (their transactions roll back and they
  * answer 503; see InFlightSessions), close the connections, then close the
  * app, which waits for mirrored writes to settle, flushes the mirror and
- * closes the pools in Nest's shutdown hooks.
+ * closes the pools in Nest's shutdown hooks. Exits 0 only when nothing was
+ * lost on the way: rows the mirror could neither send nor record as gaps, or
+ * a shutdown step that failed, end it with 1 and an error line.
  */
 async function main(): Promise<void> {
   // Fail fast with a readable message before Nest starts (it would wrap the error in a DI stack trace).
@@ -69,7 +73,25 @@ async function main(): Promise<void> {
       if (!finished) await within(drained, ANSWER_GRACE_MS, () => false);
     }
     server.closeAllConnections();
-    await app.close();
+    // The server is closed by now, so mirror_rows_lost_total cannot be scraped: rows the mirror's shutdown
+    // could neither send nor record as gaps are told in the last line, and in the exit code.
+    const writer = app.get<MirrorRuntime | null>(MIRROR)?.writer;
+    const lostBefore = writer?.stats().rowsLost ?? 0;
+    try {
+      await app.close();
+    } catch (error) {
+      logger.error({ error: errorText(error) }, 'shutdown failed; the Postgres pools and embedded servers may not have closed', 'Main');
+      process.exit(1);
+    }
+    const lostRows = (writer?.stats().rowsLost ?? 0) - lostBefore;
+    if (lostRows > 0) {
+      logger.error(
+        { lostRows },
+        'shut down, but the mirror lost rows: neither sent to ClickHouse nor recorded as gaps (the error lines above have their ranges); run `npm run verify -- --repair`',
+        'Main',
+      );
+      process.exit(1);
+    }
     logger.log('shut down cleanly', 'Main');
     process.exit(0);
   };

@@ -1,4 +1,5 @@
 import { createClient } from '@clickhouse/client';
+import { sql } from 'kysely';
 import { randomUUID } from 'node:crypto';
 import { Agent, request } from 'node:http';
 import { connect } from 'node:net';
@@ -8,6 +9,7 @@ import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-cli
 import { ApiProcess, ensureApiBuild, startApiProcess } from '../support/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
 import { makeTrace } from '../support/fixtures';
+import { freePort } from '../support/free-port';
 import { snapshotBothSides } from '../support/mirror';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
@@ -221,6 +223,44 @@ describe('graceful shutdown under load (SIGTERM, mirror on)', () => {
     } finally {
       socket.destroy();
       await own.stop(5_000);
+    }
+  }, 60_000);
+
+  it('exits 1 with an error line counting the rows when the mirror could neither send nor record them at shutdown', async () => {
+    // ClickHouse refuses connections, so the rows wait in the queue until the deadline makes them gaps; and
+    // Postgres refuses every gap record, so nothing holds them but the log. The listener is closed by then:
+    // no scrape would see mirror_rows_lost_total move.
+    const own = await startApiProcess({
+      DATABASE_URL: database.url,
+      MIGRATE_ON_START: 'false',
+      USE_CLICKHOUSE: 'true',
+      CLICKHOUSE_URL: `http://127.0.0.1:${await freePort()}`,
+      CLICKHOUSE_DATABASE: database.name,
+      SHUTDOWN_TIMEOUT_MS: '2000',
+      MIRROR_SHUTDOWN_DEADLINE_MS: '1000',
+      LOG_LEVEL: 'info',
+    });
+    await sql`create function refuse_gap_records() returns trigger language plpgsql as $$ begin raise exception 'gap records refused by this test'; end $$`.execute(database.db);
+    await sql`create trigger refuse_gap_records before insert on mirror_gaps for each row execute function refuse_gap_records()`.execute(database.db);
+    try {
+      const spans = makeTrace(4);
+      const created = await fetch(`${own.url}/tracing/spans`, {
+        method: 'POST',
+        headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ spans }),
+      });
+      expect(created.status).toBe(201);
+
+      own.child.kill('SIGTERM');
+      const exit = await own.exited;
+      expect({ exit, logs: exit.code === 1 ? '' : own.logs().slice(-3_000) }).toEqual({ exit: { code: 1, signal: null }, logs: '' });
+      const last = own.logs().trim().split('\n').pop()!;
+      expect(JSON.parse(last)).toMatchObject({ level: 50, lostRows: spans.length, msg: expect.stringContaining('shut down, but the mirror lost rows') });
+      expect(own.logs()).not.toContain('shut down cleanly');
+    } finally {
+      await own.stop(5_000);
+      await sql`drop trigger if exists refuse_gap_records on mirror_gaps`.execute(database.db);
+      await sql`drop function if exists refuse_gap_records()`.execute(database.db);
     }
   }, 60_000);
 });

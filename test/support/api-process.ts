@@ -169,7 +169,18 @@ export async function startApiProcess(
   };
   child.stdout!.on('data', keep);
   child.stderr!.on('data', keep);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => child.once('exit', (code, signal) => done({ code, signal })));
+  // 'exit' can come before the pipes have given up their last lines (the one saying how shutdown ended):
+  // exited waits for them too, up to a bound, in case a process the API started holds them open.
+  const streamsClosed = Promise.all([child.stdout!, child.stderr!].map((stream) => new Promise((closed) => stream.once('close', closed))));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
+    child.once('exit', (code, signal) => {
+      let bound: NodeJS.Timeout | undefined;
+      void Promise.race([streamsClosed, new Promise((elapsed) => (bound = setTimeout(elapsed, 2_000)))]).then(() => {
+        clearTimeout(bound);
+        done({ code, signal });
+      });
+    }),
+  );
   let hasExited = false;
   void exited.then(() => (hasExited = true));
 

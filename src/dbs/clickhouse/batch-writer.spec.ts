@@ -880,6 +880,7 @@ describe('BatchWriter', () => {
 
       expect(gaps.calls).toBe(3);
       expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(2);
+      expect(writer.stats()).toMatchObject({ rowsLost: 2, gapsRecorded: 0 });
       expect(await metricValue(registry, 'mirror_gaps_recorded_total')).toBe(0);
       const lastResort = logger.errors().find((e) => e.msg.includes('gap could not be recorded'));
       expect(lastResort?.obj).toMatchObject({
@@ -1036,6 +1037,7 @@ describe('BatchWriter', () => {
       expect(gaps.calls).toBe(1);
       expect(lastResort()).toHaveLength(1);
       expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(3);
+      expect(writer.stats().rowsLost).toBe(3);
       sink.releaseHung();
       await settle();
       expect(clock.pendingTimers).toBe(0);
@@ -1096,6 +1098,7 @@ describe('BatchWriter', () => {
         inFlightBatches: 0,
         breaker: 'closed',
         gapsRecorded: 0,
+        rowsLost: 0,
         rowsSent: 0,
         rowsDropped: 0,
         lastSuccessAt: null,
@@ -1119,6 +1122,7 @@ describe('BatchWriter', () => {
         inFlightBatches: 1,
         breaker: 'closed',
         gapsRecorded: 1,
+        rowsLost: 0,
         rowsSent: 2,
         rowsDropped: 2,
         lastSuccessAt: start - 3_600_000,

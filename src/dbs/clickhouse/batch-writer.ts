@@ -47,6 +47,8 @@ export interface BatchWriterStats {
   inFlightBatches: number;
   breaker: BreakerState;
   gapsRecorded: number;
+  /** Rows neither sent nor recorded as gaps (mirror_rows_lost_total): only the error log has their ranges. */
+  rowsLost: number;
   rowsSent: number;
   rowsDropped: number;
   lastSuccessAt: number | null;
@@ -385,6 +387,7 @@ export class BatchWriter {
       inFlightBatches,
       breaker: this.gate.state,
       gapsRecorded: this.gaps.recorded,
+      rowsLost: this.gaps.lost,
       rowsSent: this.rowsSent,
       rowsDropped: this.rowsDropped,
       lastSuccessAt: this.lastSuccessAt,
@@ -617,7 +620,7 @@ export class BatchWriter {
     this.gaps.recordHeld();
     await this.gaps.settledWithin(SHUTDOWN_GAP_RECORDING_MS);
     this.logger.info(
-      { outcome, rowsSent: this.rowsSent, rowsDropped: this.rowsDropped, gapsRecorded: this.gaps.recorded },
+      { outcome, rowsSent: this.rowsSent, rowsDropped: this.rowsDropped, gapsRecorded: this.gaps.recorded, rowsLost: this.gaps.lost },
       'mirror batch writer shut down',
     );
   }

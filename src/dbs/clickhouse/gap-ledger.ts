@@ -102,6 +102,7 @@ export class GapLedger {
   private heldRows = 0;
   private heldTimer: unknown | null = null;
   private recordedGaps = 0;
+  private lostRows = 0;
 
   constructor(
     private readonly options: GapLedgerOptions,
@@ -111,6 +112,11 @@ export class GapLedger {
   /** Gap records written so far. */
   get recorded(): number {
     return this.recordedGaps;
+  }
+
+  /** Rows declared lost so far: no gap record holds them, only the error log. */
+  get lost(): number {
+    return this.lostRows;
   }
 
   /** Records the rows' gaps now, in the background. */
@@ -214,6 +220,7 @@ export class GapLedger {
   /** The rows' last record: counted as lost, their ranges in the error log for `verify --repair`. */
   private declareLost(gaps: MirrorGap[], error: string): void {
     const lostRows = gaps.reduce((sum, gap) => sum + gap.rowCount, 0);
+    this.lostRows += lostRows;
     this.deps.metrics?.rowsLost.inc(lostRows);
     this.deps.logger.error(
       {
