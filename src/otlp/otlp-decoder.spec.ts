@@ -1,4 +1,4 @@
-import { MAX_RESOURCE_ATTRIBUTE_BYTES, MAX_RESOURCE_COPY_BYTES, OtlpDecodeError, OtlpExport, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { MAX_RESOURCE_ATTRIBUTE_BYTES, MAX_RESOURCE_COPY_BYTES, MAX_SCOPE_FIELD_LENGTH, OtlpDecodeError, OtlpExport, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 
 const { ExportTraceServiceRequest } = otlpTraceService;
 
@@ -305,6 +305,51 @@ describe('decodeOtlpJson', () => {
     const split = decodeOtlpProtobuf(toProtobuf({ resourceSpans: [resourceSpans(1000), resourceSpans(25)] }));
     expect({ spans: split.spans.length, refused: split.rejected.map((r) => r.spans) }).toEqual({ spans: 1000, refused: [25] });
     expect(split.rejected[0].error.message).toMatch(/^resourceSpans\[1\]\.resource\.attributes: .* \(1,572,864 left after the resources before it\): /);
+  });
+
+  it("bounds a scope's name and version, which every span of the scope stores a copy of", () => {
+    const scoped = (scope: Record<string, string>, spans = 3) => ({
+      resourceSpans: [{ resource: {}, scopeSpans: [{ scope, spans: Array.from({ length: spans }, () => jsonSpan()) }] }],
+    });
+    expect(MAX_SCOPE_FIELD_LENGTH).toBe(1024);
+    // Characters, as a span's name is bounded: 1,024 of them that take 3 bytes each pass.
+    expect(decodeOtlpJson(scoped({ name: '名'.repeat(1024), version: 'v'.repeat(1024) })).spans).toHaveLength(3);
+    for (const field of ['name', 'version']) {
+      for (const decode of [decodeOtlpJson, (json: unknown) => decodeOtlpProtobuf(toProtobuf(json))]) {
+        const over = decode(scoped({ [field]: 'x'.repeat(9_000_000) }));
+        expect({ spans: over.spans.length, refused: messages(over) }).toEqual({
+          spans: 0,
+          refused: [[`resourceSpans[0].scopeSpans[0].scope.${field}: at most 1,024 characters (it is stored with every span of the scope), got 9,000,000`, 3]],
+        });
+      }
+    }
+  });
+
+  it('counts what scopes store with their spans in the budget resources draw on', () => {
+    // A resource of 65,536 bytes over 1,000 spans leaves 1,572,864 bytes; a 2,048-byte scope over 768 spans takes them all.
+    const request = (scopeSpans: number) => ({
+      resourceSpans: [
+        {
+          resource: { attributes: [{ key: 'blob', value: { stringValue: 'a'.repeat(MAX_RESOURCE_ATTRIBUTE_BYTES - 27) } }] },
+          scopeSpans: [
+            { spans: Array.from({ length: 1000 - scopeSpans }, () => jsonSpan()) },
+            { scope: { name: 'n'.repeat(1024), version: 'v'.repeat(1024) }, spans: Array.from({ length: scopeSpans }, () => jsonSpan()) },
+          ],
+        },
+      ],
+    });
+    expect(decodeOtlpJson(request(768)).rejected).toEqual([]);
+    const over = decodeOtlpProtobuf(toProtobuf(request(769)));
+    expect({ spans: over.spans.length, refused: messages(over) }).toEqual({
+      spans: 231,
+      refused: [
+        [
+          'resourceSpans[0].scopeSpans[1].scope: its name and version (2,048 bytes) stored with each of its 769 spans take 1,574,912, more than the ' +
+            "1,572,864 left of the 67,108,864 an export's resources and scopes may store with their spans: send fewer spans per export",
+          769,
+        ],
+      ],
+    });
   });
 
   it.each([

@@ -30,6 +30,15 @@ export const MAX_RESOURCE_ATTRIBUTE_BYTES = 64 * 1024;
  */
 export const MAX_RESOURCE_COPY_BYTES = 64 * 1024 * 1024;
 
+/**
+ * The longest an instrumentation scope's name or version may be, in
+ * characters (a span's name has the same bound). Names are library names
+ * ("io.opentelemetry.http"); each span of the scope stores a copy, in the
+ * span and in its node, which also counts against MAX_RESOURCE_COPY_BYTES.
+ * Unbounded, one 9 MB name over 10,000 tiny spans fit a 10 MB body.
+ */
+export const MAX_SCOPE_FIELD_LENGTH = 1024;
+
 export class OtlpDecodeError extends Error {
   constructor(readonly path: string, readonly reason: string) {
     super(`${path}: ${reason}`);
@@ -204,8 +213,9 @@ function walkRequest(request: Record<string, unknown>, format: Format): OtlpExpo
     copied += resource.bytes * spans;
     resource.scopeSpans.forEach((scopeSpans, s) => {
       const sPath = `${rPath}.scopeSpans[${s}]`;
-      const scope = refusing(decoded, spansUnderScope(scopeSpans), () => walkScope(scopeSpans, sPath));
+      const scope = refusing(decoded, spansUnderScope(scopeSpans), () => walkScope(scopeSpans, sPath, MAX_RESOURCE_COPY_BYTES - copied));
       if (!scope) return;
+      copied += scope.bytes * scope.spans.length;
       scope.spans.forEach((span, i) => {
         const path = `${sPath}.spans[${i}]`;
         const walked = refusing(decoded, 1, () => walkSpan(object(span, path), path, format, resource.resource, scope.scope));
@@ -257,14 +267,32 @@ function walkResource(
   return { resource, bytes: resourceBytes, scopeSpans: list(rs.scopeSpans, `${rPath}.scopeSpans`) };
 }
 
-function walkScope(value: unknown, sPath: string): { scope: OtlpSpan['scope']; spans: unknown[] } {
+function walkScope(value: unknown, sPath: string, copyBytesLeft: number): { scope: OtlpSpan['scope']; bytes: number; spans: unknown[] } {
   const ss = object(value, sPath);
   const scopeMessage = optionalObject(ss.scope, `${sPath}.scope`);
-  const scope = {
-    name: string(scopeMessage?.name, `${sPath}.scope.name`),
-    version: string(scopeMessage?.version, `${sPath}.scope.version`),
+  const field = (name: 'name' | 'version') => {
+    const text = string(scopeMessage?.[name], `${sPath}.scope.${name}`);
+    if (text.length > MAX_SCOPE_FIELD_LENGTH) {
+      throw new OtlpDecodeError(
+        `${sPath}.scope.${name}`,
+        `at most ${MAX_SCOPE_FIELD_LENGTH.toLocaleString('en-US')} characters (it is stored with every span of the scope), got ${text.length.toLocaleString('en-US')}`,
+      );
+    }
+    return text;
   };
-  return { scope, spans: list(ss.spans, `${sPath}.spans`) };
+  const scope = { name: field('name'), version: field('version') };
+  const spans = list(ss.spans, `${sPath}.spans`);
+  // Stored with each span, like the resource's attributes: it draws on the same budget.
+  const bytes = Buffer.byteLength(scope.name) + Buffer.byteLength(scope.version);
+  if (bytes * spans.length > copyBytesLeft) {
+    const n = (count: number) => count.toLocaleString('en-US');
+    throw new OtlpDecodeError(
+      `${sPath}.scope`,
+      `its name and version (${n(bytes)} bytes) stored with each of its ${n(spans.length)} spans take ${n(bytes * spans.length)}, more than the ` +
+        `${n(Math.max(copyBytesLeft, 0))} left of the ${n(MAX_RESOURCE_COPY_BYTES)} an export's resources and scopes may store with their spans: send fewer spans per export`,
+    );
+  }
+  return { scope, bytes, spans };
 }
 
 /** How many spans a refused scope held, as far as its shape says (spans that are not in a list cannot be counted). */

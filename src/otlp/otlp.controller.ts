@@ -11,7 +11,7 @@ import { APP_CONFIG } from '../config/config.module';
 import { METRICS_REGISTRY } from '../metrics/metrics.tokens';
 import { ObservabilityService } from '../observability/observability.service';
 import { TracingService } from '../tracing/tracing.service';
-import { MAX_RESOURCE_ATTRIBUTE_BYTES, MAX_RESOURCE_COPY_BYTES, OtlpDecodeError, OtlpRejection, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { MAX_RESOURCE_ATTRIBUTE_BYTES, MAX_RESOURCE_COPY_BYTES, MAX_SCOPE_FIELD_LENGTH, OtlpDecodeError, OtlpRejection, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 import { mapOtlpSpans } from './otlp-span.mapper';
 import { OTLP_PROTOBUF } from './otlp-error-body';
 
@@ -55,6 +55,7 @@ export class OtlpController {
       `Each span stores its resource's attributes, so a resource may have at most ${MAX_RESOURCE_ATTRIBUTE_BYTES} bytes of them, as JSON, ` +
       `and an export's resources may store at most ${MAX_RESOURCE_COPY_BYTES} bytes with their spans (each resource's bytes times its spans, summed); ` +
       'a resource past either refuses its spans. ' +
+      `A scope's name and version may have at most ${MAX_SCOPE_FIELD_LENGTH} characters each, and count against the same bound with their spans. ` +
       'Error answers to a binary export are a protobuf google.rpc.Status (code and message), as OTLP/HTTP prescribes; to OTLP/JSON, the JSON Error.',
   })
   @ApiConsumes(OTLP_PROTOBUF, JSON_TYPE)
