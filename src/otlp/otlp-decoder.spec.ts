@@ -268,6 +268,10 @@ describe('decodeOtlpJson', () => {
     expect(jsonError(jsonSpan(overrides))).toBe(message);
   });
 
+  it.each(['0x10', '0b11', ' 1.5 ', '1.', '+1', '1e400', ''])('a doubleValue string %j that is not a JSON number is rejected', (text) => {
+    expect(jsonError(jsonSpan({ attributes: [{ key: 'k', value: { doubleValue: text } }] }))).toBe(`${P}.attributes[0].value.doubleValue: must be a number`);
+  });
+
   it('rejects values nested deeper than 32 levels', () => {
     let value: Record<string, unknown> = { stringValue: 'leaf' };
     for (let i = 0; i < 33; i++) value = { arrayValue: { values: [value] } };
@@ -387,6 +391,7 @@ describe('decodeOtlpProtobuf', () => {
       { key: 'double', value: { doubleValue: 0.25 } },
       { key: 'double.nan', value: { doubleValue: 'NaN' } },
       { key: 'double.inf', value: { doubleValue: '-Infinity' } },
+      { key: 'double.text', value: { doubleValue: '-1.5e3' } },
       { key: 'bytes', value: { bytesValue: 'AAEC/w==' } },
       { key: 'array', value: { arrayValue: { values: [{ stringValue: 'a' }, { intValue: '1' }, {}] } } },
       { key: 'kvlist', value: { kvlistValue: { values: [{ key: 'x.y', value: { doubleValue: 1.5 } }, { key: 'z' }] } } },
@@ -403,6 +408,7 @@ describe('decodeOtlpProtobuf', () => {
       { key: 'double', value: 0.25 },
       { key: 'double.nan', value: 'NaN' },
       { key: 'double.inf', value: '-Infinity' },
+      { key: 'double.text', value: -1500 },
       { key: 'bytes', value: 'AAEC/w==' },
       { key: 'array', value: ['a', 1, null] },
       { key: 'kvlist', value: { 'x.y': 1.5, z: null } },

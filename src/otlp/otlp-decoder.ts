@@ -526,12 +526,18 @@ function anyValue(value: unknown, path: string, format: Format, depth: number): 
   }
 }
 
+/**
+ * A JSON number's text, as proto3 JSON takes a double given as a string: not
+ * what Number() also reads (hex "0x10", binary "0b11", surrounding spaces).
+ */
+const JSON_NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
+
 /** JSON cannot carry NaN or the infinities, so they keep the proto3 JSON names. */
 function double(value: unknown, path: string): Json {
   let n: number;
   if (typeof value === 'number') n = value;
   else if (typeof value === 'string' && ['NaN', 'Infinity', '-Infinity'].includes(value)) return value;
-  else if (typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value))) n = Number(value);
+  else if (typeof value === 'string' && JSON_NUMBER.test(value) && Number.isFinite(Number(value))) n = Number(value);
   else throw new OtlpDecodeError(path, 'must be a number');
   if (Number.isNaN(n)) return 'NaN';
   if (!Number.isFinite(n)) return n > 0 ? 'Infinity' : '-Infinity';
