@@ -8,7 +8,7 @@ describe('answerTo: database errors', () => {
   const messageOf = (error: unknown) => answerTo(error)[1].message;
 
   it.each([
-    ['57014', 'statement timeout'],
+    ['57014', 'a cancel on request'],
     ['57P01', 'admin shutdown'],
     ['57P03', 'cannot connect now (starting up)'],
     ['53100', 'disk full'],
@@ -29,6 +29,16 @@ describe('answerTo: database errors', () => {
     ['23505', 'unique violation the code did not expect'],
   ])('%s (%s) is a 500: retrying would only repeat it', (code) => {
     expect(answerTo(pgError(code))).toEqual([500, { statusCode: 500, error: 'Internal Server Error', message: 'internal error' }]);
+  });
+
+  it('a statement timeout (57014, which pg names in its message) is a 503 that says the request was too slow, not the database down', () => {
+    expect(answerTo(pgError('57014', 'canceling statement due to statement timeout'))).toEqual([503, {
+      statusCode: 503,
+      error: 'Service Unavailable',
+      message: 'the database did not finish this request within its statement timeout (DB_STATEMENT_TIMEOUT_MS) and took none of it: ' +
+        'a query may need a narrower time window or fewer filters; a write, a retry later',
+    }]);
+    expect(messageOf(pgError('57014', 'canceling statement due to user request'))).toBe('the database is unavailable; retry later');
   });
 
   it('a read-only server (25006) is a 503 that says so', () => {

@@ -15,6 +15,14 @@ import { SpansConflictError, SpansNotFoundError, TraceTooLargeError } from '../t
 const isReadOnly = (error: unknown) => (error as { code?: string })?.code === '25006';
 
 /**
+ * statement_timeout fired (57014 is also a cancel on request, which says so).
+ * Postgres is up: the statement waited behind a lock or was too costly, which
+ * a retry may or may not clear, and a query may need narrowing.
+ */
+const isStatementTimeout = (error: unknown) =>
+  (error as { code?: string })?.code === '57014' && /statement timeout/i.test((error as Error)?.message ?? '');
+
+/**
  * Postgres rolled the whole transaction back to resolve a conflict with
  * another one (class 40: a deadlock, a serialization failure). Nothing was
  * written and the same request can succeed, so it is the caller's to retry.
@@ -133,6 +141,14 @@ export function answerTo(error: unknown): [number, Record<string, unknown>] {
   }
   if (isReadOnly(error)) {
     return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is read-only and took no write; retry later' }];
+  }
+  if (isStatementTimeout(error)) {
+    return [503, {
+      statusCode: 503,
+      error: 'Service Unavailable',
+      message: 'the database did not finish this request within its statement timeout (DB_STATEMENT_TIMEOUT_MS) and took none of it: ' +
+        'a query may need a narrower time window or fewer filters; a write, a retry later',
+    }];
   }
   if (isDatabaseUnavailable(error)) {
     return [503, { statusCode: 503, error: 'Service Unavailable', message: 'the database is unavailable; retry later' }];
