@@ -1,6 +1,7 @@
 import { BadRequestException } from '@nestjs/common';
 import { z } from 'zod';
 import { ignoreOverride, zodToJsonSchema } from 'zod-to-json-schema';
+import { listed, quoted } from '../echo';
 import { JSON_OBJECT_DESCRIPTION } from './json-value';
 
 export interface FieldError {
@@ -25,8 +26,8 @@ function issueMessage(issue: z.ZodIssue): string {
     if (issue.message !== z.defaultErrorMap(issue, { defaultError: issue.message, data: undefined }).message) return issue.message;
     return `must be ${issue.expected}, got ${issue.received}`;
   }
-  if (issue.code === z.ZodIssueCode.unrecognized_keys) return `unknown field(s): ${issue.keys.join(', ')}`;
-  if (issue.code === z.ZodIssueCode.invalid_enum_value) return `must be one of ${issue.options.join(', ')}, got "${String(issue.received)}"`;
+  if (issue.code === z.ZodIssueCode.unrecognized_keys) return `unknown field(s): ${listed(issue.keys)}`;
+  if (issue.code === z.ZodIssueCode.invalid_enum_value) return `must be one of ${issue.options.join(', ')}, got ${quoted(String(issue.received))}`;
   return issue.message;
 }
 

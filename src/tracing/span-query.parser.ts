@@ -1,3 +1,4 @@
+import { cut, quoted } from '../echo';
 import { SPAN_KINDS, SPAN_TYPES, STATUS_CODES, TRACE_TYPES } from './span';
 import {
   AnalyticsQuery, CONDITION_OPERATORS, Condition, ConditionOperator, Filter, FOCUSES, Focus,
@@ -196,7 +197,7 @@ function parseCondition(value: unknown, path: string): Condition {
   if (typeof fields.field !== 'string') throw new InvalidQueryError(`${path}.field`, 'required: the name of a span field');
   const field = fields.field;
   const spec = spanQueryField(field);
-  if (!spec) throw new InvalidQueryError(`${path}.field`, `unknown field ${quote(field)}; expected one of ${QUERYABLE_FIELDS.join(', ')}`);
+  if (!spec) throw new InvalidQueryError(`${path}.field`, `unknown field ${quoted(field)}; expected one of ${QUERYABLE_FIELDS.join(', ')}`);
 
   let key: string[] | undefined;
   if (present(fields.key)) {
@@ -405,7 +406,7 @@ function integerAt(value: unknown, path: string, min: number, max: number): numb
 function oneOf<T extends string>(value: unknown, allowed: readonly T[], path: string, what: string): T {
   if (typeof value !== 'string') throw new InvalidQueryError(path, `expected a string, one of ${allowed.join(', ')}`);
   if (!(allowed as readonly string[]).includes(value)) {
-    throw new InvalidQueryError(path, `unknown ${what} ${quote(value)}; expected one of ${allowed.join(', ')}`);
+    throw new InvalidQueryError(path, `unknown ${what} ${quoted(value)}; expected one of ${allowed.join(', ')}`);
   }
   return value as T;
 }
@@ -414,7 +415,7 @@ function objectAt(value: unknown, path: string, allowed: readonly string[], pref
   if (!isObject(value)) throw new InvalidQueryError(path, `expected an object with ${allowed.join(', ')}`);
   for (const key of Object.keys(value)) {
     if (!allowed.includes(key)) {
-      throw new InvalidQueryError(`${prefix}${key.length > 64 ? `${key.slice(0, 64)}…` : key}`, `unknown field; expected one of ${allowed.join(', ')}`);
+      throw new InvalidQueryError(`${prefix}${cut(key)}`, `unknown field; expected one of ${allowed.join(', ')}`);
     }
   }
   return value;
@@ -430,6 +431,3 @@ function present(value: unknown): boolean {
 }
 
 /** Echoes caller input in an error message, shortened so a 10k string does not come back whole. */
-function quote(value: string): string {
-  return JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
-}

@@ -1,3 +1,4 @@
+import { listed } from '../echo';
 import { DeletedSpan, Span, SpanInput, SpanKey } from './span';
 import { AnalyticsBucket, AnalyticsQuery, SpanPage, SpanQuery } from './span-query';
 
@@ -45,14 +46,14 @@ export class TraceTooLargeError extends Error {
 
 export class SpansConflictError extends Error {
   constructor(readonly keys: SpanKey[]) {
-    super(`spans already exist: ${keys.map((k) => `${k.trace_id}/${k.span_id}`).join(', ')}`);
+    super(`spans already exist: ${listed(keys.map((k) => `${k.trace_id}/${k.span_id}`), 10)}`);
     this.name = 'SpansConflictError';
   }
 }
 
 export class SpansNotFoundError extends Error {
   constructor(readonly keys: SpanKey[]) {
-    super(`spans not found: ${keys.map((k) => `${k.trace_id}/${k.span_id}`).join(', ')}`);
+    super(`spans not found: ${listed(keys.map((k) => `${k.trace_id}/${k.span_id}`), 10)}`);
     this.name = 'SpansNotFoundError';
   }
 }

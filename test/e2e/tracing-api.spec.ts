@@ -121,6 +121,14 @@ describe('REST: /tracing and /observability', () => {
       expect(await countSpans()).toBe(before);
     });
 
+    it('names the first ten conflicting spans of a large batch, and how many more', async () => {
+      const existing = makeTrace(11);
+      await http().post('/tracing/spans').set(auth).send({ spans: existing }).expect(201);
+      const res = await http().post('/tracing/spans').set(auth).send({ spans: existing }).expect(409);
+      const named = existing.slice(0, 10).map((s) => `${s.trace_id}/${s.span_id}`).join(', ');
+      expect(res.body.message).toBe(`spans already exist: ${named} and 2 more`);
+    });
+
     it('updates spans with PUT, bumping updated_at and keeping created_at', async () => {
       const [span] = makeTrace(0);
       const created = (await http().post('/tracing/spans').set(auth).send({ spans: [span] }).expect(201)).body.spans[0];
@@ -187,6 +195,16 @@ describe('REST: /tracing and /observability', () => {
       // Other fields of the same item are still reported beside it.
       const both = await http().post('/tracing/spans').set(auth).send({ spans: [{ ...makeSpan(), start_time: 'garbage', span_name: '' }] }).expect(400);
       expect(both.body.errors).toEqual([{ field: 'spans[0].span_name', message: 'must not be empty' }, timeError('spans[0].start_time')]);
+    });
+
+    it('repeats at most 64 characters of a refused value or key, and names at most five unknown fields', async () => {
+      const huge = 'W'.repeat(100_000);
+      const kind = await http().post('/tracing/spans').set(auth).send({ spans: [{ ...makeSpan(), span_kind: huge }] }).expect(400);
+      expect(kind.body.errors).toEqual([{ field: 'spans[0].span_kind', message: expect.stringMatching(new RegExp(`^must be one of .*, got "W{64}…"$`)) }]);
+      const keys = Object.fromEntries([huge, ...Array.from({ length: 11 }, (_, i) => `k${i}`)].map((key) => [key, 1]));
+      const unknown = await http().post('/tracing/spans').set(auth).send({ spans: [{ ...makeSpan(), ...keys }] }).expect(400);
+      expect(unknown.body.errors).toEqual([{ field: 'spans[0]', message: `unknown field(s): ${'W'.repeat(64)}…, k0, k1, k2, k3 and 7 more` }]);
+      for (const res of [kind, unknown]) expect(JSON.stringify(res.body).length).toBeLessThan(1_000);
     });
 
     it('malformed JSON is a 400 shaped like every other: errors name the body', async () => {
