@@ -9,6 +9,7 @@ import { OperatorError } from './config/operator-error';
 import { APP_CONFIG } from './config/config.module';
 import { MIRROR, MirrorRuntime } from './dbs/dual-write/mirror.module';
 import { InFlightSessions } from './dbs/postgres/in-flight-sessions';
+import { ShutdownState } from './health/shutdown-state';
 import { errorText } from './error-text';
 import { within } from './within';
 
@@ -16,7 +17,8 @@ import { within } from './within';
 const ANSWER_GRACE_MS = 1_000;
 
 /**
- * Graceful shutdown: on SIGTERM/SIGINT stop accepting connections, let
+ * Graceful shutdown: on SIGTERM/SIGINT /health turns 503; after
+ * SHUTDOWN_DELAY_MS (0 by default) stop accepting connections, let
  * in-flight requests finish (up to SHUTDOWN_TIMEOUT_MS), end the Postgres
  * sessions of any still running (their transactions roll back and they
  * answer 503; see InFlightSessions), close the connections, then close the
@@ -52,7 +54,7 @@ async function main(): Promise<void> {
       return logger.log(`${signal} received again (one Ctrl-C under npm arrives twice: from the terminal and forwarded by npm): already shutting down`, 'Main');
     }
     stopping = true;
-    logger.log(`${signal} received: draining in-flight requests`, 'Main');
+    app.get(ShutdownState).begin();
     const server = app.getHttpServer() as Server;
     // Keep-alive clients would otherwise hold their sockets open until the idle timeout. Ahead of Express's own
     // listener: it answers some requests (a path no route serves, /docs) before returning, and a header set
@@ -60,6 +62,13 @@ async function main(): Promise<void> {
     server.prependListener('request', (_req, res) => {
       if (!res.headersSent) res.setHeader('Connection', 'close');
     });
+    const delayMs = config.http.shutdownDelayMs;
+    if (delayMs > 0) {
+      // Still accepting: the load balancer is told by /health, and stops routing here within this delay.
+      logger.log({ delayMs }, `${signal} received: /health answers 503; serving on for ${delayMs} ms (SHUTDOWN_DELAY_MS), then draining`, 'Main');
+      await new Promise((elapsed) => setTimeout(elapsed, delayMs));
+    }
+    logger.log(`${delayMs > 0 ? 'SHUTDOWN_DELAY_MS elapsed' : `${signal} received`}: draining in-flight requests`, 'Main');
     const drained = new Promise<boolean>((resolve) => server.close(() => resolve(true)));
     const finished = await within(drained, config.http.shutdownTimeoutMs, () => false);
     // Sessions still lent out belong to requests given up on, or to requests whose clients hung up

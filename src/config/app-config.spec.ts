@@ -141,6 +141,9 @@ describe('parseConfig: values that would mean the opposite of what they say', ()
     // The statement timeout leaves room for the client timeout derived from it.
     expect(problems({ DB_STATEMENT_TIMEOUT_MS: '2147478648' })).toEqual(['DB_STATEMENT_TIMEOUT_MS must be between 0 and 2147478647, got 2147478648']);
     expect(parseConfig({ DB_STATEMENT_TIMEOUT_MS: '2147478647' }).postgres.clientTimeoutMs).toBe(2_147_483_647);
+    // Serving on after SIGTERM has a bound of its own: it comes before the drain, inside the orchestrator's grace period.
+    expect(problems({ SHUTDOWN_DELAY_MS: '60001' })).toEqual(['SHUTDOWN_DELAY_MS must be between 0 and 60000, got 60001']);
+    expect(parseConfig({ SHUTDOWN_DELAY_MS: '5000' }).http.shutdownDelayMs).toBe(5_000);
   });
 
   it('refuses a body limit of zero, which would refuse every request with a body', () => {

@@ -121,6 +121,7 @@ export const envSchema = z.object({
   MAX_OTLP_SPANS: int(10_000, 1, 100_000),
   MAX_RESPONSE_ITEMS: int(10_000, 1, 1_000_000),
   SHUTDOWN_TIMEOUT_MS: ms(15_000, 0),
+  SHUTDOWN_DELAY_MS: ms(0, 0, 60_000),
 
   DATABASE_URL: url(['postgres:', 'postgresql:']),
   DB_POOL_MAX: int(10, 1, 1000),
@@ -166,6 +167,8 @@ export interface AppConfig {
     /** The most spans or nodes one answer carries: a whole trace or tree, or a page of traces. */
     maxResponseItems: number;
     shutdownTimeoutMs: number;
+    /** After SIGTERM, how long the API goes on serving (with /health at 503) before it stops accepting connections. */
+    shutdownDelayMs: number;
   };
   logLevel: string;
   postgres: {
@@ -241,6 +244,7 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
       maxOtlpSpans: e.MAX_OTLP_SPANS,
       maxResponseItems: e.MAX_RESPONSE_ITEMS,
       shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+      shutdownDelayMs: e.SHUTDOWN_DELAY_MS,
     },
     logLevel: e.LOG_LEVEL,
     postgres: {

@@ -4,6 +4,7 @@ import { HealthCheck, HealthCheckService, HealthIndicatorService } from '@nestjs
 import { Public } from '../auth/public.decorator';
 import { PostgresProbe } from '../dbs/postgres/postgres-probe';
 import { MIRROR_HEALTH, MirrorHealth } from './mirror-health';
+import { ShutdownState } from './shutdown-state';
 
 @ApiTags('health')
 @Controller('health')
@@ -12,11 +13,13 @@ export class HealthController {
     private readonly health: HealthCheckService,
     private readonly indicators: HealthIndicatorService,
     private readonly probe: PostgresProbe,
+    private readonly shutdown: ShutdownState,
     @Optional() @Inject(MIRROR_HEALTH) private readonly mirror?: MirrorHealth,
   ) {}
 
   /**
-   * 200 when Postgres answers (on the probe's own connection: a busy request pool is reported, not "down").
+   * 200 when Postgres answers (on the probe's own connection: a busy request pool is reported, not "down"),
+   * 503 once the process is shutting down (see ShutdownState).
    * The mirror is reported (always "up") but never makes the API unhealthy.
    */
   @Public()
@@ -24,7 +27,12 @@ export class HealthController {
   @HealthCheck()
   @ApiOperation({ summary: 'Liveness and readiness: Postgres, and the ClickHouse mirror (informational)' })
   check() {
-    return this.health.check([() => this.postgres(), () => this.mirrorStatus()]);
+    return this.health.check([() => this.process(), () => this.postgres(), () => this.mirrorStatus()]);
+  }
+
+  private process() {
+    const indicator = this.indicators.check('process');
+    return this.shutdown.shuttingDown ? indicator.down({ message: 'shutting down: finishing in-flight requests' }) : indicator.up();
   }
 
   private async postgres() {

@@ -263,4 +263,35 @@ describe('graceful shutdown under load (SIGTERM, mirror on)', () => {
       await sql`drop function if exists refuse_gap_records()`.execute(database.db);
     }
   }, 60_000);
+
+  it('with SHUTDOWN_DELAY_MS, answers /health 503 at once and goes on serving new connections for that long, then exits 0', async () => {
+    const own = await startApiProcess({ DATABASE_URL: database.url, MIGRATE_ON_START: 'false', USE_CLICKHOUSE: 'false', SHUTDOWN_DELAY_MS: '2000', LOG_LEVEL: 'info' });
+    try {
+      const health = async () => {
+        // A connection of its own each time (no keep-alive): the load balancer's probe, and new clients.
+        const res = await fetch(`${own.url}/health`, { headers: { Connection: 'close' } });
+        return { status: res.status, process: ((await res.json()) as { details: Record<string, unknown> }).details.process };
+      };
+      expect(await health()).toEqual({ status: 200, process: { status: 'up' } });
+
+      const sigtermAt = Date.now();
+      own.child.kill('SIGTERM');
+      await new Promise((done) => setTimeout(done, 300));
+      expect(await health()).toEqual({ status: 503, process: { status: 'down', message: 'shutting down: finishing in-flight requests' } });
+      const created = await fetch(`${own.url}/tracing/spans`, {
+        method: 'POST',
+        headers: { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ spans: makeTrace(1) }),
+      });
+      expect(created.status).toBe(201);
+      expect(created.headers.get('connection')).toBe('close');
+
+      const exit = await own.exited;
+      expect({ exit, logs: exit.code === 0 ? '' : own.logs().slice(-2_000) }).toEqual({ exit: { code: 0, signal: null }, logs: '' });
+      expect(Date.now() - sigtermAt).toBeGreaterThanOrEqual(2_000);
+      expect(own.logs()).toMatch(/SIGTERM received: \/health answers 503; serving on for 2000 ms \(SHUTDOWN_DELAY_MS\), then draining/);
+    } finally {
+      await own.stop(5_000);
+    }
+  }, 60_000);
 });
