@@ -211,6 +211,8 @@ describe('USE_CLICKHOUSE on', () => {
       'mirror_rows_dropped_total{reason="shutdown_deadline"}',
       'mirror_record_failures_total{entity="spans"}',
       'mirror_record_failures_total{entity="nodes"}',
+      'mirror_writes_outcome_unknown_total{entity="spans"}',
+      'mirror_writes_outcome_unknown_total{entity="nodes"}',
       'mirror_rows_lost_total',
     ]) {
       expect(metrics).toContain(`\n${series} 0\n`);

@@ -214,6 +214,40 @@ describe('Postgres that stops answering', () => {
     }
   }, 60_000);
 
+  it('counts a mirrored write given up mid-transaction, whose commit it cannot know, for verify --repair', async () => {
+    const mirrored = await createApp({
+      DATABASE_URL: postgres.url,
+      LOG_LEVEL: 'silent',
+      USE_CLICKHOUSE: 'true',
+      CLICKHOUSE_URL: `http://127.0.0.1:${await freePort()}`,
+      MIGRATE_ON_START: 'false',
+      DB_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
+      DB_CLIENT_TIMEOUT_MS: String(CLIENT_TIMEOUT_MS),
+      // ClickHouse is down: the create's row waits in the queue, and close() need not wait 10 s for it.
+      MIRROR_SHUTDOWN_DEADLINE_MS: '500',
+    });
+    try {
+      const tracing = mirrored.get(TracingService);
+      const span = makeSpan();
+      await tracing.createSpans(PROJECT, [span]);
+      const registry = mirrored.get<Registry>(METRICS_REGISTRY);
+      const unknown = async (entity: string) =>
+        (await registry.getSingleMetric('mirror_writes_outcome_unknown_total')!.get()).values.find((v) => v.labels.entity === entity)?.value;
+      expect(await unknown('spans')).toBe(0);
+
+      postgres.freeze();
+      try {
+        // On the connection the create used: sent, then given up after the client timeout.
+        await expect(tracing.updateSpans(PROJECT, [{ ...span, span_name: 'renamed while frozen' }])).rejects.toThrow(/Query read timeout|Connection terminated/);
+      } finally {
+        postgres.thaw();
+      }
+      expect({ spans: await unknown('spans'), nodes: await unknown('nodes') }).toEqual({ spans: 1, nodes: 0 });
+    } finally {
+      await mirrored.close();
+    }
+  }, 60_000);
+
   it('lets the pool close while Postgres is frozen, so shutdown waits at most the client timeout', async () => {
     // What the API's shutdown does last (PostgresModule: db.destroy()), with a request's statement stuck.
     const pool = createPool(postgres.url, 2, { statementTimeoutMs: STATEMENT_TIMEOUT_MS, clientTimeoutMs: CLIENT_TIMEOUT_MS });

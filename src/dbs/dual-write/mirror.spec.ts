@@ -145,6 +145,22 @@ describe('Mirror', () => {
     ]);
   });
 
+  it('counts a write whose commit is unknown per entity, from zero, and logs it with the method and the error', async () => {
+    const { mirror, registry } = rig();
+    const warn = jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
+    try {
+      expect(await registry.getSingleMetricAsString('mirror_writes_outcome_unknown_total')).toMatch(/entity="nodes"} 0/);
+      mirror.outcomeUnknown('spans', 'updateSpans', new Error('Query read timeout'));
+      expect(await registry.getSingleMetricAsString('mirror_writes_outcome_unknown_total')).toMatch(/entity="spans"} 1/);
+      expect(warn).toHaveBeenCalledWith(
+        { entity: 'spans', method: 'updateSpans', error: 'Query read timeout' },
+        expect.stringContaining('run `npm run verify -- --repair`'),
+      );
+    } finally {
+      warn.mockRestore();
+    }
+  });
+
   it('while the writer\'s queue is full, hands over keys without mapping lines, and maps again once there is room', async () => {
     // Records 1–10 fill the queue; ClickHouse hangs, so they stay there.
     const queueMaxBytes = records(1, 10).reduce((sum, r) => sum + queuedRowBytes({ ...plan.toGapRow(r), line: `{"id":${r.id}}` }), 0);

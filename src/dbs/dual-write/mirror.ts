@@ -2,6 +2,7 @@ import { Logger } from '@nestjs/common';
 import { Counter, Registry } from 'prom-client';
 import { BatchWriter, MirrorRow } from '../clickhouse/batch-writer';
 import { GapRow } from '../clickhouse/gap-ledger';
+import { errorText } from '../../error-text';
 import { MIRRORED_ENTITIES, MirrorPlan, MirrorTarget } from './mirrored-dao';
 
 /** Records mapped per event-loop turn while the backlog is small (about half a millisecond of spans). */
@@ -38,6 +39,7 @@ export class Mirror implements MirrorTarget {
   private readonly logger = new Logger('Mirror');
   private readonly projects: Set<string> | null;
   private readonly failures: Counter<'entity'>;
+  private readonly unknownOutcomes: Counter<'entity'>;
   private readonly backlog: Accepted[] = [];
   private backlogRecords = 0;
   private scheduled = false;
@@ -57,7 +59,17 @@ export class Mirror implements MirrorTarget {
       labelNames: ['entity'],
       registers: [registry],
     });
-    for (const entity of MIRRORED_ENTITIES) this.failures.inc({ entity }, 0); // a series to alert on before the first failure
+    this.unknownOutcomes = new Counter({
+      name: 'mirror_writes_outcome_unknown_total',
+      help: 'Mirrored writes that failed without saying whether Postgres committed them (connection cut or given up mid-write): if they did, ClickHouse lacks them until verify --repair',
+      labelNames: ['entity'],
+      registers: [registry],
+    });
+    for (const entity of MIRRORED_ENTITIES) {
+      // A series to alert on before the first one.
+      this.failures.inc({ entity }, 0);
+      this.unknownOutcomes.inc({ entity }, 0);
+    }
     writer.addProducer(() => this.mapBacklog(Infinity));
   }
 
@@ -155,5 +167,13 @@ export class Mirror implements MirrorTarget {
   failed(entity: string, error: unknown): void {
     this.failures.inc({ entity });
     this.logger.error({ entity, err: error }, 'could not build mirror records for a committed write');
+  }
+
+  outcomeUnknown(entity: string, method: string, error: unknown): void {
+    this.unknownOutcomes.inc({ entity });
+    this.logger.warn(
+      { entity, method, error: errorText(error) },
+      'a mirrored write failed without saying whether Postgres committed it; if it did, ClickHouse lacks it: run `npm run verify -- --repair` over today',
+    );
   }
 }

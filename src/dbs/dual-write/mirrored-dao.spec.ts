@@ -77,6 +77,7 @@ function recordingMirror(acceptThrows = false) {
       if (acceptThrows) throw new Error('mirror fault');
     },
     failed: (entity, error) => events.push(`failed ${entity}: ${(error as Error).message}`),
+    outcomeUnknown: (entity, method, error) => events.push(`outcome unknown ${entity}.${method}: ${(error as Error).message}`),
   };
   return { mirror, events, inFlight: () => inFlight };
 }
@@ -112,6 +113,34 @@ describe('mirrorWrites', () => {
     await expect(dao.broken()).rejects.toThrow('Postgres refused the write');
     expect(events).toEqual(['started', 'settled']);
     expect(inFlight()).toBe(0);
+  });
+
+  it('a write cut off without saying whether it committed is reported to the mirror, and reaches the caller as it is', async () => {
+    const cutOff = [
+      new Error('Query read timeout'),
+      new Error('Connection terminated unexpectedly'),
+      Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }),
+      Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' }),
+    ];
+    // The server answered these: the write did not commit.
+    const refused = [
+      Object.assign(new Error('duplicate key value violates unique constraint'), { code: '23505' }),
+      Object.assign(new Error('canceling statement due to statement timeout'), { code: '57014' }),
+      Object.assign(new Error('cannot execute INSERT in a read-only transaction'), { code: '25006' }),
+      Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }),
+      new Error('timeout exceeded when trying to connect'),
+    ];
+    for (const error of [...cutOff, ...refused]) {
+      const { mirror, events } = recordingMirror();
+      const failing = new FakeDao();
+      failing.create = async () => {
+        throw error;
+      };
+      const dao = mirrorWrites(failing, plan, mirror);
+      await expect(dao.create([{ id: 1 }])).rejects.toBe(error);
+      const reported = cutOff.includes(error) ? [`outcome unknown spans.create: ${error.message}`] : [];
+      expect(events).toEqual(['started', ...reported, 'settled']);
+    }
   });
 
   it('a write that resolves to something other than its rows is counted as failed; the caller gets its result', async () => {

@@ -1,4 +1,5 @@
 import { GapRow } from '../clickhouse/gap-ledger';
+import { leavesCommitUnknown } from '../postgres/unavailable';
 
 /**
  * The dual-write decorator: one generic mechanism for every DAO port. It
@@ -54,6 +55,12 @@ export interface MirrorTarget {
   accept<Row, Mirrored>(plan: MirrorPlan<unknown, Mirrored>, rows: readonly Row[], toRecord: (row: Row) => Mirrored): void;
   /** A write whose records could not be built; logged and counted, never thrown. */
   failed(entity: string, error: unknown): void;
+  /**
+   * A write that failed without saying whether it committed (see
+   * leavesCommitUnknown): if it did, the mirror has none of its rows, and
+   * nothing else would tell. Logged and counted, never thrown.
+   */
+  outcomeUnknown(entity: string, method: string, error: unknown): void;
 }
 
 export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: MirrorPlan<Dao, Mirrored>, mirror: MirrorTarget): Dao {
@@ -68,7 +75,13 @@ export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: Mirro
       return async (...args: unknown[]) => {
         const settled = mirror.started();
         try {
-          const result: unknown = await member.apply(target, args);
+          let result: unknown;
+          try {
+            result = await member.apply(target, args);
+          } catch (error) {
+            if (leavesCommitUnknown(error)) mirror.outcomeUnknown(plan.entity, String(property), error);
+            throw error;
+          }
           try {
             if (!Array.isArray(result)) throw new Error(`${String(property)} resolved to ${typeof result}, not the rows it committed`);
             mirror.accept(plan as MirrorPlan<unknown, Mirrored>, result, toRecord);

@@ -56,3 +56,23 @@ export function serverWentAway(error: unknown): boolean {
   if (e?.code && WENT_AWAY_CODES.has(e.code)) return true;
   return typeof e?.message === 'string' && WENT_AWAY_MESSAGE.test(e.message);
 }
+
+/** Socket errors on a connection that had reached the server: what it sent last may have been a COMMIT. */
+const CUT_OFF_CODES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', '57P01', '57P02']);
+/** pg's words for a connection lost or given up once in use (not one that never connected). */
+const CUT_OFF_MESSAGES = [/Connection terminated/i, /Query read timeout/i, /Client has encountered a connection error/i];
+
+/**
+ * A write failed in a way that does not say whether Postgres committed it:
+ * the connection was cut, or the client gave up waiting (a COMMIT held by a
+ * synchronous standby, an fsync stall), or the session was terminated, while
+ * the transaction was under way. The caller gets an error; the rows may be
+ * stored all the same. A refusal the server answered (a constraint, a
+ * statement timeout, a read-only server) or a connection that never opened
+ * says the write did not commit.
+ */
+export function leavesCommitUnknown(error: unknown): boolean {
+  const e = error as PgLikeError;
+  if (e?.code && CUT_OFF_CODES.has(e.code)) return true;
+  return typeof e?.message === 'string' && CUT_OFF_MESSAGES.some((re) => re.test(e.message!));
+}
