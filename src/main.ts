@@ -78,7 +78,11 @@ async function main(): Promise<void> {
       .end()
       .catch((error: Error) => (logger.warn(`could not end in-flight Postgres sessions: ${error.message}`, 'Main'), 0));
     if (ended > 0) {
-      logger.warn(`${finished ? 'requests whose clients hung up' : `requests still running after ${config.http.shutdownTimeoutMs} ms`}: ended their ${ended} Postgres sessions (their transactions roll back)`, 'Main');
+      logger.warn(
+        { endedSessions: ended, shutdownTimeoutMs: config.http.shutdownTimeoutMs },
+        `${finished ? 'requests whose clients hung up' : `requests still running after ${config.http.shutdownTimeoutMs} ms`}: ended their ${ended} Postgres sessions (their transactions roll back)`,
+        'Main',
+      );
       if (!finished) await within(drained, ANSWER_GRACE_MS, () => false);
     }
     server.closeAllConnections();
