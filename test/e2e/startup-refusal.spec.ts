@@ -52,6 +52,27 @@ describe('the API refusing to start', () => {
     expect(refusal(run)).toBe(`tracing-api did not start: could not use Postgres at postgres://tracing:***@127.0.0.1:${port}/tracing: connect ECONNREFUSED 127.0.0.1:${port}`);
   });
 
+  it('on a database not encoded in UTF8: one line saying what to use', async () => {
+    const admin = new Client({ connectionString: process.env.TEST_PG_ADMIN_URL });
+    await admin.connect();
+    const name = `latin1_${process.pid}_${Date.now()}`;
+    try {
+      await admin.query(`create database ${name} encoding 'LATIN1' lc_collate 'C' lc_ctype 'C' template template0`);
+      const url = new URL(process.env.TEST_PG_ADMIN_URL!);
+      url.pathname = `/${name}`;
+      const run = await runApiUntilExit({ DATABASE_URL: url.toString() });
+      expect(run.code).toBe(1);
+      url.password = '***';
+      expect(refusal(run)).toBe(
+        `tracing-api did not start: the Postgres database at ${url.toString()} is encoded LATIN1, which cannot hold every text a span may carry: ` +
+          "use a database created with ENCODING 'UTF8'",
+      );
+    } finally {
+      await admin.query(`drop database if exists ${name} with (force)`);
+      await admin.end();
+    }
+  });
+
   it('on a port another process holds: one line naming it', async () => {
     const held = createServer();
     const port = await new Promise<number>((resolve) => held.listen(0, '127.0.0.1', () => resolve((held.address() as AddressInfo).port)));
