@@ -38,12 +38,14 @@ export interface FieldSpec {
   kind: FieldKind;
   /** The allowed values of an enum field. */
   values?: readonly string[];
+  /** The column may be null (the others are NOT NULL in the schema). */
+  nullable?: true;
 }
 
 const FIELDS: Record<string, FieldSpec> = {
   trace_id: { kind: 'trace_id' },
   span_id: { kind: 'span_id' },
-  parent_id: { kind: 'span_id' },
+  parent_id: { kind: 'span_id', nullable: true },
   trace_type: { kind: 'enum', values: TRACE_TYPES },
   span_type: { kind: 'enum', values: SPAN_TYPES },
   span_kind: { kind: 'enum', values: SPAN_KINDS },
@@ -51,7 +53,7 @@ const FIELDS: Record<string, FieldSpec> = {
   start_time: { kind: 'time' },
   end_time: { kind: 'time' },
   status_code: { kind: 'enum', values: STATUS_CODES },
-  status_message: { kind: 'text' },
+  status_message: { kind: 'text', nullable: true },
   attributes: { kind: 'json' },
   references: { kind: 'json' },
   links: { kind: 'json' },
@@ -60,8 +62,8 @@ const FIELDS: Record<string, FieldSpec> = {
   exception: { kind: 'json' },
   created_at: { kind: 'time' },
   updated_at: { kind: 'time' },
-  created_by_id: { kind: 'user_id' },
-  updated_by_id: { kind: 'user_id' },
+  created_by_id: { kind: 'user_id', nullable: true },
+  updated_by_id: { kind: 'user_id', nullable: true },
 };
 
 export const QUERYABLE_FIELDS = Object.keys(FIELDS);

@@ -34,7 +34,7 @@ function compileCondition(condition: Condition): RawBuilder<SqlBool> {
   const spec = spanQueryField(condition.field);
   if (!spec) throw new InvalidQueryError('filter', `unknown field "${condition.field}"`);
   const column = sql.ref(condition.field);
-  if (spec.kind !== 'json') return columnCondition(column, spec.kind, condition);
+  if (spec.kind !== 'json') return columnCondition(column, spec.kind, condition, spec.nullable === true);
   if (condition.key === undefined) return wholeJsonCondition(column, condition);
   return jsonKeyCondition(column, condition.key, condition);
 }
@@ -54,15 +54,21 @@ function comparison(lhs: Sql, operator: keyof typeof COMPARISONS, rhs: Sql): Raw
   return known(sql`${lhs} ${sql.raw(COMPARISONS[operator])} ${rhs}`);
 }
 
-function columnCondition(column: Sql, kind: Exclude<FieldKind, 'json'>, c: Condition): RawBuilder<SqlBool> {
+/**
+ * A comparison on a NOT NULL column is two-valued as it stands, and left bare:
+ * wrapped in coalesce() it is no index condition, so `trace_id in [...]` or
+ * `start_time lt ...` read every span of the project instead of the index.
+ */
+function columnCondition(column: Sql, kind: Exclude<FieldKind, 'json'>, c: Condition, nullable: boolean): RawBuilder<SqlBool> {
   // Text compares bytewise, as ClickHouse does, whatever the database collation.
   const lhs = kind === 'text' || kind === 'enum' ? sql`(${column} collate "C")` : column;
   const one = (v: unknown) => columnValue(kind, v);
+  const twoValued = nullable ? known : (expression: Sql) => sql<SqlBool>`(${expression})`;
   switch (c.operator) {
     case 'is':
-      return c.value === null ? sql<SqlBool>`(${column} is null)` : known(sql`${lhs} = ${one(c.value)}`);
+      return c.value === null ? sql<SqlBool>`(${column} is null)` : twoValued(sql`${lhs} = ${one(c.value)}`);
     case 'is_not':
-      return negate(columnCondition(column, kind, { ...c, operator: 'is' }));
+      return negate(columnCondition(column, kind, { ...c, operator: 'is' }, nullable));
     case 'exists':
       return sql<SqlBool>`(${column} is not null)`;
     case 'not_exists':
@@ -73,20 +79,20 @@ function columnCondition(column: Sql, kind: Exclude<FieldKind, 'json'>, c: Condi
     case 'lt':
     case 'gte':
     case 'lte':
-      return comparison(lhs, c.operator, one(c.value));
+      return twoValued(sql`${lhs} ${sql.raw(COMPARISONS[c.operator])} ${one(c.value)}`);
     case 'btwn': {
       const [low, high] = c.value as unknown[];
-      return known(sql`${lhs} between ${one(low)} and ${one(high)}`);
+      return twoValued(sql`${lhs} between ${one(low)} and ${one(high)}`);
     }
     case 'in':
-      return known(sql`${lhs} = any(${columnArray(kind, c.value as unknown[])})`);
+      return twoValued(sql`${lhs} = any(${columnArray(kind, c.value as unknown[])})`);
     case 'not_in':
-      return known(sql`${lhs} <> all(${columnArray(kind, c.value as unknown[])})`);
+      return twoValued(sql`${lhs} <> all(${columnArray(kind, c.value as unknown[])})`);
     case 'contains':
     case 'startswith':
     case 'endswith':
     case 'like':
-      return known(sql`${lhs} like ${likePattern(c.operator, c.value as string)}`);
+      return twoValued(sql`${lhs} like ${likePattern(c.operator, c.value as string)}`);
     default:
       throw new InvalidQueryError('filter', `operator "${c.operator}" does not apply to ${c.field}`);
   }
