@@ -535,6 +535,21 @@ describe('span queries on Postgres', () => {
       ]);
     });
 
+    it("with focus trace, counts the GenAI usage of all of a trace's spans when its root has no cumulative tokens, as OTLP traces have it", async () => {
+      const Q = projectId('analytics-otlp');
+      const W = traceId('w');
+      await insert(Q, [
+        { span_name: 'http root', trace_id: W, span_id: spanId('w0'), start_time: '2026-11-22T10:01:00.000000Z', end_time: '2026-11-22T10:01:02.000000Z' },
+        { span_name: 'chat', trace_id: W, parent_id: spanId('w0'), start_time: '2026-11-22T10:01:00.100000Z', attributes: { gen_ai: { usage: { input_tokens: 3, output_tokens: 4 } } } },
+        { span_name: 'chat again', trace_id: W, parent_id: spanId('w0'), start_time: '2026-11-22T10:13:00.000000Z', attributes: { gen_ai: { usage: { input_tokens: 20 } } } },
+      ]);
+      const tokens = async (focus: string) =>
+        (await spanAnalytics(test.db, Q, parseAnalyticsQuery({ focus, windowing: { oldest: '2026-11-22T10:00:00Z', newest: '2026-11-22T10:20:00Z', interval: 10 } }))).map((b) => [b.total.count, b.total.tokens]);
+      // The trace counts once, in its root's bucket, with every span's usage (a span past the window included).
+      expect(await tokens('trace')).toEqual([[1, 27], [0, 0]]);
+      expect(await tokens('span')).toEqual([[2, 7], [1, 20]]);
+    });
+
     it('applies the filter to spans (focus span) or to any span of the trace (focus trace)', async () => {
       const filter = { conditions: [{ field: 'span_type', operator: 'eq', value: 'llm' }] };
       expect(await analytics({ filter })).toEqual([

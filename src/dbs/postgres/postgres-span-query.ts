@@ -208,7 +208,8 @@ interface BucketRow {
  * empty), spans assigned by start_time. Focus span measures every matching
  * span; focus trace measures root spans (parent_id is null) of traces with
  * at least one matching span, so each trace counts once with its cumulative
- * metrics.
+ * metrics (tokens: the GenAI usage of all its spans when the root has no
+ * cumulative total).
  */
 export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: AnalyticsQuery): Promise<AnalyticsBucket[]> {
   const { oldest, newest, interval } = query.windowing;
@@ -219,7 +220,13 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
         select 1 from spans as member
         where member.project_id = spans.project_id and member.trace_id = spans.trace_id and ${filter})`
     : filter;
-  const tokens = sql`coalesce(${attributeNumber(TOKENS_PATH)}, coalesce(${attributeNumber(INPUT_TOKENS_PATH)}, 0) + coalesce(${attributeNumber(OUTPUT_TOKENS_PATH)}, 0))`;
+  const usage = sql`coalesce(${attributeNumber(INPUT_TOKENS_PATH)}, 0) + coalesce(${attributeNumber(OUTPUT_TOKENS_PATH)}, 0)`;
+  // A trace's tokens: its root's cumulative total, else the GenAI usage of all its spans. OTLP traces carry
+  // usage on the model-call spans, rarely on a root (an HTTP or agent span): read from the root alone, they
+  // counted no tokens. Unqualified columns in the subquery are `member`'s, its innermost table.
+  const usageOfTrace = sql`(select coalesce(sum(${usage}), 0) from spans as member
+        where member.project_id = spans.project_id and member.trace_id = spans.trace_id)`;
+  const tokens = sql`coalesce(${attributeNumber(TOKENS_PATH)}, ${query.focus === 'trace' ? usageOfTrace : usage})`;
 
   const { rows } = await sql<BucketRow>`
     with buckets as (
