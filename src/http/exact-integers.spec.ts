@@ -46,11 +46,13 @@ describe('firstInexactInteger', () => {
     expect(first('{"a":"\\u0022 12345678901234567891"}')).toBeNull();
   });
 
-  it('reads a body of 10 MB of digits in well under a second (BigInt of a long token took 10 s)', () => {
+  it('reads a body of 10 MB of digits in well under the 10 s that BigInt of a long token took', () => {
     for (const digits of ['1'.repeat(10_000_000), '1'.repeat(309), '12345678901234567891'.repeat(15)]) {
       const started = performance.now();
-      expect(first(`[${digits}]`)).not.toBeNull();
-      expect(performance.now() - started).toBeLessThan(1000);
+      // A token is read up to 310 digits: past 309 every integer overflows a double.
+      expect(first(`[${digits}]`)).toBe(digits.slice(0, 310));
+      // Tens of milliseconds when the machine is idle; the bound leaves room for a loaded 2-core CI.
+      expect(performance.now() - started).toBeLessThan(3_000);
     }
   });
 

@@ -444,8 +444,14 @@ describe('the API is isolated from ClickHouse faults', () => {
       await request(rig.t.url).post('/tracing/spans').set(auth).send({ spans }).expect(201);
 
       await eventually('the breaker to open', () => rig.t.mirror!.writer.stats().breaker === 'open');
-      // Five open periods (100 ms here) of a server still down: its probes fail, nothing is given up.
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      // Five failed probes (one per 100 ms open period here) of a server still down, counted by the times
+      // they noted, not by a sleep that timers running late would cut short: nothing is given up.
+      const failedProbes = new Set<number>();
+      await eventually('five failed probes', () => {
+        const { lastError, lastErrorAt } = rig.t.mirror!.writer.stats();
+        if (lastErrorAt !== null && lastError?.startsWith('ClickHouse ping failed')) failedProbes.add(lastErrorAt);
+        return failedProbes.size >= 5;
+      }, 10_000, 10);
       expect(rig.t.mirror!.writer.stats()).toMatchObject({ queuedRows: 10, rowsDropped: 0 });
 
       await rig.proxy.setMode('forward');

@@ -2,7 +2,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { appendFile, chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { createServer } from 'node:net';
+import { AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { KEEPER_APPLICATION_NAME, localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
@@ -48,10 +48,24 @@ describe('embedded Postgres', () => {
       const { command, args } = nodeCommand(join(__dirname, '../../src/dbs/postgres/postgres-keeper.main'));
       const { NODE_OPTIONS: _jest, ...env } = process.env;
       const startTime = processStartTime(stranger.pid!)!;
-      const keeper = spawn(command, [...args, String(await freePort()), String(stranger.pid), String(starterGone.pid), dir, startTime], { env, stdio: 'ignore' });
-      // Two of its polls (a second apart) see the file naming its postmaster, which started when the keeper was told.
-      await new Promise((done) => setTimeout(done, 2_500));
-      expect(childRunning(keeper)).toBe(true);
+      // Its port: each poll that finds the server still its own (the file naming its postmaster, which started
+      // when the keeper was told) goes on to connect here. Counted, then cut, which the keeper reads as a
+      // server not answering yet, and polls again: no fixed sleep has to outlast a slow start on a loaded machine.
+      let polls = 0;
+      const portWatch = createServer((socket) => {
+        polls++;
+        socket.destroy();
+      });
+      await new Promise<void>((listening) => portWatch.listen(0, '127.0.0.1', listening));
+      const port = (portWatch.address() as AddressInfo).port;
+      const keeper = spawn(command, [...args, String(port), String(stranger.pid), String(starterGone.pid), dir, startTime], { env, stdio: 'ignore' });
+      try {
+        for (const deadline = Date.now() + 20_000; polls < 2; await new Promise((done) => setTimeout(done, 50))) {
+          if (Date.now() > deadline || !childRunning(keeper)) throw new Error(`the keeper polled ${polls} times, running: ${childRunning(keeper)}`);
+        }
+      } finally {
+        portWatch.close();
+      }
       await writeFile(join(dir, 'postmaster.pid'), '1\n');
       // Its exit code: 0 when it let go, 1 when it failed (a crash would pass for letting go otherwise).
       const exitCode = await within(new Promise<number | null>((done) => keeper.once('exit', done)), 10_000, () => 'still running');

@@ -90,6 +90,7 @@ describe('endPool', () => {
     const pool = createPool(database.url, 2);
     const started = Date.now();
     await endPool(pool);
-    expect(Date.now() - started).toBeLessThan(500);
+    // Not the 2 s it waits for a lent-out connection; room for a loaded machine besides.
+    expect(Date.now() - started).toBeLessThan(1_500);
   });
 });
