@@ -82,7 +82,7 @@ export const SPAN_QUERY_BODY = {
         newest: optional({ ...TIME, description: `Exclusive upper bound on start_time. ${TIME.description}` }),
         limit: optional({ type: 'integer', minimum: 1, maximum: MAX_LIMIT, description: 'Spans per page (focus span) or traces per page (focus trace)' }),
         order: optional({ type: 'string', enum: ['ascending', 'descending'] }),
-        next: optional({ type: 'string', description: 'The previous page\'s `next`, with the same query' }),
+        next: optional({ type: 'string', description: 'The previous page\'s `next`, with the same focus, order, filter and window (another is a 400; the limit may change)' }),
       },
     }),
   },

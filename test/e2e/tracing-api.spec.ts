@@ -426,6 +426,10 @@ describe('REST: /tracing and /observability', () => {
         next = page.next;
       } while (next);
       expect(paged.map((n) => n.node_id)).toEqual(whole.nodes.map((n: { node_id: string }) => n.node_id));
+      // A cursor pages on only the selection it was issued for: another tree's page would start where this one stopped.
+      const first = (await http().post('/observability/nodes/query').set(auth).send({ tree_id: tree, limit: 2 }).expect(200)).body;
+      const elsewhere = await http().post('/observability/nodes/query').set(auth).send({ tree_id: uuid(), limit: 2, next: first.next }).expect(400);
+      expect(elsewhere.body.errors).toEqual([{ field: 'next', message: expect.stringMatching(/^the cursor continues a query with another filter or window/) }]);
 
       await http().post('/tracing/spans').set(auth).send({ spans: makeTrace(1) }).expect(201);
       const spanCursor = (await http().post('/tracing/spans/query').set(auth).send({ windowing: { limit: 1 } }).expect(200)).body.next;

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
+import { cursorTag } from '../../src/dbs/postgres/keyset-cursor';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { querySpans, spanAnalytics } from '../../src/dbs/postgres/postgres-span-query';
 import { spanToRow } from '../../src/dbs/postgres/span-row.mapper';
@@ -349,6 +350,28 @@ describe('span queries on Postgres', () => {
       expect(names).toEqual(expectedAscending.filter((n) => Number(n.slice(1)) < 300).reverse());
     });
 
+    it('rejects a cursor reused with another filter or window, which would start the page where that query never was', async () => {
+      const filter = { conditions: [{ field: 'start_time', operator: 'eq', value: SHARED }] };
+      const window = { oldest: '2026-11-22T00:00:00Z', newest: '2026-11-23T00:00:00Z' };
+      const { next } = await query(P, { filter, windowing: { ...window, limit: 5 } });
+      const other = { conditions: [{ field: 'span_name', operator: 'startswith', value: 's1' }] };
+      const refusal = {
+        field: 'windowing.next',
+        reason: 'the cursor continues a query with another filter or window: send the same filter and window as the page that returned it, or start again without it',
+      };
+      for (const body of [
+        { filter: other, windowing: { ...window, next } },
+        { windowing: { ...window, next } },
+        { filter, windowing: { oldest: window.oldest, next } },
+        { filter, windowing: { ...window, newest: '2026-11-24T00:00:00Z', next } },
+      ]) {
+        await expect(query(P, body)).rejects.toMatchObject(refusal);
+      }
+      // The same selection continues, whatever the page size or the order its keys come in.
+      const same = await query(P, { windowing: { limit: 2, next, newest: window.newest, oldest: window.oldest }, filter });
+      expect(same.spans).toHaveLength(2);
+    });
+
     it('rejects a cursor reused with another order or focus, or tampered with', async () => {
       const { next } = await query(P, { windowing: { limit: 5, order: 'ascending' } });
       expect(next).toEqual(expect.any(String));
@@ -356,7 +379,8 @@ describe('span queries on Postgres', () => {
       await expect(run({ windowing: { next, order: 'descending' } })).rejects.toThrow(InvalidQueryError);
       await expect(run({ windowing: { next } })).rejects.toMatchObject({ field: 'windowing.next' });
       await expect(run({ focus: 'trace', windowing: { next, order: 'ascending' } })).rejects.toMatchObject({ field: 'windowing.next' });
-      const forged = Buffer.from(JSON.stringify([1, 'span:ascending', "2026-11-22T12:00:00.000000Z' or 1=1", 'ab', 'cd'])).toString('base64url');
+      // Issued for this very query (no filter, no window), its position tampered with.
+      const forged = Buffer.from(JSON.stringify([1, cursorTag('span:ascending', {}), "2026-11-22T12:00:00.000000Z' or 1=1", 'ab', 'cd'])).toString('base64url');
       await expect(run({ windowing: { next: forged, order: 'ascending' } })).rejects.toMatchObject({ field: 'windowing.next', reason: 'not a cursor returned by this API' });
       await expect(run({ windowing: { next: 'bm90LWpzb24', order: 'ascending' } })).rejects.toMatchObject({ field: 'windowing.next', reason: 'not a cursor returned by this API' });
     });

@@ -1,14 +1,37 @@
+import { createHash } from 'node:crypto';
 import { InvalidQueryError } from '../../tracing/span-query';
 import { parseTimestampMicros } from '../../tracing/timestamp';
 
 /**
  * The opaque cursor of a keyset page (span queries, node queries):
  * base64url of JSON [1, issuedFor, ...position]. `issuedFor` names the query
- * kind (and order) the cursor was issued under, so it cannot be replayed
- * under another; the position holds the last row's keys, times as the
+ * kind (and order) the cursor was issued under and, after the last colon, a
+ * digest of what selects the rows (filter, window; see cursorTag), so it
+ * cannot be replayed under another: a page asked with another filter would
+ * start at a position that filter never reached, leaving out its rows
+ * without a word. The position holds the last row's keys, times as the
  * microsecond text Postgres returned, never a JS Date.
  */
 const CURSOR_VERSION = 1;
+
+/**
+ * `kind` and a digest of `selection`, for encodeCursor and decodeCursor. Keys
+ * in any order, and those absent or null (a client looping on `next` sends
+ * what it left out as null), give the same digest; the page size is not part
+ * of it, and may change between pages.
+ */
+export function cursorTag(kind: string, selection: Record<string, unknown>): string {
+  return `${kind}:${createHash('sha256').update(canonicalJson(selection)).digest('base64url').slice(0, 12)}`;
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
+  const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined && v !== null);
+  return `{${entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+}
+
+const kindOf = (tag: string) => tag.slice(0, Math.max(tag.lastIndexOf(':'), 0));
 const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
 
 export function encodeCursor(issuedFor: string, position: Array<string | null>): string {
@@ -36,7 +59,10 @@ export function decodeCursor<Position extends unknown[]>(
   if (!Array.isArray(payload) || payload[0] !== CURSOR_VERSION || typeof payload[1] !== 'string') throw invalid();
   const [, issued, ...position] = payload as unknown[];
   if (issued !== issuedFor) {
-    throw new InvalidQueryError(field, `the cursor belongs to another kind of query, focus or order (${(issued as string).slice(0, 40)}); start again without it`);
+    if (kindOf(issued as string) !== kindOf(issuedFor)) {
+      throw new InvalidQueryError(field, `the cursor belongs to another kind of query, focus or order (${kindOf(issued as string).slice(0, 40)}); start again without it`);
+    }
+    throw new InvalidQueryError(field, 'the cursor continues a query with another filter or window: send the same filter and window as the page that returned it, or start again without it');
   }
   if (!isPosition(position)) throw invalid();
   return position;

@@ -4,7 +4,7 @@ import { DeletedNode, NodeInput, ObservabilityNode } from '../../observability/n
 import { NodePage, NodeQuery, ObservabilityDao, TreeTooLargeError } from '../../observability/observability.dao';
 import { DB, NodeRow } from './database';
 import { selectAtMost } from './bounded-read';
-import { decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
+import { cursorTag, decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
 import { KYSELY } from './postgres.tokens';
 import { nodeFromRow, nodeToRow } from './node-row.mapper';
 import { inCallersOrder, inLockOrder, lockRows } from './lock-order';
@@ -19,13 +19,16 @@ const nextVersion = sql<string>`greatest(clock_timestamp(), nodes.updated_at + i
 const tombstoneVersion = sql<string>`nodes.updated_at + interval '1 microsecond'`;
 
 const DEFAULT_NODE_LIMIT = 100;
-/** What a node page's cursor is issued for (keyset-cursor.ts): its position is [time_start, node_id]. */
-const NODE_CURSOR = 'nodes:descending';
+/** What a node page's cursor is issued for (keyset-cursor.ts): the query's selection; its position is [time_start, node_id]. */
+function nodeCursorTag(query: NodeQuery): string {
+  const { tree_id, node_type, node_name, oldest, newest } = query;
+  return cursorTag('nodes:descending', { tree_id, node_type, node_name, oldest, newest });
+}
 
-function decodeNodeCursor(next: string): { timeStart: string; nodeId: string } {
+function decodeNodeCursor(next: string, tag: string): { timeStart: string; nodeId: string } {
   const isPosition = (p: unknown[]): p is [string, string] =>
     p.length === 2 && isCursorTime(p[0]) && typeof p[1] === 'string' && isUuid(p[1]);
-  const [timeStart, nodeId] = decodeCursor(next, 'next', NODE_CURSOR, isPosition);
+  const [timeStart, nodeId] = decodeCursor(next, 'next', tag, isPosition);
   return { timeStart, nodeId };
 }
 
@@ -100,8 +103,9 @@ export class PostgresObservabilityDao implements ObservabilityDao {
     if (query.node_name) q = q.where('node_name', '=', query.node_name);
     if (query.oldest) q = q.where('time_start', '>=', query.oldest);
     if (query.newest) q = q.where('time_start', '<', query.newest);
+    const tag = nodeCursorTag(query);
     if (query.next !== undefined) {
-      const after = decodeNodeCursor(query.next);
+      const after = decodeNodeCursor(query.next, tag);
       q = q.where('time_start', '<=', after.timeStart).where((eb) => eb.or([
         eb('time_start', '<', after.timeStart),
         eb.and([eb('time_start', '=', after.timeStart), eb('node_id', '>', after.nodeId)]),
@@ -114,7 +118,7 @@ export class PostgresObservabilityDao implements ObservabilityDao {
       .execute();
     const nodes = rows.slice(0, limit).map(nodeFromRow);
     const last = nodes[nodes.length - 1];
-    return { nodes, next: rows.length > limit ? encodeCursor(NODE_CURSOR, [last.time_start, last.node_id]) : null };
+    return { nodes, next: rows.length > limit ? encodeCursor(tag, [last.time_start, last.node_id]) : null };
   }
 
   async deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]> {

@@ -4,7 +4,7 @@ import {
 } from '../../tracing/span-query';
 import { SpanBound, TraceTooLargeError } from '../../tracing/tracing.dao';
 import { DB } from './database';
-import { decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
+import { cursorTag, decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
 import { spanFilter } from './span-filter';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { spanFromRow, spanIdToBytes } from './span-row.mapper';
@@ -21,8 +21,9 @@ export async function querySpans(db: Kysely<DB>, projectId: string, query: SpanQ
   const windowing = query.windowing ?? {};
   const order: Order = windowing.order ?? 'descending';
   const limit = windowing.limit ?? DEFAULT_LIMIT;
-  const after = windowing.next === undefined ? null : decodeSpanCursor(windowing.next, query.focus, order);
-  const page = { projectId, filter: query.filter, windowing, order, limit, after, maxSpans: bound.maxSpans };
+  const tag = cursorTag(`${query.focus}:${order}`, { filter: query.filter, oldest: windowing.oldest, newest: windowing.newest });
+  const after = windowing.next === undefined ? null : decodeSpanCursor(windowing.next, query.focus, tag);
+  const page = { projectId, filter: query.filter, windowing, order, limit, after, tag, maxSpans: bound.maxSpans };
   if (query.focus === 'span') return pageOfSpans(db, page);
   // The traces' span counts and their spans from one snapshot: a span written between the two reads would
   // take the page past maxSpans (MAX_RESPONSE_ITEMS), and could add a trace's newest span to some pages only.
@@ -36,6 +37,8 @@ interface PageRequest {
   order: Order;
   limit: number;
   after: CursorPosition | null;
+  /** What its cursors are issued for (cursorTag): focus, order, filter and window. */
+  tag: string;
   /** Focus trace: the most spans a page holds (whole traces only); none when undefined. */
   maxSpans: number | undefined;
 }
@@ -65,7 +68,7 @@ async function pageOfSpans(db: Kysely<DB>, page: PageRequest): Promise<SpanPage>
   const spans = rows.slice(0, limit).map(spanFromRow);
   const last = spans[spans.length - 1];
   const next = rows.length > limit
-    ? encodeSpanCursor('span', order, { startTime: last.start_time, traceId: last.trace_id, spanId: last.span_id })
+    ? encodeSpanCursor(page.tag, { startTime: last.start_time, traceId: last.trace_id, spanId: last.span_id })
     : null;
   return { spans, next };
 }
@@ -120,7 +123,7 @@ async function pageOfTraces(db: Kysely<DB>, page: PageRequest): Promise<SpanPage
   }
   const traces = await select.orderBy('trace_start', direction).orderBy('trace_id', direction).limit(limit + 1).execute();
   const cursorAfter = (trace: { trace_start: string; trace_id: string }) =>
-    encodeSpanCursor('trace', order, { startTime: trace.trace_start, traceId: uuidToTraceId(trace.trace_id), spanId: null });
+    encodeSpanCursor(page.tag, { startTime: trace.trace_start, traceId: uuidToTraceId(trace.trace_id), spanId: null });
   const pageTraces = withinSpanBound(traces.slice(0, limit), maxSpans, cursorAfter);
   if (pageTraces.length === 0) return { spans: [], next: null };
 
@@ -158,15 +161,15 @@ interface CursorPosition {
   spanId: string | null;
 }
 
-function encodeSpanCursor(focus: Focus, order: Order, position: CursorPosition): string {
-  return encodeCursor(`${focus}:${order}`, [position.startTime, position.traceId, position.spanId]);
+function encodeSpanCursor(tag: string, position: CursorPosition): string {
+  return encodeCursor(tag, [position.startTime, position.traceId, position.spanId]);
 }
 
-function decodeSpanCursor(next: string, focus: Focus, order: Order): CursorPosition {
+function decodeSpanCursor(next: string, focus: Focus, tag: string): CursorPosition {
   const isPosition = (p: unknown[]): p is [string, string, string | null] =>
     p.length === 3 && isCursorTime(p[0]) && typeof p[1] === 'string' && /^[0-9a-f]{32}$/.test(p[1]) &&
     (focus === 'span' ? typeof p[2] === 'string' && /^[0-9a-f]{16}$/.test(p[2]) : p[2] === null);
-  const [startTime, traceId, spanId] = decodeCursor(next, 'windowing.next', `${focus}:${order}`, isPosition);
+  const [startTime, traceId, spanId] = decodeCursor(next, 'windowing.next', tag, isPosition);
   return { startTime, traceId, spanId };
 }
 
