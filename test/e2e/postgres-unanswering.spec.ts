@@ -81,6 +81,18 @@ describe('Postgres that stops answering', () => {
     await owned?.remove();
   }, 60_000);
 
+  /** A second API on the same Postgres with the mirror on and ClickHouse down (a closed port): its rows stay queued. */
+  const mirroredApp = async (env: Record<string, string>) =>
+    createApp({
+      DATABASE_URL: postgres.url,
+      LOG_LEVEL: 'silent',
+      USE_CLICKHOUSE: 'true',
+      CLICKHOUSE_URL: `http://127.0.0.1:${await freePort()}`,
+      MIGRATE_ON_START: 'false',
+      DB_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
+      ...env,
+    });
+
   it('answers 503 within its client timeout, commits nothing it refused, and serves again once Postgres goes on', async () => {
     const kept = makeSpan();
     const renamed = makeSpan();
@@ -181,16 +193,7 @@ describe('Postgres that stops answering', () => {
     // then waits out the mirror pool's connect timeout (5 s, a new connection) or, on a connection it holds,
     // its client timeout (30 s here): three tries took 17.7 s before the bound.
     const mirrorDeadlineMs = 500;
-    const mirrored = await createApp({
-      DATABASE_URL: postgres.url,
-      LOG_LEVEL: 'silent',
-      USE_CLICKHOUSE: 'true',
-      CLICKHOUSE_URL: `http://127.0.0.1:${await freePort()}`,
-      MIGRATE_ON_START: 'false',
-      DB_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
-      DB_CLIENT_TIMEOUT_MS: '30000',
-      MIRROR_SHUTDOWN_DEADLINE_MS: String(mirrorDeadlineMs),
-    });
+    const mirrored = await mirroredApp({ DB_CLIENT_TIMEOUT_MS: '30000', MIRROR_SHUTDOWN_DEADLINE_MS: String(mirrorDeadlineMs) });
     let closed = false;
     try {
       const tracing = mirrored.get(TracingService);
@@ -215,17 +218,8 @@ describe('Postgres that stops answering', () => {
   }, 60_000);
 
   it('counts a mirrored write given up mid-transaction, whose commit it cannot know, for verify --repair', async () => {
-    const mirrored = await createApp({
-      DATABASE_URL: postgres.url,
-      LOG_LEVEL: 'silent',
-      USE_CLICKHOUSE: 'true',
-      CLICKHOUSE_URL: `http://127.0.0.1:${await freePort()}`,
-      MIGRATE_ON_START: 'false',
-      DB_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
-      DB_CLIENT_TIMEOUT_MS: String(CLIENT_TIMEOUT_MS),
-      // ClickHouse is down: the create's row waits in the queue, and close() need not wait 10 s for it.
-      MIRROR_SHUTDOWN_DEADLINE_MS: '500',
-    });
+    // The create's row waits in the queue, ClickHouse being down: close() need not wait 10 s for it.
+    const mirrored = await mirroredApp({ DB_CLIENT_TIMEOUT_MS: String(CLIENT_TIMEOUT_MS), MIRROR_SHUTDOWN_DEADLINE_MS: '500' });
     try {
       const tracing = mirrored.get(TracingService);
       const span = makeSpan();
