@@ -55,6 +55,10 @@ async function main(): Promise<void> {
     }
     stopping = true;
     app.get(ShutdownState).begin();
+    // Rows the mirror loses from here on are told in the last line and the exit code: once the listener
+    // closes (below), no scrape of mirror_rows_lost_total can see them.
+    const writer = app.get<MirrorRuntime | null>(MIRROR)?.writer;
+    const lostBefore = writer?.stats().rowsLost ?? 0;
     const server = app.getHttpServer() as Server;
     // Keep-alive clients would otherwise hold their sockets open until the idle timeout. Ahead of Express's own
     // listener: it answers some requests (a path no route serves, /docs) before returning, and a header set
@@ -86,10 +90,6 @@ async function main(): Promise<void> {
       if (!finished) await within(drained, ANSWER_GRACE_MS, () => false);
     }
     server.closeAllConnections();
-    // The server is closed by now, so mirror_rows_lost_total cannot be scraped: rows the mirror's shutdown
-    // could neither send nor record as gaps are told in the last line, and in the exit code.
-    const writer = app.get<MirrorRuntime | null>(MIRROR)?.writer;
-    const lostBefore = writer?.stats().rowsLost ?? 0;
     try {
       await app.close();
     } catch (error) {

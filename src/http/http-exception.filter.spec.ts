@@ -35,7 +35,7 @@ describe('answerTo: database errors', () => {
     expect(answerTo(pgError('57014', 'canceling statement due to statement timeout'))).toEqual([503, {
       statusCode: 503,
       error: 'Service Unavailable',
-      message: 'the database did not finish this request within its statement timeout (DB_STATEMENT_TIMEOUT_MS) and took none of it: ' +
+      message: 'the database did not finish this request within its statement timeout (DB_STATEMENT_TIMEOUT_MS) and rolled back what timed out: ' +
         'a query may need a narrower time window or fewer filters; a write, a retry later',
     }]);
     expect(messageOf(pgError('57014', 'canceling statement due to user request'))).toBe('the database is unavailable; retry later');

@@ -146,7 +146,7 @@ export function answerTo(error: unknown): [number, Record<string, unknown>] {
     return [503, {
       statusCode: 503,
       error: 'Service Unavailable',
-      message: 'the database did not finish this request within its statement timeout (DB_STATEMENT_TIMEOUT_MS) and took none of it: ' +
+      message: 'the database did not finish this request within its statement timeout (DB_STATEMENT_TIMEOUT_MS) and rolled back what timed out: ' +
         'a query may need a narrower time window or fewer filters; a write, a retry later',
     }];
   }

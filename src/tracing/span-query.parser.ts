@@ -432,4 +432,3 @@ function present(value: unknown): boolean {
   return value !== undefined && value !== null;
 }
 
-/** Echoes caller input in an error message, shortened so a 10k string does not come back whole. */

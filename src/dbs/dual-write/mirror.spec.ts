@@ -150,11 +150,11 @@ describe('Mirror', () => {
     const warn = jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
     try {
       expect(await registry.getSingleMetricAsString('mirror_writes_outcome_unknown_total')).toMatch(/entity="nodes"} 0/);
-      mirror.outcomeUnknown('spans', 'updateSpans', new Error('Query read timeout'));
+      mirror.outcomeUnknown('spans', 'updateSpans', A, new Error('Query read timeout'));
       expect(await registry.getSingleMetricAsString('mirror_writes_outcome_unknown_total')).toMatch(/entity="spans"} 1/);
       expect(warn).toHaveBeenCalledWith(
-        { entity: 'spans', method: 'updateSpans', error: 'Query read timeout' },
-        expect.stringContaining('run `npm run verify -- --repair`'),
+        { entity: 'spans', method: 'updateSpans', projectId: A, error: 'Query read timeout' },
+        expect.stringContaining('run `npm run verify -- --project <projectId> --counts-only --repair` over all history'),
       );
     } finally {
       warn.mockRestore();

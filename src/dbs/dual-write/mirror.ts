@@ -169,11 +169,12 @@ export class Mirror implements MirrorTarget {
     this.logger.error({ entity, err: error }, 'could not build mirror records for a committed write');
   }
 
-  outcomeUnknown(entity: string, method: string, error: unknown): void {
+  outcomeUnknown(entity: string, method: string, projectId: unknown, error: unknown): void {
     this.unknownOutcomes.inc({ entity });
     this.logger.warn(
-      { entity, method, error: errorText(error) },
-      'a mirrored write failed without saying whether Postgres committed it; if it did, ClickHouse lacks it: run `npm run verify -- --repair` over today',
+      { entity, method, projectId, error: errorText(error) },
+      'a mirrored write failed without saying whether Postgres committed it; if it did, ClickHouse lacks it: ' +
+        'run `npm run verify -- --project <projectId> --counts-only --repair` over all history (an update or delete lands on the day its row was created)',
     );
   }
 }

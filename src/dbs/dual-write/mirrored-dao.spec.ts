@@ -77,7 +77,7 @@ function recordingMirror(acceptThrows = false) {
       if (acceptThrows) throw new Error('mirror fault');
     },
     failed: (entity, error) => events.push(`failed ${entity}: ${(error as Error).message}`),
-    outcomeUnknown: (entity, method, error) => events.push(`outcome unknown ${entity}.${method}: ${(error as Error).message}`),
+    outcomeUnknown: (entity, method, projectId, error) => events.push(`outcome unknown ${entity}.${method} (${JSON.stringify(projectId)}): ${(error as Error).message}`),
   };
   return { mirror, events, inFlight: () => inFlight };
 }
@@ -127,7 +127,10 @@ describe('mirrorWrites', () => {
       Object.assign(new Error('duplicate key value violates unique constraint'), { code: '23505' }),
       Object.assign(new Error('canceling statement due to statement timeout'), { code: '57014' }),
       Object.assign(new Error('cannot execute INSERT in a read-only transaction'), { code: '25006' }),
-      Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }),
+      Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED', syscall: 'connect' }),
+      Object.assign(new Error('connect ETIMEDOUT 10.0.0.1:5432'), { code: 'ETIMEDOUT', syscall: 'connect' }),
+      // What pg-pool says when a new connection does not open within connectionTimeoutMillis.
+      new Error('Connection terminated due to connection timeout'),
       new Error('timeout exceeded when trying to connect'),
     ];
     for (const error of [...cutOff, ...refused]) {
@@ -138,7 +141,8 @@ describe('mirrorWrites', () => {
       };
       const dao = mirrorWrites(failing, plan, mirror);
       await expect(dao.create([{ id: 1 }])).rejects.toBe(error);
-      const reported = cutOff.includes(error) ? [`outcome unknown spans.create: ${error.message}`] : [];
+      // The port's first argument is the project (here the fake's rows), passed on for the log line.
+      const reported = cutOff.includes(error) ? [`outcome unknown spans.create ([{"id":1}]): ${error.message}`] : [];
       expect(events).toEqual(['started', ...reported, 'settled']);
     }
   });

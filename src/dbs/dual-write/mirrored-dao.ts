@@ -60,7 +60,7 @@ export interface MirrorTarget {
    * leavesCommitUnknown): if it did, the mirror has none of its rows, and
    * nothing else would tell. Logged and counted, never thrown.
    */
-  outcomeUnknown(entity: string, method: string, error: unknown): void;
+  outcomeUnknown(entity: string, method: string, projectId: unknown, error: unknown): void;
 }
 
 export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: MirrorPlan<Dao, Mirrored>, mirror: MirrorTarget): Dao {
@@ -79,7 +79,8 @@ export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: Mirro
           try {
             result = await member.apply(target, args);
           } catch (error) {
-            if (leavesCommitUnknown(error)) mirror.outcomeUnknown(plan.entity, String(property), error);
+            // Every write method of a port takes the project first.
+            if (leavesCommitUnknown(error)) mirror.outcomeUnknown(plan.entity, String(property), args[0], error);
             throw error;
           }
           try {

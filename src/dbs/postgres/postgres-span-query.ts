@@ -154,7 +154,7 @@ function withinSpanBound<T extends { trace_id: string; span_count: string }>(tra
   return fitting === -1 ? traces : traces.slice(0, fitting);
 }
 
-/** A span page's cursor (keyset-cursor.ts), issued for "<focus>:<order>": start_time, trace_id, span_id (null for focus trace). */
+/** A span page's cursor (keyset-cursor.ts), issued for its focus, order, filter and window: start_time, trace_id, span_id (null for focus trace). */
 interface CursorPosition {
   startTime: string;
   traceId: string;

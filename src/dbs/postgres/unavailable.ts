@@ -72,7 +72,10 @@ const CUT_OFF_MESSAGES = [/Connection terminated/i, /Query read timeout/i, /Clie
  * says the write did not commit.
  */
 export function leavesCommitUnknown(error: unknown): boolean {
-  const e = error as PgLikeError;
+  const e = error as PgLikeError & { syscall?: string };
+  // Never connected: the pool's connect timeout ("Connection terminated due to connection timeout"), or a
+  // socket error while connecting. Nothing was sent.
+  if (e?.syscall === 'connect' || (typeof e?.message === 'string' && /due to connection timeout/i.test(e.message))) return false;
   if (e?.code && CUT_OFF_CODES.has(e.code)) return true;
   return typeof e?.message === 'string' && CUT_OFF_MESSAGES.some((re) => re.test(e.message!));
 }
