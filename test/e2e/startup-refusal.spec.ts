@@ -4,7 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AddressInfo, createServer } from 'node:net';
 import { Client } from 'pg';
-import { runApiUntilExit } from '../support/api-process';
+import { ApiKeyService } from '../../src/auth/api-key.service';
+import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
+import { runApiUntilExit, startApiProcess } from '../support/api-process';
 import { freePort } from '../support/free-port';
 import { createTestDatabase } from '../support/postgres';
 
@@ -115,4 +118,38 @@ describe('the API refusing to start', () => {
       await rm(dataDir, { recursive: true, force: true });
     }
   });
+});
+
+/**
+ * An embedded cluster initialised before its initdb was told UTF8, where no
+ * locale was set, is SQL_ASCII: its bytes are the API's UTF-8 as sent, so the
+ * API uses it, with a warning, and text round-trips.
+ */
+describe('the API on a SQL_ASCII database', () => {
+  it('starts with a warning, and stores and reads back text beyond ASCII', async () => {
+    const admin = new Client({ connectionString: process.env.TEST_PG_ADMIN_URL });
+    await admin.connect();
+    const name = `sql_ascii_${process.pid}_${Date.now()}`;
+    try {
+      await admin.query(`create database ${name} encoding 'SQL_ASCII' lc_collate 'C' lc_ctype 'C' template template0`);
+      const url = new URL(process.env.TEST_PG_ADMIN_URL!);
+      url.pathname = `/${name}`;
+      const api = await startApiProcess({ DATABASE_URL: url.toString(), LOG_LEVEL: 'warn' });
+      try {
+        expect(api.logs()).toContain('is encoded SQL_ASCII: it stores text as bytes, unchecked');
+        const db = createKysely(createPool(url.toString(), 1));
+        const { key } = await new ApiKeyService(new ApiKeysRepository(db)).create('7d1e0e3c-0000-4000-8000-0000000000a5').finally(() => db.destroy());
+        const span = { trace_id: '5b8efff798038103d269b633813fc60c', span_id: 'eee19b7ec3c1b174', span_name: 'чат 名前 🚀', start_time: '2026-12-07T10:00:00Z', end_time: '2026-12-07T10:00:01Z', attributes: { 'é': 'ü' } };
+        const headers = { Authorization: `ApiKey ${key}`, 'Content-Type': 'application/json' };
+        expect((await fetch(`${api.url}/tracing/spans`, { method: 'POST', headers, body: JSON.stringify({ spans: [span] }) })).status).toBe(201);
+        const read = (await (await fetch(`${api.url}/tracing/spans/${span.trace_id}/${span.span_id}`, { headers })).json()) as { span: { span_name: string; attributes: unknown } };
+        expect(read.span).toMatchObject({ span_name: span.span_name, attributes: span.attributes });
+      } finally {
+        await api.stop(10_000);
+      }
+    } finally {
+      await admin.query(`drop database if exists ${name} with (force)`);
+      await admin.end();
+    }
+  }, 90_000);
 });

@@ -34,6 +34,25 @@ describe('embedded Postgres', () => {
     }
   }, 60_000);
 
+  it('initialises its cluster in UTF8 with the C locale, even where the environment sets no locale', async () => {
+    // A container's default: no LANG or LC_*. initdb then chose SQL_ASCII.
+    const dir = await mkdtemp(join(tmpdir(), 'tracing-local-pg-'));
+    await chmod(dir, 0o755);
+    try {
+      const { NODE_OPTIONS: _jest, LANG: _lang, LANGUAGE: _language, LC_ALL: _all, LC_CTYPE: _ctype, ...env } = process.env;
+      const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-encoding.main.ts'), String(await freePort()), join(dir, 'data')], { env });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const code = await new Promise<number | null>((done) => child.on('close', done));
+      expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+      expect(JSON.parse(stdout)).toEqual({ encoding: 'UTF8', collate: 'C' });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
   // A pid alone can be reused by an unrelated process once the server has gone; the keeper then kept polling,
   // and would signal that process if a server of no one's answered on the port.
   it("has a keeper that lets go once its data directory's lock file no longer names its server", async () => {

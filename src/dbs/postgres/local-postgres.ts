@@ -189,6 +189,9 @@ async function initialiseDataDir(dataDir: string, port: number, isRoot: boolean,
       password: PASSWORD,
       persistent: true,
       createPostgresUser: isRoot,
+      // Not the environment's locale: with none set (a container's POSIX default) initdb chose SQL_ASCII,
+      // which the API refuses. The C locale goes with any encoding, and sorts bytewise as the queries do.
+      initdbFlags: ['--encoding=UTF8', '--locale=C'],
       onLog: () => undefined,
       onError: (message: unknown) => log(`embedded postgres: ${String(message).trim()}`),
     }).initialise();
