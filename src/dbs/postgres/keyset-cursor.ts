@@ -15,23 +15,29 @@ import { parseTimestampMicros } from '../../tracing/timestamp';
 const CURSOR_VERSION = 1;
 
 /**
- * `kind` and a digest of `selection`, for encodeCursor and decodeCursor. Keys
- * in any order, and those absent or null (a client looping on `next` sends
- * what it left out as null), give the same digest; the page size is not part
- * of it, and may change between pages.
+ * `kind` and a digest of `selection`, for encodeCursor and decodeCursor.
+ * Keys in any order give the same digest, and so does a selection's own
+ * entry absent or null (a client looping on `next` sends what it left out
+ * as null); inside a value (a filter's JSON) null stays itself. The page
+ * size is not part of it, and may change between pages.
  */
 export function cursorTag(kind: string, selection: Record<string, unknown>): string {
-  return `${kind}:${createHash('sha256').update(canonicalJson(selection)).digest('base64url').slice(0, 12)}`;
+  const given = Object.entries(selection).filter(([, value]) => value !== undefined && value !== null);
+  return `${kind}:${createHash('sha256').update(canonicalJson(Object.fromEntries(given))).digest('base64url').slice(0, DIGEST_LENGTH)}`;
 }
 
+const DIGEST_LENGTH = 12;
+const DIGEST = new RegExp(`:[A-Za-z0-9_-]{${DIGEST_LENGTH}}$`);
+
+/** JSON with every object's keys sorted; undefined properties left out, as JSON.stringify does. */
 function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (Array.isArray(value)) return `[${value.map((item) => (item === undefined ? 'null' : canonicalJson(item))).join(',')}]`;
   if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null';
-  const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined && v !== null);
+  const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
   return `{${entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
 }
 
-const kindOf = (tag: string) => tag.slice(0, Math.max(tag.lastIndexOf(':'), 0));
+const kindOf = (tag: string) => tag.replace(DIGEST, '');
 const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
 
 export function encodeCursor(issuedFor: string, position: Array<string | null>): string {
@@ -59,6 +65,10 @@ export function decodeCursor<Position extends unknown[]>(
   if (!Array.isArray(payload) || payload[0] !== CURSOR_VERSION || typeof payload[1] !== 'string') throw invalid();
   const [, issued, ...position] = payload as unknown[];
   if (issued !== issuedFor) {
+    if (!DIGEST.test(issued as string)) {
+      // Issued before cursors carried their selection's digest.
+      throw new InvalidQueryError(field, 'the cursor was issued by an earlier version of this API; start again without it');
+    }
     if (kindOf(issued as string) !== kindOf(issuedFor)) {
       throw new InvalidQueryError(field, `the cursor belongs to another kind of query, focus or order (${kindOf(issued as string).slice(0, 40)}); start again without it`);
     }
