@@ -572,6 +572,15 @@ describe('span queries on Postgres', () => {
       // The trace counts once, in its root's bucket, with every span's usage (a span past the window included).
       expect(await tokens('trace')).toEqual([[1, 27], [0, 0]]);
       expect(await tokens('span')).toEqual([[2, 7], [1, 20]]);
+      // A root with usage of its own (an agent span with its run's total) is not summed with the calls below it.
+      const R = projectId('analytics-agent');
+      const A = traceId('agent');
+      await insert(R, [
+        { span_name: 'invoke_agent', trace_id: A, span_id: spanId('a0'), start_time: '2026-11-22T10:01:00.000000Z', attributes: { gen_ai: { usage: { input_tokens: 30, output_tokens: 12 } } } },
+        { span_name: 'chat', trace_id: A, parent_id: spanId('a0'), start_time: '2026-11-22T10:01:00.100000Z', attributes: { gen_ai: { usage: { input_tokens: 30, output_tokens: 12 } } } },
+      ]);
+      const agent = await spanAnalytics(test.db, R, parseAnalyticsQuery({ focus: 'trace', windowing: { oldest: '2026-11-22T10:00:00Z', newest: '2026-11-22T10:10:00Z', interval: 10 } }));
+      expect(agent.map((b) => [b.total.count, b.total.tokens])).toEqual([[1, 42]]);
     });
 
     it('applies the filter to spans (focus span) or to any span of the trace (focus trace)', async () => {

@@ -211,8 +211,8 @@ interface BucketRow {
  * empty), spans assigned by start_time. Focus span measures every matching
  * span; focus trace measures root spans (parent_id is null) of traces with
  * at least one matching span, so each trace counts once with its cumulative
- * metrics (tokens: the GenAI usage of all its spans when the root has no
- * cumulative total).
+ * metrics (tokens: the root's own GenAI usage when it has no cumulative
+ * total, else the GenAI usage of all its spans).
  */
 export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: AnalyticsQuery): Promise<AnalyticsBucket[]> {
   const { oldest, newest, interval } = query.windowing;
@@ -224,12 +224,16 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
         where member.project_id = spans.project_id and member.trace_id = spans.trace_id and ${filter})`
     : filter;
   const usage = sql`coalesce(${attributeNumber(INPUT_TOKENS_PATH)}, 0) + coalesce(${attributeNumber(OUTPUT_TOKENS_PATH)}, 0)`;
-  // A trace's tokens: its root's cumulative total, else the GenAI usage of all its spans. OTLP traces carry
-  // usage on the model-call spans, rarely on a root (an HTTP or agent span): read from the root alone, they
-  // counted no tokens. Unqualified columns in the subquery are `member`'s, its innermost table.
+  const hasUsage = sql`(${attributeNumber(INPUT_TOKENS_PATH)} is not null or ${attributeNumber(OUTPUT_TOKENS_PATH)} is not null)`;
+  // A trace's tokens: its root's cumulative total; else its root's own GenAI usage, where the root has any
+  // (an agent span carrying its run's total over the model calls below it); else the GenAI usage of all its
+  // spans. OTLP traces carry usage on the model-call spans, rarely on an HTTP root: read from the root alone,
+  // they counted no tokens. Unqualified columns in the subquery are `member`'s, its innermost table.
   const usageOfTrace = sql`(select coalesce(sum(${usage}), 0) from spans as member
         where member.project_id = spans.project_id and member.trace_id = spans.trace_id)`;
-  const tokens = sql`coalesce(${attributeNumber(TOKENS_PATH)}, ${query.focus === 'trace' ? usageOfTrace : usage})`;
+  const tokens = query.focus === 'trace'
+    ? sql`coalesce(${attributeNumber(TOKENS_PATH)}, case when ${hasUsage} then ${usage} else ${usageOfTrace} end)`
+    : sql`coalesce(${attributeNumber(TOKENS_PATH)}, ${usage})`;
 
   const { rows } = await sql<BucketRow>`
     with buckets as (
