@@ -7,11 +7,14 @@ const USAGE = `usage: npm run migrate -- [latest | status | down --yes | down --
 
   latest      apply every pending migration (default)
   status      list this build's migrations, applied or pending, and any the database ran that this build does not know;
-              exits 1 when any is pending, so a deploy step can check before it starts the API
+              exits 3 while any is pending (1 on an error, such as no connection), so a deploy step can check first
   down        undo the most recent migration
   down --all  undo every migration
   --yes       down drops what the migrations created, rows included
               (0001_initial: every table, API keys too): say so to run it`;
+
+/** Not 1, which any failure exits with: a deploy step tells "migrate first" from "could not look". */
+const PENDING_EXIT_CODE = 3;
 
 runCli(USAGE, async (args, log) => {
   const [command = 'latest', ...rest] = args;
@@ -33,7 +36,7 @@ runCli(USAGE, async (args, log) => {
         return;
       }
       log(`${pending.length} pending: run \`npm run migrate\``);
-      return 1;
+      return PENDING_EXIT_CODE;
     }
     if (command === 'latest') {
       // Kysely's migrateToLatest calls a database a newer build migrated corrupted; prepareSchema uses it as it is (README "Migrations").

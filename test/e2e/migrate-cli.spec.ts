@@ -10,14 +10,14 @@ describe('npm run migrate', () => {
 
   const migrate = (...args: string[]) => runCommand('migrate', args, { DATABASE_URL: test.url });
 
-  it('status lists what is applied and what is pending (exit 1 while any is); down and latest move between them', async () => {
+  it('status lists what is applied and what is pending (exit 3 while any is); down and latest move between them', async () => {
     const current = await migrate('status');
     expect(current).toMatchObject({ code: 0, stderr: 'the schema is current for this build\n' });
     expect(current.stdout).toMatch(/^0001_initial {2}applied \d{4}-\d\d-\d\dT[\d:.]+Z\n0002_node_page_indexes {2}applied [\d:.TZ-]+\n$/);
 
     expect(await migrate('down', '--yes')).toMatchObject({ code: 0, stderr: 'reverted 0002_node_page_indexes\n' });
     expect(await migrate('status')).toMatchObject({
-      code: 1,
+      code: 3,
       stdout: expect.stringMatching(/^0001_initial {2}applied .*\n0002_node_page_indexes {2}pending\n$/),
       stderr: '1 pending: run `npm run migrate`\n',
     });
@@ -25,7 +25,7 @@ describe('npm run migrate', () => {
 
     expect(await migrate('down', '--all', '--yes')).toMatchObject({ code: 0, stderr: 'reverted 0002_node_page_indexes\nreverted 0001_initial\n' });
     expect(await migrate('status')).toMatchObject({
-      code: 1,
+      code: 3,
       stdout: '0001_initial  pending\n0002_node_page_indexes  pending\n',
       stderr: '2 pending: run `npm run migrate`\n',
     });
