@@ -8,6 +8,7 @@ import { ProjectId } from '../auth/project-id.decorator';
 import { TakesOtlp } from '../http/request-bodies';
 import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
+import { ONE_TRANSACTION, OneTransaction } from '../dbs/write-scope';
 import { METRICS_REGISTRY } from '../metrics/metrics.tokens';
 import { ObservabilityService } from '../observability/observability.service';
 import { TracingService } from '../tracing/tracing.service';
@@ -32,6 +33,7 @@ export class OtlpController {
   constructor(
     private readonly tracing: TracingService,
     private readonly observability: ObservabilityService,
+    @Inject(ONE_TRANSACTION) private readonly oneTransaction: OneTransaction,
     @Inject(APP_CONFIG) private readonly config: AppConfig,
     @Inject(METRICS_REGISTRY) registry: Registry,
   ) {
@@ -48,7 +50,7 @@ export class OtlpController {
   @ApiOperation({
     summary: 'Receive an OTLP/HTTP trace export (binary protobuf or OTLP/JSON)',
     description:
-      'Body: an ExportTraceServiceRequest. Every span is stored as a span and as an observability node; ' +
+      'Body: an ExportTraceServiceRequest. Every span is stored as a span and as an observability node, all in one transaction (an export that fails stores nothing); ' +
       'a retried export replaces what it wrote before. Invalid spans are refused and the others stored: the answer\'s ' +
       'partialSuccess gives how many were refused and why (a bad resource or scope refuses all of its spans). ' +
       'An export with nothing valid to store, or that cannot be read at all, is refused whole (400). ' +
@@ -85,10 +87,12 @@ export class OtlpController {
     // Nothing to store and something wrong: the export is refused, so its sender hears of it as an error.
     if (spans.length === 0 && rejected.length > 0) throw refusal(rejected);
 
-    // Spans, then nodes; both are upserts keyed by id, so if the second write
-    // fails the exporter's retry rewrites both and the two converge.
-    await this.tracing.createSpans(projectId, spans, { userId: null, upsert: true });
-    await this.observability.ingestNodes(projectId, nodes);
+    // Spans and nodes in one transaction: an export that fails (a 503 the exporter retries, or gives up on)
+    // stores neither, rather than spans without their nodes. Both are upserts keyed by id, so a retry rewrites them.
+    await this.oneTransaction(async () => {
+      await this.tracing.createSpans(projectId, spans, { userId: null, upsert: true });
+      await this.observability.ingestNodes(projectId, nodes);
+    });
     this.logger.debug({ projectId, spans: spans.length, traces: new Set(spans.map((s) => s.trace_id)).size, contentType }, 'otlp export stored');
 
     const partialSuccess = rejected.length > 0 ? this.partialSuccess(projectId, rejected, sent) : null;

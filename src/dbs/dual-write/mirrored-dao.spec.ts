@@ -1,3 +1,4 @@
+import { runInWriteScope, WriteScope } from '../write-scope';
 import { MirrorPlan, MirrorTarget, mirrorWrites, READS } from './mirrored-dao';
 
 interface Row {
@@ -145,6 +146,51 @@ describe('mirrorWrites', () => {
       const reported = cutOff.includes(error) ? [`outcome unknown spans.create ([{"id":1}]): ${error.message}`] : [];
       expect(events).toEqual(['started', ...reported, 'settled']);
     }
+  });
+
+  describe('inside a WriteScope (writes that commit together)', () => {
+    const inScope = async (write: (dao: FakeDao) => Promise<unknown>) => {
+      const recording = recordingMirror();
+      const scope = new WriteScope(null);
+      const dao = mirrorWrites(new FakeDao(), plan, recording.mirror);
+      const outcome = await runInWriteScope(scope, () => write(dao)).then(
+        () => 'resolved',
+        (error: Error) => error.message,
+      );
+      return { ...recording, scope, outcome };
+    };
+
+    it('hands the rows over once the scope has committed, and settles then', async () => {
+      const { events, inFlight, scope } = await inScope((dao) => dao.create([{ id: 1 }, { id: 2 }]));
+      expect(events).toEqual(['started']);
+      expect(inFlight()).toBe(1);
+      scope.end({ committed: true });
+      expect(events).toEqual(['started', 'accept 2', 'settled']);
+      expect(inFlight()).toBe(0);
+    });
+
+    it('hands nothing over when the scope rolls back', async () => {
+      const { events, scope } = await inScope((dao) => dao.create([{ id: 1 }]));
+      scope.end({ committed: false, unknown: false, error: new Error('a later write of the scope failed') });
+      expect(events).toEqual(['started', 'settled']);
+    });
+
+    it('reports a commit whose outcome is unknown, and hands nothing over', async () => {
+      const { events, scope } = await inScope((dao) => dao.create([{ id: 1 }]));
+      scope.end({ committed: false, unknown: true, error: new Error('Query read timeout') });
+      expect(events).toEqual(['started', 'outcome unknown spans.create ([{"id":1}]): Query read timeout', 'settled']);
+    });
+
+    it('a write that fails in a scope rolls it back: not reported as unknown, whatever the error', async () => {
+      const { events, outcome } = await inScope(async (dao) => {
+        dao.create = async () => {
+          throw new Error('Query read timeout');
+        };
+        return dao.create([{ id: 1 }]);
+      });
+      expect(outcome).toBe('Query read timeout');
+      expect(events).toEqual(['started', 'settled']);
+    });
   });
 
   it('a write that resolves to something other than its rows is counted as failed; the caller gets its result', async () => {

@@ -1,13 +1,15 @@
 import { GapRow } from '../clickhouse/gap-ledger';
 import { leavesCommitUnknown } from '../postgres/unavailable';
+import { currentWriteScope } from '../write-scope';
 
 /**
  * The dual-write decorator: one generic mechanism for every DAO port. It
  * forwards each call to the Postgres DAO unchanged and returns its result.
  * For the methods a MirrorPlan names as writes, once Postgres has committed
- * (the call resolved), it hands the committed rows to the mirror. Handing
- * over is synchronous and never throws into the caller: the mirror only
- * takes the rows, and any fault there is logged and counted, not propagated.
+ * (the call resolved; inside a WriteScope, the scope's transaction), it hands
+ * the committed rows to the mirror. Handing over is synchronous and never
+ * throws into the caller: the mirror only takes the rows, and any fault there
+ * is logged and counted, not propagated.
  */
 
 type Methods<T> = { [K in keyof T]: T[K] extends (...args: never[]) => unknown ? K : never }[keyof T];
@@ -74,25 +76,42 @@ export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: Mirro
       if (toRecord === undefined || toRecord === READS) return member.bind(target);
       return async (...args: unknown[]) => {
         const settled = mirror.started();
+        // Inside a WriteScope the call has not committed when it resolves: the scope's transaction commits later.
+        const scope = currentWriteScope();
+        // Every write method of a port takes the project first.
+        const outcomeUnknown = (error: unknown) => mirror.outcomeUnknown(plan.entity, String(property), args[0], error);
+        let settledLater = false;
         try {
           let result: unknown;
           try {
             result = await member.apply(target, args);
           } catch (error) {
-            // Every write method of a port takes the project first.
-            if (leavesCommitUnknown(error)) mirror.outcomeUnknown(plan.entity, String(property), args[0], error);
+            // In a scope, a failed write rolls the scope back: nothing of it can have committed.
+            if (!scope && leavesCommitUnknown(error)) outcomeUnknown(error);
             throw error;
           }
-          try {
-            if (!Array.isArray(result)) throw new Error(`${String(property)} resolved to ${typeof result}, not the rows it committed`);
-            mirror.accept(plan as MirrorPlan<unknown, Mirrored>, result, toRecord);
-          } catch (error) {
-            // The caller's write has committed and stands; the verifier finds what the mirror missed.
-            mirror.failed(plan.entity, error);
+          const handOver = () => {
+            try {
+              if (!Array.isArray(result)) throw new Error(`${String(property)} resolved to ${typeof result}, not the rows it committed`);
+              mirror.accept(plan as MirrorPlan<unknown, Mirrored>, result, toRecord);
+            } catch (error) {
+              // The caller's write has committed and stands; the verifier finds what the mirror missed.
+              mirror.failed(plan.entity, error);
+            }
+          };
+          if (!scope) {
+            handOver();
+          } else {
+            settledLater = true;
+            scope.onEnd((outcome) => {
+              if (outcome.committed) handOver();
+              else if (outcome.unknown) outcomeUnknown(outcome.error);
+              settled();
+            });
           }
           return result;
         } finally {
-          settled();
+          if (!settledLater) settled();
         }
       };
     },

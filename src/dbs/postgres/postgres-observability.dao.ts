@@ -5,6 +5,7 @@ import { NodePage, NodeQuery, ObservabilityDao, TreeTooLargeError } from '../../
 import { DB, NodeRow } from './database';
 import { selectAtMost } from './bounded-read';
 import { cursorTag, decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
+import { inTransaction } from './transactions';
 import { KYSELY } from './postgres.tokens';
 import { nodeFromRow, nodeToRow } from './node-row.mapper';
 import { inCallersOrder, inLockOrder, lockRows } from './lock-order';
@@ -40,7 +41,7 @@ export class PostgresObservabilityDao implements ObservabilityDao {
     if (nodes.length === 0) return [];
     // In the primary key's order, so concurrent ingests of the same nodes queue instead of deadlocking (lock-order.ts).
     const ordered = inLockOrder(nodes, nodeKey);
-    return this.db.transaction().execute(async (trx) => {
+    return inTransaction(this.db, async (trx) => {
       const stored: NodeRow[] = [];
       for (let i = 0; i < ordered.length; i += INSERT_CHUNK) {
         const rows = await trx
@@ -124,7 +125,7 @@ export class PostgresObservabilityDao implements ObservabilityDao {
   async deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]> {
     if (treeIds.length === 0) return [];
     // In a transaction, like every write: a delete the client gives up on is then never committed (see createPool).
-    return this.db.transaction().execute(async (trx) => {
+    return inTransaction(this.db, async (trx) => {
       // The tree's index finds its nodes in the order they sit on disk: lock them in key order first (lock-order.ts).
       // The ids as one array: an IN list binds one parameter per id, and Postgres takes at most 65,535.
       const ofTrees = sql<SqlBool>`tree_id = any(${treeIds}::uuid[])`;

@@ -11,6 +11,7 @@ import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { bytesToSpanId, DELETED_SPAN_COLUMNS, deletedSpanFromRow, spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
 import { inCallersOrder, inLockOrder, lockRows } from './lock-order';
 import { amongSpanKeys } from './span-keys';
+import { inTransaction } from './transactions';
 
 /** Postgres's parameter limit is 65535; a span row binds 20 values. */
 const INSERT_CHUNK = 1000;
@@ -42,7 +43,7 @@ export class PostgresTracingDao implements TracingDao {
   constructor(@Inject(KYSELY) private readonly db: Kysely<DB>) {}
 
   async createSpans(projectId: string, spans: SpanInput[], options: { userId: string | null; upsert: boolean }): Promise<Span[]> {
-    return this.db.transaction().execute(async (trx) => {
+    return inTransaction(this.db, async (trx) => {
       const stored = await this.insertInLockOrder(trx, projectId, spans, options);
       if (!options.upsert && stored.length < spans.length) {
         const created = new Set(stored.map(keyOf));
@@ -54,7 +55,7 @@ export class PostgresTracingDao implements TracingDao {
 
   async updateSpans(projectId: string, spans: SpanInput[], options: { userId: string | null }): Promise<Span[]> {
     if (spans.length === 0) return [];
-    return this.db.transaction().execute(async (trx) => {
+    return inTransaction(this.db, async (trx) => {
       const existing = await this.lockKeys(trx, projectId, spans);
       const missing = spans.filter((s) => !existing.has(keyOf(s)));
       if (missing.length) throw new SpansNotFoundError(missing.map(({ trace_id, span_id }) => ({ trace_id, span_id })));
@@ -107,7 +108,7 @@ export class PostgresTracingDao implements TracingDao {
    * gives up on is then never committed (see createPool).
    */
   private deleteInLockOrder(projectId: string, which: Expression<SqlBool>): Promise<DeletedSpan[]> {
-    return this.db.transaction().execute(async (trx) => {
+    return inTransaction(this.db, async (trx) => {
       await lockRows(trx, trx.selectFrom('spans').select('span_id').where('project_id', '=', projectId).where(which).orderBy('trace_id').orderBy('span_id'));
       const rows = await trx
         .deleteFrom('spans')
