@@ -7,6 +7,11 @@ import { AsyncLocalStorage } from 'node:async_hooks';
  * own (see inTransaction, src/dbs/postgres/transactions.ts), and what must
  * wait for the commit (the mirror's hand-over of committed rows) waits for
  * the scope's, and hears how it ended.
+ *
+ * Inside a scope, a write that fails must fail the scope: caught and gone
+ * past, its rows would stay in the transaction (it no longer rolls back on
+ * its own) and never reach the mirror. Reads are not scoped: they run on
+ * connections of their own and do not see the scope's uncommitted writes.
  */
 export class WriteScope {
   private readonly listeners: Array<(outcome: ScopeOutcome) => void> = [];
@@ -18,8 +23,17 @@ export class WriteScope {
     this.listeners.push(listener);
   }
 
+  /** Every listener runs, whatever another throws; the first fault is thrown after them (a bug, not an outcome). */
   end(outcome: ScopeOutcome): void {
-    for (const listener of this.listeners.splice(0)) listener(outcome);
+    let fault: { error: unknown } | null = null;
+    for (const listener of this.listeners.splice(0)) {
+      try {
+        listener(outcome);
+      } catch (error) {
+        fault ??= { error };
+      }
+    }
+    if (fault) throw fault.error;
   }
 }
 

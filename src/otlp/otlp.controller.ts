@@ -89,10 +89,13 @@ export class OtlpController {
 
     // Spans and nodes in one transaction: an export that fails (a 503 the exporter retries, or gives up on)
     // stores neither, rather than spans without their nodes. Both are upserts keyed by id, so a retry rewrites them.
-    await this.oneTransaction(async () => {
-      await this.tracing.createSpans(projectId, spans, { userId: null, upsert: true });
-      await this.observability.ingestNodes(projectId, nodes);
-    });
+    // An empty export (an SDK's flush with nothing in it) touches no database, so it is answered while Postgres is down.
+    if (spans.length > 0) {
+      await this.oneTransaction(async () => {
+        await this.tracing.createSpans(projectId, spans, { userId: null, upsert: true });
+        await this.observability.ingestNodes(projectId, nodes);
+      });
+    }
     this.logger.debug({ projectId, spans: spans.length, traces: new Set(spans.map((s) => s.trace_id)).size, contentType }, 'otlp export stored');
 
     const partialSuccess = rejected.length > 0 ? this.partialSuccess(projectId, rejected, sent) : null;

@@ -1,4 +1,5 @@
 import { sql } from 'kysely';
+import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { inOneTransaction, inTransaction } from '../../src/dbs/postgres/transactions';
 import { currentWriteScope, ScopeOutcome } from '../../src/dbs/write-scope';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
@@ -42,6 +43,39 @@ describe('inOneTransaction', () => {
     expect(outcomes).toEqual([{ committed: false, unknown: false, error }]);
     expect(await stored()).toEqual([1, 2]);
   });
+
+  it('nested inside another, joins it: one commit for both', async () => {
+    const { error, outcomes } = await watched(async () => {
+      await insert(5);
+      await inOneTransaction(test.db, async () => insert(6));
+      await insert(5); // a duplicate key: the inner write goes too
+    });
+    expect(error?.message).toMatch(/duplicate key/);
+    expect(outcomes).toEqual([{ committed: false, unknown: false, error }]);
+    expect(await stored()).toEqual([1, 2]);
+  });
+
+  it('says the outcome is unknown when the client gives up on the COMMIT, which then lands', async () => {
+    // A deferred trigger makes the COMMIT itself slow (as a synchronous standby would), past the client's timeout.
+    await sql`create table slow_commit (id int primary key)`.execute(test.db);
+    await sql`create function sleep_at_commit() returns trigger language plpgsql as $$ begin perform pg_sleep(1.5); return null; end $$`.execute(test.db);
+    await sql`create constraint trigger sleep_at_commit after insert on slow_commit deferrable initially deferred for each row execute function sleep_at_commit()`.execute(test.db);
+    const impatient = createKysely(createPool(test.url, 2, { statementTimeoutMs: 0, clientTimeoutMs: 500 }));
+    try {
+      const outcomes: ScopeOutcome[] = [];
+      const error = await inOneTransaction(impatient, async () => {
+        currentWriteScope()!.onEnd((outcome) => outcomes.push(outcome));
+        await inTransaction(impatient, (trx) => sql`insert into slow_commit values (1)`.execute(trx));
+      }).then(() => null, (e: Error) => e);
+      expect(error).not.toBeNull();
+      expect(outcomes).toEqual([{ committed: false, unknown: true, error }]);
+      // And it did commit, once the server got there.
+      await new Promise((done) => setTimeout(done, 2_000));
+      expect((await sql<{ n: number }>`select count(*)::int as n from slow_commit`.execute(test.db)).rows[0].n).toBe(1);
+    } finally {
+      await impatient.destroy();
+    }
+  }, 30_000);
 
   it('outside a scope, each write is its own transaction', async () => {
     expect(currentWriteScope()).toBeUndefined();

@@ -104,9 +104,12 @@ export function mirrorWrites<Dao extends object, Mirrored>(dao: Dao, plan: Mirro
           } else {
             settledLater = true;
             scope.onEnd((outcome) => {
-              if (outcome.committed) handOver();
-              else if (outcome.unknown) outcomeUnknown(outcome.error);
-              settled();
+              try {
+                if (outcome.committed) handOver();
+                else if (outcome.unknown) outcomeUnknown(outcome.error);
+              } finally {
+                settled();
+              }
             });
           }
           return result;

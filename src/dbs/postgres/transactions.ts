@@ -19,20 +19,24 @@ export function inTransaction<T>(db: Kysely<DB>, work: (trx: Transaction<DB>) =>
  * rolled back, or a COMMIT that failed without saying whether it landed.
  */
 export async function inOneTransaction<T>(db: Kysely<DB>, work: () => Promise<T>): Promise<T> {
+  // Already inside one: the work joins it (a second transaction would commit apart, and wait on its locks).
+  if (currentWriteScope()) return work();
   let scope: WriteScope | undefined;
   let workDone = false;
+  let result: T;
   try {
-    const result = await db.transaction().execute(async (trx) => {
+    result = await db.transaction().execute(async (trx) => {
       scope = new WriteScope(trx);
       const value = await runInWriteScope(scope, work);
       workDone = true;
       return value;
     });
-    scope?.end({ committed: true });
-    return result;
   } catch (error) {
     // A failure inside the work rolled the transaction back; only one at its COMMIT leaves the outcome open.
     scope?.end({ committed: false, unknown: workDone && leavesCommitUnknown(error), error });
     throw error;
   }
+  scope?.end({ committed: true });
+  return result;
 }
+

@@ -59,8 +59,12 @@ export function serverWentAway(error: unknown): boolean {
 
 /** Socket errors on a connection that had reached the server: what it sent last may have been a COMMIT. */
 const CUT_OFF_CODES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', '57P01', '57P02']);
-/** pg's words for a connection lost or given up once in use (not one that never connected). */
-const CUT_OFF_MESSAGES = [/Connection terminated/i, /Query read timeout/i, /Client has encountered a connection error/i];
+/**
+ * pg's words for a connection lost or given up once in use (not one that never connected). A transaction
+ * given up on reports the ROLLBACK Kysely then tries on the closed client: "Client was closed and is not
+ * queryable" hides the COMMIT's own "Query read timeout".
+ */
+const CUT_OFF_MESSAGES = [/Connection terminated/i, /Query read timeout/i, /Client has encountered a connection error/i, /Client was closed and is not queryable/i];
 
 /**
  * A write failed in a way that does not say whether Postgres committed it:
