@@ -11,6 +11,22 @@ import { runApiUntilExit, startApiProcess } from '../support/api-process';
 import { freePort } from '../support/free-port';
 import { createTestDatabase } from '../support/postgres';
 
+/** A fresh database in `encoding` on the run's Postgres (its URL, with the admin's credentials), dropped afterwards. */
+async function withDatabaseEncoded(encoding: string, use: (url: URL) => Promise<void>): Promise<void> {
+  const admin = new Client({ connectionString: process.env.TEST_PG_ADMIN_URL });
+  await admin.connect();
+  const name = `${encoding.toLowerCase()}_${process.pid}_${Date.now()}`;
+  try {
+    await admin.query(`create database ${name} encoding '${encoding}' lc_collate 'C' lc_ctype 'C' template template0`);
+    const url = new URL(process.env.TEST_PG_ADMIN_URL!);
+    url.pathname = `/${name}`;
+    await use(url);
+  } finally {
+    await admin.query(`drop database if exists ${name} with (force)`);
+    await admin.end();
+  }
+}
+
 /**
  * A start the API must refuse, as an operator meets it: `node main.js` on the
  * embedded default, here with a data directory and port of its own. It exits
@@ -56,13 +72,7 @@ describe('the API refusing to start', () => {
   });
 
   it('on a database not encoded in UTF8: one line saying what to use', async () => {
-    const admin = new Client({ connectionString: process.env.TEST_PG_ADMIN_URL });
-    await admin.connect();
-    const name = `latin1_${process.pid}_${Date.now()}`;
-    try {
-      await admin.query(`create database ${name} encoding 'LATIN1' lc_collate 'C' lc_ctype 'C' template template0`);
-      const url = new URL(process.env.TEST_PG_ADMIN_URL!);
-      url.pathname = `/${name}`;
+    await withDatabaseEncoded('LATIN1', async (url) => {
       const run = await runApiUntilExit({ DATABASE_URL: url.toString() });
       expect(run.code).toBe(1);
       url.password = '***';
@@ -70,10 +80,7 @@ describe('the API refusing to start', () => {
         `tracing-api did not start: the Postgres database at ${url.toString()} is encoded LATIN1, which cannot hold every text a span may carry: ` +
           "use a database created with ENCODING 'UTF8'",
       );
-    } finally {
-      await admin.query(`drop database if exists ${name} with (force)`);
-      await admin.end();
-    }
+    });
   });
 
   it('on a port another process holds: one line naming it', async () => {
@@ -127,13 +134,7 @@ describe('the API refusing to start', () => {
  */
 describe('the API on a SQL_ASCII database', () => {
   it('starts with a warning, and stores and reads back text beyond ASCII', async () => {
-    const admin = new Client({ connectionString: process.env.TEST_PG_ADMIN_URL });
-    await admin.connect();
-    const name = `sql_ascii_${process.pid}_${Date.now()}`;
-    try {
-      await admin.query(`create database ${name} encoding 'SQL_ASCII' lc_collate 'C' lc_ctype 'C' template template0`);
-      const url = new URL(process.env.TEST_PG_ADMIN_URL!);
-      url.pathname = `/${name}`;
+    await withDatabaseEncoded('SQL_ASCII', async (url) => {
       const api = await startApiProcess({ DATABASE_URL: url.toString(), LOG_LEVEL: 'warn' });
       try {
         expect(api.logs()).toContain('is encoded SQL_ASCII: it stores text as bytes, unchecked');
@@ -147,9 +148,6 @@ describe('the API on a SQL_ASCII database', () => {
       } finally {
         await api.stop(10_000);
       }
-    } finally {
-      await admin.query(`drop database if exists ${name} with (force)`);
-      await admin.end();
-    }
+    });
   }, 90_000);
 });

