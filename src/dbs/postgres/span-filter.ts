@@ -50,8 +50,9 @@ function negate(expression: RawBuilder<SqlBool>): RawBuilder<SqlBool> {
 
 const COMPARISONS = { eq: '=', neq: '<>', gt: '>', lt: '<', gte: '>=', lte: '<=' } as const;
 
-function comparison(lhs: Sql, operator: keyof typeof COMPARISONS, rhs: Sql): RawBuilder<SqlBool> {
-  return known(sql`${lhs} ${sql.raw(COMPARISONS[operator])} ${rhs}`);
+/** `lhs op rhs`, two-valued by `twoValued` (coalesce to false, unless the caller knows no side can be null). */
+function comparison(lhs: Sql, operator: keyof typeof COMPARISONS, rhs: Sql, twoValued = known): RawBuilder<SqlBool> {
+  return twoValued(sql`${lhs} ${sql.raw(COMPARISONS[operator])} ${rhs}`);
 }
 
 /**
@@ -79,7 +80,7 @@ function columnCondition(column: Sql, kind: Exclude<FieldKind, 'json'>, c: Condi
     case 'lt':
     case 'gte':
     case 'lte':
-      return twoValued(sql`${lhs} ${sql.raw(COMPARISONS[c.operator])} ${one(c.value)}`);
+      return comparison(lhs, c.operator, one(c.value), twoValued);
     case 'btwn': {
       const [low, high] = c.value as unknown[];
       return twoValued(sql`${lhs} between ${one(low)} and ${one(high)}`);

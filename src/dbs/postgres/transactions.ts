@@ -39,4 +39,3 @@ export async function inOneTransaction<T>(db: Kysely<DB>, work: () => Promise<T>
   scope?.end({ committed: true });
   return result;
 }
-
