@@ -85,9 +85,8 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   const adminUrl = localPostgresUrl(options.port, 'postgres');
   /**
    * A server another process started: held for this one from the moment it answers, so it is not stopped
-   * under it. Undefined when it stopped all the same: its starter looked for other sessions just before
-   * our hold arrived, and went on to stop it. Left: that stop landing after ensureDatabase (the same few
-   * milliseconds' window) fails this process's next statement instead.
+   * under it (see STOP_LOCK). Undefined when it stops all the same: the hold came too late, and the server
+   * went away before ensureDatabase was done.
    */
   const joined = async (release: () => void): Promise<ResolvedPostgres | undefined> => {
     try {
@@ -140,14 +139,21 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
   const stop = async ({ evenIfInUse = false } = {}) => {
     // Another process may have joined the server since (the API, started while a backfill ran): stopping it
     // would fail that process's every request. Leave it to them; the keeper stops it once they are done.
-    const others = evenIfInUse ? 0 : await otherSessions(adminUrl).catch(() => 0);
-    if (others > 0 && childRunning(postmaster)) {
+    // A server that cannot be asked is stopped all the same.
+    const claim = evenIfInUse ? undefined : await claimStopOf(adminUrl).catch(() => undefined);
+    if (claim && !claim.claimed && childRunning(postmaster)) {
+      const { others } = claim;
       log(`embedded PostgreSQL left running on 127.0.0.1:${options.port}: ${counted(others, 'session')} of other processes use${others === 1 ? 's' : ''} it; it stops once none does`);
       postmaster.unref();
       (postmaster.stderr as Socket | null)?.unref();
       return;
     }
-    if (await stopPostmaster(postmaster, log)) log(`embedded PostgreSQL on 127.0.0.1:${options.port} stopped`);
+    try {
+      if (await stopPostmaster(postmaster, log)) log(`embedded PostgreSQL on 127.0.0.1:${options.port} stopped`);
+    } finally {
+      // Held until now: the claim's session ends with the server (or here, when it is left to the keeper).
+      await claim?.end();
+    }
   };
   try {
     await ensureDatabase(options.port, options.database);
@@ -281,15 +287,16 @@ const RETAKE_HOLD_MS = 1_000;
 
 /**
  * Holds a server another process started for as long as this process runs,
- * or until the returned release: one idle session, named for this process.
+ * or until the returned release: one idle session, named for this process,
+ * holding STOP_LOCK shared.
  * Its connection closes when this process ends, however it ends. Pools close
  * idle connections (pg's after 10 s), so without it an idle API that had
  * joined the server looked unused and was stopped under it. A hold the
  * server ends (a backend's crash restarts the server, ending every session)
  * is taken again, each second until it answers, for the same reason.
- * Undefined when nothing answers.
+ * Undefined when nothing answers, or the server is being stopped.
  */
-async function holdServer(adminUrl: string): Promise<(() => void) | undefined> {
+export async function holdServer(adminUrl: string): Promise<(() => void) | undefined> {
   let released = false;
   let held: Client | undefined;
   const take = async (): Promise<Client | undefined> => {
@@ -304,7 +311,9 @@ async function holdServer(adminUrl: string): Promise<(() => void) | undefined> {
     client.on('error', () => undefined);
     try {
       await client.connect();
-      await client.query('select 1');
+      // Refused while a stop is claimed: the server is on its way down, and holding it would not keep it.
+      const { rows } = await client.query<{ held: boolean }>(`select pg_try_advisory_lock_shared(${STOP_LOCK}) as held`);
+      if (!rows[0].held) throw new Error('stopping');
     } catch {
       await client.end().catch(() => undefined);
       return undefined;
@@ -347,13 +356,49 @@ export async function sessionsOfOtherProcesses(client: Client): Promise<number> 
   return rows[0].n;
 }
 
-async function otherSessions(adminUrl: string): Promise<number> {
+/**
+ * The stop lock (a session advisory lock, in the `postgres` database, where
+ * holds and stops connect): the decision to stop the server, made on the
+ * server itself. Every hold takes it shared (holdServer); a process about to
+ * stop the server, its starter or its keeper, takes it exclusive and keeps it
+ * until the server ends that session. Once it is claimed no process can join,
+ * and while any process holds the server it cannot be claimed. A count of
+ * sessions alone left a window: a process that joined between the count and
+ * the stop had its next statement fail ("terminating connection due to
+ * administrator command"), as two `npm run migrate` started at once did.
+ */
+const STOP_LOCK = `hashtextextended('tracing-api: embedded PostgreSQL stops', 0)`;
+
+/**
+ * Claims the stop on `client`'s session when no process holds the server
+ * and no other process has a session on it (a client of its own, psql, an
+ * API given the server's URL: they hold no lock). Claimed, the lock stays
+ * with the session: stop the server, which ends it. Not claimed, the lock is
+ * let go again. `others`: the other processes' sessions seen (a hold counts).
+ */
+export async function claimStop(client: Client): Promise<{ claimed: boolean; others: number }> {
+  const { rows } = await client.query<{ locked: boolean }>(`select pg_try_advisory_lock(${STOP_LOCK}) as locked`);
+  const others = await sessionsOfOtherProcesses(client);
+  if (rows[0].locked && others === 0) return { claimed: true, others };
+  if (rows[0].locked) await client.query(`select pg_advisory_unlock(${STOP_LOCK})`);
+  // Not locked: a hold has it, which is a session of another process (a process never holds the server it started).
+  return { claimed: false, others: Math.max(others, 1) };
+}
+
+/** claimStop on a session of its own, which `end` closes (after the stop, when claimed). */
+async function claimStopOf(adminUrl: string): Promise<{ claimed: boolean; others: number; end: () => Promise<void> }> {
   const client = new Client({ connectionString: adminUrl, connectionTimeoutMillis: 2_000 });
-  await client.connect();
+  // The stop ends this session: the server's notice arrives as an 'error' event, which must not crash this process.
+  client.on('error', () => undefined);
+  const end = () => client.end().catch(() => undefined);
   try {
-    return await sessionsOfOtherProcesses(client);
-  } finally {
-    await client.end().catch(() => undefined);
+    await client.connect();
+    const claim = await claimStop(client);
+    if (!claim.claimed) await end();
+    return { ...claim, end };
+  } catch (error) {
+    await end();
+    throw error;
   }
 }
 

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { processAlive, processStartTime } from '../process-alive';
-import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } from './local-postgres';
+import { claimStop, KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } from './local-postgres';
 
 /**
  * The owner of an embedded PostgreSQL once the process that started it has
@@ -10,7 +10,8 @@ import { KEEPER_APPLICATION_NAME, localPostgresUrl, sessionsOfOtherProcesses } f
  * backfill's server, or a command interrupted (process.exit), crashed or
  * killed with -9. It stops the server once no other process has a session on
  * it. Every process that joins the server holds a session on it while it runs
- * (see startLocalPostgres), so none left means nobody uses it. While the
+ * (see startLocalPostgres), so none left means nobody uses it; the stop is
+ * claimed on the server (claimStop) so that none joins as it stops. While the
  * starter runs, the starter decides (it stops the server when it ends).
  * Started, detached, with the server. Arguments: <port> <postmaster pid>
  * <starter pid> <data directory> [<postmaster start time>, as
@@ -76,6 +77,12 @@ async function main(): Promise<void> {
       }
       quietSince ??= Date.now();
       if (Date.now() - quietSince < QUIET_MS) continue;
+      // Decided on the server: a process joining from now on is refused, and one that joined since the look
+      // keeps it running. Claimed, the lock stays with this session until the stop ends it.
+      if (!(await claimStop(client)).claimed) {
+        quietSince = undefined;
+        continue;
+      }
     } catch (error) {
       await client?.end().catch(() => undefined);
       client = undefined;
