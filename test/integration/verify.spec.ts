@@ -336,19 +336,25 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
 });
 
 describe('verify with CLICKHOUSE_TTL_DAYS (real Postgres and ClickHouse)', () => {
-  it('compares from the oldest day the TTL keeps whole', () => {
+  it('compares from the oldest day the TTL keeps whole for six hours more', () => {
     const now = new Date('2026-12-03T16:45:00Z');
     // Rows of 2026-11-25 before 16:45 are 8 days old: that day is no longer whole, the next one is.
     expect(retainedFrom(8, now)).toBe('2026-11-26T00:00:00.000000Z');
     expect(retainedFrom(8, new Date('2026-12-03T00:00:00Z'))).toBe('2026-11-26T00:00:00.000000Z');
+    // 2026-11-26's rows start expiring at midnight: a verify from 18:00 on could see them go under it.
+    expect(retainedFrom(8, new Date('2026-12-03T17:59:59Z'))).toBe('2026-11-26T00:00:00.000000Z');
+    expect(retainedFrom(8, new Date('2026-12-03T18:00:00Z'))).toBe('2026-11-27T00:00:00.000000Z');
+    expect(retainedFrom(8, new Date('2026-12-03T23:50:00Z'))).toBe('2026-11-27T00:00:00.000000Z');
   });
 
   it('leaves out the days ClickHouse has expired, and finds differences in the days it keeps', async () => {
-    // The seeded history is 40 to 36 days old; a 38-day TTL expires its first two days and part of the third.
+    // The seeded history is 40 to 35 days old; a 38-day TTL expires its first two days and part of the third,
+    // and leaves two or three whole days to compare (two from 18:00 UTC on, when the oldest of them has less
+    // than six hours left).
     const [pg, ch] = await Promise.all([createTestDatabase(), createTestClickHouse({ ttlDays: 38 })]);
     try {
       const history = new ClickHouseHistory(ch.clients, { url: ch.url, database: ch.database });
-      await seedSpans(pg.db, { projects: [P1], days: 5, rows: 2_000 });
+      await seedSpans(pg.db, { projects: [P1], days: 6, rows: 2_000 });
       await new Backfill(pg, history).run(SCOPES[0]);
       // TTL removes rows at merges; a final merge applies it now.
       await ch.clients.query.command({ query: 'OPTIMIZE TABLE spans FINAL', clickhouse_settings: { wait_end_of_query: 1 } });

@@ -76,13 +76,23 @@ export interface VerifyOptions {
 }
 
 /**
- * The start of the oldest UTC day whose rows are all younger than the TTL:
- * rows of older days may be gone from ClickHouse (its TTL removes them at
- * its next merge), so those days cannot be compared.
+ * How long every day verify compares must stay whole after it starts. The
+ * oldest whole day starts expiring at the next UTC midnight: a verify begun
+ * at 23:50, or on a machine whose clock is behind ClickHouse's, saw rows of
+ * it go (a TTL merge) between its passes, and reported them as differences,
+ * or "repaired" them only to see them go again.
+ */
+const RETENTION_MARGIN_MS = 6 * 3_600_000;
+
+/**
+ * The start of the oldest UTC day whose rows are all younger than the TTL,
+ * and stay so for RETENTION_MARGIN_MS more: rows of older days may be gone
+ * from ClickHouse (its TTL removes them at its next merge), so those days
+ * cannot be compared.
  */
 export function retainedFrom(ttlDays: number, now: Date): string {
   const DAY = 86_400_000;
-  const oldestKept = now.getTime() - ttlDays * DAY;
+  const oldestKept = now.getTime() + RETENTION_MARGIN_MS - ttlDays * DAY;
   return `${new Date((Math.floor(oldestKept / DAY) + 1) * DAY).toISOString().slice(0, 10)}T00:00:00.000000Z`;
 }
 
