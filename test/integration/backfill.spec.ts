@@ -98,6 +98,42 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(nodesAgain.upperBound > nodes.upperBound).toBe(true);
   });
 
+  // A checkpoint counts rows in the table it copied into: taken into a table made again (or another server's),
+  // "already complete" or a resume left everything before it out, and only a verify would have said so.
+  it('starts a run over, saying why, when its table in ClickHouse is not the one its checkpoint copied into', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 2, rows: 3_000 });
+    const lines: string[] = [];
+    const backfill = new Backfill(pg, history, (line) => lines.push(line));
+    const remakeSpans = async () => {
+      for (const query of ['RENAME TABLE spans TO spans_before', 'CREATE TABLE spans AS spans_before', 'DROP TABLE spans_before']) {
+        await ch.clients.query.command({ query, clickhouse_settings: { wait_end_of_query: 1 } });
+      }
+    };
+    const first = await history.tableIdentity('spans');
+    expect(first).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-/);
+    expect(await backfill.run(ALL_SPANS)).toMatchObject({ outcome: 'complete', rowsCopied: 3_000 });
+
+    await remakeSpans();
+    expect(await history.tableIdentity('spans')).not.toBe(first);
+    expect(await backfill.run(ALL_SPANS)).toMatchObject({ outcome: 'complete', rowsCopied: 3_000, totalRowsCopied: 3_000, resumed: false });
+    expect(lines).toContainEqual(expect.stringMatching(/^backfill spans: run "spans project=\* since=- until=-" copied 3000 rows into another ClickHouse table spans \(uuid .+; now .+: made again, or another server\): starting it over$/));
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(3_000);
+    // The same table again: complete, as before.
+    expect(await backfill.run(ALL_SPANS)).toMatchObject({ outcome: 'already-complete' });
+
+    // A run cut short, then resumed into a table made again: from the first row, not from its cursor.
+    const failing = new ClickHouseHistory(ch.clients, { url: ch.url, database: ch.database });
+    let inserts = 0;
+    failing.insertTabSeparated = async (...args) => {
+      if (++inserts === 2) throw new Error('ClickHouse went away');
+      return history.insertTabSeparated(...args);
+    };
+    await expect(new Backfill(pg, failing).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20, restart: true })).rejects.toThrow('went away');
+    await remakeSpans();
+    expect(await backfill.run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).toMatchObject({ rowsCopied: 3_000, totalRowsCopied: 3_000, resumed: false });
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(3_000);
+  });
+
   it('ends and copies everything when more rows than a batch share one created_at', async () => {
     await seedSpans(pg.db, { projects: [P1, P2], days: 1, rows: 5_000, createdAt: '2026-10-01T12:00:00.000001Z' });
     const result = await new Backfill(pg, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
@@ -388,7 +424,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
   it('moves a checkpoint, or marks it complete, only for the session holding that run\'s lock, not any advisory lock of the same pid', async () => {
     const checkpoints = new BackfillCheckpointsRepository(pg.db);
     const runKey = runKeyOf(ALL_SPANS);
-    await checkpoints.start(runKey, ALL_SPANS);
+    await checkpoints.start(runKey, ALL_SPANS, null);
     const other = new Client({ connectionString: pg.url });
     await other.connect();
     try {

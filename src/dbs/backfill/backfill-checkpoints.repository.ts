@@ -8,6 +8,11 @@ export type CheckpointStatus = 'running' | 'complete';
 export interface CheckpointScope extends HistoryScope {
   /** Postgres now() when the run started: rows created later are the live mirror's. */
   upperBound: string;
+  /**
+   * The ClickHouse table the run copies into (ClickHouseHistory.tableIdentity); absent in checkpoints of
+   * earlier versions, and where the table has no identity. A run is only resumed into the same table.
+   */
+  target?: string;
 }
 
 /** Another process is running the same scope right now. */
@@ -58,10 +63,10 @@ export class BackfillCheckpointsRepository {
     };
   }
 
-  /** Starts (or restarts) a run from the beginning with a new upper bound, Postgres's now(). */
-  async start(runKey: string, scope: HistoryScope): Promise<Checkpoint> {
+  /** Starts (or restarts) a run from the beginning with a new upper bound, Postgres's now(), copying into `target`. */
+  async start(runKey: string, scope: HistoryScope, target: string | null): Promise<Checkpoint> {
     const { rows } = await sql<{ now: string }>`select now() as now`.execute(this.db);
-    const full: CheckpointScope = { ...scope, upperBound: rows[0].now };
+    const full: CheckpointScope = { ...scope, upperBound: rows[0].now, ...(target === null ? {} : { target }) };
     await this.db
       .insertInto('backfill_checkpoints')
       .values({ run_key: runKey, entity: scope.entity, scope: JSON.stringify(full), cursor: null, rows_copied: 0, status: 'running' })

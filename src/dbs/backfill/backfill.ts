@@ -119,7 +119,7 @@ export class Backfill {
   async restart(scopes: HistoryScope[]): Promise<void> {
     const holding = async (from: number): Promise<void> => {
       if (from < scopes.length) return this.checkpoints.withRunLock(runKeyOf(scopes[from]), () => holding(from + 1));
-      for (const scope of scopes) await this.checkpoints.start(runKeyOf(scope), scope);
+      for (const scope of scopes) await this.checkpoints.start(runKeyOf(scope), scope, await this.targetOf(scope));
     };
     await holding(0);
   }
@@ -128,12 +128,14 @@ export class Backfill {
     const runKey = runKeyOf(scope);
     return this.checkpoints.withRunLock(runKey, async (lock) => {
       const startedAt = Date.now();
-      const existing = await this.checkpoints.find(runKey);
+      const target = await this.targetOf(scope);
+      const found = await this.checkpoints.find(runKey);
+      const existing = found && this.intoSameTable(found, target) ? found : undefined;
       if (existing?.status === 'complete' && !options.restart) {
         return this.result(existing, 'already-complete', { rows: 0, batches: 0, startedAt, resumed: false, resumedFrom: null });
       }
       const resumed = existing?.status === 'running' && !options.restart;
-      const checkpoint = resumed ? existing : await this.checkpoints.start(runKey, scope);
+      const checkpoint = resumed ? existing : await this.checkpoints.start(runKey, scope, target);
       // Without a cursor (just started over by restart(), or cut short before its first checkpoint) it begins at the first row.
       if (checkpoint.cursor) {
         this.log(
@@ -148,6 +150,25 @@ export class Backfill {
       const finished = (await this.checkpoints.find(runKey))!;
       return this.result(finished, 'complete', { ...copied, startedAt, resumed, resumedFrom: resumed ? checkpoint.cursor : null });
     });
+  }
+
+  private targetOf(scope: HistoryScope): Promise<string | null> {
+    return this.clickhouse.tableIdentity(historyOf(scope.entity).table);
+  }
+
+  /**
+   * Whether the checkpoint's rows went into the table the run would copy into now. A checkpoint made
+   * before the table was made again (dropped and migrated, or CLICKHOUSE_URL pointing at another server)
+   * counts rows that table does not hold: resumed, or taken as complete, it left them out for good.
+   */
+  private intoSameTable(checkpoint: Checkpoint, target: string | null): boolean {
+    const before = checkpoint.scope.target;
+    if (before === undefined || target === null || before === target) return true;
+    this.log(
+      `backfill ${checkpoint.scope.entity}: run "${checkpoint.runKey}" copied ${checkpoint.rowsCopied} rows into another ` +
+        `ClickHouse table ${historyOf(checkpoint.scope.entity).table} (uuid ${before}; now ${target}: made again, or another server): starting it over`,
+    );
+    return false;
   }
 
   private async copy(

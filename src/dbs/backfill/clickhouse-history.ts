@@ -141,6 +141,24 @@ export class ClickHouseHistory {
   }
 
   /**
+   * The identity of `table` on this server: its UUID, which a table made
+   * again (dropped and migrated, or on another server) does not keep. Null
+   * where the database gives tables none (an Ordinary one: all zeros).
+   */
+  async tableIdentity(table: Entity): Promise<string | null> {
+    const rows = await this.answered(async () => {
+      const result = await this.query.query({
+        query: 'SELECT toString(uuid) AS uuid FROM system.tables WHERE database = {database:String} AND name = {table:String}',
+        query_params: { database: this.where.database, table },
+        format: 'JSONEachRow',
+      });
+      return result.json<{ uuid: string }>();
+    });
+    const uuid = rows[0]?.uuid;
+    return uuid && !/^[0-]+$/.test(uuid) ? uuid : null;
+  }
+
+  /**
    * The TTL in days (0: none) the tables of `entities` have, which is what
    * expires rows in ClickHouse, whatever CLICKHOUSE_TTL_DAYS says in the
    * shell that runs verify. Tables that disagree, or a TTL that
