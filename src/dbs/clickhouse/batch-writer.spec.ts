@@ -515,6 +515,29 @@ describe('BatchWriter', () => {
       expect(writer.stats()).toMatchObject({ breaker: 'closed', rowsSent: 2, rowsDropped: 0 });
     });
 
+    // The reset was only for the batch whose own failure opened the breaker: a batch of the other table, waiting
+    // out its backoff then, kept the attempts it had used, and one more failure after the outage made it a gap.
+    it('gives a batch its full attempts after the outage when the other table\'s failure opened the breaker while it waited to retry', async () => {
+      const { sink, writer, clock, gaps } = setup({ ...heldByBreaker(3), baseBackoffMs: 50, maxBackoffMs: 50 });
+      // nodes fails twice (one attempt short of its three), then spans fails once and the breaker opens.
+      // Once the pings answer, spans (the first waiting) probes and goes through; nodes's next insert fails once more.
+      const refused = { reject: networkError('ECONNREFUSED') };
+      sink.behaviours.push(refused, refused, refused, 'ok', refused);
+      writer.write(rows(1, 2, { table: 'nodes' }));
+      for (let i = 0; i < 10 && sink.attempts.length < 2; i++) await clock.advance(10);
+      expect(sink.attempts.map((call) => call.table)).toEqual(['nodes', 'nodes']);
+      writer.write(rows(3, 2));
+      await clock.advance(1);
+      expect(sink.attempts.map((call) => call.table)).toEqual(['nodes', 'nodes', 'spans']);
+      expect(writer.stats().breaker).toBe('open');
+
+      await clock.advance(5000);
+      expect(sink.attempts.map((call) => call.table)).toEqual(['nodes', 'nodes', 'spans', 'spans', 'nodes', 'nodes']);
+      expect(gaps.recorded).toEqual([]);
+      expect(sink.sentLines().sort()).toEqual([...rows(1, 2, { table: 'nodes' }), ...rows(3, 2)].map((r) => r.line).sort());
+      expect(writer.stats()).toMatchObject({ breaker: 'closed', rowsSent: 4, rowsDropped: 0 });
+    });
+
     it('records a held batch as a gap once it has failed maxAttempts more times after probes ClickHouse answered', async () => {
       const { sink, writer, clock, gaps } = setup(heldByBreaker(3));
       // Pings answer, inserts of this batch time out: the server is up, and the batch must not hold the queue for ever.

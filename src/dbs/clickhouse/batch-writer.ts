@@ -98,6 +98,8 @@ interface Batch {
   /** Fixed when the batch is cut and reused on every retry, so ClickHouse drops a repeated insert. */
   dedupToken: string;
   attempts: number;
+  /** The breaker's openings (BreakerGate.openings) as of this batch's last attempt. */
+  openingsSeen: number;
   /** Sent or turned into a gap; whichever happens first counts, exactly once. */
   settled: boolean;
 }
@@ -459,6 +461,7 @@ export class BatchWriter {
       rows,
       dedupToken: randomUUID(),
       attempts: 0,
+      openingsSeen: this.gate.openings,
       settled: false,
     };
   }
@@ -489,6 +492,9 @@ export class BatchWriter {
       // The ping may answer after the shutdown deadline turned this batch into a gap and released its rows.
       if (this.stopped || batch.settled) return;
 
+      // Another sender's failure opened the breaker since this batch's last attempt (a batch of the other
+      // table, while this one waited out its backoff): the outage used up its attempts, as below.
+      if (this.gate.openings !== batch.openingsSeen) batch.attempts = 0;
       batch.attempts += 1;
       const error = await this.attemptInsert(batch);
       if (error === null) {
@@ -512,6 +518,8 @@ export class BatchWriter {
       }
 
       this.gate.recordFailure(admission);
+      // A probe's own failure reopens the breaker and counts against the batch (below): no fresh attempts for it.
+      batch.openingsSeen = this.gate.openings;
       if (this.gate.state === 'open' && admission !== 'probe') {
         // The breaker is open: ClickHouse is down, and the outage, not this batch, used up its attempts
         // so far (however many: another table's failures may have opened it). It waits with the rest of

@@ -41,6 +41,7 @@ export class BreakerGate {
   private halfOpenTimer: unknown | null = null;
   private outage: { since: number; failedProbes: number; remindedAt: number } | null = null;
   private stopped = false;
+  private opened = 0;
 
   constructor(
     private readonly options: BreakerOptions,
@@ -52,6 +53,11 @@ export class BreakerGate {
 
   get state(): BreakerState {
     return this.breaker.state;
+  }
+
+  /** How many times the breaker has opened (or reopened after a failed probe): a sender tells by it that it opened since it last looked. */
+  get openings(): number {
+    return this.opened;
   }
 
   /** True while no new batch should start: the breaker is open, or its half-open probe is out. */
@@ -96,6 +102,7 @@ export class BreakerGate {
     if (before === after) return;
     this.deps.metrics?.breakerState.set(BREAKER_GAUGE[after]);
     if (after === 'open') {
+      this.opened += 1;
       this.noteOutage();
       return;
     }
