@@ -11,6 +11,7 @@ import {
   queuedRowBytes,
   SHUTDOWN_GAP_RECORDING_MS,
 } from './batch-writer';
+import { publicSendError } from './retry-policy';
 import { Clock } from './clock';
 import { gapEntryOf, GapRecorder, MirrorGap } from './gap-ledger';
 import { BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
@@ -594,6 +595,37 @@ describe('BatchWriter', () => {
       expect(sink.pings).toBe(2);
       expect(writer.stats().breaker).toBe('closed');
       expect(sink.accepted).toHaveLength(1);
+    });
+
+    // The gate waits for the probe's outcome; a fault of ours that skipped telling it stopped the mirror for good.
+    it('goes on probing after a fault of ours during the probe, which turns that batch into a gap', async () => {
+      const { sink, writer, clock, gaps } = await openedOnOneRow();
+      const hostile = networkError();
+      Object.defineProperty(hostile, 'code', { get: () => { throw new Error('a getter that throws'); } });
+      sink.behaviours.push({ reject: hostile });
+      await clock.advance(1000);
+      expect(sink.attempts).toHaveLength(3);
+      expect(gaps.recorded).toEqual([expect.objectContaining({ rowCount: 1, reason: expect.stringMatching(/^internal_error/) })]);
+
+      writer.write(rows(2, 1));
+      await clock.advance(2000);
+      expect(sink.sentLines()).toEqual(rows(2, 1).map((r) => r.line));
+      expect(writer.stats().breaker).toBe('closed');
+    });
+
+    // publicSendError followed `cause` until the stack ran out (RangeError), inside the probe.
+    it('names an error whose cause chain comes back on itself, and goes on', async () => {
+      const { sink, writer, clock, gaps } = await openedOnOneRow();
+      const [a, b] = [networkError('ETIMEDOUT'), new Error('wrapped')];
+      Object.assign(a, { cause: b });
+      Object.assign(b, { cause: a });
+      sink.behaviours.push({ reject: b });
+      await clock.advance(1000);
+      expect(writer.stats().breaker).toBe('open');
+      await clock.advance(1100);
+      expect(sink.sentLines()).toEqual(rows(1, 1).map((r) => r.line));
+      expect(gaps.recorded).toEqual([]);
+      expect(publicSendError(b)).toBe('no answer (ETIMEDOUT)');
     });
 
     it('keeps one probe out: an insert sent before the breaker opened, failing while the probe is out, starts no second probe', async () => {

@@ -100,6 +100,8 @@ interface Batch {
   attempts: number;
   /** The breaker's openings (BreakerGate.openings) as of this batch's last attempt. */
   openingsSeen: number;
+  /** This batch has the half-open probe, and the gate has not heard how it went. */
+  holdsProbe: boolean;
   /** Sent or turned into a gap; whichever happens first counts, exactly once. */
   settled: boolean;
 }
@@ -462,6 +464,7 @@ export class BatchWriter {
       dedupToken: randomUUID(),
       attempts: 0,
       openingsSeen: this.gate.openings,
+      holdsProbe: false,
       settled: false,
     };
   }
@@ -483,12 +486,31 @@ export class BatchWriter {
     }
   }
 
-  /** Try the batch until it is sent, fails permanently, runs out of attempts, or the writer stops. */
+  /**
+   * Try the batch until it is sent, fails permanently, runs out of attempts, or the writer stops. A fault
+   * of ours while this batch has the half-open probe (send() turns the batch into a gap) counts as the
+   * probe's failure: left out, the breaker would wait for that probe for ever, and no batch would be sent
+   * again until a restart.
+   */
   private async deliver(batch: Batch): Promise<void> {
+    try {
+      await this.tryUntilSettled(batch);
+    } catch (error) {
+      if (batch.holdsProbe) this.gate.recordFailure('probe');
+      batch.holdsProbe = false;
+      throw error;
+    }
+  }
+
+  private async tryUntilSettled(batch: Batch): Promise<void> {
     while (!batch.settled) {
       const admission = await this.gate.admit();
       if (admission === 'stopped' || batch.settled) return;
-      if (admission === 'probe' && !(await this.probeServer())) continue;
+      batch.holdsProbe = admission === 'probe';
+      if (admission === 'probe' && !(await this.probeServer())) {
+        batch.holdsProbe = false;
+        continue;
+      }
       // The ping may answer after the shutdown deadline turned this batch into a gap and released its rows.
       if (this.stopped || batch.settled) return;
 
@@ -499,6 +521,7 @@ export class BatchWriter {
       const error = await this.attemptInsert(batch);
       if (error === null) {
         this.gate.recordAnswer();
+        batch.holdsProbe = false;
         this.settleAsSent(batch);
         return;
       }
@@ -512,12 +535,14 @@ export class BatchWriter {
       if (kind === 'permanent') {
         // The server is up and said no: that is not an outage, so the breaker counts it as an answer.
         this.gate.recordAnswer();
+        batch.holdsProbe = false;
         this.logger.error(context, 'ClickHouse rejected a mirror batch; recording it as a gap');
         this.settleAsGap(batch, 'send_failed', description);
         return;
       }
 
       this.gate.recordFailure(admission);
+      batch.holdsProbe = false;
       // A probe's own failure reopens the breaker and counts against the batch (below): no fresh attempts for it.
       batch.openingsSeen = this.gate.openings;
       if (this.gate.state === 'open' && admission !== 'probe') {
@@ -589,8 +614,13 @@ export class BatchWriter {
   private settleAsGap(batch: Batch, reason: DropReason, detail?: string): void {
     if (batch.settled) return;
     batch.settled = true;
-    const rows = gapRowsOf(batch.table, batch.rows);
-    this.releaseQueued(batch.table, batch.rows);
+    let rows: GapRow[];
+    try {
+      rows = gapRowsOf(batch.table, batch.rows);
+    } finally {
+      // Released whatever happens: rows left counted would hold the queue's bound down until a restart.
+      this.releaseQueued(batch.table, batch.rows);
+    }
     this.dropIntoGaps(rows, reason, detail);
   }
 

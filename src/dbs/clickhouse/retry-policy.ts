@@ -165,10 +165,12 @@ export function describeSendError(error: unknown): string {
  * whole description goes to the log. An error made here may carry a
  * `publicReason` of its own, or wrap the one it is about as its `cause`.
  */
-export function publicSendError(error: unknown): string {
+export function publicSendError(error: unknown, seen: Set<unknown> = new Set()): string {
   const fields = (error ?? {}) as ErrorFields & { publicReason?: unknown; cause?: unknown };
   if (typeof fields.publicReason === 'string') return fields.publicReason;
-  if (fields.cause !== undefined && fields.cause !== error) return publicSendError(fields.cause);
+  // A cause chain that comes back on itself (A's cause B, B's cause A) ends at the error it came back to.
+  seen.add(error);
+  if (fields.cause !== undefined && !seen.has(fields.cause)) return publicSendError(fields.cause, seen);
   const code = clickHouseCodeOf(error);
   if (code !== undefined) {
     const type = typeof fields.type === 'string' && /^[A-Z0-9_]{1,64}$/.test(fields.type) ? fields.type : TRANSIENT_CLICKHOUSE_CODES.get(code);
