@@ -43,6 +43,9 @@ const TRANSIENT_CLICKHOUSE_CODES = new Map<string, string>([
   ['236', 'ABORTED'],
   ['241', 'MEMORY_LIMIT_EXCEEDED'],
   ['242', 'TABLE_IS_READ_ONLY'],
+  // A full disk is an outage of the server's storage: the breaker opens and the queue holds the rows until
+  // space is freed, rather than every batch becoming a gap at once while the server "answers".
+  ['243', 'NOT_ENOUGH_SPACE'],
   ['244', 'UNEXPECTED_ZOOKEEPER_ERROR'],
   ['252', 'TOO_MANY_PARTS'],
   ['279', 'ALL_CONNECTION_TRIES_FAILED'],
@@ -53,6 +56,8 @@ const TRANSIENT_CLICKHOUSE_CODES = new Map<string, string>([
   ['364', 'RECEIVED_ERROR_TOO_MANY_REQUESTS'],
   ['394', 'QUERY_WAS_CANCELLED'],
   ['425', 'SYSTEM_ERROR'],
+  // The server's thread pools are full: it could not start the insert's work.
+  ['439', 'CANNOT_SCHEDULE_TASK'],
   ['999', 'KEEPER_EXCEPTION'],
 ]);
 
