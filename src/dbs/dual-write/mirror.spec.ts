@@ -111,6 +111,20 @@ describe('Mirror', () => {
     expect(sent).toEqual(records(1, 60).map((r) => `{"id":${r.id}}`));
   });
 
+  // The API's logger names the request of the async context it runs in: a record that could not be built
+  // was logged as the request whose write happened to schedule the slice, not the one that wrote it.
+  it("maps records outside the async context of the request whose write scheduled the slice", async () => {
+    const { AsyncLocalStorage } = await import('node:async_hooks');
+    const request = new AsyncLocalStorage<string>();
+    const { mirror } = rig();
+    const contexts: Array<string | undefined> = [];
+    const watched = (row: Item) => (contexts.push(request.getStore()), toRecord(row));
+    request.run('request 17', () => mirror.accept(plan, records(1, 3), watched));
+    // Not drain(), which would map what is left in its own caller's context.
+    for (let i = 0; i < 10 && contexts.length < 3; i++) await turn();
+    expect(contexts).toEqual([undefined, undefined, undefined]);
+  });
+
   it('drain(), shutdown() and stats() include records accepted but not mapped yet', async () => {
     const counted = rig();
     counted.mirror.accept(plan, records(1, 200), toRecord);

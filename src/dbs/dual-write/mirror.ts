@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import { Logger } from '@nestjs/common';
 import { Counter, Registry } from 'prom-client';
 import { BatchWriter, MirrorRow } from '../clickhouse/batch-writer';
@@ -43,6 +44,12 @@ export class Mirror implements MirrorTarget {
   private readonly backlog: Accepted[] = [];
   private backlogRecords = 0;
   private scheduled = false;
+  /**
+   * The mirror's own async context, as the writer has one: the slices of the backlog run in it, not in
+   * that of the request whose write scheduled them, which the API's logger would name in their lines
+   * (a steady load keeps the backlog going, and would keep that request's context alive with it).
+   */
+  private readonly scope = new AsyncResource('Mirror');
   /** Mirrored writes on their way to Postgres, and who waits for there to be none. */
   private writesInFlight = 0;
   private readonly onNoWritesInFlight: Array<() => void> = [];
@@ -116,15 +123,17 @@ export class Mirror implements MirrorTarget {
   private scheduleSlice(): void {
     if (this.scheduled) return;
     this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      try {
-        this.mapBacklog(Math.max(SLICE_RECORDS, Math.ceil(this.backlogRecords / 8)));
-      } catch (error) {
-        // Not reachable through the mappers (their errors are caught per record); a timer must not throw.
-        this.logger.error({ err: error }, 'mirror could not map accepted records');
-      }
-    });
+    this.scope.runInAsyncScope(() => setImmediate(() => this.mapSlice()));
+  }
+
+  private mapSlice(): void {
+    this.scheduled = false;
+    try {
+      this.mapBacklog(Math.max(SLICE_RECORDS, Math.ceil(this.backlogRecords / 8)));
+    } catch (error) {
+      // Not reachable through the mappers (their errors are caught per record); a timer must not throw.
+      this.logger.error({ err: error }, 'mirror could not map accepted records');
+    }
   }
 
   /** Maps up to `limit` records, oldest first, hands them to the writer, and schedules the rest. */
