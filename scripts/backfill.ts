@@ -118,12 +118,14 @@ runCli(USAGE, async (args, log) => {
 });
 
 function summary(r: BackfillResult): string {
+  // A scope that holds nothing is most often a mistyped --project or date, which is not an error to refuse.
+  const empty = r.totalRowsCopied === 0 ? ` Its scope holds no ${r.entity} in Postgres: check --project, --since and --until (and CLICKHOUSE_PROJECT_IDS).` : '';
   if (r.outcome === 'already-complete') {
-    return `backfill ${r.entity}: already complete (${counted(r.totalRowsCopied, 'row')}, run "${r.runKey}"); nothing to do. Use --restart to copy again.`;
+    return `backfill ${r.entity}: already complete (${counted(r.totalRowsCopied, 'row')}, run "${r.runKey}"); nothing to do. Use --restart to copy again.${empty}`;
   }
   const resumed = r.resumedFrom ? `; resumed from ${r.resumedFrom.join('/')}` : '';
   return (
     `backfill ${r.entity}: complete: ${counted(r.rowsCopied, 'row')} copied in ${counted(r.batches, 'batch', 'batches')}, ${formatSeconds(r.durationMs)}, ` +
-    `${formatRate(r.rowsPerSecond)} rows/s${resumed} (run total ${counted(r.totalRowsCopied, 'row')}, upper bound ${r.upperBound})`
+    `${formatRate(r.rowsPerSecond)} rows/s${resumed} (run total ${counted(r.totalRowsCopied, 'row')}, upper bound ${r.upperBound}).${empty}`
   );
 }

@@ -61,6 +61,10 @@ runCli(USAGE, async (args, log) => {
         log(`TTL of ${ttlDays} days: rows created before ${report.retainedFrom.slice(0, 10)} expire in ClickHouse by design and are not compared`);
       }
       write(describe(report));
+      if (report.buckets.length === 0) {
+        // They agree, but on nothing: most often a mistyped --project or date, which a script gating on the exit code would not see.
+        log('warning: nothing was compared: neither Postgres nor ClickHouse holds rows in this scope; check --entity, --project, --since and --until (and CLICKHOUSE_PROJECT_IDS)');
+      }
       if (report.differing.length === 0) return;
       if (!flags.switches.has('--repair')) throw new Error(`${counted(report.differing.length, 'bucket')} differ${report.differing.length === 1 ? 's' : ''}; run with --repair to re-copy them`);
 

@@ -114,6 +114,21 @@ describe('npm run backfill / verify', () => {
     expect(gaps.stderr).not.toContain(note);
   }, 60_000);
 
+  // A mistyped --project or date agrees with itself on nothing: exit 0 (both stores agree), with a line that says so.
+  it('says when the scope holds nothing, for backfill and verify alike', async () => {
+    const nobody = ['--entity', 'nodes', '--project', '0c000000-0000-4000-8000-0000000000ff'];
+    const [copy, verified] = [await run('backfill', nobody, env), await run('verify', nobody, env)];
+    expect({ copy: copy.code, verified: verified.code }).toEqual({ copy: 0, verified: 0 });
+    expect(copy.stdout).toMatch(/^backfill nodes: complete: 0 rows copied .*\. Its scope holds no nodes in Postgres: check --project, --since and --until/m);
+    expect(verified.stdout).toMatch(/^verify: 0 buckets compared/m);
+    expect(verified.stderr).toContain('warning: nothing was compared: neither Postgres nor ClickHouse holds rows in this scope');
+    const again = await run('backfill', nobody, env);
+    expect(again.stdout).toMatch(/already complete \(0 rows, .*\. Its scope holds no nodes in Postgres/);
+    // A scope with rows says nothing of the kind.
+    const some = await run('verify', ['--entity', 'nodes', '--project', PROJECTS[0], '--counts-only'], env);
+    expect(some.stderr).not.toContain('nothing was compared');
+  }, 60_000);
+
   it('survives SIGKILL half-way: the next run resumes from its checkpoint, and verify finds no difference', async () => {
     const first = start('backfill', ['--entity', 'spans', '--batch-rows', '2000'], env);
     await whileRunning(first, async () => Number((await spansCheckpoint())?.rows_copied ?? 0) >= SPANS / 4, 'backfill ended before it could be killed');
