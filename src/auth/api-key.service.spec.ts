@@ -61,9 +61,19 @@ describe('ApiKeyService', () => {
     expect(await service.projectOf(key)).toBe(project);
     await keys.revoke(id); // `npm run apikey -- revoke`: another process, this service's cache is untouched
 
-    jest.setSystemTime(Date.now() + ApiKeyService.TRUST_SECONDS * 1000 - 1);
+    jest.advanceTimersByTime(ApiKeyService.TRUST_SECONDS * 1000 - 1);
     expect(await service.projectOf(key)).toBe(project);
-    jest.setSystemTime(Date.now() + 1);
+    jest.advanceTimersByTime(1);
+    expect(await service.projectOf(key)).toBeNull();
+  });
+
+  it('keeps the trust window to its length when the wall clock is stepped back', async () => {
+    const { id, key } = await service.create(project);
+    expect(await service.projectOf(key)).toBe(project);
+    await keys.revoke(id);
+    // NTP steps the wall clock back a minute; the window still ends 30 s after the lookup.
+    jest.setSystemTime(Date.now() - 60_000);
+    jest.advanceTimersByTime(ApiKeyService.TRUST_SECONDS * 1000);
     expect(await service.projectOf(key)).toBeNull();
   });
 

@@ -29,14 +29,17 @@ export class ApiKeyService {
     if (!couldBeApiKey(key)) return null;
     const hash = hashApiKey(key);
     const cached = this.cache.get(hash);
-    if (cached && cached.until > Date.now()) return cached.projectId;
+    // The monotonic clock, not the wall clock: a wall clock stepped back (NTP) would have trusted a revoked key
+    // for that much longer. The window counts from when the lookup was asked, so a slow lookup does not lengthen it.
+    if (cached && cached.until > performance.now()) return cached.projectId;
+    const asked = performance.now();
     const row = await this.keys.findActiveByHash(hash);
     if (!row) {
       this.cache.delete(hash);
       return null;
     }
     if (this.cache.size >= CACHE_MAX) this.cache.clear();
-    this.cache.set(hash, { projectId: row.project_id, until: Date.now() + ApiKeyService.TRUST_SECONDS * 1000 });
+    this.cache.set(hash, { projectId: row.project_id, until: asked + ApiKeyService.TRUST_SECONDS * 1000 });
     return row.project_id;
   }
 
