@@ -146,6 +146,12 @@ describe('parseConfig: values that would mean the opposite of what they say', ()
     expect(parseConfig({ SHUTDOWN_DELAY_MS: '5000' }).http.shutdownDelayMs).toBe(5_000);
   });
 
+  it('refuses a data directory or host with spaces around it, which would be another one', () => {
+    expect(() => parseConfig({ EMBEDDED_DATA_DIR: '.data ' })).toThrow(/EMBEDDED_DATA_DIR.*must not start or end with spaces/);
+    expect(() => parseConfig({ HOST: ' 127.0.0.1' })).toThrow(/HOST.*must not start or end with spaces/);
+    expect(parseConfig({ EMBEDDED_DATA_DIR: 'my data' }).postgres.embedded.dataDir).toBe('my data/postgres');
+  });
+
   it('refuses a body limit of zero, which would refuse every request with a body', () => {
     for (const BODY_LIMIT of ['0kb', '0mb', '0b', '00kb']) {
       expect(problems({ BODY_LIMIT })).toEqual(['BODY_LIMIT must look like 512kb or 10mb (and not be zero)']);

@@ -55,6 +55,16 @@ const MAX_TIMER_MS = 2_147_483_647;
 /** A duration in milliseconds, at most MAX_TIMER_MS. */
 const ms = (fallback: number, min: number, max = MAX_TIMER_MS) => int(fallback, min, max);
 
+/**
+ * A name or path taken as written, so not with spaces around it: `.data ` is another directory than
+ * `.data`, and a fresh embedded cluster there read as every key gone.
+ */
+const bare = (fallback: string) =>
+  z
+    .string()
+    .refine((value) => value === value.trim(), { message: 'must not start or end with spaces' })
+    .default(fallback);
+
 const url = (protocols: string[]) =>
   z
     .string()
@@ -106,7 +116,7 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 /** Every variable the API reads, with its validation and default (README "Configuration" lists each one). */
 export const envSchema = z.object({
   PORT: int(3000, 0, 65535),
-  HOST: z.string().default('0.0.0.0'),
+  HOST: bare('0.0.0.0'),
   LOG_LEVEL: z
     .enum(LOG_LEVELS, { errorMap: (_issue, ctx) => ({ message: `must be one of ${LOG_LEVELS.join(', ')}, got "${String(ctx.data)}"` }) })
     .default('info'),
@@ -131,7 +141,7 @@ export const envSchema = z.object({
   DB_CLIENT_TIMEOUT_MS: optionalInt(0, MAX_TIMER_MS),
   // Below 32768, so outside the kernel's ephemeral range (32768-60999): an outgoing connection cannot be holding it.
   EMBEDDED_POSTGRES_PORT: int(15432, 1, 65535),
-  EMBEDDED_DATA_DIR: z.string().default('.data'),
+  EMBEDDED_DATA_DIR: bare('.data'),
 
   USE_CLICKHOUSE: bool('USE_CLICKHOUSE', false),
   CLICKHOUSE_URL: url(['http:', 'https:']),
