@@ -55,7 +55,10 @@ runCli(USAGE, async (args, log) => {
     }
     const done = (await migrateDown(db, rest.includes('--all'))).results ?? [];
     if (done.length === 0) log('nothing to do: already at the requested version');
-    for (const r of done) log(`reverted ${r.migrationName}`);
+    // Kysely reports a migration it did not undo (one without a down) as NotExecuted, beside the ones it did.
+    const notReverted = done.filter((r) => r.status !== 'Success').map((r) => r.migrationName);
+    for (const r of done) if (r.status === 'Success') log(`reverted ${r.migrationName}`);
+    if (notReverted.length) throw new Error(`not reverted: ${notReverted.join(', ')} (a migration without a down step stays applied)`);
   } finally {
     await close();
   }
