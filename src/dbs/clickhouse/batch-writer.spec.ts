@@ -17,6 +17,7 @@ import { gapEntryOf, GapRecorder, MirrorGap } from './gap-ledger';
 import { BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
 import { createMirrorMetrics, MirrorMetrics } from './mirror-metrics';
 import { ROW_HEADER_BYTES } from './row-log';
+import * as rowLog from './row-log';
 
 type Behaviour = 'ok' | 'hang' | { reject: unknown } | { throwSync: unknown };
 
@@ -369,6 +370,29 @@ describe('BatchWriter', () => {
       expect(writer.stats().breaker).toBe('closed');
     });
 
+    // The rows' keys are read back from the row log for the gap record; a fault there left the rows
+    // neither in a gap record nor counted, and (before) still counted against the queue's bound.
+    it('counts a batch as lost, and frees its place in the queue, when its rows cannot be read back for a gap record', async () => {
+      const { sink, writer, clock, gaps, registry, logger } = setup({ flushRows: 3 });
+      sink.behaviours.push({ reject: clickHouseError('60', 'UNKNOWN_TABLE') });
+      const unreadable = jest.spyOn(rowLog, 'gapRowsOf').mockImplementationOnce(() => {
+        throw new Error('a row header that does not parse');
+      });
+      try {
+        writer.write(rows(1, 3));
+        await clock.advance(1000);
+      } finally {
+        unreadable.mockRestore();
+      }
+      expect(gaps.recorded).toEqual([]);
+      expect(writer.stats()).toMatchObject({ queuedRows: 0, rowsDropped: 3, rowsLost: 3 });
+      expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(3);
+      expect(logger.errors().map((entry) => entry.msg)).toContainEqual(expect.stringMatching(/^mirror rows could not be read back for a gap record/));
+      writer.write(rows(4, 3));
+      await clock.advance(1000);
+      expect(sink.sentLines()).toEqual(rows(4, 3).map((r) => r.line));
+    });
+
     it('records a batch as a gap once transient failures exhaust maxAttempts', async () => {
       const { sink, writer, clock, gaps } = setup({ flushRows: 2, maxAttempts: 3, breaker: { failureThreshold: 100, openMs: 5000 } });
       sink.fallback = { reject: Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:8123'), { code: 'ECONNREFUSED' }) };
@@ -537,6 +561,19 @@ describe('BatchWriter', () => {
       expect(gaps.recorded).toEqual([]);
       expect(sink.sentLines().sort()).toEqual([...rows(1, 2, { table: 'nodes' }), ...rows(3, 2)].map((r) => r.line).sort());
       expect(writer.stats()).toMatchObject({ breaker: 'closed', rowsSent: 4, rowsDropped: 0 });
+    });
+
+    // Each failed probe reopens the breaker; counted as a new outage, it gave the other table's waiting batch
+    // fresh attempts, and two tables probing in turn held both batches (and the queue behind them) for ever.
+    it('records both tables\' held batches as gaps when pings answer and every insert fails, probing in turn', async () => {
+      const { sink, writer, clock, gaps } = setup(heldByBreaker(3));
+      sink.fallback = { reject: networkError('ETIMEDOUT') };
+      writer.write(rows(1, 2, { table: 'nodes' }));
+      writer.write(rows(3, 2));
+      for (let i = 0; i < 60 && gaps.recorded.length < 2; i++) await clock.advance(1000);
+      expect(gaps.recorded.map((gap) => [gap.entity, gap.rowCount]).sort()).toEqual([['nodes', 2], ['spans', 2]]);
+      // Each had its attempts after the outage began, and a few more: not one per probe for ever.
+      expect(sink.attempts.length).toBeLessThanOrEqual(4 * 3);
     });
 
     it('records a held batch as a gap once it has failed maxAttempts more times after probes ClickHouse answered', async () => {

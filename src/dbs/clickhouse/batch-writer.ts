@@ -4,6 +4,7 @@ import { DropReason, MirrorMetrics } from './mirror-metrics';
 import { BatchWriterOptions, BatchWriterSettings, DEFAULT_BATCH_WRITER_OPTIONS } from './batch-writer-options';
 import { forEachEnqueueTime, gapRowsOf, linesOf, recordBytes, RowLog, RowSpan } from './row-log';
 import { GapLedger, GapRecorder, GapRow } from './gap-ledger';
+import { errorText } from '../../error-text';
 import { BreakerState, classifySendError, describeSendError, fullJitterBackoff, publicSendError } from './retry-policy';
 import { BreakerGate } from './breaker-gate';
 import { Clock, realClock } from './clock';
@@ -98,8 +99,8 @@ interface Batch {
   /** Fixed when the batch is cut and reused on every retry, so ClickHouse drops a repeated insert. */
   dedupToken: string;
   attempts: number;
-  /** The breaker's openings (BreakerGate.openings) as of this batch's last attempt. */
-  openingsSeen: number;
+  /** The outages begun (BreakerGate.outages) as of this batch's last attempt. */
+  outagesSeen: number;
   /** This batch has the half-open probe, and the gate has not heard how it went. */
   holdsProbe: boolean;
   /** Sent or turned into a gap; whichever happens first counts, exactly once. */
@@ -463,7 +464,7 @@ export class BatchWriter {
       rows,
       dedupToken: randomUUID(),
       attempts: 0,
-      openingsSeen: this.gate.openings,
+      outagesSeen: this.gate.outages,
       holdsProbe: false,
       settled: false,
     };
@@ -516,7 +517,7 @@ export class BatchWriter {
 
       // Another sender's failure opened the breaker since this batch's last attempt (a batch of the other
       // table, while this one waited out its backoff): the outage used up its attempts, as below.
-      if (this.gate.openings !== batch.openingsSeen) batch.attempts = 0;
+      if (this.gate.outages !== batch.outagesSeen) batch.attempts = 0;
       batch.attempts += 1;
       const error = await this.attemptInsert(batch);
       if (error === null) {
@@ -543,8 +544,8 @@ export class BatchWriter {
 
       this.gate.recordFailure(admission);
       batch.holdsProbe = false;
-      // A probe's own failure reopens the breaker and counts against the batch (below): no fresh attempts for it.
-      batch.openingsSeen = this.gate.openings;
+      // An outage this failure began gives fresh attempts just below, not once more on the next turn.
+      batch.outagesSeen = this.gate.outages;
       if (this.gate.state === 'open' && admission !== 'probe') {
         // The breaker is open: ClickHouse is down, and the outage, not this batch, used up its attempts
         // so far (however many: another table's failures may have opened it). It waits with the rest of
@@ -617,10 +618,16 @@ export class BatchWriter {
     let rows: GapRow[];
     try {
       rows = gapRowsOf(batch.table, batch.rows);
-    } finally {
-      // Released whatever happens: rows left counted would hold the queue's bound down until a restart.
+    } catch (error) {
+      // A fault of ours reading the rows back: no keys for a gap record. Counted as lost and logged, and
+      // released: rows left counted would hold the queue's bound down until a restart.
+      const count = batch.rows.count;
       this.releaseQueued(batch.table, batch.rows);
+      this.countDropped(count, reason);
+      this.gaps.declareUnreadable(batch.table, count, `${detail ?? reason}; reading the rows back failed: ${errorText(error)}`);
+      return;
     }
+    this.releaseQueued(batch.table, batch.rows);
     this.dropIntoGaps(rows, reason, detail);
   }
 

@@ -41,7 +41,7 @@ export class BreakerGate {
   private halfOpenTimer: unknown | null = null;
   private outage: { since: number; failedProbes: number; remindedAt: number } | null = null;
   private stopped = false;
-  private opened = 0;
+  private outagesBegun = 0;
 
   constructor(
     private readonly options: BreakerOptions,
@@ -55,9 +55,14 @@ export class BreakerGate {
     return this.breaker.state;
   }
 
-  /** How many times the breaker has opened (or reopened after a failed probe): a sender tells by it that it opened since it last looked. */
-  get openings(): number {
-    return this.opened;
+  /**
+   * How many outages have begun: times the breaker opened from closed. A sender tells by it that one began
+   * since it last looked. A reopening after a failed probe is not a new one: that probe's insert may have
+   * failed while ClickHouse answered its ping, and counting it would give every other waiting batch fresh
+   * attempts each time, so two tables' batches failing in turn were held for ever.
+   */
+  get outages(): number {
+    return this.outagesBegun;
   }
 
   /** True while no new batch should start: the breaker is open, or its half-open probe is out. */
@@ -102,7 +107,7 @@ export class BreakerGate {
     if (before === after) return;
     this.deps.metrics?.breakerState.set(BREAKER_GAUGE[after]);
     if (after === 'open') {
-      this.opened += 1;
+      if (before === 'closed') this.outagesBegun += 1;
       this.noteOutage();
       return;
     }

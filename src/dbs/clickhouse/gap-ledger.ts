@@ -217,6 +217,19 @@ export class GapLedger {
     }
   }
 
+  /**
+   * Rows whose keys could not be read back (a fault of ours): no gap record can hold them. Counted as
+   * lost; the error log says when and how many, which is all there is for `verify` to go on.
+   */
+  declareUnreadable(table: string, rowCount: number, error: string): void {
+    this.lostRows += rowCount;
+    this.deps.metrics?.rowsLost.inc(rowCount);
+    this.deps.logger.error(
+      { table, lostRows: rowCount, error },
+      'mirror rows could not be read back for a gap record: they are missing from ClickHouse; run verify (with --repair) over the last minutes',
+    );
+  }
+
   /** The rows' last record: counted as lost, their ranges in the error log for `verify --repair`. */
   private declareLost(gaps: MirrorGap[], error: string): void {
     const lostRows = gaps.reduce((sum, gap) => sum + gap.rowCount, 0);
