@@ -63,7 +63,9 @@ runCli(USAGE, async (args, log) => {
       for (const scope of scopes) {
         const plan = await planBackfill(postgres.db, scope, options);
         const onRestart = plan.rowsOnRestart === undefined ? '' : `; --restart would copy ${plan.rowsOnRestart}`;
-        process.stdout.write(`dry run: ${plan.entity}: ${counted(plan.rows, 'row')} would be copied (${plan.checkpoint}; run "${plan.runKey}"${onRestart}); nothing written\n`);
+        // Not asked here: a table made again since (or another server's) has the real run start over.
+        const into = plan.target ? `; as long as ClickHouse's ${plan.entity} table is still ${plan.target}, the one it copied into` : '';
+        process.stdout.write(`dry run: ${plan.entity}: ${counted(plan.rows, 'row')} would be copied (${plan.checkpoint}; run "${plan.runKey}"${onRestart}${into}); nothing written\n`);
       }
       return;
     }
@@ -118,11 +120,14 @@ runCli(USAGE, async (args, log) => {
 });
 
 function summary(r: BackfillResult): string {
-  // A scope that holds nothing is most often a mistyped --project or date, which is not an error to refuse.
-  const empty = r.totalRowsCopied === 0 ? ` Its scope holds no ${r.entity} in Postgres: check --project, --since and --until (and CLICKHOUSE_PROJECT_IDS).` : '';
+  // A scope that held nothing is most often a mistyped --project or date, which is not an error to refuse.
+  // Rows created since the run's bound are not in its count: the live mirror's, or --restart's to copy.
+  const check = 'check --project, --since and --until (and CLICKHOUSE_PROJECT_IDS)';
   if (r.outcome === 'already-complete') {
+    const empty = r.totalRowsCopied === 0 ? ` It found no ${r.entity} in its scope created before ${r.upperBound}: ${check}, or --restart for rows created since.` : '';
     return `backfill ${r.entity}: already complete (${counted(r.totalRowsCopied, 'row')}, run "${r.runKey}"); nothing to do. Use --restart to copy again.${empty}`;
   }
+  const empty = r.totalRowsCopied === 0 ? ` Its scope holds no ${r.entity} in Postgres created before that bound: ${check}.` : '';
   const resumed = r.resumedFrom ? `; resumed from ${r.resumedFrom.join('/')}` : '';
   return (
     `backfill ${r.entity}: complete: ${counted(r.rowsCopied, 'row')} copied in ${counted(r.batches, 'batch', 'batches')}, ${formatSeconds(r.durationMs)}, ` +

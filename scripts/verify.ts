@@ -63,7 +63,9 @@ runCli(USAGE, async (args, log) => {
       write(describe(report));
       if (report.buckets.length === 0) {
         // They agree, but on nothing: most often a mistyped --project or date, which a script gating on the exit code would not see.
-        log('warning: nothing was compared: neither Postgres nor ClickHouse holds rows in this scope; check --entity, --project, --since and --until (and CLICKHOUSE_PROJECT_IDS)');
+        // Under a TTL only the days ClickHouse keeps whole are in the scope: older rows may well be stored.
+        const kept = report.retainedFrom ? ` created from ${report.retainedFrom.slice(0, 10)} on (the days the TTL keeps whole)` : '';
+        log(`warning: nothing was compared: neither Postgres nor ClickHouse holds rows in this scope${kept}; check --entity, --project, --since and --until (and CLICKHOUSE_PROJECT_IDS)`);
       }
       if (report.differing.length === 0) return;
       if (!flags.switches.has('--repair')) throw new Error(`${counted(report.differing.length, 'bucket')} differ${report.differing.length === 1 ? 's' : ''}; run with --repair to re-copy them`);

@@ -119,11 +119,11 @@ describe('npm run backfill / verify', () => {
     const nobody = ['--entity', 'nodes', '--project', '0c000000-0000-4000-8000-0000000000ff'];
     const [copy, verified] = [await run('backfill', nobody, env), await run('verify', nobody, env)];
     expect({ copy: copy.code, verified: verified.code }).toEqual({ copy: 0, verified: 0 });
-    expect(copy.stdout).toMatch(/^backfill nodes: complete: 0 rows copied .*\. Its scope holds no nodes in Postgres: check --project, --since and --until/m);
+    expect(copy.stdout).toMatch(/^backfill nodes: complete: 0 rows copied .*\. Its scope holds no nodes in Postgres created before that bound: check --project, --since and --until/m);
     expect(verified.stdout).toMatch(/^verify: 0 buckets compared/m);
     expect(verified.stderr).toContain('warning: nothing was compared: neither Postgres nor ClickHouse holds rows in this scope');
     const again = await run('backfill', nobody, env);
-    expect(again.stdout).toMatch(/already complete \(0 rows, .*\. Its scope holds no nodes in Postgres/);
+    expect(again.stdout).toMatch(/already complete \(0 rows, .*\. It found no nodes in its scope created before \S+: check --project, .*, or --restart for rows created since\./);
     // A scope with rows says nothing of the kind.
     const some = await run('verify', ['--entity', 'nodes', '--project', PROJECTS[0], '--counts-only'], env);
     expect(some.stderr).not.toContain('nothing was compared');
@@ -165,7 +165,11 @@ describe('npm run backfill / verify', () => {
     expect(again.stdout).toMatch(new RegExp(`backfill spans: already complete \\(${SPANS} rows, run "spans project=\\* [^"]*"\\); nothing to do. Use --restart to copy again.`));
     expect(again.stderr).not.toContain('already complete'); // said once
     const dryFinished = await run('backfill', ['--dry-run'], env);
-    expect(dryFinished.stdout).toContain(`dry run: spans: 0 rows would be copied (already-complete; run "spans project=* since=- until=-"; --restart would copy ${SPANS}); nothing written`);
+    const table = (await (await ch.clients.query.query({ query: "SELECT toString(uuid) AS uuid FROM system.tables WHERE database = currentDatabase() AND name = 'spans'", format: 'JSONEachRow' })).json<{ uuid: string }>())[0].uuid;
+    expect(dryFinished.stdout).toContain(
+      `dry run: spans: 0 rows would be copied (already-complete; run "spans project=* since=- until=-"; --restart would copy ${SPANS}; ` +
+        `as long as ClickHouse's spans table is still ${table}, the one it copied into); nothing written`,
+    );
     const dry = await run('backfill', ['--dry-run', '--restart'], env);
     expect(dry.stdout).toContain(`dry run: spans: ${SPANS} rows would be copied (restart;`);
     expect(dry.stdout).toContain(`dry run: nodes: ${NODES} rows would be copied (restart;`);

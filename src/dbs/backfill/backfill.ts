@@ -73,6 +73,11 @@ export interface DryRunResult {
   checkpoint: 'new' | 'resume' | 'restart' | 'already-complete';
   /** For a finished run: the rows `--restart` would copy now. */
   rowsOnRestart?: number;
+  /**
+   * The ClickHouse table (its UUID) the checkpoint copied into, for a resume or a finished run. The dry run
+   * does not ask ClickHouse: a table made again since would have the run start over instead.
+   */
+  target?: string;
 }
 
 /**
@@ -280,11 +285,12 @@ export async function planBackfill(db: Kysely<DB>, scope: HistoryScope, options:
   const reader = new KeysetReader(db, historyOf(scope.entity));
   const existing = await new BackfillCheckpointsRepository(db).find(runKey);
   if (existing && !options.restart) {
+    const { target } = existing.scope;
     if (existing.status === 'complete') {
-      return { entity: scope.entity, runKey, rows: 0, checkpoint: 'already-complete', rowsOnRestart: await reader.count(scope, null) };
+      return { entity: scope.entity, runKey, rows: 0, checkpoint: 'already-complete', rowsOnRestart: await reader.count(scope, null), target };
     }
     const rows = await reader.count(scope, existing.cursor, existing.scope.upperBound);
-    return { entity: scope.entity, runKey, rows, checkpoint: 'resume' };
+    return { entity: scope.entity, runKey, rows, checkpoint: 'resume', target };
   }
   // A new run's bound would be now(); rows the count cannot see yet are the live mirror's.
   return { entity: scope.entity, runKey, rows: await reader.count(scope, null), checkpoint: existing ? 'restart' : 'new' };
