@@ -185,6 +185,27 @@ describe('Postgres migrations', () => {
     }
   });
 
+  // CREATE SCHEMA AUTHORIZATION <user>, the usual step since Postgres 15 took CREATE on public from ordinary users:
+  // "$user" comes first in the default search_path, every migration read as pending, and the API migrated
+  // into new, empty tables there (every key refused, the data seemingly gone).
+  it('refuses a schema made since that comes first in search_path while public holds its tables, and makes nothing there', async () => {
+    const { rows } = await sql<{ user: string }>`select current_user as user`.execute(test.db);
+    const user = rows[0].user;
+    await sql`create schema ${sql.id(user)}`.execute(test.db);
+    try {
+      for (const migrate of ['true', 'false']) {
+        await expect(startApp({ MIGRATE_ON_START: migrate })).rejects.toThrow(
+          `this connection's current schema "${user}" holds none of this API's tables, while schema "public" holds them, migrated`,
+        );
+      }
+      const made = await sql<{ n: number }>`select count(*)::int as n from pg_tables where schemaname = ${user}`.execute(test.db);
+      expect(made.rows[0].n).toBe(0);
+    } finally {
+      await sql`drop schema ${sql.id(user)} cascade`.execute(test.db);
+    }
+    expect(await tables()).toEqual(['api_keys', 'backfill_checkpoints', 'mirror_gaps', 'nodes', 'spans']);
+  });
+
   it("keeps to its own schema's migration table when another schema of the database has one", async () => {
     // Another app migrated with Kysely in schema `other`; ours has not run yet (no table in public).
     await migrateDown(test.db, true);

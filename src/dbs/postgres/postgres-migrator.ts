@@ -74,11 +74,45 @@ export async function schemaState(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_
   const executed = rows[0].exists
     ? (await db.withSchema(schema!).selectFrom(DEFAULT_MIGRATION_TABLE).select('name').orderBy('name').execute()).map((r) => r.name as string)
     : [];
+  if (executed.length === 0 && migrations.length > 0) await refuseTablesElsewhere(db, schema, migrations[0].name);
   return {
     migrations: migrations.map(({ name, executedAt }) => ({ name, executedAt })),
     pending: migrations.filter((m) => !m.executedAt).map((m) => m.name),
     unknown: executed.filter((name) => !known.has(name)),
   };
+}
+
+/**
+ * This API's tables, migrated, in another schema than the connection's
+ * current one, which has none. A schema made since that comes first in the
+ * search_path (`CREATE SCHEMA AUTHORIZATION <user>`, the usual step after
+ * Postgres 15 took CREATE on public from ordinary users) turned every
+ * migration pending again: migrated, the API served new empty tables there,
+ * every key refused and the data seemingly gone.
+ */
+export class TablesInAnotherSchemaError extends OperatorError {
+  constructor(current: string | undefined, elsewhere: string) {
+    super(
+      `this connection's current schema ${current === undefined ? '(none: search_path names no schema that exists)' : `"${current}"`} holds none of this API's tables, ` +
+        `while schema "${elsewhere}" holds them, migrated: a schema that comes first in search_path was made since (one named after the user?). ` +
+        `Migrating would make new, empty tables there. Put "${elsewhere}" first (DATABASE_URL ...?options=-c%20search_path%3D${encodeURIComponent(elsewhere)}), or move the tables`,
+    );
+    this.name = 'TablesInAnotherSchemaError';
+  }
+}
+
+async function refuseTablesElsewhere(db: Kysely<any>, current: string | undefined, firstMigration: string): Promise<void> {
+  // Another app's Kysely migrations may live in another schema (a test keeps to ours then): only a schema
+  // with our first migration applied and our spans table is ours.
+  const { rows } = await sql<{ schema: string }>`
+    select m.table_schema as schema from information_schema.tables m
+    join information_schema.tables s on s.table_schema = m.table_schema and s.table_name = 'spans'
+    where m.table_name = ${DEFAULT_MIGRATION_TABLE} and m.table_schema is distinct from ${current ?? null}
+    order by m.table_schema`.execute(db);
+  for (const { schema } of rows) {
+    const ran = await db.withSchema(schema).selectFrom(DEFAULT_MIGRATION_TABLE).select('name').where('name', '=', firstMigration).executeTakeFirst();
+    if (ran) throw new TablesInAnotherSchemaError(current, schema);
+  }
 }
 
 /**
