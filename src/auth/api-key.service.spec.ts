@@ -5,6 +5,8 @@ import { ApiKeysRepository } from './api-keys.repository';
 class FakeKeys {
   readonly rows: Array<{ id: string; project_id: string; key_hash: string; prefix: string; revoked: boolean }> = [];
   lookups = 0;
+  /** While set, lookups wait here until answered (a slow Postgres): each resolves when its function is called. */
+  held: Array<() => void> | null = null;
 
   async insert(projectId: string, keyHash: string, prefix: string) {
     const row = { id: `id-${this.rows.length}`, project_id: projectId, key_hash: keyHash, prefix, revoked: false };
@@ -14,6 +16,12 @@ class FakeKeys {
 
   async findActiveByHash(keyHash: string) {
     this.lookups++;
+    // Read now, answered later: what a lookup under way read before a revoke committed.
+    const read = this.rows.find((r) => r.key_hash === keyHash && !r.revoked);
+    if (this.held) {
+      await new Promise<void>((answer) => this.held!.push(answer));
+      return read && { id: read.id, project_id: read.project_id };
+    }
     const row = this.rows.find((r) => r.key_hash === keyHash && !r.revoked);
     return row && { id: row.id, project_id: row.project_id };
   }
@@ -74,6 +82,31 @@ describe('ApiKeyService', () => {
     // NTP steps the wall clock back a minute; the window still ends 30 s after the lookup.
     jest.setSystemTime(Date.now() - 60_000);
     jest.advanceTimersByTime(ApiKeyService.TRUST_SECONDS * 1000);
+    expect(await service.projectOf(key)).toBeNull();
+  });
+
+  it('asks Postgres once for a burst of requests with a key it is looking up', async () => {
+    const { key } = await service.create(project);
+    keys.held = [];
+    const burst = Array.from({ length: 20 }, () => service.projectOf(key));
+    await Promise.resolve();
+    expect(keys.lookups).toBe(1);
+    keys.held.splice(0).forEach((answer) => answer());
+    expect(await Promise.all(burst)).toEqual(Array(20).fill(project));
+    keys.held = null;
+    expect(await service.projectOf(key)).toBe(project);
+    expect(keys.lookups).toBe(1);
+  });
+
+  it('does not trust what a lookup read before a revoke of its own', async () => {
+    const { id, key } = await service.create(project);
+    keys.held = [];
+    const before = service.projectOf(key);
+    await Promise.resolve();
+    await service.revoke(id);
+    keys.held.splice(0).forEach((answer) => answer());
+    expect(await before).toBe(project); // asked before the revoke: answered as it was then
+    keys.held = null;
     expect(await service.projectOf(key)).toBeNull();
   });
 

@@ -14,6 +14,14 @@ export class ApiKeyService {
   static readonly TRUST_SECONDS = 30;
 
   private readonly cache = new Map<string, { projectId: string; until: number }>();
+  /**
+   * Lookups on their way, by key hash: requests with the same key while it is looked up wait for that one
+   * lookup. After a deploy (or every 30 s for a busy key) each request in the burst asked Postgres itself,
+   * from the pool the requests' own queries need.
+   */
+  private readonly lookups = new Map<string, Promise<string | null>>();
+  /** Bumped by every revoke: a lookup begun before it must not put what it read into the cache after it. */
+  private revocations = 0;
 
   constructor(private readonly keys: ApiKeysRepository) {}
 
@@ -32,20 +40,37 @@ export class ApiKeyService {
     // The monotonic clock, not the wall clock: a wall clock stepped back (NTP) would have trusted a revoked key
     // for that much longer. The window counts from when the lookup was asked, so a slow lookup does not lengthen it.
     if (cached && cached.until > performance.now()) return cached.projectId;
+    const pending = this.lookups.get(hash);
+    if (pending) return pending;
+    const lookup: Promise<string | null> = this.lookUp(hash).finally(() => {
+      // Not a newer lookup's, begun after a revoke cleared this one away.
+      if (this.lookups.get(hash) === lookup) this.lookups.delete(hash);
+    });
+    this.lookups.set(hash, lookup);
+    return lookup;
+  }
+
+  private async lookUp(hash: string): Promise<string | null> {
     const asked = performance.now();
+    const revocations = this.revocations;
     const row = await this.keys.findActiveByHash(hash);
     if (!row) {
       this.cache.delete(hash);
       return null;
     }
+    if (revocations !== this.revocations) return row.project_id;
     if (this.cache.size >= CACHE_MAX) this.cache.clear();
     this.cache.set(hash, { projectId: row.project_id, until: asked + ApiKeyService.TRUST_SECONDS * 1000 });
     return row.project_id;
   }
 
   async revoke(id: string): Promise<boolean> {
+    this.revocations += 1;
     const result = await this.keys.revoke(id);
+    this.revocations += 1;
     this.cache.clear();
+    // Requests from now on ask again rather than wait for an answer read before the revoke.
+    this.lookups.clear();
     return Number(result.numUpdatedRows) > 0;
   }
 
