@@ -94,3 +94,27 @@ describe('endPool', () => {
     expect(Date.now() - started).toBeLessThan(1_500);
   });
 });
+
+// pg lets the URL's settings replace the pool's whole: `?options=-c search_path=...` (README's advice for a
+// schema that is not first) took the pool's TimeZone, DateStyle and statement_timeout with it.
+describe('createPool with settings in the URL', () => {
+  let database: TestDatabase;
+  beforeAll(async () => (database = await createTestDatabase()));
+  afterAll(async () => database?.drop());
+
+  it("keeps the URL's options beside its own, its own winning, and its own application_name", async () => {
+    const url = new URL(database.url);
+    url.searchParams.set('options', '-c search_path=elsewhere,public -c statement_timeout=0 -c TimeZone=Asia/Tokyo');
+    url.searchParams.set('application_name', 'from the url');
+    const pool = createPool(url.toString(), 1, { statementTimeoutMs: 1234 });
+    try {
+      const { rows } = await pool.query<Record<string, string>>(
+        `select current_setting('search_path') as search_path, current_setting('statement_timeout') as statement_timeout,
+                current_setting('TimeZone') as timezone, current_setting('DateStyle') as datestyle, current_setting('application_name') as app`,
+      );
+      expect(rows[0]).toEqual({ search_path: 'elsewhere,public', statement_timeout: '1234ms', timezone: 'UTC', datestyle: 'ISO, MDY', app: `tracing-api pid ${process.pid}` });
+    } finally {
+      await endPool(pool);
+    }
+  });
+});

@@ -104,12 +104,14 @@ export const POOL_APPLICATION_NAME = `tracing-api pid ${process.pid}`;
  */
 export function createPool(url: string, max: number, options: PoolOptions = {}): Pool {
   const statementTimeout = options.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(options.statementTimeoutMs)}` : '';
+  const { connectionString, urlOptions } = withoutUrlOptions(url);
   const pool = new Pool({
-    connectionString: url,
+    connectionString,
     max,
     application_name: POOL_APPLICATION_NAME,
-    // ISO dates are what timestamptzToIso and the backfill's COPY (ClickHouse DateTime64 text) read.
-    options: `-c TimeZone=UTC -c DateStyle=ISO${statementTimeout}`,
+    // ISO dates are what timestamptzToIso and the backfill's COPY (ClickHouse DateTime64 text) read. After the
+    // URL's own (a search_path, say), so that these win where both set one.
+    options: `${urlOptions ? `${urlOptions} ` : ''}-c TimeZone=UTC -c DateStyle=ISO${statementTimeout}`,
     query_timeout: options.clientTimeoutMs || undefined,
     Client: AbandonOnTimeoutClient,
     connectionTimeoutMillis: 5_000,
@@ -138,6 +140,21 @@ export function createPool(url: string, max: number, options: PoolOptions = {}):
   pool.on('error', () => undefined);
   connectedClients.set(pool, connected);
   return pool;
+}
+
+/**
+ * The URL without its `options` and `application_name` parameters, and its `options`. pg lets what the URL
+ * says replace the pool's settings whole: `?options=-c search_path=...` in DATABASE_URL dropped the pool's
+ * TimeZone, DateStyle and statement_timeout (every timestamp read then failed on a server not in UTC), and an
+ * application_name of the URL's hid the pool's sessions from the embedded server's count of other processes'.
+ */
+function withoutUrlOptions(url: string): { connectionString: string; urlOptions: string | undefined } {
+  const parsed = new URL(url);
+  const urlOptions = parsed.searchParams.get('options') ?? undefined;
+  if (!parsed.searchParams.has('options') && !parsed.searchParams.has('application_name')) return { connectionString: url, urlOptions };
+  parsed.searchParams.delete('options');
+  parsed.searchParams.delete('application_name');
+  return { connectionString: parsed.toString(), urlOptions };
 }
 
 /** Each pool's connected clients; a client leaves with the pool's 'remove', once its connection has closed. */
