@@ -195,11 +195,18 @@ describe('Postgres migrations', () => {
     try {
       for (const migrate of ['true', 'false']) {
         await expect(startApp({ MIGRATE_ON_START: migrate })).rejects.toThrow(
-          `this connection's current schema "${user}" holds none of this API's tables, while schema "public" holds them, migrated`,
+          `this connection's current schema "${user}" holds none of this API's tables, while schema "public", after it in search_path, holds them, migrated`,
         );
       }
       const made = await sql<{ n: number }>`select count(*)::int as n from pg_tables where schemaname = ${user}`.execute(test.db);
       expect(made.rows[0].n).toBe(0);
+      // search_path set to that schema alone: a deployment of its own there (a staging beside production), not refused.
+      const own = new URL(test.url);
+      own.searchParams.set('options', `-c search_path=${user}`);
+      const app = await createApp({ DATABASE_URL: own.toString(), USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent', MIGRATE_ON_START: 'true' });
+      await app.close();
+      const ownTables = await sql<{ n: number }>`select count(*)::int as n from pg_tables where schemaname = ${user} and tablename = 'spans'`.execute(test.db);
+      expect(ownTables.rows[0].n).toBe(1);
     } finally {
       await sql`drop schema ${sql.id(user)} cascade`.execute(test.db);
     }

@@ -91,24 +91,28 @@ export async function schemaState(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_
  * every key refused and the data seemingly gone.
  */
 export class TablesInAnotherSchemaError extends OperatorError {
-  constructor(current: string | undefined, elsewhere: string) {
+  constructor(current: string, elsewhere: string) {
+    const quoted = `"${elsewhere.replace(/"/g, '""')}"`;
     super(
-      `this connection's current schema ${current === undefined ? '(none: search_path names no schema that exists)' : `"${current}"`} holds none of this API's tables, ` +
-        `while schema "${elsewhere}" holds them, migrated: a schema that comes first in search_path was made since (one named after the user?). ` +
-        `Migrating would make new, empty tables there. Put "${elsewhere}" first (DATABASE_URL ...?options=-c%20search_path%3D${encodeURIComponent(elsewhere)}), or move the tables`,
+      `this connection's current schema "${current}" holds none of this API's tables, while schema "${elsewhere}", after it in search_path, ` +
+        'holds them, migrated: the first schema was made since (one named after the user?). Migrating would make new, empty tables there. ' +
+        `Put ${quoted} first in search_path (ALTER ROLE <user> SET search_path TO ${quoted}, or options=-c search_path=... in DATABASE_URL), or move the tables`,
     );
     this.name = 'TablesInAnotherSchemaError';
   }
 }
 
 async function refuseTablesElsewhere(db: Kysely<any>, current: string | undefined, firstMigration: string): Promise<void> {
-  // Another app's Kysely migrations may live in another schema (a test keeps to ours then): only a schema
-  // with our first migration applied and our spans table is ours.
+  if (current === undefined) return;
+  // Only schemas search_path reaches: a deployment of its own in another schema (search_path set to it alone)
+  // is not this one's. Another app's Kysely migrations may live in one: only a schema with our first
+  // migration applied and our spans table is ours.
   const { rows } = await sql<{ schema: string }>`
     select m.table_schema as schema from information_schema.tables m
     join information_schema.tables s on s.table_schema = m.table_schema and s.table_name = 'spans'
-    where m.table_name = ${DEFAULT_MIGRATION_TABLE} and m.table_schema is distinct from ${current ?? null}
-    order by m.table_schema`.execute(db);
+    where m.table_name = ${DEFAULT_MIGRATION_TABLE} and m.table_schema <> ${current}
+      and m.table_schema = any(current_schemas(false)::text[])
+    order by array_position(current_schemas(false)::text[], m.table_schema::text)`.execute(db);
   for (const { schema } of rows) {
     const ran = await db.withSchema(schema).selectFrom(DEFAULT_MIGRATION_TABLE).select('name').where('name', '=', firstMigration).executeTakeFirst();
     if (ran) throw new TablesInAnotherSchemaError(current, schema);
