@@ -387,7 +387,9 @@ describe('BatchWriter', () => {
       expect(gaps.recorded).toEqual([]);
       expect(writer.stats()).toMatchObject({ queuedRows: 0, rowsDropped: 3, rowsLost: 3 });
       expect(await metricValue(registry, 'mirror_rows_lost_total')).toBe(3);
-      expect(logger.errors().map((entry) => entry.msg)).toContainEqual(expect.stringMatching(/^mirror rows could not be read back for a gap record/));
+      const lost = logger.errors().find((entry) => /^mirror rows could not be read back for a gap record/.test(entry.msg));
+      // When they were queued, for verify: from the rows' headers, on the wall clock.
+      expect(lost?.obj).toMatchObject({ table: 'spans', lostRows: 3, queuedFrom: expect.stringMatching(/^\d{4}-\d\d-\d\dT/), queuedTo: expect.stringMatching(/^\d{4}-/) });
       writer.write(rows(4, 3));
       await clock.advance(1000);
       expect(sink.sentLines()).toEqual(rows(4, 3).map((r) => r.line));
@@ -1032,6 +1034,30 @@ describe('BatchWriter', () => {
       sink.releaseHung();
       await settle();
       expect(writer.stats().rowsSent + writer.stats().rowsDropped).toBe(5);
+      expect(clock.pendingTimers).toBe(0);
+    });
+
+    // The same fault at the deadline threw out of shutdown before it stopped its timers and recorded the held gaps.
+    it('counts rows it cannot read back at the deadline as lost, and still ends cleanly', async () => {
+      const { sink, writer, gaps, clock } = setup({ shutdownDeadlineMs: 1000, flushRows: 2 });
+      sink.fallback = 'hang';
+      writer.write(rows(1, 2)); // in flight, hung
+      writer.write(rows(3, 1)); // pending behind it
+      await settle();
+      const unreadable = jest.spyOn(rowLog, 'gapRowsOf').mockImplementation(() => {
+        throw new Error('a row header that does not parse');
+      });
+      try {
+        const done = writer.shutdown();
+        await clock.advance(1000);
+        await done;
+      } finally {
+        unreadable.mockRestore();
+      }
+      expect(gaps.recorded).toEqual([]);
+      expect(writer.stats()).toMatchObject({ queuedRows: 0, rowsDropped: 3, rowsLost: 3 });
+      sink.releaseHung();
+      await settle();
       expect(clock.pendingTimers).toBe(0);
     });
 

@@ -615,20 +615,43 @@ export class BatchWriter {
   private settleAsGap(batch: Batch, reason: DropReason, detail?: string): void {
     if (batch.settled) return;
     batch.settled = true;
+    this.releaseIntoGaps(batch.table, batch.rows, reason, detail);
+  }
+
+  /** Queued rows that will not be sent: read back into gap records, and released. */
+  private releaseIntoGaps(table: string, span: RowSpan, reason: DropReason, detail?: string): void {
     let rows: GapRow[];
     try {
-      rows = gapRowsOf(batch.table, batch.rows);
+      rows = gapRowsOf(table, span);
     } catch (error) {
-      // A fault of ours reading the rows back: no keys for a gap record. Counted as lost and logged, and
-      // released: rows left counted would hold the queue's bound down until a restart.
-      const count = batch.rows.count;
-      this.releaseQueued(batch.table, batch.rows);
-      this.countDropped(count, reason);
-      this.gaps.declareUnreadable(batch.table, count, `${detail ?? reason}; reading the rows back failed: ${errorText(error)}`);
+      // A fault of ours reading the rows back: no keys for a gap record. Counted as lost and logged, with
+      // when they were queued (their headers, apart from the fields that failed), and released: rows left
+      // counted would hold the queue's bound down until a restart.
+      this.countDropped(span.count, reason);
+      this.gaps.declareUnreadable(table, span.count, `${detail ?? reason}; reading the rows back failed: ${errorText(error)}`, this.queuedBetween(span));
+      this.releaseQueued(table, span);
       return;
     }
-    this.releaseQueued(batch.table, batch.rows);
+    this.releaseQueued(table, span);
     this.dropIntoGaps(rows, reason, detail);
+  }
+
+  /** The wall-clock times the span's first and last rows were queued, or null where the headers cannot be read. */
+  private queuedBetween(span: RowSpan): { from: string; to: string } | null {
+    try {
+      let first = Infinity;
+      let last = -Infinity;
+      forEachEnqueueTime(span, (at) => {
+        first = Math.min(first, at);
+        last = Math.max(last, at);
+      });
+      if (first > last) return null;
+      // Enqueue times are on the writer's monotonic clock; the log wants the wall clock's.
+      const toWall = (at: number) => new Date(this.clock.wallNow() - (this.clock.now() - at)).toISOString();
+      return { from: toWall(first), to: toWall(last) };
+    } catch {
+      return null;
+    }
   }
 
   /** The rows are settled (sent, or read into gaps): they leave the count, and their stores may take new rows. */
@@ -684,11 +707,7 @@ export class BatchWriter {
         queue.inFlight = null;
       }
       const unsent = queue.pending.take();
-      if (unsent !== null) {
-        const rows = gapRowsOf(queue.table, unsent);
-        this.releaseQueued(queue.table, unsent);
-        this.dropIntoGaps(rows, 'shutdown_deadline');
-      }
+      if (unsent !== null) this.releaseIntoGaps(queue.table, unsent, 'shutdown_deadline');
       this.updateQueueGauges(queue);
     }
     this.resolveDrainWaiters();

@@ -221,12 +221,13 @@ export class GapLedger {
    * Rows whose keys could not be read back (a fault of ours): no gap record can hold them. Counted as
    * lost; the error log says when and how many, which is all there is for `verify` to go on.
    */
-  declareUnreadable(table: string, rowCount: number, error: string): void {
+  declareUnreadable(table: string, rowCount: number, error: string, queued: { from: string; to: string } | null): void {
     this.lostRows += rowCount;
     this.deps.metrics?.rowsLost.inc(rowCount);
     this.deps.logger.error(
-      { table, lostRows: rowCount, error },
-      'mirror rows could not be read back for a gap record: they are missing from ClickHouse; run verify (with --repair) over the last minutes',
+      { table, lostRows: rowCount, error, queuedFrom: queued?.from, queuedTo: queued?.to },
+      'mirror rows could not be read back for a gap record: they are missing from ClickHouse; run verify (with --repair) ' +
+        (queued ? 'over the days of rows written between queuedFrom and queuedTo' : 'over the days of rows written since the API started'),
     );
   }
 
