@@ -98,6 +98,22 @@ describe('ApiKeyService', () => {
     expect(keys.lookups).toBe(1);
   });
 
+  it('shares a lookup only while it is young: requests after a second ask for themselves', async () => {
+    const { key } = await service.create(project);
+    keys.held = [];
+    const stuck = service.projectOf(key);
+    await Promise.resolve();
+    jest.advanceTimersByTime(ApiKeyService.JOIN_LOOKUP_MS);
+    const later = service.projectOf(key);
+    await Promise.resolve();
+    expect(keys.lookups).toBe(2);
+    keys.held[1](); // the later lookup answers; the first is still stuck
+    expect(await later).toBe(project);
+    keys.held[0]();
+    expect(await stuck).toBe(project);
+    keys.held = null;
+  });
+
   it('does not trust what a lookup read before a revoke of its own', async () => {
     const { id, key } = await service.create(project);
     keys.held = [];

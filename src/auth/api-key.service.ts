@@ -13,13 +13,16 @@ export class ApiKeyService {
    */
   static readonly TRUST_SECONDS = 30;
 
+  /** How long a lookup under way is shared with requests for the same key; past that they ask for themselves. */
+  static readonly JOIN_LOOKUP_MS = 1_000;
+
   private readonly cache = new Map<string, { projectId: string; until: number }>();
   /**
    * Lookups on their way, by key hash: requests with the same key while it is looked up wait for that one
    * lookup. After a deploy (or every 30 s for a busy key) each request in the burst asked Postgres itself,
    * from the pool the requests' own queries need.
    */
-  private readonly lookups = new Map<string, Promise<string | null>>();
+  private readonly lookups = new Map<string, { answer: Promise<string | null>; asked: number }>();
   /** Bumped by every revoke: a lookup begun before it must not put what it read into the cache after it. */
   private revocations = 0;
 
@@ -41,13 +44,18 @@ export class ApiKeyService {
     // for that much longer. The window counts from when the lookup was asked, so a slow lookup does not lengthen it.
     if (cached && cached.until > performance.now()) return cached.projectId;
     const pending = this.lookups.get(hash);
-    if (pending) return pending;
-    const lookup: Promise<string | null> = this.lookUp(hash).finally(() => {
-      // Not a newer lookup's, begun after a revoke cleared this one away.
-      if (this.lookups.get(hash) === lookup) this.lookups.delete(hash);
-    });
+    // Joined only while young: one stuck on a connection that died (no statement timeout) would hold every
+    // request with its key until TCP gave up on it, where each used to wait for its own.
+    if (pending && performance.now() - pending.asked < ApiKeyService.JOIN_LOOKUP_MS) return pending.answer;
+    const lookup = {
+      asked: performance.now(),
+      answer: this.lookUp(hash).finally(() => {
+        // Not a newer lookup's, begun after a revoke cleared this one away or this one grew old.
+        if (this.lookups.get(hash) === lookup) this.lookups.delete(hash);
+      }),
+    };
     this.lookups.set(hash, lookup);
-    return lookup;
+    return lookup.answer;
   }
 
   private async lookUp(hash: string): Promise<string | null> {
