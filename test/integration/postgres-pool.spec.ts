@@ -106,13 +106,17 @@ describe('createPool with settings in the URL', () => {
     const url = new URL(database.url);
     url.searchParams.set('options', '-c search_path=elsewhere,public -c statement_timeout=0 -c TimeZone=Asia/Tokyo');
     url.searchParams.set('application_name', 'from the url');
+    // pg sends these as startup parameters of their own, which Postgres applied after every -c of the options.
+    url.searchParams.set('statement_timeout', '999');
+    url.searchParams.set('lock_timeout', '777');
     const pool = createPool(url.toString(), 1, { statementTimeoutMs: 1234 });
     try {
       const { rows } = await pool.query<Record<string, string>>(
         `select current_setting('search_path') as search_path, current_setting('statement_timeout') as statement_timeout,
+                current_setting('lock_timeout') as lock_timeout,
                 current_setting('TimeZone') as timezone, current_setting('DateStyle') as datestyle, current_setting('application_name') as app`,
       );
-      expect(rows[0]).toEqual({ search_path: 'elsewhere,public', statement_timeout: '1234ms', timezone: 'UTC', datestyle: 'ISO, MDY', app: `tracing-api pid ${process.pid}` });
+      expect(rows[0]).toEqual({ search_path: 'elsewhere,public', statement_timeout: '1234ms', lock_timeout: '777ms', timezone: 'UTC', datestyle: 'ISO, MDY', app: `tracing-api pid ${process.pid}` });
     } finally {
       await endPool(pool);
     }

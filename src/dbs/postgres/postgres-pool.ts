@@ -150,12 +150,21 @@ export function createPool(url: string, max: number, options: PoolOptions = {}):
  */
 function withoutUrlOptions(url: string): { connectionString: string; urlOptions: string | undefined } {
   const parsed = new URL(url);
-  const urlOptions = parsed.searchParams.get('options') ?? undefined;
-  if (!parsed.searchParams.has('options') && !parsed.searchParams.has('application_name')) return { connectionString: url, urlOptions };
-  parsed.searchParams.delete('options');
-  parsed.searchParams.delete('application_name');
+  const options = parsed.searchParams.get('options') ?? undefined;
+  // These pg sends as startup parameters, which Postgres applies after `options`: a statement_timeout in the URL
+  // beat the pool's. As `-c` settings before the pool's own, the pool's wins where both set one.
+  const settings = SETTINGS_AS_PARAMETERS.filter((name) => parsed.searchParams.has(name)).map(
+    (name) => `-c ${name}=${parsed.searchParams.get(name)!.replace(/([\\ ])/g, '\\$1')}`,
+  );
+  const taken = ['options', 'application_name', ...SETTINGS_AS_PARAMETERS];
+  if (!taken.some((name) => parsed.searchParams.has(name))) return { connectionString: url, urlOptions: undefined };
+  for (const name of taken) parsed.searchParams.delete(name);
+  const urlOptions = [options, ...settings].filter(Boolean).join(' ') || undefined;
   return { connectionString: parsed.toString(), urlOptions };
 }
+
+/** URL parameters pg sends as startup parameters of their own (ConnectionParameters.getStartupConf). */
+const SETTINGS_AS_PARAMETERS = ['statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout'];
 
 /** Each pool's connected clients; a client leaves with the pool's 'remove', once its connection has closed. */
 const connectedClients = new WeakMap<Pool, Set<PoolClient>>();
