@@ -207,6 +207,12 @@ describe('Postgres migrations', () => {
       await app.close();
       const ownTables = await sql<{ n: number }>`select count(*)::int as n from pg_tables where schemaname = ${user} and tablename = 'spans'`.execute(test.db);
       expect(ownTables.rows[0].n).toBe(1);
+      // A search_path naming no schema that exists (a typo): said so, not "schema is behind" or Postgres's "no schema has been selected".
+      const none = new URL(test.url);
+      none.searchParams.set('options', '-c search_path=publc');
+      await expect(createApp({ DATABASE_URL: none.toString(), USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent', MIGRATE_ON_START: 'false' })).rejects.toThrow(
+        'search_path (publc) names no schema that exists in this database',
+      );
     } finally {
       await sql`drop schema ${sql.id(user)} cascade`.execute(test.db);
     }

@@ -67,6 +67,10 @@ export class SchemaBehindError extends OperatorError {
 
 export async function schemaState(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_DIR): Promise<SchemaState> {
   const schema = await migrationSchema(db);
+  if (schema === undefined) {
+    const { rows } = await sql<{ path: string }>`select current_setting('search_path') as path`.execute(db);
+    throw new NoSchemaError(rows[0].path);
+  }
   const migrations = await migratorIn(db, schema, folder).getMigrations();
   const known = new Set(migrations.map((m) => m.name));
   const { rows } = await sql<{ exists: boolean }>`
@@ -102,8 +106,18 @@ export class TablesInAnotherSchemaError extends OperatorError {
   }
 }
 
-async function refuseTablesElsewhere(db: Kysely<any>, current: string | undefined, firstMigration: string): Promise<void> {
-  if (current === undefined) return;
+/** search_path names no schema that exists: nothing could be created, and Kysely's and Postgres's errors do not say why. */
+export class NoSchemaError extends OperatorError {
+  constructor(searchPath: string) {
+    super(
+      `search_path (${searchPath}) names no schema that exists in this database, so there is nowhere to find or make this API's tables: ` +
+        'name the schema that holds them (public unless you chose another) in search_path',
+    );
+    this.name = 'NoSchemaError';
+  }
+}
+
+async function refuseTablesElsewhere(db: Kysely<any>, current: string, firstMigration: string): Promise<void> {
   // Only schemas search_path reaches: a deployment of its own in another schema (search_path set to it alone)
   // is not this one's. Another app's Kysely migrations may live in one: only a schema with our first
   // migration applied and our spans table is ours.
