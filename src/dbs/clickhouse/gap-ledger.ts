@@ -226,8 +226,10 @@ export class GapLedger {
     this.deps.metrics?.rowsLost.inc(rowCount);
     this.deps.logger.error(
       { table, lostRows: rowCount, error, queuedFrom: queued?.from, queuedTo: queued?.to },
-      'mirror rows could not be read back for a gap record: they are missing from ClickHouse; run verify (with --repair) ' +
-        (queued ? 'over the days of rows written between queuedFrom and queuedTo' : 'over the days of rows written since the API started'),
+      'mirror rows could not be read back for a gap record: they are missing from ClickHouse; run verify --repair. ' +
+        (queued
+          ? 'They were written between queuedFrom and queuedTo, but an update or delete then may be of a row created days before: verify by created_at, so without --since unless you know'
+          : 'When they were written is not known either'),
     );
   }
 
