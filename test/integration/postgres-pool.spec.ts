@@ -1,6 +1,6 @@
 import { sql } from 'kysely';
 import { Client, Pool } from 'pg';
-import { createKysely, createPool, endPool } from '../../src/dbs/postgres/postgres-pool';
+import { createKysely, createPool, endPool, withoutUrlOptions } from '../../src/dbs/postgres/postgres-pool';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
 /**
@@ -120,5 +120,26 @@ describe('createPool with settings in the URL', () => {
     } finally {
       await endPool(pool);
     }
+  });
+
+  // '?query_timeout=0' reached pg as the string '0' and failed every query at once; an empty statement_timeout,
+  // which pg ignored, would have refused every connection once sent as a setting.
+  it('takes no query_timeout from the URL, and ignores an empty setting as pg did', async () => {
+    const pool = createPool(`${database.url}?query_timeout=0&statement_timeout=`, 1, { statementTimeoutMs: 4321 });
+    try {
+      const { rows } = await pool.query<{ timeout: string }>(`select current_setting('statement_timeout') as timeout`);
+      expect(rows[0].timeout).toBe('4321ms');
+    } finally {
+      await endPool(pool);
+    }
+  });
+
+  it('leaves the URL\'s other parameters as they were written, and escapes what Postgres would split options at', () => {
+    const url = 'postgres://u:50%25off@h/db?host=/var/run/pg&sslmode=require&statement_timeout=5%09s&options=-c%20search_path%3Da&application_name=x#f';
+    expect(withoutUrlOptions(url)).toEqual({
+      connectionString: 'postgres://u:50%25off@h/db?host=/var/run/pg&sslmode=require#f',
+      urlOptions: '-c search_path=a -c statement_timeout=5\\\ts',
+    });
+    expect(withoutUrlOptions('postgres://h/db?sslmode=require')).toEqual({ connectionString: 'postgres://h/db?sslmode=require', urlOptions: undefined });
   });
 });

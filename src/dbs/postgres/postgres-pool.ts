@@ -143,24 +143,50 @@ export function createPool(url: string, max: number, options: PoolOptions = {}):
 }
 
 /**
- * The URL without its `options` and `application_name` parameters, and its `options`. pg lets what the URL
- * says replace the pool's settings whole: `?options=-c search_path=...` in DATABASE_URL dropped the pool's
- * TimeZone, DateStyle and statement_timeout (every timestamp read then failed on a server not in UTC), and an
- * application_name of the URL's hid the pool's sessions from the embedded server's count of other processes'.
+ * The URL without the parameters by which pg would replace the pool's own settings, and the settings among
+ * them, as `-c` options to go before the pool's. pg lets what the URL says replace the pool's config whole:
+ * `?options=-c search_path=...` in DATABASE_URL dropped the pool's TimeZone, DateStyle and statement_timeout
+ * (every timestamp read then failed on a server not in UTC); `?statement_timeout=` went as a startup
+ * parameter, which Postgres applies after `options`; an application_name of the URL's hid the pool's
+ * sessions from the embedded server's count of other processes'; a `query_timeout` (as a string: '0' failed
+ * every query at once) replaced DB_CLIENT_TIMEOUT_MS. The other parameters are left byte for byte as they
+ * were: rebuilt by URLSearchParams, `host=/var/run/...` became `%2F...`, which pg-connection-string then
+ * encoded once more in a URL with a stray `%` in its password.
  */
-function withoutUrlOptions(url: string): { connectionString: string; urlOptions: string | undefined } {
-  const parsed = new URL(url);
-  const options = parsed.searchParams.get('options') ?? undefined;
-  // These pg sends as startup parameters, which Postgres applies after `options`: a statement_timeout in the URL
-  // beat the pool's. As `-c` settings before the pool's own, the pool's wins where both set one.
-  const settings = SETTINGS_AS_PARAMETERS.filter((name) => parsed.searchParams.has(name)).map(
-    (name) => `-c ${name}=${parsed.searchParams.get(name)!.replace(/([\\ ])/g, '\\$1')}`,
-  );
-  const taken = ['options', 'application_name', ...SETTINGS_AS_PARAMETERS];
-  if (!taken.some((name) => parsed.searchParams.has(name))) return { connectionString: url, urlOptions: undefined };
-  for (const name of taken) parsed.searchParams.delete(name);
-  const urlOptions = [options, ...settings].filter(Boolean).join(' ') || undefined;
-  return { connectionString: parsed.toString(), urlOptions };
+export function withoutUrlOptions(url: string): { connectionString: string; urlOptions: string | undefined } {
+  const at = url.indexOf('?');
+  if (at < 0) return { connectionString: url, urlOptions: undefined };
+  const hash = url.indexOf('#', at);
+  const query = url.slice(at + 1, hash < 0 ? undefined : hash);
+  const kept: string[] = [];
+  const options: string[] = [];
+  const settings: string[] = [];
+  for (const pair of query.split('&')) {
+    const equals = pair.indexOf('=');
+    const name = formDecoded(equals < 0 ? pair : pair.slice(0, equals));
+    const value = equals < 0 ? '' : formDecoded(pair.slice(equals + 1));
+    if (name === 'options') {
+      options.push(value);
+    } else if (SETTINGS_AS_PARAMETERS.includes(name)) {
+      // An empty value pg ignored; as a setting Postgres would refuse every connection. Postgres splits
+      // options at whitespace, and a backslash keeps the next character.
+      if (value) settings.push(`-c ${name}=${value.replace(/([\\\s])/g, '\\$1')}`);
+    } else if (name !== 'application_name' && name !== 'query_timeout') {
+      kept.push(pair);
+    }
+  }
+  if (kept.length === query.split('&').length) return { connectionString: url, urlOptions: undefined };
+  const connectionString = `${url.slice(0, at)}${kept.length ? `?${kept.join('&')}` : ''}${hash < 0 ? '' : url.slice(hash)}`;
+  return { connectionString, urlOptions: [...options, ...settings].filter(Boolean).join(' ') || undefined };
+}
+
+/** A query string's part as URLSearchParams reads it ('+' a space), or as written where it is not valid percent-encoding. */
+function formDecoded(part: string): string {
+  try {
+    return decodeURIComponent(part.replace(/\+/g, ' '));
+  } catch {
+    return part;
+  }
 }
 
 /** URL parameters pg sends as startup parameters of their own (ConnectionParameters.getStartupConf). */
