@@ -211,7 +211,7 @@ describe('Postgres migrations', () => {
       const none = new URL(test.url);
       none.searchParams.set('options', '-c search_path=publc');
       await expect(createApp({ DATABASE_URL: none.toString(), USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent', MIGRATE_ON_START: 'false' })).rejects.toThrow(
-        'search_path (publc) names no schema that exists in this database',
+        'search_path (publc) names no schema that exists in this database and this role may use (USAGE)',
       );
     } finally {
       await sql`drop schema ${sql.id(user)} cascade`.execute(test.db);

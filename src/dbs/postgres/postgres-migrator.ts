@@ -106,12 +106,15 @@ export class TablesInAnotherSchemaError extends OperatorError {
   }
 }
 
-/** search_path names no schema that exists: nothing could be created, and Kysely's and Postgres's errors do not say why. */
+/**
+ * search_path names no schema this role can use (none exists, or it lacks USAGE on them): nothing could be
+ * found or created, and Kysely's and Postgres's errors do not say why.
+ */
 export class NoSchemaError extends OperatorError {
   constructor(searchPath: string) {
     super(
-      `search_path (${searchPath}) names no schema that exists in this database, so there is nowhere to find or make this API's tables: ` +
-        'name the schema that holds them (public unless you chose another) in search_path',
+      `search_path (${searchPath}) names no schema that exists in this database and this role may use (USAGE), so there is nowhere ` +
+        "to find or make this API's tables: name the schema that holds them (public unless you chose another) in search_path, or grant USAGE on it",
     );
     this.name = 'NoSchemaError';
   }
