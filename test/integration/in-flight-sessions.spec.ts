@@ -52,6 +52,19 @@ describe('InFlightSessions', () => {
     await endPool(pool);
   });
 
+  // pg read the URL's query_timeout ('0', a string) as a timeout of its own and failed the terminate at once.
+  it('ends them with a DATABASE_URL that carries a query_timeout', async () => {
+    const url = new URL(database.url);
+    url.searchParams.set('query_timeout', '0');
+    const pool = createPool(url.toString(), 1);
+    const sessions = new InFlightSessions(pool, url.toString());
+    const lent = await pool.connect();
+    await lent.query('select 1');
+    expect(await sessions.end()).toBe(1);
+    lent.release(new Error('ended'));
+    await endPool(pool);
+  });
+
   it('leaves sessions alone until it is told to end them', async () => {
     const pool = createPool(database.url, 1);
     new InFlightSessions(pool, database.url);

@@ -125,7 +125,10 @@ describe('createPool with settings in the URL', () => {
   // '?query_timeout=0' reached pg as the string '0' and failed every query at once; an empty statement_timeout,
   // which pg ignored, would have refused every connection once sent as a setting.
   it('takes no query_timeout from the URL, and ignores an empty setting as pg did', async () => {
-    const pool = createPool(`${database.url}?query_timeout=0&statement_timeout=`, 1, { statementTimeoutMs: 4321 });
+    const url = new URL(database.url);
+    url.searchParams.set('query_timeout', '0');
+    url.searchParams.set('statement_timeout', '');
+    const pool = createPool(url.toString(), 1, { statementTimeoutMs: 4321 });
     try {
       const { rows } = await pool.query<{ timeout: string }>(`select current_setting('statement_timeout') as timeout`);
       expect(rows[0].timeout).toBe('4321ms');
@@ -141,5 +144,8 @@ describe('createPool with settings in the URL', () => {
       urlOptions: '-c search_path=a -c statement_timeout=5\\\ts',
     });
     expect(withoutUrlOptions('postgres://h/db?sslmode=require')).toEqual({ connectionString: 'postgres://h/db?sslmode=require', urlOptions: undefined });
+    // A stray '%' keeps the rest decoded, as URLSearchParams reads it; a '?' in the fragment starts no query.
+    expect(withoutUrlOptions('postgres://h/db?options=-c+search_path%3D50%').urlOptions).toBe('-c search_path=50%');
+    expect(withoutUrlOptions('postgres://h/db#x?options=-c%20x=1')).toEqual({ connectionString: 'postgres://h/db#x?options=-c%20x=1', urlOptions: undefined });
   });
 });

@@ -1,3 +1,4 @@
+import { withoutUrlOptions } from './postgres-pool';
 import { Client, Pool } from 'pg';
 import { within } from '../../within';
 
@@ -45,7 +46,8 @@ export class InFlightSessions {
     const pids = [...this.lent].map((client) => (client as Client & { processID: number | null }).processID).filter((pid): pid is number => typeof pid === 'number');
     if (pids.length === 0) return 0;
     // The connect's own timeout is later than the bound below, so a hang anywhere reads as the same error.
-    const admin = new Client({ connectionString: this.url, connectionTimeoutMillis: END_SESSIONS_TIMEOUT_MS + 1_000 });
+    // The URL's own settings taken out as the pools' are: its query_timeout ('0', a string to pg) failed the query at once.
+    const admin = new Client({ connectionString: withoutUrlOptions(this.url).connectionString, connectionTimeoutMillis: END_SESSIONS_TIMEOUT_MS + 1_000 });
     // A connection lost meanwhile (Postgres restarting under the shutdown) is the query's error, not a crash.
     admin.on('error', () => undefined);
     const terminated = (async () => {

@@ -154,9 +154,11 @@ export function createPool(url: string, max: number, options: PoolOptions = {}):
  * encoded once more in a URL with a stray `%` in its password.
  */
 export function withoutUrlOptions(url: string): { connectionString: string; urlOptions: string | undefined } {
+  // A '?' after the fragment's '#' starts no query.
+  const fragment = url.indexOf('#');
   const at = url.indexOf('?');
-  if (at < 0) return { connectionString: url, urlOptions: undefined };
-  const hash = url.indexOf('#', at);
+  if (at < 0 || (fragment >= 0 && at > fragment)) return { connectionString: url, urlOptions: undefined };
+  const hash = fragment;
   const query = url.slice(at + 1, hash < 0 ? undefined : hash);
   const kept: string[] = [];
   const options: string[] = [];
@@ -180,13 +182,15 @@ export function withoutUrlOptions(url: string): { connectionString: string; urlO
   return { connectionString, urlOptions: [...options, ...settings].filter(Boolean).join(' ') || undefined };
 }
 
-/** A query string's part as URLSearchParams reads it ('+' a space), or as written where it is not valid percent-encoding. */
+/** A query string's part as URLSearchParams reads it: '+' a space, each run of %XX decoded, a stray '%' left as it is. */
 function formDecoded(part: string): string {
-  try {
-    return decodeURIComponent(part.replace(/\+/g, ' '));
-  } catch {
-    return part;
-  }
+  return part.replace(/\+/g, ' ').replace(/(?:%[0-9a-fA-F]{2})+/g, (run) => {
+    try {
+      return decodeURIComponent(run);
+    } catch {
+      return run;
+    }
+  });
 }
 
 /** URL parameters pg sends as startup parameters of their own (ConnectionParameters.getStartupConf). */
