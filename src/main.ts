@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import type { Server } from 'node:http';
 import { Logger as NestLogger } from '@nestjs/common';
 import type { NestExpressApplication } from '@nestjs/platform-express';
-import { Logger } from 'nestjs-pino';
+import { Logger, PinoLogger } from 'nestjs-pino';
 import { createApp, discardBufferedLogs } from './bootstrap';
 import { AppConfig, parseConfig } from './config/app-config';
 import { OperatorError } from './config/operator-error';
@@ -94,7 +94,7 @@ async function main(): Promise<void> {
       await app.close();
     } catch (error) {
       logger.error({ error: errorText(error) }, 'shutdown failed; the Postgres pools and embedded servers may not have closed', 'Main');
-      process.exit(1);
+      return exitOnceLogged(1);
     }
     const lostRows = (writer?.stats().rowsLost ?? 0) - lostBefore;
     if (lostRows > 0) {
@@ -103,13 +103,28 @@ async function main(): Promise<void> {
         'shut down, but the mirror lost rows: neither sent to ClickHouse nor recorded as gaps (the error lines above have their ranges); run `npm run verify -- --repair`',
         'Main',
       );
-      process.exit(1);
+      return exitOnceLogged(1);
     }
     logger.log('shut down cleanly', 'Main');
-    process.exit(0);
+    return exitOnceLogged(0);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+/** How long the last log lines may take to reach stdout before the process exits all the same. */
+const LOG_FLUSH_MS = 2_000;
+
+/**
+ * Exits once the log has reached stdout. pino writes asynchronously; at exit
+ * it writes synchronously only what waits behind a write still in flight,
+ * which the thread pool may finish after it: the last line (how shutdown
+ * ended, lostRows) came out before the line before it.
+ */
+async function exitOnceLogged(code: number): Promise<void> {
+  const root = PinoLogger.root as typeof PinoLogger.root | undefined;
+  if (root) await within(new Promise<void>((flushed) => root.flush(() => flushed())), LOG_FLUSH_MS, () => undefined);
+  process.exit(code);
 }
 
 /**
