@@ -3,6 +3,7 @@ import type { Server } from 'node:http';
 import { Logger as NestLogger } from '@nestjs/common';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import { Logger, PinoLogger } from 'nestjs-pino';
+import { symbols } from 'pino';
 import { createApp, discardBufferedLogs } from './bootstrap';
 import { AppConfig, parseConfig } from './config/app-config';
 import { OperatorError } from './config/operator-error';
@@ -119,11 +120,18 @@ const LOG_FLUSH_MS = 2_000;
  * Exits once the log has reached stdout. pino writes asynchronously; at exit
  * it writes synchronously only what waits behind a write still in flight,
  * which the thread pool may finish after it: the last line (how shutdown
- * ended, lostRows) came out before the line before it.
+ * ended, lostRows) came out before the line before it. Its flush() does not
+ * wait (it answers at once for a stream that buffers nothing), so the stream
+ * is ended: it closes once every line is written (stdout itself stays open).
  */
 async function exitOnceLogged(code: number): Promise<void> {
-  const root = PinoLogger.root as typeof PinoLogger.root | undefined;
-  if (root) await within(new Promise<void>((flushed) => root.flush(() => flushed())), LOG_FLUSH_MS, () => undefined);
+  const root = PinoLogger.root as unknown as Record<symbol, unknown> | undefined;
+  const stream = root?.[symbols.streamSym] as { end?: () => void; once?: (event: 'close', listener: () => void) => unknown; destroyed?: boolean } | undefined;
+  if (stream?.end && stream.once && !stream.destroyed) {
+    const closed = new Promise<void>((done) => stream.once!('close', done));
+    stream.end();
+    await within(closed, LOG_FLUSH_MS, () => undefined);
+  }
   process.exit(code);
 }
 
