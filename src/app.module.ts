@@ -1,6 +1,7 @@
 import { DynamicModule, Module } from '@nestjs/common';
 import { APP_FILTER, APP_INTERCEPTOR, Reflector } from '@nestjs/core';
 import { LoggerModule } from 'nestjs-pino';
+import { pino } from 'pino';
 import { AuthModule } from './auth/auth.module';
 import { AppConfig } from './config/app-config';
 import { APP_CONFIG, AppConfigModule } from './config/config.module';
@@ -22,6 +23,9 @@ function routedPath(url: string): string {
   return url.split('?')[0].replace(/\/+$/, '').toLowerCase();
 }
 
+/** Keys are secrets: never log them. */
+const REDACTED = ['req.headers.authorization', 'req.headers.cookie'];
+
 @Module({})
 export class AppModule {
   /** `env` overrides process.env for this instance (tests, scripts). */
@@ -34,10 +38,13 @@ export class AppModule {
           inject: [APP_CONFIG],
           useFactory: (config: AppConfig) => ({
             pinoHttp: {
+              // One logger, so one stream, for request lines and every other line: nestjs-pino otherwise makes a
+              // second pino for lines outside a request, and shutdown could wait for only one of them to be
+              // written (main.ts, exitOnceLogged). Request lines go through a child of it, which shares its stream.
+              logger: pino({ level: config.logLevel, redact: REDACTED }),
               level: config.logLevel,
               genReqId: assignRequestId,
-              // Keys are secrets: never log them.
-              redact: ['req.headers.authorization', 'req.headers.cookie'],
+              redact: REDACTED,
               customLogLevel: (_req, res, error) => (error || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
               customProps: (req) => ({ projectId: (req as { projectId?: string }).projectId }),
               // Probes and scrapes every few seconds would drown the log.

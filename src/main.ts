@@ -123,6 +123,8 @@ const LOG_FLUSH_MS = 2_000;
  * ended, lostRows) came out before the line before it. Its flush() does not
  * wait (it answers at once for a stream that buffers nothing), so the stream
  * is ended: it closes once every line is written (stdout itself stays open).
+ * Every line goes to this one stream: the app gives nestjs-pino one logger
+ * for request lines and the rest (app.module.ts).
  */
 async function exitOnceLogged(code: number): Promise<void> {
   const root = PinoLogger.root as unknown as Record<symbol, unknown> | undefined;
