@@ -47,9 +47,10 @@ export class ApiKeyService {
     // Joined only while young: one stuck on a connection that died (no statement timeout) would hold every
     // request with its key until TCP gave up on it, where each used to wait for its own.
     if (pending && performance.now() - pending.asked < ApiKeyService.JOIN_LOOKUP_MS) return pending.answer;
+    const asked = performance.now();
     const lookup = {
-      asked: performance.now(),
-      answer: this.lookUp(hash).finally(() => {
+      asked,
+      answer: this.lookUp(hash, asked).finally(() => {
         // Not a newer lookup's, begun after a revoke cleared this one away or this one grew old.
         if (this.lookups.get(hash) === lookup) this.lookups.delete(hash);
       }),
@@ -58,8 +59,8 @@ export class ApiKeyService {
     return lookup.answer;
   }
 
-  private async lookUp(hash: string): Promise<string | null> {
-    const asked = performance.now();
+  /** Asks Postgres; a key found is trusted for TRUST_SECONDS from `asked`, when the lookup began. */
+  private async lookUp(hash: string, asked: number): Promise<string | null> {
     const revocations = this.revocations;
     const row = await this.keys.findActiveByHash(hash);
     if (!row) {

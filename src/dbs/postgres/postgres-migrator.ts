@@ -76,7 +76,7 @@ export async function schemaState(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_
   const { rows } = await sql<{ exists: boolean }>`
     select exists (select 1 from information_schema.tables where table_schema = ${schema ?? null} and table_name = ${DEFAULT_MIGRATION_TABLE}) as exists`.execute(db);
   const executed = rows[0].exists
-    ? (await db.withSchema(schema!).selectFrom(DEFAULT_MIGRATION_TABLE).select('name').orderBy('name').execute()).map((r) => r.name as string)
+    ? (await db.withSchema(schema).selectFrom(DEFAULT_MIGRATION_TABLE).select('name').orderBy('name').execute()).map((r) => r.name as string)
     : [];
   if (executed.length === 0 && migrations.length > 0) await refuseTablesElsewhere(db, schema, migrations[0].name);
   return {

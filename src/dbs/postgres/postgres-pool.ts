@@ -158,12 +158,11 @@ export function withoutUrlOptions(url: string): { connectionString: string; urlO
   const fragment = url.indexOf('#');
   const at = url.indexOf('?');
   if (at < 0 || (fragment >= 0 && at > fragment)) return { connectionString: url, urlOptions: undefined };
-  const hash = fragment;
-  const query = url.slice(at + 1, hash < 0 ? undefined : hash);
+  const pairs = url.slice(at + 1, fragment < 0 ? undefined : fragment).split('&');
   const kept: string[] = [];
   const options: string[] = [];
   const settings: string[] = [];
-  for (const pair of query.split('&')) {
+  for (const pair of pairs) {
     const equals = pair.indexOf('=');
     const name = formDecoded(equals < 0 ? pair : pair.slice(0, equals));
     const value = equals < 0 ? '' : formDecoded(pair.slice(equals + 1));
@@ -177,8 +176,8 @@ export function withoutUrlOptions(url: string): { connectionString: string; urlO
       kept.push(pair);
     }
   }
-  if (kept.length === query.split('&').length) return { connectionString: url, urlOptions: undefined };
-  const connectionString = `${url.slice(0, at)}${kept.length ? `?${kept.join('&')}` : ''}${hash < 0 ? '' : url.slice(hash)}`;
+  if (kept.length === pairs.length) return { connectionString: url, urlOptions: undefined };
+  const connectionString = `${url.slice(0, at)}${kept.length ? `?${kept.join('&')}` : ''}${fragment < 0 ? '' : url.slice(fragment)}`;
   return { connectionString, urlOptions: [...options, ...settings].filter(Boolean).join(' ') || undefined };
 }
 
