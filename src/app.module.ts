@@ -40,11 +40,10 @@ export class AppModule {
             pinoHttp: {
               // One logger, so one stream, for request lines and every other line: nestjs-pino otherwise makes a
               // second pino for lines outside a request, and shutdown could wait for only one of them to be
-              // written (main.ts, exitOnceLogged). Request lines go through a child of it, which shares its stream.
+              // written (main.ts, exitOnceLogged). Request lines go through a child of it, which shares its
+              // stream and takes its level and redaction.
               logger: pino({ level: config.logLevel, redact: REDACTED }),
-              level: config.logLevel,
               genReqId: assignRequestId,
-              redact: REDACTED,
               customLogLevel: (_req, res, error) => (error || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
               customProps: (req) => ({ projectId: (req as { projectId?: string }).projectId }),
               // Probes and scrapes every few seconds would drown the log.
