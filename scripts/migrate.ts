@@ -53,12 +53,10 @@ runCli(USAGE, async (args, log) => {
         `the database has migrations this build does not know (${unknown.join(', ')}): migrate down with the build that applied them first`,
       );
     }
+    // migrateDown refuses, before undoing anything, when a migration it would undo has no down step.
     const done = (await migrateDown(db, rest.includes('--all'))).results ?? [];
     if (done.length === 0) log('nothing to do: already at the requested version');
-    // Kysely reports a migration it did not undo (one without a down) as NotExecuted, beside the ones it did.
-    const notReverted = done.filter((r) => r.status !== 'Success').map((r) => r.migrationName);
-    for (const r of done) if (r.status === 'Success') log(`reverted ${r.migrationName}`);
-    if (notReverted.length) throw new Error(`not reverted: ${notReverted.join(', ')} (a migration without a down step stays applied)`);
+    for (const r of done) log(`reverted ${r.migrationName}`);
   } finally {
     await close();
   }

@@ -1,7 +1,11 @@
 import { sql } from 'kysely';
 import { Client } from 'pg';
 import { createApp } from '../../src/bootstrap';
-import { migrateDown, migrateToLatest, SchemaBehindError } from '../../src/dbs/postgres/postgres-migrator';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { createMigrator, migrateDown, migrateToLatest, NoDownStepError, SchemaBehindError } from '../../src/dbs/postgres/postgres-migrator';
+import { createKysely, createPool, endPool } from '../../src/dbs/postgres/postgres-pool';
 import { eventually } from '../support/fake-clickhouse';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 import * as initial from '../../migrations/postgres/0001_initial';
@@ -217,6 +221,38 @@ describe('Postgres migrations', () => {
       await sql`drop schema ${sql.id(user)} cascade`.execute(test.db);
     }
     expect(await tables()).toEqual(['api_keys', 'backfill_checkpoints', 'mirror_gaps', 'nodes', 'spans']);
+  });
+
+  // Kysely skips a migration without a down step and undoes the ones beneath it: the history then said the
+  // top one was applied over a schema without what it was built on.
+  it('migrate down refuses, undoing nothing, when a migration it would undo has no down step', async () => {
+    const folder = mkdtempSync(path.join(tmpdir(), 'migrations-'));
+    const migration = (table: string, down: boolean) =>
+      `exports.up = async (db) => { await db.schema.createTable('${table}').addColumn('id', 'integer').execute(); };\n` +
+      (down ? `exports.down = async (db) => { await db.schema.dropTable('${table}').execute(); };\n` : '');
+    writeFileSync(path.join(folder, '0001_first.js'), migration('first', true));
+    writeFileSync(path.join(folder, '0002_second.js'), migration('second', false));
+    await sql`create schema down_check`.execute(test.db);
+    const url = new URL(test.url);
+    url.searchParams.set('options', '-c search_path=down_check');
+    const pool = createPool(url.toString(), 1);
+    const db = createKysely(pool);
+    const own = async () =>
+      (await sql<{ t: string }>`select tablename as t from pg_tables where schemaname = 'down_check' order by 1`.execute(test.db)).rows.map((r) => r.t);
+    try {
+      await (await createMigrator(db, folder)).migrateToLatest();
+      expect(await own()).toEqual(['first', 'kysely_migration', 'kysely_migration_lock', 'second']);
+      for (const all of [true, false]) {
+        await expect(migrateDown(db, all, folder)).rejects.toThrow(new NoDownStepError(['0002_second']));
+        expect(await own()).toEqual(['first', 'kysely_migration', 'kysely_migration_lock', 'second']);
+      }
+      const applied = await sql<{ name: string }>`select name from down_check.kysely_migration order by 1`.execute(test.db);
+      expect(applied.rows.map((r) => r.name)).toEqual(['0001_first', '0002_second']);
+    } finally {
+      await endPool(pool);
+      await sql`drop schema down_check cascade`.execute(test.db);
+      rmSync(folder, { recursive: true, force: true });
+    }
   });
 
   it("keeps to its own schema's migration table when another schema of the database has one", async () => {

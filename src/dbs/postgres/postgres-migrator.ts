@@ -39,8 +39,24 @@ export async function migrateToLatest(db: Kysely<any>): Promise<MigrationResultS
   return raise(await (await createMigrator(db)).migrateToLatest());
 }
 
-export async function migrateDown(db: Kysely<any>, all = false): Promise<MigrationResultSet> {
-  const migrator = await createMigrator(db);
+/** Migrations `migrate down` would undo that have no down step: nothing was undone. */
+export class NoDownStepError extends OperatorError {
+  constructor(readonly migrations: string[]) {
+    const one = migrations.length === 1;
+    super(`cannot migrate down: ${migrations.join(', ')} ${one ? 'has' : 'have'} no down step, so ${one ? 'it' : 'they'} cannot be undone. Nothing was undone.`);
+    this.name = 'NoDownStepError';
+  }
+}
+
+export async function migrateDown(db: Kysely<any>, all = false, folder = POSTGRES_MIGRATIONS_DIR): Promise<MigrationResultSet> {
+  const migrator = await createMigrator(db, folder);
+  // Kysely skips a migration without a down step (NotExecuted) and goes on undoing the ones beneath it, in the
+  // same transaction: the history would then say the skipped one is applied over a schema that no longer has
+  // what it was built on. Refused whole, before anything runs.
+  const executed = (await migrator.getMigrations()).filter((m) => m.executedAt !== undefined).reverse();
+  const undoing = all ? executed : executed.slice(0, 1);
+  const withoutDown = undoing.filter((m) => typeof m.migration.down !== 'function').map((m) => m.name);
+  if (withoutDown.length) throw new NoDownStepError(withoutDown);
   return raise(all ? await migrator.migrateTo(NO_MIGRATIONS) : await migrator.migrateDown());
 }
 
