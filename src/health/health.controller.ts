@@ -18,7 +18,8 @@ export class HealthController {
   ) {}
 
   /**
-   * 200 when Postgres answers (on the probe's own connection: a busy request pool is reported, not "down"),
+   * 200 when Postgres answers (on the probe's own connection: a busy request pool is reported, not "down";
+ * so is a Postgres that refuses writes, as `writable: false`, since reads go on),
    * 503 once the process is shutting down (see ShutdownState).
    * The mirror is reported (always "up") but never makes the API unhealthy.
    */
@@ -38,7 +39,10 @@ export class HealthController {
   private async postgres() {
     const indicator = this.indicators.check('postgres');
     const [result, requestPool] = [await this.probe.check(), this.probe.requestPoolUse()];
-    return result.up ? indicator.up({ requestPool }) : indicator.down({ message: `Postgres is unavailable: ${result.reason}`, requestPool });
+    if (!result.up) return indicator.down({ message: `Postgres is unavailable: ${result.reason}`, requestPool });
+    return result.writable
+      ? indicator.up({ writable: true, requestPool })
+      : indicator.up({ writable: false, message: 'Postgres refuses writes (a standby, or a database made read-only): writes are 503s, reads go on', requestPool });
   }
 
   private async mirrorStatus() {

@@ -32,7 +32,7 @@ describe('GET /health while the database is busy', () => {
     const res = await request(t.url).get('/health').expect(200);
     const took = Date.now() - started;
 
-    expect(res.body.info.postgres).toEqual({ status: 'up', requestPool: { connections: 2, idle: 0, waiting: 1 } });
+    expect(res.body.info.postgres).toEqual({ status: 'up', writable: true, requestPool: { connections: 2, idle: 0, waiting: 1 } });
     // The mirror's open-gap count comes from the mirror's own pool, which requests cannot exhaust.
     expect(res.body.info.mirror).toMatchObject({ status: 'up', enabled: true, openGaps: 0 });
     expect(took).toBeLessThan(PROBE_TIMEOUT_MS + 1_500);

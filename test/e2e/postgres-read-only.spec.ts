@@ -20,6 +20,14 @@ describe('Postgres refusing writes (read-only)', () => {
   const setReadOnly = (readOnly: boolean) =>
     setAppSessionDefaults(t.database, t.app.get<Pool>(PG_POOL), { default_transaction_read_only: readOnly ? 'on' : 'off' });
 
+  /** /health's postgres entry. The probe's kept connection was ended with the others: its first probe after may fail. */
+  const healthOfPostgres = async () => {
+    for (let attempt = 0; ; attempt++) {
+      const res = await request(t.url).get('/health');
+      if (res.status === 200 || attempt === 2) return { status: res.status, postgres: (res.body.info ?? res.body.error)?.postgres };
+    }
+  };
+
   it('answers writes 503 and writes nothing, serves reads, and takes writes again afterwards', async () => {
     const auth = { Authorization: `ApiKey ${t.apiKey}` };
     const stored = makeSpan();
@@ -42,9 +50,15 @@ describe('Postgres refusing writes (read-only)', () => {
       // Nothing written: the refused span and node are not there, the stored span neither changed nor deleted.
       await request(t.url).get(`/tracing/traces/${refused.trace_id}`).set(auth).expect(404);
       await request(t.url).get(`/observability/trees/${refusedNode.tree_id}`).set(auth).expect(404);
+      // /health stays 200 (reads go on) and says writes are refused, for whoever watches it.
+      const health = await healthOfPostgres();
+      expect(health).toMatchObject({ status: 200, postgres: { status: 'up', writable: false, message: expect.stringMatching(/^Postgres refuses writes/) } });
     } finally {
       await setReadOnly(false);
     }
     await request(t.url).put('/tracing/spans').set(auth).send({ spans: [{ ...stored, span_name: 'changed' }] }).expect(200);
+    const health = await healthOfPostgres();
+    expect(health).toMatchObject({ status: 200, postgres: { status: 'up', writable: true } });
+    expect(health.postgres).not.toHaveProperty('message');
   });
 });

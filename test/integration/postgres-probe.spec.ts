@@ -58,8 +58,8 @@ describe('PostgresProbe (real Postgres behind a relay)', () => {
       expect(lines).toEqual([expect.stringMatching(/^warn \/health: Postgres is unavailable: .*ECONNREFUSED/)]);
 
       await openRelay(new URL(database.url));
-      expect(await probe.check()).toEqual({ up: true });
-      expect(await probe.check()).toEqual({ up: true });
+      expect(await probe.check()).toEqual({ up: true, writable: true });
+      expect(await probe.check()).toEqual({ up: true, writable: true });
       expect(lines.slice(1)).toEqual(['log Postgres answers /health again']);
 
       // The connection it kept is cut: the next probe fails (logged once more), the one after reconnects.
@@ -72,13 +72,30 @@ describe('PostgresProbe (real Postgres behind a relay)', () => {
     }
   });
 
+  it('reports a Postgres that refuses writes as up and not writable, warning once', async () => {
+    const lines: string[] = [];
+    const url = new URL(database.url);
+    url.searchParams.set('options', '-c default_transaction_read_only=on');
+    const probe = new PostgresProbe(url.toString(), new Pool(), { log: (m: string) => lines.push(`log ${m}`), warn: (m: string) => lines.push(`warn ${m}`) });
+    try {
+      expect(await probe.check()).toEqual({ up: true, writable: false });
+      expect(await probe.check()).toEqual({ up: true, writable: false });
+      expect(lines).toEqual(['warn /health: Postgres refuses writes (a standby, or a database made read-only): writes are 503s, reads go on']);
+      await probe.pool.query('set default_transaction_read_only = off');
+      expect(await probe.check()).toEqual({ up: true, writable: true });
+      expect(lines.slice(1)).toEqual(['log Postgres takes writes again']);
+    } finally {
+      await probe.close();
+    }
+  });
+
   it('gives concurrent callers the one probe in flight', async () => {
     await openRelay(new URL(database.url));
     const probe = new PostgresProbe(probeUrl(), new Pool(), { log: () => undefined, warn: () => undefined });
     try {
       const [a, b] = [probe.check(), probe.check()];
       expect(a).toBe(b);
-      expect(await a).toEqual({ up: true });
+      expect(await a).toEqual({ up: true, writable: true });
       // Once settled, the next call probes anew.
       const next = probe.check();
       expect(next).not.toBe(a);

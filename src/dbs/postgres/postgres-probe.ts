@@ -8,7 +8,12 @@ export const PROBE_TIMEOUT_MS = 2_000;
 
 class ProbeTimeout extends Error {}
 
-export type ProbeResult = { up: true } | { up: false; reason: string };
+/**
+ * `writable` false: Postgres answers but refuses writes (a standby reached after a failover, a database made
+ * read-only). Still up: reads go on, and taking every replica out of rotation would stop them too; /health says
+ * it and the log warns once, for whoever watches.
+ */
+export type ProbeResult = { up: true; writable: boolean } | { up: false; reason: string };
 
 /** The request pool's use, as pg-pool counts it: a saturated pool has no idle connection and requests waiting. */
 export interface PoolUse {
@@ -31,6 +36,8 @@ export class PostgresProbe {
 
   /** Whether the last probe failed: its whole error is logged when it starts failing, and the recovery once. */
   private failing = false;
+  /** Whether the last answer refused writes: logged when it starts and when it ends, as failures are. */
+  private readOnly = false;
 
   constructor(
     url: string,
@@ -52,12 +59,18 @@ export class PostgresProbe {
 
   private async probe(): Promise<ProbeResult> {
     try {
-      await within(this.own.query('select 1'), this.timeoutMs, () => {
+      // transaction_read_only is on in a hot standby and under default_transaction_read_only: what refuses a write.
+      const asked = this.own.query<{ read_only: string }>(`select current_setting('transaction_read_only') as read_only`);
+      const { rows } = await within(asked, this.timeoutMs, () => {
         throw new ProbeTimeout(`no answer within ${this.timeoutMs} ms`);
       });
       if (this.failing) this.log.log('Postgres answers /health again');
       this.failing = false;
-      return { up: true };
+      const readOnly = rows[0].read_only === 'on';
+      if (readOnly && !this.readOnly) this.log.warn('/health: Postgres refuses writes (a standby, or a database made read-only): writes are 503s, reads go on');
+      if (!readOnly && this.readOnly) this.log.log('Postgres takes writes again');
+      this.readOnly = readOnly;
+      return { up: true, writable: !readOnly };
     } catch (error) {
       if (!this.failing) this.log.warn(`/health: Postgres is unavailable: ${(error as Error).message}`);
       this.failing = true;
