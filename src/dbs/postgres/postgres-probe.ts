@@ -3,7 +3,7 @@ import { Pool } from 'pg';
 import { within } from '../../within';
 import { createPool, endPool } from './postgres-pool';
 
-/** How long /health waits for Postgres to answer `select 1`. */
+/** How long /health waits for Postgres to answer its probe query. */
 export const PROBE_TIMEOUT_MS = 2_000;
 
 class ProbeTimeout extends Error {}
@@ -45,13 +45,13 @@ export class PostgresProbe {
     private readonly log: Pick<LoggerService, 'log' | 'warn'>,
     private readonly timeoutMs = PROBE_TIMEOUT_MS,
   ) {
-    // The server's statement timeout ends a `select 1` stuck behind something; the client timeout gives up a
+    // The server's statement timeout ends a probe query stuck behind something; the client timeout gives up a
     // server that does not answer. The connection is kept between probes (pg-pool would close it after 10 s
     // idle): a probe that had to reconnect would report a server out of connection slots as down.
     this.own = createPool(url, 1, { statementTimeoutMs: timeoutMs, clientTimeoutMs: timeoutMs + 500, idleTimeoutMs: 0 });
   }
 
-  /** Concurrent callers (a liveness and a readiness probe) share one `select 1`, rather than queueing on the one connection. */
+  /** Concurrent callers (a liveness and a readiness probe) share one probe query, rather than queueing on the one connection. */
   check(): Promise<ProbeResult> {
     this.running ??= this.probe().finally(() => (this.running = undefined));
     return this.running;
