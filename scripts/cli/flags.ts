@@ -5,8 +5,12 @@ export interface ParsedFlags {
   switches: Set<string>;
 }
 
-/** Operator commands' flags: `--name value` or `--name=value` for the listed value flags, bare switches; anything else is refused. */
-export function parseFlags(args: string[], valueFlags: string[], switchFlags: string[]): ParsedFlags {
+/**
+ * Operator commands' flags: `--name value` or `--name=value` for the listed value flags, bare switches; anything else is refused.
+ * So are flags npm kept for itself (see refuseFlagsNpmTook).
+ */
+export function parseFlags(args: string[], valueFlags: string[], switchFlags: string[], env: NodeJS.ProcessEnv = process.env): ParsedFlags {
+  refuseFlagsNpmTook(args, [...valueFlags, ...switchFlags], env);
   const values = new Map<string, string>();
   const switches = new Set<string>();
   for (let i = 0; i < args.length; i++) {
@@ -34,4 +38,22 @@ export function positiveInt(flags: ParsedFlags, name: string, fallback: number):
     throw new UsageError(`${name} must be a positive whole number, got "${text}"`);
   }
   return Number(text);
+}
+
+/**
+ * `npm run backfill --dry-run`, without the `--`, gives npm the flag: it sets npm_config_dry_run in the
+ * script's environment and passes the command nothing, which then copied the whole history it was told not
+ * to touch (`--project` or `--since` left out the same way widened the scope to everything). A flag of the
+ * command's that npm took, and that the command was not also given, is refused, naming the fix.
+ */
+function refuseFlagsNpmTook(args: string[], flags: string[], env: NodeJS.ProcessEnv): void {
+  const script = env.npm_lifecycle_event;
+  if (script === undefined) return;
+  const given = new Set(args.map((arg) => arg.split('=', 1)[0]));
+  const taken = flags.filter((flag) => !given.has(flag) && env[`npm_config_${flag.slice(2).replace(/-/g, '_')}`] !== undefined);
+  if (taken.length === 0) return;
+  throw new UsageError(
+    `npm kept ${taken.join(', ')} for itself: \`npm run\` passes a command only what follows "--". ` +
+      `Run it as \`npm run ${script} -- <options>\`; nothing was done`,
+  );
 }

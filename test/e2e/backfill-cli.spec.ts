@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { ChildProcess, spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import { sql } from 'kysely';
@@ -258,6 +259,29 @@ describe('npm run backfill / verify', () => {
       expect(result.stderr).toContain(`error: ${cases[i][2]}`);
       expect(result.stderr).toContain(`usage: npm run ${cases[i][0]} -- [options]`);
     });
+  }, 60_000);
+
+  // npm keeps flags given before "--" for itself and passes the command nothing: the --dry-run that was to
+  // write nothing copied the whole history, and a --project left out that way widened the scope to everything.
+  it('refuses flags npm kept for itself (no "--" before them), naming the fix, before connecting to anything', async () => {
+    const nowhere = { DATABASE_URL: 'postgres://nobody:secret@127.0.0.1:1/none', CLICKHOUSE_URL: 'http://127.0.0.1:1' };
+    const { NODE_OPTIONS: _jest, ...inherited } = process.env;
+    const npmRun = (args: string[]) =>
+      new Promise<{ code: number | null; stderr: string }>((resolveRun) => {
+        const child = spawn('npm', ['run', '-s', ...args], { cwd: ROOT, env: { ...inherited, ...nowhere } });
+        let stderr = '';
+        child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+        child.on('close', (code) => resolveRun({ code, stderr }));
+      });
+    const [dryRun, project] = await Promise.all([
+      npmRun(['backfill', '--dry-run']),
+      npmRun(['verify', `--project=${randomUUID()}`, '--', '--counts-only']),
+    ]);
+    expect(dryRun.code).toBe(2);
+    expect(dryRun.stderr).toContain('error: npm kept --dry-run for itself: `npm run` passes a command only what follows "--". Run it as `npm run backfill -- <options>`; nothing was done');
+    expect(project.code).toBe(2);
+    expect(project.stderr).toContain('error: npm kept --project for itself');
+    expect(project.stderr).toContain('`npm run verify -- <options>`');
   }, 60_000);
 
   // After the tests above: ClickHouse holds every row, so verify's content pass (the one with a bar) reads them all.
