@@ -24,7 +24,9 @@ export interface PostgresConnection {
  */
 export async function openPostgres(config: AppConfig, log: (line: string) => void, connections: number, options: PoolOptions = {}): Promise<PostgresConnection> {
   const server = await resolvePostgres(config.postgres, log);
-  const pool = createPool(server.url, connections, options);
+  // No statement timeout, not even a role's or DATABASE_URL's: backfill's count of a scope and verify's
+  // group-by over all of history outlast any a request would have, and were cancelled by one every run.
+  const pool = createPool(server.url, connections, { statementTimeoutMs: 0, ...options });
   const db = createKysely(pool);
   const close = async () => {
     await db.destroy();

@@ -1,6 +1,8 @@
 import { sql } from 'kysely';
 import { Client, Pool } from 'pg';
 import { createKysely, createPool, endPool, withoutUrlOptions } from '../../src/dbs/postgres/postgres-pool';
+import { parseConfig } from '../../src/config/app-config';
+import { openPostgres } from '../../scripts/cli/postgres-cli';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
 /**
@@ -134,6 +136,37 @@ describe('createPool with settings in the URL', () => {
       expect(rows[0].timeout).toBe('4321ms');
     } finally {
       await endPool(pool);
+    }
+  });
+
+  // The operator commands' long scans (backfill's count of a scope, verify's group-by over history) were
+  // cancelled by a statement_timeout the role or DATABASE_URL set: 0 turns it off, unset leaves it.
+  it("turns the statement timeout off with 0, the URL's or the role's included, and leaves it unset otherwise", async () => {
+    const url = new URL(database.url);
+    url.searchParams.set('statement_timeout', '1500');
+    for (const [statementTimeoutMs, expected] of [
+      [0, '0'],
+      [undefined, '1500ms'],
+    ] as const) {
+      const pool = createPool(url.toString(), 1, { statementTimeoutMs });
+      try {
+        const { rows } = await pool.query<{ timeout: string }>(`select current_setting('statement_timeout') as timeout`);
+        expect({ statementTimeoutMs, timeout: rows[0].timeout }).toEqual({ statementTimeoutMs, timeout: expected });
+      } finally {
+        await endPool(pool);
+      }
+    }
+  });
+
+  it("gives the operator commands' connections no statement timeout, whatever DATABASE_URL sets", async () => {
+    const url = new URL(database.url);
+    url.searchParams.set('options', '-c statement_timeout=1500');
+    const postgres = await openPostgres(parseConfig({ DATABASE_URL: url.toString() }), () => undefined, 1);
+    try {
+      const { rows } = await sql<{ timeout: string }>`select current_setting('statement_timeout') as timeout`.execute(postgres.db);
+      expect(rows[0].timeout).toBe('0');
+    } finally {
+      await postgres.close();
     }
   });
 

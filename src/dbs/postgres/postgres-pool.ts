@@ -71,7 +71,8 @@ export class AbandonOnTimeoutClient extends Client {
 export interface PoolOptions {
   /**
    * Bounds every statement on the server side, where cancelling is safe (the
-   * statement and its transaction roll back). 0 or unset: none.
+   * statement and its transaction roll back). 0: none, whatever the URL or the
+   * role sets. Unset: the URL's or the role's, if any.
    */
   statementTimeoutMs?: number;
   /**
@@ -95,15 +96,15 @@ export interface PoolOptions {
 export const POOL_APPLICATION_NAME = `tracing-api pid ${process.pid}`;
 
 /**
- * The API sets both timeouts; operator commands leave them off for their long
- * scans. A write the client gave up on is not committed unless the give-up
+ * The API sets both timeouts; operator commands turn the statement timeout off
+ * (a role's or the URL's too) for their long scans, and set no client timeout. A write the client gave up on is not committed unless the give-up
  * came while its COMMIT was in flight (the one window no client can close):
  * every span and node write runs in an explicit transaction for that reason.
  * (The mirror's gap records are single inserts; one committed after a
  * give-up is replayed like any other, which is harmless.)
  */
 export function createPool(url: string, max: number, options: PoolOptions = {}): Pool {
-  const statementTimeout = options.statementTimeoutMs ? ` -c statement_timeout=${Math.floor(options.statementTimeoutMs)}` : '';
+  const statementTimeout = options.statementTimeoutMs !== undefined ? ` -c statement_timeout=${Math.floor(options.statementTimeoutMs)}` : '';
   const { connectionString, urlOptions } = withoutUrlOptions(url);
   const pool = new Pool({
     connectionString,
