@@ -176,34 +176,36 @@ describe('concurrent writes over the same rows', () => {
   });
 
   /**
-   * The delete, then the re-export, each queued behind a SHARE lock on spans: it lets the delete's
-   * SELECT ... FOR UPDATE lock the rows but stops its DELETE (and the re-export's INSERT) at the table.
-   * Released, the INSERT waits on the delete's rows, and re-creates them once the delete commits.
+   * The delete, then the re-export, each queued behind a row lock: another session holds the last of the
+   * spans in key order, so the delete, which locks them in that order, waits there holding all the others.
+   * The re-export then waits on the first, and re-creates the spans once the delete commits.
    */
-  async function deleteHoldingRowsThenReExport(del: { method: string; path: string; body: unknown }, reExport: { method: string; path: string; body: unknown }) {
+  async function deleteHoldingRowsThenReExport(
+    keys: Array<{ trace_id: string; span_id: string }>,
+    del: { method: string; path: string; body: unknown },
+    reExport: { method: string; path: string; body: unknown },
+  ) {
+    const last = keys.map((k) => `${k.trace_id.toLowerCase()} ${k.span_id.toLowerCase()}`).sort().at(-1)!.split(' ');
     const locker = new Client({ connectionString: t.database.url });
     await locker.connect();
     try {
       await locker.query('begin');
-      await locker.query('lock table spans in share mode');
-      /** Sessions queued for spans behind the lock (wanting ROW EXCLUSIVE), and those of them that hold its rows already (ROW SHARE: a SELECT ... FOR UPDATE done). */
-      const queued = async (until: (q: { waiting: number; holdingRows: number }) => boolean) => {
+      const held = await locker.query(`select 1 from spans where project_id = $1 and trace_id = $2::uuid and span_id = decode($3, 'hex') for update`, [t.projectId, ...last]);
+      expect(held.rowCount).toBe(1);
+      /** Sessions waiting for a row lock (the delete on the held row, the re-export on the delete's first). */
+      const waiting = async (count: number) => {
         for (const deadline = Date.now() + 10_000; ; await new Promise((done) => setTimeout(done, 25))) {
-          const { rows } = await locker.query<{ waiting: number; holdingRows: number }>(
-            `select count(*)::int as waiting, (count(*) filter (where holds))::int as "holdingRows" from (
-               select bool_or(granted and mode = 'RowShareLock') as holds from pg_locks
-               where database = (select oid from pg_database where datname = current_database()) and relation = 'spans'::regclass and pid <> pg_backend_pid()
-               group by pid having bool_or(not granted and mode = 'RowExclusiveLock')) q`,
+          const { rows } = await locker.query<{ n: number }>(
+            `select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and pid <> pg_backend_pid()`,
           );
-          if (until(rows[0])) return;
-          if (Date.now() > deadline) throw new Error(`the writes did not queue as meant: ${JSON.stringify(rows[0])}`);
+          if (rows[0].n === count) return;
+          if (Date.now() > deadline) throw new Error(`the writes did not queue as meant: ${rows[0].n} waiting, expected ${count}`);
         }
       };
       const answers = [send(del.method, del.path, del.body)];
-      // Waiting for its DELETE with its SELECT ... FOR UPDATE done: the delete holds every row.
-      await queued((q) => q.holdingRows === 1);
+      await waiting(1);
       answers.push(send(reExport.method, reExport.path, reExport.body));
-      await queued((q) => q.waiting === 2);
+      await waiting(2);
       await locker.query('rollback');
       const statuses = (await Promise.all(answers)).map((answer) => {
         if (answer.status >= 500) throw new Error(`a concurrent write answered ${answer.status}: ${answer.body}`);
@@ -228,7 +230,7 @@ describe('concurrent writes over the same rows', () => {
       // Round 0 made certain (the rest are left to scheduling): the delete holds the rows when the re-export arrives.
       const statuses =
         round === 0
-          ? await deleteHoldingRowsThenReExport(deleteFirst, exportFirst)
+          ? await deleteHoldingRowsThenReExport(keys, deleteFirst, exportFirst)
           : // Sent at once, in turns: the delete then usually holds the rows when the re-export arrives, or the other way round.
             await race([round % 2 === 0 ? [deleteFirst, exportFirst] : [exportFirst, deleteFirst]]);
       expect(new Set(statuses)).toEqual(new Set([200]));

@@ -1,7 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { CompiledQuery, Kysely, PostgresDialect, sql } from 'kysely';
 import { DB } from '../../src/dbs/postgres/database';
-import { lockRows } from '../../src/dbs/postgres/lock-order';
 import { PostgresObservabilityDao } from '../../src/dbs/postgres/postgres-observability.dao';
 import { PostgresTracingDao } from '../../src/dbs/postgres/postgres-tracing.dao';
 import { TreeTooLargeError } from '../../src/observability/observability.dao';
@@ -160,14 +159,18 @@ describe('Postgres node query pages (real Postgres, EXPLAIN ANALYZE)', () => {
   });
 });
 
-/** A delete locks its rows in key order first (lock-order.ts); a trace or tree of any size must not come back to the API just for that. */
+/**
+ * A delete takes only rows it has locked in key order (lock-order.ts), in one statement: a trace or tree of
+ * any size must not come back to the API just for the locks, and a row that joins the tree while the delete
+ * waits must not be locked out of order.
+ */
 describe('Postgres DAOs locking the rows a delete removes', () => {
   const project = '0c000000-0000-4000-8000-000000000004';
   let pg: TestDatabase;
   beforeAll(async () => (pg = await createTestDatabase()));
   afterAll(async () => pg.drop());
 
-  it('lock a trace and a tree without fetching their rows, and delete them whole', async () => {
+  it('lock and delete a trace and a tree in one statement each, fetching nothing more', async () => {
     // Each statement's text (the log) and how many rows came back for it (a plugin sees results), in order: one at a time here.
     const statements: string[] = [];
     const rowCounts: number[] = [];
@@ -187,23 +190,49 @@ describe('Postgres DAOs locking the rows a delete removes', () => {
 
     expect(await new PostgresTracingDao(db).deleteTraces(project, [trace[0].trace_id])).toHaveLength(500);
     expect(await new PostgresObservabilityDao(db).deleteTrees(project, [tree])).toHaveLength(500);
-    const locking = answered().filter((statement) => /for update/i.test(statement.sql));
-    // Was: every span_id and node_id, 500 rows each.
-    expect(locking.map((statement) => statement.rows)).toEqual([1, 1]);
+    // Was: a locking select of every span_id and node_id (500 rows each), then the delete.
+    expect(answered()).toEqual([
+      { sql: expect.stringMatching(/^delete from "spans" .* order by "trace_id", "span_id" for update\)/), rows: 500 },
+      { sql: expect.stringMatching(/^delete from "nodes" .* order by "node_id" for update\)/), rows: 500 },
+    ]);
   });
 
-  it('still hold the locks it takes until the transaction ends', async () => {
-    const trace = makeTrace(2);
-    await new PostgresTracingDao(pg.db).createSpans(project, trace, { userId: null, upsert: false });
-    const other = await pg.pool.connect();
+  // The review's sequence: the delete has locked Z and waits for Y; meanwhile M (before Z) is moved into the
+  // tree, and an ingest of [M, Z] locks M and waits for Z. A delete whose DELETE came after its lock step took
+  // M in with a later snapshot, waited for the ingest that waits for it, and one of them died "deadlock detected".
+  it('does not deadlock with an ingest of a node moved into the tree while it waited', async () => {
+    const [tree, elsewhere] = ['0d000000-0000-4000-8000-000000000010', '0d000000-0000-4000-8000-000000000011'];
+    const [m, z, y] = ['0e000000-0000-4000-8000-000000000001', '0e000000-0000-4000-8000-000000000002', '0e000000-0000-4000-8000-000000000003'];
+    const dao = new PostgresObservabilityDao(pg.db);
+    await dao.ingestNodes(project, [makeNode({ node_id: m, tree_id: elsewhere }), makeNode({ node_id: z, tree_id: tree }), makeNode({ node_id: y, tree_id: tree })]);
+    const waitingOnLocks = async (n: number) => {
+      for (let i = 0; ; i++) {
+        const { rows } = await pg.pool.query(`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`);
+        if (rows[0].n >= n) return;
+        if (i > 500) throw new Error(`${rows[0].n} sessions wait for a lock, expected ${n}`);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    };
+    const holder = await pg.pool.connect();
+    let deleted: Promise<unknown> | undefined;
+    let ingested: Promise<unknown> | undefined;
     try {
-      await pg.db.transaction().execute(async (trx) => {
-        await lockRows(trx, trx.selectFrom('spans').select('span_id').where('project_id', '=', project).where('trace_id', '=', sql<string>`${trace[0].trace_id}::uuid`).orderBy('span_id'));
-        await expect(other.query(`select 1 from spans where project_id = $1 for update nowait`, [project])).rejects.toMatchObject({ code: '55P03' });
-      });
-      expect((await other.query(`select 1 from spans where project_id = $1 for update nowait`, [project])).rowCount).toBe(3);
+      await holder.query('begin');
+      await holder.query('select 1 from nodes where project_id = $1 and node_id = $2 for update', [project, y]);
+      deleted = dao.deleteTrees(project, [tree]);
+      deleted.catch(() => undefined);
+      await waitingOnLocks(1);
+      await dao.ingestNodes(project, [makeNode({ node_id: m, tree_id: tree })]);
+      ingested = dao.ingestNodes(project, [makeNode({ node_id: m, tree_id: tree }), makeNode({ node_id: z, tree_id: tree })]);
+      ingested.catch(() => undefined);
+      await waitingOnLocks(2);
     } finally {
-      other.release();
+      await holder.query('rollback');
+      holder.release();
     }
+    // The delete took the tree as it was when it began (Z, Y); M, moved in meanwhile, and Z, ingested after, remain.
+    expect(((await ingested) as Array<{ node_id: string }>).map((n) => n.node_id)).toEqual([m, z]);
+    expect(((await deleted) as Array<{ node_id: string }>).map((n) => n.node_id).sort()).toEqual([z, y]);
+    expect((await dao.readTree(project, tree)).map((n) => n.node_id).sort()).toEqual([m, z]);
   });
 });

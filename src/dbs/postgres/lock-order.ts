@@ -1,5 +1,3 @@
-import { RawBuilder, sql } from 'kysely';
-
 /**
  * Two transactions that write overlapping rows in different orders can each
  * hold a row lock the other waits for; Postgres then aborts one of them
@@ -22,15 +20,4 @@ export function inLockOrder<T>(rows: readonly T[], key: (row: T) => string): T[]
 export function inCallersOrder<K, R extends K>(given: readonly K[], stored: readonly R[], key: (row: K) => string): R[] {
   const byKey = new Map(stored.map((row) => [key(row), row]));
   return given.flatMap((row) => byKey.get(key(row)) ?? []);
-}
-
-/**
- * Locks the rows `select` finds (ordered by the primary key, FOR UPDATE) and
- * resolves once they are locked, without sending them to the API: a delete
- * of a large trace or tree fetched every id only to take the locks. The
- * locking select runs as a subquery, which keeps its order: Postgres locks
- * rows as its sorted plan produces them.
- */
-export async function lockRows(trx: Parameters<RawBuilder<unknown>['execute']>[0], ordered: { forUpdate(): unknown }): Promise<void> {
-  await sql`select count(*) from (${ordered.forUpdate()}) as locked`.execute(trx);
 }

@@ -8,7 +8,7 @@ import { cursorTag, decodeCursor, encodeCursor, isCursorTime } from './keyset-cu
 import { inTransaction } from './transactions';
 import { KYSELY } from './postgres.tokens';
 import { nodeFromRow, nodeToRow } from './node-row.mapper';
-import { inCallersOrder, inLockOrder, lockRows } from './lock-order';
+import { inCallersOrder, inLockOrder } from './lock-order';
 import { isUuid } from '../../uuid';
 
 /** A node row binds 18 values; stay well under Postgres's 65535 parameters. */
@@ -126,14 +126,21 @@ export class PostgresObservabilityDao implements ObservabilityDao {
     if (treeIds.length === 0) return [];
     // In a transaction, like every write: a delete the client gives up on is then never committed (see createPool).
     return inTransaction(this.db, async (trx) => {
-      // The tree's index finds its nodes in the order they sit on disk: lock them in key order first (lock-order.ts).
+      // The tree's index finds its nodes in the order they sit on disk: the DELETE takes only the rows a subquery
+      // has locked in key order (lock-order.ts), in one statement, so a node moved into the tree meanwhile is not
+      // locked out of order (as the tracing DAO's deleteInLockOrder says).
       // The ids as one array: an IN list binds one parameter per id, and Postgres takes at most 65,535.
-      const ofTrees = sql<SqlBool>`tree_id = any(${treeIds}::uuid[])`;
-      await lockRows(trx, trx.selectFrom('nodes').select('node_id').where('project_id', '=', projectId).where(ofTrees).orderBy('node_id'));
+      const locked = trx
+        .selectFrom('nodes')
+        .select('node_id')
+        .where('project_id', '=', projectId)
+        .where(sql<SqlBool>`tree_id = any(${treeIds}::uuid[])`)
+        .orderBy('node_id')
+        .forUpdate();
       return trx
         .deleteFrom('nodes')
         .where('project_id', '=', projectId)
-        .where(ofTrees)
+        .where('node_id', 'in', locked)
         .returning(['project_id', 'node_id', 'created_at', 'tree_id', 'time_start', tombstoneVersion.as('deleted_at')])
         .execute();
     });

@@ -9,7 +9,7 @@ import { KYSELY } from './postgres.tokens';
 import { querySpans, spanAnalytics } from './postgres-span-query';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
 import { bytesToSpanId, DELETED_SPAN_COLUMNS, deletedSpanFromRow, spanFromRow, spanIdToBytes, spanToRow } from './span-row.mapper';
-import { inCallersOrder, inLockOrder, lockRows } from './lock-order';
+import { inCallersOrder, inLockOrder } from './lock-order';
 import { amongSpanKeys } from './span-keys';
 import { inTransaction } from './transactions';
 
@@ -103,17 +103,28 @@ export class PostgresTracingDao implements TracingDao {
   /**
    * Deletes the project's spans that `which` selects. A DELETE locks rows in
    * the order its plan finds them (over many traces, as they sit on disk), so
-   * the rows are first locked in primary-key order, as every write locks them
-   * (lock-order.ts). In a transaction, like every write: a delete the client
-   * gives up on is then never committed (see createPool).
+   * it deletes only the rows a subquery has locked in primary-key order, as
+   * every write locks them (lock-order.ts). One statement, one snapshot: a
+   * span that joins the selection meanwhile is not locked out of order (with
+   * a separate lock step, the DELETE's later snapshot took it in as its plan
+   * found it, and could deadlock with a writer of it). In a transaction, like
+   * every write: a delete the client gives up on is then never committed (see
+   * createPool).
    */
   private deleteInLockOrder(projectId: string, which: Expression<SqlBool>): Promise<DeletedSpan[]> {
     return inTransaction(this.db, async (trx) => {
-      await lockRows(trx, trx.selectFrom('spans').select('span_id').where('project_id', '=', projectId).where(which).orderBy('trace_id').orderBy('span_id'));
+      const locked = trx
+        .selectFrom('spans')
+        .select(['trace_id', 'span_id'])
+        .where('project_id', '=', projectId)
+        .where(which)
+        .orderBy('trace_id')
+        .orderBy('span_id')
+        .forUpdate();
       const rows = await trx
         .deleteFrom('spans')
         .where('project_id', '=', projectId)
-        .where(which)
+        .where(sql<SqlBool>`(trace_id, span_id) in (${locked})`)
         .returning([...DELETED_SPAN_COLUMNS, tombstoneVersion.as('deleted_at')])
         .execute();
       return rows.map(deletedSpanFromRow);
