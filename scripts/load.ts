@@ -622,6 +622,11 @@ if (require.main === module) {
       target: url && key ? { url: url.replace(/\/$/, ''), key } : undefined,
       interrupt: interrupt.signal,
       log,
+    }).catch((error: unknown) => {
+      // Ctrl-C reaches the build's tsc and the API too (one process group): what then fails is the interrupt's doing.
+      if (!interrupt.signal.aborted) throw error;
+      log(`load: ended by ${String(interrupt.signal.reason)}: ${errorText(error)}`);
+      return process.exit(SIGNAL_EXIT_CODES[interrupt.signal.reason as keyof typeof SIGNAL_EXIT_CODES]);
     });
     process.stdout.write(`${formatSummary(summary)}\n`);
     if (interrupt.signal.aborted) process.exit(SIGNAL_EXIT_CODES[interrupt.signal.reason as keyof typeof SIGNAL_EXIT_CODES]);

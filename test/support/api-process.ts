@@ -59,11 +59,15 @@ async function sourceHash(): Promise<string> {
   return hash.digest('hex').slice(0, 16);
 }
 
-function tsc(outDir: string): Promise<{ code: number; output: string }> {
+function tsc(outDir: string): Promise<{ code: number; signal: NodeJS.Signals | null; output: string }> {
   const compiler = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
   return new Promise((done) => {
     execFile(process.execPath, [compiler, '-p', 'tsconfig.build.json', '--outDir', outDir], { cwd: ROOT, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) =>
-      done({ code: error ? (typeof error.code === 'number' ? error.code : 1) : 0, output: `${stdout}${stderr}` }),
+      done({
+        code: error ? (typeof error.code === 'number' ? error.code : 1) : 0,
+        signal: (error?.signal as NodeJS.Signals | undefined) ?? null,
+        output: `${stdout}${stderr}`,
+      }),
     );
   });
 }
@@ -81,7 +85,13 @@ export async function ensureApiBuild(log: (message: string) => void = () => unde
   await mkdir(BUILDS, { recursive: true });
   const tmp = join(BUILDS, `.tmp-${hash}-${process.pid}-${randomBytes(4).toString('hex')}`);
   log(`building the API into ${dir} (a build of its own, reused while the sources are unchanged)`);
-  const { code, output } = await tsc(tmp);
+  const { code, signal, output } = await tsc(tmp);
+  if (signal) {
+    // Stopped part way (a Ctrl-C reaches tsc too): what it wrote may lack files, and kept it would be reused
+    // for as long as the sources are unchanged.
+    await rm(tmp, { recursive: true, force: true });
+    throw new Error(`tsc was stopped by ${signal} before it finished the build; nothing was kept`);
+  }
   // tsc emits even with type errors (elsewhere in scripts/, say); `npm test` type-checks separately.
   if (!existsSync(join(tmp, 'src', 'main.js'))) {
     await rm(tmp, { recursive: true, force: true });
