@@ -1,4 +1,5 @@
 import { ConfigError } from '../../src/config/app-config';
+import { deferInterrupt } from '../../src/dbs/backfill/uninterruptible';
 import { errorText } from '../../src/error-text';
 
 /** A mistake in how the command was called: print usage, exit 2. */
@@ -44,13 +45,19 @@ export const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
  * and its line wrap off until it is stopped, and exiting skips every finally.
  */
 export function exitOnSignal(message: string | (() => string), stop: () => void): void {
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
+  // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
+  const say = (text: string) => process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${text}\n`);
+  let signalled = false;
+  const onSignal = (signal: keyof typeof SIGNAL_EXIT_CODES) => {
+    const exit = () => {
       stop();
-      // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
-      const text = typeof message === 'function' ? message() : message;
-      process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${text}\n`);
+      say(typeof message === 'function' ? message() : message);
       process.exit(SIGNAL_EXIT_CODES[signal]);
-    });
-  }
+    };
+    // A second signal exits at once, even inside a stretch that must finish (uninterruptible.ts).
+    if (signalled || !deferInterrupt(exit)) return exit();
+    signalled = true;
+    say(`${signal} received: finishing writing back what only this process holds, then stopping (${signal} again stops at once, and may lose it)`);
+  };
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, onSignal);
 }

@@ -5,6 +5,7 @@ import { errorText } from '../../error-text';
 import { ClickHouseFailedError, ClickHouseHistory } from './clickhouse-history';
 import { GapEntry, HistoryEntity, keyText, MirroredRecord } from './history-entities';
 import { KEYS_PER_READ, KeysetReader } from './keyset-reader';
+import { uninterruptibly } from './uninterruptible';
 
 export interface ReplayResult {
   /** Postgres rows written at their current version. */
@@ -196,36 +197,43 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
     const written: Row[] = [];
     for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
       const chunk = keys.slice(i, i + KEYS_PER_READ);
-      const tombstones = await this.clickhouse.storedTombstones(this.entity, projectId, chunk);
-      // A removal can fail after ClickHouse took it (past the request's timeout, its mutation runs on) and
-      // would then take the tombstones read above with it, which only this process holds. A mutation changes
-      // only the parts stored before it, so what is written after it stays: the rows and tombstones are
-      // written whatever the removal's outcome, and its error is the run's.
-      const removal = await this.clickhouse.removeKeys(this.entity, projectId, chunk).then(
-        () => null,
-        (error: unknown) => ({ error }),
-      );
-      try {
-        const rows = await this.reader.byKeys(projectId, chunk);
-        await this.upsert(rows, `${token}:${i}`);
-        const heldDays = new Set(rows.map((r) => dayKey(this.entity.keyOf(r), this.entity.mirrored(r).created_at)));
-        await this.clickhouse.insert(
-          this.entity.table,
-          tombstones.filter((t) => !heldDays.has(dayKey(t.key, t.createdAt))).map((t) => t.line),
-          `${token}:${i}:tombstones`,
-        );
-        written.push(...rows);
-      } catch (error) {
-        if (!removal) throw error;
-        // Both failed: the tombstones read above are lost with this process, which only a verify finds out.
-        throw new ClickHouseFailedError(
-          `${errorText(removal.error)}; writing Postgres's rows and ${tombstones.length} saved tombstone(s) after it failed too: ${errorText(error)} ` +
-            '(tombstones of deleted keys may be missing: run verify once ClickHouse answers)',
-        );
-      }
-      if (removal) throw removal.error;
+      // From reading the tombstones to writing them back, only this process holds them: a Ctrl-C waits (uninterruptible.ts).
+      written.push(...(await uninterruptibly(() => this.resetChunk(projectId, chunk, `${token}:${i}`))));
     }
     return written;
+  }
+
+  /** One chunk of resetKeys: reads its keys' tombstones, removes the keys, writes Postgres's rows and the tombstones back. */
+  private async resetChunk(projectId: string, chunk: string[][], token: string): Promise<Row[]> {
+    const tombstones = await this.clickhouse.storedTombstones(this.entity, projectId, chunk);
+    // A removal can fail after ClickHouse took it (past the request's timeout, its mutation runs on) and
+    // would then take the tombstones read above with it, which only this process holds. A mutation changes
+    // only the parts stored before it, so what is written after it stays: the rows and tombstones are
+    // written whatever the removal's outcome, and its error is the run's.
+    const removal = await this.clickhouse.removeKeys(this.entity, projectId, chunk).then(
+      () => null,
+      (error: unknown) => ({ error }),
+    );
+    let rows: Row[];
+    try {
+      rows = await this.reader.byKeys(projectId, chunk);
+      await this.upsert(rows, token);
+      const heldDays = new Set(rows.map((r) => dayKey(this.entity.keyOf(r), this.entity.mirrored(r).created_at)));
+      await this.clickhouse.insert(
+        this.entity.table,
+        tombstones.filter((t) => !heldDays.has(dayKey(t.key, t.createdAt))).map((t) => t.line),
+        `${token}:tombstones`,
+      );
+    } catch (error) {
+      if (!removal) throw error;
+      // Both failed: the tombstones read above are lost with this process, which only a verify finds out.
+      throw new ClickHouseFailedError(
+        `${errorText(removal.error)}; writing Postgres's rows and ${tombstones.length} saved tombstone(s) after it failed too: ${errorText(error)} ` +
+          '(tombstones of deleted keys may be missing: run verify once ClickHouse answers)',
+      );
+    }
+    if (removal) throw removal.error;
+    return rows;
   }
 
   async upsert(rows: Row[], token: string): Promise<void> {

@@ -1,0 +1,48 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+
+const ROOT = resolve(__dirname, '../../..');
+
+/**
+ * A Ctrl-C inside an uninterruptible stretch (verify --repair between reading
+ * tombstones and writing them back) waits for the stretch to end; a second
+ * one exits at once. Run as a real process receiving real signals.
+ */
+describe('exitOnSignal with uninterruptibly', () => {
+  const start = () => {
+    const { NODE_OPTIONS: _jest, ...env } = process.env;
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/uninterruptible-signal.main.ts'], { cwd: ROOT, env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const done = new Promise<number | null>((end) => child.on('close', (code) => end(code)));
+    const until = async (text: string, what: () => string) => {
+      for (const deadline = Date.now() + 20_000; !what().includes(text); await new Promise((r) => setTimeout(r, 20))) {
+        if (Date.now() > deadline) throw new Error(`no "${text}" in ${JSON.stringify({ stdout, stderr })}`);
+      }
+    };
+    return { child: child as ChildProcess, done, until, out: () => stdout, err: () => stderr };
+  };
+
+  it('waits for the stretch to end, then exits 130', async () => {
+    const run = start();
+    await run.until('inside', run.out);
+    run.child.kill('SIGINT');
+    await run.until('finishing writing back what only this process holds', run.err);
+    run.child.stdin!.end();
+    expect(await run.done).toBe(130);
+    expect(run.out()).toBe('inside\nfinished the stretch\nstopped\n');
+    expect(run.err()).toContain('interrupted\n');
+  }, 30_000);
+
+  it('exits at once on a second signal', async () => {
+    const run = start();
+    await run.until('inside', run.out);
+    run.child.kill('SIGINT');
+    await run.until('SIGINT again stops at once', run.err);
+    run.child.kill('SIGTERM');
+    expect(await run.done).toBe(143);
+    expect(run.out()).toBe('inside\nstopped\n');
+  }, 30_000);
+});
