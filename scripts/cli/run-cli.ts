@@ -47,21 +47,21 @@ export const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
 export function exitOnSignal(message: string | (() => string), stop: () => void): void {
   // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
   const say = (text: string) => process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${text}\n`);
-  let deferredAt: number | undefined;
+  let deferred: { signal: string; at: number } | undefined;
   const onSignal = (signal: keyof typeof SIGNAL_EXIT_CODES) => {
     const exit = () => {
       stop();
       say(typeof message === 'function' ? message() : message);
       process.exit(SIGNAL_EXIT_CODES[signal]);
     };
-    if (deferredAt !== undefined) {
-      // One Ctrl-C under npm arrives twice (from the terminal, and forwarded by npm): a repeat within a second is it.
-      // A later one exits at once, even inside a stretch that must finish (uninterruptible.ts).
-      if (Date.now() - deferredAt > 1_000) exit();
+    if (deferred !== undefined) {
+      // One Ctrl-C under npm arrives twice (from the terminal, and forwarded by npm): the same signal within a
+      // second is it. Any other exits at once, even inside a stretch that must finish (uninterruptible.ts).
+      if (signal !== deferred.signal || Date.now() - deferred.at > 1_000) exit();
       return;
     }
     if (!deferInterrupt(exit)) return exit();
-    deferredAt = Date.now();
+    deferred = { signal, at: Date.now() };
     say(`${signal} received: finishing writing back what only this process holds, then stopping (${signal} again stops at once, and may lose it)`);
   };
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, onSignal);

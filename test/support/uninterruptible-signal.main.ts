@@ -1,14 +1,18 @@
 /**
- * A command shaped like verify --repair, for uninterruptible.spec: its signal
- * handler is exitOnSignal's, and it runs one uninterruptible stretch that
- * ends when stdin closes, then says so on stdout.
+ * A command shaped like verify --repair, for uninterruptible.spec: run by
+ * runCli, its signal handler is exitOnSignal's, and it runs one
+ * uninterruptible stretch that ends when stdin closes, then says so on
+ * stdout; with the argument `fail`, the stretch then fails.
  */
-import { exitOnSignal } from '../../scripts/cli/run-cli';
+import { exitOnSignal, runCli } from '../../scripts/cli/run-cli';
 import { uninterruptibly } from '../../src/dbs/backfill/uninterruptible';
 
-exitOnSignal('interrupted', () => process.stdout.write('stopped\n'));
-void uninterruptibly(async () => {
-  process.stdout.write('inside\n');
-  await new Promise<void>((done) => process.stdin.on('end', done).resume());
-  process.stdout.write('finished the stretch\n');
+runCli('usage: uninterruptible-signal [fail]', async (args) => {
+  exitOnSignal('interrupted', () => process.stdout.write('stopped\n'));
+  await uninterruptibly(async () => {
+    process.stdout.write('inside\n');
+    await new Promise<void>((done) => process.stdin.on('end', done).resume());
+    if (args[0] === 'fail') throw new Error('the write-back failed: tombstones may be missing');
+    process.stdout.write('finished the stretch\n');
+  });
 });

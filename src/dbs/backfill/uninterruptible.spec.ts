@@ -9,9 +9,9 @@ const ROOT = resolve(__dirname, '../../..');
  * one exits at once. Run as a real process receiving real signals.
  */
 describe('exitOnSignal with uninterruptibly', () => {
-  const start = () => {
+  const start = (...args: string[]) => {
     const { NODE_OPTIONS: _jest, ...env } = process.env;
-    const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/uninterruptible-signal.main.ts'], { cwd: ROOT, env });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/uninterruptible-signal.main.ts', ...args], { cwd: ROOT, env });
     let stdout = '';
     let stderr = '';
     child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -36,7 +36,7 @@ describe('exitOnSignal with uninterruptibly', () => {
     expect(run.err()).toContain('interrupted\n');
   }, 30_000);
 
-  it('takes a repeat within a second for the same Ctrl-C (npm forwards it), and exits at once on a later one', async () => {
+  it('takes the same signal again within a second for the same Ctrl-C (npm forwards it), and exits at once on a later one', async () => {
     const run = start();
     await run.until('inside', run.out);
     run.child.kill('SIGINT');
@@ -45,8 +45,29 @@ describe('exitOnSignal with uninterruptibly', () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(run.child.exitCode).toBeNull();
     await new Promise((r) => setTimeout(r, 900));
+    run.child.kill('SIGINT');
+    expect(await run.done).toBe(130);
+    expect(run.out()).toBe('inside\nstopped\n');
+  }, 30_000);
+
+  it('exits at once on another signal, however soon', async () => {
+    const run = start();
+    await run.until('inside', run.out);
+    run.child.kill('SIGINT');
+    await run.until('SIGINT again stops at once', run.err);
     run.child.kill('SIGTERM');
     expect(await run.done).toBe(143);
     expect(run.out()).toBe('inside\nstopped\n');
+  }, 30_000);
+
+  it('lets a stretch that fails report its error and exit 1, not the interrupt', async () => {
+    const run = start('fail');
+    await run.until('inside', run.out);
+    run.child.kill('SIGINT');
+    await run.until('finishing writing back', run.err);
+    run.child.stdin!.end();
+    expect(await run.done).toBe(1);
+    expect(run.err()).toContain('error: the write-back failed: tombstones may be missing');
+    expect(run.err()).not.toContain('interrupted');
   }, 30_000);
 });

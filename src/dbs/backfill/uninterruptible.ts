@@ -9,18 +9,26 @@
 let open = 0;
 let deferred: (() => void) | null = null;
 
-/** Runs `work`; an interrupt that comes meanwhile takes effect when it (and any other such stretch) ends. */
+/**
+ * Runs `work`; an interrupt that comes meanwhile takes effect when it (and any other such stretch) ends. If
+ * it fails, the interrupt is dropped: the failure is what the operator must read (it may say that the held
+ * tombstones were lost), and the command reports it and exits as failed; a further signal exits at once.
+ */
 export async function uninterruptibly<T>(work: () => Promise<T>): Promise<T> {
   open++;
+  let result: T;
   try {
-    return await work();
-  } finally {
-    if (--open === 0 && deferred) {
-      const exit = deferred;
-      deferred = null;
-      exit();
-    }
+    result = await work();
+  } catch (error) {
+    if (--open === 0) deferred = null;
+    throw error;
   }
+  if (--open === 0 && deferred) {
+    const exit = deferred;
+    deferred = null;
+    exit();
+  }
+  return result;
 }
 
 /** Outside any stretch: false, and the caller exits now. Inside one: true, and `exit` runs when the last ends. */
