@@ -53,10 +53,13 @@ runCli(USAGE, async (args, log) => {
         `the database has migrations this build does not know (${unknown.join(', ')}): migrate down with the build that applied them first`,
       );
     }
-    // migrateDown refuses, before undoing anything, when a migration it would undo has no down step.
+    // migrateDown refuses, before undoing anything, when a migration it would undo has no down step; one applied
+    // between that look and Kysely's lock (a replica migrating at start) is still reported by its status here.
     const done = (await migrateDown(db, rest.includes('--all'))).results ?? [];
     if (done.length === 0) log('nothing to do: already at the requested version');
-    for (const r of done) log(`reverted ${r.migrationName}`);
+    const notReverted = done.filter((r) => r.status !== 'Success').map((r) => r.migrationName);
+    for (const r of done) if (r.status === 'Success') log(`reverted ${r.migrationName}`);
+    if (notReverted.length) throw new Error(`not reverted: ${notReverted.join(', ')} (a migration without a down step stays applied)`);
   } finally {
     await close();
   }
