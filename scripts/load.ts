@@ -211,7 +211,8 @@ async function openStores(
 ): Promise<Stores> {
   const config = parseConfig({ ...source, USE_CLICKHOUSE: 'true' });
   const postgres = await resolvePostgres(config.postgres, log);
-  const db = createKysely(createPool(postgres.url, 2));
+  // No statement timeout, as the operator commands have none (postgres-cli.ts): it migrates, counts and verifies.
+  const db = createKysely(createPool(postgres.url, 2, { statementTimeoutMs: 0 }));
   let clickhouse: Awaited<ReturnType<typeof resolveClickHouse>> | undefined;
   try {
     await check(db);

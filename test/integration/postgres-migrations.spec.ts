@@ -116,9 +116,12 @@ describe('Postgres migrations', () => {
     const otherMigrator = new Client({ connectionString: test.url });
     await otherMigrator.connect();
     await otherMigrator.query('select pg_advisory_lock($1)', [KYSELY_MIGRATION_LOCK]);
-    const starting = createApp({ DATABASE_URL: test.url, MIGRATE_ON_START: 'true', DB_STATEMENT_TIMEOUT_MS: '300', USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent' });
+    // A statement timeout in DATABASE_URL (or the role's) would cancel the wait as well: the migration's connection has none.
+    const url = new URL(test.url);
+    url.searchParams.set('options', '-c statement_timeout=300');
+    const starting = createApp({ DATABASE_URL: url.toString(), MIGRATE_ON_START: 'true', DB_STATEMENT_TIMEOUT_MS: '300', USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent' });
     try {
-      // Released only once the app has waited on the lock past its statement timeout (300 ms), still waiting.
+      // Released only once the app has waited on the lock past its statement timeouts (300 ms), still waiting.
       await waitingOnMigrationLock(otherMigrator, starting, 1_000);
       await otherMigrator.query('select pg_advisory_unlock($1)', [KYSELY_MIGRATION_LOCK]);
       const app = await starting;

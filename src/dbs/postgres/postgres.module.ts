@@ -40,7 +40,8 @@ const MIRROR_POOL_MAX = 3;
  */
 async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promise<void> {
   const logger = new Logger('Postgres');
-  const db = createKysely(createPool(url, 1));
+  // statement_timeout 0: a role's or DATABASE_URL's would cancel a long migration too.
+  const db = createKysely(createPool(url, 1, { statementTimeoutMs: 0 }));
   try {
     await sql`select 1`.execute(db).catch((error: Error) => {
       // The first query of the start: a wrong DATABASE_URL, a server that is down, a refused password.
