@@ -1,4 +1,7 @@
+import { relative, resolve } from 'node:path';
 import { UsageError } from './run-cli';
+
+const ROOT = resolve(__dirname, '../..');
 
 export interface ParsedFlags {
   values: Map<string, string>;
@@ -9,8 +12,14 @@ export interface ParsedFlags {
  * Operator commands' flags: `--name value` or `--name=value` for the listed value flags, bare switches; anything else is refused.
  * So are flags npm kept for itself (see refuseFlagsNpmTook).
  */
-export function parseFlags(args: string[], valueFlags: string[], switchFlags: string[], env: NodeJS.ProcessEnv = process.env): ParsedFlags {
-  refuseFlagsNpmTook(args, [...valueFlags, ...switchFlags], env);
+export function parseFlags(
+  args: string[],
+  valueFlags: string[],
+  switchFlags: string[],
+  env: NodeJS.ProcessEnv = process.env,
+  entry: string | undefined = process.argv[1],
+): ParsedFlags {
+  refuseFlagsNpmTook(args, [...valueFlags, ...switchFlags], env, entry);
   const values = new Map<string, string>();
   const switches = new Set<string>();
   for (let i = 0; i < args.length; i++) {
@@ -46,9 +55,11 @@ export function positiveInt(flags: ParsedFlags, name: string, fallback: number):
  * to touch (`--project` or `--since` left out the same way widened the scope to everything). A flag of the
  * command's that npm took, and that the command was not also given, is refused, naming the fix.
  */
-function refuseFlagsNpmTook(args: string[], flags: string[], env: NodeJS.ProcessEnv): void {
+function refuseFlagsNpmTook(args: string[], flags: string[], env: NodeJS.ProcessEnv, entry: string | undefined): void {
   const script = env.npm_lifecycle_event;
-  if (script === undefined) return;
+  // Only the command npm ran: a process it started in turn (the local ClickHouse under `npm start`, load's
+  // verify, the specs' commands under `npm test`) inherits the npm_config_* of a script that is not its own.
+  if (script === undefined || entry === undefined || !env.npm_lifecycle_script?.includes(relative(ROOT, entry))) return;
   const given = new Set(args.map((arg) => arg.split('=', 1)[0]));
   const taken = flags.filter((flag) => !given.has(flag) && env[`npm_config_${flag.slice(2).replace(/-/g, '_')}`] !== undefined);
   if (taken.length === 0) return;
