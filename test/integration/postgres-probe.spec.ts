@@ -1,6 +1,6 @@
 import { connect, createServer, Server, Socket } from 'node:net';
-import { Pool } from 'pg';
-import { PostgresProbe } from '../../src/dbs/postgres/postgres-probe';
+import { Client, Pool } from 'pg';
+import { PostgresProbe, PROBE_TIMEOUT_MS } from '../../src/dbs/postgres/postgres-probe';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 import { freePort } from '../support/free-port';
 
@@ -81,10 +81,31 @@ describe('PostgresProbe (real Postgres behind a relay)', () => {
       expect(await probe.check()).toEqual({ up: true, writable: false });
       expect(await probe.check()).toEqual({ up: true, writable: false });
       expect(lines).toEqual(['warn /health: Postgres refuses writes (a standby, or a database made read-only): writes are 503s, reads go on']);
-      await probe.pool.query('set default_transaction_read_only = off');
-      expect(await probe.check()).toEqual({ up: true, writable: true });
-      expect(lines.slice(1)).toEqual(['log Postgres takes writes again']);
     } finally {
+      await probe.close();
+    }
+  });
+
+  // ALTER DATABASE ... SET reaches only sessions opened since, and the probe keeps its connection for ever: it
+  // went on saying writable (or not) for as long as that connection lived.
+  it('sees a database made read-only, and writable again, without its kept session ending', async () => {
+    const lines: string[] = [];
+    const admin = new Client({ connectionString: database.url });
+    await admin.connect();
+    const probe = new PostgresProbe(database.url, new Pool(), { log: (m: string) => lines.push(`log ${m}`), warn: (m: string) => lines.push(`warn ${m}`) }, PROBE_TIMEOUT_MS, 0);
+    const keptPid = async () => (await probe.pool.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0].pid;
+    try {
+      expect(await probe.check()).toEqual({ up: true, writable: true });
+      const pid = await keptPid();
+      await admin.query(`alter database ${database.name} set default_transaction_read_only = on`);
+      expect(await probe.check()).toEqual({ up: true, writable: false });
+      await admin.query(`alter database ${database.name} reset default_transaction_read_only`);
+      expect(await probe.check()).toEqual({ up: true, writable: true });
+      expect(await keptPid()).toBe(pid);
+      expect(lines).toEqual([expect.stringMatching(/^warn \/health: Postgres refuses writes/), 'log Postgres takes writes again']);
+    } finally {
+      await admin.query(`alter database ${database.name} reset default_transaction_read_only`);
+      await admin.end();
       await probe.close();
     }
   });

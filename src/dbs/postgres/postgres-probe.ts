@@ -6,6 +6,9 @@ import { createPool, endPool } from './postgres-pool';
 /** How long /health waits for Postgres to answer its probe query. */
 export const PROBE_TIMEOUT_MS = 2_000;
 
+/** How old /health's answer to "does Postgres take writes?" may get before it asks a new session (see writability). */
+export const WRITABLE_CHECK_MS = 30_000;
+
 class ProbeTimeout extends Error {}
 
 /**
@@ -38,12 +41,17 @@ export class PostgresProbe {
   private failing = false;
   /** Whether the last answer refused writes: logged when it starts and when it ends, as failures are. */
   private readOnly = false;
+  /** What a new session last said of transaction_read_only, and when (performance.now()); see writability. */
+  private newSessionReadOnly = { readOnly: false, at: -Infinity };
+  /** The kept connection's server process: another one is a session just opened. */
+  private keptPid: number | undefined;
 
   constructor(
-    url: string,
+    private readonly url: string,
     private readonly requests: Pool,
     private readonly log: Pick<LoggerService, 'log' | 'warn'>,
     private readonly timeoutMs = PROBE_TIMEOUT_MS,
+    private readonly writableCheckMs = WRITABLE_CHECK_MS,
   ) {
     // The server's statement timeout ends a probe query stuck behind something; the client timeout gives up a
     // server that does not answer. The connection is kept between probes (pg-pool would close it after 10 s
@@ -58,15 +66,17 @@ export class PostgresProbe {
   }
 
   private async probe(): Promise<ProbeResult> {
+    const started = performance.now();
     try {
-      // transaction_read_only is on in a hot standby and under default_transaction_read_only: what refuses a write.
-      const asked = this.own.query<{ read_only: string }>(`select current_setting('transaction_read_only') as read_only`);
+      const asked = this.own.query<{ in_recovery: boolean; read_only: string; pid: number }>(
+        `select pg_is_in_recovery() as in_recovery, current_setting('transaction_read_only') as read_only, pg_backend_pid() as pid`,
+      );
       const { rows } = await within(asked, this.timeoutMs, () => {
         throw new ProbeTimeout(`no answer within ${this.timeoutMs} ms`);
       });
       if (this.failing) this.log.log('Postgres answers /health again');
       this.failing = false;
-      const readOnly = rows[0].read_only === 'on';
+      const readOnly = rows[0].in_recovery || (await this.writability(rows[0], started));
       if (readOnly && !this.readOnly) this.log.warn('/health: Postgres refuses writes (a standby, or a database made read-only): writes are 503s, reads go on');
       if (!readOnly && this.readOnly) this.log.log('Postgres takes writes again');
       this.readOnly = readOnly;
@@ -76,6 +86,41 @@ export class PostgresProbe {
       this.failing = true;
       return { up: false, reason: publicReason(error) };
     }
+  }
+
+  /**
+   * Whether a request's session would be refused writes. A standby says so at
+   * once (pg_is_in_recovery, asked by the caller). A database or role made
+   * read-only (ALTER DATABASE/ROLE ... SET default_transaction_read_only)
+   * reaches only sessions opened since, and the kept connection lives for
+   * ever: so this takes what a new session says, the kept one's own when it
+   * has just been opened, else one opened for the question once its last
+   * answer is `writableCheckMs` old, within what is left of the probe's time.
+   * A new session that cannot be opened (no free slot) leaves the last answer
+   * standing; whether Postgres is up is the kept connection's to say.
+   */
+  private async writability(kept: { read_only: string; pid: number }, started: number): Promise<boolean> {
+    const now = performance.now();
+    if (kept.pid !== this.keptPid) {
+      this.keptPid = kept.pid;
+      this.newSessionReadOnly = { readOnly: kept.read_only === 'on', at: now };
+    }
+    const last = this.newSessionReadOnly;
+    if (now - last.at < this.writableCheckMs) return last.readOnly;
+    last.at = now; // asked again after another interval, whatever this attempt gives
+    const budget = Math.max(Math.floor(this.timeoutMs - (now - started)), 1);
+    const fresh = createPool(this.url, 1, { statementTimeoutMs: budget, clientTimeoutMs: budget + 500 });
+    try {
+      const { rows } = await within(fresh.query<{ read_only: string }>(`select current_setting('transaction_read_only') as read_only`), budget, () => {
+        throw new ProbeTimeout('no new session in time');
+      });
+      this.newSessionReadOnly = { readOnly: rows[0].read_only === 'on', at: performance.now() };
+    } catch {
+      // The last answer stands: asked again after another interval.
+    } finally {
+      void fresh.end().catch(() => undefined);
+    }
+    return this.newSessionReadOnly.readOnly;
   }
 
   /** Its own pool of one, for the pool metrics. */
