@@ -44,20 +44,23 @@ export const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
  * own (a function is asked at the signal, for a hint that depends on how far the command got). `stop` runs first: a progress bar keeps the terminal's cursor hidden
  * and its line wrap off until it is stopped, and exiting skips every finally.
  */
-export function exitOnSignal(message: string | (() => string), stop: () => void): void {
+export function exitOnSignal(message: string | (() => string), stop: () => void, options: { repeatWindowMs?: number } = {}): void {
+  const repeatWindowMs = options.repeatWindowMs ?? 1_000;
   // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
   const say = (text: string) => process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${text}\n`);
   let deferred: { signal: string; at: number } | undefined;
   const onSignal = (signal: keyof typeof SIGNAL_EXIT_CODES) => {
-    const exit = () => {
+    const exit = (failure?: unknown) => {
       stop();
+      // The stretch the exit waited for failed: its error first, as the command would have printed it.
+      if (failure !== undefined) say(`error: ${errorText(failure)}`);
       say(typeof message === 'function' ? message() : message);
       process.exit(SIGNAL_EXIT_CODES[signal]);
     };
     if (deferred !== undefined) {
       // One Ctrl-C under npm arrives twice (from the terminal, and forwarded by npm): the same signal within a
       // second is it. Any other exits at once, even inside a stretch that must finish (uninterruptible.ts).
-      if (signal !== deferred.signal || Date.now() - deferred.at > 1_000) exit();
+      if (signal !== deferred.signal || Date.now() - deferred.at > repeatWindowMs) exit();
       return;
     }
     if (!deferInterrupt(exit)) return exit();

@@ -2,13 +2,16 @@
  * A command shaped like verify --repair, for uninterruptible.spec: run by
  * runCli, its signal handler is exitOnSignal's, and it runs one
  * uninterruptible stretch that ends when stdin closes, then says so on
- * stdout; with the argument `fail`, the stretch then fails.
+ * stdout; with the argument `fail`, the stretch then fails. REPEAT_WINDOW_MS
+ * widens the window in which a repeated signal counts as the same one, so a
+ * loaded machine's delays do not decide the spec.
  */
 import { exitOnSignal, runCli } from '../../scripts/cli/run-cli';
 import { uninterruptibly } from '../../src/dbs/backfill/uninterruptible';
 
 runCli('usage: uninterruptible-signal [fail]', async (args) => {
-  exitOnSignal('interrupted', () => process.stdout.write('stopped\n'));
+  const repeatWindowMs = process.env.REPEAT_WINDOW_MS ? Number(process.env.REPEAT_WINDOW_MS) : undefined;
+  exitOnSignal('interrupted', () => process.stdout.write('stopped\n'), { repeatWindowMs });
   await uninterruptibly(async () => {
     process.stdout.write('inside\n');
     await new Promise<void>((done) => process.stdin.on('end', done).resume());

@@ -9,9 +9,9 @@ const ROOT = resolve(__dirname, '../../..');
  * one exits at once. Run as a real process receiving real signals.
  */
 describe('exitOnSignal with uninterruptibly', () => {
-  const start = (...args: string[]) => {
+  const start = (args: string[] = [], extraEnv: Record<string, string> = {}) => {
     const { NODE_OPTIONS: _jest, ...env } = process.env;
-    const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/uninterruptible-signal.main.ts', ...args], { cwd: ROOT, env });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/uninterruptible-signal.main.ts', ...args], { cwd: ROOT, env: { ...env, ...extraEnv } });
     let stdout = '';
     let stderr = '';
     child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -36,15 +36,16 @@ describe('exitOnSignal with uninterruptibly', () => {
     expect(run.err()).toContain('interrupted\n');
   }, 30_000);
 
-  it('takes the same signal again within a second for the same Ctrl-C (npm forwards it), and exits at once on a later one', async () => {
-    const run = start();
+  it('takes the same signal again within the repeat window for the same Ctrl-C (npm forwards it), and exits at once on a later one', async () => {
+    // A window of 3 s here (1 s in the commands): the spec's own delays on a loaded machine must not decide it.
+    const run = start([], { REPEAT_WINDOW_MS: '3000' });
     await run.until('inside', run.out);
     run.child.kill('SIGINT');
     await run.until('SIGINT again stops at once', run.err);
     run.child.kill('SIGINT');
     await new Promise((r) => setTimeout(r, 300));
     expect(run.child.exitCode).toBeNull();
-    await new Promise((r) => setTimeout(r, 900));
+    await new Promise((r) => setTimeout(r, 3_000));
     run.child.kill('SIGINT');
     expect(await run.done).toBe(130);
     expect(run.out()).toBe('inside\nstopped\n');
@@ -60,14 +61,15 @@ describe('exitOnSignal with uninterruptibly', () => {
     expect(run.out()).toBe('inside\nstopped\n');
   }, 30_000);
 
-  it('lets a stretch that fails report its error and exit 1, not the interrupt', async () => {
-    const run = start('fail');
+  // A gap replay catches a gap's failure and goes on to the next: the interrupt must still end the run, and
+  // the failure (it may say tombstones were lost) must still be read.
+  it('exits when a stretch fails too, printing its error before the interrupt line', async () => {
+    const run = start(['fail']);
     await run.until('inside', run.out);
     run.child.kill('SIGINT');
     await run.until('finishing writing back', run.err);
     run.child.stdin!.end();
-    expect(await run.done).toBe(1);
-    expect(run.err()).toContain('error: the write-back failed: tombstones may be missing');
-    expect(run.err()).not.toContain('interrupted');
+    expect(await run.done).toBe(130);
+    expect(run.err()).toMatch(/error: the write-back failed: tombstones may be missing\ninterrupted\n$/);
   }, 30_000);
 });

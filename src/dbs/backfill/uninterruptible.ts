@@ -7,12 +7,13 @@
  * stretch the exit waits for its end; a second signal still exits at once.
  */
 let open = 0;
-let deferred: (() => void) | null = null;
+let deferred: ((failure?: unknown) => void) | null = null;
 
 /**
- * Runs `work`; an interrupt that comes meanwhile takes effect when it (and any other such stretch) ends. If
- * it fails, the interrupt is dropped: the failure is what the operator must read (it may say that the held
- * tombstones were lost), and the command reports it and exits as failed; a further signal exits at once.
+ * Runs `work`; an interrupt that comes meanwhile takes effect when it (and any other such stretch) ends,
+ * whether it succeeded or failed. A failure is handed to the exit, which shows it first: it may say that the
+ * held tombstones were lost, and a caller that catches it and goes on (a gap replay moves to the next gap)
+ * would otherwise have kept the command running past the operator's interrupt.
  */
 export async function uninterruptibly<T>(work: () => Promise<T>): Promise<T> {
   open++;
@@ -20,19 +21,21 @@ export async function uninterruptibly<T>(work: () => Promise<T>): Promise<T> {
   try {
     result = await work();
   } catch (error) {
-    if (--open === 0) deferred = null;
+    if (--open === 0) takeDeferred()?.(error);
     throw error;
   }
-  if (--open === 0 && deferred) {
-    const exit = deferred;
-    deferred = null;
-    exit();
-  }
+  if (--open === 0) takeDeferred()?.();
   return result;
 }
 
+function takeDeferred(): ((failure?: unknown) => void) | null {
+  const exit = deferred;
+  deferred = null;
+  return exit;
+}
+
 /** Outside any stretch: false, and the caller exits now. Inside one: true, and `exit` runs when the last ends. */
-export function deferInterrupt(exit: () => void): boolean {
+export function deferInterrupt(exit: (failure?: unknown) => void): boolean {
   if (open === 0) return false;
   deferred = exit;
   return true;
