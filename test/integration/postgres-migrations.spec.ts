@@ -117,8 +117,10 @@ describe('Postgres migrations', () => {
     await otherMigrator.connect();
     await otherMigrator.query('select pg_advisory_lock($1)', [KYSELY_MIGRATION_LOCK]);
     // A statement timeout in DATABASE_URL (or the role's) would cancel the wait as well: the migration's connection has none.
+    // A lock_timeout there does not: Kysely sets its own (an hour) in the migrations' transaction before it waits
+    // for the lock (a migration that must not wait long for a table sets its own, as 0002 does).
     const url = new URL(test.url);
-    url.searchParams.set('options', '-c statement_timeout=300');
+    url.searchParams.set('options', '-c statement_timeout=300 -c lock_timeout=300');
     const starting = createApp({ DATABASE_URL: url.toString(), MIGRATE_ON_START: 'true', DB_STATEMENT_TIMEOUT_MS: '300', USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent' });
     try {
       // Released only once the app has waited on the lock past its statement timeouts (300 ms), still waiting.
