@@ -59,7 +59,16 @@ runCli(USAGE, async (args, log) => {
     if (done.length === 0) log('nothing to do: already at the requested version');
     const notReverted = done.filter((r) => r.status !== 'Success').map((r) => r.migrationName);
     for (const r of done) if (r.status === 'Success') log(`reverted ${r.migrationName}`);
-    if (notReverted.length) throw new Error(`not reverted: ${notReverted.join(', ')} (a migration without a down step stays applied)`);
+    if (notReverted.length) {
+      const reverted = done.filter((r) => r.status === 'Success').map((r) => r.migrationName);
+      throw new Error(
+        `not reverted: ${notReverted.join(', ')}, which has no down step and was applied while this command ran (another migrator)` +
+          (reverted.length
+            ? `; ${reverted.join(', ')} beneath it ${reverted.length === 1 ? 'was' : 'were'} reverted, so the history lists it over a schema without them and \`npm run migrate\` will call it corrupted: ` +
+              'put the schema and the kysely_migration table back by hand (or from a backup)'
+            : ''),
+      );
+    }
   } finally {
     await close();
   }
