@@ -62,9 +62,9 @@ runCli(USAGE, async (args, log) => {
     if (notReverted.length) {
       const reverted = done.filter((r) => r.status === 'Success').map((r) => r.migrationName);
       throw new Error(
-        `not reverted: ${notReverted.join(', ')}, which has no down step and was applied while this command ran (another migrator)` +
+        `not reverted: ${notReverted.join(', ')}: no down step, applied while this command ran (another migrator)` +
           (reverted.length
-            ? `; ${reverted.join(', ')} beneath it ${reverted.length === 1 ? 'was' : 'were'} reverted, so the history lists it over a schema without them and \`npm run migrate\` will call it corrupted: ` +
+            ? `; ${reverted.join(', ')} beneath ${reverted.length === 1 ? 'was' : 'were'} reverted, so the history lists what stayed over a schema without them and \`npm run migrate\` will call it corrupted: ` +
               'put the schema and the kysely_migration table back by hand (or from a backup)'
             : ''),
       );

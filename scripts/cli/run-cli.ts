@@ -52,8 +52,12 @@ export function exitOnSignal(message: string | (() => string), stop: () => void,
   const onSignal = (signal: keyof typeof SIGNAL_EXIT_CODES) => {
     const exit = (failure?: unknown) => {
       stop();
-      // The stretch the exit waited for failed: its error first, as the command would have printed it.
-      if (failure !== undefined) say(`error: ${errorText(failure)}`);
+      // The stretch the exit waited for failed: the command has failed, and says so as it would have, not with
+      // the interrupt's hint (verify's "safe to repeat" after an error that says tombstones may be lost).
+      if (failure !== undefined) {
+        say(`error: ${errorText(failure)}`);
+        process.exit(1);
+      }
       say(typeof message === 'function' ? message() : message);
       process.exit(SIGNAL_EXIT_CODES[signal]);
     };

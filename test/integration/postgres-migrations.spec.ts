@@ -117,8 +117,9 @@ describe('Postgres migrations', () => {
     await otherMigrator.connect();
     await otherMigrator.query('select pg_advisory_lock($1)', [KYSELY_MIGRATION_LOCK]);
     // A statement timeout in DATABASE_URL (or the role's) would cancel the wait as well: the migration's connection has none.
-    // A lock_timeout there does not: Kysely sets its own (an hour) in the migrations' transaction before it waits
-    // for the lock (a migration that must not wait long for a table sets its own, as 0002 does).
+    // A lock_timeout there does not: Kysely's statement that waits for the lock (a session advisory lock, taken
+    // before the migrations' transaction) sets its own, an hour, for itself alone. The migrations then run under
+    // the URL's lock_timeout, as 0002 also does after its own 5 s step.
     const url = new URL(test.url);
     url.searchParams.set('options', '-c statement_timeout=300 -c lock_timeout=300');
     const starting = createApp({ DATABASE_URL: url.toString(), MIGRATE_ON_START: 'true', DB_STATEMENT_TIMEOUT_MS: '300', USE_CLICKHOUSE: 'false', LOG_LEVEL: 'silent' });
