@@ -83,9 +83,11 @@ export class OtlpController {
     if (sent > max) throw new PayloadTooLargeException(`spans: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${sent}`);
     const { spans, nodes, rejected: unstorable } = mapOtlpSpans(decoded.spans);
     const rejected = [...decoded.rejected, ...unstorable];
-    this.rejectedSpans.inc(spansIn(rejected));
     // Nothing to store and something wrong: the export is refused, so its sender hears of it as an error.
-    if (spans.length === 0 && rejected.length > 0) throw refusal(rejected);
+    if (spans.length === 0 && rejected.length > 0) {
+      this.rejectedSpans.inc(spansIn(rejected));
+      throw refusal(rejected);
+    }
 
     // Spans and nodes in one transaction: an export that fails (a 503 the exporter retries, or gives up on)
     // stores neither, rather than spans without their nodes. Both are upserts keyed by id, so a retry rewrites them.
@@ -98,6 +100,8 @@ export class OtlpController {
     }
     this.logger.debug({ projectId, spans: spans.length, traces: new Set(spans.map((s) => s.trace_id)).size, contentType }, 'otlp export stored');
 
+    // Counted once the rest is stored: an export whose store fails is a 503 its exporter sends again, refusals and all.
+    this.rejectedSpans.inc(spansIn(rejected));
     const partialSuccess = rejected.length > 0 ? this.partialSuccess(projectId, rejected, sent) : null;
     if (contentType === JSON_TYPE) {
       // Proto3 JSON writes an int64 as a decimal string.

@@ -12,6 +12,7 @@ import { snapshotBothSides } from '../support/mirror';
  */
 describe('an OTLP export whose nodes fail to store', () => {
   const trace = (n: number) => n.toString(16).padStart(32, 'c');
+  /** An export of one span per name; a name starting with "ends before it starts" makes a span the receiver refuses alone. */
   const exportOf = (traceId: string, names: string[]) => ({
     resourceSpans: [{
       resource: { attributes: [{ key: 'service.name', value: { stringValue: 'svc' } }] },
@@ -19,7 +20,8 @@ describe('an OTLP export whose nodes fail to store', () => {
         scope: { name: 'atomic' },
         spans: names.map((name, i) => ({
           traceId, spanId: (i + 1).toString(16).padStart(16, 'd'), name, kind: 1,
-          startTimeUnixNano: '1763632800000001000', endTimeUnixNano: '1763632801000000000',
+          startTimeUnixNano: '1763632800000001000',
+          endTimeUnixNano: name.startsWith('ends before it starts') ? '1763632700000000000' : '1763632801000000000',
         })),
       }],
     }],
@@ -58,6 +60,19 @@ describe('an OTLP export whose nodes fail to store', () => {
           // Nothing of the failed export was handed over, so nothing became a gap either.
           expect(t.mirror.writer.stats()).toMatchObject({ rowsSent: 4, rowsDropped: 0, gapsRecorded: 0 });
         }
+      });
+
+      // An exporter sends a failed export again, its refused spans with it: they are counted once it is stored.
+      it('counts refused spans in otlp_spans_rejected_total only when the rest of the export is stored', async () => {
+        const auth = { Authorization: `ApiKey ${t.apiKey}` };
+        const rejectedTotal = async () => Number(/^otlp_spans_rejected_total (\d+)$/m.exec((await request(t.url).get('/metrics').expect(200)).text)?.[1]);
+        const before = await rejectedTotal();
+        const failed = await request(t.url).post('/otlp/v1/traces').set(auth).send(exportOf(trace(3), ['ends before it starts', 'refused by the test']));
+        expect(failed.status).toBe(500);
+        expect(await rejectedTotal()).toBe(before);
+        const stored = await request(t.url).post('/otlp/v1/traces').set(auth).send(exportOf(trace(3), ['ends before it starts', 'fine'])).expect(200);
+        expect(stored.body.partialSuccess).toMatchObject({ rejectedSpans: '1' });
+        expect(await rejectedTotal()).toBe(before + 1);
       });
     });
   }
