@@ -13,7 +13,9 @@ export class HttpMetricsMiddleware implements NestMiddleware {
       name: 'http_request_duration_seconds',
       help: 'HTTP request duration by method, route and status',
       labelNames: ['method', 'route', 'status'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      // Up to a minute: a slow Postgres holds requests to DB_STATEMENT_TIMEOUT_MS (30 s) or DB_CLIENT_TIMEOUT_MS, and a
+      // top bucket of 5 s read every such incident as a p99 of 5 s.
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers: [registry],
     });
   }

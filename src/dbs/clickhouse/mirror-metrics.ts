@@ -108,7 +108,8 @@ export function createMirrorMetrics(registry: Registry): MirrorMetrics {
     lag: new Histogram({
       name: 'mirror_lag_seconds',
       help: 'Time from enqueue to confirmed ClickHouse insert, per row',
-      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300],
+      // To an hour: the queue rides out outages of many minutes, whose rows are confirmed once ClickHouse is back.
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600],
       registers,
     }),
   };
