@@ -69,7 +69,7 @@ export function exitOnSignal(message: string | (() => string), stop: () => void,
     }
     if (!deferInterrupt(exit)) return exit();
     deferred = { signal, at: Date.now() };
-    say(`${signal} received: finishing writing back what only this process holds, then stopping (${signal} again stops at once, and may lose it)`);
+    say(`${signal} received: finishing writing back what only this process holds, then stopping (${signal} again after a second stops at once, and may lose it)`);
   };
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, onSignal);
 }

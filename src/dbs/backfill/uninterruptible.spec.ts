@@ -43,7 +43,7 @@ describe('exitOnSignal with uninterruptibly', () => {
     await run.until('inside', run.out);
     run.child.kill('SIGINT');
     const first = Date.now();
-    await run.until('SIGINT again stops at once', run.err);
+    await run.until('then stopping', run.err);
     await new Promise((r) => setTimeout(r, 1_500));
     run.child.kill('SIGINT');
     await new Promise((r) => setTimeout(r, 500));
@@ -58,7 +58,7 @@ describe('exitOnSignal with uninterruptibly', () => {
     const run = start();
     await run.until('inside', run.out);
     run.child.kill('SIGINT');
-    await run.until('SIGINT again stops at once', run.err);
+    await run.until('then stopping', run.err);
     run.child.kill('SIGTERM');
     expect(await run.done).toBe(143);
     expect(run.out()).toBe('inside\nstopped\n');

@@ -4,7 +4,8 @@
  * their rows were removed, only this process holds them, and exiting there
  * loses them (verify's counts cannot see it). The command's signal handler
  * (exitOnSignal) asks `deferInterrupt` before it exits: inside such a
- * stretch the exit waits for its end; a second signal still exits at once.
+ * stretch the exit waits for its end; another signal, or the same one a
+ * second later (exitOnSignal's repeat window), still exits at once.
  */
 let open = 0;
 let deferred: ((failure?: unknown) => void) | null = null;
