@@ -39,9 +39,10 @@ export interface GapEntry {
 
 /**
  * What backfill and verify need to know about one mirrored table, on both
- * sides. Rows become ClickHouse lines only through the tables' row mappers,
- * at the version a live write gives them (µs of updated_at), so a copied row
- * and a mirrored one are the same line.
+ * sides. Rows become ClickHouse lines through the tables' row mappers, or
+ * (`copy`, the backfill's bulk path) through SQL that bulk-copy.spec holds to
+ * them, at the version a live write gives them (µs of updated_at), so a
+ * copied row and a mirrored one are the same line.
  *
  * Keys travel as the mirror's gap records write them: spans as
  * [trace id hex, span id hex], nodes as [node id]. Row is the table's

@@ -57,9 +57,9 @@ export interface VerifyOptions {
   /** Told of the content pass's Postgres rows as they are hashed (the counts pass is two queries). */
   progress?: HistoryProgress;
   /**
-   * CLICKHOUSE_TTL_DAYS: ClickHouse drops rows this many days after their
-   * created_at, so only the days it still holds whole are compared. 0 or
-   * unset: all of history.
+   * The TTL of the ClickHouse tables (read from them, not CLICKHOUSE_TTL_DAYS):
+   * ClickHouse drops rows this many days after their created_at, so only the
+   * days it still holds whole are compared. 0 or unset: all of history.
    */
   ttlDays?: number;
   /** The clock the TTL is read against (tests); default now. */

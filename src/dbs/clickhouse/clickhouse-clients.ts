@@ -4,9 +4,10 @@ import { AppConfig } from '../../config/app-config';
 /**
  * The mirror's connections to ClickHouse. Inserts and queries get separate
  * clients, as @clickhouse/client advises: a slow read (verify's counts, the
- * backfill's lookups) never holds the sockets inserts need. The API inserts
- * only; the commands use both; the DDL runner makes clients of its own, with
- * its longer timeout. Neither compresses: ClickHouseSink
+ * backfill's lookups) never holds the sockets inserts need. The API inserts,
+ * and queries a little (the tables' identity, the mirror's reads); backfill
+ * and verify build the same pair with a longer timeout (history-cli.ts); the
+ * DDL runner makes clients of its own, with its longer timeout. Neither compresses: ClickHouseSink
  * compresses insert bodies itself where that pays (the client cannot be told
  * zlib's chunk size), and answers are small. Constructed only when
  * USE_CLICKHOUSE is on.
