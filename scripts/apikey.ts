@@ -37,9 +37,9 @@ function parseArgs(args: string[]): { command: string; projectId?: string; id?: 
 runCli(USAGE, async (args, log) => {
   const { command, projectId, id } = parseArgs(args);
   const config = parseConfig();
-  const { db, close } = await openPostgres(config, log, 1);
+  const { db, redactedUrl, close } = await openPostgres(config, log, 1);
   try {
-    const { applied } = await prepareSchema(db, config.postgres.migrateOnStart);
+    const { applied } = await prepareSchema(db, config.postgres.migrateOnStart, { where: redactedUrl, warn: (line) => log(`warning: ${line}`) });
     if (applied.length) log(`applied migrations: ${applied.join(', ')}`);
     const keys = new ApiKeyService(new ApiKeysRepository(db));
     if (command === 'create') {

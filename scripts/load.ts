@@ -218,7 +218,7 @@ async function openStores(
     await check(db);
     clickhouse = await resolveClickHouse(config.clickhouse, log);
     await checkClickHouseAnswers(clickhouse.url, config.clickhouse);
-    await prepareSchema(db, config.postgres.migrateOnStart);
+    await prepareSchema(db, config.postgres.migrateOnStart, { where: redactUrl(postgres.url), warn: (line) => log(`warning: ${line}`) });
     // The API creates the tables too, but in the background: the run counts rows in them as soon as it answers.
     // As the API does: the TTL of tables that exist is the API's setting, not this shell's.
     await migrateClickHouse(config.clickhouse, clickhouse.url, { log, ttl: 'new-tables' });

@@ -25,7 +25,7 @@ runCli(USAGE, async (args, log) => {
     throw new UsageError('down drops the tables the migrations created, with their rows: add --yes to run it');
   }
   const config = parseConfig();
-  const { db, close } = await openPostgres(config, log, 1);
+  const { db, redactedUrl, close } = await openPostgres(config, log, 1);
   try {
     if (command === 'status') {
       const { migrations, pending, unknown } = await schemaState(db);
@@ -40,7 +40,7 @@ runCli(USAGE, async (args, log) => {
     }
     if (command === 'latest') {
       // Kysely's migrateToLatest calls a database a newer build migrated corrupted; prepareSchema uses it as it is (README "Migrations").
-      const { applied, unknown } = await prepareSchema(db, true);
+      const { applied, unknown } = await prepareSchema(db, true, { where: redactedUrl, warn: (line) => log(`warning: ${line}`) });
       if (applied.length === 0) log('nothing to do: already at the requested version');
       for (const name of applied) log(`applied ${name}`);
       if (unknown.length) log(`the database also ran ${unknown.join(', ')}, applied by a newer build (this build does not know them); it is used as it is`);

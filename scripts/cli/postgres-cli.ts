@@ -13,6 +13,8 @@ export interface PostgresConnection {
   pool: Pool;
   /** The server, without its password, for messages. */
   at: string;
+  /** Its URL, without the password. */
+  redactedUrl: string;
   close(): Promise<void>;
 }
 
@@ -32,12 +34,13 @@ export async function openPostgres(config: AppConfig, log: (line: string) => voi
     await db.destroy();
     await server.stop?.();
   };
-  const at = `Postgres at ${redactUrl(server.url)}`;
+  const redactedUrl = redactUrl(server.url);
+  const at = `Postgres at ${redactedUrl}`;
   try {
     await sql`select 1`.execute(db);
   } catch (error) {
     await close();
     throw new Error(`cannot use ${at}: ${errorText(error)}`);
   }
-  return { db, pool, at, close };
+  return { db, pool, at, redactedUrl, close };
 }

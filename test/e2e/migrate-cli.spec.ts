@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
+import { Client } from 'pg';
 import { runCommand } from '../support/commands';
-import { createTestDatabase, TestDatabase } from '../support/postgres';
+import { createTestDatabase, TestDatabase, withDatabaseEncoded } from '../support/postgres';
 
 /** `npm run migrate` as an operator runs it against a database: status, down, latest, and bad arguments. */
 describe('npm run migrate', () => {
@@ -85,6 +86,27 @@ describe('npm run migrate', () => {
       expect(run.stderr).toContain('error: down drops the tables the migrations created, with their rows: add --yes to run it');
     }
     expect((await migrate('status')).stderr).toBe('the schema is current for this build\n');
+  });
+
+  // The API refused such a database at its start, but `npm run migrate` (or apikey, with MIGRATE_ON_START) built
+  // the schema in it first.
+  it('refuses a database not encoded in UTF8, migrating nothing into it', async () => {
+    await withDatabaseEncoded('LATIN1', async (url) => {
+      const run = await runCommand('migrate', [], { DATABASE_URL: url.toString() });
+      expect(run.code).toBe(1);
+      const redacted = new URL(url);
+      redacted.password = '***';
+      expect(run.stderr).toContain(
+        `error: the Postgres database at ${redacted.toString()} is encoded LATIN1, which cannot hold every text a span may carry: use a database created with ENCODING 'UTF8'`,
+      );
+      const client = new Client({ connectionString: url.toString() });
+      await client.connect();
+      try {
+        expect((await client.query(`select count(*)::int as n from pg_tables where schemaname = 'public'`)).rows[0].n).toBe(0);
+      } finally {
+        await client.end();
+      }
+    });
   });
 
   it('names the server it cannot use, without its password', async () => {

@@ -9,23 +9,7 @@ import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { runApiUntilExit, startApiProcess } from '../support/api-process';
 import { freePort } from '../support/free-port';
-import { createTestDatabase } from '../support/postgres';
-
-/** A fresh database in `encoding` on the run's Postgres (its URL, with the admin's credentials), dropped afterwards. */
-async function withDatabaseEncoded(encoding: string, use: (url: URL) => Promise<void>): Promise<void> {
-  const admin = new Client({ connectionString: process.env.TEST_PG_ADMIN_URL });
-  await admin.connect();
-  const name = `${encoding.toLowerCase()}_${process.pid}_${Date.now()}`;
-  try {
-    await admin.query(`create database ${name} encoding '${encoding}' lc_collate 'C' lc_ctype 'C' template template0`);
-    const url = new URL(process.env.TEST_PG_ADMIN_URL!);
-    url.pathname = `/${name}`;
-    await use(url);
-  } finally {
-    await admin.query(`drop database if exists ${name} with (force)`);
-    await admin.end();
-  }
-}
+import { createTestDatabase, withDatabaseEncoded } from '../support/postgres';
 
 /**
  * A start the API must refuse, as an operator meets it: `node main.js` on the

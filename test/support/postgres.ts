@@ -69,3 +69,19 @@ export async function setAppSessionDefaults(database: TestDatabase, pool: Pool, 
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
+
+/** A fresh database in `encoding` on the run's Postgres (its URL, with the admin's credentials), dropped afterwards. */
+export async function withDatabaseEncoded(encoding: string, use: (url: URL) => Promise<void>): Promise<void> {
+  const admin = new Client({ connectionString: process.env.TEST_PG_ADMIN_URL });
+  await admin.connect();
+  const name = `${encoding.toLowerCase()}_${process.pid}_${Date.now()}`;
+  try {
+    await admin.query(`create database ${name} encoding '${encoding}' lc_collate 'C' lc_ctype 'C' template template0`);
+    const url = new URL(process.env.TEST_PG_ADMIN_URL!);
+    url.pathname = `/${name}`;
+    await use(url);
+  } finally {
+    await admin.query(`drop database if exists ${name} with (force)`);
+    await admin.end();
+  }
+}

@@ -161,7 +161,35 @@ async function refuseTablesElsewhere(db: Kysely<any>, current: string, firstMigr
  * migrateToLatest would call it corrupted, so it runs only when something of
  * this build's is pending.
  */
-export async function prepareSchema(db: Kysely<any>, migrate: boolean): Promise<{ applied: string[]; unknown: string[] }> {
+/**
+ * The database's encoding, before anything is migrated into it, by the API and by every command that migrates.
+ * Spans carry any Unicode text. In another encoding (LATIN1) a name outside it failed at the insert, as a 400
+ * quoting Postgres, for a request the API had validated: refused once, with what to do. SQL_ASCII stores the
+ * API's UTF-8 as the bytes it is (an embedded cluster initialised without a locale before its initdb was told
+ * UTF8 has it): used, with a warning. `where` names the server in messages (its URL, without the password).
+ */
+async function checkEncoding(db: Kysely<any>, where: string, warn: (line: string) => void): Promise<void> {
+  const { rows } = await sql<{ server_encoding: string }>`show server_encoding`.execute(db);
+  const encoding = rows[0]?.server_encoding;
+  if (encoding === 'SQL_ASCII') {
+    warn(`the Postgres database at ${where} is encoded SQL_ASCII: it stores text as bytes, unchecked; a database created with ENCODING 'UTF8' checks it`);
+  } else if (encoding !== 'UTF8') {
+    throw new OperatorError(
+      `the Postgres database at ${where} is encoded ${encoding}, which cannot hold every text a span may carry: use a database created with ENCODING 'UTF8'`,
+    );
+  }
+}
+
+/**
+ * Makes the schema this build's: migrates it when `migrate` (else refuses a schema behind the build), after
+ * checking the database's encoding. `where` and `warn` as checkEncoding takes them.
+ */
+export async function prepareSchema(
+  db: Kysely<any>,
+  migrate: boolean,
+  options: { where: string; warn: (line: string) => void },
+): Promise<{ applied: string[]; unknown: string[] }> {
+  await checkEncoding(db, options.where, options.warn);
   const { pending, unknown } = await schemaState(db);
   if (pending.length === 0) return { applied: [], unknown };
   if (!migrate) throw new SchemaBehindError(pending);

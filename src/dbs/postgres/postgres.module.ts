@@ -47,21 +47,7 @@ async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promi
       // The first query of the start: a wrong DATABASE_URL, a server that is down, a refused password.
       throw new OperatorError(`could not use Postgres at ${redactUrl(url)}: ${error.message}`);
     });
-    // Spans carry any Unicode text. In another encoding (LATIN1) a name outside it failed at the insert, as a
-    // 400 quoting Postgres, for a request the API had validated: refused here, once, with what to do.
-    // SQL_ASCII stores the API's UTF-8 as the bytes it is (an embedded cluster initialised without a locale
-    // before its initdb was told UTF8 has it): used, with a warning.
-    const { rows } = await sql<{ server_encoding: string }>`show server_encoding`.execute(db);
-    const encoding = rows[0]?.server_encoding;
-    if (encoding === 'SQL_ASCII') {
-      logger.warn(`the Postgres database at ${redactUrl(url)} is encoded SQL_ASCII: it stores text as bytes, unchecked; a database created with ENCODING 'UTF8' checks it`);
-    } else if (encoding !== 'UTF8') {
-      throw new OperatorError(
-        `the Postgres database at ${redactUrl(url)} is encoded ${encoding}, which cannot hold every text a span may carry: ` +
-          "use a database created with ENCODING 'UTF8'",
-      );
-    }
-    const { applied, unknown } = await prepareSchema(db, migrateOnStart);
+    const { applied, unknown } = await prepareSchema(db, migrateOnStart, { where: redactUrl(url), warn: (line) => logger.warn(line) });
     if (unknown.length) logger.warn(`the database has migrations this build does not know (${unknown.join(', ')}): a newer build migrated it`);
     if (applied.length) logger.log(`applied migrations: ${applied.join(', ')}`);
   } finally {
