@@ -159,6 +159,23 @@ describe('Mirror', () => {
     ]);
   });
 
+  // A mapper that fails every row (a column format it does not expect) logged an error line per mirrored row.
+  it('logs rows that cannot be mapped once a minute at most, counting every one', async () => {
+    const lines: unknown[] = [];
+    Logger.overrideLogger({ log: () => undefined, warn: () => undefined, error: (message: unknown) => void lines.push(message) });
+    try {
+      const { mirror, writer, registry } = rig([A]);
+      mirror.accept(plan, [{ id: -1, projectId: A }, { id: -2, projectId: A }, { id: -3, projectId: A }], toRecord);
+      await writer.drain();
+      mirror.accept(plan, [{ id: -4, projectId: A }], toRecord);
+      await writer.drain();
+      expect(await registry.getSingleMetricAsString('mirror_record_failures_total')).toMatch(/entity="spans"} 4/);
+      expect(lines).toEqual([expect.objectContaining({ entity: 'spans', notLoggedSinceLastLine: 0 })]);
+    } finally {
+      Logger.overrideLogger(false);
+    }
+  });
+
   it('counts a write whose commit is unknown per entity, from zero, and logs it with the method and the error', async () => {
     const { mirror, registry } = rig();
     const warn = jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);

@@ -9,6 +9,13 @@ import { MIRRORED_ENTITIES, MirrorPlan, MirrorTarget } from './mirrored-dao';
 /** Records mapped per event-loop turn while the backlog is small (about half a millisecond of spans). */
 const SLICE_RECORDS = 16;
 
+/**
+ * How often, at most, an entity's "could not build mirror records" line repeats: a mapper that fails every row
+ * (a column format it does not expect) logged one error line per mirrored row, at the ingest rate. The counter
+ * counts them all; each line says how many were not logged since the one before.
+ */
+const FAILURE_LINE_EVERY_MS = 60_000;
+
 interface Accepted {
   plan: MirrorPlan<unknown, unknown>;
   /** One write's committed rows, as the DAO returned them. */
@@ -53,6 +60,8 @@ export class Mirror implements MirrorTarget {
   /** Mirrored writes on their way to Postgres, and who waits for there to be none. */
   private writesInFlight = 0;
   private readonly onNoWritesInFlight: Array<() => void> = [];
+  /** Per entity: when its failure line was last logged (performance.now()), and how many failures since. */
+  private readonly failureLines = new Map<string, { at: number; notLogged: number }>();
 
   constructor(
     private readonly writer: BatchWriter,
@@ -175,7 +184,14 @@ export class Mirror implements MirrorTarget {
 
   failed(entity: string, error: unknown): void {
     this.failures.inc({ entity });
-    this.logger.error({ entity, err: error }, 'could not build mirror records for a committed write');
+    const now = performance.now();
+    const last = this.failureLines.get(entity);
+    if (last && now - last.at < FAILURE_LINE_EVERY_MS) {
+      last.notLogged++;
+      return;
+    }
+    this.failureLines.set(entity, { at: now, notLogged: 0 });
+    this.logger.error({ entity, err: error, notLoggedSinceLastLine: last?.notLogged ?? 0 }, 'could not build mirror records for a committed write');
   }
 
   outcomeUnknown(entity: string, method: string, projectId: unknown, error: unknown): void {
