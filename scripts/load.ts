@@ -19,7 +19,7 @@ import { DB } from '../src/dbs/postgres/database';
 import { resolvePostgres } from '../src/dbs/postgres/local-postgres';
 import { prepareSchema } from '../src/dbs/postgres/postgres-migrator';
 import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
-import { ApiProcess, ensureApiBuild, ROOT, startApiProcess } from '../test/support/api-process';
+import { ApiProcess, ensureApiBuild, ROOT, startApiProcess } from './cli/api-process';
 import { parseFlags, positiveInt } from './cli/flags';
 import { runCli, SIGNAL_EXIT_CODES, UsageError } from './cli/run-cli';
 

@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import { BenchFlags } from './support/cli';
 import { ApiClient, postOk, sleep } from './support/http-load';
-import { freePort } from '../../test/support/free-port';
+import { freePort } from '../cli/free-port';
 import { MiB, rssOf } from './support/proc';
 import { startApiProcess } from './support/processes';
 import { BenchReport, runBench } from './support/report';

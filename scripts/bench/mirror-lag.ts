@@ -5,7 +5,7 @@ import { SPAN_TABLE, toSpanClickHouseRow } from '../../src/dbs/clickhouse/span-c
 import { traceIdToUuid } from '../../src/tracing/trace-id';
 import { BenchFlags } from './support/cli';
 import { ApiClient, openLoop, postOk, sleep } from './support/http-load';
-import { freePort } from '../../test/support/free-port';
+import { freePort } from '../cli/free-port';
 import { startApiProcess } from './support/processes';
 import { BenchReport, runBench } from './support/report';
 import { createApiKey, startBenchClickHouse, startBenchPostgres } from './support/servers';

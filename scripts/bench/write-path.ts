@@ -1,6 +1,6 @@
 import { ApiClient, postOk, timedLoop } from './support/http-load';
 import { BenchFlags } from './support/cli';
-import { freePort } from '../../test/support/free-port';
+import { freePort } from '../cli/free-port';
 import { startNullClickHouse } from './support/null-clickhouse';
 import { AppHost, startAppHost } from './support/processes';
 import { BenchReport, runBench } from './support/report';

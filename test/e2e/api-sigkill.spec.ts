@@ -4,7 +4,7 @@ import { sql } from 'kysely';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
-import { ApiProcess, ensureApiBuild, startApiProcess } from '../support/api-process';
+import { ApiProcess, ensureApiBuild, startApiProcess } from '../../scripts/cli/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
 import { differingBuckets, runCommand } from '../support/commands';
 import { eventually } from '../support/fake-clickhouse';

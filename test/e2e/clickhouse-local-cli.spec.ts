@@ -3,7 +3,7 @@ import { request } from 'node:http';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from '../support/api-process';
+import { ROOT } from '../../scripts/cli/api-process';
 import { clickHouseReadyUrl, runCommand } from '../support/commands';
 import { eventually } from '../support/fake-clickhouse';
 

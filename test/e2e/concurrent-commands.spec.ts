@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runCommand, type CommandRun } from '../support/commands';
 import { eventually } from '../support/fake-clickhouse';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 import { stopPostmasterOf } from '../support/postgres-process';
 
 /**

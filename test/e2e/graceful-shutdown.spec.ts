@@ -6,10 +6,10 @@ import { connect } from 'node:net';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
-import { ApiProcess, ensureApiBuild, startApiProcess } from '../support/api-process';
+import { ApiProcess, ensureApiBuild, startApiProcess } from '../../scripts/cli/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
 import { makeTrace } from '../support/fixtures';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 import { snapshotBothSides } from '../support/mirror';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 

@@ -10,11 +10,11 @@ import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-cli
 import { migrateClickHouse, readTtlDays } from '../../src/dbs/clickhouse/clickhouse-ddl-runner';
 import { migrateDown } from '../../src/dbs/postgres/postgres-migrator';
 import { processAlive } from '../../src/dbs/process-alive';
-import { ensureApiBuild, ROOT, startApiProcess } from '../support/api-process';
+import { ensureApiBuild, ROOT, startApiProcess } from '../../scripts/cli/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
 import { runCommand } from '../support/commands';
 import { eventually, FakeClickHouse } from '../support/fake-clickhouse';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
 /**

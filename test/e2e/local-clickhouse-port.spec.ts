@@ -5,7 +5,7 @@ import { createServer as createTcpServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runCommand } from '../support/commands';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 
 /**
  * A command resolving the local ClickHouse (here `npm run migrate:clickhouse`)

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { processAlive } from '../../src/dbs/process-alive';
-import { ROOT } from '../support/api-process';
+import { ROOT } from '../../scripts/cli/api-process';
 import { clickHouseReadyUrl } from '../support/commands';
 
 /**

@@ -9,7 +9,7 @@ import { SHUTDOWN_GAP_RECORDING_MS } from '../../src/dbs/clickhouse/batch-writer
 import { METRICS_REGISTRY } from '../../src/metrics/metrics.tokens';
 import { TracingService } from '../../src/tracing/tracing.service';
 import { eventually } from '../support/fake-clickhouse';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 import { makeNode, makeSpan } from '../support/fixtures';
 import { OwnedPostgres, ownPostgres, PostgresProcess } from '../support/postgres-process';
 import { closeRawAgent, rawRequest, RawResponse } from '../support/raw-http';

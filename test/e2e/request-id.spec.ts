@@ -1,6 +1,6 @@
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
-import { ApiProcess, startApiProcess } from '../support/api-process';
+import { ApiProcess, startApiProcess } from '../../scripts/cli/api-process';
 import { spanId, traceId, uuid } from '../support/fixtures';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 

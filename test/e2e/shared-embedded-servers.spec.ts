@@ -11,9 +11,9 @@ import { clickHouseAnswers } from '../../src/dbs/clickhouse/local-clickhouse';
 import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { childRunning } from '../../src/dbs/process-alive';
-import { ROOT, startApiProcess } from '../support/api-process';
+import { ROOT, startApiProcess } from '../../scripts/cli/api-process';
 import { makeTrace } from '../support/fixtures';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 import { stopPostmasterOf } from '../support/postgres-process';
 
 const delay = (ms: number) => new Promise((done) => setTimeout(done, ms));

@@ -6,7 +6,7 @@ import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { createTestApp } from '../support/app';
-import { ApiProcess, ensureApiBuild, startApiProcess } from '../support/api-process';
+import { ApiProcess, ensureApiBuild, startApiProcess } from '../../scripts/cli/api-process';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
 import { makeSpan } from '../support/fixtures';
 import { snapshotBothSides } from '../support/mirror';

@@ -7,8 +7,8 @@ import { Client } from 'pg';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
-import { runApiUntilExit, startApiProcess } from '../support/api-process';
-import { freePort } from '../support/free-port';
+import { runApiUntilExit, startApiProcess } from '../../scripts/cli/api-process';
+import { freePort } from '../../scripts/cli/free-port';
 import { createTestDatabase, withDatabaseEncoded } from '../support/postgres';
 
 /**

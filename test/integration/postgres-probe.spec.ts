@@ -2,7 +2,7 @@ import { connect, createServer, Server, Socket } from 'node:net';
 import { Client, Pool } from 'pg';
 import { PostgresProbe, PROBE_TIMEOUT_MS } from '../../src/dbs/postgres/postgres-probe';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
-import { freePort } from '../support/free-port';
+import { freePort } from '../../scripts/cli/free-port';
 
 /**
  * /health's probe against a real Postgres reached through a TCP relay the

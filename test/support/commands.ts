@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { Readable } from 'node:stream';
-import { ROOT } from './api-process';
+import { ROOT } from '../../scripts/cli/api-process';
 
 export interface CommandRun {
   code: number | null;

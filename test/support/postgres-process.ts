@@ -4,7 +4,7 @@ import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { processAlive } from '../../src/dbs/process-alive';
-import { freePort } from './free-port';
+import { freePort } from '../../scripts/cli/free-port';
 
 export interface PostgresProcess {
   url: string;

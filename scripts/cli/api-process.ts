@@ -9,8 +9,8 @@ import { freePort } from './free-port';
 /**
  * The real API as its own process, started the way production starts it:
  * `node <build>/src/main.js` from a tsc build (tsx/esbuild drops the decorator
- * metadata Nest's DI needs). The build is private to these tests, in
- * .data/api-build/<hash of the sources>, so `npm run build` in the same tree
+ * metadata Nest's DI needs), for `npm run load` and the end-to-end specs. The
+ * build is their own, in .data/api-build/<hash of the sources>, so `npm run build` in the same tree
  * (which deletes dist/) never pulls it from under a running spec; concurrent
  * builders of the same sources race to one atomic rename.
  */
@@ -19,7 +19,7 @@ export const ROOT = resolve(__dirname, '../..');
 const BUILDS = join(ROOT, '.data', 'api-build');
 const SOURCES = ['src', 'migrations', 'scripts', 'tsconfig.json', 'tsconfig.build.json'];
 const LOG_TAIL_BYTES = 256 * 1024;
-const EXIT_WITH_PARENT = join(ROOT, 'test', 'support', 'exit-with-parent.cjs');
+const EXIT_WITH_PARENT = join(ROOT, 'scripts', 'cli', 'exit-with-parent.cjs');
 
 export interface ApiProcess {
   url: string;
