@@ -21,7 +21,7 @@ import { prepareSchema } from '../src/dbs/postgres/postgres-migrator';
 import { createKysely, createPool } from '../src/dbs/postgres/postgres-pool';
 import { ApiProcess, ensureApiBuild, ROOT, startApiProcess } from './cli/api-process';
 import { parseFlags, positiveInt } from './cli/flags';
-import { runCli, SIGNAL_EXIT_CODES, UsageError } from './cli/run-cli';
+import { isNpmRepeat, runCli, SIGNAL_EXIT_CODES, UsageError } from './cli/run-cli';
 
 /**
  * A bounded load run on loopback with the mirror on: a steady rate of span
@@ -600,16 +600,16 @@ if (require.main === module) {
     if (Boolean(url) !== Boolean(key)) throw new UsageError('--url and --key go together');
     if (url && !/^http:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(url)) throw new UsageError('--url must be a loopback address (load stays on this machine)');
     const spansPerRequest = positiveInt(flags, '--spans-per-request', 10);
-    // Ctrl-C ends the load early and still counts, verifies and prints the summary; another one stops at once.
-    // One Ctrl-C under npm arrives twice (from the terminal, and forwarded by npm): a repeat within a second is it.
+    // Ctrl-C ends the load early and still counts, verifies and prints the summary; another one (not npm's
+    // copy of the first: isNpmRepeat) stops at once.
     const interrupt = new AbortController();
-    let interruptedAt = 0;
+    let first: { signal: string; at: number } | undefined;
     const onSignal = (signal: 'SIGINT' | 'SIGTERM') => {
-      if (!interrupt.signal.aborted) {
-        interruptedAt = Date.now();
-        log(`load: ${signal} received: ending the load early, then the summary (${signal} again stops at once)`);
+      if (first === undefined) {
+        first = { signal, at: Date.now() };
+        log(`load: ${signal} received: ending the load early, then the summary (${signal} again after a second stops at once)`);
         interrupt.abort(signal);
-      } else if (Date.now() - interruptedAt > 1_000) {
+      } else if (!isNpmRepeat(first, signal)) {
         process.exit(SIGNAL_EXIT_CODES[signal]);
       }
     };

@@ -40,12 +40,23 @@ export function runCli(usage: string, run: (args: string[], log: (message: strin
 export const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
 
 /**
+ * One Ctrl-C under `npm run` arrives twice: from the terminal, and forwarded by npm. The same signal again
+ * within this window of the first is that copy, not a second request to stop. (The API's own shutdown, in
+ * src/main.ts, ignores every repeat: its drain is bounded already.)
+ */
+export const NPM_REPEAT_WINDOW_MS = 1_000;
+
+/** Whether `signal` now is npm's copy of `first` (see NPM_REPEAT_WINDOW_MS). */
+export function isNpmRepeat(first: { signal: string; at: number }, signal: string, windowMs = NPM_REPEAT_WINDOW_MS): boolean {
+  return signal === first.signal && Date.now() - first.at <= windowMs;
+}
+
+/**
  * Ends a long command on Ctrl-C or SIGTERM with `message` on a line of its
  * own (a function is asked at the signal, for a hint that depends on how far the command got). `stop` runs first: a progress bar keeps the terminal's cursor hidden
  * and its line wrap off until it is stopped, and exiting skips every finally.
  */
 export function exitOnSignal(message: string | (() => string), stop: () => void, options: { repeatWindowMs?: number } = {}): void {
-  const repeatWindowMs = options.repeatWindowMs ?? 1_000;
   // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
   const say = (text: string) => process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${text}\n`);
   let deferred: { signal: string; at: number } | undefined;
@@ -62,9 +73,8 @@ export function exitOnSignal(message: string | (() => string), stop: () => void,
       process.exit(SIGNAL_EXIT_CODES[signal]);
     };
     if (deferred !== undefined) {
-      // One Ctrl-C under npm arrives twice (from the terminal, and forwarded by npm): the same signal within a
-      // second is it. Any other exits at once, even inside a stretch that must finish (uninterruptible.ts).
-      if (signal !== deferred.signal || Date.now() - deferred.at > repeatWindowMs) exit();
+      // Anything but npm's copy of the first exits at once, even inside a stretch that must finish (uninterruptible.ts).
+      if (!isNpmRepeat(deferred, signal, options.repeatWindowMs)) exit();
       return;
     }
     if (!deferInterrupt(exit)) return exit();

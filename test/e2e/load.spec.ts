@@ -250,7 +250,7 @@ describe('load (short run of scripts/load.ts)', () => {
       await new Promise((done) => setTimeout(done, 2_000));
       load.kill('SIGINT');
       expect(await exited).toBe(130);
-      expect(stderr).toContain('load: SIGINT received: ending the load early, then the summary (SIGINT again stops at once)');
+      expect(stderr).toContain('load: SIGINT received: ending the load early, then the summary (SIGINT again after a second stops at once)');
       expect(stdout).toMatch(/^  requests   \d+ in \d+ s of 120 \(/m);
       expect(stdout).toMatch(/^  - cut short by SIGINT after \d+ s of 120 s$/m);
     } finally {
