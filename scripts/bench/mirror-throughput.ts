@@ -7,7 +7,8 @@ import { MirrorGap } from '../../src/dbs/clickhouse/gap-ledger';
 import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { ClickHouseSink } from '../../src/dbs/clickhouse/clickhouse-sink';
 import { createMirrorMetrics } from '../../src/dbs/clickhouse/mirror-metrics';
-import { SPAN_TABLE, toSpanInsertLine, toSpanMirrorRow } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
+import { SPAN_TABLE, SpanRecord, toSpanInsertLine } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
+import { spanMirrorPlan } from '../../src/dbs/dual-write/mirror-plans';
 import { BenchFlags } from './support/cli';
 import { sleep } from './support/http-load';
 import { cpuSecondsOf } from './support/proc';
@@ -49,6 +50,9 @@ interface Run {
   /** Inserts sent: the ceiling's batches are to be the writer's. */
   batches: number;
 }
+
+/** A span's row as the mirror hands it to the writer (Mirror.mapBacklog): its gap fields and its insert line. */
+const mirrorRow = (span: SpanRecord) => ({ ...spanMirrorPlan.toGapRow(span), line: spanMirrorPlan.toLine(span) });
 
 async function main(): Promise<void> {
   const flags = new BenchFlags(process.argv.slice(2), USAGE);
@@ -130,7 +134,7 @@ async function main(): Promise<void> {
       // Producing only while two batches' worth is queued keeps memory bounded without starving the writer.
       for (let i = 0; i < count; i += options.write) {
         while (batchWriter.stats().queuedRows >= 2 * settings.flushRows) await sleep(1);
-        batchWriter.write(next(Math.min(options.write, count - i)).map(toSpanMirrorRow));
+        batchWriter.write(next(Math.min(options.write, count - i)).map(mirrorRow));
         await new Promise((resolve) => setImmediate(resolve));
       }
       await batchWriter.drain();

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { NodeMirrorReads } from '../../src/dbs/clickhouse/node-mirror-reads';
 import { ClickHouseSink, linesBody } from '../../src/dbs/clickhouse/clickhouse-sink';
 import { SpanMirrorReads } from '../../src/dbs/clickhouse/span-mirror-reads';
-import { MirroredNode, NODE_COLUMNS, NodeRecord, nodeTombstone, toNodeClickHouseLine, toNodeInsertLine, toNodeMirrorRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
+import { MirroredNode, NODE_COLUMNS, NodeRecord, nodeTombstone, toNodeClickHouseLine, toNodeInsertLine } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import {
   MirroredSpan,
   SPAN_COLUMNS,
@@ -12,7 +12,6 @@ import {
   toSpanClickHouseLine,
   toSpanClickHouseRow,
   toSpanInsertLine,
-  toSpanMirrorRow,
 } from '../../src/dbs/clickhouse/span-clickhouse-row.mapper';
 import { isoToMicros, microsToIso } from '../../src/tracing/timestamp';
 import { Json, SpanInput } from '../../src/tracing/span';
@@ -89,9 +88,9 @@ describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
   afterAll(async () => ch?.drop());
 
   const insertSpans = (rows: SpanRecord[], token: string = randomUUID()) =>
-    sink.insert('spans', linesBody(rows.map((s) => toSpanMirrorRow(s).line)), token);
+    sink.insert('spans', linesBody(rows.map(toSpanInsertLine)), token);
   const insertNodes = (rows: NodeRecord[], token: string = randomUUID()) =>
-    sink.insert('nodes', linesBody(rows.map((n) => toNodeMirrorRow(n).line)), token);
+    sink.insert('nodes', linesBody(rows.map(toNodeInsertLine)), token);
 
   /** Physical rows, before FINAL collapses versions. */
   async function storedRows(table: 'spans' | 'nodes', projectId: string): Promise<number> {

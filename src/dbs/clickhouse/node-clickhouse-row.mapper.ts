@@ -1,6 +1,5 @@
 import { Json, JsonObject } from '../../tracing/span';
 import { ObservabilityNode } from '../../observability/node';
-import { MirrorRow } from './batch-writer';
 import { GapRow } from './gap-ledger';
 import { clickHouseTimeToIso, insertJson, isoToClickHouseTime, jsonText, parseJson } from './span-clickhouse-row.mapper';
 
@@ -143,11 +142,6 @@ export function toNodeGapRow(node: NodeRecord): GapRow {
     createdAt: node.created_at,
     tombstoneFields: [node.tree_id, node.time_start],
   };
-}
-
-/** What the batch writer queues for this node. */
-export function toNodeMirrorRow(node: NodeRecord): MirrorRow {
-  return { ...toNodeGapRow(node), line: toNodeInsertLine(node) };
 }
 
 /** A live row as read back (every read is FINAL with is_deleted = 0: a tombstone here is a bug in the query). */

@@ -1,7 +1,6 @@
 import { Json, JsonObject, Span, SpanKey, SpanKind, SpanType, StatusCode, TraceType } from '../../tracing/span';
 import { isoToMicros, microsToIso } from '../../tracing/timestamp';
 import { traceIdToUuid, uuidToTraceId } from '../../tracing/trace-id';
-import { MirrorRow } from './batch-writer';
 import { GapRow } from './gap-ledger';
 
 /**
@@ -207,11 +206,6 @@ export function toSpanGapRow(span: SpanRecord): GapRow {
     createdAt: span.created_at,
     tombstoneFields: [span.start_time],
   };
-}
-
-/** What the batch writer queues for this span. */
-export function toSpanMirrorRow(span: SpanRecord): MirrorRow {
-  return { ...toSpanGapRow(span), line: toSpanInsertLine(span) };
 }
 
 /** A live row as read back (every read is FINAL with is_deleted = 0: a tombstone here is a bug in the query). */
