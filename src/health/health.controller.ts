@@ -1,4 +1,4 @@
-import { Controller, Get, Inject, Optional } from '@nestjs/common';
+import { Controller, Get, Inject } from '@nestjs/common';
 import { ApiOperation, ApiTags } from '@nestjs/swagger';
 import { HealthCheck, HealthCheckService, HealthIndicatorService } from '@nestjs/terminus';
 import { Public } from '../auth/public.decorator';
@@ -14,7 +14,7 @@ export class HealthController {
     private readonly indicators: HealthIndicatorService,
     private readonly probe: PostgresProbe,
     private readonly shutdown: ShutdownState,
-    @Optional() @Inject(MIRROR_HEALTH) private readonly mirror?: MirrorHealth,
+    @Inject(MIRROR_HEALTH) private readonly mirror: MirrorHealth,
   ) {}
 
   /**
@@ -46,7 +46,7 @@ export class HealthController {
   }
 
   private async mirrorStatus() {
-    const status = this.mirror ? await this.mirror.status() : { enabled: false };
+    const status = await this.mirror.status();
     return this.indicators.check('mirror').up(status);
   }
 }

@@ -1,4 +1,4 @@
-/** What the mirror reports to /health; provided by the dual-write room when the mirror is on. */
+/** What the mirror reports to /health; always provided by the dual-write room (`enabled: false` with the flag off). */
 export const MIRROR_HEALTH = Symbol('MIRROR_HEALTH');
 
 export interface MirrorHealth {
