@@ -1,9 +1,8 @@
-import { ClickHouseLogLevel, createClient } from '@clickhouse/client';
 import { sql } from 'kysely';
 import { AppConfig } from '../../src/config/app-config';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { HistoryScope, parseScopes, ScopeError, ScopeOptions } from '../../src/dbs/backfill/history-scope';
-import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
+import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { resolveClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
 import { ParsedFlags } from './flags';
 import { openPostgres, PostgresConnection } from './postgres-cli';
@@ -50,19 +49,12 @@ export interface ClickHouseConnection {
 /** CLICKHOUSE_URL or the local server; fails when it does not answer or the mirror tables are missing. */
 export async function connectClickHouse(config: AppConfig, log: (line: string) => void, task: 'backfill' | 'verify'): Promise<ClickHouseConnection> {
   const server = await resolveClickHouse(config.clickhouse, log);
-  const options = {
-    ...clickHouseClientOptions(config.clickhouse, server.url),
-    // Big batches, mutations and streamed FINAL reads of a whole scope outlast the API's per-request budget.
-    request_timeout: Math.max(config.clickhouse.requestTimeoutMs, 120_000),
-    // Failures reach the operator once, as this command's error, not also as the client's log lines.
-    log: { level: ClickHouseLogLevel.OFF },
-  };
-  // ClickHouseHistory's sink compresses bodies itself, where it pays.
-  const insert = createClient({ ...options, compression: { request: false, response: false } });
-  const query = createClient({ ...options, compression: { request: false, response: false } });
-  const history = new ClickHouseHistory({ insert, query }, { url: server.url, database: config.clickhouse.database, task });
+  // The API's clients, with a longer timeout: big batches, mutations and streamed FINAL reads of a whole scope
+  // outlast the API's per-request budget.
+  const clients = createClickHouseClients(config.clickhouse, server.url, { requestTimeoutMs: Math.max(config.clickhouse.requestTimeoutMs, 120_000) });
+  const history = new ClickHouseHistory(clients, { url: server.url, database: config.clickhouse.database, task });
   const close = async () => {
-    await Promise.allSettled([insert.close(), query.close()]);
+    await clients.close();
     await server.stop?.();
   };
   try {

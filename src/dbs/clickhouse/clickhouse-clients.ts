@@ -55,8 +55,9 @@ export function clickHouseClientOptions(
   };
 }
 
-export function createClickHouseClients(config: AppConfig['clickhouse'], url: string): ClickHouseClients {
-  const base = clickHouseClientOptions(config, url);
+/** The insert and query clients; `requestTimeoutMs` in place of CLICKHOUSE_REQUEST_TIMEOUT_MS (the commands' longer one). */
+export function createClickHouseClients(config: AppConfig['clickhouse'], url: string, options: { requestTimeoutMs?: number } = {}): ClickHouseClients {
+  const base = { ...clickHouseClientOptions(config, url), request_timeout: options.requestTimeoutMs ?? config.requestTimeoutMs };
   const insert = createClient({ ...base, compression: { request: false, response: false } });
   const query = createClient({ ...base, compression: { request: false, response: false } });
   return {
