@@ -5,6 +5,7 @@ import { ApiBody, ApiConsumes, ApiOperation, ApiResponse, ApiSecurity, ApiTags }
 import type { Request } from 'express';
 import { Counter, Registry } from 'prom-client';
 import { ProjectId } from '../auth/project-id.decorator';
+import { answerTo } from '../http/http-exception.filter';
 import { TakesOtlp } from '../http/request-bodies';
 import { AppConfig } from '../config/app-config';
 import { APP_CONFIG } from '../config/config.module';
@@ -93,14 +94,21 @@ export class OtlpController {
     // stores neither, rather than spans without their nodes. Both are upserts keyed by id, so a retry rewrites them.
     // An empty export (an SDK's flush with nothing in it) touches no database, so it is answered while Postgres is down.
     if (spans.length > 0) {
-      await this.oneTransaction(async () => {
-        await this.tracing.createSpans(projectId, spans, { userId: null, upsert: true });
-        await this.observability.ingestNodes(projectId, nodes);
-      });
+      try {
+        await this.oneTransaction(async () => {
+          await this.tracing.createSpans(projectId, spans, { userId: null, upsert: true });
+          await this.observability.ingestNodes(projectId, nodes);
+        });
+      } catch (error) {
+        // An answer exporters retry brings the refused spans back with the export, to be counted then; after any
+        // other, the exporter drops the export, and they are counted now.
+        if (!EXPORTERS_RETRY.has(answerTo(error)[0])) this.rejectedSpans.inc(spansIn(rejected));
+        throw error;
+      }
     }
     this.logger.debug({ projectId, spans: spans.length, traces: new Set(spans.map((s) => s.trace_id)).size, contentType }, 'otlp export stored');
 
-    // Counted once the rest is stored: an export whose store fails is a 503 its exporter sends again, refusals and all.
+    // Counted once the rest is stored (or its store failed for good, above): a failed export can come again.
     this.rejectedSpans.inc(spansIn(rejected));
     const partialSuccess = rejected.length > 0 ? this.partialSuccess(projectId, rejected, sent) : null;
     if (contentType === JSON_TYPE) {
@@ -124,6 +132,9 @@ export class OtlpController {
     return { rejectedSpans, errorMessage };
   }
 }
+
+/** The answers OTLP exporters retry (the OTLP/HTTP specification's retryable statuses). */
+const EXPORTERS_RETRY = new Set([429, 502, 503, 504]);
 
 /** How many refusals a partial success or a 400 spells out; the count covers them all. */
 const SHOWN_REJECTIONS = 5;

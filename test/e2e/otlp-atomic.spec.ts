@@ -33,7 +33,11 @@ describe('an OTLP export whose nodes fail to store', () => {
       beforeAll(async () => {
         t = await createTestApp({}, { clickhouse: mirrored });
         await sql`create function refuse_node() returns trigger language plpgsql as $$
-          begin if new.node_name = 'refused by the test' then raise exception 'node refused by the test'; end if; return new; end $$`.execute(t.database.db);
+          begin
+            if new.node_name = 'refused by the test' then raise exception 'node refused by the test'; end if;
+            if new.node_name = 'unavailable by the test' then raise exception 'too many connections, says the test' using errcode = '53300'; end if;
+            return new;
+          end $$`.execute(t.database.db);
         await sql`create trigger refuse_node before insert on nodes for each row execute function refuse_node()`.execute(t.database.db);
       });
       afterAll(async () => t?.close());
@@ -62,17 +66,21 @@ describe('an OTLP export whose nodes fail to store', () => {
         }
       });
 
-      // An exporter sends a failed export again, its refused spans with it: they are counted once it is stored.
-      it('counts refused spans in otlp_spans_rejected_total only when the rest of the export is stored', async () => {
+      // An exporter sends an export again after a 503 (or 429, 502, 504), its refused spans with it: they are counted
+      // when it is stored. After any other failure it drops the export: they are counted then.
+      it('counts refused spans in otlp_spans_rejected_total once per export an exporter will not send again', async () => {
         const auth = { Authorization: `ApiKey ${t.apiKey}` };
         const rejectedTotal = async () => Number(/^otlp_spans_rejected_total (\d+)$/m.exec((await request(t.url).get('/metrics').expect(200)).text)?.[1]);
         const before = await rejectedTotal();
-        const failed = await request(t.url).post('/otlp/v1/traces').set(auth).send(exportOf(trace(3), ['ends before it starts', 'refused by the test']));
-        expect(failed.status).toBe(500);
+        const retried = await request(t.url).post('/otlp/v1/traces').set(auth).send(exportOf(trace(3), ['ends before it starts', 'unavailable by the test']));
+        expect(retried.status).toBe(503);
         expect(await rejectedTotal()).toBe(before);
         const stored = await request(t.url).post('/otlp/v1/traces').set(auth).send(exportOf(trace(3), ['ends before it starts', 'fine'])).expect(200);
         expect(stored.body.partialSuccess).toMatchObject({ rejectedSpans: '1' });
         expect(await rejectedTotal()).toBe(before + 1);
+        const dropped = await request(t.url).post('/otlp/v1/traces').set(auth).send(exportOf(trace(4), ['ends before it starts', 'refused by the test']));
+        expect(dropped.status).toBe(500);
+        expect(await rejectedTotal()).toBe(before + 2);
       });
     });
   }

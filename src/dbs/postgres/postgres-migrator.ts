@@ -153,15 +153,6 @@ async function refuseTablesElsewhere(db: Kysely<any>, current: string, firstMigr
 }
 
 /**
- * Makes a database's schema this build's before a process uses it: applies
- * pending migrations when `migrate` (MIGRATE_ON_START), else refuses with
- * SchemaBehindError, instead of failing later on a missing table. A database
- * a newer build migrated is used as it is (README "Migrations": a release's
- * migration only adds what the release before can ignore); Kysely's
- * migrateToLatest would call it corrupted, so it runs only when something of
- * this build's is pending.
- */
-/**
  * The database's encoding, before anything is migrated into it, by the API and by every command that migrates.
  * Spans carry any Unicode text. In another encoding (LATIN1) a name outside it failed at the insert, as a 400
  * quoting Postgres, for a request the API had validated: refused once, with what to do. SQL_ASCII stores the
@@ -181,8 +172,14 @@ async function checkEncoding(db: Kysely<any>, where: string, warn: (line: string
 }
 
 /**
- * Makes the schema this build's: migrates it when `migrate` (else refuses a schema behind the build), after
- * checking the database's encoding. `where` and `warn` as checkEncoding takes them.
+ * Makes a database's schema this build's before a process uses it: applies
+ * pending migrations when `migrate` (MIGRATE_ON_START), else refuses with
+ * SchemaBehindError, instead of failing later on a missing table. A database
+ * a newer build migrated is used as it is (README "Migrations": a release's
+ * migration only adds what the release before can ignore); Kysely's
+ * migrateToLatest would call it corrupted, so it runs only when something of
+ * this build's is pending.
+ * The database's encoding is checked first (checkEncoding, which takes `where` and `warn`).
  */
 export async function prepareSchema(
   db: Kysely<any>,
