@@ -1,8 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import fc from 'fast-check';
-import { NodeMirrorReads } from '../../src/dbs/clickhouse/node-mirror-reads';
 import { ClickHouseSink, linesBody } from '../../src/dbs/clickhouse/clickhouse-sink';
-import { SpanMirrorReads } from '../../src/dbs/clickhouse/span-mirror-reads';
 import { MirroredNode, NODE_COLUMNS, NodeRecord, nodeTombstone, toNodeClickHouseLine, toNodeInsertLine } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
 import {
   MirroredSpan,
@@ -18,6 +16,7 @@ import { Json, SpanInput } from '../../src/tracing/span';
 import { NodeInput } from '../../src/observability/node';
 import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
 import { makeNode, makeSpan, uuid } from '../support/fixtures';
+import { NodeMirrorQueries, SpanMirrorQueries } from '../support/mirror-reads';
 
 const CREATED = '2026-11-20T10:00:00.000001Z';
 
@@ -76,14 +75,14 @@ const later = (iso: string, micros: bigint) => microsToIso(isoToMicros(iso) + mi
 describe('ClickHouse row mappers, sink and DAOs (real engine)', () => {
   let ch: TestClickHouse;
   let sink: ClickHouseSink;
-  let spans: SpanMirrorReads;
-  let nodes: NodeMirrorReads;
+  let spans: SpanMirrorQueries;
+  let nodes: NodeMirrorQueries;
 
   beforeAll(async () => {
     ch = await createTestClickHouse();
     sink = new ClickHouseSink(ch.clients.insert, { compress: true });
-    spans = new SpanMirrorReads(ch.clients.query);
-    nodes = new NodeMirrorReads(ch.clients.query);
+    spans = new SpanMirrorQueries(ch.clients.query);
+    nodes = new NodeMirrorQueries(ch.clients.query);
   });
   afterAll(async () => ch?.drop());
 

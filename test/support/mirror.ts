@@ -1,12 +1,11 @@
 import { ClickHouseClient } from '@clickhouse/client';
 import { Kysely } from 'kysely';
-import { NodeMirrorReads } from '../../src/dbs/clickhouse/node-mirror-reads';
-import { SpanMirrorReads } from '../../src/dbs/clickhouse/span-mirror-reads';
 import { DB } from '../../src/dbs/postgres/database';
 import { nodeFromRow } from '../../src/dbs/postgres/node-row.mapper';
 import { spanFromRow } from '../../src/dbs/postgres/span-row.mapper';
 import { ObservabilityNode } from '../../src/observability/node';
 import { Span } from '../../src/tracing/span';
+import { NodeMirrorQueries, SpanMirrorQueries } from './mirror-reads';
 
 /** Every live span and node of a project, from Postgres and (read with FINAL) from ClickHouse, sorted by key. */
 export async function snapshotBothSides(db: Kysely<DB>, clickhouse: ClickHouseClient, projectId: string) {
@@ -17,8 +16,8 @@ export async function snapshotBothSides(db: Kysely<DB>, clickhouse: ClickHouseCl
   const pgSpans = (await db.selectFrom('spans').selectAll().where('project_id', '=', projectId).execute()).map(spanFromRow).sort(byKey(spanKey));
   const pgNodes = (await db.selectFrom('nodes').selectAll().where('project_id', '=', projectId).execute()).map(nodeFromRow).sort(byKey(nodeKey));
 
-  const spansDao = new SpanMirrorReads(clickhouse);
-  const nodesDao = new NodeMirrorReads(clickhouse);
+  const spansDao = new SpanMirrorQueries(clickhouse);
+  const nodesDao = new NodeMirrorQueries(clickhouse);
   const chSpans: Span[] = [];
   for (const bucket of await spansDao.countByProjectDay({ projectId })) {
     for await (const page of spansDao.readBucket(projectId, bucket.day)) {

@@ -1,6 +1,6 @@
 import { ClickHouseClient } from '@clickhouse/client';
 import { SpanKey } from '../../tracing/span';
-import { countByProjectDay, ProjectDayCount, ProjectDayFilter, selectLive } from './mirror-queries';
+import { selectLive } from './mirror-queries';
 import {
   fromSpanClickHouseRow,
   MirroredSpan,
@@ -15,13 +15,14 @@ const KEYS_PER_QUERY = 1000;
 
 
 /**
- * Reads of the span mirror: by key for the backfill's key replay (gaps,
- * verify --repair), and the rest for specs checking what landed. Nothing in
- * the API reads ClickHouse. Every read uses FINAL, so only the newest version
- * of each span counts, and skips tombstones. Every value is a bound parameter.
+ * Reads of the span mirror by key, for the backfill's key replay (gaps,
+ * verify --repair); specs checking what landed read more through a subclass
+ * of their own (test/support/mirror-reads.ts). Nothing in the API reads
+ * ClickHouse. Every read uses FINAL, so only the newest version of each span
+ * counts, and skips tombstones. Every value is a bound parameter.
  */
 export class SpanMirrorReads {
-  constructor(private readonly client: ClickHouseClient) {}
+  constructor(protected readonly client: ClickHouseClient) {}
 
   async readSpans(projectId: string, keys: SpanKey[]): Promise<MirroredSpan[]> {
     const spans: MirroredSpan[] = [];
@@ -47,43 +48,7 @@ export class SpanMirrorReads {
     return spans;
   }
 
-  async readTrace(projectId: string, traceId: string): Promise<MirroredSpan[]> {
-    return this.select(['project_id = {projectId:UUID}', 'trace_id = {traceId:UUID}'], 'ORDER BY start_time, span_id', {
-      projectId,
-      traceId: traceIdToUuid(traceId),
-    });
-  }
-
-  async countByProjectDay(filter: ProjectDayFilter = {}): Promise<ProjectDayCount[]> {
-    return countByProjectDay(this.client, 'spans', filter);
-  }
-
-  /**
-   * Every live span of one project created on one UTC day (YYYY-MM-DD), in
-   * key order, a page at a time: keyset pagination on the sort key, so each
-   * page is a range read however deep the bucket.
-   */
-  async *readBucket(projectId: string, day: string, pageSize = 1000): AsyncGenerator<MirroredSpan[]> {
-    const where = ['project_id = {projectId:UUID}', 'toDate(created_at) = {day:Date}'];
-    let after: MirroredSpan | undefined;
-    for (;;) {
-      const page = await this.select(
-        after ? [...where, '(trace_id, span_id) > ({afterTraceId:UUID}, {afterSpanId:UInt64})'] : where,
-        'ORDER BY trace_id, span_id LIMIT {pageSize:UInt32}',
-        {
-          projectId,
-          day,
-          pageSize,
-          ...(after && { afterTraceId: traceIdToUuid(after.trace_id), afterSpanId: BigInt(spanIdToUInt64(after.span_id)) }),
-        },
-      );
-      if (page.length > 0) yield page;
-      if (page.length < pageSize) return;
-      after = page[page.length - 1];
-    }
-  }
-
-  private select(where: string[], tail: string, params: Record<string, unknown>): Promise<MirroredSpan[]> {
+  protected select(where: string[], tail: string, params: Record<string, unknown>): Promise<MirroredSpan[]> {
     return selectLive(this.client, 'spans', SPAN_COLUMNS, { where, tail, params }, (row: SpanClickHouseRow) => fromSpanClickHouseRow(row));
   }
 }
