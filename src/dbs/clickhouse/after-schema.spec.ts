@@ -1,7 +1,7 @@
 import { ClickHouseError } from '@clickhouse/client';
-import { MirrorSink } from '../clickhouse/batch-writer';
-import { publicSendError } from '../clickhouse/retry-policy';
-import { afterSchema } from './mirror.module';
+import { MirrorSink } from './batch-writer';
+import { publicSendError } from './retry-policy';
+import { afterSchema } from './after-schema';
 
 describe('afterSchema: inserts wait for the ClickHouse schema', () => {
   const inserted: string[] = [];
