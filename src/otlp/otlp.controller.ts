@@ -40,7 +40,7 @@ export class OtlpController {
   ) {
     this.rejectedSpans = new Counter({
       name: 'otlp_spans_rejected_total',
-      help: 'OTLP spans refused as invalid: alone (a partial success), or with their export when it had no valid span (400)',
+      help: 'OTLP spans refused as invalid, once per export: alone (a partial success), with their export when it had no valid span (400), or when its store failed with an answer exporters do not retry',
       registers: [registry],
     });
   }

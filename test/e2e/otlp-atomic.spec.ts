@@ -72,6 +72,7 @@ describe('an OTLP export whose nodes fail to store', () => {
         const auth = { Authorization: `ApiKey ${t.apiKey}` };
         const rejectedTotal = async () => Number(/^otlp_spans_rejected_total (\d+)$/m.exec((await request(t.url).get('/metrics').expect(200)).text)?.[1]);
         const before = await rejectedTotal();
+        expect(Number.isInteger(before)).toBe(true); // the metric's line was found: NaN would make every comparison below pass
         const retried = await request(t.url).post('/otlp/v1/traces').set(auth).send(exportOf(trace(3), ['ends before it starts', 'unavailable by the test']));
         expect(retried.status).toBe(503);
         expect(await rejectedTotal()).toBe(before);

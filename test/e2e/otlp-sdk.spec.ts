@@ -119,8 +119,12 @@ describe('OTLP/HTTP receiver', () => {
   const http = () => request(t.url);
   const count = async (table: 'spans' | 'nodes') =>
     Number((await t.database.db.selectFrom(table).select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
-  const rejectedTotal = async () =>
-    Number(/^otlp_spans_rejected_total (\d+)$/m.exec((await http().get('/metrics').expect(200)).text)?.[1]);
+  const rejectedTotal = async () => {
+    const line = /^otlp_spans_rejected_total (\d+)$/m.exec((await http().get('/metrics').expect(200)).text);
+    // Not found would be NaN, and every comparison of NaNs below would pass.
+    if (!line) throw new Error('no otlp_spans_rejected_total line in /metrics');
+    return Number(line[1]);
+  };
 
   describe.each([
     ['protobuf, one request per span', 'protobuf' as const, (e: SpanExporter) => new SimpleSpanProcessor(e)],
