@@ -1,11 +1,12 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import type { Transform, Writable } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { Session } from 'chdb';
+import { processAlive } from '../../src/dbs/process-alive';
 
 /**
  * The ClickHouse HTTP interface over chdb, the real ClickHouse engine embedded
@@ -853,6 +854,53 @@ export function serverUrl(host: string, port: number): string {
   return `http://${host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
 }
 
+/** How long a new server waits for a stopping one to let go of the data directory (see openDataDir): within the 30 s the resolver gives a start, so its own reason is the one told. */
+const DATA_DIR_WAIT_MS = 20_000;
+
+/**
+ * Opens the data directory. A server on it that is stopping closes its port
+ * (the lock the resolver goes by) first and the directory last, after its
+ * requests have settled: a server started in between, on the freed port,
+ * failed to open the directory and exited, and the command that started it
+ * with it. The engine's status file names the process that holds the
+ * directory; while that process lives, this one waits (bounded), then opens.
+ */
+async function openDataDir(dataDir: string, log: (message: string) => void): Promise<Session> {
+  const deadline = Date.now() + DATA_DIR_WAIT_MS;
+  let told = false;
+  let unheld = 0;
+  for (;;) {
+    try {
+      return new Session(dataDir);
+    } catch (error) {
+      const holder = statusPid(dataDir);
+      const held = holder !== undefined && holder !== process.pid && processAlive(holder);
+      if (!held) {
+        // No live holder: released since the failure (its status file gone), worth a few more tries; otherwise
+        // the failure is not a server stopping, and stands.
+        if (holder !== undefined || ++unheld > 3) throw error;
+      } else if (Date.now() >= deadline) {
+        throw new Error(`the data directory ${dataDir} is held by process ${holder} (another local ClickHouse on it?)`);
+      }
+      if (held && !told) {
+        log(`the data directory is still held by process ${holder} (a server stopping?): waiting for it`);
+        told = true;
+      }
+      await new Promise((done) => setTimeout(done, 100));
+    }
+  }
+}
+
+/** The process the engine's status file names ("PID: 1234"), while the directory is open; undefined without one. */
+function statusPid(dataDir: string): number | undefined {
+  try {
+    const pid = /^PID: (\d+)$/m.exec(readFileSync(join(dataDir, 'status'), 'utf8'))?.[1];
+    return pid === undefined ? undefined : Number(pid);
+  } catch {
+    return undefined;
+  }
+}
+
 export async function startChdbHttpServer(options: ChdbHttpServerOptions): Promise<ChdbHttpServer> {
   const host = options.host ?? '127.0.0.1';
   const dataDir = resolve(options.dataDir);
@@ -896,7 +944,7 @@ export async function startChdbHttpServer(options: ChdbHttpServerOptions): Promi
   let version: string;
   try {
     mkdirSync(dataDir, { recursive: true });
-    root = new Session(dataDir);
+    root = await openDataDir(dataDir, log);
     const info = await native.QueryAsyncConnection(root.connection, 'SELECT version(), timezone()', 'TabSeparated');
     const [engineVersion, timezone] = Buffer.from(info.bytes).toString('utf8').trim().split('\t');
     version = engineVersion;

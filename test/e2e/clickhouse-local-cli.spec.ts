@@ -59,9 +59,8 @@ describe('npm run clickhouse:local', () => {
 
   const delay = (ms: number) => new Promise((done) => setTimeout(done, ms));
 
-  /** Starts the server as the resolver does and waits for its ready line. */
-  async function startServer() {
-    const dataDir = mkdtempSync(join(tmpdir(), 'clickhouse-local-'));
+  /** Starts the server as the resolver does and waits for its ready line (on `dataDir`, or a new one removed by cleanUp). */
+  async function startServer(dataDir = mkdtempSync(join(tmpdir(), 'clickhouse-local-'))) {
     const { NODE_OPTIONS: _jest, ...env } = process.env;
     const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/clickhouse-local/main.ts', '--port', '0', '--data-dir', dataDir], { cwd: ROOT, env });
     let stderr = '';
@@ -106,6 +105,31 @@ describe('npm run clickhouse:local', () => {
       expect(existsSync(dataDir)).toBe(false);
     } finally {
       server.cleanUp();
+    }
+  }, 60_000);
+
+  // A server stopping frees its port first and its data directory last: one started on the freed port failed to
+  // open the directory and exited 1, failing the command that started it (a CI run of concurrent-commands met it).
+  it('waits for a server stopping on the same data directory to let go of it, then serves', async () => {
+    const first = await startServer();
+    const dataDir = first.child.spawnargs[first.child.spawnargs.indexOf('--data-dir') + 1];
+    const { NODE_OPTIONS: _jest, ...env } = process.env;
+    const second = spawn(process.execPath, ['--import', 'tsx', 'scripts/clickhouse-local/main.ts', '--port', '0', '--data-dir', dataDir], { cwd: ROOT, env });
+    let stderr = '';
+    second.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = new Promise<number | null>((done) => second.on('close', (code) => done(code)));
+    try {
+      for (let i = 0; !stderr.includes(`still held by process ${first.child.pid}`); i++) {
+        if (i > 400) throw new Error(`the second server did not wait for the first: ${stderr}`);
+        await delay(50);
+      }
+      first.child.kill('SIGTERM');
+      expect(await first.exited).toBe(0);
+      const url = await clickHouseReadyUrl(second.stdout, exited, () => `exited ${second.exitCode} before it was ready: ${stderr}`);
+      expect(await (await fetch(`${url}/?query=SELECT%201`)).text()).toBe('1\n');
+    } finally {
+      second.kill('SIGKILL');
+      first.cleanUp();
     }
   }, 60_000);
 

@@ -85,8 +85,10 @@ describe('commands started at once on the same embedded servers', () => {
       // On the new directory both may apply the migrations, run at the same moment (each statement is
       // IF NOT EXISTS, and schema_migrations keeps one row a version); after that neither has anything to do.
       const said = runs.map((run) => [run.code, run.stderr.match(/^(error|nothing to do).*$/m)?.[0]]);
-      if (round === 0) expect(runs.map((run) => [run.code, run.stderr.match(/^error.*$/m)?.[0]])).toEqual([[0, undefined], [0, undefined]]);
-      else expect(said).toEqual([[0, 'nothing to do: ClickHouse database tracing is up to date'], [0, 'nothing to do: ClickHouse database tracing is up to date']]);
+      const meant = round === 0 ? runs.map((run) => [run.code, run.stderr.match(/^error.*$/m)?.[0]]) : said;
+      const expected = round === 0 ? [[0, undefined], [0, undefined]] : [[0, 'nothing to do: ClickHouse database tracing is up to date'], [0, 'nothing to do: ClickHouse database tracing is up to date']];
+      // A failure shows each run's whole stderr (a server's start error has its log's tail below its first line).
+      if (JSON.stringify(meant) !== JSON.stringify(expected)) throw new Error(`round ${round}: ${JSON.stringify(meant)}\n${runs.map((run) => run.stderr).join('\n--- the other run ---\n')}`);
     }
     await stopped(ports.clickhouse);
   }, 120_000);
