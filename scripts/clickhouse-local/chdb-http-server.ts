@@ -855,7 +855,7 @@ export function serverUrl(host: string, port: number): string {
 }
 
 /** How long a new server waits for a stopping one to let go of the data directory (see openDataDir): within the 30 s the resolver gives a start, so its own reason is the one told. */
-const DATA_DIR_WAIT_MS = 20_000;
+const DATA_DIR_WAIT_MS = 15_000;
 
 /**
  * Opens the data directory. A server on it that is stopping closes its port
@@ -869,24 +869,26 @@ async function openDataDir(dataDir: string, log: (message: string) => void): Pro
   const deadline = Date.now() + DATA_DIR_WAIT_MS;
   let told = false;
   let unheld = 0;
-  for (;;) {
+  for (let attempt = 1; ; attempt++) {
     try {
       return new Session(dataDir);
     } catch (error) {
       const holder = statusPid(dataDir);
       const held = holder !== undefined && holder !== process.pid && processAlive(holder);
       if (!held) {
-        // No live holder: released since the failure (its status file gone), worth a few more tries; otherwise
-        // the failure is not a server stopping, and stands.
-        if (holder !== undefined || ++unheld > 3) throw error;
+        // No live holder (the file gone, or naming a process that has ended): let go of a moment ago, worth a
+        // few more tries; after those the failure is not a server stopping, and stands.
+        if (++unheld > 3) throw error;
       } else if (Date.now() >= deadline) {
-        throw new Error(`the data directory ${dataDir} is held by process ${holder} (another local ClickHouse on it?)`);
+        const why = error instanceof Error ? error.message : String(error);
+        throw new Error(`the data directory ${dataDir} is held by process ${holder} (another local ClickHouse on it?): ${why}`, { cause: error });
       }
       if (held && !told) {
         log(`the data directory is still held by process ${holder} (a server stopping?): waiting for it`);
         told = true;
       }
-      await new Promise((done) => setTimeout(done, 100));
+      // Each failed open prints the engine's "Cannot lock file" to stderr: 100 ms, then longer, to at most 1 s.
+      await new Promise((done) => setTimeout(done, Math.min(100 * attempt, 1_000)));
     }
   }
 }
