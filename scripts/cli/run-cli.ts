@@ -59,7 +59,8 @@ export function isNpmRepeat(first: { signal: string; at: number }, signal: strin
 export function exitOnSignal(message: string | (() => string), stop: () => void, options: { repeatWindowMs?: number } = {}): void {
   // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
   const say = (text: string) => process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${text}\n`);
-  let deferred: { signal: string; at: number } | undefined;
+  /** The signal whose exit waits for a stretch to end (uninterruptible.ts), and when it came. */
+  let first: { signal: string; at: number } | undefined;
   const onSignal = (signal: keyof typeof SIGNAL_EXIT_CODES) => {
     const exit = (failure?: unknown) => {
       stop();
@@ -72,13 +73,13 @@ export function exitOnSignal(message: string | (() => string), stop: () => void,
       say(typeof message === 'function' ? message() : message);
       process.exit(SIGNAL_EXIT_CODES[signal]);
     };
-    if (deferred !== undefined) {
+    if (first !== undefined) {
       // Anything but npm's copy of the first exits at once, even inside a stretch that must finish (uninterruptible.ts).
-      if (!isNpmRepeat(deferred, signal, options.repeatWindowMs)) exit();
+      if (!isNpmRepeat(first, signal, options.repeatWindowMs)) exit();
       return;
     }
     if (!deferInterrupt(exit)) return exit();
-    deferred = { signal, at: Date.now() };
+    first = { signal, at: Date.now() };
     say(`${signal} received: finishing writing back what only this process holds, then stopping (${signal} again after a second stops at once, and may lose it)`);
   };
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, onSignal);

@@ -7,6 +7,7 @@ import type { Transform, Writable } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { Session } from 'chdb';
 import { processAlive } from '../../src/dbs/process-alive';
+import { errorText } from '../../src/error-text';
 
 /**
  * The ClickHouse HTTP interface over chdb, the real ClickHouse engine embedded
@@ -880,8 +881,7 @@ async function openDataDir(dataDir: string, log: (message: string) => void): Pro
         // few more tries; after those the failure is not a server stopping, and stands.
         if (++unheld > 3) throw error;
       } else if (Date.now() >= deadline) {
-        const why = error instanceof Error ? error.message : String(error);
-        throw new Error(`the data directory ${dataDir} is held by process ${holder} (another local ClickHouse on it?): ${why}`, { cause: error });
+        throw new Error(`the data directory ${dataDir} is held by process ${holder} (another local ClickHouse on it?): ${errorText(error)}`, { cause: error });
       }
       if (held && !told) {
         log(`the data directory is still held by process ${holder} (a server stopping?): waiting for it`);

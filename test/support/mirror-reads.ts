@@ -6,6 +6,22 @@ import { SpanMirrorReads } from '../../src/dbs/clickhouse/span-mirror-reads';
 import { traceIdToUuid } from '../../src/tracing/trace-id';
 
 /**
+ * A day's rows a page at a time, keyset-paginated on the table's sort key (each page a range read however deep
+ * the day): `page` reads the rows after the last one of the page before (none for the first).
+ */
+async function* keysetPages<Row>(pageSize: number, page: (after: Row | undefined) => Promise<Row[]>): AsyncGenerator<Row[]> {
+  let after: Row | undefined;
+  for (;;) {
+    const rows = await page(after);
+    if (rows.length > 0) yield rows;
+    if (rows.length < pageSize) return;
+    after = rows[rows.length - 1];
+  }
+}
+
+const DAY = ['project_id = {projectId:UUID}', 'toDate(created_at) = {day:Date}'];
+
+/**
  * What specs read of the mirror to check what landed, beside the product's
  * reads by key: a whole trace or tree, live rows per project and day, and a
  * day's rows in pages. By the product's rules (FINAL, no tombstones, bound
@@ -23,17 +39,11 @@ export class SpanMirrorQueries extends SpanMirrorReads {
     return countByProjectDay(this.client, 'spans', filter);
   }
 
-  /**
-   * Every live span of one project created on one UTC day (YYYY-MM-DD), in
-   * key order, a page at a time: keyset pagination on the sort key, so each
-   * page is a range read however deep the bucket.
-   */
-  async *readBucket(projectId: string, day: string, pageSize = 1000): AsyncGenerator<MirroredSpan[]> {
-    const where = ['project_id = {projectId:UUID}', 'toDate(created_at) = {day:Date}'];
-    let after: MirroredSpan | undefined;
-    for (;;) {
-      const page = await this.select(
-        after ? [...where, '(trace_id, span_id) > ({afterTraceId:UUID}, {afterSpanId:UInt64})'] : where,
+  /** Every live span of one project created on one UTC day (YYYY-MM-DD), in key order, a page at a time. */
+  readBucket(projectId: string, day: string, pageSize = 1000): AsyncGenerator<MirroredSpan[]> {
+    return keysetPages(pageSize, (after: MirroredSpan | undefined) =>
+      this.select(
+        after ? [...DAY, '(trace_id, span_id) > ({afterTraceId:UUID}, {afterSpanId:UInt64})'] : DAY,
         'ORDER BY trace_id, span_id LIMIT {pageSize:UInt32}',
         {
           projectId,
@@ -41,11 +51,8 @@ export class SpanMirrorQueries extends SpanMirrorReads {
           pageSize,
           ...(after && { afterTraceId: traceIdToUuid(after.trace_id), afterSpanId: BigInt(spanIdToUInt64(after.span_id)) }),
         },
-      );
-      if (page.length > 0) yield page;
-      if (page.length < pageSize) return;
-      after = page[page.length - 1];
-    }
+      ),
+    );
   }
 }
 
@@ -61,19 +68,15 @@ export class NodeMirrorQueries extends NodeMirrorReads {
     return countByProjectDay(this.client, 'nodes', filter);
   }
 
-  /** Every live node of one project created on one UTC day (YYYY-MM-DD), in key order, a page at a time (keyset). */
-  async *readBucket(projectId: string, day: string, pageSize = 1000): AsyncGenerator<MirroredNode[]> {
-    const where = ['project_id = {projectId:UUID}', 'toDate(created_at) = {day:Date}'];
-    let after: MirroredNode | undefined;
-    for (;;) {
-      const page = await this.select(
-        after ? [...where, 'node_id > {afterNodeId:UUID}'] : where,
-        'ORDER BY node_id LIMIT {pageSize:UInt32}',
-        { projectId, day, pageSize, ...(after && { afterNodeId: after.node_id }) },
-      );
-      if (page.length > 0) yield page;
-      if (page.length < pageSize) return;
-      after = page[page.length - 1];
-    }
+  /** Every live node of one project created on one UTC day (YYYY-MM-DD), in key order, a page at a time. */
+  readBucket(projectId: string, day: string, pageSize = 1000): AsyncGenerator<MirroredNode[]> {
+    return keysetPages(pageSize, (after: MirroredNode | undefined) =>
+      this.select(after ? [...DAY, 'node_id > {afterNodeId:UUID}'] : DAY, 'ORDER BY node_id LIMIT {pageSize:UInt32}', {
+        projectId,
+        day,
+        pageSize,
+        ...(after && { afterNodeId: after.node_id }),
+      }),
+    );
   }
 }

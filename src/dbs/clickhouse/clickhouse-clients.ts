@@ -7,8 +7,8 @@ import { AppConfig } from '../../config/app-config';
  * backfill's lookups) never holds the sockets inserts need. The API inserts,
  * and queries a little (the tables' identity, the mirror's reads); backfill
  * and verify build the same pair with a longer timeout (history-cli.ts); the
- * DDL runner makes clients of its own, with its longer timeout. Neither compresses: ClickHouseSink
- * compresses insert bodies itself where that pays (the client cannot be told
+ * DDL runner makes clients of its own, with its longer timeout. Neither
+ * compresses: ClickHouseSink compresses insert bodies itself where that pays (the client cannot be told
  * zlib's chunk size), and answers are small. Constructed only when
  * USE_CLICKHOUSE is on.
  */

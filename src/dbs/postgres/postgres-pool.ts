@@ -97,7 +97,8 @@ export const POOL_APPLICATION_NAME = `tracing-api pid ${process.pid}`;
 
 /**
  * The API sets both timeouts; operator commands turn the statement timeout off
- * (a role's or the URL's too) for their long scans, and set no client timeout. A write the client gave up on is not committed unless the give-up
+ * (a role's or the URL's too) for their long scans, and set no client timeout.
+ * A write the client gave up on is not committed unless the give-up
  * came while its COMMIT was in flight (the one window no client can close):
  * every span and node write runs in an explicit transaction for that reason.
  * (The mirror's gap records are single inserts; one committed after a
