@@ -1,4 +1,4 @@
-import { MAX_RESOURCE_ATTRIBUTE_BYTES, MAX_RESOURCE_COPY_BYTES, MAX_SCOPE_FIELD_LENGTH, OtlpDecodeError, OtlpExport, OtlpSpan, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { MAX_RESOURCE_ATTRIBUTE_BYTES, MAX_RESOURCE_COPY_BYTES, MAX_SCOPE_FIELD_LENGTH, OtlpDecodeError, OtlpExport, OtlpSpan, OtlpTooLargeError, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 
 const { ExportTraceServiceRequest } = otlpTraceService;
 
@@ -464,5 +464,60 @@ describe('decodeOtlpProtobuf', () => {
     expect(refusedWhole(() => decodeOtlpProtobuf(json))).toBe(
       'body: not a valid protobuf ExportTraceServiceRequest (index out of range: 3 + 114 > 37)',
     );
+  });
+});
+
+describe("an export's entries, counted before it is walked or decoded", () => {
+  /** What decoding `request` with at most `max` entries throws, in both encodings (the same for each), or null. */
+  function tooLarge(request: Record<string, unknown>, max: number): string | null {
+    const outcomes = [() => decodeOtlpJson(request, max), () => decodeOtlpProtobuf(toProtobuf(request), max)].map((decode) => {
+      try {
+        decode();
+        return null;
+      } catch (error) {
+        expect(error).toBeInstanceOf(OtlpTooLargeError);
+        return (error as Error).message;
+      }
+    });
+    expect(outcomes[1]).toBe(outcomes[0]);
+    return outcomes[0];
+  }
+  const scope = (spans: unknown[]) => ({ scopeSpans: [{ spans }] });
+
+  it('refuses more spans than the bound, counting empty and invalid ones, which would each become a refusal', () => {
+    const spans = [jsonSpan(), {}, { traceId: 'x' }];
+    expect(tooLarge({ resourceSpans: [scope(spans)] }, 2)).toBe('spans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3');
+    // Across resources and scopes.
+    expect(tooLarge({ resourceSpans: [scope([{}]), scope([{}, {}])] }, 2)).toBe(
+      'spans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3',
+    );
+    expect(tooLarge({ resourceSpans: [scope(spans)] }, 3)).toBeNull();
+  });
+
+  it('refuses more resources or scopes than the bound, though they hold no spans', () => {
+    expect(tooLarge({ resourceSpans: [{}, {}, {}] }, 2)).toBe('resourceSpans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3 or more');
+    expect(tooLarge({ resourceSpans: [{ scopeSpans: [{}, {}] }, { scopeSpans: [{}] }] }, 2)).toBe(
+      'scopeSpans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3 or more',
+    );
+    expect(tooLarge({ resourceSpans: [{ scopeSpans: [{}] }, { scopeSpans: [{}] }] }, 2)).toBeNull();
+  });
+
+  it('counts JSON entries that are not objects, which a protobuf body cannot hold', () => {
+    expect(() => decodeOtlpJson({ resourceSpans: [0, 0, 0] }, 2)).toThrow('resourceSpans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3 or more');
+    expect(() => decodeOtlpJson({ resourceSpans: [{ scopeSpans: [0, 'x', null] }] }, 2)).toThrow('scopeSpans: at most 2');
+    expect(() => decodeOtlpJson({ resourceSpans: [scope([0, 'x', null])] }, 2)).toThrow('spans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3');
+  });
+
+  it('leaves a malformed protobuf body to the decoder, which names what is wrong', () => {
+    const truncated = toProtobuf({ resourceSpans: [scope([jsonSpan()])] }).subarray(0, -5);
+    expect(refusedWhole(() => decodeOtlpProtobuf(truncated, 10))).toMatch(/^body: not a valid protobuf ExportTraceServiceRequest \(index out of range/);
+  });
+
+  it('skips the fields around the spans, a resource and a scope with everything set among them', () => {
+    const request = jsonRequest([jsonSpan(), jsonSpan({ spanId: 'eee19b7ec3c1b175' })]);
+    (request.resourceSpans as Array<Record<string, unknown>>)[0].schemaUrl = 'https://opentelemetry.io/schemas/1.21.0';
+    expect(tooLarge(request, 1)).toBe('spans: at most 1 per OTLP export (MAX_OTLP_SPANS), got 2');
+    expect(tooLarge(request, 2)).toBeNull();
+    expect(decodeOtlpProtobuf(toProtobuf(request), 2).spans).toHaveLength(2);
   });
 });

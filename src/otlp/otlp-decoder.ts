@@ -1,6 +1,6 @@
 import generatedRoot = require('@opentelemetry/otlp-transformer/build/src/generated/root');
 import { isUtf8 } from 'node:buffer';
-import { BufferReader } from 'protobufjs/minimal';
+import { BufferReader, Reader } from 'protobufjs/minimal';
 import { jsonProblem, MAX_JSON_DEPTH } from '../http/json-value';
 import { Json, SPAN_KINDS, STATUS_CODES } from '../tracing/span';
 import { MAX_YEAR } from '../tracing/timestamp';
@@ -38,6 +38,20 @@ export const MAX_RESOURCE_COPY_BYTES = 64 * 1024 * 1024;
  * Unbounded, one 9 MB name over 10,000 tiny spans fit a 10 MB body.
  */
 export const MAX_SCOPE_FIELD_LENGTH = 1024;
+
+/**
+ * An export that holds more entries than it may: more spans than
+ * MAX_OTLP_SPANS, or more resources or scopes than that (a resource or a
+ * scope without spans stores nothing). Counted from the body's shape before
+ * anything in it is walked or, for protobuf, decoded: each entry walked can
+ * become a refusal, and a 10 MB body holds millions of empty ones.
+ */
+export class OtlpTooLargeError extends Error {
+  constructor(readonly path: string, readonly count: number, readonly max: number) {
+    super(`${path}: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${count}${path === 'spans' ? '' : ' or more'}`);
+    this.name = 'OtlpTooLargeError';
+  }
+}
 
 export class OtlpDecodeError extends Error {
   constructor(readonly path: string, readonly reason: string) {
@@ -173,9 +187,71 @@ const ANY_VALUE_FIELDS = ['stringValue', 'boolValue', 'intValue', 'doubleValue',
 
 type Format = 'json' | 'protobuf';
 
-export function decodeOtlpJson(body: unknown): OtlpExport {
+/** `maxEntries`: MAX_OTLP_SPANS, which bounds the export's spans, and its resources and scopes each (OtlpTooLargeError). */
+export function decodeOtlpJson(body: unknown, maxEntries = Infinity): OtlpExport {
   if (!isObject(body)) throw new OtlpDecodeError('body', 'must be a JSON object');
+  boundJsonShape(body, maxEntries);
   return walkRequest(body, 'json');
+}
+
+/** Counts what the export holds at each level, as far as its shape lets them be counted (the walk refuses the rest), and refuses too many. */
+function boundJsonShape(request: Record<string, unknown>, max: number): void {
+  const resources = Array.isArray(request.resourceSpans) ? request.resourceSpans : [];
+  if (resources.length > max) throw new OtlpTooLargeError('resourceSpans', resources.length, max);
+  let scopes = 0;
+  let spans = 0;
+  for (const resourceSpans of resources) {
+    if (!isObject(resourceSpans) || !Array.isArray(resourceSpans.scopeSpans)) continue;
+    scopes += resourceSpans.scopeSpans.length;
+    if (scopes > max) throw new OtlpTooLargeError('scopeSpans', scopes, max);
+    spans += spansUnderResource(resourceSpans);
+  }
+  if (spans > max) throw new OtlpTooLargeError('spans', spans, max);
+}
+
+/**
+ * The same count for a protobuf export, read off its wire format before it
+ * is decoded: the generated decoder builds every message it holds, and a
+ * 2-byte empty span is one. Only the three repeated fields that nest spans
+ * are entered (ExportTraceServiceRequest.resource_spans = 1,
+ * ResourceSpans.scope_spans = 2, ScopeSpans.spans = 2); every other field
+ * is skipped unread. A malformed body throws (decodeOtlpProtobuf leaves
+ * saying how to the decoder).
+ */
+function boundProtobufShape(buf: Uint8Array, max: number): void {
+  const reader = Reader.create(buf);
+  let resources = 0;
+  let scopes = 0;
+  let spans = 0;
+  forEachField(reader, reader.len, 1, () => {
+    if (++resources > max) throw new OtlpTooLargeError('resourceSpans', resources, max);
+    forEachField(reader, nestedEnd(reader), 2, () => {
+      if (++scopes > max) throw new OtlpTooLargeError('scopeSpans', scopes, max);
+      forEachField(reader, nestedEnd(reader), 2, () => {
+        spans += 1;
+        reader.skipType(2);
+      });
+    });
+  });
+  if (spans > max) throw new OtlpTooLargeError('spans', spans, max);
+}
+
+/** Calls `enter` at each length-delimited field number `field` before `end`, positioned at its length; skips every other field. */
+function forEachField(reader: Reader, end: number, field: number, enter: () => void): void {
+  while (reader.pos < end) {
+    const tag = reader.uint32();
+    if (tag >>> 3 === field && (tag & 7) === 2) enter();
+    else reader.skipType(tag & 7);
+  }
+  if (reader.pos !== end) throw new Error('a message runs past its end');
+}
+
+/** Reads a nested message's length; where it ends. */
+function nestedEnd(reader: Reader): number {
+  const length = reader.uint32();
+  const end = reader.pos + length;
+  if (end > reader.len) throw new Error(`a message's length (${length}) runs past the body`);
+  return end;
 }
 
 /**
@@ -190,8 +266,16 @@ class StrictUtf8Reader extends BufferReader {
   }
 }
 
-export function decodeOtlpProtobuf(buf: Buffer): OtlpExport {
+/** `maxEntries`: as decodeOtlpJson's, checked before the body is decoded. */
+export function decodeOtlpProtobuf(buf: Buffer, maxEntries = Infinity): OtlpExport {
   let message: ProtoExportTraceServiceRequest;
+  try {
+    boundProtobufShape(buf, maxEntries);
+  } catch (error) {
+    // A malformed body: the decoder below fails on it too, and says how in its own words. The count reached the
+    // malformation within the bound, so the decoder builds no more than that before it fails.
+    if (error instanceof OtlpTooLargeError) throw error;
+  }
   try {
     // The generated decoder keeps using a reader it is handed, nested messages included.
     message = otlpTraceService.ExportTraceServiceRequest.decode(new StrictUtf8Reader(buf) as unknown as Uint8Array);

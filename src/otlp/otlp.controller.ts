@@ -13,7 +13,7 @@ import { ONE_TRANSACTION, OneTransaction } from '../dbs/write-scope';
 import { METRICS_REGISTRY } from '../metrics/metrics.tokens';
 import { ObservabilityService } from '../observability/observability.service';
 import { TracingService } from '../tracing/tracing.service';
-import { MAX_RESOURCE_ATTRIBUTE_BYTES, MAX_RESOURCE_COPY_BYTES, MAX_SCOPE_FIELD_LENGTH, OtlpDecodeError, OtlpRejection, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
+import { MAX_RESOURCE_ATTRIBUTE_BYTES, MAX_RESOURCE_COPY_BYTES, MAX_SCOPE_FIELD_LENGTH, OtlpDecodeError, OtlpRejection, OtlpTooLargeError, decodeOtlpJson, decodeOtlpProtobuf, otlpTraceService } from './otlp-decoder';
 import { mapOtlpSpans } from './otlp-span.mapper';
 import { OTLP_PROTOBUF } from './otlp-error-body';
 
@@ -66,22 +66,22 @@ export class OtlpController {
   @ApiResponse({ status: 200, description: 'Stored: an ExportTraceServiceResponse in the request encoding, its partialSuccess set when some spans were refused' })
   @ApiResponse({ status: 400, description: 'Undecodable, or no valid span to store; names the bad fields by path' })
   @ApiResponse({ status: 415, description: 'Content-Type is neither application/x-protobuf nor application/json' })
-  @ApiResponse({ status: 413, description: 'Body larger than BODY_LIMIT, or more spans than MAX_OTLP_SPANS' })
+  @ApiResponse({ status: 413, description: 'Body larger than BODY_LIMIT, or more spans (or resources, or scopes) than MAX_OTLP_SPANS' })
   async exportTraces(@ProjectId() projectId: string, @Req() request: Request): Promise<StreamableFile | { partialSuccess: object }> {
     const contentType = (request.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
     if (contentType !== OTLP_PROTOBUF && contentType !== JSON_TYPE) {
       throw new UnsupportedMediaTypeException(`Content-Type must be ${OTLP_PROTOBUF} or ${JSON_TYPE}, got "${contentType.slice(0, 100)}"`);
     }
+    // Not MAX_BATCH_ITEMS: a collector's batches are larger than REST callers' (see MAX_OTLP_SPANS). The decoders
+    // count an export's spans (and resources and scopes) before they walk it: each entry walked can become a refusal.
+    const max = this.config.http.maxOtlpSpans;
     // Without a body the parsers leave request.body unset: an empty export.
     const decoded = readable(() =>
       contentType === OTLP_PROTOBUF
-        ? decodeOtlpProtobuf(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0))
-        : decodeOtlpJson(request.body ?? {}),
+        ? decodeOtlpProtobuf(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0), max)
+        : decodeOtlpJson(request.body ?? {}, max),
     );
     const sent = decoded.spans.length + spansIn(decoded.rejected);
-    // Not MAX_BATCH_ITEMS: a collector's batches are larger than REST callers' (see MAX_OTLP_SPANS).
-    const max = this.config.http.maxOtlpSpans;
-    if (sent > max) throw new PayloadTooLargeException(`spans: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${sent}`);
     const { spans, nodes, rejected: unstorable } = mapOtlpSpans(decoded.spans);
     const rejected = [...decoded.rejected, ...unstorable];
     // Nothing to store and something wrong: the export is refused, so its sender hears of it as an error.
@@ -155,11 +155,12 @@ function refusal(rejected: OtlpRejection[]): BadRequestException {
   });
 }
 
-/** A body that cannot be read as an export at all is refused whole: a 400 naming what is wrong with it. */
+/** A body that cannot be read as an export at all is refused whole: a 400 naming what is wrong with it (a 413 when it holds too much). */
 function readable<T>(run: () => T): T {
   try {
     return run();
   } catch (error) {
+    if (error instanceof OtlpTooLargeError) throw new PayloadTooLargeException(error.message);
     if (!(error instanceof OtlpDecodeError)) throw error;
     throw refusal([{ error, spans: 0 }]);
   }

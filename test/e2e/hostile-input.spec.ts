@@ -708,6 +708,26 @@ describe(`hostile input (fast-check seed ${SEED}, ${RUNS} runs per property; rer
       expect([200, 201, 404]).toContain(atLimit.status);
     });
 
+    // Each entry walked can become a refusal: the decoders count them first, so a small body of empty entries
+    // (millions fit BODY_LIMIT) is refused before any is walked, not after building a refusal for each.
+    const floods: Array<[string, Record<string, unknown>]> = [
+      ['spans', { resourceSpans: [{ scopeSpans: [{ spans: Array.from({ length: MAX_OTLP_SPANS + 1 }, () => ({})) }] }] }],
+      ['resourceSpans', { resourceSpans: Array.from({ length: MAX_OTLP_SPANS + 1 }, () => ({})) }],
+      ['scopeSpans', { resourceSpans: [{ scopeSpans: Array.from({ length: MAX_OTLP_SPANS + 1 }, () => ({})) }] }],
+    ];
+    it.each(floods.flatMap(([what, request]) => [[what, 'application/json', request], [what, 'application/x-protobuf', request]] as const))(
+      `POST /otlp/v1/traces with more empty %s than MAX_OTLP_SPANS (${MAX_OTLP_SPANS}) as %s is a 413 and writes nothing`,
+      async (what, type, request) => {
+        const before = await snapshot();
+        const codec = otlpTraceService.ExportTraceServiceRequest as unknown as { fromObject(o: unknown): object; encode(m: object): { finish(): Uint8Array } };
+        const body = type === 'application/json' ? JSON.stringify(request) : Buffer.from(codec.encode(codec.fromObject(request)).finish());
+        const res = await send('POST', '/otlp/v1/traces', body, { ...auth, 'Content-Type': type });
+        expect(res.status).toBe(413);
+        expect(errorMessageOf(res)).toMatch(new RegExp(`^${what}: at most ${MAX_OTLP_SPANS} per OTLP export`));
+        await expectRefused(res, before);
+      },
+    );
+
     const anyRoute = [...routes.map(([method, path, , type]) => [method, path, type]), ['POST', '/tracing/spans/query', 'application/json'], ['POST', '/tracing/analytics/query', 'application/json'], ['POST', '/observability/nodes/query', 'application/json']];
     it.each(anyRoute)('%s %s with a body over BODY_LIMIT (%s) is a 413 and writes nothing', async (method, path, type) => {
       const before = await snapshot();
