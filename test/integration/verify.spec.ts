@@ -1,4 +1,6 @@
 import { sql } from 'kysely';
+import { Client } from 'pg';
+import { KEY_REPLAY_RUN } from '../../src/dbs/backfill/backfill-checkpoints.repository';
 import { Backfill } from '../../src/dbs/backfill/backfill';
 import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { GapReplay } from '../../src/dbs/backfill/gap-replay';
@@ -163,6 +165,21 @@ describe('verify and --repair (real Postgres and ClickHouse)', () => {
     expect(recounted.differing.find((b) => b.projectId === P3 && b.day === days[2])?.differs).toEqual(['rows', 'versions']);
     expect(recounted.contentChecked).toBe(report.contentChecked - 1);
     expect(recounted.contentChecked).toBe(checkedByContent(recounted));
+
+    // Another run that resets keys holds their lock (two resets of one key at once can lose its tombstones):
+    // the repair is refused before it touches a key.
+    const differingBefore = (await verifier.verify(SCOPES, { content: false })).differing.length;
+    const other = new Client({ connectionString: pg.url, application_name: 'a gap replay' });
+    await other.connect();
+    try {
+      await other.query('select pg_advisory_lock(hashtextextended($1, 0))', [`backfill ${KEY_REPLAY_RUN}`]);
+      await expect(verifier.repair(report.differing)).rejects.toThrow(
+        /^another run that resets keys \(`backfill --gaps` or `verify --repair`\) is running: its Postgres session \(pid \d+; application "a gap replay"/,
+      );
+      expect((await verifier.verify(SCOPES, { content: false })).differing).toHaveLength(differingBefore);
+    } finally {
+      await other.end();
+    }
 
     const { seen, progress: repairProgress } = recordingProgress();
     const repair = await verifier.repair(report.differing, { repairProgress });

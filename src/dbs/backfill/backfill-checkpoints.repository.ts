@@ -15,6 +15,15 @@ export interface CheckpointScope extends HistoryScope {
   target?: string;
 }
 
+/**
+ * The run key of every run that resets keys (KeyReplay): `backfill --gaps`
+ * and `verify --repair`. A reset reads a key's tombstones from ClickHouse,
+ * removes the key's rows and writes the tombstones back; a second reset of
+ * the same key in between reads none, and removes the first one's when it
+ * removes the key again. So one such run at a time, whichever command.
+ */
+export const KEY_REPLAY_RUN = 'gaps';
+
 /** Another process is running the same scope right now. */
 export class RunInProgressError extends Error {
   override name = 'RunInProgressError';
@@ -133,7 +142,10 @@ export class BackfillCheckpointsRepository {
       const { rows } = await sql<{ locked: boolean; pid: number }>`
         select pg_try_advisory_lock(hashtextextended(${name}, 0)) as locked, pg_backend_pid() as pid`.execute(session);
       if (!rows[0].locked) {
-        const run = runKey === 'gaps' ? 'another backfill --gaps is running' : `another backfill of the same scope is running (run key "${runKey}")`;
+        const run =
+          runKey === KEY_REPLAY_RUN
+            ? 'another run that resets keys (`backfill --gaps` or `verify --repair`) is running'
+            : `another backfill of the same scope is running (run key "${runKey}")`;
         throw new RunInProgressError(`${run}: ${await describeHolder(session, name)}`);
       }
       try {

@@ -4,7 +4,7 @@ import { counted } from '../../counted';
 import { errorText } from '../../error-text';
 import { DB } from '../postgres/database';
 import { PostgresMirrorGapsRepository } from '../postgres/postgres-mirror-gaps.repository';
-import { BackfillCheckpointsRepository } from './backfill-checkpoints.repository';
+import { BackfillCheckpointsRepository, KEY_REPLAY_RUN } from './backfill-checkpoints.repository';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf } from './history-entities';
 import { Entity } from './history-scope';
@@ -45,7 +45,7 @@ export class GapReplay {
   }
 
   async run(filter: GapReplayFilter): Promise<GapReplayResult> {
-    return this.checkpoints.withRunLock('gaps', async () => {
+    return this.checkpoints.withRunLock(KEY_REPLAY_RUN, async () => {
       const startedAt = Date.now();
       // Tokens unique to this attempt: ClickHouse must not drop a replay as a repeat of an earlier one.
       const attempt = randomUUID();

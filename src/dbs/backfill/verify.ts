@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { Kysely, sql } from 'kysely';
 import { counted } from '../../counted';
 import { DB } from '../postgres/database';
+import { BackfillCheckpointsRepository, KEY_REPLAY_RUN } from './backfill-checkpoints.repository';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf, keyText } from './history-entities';
 import { bucketScope, dayOf, ENTITIES, Entity, HistoryScope } from './history-scope';
@@ -221,16 +222,19 @@ export class Verifier {
     // Told of every Postgres row re-copied, an entity at a time: the bar's total is that entity's rows in the buckets.
     const progress = options.repairProgress ?? silentProgress;
     const numbered = differing.map((bucket, i) => ({ bucket, token: `repair:${attempt}:${i}` }));
-    for (const entity of ENTITIES) {
-      const buckets = numbered.filter(({ bucket }) => bucket.entity === entity);
-      if (buckets.length === 0) continue;
-      progress.start(entity, buckets.reduce((n, { bucket }) => n + bucket.postgres.rows, 0));
-      try {
-        for (const { bucket, token } of buckets) addReplay(total, await this.repairBucket(bucket, token, progress));
-      } finally {
-        progress.stop();
+    // Its resets must not run beside another run's (KEY_REPLAY_RUN): refused, before any key is touched, while one does.
+    await new BackfillCheckpointsRepository(this.db).withRunLock(KEY_REPLAY_RUN, async () => {
+      for (const entity of ENTITIES) {
+        const buckets = numbered.filter(({ bucket }) => bucket.entity === entity);
+        if (buckets.length === 0) continue;
+        progress.start(entity, buckets.reduce((n, { bucket }) => n + bucket.postgres.rows, 0));
+        try {
+          for (const { bucket, token } of buckets) addReplay(total, await this.repairBucket(bucket, token, progress));
+        } finally {
+          progress.stop();
+        }
       }
-    }
+    });
     const after = await this.verify(differing.map((b) => b.scope), options);
     return { buckets: differing.length, ...total, after, durationMs: Date.now() - startedAt };
   }
