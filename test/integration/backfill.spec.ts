@@ -449,6 +449,27 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     }
   });
 
+  it("keeps its lock session through the database's idle_session_timeout: the session runs nothing while the run goes on", async () => {
+    const idle = await createTestDatabase();
+    try {
+      await sql`alter database ${sql.id(idle.name)} set idle_session_timeout = '300ms'`.execute(idle.db);
+      const db = createKysely(createPool(idle.url, 2));
+      const lockHeld = () =>
+        sql<{ held: boolean }>`select exists (select 1 from pg_locks where locktype = 'advisory' and granted
+                                   and database = (select oid from pg_database where datname = current_database())) as held`.execute(idle.db);
+      try {
+        await new BackfillCheckpointsRepository(db).withRunLock('idle', async () => {
+          await new Promise((resolve) => setTimeout(resolve, 1_000));
+          expect((await lockHeld()).rows[0].held).toBe(true);
+        });
+      } finally {
+        await db.destroy();
+      }
+    } finally {
+      await idle.drop();
+    }
+  });
+
   it('--gaps replays gap records: current versions for keys Postgres has, tombstones for keys it lost', async () => {
     await seedSpans(pg.db, { projects: [P1], days: 2, rows: 40 });
     await seedNodes(pg.db, { projects: [P1], days: 2, rows: 10 });

@@ -139,6 +139,12 @@ export class BackfillCheckpointsRepository {
   async withRunLock<T>(runKey: string, work: (lock: RunLock) => Promise<T>): Promise<T> {
     const name = `backfill ${runKey}`;
     return this.db.connection().execute(async (session) => {
+      // This session runs nothing else while the run goes on: a role's or database's idle_session_timeout would end
+      // it, and the run would stop as having lost its lock (every rerun again, past that long). Postgres 14 added
+      // the setting; an older server does not know it, and has no such timeout.
+      await sql`select set_config('idle_session_timeout', '0', false)`.execute(session).catch((error: { code?: string }) => {
+        if (error?.code !== '42704') throw error;
+      });
       const { rows } = await sql<{ locked: boolean; pid: number }>`
         select pg_try_advisory_lock(hashtextextended(${name}, 0)) as locked, pg_backend_pid() as pid`.execute(session);
       if (!rows[0].locked) {
