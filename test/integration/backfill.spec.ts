@@ -132,6 +132,30 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     await remakeSpans();
     expect(await backfill.run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 })).toMatchObject({ rowsCopied: 3_000, totalRowsCopied: 3_000, resumed: false });
     expect(await liveCount(ch.clients.query, 'spans')).toBe(3_000);
+
+    // A table without a UUID (in a database of the Ordinary engine) is not the one the checkpoint named either.
+    const noUuid = Object.create(history) as ClickHouseHistory;
+    noUuid.tableIdentity = async () => null;
+    lines.length = 0;
+    expect(await new Backfill(pg, noUuid, (line) => lines.push(line)).run(ALL_SPANS)).toMatchObject({ outcome: 'complete', rowsCopied: 3_000, resumed: false });
+    expect(lines).toContainEqual(expect.stringMatching(/^backfill spans: run "spans project=\* since=- until=-" copied 3000 rows into another ClickHouse table spans \(uuid .+; now none: made again, or another server\): starting it over$/));
+  });
+
+  it('fails naming Postgres when a batch\'s COPY cannot start (no connection), and the next run resumes', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 2, rows: 3_000 });
+    let copies = 0;
+    const pool = Object.create(pg.pool) as Pool;
+    pool.connect = (async () => {
+      if (++copies === 2) throw Object.assign(new Error('sorry, too many clients already'), { code: '53300' });
+      return pg.pool.connect();
+    }) as Pool['connect'];
+    const failed = new Backfill({ db: pg.db, pool }, history).run(ALL_SPANS, { batchRows: 1_000, batchBytes: 16 << 20 });
+    // Not retried as an insert (53300 read as a ClickHouse code), nor named ClickHouse's failure.
+    await expect(failed).rejects.toThrow('Postgres failed to start the copy of spans: sorry, too many clients already; run it again once it answers (it resumes)');
+    await expect(failed).rejects.toMatchObject({ name: 'RowSourceError' });
+    expect(copies).toBe(2);
+    expect(await new Backfill(pg, history).run(ALL_SPANS)).toMatchObject({ resumed: true, rowsCopied: 2_000, totalRowsCopied: 3_000 });
+    expect(await liveCount(ch.clients.query, 'spans')).toBe(3_000);
   });
 
   it('ends and copies everything when more rows than a batch share one created_at', async () => {

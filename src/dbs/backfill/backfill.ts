@@ -168,10 +168,12 @@ export class Backfill {
    */
   private intoSameTable(checkpoint: Checkpoint, target: string | null): boolean {
     const before = checkpoint.scope.target;
-    if (before === undefined || target === null || before === target) return true;
+    // A checkpoint that named no table (an earlier version's, or one into a table without a UUID) is taken as it is;
+    // one that named a table is not resumed into a table without one (a database of the Ordinary engine): another table.
+    if (before === undefined || before === target) return true;
     this.log(
       `backfill ${checkpoint.scope.entity}: run "${checkpoint.runKey}" copied ${checkpoint.rowsCopied} rows into another ` +
-        `ClickHouse table ${historyOf(checkpoint.scope.entity).table} (uuid ${before}; now ${target}: made again, or another server): starting it over`,
+        `ClickHouse table ${historyOf(checkpoint.scope.entity).table} (uuid ${before}; now ${target ?? 'none'}: made again, or another server): starting it over`,
     );
     return false;
   }
@@ -212,7 +214,11 @@ export class Backfill {
           entity.table,
           entity.copy.columns,
           async () => {
-            const out = await copyOut(this.postgres.pool, copy.statement);
+            // Postgres failing to open the COPY (no connection, too many clients) is Postgres's failure too: unnamed,
+            // the insert's retries read its error as ClickHouse's (a SQLSTATE of digits as a ClickHouse code).
+            const out = await copyOut(this.postgres.pool, copy.statement).catch((error: unknown) => {
+              throw new RowSourceError(`Postgres failed to start the copy of ${entity.table}: ${errorText(error)}; run it again once it answers (it resumes)`);
+            });
             out.once('end', sent);
             compacted = new CompactJsonbColumns(entity.copy.columns.length, entity.copy.jsonColumns);
             // Heard before pipeline hears it: the insert then fails naming Postgres, where the client's
