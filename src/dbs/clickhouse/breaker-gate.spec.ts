@@ -94,6 +94,19 @@ describe('BreakerGate', () => {
     expect(lines.at(-1)!.obj).toEqual({ openForMs: 2000, failedProbes: 1 });
   });
 
+  it('does not count a send that was out before it opened, failing after the open period, as a failed probe', async () => {
+    const { clock, gate, lines } = setup(1, 1000);
+    gate.recordFailure('send');
+    await clock.advance(1000);
+    // An insert sent before the breaker opened ends now (its request timeout is longer than the open period).
+    gate.recordFailure('send');
+    expect(gate.state).toBe('open');
+    await clock.advance(1000);
+    await expect(gate.admit()).resolves.toBe('probe');
+    gate.recordAnswer();
+    expect(lines.at(-1)).toEqual({ level: 'info', obj: { openForMs: 2000, failedProbes: 0 }, msg: 'ClickHouse circuit breaker closed: inserts go through again' });
+  });
+
   it('reminds at most once a minute while probes keep failing, with what the writer holds', async () => {
     const { clock, gate, lines } = setup(1, 1000);
     gate.recordFailure('send');

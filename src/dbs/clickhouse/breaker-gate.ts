@@ -87,7 +87,7 @@ export class BreakerGate {
 
   /** ClickHouse did not answer a send or the probe: past the threshold the breaker (re)opens. */
   recordFailure(of: 'send' | 'probe'): void {
-    this.change(() => this.breaker.recordFailure(of));
+    this.change(() => this.breaker.recordFailure(of), of);
   }
 
   /** No more timers; every waiting sender is let go with 'stopped'. */
@@ -99,7 +99,8 @@ export class BreakerGate {
   }
 
   /** Apply a breaker change and react to a new state: update the gauge, log, and wake or schedule the waiting senders. */
-  private change(apply: () => void): void {
+  /** `failure`: what failed, when a failure made the change (a send that was out before the breaker opened can end after the open period). */
+  private change(apply: () => void, failure?: 'send' | 'probe'): void {
     const before = this.breaker.state;
     apply();
     const after = this.breaker.state;
@@ -108,7 +109,7 @@ export class BreakerGate {
     this.deps.metrics?.breakerState.set(BREAKER_GAUGE[after]);
     if (after === 'open') {
       if (before === 'closed') this.outagesBegun += 1;
-      this.noteOutage();
+      this.noteOutage(failure === 'probe');
       return;
     }
     if (after === 'closed' && this.outage) {
@@ -122,14 +123,14 @@ export class BreakerGate {
   }
 
   /** The breaker (re)opened: log the outage's start, then a reminder at most every OUTAGE_REMINDER_MS. */
-  private noteOutage(): void {
+  private noteOutage(probeFailed: boolean): void {
     const now = this.deps.clock.now();
     if (!this.outage) {
       this.outage = { since: now, failedProbes: 0, remindedAt: now };
       this.deps.logger.warn({ openMs: this.options.openMs, lastError: this.deps.outageContext().lastError }, 'ClickHouse circuit breaker opened');
       return;
     }
-    this.outage.failedProbes += 1;
+    if (probeFailed) this.outage.failedProbes += 1;
     if (now - this.outage.remindedAt < OUTAGE_REMINDER_MS) return;
     this.outage.remindedAt = now;
     this.deps.logger.warn(
