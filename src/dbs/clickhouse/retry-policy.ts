@@ -43,8 +43,9 @@ const TRANSIENT_CLICKHOUSE_CODES = new Map<string, string>([
   ['236', 'ABORTED'],
   ['241', 'MEMORY_LIMIT_EXCEEDED'],
   ['242', 'TABLE_IS_READ_ONLY'],
-  // A full disk is an outage of the server's storage: the breaker opens and the queue holds the rows until
-  // space is freed, rather than every batch becoming a gap at once while the server "answers".
+  // A full disk is an outage of the server's storage: retried, and the breaker opens, rather than each batch
+  // becoming a gap at its first refusal. A server that still answers its ping is up, though: after
+  // maxAttempts probes it refused, the batch becomes a gap (BatchWriter.send), so one lasting longer leaves gaps.
   ['243', 'NOT_ENOUGH_SPACE'],
   ['244', 'UNEXPECTED_ZOOKEEPER_ERROR'],
   ['252', 'TOO_MANY_PARTS'],
