@@ -4,7 +4,7 @@ import {
   AnalyticsQuery, CONDITION_OPERATORS, Condition, ConditionOperator, Filter, FOCUSES, Focus,
   InvalidQueryError, LOGICAL_OPERATORS, LogicalOperator, SpanQuery, Windowing,
 } from './span-query';
-import { microsToIso, parseTimestampMicros } from './timestamp';
+import { MAX_YEAR, MIN_YEAR, microsToIso, parseTimestampMicros } from './timestamp';
 
 /**
  * Strict parsing of untrusted query bodies into SpanQuery / AnalyticsQuery.
@@ -19,7 +19,8 @@ import { microsToIso, parseTimestampMicros } from './timestamp';
  *   (not even neq). On JSON keys the value's type picks the comparison:
  *   number -> numeric (JSON numbers only), string -> the key's text,
  *   boolean -> JSON booleans only (eq/neq). Text compares bytewise.
- * - btwn [a, b]: inclusive on both ends.
+ * - btwn [a, b]: inclusive on both ends. Times or numbers with b before a
+ *   are refused: they would match nothing.
  * - in / not_in: equal to one of / none of the values (same typing as eq);
  *   a missing value never matches either.
  * - contains / startswith / endswith: case-sensitive substring tests.
@@ -251,9 +252,16 @@ function parseValue(spec: FieldSpec, hasKey: boolean, operator: ConditionOperato
       return json ? jsonScalarAt(value, path, ['number', 'string']) : scalarAt(spec, value, path);
     case 'btwn': {
       if (!Array.isArray(value) || value.length !== 2) throw new InvalidQueryError(path, 'expected [low, high]');
-      if (!json) return value.map((v, i) => scalarAt(spec, v, `${path}[${i}]`));
+      // Reversed bounds match nothing: a mistake to name, as windowing's are. Only where the order is the same here
+      // as in Postgres (times, numbers): text compares bytewise there, JavaScript by UTF-16 units.
+      if (!json) {
+        const [low, high] = value.map((v, i) => scalarAt(spec, v, `${path}[${i}]`));
+        if (spec.kind === 'time' && high < low) throw new InvalidQueryError(`${path}[1]`, `must not be before ${path}[0] (${low})`);
+        return [low, high];
+      }
       const low = jsonScalarAt(value[0], `${path}[0]`, ['number', 'string']);
       const high = jsonScalarAt(value[1], `${path}[1]`, [typeof low as 'number' | 'string']);
+      if (typeof low === 'number' && (high as number) < low) throw new InvalidQueryError(`${path}[1]`, `must not be less than ${path}[0] (${low})`);
       return [low, high];
     }
     case 'in':
@@ -388,7 +396,7 @@ function textAt(value: unknown, path: string): string {
 function timeAt(value: unknown, path: string): { iso: string; micros: bigint } {
   const micros = typeof value === 'string' ? parseTimestampMicros(value) : null;
   if (micros === null) {
-    throw new InvalidQueryError(path, 'expected an ISO-8601 time with a time zone, e.g. "2026-11-22T10:00:00.000000Z"');
+    throw new InvalidQueryError(path, `expected an ISO-8601 time with a time zone between years ${MIN_YEAR} and ${MAX_YEAR}, e.g. "2026-11-22T10:00:00.000000Z"`);
   }
   return { iso: microsToIso(micros), micros };
 }

@@ -197,6 +197,15 @@ describe('REST: /tracing and /observability', () => {
       expect(both.body.errors).toEqual([{ field: 'spans[0].span_name', message: 'must not be empty' }, timeError('spans[0].start_time')]);
     });
 
+    it('refuses empty values and batches in the same words on every route (spans, span keys, nodes)', async () => {
+      const errors = async (method: 'post' | 'delete', path: string, body: object) => (await http()[method](path).set(auth).send(body).expect(400)).body.errors;
+      expect(await errors('delete', '/tracing/spans', { spans: [] })).toEqual([{ field: 'spans', message: 'must hold at least one span' }]);
+      expect(await errors('post', '/observability/nodes', { nodes: [{ ...makeNode(), node_type: '', status: { code: '', message: null } }] })).toEqual([
+        { field: 'nodes[0].node_type', message: 'must not be empty' },
+        { field: 'nodes[0].status.code', message: 'must not be empty' },
+      ]);
+    });
+
     it('repeats at most 64 characters of a refused value or key, and names at most five unknown fields', async () => {
       const huge = 'W'.repeat(100_000);
       const kind = await http().post('/tracing/spans').set(auth).send({ spans: [{ ...makeSpan(), span_kind: huge }] }).expect(400);

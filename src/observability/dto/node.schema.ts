@@ -15,11 +15,11 @@ export const nodeInputSchema = z
     root_id: uuidSchema.nullable().default(null),
     parent_id: uuidSchema.nullable().default(null),
     node_name: textSchema(z.string().min(1, 'must not be empty').max(1024)),
-    node_type: textSchema(z.string().min(1).max(64)).default('unknown'),
+    node_type: textSchema(z.string().min(1, 'must not be empty').max(64)).default('unknown'),
     time_start: timestampSchema,
     time_end: timestampSchema,
     status: z
-      .object({ code: textSchema(z.string().min(1).max(64)), message: textSchema(z.string().max(10_000)).nullable().default(null) })
+      .object({ code: textSchema(z.string().min(1, 'must not be empty').max(64)), message: textSchema(z.string().max(10_000)).nullable().default(null) })
       .strict()
       .default({ code: 'UNSET', message: null }),
     data: jsonObjectSchema.nullable().default(null),

@@ -98,4 +98,4 @@ export const spansBodySchema = z
   });
 
 export const spanKeySchema = z.object({ trace_id: traceIdSchema, span_id: spanIdSchema }).strict();
-export const spanKeysBodySchema = z.object({ spans: z.array(spanKeySchema).min(1) }).strict();
+export const spanKeysBodySchema = z.object({ spans: z.array(spanKeySchema).min(1, 'must hold at least one span') }).strict();
