@@ -106,7 +106,7 @@ describe('decodeOtlpJson', () => {
       links: [{ traceId: LINKED_TRACE, spanId: LINKED_SPAN, attributes: [{ key: 'why', value: 'retry' }] }],
       status: { code: 2, message: 'boom' },
     };
-    expect(decodeOtlpJson(jsonRequest([jsonSpan()]))).toEqual({ spans: [expected], rejected: [] });
+    expect(decodeOtlpJson(jsonRequest([jsonSpan()]))).toEqual({ spans: [expected], rejected: [], ignored: [] });
   });
 
   it('accepts enum names, numeric times, an empty parent id and absent optional fields', () => {
@@ -163,10 +163,26 @@ describe('decodeOtlpJson', () => {
   });
 
   it('answers an empty request with no spans', () => {
-    const none = { spans: [], rejected: [] };
+    const none = { spans: [], rejected: [], ignored: [] };
     expect(decodeOtlpJson({})).toEqual(none);
     expect(decodeOtlpJson({ resourceSpans: [] })).toEqual(none);
     expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ spans: [] }] }] })).toEqual(none);
+  });
+
+  it('notes a level holding only unknown fields where its spans belong (proto field names, a pre-1.0 exporter\'s), and not unknown fields beside them', () => {
+    const span = jsonSpan();
+    const note = (path: string, nested: string, fields: string) =>
+      `${path}: no ${nested}, only fields this receiver does not know (${fields}), which were ignored: OTLP/JSON names fields in lowerCamelCase, as of OTLP 1.0`;
+    expect(decodeOtlpJson({ resource_spans: [{ scope_spans: [{ spans: [span] }] }] })).toEqual({ spans: [], rejected: [], ignored: [note('body', 'resourceSpans', '"resource_spans"')] });
+    expect(decodeOtlpJson({ resourceSpans: [{ resource: {}, instrumentationLibrarySpans: [{ spans: [span] }], schemaUrl: '' }] }).ignored).toEqual([
+      note('resourceSpans[0]', 'scopeSpans', '"instrumentationLibrarySpans"'),
+    ]);
+    expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ scope: {}, Spans: [span] }] }] }).ignored).toEqual([note('resourceSpans[0].scopeSpans[0]', 'spans', '"Spans"')]);
+    // Beside the fields spans are under, or with nothing at all: nothing to note.
+    expect(decodeOtlpJson({ ...jsonRequest([span]), somethingNew: 1 }).ignored).toEqual([]);
+    expect(decodeOtlpJson({ resourceSpans: [{}, { scopeSpans: [{}] }] }).ignored).toEqual([]);
+    // Protobuf has no field names to get wrong.
+    expect(decodeOtlpProtobuf(toProtobuf(jsonRequest([span]))).ignored).toEqual([]);
   });
 
   it('ignores unknown fields, as OTLP/JSON receivers must', () => {
@@ -424,7 +440,7 @@ describe('decodeOtlpProtobuf', () => {
   });
 
   it('answers an empty body with no spans', () => {
-    expect(decodeOtlpProtobuf(Buffer.alloc(0))).toEqual({ spans: [], rejected: [] });
+    expect(decodeOtlpProtobuf(Buffer.alloc(0))).toEqual({ spans: [], rejected: [], ignored: [] });
   });
 
   it.each([

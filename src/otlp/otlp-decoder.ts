@@ -112,6 +112,15 @@ export interface OtlpSpan {
 export interface OtlpExport {
   spans: OtlpSpan[];
   rejected: OtlpRejection[];
+  /**
+   * OTLP/JSON levels that hold none of the fields spans are under, only
+   * fields this receiver does not know: `resource_spans` (a proto field
+   * name, which OTLP/JSON does not take) or a pre-1.0 exporter's
+   * `instrumentationLibrarySpans`. Unknown fields are ignored, as OTLP
+   * requires, so such spans are not stored; the answer warns of it
+   * (a partial success refusing none) instead of a bare success.
+   */
+  ignored: string[];
 }
 
 export interface OtlpRejection {
@@ -286,17 +295,20 @@ export function decodeOtlpProtobuf(buf: Buffer, maxEntries = Infinity): OtlpExpo
 }
 
 function walkRequest(request: Record<string, unknown>, format: Format): OtlpExport {
-  const decoded: OtlpExport = { spans: [], rejected: [] };
+  const decoded: OtlpExport = { spans: [], rejected: [], ignored: [] };
   /** Resource bytes the resources taken so far store with their spans. */
   let copied = 0;
+  if (format === 'json') noteIgnored(decoded, request, 'body', 'resourceSpans', []);
   list(request.resourceSpans, 'resourceSpans').forEach((resourceSpans, r) => {
     const rPath = `resourceSpans[${r}]`;
+    if (format === 'json') noteIgnored(decoded, resourceSpans, rPath, 'scopeSpans', ['resource', 'schemaUrl']);
     const spans = spansUnderResource(resourceSpans);
     const resource = refusing(decoded, spans, () => walkResource(resourceSpans, rPath, format, spans, MAX_RESOURCE_COPY_BYTES - copied));
     if (!resource) return;
     copied += resource.bytes * spans;
     resource.scopeSpans.forEach((scopeSpans, s) => {
       const sPath = `${rPath}.scopeSpans[${s}]`;
+      if (format === 'json') noteIgnored(decoded, scopeSpans, sPath, 'spans', ['scope', 'schemaUrl']);
       const scope = refusing(decoded, spansUnderScope(scopeSpans), () => walkScope(scopeSpans, sPath, MAX_RESOURCE_COPY_BYTES - copied));
       if (!scope) return;
       copied += scope.bytes * scope.spans.length;
@@ -308,6 +320,21 @@ function walkRequest(request: Record<string, unknown>, format: Format): OtlpExpo
     });
   });
   return decoded;
+}
+
+/** At most this many levels are named in `ignored`; a sender that names its fields wrongly does so everywhere. */
+const MAX_IGNORED_NOTES = 5;
+
+/** A level without `nested` (the field its spans are under), holding fields none of which this receiver knows. */
+function noteIgnored(decoded: OtlpExport, level: unknown, path: string, nested: string, known: readonly string[]): void {
+  if (!isObject(level) || !isAbsent(level[nested]) || decoded.ignored.length >= MAX_IGNORED_NOTES) return;
+  const unknown = Object.keys(level).filter((key) => !known.includes(key));
+  if (unknown.length === 0) return;
+  const shown = unknown.slice(0, 5).map((key) => JSON.stringify(key.slice(0, 64)));
+  decoded.ignored.push(
+    `${path}: no ${nested}, only fields this receiver does not know (${shown.join(', ')}${unknown.length > shown.length ? ', …' : ''}), ` +
+      'which were ignored: OTLP/JSON names fields in lowerCamelCase, as of OTLP 1.0',
+  );
 }
 
 /** Runs one level of the walk; a refusal there is recorded against the spans under that level, and the walk goes on. */

@@ -110,7 +110,7 @@ export class OtlpController {
 
     // Counted once the rest is stored (or its store failed for good, above): a failed export can come again.
     this.rejectedSpans.inc(spansIn(rejected));
-    const partialSuccess = rejected.length > 0 ? this.partialSuccess(projectId, rejected, sent) : null;
+    const partialSuccess = rejected.length > 0 || decoded.ignored.length > 0 ? this.partialSuccess(projectId, rejected, sent, decoded.ignored) : null;
     if (contentType === JSON_TYPE) {
       // Proto3 JSON writes an int64 as a decimal string.
       return { partialSuccess: partialSuccess ? { ...partialSuccess, rejectedSpans: String(partialSuccess.rejectedSpans) } : {} };
@@ -120,15 +120,21 @@ export class OtlpController {
   }
 
   /**
-   * OTLP's partial success: the spans refused, and why. Exporters do not retry
-   * it (the rest is stored), but they log it; so does this receiver.
+   * OTLP's partial success: the spans refused, and why, and the fields that
+   * were ignored where spans were expected (with none refused, OTLP's
+   * warning). Exporters do not retry it (the rest is stored), but they log
+   * it; so does this receiver.
    */
-  private partialSuccess(projectId: string, rejected: OtlpRejection[], sent: number): { rejectedSpans: number; errorMessage: string } {
+  private partialSuccess(projectId: string, rejected: OtlpRejection[], sent: number, ignored: string[]): { rejectedSpans: number; errorMessage: string } {
     const rejectedSpans = spansIn(rejected);
     const shown = rejected.slice(0, SHOWN_REJECTIONS).map((r) => r.error.message);
     const more = rejected.length - shown.length;
-    const errorMessage = `${rejectedSpans} of ${sent} spans refused: ${shown.join('; ')}${more > 0 ? `; and ${more} more` : ''}`;
-    this.logger.warn({ projectId, rejectedSpans, sent, problems: rejected.length, errorMessage }, 'otlp export partly refused');
+    const refused = rejected.length > 0 ? `${rejectedSpans} of ${sent} spans refused: ${shown.join('; ')}${more > 0 ? `; and ${more} more` : ''}` : null;
+    const errorMessage = [refused, ...ignored].filter((part) => part !== null).join('; ');
+    this.logger.warn(
+      { projectId, rejectedSpans, sent, problems: rejected.length, ignored: ignored.length, errorMessage },
+      rejected.length > 0 ? 'otlp export partly refused' : 'otlp export held fields this receiver ignores where spans belong',
+    );
     return { rejectedSpans, errorMessage };
   }
 }

@@ -334,6 +334,21 @@ describe('OTLP/HTTP receiver', () => {
       await http().get(`/observability/trees/${traceIdToTreeId(second)}`).set(auth).expect(200);
     });
 
+    it('warns, refusing none, when an OTLP/JSON export holds its spans under fields it does not know (proto names, pre-1.0 exporters)', async () => {
+      const trace = traceId();
+      const request = jsonRequest([jsonSpan(trace, spanId())]) as { resourceSpans: unknown[] };
+      const rejectedBefore = await rejectedTotal();
+      const res = await http().post('/otlp/v1/traces').set(auth).send({ resource_spans: request.resourceSpans }).expect(200);
+      expect(res.body).toEqual({
+        partialSuccess: {
+          rejectedSpans: '0',
+          errorMessage: 'body: no resourceSpans, only fields this receiver does not know ("resource_spans"), which were ignored: OTLP/JSON names fields in lowerCamelCase, as of OTLP 1.0',
+        },
+      });
+      await http().get(`/tracing/traces/${trace}`).set(auth).expect(404);
+      expect(await rejectedTotal()).toBe(rejectedBefore);
+    });
+
     it('stores the valid spans of an export and answers how many it refused and why (partial success), in both encodings', async () => {
       const P = 'resourceSpans[0].scopeSpans[0].spans';
       const trace = traceId();
