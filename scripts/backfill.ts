@@ -7,6 +7,7 @@ import { parseFlags, positiveInt } from './cli/flags';
 import { counted } from '../src/counted';
 import { errorText } from '../src/error-text';
 import { connectClickHouse, connectPostgres, formatRate, formatSeconds, scopesFrom } from './cli/history-cli';
+import { namingPostgres } from './cli/postgres-cli';
 import { exitOnSignal, runCli, UsageError } from './cli/run-cli';
 
 const USAGE = `usage: npm run backfill -- [options]
@@ -54,14 +55,18 @@ runCli(USAGE, async (args, log) => {
     // Every scope has the same projects (--project, or CLICKHOUSE_PROJECT_IDS, or all).
     const gapScope = { entities: scopes.map((s) => s.entity), projectIds: scopes[0].projectIds };
     if (dryRun && gaps) {
-      const open = await new PostgresMirrorGapsRepository(postgres.db).totals(gapScope);
+      const open = await new PostgresMirrorGapsRepository(postgres.db).totals(gapScope).catch((error: unknown) => {
+        throw namingPostgres(postgres.at, error, 'run it again once it answers');
+      });
       process.stdout.write(`dry run: ${counted(open.gaps, 'open gap record')}, ${counted(open.rows, 'row')} to replay; nothing written\n`);
       return;
     }
     if (dryRun) {
       // Counting needs only Postgres; ClickHouse is not touched.
       for (const scope of scopes) {
-        const plan = await planBackfill(postgres.db, scope, options);
+        const plan = await planBackfill(postgres.db, scope, options).catch((error: unknown) => {
+          throw namingPostgres(postgres.at, error, 'run it again once it answers');
+        });
         const onRestart = plan.rowsOnRestart === undefined ? '' : `; --restart would copy ${plan.rowsOnRestart}`;
         // Not asked here: a table made again since (or another server's) has the real run start over.
         const into = plan.target ? `; as long as ClickHouse's ${plan.entity} table is still ${plan.target}, the one it copied into` : '';
@@ -88,6 +93,8 @@ runCli(USAGE, async (args, log) => {
           ? 'interrupted while starting over, before any row was copied; run the same command (with --restart) again'
           : `interrupted: every batch ClickHouse accepted is checkpointed; ${options.restart ? 'run it again without --restart to resume' : 'run the same command to resume'}`;
     exitOnSignal(hint, () => progress.stop());
+    // Postgres failing mid-run is named, with what a rerun does (ClickHouse's failures are named where they happen).
+    const rerun = gaps ? 'run the same command again once it answers (gaps not marked replayed stay open)' : 'run the same command again once it answers (it resumes from its checkpoint)';
     try {
       if (gaps) {
         const replay = new GapReplay(postgres.db, clickhouse.history, log);
@@ -109,8 +116,10 @@ runCli(USAGE, async (args, log) => {
       } catch (error) {
         // A failure's own advice is to run the same command again, which with --restart would start over.
         if (!options.restart) throw error;
-        throw new Error(`${errorText(error)} (to resume, run the command without --restart: with it, the run starts over)`);
+        throw new Error(`${errorText(namingPostgres(postgres.at, error, rerun))} (to resume, run the command without --restart: with it, the run starts over)`);
       }
+    } catch (error) {
+      throw namingPostgres(postgres.at, error, rerun);
     } finally {
       await clickhouse.close();
     }

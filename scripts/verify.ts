@@ -4,6 +4,7 @@ import { BucketComparison, Verifier, VerifyReport } from '../src/dbs/backfill/ve
 import { parseFlags } from './cli/flags';
 import { counted } from '../src/counted';
 import { connectClickHouse, connectPostgres, formatSeconds, scopesFrom } from './cli/history-cli';
+import { namingPostgres } from './cli/postgres-cli';
 import { exitOnSignal, runCli } from './cli/run-cli';
 
 const USAGE = `usage: npm run verify -- [options]
@@ -82,6 +83,9 @@ runCli(USAGE, async (args, log) => {
             'ClickHouse does not keep what it is sent (see its logs)',
         );
       }
+    } catch (error) {
+      // Postgres failing mid-run is named (ClickHouse's failures are named where they happen).
+      throw namingPostgres(postgres.at, error, 'run the same command again once it answers (a --repair cut short is safe to repeat)');
     } finally {
       await clickhouse.close();
     }

@@ -1,5 +1,5 @@
 import { Kysely, sql } from 'kysely';
-import { Pool } from 'pg';
+import { DatabaseError, Pool } from 'pg';
 import { AppConfig } from '../../src/config/app-config';
 import { redactUrl } from '../../src/config/redact-url';
 import { DB } from '../../src/dbs/postgres/database';
@@ -24,6 +24,31 @@ export interface PostgresConnection {
  * used fails the command with its (password-free) URL and the reason, not
  * with whatever the first real statement throws.
  */
+/** The driver's own texts for a connection that failed, was cut or could not be had from the pool (pg, pg-pool). */
+const DRIVER_CONNECTION_FAILURE =
+  /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Client was closed and is not queryable)/;
+
+/** An error Postgres or its driver raised: Postgres's own (with a SQLSTATE), or the connection's. */
+function fromPostgres(error: unknown): boolean {
+  if (error instanceof DatabaseError) return true;
+  if (!(error instanceof Error)) return false;
+  // A connection the pool could not open: node's socket error, e.g. ECONNREFUSED.
+  if ((error as NodeJS.ErrnoException).syscall === 'connect') return true;
+  return DRIVER_CONNECTION_FAILURE.test(error.message);
+}
+
+/**
+ * A Postgres failure in the middle of a command (a count, a page, a
+ * checkpoint) comes as the driver's bare text ("Connection terminated
+ * unexpectedly"), which names neither the server nor what to do: named
+ * here, with `then`, what running the command again does. Anything else
+ * (ClickHouse's failures, which ClickHouseHistory names; a COPY's; a run
+ * lock's) is returned as it is.
+ */
+export function namingPostgres(at: string, error: unknown, then: string): unknown {
+  return fromPostgres(error) ? new Error(`${at} failed: ${errorText(error)}; ${then}`) : error;
+}
+
 export async function openPostgres(config: AppConfig, log: (line: string) => void, connections: number, options: PoolOptions = {}): Promise<PostgresConnection> {
   const server = await resolvePostgres(config.postgres, log);
   // No statement timeout, not even a role's or DATABASE_URL's: backfill's count of a scope and verify's

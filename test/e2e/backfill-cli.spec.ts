@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { ChildProcess, spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import { sql } from 'kysely';
+import { Client } from 'pg';
 import { createTestClickHouse, TestClickHouse } from '../support/clickhouse';
 import { FakeClickHouse } from '../support/fake-clickhouse';
 import { seedNodes, seedSpans } from '../support/history';
@@ -342,6 +343,32 @@ describe('npm run backfill / verify', () => {
     } finally {
       await proxy.close();
     }
+  }, 60_000);
+
+  it('names the server and what to do when Postgres fails part-way through verify', async () => {
+    // A project ClickHouse lacks: verify finds it differing and waits to compare it again, and Postgres fails then.
+    const project = randomUUID();
+    await seedSpans(pg.db, { projects: [project], days: 1, rows: 100 });
+    const admin = new Client({ connectionString: process.env.TEST_PG_ADMIN_URL });
+    await admin.connect();
+    let result: Run;
+    try {
+      const verify = start('verify', ['--entity', 'spans', '--project', project], env);
+      await whileRunning(verify, () => verify.stderr().includes('comparing them again'), 'verify ended before Postgres could fail');
+      // Every session of the command's database ends, and no new one is let in (a failover in progress, say):
+      // the pool's fresh connections for the second comparison fail.
+      await admin.query(`alter database ${pg.name} allow_connections false`);
+      await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1', [pg.name]);
+      result = await verify.done;
+    } finally {
+      await admin.query(`alter database ${pg.name} allow_connections true`);
+      await admin.end();
+      await pg.db.deleteFrom('spans').where('project_id', '=', project).execute();
+    }
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(
+      new RegExp(`\\nerror: Postgres at postgres://[^\\n]*/${pg.name} failed: [^\\n]+; run the same command again once it answers \\(a --repair cut short is safe to repeat\\)\\n$`),
+    );
   }, 60_000);
 
   it('after a failure part-way through a --restart run, says to resume without --restart, and that resumes', async () => {
