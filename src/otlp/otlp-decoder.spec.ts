@@ -524,9 +524,30 @@ describe("an export's entries, counted before it is walked or decoded", () => {
     expect(() => decodeOtlpJson({ resourceSpans: [scope([0, 'x', null])] }, 2)).toThrow('spans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3');
   });
 
-  it('leaves a malformed protobuf body to the decoder, which names what is wrong', () => {
+  it('refuses a truncated protobuf body in the reader\'s words', () => {
     const truncated = toProtobuf({ resourceSpans: [scope([jsonSpan()])] }).subarray(0, -5);
     expect(refusedWhole(() => decodeOtlpProtobuf(truncated, 10))).toMatch(/^body: not a valid protobuf ExportTraceServiceRequest \(index out of range/);
+  });
+
+  it('refuses, without decoding, protobuf bodies the decoder would read otherwise than the count (it is lenient there)', () => {
+    const threeSpans = toProtobuf({ resourceSpans: [scope([jsonSpan(), jsonSpan({ spanId: 'eee19b7ec3c1b175' }), jsonSpan({ spanId: 'eee19b7ec3c1b176' })])] });
+    // Field 1 as an end-group marker: the decoder reads it as an empty resource and decodes the rest.
+    expect(refusedWhole(() => decodeOtlpProtobuf(Buffer.concat([Buffer.from([0x0c, 0x00]), threeSpans]), 2))).toBe(
+      'body: not a valid protobuf ExportTraceServiceRequest (field 1 at offset 1 has wire type 4, not 2 (a message))',
+    );
+    // A resource that claims 1 byte and holds a scope of spans: the decoder runs past the resource's end and keeps them all.
+    const scopeSpans = ExportTraceServiceRequest.encode({ resourceSpans: [{ scopeSpans: [{ spans: [{}, {}, {}] }] }] } as never).finish();
+    const scopeField = Buffer.from(scopeSpans).subarray(2); // the resource's content: 0x12 <length> <spans>
+    expect(refusedWhole(() => decodeOtlpProtobuf(Buffer.concat([Buffer.from([0x0a, 0x01]), scopeField]), 2))).toMatch(
+      /^body: not a valid protobuf ExportTraceServiceRequest \(index out of range: 4 \+ \d+ > 3\)$/,
+    );
+  });
+
+  it('reads past unknown fields of every wire type, groups included, as the decoder does', () => {
+    const unknown = Buffer.from([0x98, 0x06, 0x01, 0x93, 0x06, 0x98, 0x06, 0x02, 0x94, 0x06, 0xa5, 0x06, 1, 2, 3, 4]); // field 99 varint; group 98 holding field 99; field 100 fixed32
+    const request = Buffer.concat([unknown, toProtobuf(jsonRequest([jsonSpan(), jsonSpan({ spanId: 'eee19b7ec3c1b175' })])), unknown]);
+    expect(decodeOtlpProtobuf(request, 2).spans).toHaveLength(2);
+    expect(() => decodeOtlpProtobuf(request, 1)).toThrow('spans: at most 1 per OTLP export (MAX_OTLP_SPANS), got 2');
   });
 
   it('skips the fields around the spans, a resource and a scope with everything set among them', () => {

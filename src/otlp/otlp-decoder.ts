@@ -199,12 +199,16 @@ type Format = 'json' | 'protobuf';
 /** `maxEntries`: MAX_OTLP_SPANS, which bounds the export's spans, and its resources and scopes each (OtlpTooLargeError). */
 export function decodeOtlpJson(body: unknown, maxEntries = Infinity): OtlpExport {
   if (!isObject(body)) throw new OtlpDecodeError('body', 'must be a JSON object');
-  boundJsonShape(body, maxEntries);
-  return walkRequest(body, 'json');
+  return walkRequest(body, 'json', maxEntries);
 }
 
-/** Counts what the export holds at each level, as far as its shape lets them be counted (the walk refuses the rest), and refuses too many. */
-function boundJsonShape(request: Record<string, unknown>, max: number): void {
+/**
+ * Counts what the export holds at each level, as far as its shape lets
+ * them be counted (the walk refuses the rest), and refuses too many before
+ * anything is walked. The same for both formats: a decoded protobuf
+ * message has the same arrays (or null where a field is absent).
+ */
+function boundShape(request: Record<string, unknown>, max: number): void {
   const resources = Array.isArray(request.resourceSpans) ? request.resourceSpans : [];
   if (resources.length > max) throw new OtlpTooLargeError('resourceSpans', resources.length, max);
   let scopes = 0;
@@ -219,48 +223,57 @@ function boundJsonShape(request: Record<string, unknown>, max: number): void {
 }
 
 /**
- * The same count for a protobuf export, read off its wire format before it
- * is decoded: the generated decoder builds every message it holds, and a
- * 2-byte empty span is one. Only the three repeated fields that nest spans
- * are entered (ExportTraceServiceRequest.resource_spans = 1,
- * ResourceSpans.scope_spans = 2, ScopeSpans.spans = 2); every other field
- * is skipped unread. A malformed body throws (decodeOtlpProtobuf leaves
- * saying how to the decoder).
+ * The same count read off a protobuf body's wire format, before the
+ * generated decoder builds every message in it (a 2-byte empty span is
+ * one): a body past the bound is refused without being decoded. Only the
+ * three repeated fields that nest spans are entered
+ * (ExportTraceServiceRequest.resource_spans = 1, ResourceSpans.scope_spans
+ * = 2, ScopeSpans.spans = 2); every other field is skipped unread.
+ *
+ * Strict where the decoder is lenient: a field of these levels with another
+ * wire type than length-delimited, or a message that runs past its length,
+ * makes the body malformed (a parser of another language refuses it too).
+ * The decoder would read such a body otherwise than this count does, so it
+ * is refused, not decoded. Whatever this count lets through is counted once
+ * more after decoding (boundShape), before it is walked.
  */
 function boundProtobufShape(buf: Uint8Array, max: number): void {
   const reader = Reader.create(buf);
   let resources = 0;
   let scopes = 0;
   let spans = 0;
-  forEachField(reader, reader.len, 1, () => {
+  forEachMessage(reader, reader.len, 1, (end) => {
     if (++resources > max) throw new OtlpTooLargeError('resourceSpans', resources, max);
-    forEachField(reader, nestedEnd(reader), 2, () => {
+    forEachMessage(reader, end, 2, (end) => {
       if (++scopes > max) throw new OtlpTooLargeError('scopeSpans', scopes, max);
-      forEachField(reader, nestedEnd(reader), 2, () => {
+      forEachMessage(reader, end, 2, (end) => {
+        // Counted to the end, as boundShape counts them: the answer says how many the export holds. Skipping
+        // a span costs nothing but the reading of its tag and length.
         spans += 1;
-        reader.skipType(2);
+        reader.pos = end;
       });
     });
   });
   if (spans > max) throw new OtlpTooLargeError('spans', spans, max);
 }
 
-/** Calls `enter` at each length-delimited field number `field` before `end`, positioned at its length; skips every other field. */
-function forEachField(reader: Reader, end: number, field: number, enter: () => void): void {
+/** Calls `enter` with its end for each message in field number `field` before `end`, positioned at its start; skips every other field. */
+function forEachMessage(reader: Reader, end: number, field: number, enter: (end: number) => void): void {
   while (reader.pos < end) {
     const tag = reader.uint32();
-    if (tag >>> 3 === field && (tag & 7) === 2) enter();
-    else reader.skipType(tag & 7);
+    if (tag >>> 3 !== field) {
+      reader.skipType(tag & 7);
+      continue;
+    }
+    if ((tag & 7) !== 2) throw new Error(`field ${field} at offset ${reader.pos} has wire type ${tag & 7}, not 2 (a message)`);
+    const length = reader.uint32();
+    const messageEnd = reader.pos + length;
+    // The reader's own words for it, as the decoder would fail with them.
+    if (messageEnd > end) throw new Error(`index out of range: ${reader.pos} + ${length} > ${end}`);
+    enter(messageEnd);
+    if (reader.pos !== messageEnd) throw new Error(`a message at offset ${reader.pos} runs past its length`);
   }
-  if (reader.pos !== end) throw new Error('a message runs past its end');
-}
-
-/** Reads a nested message's length; where it ends. */
-function nestedEnd(reader: Reader): number {
-  const length = reader.uint32();
-  const end = reader.pos + length;
-  if (end > reader.len) throw new Error(`a message's length (${length}) runs past the body`);
-  return end;
+  if (reader.pos !== end) throw new Error(`a message runs past its length, to offset ${reader.pos}`);
 }
 
 /**
@@ -275,26 +288,23 @@ class StrictUtf8Reader extends BufferReader {
   }
 }
 
-/** `maxEntries`: as decodeOtlpJson's, checked before the body is decoded. */
+/** `maxEntries`: as decodeOtlpJson's, checked before the body is decoded (and again after). */
 export function decodeOtlpProtobuf(buf: Buffer, maxEntries = Infinity): OtlpExport {
   let message: ProtoExportTraceServiceRequest;
   try {
     boundProtobufShape(buf, maxEntries);
-  } catch (error) {
-    // A malformed body: the decoder below fails on it too, and says how in its own words. The count reached the
-    // malformation within the bound, so the decoder builds no more than that before it fails.
-    if (error instanceof OtlpTooLargeError) throw error;
-  }
-  try {
     // The generated decoder keeps using a reader it is handed, nested messages included.
     message = otlpTraceService.ExportTraceServiceRequest.decode(new StrictUtf8Reader(buf) as unknown as Uint8Array);
   } catch (error) {
+    if (error instanceof OtlpTooLargeError) throw error;
     throw new OtlpDecodeError('body', `not a valid protobuf ExportTraceServiceRequest (${(error as Error).message})`);
   }
-  return walkRequest(message as Record<string, unknown>, 'protobuf');
+  return walkRequest(message as Record<string, unknown>, 'protobuf', maxEntries);
 }
 
-function walkRequest(request: Record<string, unknown>, format: Format): OtlpExport {
+function walkRequest(request: Record<string, unknown>, format: Format, maxEntries: number): OtlpExport {
+  // Each entry walked can become a refusal: counted first.
+  boundShape(request, maxEntries);
   const decoded: OtlpExport = { spans: [], rejected: [], ignored: [] };
   /** Resource bytes the resources taken so far store with their spans. */
   let copied = 0;

@@ -107,6 +107,19 @@ describe('BreakerGate', () => {
     expect(lines.at(-1)).toEqual({ level: 'info', obj: { openForMs: 2000, failedProbes: 0 }, msg: 'ClickHouse circuit breaker closed: inserts go through again' });
   });
 
+  it('counts a failed probe when such a send reopened the breaker while the probe was out', async () => {
+    const { clock, gate, lines } = setup(1, 1000);
+    gate.recordFailure('send');
+    await clock.advance(1000);
+    await expect(gate.admit()).resolves.toBe('probe');
+    gate.recordFailure('send');
+    gate.recordFailure('probe');
+    await clock.advance(1000);
+    await expect(gate.admit()).resolves.toBe('probe');
+    gate.recordAnswer();
+    expect(lines.at(-1)!.obj).toEqual({ openForMs: 2000, failedProbes: 1 });
+  });
+
   it('reminds at most once a minute while probes keep failing, with what the writer holds', async () => {
     const { clock, gate, lines } = setup(1, 1000);
     gate.recordFailure('send');

@@ -105,11 +105,13 @@ export class BreakerGate {
     apply();
     const after = this.breaker.state;
     if (after === 'open') this.scheduleHalfOpen();
+    // Counted whatever the state was: a send that was out before the breaker opened may have reopened it first.
+    if (failure === 'probe' && this.outage) this.outage.failedProbes += 1;
     if (before === after) return;
     this.deps.metrics?.breakerState.set(BREAKER_GAUGE[after]);
     if (after === 'open') {
       if (before === 'closed') this.outagesBegun += 1;
-      this.noteOutage(failure === 'probe');
+      this.noteOutage();
       return;
     }
     if (after === 'closed' && this.outage) {
@@ -123,14 +125,13 @@ export class BreakerGate {
   }
 
   /** The breaker (re)opened: log the outage's start, then a reminder at most every OUTAGE_REMINDER_MS. */
-  private noteOutage(probeFailed: boolean): void {
+  private noteOutage(): void {
     const now = this.deps.clock.now();
     if (!this.outage) {
       this.outage = { since: now, failedProbes: 0, remindedAt: now };
       this.deps.logger.warn({ openMs: this.options.openMs, lastError: this.deps.outageContext().lastError }, 'ClickHouse circuit breaker opened');
       return;
     }
-    if (probeFailed) this.outage.failedProbes += 1;
     if (now - this.outage.remindedAt < OUTAGE_REMINDER_MS) return;
     this.outage.remindedAt = now;
     this.deps.logger.warn(
