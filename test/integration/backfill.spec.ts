@@ -551,6 +551,28 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect((await new Verifier(pg.db, history).verify([ALL_SPANS])).differing).toEqual([]);
   });
 
+  it('--gaps stops before a reset once its lock session is gone (another run may be resetting the same keys), leaving the gap open', async () => {
+    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
+    const held = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
+    const stale = { ...held, created_at: '2026-10-01T08:00:00.000001Z', span_name: 'deleted', version: held.version + 1_000n };
+    await history.insert('spans', [spanHistory.line(stale)], 'stale');
+    await new PostgresMirrorGapsRepository(pg.db).record(groupIntoGaps([toSpanGapRow(held)], 'queue_full'));
+    // The key needs a reset (its ClickHouse row outranks Postgres's); its lock session ends just before.
+    const losing = Object.create(history) as ClickHouseHistory;
+    losing.readLive = async (...args) => {
+      await sql`select pg_terminate_backend(pid) from pg_locks where locktype = 'advisory' and granted
+                and database = (select oid from pg_database where datname = current_database())`.execute(pg.db);
+      return history.readLive(...args);
+    };
+    await expect(new GapReplay(pg.db, losing).run({ entities: ['spans'], projectIds: null })).rejects.toThrow(
+      'this run resetting keys lost its lock (its Postgres session ended), and stopped before its next reset: another may have started; run the same command again',
+    );
+    expect(await new PostgresMirrorGapsRepository(pg.db).totals({ entities: ['spans'], projectIds: null })).toMatchObject({ gaps: 1 });
+    // Not reset: ClickHouse still shows the stale row.
+    const spans = await new SpanMirrorReads(ch.clients.query).readSpans(P1, [{ trace_id: held.trace_id, span_id: held.span_id }]);
+    expect(spans.map((span) => span.span_name)).toEqual(['deleted']);
+  });
+
   it('--gaps tombstones a deleted key neither side holds, so its create, still queued in an API, lands hidden', async () => {
     await seedSpans(pg.db, { projects: [P1], days: 1, rows: 2 });
     await seedNodes(pg.db, { projects: [P1], days: 1, rows: 1 });

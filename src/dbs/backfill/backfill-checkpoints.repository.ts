@@ -115,6 +115,12 @@ export class BackfillCheckpointsRepository {
     if (result.numUpdatedRows === 0n) throw lostLock(runKey);
   }
 
+  /** Throws lostLock unless the run's lock session still holds its lock (as advance() asks it). */
+  async assertHeld(runKey: string, lock: RunLock): Promise<void> {
+    const { rows } = await sql<{ held: boolean }>`select ${stillHeld(lock)} as held`.execute(this.db);
+    if (!rows[0].held) throw lostLock(runKey);
+  }
+
   /**
    * The run copied its whole range: marked complete, under the same condition as advance(). A run whose
    * lock session ended may have been started over since (`--restart`); marking that one complete would
@@ -167,7 +173,11 @@ export class BackfillCheckpointsRepository {
 const stillHeld = (lock: RunLock) => sql<boolean>`exists (select 1 from pg_locks l where ${isRunLock(lock.name)} and l.pid = ${lock.pid})`;
 
 const lostLock = (runKey: string) =>
-  new RunInProgressError(`backfill run "${runKey}" lost its lock (its Postgres session ended); run the same command again to resume`);
+  new RunInProgressError(
+    runKey === KEY_REPLAY_RUN
+      ? 'this run resetting keys lost its lock (its Postgres session ended), and stopped before its next reset: another may have started; run the same command again'
+      : `backfill run "${runKey}" lost its lock (its Postgres session ended); run the same command again to resume`,
+  );
 
 /**
  * A condition on `pg_locks l`: the row is the granted advisory lock named `name`

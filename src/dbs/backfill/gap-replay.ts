@@ -4,7 +4,7 @@ import { counted } from '../../counted';
 import { errorText } from '../../error-text';
 import { DB } from '../postgres/database';
 import { PostgresMirrorGapsRepository } from '../postgres/postgres-mirror-gaps.repository';
-import { BackfillCheckpointsRepository, KEY_REPLAY_RUN } from './backfill-checkpoints.repository';
+import { BackfillCheckpointsRepository, KEY_REPLAY_RUN, RunInProgressError } from './backfill-checkpoints.repository';
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf } from './history-entities';
 import { Entity } from './history-scope';
@@ -45,7 +45,8 @@ export class GapReplay {
   }
 
   async run(filter: GapReplayFilter): Promise<GapReplayResult> {
-    return this.checkpoints.withRunLock(KEY_REPLAY_RUN, async () => {
+    return this.checkpoints.withRunLock(KEY_REPLAY_RUN, async (lock) => {
+      const stillExclusive = () => this.checkpoints.assertHeld(KEY_REPLAY_RUN, lock);
       const startedAt = Date.now();
       // Tokens unique to this attempt: ClickHouse must not drop a replay as a repeat of an earlier one.
       const attempt = randomUUID();
@@ -60,13 +61,15 @@ export class GapReplay {
         try {
           const entity = historyOf(gap.entity as Entity);
           const entries = (await this.gaps.keysOf(gap.id)).map((entry) => entity.readGapEntry(gap.project_id, entry));
-          const done = await new KeyReplay(this.db, this.clickhouse, entity).replay(gap.project_id, entries, `gap:${gap.id}:${attempt}`);
+          const done = await new KeyReplay(this.db, this.clickhouse, entity, stillExclusive).replay(gap.project_id, entries, `gap:${gap.id}:${attempt}`);
           await this.gaps.markReplayed([gap.id]);
           addReplay(total, done);
           replayed += 1;
           failedInARow = 0;
           this.log(`replayed ${about}: ${counted(done.upserted, 'row')} upserted, ${done.tombstoned} tombstoned${done.reset ? `, ${done.reset} reset` : ''}`);
         } catch (error) {
+          // The run's lock is gone: another run may be resetting the same keys, and every later gap would fail so.
+          if (error instanceof RunInProgressError) throw error;
           // One gap that cannot be replayed (a key Postgres rejects) must not keep every later one open;
           // several in a row mean a server is failing, and the rest would only fail the same way.
           const message = errorText(error);

@@ -87,10 +87,15 @@ export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult
 export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   private readonly reader: KeysetReader<Row>;
 
+  /**
+   * `stillExclusive`: throws when the run's lock (KEY_REPLAY_RUN) is no longer held, asked before each reset
+   * chunk: a lock whose session ended (terminated, or cut off) lets another reset of the same keys start.
+   */
   constructor(
     private readonly db: Kysely<DB>,
     private readonly clickhouse: ClickHouseHistory,
     private readonly entity: HistoryEntity<Row, Mirrored>,
+    private readonly stillExclusive: () => Promise<void>,
   ) {
     this.reader = new KeysetReader(db, entity);
   }
@@ -197,6 +202,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
     const written: Row[] = [];
     for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
       const chunk = keys.slice(i, i + KEYS_PER_READ);
+      await this.stillExclusive();
       // From reading the tombstones to writing them back, only this process holds them: a Ctrl-C waits (uninterruptible.ts).
       written.push(...(await uninterruptibly(() => this.resetChunk(projectId, chunk, `${token}:${i}`))));
     }

@@ -223,13 +223,15 @@ export class Verifier {
     const progress = options.repairProgress ?? silentProgress;
     const numbered = differing.map((bucket, i) => ({ bucket, token: `repair:${attempt}:${i}` }));
     // Its resets must not run beside another run's (KEY_REPLAY_RUN): refused, before any key is touched, while one does.
-    await new BackfillCheckpointsRepository(this.db).withRunLock(KEY_REPLAY_RUN, async () => {
+    const checkpoints = new BackfillCheckpointsRepository(this.db);
+    await checkpoints.withRunLock(KEY_REPLAY_RUN, async (lock) => {
+      const stillExclusive = () => checkpoints.assertHeld(KEY_REPLAY_RUN, lock);
       for (const entity of ENTITIES) {
         const buckets = numbered.filter(({ bucket }) => bucket.entity === entity);
         if (buckets.length === 0) continue;
         progress.start(entity, buckets.reduce((n, { bucket }) => n + bucket.postgres.rows, 0));
         try {
-          for (const { bucket, token } of buckets) addReplay(total, await this.repairBucket(bucket, token, progress));
+          for (const { bucket, token } of buckets) addReplay(total, await this.repairBucket(bucket, token, progress, stillExclusive));
         } finally {
           progress.stop();
         }
@@ -334,10 +336,10 @@ export class Verifier {
     for (const b of buckets) if (b.postgres.checksum !== b.clickhouse.checksum) b.differs.push('content');
   }
 
-  private async repairBucket(bucket: BucketComparison, token: string, progress: HistoryProgress): Promise<ReplayResult> {
+  private async repairBucket(bucket: BucketComparison, token: string, progress: HistoryProgress, stillExclusive: () => Promise<void>): Promise<ReplayResult> {
     const entity = historyOf(bucket.entity);
     const reader = new KeysetReader(this.db, entity);
-    const replay = new KeyReplay(this.db, this.clickhouse, entity);
+    const replay = new KeyReplay(this.db, this.clickhouse, entity, stillExclusive);
     const result = emptyReplay();
 
     // Every Postgres row of the bucket at its version, a page at a time.
