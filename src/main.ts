@@ -26,7 +26,10 @@ const ANSWER_GRACE_MS = 1_000;
  * app, which waits for mirrored writes to settle, flushes the mirror and
  * closes the pools in Nest's shutdown hooks. Exits 0 only when nothing was
  * lost on the way: rows the mirror could neither send nor record as gaps, or
- * a shutdown step that failed, end it with 1 and an error line.
+ * a shutdown step that failed, end it with 1 and an error line. (Committed
+ * rows the mirror could not even build records of, a fault of its mappers,
+ * are counted in mirror_record_failures_total and logged when it happens,
+ * for verify to find; they do not change the exit code.)
  */
 async function main(): Promise<void> {
   // Fail fast with a readable message before Nest starts (it would wrap the error in a DI stack trace).
