@@ -483,10 +483,10 @@ describe('decodeOtlpProtobuf', () => {
   });
 });
 
-describe("an export's entries, counted before it is walked or decoded", () => {
-  /** What decoding `request` with at most `max` entries throws, in both encodings (the same for each), or null. */
-  function tooLarge(request: Record<string, unknown>, max: number): string | null {
-    const outcomes = [() => decodeOtlpJson(request, max), () => decodeOtlpProtobuf(toProtobuf(request), max)].map((decode) => {
+describe("an export's entries, counted before it is walked, and in protobuf as it is decoded", () => {
+  /** What decoding `request` with at most `max` entries throws, in each encoding, or null. */
+  function tooLarge(request: Record<string, unknown>, max: number): { json: string | null; protobuf: string | null } {
+    const outcome = (decode: () => unknown) => {
       try {
         decode();
         return null;
@@ -494,34 +494,34 @@ describe("an export's entries, counted before it is walked or decoded", () => {
         expect(error).toBeInstanceOf(OtlpTooLargeError);
         return (error as Error).message;
       }
-    });
-    expect(outcomes[1]).toBe(outcomes[0]);
-    return outcomes[0];
+    };
+    return { json: outcome(() => decodeOtlpJson(request, max)), protobuf: outcome(() => decodeOtlpProtobuf(toProtobuf(request), max)) };
   }
   const scope = (spans: unknown[]) => ({ scopeSpans: [{ spans }] });
+  const limit = (what: string, max: number, got: string) => `${what}: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${got}`;
 
   it('refuses more spans than the bound, counting empty and invalid ones, which would each become a refusal', () => {
-    const spans = [jsonSpan(), {}, { traceId: 'x' }];
-    expect(tooLarge({ resourceSpans: [scope(spans)] }, 2)).toBe('spans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3');
+    const spans = [jsonSpan(), {}, { traceId: 'x' }, {}];
+    // JSON counts them all; the protobuf decode stops at the first past the bound.
+    expect(tooLarge({ resourceSpans: [scope(spans)] }, 2)).toEqual({ json: limit('spans', 2, '4'), protobuf: limit('spans', 2, '3 or more') });
     // Across resources and scopes.
-    expect(tooLarge({ resourceSpans: [scope([{}]), scope([{}, {}])] }, 2)).toBe(
-      'spans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3',
-    );
-    expect(tooLarge({ resourceSpans: [scope(spans)] }, 3)).toBeNull();
+    expect(tooLarge({ resourceSpans: [scope([{}]), scope([{}, {}])] }, 2)).toEqual({ json: limit('spans', 2, '3'), protobuf: limit('spans', 2, '3 or more') });
+    expect(tooLarge({ resourceSpans: [scope(spans)] }, 4)).toEqual({ json: null, protobuf: null });
   });
 
   it('refuses more resources or scopes than the bound, though they hold no spans', () => {
-    expect(tooLarge({ resourceSpans: [{}, {}, {}] }, 2)).toBe('resourceSpans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3 or more');
-    expect(tooLarge({ resourceSpans: [{ scopeSpans: [{}, {}] }, { scopeSpans: [{}] }] }, 2)).toBe(
-      'scopeSpans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3 or more',
-    );
-    expect(tooLarge({ resourceSpans: [{ scopeSpans: [{}] }, { scopeSpans: [{}] }] }, 2)).toBeNull();
+    expect(tooLarge({ resourceSpans: [{}, {}, {}] }, 2)).toEqual({ json: limit('resourceSpans', 2, '3'), protobuf: limit('resourceSpans', 2, '3 or more') });
+    expect(tooLarge({ resourceSpans: [{ scopeSpans: [{}, {}] }, { scopeSpans: [{}] }] }, 2)).toEqual({
+      json: limit('scopeSpans', 2, '3 or more'),
+      protobuf: limit('scopeSpans', 2, '3 or more'),
+    });
+    expect(tooLarge({ resourceSpans: [{ scopeSpans: [{}] }, { scopeSpans: [{}] }] }, 2)).toEqual({ json: null, protobuf: null });
   });
 
   it('counts JSON entries that are not objects, which a protobuf body cannot hold', () => {
-    expect(() => decodeOtlpJson({ resourceSpans: [0, 0, 0] }, 2)).toThrow('resourceSpans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3 or more');
+    expect(() => decodeOtlpJson({ resourceSpans: [0, 0, 0] }, 2)).toThrow(limit('resourceSpans', 2, '3'));
     expect(() => decodeOtlpJson({ resourceSpans: [{ scopeSpans: [0, 'x', null] }] }, 2)).toThrow('scopeSpans: at most 2');
-    expect(() => decodeOtlpJson({ resourceSpans: [scope([0, 'x', null])] }, 2)).toThrow('spans: at most 2 per OTLP export (MAX_OTLP_SPANS), got 3');
+    expect(() => decodeOtlpJson({ resourceSpans: [scope([0, 'x', null])] }, 2)).toThrow(limit('spans', 2, '3'));
   });
 
   it('refuses a truncated protobuf body in the reader\'s words', () => {
@@ -529,32 +529,42 @@ describe("an export's entries, counted before it is walked or decoded", () => {
     expect(refusedWhole(() => decodeOtlpProtobuf(truncated, 10))).toMatch(/^body: not a valid protobuf ExportTraceServiceRequest \(index out of range/);
   });
 
-  it('refuses, without decoding, protobuf bodies the decoder would read otherwise than the count (it is lenient there)', () => {
+  it('stops decoding past the bound however the spans are hidden from a reading of the body\'s bytes (the decoder is lenient)', () => {
+    // A scope whose unknown field 5 runs past the scope's end, over the tag and length of what reads as the
+    // ScopeSpans' schema_url holding 1,000 empty spans: a count of the body's fields sees none there, the
+    // decoder, resuming after the overrun, decodes them all.
+    const hidden = Buffer.alloc(2_000);
+    for (let i = 0; i < hidden.length; i += 2) hidden.set([0x12, 0x00], i);
+    const schemaUrl = Buffer.concat([Buffer.from([0x1a]), varint(hidden.length), hidden]);
+    const scopeSpans = Buffer.concat([Buffer.from([0x0a, 0x02, 0x2a, schemaUrl.length - hidden.length]), schemaUrl]);
+    const resource = Buffer.concat([Buffer.from([0x12]), varint(scopeSpans.length), scopeSpans]);
+    const body = Buffer.concat([Buffer.from([0x0a]), varint(resource.length), resource]);
+    expect(decodeOtlpProtobuf(body).rejected).toHaveLength(1_000);
+    // With the bound, the decode stops at the span past it, not after building all 1,000.
+    expect(() => decodeOtlpProtobuf(body, 2)).toThrow(limit('spans', 2, '3 or more'));
+    // A known field of the wrong wire type, read as a message all the same.
     const threeSpans = toProtobuf({ resourceSpans: [scope([jsonSpan(), jsonSpan({ spanId: 'eee19b7ec3c1b175' }), jsonSpan({ spanId: 'eee19b7ec3c1b176' })])] });
-    // Field 1 as an end-group marker: the decoder reads it as an empty resource and decodes the rest.
-    expect(refusedWhole(() => decodeOtlpProtobuf(Buffer.concat([Buffer.from([0x0c, 0x00]), threeSpans]), 2))).toBe(
-      'body: not a valid protobuf ExportTraceServiceRequest (field 1 at offset 1 has wire type 4, not 2 (a message))',
-    );
-    // A resource that claims 1 byte and holds a scope of spans: the decoder runs past the resource's end and keeps them all.
-    const scopeSpans = ExportTraceServiceRequest.encode({ resourceSpans: [{ scopeSpans: [{ spans: [{}, {}, {}] }] }] } as never).finish();
-    const scopeField = Buffer.from(scopeSpans).subarray(2); // the resource's content: 0x12 <length> <spans>
-    expect(refusedWhole(() => decodeOtlpProtobuf(Buffer.concat([Buffer.from([0x0a, 0x01]), scopeField]), 2))).toMatch(
-      /^body: not a valid protobuf ExportTraceServiceRequest \(index out of range: 4 \+ \d+ > 3\)$/,
-    );
+    expect(() => decodeOtlpProtobuf(Buffer.concat([Buffer.from([0x0c, 0x00]), threeSpans]), 2)).toThrow(limit('spans', 2, '3 or more'));
   });
 
-  it('reads past unknown fields of every wire type, groups included, as the decoder does', () => {
+  it('reads past unknown fields of every wire type, groups included', () => {
     const unknown = Buffer.from([0x98, 0x06, 0x01, 0x93, 0x06, 0x98, 0x06, 0x02, 0x94, 0x06, 0xa5, 0x06, 1, 2, 3, 4]); // field 99 varint; group 98 holding field 99; field 100 fixed32
     const request = Buffer.concat([unknown, toProtobuf(jsonRequest([jsonSpan(), jsonSpan({ spanId: 'eee19b7ec3c1b175' })])), unknown]);
     expect(decodeOtlpProtobuf(request, 2).spans).toHaveLength(2);
-    expect(() => decodeOtlpProtobuf(request, 1)).toThrow('spans: at most 1 per OTLP export (MAX_OTLP_SPANS), got 2');
+    expect(() => decodeOtlpProtobuf(request, 1)).toThrow(limit('spans', 1, '2 or more'));
   });
 
-  it('skips the fields around the spans, a resource and a scope with everything set among them', () => {
-    const request = jsonRequest([jsonSpan(), jsonSpan({ spanId: 'eee19b7ec3c1b175' })]);
-    (request.resourceSpans as Array<Record<string, unknown>>)[0].schemaUrl = 'https://opentelemetry.io/schemas/1.21.0';
-    expect(tooLarge(request, 1)).toBe('spans: at most 1 per OTLP export (MAX_OTLP_SPANS), got 2');
-    expect(tooLarge(request, 2)).toBeNull();
-    expect(decodeOtlpProtobuf(toProtobuf(request), 2).spans).toHaveLength(2);
+  it('counts nothing outside a protobuf decode: the generated decoder, called by anyone else, passes through', () => {
+    const body = toProtobuf({ resourceSpans: [scope([{}, {}, {}])] });
+    expect(() => decodeOtlpProtobuf(body, 2)).toThrow(OtlpTooLargeError);
+    expect((ExportTraceServiceRequest.decode(body) as { resourceSpans: Array<{ scopeSpans: Array<{ spans: unknown[] }> }> }).resourceSpans[0].scopeSpans[0].spans).toHaveLength(3);
   });
 });
+
+/** A protobuf varint. */
+function varint(value: number): Buffer {
+  const bytes: number[] = [];
+  for (; value >= 0x80; value >>>= 7) bytes.push((value & 0x7f) | 0x80);
+  bytes.push(value);
+  return Buffer.from(bytes);
+}

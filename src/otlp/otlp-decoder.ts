@@ -1,6 +1,6 @@
 import generatedRoot = require('@opentelemetry/otlp-transformer/build/src/generated/root');
 import { isUtf8 } from 'node:buffer';
-import { BufferReader, Reader } from 'protobufjs/minimal';
+import { BufferReader } from 'protobufjs/minimal';
 import { jsonProblem, MAX_JSON_DEPTH } from '../http/json-value';
 import { Json, SPAN_KINDS, STATUS_CODES } from '../tracing/span';
 import { MAX_YEAR } from '../tracing/timestamp';
@@ -42,13 +42,15 @@ export const MAX_SCOPE_FIELD_LENGTH = 1024;
 /**
  * An export that holds more entries than it may: more spans than
  * MAX_OTLP_SPANS, or more resources or scopes than that (a resource or a
- * scope without spans stores nothing). Counted from the body's shape before
- * anything in it is walked or, for protobuf, decoded: each entry walked can
- * become a refusal, and a 10 MB body holds millions of empty ones.
+ * scope without spans stores nothing). Counted before anything in the
+ * export is walked (each entry walked can become a refusal, and a 10 MB body
+ * holds millions of empty ones), and a protobuf body as it is decoded: the
+ * decode stops past the bound (see countDecodes).
  */
 export class OtlpTooLargeError extends Error {
-  constructor(readonly path: string, readonly count: number, readonly max: number) {
-    super(`${path}: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${count}${path === 'spans' ? '' : ' or more'}`);
+  /** `counting`: the count stopped at the bound, and the export holds `count` or more. */
+  constructor(readonly path: string, readonly count: number, readonly max: number, counting = false) {
+    super(`${path}: at most ${max} per OTLP export (MAX_OTLP_SPANS), got ${count}${counting ? ' or more' : ''}`);
     this.name = 'OtlpTooLargeError';
   }
 }
@@ -216,65 +218,48 @@ function boundShape(request: Record<string, unknown>, max: number): void {
   for (const resourceSpans of resources) {
     if (!isObject(resourceSpans) || !Array.isArray(resourceSpans.scopeSpans)) continue;
     scopes += resourceSpans.scopeSpans.length;
-    if (scopes > max) throw new OtlpTooLargeError('scopeSpans', scopes, max);
+    if (scopes > max) throw new OtlpTooLargeError('scopeSpans', scopes, max, true);
     spans += spansUnderResource(resourceSpans);
   }
   if (spans > max) throw new OtlpTooLargeError('spans', spans, max);
 }
 
-/**
- * The same count read off a protobuf body's wire format, before the
- * generated decoder builds every message in it (a 2-byte empty span is
- * one): a body past the bound is refused without being decoded. Only the
- * three repeated fields that nest spans are entered
- * (ExportTraceServiceRequest.resource_spans = 1, ResourceSpans.scope_spans
- * = 2, ScopeSpans.spans = 2); every other field is skipped unread.
- *
- * Strict where the decoder is lenient: a field of these levels with another
- * wire type than length-delimited, or a message that runs past its length,
- * makes the body malformed (a parser of another language refuses it too).
- * The decoder would read such a body otherwise than this count does, so it
- * is refused, not decoded. Whatever this count lets through is counted once
- * more after decoding (boundShape), before it is walked.
- */
-function boundProtobufShape(buf: Uint8Array, max: number): void {
-  const reader = Reader.create(buf);
-  let resources = 0;
-  let scopes = 0;
-  let spans = 0;
-  forEachMessage(reader, reader.len, 1, (end) => {
-    if (++resources > max) throw new OtlpTooLargeError('resourceSpans', resources, max);
-    forEachMessage(reader, end, 2, (end) => {
-      if (++scopes > max) throw new OtlpTooLargeError('scopeSpans', scopes, max);
-      forEachMessage(reader, end, 2, (end) => {
-        // Counted to the end, as boundShape counts them: the answer says how many the export holds. Skipping
-        // a span costs nothing but the reading of its tag and length.
-        spans += 1;
-        reader.pos = end;
-      });
-    });
-  });
-  if (spans > max) throw new OtlpTooLargeError('spans', spans, max);
-}
+type CountedLevel = 'resourceSpans' | 'scopeSpans' | 'spans';
 
-/** Calls `enter` with its end for each message in field number `field` before `end`, positioned at its start; skips every other field. */
-function forEachMessage(reader: Reader, end: number, field: number, enter: (end: number) => void): void {
-  while (reader.pos < end) {
-    const tag = reader.uint32();
-    if (tag >>> 3 !== field) {
-      reader.skipType(tag & 7);
-      continue;
-    }
-    if ((tag & 7) !== 2) throw new Error(`field ${field} at offset ${reader.pos} has wire type ${tag & 7}, not 2 (a message)`);
-    const length = reader.uint32();
-    const messageEnd = reader.pos + length;
-    // The reader's own words for it, as the decoder would fail with them.
-    if (messageEnd > end) throw new Error(`index out of range: ${reader.pos} + ${length} > ${end}`);
-    enter(messageEnd);
-    if (reader.pos !== messageEnd) throw new Error(`a message at offset ${reader.pos} runs past its length`);
+/** While decodeOtlpProtobuf runs the generated decoder (synchronously), the bound and what it has built so far. */
+let decoding: { max: number; built: Record<CountedLevel, number> } | null = null;
+
+/**
+ * Bounds the generated decoder itself: each ResourceSpans, ScopeSpans and
+ * Span it builds is counted, and past MAX_OTLP_SPANS of one the decode
+ * stops with OtlpTooLargeError. Without it a 10 MB body of 2-byte empty
+ * spans is 5M Span objects before any check can run, and a count of the
+ * body's bytes made beforehand cannot stand in: the decoder is lenient (it
+ * reads a known field whatever its wire type, and lets a message run past
+ * its length), so a crafted body decodes into spans such a count reads as
+ * the bytes of a string. The generated code looks each message type's
+ * decode up on the root at every call, so the counting wrappers are put
+ * there once; outside decodeOtlpProtobuf they only pass the call on.
+ */
+function countDecodes(): void {
+  const v1 = (generatedRoot as unknown as { opentelemetry: { proto: { trace: { v1: Record<string, { decode: (...args: unknown[]) => unknown }> } } } })
+    .opentelemetry.proto.trace.v1;
+  const levels: Array<[string, CountedLevel]> = [['ResourceSpans', 'resourceSpans'], ['ScopeSpans', 'scopeSpans'], ['Span', 'spans']];
+  for (const [type, level] of levels) {
+    const message = v1[type];
+    const decode = message.decode as ((...args: unknown[]) => unknown) & { counted?: true };
+    if (decode.counted) continue;
+    const counted = Object.assign(
+      function countedDecode(this: unknown, ...args: unknown[]): unknown {
+        if (decoding && ++decoding.built[level] > decoding.max) throw new OtlpTooLargeError(level, decoding.built[level], decoding.max, true);
+        return decode.apply(this, args);
+      },
+      { counted: true as const },
+    );
+    message.decode = counted;
   }
-  if (reader.pos !== end) throw new Error(`a message runs past its length, to offset ${reader.pos}`);
 }
+countDecodes();
 
 /**
  * protobufjs decodes invalid UTF-8 in a string field to U+FFFD, so the stored
@@ -288,16 +273,18 @@ class StrictUtf8Reader extends BufferReader {
   }
 }
 
-/** `maxEntries`: as decodeOtlpJson's, checked before the body is decoded (and again after). */
+/** `maxEntries`: as decodeOtlpJson's, checked as the body is decoded: the decode stops past it (see countDecodes). */
 export function decodeOtlpProtobuf(buf: Buffer, maxEntries = Infinity): OtlpExport {
   let message: ProtoExportTraceServiceRequest;
+  decoding = { max: maxEntries, built: { resourceSpans: 0, scopeSpans: 0, spans: 0 } };
   try {
-    boundProtobufShape(buf, maxEntries);
     // The generated decoder keeps using a reader it is handed, nested messages included.
     message = otlpTraceService.ExportTraceServiceRequest.decode(new StrictUtf8Reader(buf) as unknown as Uint8Array);
   } catch (error) {
     if (error instanceof OtlpTooLargeError) throw error;
     throw new OtlpDecodeError('body', `not a valid protobuf ExportTraceServiceRequest (${(error as Error).message})`);
+  } finally {
+    decoding = null;
   }
   return walkRequest(message as Record<string, unknown>, 'protobuf', maxEntries);
 }

@@ -73,7 +73,8 @@ export class OtlpController {
       throw new UnsupportedMediaTypeException(`Content-Type must be ${OTLP_PROTOBUF} or ${JSON_TYPE}, got "${contentType.slice(0, 100)}"`);
     }
     // Not MAX_BATCH_ITEMS: a collector's batches are larger than REST callers' (see MAX_OTLP_SPANS). The decoders
-    // count an export's spans (and resources and scopes) before they walk it: each entry walked can become a refusal.
+    // count an export's spans (and resources and scopes) before they walk it, each entry walked can become a refusal,
+    // and the protobuf decode stops past the bound.
     const max = this.config.http.maxOtlpSpans;
     // Without a body the parsers leave request.body unset: an empty export.
     const decoded = readable(() =>
