@@ -92,9 +92,17 @@ runCli(USAGE, async (args, log) => {
         : restarting
           ? 'interrupted while starting over, before any row was copied; run the same command (with --restart) again'
           : `interrupted: every batch ClickHouse accepted is checkpointed; ${options.restart ? 'run it again without --restart to resume' : 'run the same command to resume'}`;
-    exitOnSignal(hint, () => progress.stop());
     // Postgres failing mid-run is named, with what a rerun does (ClickHouse's failures are named where they happen).
-    const rerun = gaps ? 'run the same command again once it answers (gaps not marked replayed stay open)' : 'run the same command again once it answers (it resumes from its checkpoint)';
+    const rerun = () =>
+      gaps
+        ? 'run the same command again once it answers (gaps not marked replayed stay open)'
+        : restarting
+          ? 'run the same command (with --restart) again once it answers'
+          : options.restart
+            ? 'once it answers, run the command without --restart to resume (with it, the run starts over)'
+            : 'run the same command again once it answers (it resumes from its checkpoint)';
+    const named = (error: unknown) => namingPostgres(postgres.at, error, rerun());
+    exitOnSignal(hint, () => progress.stop(), { describeFailure: named });
     try {
       if (gaps) {
         const replay = new GapReplay(postgres.db, clickhouse.history, log);
@@ -115,11 +123,12 @@ runCli(USAGE, async (args, log) => {
         }
       } catch (error) {
         // A failure's own advice is to run the same command again, which with --restart would start over.
-        if (!options.restart) throw error;
-        throw new Error(`${errorText(namingPostgres(postgres.at, error, rerun))} (to resume, run the command without --restart: with it, the run starts over)`);
+        // (A Postgres failure's, named below, says so itself.)
+        if (!options.restart || named(error) !== error) throw error;
+        throw new Error(`${errorText(error)} (to resume, run the command without --restart: with it, the run starts over)`);
       }
     } catch (error) {
-      throw namingPostgres(postgres.at, error, rerun);
+      throw named(error);
     } finally {
       await clickhouse.close();
     }

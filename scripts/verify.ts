@@ -39,13 +39,18 @@ runCli(USAGE, async (args, log) => {
   const postgres = await connectPostgres(config, log);
   try {
     const clickhouse = await connectClickHouse(config, log, 'verify');
+    const named = (error: unknown) => namingPostgres(postgres.at, error, 'run the same command again once it answers (a --repair cut short is safe to repeat)');
     try {
       const progress = createProgress(process.stderr, log, 'verify');
       const repairProgress = createProgress(process.stderr, log, 'repair');
-      exitOnSignal('interrupted: verify did not finish; run the same command again (a --repair cut short is safe to repeat)', () => {
-        progress.stop();
-        repairProgress.stop();
-      });
+      exitOnSignal(
+        'interrupted: verify did not finish; run the same command again (a --repair cut short is safe to repeat)',
+        () => {
+          progress.stop();
+          repairProgress.stop();
+        },
+        { describeFailure: named },
+      );
       const verifier = new Verifier(postgres.db, clickhouse.history);
       // A running API's mirror is up to its flush interval (and a send) behind Postgres: a bucket that differs is
       // compared again after that long (this shell's MIRROR_FLUSH_INTERVAL_MS, the API's when both read one .env).
@@ -85,7 +90,7 @@ runCli(USAGE, async (args, log) => {
       }
     } catch (error) {
       // Postgres failing mid-run is named (ClickHouse's failures are named where they happen).
-      throw namingPostgres(postgres.at, error, 'run the same command again once it answers (a --repair cut short is safe to repeat)');
+      throw named(error);
     } finally {
       await clickhouse.close();
     }

@@ -5,7 +5,7 @@ import { HistoryScope, parseScopes, ScopeError, ScopeOptions } from '../../src/d
 import { createClickHouseClients } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { resolveClickHouse } from '../../src/dbs/clickhouse/local-clickhouse';
 import { ParsedFlags } from './flags';
-import { openPostgres, PostgresConnection } from './postgres-cli';
+import { namingPostgres, openPostgres, PostgresConnection } from './postgres-cli';
 import { UsageError } from './run-cli';
 
 /** What `backfill` and `verify` share: their scope options and their two servers. */
@@ -36,7 +36,7 @@ export async function connectPostgres(config: AppConfig, log: (line: string) => 
     if (rows[0].table === null) throw new Error(`${postgres.at} is not migrated (no table backfill_checkpoints): run \`npm run migrate\``);
   } catch (error) {
     await postgres.close();
-    throw error;
+    throw namingPostgres(postgres.at, error, 'run it again once it answers');
   }
   return postgres;
 }

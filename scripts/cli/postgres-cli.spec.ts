@@ -14,6 +14,11 @@ describe('namingPostgres', () => {
     }
     const refused = Object.assign(new Error('connect ECONNREFUSED 10.0.0.5:5432'), { code: 'ECONNREFUSED', syscall: 'connect' });
     expect((named(refused) as Error).message).toBe(`${AT} failed: connect ECONNREFUSED 10.0.0.5:5432; ${THEN}`);
+    // A connection cut under a query in flight: pg hands the socket's error on as it is.
+    const reset = Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET', syscall: 'read' });
+    expect((named(reset) as Error).message).toBe(`${AT} failed: read ECONNRESET; ${THEN}`);
+    const unknownHost = Object.assign(new Error('getaddrinfo ENOTFOUND db'), { code: 'ENOTFOUND', syscall: 'getaddrinfo' });
+    expect((named(unknownHost) as Error).message).toBe(`${AT} failed: getaddrinfo ENOTFOUND db; ${THEN}`);
   });
 
   it('passes every other error as it is: failures already named where they happen, and faults of ours', () => {

@@ -18,22 +18,24 @@ export interface PostgresConnection {
   close(): Promise<void>;
 }
 
-/**
- * An operator command's Postgres: DATABASE_URL or the embedded server, tried
- * with one query before the command starts, so that a server that cannot be
- * used fails the command with its (password-free) URL and the reason, not
- * with whatever the first real statement throws.
- */
 /** The driver's own texts for a connection that failed, was cut or could not be had from the pool (pg, pg-pool). */
 const DRIVER_CONNECTION_FAILURE =
   /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Client was closed and is not queryable)/;
 
-/** An error Postgres or its driver raised: Postgres's own (with a SQLSTATE), or the connection's. */
+/**
+ * Node's socket errors, which pg hands on as they are: a connection it could not open (refused, no such
+ * host), or one cut under a query in flight (reset, timed out, a write to a closed socket).
+ */
+const SOCKET_FAILURE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+/**
+ * An error Postgres or its driver raised: Postgres's own (with a SQLSTATE), or the connection's. A bare socket
+ * error reaching a command's top is Postgres's: ClickHouse's are named where they happen (ClickHouseHistory).
+ */
 function fromPostgres(error: unknown): boolean {
   if (error instanceof DatabaseError) return true;
   if (!(error instanceof Error)) return false;
-  // A connection the pool could not open: node's socket error, e.g. ECONNREFUSED.
-  if ((error as NodeJS.ErrnoException).syscall === 'connect') return true;
+  if (SOCKET_FAILURE_CODES.has((error as NodeJS.ErrnoException).code ?? '')) return true;
   return DRIVER_CONNECTION_FAILURE.test(error.message);
 }
 
@@ -49,6 +51,12 @@ export function namingPostgres(at: string, error: unknown, then: string): unknow
   return fromPostgres(error) ? new Error(`${at} failed: ${errorText(error)}; ${then}`) : error;
 }
 
+/**
+ * An operator command's Postgres: DATABASE_URL or the embedded server, tried
+ * with one query before the command starts, so that a server that cannot be
+ * used fails the command with its (password-free) URL and the reason, not
+ * with whatever the first real statement throws.
+ */
 export async function openPostgres(config: AppConfig, log: (line: string) => void, connections: number, options: PoolOptions = {}): Promise<PostgresConnection> {
   const server = await resolvePostgres(config.postgres, log);
   // No statement timeout, not even a role's or DATABASE_URL's: backfill's count of a scope and verify's

@@ -56,7 +56,12 @@ export function isNpmRepeat(first: { signal: string; at: number }, signal: strin
  * own (a function is asked at the signal, for a hint that depends on how far the command got). `stop` runs first: a progress bar keeps the terminal's cursor hidden
  * and its line wrap off until it is stopped, and exiting skips every finally.
  */
-export function exitOnSignal(message: string | (() => string), stop: () => void, options: { repeatWindowMs?: number } = {}): void {
+export function exitOnSignal(
+  message: string | (() => string),
+  stop: () => void,
+  /** `describeFailure`: what the command makes of an error before printing it (it names the server that failed), as its own error path would. */
+  options: { repeatWindowMs?: number; describeFailure?: (error: unknown) => unknown } = {},
+): void {
   // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
   const say = (text: string) => process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${text}\n`);
   /** The signal whose exit waits for a stretch to end (uninterruptible.ts), and when it came. */
@@ -67,7 +72,7 @@ export function exitOnSignal(message: string | (() => string), stop: () => void,
       // The stretch the exit waited for failed: the command has failed, and says so as it would have, not with
       // the interrupt's hint (verify's "safe to repeat" after an error that says tombstones may be lost).
       if (failure !== undefined) {
-        say(`error: ${errorText(failure)}`);
+        say(`error: ${errorText(options.describeFailure ? options.describeFailure(failure) : failure)}`);
         process.exit(1);
       }
       say(typeof message === 'function' ? message() : message);

@@ -2,7 +2,8 @@
  * A command shaped like verify --repair, for uninterruptible.spec: run by
  * runCli, its signal handler is exitOnSignal's, and it runs one
  * uninterruptible stretch that ends when stdin closes, then says so on
- * stdout; with the argument `fail`, the stretch then fails. REPEAT_WINDOW_MS
+ * stdout; with the argument `fail`, the stretch then fails (its error is
+ * described as the commands describe theirs). REPEAT_WINDOW_MS
  * widens the window in which a repeated signal counts as the same one, so a
  * loaded machine's delays do not decide the spec.
  */
@@ -11,7 +12,9 @@ import { uninterruptibly } from '../../src/dbs/backfill/uninterruptible';
 
 runCli('usage: uninterruptible-signal [fail]', async (args) => {
   const repeatWindowMs = process.env.REPEAT_WINDOW_MS ? Number(process.env.REPEAT_WINDOW_MS) : undefined;
-  exitOnSignal('interrupted', () => process.stdout.write('stopped\n'), { repeatWindowMs });
+  // As backfill and verify name the server that failed: the failure is described before it is printed.
+  const describeFailure = (error: unknown) => new Error(`the server failed: ${(error as Error).message}`);
+  exitOnSignal('interrupted', () => process.stdout.write('stopped\n'), { repeatWindowMs, describeFailure });
   await uninterruptibly(async () => {
     process.stdout.write('inside\n');
     await new Promise<void>((done) => process.stdin.on('end', done).resume());

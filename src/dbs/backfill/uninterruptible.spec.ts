@@ -73,7 +73,7 @@ describe('exitOnSignal with uninterruptibly', () => {
     await run.until('finishing writing back', run.err);
     run.child.stdin!.end();
     expect(await run.done).toBe(1);
-    expect(run.err()).toMatch(/then stopping .*\nerror: the write-back failed: tombstones may be missing\n$/);
+    expect(run.err()).toMatch(/then stopping .*\nerror: the server failed: the write-back failed: tombstones may be missing\n$/);
     expect(run.out()).toBe('inside\nstopped\n');
   }, 30_000);
 });
