@@ -59,6 +59,8 @@ export class GapReplay {
       for await (const gap of this.gaps.open(filter, lastId)) {
         const about = `gap ${gap.id} (${gap.entity}, project ${gap.project_id}, ${counted(gap.key_count, 'key')}, recorded ${gap.recorded_at}: ${gap.reason})`;
         try {
+          // Each gap's writes too, not only its resets (KeyReplay asks before each), wait on the lock still being held.
+          await stillExclusive();
           const entity = historyOf(gap.entity as Entity);
           const entries = (await this.gaps.keysOf(gap.id)).map((entry) => entity.readGapEntry(gap.project_id, entry));
           const done = await new KeyReplay(this.db, this.clickhouse, entity, stillExclusive).replay(gap.project_id, entries, `gap:${gap.id}:${attempt}`);
@@ -69,7 +71,11 @@ export class GapReplay {
           this.log(`replayed ${about}: ${counted(done.upserted, 'row')} upserted, ${done.tombstoned} tombstoned${done.reset ? `, ${done.reset} reset` : ''}`);
         } catch (error) {
           // The run's lock is gone: another run may be resetting the same keys, and every later gap would fail so.
-          if (error instanceof RunInProgressError) throw error;
+          if (error instanceof RunInProgressError) {
+            throw new RunInProgressError(
+              `${error.message} (${counted(replayed, 'gap record')} replayed before it${failed.length ? `; ${failed.length} could not be: ${failed.join('; ')}` : ''})`,
+            );
+          }
           // One gap that cannot be replayed (a key Postgres rejects) must not keep every later one open;
           // several in a row mean a server is failing, and the rest would only fail the same way.
           const message = errorText(error);

@@ -231,7 +231,14 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
         `${token}:tombstones`,
       );
     } catch (error) {
-      if (!removal) throw error;
+      if (!removal) {
+        // The keys' rows are gone from ClickHouse, and the tombstones read above with them: only this process held them.
+        if (tombstones.length === 0) throw error;
+        throw new Error(
+          `removed the keys' rows from ClickHouse, but writing Postgres's rows and ${tombstones.length} saved tombstone(s) back failed: ${errorText(error)} ` +
+            '(tombstones of deleted keys may be missing: run verify once both answer)',
+        );
+      }
       // Both failed: the tombstones read above are lost with this process, which only a verify finds out.
       throw new ClickHouseFailedError(
         `${errorText(removal.error)}; writing Postgres's rows and ${tombstones.length} saved tombstone(s) after it failed too: ${errorText(error)} ` +
