@@ -169,17 +169,19 @@ describe('decodeOtlpJson', () => {
     expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ spans: [] }] }] })).toEqual(none);
   });
 
-  it('notes a level holding only unknown fields where its spans belong (proto field names, a pre-1.0 exporter\'s), and not unknown fields beside them', () => {
+  it('notes a level holding only unknown fields where its spans belong (proto field names, a pre-1.0 exporter\'s), and not unknown fields beside known ones', () => {
     const span = jsonSpan();
-    const note = (path: string, nested: string, fields: string) =>
-      `${path}: no ${nested}, only fields this receiver does not know (${fields}), which were ignored: OTLP/JSON names fields in lowerCamelCase, as of OTLP 1.0`;
-    expect(decodeOtlpJson({ resource_spans: [{ scope_spans: [{ spans: [span] }] }] })).toEqual({ spans: [], rejected: [], ignored: [note('body', 'resourceSpans', '"resource_spans"')] });
-    expect(decodeOtlpJson({ resourceSpans: [{ resource: {}, instrumentationLibrarySpans: [{ spans: [span] }], schemaUrl: '' }] }).ignored).toEqual([
-      note('resourceSpans[0]', 'scopeSpans', '"instrumentationLibrarySpans"'),
+    const note = (path: string, nested: string, fields: string, why = '') =>
+      `${path}: no ${nested}, only fields this receiver does not know (${fields}), which were ignored${why}`;
+    const camel = ': OTLP/JSON names fields in lowerCamelCase (resourceSpans, not resource_spans)';
+    expect(decodeOtlpJson({ resource_spans: [{ scope_spans: [{ spans: [span] }] }] })).toEqual({ spans: [], rejected: [], ignored: [note('body', 'resourceSpans', '"resource_spans"', camel)] });
+    expect(decodeOtlpJson({ resourceSpans: [{ instrumentationLibrarySpans: [{ spans: [span] }] }] }).ignored).toEqual([
+      note('resourceSpans[0]', 'scopeSpans', '"instrumentationLibrarySpans"', ': instrumentationLibrarySpans is what exporters before OTLP 1.0 sent, renamed scopeSpans since'),
     ]);
-    expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ scope: {}, Spans: [span] }] }] }).ignored).toEqual([note('resourceSpans[0].scopeSpans[0]', 'spans', '"Spans"')]);
-    // Beside the fields spans are under, or with nothing at all: nothing to note.
+    expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ Spans: [span] }] }] }).ignored).toEqual([note('resourceSpans[0].scopeSpans[0]', 'spans', '"Spans"')]);
+    // Beside the fields spans are under, beside other known fields, or with nothing at all: nothing to note.
     expect(decodeOtlpJson({ ...jsonRequest([span]), somethingNew: 1 }).ignored).toEqual([]);
+    expect(decodeOtlpJson({ resourceSpans: [{ resource: {}, instrumentationLibrarySpans: [] }, { scopeSpans: [{ scope: {}, foo: 1 }] }] }).ignored).toEqual([]);
     expect(decodeOtlpJson({ resourceSpans: [{}, { scopeSpans: [{}] }] }).ignored).toEqual([]);
     // Protobuf has no field names to get wrong.
     expect(decodeOtlpProtobuf(toProtobuf(jsonRequest([span]))).ignored).toEqual([]);

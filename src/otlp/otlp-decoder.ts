@@ -325,13 +325,16 @@ const MAX_IGNORED_NOTES = 5;
 /** A level without `nested` (the field its spans are under), holding fields none of which this receiver knows. */
 function noteIgnored(decoded: OtlpExport, level: unknown, path: string, nested: string, known: readonly string[]): void {
   if (!isObject(level) || !isAbsent(level[nested]) || decoded.ignored.length >= MAX_IGNORED_NOTES) return;
-  const unknown = Object.keys(level).filter((key) => !known.includes(key));
-  if (unknown.length === 0) return;
-  const shown = unknown.slice(0, 5).map((key) => JSON.stringify(key.slice(0, 64)));
-  decoded.ignored.push(
-    `${path}: no ${nested}, only fields this receiver does not know (${shown.join(', ')}${unknown.length > shown.length ? ', …' : ''}), ` +
-      'which were ignored: OTLP/JSON names fields in lowerCamelCase, as of OTLP 1.0',
-  );
+  const keys = Object.keys(level);
+  // A known field beside the unknown ones (a resource alone, say) is an export that holds no spans there.
+  if (keys.length === 0 || keys.some((key) => known.includes(key))) return;
+  const shown = keys.slice(0, 5).map((key) => JSON.stringify(key.slice(0, 64)));
+  const why = keys.includes('instrumentationLibrarySpans')
+    ? ': instrumentationLibrarySpans is what exporters before OTLP 1.0 sent, renamed scopeSpans since'
+    : keys.some((key) => key.includes('_'))
+      ? ': OTLP/JSON names fields in lowerCamelCase (resourceSpans, not resource_spans)'
+      : '';
+  decoded.ignored.push(`${path}: no ${nested}, only fields this receiver does not know (${shown.join(', ')}${keys.length > shown.length ? ', …' : ''}), which were ignored${why}`);
 }
 
 /** Runs one level of the walk; a refusal there is recorded against the spans under that level, and the walk goes on. */

@@ -342,7 +342,8 @@ describe('OTLP/HTTP receiver', () => {
       expect(res.body).toEqual({
         partialSuccess: {
           rejectedSpans: '0',
-          errorMessage: 'body: no resourceSpans, only fields this receiver does not know ("resource_spans"), which were ignored: OTLP/JSON names fields in lowerCamelCase, as of OTLP 1.0',
+          errorMessage:
+            'body: no resourceSpans, only fields this receiver does not know ("resource_spans"), which were ignored: OTLP/JSON names fields in lowerCamelCase (resourceSpans, not resource_spans)',
         },
       });
       await http().get(`/tracing/traces/${trace}`).set(auth).expect(404);
