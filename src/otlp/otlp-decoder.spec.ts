@@ -169,19 +169,22 @@ describe('decodeOtlpJson', () => {
     expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ spans: [] }] }] })).toEqual(none);
   });
 
-  it('notes a level holding only unknown fields where its spans belong (proto field names, a pre-1.0 exporter\'s), and not unknown fields beside known ones', () => {
+  it('notes a level without the field its spans are under that holds a list under an unknown field instead (proto field names, a pre-1.0 exporter\'s)', () => {
     const span = jsonSpan();
     const note = (path: string, nested: string, fields: string, why = '') =>
-      `${path}: no ${nested}, only fields this receiver does not know (${fields}), which were ignored${why}`;
+      `${path}: no ${nested}, but a list under a field this receiver does not know (${fields}), which was ignored${why}`;
     const camel = ': OTLP/JSON names fields in lowerCamelCase (resourceSpans, not resource_spans)';
     expect(decodeOtlpJson({ resource_spans: [{ scope_spans: [{ spans: [span] }] }] })).toEqual({ spans: [], rejected: [], ignored: [note('body', 'resourceSpans', '"resource_spans"', camel)] });
-    expect(decodeOtlpJson({ resourceSpans: [{ instrumentationLibrarySpans: [{ spans: [span] }] }] }).ignored).toEqual([
+    // As a pre-1.0 exporter sends it: its resource beside the old name.
+    const resource = { attributes: [{ key: 'service.name', value: { stringValue: 'old' } }] };
+    expect(decodeOtlpJson({ resourceSpans: [{ resource, instrumentationLibrarySpans: [{ spans: [span] }] }] }).ignored).toEqual([
       note('resourceSpans[0]', 'scopeSpans', '"instrumentationLibrarySpans"', ': instrumentationLibrarySpans is what exporters before OTLP 1.0 sent, renamed scopeSpans since'),
     ]);
-    expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ Spans: [span] }] }] }).ignored).toEqual([note('resourceSpans[0].scopeSpans[0]', 'spans', '"Spans"')]);
-    // Beside the fields spans are under, beside other known fields, or with nothing at all: nothing to note.
-    expect(decodeOtlpJson({ ...jsonRequest([span]), somethingNew: 1 }).ignored).toEqual([]);
-    expect(decodeOtlpJson({ resourceSpans: [{ resource: {}, instrumentationLibrarySpans: [] }, { scopeSpans: [{ scope: {}, foo: 1 }] }] }).ignored).toEqual([]);
+    expect(decodeOtlpJson({ resourceSpans: [{ resource, scope_spans: [{ spans: [span] }] }] }).ignored).toEqual([note('resourceSpans[0]', 'scopeSpans', '"scope_spans"', camel)]);
+    expect(decodeOtlpJson({ resourceSpans: [{ scopeSpans: [{ scope: {}, Spans: [span] }] }] }).ignored).toEqual([note('resourceSpans[0].scopeSpans[0]', 'spans', '"Spans"')]);
+    // Beside the field spans are under, without a list, with an empty one, or with nothing at all: nothing to note.
+    expect(decodeOtlpJson({ ...jsonRequest([span]), somethingNew: [1] }).ignored).toEqual([]);
+    expect(decodeOtlpJson({ resourceSpans: [{ resource, foo: { a: 1 } }, { scopeSpans: [{ scope: {}, bar: 1 }] }, { instrumentationLibrarySpans: [] }] }).ignored).toEqual([]);
     expect(decodeOtlpJson({ resourceSpans: [{}, { scopeSpans: [{}] }] }).ignored).toEqual([]);
     // Protobuf has no field names to get wrong.
     expect(decodeOtlpProtobuf(toProtobuf(jsonRequest([span]))).ignored).toEqual([]);

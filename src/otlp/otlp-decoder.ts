@@ -115,11 +115,11 @@ export interface OtlpExport {
   spans: OtlpSpan[];
   rejected: OtlpRejection[];
   /**
-   * OTLP/JSON levels that hold none of the fields spans are under, only
-   * fields this receiver does not know: `resource_spans` (a proto field
-   * name, which OTLP/JSON does not take) or a pre-1.0 exporter's
-   * `instrumentationLibrarySpans`. Unknown fields are ignored, as OTLP
-   * requires, so such spans are not stored; the answer warns of it
+   * OTLP/JSON levels without the field spans are under, holding a list
+   * under a field this receiver does not know instead: `resource_spans` (a
+   * proto field name, which OTLP/JSON does not take) or a pre-1.0
+   * exporter's `instrumentationLibrarySpans`. Unknown fields are ignored, as
+   * OTLP requires, so such spans are not stored; the answer warns of it
    * (a partial success refusing none) instead of a bare success.
    */
   ignored: string[];
@@ -322,19 +322,23 @@ function walkRequest(request: Record<string, unknown>, format: Format, maxEntrie
 /** At most this many levels are named in `ignored`; a sender that names its fields wrongly does so everywhere. */
 const MAX_IGNORED_NOTES = 5;
 
-/** A level without `nested` (the field its spans are under), holding fields none of which this receiver knows. */
+/**
+ * A level without `nested` (the field its spans are under) where a field this receiver does not know holds a
+ * non-empty list: spans, most likely, under another name. Known fields beside it do not matter (an exporter
+ * from before OTLP 1.0 sends its `resource` beside `instrumentationLibrarySpans`); a level with no such list
+ * holds no spans to miss.
+ */
 function noteIgnored(decoded: OtlpExport, level: unknown, path: string, nested: string, known: readonly string[]): void {
   if (!isObject(level) || !isAbsent(level[nested]) || decoded.ignored.length >= MAX_IGNORED_NOTES) return;
-  const keys = Object.keys(level);
-  // A known field beside the unknown ones (a resource alone, say) is an export that holds no spans there.
-  if (keys.length === 0 || keys.some((key) => known.includes(key))) return;
+  const keys = Object.keys(level).filter((key) => !known.includes(key) && Array.isArray(level[key]) && (level[key] as unknown[]).length > 0);
+  if (keys.length === 0) return;
   const shown = keys.slice(0, 5).map((key) => JSON.stringify(key.slice(0, 64)));
   const why = keys.includes('instrumentationLibrarySpans')
     ? ': instrumentationLibrarySpans is what exporters before OTLP 1.0 sent, renamed scopeSpans since'
     : keys.some((key) => key.includes('_'))
       ? ': OTLP/JSON names fields in lowerCamelCase (resourceSpans, not resource_spans)'
       : '';
-  decoded.ignored.push(`${path}: no ${nested}, only fields this receiver does not know (${shown.join(', ')}${keys.length > shown.length ? ', …' : ''}), which were ignored${why}`);
+  decoded.ignored.push(`${path}: no ${nested}, but a list under a field this receiver does not know (${shown.join(', ')}${keys.length > shown.length ? ', …' : ''}), which was ignored${why}`);
 }
 
 /** Runs one level of the walk; a refusal there is recorded against the spans under that level, and the walk goes on. */

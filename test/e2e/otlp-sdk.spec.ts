@@ -343,7 +343,7 @@ describe('OTLP/HTTP receiver', () => {
         partialSuccess: {
           rejectedSpans: '0',
           errorMessage:
-            'body: no resourceSpans, only fields this receiver does not know ("resource_spans"), which were ignored: OTLP/JSON names fields in lowerCamelCase (resourceSpans, not resource_spans)',
+            'body: no resourceSpans, but a list under a field this receiver does not know ("resource_spans"), which was ignored: OTLP/JSON names fields in lowerCamelCase (resourceSpans, not resource_spans)',
         },
       });
       await http().get(`/tracing/traces/${trace}`).set(auth).expect(404);
