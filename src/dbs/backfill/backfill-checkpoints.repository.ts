@@ -175,8 +175,8 @@ const stillHeld = (lock: RunLock) => sql<boolean>`exists (select 1 from pg_locks
 const lostLock = (runKey: string) =>
   new RunInProgressError(
     runKey === KEY_REPLAY_RUN
-      ? 'this run resetting keys lost its lock (its Postgres session ended), and stopped before its next write: another may have started; run the same command again'
-      : `backfill run "${runKey}" lost its lock (its Postgres session ended); run the same command again to resume`,
+      ? 'this run resetting keys lost its lock (its Postgres session ended; another may have started), so it stopped: run the same command again'
+      : `backfill run "${runKey}" lost its lock (its Postgres session ended); run it again to resume`,
   );
 
 /**

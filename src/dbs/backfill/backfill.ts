@@ -19,7 +19,7 @@ export class BatchGrewError extends Error {
   constructor(entity: string, counted: number, streamed: number) {
     super(
       `a batch of ${entity} grew from ${counted} to at least ${streamed} rows while it was copied (writes committing into ` +
-        'the history being copied); nothing after the last checkpoint is skipped: run the same command again to resume',
+        'the history being copied); nothing after the last checkpoint is skipped: run it again to resume',
     );
   }
 }

@@ -8,7 +8,7 @@ import { BackfillCheckpointsRepository, KEY_REPLAY_RUN, RunInProgressError } fro
 import { ClickHouseHistory } from './clickhouse-history';
 import { historyOf } from './history-entities';
 import { Entity } from './history-scope';
-import { addReplay, emptyReplay, KeyReplay, ReplayResult } from './key-replay';
+import { addReplay, emptyReplay, KeyReplay, ReplayResult, TombstonesLostError } from './key-replay';
 
 export interface GapReplayFilter {
   entities: Entity[];
@@ -71,10 +71,10 @@ export class GapReplay {
           this.log(`replayed ${about}: ${counted(done.upserted, 'row')} upserted, ${done.tombstoned} tombstoned${done.reset ? `, ${done.reset} reset` : ''}`);
         } catch (error) {
           // The run's lock is gone: another run may be resetting the same keys, and every later gap would fail so.
-          if (error instanceof RunInProgressError) {
-            throw new RunInProgressError(
-              `${error.message} (${counted(replayed, 'gap record')} replayed before it${failed.length ? `; ${failed.length} could not be: ${failed.join('; ')}` : ''})`,
-            );
+          // Or a reset lost the tombstones it held, and every later one would lose its own the same way.
+          if (error instanceof RunInProgressError || error instanceof TombstonesLostError) {
+            const message = `gap ${gap.id}: ${error.message} (${counted(replayed, 'gap record')} replayed before it${failed.length ? `; ${failed.length} could not be: ${failed.join('; ')}` : ''})`;
+            throw error instanceof RunInProgressError ? new RunInProgressError(message) : new TombstonesLostError(message);
           }
           // One gap that cannot be replayed (a key Postgres rejects) must not keep every later one open;
           // several in a row mean a server is failing, and the rest would only fail the same way.

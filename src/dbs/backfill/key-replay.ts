@@ -2,7 +2,7 @@ import { Kysely, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
 import { DB } from '../postgres/database';
 import { errorText } from '../../error-text';
-import { ClickHouseFailedError, ClickHouseHistory } from './clickhouse-history';
+import { ClickHouseHistory } from './clickhouse-history';
 import { GapEntry, HistoryEntity, keyText, MirroredRecord } from './history-entities';
 import { KEYS_PER_READ, KeysetReader } from './keyset-reader';
 import { uninterruptibly } from './uninterruptible';
@@ -84,6 +84,16 @@ export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult
  * outrank a copy of an older version written after it (a backfill that read
  * the key before the delete). The next verify finds that row too.
  */
+/**
+ * A reset removed keys' rows (or may have) and could not write back the
+ * tombstones it had read of them: they are lost with this process, and a
+ * run that goes on would lose more the same way. It stops, and says to run
+ * verify.
+ */
+export class TombstonesLostError extends Error {
+  override name = 'TombstonesLostError';
+}
+
 export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   private readonly reader: KeysetReader<Row>;
 
@@ -234,13 +244,13 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       if (!removal) {
         // The keys' rows are gone from ClickHouse, and the tombstones read above with them: only this process held them.
         if (tombstones.length === 0) throw error;
-        throw new Error(
-          `removed the keys' rows from ClickHouse, but writing Postgres's rows and ${tombstones.length} saved tombstone(s) back failed: ${errorText(error)} ` +
+        throw new TombstonesLostError(
+          `removed the keys' rows from ClickHouse, but writing Postgres's rows and up to ${tombstones.length} saved tombstone(s) back failed: ${errorText(error)} ` +
             '(tombstones of deleted keys may be missing: run verify once both answer)',
         );
       }
       // Both failed: the tombstones read above are lost with this process, which only a verify finds out.
-      throw new ClickHouseFailedError(
+      throw new TombstonesLostError(
         `${errorText(removal.error)}; writing Postgres's rows and ${tombstones.length} saved tombstone(s) after it failed too: ${errorText(error)} ` +
           '(tombstones of deleted keys may be missing: run verify once ClickHouse answers)',
       );
