@@ -24,7 +24,7 @@ describe('namingPostgres', () => {
   it('passes every other error as it is: failures already named where they happen, and faults of ours', () => {
     for (const error of [
       new Error('ClickHouse at http://ch:8123 stopped answering during verify: socket hang up; run it again once it is back'),
-      new Error('Postgres failed during the copy of spans: canceling statement due to user request; run it again once it answers (it resumes)'),
+      new Error('Postgres failed during the copy of spans: canceling statement due to user request; run it again to resume once it answers'),
       new TypeError("Cannot read properties of undefined (reading 'rows')"),
       'a string',
     ]) {

@@ -1,5 +1,5 @@
 import { ConfigError } from '../../src/config/app-config';
-import { deferInterrupt } from '../../src/dbs/backfill/uninterruptible';
+import { deferInterrupt, insideStretch, LOST_IN_A_STRETCH } from '../../src/dbs/backfill/uninterruptible';
 import { errorText } from '../../src/error-text';
 
 /** A mistake in how the command was called: print usage, exit 2. */
@@ -73,6 +73,12 @@ export function exitOnSignal(
       // the interrupt's hint (verify's "safe to repeat" after an error that says tombstones may be lost).
       if (failure !== undefined) {
         say(`error: ${errorText(options.describeFailure ? options.describeFailure(failure) : failure)}`);
+        process.exit(1);
+      }
+      // A second signal ends a stretch part-way: what it held is lost, and the interrupt's hint (verify's "safe to
+      // repeat") would say otherwise.
+      if (insideStretch()) {
+        say(`error: stopped part-way through writing back ${LOST_IN_A_STRETCH}`);
         process.exit(1);
       }
       say(typeof message === 'function' ? message() : message);

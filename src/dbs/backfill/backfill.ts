@@ -217,14 +217,14 @@ export class Backfill {
             // Postgres failing to open the COPY (no connection, too many clients) is Postgres's failure too: unnamed,
             // the insert's retries read its error as ClickHouse's (a SQLSTATE of digits as a ClickHouse code).
             const out = await copyOut(this.postgres.pool, copy.statement).catch((error: unknown) => {
-              throw new RowSourceError(`Postgres failed to start the copy of ${entity.table}: ${errorText(error)}; run it again once it answers (it resumes)`);
+              throw new RowSourceError(`Postgres failed to start the copy of ${entity.table}: ${errorText(error)}; run it again to resume once it answers`);
             });
             out.once('end', sent);
             compacted = new CompactJsonbColumns(entity.copy.columns.length, entity.copy.jsonColumns);
             // Heard before pipeline hears it: the insert then fails naming Postgres, where the client's
             // rejection with the COPY's own error read as ClickHouse failing (and its code as ClickHouse's).
             out.once('error', (error) => {
-              compacted.destroy(new RowSourceError(`Postgres failed during the copy of ${entity.table}: ${errorText(error)}; run it again once it answers (it resumes)`));
+              compacted.destroy(new RowSourceError(`Postgres failed during the copy of ${entity.table}: ${errorText(error)}; run it again to resume once it answers`));
             });
             // pipeline, not pipe: a failure on either side (a Postgres error, a bad line, ClickHouse
             // hanging up) destroys both, so the insert fails at once and the COPY's connection is discarded.

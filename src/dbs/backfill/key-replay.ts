@@ -5,7 +5,7 @@ import { errorText } from '../../error-text';
 import { ClickHouseHistory } from './clickhouse-history';
 import { GapEntry, HistoryEntity, keyText, MirroredRecord } from './history-entities';
 import { KEYS_PER_READ, KeysetReader } from './keyset-reader';
-import { uninterruptibly } from './uninterruptible';
+import { LOST_IN_A_STRETCH, uninterruptibly } from './uninterruptible';
 
 export interface ReplayResult {
   /** Postgres rows written at their current version. */
@@ -245,14 +245,15 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
         // The keys' rows are gone from ClickHouse, and the tombstones read above with them: only this process held them.
         if (tombstones.length === 0) throw error;
         throw new TombstonesLostError(
-          `removed the keys' rows from ClickHouse, but writing Postgres's rows and up to ${tombstones.length} saved tombstone(s) back failed: ${errorText(error)} ` +
-            '(tombstones of deleted keys may be missing: run verify once both answer)',
+          `removed the keys' rows from ClickHouse, but writing Postgres's rows and up to ${tombstones.length} saved tombstone(s) back failed: ${errorText(error)}; ` +
+            `lost with it: ${LOST_IN_A_STRETCH}`,
         );
       }
+      if (tombstones.length === 0) throw removal.error;
       // Both failed: the tombstones read above are lost with this process, which only a verify finds out.
       throw new TombstonesLostError(
-        `${errorText(removal.error)}; writing Postgres's rows and ${tombstones.length} saved tombstone(s) after it failed too: ${errorText(error)} ` +
-          '(tombstones of deleted keys may be missing: run verify once ClickHouse answers)',
+        `${errorText(removal.error)}; writing Postgres's rows and ${tombstones.length} saved tombstone(s) after it failed too: ${errorText(error)}; ` +
+          `lost with it, if the removal went through: ${LOST_IN_A_STRETCH}`,
       );
     }
     if (removal) throw removal.error;

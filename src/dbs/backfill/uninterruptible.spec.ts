@@ -50,18 +50,22 @@ describe('exitOnSignal with uninterruptibly', () => {
     expect(run.child.exitCode).toBeNull();
     await new Promise((r) => setTimeout(r, Math.max(0, first + 3_300 - Date.now())));
     run.child.kill('SIGINT');
-    expect(await run.done).toBe(130);
+    // Cut short inside the stretch: failed, saying what it lost and what to run, not the interrupt's hint.
+    expect(await run.done).toBe(1);
     expect(run.out()).toBe('inside\nstopped\n');
+    expect(run.err()).toMatch(/\nerror: stopped part-way through writing back the tombstones this process held: .*run `npm run verify -- --repair`\n$/);
+    expect(run.err()).not.toContain('interrupted\n');
   }, 30_000);
 
-  it('exits at once on another signal, however soon', async () => {
+  it('exits at once on another signal, however soon, as failed', async () => {
     const run = start();
     await run.until('inside', run.out);
     run.child.kill('SIGINT');
     await run.until('then stopping', run.err);
     run.child.kill('SIGTERM');
-    expect(await run.done).toBe(143);
+    expect(await run.done).toBe(1);
     expect(run.out()).toBe('inside\nstopped\n');
+    expect(run.err()).toContain('error: stopped part-way through writing back');
   }, 30_000);
 
   // A gap replay catches a gap's failure and goes on to the next: the interrupt must still end the run, and

@@ -8,6 +8,14 @@
  * second later (exitOnSignal's repeat window), still exits at once.
  */
 let open = 0;
+
+/**
+ * What a stretch cut short, or failed part-way, loses, and what to do: the tombstones of deleted keys it held.
+ * verify cannot see them missing until a create of such a key still queued in some API lands, hidden no more.
+ */
+export const LOST_IN_A_STRETCH =
+  "the tombstones this process held: deleted keys' tombstones may be missing from ClickHouse, which verify sees only once " +
+  "what the APIs' mirrors still queue has landed: once every API's /health shows queuedRows 0, run `npm run verify -- --repair`";
 let deferred: ((failure?: unknown) => void) | null = null;
 
 /**
@@ -40,4 +48,9 @@ export function deferInterrupt(exit: (failure?: unknown) => void): boolean {
   if (open === 0) return false;
   deferred = exit;
   return true;
+}
+
+/** Whether a stretch is running now: an exit now loses what it holds. */
+export function insideStretch(): boolean {
+  return open > 0;
 }
