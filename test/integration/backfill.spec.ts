@@ -804,7 +804,9 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     const lines: string[] = [];
     const replay = new GapReplay(pg.db, history, (line) => lines.push(line));
     const failure = replay.run({ entities: ['nodes'], projectIds: null });
-    await expect(failure).rejects.toThrow(new RegExp(`^1 gap record could not be replayed and stays open \\(gap ${bad.id}: .*not-a-uuid.*\\); 1 replayed \\(1 row upserted, 0 tombstoned\\)`));
+    await expect(failure).rejects.toThrow(
+      new RegExp(`^1 gap record could not be replayed and stays open \\(gap ${bad.id}: .*not-a-uuid.*\\); 1 replayed \\(1 row upserted, 0 tombstoned\\)\\. Fix the cause and run \`npm run backfill -- --gaps --entity nodes\` again$`),
+    );
     expect(lines).toEqual([expect.stringContaining(`could not replay gap ${bad.id} (nodes`), expect.stringContaining(`replayed gap ${good.id} (nodes`)]);
     expect((await openGaps(gaps)).map((g) => g.id)).toEqual([bad.id]);
     const dao = new NodeMirrorReads(ch.clients.query);

@@ -90,10 +90,17 @@ export class GapReplay {
           `${counted(failed.length, 'gap record')} could not be replayed and stay${failed.length === 1 ? 's' : ''} open (${failed.join('; ')})` +
             (untried > 0 ? `; stopped after ${FAILURES_IN_A_ROW_TO_STOP} failures in a row, ${untried} not tried` : '') +
             `; ${replayed} replayed (${counted(total.upserted, 'row')} upserted, ${total.tombstoned} tombstoned). ` +
-            'Fix the cause and run `npm run backfill -- --gaps` again',
+            `Fix the cause and run \`npm run backfill -- --gaps${scopeFlags(filter)}\` again`,
         );
       }
       return { gaps: replayed, ...total, durationMs: Date.now() - startedAt };
     });
   }
+}
+
+/** The flags that name the replay's scope again: one entity, one project (more come from CLICKHOUSE_PROJECT_IDS, as before). */
+function scopeFlags(filter: GapReplayFilter): string {
+  const entity = filter.entities.length === 1 ? ` --entity ${filter.entities[0]}` : '';
+  const project = filter.projectIds?.length === 1 ? ` --project ${filter.projectIds[0]}` : '';
+  return entity + project;
 }
