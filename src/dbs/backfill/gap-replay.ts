@@ -74,7 +74,8 @@ export class GapReplay {
           // Or a reset lost the tombstones it held, and every later one would lose its own the same way.
           if (error instanceof RunInProgressError || error instanceof TombstonesLostError) {
             const message = `gap ${gap.id}: ${error.message} (${counted(replayed, 'gap record')} replayed before it${failed.length ? `; ${failed.length} could not be: ${failed.join('; ')}` : ''})`;
-            throw error instanceof RunInProgressError ? new RunInProgressError(message) : new TombstonesLostError(message);
+            if (error instanceof RunInProgressError) throw new RunInProgressError(message);
+            throw new TombstonesLostError(`${message}; then run \`npm run backfill -- --gaps${scopeFlags(filter)}\` again for the gaps still open`);
           }
           // One gap that cannot be replayed (a key Postgres rejects) must not keep every later one open;
           // several in a row mean a server is failing, and the rest would only fail the same way.

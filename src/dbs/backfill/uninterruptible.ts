@@ -15,7 +15,8 @@ let open = 0;
  */
 export const LOST_IN_A_STRETCH =
   "the tombstones this process held: deleted keys' tombstones may be missing from ClickHouse, which verify sees only once " +
-  "what the APIs' mirrors still queue has landed: once every API's /health shows queuedRows 0, run `npm run verify -- --repair`";
+  "what the APIs' mirrors had queued by then has landed: once every API's /health shows a lagMs shorter than the time since, or queuedRows 0, " +
+  'run `npm run verify -- --repair`';
 let deferred: ((failure?: unknown) => void) | null = null;
 
 /**
