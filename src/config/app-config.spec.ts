@@ -168,4 +168,25 @@ describe('parseConfig: values that would mean the opposite of what they say', ()
     const id = '0b6f7c55-6a43-4f3a-9d2e-1c3b5a7e9f01';
     expect(parseConfig({ CLICKHOUSE_PROJECT_IDS: `${id},` }).clickhouse.projectIds).toEqual([id]);
   });
+
+  it('never quotes a database URL it cannot redact: a scheme left out, or a keyword string', () => {
+    expect(problems({ DATABASE_URL: 'tracing:s3cret@postgres:5432/tracing' })).toEqual([
+      'DATABASE_URL must be a postgres: or postgresql:// URL; the value given is not one (not shown: it may hold a password)',
+    ]);
+    expect(problems({ DATABASE_URL: 'postgres:app:s3cret@db/tracing' })).toEqual([
+      'DATABASE_URL must be a postgres: or postgresql:// URL; the value given is not one (not shown: it may hold a password)',
+    ]);
+    expect(problems({ DATABASE_URL: 'host=db user=app password=s3cret' }).join()).not.toContain('s3cret');
+    expect(problems({ DATABASE_URL: 'mysql://app:s3cret@db/tracing' })).toEqual(['DATABASE_URL must be a postgres: or postgresql:// URL, got "mysql://app:***@db/tracing"']);
+    expect(parseConfig({ DATABASE_URL: 'postgresql://app:s3cret@db:5432/tracing?sslmode=require' }).postgres.url).toBe('postgresql://app:s3cret@db:5432/tracing?sslmode=require');
+  });
+
+  it('refuses a ClickHouse URL with a path or query, which the client would read as the database and settings', () => {
+    const why = 'the client would read a path as the database and a query as settings; name the database in CLICKHOUSE_DATABASE';
+    expect(problems({ CLICKHOUSE_URL: 'http://ch:8123/default' })).toEqual([`CLICKHOUSE_URL must name the server only (scheme, user, password, host, port), got "http://ch:8123/default": ${why}`]);
+    expect(problems({ CLICKHOUSE_URL: 'https://u:pw@ch:8443?ch_date_time_output_format=iso' })).toEqual([
+      `CLICKHOUSE_URL must name the server only (scheme, user, password, host, port), got "https://u:***@ch:8443?ch_date_time_output_format=iso": ${why}`,
+    ]);
+    expect(parseConfig({ CLICKHOUSE_URL: 'https://u:pw@ch:8443/' }).clickhouse.url).toBe('https://u:pw@ch:8443/');
+  });
 });

@@ -65,23 +65,38 @@ const bare = (fallback: string) =>
     .refine((value) => value === value.trim(), { message: 'must not start or end with spaces' })
     .default(fallback);
 
-const url = (protocols: string[]) =>
+/**
+ * A server's URL. A value that is not one is quoted only where redactUrl can
+ * hide its password, after a `//`: a scheme left out (`app:s3cret@db/x`) or
+ * a libpq keyword string (`host=db password=s3cret`) would be printed whole.
+ * `serverOnly`: no path, query or fragment (ClickHouse's client reads a path
+ * as the database and a query as settings, each over the variables that name
+ * them).
+ */
+const url = (protocols: string[], serverOnly?: string) =>
   z
     .string()
     .optional()
     .transform((value, ctx) => {
       if (value === undefined) return undefined;
-      try {
-        const parsed = new URL(value);
-        if (!protocols.includes(parsed.protocol)) throw new Error('protocol');
-        return value.trim();
-      } catch {
-        ctx.addIssue({
-          code: z.ZodIssueCode.custom,
-          message: `must be a ${protocols.join(' or ')}// URL, got "${redactUrl(value)}"`,
-        });
+      const refuse = (message: string) => {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message });
         return z.NEVER;
+      };
+      const expected = `must be a ${protocols.join(' or ')}// URL`;
+      let parsed: URL;
+      try {
+        parsed = new URL(value);
+      } catch {
+        parsed = new URL('invalid:');
       }
+      if (!protocols.includes(parsed.protocol) || !value.trim().slice(parsed.protocol.length).startsWith('//')) {
+        return refuse(value.includes('//') ? `${expected}, got "${redactUrl(value)}"` : `${expected}; the value given is not one (not shown: it may hold a password)`);
+      }
+      if (serverOnly && ((parsed.pathname !== '' && parsed.pathname !== '/') || parsed.search !== '' || parsed.hash !== '')) {
+        return refuse(`must name the server only (scheme, user, password, host, port), got "${redactUrl(value)}": ${serverOnly}`);
+      }
+      return value.trim();
     });
 
 const uuidList = z
@@ -144,7 +159,7 @@ export const envSchema = z.object({
   EMBEDDED_DATA_DIR: bare('.data'),
 
   USE_CLICKHOUSE: bool('USE_CLICKHOUSE', false),
-  CLICKHOUSE_URL: url(['http:', 'https:']),
+  CLICKHOUSE_URL: url(['http:', 'https:'], 'the client would read a path as the database and a query as settings; name the database in CLICKHOUSE_DATABASE'),
   CLICKHOUSE_USER: z.string().default('default'),
   CLICKHOUSE_PASSWORD: z.string().default(''),
   CLICKHOUSE_DATABASE: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier').default('tracing'),
