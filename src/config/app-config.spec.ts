@@ -189,4 +189,15 @@ describe('parseConfig: values that would mean the opposite of what they say', ()
     ]);
     expect(parseConfig({ CLICKHOUSE_URL: 'https://u:pw@ch:8443/' }).clickhouse.url).toBe('https://u:pw@ch:8443/');
   });
+
+  it('refuses two servers on one port, counting only the embedded servers it would start', () => {
+    expect(problems({ USE_CLICKHOUSE: 'true', EMBEDDED_POSTGRES_PORT: '18123' })).toEqual([
+      'EMBEDDED_POSTGRES_PORT and EMBEDDED_CLICKHOUSE_PORT are both 18123: each server needs a port of its own',
+    ]);
+    expect(problems({ PORT: '15432' })).toEqual(['PORT and EMBEDDED_POSTGRES_PORT are both 15432: each server needs a port of its own']);
+    // A server not started here (DATABASE_URL, CLICKHOUSE_URL, the flag off) takes no port of this host's.
+    expect(problems({ PORT: '15432', DATABASE_URL: 'postgres://db/tracing' })).toEqual([]);
+    expect(problems({ EMBEDDED_POSTGRES_PORT: '18123' })).toEqual([]);
+    expect(problems({ USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: 'http://ch:8123', EMBEDDED_POSTGRES_PORT: '18123' })).toEqual([]);
+  });
 });

@@ -259,6 +259,15 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
         "the server's own timeout rolls a slow statement back cleanly; the client's is for a server that no longer answers",
     ]);
   }
+  // Servers this process may bind or start on one port: the second found it taken, and a local ClickHouse
+  // taken for Postgres failed only later, as the mirror's (rows queued, then became gaps).
+  const ports = [
+    ['PORT', e.PORT],
+    ['EMBEDDED_POSTGRES_PORT', e.DATABASE_URL === undefined ? e.EMBEDDED_POSTGRES_PORT : 0],
+    ['EMBEDDED_CLICKHOUSE_PORT', e.USE_CLICKHOUSE && e.CLICKHOUSE_URL === undefined ? e.EMBEDDED_CLICKHOUSE_PORT : 0],
+  ] as const;
+  const clashes = ports.flatMap(([name, port], i) => ports.slice(i + 1).filter(([, other]) => port !== 0 && other === port).map(([otherName]) => `${name} and ${otherName} are both ${port}`));
+  if (clashes.length > 0) throw new ConfigError(clashes.map((clash) => `${clash}: each server needs a port of its own`));
   const dataDir = e.EMBEDDED_DATA_DIR;
   return {
     http: {
