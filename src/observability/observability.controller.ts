@@ -33,7 +33,7 @@ export class ObservabilityController {
   @ApiResponse({ status: 200, description: '`count`, the page\'s `nodes`, and `next` (pass it as `next` for the following page; null on the last)' })
   @ApiBody({ schema: openApiSchema(nodeQuerySchema) })
   async queryNodes(@ProjectId() projectId: string, @Body() body: unknown) {
-    const page = await this.observability.queryNodePage(projectId, parseBody(nodeQuerySchema, body ?? {}));
+    const page = await this.observability.queryNodePage(projectId, parseBody(nodeQuerySchema, body ?? {}), { maxNodes: this.config.http.maxResponseItems });
     return { count: page.nodes.length, nodes: page.nodes, next: page.next };
   }
 

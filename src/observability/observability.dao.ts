@@ -26,7 +26,8 @@ export interface ObservabilityDao {
   ingestNodes(projectId: string, nodes: NodeInput[]): Promise<ObservabilityNode[]>;
   /** Every node of the tree; with `maxNodes`, more than that many is a TreeTooLargeError and nothing is returned. */
   readTree(projectId: string, treeId: string, options?: { maxNodes?: number }): Promise<ObservabilityNode[]>;
-  queryNodes(projectId: string, query: NodeQuery): Promise<NodePage>;
+  /** One page, newest first; with `maxNodes`, at most that many nodes whatever the query's limit (`next` goes on). */
+  queryNodes(projectId: string, query: NodeQuery, options?: { maxNodes?: number }): Promise<NodePage>;
   deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]>;
 }
 

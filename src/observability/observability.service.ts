@@ -22,8 +22,8 @@ export class ObservabilityService {
     return (await this.dao.queryNodes(projectId, query)).nodes;
   }
 
-  queryNodePage(projectId: string, query: NodeQuery): Promise<NodePage> {
-    return this.dao.queryNodes(projectId, query);
+  queryNodePage(projectId: string, query: NodeQuery, options: { maxNodes?: number } = {}): Promise<NodePage> {
+    return this.dao.queryNodes(projectId, query, options);
   }
 
   /** Returns how many nodes were deleted. */

@@ -414,6 +414,11 @@ describe('REST: /tracing and /observability', () => {
       } while (nodesNext);
       expect(nodeIds).toHaveLength(41);
       expect([...nodeIds].sort()).toEqual(nodes.map((n) => n.node_id).sort());
+      // A page asking for more than one answer carries holds MAX_RESPONSE_ITEMS, and goes on with `next`.
+      const cappedSpans = await http().post('/tracing/spans/query').set(auth).send({ ...pageQuery, windowing: { limit: 1000 } }).expect(200);
+      expect({ count: cappedSpans.body.count, more: cappedSpans.body.next !== null }).toEqual({ count: 40, more: true });
+      const cappedNodes = await http().post('/observability/nodes/query').set(auth).send({ tree_id: tree, limit: 1000 }).expect(200);
+      expect({ count: cappedNodes.body.count, more: cappedNodes.body.next !== null }).toEqual({ count: 40, more: true });
       // Deleting takes the whole trace and tree: the answer is a count.
       expect((await http().delete(`/tracing/traces/${trace}`).set(auth).expect(200)).body.count).toBe(41);
       expect((await http().delete(`/observability/trees/${tree}`).set(auth).expect(200)).body.count).toBe(41);

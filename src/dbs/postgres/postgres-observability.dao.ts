@@ -96,8 +96,9 @@ export class PostgresObservabilityDao implements ObservabilityDao {
    * (project_id[, tree_id], time_start desc, node_id) indexes start a page
    * at the cursor rather than read every newer node first.
    */
-  async queryNodes(projectId: string, query: NodeQuery): Promise<NodePage> {
-    const limit = query.limit ?? DEFAULT_NODE_LIMIT;
+  async queryNodes(projectId: string, query: NodeQuery, options: { maxNodes?: number } = {}): Promise<NodePage> {
+    // No page holds more nodes than one answer carries (MAX_RESPONSE_ITEMS), whatever limit asked for; `next` goes on.
+    const limit = Math.min(query.limit ?? DEFAULT_NODE_LIMIT, options.maxNodes ?? Infinity);
     let q = this.db.selectFrom('nodes').selectAll().where('project_id', '=', projectId);
     if (query.tree_id) q = q.where('tree_id', '=', query.tree_id);
     if (query.node_type) q = q.where('node_type', '=', query.node_type);

@@ -20,7 +20,10 @@ type Order = NonNullable<Windowing['order']>;
 export async function querySpans(db: Kysely<DB>, projectId: string, query: SpanQuery, bound: SpanBound = {}): Promise<SpanPage> {
   const windowing = query.windowing ?? {};
   const order: Order = windowing.order ?? 'descending';
-  const limit = windowing.limit ?? DEFAULT_LIMIT;
+  // Focus span: no page holds more spans than one answer carries (MAX_RESPONSE_ITEMS), whatever limit asked for;
+  // `next` goes on from where it ends. (Focus trace: limit counts traces, and maxSpans bounds their spans below.)
+  const asked = windowing.limit ?? DEFAULT_LIMIT;
+  const limit = query.focus === 'span' && bound.maxSpans !== undefined ? Math.min(asked, bound.maxSpans) : asked;
   const tag = cursorTag(`${query.focus}:${order}`, { filter: query.filter, oldest: windowing.oldest, newest: windowing.newest });
   const after = windowing.next === undefined ? null : decodeSpanCursor(windowing.next, query.focus, tag);
   const page = { projectId, filter: query.filter, windowing, order, limit, after, tag, maxSpans: bound.maxSpans };
