@@ -64,7 +64,7 @@ const FOCUS = optional({
 const ANALYTICS_FOCUS = {
   ...FOCUS,
   description:
-    'span: every matching span; trace: each trace with a matching span once, measured on its root span (parent_id null; of several, the earliest) and bucketed by its ' +
+    'span: every matching span; trace: each trace with a matching span once, measured on its root span (parent_id null) and bucketed by its ' +
     'start_time; a trace without a stored root (not arrived yet, or whose local root has a remote parent) is not counted',
 };
 

@@ -583,18 +583,6 @@ describe('span queries on Postgres', () => {
       expect(agent.map((b) => [b.total.count, b.total.tokens])).toEqual([[1, 42]]);
     });
 
-    it('with focus trace, counts a trace with several spans without a parent once, by its earliest', async () => {
-      const Q = projectId('analytics-two-roots');
-      const T = traceId('two-roots');
-      await insert(Q, [
-        { span_name: 'first root', trace_id: T, span_id: spanId('r1'), start_time: '2026-11-22T10:01:00.000000Z' },
-        { span_name: 'second root', trace_id: T, span_id: spanId('r2'), start_time: '2026-11-22T10:02:00.000000Z', attributes: { gen_ai: { usage: { input_tokens: 3, output_tokens: 4 } } } },
-      ]);
-      const buckets = await spanAnalytics(test.db, Q, parseAnalyticsQuery({ focus: 'trace', windowing: { oldest: '2026-11-22T10:00:00Z', newest: '2026-11-22T10:10:00Z', interval: 10 } }));
-      // Once, with the trace's usage (the earliest root has none of its own); not twice with 14 tokens.
-      expect(buckets.map((b) => [b.total.count, b.total.tokens])).toEqual([[1, 7]]);
-    });
-
     it('applies the filter to spans (focus span) or to any span of the trace (focus trace)', async () => {
       const filter = { conditions: [{ field: 'span_type', operator: 'eq', value: 'llm' }] };
       expect(await analytics({ filter })).toEqual([

@@ -212,8 +212,8 @@ interface BucketRow {
 /**
  * Buckets of `interval` minutes from oldest, every one present (zeros where
  * empty), spans assigned by start_time. Focus span measures every matching
- * span; focus trace measures the root span (parent_id is null; of several,
- * the earliest) of traces with at least one matching span, so each trace counts once with its cumulative
+ * span; focus trace measures root spans (parent_id is null) of traces with
+ * at least one matching span, so each trace counts once with its cumulative
  * metrics (tokens: the root's own GenAI usage when it has no cumulative
  * total, else the GenAI usage of all its spans).
  */
@@ -221,17 +221,10 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
   const { oldest, newest, interval } = query.windowing;
   const width = sql`make_interval(mins => ${interval}::int)`;
   const filter = query.filter ? spanFilter(query.filter) : sql<SqlBool>`true`;
-  // A trace is measured by one root: its earliest (by start_time, then span_id). A trace can have several spans
-  // without a parent (REST's parent_id defaults to null), and each counted it again, with its tokens.
   const selection = query.focus === 'trace'
-    ? sql<SqlBool>`parent_id is null
-        and not exists (
-          select 1 from spans as earlier
-          where earlier.project_id = spans.project_id and earlier.trace_id = spans.trace_id and earlier.parent_id is null
-            and (earlier.start_time, earlier.span_id) < (spans.start_time, spans.span_id))
-        and exists (
-          select 1 from spans as member
-          where member.project_id = spans.project_id and member.trace_id = spans.trace_id and ${filter})`
+    ? sql<SqlBool>`parent_id is null and exists (
+        select 1 from spans as member
+        where member.project_id = spans.project_id and member.trace_id = spans.trace_id and ${filter})`
     : filter;
   const usage = sql`coalesce(${attributeNumber(INPUT_TOKENS_PATH)}, 0) + coalesce(${attributeNumber(OUTPUT_TOKENS_PATH)}, 0)`;
   const hasUsage = sql`(${attributeNumber(INPUT_TOKENS_PATH)} is not null or ${attributeNumber(OUTPUT_TOKENS_PATH)} is not null)`;
