@@ -177,17 +177,26 @@ describe('parseConfig: values that would mean the opposite of what they say', ()
       'DATABASE_URL must be a postgres: or postgresql:// URL; the value given is not one (not shown: it may hold a password)',
     ]);
     expect(problems({ DATABASE_URL: 'host=db user=app password=s3cret' }).join()).not.toContain('s3cret');
+    // A '//' in the password is not the authority form redactUrl hides a password in.
+    expect(problems({ DATABASE_URL: 'app:Zm9v//YmFy@db/tracing' }).join()).not.toContain('YmFy');
+    expect(problems({ DATABASE_URL: 'postgresql:/app:s3//cret@db/x' }).join()).not.toContain('cret');
     expect(problems({ DATABASE_URL: 'mysql://app:s3cret@db/tracing' })).toEqual(['DATABASE_URL must be a postgres: or postgresql:// URL, got "mysql://app:***@db/tracing"']);
     expect(parseConfig({ DATABASE_URL: 'postgresql://app:s3cret@db:5432/tracing?sslmode=require' }).postgres.url).toBe('postgresql://app:s3cret@db:5432/tracing?sslmode=require');
   });
 
   it('refuses a ClickHouse URL with a path or query, which the client would read as the database and settings', () => {
     const why = 'the client would read a path as the database and a query as settings; name the database in CLICKHOUSE_DATABASE';
-    expect(problems({ CLICKHOUSE_URL: 'http://ch:8123/default' })).toEqual([`CLICKHOUSE_URL must name the server only (scheme, user, password, host, port), got "http://ch:8123/default": ${why}`]);
+    const server = 'must name the server only (scheme, user, password, host, port; a proxy\'s ?pathname= and ?http_header_… too)';
+    expect(problems({ CLICKHOUSE_URL: 'http://ch:8123/default' })).toEqual([`CLICKHOUSE_URL ${server}, got "http://ch:8123/default": ${why}`]);
     expect(problems({ CLICKHOUSE_URL: 'https://u:pw@ch:8443?ch_date_time_output_format=iso' })).toEqual([
-      `CLICKHOUSE_URL must name the server only (scheme, user, password, host, port), got "https://u:***@ch:8443?ch_date_time_output_format=iso": ${why}`,
+      `CLICKHOUSE_URL ${server}, got "https://u:***@ch:8443?ch_date_time_output_format=iso": ${why}`,
     ]);
+    expect(problems({ CLICKHOUSE_URL: 'https://ch:8443?request_timeout=1' })).toHaveLength(1);
     expect(parseConfig({ CLICKHOUSE_URL: 'https://u:pw@ch:8443/' }).clickhouse.url).toBe('https://u:pw@ch:8443/');
+    // A proxy that routes by path, and headers for it: the client's own parameters, not settings.
+    expect(parseConfig({ CLICKHOUSE_URL: 'https://gw.example/?pathname=/clickhouse&http_header_X-Team=obs' }).clickhouse.url).toBe(
+      'https://gw.example/?pathname=/clickhouse&http_header_X-Team=obs',
+    );
   });
 
   it('refuses two servers on one port, counting only the embedded servers it would start', () => {

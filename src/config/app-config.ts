@@ -69,9 +69,10 @@ const bare = (fallback: string) =>
  * A server's URL. A value that is not one is quoted only where redactUrl can
  * hide its password, after a `//`: a scheme left out (`app:s3cret@db/x`) or
  * a libpq keyword string (`host=db password=s3cret`) would be printed whole.
- * `serverOnly`: no path, query or fragment (ClickHouse's client reads a path
- * as the database and a query as settings, each over the variables that name
- * them).
+ * `serverOnly`: no path, fragment or query parameter but the client's own
+ * `pathname` and `http_header_*` (ClickHouse's client reads a path as the
+ * database and other parameters as settings or options, over the variables
+ * that name them).
  */
 const url = (protocols: string[], serverOnly?: string) =>
   z
@@ -90,11 +91,15 @@ const url = (protocols: string[], serverOnly?: string) =>
       } catch {
         parsed = new URL('invalid:');
       }
-      if (!protocols.includes(parsed.protocol) || !value.trim().slice(parsed.protocol.length).startsWith('//')) {
-        return refuse(value.includes('//') ? `${expected}, got "${redactUrl(value)}"` : `${expected}; the value given is not one (not shown: it may hold a password)`);
+      // redactUrl hides a password in the authority form only: a scheme, then `//` at once.
+      const authorityForm = /^[a-z][a-z0-9+.-]*:\/\//i.test(value.trim());
+      if (!protocols.includes(parsed.protocol) || !authorityForm) {
+        return refuse(authorityForm && parsed.protocol !== 'invalid:' ? `${expected}, got "${redactUrl(value)}"` : `${expected}; the value given is not one (not shown: it may hold a password)`);
       }
-      if (serverOnly && ((parsed.pathname !== '' && parsed.pathname !== '/') || parsed.search !== '' || parsed.hash !== '')) {
-        return refuse(`must name the server only (scheme, user, password, host, port), got "${redactUrl(value)}": ${serverOnly}`);
+      // The client's own parameters that are not settings: a proxy's path prefix, and headers to send.
+      const clientOnly = (key: string) => key === 'pathname' || key.startsWith('http_header_');
+      if (serverOnly && ((parsed.pathname !== '' && parsed.pathname !== '/') || parsed.hash !== '' || [...parsed.searchParams.keys()].some((key) => !clientOnly(key)))) {
+        return refuse(`must name the server only (scheme, user, password, host, port; a proxy's ?pathname= and ?http_header_… too), got "${redactUrl(value)}": ${serverOnly}`);
       }
       return value.trim();
     });
