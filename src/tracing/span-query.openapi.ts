@@ -80,7 +80,7 @@ export const SPAN_QUERY_BODY = {
       properties: {
         oldest: optional({ ...TIME, description: `Inclusive lower bound on start_time. ${TIME.description}` }),
         newest: optional({ ...TIME, description: `Exclusive upper bound on start_time. ${TIME.description}` }),
-        limit: optional({ type: 'integer', minimum: 1, maximum: MAX_LIMIT, description: 'Spans per page (focus span) or traces per page (focus trace)' }),
+        limit: optional({ type: 'integer', minimum: 1, maximum: MAX_LIMIT, description: 'Spans per page (focus span; at most MAX_RESPONSE_ITEMS) or traces per page (focus trace). A page may hold fewer: `next` being null, not the count, says it is the last' }),
         order: optional({ type: 'string', enum: ['ascending', 'descending'] }),
         next: optional({ type: 'string', description: 'The previous page\'s `next`, with the same focus, order, filter and window (another is a 400; the limit may change)' }),
       },

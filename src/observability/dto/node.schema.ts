@@ -66,7 +66,9 @@ export const nodeQuerySchema = z
     oldest: absentIfNull(timestampSchema),
     newest: absentIfNull(timestampSchema),
     // A JSON number only, as windowing.limit in span queries: coercion took "5", true and [3] as limits.
-    limit: absentIfNull(z.number({ invalid_type_error: LIMIT_MESSAGE }).int(LIMIT_MESSAGE).min(1, LIMIT_MESSAGE).max(MAX_LIMIT, LIMIT_MESSAGE)),
+    limit: absentIfNull(z.number({ invalid_type_error: LIMIT_MESSAGE }).int(LIMIT_MESSAGE).min(1, LIMIT_MESSAGE).max(MAX_LIMIT, LIMIT_MESSAGE)).describe(
+      'Nodes per page, at most MAX_RESPONSE_ITEMS: a page may hold fewer, and `next` being null, not the count, says it is the last',
+    ),
     next: absentIfNull(z.string({ invalid_type_error: CURSOR_MESSAGE }).regex(/^[A-Za-z0-9_-]+$/, CURSOR_MESSAGE).max(MAX_CURSOR_LENGTH, CURSOR_MESSAGE)).describe(
       "The previous page's `next`, with the same tree_id, node_type, node_name and window (another is a 400; the limit may change)",
     ),
