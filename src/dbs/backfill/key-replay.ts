@@ -54,6 +54,16 @@ export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult
 }
 
 /**
+ * A reset removed keys' rows (or may have) and could not write back the
+ * tombstones it had read of them: they are lost with this process, and a
+ * run that goes on would lose more the same way. It stops, and says to run
+ * verify.
+ */
+export class TombstonesLostError extends Error {
+  override name = 'TombstonesLostError';
+}
+
+/**
  * Brings named keys of one project in ClickHouse to what Postgres holds now:
  * the one mechanism behind `backfill --gaps` and `verify --repair`.
  *
@@ -84,16 +94,6 @@ export function addReplay(total: ReplayResult, more: ReplayResult): ReplayResult
  * outrank a copy of an older version written after it (a backfill that read
  * the key before the delete). The next verify finds that row too.
  */
-/**
- * A reset removed keys' rows (or may have) and could not write back the
- * tombstones it had read of them: they are lost with this process, and a
- * run that goes on would lose more the same way. It stops, and says to run
- * verify.
- */
-export class TombstonesLostError extends Error {
-  override name = 'TombstonesLostError';
-}
-
 export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   private readonly reader: KeysetReader<Row>;
 

@@ -8,6 +8,7 @@
  * second later (exitOnSignal's repeat window), still exits at once.
  */
 let open = 0;
+let deferred: ((failure?: unknown) => void) | null = null;
 
 /**
  * What a stretch cut short, or failed part-way, loses, and what to do: the tombstones of deleted keys it held.
@@ -17,7 +18,6 @@ export const LOST_IN_A_STRETCH =
   "the tombstones this process held: deleted keys' tombstones may be missing from ClickHouse, which verify sees only once " +
   "what the APIs' mirrors had queued by then has landed: once every API's /health shows a lagMs shorter than the time since, or queuedRows 0, " +
   'run `npm run verify -- --repair`';
-let deferred: ((failure?: unknown) => void) | null = null;
 
 /**
  * Runs `work`; an interrupt that comes meanwhile takes effect when it (and any other such stretch) ends,

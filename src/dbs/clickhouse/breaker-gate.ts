@@ -98,8 +98,11 @@ export class BreakerGate {
     this.wakeWaiters();
   }
 
-  /** Apply a breaker change and react to a new state: update the gauge, log, and wake or schedule the waiting senders. */
-  /** `failure`: what failed, when a failure made the change (a send that was out before the breaker opened can end after the open period). */
+  /**
+   * Apply a breaker change and react to a new state: update the gauge, log, and wake or schedule the waiting
+   * senders. `failure`: what failed, when a failure made the change (a send that was out before the breaker
+   * opened can end after the open period).
+   */
   private change(apply: () => void, failure?: 'send' | 'probe'): void {
     const before = this.breaker.state;
     apply();
