@@ -54,19 +54,19 @@ runCli(USAGE, async (args, log) => {
   try {
     // Every scope has the same projects (--project, or CLICKHOUSE_PROJECT_IDS, or all).
     const gapScope = { entities: scopes.map((s) => s.entity), projectIds: scopes[0].projectIds };
+    // A dry run reads only Postgres: its failure is named, and rerunning changes nothing.
+    const dryRunFailed = (error: unknown) => {
+      throw namingPostgres(postgres.at, error, 'run it again once it answers');
+    };
     if (dryRun && gaps) {
-      const open = await new PostgresMirrorGapsRepository(postgres.db).totals(gapScope).catch((error: unknown) => {
-        throw namingPostgres(postgres.at, error, 'run it again once it answers');
-      });
+      const open = await new PostgresMirrorGapsRepository(postgres.db).totals(gapScope).catch(dryRunFailed);
       process.stdout.write(`dry run: ${counted(open.gaps, 'open gap record')}, ${counted(open.rows, 'row')} to replay; nothing written\n`);
       return;
     }
     if (dryRun) {
       // Counting needs only Postgres; ClickHouse is not touched.
       for (const scope of scopes) {
-        const plan = await planBackfill(postgres.db, scope, options).catch((error: unknown) => {
-          throw namingPostgres(postgres.at, error, 'run it again once it answers');
-        });
+        const plan = await planBackfill(postgres.db, scope, options).catch(dryRunFailed);
         const onRestart = plan.rowsOnRestart === undefined ? '' : `; --restart would copy ${plan.rowsOnRestart}`;
         // Not asked here: a table made again since (or another server's) has the real run start over.
         const into = plan.target ? `; as long as ClickHouse's ${plan.entity} table is still ${plan.target}, the one it copied into` : '';

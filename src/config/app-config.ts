@@ -85,16 +85,16 @@ const url = (protocols: string[], serverOnly?: string) =>
         return z.NEVER;
       };
       const expected = `must be a ${protocols.join(' or ')}// URL`;
-      let parsed: URL;
+      let parsed: URL | null = null;
       try {
         parsed = new URL(value);
       } catch {
-        parsed = new URL('invalid:');
+        // Not a URL at all: refused below, unquoted.
       }
       // redactUrl hides a password in the authority form only: a scheme, then `//` at once.
       const authorityForm = /^[a-z][a-z0-9+.-]*:\/\//i.test(value.trim());
-      if (!protocols.includes(parsed.protocol) || !authorityForm) {
-        return refuse(authorityForm && parsed.protocol !== 'invalid:' ? `${expected}, got "${redactUrl(value)}"` : `${expected}; the value given is not one (not shown: it may hold a password)`);
+      if (parsed === null || !protocols.includes(parsed.protocol) || !authorityForm) {
+        return refuse(parsed !== null && authorityForm ? `${expected}, got "${redactUrl(value)}"` : `${expected}; the value given is not one (not shown: it may hold a password)`);
       }
       // The client's own parameters that are not settings: a proxy's path prefix, and headers to send.
       const clientOnly = (key: string) => key === 'pathname' || key.startsWith('http_header_');

@@ -535,15 +535,22 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     expect(await new GapReplay(pg.db, history).run({ entities: ['spans', 'nodes'], projectIds: null })).toMatchObject({ gaps: 0, upserted: 0 });
   });
 
-  it('--gaps resets a key whose ClickHouse row, at a newer version, is on the creation day Postgres holds it on, rather than tombstoning that day', async () => {
+  /**
+   * A span in Postgres whose key needs a reset, in a gap: ClickHouse's live row of the key was created earlier
+   * that day, at a version above Postgres's (a re-create that raced an update of the row before it, whose
+   * delete went into a gap). Its span_name there is 'deleted'.
+   */
+  async function keyAheadInGap() {
     await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
     const held = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
-    // ClickHouse's live row of the key: created earlier that day, at a version above Postgres's (a re-create
-    // that raced an update of the row before it, whose delete went into a gap).
     const stale = { ...held, created_at: '2026-10-01T08:00:00.000001Z', span_name: 'deleted', version: held.version + 1_000n };
     await history.insert('spans', [spanHistory.line(stale)], 'stale');
     await new PostgresMirrorGapsRepository(pg.db).record(groupIntoGaps([toSpanGapRow(held)], 'queue_full'));
+    return held;
+  }
 
+  it('--gaps resets a key whose ClickHouse row, at a newer version, is on the creation day Postgres holds it on, rather than tombstoning that day', async () => {
+    const held = await keyAheadInGap();
     expect(await new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null })).toMatchObject({ gaps: 1, reset: 1, tombstoned: 0 });
     // Was hidden: a tombstone on that day's sort key outranked the row Postgres holds.
     const spans = await new SpanMirrorReads(ch.clients.query).readSpans(P1, [{ trace_id: held.trace_id, span_id: held.span_id }]);
@@ -552,11 +559,7 @@ describe('backfill (real Postgres and ClickHouse)', () => {
   });
 
   it('--gaps stops before a reset once its lock session is gone (another run may be resetting the same keys), leaving the gap open', async () => {
-    await seedSpans(pg.db, { projects: [P1], days: 1, rows: 1, createdAt: '2026-10-01T12:00:00.000001Z' });
-    const held = spanHistory.mirrored(await pg.db.selectFrom('spans').selectAll().executeTakeFirstOrThrow());
-    const stale = { ...held, created_at: '2026-10-01T08:00:00.000001Z', span_name: 'deleted', version: held.version + 1_000n };
-    await history.insert('spans', [spanHistory.line(stale)], 'stale');
-    await new PostgresMirrorGapsRepository(pg.db).record(groupIntoGaps([toSpanGapRow(held)], 'queue_full'));
+    const held = await keyAheadInGap();
     // The key needs a reset (its ClickHouse row outranks Postgres's); its lock session ends just before.
     const losing = Object.create(history) as ClickHouseHistory;
     losing.readLive = async (...args) => {
