@@ -60,12 +60,15 @@ const FOCUS = optional({
     'in the window by its start before it is cut: on a large project, bound the window with `oldest` (only a lower bound narrows that read)',
 });
 
-/** Analytics measures a trace once, on its root span: what it counts differs from what a query returns. */
+/** Analytics measures a trace once, on its root spans: what it counts differs from what a query returns. */
 const ANALYTICS_FOCUS = {
   ...FOCUS,
   description:
-    'span: every matching span; trace: each trace with a matching span once, measured on its root span (parent_id null) and bucketed by its ' +
-    'start_time; a trace without a stored root (not arrived yet, or whose local root has a remote parent) is not counted',
+    'span: every matching span; trace: each trace with a matching span once, in the bucket of its first root span (parent_id null; a span ' +
+    'posted without a parent is one, so a trace may have several) and only in the window holding that root. Measured over its roots: an ' +
+    'error when any root is; duration from the first root\'s start to the last root\'s end; costs summed over the roots; tokens the roots\' ' +
+    'own (a cumulative total, else their GenAI usage) when each root has some, else the GenAI usage of all the trace\'s spans. A trace ' +
+    'without a stored root (not arrived yet, or whose local root has a remote parent) is not counted',
 };
 
 export const SPAN_QUERY_BODY = {

@@ -104,7 +104,7 @@ describe('npm run apikey on a schema that is not this build\'s', () => {
     const refused = await create({ MIGRATE_ON_START: 'false' });
     expect(refused.code).toBe(1);
     expect(refused.stderr).toBe(
-      'error: the Postgres schema is behind this build: pending migrations 0001_initial, 0002_node_page_indexes. Run `npm run migrate` (or set MIGRATE_ON_START=true), then try again.\n',
+      'error: the Postgres schema is behind this build: pending migrations 0001_initial, 0002_node_page_indexes, 0003_trace_roots_index. Run `npm run migrate` (or set MIGRATE_ON_START=true), then try again.\n',
     );
     const { rows } = await sql<{ table: string | null }>`select to_regclass('api_keys')::text as table`.execute(test.db);
     expect(rows[0].table).toBeNull();
@@ -112,7 +112,7 @@ describe('npm run apikey on a schema that is not this build\'s', () => {
     const migrated = await create({ MIGRATE_ON_START: 'true' });
     expect(migrated.code).toBe(0);
     // Said, not silent: a `npm run migrate -- down` undone by an apikey run should not surprise anyone.
-    expect(migrated.stderr).toContain('applied migrations: 0001_initial, 0002_node_page_indexes\n');
+    expect(migrated.stderr).toContain('applied migrations: 0001_initial, 0002_node_page_indexes, 0003_trace_roots_index\n');
     expect(await test.db.selectFrom('api_keys').select('project_id').execute()).toEqual([{ project_id: projectId }]);
   });
 });

@@ -14,24 +14,24 @@ describe('npm run migrate', () => {
   it('status lists what is applied and what is pending (exit 3 while any is); down and latest move between them', async () => {
     const current = await migrate('status');
     expect(current).toMatchObject({ code: 0, stderr: 'the schema is current for this build\n' });
-    expect(current.stdout).toMatch(/^0001_initial {2}applied \d{4}-\d\d-\d\dT[\d:.]+Z\n0002_node_page_indexes {2}applied [\d:.TZ-]+\n$/);
+    expect(current.stdout).toMatch(/^0001_initial {2}applied \d{4}-\d\d-\d\dT[\d:.]+Z\n0002_node_page_indexes {2}applied [\d:.TZ-]+\n0003_trace_roots_index {2}applied [\d:.TZ-]+\n$/);
 
-    expect(await migrate('down', '--yes')).toMatchObject({ code: 0, stderr: 'reverted 0002_node_page_indexes\n' });
+    expect(await migrate('down', '--yes')).toMatchObject({ code: 0, stderr: 'reverted 0003_trace_roots_index\n' });
     expect(await migrate('status')).toMatchObject({
       code: 3,
-      stdout: expect.stringMatching(/^0001_initial {2}applied .*\n0002_node_page_indexes {2}pending\n$/),
+      stdout: expect.stringMatching(/^0001_initial {2}applied .*\n0002_node_page_indexes {2}applied .*\n0003_trace_roots_index {2}pending\n$/),
       stderr: '1 pending: run `npm run migrate`\n',
     });
-    expect(await migrate()).toMatchObject({ code: 0, stderr: 'applied 0002_node_page_indexes\n' });
+    expect(await migrate()).toMatchObject({ code: 0, stderr: 'applied 0003_trace_roots_index\n' });
 
-    expect(await migrate('down', '--all', '--yes')).toMatchObject({ code: 0, stderr: 'reverted 0002_node_page_indexes\nreverted 0001_initial\n' });
+    expect(await migrate('down', '--all', '--yes')).toMatchObject({ code: 0, stderr: 'reverted 0003_trace_roots_index\nreverted 0002_node_page_indexes\nreverted 0001_initial\n' });
     expect(await migrate('status')).toMatchObject({
       code: 3,
-      stdout: '0001_initial  pending\n0002_node_page_indexes  pending\n',
-      stderr: '2 pending: run `npm run migrate`\n',
+      stdout: '0001_initial  pending\n0002_node_page_indexes  pending\n0003_trace_roots_index  pending\n',
+      stderr: '3 pending: run `npm run migrate`\n',
     });
 
-    expect(await migrate()).toMatchObject({ code: 0, stderr: 'applied 0001_initial\napplied 0002_node_page_indexes\n' });
+    expect(await migrate()).toMatchObject({ code: 0, stderr: 'applied 0001_initial\napplied 0002_node_page_indexes\napplied 0003_trace_roots_index\n' });
     expect(await migrate('latest')).toMatchObject({ code: 0, stderr: 'nothing to do: already at the requested version\n' });
   });
 

@@ -33,7 +33,7 @@ describe('the API refusing to start', () => {
 
     expect(run.code).toBe(1);
     expect(run.stderr.trim()).toBe(
-      'tracing-api did not start: the Postgres schema is behind this build: pending migrations 0001_initial, 0002_node_page_indexes. ' +
+      'tracing-api did not start: the Postgres schema is behind this build: pending migrations 0001_initial, 0002_node_page_indexes, 0003_trace_roots_index. ' +
         'Run `npm run migrate` (or set MIGRATE_ON_START=true), then try again.',
     );
     // The server it started (the data directory is there) stops: its pid file goes, nothing answers.

@@ -638,8 +638,8 @@ describe('REST: /tracing and /observability', () => {
       expect(validate({ filter: { conditions: [{ operator: 'eq', value: 1 }] }, windowing })).toBe(false);
       await http().post(path).set(auth).send({ filter: { conditions: [{ operator: 'eq', value: 1 }] }, windowing }).expect(400);
     }
-    // Analytics measures a trace on its root span, which its focus says.
-    expect(doc.paths['/tracing/analytics/query'].post.requestBody.content['application/json'].schema.properties.focus.description).toMatch(/measured on its root span/);
+    // Analytics measures a trace on its root spans, once, which its focus says.
+    expect(doc.paths['/tracing/analytics/query'].post.requestBody.content['application/json'].schema.properties.focus.description).toMatch(/once, in the bucket of its first root span/);
     expect(doc.paths['/tracing/spans/query'].post.requestBody.required).toBe(false);
     // A JSON object field is documented as one.
     const span = doc.paths['/tracing/spans'].post.requestBody.content['application/json'].schema.properties.spans.items;

@@ -10,6 +10,7 @@ import { eventually } from '../support/fake-clickhouse';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 import * as initial from '../../migrations/postgres/0001_initial';
 import * as nodePageIndexes from '../../migrations/postgres/0002_node_page_indexes';
+import * as traceRootsIndex from '../../migrations/postgres/0003_trace_roots_index';
 
 /** Kysely's migration lock on Postgres: a session advisory lock on this id (its PostgresAdapter's LOCK_ID). */
 const KYSELY_MIGRATION_LOCK = '3853314791062309107';
@@ -62,8 +63,9 @@ describe('Postgres migrations', () => {
     }
   };
 
-  const nodeIndexes = async () =>
-    (await sql<{ indexname: string }>`select indexname from pg_indexes where tablename = 'nodes' order by 1`.execute(test.db)).rows.map((r) => r.indexname);
+  const indexesOf = async (table: string) =>
+    (await sql<{ indexname: string }>`select indexname from pg_indexes where tablename = ${table} order by 1`.execute(test.db)).rows.map((r) => r.indexname);
+  const nodeIndexes = () => indexesOf('nodes');
   const tables = async () =>
     (
       await sql<{ tablename: string }>`select tablename from pg_tables where schemaname = 'public' and tablename not like 'kysely_%' order by 1`.execute(test.db)
@@ -77,17 +79,24 @@ describe('Postgres migrations', () => {
     await migrateDown(test.db, true);
     expect(await tables()).toEqual([]);
     const result = await migrateToLatest(test.db);
-    expect(result.results?.map((r) => [r.migrationName, r.status])).toEqual([['0001_initial', 'Success'], ['0002_node_page_indexes', 'Success']]);
+    expect(result.results?.map((r) => [r.migrationName, r.status])).toEqual([
+      ['0001_initial', 'Success'], ['0002_node_page_indexes', 'Success'], ['0003_trace_roots_index', 'Success'],
+    ]);
     expect(await tables()).toHaveLength(5);
     expect(await nodeIndexes()).toEqual(['nodes_created_key_idx', 'nodes_pk', 'nodes_project_page_idx', 'nodes_project_tree_page_idx']);
+    expect(await indexesOf('spans')).toEqual(['spans_created_key_idx', 'spans_pk', 'spans_project_start_idx', 'spans_trace_roots_idx']);
 
-    // One step down undoes only the indexes: the ones they replaced come back.
+    // Each step down undoes only its own indexes: 0003's goes, then 0002's, and the ones those replaced come back.
+    await migrateDown(test.db);
+    expect(await indexesOf('spans')).toEqual(['spans_created_key_idx', 'spans_pk', 'spans_project_start_idx']);
+    expect(await nodeIndexes()).toEqual(['nodes_created_key_idx', 'nodes_pk', 'nodes_project_page_idx', 'nodes_project_tree_page_idx']);
     await migrateDown(test.db);
     expect(await nodeIndexes()).toEqual(['nodes_created_key_idx', 'nodes_pk', 'nodes_project_start_idx', 'nodes_project_tree_idx']);
     await migrateToLatest(test.db);
   });
 
   it('0002 gives up on its drops after 5 s behind a long read of nodes, and changes nothing (reads and writes are not held behind it)', async () => {
+    await migrateDown(test.db);
     await migrateDown(test.db);
     const reader = new Client({ connectionString: test.url });
     await reader.connect();
@@ -141,7 +150,7 @@ describe('Postgres migrations', () => {
     await migrateDown(test.db, true);
     const refused = startApp({ MIGRATE_ON_START: 'false' });
     await expect(refused).rejects.toThrow(SchemaBehindError);
-    await expect(refused).rejects.toThrow('pending migrations 0001_initial, 0002_node_page_indexes. Run `npm run migrate`');
+    await expect(refused).rejects.toThrow('pending migrations 0001_initial, 0002_node_page_indexes, 0003_trace_roots_index. Run `npm run migrate`');
     expect(await tables()).toEqual([]);
     await migrateToLatest(test.db);
   });
@@ -171,9 +180,11 @@ describe('Postgres migrations', () => {
       // ...then migrates: this build's migrations, and one of its own.
       await initial.up(test.db);
       await nodePageIndexes.up(test.db);
+      await traceRootsIndex.up(test.db);
       const now = new Date().toISOString();
       await sql`insert into kysely_migration (name, timestamp)
-                values ('0001_initial', ${now}), ('0002_node_page_indexes', ${now}), ('9999_from_a_newer_build', ${now})`.execute(test.db);
+                values ('0001_initial', ${now}), ('0002_node_page_indexes', ${now}), ('0003_trace_roots_index', ${now}),
+                       ('9999_from_a_newer_build', ${now})`.execute(test.db);
       await newerBuild.query('select pg_advisory_unlock($1)', [KYSELY_MIGRATION_LOCK]);
       const app = await starting;
       await app.close();

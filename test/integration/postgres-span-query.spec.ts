@@ -583,6 +583,56 @@ describe('span queries on Postgres', () => {
       expect(agent.map((b) => [b.total.count, b.total.tokens])).toEqual([[1, 42]]);
     });
 
+    describe('a trace with several roots (spans posted without a parent are each one)', () => {
+      const M = projectId('analytics-multi-root');
+      const T = traceId('multi');
+      const windowFrom = (oldest: string, newest: string) =>
+        spanAnalytics(test.db, M, parseAnalyticsQuery({ focus: 'trace', windowing: { oldest, newest, interval: 10 } }));
+      const tokens = (total: number) => ({ ag: { metrics: { tokens: { cumulative: { total } } } } });
+
+      beforeAll(async () => {
+        await insert(M, [
+          {
+            span_name: 'm0', trace_id: T, start_time: '2026-11-22T10:02:00.000000Z', end_time: '2026-11-22T10:02:01.000000Z',
+            status_code: 'STATUS_CODE_OK', attributes: { ag: { metrics: { ...costs(1), tokens: { cumulative: { total: 5 } } } } },
+          },
+          {
+            span_name: 'm1', trace_id: T, start_time: '2026-11-22T10:13:00.000000Z', end_time: '2026-11-22T10:13:00.500000Z',
+            status_code: 'STATUS_CODE_ERROR', attributes: { ag: { metrics: costs(2) }, gen_ai: { usage: { input_tokens: 7 } } },
+          },
+          { span_name: 'm1-call', trace_id: T, parent_id: spanId('m1'), start_time: '2026-11-22T10:13:00.100000Z', attributes: { gen_ai: { usage: { input_tokens: 100 } } } },
+          // Roots on both sides of 10:00: the trace belongs to the window holding its first root.
+          { span_name: 'early', trace_id: traceId('straddling'), start_time: '2026-11-22T09:59:00.000000Z', attributes: tokens(1) },
+          { span_name: 'late', trace_id: traceId('straddling'), start_time: '2026-11-22T10:01:00.000000Z', attributes: tokens(2) },
+          // One root without a figure of its own: the trace's tokens are the GenAI usage of all its spans.
+          { span_name: 'figured', trace_id: traceId('mixed'), start_time: '2026-11-22T10:21:00.000000Z', attributes: tokens(50) },
+          { span_name: 'bare', trace_id: traceId('mixed'), start_time: '2026-11-22T10:22:00.000000Z' },
+          { span_name: 'bare-call', trace_id: traceId('mixed'), parent_id: spanId('bare'), start_time: '2026-11-22T10:22:00.100000Z', attributes: { gen_ai: { usage: { output_tokens: 9 } } } },
+        ]);
+      });
+
+      it('counts the trace once, in its first root\'s bucket, measured over all its roots', async () => {
+        expect(await windowFrom('2026-11-22T10:00:00Z', '2026-11-22T10:30:00Z')).toEqual([
+          // Duration from the first root's start to the last root's end; failed as one root failed; the roots' costs
+          // and own tokens summed (m1's call is below m1, whose own usage stands for it).
+          bucket('10:00', { count: 1, duration: 660500, costs: 3, tokens: 12 }, { count: 1, duration: 660500, costs: 3, tokens: 12 }),
+          bucket('10:10', ZERO),
+          bucket('10:20', { count: 1, duration: 60000, costs: 0, tokens: 9 }),
+        ]);
+      });
+
+      it('counts a trace whose roots straddle oldest in the window of its first root only', async () => {
+        const earlier = await windowFrom('2026-11-22T09:50:00Z', '2026-11-22T10:00:00Z');
+        expect(earlier.map((b) => [b.total.count, b.total.tokens])).toEqual([[1, 3]]);
+      });
+
+      it('does not count a trace in a window holding a later root but not its first', async () => {
+        // 10:10-10:20 holds m1, not m0.
+        const middle = await windowFrom('2026-11-22T10:10:00Z', '2026-11-22T10:20:00Z');
+        expect(middle.map((b) => b.total.count)).toEqual([0]);
+      });
+    });
+
     it('applies the filter to spans (focus span) or to any span of the trace (focus trace)', async () => {
       const filter = { conditions: [{ field: 'span_type', operator: 'eq', value: 'llm' }] };
       expect(await analytics({ filter })).toEqual([

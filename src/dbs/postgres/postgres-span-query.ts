@@ -1,4 +1,4 @@
-import { Kysely, RawBuilder, sql, SqlBool } from 'kysely';
+import { Expression, Kysely, RawBuilder, sql, SqlBool } from 'kysely';
 import {
   AnalyticsBucket, AnalyticsQuery, Filter, Focus, SpanPage, SpanQuery, Windowing,
 } from '../../tracing/span-query';
@@ -197,6 +197,11 @@ function attributeNumber(path: string[]) {
   return sql<number>`(case when jsonb_typeof(attributes #> ${path}::text[]) = 'number' then (attributes #> ${path}::text[])::numeric end)`;
 }
 
+/** A span's own GenAI usage (input plus output tokens), 0 where it has none. */
+const usage = sql`coalesce(${attributeNumber(INPUT_TOKENS_PATH)}, 0) + coalesce(${attributeNumber(OUTPUT_TOKENS_PATH)}, 0)`;
+/** Whether a span carries GenAI usage of its own. */
+const hasUsage = sql`(${attributeNumber(INPUT_TOKENS_PATH)} is not null or ${attributeNumber(OUTPUT_TOKENS_PATH)} is not null)`;
+
 interface BucketRow {
   timestamp: string;
   total_count: number;
@@ -211,47 +216,34 @@ interface BucketRow {
 
 /**
  * Buckets of `interval` minutes from oldest, every one present (zeros where
- * empty), spans assigned by start_time. Focus span measures every matching
- * span; focus trace measures root spans (parent_id is null) of traces with
- * at least one matching span, so each trace counts once with its cumulative
- * metrics (tokens: the root's own GenAI usage when it has no cumulative
- * total, else the GenAI usage of all its spans).
+ * empty). Focus span measures every matching span, in the bucket of its
+ * start_time. Focus trace measures each trace with at least one matching
+ * span once, on its root spans (parent_id is null; a span posted without a
+ * parent is one, so a trace may have several), in the bucket of its first
+ * root: see traceMeasures.
  */
 export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: AnalyticsQuery): Promise<AnalyticsBucket[]> {
   const { oldest, newest, interval } = query.windowing;
   const width = sql`make_interval(mins => ${interval}::int)`;
   const filter = query.filter ? spanFilter(query.filter) : sql<SqlBool>`true`;
-  const selection = query.focus === 'trace'
-    ? sql<SqlBool>`parent_id is null and exists (
-        select 1 from spans as member
-        where member.project_id = spans.project_id and member.trace_id = spans.trace_id and ${filter})`
-    : filter;
-  const usage = sql`coalesce(${attributeNumber(INPUT_TOKENS_PATH)}, 0) + coalesce(${attributeNumber(OUTPUT_TOKENS_PATH)}, 0)`;
-  const hasUsage = sql`(${attributeNumber(INPUT_TOKENS_PATH)} is not null or ${attributeNumber(OUTPUT_TOKENS_PATH)} is not null)`;
-  // A trace's tokens: its root's cumulative total; else its root's own GenAI usage, where the root has any
-  // (an agent span carrying its run's total over the model calls below it); else the GenAI usage of all its
-  // spans. OTLP traces carry usage on the model-call spans, rarely on an HTTP root: read from the root alone,
-  // they counted no tokens. Unqualified columns in the subquery are `member`'s, its innermost table.
-  const usageOfTrace = sql`(select coalesce(sum(${usage}), 0) from spans as member
-        where member.project_id = spans.project_id and member.trace_id = spans.trace_id)`;
-  const tokens = query.focus === 'trace'
-    ? sql`coalesce(${attributeNumber(TOKENS_PATH)}, case when ${hasUsage} then ${usage} else ${usageOfTrace} end)`
-    : sql`coalesce(${attributeNumber(TOKENS_PATH)}, ${usage})`;
+  const measured = query.focus === 'trace'
+    ? traceMeasures(projectId, query.windowing, width, filter)
+    : sql`
+      select date_bin(${width}, start_time, ${oldest}::timestamptz) as bucket_start,
+             status_code = 'STATUS_CODE_ERROR' as failed,
+             extract(epoch from (end_time - start_time)) * 1000 as duration,
+             coalesce(${attributeNumber(COSTS_PATH)}, 0) as costs,
+             coalesce(${attributeNumber(TOKENS_PATH)}, ${usage}) as tokens
+      from spans
+      where project_id = ${projectId}
+        and start_time >= ${oldest}::timestamptz and start_time < ${newest}::timestamptz
+        and ${filter}`;
 
   const { rows } = await sql<BucketRow>`
     with buckets as (
       select generate_series(${oldest}::timestamptz, ${newest}::timestamptz - interval '1 microsecond', ${width}) as bucket_start
     ),
-    measured as (
-      select date_bin(${width}, start_time, ${oldest}::timestamptz) as bucket_start,
-             status_code = 'STATUS_CODE_ERROR' as failed,
-             extract(epoch from (end_time - start_time)) * 1000 as duration,
-             coalesce(${attributeNumber(COSTS_PATH)}, 0) as costs,
-             ${tokens} as tokens
-      from spans
-      where project_id = ${projectId}
-        and start_time >= ${oldest}::timestamptz and start_time < ${newest}::timestamptz
-        and ${selection}
+    measured as (${measured}
     )
     select b.bucket_start as timestamp,
            count(m.bucket_start)::int as total_count,
@@ -272,4 +264,52 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
     total: { count: r.total_count, duration: r.total_duration, costs: r.total_costs, tokens: r.total_tokens },
     errors: { count: r.error_count, duration: r.error_duration, costs: r.error_costs, tokens: r.error_tokens },
   }));
+}
+
+/**
+ * One row per trace for focus trace: a trace whose first root (earliest
+ * start_time, then span_id) starts in the window and that has a span matching
+ * the filter, measured over all its roots, wherever they start:
+ * - failed when any root failed; duration from the first root's start to the
+ *   last root's end (a single root's own duration);
+ * - costs: the sum of the roots' cumulative costs (each root's covers the
+ *   spans below it, and roots share none);
+ * - tokens: the sum of the roots' own figures (a cumulative total, else the
+ *   root's GenAI usage: an agent span carrying its run's total over the model
+ *   calls below it) when every root has one; else the GenAI usage of all the
+ *   trace's spans. OTLP traces carry usage on the model-call spans, rarely on
+ *   an HTTP root: read from the root alone, they counted no tokens.
+ * A trace counts once, in one window: a root inside the window is only a way
+ * to find the trace, and a trace whose first root starts before `oldest`
+ * belongs to the window holding that root. A trace without a stored root
+ * (not arrived yet, or a local root whose parent is remote) is not counted.
+ * Roots are read from spans_trace_roots_idx (migration 0003), not by reading
+ * every span of the trace. Unqualified columns in a subquery are its
+ * innermost table's.
+ */
+function traceMeasures(projectId: string, windowing: AnalyticsQuery['windowing'], width: RawBuilder<unknown>, filter: Expression<SqlBool>) {
+  const { oldest, newest } = windowing;
+  const ownTokens = sql`coalesce(${attributeNumber(TOKENS_PATH)}, case when ${hasUsage} then ${usage} end)`;
+  const usageOfTrace = sql`(select coalesce(sum(${usage}), 0) from spans as member
+        where member.project_id = ${projectId} and member.trace_id = found.trace_id)`;
+  return sql`
+      select date_bin(${width}, trace.start_time, ${oldest}::timestamptz) as bucket_start,
+             trace.failed, trace.duration, trace.costs, trace.tokens
+      from (
+        select distinct trace_id from spans
+        where project_id = ${projectId} and parent_id is null
+          and start_time >= ${oldest}::timestamptz and start_time < ${newest}::timestamptz
+      ) as found
+      cross join lateral (
+        select min(start_time) as start_time,
+               bool_or(status_code = 'STATUS_CODE_ERROR') as failed,
+               extract(epoch from (max(end_time) - min(start_time))) * 1000 as duration,
+               coalesce(sum(${attributeNumber(COSTS_PATH)}), 0) as costs,
+               case when bool_and(${ownTokens} is not null) then sum(${ownTokens}) else ${usageOfTrace} end as tokens
+        from spans as root
+        where root.project_id = ${projectId} and root.trace_id = found.trace_id and root.parent_id is null
+      ) as trace
+      where trace.start_time >= ${oldest}::timestamptz
+        and exists (select 1 from spans as member
+          where member.project_id = ${projectId} and member.trace_id = found.trace_id and ${filter})`;
 }
