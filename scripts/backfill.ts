@@ -1,6 +1,6 @@
 import { parseConfig } from '../src/config/app-config';
 import { Backfill, BackfillResult, DEFAULT_BACKFILL_OPTIONS, planBackfill } from '../src/dbs/backfill/backfill';
-import { GapReplay } from '../src/dbs/backfill/gap-replay';
+import { GapReplay, gapsCommand } from '../src/dbs/backfill/gap-replay';
 import { createProgress } from '../src/dbs/backfill/progress';
 import { PostgresMirrorGapsRepository } from '../src/dbs/postgres/postgres-mirror-gaps.repository';
 import { parseFlags, positiveInt } from './cli/flags';
@@ -102,7 +102,9 @@ runCli(USAGE, async (args, log) => {
             ? 'once it answers, run the command without --restart to resume (with it, the run starts over)'
             : 'run the same command again once it answers (it resumes from its checkpoint)';
     const named = (error: unknown) => namingPostgres(postgres.at, error, rerun());
-    exitOnSignal(hint, () => progress.stop(), { describeFailure: named });
+    // A gap replay cut short while it held tombstones: after verify --repair, the gaps still open want replaying.
+    const afterLoss = gaps ? `; then run ${gapsCommand(gapScope)} again for the gaps still open` : undefined;
+    exitOnSignal(hint, () => progress.stop(), { describeFailure: named, afterLoss });
     try {
       if (gaps) {
         const replay = new GapReplay(postgres.db, clickhouse.history, log);

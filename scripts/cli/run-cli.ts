@@ -1,5 +1,5 @@
 import { ConfigError } from '../../src/config/app-config';
-import { deferInterrupt, insideStretch, LOST_IN_A_STRETCH } from '../../src/dbs/backfill/uninterruptible';
+import { deferInterrupt, holdingTombstones, LOST_IN_A_STRETCH } from '../../src/dbs/backfill/uninterruptible';
 import { errorText } from '../../src/error-text';
 
 /** A mistake in how the command was called: print usage, exit 2. */
@@ -60,7 +60,11 @@ export function exitOnSignal(
   message: string | (() => string),
   stop: () => void,
   /** `describeFailure`: what the command makes of an error before printing it (it names the server that failed), as its own error path would. */
-  options: { repeatWindowMs?: number; describeFailure?: (error: unknown) => unknown } = {},
+  /**
+   * `afterLoss`: what the command adds to the advice when a second signal cuts short a stretch that held
+   * tombstones (backfill --gaps: to replay the gaps still open).
+   */
+  options: { repeatWindowMs?: number; describeFailure?: (error: unknown) => unknown; afterLoss?: string } = {},
 ): void {
   // On a terminal, Ctrl-C's echoed "^C" may sit at the start of the line: write over it.
   const say = (text: string) => process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[2K' : ''}${text}\n`);
@@ -75,10 +79,10 @@ export function exitOnSignal(
         say(`error: ${errorText(options.describeFailure ? options.describeFailure(failure) : failure)}`);
         process.exit(1);
       }
-      // A second signal ends a stretch part-way: what it held is lost, and the interrupt's hint (verify's "safe to
-      // repeat") would say otherwise.
-      if (insideStretch()) {
-        say(`error: stopped part-way through writing back ${LOST_IN_A_STRETCH}`);
+      // A second signal ends a stretch part-way: the tombstones it held are lost, and the interrupt's hint (verify's
+      // "safe to repeat") would say otherwise. A stretch that had not begun removing keys yet holds none.
+      if (holdingTombstones()) {
+        say(`error: stopped part-way through writing back ${LOST_IN_A_STRETCH}${options.afterLoss ?? ''}`);
         process.exit(1);
       }
       say(typeof message === 'function' ? message() : message);

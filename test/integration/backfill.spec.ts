@@ -8,6 +8,7 @@ import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { GapReplay } from '../../src/dbs/backfill/gap-replay';
 import { HistoryScope, runKeyOf } from '../../src/dbs/backfill/history-scope';
 import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
+import { holdingTombstones } from '../../src/dbs/backfill/uninterruptible';
 import { nodeHistory, spanHistory } from '../../src/dbs/backfill/history-entities';
 import { gapEntryOf, groupIntoGaps } from '../../src/dbs/clickhouse/gap-ledger';
 import { nodeTombstone, toNodeGapRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
@@ -659,12 +660,28 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     const old = await deletedSpanInGap();
     const queuedCreate = spanHistory.line(old);
     const spy = createAgainAfterItsTombstone(old);
+    // Only this process holds the tombstones it read from the removal of their keys until they are written back:
+    // a second Ctrl-C then says they are lost (exitOnSignal), and at no other time.
+    const held: string[] = [];
+    const at = (step: string) => held.push(`${step}: ${holdingTombstones() ? 'held' : 'not held'}`);
+    const reading = jest.spyOn(history, 'storedTombstones').mockImplementationOnce(async (...args) => {
+      at('reading');
+      return ClickHouseHistory.prototype.storedTombstones.apply(history, args);
+    });
+    const removing = jest.spyOn(history, 'removeKeys').mockImplementationOnce(async (...args) => {
+      at('removing');
+      return ClickHouseHistory.prototype.removeKeys.apply(history, args);
+    });
     try {
       const result = await new GapReplay(pg.db, history).run({ entities: ['spans'], projectIds: null });
       expect(result).toMatchObject({ gaps: 1, upserted: 0, reset: 1, tombstoned: 1 });
     } finally {
       spy.mockRestore();
+      reading.mockRestore();
+      removing.mockRestore();
     }
+    at('after');
+    expect(held).toEqual(['reading: not held', 'removing: held', 'after: not held']);
 
     // The create queued before the delete lands now, on its own day: hidden.
     await expectLateCreatesHidden(old, [queuedCreate]);

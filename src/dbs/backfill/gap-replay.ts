@@ -75,7 +75,7 @@ export class GapReplay {
           if (error instanceof RunInProgressError || error instanceof TombstonesLostError) {
             const message = `gap ${gap.id}: ${error.message} (${counted(replayed, 'gap record')} replayed before it${failed.length ? `; ${failed.length} could not be: ${failed.join('; ')}` : ''})`;
             if (error instanceof RunInProgressError) throw new RunInProgressError(message);
-            throw new TombstonesLostError(`${message}; then run \`npm run backfill -- --gaps${scopeFlags(filter)}\` again for the gaps still open`);
+            throw new TombstonesLostError(`${message}; then run ${gapsCommand(filter)} again for the gaps still open`);
           }
           // One gap that cannot be replayed (a key Postgres rejects) must not keep every later one open;
           // several in a row mean a server is failing, and the rest would only fail the same way.
@@ -91,12 +91,17 @@ export class GapReplay {
           `${counted(failed.length, 'gap record')} could not be replayed and stay${failed.length === 1 ? 's' : ''} open (${failed.join('; ')})` +
             (untried > 0 ? `; stopped after ${FAILURES_IN_A_ROW_TO_STOP} failures in a row, ${untried} not tried` : '') +
             `; ${replayed} replayed (${counted(total.upserted, 'row')} upserted, ${total.tombstoned} tombstoned). ` +
-            `Fix the cause and run \`npm run backfill -- --gaps${scopeFlags(filter)}\` again`,
+            `Fix the cause and run ${gapsCommand(filter)} again`,
         );
       }
       return { gaps: replayed, ...total, durationMs: Date.now() - startedAt };
     });
   }
+}
+
+/** The command that replays the same scope's gaps again (scopeFlags). */
+export function gapsCommand(filter: GapReplayFilter): string {
+  return `\`npm run backfill -- --gaps${scopeFlags(filter)}\``;
 }
 
 /** The flags that name the replay's scope again: one entity, one project (more come from CLICKHOUSE_PROJECT_IDS, as before). */

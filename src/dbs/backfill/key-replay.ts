@@ -2,10 +2,10 @@ import { Kysely, sql } from 'kysely';
 import { isoToMicros } from '../../tracing/timestamp';
 import { DB } from '../postgres/database';
 import { errorText } from '../../error-text';
-import { ClickHouseHistory } from './clickhouse-history';
+import { ClickHouseHistory, StoredTombstone } from './clickhouse-history';
 import { GapEntry, HistoryEntity, keyText, MirroredRecord } from './history-entities';
 import { KEYS_PER_READ, KeysetReader } from './keyset-reader';
-import { LOST_IN_A_STRETCH, uninterruptibly } from './uninterruptible';
+import { holdTombstones, LOST_IN_A_STRETCH, uninterruptibly } from './uninterruptible';
 
 export interface ReplayResult {
   /** Postgres rows written at their current version. */
@@ -222,6 +222,17 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   /** One chunk of resetKeys: reads its keys' tombstones, removes the keys, writes Postgres's rows and the tombstones back. */
   private async resetChunk(projectId: string, chunk: string[][], token: string): Promise<Row[]> {
     const tombstones = await this.clickhouse.storedTombstones(this.entity, projectId, chunk);
+    // From the removal on, until they are written back, only this process holds the tombstones.
+    const release = tombstones.length > 0 ? holdTombstones() : () => undefined;
+    try {
+      return await this.replaceChunk(projectId, chunk, tombstones, token);
+    } finally {
+      release();
+    }
+  }
+
+  /** resetChunk past its read of the tombstones: removes the keys, then writes Postgres's rows and the tombstones back. */
+  private async replaceChunk(projectId: string, chunk: string[][], tombstones: StoredTombstone[], token: string): Promise<Row[]> {
     // A removal can fail after ClickHouse took it (past the request's timeout, its mutation runs on) and
     // would then take the tombstones read above with it, which only this process holds. A mutation changes
     // only the parts stored before it, so what is written after it stays: the rows and tombstones are

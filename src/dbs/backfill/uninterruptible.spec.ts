@@ -57,15 +57,27 @@ describe('exitOnSignal with uninterruptibly', () => {
     expect(run.err()).not.toContain('interrupted\n');
   }, 30_000);
 
-  it('exits at once on another signal, however soon, as failed', async () => {
-    const run = start();
+  it('exits at once on another signal, however soon, as failed, with what the command adds to the advice', async () => {
+    const run = start([], { AFTER_LOSS: '; then replay the rest' });
     await run.until('inside', run.out);
     run.child.kill('SIGINT');
     await run.until('then stopping', run.err);
     run.child.kill('SIGTERM');
     expect(await run.done).toBe(1);
     expect(run.out()).toBe('inside\nstopped\n');
-    expect(run.err()).toContain('error: stopped part-way through writing back');
+    expect(run.err()).toMatch(/\nerror: stopped part-way through writing back .*run `npm run verify -- --repair`; then replay the rest\n$/);
+  }, 30_000);
+
+  it('exits on another signal with the interrupt\'s hint when the stretch holds no tombstones yet (its keys not being removed)', async () => {
+    const run = start(['not-holding']);
+    await run.until('inside', run.out);
+    run.child.kill('SIGINT');
+    await run.until('then stopping', run.err);
+    run.child.kill('SIGTERM');
+    expect(await run.done).toBe(143);
+    expect(run.out()).toBe('inside\nstopped\n');
+    expect(run.err()).toMatch(/\ninterrupted\n$/);
+    expect(run.err()).not.toContain('error:');
   }, 30_000);
 
   // A gap replay catches a gap's failure and goes on to the next: the interrupt must still end the run, and

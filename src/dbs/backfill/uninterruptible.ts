@@ -1,14 +1,17 @@
 /**
  * Stretches of an operator command that a Ctrl-C must let finish: between
  * reading ClickHouse's tombstones of some keys and writing them back after
- * their rows were removed, only this process holds them, and exiting there
- * loses them (verify's counts cannot see it). The command's signal handler
+ * their rows were removed, only this process holds them, and exiting once
+ * the removal is issued (holdTombstones) loses them (verify's counts cannot
+ * see it). The command's signal handler
  * (exitOnSignal) asks `deferInterrupt` before it exits: inside such a
  * stretch the exit waits for its end; another signal, or the same one a
  * second later (exitOnSignal's repeat window), still exits at once.
  */
 let open = 0;
 let deferred: ((failure?: unknown) => void) | null = null;
+/** Tombstones held now, by stretches that have begun removing their keys (holdTombstones). */
+let holding = 0;
 
 /**
  * What a stretch cut short, or failed part-way, loses, and what to do: the tombstones of deleted keys it held.
@@ -51,7 +54,21 @@ export function deferInterrupt(exit: (failure?: unknown) => void): boolean {
   return true;
 }
 
-/** Whether a stretch is running now: an exit now loses what it holds. */
-export function insideStretch(): boolean {
-  return open > 0;
+/**
+ * Marks, inside a stretch, the part that holds tombstones: from issuing the
+ * removal of their keys until they are written back (the returned release).
+ * Before it nothing is lost by exiting, as ClickHouse still has them.
+ */
+export function holdTombstones(): () => void {
+  holding++;
+  let released = false;
+  return () => {
+    if (!released) holding--;
+    released = true;
+  };
+}
+
+/** Whether tombstones are held now: an exit now loses them (holdTombstones). */
+export function holdingTombstones(): boolean {
+  return holding > 0;
 }
