@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { OperatorError } from '../../config/operator-error';
-import { DEFAULT_MIGRATION_TABLE, FileMigrationProvider, Kysely, MigrationResultSet, Migrator, NO_MIGRATIONS, sql } from 'kysely';
+import { DEFAULT_MIGRATION_TABLE, FileMigrationProvider, Kysely, MigrationResult, MigrationResultSet, Migrator, NO_MIGRATIONS, sql } from 'kysely';
 
 /** Kysely's Migrator over migrations/postgres (compiled .js or source .ts). */
 export const POSTGRES_MIGRATIONS_DIR = path.resolve(__dirname, '../../../migrations/postgres');
@@ -35,8 +35,23 @@ function raise(result: MigrationResultSet): MigrationResultSet {
   return result;
 }
 
-export async function migrateToLatest(db: Kysely<any>): Promise<MigrationResultSet> {
-  return raise(await (await createMigrator(db)).migrateToLatest());
+/**
+ * Applies the pending migrations one at a time, each in a transaction of its
+ * own (Kysely's migrateToLatest runs them all in one). A step's locks end at
+ * its commit: 0002's exclusive lock on nodes is not held while 0003 builds an
+ * index on spans, which would keep every read and write of nodes waiting that
+ * long, and deadlock with an OTLP export holding spans and waiting on nodes.
+ * A failure leaves the steps before it applied; the next run goes on from it.
+ */
+export async function migrateToLatest(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_DIR): Promise<MigrationResultSet> {
+  const migrator = await createMigrator(db, folder);
+  const results: MigrationResult[] = [];
+  for (;;) {
+    const step = await migrator.migrateUp();
+    results.push(...(step.results ?? []));
+    if (step.error !== undefined) return raise({ error: step.error, results });
+    if (!step.results?.length) return { results };
+  }
 }
 
 /** Migrations `migrate down` would undo that have no down step: nothing was undone. */
