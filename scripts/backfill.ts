@@ -107,7 +107,8 @@ runCli(USAGE, async (args, log) => {
     exitOnSignal(hint, () => progress.stop(), { describeFailure: named, afterLoss });
     try {
       if (gaps) {
-        const replay = new GapReplay(postgres.db, clickhouse.history, log);
+        // A gap's own failure is listed and the run goes on: named there, as the run's own failures are named at its end.
+        const replay = new GapReplay(postgres.db, clickhouse.history, log, (error) => namingPostgres(postgres.at, error));
         const done = await replay.run(gapScope);
         process.stdout.write(
           `gaps: replayed ${counted(done.gaps, 'gap record')}: ${counted(done.upserted, 'row')} upserted, ${done.tombstoned} tombstoned, ${done.reset} reset, ` +

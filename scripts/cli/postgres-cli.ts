@@ -43,12 +43,12 @@ function fromPostgres(error: unknown): boolean {
  * A Postgres failure in the middle of a command (a count, a page, a
  * checkpoint) comes as the driver's bare text ("Connection terminated
  * unexpectedly"), which names neither the server nor what to do: named
- * here, with `then`, what running the command again does. Anything else
+ * here, with `then` (if given), what running the command again does. Anything else
  * (ClickHouse's failures, which ClickHouseHistory names; a COPY's; a run
  * lock's) is returned as it is.
  */
-export function namingPostgres(at: string, error: unknown, then: string): unknown {
-  return fromPostgres(error) ? new Error(`${at} failed: ${errorText(error)}; ${then}`) : error;
+export function namingPostgres(at: string, error: unknown, then?: string): unknown {
+  return fromPostgres(error) ? new Error(`${at} failed: ${errorText(error)}${then ? `; ${then}` : ''}`) : error;
 }
 
 /**

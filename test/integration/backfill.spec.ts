@@ -929,10 +929,13 @@ describe('backfill (real Postgres and ClickHouse)', () => {
       await gaps.record([{ entity: 'nodes', projectId: P1, keys: [[`not-a-uuid-${i}`]], rowCount: 1, minCreatedAt: at, maxCreatedAt: at, reason: 'internal_error' }]);
     }
     const lines: string[] = [];
-    await expect(new GapReplay(pg.db, history, (line) => lines.push(line)).run({ entities: ['nodes'], projectIds: null })).rejects.toThrow(
-      /^3 gap records could not be replayed and stay open \(.*\); stopped after 3 failures in a row, 1 not tried; 0 replayed/,
+    // As backfill names the server a gap's failure came from (a bare driver text names none).
+    const naming = (error: unknown) => new Error(`Postgres at here failed: ${(error as Error).message}`);
+    await expect(new GapReplay(pg.db, history, (line) => lines.push(line), naming).run({ entities: ['nodes'], projectIds: null })).rejects.toThrow(
+      /^3 gap records could not be replayed and stay open \(gap \d+: Postgres at here failed: .*not-a-uuid-0.*; gap \d+: Postgres at here failed: .*\); stopped after 3 failures in a row, 1 not tried; 0 replayed/,
     );
     expect(lines).toHaveLength(3);
+    expect(lines.every((line) => line.includes('it stays open: Postgres at here failed: '))).toBe(true);
     expect(await gaps.countOpen()).toBe(4);
   });
 });

@@ -39,6 +39,8 @@ export class GapReplay {
     private readonly db: Kysely<DB>,
     private readonly clickhouse: ClickHouseHistory,
     private readonly log: (line: string) => void = () => undefined,
+    /** What a gap's failure is made of before it is listed: the command names the server that failed (a bare driver text names none). */
+    private readonly describeFailure: (error: unknown) => unknown = (error) => error,
   ) {
     this.gaps = new PostgresMirrorGapsRepository(db);
     this.checkpoints = new BackfillCheckpointsRepository(db);
@@ -79,7 +81,7 @@ export class GapReplay {
           }
           // One gap that cannot be replayed (a key Postgres rejects) must not keep every later one open;
           // several in a row mean a server is failing, and the rest would only fail the same way.
-          const message = errorText(error);
+          const message = errorText(this.describeFailure(error));
           failed.push(`gap ${gap.id}: ${message}`);
           this.log(`could not replay ${about}; it stays open: ${message}`);
           if (++failedInARow === FAILURES_IN_A_ROW_TO_STOP) break;
