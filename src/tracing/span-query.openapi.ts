@@ -66,9 +66,10 @@ const ANALYTICS_FOCUS = {
   description:
     'span: every matching span; trace: each trace with a matching span once, in the bucket of its first root span (parent_id null; a span ' +
     'posted without a parent is one, so a trace may have several) and only in the window holding that root. Measured over its roots: an ' +
-    'error when any root is; duration from the first root\'s start to the last root\'s end; costs summed over the roots; tokens the roots\' ' +
-    'own (a cumulative total, else their GenAI usage) when each root has some, else the GenAI usage of all the trace\'s spans. A trace ' +
-    'without a stored root (not arrived yet, or whose local root has a remote parent) is not counted',
+    'error when any root is; duration from the first root\'s start to the latest end among its roots; costs summed over the roots; ' +
+    'tokens summed over the roots, each root\'s own (a cumulative total, else its GenAI usage), else the GenAI usage of the spans below it ' +
+    '(when no root has its own, of all the trace\'s spans). A trace without a stored root (not arrived yet, or whose local root has a ' +
+    'remote parent) is not counted',
 };
 
 export const SPAN_QUERY_BODY = {

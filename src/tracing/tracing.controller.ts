@@ -116,8 +116,8 @@ export class TracingController {
       'Costs are attributes.ag.metrics.costs.cumulative.total; tokens attributes.ag.metrics.tokens.cumulative.total, else ' +
       'gen_ai.usage.input_tokens plus output_tokens: nested objects, as OTLP stores dotted keys (a REST span whose attributes ' +
       'hold the flat key "gen_ai.usage.input_tokens" counts no tokens). With focus trace each trace is measured once, on its root spans ' +
-      '(see focus): its tokens are its roots\' cumulative totals, else their own gen_ai usage, when each root has one; else the ' +
-      'gen_ai usage of all its spans.',
+      '(see focus): per root, its cumulative total, else its own gen_ai usage, else the gen_ai usage of the spans below it; when ' +
+      'no root has its own, the gen_ai usage of all the trace\'s spans.',
   })
   @ApiResponse({ status: 200, description: '`count` and the `buckets`, one per interval (empty ones included)' })
   @ApiBody({ schema: ANALYTICS_QUERY_BODY })

@@ -604,10 +604,16 @@ describe('span queries on Postgres', () => {
           // Roots on both sides of 10:00: the trace belongs to the window holding its first root.
           { span_name: 'early', trace_id: traceId('straddling'), start_time: '2026-11-22T09:59:00.000000Z', attributes: tokens(1) },
           { span_name: 'late', trace_id: traceId('straddling'), start_time: '2026-11-22T10:01:00.000000Z', attributes: tokens(2) },
-          // One root without a figure of its own: the trace's tokens are the GenAI usage of all its spans.
+          // A root with a figure (a cumulative total) and one without: the figure, plus the usage of the spans below the other.
           { span_name: 'figured', trace_id: traceId('mixed'), start_time: '2026-11-22T10:21:00.000000Z', attributes: tokens(50) },
           { span_name: 'bare', trace_id: traceId('mixed'), start_time: '2026-11-22T10:22:00.000000Z' },
           { span_name: 'bare-call', trace_id: traceId('mixed'), parent_id: spanId('bare'), start_time: '2026-11-22T10:22:00.100000Z', attributes: { gen_ai: { usage: { output_tokens: 9 } } } },
+          { span_name: 'bare-call-call', trace_id: traceId('mixed'), parent_id: spanId('bare-call'), start_time: '2026-11-22T10:22:00.200000Z', attributes: { gen_ai: { usage: { input_tokens: 1 } } } },
+          // An agent root carrying its run's usage, whose model call carries the same: counted once, beside the other root's.
+          { span_name: 'agent', trace_id: traceId('agent+http'), start_time: '2026-11-22T10:41:00.000000Z', attributes: { gen_ai: { usage: { input_tokens: 30, output_tokens: 12 } } } },
+          { span_name: 'agent-call', trace_id: traceId('agent+http'), parent_id: spanId('agent'), start_time: '2026-11-22T10:41:00.100000Z', attributes: { gen_ai: { usage: { input_tokens: 30, output_tokens: 12 } } } },
+          { span_name: 'http', trace_id: traceId('agent+http'), start_time: '2026-11-22T10:42:00.000000Z' },
+          { span_name: 'http-call', trace_id: traceId('agent+http'), parent_id: spanId('http'), start_time: '2026-11-22T10:42:00.100000Z', attributes: { gen_ai: { usage: { input_tokens: 9 } } } },
         ]);
       });
 
@@ -617,8 +623,22 @@ describe('span queries on Postgres', () => {
           // and own tokens summed (m1's call is below m1, whose own usage stands for it).
           bucket('10:00', { count: 1, duration: 660500, costs: 3, tokens: 12 }, { count: 1, duration: 660500, costs: 3, tokens: 12 }),
           bucket('10:10', ZERO),
-          bucket('10:20', { count: 1, duration: 60000, costs: 0, tokens: 9 }),
+          bucket('10:20', { count: 1, duration: 60000, costs: 0, tokens: 60 }),
         ]);
+        const agent = await windowFrom('2026-11-22T10:40:00Z', '2026-11-22T10:50:00Z');
+        expect(agent.map((b) => [b.total.count, b.total.tokens])).toEqual([[1, 51]]);
+      });
+
+      it('measures the trace over roots past newest too, and finds it by a span outside the window', async () => {
+        // 10:00-10:10 holds m0 only: m1 (past newest) still adds its end, its failure, its costs and its usage.
+        expect(await windowFrom('2026-11-22T10:00:00Z', '2026-11-22T10:10:00Z')).toEqual([
+          bucket('10:00', { count: 1, duration: 660500, costs: 3, tokens: 12 }, { count: 1, duration: 660500, costs: 3, tokens: 12 }),
+        ]);
+        const filtered = await spanAnalytics(test.db, M, parseAnalyticsQuery({
+          focus: 'trace', filter: { conditions: [{ field: 'span_name', operator: 'eq', value: 'm1-call' }] },
+          windowing: { oldest: '2026-11-22T10:00:00Z', newest: '2026-11-22T10:10:00Z', interval: 10 },
+        }));
+        expect(filtered.map((b) => b.total.count)).toEqual([1]);
       });
 
       it('counts a trace whose roots straddle oldest in the window of its first root only', async () => {

@@ -268,21 +268,23 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
 
 /**
  * One row per trace for focus trace: a trace whose first root (earliest
- * start_time, then span_id) starts in the window and that has a span matching
- * the filter, measured over all its roots, wherever they start:
+ * start_time) starts in the window and that has a span matching the filter,
+ * measured over all its roots, wherever they start:
  * - failed when any root failed; duration from the first root's start to the
- *   last root's end (a single root's own duration);
+ *   latest end among its roots (a single root's own duration);
  * - costs: the sum of the roots' cumulative costs (each root's covers the
  *   spans below it, and roots share none);
- * - tokens: the sum of the roots' own figures (a cumulative total, else the
- *   root's GenAI usage: an agent span carrying its run's total over the model
- *   calls below it) when every root has one; else the GenAI usage of all the
- *   trace's spans. OTLP traces carry usage on the model-call spans, rarely on
- *   an HTTP root: read from the root alone, they counted no tokens.
+ * - tokens: each root's own figure (a cumulative total, else its own GenAI
+ *   usage: an agent span carrying its run's total over the model calls below
+ *   it), else the GenAI usage of the spans below it, summed. When no root has
+ *   a figure, the GenAI usage of all the trace's spans, those whose parent is
+ *   not stored included (OTLP traces carry usage on the model-call spans,
+ *   rarely on an HTTP root). Reading the spans below a root walks parent_id,
+ *   which only a trace mixing roots with and without figures needs.
  * A trace counts once, in one window: a root inside the window is only a way
- * to find the trace, and a trace whose first root starts before `oldest`
- * belongs to the window holding that root. A trace without a stored root
- * (not arrived yet, or a local root whose parent is remote) is not counted.
+ * to find the trace, and a trace with a root before `oldest` belongs to the
+ * window holding that root. A trace without a stored root (not arrived yet,
+ * or a local root whose parent is remote) is not counted.
  * Roots are read from spans_trace_roots_idx (migration 0003), not by reading
  * every span of the trace. Unqualified columns in a subquery are its
  * innermost table's.
@@ -290,8 +292,18 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
 function traceMeasures(projectId: string, windowing: AnalyticsQuery['windowing'], width: RawBuilder<unknown>, filter: Expression<SqlBool>) {
   const { oldest, newest } = windowing;
   const ownTokens = sql`coalesce(${attributeNumber(TOKENS_PATH)}, case when ${hasUsage} then ${usage} end)`;
-  const usageOfTrace = sql`(select coalesce(sum(${usage}), 0) from spans as member
-        where member.project_id = ${projectId} and member.trace_id = found.trace_id)`;
+  const ofTrace = sql`project_id = ${projectId} and trace_id = found.trace_id`;
+  const usageOfTrace = sql`(select coalesce(sum(${usage}), 0) from spans as member where ${ofTrace})`;
+  // The spans below the roots without a figure, those roots included; UNION drops a span met again, so a
+  // parent_id cycle ends.
+  const usageBelowBareRoots = sql`(
+        with recursive below(span_id) as (
+          select span_id from spans as bare where ${ofTrace} and parent_id is null and ${ownTokens} is null
+          union
+          select child.span_id from spans as child join below on child.parent_id = below.span_id
+          where child.project_id = ${projectId} and child.trace_id = found.trace_id
+        )
+        select coalesce(sum(${usage}), 0) from spans as member where ${ofTrace} and span_id in (select span_id from below))`;
   return sql`
       select date_bin(${width}, trace.start_time, ${oldest}::timestamptz) as bucket_start,
              trace.failed, trace.duration, trace.costs, trace.tokens
@@ -305,11 +317,13 @@ function traceMeasures(projectId: string, windowing: AnalyticsQuery['windowing']
                bool_or(status_code = 'STATUS_CODE_ERROR') as failed,
                extract(epoch from (max(end_time) - min(start_time))) * 1000 as duration,
                coalesce(sum(${attributeNumber(COSTS_PATH)}), 0) as costs,
-               case when bool_and(${ownTokens} is not null) then sum(${ownTokens}) else ${usageOfTrace} end as tokens
+               case when bool_and(${ownTokens} is not null) then sum(${ownTokens})
+                    when bool_or(${ownTokens} is not null) then sum(${ownTokens}) + ${usageBelowBareRoots}
+                    else ${usageOfTrace} end as tokens
         from spans as root
-        where root.project_id = ${projectId} and root.trace_id = found.trace_id and root.parent_id is null
+        where ${ofTrace} and parent_id is null
       ) as trace
-      where trace.start_time >= ${oldest}::timestamptz
-        and exists (select 1 from spans as member
-          where member.project_id = ${projectId} and member.trace_id = found.trace_id and ${filter})`;
+      -- A root before the window: the trace is an earlier window's (probed on the index, before its roots are read).
+      where not exists (select 1 from spans as earlier where ${ofTrace} and parent_id is null and start_time < ${oldest}::timestamptz)
+        and exists (select 1 from spans as member where ${ofTrace} and ${filter})`;
 }
