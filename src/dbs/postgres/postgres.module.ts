@@ -35,8 +35,9 @@ const MIRROR_POOL_MAX = 3;
  * Migrations are schema work, not requests: they run on a connection of their
  * own without the API's statement and client timeouts. A migration may take
  * longer than a request may (an index on a large table), and a second replica
- * starting beside the first waits on Kysely's migration lock until the first
- * has finished, however long that takes.
+ * starting beside the first waits on Kysely's migration lock, however long
+ * that takes (the lock is taken for each migration: the two may take turns,
+ * one migration at a time).
  */
 async function prepareSchemaAtStart(url: string, migrateOnStart: boolean): Promise<void> {
   const logger = new Logger('Postgres');
