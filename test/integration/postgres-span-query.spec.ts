@@ -559,7 +559,7 @@ describe('span queries on Postgres', () => {
       ]);
     });
 
-    it("with focus trace, counts the GenAI usage of all of a trace's spans when its root has no cumulative tokens, as OTLP traces have it", async () => {
+    it("with focus trace, counts the GenAI usage of the spans below a root without tokens of its own, as OTLP traces carry it", async () => {
       const Q = projectId('analytics-otlp');
       const W = traceId('w');
       await insert(Q, [
@@ -589,6 +589,7 @@ describe('span queries on Postgres', () => {
       const windowFrom = (oldest: string, newest: string) =>
         spanAnalytics(test.db, M, parseAnalyticsQuery({ focus: 'trace', windowing: { oldest, newest, interval: 10 } }));
       const tokens = (total: number) => ({ ag: { metrics: { tokens: { cumulative: { total } } } } });
+      const usage = (input_tokens: number) => ({ gen_ai: { usage: { input_tokens } } });
 
       beforeAll(async () => {
         await insert(M, [
@@ -604,16 +605,23 @@ describe('span queries on Postgres', () => {
           // Roots on both sides of 10:00: the trace belongs to the window holding its first root.
           { span_name: 'early', trace_id: traceId('straddling'), start_time: '2026-11-22T09:59:00.000000Z', attributes: tokens(1) },
           { span_name: 'late', trace_id: traceId('straddling'), start_time: '2026-11-22T10:01:00.000000Z', attributes: tokens(2) },
-          // A root with a figure (a cumulative total) and one without: the figure, plus the usage of the spans below the other.
+          // A root with a figure (a cumulative total), which covers the spans below it; a root without one, whose
+          // spans count down to the first with a figure of its own; a span whose parent is not stored counts as a top.
           { span_name: 'figured', trace_id: traceId('mixed'), start_time: '2026-11-22T10:21:00.000000Z', attributes: tokens(50) },
+          { span_name: 'figured-call', trace_id: traceId('mixed'), parent_id: spanId('figured'), start_time: '2026-11-22T10:21:00.100000Z', attributes: usage(7) },
           { span_name: 'bare', trace_id: traceId('mixed'), start_time: '2026-11-22T10:22:00.000000Z' },
-          { span_name: 'bare-call', trace_id: traceId('mixed'), parent_id: spanId('bare'), start_time: '2026-11-22T10:22:00.100000Z', attributes: { gen_ai: { usage: { output_tokens: 9 } } } },
-          { span_name: 'bare-call-call', trace_id: traceId('mixed'), parent_id: spanId('bare-call'), start_time: '2026-11-22T10:22:00.200000Z', attributes: { gen_ai: { usage: { input_tokens: 1 } } } },
-          // An agent root carrying its run's usage, whose model call carries the same: counted once, beside the other root's.
-          { span_name: 'agent', trace_id: traceId('agent+http'), start_time: '2026-11-22T10:41:00.000000Z', attributes: { gen_ai: { usage: { input_tokens: 30, output_tokens: 12 } } } },
-          { span_name: 'agent-call', trace_id: traceId('agent+http'), parent_id: spanId('agent'), start_time: '2026-11-22T10:41:00.100000Z', attributes: { gen_ai: { usage: { input_tokens: 30, output_tokens: 12 } } } },
-          { span_name: 'http', trace_id: traceId('agent+http'), start_time: '2026-11-22T10:42:00.000000Z' },
-          { span_name: 'http-call', trace_id: traceId('agent+http'), parent_id: spanId('http'), start_time: '2026-11-22T10:42:00.100000Z', attributes: { gen_ai: { usage: { input_tokens: 9 } } } },
+          { span_name: 'bare-step', trace_id: traceId('mixed'), parent_id: spanId('bare'), start_time: '2026-11-22T10:22:00.050000Z' },
+          { span_name: 'bare-call', trace_id: traceId('mixed'), parent_id: spanId('bare-step'), start_time: '2026-11-22T10:22:00.100000Z', attributes: usage(9) },
+          { span_name: 'bare-call-call', trace_id: traceId('mixed'), parent_id: spanId('bare-call'), start_time: '2026-11-22T10:22:00.200000Z', attributes: usage(1) },
+          { span_name: 'orphan', trace_id: traceId('mixed'), parent_id: spanId('never stored'), start_time: '2026-11-22T10:23:00.000000Z', attributes: usage(4) },
+          // An agent span (below an HTTP root) carrying its run's usage, whose model call and the tool below it carry
+          // theirs: counted once, beside the usage below the other root.
+          { span_name: 'http', trace_id: traceId('agent+http'), start_time: '2026-11-22T10:41:00.000000Z' },
+          { span_name: 'agent', trace_id: traceId('agent+http'), parent_id: spanId('http'), start_time: '2026-11-22T10:41:00.050000Z', attributes: usage(42) },
+          { span_name: 'agent-call', trace_id: traceId('agent+http'), parent_id: spanId('agent'), start_time: '2026-11-22T10:41:00.100000Z', attributes: usage(42) },
+          { span_name: 'agent-tool', trace_id: traceId('agent+http'), parent_id: spanId('agent-call'), start_time: '2026-11-22T10:41:00.200000Z', attributes: usage(5) },
+          { span_name: 'other-http', trace_id: traceId('agent+http'), start_time: '2026-11-22T10:42:00.000000Z' },
+          { span_name: 'other-call', trace_id: traceId('agent+http'), parent_id: spanId('other-http'), start_time: '2026-11-22T10:42:00.100000Z', attributes: usage(9) },
         ]);
       });
 
@@ -623,7 +631,7 @@ describe('span queries on Postgres', () => {
           // and own tokens summed (m1's call is below m1, whose own usage stands for it).
           bucket('10:00', { count: 1, duration: 660500, costs: 3, tokens: 12 }, { count: 1, duration: 660500, costs: 3, tokens: 12 }),
           bucket('10:10', ZERO),
-          bucket('10:20', { count: 1, duration: 60000, costs: 0, tokens: 60 }),
+          bucket('10:20', { count: 1, duration: 60000, costs: 0, tokens: 63 }),
         ]);
         const agent = await windowFrom('2026-11-22T10:40:00Z', '2026-11-22T10:50:00Z');
         expect(agent.map((b) => [b.total.count, b.total.tokens])).toEqual([[1, 51]]);

@@ -274,13 +274,7 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
  *   latest end among its roots (a single root's own duration);
  * - costs: the sum of the roots' cumulative costs (each root's covers the
  *   spans below it, and roots share none);
- * - tokens: each root's own figure (a cumulative total, else its own GenAI
- *   usage: an agent span carrying its run's total over the model calls below
- *   it), else the GenAI usage of the spans below it, summed. When no root has
- *   a figure, the GenAI usage of all the trace's spans, those whose parent is
- *   not stored included (OTLP traces carry usage on the model-call spans,
- *   rarely on an HTTP root). Reading the spans below a root walks parent_id,
- *   which only a trace mixing roots with and without figures needs.
+ * - tokens: see tokensOfTrace.
  * A trace counts once, in one window: a root inside the window is only a way
  * to find the trace, and a trace with a root before `oldest` belongs to the
  * window holding that root. A trace without a stored root (not arrived yet,
@@ -291,19 +285,7 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
  */
 function traceMeasures(projectId: string, windowing: AnalyticsQuery['windowing'], width: RawBuilder<unknown>, filter: Expression<SqlBool>) {
   const { oldest, newest } = windowing;
-  const ownTokens = sql`coalesce(${attributeNumber(TOKENS_PATH)}, case when ${hasUsage} then ${usage} end)`;
   const ofTrace = sql`project_id = ${projectId} and trace_id = found.trace_id`;
-  const usageOfTrace = sql`(select coalesce(sum(${usage}), 0) from spans as member where ${ofTrace})`;
-  // The spans below the roots without a figure, those roots included; UNION drops a span met again, so a
-  // parent_id cycle ends.
-  const usageBelowBareRoots = sql`(
-        with recursive below(span_id) as (
-          select span_id from spans as bare where ${ofTrace} and parent_id is null and ${ownTokens} is null
-          union
-          select child.span_id from spans as child join below on child.parent_id = below.span_id
-          where child.project_id = ${projectId} and child.trace_id = found.trace_id
-        )
-        select coalesce(sum(${usage}), 0) from spans as member where ${ofTrace} and span_id in (select span_id from below))`;
   return sql`
       select date_bin(${width}, trace.start_time, ${oldest}::timestamptz) as bucket_start,
              trace.failed, trace.duration, trace.costs, trace.tokens
@@ -317,13 +299,43 @@ function traceMeasures(projectId: string, windowing: AnalyticsQuery['windowing']
                bool_or(status_code = 'STATUS_CODE_ERROR') as failed,
                extract(epoch from (max(end_time) - min(start_time))) * 1000 as duration,
                coalesce(sum(${attributeNumber(COSTS_PATH)}), 0) as costs,
-               case when bool_and(${ownTokens} is not null) then sum(${ownTokens})
-                    when bool_or(${ownTokens} is not null) then sum(${ownTokens}) + ${usageBelowBareRoots}
-                    else ${usageOfTrace} end as tokens
+               case when bool_and(${ownTokens} is not null) then sum(${ownTokens}) else ${tokensOfTrace(ofTrace)} end as tokens
         from spans as root
         where ${ofTrace} and parent_id is null
       ) as trace
       -- A root before the window: the trace is an earlier window's (probed on the index, before its roots are read).
       where not exists (select 1 from spans as earlier where ${ofTrace} and parent_id is null and start_time < ${oldest}::timestamptz)
         and exists (select 1 from spans as member where ${ofTrace} and ${filter})`;
+}
+
+/**
+ * A span's own token figure: its cumulative total, else its own GenAI usage
+ * (an agent span carrying its run's total over the model calls below it);
+ * NULL when it has neither.
+ */
+const ownTokens = sql`coalesce(${attributeNumber(TOKENS_PATH)}, case when ${hasUsage} then ${usage} end)`;
+
+/**
+ * A trace's tokens, when some root has no figure of its own (each has:
+ * their sum, read from the roots alone): from each top span (a root, or a
+ * span whose parent is not stored) down, a span with a figure counts it and
+ * stops there, as the figure covers what is below it; a span without one
+ * counts the spans below it the same way. OTLP traces carry usage on the
+ * model-call spans, rarely on an HTTP root. The trace's spans are read once
+ * and walked in memory; UNION drops a span met again, so a parent_id cycle
+ * (its spans are no top span's descendants anyway) cannot loop.
+ */
+function tokensOfTrace(ofTrace: RawBuilder<unknown>) {
+  return sql`(
+        with recursive member as materialized (
+          select span_id, parent_id, ${ownTokens} as figure from spans where ${ofTrace}
+        ),
+        counted(span_id, figure) as (
+          select span_id, figure from member as top
+          where parent_id is null or not exists (select 1 from member as parent where parent.span_id = top.parent_id)
+          union
+          select child.span_id, child.figure from member as child join counted on child.parent_id = counted.span_id
+          where counted.figure is null
+        )
+        select coalesce(sum(figure), 0) from counted)`;
 }
