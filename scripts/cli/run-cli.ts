@@ -1,5 +1,5 @@
 import { ConfigError } from '../../src/config/app-config';
-import { deferInterrupt, holdingTombstones, LOST_IN_A_STRETCH } from '../../src/dbs/backfill/uninterruptible';
+import { deferInterrupt, holdingTombstones, LOST_IN_A_STRETCH, tombstonesWereLost } from '../../src/dbs/backfill/uninterruptible';
 import { errorText } from '../../src/error-text';
 
 /** A mistake in how the command was called: print usage, exit 2. */
@@ -59,10 +59,10 @@ export function isNpmRepeat(first: { signal: string; at: number }, signal: strin
 export function exitOnSignal(
   message: string | (() => string),
   stop: () => void,
-  /** `describeFailure`: what the command makes of an error before printing it (it names the server that failed), as its own error path would. */
   /**
-   * `afterLoss`: what the command adds to the advice when a second signal cuts short a stretch that held
-   * tombstones (backfill --gaps: to replay the gaps still open).
+   * `describeFailure`: what the command makes of an error before printing it (it names the server that failed), as
+   * its own error path would. `afterLoss`: what the command adds to the advice when an exit comes with tombstones
+   * lost or at risk (backfill --gaps: to replay the gaps still open).
    */
   options: { repeatWindowMs?: number; describeFailure?: (error: unknown) => unknown; afterLoss?: string } = {},
 ): void {
@@ -75,14 +75,18 @@ export function exitOnSignal(
       stop();
       // The stretch the exit waited for failed: the command has failed, and says so as it would have, not with
       // the interrupt's hint (verify's "safe to repeat" after an error that says tombstones may be lost).
+      const held = holdingTombstones();
+      const atRisk = held || tombstonesWereLost();
+      const afterLoss = atRisk ? (options.afterLoss ?? '') : '';
       if (failure !== undefined) {
-        say(`error: ${errorText(options.describeFailure ? options.describeFailure(failure) : failure)}`);
+        say(`error: ${errorText(options.describeFailure ? options.describeFailure(failure) : failure)}${afterLoss}`);
         process.exit(1);
       }
       // A second signal ends a stretch part-way: the tombstones it held are lost, and the interrupt's hint (verify's
-      // "safe to repeat") would say otherwise. A stretch that had not begun removing keys yet holds none.
-      if (holdingTombstones()) {
-        say(`error: stopped part-way through writing back ${LOST_IN_A_STRETCH}${options.afterLoss ?? ''}`);
+      // "safe to repeat") would say otherwise. A stretch that had not begun removing keys yet holds none. Or some
+      // were lost already, and the error saying so had yet to be printed.
+      if (atRisk) {
+        say(`error: ${held ? 'stopped part-way through writing back' : 'interrupted after losing'} ${LOST_IN_A_STRETCH}${afterLoss}`);
         process.exit(1);
       }
       say(typeof message === 'function' ? message() : message);

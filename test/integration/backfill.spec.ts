@@ -8,7 +8,7 @@ import { ClickHouseHistory } from '../../src/dbs/backfill/clickhouse-history';
 import { GapReplay } from '../../src/dbs/backfill/gap-replay';
 import { HistoryScope, runKeyOf } from '../../src/dbs/backfill/history-scope';
 import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
-import { holdingTombstones } from '../../src/dbs/backfill/uninterruptible';
+import { holdingTombstones, tombstonesWereLost } from '../../src/dbs/backfill/uninterruptible';
 import { nodeHistory, spanHistory } from '../../src/dbs/backfill/history-entities';
 import { gapEntryOf, groupIntoGaps } from '../../src/dbs/clickhouse/gap-ledger';
 import { nodeTombstone, toNodeGapRow } from '../../src/dbs/clickhouse/node-clickhouse-row.mapper';
@@ -733,6 +733,9 @@ describe('backfill (real Postgres and ClickHouse)', () => {
     } finally {
       inserting.mockRestore();
     }
+    // Released on the failure too; lost from now on, which a signal before the command prints its error says (exitOnSignal).
+    expect(holdingTombstones()).toBe(false);
+    expect(tombstonesWereLost()).toBe(true);
   });
 
   it('--gaps replays a key\'s entries together, so resetting it keeps the tombstones of all its days, however far apart they were recorded', async () => {

@@ -5,7 +5,7 @@ import { errorText } from '../../error-text';
 import { ClickHouseHistory, StoredTombstone } from './clickhouse-history';
 import { GapEntry, HistoryEntity, keyText, MirroredRecord } from './history-entities';
 import { KEYS_PER_READ, KeysetReader } from './keyset-reader';
-import { holdTombstones, LOST_IN_A_STRETCH, uninterruptibly } from './uninterruptible';
+import { holdTombstones, LOST_IN_A_STRETCH, tombstonesLost, uninterruptibly } from './uninterruptible';
 
 export interface ReplayResult {
   /** Postgres rows written at their current version. */
@@ -213,7 +213,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
     for (let i = 0; i < keys.length; i += KEYS_PER_READ) {
       const chunk = keys.slice(i, i + KEYS_PER_READ);
       await this.stillExclusive();
-      // From reading the tombstones to writing them back, only this process holds them: a Ctrl-C waits (uninterruptible.ts).
+      // From reading the tombstones to writing them back a Ctrl-C waits (uninterruptible.ts): once the removal is issued, only this process holds them.
       written.push(...(await uninterruptibly(() => this.resetChunk(projectId, chunk, `${token}:${i}`))));
     }
     return written;
@@ -255,6 +255,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       if (!removal) {
         // The keys' rows are gone from ClickHouse, and the tombstones read above with them: only this process held them.
         if (tombstones.length === 0) throw error;
+        tombstonesLost();
         throw new TombstonesLostError(
           `removed the keys' rows from ClickHouse, but writing Postgres's rows and up to ${tombstones.length} saved tombstone(s) back failed: ${errorText(error)}; ` +
             `lost with it: ${LOST_IN_A_STRETCH}`,
@@ -262,6 +263,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       }
       if (tombstones.length === 0) throw removal.error;
       // Both failed: the tombstones read above are lost with this process, which only a verify finds out.
+      tombstonesLost();
       throw new TombstonesLostError(
         `${errorText(removal.error)}; writing Postgres's rows and ${tombstones.length} saved tombstone(s) after it failed too: ${errorText(error)}; ` +
           `lost with it, if the removal went through: ${LOST_IN_A_STRETCH}`,

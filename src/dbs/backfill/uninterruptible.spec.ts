@@ -65,7 +65,7 @@ describe('exitOnSignal with uninterruptibly', () => {
     run.child.kill('SIGTERM');
     expect(await run.done).toBe(1);
     expect(run.out()).toBe('inside\nstopped\n');
-    expect(run.err()).toMatch(/\nerror: stopped part-way through writing back .*run `npm run verify -- --repair`; then replay the rest\n$/);
+    expect(run.err()).toMatch(/\nerror: stopped part-way through writing back the tombstones this process held: .*run `npm run verify -- --repair`; then replay the rest\n$/);
   }, 30_000);
 
   it('exits on another signal with the interrupt\'s hint when the stretch holds no tombstones yet (its keys not being removed)', async () => {
@@ -78,6 +78,25 @@ describe('exitOnSignal with uninterruptibly', () => {
     expect(run.out()).toBe('inside\nstopped\n');
     expect(run.err()).toMatch(/\ninterrupted\n$/);
     expect(run.err()).not.toContain('error:');
+  }, 30_000);
+
+  it('adds what the command adds to the advice to a stretch\'s failure that lost the tombstones, after the first signal', async () => {
+    const run = start(['lose'], { AFTER_LOSS: '; then replay the rest' });
+    await run.until('inside', run.out);
+    run.child.kill('SIGINT');
+    await run.until('finishing writing back', run.err);
+    run.child.stdin!.end();
+    expect(await run.done).toBe(1);
+    expect(run.err()).toMatch(/then stopping .*\nerror: the server failed: the write-back failed: tombstones lost; then replay the rest\n$/);
+  }, 30_000);
+
+  it('says the tombstones were lost when a signal comes after they were, before the command printed its error', async () => {
+    const run = start(['lost-closing'], { AFTER_LOSS: '; then replay the rest' });
+    await run.until('closing', run.out);
+    run.child.kill('SIGINT');
+    expect(await run.done).toBe(1);
+    expect(run.out()).toBe('inside\nclosing\nstopped\n');
+    expect(run.err()).toMatch(/^error: interrupted after losing the tombstones this process held: .*run `npm run verify -- --repair`; then replay the rest\n$/);
   }, 30_000);
 
   // A gap replay catches a gap's failure and goes on to the next: the interrupt must still end the run, and

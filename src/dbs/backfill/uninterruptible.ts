@@ -12,6 +12,8 @@ let open = 0;
 let deferred: ((failure?: unknown) => void) | null = null;
 /** Tombstones held now, by stretches that have begun removing their keys (holdTombstones). */
 let holding = 0;
+/** Tombstones were lost (tombstonesLost): whatever ends the command from then on says so. */
+let lost = false;
 
 /**
  * What a stretch cut short, or failed part-way, loses, and what to do: the tombstones of deleted keys it held.
@@ -68,7 +70,22 @@ export function holdTombstones(): () => void {
   };
 }
 
+/**
+ * Records that tombstones this process held were lost (their write-back
+ * failed after the removal). The error saying so reaches the operator only
+ * at the command's end, after its servers are closed: an interrupt before
+ * then must not end the command as merely interrupted.
+ */
+export function tombstonesLost(): void {
+  lost = true;
+}
+
 /** Whether tombstones are held now: an exit now loses them (holdTombstones). */
 export function holdingTombstones(): boolean {
   return holding > 0;
+}
+
+/** Whether tombstones were lost already (tombstonesLost). */
+export function tombstonesWereLost(): boolean {
+  return lost;
 }
