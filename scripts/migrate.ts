@@ -60,13 +60,9 @@ runCli(USAGE, async (args, log) => {
     const notReverted = done.filter((r) => r.status !== 'Success').map((r) => r.migrationName);
     for (const r of done) if (r.status === 'Success') log(`reverted ${r.migrationName}`);
     if (notReverted.length) {
-      const reverted = done.filter((r) => r.status === 'Success').map((r) => r.migrationName);
+      // Steps run one at a time and stop at it: what is above it was reverted, it and what is beneath it stay.
       throw new Error(
-        `not reverted: ${notReverted.join(', ')}: no down step, applied while this command ran (another migrator)` +
-          (reverted.length
-            ? `; ${reverted.join(', ')} beneath ${reverted.length === 1 ? 'was' : 'were'} reverted, so the history lists what stayed over a schema without them and \`npm run migrate\` will call it corrupted: ` +
-              'put the schema and the kysely_migration table back by hand (or from a backup)'
-            : ''),
+        `not reverted: ${notReverted.join(', ')}: no down step, applied while this command ran (another migrator); it and the migrations beneath it stay applied`,
       );
     }
   } finally {

@@ -274,26 +274,33 @@ describe('Postgres migrations', () => {
 
   // One transaction for all would hold the locks of each until the last commits (0002's exclusive lock on nodes
   // while 0003 builds an index on spans).
-  it('applies pending migrations each in a transaction of its own: one that fails leaves those before it applied', async () => {
+  it('applies and undoes migrations each in a transaction of its own: one that fails leaves those before it done, and says which', async () => {
     const folder = mkdtempSync(path.join(tmpdir(), 'migrations-'));
-    const recording = (name: string) =>
-      `exports.up = async (db) => { await db.executeQuery({ sql: "insert into steps values ('${name}', txid_current())", parameters: [], query: { kind: 'RawNode' } }); };\n`;
-    writeFileSync(path.join(folder, '0001_steps.js'), "exports.up = async (db) => { await db.schema.createTable('steps').addColumn('name', 'text').addColumn('tx', 'bigint').execute(); };\n");
-    writeFileSync(path.join(folder, '0002_first.js'), recording('first'));
-    writeFileSync(path.join(folder, '0003_second.js'), recording('second'));
-    writeFileSync(path.join(folder, '0004_failing.js'), "exports.up = async () => { throw new Error('no such thing'); };\n");
+    const log = (step: string) =>
+      `await db.executeQuery({ sql: "insert into steps_check.log values ('${step}', txid_current())", parameters: [], query: { kind: 'RawNode' } });`;
+    const migration = (name: string) => `exports.up = async (db) => { ${log(`up ${name}`)} };\nexports.down = async (db) => { ${log(`down ${name}`)} };\n`;
+    writeFileSync(path.join(folder, '0001_first.js'), migration('first'));
+    writeFileSync(path.join(folder, '0002_second.js'), migration('second'));
+    writeFileSync(path.join(folder, '0003_failing.js'), "exports.up = async () => { throw new Error('no such thing'); };\n");
     await sql`create schema steps_check`.execute(test.db);
+    await sql`create table steps_check.log (step text, tx bigint)`.execute(test.db);
     const url = new URL(test.url);
     url.searchParams.set('options', '-c search_path=steps_check');
     const pool = createPool(url.toString(), 1);
     const db = createKysely(pool);
+    const steps = async () => (await sql<{ step: string; tx: string }>`select step, tx from steps_check.log order by tx`.execute(test.db)).rows;
     try {
-      await expect(migrateToLatest(db, folder)).rejects.toThrow('Postgres migration 0004_failing failed: no such thing');
-      const steps = await sql<{ name: string; tx: string }>`select name, tx from steps_check.steps order by name`.execute(test.db);
-      expect(steps.rows.map((r) => r.name)).toEqual(['first', 'second']);
-      expect(steps.rows[0].tx).not.toBe(steps.rows[1].tx);
+      await expect(migrateToLatest(db, folder)).rejects.toThrow(
+        'Postgres migration 0003_failing failed: no such thing (applied before it: 0001_first, 0002_second)',
+      );
       const applied = await sql<{ name: string }>`select name from steps_check.kysely_migration order by 1`.execute(test.db);
-      expect(applied.rows.map((r) => r.name)).toEqual(['0001_steps', '0002_first', '0003_second']);
+      expect(applied.rows.map((r) => r.name)).toEqual(['0001_first', '0002_second']);
+
+      rmSync(path.join(folder, '0003_failing.js'));
+      await migrateDown(db, true, folder);
+      const all = await steps();
+      expect(all.map((r) => r.step)).toEqual(['up first', 'up second', 'down second', 'down first']);
+      expect(new Set(all.map((r) => r.tx)).size).toBe(4);
     } finally {
       await endPool(pool);
       await sql`drop schema steps_check cascade`.execute(test.db);

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { OperatorError } from '../../config/operator-error';
-import { DEFAULT_MIGRATION_TABLE, FileMigrationProvider, Kysely, MigrationResult, MigrationResultSet, Migrator, NO_MIGRATIONS, sql } from 'kysely';
+import { DEFAULT_MIGRATION_TABLE, FileMigrationProvider, Kysely, MigrationResult, MigrationResultSet, Migrator, sql } from 'kysely';
 
 /** Kysely's Migrator over migrations/postgres (compiled .js or source .ts). */
 export const POSTGRES_MIGRATIONS_DIR = path.resolve(__dirname, '../../../migrations/postgres');
@@ -25,12 +25,27 @@ function migratorIn(db: Kysely<any>, schema: string | undefined, folder: string)
   return new Migrator({ db, provider: new FileMigrationProvider({ fs, path, migrationFolder: folder }), migrationTableSchema: schema });
 }
 
+/** A migration run that failed; `completed` names the migrations it applied or reverted before (each committed on its own). */
+export class PostgresMigrationError extends Error {
+  constructor(message: string, readonly completed: string[]) {
+    super(message);
+    this.name = 'PostgresMigrationError';
+  }
+}
+
 function raise(result: MigrationResultSet): MigrationResultSet {
   if (result.error) {
     const failed = result.results?.find((r) => r.status === 'Error');
     const cause = result.error instanceof Error ? result.error.message : String(result.error);
+    const completed = result.results?.filter((r) => r.status === 'Success') ?? [];
+    const before = completed.length
+      ? ` (${completed[0].direction === 'Up' ? 'applied' : 'reverted'} before it: ${completed.map((r) => r.migrationName).join(', ')})`
+      : '';
     // Kysely refuses some runs (a corrupted history, a lock) before any migration starts: there is no migration to name then.
-    throw new Error(failed ? `Postgres migration ${failed.migrationName} failed: ${cause}` : `Postgres migrations could not run: ${cause}`);
+    throw new PostgresMigrationError(
+      failed ? `Postgres migration ${failed.migrationName} failed: ${cause}${before}` : `Postgres migrations could not run: ${cause}${before}`,
+      completed.map((r) => r.migrationName),
+    );
   }
   return result;
 }
@@ -72,7 +87,17 @@ export async function migrateDown(db: Kysely<any>, all = false, folder = POSTGRE
   const undoing = all ? executed : executed.slice(0, 1);
   const withoutDown = undoing.filter((m) => typeof m.migration.down !== 'function').map((m) => m.name);
   if (withoutDown.length) throw new NoDownStepError(withoutDown);
-  return raise(all ? await migrator.migrateTo(NO_MIGRATIONS) : await migrator.migrateDown());
+  if (!all) return raise(await migrator.migrateDown());
+  // One step at a time, each in its own transaction (as migrateToLatest): one step's locks end before the next
+  // takes its own. A migration without a down step applied since the look above (another migrator) is
+  // NotExecuted and stays in the history: the run stops there, leaving it and those beneath it applied.
+  const results: MigrationResult[] = [];
+  for (;;) {
+    const step = await migrator.migrateDown();
+    results.push(...(step.results ?? []));
+    if (step.error !== undefined) return raise({ error: step.error, results });
+    if (!step.results?.length || step.results.some((r) => r.status !== 'Success')) return { results };
+  }
 }
 
 /** Where a database's schema stands against this build's migrations. */
@@ -209,10 +234,12 @@ export async function prepareSchema(
     const result = await migrateToLatest(db);
     return { applied: result.results?.map((r) => r.migrationName) ?? [], unknown };
   } catch (error) {
-    // A newer build starting beside this one may have migrated between the look above and Kysely's lock;
-    // Kysely then calls the history corrupted. What counts is whether anything of this build's is pending.
+    // A newer build starting beside this one may have migrated between the look above and Kysely's lock (or
+    // between two of this run's steps); Kysely then calls the history corrupted. What counts is whether anything
+    // of this build's is pending.
     const now = await schemaState(db);
-    if (now.pending.length === 0) return { applied: [], unknown: now.unknown };
+    const applied = error instanceof PostgresMigrationError ? error.completed : [];
+    if (now.pending.length === 0) return { applied, unknown: now.unknown };
     throw error;
   }
 }
