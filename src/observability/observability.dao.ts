@@ -1,3 +1,4 @@
+import { DeleteStep } from '../tracing/tracing.dao';
 import { DeletedNode, NodeInput, ObservabilityNode } from './node';
 
 export const OBSERVABILITY_DAO = Symbol('OBSERVABILITY_DAO');
@@ -28,7 +29,8 @@ export interface ObservabilityDao {
   readTree(projectId: string, treeId: string, options?: { maxNodes?: number }): Promise<ObservabilityNode[]>;
   /** One page, newest first; with `maxNodes`, at most that many nodes whatever the query's limit (`next` goes on). */
   queryNodes(projectId: string, query: NodeQuery, options?: { maxNodes?: number }): Promise<NodePage>;
-  deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]>;
+  /** With `atMost`, deletes at most that many of their nodes (the first in key order): a caller deletes large trees in steps. */
+  deleteTrees(projectId: string, treeIds: string[], options?: DeleteStep): Promise<DeletedNode[]>;
 }
 
 /** A read asked for a whole tree that has more nodes than the bound allows (MAX_RESPONSE_ITEMS). */
