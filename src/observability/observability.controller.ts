@@ -19,6 +19,10 @@ export class ObservabilityController {
 
   @Post('nodes')
   @ApiOperation({ summary: 'Ingest nodes (atomic; an existing node_id is replaced)' })
+  @ApiResponse({
+    status: 201,
+    description: 'Stored: `count` and the stored `nodes`. A node_id the project holds already is replaced whole (its tree_id too: the node moves to that tree), never a 409',
+  })
   @ApiBody({ schema: openApiSchema(nodesBodySchema) })
   async ingestNodes(@ProjectId() projectId: string, @Body() body: unknown) {
     assertBatchSize(body, 'nodes', this.config.http.maxBatchItems);
@@ -31,6 +35,7 @@ export class ObservabilityController {
   @HttpCode(200)
   @ApiOperation({ summary: 'Query nodes by tree, type, name and time window, newest first, with a cursor' })
   @ApiResponse({ status: 200, description: '`count`, the page\'s `nodes`, and `next` (pass it as `next` for the following page; null on the last)' })
+  @ApiResponse({ status: 422, description: 'The page is larger than one JSON answer can hold (about 512 MB); the message says to ask for a smaller limit' })
   @ApiBody({ schema: openApiSchema(nodeQuerySchema) })
   async queryNodes(@ProjectId() projectId: string, @Body() body: unknown) {
     const page = await this.observability.queryNodePage(projectId, parseBody(nodeQuerySchema, body ?? {}), { maxNodes: this.config.http.maxResponseItems });

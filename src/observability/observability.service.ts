@@ -18,11 +18,6 @@ export class ObservabilityService {
     return this.dao.readTree(projectId, treeId, options);
   }
 
-  /** One page of nodes; queryNodePage also gives the cursor to the next. */
-  async queryNodes(projectId: string, query: NodeQuery): Promise<ObservabilityNode[]> {
-    return (await this.dao.queryNodes(projectId, query)).nodes;
-  }
-
   queryNodePage(projectId: string, query: NodeQuery, options: { maxNodes?: number } = {}): Promise<NodePage> {
     return this.dao.queryNodes(projectId, query, options);
   }

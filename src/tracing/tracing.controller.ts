@@ -104,7 +104,12 @@ export class TracingController {
       'is deleted or replaced: while that happens to a window\'s traces, a later page can repeat a trace or miss one; a window no one is writing pages exactly.',
   })
   @ApiResponse({ status: 200, description: '`count`, the page\'s `spans`, and `next` (a cursor for the following page, or null). Focus trace: whole traces, at most MAX_RESPONSE_ITEMS spans in all (a page may hold fewer traces than `limit`)' })
-  @ApiResponse({ status: 422, description: 'Focus trace: the page\'s first trace alone has more spans than MAX_RESPONSE_ITEMS; the message says how to read it in pages, and `next` is the cursor past it' })
+  @ApiResponse({
+    status: 422,
+    description:
+      'Focus trace: the page\'s first trace alone has more spans than MAX_RESPONSE_ITEMS; the message says how to read it in pages, and `next` is the cursor ' +
+      'past it. Or the page is larger than one JSON answer can hold (about 512 MB); the message says to ask for a smaller limit',
+  })
   @ApiBody({ schema: SPAN_QUERY_BODY, required: false })
   async query(@ProjectId() projectId: string, @Body() body: unknown) {
     const page = await this.tracing.query(projectId, parseSpanQuery(body ?? {}), { maxSpans: this.config.http.maxResponseItems });

@@ -63,8 +63,8 @@ export const nodeQuerySchema = z
     // Empty would read as "no filter" below; no node has an empty name or type (ingest refuses them).
     node_type: absentIfNull(textSchema(z.string().min(1, 'must not be empty').max(64))),
     node_name: absentIfNull(textSchema(z.string().min(1, 'must not be empty').max(1024))),
-    oldest: absentIfNull(timestampSchema),
-    newest: absentIfNull(timestampSchema),
+    oldest: absentIfNull(timestampSchema).describe('Inclusive lower bound on time_start'),
+    newest: absentIfNull(timestampSchema).describe('Exclusive upper bound on time_start'),
     // A JSON number only, as windowing.limit in span queries: coercion took "5", true and [3] as limits.
     limit: absentIfNull(z.number({ invalid_type_error: LIMIT_MESSAGE }).int(LIMIT_MESSAGE).min(1, LIMIT_MESSAGE).max(MAX_LIMIT, LIMIT_MESSAGE)).describe(
       'Nodes per page, at most MAX_RESPONSE_ITEMS: a page may hold fewer, and `next` being null, not the count, says it is the last',
