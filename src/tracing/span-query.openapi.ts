@@ -67,9 +67,9 @@ const ANALYTICS_FOCUS = {
     'span: every matching span; trace: each trace with a matching span once, in the bucket of its first root span (parent_id null; a span ' +
     'posted without a parent is one, so a trace may have several) and only in the window holding that root. Measured over its roots: an ' +
     'error when any root is; duration from the first root\'s start to the latest end among its roots; costs summed over the roots; ' +
-    'tokens: from each root (and each span whose parent is not stored) down, a span\'s own figure (a cumulative total, else its GenAI ' +
-    'usage: an agent span\'s covers the calls below it) where it has one, else the figures below it. A trace without a stored root ' +
-    '(not arrived yet, or whose local root has a remote parent) is not counted',
+    'tokens: from each root down, a span\'s own figure (a cumulative total, else its GenAI usage: an agent span\'s covers the calls below ' +
+    'it) where it has one, else the figures below it (a span whose parent is not stored is below no root, and not counted). A trace ' +
+    'without a stored root (not arrived yet, or whose local root has a remote parent) is not counted',
 };
 
 export const SPAN_QUERY_BODY = {
