@@ -55,10 +55,7 @@ export class ObservabilityController {
   }
 
   @Delete('trees/:treeId')
-  @ApiOperation({
-    summary: 'Delete every node of a tree',
-    description: 'In steps of 10,000 nodes, each its own transaction: one cut short leaves the steps before it done, and sent again deletes the rest',
-  })
+  @ApiOperation({ summary: 'Delete every node of a tree' })
   @ApiResponse({ status: 200, description: '`count` of nodes deleted' })
   @ApiResponse({ status: 404, description: 'No node of this tree in this project' })
   async deleteTree(@ProjectId() projectId: string, @Param('treeId') treeId: string) {

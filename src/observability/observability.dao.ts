@@ -1,4 +1,3 @@
-import { DeleteStep } from '../tracing/tracing.dao';
 import { DeletedNode, NodeInput, ObservabilityNode } from './node';
 
 export const OBSERVABILITY_DAO = Symbol('OBSERVABILITY_DAO');
@@ -29,8 +28,7 @@ export interface ObservabilityDao {
   readTree(projectId: string, treeId: string, options?: { maxNodes?: number }): Promise<ObservabilityNode[]>;
   /** One page, newest first; with `maxNodes`, at most that many nodes whatever the query's limit (`next` goes on). */
   queryNodes(projectId: string, query: NodeQuery, options?: { maxNodes?: number }): Promise<NodePage>;
-  /** With `atMost`, deletes at most that many of their nodes (the first in key order): a caller deletes large trees in steps. */
-  deleteTrees(projectId: string, treeIds: string[], options?: DeleteStep): Promise<DeletedNode[]>;
+  deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]>;
 }
 
 /** A read asked for a whole tree that has more nodes than the bound allows (MAX_RESPONSE_ITEMS). */

@@ -1,5 +1,4 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { deleteInSteps } from '../delete-in-steps';
 import { NodeInput, ObservabilityNode } from './node';
 import { NodePage, NodeQuery, OBSERVABILITY_DAO, ObservabilityDao } from './observability.dao';
 
@@ -22,9 +21,8 @@ export class ObservabilityService {
     return this.dao.queryNodes(projectId, query, options);
   }
 
-  /** Returns how many nodes were deleted: in steps, each its own transaction (deleteInSteps). */
-  deleteTrees(projectId: string, treeIds: string[]): Promise<number> {
-    if (treeIds.length === 0) return Promise.resolve(0);
-    return deleteInSteps((atMost) => this.dao.deleteTrees(projectId, treeIds, { atMost }));
+  /** Returns how many nodes were deleted. */
+  async deleteTrees(projectId: string, treeIds: string[]): Promise<number> {
+    return (await this.dao.deleteTrees(projectId, treeIds)).length;
   }
 }

@@ -81,10 +81,7 @@ export class TracingController {
   }
 
   @Delete('traces/:traceId')
-  @ApiOperation({
-    summary: 'Delete every span of a trace',
-    description: 'In steps of 10,000 spans, each its own transaction: one cut short leaves the steps before it done, and sent again deletes the rest',
-  })
+  @ApiOperation({ summary: 'Delete every span of a trace' })
   @ApiResponse({ status: 200, description: '`count` of spans deleted' })
   @ApiResponse({ status: 404, description: 'No span of this trace in this project' })
   async deleteTrace(@ProjectId() projectId: string, @Param('traceId') traceId: string) {

@@ -19,16 +19,10 @@ export interface TracingDao {
   deleteSpans(projectId: string, keys: SpanKey[]): Promise<DeletedSpan[]>;
   /** Every span of the traces; with `maxSpans`, more than that many is a TraceTooLargeError and nothing is returned. */
   readTraces(projectId: string, traceIds: string[], options?: SpanBound): Promise<Span[]>;
-  /** With `atMost`, deletes at most that many of their spans (the first in key order): a caller deletes large traces in steps. */
-  deleteTraces(projectId: string, traceIds: string[], options?: DeleteStep): Promise<DeletedSpan[]>;
+  deleteTraces(projectId: string, traceIds: string[]): Promise<DeletedSpan[]>;
   /** With `maxSpans`, a focus-trace page ends before the trace that would take it past that many spans (see TraceTooLargeError). */
   query(projectId: string, query: SpanQuery, options?: SpanBound): Promise<SpanPage>;
   analytics(projectId: string, query: AnalyticsQuery): Promise<AnalyticsBucket[]>;
-}
-
-/** How many rows one delete may take, each delete its own transaction. None when absent. */
-export interface DeleteStep {
-  atMost?: number;
 }
 
 /** How many spans one read may return: what one HTTP answer carries (MAX_RESPONSE_ITEMS). None when absent. */

@@ -1,5 +1,4 @@
 import { Inject, Injectable } from '@nestjs/common';
-import { deleteInSteps } from '../delete-in-steps';
 import { Span, SpanInput, SpanKey } from './span';
 import { AnalyticsBucket, AnalyticsQuery, SpanPage, SpanQuery } from './span-query';
 import { SpanBound, TRACING_DAO, TracingDao } from './tracing.dao';
@@ -36,10 +35,9 @@ export class TracingService {
     return this.dao.readTraces(projectId, traceIds, options);
   }
 
-  /** Returns how many spans were deleted: in steps, each its own transaction (deleteInSteps). */
-  deleteTraces(projectId: string, traceIds: string[]): Promise<number> {
-    if (traceIds.length === 0) return Promise.resolve(0);
-    return deleteInSteps((atMost) => this.dao.deleteTraces(projectId, traceIds, { atMost }));
+  /** Returns how many spans were deleted. */
+  async deleteTraces(projectId: string, traceIds: string[]): Promise<number> {
+    return (await this.dao.deleteTraces(projectId, traceIds)).length;
   }
 
   query(projectId: string, query: SpanQuery, options: SpanBound = {}): Promise<SpanPage> {

@@ -6,8 +6,6 @@ import { PostgresTracingDao } from '../../src/dbs/postgres/postgres-tracing.dao'
 import { TreeTooLargeError } from '../../src/observability/observability.dao';
 import { isoToMicros, microsToIso } from '../../src/tracing/timestamp';
 import { TraceTooLargeError } from '../../src/tracing/tracing.dao';
-import { TracingService } from '../../src/tracing/tracing.service';
-import { DELETE_STEP_ROWS } from '../../src/delete-in-steps';
 import { makeNode, makeSpan, makeTrace } from '../support/fixtures';
 import { createTestDatabase, TestDatabase } from '../support/postgres';
 
@@ -198,42 +196,6 @@ describe('Postgres DAOs locking the rows a delete removes', () => {
       { sql: expect.stringMatching(/^delete from "nodes" .* order by "node_id" for update\)/), rows: 500 },
     ]);
   });
-
-  it('with atMost, delete that many of a trace\'s or tree\'s rows, the first in key order, leaving the rest', async () => {
-    const trace = makeTrace(6);
-    const tree = '0d000000-0000-4000-8000-000000000003';
-    const spans = new PostgresTracingDao(pg.db);
-    const nodes = new PostgresObservabilityDao(pg.db);
-    await spans.createSpans(project, trace, { userId: null, upsert: false });
-    const ingested = await nodes.ingestNodes(project, Array.from({ length: 7 }, () => ({ ...makeNode(), tree_id: tree })));
-    const spanIds = trace.map((s) => s.span_id).sort();
-    const nodeIds = ingested.map((n) => n.node_id).sort();
-
-    const steps: string[][] = [];
-    for (let taken = -1; taken !== 0; ) {
-      const step = (await spans.deleteTraces(project, [trace[0].trace_id], { atMost: 3 })).map((s) => s.span_id).sort();
-      steps.push(step);
-      taken = step.length;
-    }
-    expect(steps).toEqual([spanIds.slice(0, 3), spanIds.slice(3, 6), spanIds.slice(6), []]);
-    expect((await nodes.deleteTrees(project, [tree], { atMost: 4 })).map((n) => n.node_id).sort()).toEqual(nodeIds.slice(0, 4));
-    expect((await nodes.readTree(project, tree)).map((n) => n.node_id).sort()).toEqual(nodeIds.slice(4));
-  });
-
-  it('TracingService deletes a trace of more than a step\'s rows in steps, each its own transaction', async () => {
-    const trace = makeTrace(DELETE_STEP_ROWS);
-    // Each statement, with how many rows came back for it (a plugin sees results; begin and commit return none).
-    const statements: string[] = [];
-    const db = new Kysely<DB>({
-      dialect: new PostgresDialect({ pool: pg.pool }),
-      plugins: [{ transformQuery: (args) => args.node, transformResult: async (args) => (statements.push(`${args.result.rows.length} rows`), args.result) }],
-      log: (event) => void (/^(begin|commit)$/.test(event.query.sql) && statements.push(event.query.sql)),
-    });
-    await new PostgresTracingDao(pg.db).createSpans(project, trace, { userId: null, upsert: false });
-    expect(await new TracingService(new PostgresTracingDao(db)).deleteTraces(project, [trace[0].trace_id])).toBe(DELETE_STEP_ROWS + 1);
-    expect(statements).toEqual(['begin', `${DELETE_STEP_ROWS} rows`, 'commit', 'begin', '1 rows', 'commit']);
-    expect(await new PostgresTracingDao(pg.db).readTraces(project, [trace[0].trace_id])).toEqual([]);
-  }, 60_000);
 
   // The review's sequence: the delete has locked Z and waits for Y; meanwhile M (before Z) is moved into the
   // tree, and an ingest of [M, Z] locks M and waits for Z. A delete whose DELETE came after its lock step took

@@ -2,7 +2,6 @@ import { Inject, Injectable } from '@nestjs/common';
 import { Kysely, sql, SqlBool } from 'kysely';
 import { DeletedNode, NodeInput, ObservabilityNode } from '../../observability/node';
 import { NodePage, NodeQuery, ObservabilityDao, TreeTooLargeError } from '../../observability/observability.dao';
-import { DeleteStep } from '../../tracing/tracing.dao';
 import { DB, NodeRow } from './database';
 import { selectAtMost } from './bounded-read';
 import { cursorTag, decodeCursor, encodeCursor, isCursorTime } from './keyset-cursor';
@@ -124,7 +123,7 @@ export class PostgresObservabilityDao implements ObservabilityDao {
     return { nodes, next: rows.length > limit ? encodeCursor(tag, [last.time_start, last.node_id]) : null };
   }
 
-  async deleteTrees(projectId: string, treeIds: string[], options: DeleteStep = {}): Promise<DeletedNode[]> {
+  async deleteTrees(projectId: string, treeIds: string[]): Promise<DeletedNode[]> {
     if (treeIds.length === 0) return [];
     // In a transaction, like every write: a delete the client gives up on is then never committed (see createPool).
     return inTransaction(this.db, async (trx) => {
@@ -132,14 +131,13 @@ export class PostgresObservabilityDao implements ObservabilityDao {
       // has locked in key order (lock-order.ts), in one statement, so a node moved into the tree meanwhile is not
       // locked out of order (as the tracing DAO's deleteInLockOrder says).
       // The ids as one array: an IN list binds one parameter per id, and Postgres takes at most 65,535.
-      let locked = trx
+      const locked = trx
         .selectFrom('nodes')
         .select('node_id')
         .where('project_id', '=', projectId)
         .where(sql<SqlBool>`tree_id = any(${treeIds}::uuid[])`)
         .orderBy('node_id')
         .forUpdate();
-      if (options.atMost !== undefined) locked = locked.limit(options.atMost);
       return trx
         .deleteFrom('nodes')
         .where('project_id', '=', projectId)

@@ -2,7 +2,7 @@ import { Inject, Injectable } from '@nestjs/common';
 import { Expression, Kysely, sql, SqlBool, Transaction } from 'kysely';
 import { DeletedSpan, Span, SpanInput, SpanKey } from '../../tracing/span';
 import { AnalyticsBucket, AnalyticsQuery, SpanPage, SpanQuery } from '../../tracing/span-query';
-import { DeleteStep, SpanBound, SpansConflictError, SpansNotFoundError, TraceTooLargeError, TracingDao } from '../../tracing/tracing.dao';
+import { SpanBound, SpansConflictError, SpansNotFoundError, TraceTooLargeError, TracingDao } from '../../tracing/tracing.dao';
 import { DB, SpanRow } from './database';
 import { selectAtMost } from './bounded-read';
 import { KYSELY } from './postgres.tokens';
@@ -95,9 +95,9 @@ export class PostgresTracingDao implements TracingDao {
     return rows.map(spanFromRow);
   }
 
-  async deleteTraces(projectId: string, traceIds: string[], options: DeleteStep = {}): Promise<DeletedSpan[]> {
+  async deleteTraces(projectId: string, traceIds: string[]): Promise<DeletedSpan[]> {
     if (traceIds.length === 0) return [];
-    return this.deleteInLockOrder(projectId, amongTraces(traceIds), options.atMost);
+    return this.deleteInLockOrder(projectId, amongTraces(traceIds));
   }
 
   /**
@@ -109,11 +109,11 @@ export class PostgresTracingDao implements TracingDao {
    * a separate lock step, the DELETE's later snapshot took it in as its plan
    * found it, and could deadlock with a writer of it). In a transaction, like
    * every write: a delete the client gives up on is then never committed (see
-   * createPool). With `atMost`, the first that many in key order.
+   * createPool).
    */
-  private deleteInLockOrder(projectId: string, which: Expression<SqlBool>, atMost?: number): Promise<DeletedSpan[]> {
+  private deleteInLockOrder(projectId: string, which: Expression<SqlBool>): Promise<DeletedSpan[]> {
     return inTransaction(this.db, async (trx) => {
-      let locked = trx
+      const locked = trx
         .selectFrom('spans')
         .select(['trace_id', 'span_id'])
         .where('project_id', '=', projectId)
@@ -121,7 +121,6 @@ export class PostgresTracingDao implements TracingDao {
         .orderBy('trace_id')
         .orderBy('span_id')
         .forUpdate();
-      if (atMost !== undefined) locked = locked.limit(atMost);
       const rows = await trx
         .deleteFrom('spans')
         .where('project_id', '=', projectId)
