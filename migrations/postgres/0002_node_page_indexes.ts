@@ -20,7 +20,7 @@ export async function up(db: Kysely<any>): Promise<void> {
   await sql`set local lock_timeout = '5s'`.execute(db);
   await db.schema.dropIndex('nodes_project_tree_idx').execute();
   await db.schema.dropIndex('nodes_project_start_idx').execute();
-  // A later migration in the same transaction (down --all; up, in builds that ran all pending ones in one) must not inherit the timeout.
+  // A later migration in the same transaction (builds that ran a run's migrations in one) must not inherit the timeout.
   await sql`set local lock_timeout to default`.execute(db);
 }
 
