@@ -39,7 +39,7 @@ runCli(USAGE, async (args, log) => {
       return PENDING_EXIT_CODE;
     }
     if (command === 'latest') {
-      // Kysely's migrateToLatest calls a database a newer build migrated corrupted; prepareSchema uses it as it is (README "Migrations").
+      // Kysely's migrator calls a database a newer build migrated corrupted; prepareSchema uses it as it is (README "Migrations").
       const { applied, unknown } = await prepareSchema(db, true, { where: redactedUrl, warn: (line) => log(`warning: ${line}`) });
       if (applied.length === 0) log('nothing to do: already at the requested version');
       for (const name of applied) log(`applied ${name}`);

@@ -4,8 +4,8 @@ import { Kysely, sql } from 'kysely';
  * Frozen in time (see 0001_initial). Analytics with focus trace measures a
  * trace on all its root spans (parent_id null): a span posted without a
  * parent is a root, so a trace can have several. This index holds the roots
- * alone, per trace in start order, so a trace's first root and its roots'
- * figures are read from it rather than from every span of the trace.
+ * alone, per trace in start order, so a trace's roots are found through it
+ * rather than among every span of the trace.
  *
  * Inside the migration's transaction: writes to spans wait while it builds
  * (seconds per million spans). Spans with a parent are not in it, so it

@@ -73,11 +73,12 @@ export function exitOnSignal(
   const onSignal = (signal: keyof typeof SIGNAL_EXIT_CODES) => {
     const exit = (failure?: unknown) => {
       stop();
-      // The stretch the exit waited for failed: the command has failed, and says so as it would have, not with
-      // the interrupt's hint (verify's "safe to repeat" after an error that says tombstones may be lost).
+      // Tombstones held now, or lost earlier: whatever ends the command adds its advice for them.
       const held = holdingTombstones();
       const atRisk = held || tombstonesWereLost();
       const afterLoss = atRisk ? (options.afterLoss ?? '') : '';
+      // The stretch the exit waited for failed: the command has failed, and says so as it would have, not with
+      // the interrupt's hint (verify's "safe to repeat" after an error that says tombstones may be lost).
       if (failure !== undefined) {
         say(`error: ${errorText(options.describeFailure ? options.describeFailure(failure) : failure)}${afterLoss}`);
         process.exit(1);

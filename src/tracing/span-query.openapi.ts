@@ -60,7 +60,7 @@ const FOCUS = optional({
     'in the window by its start before it is cut: on a large project, bound the window with `oldest` (only a lower bound narrows that read)',
 });
 
-/** Analytics measures a trace once, on its root spans: what it counts differs from what a query returns. */
+/** Analytics measures a trace once, from its root spans: what it counts differs from what a query returns. */
 const ANALYTICS_FOCUS = {
   ...FOCUS,
   description:

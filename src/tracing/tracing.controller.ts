@@ -120,8 +120,8 @@ export class TracingController {
     description:
       'Costs are attributes.ag.metrics.costs.cumulative.total; tokens attributes.ag.metrics.tokens.cumulative.total, else ' +
       'gen_ai.usage.input_tokens plus output_tokens: nested objects, as OTLP stores dotted keys (a REST span whose attributes ' +
-      'hold the flat key "gen_ai.usage.input_tokens" counts no tokens). With focus trace each trace is measured once, on its root spans ' +
-      '(see focus): from each root down, a span\'s cumulative total, else its own gen_ai usage, where it has one (it covers the ' +
+      'hold the flat key "gen_ai.usage.input_tokens" counts no tokens). With focus trace each trace is measured once, from its root spans ' +
+      '(see focus); its tokens: from each root down, a span\'s cumulative total, else its own gen_ai usage, where it has one (it covers the ' +
       'spans below it), else the figures of the spans below it.',
   })
   @ApiResponse({ status: 200, description: '`count` and the `buckets`, one per interval (empty ones included)' })

@@ -569,7 +569,7 @@ describe('span queries on Postgres', () => {
       ]);
       const tokens = async (focus: string) =>
         (await spanAnalytics(test.db, Q, parseAnalyticsQuery({ focus, windowing: { oldest: '2026-11-22T10:00:00Z', newest: '2026-11-22T10:20:00Z', interval: 10 } }))).map((b) => [b.total.count, b.total.tokens]);
-      // The trace counts once, in its root's bucket, with every span's usage (a span past the window included).
+      // The trace counts once, in its root's bucket, with the usage of the spans below its root (one past the window included).
       expect(await tokens('trace')).toEqual([[1, 27], [0, 0]]);
       expect(await tokens('span')).toEqual([[2, 7], [1, 20]]);
       // A root with usage of its own (an agent span with its run's total) is not summed with the calls below it.
@@ -605,9 +605,9 @@ describe('span queries on Postgres', () => {
           // Roots on both sides of 10:00: the trace belongs to the window holding its first root.
           { span_name: 'early', trace_id: traceId('straddling'), start_time: '2026-11-22T09:59:00.000000Z', attributes: tokens(1) },
           { span_name: 'late', trace_id: traceId('straddling'), start_time: '2026-11-22T10:01:00.000000Z', attributes: tokens(2) },
-          // A root with a figure (a cumulative total), which covers the spans below it; a root without one, whose
+          // A root with a figure (a cumulative total), which covers the spans below it, and ends last; a root without one, whose
           // spans count down to the first with a figure of its own; a span whose parent is not stored is below no root.
-          { span_name: 'figured', trace_id: traceId('mixed'), start_time: '2026-11-22T10:21:00.000000Z', attributes: tokens(50) },
+          { span_name: 'figured', trace_id: traceId('mixed'), start_time: '2026-11-22T10:21:00.000000Z', end_time: '2026-11-22T10:25:00.000000Z', attributes: tokens(50) },
           { span_name: 'figured-call', trace_id: traceId('mixed'), parent_id: spanId('figured'), start_time: '2026-11-22T10:21:00.100000Z', attributes: usage(7) },
           { span_name: 'bare', trace_id: traceId('mixed'), start_time: '2026-11-22T10:22:00.000000Z' },
           { span_name: 'bare-step', trace_id: traceId('mixed'), parent_id: spanId('bare'), start_time: '2026-11-22T10:22:00.050000Z' },
@@ -627,11 +627,11 @@ describe('span queries on Postgres', () => {
 
       it('counts the trace once, in its first root\'s bucket, measured over all its roots', async () => {
         expect(await windowFrom('2026-11-22T10:00:00Z', '2026-11-22T10:30:00Z')).toEqual([
-          // Duration from the first root's start to the last root's end; failed as one root failed; the roots' costs
+          // Duration from the first root's start to the latest end among its roots; failed as one root failed; the roots' costs
           // and own tokens summed (m1's call is below m1, whose own usage stands for it).
           bucket('10:00', { count: 1, duration: 660500, costs: 3, tokens: 12 }, { count: 1, duration: 660500, costs: 3, tokens: 12 }),
           bucket('10:10', ZERO),
-          bucket('10:20', { count: 1, duration: 60000, costs: 0, tokens: 59 }),
+          bucket('10:20', { count: 1, duration: 240000, costs: 0, tokens: 59 }),
         ]);
         const agent = await windowFrom('2026-11-22T10:40:00Z', '2026-11-22T10:50:00Z');
         expect(agent.map((b) => [b.total.count, b.total.tokens])).toEqual([[1, 51]]);

@@ -234,7 +234,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
   /** resetChunk past its read of the tombstones: removes the keys, then writes Postgres's rows and the tombstones back. */
   private async replaceChunk(projectId: string, chunk: string[][], tombstones: StoredTombstone[], token: string): Promise<Row[]> {
     // A removal can fail after ClickHouse took it (past the request's timeout, its mutation runs on) and
-    // would then take the tombstones read above with it, which only this process holds. A mutation changes
+    // would then take the tombstones resetChunk read with it, which only this process holds. A mutation changes
     // only the parts stored before it, so what is written after it stays: the rows and tombstones are
     // written whatever the removal's outcome, and its error is the run's.
     const removal = await this.clickhouse.removeKeys(this.entity, projectId, chunk).then(
@@ -253,7 +253,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
       );
     } catch (error) {
       if (!removal) {
-        // The keys' rows are gone from ClickHouse, and the tombstones read above with them: only this process held them.
+        // The keys' rows are gone from ClickHouse, and the tombstones resetChunk read with them: only this process held them.
         if (tombstones.length === 0) throw error;
         tombstonesLost();
         throw new TombstonesLostError(
@@ -262,7 +262,7 @@ export class KeyReplay<Row, Mirrored extends MirroredRecord> {
         );
       }
       if (tombstones.length === 0) throw removal.error;
-      // Both failed: the tombstones read above are lost with this process, which only a verify finds out.
+      // Both failed: the tombstones resetChunk read are lost with this process, which only a verify finds out.
       tombstonesLost();
       throw new TombstonesLostError(
         `${errorText(removal.error)}; writing Postgres's rows and ${tombstones.length} saved tombstone(s) after it failed too: ${errorText(error)}; ` +

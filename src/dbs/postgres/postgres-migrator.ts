@@ -80,9 +80,9 @@ export class NoDownStepError extends OperatorError {
 
 export async function migrateDown(db: Kysely<any>, all = false, folder = POSTGRES_MIGRATIONS_DIR): Promise<MigrationResultSet> {
   const migrator = await createMigrator(db, folder);
-  // Kysely skips a migration without a down step (NotExecuted) and goes on undoing the ones beneath it, in the
-  // same transaction: the history would then say the skipped one is applied over a schema that no longer has
-  // what it was built on. Refused whole, before anything runs.
+  // Kysely skips a migration without a down step (NotExecuted) and would go on to the ones beneath it: the
+  // history would then say the skipped one is applied over a schema that no longer has what it was built on.
+  // Refused whole, before anything runs, so nothing is undone part-way.
   const executed = (await migrator.getMigrations()).filter((m) => m.executedAt !== undefined).reverse();
   const undoing = all ? executed : executed.slice(0, 1);
   const withoutDown = undoing.filter((m) => typeof m.migration.down !== 'function').map((m) => m.name);
@@ -216,8 +216,8 @@ async function checkEncoding(db: Kysely<any>, where: string, warn: (line: string
  * pending migrations when `migrate` (MIGRATE_ON_START), else refuses with
  * SchemaBehindError, instead of failing later on a missing table. A database
  * a newer build migrated is used as it is (README "Migrations": a release's
- * migration only adds what the release before can ignore); Kysely's
- * migrateToLatest would call it corrupted, so it runs only when something of
+ * migration only adds what the release before can ignore); Kysely's migrator
+ * would call it corrupted, so migrateToLatest runs only when something of
  * this build's is pending.
  * The database's encoding is checked first (checkEncoding, which takes `where` and `warn`).
  */

@@ -218,7 +218,7 @@ interface BucketRow {
  * Buckets of `interval` minutes from oldest, every one present (zeros where
  * empty). Focus span measures every matching span, in the bucket of its
  * start_time. Focus trace measures each trace with at least one matching
- * span once, on its root spans (parent_id is null; a span posted without a
+ * span once, from its root spans (parent_id is null; a span posted without a
  * parent is one, so a trace may have several), in the bucket of its first
  * root: see traceMeasures.
  */
@@ -279,9 +279,10 @@ export async function spanAnalytics(db: Kysely<DB>, projectId: string, query: An
  * to find the trace, and a trace with a root before `oldest` belongs to the
  * window holding that root. A trace without a stored root (not arrived yet,
  * or a local root whose parent is remote) is not counted.
- * Roots are read from spans_trace_roots_idx (migration 0003), not by reading
- * every span of the trace (which only tokensOfTrace does, when a root has no
- * token figure). Unqualified columns in a subquery are its innermost table's.
+ * Roots are found through spans_trace_roots_idx (migration 0003), not by
+ * reading every span of the trace (which tokensOfTrace does when a root has
+ * no token figure, and the filter's EXISTS until a span matches). Unqualified
+ * columns in a subquery are its innermost table's.
  */
 function traceMeasures(projectId: string, windowing: AnalyticsQuery['windowing'], width: RawBuilder<unknown>, filter: Expression<SqlBool>) {
   const { oldest, newest } = windowing;
@@ -290,9 +291,15 @@ function traceMeasures(projectId: string, windowing: AnalyticsQuery['windowing']
       select date_bin(${width}, trace.start_time, ${oldest}::timestamptz) as bucket_start,
              trace.failed, trace.duration, trace.costs, trace.tokens
       from (
-        select distinct trace_id from spans
-        where project_id = ${projectId} and parent_id is null
-          and start_time >= ${oldest}::timestamptz and start_time < ${newest}::timestamptz
+        select trace_id from (
+          select distinct trace_id from spans
+          where project_id = ${projectId} and parent_id is null
+            and start_time >= ${oldest}::timestamptz and start_time < ${newest}::timestamptz
+        ) as in_window
+        -- A root before the window: the trace is an earlier window's.
+        where not exists (select 1 from spans as earlier
+          where earlier.project_id = ${projectId} and earlier.trace_id = in_window.trace_id
+            and earlier.parent_id is null and earlier.start_time < ${oldest}::timestamptz)
       ) as found
       cross join lateral (
         select min(start_time) as start_time,
@@ -303,9 +310,7 @@ function traceMeasures(projectId: string, windowing: AnalyticsQuery['windowing']
         from spans as root
         where ${ofTrace} and parent_id is null
       ) as trace
-      -- A root before the window: the trace is an earlier window's (probed on the index, before its roots are read).
-      where not exists (select 1 from spans as earlier where ${ofTrace} and parent_id is null and start_time < ${oldest}::timestamptz)
-        and exists (select 1 from spans as member where ${ofTrace} and ${filter})`;
+      where exists (select 1 from spans as member where ${ofTrace} and ${filter})`;
 }
 
 /**
