@@ -551,20 +551,28 @@ function id(value: unknown, path: string, format: Format, bytes: number, optiona
   return hex;
 }
 
-/** fixed64 nanoseconds: a Long from protobuf; a decimal string (or a number up to 2^53) in OTLP/JSON. */
+/**
+ * fixed64 nanoseconds: a Long from protobuf; a decimal string or a number in
+ * OTLP/JSON, which says a receiver takes either. A number past 2^53 (every
+ * time since 1970-04-15) arrives rounded to the nearest double, at most
+ * 128 ns off today; stored in microseconds, it can land 1 µs from the time
+ * its exact digits give. Refusing it refused every span of exporters that
+ * send numbers.
+ */
 function time(value: unknown, path: string, format: Format, required: boolean): bigint {
   if (isAbsent(value)) {
     if (required) throw new OtlpDecodeError(path, 'is required');
     return 0n;
   }
-  const nanos = integer(value, path, format, 'an unsigned 64-bit integer', false);
+  const nanos = integer(value, path, format, 'an unsigned 64-bit integer', false, { rounded: true });
   if (nanos < 0n) throw new OtlpDecodeError(path, 'must be an unsigned 64-bit integer');
   if (required && nanos === 0n) throw new OtlpDecodeError(path, 'is required');
   if (nanos >= MAX_TIME_NANOS) throw new OtlpDecodeError(path, `must be before ${TIME_LIMIT}`);
   return nanos;
 }
 
-function integer(value: unknown, path: string, format: Format, what: string, signed: boolean): bigint {
+/** `rounded`: a JSON number past 2^53 is taken as the double it arrived as (a time), not refused (an attribute's value). */
+function integer(value: unknown, path: string, format: Format, what: string, signed: boolean, options: { rounded?: boolean } = {}): bigint {
   if (format === 'protobuf' && isLongBits(value)) {
     const bits = (BigInt(value.high >>> 0) << 32n) | BigInt(value.low >>> 0);
     return signed ? BigInt.asIntN(64, bits) : bits;
@@ -572,7 +580,7 @@ function integer(value: unknown, path: string, format: Format, what: string, sig
   if (typeof value === 'number' && Number.isInteger(value)) {
     // JSON.parse has already rounded a number past 2^53 to the nearest double (…999 became …1024), and
     // nothing tells an exact one apart: storing it would store another value than the one sent.
-    if (format === 'json' && !Number.isSafeInteger(value)) {
+    if (format === 'json' && !Number.isSafeInteger(value) && !options.rounded) {
       throw new OtlpDecodeError(path, `must be ${what}; a JSON number past 2^53 loses precision, so send int64 values as decimal strings, as OTLP/JSON encodes them`);
     }
     return BigInt(value);

@@ -415,7 +415,7 @@ describe('OTLP/HTTP receiver', () => {
       expect(await rejectedTotal()).toBe(rejectedBefore + 7);
     });
 
-    it('refuses OTLP/JSON integers sent as numbers past 2^53 (they arrive rounded) and keeps them exact as strings', async () => {
+    it('refuses OTLP/JSON attribute integers sent as numbers past 2^53 (they arrive rounded), takes times so, and keeps both exact as strings', async () => {
       const P = 'resourceSpans[0].scopeSpans[0].spans[0]';
       const UNSAFE = 'a JSON number past 2^53 loses precision, so send int64 values as decimal strings, as OTLP/JSON encodes them';
       const [spansBefore, nodesBefore] = [await count('spans'), await count('nodes')];
@@ -424,7 +424,6 @@ describe('OTLP/HTTP receiver', () => {
         JSON.stringify(jsonRequest([jsonSpan(traceId(), spanId(), overrides)])).replace('"@NUMBER@"', number);
       const send = (text: string) => http().post('/otlp/v1/traces').set(auth).set('Content-Type', 'application/json').send(text);
       const cases: Array<[Record<string, unknown>, string, string]> = [
-        [{ startTimeUnixNano: '@NUMBER@', endTimeUnixNano: '1795000000000001999' }, '1795000000000000999', `${P}.startTimeUnixNano: must be an unsigned 64-bit integer; ${UNSAFE}`],
         [{ attributes: [{ key: 'n', value: { intValue: '@NUMBER@' } }] }, '1795000000000000999', `${P}.attributes[0].value.intValue: must be a signed 64-bit integer; ${UNSAFE}`],
       ];
       for (const [overrides, number, message] of cases) {
@@ -439,6 +438,12 @@ describe('OTLP/HTTP receiver', () => {
       })])).expect(200);
       const read = await http().get(`/tracing/spans/${trace}/${span}`).set(auth).expect(200);
       expect(read.body.span).toMatchObject({ start_time: '2026-11-18T11:06:40.000000Z', end_time: '2026-11-18T11:06:40.000001Z', attributes: { n: '1795000000000000999' } });
+
+      // A time sent as a number arrives as the nearest double (...0999 as ...1024): stored 1 µs from its exact digits.
+      const [numbered, numberedSpan] = [traceId(), spanId()];
+      await send(JSON.stringify(jsonRequest([jsonSpan(numbered, numberedSpan, { startTimeUnixNano: '@NUMBER@', endTimeUnixNano: '1795000000000001999' })])).replace('"@NUMBER@"', '1795000000000000999')).expect(200);
+      const numberedRead = await http().get(`/tracing/spans/${numbered}/${numberedSpan}`).set(auth).expect(200);
+      expect(numberedRead.body.span).toMatchObject({ start_time: '2026-11-18T11:06:40.000001Z', end_time: '2026-11-18T11:06:40.000001Z' });
     });
 
     it('refuses what the REST API would refuse (name, status message, JSON depth), naming the OTLP field and writing nothing', async () => {
