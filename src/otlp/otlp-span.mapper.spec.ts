@@ -89,6 +89,14 @@ describe('unflattenAttributes', () => {
     expect(kvlist).toEqual({ x: 1 });
   });
 
+  it('keeps a dotted key that ends on a member a kvlist sent literal where the kvlist starts, losing neither', () => {
+    expect(unflattenAttributes([kv('a.b', 2), kv('a', { b: 1 })])).toEqual({ a: { b: 1 }, 'a.b': 2 });
+    expect(unflattenAttributes([kv('a.b', { c: 1 }), kv('a.b.c', 2), kv('a.x', 3)])).toEqual({ a: { b: { c: 1 }, 'b.c': 2, x: 3 } });
+    expect(unflattenAttributes([kv('a', { b: { c: 1 } }), kv('a.b.c', 2), kv('a.b.d', 4)])).toEqual({ a: { b: { c: 1, d: 4 } }, 'a.b.c': 2 });
+    // A duplicate key still replaces its own earlier value, where that went.
+    expect(unflattenAttributes([kv('a', { b: 1 }), kv('a.b', 2), kv('a.b', 3)])).toEqual({ a: { b: 1 }, 'a.b': 3 });
+  });
+
   it('stores "__proto__" as a plain key', () => {
     const result = unflattenAttributes([kv('__proto__.polluted', 1), kv('x.__proto__', 2)]);
     expect(Object.getPrototypeOf(result)).toBe(Object.prototype);

@@ -19,8 +19,10 @@ import { OtlpDecodeError, OtlpEvent, OtlpKeyValue, OtlpLink, OtlpRejection, Otlp
  * key is placed before every key it prefixes; when a path runs into a value
  * that is not an object ("a": 1 then "a.b": 2), the rest of the key stays one
  * literal dotted key at that level ({a: 1, "a.b": 2}), so flattening the
- * result gives back the original keys. Keys with an empty segment ("a..b",
- * ".a") are never split. Duplicate keys: the last one sent wins.
+ * result gives back the original keys; so does a key that ends on a member
+ * of a kvlist value ("a": {b: 1} then "a.b": 2 is {a: {b: 1}, "a.b": 2}).
+ * Keys with an empty segment ("a..b", ".a") are never split. Duplicate keys:
+ * the last one sent wins.
  *
  * Span attributes are the top level of `attributes`; the receiver adds the
  * keys `otel.resource` (resource attributes, unflattened) and `otel.scope`
@@ -64,35 +66,58 @@ export function traceIdToTreeId(traceId: string): string {
 /** `placedLast` go in after every other key, in order, so each replaces whatever was at or under its key. */
 export function unflattenAttributes(keyValues: OtlpKeyValue[], placedLast: OtlpKeyValue[] = []): JsonObject {
   const target: JsonObject = {};
-  const owned = new WeakSet<JsonObject>([target]);
+  const placing: Placing = { owned: new WeakSet<JsonObject>([target]), fromValues: new WeakSet<JsonObject>(), placed: new Map() };
   const sorted = keyValues
     .map((kv, index) => ({ ...kv, index }))
     .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.index - b.index));
-  for (const { key, value } of [...sorted, ...placedLast]) placeAt(target, key, value, owned);
+  for (const { key, value } of sorted) placeAt(target, key, value, placing, false);
+  for (const { key, value } of placedLast) placeAt(target, key, value, placing, true);
   return target;
 }
 
-/** Objects that came in as values (kvlists) are copied before a dotted key adds to them, never mutated. */
-function placeAt(target: JsonObject, key: string, value: Json, owned: WeakSet<JsonObject>): void {
+interface Placing {
+  /** Objects this call made (or copied), which a dotted key may add to. */
+  owned: WeakSet<JsonObject>;
+  /** Copies of objects that came in as values (kvlists): their members were sent, not placed by a key. */
+  fromValues: WeakSet<JsonObject>;
+  /** Where each key's value went: a duplicate key replaces it there (the last one sent wins). */
+  placed: Map<string, { level: JsonObject; name: string }>;
+}
+
+/**
+ * Objects that came in as values (kvlists) are copied before a dotted key adds to them, never mutated. A
+ * dotted key that ends on a member a kvlist sent ("a": {b: 1} then "a.b": 2) keeps the rest of the key
+ * literal where the kvlist's object starts ({a: {b: 1}, "a.b": 2}), as for a path that runs into a value:
+ * neither is lost. With `replace` (placedLast), the key's value replaces whatever is there.
+ */
+function placeAt(target: JsonObject, key: string, value: Json, placing: Placing, replace: boolean): void {
+  const place = (level: JsonObject, name: string) => {
+    setOwn(level, name, value);
+    placing.placed.set(key, { level, name });
+  };
+  const earlier = replace ? undefined : placing.placed.get(key);
+  if (earlier) return place(earlier.level, earlier.name);
   const segments = key.split('.');
-  if (segments.some((segment) => segment === '')) {
-    setOwn(target, key, value);
-    return;
-  }
+  if (segments.some((segment) => segment === '')) return place(target, key);
   let level = target;
+  /** Where the first object a kvlist sent starts along the path, and the segment that enters it. */
+  let sentFrom: { level: JsonObject; index: number } | null = null;
   for (let i = 0; i < segments.length - 1; i++) {
     const existing = Object.prototype.hasOwnProperty.call(level, segments[i]) ? level[segments[i]] : undefined;
-    if (existing === undefined || isJsonObject(existing)) {
-      const child: JsonObject = existing === undefined ? {} : owned.has(existing) ? existing : { ...existing };
-      owned.add(child);
-      setOwn(level, segments[i], child);
-      level = child;
-    } else {
-      setOwn(level, segments.slice(i).join('.'), value);
-      return;
-    }
+    if (existing !== undefined && !isJsonObject(existing)) return place(level, segments.slice(i).join('.'));
+    const sent = existing !== undefined && (!placing.owned.has(existing) || placing.fromValues.has(existing));
+    if (sent) sentFrom ??= { level, index: i };
+    const child: JsonObject = existing === undefined ? {} : placing.owned.has(existing) ? existing : { ...existing };
+    placing.owned.add(child);
+    if (sent) placing.fromValues.add(child);
+    setOwn(level, segments[i], child);
+    level = child;
   }
-  setOwn(level, segments[segments.length - 1], value);
+  const last = segments[segments.length - 1];
+  if (!replace && sentFrom && Object.prototype.hasOwnProperty.call(level, last)) {
+    return place(sentFrom.level, segments.slice(sentFrom.index).join('.'));
+  }
+  place(level, last);
 }
 
 /** A data property even for keys like "__proto__", which plain assignment would turn into a prototype change. */
