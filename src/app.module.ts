@@ -16,7 +16,7 @@ import { OtlpModule } from './otlp/otlp.module';
 import { TracingModule } from './tracing/tracing.module';
 
 /** Paths whose requests get no completion log line: the health probe and the Prometheus scrape. */
-const UNLOGGED_PATHS = new Set(['/health', '/metrics']);
+const UNLOGGED_PATHS = new Set(['/health', '/health/live', '/metrics']);
 
 /** A URL's path as Express routes it: without the query, a trailing slash or case (/HEALTH/?x=1 is /health). */
 function routedPath(url: string): string {

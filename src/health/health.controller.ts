@@ -26,9 +26,21 @@ export class HealthController {
   @Public()
   @Get()
   @HealthCheck()
-  @ApiOperation({ summary: 'Liveness and readiness: Postgres, and the ClickHouse mirror (informational)' })
+  @ApiOperation({ summary: 'Readiness: Postgres, and the ClickHouse mirror (informational); 503 while Postgres does not answer or the process shuts down' })
   check() {
     return this.health.check([() => this.process(), () => this.postgres(), () => this.mirrorStatus()]);
+  }
+
+  /**
+   * Liveness: 200 while the process answers, whatever Postgres does. A liveness probe on /health would restart
+   * every replica through a Postgres failover, and a replica cannot start without Postgres: they would crash-loop
+   * and come back only after the restart backoff, each restart losing its mirror queue to gap records.
+   */
+  @Public()
+  @Get('live')
+  @ApiOperation({ summary: 'Liveness: 200 while the process answers (for a liveness probe; /health is readiness)' })
+  live() {
+    return { status: 'ok' };
   }
 
   private process() {

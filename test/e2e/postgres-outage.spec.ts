@@ -92,6 +92,8 @@ describe('Postgres outage', () => {
     expect(postgresHealth.message).toMatch(/^Postgres is unavailable: (could not connect \(ECONNREFUSED\)|connection lost|server shutting down.*\(57P0[123]\))$/);
     // /health is public: the driver's message, which names the host and port, stays in the log.
     expect(postgresHealth.message).not.toMatch(/127\.0\.0\.1|:\d{4,5}/);
+    // Liveness does not follow Postgres: a probe there must not restart a replica that could not start again.
+    expect(await send('GET', '/health/live', undefined, {})).toMatchObject({ status: 200, json: { status: 'ok' } });
 
     postgres = await owned.start();
 
