@@ -83,7 +83,7 @@ export interface LoadSummary {
   spansSent: number;
   /** Spans of requests answered with an error status; sent minus acknowledged minus these were never answered. */
   spansRefused: number;
-  /** Whether memory growth was a failure condition for this run (see LoadOptions.checkMemory). */
+  /** Whether memory growth was a failure condition for this run (see LoadOptions.checkMemory), with RSS figures to judge. */
   memoryChecked: boolean;
   rss: { samples: number; minMb: number; maxMb: number; slopeMbPerMin: number; firstThirdMb: number; lastThirdMb: number } | null;
   /** RSS samples taken after the warm-up (rss needs 3); 0 when the run did not start the API. */
@@ -544,7 +544,8 @@ export async function runLoad(options: LoadOptions): Promise<LoadSummary> {
       spansAcknowledged,
       spansSent,
       spansRefused,
-      memoryChecked: checkMemory,
+      // Judged only with figures to judge: none where the API is not this run's, or its RSS cannot be read (no /proc).
+      memoryChecked: checkMemory && rss !== null,
       rss,
       rssSamples: samples.length,
       stores: afterRun,
@@ -578,13 +579,16 @@ export function formatSummary(s: LoadSummary): string {
   const rss = s.rss
     ? `RSS ${s.rss.minMb}-${s.rss.maxMb} MB (first third ${s.rss.firstThirdMb} MB, last third ${s.rss.lastThirdMb} MB, slope ${s.rss.slopeMbPerMin} MB/min, ${s.rss.samples} samples)`
     : s.apiExit
-      ? `RSS not summarised: ${counted(s.rssSamples, 'sample')} after the warm-up, 3 needed (run longer)`
+      ? `RSS not summarised: ${counted(s.rssSamples, 'sample')} after the warm-up, 3 needed (run longer${s.rssSamples === 0 ? '; none are taken where /proc is missing' : ''})`
       : 'RSS not sampled (API not started by this run)';
+  const held = s.requests / s.ranSec;
+  // Memory and latency are the figures of the rate held: a run far below the one asked did not test that one.
+  const belowRate = held < s.targetRate * 0.9 ? '; below the rate asked, so memory and latency are for the rate held' : '';
   return [
     `load summary (project ${s.projectId})`,
-    `  requests   ${s.requests} in ${s.ranSec} s${s.ranSec < s.durationSec ? ` of ${s.durationSec}` : ''} (${Math.round(s.requests / s.ranSec)}/s held, ${s.targetRate}/s asked), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
+    `  requests   ${s.requests} in ${s.ranSec} s${s.ranSec < s.durationSec ? ` of ${s.durationSec}` : ''} (${Math.round(held)}/s held, ${s.targetRate}/s asked${belowRate}), errors ${s.errors}, status ${JSON.stringify(s.statusCodes)}`,
     `  latency    p50 ${s.latencyMs.p50} ms, p99 ${s.latencyMs.p99} ms, max ${s.latencyMs.max} ms`,
-    `  memory     ${rss}${s.memoryChecked ? '' : ' (not checked: run shorter than a minute)'}`,
+    `  memory     ${rss}${s.memoryChecked ? '' : s.rss ? ' (not checked: run shorter than a minute)' : ', so not checked'}`,
     `  spans      ${s.spansAcknowledged} acknowledged of ${s.spansSent} sent${unacknowledged(s)}; ${stored(s.stores)}`,
     `  verify     ${s.verify ? `exit ${s.verify.exitCode}: ${s.verify.output.split('\n').pop()}` : 'not available'}`,
     `  api exit   ${s.apiExit ? JSON.stringify(s.apiExit) : '-'}`,

@@ -281,8 +281,12 @@ describe('load (short run of scripts/load.ts)', () => {
       stores: { postgres: { spans: 200, nodes: 200 }, clickhouse: { spans: 200, nodes: 200 }, postgresSpansAdded: 200, gaps: 0 }, verify: null,
       apiExit: { code: 0, signal: null }, failures: [],
     } satisfies LoadSummary;
-    expect(formatSummary(summary)).toContain('memory     RSS not summarised: 1 sample after the warm-up, 3 needed (run longer)');
+    expect(formatSummary(summary)).toContain('memory     RSS not summarised: 1 sample after the warm-up, 3 needed (run longer), so not checked');
     expect(formatSummary(summary)).toContain('spans      200 acknowledged of 200 sent; Postgres');
+    expect(formatSummary(summary)).toContain('(10/s held, 10/s asked), errors 0');
+    // A run far below the rate asked says its figures are not that rate's.
+    expect(formatSummary({ ...summary, requests: 12 })).toContain('(6/s held, 10/s asked; below the rate asked, so memory and latency are for the rate held)');
+    expect(formatSummary({ ...summary, rssSamples: 0 })).toContain('3 needed (run longer; none are taken where /proc is missing), so not checked');
   });
 
   it('says why fewer spans were acknowledged than sent: error answers, and requests the end of the run cut off', () => {
