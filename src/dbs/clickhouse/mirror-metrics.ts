@@ -13,7 +13,7 @@ export type DropReason = (typeof DROP_REASONS)[number];
  *
  *   mirror_queue_rows{table}              gauge: rows waiting or in flight
  *   mirror_queue_bytes{table}             gauge: the memory they hold, off the V8 heap: lines, gap fields and a 24-byte header per row (bounded by queueMaxBytes in total)
- *   mirror_flush_duration_seconds{table}  histogram: one insert attempt, request to answer
+ *   mirror_flush_duration_seconds{table}  histogram: one insert attempt, request to answer, with any wait for the mirror's tables (after-schema.ts)
  *   mirror_flush_rows{table}              histogram: rows per batch sent
  *   mirror_rows_sent_total{table}         counter: rows ClickHouse confirmed
  *   mirror_send_failures_total{kind}      counter: failed insert attempts, kind transient|permanent
@@ -60,7 +60,7 @@ export function createMirrorMetrics(registry: Registry): MirrorMetrics {
     }),
     flushDuration: new Histogram({
       name: 'mirror_flush_duration_seconds',
-      help: 'Duration of one ClickHouse insert attempt',
+      help: "Duration of one ClickHouse insert attempt, waiting for the mirror's tables included (their DDL, while ClickHouse was unreachable at start or had lost them)",
       labelNames: ['table'],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers,
