@@ -92,9 +92,16 @@ describe('unflattenAttributes', () => {
   it('keeps a dotted key that ends on a member a kvlist sent literal where the kvlist starts, losing neither', () => {
     expect(unflattenAttributes([kv('a.b', 2), kv('a', { b: 1 })])).toEqual({ a: { b: 1 }, 'a.b': 2 });
     expect(unflattenAttributes([kv('a.b', { c: 1 }), kv('a.b.c', 2), kv('a.x', 3)])).toEqual({ a: { b: { c: 1 }, 'b.c': 2, x: 3 } });
-    expect(unflattenAttributes([kv('a', { b: { c: 1 } }), kv('a.b.c', 2), kv('a.b.d', 4)])).toEqual({ a: { b: { c: 1, d: 4 } }, 'a.b.c': 2 });
+    expect(unflattenAttributes([kv('a', { b: { c: 1 } }), kv('a.b.c', 2), kv('a.b.d', 4)])).toEqual({ a: { b: { c: 1, d: 4 }, 'b.c': 2 } });
     // A duplicate key still replaces its own earlier value, where that went.
     expect(unflattenAttributes([kv('a', { b: 1 }), kv('a.b', 2), kv('a.b', 3)])).toEqual({ a: { b: 1 }, 'a.b': 3 });
+  });
+
+  it('drops a key at or under a key placed last, whatever shape it had, so the one placed last replaces it whole', () => {
+    const scope = kv('otel.scope', { name: 'lib' });
+    expect(unflattenAttributes([kv('otel.scope', { name: 'x' }), kv('otel.scope.name', 'bar')], [scope])).toEqual({ otel: { scope: { name: 'lib' } } });
+    expect(unflattenAttributes([kv('otel.scope', 'x'), kv('otel.scope.name', 'bar'), kv('otel.other', 1)], [scope])).toEqual({ otel: { scope: { name: 'lib' }, other: 1 } });
+    expect(unflattenAttributes([kv('otel', { resource: 1 }), kv('otel.resource', 5)], [kv('otel.resource', { r: 1 })])).toEqual({ otel: { resource: { r: 1 } } });
   });
 
   it('stores "__proto__" as a plain key', () => {

@@ -70,7 +70,10 @@ export function unflattenAttributes(keyValues: OtlpKeyValue[], placedLast: OtlpK
   const sorted = keyValues
     .map((kv, index) => ({ ...kv, index }))
     .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.index - b.index));
-  for (const { key, value } of sorted) placeAt(target, key, value, placing, false);
+  // A key at or under a placedLast key is replaced by it whole: not placed at all, so no literal rest of it
+  // ("otel.scope.name" beside a non-object or a kvlist "otel.scope") outlives the replacement.
+  const replaced = (key: string) => placedLast.some((last) => key === last.key || key.startsWith(`${last.key}.`));
+  for (const { key, value } of sorted) if (!replaced(key)) placeAt(target, key, value, placing, false);
   for (const { key, value } of placedLast) placeAt(target, key, value, placing, true);
   return target;
 }
@@ -100,13 +103,13 @@ function placeAt(target: JsonObject, key: string, value: Json, placing: Placing,
   const segments = key.split('.');
   if (segments.some((segment) => segment === '')) return place(target, key);
   let level = target;
-  /** Where the first object a kvlist sent starts along the path, and the segment that enters it. */
+  /** Where the innermost object a kvlist sent starts along the path, and the segment that enters it. */
   let sentFrom: { level: JsonObject; index: number } | null = null;
   for (let i = 0; i < segments.length - 1; i++) {
     const existing = Object.prototype.hasOwnProperty.call(level, segments[i]) ? level[segments[i]] : undefined;
     if (existing !== undefined && !isJsonObject(existing)) return place(level, segments.slice(i).join('.'));
     const sent = existing !== undefined && (!placing.owned.has(existing) || placing.fromValues.has(existing));
-    if (sent) sentFrom ??= { level, index: i };
+    if (sent) sentFrom = { level, index: i };
     const child: JsonObject = existing === undefined ? {} : placing.owned.has(existing) ? existing : { ...existing };
     placing.owned.add(child);
     if (sent) placing.fromValues.add(child);

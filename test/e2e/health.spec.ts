@@ -5,7 +5,8 @@ import { PROBE_TIMEOUT_MS } from '../../src/dbs/postgres/postgres-probe';
 import { createTestApp, TestApp } from '../support/app';
 
 /**
- * /health is what a liveness probe restarts the API by: it must say Postgres
+ * /health is what a readiness probe takes the API out of service by (and,
+ * wrongly pointed, a liveness probe restarts it by): it must say Postgres
  * is up while the database answers, however busy the API's own request pool
  * is, and answer within its probe timeout while that pool is exhausted or
  * the mirror's gap count cannot be read.

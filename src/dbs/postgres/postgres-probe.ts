@@ -29,7 +29,9 @@ export interface PoolUse {
  * /health's view of Postgres, on a connection of its own. Borrowing one from
  * the request pool reported Postgres "unavailable" whenever requests held
  * every connection longer than the probe waits (a few long queries do), and
- * a liveness probe would then restart a busy API whose database is fine.
+ * a readiness probe would then take a busy API whose database is fine out of
+ * service (a liveness probe, pointed at /health rather than /health/live,
+ * would restart it).
  * The request pool's use is reported beside the answer, so a saturated pool
  * shows as what it is.
  */
@@ -59,7 +61,7 @@ export class PostgresProbe {
     this.own = createPool(url, 1, { statementTimeoutMs: timeoutMs, clientTimeoutMs: timeoutMs + 500, idleTimeoutMs: 0 });
   }
 
-  /** Concurrent callers (a liveness and a readiness probe) share one probe query, rather than queueing on the one connection. */
+  /** Concurrent callers (several probes, or a probe and an operator) share one probe query, rather than queueing on the one connection. */
   check(): Promise<ProbeResult> {
     this.running ??= this.probe().finally(() => (this.running = undefined));
     return this.running;
