@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ConfigError, envSchema, parseConfig } from './app-config';
+import { ConfigError, envSchema, MAX_TTL_DAYS, parseConfig } from './app-config';
 import { DEFAULT_BATCH_WRITER_OPTIONS } from '../dbs/clickhouse/batch-writer-options';
 
 /** What parseConfig refuses `env` for: its problems, one line each, or none. */
@@ -208,5 +208,12 @@ describe('parseConfig: values that would mean the opposite of what they say', ()
     expect(problems({ PORT: '15432', DATABASE_URL: 'postgres://db/tracing' })).toEqual([]);
     expect(problems({ EMBEDDED_POSTGRES_PORT: '18123' })).toEqual([]);
     expect(problems({ USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: 'http://ch:8123', EMBEDDED_POSTGRES_PORT: '18123' })).toEqual([]);
+  });
+
+  it('refuses a TTL so long that ClickHouse would wrap it into the past and expire every row at once', () => {
+    expect(problems({ CLICKHOUSE_TTL_DAYS: '36500' })).toEqual([
+      expect.stringMatching(/^CLICKHOUSE_TTL_DAYS must be at most 20000, got 36500: ClickHouse computes the tables' TTL as a 32-bit DateTime, which ends in 2106/),
+    ]);
+    expect(parseConfig({ CLICKHOUSE_TTL_DAYS: String(MAX_TTL_DAYS) }).clickhouse.ttlDays).toBe(20_000);
   });
 });

@@ -23,6 +23,14 @@ const bool = (name: string, fallback: boolean) =>
       return z.NEVER;
     });
 
+/**
+ * The longest TTL the mirror's tables can take. Their TTL is `toDateTime(created_at) + INTERVAL n DAY`: a
+ * 32-bit DateTime, which ends on 2106-02-07 and wraps round past it (checked on ClickHouse 26: 36,500 days
+ * from 2026 gives 1990, and OPTIMIZE then removed the row). 20,000 days (about 54 years) keeps rows created
+ * until 2051 clear of the wrap.
+ */
+export const MAX_TTL_DAYS = 20_000;
+
 const int = (fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
   z
     .string()
@@ -273,6 +281,12 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
   ] as const;
   const clashes = ports.flatMap(([name, port], i) => ports.slice(i + 1).filter(([, other]) => port !== 0 && other === port).map(([otherName]) => `${name} and ${otherName} are both ${port}`));
   if (clashes.length > 0) throw new ConfigError(clashes.map((clash) => `${clash}: each server needs a port of its own`));
+  if (e.CLICKHOUSE_TTL_DAYS > MAX_TTL_DAYS) {
+    throw new ConfigError([
+      `CLICKHOUSE_TTL_DAYS must be at most ${MAX_TTL_DAYS}, got ${e.CLICKHOUSE_TTL_DAYS}: ClickHouse computes the tables' TTL as a 32-bit DateTime, ` +
+        'which ends in 2106 and wraps round past it, so a longer TTL would expire every row at once (36500 days from 2026 is 1990)',
+    ]);
+  }
   const dataDir = e.EMBEDDED_DATA_DIR;
   return {
     http: {
