@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ClickHouseClient, createClient } from '@clickhouse/client';
@@ -134,9 +134,10 @@ describe('ClickHouse DDL runner', () => {
   it('sets the TTL from config, changes it, and removes it again at 0', async () => {
     const { config, url, client } = freshDatabase({ ttlDays: 30 });
     const first = await migrateClickHouse(config, url);
+    // Set as each migration creates its table, before the migration is recorded.
     expect(first.ttl).toEqual([
-      { table: 'nodes', days: 30 },
       { table: 'spans', days: 30 },
+      { table: 'nodes', days: 30 },
     ]);
     for (const table of ['spans', 'nodes']) {
       expect((await tableOf(client, config.database, table)).engine_full).toContain('TTL toDateTime(created_at) + toIntervalDay(30)');
@@ -212,6 +213,21 @@ describe('ClickHouse DDL runner', () => {
       await rm(join(dir, '0003_between.sql'));
       await writeFile(join(dir, '0005_last.sql'), 'SELECT 1;\n');
       await expect(migrateClickHouse(config, url, { dir })).rejects.toThrow(/has migration 0004_later applied, which is not in the migrations folder though a later one is/);
+    });
+
+    it("at the API's start, sets the TTL on the tables a run that failed part-way created, when it is run again", async () => {
+      const { config, url, client } = freshDatabase({ ttlDays: 30 });
+      const nodes = await readFile(join(dir, '0002_nodes.sql'), 'utf8');
+      // The run creates nodes, then fails before recording 0002 (a timeout, a server that went away).
+      await writeFile(join(dir, '0002_nodes.sql'), `${nodes}\nSELECT throwIf(1, 'the run fails here');\n`);
+      await expect(migrateClickHouse(config, url, { dir, ttl: 'new-tables' })).rejects.toThrow(/ClickHouse migration 0002_nodes failed: .*the run fails here/);
+      await writeFile(join(dir, '0002_nodes.sql'), nodes);
+      // Both tables exist before this run; 0002 is still to record, so nodes is the run's, and spans had its TTL already.
+      const again = await migrateClickHouse(config, url, { dir, ttl: 'new-tables' });
+      expect(again).toMatchObject({ applied: ['0002_nodes'], ttl: [{ table: 'nodes', days: 30 }], ttlDiffers: [] });
+      for (const table of ['spans', 'nodes']) {
+        expect((await tableOf(client, config.database, table)).engine_full).toContain('TTL toDateTime(created_at) + toIntervalDay(30)');
+      }
     });
 
     it('refuses to run when an applied file was edited', async () => {

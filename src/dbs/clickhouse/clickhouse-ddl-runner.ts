@@ -163,7 +163,7 @@ export async function migrateClickHouse(
       await command(admin, `CREATE DATABASE IF NOT EXISTS ${identifier(config.database)}`);
     }
     // With 'new-tables', the TTL is left alone on tables that exist before this run; 'set' leaves none alone.
-    const leftAlone = options.ttl === 'new-tables' ? new Set((await readTtlDays(reads, config.database, MIRROR_TABLES)).keys()) : new Set<string>();
+    const existedBefore = options.ttl === 'new-tables' ? new Set((await readTtlDays(reads, config.database, MIRROR_TABLES)).keys()) : new Set<string>();
     if (!(await exists(reads, "SELECT 1 FROM system.tables WHERE database = {database:String} AND name = 'schema_migrations'", { database: config.database }))) {
       await command(
         ddl,
@@ -204,6 +204,11 @@ export async function migrateClickHouse(
           'migrate it with the newer build',
       );
     }
+    // A table a pending migration creates is new to this run though it exists: an earlier run created it and
+    // failed before recording the migration, its TTL not set yet (see below).
+    const pendingTables = new Set(pending.flatMap(tablesCreatedBy));
+    const leftAlone = new Set([...existedBefore].filter((table) => !pendingTables.has(table)));
+    const ttlChanges: Array<{ table: string; days: number }> = [];
     const done: string[] = [];
     for (const migration of pending) {
       for (const statement of migration.statements) {
@@ -213,6 +218,10 @@ export async function migrateClickHouse(
           throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name} failed: ${(error as Error).message}`, { cause: error });
         }
       }
+      // The TTL of the tables it creates, before it is recorded: a run that fails after it would leave a table
+      // without its TTL that the next run, finding it there, left alone for good.
+      const created = tablesCreatedBy(migration).filter((table) => !leftAlone.has(table));
+      if (created.length > 0) ttlChanges.push(...(await applyTtl({ reads, ddl }, config.database, config.ttlDays, (table) => created.includes(table))).changed);
       await command(
         ddl,
         'INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ({version:UInt32}, {name:String}, {checksum:String}, now64(6))',
@@ -222,7 +231,8 @@ export async function migrateClickHouse(
       done.push(migration.name);
     }
 
-    const { changed: ttl, differs: ttlDiffers } = await applyTtl({ reads, ddl }, config.database, config.ttlDays, (table) => !leftAlone.has(table));
+    const { changed, differs: ttlDiffers } = await applyTtl({ reads, ddl }, config.database, config.ttlDays, (table) => !leftAlone.has(table));
+    const ttl = [...ttlChanges, ...changed];
     for (const change of ttl) {
       log(change.days ? `set TTL on ${change.table}: ${change.days} days after created_at` : `removed TTL from ${change.table}`);
     }
@@ -286,6 +296,14 @@ async function applyTtl(
     changes.push({ table: name, days });
   }
   return { changed: changes, differs };
+}
+
+/** The mirror tables a migration creates (`CREATE TABLE [IF NOT EXISTS] name`). */
+function tablesCreatedBy(migration: { statements: string[] }): string[] {
+  return migration.statements.flatMap((statement) => {
+    const created = /^\s*(?:--[^\n]*\n\s*)*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?`?([A-Za-z_][A-Za-z0-9_]*)`?/i.exec(statement);
+    return created && (MIRROR_TABLES as readonly string[]).includes(created[1]) ? [created[1]] : [];
+  });
 }
 
 async function exists(client: ClickHouseClient, query: string, params: Record<string, unknown>): Promise<boolean> {
