@@ -31,6 +31,11 @@ const bool = (name: string, fallback: boolean) =>
  */
 export const MAX_TTL_DAYS = 20_000;
 
+/** Why a longer TTL is refused, in the words every place that finds one uses. */
+export const TTL_WRAP =
+  "ClickHouse computes the tables' TTL as a 32-bit DateTime, which ends in 2106 and wraps round past it: a row created after 2106 minus the TTL " +
+  `expires at once (36500 days from 2026 is 1990); ${MAX_TTL_DAYS} keeps rows created until 2051 clear`;
+
 const int = (fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
   z
     .string()
@@ -177,7 +182,8 @@ export const envSchema = z.object({
   CLICKHOUSE_PASSWORD: z.string().default(''),
   CLICKHOUSE_DATABASE: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier').default('tracing'),
   CLICKHOUSE_PROJECT_IDS: uuidList,
-  CLICKHOUSE_TTL_DAYS: int(0, 0, 36_500),
+  // Bounded below by parseConfig, with the reason (MAX_TTL_DAYS).
+  CLICKHOUSE_TTL_DAYS: int(0, 0),
   EMBEDDED_CLICKHOUSE_PORT: int(18123, 1, 65535),
   CLICKHOUSE_REQUEST_TIMEOUT_MS: ms(10_000, 100),
 
@@ -283,8 +289,7 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): AppConfig {
   if (clashes.length > 0) throw new ConfigError(clashes.map((clash) => `${clash}: each server needs a port of its own`));
   if (e.CLICKHOUSE_TTL_DAYS > MAX_TTL_DAYS) {
     throw new ConfigError([
-      `CLICKHOUSE_TTL_DAYS must be at most ${MAX_TTL_DAYS}, got ${e.CLICKHOUSE_TTL_DAYS}: ClickHouse computes the tables' TTL as a 32-bit DateTime, ` +
-        'which ends in 2106 and wraps round past it, so a longer TTL would expire every row at once (36500 days from 2026 is 1990)',
+      `CLICKHOUSE_TTL_DAYS must be at most ${MAX_TTL_DAYS}, got ${e.CLICKHOUSE_TTL_DAYS}: ${TTL_WRAP}`,
     ]);
   }
   const dataDir = e.EMBEDDED_DATA_DIR;

@@ -102,6 +102,8 @@ describe('unflattenAttributes', () => {
     expect(unflattenAttributes([kv('otel.scope', { name: 'x' }), kv('otel.scope.name', 'bar')], [scope])).toEqual({ otel: { scope: { name: 'lib' } } });
     expect(unflattenAttributes([kv('otel.scope', 'x'), kv('otel.scope.name', 'bar'), kv('otel.other', 1)], [scope])).toEqual({ otel: { scope: { name: 'lib' }, other: 1 } });
     expect(unflattenAttributes([kv('otel', { resource: 1 }), kv('otel.resource', 5)], [kv('otel.resource', { r: 1 })])).toEqual({ otel: { resource: { r: 1 } } });
+    // A key with an empty segment is never split, so it is under nothing, and kept.
+    expect(unflattenAttributes([kv('otel.scope..x', 1), kv('otel.scope.', 2)], [scope])).toEqual({ 'otel.scope..x': 1, 'otel.scope.': 2, otel: { scope: { name: 'lib' } } });
   });
 
   it('stores "__proto__" as a plain key', () => {

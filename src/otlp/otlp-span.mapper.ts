@@ -72,7 +72,9 @@ export function unflattenAttributes(keyValues: OtlpKeyValue[], placedLast: OtlpK
     .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.index - b.index));
   // A key at or under a placedLast key is replaced by it whole: not placed at all, so no literal rest of it
   // ("otel.scope.name" beside a non-object or a kvlist "otel.scope") outlives the replacement.
-  const replaced = (key: string) => placedLast.some((last) => key === last.key || key.startsWith(`${last.key}.`));
+  // Keys with an empty segment are never split (placeAt), so they stay literal, under nothing.
+  const replaced = (key: string) =>
+    !key.split('.').includes('') && placedLast.some((last) => key === last.key || key.startsWith(`${last.key}.`));
   for (const { key, value } of sorted) if (!replaced(key)) placeAt(target, key, value, placing, false);
   for (const { key, value } of placedLast) placeAt(target, key, value, placing, true);
   return target;

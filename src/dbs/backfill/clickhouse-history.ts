@@ -11,6 +11,7 @@ import { readTtlDays } from '../clickhouse/clickhouse-ddl-runner';
 import { HistoryEntity, MirroredRecord } from './history-entities';
 import { ENTITIES, Entity, HistoryScope } from './history-scope';
 import { redactUrl } from '../../config/redact-url';
+import { MAX_TTL_DAYS, TTL_WRAP } from '../../config/app-config';
 
 const INSERT_ATTEMPTS = 4;
 const FIRST_BACKOFF_MS = 500;
@@ -168,6 +169,11 @@ export class ClickHouseHistory {
   async ttlDays(entities: readonly Entity[]): Promise<number> {
     const ttls = await this.answered(() => readTtlDays(this.query, this.where.database, entities));
     const values = [...new Set(entities.map((entity) => ttls.get(entity)))];
+    if (values.length === 1 && values[0] !== undefined && values[0] > MAX_TTL_DAYS) {
+      throw new ClickHouseNotReadyError(
+        `${this.at}: the tables' TTL is ${values[0]} days, more than ${MAX_TTL_DAYS}: ${TTL_WRAP}; run \`npm run migrate:clickhouse\` with a shorter CLICKHOUSE_TTL_DAYS`,
+      );
+    }
     if (values.length === 1 && values[0] !== undefined && values[0] >= 0) return values[0];
     const described = entities.map((entity) => `${entity}: ${describeTtl(ttls.get(entity))}`).join(', ');
     throw new ClickHouseNotReadyError(

@@ -163,7 +163,7 @@ export async function migrateClickHouse(
       await command(admin, `CREATE DATABASE IF NOT EXISTS ${identifier(config.database)}`);
     }
     // With 'new-tables', the TTL is left alone on tables that exist before this run; 'set' leaves none alone.
-    const existedBefore = options.ttl === 'new-tables' ? new Set((await readTtlDays(reads, config.database, MIRROR_TABLES)).keys()) : new Set<string>();
+    const existedBefore = options.ttl === 'new-tables' ? await readTtlDays(reads, config.database, MIRROR_TABLES) : new Map<string, number>();
     if (!(await exists(reads, "SELECT 1 FROM system.tables WHERE database = {database:String} AND name = 'schema_migrations'", { database: config.database }))) {
       await command(
         ddl,
@@ -204,10 +204,11 @@ export async function migrateClickHouse(
           'migrate it with the newer build',
       );
     }
-    // A table a pending migration creates is new to this run though it exists: an earlier run created it and
-    // failed before recording the migration, its TTL not set yet (see below).
+    // A table a pending migration creates, there already without a TTL, is this run's: an earlier run created it
+    // and failed before recording the migration, its TTL not set yet (see below). One with a TTL was made
+    // otherwise (restored, or by hand), and keeps it.
     const pendingTables = new Set(pending.flatMap(tablesCreatedBy));
-    const leftAlone = new Set([...existedBefore].filter((table) => !pendingTables.has(table)));
+    const leftAlone = new Set([...existedBefore].filter(([table, days]) => !(pendingTables.has(table) && days === 0)).map(([table]) => table));
     const ttlChanges: Array<{ table: string; days: number }> = [];
     const done: string[] = [];
     for (const migration of pending) {
@@ -221,7 +222,11 @@ export async function migrateClickHouse(
       // The TTL of the tables it creates, before it is recorded: a run that fails after it would leave a table
       // without its TTL that the next run, finding it there, left alone for good.
       const created = tablesCreatedBy(migration).filter((table) => !leftAlone.has(table));
-      if (created.length > 0) ttlChanges.push(...(await applyTtl({ reads, ddl }, config.database, config.ttlDays, (table) => created.includes(table))).changed);
+      try {
+        if (created.length > 0) ttlChanges.push(...(await applyTtl({ reads, ddl }, config.database, config.ttlDays, (table) => created.includes(table))).changed);
+      } catch (error) {
+        throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name} failed setting its tables' TTL: ${(error as Error).message}`, { cause: error });
+      }
       await command(
         ddl,
         'INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ({version:UInt32}, {name:String}, {checksum:String}, now64(6))',
@@ -298,11 +303,17 @@ async function applyTtl(
   return { changed: changes, differs };
 }
 
-/** The mirror tables a migration creates (`CREATE TABLE [IF NOT EXISTS] name`). */
-function tablesCreatedBy(migration: { statements: string[] }): string[] {
+/**
+ * The mirror tables a migration creates (`CREATE [OR REPLACE] TABLE [IF NOT EXISTS] [db.]name`, after any
+ * comments). A CREATE TABLE whose name is not read so is refused, rather than left without its TTL.
+ */
+function tablesCreatedBy(migration: { name: string; statements: string[] }): string[] {
   return migration.statements.flatMap((statement) => {
-    const created = /^\s*(?:--[^\n]*\n\s*)*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?`?([A-Za-z_][A-Za-z0-9_]*)`?/i.exec(statement);
-    return created && (MIRROR_TABLES as readonly string[]).includes(created[1]) ? [created[1]] : [];
+    const code = statement.replace(/\/\*[\s\S]*?\*\//g, ' ').replace(/--[^\n]*/g, ' ').trim();
+    if (!/^CREATE\s+(OR\s+REPLACE\s+)?TABLE\b/i.test(code)) return [];
+    const created = /^CREATE\s+(?:OR\s+REPLACE\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:[`"]?[A-Za-z_][A-Za-z0-9_]*[`"]?\.)?[`"]?([A-Za-z_][A-Za-z0-9_]*)[`"]?/i.exec(code);
+    if (!created) throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name}: cannot read the name of the table a CREATE TABLE makes`);
+    return (MIRROR_TABLES as readonly string[]).includes(created[1]) ? [created[1]] : [];
   });
 }
 

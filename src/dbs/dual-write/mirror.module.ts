@@ -1,7 +1,7 @@
 import { BeforeApplicationShutdown, Global, Inject, Logger, Module, OnApplicationShutdown } from '@nestjs/common';
 import { Kysely } from 'kysely';
 import { Registry } from 'prom-client';
-import { AppConfig } from '../../config/app-config';
+import { AppConfig, MAX_TTL_DAYS, TTL_WRAP } from '../../config/app-config';
 import { APP_CONFIG } from '../../config/config.module';
 import { MIRROR_HEALTH, MirrorHealth } from '../../health/mirror-health';
 import { METRICS_REGISTRY } from '../../metrics/metrics.tokens';
@@ -69,6 +69,10 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
     const result = await migrateClickHouse(config.clickhouse, url!, { ttl: 'new-tables' });
     if (result.unknown.length) logger.warn(`the ClickHouse database has migrations this build does not know (${result.unknown.join(', ')}): a newer build migrated it; used as it is`);
     for (const { table, days } of result.ttlDiffers) {
+      if (days > MAX_TTL_DAYS) {
+        logger.error(`ClickHouse table ${table} has a TTL of ${days} days: ${TTL_WRAP}. Run npm run migrate:clickhouse with a shorter CLICKHOUSE_TTL_DAYS`);
+        continue;
+      }
       logger.warn(`ClickHouse table ${table} has ${days ? `a TTL of ${days} days` : 'no TTL'}, CLICKHOUSE_TTL_DAYS here ${config.clickhouse.ttlDays}: left as it is (npm run migrate:clickhouse sets it)`);
     }
     return result.applied;
