@@ -182,7 +182,7 @@ export const envSchema = z.object({
   CLICKHOUSE_PASSWORD: z.string().default(''),
   CLICKHOUSE_DATABASE: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a plain identifier').default('tracing'),
   CLICKHOUSE_PROJECT_IDS: uuidList,
-  // Bounded below by parseConfig, with the reason (MAX_TTL_DAYS).
+  // Its upper bound is parseConfig's, with the reason (MAX_TTL_DAYS).
   CLICKHOUSE_TTL_DAYS: int(0, 0),
   EMBEDDED_CLICKHOUSE_PORT: int(18123, 1, 65535),
   CLICKHOUSE_REQUEST_TIMEOUT_MS: ms(10_000, 100),

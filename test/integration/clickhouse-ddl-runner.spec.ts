@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ClickHouseClient, createClient } from '@clickhouse/client';
@@ -10,6 +11,7 @@ import {
   migrateClickHouse,
   readClickHouseMigrations,
   splitStatements,
+  tablesCreatedBy,
 } from '../../src/dbs/clickhouse/clickhouse-ddl-runner';
 import { dropClickHouseDatabase, testClickHouseConfig } from '../support/clickhouse';
 import { FakeClickHouse } from '../support/fake-clickhouse';
@@ -42,6 +44,19 @@ describe('ClickHouse DDL runner', () => {
   afterAll(async () => {
     await Promise.allSettled(clients.map((c) => c.close()));
     await Promise.allSettled(databases.map((d) => dropClickHouseDatabase(d.config, d.url)));
+  });
+
+  it('reads which mirror table a CREATE TABLE makes, past leading comments, with names bare, quoted or qualified', () => {
+    const created = (...statements: string[]) => tablesCreatedBy({ name: '0009_x', statements });
+    for (const [file, table] of [['0001_spans.sql', 'spans'], ['0002_nodes.sql', 'nodes']]) {
+      expect(created(...splitStatements(readFileSync(join(CLICKHOUSE_MIGRATIONS_DIR, file), 'utf8')))).toEqual([table]);
+    }
+    expect(created("-- applies to migrations/*.sql\nCREATE TABLE IF NOT EXISTS spans (a String COMMENT 'x */ y') ENGINE = Memory")).toEqual(['spans']);
+    expect(created('/* a /* nested */ comment */ CREATE OR REPLACE TABLE `db`.`nodes` (a UInt8) ENGINE = Memory')).toEqual(['nodes']);
+    expect(created('CREATE TABLE`spans`(a UInt8) ENGINE = Memory', 'CREATE TABLE "my-db" . spans (a UInt8) ENGINE = Memory')).toEqual(['spans', 'spans']);
+    // Not a mirror table, though its name starts like one; and not a CREATE TABLE at all.
+    expect(created('CREATE TABLE `spans-old` (a UInt8) ENGINE = Memory', 'CREATE TABLE spans_old (a UInt8) ENGINE = Memory', 'ALTER TABLE spans ADD COLUMN b UInt8', "SELECT 'CREATE TABLE spans'")).toEqual([]);
+    expect(() => created('CREATE TABLE (a UInt8) ENGINE = Memory')).toThrow('ClickHouse migration 0009_x: cannot read the name of the table a CREATE TABLE makes');
   });
 
   it('splits statements at semicolons outside strings, quoted names and comments', () => {

@@ -169,9 +169,11 @@ export class ClickHouseHistory {
   async ttlDays(entities: readonly Entity[]): Promise<number> {
     const ttls = await this.answered(() => readTtlDays(this.query, this.where.database, entities));
     const values = [...new Set(entities.map((entity) => ttls.get(entity)))];
-    if (values.length === 1 && values[0] !== undefined && values[0] > MAX_TTL_DAYS) {
+    const wrapping = entities.filter((entity) => (ttls.get(entity) ?? 0) > MAX_TTL_DAYS);
+    if (wrapping.length > 0) {
+      const described = wrapping.map((entity) => `${entity}: ${ttls.get(entity)} days`).join(', ');
       throw new ClickHouseNotReadyError(
-        `${this.at}: the tables' TTL is ${values[0]} days, more than ${MAX_TTL_DAYS}: ${TTL_WRAP}; run \`npm run migrate:clickhouse\` with a shorter CLICKHOUSE_TTL_DAYS`,
+        `${this.at}: a TTL more than ${MAX_TTL_DAYS} days (${described}): ${TTL_WRAP}; run \`npm run migrate:clickhouse\` with a shorter CLICKHOUSE_TTL_DAYS`,
       );
     }
     if (values.length === 1 && values[0] !== undefined && values[0] >= 0) return values[0];

@@ -304,17 +304,52 @@ async function applyTtl(
 }
 
 /**
- * The mirror tables a migration creates (`CREATE [OR REPLACE] TABLE [IF NOT EXISTS] [db.]name`, after any
- * comments). A CREATE TABLE whose name is not read so is refused, rather than left without its TTL.
+ * The mirror tables a migration creates: `CREATE [OR REPLACE] TABLE [IF NOT EXISTS] [db.]name`, after the
+ * statement's leading comments, with names bare or quoted in backticks or double quotes. A CREATE TABLE whose
+ * name cannot be read so is refused, rather than its table left without its TTL.
  */
-function tablesCreatedBy(migration: { name: string; statements: string[] }): string[] {
+export function tablesCreatedBy(migration: { name: string; statements: string[] }): string[] {
   return migration.statements.flatMap((statement) => {
-    const code = statement.replace(/\/\*[\s\S]*?\*\//g, ' ').replace(/--[^\n]*/g, ' ').trim();
-    if (!/^CREATE\s+(OR\s+REPLACE\s+)?TABLE\b/i.test(code)) return [];
-    const created = /^CREATE\s+(?:OR\s+REPLACE\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:[`"]?[A-Za-z_][A-Za-z0-9_]*[`"]?\.)?[`"]?([A-Za-z_][A-Za-z0-9_]*)[`"]?/i.exec(code);
-    if (!created) throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name}: cannot read the name of the table a CREATE TABLE makes`);
-    return (MIRROR_TABLES as readonly string[]).includes(created[1]) ? [created[1]] : [];
+    const code = withoutLeadingComments(statement);
+    const head = /^CREATE\s+(?:OR\s+REPLACE\s+)?TABLE\b\s*(?:IF\s+NOT\s+EXISTS\b\s*)?/i.exec(code);
+    if (!head) return [];
+    const name = new RegExp(`^${IDENTIFIER}(?:\\s*\\.\\s*${IDENTIFIER})?`).exec(code.slice(head[0].length));
+    if (!name) throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name}: cannot read the name of the table a CREATE TABLE makes`);
+    // The last identifier read is the table's (the first, when there are two, its database's).
+    const table = name[4] ?? name[5] ?? name[6] ?? name[1] ?? name[2] ?? name[3];
+    return (MIRROR_TABLES as readonly string[]).includes(table) ? [table] : [];
   });
+}
+
+/** A name as ClickHouse reads one: in backticks, in double quotes, or bare (then ending where a name cannot go on). */
+const IDENTIFIER = '(?:`([^`]+)`|"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*)(?![A-Za-z0-9_]))';
+
+/** A statement from its first token: leading whitespace, `--` lines and (nested) block comments skipped. */
+function withoutLeadingComments(statement: string): string {
+  let rest = statement;
+  for (;;) {
+    rest = rest.trimStart();
+    if (rest.startsWith('--')) {
+      const end = rest.indexOf('\n');
+      rest = end < 0 ? '' : rest.slice(end + 1);
+    } else if (rest.startsWith('/*')) {
+      let depth = 0;
+      let i = 0;
+      for (; i < rest.length; i++) {
+        if (rest.startsWith('/*', i)) {
+          depth++;
+          i++;
+        } else if (rest.startsWith('*/', i)) {
+          depth--;
+          i++;
+          if (depth === 0) break;
+        }
+      }
+      rest = rest.slice(i + 1);
+    } else {
+      return rest;
+    }
+  }
 }
 
 async function exists(client: ClickHouseClient, query: string, params: Record<string, unknown>): Promise<boolean> {

@@ -73,7 +73,8 @@ async function createMirrorRuntime(config: AppConfig, db: Kysely<DB>, registry: 
         logger.error(`ClickHouse table ${table} has a TTL of ${days} days: ${TTL_WRAP}. Run npm run migrate:clickhouse with a shorter CLICKHOUSE_TTL_DAYS`);
         continue;
       }
-      logger.warn(`ClickHouse table ${table} has ${days ? `a TTL of ${days} days` : 'no TTL'}, CLICKHOUSE_TTL_DAYS here ${config.clickhouse.ttlDays}: left as it is (npm run migrate:clickhouse sets it)`);
+      const has = days < 0 ? 'a TTL of another shape' : days ? `a TTL of ${days} days` : 'no TTL';
+      logger.warn(`ClickHouse table ${table} has ${has}, CLICKHOUSE_TTL_DAYS here ${config.clickhouse.ttlDays}: left as it is (npm run migrate:clickhouse sets it)`);
     }
     return result.applied;
   }, mirrorLogger(logger), realClock, async (table) => {
