@@ -60,12 +60,21 @@ function raise(result: MigrationResultSet): MigrationResultSet {
  */
 export async function migrateToLatest(db: Kysely<any>, folder = POSTGRES_MIGRATIONS_DIR): Promise<MigrationResultSet> {
   const migrator = await createMigrator(db, folder);
+  return inSteps(() => migrator.migrateUp());
+}
+
+/**
+ * Runs `step` (one migration up or down, in a transaction of its own) until it has nothing left to do, or one
+ * fails (raised, naming the steps before it), or one is not done (a migration without a down step is
+ * NotExecuted: the run stops there).
+ */
+async function inSteps(step: () => Promise<MigrationResultSet>): Promise<MigrationResultSet> {
   const results: MigrationResult[] = [];
   for (;;) {
-    const step = await migrator.migrateUp();
-    results.push(...(step.results ?? []));
-    if (step.error !== undefined) return raise({ error: step.error, results });
-    if (!step.results?.length) return { results };
+    const done = await step();
+    results.push(...(done.results ?? []));
+    if (done.error !== undefined) return raise({ error: done.error, results });
+    if (!done.results?.length || done.results.some((r) => r.status !== 'Success')) return { results };
   }
 }
 
@@ -91,13 +100,7 @@ export async function migrateDown(db: Kysely<any>, all = false, folder = POSTGRE
   // One step at a time, each in its own transaction (as migrateToLatest): one step's locks end before the next
   // takes its own. A migration without a down step applied since the look above (another migrator) is
   // NotExecuted and stays in the history: the run stops there, leaving it and those beneath it applied.
-  const results: MigrationResult[] = [];
-  for (;;) {
-    const step = await migrator.migrateDown();
-    results.push(...(step.results ?? []));
-    if (step.error !== undefined) return raise({ error: step.error, results });
-    if (!step.results?.length || step.results.some((r) => r.status !== 'Success')) return { results };
-  }
+  return inSteps(() => migrator.migrateDown());
 }
 
 /** Where a database's schema stands against this build's migrations. */
