@@ -73,12 +73,14 @@ export function unflattenAttributes(keyValues: OtlpKeyValue[], placedLast: OtlpK
   // A key at or under a placedLast key is replaced by it whole: not placed at all, so no literal rest of it
   // ("otel.scope.name" beside a non-object or a kvlist "otel.scope") outlives the replacement.
   // Keys with an empty segment are never split (placeAt), so they stay literal, under nothing.
-  const replaced = (key: string) =>
-    !key.split('.').includes('') && placedLast.some((last) => key === last.key || key.startsWith(`${last.key}.`));
+  const replaced = (key: string) => !neverSplit(key) && placedLast.some((last) => key === last.key || key.startsWith(`${last.key}.`));
   for (const { key, value } of sorted) if (!replaced(key)) placeAt(target, key, value, placing, false);
   for (const { key, value } of placedLast) placeAt(target, key, value, placing, true);
   return target;
 }
+
+/** A key with an empty segment ("a..b", ".a", "a."), which is kept literal, never split at its dots. */
+const neverSplit = (key: string) => key.split('.').includes('');
 
 interface Placing {
   /** Objects this call made (or copied), which a dotted key may add to. */
@@ -102,8 +104,8 @@ function placeAt(target: JsonObject, key: string, value: Json, placing: Placing,
   };
   const earlier = replace ? undefined : placing.placed.get(key);
   if (earlier) return place(earlier.level, earlier.name);
+  if (neverSplit(key)) return place(target, key);
   const segments = key.split('.');
-  if (segments.some((segment) => segment === '')) return place(target, key);
   let level = target;
   /** Where the innermost object a kvlist sent starts along the path, and the segment that enters it. */
   let sentFrom: { level: JsonObject; index: number } | null = null;
