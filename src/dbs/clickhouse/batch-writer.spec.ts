@@ -1212,6 +1212,7 @@ describe('BatchWriter', () => {
       clock.wallOffsetMs = -3_600_000;
       expect(writer.stats()).toEqual({
         queuedRows: 0,
+        acceptedRows: 0,
         queuedBytes: 0,
         inFlightBatches: 0,
         breaker: 'closed',
@@ -1236,6 +1237,7 @@ describe('BatchWriter', () => {
 
       expect(writer.stats()).toEqual({
         queuedRows: 3,
+        acceptedRows: 0,
         queuedBytes: 3 * (ROW + 10),
         inFlightBatches: 1,
         breaker: 'closed',
@@ -1255,6 +1257,20 @@ describe('BatchWriter', () => {
 
       await clock.advance(700);
       expect(writer.stats().lagMs).toBe(700);
+    });
+
+    it("counts a producer's held rows as queued and their age as lag, without having it write them", async () => {
+      const { writer, clock } = setup();
+      const flushed: number[] = [];
+      let held: { rows: number; oldestAt: number } | null = null;
+      writer.addProducer({ flush: () => flushed.push(1), held: () => held });
+      writer.write(rows(1, 2));
+      await clock.advance(100);
+      held = { rows: 5, oldestAt: clock.now() - 400 };
+      expect(writer.stats()).toMatchObject({ queuedRows: 7, acceptedRows: 5, queuedBytes: 2 * ROW, lagMs: 400 });
+      held = { rows: 5, oldestAt: clock.now() };
+      expect(writer.stats()).toMatchObject({ queuedRows: 7, acceptedRows: 5, lagMs: 100 });
+      expect(flushed).toEqual([]);
     });
 
     it('observes flush size and lag from enqueue to confirmed insert', async () => {

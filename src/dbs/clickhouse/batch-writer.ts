@@ -41,8 +41,25 @@ export interface MirrorLogger {
   error(obj: object, msg: string): void;
 }
 
+/**
+ * What accepts rows before it writes them (the mirror takes committed rows on
+ * the caller's path and maps them a slice per event-loop turn afterwards).
+ */
+export interface RowProducer {
+  /** write() everything held now: drain() and shutdown() call it before they look at the queue. */
+  flush(): void;
+  /**
+   * How many rows are held and since when (the writer's now(), taken as the oldest was accepted); null when none.
+   * stats() reads it instead of calling flush(): a probe must not map a large backlog in one go.
+   */
+  held(): { rows: number; oldestAt: number } | null;
+}
+
 export interface BatchWriterStats {
+  /** Rows waiting to be sent, including those a producer holds (acceptedRows). */
   queuedRows: number;
+  /** Of queuedRows, those a producer has accepted and not written yet: they count in neither queuedBytes nor the bound yet. */
+  acceptedRows: number;
   /** What the queued rows hold in memory (queuedRowBytes each), bounded by queueMaxBytes. */
   queuedBytes: number;
   inFlightBatches: number;
@@ -164,7 +181,7 @@ export class BatchWriter {
   private readonly sleeps = new Set<{ handle: unknown; wake: () => void }>();
   private drainWaiters: DrainWaiter[] = [];
   /** Callers holding rows they will write() shortly; drain() and shutdown() have them write those first. */
-  private readonly producers: Array<() => void> = [];
+  private readonly producers: RowProducer[] = [];
   /**
    * Set when a row does not fit, cleared when rows leave the queue (sent or
    * turned into gaps). While set, every row is turned away without trying to
@@ -361,24 +378,32 @@ export class BatchWriter {
     return this.shutdownPromise;
   }
 
-  /**
-   * Registers a producer that accepts rows before it writes them (the mirror
-   * maps committed records after the caller's request has moved on): drain(),
-   * shutdown() and stats() call `flush`, which must write() everything it holds.
-   */
-  addProducer(flush: () => void): void {
-    this.producers.push(flush);
+  /** Registers a producer: drain() and shutdown() have it write what it holds first; stats() counts what it holds. */
+  addProducer(producer: RowProducer): void {
+    this.producers.push(producer);
+  }
+
+  /** The writer's clock (monotonic epoch ms), for producers stamping what they hold: stats() measures lag against it. */
+  now(): number {
+    return this.clock.now();
   }
 
   private flushProducers(): void {
-    for (const flush of this.producers) this.guarded('mirror producer failed to flush', flush);
+    for (const producer of this.producers) this.guarded('mirror producer failed to flush', () => producer.flush());
   }
 
   stats(): BatchWriterStats {
-    // Rows a producer has accepted count as queued: /health and the tests see every accepted row.
-    this.flushProducers();
-    let inFlightBatches = 0;
+    // Rows a producer has accepted count as queued, and their age as lag: /health sees every accepted row.
+    let acceptedRows = 0;
     let oldest = Infinity;
+    for (const producer of this.producers) {
+      const held = producer.held();
+      if (held) {
+        acceptedRows += held.rows;
+        oldest = Math.min(oldest, held.oldestAt);
+      }
+    }
+    let inFlightBatches = 0;
     for (const queue of this.tables.values()) {
       if (queue.inFlight) {
         inFlightBatches += 1;
@@ -387,7 +412,8 @@ export class BatchWriter {
       if (queue.pending.count > 0) oldest = Math.min(oldest, queue.pending.firstEnqueuedAt);
     }
     return {
-      queuedRows: this.queuedRows,
+      queuedRows: this.queuedRows + acceptedRows,
+      acceptedRows,
       queuedBytes: this.queuedBytes,
       inFlightBatches,
       breaker: this.gate.state,

@@ -23,6 +23,8 @@ interface Accepted {
   toRecord: (row: unknown) => unknown;
   /** Index of the next row to map. */
   next: number;
+  /** When the write was accepted, on the writer's clock: the writer's lag counts from it. */
+  acceptedAt: number;
 }
 
 /**
@@ -35,8 +37,8 @@ interface Accepted {
  * and building the record another ~3 µs. Both run after the call has
  * returned, a slice per event-loop turn, so most of it falls while requests
  * wait for Postgres; a backlog gets bigger slices so it cannot outgrow the
- * loop, and the writer's drain(), shutdown() and stats() map what is left
- * first. The rows come from RETURNING for this call and callers only
+ * loop, and the writer's drain() and shutdown() map what is left first;
+ * stats() (every /health) only counts it. The rows come from RETURNING for this call and callers only
  * serialize them, so building and mapping a moment later sees the same
  * values. While the writer's queue is full (ClickHouse down for a while), a
  * line would only be dropped: records then become gap rows (their keys)
@@ -86,7 +88,10 @@ export class Mirror implements MirrorTarget {
       this.failures.inc({ entity }, 0);
       this.unknownOutcomes.inc({ entity }, 0);
     }
-    writer.addProducer(() => this.mapBacklog(Infinity));
+    writer.addProducer({
+      flush: () => this.mapBacklog(Infinity),
+      held: () => (this.backlog.length ? { rows: this.backlogRecords, oldestAt: this.backlog[0].acceptedAt } : null),
+    });
   }
 
   mirrors(projectId: string): boolean {
@@ -124,7 +129,13 @@ export class Mirror implements MirrorTarget {
 
   accept<Row, Mirrored>(plan: MirrorPlan<unknown, Mirrored>, rows: readonly Row[], toRecord: (row: Row) => Mirrored): void {
     if (rows.length === 0) return;
-    this.backlog.push({ plan: plan as MirrorPlan<unknown, unknown>, rows, toRecord: toRecord as (row: unknown) => unknown, next: 0 });
+    this.backlog.push({
+      plan: plan as MirrorPlan<unknown, unknown>,
+      rows,
+      toRecord: toRecord as (row: unknown) => unknown,
+      next: 0,
+      acceptedAt: this.writer.now(),
+    });
     this.backlogRecords += rows.length;
     this.scheduleSlice();
   }
