@@ -285,6 +285,16 @@ describe('BatchWriter', () => {
       expect(sink.attempts[0].lines).toEqual([spanRow(1).line, spanRow(2).line]);
     });
 
+    it('counts the interval and the lag from when a producer accepted the rows, when it says', async () => {
+      const { sink, writer, clock } = setup();
+      writer.write(rows(1, 1), clock.now() - 900);
+      expect(writer.stats().lagMs).toBe(900);
+      await clock.advance(99);
+      expect(sink.attempts).toHaveLength(0);
+      await clock.advance(1);
+      expect(sink.attempts).toHaveLength(1);
+    });
+
     it('keeps one insert in flight per table; rows arriving meanwhile go in the next batches, cut at flushRows', async () => {
       const { sink, writer } = setup({ flushRows: 2 });
       sink.behaviours.push('hang');

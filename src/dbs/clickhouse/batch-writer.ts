@@ -56,11 +56,14 @@ export interface RowProducer {
 }
 
 export interface BatchWriterStats {
-  /** Rows waiting to be sent, including those a producer holds (acceptedRows). */
+  /**
+   * Rows waiting to be sent, including those a producer holds (acceptedRows). A held row the producer then
+   * skips (a project not rolled out) or turns into a gap leaves the count without being sent.
+   */
   queuedRows: number;
-  /** Of queuedRows, those a producer has accepted and not written yet: they count in neither queuedBytes nor the bound yet. */
+  /** Of queuedRows, those a producer has accepted and not written yet: in neither queuedBytes nor its bound yet. */
   acceptedRows: number;
-  /** What the queued rows hold in memory (queuedRowBytes each), bounded by queueMaxBytes. */
+  /** What the rows written to the writer hold in memory (queuedRowBytes each), bounded by queueMaxBytes. */
   queuedBytes: number;
   inFlightBatches: number;
   breaker: BreakerState;
@@ -226,7 +229,7 @@ export class BatchWriter {
       onReopen: () => {
         for (const queue of this.tables.values()) this.maybeFlush(queue);
       },
-      outageContext: () => ({ queuedRows: this.queuedRows, lastError: this.lastError }),
+      outageContext: () => ({ queuedRows: this.queuedRows + this.accepted().rows, lastError: this.lastError }),
     });
   }
 
@@ -236,13 +239,16 @@ export class BatchWriter {
    * the mirror. Rows past the memory bound become gap records (newest
    * dropped: the queue keeps the rows that arrived first, in order, and the
    * gap covers one contiguous tail of this call). A row bigger than the
-   * whole bound is turned away by itself.
+   * whole bound is turned away by itself. `acceptedAt` (the writer's now()
+   * when a producer took the rows; now by default) is where their lag and
+   * flush interval count from; calls must not give times older than an
+   * earlier call's.
    */
-  write(rows: MirrorRow[]): void {
-    this.scope.runInAsyncScope(() => this.queueRows(rows));
+  write(rows: MirrorRow[], acceptedAt?: number): void {
+    this.scope.runInAsyncScope(() => this.queueRows(rows, acceptedAt ?? this.clock.now()));
   }
 
-  private queueRows(rows: MirrorRow[]): void {
+  private queueRows(rows: MirrorRow[], acceptedAt: number): void {
     // Rows before this index are queued or already handed to a gap; the rest are what an internal failure must account for.
     let accounted = 0;
     const touched = new Set<TableQueue>();
@@ -271,7 +277,7 @@ export class BatchWriter {
           break;
         }
         const queue = this.queueFor(row.table);
-        queue.pending.append(fields, fieldBytes, row.line, lineBytes, this.clock.now(), ++this.lastSeq);
+        queue.pending.append(fields, fieldBytes, row.line, lineBytes, acceptedAt, ++this.lastSeq);
         this.queuedRows += 1;
         this.queuedBytes += bytes;
         touched.add(queue);
@@ -394,15 +400,8 @@ export class BatchWriter {
 
   stats(): BatchWriterStats {
     // Rows a producer has accepted count as queued, and their age as lag: /health sees every accepted row.
-    let acceptedRows = 0;
-    let oldest = Infinity;
-    for (const producer of this.producers) {
-      const held = producer.held();
-      if (held) {
-        acceptedRows += held.rows;
-        oldest = Math.min(oldest, held.oldestAt);
-      }
-    }
+    const accepted = this.accepted();
+    let oldest = accepted.oldestAt;
     let inFlightBatches = 0;
     for (const queue of this.tables.values()) {
       if (queue.inFlight) {
@@ -412,8 +411,8 @@ export class BatchWriter {
       if (queue.pending.count > 0) oldest = Math.min(oldest, queue.pending.firstEnqueuedAt);
     }
     return {
-      queuedRows: this.queuedRows + acceptedRows,
-      acceptedRows,
+      queuedRows: this.queuedRows + accepted.rows,
+      acceptedRows: accepted.rows,
       queuedBytes: this.queuedBytes,
       inFlightBatches,
       breaker: this.gate.state,
@@ -427,6 +426,26 @@ export class BatchWriter {
       lastPublicError: this.lastPublicError,
       lagMs: oldest === Infinity ? 0 : this.clock.now() - oldest,
     };
+  }
+
+  /** What the producers hold: how many rows, and since when (Infinity when none). */
+  private accepted(): { rows: number; oldestAt: number } {
+    let rows = 0;
+    let oldestAt = Infinity;
+    for (const producer of this.producers) {
+      let held: ReturnType<RowProducer['held']> = null;
+      try {
+        held = producer.held();
+      } catch (error) {
+        // A producer's failure must not fail /health: its rows go uncounted until it writes them.
+        this.failSafe(error, 'mirror producer failed to count the rows it holds');
+      }
+      if (held) {
+        rows += held.rows;
+        oldestAt = Math.min(oldestAt, held.oldestAt);
+      }
+    }
+    return { rows, oldestAt };
   }
 
   private queueFor(table: string): TableQueue {

@@ -11,7 +11,7 @@ export type DropReason = (typeof DROP_REASONS)[number];
  * The mirror's Prometheus metrics. Names are part of the dashboards' and
  * alerts' contract: keep them stable.
  *
- *   mirror_queue_rows{table}              gauge: rows waiting or in flight
+ *   mirror_queue_rows{table}              gauge: serialized rows waiting or in flight
  *   mirror_queue_bytes{table}             gauge: the memory they hold, off the V8 heap: lines, gap fields and a 24-byte header per row (bounded by queueMaxBytes in total)
  *   mirror_flush_duration_seconds{table}  histogram: one insert attempt, request to answer, with any wait for the mirror's tables (after-schema.ts)
  *   mirror_flush_rows{table}              histogram: rows per batch sent
@@ -48,7 +48,7 @@ export function createMirrorMetrics(registry: Registry): MirrorMetrics {
   const metrics: MirrorMetrics = {
     queueRows: new Gauge({
       name: 'mirror_queue_rows',
-      help: 'Rows queued for the ClickHouse mirror, including in-flight batches',
+      help: 'Rows queued for the ClickHouse mirror, including in-flight batches (serialized rows: /health counts those not serialized yet in acceptedRows)',
       labelNames: ['table'],
       registers,
     }),

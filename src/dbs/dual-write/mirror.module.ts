@@ -176,6 +176,7 @@ export async function shutDownMirror(
               schemaApplied: runtime.schema.isApplied,
               breaker: stats.breaker,
               queuedRows: stats.queuedRows,
+              acceptedRows: stats.acceptedRows,
               queuedBytes: stats.queuedBytes,
               lagMs: stats.lagMs,
               rowsSent: stats.rowsSent,

@@ -3,6 +3,7 @@ import { Registry } from 'prom-client';
 import { BatchWriter, MirrorRow, queuedRowBytes } from '../clickhouse/batch-writer';
 import { MirrorGap } from '../clickhouse/gap-ledger';
 import { BatchWriterSettings } from '../clickhouse/batch-writer-options';
+import { Clock, realClock } from '../clickhouse/clock';
 import { linesOfBody } from '../../../test/support/insert-body';
 import { Mirror } from './mirror';
 import { MirrorPlan } from './mirrored-dao';
@@ -45,7 +46,7 @@ const turn = () => new Promise((resolve) => setImmediate(resolve));
 /** Every rig's writer, shut down after each test: a writer left with queued rows keeps its 60 s flush timer. */
 const writers: BatchWriter[] = [];
 
-function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}) {
+function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}, clock?: Clock) {
   const sent: string[] = [];
   const writes: number[] = [];
   const gaps: MirrorGap[] = [];
@@ -68,13 +69,14 @@ function rig(projectIds: string[] = [], settings: BatchWriterSettings = {}) {
         },
       },
       logger: { info: () => undefined, warn: () => undefined, error: () => undefined },
+      clock,
     },
   );
   writers.push(writer);
   const write = writer.write.bind(writer);
-  writer.write = (rows: MirrorRow[]) => {
+  writer.write = (rows: MirrorRow[], acceptedAt?: number) => {
     writes.push(rows.length);
-    write(rows);
+    write(rows, acceptedAt);
   };
   const registry = new Registry();
   const mirror = new Mirror(writer, projectIds, registry);
@@ -143,6 +145,18 @@ describe('Mirror', () => {
     await second.writer.shutdown();
     expect(second.sent).toHaveLength(300);
     expect(second.writer.stats().rowsDropped).toBe(0);
+  });
+
+  // Rows mapped a while after their commit restarted their age: /health's lagMs fell although nothing was sent.
+  it("counts a row's lag from when its write was accepted, not from when it was mapped", async () => {
+    let now = 5_000;
+    const clock: Clock = { ...realClock, now: () => now };
+    const { mirror, writer } = rig([], { flushIntervalMs: 1_000 }, clock);
+    mirror.accept(plan, records(1, 3), toRecord);
+    now += 400;
+    expect(writer.stats()).toMatchObject({ acceptedRows: 3, lagMs: 400 });
+    for (let i = 0; i < 10 && writer.stats().acceptedRows > 0; i++) await turn();
+    expect(writer.stats()).toMatchObject({ queuedRows: 3, acceptedRows: 0, lagMs: 400 });
   });
 
   it('keeps only the rolled-out projects, and counts rows that cannot be built or mapped without losing the rest', async () => {
