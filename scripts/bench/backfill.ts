@@ -10,7 +10,6 @@ import { copyOut } from '../../src/dbs/backfill/copy/postgres-copy-out';
 import { spanHistory } from '../../src/dbs/backfill/history-entities';
 import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
-import { SpanRow } from '../../src/dbs/postgres/database';
 import { connectClickHouse, connectPostgres } from '../cli/history-cli';
 import { BenchFlags } from './support/cli';
 import { cpuSecondsOf, treeCpuSecondsOf } from './support/proc';
@@ -27,7 +26,8 @@ backfill (src/dbs/backfill, with its default batches unless --batch-rows or
 --batch-bytes say otherwise, connected as \`npm run backfill\` connects),
 against two ceilings measured in the same run, interleaved:
   - Postgres read: a keyset SELECT of the same columns streaming every row,
-    page after page (the backfill's batch size), parsed by node-postgres;
+    page after page (the backfill's batch size), as COPY text (jsonb as its
+    text), counted and not parsed;
   - ClickHouse insert: the bytes the backfill sends for the first rows (its
     batches' COPY output, jsonb fields made compact, TabSeparated), read
     into memory beforehand and inserted with @clickhouse/client as its sink
@@ -132,13 +132,39 @@ async function main(): Promise<void> {
     const pg = await connectPostgres(parseConfig(env), () => undefined);
     const scope = { entity: 'spans' as const, projectIds: null };
 
-    /** A plain keyset SELECT of the columns the row mapper needs, parsed by node-postgres: the read ceiling's query. */
-    const keysetPage = async (cursor: string[] | null, limit: number): Promise<SpanRow[]> =>
-      (
-        await sql<SpanRow>`select ${sql.join(spanHistory.columns.map((c) => sql.ref(c)))} from spans
-          where ${cursor ? sql`(created_at, project_id, trace_id, span_id) > (${cursor[0]}::timestamptz, ${cursor[1]}::uuid, ${cursor[2]}::uuid, decode(${cursor[3]}, 'hex'))` : sql`true`}
-          order by created_at, project_id, trace_id, span_id limit ${limit}`.execute(pg.db)
-      ).rows;
+    /**
+     * The read ceiling's page: a keyset SELECT of the columns the row mapper needs, streamed as Postgres prints
+     * them (COPY text, jsonb as its text), counted and not parsed: how fast Postgres hands these rows to a client.
+     * The key columns come first, so the page's last line gives the next page's cursor.
+     */
+    const keyColumns = ['created_at', 'project_id', 'trace_id', 'span_id'];
+    const readColumns = [...keyColumns, ...spanHistory.columns.filter((c) => !keyColumns.includes(c))];
+    const keysetPage = async (cursor: string[] | null, limit: number): Promise<{ rows: number; last: string[] | null }> => {
+      const statement = sql`copy (select ${sql.join(readColumns.map((c) => sql.ref(c)))} from spans
+          where ${cursor ? sql`(created_at, project_id, trace_id, span_id) > (${sql.lit(cursor[0])}::timestamptz, ${sql.lit(cursor[1])}::uuid, ${sql.lit(cursor[2])}::uuid, decode(${sql.lit(cursor[3])}, 'hex'))` : sql`true`}
+          order by created_at, project_id, trace_id, span_id limit ${sql.lit(limit)}) to stdout`.compile(pg.db).sql;
+      let rows = 0;
+      let lastLine: Buffer | null = null;
+      // The bytes after the chunk's last newline: the start of a line the next chunk ends.
+      let partial = Buffer.alloc(0);
+      for await (const chunk of await copyOut(pg.pool, statement)) {
+        const bytes = chunk as Buffer;
+        // COPY text escapes newlines inside values: every newline ends a row.
+        for (let at = bytes.indexOf(10); at !== -1; at = bytes.indexOf(10, at + 1)) rows++;
+        const end = bytes.lastIndexOf(10);
+        if (end === -1) {
+          partial = Buffer.concat([partial, bytes]);
+          continue;
+        }
+        const start = end === 0 ? -1 : bytes.lastIndexOf(10, end - 1);
+        lastLine = start === -1 ? Buffer.concat([partial, bytes.subarray(0, end)]) : bytes.subarray(start + 1, end);
+        partial = Buffer.from(bytes.subarray(end + 1));
+      }
+      if (!lastLine) return { rows, last: null };
+      // created_at, project_id, trace_id as printed; span_id (bytea) as \\x<hex>, its backslash doubled by COPY.
+      const [createdAt, projectId, traceId, spanId] = lastLine.toString('utf8', 0, Math.min(lastLine.length, 512)).split('\t', 4);
+      return { rows, last: [createdAt, projectId, traceId, spanId.replace(/^\\\\x/, '')] };
+    };
 
     const { batchRows, batchBytes } = options;
     // The insert ceiling's bodies: the backfill's first batches as it sends them (its bounds, Postgres's
@@ -180,10 +206,10 @@ async function main(): Promise<void> {
         run: async () => {
           let read = 0;
           for (let cursor: string[] | null = null; ; ) {
-            const rows = await keysetPage(cursor, batchRows);
-            if (rows.length === 0) return read;
-            read += rows.length;
-            cursor = spanHistory.cursorOf(rows[rows.length - 1]);
+            const page = await keysetPage(cursor, batchRows);
+            if (page.rows === 0 || !page.last) return read;
+            read += page.rows;
+            cursor = page.last;
           }
         },
         close: async () => undefined,
