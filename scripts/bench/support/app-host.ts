@@ -6,7 +6,7 @@ import { createApp } from '../../../src/bootstrap';
 import { MIRROR, MirrorRuntime } from '../../../src/dbs/dual-write/mirror.module';
 import { SpanInput } from '../../../src/tracing/span';
 import { TracingService } from '../../../src/tracing/tracing.service';
-import { timedLoop } from './http-load';
+import { LoadWindow, timedLoop } from './http-load';
 import { tracePool } from './spans';
 
 /**
@@ -20,7 +20,7 @@ import { tracePool } from './spans';
 
 export type HostRequest =
   | { id: number; cmd: 'traces'; sizes: number[] }
-  | { id: number; cmd: 'inproc'; spans: number; durationMs: number; concurrency: number }
+  | { id: number; cmd: 'inproc'; spans: number; window: LoadWindow; concurrency: number }
   | { id: number; cmd: 'drain'; timeoutMs: number }
   | { id: number; cmd: 'record-gaps' }
   | { id: number; cmd: 'stats' }
@@ -54,11 +54,10 @@ async function main(): Promise<void> {
       case 'inproc': {
         const next = traces.get(request.spans);
         if (!next) throw new Error(`no traces of ${request.spans} spans: ask for them with the traces command first`);
-        const latencies = await timedLoop(request.durationMs, request.concurrency, () => {
+        return await timedLoop(request.window, request.concurrency, () => {
           const spans = next();
           return async () => void (await tracing.createSpans(projectId, spans));
         });
-        return { latencies };
       }
       case 'drain': {
         if (runtime) {

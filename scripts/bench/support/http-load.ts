@@ -65,23 +65,41 @@ export class ApiClient {
 }
 
 /**
- * `concurrency` workers call `next()` for a call to make (built outside the
- * clock) and time it, until `durationMs` has passed; returns the latencies.
+ * How long a timed loop runs: `leadMs` of load first, then `durationMs` whose
+ * calls are timed, then `tailMs` more. The load before and after keeps the
+ * work a call sets going in the background (the mirror's interval flushes)
+ * falling inside the timed window as often as under a steady load, not
+ * after it, when nothing is timed.
  */
-export async function timedLoop(durationMs: number, concurrency: number, next: () => () => Promise<void>): Promise<number[]> {
+export interface LoadWindow {
+  leadMs: number;
+  durationMs: number;
+  tailMs: number;
+}
+
+/**
+ * `concurrency` workers call `next()` for a call to make (built outside the
+ * clock) and time it, through the window; returns the latencies of the calls
+ * started inside its timed part, and how many calls ran in all.
+ */
+export async function timedLoop(window: LoadWindow, concurrency: number, next: () => () => Promise<void>): Promise<{ latencies: number[]; calls: number }> {
   const latencies: number[] = [];
-  const until = performance.now() + durationMs;
+  let calls = 0;
+  const from = performance.now() + window.leadMs;
+  const to = from + window.durationMs;
+  const until = to + window.tailMs;
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
       while (performance.now() < until) {
         const call = next();
         const started = performance.now();
         await call();
-        latencies.push(performance.now() - started);
+        calls++;
+        if (started >= from && started < to) latencies.push(performance.now() - started);
       }
     }),
   );
-  return latencies;
+  return { latencies, calls };
 }
 
 /** A POST that must succeed; its latency in ms. */
