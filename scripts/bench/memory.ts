@@ -7,15 +7,17 @@ import { startApiProcess } from './support/processes';
 import { BenchReport, runBench } from './support/report';
 import { startNullClickHouse } from './support/null-clickhouse';
 import { createApiKey, startBenchPostgres } from './support/servers';
-import { spansBody } from './support/spans';
+import { spansBody, spansBodyPool } from './support/spans';
 import { median, num, rotated, showSpread, spread, table } from './support/stats';
 
 const USAGE = `usage: npm run bench:memory -- [options]
 
 Peak RSS of the API (the compiled main.js, a child process) under sustained
-load while ClickHouse is down (CLICKHOUSE_URL is a closed loopback port), so
-the mirror queues up to MIRROR_QUEUE_MAX_BYTES and records the rest as gaps.
-Three baselines, per round:
+load through a ClickHouse outage: ClickHouse (a null endpoint) answers for
+--lead-seconds, then goes down for --down-seconds (it stops listening: every
+connection refused), so the mirror queues up to MIRROR_QUEUE_MAX_BYTES and
+records the rest as gaps, then comes back for --recovery-seconds, while the
+mirror sends its queue on top of the load. Three baselines, per round:
   idle     the same process's RSS after start-up and a short warm-up, before
            the load (the process's baseline in the brief);
   control  the peak RSS of an API with USE_CLICKHOUSE off under the same load:
@@ -27,7 +29,7 @@ Three baselines, per round:
            the same load: the mirror without an outage, so what the outage
            adds is the queue.
 Each round runs control, healthy and down in an order rotated between rounds,
-each for as long as the others unless told otherwise: a peak is the maximum of
+each for as long as the others (lead + down + recovery) unless told otherwise: a peak is the maximum of
 RSS samples every 100 ms, and a maximum over a noisy or growing plateau rises
 with the window's length, so peaks over unequal windows do not compare.
 Goals, each judged in every round:
@@ -35,15 +37,17 @@ Goals, each judged in every round:
   the mirror's share:  peak - control peak <= MIRROR_QUEUE_MAX_BYTES;
   the outage's share:  peak - healthy peak <= MIRROR_QUEUE_MAX_BYTES.
 
+  --lead-seconds N     load before the outage, ClickHouse answering (default 10)
   --down-seconds N     load with ClickHouse down, per round (default 60)
-  --control-seconds N  load on the flag-off control, and on the healthy API, per round (default: --down-seconds)
+  --recovery-seconds N load after ClickHouse is back (default 20)
+  --control-seconds N  load on the flag-off control, and on the healthy API, per round (default: lead + down + recovery)
   --rounds N           rounds, each with fresh API processes (default 3)
   --queue-mib N        MIRROR_QUEUE_MAX_BYTES in MiB (default 64), of both flag-on APIs
   --concurrency N      requests in flight (default 8)
   --spans N            spans per request (default 50)
   --max-old-space-mib N  run every API with node --max-old-space-size=N: how RSS behaves
                        when V8 is told the heap's limit, as a container deployment would
-  --quick              1 round of 20 s per phase: a smoke run`;
+  --quick              1 round, an outage of 20 s between 5 s and 10 s: a smoke run`;
 
 interface Sample {
   second: number;
@@ -51,10 +55,10 @@ interface Sample {
   queuedMiB: number | null;
 }
 
-type Flag = 'off (control)' | 'on, ClickHouse keeping up (healthy)' | 'on, ClickHouse down';
+type Flag = 'off (control)' | 'on, ClickHouse keeping up (healthy)' | 'on, through a ClickHouse outage';
 const CONTROL: Flag = 'off (control)';
 const HEALTHY: Flag = 'on, ClickHouse keeping up (healthy)';
-const DOWN: Flag = 'on, ClickHouse down';
+const DOWN: Flag = 'on, through a ClickHouse outage';
 
 interface Run {
   round: number;
@@ -76,10 +80,15 @@ function heapOf(metrics: string): Record<string, number> {
 async function main(): Promise<void> {
   const flags = new BenchFlags(process.argv.slice(2), USAGE);
   const quick = flags.has('quick');
+  const leadSeconds = flags.int('lead-seconds', quick ? 5 : 10);
   const downSeconds = flags.int('down-seconds', quick ? 20 : 60);
+  const recoverySeconds = flags.int('recovery-seconds', quick ? 10 : 20);
+  const outagePhaseSeconds = leadSeconds + downSeconds + recoverySeconds;
   const options = {
+    leadSeconds,
     downSeconds,
-    controlSeconds: flags.int('control-seconds', downSeconds),
+    recoverySeconds,
+    controlSeconds: flags.int('control-seconds', outagePhaseSeconds),
     rounds: flags.int('rounds', quick ? 1 : 3),
     queueMiB: flags.int('queue-mib', 64),
     concurrency: flags.int('concurrency', 8),
@@ -89,9 +98,9 @@ async function main(): Promise<void> {
   const report = new BenchReport('memory', options);
   const log = (line: string) => report.print(line);
   const bound = options.queueMiB * MiB;
-  if (options.controlSeconds !== options.downSeconds) {
+  if (options.controlSeconds !== outagePhaseSeconds) {
     log(
-      `warning: control and healthy run ${options.controlSeconds} s, down ${options.downSeconds} s: their peaks are maxima over windows of other lengths` +
+      `warning: control and healthy run ${options.controlSeconds} s, the outage's phase ${outagePhaseSeconds} s: their peaks are maxima over windows of other lengths` +
         ' (the longer window\'s tends higher), so the mirror\'s and the outage\'s shares lean toward the longer phase',
     );
   }
@@ -102,13 +111,14 @@ async function main(): Promise<void> {
   try {
     const clickhouse = await startNullClickHouse();
     stopClickHouse = clickhouse.stop;
-    const downPort = await freePort();
     const measure = async (round: number, flag: Flag, seconds: number): Promise<Run> => {
       const database = await postgres.createDatabase('memory');
       const env: Record<string, string> = { DATABASE_URL: database.url, MIGRATE_ON_START: 'false', LOG_LEVEL: 'warn', USE_CLICKHOUSE: 'false' };
       if (options.maxOldSpaceMiB !== null) env.NODE_OPTIONS = `--max-old-space-size=${options.maxOldSpaceMiB}`;
-      if (flag === DOWN) {
-        Object.assign(env, { USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: `http://127.0.0.1:${downPort}`, MIRROR_QUEUE_MAX_BYTES: String(bound) });
+      // Its own endpoint, which goes down and comes back during the phase.
+      const outage = flag === DOWN ? await startNullClickHouse() : null;
+      if (outage) {
+        Object.assign(env, { USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: outage.url, CLICKHOUSE_DATABASE: 'bench_null', MIRROR_QUEUE_MAX_BYTES: String(bound) });
       }
       if (flag === HEALTHY) {
         Object.assign(env, { USE_CLICKHOUSE: 'true', CLICKHOUSE_URL: clickhouse.url, CLICKHOUSE_DATABASE: 'bench_null', MIRROR_QUEUE_MAX_BYTES: String(bound) });
@@ -119,6 +129,9 @@ async function main(): Promise<void> {
         const client = new ApiClient(api.url, key, options.concurrency);
         // Warm-up: JIT, the pg pool, the key cache.
         for (let i = 0; i < 50; i++) await postOk(client, '/tracing/spans', spansBody(1));
+        // Built before the load: building each body in the loop (random prose, JSON.stringify) ran on this
+        // client's one event loop, on the API's two cores, and held each phase's rate to what it could build.
+        const nextBody = spansBodyPool(options.spans);
         await sleep(2000);
         const idle: number[] = [];
         for (let i = 0; i < 10; i++) {
@@ -147,16 +160,25 @@ async function main(): Promise<void> {
         })();
         let spans = 0;
         const until = performance.now() + seconds * 1000;
+        // The outage, on its schedule from the load's start.
+        const outageCourse = outage
+          ? (async () => {
+              await sleep(options.leadSeconds * 1000);
+              await outage.goDown();
+              await sleep(options.downSeconds * 1000);
+              await outage.comeBack();
+            })()
+          : Promise.resolve();
         await Promise.all(
           Array.from({ length: options.concurrency }, async () => {
             while (performance.now() < until) {
-              await postOk(client, '/tracing/spans', spansBody(options.spans));
+              await postOk(client, '/tracing/spans', nextBody());
               spans += options.spans;
             }
           }),
         );
         sampling = false;
-        await sampler;
+        await Promise.all([sampler, outageCourse]);
         peak = Math.max(peak, rssOf(api.pid) ?? 0);
         const health = (await (await fetch(`${api.url}/health`)).json()) as { info?: { mirror?: unknown } };
         const heap = heapOf(await (await fetch(`${api.url}/metrics`)).text());
@@ -179,13 +201,14 @@ async function main(): Promise<void> {
         return run;
       } finally {
         await api.stop();
+        await outage?.stop();
       }
     };
 
     for (let round = 0; round < options.rounds; round++) {
       // Rotated, so no phase always runs first (on a cold machine) or last.
       for (const flag of rotated([CONTROL, HEALTHY, DOWN], round)) {
-        runs.push(await measure(round, flag, flag === DOWN ? options.downSeconds : options.controlSeconds));
+        runs.push(await measure(round, flag, flag === DOWN ? outagePhaseSeconds : options.controlSeconds));
       }
     }
 
@@ -233,6 +256,9 @@ async function main(): Promise<void> {
           ', so the healthy peak holds queue too and the outage\'s share understates what the outage adds',
       );
     }
+    // Whether the queue the outage built was sent once ClickHouse came back: the recovery's peak counts only if it happened.
+    const left = down.map((r) => ((r.mirrorAtEnd as { queuedBytes?: number } | null)?.queuedBytes ?? NaN) / MiB);
+    log(`note: after ${options.recoverySeconds} s of ClickHouse back, the outage's queue held ${showSpread(spread(left), 1)} MiB (the healthy API's at most ${showSpread(healthyQueuedMiB, 1)})`);
     report.goal({ name: "the brief's: peak RSS, ClickHouse down: (peak - idle baseline) / MIRROR_QUEUE_MAX_BYTES", target: '<= 1.00 in every round', spread: overIdle, met: overIdle.max <= 1 });
     report.goal({ name: "the mirror's share: (peak - flag-off control peak, same load) / MIRROR_QUEUE_MAX_BYTES", target: '<= 1.00 in every round', spread: overControl, met: overControl.max <= 1 });
     report.goal({

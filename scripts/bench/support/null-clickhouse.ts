@@ -9,7 +9,17 @@ import { AddressInfo } from 'node:net';
  * the API's own mirroring work (mapping, queueing, compression, HTTP), not a local
  * ClickHouse competing for the same two cores.
  */
-export async function startNullClickHouse(): Promise<{ url: string; bytesReceived(): number; stop(): Promise<void> }> {
+export interface NullClickHouse {
+  url: string;
+  bytesReceived(): number;
+  /** Stops listening and cuts every connection: from now on a connection is refused, as by a ClickHouse that went down. */
+  goDown(): Promise<void>;
+  /** Listens again on the same port. */
+  comeBack(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startNullClickHouse(): Promise<NullClickHouse> {
   let bytes = 0;
   const server: Server = createServer((req, res) => {
     req.on('data', (chunk: Buffer) => (bytes += chunk.length));
@@ -21,15 +31,20 @@ export async function startNullClickHouse(): Promise<{ url: string; bytesReceive
       res.writeHead(200, { 'content-type': 'text/plain', 'x-clickhouse-summary': '{}' }).end();
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const listen = (port: number) => new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, '127.0.0.1', () => (server.off('error', reject), resolve())));
+  const close = () =>
+    new Promise<void>((resolve) => {
+      if (!server.listening) return resolve();
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  await listen(0);
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
     bytesReceived: () => bytes,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
+    goDown: close,
+    comeBack: () => listen(port),
+    stop: close,
   };
 }
