@@ -8,7 +8,7 @@ import { Client } from 'pg';
 import { ApiKeyService } from '../../src/auth/api-key.service';
 import { ApiKeysRepository } from '../../src/auth/api-keys.repository';
 import { clickHouseAnswers } from '../../src/dbs/clickhouse/local-clickhouse';
-import { localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
+import { HOLD_APPLICATION_NAME, localPostgresUrl } from '../../src/dbs/postgres/local-postgres';
 import { createKysely, createPool } from '../../src/dbs/postgres/postgres-pool';
 import { childRunning } from '../../src/dbs/process-alive';
 import { ROOT, startApiProcess } from '../../scripts/cli/api-process';
@@ -87,8 +87,19 @@ describe('embedded servers shared by a command and an API that joined them', () 
         ]),
       );
 
-      // Idle past pg's 10 s idle timeout: the API's pool has closed its connections, so only its hold is left.
-      await delay(12_000);
+      // Only the API's hold may keep Postgres up now: its pools' sessions (the /health probe's never idles out)
+      // are ended, and the wait is past the keeper's 3 s of quiet. Without the hold, the server would stop here.
+      const admin = new Client({ connectionString: localPostgresUrl(postgresPort, 'tracing') });
+      await admin.connect();
+      try {
+        const named = async (name: string) =>
+          (await admin.query<{ n: number }>('select count(*)::int as n from pg_stat_activity where application_name = $1', [name])).rows[0].n;
+        expect(await named(`${HOLD_APPLICATION_NAME}${api.child.pid}`)).toBe(1);
+        await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1', [`tracing-api pid ${api.child.pid}`]);
+      } finally {
+        await admin.end();
+      }
+      await delay(6_000);
       const pool = createPool(localPostgresUrl(postgresPort, 'tracing'), 1);
       const projectId = randomUUID();
       const { key } = await new ApiKeyService(new ApiKeysRepository(createKysely(pool))).create(projectId);

@@ -46,7 +46,7 @@ export interface ResolvedPostgres {
 }
 
 /** The session by which a process that joined the server holds it (see holdServer), named with the process id. */
-const HOLD_APPLICATION_NAME = 'tracing-api: holds embedded PostgreSQL for pid ';
+export const HOLD_APPLICATION_NAME = 'tracing-api: holds embedded PostgreSQL for pid ';
 export const KEEPER_APPLICATION_NAME = 'tracing-api: embedded PostgreSQL keeper';
 
 const USER = 'postgres';
