@@ -145,6 +145,13 @@ describe('tenant isolation: a key of project A never reaches project B', () => {
       expect(first.body.next).toEqual(expect.any(String));
       const replay = await http().post('/tracing/spans/query').set(a).send({ windowing: { limit: 10, next: first.body.next } }).expect(200);
       expectOnlyA(replay.body.spans);
+      // A page of A's own listing, from where B's cursor stands in the shared order: not empty, not another order.
+      const all = await http().post('/tracing/spans/query').set(a).send({ windowing: { limit: 1000 } }).expect(200);
+      const ids = (spans: Array<{ span_id: string }>) => spans.map((span) => span.span_id);
+      const page = ids(replay.body.spans);
+      expect(page.length).toBeGreaterThan(0);
+      const from = ids(all.body.spans).indexOf(page[0]);
+      expect(ids(all.body.spans).slice(from, from + page.length)).toEqual(page);
     });
 
     it('analytics count only A’s spans and traces', async () => {

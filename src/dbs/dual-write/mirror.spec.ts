@@ -180,6 +180,7 @@ describe('Mirror', () => {
   it('logs rows that cannot be mapped once a minute at most, counting every one', async () => {
     const lines: unknown[] = [];
     Logger.overrideLogger({ log: () => undefined, warn: () => undefined, error: (message: unknown) => void lines.push(message) });
+    const clock = jest.spyOn(performance, 'now');
     try {
       const { mirror, writer, registry } = rig([A]);
       mirror.accept(plan, [{ id: -1, projectId: A }, { id: -2, projectId: A }, { id: -3, projectId: A }], toRecord);
@@ -188,7 +189,18 @@ describe('Mirror', () => {
       await writer.drain();
       expect(await registry.getSingleMetricAsString('mirror_record_failures_total')).toMatch(/entity="spans"} 4/);
       expect(lines).toEqual([expect.objectContaining({ entity: 'spans', notLoggedSinceLastLine: 0 })]);
+
+      // A minute on, the next failure is logged again, with how many the minute did not log.
+      const now = performance.now();
+      clock.mockReturnValue(now + 60_000);
+      mirror.accept(plan, [{ id: -5, projectId: A }], toRecord);
+      await writer.drain();
+      expect(lines).toEqual([
+        expect.objectContaining({ entity: 'spans', notLoggedSinceLastLine: 0 }),
+        expect.objectContaining({ entity: 'spans', notLoggedSinceLastLine: 3 }),
+      ]);
     } finally {
+      clock.mockRestore();
       Logger.overrideLogger(false);
     }
   });
