@@ -47,7 +47,7 @@ Goals, each judged in every round:
   --spans N            spans per request (default 50)
   --max-old-space-mib N  run every API with node --max-old-space-size=N: how RSS behaves
                        when V8 is told the heap's limit, as a container deployment would
-  --quick              1 round, an outage of 20 s between 5 s and 10 s: a smoke run`;
+  --quick              1 round: 5 s of load, a 20 s outage, 10 s of recovery; a smoke run`;
 
 interface Sample {
   second: number;
@@ -65,6 +65,8 @@ interface Run {
   flag: Flag;
   idleBytes: number;
   peakBytes: number;
+  /** The outage's phase: its peak while ClickHouse was down (the phase's peak also covers before and after). */
+  downPeakBytes: number | null;
   spansPerSecond: number;
   mirrorAtEnd: unknown;
   heapAtEnd: Record<string, number>;
@@ -140,6 +142,9 @@ async function main(): Promise<void> {
         }
 
         let peak = 0;
+        /** The outage's course: its API's peak while ClickHouse was down is kept apart from the phase's. */
+        const outageStage: { now: 'before' | 'down' | 'back' } = { now: 'before' };
+        let downPeak = 0;
         let sampling = true;
         const timeline: Sample[] = [];
         const started = performance.now();
@@ -148,6 +153,7 @@ async function main(): Promise<void> {
           while (sampling) {
             const rss = rssOf(api.pid) ?? 0;
             peak = Math.max(peak, rss);
+            if (outageStage.now === 'down') downPeak = Math.max(downPeak, rss);
             const second = Math.floor((performance.now() - started) / 1000);
             if (second >= nextSecond) {
               nextSecond = second + 1;
@@ -160,25 +166,37 @@ async function main(): Promise<void> {
         })();
         let spans = 0;
         const until = performance.now() + seconds * 1000;
-        // The outage, on its schedule from the load's start.
+        // The outage, on its schedule from the load's start. It checks `loadEnded` after each wait: a load that
+        // failed ends the phase, and its endpoint must not come back after the phase has stopped it.
+        let loadEnded = false;
+        let outageFailure: { error: unknown } | null = null;
         const outageCourse = outage
           ? (async () => {
               await sleep(options.leadSeconds * 1000);
+              if (loadEnded) return;
               await outage.goDown();
+              outageStage.now = 'down';
               await sleep(options.downSeconds * 1000);
+              if (loadEnded) return;
+              outageStage.now = 'back';
               await outage.comeBack();
-            })()
+            })().catch((error: unknown) => void (outageFailure = { error }))
           : Promise.resolve();
-        await Promise.all(
-          Array.from({ length: options.concurrency }, async () => {
-            while (performance.now() < until) {
-              await postOk(client, '/tracing/spans', nextBody());
-              spans += options.spans;
-            }
-          }),
-        );
-        sampling = false;
+        try {
+          await Promise.all(
+            Array.from({ length: options.concurrency }, async () => {
+              while (performance.now() < until) {
+                await postOk(client, '/tracing/spans', nextBody());
+                spans += options.spans;
+              }
+            }),
+          );
+        } finally {
+          sampling = false;
+          loadEnded = true;
+        }
         await Promise.all([sampler, outageCourse]);
+        if (outageFailure) throw new Error(`the outage's ClickHouse endpoint failed: ${String((outageFailure as { error: unknown }).error)}`);
         peak = Math.max(peak, rssOf(api.pid) ?? 0);
         const health = (await (await fetch(`${api.url}/health`)).json()) as { info?: { mirror?: unknown } };
         const heap = heapOf(await (await fetch(`${api.url}/metrics`)).text());
@@ -188,13 +206,14 @@ async function main(): Promise<void> {
           flag,
           idleBytes: median(idle),
           peakBytes: peak,
+          downPeakBytes: outage ? downPeak : null,
           spansPerSecond: spans / seconds,
           mirrorAtEnd: health.info?.mirror ?? null,
           heapAtEnd: heap,
           timeline,
         };
         log(
-          `round ${round + 1}, flag ${flag}: RSS idle ${num(run.idleBytes / MiB, 1)} MiB, peak ${num(peak / MiB, 1)} MiB over ${seconds} s of load (${num(run.spansPerSecond, 0)} spans/s);` +
+          `round ${round + 1}, flag ${flag}: RSS idle ${num(run.idleBytes / MiB, 1)} MiB, peak ${num(peak / MiB, 1)} MiB over ${seconds} s of load${outage ? ` (${num(downPeak / MiB, 1)} MiB while ClickHouse was down)` : ''} (${num(run.spansPerSecond, 0)} spans/s);` +
             ` V8 heap at end: used ${num(heap.heapUsed / MiB, 1)} MiB, total ${num(heap.heapTotal / MiB, 1)} MiB, external ${num(heap.external / MiB, 1)} MiB; mirror ${JSON.stringify(run.mirrorAtEnd)}`,
         );
         log(`  RSS/queued MiB every 5 s: ${timeline.filter((s) => s.second % 5 === 0).map((s) => `${s.second}s ${Math.round(s.rssMiB)}/${s.queuedMiB ?? '-'}`).join(', ')}`);
@@ -259,7 +278,10 @@ async function main(): Promise<void> {
     // Whether the queue the outage built was sent once ClickHouse came back: the recovery's peak counts only if it happened.
     const left = down.map((r) => ((r.mirrorAtEnd as { queuedBytes?: number } | null)?.queuedBytes ?? NaN) / MiB);
     log(`note: after ${options.recoverySeconds} s of ClickHouse back, the outage's queue held ${showSpread(spread(left), 1)} MiB (the healthy API's at most ${showSpread(healthyQueuedMiB, 1)})`);
-    report.goal({ name: "the brief's: peak RSS, ClickHouse down: (peak - idle baseline) / MIRROR_QUEUE_MAX_BYTES", target: '<= 1.00 in every round', spread: overIdle, met: overIdle.max <= 1 });
+    // The peak while ClickHouse was down alone, beside the phase's (which also covers the recovery's sending).
+    const downOnly = spread(down.map((r) => ((r.downPeakBytes ?? NaN) - r.idleBytes) / bound));
+    log(`note: the outage's API while ClickHouse was down only: (peak - idle) / bound = ${showSpread(downOnly, 2)}; the goals below take the whole phase's peak, recovery included`);
+    report.goal({ name: "the brief's: peak RSS through a ClickHouse outage: (peak - idle baseline) / MIRROR_QUEUE_MAX_BYTES", target: '<= 1.00 in every round', spread: overIdle, met: overIdle.max <= 1 });
     report.goal({ name: "the mirror's share: (peak - flag-off control peak, same load) / MIRROR_QUEUE_MAX_BYTES", target: '<= 1.00 in every round', spread: overControl, met: overControl.max <= 1 });
     report.goal({
       name: "the outage's share: (peak - healthy peak, flag on with ClickHouse keeping up, same load) / MIRROR_QUEUE_MAX_BYTES",

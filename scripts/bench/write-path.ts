@@ -269,7 +269,7 @@ async function main(): Promise<void> {
         ]),
       );
       for (const mode of judged.filter(mirrored)) {
-        const name = `${scenario.name}: p99 flag on (${MODE_NAMES[mode]}) / off`;
+        const name = `${scenario.name}: p99 flag on (${MODE_NAMES[mode]}) / base`;
         const perRound = ratios[`${mode}_p99`];
         // A round's p99 is one of its few slowest requests (the 2nd of ~160 in a 2 s sequential 50-span phase):
         // judged on every round's requests together, the p99 is one of ~5 times as many.

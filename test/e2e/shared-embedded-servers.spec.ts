@@ -99,7 +99,8 @@ describe('embedded servers shared by a command and an API that joined them', () 
       } finally {
         await admin.end();
       }
-      await delay(6_000);
+      // Twice the keeper's 1 s look and 3 s of quiet: a loaded machine runs its timers late.
+      await delay(10_000);
       const pool = createPool(localPostgresUrl(postgresPort, 'tracing'), 1);
       const projectId = randomUUID();
       const { key } = await new ApiKeyService(new ApiKeysRepository(createKysely(pool))).create(projectId);

@@ -14,7 +14,7 @@ export interface NullClickHouse {
   bytesReceived(): number;
   /** Stops listening and cuts every connection: from now on a connection is refused, as by a ClickHouse that went down. */
   goDown(): Promise<void>;
-  /** Listens again on the same port. */
+  /** Listens again on the same port (not once stopped). */
   comeBack(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -40,11 +40,14 @@ export async function startNullClickHouse(): Promise<NullClickHouse> {
     });
   await listen(0);
   const { port } = server.address() as AddressInfo;
+  let stopped = false;
   return {
     url: `http://127.0.0.1:${port}`,
     bytesReceived: () => bytes,
     goDown: close,
-    comeBack: () => listen(port),
-    stop: close,
+    comeBack: async () => {
+      if (!stopped) await listen(port);
+    },
+    stop: () => ((stopped = true), close()),
   };
 }
