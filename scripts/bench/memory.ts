@@ -157,7 +157,7 @@ async function main(): Promise<void> {
             const second = Math.floor((performance.now() - started) / 1000);
             if (second >= nextSecond) {
               nextSecond = second + 1;
-              const health = (await fetch(`${api.url}/health`).then((r) => r.json(), () => null)) as { info?: { mirror?: { queuedBytes?: number } } } | null;
+              const health = (await fetch(`${api.url}/health`).then((r) => r.json()).catch(() => null)) as { info?: { mirror?: { queuedBytes?: number } } } | null;
               const queued = health?.info?.mirror?.queuedBytes;
               timeline.push({ second, rssMiB: Number((rss / MiB).toFixed(1)), queuedMiB: queued === undefined ? null : Number((queued / MiB).toFixed(1)) });
             }
@@ -194,8 +194,10 @@ async function main(): Promise<void> {
         } finally {
           sampling = false;
           loadEnded = true;
+          // Its last probe, before the API is stopped (a failed load goes on to that at once).
+          await sampler;
         }
-        await Promise.all([sampler, outageCourse]);
+        await outageCourse;
         if (outageFailure) throw new Error(`the outage's ClickHouse endpoint failed: ${String((outageFailure as { error: unknown }).error)}`);
         peak = Math.max(peak, rssOf(api.pid) ?? 0);
         const health = (await (await fetch(`${api.url}/health`)).json()) as { info?: { mirror?: unknown } };

@@ -99,7 +99,7 @@ describe('embedded servers shared by a command and an API that joined them', () 
       } finally {
         await admin.end();
       }
-      // Twice the keeper's 1 s look and 3 s of quiet: a loaded machine runs its timers late.
+      // Well past the keeper's 1 s look plus its 3 s of quiet: a loaded machine runs its timers late.
       await delay(10_000);
       const pool = createPool(localPostgresUrl(postgresPort, 'tracing'), 1);
       const projectId = randomUUID();

@@ -149,6 +149,7 @@ describe('tenant isolation: a key of project A never reaches project B', () => {
       const allB = ((await query(b, { limit: 1000 })).body.spans as Array<{ trace_id: string; span_id: string }>).map(key);
       const allA = ((await query(a, { limit: 1000 })).body.spans as Array<{ trace_id: string; span_id: string }>).map(key);
       expect(allB).toHaveLength(3);
+      expect(allA).toHaveLength(2);
       expect(allA.filter((k) => allB.includes(k))).toEqual(allA);
       let next: string | undefined;
       for (let i = 0; i < allB.length - 1; i++) {

@@ -41,13 +41,21 @@ export async function startNullClickHouse(): Promise<NullClickHouse> {
   await listen(0);
   const { port } = server.address() as AddressInfo;
   let stopped = false;
+  // A listen binds a moment after it is asked: a stop in that moment waits for it, or the server would stay up.
+  let relistening: Promise<void> = Promise.resolve();
   return {
     url: `http://127.0.0.1:${port}`,
     bytesReceived: () => bytes,
     goDown: close,
     comeBack: async () => {
-      if (!stopped) await listen(port);
+      if (stopped) return;
+      relistening = listen(port);
+      await relistening;
     },
-    stop: () => ((stopped = true), close()),
+    stop: async () => {
+      stopped = true;
+      await relistening.catch(() => undefined);
+      await close();
+    },
   };
 }

@@ -22,7 +22,7 @@ export type DropReason = (typeof DROP_REASONS)[number];
  *   mirror_rows_lost_total                counter: of those rows, the ones whose gap record could not be written (only in the error log);
  *                                         a subset of dropped, so do not add the two
  *   mirror_breaker_state                  gauge: 0 closed, 1 half-open, 2 open
- *   mirror_lag_seconds                    histogram: from the write's commit (as the mirror accepted it) to confirmed insert, per row
+ *   mirror_lag_seconds                    histogram: from the commit (the oldest of the rows mapped with it) to confirmed insert, per row
  *
  * Counters and the queue gauges start at 0 for every label value they can
  * take: an alert on increase() needs a series before the first event, not
@@ -107,7 +107,7 @@ export function createMirrorMetrics(registry: Registry): MirrorMetrics {
     }),
     lag: new Histogram({
       name: 'mirror_lag_seconds',
-      help: 'Time from the committed write (as the mirror accepted it) to confirmed ClickHouse insert, per row',
+      help: 'Time from the commit (the oldest among the rows the mirror mapped with it) to confirmed ClickHouse insert, per row',
       // To an hour: the queue rides out outages of many minutes, whose rows are confirmed once ClickHouse is back.
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600],
       registers,

@@ -157,6 +157,28 @@ describe('Mirror', () => {
     expect(writer.stats()).toMatchObject({ acceptedRows: 3, lagMs: 400 });
     for (let i = 0; i < 10 && writer.stats().acceptedRows > 0; i++) await turn();
     expect(writer.stats()).toMatchObject({ queuedRows: 3, acceptedRows: 0, lagMs: 400 });
+
+    // Two writes mapped in one slice go with the older one's time.
+    const { mirror: second, writer: secondWriter } = rig([], { flushIntervalMs: 1_000 }, clock);
+    second.accept(plan, records(1, 3), toRecord);
+    now += 300;
+    second.accept(plan, records(4, 6), toRecord);
+    now += 100;
+    for (let i = 0; i < 10 && secondWriter.stats().acceptedRows > 0; i++) await turn();
+    expect(secondWriter.stats()).toMatchObject({ queuedRows: 6, acceptedRows: 0, lagMs: 400 });
+  });
+
+  // drain() and shutdown() map the whole backlog at once: in one slice, every line was built before the
+  // queue's bound turned all but its first rows away.
+  it('maps a backlog written at once in slices, building no lines once the queue is full', async () => {
+    const queueMaxBytes = records(1, 10).reduce((sum, r) => sum + queuedRowBytes({ ...plan.toGapRow(r), line: `{"id":${r.id}}` }), 0);
+    const { mirror, writer, clickHouse } = rig([], { queueMaxBytes, flushRows: 10 });
+    clickHouse.hang();
+    mappedIds.length = 0;
+    mirror.accept(plan, records(1, 3_000), toRecord);
+    await writer.recordHeldGaps();
+    expect(writer.stats()).toMatchObject({ acceptedRows: 0, queuedRows: 10, rowsDropped: 2_990 });
+    expect(mappedIds.length).toBeLessThanOrEqual(1_024);
   });
 
   it('keeps only the rolled-out projects, and counts rows that cannot be built or mapped without losing the rest', async () => {

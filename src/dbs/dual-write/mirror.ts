@@ -8,6 +8,8 @@ import { MIRRORED_ENTITIES, MirrorPlan, MirrorTarget } from './mirrored-dao';
 
 /** Records mapped per event-loop turn while the backlog is small (about half a millisecond of spans). */
 const SLICE_RECORDS = 16;
+/** Records per slice when drain() or shutdown() has the whole backlog mapped at once. */
+const FLUSH_SLICE_RECORDS = 1_024;
 
 /**
  * How often, at most, an entity's "could not build mirror records" line repeats: a mapper that fails every row
@@ -89,7 +91,10 @@ export class Mirror implements MirrorTarget {
       this.unknownOutcomes.inc({ entity }, 0);
     }
     writer.addProducer({
-      flush: () => this.mapBacklog(Infinity),
+      // In slices, each looking again whether the writer's queue is full: past it, lines are not built.
+      flush: () => {
+        while (this.backlog.length > 0) this.mapBacklog(FLUSH_SLICE_RECORDS);
+      },
       held: () => (this.backlog.length ? { rows: this.backlogRecords, oldestAt: this.backlog[0].acceptedAt } : null),
     });
   }
