@@ -157,7 +157,7 @@ async function main(): Promise<void> {
             const second = Math.floor((performance.now() - started) / 1000);
             if (second >= nextSecond) {
               nextSecond = second + 1;
-              const health = (await fetch(`${api.url}/health`).then((r) => r.json()).catch(() => null)) as { info?: { mirror?: { queuedBytes?: number } } } | null;
+              const health = (await fetch(`${api.url}/health`, { signal: AbortSignal.timeout(2_000) }).then((r) => r.json()).catch(() => null)) as { info?: { mirror?: { queuedBytes?: number } } } | null;
               const queued = health?.info?.mirror?.queuedBytes;
               timeline.push({ second, rssMiB: Number((rss / MiB).toFixed(1)), queuedMiB: queued === undefined ? null : Number((queued / MiB).toFixed(1)) });
             }

@@ -100,12 +100,13 @@ describe('Postgres migrations', () => {
     await migrateDown(test.db);
     const reader = new Client({ connectionString: test.url });
     await reader.connect();
+    let migrating: Promise<Error | null> = Promise.resolve(null);
     try {
       await reader.query('begin');
       await reader.query('select count(*) from nodes');
       const started = Date.now();
       // Settled at once, so no failure below leaves it rejected with no handler; asserted further down.
-      const migrating = migrateToLatest(test.db).then(() => null, (error: Error) => error);
+      migrating = migrateToLatest(test.db).then(() => null, (error: Error) => error);
       // A read that comes while 0002 waits for its lock queues behind it, and goes on once 0002 gives up,
       // though the long read still holds its lock. It comes once 0002's drop is seen waiting (its index
       // builds before take no lock a read waits for).
@@ -115,6 +116,7 @@ describe('Postgres migrations', () => {
         const waiting = async () =>
           (await later.query<{ n: number }>("select count(*)::int as n from pg_locks where relation = 'nodes'::regclass and not granted")).rows[0].n > 0;
         for (const until = Date.now() + 4_000; !(await waiting()) && Date.now() < until; ) await new Promise((done) => setTimeout(done, 50));
+        if (!(await waiting())) throw new Error("0002's drop was not seen waiting for its lock within 4 s");
         // Settled either way, so a failure above leaves no rejection unhandled.
         const laterRead = later.query('select count(*) from nodes').then(() => Date.now(), (error: Error) => error);
         const outcome = await migrating;
@@ -134,6 +136,8 @@ describe('Postgres migrations', () => {
       expect(await nodeIndexes()).toEqual(['nodes_created_key_idx', 'nodes_pk', 'nodes_project_start_idx', 'nodes_project_tree_idx']);
     } finally {
       await reader.end();
+      // On an early failure 0002 goes on once the reader lets go: settled here, before the next test migrates.
+      await migrating;
     }
     await migrateToLatest(test.db);
     expect(await nodeIndexes()).toEqual(['nodes_created_key_idx', 'nodes_pk', 'nodes_project_page_idx', 'nodes_project_tree_page_idx']);
