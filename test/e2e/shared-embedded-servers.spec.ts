@@ -27,6 +27,9 @@ async function within(ms: number, condition: () => Promise<boolean>): Promise<bo
 
 async function postgresAnswers(port: number): Promise<boolean> {
   const client = new Client({ connectionString: localPostgresUrl(port, 'postgres'), connectionTimeoutMillis: 2_000 });
+  // A server stopping just as this connects ends the session (57P01) as an 'error' event: with no listener it
+  // is thrown out of the test (seen once in a full run). Its answer is what connect() said.
+  client.on('error', () => undefined);
   const connected = await client.connect().then(
     () => true,
     () => false,
