@@ -8,7 +8,7 @@ import { Backfill, DEFAULT_BACKFILL_OPTIONS } from '../../src/dbs/backfill/backf
 import { CompactJsonbColumns } from '../../src/dbs/backfill/copy/compact-jsonb-columns';
 import { copyOut } from '../../src/dbs/backfill/copy/postgres-copy-out';
 import { spanHistory } from '../../src/dbs/backfill/history-entities';
-import { KeysetReader } from '../../src/dbs/backfill/keyset-reader';
+import { inlined, KeysetReader } from '../../src/dbs/backfill/keyset-reader';
 import { clickHouseClientOptions } from '../../src/dbs/clickhouse/clickhouse-clients';
 import { connectClickHouse, connectPostgres } from '../cli/history-cli';
 import { BenchFlags } from './support/cli';
@@ -132,17 +132,20 @@ async function main(): Promise<void> {
     const pg = await connectPostgres(parseConfig(env), () => undefined);
     const scope = { entity: 'spans' as const, projectIds: null };
 
+    const { batchRows, batchBytes } = options;
+    const reader = new KeysetReader(pg.db, spanHistory);
     /**
-     * The read ceiling's page: a keyset SELECT of the columns the row mapper needs, streamed as Postgres prints
-     * them (COPY text, jsonb as its text), counted and not parsed: how fast Postgres hands these rows to a client.
-     * The key columns come first, so the page's last line gives the next page's cursor.
+     * The read ceiling's page: a keyset SELECT of the columns the row mapper needs, past the cursor as the
+     * backfill's reader bounds it, streamed as Postgres prints them (COPY text, jsonb as its text), counted and
+     * not parsed: how fast Postgres hands these rows to a client. The keyset's columns come first, so the page's
+     * last line gives the next page's cursor.
      */
-    const keyColumns = ['created_at', 'project_id', 'trace_id', 'span_id'];
+    const keyColumns = spanHistory.keyset.map((k) => k.column);
     const readColumns = [...keyColumns, ...spanHistory.columns.filter((c) => !keyColumns.includes(c))];
     const keysetPage = async (cursor: string[] | null, limit: number): Promise<{ rows: number; last: string[] | null }> => {
-      const statement = sql`copy (select ${sql.join(readColumns.map((c) => sql.ref(c)))} from spans
-          where ${cursor ? sql`(created_at, project_id, trace_id, span_id) > (${sql.lit(cursor[0])}::timestamptz, ${sql.lit(cursor[1])}::uuid, ${sql.lit(cursor[2])}::uuid, decode(${sql.lit(cursor[3])}, 'hex'))` : sql`true`}
-          order by created_at, project_id, trace_id, span_id limit ${sql.lit(limit)}) to stdout`.compile(pg.db).sql;
+      const statement = sql`copy (select ${sql.join(readColumns.map((c) => sql.ref(c)))} from ${sql.table(spanHistory.table)}
+          where ${reader.conditions(scope, cursor, undefined, inlined)}
+          order by ${sql.join(keyColumns.map((c) => sql.ref(c)))} limit ${sql.lit(limit)}) to stdout`.compile(pg.db).sql;
       let rows = 0;
       let lastLine: Buffer | null = null;
       // The bytes after the chunk's last newline: the start of a line the next chunk ends.
@@ -166,10 +169,8 @@ async function main(): Promise<void> {
       return { rows, last: [createdAt, projectId, traceId, spanId.replace(/^\\\\x/, '')] };
     };
 
-    const { batchRows, batchBytes } = options;
     // The insert ceiling's bodies: the backfill's first batches as it sends them (its bounds, Postgres's
     // COPY of the ClickHouse columns, the jsonb fields made compact), read into memory before any clock starts.
-    const reader = new KeysetReader(pg.db, spanHistory);
     const ceilingBatches: Buffer[][] = [];
     let ceilingRows = 0;
     let ceilingBytes = 0;

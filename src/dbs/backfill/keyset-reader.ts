@@ -28,7 +28,7 @@ const bound: ValueOf = (value) => value;
  * else is refused rather than escaped, so no text can reach the SQL.
  */
 const SAFE_LITERAL = /^[0-9A-Za-z:.+\- ]{1,64}$/;
-const inlined: ValueOf = (value) => {
+export const inlined: ValueOf = (value) => {
   if (!SAFE_LITERAL.test(value)) throw new Error(`refusing to inline "${value}" into a COPY statement`);
   return sql.lit(value);
 };
