@@ -142,8 +142,8 @@ async function main(): Promise<void> {
         }
 
         let peak = 0;
-        /** The outage's course: its API's peak while ClickHouse was down is kept apart from the phase's. */
-        const outageStage: { now: 'before' | 'down' | 'back' } = { now: 'before' };
+        /** While the outage's ClickHouse is down: its API's peak then is kept apart from the phase's. */
+        const clickHouse = { down: false };
         let downPeak = 0;
         let sampling = true;
         const timeline: Sample[] = [];
@@ -153,7 +153,7 @@ async function main(): Promise<void> {
           while (sampling) {
             const rss = rssOf(api.pid) ?? 0;
             peak = Math.max(peak, rss);
-            if (outageStage.now === 'down') downPeak = Math.max(downPeak, rss);
+            if (clickHouse.down) downPeak = Math.max(downPeak, rss);
             const second = Math.floor((performance.now() - started) / 1000);
             if (second >= nextSecond) {
               nextSecond = second + 1;
@@ -168,20 +168,21 @@ async function main(): Promise<void> {
         const until = performance.now() + seconds * 1000;
         // The outage, on its schedule from the load's start. It checks `loadEnded` after each wait: a load that
         // failed ends the phase, and its endpoint must not come back after the phase has stopped it.
+        // Resolves to the endpoint's failure, if it had one.
         let loadEnded = false;
-        let outageFailure: { error: unknown } | null = null;
-        const outageCourse = outage
+        const outageCourse: Promise<{ error: unknown } | null> = outage
           ? (async () => {
               await sleep(options.leadSeconds * 1000);
-              if (loadEnded) return;
+              if (loadEnded) return null;
               await outage.goDown();
-              outageStage.now = 'down';
+              clickHouse.down = true;
               await sleep(options.downSeconds * 1000);
-              if (loadEnded) return;
-              outageStage.now = 'back';
+              if (loadEnded) return null;
+              clickHouse.down = false;
               await outage.comeBack();
-            })().catch((error: unknown) => void (outageFailure = { error }))
-          : Promise.resolve();
+              return null;
+            })().catch((error: unknown) => ({ error }))
+          : Promise.resolve(null);
         try {
           await Promise.all(
             Array.from({ length: options.concurrency }, async () => {
@@ -197,8 +198,8 @@ async function main(): Promise<void> {
           // Its last probe, before the API is stopped (a failed load goes on to that at once).
           await sampler;
         }
-        await outageCourse;
-        if (outageFailure) throw new Error(`the outage's ClickHouse endpoint failed: ${String((outageFailure as { error: unknown }).error)}`);
+        const outageFailure = await outageCourse;
+        if (outageFailure) throw new Error(`the outage's ClickHouse endpoint failed: ${String(outageFailure.error)}`);
         peak = Math.max(peak, rssOf(api.pid) ?? 0);
         const health = (await (await fetch(`${api.url}/health`)).json()) as { info?: { mirror?: unknown } };
         const heap = heapOf(await (await fetch(`${api.url}/metrics`)).text());
