@@ -42,6 +42,10 @@ const toRecord = (row: Item): Item => {
 
 const records = (from: number, to: number, projectId = A): Item[] => Array.from({ length: to - from + 1 }, (_, i) => ({ id: from + i, projectId }));
 const turn = () => new Promise((resolve) => setImmediate(resolve));
+/** Lets the mirror's slices run until the writer counts no accepted record as unmapped (10 turns at most). */
+const mapped = async (writer: BatchWriter) => {
+  for (let i = 0; i < 10 && writer.stats().acceptedRows > 0; i++) await turn();
+};
 
 /** Every rig's writer, shut down after each test: a writer left with queued rows keeps its 60 s flush timer. */
 const writers: BatchWriter[] = [];
@@ -155,7 +159,7 @@ describe('Mirror', () => {
     mirror.accept(plan, records(1, 3), toRecord);
     now += 400;
     expect(writer.stats()).toMatchObject({ acceptedRows: 3, lagMs: 400 });
-    for (let i = 0; i < 10 && writer.stats().acceptedRows > 0; i++) await turn();
+    await mapped(writer);
     expect(writer.stats()).toMatchObject({ queuedRows: 3, acceptedRows: 0, lagMs: 400 });
 
     // Two writes mapped in one slice go in one write(), with the older one's time.
@@ -164,7 +168,7 @@ describe('Mirror', () => {
     now += 300;
     second.accept(plan, records(4, 6), toRecord);
     now += 100;
-    for (let i = 0; i < 10 && secondWriter.stats().acceptedRows > 0; i++) await turn();
+    await mapped(secondWriter);
     expect(secondWriter.stats()).toMatchObject({ queuedRows: 6, acceptedRows: 0, lagMs: 400 });
     expect(writes).toEqual([6]);
   });
@@ -251,17 +255,14 @@ describe('Mirror', () => {
     const queueMaxBytes = records(1, 10).reduce((sum, r) => sum + queuedRowBytes({ ...plan.toGapRow(r), line: `{"id":${r.id}}` }), 0);
     const { mirror, writer, sent, gaps, clickHouse } = rig([], { queueMaxBytes, flushRows: 10 });
     clickHouse.hang();
-    const mapped = async () => {
-      for (let i = 0; i < 10 && writer.stats().acceptedRows > 0; i++) await turn();
-    };
     mirror.accept(plan, records(1, 15), toRecord);
-    await mapped();
+    await mapped(writer);
     expect(writer.stats()).toMatchObject({ queuedRows: 10, acceptedRows: 0, rowsDropped: 5 });
     expect(writer.full).toBe(true);
 
     mappedIds.length = 0;
     mirror.accept(plan, records(16, 30), toRecord);
-    await mapped();
+    await mapped(writer);
     expect(writer.stats()).toMatchObject({ queuedRows: 10, acceptedRows: 0, rowsDropped: 20 });
     expect(mappedIds).toEqual([]);
 

@@ -40,11 +40,11 @@ interface Accepted {
  * returned, a slice per event-loop turn, so most of it falls while requests
  * wait for Postgres; a backlog gets bigger slices so it cannot outgrow the
  * loop, and the writer's drain() and shutdown() map what is left first;
- * stats() (every /health) only counts it. The rows come from RETURNING for this call and callers only
- * serialize them, so building and mapping a moment later sees the same
- * values. While the writer's queue is full (ClickHouse down for a while), a
- * line would only be dropped: records then become gap rows (their keys)
- * without being mapped. A row that cannot be built or mapped is counted and
+ * stats() (every /health) only counts it. The rows come from RETURNING for
+ * this call and callers only serialize them, so building and mapping a
+ * moment later sees the same values. While the writer's queue is full
+ * (ClickHouse down for a while), a line would only be dropped: records then
+ * become gap rows (their keys) without being mapped. A row that cannot be built or mapped is counted and
  * logged, and the rest of its write still goes. Never throws.
  */
 export class Mirror implements MirrorTarget {
