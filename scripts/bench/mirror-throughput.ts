@@ -54,7 +54,7 @@ interface Run {
 }
 
 /** A span's row as the mirror hands it to the writer (Mirror.mapBacklog): its gap fields and its insert line. */
-const mirrorRow = (span: SpanRecord) => ({ ...spanMirrorPlan.toGapRow(span), line: spanMirrorPlan.toLine(span) });
+const mirrorRow = (span: SpanRecord) => ({ line: spanMirrorPlan.toLine(span), ...spanMirrorPlan.toGapRow(span) });
 
 async function main(): Promise<void> {
   const flags = new BenchFlags(process.argv.slice(2), USAGE);

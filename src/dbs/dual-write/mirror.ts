@@ -187,7 +187,7 @@ export class Mirror implements MirrorTarget {
           keys = accepted.plan.toGapRow(record);
           // Projects not rolled out are skipped before their line is built: it is most of the cost.
           if (!this.mirrors(keys.projectId)) continue;
-          rows.push(keysOnly ? keys : { ...keys, line: accepted.plan.toLine(record) });
+          rows.push(keysOnly ? keys : { line: accepted.plan.toLine(record), ...keys }); // line first: see upserted (mirror-plans)
         } catch (error) {
           this.failed(accepted.plan.entity, error);
           if (keys && this.mirrors(keys.projectId)) {
