@@ -6,6 +6,8 @@ import { AppConfig } from '../../config/app-config';
 import { clickHouseClientOptions } from './clickhouse-clients';
 import { describeSendError } from './retry-policy';
 import { redactUrl } from '../../config/redact-url';
+import { NODE_COLUMNS } from './node-clickhouse-row.mapper';
+import { SPAN_COLUMNS } from './span-clickhouse-row.mapper';
 
 /**
  * Applies migrations/clickhouse/NNNN_name.sql in order and records each in
@@ -20,6 +22,17 @@ export const CLICKHOUSE_MIGRATIONS_DIR = path.resolve(__dirname, '../../../migra
 
 /** The tables whose rows expire after CLICKHOUSE_TTL_DAYS. */
 export const MIRROR_TABLES = ['spans', 'nodes'] as const;
+type MirrorTable = (typeof MIRROR_TABLES)[number];
+
+/**
+ * What the mirror relies on in each of its tables: the columns it writes (its row mappers' own lists), and the
+ * sort key, the row's identity that a newer version replaces (as the migration's ORDER BY reads back from
+ * system.tables).
+ */
+const MIRROR_TABLE_SHAPES: Record<MirrorTable, { columns: readonly string[]; sortingKey: string }> = {
+  spans: { columns: SPAN_COLUMNS, sortingKey: 'project_id, toDate(created_at), trace_id, span_id' },
+  nodes: { columns: NODE_COLUMNS, sortingKey: 'project_id, toDate(created_at), node_id' },
+};
 
 const FILE_NAME = /^(\d{4})_([a-z0-9_]+)\.sql$/;
 
@@ -136,7 +149,9 @@ export async function readClickHouseMigrations(dir = CLICKHOUSE_MIGRATIONS_DIR):
 /**
  * Creates the database if needed and brings it to the latest migration and
  * the configured TTL. Running it again changes nothing. Throws when the
- * server does not answer, or when an applied file has since been edited.
+ * server does not answer, when an applied file has since been edited, or
+ * when a mirror table there is not one the mirror can write (see
+ * mirrorTableProblems).
  */
 export async function migrateClickHouse(
   config: AppConfig['clickhouse'],
@@ -204,10 +219,18 @@ export async function migrateClickHouse(
           'migrate it with the newer build',
       );
     }
+    const pendingTables = new Set<string>(pending.flatMap(tablesCreatedBy));
+    // A table a pending migration creates may be there already (made otherwise, or by a run of that migration that
+    // failed before recording it). Its CREATE TABLE IF NOT EXISTS would pass over it, so it is checked now, before
+    // any migration is applied or recorded, but for the columns a pending ALTER TABLE adds to it: the check after
+    // the run covers those.
+    const added = new Set(pending.flatMap((m) => m.statements.flatMap(columnsAddedBy)));
+    const alreadyThere = MIRROR_TABLES.filter((table) => pendingTables.has(table));
+    const before = await mirrorTableProblems(reads, config.database, alreadyThere, (table, column) => added.has(`${table}.${column}`));
+    refuseMirrorTables(config.database, before, 'no migration was applied');
     // A table a pending migration creates, there already without a TTL, is this run's: an earlier run created it
     // and failed before recording the migration, its TTL not set yet (see below). One with a TTL was made
     // otherwise (restored, or by hand), and keeps it.
-    const pendingTables = new Set(pending.flatMap(tablesCreatedBy));
     const leftAlone = new Set([...existedBefore].filter(([table, days]) => !(pendingTables.has(table) && days === 0)).map(([table]) => table));
     const ttlChanges: Array<{ table: string; days: number }> = [];
     const done: string[] = [];
@@ -221,7 +244,7 @@ export async function migrateClickHouse(
       }
       // The TTL of the tables it creates, before it is recorded: a run that fails after it would leave a table
       // without its TTL that the next run, finding it there, left alone for good.
-      const created = tablesCreatedBy(migration).filter((table) => !leftAlone.has(table));
+      const created: string[] = tablesCreatedBy(migration).filter((table) => !leftAlone.has(table));
       try {
         if (created.length > 0) ttlChanges.push(...(await applyTtl({ reads, ddl }, config.database, config.ttlDays, (table) => created.includes(table))).changed);
       } catch (error) {
@@ -241,10 +264,85 @@ export async function migrateClickHouse(
     for (const change of ttl) {
       log(change.days ? `set TTL on ${change.table}: ${change.days} days after created_at` : `removed TTL from ${change.table}`);
     }
+    // Every run: a table altered by hand since its migration fails here, not in every insert the mirror makes.
+    refuseMirrorTables(config.database, await mirrorTableProblems(reads, config.database, MIRROR_TABLES, () => false), 'the migrations were applied');
     return { applied: done, ttl, unknown, ttlDiffers };
   } finally {
     await Promise.allSettled([admin.close(), ddl.close(), reads.close()]);
   }
+}
+
+/**
+ * What keeps the mirror from writing the `tables` that are there. Each must be a ReplacingMergeTree versioned by
+ * `version` and `is_deleted`, sorted by the row's identity (an update or a delete is a new version of the row,
+ * which replaces the old one), and hold every column the mirror writes but those `notYet` says a pending migration
+ * adds. A table of the same name made otherwise (by hand, or by another application sharing the database) would
+ * fail every insert into it, each batch becoming a gap, or take them and merge rows that are not versions of one
+ * another.
+ */
+async function mirrorTableProblems(
+  client: ClickHouseClient,
+  database: string,
+  tables: readonly MirrorTable[],
+  notYet: (table: MirrorTable, column: string) => boolean,
+): Promise<string[]> {
+  if (tables.length === 0) return [];
+  const params = { database, tables: [...tables] };
+  const found = await (
+    await client.query({
+      query:
+        'SELECT name, engine, engine_full, sorting_key FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
+      query_params: params,
+      format: 'JSONEachRow',
+    })
+  ).json<{ name: MirrorTable; engine: string; engine_full: string; sorting_key: string }>();
+  if (found.length === 0) return [];
+  const columns = await (
+    await client.query({
+      query: 'SELECT table, name FROM system.columns WHERE database = {database:String} AND table IN {tables:Array(String)}',
+      query_params: params,
+      format: 'JSONEachRow',
+    })
+  ).json<{ table: string; name: string }>();
+  const problems: string[] = [];
+  const compact = (text: string) => text.replace(/\s+/g, '');
+  for (const { name: table, engine, engine_full, sorting_key } of found) {
+    const shape = MIRROR_TABLE_SHAPES[table];
+    // Replicated and Shared (ClickHouse Cloud) variants end alike, their own arguments ahead of ours.
+    if (!engine.endsWith('ReplacingMergeTree')) problems.push(`${table} is a ${engine}, not a ReplacingMergeTree`);
+    else if (!/^\w*ReplacingMergeTree\((?:.*,\s*)?version,\s*is_deleted\)/.test(engine_full)) {
+      problems.push(`${table} is not versioned by (version, is_deleted): ${engine_full.split(/\s(?:PARTITION|ORDER|PRIMARY|TTL|SETTINGS)\s/)[0]}`);
+    }
+    if (compact(sorting_key) !== compact(shape.sortingKey)) problems.push(`${table} is sorted by (${sorting_key}), not (${shape.sortingKey})`);
+    const has = new Set(columns.filter((c) => c.table === table).map((c) => c.name));
+    const missing = shape.columns.filter((column) => !has.has(column) && !notYet(table, column));
+    if (missing.length > 0) problems.push(`${table} has no column${missing.length === 1 ? '' : 's'} ${missing.join(', ')}`);
+  }
+  return problems;
+}
+
+function refuseMirrorTables(database: string, problems: string[], state: string): void {
+  if (problems.length === 0) return;
+  throw new ClickHouseMigrationError(
+    `ClickHouse database ${database} has tables the mirror cannot write (${state}): ${problems.join('; ')}. ` +
+      'Rename or drop them, or set CLICKHOUSE_DATABASE to a database of their own for the mirror ' +
+      '(or, after a change to the mirror, add the migration its columns need)',
+  );
+}
+
+/**
+ * `table.column` for each column an `ALTER TABLE <mirror table> ... ADD COLUMN` statement adds, its leading
+ * comments skipped; names bare or in backticks. Conservative: reading a column that is not added only leaves it to
+ * the check after the run.
+ */
+export function columnsAddedBy(statement: string): string[] {
+  const code = withoutLeadingComments(statement);
+  const head = new RegExp(`^ALTER\\s+TABLE\\s+(?:${IDENTIFIER}\\s*\\.\\s*)?${IDENTIFIER}`, 'i').exec(code);
+  if (!head) return [];
+  const table = head[4] ?? head[5] ?? head[6];
+  if (!(MIRROR_TABLES as readonly string[]).includes(table)) return [];
+  const adds = code.slice(head[0].length).matchAll(/\bADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*))/gi);
+  return [...adds].map((m) => `${table}.${m[1] ?? m[2]}`);
 }
 
 function ddlClientOptions(config: AppConfig['clickhouse'], url: string, database: string): ClickHouseClientConfigOptions {
@@ -308,7 +406,7 @@ async function applyTtl(
  * statement's leading comments, with names bare or quoted in backticks or double quotes. A CREATE TABLE whose
  * name cannot be read so is refused, rather than its table left without its TTL.
  */
-export function tablesCreatedBy(migration: { name: string; statements: string[] }): string[] {
+export function tablesCreatedBy(migration: { name: string; statements: string[] }): MirrorTable[] {
   return migration.statements.flatMap((statement) => {
     const code = withoutLeadingComments(statement);
     const head = /^CREATE\s+(?:OR\s+REPLACE\s+)?TABLE\b\s*(?:IF\s+NOT\s+EXISTS\b\s*)?/i.exec(code);
@@ -317,7 +415,7 @@ export function tablesCreatedBy(migration: { name: string; statements: string[] 
     if (!name) throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name}: cannot read the name of the table a CREATE TABLE makes`);
     // The last identifier read is the table's (the first, when there are two, its database's).
     const table = name[4] ?? name[5] ?? name[6] ?? name[1] ?? name[2] ?? name[3];
-    return (MIRROR_TABLES as readonly string[]).includes(table) ? [table] : [];
+    return (MIRROR_TABLES as readonly string[]).includes(table) ? [table as MirrorTable] : [];
   });
 }
 
