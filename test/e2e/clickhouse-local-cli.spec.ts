@@ -164,15 +164,21 @@ describe('npm run clickhouse:local', () => {
     const server = await startServer();
     try {
       const port = Number(new URL(server.url).port);
-      const left = new Promise<void>((done) => {
-        const query = request({ host: '127.0.0.1', port, method: 'POST', path: '/' }, () => undefined);
-        query.on('error', () => done());
-        // About a second before its first block of rows is ready.
-        query.end('SELECT number, sleepEachRow(0.001) FROM numbers(3000) SETTINGS max_block_size = 1000 FORMAT TSV');
-        setTimeout(() => (query.destroy(), done()), 200);
-      });
-      await left;
-      await delay(1_500); // the first block is out by now
+      // The server answers once the first block is ready: until then the client has had nothing.
+      let answered = false;
+      const query = request({ host: '127.0.0.1', port, method: 'POST', path: '/', agent: false }, () => (answered = true));
+      query.on('error', () => undefined);
+      // 2.5 s before its first block of rows is ready (ClickHouse sleeps at most 3 s a block).
+      query.end('SELECT number, sleepEachRow(0.001) FROM numbers(7500) SETTINGS max_block_size = 2500, max_threads = 1 FORMAT TSV');
+      const running = "SELECT count() FROM system.processes WHERE query LIKE '%sleepEachRow(0.001) FROM numbers(7500)%' AND query NOT LIKE '%system.processes%'";
+      // Seen running before the client leaves, so the engine has a stream to let go of (a fixed pause could end
+      // before a loaded machine had started it, and the test pass with nothing to let go of)...
+      await eventually('the query to run', async () => (await post(port, '/', running)).body === '1\n', 30_000, 100);
+      // ...and left before the first rows: a client that leaves mid-stream is another case, which the old code handled.
+      expect(answered).toBe(false);
+      query.destroy();
+      // Let go of when its first block finds the client gone: the old code waited to write that block forever.
+      await eventually('the engine to let go of the query', async () => (await post(port, '/', running)).body === '0\n', 20_000, 100);
       const asked = Date.now();
       server.child.kill('SIGTERM');
       let timer: NodeJS.Timeout | undefined;
