@@ -209,21 +209,24 @@ describe('ClickHouse DDL runner', () => {
       refusal(config.database, 'no migration was applied', [
         'spans is a MergeTree, not a ReplacingMergeTree',
         'spans is sorted by (project_id), not (project_id, toDate(created_at), trace_id, span_id)',
+        'spans is partitioned by nothing, not (toYYYYMM(created_at))',
         `spans has no columns ${missing}`,
       ]),
     );
     expect(await tablesIn(client, config.database)).toEqual(['schema_migrations', 'spans']);
     expect(await rows(client, `SELECT * FROM ${config.database}.schema_migrations`)).toEqual([]);
 
-    // The mirror's columns, but versioned without tombstones and sorted so that different spans replace each other.
+    // The mirror's columns, but versioned without tombstones, sorted so that different spans replace each other, and
+    // partitioned by a time that changes, so that a row's versions land where merges do not replace them.
     const model = freshDatabase();
     await migrateClickHouse(model.config, model.url);
     await command(`DROP TABLE ${config.database}.spans`);
-    await command(`CREATE TABLE ${config.database}.spans AS ${model.config.database}.spans ENGINE = ReplacingMergeTree(version) ORDER BY (project_id, span_id) PRIMARY KEY (project_id, span_id)`);
+    await command(`CREATE TABLE ${config.database}.spans AS ${model.config.database}.spans ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(updated_at) ORDER BY (project_id, span_id) PRIMARY KEY (project_id, span_id)`);
     await expect(migrateClickHouse(config, url)).rejects.toThrow(
       refusal(config.database, 'no migration was applied', [
         'spans is not versioned by (version, is_deleted): ReplacingMergeTree(version)',
         'spans is sorted by (project_id, span_id), not (project_id, toDate(created_at), trace_id, span_id)',
+        'spans is partitioned by (toYYYYMM(updated_at)), not (toYYYYMM(created_at))',
       ]),
     );
 
@@ -243,7 +246,7 @@ describe('ClickHouse DDL runner', () => {
 
   it('reads which columns an ALTER TABLE adds to a mirror table', () => {
     expect(columnsAddedBy('-- why\nALTER TABLE spans ADD COLUMN IF NOT EXISTS note String, ADD COLUMN `other` UInt8 AFTER note')).toEqual(['spans.note', 'spans.other']);
-    expect(columnsAddedBy('alter table `db`.nodes add column extra String')).toEqual(['nodes.extra']);
+    expect(columnsAddedBy('alter table `db`.nodes add column extra String, add column "quoted" UInt8')).toEqual(['nodes.extra', 'nodes.quoted']);
     // Not a mirror table, not an ALTER TABLE, or nothing added.
     expect(columnsAddedBy('ALTER TABLE spans_old ADD COLUMN note String')).toEqual([]);
     expect(columnsAddedBy("SELECT 'ALTER TABLE spans ADD COLUMN note String'")).toEqual([]);

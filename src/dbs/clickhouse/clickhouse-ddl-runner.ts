@@ -25,13 +25,14 @@ export const MIRROR_TABLES = ['spans', 'nodes'] as const;
 type MirrorTable = (typeof MIRROR_TABLES)[number];
 
 /**
- * What the mirror relies on in each of its tables: the columns it writes (its row mappers' own lists), and the
- * sort key, the row's identity that a newer version replaces (as the migration's ORDER BY reads back from
- * system.tables).
+ * What the mirror relies on in each of its tables: the columns it writes (its row mappers' own lists); the sort
+ * key, the row's identity that a newer version replaces; and the partition key, on a column that never changes,
+ * so that every version of a row lands where merges replace it (as the migrations' ORDER BY and PARTITION BY
+ * read back from system.tables).
  */
-const MIRROR_TABLE_SHAPES: Record<MirrorTable, { columns: readonly string[]; sortingKey: string }> = {
-  spans: { columns: SPAN_COLUMNS, sortingKey: 'project_id, toDate(created_at), trace_id, span_id' },
-  nodes: { columns: NODE_COLUMNS, sortingKey: 'project_id, toDate(created_at), node_id' },
+const MIRROR_TABLE_SHAPES: Record<MirrorTable, { columns: readonly string[]; sortingKey: string; partitionKey: string }> = {
+  spans: { columns: SPAN_COLUMNS, sortingKey: 'project_id, toDate(created_at), trace_id, span_id', partitionKey: 'toYYYYMM(created_at)' },
+  nodes: { columns: NODE_COLUMNS, sortingKey: 'project_id, toDate(created_at), node_id', partitionKey: 'toYYYYMM(created_at)' },
 };
 
 const FILE_NAME = /^(\d{4})_([a-z0-9_]+)\.sql$/;
@@ -291,11 +292,11 @@ async function mirrorTableProblems(
   const found = await (
     await client.query({
       query:
-        'SELECT name, engine, engine_full, sorting_key FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
+        'SELECT name, engine, engine_full, sorting_key, partition_key FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
       query_params: params,
       format: 'JSONEachRow',
     })
-  ).json<{ name: MirrorTable; engine: string; engine_full: string; sorting_key: string }>();
+  ).json<{ name: MirrorTable; engine: string; engine_full: string; sorting_key: string; partition_key: string }>();
   if (found.length === 0) return [];
   const columns = await (
     await client.query({
@@ -306,14 +307,17 @@ async function mirrorTableProblems(
   ).json<{ table: string; name: string }>();
   const problems: string[] = [];
   const compact = (text: string) => text.replace(/\s+/g, '');
-  for (const { name: table, engine, engine_full, sorting_key } of found) {
+  for (const { name: table, engine, engine_full, sorting_key, partition_key } of found) {
     const shape = MIRROR_TABLE_SHAPES[table];
     // Replicated and Shared (ClickHouse Cloud) variants end alike, their own arguments ahead of ours.
     if (!engine.endsWith('ReplacingMergeTree')) problems.push(`${table} is a ${engine}, not a ReplacingMergeTree`);
-    else if (!/^\w*ReplacingMergeTree\((?:.*,\s*)?version,\s*is_deleted\)/.test(engine_full)) {
+    else if (!/^\w*ReplacingMergeTree\((?:[^()]*,\s*)?version,\s*is_deleted\)/.test(engine_full)) {
       problems.push(`${table} is not versioned by (version, is_deleted): ${engine_full.split(/\s(?:PARTITION|ORDER|PRIMARY|TTL|SETTINGS)\s/)[0]}`);
     }
     if (compact(sorting_key) !== compact(shape.sortingKey)) problems.push(`${table} is sorted by (${sorting_key}), not (${shape.sortingKey})`);
+    if (compact(partition_key) !== compact(shape.partitionKey)) {
+      problems.push(`${table} is partitioned by ${partition_key ? `(${partition_key})` : 'nothing'}, not (${shape.partitionKey})`);
+    }
     const has = new Set(columns.filter((c) => c.table === table).map((c) => c.name));
     const missing = shape.columns.filter((column) => !has.has(column) && !notYet(table, column));
     if (missing.length > 0) problems.push(`${table} has no column${missing.length === 1 ? '' : 's'} ${missing.join(', ')}`);
@@ -332,7 +336,7 @@ function refuseMirrorTables(database: string, problems: string[], state: string)
 
 /**
  * `table.column` for each column an `ALTER TABLE <mirror table> ... ADD COLUMN` statement adds, its leading
- * comments skipped; names bare or in backticks. Conservative: reading a column that is not added only leaves it to
+ * comments skipped; names bare or quoted. Conservative: reading a column that is not added only leaves it to
  * the check after the run.
  */
 export function columnsAddedBy(statement: string): string[] {
@@ -341,8 +345,8 @@ export function columnsAddedBy(statement: string): string[] {
   if (!head) return [];
   const table = head[4] ?? head[5] ?? head[6];
   if (!(MIRROR_TABLES as readonly string[]).includes(table)) return [];
-  const adds = code.slice(head[0].length).matchAll(/\bADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*))/gi);
-  return [...adds].map((m) => `${table}.${m[1] ?? m[2]}`);
+  const adds = code.slice(head[0].length).matchAll(/\bADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:`([^`]+)`|"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*))/gi);
+  return [...adds].map((m) => `${table}.${m[1] ?? m[2] ?? m[3]}`);
 }
 
 function ddlClientOptions(config: AppConfig['clickhouse'], url: string, database: string): ClickHouseClientConfigOptions {
