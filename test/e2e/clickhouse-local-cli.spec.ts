@@ -168,9 +168,12 @@ describe('npm run clickhouse:local', () => {
       let answered = false;
       const query = request({ host: '127.0.0.1', port, method: 'POST', path: '/', agent: false }, () => (answered = true));
       query.on('error', () => undefined);
-      // 2.5 s before its first block of rows is ready (ClickHouse sleeps at most 3 s a block).
-      query.end('SELECT number, sleepEachRow(0.001) FROM numbers(7500) SETTINGS max_block_size = 2500, max_threads = 1 FORMAT TSV');
-      const running = "SELECT count() FROM system.processes WHERE query LIKE '%sleepEachRow(0.001) FROM numbers(7500)%' AND query NOT LIKE '%system.processes%'";
+      // 5 s before its first block of rows is ready (room for a slow probe below; ClickHouse's own cap is 3 s a block).
+      query.end(
+        'SELECT number, sleepEachRow(0.001) FROM numbers(15000) ' +
+          'SETTINGS max_block_size = 5000, max_threads = 1, function_sleep_max_microseconds_per_block = 10000000 FORMAT TSV',
+      );
+      const running = "SELECT count() FROM system.processes WHERE query LIKE '%sleepEachRow(0.001) FROM numbers(15000)%' AND query NOT LIKE '%system.processes%'";
       // Seen running before the client leaves, so the engine has a stream to let go of (a fixed pause could end
       // before a loaded machine had started it, and the test pass with nothing to let go of)...
       await eventually('the query to run', async () => (await post(port, '/', running)).body === '1\n', 30_000, 100);
