@@ -180,16 +180,11 @@ export async function migrateClickHouse(
     }
     // With 'new-tables', the TTL is left alone on tables that exist before this run; 'set' leaves none alone.
     const existedBefore = options.ttl === 'new-tables' ? await readTtlDays(reads, config.database, MIRROR_TABLES) : new Map<string, number>();
-    if (!(await exists(reads, "SELECT 1 FROM system.tables WHERE database = {database:String} AND name = 'schema_migrations'", { database: config.database }))) {
-      await command(
-        ddl,
-        `CREATE TABLE IF NOT EXISTS schema_migrations
-         (version UInt32, name String, checksum String, applied_at DateTime64(6, 'UTC'))
-         ENGINE = ReplacingMergeTree ORDER BY version`,
-      );
-    }
-
-    const applied = await appliedMigrations(reads, config.database);
+    // Created once the mirror tables there have passed their check (below): a refused run leaves no ledger behind.
+    const hasLedger = await exists(reads, "SELECT 1 FROM system.tables WHERE database = {database:String} AND name = 'schema_migrations'", {
+      database: config.database,
+    });
+    const applied = hasLedger ? await appliedMigrations(reads, config.database) : new Map<number, { name: string; checksum: string }>();
     const newest = Math.max(0, ...migrations.map((m) => m.version));
     const unknown: string[] = [];
     for (const [version, row] of applied) {
@@ -229,6 +224,14 @@ export async function migrateClickHouse(
     const alreadyThere = MIRROR_TABLES.filter((table) => pendingTables.has(table));
     const before = await mirrorTableProblems(reads, config.database, alreadyThere, (table, column) => added.has(`${table}.${column}`));
     refuseMirrorTables(config.database, before, 'no migration was applied');
+    if (!hasLedger) {
+      await command(
+        ddl,
+        `CREATE TABLE IF NOT EXISTS schema_migrations
+         (version UInt32, name String, checksum String, applied_at DateTime64(6, 'UTC'))
+         ENGINE = ReplacingMergeTree ORDER BY version`,
+      );
+    }
     // A table a pending migration creates, there already without a TTL, is this run's: an earlier run created it
     // and failed before recording the migration, its TTL not set yet (see below). One with a TTL was made
     // otherwise (restored, or by hand), and keeps it.
