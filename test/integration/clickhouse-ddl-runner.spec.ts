@@ -315,7 +315,7 @@ describe('ClickHouse DDL runner', () => {
     it("at the API's start, leaves alone a table a pending migration creates that has a TTL already (made otherwise: restored, or by hand)", async () => {
       const { config, url, client } = freshDatabase({ ttlDays: 30 });
       const spans = await readFile(join(dir, '0001_spans.sql'), 'utf8');
-      const command = (query: string) => client.command({ query, clickhouse_settings: { wait_end_of_query: 1 } });
+      const command = commandOn(client);
       await command(`CREATE DATABASE IF NOT EXISTS ${config.database}`);
       await command(spans.replace('CREATE TABLE IF NOT EXISTS spans', `CREATE TABLE IF NOT EXISTS ${config.database}.spans`).replace(/;\s*$/, ''));
       await command(`ALTER TABLE ${config.database}.spans MODIFY TTL toDateTime(created_at) + INTERVAL 7 DAY`);

@@ -292,22 +292,17 @@ async function mirrorTableProblems(
 ): Promise<string[]> {
   if (tables.length === 0) return [];
   const params = { database, tables: [...tables] };
-  const found = await (
-    await client.query({
-      query:
-        'SELECT name, engine, engine_full, sorting_key, partition_key FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
-      query_params: params,
-      format: 'JSONEachRow',
-    })
-  ).json<{ name: MirrorTable; engine: string; engine_full: string; sorting_key: string; partition_key: string }>();
+  const found = await rows<{ name: MirrorTable; engine: string; engine_full: string; sorting_key: string; partition_key: string }>(
+    client,
+    'SELECT name, engine, engine_full, sorting_key, partition_key FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
+    params,
+  );
   if (found.length === 0) return [];
-  const columns = await (
-    await client.query({
-      query: 'SELECT table, name FROM system.columns WHERE database = {database:String} AND table IN {tables:Array(String)}',
-      query_params: params,
-      format: 'JSONEachRow',
-    })
-  ).json<{ table: string; name: string }>();
+  const columns = await rows<{ table: string; name: string }>(
+    client,
+    'SELECT table, name FROM system.columns WHERE database = {database:String} AND table IN {tables:Array(String)}',
+    params,
+  );
   const problems: string[] = [];
   const compact = (text: string) => text.replace(/\s+/g, '');
   for (const { name: table, engine, engine_full, sorting_key, partition_key } of found) {
@@ -344,11 +339,11 @@ function refuseMirrorTables(database: string, problems: string[], state: string)
  */
 export function columnsAddedBy(statement: string): string[] {
   const code = withoutLeadingComments(statement);
-  const head = new RegExp(`^ALTER\\s+TABLE\\s+(?:${IDENTIFIER}\\s*\\.\\s*)?${IDENTIFIER}`, 'i').exec(code);
-  if (!head) return [];
-  const table = head[4] ?? head[5] ?? head[6];
-  if (!(MIRROR_TABLES as readonly string[]).includes(table)) return [];
-  const adds = code.slice(head[0].length).matchAll(/\bADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:`([^`]+)`|"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*))/gi);
+  const head = /^ALTER\s+TABLE\s+/i.exec(code);
+  const target = head && tableNamed(code.slice(head[0].length));
+  if (!target || !isMirrorTable(target.table)) return [];
+  const table = target.table;
+  const adds = code.slice(head[0].length + target.length).matchAll(/\bADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:`([^`]+)`|"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*))/gi);
   return [...adds].map((m) => `${table}.${m[1] ?? m[2] ?? m[3]}`);
 }
 
@@ -370,12 +365,11 @@ async function command(client: ClickHouseClient, query: string, params?: Record<
 }
 
 async function appliedMigrations(client: ClickHouseClient, database: string): Promise<Map<number, { name: string; checksum: string }>> {
-  const result = await client.query({
-    query: `SELECT version, name, checksum FROM ${identifier(database)}.schema_migrations FINAL ORDER BY version`,
-    format: 'JSONEachRow',
-  });
-  const rows = await result.json<{ version: number; name: string; checksum: string }>();
-  return new Map(rows.map((r) => [Number(r.version), { name: r.name, checksum: r.checksum }]));
+  const applied = await rows<{ version: number; name: string; checksum: string }>(
+    client,
+    `SELECT version, name, checksum FROM ${identifier(database)}.schema_migrations FINAL ORDER BY version`,
+  );
+  return new Map(applied.map((r) => [Number(r.version), { name: r.name, checksum: r.checksum }]));
 }
 
 /**
@@ -418,13 +412,21 @@ export function tablesCreatedBy(migration: { name: string; statements: string[] 
     const code = withoutLeadingComments(statement);
     const head = /^CREATE\s+(?:OR\s+REPLACE\s+)?TABLE\b\s*(?:IF\s+NOT\s+EXISTS\b\s*)?/i.exec(code);
     if (!head) return [];
-    const name = new RegExp(`^${IDENTIFIER}(?:\\s*\\.\\s*${IDENTIFIER})?`).exec(code.slice(head[0].length));
+    const name = tableNamed(code.slice(head[0].length));
     if (!name) throw new ClickHouseMigrationError(`ClickHouse migration ${migration.name}: cannot read the name of the table a CREATE TABLE makes`);
-    // The last identifier read is the table's (the first, when there are two, its database's).
-    const table = name[4] ?? name[5] ?? name[6] ?? name[1] ?? name[2] ?? name[3];
-    return (MIRROR_TABLES as readonly string[]).includes(table) ? [table as MirrorTable] : [];
+    return isMirrorTable(name.table) ? [name.table] : [];
   });
 }
+
+/** The table a statement names at the start of `text` (`[db.]name`), and how many characters the name took. */
+function tableNamed(text: string): { table: string; length: number } | null {
+  const name = new RegExp(`^${IDENTIFIER}(?:\\s*\\.\\s*${IDENTIFIER})?`).exec(text);
+  if (!name) return null;
+  // The last identifier read is the table's (the first, when there are two, its database's).
+  return { table: name[4] ?? name[5] ?? name[6] ?? name[1] ?? name[2] ?? name[3], length: name[0].length };
+}
+
+const isMirrorTable = (name: string): name is MirrorTable => (MIRROR_TABLES as readonly string[]).includes(name);
 
 /** A name as ClickHouse reads one: in backticks, in double quotes, or bare (then ending where a name cannot go on). */
 const IDENTIFIER = '(?:`([^`]+)`|"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*)(?![A-Za-z0-9_]))';
@@ -457,19 +459,23 @@ function withoutLeadingComments(statement: string): string {
   }
 }
 
-async function exists(client: ClickHouseClient, query: string, params: Record<string, unknown>): Promise<boolean> {
+/** A read's rows, as JSON objects. */
+async function rows<Row>(client: ClickHouseClient, query: string, params?: Record<string, unknown>): Promise<Row[]> {
   const result = await client.query({ query, query_params: params, format: 'JSONEachRow' });
-  return (await result.json()).length > 0;
+  return result.json<Row>();
+}
+
+async function exists(client: ClickHouseClient, query: string, params: Record<string, unknown>): Promise<boolean> {
+  return (await rows(client, query, params)).length > 0;
 }
 
 /** Each existing table's TTL in days (see currentTtlDays), by name. */
 export async function readTtlDays(client: ClickHouseClient, database: string, tables: readonly string[]): Promise<Map<string, number>> {
-  const result = await client.query({
-    query: 'SELECT name, engine_full FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
-    query_params: { database, tables: [...tables] },
-    format: 'JSONEachRow',
-  });
-  const found = await result.json<{ name: string; engine_full: string }>();
+  const found = await rows<{ name: string; engine_full: string }>(
+    client,
+    'SELECT name, engine_full FROM system.tables WHERE database = {database:String} AND name IN {tables:Array(String)} ORDER BY name',
+    { database, tables: [...tables] },
+  );
   return new Map(found.map(({ name, engine_full }) => [name, currentTtlDays(engine_full)]));
 }
 

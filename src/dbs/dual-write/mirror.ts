@@ -44,8 +44,9 @@ interface Accepted {
  * this call and callers only serialize them, so building and mapping a
  * moment later sees the same values. While the writer's queue is full
  * (ClickHouse down for a while), a line would only be dropped: records then
- * become gap rows (their keys) without being mapped. A row that cannot be built or mapped is counted and
- * logged, and the rest of its write still goes. Never throws.
+ * become gap rows (their keys) without being mapped. A row that cannot be
+ * built or mapped is counted and logged, and the rest of its write still
+ * goes. Never throws.
  */
 export class Mirror implements MirrorTarget {
   private readonly logger = new Logger('Mirror');
